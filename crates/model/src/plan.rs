@@ -1,0 +1,219 @@
+//! Plans: what a tenant pays for, expressed as the limits and policies every
+//! capability reads.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+use utoipa::ToSchema;
+
+use crate::{Isolation, label::is_simple_label};
+
+/// A plan's name. Plans are open-ended (custom plans arrive through
+/// manifests), so this is a validated string rather than an enum.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(try_from = "String", into = "String")]
+#[schema(value_type = String, example = "professional")]
+pub struct PlanName(String);
+
+impl PlanName {
+    pub fn parse(name: &str) -> Result<Self, String> {
+        if is_simple_label(name) {
+            Ok(Self(name.to_owned()))
+        } else {
+            Err(format!(
+                "plan name {name:?} is invalid; plan names are 1 to 40 characters of a-z, 0-9 and \
+                 '-'"
+            ))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for PlanName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl TryFrom<String> for PlanName {
+    type Error = String;
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        Self::parse(&value)
+    }
+}
+
+impl From<PlanName> for String {
+    fn from(value: PlanName) -> Self {
+        value.0
+    }
+}
+
+/// Requests a tenant may make through the gateway: a sustained rate, and a
+/// bucket of `requests_per_minute * burst_multiplier` for short bursts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    pub requests_per_minute: u32,
+    pub burst_multiplier: f64,
+}
+
+/// Monthly spend on metered usage, in whole US dollars: above `soft_usd` the
+/// tenant is throttled with 429 and Retry-After, above `hard_usd` refused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CostCaps {
+    pub soft_usd: u64,
+    pub hard_usd: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BackupPolicy {
+    /// Hours between two snapshots.
+    pub every_hours: u32,
+    pub retention_days: u32,
+}
+
+/// Limits on each silo tenant's worker processes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeLimits {
+    pub memory_mib: u32,
+    pub max_processes: u32,
+    /// Thousandths of a CPU core: 500 is half a core.
+    pub cpu_millicores: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Plan {
+    pub name: PlanName,
+    pub description: String,
+    pub default_isolation: Isolation,
+    pub rate_limit: RateLimit,
+    pub cost_caps: CostCaps,
+    pub audit_retention_days: u32,
+    pub backups: BackupPolicy,
+    pub runtime: RuntimeLimits,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("unknown plan {name:?}; valid plans: {}", valid.join(", "))]
+pub struct UnknownPlan {
+    pub name: String,
+    pub valid: Vec<String>,
+}
+
+/// The plans an installation offers, in the order they are listed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlanCatalog {
+    plans: Vec<Plan>,
+}
+
+impl PlanCatalog {
+    /// `starter`, `professional` and `enterprise`.
+    pub fn builtin() -> Self {
+        let plan = |name: &str,
+                    description: &str,
+                    default_isolation,
+                    rate_limit,
+                    cost_caps,
+                    audit_retention_days,
+                    backups,
+                    runtime| Plan {
+            name: PlanName(name.to_owned()),
+            description: description.to_owned(),
+            default_isolation,
+            rate_limit,
+            cost_caps,
+            audit_retention_days,
+            backups,
+            runtime,
+        };
+        Self {
+            plans: vec![
+                plan(
+                    "starter",
+                    "Small tenants and free tiers: shared database, modest limits.",
+                    Isolation::Pool,
+                    RateLimit { requests_per_minute: 600, burst_multiplier: 2.0 },
+                    CostCaps { soft_usd: 50, hard_usd: 100 },
+                    30,
+                    BackupPolicy { every_hours: 24, retention_days: 7 },
+                    RuntimeLimits { memory_mib: 256, max_processes: 32, cpu_millicores: 500 },
+                ),
+                plan(
+                    "professional",
+                    "Growing tenants: shared database, higher limits, longer retention.",
+                    Isolation::Pool,
+                    RateLimit { requests_per_minute: 6_000, burst_multiplier: 3.0 },
+                    CostCaps { soft_usd: 500, hard_usd: 1_000 },
+                    365,
+                    BackupPolicy { every_hours: 6, retention_days: 30 },
+                    RuntimeLimits { memory_mib: 1_024, max_processes: 128, cpu_millicores: 2_000 },
+                ),
+                plan(
+                    "enterprise",
+                    "Regulated and large tenants: their own database and workers.",
+                    Isolation::Silo,
+                    RateLimit { requests_per_minute: 60_000, burst_multiplier: 5.0 },
+                    CostCaps { soft_usd: 5_000, hard_usd: 10_000 },
+                    2_555,
+                    BackupPolicy { every_hours: 1, retention_days: 90 },
+                    RuntimeLimits { memory_mib: 4_096, max_processes: 512, cpu_millicores: 4_000 },
+                ),
+            ],
+        }
+    }
+
+    pub fn all(&self) -> &[Plan] {
+        &self.plans
+    }
+
+    pub fn get(&self, name: &str) -> Result<&Plan, UnknownPlan> {
+        self.plans.iter().find(|p| p.name.as_str() == name).ok_or_else(|| UnknownPlan {
+            name: name.to_owned(),
+            valid: self.plans.iter().map(|p| p.name.to_string()).collect(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtin_plans() {
+        let plans = PlanCatalog::builtin();
+        let names: Vec<_> = plans.all().iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["starter", "professional", "enterprise"]);
+        assert_eq!(plans.get("starter").unwrap().default_isolation, Isolation::Pool);
+        assert_eq!(plans.get("professional").unwrap().default_isolation, Isolation::Pool);
+        assert_eq!(plans.get("enterprise").unwrap().default_isolation, Isolation::Silo);
+        for plan in plans.all() {
+            assert!(plan.cost_caps.soft_usd < plan.cost_caps.hard_usd, "{}", plan.name);
+            assert!(plan.rate_limit.burst_multiplier >= 1.0);
+        }
+    }
+
+    #[test]
+    fn unknown_plan_lists_the_valid_ones() {
+        let err = PlanCatalog::builtin().get("gold").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "unknown plan \"gold\"; valid plans: starter, professional, enterprise"
+        );
+    }
+
+    #[test]
+    fn plans_round_trip_through_json() {
+        let plans = PlanCatalog::builtin();
+        let json = serde_json::to_string(plans.all()).unwrap();
+        let back: Vec<Plan> = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, plans.all());
+    }
+}

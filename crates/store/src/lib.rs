@@ -1,0 +1,176 @@
+//! Control-plane persistence: tenants, their provisioning progress, events
+//! and operator credentials, behind one [`ControlStore`] trait.
+//!
+//! Two implementations share every SQL statement: SQLite in the data
+//! directory (the embedded default, WAL mode) and PostgreSQL. Both run their
+//! embedded migrations when opened, and one contract suite
+//! (`tests/contract.rs`) runs against both.
+//!
+//! The store holds desired and recorded state only. It never creates tenant
+//! databases or directories; the reconciler in `bulkhead-control` does, and
+//! records what it did here.
+
+mod error;
+mod postgres;
+mod rows;
+mod sql;
+mod sqlite;
+
+use std::{fmt, path::PathBuf, sync::Arc};
+
+use async_trait::async_trait;
+use bulkhead_model::{DatabaseUrl, StepRecord, Tenant, TenantId, TenantName, TenantState};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+pub use error::StoreError;
+pub use postgres::PostgresStore;
+pub use sqlite::SqliteStore;
+
+/// Where the control-plane state lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreLocation {
+    /// A SQLite file, normally `<data-dir>/bulkhead.db`.
+    Sqlite(PathBuf),
+    Postgres(DatabaseUrl),
+}
+
+impl fmt::Display for StoreLocation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreLocation::Sqlite(path) => write!(f, "sqlite://{}", path.display()),
+            StoreLocation::Postgres(url) => url.fmt(f),
+        }
+    }
+}
+
+/// Opens the store at `location` and brings its schema up to date.
+pub async fn open(location: &StoreLocation) -> Result<Arc<dyn ControlStore>, StoreError> {
+    Ok(match location {
+        StoreLocation::Sqlite(path) => Arc::new(SqliteStore::open(path).await?),
+        StoreLocation::Postgres(url) => Arc::new(PostgresStore::open(url).await?),
+    })
+}
+
+/// One page of the tenant list, ordered by name.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TenantPage {
+    /// Only tenants whose name sorts after this one.
+    pub after: Option<String>,
+    /// Only tenants in this state; `None` lists every state but `deleted`.
+    pub state: Option<TenantState>,
+    pub limit: u32,
+}
+
+/// Something that happened to a tenant or to the platform, as recorded
+/// before the audit log exists. Never carries secret values.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewEvent {
+    pub at: OffsetDateTime,
+    pub tenant_id: Option<TenantId>,
+    pub tenant: Option<String>,
+    /// Who did it: `operator:<token name>`, `reconciler`, ...
+    pub actor: String,
+    /// What was done, e.g. `tenant.create`.
+    pub action: String,
+    /// `ok`, `failed`, `requested`, ...
+    pub outcome: String,
+    pub details: serde_json::Value,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventRecord {
+    pub id: i64,
+    pub event: NewEvent,
+}
+
+/// An operator credential. Only the SHA-256 of the token is ever stored.
+#[derive(Clone, PartialEq, Eq)]
+pub struct OperatorToken {
+    pub id: Uuid,
+    pub name: String,
+    pub token_hash: [u8; 32],
+    pub created_at: OffsetDateTime,
+}
+
+impl fmt::Debug for OperatorToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OperatorToken")
+            .field("id", &self.id)
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Held for as long as a server uses the store, so that two control planes
+/// never reconcile the same tenants at once. Dropping it releases the lock.
+pub struct StoreLock {
+    _held: Box<dyn Send + Sync>,
+}
+
+impl fmt::Debug for StoreLock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("StoreLock")
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreKind {
+    Sqlite,
+    Postgres,
+}
+
+/// The control plane's persistence. Every method is one statement, so a
+/// crash leaves each write either fully done or not done at all.
+#[async_trait]
+pub trait ControlStore: Send + Sync + fmt::Debug {
+    fn kind(&self) -> StoreKind;
+
+    /// Where the store is, safe to print (no password).
+    fn location(&self) -> String;
+
+    /// Takes the store's exclusive lock or fails with [`StoreError::Locked`].
+    async fn lock_exclusive(&self) -> Result<StoreLock, StoreError>;
+
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Records a new tenant; [`StoreError::NameTaken`] if any tenant record,
+    /// deleted or not, already has its name.
+    async fn insert_tenant(&self, tenant: &Tenant) -> Result<(), StoreError>;
+
+    async fn tenant(&self, name: &TenantName) -> Result<Option<Tenant>, StoreError>;
+
+    async fn tenant_by_id(&self, id: TenantId) -> Result<Option<Tenant>, StoreError>;
+
+    async fn list_tenants(&self, page: &TenantPage) -> Result<Vec<Tenant>, StoreError>;
+
+    /// Tenants the reconciler has work for (see [`Tenant::needs_work`]).
+    async fn unsettled_tenants(&self) -> Result<Vec<TenantId>, StoreError>;
+
+    /// Writes `tenant` if its `version` is still the stored one, and returns
+    /// it with the next version; [`StoreError::VersionConflict`] otherwise.
+    async fn update_tenant(&self, tenant: &Tenant) -> Result<Tenant, StoreError>;
+
+    /// Removes the tenant's record and its step records.
+    async fn delete_tenant(&self, id: TenantId) -> Result<(), StoreError>;
+
+    async fn steps(&self, id: TenantId) -> Result<Vec<StepRecord>, StoreError>;
+
+    /// Inserts or replaces the record of one step.
+    async fn record_step(&self, id: TenantId, record: &StepRecord) -> Result<(), StoreError>;
+
+    async fn count_by_state(&self) -> Result<Vec<(TenantState, u64)>, StoreError>;
+
+    async fn append_event(&self, event: &NewEvent) -> Result<(), StoreError>;
+
+    /// The most recent events, newest first, of one tenant or of all.
+    async fn events(
+        &self,
+        tenant: Option<TenantId>,
+        limit: u32,
+    ) -> Result<Vec<EventRecord>, StoreError>;
+
+    async fn operator_tokens(&self) -> Result<Vec<OperatorToken>, StoreError>;
+
+    async fn insert_operator_token(&self, token: &OperatorToken) -> Result<(), StoreError>;
+}

@@ -1,0 +1,65 @@
+//! The embedded default: one SQLite file in WAL mode.
+
+use std::{fs::File, path::Path, time::Duration};
+
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+
+use crate::{StoreError, StoreKind, StoreLock, sql::impl_control_store};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+    location: String,
+    lock_path: std::path::PathBuf,
+}
+
+impl SqliteStore {
+    pub async fn open(path: &Path) -> Result<Self, StoreError> {
+        let location = format!("sqlite://{}", path.display());
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // NORMAL in WAL mode survives any process crash (kill -9
+            // included); only a power loss can drop the last commits, and it
+            // never corrupts the file.
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(8)
+            .connect_with(options)
+            .await
+            .map_err(|source| StoreError::Unreachable { location: location.clone(), source })?;
+        MIGRATOR
+            .run(&pool)
+            .await
+            .map_err(|source| StoreError::Migrate { location: location.clone(), source })?;
+        let mut lock_path = path.as_os_str().to_owned();
+        lock_path.push(".lock");
+        Ok(Self { pool, location, lock_path: lock_path.into() })
+    }
+
+    /// An advisory lock on `<file>.lock`, released by the kernel when the
+    /// process exits however it exits.
+    async fn acquire_lock(&self) -> Result<StoreLock, StoreError> {
+        let locked = |reason: String| StoreError::Locked { what: self.location.clone(), reason };
+        let file = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&self.lock_path)
+            .map_err(|e| locked(format!("cannot open {}: {e}", self.lock_path.display())))?;
+        match file.try_lock() {
+            Ok(()) => Ok(StoreLock { _held: Box::new(file) }),
+            Err(std::fs::TryLockError::WouldBlock) => {
+                Err(locked("another bulkhead server is using it".to_owned()))
+            }
+            Err(std::fs::TryLockError::Error(e)) => Err(locked(e.to_string())),
+        }
+    }
+}
+
+impl_control_store!(SqliteStore, StoreKind::Sqlite);

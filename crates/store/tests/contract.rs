@@ -1,0 +1,316 @@
+//! The contract every `ControlStore` keeps, run against SQLite and against
+//! a real PostgreSQL server.
+
+use std::{collections::HashSet, sync::Arc};
+
+use bulkhead_model::{
+    AdminEmail, Failure, Isolation, NewTenant, PlanName, RegionName, StepRecord, StepStatus,
+    Tenant, TenantId, TenantName, TenantState,
+};
+use bulkhead_store::{
+    ControlStore, NewEvent, OperatorToken, StoreError, StoreLocation, TenantPage,
+};
+use bulkhead_testkit::TestDatabase;
+use time::OffsetDateTime;
+
+/// A store and whatever keeps it alive (its directory or database).
+struct Fixture {
+    store: Arc<dyn ControlStore>,
+    location: StoreLocation,
+    _dir: Option<tempfile::TempDir>,
+    _db: Option<TestDatabase>,
+}
+
+async fn sqlite() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let location = StoreLocation::Sqlite(dir.path().join("bulkhead.db"));
+    let store = bulkhead_store::open(&location).await.unwrap();
+    Fixture { store, location, _dir: Some(dir), _db: None }
+}
+
+async fn postgres() -> Fixture {
+    let db = TestDatabase::create().await;
+    let location =
+        StoreLocation::Postgres(bulkhead_model::DatabaseUrl::parse(&db.url).unwrap());
+    let store = bulkhead_store::open(&location).await.unwrap();
+    Fixture { store, location, _dir: None, _db: Some(db) }
+}
+
+/// Both databases keep microseconds at most; the control plane's clock
+/// hands out milliseconds.
+fn now() -> OffsetDateTime {
+    let now = OffsetDateTime::now_utc();
+    now.replace_millisecond(now.millisecond()).unwrap()
+}
+
+fn tenant(name: &str) -> Tenant {
+    Tenant::new(
+        NewTenant {
+            id: TenantId::random(),
+            name: TenantName::parse(name).unwrap(),
+            plan: PlanName::parse("starter").unwrap(),
+            isolation: Isolation::Silo,
+            region: RegionName::default(),
+            admin_email: Some(AdminEmail::parse("ops@acme.example").unwrap()),
+        },
+        now(),
+    )
+}
+
+macro_rules! contract {
+    ($($test:ident),* $(,)?) => {
+        mod sqlite_store {
+            $(#[tokio::test] async fn $test() { super::$test(super::sqlite().await).await })*
+        }
+        mod postgres_store {
+            $(#[tokio::test] async fn $test() { super::$test(super::postgres().await).await })*
+        }
+    };
+}
+
+contract!(
+    round_trips_tenants,
+    names_are_unique,
+    concurrent_creates_of_one_name_have_one_winner,
+    updates_are_optimistic,
+    lists_in_pages,
+    finds_unsettled_tenants,
+    records_steps,
+    deleting_a_tenant_removes_its_steps,
+    counts_by_state,
+    appends_and_reads_events,
+    stores_operator_token_hashes,
+    one_server_at_a_time,
+    reopening_keeps_data,
+);
+
+async fn round_trips_tenants(f: Fixture) {
+    let acme = tenant("acme");
+    f.store.insert_tenant(&acme).await.unwrap();
+    let by_name = f.store.tenant(&acme.name).await.unwrap().unwrap();
+    assert_eq!(by_name, acme);
+    assert_eq!(f.store.tenant_by_id(acme.id).await.unwrap().unwrap(), acme);
+    let missing = TenantName::parse("nobody").unwrap();
+    assert!(f.store.tenant(&missing).await.unwrap().is_none());
+    assert!(f.store.tenant_by_id(TenantId::random()).await.unwrap().is_none());
+}
+
+async fn names_are_unique(f: Fixture) {
+    f.store.insert_tenant(&tenant("acme")).await.unwrap();
+    let err = f.store.insert_tenant(&tenant("acme")).await.unwrap_err();
+    assert!(matches!(err, StoreError::NameTaken(ref n) if n == "acme"), "{err:?}");
+}
+
+async fn concurrent_creates_of_one_name_have_one_winner(f: Fixture) {
+    let attempts: Vec<_> = (0..8)
+        .map(|_| {
+            let store = f.store.clone();
+            tokio::spawn(async move { store.insert_tenant(&tenant("race")).await })
+        })
+        .collect();
+    let mut won = 0;
+    for attempt in attempts {
+        match attempt.await.unwrap() {
+            Ok(()) => won += 1,
+            Err(StoreError::NameTaken(_)) => {}
+            Err(other) => panic!("unexpected error: {other:?}"),
+        }
+    }
+    assert_eq!(won, 1);
+}
+
+async fn updates_are_optimistic(f: Fixture) {
+    let acme = tenant("acme");
+    f.store.insert_tenant(&acme).await.unwrap();
+    let active = Tenant {
+        state: TenantState::Active,
+        provisioned_at: Some(now()),
+        last_error: Some("transient".into()),
+        ..acme.clone()
+    };
+    let stored = f.store.update_tenant(&active).await.unwrap();
+    assert_eq!(stored.version, acme.version + 1);
+    assert_eq!(f.store.tenant(&acme.name).await.unwrap().unwrap(), stored);
+
+    // A writer holding the old version loses.
+    let stale = Tenant { state: TenantState::Failed, ..acme.clone() };
+    assert!(matches!(f.store.update_tenant(&stale).await, Err(StoreError::VersionConflict)));
+
+    let failed = Tenant {
+        state: TenantState::Failed,
+        failure: Some(Failure { step: "create_database".into(), reason: "boom".into(), undone: true }),
+        purge_requested: true,
+        ..stored
+    };
+    let stored = f.store.update_tenant(&failed).await.unwrap();
+    assert_eq!(f.store.tenant_by_id(acme.id).await.unwrap().unwrap(), stored);
+}
+
+async fn lists_in_pages(f: Fixture) {
+    for name in ["delta", "alpha", "charlie", "bravo", "echo"] {
+        f.store.insert_tenant(&tenant(name)).await.unwrap();
+    }
+    let mut deleted = f.store.tenant(&TenantName::parse("echo").unwrap()).await.unwrap().unwrap();
+    deleted.state = TenantState::Deleted;
+    f.store.update_tenant(&deleted).await.unwrap();
+
+    let page = |after: Option<&str>, state, limit| TenantPage {
+        after: after.map(str::to_owned),
+        state,
+        limit,
+    };
+    let names = |tenants: Vec<Tenant>| -> Vec<String> {
+        tenants.into_iter().map(|t| t.name.to_string()).collect()
+    };
+    let first = f.store.list_tenants(&page(None, None, 2)).await.unwrap();
+    assert_eq!(names(first), ["alpha", "bravo"]);
+    let second = f.store.list_tenants(&page(Some("bravo"), None, 2)).await.unwrap();
+    assert_eq!(names(second), ["charlie", "delta"]);
+    let last = f.store.list_tenants(&page(Some("delta"), None, 2)).await.unwrap();
+    assert!(last.is_empty(), "deleted tenants are not listed by default");
+    let gone = f.store.list_tenants(&page(None, Some(TenantState::Deleted), 10)).await.unwrap();
+    assert_eq!(names(gone), ["echo"]);
+}
+
+async fn finds_unsettled_tenants(f: Fixture) {
+    let settle = |t: &Tenant, state, failure| Tenant { state, failure, ..t.clone() };
+    let provisioning = tenant("provisioning");
+    let active = tenant("active");
+    let failed_pending = tenant("failed-pending");
+    let failed_done = tenant("failed-done");
+    let offboarding = tenant("offboarding");
+    for t in [&provisioning, &active, &failed_pending, &failed_done, &offboarding] {
+        f.store.insert_tenant(t).await.unwrap();
+    }
+    let failure = |undone| Some(Failure { step: "s".into(), reason: "r".into(), undone });
+    for t in [
+        settle(&active, TenantState::Active, None),
+        settle(&failed_pending, TenantState::Failed, failure(false)),
+        settle(&failed_done, TenantState::Failed, failure(true)),
+        settle(&offboarding, TenantState::Offboarding, None),
+    ] {
+        f.store.update_tenant(&t).await.unwrap();
+    }
+    let unsettled: HashSet<_> = f.store.unsettled_tenants().await.unwrap().into_iter().collect();
+    let expected: HashSet<_> = [provisioning.id, failed_pending.id, offboarding.id].into();
+    assert_eq!(unsettled, expected);
+}
+
+async fn records_steps(f: Fixture) {
+    let acme = tenant("acme");
+    f.store.insert_tenant(&acme).await.unwrap();
+    assert!(f.store.steps(acme.id).await.unwrap().is_empty());
+    let applied = StepRecord {
+        step: "allocate_directory".into(),
+        status: StepStatus::Applied,
+        output: Some(serde_json::json!({"path": "tenants/acme"})),
+        updated_at: now(),
+    };
+    f.store.record_step(acme.id, &applied).await.unwrap();
+    assert_eq!(f.store.steps(acme.id).await.unwrap(), [applied.clone()]);
+
+    // Recording again replaces: steps are idempotent and so is their record.
+    let undone = StepRecord { status: StepStatus::Undone, output: None, ..applied };
+    f.store.record_step(acme.id, &undone).await.unwrap();
+    assert_eq!(f.store.steps(acme.id).await.unwrap(), [undone.clone()]);
+
+    let err = f.store.record_step(TenantId::random(), &undone).await.unwrap_err();
+    assert!(matches!(err, StoreError::NotFound(_)), "{err:?}");
+}
+
+async fn deleting_a_tenant_removes_its_steps(f: Fixture) {
+    let acme = tenant("acme");
+    f.store.insert_tenant(&acme).await.unwrap();
+    let record = StepRecord {
+        step: "allocate_directory".into(),
+        status: StepStatus::Applied,
+        output: None,
+        updated_at: now(),
+    };
+    f.store.record_step(acme.id, &record).await.unwrap();
+    f.store.delete_tenant(acme.id).await.unwrap();
+    assert!(f.store.tenant(&acme.name).await.unwrap().is_none());
+    assert!(f.store.steps(acme.id).await.unwrap().is_empty());
+    // The name is free again, and deleting twice is harmless.
+    f.store.insert_tenant(&tenant("acme")).await.unwrap();
+    f.store.delete_tenant(acme.id).await.unwrap();
+}
+
+async fn counts_by_state(f: Fixture) {
+    for name in ["one", "two", "three"] {
+        f.store.insert_tenant(&tenant(name)).await.unwrap();
+    }
+    let mut three = f.store.tenant(&TenantName::parse("three").unwrap()).await.unwrap().unwrap();
+    three.state = TenantState::Active;
+    f.store.update_tenant(&three).await.unwrap();
+    let mut counts = f.store.count_by_state().await.unwrap();
+    counts.sort_by_key(|(state, _)| state.as_str());
+    assert_eq!(counts, [(TenantState::Active, 1), (TenantState::Provisioning, 2)]);
+}
+
+async fn appends_and_reads_events(f: Fixture) {
+    let acme = tenant("acme");
+    let event = |tenant: Option<&Tenant>, action: &str| NewEvent {
+        at: now(),
+        tenant_id: tenant.map(|t| t.id),
+        tenant: tenant.map(|t| t.name.to_string()),
+        actor: "operator:initial".into(),
+        action: action.into(),
+        outcome: "ok".into(),
+        details: serde_json::json!({"plan": "starter"}),
+    };
+    f.store.append_event(&event(Some(&acme), "tenant.create")).await.unwrap();
+    f.store.append_event(&event(None, "operator.login")).await.unwrap();
+    f.store.append_event(&event(Some(&acme), "tenant.suspend")).await.unwrap();
+
+    let all = f.store.events(None, 10).await.unwrap();
+    let actions: Vec<_> = all.iter().map(|e| e.event.action.as_str()).collect();
+    assert_eq!(actions, ["tenant.suspend", "operator.login", "tenant.create"]);
+    let mine = f.store.events(Some(acme.id), 1).await.unwrap();
+    assert_eq!(mine.len(), 1);
+    assert_eq!(mine[0].event, event(Some(&acme), "tenant.suspend").with_at(mine[0].event.at));
+}
+
+trait WithAt {
+    fn with_at(self, at: OffsetDateTime) -> Self;
+}
+
+impl WithAt for NewEvent {
+    fn with_at(self, at: OffsetDateTime) -> Self {
+        NewEvent { at, ..self }
+    }
+}
+
+async fn stores_operator_token_hashes(f: Fixture) {
+    assert!(f.store.operator_tokens().await.unwrap().is_empty());
+    let token = OperatorToken {
+        id: uuid::Uuid::new_v4(),
+        name: "initial".into(),
+        token_hash: [7; 32],
+        created_at: now(),
+    };
+    f.store.insert_operator_token(&token).await.unwrap();
+    assert_eq!(f.store.operator_tokens().await.unwrap(), [token.clone()]);
+    let again = OperatorToken { id: uuid::Uuid::new_v4(), ..token };
+    assert!(matches!(f.store.insert_operator_token(&again).await, Err(StoreError::Duplicate(_))));
+    assert!(!format!("{again:?}").contains("7, 7"), "Debug must not print the hash");
+}
+
+async fn one_server_at_a_time(f: Fixture) {
+    let held = f.store.lock_exclusive().await.unwrap();
+    let second = bulkhead_store::open(&f.location).await.unwrap();
+    let err = second.lock_exclusive().await.unwrap_err();
+    assert!(err.to_string().contains("another bulkhead server is using it"), "{err}");
+    drop(held);
+    second.lock_exclusive().await.unwrap();
+}
+
+async fn reopening_keeps_data(f: Fixture) {
+    let acme = tenant("acme");
+    f.store.insert_tenant(&acme).await.unwrap();
+    f.store.ping().await.unwrap();
+    // Opening again runs the migrations again: they must be a no-op.
+    let reopened = bulkhead_store::open(&f.location).await.unwrap();
+    assert_eq!(reopened.tenant(&acme.name).await.unwrap().unwrap(), acme);
+    assert!(!reopened.location().is_empty());
+}

@@ -1,0 +1,123 @@
+//! Test support: every test gets its own PostgreSQL database and its own
+//! prefix for the databases and roles it makes, so test runs can overlap and
+//! repeat, and everything is dropped when the test ends.
+#![allow(clippy::expect_used, clippy::panic)]
+
+use std::time::Duration;
+
+use sqlx::{AssertSqlSafe, Connection, PgConnection};
+
+/// The PostgreSQL server tests use, as a superuser: `BULKHEAD_TEST_POSTGRES`
+/// or the local server on 127.0.0.1:5432.
+pub fn postgres_admin_url() -> String {
+    std::env::var("BULKHEAD_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+/// `prefix` followed by random lowercase letters and digits.
+pub fn unique_name(prefix: &str, random_len: usize) -> String {
+    let random = uuid::Uuid::new_v4().simple().to_string();
+    format!("{prefix}{}", &random[..random_len.min(random.len())])
+}
+
+/// The URL of database `name` on the admin server.
+pub fn database_url(name: &str) -> String {
+    let admin = postgres_admin_url();
+    match admin.rfind('/') {
+        Some(slash) if slash > "postgres://".len() => format!("{}/{name}", &admin[..slash]),
+        _ => format!("{admin}/{name}"),
+    }
+}
+
+async fn admin_connection() -> PgConnection {
+    PgConnection::connect(&postgres_admin_url())
+        .await
+        .expect("tests need PostgreSQL: run scripts/test.sh or set BULKHEAD_TEST_POSTGRES")
+}
+
+/// A database that exists for one test, dropped with it.
+#[derive(Debug)]
+pub struct TestDatabase {
+    pub name: String,
+    pub url: String,
+    /// Databases and roles whose names start with this are the test's own
+    /// (use it as a region's `database_prefix`); they are dropped too.
+    pub object_prefix: String,
+}
+
+impl TestDatabase {
+    pub async fn create() -> Self {
+        let name = unique_name("bh_test_", 16);
+        let mut conn = admin_connection().await;
+        sqlx::query(AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
+            .execute(&mut conn)
+            .await
+            .expect("create test database");
+        Self { url: database_url(&name), name, object_prefix: unique_name("t", 6) + "_" }
+    }
+
+    /// The databases and roles the test created under its object prefix.
+    pub async fn owned_objects(&self) -> (Vec<String>, Vec<String>) {
+        let mut conn = admin_connection().await;
+        let pattern = format!("{}%", self.object_prefix.replace('_', "\\_"));
+        let databases: Vec<(String,)> =
+            sqlx::query_as("SELECT datname FROM pg_database WHERE datname LIKE $1 ORDER BY 1")
+                .bind(&pattern)
+                .fetch_all(&mut conn)
+                .await
+                .expect("list databases");
+        let roles: Vec<(String,)> =
+            sqlx::query_as("SELECT rolname FROM pg_roles WHERE rolname LIKE $1 ORDER BY 1")
+                .bind(&pattern)
+                .fetch_all(&mut conn)
+                .await
+                .expect("list roles");
+        (databases.into_iter().map(|(d,)| d).collect(), roles.into_iter().map(|(r,)| r).collect())
+    }
+
+    async fn drop_everything(name: String, object_prefix: String) {
+        let Ok(mut conn) = PgConnection::connect(&postgres_admin_url()).await else { return };
+        let pattern = format!("{}%", object_prefix.replace('_', "\\_"));
+        let databases: Vec<(String,)> =
+            sqlx::query_as("SELECT datname FROM pg_database WHERE datname LIKE $1")
+                .bind(&pattern)
+                .fetch_all(&mut conn)
+                .await
+                .unwrap_or_default();
+        for db in databases.into_iter().map(|(d,)| d).chain([name]) {
+            let sql = format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)");
+            let _ = sqlx::query(AssertSqlSafe(sql)).execute(&mut conn).await;
+        }
+        let roles: Vec<(String,)> =
+            sqlx::query_as("SELECT rolname FROM pg_roles WHERE rolname LIKE $1")
+                .bind(&pattern)
+                .fetch_all(&mut conn)
+                .await
+                .unwrap_or_default();
+        for (role,) in roles {
+            let sql = format!("DROP ROLE IF EXISTS \"{role}\"");
+            let _ = sqlx::query(AssertSqlSafe(sql)).execute(&mut conn).await;
+        }
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        // Drop runs inside the test's runtime, which cannot block on async
+        // work, so the cleanup gets a thread and a runtime of its own.
+        let name = self.name.clone();
+        let prefix = self.object_prefix.clone();
+        let cleanup = std::thread::spawn(move || {
+            if let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                rt.block_on(async {
+                    let _ = tokio::time::timeout(
+                        Duration::from_secs(30),
+                        Self::drop_everything(name, prefix),
+                    )
+                    .await;
+                });
+            }
+        });
+        let _ = cleanup.join();
+    }
+}
