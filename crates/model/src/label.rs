@@ -177,6 +177,51 @@ impl From<RegionName> for String {
     }
 }
 
+/// The domain tenants' subdomains hang under: tenant `acme` on base domain
+/// `saas.example.com` is served at `acme.saas.example.com`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BaseDomain(String);
+
+impl BaseDomain {
+    /// Accepts a DNS name (labels of a-z, 0-9 and '-', at most 253
+    /// characters), case-insensitively, with or without a trailing dot.
+    pub fn parse(domain: &str) -> Result<Self, String> {
+        let normalised = domain.trim_end_matches('.').to_ascii_lowercase();
+        let valid = (1..=253).contains(&normalised.len())
+            && normalised.split('.').all(|label| {
+                (1..=63).contains(&label.len())
+                    && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                    && !label.starts_with('-')
+                    && !label.ends_with('-')
+            });
+        if valid {
+            Ok(Self(normalised))
+        } else {
+            Err(format!(
+                "base domain {domain:?} is not a DNS name; expected something like \
+                 saas.example.com"
+            ))
+        }
+    }
+
+    /// The tenant's own hostname.
+    pub fn tenant_host(&self, tenant: &TenantName) -> String {
+        format!("{tenant}.{}", self.0)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Default for BaseDomain {
+    /// `localhost`: `acme.localhost` resolves to the loopback address in
+    /// browsers and curl without any DNS setup.
+    fn default() -> Self {
+        Self("localhost".to_owned())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -237,6 +282,18 @@ mod tests {
         assert!(serde_json::from_str::<TenantName>("\"acme\"").is_ok());
         let err = serde_json::from_str::<TenantName>("\"WWW\"").unwrap_err();
         assert!(err.to_string().contains("DNS labels"), "{err}");
+    }
+
+    #[test]
+    fn base_domains() {
+        let domain = BaseDomain::parse("SaaS.Example.com.").unwrap();
+        assert_eq!(domain.as_str(), "saas.example.com");
+        let acme = TenantName::parse("acme").unwrap();
+        assert_eq!(domain.tenant_host(&acme), "acme.saas.example.com");
+        for bad in ["", "a..b", "-a.com", "a_b.com", "a b.com", &"a".repeat(64)] {
+            assert!(BaseDomain::parse(bad).is_err(), "{bad}");
+        }
+        assert_eq!(BaseDomain::default().tenant_host(&acme), "acme.localhost");
     }
 
     #[test]

@@ -15,7 +15,7 @@ mod tenant;
 
 pub use email::{AdminEmail, AdminEmailError};
 pub use isolation::{Isolation, IsolationError, UnknownIsolation};
-pub use label::{RESERVED_TENANT_NAMES, RegionName, TenantName, TenantNameError};
+pub use label::{BaseDomain, RESERVED_TENANT_NAMES, RegionName, TenantName, TenantNameError};
 pub use plan::{
     BackupPolicy, CostCaps, Plan, PlanCatalog, PlanName, RateLimit, RuntimeLimits, UnknownPlan,
 };

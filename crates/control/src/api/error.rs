@@ -1,0 +1,175 @@
+//! The one place where errors become HTTP responses.
+//!
+//! Every error is `{"error": {"code", "message"}}` with a stable code from
+//! [`ErrorCode`]. A 500 never carries internal detail: the detail goes to
+//! the log, under the request id returned in `x-request-id`.
+
+use axum::{
+    Json,
+    extract::rejection::{JsonRejection, QueryRejection},
+    http::{HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use bulkhead_store::StoreError;
+
+use super::types::{ErrorBody, ErrorDetail};
+use crate::tenants::TenantError;
+
+/// The table of error codes: each with its HTTP status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    InvalidRequest,
+    InvalidJson,
+    InvalidTenantName,
+    InvalidAdminEmail,
+    UnknownPlan,
+    UnknownRegion,
+    IsolationUnavailable,
+    Unauthorized,
+    NotFound,
+    TenantNotFound,
+    MethodNotAllowed,
+    TenantExists,
+    InvalidState,
+    Conflict,
+    PayloadTooLarge,
+    Internal,
+    Unavailable,
+}
+
+impl ErrorCode {
+    pub fn status(self) -> StatusCode {
+        use ErrorCode::*;
+        match self {
+            InvalidRequest | InvalidJson | InvalidTenantName | InvalidAdminEmail | UnknownPlan
+            | UnknownRegion | IsolationUnavailable => StatusCode::BAD_REQUEST,
+            Unauthorized => StatusCode::UNAUTHORIZED,
+            NotFound | TenantNotFound => StatusCode::NOT_FOUND,
+            MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            TenantExists | InvalidState | Conflict => StatusCode::CONFLICT,
+            PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        use ErrorCode::*;
+        match self {
+            InvalidRequest => "invalid_request",
+            InvalidJson => "invalid_json",
+            InvalidTenantName => "invalid_tenant_name",
+            InvalidAdminEmail => "invalid_admin_email",
+            UnknownPlan => "unknown_plan",
+            UnknownRegion => "unknown_region",
+            IsolationUnavailable => "isolation_unavailable",
+            Unauthorized => "unauthorized",
+            NotFound => "not_found",
+            TenantNotFound => "tenant_not_found",
+            MethodNotAllowed => "method_not_allowed",
+            TenantExists => "tenant_exists",
+            InvalidState => "invalid_state",
+            Conflict => "conflict",
+            PayloadTooLarge => "payload_too_large",
+            Internal => "internal",
+            Unavailable => "unavailable",
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct ApiError {
+    code: ErrorCode,
+    message: String,
+}
+
+impl ApiError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self { code, message: message.into() }
+    }
+
+    /// Logs `error` in the request's span and answers with nothing but a
+    /// pointer to that log line.
+    pub fn internal(error: &dyn std::error::Error) -> Self {
+        tracing::error!(%error, "request failed");
+        Self::new(
+            ErrorCode::Internal,
+            "internal error; the server log has the details under this response's x-request-id",
+        )
+    }
+
+    pub fn unauthorized() -> Self {
+        Self::new(ErrorCode::Unauthorized, "authentication required")
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody {
+            error: ErrorDetail { code: self.code.as_str().to_owned(), message: self.message },
+        };
+        let mut response = (self.code.status(), Json(body)).into_response();
+        if self.code == ErrorCode::Unauthorized {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+impl From<TenantError> for ApiError {
+    fn from(error: TenantError) -> Self {
+        use ErrorCode::*;
+        let code = match &error {
+            TenantError::InvalidName(_) => InvalidTenantName,
+            TenantError::UnknownPlan(_) => UnknownPlan,
+            TenantError::UnknownRegion(_) => UnknownRegion,
+            TenantError::Isolation(_) => IsolationUnavailable,
+            TenantError::InvalidEmail(_) => InvalidAdminEmail,
+            TenantError::NotFound(_) => TenantNotFound,
+            TenantError::Exists(_) => TenantExists,
+            TenantError::InvalidState(_) => InvalidState,
+            TenantError::Store(StoreError::VersionConflict) => {
+                return Self::new(Conflict, "the tenant changed while this request ran; retry it");
+            }
+            TenantError::Store(store) => return store_error(store),
+        };
+        Self::new(code, error.to_string())
+    }
+}
+
+fn store_error(error: &StoreError) -> ApiError {
+    match error {
+        StoreError::Unreachable { .. } | StoreError::Query(sqlx::Error::PoolTimedOut) => {
+            tracing::error!(%error, "control store unavailable");
+            ApiError::new(ErrorCode::Unavailable, "the control store is unavailable; retry shortly")
+        }
+        other => ApiError::internal(other),
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(rejection: JsonRejection) -> Self {
+        match rejection.status() {
+            StatusCode::PAYLOAD_TOO_LARGE => Self::new(
+                ErrorCode::PayloadTooLarge,
+                "request body is larger than the API accepts (64 KiB)",
+            ),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => Self::new(
+                ErrorCode::InvalidJson,
+                "request body must be JSON with content-type: application/json",
+            ),
+            // axum's message names the field and the position (it uses
+            // serde_path_to_error), e.g. "plan: invalid type: integer `5`,
+            // expected a string at line 1 column 25".
+            _ => Self::new(ErrorCode::InvalidJson, rejection.body_text()),
+        }
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(rejection: QueryRejection) -> Self {
+        Self::new(ErrorCode::InvalidRequest, rejection.body_text())
+    }
+}

@@ -1,0 +1,74 @@
+//! Unauthenticated endpoints about the server itself: liveness, readiness,
+//! metrics and the API description.
+
+use std::time::Duration;
+
+use axum::{
+    Json,
+    extract::State,
+    http::{StatusCode, header},
+    response::{IntoResponse, Response},
+};
+
+use super::{
+    AppState,
+    error::{ApiError, ErrorCode},
+    types::{ErrorBody, Status},
+};
+
+/// Liveness: the process is up and answering.
+#[utoipa::path(get, path = "/healthz", tag = "meta", responses((status = 200, body = Status)))]
+pub async fn healthz() -> Json<Status> {
+    Json(Status { status: "ok".to_owned() })
+}
+
+/// Readiness: the control store answers and the reconciler runs.
+#[utoipa::path(
+    get, path = "/readyz", tag = "meta",
+    responses((status = 200, body = Status), (status = 503, body = ErrorBody))
+)]
+pub async fn readyz(State(state): State<AppState>) -> Result<Json<Status>, ApiError> {
+    if state.reconciler_stopped() {
+        return Err(ApiError::new(ErrorCode::Unavailable, "the reconciler is not running"));
+    }
+    match tokio::time::timeout(Duration::from_secs(2), state.store.ping()).await {
+        Ok(Ok(())) => Ok(Json(Status { status: "ready".to_owned() })),
+        Ok(Err(error)) => {
+            tracing::warn!(%error, "readiness: control store unreachable");
+            Err(ApiError::new(ErrorCode::Unavailable, "the control store is unreachable"))
+        }
+        Err(_) => Err(ApiError::new(ErrorCode::Unavailable, "the control store does not answer")),
+    }
+}
+
+/// Prometheus metrics in the OpenMetrics text format.
+#[utoipa::path(
+    get, path = "/metrics", tag = "meta",
+    responses((status = 200, content_type = "application/openmetrics-text", body = String))
+)]
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    match state.store.count_by_state().await {
+        Ok(counts) => state.metrics.set_tenant_counts(&counts),
+        Err(error) => tracing::warn!(%error, "metrics: cannot count tenants"),
+    }
+    match state.metrics.encode() {
+        Ok(text) => (
+            [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+            text,
+        )
+            .into_response(),
+        Err(error) => ApiError::internal(&error).into_response(),
+    }
+}
+
+/// This document.
+#[utoipa::path(
+    get, path = "/v1/openapi.json", tag = "meta",
+    responses((status = 200, content_type = "application/json", body = Object))
+)]
+pub async fn openapi(State(state): State<AppState>) -> Response {
+    match state.openapi.get() {
+        Some(json) => ([(header::CONTENT_TYPE, "application/json")], json.clone()).into_response(),
+        None => StatusCode::SERVICE_UNAVAILABLE.into_response(),
+    }
+}

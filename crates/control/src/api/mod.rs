@@ -1,0 +1,215 @@
+//! The control API: JSON over HTTP, described by an OpenAPI document that is
+//! generated from the handlers themselves (so an undocumented route cannot
+//! exist).
+
+mod auth;
+mod catalog;
+pub mod error;
+mod meta;
+mod tenants;
+pub mod types;
+
+use std::{
+    sync::{
+        Arc, OnceLock,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Instant,
+};
+
+use axum::{
+    Router,
+    extract::{DefaultBodyLimit, MatchedPath, Request, State},
+    http::{HeaderValue, Method, Uri},
+    middleware::{self, Next},
+    response::Response,
+};
+use bulkhead_model::{BaseDomain, PlanCatalog, Regions};
+use bulkhead_store::ControlStore;
+use tracing::{Instrument, field::Empty};
+use utoipa::{
+    Modify, OpenApi,
+    openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
+};
+use utoipa_axum::{router::OpenApiRouter, routes};
+
+use crate::{metrics::Metrics, operator_token::OperatorTokens, tenants::TenantService};
+use error::{ApiError, ErrorCode};
+
+/// Bodies larger than this are refused before parsing.
+const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// What every handler can reach.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub tenants: Arc<TenantService>,
+    pub plans: Arc<PlanCatalog>,
+    pub regions: Regions,
+    pub base_domain: BaseDomain,
+    pub step_names: Arc<[&'static str]>,
+    pub store: Arc<dyn ControlStore>,
+    pub operator_tokens: OperatorTokens,
+    pub metrics: Arc<Metrics>,
+    /// Set when the reconciler's task has ended, which makes `/readyz` fail.
+    pub reconciler_done: Arc<AtomicBool>,
+    openapi: Arc<OnceLock<String>>,
+}
+
+impl AppState {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        tenants: Arc<TenantService>,
+        plans: Arc<PlanCatalog>,
+        regions: Regions,
+        base_domain: BaseDomain,
+        step_names: Arc<[&'static str]>,
+        store: Arc<dyn ControlStore>,
+        operator_tokens: OperatorTokens,
+        metrics: Arc<Metrics>,
+        reconciler_done: Arc<AtomicBool>,
+    ) -> Self {
+        Self {
+            tenants,
+            plans,
+            regions,
+            base_domain,
+            step_names,
+            store,
+            operator_tokens,
+            metrics,
+            reconciler_done,
+            openapi: Arc::default(),
+        }
+    }
+
+    fn reconciler_stopped(&self) -> bool {
+        self.reconciler_done.load(Ordering::Relaxed)
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Bulkhead control API",
+        description = "Tenant lifecycle and catalog of a Bulkhead control plane. Every `/v1` \
+                       endpoint but this document needs an operator token as a bearer token.",
+    ),
+    modifiers(&OperatorTokenScheme),
+    tags(
+        (name = "tenants", description = "Tenant lifecycle"),
+        (name = "catalog", description = "Plans and regions"),
+        (name = "meta", description = "Health, readiness, metrics and this document"),
+    )
+)]
+struct ApiDoc;
+
+struct OperatorTokenScheme;
+
+impl Modify for OperatorTokenScheme {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "operator_token",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// The whole control API, ready to serve.
+pub fn router(state: AppState) -> Router {
+    let authenticated = OpenApiRouter::new()
+        .routes(routes!(tenants::create_tenant, tenants::list_tenants))
+        .routes(routes!(tenants::get_tenant, tenants::delete_tenant))
+        .routes(routes!(tenants::suspend_tenant))
+        .routes(routes!(tenants::resume_tenant))
+        .routes(routes!(catalog::list_plans))
+        .routes(routes!(catalog::list_regions))
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth::require_operator));
+    let public = OpenApiRouter::new()
+        .routes(routes!(meta::healthz))
+        .routes(routes!(meta::readyz))
+        .routes(routes!(meta::metrics))
+        .routes(routes!(meta::openapi));
+    let (router, document) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(authenticated)
+        .merge(public)
+        .split_for_parts();
+    match document.to_pretty_json() {
+        Ok(json) => {
+            let _ = state.openapi.set(json);
+        }
+        Err(error) => tracing::error!(%error, "cannot render the OpenAPI document"),
+    }
+
+    // Layers run outside-in in reverse order of these lines: `observe` sees
+    // every request first, including those the body limit refuses.
+    router
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .with_state(state)
+}
+
+async fn not_found(method: Method, uri: Uri) -> ApiError {
+    ApiError::new(
+        ErrorCode::NotFound,
+        format!("no endpoint {method} {}; /v1/openapi.json lists them all", uri.path()),
+    )
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
+    ApiError::new(
+        ErrorCode::MethodNotAllowed,
+        format!("{} does not accept {method}; /v1/openapi.json lists what it does", uri.path()),
+    )
+}
+
+/// One span per request, with a request id (the caller's `x-request-id` if
+/// it is sane, else a new one) that is returned in the response; the span's
+/// `tenant` is filled in by handlers that learn it. Also counts and times
+/// the request.
+async fn observe(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let request_id = request
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            (1..=64).contains(&v.len())
+                && v.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        })
+        .map(str::to_owned)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method = request.method().clone();
+    let span = tracing::info_span!(
+        "request",
+        request_id = %request_id,
+        method = %method,
+        route = %route,
+        status = Empty,
+        tenant = Empty,
+    );
+    let started = Instant::now();
+    let mut response = next.run(request).instrument(span.clone()).await;
+    let elapsed = started.elapsed();
+    let status = response.status().as_u16();
+    span.record("status", status);
+    state.metrics.observe_request(method.as_str(), &route, status, elapsed);
+    let quiet = matches!(route.as_str(), "/healthz" | "/readyz" | "/metrics");
+    span.in_scope(|| {
+        let elapsed_us = elapsed.as_micros() as u64;
+        if quiet {
+            tracing::debug!(elapsed_us, "request finished");
+        } else {
+            tracing::info!(elapsed_us, "request finished");
+        }
+    });
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert("x-request-id", value);
+    }
+    response
+}

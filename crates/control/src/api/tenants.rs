@@ -1,0 +1,193 @@
+//! `/v1/tenants`: the tenant lifecycle.
+
+use axum::{
+    Extension, Json,
+    extract::{
+        Path, Query, State,
+        rejection::{JsonRejection, QueryRejection},
+    },
+    http::{StatusCode, header},
+    response::IntoResponse,
+};
+use bulkhead_model::TenantState;
+use bulkhead_store::TenantPage;
+
+use super::{
+    AppState,
+    error::{ApiError, ErrorCode},
+    types::{
+        CreateTenantRequest, DeleteTenantParams, ErrorBody, ListTenantsParams, TenantList,
+        TenantView,
+    },
+};
+use crate::{events::Actor, tenants::CreateTenant};
+
+const DEFAULT_PAGE: u32 = 100;
+const MAX_PAGE: u32 = 1_000;
+
+fn record_tenant(name: &str) {
+    tracing::Span::current().record("tenant", name);
+}
+
+/// Create a tenant. Answers at once with the tenant `provisioning`; poll it
+/// until it is `active` or `failed`.
+#[utoipa::path(
+    post, path = "/v1/tenants", tag = "tenants",
+    request_body = CreateTenantRequest,
+    responses(
+        (status = 202, description = "Recorded; provisioning has started", body = TenantView,
+         headers(("location" = String, description = "The tenant's URL"))),
+        (status = 400, description = "Invalid name, unknown plan or region, unavailable isolation, malformed JSON", body = ErrorBody),
+        (status = 401, description = "Missing or invalid operator token", body = ErrorBody),
+        (status = 409, description = "A tenant with this name exists", body = ErrorBody),
+    ),
+    security(("operator_token" = []))
+)]
+pub async fn create_tenant(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    body: Result<Json<CreateTenantRequest>, JsonRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    let Json(body) = body?;
+    record_tenant(&body.name);
+    let request = CreateTenant {
+        name: body.name,
+        plan: body.plan,
+        isolation: body.isolation,
+        region: body.region,
+        admin_email: body.admin_email,
+    };
+    let tenant = state.tenants.create(request, &actor).await?;
+    let location = format!("/v1/tenants/{}", tenant.name);
+    let view = TenantView::new(tenant, &state.base_domain).with_steps(&state.step_names, &[]);
+    Ok((StatusCode::ACCEPTED, [(header::LOCATION, location)], Json(view)))
+}
+
+/// List tenants by name, a page at a time.
+#[utoipa::path(
+    get, path = "/v1/tenants", tag = "tenants",
+    params(ListTenantsParams),
+    responses(
+        (status = 200, body = TenantList),
+        (status = 400, description = "Invalid paging or state filter", body = ErrorBody),
+        (status = 401, body = ErrorBody),
+    ),
+    security(("operator_token" = []))
+)]
+pub async fn list_tenants(
+    State(state): State<AppState>,
+    params: Result<Query<ListTenantsParams>, QueryRejection>,
+) -> Result<Json<TenantList>, ApiError> {
+    let Query(params) = params?;
+    let limit = params.limit.unwrap_or(DEFAULT_PAGE);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(ApiError::new(
+            ErrorCode::InvalidRequest,
+            format!("limit {limit} is out of range; use 1 to {MAX_PAGE}"),
+        ));
+    }
+    let state_filter = params
+        .state
+        .as_deref()
+        .map(str::parse::<TenantState>)
+        .transpose()
+        .map_err(|e| ApiError::new(ErrorCode::InvalidRequest, e.to_string()))?;
+    let page = TenantPage { after: params.after, state: state_filter, limit };
+    let tenants = state.tenants.list(&page).await?;
+    let next_after = match tenants.last() {
+        Some(last) if tenants.len() == limit as usize => Some(last.name.to_string()),
+        _ => None,
+    };
+    let tenants = tenants.into_iter().map(|t| TenantView::new(t, &state.base_domain)).collect();
+    Ok(Json(TenantList { tenants, next_after }))
+}
+
+/// Get one tenant, with the progress of every provisioning step.
+#[utoipa::path(
+    get, path = "/v1/tenants/{name}", tag = "tenants",
+    params(("name" = String, Path, description = "Tenant name")),
+    responses(
+        (status = 200, body = TenantView),
+        (status = 400, description = "Not a valid tenant name", body = ErrorBody),
+        (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+    ),
+    security(("operator_token" = []))
+)]
+pub async fn get_tenant(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<TenantView>, ApiError> {
+    record_tenant(&name);
+    let (tenant, steps) = state.tenants.get(&name).await?;
+    Ok(Json(TenantView::new(tenant, &state.base_domain).with_steps(&state.step_names, &steps)))
+}
+
+/// Suspend an active tenant. Suspending a suspended tenant changes nothing.
+#[utoipa::path(
+    post, path = "/v1/tenants/{name}/suspend", tag = "tenants",
+    params(("name" = String, Path, description = "Tenant name")),
+    responses(
+        (status = 200, body = TenantView),
+        (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+        (status = 409, description = "The tenant is not active", body = ErrorBody),
+    ),
+    security(("operator_token" = []))
+)]
+pub async fn suspend_tenant(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Path(name): Path<String>,
+) -> Result<Json<TenantView>, ApiError> {
+    record_tenant(&name);
+    let tenant = state.tenants.suspend(&name, &actor).await?;
+    Ok(Json(TenantView::new(tenant, &state.base_domain)))
+}
+
+/// Resume a suspended tenant. Resuming an active tenant changes nothing.
+#[utoipa::path(
+    post, path = "/v1/tenants/{name}/resume", tag = "tenants",
+    params(("name" = String, Path, description = "Tenant name")),
+    responses(
+        (status = 200, body = TenantView),
+        (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+        (status = 409, description = "The tenant is not suspended", body = ErrorBody),
+    ),
+    security(("operator_token" = []))
+)]
+pub async fn resume_tenant(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Path(name): Path<String>,
+) -> Result<Json<TenantView>, ApiError> {
+    record_tenant(&name);
+    let tenant = state.tenants.resume(&name, &actor).await?;
+    Ok(Json(TenantView::new(tenant, &state.base_domain)))
+}
+
+/// Offboard a tenant: undo its provisioning in reverse. With `purge=true`
+/// its record goes too. Answers at once with the tenant `offboarding`.
+#[utoipa::path(
+    delete, path = "/v1/tenants/{name}", tag = "tenants",
+    params(("name" = String, Path, description = "Tenant name"), DeleteTenantParams),
+    responses(
+        (status = 202, description = "Offboarding has started (or had already)", body = TenantView),
+        (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+        (status = 409, description = "The tenant is still provisioning", body = ErrorBody),
+    ),
+    security(("operator_token" = []))
+)]
+pub async fn delete_tenant(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Path(name): Path<String>,
+    params: Result<Query<DeleteTenantParams>, QueryRejection>,
+) -> Result<(StatusCode, Json<TenantView>), ApiError> {
+    record_tenant(&name);
+    let Query(params) = params?;
+    let tenant = state.tenants.delete(&name, params.purge, &actor).await?;
+    Ok((StatusCode::ACCEPTED, Json(TenantView::new(tenant, &state.base_domain))))
+}

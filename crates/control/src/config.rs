@@ -1,0 +1,68 @@
+//! The control plane's validated configuration. The `bulkhead` binary builds
+//! it from flags, environment and `bulkhead.toml`; this crate never reads
+//! any of those itself.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use bulkhead_model::{BaseDomain, DatabaseLocation, Regions};
+use bulkhead_store::StoreLocation;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Holds the SQLite store (by default), the operator token, the tenants'
+    /// directories and embedded databases.
+    pub data_dir: PathBuf,
+    pub store: StoreLocation,
+    /// Where the control API listens; port 0 picks a free port, which is
+    /// then written to `<data-dir>/api.url`.
+    pub api_listen: SocketAddr,
+    /// Reserved for the tenant-aware gateway; not bound yet.
+    pub gateway_listen: SocketAddr,
+    pub base_domain: BaseDomain,
+    pub regions: Regions,
+    pub reconciler: ReconcilerSettings,
+}
+
+impl Config {
+    /// The embedded default in `data_dir`, listening on a free port.
+    pub fn for_test(data_dir: PathBuf) -> Self {
+        Self {
+            store: StoreLocation::Sqlite(data_dir.join("bulkhead.db")),
+            data_dir,
+            api_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            gateway_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            base_domain: BaseDomain::default(),
+            regions: Regions::single(DatabaseLocation::Embedded),
+            reconciler: ReconcilerSettings {
+                first_backoff: Duration::from_millis(10),
+                ..ReconcilerSettings::default()
+            },
+        }
+    }
+}
+
+/// How hard the reconciler works and how patiently it retries.
+#[derive(Debug, Clone)]
+pub struct ReconcilerSettings {
+    /// Tenants reconciled at the same time.
+    pub workers: usize,
+    /// Attempts at one step before provisioning gives up on it (undo is
+    /// retried on every scan until it succeeds).
+    pub attempts: u32,
+    /// Wait after the first failed attempt; doubled after each further one.
+    pub first_backoff: Duration,
+    /// How often the store is scanned for unsettled tenants, which also
+    /// resumes work after a crash or a store outage.
+    pub scan_every: Duration,
+}
+
+impl Default for ReconcilerSettings {
+    fn default() -> Self {
+        Self {
+            workers: 16,
+            attempts: 4,
+            first_backoff: Duration::from_millis(250),
+            scan_every: Duration::from_secs(5),
+        }
+    }
+}

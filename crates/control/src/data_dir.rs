@@ -1,0 +1,109 @@
+//! The data directory: checked before anything else starts, and locked for
+//! as long as the server runs.
+
+use std::{
+    fs::{self, DirBuilder, File},
+    io::{self, Write},
+    os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt},
+    path::{Path, PathBuf},
+};
+
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum DataDirError {
+    #[error(
+        "data directory {path} cannot be used: {source}; choose another with --data-dir \
+         (or BULKHEAD_DATA_DIR) or fix its permissions"
+    )]
+    Unusable {
+        path: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("data directory {path} is in use by another bulkhead server")]
+    InUse { path: String },
+}
+
+/// `<data-dir>/`, owned by this server while it runs.
+#[derive(Debug)]
+pub struct DataDir {
+    path: PathBuf,
+    _lock: File,
+}
+
+impl DataDir {
+    /// Creates the directory (mode 0700) if needed, proves it is writable by
+    /// writing to it, and takes its lock.
+    pub fn open(path: &Path) -> Result<Self, DataDirError> {
+        let unusable =
+            |source: io::Error| DataDirError::Unusable { path: path.display().to_string(), source };
+        DirBuilder::new().recursive(true).mode(0o700).create(path).map_err(unusable)?;
+        let probe = path.join(".write-probe");
+        write_private(&probe, b"bulkhead").map_err(unusable)?;
+        fs::remove_file(&probe).map_err(unusable)?;
+
+        let lock = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path.join("bulkhead.lock"))
+            .map_err(unusable)?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                return Err(DataDirError::InUse { path: path.display().to_string() });
+            }
+            Err(fs::TryLockError::Error(e)) => return Err(unusable(e)),
+        }
+        DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(path.join("tenants"))
+            .map_err(unusable)?;
+        Ok(Self { path: path.to_owned(), _lock: lock })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// `<data-dir>/tenants`, where each tenant gets a directory of its own.
+    pub fn tenants(&self) -> PathBuf {
+        self.path.join("tenants")
+    }
+
+    pub fn operator_token(&self) -> PathBuf {
+        self.path.join("operator.token")
+    }
+
+    /// Where the server writes the URL its API actually listens on, so that
+    /// client commands on this machine find it without flags.
+    pub fn api_url(&self) -> PathBuf {
+        self.path.join("api.url")
+    }
+}
+
+/// Writes `contents` to `path` with mode 0600, atomically: a crash leaves
+/// either the old file or the new one, never half of either.
+pub fn write_private(path: &Path, contents: &[u8]) -> io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let _ = fs::remove_file(&tmp);
+    let mut file = File::options().write(true).create_new(true).mode(0o600).open(&tmp)?;
+    file.write_all(contents)?;
+    file.sync_all()?;
+    fs::rename(&tmp, path)
+}
+
+/// Narrows a file that should be private back to mode 0600, and says
+/// whether it had to.
+pub fn make_private(path: &Path) -> io::Result<bool> {
+    let mode = fs::metadata(path)?.permissions().mode();
+    if mode & 0o077 == 0 {
+        return Ok(false);
+    }
+    fs::set_permissions(path, fs::Permissions::from_mode(0o600))?;
+    Ok(true)
+}

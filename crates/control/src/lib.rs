@@ -1,0 +1,24 @@
+//! Bulkhead's control plane: the HTTP API that records what tenants should
+//! exist, and the reconciler that makes it so.
+//!
+//! A command (create, suspend, delete) is validated and recorded in the
+//! control store as desired state, then answered; the [`reconciler`]
+//! converges the world to it through an ordered list of idempotent
+//! [`provision`] steps, recording progress per step so that a crash at any
+//! moment resumes where it stopped. Later capabilities plug in as further
+//! steps and further API routes.
+
+pub mod api;
+pub mod clock;
+pub mod config;
+pub mod data_dir;
+pub mod events;
+pub mod metrics;
+pub mod operator_token;
+pub mod provision;
+pub mod reconciler;
+pub mod server;
+pub mod tenants;
+
+pub use config::{Config, ReconcilerSettings};
+pub use server::{RunningServer, StartError, start, start_with_steps};

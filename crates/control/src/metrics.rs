@@ -1,0 +1,135 @@
+//! Prometheus metrics of the control plane, served at `/metrics`.
+//!
+//! Labels are bounded: routes are templates (`/v1/tenants/{name}`), never
+//! tenant names, so the series count does not grow with the tenant count.
+
+use std::time::Duration;
+
+use bulkhead_model::TenantState;
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{
+        counter::Counter,
+        family::Family,
+        gauge::Gauge,
+        histogram::{Histogram, exponential_buckets},
+    },
+    registry::Registry,
+};
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HttpLabels {
+    method: String,
+    route: String,
+    status: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    method: String,
+    route: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StepLabels {
+    step: String,
+    action: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabels {
+    state: String,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    http_requests: Family<HttpLabels, Counter>,
+    http_seconds: HistogramFamily<RouteLabels>,
+    provisioning_seconds: Histogram,
+    step_failures: Family<StepLabels, Counter>,
+    tenants: Family<StateLabels, Gauge>,
+}
+
+/// 1 ms to about 33 s.
+fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.001, 2.0, 16))
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("bulkhead");
+        let http_requests = Family::<HttpLabels, Counter>::default();
+        registry.register("http_requests", "Control API requests answered", http_requests.clone());
+        let http_seconds: HistogramFamily<RouteLabels> =
+            Family::new_with_constructor(latency_histogram);
+        registry.register(
+            "http_request_duration_seconds",
+            "Control API request latency",
+            http_seconds.clone(),
+        );
+        let provisioning_seconds = latency_histogram();
+        registry.register(
+            "provisioning_duration_seconds",
+            "Time from a tenant's creation to it being active",
+            provisioning_seconds.clone(),
+        );
+        let step_failures = Family::<StepLabels, Counter>::default();
+        registry.register(
+            "provisioning_step_failures",
+            "Failed attempts at a provisioning step (action: apply or undo)",
+            step_failures.clone(),
+        );
+        let tenants = Family::<StateLabels, Gauge>::default();
+        registry.register("tenants", "Tenants by lifecycle state", tenants.clone());
+        Self { registry, http_requests, http_seconds, provisioning_seconds, step_failures, tenants }
+    }
+
+    pub fn observe_request(&self, method: &str, route: &str, status: u16, elapsed: Duration) {
+        self.http_requests
+            .get_or_create(&HttpLabels {
+                method: method.to_owned(),
+                route: route.to_owned(),
+                status: status.to_string(),
+            })
+            .inc();
+        self.http_seconds
+            .get_or_create(&RouteLabels { method: method.to_owned(), route: route.to_owned() })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    pub fn observe_provisioned(&self, elapsed: Duration) {
+        self.provisioning_seconds.observe(elapsed.as_secs_f64());
+    }
+
+    pub fn step_failed(&self, step: &str, action: &str) {
+        self.step_failures
+            .get_or_create(&StepLabels { step: step.to_owned(), action: action.to_owned() })
+            .inc();
+    }
+
+    /// Sets the per-state tenant gauges, zeroing states with no tenants.
+    pub fn set_tenant_counts(&self, counts: &[(TenantState, u64)]) {
+        for state in TenantState::ALL {
+            let count = counts.iter().find(|(s, _)| *s == state).map_or(0, |(_, n)| *n);
+            self.tenants
+                .get_or_create(&StateLabels { state: state.to_string() })
+                .set(i64::try_from(count).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// The OpenMetrics text exposition.
+    pub fn encode(&self) -> Result<String, std::fmt::Error> {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
+        Ok(out)
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

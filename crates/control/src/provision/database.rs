@@ -1,0 +1,273 @@
+//! `create_database`: the tenant's database, where its region keeps them.
+//!
+//! - Embedded region: a SQLite file, `<tenant-dir>/data.db`.
+//! - PostgreSQL region, silo: a database and a `NOLOGIN` owner role of its
+//!   own, with `CONNECT` revoked from `PUBLIC`. Dynamic login roles (the
+//!   vault's leases) will be members of the owner role.
+//! - PostgreSQL region, pool: the region's shared database, created if
+//!   missing and never dropped by one tenant's undo. Per-tenant roles and
+//!   row-level security come with tenant databases.
+//!
+//! Names carry the region's prefix, the tenant's name and the first eight
+//! hex digits of its id (`bh_acme_1f3c9a2e`), so that a tenant recreated
+//! under an old name, or another installation sharing the server, never
+//! adopts someone else's database.
+
+use std::{
+    collections::HashMap,
+    io,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use async_trait::async_trait;
+use bulkhead_model::{DatabaseLocation, DatabaseUrl, Isolation, Region, RegionName, Tenant};
+use serde_json::json;
+use sqlx::{
+    AssertSqlSafe, ConnectOptions, Connection, PgPool,
+    postgres::PgPoolOptions,
+    sqlite::{SqliteConnectOptions, SqliteJournalMode},
+};
+
+use super::{ProvisioningStep, StepError, StepTarget};
+
+/// Admin connection pools to each PostgreSQL region, made on first use and
+/// shared by every step that needs them.
+#[derive(Debug, Clone)]
+pub struct RegionServers {
+    pools: Arc<Mutex<HashMap<RegionName, PgPool>>>,
+    connect_timeout: Duration,
+}
+
+impl Default for RegionServers {
+    fn default() -> Self {
+        Self::with_connect_timeout(Duration::from_secs(5))
+    }
+}
+
+impl RegionServers {
+    /// How long one attempt waits for a connection to a region's server.
+    pub fn with_connect_timeout(connect_timeout: Duration) -> Self {
+        Self { pools: Arc::default(), connect_timeout }
+    }
+
+    fn pool(&self, region: &RegionName, url: &DatabaseUrl) -> Result<PgPool, StepError> {
+        let mut pools = self
+            .pools
+            .lock()
+            .map_err(|_| StepError::Transient("region connection table poisoned".into()))?;
+        if let Some(pool) = pools.get(region) {
+            return Ok(pool.clone());
+        }
+        // Lazy: an unreachable region fails the steps that need it, with
+        // retries, rather than the server's start.
+        let pool = PgPoolOptions::new()
+            .max_connections(4)
+            .acquire_timeout(self.connect_timeout)
+            .connect_lazy(url.expose())
+            .map_err(|e| StepError::Permanent(format!("region `{region}` url {url}: {e}")))?;
+        pools.insert(region.clone(), pool.clone());
+        Ok(pool)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct CreateDatabase {
+    servers: RegionServers,
+}
+
+impl CreateDatabase {
+    pub fn new(servers: RegionServers) -> Self {
+        Self { servers }
+    }
+}
+
+/// The database and owner role names of a silo tenant: at most
+/// 8 + 40 + 1 + 8 + 6 = 63 bytes, PostgreSQL's identifier limit.
+pub fn silo_identifiers(region: &Region, tenant: &Tenant) -> (String, String) {
+    let database = format!(
+        "{}{}_{}",
+        region.database_prefix.as_str(),
+        tenant.name.as_str().replace('-', "_"),
+        tenant.id.short()
+    );
+    let owner = format!("{database}_owner");
+    (database, owner)
+}
+
+fn pool_database(region: &Region) -> String {
+    format!("{}pool", region.database_prefix.as_str())
+}
+
+fn transient(what: &str) -> impl Fn(sqlx::Error) -> StepError + '_ {
+    move |e| StepError::Transient(format!("{what}: {e}"))
+}
+
+#[async_trait]
+impl ProvisioningStep for CreateDatabase {
+    fn name(&self) -> &'static str {
+        "create_database"
+    }
+
+    async fn apply(&self, target: &StepTarget) -> Result<Option<serde_json::Value>, StepError> {
+        match (&target.region.databases, target.tenant.isolation) {
+            (DatabaseLocation::Embedded, Isolation::Silo) => create_sqlite(target).await,
+            (DatabaseLocation::Embedded, Isolation::Pool) => Err(StepError::Permanent(format!(
+                "region `{}` keeps embedded SQLite databases, which cannot pool tenants",
+                target.region.name
+            ))),
+            (DatabaseLocation::Postgres(url), isolation) => {
+                let pool = self.servers.pool(&target.region.name, url)?;
+                match isolation {
+                    Isolation::Silo => create_silo(&pool, target).await,
+                    Isolation::Pool => ensure_pool_database(&pool, &target.region).await,
+                }
+            }
+        }
+    }
+
+    async fn undo(&self, target: &StepTarget) -> Result<(), StepError> {
+        match (&target.region.databases, target.tenant.isolation) {
+            (DatabaseLocation::Embedded, _) => remove_sqlite(target).await,
+            (DatabaseLocation::Postgres(url), Isolation::Silo) => {
+                let pool = self.servers.pool(&target.region.name, url)?;
+                drop_silo(&pool, target).await
+            }
+            // The shared database belongs to the region, not to the tenant.
+            (DatabaseLocation::Postgres(_), Isolation::Pool) => Ok(()),
+        }
+    }
+}
+
+async fn create_sqlite(target: &StepTarget) -> Result<Option<serde_json::Value>, StepError> {
+    let path = target.tenant_dir.join("data.db");
+    let mut conn = SqliteConnectOptions::new()
+        .filename(&path)
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .connect()
+        .await
+        .map_err(transient("cannot create the tenant's SQLite database"))?;
+    // Creating the file is lazy in SQLite: write the header now.
+    sqlx::query("PRAGMA user_version = 1")
+        .execute(&mut conn)
+        .await
+        .map_err(transient("cannot initialise the tenant's SQLite database"))?;
+    conn.close().await.map_err(transient("cannot close the tenant's SQLite database"))?;
+    Ok(Some(json!({ "engine": "sqlite", "path": path })))
+}
+
+async fn remove_sqlite(target: &StepTarget) -> Result<(), StepError> {
+    for file in ["data.db", "data.db-wal", "data.db-shm"] {
+        let path = target.tenant_dir.join(file);
+        match tokio::fs::remove_file(&path).await {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                return Err(StepError::Transient(format!("cannot remove {}: {e}", path.display())));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+async fn exists(pool: &PgPool, catalog_query: &'static str, name: &str) -> Result<bool, StepError> {
+    let found: Option<(i32,)> = sqlx::query_as(catalog_query)
+        .bind(name)
+        .fetch_optional(pool)
+        .await
+        .map_err(transient("cannot reach the region's PostgreSQL server"))?;
+    Ok(found.is_some())
+}
+
+/// Runs DDL built from names this module made (prefix, tenant name and id,
+/// all `[a-z0-9_]`), tolerating "already exists" from a concurrent or
+/// earlier run.
+async fn ddl(pool: &PgPool, sql: String, already_exists_code: Option<&str>) -> Result<(), StepError> {
+    match sqlx::query(AssertSqlSafe(sql.clone())).execute(pool).await {
+        Ok(_) => Ok(()),
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == already_exists_code => Ok(()),
+        Err(e) => Err(StepError::Transient(format!("`{sql}` failed: {e}"))),
+    }
+}
+
+const ROLE_EXISTS: &str = "SELECT 1 FROM pg_roles WHERE rolname = $1";
+const DATABASE_EXISTS: &str = "SELECT 1 FROM pg_database WHERE datname = $1";
+const DUPLICATE_OBJECT: &str = "42710";
+const DUPLICATE_DATABASE: &str = "42P04";
+
+async fn create_silo(
+    pool: &PgPool,
+    target: &StepTarget,
+) -> Result<Option<serde_json::Value>, StepError> {
+    let (database, owner) = silo_identifiers(&target.region, &target.tenant);
+    if !exists(pool, ROLE_EXISTS, &owner).await? {
+        ddl(pool, format!("CREATE ROLE \"{owner}\" NOLOGIN"), Some(DUPLICATE_OBJECT)).await?;
+    }
+    if !exists(pool, DATABASE_EXISTS, &database).await? {
+        let create = format!("CREATE DATABASE \"{database}\" OWNER \"{owner}\"");
+        ddl(pool, create, Some(DUPLICATE_DATABASE)).await?;
+    }
+    // Repeated on every run: a crash may have come between CREATE and these.
+    ddl(pool, format!("REVOKE ALL ON DATABASE \"{database}\" FROM PUBLIC"), None).await?;
+    let comment = format!(
+        "COMMENT ON DATABASE \"{database}\" IS 'bulkhead tenant {} ({})'",
+        target.tenant.name, target.tenant.id
+    );
+    ddl(pool, comment, None).await?;
+    Ok(Some(json!({
+        "engine": "postgres",
+        "isolation": "silo",
+        "database": database,
+        "owner_role": owner,
+    })))
+}
+
+async fn drop_silo(pool: &PgPool, target: &StepTarget) -> Result<(), StepError> {
+    let (database, owner) = silo_identifiers(&target.region, &target.tenant);
+    // FORCE ends the tenant's open sessions, which would otherwise keep the
+    // database alive.
+    ddl(pool, format!("DROP DATABASE IF EXISTS \"{database}\" WITH (FORCE)"), None).await?;
+    ddl(pool, format!("DROP ROLE IF EXISTS \"{owner}\""), None).await
+}
+
+async fn ensure_pool_database(
+    pool: &PgPool,
+    region: &Region,
+) -> Result<Option<serde_json::Value>, StepError> {
+    let database = pool_database(region);
+    if !exists(pool, DATABASE_EXISTS, &database).await? {
+        ddl(pool, format!("CREATE DATABASE \"{database}\""), Some(DUPLICATE_DATABASE)).await?;
+    }
+    Ok(Some(json!({ "engine": "postgres", "isolation": "pool", "database": database })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bulkhead_model::{DatabasePrefix, NewTenant, PlanName, TenantId, TenantName};
+    use time::OffsetDateTime;
+
+    #[test]
+    fn silo_identifiers_fit_postgres_limits() {
+        let region = Region::new(
+            RegionName::default(),
+            DatabaseLocation::Embedded,
+            Some(DatabasePrefix::parse("staging_").unwrap()),
+        );
+        let tenant = Tenant::new(
+            NewTenant {
+                id: TenantId::random(),
+                name: TenantName::parse(&format!("a-{}", "b".repeat(38))).unwrap(),
+                plan: PlanName::parse("enterprise").unwrap(),
+                isolation: Isolation::Silo,
+                region: RegionName::default(),
+                admin_email: None,
+            },
+            OffsetDateTime::UNIX_EPOCH,
+        );
+        let (database, owner) = silo_identifiers(&region, &tenant);
+        assert!(database.starts_with("staging_a_bbb"));
+        assert!(owner.len() <= 63, "{owner} is {} bytes", owner.len());
+        assert!(owner.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'));
+    }
+}

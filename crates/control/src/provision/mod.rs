@@ -1,0 +1,68 @@
+//! Provisioning steps: what it takes to turn a tenant record into a working
+//! tenant, one idempotent step at a time.
+//!
+//! The reconciler runs [`standard_steps`] in order to provision a tenant and
+//! in reverse to offboard it. Each step must tolerate being run again after
+//! a crash at any point (apply creates what is missing, undo removes what is
+//! there), because the record that a step finished is written after the
+//! step's effect. Later capabilities (vault keys, identity realm, audit
+//! stream, gateway routes, backups) add their steps to this list.
+
+mod database;
+mod directory;
+
+use std::{fmt, path::PathBuf, sync::Arc};
+
+use async_trait::async_trait;
+use bulkhead_model::{Region, Tenant};
+use thiserror::Error;
+
+pub use database::{CreateDatabase, RegionServers};
+pub use directory::AllocateDirectory;
+
+/// The tenant a step works on, and where its region keeps databases.
+#[derive(Debug, Clone)]
+pub struct StepTarget {
+    pub tenant: Tenant,
+    pub region: Region,
+    /// `<data-dir>/tenants/<name>`.
+    pub tenant_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum StepError {
+    /// Might work on another attempt: a server that is down, a timeout.
+    #[error("{0}")]
+    Transient(String),
+    /// Will fail the same way every time until the configuration changes.
+    #[error("{0}")]
+    Permanent(String),
+}
+
+impl StepError {
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, StepError::Permanent(_))
+    }
+}
+
+/// One idempotent piece of provisioning.
+#[async_trait]
+pub trait ProvisioningStep: Send + Sync + fmt::Debug {
+    /// The name recorded in the store. It is part of every tenant's recorded
+    /// progress, so it never changes once released.
+    fn name(&self) -> &'static str;
+
+    /// Makes the step's effect exist, whether or not it partly exists
+    /// already, and describes what it made (shown in the tenant's steps).
+    async fn apply(&self, target: &StepTarget) -> Result<Option<serde_json::Value>, StepError>;
+
+    /// Removes the step's effect, whether it exists fully, partly or not at
+    /// all.
+    async fn undo(&self, target: &StepTarget) -> Result<(), StepError>;
+}
+
+/// The ordered list every tenant goes through. A tenant becomes `active`
+/// when the last step is recorded.
+pub fn standard_steps(servers: RegionServers) -> Vec<Arc<dyn ProvisioningStep>> {
+    vec![Arc::new(AllocateDirectory), Arc::new(CreateDatabase::new(servers))]
+}

@@ -1,0 +1,188 @@
+//! Starting and stopping a control plane.
+//!
+//! Start-up checks everything it can before it binds a port, in the order a
+//! person would fix them: the data directory, the store, the operator token.
+//! Each failure is a [`StartError`] whose message says what to change.
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+};
+
+use bulkhead_model::PlanCatalog;
+use bulkhead_store::{ControlStore, StoreError, StoreLock};
+use thiserror::Error;
+use tokio::{sync::watch, task::JoinHandle};
+
+use crate::{
+    api::{self, AppState},
+    clock::{Clock, SystemClock},
+    config::Config,
+    data_dir::{DataDir, DataDirError, write_private},
+    metrics::Metrics,
+    operator_token::{OperatorTokenError, OperatorTokens},
+    provision::{ProvisioningStep, RegionServers, standard_steps},
+    reconciler::Reconciler,
+    tenants::TenantService,
+};
+
+#[derive(Debug, Error)]
+pub enum StartError {
+    #[error(transparent)]
+    DataDir(#[from] DataDirError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    OperatorToken(#[from] OperatorTokenError),
+    #[error(
+        "cannot listen on {addr}: {source}; choose another address with --api-listen (or \
+         BULKHEAD_API_LISTEN)"
+    )]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot write {path}: {source}")]
+    ApiUrl {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A running control plane. Dropping it without [`RunningServer::shutdown`]
+/// aborts its tasks.
+#[derive(Debug)]
+pub struct RunningServer {
+    api_addr: SocketAddr,
+    store: Arc<dyn ControlStore>,
+    shutdown: watch::Sender<bool>,
+    http: JoinHandle<std::io::Result<()>>,
+    reconciler: JoinHandle<()>,
+    _store_lock: StoreLock,
+    _data_dir: DataDir,
+}
+
+impl RunningServer {
+    pub fn api_addr(&self) -> SocketAddr {
+        self.api_addr
+    }
+
+    pub fn api_url(&self) -> String {
+        format!("http://{}", self.api_addr)
+    }
+
+    pub fn store(&self) -> &Arc<dyn ControlStore> {
+        &self.store
+    }
+
+    /// Stops taking requests, lets requests in flight finish, stops the
+    /// reconciler between steps.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        let _ = self.reconciler.await;
+        if let Ok(Err(error)) = self.http.await {
+            tracing::warn!(%error, "API server ended with an error");
+        }
+    }
+}
+
+/// Starts a control plane with the standard provisioning steps.
+pub async fn start(config: Config) -> Result<RunningServer, StartError> {
+    start_with_steps(config, standard_steps).await
+}
+
+/// Starts a control plane whose reconciler runs the steps `steps` builds.
+pub async fn start_with_steps(
+    config: Config,
+    steps: impl FnOnce(RegionServers) -> Vec<Arc<dyn ProvisioningStep>>,
+) -> Result<RunningServer, StartError> {
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let data_dir = DataDir::open(&config.data_dir)?;
+    let store = bulkhead_store::open(&config.store).await?;
+    let store_lock = store.lock_exclusive().await?;
+    let operator_tokens =
+        OperatorTokens::ensure(store.as_ref(), &data_dir.operator_token(), clock.as_ref()).await?;
+
+    let metrics = Arc::new(Metrics::new());
+    let plans = Arc::new(PlanCatalog::builtin());
+    let reconciler = Arc::new(Reconciler::new(
+        Arc::clone(&store),
+        steps(RegionServers::default()),
+        config.regions.clone(),
+        data_dir.tenants(),
+        Arc::clone(&clock),
+        Arc::clone(&metrics),
+        config.reconciler.clone(),
+    ));
+    let step_names: Arc<[&'static str]> = reconciler.step_names().into();
+    let (handle, woken) = Reconciler::channel();
+    let tenants = Arc::new(TenantService::new(
+        Arc::clone(&store),
+        Arc::clone(&plans),
+        config.regions.clone(),
+        handle,
+        Arc::clone(&clock),
+    ));
+    let reconciler_done = Arc::new(AtomicBool::new(false));
+    let state = AppState::new(
+        tenants,
+        plans,
+        config.regions.clone(),
+        config.base_domain.clone(),
+        step_names,
+        Arc::clone(&store),
+        operator_tokens,
+        metrics,
+        Arc::clone(&reconciler_done),
+    );
+
+    let listener = tokio::net::TcpListener::bind(config.api_listen)
+        .await
+        .map_err(|source| StartError::Bind { addr: config.api_listen, source })?;
+    let api_addr =
+        listener.local_addr().map_err(|source| StartError::Bind { addr: config.api_listen, source })?;
+    let api_url_path = data_dir.api_url();
+    write_private(&api_url_path, format!("http://{api_addr}\n").as_bytes()).map_err(|source| {
+        StartError::ApiUrl { path: api_url_path.display().to_string(), source }
+    })?;
+
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let reconciler = {
+        let shutdown = shutdown_rx.clone();
+        tokio::spawn(async move {
+            reconciler.run(woken, shutdown).await;
+            reconciler_done.store(true, Ordering::Relaxed);
+        })
+    };
+    let http = {
+        let mut shutdown = shutdown_rx;
+        let app = api::router(state);
+        tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = shutdown.wait_for(|stop| *stop).await;
+                })
+                .await
+        })
+    };
+    tracing::info!(
+        api = %format!("http://{api_addr}"),
+        store = %store.location(),
+        data_dir = %data_dir.path().display(),
+        "control plane ready"
+    );
+    Ok(RunningServer {
+        api_addr,
+        store,
+        shutdown,
+        http,
+        reconciler,
+        _store_lock: store_lock,
+        _data_dir: data_dir,
+    })
+}

@@ -1,0 +1,243 @@
+//! Tenant lifecycle commands: validate, record the desired state, wake the
+//! reconciler. No HTTP here; the API is one caller, tests are another.
+
+use std::sync::Arc;
+
+use bulkhead_model::{
+    AdminEmail, AdminEmailError, Isolation, IsolationError, NewTenant, PlanCatalog, Regions,
+    StepRecord, Tenant, TenantId, TenantName, TenantNameError, TenantState, UnknownPlan,
+    UnknownRegion,
+};
+use bulkhead_store::{ControlStore, StoreError, TenantPage};
+use serde_json::json;
+use thiserror::Error;
+
+use crate::{
+    clock::Clock,
+    events::{self, Actor},
+    reconciler::ReconcilerHandle,
+};
+
+#[derive(Debug, Error)]
+pub enum TenantError {
+    #[error(transparent)]
+    InvalidName(#[from] TenantNameError),
+    #[error(transparent)]
+    UnknownPlan(#[from] UnknownPlan),
+    #[error(transparent)]
+    UnknownRegion(#[from] UnknownRegion),
+    #[error(transparent)]
+    Isolation(#[from] IsolationError),
+    #[error(transparent)]
+    InvalidEmail(#[from] AdminEmailError),
+    #[error("tenant {0:?} does not exist")]
+    NotFound(String),
+    #[error("{0}")]
+    Exists(String),
+    /// The tenant's state does not allow the action; the message says what
+    /// would.
+    #[error("{0}")]
+    InvalidState(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What a caller asks for when creating a tenant; validated by
+/// [`TenantService::create`].
+#[derive(Debug, Clone, Default)]
+pub struct CreateTenant {
+    pub name: String,
+    pub plan: String,
+    pub isolation: Option<Isolation>,
+    pub region: Option<String>,
+    pub admin_email: Option<String>,
+}
+
+#[derive(Debug)]
+pub struct TenantService {
+    store: Arc<dyn ControlStore>,
+    plans: Arc<PlanCatalog>,
+    regions: Regions,
+    reconciler: ReconcilerHandle,
+    clock: Arc<dyn Clock>,
+}
+
+/// How often a lifecycle change is retried when another writer changed the
+/// tenant between our read and our write.
+const WRITE_RACE_RETRIES: usize = 5;
+
+impl TenantService {
+    pub fn new(
+        store: Arc<dyn ControlStore>,
+        plans: Arc<PlanCatalog>,
+        regions: Regions,
+        reconciler: ReconcilerHandle,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        Self { store, plans, regions, reconciler, clock }
+    }
+
+    /// Records a new tenant in `provisioning` and hands it to the
+    /// reconciler. Nothing outside the store exists yet when this returns.
+    pub async fn create(&self, request: CreateTenant, actor: &Actor) -> Result<Tenant, TenantError> {
+        let name = TenantName::parse(&request.name)?;
+        let plan = self.plans.get(&request.plan)?;
+        let region = match &request.region {
+            Some(region) => self.regions.get(region)?,
+            None => self.regions.default_region(),
+        };
+        let isolation = Isolation::resolve(request.isolation, plan, region)?;
+        let admin_email = request.admin_email.as_deref().map(AdminEmail::parse).transpose()?;
+        let spec = NewTenant {
+            id: TenantId::random(),
+            name,
+            plan: plan.name.clone(),
+            isolation,
+            region: region.name.clone(),
+            admin_email,
+        };
+        let tenant = Tenant::new(spec, self.clock.now());
+        match self.store.insert_tenant(&tenant).await {
+            Ok(()) => {}
+            Err(StoreError::NameTaken(_)) => return Err(self.name_taken(&tenant.name).await),
+            Err(e) => return Err(e.into()),
+        }
+        tracing::info!(tenant = %tenant.name, plan = %tenant.plan, isolation = %tenant.isolation, region = %tenant.region, "tenant requested");
+        self.event(actor, &tenant, "tenant.create", json!({
+            "plan": tenant.plan, "isolation": tenant.isolation, "region": tenant.region,
+        }))
+        .await;
+        self.reconciler.wake(tenant.id);
+        Ok(tenant)
+    }
+
+    async fn name_taken(&self, name: &TenantName) -> TenantError {
+        let deleted = matches!(
+            self.store.tenant(name).await,
+            Ok(Some(existing)) if existing.state == TenantState::Deleted
+        );
+        TenantError::Exists(if deleted {
+            format!(
+                "a deleted tenant named {name:?} still holds the name; purge it first with \
+                 `bulkhead tenants delete {name} --purge`"
+            )
+        } else {
+            format!("a tenant named {name:?} already exists")
+        })
+    }
+
+    pub async fn get(&self, name: &str) -> Result<(Tenant, Vec<StepRecord>), TenantError> {
+        let tenant = self.find(name).await?;
+        let steps = self.store.steps(tenant.id).await?;
+        Ok((tenant, steps))
+    }
+
+    pub async fn list(&self, page: &TenantPage) -> Result<Vec<Tenant>, TenantError> {
+        Ok(self.store.list_tenants(page).await?)
+    }
+
+    /// Stops an active tenant's traffic; suspending a suspended tenant is a
+    /// no-op.
+    pub async fn suspend(&self, name: &str, actor: &Actor) -> Result<Tenant, TenantError> {
+        self.change(name, actor, "tenant.suspend", |tenant| match tenant.state {
+            TenantState::Suspended => Ok(None),
+            TenantState::Active => Ok(Some(Tenant { state: TenantState::Suspended, ..tenant.clone() })),
+            state => Err(TenantError::InvalidState(format!(
+                "tenant {:?} is {state}; only active tenants can be suspended",
+                tenant.name.as_str()
+            ))),
+        })
+        .await
+    }
+
+    /// Resumes a suspended tenant; resuming an active tenant is a no-op.
+    pub async fn resume(&self, name: &str, actor: &Actor) -> Result<Tenant, TenantError> {
+        self.change(name, actor, "tenant.resume", |tenant| match tenant.state {
+            TenantState::Active => Ok(None),
+            TenantState::Suspended => Ok(Some(Tenant { state: TenantState::Active, ..tenant.clone() })),
+            state => Err(TenantError::InvalidState(format!(
+                "tenant {:?} is {state}; only suspended tenants can be resumed",
+                tenant.name.as_str()
+            ))),
+        })
+        .await
+    }
+
+    /// Starts offboarding: every step is undone in reverse. With `purge`, the
+    /// tenant's record goes too and its name becomes free; without, the
+    /// record stays as `deleted`.
+    pub async fn delete(&self, name: &str, purge: bool, actor: &Actor) -> Result<Tenant, TenantError> {
+        let action = if purge { "tenant.purge" } else { "tenant.delete" };
+        let tenant = self
+            .change(name, actor, action, |tenant| {
+                let offboard = || Tenant {
+                    state: TenantState::Offboarding,
+                    purge_requested: tenant.purge_requested || purge,
+                    last_error: None,
+                    ..tenant.clone()
+                };
+                match tenant.state {
+                    TenantState::Provisioning => Err(TenantError::InvalidState(format!(
+                        "tenant {:?} is still provisioning; wait until it is active or failed, \
+                         then delete it",
+                        tenant.name.as_str()
+                    ))),
+                    TenantState::Active | TenantState::Suspended | TenantState::Failed => {
+                        Ok(Some(offboard()))
+                    }
+                    TenantState::Offboarding | TenantState::Deleted
+                        if purge && !tenant.purge_requested =>
+                    {
+                        Ok(Some(offboard()))
+                    }
+                    TenantState::Offboarding | TenantState::Deleted => Ok(None),
+                }
+            })
+            .await?;
+        self.reconciler.wake(tenant.id);
+        Ok(tenant)
+    }
+
+    async fn find(&self, name: &str) -> Result<Tenant, TenantError> {
+        let name = TenantName::parse(name)?;
+        self.store.tenant(&name).await?.ok_or_else(|| TenantError::NotFound(name.to_string()))
+    }
+
+    /// Applies `decide` to the current record and writes the result, retrying
+    /// when the record changed in between. `decide` returns `None` when
+    /// there is nothing to change.
+    async fn change<F>(&self, name: &str, actor: &Actor, action: &str, decide: F) -> Result<Tenant, TenantError>
+    where
+        F: Fn(&Tenant) -> Result<Option<Tenant>, TenantError>,
+    {
+        let mut tries = 0;
+        loop {
+            let current = self.find(name).await?;
+            let Some(mut next) = decide(&current)? else { return Ok(current) };
+            if current.state != next.state && !current.state.can_become(next.state) {
+                return Err(TenantError::InvalidState(format!(
+                    "tenant {:?} cannot go from {} to {}",
+                    current.name.as_str(),
+                    current.state,
+                    next.state
+                )));
+            }
+            next.updated_at = self.clock.now();
+            match self.store.update_tenant(&next).await {
+                Ok(stored) => {
+                    tracing::info!(tenant = %stored.name, from = %current.state, to = %stored.state, action, "tenant changed");
+                    self.event(actor, &stored, action, json!({ "from": current.state, "to": stored.state }))
+                        .await;
+                    return Ok(stored);
+                }
+                Err(StoreError::VersionConflict) if tries < WRITE_RACE_RETRIES => tries += 1,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    async fn event(&self, actor: &Actor, tenant: &Tenant, action: &str, details: serde_json::Value) {
+        events::record(self.store.as_ref(), self.clock.as_ref(), actor, tenant, action, "ok", details)
+            .await;
+    }
+}

@@ -1,0 +1,398 @@
+//! The reconciler against real stores, real directories and a real
+//! PostgreSQL server, one pass at a time, including the states a crash
+//! leaves behind.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::{
+        Arc,
+        atomic::{AtomicU32, Ordering},
+    },
+};
+
+use async_trait::async_trait;
+use bulkhead_control::{
+    ReconcilerSettings,
+    clock::{Clock, SystemClock},
+    metrics::Metrics,
+    provision::{ProvisioningStep, RegionServers, StepError, StepTarget, standard_steps},
+    reconciler::Reconciler,
+};
+use bulkhead_model::{
+    DatabaseLocation, DatabasePrefix, DatabaseUrl, Failure, Isolation, NewTenant, PlanName,
+    Region, RegionName, Regions, StepRecord, StepStatus, Tenant, TenantId, TenantName,
+    TenantState,
+};
+use bulkhead_store::{ControlStore, StoreLocation};
+use bulkhead_testkit::TestDatabase;
+use sqlx::{Connection, PgConnection};
+
+struct Fixture {
+    store: Arc<dyn ControlStore>,
+    dir: tempfile::TempDir,
+    regions: Regions,
+}
+
+impl Fixture {
+    async fn embedded() -> Self {
+        Self::with_regions(Regions::single(DatabaseLocation::Embedded)).await
+    }
+
+    async fn with_regions(regions: Regions) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let location = StoreLocation::Sqlite(dir.path().join("bulkhead.db"));
+        let store = bulkhead_store::open(&location).await.unwrap();
+        std::fs::create_dir_all(dir.path().join("tenants")).unwrap();
+        Self { store, dir, regions }
+    }
+
+    fn tenant_dir(&self, name: &str) -> PathBuf {
+        self.dir.path().join("tenants").join(name)
+    }
+
+    fn reconciler(&self, steps: Vec<Arc<dyn ProvisioningStep>>) -> Reconciler {
+        Reconciler::new(
+            self.store.clone(),
+            steps,
+            self.regions.clone(),
+            self.dir.path().join("tenants"),
+            Arc::new(SystemClock),
+            Arc::new(Metrics::new()),
+            ReconcilerSettings {
+                attempts: 3,
+                first_backoff: std::time::Duration::from_millis(1),
+                ..ReconcilerSettings::default()
+            },
+        )
+    }
+
+    async fn create(&self, name: &str, isolation: Isolation) -> Tenant {
+        let tenant = Tenant::new(
+            NewTenant {
+                id: TenantId::random(),
+                name: TenantName::parse(name).unwrap(),
+                plan: PlanName::parse("enterprise").unwrap(),
+                isolation,
+                region: self.regions.default_region().name.clone(),
+                admin_email: None,
+            },
+            SystemClock.now(),
+        );
+        self.store.insert_tenant(&tenant).await.unwrap();
+        tenant
+    }
+
+    async fn reload(&self, tenant: &Tenant) -> Option<Tenant> {
+        self.store.tenant_by_id(tenant.id).await.unwrap()
+    }
+
+    async fn step_states(&self, tenant: &Tenant) -> Vec<(String, StepStatus)> {
+        let mut steps: Vec<_> = self
+            .store
+            .steps(tenant.id)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.step, r.status))
+            .collect();
+        steps.sort_by(|a, b| a.0.cmp(&b.0));
+        steps
+    }
+}
+
+/// A step that fails its first `failures` applies, then succeeds; its effect
+/// is a marker file in the tenant's directory.
+#[derive(Debug)]
+struct Flaky {
+    failures: u32,
+    permanent: bool,
+    calls: AtomicU32,
+}
+
+impl Flaky {
+    fn new(failures: u32) -> Arc<Self> {
+        Arc::new(Self { failures, permanent: false, calls: AtomicU32::new(0) })
+    }
+}
+
+#[async_trait]
+impl ProvisioningStep for Flaky {
+    fn name(&self) -> &'static str {
+        "flaky"
+    }
+
+    async fn apply(&self, target: &StepTarget) -> Result<Option<serde_json::Value>, StepError> {
+        let call = self.calls.fetch_add(1, Ordering::SeqCst);
+        // Partial effect before failing, like a real step interrupted midway.
+        std::fs::write(target.tenant_dir.join("flaky.marker"), b"x").unwrap();
+        if call < self.failures {
+            let message = format!("flaky failure {}", call + 1);
+            return Err(if self.permanent {
+                StepError::Permanent(message)
+            } else {
+                StepError::Transient(message)
+            });
+        }
+        Ok(None)
+    }
+
+    async fn undo(&self, target: &StepTarget) -> Result<(), StepError> {
+        match std::fs::remove_file(target.tenant_dir.join("flaky.marker")) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(StepError::Transient(e.to_string()))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+fn with_flaky(step: Arc<Flaky>) -> Vec<Arc<dyn ProvisioningStep>> {
+    let mut steps = standard_steps(RegionServers::default());
+    steps.push(step);
+    steps
+}
+
+fn exists(path: &Path) -> bool {
+    path.exists()
+}
+
+#[tokio::test]
+async fn provisions_an_embedded_silo() {
+    let f = Fixture::embedded().await;
+    let tenant = f.create("acme", Isolation::Silo).await;
+    f.reconciler(standard_steps(RegionServers::default())).reconcile(tenant.id).await;
+
+    let active = f.reload(&tenant).await.unwrap();
+    assert_eq!(active.state, TenantState::Active);
+    assert!(active.provisioned_at.is_some());
+    assert_eq!(active.last_error, None);
+    assert!(exists(&f.tenant_dir("acme").join("data.db")));
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(f.tenant_dir("acme")).unwrap().permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o700);
+    assert_eq!(
+        f.step_states(&tenant).await,
+        [
+            ("allocate_directory".to_owned(), StepStatus::Applied),
+            ("create_database".to_owned(), StepStatus::Applied)
+        ]
+    );
+    // The tenant database is a real SQLite database.
+    let mut conn = sqlx::SqliteConnection::connect(&format!(
+        "sqlite://{}",
+        f.tenant_dir("acme").join("data.db").display()
+    ))
+    .await
+    .unwrap();
+    let (version,): (i64,) = sqlx::query_as("PRAGMA user_version").fetch_one(&mut conn).await.unwrap();
+    assert_eq!(version, 1);
+}
+
+#[tokio::test]
+async fn transient_failures_are_retried() {
+    let f = Fixture::embedded().await;
+    let tenant = f.create("acme", Isolation::Silo).await;
+    let flaky = Flaky::new(2);
+    f.reconciler(with_flaky(flaky.clone())).reconcile(tenant.id).await;
+    let active = f.reload(&tenant).await.unwrap();
+    assert_eq!(active.state, TenantState::Active);
+    assert_eq!(active.last_error, None, "success clears the last error");
+    assert_eq!(flaky.calls.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test]
+async fn a_failing_step_fails_the_tenant_and_undoes_everything() {
+    let f = Fixture::embedded().await;
+    let tenant = f.create("acme", Isolation::Silo).await;
+    let flaky = Flaky::new(u32::MAX);
+    f.reconciler(with_flaky(flaky.clone())).reconcile(tenant.id).await;
+
+    let failed = f.reload(&tenant).await.unwrap();
+    assert_eq!(failed.state, TenantState::Failed);
+    let failure = failed.failure.unwrap();
+    assert_eq!(failure.step, "flaky");
+    assert_eq!(failure.reason, "flaky failure 3");
+    assert!(failure.undone);
+    assert_eq!(flaky.calls.load(Ordering::SeqCst), 3, "three attempts, then give up");
+    assert!(!exists(&f.tenant_dir("acme")), "the directory and its database are gone");
+    assert_eq!(
+        f.step_states(&tenant).await,
+        [
+            ("allocate_directory".to_owned(), StepStatus::Undone),
+            ("create_database".to_owned(), StepStatus::Undone)
+        ]
+    );
+}
+
+#[tokio::test]
+async fn permanent_failures_are_not_retried() {
+    let f = Fixture::embedded().await;
+    let tenant = f.create("acme", Isolation::Silo).await;
+    let flaky =
+        Arc::new(Flaky { failures: u32::MAX, permanent: true, calls: AtomicU32::new(0) });
+    f.reconciler(with_flaky(flaky.clone())).reconcile(tenant.id).await;
+    assert_eq!(f.reload(&tenant).await.unwrap().state, TenantState::Failed);
+    assert_eq!(flaky.calls.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn resumes_after_a_crash_between_an_effect_and_its_record() {
+    let f = Fixture::embedded().await;
+    let tenant = f.create("acme", Isolation::Silo).await;
+    // The directory exists and the database file was half made, but nothing
+    // was recorded: the state a kill -9 right after the effects leaves.
+    std::fs::create_dir_all(f.tenant_dir("acme")).unwrap();
+    std::fs::write(f.tenant_dir("acme").join("data.db"), b"").unwrap();
+    f.reconciler(standard_steps(RegionServers::default())).reconcile(tenant.id).await;
+    assert_eq!(f.reload(&tenant).await.unwrap().state, TenantState::Active);
+}
+
+#[tokio::test]
+async fn skips_steps_recorded_before_a_crash() {
+    let f = Fixture::embedded().await;
+    let tenant = f.create("acme", Isolation::Silo).await;
+    std::fs::create_dir_all(f.tenant_dir("acme")).unwrap();
+    let record = StepRecord {
+        step: "allocate_directory".into(),
+        status: StepStatus::Applied,
+        output: None,
+        updated_at: SystemClock.now(),
+    };
+    f.store.record_step(tenant.id, &record).await.unwrap();
+    let flaky = Flaky::new(0);
+    f.reconciler(with_flaky(flaky.clone())).reconcile(tenant.id).await;
+    assert_eq!(f.reload(&tenant).await.unwrap().state, TenantState::Active);
+    assert_eq!(flaky.calls.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn finishes_a_rollback_interrupted_by_a_crash() {
+    let f = Fixture::embedded().await;
+    let tenant = f.create("acme", Isolation::Silo).await;
+    let reconciler = f.reconciler(standard_steps(RegionServers::default()));
+    reconciler.reconcile(tenant.id).await;
+    // Failed at create_database with nothing undone yet.
+    let mut failed = f.reload(&tenant).await.unwrap();
+    failed.state = TenantState::Failed;
+    failed.failure =
+        Some(Failure { step: "create_database".into(), reason: "boom".into(), undone: false });
+    f.store.update_tenant(&failed).await.unwrap();
+
+    reconciler.reconcile(tenant.id).await;
+    let settled = f.reload(&tenant).await.unwrap();
+    assert!(settled.failure.unwrap().undone);
+    assert!(!exists(&f.tenant_dir("acme")));
+}
+
+#[tokio::test]
+async fn offboarding_undoes_in_reverse_and_purging_removes_the_record() {
+    let f = Fixture::embedded().await;
+    let reconciler = f.reconciler(standard_steps(RegionServers::default()));
+    for (name, purge) in [("kept", false), ("purged", true)] {
+        let tenant = f.create(name, Isolation::Silo).await;
+        reconciler.reconcile(tenant.id).await;
+        let mut offboarding = f.reload(&tenant).await.unwrap();
+        offboarding.state = TenantState::Offboarding;
+        offboarding.purge_requested = purge;
+        f.store.update_tenant(&offboarding).await.unwrap();
+        reconciler.reconcile(tenant.id).await;
+
+        assert!(!exists(&f.tenant_dir(name)));
+        match f.reload(&tenant).await {
+            Some(kept) => {
+                assert!(!purge);
+                assert_eq!(kept.state, TenantState::Deleted);
+                assert!(f.step_states(&tenant).await.iter().all(|(_, s)| *s == StepStatus::Undone));
+            }
+            None => assert!(purge),
+        }
+    }
+}
+
+fn postgres_region(db: &TestDatabase) -> Regions {
+    Regions::new(vec![Region::new(
+        RegionName::parse("pg").unwrap(),
+        DatabaseLocation::Postgres(DatabaseUrl::parse(&bulkhead_testkit::postgres_admin_url()).unwrap()),
+        Some(DatabasePrefix::parse(&db.object_prefix).unwrap()),
+    )])
+    .unwrap()
+}
+
+#[tokio::test]
+async fn postgres_silo_gets_a_private_database_and_owner_role() {
+    let db = TestDatabase::create().await;
+    let f = Fixture::with_regions(postgres_region(&db)).await;
+    let reconciler = f.reconciler(standard_steps(RegionServers::default()));
+    let tenant = f.create("acme-corp", Isolation::Silo).await;
+    reconciler.reconcile(tenant.id).await;
+    assert_eq!(f.reload(&tenant).await.unwrap().state, TenantState::Active);
+
+    let database = format!("{}acme_corp_{}", db.object_prefix, tenant.id.short());
+    let owner = format!("{database}_owner");
+    assert_eq!(db.owned_objects().await, (vec![database.clone()], vec![owner.clone()]));
+
+    let mut admin = PgConnection::connect(&bulkhead_testkit::postgres_admin_url()).await.unwrap();
+    let (db_owner, public_can_connect, login): (String, bool, bool) = sqlx::query_as(
+        "SELECT pg_get_userbyid(d.datdba), has_database_privilege('public', d.datname, 'CONNECT'), \
+         r.rolcanlogin FROM pg_database d JOIN pg_roles r ON r.rolname = $2 WHERE d.datname = $1",
+    )
+    .bind(&database)
+    .bind(&owner)
+    .fetch_one(&mut admin)
+    .await
+    .unwrap();
+    assert_eq!(db_owner, owner);
+    assert!(!public_can_connect, "CONNECT is revoked from PUBLIC");
+    assert!(!login, "the owner role cannot log in by itself");
+
+    let mut offboarding = f.reload(&tenant).await.unwrap();
+    offboarding.state = TenantState::Offboarding;
+    f.store.update_tenant(&offboarding).await.unwrap();
+    reconciler.reconcile(tenant.id).await;
+    assert_eq!(db.owned_objects().await, (vec![], vec![]));
+}
+
+#[tokio::test]
+async fn postgres_pool_tenants_share_the_region_database() {
+    let db = TestDatabase::create().await;
+    let f = Fixture::with_regions(postgres_region(&db)).await;
+    let reconciler = f.reconciler(standard_steps(RegionServers::default()));
+    let one = f.create("one", Isolation::Pool).await;
+    let two = f.create("two", Isolation::Pool).await;
+    reconciler.reconcile(one.id).await;
+    reconciler.reconcile(two.id).await;
+    let pool = format!("{}pool", db.object_prefix);
+    assert_eq!(db.owned_objects().await, (vec![pool.clone()], vec![]));
+
+    let mut offboarding = f.reload(&one).await.unwrap();
+    offboarding.state = TenantState::Offboarding;
+    f.store.update_tenant(&offboarding).await.unwrap();
+    reconciler.reconcile(one.id).await;
+    assert_eq!(f.reload(&one).await.unwrap().state, TenantState::Deleted);
+    assert_eq!(db.owned_objects().await.0, [pool], "one tenant leaving keeps the shared database");
+}
+
+#[tokio::test]
+async fn an_unreachable_region_fails_the_tenant_cleanly() {
+    let regions = Regions::new(vec![Region::new(
+        RegionName::parse("nowhere").unwrap(),
+        DatabaseLocation::Postgres(DatabaseUrl::parse("postgres://postgres@127.0.0.1:1/postgres").unwrap()),
+        None,
+    )])
+    .unwrap();
+    let f = Fixture::with_regions(regions).await;
+    let tenant = f.create("acme", Isolation::Silo).await;
+    let servers = RegionServers::with_connect_timeout(std::time::Duration::from_millis(300));
+    f.reconciler(standard_steps(servers)).reconcile(tenant.id).await;
+
+    let reloaded = f.reload(&tenant).await.unwrap();
+    // Undoing create_database needs the server too, so the rollback stays
+    // pending (and is retried by every scan) until the region answers.
+    assert_eq!(reloaded.state, TenantState::Failed);
+    let failure = reloaded.failure.unwrap();
+    assert_eq!(failure.step, "create_database");
+    assert!(failure.reason.contains("cannot reach"), "{}", failure.reason);
+    assert!(!failure.undone);
+    assert!(reloaded.last_error.unwrap().contains("undo"));
+}
