@@ -74,12 +74,22 @@ impl TenantService {
         reconciler: ReconcilerHandle,
         clock: Arc<dyn Clock>,
     ) -> Self {
-        Self { store, plans, regions, reconciler, clock }
+        Self {
+            store,
+            plans,
+            regions,
+            reconciler,
+            clock,
+        }
     }
 
     /// Records a new tenant in `provisioning` and hands it to the
     /// reconciler. Nothing outside the store exists yet when this returns.
-    pub async fn create(&self, request: CreateTenant, actor: &Actor) -> Result<Tenant, TenantError> {
+    pub async fn create(
+        &self,
+        request: CreateTenant,
+        actor: &Actor,
+    ) -> Result<Tenant, TenantError> {
         let name = TenantName::parse(&request.name)?;
         let plan = self.plans.get(&request.plan)?;
         let region = match &request.region {
@@ -87,7 +97,11 @@ impl TenantService {
             None => self.regions.default_region(),
         };
         let isolation = Isolation::resolve(request.isolation, plan, region)?;
-        let admin_email = request.admin_email.as_deref().map(AdminEmail::parse).transpose()?;
+        let admin_email = request
+            .admin_email
+            .as_deref()
+            .map(AdminEmail::parse)
+            .transpose()?;
         let spec = NewTenant {
             id: TenantId::random(),
             name,
@@ -103,19 +117,25 @@ impl TenantService {
             Err(e) => return Err(e.into()),
         }
         tracing::info!(tenant = %tenant.name, plan = %tenant.plan, isolation = %tenant.isolation, region = %tenant.region, "tenant requested");
-        self.event(actor, &tenant, "tenant.create", json!({
-            "plan": tenant.plan, "isolation": tenant.isolation, "region": tenant.region,
-        }))
+        self.event(
+            actor,
+            &tenant,
+            "tenant.create",
+            json!({
+                "plan": tenant.plan, "isolation": tenant.isolation, "region": tenant.region,
+            }),
+        )
         .await;
         self.reconciler.wake(tenant.id);
         Ok(tenant)
     }
 
-    async fn name_taken(&self, name: &TenantName) -> TenantError {
+    async fn name_taken(&self, tenant: &TenantName) -> TenantError {
         let deleted = matches!(
-            self.store.tenant(name).await,
+            self.store.tenant(tenant).await,
             Ok(Some(existing)) if existing.state == TenantState::Deleted
         );
+        let name = tenant.as_str();
         TenantError::Exists(if deleted {
             format!(
                 "a deleted tenant named {name:?} still holds the name; purge it first with \
@@ -141,7 +161,10 @@ impl TenantService {
     pub async fn suspend(&self, name: &str, actor: &Actor) -> Result<Tenant, TenantError> {
         self.change(name, actor, "tenant.suspend", |tenant| match tenant.state {
             TenantState::Suspended => Ok(None),
-            TenantState::Active => Ok(Some(Tenant { state: TenantState::Suspended, ..tenant.clone() })),
+            TenantState::Active => Ok(Some(Tenant {
+                state: TenantState::Suspended,
+                ..tenant.clone()
+            })),
             state => Err(TenantError::InvalidState(format!(
                 "tenant {:?} is {state}; only active tenants can be suspended",
                 tenant.name.as_str()
@@ -154,7 +177,10 @@ impl TenantService {
     pub async fn resume(&self, name: &str, actor: &Actor) -> Result<Tenant, TenantError> {
         self.change(name, actor, "tenant.resume", |tenant| match tenant.state {
             TenantState::Active => Ok(None),
-            TenantState::Suspended => Ok(Some(Tenant { state: TenantState::Active, ..tenant.clone() })),
+            TenantState::Suspended => Ok(Some(Tenant {
+                state: TenantState::Active,
+                ..tenant.clone()
+            })),
             state => Err(TenantError::InvalidState(format!(
                 "tenant {:?} is {state}; only suspended tenants can be resumed",
                 tenant.name.as_str()
@@ -166,8 +192,17 @@ impl TenantService {
     /// Starts offboarding: every step is undone in reverse. With `purge`, the
     /// tenant's record goes too and its name becomes free; without, the
     /// record stays as `deleted`.
-    pub async fn delete(&self, name: &str, purge: bool, actor: &Actor) -> Result<Tenant, TenantError> {
-        let action = if purge { "tenant.purge" } else { "tenant.delete" };
+    pub async fn delete(
+        &self,
+        name: &str,
+        purge: bool,
+        actor: &Actor,
+    ) -> Result<Tenant, TenantError> {
+        let action = if purge {
+            "tenant.purge"
+        } else {
+            "tenant.delete"
+        };
         let tenant = self
             .change(name, actor, action, |tenant| {
                 let offboard = || Tenant {
@@ -200,20 +235,31 @@ impl TenantService {
 
     async fn find(&self, name: &str) -> Result<Tenant, TenantError> {
         let name = TenantName::parse(name)?;
-        self.store.tenant(&name).await?.ok_or_else(|| TenantError::NotFound(name.to_string()))
+        self.store
+            .tenant(&name)
+            .await?
+            .ok_or_else(|| TenantError::NotFound(name.to_string()))
     }
 
     /// Applies `decide` to the current record and writes the result, retrying
     /// when the record changed in between. `decide` returns `None` when
     /// there is nothing to change.
-    async fn change<F>(&self, name: &str, actor: &Actor, action: &str, decide: F) -> Result<Tenant, TenantError>
+    async fn change<F>(
+        &self,
+        name: &str,
+        actor: &Actor,
+        action: &str,
+        decide: F,
+    ) -> Result<Tenant, TenantError>
     where
         F: Fn(&Tenant) -> Result<Option<Tenant>, TenantError>,
     {
         let mut tries = 0;
         loop {
             let current = self.find(name).await?;
-            let Some(mut next) = decide(&current)? else { return Ok(current) };
+            let Some(mut next) = decide(&current)? else {
+                return Ok(current);
+            };
             if current.state != next.state && !current.state.can_become(next.state) {
                 return Err(TenantError::InvalidState(format!(
                     "tenant {:?} cannot go from {} to {}",
@@ -226,8 +272,13 @@ impl TenantService {
             match self.store.update_tenant(&next).await {
                 Ok(stored) => {
                     tracing::info!(tenant = %stored.name, from = %current.state, to = %stored.state, action, "tenant changed");
-                    self.event(actor, &stored, action, json!({ "from": current.state, "to": stored.state }))
-                        .await;
+                    self.event(
+                        actor,
+                        &stored,
+                        action,
+                        json!({ "from": current.state, "to": stored.state }),
+                    )
+                    .await;
                     return Ok(stored);
                 }
                 Err(StoreError::VersionConflict) if tries < WRITE_RACE_RETRIES => tries += 1,
@@ -236,8 +287,22 @@ impl TenantService {
         }
     }
 
-    async fn event(&self, actor: &Actor, tenant: &Tenant, action: &str, details: serde_json::Value) {
-        events::record(self.store.as_ref(), self.clock.as_ref(), actor, tenant, action, "ok", details)
-            .await;
+    async fn event(
+        &self,
+        actor: &Actor,
+        tenant: &Tenant,
+        action: &str,
+        details: serde_json::Value,
+    ) {
+        events::record(
+            self.store.as_ref(),
+            self.clock.as_ref(),
+            actor,
+            tenant,
+            action,
+            "ok",
+            details,
+        )
+        .await;
     }
 }

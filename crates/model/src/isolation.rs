@@ -78,7 +78,10 @@ pub enum IsolationError {
          server with --store postgres://... or configure a region with a PostgreSQL url, or \
          leave --isolation out"
     )]
-    Unsupported { isolation: Isolation, region: String },
+    Unsupported {
+        isolation: Isolation,
+        region: String,
+    },
 }
 
 #[cfg(test)]
@@ -95,13 +98,19 @@ mod tests {
         let plans = PlanCatalog::builtin();
         let professional = plans.get("professional").unwrap();
         let embedded = region(DatabaseLocation::Embedded);
-        assert_eq!(Isolation::resolve(None, professional, &embedded), Ok(Isolation::Silo));
+        assert_eq!(
+            Isolation::resolve(None, professional, &embedded),
+            Ok(Isolation::Silo)
+        );
         assert_eq!(
             Isolation::resolve(Some(Isolation::Silo), professional, &embedded),
             Ok(Isolation::Silo)
         );
         let err = Isolation::resolve(Some(Isolation::Pool), professional, &embedded).unwrap_err();
-        assert!(err.to_string().contains("needs a PostgreSQL region"), "{err}");
+        assert!(
+            err.to_string().contains("needs a PostgreSQL region"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -113,14 +122,29 @@ mod tests {
         let starter = plans.get("starter").unwrap();
         let enterprise = plans.get("enterprise").unwrap();
         assert_eq!(Isolation::resolve(None, starter, &pg), Ok(Isolation::Pool));
-        assert_eq!(Isolation::resolve(None, enterprise, &pg), Ok(Isolation::Silo));
-        assert_eq!(Isolation::resolve(Some(Isolation::Silo), starter, &pg), Ok(Isolation::Silo));
-        assert_eq!(Isolation::resolve(Some(Isolation::Pool), enterprise, &pg), Ok(Isolation::Pool));
+        assert_eq!(
+            Isolation::resolve(None, enterprise, &pg),
+            Ok(Isolation::Silo)
+        );
+        assert_eq!(
+            Isolation::resolve(Some(Isolation::Silo), starter, &pg),
+            Ok(Isolation::Silo)
+        );
+        assert_eq!(
+            Isolation::resolve(Some(Isolation::Pool), enterprise, &pg),
+            Ok(Isolation::Pool)
+        );
     }
 
     #[test]
     fn parses() {
         assert_eq!("pool".parse::<Isolation>(), Ok(Isolation::Pool));
-        assert!("bridge".parse::<Isolation>().unwrap_err().to_string().contains("pool, silo"));
+        assert!(
+            "bridge"
+                .parse::<Isolation>()
+                .unwrap_err()
+                .to_string()
+                .contains("pool, silo")
+        );
     }
 }

@@ -79,7 +79,10 @@ impl TenantName {
             .chars()
             .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-'))
         {
-            return Err(TenantNameError::Character { name: owned(), found });
+            return Err(TenantNameError::Character {
+                name: owned(),
+                found,
+            });
         }
         if name.starts_with('-') || name.ends_with('-') {
             return Err(TenantNameError::Hyphen { name: owned() });
@@ -237,7 +240,10 @@ mod tests {
     fn rejects_bad_lengths() {
         for name in ["", "ab", &"a".repeat(41)] {
             let err = TenantName::parse(name).unwrap_err();
-            assert!(matches!(err, TenantNameError::Length { .. }), "{name}: {err}");
+            assert!(
+                matches!(err, TenantNameError::Length { .. }),
+                "{name}: {err}"
+            );
             assert!(err.to_string().contains("3 to 40 characters"), "{err}");
         }
     }
@@ -255,22 +261,36 @@ mod tests {
         ] {
             assert_eq!(
                 TenantName::parse(name).unwrap_err(),
-                TenantNameError::Character { name: name.into(), found }
+                TenantNameError::Character {
+                    name: name.into(),
+                    found
+                }
             );
         }
     }
 
     #[test]
     fn rejects_edge_hyphens_and_idna_prefix() {
-        assert!(matches!(TenantName::parse("-acme"), Err(TenantNameError::Hyphen { .. })));
-        assert!(matches!(TenantName::parse("acme-"), Err(TenantNameError::Hyphen { .. })));
-        assert!(matches!(TenantName::parse("xn--acme"), Err(TenantNameError::Idna { .. })));
+        assert!(matches!(
+            TenantName::parse("-acme"),
+            Err(TenantNameError::Hyphen { .. })
+        ));
+        assert!(matches!(
+            TenantName::parse("acme-"),
+            Err(TenantNameError::Hyphen { .. })
+        ));
+        assert!(matches!(
+            TenantName::parse("xn--acme"),
+            Err(TenantNameError::Idna { .. })
+        ));
         assert!(TenantName::parse("acme--corp").is_ok());
     }
 
     #[test]
     fn rejects_reserved_names() {
-        for name in ["www", "api", "admin", "console", "realms", "bulkhead", "default"] {
+        for name in [
+            "www", "api", "admin", "console", "realms", "bulkhead", "default",
+        ] {
             let err = TenantName::parse(name).unwrap_err();
             assert_eq!(err, TenantNameError::Reserved { name: name.into() });
             assert!(err.to_string().contains("reserved"));

@@ -141,7 +141,11 @@ impl Region {
         databases: DatabaseLocation,
         database_prefix: Option<DatabasePrefix>,
     ) -> Self {
-        Self { name, databases, database_prefix: database_prefix.unwrap_or_default() }
+        Self {
+            name,
+            databases,
+            database_prefix: database_prefix.unwrap_or_default(),
+        }
     }
 
     pub fn supports(&self, isolation: Isolation) -> bool {
@@ -159,7 +163,10 @@ impl Region {
                 DatabaseLocation::Embedded => "embedded".to_owned(),
                 DatabaseLocation::Postgres(_) => "postgres".to_owned(),
             },
-            isolation: Isolation::ALL.into_iter().filter(|i| self.supports(*i)).collect(),
+            isolation: Isolation::ALL
+                .into_iter()
+                .filter(|i| self.supports(*i))
+                .collect(),
         }
     }
 }
@@ -230,10 +237,13 @@ impl Regions {
     }
 
     pub fn get(&self, name: &str) -> Result<&Region, UnknownRegion> {
-        self.regions.iter().find(|r| r.name.as_str() == name).ok_or_else(|| UnknownRegion {
-            name: name.to_owned(),
-            valid: self.regions.iter().map(|r| r.name.to_string()).collect(),
-        })
+        self.regions
+            .iter()
+            .find(|r| r.name.as_str() == name)
+            .ok_or_else(|| UnknownRegion {
+                name: name.to_owned(),
+                valid: self.regions.iter().map(|r| r.name.to_string()).collect(),
+            })
     }
 }
 
@@ -243,13 +253,19 @@ mod tests {
 
     #[test]
     fn redacts_passwords() {
-        assert_eq!(redact_url("postgres://u:secret@h:5432/db"), "postgres://u:***@h:5432/db");
+        assert_eq!(
+            redact_url("postgres://u:secret@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
         assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
         assert_eq!(
             redact_url("postgres://h/db?user=u&password=secret&sslmode=require"),
             "postgres://h/db?user=u&password=***&sslmode=require"
         );
-        assert_eq!(redact_url("postgres://u:p@ss@h/db"), "postgres://u:***@h/db");
+        assert_eq!(
+            redact_url("postgres://u:p@ss@h/db"),
+            "postgres://u:***@h/db"
+        );
         let url = DatabaseUrl::parse("postgres://u:secret@h/db").unwrap();
         assert!(!format!("{url} {url:?}").contains("secret"));
         assert_eq!(url.expose(), "postgres://u:secret@h/db");
@@ -258,7 +274,10 @@ mod tests {
     #[test]
     fn rejects_non_postgres_urls_without_echoing_passwords() {
         let err = DatabaseUrl::parse("mysql://u:secret@h/db").unwrap_err();
-        assert!(err.contains("not a PostgreSQL url") && !err.contains("secret"), "{err}");
+        assert!(
+            err.contains("not a PostgreSQL url") && !err.contains("secret"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -275,9 +294,18 @@ mod tests {
         let regions = Regions::single(DatabaseLocation::Embedded);
         assert_eq!(regions.default_region().name.as_str(), "local");
         let err = regions.get("mars").unwrap_err();
-        assert_eq!(err.to_string(), "unknown region \"mars\"; valid regions: local");
-        let twice = vec![regions.default_region().clone(), regions.default_region().clone()];
-        assert_eq!(Regions::new(twice), Err(RegionError::Duplicate("local".into())));
+        assert_eq!(
+            err.to_string(),
+            "unknown region \"mars\"; valid regions: local"
+        );
+        let twice = vec![
+            regions.default_region().clone(),
+            regions.default_region().clone(),
+        ];
+        assert_eq!(
+            Regions::new(twice),
+            Err(RegionError::Duplicate("local".into()))
+        );
         assert_eq!(Regions::new(vec![]), Err(RegionError::Empty));
     }
 }

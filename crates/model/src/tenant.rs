@@ -13,7 +13,9 @@ use crate::{AdminEmail, Isolation, PlanName, RegionName, TenantName};
 /// A tenant's permanent identity. Names can be reused after a purge; ids
 /// never are, which is why resources outside the control store (databases,
 /// roles) carry part of the id in their names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema,
+)]
 #[serde(transparent)]
 #[schema(value_type = String, format = Uuid)]
 pub struct TenantId(pub Uuid);
@@ -257,7 +259,11 @@ mod tests {
         ];
         for from in TenantState::ALL {
             for to in TenantState::ALL {
-                assert_eq!(from.can_become(to), legal.contains(&(from, to)), "{from} -> {to}");
+                assert_eq!(
+                    from.can_become(to),
+                    legal.contains(&(from, to)),
+                    "{from} -> {to}"
+                );
             }
         }
     }
@@ -266,7 +272,10 @@ mod tests {
     fn states_parse_and_print() {
         for state in TenantState::ALL {
             assert_eq!(state.as_str().parse::<TenantState>(), Ok(state));
-            assert_eq!(serde_json::to_string(&state).unwrap(), format!("\"{state}\""));
+            assert_eq!(
+                serde_json::to_string(&state).unwrap(),
+                format!("\"{state}\"")
+            );
         }
         assert!("gone".parse::<TenantState>().is_err());
     }
@@ -286,9 +295,17 @@ mod tests {
         tenant.state = Active;
         assert!(!tenant.needs_work());
         tenant.state = Failed;
-        tenant.failure = Some(Failure { step: "s".into(), reason: "r".into(), undone: false });
+        tenant.failure = Some(Failure {
+            step: "s".into(),
+            reason: "r".into(),
+            undone: false,
+        });
         assert!(tenant.needs_work());
-        tenant.failure = Some(Failure { step: "s".into(), reason: "r".into(), undone: true });
+        tenant.failure = Some(Failure {
+            step: "s".into(),
+            reason: "r".into(),
+            undone: true,
+        });
         assert!(!tenant.needs_work());
     }
 

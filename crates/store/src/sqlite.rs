@@ -2,7 +2,9 @@
 
 use std::{fs::File, path::Path, time::Duration};
 
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
 
 use crate::{StoreError, StoreKind, StoreLock, sql::impl_control_store};
 
@@ -32,20 +34,33 @@ impl SqliteStore {
             .max_connections(8)
             .connect_with(options)
             .await
-            .map_err(|source| StoreError::Unreachable { location: location.clone(), source })?;
+            .map_err(|source| StoreError::Unreachable {
+                location: location.clone(),
+                source,
+            })?;
         MIGRATOR
             .run(&pool)
             .await
-            .map_err(|source| StoreError::Migrate { location: location.clone(), source })?;
+            .map_err(|source| StoreError::Migrate {
+                location: location.clone(),
+                source,
+            })?;
         let mut lock_path = path.as_os_str().to_owned();
         lock_path.push(".lock");
-        Ok(Self { pool, location, lock_path: lock_path.into() })
+        Ok(Self {
+            pool,
+            location,
+            lock_path: lock_path.into(),
+        })
     }
 
     /// An advisory lock on `<file>.lock`, released by the kernel when the
     /// process exits however it exits.
     async fn acquire_lock(&self) -> Result<StoreLock, StoreError> {
-        let locked = |reason: String| StoreError::Locked { what: self.location.clone(), reason };
+        let locked = |reason: String| StoreError::Locked {
+            what: self.location.clone(),
+            reason,
+        };
         let file = File::options()
             .create(true)
             .truncate(false)
@@ -53,7 +68,9 @@ impl SqliteStore {
             .open(&self.lock_path)
             .map_err(|e| locked(format!("cannot open {}: {e}", self.lock_path.display())))?;
         match file.try_lock() {
-            Ok(()) => Ok(StoreLock { _held: Box::new(file) }),
+            Ok(()) => Ok(StoreLock {
+                _held: Box::new(file),
+            }),
             Err(std::fs::TryLockError::WouldBlock) => {
                 Err(locked("another bulkhead server is using it".to_owned()))
             }

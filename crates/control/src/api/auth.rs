@@ -14,9 +14,13 @@ use super::{AppState, error::ApiError};
 use crate::events::Actor;
 
 /// Lets the request through with its [`Actor`] in the extensions, or
-/// answers 401.
-#[tracing::instrument(skip_all)]
-pub async fn require_operator(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+/// answers 401. Deliberately not a span of its own: handlers record the
+/// tenant on the request's span, which must stay the current one.
+pub async fn require_operator(
+    State(state): State<AppState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
     let presented = request
         .headers()
         .get(AUTHORIZATION)
@@ -31,6 +35,8 @@ pub async fn require_operator(State(state): State<AppState>, mut request: Reques
         tracing::info!(reason = "unknown token", "request refused");
         return ApiError::unauthorized().into_response();
     };
-    request.extensions_mut().insert(Actor::Operator(name.to_owned()));
+    request
+        .extensions_mut()
+        .insert(Actor::Operator(name.to_owned()));
     next.run(request).await
 }

@@ -1,9 +1,7 @@
 //! What goes over the wire: request bodies and response documents of the
 //! control API. The CLI deserialises the same types.
 
-use bulkhead_model::{
-    BaseDomain, Isolation, Plan, RegionSummary, StepRecord, StepStatus, Tenant,
-};
+use bulkhead_model::{BaseDomain, Isolation, Plan, RegionSummary, StepRecord, StepStatus, Tenant};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use utoipa::{IntoParams, ToSchema};
@@ -83,7 +81,11 @@ pub struct TenantView {
 
 impl TenantView {
     pub fn new(tenant: Tenant, base_domain: &BaseDomain) -> Self {
-        Self { domain: base_domain.tenant_host(&tenant.name), tenant, steps: None }
+        Self {
+            domain: base_domain.tenant_host(&tenant.name),
+            tenant,
+            steps: None,
+        }
     }
 
     /// With the progress of each of `step_names`, in order.

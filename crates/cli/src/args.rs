@@ -1,0 +1,174 @@
+//! The command line, as clap sees it.
+
+use std::path::PathBuf;
+
+use bulkhead_model::Isolation;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::env;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "bulkhead",
+    version,
+    about = "Bulkhead: tenant isolation for SaaS, in one binary",
+    long_about = "Bulkhead: tenant isolation for SaaS, in one binary.\n\n`bulkhead serve` runs the \
+                  control plane; every other command talks to a running one. Client commands \
+                  find the server and token from --api/--token, then BULKHEAD_API/BULKHEAD_TOKEN, \
+                  then the local data directory.",
+    propagate_version = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    #[command(flatten)]
+    pub global: GlobalArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// The data directory: the server keeps its state there, client commands
+    /// read the API address and operator token from it
+    /// [default: ~/.local/share/bulkhead]
+    #[arg(long, global = true, env = env::DATA_DIR, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// URL of the control API [default: from <data-dir>/api.url]
+    #[arg(long, global = true, env = env::API, value_name = "URL")]
+    pub api: Option<String>,
+    /// Operator token [default: from <data-dir>/operator.token]
+    #[arg(long, global = true, env = env::TOKEN, hide_env_values = true, value_name = "TOKEN")]
+    pub token: Option<String>,
+    /// Output format of client commands
+    #[arg(short = 'o', long, global = true, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    /// Aligned columns for people
+    Table,
+    /// The API's JSON, for scripts
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the control plane
+    Serve(ServeArgs),
+    /// Create, inspect, suspend and delete tenants
+    #[command(subcommand)]
+    Tenants(TenantsCommand),
+    /// The plans tenants can be created on
+    #[command(subcommand)]
+    Plans(PlansCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Configuration file [default: ./bulkhead.toml when it exists]
+    #[arg(long, env = env::CONFIG, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Control-plane store: postgres://user@host/db, or sqlite://path
+    /// [default: SQLite at <data-dir>/bulkhead.db]
+    #[arg(long, env = env::STORE, hide_env_values = true, value_name = "URL")]
+    pub store: Option<String>,
+    /// Address of the control API [default: 127.0.0.1:7070]
+    #[arg(long, env = env::API_LISTEN, value_name = "ADDR")]
+    pub api_listen: Option<String>,
+    /// Address of the tenant gateway (reserved: the gateway is not built
+    /// yet) [default: 0.0.0.0:8080]
+    #[arg(long, env = env::GATEWAY_LISTEN, value_name = "ADDR")]
+    pub gateway_listen: Option<String>,
+    /// Domain that tenants' subdomains hang under [default: localhost]
+    #[arg(long, env = env::BASE_DOMAIN, value_name = "DOMAIN")]
+    pub base_domain: Option<String>,
+    /// Log format [default: text]
+    #[arg(long, env = env::LOG_FORMAT, value_enum, value_name = "FORMAT")]
+    pub log_format: Option<LogFormat>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TenantsCommand {
+    /// Create a tenant and start provisioning it
+    Create(CreateArgs),
+    /// List tenants (every state but deleted, unless --state says otherwise)
+    List {
+        /// Only tenants in this state
+        #[arg(long, value_name = "STATE")]
+        state: Option<String>,
+        /// At most this many tenants
+        #[arg(long, value_name = "N")]
+        limit: Option<u32>,
+    },
+    /// Show a tenant and its provisioning steps
+    Get { name: String },
+    /// Suspend an active tenant
+    Suspend { name: String },
+    /// Resume a suspended tenant
+    Resume { name: String },
+    /// Offboard a tenant: undo its provisioning in reverse
+    Delete(DeleteArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// Tenant name: a DNS label of 3 to 40 characters of a-z, 0-9 and '-'
+    pub name: String,
+    /// Plan (see `bulkhead plans list`)
+    #[arg(long)]
+    pub plan: String,
+    /// Override the plan's default isolation
+    #[arg(long, value_parser = parse_isolation)]
+    pub isolation: Option<Isolation>,
+    /// Region [default: the first configured region]
+    #[arg(long)]
+    pub region: Option<String>,
+    /// Address of the tenant's first administrator
+    #[arg(long, value_name = "EMAIL")]
+    pub admin_email: Option<String>,
+    #[command(flatten)]
+    pub wait: WaitArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct DeleteArgs {
+    pub name: String,
+    /// Remove everything now, the tenant's record included (its name becomes
+    /// free)
+    #[arg(long)]
+    pub purge: bool,
+    /// Do not ask for confirmation
+    #[arg(long)]
+    pub yes: bool,
+    #[command(flatten)]
+    pub wait: WaitArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct WaitArgs {
+    /// Show progress and return when the tenant has settled
+    #[arg(long)]
+    pub wait: bool,
+    /// Give up waiting after this many seconds
+    #[arg(long, default_value_t = 300, value_name = "SECONDS", requires = "wait")]
+    pub timeout: u64,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PlansCommand {
+    /// List the plans and their limits
+    List,
+}
+
+fn parse_isolation(value: &str) -> Result<Isolation, String> {
+    value
+        .parse()
+        .map_err(|e: bulkhead_model::UnknownIsolation| e.to_string())
+}

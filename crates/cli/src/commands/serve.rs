@@ -1,0 +1,63 @@
+//! `bulkhead serve`: load and validate configuration, start the control
+//! plane, run until SIGINT or SIGTERM, stop gracefully.
+
+use std::{io::IsTerminal, path::Path};
+
+use tracing_subscriber::EnvFilter;
+
+use crate::{
+    args::{LogFormat, ServeArgs},
+    env,
+    exit::CliError,
+    settings::ServeSettings,
+};
+
+pub async fn run(args: &ServeArgs, data_dir: Option<&Path>) -> Result<(), CliError> {
+    let settings = ServeSettings::load(args, data_dir)?;
+    init_logging(settings.log_format)?;
+    let data_dir = settings.config.data_dir.clone();
+    let running = bulkhead_control::start(settings.config)
+        .await
+        .map_err(|e| CliError::failed(e.to_string()))?;
+    tracing::info!(
+        "operator token in {}; try: bulkhead tenants create acme --plan professional --wait",
+        data_dir.join("operator.token").display()
+    );
+    wait_for_signal().await?;
+    tracing::info!("shutting down");
+    running.shutdown().await;
+    Ok(())
+}
+
+/// Logs go to stderr; `BULKHEAD_LOG` takes a `tracing` filter.
+fn init_logging(format: LogFormat) -> Result<(), CliError> {
+    let filter = match std::env::var(env::LOG) {
+        Ok(directives) => EnvFilter::try_new(&directives)
+            .map_err(|e| CliError::usage(format!("{} {directives:?}: {e}", env::LOG)))?,
+        Err(_) => EnvFilter::new("info,sqlx=warn"),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    let installed = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .try_init(),
+    };
+    installed.map_err(|e| CliError::failed(format!("cannot set up logging: {e}")))
+}
+
+async fn wait_for_signal() -> Result<(), CliError> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate())
+        .map_err(|e| CliError::failed(format!("cannot listen for SIGTERM: {e}")))?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+    Ok(())
+}

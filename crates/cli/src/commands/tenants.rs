@@ -1,0 +1,240 @@
+//! `bulkhead tenants ...` and `bulkhead plans list`.
+
+use std::{
+    collections::HashSet,
+    io::{BufRead, IsTerminal, Write},
+    time::{Duration, Instant},
+};
+
+use bulkhead_control::api::types::{CreateTenantRequest, StepState, TenantView};
+use bulkhead_model::TenantState;
+
+use crate::{
+    args::{CreateArgs, DeleteArgs, GlobalArgs, TenantsCommand, WaitArgs},
+    client::{ApiClient, Found},
+    exit::{CliError, Kind},
+    output,
+};
+
+/// Pages fetched at a time by `tenants list`.
+const PAGE: u32 = 500;
+
+pub async fn run(command: &TenantsCommand, global: &GlobalArgs) -> Result<(), CliError> {
+    let client = ApiClient::discover(global)?;
+    match command {
+        TenantsCommand::Create(args) => create(&client, args, global).await,
+        TenantsCommand::List { state, limit } => {
+            let tenants = list(&client, state.as_deref(), *limit).await?;
+            output::tenants(global.output, &tenants)
+        }
+        TenantsCommand::Get { name } => output::tenant(global.output, &client.tenant(name).await?),
+        TenantsCommand::Suspend { name } => {
+            output::tenant(global.output, &client.lifecycle(name, "suspend").await?)
+        }
+        TenantsCommand::Resume { name } => {
+            output::tenant(global.output, &client.lifecycle(name, "resume").await?)
+        }
+        TenantsCommand::Delete(args) => delete(&client, args, global).await,
+    }
+}
+
+pub async fn list_plans(global: &GlobalArgs) -> Result<(), CliError> {
+    let client = ApiClient::discover(global)?;
+    output::plans(global.output, &client.plans().await?.plans)
+}
+
+async fn list(
+    client: &ApiClient,
+    state: Option<&str>,
+    limit: Option<u32>,
+) -> Result<Vec<TenantView>, CliError> {
+    let mut tenants = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let wanted = limit.map_or(PAGE, |l| (l - tenants.len() as u32).min(PAGE));
+        if wanted == 0 {
+            break;
+        }
+        let page = client.list_tenants(after.as_deref(), state, wanted).await?;
+        tenants.extend(page.tenants);
+        match page.next_after {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    Ok(tenants)
+}
+
+async fn create(
+    client: &ApiClient,
+    args: &CreateArgs,
+    global: &GlobalArgs,
+) -> Result<(), CliError> {
+    let request = CreateTenantRequest {
+        name: args.name.clone(),
+        plan: args.plan.clone(),
+        isolation: args.isolation,
+        region: args.region.clone(),
+        admin_email: args.admin_email.clone(),
+    };
+    let created = client.create_tenant(&request).await?;
+    if !args.wait.wait {
+        return output::tenant(global.output, &created);
+    }
+    let t = &created.tenant;
+    eprintln!(
+        "tenant {}: provisioning (plan {}, isolation {}, region {})",
+        t.name, t.plan, t.isolation, t.region
+    );
+    let settled = wait_until(
+        client,
+        &args.name,
+        &args.wait,
+        StepState::Applied,
+        |view| match view {
+            Found::Yes(view) => match view.tenant.state {
+                TenantState::Active => true,
+                TenantState::Failed => view.tenant.failure.as_ref().is_some_and(|f| f.undone),
+                _ => false,
+            },
+            Found::Gone => true,
+        },
+    )
+    .await?;
+    let Found::Yes(view) = settled else {
+        return Err(CliError::new(
+            Kind::NotFound,
+            format!("tenant {:?} disappeared while provisioning", args.name),
+        ));
+    };
+    output::tenant(global.output, &view)?;
+    match (&view.tenant.state, &view.tenant.failure) {
+        (TenantState::Active, _) => {
+            let ms = output::provisioning_ms(&view).unwrap_or_default();
+            eprintln!(
+                "tenant {} is active (provisioned in {ms} ms)",
+                view.tenant.name
+            );
+            Ok(())
+        }
+        (_, Some(failure)) => Err(CliError::failed(format!(
+            "tenant {} failed at step {}: {}; its completed steps were undone (delete it with \
+             `bulkhead tenants delete {} --purge --yes`)",
+            view.tenant.name, failure.step, failure.reason, view.tenant.name
+        ))),
+        (state, None) => Err(CliError::failed(format!(
+            "tenant {} is {state}",
+            view.tenant.name
+        ))),
+    }
+}
+
+async fn delete(
+    client: &ApiClient,
+    args: &DeleteArgs,
+    global: &GlobalArgs,
+) -> Result<(), CliError> {
+    if !args.yes {
+        confirm(&args.name, args.purge)?;
+    }
+    let view = client.delete_tenant(&args.name, args.purge).await?;
+    if !args.wait.wait {
+        return output::tenant(global.output, &view);
+    }
+    eprintln!(
+        "tenant {}: offboarding{}",
+        args.name,
+        if args.purge { " (purge)" } else { "" }
+    );
+    let settled = wait_until(
+        client,
+        &args.name,
+        &args.wait,
+        StepState::Undone,
+        |view| match view {
+            Found::Yes(view) => {
+                view.tenant.state == TenantState::Deleted && !view.tenant.purge_requested
+            }
+            Found::Gone => true,
+        },
+    )
+    .await?;
+    match settled {
+        Found::Yes(view) => {
+            output::tenant(global.output, &view)?;
+            eprintln!(
+                "tenant {} is deleted (its record is kept until purged)",
+                args.name
+            );
+        }
+        Found::Gone => eprintln!("tenant {} is purged", args.name),
+    }
+    Ok(())
+}
+
+/// Asks for the tenant's name on a terminal; refuses without one.
+fn confirm(name: &str, purge: bool) -> Result<(), CliError> {
+    let stdin = std::io::stdin();
+    if !stdin.is_terminal() {
+        return Err(CliError::usage(format!(
+            "refusing to delete tenant {name:?} without confirmation: pass --yes"
+        )));
+    }
+    let what = if purge {
+        "and purge its record"
+    } else {
+        "(its record is kept as deleted)"
+    };
+    eprint!(
+        "Delete tenant {name} {what}? Its database and files will be removed. Type its name to confirm: "
+    );
+    let _ = std::io::stderr().flush();
+    let mut answer = String::new();
+    stdin
+        .lock()
+        .read_line(&mut answer)
+        .map_err(|e| CliError::failed(e.to_string()))?;
+    if answer.trim() == name {
+        Ok(())
+    } else {
+        Err(CliError::usage(
+            "confirmation did not match; nothing was deleted",
+        ))
+    }
+}
+
+/// Polls the tenant, printing each step as it reaches `progress` (applied
+/// while provisioning, undone while offboarding), until `settled` says so
+/// or the timeout passes.
+async fn wait_until(
+    client: &ApiClient,
+    name: &str,
+    wait: &WaitArgs,
+    progress: StepState,
+    settled: impl Fn(&Found<TenantView>) -> bool,
+) -> Result<Found<TenantView>, CliError> {
+    let deadline = Instant::now() + Duration::from_secs(wait.timeout);
+    let mut seen: HashSet<String> = HashSet::new();
+    let mut pause = Duration::from_millis(20);
+    loop {
+        let found = client.find_tenant(name).await?;
+        if let Found::Yes(view) = &found {
+            for step in view.steps.iter().flatten() {
+                if step.state == progress && seen.insert(step.name.clone()) {
+                    eprintln!("  {} {}", output::step_state(step.state), step.name);
+                }
+            }
+        }
+        if settled(&found) {
+            return Ok(found);
+        }
+        if Instant::now() >= deadline {
+            return Err(CliError::failed(format!(
+                "gave up waiting after {}s; the tenant is still settling: see `bulkhead tenants get {name}`",
+                wait.timeout
+            )));
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(500));
+    }
+}

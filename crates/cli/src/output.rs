@@ -1,0 +1,223 @@
+//! What client commands print: aligned tables for people, the API's JSON
+//! for scripts. Results go to stdout, progress to stderr.
+#![allow(clippy::print_stdout)]
+
+use bulkhead_control::api::types::{StepState, TenantView};
+use bulkhead_model::Plan;
+use serde::Serialize;
+use time::{OffsetDateTime, format_description::well_known::Rfc3339};
+
+use crate::{args::Output, exit::CliError};
+
+/// Columns padded to their widest cell, two spaces apart.
+pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect();
+        padded.join("  ").trim_end().to_owned()
+    };
+    let mut out = line(headers.to_vec());
+    for row in rows {
+        out.push('\n');
+        out.push_str(&line(row.iter().map(String::as_str).collect()));
+    }
+    out
+}
+
+fn time(at: &OffsetDateTime) -> String {
+    at.format(&Rfc3339).unwrap_or_else(|_| at.to_string())
+}
+
+pub fn json<T: Serialize>(value: &T) -> Result<(), CliError> {
+    let text = serde_json::to_string_pretty(value)
+        .map_err(|e| CliError::failed(format!("cannot print JSON: {e}")))?;
+    println!("{text}");
+    Ok(())
+}
+
+pub fn tenants(format: Output, tenants: &[TenantView]) -> Result<(), CliError> {
+    if format == Output::Json {
+        return json(&tenants);
+    }
+    let rows: Vec<Vec<String>> = tenants
+        .iter()
+        .map(|v| {
+            let t = &v.tenant;
+            vec![
+                t.name.to_string(),
+                t.state.to_string(),
+                t.plan.to_string(),
+                t.isolation.to_string(),
+                t.region.to_string(),
+                v.domain.clone(),
+                time(&t.created_at),
+            ]
+        })
+        .collect();
+    println!(
+        "{}",
+        table(
+            &[
+                "NAME",
+                "STATE",
+                "PLAN",
+                "ISOLATION",
+                "REGION",
+                "DOMAIN",
+                "CREATED"
+            ],
+            &rows
+        )
+    );
+    Ok(())
+}
+
+/// Milliseconds from creation to active, when the tenant got there.
+pub fn provisioning_ms(view: &TenantView) -> Option<i128> {
+    view.tenant
+        .provisioned_at
+        .map(|at| (at - view.tenant.created_at).whole_milliseconds())
+}
+
+pub fn tenant(format: Output, view: &TenantView) -> Result<(), CliError> {
+    if format == Output::Json {
+        return json(view);
+    }
+    let t = &view.tenant;
+    let mut fields = vec![
+        ("Name", t.name.to_string()),
+        ("Id", t.id.to_string()),
+        ("State", t.state.to_string()),
+        ("Plan", t.plan.to_string()),
+        ("Isolation", t.isolation.to_string()),
+        ("Region", t.region.to_string()),
+        ("Domain", view.domain.clone()),
+        ("Created", time(&t.created_at)),
+    ];
+    if let Some(email) = &t.admin_email {
+        fields.push(("Admin email", email.to_string()));
+    }
+    if let Some(ms) = provisioning_ms(view) {
+        fields.push((
+            "Provisioned",
+            format!(
+                "{} (in {ms} ms)",
+                t.provisioned_at.map(|p| time(&p)).unwrap_or_default()
+            ),
+        ));
+    }
+    if let Some(failure) = &t.failure {
+        let undone = if failure.undone {
+            "steps undone"
+        } else {
+            "undoing steps"
+        };
+        fields.push((
+            "Failure",
+            format!("{}: {} ({undone})", failure.step, failure.reason),
+        ));
+    }
+    if t.purge_requested {
+        fields.push(("Purge", "requested".to_owned()));
+    }
+    if let Some(error) = &t.last_error {
+        fields.push(("Last error", error.clone()));
+    }
+    let width = fields.iter().map(|(k, _)| k.len()).max().unwrap_or(0) + 1;
+    for (key, value) in fields {
+        println!("{:<width$} {value}", format!("{key}:"));
+    }
+    if let Some(steps) = &view.steps {
+        let rows: Vec<Vec<String>> = steps
+            .iter()
+            .map(|s| {
+                vec![
+                    s.name.clone(),
+                    step_state(s.state).to_owned(),
+                    s.output.as_ref().map(|o| o.to_string()).unwrap_or_default(),
+                ]
+            })
+            .collect();
+        println!("\n{}", table(&["STEP", "STATE", "OUTPUT"], &rows));
+    }
+    Ok(())
+}
+
+pub fn step_state(state: StepState) -> &'static str {
+    match state {
+        StepState::Pending => "pending",
+        StepState::Applied => "applied",
+        StepState::Undone => "undone",
+    }
+}
+
+pub fn plans(format: Output, plans: &[Plan]) -> Result<(), CliError> {
+    if format == Output::Json {
+        return json(&plans);
+    }
+    let rows: Vec<Vec<String>> = plans
+        .iter()
+        .map(|p| {
+            vec![
+                p.name.to_string(),
+                p.default_isolation.to_string(),
+                format!(
+                    "{}/min x{}",
+                    p.rate_limit.requests_per_minute, p.rate_limit.burst_multiplier
+                ),
+                format!("${} / ${}", p.cost_caps.soft_usd, p.cost_caps.hard_usd),
+                format!("{}d", p.audit_retention_days),
+                format!(
+                    "every {}h, kept {}d",
+                    p.backups.every_hours, p.backups.retention_days
+                ),
+                format!(
+                    "{} MiB, {} procs, {} mCPU",
+                    p.runtime.memory_mib, p.runtime.max_processes, p.runtime.cpu_millicores
+                ),
+            ]
+        })
+        .collect();
+    println!(
+        "{}",
+        table(
+            &[
+                "NAME",
+                "ISOLATION",
+                "RATE LIMIT",
+                "COST CAPS (SOFT/HARD)",
+                "AUDIT",
+                "BACKUPS",
+                "RUNTIME"
+            ],
+            &rows
+        )
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_align() {
+        let rows = vec![
+            vec!["acme".to_owned(), "active".to_owned()],
+            vec!["b".to_owned(), "".to_owned()],
+        ];
+        assert_eq!(
+            table(&["NAME", "STATE"], &rows),
+            "NAME  STATE\nacme  active\nb"
+        );
+    }
+}

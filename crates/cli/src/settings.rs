@@ -1,0 +1,352 @@
+//! `bulkhead serve`'s configuration: flags, then environment (both through
+//! clap), then `bulkhead.toml`, then defaults; validated into the control
+//! plane's [`Config`] before anything starts.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
+
+use bulkhead_control::{Config, ReconcilerSettings};
+use bulkhead_model::{
+    BaseDomain, DatabaseLocation, DatabasePrefix, DatabaseUrl, Region, RegionName, Regions,
+};
+use bulkhead_store::StoreLocation;
+use serde::Deserialize;
+
+use crate::{
+    args::{LogFormat, ServeArgs},
+    env,
+    exit::CliError,
+};
+
+/// `bulkhead.toml`. Unknown keys are errors, so a typo is never silently
+/// ignored.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    data_dir: Option<PathBuf>,
+    store: Option<String>,
+    api_listen: Option<String>,
+    gateway_listen: Option<String>,
+    base_domain: Option<String>,
+    log_format: Option<LogFormat>,
+    #[serde(default)]
+    regions: Vec<FileRegion>,
+    #[serde(default)]
+    reconciler: FileReconciler,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileRegion {
+    name: String,
+    /// `embedded`, or the URL of a PostgreSQL server.
+    databases: String,
+    database_prefix: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileReconciler {
+    workers: Option<usize>,
+    attempts: Option<u32>,
+}
+
+#[derive(Debug)]
+pub struct ServeSettings {
+    pub config: Config,
+    pub log_format: LogFormat,
+}
+
+const DEFAULT_API_LISTEN: &str = "127.0.0.1:7070";
+const DEFAULT_GATEWAY_LISTEN: &str = "0.0.0.0:8080";
+
+impl ServeSettings {
+    pub fn load(args: &ServeArgs, data_dir_flag: Option<&Path>) -> Result<Self, CliError> {
+        let file = read_file(args.config.as_deref())?;
+        let data_dir = data_dir_flag
+            .map(Path::to_path_buf)
+            .or(file.data_dir)
+            .unwrap_or_else(env::default_data_dir);
+        let store = match args.store.as_deref().or(file.store.as_deref()) {
+            Some(url) => parse_store(url)?,
+            None => StoreLocation::Sqlite(data_dir.join("bulkhead.db")),
+        };
+        let api_listen = parse_addr(
+            "api-listen",
+            args.api_listen
+                .as_deref()
+                .or(file.api_listen.as_deref())
+                .unwrap_or(DEFAULT_API_LISTEN),
+        )?;
+        let gateway_listen = parse_addr(
+            "gateway-listen",
+            args.gateway_listen
+                .as_deref()
+                .or(file.gateway_listen.as_deref())
+                .unwrap_or(DEFAULT_GATEWAY_LISTEN),
+        )?;
+        let base_domain = match args.base_domain.as_deref().or(file.base_domain.as_deref()) {
+            Some(domain) => BaseDomain::parse(domain).map_err(CliError::usage)?,
+            None => BaseDomain::default(),
+        };
+        let regions = if file.regions.is_empty() {
+            // Tenant databases live where the control state lives, unless
+            // regions say otherwise.
+            Regions::single(match &store {
+                StoreLocation::Postgres(url) => DatabaseLocation::Postgres(url.clone()),
+                StoreLocation::Sqlite(_) => DatabaseLocation::Embedded,
+            })
+        } else {
+            let regions = file
+                .regions
+                .iter()
+                .map(parse_region)
+                .collect::<Result<_, _>>()?;
+            Regions::new(regions).map_err(|e| CliError::usage(e.to_string()))?
+        };
+        let defaults = ReconcilerSettings::default();
+        let reconciler = ReconcilerSettings {
+            workers: file.reconciler.workers.unwrap_or(defaults.workers),
+            attempts: file.reconciler.attempts.unwrap_or(defaults.attempts),
+            ..defaults
+        };
+        if reconciler.workers == 0 || reconciler.attempts == 0 {
+            return Err(CliError::usage(
+                "reconciler.workers and reconciler.attempts must be at least 1",
+            ));
+        }
+        let log_format = args
+            .log_format
+            .or(file.log_format)
+            .unwrap_or(LogFormat::Text);
+        Ok(Self {
+            config: Config {
+                data_dir,
+                store,
+                api_listen,
+                gateway_listen,
+                base_domain,
+                regions,
+                reconciler,
+            },
+            log_format,
+        })
+    }
+}
+
+fn read_file(explicit: Option<&Path>) -> Result<FileConfig, CliError> {
+    let path = match explicit {
+        Some(path) => path.to_path_buf(),
+        None => {
+            let implicit = PathBuf::from("bulkhead.toml");
+            if !implicit.exists() {
+                return Ok(FileConfig::default());
+            }
+            implicit
+        }
+    };
+    let text = std::fs::read_to_string(&path).map_err(|e| {
+        CliError::usage(format!(
+            "cannot read configuration file {}: {e}",
+            path.display()
+        ))
+    })?;
+    toml::from_str(&text)
+        .map_err(|e| CliError::usage(format!("configuration file {}: {e}", path.display())))
+}
+
+fn parse_store(url: &str) -> Result<StoreLocation, CliError> {
+    if let Some(path) = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+    {
+        if path.is_empty() {
+            return Err(CliError::usage(
+                "store url sqlite:// needs a file path, e.g. sqlite:///var/lib/bulkhead/bulkhead.db",
+            ));
+        }
+        return Ok(StoreLocation::Sqlite(PathBuf::from(path)));
+    }
+    DatabaseUrl::parse(url).map(StoreLocation::Postgres).map_err(|_| {
+        CliError::usage(format!(
+            "store {} is not a store url; use postgres://user@host:port/database or sqlite://path",
+            bulkhead_model::redact_url(url)
+        ))
+    })
+}
+
+fn parse_addr(flag: &str, value: &str) -> Result<SocketAddr, CliError> {
+    value.parse().map_err(|_| {
+        CliError::usage(format!(
+            "--{flag} {value:?} is not an address; expected IP:PORT such as 127.0.0.1:7070"
+        ))
+    })
+}
+
+fn parse_region(region: &FileRegion) -> Result<Region, CliError> {
+    let name = RegionName::parse(&region.name).map_err(CliError::usage)?;
+    let databases =
+        if region.databases == "embedded" {
+            DatabaseLocation::Embedded
+        } else {
+            DatabaseLocation::Postgres(DatabaseUrl::parse(&region.databases).map_err(|e| {
+                CliError::usage(format!("region `{name}`: {e}; or use \"embedded\""))
+            })?)
+        };
+    let prefix = region
+        .database_prefix
+        .as_deref()
+        .map(DatabasePrefix::parse)
+        .transpose()
+        .map_err(|e| CliError::usage(format!("region `{name}`: {e}")))?;
+    Ok(Region::new(name, databases, prefix))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args() -> ServeArgs {
+        ServeArgs {
+            config: None,
+            store: None,
+            api_listen: None,
+            gateway_listen: None,
+            base_domain: None,
+            log_format: None,
+        }
+    }
+
+    fn with_file(toml: &str, args: ServeArgs) -> Result<ServeSettings, CliError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bulkhead.toml");
+        std::fs::write(&path, toml).unwrap();
+        ServeSettings::load(
+            &ServeArgs {
+                config: Some(path),
+                ..args
+            },
+            None,
+        )
+    }
+
+    #[test]
+    fn defaults_are_embedded() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = ServeSettings::load(&args(), Some(dir.path())).unwrap();
+        let config = settings.config;
+        assert_eq!(
+            config.store,
+            StoreLocation::Sqlite(dir.path().join("bulkhead.db"))
+        );
+        assert_eq!(config.api_listen.to_string(), "127.0.0.1:7070");
+        assert_eq!(
+            config.regions.default_region().databases,
+            DatabaseLocation::Embedded
+        );
+        assert_eq!(settings.log_format, LogFormat::Text);
+    }
+
+    #[test]
+    fn a_postgres_store_puts_tenant_databases_on_the_same_server() {
+        let settings = ServeSettings::load(
+            &ServeArgs {
+                store: Some("postgres://u:pw@db/bulkhead".into()),
+                ..args()
+            },
+            Some(Path::new("/tmp/x")),
+        )
+        .unwrap();
+        assert!(matches!(
+            settings.config.regions.default_region().databases,
+            DatabaseLocation::Postgres(_)
+        ));
+    }
+
+    #[test]
+    fn flags_beat_the_file() {
+        let toml = "api_listen = \"127.0.0.1:9000\"\nbase_domain = \"file.example\"\nlog_format = \"json\"";
+        let settings = with_file(
+            toml,
+            ServeArgs {
+                api_listen: Some("127.0.0.1:9001".into()),
+                ..args()
+            },
+        )
+        .unwrap();
+        assert_eq!(settings.config.api_listen.to_string(), "127.0.0.1:9001");
+        assert_eq!(settings.config.base_domain.as_str(), "file.example");
+        assert_eq!(settings.log_format, LogFormat::Json);
+    }
+
+    #[test]
+    fn regions_from_the_file() {
+        let toml = r#"
+            [[regions]]
+            name = "eu"
+            databases = "postgres://postgres@eu-db/postgres"
+            database_prefix = "eu_"
+
+            [[regions]]
+            name = "edge"
+            databases = "embedded"
+        "#;
+        let settings = with_file(toml, args()).unwrap();
+        let names: Vec<_> = settings
+            .config
+            .regions
+            .all()
+            .iter()
+            .map(|r| r.name.to_string())
+            .collect();
+        assert_eq!(names, ["eu", "edge"]);
+        assert_eq!(
+            settings
+                .config
+                .regions
+                .default_region()
+                .database_prefix
+                .as_str(),
+            "eu_"
+        );
+    }
+
+    #[test]
+    fn bad_configuration_is_named() {
+        let cases = [
+            ("api_lsiten = \"x\"", "unknown field `api_lsiten`"),
+            ("api_listen = \"localhost\"", "is not an address"),
+            ("store = \"mysql://u:secret@h/db\"", "not a store url"),
+            ("base_domain = \"a b\"", "not a DNS name"),
+            (
+                "[[regions]]\nname = \"EU\"\ndatabases = \"embedded\"",
+                "region name",
+            ),
+            (
+                "[[regions]]\nname = \"eu\"\ndatabases = \"mysql://h\"",
+                "region `eu`",
+            ),
+            ("[reconciler]\nworkers = 0", "at least 1"),
+        ];
+        for (toml, expected) in cases {
+            let err = with_file(toml, args()).unwrap_err();
+            assert!(err.message.contains(expected), "{toml}: {}", err.message);
+            assert!(!err.message.contains("secret"), "{}", err.message);
+        }
+    }
+
+    #[test]
+    fn a_missing_config_file_is_an_error() {
+        let err = ServeSettings::load(
+            &ServeArgs {
+                config: Some("/nonexistent/bulkhead.toml".into()),
+                ..args()
+            },
+            None,
+        )
+        .unwrap_err();
+        assert!(err.message.contains("cannot read configuration file"));
+    }
+}

@@ -1,0 +1,150 @@
+//! The API's own surface: its OpenAPI document, health, metrics, request
+//! ids and errors for unknown routes.
+
+use std::collections::BTreeSet;
+
+use serde_json::json;
+
+use crate::kit::Server;
+
+#[tokio::test]
+async fn openapi_describes_every_endpoint() {
+    let server = Server::embedded().await;
+    let (status, doc) = server.http().without_token().get("/v1/openapi.json").await;
+    assert_eq!(status, 200);
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    let mut operations = BTreeSet::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for method in item.as_object().unwrap().keys() {
+            operations.insert(format!("{} {path}", method.to_uppercase()));
+        }
+    }
+    let expected: BTreeSet<String> = [
+        "POST /v1/tenants",
+        "GET /v1/tenants",
+        "GET /v1/tenants/{name}",
+        "DELETE /v1/tenants/{name}",
+        "POST /v1/tenants/{name}/suspend",
+        "POST /v1/tenants/{name}/resume",
+        "GET /v1/plans",
+        "GET /v1/regions",
+        "GET /v1/openapi.json",
+        "GET /healthz",
+        "GET /readyz",
+        "GET /metrics",
+    ]
+    .into_iter()
+    .map(String::from)
+    .collect();
+    assert_eq!(operations, expected);
+    assert_eq!(
+        doc["components"]["securitySchemes"]["operator_token"]["scheme"],
+        "bearer"
+    );
+    for schema in [
+        "TenantView",
+        "CreateTenantRequest",
+        "ErrorBody",
+        "Plan",
+        "TenantState",
+    ] {
+        assert!(
+            doc["components"]["schemas"].get(schema).is_some(),
+            "schema {schema}"
+        );
+    }
+
+    // Every documented operation is served (none answers the 404 fallback).
+    let http = server.http();
+    http.create("acme", "starter").await;
+    server.settle("acme").await;
+    for operation in &operations {
+        let (method, path) = operation.split_once(' ').unwrap();
+        let path = path.replace("{name}", "acme");
+        let (status, body) = http.send(method.parse().unwrap(), &path, None).await;
+        assert_ne!(
+            body["error"]["code"], "not_found",
+            "{operation} answered {status}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn health_readiness_and_metrics() {
+    let server = Server::embedded().await;
+    let http = server.http().without_token();
+    assert_eq!(http.get("/healthz").await, (200, json!({"status": "ok"})));
+    assert_eq!(http.get("/readyz").await, (200, json!({"status": "ready"})));
+
+    server.http().create("acme", "starter").await;
+    server.settle("acme").await;
+    let (status, metrics) = http.get("/metrics").await;
+    assert_eq!(status, 200);
+    let metrics = metrics.as_str().unwrap();
+    for expected in [
+        "bulkhead_tenants{state=\"active\"} 1",
+        "bulkhead_tenants{state=\"failed\"} 0",
+        "bulkhead_http_requests_total{method=\"POST\",route=\"/v1/tenants\",status=\"202\"} 1",
+        "bulkhead_provisioning_duration_seconds_count 1",
+        "# EOF",
+    ] {
+        assert!(
+            metrics.contains(expected),
+            "missing {expected:?} in\n{metrics}"
+        );
+    }
+    assert!(
+        !metrics.contains("acme"),
+        "no tenant names in metric labels"
+    );
+}
+
+#[tokio::test]
+async fn request_ids_and_unknown_routes() {
+    let server = Server::embedded().await;
+    let client = reqwest::Client::new();
+    let response = client
+        .get(format!("{}/v1/plans", server.api))
+        .bearer_auth(&server.token)
+        .header("x-request-id", "trace-123")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["x-request-id"], "trace-123");
+    let response = client
+        .get(format!("{}/v1/plans", server.api))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        response.headers()["x-request-id"].len(),
+        32,
+        "a fresh id when none was sent"
+    );
+
+    let (status, body) = server.http().get("/v1/nothing").await;
+    assert_eq!(status, 404);
+    assert_eq!(body["error"]["code"], "not_found");
+    let (status, body) = server
+        .http()
+        .send(reqwest::Method::PUT, "/v1/plans", None)
+        .await;
+    assert_eq!(status, 405);
+    assert_eq!(body["error"]["code"], "method_not_allowed");
+}
+
+#[tokio::test]
+async fn regions_are_listed_without_credentials() {
+    let config = "[[regions]]\nname = \"local\"\ndatabases = \"embedded\"\n\n[[regions]]\nname = \"eu\"\ndatabases = \"postgres://postgres:s3cret@127.0.0.1:5432/postgres\"\n";
+    let server = Server::start(crate::kit::Store::Embedded, config, &[]).await;
+    let (status, body) = server.http().get("/v1/regions").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        body,
+        json!({"regions": [
+            {"name": "local", "databases": "embedded", "isolation": ["silo"]},
+            {"name": "eu", "databases": "postgres", "isolation": ["pool", "silo"]},
+        ]})
+    );
+    assert!(!server.log().contains("s3cret"));
+}

@@ -1,0 +1,253 @@
+//! `kill -9` of the server while tenants provision, then restart: every
+//! tenant ends `active`, or `failed` with its completed steps undone, and
+//! nothing is left behind: no orphan directory, database or role.
+
+use std::{collections::BTreeSet, time::Duration};
+
+use bulkhead_model::{Isolation, Tenant, TenantState};
+use bulkhead_store::{StoreLocation, TenantPage};
+use serde_json::json;
+
+use crate::kit::{Server, Store, entries};
+
+/// Every tenant record, read straight from the store of a stopped server.
+async fn recorded(server: &Server) -> Vec<Tenant> {
+    let location = match &server.store {
+        Store::Embedded => StoreLocation::Sqlite(server.data_dir().join("bulkhead.db")),
+        Store::Postgres(db) => {
+            StoreLocation::Postgres(bulkhead_model::DatabaseUrl::parse(&db.url).unwrap())
+        }
+    };
+    let store = bulkhead_store::open(&location).await.unwrap();
+    store
+        .list_tenants(&TenantPage {
+            limit: 1_000,
+            ..TenantPage::default()
+        })
+        .await
+        .unwrap()
+}
+
+/// Fires `names` at the server concurrently, kills it after `delay`, and
+/// returns how many tenants the crash caught mid-provisioning.
+async fn create_and_kill(
+    server: &mut Server,
+    names: &[(String, Option<&str>)],
+    delay: Duration,
+) -> usize {
+    let creates: Vec<_> = names
+        .iter()
+        .map(|(name, region)| {
+            let http = server.http();
+            let body = match region {
+                Some(region) => json!({"name": name, "plan": "enterprise", "region": region}),
+                None => json!({"name": name, "plan": "enterprise"}),
+            };
+            // Requests still in flight at the kill simply fail.
+            tokio::spawn(async move { http.post("/v1/tenants", body).await })
+        })
+        .collect();
+    tokio::time::sleep(delay).await;
+    server.kill();
+    for create in creates {
+        let _ = create.await;
+    }
+    recorded(server)
+        .await
+        .iter()
+        .filter(|t| t.needs_work())
+        .count()
+}
+
+/// Restarts, kills again almost at once (mid-recovery), restarts, and waits
+/// for every recorded tenant to settle.
+async fn recover(server: &mut Server) -> Vec<serde_json::Value> {
+    server.restart().await;
+    tokio::time::sleep(Duration::from_millis(15)).await;
+    server.kill();
+    server.restart().await;
+    let mut settled = Vec::new();
+    for tenant in recorded_names(server).await {
+        let view = server.settle(&tenant).await.expect("nothing was deleted");
+        settled.push(view);
+    }
+    settled
+}
+
+async fn recorded_names(server: &Server) -> Vec<String> {
+    let (_, list) = server.http().get("/v1/tenants?limit=1000").await;
+    list["tenants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Kill-restart rounds until at least `wanted` tenants were caught
+/// unsettled by a crash (so the test proves something), at most 12 rounds.
+async fn crash_rounds(
+    server: &mut Server,
+    per_round: usize,
+    regions: &[Option<&str>],
+    wanted: usize,
+) -> usize {
+    let mut interrupted = 0;
+    for round in 0..12 {
+        let names: Vec<_> = (0..per_round)
+            .map(|i| (format!("r{round}-t{i}"), regions[i % regions.len()]))
+            .collect();
+        let delay = Duration::from_millis(30 + 40 * (round as u64 % 5));
+        let caught = create_and_kill(server, &names, delay).await;
+        eprintln!("round {round}: kill -9 after {delay:?} caught {caught} tenants unsettled");
+        interrupted += caught;
+        let settled = recover(server).await;
+        assert!(
+            settled
+                .iter()
+                .all(|t| t["state"] == "active" || t["state"] == "failed"),
+            "{settled:?}"
+        );
+        if interrupted >= wanted && round >= 1 {
+            break;
+        }
+    }
+    assert!(
+        interrupted >= wanted,
+        "only {interrupted} tenants were caught mid-provisioning"
+    );
+    interrupted
+}
+
+/// What every tenant should have left on disk, and nothing else.
+fn check_directories(server: &Server, tenants: &[Tenant]) {
+    let active: BTreeSet<String> = tenants
+        .iter()
+        .filter(|t| t.state == TenantState::Active)
+        .map(|t| t.name.to_string())
+        .collect();
+    let on_disk: BTreeSet<String> = entries(&server.data_dir().join("tenants"))
+        .into_iter()
+        .collect();
+    assert_eq!(
+        on_disk, active,
+        "tenant directories must be exactly the active tenants'"
+    );
+}
+
+#[tokio::test]
+async fn kill_9_during_provisioning_on_the_embedded_store() {
+    // Two workers keep a queue of tenants provisioning for the crash to hit.
+    let config = "[reconciler]\nworkers = 2\n";
+    let mut server = Server::start(Store::Embedded, config, &[]).await;
+    crash_rounds(&mut server, 30, &[None], 5).await;
+
+    let tenants = recorded(&server).await;
+    assert!(!tenants.is_empty());
+    for tenant in &tenants {
+        assert_eq!(tenant.state, TenantState::Active, "{tenant:?}");
+        assert!(
+            server
+                .tenant_dir(tenant.name.as_str())
+                .join("data.db")
+                .exists(),
+            "{}",
+            tenant.name
+        );
+    }
+    check_directories(&server, &tenants);
+}
+
+#[tokio::test]
+async fn kill_9_during_provisioning_on_postgres() {
+    let db = bulkhead_testkit::TestDatabase::create().await;
+    let prefix = db.object_prefix.clone();
+    // A region whose login may create roles but not databases: its tenants
+    // get an owner role, fail at CREATE DATABASE, and must have the role
+    // dropped again.
+    let limited = format!("{prefix}limited");
+    let admin = bulkhead_testkit::postgres_admin_url();
+    {
+        use sqlx::Connection;
+        let mut conn = sqlx::PgConnection::connect(&admin).await.unwrap();
+        let sql = format!("CREATE ROLE \"{limited}\" LOGIN CREATEROLE NOCREATEDB");
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    }
+    let limited_url =
+        bulkhead_testkit::database_url("postgres").replacen("postgres@", &format!("{limited}@"), 1);
+    let config = format!(
+        "[reconciler]\nworkers = 4\n\n[[regions]]\nname = \"local\"\ndatabases = \"{admin}\"\ndatabase_prefix = \"{prefix}\"\n\n\
+         [[regions]]\nname = \"limited\"\ndatabases = \"{limited_url}\"\ndatabase_prefix = \"{prefix}\"\n"
+    );
+    let mut server = Server::start(Store::Postgres(db), &config, &[]).await;
+    crash_rounds(&mut server, 12, &[None, None, Some("limited")], 3).await;
+
+    let tenants = recorded(&server).await;
+    let mut expected_databases = BTreeSet::new();
+    let mut expected_roles = BTreeSet::from([limited.clone()]);
+    for tenant in &tenants {
+        let (_, view) = server
+            .http()
+            .get(&format!("/v1/tenants/{}", tenant.name))
+            .await;
+        if tenant.region.as_str() == "limited" {
+            assert_eq!(tenant.state, TenantState::Failed, "{tenant:?}");
+            let failure = tenant.failure.as_ref().unwrap();
+            assert_eq!(failure.step, "create_database");
+            assert!(
+                failure
+                    .reason
+                    .contains("permission denied to create database"),
+                "{}",
+                failure.reason
+            );
+            assert!(failure.undone);
+            continue;
+        }
+        assert_eq!(tenant.state, TenantState::Active, "{tenant:?}");
+        assert_eq!(tenant.isolation, Isolation::Silo);
+        let output = &view["steps"][1]["output"];
+        let database = output["database"].as_str().unwrap().to_owned();
+        expected_roles.insert(output["owner_role"].as_str().unwrap().to_owned());
+        expected_databases.insert(database);
+    }
+    assert!(tenants.iter().any(|t| t.state == TenantState::Failed));
+    let (databases, roles) = server.postgres_db().owned_objects().await;
+    assert_eq!(
+        databases.into_iter().collect::<BTreeSet<_>>(),
+        expected_databases,
+        "orphan databases"
+    );
+    assert_eq!(
+        roles.into_iter().collect::<BTreeSet<_>>(),
+        expected_roles,
+        "orphan roles"
+    );
+    check_directories(&server, &tenants);
+
+    // Offboarding after all that leaves nothing either.
+    for tenant in &tenants {
+        let (status, _) = server
+            .http()
+            .delete(&format!("/v1/tenants/{}?purge=true", tenant.name))
+            .await;
+        assert_eq!(status, 202);
+    }
+    for tenant in &tenants {
+        assert!(
+            server.settle(tenant.name.as_str()).await.is_none(),
+            "{} was purged",
+            tenant.name
+        );
+    }
+    let (databases, roles) = server.postgres_db().owned_objects().await;
+    assert!(databases.is_empty(), "{databases:?}");
+    assert_eq!(roles, [limited]);
+    assert_eq!(
+        entries(&server.data_dir().join("tenants")),
+        Vec::<String>::new()
+    );
+}

@@ -1,0 +1,339 @@
+//! Starts the real `bulkhead` binary on a free port in a temporary data
+//! directory, and drives it with the real CLI and a real HTTP client.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use bulkhead_testkit::TestDatabase;
+use serde_json::Value;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_bulkhead");
+
+/// Variables a developer's shell might set that would point the binary
+/// under test somewhere else.
+const INHERITED: &[&str] = &[
+    "BULKHEAD_API",
+    "BULKHEAD_TOKEN",
+    "BULKHEAD_DATA_DIR",
+    "BULKHEAD_CONFIG",
+    "BULKHEAD_STORE",
+    "BULKHEAD_API_LISTEN",
+    "BULKHEAD_GATEWAY_LISTEN",
+    "BULKHEAD_BASE_DOMAIN",
+    "BULKHEAD_LOG_FORMAT",
+    "BULKHEAD_LOG",
+];
+
+pub fn command() -> Command {
+    let mut command = Command::new(BIN);
+    for name in INHERITED {
+        command.env_remove(name);
+    }
+    command
+}
+
+/// Which store a test server uses.
+pub enum Store {
+    Embedded,
+    /// A PostgreSQL control store whose tenant databases (region `local`)
+    /// live on the same server under the test database's object prefix.
+    Postgres(TestDatabase),
+}
+
+pub struct Server {
+    pub dir: tempfile::TempDir,
+    pub store: Store,
+    /// Extra `bulkhead.toml` content.
+    config: String,
+    extra_args: Vec<String>,
+    child: Option<Child>,
+    pub api: String,
+    pub token: String,
+    log: PathBuf,
+}
+
+impl Server {
+    pub async fn embedded() -> Self {
+        Self::start(Store::Embedded, "", &[]).await
+    }
+
+    pub async fn postgres() -> Self {
+        Self::start(Store::Postgres(TestDatabase::create().await), "", &[]).await
+    }
+
+    pub async fn start(store: Store, config: &str, extra_args: &[&str]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut server = Self {
+            log: dir.path().join("server.log"),
+            dir,
+            store,
+            config: config.to_owned(),
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            child: None,
+            api: String::new(),
+            token: String::new(),
+        };
+        server.restart().await;
+        server
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn tenant_dir(&self, name: &str) -> PathBuf {
+        self.data_dir().join("tenants").join(name)
+    }
+
+    pub fn postgres_db(&self) -> &TestDatabase {
+        match &self.store {
+            Store::Postgres(db) => db,
+            Store::Embedded => panic!("not a PostgreSQL test server"),
+        }
+    }
+
+    fn config_file(&self) -> PathBuf {
+        let mut config = self.config.clone();
+        if let Store::Postgres(db) = &self.store
+            && !config.contains("[[regions]]")
+        {
+            config.push_str(&format!(
+                "\n[[regions]]\nname = \"local\"\ndatabases = \"{}\"\ndatabase_prefix = \"{}\"\n",
+                bulkhead_testkit::postgres_admin_url(),
+                db.object_prefix
+            ));
+        }
+        let path = self.dir.path().join("bulkhead.toml");
+        std::fs::write(&path, config).unwrap();
+        path
+    }
+
+    /// Starts (or starts again) the server and waits until it is ready.
+    pub async fn restart(&mut self) {
+        assert!(self.child.is_none(), "stop the server first");
+        let api_url = self.data_dir().join("api.url");
+        let _ = std::fs::remove_file(&api_url);
+        let mut command = command();
+        command
+            .arg("serve")
+            .arg("--data-dir")
+            .arg(self.data_dir())
+            .arg("--api-listen")
+            .arg("127.0.0.1:0")
+            .arg("--config")
+            .arg(self.config_file())
+            .args(&self.extra_args)
+            .env("BULKHEAD_LOG", "info,bulkhead_control=debug,sqlx=warn")
+            .stdout(Stdio::null())
+            .stderr(
+                std::fs::File::options()
+                    .create(true)
+                    .append(true)
+                    .open(&self.log)
+                    .unwrap(),
+            );
+        if let Store::Postgres(db) = &self.store {
+            command.arg("--store").arg(&db.url);
+        }
+        self.child = Some(command.spawn().unwrap());
+
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("server exited with {status}:\n{}", self.log());
+            }
+            if let Ok(url) = std::fs::read_to_string(&api_url) {
+                let url = url.trim().to_owned();
+                if let Ok(response) = reqwest::get(format!("{url}/readyz")).await
+                    && response.status() == 200
+                {
+                    self.api = url;
+                    break;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "server did not become ready:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let token = std::fs::read_to_string(self.data_dir().join("operator.token")).unwrap();
+        self.token = token.trim().to_owned();
+    }
+
+    /// `kill -9`: no shutdown, no cleanup.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+
+    /// SIGTERM, and wait for a clean exit.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("server running");
+        Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status()
+            .unwrap();
+        child.wait().unwrap()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Runs the CLI against this server, finding it through the data
+    /// directory as a user on the same machine would.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        command()
+            .env("BULKHEAD_DATA_DIR", self.data_dir())
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    /// Runs the CLI with `-o json` and parses what it printed.
+    pub fn cli_json(&self, args: &[&str]) -> Value {
+        let mut all = args.to_vec();
+        all.extend(["-o", "json"]);
+        let output = self.cli(&all);
+        assert!(
+            output.status.success(),
+            "{args:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        serde_json::from_slice(&output.stdout).unwrap()
+    }
+
+    pub fn http(&self) -> Http {
+        Http {
+            client: reqwest::Client::new(),
+            api: self.api.clone(),
+            token: Some(self.token.clone()),
+        }
+    }
+
+    /// Waits until the tenant is active, failed with its steps undone, or
+    /// gone, and returns what it became (`None` when purged).
+    pub async fn settle(&self, name: &str) -> Option<Value> {
+        let http = self.http();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let (status, body) = http.get(&format!("/v1/tenants/{name}")).await;
+            if status == 404 {
+                return None;
+            }
+            let settled = match body["state"].as_str().unwrap() {
+                "active" | "suspended" | "deleted" => true,
+                "failed" => body["failure"]["undone"] == true,
+                _ => false,
+            };
+            if settled {
+                return Some(body);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name} did not settle: {body}\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub struct Http {
+    pub client: reqwest::Client,
+    pub api: String,
+    pub token: Option<String>,
+}
+
+impl Http {
+    pub fn without_token(mut self) -> Self {
+        self.token = None;
+        self
+    }
+
+    pub fn with_token(mut self, token: &str) -> Self {
+        self.token = Some(token.to_owned());
+        self
+    }
+
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut request = self.client.request(method, format!("{}{path}", self.api));
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        self.send(reqwest::Method::GET, path, None).await
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        self.send(reqwest::Method::POST, path, Some(body)).await
+    }
+
+    pub async fn delete(&self, path: &str) -> (u16, Value) {
+        self.send(reqwest::Method::DELETE, path, None).await
+    }
+
+    pub async fn create(&self, name: &str, plan: &str) -> (u16, Value) {
+        self.post(
+            "/v1/tenants",
+            serde_json::json!({ "name": name, "plan": plan }),
+        )
+        .await
+    }
+}
+
+pub fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+pub fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+pub fn exit_code(output: &Output) -> i32 {
+    output.status.code().unwrap_or(-1)
+}
+
+/// Entries of a directory, sorted (empty if it does not exist).
+pub fn entries(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}

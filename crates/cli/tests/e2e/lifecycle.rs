@@ -1,0 +1,224 @@
+//! The quickstart, as a user runs it: create, list, get, suspend, resume,
+//! delete --purge, through the real CLI, on both stores.
+
+use crate::kit::{Server, entries, exit_code, stderr, stdout};
+
+/// Runs the README's quickstart and returns the tenant's `get` document
+/// from while it was active.
+async fn quickstart(server: &Server) -> serde_json::Value {
+    let created = server.cli(&[
+        "tenants",
+        "create",
+        "acme",
+        "--plan",
+        "professional",
+        "--wait",
+    ]);
+    assert!(created.status.success(), "{}", stderr(&created));
+    assert!(stdout(&created).contains("active"), "{}", stdout(&created));
+    assert!(
+        stderr(&created).contains("applied allocate_directory"),
+        "{}",
+        stderr(&created)
+    );
+    assert!(
+        stderr(&created).contains("tenant acme is active (provisioned in"),
+        "{}",
+        stderr(&created)
+    );
+
+    let listed = server.cli(&["tenants", "list"]);
+    assert!(listed.status.success());
+    let table = stdout(&listed);
+    assert!(table.starts_with("NAME"), "{table}");
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("acme") && l.contains("active")),
+        "{table}"
+    );
+
+    let got = server.cli_json(&["tenants", "get", "acme"]);
+    assert_eq!(got["name"], "acme");
+    assert_eq!(got["state"], "active");
+    assert_eq!(got["plan"], "professional");
+    assert_eq!(got["domain"], "acme.localhost");
+    let steps: Vec<_> = got["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(steps, ["applied", "applied"]);
+
+    let suspended = server.cli_json(&["tenants", "suspend", "acme"]);
+    assert_eq!(suspended["state"], "suspended");
+    let listed = server.cli_json(&["tenants", "list"]);
+    assert_eq!(listed[0]["state"], "suspended");
+    let resumed = server.cli_json(&["tenants", "resume", "acme"]);
+    assert_eq!(resumed["state"], "active");
+
+    let deleted = server.cli(&["tenants", "delete", "acme", "--purge", "--yes", "--wait"]);
+    assert!(deleted.status.success(), "{}", stderr(&deleted));
+    assert!(
+        stderr(&deleted).contains("tenant acme is purged"),
+        "{}",
+        stderr(&deleted)
+    );
+    let gone = server.cli(&["tenants", "get", "acme"]);
+    assert_eq!(exit_code(&gone), 3, "{}", stderr(&gone));
+    assert_eq!(server.cli_json(&["tenants", "list"]), serde_json::json!([]));
+    assert!(!server.tenant_dir("acme").exists());
+    got
+}
+
+#[tokio::test]
+async fn quickstart_on_the_embedded_store() {
+    let server = Server::embedded().await;
+    let got = quickstart(&server).await;
+    assert_eq!(
+        got["isolation"], "silo",
+        "professional's pool default falls back to silo"
+    );
+    assert_eq!(got["steps"][1]["output"]["engine"], "sqlite");
+    assert_eq!(
+        entries(&server.data_dir().join("tenants")),
+        Vec::<String>::new()
+    );
+}
+
+#[tokio::test]
+async fn quickstart_on_postgres() {
+    let server = Server::postgres().await;
+    let db = server.postgres_db();
+    let got = quickstart(&server).await;
+    assert_eq!(got["isolation"], "pool", "professional pools on PostgreSQL");
+    assert_eq!(
+        got["steps"][1]["output"]["database"],
+        format!("{}pool", db.object_prefix)
+    );
+
+    // An enterprise tenant is a silo: its own database and owner role,
+    // which offboarding drops.
+    let created = server.cli_json(&[
+        "tenants",
+        "create",
+        "globex",
+        "--plan",
+        "enterprise",
+        "--wait",
+    ]);
+    assert_eq!(created["isolation"], "silo");
+    let database = created["steps"][1]["output"]["database"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let owner = format!("{database}_owner");
+    let (databases, roles) = db.owned_objects().await;
+    assert!(databases.contains(&database), "{databases:?}");
+    assert_eq!(roles, [owner]);
+    let deleted = server.cli(&["tenants", "delete", "globex", "--purge", "--yes", "--wait"]);
+    assert!(deleted.status.success(), "{}", stderr(&deleted));
+    let (databases, roles) = db.owned_objects().await;
+    assert!(!databases.contains(&database), "{databases:?}");
+    assert!(roles.is_empty(), "{roles:?}");
+}
+
+#[tokio::test]
+async fn a_deleted_tenant_keeps_its_name_until_purged() {
+    let server = Server::embedded().await;
+    server.cli_json(&["tenants", "create", "acme", "--plan", "starter", "--wait"]);
+    let deleted = server.cli(&["tenants", "delete", "acme", "--yes", "--wait"]);
+    assert!(deleted.status.success(), "{}", stderr(&deleted));
+    assert!(
+        stderr(&deleted).contains("is deleted"),
+        "{}",
+        stderr(&deleted)
+    );
+    assert!(
+        !server.tenant_dir("acme").exists(),
+        "offboarding removed the tenant's files"
+    );
+
+    let got = server.cli_json(&["tenants", "get", "acme"]);
+    assert_eq!(got["state"], "deleted");
+    let steps: Vec<_> = got["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(steps, ["undone", "undone"]);
+    assert_eq!(server.cli_json(&["tenants", "list"]), serde_json::json!([]));
+    let tombstones = server.cli_json(&["tenants", "list", "--state", "deleted"]);
+    assert_eq!(tombstones[0]["name"], "acme");
+
+    let again = server.cli(&["tenants", "create", "acme", "--plan", "starter"]);
+    assert_eq!(exit_code(&again), 4);
+    assert!(
+        stderr(&again).contains("tenants delete acme --purge"),
+        "{}",
+        stderr(&again)
+    );
+
+    let purged = server.cli(&["tenants", "delete", "acme", "--purge", "--yes", "--wait"]);
+    assert!(purged.status.success(), "{}", stderr(&purged));
+    let recreated = server.cli_json(&["tenants", "create", "acme", "--plan", "starter", "--wait"]);
+    assert_eq!(recreated["state"], "active");
+    assert_ne!(recreated["id"], got["id"], "a new tenant, not the old one");
+}
+
+#[tokio::test]
+async fn explicit_isolation_and_region_on_postgres() {
+    let server = Server::postgres().await;
+    let created = server.cli_json(&[
+        "tenants",
+        "create",
+        "initech",
+        "--plan",
+        "enterprise",
+        "--isolation",
+        "pool",
+        "--region",
+        "local",
+        "--admin-email",
+        "ops@initech.example",
+        "--wait",
+    ]);
+    assert_eq!(created["isolation"], "pool");
+    assert_eq!(created["region"], "local");
+    assert_eq!(created["admin_email"], "ops@initech.example");
+}
+
+#[tokio::test]
+async fn list_pages_through_many_tenants() {
+    let server = Server::embedded().await;
+    let http = server.http();
+    for i in 0..7 {
+        assert_eq!(http.create(&format!("tenant-{i}"), "starter").await.0, 202);
+    }
+    let (status, page) = http.get("/v1/tenants?limit=3").await;
+    assert_eq!(status, 200);
+    assert_eq!(page["tenants"].as_array().unwrap().len(), 3);
+    assert_eq!(page["next_after"], "tenant-2");
+    let (_, page) = http.get("/v1/tenants?limit=3&after=tenant-5").await;
+    assert_eq!(page["tenants"][0]["name"], "tenant-6");
+    assert!(page.get("next_after").is_none());
+
+    let all = server.cli_json(&["tenants", "list"]);
+    assert_eq!(all.as_array().unwrap().len(), 7);
+    let two = server.cli_json(&["tenants", "list", "--limit", "2"]);
+    assert_eq!(two.as_array().unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn plans_list() {
+    let server = Server::embedded().await;
+    let table = stdout(&server.cli(&["plans", "list"]));
+    for plan in ["starter", "professional", "enterprise"] {
+        assert!(table.contains(plan), "{table}");
+    }
+    let plans = server.cli_json(&["plans", "list"]);
+    assert_eq!(plans[2]["default_isolation"], "silo");
+    assert_eq!(plans[0]["rate_limit"]["requests_per_minute"], 600);
+}

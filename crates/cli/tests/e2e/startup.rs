@@ -1,0 +1,237 @@
+//! Start-up: clear errors and non-zero exits for everything that stops the
+//! server, a private operator token, logs that carry the tenant.
+
+use std::{os::unix::fs::PermissionsExt, process::Output, time::Duration};
+
+use crate::kit::{Server, Store, command, exit_code, stderr};
+
+fn serve(args: &[&str]) -> Output {
+    let mut child = command()
+        .arg("serve")
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // A server that starts would run forever: give it a bounded time.
+    for _ in 0..300 {
+        if child.try_wait().unwrap().is_some() {
+            return child.wait_with_output().unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.kill().unwrap();
+    panic!(
+        "serve {args:?} did not exit: {}",
+        stderr(&child.wait_with_output().unwrap())
+    );
+}
+
+#[test]
+fn an_unreachable_store_stops_start_up_without_leaking_its_password() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let output = serve(&[
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--api-listen",
+        "127.0.0.1:0",
+        "--store",
+        "postgres://postgres:s3cret@127.0.0.1:1/bulkhead",
+    ]);
+    assert_eq!(exit_code(&output), 1);
+    let err = stderr(&output);
+    assert!(
+        err.contains(
+            "cannot reach the control store at postgres://postgres:***@127.0.0.1:1/bulkhead"
+        ),
+        "{err}"
+    );
+    assert!(err.contains("check --store"), "{err}");
+    assert!(!err.contains("s3cret"), "{err}");
+}
+
+#[test]
+fn a_store_url_of_the_wrong_kind_is_a_usage_error() {
+    let output = serve(&["--store", "mysql://root:s3cret@localhost/db"]);
+    assert_eq!(exit_code(&output), 2);
+    assert!(
+        stderr(&output).contains("not a store url"),
+        "{}",
+        stderr(&output)
+    );
+    assert!(!stderr(&output).contains("s3cret"));
+}
+
+#[test]
+fn a_data_directory_that_cannot_be_created_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, "").unwrap();
+    let data = file.join("data");
+    let output = serve(&[
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--api-listen",
+        "127.0.0.1:0",
+    ]);
+    assert_eq!(exit_code(&output), 1);
+    let err = stderr(&output);
+    assert!(
+        err.contains(&format!("data directory {} cannot be used", data.display())),
+        "{err}"
+    );
+    assert!(err.contains("--data-dir"), "{err}");
+}
+
+#[test]
+fn a_data_directory_that_is_not_writable_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let readonly = dir.path().join("readonly");
+    std::fs::create_dir(&readonly).unwrap();
+    std::fs::set_permissions(&readonly, std::fs::Permissions::from_mode(0o555)).unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let data = readonly.join("data");
+    let args = [
+        "serve",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--api-listen",
+        "127.0.0.1:0",
+    ];
+    // Root writes anywhere, so as root run the server as `nobody`.
+    let output = if is_root() {
+        std::process::Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .arg(crate::kit::BIN)
+            .args(args)
+            .env("HOME", dir.path())
+            .output()
+            .unwrap()
+    } else {
+        command().args(args).output().unwrap()
+    };
+    assert_eq!(exit_code(&output), 1, "{}", stderr(&output));
+    let err = stderr(&output);
+    assert!(err.contains("cannot be used: Permission denied"), "{err}");
+    assert!(!data.exists());
+}
+
+fn is_root() -> bool {
+    std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+#[test]
+fn a_bad_configuration_file_is_a_usage_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("bulkhead.toml");
+    std::fs::write(
+        &config,
+        "api_listen = \"127.0.0.1:0\"\nstroe = \"sqlite://x\"\n",
+    )
+    .unwrap();
+    let output = serve(&["--config", config.to_str().unwrap()]);
+    assert_eq!(exit_code(&output), 2);
+    assert!(
+        stderr(&output).contains("unknown field `stroe`"),
+        "{}",
+        stderr(&output)
+    );
+}
+
+#[tokio::test]
+async fn one_server_per_data_directory_and_per_store() {
+    let server = Server::embedded().await;
+    let output = serve(&[
+        "--data-dir",
+        server.data_dir().to_str().unwrap(),
+        "--api-listen",
+        "127.0.0.1:0",
+    ]);
+    assert_eq!(exit_code(&output), 1);
+    assert!(
+        stderr(&output).contains("is in use by another bulkhead server"),
+        "{}",
+        stderr(&output)
+    );
+
+    let pg = Server::postgres().await;
+    let other = tempfile::tempdir().unwrap();
+    let output = serve(&[
+        "--data-dir",
+        other.path().to_str().unwrap(),
+        "--api-listen",
+        "127.0.0.1:0",
+        "--store",
+        &pg.postgres_db().url,
+    ]);
+    assert_eq!(exit_code(&output), 1);
+    assert!(
+        stderr(&output).contains("another bulkhead server is using it"),
+        "{}",
+        stderr(&output)
+    );
+}
+
+#[tokio::test]
+async fn a_port_in_use_is_named() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let output = serve(&[
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+        "--api-listen",
+        &addr,
+    ]);
+    assert_eq!(exit_code(&output), 1);
+    assert!(
+        stderr(&output).contains(&format!("cannot listen on {addr}")),
+        "{}",
+        stderr(&output)
+    );
+}
+
+#[tokio::test]
+async fn the_operator_token_is_private_and_survives_restarts() {
+    let mut server = Server::embedded().await;
+    let path = server.data_dir().join("operator.token");
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let first = server.token.clone();
+    assert!(first.starts_with("bho_"));
+    assert!(server.stop().success(), "SIGTERM ends the server cleanly");
+    server.restart().await;
+    assert_eq!(server.token, first);
+    assert_eq!(server.http().get("/v1/plans").await.0, 200);
+}
+
+#[tokio::test]
+async fn json_logs_carry_the_tenant() {
+    let server = Server::start(Store::Embedded, "", &["--log-format", "json"]).await;
+    server.cli_json(&["tenants", "create", "acme", "--plan", "starter", "--wait"]);
+    let log = server.log();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let active = lines
+        .iter()
+        .find(|l| l["fields"]["message"] == "tenant is active")
+        .unwrap_or_else(|| panic!("no 'tenant is active' line in {log}"));
+    assert_eq!(active["span"]["tenant"], "acme");
+    let request = lines
+        .iter()
+        .find(|l| {
+            l["fields"]["message"] == "request finished" && l["span"]["route"] == "/v1/tenants"
+        })
+        .unwrap();
+    assert_eq!(request["span"]["tenant"], "acme");
+    assert_eq!(request["span"]["status"], 202);
+}

@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# Runs Bulkhead's whole test suite: formatting, lints, and every crate's
+# tests against real PostgreSQL and Redis servers.
+#
+# The servers are found, else started, else installed (root with apt-get):
+#   BULKHEAD_TEST_POSTGRES  superuser URL   (default postgres://postgres@127.0.0.1:5432/postgres)
+#   BULKHEAD_TEST_REDIS     host:port       (default 127.0.0.1:6379)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export BULKHEAD_TEST_POSTGRES="${BULKHEAD_TEST_POSTGRES:-postgres://postgres@127.0.0.1:5432/postgres}"
+export BULKHEAD_TEST_REDIS="${BULKHEAD_TEST_REDIS:-127.0.0.1:6379}"
+
+say() { printf '==> %s\n' "$*" >&2; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+# True when something accepts TCP connections at host $1, port $2.
+listening() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
+
+wait_for() { # host port what
+    for _ in $(seq 1 60); do listening "$1" "$2" && return 0; sleep 0.5; done
+    die "$3 did not come up on $1:$2"
+}
+
+can_install() { [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; }
+
+apt_install() {
+    can_install || die "$* is missing and cannot be installed here (needs root and apt-get); install it or point the BULKHEAD_TEST_* variables at a running server"
+    say "installing $*"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+ensure_postgres() {
+    local hostport host port
+    hostport="${BULKHEAD_TEST_POSTGRES#*://}"; hostport="${hostport#*@}"; hostport="${hostport%%/*}"
+    host="${hostport%%:*}"; port="${hostport##*:}"; [ "$port" = "$hostport" ] && port=5432
+    if listening "$host" "$port"; then say "PostgreSQL is up on $host:$port"; return; fi
+    if [ "$host" != 127.0.0.1 ] && [ "$host" != localhost ]; then die "PostgreSQL at $host:$port does not answer"; fi
+    local fresh=0
+    if ! command -v pg_ctlcluster >/dev/null || [ -z "$(ls /etc/postgresql 2>/dev/null)" ]; then
+        apt_install postgresql
+        fresh=1
+    fi
+    local version; version="$(ls /etc/postgresql | sort -V | tail -1)"
+    if [ "$fresh" = 1 ]; then
+        # A fresh Debian cluster asks for passwords over TCP; tests connect
+        # as postgres without one, as on the CI machines.
+        sed -ri 's/^(host\s+all\s+all\s+(127\.0\.0\.1\/32|::1\/128)\s+)\S+/\1trust/' "/etc/postgresql/$version/main/pg_hba.conf"
+    fi
+    say "starting PostgreSQL $version"
+    pg_ctlcluster --skip-systemctl-redirect "$version" main start || true
+    wait_for "$host" "$port" PostgreSQL
+}
+
+ensure_redis() {
+    local host="${BULKHEAD_TEST_REDIS%%:*}" port="${BULKHEAD_TEST_REDIS##*:}"
+    if listening "$host" "$port"; then say "Redis is up on $host:$port"; return; fi
+    command -v redis-server >/dev/null || apt_install redis-server
+    say "starting Redis"
+    mkdir -p /var/lib/redis /var/log/redis 2>/dev/null || true
+    redis-server --daemonize yes --bind 127.0.0.1 --port "$port" --save "" --appendonly no \
+        --dir /var/lib/redis --logfile /var/log/redis/ci.log
+    wait_for "$host" "$port" Redis
+}
+
+ensure_postgres
+ensure_redis
+
+say "cargo fmt --check"
+cargo fmt --all -- --check
+
+say "cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+say "cargo test"
+cargo test --workspace --locked
+
+say "all tests passed"
