@@ -168,7 +168,5 @@ pub enum PlansCommand {
 }
 
 fn parse_isolation(value: &str) -> Result<Isolation, String> {
-    value
-        .parse()
-        .map_err(|e: bulkhead_model::UnknownIsolation| e.to_string())
+    value.parse().map_err(|e: bulkhead_model::UnknownIsolation| e.to_string())
 }

@@ -33,10 +33,7 @@ impl ApiClient {
     /// Finds the API and the token: flags, then environment (both via
     /// clap), then the data directory's `api.url` and `operator.token`.
     pub fn discover(global: &GlobalArgs) -> Result<Self, CliError> {
-        let data_dir = global
-            .data_dir
-            .clone()
-            .unwrap_or_else(env::default_data_dir);
+        let data_dir = global.data_dir.clone().unwrap_or_else(env::default_data_dir);
         let api = match &global.api {
             Some(api) => api.clone(),
             None => {
@@ -89,11 +86,7 @@ impl ApiClient {
         query: &[(&str, String)],
         body: Option<&CreateTenantRequest>,
     ) -> Result<T, CliError> {
-        let mut request = self
-            .http
-            .request(method, url)
-            .bearer_auth(&self.token)
-            .query(query);
+        let mut request = self.http.request(method, url).bearer_auth(&self.token).query(query);
         if let Some(body) = body {
             request = request.json(body);
         }
@@ -102,10 +95,7 @@ impl ApiClient {
         let bytes = response.bytes().await.map_err(|e| self.unreachable(e))?;
         if status.is_success() {
             return serde_json::from_slice(&bytes).map_err(|e| {
-                CliError::new(
-                    Kind::Server,
-                    format!("unexpected answer from {}: {e}", self.base),
-                )
+                CliError::new(Kind::Server, format!("unexpected answer from {}: {e}", self.base))
             });
         }
         let message = serde_json::from_slice::<ErrorBody>(&bytes)
@@ -119,10 +109,7 @@ impl ApiClient {
             _ => Kind::Server,
         };
         let message = if kind == Kind::Unauthorized {
-            format!(
-                "{message}: the operator token was refused (check --token or {})",
-                env::TOKEN
-            )
+            format!("{message}: the operator token was refused (check --token or {})", env::TOKEN)
         } else {
             message
         };
@@ -147,18 +134,11 @@ impl ApiClient {
         &self,
         request: &CreateTenantRequest,
     ) -> Result<TenantView, CliError> {
-        self.call(
-            Method::POST,
-            self.url(&["v1", "tenants"])?,
-            &[],
-            Some(request),
-        )
-        .await
+        self.call(Method::POST, self.url(&["v1", "tenants"])?, &[], Some(request)).await
     }
 
     pub async fn tenant(&self, name: &str) -> Result<TenantView, CliError> {
-        self.call(Method::GET, self.url(&["v1", "tenants", name])?, &[], None)
-            .await
+        self.call(Method::GET, self.url(&["v1", "tenants", name])?, &[], None).await
     }
 
     /// Like [`ApiClient::tenant`], but a 404 is an answer, not an error.
@@ -179,40 +159,23 @@ impl ApiClient {
         let mut query = vec![("limit", limit.to_string())];
         query.extend(after.map(|a| ("after", a.to_owned())));
         query.extend(state.map(|s| ("state", s.to_owned())));
-        self.call(Method::GET, self.url(&["v1", "tenants"])?, &query, None)
-            .await
+        self.call(Method::GET, self.url(&["v1", "tenants"])?, &query, None).await
     }
 
     pub async fn lifecycle(&self, name: &str, action: &str) -> Result<TenantView, CliError> {
-        self.call(
-            Method::POST,
-            self.url(&["v1", "tenants", name, action])?,
-            &[],
-            None,
-        )
-        .await
+        self.call(Method::POST, self.url(&["v1", "tenants", name, action])?, &[], None).await
     }
 
     pub async fn delete_tenant(&self, name: &str, purge: bool) -> Result<TenantView, CliError> {
         let query = [("purge", purge.to_string())];
-        self.call(
-            Method::DELETE,
-            self.url(&["v1", "tenants", name])?,
-            &query,
-            None,
-        )
-        .await
+        self.call(Method::DELETE, self.url(&["v1", "tenants", name])?, &query, None).await
     }
 
     pub async fn plans(&self) -> Result<PlanList, CliError> {
-        self.call(Method::GET, self.url(&["v1", "plans"])?, &[], None)
-            .await
+        self.call(Method::GET, self.url(&["v1", "plans"])?, &[], None).await
     }
 }
 
 fn read_trimmed(path: &Path) -> Option<String> {
-    std::fs::read_to_string(path)
-        .ok()
-        .map(|s| s.trim().to_owned())
-        .filter(|s| !s.is_empty())
+    std::fs::read_to_string(path).ok().map(|s| s.trim().to_owned()).filter(|s| !s.is_empty())
 }

@@ -30,10 +30,7 @@ pub struct CliError {
 
 impl CliError {
     pub fn new(kind: Kind, message: impl Into<String>) -> Self {
-        Self {
-            kind,
-            message: message.into(),
-        }
+        Self { kind, message: message.into() }
     }
 
     pub fn usage(message: impl Into<String>) -> Self {

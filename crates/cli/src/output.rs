@@ -18,11 +18,8 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
         }
     }
     let line = |cells: Vec<&str>| {
-        let padded: Vec<String> = cells
-            .iter()
-            .zip(&widths)
-            .map(|(cell, width)| format!("{cell:<width$}"))
-            .collect();
+        let padded: Vec<String> =
+            cells.iter().zip(&widths).map(|(cell, width)| format!("{cell:<width$}")).collect();
         padded.join("  ").trim_end().to_owned()
     };
     let mut out = line(headers.to_vec());
@@ -65,27 +62,14 @@ pub fn tenants(format: Output, tenants: &[TenantView]) -> Result<(), CliError> {
         .collect();
     println!(
         "{}",
-        table(
-            &[
-                "NAME",
-                "STATE",
-                "PLAN",
-                "ISOLATION",
-                "REGION",
-                "DOMAIN",
-                "CREATED"
-            ],
-            &rows
-        )
+        table(&["NAME", "STATE", "PLAN", "ISOLATION", "REGION", "DOMAIN", "CREATED"], &rows)
     );
     Ok(())
 }
 
 /// Milliseconds from creation to active, when the tenant got there.
 pub fn provisioning_ms(view: &TenantView) -> Option<i128> {
-    view.tenant
-        .provisioned_at
-        .map(|at| (at - view.tenant.created_at).whole_milliseconds())
+    view.tenant.provisioned_at.map(|at| (at - view.tenant.created_at).whole_milliseconds())
 }
 
 pub fn tenant(format: Output, view: &TenantView) -> Result<(), CliError> {
@@ -109,22 +93,12 @@ pub fn tenant(format: Output, view: &TenantView) -> Result<(), CliError> {
     if let Some(ms) = provisioning_ms(view) {
         fields.push((
             "Provisioned",
-            format!(
-                "{} (in {ms} ms)",
-                t.provisioned_at.map(|p| time(&p)).unwrap_or_default()
-            ),
+            format!("{} (in {ms} ms)", t.provisioned_at.map(|p| time(&p)).unwrap_or_default()),
         ));
     }
     if let Some(failure) = &t.failure {
-        let undone = if failure.undone {
-            "steps undone"
-        } else {
-            "undoing steps"
-        };
-        fields.push((
-            "Failure",
-            format!("{}: {} ({undone})", failure.step, failure.reason),
-        ));
+        let undone = if failure.undone { "steps undone" } else { "undoing steps" };
+        fields.push(("Failure", format!("{}: {} ({undone})", failure.step, failure.reason)));
     }
     if t.purge_requested {
         fields.push(("Purge", "requested".to_owned()));
@@ -176,10 +150,7 @@ pub fn plans(format: Output, plans: &[Plan]) -> Result<(), CliError> {
                 ),
                 format!("${} / ${}", p.cost_caps.soft_usd, p.cost_caps.hard_usd),
                 format!("{}d", p.audit_retention_days),
-                format!(
-                    "every {}h, kept {}d",
-                    p.backups.every_hours, p.backups.retention_days
-                ),
+                format!("every {}h, kept {}d", p.backups.every_hours, p.backups.retention_days),
                 format!(
                     "{} MiB, {} procs, {} mCPU",
                     p.runtime.memory_mib, p.runtime.max_processes, p.runtime.cpu_millicores
@@ -211,13 +182,8 @@ mod tests {
 
     #[test]
     fn tables_align() {
-        let rows = vec![
-            vec!["acme".to_owned(), "active".to_owned()],
-            vec!["b".to_owned(), "".to_owned()],
-        ];
-        assert_eq!(
-            table(&["NAME", "STATE"], &rows),
-            "NAME  STATE\nacme  active\nb"
-        );
+        let rows =
+            vec![vec!["acme".to_owned(), "active".to_owned()], vec!["b".to_owned(), "".to_owned()]];
+        assert_eq!(table(&["NAME", "STATE"], &rows), "NAME  STATE\nacme  active\nb");
     }
 }

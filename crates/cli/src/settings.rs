@@ -75,10 +75,7 @@ impl ServeSettings {
         };
         let api_listen = parse_addr(
             "api-listen",
-            args.api_listen
-                .as_deref()
-                .or(file.api_listen.as_deref())
-                .unwrap_or(DEFAULT_API_LISTEN),
+            args.api_listen.as_deref().or(file.api_listen.as_deref()).unwrap_or(DEFAULT_API_LISTEN),
         )?;
         let gateway_listen = parse_addr(
             "gateway-listen",
@@ -99,11 +96,7 @@ impl ServeSettings {
                 StoreLocation::Sqlite(_) => DatabaseLocation::Embedded,
             })
         } else {
-            let regions = file
-                .regions
-                .iter()
-                .map(parse_region)
-                .collect::<Result<_, _>>()?;
+            let regions = file.regions.iter().map(parse_region).collect::<Result<_, _>>()?;
             Regions::new(regions).map_err(|e| CliError::usage(e.to_string()))?
         };
         let defaults = ReconcilerSettings::default();
@@ -117,10 +110,7 @@ impl ServeSettings {
                 "reconciler.workers and reconciler.attempts must be at least 1",
             ));
         }
-        let log_format = args
-            .log_format
-            .or(file.log_format)
-            .unwrap_or(LogFormat::Text);
+        let log_format = args.log_format.or(file.log_format).unwrap_or(LogFormat::Text);
         Ok(Self {
             config: Config {
                 data_dir,
@@ -148,20 +138,14 @@ fn read_file(explicit: Option<&Path>) -> Result<FileConfig, CliError> {
         }
     };
     let text = std::fs::read_to_string(&path).map_err(|e| {
-        CliError::usage(format!(
-            "cannot read configuration file {}: {e}",
-            path.display()
-        ))
+        CliError::usage(format!("cannot read configuration file {}: {e}", path.display()))
     })?;
     toml::from_str(&text)
         .map_err(|e| CliError::usage(format!("configuration file {}: {e}", path.display())))
 }
 
 fn parse_store(url: &str) -> Result<StoreLocation, CliError> {
-    if let Some(path) = url
-        .strip_prefix("sqlite://")
-        .or_else(|| url.strip_prefix("sqlite:"))
-    {
+    if let Some(path) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) {
         if path.is_empty() {
             return Err(CliError::usage(
                 "store url sqlite:// needs a file path, e.g. sqlite:///var/lib/bulkhead/bulkhead.db",
@@ -223,13 +207,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("bulkhead.toml");
         std::fs::write(&path, toml).unwrap();
-        ServeSettings::load(
-            &ServeArgs {
-                config: Some(path),
-                ..args
-            },
-            None,
-        )
+        ServeSettings::load(&ServeArgs { config: Some(path), ..args }, None)
     }
 
     #[test]
@@ -237,25 +215,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let settings = ServeSettings::load(&args(), Some(dir.path())).unwrap();
         let config = settings.config;
-        assert_eq!(
-            config.store,
-            StoreLocation::Sqlite(dir.path().join("bulkhead.db"))
-        );
+        assert_eq!(config.store, StoreLocation::Sqlite(dir.path().join("bulkhead.db")));
         assert_eq!(config.api_listen.to_string(), "127.0.0.1:7070");
-        assert_eq!(
-            config.regions.default_region().databases,
-            DatabaseLocation::Embedded
-        );
+        assert_eq!(config.regions.default_region().databases, DatabaseLocation::Embedded);
         assert_eq!(settings.log_format, LogFormat::Text);
     }
 
     #[test]
     fn a_postgres_store_puts_tenant_databases_on_the_same_server() {
         let settings = ServeSettings::load(
-            &ServeArgs {
-                store: Some("postgres://u:pw@db/bulkhead".into()),
-                ..args()
-            },
+            &ServeArgs { store: Some("postgres://u:pw@db/bulkhead".into()), ..args() },
             Some(Path::new("/tmp/x")),
         )
         .unwrap();
@@ -268,14 +237,9 @@ mod tests {
     #[test]
     fn flags_beat_the_file() {
         let toml = "api_listen = \"127.0.0.1:9000\"\nbase_domain = \"file.example\"\nlog_format = \"json\"";
-        let settings = with_file(
-            toml,
-            ServeArgs {
-                api_listen: Some("127.0.0.1:9001".into()),
-                ..args()
-            },
-        )
-        .unwrap();
+        let settings =
+            with_file(toml, ServeArgs { api_listen: Some("127.0.0.1:9001".into()), ..args() })
+                .unwrap();
         assert_eq!(settings.config.api_listen.to_string(), "127.0.0.1:9001");
         assert_eq!(settings.config.base_domain.as_str(), "file.example");
         assert_eq!(settings.log_format, LogFormat::Json);
@@ -294,23 +258,10 @@ mod tests {
             databases = "embedded"
         "#;
         let settings = with_file(toml, args()).unwrap();
-        let names: Vec<_> = settings
-            .config
-            .regions
-            .all()
-            .iter()
-            .map(|r| r.name.to_string())
-            .collect();
+        let names: Vec<_> =
+            settings.config.regions.all().iter().map(|r| r.name.to_string()).collect();
         assert_eq!(names, ["eu", "edge"]);
-        assert_eq!(
-            settings
-                .config
-                .regions
-                .default_region()
-                .database_prefix
-                .as_str(),
-            "eu_"
-        );
+        assert_eq!(settings.config.regions.default_region().database_prefix.as_str(), "eu_");
     }
 
     #[test]
@@ -320,14 +271,8 @@ mod tests {
             ("api_listen = \"localhost\"", "is not an address"),
             ("store = \"mysql://u:secret@h/db\"", "not a store url"),
             ("base_domain = \"a b\"", "not a DNS name"),
-            (
-                "[[regions]]\nname = \"EU\"\ndatabases = \"embedded\"",
-                "region name",
-            ),
-            (
-                "[[regions]]\nname = \"eu\"\ndatabases = \"mysql://h\"",
-                "region `eu`",
-            ),
+            ("[[regions]]\nname = \"EU\"\ndatabases = \"embedded\"", "region name"),
+            ("[[regions]]\nname = \"eu\"\ndatabases = \"mysql://h\"", "region `eu`"),
             ("[reconciler]\nworkers = 0", "at least 1"),
         ];
         for (toml, expected) in cases {
@@ -340,10 +285,7 @@ mod tests {
     #[test]
     fn a_missing_config_file_is_an_error() {
         let err = ServeSettings::load(
-            &ServeArgs {
-                config: Some("/nonexistent/bulkhead.toml".into()),
-                ..args()
-            },
+            &ServeArgs { config: Some("/nonexistent/bulkhead.toml".into()), ..args() },
             None,
         )
         .unwrap_err();

@@ -36,15 +36,9 @@ impl DataDir {
     /// Creates the directory (mode 0700) if needed, proves it is writable by
     /// writing to it, and takes its lock.
     pub fn open(path: &Path) -> Result<Self, DataDirError> {
-        let unusable = |source: io::Error| DataDirError::Unusable {
-            path: path.display().to_string(),
-            source,
-        };
-        DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(path)
-            .map_err(unusable)?;
+        let unusable =
+            |source: io::Error| DataDirError::Unusable { path: path.display().to_string(), source };
+        DirBuilder::new().recursive(true).mode(0o700).create(path).map_err(unusable)?;
         let probe = path.join(".write-probe");
         write_private(&probe, b"bulkhead").map_err(unusable)?;
         fs::remove_file(&probe).map_err(unusable)?;
@@ -58,9 +52,7 @@ impl DataDir {
         match lock.try_lock() {
             Ok(()) => {}
             Err(fs::TryLockError::WouldBlock) => {
-                return Err(DataDirError::InUse {
-                    path: path.display().to_string(),
-                });
+                return Err(DataDirError::InUse { path: path.display().to_string() });
             }
             Err(fs::TryLockError::Error(e)) => return Err(unusable(e)),
         }
@@ -69,10 +61,7 @@ impl DataDir {
             .mode(0o700)
             .create(path.join("tenants"))
             .map_err(unusable)?;
-        Ok(Self {
-            path: path.to_owned(),
-            _lock: lock,
-        })
+        Ok(Self { path: path.to_owned(), _lock: lock })
     }
 
     pub fn path(&self) -> &Path {
@@ -102,11 +91,7 @@ pub fn write_private(path: &Path, contents: &[u8]) -> io::Result<()> {
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
     let _ = fs::remove_file(&tmp);
-    let mut file = File::options()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)?;
+    let mut file = File::options().write(true).create_new(true).mode(0o600).open(&tmp)?;
     file.write_all(contents)?;
     file.sync_all()?;
     fs::rename(&tmp, path)

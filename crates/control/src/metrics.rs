@@ -62,11 +62,7 @@ impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("bulkhead");
         let http_requests = Family::<HttpLabels, Counter>::default();
-        registry.register(
-            "http_requests",
-            "Control API requests answered",
-            http_requests.clone(),
-        );
+        registry.register("http_requests", "Control API requests answered", http_requests.clone());
         let http_seconds: HistogramFamily<RouteLabels> =
             Family::new_with_constructor(latency_histogram);
         registry.register(
@@ -88,14 +84,7 @@ impl Metrics {
         );
         let tenants = Family::<StateLabels, Gauge>::default();
         registry.register("tenants", "Tenants by lifecycle state", tenants.clone());
-        Self {
-            registry,
-            http_requests,
-            http_seconds,
-            provisioning_seconds,
-            step_failures,
-            tenants,
-        }
+        Self { registry, http_requests, http_seconds, provisioning_seconds, step_failures, tenants }
     }
 
     pub fn observe_request(&self, method: &str, route: &str, status: u16, elapsed: Duration) {
@@ -107,10 +96,7 @@ impl Metrics {
             })
             .inc();
         self.http_seconds
-            .get_or_create(&RouteLabels {
-                method: method.to_owned(),
-                route: route.to_owned(),
-            })
+            .get_or_create(&RouteLabels { method: method.to_owned(), route: route.to_owned() })
             .observe(elapsed.as_secs_f64());
     }
 
@@ -120,24 +106,16 @@ impl Metrics {
 
     pub fn step_failed(&self, step: &str, action: &str) {
         self.step_failures
-            .get_or_create(&StepLabels {
-                step: step.to_owned(),
-                action: action.to_owned(),
-            })
+            .get_or_create(&StepLabels { step: step.to_owned(), action: action.to_owned() })
             .inc();
     }
 
     /// Sets the per-state tenant gauges, zeroing states with no tenants.
     pub fn set_tenant_counts(&self, counts: &[(TenantState, u64)]) {
         for state in TenantState::ALL {
-            let count = counts
-                .iter()
-                .find(|(s, _)| *s == state)
-                .map_or(0, |(_, n)| *n);
+            let count = counts.iter().find(|(s, _)| *s == state).map_or(0, |(_, n)| *n);
             self.tenants
-                .get_or_create(&StateLabels {
-                    state: state.to_string(),
-                })
+                .get_or_create(&StateLabels { state: state.to_string() })
                 .set(i64::try_from(count).unwrap_or(i64::MAX));
         }
     }

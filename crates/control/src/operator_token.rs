@@ -49,9 +49,7 @@ pub struct OperatorTokens {
 
 impl fmt::Debug for OperatorTokens {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("OperatorTokens")
-            .field("count", &self.known.len())
-            .finish()
+        f.debug_struct("OperatorTokens").field("count", &self.known.len()).finish()
     }
 }
 
@@ -63,10 +61,8 @@ impl OperatorTokens {
         token_path: &Path,
         clock: &dyn Clock,
     ) -> Result<Self, OperatorTokenError> {
-        let file_error = |source| OperatorTokenError::File {
-            path: token_path.display().to_string(),
-            source,
-        };
+        let file_error =
+            |source| OperatorTokenError::File { path: token_path.display().to_string(), source };
         let token = match std::fs::read_to_string(token_path) {
             Ok(contents) => {
                 if make_private(token_path).map_err(file_error)? {
@@ -109,9 +105,7 @@ impl OperatorTokens {
             store.insert_operator_token(&record).await?;
             known.push(record);
         }
-        Ok(Self {
-            known: Arc::new(known.into_iter().map(|t| (t.name, t.token_hash)).collect()),
-        })
+        Ok(Self { known: Arc::new(known.into_iter().map(|t| (t.name, t.token_hash)).collect()) })
     }
 
     /// The name of the operator token `presented` is, if any. Every known
@@ -159,20 +153,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = store(dir.path()).await;
         let path = dir.path().join("operator.token");
-        let tokens = OperatorTokens::ensure(store.as_ref(), &path, &SystemClock)
-            .await
-            .unwrap();
+        let tokens = OperatorTokens::ensure(store.as_ref(), &path, &SystemClock).await.unwrap();
 
         let token = std::fs::read_to_string(&path).unwrap();
         let token = token.trim();
-        assert!(
-            token.starts_with("bho_") && token.len() == 4 + 43,
-            "{token}"
-        );
-        assert_eq!(
-            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
-            0o600
-        );
+        assert!(token.starts_with("bho_") && token.len() == 4 + 43, "{token}");
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
         assert_eq!(tokens.verify(token), Some("initial"));
         assert_eq!(tokens.verify("bho_wrong"), None);
         assert_eq!(tokens.verify(""), None);
@@ -182,9 +168,7 @@ mod tests {
         assert_eq!(stored[0].token_hash, hash(token));
 
         // A restart reuses the token.
-        let again = OperatorTokens::ensure(store.as_ref(), &path, &SystemClock)
-            .await
-            .unwrap();
+        let again = OperatorTokens::ensure(store.as_ref(), &path, &SystemClock).await.unwrap();
         assert_eq!(again.verify(token), Some("initial"));
         assert_eq!(store.operator_tokens().await.unwrap().len(), 1);
     }
@@ -200,15 +184,11 @@ mod tests {
 
         let fresh = tempfile::tempdir().unwrap();
         let fresh_store = store(fresh.path()).await;
-        let tokens = OperatorTokens::ensure(fresh_store.as_ref(), &path, &SystemClock)
-            .await
-            .unwrap();
+        let tokens =
+            OperatorTokens::ensure(fresh_store.as_ref(), &path, &SystemClock).await.unwrap();
         let token = std::fs::read_to_string(&path).unwrap();
         assert!(tokens.verify(token.trim()).is_some());
-        assert_eq!(
-            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
-            0o600
-        );
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
     }
 
     #[tokio::test]
@@ -219,10 +199,7 @@ mod tests {
         let err = OperatorTokens::ensure(store(dir.path()).await.as_ref(), &path, &SystemClock)
             .await
             .unwrap_err();
-        assert!(
-            err.to_string().contains("does not hold an operator token"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("does not hold an operator token"), "{err}");
         assert!(!err.to_string().contains("hunter2"));
     }
 }

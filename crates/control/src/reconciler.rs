@@ -48,10 +48,7 @@ enum Interrupted {
     #[error("{0}")]
     Region(String),
     #[error("undoing {step} failed: {error}")]
-    Undo {
-        step: &'static str,
-        error: StepError,
-    },
+    Undo { step: &'static str, error: StepError },
 }
 
 /// Asks the reconciler to look at a tenant now rather than at the next scan.
@@ -146,10 +143,7 @@ impl Reconciler {
 
     fn start(self: &Arc<Self>, id: TenantId, permits: &Arc<Semaphore>, tasks: &mut JoinSet<()>) {
         {
-            let mut in_flight = self
-                .in_flight
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
+            let mut in_flight = self.in_flight.lock().unwrap_or_else(PoisonError::into_inner);
             if let Some(again) = in_flight.get_mut(&id) {
                 *again = true;
                 return;
@@ -164,10 +158,7 @@ impl Reconciler {
             };
             loop {
                 this.reconcile(id).await;
-                let mut in_flight = this
-                    .in_flight
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner);
+                let mut in_flight = this.in_flight.lock().unwrap_or_else(PoisonError::into_inner);
                 match in_flight.get_mut(&id) {
                     Some(again) if *again => *again = false,
                     _ => {
@@ -234,13 +225,9 @@ impl Reconciler {
             if applied.contains(step.name()) {
                 continue;
             }
-            match self
-                .attempt(&mut tenant, step.name(), "apply", || step.apply(&target))
-                .await?
-            {
+            match self.attempt(&mut tenant, step.name(), "apply", || step.apply(&target)).await? {
                 Ok(output) => {
-                    self.record(&tenant, step.name(), StepStatus::Applied, output)
-                        .await?
+                    self.record(&tenant, step.name(), StepStatus::Applied, output).await?
                 }
                 Err(error) => return self.fail(tenant, step.name(), error).await,
             }
@@ -274,11 +261,8 @@ impl Reconciler {
     ) -> Result<(), Interrupted> {
         warn!(step, %error, "provisioning failed; undoing the steps that ran");
         tenant.state = TenantState::Failed;
-        tenant.failure = Some(Failure {
-            step: step.to_owned(),
-            reason: error.to_string(),
-            undone: false,
-        });
+        tenant.failure =
+            Some(Failure { step: step.to_owned(), reason: error.to_string(), undone: false });
         tenant.updated_at = self.clock.now();
         let tenant = self.store.update_tenant(&tenant).await?;
         self.event(
@@ -293,11 +277,7 @@ impl Reconciler {
 
     /// Undoes, in reverse, every step up to and including the failed one.
     async fn roll_back(&self, mut tenant: Tenant) -> Result<(), Interrupted> {
-        let failed_step = tenant
-            .failure
-            .as_ref()
-            .map(|f| f.step.clone())
-            .unwrap_or_default();
+        let failed_step = tenant.failure.as_ref().map(|f| f.step.clone()).unwrap_or_default();
         let last = self
             .steps
             .iter()
@@ -313,8 +293,7 @@ impl Reconciler {
         tenant.updated_at = self.clock.now();
         let tenant = self.store.update_tenant(&tenant).await?;
         info!("undid the failed tenant's steps");
-        self.event(&tenant, "tenant.rollback", "ok", json!({}))
-            .await;
+        self.event(&tenant, "tenant.rollback", "ok", json!({})).await;
         Ok(())
     }
 
@@ -343,26 +322,16 @@ impl Reconciler {
         steps: &[Arc<dyn ProvisioningStep>],
     ) -> Result<(), Interrupted> {
         let target = self.target(tenant).map_err(Interrupted::Region)?;
-        let recorded: HashSet<String> = self
-            .store
-            .steps(tenant.id)
-            .await?
-            .into_iter()
-            .map(|r| r.step)
-            .collect();
+        let recorded: HashSet<String> =
+            self.store.steps(tenant.id).await?.into_iter().map(|r| r.step).collect();
         for step in steps.iter().rev() {
-            if let Err(error) = self
-                .attempt(tenant, step.name(), "undo", || step.undo(&target))
-                .await?
+            if let Err(error) =
+                self.attempt(tenant, step.name(), "undo", || step.undo(&target)).await?
             {
-                return Err(Interrupted::Undo {
-                    step: step.name(),
-                    error,
-                });
+                return Err(Interrupted::Undo { step: step.name(), error });
             }
             if recorded.contains(step.name()) {
-                self.record(tenant, step.name(), StepStatus::Undone, None)
-                    .await?;
+                self.record(tenant, step.name(), StepStatus::Undone, None).await?;
             }
         }
         Ok(())
@@ -411,12 +380,8 @@ impl Reconciler {
         status: StepStatus,
         output: Option<serde_json::Value>,
     ) -> Result<(), StoreError> {
-        let record = StepRecord {
-            step: step.to_owned(),
-            status,
-            output,
-            updated_at: self.clock.now(),
-        };
+        let record =
+            StepRecord { step: step.to_owned(), status, output, updated_at: self.clock.now() };
         self.store.record_step(tenant.id, &record).await
     }
 

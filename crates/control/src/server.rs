@@ -143,20 +143,13 @@ pub async fn start_with_steps(
 
     let listener = tokio::net::TcpListener::bind(config.api_listen)
         .await
-        .map_err(|source| StartError::Bind {
-            addr: config.api_listen,
-            source,
-        })?;
-    let api_addr = listener.local_addr().map_err(|source| StartError::Bind {
-        addr: config.api_listen,
-        source,
-    })?;
+        .map_err(|source| StartError::Bind { addr: config.api_listen, source })?;
+    let api_addr = listener
+        .local_addr()
+        .map_err(|source| StartError::Bind { addr: config.api_listen, source })?;
     let api_url_path = data_dir.api_url();
     write_private(&api_url_path, format!("http://{api_addr}\n").as_bytes()).map_err(|source| {
-        StartError::ApiUrl {
-            path: api_url_path.display().to_string(),
-            source,
-        }
+        StartError::ApiUrl { path: api_url_path.display().to_string(), source }
     })?;
 
     let (shutdown, shutdown_rx) = watch::channel(false);

@@ -74,13 +74,7 @@ impl TenantService {
         reconciler: ReconcilerHandle,
         clock: Arc<dyn Clock>,
     ) -> Self {
-        Self {
-            store,
-            plans,
-            regions,
-            reconciler,
-            clock,
-        }
+        Self { store, plans, regions, reconciler, clock }
     }
 
     /// Records a new tenant in `provisioning` and hands it to the
@@ -97,11 +91,7 @@ impl TenantService {
             None => self.regions.default_region(),
         };
         let isolation = Isolation::resolve(request.isolation, plan, region)?;
-        let admin_email = request
-            .admin_email
-            .as_deref()
-            .map(AdminEmail::parse)
-            .transpose()?;
+        let admin_email = request.admin_email.as_deref().map(AdminEmail::parse).transpose()?;
         let spec = NewTenant {
             id: TenantId::random(),
             name,
@@ -161,10 +151,9 @@ impl TenantService {
     pub async fn suspend(&self, name: &str, actor: &Actor) -> Result<Tenant, TenantError> {
         self.change(name, actor, "tenant.suspend", |tenant| match tenant.state {
             TenantState::Suspended => Ok(None),
-            TenantState::Active => Ok(Some(Tenant {
-                state: TenantState::Suspended,
-                ..tenant.clone()
-            })),
+            TenantState::Active => {
+                Ok(Some(Tenant { state: TenantState::Suspended, ..tenant.clone() }))
+            }
             state => Err(TenantError::InvalidState(format!(
                 "tenant {:?} is {state}; only active tenants can be suspended",
                 tenant.name.as_str()
@@ -177,10 +166,9 @@ impl TenantService {
     pub async fn resume(&self, name: &str, actor: &Actor) -> Result<Tenant, TenantError> {
         self.change(name, actor, "tenant.resume", |tenant| match tenant.state {
             TenantState::Active => Ok(None),
-            TenantState::Suspended => Ok(Some(Tenant {
-                state: TenantState::Active,
-                ..tenant.clone()
-            })),
+            TenantState::Suspended => {
+                Ok(Some(Tenant { state: TenantState::Active, ..tenant.clone() }))
+            }
             state => Err(TenantError::InvalidState(format!(
                 "tenant {:?} is {state}; only suspended tenants can be resumed",
                 tenant.name.as_str()
@@ -198,11 +186,7 @@ impl TenantService {
         purge: bool,
         actor: &Actor,
     ) -> Result<Tenant, TenantError> {
-        let action = if purge {
-            "tenant.purge"
-        } else {
-            "tenant.delete"
-        };
+        let action = if purge { "tenant.purge" } else { "tenant.delete" };
         let tenant = self
             .change(name, actor, action, |tenant| {
                 let offboard = || Tenant {
@@ -235,10 +219,7 @@ impl TenantService {
 
     async fn find(&self, name: &str) -> Result<Tenant, TenantError> {
         let name = TenantName::parse(name)?;
-        self.store
-            .tenant(&name)
-            .await?
-            .ok_or_else(|| TenantError::NotFound(name.to_string()))
+        self.store.tenant(&name).await?.ok_or_else(|| TenantError::NotFound(name.to_string()))
     }
 
     /// Applies `decide` to the current record and writes the result, retrying

@@ -43,11 +43,7 @@ impl Fixture {
         let location = StoreLocation::Sqlite(dir.path().join("bulkhead.db"));
         let store = bulkhead_store::open(&location).await.unwrap();
         std::fs::create_dir_all(dir.path().join("tenants")).unwrap();
-        Self {
-            store,
-            dir,
-            regions,
-        }
+        Self { store, dir, regions }
     }
 
     fn tenant_dir(&self, name: &str) -> PathBuf {
@@ -115,11 +111,7 @@ struct Flaky {
 
 impl Flaky {
     fn new(failures: u32) -> Arc<Self> {
-        Arc::new(Self {
-            failures,
-            permanent: false,
-            calls: AtomicU32::new(0),
-        })
+        Arc::new(Self { failures, permanent: false, calls: AtomicU32::new(0) })
     }
 }
 
@@ -168,9 +160,7 @@ fn exists(path: &Path) -> bool {
 async fn provisions_an_embedded_silo() {
     let f = Fixture::embedded().await;
     let tenant = f.create("acme", Isolation::Silo).await;
-    f.reconciler(standard_steps(RegionServers::default()))
-        .reconcile(tenant.id)
-        .await;
+    f.reconciler(standard_steps(RegionServers::default())).reconcile(tenant.id).await;
 
     let active = f.reload(&tenant).await.unwrap();
     assert_eq!(active.state, TenantState::Active);
@@ -178,9 +168,7 @@ async fn provisions_an_embedded_silo() {
     assert_eq!(active.last_error, None);
     assert!(exists(&f.tenant_dir("acme").join("data.db")));
     let mode = std::os::unix::fs::PermissionsExt::mode(
-        &std::fs::metadata(f.tenant_dir("acme"))
-            .unwrap()
-            .permissions(),
+        &std::fs::metadata(f.tenant_dir("acme")).unwrap().permissions(),
     );
     assert_eq!(mode & 0o777, 0o700);
     assert_eq!(
@@ -197,10 +185,8 @@ async fn provisions_an_embedded_silo() {
     ))
     .await
     .unwrap();
-    let (version,): (i64,) = sqlx::query_as("PRAGMA user_version")
-        .fetch_one(&mut conn)
-        .await
-        .unwrap();
+    let (version,): (i64,) =
+        sqlx::query_as("PRAGMA user_version").fetch_one(&mut conn).await.unwrap();
     assert_eq!(version, 1);
 }
 
@@ -209,9 +195,7 @@ async fn transient_failures_are_retried() {
     let f = Fixture::embedded().await;
     let tenant = f.create("acme", Isolation::Silo).await;
     let flaky = Flaky::new(2);
-    f.reconciler(with_flaky(flaky.clone()))
-        .reconcile(tenant.id)
-        .await;
+    f.reconciler(with_flaky(flaky.clone())).reconcile(tenant.id).await;
     let active = f.reload(&tenant).await.unwrap();
     assert_eq!(active.state, TenantState::Active);
     assert_eq!(active.last_error, None, "success clears the last error");
@@ -223,9 +207,7 @@ async fn a_failing_step_fails_the_tenant_and_undoes_everything() {
     let f = Fixture::embedded().await;
     let tenant = f.create("acme", Isolation::Silo).await;
     let flaky = Flaky::new(u32::MAX);
-    f.reconciler(with_flaky(flaky.clone()))
-        .reconcile(tenant.id)
-        .await;
+    f.reconciler(with_flaky(flaky.clone())).reconcile(tenant.id).await;
 
     let failed = f.reload(&tenant).await.unwrap();
     assert_eq!(failed.state, TenantState::Failed);
@@ -233,15 +215,8 @@ async fn a_failing_step_fails_the_tenant_and_undoes_everything() {
     assert_eq!(failure.step, "flaky");
     assert_eq!(failure.reason, "flaky failure 3");
     assert!(failure.undone);
-    assert_eq!(
-        flaky.calls.load(Ordering::SeqCst),
-        3,
-        "three attempts, then give up"
-    );
-    assert!(
-        !exists(&f.tenant_dir("acme")),
-        "the directory and its database are gone"
-    );
+    assert_eq!(flaky.calls.load(Ordering::SeqCst), 3, "three attempts, then give up");
+    assert!(!exists(&f.tenant_dir("acme")), "the directory and its database are gone");
     assert_eq!(
         f.step_states(&tenant).await,
         [
@@ -255,14 +230,8 @@ async fn a_failing_step_fails_the_tenant_and_undoes_everything() {
 async fn permanent_failures_are_not_retried() {
     let f = Fixture::embedded().await;
     let tenant = f.create("acme", Isolation::Silo).await;
-    let flaky = Arc::new(Flaky {
-        failures: u32::MAX,
-        permanent: true,
-        calls: AtomicU32::new(0),
-    });
-    f.reconciler(with_flaky(flaky.clone()))
-        .reconcile(tenant.id)
-        .await;
+    let flaky = Arc::new(Flaky { failures: u32::MAX, permanent: true, calls: AtomicU32::new(0) });
+    f.reconciler(with_flaky(flaky.clone())).reconcile(tenant.id).await;
     assert_eq!(f.reload(&tenant).await.unwrap().state, TenantState::Failed);
     assert_eq!(flaky.calls.load(Ordering::SeqCst), 1);
 }
@@ -275,9 +244,7 @@ async fn resumes_after_a_crash_between_an_effect_and_its_record() {
     // was recorded: the state a kill -9 right after the effects leaves.
     std::fs::create_dir_all(f.tenant_dir("acme")).unwrap();
     std::fs::write(f.tenant_dir("acme").join("data.db"), b"").unwrap();
-    f.reconciler(standard_steps(RegionServers::default()))
-        .reconcile(tenant.id)
-        .await;
+    f.reconciler(standard_steps(RegionServers::default())).reconcile(tenant.id).await;
     assert_eq!(f.reload(&tenant).await.unwrap().state, TenantState::Active);
 }
 
@@ -294,9 +261,7 @@ async fn skips_steps_recorded_before_a_crash() {
     };
     f.store.record_step(tenant.id, &record).await.unwrap();
     let flaky = Flaky::new(0);
-    f.reconciler(with_flaky(flaky.clone()))
-        .reconcile(tenant.id)
-        .await;
+    f.reconciler(with_flaky(flaky.clone())).reconcile(tenant.id).await;
     assert_eq!(f.reload(&tenant).await.unwrap().state, TenantState::Active);
     assert_eq!(flaky.calls.load(Ordering::SeqCst), 1);
 }
@@ -310,11 +275,8 @@ async fn finishes_a_rollback_interrupted_by_a_crash() {
     // Failed at create_database with nothing undone yet.
     let mut failed = f.reload(&tenant).await.unwrap();
     failed.state = TenantState::Failed;
-    failed.failure = Some(Failure {
-        step: "create_database".into(),
-        reason: "boom".into(),
-        undone: false,
-    });
+    failed.failure =
+        Some(Failure { step: "create_database".into(), reason: "boom".into(), undone: false });
     f.store.update_tenant(&failed).await.unwrap();
 
     reconciler.reconcile(tenant.id).await;
@@ -341,12 +303,7 @@ async fn offboarding_undoes_in_reverse_and_purging_removes_the_record() {
             Some(kept) => {
                 assert!(!purge);
                 assert_eq!(kept.state, TenantState::Deleted);
-                assert!(
-                    f.step_states(&tenant)
-                        .await
-                        .iter()
-                        .all(|(_, s)| *s == StepStatus::Undone)
-                );
+                assert!(f.step_states(&tenant).await.iter().all(|(_, s)| *s == StepStatus::Undone));
             }
             None => assert!(purge),
         }
@@ -375,14 +332,9 @@ async fn postgres_silo_gets_a_private_database_and_owner_role() {
 
     let database = format!("{}acme_corp_{}", db.object_prefix, tenant.id.short());
     let owner = format!("{database}_owner");
-    assert_eq!(
-        db.owned_objects().await,
-        (vec![database.clone()], vec![owner.clone()])
-    );
+    assert_eq!(db.owned_objects().await, (vec![database.clone()], vec![owner.clone()]));
 
-    let mut admin = PgConnection::connect(&bulkhead_testkit::postgres_admin_url())
-        .await
-        .unwrap();
+    let mut admin = PgConnection::connect(&bulkhead_testkit::postgres_admin_url()).await.unwrap();
     let (db_owner, public_can_connect, login): (String, bool, bool) = sqlx::query_as(
         "SELECT pg_get_userbyid(d.datdba), has_database_privilege('public', d.datname, 'CONNECT'), \
          r.rolcanlogin FROM pg_database d JOIN pg_roles r ON r.rolname = $2 WHERE d.datname = $1",
@@ -420,11 +372,7 @@ async fn postgres_pool_tenants_share_the_region_database() {
     f.store.update_tenant(&offboarding).await.unwrap();
     reconciler.reconcile(one.id).await;
     assert_eq!(f.reload(&one).await.unwrap().state, TenantState::Deleted);
-    assert_eq!(
-        db.owned_objects().await.0,
-        [pool],
-        "one tenant leaving keeps the shared database"
-    );
+    assert_eq!(db.owned_objects().await.0, [pool], "one tenant leaving keeps the shared database");
 }
 
 #[tokio::test]
@@ -440,9 +388,7 @@ async fn an_unreachable_region_fails_the_tenant_cleanly() {
     let f = Fixture::with_regions(regions).await;
     let tenant = f.create("acme", Isolation::Silo).await;
     let servers = RegionServers::with_connect_timeout(std::time::Duration::from_millis(300));
-    f.reconciler(standard_steps(servers))
-        .reconcile(tenant.id)
-        .await;
+    f.reconciler(standard_steps(servers)).reconcile(tenant.id).await;
 
     let reloaded = f.reload(&tenant).await.unwrap();
     // Undoing create_database needs the server too, so the rollback stays
@@ -450,11 +396,7 @@ async fn an_unreachable_region_fails_the_tenant_cleanly() {
     assert_eq!(reloaded.state, TenantState::Failed);
     let failure = reloaded.failure.unwrap();
     assert_eq!(failure.step, "create_database");
-    assert!(
-        failure.reason.contains("cannot reach"),
-        "{}",
-        failure.reason
-    );
+    assert!(failure.reason.contains("cannot reach"), "{}", failure.reason);
     assert!(!failure.undone);
     assert!(reloaded.last_error.unwrap().contains("undo"));
 }

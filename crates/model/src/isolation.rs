@@ -39,10 +39,9 @@ impl Isolation {
     ) -> Result<Isolation, IsolationError> {
         match requested {
             Some(isolation) if region.supports(isolation) => Ok(isolation),
-            Some(isolation) => Err(IsolationError::Unsupported {
-                isolation,
-                region: region.name.to_string(),
-            }),
+            Some(isolation) => {
+                Err(IsolationError::Unsupported { isolation, region: region.name.to_string() })
+            }
             None if region.supports(plan.default_isolation) => Ok(plan.default_isolation),
             None => Ok(Isolation::Silo),
         }
@@ -78,10 +77,7 @@ pub enum IsolationError {
          server with --store postgres://... or configure a region with a PostgreSQL url, or \
          leave --isolation out"
     )]
-    Unsupported {
-        isolation: Isolation,
-        region: String,
-    },
+    Unsupported { isolation: Isolation, region: String },
 }
 
 #[cfg(test)]
@@ -98,19 +94,13 @@ mod tests {
         let plans = PlanCatalog::builtin();
         let professional = plans.get("professional").unwrap();
         let embedded = region(DatabaseLocation::Embedded);
-        assert_eq!(
-            Isolation::resolve(None, professional, &embedded),
-            Ok(Isolation::Silo)
-        );
+        assert_eq!(Isolation::resolve(None, professional, &embedded), Ok(Isolation::Silo));
         assert_eq!(
             Isolation::resolve(Some(Isolation::Silo), professional, &embedded),
             Ok(Isolation::Silo)
         );
         let err = Isolation::resolve(Some(Isolation::Pool), professional, &embedded).unwrap_err();
-        assert!(
-            err.to_string().contains("needs a PostgreSQL region"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("needs a PostgreSQL region"), "{err}");
     }
 
     #[test]
@@ -122,29 +112,14 @@ mod tests {
         let starter = plans.get("starter").unwrap();
         let enterprise = plans.get("enterprise").unwrap();
         assert_eq!(Isolation::resolve(None, starter, &pg), Ok(Isolation::Pool));
-        assert_eq!(
-            Isolation::resolve(None, enterprise, &pg),
-            Ok(Isolation::Silo)
-        );
-        assert_eq!(
-            Isolation::resolve(Some(Isolation::Silo), starter, &pg),
-            Ok(Isolation::Silo)
-        );
-        assert_eq!(
-            Isolation::resolve(Some(Isolation::Pool), enterprise, &pg),
-            Ok(Isolation::Pool)
-        );
+        assert_eq!(Isolation::resolve(None, enterprise, &pg), Ok(Isolation::Silo));
+        assert_eq!(Isolation::resolve(Some(Isolation::Silo), starter, &pg), Ok(Isolation::Silo));
+        assert_eq!(Isolation::resolve(Some(Isolation::Pool), enterprise, &pg), Ok(Isolation::Pool));
     }
 
     #[test]
     fn parses() {
         assert_eq!("pool".parse::<Isolation>(), Ok(Isolation::Pool));
-        assert!(
-            "bridge"
-                .parse::<Isolation>()
-                .unwrap_err()
-                .to_string()
-                .contains("pool, silo")
-        );
+        assert!("bridge".parse::<Isolation>().unwrap_err().to_string().contains("pool, silo"));
     }
 }

@@ -75,14 +75,10 @@ impl TenantName {
         if !(3..=40).contains(&len) {
             return Err(TenantNameError::Length { name: owned(), len });
         }
-        if let Some(found) = name
-            .chars()
-            .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-'))
+        if let Some(found) =
+            name.chars().find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-'))
         {
-            return Err(TenantNameError::Character {
-                name: owned(),
-                found,
-            });
+            return Err(TenantNameError::Character { name: owned(), found });
         }
         if name.starts_with('-') || name.ends_with('-') {
             return Err(TenantNameError::Hyphen { name: owned() });
@@ -124,9 +120,7 @@ impl From<TenantName> for String {
 /// the shape of region and plan names.
 pub(crate) fn is_simple_label(name: &str) -> bool {
     (1..=40).contains(&name.len())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
         && !name.starts_with('-')
         && !name.ends_with('-')
 }
@@ -240,10 +234,7 @@ mod tests {
     fn rejects_bad_lengths() {
         for name in ["", "ab", &"a".repeat(41)] {
             let err = TenantName::parse(name).unwrap_err();
-            assert!(
-                matches!(err, TenantNameError::Length { .. }),
-                "{name}: {err}"
-            );
+            assert!(matches!(err, TenantNameError::Length { .. }), "{name}: {err}");
             assert!(err.to_string().contains("3 to 40 characters"), "{err}");
         }
     }
@@ -261,36 +252,22 @@ mod tests {
         ] {
             assert_eq!(
                 TenantName::parse(name).unwrap_err(),
-                TenantNameError::Character {
-                    name: name.into(),
-                    found
-                }
+                TenantNameError::Character { name: name.into(), found }
             );
         }
     }
 
     #[test]
     fn rejects_edge_hyphens_and_idna_prefix() {
-        assert!(matches!(
-            TenantName::parse("-acme"),
-            Err(TenantNameError::Hyphen { .. })
-        ));
-        assert!(matches!(
-            TenantName::parse("acme-"),
-            Err(TenantNameError::Hyphen { .. })
-        ));
-        assert!(matches!(
-            TenantName::parse("xn--acme"),
-            Err(TenantNameError::Idna { .. })
-        ));
+        assert!(matches!(TenantName::parse("-acme"), Err(TenantNameError::Hyphen { .. })));
+        assert!(matches!(TenantName::parse("acme-"), Err(TenantNameError::Hyphen { .. })));
+        assert!(matches!(TenantName::parse("xn--acme"), Err(TenantNameError::Idna { .. })));
         assert!(TenantName::parse("acme--corp").is_ok());
     }
 
     #[test]
     fn rejects_reserved_names() {
-        for name in [
-            "www", "api", "admin", "console", "realms", "bulkhead", "default",
-        ] {
+        for name in ["www", "api", "admin", "console", "realms", "bulkhead", "default"] {
             let err = TenantName::parse(name).unwrap_err();
             assert_eq!(err, TenantNameError::Reserved { name: name.into() });
             assert!(err.to_string().contains("reserved"));

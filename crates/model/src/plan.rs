@@ -140,70 +140,31 @@ impl PlanCatalog {
                     "starter",
                     "Small tenants and free tiers: shared database, modest limits.",
                     Isolation::Pool,
-                    RateLimit {
-                        requests_per_minute: 600,
-                        burst_multiplier: 2.0,
-                    },
-                    CostCaps {
-                        soft_usd: 50,
-                        hard_usd: 100,
-                    },
+                    RateLimit { requests_per_minute: 600, burst_multiplier: 2.0 },
+                    CostCaps { soft_usd: 50, hard_usd: 100 },
                     30,
-                    BackupPolicy {
-                        every_hours: 24,
-                        retention_days: 7,
-                    },
-                    RuntimeLimits {
-                        memory_mib: 256,
-                        max_processes: 32,
-                        cpu_millicores: 500,
-                    },
+                    BackupPolicy { every_hours: 24, retention_days: 7 },
+                    RuntimeLimits { memory_mib: 256, max_processes: 32, cpu_millicores: 500 },
                 ),
                 plan(
                     "professional",
                     "Growing tenants: shared database, higher limits, longer retention.",
                     Isolation::Pool,
-                    RateLimit {
-                        requests_per_minute: 6_000,
-                        burst_multiplier: 3.0,
-                    },
-                    CostCaps {
-                        soft_usd: 500,
-                        hard_usd: 1_000,
-                    },
+                    RateLimit { requests_per_minute: 6_000, burst_multiplier: 3.0 },
+                    CostCaps { soft_usd: 500, hard_usd: 1_000 },
                     365,
-                    BackupPolicy {
-                        every_hours: 6,
-                        retention_days: 30,
-                    },
-                    RuntimeLimits {
-                        memory_mib: 1_024,
-                        max_processes: 128,
-                        cpu_millicores: 2_000,
-                    },
+                    BackupPolicy { every_hours: 6, retention_days: 30 },
+                    RuntimeLimits { memory_mib: 1_024, max_processes: 128, cpu_millicores: 2_000 },
                 ),
                 plan(
                     "enterprise",
                     "Regulated and large tenants: their own database and workers.",
                     Isolation::Silo,
-                    RateLimit {
-                        requests_per_minute: 60_000,
-                        burst_multiplier: 5.0,
-                    },
-                    CostCaps {
-                        soft_usd: 5_000,
-                        hard_usd: 10_000,
-                    },
+                    RateLimit { requests_per_minute: 60_000, burst_multiplier: 5.0 },
+                    CostCaps { soft_usd: 5_000, hard_usd: 10_000 },
                     2_555,
-                    BackupPolicy {
-                        every_hours: 1,
-                        retention_days: 90,
-                    },
-                    RuntimeLimits {
-                        memory_mib: 4_096,
-                        max_processes: 512,
-                        cpu_millicores: 4_000,
-                    },
+                    BackupPolicy { every_hours: 1, retention_days: 90 },
+                    RuntimeLimits { memory_mib: 4_096, max_processes: 512, cpu_millicores: 4_000 },
                 ),
             ],
         }
@@ -214,13 +175,10 @@ impl PlanCatalog {
     }
 
     pub fn get(&self, name: &str) -> Result<&Plan, UnknownPlan> {
-        self.plans
-            .iter()
-            .find(|p| p.name.as_str() == name)
-            .ok_or_else(|| UnknownPlan {
-                name: name.to_owned(),
-                valid: self.plans.iter().map(|p| p.name.to_string()).collect(),
-            })
+        self.plans.iter().find(|p| p.name.as_str() == name).ok_or_else(|| UnknownPlan {
+            name: name.to_owned(),
+            valid: self.plans.iter().map(|p| p.name.to_string()).collect(),
+        })
     }
 }
 
@@ -233,24 +191,11 @@ mod tests {
         let plans = PlanCatalog::builtin();
         let names: Vec<_> = plans.all().iter().map(|p| p.name.as_str()).collect();
         assert_eq!(names, ["starter", "professional", "enterprise"]);
-        assert_eq!(
-            plans.get("starter").unwrap().default_isolation,
-            Isolation::Pool
-        );
-        assert_eq!(
-            plans.get("professional").unwrap().default_isolation,
-            Isolation::Pool
-        );
-        assert_eq!(
-            plans.get("enterprise").unwrap().default_isolation,
-            Isolation::Silo
-        );
+        assert_eq!(plans.get("starter").unwrap().default_isolation, Isolation::Pool);
+        assert_eq!(plans.get("professional").unwrap().default_isolation, Isolation::Pool);
+        assert_eq!(plans.get("enterprise").unwrap().default_isolation, Isolation::Silo);
         for plan in plans.all() {
-            assert!(
-                plan.cost_caps.soft_usd < plan.cost_caps.hard_usd,
-                "{}",
-                plan.name
-            );
+            assert!(plan.cost_caps.soft_usd < plan.cost_caps.hard_usd, "{}", plan.name);
             assert!(plan.rate_limit.burst_multiplier >= 1.0);
         }
     }

@@ -54,9 +54,8 @@ pub fn redact_url(url: &str) -> String {
     let mut out = url.to_owned();
     if let Some(scheme_end) = out.find("://") {
         let authority_start = scheme_end + 3;
-        let authority_end = out[authority_start..]
-            .find(['/', '?'])
-            .map_or(out.len(), |i| authority_start + i);
+        let authority_end =
+            out[authority_start..].find(['/', '?']).map_or(out.len(), |i| authority_start + i);
         if let Some(at) = out[authority_start..authority_end].rfind('@') {
             let userinfo = &out[authority_start..authority_start + at];
             if let Some(colon) = userinfo.find(':') {
@@ -103,9 +102,7 @@ impl DatabasePrefix {
     pub fn parse(prefix: &str) -> Result<Self, String> {
         let valid = (1..=Self::MAX_LEN).contains(&prefix.len())
             && prefix.starts_with(|c: char| c.is_ascii_lowercase())
-            && prefix
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+            && prefix.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
         if valid {
             Ok(Self(prefix.to_owned()))
         } else {
@@ -141,11 +138,7 @@ impl Region {
         databases: DatabaseLocation,
         database_prefix: Option<DatabasePrefix>,
     ) -> Self {
-        Self {
-            name,
-            databases,
-            database_prefix: database_prefix.unwrap_or_default(),
-        }
+        Self { name, databases, database_prefix: database_prefix.unwrap_or_default() }
     }
 
     pub fn supports(&self, isolation: Isolation) -> bool {
@@ -163,10 +156,7 @@ impl Region {
                 DatabaseLocation::Embedded => "embedded".to_owned(),
                 DatabaseLocation::Postgres(_) => "postgres".to_owned(),
             },
-            isolation: Isolation::ALL
-                .into_iter()
-                .filter(|i| self.supports(*i))
-                .collect(),
+            isolation: Isolation::ALL.into_iter().filter(|i| self.supports(*i)).collect(),
         }
     }
 }
@@ -237,13 +227,10 @@ impl Regions {
     }
 
     pub fn get(&self, name: &str) -> Result<&Region, UnknownRegion> {
-        self.regions
-            .iter()
-            .find(|r| r.name.as_str() == name)
-            .ok_or_else(|| UnknownRegion {
-                name: name.to_owned(),
-                valid: self.regions.iter().map(|r| r.name.to_string()).collect(),
-            })
+        self.regions.iter().find(|r| r.name.as_str() == name).ok_or_else(|| UnknownRegion {
+            name: name.to_owned(),
+            valid: self.regions.iter().map(|r| r.name.to_string()).collect(),
+        })
     }
 }
 
@@ -253,19 +240,13 @@ mod tests {
 
     #[test]
     fn redacts_passwords() {
-        assert_eq!(
-            redact_url("postgres://u:secret@h:5432/db"),
-            "postgres://u:***@h:5432/db"
-        );
+        assert_eq!(redact_url("postgres://u:secret@h:5432/db"), "postgres://u:***@h:5432/db");
         assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
         assert_eq!(
             redact_url("postgres://h/db?user=u&password=secret&sslmode=require"),
             "postgres://h/db?user=u&password=***&sslmode=require"
         );
-        assert_eq!(
-            redact_url("postgres://u:p@ss@h/db"),
-            "postgres://u:***@h/db"
-        );
+        assert_eq!(redact_url("postgres://u:p@ss@h/db"), "postgres://u:***@h/db");
         let url = DatabaseUrl::parse("postgres://u:secret@h/db").unwrap();
         assert!(!format!("{url} {url:?}").contains("secret"));
         assert_eq!(url.expose(), "postgres://u:secret@h/db");
@@ -274,10 +255,7 @@ mod tests {
     #[test]
     fn rejects_non_postgres_urls_without_echoing_passwords() {
         let err = DatabaseUrl::parse("mysql://u:secret@h/db").unwrap_err();
-        assert!(
-            err.contains("not a PostgreSQL url") && !err.contains("secret"),
-            "{err}"
-        );
+        assert!(err.contains("not a PostgreSQL url") && !err.contains("secret"), "{err}");
     }
 
     #[test]
@@ -294,18 +272,9 @@ mod tests {
         let regions = Regions::single(DatabaseLocation::Embedded);
         assert_eq!(regions.default_region().name.as_str(), "local");
         let err = regions.get("mars").unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "unknown region \"mars\"; valid regions: local"
-        );
-        let twice = vec![
-            regions.default_region().clone(),
-            regions.default_region().clone(),
-        ];
-        assert_eq!(
-            Regions::new(twice),
-            Err(RegionError::Duplicate("local".into()))
-        );
+        assert_eq!(err.to_string(), "unknown region \"mars\"; valid regions: local");
+        let twice = vec![regions.default_region().clone(), regions.default_region().clone()];
+        assert_eq!(Regions::new(twice), Err(RegionError::Duplicate("local".into())));
         assert_eq!(Regions::new(vec![]), Err(RegionError::Empty));
     }
 }

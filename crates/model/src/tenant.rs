@@ -259,11 +259,7 @@ mod tests {
         ];
         for from in TenantState::ALL {
             for to in TenantState::ALL {
-                assert_eq!(
-                    from.can_become(to),
-                    legal.contains(&(from, to)),
-                    "{from} -> {to}"
-                );
+                assert_eq!(from.can_become(to), legal.contains(&(from, to)), "{from} -> {to}");
             }
         }
     }
@@ -272,10 +268,7 @@ mod tests {
     fn states_parse_and_print() {
         for state in TenantState::ALL {
             assert_eq!(state.as_str().parse::<TenantState>(), Ok(state));
-            assert_eq!(
-                serde_json::to_string(&state).unwrap(),
-                format!("\"{state}\"")
-            );
+            assert_eq!(serde_json::to_string(&state).unwrap(), format!("\"{state}\""));
         }
         assert!("gone".parse::<TenantState>().is_err());
     }
@@ -295,17 +288,9 @@ mod tests {
         tenant.state = Active;
         assert!(!tenant.needs_work());
         tenant.state = Failed;
-        tenant.failure = Some(Failure {
-            step: "s".into(),
-            reason: "r".into(),
-            undone: false,
-        });
+        tenant.failure = Some(Failure { step: "s".into(), reason: "r".into(), undone: false });
         assert!(tenant.needs_work());
-        tenant.failure = Some(Failure {
-            step: "s".into(),
-            reason: "r".into(),
-            undone: true,
-        });
+        tenant.failure = Some(Failure { step: "s".into(), reason: "r".into(), undone: true });
         assert!(!tenant.needs_work());
     }
 

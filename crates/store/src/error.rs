@@ -35,7 +35,6 @@ pub enum StoreError {
 
 impl StoreError {
     pub(crate) fn is_unique_violation(err: &sqlx::Error) -> bool {
-        err.as_database_error()
-            .is_some_and(|e| e.is_unique_violation())
+        err.as_database_error().is_some_and(|e| e.is_unique_violation())
     }
 }

@@ -21,7 +21,8 @@ const LOCK_RETRY: Duration = Duration::from_millis(300);
 
 #[derive(Debug, Clone)]
 pub struct PostgresStore {
-    pool: PgPool,
+    read: PgPool,
+    write: PgPool,
     location: String,
     url: DatabaseUrl,
 }
@@ -34,22 +35,12 @@ impl PostgresStore {
             .acquire_timeout(Duration::from_secs(10))
             .connect(url.expose())
             .await
-            .map_err(|source| StoreError::Unreachable {
-                location: location.clone(),
-                source,
-            })?;
+            .map_err(|source| StoreError::Unreachable { location: location.clone(), source })?;
         MIGRATOR
             .run(&pool)
             .await
-            .map_err(|source| StoreError::Migrate {
-                location: location.clone(),
-                source,
-            })?;
-        Ok(Self {
-            pool,
-            location,
-            url: url.clone(),
-        })
+            .map_err(|source| StoreError::Migrate { location: location.clone(), source })?;
+        Ok(Self { read: pool.clone(), write: pool, location, url: url.clone() })
     }
 
     /// A session-level advisory lock on a connection of its own, outside the
@@ -57,21 +48,16 @@ impl PostgresStore {
     /// releases it as soon as PostgreSQL notices its socket closed. That can
     /// take a moment, hence a few tries before giving up.
     async fn acquire_lock(&self) -> Result<StoreLock, StoreError> {
-        let mut conn = PgConnection::connect(self.url.expose())
-            .await
-            .map_err(|source| StoreError::Unreachable {
-                location: self.location.clone(),
-                source,
-            })?;
+        let mut conn = PgConnection::connect(self.url.expose()).await.map_err(|source| {
+            StoreError::Unreachable { location: self.location.clone(), source }
+        })?;
         for _ in 0..LOCK_TRIES {
             let (locked,): (bool,) = sqlx::query_as("SELECT pg_try_advisory_lock($1)")
                 .bind(LOCK_KEY)
                 .fetch_one(&mut conn)
                 .await?;
             if locked {
-                return Ok(StoreLock {
-                    _held: Box::new(conn),
-                });
+                return Ok(StoreLock { _held: Box::new(conn) });
             }
             tokio::time::sleep(LOCK_RETRY).await;
         }

@@ -52,11 +52,9 @@ impl TryFrom<TenantRow> for Tenant {
 
     fn try_from(row: TenantRow) -> Result<Self, StoreError> {
         let failure = match (row.failure_step, row.failure_reason) {
-            (Some(step), Some(reason)) => Some(Failure {
-                step,
-                reason,
-                undone: row.failure_undone,
-            }),
+            (Some(step), Some(reason)) => {
+                Some(Failure { step, reason, undone: row.failure_undone })
+            }
             _ => None,
         };
         Ok(Tenant {

@@ -25,7 +25,7 @@ macro_rules! impl_control_store {
             }
 
             async fn ping(&self) -> Result<(), $crate::StoreError> {
-                sqlx::query("SELECT 1").execute(&self.pool).await?;
+                sqlx::query("SELECT 1").execute(&self.read).await?;
                 Ok(())
             }
 
@@ -55,7 +55,7 @@ macro_rules! impl_control_store {
                 .bind(tenant.created_at)
                 .bind(tenant.updated_at)
                 .bind(tenant.provisioned_at)
-                .execute(&self.pool)
+                .execute(&self.write)
                 .await;
                 match result {
                     Ok(_) => Ok(()),
@@ -76,7 +76,7 @@ macro_rules! impl_control_store {
                     " FROM tenants WHERE name = $1"
                 ))
                 .bind(name.as_str())
-                .fetch_optional(&self.pool)
+                .fetch_optional(&self.read)
                 .await?
                 .map(TryInto::try_into)
                 .transpose()
@@ -92,7 +92,7 @@ macro_rules! impl_control_store {
                     " FROM tenants WHERE id = $1"
                 ))
                 .bind(id.0)
-                .fetch_optional(&self.pool)
+                .fetch_optional(&self.read)
                 .await?
                 .map(TryInto::try_into)
                 .transpose()
@@ -112,7 +112,7 @@ macro_rules! impl_control_store {
                 .bind(page.after.as_deref().unwrap_or(""))
                 .bind(page.state.map(|s| s.as_str()))
                 .bind(i64::from(page.limit))
-                .fetch_all(&self.pool)
+                .fetch_all(&self.read)
                 .await?
                 .into_iter()
                 .map(TryInto::try_into)
@@ -126,7 +126,7 @@ macro_rules! impl_control_store {
                     "SELECT id FROM tenants WHERE state IN ('provisioning', 'offboarding') \
                      OR (state = 'failed' AND failure_undone = FALSE) ORDER BY created_at",
                 )
-                .fetch_all(&self.pool)
+                .fetch_all(&self.read)
                 .await?;
                 Ok(ids.into_iter().map(|(id,)| bulkhead_model::TenantId(id)).collect())
             }
@@ -158,7 +158,7 @@ macro_rules! impl_control_store {
                 .bind(next)
                 .bind(tenant.updated_at)
                 .bind(tenant.provisioned_at)
-                .execute(&self.pool)
+                .execute(&self.write)
                 .await?;
                 if result.rows_affected() == 1 {
                     Ok(bulkhead_model::Tenant { version: next, ..tenant.clone() })
@@ -174,7 +174,7 @@ macro_rules! impl_control_store {
                 // tenant_steps rows go with it: ON DELETE CASCADE.
                 sqlx::query("DELETE FROM tenants WHERE id = $1")
                     .bind(id.0)
-                    .execute(&self.pool)
+                    .execute(&self.write)
                     .await?;
                 Ok(())
             }
@@ -188,7 +188,7 @@ macro_rules! impl_control_store {
                      WHERE tenant_id = $1 ORDER BY updated_at, step",
                 )
                 .bind(id.0)
-                .fetch_all(&self.pool)
+                .fetch_all(&self.read)
                 .await?
                 .into_iter()
                 .map(TryInto::try_into)
@@ -212,7 +212,7 @@ macro_rules! impl_control_store {
                 .bind(record.status.as_str())
                 .bind(record.output.as_ref().map(sqlx::types::Json))
                 .bind(record.updated_at)
-                .execute(&self.pool)
+                .execute(&self.write)
                 .await;
                 match result {
                     Ok(_) => Ok(()),
@@ -228,7 +228,7 @@ macro_rules! impl_control_store {
             ) -> Result<Vec<(bulkhead_model::TenantState, u64)>, $crate::StoreError> {
                 let rows: Vec<(String, i64)> =
                     sqlx::query_as("SELECT state, COUNT(*) FROM tenants GROUP BY state")
-                        .fetch_all(&self.pool)
+                        .fetch_all(&self.read)
                         .await?;
                 rows.into_iter()
                     .map(|(state, count)| {
@@ -252,7 +252,7 @@ macro_rules! impl_control_store {
                 .bind(event.action.as_str())
                 .bind(event.outcome.as_str())
                 .bind(sqlx::types::Json(&event.details))
-                .execute(&self.pool)
+                .execute(&self.write)
                 .await?;
                 Ok(())
             }
@@ -268,7 +268,7 @@ macro_rules! impl_control_store {
                 )
                 .bind(tenant.map(|id| id.0))
                 .bind(i64::from(limit))
-                .fetch_all(&self.pool)
+                .fetch_all(&self.read)
                 .await?;
                 Ok(rows.into_iter().map(Into::into).collect())
             }
@@ -279,7 +279,7 @@ macro_rules! impl_control_store {
                 sqlx::query_as::<_, $crate::rows::TokenRow>(
                     "SELECT id, name, token_hash, created_at FROM operator_tokens ORDER BY created_at",
                 )
-                .fetch_all(&self.pool)
+                .fetch_all(&self.read)
                 .await?
                 .into_iter()
                 .map(TryInto::try_into)
@@ -298,7 +298,7 @@ macro_rules! impl_control_store {
                 .bind(token.name.as_str())
                 .bind(token.token_hash.as_slice())
                 .bind(token.created_at)
-                .execute(&self.pool)
+                .execute(&self.write)
                 .await;
                 match result {
                     Ok(_) => Ok(()),

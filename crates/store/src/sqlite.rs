@@ -12,7 +12,8 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite")
 
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
-    pool: SqlitePool,
+    read: SqlitePool,
+    write: SqlitePool,
     location: String,
     lock_path: std::path::PathBuf,
 }
@@ -30,37 +31,30 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true);
-        let pool = SqlitePoolOptions::new()
-            .max_connections(8)
+        let unreachable = |source| StoreError::Unreachable { location: location.clone(), source };
+        let write = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options.clone())
+            .await
+            .map_err(unreachable)?;
+        MIGRATOR
+            .run(&write)
+            .await
+            .map_err(|source| StoreError::Migrate { location: location.clone(), source })?;
+        let read = SqlitePoolOptions::new()
+            .max_connections(4)
             .connect_with(options)
             .await
-            .map_err(|source| StoreError::Unreachable {
-                location: location.clone(),
-                source,
-            })?;
-        MIGRATOR
-            .run(&pool)
-            .await
-            .map_err(|source| StoreError::Migrate {
-                location: location.clone(),
-                source,
-            })?;
+            .map_err(unreachable)?;
         let mut lock_path = path.as_os_str().to_owned();
         lock_path.push(".lock");
-        Ok(Self {
-            pool,
-            location,
-            lock_path: lock_path.into(),
-        })
+        Ok(Self { read, write, location, lock_path: lock_path.into() })
     }
 
     /// An advisory lock on `<file>.lock`, released by the kernel when the
     /// process exits however it exits.
     async fn acquire_lock(&self) -> Result<StoreLock, StoreError> {
-        let locked = |reason: String| StoreError::Locked {
-            what: self.location.clone(),
-            reason,
-        };
+        let locked = |reason: String| StoreError::Locked { what: self.location.clone(), reason };
         let file = File::options()
             .create(true)
             .truncate(false)
@@ -68,9 +62,7 @@ impl SqliteStore {
             .open(&self.lock_path)
             .map_err(|e| locked(format!("cannot open {}: {e}", self.lock_path.display())))?;
         match file.try_lock() {
-            Ok(()) => Ok(StoreLock {
-                _held: Box::new(file),
-            }),
+            Ok(()) => Ok(StoreLock { _held: Box::new(file) }),
             Err(std::fs::TryLockError::WouldBlock) => {
                 Err(locked("another bulkhead server is using it".to_owned()))
             }

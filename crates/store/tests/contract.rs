@@ -26,24 +26,14 @@ async fn sqlite() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let location = StoreLocation::Sqlite(dir.path().join("bulkhead.db"));
     let store = bulkhead_store::open(&location).await.unwrap();
-    Fixture {
-        store,
-        location,
-        _dir: Some(dir),
-        _db: None,
-    }
+    Fixture { store, location, _dir: Some(dir), _db: None }
 }
 
 async fn postgres() -> Fixture {
     let db = TestDatabase::create().await;
     let location = StoreLocation::Postgres(bulkhead_model::DatabaseUrl::parse(&db.url).unwrap());
     let store = bulkhead_store::open(&location).await.unwrap();
-    Fixture {
-        store,
-        location,
-        _dir: None,
-        _db: Some(db),
-    }
+    Fixture { store, location, _dir: None, _db: Some(db) }
 }
 
 /// Both databases keep microseconds at most; the control plane's clock
@@ -102,22 +92,13 @@ async fn round_trips_tenants(f: Fixture) {
     assert_eq!(f.store.tenant_by_id(acme.id).await.unwrap().unwrap(), acme);
     let missing = TenantName::parse("nobody").unwrap();
     assert!(f.store.tenant(&missing).await.unwrap().is_none());
-    assert!(
-        f.store
-            .tenant_by_id(TenantId::random())
-            .await
-            .unwrap()
-            .is_none()
-    );
+    assert!(f.store.tenant_by_id(TenantId::random()).await.unwrap().is_none());
 }
 
 async fn names_are_unique(f: Fixture) {
     f.store.insert_tenant(&tenant("acme")).await.unwrap();
     let err = f.store.insert_tenant(&tenant("acme")).await.unwrap_err();
-    assert!(
-        matches!(err, StoreError::NameTaken(ref n) if n == "acme"),
-        "{err:?}"
-    );
+    assert!(matches!(err, StoreError::NameTaken(ref n) if n == "acme"), "{err:?}");
 }
 
 async fn concurrent_creates_of_one_name_have_one_winner(f: Fixture) {
@@ -152,14 +133,8 @@ async fn updates_are_optimistic(f: Fixture) {
     assert_eq!(f.store.tenant(&acme.name).await.unwrap().unwrap(), stored);
 
     // A writer holding the old version loses.
-    let stale = Tenant {
-        state: TenantState::Failed,
-        ..acme.clone()
-    };
-    assert!(matches!(
-        f.store.update_tenant(&stale).await,
-        Err(StoreError::VersionConflict)
-    ));
+    let stale = Tenant { state: TenantState::Failed, ..acme.clone() };
+    assert!(matches!(f.store.update_tenant(&stale).await, Err(StoreError::VersionConflict)));
 
     let failed = Tenant {
         state: TenantState::Failed,
@@ -172,22 +147,14 @@ async fn updates_are_optimistic(f: Fixture) {
         ..stored
     };
     let stored = f.store.update_tenant(&failed).await.unwrap();
-    assert_eq!(
-        f.store.tenant_by_id(acme.id).await.unwrap().unwrap(),
-        stored
-    );
+    assert_eq!(f.store.tenant_by_id(acme.id).await.unwrap().unwrap(), stored);
 }
 
 async fn lists_in_pages(f: Fixture) {
     for name in ["delta", "alpha", "charlie", "bravo", "echo"] {
         f.store.insert_tenant(&tenant(name)).await.unwrap();
     }
-    let mut deleted = f
-        .store
-        .tenant(&TenantName::parse("echo").unwrap())
-        .await
-        .unwrap()
-        .unwrap();
+    let mut deleted = f.store.tenant(&TenantName::parse("echo").unwrap()).await.unwrap().unwrap();
     deleted.state = TenantState::Deleted;
     f.store.update_tenant(&deleted).await.unwrap();
 
@@ -201,53 +168,25 @@ async fn lists_in_pages(f: Fixture) {
     };
     let first = f.store.list_tenants(&page(None, None, 2)).await.unwrap();
     assert_eq!(names(first), ["alpha", "bravo"]);
-    let second = f
-        .store
-        .list_tenants(&page(Some("bravo"), None, 2))
-        .await
-        .unwrap();
+    let second = f.store.list_tenants(&page(Some("bravo"), None, 2)).await.unwrap();
     assert_eq!(names(second), ["charlie", "delta"]);
-    let last = f
-        .store
-        .list_tenants(&page(Some("delta"), None, 2))
-        .await
-        .unwrap();
+    let last = f.store.list_tenants(&page(Some("delta"), None, 2)).await.unwrap();
     assert!(last.is_empty(), "deleted tenants are not listed by default");
-    let gone = f
-        .store
-        .list_tenants(&page(None, Some(TenantState::Deleted), 10))
-        .await
-        .unwrap();
+    let gone = f.store.list_tenants(&page(None, Some(TenantState::Deleted), 10)).await.unwrap();
     assert_eq!(names(gone), ["echo"]);
 }
 
 async fn finds_unsettled_tenants(f: Fixture) {
-    let settle = |t: &Tenant, state, failure| Tenant {
-        state,
-        failure,
-        ..t.clone()
-    };
+    let settle = |t: &Tenant, state, failure| Tenant { state, failure, ..t.clone() };
     let provisioning = tenant("provisioning");
     let active = tenant("active");
     let failed_pending = tenant("failed-pending");
     let failed_done = tenant("failed-done");
     let offboarding = tenant("offboarding");
-    for t in [
-        &provisioning,
-        &active,
-        &failed_pending,
-        &failed_done,
-        &offboarding,
-    ] {
+    for t in [&provisioning, &active, &failed_pending, &failed_done, &offboarding] {
         f.store.insert_tenant(t).await.unwrap();
     }
-    let failure = |undone| {
-        Some(Failure {
-            step: "s".into(),
-            reason: "r".into(),
-            undone,
-        })
-    };
+    let failure = |undone| Some(Failure { step: "s".into(), reason: "r".into(), undone });
     for t in [
         settle(&active, TenantState::Active, None),
         settle(&failed_pending, TenantState::Failed, failure(false)),
@@ -256,13 +195,7 @@ async fn finds_unsettled_tenants(f: Fixture) {
     ] {
         f.store.update_tenant(&t).await.unwrap();
     }
-    let unsettled: HashSet<_> = f
-        .store
-        .unsettled_tenants()
-        .await
-        .unwrap()
-        .into_iter()
-        .collect();
+    let unsettled: HashSet<_> = f.store.unsettled_tenants().await.unwrap().into_iter().collect();
     let expected: HashSet<_> = [provisioning.id, failed_pending.id, offboarding.id].into();
     assert_eq!(unsettled, expected);
 }
@@ -278,28 +211,14 @@ async fn records_steps(f: Fixture) {
         updated_at: now(),
     };
     f.store.record_step(acme.id, &applied).await.unwrap();
-    assert_eq!(
-        f.store.steps(acme.id).await.unwrap(),
-        std::slice::from_ref(&applied)
-    );
+    assert_eq!(f.store.steps(acme.id).await.unwrap(), std::slice::from_ref(&applied));
 
     // Recording again replaces: steps are idempotent and so is their record.
-    let undone = StepRecord {
-        status: StepStatus::Undone,
-        output: None,
-        ..applied
-    };
+    let undone = StepRecord { status: StepStatus::Undone, output: None, ..applied };
     f.store.record_step(acme.id, &undone).await.unwrap();
-    assert_eq!(
-        f.store.steps(acme.id).await.unwrap(),
-        std::slice::from_ref(&undone)
-    );
+    assert_eq!(f.store.steps(acme.id).await.unwrap(), std::slice::from_ref(&undone));
 
-    let err = f
-        .store
-        .record_step(TenantId::random(), &undone)
-        .await
-        .unwrap_err();
+    let err = f.store.record_step(TenantId::random(), &undone).await.unwrap_err();
     assert!(matches!(err, StoreError::NotFound(_)), "{err:?}");
 }
 
@@ -325,20 +244,12 @@ async fn counts_by_state(f: Fixture) {
     for name in ["one", "two", "three"] {
         f.store.insert_tenant(&tenant(name)).await.unwrap();
     }
-    let mut three = f
-        .store
-        .tenant(&TenantName::parse("three").unwrap())
-        .await
-        .unwrap()
-        .unwrap();
+    let mut three = f.store.tenant(&TenantName::parse("three").unwrap()).await.unwrap().unwrap();
     three.state = TenantState::Active;
     f.store.update_tenant(&three).await.unwrap();
     let mut counts = f.store.count_by_state().await.unwrap();
     counts.sort_by_key(|(state, _)| state.as_str());
-    assert_eq!(
-        counts,
-        [(TenantState::Active, 1), (TenantState::Provisioning, 2)]
-    );
+    assert_eq!(counts, [(TenantState::Active, 1), (TenantState::Provisioning, 2)]);
 }
 
 async fn appends_and_reads_events(f: Fixture) {
@@ -352,31 +263,16 @@ async fn appends_and_reads_events(f: Fixture) {
         outcome: "ok".into(),
         details: serde_json::json!({"plan": "starter"}),
     };
-    f.store
-        .append_event(&event(Some(&acme), "tenant.create"))
-        .await
-        .unwrap();
-    f.store
-        .append_event(&event(None, "operator.login"))
-        .await
-        .unwrap();
-    f.store
-        .append_event(&event(Some(&acme), "tenant.suspend"))
-        .await
-        .unwrap();
+    f.store.append_event(&event(Some(&acme), "tenant.create")).await.unwrap();
+    f.store.append_event(&event(None, "operator.login")).await.unwrap();
+    f.store.append_event(&event(Some(&acme), "tenant.suspend")).await.unwrap();
 
     let all = f.store.events(None, 10).await.unwrap();
     let actions: Vec<_> = all.iter().map(|e| e.event.action.as_str()).collect();
-    assert_eq!(
-        actions,
-        ["tenant.suspend", "operator.login", "tenant.create"]
-    );
+    assert_eq!(actions, ["tenant.suspend", "operator.login", "tenant.create"]);
     let mine = f.store.events(Some(acme.id), 1).await.unwrap();
     assert_eq!(mine.len(), 1);
-    assert_eq!(
-        mine[0].event,
-        event(Some(&acme), "tenant.suspend").with_at(mine[0].event.at)
-    );
+    assert_eq!(mine[0].event, event(Some(&acme), "tenant.suspend").with_at(mine[0].event.at));
 }
 
 trait WithAt {
@@ -398,33 +294,17 @@ async fn stores_operator_token_hashes(f: Fixture) {
         created_at: now(),
     };
     f.store.insert_operator_token(&token).await.unwrap();
-    assert_eq!(
-        f.store.operator_tokens().await.unwrap(),
-        std::slice::from_ref(&token)
-    );
-    let again = OperatorToken {
-        id: uuid::Uuid::new_v4(),
-        ..token
-    };
-    assert!(matches!(
-        f.store.insert_operator_token(&again).await,
-        Err(StoreError::Duplicate(_))
-    ));
-    assert!(
-        !format!("{again:?}").contains("7, 7"),
-        "Debug must not print the hash"
-    );
+    assert_eq!(f.store.operator_tokens().await.unwrap(), std::slice::from_ref(&token));
+    let again = OperatorToken { id: uuid::Uuid::new_v4(), ..token };
+    assert!(matches!(f.store.insert_operator_token(&again).await, Err(StoreError::Duplicate(_))));
+    assert!(!format!("{again:?}").contains("7, 7"), "Debug must not print the hash");
 }
 
 async fn one_server_at_a_time(f: Fixture) {
     let held = f.store.lock_exclusive().await.unwrap();
     let second = bulkhead_store::open(&f.location).await.unwrap();
     let err = second.lock_exclusive().await.unwrap_err();
-    assert!(
-        err.to_string()
-            .contains("another bulkhead server is using it"),
-        "{err}"
-    );
+    assert!(err.to_string().contains("another bulkhead server is using it"), "{err}");
     drop(held);
     second.lock_exclusive().await.unwrap();
 }

@@ -53,11 +53,7 @@ impl TestDatabase {
             .execute(&mut conn)
             .await
             .expect("create test database");
-        Self {
-            url: database_url(&name),
-            name,
-            object_prefix: unique_name("t", 6) + "_",
-        }
+        Self { url: database_url(&name), name, object_prefix: unique_name("t", 6) + "_" }
     }
 
     /// The databases and roles the test created under its object prefix.
@@ -76,10 +72,7 @@ impl TestDatabase {
                 .fetch_all(&mut conn)
                 .await
                 .expect("list roles");
-        (
-            databases.into_iter().map(|(d,)| d).collect(),
-            roles.into_iter().map(|(r,)| r).collect(),
-        )
+        (databases.into_iter().map(|(d,)| d).collect(), roles.into_iter().map(|(r,)| r).collect())
     }
 
     async fn drop_everything(name: String, object_prefix: String) {
@@ -117,10 +110,7 @@ impl Drop for TestDatabase {
         let name = self.name.clone();
         let prefix = self.object_prefix.clone();
         let cleanup = std::thread::spawn(move || {
-            if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
+            if let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() {
                 rt.block_on(async {
                     let _ = tokio::time::timeout(
                         Duration::from_secs(30),

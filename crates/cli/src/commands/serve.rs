@@ -42,11 +42,7 @@ fn init_logging(format: LogFormat) -> Result<(), CliError> {
         .with_ansi(std::io::stderr().is_terminal());
     let installed = match format {
         LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder
-            .json()
-            .with_current_span(true)
-            .with_span_list(false)
-            .try_init(),
+        LogFormat::Json => builder.json().with_current_span(true).with_span_list(false).try_init(),
     };
     installed.map_err(|e| CliError::failed(format!("cannot set up logging: {e}")))
 }

@@ -86,21 +86,16 @@ async fn create(
         "tenant {}: provisioning (plan {}, isolation {}, region {})",
         t.name, t.plan, t.isolation, t.region
     );
-    let settled = wait_until(
-        client,
-        &args.name,
-        &args.wait,
-        StepState::Applied,
-        |view| match view {
+    let settled =
+        wait_until(client, &args.name, &args.wait, StepState::Applied, |view| match view {
             Found::Yes(view) => match view.tenant.state {
                 TenantState::Active => true,
                 TenantState::Failed => view.tenant.failure.as_ref().is_some_and(|f| f.undone),
                 _ => false,
             },
             Found::Gone => true,
-        },
-    )
-    .await?;
+        })
+        .await?;
     let Found::Yes(view) = settled else {
         return Err(CliError::new(
             Kind::NotFound,
@@ -111,10 +106,7 @@ async fn create(
     match (&view.tenant.state, &view.tenant.failure) {
         (TenantState::Active, _) => {
             let ms = output::provisioning_ms(&view).unwrap_or_default();
-            eprintln!(
-                "tenant {} is active (provisioned in {ms} ms)",
-                view.tenant.name
-            );
+            eprintln!("tenant {} is active (provisioned in {ms} ms)", view.tenant.name);
             Ok(())
         }
         (_, Some(failure)) => Err(CliError::failed(format!(
@@ -122,10 +114,7 @@ async fn create(
              `bulkhead tenants delete {} --purge --yes`)",
             view.tenant.name, failure.step, failure.reason, view.tenant.name
         ))),
-        (state, None) => Err(CliError::failed(format!(
-            "tenant {} is {state}",
-            view.tenant.name
-        ))),
+        (state, None) => Err(CliError::failed(format!("tenant {} is {state}", view.tenant.name))),
     }
 }
 
@@ -141,31 +130,19 @@ async fn delete(
     if !args.wait.wait {
         return output::tenant(global.output, &view);
     }
-    eprintln!(
-        "tenant {}: offboarding{}",
-        args.name,
-        if args.purge { " (purge)" } else { "" }
-    );
-    let settled = wait_until(
-        client,
-        &args.name,
-        &args.wait,
-        StepState::Undone,
-        |view| match view {
+    eprintln!("tenant {}: offboarding{}", args.name, if args.purge { " (purge)" } else { "" });
+    let settled =
+        wait_until(client, &args.name, &args.wait, StepState::Undone, |view| match view {
             Found::Yes(view) => {
                 view.tenant.state == TenantState::Deleted && !view.tenant.purge_requested
             }
             Found::Gone => true,
-        },
-    )
-    .await?;
+        })
+        .await?;
     match settled {
         Found::Yes(view) => {
             output::tenant(global.output, &view)?;
-            eprintln!(
-                "tenant {} is deleted (its record is kept until purged)",
-                args.name
-            );
+            eprintln!("tenant {} is deleted (its record is kept until purged)", args.name);
         }
         Found::Gone => eprintln!("tenant {} is purged", args.name),
     }
@@ -180,26 +157,17 @@ fn confirm(name: &str, purge: bool) -> Result<(), CliError> {
             "refusing to delete tenant {name:?} without confirmation: pass --yes"
         )));
     }
-    let what = if purge {
-        "and purge its record"
-    } else {
-        "(its record is kept as deleted)"
-    };
+    let what = if purge { "and purge its record" } else { "(its record is kept as deleted)" };
     eprint!(
         "Delete tenant {name} {what}? Its database and files will be removed. Type its name to confirm: "
     );
     let _ = std::io::stderr().flush();
     let mut answer = String::new();
-    stdin
-        .lock()
-        .read_line(&mut answer)
-        .map_err(|e| CliError::failed(e.to_string()))?;
+    stdin.lock().read_line(&mut answer).map_err(|e| CliError::failed(e.to_string()))?;
     if answer.trim() == name {
         Ok(())
     } else {
-        Err(CliError::usage(
-            "confirmation did not match; nothing was deleted",
-        ))
+        Err(CliError::usage("confirmation did not match; nothing was deleted"))
     }
 }
 

@@ -37,21 +37,9 @@ async fn openapi_describes_every_endpoint() {
     .map(String::from)
     .collect();
     assert_eq!(operations, expected);
-    assert_eq!(
-        doc["components"]["securitySchemes"]["operator_token"]["scheme"],
-        "bearer"
-    );
-    for schema in [
-        "TenantView",
-        "CreateTenantRequest",
-        "ErrorBody",
-        "Plan",
-        "TenantState",
-    ] {
-        assert!(
-            doc["components"]["schemas"].get(schema).is_some(),
-            "schema {schema}"
-        );
+    assert_eq!(doc["components"]["securitySchemes"]["operator_token"]["scheme"], "bearer");
+    for schema in ["TenantView", "CreateTenantRequest", "ErrorBody", "Plan", "TenantState"] {
+        assert!(doc["components"]["schemas"].get(schema).is_some(), "schema {schema}");
     }
 
     // Every documented operation is served (none answers the 404 fallback).
@@ -62,10 +50,7 @@ async fn openapi_describes_every_endpoint() {
         let (method, path) = operation.split_once(' ').unwrap();
         let path = path.replace("{name}", "acme");
         let (status, body) = http.send(method.parse().unwrap(), &path, None).await;
-        assert_ne!(
-            body["error"]["code"], "not_found",
-            "{operation} answered {status}"
-        );
+        assert_ne!(body["error"]["code"], "not_found", "{operation} answered {status}");
     }
 }
 
@@ -88,15 +73,9 @@ async fn health_readiness_and_metrics() {
         "bulkhead_provisioning_duration_seconds_count 1",
         "# EOF",
     ] {
-        assert!(
-            metrics.contains(expected),
-            "missing {expected:?} in\n{metrics}"
-        );
+        assert!(metrics.contains(expected), "missing {expected:?} in\n{metrics}");
     }
-    assert!(
-        !metrics.contains("acme"),
-        "no tenant names in metric labels"
-    );
+    assert!(!metrics.contains("acme"), "no tenant names in metric labels");
 }
 
 #[tokio::test]
@@ -111,24 +90,13 @@ async fn request_ids_and_unknown_routes() {
         .await
         .unwrap();
     assert_eq!(response.headers()["x-request-id"], "trace-123");
-    let response = client
-        .get(format!("{}/v1/plans", server.api))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        response.headers()["x-request-id"].len(),
-        32,
-        "a fresh id when none was sent"
-    );
+    let response = client.get(format!("{}/v1/plans", server.api)).send().await.unwrap();
+    assert_eq!(response.headers()["x-request-id"].len(), 32, "a fresh id when none was sent");
 
     let (status, body) = server.http().get("/v1/nothing").await;
     assert_eq!(status, 404);
     assert_eq!(body["error"]["code"], "not_found");
-    let (status, body) = server
-        .http()
-        .send(reqwest::Method::PUT, "/v1/plans", None)
-        .await;
+    let (status, body) = server.http().send(reqwest::Method::PUT, "/v1/plans", None).await;
     assert_eq!(status, 405);
     assert_eq!(body["error"]["code"], "method_not_allowed");
 }

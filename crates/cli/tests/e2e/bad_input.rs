@@ -6,10 +6,7 @@ use serde_json::{Value, json};
 use crate::kit::{Server, entries, exit_code, stderr};
 
 fn error(body: &Value) -> (&str, &str) {
-    (
-        body["error"]["code"].as_str().unwrap(),
-        body["error"]["message"].as_str().unwrap(),
-    )
+    (body["error"]["code"].as_str().unwrap(), body["error"]["message"].as_str().unwrap())
 }
 
 #[tokio::test]
@@ -41,10 +38,7 @@ async fn invalid_and_reserved_names() {
     assert_eq!(exit_code(&cli), 2, "{}", stderr(&cli));
     assert!(stderr(&cli).contains("DNS labels"));
     assert_eq!(http.get("/v1/tenants").await.1["tenants"], json!([]));
-    assert_eq!(
-        entries(&server.data_dir().join("tenants")),
-        Vec::<String>::new()
-    );
+    assert_eq!(entries(&server.data_dir().join("tenants")), Vec::<String>::new());
 }
 
 #[tokio::test]
@@ -54,10 +48,7 @@ async fn duplicates_and_concurrent_creates() {
     assert_eq!(http.create("acme", "starter").await.0, 202);
     let (status, body) = http.create("acme", "enterprise").await;
     assert_eq!(status, 409);
-    assert_eq!(
-        error(&body),
-        ("tenant_exists", "a tenant named \"acme\" already exists")
-    );
+    assert_eq!(error(&body), ("tenant_exists", "a tenant named \"acme\" already exists"));
     let cli = server.cli(&["tenants", "create", "acme", "--plan", "starter"]);
     assert_eq!(exit_code(&cli), 4);
 
@@ -72,16 +63,8 @@ async fn duplicates_and_concurrent_creates() {
         statuses.push(racer.await.unwrap());
     }
     statuses.sort();
-    assert_eq!(
-        statuses.iter().filter(|s| **s == 202).count(),
-        1,
-        "{statuses:?}"
-    );
-    assert_eq!(
-        statuses.iter().filter(|s| **s == 409).count(),
-        11,
-        "{statuses:?}"
-    );
+    assert_eq!(statuses.iter().filter(|s| **s == 202).count(), 1, "{statuses:?}");
+    assert_eq!(statuses.iter().filter(|s| **s == 409).count(), 11, "{statuses:?}");
     assert_eq!(server.settle("race").await.unwrap()["state"], "active");
 }
 
@@ -93,71 +76,34 @@ async fn unknown_plan_region_and_unavailable_isolation() {
     assert_eq!(status, 400);
     assert_eq!(
         error(&body),
-        (
-            "unknown_plan",
-            "unknown plan \"gold\"; valid plans: starter, professional, enterprise"
-        )
+        ("unknown_plan", "unknown plan \"gold\"; valid plans: starter, professional, enterprise")
     );
     let cli = server.cli(&["tenants", "create", "acme", "--plan", "gold"]);
     assert_eq!(exit_code(&cli), 2);
     assert!(stderr(&cli).contains("valid plans: starter, professional, enterprise"));
 
     let (status, body) = http
-        .post(
-            "/v1/tenants",
-            json!({"name": "acme", "plan": "starter", "region": "mars"}),
-        )
+        .post("/v1/tenants", json!({"name": "acme", "plan": "starter", "region": "mars"}))
         .await;
     assert_eq!(status, 400);
-    assert_eq!(
-        error(&body),
-        (
-            "unknown_region",
-            "unknown region \"mars\"; valid regions: local"
-        )
-    );
+    assert_eq!(error(&body), ("unknown_region", "unknown region \"mars\"; valid regions: local"));
 
     let (status, body) = http
-        .post(
-            "/v1/tenants",
-            json!({"name": "acme", "plan": "starter", "isolation": "pool"}),
-        )
+        .post("/v1/tenants", json!({"name": "acme", "plan": "starter", "isolation": "pool"}))
         .await;
     assert_eq!(status, 400);
     let (code, message) = error(&body);
     assert_eq!(code, "isolation_unavailable");
     assert!(message.contains("needs a PostgreSQL region"), "{message}");
-    let cli = server.cli(&[
-        "tenants",
-        "create",
-        "acme",
-        "--plan",
-        "starter",
-        "--isolation",
-        "pool",
-    ]);
+    let cli =
+        server.cli(&["tenants", "create", "acme", "--plan", "starter", "--isolation", "pool"]);
     assert_eq!(exit_code(&cli), 2);
-    assert!(
-        stderr(&cli).contains("--store postgres://"),
-        "{}",
-        stderr(&cli)
-    );
+    assert!(stderr(&cli).contains("--store postgres://"), "{}", stderr(&cli));
 
-    let cli = server.cli(&[
-        "tenants",
-        "create",
-        "acme",
-        "--plan",
-        "starter",
-        "--isolation",
-        "bridge",
-    ]);
+    let cli =
+        server.cli(&["tenants", "create", "acme", "--plan", "starter", "--isolation", "bridge"]);
     assert_eq!(exit_code(&cli), 2);
-    assert!(
-        stderr(&cli).contains("valid values: pool, silo"),
-        "{}",
-        stderr(&cli)
-    );
+    assert!(stderr(&cli).contains("valid values: pool, silo"), "{}", stderr(&cli));
 
     let (status, body) = http
         .post(
@@ -167,11 +113,7 @@ async fn unknown_plan_region_and_unavailable_isolation() {
         .await;
     assert_eq!(status, 400);
     assert_eq!(error(&body).0, "invalid_admin_email");
-    assert_eq!(
-        http.get("/v1/tenants").await.1["tenants"],
-        json!([]),
-        "nothing was created"
-    );
+    assert_eq!(http.get("/v1/tenants").await.1["tenants"], json!([]), "nothing was created");
 }
 
 #[tokio::test]
@@ -186,10 +128,7 @@ async fn unknown_tenants_are_not_found() {
     ] {
         let (status, body) = http.send(method.clone(), path, None).await;
         assert_eq!(status, 404, "{method} {path}");
-        assert_eq!(
-            error(&body),
-            ("tenant_not_found", "tenant \"nobody\" does not exist")
-        );
+        assert_eq!(error(&body), ("tenant_not_found", "tenant \"nobody\" does not exist"));
     }
     for args in [
         vec!["tenants", "get", "nobody"],
@@ -207,17 +146,9 @@ async fn missing_or_wrong_tokens_get_one_uniform_401() {
     let server = Server::embedded().await;
     let bodies = [
         server.http().without_token().get("/v1/tenants").await,
-        server
-            .http()
-            .with_token("bho_wrong")
-            .get("/v1/tenants")
-            .await,
+        server.http().with_token("bho_wrong").get("/v1/tenants").await,
         server.http().with_token("").create("acme", "starter").await,
-        server
-            .http()
-            .with_token(&format!("{}x", server.token))
-            .get("/v1/plans")
-            .await,
+        server.http().with_token(&format!("{}x", server.token)).get("/v1/plans").await,
     ];
     for (status, body) in &bodies {
         assert_eq!(*status, 401);
@@ -242,14 +173,8 @@ async fn missing_or_wrong_tokens_get_one_uniform_401() {
         .unwrap();
     assert_eq!(exit_code(&cli), 6, "{}", stderr(&cli));
     assert!(stderr(&cli).contains("operator token was refused"));
-    assert!(
-        !server.log().contains("bho_wrong"),
-        "tokens are never logged"
-    );
-    assert!(
-        !server.log().contains(&server.token),
-        "tokens are never logged"
-    );
+    assert!(!server.log().contains("bho_wrong"), "tokens are never logged");
+    assert!(!server.log().contains(&server.token), "tokens are never logged");
 }
 
 #[tokio::test]
@@ -270,31 +195,15 @@ async fn malformed_json_names_the_field() {
             "application/json",
             "name: invalid type: integer `5`",
         ),
-        (
-            r#"{"name": "acme"}"#,
-            "application/json",
-            "missing field `plan`",
-        ),
-        (
-            r#"{"name": "acme", "plna": "starter"}"#,
-            "application/json",
-            "unknown field `plna`",
-        ),
+        (r#"{"name": "acme"}"#, "application/json", "missing field `plan`"),
+        (r#"{"name": "acme", "plna": "starter"}"#, "application/json", "unknown field `plna`"),
         (
             r#"{"name": "acme", "plan": "starter", "isolation": "bridge"}"#,
             "application/json",
             "isolation: unknown variant `bridge`",
         ),
-        (
-            r#"{"name": "acme", "#,
-            "application/json",
-            "EOF while parsing",
-        ),
-        (
-            r#"name=acme"#,
-            "application/x-www-form-urlencoded",
-            "content-type: application/json",
-        ),
+        (r#"{"name": "acme", "#, "application/json", "EOF while parsing"),
+        (r#"name=acme"#, "application/x-www-form-urlencoded", "content-type: application/json"),
     ] {
         let response = post(body, content_type).await.unwrap();
         assert_eq!(response.status(), 400, "{body}");
@@ -355,10 +264,7 @@ async fn lifecycle_actions_respect_the_state_machine() {
     assert_eq!(status, 409);
     assert_eq!(
         error(&body),
-        (
-            "invalid_state",
-            "tenant \"acme\" is deleted; only suspended tenants can be resumed"
-        )
+        ("invalid_state", "tenant \"acme\" is deleted; only suspended tenants can be resumed")
     );
     let cli = server.cli(&["tenants", "suspend", "acme"]);
     assert_eq!(exit_code(&cli), 4);
@@ -371,10 +277,7 @@ async fn delete_needs_confirmation() {
     let cli = server.cli(&["tenants", "delete", "acme"]);
     assert_eq!(exit_code(&cli), 2);
     assert!(stderr(&cli).contains("pass --yes"), "{}", stderr(&cli));
-    assert_eq!(
-        server.cli_json(&["tenants", "get", "acme"])["state"],
-        "active"
-    );
+    assert_eq!(server.cli_json(&["tenants", "get", "acme"])["state"], "active");
 }
 
 #[tokio::test]

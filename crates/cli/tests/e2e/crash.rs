@@ -19,13 +19,7 @@ async fn recorded(server: &Server) -> Vec<Tenant> {
         }
     };
     let store = bulkhead_store::open(&location).await.unwrap();
-    store
-        .list_tenants(&TenantPage {
-            limit: 1_000,
-            ..TenantPage::default()
-        })
-        .await
-        .unwrap()
+    store.list_tenants(&TenantPage { limit: 1_000, ..TenantPage::default() }).await.unwrap()
 }
 
 /// Fires `names` at the server concurrently, kills it after `delay`, and
@@ -52,11 +46,7 @@ async fn create_and_kill(
     for create in creates {
         let _ = create.await;
     }
-    recorded(server)
-        .await
-        .iter()
-        .filter(|t| t.needs_work())
-        .count()
+    recorded(server).await.iter().filter(|t| t.needs_work()).count()
 }
 
 /// Restarts, kills again almost at once (mid-recovery), restarts, and waits
@@ -103,19 +93,14 @@ async fn crash_rounds(
         interrupted += caught;
         let settled = recover(server).await;
         assert!(
-            settled
-                .iter()
-                .all(|t| t["state"] == "active" || t["state"] == "failed"),
+            settled.iter().all(|t| t["state"] == "active" || t["state"] == "failed"),
             "{settled:?}"
         );
         if interrupted >= wanted && round >= 1 {
             break;
         }
     }
-    assert!(
-        interrupted >= wanted,
-        "only {interrupted} tenants were caught mid-provisioning"
-    );
+    assert!(interrupted >= wanted, "only {interrupted} tenants were caught mid-provisioning");
     interrupted
 }
 
@@ -126,13 +111,9 @@ fn check_directories(server: &Server, tenants: &[Tenant]) {
         .filter(|t| t.state == TenantState::Active)
         .map(|t| t.name.to_string())
         .collect();
-    let on_disk: BTreeSet<String> = entries(&server.data_dir().join("tenants"))
-        .into_iter()
-        .collect();
-    assert_eq!(
-        on_disk, active,
-        "tenant directories must be exactly the active tenants'"
-    );
+    let on_disk: BTreeSet<String> =
+        entries(&server.data_dir().join("tenants")).into_iter().collect();
+    assert_eq!(on_disk, active, "tenant directories must be exactly the active tenants'");
 }
 
 #[tokio::test]
@@ -147,10 +128,7 @@ async fn kill_9_during_provisioning_on_the_embedded_store() {
     for tenant in &tenants {
         assert_eq!(tenant.state, TenantState::Active, "{tenant:?}");
         assert!(
-            server
-                .tenant_dir(tenant.name.as_str())
-                .join("data.db")
-                .exists(),
+            server.tenant_dir(tenant.name.as_str()).join("data.db").exists(),
             "{}",
             tenant.name
         );
@@ -171,10 +149,7 @@ async fn kill_9_during_provisioning_on_postgres() {
         use sqlx::Connection;
         let mut conn = sqlx::PgConnection::connect(&admin).await.unwrap();
         let sql = format!("CREATE ROLE \"{limited}\" LOGIN CREATEROLE NOCREATEDB");
-        sqlx::query(sqlx::AssertSqlSafe(sql))
-            .execute(&mut conn)
-            .await
-            .unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&mut conn).await.unwrap();
     }
     let limited_url =
         bulkhead_testkit::database_url("postgres").replacen("postgres@", &format!("{limited}@"), 1);
@@ -189,18 +164,13 @@ async fn kill_9_during_provisioning_on_postgres() {
     let mut expected_databases = BTreeSet::new();
     let mut expected_roles = BTreeSet::from([limited.clone()]);
     for tenant in &tenants {
-        let (_, view) = server
-            .http()
-            .get(&format!("/v1/tenants/{}", tenant.name))
-            .await;
+        let (_, view) = server.http().get(&format!("/v1/tenants/{}", tenant.name)).await;
         if tenant.region.as_str() == "limited" {
             assert_eq!(tenant.state, TenantState::Failed, "{tenant:?}");
             let failure = tenant.failure.as_ref().unwrap();
             assert_eq!(failure.step, "create_database");
             assert!(
-                failure
-                    .reason
-                    .contains("permission denied to create database"),
+                failure.reason.contains("permission denied to create database"),
                 "{}",
                 failure.reason
             );
@@ -221,33 +191,20 @@ async fn kill_9_during_provisioning_on_postgres() {
         expected_databases,
         "orphan databases"
     );
-    assert_eq!(
-        roles.into_iter().collect::<BTreeSet<_>>(),
-        expected_roles,
-        "orphan roles"
-    );
+    assert_eq!(roles.into_iter().collect::<BTreeSet<_>>(), expected_roles, "orphan roles");
     check_directories(&server, &tenants);
 
     // Offboarding after all that leaves nothing either.
     for tenant in &tenants {
-        let (status, _) = server
-            .http()
-            .delete(&format!("/v1/tenants/{}?purge=true", tenant.name))
-            .await;
+        let (status, _) =
+            server.http().delete(&format!("/v1/tenants/{}?purge=true", tenant.name)).await;
         assert_eq!(status, 202);
     }
     for tenant in &tenants {
-        assert!(
-            server.settle(tenant.name.as_str()).await.is_none(),
-            "{} was purged",
-            tenant.name
-        );
+        assert!(server.settle(tenant.name.as_str()).await.is_none(), "{} was purged", tenant.name);
     }
     let (databases, roles) = server.postgres_db().owned_objects().await;
     assert!(databases.is_empty(), "{databases:?}");
     assert_eq!(roles, [limited]);
-    assert_eq!(
-        entries(&server.data_dir().join("tenants")),
-        Vec::<String>::new()
-    );
+    assert_eq!(entries(&server.data_dir().join("tenants")), Vec::<String>::new());
 }

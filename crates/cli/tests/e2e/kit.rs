@@ -128,13 +128,7 @@ impl Server {
             .args(&self.extra_args)
             .env("BULKHEAD_LOG", "info,bulkhead_control=debug,sqlx=warn")
             .stdout(Stdio::null())
-            .stderr(
-                std::fs::File::options()
-                    .create(true)
-                    .append(true)
-                    .open(&self.log)
-                    .unwrap(),
-            );
+            .stderr(std::fs::File::options().create(true).append(true).open(&self.log).unwrap());
         if let Store::Postgres(db) = &self.store {
             command.arg("--store").arg(&db.url);
         }
@@ -154,11 +148,7 @@ impl Server {
                     break;
                 }
             }
-            assert!(
-                Instant::now() < deadline,
-                "server did not become ready:\n{}",
-                self.log()
-            );
+            assert!(Instant::now() < deadline, "server did not become ready:\n{}", self.log());
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let token = std::fs::read_to_string(self.data_dir().join("operator.token")).unwrap();
@@ -176,11 +166,7 @@ impl Server {
     /// SIGTERM, and wait for a clean exit.
     pub fn stop(&mut self) -> std::process::ExitStatus {
         let mut child = self.child.take().expect("server running");
-        Command::new("kill")
-            .arg("-TERM")
-            .arg(child.id().to_string())
-            .status()
-            .unwrap();
+        Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap();
         child.wait().unwrap()
     }
 
@@ -238,11 +224,7 @@ impl Server {
             if settled {
                 return Some(body);
             }
-            assert!(
-                Instant::now() < deadline,
-                "{name} did not settle: {body}\n{}",
-                self.log()
-            );
+            assert!(Instant::now() < deadline, "{name} did not settle: {body}\n{}", self.log());
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
     }
@@ -287,10 +269,7 @@ impl Http {
         let response = request.send().await.unwrap();
         let status = response.status().as_u16();
         let text = response.text().await.unwrap();
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
     }
 
     pub async fn get(&self, path: &str) -> (u16, Value) {
@@ -306,11 +285,7 @@ impl Http {
     }
 
     pub async fn create(&self, name: &str, plan: &str) -> (u16, Value) {
-        self.post(
-            "/v1/tenants",
-            serde_json::json!({ "name": name, "plan": plan }),
-        )
-        .await
+        self.post("/v1/tenants", serde_json::json!({ "name": name, "plan": plan })).await
     }
 }
 
@@ -329,10 +304,7 @@ pub fn exit_code(output: &Output) -> i32 {
 /// Entries of a directory, sorted (empty if it does not exist).
 pub fn entries(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-                .collect()
-        })
+        .map(|rd| rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect())
         .unwrap_or_default();
     names.sort();
     names

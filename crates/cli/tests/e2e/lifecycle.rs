@@ -6,21 +6,10 @@ use crate::kit::{Server, entries, exit_code, stderr, stdout};
 /// Runs the README's quickstart and returns the tenant's `get` document
 /// from while it was active.
 async fn quickstart(server: &Server) -> serde_json::Value {
-    let created = server.cli(&[
-        "tenants",
-        "create",
-        "acme",
-        "--plan",
-        "professional",
-        "--wait",
-    ]);
+    let created = server.cli(&["tenants", "create", "acme", "--plan", "professional", "--wait"]);
     assert!(created.status.success(), "{}", stderr(&created));
     assert!(stdout(&created).contains("active"), "{}", stdout(&created));
-    assert!(
-        stderr(&created).contains("applied allocate_directory"),
-        "{}",
-        stderr(&created)
-    );
+    assert!(stderr(&created).contains("applied allocate_directory"), "{}", stderr(&created));
     assert!(
         stderr(&created).contains("tenant acme is active (provisioned in"),
         "{}",
@@ -31,24 +20,15 @@ async fn quickstart(server: &Server) -> serde_json::Value {
     assert!(listed.status.success());
     let table = stdout(&listed);
     assert!(table.starts_with("NAME"), "{table}");
-    assert!(
-        table
-            .lines()
-            .any(|l| l.starts_with("acme") && l.contains("active")),
-        "{table}"
-    );
+    assert!(table.lines().any(|l| l.starts_with("acme") && l.contains("active")), "{table}");
 
     let got = server.cli_json(&["tenants", "get", "acme"]);
     assert_eq!(got["name"], "acme");
     assert_eq!(got["state"], "active");
     assert_eq!(got["plan"], "professional");
     assert_eq!(got["domain"], "acme.localhost");
-    let steps: Vec<_> = got["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["state"].as_str().unwrap())
-        .collect();
+    let steps: Vec<_> =
+        got["steps"].as_array().unwrap().iter().map(|s| s["state"].as_str().unwrap()).collect();
     assert_eq!(steps, ["applied", "applied"]);
 
     let suspended = server.cli_json(&["tenants", "suspend", "acme"]);
@@ -60,11 +40,7 @@ async fn quickstart(server: &Server) -> serde_json::Value {
 
     let deleted = server.cli(&["tenants", "delete", "acme", "--purge", "--yes", "--wait"]);
     assert!(deleted.status.success(), "{}", stderr(&deleted));
-    assert!(
-        stderr(&deleted).contains("tenant acme is purged"),
-        "{}",
-        stderr(&deleted)
-    );
+    assert!(stderr(&deleted).contains("tenant acme is purged"), "{}", stderr(&deleted));
     let gone = server.cli(&["tenants", "get", "acme"]);
     assert_eq!(exit_code(&gone), 3, "{}", stderr(&gone));
     assert_eq!(server.cli_json(&["tenants", "list"]), serde_json::json!([]));
@@ -76,15 +52,9 @@ async fn quickstart(server: &Server) -> serde_json::Value {
 async fn quickstart_on_the_embedded_store() {
     let server = Server::embedded().await;
     let got = quickstart(&server).await;
-    assert_eq!(
-        got["isolation"], "silo",
-        "professional's pool default falls back to silo"
-    );
+    assert_eq!(got["isolation"], "silo", "professional's pool default falls back to silo");
     assert_eq!(got["steps"][1]["output"]["engine"], "sqlite");
-    assert_eq!(
-        entries(&server.data_dir().join("tenants")),
-        Vec::<String>::new()
-    );
+    assert_eq!(entries(&server.data_dir().join("tenants")), Vec::<String>::new());
 }
 
 #[tokio::test]
@@ -93,26 +63,14 @@ async fn quickstart_on_postgres() {
     let db = server.postgres_db();
     let got = quickstart(&server).await;
     assert_eq!(got["isolation"], "pool", "professional pools on PostgreSQL");
-    assert_eq!(
-        got["steps"][1]["output"]["database"],
-        format!("{}pool", db.object_prefix)
-    );
+    assert_eq!(got["steps"][1]["output"]["database"], format!("{}pool", db.object_prefix));
 
     // An enterprise tenant is a silo: its own database and owner role,
     // which offboarding drops.
-    let created = server.cli_json(&[
-        "tenants",
-        "create",
-        "globex",
-        "--plan",
-        "enterprise",
-        "--wait",
-    ]);
+    let created =
+        server.cli_json(&["tenants", "create", "globex", "--plan", "enterprise", "--wait"]);
     assert_eq!(created["isolation"], "silo");
-    let database = created["steps"][1]["output"]["database"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let database = created["steps"][1]["output"]["database"].as_str().unwrap().to_owned();
     let owner = format!("{database}_owner");
     let (databases, roles) = db.owned_objects().await;
     assert!(databases.contains(&database), "{databases:?}");
@@ -130,24 +88,13 @@ async fn a_deleted_tenant_keeps_its_name_until_purged() {
     server.cli_json(&["tenants", "create", "acme", "--plan", "starter", "--wait"]);
     let deleted = server.cli(&["tenants", "delete", "acme", "--yes", "--wait"]);
     assert!(deleted.status.success(), "{}", stderr(&deleted));
-    assert!(
-        stderr(&deleted).contains("is deleted"),
-        "{}",
-        stderr(&deleted)
-    );
-    assert!(
-        !server.tenant_dir("acme").exists(),
-        "offboarding removed the tenant's files"
-    );
+    assert!(stderr(&deleted).contains("is deleted"), "{}", stderr(&deleted));
+    assert!(!server.tenant_dir("acme").exists(), "offboarding removed the tenant's files");
 
     let got = server.cli_json(&["tenants", "get", "acme"]);
     assert_eq!(got["state"], "deleted");
-    let steps: Vec<_> = got["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["state"].as_str().unwrap())
-        .collect();
+    let steps: Vec<_> =
+        got["steps"].as_array().unwrap().iter().map(|s| s["state"].as_str().unwrap()).collect();
     assert_eq!(steps, ["undone", "undone"]);
     assert_eq!(server.cli_json(&["tenants", "list"]), serde_json::json!([]));
     let tombstones = server.cli_json(&["tenants", "list", "--state", "deleted"]);
@@ -155,11 +102,7 @@ async fn a_deleted_tenant_keeps_its_name_until_purged() {
 
     let again = server.cli(&["tenants", "create", "acme", "--plan", "starter"]);
     assert_eq!(exit_code(&again), 4);
-    assert!(
-        stderr(&again).contains("tenants delete acme --purge"),
-        "{}",
-        stderr(&again)
-    );
+    assert!(stderr(&again).contains("tenants delete acme --purge"), "{}", stderr(&again));
 
     let purged = server.cli(&["tenants", "delete", "acme", "--purge", "--yes", "--wait"]);
     assert!(purged.status.success(), "{}", stderr(&purged));

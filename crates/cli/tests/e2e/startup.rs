@@ -21,10 +21,7 @@ fn serve(args: &[&str]) -> Output {
         std::thread::sleep(Duration::from_millis(50));
     }
     child.kill().unwrap();
-    panic!(
-        "serve {args:?} did not exit: {}",
-        stderr(&child.wait_with_output().unwrap())
-    );
+    panic!("serve {args:?} did not exit: {}", stderr(&child.wait_with_output().unwrap()));
 }
 
 #[test]
@@ -55,11 +52,7 @@ fn an_unreachable_store_stops_start_up_without_leaking_its_password() {
 fn a_store_url_of_the_wrong_kind_is_a_usage_error() {
     let output = serve(&["--store", "mysql://root:s3cret@localhost/db"]);
     assert_eq!(exit_code(&output), 2);
-    assert!(
-        stderr(&output).contains("not a store url"),
-        "{}",
-        stderr(&output)
-    );
+    assert!(stderr(&output).contains("not a store url"), "{}", stderr(&output));
     assert!(!stderr(&output).contains("s3cret"));
 }
 
@@ -69,18 +62,10 @@ fn a_data_directory_that_cannot_be_created_is_named() {
     let file = dir.path().join("a-file");
     std::fs::write(&file, "").unwrap();
     let data = file.join("data");
-    let output = serve(&[
-        "--data-dir",
-        data.to_str().unwrap(),
-        "--api-listen",
-        "127.0.0.1:0",
-    ]);
+    let output = serve(&["--data-dir", data.to_str().unwrap(), "--api-listen", "127.0.0.1:0"]);
     assert_eq!(exit_code(&output), 1);
     let err = stderr(&output);
-    assert!(
-        err.contains(&format!("data directory {} cannot be used", data.display())),
-        "{err}"
-    );
+    assert!(err.contains(&format!("data directory {} cannot be used", data.display())), "{err}");
     assert!(err.contains("--data-dir"), "{err}");
 }
 
@@ -92,13 +77,7 @@ fn a_data_directory_that_is_not_writable_is_named() {
     std::fs::set_permissions(&readonly, std::fs::Permissions::from_mode(0o555)).unwrap();
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let data = readonly.join("data");
-    let args = [
-        "serve",
-        "--data-dir",
-        data.to_str().unwrap(),
-        "--api-listen",
-        "127.0.0.1:0",
-    ];
+    let args = ["serve", "--data-dir", data.to_str().unwrap(), "--api-listen", "127.0.0.1:0"];
     // Root writes anywhere, so as root run the server as `nobody`.
     let output = if is_root() {
         std::process::Command::new("setpriv")
@@ -129,29 +108,17 @@ fn is_root() -> bool {
 fn a_bad_configuration_file_is_a_usage_error() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("bulkhead.toml");
-    std::fs::write(
-        &config,
-        "api_listen = \"127.0.0.1:0\"\nstroe = \"sqlite://x\"\n",
-    )
-    .unwrap();
+    std::fs::write(&config, "api_listen = \"127.0.0.1:0\"\nstroe = \"sqlite://x\"\n").unwrap();
     let output = serve(&["--config", config.to_str().unwrap()]);
     assert_eq!(exit_code(&output), 2);
-    assert!(
-        stderr(&output).contains("unknown field `stroe`"),
-        "{}",
-        stderr(&output)
-    );
+    assert!(stderr(&output).contains("unknown field `stroe`"), "{}", stderr(&output));
 }
 
 #[tokio::test]
 async fn one_server_per_data_directory_and_per_store() {
     let server = Server::embedded().await;
-    let output = serve(&[
-        "--data-dir",
-        server.data_dir().to_str().unwrap(),
-        "--api-listen",
-        "127.0.0.1:0",
-    ]);
+    let output =
+        serve(&["--data-dir", server.data_dir().to_str().unwrap(), "--api-listen", "127.0.0.1:0"]);
     assert_eq!(exit_code(&output), 1);
     assert!(
         stderr(&output).contains("is in use by another bulkhead server"),
@@ -170,11 +137,7 @@ async fn one_server_per_data_directory_and_per_store() {
         &pg.postgres_db().url,
     ]);
     assert_eq!(exit_code(&output), 1);
-    assert!(
-        stderr(&output).contains("another bulkhead server is using it"),
-        "{}",
-        stderr(&output)
-    );
+    assert!(stderr(&output).contains("another bulkhead server is using it"), "{}", stderr(&output));
 }
 
 #[tokio::test]
@@ -182,28 +145,16 @@ async fn a_port_in_use_is_named() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
     let dir = tempfile::tempdir().unwrap();
-    let output = serve(&[
-        "--data-dir",
-        dir.path().to_str().unwrap(),
-        "--api-listen",
-        &addr,
-    ]);
+    let output = serve(&["--data-dir", dir.path().to_str().unwrap(), "--api-listen", &addr]);
     assert_eq!(exit_code(&output), 1);
-    assert!(
-        stderr(&output).contains(&format!("cannot listen on {addr}")),
-        "{}",
-        stderr(&output)
-    );
+    assert!(stderr(&output).contains(&format!("cannot listen on {addr}")), "{}", stderr(&output));
 }
 
 #[tokio::test]
 async fn the_operator_token_is_private_and_survives_restarts() {
     let mut server = Server::embedded().await;
     let path = server.data_dir().join("operator.token");
-    assert_eq!(
-        std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
-        0o600
-    );
+    assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
     let first = server.token.clone();
     assert!(first.starts_with("bho_"));
     assert!(server.stop().success(), "SIGTERM ends the server cleanly");

@@ -35,8 +35,6 @@ pub async fn require_operator(
         tracing::info!(reason = "unknown token", "request refused");
         return ApiError::unauthorized().into_response();
     };
-    request
-        .extensions_mut()
-        .insert(Actor::Operator(name.to_owned()));
+    request.extensions_mut().insert(Actor::Operator(name.to_owned()));
     next.run(request).await
 }

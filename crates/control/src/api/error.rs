@@ -85,10 +85,7 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self {
-            code,
-            message: message.into(),
-        }
+        Self { code, message: message.into() }
     }
 
     /// Logs `error` in the request's span and answers with nothing but a
@@ -109,10 +106,7 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = ErrorBody {
-            error: ErrorDetail {
-                code: self.code.as_str().to_owned(),
-                message: self.message,
-            },
+            error: ErrorDetail { code: self.code.as_str().to_owned(), message: self.message },
         };
         let mut response = (self.code.status(), Json(body)).into_response();
         if self.code == ErrorCode::Unauthorized {
@@ -137,10 +131,7 @@ impl From<TenantError> for ApiError {
             TenantError::Exists(_) => TenantExists,
             TenantError::InvalidState(_) => InvalidState,
             TenantError::Store(StoreError::VersionConflict) => {
-                return Self::new(
-                    Conflict,
-                    "the tenant changed while this request ran; retry it",
-                );
+                return Self::new(Conflict, "the tenant changed while this request ran; retry it");
             }
             TenantError::Store(store) => return store_error(store),
         };
@@ -152,10 +143,7 @@ fn store_error(error: &StoreError) -> ApiError {
     match error {
         StoreError::Unreachable { .. } | StoreError::Query(sqlx::Error::PoolTimedOut) => {
             tracing::error!(%error, "control store unavailable");
-            ApiError::new(
-                ErrorCode::Unavailable,
-                "the control store is unavailable; retry shortly",
-            )
+            ApiError::new(ErrorCode::Unavailable, "the control store is unavailable; retry shortly")
         }
         other => ApiError::internal(other),
     }

@@ -19,9 +19,7 @@ use super::{
 /// Liveness: the process is up and answering.
 #[utoipa::path(get, path = "/healthz", tag = "meta", responses((status = 200, body = Status)))]
 pub async fn healthz() -> Json<Status> {
-    Json(Status {
-        status: "ok".to_owned(),
-    })
+    Json(Status { status: "ok".to_owned() })
 }
 
 /// Readiness: the control store answers and the reconciler runs.
@@ -31,26 +29,15 @@ pub async fn healthz() -> Json<Status> {
 )]
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<Status>, ApiError> {
     if state.reconciler_stopped() {
-        return Err(ApiError::new(
-            ErrorCode::Unavailable,
-            "the reconciler is not running",
-        ));
+        return Err(ApiError::new(ErrorCode::Unavailable, "the reconciler is not running"));
     }
     match tokio::time::timeout(Duration::from_secs(2), state.store.ping()).await {
-        Ok(Ok(())) => Ok(Json(Status {
-            status: "ready".to_owned(),
-        })),
+        Ok(Ok(())) => Ok(Json(Status { status: "ready".to_owned() })),
         Ok(Err(error)) => {
             tracing::warn!(%error, "readiness: control store unreachable");
-            Err(ApiError::new(
-                ErrorCode::Unavailable,
-                "the control store is unreachable",
-            ))
+            Err(ApiError::new(ErrorCode::Unavailable, "the control store is unreachable"))
         }
-        Err(_) => Err(ApiError::new(
-            ErrorCode::Unavailable,
-            "the control store does not answer",
-        )),
+        Err(_) => Err(ApiError::new(ErrorCode::Unavailable, "the control store does not answer")),
     }
 }
 
@@ -66,10 +53,7 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     }
     match state.metrics.encode() {
         Ok(text) => (
-            [(
-                header::CONTENT_TYPE,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            )],
+            [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
             text,
         )
             .into_response(),

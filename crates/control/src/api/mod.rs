@@ -124,10 +124,7 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(tenants::resume_tenant))
         .routes(routes!(catalog::list_plans))
         .routes(routes!(catalog::list_regions))
-        .route_layer(middleware::from_fn_with_state(
-            state.clone(),
-            auth::require_operator,
-        ));
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth::require_operator));
     let public = OpenApiRouter::new()
         .routes(routes!(meta::healthz))
         .routes(routes!(meta::readyz))
@@ -157,20 +154,14 @@ pub fn router(state: AppState) -> Router {
 async fn not_found(method: Method, uri: Uri) -> ApiError {
     ApiError::new(
         ErrorCode::NotFound,
-        format!(
-            "no endpoint {method} {}; /v1/openapi.json lists them all",
-            uri.path()
-        ),
+        format!("no endpoint {method} {}; /v1/openapi.json lists them all", uri.path()),
     )
 }
 
 async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
     ApiError::new(
         ErrorCode::MethodNotAllowed,
-        format!(
-            "{} does not accept {method}; /v1/openapi.json lists what it does",
-            uri.path()
-        ),
+        format!("{} does not accept {method}; /v1/openapi.json lists what it does", uri.path()),
     )
 }
 
@@ -185,8 +176,7 @@ async fn observe(State(state): State<AppState>, request: Request, next: Next) ->
         .and_then(|v| v.to_str().ok())
         .filter(|v| {
             (1..=64).contains(&v.len())
-                && v.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+                && v.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
         })
         .map(str::to_owned)
         .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
@@ -208,9 +198,7 @@ async fn observe(State(state): State<AppState>, request: Request, next: Next) ->
     let elapsed = started.elapsed();
     let status = response.status().as_u16();
     span.record("status", status);
-    state
-        .metrics
-        .observe_request(method.as_str(), &route, status, elapsed);
+    state.metrics.observe_request(method.as_str(), &route, status, elapsed);
     let quiet = matches!(route.as_str(), "/healthz" | "/readyz" | "/metrics");
     span.in_scope(|| {
         let elapsed_us = elapsed.as_micros() as u64;

@@ -60,11 +60,7 @@ pub async fn create_tenant(
     let tenant = state.tenants.create(request, &actor).await?;
     let location = format!("/v1/tenants/{}", tenant.name);
     let view = TenantView::new(tenant, &state.base_domain).with_steps(&state.step_names, &[]);
-    Ok((
-        StatusCode::ACCEPTED,
-        [(header::LOCATION, location)],
-        Json(view),
-    ))
+    Ok((StatusCode::ACCEPTED, [(header::LOCATION, location)], Json(view)))
 }
 
 /// List tenants by name, a page at a time.
@@ -96,24 +92,14 @@ pub async fn list_tenants(
         .map(str::parse::<TenantState>)
         .transpose()
         .map_err(|e| ApiError::new(ErrorCode::InvalidRequest, e.to_string()))?;
-    let page = TenantPage {
-        after: params.after,
-        state: state_filter,
-        limit,
-    };
+    let page = TenantPage { after: params.after, state: state_filter, limit };
     let tenants = state.tenants.list(&page).await?;
     let next_after = match tenants.last() {
         Some(last) if tenants.len() == limit as usize => Some(last.name.to_string()),
         _ => None,
     };
-    let tenants = tenants
-        .into_iter()
-        .map(|t| TenantView::new(t, &state.base_domain))
-        .collect();
-    Ok(Json(TenantList {
-        tenants,
-        next_after,
-    }))
+    let tenants = tenants.into_iter().map(|t| TenantView::new(t, &state.base_domain)).collect();
+    Ok(Json(TenantList { tenants, next_after }))
 }
 
 /// Get one tenant, with the progress of every provisioning step.
@@ -134,9 +120,7 @@ pub async fn get_tenant(
 ) -> Result<Json<TenantView>, ApiError> {
     record_tenant(&name);
     let (tenant, steps) = state.tenants.get(&name).await?;
-    Ok(Json(
-        TenantView::new(tenant, &state.base_domain).with_steps(&state.step_names, &steps),
-    ))
+    Ok(Json(TenantView::new(tenant, &state.base_domain).with_steps(&state.step_names, &steps)))
 }
 
 /// Suspend an active tenant. Suspending a suspended tenant changes nothing.
@@ -205,8 +189,5 @@ pub async fn delete_tenant(
     record_tenant(&name);
     let Query(params) = params?;
     let tenant = state.tenants.delete(&name, params.purge, &actor).await?;
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(TenantView::new(tenant, &state.base_domain)),
-    ))
+    Ok((StatusCode::ACCEPTED, Json(TenantView::new(tenant, &state.base_domain))))
 }

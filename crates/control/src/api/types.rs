@@ -81,11 +81,7 @@ pub struct TenantView {
 
 impl TenantView {
     pub fn new(tenant: Tenant, base_domain: &BaseDomain) -> Self {
-        Self {
-            domain: base_domain.tenant_host(&tenant.name),
-            tenant,
-            steps: None,
-        }
+        Self { domain: base_domain.tenant_host(&tenant.name), tenant, steps: None }
     }
 
     /// With the progress of each of `step_names`, in order.

@@ -26,7 +26,7 @@ use serde_json::json;
 use sqlx::{
     AssertSqlSafe, ConnectOptions, Connection, PgPool,
     postgres::PgPoolOptions,
-    sqlite::{SqliteConnectOptions, SqliteJournalMode},
+    sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous},
 };
 
 use super::{ProvisioningStep, StepError, StepTarget};
@@ -48,10 +48,7 @@ impl Default for RegionServers {
 impl RegionServers {
     /// How long one attempt waits for a connection to a region's server.
     pub fn with_connect_timeout(connect_timeout: Duration) -> Self {
-        Self {
-            pools: Arc::default(),
-            connect_timeout,
-        }
+        Self { pools: Arc::default(), connect_timeout }
     }
 
     fn pool(&self, region: &RegionName, url: &DatabaseUrl) -> Result<PgPool, StepError> {
@@ -148,6 +145,7 @@ async fn create_sqlite(target: &StepTarget) -> Result<Option<serde_json::Value>,
         .filename(&path)
         .create_if_missing(true)
         .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Normal)
         .connect()
         .await
         .map_err(transient("cannot create the tenant's SQLite database"))?;
@@ -156,9 +154,7 @@ async fn create_sqlite(target: &StepTarget) -> Result<Option<serde_json::Value>,
         .execute(&mut conn)
         .await
         .map_err(transient("cannot initialise the tenant's SQLite database"))?;
-    conn.close()
-        .await
-        .map_err(transient("cannot close the tenant's SQLite database"))?;
+    conn.close().await.map_err(transient("cannot close the tenant's SQLite database"))?;
     Ok(Some(json!({ "engine": "sqlite", "path": path })))
 }
 
@@ -167,10 +163,7 @@ async fn remove_sqlite(target: &StepTarget) -> Result<(), StepError> {
         let path = target.tenant_dir.join(file);
         match tokio::fs::remove_file(&path).await {
             Err(e) if e.kind() != io::ErrorKind::NotFound => {
-                return Err(StepError::Transient(format!(
-                    "cannot remove {}: {e}",
-                    path.display()
-                )));
+                return Err(StepError::Transient(format!("cannot remove {}: {e}", path.display())));
             }
             _ => {}
         }
@@ -213,24 +206,14 @@ async fn create_silo(
 ) -> Result<Option<serde_json::Value>, StepError> {
     let (database, owner) = silo_identifiers(&target.region, &target.tenant);
     if !exists(pool, ROLE_EXISTS, &owner).await? {
-        ddl(
-            pool,
-            format!("CREATE ROLE \"{owner}\" NOLOGIN"),
-            Some(DUPLICATE_OBJECT),
-        )
-        .await?;
+        ddl(pool, format!("CREATE ROLE \"{owner}\" NOLOGIN"), Some(DUPLICATE_OBJECT)).await?;
     }
     if !exists(pool, DATABASE_EXISTS, &database).await? {
         let create = format!("CREATE DATABASE \"{database}\" OWNER \"{owner}\"");
         ddl(pool, create, Some(DUPLICATE_DATABASE)).await?;
     }
     // Repeated on every run: a crash may have come between CREATE and these.
-    ddl(
-        pool,
-        format!("REVOKE ALL ON DATABASE \"{database}\" FROM PUBLIC"),
-        None,
-    )
-    .await?;
+    ddl(pool, format!("REVOKE ALL ON DATABASE \"{database}\" FROM PUBLIC"), None).await?;
     let comment = format!(
         "COMMENT ON DATABASE \"{database}\" IS 'bulkhead tenant {} ({})'",
         target.tenant.name, target.tenant.id
@@ -248,12 +231,7 @@ async fn drop_silo(pool: &PgPool, target: &StepTarget) -> Result<(), StepError> 
     let (database, owner) = silo_identifiers(&target.region, &target.tenant);
     // FORCE ends the tenant's open sessions, which would otherwise keep the
     // database alive.
-    ddl(
-        pool,
-        format!("DROP DATABASE IF EXISTS \"{database}\" WITH (FORCE)"),
-        None,
-    )
-    .await?;
+    ddl(pool, format!("DROP DATABASE IF EXISTS \"{database}\" WITH (FORCE)"), None).await?;
     ddl(pool, format!("DROP ROLE IF EXISTS \"{owner}\""), None).await
 }
 
@@ -263,16 +241,9 @@ async fn ensure_pool_database(
 ) -> Result<Option<serde_json::Value>, StepError> {
     let database = pool_database(region);
     if !exists(pool, DATABASE_EXISTS, &database).await? {
-        ddl(
-            pool,
-            format!("CREATE DATABASE \"{database}\""),
-            Some(DUPLICATE_DATABASE),
-        )
-        .await?;
+        ddl(pool, format!("CREATE DATABASE \"{database}\""), Some(DUPLICATE_DATABASE)).await?;
     }
-    Ok(Some(
-        json!({ "engine": "postgres", "isolation": "pool", "database": database }),
-    ))
+    Ok(Some(json!({ "engine": "postgres", "isolation": "pool", "database": database })))
 }
 
 #[cfg(test)]
@@ -302,10 +273,6 @@ mod tests {
         let (database, owner) = silo_identifiers(&region, &tenant);
         assert!(database.starts_with("staging_a_bbb"));
         assert!(owner.len() <= 63, "{owner} is {} bytes", owner.len());
-        assert!(
-            owner
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
-        );
+        assert!(owner.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'));
     }
 }

@@ -29,10 +29,7 @@ impl ProvisioningStep for AllocateDirectory {
         .await
         .map_err(|e| StepError::Transient(format!("directory task failed: {e}")))?;
         result.map_err(|e| {
-            StepError::Transient(format!(
-                "cannot create {}: {e}",
-                target.tenant_dir.display()
-            ))
+            StepError::Transient(format!("cannot create {}: {e}", target.tenant_dir.display()))
         })?;
         Ok(Some(json!({ "path": target.tenant_dir })))
     }

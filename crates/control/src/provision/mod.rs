@@ -64,8 +64,5 @@ pub trait ProvisioningStep: Send + Sync + fmt::Debug {
 /// The ordered list every tenant goes through. A tenant becomes `active`
 /// when the last step is recorded.
 pub fn standard_steps(servers: RegionServers) -> Vec<Arc<dyn ProvisioningStep>> {
-    vec![
-        Arc::new(AllocateDirectory),
-        Arc::new(CreateDatabase::new(servers)),
-    ]
+    vec![Arc::new(AllocateDirectory), Arc::new(CreateDatabase::new(servers))]
 }
