@@ -1,6 +1,6 @@
 //! The command line, as clap sees it.
 
-use std::path::PathBuf;
+use std::{convert::Infallible, fmt, path::PathBuf, str::FromStr};
 
 use bulkhead_model::Isolation;
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -37,7 +37,7 @@ pub struct GlobalArgs {
     pub api: Option<String>,
     /// Operator token [default: from <data-dir>/operator.token]
     #[arg(long, global = true, env = env::TOKEN, hide_env_values = true, value_name = "TOKEN")]
-    pub token: Option<String>,
+    pub token: Option<Sensitive>,
     /// Output format of client commands
     #[arg(short = 'o', long, global = true, value_enum, default_value_t = Output::Table)]
     pub output: Output,
@@ -71,7 +71,7 @@ pub struct ServeArgs {
     /// Control-plane store: postgres://user@host/db, or sqlite://path
     /// [default: SQLite at <data-dir>/bulkhead.db]
     #[arg(long, env = env::STORE, hide_env_values = true, value_name = "URL")]
-    pub store: Option<String>,
+    pub store: Option<Sensitive>,
     /// Address of the control API [default: 127.0.0.1:7070]
     #[arg(long, env = env::API_LISTEN, value_name = "ADDR")]
     pub api_listen: Option<String>,
@@ -165,6 +165,40 @@ pub struct WaitArgs {
 pub enum PlansCommand {
     /// List the plans and their limits
     List,
+}
+
+/// A flag value that must never appear in `Debug` output: a token, or a URL
+/// that may carry a password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Sensitive(String);
+
+impl Sensitive {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for Sensitive {
+    type Err = Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_owned()))
+    }
+}
+
+impl From<&str> for Sensitive {
+    fn from(s: &str) -> Self {
+        Self(s.to_owned())
+    }
+}
+
+impl fmt::Debug for Sensitive {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.contains("://") {
+            f.write_str(&bulkhead_model::redact_url(&self.0))
+        } else {
+            f.write_str("***")
+        }
+    }
 }
 
 fn parse_isolation(value: &str) -> Result<Isolation, String> {

@@ -16,11 +16,16 @@ use crate::{
 
 const DEFAULT_API: &str = "http://127.0.0.1:7070";
 
-#[derive(Debug)]
 pub struct ApiClient {
     http: reqwest::Client,
     base: Url,
     token: String,
+}
+
+impl std::fmt::Debug for ApiClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiClient").field("base", &self.base.as_str()).finish_non_exhaustive()
+    }
 }
 
 /// A tenant lookup that may legitimately find nothing (a purged tenant).
@@ -49,17 +54,33 @@ impl ApiClient {
                 ))
             })?;
         let token = match &global.token {
-            Some(token) => token.clone(),
-            None => read_trimmed(&data_dir.join("operator.token")).ok_or_else(|| {
-                CliError::new(
-                    Kind::Unauthorized,
-                    format!(
-                        "no operator token: pass --token, set {}, or run where {} exists",
-                        env::TOKEN,
-                        data_dir.join("operator.token").display()
-                    ),
-                )
-            })?,
+            Some(token) => token.expose().to_owned(),
+            None => {
+                let path = data_dir.join("operator.token");
+                // The local token belongs to the local server: never hand it
+                // to an address someone typed.
+                if global.api.is_some() && !is_loopback(&base) {
+                    return Err(CliError::new(
+                        Kind::Unauthorized,
+                        format!(
+                            "no operator token for {base}: pass --token or set {} (the token \
+                             in {} is only sent to a server on this machine)",
+                            env::TOKEN,
+                            path.display()
+                        ),
+                    ));
+                }
+                read_trimmed(&path).ok_or_else(|| {
+                    CliError::new(
+                        Kind::Unauthorized,
+                        format!(
+                            "no operator token: pass --token, set {}, or run where {} exists",
+                            env::TOKEN,
+                            path.display()
+                        ),
+                    )
+                })?
+            }
         };
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
@@ -173,6 +194,18 @@ impl ApiClient {
 
     pub async fn plans(&self) -> Result<PlanList, CliError> {
         self.call(Method::GET, self.url(&["v1", "plans"])?, &[], None).await
+    }
+}
+
+fn is_loopback(url: &Url) -> bool {
+    match url.host_str() {
+        Some("localhost") => true,
+        Some(host) => host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback()),
+        None => false,
     }
 }
 

@@ -15,7 +15,7 @@ use bulkhead_store::StoreLocation;
 use serde::Deserialize;
 
 use crate::{
-    args::{LogFormat, ServeArgs},
+    args::{LogFormat, Sensitive, ServeArgs},
     env,
     exit::CliError,
 };
@@ -69,7 +69,7 @@ impl ServeSettings {
             .map(Path::to_path_buf)
             .or(file.data_dir)
             .unwrap_or_else(env::default_data_dir);
-        let store = match args.store.as_deref().or(file.store.as_deref()) {
+        let store = match args.store.as_ref().map(Sensitive::expose).or(file.store.as_deref()) {
             Some(url) => parse_store(url)?,
             None => StoreLocation::Sqlite(data_dir.join("bulkhead.db")),
         };

@@ -51,6 +51,8 @@ pub struct ReconcilerSettings {
     pub attempts: u32,
     /// Wait after the first failed attempt; doubled after each further one.
     pub first_backoff: Duration,
+    /// Longest one attempt at a step may take before it counts as failed.
+    pub step_timeout: Duration,
     /// How often the store is scanned for unsettled tenants, which also
     /// resumes work after a crash or a store outage.
     pub scan_every: Duration,
@@ -62,6 +64,7 @@ impl Default for ReconcilerSettings {
             workers: 16,
             attempts: 4,
             first_backoff: Duration::from_millis(250),
+            step_timeout: Duration::from_secs(90),
             scan_every: Duration::from_secs(5),
         }
     }

@@ -18,10 +18,12 @@ use std::{
     future::Future,
     path::PathBuf,
     sync::{Arc, Mutex, PoisonError},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
-use bulkhead_model::{Failure, Regions, StepRecord, StepStatus, Tenant, TenantId, TenantState};
+use bulkhead_model::{
+    Failure, IllegalTransition, Regions, StepRecord, StepStatus, Tenant, TenantId, TenantState,
+};
 use bulkhead_store::{ControlStore, StoreError};
 use serde_json::json;
 use thiserror::Error;
@@ -29,7 +31,7 @@ use tokio::{
     sync::{Semaphore, mpsc, watch},
     task::JoinSet,
 };
-use tracing::{Instrument, info, info_span, warn};
+use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::{
     clock::Clock,
@@ -47,6 +49,8 @@ enum Interrupted {
     Store(#[from] StoreError),
     #[error("{0}")]
     Region(String),
+    #[error(transparent)]
+    Illegal(#[from] IllegalTransition),
     #[error("undoing {step} failed: {error}")]
     Undo { step: &'static str, error: StepError },
 }
@@ -225,16 +229,19 @@ impl Reconciler {
             if applied.contains(step.name()) {
                 continue;
             }
+            let started = Instant::now();
             match self.attempt(&mut tenant, step.name(), "apply", || step.apply(&target)).await? {
                 Ok(output) => {
-                    self.record(&tenant, step.name(), StepStatus::Applied, output).await?
+                    self.record(&tenant, step.name(), StepStatus::Applied, output).await?;
+                    let elapsed_us = started.elapsed().as_micros() as u64;
+                    debug!(step = step.name(), elapsed_us, "step applied");
                 }
                 Err(error) => return self.fail(tenant, step.name(), error).await,
             }
         }
 
         let now = self.clock.now();
-        tenant.state = TenantState::Active;
+        tenant.transition(TenantState::Active)?;
         tenant.provisioned_at = Some(now);
         tenant.last_error = None;
         tenant.updated_at = now;
@@ -260,7 +267,7 @@ impl Reconciler {
         error: StepError,
     ) -> Result<(), Interrupted> {
         warn!(step, %error, "provisioning failed; undoing the steps that ran");
-        tenant.state = TenantState::Failed;
+        tenant.transition(TenantState::Failed)?;
         tenant.failure =
             Some(Failure { step: step.to_owned(), reason: error.to_string(), undone: false });
         tenant.updated_at = self.clock.now();
@@ -305,7 +312,7 @@ impl Reconciler {
             info!("tenant purged");
             self.event(&tenant, "tenant.purge", "ok", json!({})).await;
         } else {
-            tenant.state = TenantState::Deleted;
+            tenant.transition(TenantState::Deleted)?;
             tenant.last_error = None;
             tenant.updated_at = self.clock.now();
             let tenant = self.store.update_tenant(&tenant).await?;
@@ -355,9 +362,14 @@ impl Reconciler {
         let mut backoff = self.settings.first_backoff;
         let mut attempt = 1;
         loop {
-            let error = match op().await {
-                Ok(value) => return Ok(Ok(value)),
-                Err(error) => error,
+            // A step that hangs (a dead socket, a stuck server) counts as a
+            // failed attempt, so the tenant always settles.
+            let error = match tokio::time::timeout(self.settings.step_timeout, op()).await {
+                Ok(Ok(value)) => return Ok(Ok(value)),
+                Ok(Err(error)) => error,
+                Err(_) => {
+                    StepError::Transient(format!("gave up after {:?}", self.settings.step_timeout))
+                }
             };
             self.metrics.step_failed(step, action);
             warn!(step, action, attempt, %error, "provisioning step failed");

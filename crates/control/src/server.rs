@@ -38,6 +38,12 @@ pub enum StartError {
     #[error(transparent)]
     OperatorToken(#[from] OperatorTokenError),
     #[error(
+        "{tenants} tenant(s) (e.g. {first_tenant:?}) are in region `{region}`, which is not \
+         configured; configure the region again (it is needed to offboard them), or purge \
+         those tenants from a server that has it"
+    )]
+    MissingRegion { region: String, tenants: u64, first_tenant: String },
+    #[error(
         "cannot listen on {addr}: {source}; choose another address with --api-listen (or \
          BULKHEAD_API_LISTEN)"
     )]
@@ -91,6 +97,14 @@ impl RunningServer {
     }
 }
 
+struct SetOnDrop(Arc<AtomicBool>);
+
+impl Drop for SetOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
 /// Starts a control plane with the standard provisioning steps.
 pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     start_with_steps(config, standard_steps).await
@@ -105,6 +119,15 @@ pub async fn start_with_steps(
     let data_dir = DataDir::open(&config.data_dir)?;
     let store = bulkhead_store::open(&config.store).await?;
     let store_lock = store.lock_exclusive().await?;
+    for used in store.regions_in_use().await? {
+        if config.regions.get(&used.region).is_err() {
+            return Err(StartError::MissingRegion {
+                region: used.region,
+                tenants: used.tenants,
+                first_tenant: used.first_tenant,
+            });
+        }
+    }
     let operator_tokens =
         OperatorTokens::ensure(store.as_ref(), &data_dir.operator_token(), clock.as_ref()).await?;
 
@@ -156,8 +179,9 @@ pub async fn start_with_steps(
     let reconciler = {
         let shutdown = shutdown_rx.clone();
         tokio::spawn(async move {
+            // Set however the task ends, a panic included, so `/readyz` tells.
+            let _done = SetOnDrop(reconciler_done);
             reconciler.run(woken, shutdown).await;
-            reconciler_done.store(true, Ordering::Relaxed);
         })
     };
     let http = {

@@ -151,9 +151,7 @@ impl TenantService {
     pub async fn suspend(&self, name: &str, actor: &Actor) -> Result<Tenant, TenantError> {
         self.change(name, actor, "tenant.suspend", |tenant| match tenant.state {
             TenantState::Suspended => Ok(None),
-            TenantState::Active => {
-                Ok(Some(Tenant { state: TenantState::Suspended, ..tenant.clone() }))
-            }
+            TenantState::Active => moved(tenant, TenantState::Suspended).map(Some),
             state => Err(TenantError::InvalidState(format!(
                 "tenant {:?} is {state}; only active tenants can be suspended",
                 tenant.name.as_str()
@@ -166,9 +164,7 @@ impl TenantService {
     pub async fn resume(&self, name: &str, actor: &Actor) -> Result<Tenant, TenantError> {
         self.change(name, actor, "tenant.resume", |tenant| match tenant.state {
             TenantState::Active => Ok(None),
-            TenantState::Suspended => {
-                Ok(Some(Tenant { state: TenantState::Active, ..tenant.clone() }))
-            }
+            TenantState::Suspended => moved(tenant, TenantState::Active).map(Some),
             state => Err(TenantError::InvalidState(format!(
                 "tenant {:?} is {state}; only suspended tenants can be resumed",
                 tenant.name.as_str()
@@ -189,11 +185,14 @@ impl TenantService {
         let action = if purge { "tenant.purge" } else { "tenant.delete" };
         let tenant = self
             .change(name, actor, action, |tenant| {
-                let offboard = || Tenant {
-                    state: TenantState::Offboarding,
-                    purge_requested: tenant.purge_requested || purge,
-                    last_error: None,
-                    ..tenant.clone()
+                let offboard = || -> Result<Tenant, TenantError> {
+                    let mut next = match tenant.state {
+                        TenantState::Offboarding => tenant.clone(),
+                        _ => moved(tenant, TenantState::Offboarding)?,
+                    };
+                    next.purge_requested |= purge;
+                    next.last_error = None;
+                    Ok(next)
                 };
                 match tenant.state {
                     TenantState::Provisioning => Err(TenantError::InvalidState(format!(
@@ -202,12 +201,12 @@ impl TenantService {
                         tenant.name.as_str()
                     ))),
                     TenantState::Active | TenantState::Suspended | TenantState::Failed => {
-                        Ok(Some(offboard()))
+                        offboard().map(Some)
                     }
                     TenantState::Offboarding | TenantState::Deleted
                         if purge && !tenant.purge_requested =>
                     {
-                        Ok(Some(offboard()))
+                        offboard().map(Some)
                     }
                     TenantState::Offboarding | TenantState::Deleted => Ok(None),
                 }
@@ -218,7 +217,9 @@ impl TenantService {
     }
 
     async fn find(&self, name: &str) -> Result<Tenant, TenantError> {
-        let name = TenantName::parse(name)?;
+        // Shape only: a tenant whose name was reserved after it took it must
+        // stay reachable.
+        let name = TenantName::parse_stored(name)?;
         self.store.tenant(&name).await?.ok_or_else(|| TenantError::NotFound(name.to_string()))
     }
 
@@ -241,14 +242,6 @@ impl TenantService {
             let Some(mut next) = decide(&current)? else {
                 return Ok(current);
             };
-            if current.state != next.state && !current.state.can_become(next.state) {
-                return Err(TenantError::InvalidState(format!(
-                    "tenant {:?} cannot go from {} to {}",
-                    current.name.as_str(),
-                    current.state,
-                    next.state
-                )));
-            }
             next.updated_at = self.clock.now();
             match self.store.update_tenant(&next).await {
                 Ok(stored) => {
@@ -286,4 +279,11 @@ impl TenantService {
         )
         .await;
     }
+}
+
+/// `tenant` moved to `next`, if the lifecycle allows it.
+fn moved(tenant: &Tenant, next: TenantState) -> Result<Tenant, TenantError> {
+    let mut moved = tenant.clone();
+    moved.transition(next).map_err(|e| TenantError::InvalidState(e.to_string()))?;
+    Ok(moved)
 }

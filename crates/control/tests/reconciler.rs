@@ -61,6 +61,7 @@ impl Fixture {
             ReconcilerSettings {
                 attempts: 3,
                 first_backoff: std::time::Duration::from_millis(1),
+                step_timeout: std::time::Duration::from_secs(1),
                 ..ReconcilerSettings::default()
             },
         )
@@ -226,6 +227,40 @@ async fn a_failing_step_fails_the_tenant_and_undoes_everything() {
     );
 }
 
+/// A step that never finishes, like DDL on a server that stopped answering.
+#[derive(Debug)]
+struct Hangs;
+
+#[async_trait]
+impl ProvisioningStep for Hangs {
+    fn name(&self) -> &'static str {
+        "hangs"
+    }
+
+    async fn apply(&self, _: &StepTarget) -> Result<Option<serde_json::Value>, StepError> {
+        std::future::pending().await
+    }
+
+    async fn undo(&self, _: &StepTarget) -> Result<(), StepError> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_hanging_step_times_out_and_the_tenant_settles() {
+    let f = Fixture::embedded().await;
+    let tenant = f.create("acme", Isolation::Silo).await;
+    let mut steps = standard_steps(RegionServers::default());
+    steps.push(Arc::new(Hangs));
+    f.reconciler(steps).reconcile(tenant.id).await;
+    let failed = f.reload(&tenant).await.unwrap();
+    assert_eq!(failed.state, TenantState::Failed);
+    let failure = failed.failure.unwrap();
+    assert_eq!((failure.step.as_str(), failure.reason.as_str()), ("hangs", "gave up after 1s"));
+    assert!(failure.undone);
+    assert!(!exists(&f.tenant_dir("acme")));
+}
+
 #[tokio::test]
 async fn permanent_failures_are_not_retried() {
     let f = Fixture::embedded().await;
@@ -240,12 +275,33 @@ async fn permanent_failures_are_not_retried() {
 async fn resumes_after_a_crash_between_an_effect_and_its_record() {
     let f = Fixture::embedded().await;
     let tenant = f.create("acme", Isolation::Silo).await;
-    // The directory exists and the database file was half made, but nothing
-    // was recorded: the state a kill -9 right after the effects leaves.
+    // The directory exists (with its owner marker) and the database file was
+    // half made, but nothing was recorded: the state a kill -9 right after
+    // the effects leaves.
     std::fs::create_dir_all(f.tenant_dir("acme")).unwrap();
+    std::fs::write(f.tenant_dir("acme").join(".bulkhead-tenant"), tenant.id.to_string()).unwrap();
     std::fs::write(f.tenant_dir("acme").join("data.db"), b"").unwrap();
     f.reconciler(standard_steps(RegionServers::default())).reconcile(tenant.id).await;
     assert_eq!(f.reload(&tenant).await.unwrap().state, TenantState::Active);
+}
+
+#[tokio::test]
+async fn never_adopts_a_leftover_directory() {
+    let f = Fixture::embedded().await;
+    // Files of an earlier tenant of the same name, e.g. restored by hand.
+    std::fs::create_dir_all(f.tenant_dir("acme")).unwrap();
+    std::fs::write(f.tenant_dir("acme").join("data.db"), b"someone else's data").unwrap();
+    let tenant = f.create("acme", Isolation::Silo).await;
+    f.reconciler(standard_steps(RegionServers::default())).reconcile(tenant.id).await;
+
+    let failed = f.reload(&tenant).await.unwrap();
+    assert_eq!(failed.state, TenantState::Failed);
+    let failure = failed.failure.unwrap();
+    assert_eq!(failure.step, "allocate_directory");
+    assert!(failure.reason.contains("not made for this tenant"), "{}", failure.reason);
+    assert!(failure.undone);
+    let left = std::fs::read(f.tenant_dir("acme").join("data.db")).unwrap();
+    assert_eq!(left, b"someone else's data", "the rollback left the files alone");
 }
 
 #[tokio::test]
@@ -253,6 +309,7 @@ async fn skips_steps_recorded_before_a_crash() {
     let f = Fixture::embedded().await;
     let tenant = f.create("acme", Isolation::Silo).await;
     std::fs::create_dir_all(f.tenant_dir("acme")).unwrap();
+    std::fs::write(f.tenant_dir("acme").join(".bulkhead-tenant"), tenant.id.to_string()).unwrap();
     let record = StepRecord {
         step: "allocate_directory".into(),
         status: StepStatus::Applied,
@@ -310,12 +367,18 @@ async fn offboarding_undoes_in_reverse_and_purging_removes_the_record() {
     }
 }
 
-fn postgres_region(db: &TestDatabase) -> Regions {
+/// A region reached as a role that is not a superuser, only CREATEDB and
+/// CREATEROLE, as the docs ask of operators.
+async fn postgres_region(db: &TestDatabase) -> Regions {
+    let admin = format!("{}admin", db.object_prefix);
+    let mut conn = PgConnection::connect(&bulkhead_testkit::postgres_admin_url()).await.unwrap();
+    let sql = format!("CREATE ROLE \"{admin}\" LOGIN CREATEDB CREATEROLE");
+    sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&mut conn).await.unwrap();
+    let url =
+        bulkhead_testkit::database_url("postgres").replacen("postgres@", &format!("{admin}@"), 1);
     Regions::new(vec![Region::new(
         RegionName::parse("pg").unwrap(),
-        DatabaseLocation::Postgres(
-            DatabaseUrl::parse(&bulkhead_testkit::postgres_admin_url()).unwrap(),
-        ),
+        DatabaseLocation::Postgres(DatabaseUrl::parse(&url).unwrap()),
         Some(DatabasePrefix::parse(&db.object_prefix).unwrap()),
     )])
     .unwrap()
@@ -324,7 +387,7 @@ fn postgres_region(db: &TestDatabase) -> Regions {
 #[tokio::test]
 async fn postgres_silo_gets_a_private_database_and_owner_role() {
     let db = TestDatabase::create().await;
-    let f = Fixture::with_regions(postgres_region(&db)).await;
+    let f = Fixture::with_regions(postgres_region(&db).await).await;
     let reconciler = f.reconciler(standard_steps(RegionServers::default()));
     let tenant = f.create("acme-corp", Isolation::Silo).await;
     reconciler.reconcile(tenant.id).await;
@@ -332,16 +395,20 @@ async fn postgres_silo_gets_a_private_database_and_owner_role() {
 
     let database = format!("{}acme_corp_{}", db.object_prefix, tenant.id.short());
     let owner = format!("{database}_owner");
-    assert_eq!(db.owned_objects().await, (vec![database.clone()], vec![owner.clone()]));
+    let admin = format!("{}admin", db.object_prefix);
+    assert_eq!(
+        db.owned_objects().await,
+        (vec![database.clone()], vec![owner.clone(), admin.clone()])
+    );
 
-    let mut admin = PgConnection::connect(&bulkhead_testkit::postgres_admin_url()).await.unwrap();
+    let mut conn = PgConnection::connect(&bulkhead_testkit::postgres_admin_url()).await.unwrap();
     let (db_owner, public_can_connect, login): (String, bool, bool) = sqlx::query_as(
         "SELECT pg_get_userbyid(d.datdba), has_database_privilege('public', d.datname, 'CONNECT'), \
          r.rolcanlogin FROM pg_database d JOIN pg_roles r ON r.rolname = $2 WHERE d.datname = $1",
     )
     .bind(&database)
     .bind(&owner)
-    .fetch_one(&mut admin)
+    .fetch_one(&mut conn)
     .await
     .unwrap();
     assert_eq!(db_owner, owner);
@@ -352,20 +419,20 @@ async fn postgres_silo_gets_a_private_database_and_owner_role() {
     offboarding.state = TenantState::Offboarding;
     f.store.update_tenant(&offboarding).await.unwrap();
     reconciler.reconcile(tenant.id).await;
-    assert_eq!(db.owned_objects().await, (vec![], vec![]));
+    assert_eq!(db.owned_objects().await, (vec![], vec![admin]));
 }
 
 #[tokio::test]
 async fn postgres_pool_tenants_share_the_region_database() {
     let db = TestDatabase::create().await;
-    let f = Fixture::with_regions(postgres_region(&db)).await;
+    let f = Fixture::with_regions(postgres_region(&db).await).await;
     let reconciler = f.reconciler(standard_steps(RegionServers::default()));
     let one = f.create("one", Isolation::Pool).await;
     let two = f.create("two", Isolation::Pool).await;
     reconciler.reconcile(one.id).await;
     reconciler.reconcile(two.id).await;
     let pool = format!("{}pool", db.object_prefix);
-    assert_eq!(db.owned_objects().await, (vec![pool.clone()], vec![]));
+    assert_eq!(db.owned_objects().await.0, [pool.clone()]);
 
     let mut offboarding = f.reload(&one).await.unwrap();
     offboarding.state = TenantState::Offboarding;

@@ -24,5 +24,6 @@ pub use region::{
     UnknownRegion, redact_url,
 };
 pub use tenant::{
-    Failure, NewTenant, StepRecord, StepStatus, Tenant, TenantId, TenantState, UnknownState,
+    Failure, IllegalTransition, NewTenant, StepRecord, StepStatus, Tenant, TenantId, TenantState,
+    UnknownState,
 };

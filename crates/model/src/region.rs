@@ -49,17 +49,16 @@ impl fmt::Debug for DatabaseUrl {
 
 /// Replaces the password of `scheme://user:password@host/...` and any
 /// `password=` query parameter with `***`, so a URL can go into errors and
-/// logs.
+/// logs. A password may hold unencoded `/`, `?`, `#` or `@`, so everything
+/// between the first `:` after the scheme and the last `@` is treated as
+/// password: this can hide more than the password, never less.
 pub fn redact_url(url: &str) -> String {
     let mut out = url.to_owned();
     if let Some(scheme_end) = out.find("://") {
-        let authority_start = scheme_end + 3;
-        let authority_end =
-            out[authority_start..].find(['/', '?']).map_or(out.len(), |i| authority_start + i);
-        if let Some(at) = out[authority_start..authority_end].rfind('@') {
-            let userinfo = &out[authority_start..authority_start + at];
-            if let Some(colon) = userinfo.find(':') {
-                out.replace_range(authority_start + colon + 1..authority_start + at, "***");
+        let start = scheme_end + 3;
+        if let Some(at) = out[start..].rfind('@') {
+            if let Some(colon) = out[start..start + at].find(':') {
+                out.replace_range(start + colon + 1..start + at, "***");
             }
         }
     }
@@ -247,6 +246,10 @@ mod tests {
             "postgres://h/db?user=u&password=***&sslmode=require"
         );
         assert_eq!(redact_url("postgres://u:p@ss@h/db"), "postgres://u:***@h/db");
+        for password in ["p/ss", "p?ss", "p#ss", "p:ss"] {
+            let url = format!("postgres://u:{password}@h:5432/db");
+            assert_eq!(redact_url(&url), "postgres://u:***@h:5432/db", "{password}");
+        }
         let url = DatabaseUrl::parse("postgres://u:secret@h/db").unwrap();
         assert!(!format!("{url} {url:?}").contains("secret"));
         assert_eq!(url.expose(), "postgres://u:secret@h/db");

@@ -158,7 +158,27 @@ pub struct Tenant {
     pub provisioned_at: Option<OffsetDateTime>,
 }
 
+/// A change of state that is not an edge of the lifecycle.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("tenant {tenant:?} cannot go from {from} to {to}")]
+pub struct IllegalTransition {
+    pub tenant: String,
+    pub from: TenantState,
+    pub to: TenantState,
+}
+
 impl Tenant {
+    /// Moves the tenant to `next`, if the lifecycle allows it. Every state
+    /// change, by a command or by the reconciler, goes through here.
+    pub fn transition(&mut self, next: TenantState) -> Result<(), IllegalTransition> {
+        if self.state.can_become(next) {
+            self.state = next;
+            Ok(())
+        } else {
+            Err(IllegalTransition { tenant: self.name.to_string(), from: self.state, to: next })
+        }
+    }
+
     /// A tenant as it is first recorded: desired, not yet provisioned.
     pub fn new(spec: NewTenant, now: OffsetDateTime) -> Self {
         Self {
@@ -285,8 +305,11 @@ mod tests {
         };
         let mut tenant = Tenant::new(spec, OffsetDateTime::UNIX_EPOCH);
         assert!(tenant.needs_work());
-        tenant.state = Active;
+        tenant.transition(Active).unwrap();
         assert!(!tenant.needs_work());
+        let err = tenant.transition(Failed).unwrap_err();
+        assert_eq!(err.to_string(), "tenant \"acme\" cannot go from active to failed");
+        assert_eq!(tenant.state, Active, "an illegal transition changes nothing");
         tenant.state = Failed;
         tenant.failure = Some(Failure { step: "s".into(), reason: "r".into(), undone: false });
         assert!(tenant.needs_work());

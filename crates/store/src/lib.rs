@@ -84,6 +84,13 @@ pub struct EventRecord {
     pub event: NewEvent,
 }
 
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegionUse {
+    pub region: String,
+    pub tenants: u64,
+    pub first_tenant: String,
+}
+
 /// An operator credential. Only the SHA-256 of the token is ever stored.
 #[derive(Clone, PartialEq, Eq)]
 pub struct OperatorToken {
@@ -160,6 +167,10 @@ pub trait ControlStore: Send + Sync + fmt::Debug {
     async fn record_step(&self, id: TenantId, record: &StepRecord) -> Result<(), StoreError>;
 
     async fn count_by_state(&self) -> Result<Vec<(TenantState, u64)>, StoreError>;
+
+    /// Every region any tenant record (deleted ones included) names, with
+    /// how many tenants and the first of them by name.
+    async fn regions_in_use(&self) -> Result<Vec<RegionUse>, StoreError>;
 
     async fn append_event(&self, event: &NewEvent) -> Result<(), StoreError>;
 

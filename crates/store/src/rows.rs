@@ -59,7 +59,7 @@ impl TryFrom<TenantRow> for Tenant {
         };
         Ok(Tenant {
             id: TenantId(row.id),
-            name: TenantName::parse(&row.name).map_err(|e| corrupt("tenant name", e))?,
+            name: TenantName::parse_stored(&row.name).map_err(|e| corrupt("tenant name", e))?,
             plan: PlanName::parse(&row.plan).map_err(|e| corrupt("plan", e))?,
             isolation: row.isolation.parse().map_err(|e| corrupt("isolation", e))?,
             region: RegionName::parse(&row.region).map_err(|e| corrupt("region", e))?,

@@ -240,6 +240,22 @@ macro_rules! impl_control_store {
                     .collect()
             }
 
+            async fn regions_in_use(&self) -> Result<Vec<$crate::RegionUse>, $crate::StoreError> {
+                let rows: Vec<(String, i64, String)> = sqlx::query_as(
+                    "SELECT region, COUNT(*), MIN(name) FROM tenants GROUP BY region ORDER BY region",
+                )
+                .fetch_all(&self.read)
+                .await?;
+                Ok(rows
+                    .into_iter()
+                    .map(|(region, tenants, first_tenant)| $crate::RegionUse {
+                        region,
+                        tenants: u64::try_from(tenants).unwrap_or_default(),
+                        first_tenant,
+                    })
+                    .collect())
+            }
+
             async fn append_event(&self, event: &$crate::NewEvent) -> Result<(), $crate::StoreError> {
                 sqlx::query(
                     "INSERT INTO events (at, tenant_id, tenant, actor, action, outcome, details) \

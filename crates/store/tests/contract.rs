@@ -78,6 +78,7 @@ contract!(
     records_steps,
     deleting_a_tenant_removes_its_steps,
     counts_by_state,
+    lists_regions_in_use,
     appends_and_reads_events,
     stores_operator_token_hashes,
     one_server_at_a_time,
@@ -250,6 +251,19 @@ async fn counts_by_state(f: Fixture) {
     let mut counts = f.store.count_by_state().await.unwrap();
     counts.sort_by_key(|(state, _)| state.as_str());
     assert_eq!(counts, [(TenantState::Active, 1), (TenantState::Provisioning, 2)]);
+}
+
+async fn lists_regions_in_use(f: Fixture) {
+    assert!(f.store.regions_in_use().await.unwrap().is_empty());
+    for (name, region) in [("bravo", "eu"), ("alpha", "eu"), ("charlie", "local")] {
+        let mut t = tenant(name);
+        t.region = RegionName::parse(region).unwrap();
+        f.store.insert_tenant(&t).await.unwrap();
+    }
+    let used = f.store.regions_in_use().await.unwrap();
+    let used: Vec<_> =
+        used.iter().map(|u| (u.region.as_str(), u.tenants, u.first_tenant.as_str())).collect();
+    assert_eq!(used, [("eu", 2, "alpha"), ("local", 1, "charlie")]);
 }
 
 async fn appends_and_reads_events(f: Fixture) {

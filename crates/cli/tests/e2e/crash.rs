@@ -37,8 +37,13 @@ async fn create_and_kill(
                 Some(region) => json!({"name": name, "plan": "enterprise", "region": region}),
                 None => json!({"name": name, "plan": "enterprise"}),
             };
+            let request = http
+                .client
+                .post(format!("{}/v1/tenants", http.api))
+                .bearer_auth(http.token.unwrap_or_default())
+                .json(&body);
             // Requests still in flight at the kill simply fail.
-            tokio::spawn(async move { http.post("/v1/tenants", body).await })
+            tokio::spawn(async move { request.send().await.is_ok() })
         })
         .collect();
     tokio::time::sleep(delay).await;

@@ -141,6 +141,23 @@ async fn one_server_per_data_directory_and_per_store() {
 }
 
 #[tokio::test]
+async fn a_region_that_still_has_tenants_must_stay_configured() {
+    let config = "[[regions]]\nname = \"local\"\ndatabases = \"embedded\"\n\n[[regions]]\nname = \"eu\"\ndatabases = \"embedded\"\n";
+    let mut server = Server::start(Store::Embedded, config, &[]).await;
+    server
+        .cli_json(&["tenants", "create", "acme", "--plan", "starter", "--region", "eu", "--wait"]);
+    server.stop();
+    let data = server.data_dir();
+    let output = serve(&["--data-dir", data.to_str().unwrap(), "--api-listen", "127.0.0.1:0"]);
+    assert_eq!(exit_code(&output), 1);
+    let err = stderr(&output);
+    assert!(
+        err.contains("1 tenant(s) (e.g. \"acme\") are in region `eu`, which is not configured"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
 async fn a_port_in_use_is_named() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();

@@ -16,6 +16,7 @@
 use std::{
     collections::HashMap,
     io,
+    str::FromStr,
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -25,11 +26,11 @@ use bulkhead_model::{DatabaseLocation, DatabaseUrl, Isolation, Region, RegionNam
 use serde_json::json;
 use sqlx::{
     AssertSqlSafe, ConnectOptions, Connection, PgPool,
-    postgres::PgPoolOptions,
+    postgres::{PgConnectOptions, PgPoolOptions},
     sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous},
 };
 
-use super::{ProvisioningStep, StepError, StepTarget};
+use super::{ProvisioningStep, StepError, StepTarget, directory};
 
 /// Admin connection pools to each PostgreSQL region, made on first use and
 /// shared by every step that needs them.
@@ -61,11 +62,16 @@ impl RegionServers {
         }
         // Lazy: an unreachable region fails the steps that need it, with
         // retries, rather than the server's start.
+        let options = PgConnectOptions::from_str(url.expose())
+            .map_err(|e| StepError::Permanent(format!("region `{region}` url {url}: {e}")))?
+            .application_name("bulkhead")
+            // DDL that waits on a lock or runs away fails, and is retried,
+            // instead of holding the tenant in `provisioning`.
+            .options([("lock_timeout", "10s"), ("statement_timeout", "60s")]);
         let pool = PgPoolOptions::new()
             .max_connections(4)
             .acquire_timeout(self.connect_timeout)
-            .connect_lazy(url.expose())
-            .map_err(|e| StepError::Permanent(format!("region `{region}` url {url}: {e}")))?;
+            .connect_lazy_with(options);
         pools.insert(region.clone(), pool.clone());
         Ok(pool)
     }
@@ -159,6 +165,12 @@ async fn create_sqlite(target: &StepTarget) -> Result<Option<serde_json::Value>,
 }
 
 async fn remove_sqlite(target: &StepTarget) -> Result<(), StepError> {
+    // Only from the tenant's own directory: see `directory`.
+    let owner = directory::owner(&target.tenant_dir, target.tenant.id)
+        .map_err(|e| StepError::Transient(format!("{}: {e}", target.tenant_dir.display())))?;
+    if owner != directory::Owner::Tenant(target.tenant.id) {
+        return Ok(());
+    }
     for file in ["data.db", "data.db-wal", "data.db-shm"] {
         let path = target.tenant_dir.join(file);
         match tokio::fs::remove_file(&path).await {
@@ -208,6 +220,10 @@ async fn create_silo(
     if !exists(pool, ROLE_EXISTS, &owner).await? {
         ddl(pool, format!("CREATE ROLE \"{owner}\" NOLOGIN"), Some(DUPLICATE_OBJECT)).await?;
     }
+    // Creating a database for another owner, and later commenting on,
+    // revoking on and dropping it, needs membership in that owner unless the
+    // region's role is a superuser. Granting it again is a harmless notice.
+    ddl(pool, format!("GRANT \"{owner}\" TO CURRENT_USER"), None).await?;
     if !exists(pool, DATABASE_EXISTS, &database).await? {
         let create = format!("CREATE DATABASE \"{database}\" OWNER \"{owner}\"");
         ddl(pool, create, Some(DUPLICATE_DATABASE)).await?;
