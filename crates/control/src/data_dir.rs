@@ -8,6 +8,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use bulkhead_store::{FileLock, FileLockError};
 use thiserror::Error;
 
 #[derive(Debug, Error)]
@@ -29,7 +30,7 @@ pub enum DataDirError {
 #[derive(Debug)]
 pub struct DataDir {
     path: PathBuf,
-    _lock: File,
+    _lock: FileLock,
 }
 
 impl DataDir {
@@ -39,23 +40,24 @@ impl DataDir {
         let unusable =
             |source: io::Error| DataDirError::Unusable { path: path.display().to_string(), source };
         DirBuilder::new().recursive(true).mode(0o700).create(path).map_err(unusable)?;
+        // It holds credentials and every tenant's files: like PostgreSQL's
+        // data directory, nobody else may look in.
+        let mode = fs::metadata(path).map_err(unusable)?.permissions().mode();
+        if mode & 0o077 != 0 {
+            fs::set_permissions(path, fs::Permissions::from_mode(0o700)).map_err(unusable)?;
+            tracing::warn!(path = %path.display(), "data directory was open to others; narrowed it to mode 0700");
+        }
         let probe = path.join(".write-probe");
         write_private(&probe, b"bulkhead").map_err(unusable)?;
         fs::remove_file(&probe).map_err(unusable)?;
 
-        let lock = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(path.join("bulkhead.lock"))
-            .map_err(unusable)?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(fs::TryLockError::WouldBlock) => {
+        let lock = match FileLock::acquire(&path.join("bulkhead.lock")) {
+            Ok(lock) => lock,
+            Err(FileLockError::Held) => {
                 return Err(DataDirError::InUse { path: path.display().to_string() });
             }
-            Err(fs::TryLockError::Error(e)) => return Err(unusable(e)),
-        }
+            Err(FileLockError::Io(e)) => return Err(unusable(e)),
+        };
         DirBuilder::new()
             .recursive(true)
             .mode(0o700)

@@ -31,8 +31,8 @@ pub enum OperatorTokenError {
         source: io::Error,
     },
     #[error(
-        "{path} does not hold an operator token (expected one line starting with {PREFIX}); \
-         delete it and restart to make a new one"
+        "{path} does not hold an operator token (expected one line: {PREFIX} and 43 characters \
+         of URL-safe base64); delete it and restart to make a new one"
     )]
     Malformed { path: String },
     #[error("cannot generate a random token: {0}")]
@@ -63,13 +63,13 @@ impl OperatorTokens {
     ) -> Result<Self, OperatorTokenError> {
         let file_error =
             |source| OperatorTokenError::File { path: token_path.display().to_string(), source };
-        let token = match std::fs::read_to_string(token_path) {
+        let token = match std::fs::read_to_string(token_path).map(Zeroizing::new) {
             Ok(contents) => {
                 if make_private(token_path).map_err(file_error)? {
                     tracing::warn!(path = %token_path.display(), "operator token file was readable by others; narrowed it to mode 0600");
                 }
                 let token = Zeroizing::new(contents.trim().to_owned());
-                if !token.starts_with(PREFIX) {
+                if !well_formed(&token) {
                     return Err(OperatorTokenError::Malformed {
                         path: token_path.display().to_string(),
                     });
@@ -127,6 +127,15 @@ fn generate() -> Result<Zeroizing<String>, OperatorTokenError> {
     getrandom::fill(bytes.as_mut_slice()).map_err(|e| OperatorTokenError::Random(e.to_string()))?;
     let encoded = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes.as_slice());
     Ok(Zeroizing::new(format!("{PREFIX}{encoded}")))
+}
+
+/// The prefix and 43 characters of URL-safe base64 (32 random bytes), as
+/// [`generate`] makes them.
+fn well_formed(token: &str) -> bool {
+    token.strip_prefix(PREFIX).is_some_and(|rest| {
+        rest.len() == 43
+            && rest.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    })
 }
 
 fn hash(token: &str) -> [u8; 32] {
@@ -195,11 +204,13 @@ mod tests {
     async fn a_malformed_token_file_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("operator.token");
-        std::fs::write(&path, "hunter2").unwrap();
-        let err = OperatorTokens::ensure(store(dir.path()).await.as_ref(), &path, &SystemClock)
-            .await
-            .unwrap_err();
-        assert!(err.to_string().contains("does not hold an operator token"), "{err}");
-        assert!(!err.to_string().contains("hunter2"));
+        for contents in ["hunter2", "bho_", "bho_short", &format!("bho_{}!", "a".repeat(42))] {
+            std::fs::write(&path, contents).unwrap();
+            let err = OperatorTokens::ensure(store(dir.path()).await.as_ref(), &path, &SystemClock)
+                .await
+                .unwrap_err();
+            assert!(err.to_string().contains("does not hold an operator token"), "{err}");
+            assert!(contents == "bho_" || !err.to_string().contains(contents), "{err}");
+        }
     }
 }

@@ -55,6 +55,32 @@ enum Interrupted {
     Undo { step: &'static str, error: StepError },
 }
 
+/// A tenant's place in `in_flight`, given up when its task ends however it
+/// ends: a task that panicked must not keep the tenant from ever being
+/// reconciled again.
+struct InFlightEntry {
+    reconciler: Arc<Reconciler>,
+    id: TenantId,
+    released: bool,
+}
+
+impl InFlightEntry {
+    /// The task removed the entry itself.
+    fn disarm(&mut self) {
+        self.released = true;
+    }
+}
+
+impl Drop for InFlightEntry {
+    fn drop(&mut self) {
+        if !self.released {
+            let mut in_flight =
+                self.reconciler.in_flight.lock().unwrap_or_else(PoisonError::into_inner);
+            in_flight.remove(&self.id);
+        }
+    }
+}
+
 /// Asks the reconciler to look at a tenant now rather than at the next scan.
 #[derive(Debug, Clone)]
 pub struct ReconcilerHandle {
@@ -154,19 +180,20 @@ impl Reconciler {
             }
             in_flight.insert(id, false);
         }
-        let this = Arc::clone(self);
+        let mut entry = InFlightEntry { reconciler: Arc::clone(self), id, released: false };
         let permits = Arc::clone(permits);
         tasks.spawn(async move {
-            let Ok(_permit) = permits.acquire_owned().await else {
-                return;
-            };
+            let Ok(_permit) = permits.acquire_owned().await else { return };
+            let reconciler = Arc::clone(&entry.reconciler);
             loop {
-                this.reconcile(id).await;
-                let mut in_flight = this.in_flight.lock().unwrap_or_else(PoisonError::into_inner);
+                reconciler.reconcile(id).await;
+                let mut in_flight =
+                    reconciler.in_flight.lock().unwrap_or_else(PoisonError::into_inner);
                 match in_flight.get_mut(&id) {
                     Some(again) if *again => *again = false,
                     _ => {
                         in_flight.remove(&id);
+                        entry.disarm();
                         break;
                     }
                 }

@@ -5,11 +5,13 @@
 //! Each failure is a [`StartError`] whose message says what to change.
 
 use std::{
+    future::Future,
     net::SocketAddr,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
     },
+    time::Duration,
 };
 
 use bulkhead_model::PlanCatalog;
@@ -66,12 +68,16 @@ pub enum StartError {
 pub struct RunningServer {
     api_addr: SocketAddr,
     store: Arc<dyn ControlStore>,
-    shutdown: watch::Sender<bool>,
+    shutdown: Arc<watch::Sender<bool>>,
+    fatal: watch::Receiver<Option<String>>,
     http: JoinHandle<std::io::Result<()>>,
     reconciler: JoinHandle<()>,
-    _store_lock: StoreLock,
+    lock_keeper: JoinHandle<()>,
     _data_dir: DataDir,
 }
+
+/// How often the store lock is checked.
+const LOCK_CHECK_EVERY: Duration = Duration::from_secs(2);
 
 impl RunningServer {
     pub fn api_addr(&self) -> SocketAddr {
@@ -86,6 +92,20 @@ impl RunningServer {
         &self.store
     }
 
+    /// Resolves, with the reason, if the server had to stop by itself: it
+    /// lost the store's lock, so another server may be reconciling now.
+    pub fn failed(&self) -> impl Future<Output = String> + Send + 'static {
+        let mut fatal = self.fatal.clone();
+        async move {
+            let reason = fatal.wait_for(Option::is_some).await.ok().and_then(|r| r.clone());
+            match reason {
+                Some(reason) => reason,
+                // The keeper ended without a reason (a clean shutdown).
+                None => std::future::pending().await,
+            }
+        }
+    }
+
     /// Stops taking requests, lets requests in flight finish, stops the
     /// reconciler between steps.
     pub async fn shutdown(self) {
@@ -93,6 +113,34 @@ impl RunningServer {
         let _ = self.reconciler.await;
         if let Ok(Err(error)) = self.http.await {
             tracing::warn!(%error, "API server ended with an error");
+        }
+        let _ = self.lock_keeper.await;
+    }
+}
+
+/// Holds the store's lock and checks that it is still held. If it is lost
+/// (the PostgreSQL session holding it died), the server stops at once:
+/// another server may have taken it, and two reconcilers must never run.
+async fn keep_lock(
+    mut lock: StoreLock,
+    shutdown: Arc<watch::Sender<bool>>,
+    fatal: watch::Sender<Option<String>>,
+) {
+    let mut stopping = shutdown.subscribe();
+    let mut every = tokio::time::interval(LOCK_CHECK_EVERY);
+    loop {
+        tokio::select! {
+            _ = async { let _ = stopping.wait_for(|stop| *stop).await; } => return,
+            _ = every.tick() => {
+                if !lock.still_held().await {
+                    let reason = "lost the control store's lock (its PostgreSQL session ended); \
+                                  stopping so that two servers never reconcile at once";
+                    tracing::error!("{reason}");
+                    let _ = shutdown.send(true);
+                    let _ = fatal.send(Some(reason.to_owned()));
+                    return;
+                }
+            }
         }
     }
 }
@@ -176,6 +224,9 @@ pub async fn start_with_steps(
     })?;
 
     let (shutdown, shutdown_rx) = watch::channel(false);
+    let shutdown = Arc::new(shutdown);
+    let (fatal_tx, fatal) = watch::channel(None);
+    let lock_keeper = tokio::spawn(keep_lock(store_lock, Arc::clone(&shutdown), fatal_tx));
     let reconciler = {
         let shutdown = shutdown_rx.clone();
         tokio::spawn(async move {
@@ -205,9 +256,10 @@ pub async fn start_with_steps(
         api_addr,
         store,
         shutdown,
+        fatal,
         http,
         reconciler,
-        _store_lock: store_lock,
+        lock_keeper,
         _data_dir: data_dir,
     })
 }

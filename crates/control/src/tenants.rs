@@ -13,6 +13,7 @@ use serde_json::json;
 use thiserror::Error;
 
 use crate::{
+    api::types::CreateTenantRequest,
     clock::Clock,
     events::{self, Actor},
     reconciler::ReconcilerHandle,
@@ -40,17 +41,6 @@ pub enum TenantError {
     InvalidState(String),
     #[error(transparent)]
     Store(#[from] StoreError),
-}
-
-/// What a caller asks for when creating a tenant; validated by
-/// [`TenantService::create`].
-#[derive(Debug, Clone, Default)]
-pub struct CreateTenant {
-    pub name: String,
-    pub plan: String,
-    pub isolation: Option<Isolation>,
-    pub region: Option<String>,
-    pub admin_email: Option<String>,
 }
 
 #[derive(Debug)]
@@ -81,7 +71,7 @@ impl TenantService {
     /// reconciler. Nothing outside the store exists yet when this returns.
     pub async fn create(
         &self,
-        request: CreateTenant,
+        request: CreateTenantRequest,
         actor: &Actor,
     ) -> Result<Tenant, TenantError> {
         let name = TenantName::parse(&request.name)?;

@@ -432,7 +432,7 @@ async fn postgres_pool_tenants_share_the_region_database() {
     reconciler.reconcile(one.id).await;
     reconciler.reconcile(two.id).await;
     let pool = format!("{}pool", db.object_prefix);
-    assert_eq!(db.owned_objects().await.0, [pool.clone()]);
+    assert_eq!(db.owned_objects().await.0, std::slice::from_ref(&pool));
 
     let mut offboarding = f.reload(&one).await.unwrap();
     offboarding.state = TenantState::Offboarding;

@@ -56,10 +56,10 @@ pub fn redact_url(url: &str) -> String {
     let mut out = url.to_owned();
     if let Some(scheme_end) = out.find("://") {
         let start = scheme_end + 3;
-        if let Some(at) = out[start..].rfind('@') {
-            if let Some(colon) = out[start..start + at].find(':') {
-                out.replace_range(start + colon + 1..start + at, "***");
-            }
+        if let Some(at) = out[start..].rfind('@')
+            && let Some(colon) = out[start..start + at].find(':')
+        {
+            out.replace_range(start + colon + 1..start + at, "***");
         }
     }
     if let Some(query_start) = out.find('?') {

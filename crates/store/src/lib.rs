@@ -11,6 +11,7 @@
 //! records what it did here.
 
 mod error;
+mod lock;
 mod postgres;
 mod rows;
 mod sql;
@@ -24,6 +25,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 pub use error::StoreError;
+pub use lock::{FileLock, FileLockError, HeldLock, StoreLock};
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
@@ -106,18 +108,6 @@ impl fmt::Debug for OperatorToken {
             .field("id", &self.id)
             .field("name", &self.name)
             .finish_non_exhaustive()
-    }
-}
-
-/// Held for as long as a server uses the store, so that two control planes
-/// never reconcile the same tenants at once. Dropping it releases the lock.
-pub struct StoreLock {
-    _held: Box<dyn Send + Sync>,
-}
-
-impl fmt::Debug for StoreLock {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("StoreLock")
     }
 }
 

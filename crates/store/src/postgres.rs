@@ -1,15 +1,15 @@
 //! Control-plane state in PostgreSQL, for production and for several
 //! machines.
 
-use std::time::Duration;
+use std::{str::FromStr, time::Duration};
 
 use bulkhead_model::DatabaseUrl;
 use sqlx::{
     Connection, PgConnection,
-    postgres::{PgPool, PgPoolOptions},
+    postgres::{PgConnectOptions, PgPool, PgPoolOptions},
 };
 
-use crate::{StoreError, StoreKind, StoreLock, sql::impl_control_store};
+use crate::{HeldLock, StoreError, StoreKind, StoreLock, sql::impl_control_store};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -17,6 +17,8 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres
 /// plane: the ASCII of "bulkhead" read as a big-endian integer.
 const LOCK_KEY: i64 = 0x6275_6c6b_6865_6164;
 const LOCK_TRIES: u32 = 10;
+/// How the lock's session shows in `pg_stat_activity`.
+pub(crate) const LOCK_APPLICATION: &str = "bulkhead-store-lock";
 const LOCK_RETRY: Duration = Duration::from_millis(300);
 
 #[derive(Debug, Clone)]
@@ -48,16 +50,19 @@ impl PostgresStore {
     /// releases it as soon as PostgreSQL notices its socket closed. That can
     /// take a moment, hence a few tries before giving up.
     async fn acquire_lock(&self) -> Result<StoreLock, StoreError> {
-        let mut conn = PgConnection::connect(self.url.expose()).await.map_err(|source| {
-            StoreError::Unreachable { location: self.location.clone(), source }
-        })?;
+        let unreachable =
+            |source| StoreError::Unreachable { location: self.location.clone(), source };
+        let options = PgConnectOptions::from_str(self.url.expose())
+            .map_err(unreachable)?
+            .application_name(LOCK_APPLICATION);
+        let mut conn = PgConnection::connect_with(&options).await.map_err(unreachable)?;
         for _ in 0..LOCK_TRIES {
             let (locked,): (bool,) = sqlx::query_as("SELECT pg_try_advisory_lock($1)")
                 .bind(LOCK_KEY)
                 .fetch_one(&mut conn)
                 .await?;
             if locked {
-                return Ok(StoreLock { _held: Box::new(conn) });
+                return Ok(StoreLock { held: Box::new(AdvisoryLock { conn }) });
             }
             tokio::time::sleep(LOCK_RETRY).await;
         }
@@ -65,6 +70,20 @@ impl PostgresStore {
             what: self.location.clone(),
             reason: "another bulkhead server is using it".to_owned(),
         })
+    }
+}
+
+/// The session that holds the advisory lock. The lock lives exactly as long
+/// as the session, so "still held" is "the session still answers".
+struct AdvisoryLock {
+    conn: PgConnection,
+}
+
+#[async_trait::async_trait]
+impl HeldLock for AdvisoryLock {
+    async fn still_held(&mut self) -> bool {
+        let ping = sqlx::query("SELECT 1").execute(&mut self.conn);
+        matches!(tokio::time::timeout(Duration::from_secs(10), ping).await, Ok(Ok(_)))
     }
 }
 

@@ -1,12 +1,12 @@
 //! The embedded default: one SQLite file in WAL mode.
 
-use std::{fs::File, path::Path, time::Duration};
+use std::{path::Path, time::Duration};
 
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
-use crate::{StoreError, StoreKind, StoreLock, sql::impl_control_store};
+use crate::{FileLock, FileLockError, StoreError, StoreKind, StoreLock, sql::impl_control_store};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -51,22 +51,15 @@ impl SqliteStore {
         Ok(Self { read, write, location, lock_path: lock_path.into() })
     }
 
-    /// An advisory lock on `<file>.lock`, released by the kernel when the
-    /// process exits however it exits.
+    /// An advisory lock on `<file>.lock`.
     async fn acquire_lock(&self) -> Result<StoreLock, StoreError> {
         let locked = |reason: String| StoreError::Locked { what: self.location.clone(), reason };
-        let file = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&self.lock_path)
-            .map_err(|e| locked(format!("cannot open {}: {e}", self.lock_path.display())))?;
-        match file.try_lock() {
-            Ok(()) => Ok(StoreLock { _held: Box::new(file) }),
-            Err(std::fs::TryLockError::WouldBlock) => {
-                Err(locked("another bulkhead server is using it".to_owned()))
+        match FileLock::acquire(&self.lock_path) {
+            Ok(lock) => Ok(StoreLock { held: Box::new(lock) }),
+            Err(FileLockError::Held) => Err(locked("another bulkhead server is using it".into())),
+            Err(FileLockError::Io(e)) => {
+                Err(locked(format!("cannot lock {}: {e}", self.lock_path.display())))
             }
-            Err(std::fs::TryLockError::Error(e)) => Err(locked(e.to_string())),
         }
     }
 }

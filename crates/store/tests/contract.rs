@@ -1,6 +1,6 @@
 //! The contract every `ControlStore` keeps, run against SQLite and against
 //! a real PostgreSQL server.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::disallowed_methods)]
 
 use std::{collections::HashSet, sync::Arc};
 

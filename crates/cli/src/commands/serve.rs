@@ -23,7 +23,13 @@ pub async fn run(args: &ServeArgs, data_dir: Option<&Path>) -> Result<(), CliErr
         "operator token in {}; try: bulkhead tenants create acme --plan professional --wait",
         data_dir.join("operator.token").display()
     );
-    wait_for_signal().await?;
+    tokio::select! {
+        signal = wait_for_signal() => signal?,
+        reason = running.failed() => {
+            running.shutdown().await;
+            return Err(CliError::failed(reason));
+        }
+    }
     tracing::info!("shutting down");
     running.shutdown().await;
     Ok(())

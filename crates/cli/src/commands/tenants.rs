@@ -51,7 +51,7 @@ async fn list(
     let mut tenants = Vec::new();
     let mut after: Option<String> = None;
     loop {
-        let wanted = limit.map_or(PAGE, |l| (l - tenants.len() as u32).min(PAGE));
+        let wanted = limit.map_or(PAGE, |l| (l.saturating_sub(tenants.len() as u32)).min(PAGE));
         if wanted == 0 {
             break;
         }

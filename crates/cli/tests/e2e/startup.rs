@@ -158,6 +158,26 @@ async fn a_region_that_still_has_tenants_must_stay_configured() {
 }
 
 #[tokio::test]
+async fn losing_the_postgres_store_lock_stops_the_server() {
+    use sqlx::Connection;
+    let mut server = Server::postgres().await;
+    let mut admin =
+        sqlx::PgConnection::connect(&bulkhead_testkit::postgres_admin_url()).await.unwrap();
+    let (ended,): (i64,) = sqlx::query_as(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+         WHERE datname = $1 AND application_name = 'bulkhead-store-lock'",
+    )
+    .bind(&server.postgres_db().name)
+    .fetch_one(&mut admin)
+    .await
+    .unwrap();
+    assert_eq!(ended, 1, "the lock's session was found");
+    let status = server.exited(Duration::from_secs(20)).await;
+    assert_eq!(status.code(), Some(1));
+    assert!(server.log().contains("lost the control store's lock"), "{}", server.log());
+}
+
+#[tokio::test]
 async fn a_port_in_use_is_named() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();

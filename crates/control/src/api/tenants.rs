@@ -20,7 +20,7 @@ use super::{
         TenantView,
     },
 };
-use crate::{events::Actor, tenants::CreateTenant};
+use crate::events::Actor;
 
 const DEFAULT_PAGE: u32 = 100;
 const MAX_PAGE: u32 = 1_000;
@@ -50,14 +50,7 @@ pub async fn create_tenant(
 ) -> Result<impl IntoResponse, ApiError> {
     let Json(body) = body?;
     record_tenant(&body.name);
-    let request = CreateTenant {
-        name: body.name,
-        plan: body.plan,
-        isolation: body.isolation,
-        region: body.region,
-        admin_email: body.admin_email,
-    };
-    let tenant = state.tenants.create(request, &actor).await?;
+    let tenant = state.tenants.create(body, &actor).await?;
     let location = format!("/v1/tenants/{}", tenant.name);
     let view = TenantView::new(tenant, &state.base_domain).with_steps(&state.step_names, &[]);
     Ok((StatusCode::ACCEPTED, [(header::LOCATION, location)], Json(view)))
