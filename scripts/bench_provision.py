@@ -86,7 +86,12 @@ def main():
     parser.add_argument("--plan", default="enterprise", help="plan of every tenant (enterprise = silo)")
     parser.add_argument("--workers", type=int, default=16, help="reconciler workers")
     parser.add_argument("--paced", action="store_true", help="one tenant at a time, each waited for")
+    parser.add_argument("--baseline", action="store_true",
+                        help="no Bulkhead: time the bare DDL of a silo (CREATE ROLE, CREATE DATABASE, "
+                             "REVOKE) n times in one psql session, the floor for --store postgres")
     args = parser.parse_args()
+    if args.baseline:
+        return baseline(args.n)
 
     if not os.path.exists(BIN):
         sys.exit(f"{BIN} is missing: run `cargo build --release` first")
@@ -127,7 +132,7 @@ def main():
             if status != 202:
                 raise RuntimeError(f"{name}: {status} {body}")
             while args.paced and api.call("GET", f"/v1/tenants/{name}")[1]["state"] == "provisioning":
-                time.sleep(0.001)
+                time.sleep(0.01)
 
         started = time.perf_counter()
         with concurrent.futures.ThreadPoolExecutor(1 if args.paced else args.c) as pool:
@@ -178,6 +183,23 @@ def main():
         if control_db:
             psql(f'DROP DATABASE IF EXISTS "{control_db}" WITH (FORCE)')
         shutil.rmtree(work, ignore_errors=True)
+
+
+def baseline(n):
+    prefix = "bl" + uuid.uuid4().hex[:6] + "_"
+    script = "\\timing on\n" + "".join(
+        f'CREATE ROLE "{prefix}{i}" NOLOGIN; CREATE DATABASE "{prefix}{i}" OWNER "{prefix}{i}"; '
+        f'REVOKE ALL ON DATABASE "{prefix}{i}" FROM PUBLIC;\n' for i in range(n))
+    try:
+        out = subprocess.run(["psql", ADMIN, "-q"], input=script, capture_output=True, text=True, check=True).stdout
+        times = [float(line.split()[1]) for line in out.splitlines() if line.startswith("Time:")]
+        per_silo = [sum(times[i:i + 3]) for i in range(0, len(times), 3)]
+        print(f"baseline: bare silo DDL over one psql session, {n} silos")
+        print(f"  {'DDL only':32} p50 {percentile(per_silo, 50):8.1f} ms   p95 {percentile(per_silo, 95):8.1f} ms   "
+              f"max {max(per_silo):8.1f} ms")
+    finally:
+        drop = "".join(f'DROP DATABASE IF EXISTS "{prefix}{i}"; DROP ROLE IF EXISTS "{prefix}{i}";\n' for i in range(n))
+        subprocess.run(["psql", ADMIN, "-q"], input=drop, capture_output=True, text=True)
 
 
 if __name__ == "__main__":

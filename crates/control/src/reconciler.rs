@@ -36,7 +36,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use crate::{
     clock::Clock,
     config::ReconcilerSettings,
-    events::{self, Actor},
+    events::{Actor, EventLog},
     metrics::Metrics,
     provision::{ProvisioningStep, StepError, StepTarget},
 };
@@ -103,6 +103,7 @@ pub struct Reconciler {
     clock: Arc<dyn Clock>,
     metrics: Arc<Metrics>,
     settings: ReconcilerSettings,
+    events: EventLog,
     /// Tenants being reconciled, and whether another pass was asked for
     /// while one ran.
     in_flight: Mutex<HashMap<TenantId, bool>>,
@@ -120,6 +121,7 @@ impl Reconciler {
         settings: ReconcilerSettings,
     ) -> Self {
         Self {
+            events: EventLog::new(Arc::clone(&store), Arc::clone(&clock)),
             store,
             steps,
             regions,
@@ -431,15 +433,6 @@ impl Reconciler {
         outcome: &str,
         details: serde_json::Value,
     ) {
-        events::record(
-            self.store.as_ref(),
-            self.clock.as_ref(),
-            &Actor::Reconciler,
-            tenant,
-            action,
-            outcome,
-            details,
-        )
-        .await;
+        self.events.record(&Actor::Reconciler, tenant, action, outcome, details).await;
     }
 }

@@ -15,7 +15,7 @@ use thiserror::Error;
 use crate::{
     api::types::CreateTenantRequest,
     clock::Clock,
-    events::{self, Actor},
+    events::{Actor, EventLog},
     reconciler::ReconcilerHandle,
 };
 
@@ -50,6 +50,7 @@ pub struct TenantService {
     regions: Regions,
     reconciler: ReconcilerHandle,
     clock: Arc<dyn Clock>,
+    events: EventLog,
 }
 
 /// How often a lifecycle change is retried when another writer changed the
@@ -64,7 +65,8 @@ impl TenantService {
         reconciler: ReconcilerHandle,
         clock: Arc<dyn Clock>,
     ) -> Self {
-        Self { store, plans, regions, reconciler, clock }
+        let events = EventLog::new(Arc::clone(&store), Arc::clone(&clock));
+        Self { store, plans, regions, reconciler, clock, events }
     }
 
     /// Records a new tenant in `provisioning` and hands it to the
@@ -97,15 +99,17 @@ impl TenantService {
             Err(e) => return Err(e.into()),
         }
         tracing::info!(tenant = %tenant.name, plan = %tenant.plan, isolation = %tenant.isolation, region = %tenant.region, "tenant requested");
-        self.event(
-            actor,
-            &tenant,
-            "tenant.create",
-            json!({
-                "plan": tenant.plan, "isolation": tenant.isolation, "region": tenant.region,
-            }),
-        )
-        .await;
+        self.events
+            .record(
+                actor,
+                &tenant,
+                "tenant.create",
+                "ok",
+                json!({
+                    "plan": tenant.plan, "isolation": tenant.isolation, "region": tenant.region,
+                }),
+            )
+            .await;
         self.reconciler.wake(tenant.id);
         Ok(tenant)
     }
@@ -139,24 +143,37 @@ impl TenantService {
     /// Stops an active tenant's traffic; suspending a suspended tenant is a
     /// no-op.
     pub async fn suspend(&self, name: &str, actor: &Actor) -> Result<Tenant, TenantError> {
-        self.change(name, actor, "tenant.suspend", |tenant| match tenant.state {
-            TenantState::Suspended => Ok(None),
-            TenantState::Active => moved(tenant, TenantState::Suspended).map(Some),
-            state => Err(TenantError::InvalidState(format!(
-                "tenant {:?} is {state}; only active tenants can be suspended",
-                tenant.name.as_str()
-            ))),
-        })
+        self.toggle(
+            name,
+            actor,
+            TenantState::Active,
+            TenantState::Suspended,
+            ("suspend", "suspended"),
+        )
         .await
     }
 
     /// Resumes a suspended tenant; resuming an active tenant is a no-op.
     pub async fn resume(&self, name: &str, actor: &Actor) -> Result<Tenant, TenantError> {
-        self.change(name, actor, "tenant.resume", |tenant| match tenant.state {
-            TenantState::Active => Ok(None),
-            TenantState::Suspended => moved(tenant, TenantState::Active).map(Some),
+        self.toggle(name, actor, TenantState::Suspended, TenantState::Active, ("resume", "resumed"))
+            .await
+    }
+
+    /// Moves a tenant from `from` to `to`; a tenant already in `to` stays.
+    /// `verb` names the action for events and errors, in two forms.
+    async fn toggle(
+        &self,
+        name: &str,
+        actor: &Actor,
+        from: TenantState,
+        to: TenantState,
+        (verb, done): (&str, &str),
+    ) -> Result<Tenant, TenantError> {
+        self.change(name, actor, &format!("tenant.{verb}"), |tenant| match tenant.state {
+            state if state == to => Ok(None),
+            state if state == from => moved(tenant, to).map(Some),
             state => Err(TenantError::InvalidState(format!(
-                "tenant {:?} is {state}; only suspended tenants can be resumed",
+                "tenant {:?} is {state}; only {from} tenants can be {done}",
                 tenant.name.as_str()
             ))),
         })
@@ -236,38 +253,21 @@ impl TenantService {
             match self.store.update_tenant(&next).await {
                 Ok(stored) => {
                     tracing::info!(tenant = %stored.name, from = %current.state, to = %stored.state, action, "tenant changed");
-                    self.event(
-                        actor,
-                        &stored,
-                        action,
-                        json!({ "from": current.state, "to": stored.state }),
-                    )
-                    .await;
+                    self.events
+                        .record(
+                            actor,
+                            &stored,
+                            action,
+                            "ok",
+                            json!({ "from": current.state, "to": stored.state }),
+                        )
+                        .await;
                     return Ok(stored);
                 }
                 Err(StoreError::VersionConflict) if tries < WRITE_RACE_RETRIES => tries += 1,
                 Err(e) => return Err(e.into()),
             }
         }
-    }
-
-    async fn event(
-        &self,
-        actor: &Actor,
-        tenant: &Tenant,
-        action: &str,
-        details: serde_json::Value,
-    ) {
-        events::record(
-            self.store.as_ref(),
-            self.clock.as_ref(),
-            actor,
-            tenant,
-            action,
-            "ok",
-            details,
-        )
-        .await;
     }
 }
 
