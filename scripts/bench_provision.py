@@ -182,6 +182,8 @@ def main():
         log.close()
         if control_db:
             psql(f'DROP DATABASE IF EXISTS "{control_db}" WITH (FORCE)')
+            # The region's shared pool database outlives its tenants by design.
+            psql(f'DROP DATABASE IF EXISTS "{prefix}pool" WITH (FORCE)')
         shutil.rmtree(work, ignore_errors=True)
 
 
