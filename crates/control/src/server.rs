@@ -15,7 +15,7 @@ use std::{
 };
 
 use bulkhead_model::PlanCatalog;
-use bulkhead_store::{ControlStore, StoreError, StoreLock};
+use bulkhead_store::{StoreError, StoreLock};
 use thiserror::Error;
 use tokio::{sync::watch, task::JoinHandle};
 
@@ -66,8 +66,6 @@ pub enum StartError {
 /// aborts its tasks.
 #[derive(Debug)]
 pub struct RunningServer {
-    api_addr: SocketAddr,
-    store: Arc<dyn ControlStore>,
     shutdown: Arc<watch::Sender<bool>>,
     fatal: watch::Receiver<Option<String>>,
     http: JoinHandle<std::io::Result<()>>,
@@ -80,18 +78,6 @@ pub struct RunningServer {
 const LOCK_CHECK_EVERY: Duration = Duration::from_secs(2);
 
 impl RunningServer {
-    pub fn api_addr(&self) -> SocketAddr {
-        self.api_addr
-    }
-
-    pub fn api_url(&self) -> String {
-        format!("http://{}", self.api_addr)
-    }
-
-    pub fn store(&self) -> &Arc<dyn ControlStore> {
-        &self.store
-    }
-
     /// Resolves, with the reason, if the server had to stop by itself: it
     /// lost the store's lock, so another server may be reconciling now.
     pub fn failed(&self) -> impl Future<Output = String> + Send + 'static {
@@ -180,7 +166,6 @@ pub async fn start_with_steps(
         OperatorTokens::ensure(store.as_ref(), &data_dir.operator_token(), clock.as_ref()).await?;
 
     let metrics = Arc::new(Metrics::new());
-    let plans = Arc::new(PlanCatalog::builtin());
     let reconciler = Arc::new(Reconciler::new(
         Arc::clone(&store),
         steps(RegionServers::default()),
@@ -194,23 +179,22 @@ pub async fn start_with_steps(
     let (handle, woken) = Reconciler::channel();
     let tenants = Arc::new(TenantService::new(
         Arc::clone(&store),
-        Arc::clone(&plans),
+        PlanCatalog::builtin(),
         config.regions.clone(),
         handle,
         Arc::clone(&clock),
     ));
     let reconciler_done = Arc::new(AtomicBool::new(false));
-    let state = AppState::new(
+    let state = AppState {
         tenants,
-        plans,
-        config.regions.clone(),
-        config.base_domain.clone(),
+        base_domain: config.base_domain.clone(),
         step_names,
-        Arc::clone(&store),
+        store: Arc::clone(&store),
         operator_tokens,
         metrics,
-        Arc::clone(&reconciler_done),
-    );
+        reconciler_done: Arc::clone(&reconciler_done),
+        openapi: Arc::default(),
+    };
 
     let listener = tokio::net::TcpListener::bind(config.api_listen)
         .await
@@ -252,14 +236,5 @@ pub async fn start_with_steps(
         data_dir = %data_dir.path().display(),
         "control plane ready"
     );
-    Ok(RunningServer {
-        api_addr,
-        store,
-        shutdown,
-        fatal,
-        http,
-        reconciler,
-        lock_keeper,
-        _data_dir: data_dir,
-    })
+    Ok(RunningServer { shutdown, fatal, http, reconciler, lock_keeper, _data_dir: data_dir })
 }

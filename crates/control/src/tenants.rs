@@ -46,7 +46,7 @@ pub enum TenantError {
 #[derive(Debug)]
 pub struct TenantService {
     store: Arc<dyn ControlStore>,
-    plans: Arc<PlanCatalog>,
+    plans: PlanCatalog,
     regions: Regions,
     reconciler: ReconcilerHandle,
     clock: Arc<dyn Clock>,
@@ -60,13 +60,23 @@ const WRITE_RACE_RETRIES: usize = 5;
 impl TenantService {
     pub fn new(
         store: Arc<dyn ControlStore>,
-        plans: Arc<PlanCatalog>,
+        plans: PlanCatalog,
         regions: Regions,
         reconciler: ReconcilerHandle,
         clock: Arc<dyn Clock>,
     ) -> Self {
         let events = EventLog::new(Arc::clone(&store), Arc::clone(&clock));
         Self { store, plans, regions, reconciler, clock, events }
+    }
+
+    /// The plans tenants can be created on.
+    pub fn plans(&self) -> &PlanCatalog {
+        &self.plans
+    }
+
+    /// The regions tenants can be placed in; the first is the default.
+    pub fn regions(&self) -> &Regions {
+        &self.regions
     }
 
     /// Records a new tenant in `provisioning` and hands it to the

@@ -207,13 +207,7 @@ impl Regions {
 
     /// One region named `local` whose tenant databases live at `databases`.
     pub fn single(databases: DatabaseLocation) -> Self {
-        Self {
-            regions: vec![Region {
-                name: RegionName::default(),
-                databases,
-                database_prefix: DatabasePrefix::default(),
-            }],
-        }
+        Self { regions: vec![Region::new(RegionName::default(), databases, None)] }
     }
 
     pub fn all(&self) -> &[Region] {

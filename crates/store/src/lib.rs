@@ -111,18 +111,10 @@ impl fmt::Debug for OperatorToken {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StoreKind {
-    Sqlite,
-    Postgres,
-}
-
 /// The control plane's persistence. Every method is one statement, so a
 /// crash leaves each write either fully done or not done at all.
 #[async_trait]
 pub trait ControlStore: Send + Sync + fmt::Debug {
-    fn kind(&self) -> StoreKind;
-
     /// Where the store is, safe to print (no password).
     fn location(&self) -> String;
 

@@ -9,7 +9,7 @@ use sqlx::{
     postgres::{PgConnectOptions, PgPool, PgPoolOptions},
 };
 
-use crate::{HeldLock, StoreError, StoreKind, StoreLock, sql::impl_control_store};
+use crate::{HeldLock, StoreError, StoreLock, sql::impl_control_store};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -87,4 +87,4 @@ impl HeldLock for AdvisoryLock {
     }
 }
 
-impl_control_store!(PostgresStore, StoreKind::Postgres);
+impl_control_store!(PostgresStore);

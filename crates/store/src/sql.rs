@@ -9,13 +9,9 @@
 //! in each backend's module.
 
 macro_rules! impl_control_store {
-    ($store:ty, $kind:expr) => {
+    ($store:ty) => {
         #[async_trait::async_trait]
         impl $crate::ControlStore for $store {
-            fn kind(&self) -> $crate::StoreKind {
-                $kind
-            }
-
             fn location(&self) -> String {
                 self.location.clone()
             }

@@ -6,7 +6,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
-use crate::{FileLock, FileLockError, StoreError, StoreKind, StoreLock, sql::impl_control_store};
+use crate::{FileLock, FileLockError, StoreError, StoreLock, sql::impl_control_store};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -64,4 +64,4 @@ impl SqliteStore {
     }
 }
 
-impl_control_store!(SqliteStore, StoreKind::Sqlite);
+impl_control_store!(SqliteStore);

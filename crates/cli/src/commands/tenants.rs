@@ -1,4 +1,4 @@
-//! `bulkhead tenants ...` and `bulkhead plans list`.
+//! `bulkhead tenants ...`.
 
 use std::{
     collections::HashSet,
@@ -36,11 +36,6 @@ pub async fn run(command: &TenantsCommand, global: &GlobalArgs) -> Result<(), Cl
         }
         TenantsCommand::Delete(args) => delete(&client, args, global).await,
     }
-}
-
-pub async fn list_plans(global: &GlobalArgs) -> Result<(), CliError> {
-    let client = ApiClient::discover(global)?;
-    output::plans(global.output, &client.plans().await?.plans)
 }
 
 async fn list(

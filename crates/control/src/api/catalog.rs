@@ -14,7 +14,7 @@ use super::{
     security(("operator_token" = []))
 )]
 pub async fn list_plans(State(state): State<AppState>) -> Json<PlanList> {
-    Json(PlanList { plans: state.plans.all().to_vec() })
+    Json(PlanList { plans: state.tenants.plans().all().to_vec() })
 }
 
 /// The regions tenants can be placed in; the first is the default.
@@ -24,5 +24,7 @@ pub async fn list_plans(State(state): State<AppState>) -> Json<PlanList> {
     security(("operator_token" = []))
 )]
 pub async fn list_regions(State(state): State<AppState>) -> Json<RegionList> {
-    Json(RegionList { regions: state.regions.all().iter().map(|r| r.summary()).collect() })
+    Json(RegionList {
+        regions: state.tenants.regions().all().iter().map(|r| r.summary()).collect(),
+    })
 }

@@ -24,7 +24,7 @@ use axum::{
     middleware::{self, Next},
     response::Response,
 };
-use bulkhead_model::{BaseDomain, PlanCatalog, Regions};
+use bulkhead_model::BaseDomain;
 use bulkhead_store::ControlStore;
 use tracing::{Instrument, field::Empty};
 use utoipa::{
@@ -43,8 +43,6 @@ const MAX_BODY_BYTES: usize = 64 * 1024;
 #[derive(Debug, Clone)]
 pub struct AppState {
     pub tenants: Arc<TenantService>,
-    pub plans: Arc<PlanCatalog>,
-    pub regions: Regions,
     pub base_domain: BaseDomain,
     pub step_names: Arc<[&'static str]>,
     pub store: Arc<dyn ControlStore>,
@@ -52,36 +50,11 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Set when the reconciler's task has ended, which makes `/readyz` fail.
     pub reconciler_done: Arc<AtomicBool>,
-    openapi: Arc<OnceLock<String>>,
+    /// Filled in by [`router`] once the document is generated.
+    pub(crate) openapi: Arc<OnceLock<String>>,
 }
 
 impl AppState {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        tenants: Arc<TenantService>,
-        plans: Arc<PlanCatalog>,
-        regions: Regions,
-        base_domain: BaseDomain,
-        step_names: Arc<[&'static str]>,
-        store: Arc<dyn ControlStore>,
-        operator_tokens: OperatorTokens,
-        metrics: Arc<Metrics>,
-        reconciler_done: Arc<AtomicBool>,
-    ) -> Self {
-        Self {
-            tenants,
-            plans,
-            regions,
-            base_domain,
-            step_names,
-            store,
-            operator_tokens,
-            metrics,
-            reconciler_done,
-            openapi: Arc::default(),
-        }
-    }
-
     fn reconciler_stopped(&self) -> bool {
         self.reconciler_done.load(Ordering::Relaxed)
     }
