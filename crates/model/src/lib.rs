@@ -18,6 +18,7 @@ pub use isolation::{Isolation, IsolationError, UnknownIsolation};
 pub use label::{BaseDomain, RESERVED_TENANT_NAMES, RegionName, TenantName, TenantNameError};
 pub use plan::{
     BackupPolicy, CostCaps, Plan, PlanCatalog, PlanName, RateLimit, RuntimeLimits, UnknownPlan,
+    VaultPolicy,
 };
 pub use region::{
     DatabaseLocation, DatabasePrefix, DatabaseUrl, Region, RegionError, RegionSummary, Regions,

@@ -88,6 +88,16 @@ pub struct RuntimeLimits {
     pub cpu_millicores: u32,
 }
 
+/// What the vault keeps and hands out for a tenant.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VaultPolicy {
+    /// Versions kept of each secret; writing one more drops the oldest.
+    pub secret_versions: u32,
+    /// Longest lifetime of a dynamic database credential, in seconds.
+    pub max_credential_ttl_secs: u64,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Plan {
@@ -99,6 +109,7 @@ pub struct Plan {
     pub audit_retention_days: u32,
     pub backups: BackupPolicy,
     pub runtime: RuntimeLimits,
+    pub vault: VaultPolicy,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -117,6 +128,7 @@ pub struct PlanCatalog {
 impl PlanCatalog {
     /// `starter`, `professional` and `enterprise`.
     pub fn builtin() -> Self {
+        const HOUR: u64 = 3_600;
         let plan = |name: &str,
                     description: &str,
                     default_isolation,
@@ -124,7 +136,8 @@ impl PlanCatalog {
                     cost_caps,
                     audit_retention_days,
                     backups,
-                    runtime| Plan {
+                    runtime,
+                    vault| Plan {
             name: PlanName(name.to_owned()),
             description: description.to_owned(),
             default_isolation,
@@ -133,6 +146,7 @@ impl PlanCatalog {
             audit_retention_days,
             backups,
             runtime,
+            vault,
         };
         Self {
             plans: vec![
@@ -145,6 +159,7 @@ impl PlanCatalog {
                     30,
                     BackupPolicy { every_hours: 24, retention_days: 7 },
                     RuntimeLimits { memory_mib: 256, max_processes: 32, cpu_millicores: 500 },
+                    VaultPolicy { secret_versions: 3, max_credential_ttl_secs: HOUR },
                 ),
                 plan(
                     "professional",
@@ -155,6 +170,7 @@ impl PlanCatalog {
                     365,
                     BackupPolicy { every_hours: 6, retention_days: 30 },
                     RuntimeLimits { memory_mib: 1_024, max_processes: 128, cpu_millicores: 2_000 },
+                    VaultPolicy { secret_versions: 10, max_credential_ttl_secs: 8 * HOUR },
                 ),
                 plan(
                     "enterprise",
@@ -165,6 +181,7 @@ impl PlanCatalog {
                     2_555,
                     BackupPolicy { every_hours: 1, retention_days: 90 },
                     RuntimeLimits { memory_mib: 4_096, max_processes: 512, cpu_millicores: 4_000 },
+                    VaultPolicy { secret_versions: 50, max_credential_ttl_secs: 24 * HOUR },
                 ),
             ],
         }

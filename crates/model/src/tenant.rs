@@ -32,6 +32,12 @@ impl TenantId {
     }
 }
 
+impl From<Uuid> for TenantId {
+    fn from(id: Uuid) -> Self {
+        Self(id)
+    }
+}
+
 impl fmt::Display for TenantId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.0.fmt(f)

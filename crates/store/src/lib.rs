@@ -1,5 +1,6 @@
-//! Control-plane persistence: tenants, their provisioning progress, events
-//! and operator credentials, behind one [`ControlStore`] trait.
+//! Control-plane persistence: tenants, their provisioning progress, events,
+//! operator credentials and the vault's records, behind one [`ControlStore`]
+//! trait (with [`VaultStore`] as its vault half).
 //!
 //! Two implementations share every SQL statement: SQLite in the data
 //! directory (the embedded default, WAL mode) and PostgreSQL. Both run their
@@ -16,6 +17,7 @@ mod postgres;
 mod rows;
 mod sql;
 mod sqlite;
+mod vault;
 
 use std::{fmt, path::PathBuf, sync::Arc};
 
@@ -28,6 +30,7 @@ pub use error::StoreError;
 pub use lock::{FileLock, FileLockError, HeldLock, StoreLock};
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
+pub use vault::{Lease, Lockout, SecretSummary, SecretVersion, VaultStore, WrappedDataKey};
 
 /// Where the control-plane state lives.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -114,7 +117,7 @@ impl fmt::Debug for OperatorToken {
 /// The control plane's persistence. Every method is one statement, so a
 /// crash leaves each write either fully done or not done at all.
 #[async_trait]
-pub trait ControlStore: Send + Sync + fmt::Debug {
+pub trait ControlStore: VaultStore + Send + Sync + fmt::Debug {
     /// Where the store is, safe to print (no password).
     fn location(&self) -> String;
 

@@ -9,7 +9,10 @@ use sqlx::{
     postgres::{PgConnectOptions, PgPool, PgPoolOptions},
 };
 
-use crate::{HeldLock, StoreError, StoreLock, sql::impl_control_store};
+use crate::{
+    HeldLock, StoreError, StoreLock,
+    sql::{impl_control_store, impl_vault_store},
+};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -88,3 +91,4 @@ impl HeldLock for AdvisoryLock {
 }
 
 impl_control_store!(PostgresStore);
+impl_vault_store!(PostgresStore);

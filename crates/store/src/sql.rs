@@ -325,3 +325,398 @@ macro_rules! impl_control_store {
 }
 
 pub(crate) use impl_control_store;
+
+/// The vault's statements, shared the same way as [`impl_control_store!`].
+macro_rules! impl_vault_store {
+    ($store:ty) => {
+        #[async_trait::async_trait]
+        impl $crate::VaultStore for $store {
+            async fn master_key_id(&self) -> Result<Option<String>, $crate::StoreError> {
+                let row: Option<(String,)> =
+                    sqlx::query_as("SELECT kek_id FROM vault_master_key WHERE singleton = 1")
+                        .fetch_optional(&self.read)
+                        .await?;
+                Ok(row.map(|(id,)| id))
+            }
+
+            async fn set_master_key_id(
+                &self,
+                expected: Option<&str>,
+                kek_id: &str,
+                at: time::OffsetDateTime,
+            ) -> Result<bool, $crate::StoreError> {
+                let result = match expected {
+                    None => {
+                        sqlx::query(
+                            "INSERT INTO vault_master_key (singleton, kek_id, updated_at) \
+                             VALUES (1, $1, $2) ON CONFLICT (singleton) DO NOTHING",
+                        )
+                        .bind(kek_id)
+                        .bind(at)
+                        .execute(&self.write)
+                        .await?
+                    }
+                    Some(expected) => {
+                        sqlx::query(
+                            "UPDATE vault_master_key SET kek_id = $1, updated_at = $2 \
+                             WHERE singleton = 1 AND kek_id = $3",
+                        )
+                        .bind(kek_id)
+                        .bind(at)
+                        .bind(expected)
+                        .execute(&self.write)
+                        .await?
+                    }
+                };
+                Ok(result.rows_affected() == 1)
+            }
+
+            async fn data_keys(
+                &self,
+                tenant: bulkhead_model::TenantId,
+            ) -> Result<Vec<$crate::WrappedDataKey>, $crate::StoreError> {
+                Ok(sqlx::query_as(
+                    "SELECT tenant_id, version, kek_id, wrapped, created_at FROM vault_data_keys \
+                     WHERE tenant_id = $1 ORDER BY version",
+                )
+                .bind(tenant.0)
+                .fetch_all(&self.read)
+                .await?)
+            }
+
+            async fn insert_data_key(
+                &self,
+                key: &$crate::WrappedDataKey,
+            ) -> Result<(), $crate::StoreError> {
+                let result = sqlx::query(
+                    "INSERT INTO vault_data_keys (tenant_id, version, kek_id, wrapped, created_at) \
+                     VALUES ($1, $2, $3, $4, $5)",
+                )
+                .bind(key.tenant_id.0)
+                .bind(key.version)
+                .bind(key.kek_id.as_str())
+                .bind(key.wrapped.as_slice())
+                .bind(key.created_at)
+                .execute(&self.write)
+                .await;
+                match result {
+                    Ok(_) => Ok(()),
+                    Err(e) if $crate::StoreError::is_unique_violation(&e) => {
+                        Err($crate::StoreError::Duplicate(format!(
+                            "data key version {} of tenant {}",
+                            key.version, key.tenant_id
+                        )))
+                    }
+                    Err(e) => Err(e.into()),
+                }
+            }
+
+            async fn rewrap_data_key(
+                &self,
+                key: &$crate::WrappedDataKey,
+                old_kek_id: &str,
+            ) -> Result<bool, $crate::StoreError> {
+                let result = sqlx::query(
+                    "UPDATE vault_data_keys SET kek_id = $3, wrapped = $4 \
+                     WHERE tenant_id = $1 AND version = $2 AND kek_id = $5",
+                )
+                .bind(key.tenant_id.0)
+                .bind(key.version)
+                .bind(key.kek_id.as_str())
+                .bind(key.wrapped.as_slice())
+                .bind(old_kek_id)
+                .execute(&self.write)
+                .await?;
+                Ok(result.rows_affected() == 1)
+            }
+
+            async fn data_keys_wrapped_by(
+                &self,
+                kek_id: &str,
+                limit: u32,
+            ) -> Result<Vec<$crate::WrappedDataKey>, $crate::StoreError> {
+                Ok(sqlx::query_as(
+                    "SELECT tenant_id, version, kek_id, wrapped, created_at FROM vault_data_keys \
+                     WHERE kek_id = $1 ORDER BY tenant_id, version LIMIT $2",
+                )
+                .bind(kek_id)
+                .bind(i64::from(limit))
+                .fetch_all(&self.read)
+                .await?)
+            }
+
+            async fn data_keys_by_kek(&self) -> Result<Vec<(String, i64)>, $crate::StoreError> {
+                Ok(sqlx::query_as(
+                    "SELECT kek_id, COUNT(*) FROM vault_data_keys GROUP BY kek_id ORDER BY kek_id",
+                )
+                .fetch_all(&self.read)
+                .await?)
+            }
+
+            async fn delete_data_keys(
+                &self,
+                tenant: bulkhead_model::TenantId,
+            ) -> Result<u64, $crate::StoreError> {
+                let result = sqlx::query("DELETE FROM vault_data_keys WHERE tenant_id = $1")
+                    .bind(tenant.0)
+                    .execute(&self.write)
+                    .await?;
+                Ok(result.rows_affected())
+            }
+
+            async fn insert_secret(
+                &self,
+                secret: &$crate::SecretVersion,
+            ) -> Result<i64, $crate::StoreError> {
+                let result: Result<(i64,), sqlx::Error> = sqlx::query_as(
+                    "INSERT INTO vault_secrets (tenant_id, path, version, key_version, ciphertext, \
+                     size, created_at, created_by) \
+                     SELECT $1, $2, COALESCE(MAX(version), 0) + 1, $3, $4, $5, $6, $7 \
+                     FROM vault_secrets WHERE tenant_id = $1 AND path = $2 \
+                     RETURNING version",
+                )
+                .bind(secret.tenant_id.0)
+                .bind(secret.path.as_str())
+                .bind(secret.key_version)
+                .bind(secret.ciphertext.as_slice())
+                .bind(secret.size)
+                .bind(secret.created_at)
+                .bind(secret.created_by.as_str())
+                .fetch_one(&self.write)
+                .await;
+                match result {
+                    Ok((version,)) => Ok(version),
+                    Err(e) if $crate::StoreError::is_unique_violation(&e) => Err(
+                        $crate::StoreError::Duplicate(format!("a version of {}", secret.path)),
+                    ),
+                    Err(e) => Err(e.into()),
+                }
+            }
+
+            async fn prune_secret(
+                &self,
+                tenant: bulkhead_model::TenantId,
+                path: &str,
+                keep: u32,
+            ) -> Result<(), $crate::StoreError> {
+                sqlx::query(
+                    "DELETE FROM vault_secrets WHERE tenant_id = $1 AND path = $2 AND version <= \
+                     (SELECT MAX(version) FROM vault_secrets WHERE tenant_id = $1 AND path = $2) \
+                     - $3",
+                )
+                .bind(tenant.0)
+                .bind(path)
+                .bind(i64::from(keep))
+                .execute(&self.write)
+                .await?;
+                Ok(())
+            }
+
+            async fn secret(
+                &self,
+                tenant: bulkhead_model::TenantId,
+                path: &str,
+                version: Option<i64>,
+            ) -> Result<Option<$crate::SecretVersion>, $crate::StoreError> {
+                Ok(sqlx::query_as(
+                    "SELECT tenant_id, path, version, key_version, ciphertext, size, created_at, \
+                     created_by FROM vault_secrets WHERE tenant_id = $1 AND path = $2 \
+                     AND ($3 IS NULL OR version = $3) ORDER BY version DESC LIMIT 1",
+                )
+                .bind(tenant.0)
+                .bind(path)
+                .bind(version)
+                .fetch_optional(&self.read)
+                .await?)
+            }
+
+            async fn list_secrets(
+                &self,
+                tenant: bulkhead_model::TenantId,
+            ) -> Result<Vec<$crate::SecretSummary>, $crate::StoreError> {
+                Ok(sqlx::query_as(
+                    "SELECT s.path, s.version AS latest_version, \
+                     (SELECT COUNT(*) FROM vault_secrets c \
+                      WHERE c.tenant_id = s.tenant_id AND c.path = s.path) AS versions, \
+                     s.size, s.created_at AS updated_at \
+                     FROM vault_secrets s WHERE s.tenant_id = $1 AND s.version = \
+                     (SELECT MAX(m.version) FROM vault_secrets m \
+                      WHERE m.tenant_id = s.tenant_id AND m.path = s.path) \
+                     ORDER BY s.path",
+                )
+                .bind(tenant.0)
+                .fetch_all(&self.read)
+                .await?)
+            }
+
+            async fn delete_secret(
+                &self,
+                tenant: bulkhead_model::TenantId,
+                path: &str,
+            ) -> Result<u64, $crate::StoreError> {
+                let result =
+                    sqlx::query("DELETE FROM vault_secrets WHERE tenant_id = $1 AND path = $2")
+                        .bind(tenant.0)
+                        .bind(path)
+                        .execute(&self.write)
+                        .await?;
+                Ok(result.rows_affected())
+            }
+
+            async fn secrets_below_key_version(
+                &self,
+                tenant: bulkhead_model::TenantId,
+                key_version: i64,
+                limit: u32,
+            ) -> Result<Vec<$crate::SecretVersion>, $crate::StoreError> {
+                Ok(sqlx::query_as(
+                    "SELECT tenant_id, path, version, key_version, ciphertext, size, created_at, \
+                     created_by FROM vault_secrets WHERE tenant_id = $1 AND key_version < $2 \
+                     ORDER BY path, version LIMIT $3",
+                )
+                .bind(tenant.0)
+                .bind(key_version)
+                .bind(i64::from(limit))
+                .fetch_all(&self.read)
+                .await?)
+            }
+
+            async fn reencrypt_secret(
+                &self,
+                secret: &$crate::SecretVersion,
+                old_key_version: i64,
+            ) -> Result<bool, $crate::StoreError> {
+                let result = sqlx::query(
+                    "UPDATE vault_secrets SET key_version = $4, ciphertext = $5 \
+                     WHERE tenant_id = $1 AND path = $2 AND version = $3 AND key_version = $6",
+                )
+                .bind(secret.tenant_id.0)
+                .bind(secret.path.as_str())
+                .bind(secret.version)
+                .bind(secret.key_version)
+                .bind(secret.ciphertext.as_slice())
+                .bind(old_key_version)
+                .execute(&self.write)
+                .await?;
+                Ok(result.rows_affected() == 1)
+            }
+
+            async fn insert_lease(&self, lease: &$crate::Lease) -> Result<(), $crate::StoreError> {
+                sqlx::query(
+                    "INSERT INTO vault_leases (id, tenant_id, region, database, role, access, \
+                     issued_by, issued_at, expires_at, revoked_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                )
+                .bind(lease.id)
+                .bind(lease.tenant_id.0)
+                .bind(lease.region.as_str())
+                .bind(lease.database.as_str())
+                .bind(lease.role.as_str())
+                .bind(lease.access.as_str())
+                .bind(lease.issued_by.as_str())
+                .bind(lease.issued_at)
+                .bind(lease.expires_at)
+                .bind(lease.revoked_at)
+                .execute(&self.write)
+                .await?;
+                Ok(())
+            }
+
+            async fn lease(
+                &self,
+                id: uuid::Uuid,
+            ) -> Result<Option<$crate::Lease>, $crate::StoreError> {
+                Ok(sqlx::query_as(concat!(
+                    "SELECT ",
+                    $crate::vault::lease_columns!(),
+                    " FROM vault_leases WHERE id = $1"
+                ))
+                .bind(id)
+                .fetch_optional(&self.read)
+                .await?)
+            }
+
+            async fn leases(
+                &self,
+                tenant: bulkhead_model::TenantId,
+                revoked: bool,
+            ) -> Result<Vec<$crate::Lease>, $crate::StoreError> {
+                Ok(sqlx::query_as(concat!(
+                    "SELECT ",
+                    $crate::vault::lease_columns!(),
+                    " FROM vault_leases WHERE tenant_id = $1 AND ($2 OR revoked_at IS NULL) \
+                     ORDER BY issued_at DESC, id"
+                ))
+                .bind(tenant.0)
+                .bind(revoked)
+                .fetch_all(&self.read)
+                .await?)
+            }
+
+            async fn expired_leases(
+                &self,
+                now: time::OffsetDateTime,
+                limit: u32,
+            ) -> Result<Vec<$crate::Lease>, $crate::StoreError> {
+                Ok(sqlx::query_as(concat!(
+                    "SELECT ",
+                    $crate::vault::lease_columns!(),
+                    " FROM vault_leases WHERE revoked_at IS NULL AND expires_at <= $1 \
+                     ORDER BY expires_at LIMIT $2"
+                ))
+                .bind(now)
+                .bind(i64::from(limit))
+                .fetch_all(&self.read)
+                .await?)
+            }
+
+            async fn mark_lease_revoked(
+                &self,
+                id: uuid::Uuid,
+                at: time::OffsetDateTime,
+            ) -> Result<bool, $crate::StoreError> {
+                let result = sqlx::query(
+                    "UPDATE vault_leases SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL",
+                )
+                .bind(id)
+                .bind(at)
+                .execute(&self.write)
+                .await?;
+                Ok(result.rows_affected() == 1)
+            }
+
+            async fn lockouts(&self) -> Result<Vec<$crate::Lockout>, $crate::StoreError> {
+                Ok(sqlx::query_as(
+                    "SELECT principal, reason, locked_at FROM vault_lockouts ORDER BY locked_at",
+                )
+                .fetch_all(&self.read)
+                .await?)
+            }
+
+            async fn insert_lockout(
+                &self,
+                lockout: &$crate::Lockout,
+            ) -> Result<(), $crate::StoreError> {
+                sqlx::query(
+                    "INSERT INTO vault_lockouts (principal, reason, locked_at) VALUES ($1, $2, $3) \
+                     ON CONFLICT (principal) DO NOTHING",
+                )
+                .bind(lockout.principal.as_str())
+                .bind(lockout.reason.as_str())
+                .bind(lockout.locked_at)
+                .execute(&self.write)
+                .await?;
+                Ok(())
+            }
+
+            async fn delete_lockout(&self, principal: &str) -> Result<bool, $crate::StoreError> {
+                let result = sqlx::query("DELETE FROM vault_lockouts WHERE principal = $1")
+                    .bind(principal)
+                    .execute(&self.write)
+                    .await?;
+                Ok(result.rows_affected() == 1)
+            }
+        }
+    };
+}
+pub(crate) use impl_vault_store;

@@ -6,7 +6,10 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
-use crate::{FileLock, FileLockError, StoreError, StoreLock, sql::impl_control_store};
+use crate::{
+    FileLock, FileLockError, StoreError, StoreLock,
+    sql::{impl_control_store, impl_vault_store},
+};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -65,3 +68,4 @@ impl SqliteStore {
 }
 
 impl_control_store!(SqliteStore);
+impl_vault_store!(SqliteStore);

@@ -1,0 +1,55 @@
+-- The vault: wrapped data keys, encrypted secrets, credential leases.
+-- Plaintext keys and secret values are never stored.
+
+-- The id of the master key that wraps data keys, so that a server started
+-- with another key refuses to start instead of wrapping new keys with it.
+CREATE TABLE vault_master_key (
+    singleton   INTEGER     PRIMARY KEY CHECK (singleton = 1),
+    kek_id      TEXT    NOT NULL,
+    updated_at  TIMESTAMPTZ NOT NULL
+);
+
+CREATE TABLE vault_data_keys (
+    tenant_id   UUID    NOT NULL REFERENCES tenants (id) ON DELETE CASCADE,
+    version     BIGINT  NOT NULL,
+    kek_id      TEXT    NOT NULL,
+    wrapped     BYTEA   NOT NULL,
+    created_at  TIMESTAMPTZ NOT NULL,
+    PRIMARY KEY (tenant_id, version)
+);
+
+CREATE INDEX vault_data_keys_by_kek ON vault_data_keys (kek_id);
+
+CREATE TABLE vault_secrets (
+    tenant_id    UUID    NOT NULL REFERENCES tenants (id) ON DELETE CASCADE,
+    path         TEXT    NOT NULL,
+    version      BIGINT  NOT NULL,
+    key_version  BIGINT  NOT NULL,
+    ciphertext   BYTEA   NOT NULL,
+    size         BIGINT  NOT NULL,
+    created_at   TIMESTAMPTZ NOT NULL,
+    created_by   TEXT    NOT NULL,
+    PRIMARY KEY (tenant_id, path, version)
+);
+
+CREATE TABLE vault_leases (
+    id          UUID    PRIMARY KEY,
+    tenant_id   UUID    NOT NULL REFERENCES tenants (id) ON DELETE CASCADE,
+    region      TEXT    NOT NULL,
+    database    TEXT    NOT NULL,
+    role        TEXT    NOT NULL UNIQUE,
+    access      TEXT    NOT NULL CHECK (access IN ('read', 'write')),
+    issued_by   TEXT    NOT NULL,
+    issued_at   TIMESTAMPTZ NOT NULL,
+    expires_at  TIMESTAMPTZ NOT NULL,
+    revoked_at  TIMESTAMPTZ
+);
+
+CREATE INDEX vault_leases_live ON vault_leases (expires_at) WHERE revoked_at IS NULL;
+CREATE INDEX vault_leases_by_tenant ON vault_leases (tenant_id, issued_at);
+
+CREATE TABLE vault_lockouts (
+    principal   TEXT PRIMARY KEY NOT NULL,
+    reason      TEXT NOT NULL,
+    locked_at   TIMESTAMPTZ NOT NULL
+);

@@ -1,0 +1,547 @@
+//! The vault service: data keys per tenant, secrets under them, and the
+//! rotations of both key layers.
+
+use std::{
+    collections::HashMap,
+    path::PathBuf,
+    sync::{Arc, RwLock},
+};
+
+use bulkhead_model::TenantId;
+use bulkhead_store::{SecretSummary, SecretVersion, StoreError, VaultStore, WrappedDataKey};
+use time::OffsetDateTime;
+use tokio::sync::Mutex;
+use zeroize::Zeroizing;
+
+use crate::{
+    VaultError, envelope,
+    kek::{KeyBytes, KeyEncryptionKey, KeyRole, LocalKey, random_key},
+    master_key::{self, MasterKeySource},
+    path::{SecretPath, check_value},
+};
+
+/// Rows handled per store round trip by rotations.
+const BATCH: u32 = 100;
+/// Attempts at a secret write that races another write of the same path.
+const WRITE_RACE_RETRIES: usize = 5;
+
+struct Keyring {
+    /// The master key the store records.
+    master: Arc<dyn KeyEncryptionKey>,
+    /// The key a master rotation in progress moves data keys to; new data
+    /// keys are wrapped with it as soon as it exists.
+    next: Option<Arc<dyn KeyEncryptionKey>>,
+    /// Tenants' own keys, held in memory only (bring-your-own-key).
+    tenants: HashMap<TenantId, Arc<dyn KeyEncryptionKey>>,
+}
+
+impl Keyring {
+    fn wrapping_master(&self) -> Arc<dyn KeyEncryptionKey> {
+        Arc::clone(self.next.as_ref().unwrap_or(&self.master))
+    }
+
+    fn by_id(&self, tenant: TenantId, kek_id: &str) -> Option<Arc<dyn KeyEncryptionKey>> {
+        if self.master.id() == kek_id {
+            return Some(Arc::clone(&self.master));
+        }
+        if let Some(next) = self.next.as_ref().filter(|k| k.id() == kek_id) {
+            return Some(Arc::clone(next));
+        }
+        self.tenants.get(&tenant).filter(|k| k.id() == kek_id).cloned()
+    }
+}
+
+/// A secret value, decrypted for one call.
+pub struct StoredSecret {
+    pub version: i64,
+    pub created_at: OffsetDateTime,
+    pub value: Zeroizing<Vec<u8>>,
+}
+
+impl std::fmt::Debug for StoredSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoredSecret").field("version", &self.version).finish_non_exhaustive()
+    }
+}
+
+/// A tenant's key state, safe to show.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyStatus {
+    pub versions: Vec<(i64, String, OffsetDateTime)>,
+    /// Whether the tenant's data keys are wrapped by its own key.
+    pub tenant_key: bool,
+    /// Whether that key is loaded; always true for master-wrapped tenants.
+    pub unsealed: bool,
+}
+
+/// What supplying a tenant's own key did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TenantKeyChange {
+    /// The tenant's data keys were moved from the master key to its key.
+    Adopted { rewrapped: usize },
+    /// The key was already the tenant's; it is now loaded.
+    Loaded,
+}
+
+/// What a master-key rotation did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MasterRotation {
+    pub from: String,
+    pub to: String,
+    pub rewrapped: usize,
+}
+
+pub struct Vault {
+    store: Arc<dyn VaultStore>,
+    keys: RwLock<Keyring>,
+    /// Where the master key lives, if Bulkhead may rotate it.
+    master_file: Option<PathBuf>,
+    rotation: Mutex<()>,
+}
+
+impl std::fmt::Debug for Vault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vault").field("master_file", &self.master_file).finish_non_exhaustive()
+    }
+}
+
+fn poisoned() -> VaultError {
+    VaultError::Corrupt("the vault's key table is poisoned by an earlier panic".into())
+}
+
+impl Vault {
+    /// Loads the master key and checks it against the store before
+    /// anything is written: a wrong or missing key refuses to start, and
+    /// changes nothing. A master rotation interrupted by a crash is
+    /// finished by [`Vault::rotate_master`] or [`Vault::resume`].
+    pub async fn open(
+        store: Arc<dyn VaultStore>,
+        source: &MasterKeySource,
+        now: OffsetDateTime,
+    ) -> Result<Self, VaultError> {
+        let recorded = store.master_key_id().await?;
+        let by_kek = store.data_keys_by_kek().await?;
+        let master_wrapped: Vec<&String> =
+            by_kek.iter().map(|(id, _)| id).filter(|id| id.starts_with("master:")).collect();
+        let (master, next, master_file): (LocalKey, Option<LocalKey>, Option<PathBuf>) =
+            match source {
+                MasterKeySource::Inline(text) => {
+                    (LocalKey::parse(KeyRole::Master, text)?, None, None)
+                }
+                MasterKeySource::File { path, create } => {
+                    let key = if path.exists() {
+                        master_key::read_key_file(path, KeyRole::Master)?
+                    } else if let Some(recorded) = &recorded {
+                        return Err(VaultError::MasterKeyMissing {
+                            path: path.display().to_string(),
+                            recorded: recorded.clone(),
+                        });
+                    } else if !*create {
+                        return Err(VaultError::MasterKeyFile {
+                            path: path.display().to_string(),
+                            reason: "no such file; create one with `openssl rand -base64 32 > \
+                                     FILE && chmod 600 FILE`"
+                                .into(),
+                        });
+                    } else {
+                        let key = LocalKey::generate(KeyRole::Master)?;
+                        master_key::write_key_file(path, &key)?;
+                        tracing::info!(path = %path.display(), kek_id = key.id(), "generated a new master key");
+                        key
+                    };
+                    let next_path = master_key::next_path(path);
+                    let next = if next_path.exists() {
+                        Some(master_key::read_key_file(&next_path, KeyRole::Master)?)
+                    } else {
+                        None
+                    };
+                    (key, next, Some(path.clone()))
+                }
+            };
+        let loaded = [Some(master.id()), next.as_ref().map(|k| k.id())];
+        match &recorded {
+            Some(recorded) if !loaded.contains(&Some(recorded.as_str())) => {
+                return Err(VaultError::WrongMasterKey {
+                    loaded: master.id().to_owned(),
+                    recorded: recorded.clone(),
+                });
+            }
+            _ => {}
+        }
+        if let Some(stray) = master_wrapped.iter().find(|id| !loaded.contains(&Some(id.as_str()))) {
+            return Err(VaultError::WrongMasterKey {
+                loaded: master.id().to_owned(),
+                recorded: (*stray).clone(),
+            });
+        }
+        // The store already moved to the next key: only the file rename of
+        // the rotation is left.
+        let (master, next) = match (recorded.as_deref(), next) {
+            (Some(recorded), Some(next)) if recorded == next.id() => {
+                if let Some(path) = &master_file {
+                    master_key::replace_key_file(&master_key::next_path(path), path)?;
+                }
+                (next, None)
+            }
+            (_, next) => (master, next),
+        };
+        if recorded.is_none() {
+            store.set_master_key_id(None, master.id(), now).await?;
+        }
+        Ok(Self {
+            store,
+            keys: RwLock::new(Keyring {
+                master: Arc::new(master),
+                next: next.map(|k| Arc::new(k) as Arc<dyn KeyEncryptionKey>),
+                tenants: HashMap::new(),
+            }),
+            master_file,
+            rotation: Mutex::new(()),
+        })
+    }
+
+    /// The id of the master key data keys are wrapped with.
+    pub fn master_key_id(&self) -> Result<String, VaultError> {
+        Ok(self.keys.read().map_err(|_| poisoned())?.master.id().to_owned())
+    }
+
+    /// Whether a master rotation was interrupted and is waiting to finish.
+    pub fn rotation_pending(&self) -> Result<bool, VaultError> {
+        Ok(self.keys.read().map_err(|_| poisoned())?.next.is_some())
+    }
+
+    /// Finishes an interrupted master rotation, if there is one.
+    pub async fn resume(&self, now: OffsetDateTime) -> Result<Option<MasterRotation>, VaultError> {
+        if self.rotation_pending()? { self.rotate_master(now).await.map(Some) } else { Ok(None) }
+    }
+
+    // ---- data keys -------------------------------------------------------
+
+    /// Gives the tenant its first data key, unless it has one.
+    pub async fn create_data_key(
+        &self,
+        tenant: TenantId,
+        now: OffsetDateTime,
+    ) -> Result<i64, VaultError> {
+        if let Some(latest) = self.store.data_keys(tenant).await?.last() {
+            return Ok(latest.version);
+        }
+        let kek = self.keys.read().map_err(|_| poisoned())?.wrapping_master();
+        match self.insert_new_data_key(tenant, 1, kek.as_ref(), now).await {
+            // A concurrent or earlier run made it.
+            Err(VaultError::Store(StoreError::Duplicate(_))) => Ok(1),
+            other => other,
+        }
+    }
+
+    /// Makes a new data key version for new writes. Old versions stay to
+    /// decrypt what they encrypted until [`Vault::rewrap`] moves it.
+    pub async fn rotate_data_key(
+        &self,
+        tenant: TenantId,
+        now: OffsetDateTime,
+    ) -> Result<i64, VaultError> {
+        let keys = self.store.data_keys(tenant).await?;
+        let latest = keys.last().ok_or(VaultError::NoDataKey)?;
+        // The new version is wrapped the way the tenant chose: by its own
+        // key if it brought one.
+        let kek = {
+            let ring = self.keys.read().map_err(|_| poisoned())?;
+            if latest.kek_id.starts_with("tenant:") {
+                ring.by_id(tenant, &latest.kek_id)
+                    .ok_or_else(|| VaultError::Sealed { kek_id: latest.kek_id.clone() })?
+            } else {
+                ring.wrapping_master()
+            }
+        };
+        let version = latest.version + 1;
+        self.insert_new_data_key(tenant, version, kek.as_ref(), now).await
+    }
+
+    async fn insert_new_data_key(
+        &self,
+        tenant: TenantId,
+        version: i64,
+        kek: &dyn KeyEncryptionKey,
+        now: OffsetDateTime,
+    ) -> Result<i64, VaultError> {
+        let data_key = random_key()?;
+        let wrapped = kek.wrap(&data_key, &envelope::data_key_aad(tenant.0, version)).await?;
+        self.store
+            .insert_data_key(&WrappedDataKey {
+                tenant_id: tenant,
+                version,
+                kek_id: kek.id().to_owned(),
+                wrapped,
+                created_at: now,
+            })
+            .await?;
+        Ok(version)
+    }
+
+    /// Destroys every data key of the tenant: whatever was encrypted under
+    /// them, wherever copies of it are, can no longer be decrypted.
+    pub async fn shred(&self, tenant: TenantId) -> Result<u64, VaultError> {
+        let destroyed = self.store.delete_data_keys(tenant).await?;
+        if let Ok(mut ring) = self.keys.write() {
+            ring.tenants.remove(&tenant);
+        }
+        Ok(destroyed)
+    }
+
+    pub async fn key_status(&self, tenant: TenantId) -> Result<KeyStatus, VaultError> {
+        let keys = self.store.data_keys(tenant).await?;
+        let ring = self.keys.read().map_err(|_| poisoned())?;
+        let tenant_key = keys.iter().any(|k| k.kek_id.starts_with("tenant:"));
+        let unsealed = keys.iter().all(|k| ring.by_id(tenant, &k.kek_id).is_some());
+        Ok(KeyStatus {
+            versions: keys.into_iter().map(|k| (k.version, k.kek_id, k.created_at)).collect(),
+            tenant_key,
+            unsealed,
+        })
+    }
+
+    async fn unwrap(&self, key: &WrappedDataKey) -> Result<KeyBytes, VaultError> {
+        let kek = {
+            let ring = self.keys.read().map_err(|_| poisoned())?;
+            match ring.by_id(key.tenant_id, &key.kek_id) {
+                Some(kek) => kek,
+                None if key.kek_id.starts_with("tenant:") => {
+                    return Err(VaultError::Sealed { kek_id: key.kek_id.clone() });
+                }
+                None => return Err(VaultError::UnknownKek { kek_id: key.kek_id.clone() }),
+            }
+        };
+        kek.unwrap(&key.wrapped, &envelope::data_key_aad(key.tenant_id.0, key.version))
+            .await
+            .map_err(|_| {
+                VaultError::Corrupt(format!(
+                    "data key version {} cannot be unwrapped: the wrapped key is damaged",
+                    key.version
+                ))
+            })
+    }
+
+    /// The data key `version` of the tenant, or its latest.
+    async fn data_key(
+        &self,
+        tenant: TenantId,
+        version: Option<i64>,
+    ) -> Result<(i64, KeyBytes), VaultError> {
+        let keys = self.store.data_keys(tenant).await?;
+        let key = match version {
+            Some(v) => keys.iter().find(|k| k.version == v),
+            None => keys.last(),
+        }
+        .ok_or(VaultError::NoDataKey)?;
+        Ok((key.version, self.unwrap(key).await?))
+    }
+
+    // ---- secrets ---------------------------------------------------------
+
+    /// Stores a new version of a secret, keeping the `keep` newest.
+    pub async fn put(
+        &self,
+        tenant: TenantId,
+        path: &SecretPath,
+        value: &[u8],
+        keep: u32,
+        created_by: &str,
+        now: OffsetDateTime,
+    ) -> Result<SecretVersion, VaultError> {
+        check_value(value)?;
+        let (key_version, key) = self.data_key(tenant, None).await?;
+        let aad = envelope::secret_aad(tenant.0, key_version, path.as_str());
+        let mut secret = SecretVersion {
+            tenant_id: tenant,
+            path: path.to_string(),
+            version: 0,
+            key_version,
+            ciphertext: envelope::seal(&key, value, &aad)?,
+            size: value.len() as i64,
+            created_at: now,
+            created_by: created_by.to_owned(),
+        };
+        let mut tries = 0;
+        secret.version = loop {
+            match self.store.insert_secret(&secret).await {
+                Ok(version) => break version,
+                Err(StoreError::Duplicate(_)) if tries < WRITE_RACE_RETRIES => tries += 1,
+                Err(e) => return Err(e.into()),
+            }
+        };
+        self.store.prune_secret(tenant, path.as_str(), keep.max(1)).await?;
+        secret.ciphertext.clear();
+        Ok(secret)
+    }
+
+    /// Decrypts one version of a secret, its latest by default.
+    pub async fn get(
+        &self,
+        tenant: TenantId,
+        path: &SecretPath,
+        version: Option<i64>,
+    ) -> Result<StoredSecret, VaultError> {
+        let secret = self.store.secret(tenant, path.as_str(), version).await?.ok_or_else(|| {
+            VaultError::SecretNotFound(match version {
+                Some(v) => format!("secret {path} has no version {v}"),
+                None => format!("there is no secret {path}"),
+            })
+        })?;
+        let (_, key) = self.data_key(tenant, Some(secret.key_version)).await?;
+        let aad = envelope::secret_aad(tenant.0, secret.key_version, path.as_str());
+        let value = envelope::open(&key, &secret.ciphertext, &aad).map_err(|_| {
+            VaultError::Corrupt(format!(
+                "version {} of secret {path} cannot be decrypted: its ciphertext is damaged or \
+                 was moved from elsewhere",
+                secret.version
+            ))
+        })?;
+        Ok(StoredSecret { version: secret.version, created_at: secret.created_at, value })
+    }
+
+    pub async fn list(&self, tenant: TenantId) -> Result<Vec<SecretSummary>, VaultError> {
+        Ok(self.store.list_secrets(tenant).await?)
+    }
+
+    /// Deletes every version of a secret.
+    pub async fn delete(&self, tenant: TenantId, path: &SecretPath) -> Result<u64, VaultError> {
+        match self.store.delete_secret(tenant, path.as_str()).await? {
+            0 => Err(VaultError::SecretNotFound(format!("there is no secret {path}"))),
+            n => Ok(n),
+        }
+    }
+
+    /// Re-encrypts every secret version under the tenant's latest data key;
+    /// returns how many it moved.
+    pub async fn rewrap(&self, tenant: TenantId) -> Result<usize, VaultError> {
+        let (latest, new_key) = self.data_key(tenant, None).await?;
+        let mut moved = 0;
+        loop {
+            let batch = self.store.secrets_below_key_version(tenant, latest, BATCH).await?;
+            if batch.is_empty() {
+                return Ok(moved);
+            }
+            for mut secret in batch {
+                let old_version = secret.key_version;
+                let (_, old_key) = self.data_key(tenant, Some(old_version)).await?;
+                let old_aad = envelope::secret_aad(tenant.0, old_version, &secret.path);
+                let plain =
+                    envelope::open(&old_key, &secret.ciphertext, &old_aad).map_err(|_| {
+                        VaultError::Corrupt(format!(
+                            "version {} of secret {} cannot be decrypted; it was left as it is",
+                            secret.version, secret.path
+                        ))
+                    })?;
+                let new_aad = envelope::secret_aad(tenant.0, latest, &secret.path);
+                secret.ciphertext = envelope::seal(&new_key, &plain, &new_aad)?;
+                secret.key_version = latest;
+                // Lost to a concurrent delete or rewrap: nothing to do.
+                if self.store.reencrypt_secret(&secret, old_version).await? {
+                    moved += 1;
+                }
+            }
+        }
+    }
+
+    // ---- master key ------------------------------------------------------
+
+    /// Moves every master-wrapped data key to a new master key, without
+    /// touching a single secret ciphertext. Safe to interrupt: the new key
+    /// is written to `master.key.next` first, both keys are loaded on the
+    /// next start, and the rotation resumes where it stopped.
+    pub async fn rotate_master(&self, now: OffsetDateTime) -> Result<MasterRotation, VaultError> {
+        let Some(path) = self.master_file.clone() else {
+            return Err(VaultError::RotationUnavailable(
+                "the master key was given in BULKHEAD_MASTER_KEY, where Bulkhead cannot write a \
+                 new one; start with --master-key-file to rotate it"
+                    .into(),
+            ));
+        };
+        let _rotation = self.rotation.lock().await;
+        let (old, next) = {
+            let mut ring = self.keys.write().map_err(|_| poisoned())?;
+            if ring.next.is_none() {
+                let key = LocalKey::generate(KeyRole::Master)?;
+                master_key::write_key_file(&master_key::next_path(&path), &key)?;
+                ring.next = Some(Arc::new(key));
+            }
+            (Arc::clone(&ring.master), ring.wrapping_master())
+        };
+        let mut rewrapped = 0;
+        loop {
+            let batch = self.store.data_keys_wrapped_by(old.id(), BATCH).await?;
+            if batch.is_empty() {
+                break;
+            }
+            for mut key in batch {
+                let plain = self.unwrap(&key).await?;
+                let aad = envelope::data_key_aad(key.tenant_id.0, key.version);
+                key.wrapped = next.wrap(&plain, &aad).await?;
+                key.kek_id = next.id().to_owned();
+                if self.store.rewrap_data_key(&key, old.id()).await? {
+                    rewrapped += 1;
+                }
+            }
+        }
+        // Only the store's record says which key is current; the file
+        // follows it, and a start between the two finds both.
+        self.store.set_master_key_id(Some(old.id()), next.id(), now).await?;
+        master_key::replace_key_file(&master_key::next_path(&path), &path)?;
+        {
+            let mut ring = self.keys.write().map_err(|_| poisoned())?;
+            ring.master = Arc::clone(&next);
+            ring.next = None;
+        }
+        Ok(MasterRotation { from: old.id().to_owned(), to: next.id().to_owned(), rewrapped })
+    }
+
+    // ---- bring your own key ----------------------------------------------
+
+    /// Supplies a tenant's own key. The first time, the tenant's data keys
+    /// are re-wrapped from the master key to it, after which the master key
+    /// alone no longer opens them. Afterwards (for instance after a
+    /// restart) it loads the key again. The key is held in memory only.
+    pub async fn set_tenant_key(
+        &self,
+        tenant: TenantId,
+        key: LocalKey,
+    ) -> Result<TenantKeyChange, VaultError> {
+        let keys = self.store.data_keys(tenant).await?;
+        if keys.is_empty() {
+            return Err(VaultError::NoDataKey);
+        }
+        if let Some(other) =
+            keys.iter().find(|k| k.kek_id.starts_with("tenant:") && k.kek_id != key.id())
+        {
+            return Err(VaultError::WrongTenantKey {
+                given: key.id().to_owned(),
+                expected: other.kek_id.clone(),
+            });
+        }
+        let key: Arc<dyn KeyEncryptionKey> = Arc::new(key);
+        let mut rewrapped = 0;
+        for mut data_key in keys.into_iter().filter(|k| k.kek_id != key.id()) {
+            let old_kek = data_key.kek_id.clone();
+            let plain = self.unwrap(&data_key).await?;
+            let aad = envelope::data_key_aad(tenant.0, data_key.version);
+            data_key.wrapped = key.wrap(&plain, &aad).await?;
+            data_key.kek_id = key.id().to_owned();
+            if self.store.rewrap_data_key(&data_key, &old_kek).await? {
+                rewrapped += 1;
+            }
+        }
+        self.keys.write().map_err(|_| poisoned())?.tenants.insert(tenant, key);
+        Ok(if rewrapped > 0 {
+            TenantKeyChange::Adopted { rewrapped }
+        } else {
+            TenantKeyChange::Loaded
+        })
+    }
+
+    /// Forgets a tenant's own key: its secrets are unreadable until it is
+    /// supplied again. Returns whether a key was loaded.
+    pub fn forget_tenant_key(&self, tenant: TenantId) -> Result<bool, VaultError> {
+        Ok(self.keys.write().map_err(|_| poisoned())?.tenants.remove(&tenant).is_some())
+    }
+}

@@ -1,0 +1,355 @@
+//! The vault against real stores: SQLite and PostgreSQL.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::disallowed_methods)]
+
+use std::{path::PathBuf, sync::Arc};
+
+use bulkhead_model::{
+    DatabaseUrl, Isolation, NewTenant, PlanName, RegionName, Tenant, TenantId, TenantName,
+};
+use bulkhead_store::{ControlStore, StoreLocation};
+use bulkhead_testkit::TestDatabase;
+use bulkhead_vault::{
+    KeyEncryptionKey, KeyRole, LocalKey, MasterKeySource, SecretPath, TenantKeyChange, Vault,
+    VaultError, envelope, master_key,
+};
+use time::OffsetDateTime;
+
+struct Fixture {
+    store: Arc<dyn ControlStore>,
+    dir: tempfile::TempDir,
+    _db: Option<TestDatabase>,
+}
+
+impl Fixture {
+    fn key_path(&self) -> PathBuf {
+        self.dir.path().join("master.key")
+    }
+
+    fn source(&self) -> MasterKeySource {
+        MasterKeySource::File { path: self.key_path(), create: true }
+    }
+
+    async fn vault(&self) -> Vault {
+        Vault::open(self.store.clone(), &self.source(), now()).await.unwrap()
+    }
+
+    async fn tenant(&self, name: &str) -> TenantId {
+        let tenant = Tenant::new(
+            NewTenant {
+                id: TenantId::random(),
+                name: TenantName::parse(name).unwrap(),
+                plan: PlanName::parse("starter").unwrap(),
+                isolation: Isolation::Silo,
+                region: RegionName::default(),
+                admin_email: None,
+            },
+            now(),
+        );
+        self.store.insert_tenant(&tenant).await.unwrap();
+        tenant.id
+    }
+}
+
+async fn sqlite() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let store =
+        bulkhead_store::open(&StoreLocation::Sqlite(dir.path().join("bulkhead.db"))).await.unwrap();
+    Fixture { store, dir, _db: None }
+}
+
+async fn postgres() -> Fixture {
+    let db = TestDatabase::create().await;
+    let location = StoreLocation::Postgres(DatabaseUrl::parse(&db.url).unwrap());
+    let store = bulkhead_store::open(&location).await.unwrap();
+    Fixture { store, dir: tempfile::tempdir().unwrap(), _db: Some(db) }
+}
+
+fn now() -> OffsetDateTime {
+    let now = OffsetDateTime::now_utc();
+    now.replace_millisecond(now.millisecond()).unwrap()
+}
+
+fn path(p: &str) -> SecretPath {
+    SecretPath::parse(p).unwrap()
+}
+
+macro_rules! on_both_stores {
+    ($($test:ident),* $(,)?) => {
+        mod sqlite_store {
+            $(#[tokio::test] async fn $test() { super::$test(super::sqlite().await).await })*
+        }
+        mod postgres_store {
+            $(#[tokio::test] async fn $test() { super::$test(super::postgres().await).await })*
+        }
+    };
+}
+
+on_both_stores!(
+    round_trips_and_keeps_versions,
+    ciphertexts_do_not_work_for_another_tenant,
+    data_key_rotation_and_rewrap_keep_every_secret,
+    master_rotation_rewraps_data_keys_only,
+    an_interrupted_master_rotation_resumes,
+    a_wrong_or_missing_master_key_refuses_and_changes_nothing,
+    bring_your_own_key_locks_out_the_master_key,
+    purging_keys_shreds_every_copy,
+    damaged_ciphertexts_and_keys_are_clear_errors,
+);
+
+async fn round_trips_and_keeps_versions(f: Fixture) {
+    let vault = f.vault().await;
+    let acme = f.tenant("acme").await;
+    assert_eq!(vault.create_data_key(acme, now()).await.unwrap(), 1);
+    assert_eq!(vault.create_data_key(acme, now()).await.unwrap(), 1, "idempotent");
+    let p = path("db/password");
+    for (i, value) in ["one", "two", "three", "four"].iter().enumerate() {
+        let stored =
+            vault.put(acme, &p, value.as_bytes(), 3, "operator:test", now()).await.unwrap();
+        assert_eq!(stored.version, i as i64 + 1);
+        assert_eq!(stored.size, value.len() as i64);
+    }
+    assert_eq!(&**vault.get(acme, &p, None).await.unwrap().value, b"four");
+    assert_eq!(&**vault.get(acme, &p, Some(2)).await.unwrap().value, b"two");
+    let gone = vault.get(acme, &p, Some(1)).await.unwrap_err();
+    assert!(gone.to_string().contains("has no version 1"), "{gone}");
+    vault.put(acme, &path("api/key"), b"k", 3, "operator:test", now()).await.unwrap();
+    let list = vault.list(acme).await.unwrap();
+    let summary: Vec<_> =
+        list.iter().map(|s| (s.path.as_str(), s.latest_version, s.versions)).collect();
+    assert_eq!(summary, [("api/key", 1, 1), ("db/password", 4, 3)]);
+    assert_eq!(vault.delete(acme, &p).await.unwrap(), 3);
+    assert!(matches!(vault.get(acme, &p, None).await, Err(VaultError::SecretNotFound(_))));
+    assert!(matches!(vault.delete(acme, &p).await, Err(VaultError::SecretNotFound(_))));
+}
+
+async fn ciphertexts_do_not_work_for_another_tenant(f: Fixture) {
+    let vault = f.vault().await;
+    let (acme, globex) = (f.tenant("acme").await, f.tenant("globex").await);
+    vault.create_data_key(acme, now()).await.unwrap();
+    vault.create_data_key(globex, now()).await.unwrap();
+    let p = path("db/password");
+    vault.put(acme, &p, b"acme-secret", 3, "t", now()).await.unwrap();
+    assert!(matches!(vault.get(globex, &p, None).await, Err(VaultError::SecretNotFound(_))));
+    // Someone with write access to the store copies acme's ciphertext into
+    // globex's rows: it does not decrypt there.
+    let mut copied = f.store.secret(acme, "db/password", None).await.unwrap().unwrap();
+    copied.tenant_id = globex;
+    f.store.insert_secret(&copied).await.unwrap();
+    let err = vault.get(globex, &p, None).await.unwrap_err();
+    assert!(matches!(err, VaultError::Corrupt(_)), "{err}");
+    // Nor does a wrapped data key moved between tenants.
+    let mut key = f.store.data_keys(acme).await.unwrap().remove(0);
+    let globex_key = f.store.data_keys(globex).await.unwrap().remove(0);
+    key.tenant_id = globex;
+    assert!(f.store.rewrap_data_key(&key, &globex_key.kek_id).await.unwrap());
+    vault.put(globex, &path("x"), b"y", 3, "t", now()).await.unwrap_err();
+}
+
+async fn data_key_rotation_and_rewrap_keep_every_secret(f: Fixture) {
+    let vault = f.vault().await;
+    let acme = f.tenant("acme").await;
+    vault.create_data_key(acme, now()).await.unwrap();
+    vault.put(acme, &path("old"), b"written under v1", 5, "t", now()).await.unwrap();
+    vault.put(acme, &path("old"), b"again under v1", 5, "t", now()).await.unwrap();
+    assert_eq!(vault.rotate_data_key(acme, now()).await.unwrap(), 2);
+    vault.put(acme, &path("new"), b"written under v2", 5, "t", now()).await.unwrap();
+    assert_eq!(f.store.secret(acme, "new", None).await.unwrap().unwrap().key_version, 2);
+    assert_eq!(&**vault.get(acme, &path("old"), Some(1)).await.unwrap().value, b"written under v1");
+    assert_eq!(vault.rewrap(acme).await.unwrap(), 2);
+    assert_eq!(vault.rewrap(acme).await.unwrap(), 0);
+    assert!(f.store.secrets_below_key_version(acme, 2, 10).await.unwrap().is_empty());
+    assert_eq!(&**vault.get(acme, &path("old"), Some(1)).await.unwrap().value, b"written under v1");
+    assert_eq!(&**vault.get(acme, &path("old"), None).await.unwrap().value, b"again under v1");
+    assert_eq!(&**vault.get(acme, &path("new"), None).await.unwrap().value, b"written under v2");
+}
+
+async fn master_rotation_rewraps_data_keys_only(f: Fixture) {
+    let vault = f.vault().await;
+    let before = std::fs::read(f.key_path()).unwrap();
+    let mut tenants = Vec::new();
+    for name in ["acme", "globex", "initech"] {
+        let id = f.tenant(name).await;
+        vault.create_data_key(id, now()).await.unwrap();
+        vault.rotate_data_key(id, now()).await.unwrap();
+        vault.put(id, &path("s"), name.as_bytes(), 3, "t", now()).await.unwrap();
+        tenants.push((id, name));
+    }
+    let ciphertexts_before: Vec<_> = {
+        let mut all = Vec::new();
+        for (id, _) in &tenants {
+            all.push(f.store.secret(*id, "s", None).await.unwrap().unwrap().ciphertext);
+        }
+        all
+    };
+    let old_id = vault.master_key_id().unwrap();
+    let rotation = vault.rotate_master(now()).await.unwrap();
+    assert_eq!(rotation.from, old_id);
+    assert_eq!(rotation.rewrapped, 6);
+    assert_ne!(std::fs::read(f.key_path()).unwrap(), before);
+    assert!(!master_key::next_path(&f.key_path()).exists());
+    for ((id, name), ciphertext) in tenants.iter().zip(ciphertexts_before) {
+        assert_eq!(&**vault.get(*id, &path("s"), None).await.unwrap().value, name.as_bytes());
+        let now_stored = f.store.secret(*id, "s", None).await.unwrap().unwrap().ciphertext;
+        assert_eq!(now_stored, ciphertext, "secret ciphertexts are untouched");
+        for key in f.store.data_keys(*id).await.unwrap() {
+            assert_eq!(key.kek_id, rotation.to);
+        }
+    }
+    // A restart reads the new key.
+    drop(vault);
+    let restarted = f.vault().await;
+    assert_eq!(restarted.master_key_id().unwrap(), rotation.to);
+    assert_eq!(&**restarted.get(tenants[0].0, &path("s"), None).await.unwrap().value, b"acme");
+}
+
+async fn an_interrupted_master_rotation_resumes(f: Fixture) {
+    let vault = f.vault().await;
+    let acme = f.tenant("acme").await;
+    vault.create_data_key(acme, now()).await.unwrap();
+    vault.put(acme, &path("s"), b"value", 3, "t", now()).await.unwrap();
+    drop(vault);
+    // The crash came right after the new key was written.
+    let next = LocalKey::generate(KeyRole::Master).unwrap();
+    master_key::write_key_file(&master_key::next_path(&f.key_path()), &next).unwrap();
+    let vault = f.vault().await;
+    assert!(vault.rotation_pending().unwrap());
+    // New data keys already go to the new key.
+    let globex = f.tenant("globex").await;
+    vault.create_data_key(globex, now()).await.unwrap();
+    assert_eq!(f.store.data_keys(globex).await.unwrap()[0].kek_id, next.id());
+    let done = vault.resume(now()).await.unwrap().unwrap();
+    assert_eq!(done.to, next.id());
+    assert!(!vault.rotation_pending().unwrap());
+    assert_eq!(&**vault.get(acme, &path("s"), None).await.unwrap().value, b"value");
+    assert_eq!(f.store.master_key_id().await.unwrap().as_deref(), Some(next.id()));
+}
+
+async fn a_wrong_or_missing_master_key_refuses_and_changes_nothing(f: Fixture) {
+    let vault = f.vault().await;
+    let acme = f.tenant("acme").await;
+    vault.create_data_key(acme, now()).await.unwrap();
+    let recorded = vault.master_key_id().unwrap();
+    drop(vault);
+
+    let wrong_path = f.dir.path().join("wrong.key");
+    master_key::write_key_file(&wrong_path, &LocalKey::generate(KeyRole::Master).unwrap()).unwrap();
+    let wrong_before = std::fs::read(&wrong_path).unwrap();
+    let source = MasterKeySource::File { path: wrong_path.clone(), create: false };
+    let err = Vault::open(f.store.clone(), &source, now()).await.unwrap_err();
+    assert!(matches!(err, VaultError::WrongMasterKey { .. }), "{err}");
+    assert!(err.to_string().contains("Nothing was changed"), "{err}");
+    assert!(err.to_string().contains(&recorded), "{err}");
+    assert_eq!(std::fs::read(&wrong_path).unwrap(), wrong_before);
+    assert_eq!(f.store.master_key_id().await.unwrap(), Some(recorded.clone()));
+
+    let inline = MasterKeySource::Inline(LocalKey::generate(KeyRole::Master).unwrap().to_text());
+    assert!(matches!(
+        Vault::open(f.store.clone(), &inline, now()).await,
+        Err(VaultError::WrongMasterKey { .. })
+    ));
+
+    // The default key file lost: never silently replaced by a new key.
+    std::fs::rename(f.key_path(), f.dir.path().join("moved.key")).unwrap();
+    let err = Vault::open(f.store.clone(), &f.source(), now()).await.unwrap_err();
+    assert!(matches!(err, VaultError::MasterKeyMissing { .. }), "{err}");
+    assert!(!f.key_path().exists());
+    assert_eq!(f.store.master_key_id().await.unwrap(), Some(recorded));
+}
+
+async fn bring_your_own_key_locks_out_the_master_key(f: Fixture) {
+    let vault = f.vault().await;
+    let acme = f.tenant("acme").await;
+    vault.create_data_key(acme, now()).await.unwrap();
+    vault.put(acme, &path("s"), b"v1 value", 3, "t", now()).await.unwrap();
+    vault.rotate_data_key(acme, now()).await.unwrap();
+    vault.put(acme, &path("s"), b"v2 value", 3, "t", now()).await.unwrap();
+
+    let tenant_key_text = LocalKey::generate(KeyRole::Tenant).unwrap().to_text();
+    let tenant_key = || LocalKey::parse(KeyRole::Tenant, &tenant_key_text).unwrap();
+    let change = vault.set_tenant_key(acme, tenant_key()).await.unwrap();
+    assert_eq!(change, TenantKeyChange::Adopted { rewrapped: 2 });
+    assert_eq!(&**vault.get(acme, &path("s"), Some(1)).await.unwrap().value, b"v1 value");
+    // New data keys of the tenant are wrapped by its key too.
+    assert_eq!(vault.rotate_data_key(acme, now()).await.unwrap(), 3);
+    let status = vault.key_status(acme).await.unwrap();
+    assert!(status.tenant_key && status.unsealed);
+    assert!(status.versions.iter().all(|(_, kek, _)| kek == tenant_key().id()));
+
+    // The operator's view: the store and the master key, not the tenant's
+    // key. Nothing opens the tenant's data keys.
+    drop(vault);
+    let operator = f.vault().await;
+    let err = operator.get(acme, &path("s"), None).await.unwrap_err();
+    assert!(matches!(err, VaultError::Sealed { .. }), "{err}");
+    let master = master_key::read_key_file(&f.key_path(), KeyRole::Master).unwrap();
+    for key in f.store.data_keys(acme).await.unwrap() {
+        let aad = envelope::data_key_aad(acme.0, key.version);
+        assert!(master.unwrap(&key.wrapped, &aad).await.is_err());
+    }
+    let wrong = LocalKey::generate(KeyRole::Tenant).unwrap();
+    assert!(matches!(
+        operator.set_tenant_key(acme, wrong).await,
+        Err(VaultError::WrongTenantKey { .. })
+    ));
+    // The tenant supplies its key again after the restart.
+    assert_eq!(operator.set_tenant_key(acme, tenant_key()).await.unwrap(), TenantKeyChange::Loaded);
+    assert_eq!(&**operator.get(acme, &path("s"), None).await.unwrap().value, b"v2 value");
+    assert!(operator.forget_tenant_key(acme).unwrap());
+    assert!(matches!(operator.get(acme, &path("s"), None).await, Err(VaultError::Sealed { .. })));
+}
+
+async fn purging_keys_shreds_every_copy(f: Fixture) {
+    let vault = f.vault().await;
+    let (acme, globex) = (f.tenant("acme").await, f.tenant("globex").await);
+    for id in [acme, globex] {
+        vault.create_data_key(id, now()).await.unwrap();
+    }
+    vault.put(acme, &path("db/password"), b"acme's secret", 3, "t", now()).await.unwrap();
+    // A copy taken before offboarding (a backup, a stolen dump).
+    let copy = f.store.secret(acme, "db/password", None).await.unwrap().unwrap();
+    let wrapped_copy = f.store.data_keys(acme).await.unwrap().remove(0);
+    let master = master_key::read_key_file(&f.key_path(), KeyRole::Master).unwrap();
+    let aad = envelope::secret_aad(acme.0, copy.key_version, &copy.path);
+    // With the wrapped key, the master key opens the copy...
+    let data_key = master
+        .unwrap(&wrapped_copy.wrapped, &envelope::data_key_aad(acme.0, wrapped_copy.version))
+        .await
+        .unwrap();
+    assert_eq!(&**envelope::open(&data_key, &copy.ciphertext, &aad).unwrap(), b"acme's secret");
+    drop(data_key);
+    drop(wrapped_copy);
+
+    assert_eq!(vault.shred(acme).await.unwrap(), 1);
+    assert!(f.store.data_keys(acme).await.unwrap().is_empty());
+    assert!(matches!(
+        vault.get(acme, &path("db/password"), None).await,
+        Err(VaultError::NoDataKey)
+    ));
+    // ...and without it nothing does: not the master key, not any data key
+    // left in the store.
+    assert!(master.unwrap(&copy.ciphertext, &aad).await.is_err());
+    for key in f.store.data_keys(globex).await.unwrap() {
+        let other = master
+            .unwrap(&key.wrapped, &envelope::data_key_aad(globex.0, key.version))
+            .await
+            .unwrap();
+        assert!(envelope::open(&other, &copy.ciphertext, &aad).is_err());
+    }
+    assert!(f.store.data_keys_by_kek().await.unwrap().iter().all(|(_, n)| *n == 1));
+}
+
+async fn damaged_ciphertexts_and_keys_are_clear_errors(f: Fixture) {
+    let vault = f.vault().await;
+    let acme = f.tenant("acme").await;
+    vault.create_data_key(acme, now()).await.unwrap();
+    vault.put(acme, &path("s"), b"value", 3, "t", now()).await.unwrap();
+    let mut key = f.store.data_keys(acme).await.unwrap().remove(0);
+    let kek = key.kek_id.clone();
+    key.wrapped[10] ^= 1;
+    assert!(f.store.rewrap_data_key(&key, &kek).await.unwrap());
+    let err = vault.get(acme, &path("s"), None).await.unwrap_err();
+    assert!(err.to_string().contains("wrapped key is damaged"), "{err}");
+    key.wrapped.truncate(3);
+    assert!(f.store.rewrap_data_key(&key, &kek).await.unwrap());
+    assert!(matches!(vault.get(acme, &path("s"), None).await, Err(VaultError::Corrupt(_))));
+}
