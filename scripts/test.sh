@@ -66,6 +66,8 @@ ensure_redis() {
 
 ensure_postgres
 ensure_redis
+# The end-to-end tests drive the API with curl as well as with the CLI.
+command -v curl >/dev/null || apt_install curl
 
 say "cargo fmt --check"
 cargo fmt --all -- --check

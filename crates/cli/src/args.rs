@@ -61,6 +61,130 @@ pub enum Command {
     /// The plans tenants can be created on
     #[command(subcommand)]
     Plans(PlansCommand),
+    /// Store and read tenants' secrets (encrypted under each tenant's key)
+    #[command(subcommand)]
+    Secrets(SecretsCommand),
+    /// Short-lived database credentials for tenants
+    #[command(subcommand)]
+    Creds(CredsCommand),
+    /// Keys: tenants' data keys, their own keys, the master key, lockouts
+    #[command(subcommand)]
+    Vault(VaultCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SecretsCommand {
+    /// Store a new version of a secret. The value is read from standard
+    /// input (or --file), never from the command line
+    Put {
+        #[arg(long)]
+        tenant: String,
+        /// Secret path, e.g. db/primary/password
+        path: String,
+        /// Read the value from this file instead of standard input
+        #[arg(long, value_name = "FILE")]
+        file: Option<PathBuf>,
+    },
+    /// Print a secret's value, exactly as stored, to standard output
+    #[command(disable_version_flag = true)]
+    Get {
+        #[arg(long)]
+        tenant: String,
+        path: String,
+        /// A version to read instead of the latest
+        #[arg(long, value_name = "N")]
+        version: Option<i64>,
+    },
+    /// List a tenant's secrets: paths, versions and sizes, never values
+    List {
+        #[arg(long)]
+        tenant: String,
+    },
+    /// Delete every version of a secret
+    Delete {
+        #[arg(long)]
+        tenant: String,
+        path: String,
+    },
+    /// Re-encrypt every secret version under the tenant's latest data key
+    Rewrap {
+        #[arg(long)]
+        tenant: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CredsCommand {
+    /// Issue a database login for a tenant; prints its URL and lease id
+    Issue {
+        #[arg(long)]
+        tenant: String,
+        /// How long it lives, e.g. 15m, 1h [default: 1h; at most the plan's
+        /// maximum]
+        #[arg(long, value_name = "DURATION")]
+        ttl: Option<String>,
+        /// What it may do
+        #[arg(long, value_enum, default_value_t = AccessArg::Write)]
+        access: AccessArg,
+    },
+    /// Revoke a lease now: end its sessions and drop its role
+    Revoke { lease: String },
+    /// List a tenant's leases
+    List {
+        #[arg(long)]
+        tenant: String,
+        /// Include revoked and expired leases
+        #[arg(long)]
+        all: bool,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AccessArg {
+    /// Everything the tenant's owner role can do
+    Write,
+    /// SELECT on the tenant's tables
+    Read,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum VaultCommand {
+    /// Show a tenant's data key versions and what wraps them
+    Keys {
+        #[arg(long)]
+        tenant: String,
+    },
+    /// Give a tenant a new data key version for new writes
+    RotateKey {
+        #[arg(long)]
+        tenant: String,
+        /// Also re-encrypt existing secrets under it
+        #[arg(long)]
+        rewrap: bool,
+    },
+    /// Supply a tenant's own key (bring-your-own-key): the first time, its
+    /// data keys move to it; after a restart, it is loaded again
+    TenantKey {
+        #[arg(long)]
+        tenant: String,
+        /// File holding the key: 32 random bytes in base64, as `openssl rand
+        /// -base64 32` prints them
+        #[arg(long, value_name = "FILE", required_unless_present = "forget")]
+        key_file: Option<PathBuf>,
+        /// Forget the loaded key instead: the tenant's secrets are
+        /// unreadable until it is supplied again
+        #[arg(long, conflicts_with = "key_file")]
+        forget: bool,
+    },
+    /// Re-wrap every data key under a new master key
+    RotateMaster,
+    /// Principals refused by anomaly detection
+    Lockouts,
+    /// Clear a principal's lockout
+    Unlock {
+        /// As listed by `bulkhead vault lockouts`, e.g. operator:initial
+        principal: String,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -85,6 +209,11 @@ pub struct ServeArgs {
     /// Log format [default: text]
     #[arg(long, env = env::LOG_FORMAT, value_enum, value_name = "FORMAT")]
     pub log_format: Option<LogFormat>,
+    /// Master key file (mode 0600). The key itself can instead be given in
+    /// BULKHEAD_MASTER_KEY [default: <data-dir>/master.key, generated on
+    /// first start]
+    #[arg(long, env = env::MASTER_KEY_FILE, value_name = "FILE")]
+    pub master_key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize)]

@@ -3,10 +3,13 @@
 use std::{path::Path, time::Duration};
 
 use bulkhead_control::api::types::{
-    CreateTenantRequest, ErrorBody, PlanList, TenantList, TenantView,
+    CreateTenantRequest, CredentialView, ErrorBody, IssueCredentialRequest, KeyStatusView,
+    LeaseList, LeaseView, LockoutList, MasterRotationView, PlanList, RewrapView, RotateKeyView,
+    SecretList, SecretWritten, TenantKeyRequest, TenantKeyView, TenantList, TenantView,
 };
-use reqwest::{Method, StatusCode, Url};
-use serde::de::DeserializeOwned;
+use reqwest::{Method, RequestBuilder, StatusCode, Url};
+use serde::{Serialize, de::DeserializeOwned};
+use zeroize::Zeroizing;
 
 use crate::{
     args::GlobalArgs,
@@ -100,24 +103,19 @@ impl ApiClient {
         Ok(url)
     }
 
-    async fn call<T: DeserializeOwned>(
+    /// Sends a request and returns the body of a success; an error answer
+    /// becomes a [`CliError`] with the server's message.
+    async fn send(
         &self,
-        method: Method,
-        url: Url,
-        query: &[(&str, String)],
-        body: Option<&CreateTenantRequest>,
-    ) -> Result<T, CliError> {
-        let mut request = self.http.request(method, url).bearer_auth(&self.token).query(query);
-        if let Some(body) = body {
-            request = request.json(body);
-        }
-        let response = request.send().await.map_err(|e| self.unreachable(e))?;
+        request: RequestBuilder,
+    ) -> Result<(reqwest::header::HeaderMap, Vec<u8>), CliError> {
+        let response =
+            request.bearer_auth(&self.token).send().await.map_err(|e| self.unreachable(e))?;
         let status = response.status();
+        let headers = response.headers().clone();
         let bytes = response.bytes().await.map_err(|e| self.unreachable(e))?;
         if status.is_success() {
-            return serde_json::from_slice(&bytes).map_err(|e| {
-                CliError::new(Kind::Server, format!("unexpected answer from {}: {e}", self.base))
-            });
+            return Ok((headers, bytes.into()));
         }
         let message = serde_json::from_slice::<ErrorBody>(&bytes)
             .map(|b| b.error.message)
@@ -129,12 +127,36 @@ impl ApiClient {
             s if s.is_client_error() => Kind::Usage,
             _ => Kind::Server,
         };
-        let message = if kind == Kind::Unauthorized {
+        let message = if status == StatusCode::UNAUTHORIZED {
             format!("{message}: the operator token was refused (check --token or {})", env::TOKEN)
         } else {
             message
         };
         Err(CliError::new(kind, message))
+    }
+
+    async fn call<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        url: Url,
+        query: &[(&str, String)],
+    ) -> Result<T, CliError> {
+        self.parse(self.send(self.http.request(method, url).query(query)).await?.1)
+    }
+
+    async fn call_json<T: DeserializeOwned, B: Serialize>(
+        &self,
+        method: Method,
+        url: Url,
+        body: &B,
+    ) -> Result<T, CliError> {
+        self.parse(self.send(self.http.request(method, url).json(body)).await?.1)
+    }
+
+    fn parse<T: DeserializeOwned>(&self, bytes: Vec<u8>) -> Result<T, CliError> {
+        serde_json::from_slice(&bytes).map_err(|e| {
+            CliError::new(Kind::Server, format!("unexpected answer from {}: {e}", self.base))
+        })
     }
 
     fn unreachable(&self, error: reqwest::Error) -> CliError {
@@ -155,11 +177,11 @@ impl ApiClient {
         &self,
         request: &CreateTenantRequest,
     ) -> Result<TenantView, CliError> {
-        self.call(Method::POST, self.url(&["v1", "tenants"])?, &[], Some(request)).await
+        self.call_json(Method::POST, self.url(&["v1", "tenants"])?, request).await
     }
 
     pub async fn tenant(&self, name: &str) -> Result<TenantView, CliError> {
-        self.call(Method::GET, self.url(&["v1", "tenants", name])?, &[], None).await
+        self.call(Method::GET, self.url(&["v1", "tenants", name])?, &[]).await
     }
 
     /// Like [`ApiClient::tenant`], but a 404 is an answer, not an error.
@@ -180,20 +202,126 @@ impl ApiClient {
         let mut query = vec![("limit", limit.to_string())];
         query.extend(after.map(|a| ("after", a.to_owned())));
         query.extend(state.map(|s| ("state", s.to_owned())));
-        self.call(Method::GET, self.url(&["v1", "tenants"])?, &query, None).await
+        self.call(Method::GET, self.url(&["v1", "tenants"])?, &query).await
     }
 
     pub async fn lifecycle(&self, name: &str, action: &str) -> Result<TenantView, CliError> {
-        self.call(Method::POST, self.url(&["v1", "tenants", name, action])?, &[], None).await
+        self.call(Method::POST, self.url(&["v1", "tenants", name, action])?, &[]).await
     }
 
     pub async fn delete_tenant(&self, name: &str, purge: bool) -> Result<TenantView, CliError> {
         let query = [("purge", purge.to_string())];
-        self.call(Method::DELETE, self.url(&["v1", "tenants", name])?, &query, None).await
+        self.call(Method::DELETE, self.url(&["v1", "tenants", name])?, &query).await
     }
 
     pub async fn plans(&self) -> Result<PlanList, CliError> {
-        self.call(Method::GET, self.url(&["v1", "plans"])?, &[], None).await
+        self.call(Method::GET, self.url(&["v1", "plans"])?, &[]).await
+    }
+
+    /// `/v1/tenants/{tenant}/secrets/{path...}`, one URL segment per path
+    /// segment so that the server sees the path as typed.
+    fn secret_url(&self, tenant: &str, path: &str) -> Result<Url, CliError> {
+        let mut segments = vec!["v1", "tenants", tenant, "secrets"];
+        segments.extend(path.split('/'));
+        self.url(&segments)
+    }
+
+    pub async fn put_secret(
+        &self,
+        tenant: &str,
+        path: &str,
+        value: Zeroizing<Vec<u8>>,
+    ) -> Result<SecretWritten, CliError> {
+        let request = self
+            .http
+            .put(self.secret_url(tenant, path)?)
+            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+            .body(value.to_vec());
+        self.parse(self.send(request).await?.1)
+    }
+
+    /// The value and its version.
+    pub async fn get_secret(
+        &self,
+        tenant: &str,
+        path: &str,
+        version: Option<i64>,
+    ) -> Result<(Option<String>, Zeroizing<Vec<u8>>), CliError> {
+        let query: Vec<(&str, String)> =
+            version.map(|v| ("version", v.to_string())).into_iter().collect();
+        let request = self.http.get(self.secret_url(tenant, path)?).query(&query);
+        let (headers, bytes) = self.send(request).await?;
+        let version =
+            headers.get("bulkhead-secret-version").and_then(|v| v.to_str().ok()).map(str::to_owned);
+        Ok((version, Zeroizing::new(bytes)))
+    }
+
+    pub async fn list_secrets(&self, tenant: &str) -> Result<SecretList, CliError> {
+        self.call(Method::GET, self.url(&["v1", "tenants", tenant, "secrets"])?, &[]).await
+    }
+
+    pub async fn delete_secret(&self, tenant: &str, path: &str) -> Result<(), CliError> {
+        self.send(self.http.delete(self.secret_url(tenant, path)?)).await.map(|_| ())
+    }
+
+    pub async fn rewrap(&self, tenant: &str) -> Result<RewrapView, CliError> {
+        let url = self.url(&["v1", "tenants", tenant, "keys", "rewrap"])?;
+        self.call(Method::POST, url, &[]).await
+    }
+
+    pub async fn key_status(&self, tenant: &str) -> Result<KeyStatusView, CliError> {
+        self.call(Method::GET, self.url(&["v1", "tenants", tenant, "keys"])?, &[]).await
+    }
+
+    pub async fn rotate_data_key(&self, tenant: &str) -> Result<RotateKeyView, CliError> {
+        let url = self.url(&["v1", "tenants", tenant, "keys", "rotate"])?;
+        self.call(Method::POST, url, &[]).await
+    }
+
+    pub async fn set_tenant_key(
+        &self,
+        tenant: &str,
+        key: Zeroizing<String>,
+    ) -> Result<TenantKeyView, CliError> {
+        let url = self.url(&["v1", "tenants", tenant, "keys", "tenant-key"])?;
+        self.call_json(Method::PUT, url, &TenantKeyRequest { key }).await
+    }
+
+    pub async fn forget_tenant_key(&self, tenant: &str) -> Result<(), CliError> {
+        let url = self.url(&["v1", "tenants", tenant, "keys", "tenant-key"])?;
+        self.send(self.http.delete(url)).await.map(|_| ())
+    }
+
+    pub async fn rotate_master(&self) -> Result<MasterRotationView, CliError> {
+        let url = self.url(&["v1", "vault", "master-key", "rotate"])?;
+        self.call(Method::POST, url, &[]).await
+    }
+
+    pub async fn issue_credential(
+        &self,
+        tenant: &str,
+        request: &IssueCredentialRequest,
+    ) -> Result<CredentialView, CliError> {
+        let url = self.url(&["v1", "tenants", tenant, "credentials"])?;
+        self.call_json(Method::POST, url, request).await
+    }
+
+    pub async fn list_credentials(&self, tenant: &str, all: bool) -> Result<LeaseList, CliError> {
+        let url = self.url(&["v1", "tenants", tenant, "credentials"])?;
+        self.call(Method::GET, url, &[("all", all.to_string())]).await
+    }
+
+    pub async fn revoke_credential(&self, lease: &str) -> Result<LeaseView, CliError> {
+        self.call(Method::DELETE, self.url(&["v1", "credentials", lease])?, &[]).await
+    }
+
+    pub async fn lockouts(&self) -> Result<LockoutList, CliError> {
+        self.call(Method::GET, self.url(&["v1", "vault", "lockouts"])?, &[]).await
+    }
+
+    pub async fn unlock(&self, principal: &str) -> Result<(), CliError> {
+        let url = self.url(&["v1", "vault", "lockouts", principal])?;
+        self.send(self.http.delete(url)).await.map(|_| ())
     }
 }
 

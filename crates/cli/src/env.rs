@@ -10,6 +10,10 @@ pub const API_LISTEN: &str = "BULKHEAD_API_LISTEN";
 pub const GATEWAY_LISTEN: &str = "BULKHEAD_GATEWAY_LISTEN";
 pub const BASE_DOMAIN: &str = "BULKHEAD_BASE_DOMAIN";
 pub const LOG_FORMAT: &str = "BULKHEAD_LOG_FORMAT";
+pub const MASTER_KEY_FILE: &str = "BULKHEAD_MASTER_KEY_FILE";
+/// The master key itself (base64 of 32 bytes), for platforms that inject
+/// secrets as environment variables. Bulkhead cannot rotate such a key.
+pub const MASTER_KEY: &str = "BULKHEAD_MASTER_KEY";
 /// A `tracing` filter such as `info` or `bulkhead_control=debug,info`.
 pub const LOG: &str = "BULKHEAD_LOG";
 

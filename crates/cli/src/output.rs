@@ -2,7 +2,10 @@
 //! for scripts. Results go to stdout, progress to stderr.
 #![allow(clippy::print_stdout)]
 
-use bulkhead_control::api::types::{StepState, TenantView};
+use bulkhead_control::api::types::{
+    CredentialView, KeyStatusView, LeaseView, LockoutView, SecretSummaryView, SecretWritten,
+    StepState, TenantView,
+};
 use bulkhead_model::Plan;
 use serde::Serialize;
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
@@ -106,10 +109,7 @@ pub fn tenant(format: Output, view: &TenantView) -> Result<(), CliError> {
     if let Some(error) = &t.last_error {
         fields.push(("Last error", error.clone()));
     }
-    let width = fields.iter().map(|(k, _)| k.len()).max().unwrap_or(0) + 1;
-    for (key, value) in fields {
-        println!("{:<width$} {value}", format!("{key}:"));
-    }
+    self::fields(&fields);
     if let Some(steps) = &view.steps {
         let rows: Vec<Vec<String>> = steps
             .iter()
@@ -155,6 +155,13 @@ pub fn plans(format: Output, plans: &[Plan]) -> Result<(), CliError> {
                     "{} MiB, {} procs, {} mCPU",
                     p.runtime.memory_mib, p.runtime.max_processes, p.runtime.cpu_millicores
                 ),
+                format!(
+                    "{} versions, creds ≤ {}",
+                    p.vault.secret_versions,
+                    bulkhead_vault::ttl::format_duration(std::time::Duration::from_secs(
+                        p.vault.max_credential_ttl_secs
+                    ))
+                ),
             ]
         })
         .collect();
@@ -168,11 +175,118 @@ pub fn plans(format: Output, plans: &[Plan]) -> Result<(), CliError> {
                 "COST CAPS (SOFT/HARD)",
                 "AUDIT",
                 "BACKUPS",
-                "RUNTIME"
+                "RUNTIME",
+                "VAULT"
             ],
             &rows
         )
     );
+    Ok(())
+}
+
+/// `key: value` lines, keys padded to the widest.
+fn fields(fields: &[(&str, String)]) {
+    let width = fields.iter().map(|(k, _)| k.len()).max().unwrap_or(0) + 1;
+    for (key, value) in fields {
+        println!("{:<width$} {value}", format!("{key}:"));
+    }
+}
+
+pub fn secret_written(format: Output, written: &SecretWritten) -> Result<(), CliError> {
+    if format == Output::Json {
+        return json(written);
+    }
+    eprintln!(
+        "stored {} version {} ({} bytes, data key v{})",
+        written.path, written.version, written.size, written.key_version
+    );
+    Ok(())
+}
+
+pub fn secrets(format: Output, secrets: &[SecretSummaryView]) -> Result<(), CliError> {
+    if format == Output::Json {
+        return json(&secrets);
+    }
+    let rows: Vec<Vec<String>> = secrets
+        .iter()
+        .map(|s| {
+            vec![
+                s.path.clone(),
+                s.latest_version.to_string(),
+                s.versions.to_string(),
+                s.size.to_string(),
+                time(&s.updated_at),
+            ]
+        })
+        .collect();
+    println!("{}", table(&["PATH", "VERSION", "KEPT", "BYTES", "UPDATED"], &rows));
+    Ok(())
+}
+
+pub fn keys(format: Output, status: &KeyStatusView) -> Result<(), CliError> {
+    if format == Output::Json {
+        return json(status);
+    }
+    let wrapping = match (status.tenant_key, status.unsealed) {
+        (false, _) => "the master key",
+        (true, true) => "the tenant's own key (loaded)",
+        (true, false) => "the tenant's own key (NOT loaded: secrets are sealed)",
+    };
+    fields(&[("Tenant", status.tenant.clone()), ("Wrapped by", wrapping.to_owned())]);
+    let rows: Vec<Vec<String>> = status
+        .data_keys
+        .iter()
+        .map(|k| vec![k.version.to_string(), k.wrapped_by.clone(), time(&k.created_at)])
+        .collect();
+    println!("\n{}", table(&["DATA KEY", "WRAPPED BY", "CREATED"], &rows));
+    Ok(())
+}
+
+pub fn credential(format: Output, credential: &CredentialView) -> Result<(), CliError> {
+    if format == Output::Json {
+        return json(credential);
+    }
+    let lease = &credential.lease;
+    fields(&[
+        ("Lease", lease.id.to_string()),
+        ("Role", lease.role.clone()),
+        ("Access", lease.access.clone()),
+        ("Expires", time(&lease.expires_at)),
+        ("URL", credential.url.clone()),
+    ]);
+    Ok(())
+}
+
+pub fn leases(format: Output, leases: &[LeaseView]) -> Result<(), CliError> {
+    if format == Output::Json {
+        return json(&leases);
+    }
+    let rows: Vec<Vec<String>> = leases
+        .iter()
+        .map(|l| {
+            vec![
+                l.id.to_string(),
+                l.role.clone(),
+                l.access.clone(),
+                time(&l.issued_at),
+                time(&l.expires_at),
+                l.revoked_at.map(|at| time(&at)).unwrap_or_default(),
+            ]
+        })
+        .collect();
+    println!("{}", table(&["LEASE", "ROLE", "ACCESS", "ISSUED", "EXPIRES", "REVOKED"], &rows));
+    Ok(())
+}
+
+pub fn lockouts(format: Output, lockouts: &[LockoutView]) -> Result<(), CliError> {
+    if format == Output::Json {
+        return json(&lockouts);
+    }
+    let rows: Vec<Vec<String>> = lockouts
+        .iter()
+        .map(|l| vec![l.principal.clone(), l.reason.clone(), time(&l.locked_at)])
+        .collect();
+    println!("{}", table(&["PRINCIPAL", "REASON", "LOCKED"], &rows));
     Ok(())
 }
 

@@ -7,12 +7,14 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use bulkhead_control::{Config, ReconcilerSettings};
+use bulkhead_control::{Config, ReconcilerSettings, config::VaultSettings};
 use bulkhead_model::{
     BaseDomain, DatabaseLocation, DatabasePrefix, DatabaseUrl, Region, RegionName, Regions,
 };
 use bulkhead_store::StoreLocation;
+use bulkhead_vault::{MasterKeySource, ttl::parse_duration};
 use serde::Deserialize;
+use zeroize::Zeroizing;
 
 use crate::{
     args::{LogFormat, Sensitive, ServeArgs},
@@ -35,6 +37,21 @@ struct FileConfig {
     regions: Vec<FileRegion>,
     #[serde(default)]
     reconciler: FileReconciler,
+    #[serde(default)]
+    vault: FileVault,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileVault {
+    master_key_file: Option<PathBuf>,
+    /// Distinct tenants one principal may touch within `anomaly_window`.
+    anomaly_threshold: Option<usize>,
+    anomaly_window: Option<String>,
+    anomaly_lockout: Option<bool>,
+    credential_sweep_every: Option<String>,
+    /// A duration, or "off".
+    rotate_data_keys_every: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -111,6 +128,8 @@ impl ServeSettings {
             ));
         }
         let log_format = args.log_format.or(file.log_format).unwrap_or(LogFormat::Text);
+        let inline_key = std::env::var(env::MASTER_KEY).ok().filter(|k| !k.is_empty());
+        let vault = vault_settings(&file.vault, args, inline_key.map(Zeroizing::new), &data_dir)?;
         Ok(Self {
             config: Config {
                 data_dir,
@@ -120,10 +139,67 @@ impl ServeSettings {
                 base_domain,
                 regions,
                 reconciler,
+                vault,
             },
             log_format,
         })
     }
+}
+
+fn vault_settings(
+    file: &FileVault,
+    args: &ServeArgs,
+    inline_key: Option<Zeroizing<String>>,
+    data_dir: &Path,
+) -> Result<VaultSettings, CliError> {
+    let mut vault = VaultSettings::in_data_dir(data_dir);
+    vault.master_key = match (&args.master_key_file, inline_key, &file.master_key_file) {
+        (Some(_), Some(_), _) => {
+            return Err(CliError::usage(format!(
+                "both --master-key-file (or {}) and {} are set; give the master key one way",
+                env::MASTER_KEY_FILE,
+                env::MASTER_KEY
+            )));
+        }
+        (Some(path), None, _) => MasterKeySource::File { path: path.clone(), create: false },
+        (None, Some(key), _) => MasterKeySource::Inline(key),
+        (None, None, Some(path)) => MasterKeySource::File { path: path.clone(), create: false },
+        (None, None, None) => vault.master_key,
+    };
+    let duration = |key: &str, value: &Option<String>| {
+        value
+            .as_deref()
+            .map(parse_duration)
+            .transpose()
+            .map_err(|e| CliError::usage(format!("vault.{key}: {e}")))
+    };
+    if let Some(threshold) = file.anomaly_threshold {
+        if threshold == 0 {
+            return Err(CliError::usage("vault.anomaly_threshold must be at least 1"));
+        }
+        vault.anomaly.max_tenants = threshold;
+    }
+    if let Some(window) = duration("anomaly_window", &file.anomaly_window)? {
+        vault.anomaly.window = window;
+    }
+    if let Some(lockout) = file.anomaly_lockout {
+        vault.anomaly.lockout = lockout;
+    }
+    if let Some(every) = duration("credential_sweep_every", &file.credential_sweep_every)? {
+        vault.sweep_every = every;
+    }
+    match file.rotate_data_keys_every.as_deref() {
+        Some("off") => vault.rotate_data_keys_every = None,
+        other => {
+            let value = other.map(str::to_owned);
+            if let Some(every) = duration("rotate_data_keys_every", &value)? {
+                vault.rotate_data_keys_every = Some(every);
+                // Checked often enough for the policy to hold.
+                vault.rotation_check_every = vault.rotation_check_every.min(every);
+            }
+        }
+    }
+    Ok(vault)
 }
 
 fn read_file(explicit: Option<&Path>) -> Result<FileConfig, CliError> {
@@ -200,6 +276,7 @@ mod tests {
             gateway_listen: None,
             base_domain: None,
             log_format: None,
+            master_key_file: None,
         }
     }
 
@@ -274,12 +351,41 @@ mod tests {
             ("[[regions]]\nname = \"EU\"\ndatabases = \"embedded\"", "region name"),
             ("[[regions]]\nname = \"eu\"\ndatabases = \"mysql://h\"", "region `eu`"),
             ("[reconciler]\nworkers = 0", "at least 1"),
+            ("[vault]\nanomaly_window = \"soon\"", "vault.anomaly_window"),
+            ("[vault]\nanomaly_threshold = 0", "at least 1"),
+            ("[vault]\nrotate_data_keys_every = \"1y\"", "vault.rotate_data_keys_every"),
+            ("[vault]\nmaster_kye_file = \"x\"", "unknown field `master_kye_file`"),
         ];
         for (toml, expected) in cases {
             let err = with_file(toml, args()).unwrap_err();
             assert!(err.message.contains(expected), "{toml}: {}", err.message);
             assert!(!err.message.contains("secret"), "{}", err.message);
         }
+    }
+
+    #[test]
+    fn vault_settings_from_the_file_and_flags() {
+        let toml = "[vault]\nanomaly_threshold = 3\nanomaly_window = \"2m\"\nanomaly_lockout = true\n\
+                    rotate_data_keys_every = \"off\"\nmaster_key_file = \"/keys/file.key\"";
+        let settings = with_file(toml, args()).unwrap();
+        let vault = settings.config.vault;
+        assert_eq!(vault.anomaly.max_tenants, 3);
+        assert_eq!(vault.anomaly.window, std::time::Duration::from_secs(120));
+        assert!(vault.anomaly.lockout);
+        assert_eq!(vault.rotate_data_keys_every, None);
+        assert!(
+            matches!(vault.master_key, MasterKeySource::File { ref path, create: false } if path == Path::new("/keys/file.key"))
+        );
+        let flagged =
+            with_file(toml, ServeArgs { master_key_file: Some("/keys/flag.key".into()), ..args() })
+                .unwrap();
+        assert!(
+            matches!(flagged.config.vault.master_key, MasterKeySource::File { ref path, .. } if path == Path::new("/keys/flag.key"))
+        );
+        let default = ServeSettings::load(&args(), Some(Path::new("/data"))).unwrap();
+        assert!(
+            matches!(default.config.vault.master_key, MasterKeySource::File { ref path, create: true } if path == Path::new("/data/master.key"))
+        );
     }
 
     #[test]

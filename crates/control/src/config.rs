@@ -6,6 +6,7 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use bulkhead_model::{BaseDomain, DatabaseLocation, Regions};
 use bulkhead_store::StoreLocation;
+use bulkhead_vault::{AnomalyPolicy, MasterKeySource};
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -21,6 +22,7 @@ pub struct Config {
     pub base_domain: BaseDomain,
     pub regions: Regions,
     pub reconciler: ReconcilerSettings,
+    pub vault: VaultSettings,
 }
 
 impl Config {
@@ -28,7 +30,6 @@ impl Config {
     pub fn for_test(data_dir: PathBuf) -> Self {
         Self {
             store: StoreLocation::Sqlite(data_dir.join("bulkhead.db")),
-            data_dir,
             api_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             gateway_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             base_domain: BaseDomain::default(),
@@ -37,6 +38,8 @@ impl Config {
                 first_backoff: Duration::from_millis(10),
                 ..ReconcilerSettings::default()
             },
+            vault: VaultSettings::in_data_dir(&data_dir),
+            data_dir,
         }
     }
 }
@@ -66,6 +69,34 @@ impl Default for ReconcilerSettings {
             first_backoff: Duration::from_millis(250),
             step_timeout: Duration::from_secs(90),
             scan_every: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Where the master key is and how the vault's background work runs.
+#[derive(Debug, Clone)]
+pub struct VaultSettings {
+    pub master_key: MasterKeySource,
+    pub anomaly: AnomalyPolicy,
+    /// How often expired credential leases are looked for and revoked.
+    pub sweep_every: Duration,
+    /// Rotate a tenant's data key (and re-encrypt its secrets) once its
+    /// latest version is this old; `None` never does.
+    pub rotate_data_keys_every: Option<Duration>,
+    /// How often tenants are checked for a data key due for rotation.
+    pub rotation_check_every: Duration,
+}
+
+impl VaultSettings {
+    /// The master key in `<data-dir>/master.key`, generated on first start,
+    /// and the default policies.
+    pub fn in_data_dir(data_dir: &std::path::Path) -> Self {
+        Self {
+            master_key: MasterKeySource::File { path: data_dir.join("master.key"), create: true },
+            anomaly: AnomalyPolicy::default(),
+            sweep_every: Duration::from_secs(10),
+            rotate_data_keys_every: Some(Duration::from_secs(90 * 86_400)),
+            rotation_check_every: Duration::from_secs(600),
         }
     }
 }

@@ -3,7 +3,7 @@
 
 use std::{fmt, sync::Arc};
 
-use bulkhead_model::Tenant;
+use bulkhead_model::{Tenant, TenantId};
 use bulkhead_store::{ControlStore, NewEvent};
 use serde_json::Value;
 
@@ -16,6 +16,30 @@ pub enum Actor {
     Operator(String),
     /// The provisioning reconciler.
     Reconciler,
+    /// The vault's background work: expiring leases, scheduled rotation.
+    Scheduler,
+    /// A credential scoped to one tenant (a tenant admin's token or API
+    /// key, which the identity capability issues): it may act on that
+    /// tenant's own resources only.
+    Tenant { tenant_id: TenantId, subject: String },
+}
+
+impl Actor {
+    /// Whether the actor may touch `tenant`'s resources at all. Operators
+    /// and the control plane's own tasks may; a tenant-scoped credential
+    /// only for its own tenant, compared by id, never by name.
+    pub fn may_access(&self, tenant: &Tenant) -> bool {
+        match self {
+            Actor::Operator(_) | Actor::Reconciler | Actor::Scheduler => true,
+            Actor::Tenant { tenant_id, .. } => *tenant_id == tenant.id,
+        }
+    }
+
+    /// Whether the actor may use platform-wide endpoints (master key,
+    /// lockouts, every tenant's list).
+    pub fn is_operator(&self) -> bool {
+        matches!(self, Actor::Operator(_))
+    }
 }
 
 impl fmt::Display for Actor {
@@ -23,6 +47,8 @@ impl fmt::Display for Actor {
         match self {
             Actor::Operator(name) => write!(f, "operator:{name}"),
             Actor::Reconciler => f.write_str("reconciler"),
+            Actor::Scheduler => f.write_str("scheduler"),
+            Actor::Tenant { tenant_id, subject } => write!(f, "tenant:{tenant_id}:{subject}"),
         }
     }
 }
@@ -50,17 +76,73 @@ impl EventLog {
         outcome: &str,
         details: Value,
     ) {
+        self.append(actor, Some(tenant), action, outcome, details).await;
+    }
+
+    /// Appends an event about the platform rather than one tenant.
+    pub async fn record_platform(
+        &self,
+        actor: &Actor,
+        action: &str,
+        outcome: &str,
+        details: Value,
+    ) {
+        self.append(actor, None, action, outcome, details).await;
+    }
+
+    async fn append(
+        &self,
+        actor: &Actor,
+        tenant: Option<&Tenant>,
+        action: &str,
+        outcome: &str,
+        details: Value,
+    ) {
         let event = NewEvent {
             at: self.clock.now(),
-            tenant_id: Some(tenant.id),
-            tenant: Some(tenant.name.to_string()),
+            tenant_id: tenant.map(|t| t.id),
+            tenant: tenant.map(|t| t.name.to_string()),
             actor: actor.to_string(),
             action: action.to_owned(),
             outcome: outcome.to_owned(),
             details,
         };
         if let Err(error) = self.store.append_event(&event).await {
-            tracing::warn!(tenant = %tenant.name, action, %error, "cannot record event");
+            tracing::warn!(tenant = ?tenant.map(|t| t.name.as_str()), action, %error, "cannot record event");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bulkhead_model::{Isolation, NewTenant, PlanName, RegionName, TenantName};
+    use time::OffsetDateTime;
+
+    fn tenant(name: &str) -> Tenant {
+        Tenant::new(
+            NewTenant {
+                id: TenantId::random(),
+                name: TenantName::parse(name).unwrap(),
+                plan: PlanName::parse("starter").unwrap(),
+                isolation: Isolation::Pool,
+                region: RegionName::default(),
+                admin_email: None,
+            },
+            OffsetDateTime::UNIX_EPOCH,
+        )
+    }
+
+    #[test]
+    fn a_tenant_credential_reaches_its_own_tenant_only() {
+        let (acme, globex) = (tenant("acme"), tenant("globex"));
+        let admin = Actor::Tenant { tenant_id: acme.id, subject: "alice".into() };
+        assert!(admin.may_access(&acme));
+        assert!(!admin.may_access(&globex));
+        // Same name, another tenant (recreated after a purge): still no.
+        let impostor = Tenant { id: TenantId::random(), ..acme.clone() };
+        assert!(!admin.may_access(&impostor));
+        assert!(!admin.is_operator());
+        assert!(Actor::Operator("initial".into()).may_access(&globex));
     }
 }

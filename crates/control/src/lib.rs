@@ -11,6 +11,7 @@
 pub mod api;
 pub mod clock;
 pub mod config;
+pub mod credentials;
 pub mod data_dir;
 pub mod events;
 pub mod metrics;
@@ -19,6 +20,7 @@ pub mod provision;
 pub mod reconciler;
 pub mod server;
 pub mod tenants;
+pub mod vault;
 
 pub use config::{Config, ReconcilerSettings};
 pub use server::{RunningServer, StartError, start, start_with_steps};

@@ -15,20 +15,23 @@ use std::{
 };
 
 use bulkhead_model::PlanCatalog;
-use bulkhead_store::{StoreError, StoreLock};
+use bulkhead_store::{StoreError, StoreLock, VaultStore};
+use bulkhead_vault::{AnomalyDetector, Vault, VaultError};
 use thiserror::Error;
 use tokio::{sync::watch, task::JoinHandle};
 
 use crate::{
     api::{self, AppState},
     clock::{Clock, SystemClock},
-    config::Config,
+    config::{Config, VaultSettings},
+    credentials::Credentials,
     data_dir::{DataDir, DataDirError, write_private},
     metrics::Metrics,
     operator_token::{OperatorTokenError, OperatorTokens},
-    provision::{ProvisioningStep, RegionServers, standard_steps},
+    provision::{ProvisioningStep, RegionServers, StepServices, standard_steps},
     reconciler::Reconciler,
     tenants::TenantService,
+    vault::VaultService,
 };
 
 #[derive(Debug, Error)]
@@ -39,6 +42,8 @@ pub enum StartError {
     Store(#[from] StoreError),
     #[error(transparent)]
     OperatorToken(#[from] OperatorTokenError),
+    #[error(transparent)]
+    Vault(#[from] VaultError),
     #[error(
         "{tenants} tenant(s) (e.g. {first_tenant:?}) are in region `{region}`, which is not \
          configured; configure the region again (it is needed to offboard them), or purge \
@@ -71,6 +76,7 @@ pub struct RunningServer {
     http: JoinHandle<std::io::Result<()>>,
     reconciler: JoinHandle<()>,
     lock_keeper: JoinHandle<()>,
+    vault_keeper: JoinHandle<()>,
     _data_dir: DataDir,
 }
 
@@ -101,6 +107,7 @@ impl RunningServer {
             tracing::warn!(%error, "API server ended with an error");
         }
         let _ = self.lock_keeper.await;
+        let _ = self.vault_keeper.await;
     }
 }
 
@@ -131,6 +138,39 @@ async fn keep_lock(
     }
 }
 
+/// The vault's background work: revoking expired leases, and rotating data
+/// keys that are due by policy.
+async fn keep_vault(
+    vault: Arc<VaultService>,
+    settings: VaultSettings,
+    mut stopping: watch::Receiver<bool>,
+) {
+    let mut sweep = tokio::time::interval(settings.sweep_every);
+    let mut rotation = tokio::time::interval(settings.rotation_check_every);
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    rotation.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = async { let _ = stopping.wait_for(|stop| *stop).await; } => return,
+            _ = sweep.tick() => {
+                match vault.expire_leases().await {
+                    Ok(0) => {}
+                    Ok(revoked) => tracing::info!(revoked, "revoked expired database credentials"),
+                    Err(error) => tracing::warn!(%error, "cannot sweep expired credentials"),
+                }
+            }
+            _ = rotation.tick(), if settings.rotate_data_keys_every.is_some() => {
+                let Some(every) = settings.rotate_data_keys_every else { continue };
+                match vault.rotate_due_keys(every).await {
+                    Ok(0) => {}
+                    Ok(rotated) => tracing::info!(rotated, "rotated data keys due by policy"),
+                    Err(error) => tracing::warn!(%error, "cannot run scheduled data key rotation"),
+                }
+            }
+        }
+    }
+}
+
 struct SetOnDrop(Arc<AtomicBool>);
 
 impl Drop for SetOnDrop {
@@ -147,7 +187,7 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
 /// Starts a control plane whose reconciler runs the steps `steps` builds.
 pub async fn start_with_steps(
     config: Config,
-    steps: impl FnOnce(RegionServers) -> Vec<Arc<dyn ProvisioningStep>>,
+    steps: impl FnOnce(&StepServices) -> Vec<Arc<dyn ProvisioningStep>>,
 ) -> Result<RunningServer, StartError> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let data_dir = DataDir::open(&config.data_dir)?;
@@ -162,13 +202,29 @@ pub async fn start_with_steps(
             });
         }
     }
+    // Checked before anything else is written: a wrong master key stops
+    // the start with the store untouched.
+    let vault_store: Arc<dyn VaultStore> = store.clone();
+    let vault = Arc::new(Vault::open(vault_store, &config.vault.master_key, clock.now()).await?);
+    if let Some(done) = vault.resume(clock.now()).await? {
+        tracing::info!(from = %done.from, to = %done.to, rewrapped = done.rewrapped, "finished an interrupted master key rotation");
+    }
     let operator_tokens =
         OperatorTokens::ensure(store.as_ref(), &data_dir.operator_token(), clock.as_ref()).await?;
+    let servers = RegionServers::default();
+    let credentials =
+        Arc::new(Credentials::new(Arc::clone(&store), servers.clone(), config.regions.clone()));
+    let services = StepServices {
+        servers,
+        vault: Arc::clone(&vault),
+        credentials: Arc::clone(&credentials),
+        clock: Arc::clone(&clock),
+    };
 
     let metrics = Arc::new(Metrics::new());
     let reconciler = Arc::new(Reconciler::new(
         Arc::clone(&store),
-        steps(RegionServers::default()),
+        steps(&services),
         config.regions.clone(),
         data_dir.tenants(),
         Arc::clone(&clock),
@@ -184,9 +240,18 @@ pub async fn start_with_steps(
         handle,
         Arc::clone(&clock),
     ));
+    let vault = Arc::new(VaultService::new(
+        Arc::clone(&store),
+        vault,
+        credentials,
+        PlanCatalog::builtin(),
+        Arc::clone(&clock),
+        AnomalyDetector::new(config.vault.anomaly.clone()),
+    ));
     let reconciler_done = Arc::new(AtomicBool::new(false));
     let state = AppState {
         tenants,
+        vault: Arc::clone(&vault),
         base_domain: config.base_domain.clone(),
         step_names,
         store: Arc::clone(&store),
@@ -211,6 +276,7 @@ pub async fn start_with_steps(
     let shutdown = Arc::new(shutdown);
     let (fatal_tx, fatal) = watch::channel(None);
     let lock_keeper = tokio::spawn(keep_lock(store_lock, Arc::clone(&shutdown), fatal_tx));
+    let vault_keeper = tokio::spawn(keep_vault(vault, config.vault.clone(), shutdown_rx.clone()));
     let reconciler = {
         let shutdown = shutdown_rx.clone();
         tokio::spawn(async move {
@@ -236,5 +302,13 @@ pub async fn start_with_steps(
         data_dir = %data_dir.path().display(),
         "control plane ready"
     );
-    Ok(RunningServer { shutdown, fatal, http, reconciler, lock_keeper, _data_dir: data_dir })
+    Ok(RunningServer {
+        shutdown,
+        fatal,
+        http,
+        reconciler,
+        lock_keeper,
+        vault_keeper,
+        _data_dir: data_dir,
+    })
 }

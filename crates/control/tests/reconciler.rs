@@ -15,8 +15,11 @@ use async_trait::async_trait;
 use bulkhead_control::{
     ReconcilerSettings,
     clock::{Clock, SystemClock},
+    credentials::Credentials,
     metrics::Metrics,
-    provision::{ProvisioningStep, RegionServers, StepError, StepTarget, standard_steps},
+    provision::{
+        ProvisioningStep, RegionServers, StepError, StepServices, StepTarget, standard_steps,
+    },
     reconciler::Reconciler,
 };
 use bulkhead_model::{
@@ -25,6 +28,7 @@ use bulkhead_model::{
 };
 use bulkhead_store::{ControlStore, StoreLocation};
 use bulkhead_testkit::TestDatabase;
+use bulkhead_vault::{MasterKeySource, Vault};
 use sqlx::{Connection, PgConnection};
 
 struct Fixture {
@@ -48,6 +52,24 @@ impl Fixture {
 
     fn tenant_dir(&self, name: &str) -> PathBuf {
         self.dir.path().join("tenants").join(name)
+    }
+
+    /// The standard steps, with a vault whose master key is in the
+    /// fixture's directory.
+    async fn standard_steps(&self, servers: RegionServers) -> Vec<Arc<dyn ProvisioningStep>> {
+        let source =
+            MasterKeySource::File { path: self.dir.path().join("master.key"), create: true };
+        let vault = Vault::open(self.store.clone(), &source, SystemClock.now()).await.unwrap();
+        standard_steps(&StepServices {
+            servers: servers.clone(),
+            vault: Arc::new(vault),
+            credentials: Arc::new(Credentials::new(
+                self.store.clone(),
+                servers,
+                self.regions.clone(),
+            )),
+            clock: Arc::new(SystemClock),
+        })
     }
 
     fn reconciler(&self, steps: Vec<Arc<dyn ProvisioningStep>>) -> Reconciler {
@@ -147,8 +169,8 @@ impl ProvisioningStep for Flaky {
     }
 }
 
-fn with_flaky(step: Arc<Flaky>) -> Vec<Arc<dyn ProvisioningStep>> {
-    let mut steps = standard_steps(RegionServers::default());
+async fn with_flaky(f: &Fixture, step: Arc<Flaky>) -> Vec<Arc<dyn ProvisioningStep>> {
+    let mut steps = f.standard_steps(RegionServers::default()).await;
     steps.push(step);
     steps
 }
@@ -161,7 +183,7 @@ fn exists(path: &Path) -> bool {
 async fn provisions_an_embedded_silo() {
     let f = Fixture::embedded().await;
     let tenant = f.create("acme", Isolation::Silo).await;
-    f.reconciler(standard_steps(RegionServers::default())).reconcile(tenant.id).await;
+    f.reconciler(f.standard_steps(RegionServers::default()).await).reconcile(tenant.id).await;
 
     let active = f.reload(&tenant).await.unwrap();
     assert_eq!(active.state, TenantState::Active);
@@ -172,13 +194,8 @@ async fn provisions_an_embedded_silo() {
         &std::fs::metadata(f.tenant_dir("acme")).unwrap().permissions(),
     );
     assert_eq!(mode & 0o777, 0o700);
-    assert_eq!(
-        f.step_states(&tenant).await,
-        [
-            ("allocate_directory".to_owned(), StepStatus::Applied),
-            ("create_database".to_owned(), StepStatus::Applied)
-        ]
-    );
+    assert_eq!(f.step_states(&tenant).await, all_steps(StepStatus::Applied));
+    assert_eq!(f.store.data_keys(tenant.id).await.unwrap().len(), 1, "the tenant has a data key");
     // The tenant database is a real SQLite database.
     let mut conn = sqlx::SqliteConnection::connect(&format!(
         "sqlite://{}",
@@ -196,7 +213,7 @@ async fn transient_failures_are_retried() {
     let f = Fixture::embedded().await;
     let tenant = f.create("acme", Isolation::Silo).await;
     let flaky = Flaky::new(2);
-    f.reconciler(with_flaky(flaky.clone())).reconcile(tenant.id).await;
+    f.reconciler(with_flaky(&f, flaky.clone()).await).reconcile(tenant.id).await;
     let active = f.reload(&tenant).await.unwrap();
     assert_eq!(active.state, TenantState::Active);
     assert_eq!(active.last_error, None, "success clears the last error");
@@ -208,7 +225,7 @@ async fn a_failing_step_fails_the_tenant_and_undoes_everything() {
     let f = Fixture::embedded().await;
     let tenant = f.create("acme", Isolation::Silo).await;
     let flaky = Flaky::new(u32::MAX);
-    f.reconciler(with_flaky(flaky.clone())).reconcile(tenant.id).await;
+    f.reconciler(with_flaky(&f, flaky.clone()).await).reconcile(tenant.id).await;
 
     let failed = f.reload(&tenant).await.unwrap();
     assert_eq!(failed.state, TenantState::Failed);
@@ -218,13 +235,16 @@ async fn a_failing_step_fails_the_tenant_and_undoes_everything() {
     assert!(failure.undone);
     assert_eq!(flaky.calls.load(Ordering::SeqCst), 3, "three attempts, then give up");
     assert!(!exists(&f.tenant_dir("acme")), "the directory and its database are gone");
-    assert_eq!(
-        f.step_states(&tenant).await,
-        [
-            ("allocate_directory".to_owned(), StepStatus::Undone),
-            ("create_database".to_owned(), StepStatus::Undone)
-        ]
-    );
+    assert_eq!(f.step_states(&tenant).await, all_steps(StepStatus::Undone));
+    assert!(f.store.data_keys(tenant.id).await.unwrap().is_empty(), "a failed tenant keeps no key");
+}
+
+/// Every standard step, by name, in `status`.
+fn all_steps(status: StepStatus) -> Vec<(String, StepStatus)> {
+    ["allocate_directory", "create_data_key", "create_database", "database_credentials"]
+        .into_iter()
+        .map(|step| (step.to_owned(), status))
+        .collect()
 }
 
 /// A step that never finishes, like DDL on a server that stopped answering.
@@ -250,7 +270,7 @@ impl ProvisioningStep for Hangs {
 async fn a_hanging_step_times_out_and_the_tenant_settles() {
     let f = Fixture::embedded().await;
     let tenant = f.create("acme", Isolation::Silo).await;
-    let mut steps = standard_steps(RegionServers::default());
+    let mut steps = f.standard_steps(RegionServers::default()).await;
     steps.push(Arc::new(Hangs));
     f.reconciler(steps).reconcile(tenant.id).await;
     let failed = f.reload(&tenant).await.unwrap();
@@ -266,7 +286,7 @@ async fn permanent_failures_are_not_retried() {
     let f = Fixture::embedded().await;
     let tenant = f.create("acme", Isolation::Silo).await;
     let flaky = Arc::new(Flaky { failures: u32::MAX, permanent: true, calls: AtomicU32::new(0) });
-    f.reconciler(with_flaky(flaky.clone())).reconcile(tenant.id).await;
+    f.reconciler(with_flaky(&f, flaky.clone()).await).reconcile(tenant.id).await;
     assert_eq!(f.reload(&tenant).await.unwrap().state, TenantState::Failed);
     assert_eq!(flaky.calls.load(Ordering::SeqCst), 1);
 }
@@ -281,7 +301,7 @@ async fn resumes_after_a_crash_between_an_effect_and_its_record() {
     std::fs::create_dir_all(f.tenant_dir("acme")).unwrap();
     std::fs::write(f.tenant_dir("acme").join(".bulkhead-tenant"), tenant.id.to_string()).unwrap();
     std::fs::write(f.tenant_dir("acme").join("data.db"), b"").unwrap();
-    f.reconciler(standard_steps(RegionServers::default())).reconcile(tenant.id).await;
+    f.reconciler(f.standard_steps(RegionServers::default()).await).reconcile(tenant.id).await;
     assert_eq!(f.reload(&tenant).await.unwrap().state, TenantState::Active);
 }
 
@@ -292,7 +312,7 @@ async fn never_adopts_a_leftover_directory() {
     std::fs::create_dir_all(f.tenant_dir("acme")).unwrap();
     std::fs::write(f.tenant_dir("acme").join("data.db"), b"someone else's data").unwrap();
     let tenant = f.create("acme", Isolation::Silo).await;
-    f.reconciler(standard_steps(RegionServers::default())).reconcile(tenant.id).await;
+    f.reconciler(f.standard_steps(RegionServers::default()).await).reconcile(tenant.id).await;
 
     let failed = f.reload(&tenant).await.unwrap();
     assert_eq!(failed.state, TenantState::Failed);
@@ -318,7 +338,7 @@ async fn skips_steps_recorded_before_a_crash() {
     };
     f.store.record_step(tenant.id, &record).await.unwrap();
     let flaky = Flaky::new(0);
-    f.reconciler(with_flaky(flaky.clone())).reconcile(tenant.id).await;
+    f.reconciler(with_flaky(&f, flaky.clone()).await).reconcile(tenant.id).await;
     assert_eq!(f.reload(&tenant).await.unwrap().state, TenantState::Active);
     assert_eq!(flaky.calls.load(Ordering::SeqCst), 1);
 }
@@ -327,7 +347,7 @@ async fn skips_steps_recorded_before_a_crash() {
 async fn finishes_a_rollback_interrupted_by_a_crash() {
     let f = Fixture::embedded().await;
     let tenant = f.create("acme", Isolation::Silo).await;
-    let reconciler = f.reconciler(standard_steps(RegionServers::default()));
+    let reconciler = f.reconciler(f.standard_steps(RegionServers::default()).await);
     reconciler.reconcile(tenant.id).await;
     // Failed at create_database with nothing undone yet.
     let mut failed = f.reload(&tenant).await.unwrap();
@@ -345,7 +365,7 @@ async fn finishes_a_rollback_interrupted_by_a_crash() {
 #[tokio::test]
 async fn offboarding_undoes_in_reverse_and_purging_removes_the_record() {
     let f = Fixture::embedded().await;
-    let reconciler = f.reconciler(standard_steps(RegionServers::default()));
+    let reconciler = f.reconciler(f.standard_steps(RegionServers::default()).await);
     for (name, purge) in [("kept", false), ("purged", true)] {
         let tenant = f.create(name, Isolation::Silo).await;
         reconciler.reconcile(tenant.id).await;
@@ -388,17 +408,18 @@ async fn postgres_region(db: &TestDatabase) -> Regions {
 async fn postgres_silo_gets_a_private_database_and_owner_role() {
     let db = TestDatabase::create().await;
     let f = Fixture::with_regions(postgres_region(&db).await).await;
-    let reconciler = f.reconciler(standard_steps(RegionServers::default()));
+    let reconciler = f.reconciler(f.standard_steps(RegionServers::default()).await);
     let tenant = f.create("acme-corp", Isolation::Silo).await;
     reconciler.reconcile(tenant.id).await;
     assert_eq!(f.reload(&tenant).await.unwrap().state, TenantState::Active);
 
     let database = format!("{}acme_corp_{}", db.object_prefix, tenant.id.short());
     let owner = format!("{database}_owner");
+    let reader = format!("{database}_read");
     let admin = format!("{}admin", db.object_prefix);
     assert_eq!(
         db.owned_objects().await,
-        (vec![database.clone()], vec![owner.clone(), admin.clone()])
+        (vec![database.clone()], vec![owner.clone(), reader.clone(), admin.clone()])
     );
 
     let mut conn = PgConnection::connect(&bulkhead_testkit::postgres_admin_url()).await.unwrap();
@@ -414,6 +435,14 @@ async fn postgres_silo_gets_a_private_database_and_owner_role() {
     assert_eq!(db_owner, owner);
     assert!(!public_can_connect, "CONNECT is revoked from PUBLIC");
     assert!(!login, "the owner role cannot log in by itself");
+    let (reader_can_connect,): (bool,) =
+        sqlx::query_as("SELECT has_database_privilege($2, $1, 'CONNECT')")
+            .bind(&database)
+            .bind(&reader)
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+    assert!(reader_can_connect, "the read-only role may connect");
 
     let mut offboarding = f.reload(&tenant).await.unwrap();
     offboarding.state = TenantState::Offboarding;
@@ -426,7 +455,7 @@ async fn postgres_silo_gets_a_private_database_and_owner_role() {
 async fn postgres_pool_tenants_share_the_region_database() {
     let db = TestDatabase::create().await;
     let f = Fixture::with_regions(postgres_region(&db).await).await;
-    let reconciler = f.reconciler(standard_steps(RegionServers::default()));
+    let reconciler = f.reconciler(f.standard_steps(RegionServers::default()).await);
     let one = f.create("one", Isolation::Pool).await;
     let two = f.create("two", Isolation::Pool).await;
     reconciler.reconcile(one.id).await;
@@ -455,7 +484,7 @@ async fn an_unreachable_region_fails_the_tenant_cleanly() {
     let f = Fixture::with_regions(regions).await;
     let tenant = f.create("acme", Isolation::Silo).await;
     let servers = RegionServers::with_connect_timeout(std::time::Duration::from_millis(300));
-    f.reconciler(standard_steps(servers)).reconcile(tenant.id).await;
+    f.reconciler(f.standard_steps(servers).await).reconcile(tenant.id).await;
 
     let reloaded = f.reload(&tenant).await.unwrap();
     // Undoing create_database needs the server too, so the rollback stays

@@ -37,8 +37,8 @@ impl SecretPath {
         for segment in path.split('/') {
             if segment.is_empty() {
                 return Err(bad(format!(
-                    "secret path {:?} has an empty segment (a leading, trailing or double '/')",
-                    path.escape_debug().to_string()
+                    "secret path \"{}\" has an empty segment (a leading, trailing or double '/')",
+                    path.escape_debug()
                 )));
             }
             if segment == "." || segment == ".." {
@@ -52,9 +52,8 @@ impl SecretPath {
                 .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
             {
                 return Err(bad(format!(
-                    "secret path {:?} contains the character {:?}",
-                    path.escape_debug().to_string(),
-                    c
+                    "secret path \"{}\" contains the character {c:?}",
+                    path.escape_debug()
                 )));
             }
         }

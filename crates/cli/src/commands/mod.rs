@@ -1,8 +1,11 @@
 //! One module per command group; each turns parsed arguments into calls and
 //! output.
 
+mod creds;
+mod secrets;
 mod serve;
 mod tenants;
+mod vault;
 
 use crate::{
     args::{Cli, Command, PlansCommand},
@@ -15,6 +18,9 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
     match &cli.command {
         Command::Serve(args) => serve::run(args, cli.global.data_dir.as_deref()).await,
         Command::Tenants(command) => tenants::run(command, &cli.global).await,
+        Command::Secrets(command) => secrets::run(command, &cli.global).await,
+        Command::Creds(command) => creds::run(command, &cli.global).await,
+        Command::Vault(command) => vault::run(command, &cli.global).await,
         Command::Plans(PlansCommand::List) => {
             let client = ApiClient::discover(&cli.global)?;
             output::plans(cli.global.output, &client.plans().await?.plans)

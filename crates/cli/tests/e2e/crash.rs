@@ -5,20 +5,14 @@
 use std::{collections::BTreeSet, time::Duration};
 
 use bulkhead_model::{Isolation, Tenant, TenantState};
-use bulkhead_store::{StoreLocation, TenantPage};
+use bulkhead_store::TenantPage;
 use serde_json::json;
 
 use crate::kit::{Server, Store, entries};
 
 /// Every tenant record, read straight from the store of a stopped server.
 async fn recorded(server: &Server) -> Vec<Tenant> {
-    let location = match &server.store {
-        Store::Embedded => StoreLocation::Sqlite(server.data_dir().join("bulkhead.db")),
-        Store::Postgres(db) => {
-            StoreLocation::Postgres(bulkhead_model::DatabaseUrl::parse(&db.url).unwrap())
-        }
-    };
-    let store = bulkhead_store::open(&location).await.unwrap();
+    let store = server.open_store().await;
     store.list_tenants(&TenantPage { limit: 1_000, ..TenantPage::default() }).await.unwrap()
 }
 
@@ -184,9 +178,12 @@ async fn kill_9_during_provisioning_on_postgres() {
         }
         assert_eq!(tenant.state, TenantState::Active, "{tenant:?}");
         assert_eq!(tenant.isolation, Isolation::Silo);
-        let output = &view["steps"][1]["output"];
+        let steps = view["steps"].as_array().unwrap();
+        let step = steps.iter().find(|s| s["name"] == "create_database").unwrap();
+        let output = &step["output"];
         let database = output["database"].as_str().unwrap().to_owned();
         expected_roles.insert(output["owner_role"].as_str().unwrap().to_owned());
+        expected_roles.insert(output["read_role"].as_str().unwrap().to_owned());
         expected_databases.insert(database);
     }
     assert!(tenants.iter().any(|t| t.state == TenantState::Failed));

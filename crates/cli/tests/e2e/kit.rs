@@ -25,7 +25,12 @@ const INHERITED: &[&str] = &[
     "BULKHEAD_BASE_DOMAIN",
     "BULKHEAD_LOG_FORMAT",
     "BULKHEAD_LOG",
+    "BULKHEAD_MASTER_KEY",
+    "BULKHEAD_MASTER_KEY_FILE",
 ];
+
+/// What test servers log unless a test asks for more.
+const LOG_FILTER: &str = "info,bulkhead_control=debug,sqlx=warn";
 
 pub fn command() -> Command {
     let mut command = Command::new(BIN);
@@ -49,6 +54,7 @@ pub struct Server {
     /// Extra `bulkhead.toml` content.
     config: String,
     extra_args: Vec<String>,
+    log_filter: String,
     child: Option<Child>,
     pub api: String,
     pub token: String,
@@ -65,6 +71,16 @@ impl Server {
     }
 
     pub async fn start(store: Store, config: &str, extra_args: &[&str]) -> Self {
+        Self::start_logging(store, config, extra_args, LOG_FILTER).await
+    }
+
+    /// Like [`Server::start`], with `BULKHEAD_LOG` set to `filter`.
+    pub async fn start_logging(
+        store: Store,
+        config: &str,
+        extra_args: &[&str],
+        filter: &str,
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let mut server = Self {
             log: dir.path().join("server.log"),
@@ -72,6 +88,7 @@ impl Server {
             store,
             config: config.to_owned(),
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            log_filter: filter.to_owned(),
             child: None,
             api: String::new(),
             token: String::new(),
@@ -126,7 +143,7 @@ impl Server {
             .arg("--config")
             .arg(self.config_file())
             .args(&self.extra_args)
-            .env("BULKHEAD_LOG", "info,bulkhead_control=debug,sqlx=warn")
+            .env("BULKHEAD_LOG", &self.log_filter)
             .stdout(Stdio::null())
             .stderr(std::fs::File::options().create(true).append(true).open(&self.log).unwrap());
         if let Store::Postgres(db) = &self.store {
@@ -210,6 +227,35 @@ impl Server {
             String::from_utf8_lossy(&output.stderr)
         );
         serde_json::from_slice(&output.stdout).unwrap()
+    }
+
+    /// Runs the CLI with `input` on its standard input.
+    pub fn cli_with_input(&self, args: &[&str], input: &[u8]) -> Output {
+        use std::io::Write;
+        let mut child = command()
+            .env("BULKHEAD_DATA_DIR", self.data_dir())
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(input).unwrap();
+        child.wait_with_output().unwrap()
+    }
+
+    /// The server's control store, opened beside it (SQLite allows readers
+    /// while the server writes).
+    pub async fn open_store(&self) -> std::sync::Arc<dyn bulkhead_store::ControlStore> {
+        let location = match &self.store {
+            Store::Embedded => {
+                bulkhead_store::StoreLocation::Sqlite(self.data_dir().join("bulkhead.db"))
+            }
+            Store::Postgres(db) => bulkhead_store::StoreLocation::Postgres(
+                bulkhead_model::DatabaseUrl::parse(&db.url).unwrap(),
+            ),
+        };
+        bulkhead_store::open(&location).await.unwrap()
     }
 
     pub fn http(&self) -> Http {

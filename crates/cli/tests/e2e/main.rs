@@ -9,3 +9,4 @@ mod crash;
 mod kit;
 mod lifecycle;
 mod startup;
+mod vault;

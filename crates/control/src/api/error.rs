@@ -12,8 +12,10 @@ use axum::{
 };
 use bulkhead_store::StoreError;
 
+use bulkhead_vault::VaultError;
+
 use super::types::{ErrorBody, ErrorDetail};
-use crate::tenants::TenantError;
+use crate::{credentials::CredentialError, tenants::TenantError, vault::VaultServiceError};
 
 /// The table of error codes: each with its HTTP status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,6 +37,20 @@ pub enum ErrorCode {
     PayloadTooLarge,
     Internal,
     Unavailable,
+    InvalidSecretPath,
+    InvalidSecretValue,
+    InvalidKey,
+    WrongTenantKey,
+    SecretNotFound,
+    LeaseNotFound,
+    LockoutNotFound,
+    LeaseRevoked,
+    TenantKeyRequired,
+    NoDataKey,
+    CredentialsUnavailable,
+    LockedOut,
+    Forbidden,
+    CorruptData,
 }
 
 impl ErrorCode {
@@ -42,13 +58,23 @@ impl ErrorCode {
         use ErrorCode::*;
         match self {
             InvalidRequest | InvalidJson | InvalidTenantName | InvalidAdminEmail | UnknownPlan
-            | UnknownRegion | IsolationUnavailable => StatusCode::BAD_REQUEST,
+            | UnknownRegion | IsolationUnavailable | InvalidSecretPath | InvalidSecretValue
+            | InvalidKey | WrongTenantKey => StatusCode::BAD_REQUEST,
             Unauthorized => StatusCode::UNAUTHORIZED,
-            NotFound | TenantNotFound => StatusCode::NOT_FOUND,
+            LockedOut | Forbidden => StatusCode::FORBIDDEN,
+            NotFound | TenantNotFound | SecretNotFound | LeaseNotFound | LockoutNotFound => {
+                StatusCode::NOT_FOUND
+            }
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            TenantExists | InvalidState | Conflict => StatusCode::CONFLICT,
+            TenantExists
+            | InvalidState
+            | Conflict
+            | LeaseRevoked
+            | TenantKeyRequired
+            | NoDataKey
+            | CredentialsUnavailable => StatusCode::CONFLICT,
             PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            Internal | CorruptData => StatusCode::INTERNAL_SERVER_ERROR,
             Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -73,6 +99,20 @@ impl ErrorCode {
             PayloadTooLarge => "payload_too_large",
             Internal => "internal",
             Unavailable => "unavailable",
+            InvalidSecretPath => "invalid_secret_path",
+            InvalidSecretValue => "invalid_secret_value",
+            InvalidKey => "invalid_key",
+            WrongTenantKey => "wrong_tenant_key",
+            SecretNotFound => "secret_not_found",
+            LeaseNotFound => "lease_not_found",
+            LockoutNotFound => "lockout_not_found",
+            LeaseRevoked => "lease_revoked",
+            TenantKeyRequired => "tenant_key_required",
+            NoDataKey => "no_data_key",
+            CredentialsUnavailable => "credentials_unavailable",
+            LockedOut => "locked_out",
+            Forbidden => "forbidden",
+            CorruptData => "corrupt_data",
         }
     }
 }
@@ -134,6 +174,81 @@ impl From<TenantError> for ApiError {
                 return Self::new(Conflict, "the tenant changed while this request ran; retry it");
             }
             TenantError::Store(store) => return store_error(store),
+        };
+        Self::new(code, error.to_string())
+    }
+}
+
+impl From<VaultError> for ApiError {
+    fn from(error: VaultError) -> Self {
+        use ErrorCode::*;
+        let code = match &error {
+            VaultError::InvalidPath(_) => InvalidSecretPath,
+            VaultError::InvalidValue(_) => InvalidSecretValue,
+            VaultError::ValueTooLarge { .. } => PayloadTooLarge,
+            VaultError::InvalidKey(_) => InvalidKey,
+            VaultError::WrongTenantKey { .. } => WrongTenantKey,
+            VaultError::SecretNotFound(_) => SecretNotFound,
+            VaultError::Sealed { .. } => TenantKeyRequired,
+            VaultError::NoDataKey => NoDataKey,
+            VaultError::RotationUnavailable(_) => Conflict,
+            // Damaged data is reported as such, without the bytes.
+            VaultError::Corrupt(_) | VaultError::Decrypt | VaultError::Unwrap => {
+                tracing::error!(%error, "vault data is damaged");
+                CorruptData
+            }
+            VaultError::Database(_) => {
+                tracing::error!(%error, "tenant database server failed");
+                return Self::new(
+                    Unavailable,
+                    "the tenant's database server failed; the server log has the details",
+                );
+            }
+            VaultError::Store(store) => return store_error(store),
+            _ => return Self::internal(&error),
+        };
+        Self::new(code, error.to_string())
+    }
+}
+
+impl From<CredentialError> for ApiError {
+    fn from(error: CredentialError) -> Self {
+        match error {
+            CredentialError::Unavailable(message) => {
+                Self::new(ErrorCode::CredentialsUnavailable, message)
+            }
+            CredentialError::Database(_) => {
+                tracing::error!(%error, "cannot manage the tenant's database credentials");
+                Self::new(
+                    ErrorCode::Unavailable,
+                    "the tenant's database server failed; the server log has the details",
+                )
+            }
+            CredentialError::Store(store) => store_error(&store),
+        }
+    }
+}
+
+impl From<VaultServiceError> for ApiError {
+    fn from(error: VaultServiceError) -> Self {
+        use ErrorCode::*;
+        let code = match &error {
+            VaultServiceError::TenantNotFound(_) => TenantNotFound,
+            VaultServiceError::InvalidState(_) => InvalidState,
+            VaultServiceError::InvalidRequest(_) => InvalidRequest,
+            VaultServiceError::LockedOut(_) => LockedOut,
+            VaultServiceError::OperatorOnly => Forbidden,
+            VaultServiceError::LeaseNotFound(_) => LeaseNotFound,
+            VaultServiceError::LeaseRevoked(_) => LeaseRevoked,
+            VaultServiceError::LockoutNotFound(_) => LockoutNotFound,
+            VaultServiceError::Vault(_) | VaultServiceError::Credential(_) => {
+                return match error {
+                    VaultServiceError::Vault(e) => e.into(),
+                    VaultServiceError::Credential(e) => e.into(),
+                    _ => Self::internal(&error),
+                };
+            }
+            VaultServiceError::Store(store) => return store_error(store),
         };
         Self::new(code, error.to_string())
     }

@@ -8,6 +8,7 @@ pub mod error;
 mod meta;
 mod tenants;
 pub mod types;
+mod vault;
 
 use std::{
     sync::{
@@ -33,7 +34,9 @@ use utoipa::{
 };
 use utoipa_axum::{router::OpenApiRouter, routes};
 
-use crate::{metrics::Metrics, operator_token::OperatorTokens, tenants::TenantService};
+use crate::{
+    metrics::Metrics, operator_token::OperatorTokens, tenants::TenantService, vault::VaultService,
+};
 use error::{ApiError, ErrorCode};
 
 /// Bodies larger than this are refused before parsing.
@@ -43,6 +46,7 @@ const MAX_BODY_BYTES: usize = 64 * 1024;
 #[derive(Debug, Clone)]
 pub struct AppState {
     pub tenants: Arc<TenantService>,
+    pub vault: Arc<VaultService>,
     pub base_domain: BaseDomain,
     pub step_names: Arc<[&'static str]>,
     pub store: Arc<dyn ControlStore>,
@@ -71,6 +75,7 @@ impl AppState {
     tags(
         (name = "tenants", description = "Tenant lifecycle"),
         (name = "catalog", description = "Plans and regions"),
+        (name = "vault", description = "Secrets, data keys and database credentials of tenants"),
         (name = "meta", description = "Health, readiness, metrics and this document"),
     )
 )]
@@ -97,6 +102,17 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(tenants::resume_tenant))
         .routes(routes!(catalog::list_plans))
         .routes(routes!(catalog::list_regions))
+        .routes(routes!(vault::list_secrets))
+        .routes(routes!(vault::get_secret, vault::put_secret, vault::delete_secret))
+        .routes(routes!(vault::key_status))
+        .routes(routes!(vault::rotate_data_key))
+        .routes(routes!(vault::rewrap))
+        .routes(routes!(vault::set_tenant_key, vault::forget_tenant_key))
+        .routes(routes!(vault::rotate_master_key))
+        .routes(routes!(vault::issue_credential, vault::list_credentials))
+        .routes(routes!(vault::revoke_credential))
+        .routes(routes!(vault::list_lockouts))
+        .routes(routes!(vault::clear_lockout))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::require_operator));
     let public = OpenApiRouter::new()
         .routes(routes!(meta::healthz))

@@ -148,3 +148,253 @@ pub struct ErrorDetail {
     /// For people: what went wrong and how to fix it.
     pub message: String,
 }
+
+// ---- vault -----------------------------------------------------------------
+
+/// A secret version as written: never its value.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SecretWritten {
+    pub path: String,
+    pub version: i64,
+    /// Size of the value, in bytes.
+    pub size: i64,
+    /// The tenant's data key version it is encrypted under.
+    pub key_version: i64,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+}
+
+impl From<bulkhead_store::SecretVersion> for SecretWritten {
+    fn from(s: bulkhead_store::SecretVersion) -> Self {
+        Self {
+            path: s.path,
+            version: s.version,
+            size: s.size,
+            key_version: s.key_version,
+            created_at: s.created_at,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SecretSummaryView {
+    pub path: String,
+    pub latest_version: i64,
+    /// Versions kept.
+    pub versions: i64,
+    /// Size of the latest version, in bytes.
+    pub size: i64,
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+}
+
+impl From<bulkhead_store::SecretSummary> for SecretSummaryView {
+    fn from(s: bulkhead_store::SecretSummary) -> Self {
+        Self {
+            path: s.path,
+            latest_version: s.latest_version,
+            versions: s.versions,
+            size: s.size,
+            updated_at: s.updated_at,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SecretList {
+    pub secrets: Vec<SecretSummaryView>,
+}
+
+#[derive(Debug, Clone, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct SecretParams {
+    /// A version to read instead of the latest.
+    pub version: Option<i64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct DataKeyView {
+    pub version: i64,
+    /// `master:…` or, for a tenant that brought its own key, `tenant:…`.
+    pub wrapped_by: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct KeyStatusView {
+    pub tenant: String,
+    pub data_keys: Vec<DataKeyView>,
+    /// Whether the tenant's data keys are wrapped by its own key.
+    pub tenant_key: bool,
+    /// Whether this server can open them now (false while a tenant's own
+    /// key has not been supplied since the last start).
+    pub unsealed: bool,
+}
+
+impl KeyStatusView {
+    pub fn new(tenant: &Tenant, status: bulkhead_vault::KeyStatus) -> Self {
+        Self {
+            tenant: tenant.name.to_string(),
+            data_keys: status
+                .versions
+                .into_iter()
+                .map(|(version, wrapped_by, created_at)| DataKeyView {
+                    version,
+                    wrapped_by,
+                    created_at,
+                })
+                .collect(),
+            tenant_key: status.tenant_key,
+            unsealed: status.unsealed,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RotateKeyView {
+    /// The new data key version.
+    pub version: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RewrapView {
+    /// Secret versions re-encrypted under the latest data key.
+    pub reencrypted: usize,
+}
+
+/// A key as text: 32 random bytes in base64 (`openssl rand -base64 32`).
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TenantKeyRequest {
+    #[serde(serialize_with = "expose", deserialize_with = "zeroizing")]
+    #[schema(value_type = String)]
+    pub key: zeroize::Zeroizing<String>,
+}
+
+impl std::fmt::Debug for TenantKeyRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TenantKeyRequest").finish_non_exhaustive()
+    }
+}
+
+fn expose<S: serde::Serializer>(
+    value: &zeroize::Zeroizing<String>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(value)
+}
+
+fn zeroizing<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<zeroize::Zeroizing<String>, D::Error> {
+    String::deserialize(deserializer).map(zeroize::Zeroizing::new)
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TenantKeyView {
+    /// True when this call moved the tenant's data keys to its own key.
+    pub adopted: bool,
+    pub rewrapped: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct MasterRotationView {
+    pub from: String,
+    pub to: String,
+    /// Data keys re-wrapped by the new master key.
+    pub rewrapped: usize,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct IssueCredentialRequest {
+    /// `write` (default: what the tenant's owner role can do) or `read`.
+    #[serde(default)]
+    pub access: Option<crate::credentials::Access>,
+    /// How long the login lives, e.g. `15m`, `1h` (default 1h, at most the
+    /// plan's maximum).
+    #[serde(default)]
+    #[schema(example = "1h")]
+    pub ttl: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct LeaseView {
+    pub id: uuid::Uuid,
+    pub tenant_id: uuid::Uuid,
+    pub role: String,
+    pub database: String,
+    pub access: String,
+    pub issued_by: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub issued_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub revoked_at: Option<OffsetDateTime>,
+}
+
+impl From<bulkhead_store::Lease> for LeaseView {
+    fn from(l: bulkhead_store::Lease) -> Self {
+        Self {
+            id: l.id,
+            tenant_id: l.tenant_id.0,
+            role: l.role,
+            database: l.database,
+            access: l.access,
+            issued_by: l.issued_by,
+            issued_at: l.issued_at,
+            expires_at: l.expires_at,
+            revoked_at: l.revoked_at,
+        }
+    }
+}
+
+/// An issued credential: the only time its password is shown.
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
+pub struct CredentialView {
+    pub lease: LeaseView,
+    /// `postgres://<role>:<password>@<host>:<port>/<database>`.
+    pub url: String,
+}
+
+impl std::fmt::Debug for CredentialView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CredentialView").field("lease", &self.lease).finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct LeaseListParams {
+    /// Include revoked and expired leases.
+    #[serde(default)]
+    pub all: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct LeaseList {
+    pub leases: Vec<LeaseView>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct LockoutView {
+    pub principal: String,
+    pub reason: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub locked_at: OffsetDateTime,
+}
+
+impl From<bulkhead_store::Lockout> for LockoutView {
+    fn from(l: bulkhead_store::Lockout) -> Self {
+        Self { principal: l.principal, reason: l.reason, locked_at: l.locked_at }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct LockoutList {
+    pub lockouts: Vec<LockoutView>,
+}

@@ -2,8 +2,9 @@
 //!
 //! - Embedded region: a SQLite file, `<tenant-dir>/data.db`.
 //! - PostgreSQL region, silo: a database and a `NOLOGIN` owner role of its
-//!   own, with `CONNECT` revoked from `PUBLIC`. Dynamic login roles (the
-//!   vault's leases) will be members of the owner role.
+//!   own, with `CONNECT` revoked from `PUBLIC`, and a `NOLOGIN` read-only
+//!   role (`SELECT` on what the owner creates in `public`). Dynamic login
+//!   roles (the vault's leases) are members of one of the two.
 //! - PostgreSQL region, pool: the region's shared database, created if
 //!   missing and never dropped by one tenant's undo. Per-tenant roles and
 //!   row-level security come with tenant databases.
@@ -52,7 +53,8 @@ impl RegionServers {
         Self { pools: Arc::default(), connect_timeout }
     }
 
-    fn pool(&self, region: &RegionName, url: &DatabaseUrl) -> Result<PgPool, StepError> {
+    /// The admin pool of a region's server.
+    pub fn pool(&self, region: &RegionName, url: &DatabaseUrl) -> Result<PgPool, StepError> {
         let mut pools = self
             .pools
             .lock()
@@ -62,12 +64,7 @@ impl RegionServers {
         }
         // Lazy: an unreachable region fails the steps that need it, with
         // retries, rather than the server's start.
-        let options = PgConnectOptions::from_str(url.expose())
-            .map_err(|e| StepError::Permanent(format!("region `{region}` url {url}: {e}")))?
-            .application_name("bulkhead")
-            // DDL that waits on a lock or runs away fails, and is retried,
-            // instead of holding the tenant in `provisioning`.
-            .options([("lock_timeout", "10s"), ("statement_timeout", "60s")]);
+        let options = admin_options(region, url)?;
         let pool = PgPoolOptions::new()
             .max_connections(4)
             .acquire_timeout(self.connect_timeout)
@@ -75,6 +72,35 @@ impl RegionServers {
         pools.insert(region.clone(), pool.clone());
         Ok(pool)
     }
+
+    /// A one-connection pool to a database of the region's server, as the
+    /// region's role: for the grants and clean-ups that must run inside a
+    /// tenant's database.
+    pub async fn database_pool(
+        &self,
+        region: &RegionName,
+        url: &DatabaseUrl,
+        database: &str,
+    ) -> Result<PgPool, StepError> {
+        let options = admin_options(region, url)?.database(database);
+        PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(self.connect_timeout)
+            .connect_with(options)
+            .await
+            .map_err(transient("cannot connect to the tenant's database"))
+    }
+}
+
+fn admin_options(region: &RegionName, url: &DatabaseUrl) -> Result<PgConnectOptions, StepError> {
+    Ok(PgConnectOptions::from_str(url.expose())
+        .map_err(|e| StepError::Permanent(format!("region `{region}` url {url}: {e}")))?
+        .application_name("bulkhead")
+        // DDL that waits on a lock or runs away fails, and is retried,
+        // instead of holding the tenant in `provisioning`.
+        .options([("lock_timeout", "10s"), ("statement_timeout", "60s")])
+        // Some statements carry a credential's password.
+        .disable_statement_logging())
 }
 
 #[derive(Debug, Clone)]
@@ -88,17 +114,25 @@ impl CreateDatabase {
     }
 }
 
-/// The database and owner role names of a silo tenant: at most
-/// 8 + 40 + 1 + 8 + 6 = 63 bytes, PostgreSQL's identifier limit.
-pub fn silo_identifiers(region: &Region, tenant: &Tenant) -> (String, String) {
+/// The names of a silo tenant's database and roles.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SiloNames {
+    /// At most 8 + 40 + 1 + 8 = 57 bytes.
+    pub database: String,
+    /// `<database>_owner`: at most 63 bytes, PostgreSQL's identifier limit.
+    pub owner: String,
+    /// `<database>_read`.
+    pub reader: String,
+}
+
+pub fn silo_identifiers(region: &Region, tenant: &Tenant) -> SiloNames {
     let database = format!(
         "{}{}_{}",
         region.database_prefix.as_str(),
         tenant.name.as_str().replace('-', "_"),
         tenant.id.short()
     );
-    let owner = format!("{database}_owner");
-    (database, owner)
+    SiloNames { owner: format!("{database}_owner"), reader: format!("{database}_read"), database }
 }
 
 fn pool_database(region: &Region) -> String {
@@ -125,7 +159,7 @@ impl ProvisioningStep for CreateDatabase {
             (DatabaseLocation::Postgres(url), isolation) => {
                 let pool = self.servers.pool(&target.region.name, url)?;
                 match isolation {
-                    Isolation::Silo => create_silo(&pool, target).await,
+                    Isolation::Silo => create_silo(&self.servers, url, &pool, target).await,
                     Isolation::Pool => ensure_pool_database(&pool, &target.region).await,
                 }
             }
@@ -213,10 +247,12 @@ const DUPLICATE_OBJECT: &str = "42710";
 const DUPLICATE_DATABASE: &str = "42P04";
 
 async fn create_silo(
+    servers: &RegionServers,
+    url: &DatabaseUrl,
     pool: &PgPool,
     target: &StepTarget,
 ) -> Result<Option<serde_json::Value>, StepError> {
-    let (database, owner) = silo_identifiers(&target.region, &target.tenant);
+    let SiloNames { database, owner, reader } = silo_identifiers(&target.region, &target.tenant);
     if !exists(pool, ROLE_EXISTS, &owner).await? {
         ddl(pool, format!("CREATE ROLE \"{owner}\" NOLOGIN"), Some(DUPLICATE_OBJECT)).await?;
     }
@@ -235,19 +271,37 @@ async fn create_silo(
         target.tenant.name, target.tenant.id
     );
     ddl(pool, comment, None).await?;
+    if !exists(pool, ROLE_EXISTS, &reader).await? {
+        ddl(pool, format!("CREATE ROLE \"{reader}\" NOLOGIN"), Some(DUPLICATE_OBJECT)).await?;
+    }
+    ddl(pool, format!("GRANT CONNECT ON DATABASE \"{database}\" TO \"{reader}\""), None).await?;
+    let inside = servers.database_pool(&target.region.name, url, &database).await?;
+    for grant in [
+        format!("GRANT USAGE ON SCHEMA public TO \"{reader}\""),
+        format!("GRANT SELECT ON ALL TABLES IN SCHEMA public TO \"{reader}\""),
+        format!(
+            "ALTER DEFAULT PRIVILEGES FOR ROLE \"{owner}\" IN SCHEMA public \
+             GRANT SELECT ON TABLES TO \"{reader}\""
+        ),
+    ] {
+        ddl(&inside, grant, None).await?;
+    }
+    inside.close().await;
     Ok(Some(json!({
         "engine": "postgres",
         "isolation": "silo",
         "database": database,
         "owner_role": owner,
+        "read_role": reader,
     })))
 }
 
 async fn drop_silo(pool: &PgPool, target: &StepTarget) -> Result<(), StepError> {
-    let (database, owner) = silo_identifiers(&target.region, &target.tenant);
+    let SiloNames { database, owner, reader } = silo_identifiers(&target.region, &target.tenant);
     // FORCE ends the tenant's open sessions, which would otherwise keep the
     // database alive.
     ddl(pool, format!("DROP DATABASE IF EXISTS \"{database}\" WITH (FORCE)"), None).await?;
+    ddl(pool, format!("DROP ROLE IF EXISTS \"{reader}\""), None).await?;
     ddl(pool, format!("DROP ROLE IF EXISTS \"{owner}\""), None).await
 }
 
@@ -286,9 +340,11 @@ mod tests {
             },
             OffsetDateTime::UNIX_EPOCH,
         );
-        let (database, owner) = silo_identifiers(&region, &tenant);
-        assert!(database.starts_with("staging_a_bbb"));
-        assert!(owner.len() <= 63, "{owner} is {} bytes", owner.len());
-        assert!(owner.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'));
+        let names = silo_identifiers(&region, &tenant);
+        assert!(names.database.starts_with("staging_a_bbb"));
+        for name in [&names.owner, &names.reader] {
+            assert!(name.len() <= 63, "{name} is {} bytes", name.len());
+            assert!(name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'));
+        }
     }
 }

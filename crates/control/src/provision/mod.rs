@@ -10,15 +10,20 @@
 
 mod database;
 mod directory;
+mod keys;
 
 use std::{fmt, path::PathBuf, sync::Arc};
 
 use async_trait::async_trait;
 use bulkhead_model::{Region, Tenant};
+use bulkhead_vault::Vault;
 use thiserror::Error;
 
-pub use database::{CreateDatabase, RegionServers};
+use crate::{clock::Clock, credentials::Credentials};
+
+pub use database::{CreateDatabase, RegionServers, SiloNames, silo_identifiers};
 pub use directory::AllocateDirectory;
+pub use keys::{CreateDataKey, DatabaseCredentials};
 
 /// The tenant a step works on, and where its region keeps databases.
 #[derive(Debug, Clone)]
@@ -61,8 +66,27 @@ pub trait ProvisioningStep: Send + Sync + fmt::Debug {
     async fn undo(&self, target: &StepTarget) -> Result<(), StepError>;
 }
 
+/// What the standard steps work with.
+#[derive(Debug, Clone)]
+pub struct StepServices {
+    pub servers: RegionServers,
+    pub vault: Arc<Vault>,
+    pub credentials: Arc<Credentials>,
+    pub clock: Arc<dyn Clock>,
+}
+
 /// The ordered list every tenant goes through. A tenant becomes `active`
-/// when the last step is recorded.
-pub fn standard_steps(servers: RegionServers) -> Vec<Arc<dyn ProvisioningStep>> {
-    vec![Arc::new(AllocateDirectory), Arc::new(CreateDatabase::new(servers))]
+/// when the last step is recorded; offboarding undoes them in reverse, so
+/// leases are revoked before the database goes, and the data keys are
+/// destroyed after everything that could still need them.
+pub fn standard_steps(services: &StepServices) -> Vec<Arc<dyn ProvisioningStep>> {
+    vec![
+        Arc::new(AllocateDirectory),
+        Arc::new(CreateDataKey::new(Arc::clone(&services.vault), Arc::clone(&services.clock))),
+        Arc::new(CreateDatabase::new(services.servers.clone())),
+        Arc::new(DatabaseCredentials::new(
+            Arc::clone(&services.credentials),
+            Arc::clone(&services.clock),
+        )),
+    ]
 }

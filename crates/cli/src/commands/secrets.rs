@@ -1,0 +1,78 @@
+//! `bulkhead secrets ...`. Values come from standard input or a file,
+//! never from the command line (where `ps` and shell history would keep
+//! them), and are written back byte for byte.
+
+use std::io::{IsTerminal, Read, Write};
+
+use bulkhead_vault::SecretPath;
+use zeroize::Zeroizing;
+
+use crate::{
+    args::{GlobalArgs, Output, SecretsCommand},
+    client::ApiClient,
+    exit::CliError,
+    output,
+};
+
+pub async fn run(command: &SecretsCommand, global: &GlobalArgs) -> Result<(), CliError> {
+    // Checked here too: a path such as `a/../b` must not be resolved by the
+    // URL it travels in before the server can refuse it.
+    if let SecretsCommand::Put { path, .. }
+    | SecretsCommand::Get { path, .. }
+    | SecretsCommand::Delete { path, .. } = command
+    {
+        SecretPath::parse(path).map_err(|e| CliError::usage(e.to_string()))?;
+    }
+    let client = ApiClient::discover(global)?;
+    match command {
+        SecretsCommand::Put { tenant, path, file } => {
+            let value = match file {
+                Some(file) => Zeroizing::new(std::fs::read(file).map_err(|e| {
+                    CliError::usage(format!("cannot read {}: {e}", file.display()))
+                })?),
+                None => read_stdin()?,
+            };
+            let written = client.put_secret(tenant, path, value).await?;
+            output::secret_written(global.output, &written)
+        }
+        SecretsCommand::Get { tenant, path, version } => {
+            let (_, value) = client.get_secret(tenant, path, *version).await?;
+            let mut stdout = std::io::stdout().lock();
+            stdout
+                .write_all(&value)
+                .and_then(|()| stdout.flush())
+                .map_err(|e| CliError::failed(format!("cannot write the value: {e}")))
+        }
+        SecretsCommand::List { tenant } => {
+            output::secrets(global.output, &client.list_secrets(tenant).await?.secrets)
+        }
+        SecretsCommand::Delete { tenant, path } => {
+            client.delete_secret(tenant, path).await?;
+            eprintln!("deleted every version of {path}");
+            Ok(())
+        }
+        SecretsCommand::Rewrap { tenant } => {
+            let view = client.rewrap(tenant).await?;
+            if global.output == Output::Json {
+                return output::json(&view);
+            }
+            eprintln!(
+                "re-encrypted {} secret version(s) under the latest data key",
+                view.reencrypted
+            );
+            Ok(())
+        }
+    }
+}
+
+fn read_stdin() -> Result<Zeroizing<Vec<u8>>, CliError> {
+    let mut stdin = std::io::stdin().lock();
+    if stdin.is_terminal() {
+        eprintln!("reading the secret value from standard input; end it with Ctrl-D");
+    }
+    let mut value = Zeroizing::new(Vec::new());
+    stdin
+        .read_to_end(&mut value)
+        .map_err(|e| CliError::failed(format!("cannot read standard input: {e}")))?;
+    Ok(value)
+}

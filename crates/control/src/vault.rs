@@ -1,0 +1,458 @@
+//! The vault as the control plane offers it: who may touch which tenant's
+//! secrets and credentials, with which limits, and the record of every
+//! touch. The cryptography lives in `bulkhead-vault`; this module decides
+//! and records.
+
+use std::{sync::Arc, time::Duration};
+
+use bulkhead_model::{PlanCatalog, Tenant, TenantName, TenantState};
+use bulkhead_store::{ControlStore, Lease, Lockout, SecretSummary, SecretVersion, StoreError};
+use bulkhead_vault::{
+    AnomalyDetector, KeyRole, KeyStatus, LocalKey, MasterRotation, SecretPath, StoredSecret,
+    TenantKeyChange, Vault, VaultError, Verdict, ttl::format_duration,
+};
+use serde_json::json;
+use thiserror::Error;
+use uuid::Uuid;
+use zeroize::Zeroizing;
+
+use crate::{
+    clock::Clock,
+    credentials::{Access, CredentialError, Credentials, IssuedCredential},
+    events::{Actor, EventLog},
+};
+
+#[derive(Debug, Error)]
+pub enum VaultServiceError {
+    #[error("tenant {0:?} does not exist")]
+    TenantNotFound(String),
+    #[error("{0}")]
+    InvalidState(String),
+    #[error("{0}")]
+    InvalidRequest(String),
+    #[error(
+        "{0} is locked out of the vault after touching too many tenants' secrets; an operator \
+         can clear it with `bulkhead vault unlock`"
+    )]
+    LockedOut(String),
+    #[error("this endpoint needs an operator token")]
+    OperatorOnly,
+    #[error("lease {0} does not exist")]
+    LeaseNotFound(String),
+    #[error("lease {0} was already revoked")]
+    LeaseRevoked(String),
+    #[error("no lockout for {0:?}")]
+    LockoutNotFound(String),
+    #[error(transparent)]
+    Vault(#[from] VaultError),
+    #[error(transparent)]
+    Credential(#[from] CredentialError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+type Result<T, E = VaultServiceError> = std::result::Result<T, E>;
+
+/// The default lifetime of a database credential.
+pub const DEFAULT_CREDENTIAL_TTL: Duration = Duration::from_secs(3_600);
+
+#[derive(Debug)]
+pub struct VaultService {
+    store: Arc<dyn ControlStore>,
+    vault: Arc<Vault>,
+    credentials: Arc<Credentials>,
+    plans: PlanCatalog,
+    clock: Arc<dyn Clock>,
+    events: EventLog,
+    anomaly: AnomalyDetector,
+}
+
+impl VaultService {
+    pub fn new(
+        store: Arc<dyn ControlStore>,
+        vault: Arc<Vault>,
+        credentials: Arc<Credentials>,
+        plans: PlanCatalog,
+        clock: Arc<dyn Clock>,
+        anomaly: AnomalyDetector,
+    ) -> Self {
+        let events = EventLog::new(Arc::clone(&store), Arc::clone(&clock));
+        Self { store, vault, credentials, plans, clock, events, anomaly }
+    }
+
+    /// The tenant, if `actor` may reach it and it is in one of `states`. A
+    /// tenant the actor may not reach is reported as missing, so a
+    /// tenant-scoped credential learns nothing about other tenants.
+    async fn tenant(&self, actor: &Actor, name: &str, states: &[TenantState]) -> Result<Tenant> {
+        let missing = || VaultServiceError::TenantNotFound(name.to_owned());
+        let parsed = TenantName::parse_stored(name).map_err(|_| missing())?;
+        let tenant = self.store.tenant(&parsed).await?.filter(|t| actor.may_access(t));
+        let tenant = tenant.ok_or_else(missing)?;
+        if !states.contains(&tenant.state) {
+            let allowed: Vec<_> = states.iter().map(|s| s.as_str()).collect();
+            return Err(VaultServiceError::InvalidState(format!(
+                "tenant {name:?} is {}; its vault is open only while it is {}",
+                tenant.state,
+                allowed.join(" or ")
+            )));
+        }
+        Ok(tenant)
+    }
+
+    /// Counts the touch for anomaly detection and refuses a locked-out
+    /// principal. The touch that crosses the threshold raises the alert
+    /// and, with lockout on, is itself refused.
+    async fn admit(&self, actor: &Actor, tenant: &Tenant, action: &str) -> Result<()> {
+        let principal = actor.to_string();
+        if self.store.lockouts().await?.iter().any(|l| l.principal == principal) {
+            self.events
+                .record(actor, tenant, action, "denied", json!({ "reason": "locked out" }))
+                .await;
+            return Err(VaultServiceError::LockedOut(principal));
+        }
+        let Verdict::Alert { tenants } =
+            self.anomaly.observe(&principal, tenant.id, self.clock.now())
+        else {
+            return Ok(());
+        };
+        let policy = self.anomaly.policy();
+        let window = format_duration(policy.window);
+        tracing::warn!(
+            principal,
+            tenants,
+            window,
+            "vault anomaly: one principal touched many tenants"
+        );
+        self.events
+            .record(
+                actor,
+                tenant,
+                "vault.anomaly",
+                "alert",
+                json!({
+                    "principal": principal, "tenants": tenants, "window": window,
+                    "threshold": policy.max_tenants, "lockout": policy.lockout,
+                }),
+            )
+            .await;
+        if !policy.lockout {
+            return Ok(());
+        }
+        let reason = format!("touched {tenants} tenants within {window}");
+        self.store
+            .insert_lockout(&Lockout {
+                principal: principal.clone(),
+                reason,
+                locked_at: self.clock.now(),
+            })
+            .await?;
+        self.events
+            .record(actor, tenant, action, "denied", json!({ "reason": "locked out" }))
+            .await;
+        Err(VaultServiceError::LockedOut(principal))
+    }
+
+    /// Records the outcome of a vault operation on a tenant, then returns it.
+    async fn recorded<T>(
+        &self,
+        actor: &Actor,
+        tenant: &Tenant,
+        action: &str,
+        mut details: serde_json::Value,
+        result: Result<T>,
+    ) -> Result<T> {
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(VaultServiceError::Vault(VaultError::SecretNotFound(_))) => "not_found",
+            Err(_) => "failed",
+        };
+        if let (Err(error), Some(map)) = (&result, details.as_object_mut()) {
+            map.insert("error".into(), json!(error.to_string()));
+        }
+        self.events.record(actor, tenant, action, outcome, details).await;
+        result
+    }
+
+    // ---- secrets ---------------------------------------------------------
+
+    const OPEN: &[TenantState] = &[TenantState::Active, TenantState::Suspended];
+
+    pub async fn put_secret(
+        &self,
+        actor: &Actor,
+        tenant: &str,
+        path: &str,
+        value: &[u8],
+    ) -> Result<SecretVersion> {
+        let path = SecretPath::parse(path)?;
+        bulkhead_vault::path::check_value(value)?;
+        let tenant = self.tenant(actor, tenant, Self::OPEN).await?;
+        self.admit(actor, &tenant, "secret.write").await?;
+        let keep = self.plans.get(tenant.plan.as_str()).map_or(1, |p| p.vault.secret_versions);
+        let result = self
+            .vault
+            .put(tenant.id, &path, value, keep, &actor.to_string(), self.clock.now())
+            .await
+            .map_err(Into::into);
+        let details = json!({ "path": path.as_str(), "size": value.len() });
+        let stored = self.recorded(actor, &tenant, "secret.write", details, result).await?;
+        Ok(stored)
+    }
+
+    pub async fn get_secret(
+        &self,
+        actor: &Actor,
+        tenant: &str,
+        path: &str,
+        version: Option<i64>,
+    ) -> Result<StoredSecret> {
+        let path = SecretPath::parse(path)?;
+        let tenant = self.tenant(actor, tenant, Self::OPEN).await?;
+        self.admit(actor, &tenant, "secret.read").await?;
+        let result = self.vault.get(tenant.id, &path, version).await.map_err(Into::into);
+        let details = match &result {
+            Ok(secret) => json!({ "path": path.as_str(), "version": secret.version }),
+            Err(_) => json!({ "path": path.as_str(), "version": version }),
+        };
+        self.recorded(actor, &tenant, "secret.read", details, result).await
+    }
+
+    pub async fn list_secrets(&self, actor: &Actor, tenant: &str) -> Result<Vec<SecretSummary>> {
+        let tenant = self.tenant(actor, tenant, Self::OPEN).await?;
+        self.admit(actor, &tenant, "secret.list").await?;
+        let result = self.vault.list(tenant.id).await.map_err(Into::into);
+        self.recorded(actor, &tenant, "secret.list", json!({}), result).await
+    }
+
+    pub async fn delete_secret(&self, actor: &Actor, tenant: &str, path: &str) -> Result<u64> {
+        let path = SecretPath::parse(path)?;
+        let tenant = self.tenant(actor, tenant, Self::OPEN).await?;
+        self.admit(actor, &tenant, "secret.delete").await?;
+        let result = self.vault.delete(tenant.id, &path).await.map_err(Into::into);
+        let details = json!({ "path": path.as_str() });
+        self.recorded(actor, &tenant, "secret.delete", details, result).await
+    }
+
+    // ---- keys ------------------------------------------------------------
+
+    pub async fn key_status(&self, actor: &Actor, tenant: &str) -> Result<(Tenant, KeyStatus)> {
+        let tenant = self.tenant(actor, tenant, Self::OPEN).await?;
+        let status = self.vault.key_status(tenant.id).await?;
+        Ok((tenant, status))
+    }
+
+    /// A new data key version for new writes.
+    pub async fn rotate_data_key(&self, actor: &Actor, tenant: &str) -> Result<i64> {
+        let tenant = self.tenant(actor, tenant, Self::OPEN).await?;
+        let result =
+            self.vault.rotate_data_key(tenant.id, self.clock.now()).await.map_err(Into::into);
+        let details = match &result {
+            Ok(version) => json!({ "version": version }),
+            Err(_) => json!({}),
+        };
+        self.recorded(actor, &tenant, "data_key.rotate", details, result).await
+    }
+
+    /// Re-encrypts the tenant's secrets under its latest data key.
+    pub async fn rewrap(&self, actor: &Actor, tenant: &str) -> Result<usize> {
+        let tenant = self.tenant(actor, tenant, Self::OPEN).await?;
+        let result = self.vault.rewrap(tenant.id).await.map_err(Into::into);
+        let details = match &result {
+            Ok(moved) => json!({ "reencrypted": moved }),
+            Err(_) => json!({}),
+        };
+        self.recorded(actor, &tenant, "secret.rewrap", details, result).await
+    }
+
+    /// Supplies the tenant's own key (bring-your-own-key).
+    pub async fn set_tenant_key(
+        &self,
+        actor: &Actor,
+        tenant: &str,
+        key_text: &Zeroizing<String>,
+    ) -> Result<TenantKeyChange> {
+        let tenant = self.tenant(actor, tenant, Self::OPEN).await?;
+        let key = LocalKey::parse(KeyRole::Tenant, key_text)?;
+        let kek_id = bulkhead_vault::KeyEncryptionKey::id(&key).to_owned();
+        let result = self.vault.set_tenant_key(tenant.id, key).await.map_err(Into::into);
+        let details = match &result {
+            Ok(TenantKeyChange::Adopted { rewrapped }) => {
+                json!({ "kek_id": kek_id, "adopted": true, "rewrapped": rewrapped })
+            }
+            _ => json!({ "kek_id": kek_id }),
+        };
+        self.recorded(actor, &tenant, "tenant_key.load", details, result).await
+    }
+
+    /// Forgets the tenant's own key until it is supplied again.
+    pub async fn forget_tenant_key(&self, actor: &Actor, tenant: &str) -> Result<bool> {
+        let tenant = self.tenant(actor, tenant, Self::OPEN).await?;
+        let result = self.vault.forget_tenant_key(tenant.id).map_err(Into::into);
+        self.recorded(actor, &tenant, "tenant_key.forget", json!({}), result).await
+    }
+
+    pub async fn rotate_master(&self, actor: &Actor) -> Result<MasterRotation> {
+        if !actor.is_operator() {
+            return Err(VaultServiceError::OperatorOnly);
+        }
+        let result = self.vault.rotate_master(self.clock.now()).await;
+        let (outcome, details) = match &result {
+            Ok(r) => ("ok", json!({ "from": r.from, "to": r.to, "rewrapped": r.rewrapped })),
+            Err(e) => ("failed", json!({ "error": e.to_string() })),
+        };
+        self.events.record_platform(actor, "master_key.rotate", outcome, details).await;
+        Ok(result?)
+    }
+
+    // ---- credentials -----------------------------------------------------
+
+    pub async fn issue_credential(
+        &self,
+        actor: &Actor,
+        tenant: &str,
+        access: Access,
+        ttl: Option<Duration>,
+    ) -> Result<IssuedCredential> {
+        let tenant = self.tenant(actor, tenant, &[TenantState::Active]).await?;
+        let max = self.plans.get(tenant.plan.as_str()).map_or(DEFAULT_CREDENTIAL_TTL, |p| {
+            Duration::from_secs(p.vault.max_credential_ttl_secs)
+        });
+        let ttl = ttl.unwrap_or(DEFAULT_CREDENTIAL_TTL.min(max));
+        if ttl > max || ttl.is_zero() {
+            return Err(VaultServiceError::InvalidRequest(format!(
+                "a ttl of {} is not allowed; on plan {} credentials live between 1s and {}",
+                format_duration(ttl),
+                tenant.plan,
+                format_duration(max)
+            )));
+        }
+        self.admit(actor, &tenant, "credential.issue").await?;
+        let result = self
+            .credentials
+            .issue(&tenant, access, ttl, &actor.to_string(), self.clock.now())
+            .await
+            .map_err(Into::into);
+        let details = match &result {
+            Ok(issued) => json!({
+                "lease": issued.lease.id, "role": issued.lease.role, "access": access.as_str(),
+                "expires_at": issued.lease.expires_at.unix_timestamp(),
+            }),
+            Err(_) => json!({ "access": access.as_str() }),
+        };
+        self.recorded(actor, &tenant, "credential.issue", details, result).await
+    }
+
+    pub async fn revoke_credential(&self, actor: &Actor, lease: &str) -> Result<Lease> {
+        let missing = || VaultServiceError::LeaseNotFound(lease.to_owned());
+        let id = Uuid::parse_str(lease).map_err(|_| missing())?;
+        let lease = self.store.lease(id).await?.ok_or_else(missing)?;
+        let tenant =
+            self.store.tenant_by_id(lease.tenant_id).await?.filter(|t| actor.may_access(t));
+        let tenant = tenant.ok_or_else(missing)?;
+        if lease.revoked_at.is_some() {
+            return Err(VaultServiceError::LeaseRevoked(lease.id.to_string()));
+        }
+        self.admit(actor, &tenant, "credential.revoke").await?;
+        let result = match self.credentials.revoke(&lease, self.clock.now()).await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(VaultServiceError::LeaseRevoked(lease.id.to_string())),
+            Err(e) => Err(e.into()),
+        };
+        let details = json!({ "lease": lease.id, "role": lease.role });
+        self.recorded(actor, &tenant, "credential.revoke", details, result).await?;
+        Ok(self.store.lease(id).await?.unwrap_or(lease))
+    }
+
+    pub async fn list_credentials(
+        &self,
+        actor: &Actor,
+        tenant: &str,
+        include_revoked: bool,
+    ) -> Result<Vec<Lease>> {
+        let states = [Self::OPEN, &[TenantState::Deleted, TenantState::Offboarding]].concat();
+        let tenant = self.tenant(actor, tenant, &states).await?;
+        self.admit(actor, &tenant, "credential.list").await?;
+        Ok(self.store.leases(tenant.id, include_revoked).await?)
+    }
+
+    // ---- lockouts ----------------------------------------------------------
+
+    pub async fn lockouts(&self, actor: &Actor) -> Result<Vec<Lockout>> {
+        if !actor.is_operator() {
+            return Err(VaultServiceError::OperatorOnly);
+        }
+        Ok(self.store.lockouts().await?)
+    }
+
+    pub async fn unlock(&self, actor: &Actor, principal: &str) -> Result<()> {
+        if !actor.is_operator() {
+            return Err(VaultServiceError::OperatorOnly);
+        }
+        if !self.store.delete_lockout(principal).await? {
+            return Err(VaultServiceError::LockoutNotFound(principal.to_owned()));
+        }
+        self.anomaly.forget(principal);
+        self.events
+            .record_platform(actor, "vault.unlock", "ok", json!({ "principal": principal }))
+            .await;
+        Ok(())
+    }
+
+    // ---- background work -----------------------------------------------
+
+    /// Revokes expired leases; returns how many.
+    pub async fn expire_leases(&self) -> Result<usize> {
+        let now = self.clock.now();
+        let expired = self.credentials.expire(now, 100).await?;
+        for lease in &expired {
+            if let Some(tenant) = self.store.tenant_by_id(lease.tenant_id).await? {
+                let details = json!({ "lease": lease.id, "role": lease.role });
+                self.events
+                    .record(&Actor::Scheduler, &tenant, "credential.expire", "ok", details)
+                    .await;
+            }
+        }
+        Ok(expired.len())
+    }
+
+    /// Rotates (and re-encrypts under) the data key of every open tenant
+    /// whose latest key is older than `every`; returns how many.
+    pub async fn rotate_due_keys(&self, every: Duration) -> Result<usize> {
+        let now = self.clock.now();
+        let mut rotated = 0;
+        let mut page = bulkhead_store::TenantPage { after: None, state: None, limit: 500 };
+        loop {
+            let tenants = self.store.list_tenants(&page).await?;
+            let Some(last) = tenants.last() else { return Ok(rotated) };
+            page.after = Some(last.name.to_string());
+            for tenant in tenants.iter().filter(|t| Self::OPEN.contains(&t.state)) {
+                let status = self.vault.key_status(tenant.id).await?;
+                let Some((_, _, created)) = status.versions.last() else { continue };
+                if *created + every > now {
+                    continue;
+                }
+                if !status.unsealed {
+                    tracing::info!(tenant = %tenant.name, "data key due for rotation, but the tenant's own key is not loaded");
+                    continue;
+                }
+                let result = async {
+                    let version = self.vault.rotate_data_key(tenant.id, now).await?;
+                    let moved = self.vault.rewrap(tenant.id).await?;
+                    Ok::<_, VaultError>(json!({ "version": version, "reencrypted": moved, "policy": format_duration(every) }))
+                }
+                .await;
+                match result {
+                    Ok(details) => {
+                        rotated += 1;
+                        self.events
+                            .record(&Actor::Scheduler, tenant, "data_key.rotate", "ok", details)
+                            .await;
+                    }
+                    Err(error) => {
+                        tracing::warn!(tenant = %tenant.name, %error, "scheduled data key rotation failed");
+                    }
+                }
+            }
+        }
+    }
+}
