@@ -23,59 +23,14 @@ database, tenant databases) is removed at the end.
 
 import argparse
 import concurrent.futures
-import datetime
-import http.client
-import json
 import os
-import shutil
-import statistics
 import subprocess
 import sys
-import tempfile
-import threading
 import time
 import uuid
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.path.join(ROOT, "target", "release", "bulkhead")
-ADMIN = os.environ.get("BULKHEAD_TEST_POSTGRES", "postgres://postgres@127.0.0.1:5432/postgres")
-
-
-def psql(sql):
-    subprocess.run(["psql", ADMIN, "-qAtc", sql], check=True, stdout=subprocess.DEVNULL)
-
-
-def database_url(name):
-    return ADMIN.rsplit("/", 1)[0] + "/" + name
-
-
-class Api:
-    """One keep-alive connection per thread."""
-
-    def __init__(self, url, token):
-        self.host, self.port = url.removeprefix("http://").split(":")
-        self.headers = {"authorization": f"Bearer {token}", "content-type": "application/json"}
-        self.local = threading.local()
-
-    def call(self, method, path, body=None):
-        conn = getattr(self.local, "conn", None)
-        if conn is None:
-            conn = self.local.conn = http.client.HTTPConnection(self.host, int(self.port), timeout=120)
-        conn.request(method, path, json.dumps(body) if body is not None else None, self.headers)
-        response = conn.getresponse()
-        data = response.read()
-        return response.status, json.loads(data) if data else None
-
-
-def percentile(values, p):
-    values = sorted(values)
-    k = (len(values) - 1) * p / 100
-    lo, hi = int(k), min(int(k) + 1, len(values) - 1)
-    return values[lo] + (values[hi] - values[lo]) * (k - lo)
-
-
-def parse_time(text):
-    return datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchkit import ADMIN, BenchServer, parse_time, report  # noqa: E402
 
 
 def main():
@@ -93,35 +48,8 @@ def main():
     if args.baseline:
         return baseline(args.n)
 
-    if not os.path.exists(BIN):
-        sys.exit(f"{BIN} is missing: run `cargo build --release` first")
-
-    work = tempfile.mkdtemp(prefix="bulkhead-bench-")
-    data_dir = os.path.join(work, "data")
-    config = os.path.join(work, "bulkhead.toml")
-    command = [BIN, "serve", "--data-dir", data_dir, "--api-listen", "127.0.0.1:0", "--config", config]
-    control_db = None
-    prefix = "bn" + uuid.uuid4().hex[:5] + "_"
-    with open(config, "w") as f:
-        f.write(f"[reconciler]\nworkers = {args.workers}\n")
-        if args.store == "postgres":
-            control_db = "bh_bench_" + uuid.uuid4().hex[:12]
-            psql(f'CREATE DATABASE "{control_db}"')
-            command += ["--store", database_url(control_db)]
-            f.write(f'\n[[regions]]\nname = "local"\ndatabases = "{ADMIN}"\ndatabase_prefix = "{prefix}"\n')
-
-    log = open(os.path.join(work, "server.log"), "w")
-    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log, env={**os.environ, "BULKHEAD_LOG": "warn"})
-    try:
-        api_url_file = os.path.join(data_dir, "api.url")
-        for _ in range(300):
-            if os.path.exists(api_url_file):
-                break
-            time.sleep(0.05)
-        url = open(api_url_file).read().strip()
-        token = open(os.path.join(data_dir, "operator.token")).read().strip()
-        api = Api(url, token)
-
+    with BenchServer(args.store, workers=args.workers) as server:
+        api = server.api
         names = [f"bench-{i:05d}" for i in range(args.n)]
         create_ms = {}
 
@@ -163,28 +91,14 @@ def main():
         mode = "paced" if args.paced else f"burst clients={args.c}"
         print(f"store={args.store} tenants={args.n} plan={args.plan} isolation={','.join(isolations)} "
               f"{mode} workers={args.workers}")
-        for label, values in [("create (API round trip)", list(create_ms.values())), ("provision (created -> active)", provision_ms)]:
-            print(f"  {label:32} p50 {percentile(values, 50):8.1f} ms   p95 {percentile(values, 95):8.1f} ms   "
-                  f"max {max(values):8.1f} ms")
+        report("create (API round trip)", list(create_ms.values()))
+        report("provision (created -> active)", provision_ms)
         print(f"  total {total:.2f} s for {args.n} tenants = {args.n / total:.0f} tenants/s")
 
         # Clean up through the product itself: purge every tenant.
         purge_started = time.perf_counter()
-        with concurrent.futures.ThreadPoolExecutor(args.c) as pool:
-            list(pool.map(lambda n: api.call("DELETE", f"/v1/tenants/{n}?purge=true"), names))
-        while api.call("GET", "/v1/tenants?limit=1")[1]["tenants"] or \
-                api.call("GET", "/v1/tenants?limit=1&state=deleted")[1]["tenants"]:
-            time.sleep(0.05)
+        server.purge(names, args.c)
         print(f"  purge {time.perf_counter() - purge_started:.2f} s for {args.n} tenants")
-    finally:
-        server.terminate()
-        server.wait()
-        log.close()
-        if control_db:
-            psql(f'DROP DATABASE IF EXISTS "{control_db}" WITH (FORCE)')
-            # The region's shared pool database outlives its tenants by design.
-            psql(f'DROP DATABASE IF EXISTS "{prefix}pool" WITH (FORCE)')
-        shutil.rmtree(work, ignore_errors=True)
 
 
 def baseline(n):
@@ -197,8 +111,7 @@ def baseline(n):
         times = [float(line.split()[1]) for line in out.splitlines() if line.startswith("Time:")]
         per_silo = [sum(times[i:i + 3]) for i in range(0, len(times), 3)]
         print(f"baseline: bare silo DDL over one psql session, {n} silos")
-        print(f"  {'DDL only':32} p50 {percentile(per_silo, 50):8.1f} ms   p95 {percentile(per_silo, 95):8.1f} ms   "
-              f"max {max(per_silo):8.1f} ms")
+        report("DDL only", per_silo)
     finally:
         drop = "".join(f'DROP DATABASE IF EXISTS "{prefix}{i}"; DROP ROLE IF EXISTS "{prefix}{i}";\n' for i in range(n))
         subprocess.run(["psql", ADMIN, "-q"], input=drop, capture_output=True, text=True)

@@ -180,10 +180,19 @@ pub enum VaultCommand {
     RotateMaster,
     /// Principals refused by anomaly detection
     Lockouts,
-    /// Clear a principal's lockout
+    /// Clear a principal's lockout (through the API, by another operator;
+    /// or --offline, straight in the control store)
     Unlock {
         /// As listed by `bulkhead vault lockouts`, e.g. operator:initial
         principal: String,
+        /// Open the control store directly instead of asking the API: for
+        /// clearing your own lockout, which the API refuses
+        #[arg(long)]
+        offline: bool,
+        /// With --offline: the control store [default: SQLite at
+        /// <data-dir>/bulkhead.db]
+        #[arg(long, env = env::STORE, hide_env_values = true, value_name = "URL")]
+        store: Option<Sensitive>,
     },
 }
 

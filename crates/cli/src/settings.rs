@@ -220,7 +220,7 @@ fn read_file(explicit: Option<&Path>) -> Result<FileConfig, CliError> {
         .map_err(|e| CliError::usage(format!("configuration file {}: {e}", path.display())))
 }
 
-fn parse_store(url: &str) -> Result<StoreLocation, CliError> {
+pub fn parse_store(url: &str) -> Result<StoreLocation, CliError> {
     if let Some(path) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) {
         if path.is_empty() {
             return Err(CliError::usage(

@@ -171,6 +171,14 @@ impl Credentials {
             let _ = self.store.mark_lease_revoked(id, now).await;
             return Err(error.into());
         }
+        // Revoked while the role was being made (an offboarding, say): the
+        // revoke found no role to drop, so drop it now.
+        if self.store.lease(id).await?.is_some_and(|l| l.revoked_at.is_some()) {
+            self.revoke(&lease, now).await?;
+            return Err(CredentialError::Unavailable(format!(
+                "lease {id} was revoked while it was being issued; the tenant is going away"
+            )));
+        }
         let url = connection_url(target.url, &role, &password, &target.database)?;
         Ok(IssuedCredential { lease, url })
     }
@@ -259,10 +267,12 @@ fn connection_url(
         .map_err(|e| CredentialError::Database(format!("region url {region_url}: {e}")))?;
     let host = options.get_host();
     let port = options.get_port();
+    // Only how to reach and trust the server: never the region's user,
+    // password, database or session options.
     let mut query: Vec<&str> = region_url
         .expose()
         .split_once('?')
-        .map(|(_, q)| q.split('&').collect())
+        .map(|(_, q)| q.split('&').filter(|p| carries_over(p)).collect())
         .unwrap_or_default();
     let authority = if host.starts_with('/') {
         // A Unix socket directory travels in the query.
@@ -287,6 +297,14 @@ fn connection_url(
         }
     }
     Ok(url)
+}
+
+/// Connection parameters of the region's URL a lease's URL keeps.
+fn carries_over(param: &str) -> bool {
+    const KEPT: &[&str] =
+        &["sslmode", "sslrootcert", "host", "hostaddr", "connect_timeout", "target_session_attrs"];
+    let name = param.split_once('=').map_or(param, |(name, _)| name);
+    KEPT.contains(&name)
 }
 
 #[cfg(test)]

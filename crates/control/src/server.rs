@@ -76,7 +76,7 @@ pub struct RunningServer {
     http: JoinHandle<std::io::Result<()>>,
     reconciler: JoinHandle<()>,
     lock_keeper: JoinHandle<()>,
-    vault_keeper: JoinHandle<()>,
+    vault_jobs: Vec<JoinHandle<()>>,
     _data_dir: DataDir,
 }
 
@@ -107,7 +107,9 @@ impl RunningServer {
             tracing::warn!(%error, "API server ended with an error");
         }
         let _ = self.lock_keeper.await;
-        let _ = self.vault_keeper.await;
+        for job in self.vault_jobs {
+            let _ = job.await;
+        }
     }
 }
 
@@ -138,37 +140,60 @@ async fn keep_lock(
     }
 }
 
-/// The vault's background work: revoking expired leases, and rotating data
-/// keys that are due by policy.
-async fn keep_vault(
-    vault: Arc<VaultService>,
-    settings: VaultSettings,
-    mut stopping: watch::Receiver<bool>,
-) {
-    let mut sweep = tokio::time::interval(settings.sweep_every);
-    let mut rotation = tokio::time::interval(settings.rotation_check_every);
-    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    rotation.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+/// Runs `work` every `every` until shutdown. The vault's background jobs
+/// (revoking expired leases, rotating keys due by policy) each get their
+/// own, so a long rotation never delays a revocation.
+async fn every<F, Fut>(every: Duration, mut stopping: watch::Receiver<bool>, mut work: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = async { let _ = stopping.wait_for(|stop| *stop).await; } => return,
-            _ = sweep.tick() => {
-                match vault.expire_leases().await {
-                    Ok(0) => {}
-                    Ok(revoked) => tracing::info!(revoked, "revoked expired database credentials"),
-                    Err(error) => tracing::warn!(%error, "cannot sweep expired credentials"),
-                }
-            }
-            _ = rotation.tick(), if settings.rotate_data_keys_every.is_some() => {
-                let Some(every) = settings.rotate_data_keys_every else { continue };
-                match vault.rotate_due_keys(every).await {
-                    Ok(0) => {}
-                    Ok(rotated) => tracing::info!(rotated, "rotated data keys due by policy"),
-                    Err(error) => tracing::warn!(%error, "cannot run scheduled data key rotation"),
-                }
-            }
+            _ = ticks.tick() => work().await,
         }
     }
+}
+
+fn spawn_vault_jobs(
+    vault: &Arc<VaultService>,
+    settings: &VaultSettings,
+    stopping: &watch::Receiver<bool>,
+) -> Vec<JoinHandle<()>> {
+    let sweeper = Arc::clone(vault);
+    let mut jobs = vec![tokio::spawn(every(settings.sweep_every, stopping.clone(), move || {
+        let vault = Arc::clone(&sweeper);
+        async move {
+            match vault.expire_leases().await {
+                Ok(0) => {}
+                Ok(revoked) => tracing::info!(revoked, "revoked expired database credentials"),
+                Err(error) => tracing::warn!(%error, "cannot sweep expired credentials"),
+            }
+        }
+    }))];
+    if let Some(policy) = settings.rotate_data_keys_every {
+        let rotator = Arc::clone(vault);
+        jobs.push(tokio::spawn(every(
+            settings.rotation_check_every,
+            stopping.clone(),
+            move || {
+                let vault = Arc::clone(&rotator);
+                async move {
+                    match vault.rotate_due_keys(policy).await {
+                        Ok(0) => {}
+                        Ok(rotated) => tracing::info!(rotated, "rotated data keys due by policy"),
+                        Err(error) => {
+                            tracing::warn!(%error, "cannot run scheduled data key rotation")
+                        }
+                    }
+                }
+            },
+        )));
+    }
+    jobs
 }
 
 struct SetOnDrop(Arc<AtomicBool>);
@@ -206,8 +231,16 @@ pub async fn start_with_steps(
     // the start with the store untouched.
     let vault_store: Arc<dyn VaultStore> = store.clone();
     let vault = Arc::new(Vault::open(vault_store, &config.vault.master_key, clock.now()).await?);
-    if let Some(done) = vault.resume(clock.now()).await? {
-        tracing::info!(from = %done.from, to = %done.to, rewrapped = done.rewrapped, "finished an interrupted master key rotation");
+    // Both keys stay loaded if this fails, so every secret stays readable;
+    // `bulkhead vault rotate-master` tries again.
+    match vault.resume(clock.now()).await {
+        Ok(Some(done)) => {
+            tracing::info!(from = %done.from, to = %done.to, rewrapped = done.rewrapped, "finished an interrupted master key rotation");
+        }
+        Ok(None) => {}
+        Err(error) => {
+            tracing::error!(%error, "cannot finish the interrupted master key rotation; run `bulkhead vault rotate-master` to retry");
+        }
     }
     let operator_tokens =
         OperatorTokens::ensure(store.as_ref(), &data_dir.operator_token(), clock.as_ref()).await?;
@@ -276,7 +309,7 @@ pub async fn start_with_steps(
     let shutdown = Arc::new(shutdown);
     let (fatal_tx, fatal) = watch::channel(None);
     let lock_keeper = tokio::spawn(keep_lock(store_lock, Arc::clone(&shutdown), fatal_tx));
-    let vault_keeper = tokio::spawn(keep_vault(vault, config.vault.clone(), shutdown_rx.clone()));
+    let vault_jobs = spawn_vault_jobs(&vault, &config.vault, &shutdown_rx);
     let reconciler = {
         let shutdown = shutdown_rx.clone();
         tokio::spawn(async move {
@@ -308,7 +341,7 @@ pub async fn start_with_steps(
         http,
         reconciler,
         lock_keeper,
-        vault_keeper,
+        vault_jobs,
         _data_dir: data_dir,
     })
 }

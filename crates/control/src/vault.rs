@@ -37,6 +37,11 @@ pub enum VaultServiceError {
     LockedOut(String),
     #[error("this endpoint needs an operator token")]
     OperatorOnly,
+    #[error(
+        "{0} cannot clear its own lockout; use another operator token, or run `bulkhead vault \
+         unlock {0} --offline` where the control store can be opened"
+    )]
+    SelfUnlock(String),
     #[error("lease {0} does not exist")]
     LeaseNotFound(String),
     #[error("lease {0} was already revoked")]
@@ -139,6 +144,8 @@ impl VaultService {
             return Ok(());
         }
         let reason = format!("touched {tenants} tenants within {window}");
+        // Counting starts afresh once the lockout is cleared, however it is.
+        self.anomaly.forget(&principal);
         self.store
             .insert_lockout(&Lockout {
                 principal: principal.clone(),
@@ -237,6 +244,7 @@ impl VaultService {
 
     pub async fn key_status(&self, actor: &Actor, tenant: &str) -> Result<(Tenant, KeyStatus)> {
         let tenant = self.tenant(actor, tenant, Self::OPEN).await?;
+        self.admit(actor, &tenant, "data_key.status").await?;
         let status = self.vault.key_status(tenant.id).await?;
         Ok((tenant, status))
     }
@@ -244,6 +252,7 @@ impl VaultService {
     /// A new data key version for new writes.
     pub async fn rotate_data_key(&self, actor: &Actor, tenant: &str) -> Result<i64> {
         let tenant = self.tenant(actor, tenant, Self::OPEN).await?;
+        self.admit(actor, &tenant, "data_key.rotate").await?;
         let result =
             self.vault.rotate_data_key(tenant.id, self.clock.now()).await.map_err(Into::into);
         let details = match &result {
@@ -256,6 +265,7 @@ impl VaultService {
     /// Re-encrypts the tenant's secrets under its latest data key.
     pub async fn rewrap(&self, actor: &Actor, tenant: &str) -> Result<usize> {
         let tenant = self.tenant(actor, tenant, Self::OPEN).await?;
+        self.admit(actor, &tenant, "secret.rewrap").await?;
         let result = self.vault.rewrap(tenant.id).await.map_err(Into::into);
         let details = match &result {
             Ok(moved) => json!({ "reencrypted": moved }),
@@ -272,12 +282,14 @@ impl VaultService {
         key_text: &Zeroizing<String>,
     ) -> Result<TenantKeyChange> {
         let tenant = self.tenant(actor, tenant, Self::OPEN).await?;
+        self.admit(actor, &tenant, "tenant_key.load").await?;
         let key = LocalKey::parse(KeyRole::Tenant, key_text)?;
         let kek_id = bulkhead_vault::KeyEncryptionKey::id(&key).to_owned();
-        let result = self.vault.set_tenant_key(tenant.id, key).await.map_err(Into::into);
+        let result =
+            self.vault.set_tenant_key(tenant.id, key, self.clock.now()).await.map_err(Into::into);
         let details = match &result {
-            Ok(TenantKeyChange::Adopted { rewrapped }) => {
-                json!({ "kek_id": kek_id, "adopted": true, "rewrapped": rewrapped })
+            Ok(TenantKeyChange::Adopted { reencrypted }) => {
+                json!({ "kek_id": kek_id, "adopted": true, "reencrypted": reencrypted })
             }
             _ => json!({ "kek_id": kek_id }),
         };
@@ -287,6 +299,7 @@ impl VaultService {
     /// Forgets the tenant's own key until it is supplied again.
     pub async fn forget_tenant_key(&self, actor: &Actor, tenant: &str) -> Result<bool> {
         let tenant = self.tenant(actor, tenant, Self::OPEN).await?;
+        self.admit(actor, &tenant, "tenant_key.forget").await?;
         let result = self.vault.forget_tenant_key(tenant.id).map_err(Into::into);
         self.recorded(actor, &tenant, "tenant_key.forget", json!({}), result).await
     }
@@ -388,6 +401,10 @@ impl VaultService {
         if !actor.is_operator() {
             return Err(VaultServiceError::OperatorOnly);
         }
+        // A stolen credential must not be able to clear its own lockout.
+        if actor.to_string() == principal {
+            return Err(VaultServiceError::SelfUnlock(principal.to_owned()));
+        }
         if !self.store.delete_lockout(principal).await? {
             return Err(VaultServiceError::LockoutNotFound(principal.to_owned()));
         }
@@ -428,7 +445,8 @@ impl VaultService {
             for tenant in tenants.iter().filter(|t| Self::OPEN.contains(&t.state)) {
                 let status = self.vault.key_status(tenant.id).await?;
                 let Some((_, _, created)) = status.versions.last() else { continue };
-                if *created + every > now {
+                let due = time::Duration::try_from(every).ok().and_then(|e| created.checked_add(e));
+                if due.is_none_or(|due| due > now) {
                     continue;
                 }
                 if !status.unsealed {

@@ -464,6 +464,20 @@ macro_rules! impl_vault_store {
                 Ok(result.rows_affected())
             }
 
+            async fn delete_data_keys_below(
+                &self,
+                tenant: bulkhead_model::TenantId,
+                version: i64,
+            ) -> Result<u64, $crate::StoreError> {
+                let result =
+                    sqlx::query("DELETE FROM vault_data_keys WHERE tenant_id = $1 AND version < $2")
+                        .bind(tenant.0)
+                        .bind(version)
+                        .execute(&self.write)
+                        .await?;
+                Ok(result.rows_affected())
+            }
+
             async fn insert_secret(
                 &self,
                 secret: &$crate::SecretVersion,

@@ -133,6 +133,14 @@ pub trait VaultStore: Send + Sync + fmt::Debug {
     /// Destroys every data key of the tenant; returns how many.
     async fn delete_data_keys(&self, tenant: TenantId) -> Result<u64, StoreError>;
 
+    /// Destroys the tenant's data key versions older than `version`;
+    /// returns how many.
+    async fn delete_data_keys_below(
+        &self,
+        tenant: TenantId,
+        version: i64,
+    ) -> Result<u64, StoreError>;
+
     /// Stores the next version of `secret.path` (its `version` is ignored)
     /// and returns that version. [`StoreError::Duplicate`] if a concurrent
     /// write took the same version; the caller retries.

@@ -61,7 +61,10 @@ impl AnomalyDetector {
             // A poisoned map only loses counts; never fail an access on it.
             return Verdict::Normal;
         };
-        let window_start = now - self.policy.window;
+        let window_start = time::Duration::try_from(self.policy.window)
+            .ok()
+            .and_then(|window| now.checked_sub(window))
+            .unwrap_or(OffsetDateTime::UNIX_EPOCH);
         let entries = seen.entry(principal.to_owned()).or_default();
         while entries.front().is_some_and(|(at, _)| *at < window_start) {
             entries.pop_front();

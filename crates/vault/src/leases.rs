@@ -4,8 +4,17 @@
 //!
 //! `VALID UNTIL` only stops new logins; sessions opened before it outlive
 //! it. Revoking therefore ends the role's sessions and drops the role.
+//!
+//! The password never reaches the server: the role is created with its
+//! SCRAM-SHA-256 verifier, computed here, so neither the server's log nor
+//! `pg_stat_activity` can show it.
 
-use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use base64::{
+    Engine,
+    engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD},
+};
+use hmac::{Hmac, KeyInit, Mac};
+use sha2::{Digest, Sha256};
 use sqlx::{AssertSqlSafe, PgPool};
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 use zeroize::Zeroizing;
@@ -29,6 +38,9 @@ pub fn random_password() -> Result<Zeroizing<String>, VaultError> {
     Ok(Zeroizing::new(URL_SAFE_NO_PAD.encode(bytes.as_slice())))
 }
 
+const UNDEFINED_OBJECT: &str = "42704";
+const DEPENDENT_OBJECTS: &str = "2BP01";
+
 fn is_identifier(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 63
@@ -39,42 +51,71 @@ fn db_error(what: &str) -> impl Fn(sqlx::Error) -> VaultError + '_ {
     move |e| VaultError::Database(format!("{what}: {e}"))
 }
 
-/// Creates the login role. The statement carries the password, so it is
-/// never put in an error or a log line; the pool must not log statements.
+/// PostgreSQL's default SCRAM iteration count.
+const SCRAM_ITERATIONS: u32 = 4096;
+
+/// The SCRAM-SHA-256 verifier PostgreSQL stores for `password` (RFC 5802,
+/// RFC 7677): `SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>`.
+pub fn scram_verifier(password: &str) -> Result<String, VaultError> {
+    let mut salt = [0u8; 16];
+    getrandom::fill(&mut salt).map_err(|e| VaultError::Random(e.to_string()))?;
+    let mut salted = Zeroizing::new([0u8; 32]);
+    pbkdf2::pbkdf2_hmac::<Sha256>(
+        password.as_bytes(),
+        &salt,
+        SCRAM_ITERATIONS,
+        salted.as_mut_slice(),
+    );
+    let hmac = |message: &[u8]| -> Result<Vec<u8>, VaultError> {
+        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(salted.as_slice())
+            .map_err(|_| VaultError::Encrypt)?;
+        mac.update(message);
+        Ok(mac.finalize().into_bytes().to_vec())
+    };
+    let client_key = Zeroizing::new(hmac(b"Client Key")?);
+    let stored_key = Sha256::digest(client_key.as_slice());
+    let server_key = hmac(b"Server Key")?;
+    Ok(format!(
+        "SCRAM-SHA-256${SCRAM_ITERATIONS}:{}${}:{}",
+        STANDARD.encode(salt),
+        STANDARD.encode(stored_key),
+        STANDARD.encode(server_key)
+    ))
+}
+
+/// Creates the login role, in one transaction with its default role so
+/// that it never exists half made.
 pub async fn create_login_role(
     pool: &PgPool,
     spec: &LoginRole<'_>,
     password: &str,
 ) -> Result<(), VaultError> {
-    if !is_identifier(spec.role)
-        || !is_identifier(spec.acts_as)
-        || !password.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-    {
+    if !is_identifier(spec.role) || !is_identifier(spec.acts_as) {
         return Err(VaultError::Database("refusing to build DDL from unexpected names".into()));
     }
+    let verifier = scram_verifier(password)?;
     let valid_until = spec
         .valid_until
         .format(&Rfc3339)
         .map_err(|e| VaultError::Database(format!("cannot format the expiry: {e}")))?;
     // ADMIN CURRENT_USER lets a non-superuser region role end the lease's
     // sessions and reassign what it owns when revoking it.
-    let create = Zeroizing::new(format!(
-        "CREATE ROLE \"{role}\" LOGIN PASSWORD '{password}' VALID UNTIL '{valid_until}' \
+    let create = format!(
+        "CREATE ROLE \"{role}\" LOGIN PASSWORD '{verifier}' VALID UNTIL '{valid_until}' \
          IN ROLE \"{acts_as}\" ADMIN CURRENT_USER",
         role = spec.role,
         acts_as = spec.acts_as,
-    ));
-    sqlx::query(AssertSqlSafe(create.as_str())).execute(pool).await.map_err(|e| {
-        VaultError::Database(format!("cannot create login role {}: {}", spec.role, redact(&e)))
-    })?;
+    );
     // Sessions start as the tenant's role, so what they create belongs to
     // it (and outlives the lease), not to the short-lived login role.
     let default_role = format!("ALTER ROLE \"{}\" SET role = '{}'", spec.role, spec.acts_as);
-    sqlx::query(AssertSqlSafe(default_role))
-        .execute(pool)
-        .await
-        .map_err(db_error("cannot set the login role's default role"))?;
-    Ok(())
+    let failed = |e: sqlx::Error| {
+        VaultError::Database(format!("cannot create login role {}: {}", spec.role, redact(&e)))
+    };
+    let mut tx = pool.begin().await.map_err(failed)?;
+    sqlx::query(AssertSqlSafe(create)).execute(&mut *tx).await.map_err(failed)?;
+    sqlx::query(AssertSqlSafe(default_role)).execute(&mut *tx).await.map_err(failed)?;
+    tx.commit().await.map_err(failed)
 }
 
 /// Only the server's error code and message: never the statement.
@@ -106,12 +147,18 @@ pub async fn drop_login_role(
     if exists.is_none() {
         return Ok(());
     }
-    // No new logins while the sessions are ended.
-    sqlx::query(AssertSqlSafe(format!("ALTER ROLE \"{role}\" NOLOGIN")))
-        .execute(admin)
-        .await
-        .map_err(db_error("cannot disable the login role"))?;
-    sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1")
+    // No new logins while the sessions are ended. A concurrent revoke may
+    // have dropped the role since it was looked up: that is success.
+    match sqlx::query(AssertSqlSafe(format!("ALTER ROLE \"{role}\" NOLOGIN"))).execute(admin).await
+    {
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some(UNDEFINED_OBJECT) => {
+            return Ok(());
+        }
+        other => other.map_err(db_error("cannot disable the login role"))?,
+    };
+    // Waits up to 5 s for each session to end, so that the drop below
+    // does not race them.
+    sqlx::query("SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity WHERE usename = $1")
         .bind(role)
         .execute(admin)
         .await
@@ -119,8 +166,8 @@ pub async fn drop_login_role(
     let drop = format!("DROP ROLE IF EXISTS \"{role}\"");
     match sqlx::query(AssertSqlSafe(drop.clone())).execute(admin).await {
         Ok(_) => return Ok(()),
-        // 2BP01: it still owns objects.
-        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("2BP01") => {}
+        // It still owns objects.
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some(DEPENDENT_OBJECTS) => {}
         Err(e) => return Err(db_error("cannot drop the login role")(e)),
     }
     let tenant_db = tenant_db().await?;
@@ -144,6 +191,19 @@ pub async fn drop_login_role(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scram_verifiers_have_postgres_shape_and_fresh_salt() {
+        let a = scram_verifier("pw").unwrap();
+        let b = scram_verifier("pw").unwrap();
+        assert_ne!(a, b, "a fresh salt each time");
+        let (head, keys) = a.rsplit_once('$').unwrap();
+        assert!(head.starts_with("SCRAM-SHA-256$4096:"), "{a}");
+        let (stored, server) = keys.split_once(':').unwrap();
+        assert_eq!(STANDARD.decode(stored).unwrap().len(), 32);
+        assert_eq!(STANDARD.decode(server).unwrap().len(), 32);
+        assert!(!a.contains("pw"));
+    }
 
     #[test]
     fn passwords_are_long_random_and_url_safe() {

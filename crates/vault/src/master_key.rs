@@ -3,7 +3,7 @@
 
 use std::{
     fs::{self, File, OpenOptions},
-    io::Write,
+    io::{Read, Write},
     os::unix::fs::{OpenOptionsExt, PermissionsExt},
     path::{Path, PathBuf},
 };
@@ -51,7 +51,7 @@ fn file_error(path: &Path, reason: impl std::fmt::Display) -> VaultError {
 
 /// Reads a key file, refusing one that others can read.
 pub fn read_key_file(path: &Path, role: KeyRole) -> Result<LocalKey, VaultError> {
-    let file = File::open(path).map_err(|e| file_error(path, e))?;
+    let mut file = File::open(path).map_err(|e| file_error(path, e))?;
     let mode = file.metadata().map_err(|e| file_error(path, e))?.permissions().mode();
     if mode & 0o077 != 0 {
         return Err(file_error(
@@ -63,21 +63,33 @@ pub fn read_key_file(path: &Path, role: KeyRole) -> Result<LocalKey, VaultError>
             ),
         ));
     }
-    let text = Zeroizing::new(fs::read_to_string(path).map_err(|e| file_error(path, e))?);
+    // From the handle whose mode was checked, not the path again.
+    let mut text = Zeroizing::new(String::new());
+    file.read_to_string(&mut text).map_err(|e| file_error(path, e))?;
     LocalKey::parse(role, &text).map_err(|e| file_error(path, e))
 }
 
-/// Writes a new key file with mode 0600; fails if the file exists.
+/// Writes a new key file with mode 0600; fails if the file exists. The key
+/// is written to `<path>.tmp` and renamed into place, so a crash never
+/// leaves a truncated key file behind.
 pub fn write_key_file(path: &Path, key: &LocalKey) -> Result<(), VaultError> {
+    if path.exists() {
+        return Err(file_error(path, "it exists already; it is never overwritten"));
+    }
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    // A leftover from a crash holds a key nothing was ever wrapped with.
+    let _ = fs::remove_file(&tmp);
     let mut file = OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
-        .open(path)
-        .map_err(|e| file_error(path, e))?;
-    file.write_all(key.to_text().as_bytes()).map_err(|e| file_error(path, e))?;
-    file.sync_all().map_err(|e| file_error(path, e))?;
-    sync_parent(path)
+        .open(&tmp)
+        .map_err(|e| file_error(&tmp, e))?;
+    file.write_all(key.to_text().as_bytes()).map_err(|e| file_error(&tmp, e))?;
+    file.sync_all().map_err(|e| file_error(&tmp, e))?;
+    replace_key_file(&tmp, path)
 }
 
 /// Makes `from` the file at `to`, atomically, and makes the rename durable.

@@ -2,6 +2,10 @@
 
 use std::time::Duration;
 
+/// Ten years: longer than any policy needs, short enough that adding it to
+/// a timestamp never overflows.
+const MAX_SECS: u64 = 3_650 * 86_400;
+
 /// Parses a duration of one or more `<number><unit>` parts, unit one of
 /// `s`, `m`, `h`, `d`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -26,6 +30,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     }
     if !digits.is_empty() || total == 0 {
         return Err(bad());
+    }
+    if total > MAX_SECS {
+        return Err(format!("{text:?} is longer than the longest duration Bulkhead takes, 3650d"));
     }
     Ok(Duration::from_secs(total))
 }
@@ -63,7 +70,7 @@ mod tests {
 
     #[test]
     fn refuses_nonsense() {
-        for bad in ["", "1", "h", "0s", "1x", "-1h", "1.5h", "99999999999999999999d"] {
+        for bad in ["", "1", "h", "0s", "1x", "-1h", "1.5h", "99999999999999999999d", "3651d"] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
     }

@@ -10,7 +10,7 @@ use std::{
 use bulkhead_model::TenantId;
 use bulkhead_store::{SecretSummary, SecretVersion, StoreError, VaultStore, WrappedDataKey};
 use time::OffsetDateTime;
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, RwLock as AsyncRwLock};
 use zeroize::Zeroizing;
 
 use crate::{
@@ -77,8 +77,9 @@ pub struct KeyStatus {
 /// What supplying a tenant's own key did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TenantKeyChange {
-    /// The tenant's data keys were moved from the master key to its key.
-    Adopted { rewrapped: usize },
+    /// The tenant now has a data key wrapped by its own key, its secrets
+    /// were re-encrypted under it, and the master-wrapped keys are gone.
+    Adopted { reencrypted: usize },
     /// The key was already the tenant's; it is now loaded.
     Loaded,
 }
@@ -96,7 +97,13 @@ pub struct Vault {
     keys: RwLock<Keyring>,
     /// Where the master key lives, if Bulkhead may rotate it.
     master_file: Option<PathBuf>,
+    /// Held for a whole master rotation or tenant-key adoption, so the two
+    /// never interleave.
     rotation: Mutex<()>,
+    /// Shared by every data key insert (from choosing its wrapping key to
+    /// the row being stored); exclusive while the wrapping key changes, so
+    /// no insert can still be using a key a rotation has moved away from.
+    key_change: AsyncRwLock<()>,
 }
 
 impl std::fmt::Debug for Vault {
@@ -135,6 +142,13 @@ impl Vault {
                         return Err(VaultError::MasterKeyMissing {
                             path: path.display().to_string(),
                             recorded: recorded.clone(),
+                        });
+                    } else if let Some(stray) = master_wrapped.first() {
+                        // Data keys exist but no record of their key: never
+                        // wrap more with a fresh one.
+                        return Err(VaultError::MasterKeyMissing {
+                            path: path.display().to_string(),
+                            recorded: (*stray).clone(),
                         });
                     } else if !*create {
                         return Err(VaultError::MasterKeyFile {
@@ -197,6 +211,7 @@ impl Vault {
             }),
             master_file,
             rotation: Mutex::new(()),
+            key_change: AsyncRwLock::new(()),
         })
     }
 
@@ -223,6 +238,7 @@ impl Vault {
         tenant: TenantId,
         now: OffsetDateTime,
     ) -> Result<i64, VaultError> {
+        let _inserting = self.key_change.read().await;
         if let Some(latest) = self.store.data_keys(tenant).await?.last() {
             return Ok(latest.version);
         }
@@ -241,6 +257,7 @@ impl Vault {
         tenant: TenantId,
         now: OffsetDateTime,
     ) -> Result<i64, VaultError> {
+        let _inserting = self.key_change.read().await;
         let keys = self.store.data_keys(tenant).await?;
         let latest = keys.last().ok_or(VaultError::NoDataKey)?;
         // The new version is wrapped the way the tenant chose: by its own
@@ -460,12 +477,16 @@ impl Vault {
         };
         let _rotation = self.rotation.lock().await;
         let (old, next) = {
-            let mut ring = self.keys.write().map_err(|_| poisoned())?;
-            if ring.next.is_none() {
+            // From here on every new data key is wrapped by the next key;
+            // inserts still holding the old one finish first.
+            let _no_inserts = self.key_change.write().await;
+            let pending = self.keys.read().map_err(|_| poisoned())?.next.is_some();
+            if !pending {
                 let key = LocalKey::generate(KeyRole::Master)?;
                 master_key::write_key_file(&master_key::next_path(&path), &key)?;
-                ring.next = Some(Arc::new(key));
+                self.keys.write().map_err(|_| poisoned())?.next = Some(Arc::new(key));
             }
+            let ring = self.keys.read().map_err(|_| poisoned())?;
             (Arc::clone(&ring.master), ring.wrapping_master())
         };
         let mut rewrapped = 0;
@@ -486,7 +507,13 @@ impl Vault {
         }
         // Only the store's record says which key is current; the file
         // follows it, and a start between the two finds both.
-        self.store.set_master_key_id(Some(old.id()), next.id(), now).await?;
+        if !self.store.set_master_key_id(Some(old.id()), next.id(), now).await? {
+            return Err(VaultError::Corrupt(format!(
+                "the store no longer records master key {} as current; another server rotated \
+                 it? Both key files are kept; restart to sort it out",
+                old.id()
+            )));
+        }
         master_key::replace_key_file(&master_key::next_path(&path), &path)?;
         {
             let mut ring = self.keys.write().map_err(|_| poisoned())?;
@@ -498,19 +525,24 @@ impl Vault {
 
     // ---- bring your own key ----------------------------------------------
 
-    /// Supplies a tenant's own key. The first time, the tenant's data keys
-    /// are re-wrapped from the master key to it, after which the master key
-    /// alone no longer opens them. Afterwards (for instance after a
-    /// restart) it loads the key again. The key is held in memory only.
+    /// Supplies a tenant's own key. The first time, the tenant gets a
+    /// fresh data key wrapped by it, every secret is re-encrypted under
+    /// that key, and the master-wrapped versions are destroyed: after that,
+    /// neither the master key nor an older copy of the store opens what the
+    /// tenant writes. Afterwards (for instance after a restart) it loads the
+    /// key again. The key is held in memory only.
     pub async fn set_tenant_key(
         &self,
         tenant: TenantId,
         key: LocalKey,
+        now: OffsetDateTime,
     ) -> Result<TenantKeyChange, VaultError> {
+        let _rotation = self.rotation.lock().await;
+        let _no_inserts = self.key_change.write().await;
         let keys = self.store.data_keys(tenant).await?;
-        if keys.is_empty() {
+        let Some(latest) = keys.last() else {
             return Err(VaultError::NoDataKey);
-        }
+        };
         if let Some(other) =
             keys.iter().find(|k| k.kek_id.starts_with("tenant:") && k.kek_id != key.id())
         {
@@ -519,24 +551,24 @@ impl Vault {
                 expected: other.kek_id.clone(),
             });
         }
+        let adopted = keys.iter().all(|k| k.kek_id == key.id());
+        let next_version = latest.version + 1;
         let key: Arc<dyn KeyEncryptionKey> = Arc::new(key);
-        let mut rewrapped = 0;
-        for mut data_key in keys.into_iter().filter(|k| k.kek_id != key.id()) {
-            let old_kek = data_key.kek_id.clone();
-            let plain = self.unwrap(&data_key).await?;
-            let aad = envelope::data_key_aad(tenant.0, data_key.version);
-            data_key.wrapped = key.wrap(&plain, &aad).await?;
-            data_key.kek_id = key.id().to_owned();
-            if self.store.rewrap_data_key(&data_key, &old_kek).await? {
-                rewrapped += 1;
-            }
+        self.keys.write().map_err(|_| poisoned())?.tenants.insert(tenant, Arc::clone(&key));
+        if adopted {
+            return Ok(TenantKeyChange::Loaded);
         }
-        self.keys.write().map_err(|_| poisoned())?.tenants.insert(tenant, key);
-        Ok(if rewrapped > 0 {
-            TenantKeyChange::Adopted { rewrapped }
-        } else {
-            TenantKeyChange::Loaded
-        })
+        // Also the path that finishes an adoption a crash interrupted.
+        self.insert_new_data_key(tenant, next_version, key.as_ref(), now).await?;
+        let reencrypted = self.rewrap(tenant).await?;
+        self.store.delete_data_keys_below(tenant, next_version).await?;
+        let left = self.store.data_keys(tenant).await?;
+        if left.iter().any(|k| k.kek_id != key.id()) {
+            return Err(VaultError::Corrupt(
+                "the tenant's data keys changed during adoption; supply the key again".into(),
+            ));
+        }
+        Ok(TenantKeyChange::Adopted { reencrypted })
     }
 
     /// Forgets a tenant's own key: its secrets are unreadable until it is

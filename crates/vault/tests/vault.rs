@@ -90,6 +90,7 @@ on_both_stores!(
     data_key_rotation_and_rewrap_keep_every_secret,
     master_rotation_rewraps_data_keys_only,
     an_interrupted_master_rotation_resumes,
+    keys_made_during_a_master_rotation_are_not_left_behind,
     a_wrong_or_missing_master_key_refuses_and_changes_nothing,
     bring_your_own_key_locks_out_the_master_key,
     purging_keys_shreds_every_copy,
@@ -224,6 +225,38 @@ async fn an_interrupted_master_rotation_resumes(f: Fixture) {
     assert_eq!(f.store.master_key_id().await.unwrap().as_deref(), Some(next.id()));
 }
 
+async fn keys_made_during_a_master_rotation_are_not_left_behind(f: Fixture) {
+    let vault = Arc::new(f.vault().await);
+    let mut tenants = Vec::new();
+    for i in 0..40 {
+        tenants.push(f.tenant(&format!("tenant-{i:02}")).await);
+    }
+    for id in &tenants[..20] {
+        vault.create_data_key(*id, now()).await.unwrap();
+    }
+    let makers: Vec<_> = tenants[20..]
+        .iter()
+        .map(|id| {
+            let (vault, id) = (Arc::clone(&vault), *id);
+            tokio::spawn(async move {
+                vault.create_data_key(id, now()).await.unwrap();
+                vault.put(id, &path("s"), b"during", 3, "t", now()).await.unwrap();
+            })
+        })
+        .collect();
+    let rotation = vault.rotate_master(now()).await.unwrap();
+    for maker in makers {
+        maker.await.unwrap();
+    }
+    let by_kek = f.store.data_keys_by_kek().await.unwrap();
+    assert_eq!(by_kek, [(rotation.to.clone(), 40)], "every data key is under the new key");
+    drop(vault);
+    let restarted = f.vault().await;
+    for id in &tenants[20..] {
+        assert_eq!(&**restarted.get(*id, &path("s"), None).await.unwrap().value, b"during");
+    }
+}
+
 async fn a_wrong_or_missing_master_key_refuses_and_changes_nothing(f: Fixture) {
     let vault = f.vault().await;
     let acme = f.tenant("acme").await;
@@ -266,11 +299,27 @@ async fn bring_your_own_key_locks_out_the_master_key(f: Fixture) {
 
     let tenant_key_text = LocalKey::generate(KeyRole::Tenant).unwrap().to_text();
     let tenant_key = || LocalKey::parse(KeyRole::Tenant, &tenant_key_text).unwrap();
-    let change = vault.set_tenant_key(acme, tenant_key()).await.unwrap();
-    assert_eq!(change, TenantKeyChange::Adopted { rewrapped: 2 });
+    // A copy of the store from before: its wrapped keys must not open
+    // anything written after the adoption.
+    let old_keys = f.store.data_keys(acme).await.unwrap();
+    let change = vault.set_tenant_key(acme, tenant_key(), now()).await.unwrap();
+    assert_eq!(change, TenantKeyChange::Adopted { reencrypted: 2 });
     assert_eq!(&**vault.get(acme, &path("s"), Some(1)).await.unwrap().value, b"v1 value");
+    let keys = f.store.data_keys(acme).await.unwrap();
+    assert_eq!(keys.iter().map(|k| k.version).collect::<Vec<_>>(), [3], "a fresh key only");
+    vault.put(acme, &path("later"), b"after adoption", 3, "t", now()).await.unwrap();
+    let later = f.store.secret(acme, "later", None).await.unwrap().unwrap();
+    let master = master_key::read_key_file(&f.key_path(), KeyRole::Master).unwrap();
+    for old in &old_keys {
+        let data_key = master
+            .unwrap(&old.wrapped, &envelope::data_key_aad(acme.0, old.version))
+            .await
+            .unwrap();
+        let aad = envelope::secret_aad(acme.0, later.key_version, "later");
+        assert!(envelope::open(&data_key, &later.ciphertext, &aad).is_err());
+    }
     // New data keys of the tenant are wrapped by its key too.
-    assert_eq!(vault.rotate_data_key(acme, now()).await.unwrap(), 3);
+    assert_eq!(vault.rotate_data_key(acme, now()).await.unwrap(), 4);
     let status = vault.key_status(acme).await.unwrap();
     assert!(status.tenant_key && status.unsealed);
     assert!(status.versions.iter().all(|(_, kek, _)| kek == tenant_key().id()));
@@ -281,18 +330,20 @@ async fn bring_your_own_key_locks_out_the_master_key(f: Fixture) {
     let operator = f.vault().await;
     let err = operator.get(acme, &path("s"), None).await.unwrap_err();
     assert!(matches!(err, VaultError::Sealed { .. }), "{err}");
-    let master = master_key::read_key_file(&f.key_path(), KeyRole::Master).unwrap();
     for key in f.store.data_keys(acme).await.unwrap() {
         let aad = envelope::data_key_aad(acme.0, key.version);
         assert!(master.unwrap(&key.wrapped, &aad).await.is_err());
     }
     let wrong = LocalKey::generate(KeyRole::Tenant).unwrap();
     assert!(matches!(
-        operator.set_tenant_key(acme, wrong).await,
+        operator.set_tenant_key(acme, wrong, now()).await,
         Err(VaultError::WrongTenantKey { .. })
     ));
     // The tenant supplies its key again after the restart.
-    assert_eq!(operator.set_tenant_key(acme, tenant_key()).await.unwrap(), TenantKeyChange::Loaded);
+    assert_eq!(
+        operator.set_tenant_key(acme, tenant_key(), now()).await.unwrap(),
+        TenantKeyChange::Loaded
+    );
     assert_eq!(&**operator.get(acme, &path("s"), None).await.unwrap().value, b"v2 value");
     assert!(operator.forget_tenant_key(acme).unwrap());
     assert!(matches!(operator.get(acme, &path("s"), None).await, Err(VaultError::Sealed { .. })));

@@ -1,15 +1,22 @@
 //! `bulkhead vault ...`: keys and lockouts.
 
+use bulkhead_control::clock::{Clock, SystemClock};
+use bulkhead_store::{NewEvent, StoreLocation};
 use zeroize::Zeroizing;
 
 use crate::{
-    args::{GlobalArgs, Output, VaultCommand},
+    args::{GlobalArgs, Output, Sensitive, VaultCommand},
     client::ApiClient,
-    exit::CliError,
+    env,
+    exit::{CliError, Kind},
     output,
+    settings::parse_store,
 };
 
 pub async fn run(command: &VaultCommand, global: &GlobalArgs) -> Result<(), CliError> {
+    if let VaultCommand::Unlock { principal, offline: true, store } = command {
+        return unlock_offline(principal, store.as_ref(), global).await;
+    }
     let client = ApiClient::discover(global)?;
     match command {
         VaultCommand::Keys { tenant } => {
@@ -45,9 +52,10 @@ pub async fn run(command: &VaultCommand, global: &GlobalArgs) -> Result<(), CliE
             }
             if view.adopted {
                 eprintln!(
-                    "tenant {tenant}'s {} data key(s) are now wrapped by its own key; keep that \
-                     key safe: without it, nobody (operators included) can read its secrets",
-                    view.rewrapped
+                    "tenant {tenant} now has a data key wrapped by its own key ({} secret \
+                     version(s) re-encrypted, master-wrapped keys destroyed); keep that key safe: \
+                     without it, nobody (operators included) can read its secrets",
+                    view.reencrypted
                 );
             } else {
                 eprintln!("loaded tenant {tenant}'s key");
@@ -69,10 +77,46 @@ pub async fn run(command: &VaultCommand, global: &GlobalArgs) -> Result<(), CliE
         VaultCommand::Lockouts => {
             output::lockouts(global.output, &client.lockouts().await?.lockouts)
         }
-        VaultCommand::Unlock { principal } => {
+        VaultCommand::Unlock { principal, .. } => {
             client.unlock(principal).await?;
             eprintln!("cleared the lockout of {principal}");
             Ok(())
         }
     }
+}
+
+/// Clears a lockout in the control store itself: whoever can open the store
+/// has more power than any API token, so this needs no token.
+async fn unlock_offline(
+    principal: &str,
+    store: Option<&Sensitive>,
+    global: &GlobalArgs,
+) -> Result<(), CliError> {
+    let location = match store {
+        Some(url) => parse_store(url.expose())?,
+        None => {
+            let data_dir = global.data_dir.clone().unwrap_or_else(env::default_data_dir);
+            StoreLocation::Sqlite(data_dir.join("bulkhead.db"))
+        }
+    };
+    let store = bulkhead_store::open(&location)
+        .await
+        .map_err(|e| CliError::new(Kind::Unreachable, e.to_string()))?;
+    let cleared =
+        store.delete_lockout(principal).await.map_err(|e| CliError::failed(e.to_string()))?;
+    if !cleared {
+        return Err(CliError::new(Kind::NotFound, format!("no lockout for {principal:?}")));
+    }
+    let event = NewEvent {
+        at: SystemClock.now(),
+        tenant_id: None,
+        tenant: None,
+        actor: "offline".to_owned(),
+        action: "vault.unlock".to_owned(),
+        outcome: "ok".to_owned(),
+        details: serde_json::json!({ "principal": principal }),
+    };
+    store.append_event(&event).await.map_err(|e| CliError::failed(e.to_string()))?;
+    eprintln!("cleared the lockout of {principal} in {}", store.location());
+    Ok(())
 }

@@ -237,7 +237,7 @@ impl From<VaultServiceError> for ApiError {
             VaultServiceError::InvalidState(_) => InvalidState,
             VaultServiceError::InvalidRequest(_) => InvalidRequest,
             VaultServiceError::LockedOut(_) => LockedOut,
-            VaultServiceError::OperatorOnly => Forbidden,
+            VaultServiceError::OperatorOnly | VaultServiceError::SelfUnlock(_) => Forbidden,
             VaultServiceError::LeaseNotFound(_) => LeaseNotFound,
             VaultServiceError::LeaseRevoked(_) => LeaseRevoked,
             VaultServiceError::LockoutNotFound(_) => LockoutNotFound,

@@ -294,9 +294,10 @@ fn zeroizing<'de, D: serde::Deserializer<'de>>(
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct TenantKeyView {
-    /// True when this call moved the tenant's data keys to its own key.
+    /// True when this call moved the tenant to its own key.
     pub adopted: bool,
-    pub rewrapped: usize,
+    /// Secret versions re-encrypted under the tenant's new data key.
+    pub reencrypted: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

@@ -213,8 +213,9 @@ pub async fn rewrap(
 }
 
 /// Supply the tenant's own key (bring-your-own-key). The first time, the
-/// tenant's data keys move from the master key to it; after a restart, it
-/// loads the key again. The key is held in memory only.
+/// tenant gets a fresh data key wrapped by it, its secrets are re-encrypted
+/// under that key and its master-wrapped keys are destroyed; after a
+/// restart, it loads the key again. The key is held in memory only.
 #[utoipa::path(
     put, path = "/v1/tenants/{tenant}/keys/tenant-key", tag = "vault",
     params(("tenant" = String, Path, description = "Tenant name")),
@@ -232,8 +233,8 @@ pub async fn set_tenant_key(
     let Json(body) = body?;
     let change = state.vault.set_tenant_key(&actor, &tenant, &body.key).await?;
     Ok(Json(match change {
-        TenantKeyChange::Adopted { rewrapped } => TenantKeyView { adopted: true, rewrapped },
-        TenantKeyChange::Loaded => TenantKeyView { adopted: false, rewrapped: 0 },
+        TenantKeyChange::Adopted { reencrypted } => TenantKeyView { adopted: true, reencrypted },
+        TenantKeyChange::Loaded => TenantKeyView { adopted: false, reencrypted: 0 },
     }))
 }
 

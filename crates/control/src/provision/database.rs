@@ -277,6 +277,8 @@ async fn create_silo(
     ddl(pool, format!("GRANT CONNECT ON DATABASE \"{database}\" TO \"{reader}\""), None).await?;
     let inside = servers.database_pool(&target.region.name, url, &database).await?;
     for grant in [
+        // PostgreSQL 15's default, made explicit for older servers.
+        "REVOKE CREATE ON SCHEMA public FROM PUBLIC".to_owned(),
         format!("GRANT USAGE ON SCHEMA public TO \"{reader}\""),
         format!("GRANT SELECT ON ALL TABLES IN SCHEMA public TO \"{reader}\""),
         format!(
@@ -313,6 +315,8 @@ async fn ensure_pool_database(
     if !exists(pool, DATABASE_EXISTS, &database).await? {
         ddl(pool, format!("CREATE DATABASE \"{database}\""), Some(DUPLICATE_DATABASE)).await?;
     }
+    // Tenants reach it through their own roles only, once pool roles exist.
+    ddl(pool, format!("REVOKE ALL ON DATABASE \"{database}\" FROM PUBLIC"), None).await?;
     Ok(Some(json!({ "engine": "postgres", "isolation": "pool", "database": database })))
 }
 
