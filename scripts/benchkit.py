@@ -23,7 +23,8 @@ ADMIN = os.environ.get("BULKHEAD_TEST_POSTGRES", "postgres://postgres@127.0.0.1:
 
 
 def psql(sql):
-    subprocess.run(["psql", ADMIN, "-qAtc", sql], check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(["psql", ADMIN, "-qAtc", sql], check=True, stdout=subprocess.DEVNULL,
+                   env={**os.environ, "PGOPTIONS": "-c client_min_messages=warning"})
 
 
 def database_url(name):

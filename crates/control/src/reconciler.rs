@@ -24,7 +24,7 @@ use std::{
 use bulkhead_model::{
     Failure, IllegalTransition, Regions, StepRecord, StepStatus, Tenant, TenantId, TenantState,
 };
-use bulkhead_store::{ControlStore, StoreError};
+use bulkhead_store::{ControlStore, StoreError, TenantPage};
 use serde_json::json;
 use thiserror::Error;
 use tokio::{
@@ -153,6 +153,12 @@ impl Reconciler {
     ) {
         let permits = Arc::new(Semaphore::new(self.settings.workers.max(1)));
         let mut tasks = JoinSet::new();
+        // Settled tenants get the steps added since they were provisioned
+        // (an upgrade that brings a new capability).
+        match self.settled_tenants().await {
+            Ok(ids) => ids.into_iter().for_each(|id| self.start(id, &permits, &mut tasks)),
+            Err(error) => warn!(%error, "cannot list tenants to bring them up to date"),
+        }
         let mut scan = tokio::time::interval(self.settings.scan_every);
         scan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -219,6 +225,7 @@ impl Reconciler {
                 TenantState::Provisioning => self.provision(tenant).await,
                 TenantState::Offboarding => self.offboard(tenant).await,
                 TenantState::Failed if tenant.needs_work() => self.roll_back(tenant).await,
+                TenantState::Active | TenantState::Suspended => self.upgrade(tenant).await,
                 _ => Ok(()),
             }
         };
@@ -246,14 +253,7 @@ impl Reconciler {
                 return self.fail(tenant, first, StepError::Permanent(reason)).await;
             }
         };
-        let applied: HashSet<String> = self
-            .store
-            .steps(tenant.id)
-            .await?
-            .into_iter()
-            .filter(|r| r.status == StepStatus::Applied)
-            .map(|r| r.step)
-            .collect();
+        let applied = self.applied_steps(&tenant).await?;
         for step in &self.steps {
             if applied.contains(step.name()) {
                 continue;
@@ -285,6 +285,69 @@ impl Reconciler {
             json!({ "elapsed_ms": elapsed.as_millis() as u64 }),
         )
         .await;
+        Ok(())
+    }
+
+    /// The names of the steps recorded as applied for the tenant.
+    async fn applied_steps(&self, tenant: &Tenant) -> Result<HashSet<String>, StoreError> {
+        Ok(self
+            .store
+            .steps(tenant.id)
+            .await?
+            .into_iter()
+            .filter(|r| r.status == StepStatus::Applied)
+            .map(|r| r.step)
+            .collect())
+    }
+
+    async fn settled_tenants(&self) -> Result<Vec<TenantId>, StoreError> {
+        let mut ids = Vec::new();
+        let mut page = TenantPage { after: None, state: None, limit: 1_000 };
+        loop {
+            let tenants = self.store.list_tenants(&page).await?;
+            let Some(last) = tenants.last() else { return Ok(ids) };
+            page.after = Some(last.name.to_string());
+            ids.extend(
+                tenants
+                    .iter()
+                    .filter(|t| matches!(t.state, TenantState::Active | TenantState::Suspended))
+                    .map(|t| t.id),
+            );
+        }
+    }
+
+    /// Applies the steps a settled tenant has no record of: those added to
+    /// Bulkhead after it was provisioned. A failure is logged and retried
+    /// at the next start; the tenant stays as it is.
+    async fn upgrade(&self, mut tenant: Tenant) -> Result<(), Interrupted> {
+        let applied = self.applied_steps(&tenant).await?;
+        let missing: Vec<_> = self.steps.iter().filter(|s| !applied.contains(s.name())).collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let target = self.target(&tenant).map_err(Interrupted::Region)?;
+        for step in missing {
+            match self.attempt(&mut tenant, step.name(), "apply", || step.apply(&target)).await? {
+                Ok(output) => {
+                    self.record(&tenant, step.name(), StepStatus::Applied, output).await?;
+                    info!(
+                        step = step.name(),
+                        "applied a step added since the tenant was provisioned"
+                    );
+                    self.event(&tenant, "tenant.upgrade", "ok", json!({ "step": step.name() }))
+                        .await;
+                }
+                Err(error) => {
+                    warn!(step = step.name(), %error, "cannot bring the tenant up to date");
+                    let details = json!({ "step": step.name(), "reason": error.to_string() });
+                    self.event(&tenant, "tenant.upgrade", "failed", details).await;
+                    return Ok(());
+                }
+            }
+        }
+        tenant.last_error = None;
+        tenant.updated_at = self.clock.now();
+        self.store.update_tenant(&tenant).await?;
         Ok(())
     }
 

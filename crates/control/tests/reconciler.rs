@@ -496,3 +496,25 @@ async fn an_unreachable_region_fails_the_tenant_cleanly() {
     assert!(!failure.undone);
     assert!(reloaded.last_error.unwrap().contains("undo"));
 }
+
+#[tokio::test]
+async fn a_tenant_from_before_a_step_existed_gets_it_on_the_next_pass() {
+    let f = Fixture::embedded().await;
+    let tenant = f.create("acme", Isolation::Silo).await;
+    // Provisioned by an older Bulkhead, which had fewer steps.
+    let older: Vec<Arc<dyn ProvisioningStep>> = f
+        .standard_steps(RegionServers::default())
+        .await
+        .into_iter()
+        .filter(|s| matches!(s.name(), "allocate_directory" | "create_database"))
+        .collect();
+    f.reconciler(older).reconcile(tenant.id).await;
+    assert_eq!(f.reload(&tenant).await.unwrap().state, TenantState::Active);
+    assert!(f.store.data_keys(tenant.id).await.unwrap().is_empty());
+
+    f.reconciler(f.standard_steps(RegionServers::default()).await).reconcile(tenant.id).await;
+    let upgraded = f.reload(&tenant).await.unwrap();
+    assert_eq!(upgraded.state, TenantState::Active);
+    assert_eq!(f.step_states(&tenant).await, all_steps(StepStatus::Applied));
+    assert_eq!(f.store.data_keys(tenant.id).await.unwrap().len(), 1);
+}

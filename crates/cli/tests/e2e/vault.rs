@@ -267,28 +267,23 @@ async fn bring_your_own_key_seals_the_tenant_from_the_operator() {
         assert!(master.unwrap(&key.wrapped, &aad).await.is_err());
     }
 
-    let wrong = server.dir.path().join("wrong.key");
-    std::fs::write(&wrong, LocalKey::generate(KeyRole::Tenant).unwrap().to_text().as_bytes())
-        .unwrap();
-    let refused = server.cli(&[
-        "vault",
-        "tenant-key",
-        "--tenant",
-        "acme",
-        "--key-file",
-        wrong.to_str().unwrap(),
-    ]);
+    let load = |name: &str, contents: &str| {
+        let file = server.dir.path().join(name);
+        std::fs::write(&file, contents).unwrap();
+        server.cli(&[
+            "vault",
+            "tenant-key",
+            "--tenant",
+            "acme",
+            "--key-file",
+            file.to_str().unwrap(),
+        ])
+    };
+    let wrong = LocalKey::generate(KeyRole::Tenant).unwrap().to_text();
+    let refused = load("wrong.key", &wrong);
     assert_eq!(exit_code(&refused), 2, "{}", stderr(&refused));
-    let garbage = server.dir.path().join("garbage.key");
-    std::fs::write(&garbage, "not a key").unwrap();
-    let refused = server.cli(&[
-        "vault",
-        "tenant-key",
-        "--tenant",
-        "acme",
-        "--key-file",
-        garbage.to_str().unwrap(),
-    ]);
+    assert!(stderr(&refused).contains("is not the one"), "{}", stderr(&refused));
+    let refused = load("garbage.key", "not a key");
     assert_eq!(exit_code(&refused), 2);
     assert!(stderr(&refused).contains("openssl rand -base64 32"), "{}", stderr(&refused));
 
