@@ -95,6 +95,8 @@ on_both_stores!(
     bring_your_own_key_locks_out_the_master_key,
     purging_keys_shreds_every_copy,
     damaged_ciphertexts_and_keys_are_clear_errors,
+    concurrent_writes_of_one_secret_get_distinct_versions,
+    leases_and_lockouts_are_recorded,
 );
 
 async fn round_trips_and_keeps_versions(f: Fixture) {
@@ -394,6 +396,14 @@ async fn damaged_ciphertexts_and_keys_are_clear_errors(f: Fixture) {
     let acme = f.tenant("acme").await;
     vault.create_data_key(acme, now()).await.unwrap();
     vault.put(acme, &path("s"), b"value", 3, "t", now()).await.unwrap();
+    // A flipped bit in a stored ciphertext.
+    vault.put(acme, &path("flipped"), b"value", 3, "t", now()).await.unwrap();
+    let mut damaged = f.store.secret(acme, "flipped", None).await.unwrap().unwrap();
+    let last = damaged.ciphertext.len() - 1;
+    damaged.ciphertext[last] ^= 0x01;
+    assert!(f.store.reencrypt_secret(&damaged, damaged.key_version).await.unwrap());
+    let err = vault.get(acme, &path("flipped"), None).await.unwrap_err();
+    assert!(err.to_string().contains("version 1 of secret flipped cannot be decrypted"), "{err}");
     let mut key = f.store.data_keys(acme).await.unwrap().remove(0);
     let kek = key.kek_id.clone();
     key.wrapped[10] ^= 1;
@@ -403,4 +413,70 @@ async fn damaged_ciphertexts_and_keys_are_clear_errors(f: Fixture) {
     key.wrapped.truncate(3);
     assert!(f.store.rewrap_data_key(&key, &kek).await.unwrap());
     assert!(matches!(vault.get(acme, &path("s"), None).await, Err(VaultError::Corrupt(_))));
+}
+
+async fn concurrent_writes_of_one_secret_get_distinct_versions(f: Fixture) {
+    let vault = Arc::new(f.vault().await);
+    let acme = f.tenant("acme").await;
+    vault.create_data_key(acme, now()).await.unwrap();
+    let writers: Vec<_> = (0..12)
+        .map(|i| {
+            let vault = Arc::clone(&vault);
+            tokio::spawn(async move {
+                let value = format!("value {i}");
+                vault
+                    .put(acme, &path("shared"), value.as_bytes(), 50, "t", now())
+                    .await
+                    .unwrap()
+                    .version
+            })
+        })
+        .collect();
+    let mut versions = Vec::new();
+    for writer in writers {
+        versions.push(writer.await.unwrap());
+    }
+    versions.sort_unstable();
+    assert_eq!(versions, (1..=12).collect::<Vec<_>>());
+    for version in 1..=12 {
+        vault.get(acme, &path("shared"), Some(version)).await.unwrap();
+    }
+}
+
+async fn leases_and_lockouts_are_recorded(f: Fixture) {
+    use bulkhead_store::{Lease, Lockout};
+    let acme = f.tenant("acme").await;
+    let at = now();
+    let lease = |minutes: i64, role: &str| Lease {
+        id: uuid::Uuid::new_v4(),
+        tenant_id: acme,
+        region: "local".into(),
+        database: "bh_acme_1".into(),
+        role: role.into(),
+        access: "read".into(),
+        issued_by: "operator:test".into(),
+        issued_at: at,
+        expires_at: at + time::Duration::minutes(minutes),
+        revoked_at: None,
+    };
+    let (expired, live) = (lease(-1, "bh_l_a"), lease(60, "bh_l_b"));
+    f.store.insert_lease(&expired).await.unwrap();
+    f.store.insert_lease(&live).await.unwrap();
+    assert_eq!(f.store.lease(live.id).await.unwrap().as_ref(), Some(&live));
+    assert_eq!(f.store.expired_leases(at, 10).await.unwrap(), [expired.clone()]);
+    assert_eq!(f.store.leases(acme, false).await.unwrap().len(), 2);
+    assert!(f.store.mark_lease_revoked(expired.id, at).await.unwrap());
+    assert!(!f.store.mark_lease_revoked(expired.id, at).await.unwrap(), "once only");
+    assert!(f.store.expired_leases(at, 10).await.unwrap().is_empty());
+    assert_eq!(f.store.leases(acme, false).await.unwrap(), [live.clone()]);
+    assert_eq!(f.store.leases(acme, true).await.unwrap().len(), 2);
+    assert_eq!(f.store.lease(expired.id).await.unwrap().unwrap().revoked_at, Some(at));
+
+    let lockout = Lockout { principal: "operator:x".into(), reason: "many".into(), locked_at: at };
+    f.store.insert_lockout(&lockout).await.unwrap();
+    let again = Lockout { reason: "other".into(), ..lockout.clone() };
+    f.store.insert_lockout(&again).await.unwrap();
+    assert_eq!(f.store.lockouts().await.unwrap(), [lockout], "the first reason stays");
+    assert!(f.store.delete_lockout("operator:x").await.unwrap());
+    assert!(!f.store.delete_lockout("operator:x").await.unwrap());
 }

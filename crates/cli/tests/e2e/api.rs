@@ -29,9 +29,9 @@ async fn openapi_describes_every_endpoint() {
         "GET /v1/plans",
         "GET /v1/regions",
         "GET /v1/tenants/{tenant}/secrets",
-        "GET /v1/tenants/{tenant}/secrets/{*path}",
-        "PUT /v1/tenants/{tenant}/secrets/{*path}",
-        "DELETE /v1/tenants/{tenant}/secrets/{*path}",
+        "GET /v1/tenants/{tenant}/secrets/{path}",
+        "PUT /v1/tenants/{tenant}/secrets/{path}",
+        "DELETE /v1/tenants/{tenant}/secrets/{path}",
         "GET /v1/tenants/{tenant}/keys",
         "POST /v1/tenants/{tenant}/keys/rotate",
         "POST /v1/tenants/{tenant}/keys/rewrap",
@@ -63,7 +63,12 @@ async fn openapi_describes_every_endpoint() {
     server.settle("acme").await;
     for operation in &operations {
         let (method, path) = operation.split_once(' ').unwrap();
-        let path = path.replace("{name}", "acme");
+        let path = path
+            .replace("{name}", "acme")
+            .replace("{tenant}", "acme")
+            .replace("{path}", "db/password")
+            .replace("{lease}", "00000000-0000-0000-0000-000000000000")
+            .replace("{principal}", "nobody");
         let (status, body) = http.send(method.parse().unwrap(), &path, None).await;
         assert_ne!(body["error"]["code"], "not_found", "{operation} answered {status}");
     }

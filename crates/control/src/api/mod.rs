@@ -24,6 +24,7 @@ use axum::{
     http::{HeaderValue, Method, Uri},
     middleware::{self, Next},
     response::Response,
+    routing::get,
 };
 use bulkhead_model::BaseDomain;
 use bulkhead_store::ControlStore;
@@ -71,6 +72,7 @@ impl AppState {
         description = "Tenant lifecycle and catalog of a Bulkhead control plane. Every `/v1` \
                        endpoint but this document needs an operator token as a bearer token.",
     ),
+    paths(vault::get_secret, vault::put_secret, vault::delete_secret),
     modifiers(&OperatorTokenScheme),
     tags(
         (name = "tenants", description = "Tenant lifecycle"),
@@ -103,7 +105,12 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(catalog::list_plans))
         .routes(routes!(catalog::list_regions))
         .routes(routes!(vault::list_secrets))
-        .routes(routes!(vault::get_secret, vault::put_secret, vault::delete_secret))
+        // A secret's path may hold slashes: axum's wildcard routes it, while
+        // the document names it the standard way (`{path}`, in ApiDoc).
+        .route(
+            "/v1/tenants/{tenant}/secrets/{*path}",
+            get(vault::get_secret).put(vault::put_secret).delete(vault::delete_secret),
+        )
         .routes(routes!(vault::key_status))
         .routes(routes!(vault::rotate_data_key))
         .routes(routes!(vault::rewrap))

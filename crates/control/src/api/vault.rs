@@ -40,10 +40,10 @@ fn record_tenant(name: &str) {
 /// Store a new version of a secret. The body is the value itself, 1 byte
 /// to 64 KiB; older versions beyond the plan's count are dropped.
 #[utoipa::path(
-    put, path = "/v1/tenants/{tenant}/secrets/{*path}", tag = "vault",
+    put, path = "/v1/tenants/{tenant}/secrets/{path}", tag = "vault",
     params(
         ("tenant" = String, Path, description = "Tenant name"),
-        ("path" = String, Path, description = "Secret path, e.g. db/primary/password"),
+        ("path" = String, Path, description = "Secret path, e.g. db/primary/password; its slashes are sent as they are"),
     ),
     request_body(content = Vec<u8>, content_type = "application/octet-stream"),
     responses(
@@ -82,7 +82,7 @@ pub async fn put_secret(
 /// Read a secret: its latest version, or `?version=N`. The body is the
 /// value; the version is in the `bulkhead-secret-version` header.
 #[utoipa::path(
-    get, path = "/v1/tenants/{tenant}/secrets/{*path}", tag = "vault",
+    get, path = "/v1/tenants/{tenant}/secrets/{path}", tag = "vault",
     params(
         ("tenant" = String, Path, description = "Tenant name"),
         ("path" = String, Path, description = "Secret path"),
@@ -117,7 +117,7 @@ pub async fn get_secret(
 
 /// Delete every version of a secret.
 #[utoipa::path(
-    delete, path = "/v1/tenants/{tenant}/secrets/{*path}", tag = "vault",
+    delete, path = "/v1/tenants/{tenant}/secrets/{path}", tag = "vault",
     params(
         ("tenant" = String, Path, description = "Tenant name"),
         ("path" = String, Path, description = "Secret path"),
