@@ -37,6 +37,12 @@ struct StepLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VaultLabels {
+    action: String,
+    outcome: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StateLabels {
     state: String,
 }
@@ -51,6 +57,7 @@ pub struct Metrics {
     provisioning_seconds: Histogram,
     step_failures: Family<StepLabels, Counter>,
     tenants: Family<StateLabels, Gauge>,
+    vault_operations: Family<VaultLabels, Counter>,
 }
 
 /// 1 ms to about 33 s.
@@ -84,7 +91,22 @@ impl Metrics {
         );
         let tenants = Family::<StateLabels, Gauge>::default();
         registry.register("tenants", "Tenants by lifecycle state", tenants.clone());
-        Self { registry, http_requests, http_seconds, provisioning_seconds, step_failures, tenants }
+        let vault_operations = Family::<VaultLabels, Counter>::default();
+        registry.register(
+            "vault_operations",
+            "Vault operations by action (secret.read, credential.issue, vault.anomaly, ...) and \
+             outcome (ok, failed, not_found, denied, alert)",
+            vault_operations.clone(),
+        );
+        Self {
+            registry,
+            http_requests,
+            http_seconds,
+            provisioning_seconds,
+            step_failures,
+            tenants,
+            vault_operations,
+        }
     }
 
     pub fn observe_request(&self, method: &str, route: &str, status: u16, elapsed: Duration) {
@@ -102,6 +124,12 @@ impl Metrics {
 
     pub fn observe_provisioned(&self, elapsed: Duration) {
         self.provisioning_seconds.observe(elapsed.as_secs_f64());
+    }
+
+    pub fn vault_operation(&self, action: &str, outcome: &str) {
+        self.vault_operations
+            .get_or_create(&VaultLabels { action: action.to_owned(), outcome: outcome.to_owned() })
+            .inc();
     }
 
     pub fn step_failed(&self, step: &str, action: &str) {

@@ -280,6 +280,7 @@ pub async fn start_with_steps(
         PlanCatalog::builtin(),
         Arc::clone(&clock),
         AnomalyDetector::new(config.vault.anomaly.clone()),
+        Arc::clone(&metrics),
     ));
     let reconciler_done = Arc::new(AtomicBool::new(false));
     let state = AppState {

@@ -20,6 +20,7 @@ use crate::{
     clock::Clock,
     credentials::{Access, CredentialError, Credentials, IssuedCredential},
     events::{Actor, EventLog},
+    metrics::Metrics,
 };
 
 #[derive(Debug, Error)]
@@ -70,6 +71,7 @@ pub struct VaultService {
     clock: Arc<dyn Clock>,
     events: EventLog,
     anomaly: AnomalyDetector,
+    metrics: Arc<Metrics>,
 }
 
 impl VaultService {
@@ -80,9 +82,23 @@ impl VaultService {
         plans: PlanCatalog,
         clock: Arc<dyn Clock>,
         anomaly: AnomalyDetector,
+        metrics: Arc<Metrics>,
     ) -> Self {
         let events = EventLog::new(Arc::clone(&store), Arc::clone(&clock));
-        Self { store, vault, credentials, plans, clock, events, anomaly }
+        Self { store, vault, credentials, plans, clock, events, anomaly, metrics }
+    }
+
+    /// Records an event about a tenant's vault and counts it.
+    async fn note(
+        &self,
+        actor: &Actor,
+        tenant: &Tenant,
+        action: &str,
+        outcome: &str,
+        details: serde_json::Value,
+    ) {
+        self.metrics.vault_operation(action, outcome);
+        self.events.record(actor, tenant, action, outcome, details).await;
     }
 
     /// The tenant, if `actor` may reach it and it is in one of `states`. A
@@ -110,9 +126,7 @@ impl VaultService {
     async fn admit(&self, actor: &Actor, tenant: &Tenant, action: &str) -> Result<()> {
         let principal = actor.to_string();
         if self.store.lockouts().await?.iter().any(|l| l.principal == principal) {
-            self.events
-                .record(actor, tenant, action, "denied", json!({ "reason": "locked out" }))
-                .await;
+            self.note(actor, tenant, action, "denied", json!({ "reason": "locked out" })).await;
             return Err(VaultServiceError::LockedOut(principal));
         }
         let Verdict::Alert { tenants } =
@@ -128,18 +142,17 @@ impl VaultService {
             window,
             "vault anomaly: one principal touched many tenants"
         );
-        self.events
-            .record(
-                actor,
-                tenant,
-                "vault.anomaly",
-                "alert",
-                json!({
-                    "principal": principal, "tenants": tenants, "window": window,
-                    "threshold": policy.max_tenants, "lockout": policy.lockout,
-                }),
-            )
-            .await;
+        self.note(
+            actor,
+            tenant,
+            "vault.anomaly",
+            "alert",
+            json!({
+                "principal": principal, "tenants": tenants, "window": window,
+                "threshold": policy.max_tenants, "lockout": policy.lockout,
+            }),
+        )
+        .await;
         if !policy.lockout {
             return Ok(());
         }
@@ -153,9 +166,7 @@ impl VaultService {
                 locked_at: self.clock.now(),
             })
             .await?;
-        self.events
-            .record(actor, tenant, action, "denied", json!({ "reason": "locked out" }))
-            .await;
+        self.note(actor, tenant, action, "denied", json!({ "reason": "locked out" })).await;
         Err(VaultServiceError::LockedOut(principal))
     }
 
@@ -176,7 +187,7 @@ impl VaultService {
         if let (Err(error), Some(map)) = (&result, details.as_object_mut()) {
             map.insert("error".into(), json!(error.to_string()));
         }
-        self.events.record(actor, tenant, action, outcome, details).await;
+        self.note(actor, tenant, action, outcome, details).await;
         result
     }
 
@@ -313,6 +324,7 @@ impl VaultService {
             Ok(r) => ("ok", json!({ "from": r.from, "to": r.to, "rewrapped": r.rewrapped })),
             Err(e) => ("failed", json!({ "error": e.to_string() })),
         };
+        self.metrics.vault_operation("master_key.rotate", outcome);
         self.events.record_platform(actor, "master_key.rotate", outcome, details).await;
         Ok(result?)
     }
@@ -424,9 +436,7 @@ impl VaultService {
         for lease in &expired {
             if let Some(tenant) = self.store.tenant_by_id(lease.tenant_id).await? {
                 let details = json!({ "lease": lease.id, "role": lease.role });
-                self.events
-                    .record(&Actor::Scheduler, &tenant, "credential.expire", "ok", details)
-                    .await;
+                self.note(&Actor::Scheduler, &tenant, "credential.expire", "ok", details).await;
             }
         }
         Ok(expired.len())
@@ -462,8 +472,7 @@ impl VaultService {
                 match result {
                     Ok(details) => {
                         rotated += 1;
-                        self.events
-                            .record(&Actor::Scheduler, tenant, "data_key.rotate", "ok", details)
+                        self.note(&Actor::Scheduler, tenant, "data_key.rotate", "ok", details)
                             .await;
                     }
                     Err(error) => {

@@ -345,6 +345,19 @@ async fn one_principal_reaching_for_many_tenants_is_locked_out() {
     assert_eq!(alert.event.outcome, "alert");
     assert_eq!(alert.event.details["tenants"], 3);
     assert!(events.iter().any(|e| e.event.outcome == "denied"));
+    let metrics =
+        reqwest::get(format!("{}/metrics", server.api)).await.unwrap().text().await.unwrap();
+    assert!(
+        metrics.contains(
+            r#"bulkhead_vault_operations_total{action="vault.anomaly",outcome="alert"} 1"#
+        ),
+        "{metrics}"
+    );
+    assert!(
+        metrics
+            .contains(r#"bulkhead_vault_operations_total{action="secret.write",outcome="ok"} 2"#),
+        "{metrics}"
+    );
 
     // A locked-out token cannot clear its own lockout (a thief would);
     // whoever can open the control store can.
