@@ -2,39 +2,15 @@
 //! a real PostgreSQL server.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::disallowed_methods)]
 
-use std::{collections::HashSet, sync::Arc};
+use std::collections::HashSet;
 
 use bulkhead_model::{
     AdminEmail, Failure, Isolation, NewTenant, PlanName, RegionName, StepRecord, StepStatus,
     Tenant, TenantId, TenantName, TenantState,
 };
-use bulkhead_store::{
-    ControlStore, NewEvent, OperatorToken, StoreError, StoreLocation, TenantPage,
-};
-use bulkhead_testkit::TestDatabase;
+use bulkhead_store::{NewEvent, OperatorToken, StoreError, TenantPage};
+use bulkhead_testkit::StoreFixture as Fixture;
 use time::OffsetDateTime;
-
-/// A store and whatever keeps it alive (its directory or database).
-struct Fixture {
-    store: Arc<dyn ControlStore>,
-    location: StoreLocation,
-    _dir: Option<tempfile::TempDir>,
-    _db: Option<TestDatabase>,
-}
-
-async fn sqlite() -> Fixture {
-    let dir = tempfile::tempdir().unwrap();
-    let location = StoreLocation::Sqlite(dir.path().join("bulkhead.db"));
-    let store = bulkhead_store::open(&location).await.unwrap();
-    Fixture { store, location, _dir: Some(dir), _db: None }
-}
-
-async fn postgres() -> Fixture {
-    let db = TestDatabase::create().await;
-    let location = StoreLocation::Postgres(bulkhead_model::DatabaseUrl::parse(&db.url).unwrap());
-    let store = bulkhead_store::open(&location).await.unwrap();
-    Fixture { store, location, _dir: None, _db: Some(db) }
-}
 
 /// Both databases keep microseconds at most; the control plane's clock
 /// hands out milliseconds.
@@ -57,18 +33,7 @@ fn tenant(name: &str) -> Tenant {
     )
 }
 
-macro_rules! contract {
-    ($($test:ident),* $(,)?) => {
-        mod sqlite_store {
-            $(#[tokio::test] async fn $test() { super::$test(super::sqlite().await).await })*
-        }
-        mod postgres_store {
-            $(#[tokio::test] async fn $test() { super::$test(super::postgres().await).await })*
-        }
-    };
-}
-
-contract!(
+bulkhead_testkit::on_both_stores!(
     round_trips_tenants,
     names_are_unique,
     concurrent_creates_of_one_name_have_one_winner,

@@ -123,3 +123,52 @@ impl Drop for TestDatabase {
         let _ = cleanup.join();
     }
 }
+
+/// A control store for one test, and whatever keeps it alive (its
+/// directory, or its database), dropped with it.
+#[derive(Debug)]
+pub struct StoreFixture {
+    pub store: std::sync::Arc<dyn bulkhead_store::ControlStore>,
+    pub location: bulkhead_store::StoreLocation,
+    /// Scratch space for the test (the SQLite file lives here too).
+    pub dir: tempfile::TempDir,
+    pub db: Option<TestDatabase>,
+}
+
+impl StoreFixture {
+    /// A SQLite store in a temporary directory.
+    pub async fn sqlite() -> Self {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let location = bulkhead_store::StoreLocation::Sqlite(dir.path().join("bulkhead.db"));
+        let store = bulkhead_store::open(&location).await.expect("open the SQLite store");
+        Self { store, location, dir, db: None }
+    }
+
+    /// A PostgreSQL store in a database of its own.
+    pub async fn postgres() -> Self {
+        let db = TestDatabase::create().await;
+        let url = bulkhead_model::DatabaseUrl::parse(&db.url).expect("test database url");
+        let location = bulkhead_store::StoreLocation::Postgres(url);
+        let store = bulkhead_store::open(&location).await.expect("open the PostgreSQL store");
+        let dir = tempfile::tempdir().expect("temporary directory");
+        Self { store, location, dir, db: Some(db) }
+    }
+}
+
+/// Runs each named `async fn(StoreFixture)` as two tests, one on SQLite
+/// (module `sqlite_store`) and one on PostgreSQL (`postgres_store`).
+#[macro_export]
+macro_rules! on_both_stores {
+    ($($test:ident),* $(,)?) => {
+        mod sqlite_store {
+            $(#[tokio::test] async fn $test() {
+                super::$test($crate::StoreFixture::sqlite().await).await
+            })*
+        }
+        mod postgres_store {
+            $(#[tokio::test] async fn $test() {
+                super::$test($crate::StoreFixture::postgres().await).await
+            })*
+        }
+    };
+}

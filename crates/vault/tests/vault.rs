@@ -3,24 +3,23 @@
 
 use std::{path::PathBuf, sync::Arc};
 
-use bulkhead_model::{
-    DatabaseUrl, Isolation, NewTenant, PlanName, RegionName, Tenant, TenantId, TenantName,
-};
-use bulkhead_store::{ControlStore, StoreLocation};
-use bulkhead_testkit::TestDatabase;
+use bulkhead_model::{Isolation, NewTenant, PlanName, RegionName, Tenant, TenantId, TenantName};
+use bulkhead_testkit::StoreFixture as Fixture;
 use bulkhead_vault::{
     KeyEncryptionKey, KeyRole, LocalKey, MasterKeySource, SecretPath, TenantKeyChange, Vault,
     VaultError, envelope, master_key,
 };
 use time::OffsetDateTime;
 
-struct Fixture {
-    store: Arc<dyn ControlStore>,
-    dir: tempfile::TempDir,
-    _db: Option<TestDatabase>,
+/// The store fixture, with the vault's master key in its directory.
+trait VaultFixture {
+    fn key_path(&self) -> PathBuf;
+    fn source(&self) -> MasterKeySource;
+    async fn vault(&self) -> Vault;
+    async fn tenant(&self, name: &str) -> TenantId;
 }
 
-impl Fixture {
+impl VaultFixture for Fixture {
     fn key_path(&self) -> PathBuf {
         self.dir.path().join("master.key")
     }
@@ -50,20 +49,6 @@ impl Fixture {
     }
 }
 
-async fn sqlite() -> Fixture {
-    let dir = tempfile::tempdir().unwrap();
-    let store =
-        bulkhead_store::open(&StoreLocation::Sqlite(dir.path().join("bulkhead.db"))).await.unwrap();
-    Fixture { store, dir, _db: None }
-}
-
-async fn postgres() -> Fixture {
-    let db = TestDatabase::create().await;
-    let location = StoreLocation::Postgres(DatabaseUrl::parse(&db.url).unwrap());
-    let store = bulkhead_store::open(&location).await.unwrap();
-    Fixture { store, dir: tempfile::tempdir().unwrap(), _db: Some(db) }
-}
-
 fn now() -> OffsetDateTime {
     let now = OffsetDateTime::now_utc();
     now.replace_millisecond(now.millisecond()).unwrap()
@@ -73,18 +58,7 @@ fn path(p: &str) -> SecretPath {
     SecretPath::parse(p).unwrap()
 }
 
-macro_rules! on_both_stores {
-    ($($test:ident),* $(,)?) => {
-        mod sqlite_store {
-            $(#[tokio::test] async fn $test() { super::$test(super::sqlite().await).await })*
-        }
-        mod postgres_store {
-            $(#[tokio::test] async fn $test() { super::$test(super::postgres().await).await })*
-        }
-    };
-}
-
-on_both_stores!(
+bulkhead_testkit::on_both_stores!(
     round_trips_and_keeps_versions,
     ciphertexts_do_not_work_for_another_tenant,
     data_key_rotation_and_rewrap_keep_every_secret,
