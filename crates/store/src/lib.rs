@@ -30,7 +30,9 @@ pub use error::StoreError;
 pub use lock::{FileLock, FileLockError, HeldLock, StoreLock};
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
-pub use vault::{Lease, Lockout, SecretSummary, SecretVersion, VaultStore, WrappedDataKey};
+pub use vault::{
+    Lease, Lockout, SealedBlob, SecretSummary, SecretVersion, VaultStore, WrappedDataKey,
+};
 
 /// Where the control-plane state lives.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -615,6 +615,95 @@ macro_rules! impl_vault_store {
                 Ok(result.rows_affected() == 1)
             }
 
+            async fn insert_blob(
+                &self,
+                blob: &$crate::SealedBlob,
+            ) -> Result<(), $crate::StoreError> {
+                let result = sqlx::query(
+                    "INSERT INTO vault_blobs (tenant_id, label, key_version, ciphertext, created_at) \
+                     VALUES ($1, $2, $3, $4, $5)",
+                )
+                .bind(blob.tenant_id.0)
+                .bind(blob.label.as_str())
+                .bind(blob.key_version)
+                .bind(blob.ciphertext.as_slice())
+                .bind(blob.created_at)
+                .execute(&self.write)
+                .await;
+                match result {
+                    Ok(_) => Ok(()),
+                    Err(e) if $crate::StoreError::is_unique_violation(&e) => {
+                        Err($crate::StoreError::Duplicate(format!("sealed blob {}", blob.label)))
+                    }
+                    Err(e) => Err(e.into()),
+                }
+            }
+
+            async fn blob(
+                &self,
+                tenant: bulkhead_model::TenantId,
+                label: &str,
+            ) -> Result<Option<$crate::SealedBlob>, $crate::StoreError> {
+                Ok(sqlx::query_as(
+                    "SELECT tenant_id, label, key_version, ciphertext, created_at FROM vault_blobs \
+                     WHERE tenant_id = $1 AND label = $2",
+                )
+                .bind(tenant.0)
+                .bind(label)
+                .fetch_optional(&self.read)
+                .await?)
+            }
+
+            async fn delete_blob(
+                &self,
+                tenant: bulkhead_model::TenantId,
+                label: &str,
+            ) -> Result<bool, $crate::StoreError> {
+                let result =
+                    sqlx::query("DELETE FROM vault_blobs WHERE tenant_id = $1 AND label = $2")
+                        .bind(tenant.0)
+                        .bind(label)
+                        .execute(&self.write)
+                        .await?;
+                Ok(result.rows_affected() == 1)
+            }
+
+            async fn blobs_below_key_version(
+                &self,
+                tenant: bulkhead_model::TenantId,
+                key_version: i64,
+                limit: u32,
+            ) -> Result<Vec<$crate::SealedBlob>, $crate::StoreError> {
+                Ok(sqlx::query_as(
+                    "SELECT tenant_id, label, key_version, ciphertext, created_at FROM vault_blobs \
+                     WHERE tenant_id = $1 AND key_version < $2 ORDER BY label LIMIT $3",
+                )
+                .bind(tenant.0)
+                .bind(key_version)
+                .bind(i64::from(limit))
+                .fetch_all(&self.read)
+                .await?)
+            }
+
+            async fn reseal_blob(
+                &self,
+                blob: &$crate::SealedBlob,
+                old_key_version: i64,
+            ) -> Result<bool, $crate::StoreError> {
+                let result = sqlx::query(
+                    "UPDATE vault_blobs SET key_version = $3, ciphertext = $4 \
+                     WHERE tenant_id = $1 AND label = $2 AND key_version = $5",
+                )
+                .bind(blob.tenant_id.0)
+                .bind(blob.label.as_str())
+                .bind(blob.key_version)
+                .bind(blob.ciphertext.as_slice())
+                .bind(old_key_version)
+                .execute(&self.write)
+                .await?;
+                Ok(result.rows_affected() == 1)
+            }
+
             async fn insert_lease(&self, lease: &$crate::Lease) -> Result<(), $crate::StoreError> {
                 sqlx::query(
                     "INSERT INTO vault_leases (id, tenant_id, region, database, role, access, \

@@ -80,6 +80,18 @@ pub struct Lease {
     pub revoked_at: Option<OffsetDateTime>,
 }
 
+/// A key another capability keeps under the tenant's data key.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct SealedBlob {
+    #[sqlx(try_from = "Uuid")]
+    pub tenant_id: TenantId,
+    /// What it is, e.g. `identity/realm-key/<kid>`.
+    pub label: String,
+    pub key_version: i64,
+    pub ciphertext: Vec<u8>,
+    pub created_at: OffsetDateTime,
+}
+
 /// A principal refused vault reads until an operator clears it.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct Lockout {
@@ -177,6 +189,30 @@ pub trait VaultStore: Send + Sync + fmt::Debug {
     async fn reencrypt_secret(
         &self,
         secret: &SecretVersion,
+        old_key_version: i64,
+    ) -> Result<bool, StoreError>;
+
+    /// Stores a sealed blob; [`StoreError::Duplicate`] if the label exists.
+    async fn insert_blob(&self, blob: &SealedBlob) -> Result<(), StoreError>;
+
+    async fn blob(&self, tenant: TenantId, label: &str) -> Result<Option<SealedBlob>, StoreError>;
+
+    async fn delete_blob(&self, tenant: TenantId, label: &str) -> Result<bool, StoreError>;
+
+    /// Up to `limit` blobs of the tenant sealed under a data key older than
+    /// `key_version`.
+    async fn blobs_below_key_version(
+        &self,
+        tenant: TenantId,
+        key_version: i64,
+        limit: u32,
+    ) -> Result<Vec<SealedBlob>, StoreError>;
+
+    /// Replaces a blob's ciphertext if it is still sealed under
+    /// `old_key_version`; returns whether it was.
+    async fn reseal_blob(
+        &self,
+        blob: &SealedBlob,
         old_key_version: i64,
     ) -> Result<bool, StoreError>;
 

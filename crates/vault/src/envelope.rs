@@ -71,6 +71,15 @@ pub fn secret_aad(tenant: Uuid, key_version: i64, path: &str) -> Vec<u8> {
     aad
 }
 
+/// Binds a sealed blob to its tenant, data key version and label.
+pub fn blob_aad(tenant: Uuid, key_version: i64, label: &str) -> Vec<u8> {
+    let mut aad = b"bulkhead blob v1\0".to_vec();
+    aad.extend_from_slice(tenant.as_bytes());
+    aad.extend_from_slice(&key_version.to_be_bytes());
+    aad.extend_from_slice(label.as_bytes());
+    aad
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,7 +8,9 @@ use std::{
 };
 
 use bulkhead_model::TenantId;
-use bulkhead_store::{SecretSummary, SecretVersion, StoreError, VaultStore, WrappedDataKey};
+use bulkhead_store::{
+    SealedBlob, SecretSummary, SecretVersion, StoreError, VaultStore, WrappedDataKey,
+};
 use time::OffsetDateTime;
 use tokio::sync::{Mutex, RwLock as AsyncRwLock};
 use zeroize::Zeroizing;
@@ -22,8 +24,9 @@ use crate::{
 
 /// Rows handled per store round trip by rotations.
 const BATCH: u32 = 100;
-/// Attempts at a secret write that races another write of the same path.
-const WRITE_RACE_RETRIES: usize = 5;
+/// Attempts at a secret write that races other writes of the same path
+/// (each loser retries with the next version, after a short random pause).
+const WRITE_RACE_RETRIES: u32 = 32;
 
 struct Keyring {
     /// The master key the store records.
@@ -383,7 +386,13 @@ impl Vault {
         secret.version = loop {
             match self.store.insert_secret(&secret).await {
                 Ok(version) => break version,
-                Err(StoreError::Duplicate(_)) if tries < WRITE_RACE_RETRIES => tries += 1,
+                Err(StoreError::Duplicate(_)) if tries < WRITE_RACE_RETRIES => {
+                    tries += 1;
+                    let mut jitter = [0u8; 1];
+                    let _ = getrandom::fill(&mut jitter);
+                    let pause = u64::from(jitter[0] % 4 + 1) * u64::from(tries.min(8));
+                    tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
+                }
                 Err(e) => return Err(e.into()),
             }
         };
@@ -429,10 +438,74 @@ impl Vault {
         }
     }
 
-    /// Re-encrypts every secret version under the tenant's latest data key;
-    /// returns how many it moved.
+    // ---- sealed blobs -------------------------------------------------------
+
+    /// Seals a key of another capability (a realm's signing key, an audit
+    /// key) under the tenant's latest data key, as `label`. Labels are
+    /// written once: [`StoreError::Duplicate`] if it exists.
+    pub async fn seal_blob(
+        &self,
+        tenant: TenantId,
+        label: &str,
+        plaintext: &[u8],
+        now: OffsetDateTime,
+    ) -> Result<(), VaultError> {
+        let (key_version, key) = self.data_key(tenant, None).await?;
+        let aad = envelope::blob_aad(tenant.0, key_version, label);
+        let blob = SealedBlob {
+            tenant_id: tenant,
+            label: label.to_owned(),
+            key_version,
+            ciphertext: envelope::seal(&key, plaintext, &aad)?,
+            created_at: now,
+        };
+        Ok(self.store.insert_blob(&blob).await?)
+    }
+
+    /// Opens the blob `label`, or `None` if there is none.
+    pub async fn open_blob(
+        &self,
+        tenant: TenantId,
+        label: &str,
+    ) -> Result<Option<Zeroizing<Vec<u8>>>, VaultError> {
+        let Some(blob) = self.store.blob(tenant, label).await? else {
+            return Ok(None);
+        };
+        let (_, key) = self.data_key(tenant, Some(blob.key_version)).await?;
+        let aad = envelope::blob_aad(tenant.0, blob.key_version, label);
+        envelope::open(&key, &blob.ciphertext, &aad).map(Some).map_err(|_| {
+            VaultError::Corrupt(format!(
+                "sealed key {label} is damaged or was moved from elsewhere"
+            ))
+        })
+    }
+
+    pub async fn delete_blob(&self, tenant: TenantId, label: &str) -> Result<bool, VaultError> {
+        Ok(self.store.delete_blob(tenant, label).await?)
+    }
+
+    /// Re-encrypts every secret version and sealed blob under the tenant's
+    /// latest data key; returns how many secret versions it moved.
     pub async fn rewrap(&self, tenant: TenantId) -> Result<usize, VaultError> {
         let (latest, new_key) = self.data_key(tenant, None).await?;
+        loop {
+            let batch = self.store.blobs_below_key_version(tenant, latest, BATCH).await?;
+            if batch.is_empty() {
+                break;
+            }
+            for mut blob in batch {
+                let old_version = blob.key_version;
+                let (_, old_key) = self.data_key(tenant, Some(old_version)).await?;
+                let old_aad = envelope::blob_aad(tenant.0, old_version, &blob.label);
+                let plain = envelope::open(&old_key, &blob.ciphertext, &old_aad).map_err(|_| {
+                    VaultError::Corrupt(format!("sealed key {} is damaged", blob.label))
+                })?;
+                let new_aad = envelope::blob_aad(tenant.0, latest, &blob.label);
+                blob.ciphertext = envelope::seal(&new_key, &plain, &new_aad)?;
+                blob.key_version = latest;
+                self.store.reseal_blob(&blob, old_version).await?;
+            }
+        }
         let mut moved = 0;
         loop {
             let batch = self.store.secrets_below_key_version(tenant, latest, BATCH).await?;

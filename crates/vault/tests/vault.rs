@@ -71,6 +71,7 @@ bulkhead_testkit::on_both_stores!(
     damaged_ciphertexts_and_keys_are_clear_errors,
     concurrent_writes_of_one_secret_get_distinct_versions,
     leases_and_lockouts_are_recorded,
+    sealed_blobs_follow_rotation_adoption_and_shredding,
 );
 
 async fn round_trips_and_keeps_versions(f: Fixture) {
@@ -453,4 +454,34 @@ async fn leases_and_lockouts_are_recorded(f: Fixture) {
     assert_eq!(f.store.lockouts().await.unwrap(), [lockout], "the first reason stays");
     assert!(f.store.delete_lockout("operator:x").await.unwrap());
     assert!(!f.store.delete_lockout("operator:x").await.unwrap());
+}
+
+async fn sealed_blobs_follow_rotation_adoption_and_shredding(f: Fixture) {
+    let vault = f.vault().await;
+    let acme = f.tenant("acme").await;
+    vault.create_data_key(acme, now()).await.unwrap();
+    let label = "identity/realm-key/k1";
+    vault.seal_blob(acme, label, b"private key bytes", now()).await.unwrap();
+    assert!(matches!(
+        vault.seal_blob(acme, label, b"again", now()).await,
+        Err(VaultError::Store(bulkhead_store::StoreError::Duplicate(_)))
+    ));
+    assert_eq!(&**vault.open_blob(acme, label).await.unwrap().unwrap(), b"private key bytes");
+    assert!(vault.open_blob(acme, "identity/none").await.unwrap().is_none());
+    let stored = f.store.blob(acme, label).await.unwrap().unwrap();
+    assert!(!stored.ciphertext.windows(7).any(|w| w == b"private"));
+
+    vault.rotate_data_key(acme, now()).await.unwrap();
+    vault.rewrap(acme).await.unwrap();
+    assert_eq!(f.store.blob(acme, label).await.unwrap().unwrap().key_version, 2);
+    assert_eq!(&**vault.open_blob(acme, label).await.unwrap().unwrap(), b"private key bytes");
+
+    let tenant_key = LocalKey::generate(KeyRole::Tenant).unwrap();
+    vault.set_tenant_key(acme, tenant_key, now()).await.unwrap();
+    assert_eq!(f.store.blob(acme, label).await.unwrap().unwrap().key_version, 3);
+    assert_eq!(&**vault.open_blob(acme, label).await.unwrap().unwrap(), b"private key bytes");
+
+    vault.shred(acme).await.unwrap();
+    assert!(matches!(vault.open_blob(acme, label).await, Err(VaultError::NoDataKey)));
+    assert!(vault.delete_blob(acme, label).await.unwrap());
 }

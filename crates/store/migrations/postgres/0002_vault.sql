@@ -53,3 +53,14 @@ CREATE TABLE vault_lockouts (
     reason      TEXT NOT NULL,
     locked_at   TIMESTAMPTZ NOT NULL
 );
+
+-- Keys other capabilities keep under a tenant's data key (realm signing
+-- keys, audit keys, backup keys), re-encrypted with the secrets.
+CREATE TABLE vault_blobs (
+    tenant_id    UUID        NOT NULL REFERENCES tenants (id) ON DELETE CASCADE,
+    label        TEXT        NOT NULL,
+    key_version  BIGINT      NOT NULL,
+    ciphertext   BYTEA       NOT NULL,
+    created_at   TIMESTAMPTZ NOT NULL,
+    PRIMARY KEY (tenant_id, label)
+);

@@ -53,3 +53,14 @@ CREATE TABLE vault_lockouts (
     reason      TEXT NOT NULL,
     locked_at   TEXT NOT NULL
 );
+
+-- Keys other capabilities keep under a tenant's data key (realm signing
+-- keys, audit keys, backup keys), re-encrypted with the secrets.
+CREATE TABLE vault_blobs (
+    tenant_id    BLOB    NOT NULL REFERENCES tenants (id) ON DELETE CASCADE,
+    label        TEXT    NOT NULL,
+    key_version  INTEGER NOT NULL,
+    ciphertext   BLOB    NOT NULL,
+    created_at   TEXT    NOT NULL,
+    PRIMARY KEY (tenant_id, label)
+);
