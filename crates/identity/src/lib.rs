@@ -2,6 +2,13 @@
 //! tokens any JWT/OIDC library can verify from the realm's published keys,
 //! and verification that never lets one tenant's token act for another.
 
+pub mod claims;
+pub mod jws;
 pub mod keys;
+pub mod roles;
+pub mod verify;
 
+pub use claims::RealmClaims;
 pub use keys::{Algorithm, Jwk, KeyError, SigningKey, VerifyingKey};
+pub use roles::{Permission, Role};
+pub use verify::{ClaimMapping, Reason, Rejected, Trust, Verified, VerifiedCache, verify};
