@@ -66,8 +66,14 @@ ensure_redis() {
 
 ensure_postgres
 ensure_redis
-# The end-to-end tests drive the API with curl as well as with the CLI.
+# The end-to-end tests drive the API with curl as well as with the CLI, and
+# check realm tokens with an independent verifier, PyJWT.
 command -v curl >/dev/null || apt_install curl
+if ! python3 -c 'import jwt, cryptography' 2>/dev/null; then
+    say "installing PyJWT"
+    python3 -m pip install --quiet --disable-pip-version-check 'pyjwt[crypto]>=2.8,<3' \
+        || die "PyJWT is missing and pip cannot install it; run: python3 -m pip install 'pyjwt[crypto]'"
+fi
 
 say "cargo fmt --check"
 cargo fmt --all -- --check

@@ -70,6 +70,71 @@ pub enum Command {
     /// Keys: tenants' data keys, their own keys, the master key, lockouts
     #[command(subcommand)]
     Vault(VaultCommand),
+    /// Tenants' realms: tokens and signing keys
+    #[command(subcommand)]
+    Auth(AuthCommand),
+    /// API keys for tenants' services
+    #[command(subcommand)]
+    Apikeys(ApikeysCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuthCommand {
+    /// Mint a token of a tenant's realm; prints the token
+    Token {
+        #[arg(long)]
+        tenant: String,
+        /// The token's subject (`sub`)
+        #[arg(long)]
+        subject: String,
+        /// A role to grant: owner, admin, analyst or viewer (repeatable)
+        #[arg(long = "role", value_name = "ROLE", value_parser = parse_role)]
+        roles: Vec<bulkhead_identity::Role>,
+        /// How long it is valid, e.g. 15m [default: 1h; at most 24h]
+        #[arg(long, value_name = "DURATION")]
+        ttl: Option<String>,
+        /// An audience (`aud`) (repeatable)
+        #[arg(long = "audience", value_name = "AUD")]
+        audience: Vec<String>,
+    },
+    /// Rotate a realm's signing key; old tokens stay valid until they expire
+    RotateKey {
+        #[arg(long)]
+        tenant: String,
+        /// Switch the realm to EdDSA or ES256 (for clients without EdDSA)
+        #[arg(long, value_name = "ALG")]
+        algorithm: Option<String>,
+    },
+    /// A realm's signing keys
+    Keys {
+        #[arg(long)]
+        tenant: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ApikeysCommand {
+    /// Create an API key; prints it once
+    Create {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        name: String,
+        /// A role: owner, admin, analyst or viewer (repeatable)
+        #[arg(long = "role", value_name = "ROLE", value_parser = parse_role, required = true)]
+        roles: Vec<bulkhead_identity::Role>,
+    },
+    /// List a tenant's API keys (never the keys themselves)
+    List {
+        #[arg(long)]
+        tenant: String,
+    },
+    /// Revoke an API key
+    Revoke {
+        #[arg(long)]
+        tenant: String,
+        id: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -215,6 +280,10 @@ pub struct ServeArgs {
     /// Domain that tenants' subdomains hang under [default: localhost]
     #[arg(long, env = env::BASE_DOMAIN, value_name = "DOMAIN")]
     pub base_domain: Option<String>,
+    /// How clients reach this server; realms' issuers are
+    /// <URL>/realms/<tenant> [default: the API's own address]
+    #[arg(long, env = env::PUBLIC_URL, value_name = "URL")]
+    pub public_url: Option<String>,
     /// Log format [default: text]
     #[arg(long, env = env::LOG_FORMAT, value_enum, value_name = "FORMAT")]
     pub log_format: Option<LogFormat>,
@@ -337,6 +406,11 @@ impl fmt::Debug for Sensitive {
             f.write_str("***")
         }
     }
+}
+
+fn parse_role(value: &str) -> Result<bulkhead_identity::Role, String> {
+    bulkhead_identity::Role::parse(value)
+        .ok_or_else(|| format!("{value:?} is not a role; use owner, admin, analyst or viewer"))
 }
 
 fn parse_isolation(value: &str) -> Result<Isolation, String> {

@@ -3,9 +3,10 @@
 use std::{path::Path, time::Duration};
 
 use bulkhead_control::api::types::{
-    CreateTenantRequest, CredentialView, ErrorBody, IssueCredentialRequest, KeyStatusView,
-    LeaseList, LeaseView, LockoutList, MasterRotationView, PlanList, RewrapView, RotateKeyView,
-    SecretList, SecretWritten, TenantKeyRequest, TenantKeyView, TenantList, TenantView,
+    ApiKeyCreated, ApiKeyList, CreateApiKeyRequest, CreateTenantRequest, CredentialView, ErrorBody,
+    IssueCredentialRequest, IssueTokenRequest, KeyStatusView, LeaseList, LeaseView, LockoutList,
+    MasterRotationView, PlanList, RealmKeyList, RewrapView, RotateKeyView, RotateRealmKeyView,
+    SecretList, SecretWritten, TenantKeyRequest, TenantKeyView, TenantList, TenantView, TokenView,
 };
 use reqwest::{Method, RequestBuilder, StatusCode, Url};
 use serde::{Serialize, de::DeserializeOwned};
@@ -321,6 +322,47 @@ impl ApiClient {
 
     pub async fn unlock(&self, principal: &str) -> Result<(), CliError> {
         let url = self.url(&["v1", "vault", "lockouts", principal])?;
+        self.send(self.http.delete(url)).await.map(|_| ())
+    }
+
+    pub async fn issue_token(
+        &self,
+        tenant: &str,
+        request: &IssueTokenRequest,
+    ) -> Result<TokenView, CliError> {
+        self.call_json(Method::POST, self.url(&["v1", "tenants", tenant, "tokens"])?, request).await
+    }
+
+    pub async fn rotate_realm_key(
+        &self,
+        tenant: &str,
+        algorithm: Option<&str>,
+    ) -> Result<RotateRealmKeyView, CliError> {
+        let url = self.url(&["v1", "tenants", tenant, "realm", "rotate"])?;
+        let query: Vec<(&str, String)> =
+            algorithm.map(|a| ("algorithm", a.to_owned())).into_iter().collect();
+        self.call(Method::POST, url, &query).await
+    }
+
+    pub async fn realm_keys(&self, tenant: &str) -> Result<RealmKeyList, CliError> {
+        self.call(Method::GET, self.url(&["v1", "tenants", tenant, "realm", "keys"])?, &[]).await
+    }
+
+    pub async fn create_api_key(
+        &self,
+        tenant: &str,
+        request: &CreateApiKeyRequest,
+    ) -> Result<ApiKeyCreated, CliError> {
+        let url = self.url(&["v1", "tenants", tenant, "api-keys"])?;
+        self.call_json(Method::POST, url, request).await
+    }
+
+    pub async fn api_keys(&self, tenant: &str) -> Result<ApiKeyList, CliError> {
+        self.call(Method::GET, self.url(&["v1", "tenants", tenant, "api-keys"])?, &[]).await
+    }
+
+    pub async fn revoke_api_key(&self, tenant: &str, id: &str) -> Result<(), CliError> {
+        let url = self.url(&["v1", "tenants", tenant, "api-keys", id])?;
         self.send(self.http.delete(url)).await.map(|_| ())
     }
 }

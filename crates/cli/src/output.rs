@@ -3,8 +3,8 @@
 #![allow(clippy::print_stdout)]
 
 use bulkhead_control::api::types::{
-    CredentialView, KeyStatusView, LeaseView, LockoutView, SecretSummaryView, SecretWritten,
-    StepState, TenantView,
+    ApiKeyView, CredentialView, KeyStatusView, LeaseView, LockoutView, RealmKeyView,
+    SecretSummaryView, SecretWritten, StepState, TenantView,
 };
 use bulkhead_model::Plan;
 use serde::Serialize;
@@ -287,6 +287,47 @@ pub fn lockouts(format: Output, lockouts: &[LockoutView]) -> Result<(), CliError
         .map(|l| vec![l.principal.clone(), l.reason.clone(), time(&l.locked_at)])
         .collect();
     println!("{}", table(&["PRINCIPAL", "REASON", "LOCKED"], &rows));
+    Ok(())
+}
+
+pub fn realm_keys(format: Output, keys: &[RealmKeyView]) -> Result<(), CliError> {
+    if format == Output::Json {
+        return json(&keys);
+    }
+    let rows: Vec<Vec<String>> = keys
+        .iter()
+        .map(|k| {
+            vec![
+                k.kid.clone(),
+                k.algorithm.clone(),
+                if k.retired_at.is_some() { "retiring" } else { "signing" }.to_owned(),
+                time(&k.created_at),
+                k.remove_after.map(|at| time(&at)).unwrap_or_default(),
+            ]
+        })
+        .collect();
+    println!("{}", table(&["KID", "ALG", "STATE", "CREATED", "LEAVES JWKS"], &rows));
+    Ok(())
+}
+
+pub fn api_keys(format: Output, keys: &[ApiKeyView]) -> Result<(), CliError> {
+    if format == Output::Json {
+        return json(&keys);
+    }
+    let rows: Vec<Vec<String>> = keys
+        .iter()
+        .map(|k| {
+            vec![
+                k.id.to_string(),
+                k.name.clone(),
+                format!("{}…", k.prefix),
+                k.roles.join(","),
+                k.last_used_at.map(|at| time(&at)).unwrap_or_else(|| "never".into()),
+                k.revoked_at.map(|at| time(&at)).unwrap_or_default(),
+            ]
+        })
+        .collect();
+    println!("{}", table(&["ID", "NAME", "PREFIX", "ROLES", "LAST USED", "REVOKED"], &rows));
     Ok(())
 }
 

@@ -32,6 +32,7 @@ struct FileConfig {
     api_listen: Option<String>,
     gateway_listen: Option<String>,
     base_domain: Option<String>,
+    public_url: Option<String>,
     log_format: Option<LogFormat>,
     #[serde(default)]
     regions: Vec<FileRegion>,
@@ -105,6 +106,17 @@ impl ServeSettings {
             Some(domain) => BaseDomain::parse(domain).map_err(CliError::usage)?,
             None => BaseDomain::default(),
         };
+        let public_url = match args.public_url.as_deref().or(file.public_url.as_deref()) {
+            Some(url) if url.starts_with("http://") || url.starts_with("https://") => {
+                Some(url.trim_end_matches('/').to_owned())
+            }
+            Some(url) => {
+                return Err(CliError::usage(format!(
+                    "public url {url:?} is not an http(s) URL such as https://bulkhead.example.com"
+                )));
+            }
+            None => None,
+        };
         let regions = if file.regions.is_empty() {
             // Tenant databases live where the control state lives, unless
             // regions say otherwise.
@@ -137,6 +149,7 @@ impl ServeSettings {
                 api_listen,
                 gateway_listen,
                 base_domain,
+                public_url,
                 regions,
                 reconciler,
                 vault,
@@ -277,6 +290,7 @@ mod tests {
             base_domain: None,
             log_format: None,
             master_key_file: None,
+            public_url: None,
         }
     }
 

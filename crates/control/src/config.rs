@@ -20,6 +20,10 @@ pub struct Config {
     /// Reserved for the tenant-aware gateway; not bound yet.
     pub gateway_listen: SocketAddr,
     pub base_domain: BaseDomain,
+    /// How clients reach this server (`https://bulkhead.example.com`):
+    /// realms' issuers are `<public_url>/realms/<tenant>`. Defaults to the
+    /// API's own address.
+    pub public_url: Option<String>,
     pub regions: Regions,
     pub reconciler: ReconcilerSettings,
     pub vault: VaultSettings,
@@ -33,6 +37,7 @@ impl Config {
             api_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             gateway_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             base_domain: BaseDomain::default(),
+            public_url: None,
             regions: Regions::single(DatabaseLocation::Embedded),
             reconciler: ReconcilerSettings {
                 first_backoff: Duration::from_millis(10),

@@ -3,6 +3,7 @@
 
 use std::{fmt, sync::Arc};
 
+use bulkhead_identity::{Permission, Role, roles};
 use bulkhead_model::{Tenant, TenantId};
 use bulkhead_store::{ControlStore, NewEvent};
 use serde_json::Value;
@@ -18,10 +19,12 @@ pub enum Actor {
     Reconciler,
     /// The vault's background work: expiring leases, scheduled rotation.
     Scheduler,
-    /// A credential scoped to one tenant (a tenant admin's token or API
-    /// key, which the identity capability issues): it may act on that
-    /// tenant's own resources only.
-    Tenant { tenant_id: TenantId, subject: String },
+    /// Someone who presented no credential that verified.
+    Anonymous,
+    /// A credential scoped to one tenant (a token of its realm or of the
+    /// identity provider it trusts, or one of its API keys): it may act on
+    /// that tenant's own resources only, as its roles allow.
+    Tenant { tenant_id: TenantId, subject: String, roles: Vec<Role> },
 }
 
 impl Actor {
@@ -31,7 +34,20 @@ impl Actor {
     pub fn may_access(&self, tenant: &Tenant) -> bool {
         match self {
             Actor::Operator(_) | Actor::Reconciler | Actor::Scheduler => true,
+            Actor::Anonymous => false,
             Actor::Tenant { tenant_id, .. } => *tenant_id == tenant.id,
+        }
+    }
+
+    /// Whether the actor may do `permission` to `tenant`: operators and
+    /// the control plane's tasks always; a tenant-scoped credential on its
+    /// own tenant when one of its roles allows it.
+    pub fn allows(&self, tenant: &Tenant, permission: Permission) -> bool {
+        match self {
+            Actor::Tenant { roles, .. } => {
+                self.may_access(tenant) && roles::allows(roles, permission)
+            }
+            _ => self.may_access(tenant),
         }
     }
 
@@ -48,7 +64,8 @@ impl fmt::Display for Actor {
             Actor::Operator(name) => write!(f, "operator:{name}"),
             Actor::Reconciler => f.write_str("reconciler"),
             Actor::Scheduler => f.write_str("scheduler"),
-            Actor::Tenant { tenant_id, subject } => write!(f, "tenant:{tenant_id}:{subject}"),
+            Actor::Anonymous => f.write_str("anonymous"),
+            Actor::Tenant { tenant_id, subject, .. } => write!(f, "tenant:{tenant_id}:{subject}"),
         }
     }
 }
@@ -136,9 +153,13 @@ mod tests {
     #[test]
     fn a_tenant_credential_reaches_its_own_tenant_only() {
         let (acme, globex) = (tenant("acme"), tenant("globex"));
-        let admin = Actor::Tenant { tenant_id: acme.id, subject: "alice".into() };
+        let admin =
+            Actor::Tenant { tenant_id: acme.id, subject: "alice".into(), roles: vec![Role::Admin] };
         assert!(admin.may_access(&acme));
         assert!(!admin.may_access(&globex));
+        assert!(admin.allows(&acme, Permission::Manage));
+        assert!(!admin.allows(&acme, Permission::Own));
+        assert!(!admin.allows(&globex, Permission::Read));
         // Same name, another tenant (recreated after a purge): still no.
         let impostor = Tenant { id: TenantId::random(), ..acme.clone() };
         assert!(!admin.may_access(&impostor));

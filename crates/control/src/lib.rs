@@ -14,6 +14,7 @@ pub mod config;
 pub mod credentials;
 pub mod data_dir;
 pub mod events;
+pub mod identity;
 pub mod metrics;
 pub mod operator_token;
 pub mod provision;

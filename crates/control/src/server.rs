@@ -26,6 +26,7 @@ use crate::{
     config::{Config, VaultSettings},
     credentials::Credentials,
     data_dir::{DataDir, DataDirError, write_private},
+    identity::IdentityService,
     metrics::Metrics,
     operator_token::{OperatorTokenError, OperatorTokens},
     provision::{ProvisioningStep, RegionServers, StepServices, standard_steps},
@@ -244,6 +245,19 @@ pub async fn start_with_steps(
     }
     let operator_tokens =
         OperatorTokens::ensure(store.as_ref(), &data_dir.operator_token(), clock.as_ref()).await?;
+    let listener = tokio::net::TcpListener::bind(config.api_listen)
+        .await
+        .map_err(|source| StartError::Bind { addr: config.api_listen, source })?;
+    let api_addr = listener
+        .local_addr()
+        .map_err(|source| StartError::Bind { addr: config.api_listen, source })?;
+    let public_url = config.public_url.clone().unwrap_or_else(|| format!("http://{api_addr}"));
+    let identity = Arc::new(IdentityService::new(
+        Arc::clone(&store),
+        Arc::clone(&vault),
+        Arc::clone(&clock),
+        &public_url,
+    ));
     let servers = RegionServers::default();
     let credentials =
         Arc::new(Credentials::new(Arc::clone(&store), servers.clone(), config.regions.clone()));
@@ -251,6 +265,7 @@ pub async fn start_with_steps(
         servers,
         vault: Arc::clone(&vault),
         credentials: Arc::clone(&credentials),
+        identity: Arc::clone(&identity),
         clock: Arc::clone(&clock),
     };
 
@@ -286,6 +301,7 @@ pub async fn start_with_steps(
     let state = AppState {
         tenants,
         vault: Arc::clone(&vault),
+        identity,
         base_domain: config.base_domain.clone(),
         step_names,
         store: Arc::clone(&store),
@@ -295,12 +311,6 @@ pub async fn start_with_steps(
         openapi: Arc::default(),
     };
 
-    let listener = tokio::net::TcpListener::bind(config.api_listen)
-        .await
-        .map_err(|source| StartError::Bind { addr: config.api_listen, source })?;
-    let api_addr = listener
-        .local_addr()
-        .map_err(|source| StartError::Bind { addr: config.api_listen, source })?;
     let api_url_path = data_dir.api_url();
     write_private(&api_url_path, format!("http://{api_addr}\n").as_bytes()).map_err(|source| {
         StartError::ApiUrl { path: api_url_path.display().to_string(), source }

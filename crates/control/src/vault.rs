@@ -5,6 +5,7 @@
 
 use std::{sync::Arc, time::Duration};
 
+use bulkhead_identity::Permission;
 use bulkhead_model::{PlanCatalog, Tenant, TenantName, TenantState};
 use bulkhead_store::{ControlStore, Lease, Lockout, SecretSummary, SecretVersion, StoreError};
 use bulkhead_vault::{
@@ -38,6 +39,8 @@ pub enum VaultServiceError {
     LockedOut(String),
     #[error("this endpoint needs an operator token")]
     OperatorOnly,
+    #[error("your roles in tenant {0:?} do not allow this")]
+    Forbidden(String),
     #[error(
         "{0} cannot clear its own lockout; use another operator token, or run `bulkhead vault \
          unlock {0} --offline` where the control store can be opened"
@@ -104,11 +107,20 @@ impl VaultService {
     /// The tenant, if `actor` may reach it and it is in one of `states`. A
     /// tenant the actor may not reach is reported as missing, so a
     /// tenant-scoped credential learns nothing about other tenants.
-    async fn tenant(&self, actor: &Actor, name: &str, states: &[TenantState]) -> Result<Tenant> {
+    async fn tenant(
+        &self,
+        actor: &Actor,
+        name: &str,
+        states: &[TenantState],
+        permission: Permission,
+    ) -> Result<Tenant> {
         let missing = || VaultServiceError::TenantNotFound(name.to_owned());
         let parsed = TenantName::parse_stored(name).map_err(|_| missing())?;
         let tenant = self.store.tenant(&parsed).await?.filter(|t| actor.may_access(t));
         let tenant = tenant.ok_or_else(missing)?;
+        if !actor.allows(&tenant, permission) {
+            return Err(VaultServiceError::Forbidden(name.to_owned()));
+        }
         if !states.contains(&tenant.state) {
             let allowed: Vec<_> = states.iter().map(|s| s.as_str()).collect();
             return Err(VaultServiceError::InvalidState(format!(
@@ -204,7 +216,7 @@ impl VaultService {
     ) -> Result<SecretVersion> {
         let path = SecretPath::parse(path)?;
         bulkhead_vault::path::check_value(value)?;
-        let tenant = self.tenant(actor, tenant, Self::OPEN).await?;
+        let tenant = self.tenant(actor, tenant, Self::OPEN, Permission::Manage).await?;
         self.admit(actor, &tenant, "secret.write").await?;
         let keep = self.plans.get(tenant.plan.as_str()).map_or(1, |p| p.vault.secret_versions);
         let result = self
@@ -225,7 +237,7 @@ impl VaultService {
         version: Option<i64>,
     ) -> Result<StoredSecret> {
         let path = SecretPath::parse(path)?;
-        let tenant = self.tenant(actor, tenant, Self::OPEN).await?;
+        let tenant = self.tenant(actor, tenant, Self::OPEN, Permission::ReadSecrets).await?;
         self.admit(actor, &tenant, "secret.read").await?;
         let result = self.vault.get(tenant.id, &path, version).await.map_err(Into::into);
         let details = match &result {
@@ -236,7 +248,7 @@ impl VaultService {
     }
 
     pub async fn list_secrets(&self, actor: &Actor, tenant: &str) -> Result<Vec<SecretSummary>> {
-        let tenant = self.tenant(actor, tenant, Self::OPEN).await?;
+        let tenant = self.tenant(actor, tenant, Self::OPEN, Permission::Read).await?;
         self.admit(actor, &tenant, "secret.list").await?;
         let result = self.vault.list(tenant.id).await.map_err(Into::into);
         self.recorded(actor, &tenant, "secret.list", json!({}), result).await
@@ -244,7 +256,7 @@ impl VaultService {
 
     pub async fn delete_secret(&self, actor: &Actor, tenant: &str, path: &str) -> Result<u64> {
         let path = SecretPath::parse(path)?;
-        let tenant = self.tenant(actor, tenant, Self::OPEN).await?;
+        let tenant = self.tenant(actor, tenant, Self::OPEN, Permission::Manage).await?;
         self.admit(actor, &tenant, "secret.delete").await?;
         let result = self.vault.delete(tenant.id, &path).await.map_err(Into::into);
         let details = json!({ "path": path.as_str() });
@@ -254,7 +266,7 @@ impl VaultService {
     // ---- keys ------------------------------------------------------------
 
     pub async fn key_status(&self, actor: &Actor, tenant: &str) -> Result<(Tenant, KeyStatus)> {
-        let tenant = self.tenant(actor, tenant, Self::OPEN).await?;
+        let tenant = self.tenant(actor, tenant, Self::OPEN, Permission::Read).await?;
         self.admit(actor, &tenant, "data_key.status").await?;
         let status = self.vault.key_status(tenant.id).await?;
         Ok((tenant, status))
@@ -262,7 +274,7 @@ impl VaultService {
 
     /// A new data key version for new writes.
     pub async fn rotate_data_key(&self, actor: &Actor, tenant: &str) -> Result<i64> {
-        let tenant = self.tenant(actor, tenant, Self::OPEN).await?;
+        let tenant = self.tenant(actor, tenant, Self::OPEN, Permission::Manage).await?;
         self.admit(actor, &tenant, "data_key.rotate").await?;
         let result =
             self.vault.rotate_data_key(tenant.id, self.clock.now()).await.map_err(Into::into);
@@ -275,7 +287,7 @@ impl VaultService {
 
     /// Re-encrypts the tenant's secrets under its latest data key.
     pub async fn rewrap(&self, actor: &Actor, tenant: &str) -> Result<usize> {
-        let tenant = self.tenant(actor, tenant, Self::OPEN).await?;
+        let tenant = self.tenant(actor, tenant, Self::OPEN, Permission::Manage).await?;
         self.admit(actor, &tenant, "secret.rewrap").await?;
         let result = self.vault.rewrap(tenant.id).await.map_err(Into::into);
         let details = match &result {
@@ -292,7 +304,7 @@ impl VaultService {
         tenant: &str,
         key_text: &Zeroizing<String>,
     ) -> Result<TenantKeyChange> {
-        let tenant = self.tenant(actor, tenant, Self::OPEN).await?;
+        let tenant = self.tenant(actor, tenant, Self::OPEN, Permission::Own).await?;
         self.admit(actor, &tenant, "tenant_key.load").await?;
         let key = LocalKey::parse(KeyRole::Tenant, key_text)?;
         let kek_id = bulkhead_vault::KeyEncryptionKey::id(&key).to_owned();
@@ -309,7 +321,7 @@ impl VaultService {
 
     /// Forgets the tenant's own key until it is supplied again.
     pub async fn forget_tenant_key(&self, actor: &Actor, tenant: &str) -> Result<bool> {
-        let tenant = self.tenant(actor, tenant, Self::OPEN).await?;
+        let tenant = self.tenant(actor, tenant, Self::OPEN, Permission::Own).await?;
         self.admit(actor, &tenant, "tenant_key.forget").await?;
         let result = self.vault.forget_tenant_key(tenant.id).map_err(Into::into);
         self.recorded(actor, &tenant, "tenant_key.forget", json!({}), result).await
@@ -338,7 +350,11 @@ impl VaultService {
         access: Access,
         ttl: Option<Duration>,
     ) -> Result<IssuedCredential> {
-        let tenant = self.tenant(actor, tenant, &[TenantState::Active]).await?;
+        let permission = match access {
+            Access::Read => Permission::ReadSecrets,
+            Access::Write => Permission::Manage,
+        };
+        let tenant = self.tenant(actor, tenant, &[TenantState::Active], permission).await?;
         let max = self.plans.get(tenant.plan.as_str()).map_or(DEFAULT_CREDENTIAL_TTL, |p| {
             Duration::from_secs(p.vault.max_credential_ttl_secs)
         });
@@ -374,6 +390,9 @@ impl VaultService {
         let tenant =
             self.store.tenant_by_id(lease.tenant_id).await?.filter(|t| actor.may_access(t));
         let tenant = tenant.ok_or_else(missing)?;
+        if !actor.allows(&tenant, Permission::Manage) {
+            return Err(VaultServiceError::Forbidden(tenant.name.to_string()));
+        }
         if lease.revoked_at.is_some() {
             return Err(VaultServiceError::LeaseRevoked(lease.id.to_string()));
         }
@@ -395,7 +414,7 @@ impl VaultService {
         include_revoked: bool,
     ) -> Result<Vec<Lease>> {
         let states = [Self::OPEN, &[TenantState::Deleted, TenantState::Offboarding]].concat();
-        let tenant = self.tenant(actor, tenant, &states).await?;
+        let tenant = self.tenant(actor, tenant, &states, Permission::Read).await?;
         self.admit(actor, &tenant, "credential.list").await?;
         Ok(self.store.leases(tenant.id, include_revoked).await?)
     }

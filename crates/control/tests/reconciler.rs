@@ -16,6 +16,7 @@ use bulkhead_control::{
     ReconcilerSettings,
     clock::{Clock, SystemClock},
     credentials::Credentials,
+    identity::IdentityService,
     metrics::Metrics,
     provision::{
         ProvisioningStep, RegionServers, StepError, StepServices, StepTarget, standard_steps,
@@ -59,10 +60,18 @@ impl Fixture {
     async fn standard_steps(&self, servers: RegionServers) -> Vec<Arc<dyn ProvisioningStep>> {
         let source =
             MasterKeySource::File { path: self.dir.path().join("master.key"), create: true };
-        let vault = Vault::open(self.store.clone(), &source, SystemClock.now()).await.unwrap();
+        let vault =
+            Arc::new(Vault::open(self.store.clone(), &source, SystemClock.now()).await.unwrap());
+        let identity = Arc::new(IdentityService::new(
+            self.store.clone(),
+            Arc::clone(&vault),
+            Arc::new(SystemClock),
+            "http://bulkhead.test",
+        ));
         standard_steps(&StepServices {
             servers: servers.clone(),
-            vault: Arc::new(vault),
+            vault,
+            identity,
             credentials: Arc::new(Credentials::new(
                 self.store.clone(),
                 servers,
@@ -239,12 +248,19 @@ async fn a_failing_step_fails_the_tenant_and_undoes_everything() {
     assert!(f.store.data_keys(tenant.id).await.unwrap().is_empty(), "a failed tenant keeps no key");
 }
 
-/// Every standard step, by name, in `status`.
+/// Every standard step, by name (sorted, as `step_states` lists them), in
+/// `status`.
 fn all_steps(status: StepStatus) -> Vec<(String, StepStatus)> {
-    ["allocate_directory", "create_data_key", "create_database", "database_credentials"]
-        .into_iter()
-        .map(|step| (step.to_owned(), status))
-        .collect()
+    [
+        "allocate_directory",
+        "create_data_key",
+        "create_database",
+        "create_realm",
+        "database_credentials",
+    ]
+    .into_iter()
+    .map(|step| (step.to_owned(), status))
+    .collect()
 }
 
 /// A step that never finishes, like DDL on a server that stopped answering.

@@ -12,6 +12,7 @@
 //! records what it did here.
 
 mod error;
+mod identity;
 mod lock;
 mod postgres;
 mod rows;
@@ -27,6 +28,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 pub use error::StoreError;
+pub use identity::{ApiKeyRecord, IdentityStore, RealmKeyRecord, RealmRecord, TrustRecord};
 pub use lock::{FileLock, FileLockError, HeldLock, StoreLock};
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
@@ -119,7 +121,7 @@ impl fmt::Debug for OperatorToken {
 /// The control plane's persistence. Every method is one statement, so a
 /// crash leaves each write either fully done or not done at all.
 #[async_trait]
-pub trait ControlStore: VaultStore + Send + Sync + fmt::Debug {
+pub trait ControlStore: VaultStore + IdentityStore + Send + Sync + fmt::Debug {
     /// Where the store is, safe to print (no password).
     fn location(&self) -> String;
 

@@ -11,7 +11,7 @@ use sqlx::{
 
 use crate::{
     HeldLock, StoreError, StoreLock,
-    sql::{impl_control_store, impl_vault_store},
+    sql::{impl_control_store, impl_identity_store, impl_vault_store},
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -92,3 +92,4 @@ impl HeldLock for AdvisoryLock {
 
 impl_control_store!(PostgresStore);
 impl_vault_store!(PostgresStore);
+impl_identity_store!(PostgresStore);

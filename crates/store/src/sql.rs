@@ -823,3 +823,304 @@ macro_rules! impl_vault_store {
     };
 }
 pub(crate) use impl_vault_store;
+
+/// Identity's statements, shared the same way as [`impl_control_store!`].
+macro_rules! impl_identity_store {
+    ($store:ty) => {
+        #[async_trait::async_trait]
+        impl $crate::IdentityStore for $store {
+            async fn ensure_realm(
+                &self,
+                realm: &$crate::RealmRecord,
+            ) -> Result<(), $crate::StoreError> {
+                sqlx::query(
+                    "INSERT INTO identity_realms (tenant_id, algorithm, default_ttl_secs, \
+                     max_ttl_secs, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6) \
+                     ON CONFLICT (tenant_id) DO NOTHING",
+                )
+                .bind(realm.tenant_id.0)
+                .bind(realm.algorithm.as_str())
+                .bind(realm.default_ttl_secs)
+                .bind(realm.max_ttl_secs)
+                .bind(realm.created_at)
+                .bind(realm.updated_at)
+                .execute(&self.write)
+                .await?;
+                Ok(())
+            }
+
+            async fn realm(
+                &self,
+                tenant: bulkhead_model::TenantId,
+            ) -> Result<Option<$crate::RealmRecord>, $crate::StoreError> {
+                Ok(sqlx::query_as(
+                    "SELECT tenant_id, algorithm, default_ttl_secs, max_ttl_secs, created_at, \
+                     updated_at FROM identity_realms WHERE tenant_id = $1",
+                )
+                .bind(tenant.0)
+                .fetch_optional(&self.read)
+                .await?)
+            }
+
+            async fn delete_realm(
+                &self,
+                tenant: bulkhead_model::TenantId,
+            ) -> Result<(), $crate::StoreError> {
+                sqlx::query("DELETE FROM identity_realms WHERE tenant_id = $1")
+                    .bind(tenant.0)
+                    .execute(&self.write)
+                    .await?;
+                Ok(())
+            }
+
+            async fn set_realm_algorithm(
+                &self,
+                tenant: bulkhead_model::TenantId,
+                algorithm: &str,
+                at: time::OffsetDateTime,
+            ) -> Result<(), $crate::StoreError> {
+                sqlx::query(
+                    "UPDATE identity_realms SET algorithm = $2, updated_at = $3 WHERE tenant_id = $1",
+                )
+                .bind(tenant.0)
+                .bind(algorithm)
+                .bind(at)
+                .execute(&self.write)
+                .await?;
+                Ok(())
+            }
+
+            async fn insert_realm_key(
+                &self,
+                key: &$crate::RealmKeyRecord,
+            ) -> Result<(), $crate::StoreError> {
+                let result = sqlx::query(
+                    "INSERT INTO identity_keys (tenant_id, kid, algorithm, public_jwk, created_at, \
+                     retired_at, remove_after) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                )
+                .bind(key.tenant_id.0)
+                .bind(key.kid.as_str())
+                .bind(key.algorithm.as_str())
+                .bind(key.public_jwk.as_str())
+                .bind(key.created_at)
+                .bind(key.retired_at)
+                .bind(key.remove_after)
+                .execute(&self.write)
+                .await;
+                match result {
+                    Ok(_) => Ok(()),
+                    Err(e) if $crate::StoreError::is_unique_violation(&e) => {
+                        Err($crate::StoreError::Duplicate(format!("realm key {}", key.kid)))
+                    }
+                    Err(e) => Err(e.into()),
+                }
+            }
+
+            async fn realm_keys(
+                &self,
+                tenant: bulkhead_model::TenantId,
+            ) -> Result<Vec<$crate::RealmKeyRecord>, $crate::StoreError> {
+                Ok(sqlx::query_as(
+                    "SELECT tenant_id, kid, algorithm, public_jwk, created_at, retired_at, \
+                     remove_after FROM identity_keys WHERE tenant_id = $1 \
+                     ORDER BY created_at, kid",
+                )
+                .bind(tenant.0)
+                .fetch_all(&self.read)
+                .await?)
+            }
+
+            async fn retire_realm_keys(
+                &self,
+                tenant: bulkhead_model::TenantId,
+                except: &str,
+                at: time::OffsetDateTime,
+                remove_after: time::OffsetDateTime,
+            ) -> Result<u64, $crate::StoreError> {
+                let result = sqlx::query(
+                    "UPDATE identity_keys SET retired_at = $3, remove_after = $4 \
+                     WHERE tenant_id = $1 AND kid <> $2 AND retired_at IS NULL",
+                )
+                .bind(tenant.0)
+                .bind(except)
+                .bind(at)
+                .bind(remove_after)
+                .execute(&self.write)
+                .await?;
+                Ok(result.rows_affected())
+            }
+
+            async fn remove_expired_realm_keys(
+                &self,
+                tenant: bulkhead_model::TenantId,
+                now: time::OffsetDateTime,
+            ) -> Result<Vec<String>, $crate::StoreError> {
+                let removed: Vec<(String,)> = sqlx::query_as(
+                    "DELETE FROM identity_keys WHERE tenant_id = $1 AND remove_after <= $2 \
+                     RETURNING kid",
+                )
+                .bind(tenant.0)
+                .bind(now)
+                .fetch_all(&self.write)
+                .await?;
+                Ok(removed.into_iter().map(|(kid,)| kid).collect())
+            }
+
+            async fn delete_realm_keys(
+                &self,
+                tenant: bulkhead_model::TenantId,
+            ) -> Result<Vec<String>, $crate::StoreError> {
+                let removed: Vec<(String,)> =
+                    sqlx::query_as("DELETE FROM identity_keys WHERE tenant_id = $1 RETURNING kid")
+                        .bind(tenant.0)
+                        .fetch_all(&self.write)
+                        .await?;
+                Ok(removed.into_iter().map(|(kid,)| kid).collect())
+            }
+
+            async fn set_trust(&self, trust: &$crate::TrustRecord) -> Result<(), $crate::StoreError> {
+                sqlx::query(
+                    "INSERT INTO identity_trusts (tenant_id, issuer, jwks_url, audience, \
+                     subject_claim, roles_claim, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7) \
+                     ON CONFLICT (tenant_id) DO UPDATE SET issuer = $2, jwks_url = $3, \
+                     audience = $4, subject_claim = $5, roles_claim = $6, updated_at = $7",
+                )
+                .bind(trust.tenant_id.0)
+                .bind(trust.issuer.as_str())
+                .bind(trust.jwks_url.as_str())
+                .bind(trust.audience.as_deref())
+                .bind(trust.subject_claim.as_str())
+                .bind(trust.roles_claim.as_str())
+                .bind(trust.updated_at)
+                .execute(&self.write)
+                .await?;
+                Ok(())
+            }
+
+            async fn trust(
+                &self,
+                tenant: bulkhead_model::TenantId,
+            ) -> Result<Option<$crate::TrustRecord>, $crate::StoreError> {
+                Ok(sqlx::query_as(
+                    "SELECT tenant_id, issuer, jwks_url, audience, subject_claim, roles_claim, \
+                     updated_at FROM identity_trusts WHERE tenant_id = $1",
+                )
+                .bind(tenant.0)
+                .fetch_optional(&self.read)
+                .await?)
+            }
+
+            async fn delete_trust(
+                &self,
+                tenant: bulkhead_model::TenantId,
+            ) -> Result<bool, $crate::StoreError> {
+                let result = sqlx::query("DELETE FROM identity_trusts WHERE tenant_id = $1")
+                    .bind(tenant.0)
+                    .execute(&self.write)
+                    .await?;
+                Ok(result.rows_affected() == 1)
+            }
+
+            async fn insert_api_key(
+                &self,
+                key: &$crate::ApiKeyRecord,
+            ) -> Result<(), $crate::StoreError> {
+                let result = sqlx::query(concat!(
+                    "INSERT INTO identity_api_keys (",
+                    $crate::identity::api_key_columns!(),
+                    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+                ))
+                .bind(key.id)
+                .bind(key.tenant_id.0)
+                .bind(key.name.as_str())
+                .bind(key.prefix.as_str())
+                .bind(key.key_hash.as_slice())
+                .bind(key.roles.as_str())
+                .bind(key.created_by.as_str())
+                .bind(key.created_at)
+                .bind(key.last_used_at)
+                .bind(key.revoked_at)
+                .execute(&self.write)
+                .await;
+                match result {
+                    Ok(_) => Ok(()),
+                    Err(e) if $crate::StoreError::is_unique_violation(&e) => Err(
+                        $crate::StoreError::Duplicate(format!("an API key named {:?}", key.name)),
+                    ),
+                    Err(e) => Err(e.into()),
+                }
+            }
+
+            async fn api_key_by_hash(
+                &self,
+                hash: &[u8],
+            ) -> Result<Option<$crate::ApiKeyRecord>, $crate::StoreError> {
+                Ok(sqlx::query_as(concat!(
+                    "SELECT ",
+                    $crate::identity::api_key_columns!(),
+                    " FROM identity_api_keys WHERE key_hash = $1"
+                ))
+                .bind(hash)
+                .fetch_optional(&self.read)
+                .await?)
+            }
+
+            async fn api_keys(
+                &self,
+                tenant: bulkhead_model::TenantId,
+            ) -> Result<Vec<$crate::ApiKeyRecord>, $crate::StoreError> {
+                Ok(sqlx::query_as(concat!(
+                    "SELECT ",
+                    $crate::identity::api_key_columns!(),
+                    " FROM identity_api_keys WHERE tenant_id = $1 ORDER BY name"
+                ))
+                .bind(tenant.0)
+                .fetch_all(&self.read)
+                .await?)
+            }
+
+            async fn revoke_api_key(
+                &self,
+                tenant: bulkhead_model::TenantId,
+                id: uuid::Uuid,
+                at: time::OffsetDateTime,
+            ) -> Result<bool, $crate::StoreError> {
+                let result = sqlx::query(
+                    "UPDATE identity_api_keys SET revoked_at = $3 \
+                     WHERE tenant_id = $1 AND id = $2 AND revoked_at IS NULL",
+                )
+                .bind(tenant.0)
+                .bind(id)
+                .bind(at)
+                .execute(&self.write)
+                .await?;
+                Ok(result.rows_affected() == 1)
+            }
+
+            async fn touch_api_key(
+                &self,
+                id: uuid::Uuid,
+                at: time::OffsetDateTime,
+            ) -> Result<(), $crate::StoreError> {
+                sqlx::query("UPDATE identity_api_keys SET last_used_at = $2 WHERE id = $1")
+                    .bind(id)
+                    .bind(at)
+                    .execute(&self.write)
+                    .await?;
+                Ok(())
+            }
+
+            async fn delete_api_keys(
+                &self,
+                tenant: bulkhead_model::TenantId,
+            ) -> Result<u64, $crate::StoreError> {
+                let result = sqlx::query("DELETE FROM identity_api_keys WHERE tenant_id = $1")
+                    .bind(tenant.0)
+                    .execute(&self.write)
+                    .await?;
+                Ok(result.rows_affected())
+            }
+        }
+    };
+}
+pub(crate) use impl_identity_store;

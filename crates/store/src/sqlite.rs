@@ -8,7 +8,7 @@ use sqlx::sqlite::{
 
 use crate::{
     FileLock, FileLockError, StoreError, StoreLock,
-    sql::{impl_control_store, impl_vault_store},
+    sql::{impl_control_store, impl_identity_store, impl_vault_store},
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -69,3 +69,4 @@ impl SqliteStore {
 
 impl_control_store!(SqliteStore);
 impl_vault_store!(SqliteStore);
+impl_identity_store!(SqliteStore);

@@ -1,6 +1,7 @@
 //! One module per command group; each turns parsed arguments into calls and
 //! output.
 
+mod auth;
 mod creds;
 mod secrets;
 mod serve;
@@ -21,6 +22,8 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Secrets(command) => secrets::run(command, &cli.global).await,
         Command::Creds(command) => creds::run(command, &cli.global).await,
         Command::Vault(command) => vault::run(command, &cli.global).await,
+        Command::Auth(command) => auth::run(command, &cli.global).await,
+        Command::Apikeys(command) => auth::apikeys(command, &cli.global).await,
         Command::Plans(PlansCommand::List) => {
             let client = ApiClient::discover(&cli.global)?;
             output::plans(cli.global.output, &client.plans().await?.plans)

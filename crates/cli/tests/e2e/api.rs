@@ -43,6 +43,14 @@ async fn openapi_describes_every_endpoint() {
         "DELETE /v1/credentials/{lease}",
         "GET /v1/vault/lockouts",
         "DELETE /v1/vault/lockouts/{principal}",
+        "POST /v1/tenants/{tenant}/tokens",
+        "POST /v1/tenants/{tenant}/realm/rotate",
+        "GET /v1/tenants/{tenant}/realm/keys",
+        "POST /v1/tenants/{tenant}/api-keys",
+        "GET /v1/tenants/{tenant}/api-keys",
+        "DELETE /v1/tenants/{tenant}/api-keys/{id}",
+        "GET /realms/{tenant}/.well-known/openid-configuration",
+        "GET /realms/{tenant}/jwks.json",
         "GET /v1/openapi.json",
         "GET /healthz",
         "GET /readyz",
@@ -68,7 +76,8 @@ async fn openapi_describes_every_endpoint() {
             .replace("{tenant}", "acme")
             .replace("{path}", "db/password")
             .replace("{lease}", "00000000-0000-0000-0000-000000000000")
-            .replace("{principal}", "nobody");
+            .replace("{principal}", "nobody")
+            .replace("{id}", "00000000-0000-0000-0000-000000000000");
         let (status, body) = http.send(method.parse().unwrap(), &path, None).await;
         assert_ne!(body["error"]["code"], "not_found", "{operation} answered {status}");
     }

@@ -27,6 +27,7 @@ const INHERITED: &[&str] = &[
     "BULKHEAD_LOG",
     "BULKHEAD_MASTER_KEY",
     "BULKHEAD_MASTER_KEY_FILE",
+    "BULKHEAD_PUBLIC_URL",
 ];
 
 /// What test servers log unless a test asks for more.

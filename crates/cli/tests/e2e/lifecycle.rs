@@ -29,7 +29,7 @@ async fn quickstart(server: &Server) -> serde_json::Value {
     assert_eq!(got["domain"], "acme.localhost");
     let steps: Vec<_> =
         got["steps"].as_array().unwrap().iter().map(|s| s["state"].as_str().unwrap()).collect();
-    assert_eq!(steps, ["applied"; 4]);
+    assert_eq!(steps, ["applied"; 5]);
 
     let suspended = server.cli_json(&["tenants", "suspend", "acme"]);
     assert_eq!(suspended["state"], "suspended");
@@ -53,7 +53,7 @@ async fn quickstart_on_the_embedded_store() {
     let server = Server::embedded().await;
     let got = quickstart(&server).await;
     assert_eq!(got["isolation"], "silo", "professional's pool default falls back to silo");
-    assert_eq!(got["steps"][2]["output"]["engine"], "sqlite");
+    assert_eq!(got["steps"][3]["output"]["engine"], "sqlite");
     assert_eq!(entries(&server.data_dir().join("tenants")), Vec::<String>::new());
 }
 
@@ -63,14 +63,14 @@ async fn quickstart_on_postgres() {
     let db = server.postgres_db();
     let got = quickstart(&server).await;
     assert_eq!(got["isolation"], "pool", "professional pools on PostgreSQL");
-    assert_eq!(got["steps"][2]["output"]["database"], format!("{}pool", db.object_prefix));
+    assert_eq!(got["steps"][3]["output"]["database"], format!("{}pool", db.object_prefix));
 
     // An enterprise tenant is a silo: its own database and owner role,
     // which offboarding drops.
     let created =
         server.cli_json(&["tenants", "create", "globex", "--plan", "enterprise", "--wait"]);
     assert_eq!(created["isolation"], "silo");
-    let database = created["steps"][2]["output"]["database"].as_str().unwrap().to_owned();
+    let database = created["steps"][3]["output"]["database"].as_str().unwrap().to_owned();
     let (owner, reader) = (format!("{database}_owner"), format!("{database}_read"));
     let (databases, roles) = db.owned_objects().await;
     assert!(databases.contains(&database), "{databases:?}");
@@ -95,7 +95,7 @@ async fn a_deleted_tenant_keeps_its_name_until_purged() {
     assert_eq!(got["state"], "deleted");
     let steps: Vec<_> =
         got["steps"].as_array().unwrap().iter().map(|s| s["state"].as_str().unwrap()).collect();
-    assert_eq!(steps, ["undone"; 4]);
+    assert_eq!(steps, ["undone"; 5]);
     assert_eq!(server.cli_json(&["tenants", "list"]), serde_json::json!([]));
     let tombstones = server.cli_json(&["tenants", "list", "--state", "deleted"]);
     assert_eq!(tombstones[0]["name"], "acme");

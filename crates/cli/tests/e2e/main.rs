@@ -6,6 +6,7 @@
 mod api;
 mod bad_input;
 mod crash;
+mod identity;
 mod kit;
 mod lifecycle;
 mod startup;

@@ -1,7 +1,14 @@
-//! Authentication of `/v1` requests: an operator token as a bearer token.
+//! Authentication of `/v1` requests, by a bearer credential:
 //!
-//! A missing token and a wrong token get the same 401 with no detail; the
-//! difference goes to the log only. The token itself is never logged.
+//! - an operator token: every endpoint, every tenant;
+//! - on a tenant's own paths (`/v1/tenants/{tenant}/...`), a token of that
+//!   tenant's realm or one of its API keys. The tenant is the one in the
+//!   path; the credential is verified against that tenant's keys only, so a
+//!   credential of another tenant never verifies, whatever it claims.
+//!
+//! Every refusal is the same 401 with no detail; the reason goes to the log
+//! (and, for tenant credentials, the tenant's event record). Credentials
+//! are never logged.
 
 use axum::{
     extract::{Request, State},
@@ -10,13 +17,16 @@ use axum::{
     response::{IntoResponse, Response},
 };
 
-use super::{AppState, error::ApiError};
+use super::{
+    AppState,
+    error::{ApiError, ErrorCode},
+};
 use crate::events::Actor;
 
 /// Lets the request through with its [`Actor`] in the extensions, or
 /// answers 401. Deliberately not a span of its own: handlers record the
 /// tenant on the request's span, which must stay the current one.
-pub async fn require_operator(
+pub async fn authenticate(
     State(state): State<AppState>,
     mut request: Request,
     next: Next,
@@ -26,15 +36,56 @@ pub async fn require_operator(
         .get(AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.strip_prefix("Bearer "))
-        .map(str::trim);
+        .map(str::trim)
+        .filter(|value| !value.is_empty());
     let Some(presented) = presented else {
         tracing::info!(reason = "no bearer token", "request refused");
         return ApiError::unauthorized().into_response();
     };
-    let Some(name) = state.operator_tokens.verify(presented) else {
-        tracing::info!(reason = "unknown token", "request refused");
+    let actor = if let Some(name) = state.operator_tokens.verify(presented) {
+        Actor::Operator(name.to_owned())
+    } else if let Some(tenant) = tenant_in_path(request.uri().path()) {
+        match state.identity.authenticate(tenant, presented).await {
+            Ok(actor) => actor,
+            Err(reason) => {
+                tracing::info!(%reason, "request refused");
+                return ApiError::unauthorized().into_response();
+            }
+        }
+    } else {
+        tracing::info!(reason = "not an operator token", "request refused");
         return ApiError::unauthorized().into_response();
     };
-    request.extensions_mut().insert(Actor::Operator(name.to_owned()));
+    request.extensions_mut().insert(actor);
     next.run(request).await
+}
+
+/// Refuses tenant-scoped credentials: for endpoints that change a tenant's
+/// lifecycle or reach beyond one tenant.
+pub fn operator_only(actor: &Actor) -> Result<(), ApiError> {
+    if actor.is_operator() {
+        Ok(())
+    } else {
+        Err(ApiError::new(ErrorCode::Forbidden, "this endpoint needs an operator token"))
+    }
+}
+
+/// The tenant a `/v1/tenants/{tenant}/...` path is about.
+fn tenant_in_path(path: &str) -> Option<&str> {
+    path.strip_prefix("/v1/tenants/")?.split('/').next().filter(|t| !t.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_tenant_of_tenant_paths_only() {
+        assert_eq!(tenant_in_path("/v1/tenants/acme"), Some("acme"));
+        assert_eq!(tenant_in_path("/v1/tenants/acme/secrets/a/b"), Some("acme"));
+        assert_eq!(tenant_in_path("/v1/tenants"), None);
+        assert_eq!(tenant_in_path("/v1/tenants/"), None);
+        assert_eq!(tenant_in_path("/v1/plans"), None);
+        assert_eq!(tenant_in_path("/v1/credentials/x"), None);
+    }
 }

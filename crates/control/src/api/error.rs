@@ -15,7 +15,10 @@ use bulkhead_store::StoreError;
 use bulkhead_vault::VaultError;
 
 use super::types::{ErrorBody, ErrorDetail};
-use crate::{credentials::CredentialError, tenants::TenantError, vault::VaultServiceError};
+use crate::{
+    credentials::CredentialError, identity::IdentityError, tenants::TenantError,
+    vault::VaultServiceError,
+};
 
 /// The table of error codes: each with its HTTP status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,6 +54,7 @@ pub enum ErrorCode {
     LockedOut,
     Forbidden,
     CorruptData,
+    ApiKeyNotFound,
 }
 
 impl ErrorCode {
@@ -62,9 +66,8 @@ impl ErrorCode {
             | InvalidKey | WrongTenantKey => StatusCode::BAD_REQUEST,
             Unauthorized => StatusCode::UNAUTHORIZED,
             LockedOut | Forbidden => StatusCode::FORBIDDEN,
-            NotFound | TenantNotFound | SecretNotFound | LeaseNotFound | LockoutNotFound => {
-                StatusCode::NOT_FOUND
-            }
+            NotFound | TenantNotFound | SecretNotFound | LeaseNotFound | LockoutNotFound
+            | ApiKeyNotFound => StatusCode::NOT_FOUND,
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             TenantExists
             | InvalidState
@@ -113,6 +116,7 @@ impl ErrorCode {
             LockedOut => "locked_out",
             Forbidden => "forbidden",
             CorruptData => "corrupt_data",
+            ApiKeyNotFound => "api_key_not_found",
         }
     }
 }
@@ -237,7 +241,9 @@ impl From<VaultServiceError> for ApiError {
             VaultServiceError::InvalidState(_) => InvalidState,
             VaultServiceError::InvalidRequest(_) => InvalidRequest,
             VaultServiceError::LockedOut(_) => LockedOut,
-            VaultServiceError::OperatorOnly | VaultServiceError::SelfUnlock(_) => Forbidden,
+            VaultServiceError::OperatorOnly
+            | VaultServiceError::SelfUnlock(_)
+            | VaultServiceError::Forbidden(_) => Forbidden,
             VaultServiceError::LeaseNotFound(_) => LeaseNotFound,
             VaultServiceError::LeaseRevoked(_) => LeaseRevoked,
             VaultServiceError::LockoutNotFound(_) => LockoutNotFound,
@@ -249,6 +255,29 @@ impl From<VaultServiceError> for ApiError {
                 };
             }
             VaultServiceError::Store(store) => return store_error(store),
+        };
+        Self::new(code, error.to_string())
+    }
+}
+
+impl From<IdentityError> for ApiError {
+    fn from(error: IdentityError) -> Self {
+        use ErrorCode::*;
+        let code = match &error {
+            IdentityError::TenantNotFound(_) => TenantNotFound,
+            IdentityError::Forbidden(_) => Forbidden,
+            IdentityError::InvalidRequest(_) => InvalidRequest,
+            IdentityError::Conflict(_) => Conflict,
+            IdentityError::ApiKeyNotFound(_) => ApiKeyNotFound,
+            IdentityError::NoRealm(_) => InvalidState,
+            IdentityError::Vault(_) => {
+                return match error {
+                    IdentityError::Vault(e) => e.into(),
+                    _ => Self::internal(&error),
+                };
+            }
+            IdentityError::Store(store) => return store_error(store),
+            IdentityError::Internal(_) => return Self::internal(&error),
         };
         Self::new(code, error.to_string())
     }

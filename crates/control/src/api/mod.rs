@@ -5,6 +5,7 @@
 mod auth;
 mod catalog;
 pub mod error;
+mod identity;
 mod meta;
 mod tenants;
 pub mod types;
@@ -36,7 +37,8 @@ use utoipa::{
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
-    metrics::Metrics, operator_token::OperatorTokens, tenants::TenantService, vault::VaultService,
+    identity::IdentityService, metrics::Metrics, operator_token::OperatorTokens,
+    tenants::TenantService, vault::VaultService,
 };
 use error::{ApiError, ErrorCode};
 
@@ -48,6 +50,7 @@ const MAX_BODY_BYTES: usize = 64 * 1024;
 pub struct AppState {
     pub tenants: Arc<TenantService>,
     pub vault: Arc<VaultService>,
+    pub identity: Arc<IdentityService>,
     pub base_domain: BaseDomain,
     pub step_names: Arc<[&'static str]>,
     pub store: Arc<dyn ControlStore>,
@@ -78,6 +81,7 @@ impl AppState {
         (name = "tenants", description = "Tenant lifecycle"),
         (name = "catalog", description = "Plans and regions"),
         (name = "vault", description = "Secrets, data keys and database credentials of tenants"),
+        (name = "realms", description = "Each tenant's identity realm: OIDC documents, tokens, signing keys, API keys"),
         (name = "meta", description = "Health, readiness, metrics and this document"),
     )
 )]
@@ -120,8 +124,15 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(vault::revoke_credential))
         .routes(routes!(vault::list_lockouts))
         .routes(routes!(vault::clear_lockout))
-        .route_layer(middleware::from_fn_with_state(state.clone(), auth::require_operator));
+        .routes(routes!(identity::issue_token))
+        .routes(routes!(identity::rotate_realm_key))
+        .routes(routes!(identity::realm_keys))
+        .routes(routes!(identity::create_api_key, identity::list_api_keys))
+        .routes(routes!(identity::revoke_api_key))
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth::authenticate));
     let public = OpenApiRouter::new()
+        .routes(routes!(identity::discovery))
+        .routes(routes!(identity::jwks))
         .routes(routes!(meta::healthz))
         .routes(routes!(meta::readyz))
         .routes(routes!(meta::metrics))

@@ -12,6 +12,7 @@ use axum::{
 use bulkhead_model::TenantState;
 use bulkhead_store::TenantPage;
 
+use super::auth::operator_only;
 use super::{
     AppState,
     error::{ApiError, ErrorCode},
@@ -21,6 +22,7 @@ use super::{
     },
 };
 use crate::events::Actor;
+use bulkhead_identity::Permission;
 
 const DEFAULT_PAGE: u32 = 100;
 const MAX_PAGE: u32 = 1_000;
@@ -109,10 +111,14 @@ pub async fn list_tenants(
 )]
 pub async fn get_tenant(
     State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
     Path(name): Path<String>,
 ) -> Result<Json<TenantView>, ApiError> {
     record_tenant(&name);
     let (tenant, steps) = state.tenants.get(&name).await?;
+    if !actor.allows(&tenant, Permission::Read) {
+        return Err(ApiError::new(ErrorCode::Forbidden, "your roles do not allow this"));
+    }
     Ok(Json(TenantView::new(tenant, &state.base_domain).with_steps(&state.step_names, &steps)))
 }
 
@@ -134,6 +140,7 @@ pub async fn suspend_tenant(
     Path(name): Path<String>,
 ) -> Result<Json<TenantView>, ApiError> {
     record_tenant(&name);
+    operator_only(&actor)?;
     let tenant = state.tenants.suspend(&name, &actor).await?;
     Ok(Json(TenantView::new(tenant, &state.base_domain)))
 }
@@ -156,6 +163,7 @@ pub async fn resume_tenant(
     Path(name): Path<String>,
 ) -> Result<Json<TenantView>, ApiError> {
     record_tenant(&name);
+    operator_only(&actor)?;
     let tenant = state.tenants.resume(&name, &actor).await?;
     Ok(Json(TenantView::new(tenant, &state.base_domain)))
 }
@@ -180,6 +188,7 @@ pub async fn delete_tenant(
     params: Result<Query<DeleteTenantParams>, QueryRejection>,
 ) -> Result<(StatusCode, Json<TenantView>), ApiError> {
     record_tenant(&name);
+    operator_only(&actor)?;
     let Query(params) = params?;
     let tenant = state.tenants.delete(&name, params.purge, &actor).await?;
     Ok((StatusCode::ACCEPTED, Json(TenantView::new(tenant, &state.base_domain))))

@@ -399,3 +399,148 @@ impl From<bulkhead_store::Lockout> for LockoutView {
 pub struct LockoutList {
     pub lockouts: Vec<LockoutView>,
 }
+
+// ---- identity --------------------------------------------------------------
+
+/// A JSON Web Key Set (RFC 7517 §5).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Jwks {
+    pub keys: Vec<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct IssueTokenRequest {
+    /// The token's `sub`.
+    pub subject: String,
+    #[serde(default)]
+    #[schema(value_type = Vec<String>, example = json!(["admin"]))]
+    pub roles: Vec<bulkhead_identity::Role>,
+    /// e.g. `15m`, `1h` (default 1h, at most 24h).
+    #[serde(default)]
+    pub ttl: Option<String>,
+    /// The token's `aud`.
+    #[serde(default)]
+    pub audience: Vec<String>,
+}
+
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
+pub struct TokenView {
+    pub token: String,
+    pub token_type: String,
+    pub kid: String,
+    /// Unix time.
+    pub expires_at: i64,
+    pub claims: serde_json::Value,
+}
+
+impl std::fmt::Debug for TokenView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenView").field("kid", &self.kid).finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct RotateRealmKeyParams {
+    /// `EdDSA` or `ES256`: switch the realm to it (for clients without
+    /// EdDSA). Without it the realm keeps its algorithm.
+    pub algorithm: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RotateRealmKeyView {
+    /// The key that signs from now on.
+    pub kid: String,
+    /// Keys retired by this rotation (published until their tokens expire).
+    pub retired: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RealmKeyView {
+    pub kid: String,
+    pub algorithm: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub retired_at: Option<OffsetDateTime>,
+    /// When it leaves the JWKS.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub remove_after: Option<OffsetDateTime>,
+}
+
+impl From<bulkhead_store::RealmKeyRecord> for RealmKeyView {
+    fn from(k: bulkhead_store::RealmKeyRecord) -> Self {
+        Self {
+            kid: k.kid,
+            algorithm: k.algorithm,
+            created_at: k.created_at,
+            retired_at: k.retired_at,
+            remove_after: k.remove_after,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RealmKeyList {
+    pub keys: Vec<RealmKeyView>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateApiKeyRequest {
+    /// Unique within the tenant: 1 to 64 characters of A-Z, a-z, 0-9, '-', '_', '.'.
+    pub name: String,
+    #[schema(value_type = Vec<String>, example = json!(["viewer"]))]
+    pub roles: Vec<bulkhead_identity::Role>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ApiKeyView {
+    pub id: uuid::Uuid,
+    pub name: String,
+    /// The key's first characters, e.g. `bh_acme_3kX9`.
+    pub prefix: String,
+    pub roles: Vec<String>,
+    pub created_by: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub last_used_at: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub revoked_at: Option<OffsetDateTime>,
+}
+
+impl From<bulkhead_store::ApiKeyRecord> for ApiKeyView {
+    fn from(k: bulkhead_store::ApiKeyRecord) -> Self {
+        Self {
+            id: k.id,
+            name: k.name,
+            prefix: k.prefix,
+            roles: k.roles.split(',').filter(|r| !r.is_empty()).map(str::to_owned).collect(),
+            created_by: k.created_by,
+            created_at: k.created_at,
+            last_used_at: k.last_used_at,
+            revoked_at: k.revoked_at,
+        }
+    }
+}
+
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
+pub struct ApiKeyCreated {
+    /// The key itself, shown this once.
+    pub key: String,
+    pub api_key: ApiKeyView,
+}
+
+impl std::fmt::Debug for ApiKeyCreated {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiKeyCreated").field("api_key", &self.api_key).finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ApiKeyList {
+    pub api_keys: Vec<ApiKeyView>,
+}

@@ -11,6 +11,7 @@
 mod database;
 mod directory;
 mod keys;
+mod realm;
 
 use std::{fmt, path::PathBuf, sync::Arc};
 
@@ -19,11 +20,12 @@ use bulkhead_model::{Region, Tenant};
 use bulkhead_vault::Vault;
 use thiserror::Error;
 
-use crate::{clock::Clock, credentials::Credentials};
+use crate::{clock::Clock, credentials::Credentials, identity::IdentityService};
 
 pub use database::{CreateDatabase, RegionServers, SiloNames, silo_identifiers};
 pub use directory::AllocateDirectory;
 pub use keys::{CreateDataKey, DatabaseCredentials};
+pub use realm::CreateRealm;
 
 /// The tenant a step works on, and where its region keeps databases.
 #[derive(Debug, Clone)]
@@ -72,17 +74,20 @@ pub struct StepServices {
     pub servers: RegionServers,
     pub vault: Arc<Vault>,
     pub credentials: Arc<Credentials>,
+    pub identity: Arc<IdentityService>,
     pub clock: Arc<dyn Clock>,
 }
 
 /// The ordered list every tenant goes through. A tenant becomes `active`
 /// when the last step is recorded; offboarding undoes them in reverse, so
-/// leases are revoked before the database goes, and the data keys are
-/// destroyed after everything that could still need them.
+/// leases are revoked before the database goes, the realm (and with it
+/// every token) goes next, and the data keys are destroyed after everything
+/// that could still need them.
 pub fn standard_steps(services: &StepServices) -> Vec<Arc<dyn ProvisioningStep>> {
     vec![
         Arc::new(AllocateDirectory),
         Arc::new(CreateDataKey::new(Arc::clone(&services.vault), Arc::clone(&services.clock))),
+        Arc::new(CreateRealm::new(Arc::clone(&services.identity))),
         Arc::new(CreateDatabase::new(services.servers.clone())),
         Arc::new(DatabaseCredentials::new(
             Arc::clone(&services.credentials),

@@ -1,0 +1,75 @@
+//! `bulkhead auth ...` and `bulkhead apikeys ...`: realms' tokens, signing
+//! keys and API keys.
+#![allow(clippy::print_stdout)]
+
+use bulkhead_control::api::types::{CreateApiKeyRequest, IssueTokenRequest};
+
+use crate::{
+    args::{ApikeysCommand, AuthCommand, GlobalArgs, Output},
+    client::ApiClient,
+    exit::CliError,
+    output,
+};
+
+pub async fn run(command: &AuthCommand, global: &GlobalArgs) -> Result<(), CliError> {
+    let client = ApiClient::discover(global)?;
+    match command {
+        AuthCommand::Token { tenant, subject, roles, ttl, audience } => {
+            let request = IssueTokenRequest {
+                subject: subject.clone(),
+                roles: roles.clone(),
+                ttl: ttl.clone(),
+                audience: audience.clone(),
+            };
+            let token = client.issue_token(tenant, &request).await?;
+            if global.output == Output::Json {
+                return output::json(&token);
+            }
+            // The token alone on stdout, for `TOKEN=$(bulkhead auth token ...)`.
+            println!("{}", token.token);
+            Ok(())
+        }
+        AuthCommand::RotateKey { tenant, algorithm } => {
+            let rotated = client.rotate_realm_key(tenant, algorithm.as_deref()).await?;
+            if global.output == Output::Json {
+                return output::json(&rotated);
+            }
+            eprintln!(
+                "realm {tenant} now signs with key {}; {} older key(s) stay published until \
+                 their tokens expire",
+                rotated.kid, rotated.retired
+            );
+            Ok(())
+        }
+        AuthCommand::Keys { tenant } => {
+            output::realm_keys(global.output, &client.realm_keys(tenant).await?.keys)
+        }
+    }
+}
+
+pub async fn apikeys(command: &ApikeysCommand, global: &GlobalArgs) -> Result<(), CliError> {
+    let client = ApiClient::discover(global)?;
+    match command {
+        ApikeysCommand::Create { tenant, name, roles } => {
+            let request = CreateApiKeyRequest { name: name.clone(), roles: roles.clone() };
+            let created = client.create_api_key(tenant, &request).await?;
+            if global.output == Output::Json {
+                return output::json(&created);
+            }
+            eprintln!(
+                "API key {} ({}) created; it is shown this once, store it now:",
+                created.api_key.name, created.api_key.id
+            );
+            println!("{}", created.key);
+            Ok(())
+        }
+        ApikeysCommand::List { tenant } => {
+            output::api_keys(global.output, &client.api_keys(tenant).await?.api_keys)
+        }
+        ApikeysCommand::Revoke { tenant, id } => {
+            client.revoke_api_key(tenant, id).await?;
+            eprintln!("revoked API key {id}");
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,204 @@
+//! Realms through the real server: OIDC documents, tokens verified by an
+//! independent library (PyJWT), key rotation, tenant-scoped tokens and API
+//! keys on the control API.
+
+use serde_json::Value;
+
+use crate::kit::{Server, exit_code, stderr, stdout};
+
+const PYJWT_VERIFIER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e/verify_with_pyjwt.py");
+
+fn tenant(server: &Server, name: &str) {
+    server.cli_json(&["tenants", "create", name, "--plan", "enterprise", "--wait"]);
+}
+
+fn token(server: &Server, tenant: &str, roles: &[&str]) -> String {
+    let mut args = vec!["auth", "token", "--tenant", tenant, "--subject", "alice"];
+    for role in roles {
+        args.extend(["--role", role]);
+    }
+    let out = server.cli(&args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    stdout(&out).trim().to_owned()
+}
+
+/// PyJWT's verdict on `token` for the realm `issuer`.
+fn pyjwt(issuer: &str, token: &str) -> Result<Value, String> {
+    let out = std::process::Command::new("python3")
+        .args([PYJWT_VERIFIER, issuer, token])
+        .output()
+        .unwrap();
+    if out.status.success() {
+        Ok(serde_json::from_slice(&out.stdout).unwrap())
+    } else {
+        Err(stderr(&out))
+    }
+}
+
+#[tokio::test]
+async fn pyjwt_verifies_realm_tokens_through_the_published_jwks() {
+    let server = Server::embedded().await;
+    tenant(&server, "acme");
+    tenant(&server, "globex");
+    let issuer = format!("{}/realms/acme", server.api);
+
+    let discovery =
+        reqwest::get(format!("{issuer}/.well-known/openid-configuration")).await.unwrap();
+    assert_eq!(discovery.headers()["cache-control"], "public, max-age=300");
+    let discovery: Value = discovery.json().await.unwrap();
+    assert_eq!(discovery["issuer"], issuer);
+    assert_eq!(discovery["jwks_uri"], format!("{issuer}/jwks.json"));
+    let jwks: Value =
+        reqwest::get(format!("{issuer}/jwks.json")).await.unwrap().json().await.unwrap();
+    let key = &jwks["keys"][0];
+    assert_eq!(
+        (key["kty"].as_str(), key["crv"].as_str(), key["alg"].as_str()),
+        (Some("OKP"), Some("Ed25519"), Some("EdDSA"))
+    );
+    assert_eq!(key["use"], "sig");
+    assert!(key.get("d").is_none(), "no private part is ever published");
+
+    // EdDSA, the default.
+    let eddsa = token(&server, "acme", &["admin"]);
+    let claims = pyjwt(&issuer, &eddsa).unwrap();
+    assert_eq!(claims["sub"], "alice");
+    assert_eq!(claims["roles"], serde_json::json!(["admin"]));
+    assert_eq!(claims["plan"], "enterprise");
+    assert_eq!(claims["region"], "local");
+    let acme = server.cli_json(&["tenants", "get", "acme"]);
+    assert_eq!(claims["tenant_id"], acme["id"]);
+
+    // ES256 after a rotation; the EdDSA token stays valid meanwhile.
+    let rotated =
+        server.cli_json(&["auth", "rotate-key", "--tenant", "acme", "--algorithm", "ES256"]);
+    assert_eq!(rotated["retired"], 1);
+    let issued = server.cli_json(&[
+        "auth",
+        "token",
+        "--tenant",
+        "acme",
+        "--subject",
+        "alice",
+        "--role",
+        "viewer",
+    ]);
+    let es256 = issued["token"].as_str().unwrap().to_owned();
+    assert_eq!(issued["kid"], rotated["kid"]);
+    let jwks: Value =
+        reqwest::get(format!("{issuer}/jwks.json")).await.unwrap().json().await.unwrap();
+    let new_key = jwks["keys"].as_array().unwrap().iter().find(|k| k["kid"] == issued["kid"]);
+    assert_eq!(new_key.unwrap()["alg"], "ES256");
+    assert_eq!(pyjwt(&issuer, &es256).unwrap()["roles"], serde_json::json!(["viewer"]));
+    assert!(pyjwt(&issuer, &eddsa).is_ok(), "the old key is still published");
+    let keys = server.cli_json(&["auth", "keys", "--tenant", "acme"]);
+    assert_eq!(keys.as_array().unwrap().len(), 2);
+    assert!(keys[0]["remove_after"].is_string(), "{keys}");
+
+    // Another tenant's token against this realm: refused by PyJWT too.
+    let foreign = token(&server, "globex", &["owner"]);
+    let refused = pyjwt(&issuer, &foreign).unwrap_err();
+    assert!(refused.contains("PyJWKClientError") || refused.contains("kid"), "{refused}");
+
+    // No realm for a tenant that does not exist; the same answer for one
+    // that is not live.
+    let missing = reqwest::get(format!("{}/realms/nobody/jwks.json", server.api)).await.unwrap();
+    assert_eq!(missing.status(), 404);
+}
+
+#[tokio::test]
+async fn tenant_credentials_reach_their_own_tenant_and_no_further() {
+    let server = Server::embedded().await;
+    tenant(&server, "acme");
+    tenant(&server, "globex");
+    let http = server.http();
+    let admin = token(&server, "acme", &["admin"]);
+    let viewer = token(&server, "acme", &["viewer"]);
+    let as_admin = http.with_token(&admin);
+
+    // Its own tenant, as its role allows.
+    let (status, _) = as_admin.get("/v1/tenants/acme").await;
+    assert_eq!(status, 200);
+    let put = as_admin
+        .client
+        .put(format!("{}/v1/tenants/acme/secrets/app/key", server.api))
+        .bearer_auth(&admin)
+        .body("v")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 201);
+    let as_viewer = server.http().with_token(&viewer);
+    assert_eq!(as_viewer.get("/v1/tenants/acme/secrets").await.0, 200);
+    let (status, body) = as_viewer.get("/v1/tenants/acme/secrets/app/key").await;
+    assert_eq!((status, body["error"]["code"].as_str()), (403, Some("forbidden")));
+    let (status, _) = as_admin.post("/v1/tenants/acme/suspend", Value::Null).await;
+    assert_eq!(status, 403, "lifecycle is the operator's");
+
+    // Anything else: the same 401 as a garbage token, saying nothing.
+    let (garbage_status, garbage) =
+        server.http().with_token("garbage").get("/v1/tenants/acme").await;
+    assert_eq!(garbage_status, 401);
+    for path in [
+        "/v1/tenants/globex",
+        "/v1/tenants/globex/secrets",
+        "/v1/tenants",
+        "/v1/plans",
+        "/v1/vault/lockouts",
+    ] {
+        let (status, body) = as_admin.get(path).await;
+        assert_eq!((status, &body), (401, &garbage), "{path}");
+    }
+
+    // API keys: shown once, stored hashed, bound to their tenant.
+    let created = server.cli_json(&[
+        "apikeys", "create", "--tenant", "acme", "--name", "billing", "--role", "viewer",
+    ]);
+    let key = created["key"].as_str().unwrap().to_owned();
+    assert!(key.starts_with("bh_acme_"), "{key}");
+    assert_eq!(created["api_key"]["prefix"].as_str().unwrap(), &key[..12]);
+    let with_key = server.http().with_token(&key);
+    assert_eq!(with_key.get("/v1/tenants/acme/secrets").await.0, 200);
+    assert_eq!(with_key.get("/v1/tenants/globex/secrets").await, (401, garbage.clone()));
+    // A key whose prefix names another tenant proves nothing.
+    let renamed = key.replacen("bh_acme_", "bh_globex_", 1);
+    assert_eq!(server.http().with_token(&renamed).get("/v1/tenants/globex/secrets").await.0, 401);
+    let listed = server.cli_json(&["apikeys", "list", "--tenant", "acme"]);
+    assert!(listed[0]["last_used_at"].is_string(), "{listed}");
+    assert!(!listed.to_string().contains(&key));
+    let on_disk = std::fs::read(server.data_dir().join("bulkhead.db")).unwrap();
+    let wal = std::fs::read(server.data_dir().join("bulkhead.db-wal")).unwrap_or_default();
+    for bytes in [on_disk, wal] {
+        assert!(!bytes.windows(key.len()).any(|w| w == key.as_bytes()), "the key is stored hashed");
+    }
+    let id = created["api_key"]["id"].as_str().unwrap();
+    assert!(server.cli(&["apikeys", "revoke", "--tenant", "acme", id]).status.success());
+    assert_eq!(with_key.get("/v1/tenants/acme/secrets").await.0, 401);
+    let again = server.cli(&["apikeys", "revoke", "--tenant", "acme", id]);
+    assert_eq!(exit_code(&again), 4);
+
+    // A tenant admin cannot mint a token above its own role.
+    let (status, _) = as_admin
+        .post(
+            "/v1/tenants/acme/tokens",
+            serde_json::json!({ "subject": "eve", "roles": ["owner"] }),
+        )
+        .await;
+    assert_eq!(status, 403);
+    let (status, minted) = as_admin
+        .post(
+            "/v1/tenants/acme/tokens",
+            serde_json::json!({ "subject": "svc", "roles": ["analyst"] }),
+        )
+        .await;
+    assert_eq!(status, 201, "{minted}");
+
+    // Every refusal is on the tenant's record, with its reason.
+    let events = server.open_store().await.events(None, 1_000).await.unwrap();
+    let refused: Vec<_> = events.iter().filter(|e| e.event.action == "auth.refused").collect();
+    assert!(
+        refused
+            .iter()
+            .any(|e| e.event.details["reason"].as_str().unwrap_or_default().contains("revoked"))
+    );
+    assert!(refused.iter().all(|e| !e.event.details.to_string().contains(&key)));
+}

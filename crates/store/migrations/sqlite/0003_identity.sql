@@ -1,0 +1,49 @@
+-- Identity: a realm per tenant, its signing keys (private halves sealed in
+-- vault_blobs), an external identity provider it may trust, API keys.
+
+CREATE TABLE identity_realms (
+    tenant_id         BLOB    PRIMARY KEY NOT NULL REFERENCES tenants (id) ON DELETE CASCADE,
+    algorithm         TEXT    NOT NULL CHECK (algorithm IN ('EdDSA', 'ES256')),
+    default_ttl_secs  INTEGER NOT NULL,
+    max_ttl_secs      INTEGER NOT NULL,
+    created_at        TEXT    NOT NULL,
+    updated_at        TEXT    NOT NULL
+);
+
+CREATE TABLE identity_keys (
+    tenant_id     BLOB NOT NULL REFERENCES tenants (id) ON DELETE CASCADE,
+    kid           TEXT NOT NULL,
+    algorithm     TEXT NOT NULL CHECK (algorithm IN ('EdDSA', 'ES256')),
+    public_jwk    TEXT NOT NULL,
+    created_at    TEXT NOT NULL,
+    -- Set when a newer key took over signing; the key stays published
+    -- until remove_after, when no token it signed can still be valid.
+    retired_at    TEXT,
+    remove_after  TEXT,
+    PRIMARY KEY (tenant_id, kid)
+);
+
+CREATE TABLE identity_trusts (
+    tenant_id      BLOB PRIMARY KEY NOT NULL REFERENCES tenants (id) ON DELETE CASCADE,
+    issuer         TEXT NOT NULL,
+    jwks_url       TEXT NOT NULL,
+    audience       TEXT,
+    subject_claim  TEXT NOT NULL,
+    roles_claim    TEXT NOT NULL,
+    updated_at     TEXT NOT NULL
+);
+
+CREATE TABLE identity_api_keys (
+    id            BLOB PRIMARY KEY NOT NULL,
+    tenant_id     BLOB NOT NULL REFERENCES tenants (id) ON DELETE CASCADE,
+    name          TEXT NOT NULL,
+    -- The key's first characters, to recognise it in lists: bh_acme_3kX9.
+    prefix        TEXT NOT NULL,
+    key_hash      BLOB NOT NULL UNIQUE,
+    roles         TEXT NOT NULL,
+    created_by    TEXT NOT NULL,
+    created_at    TEXT NOT NULL,
+    last_used_at  TEXT,
+    revoked_at    TEXT,
+    UNIQUE (tenant_id, name)
+);
