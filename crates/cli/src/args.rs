@@ -110,6 +110,32 @@ pub enum AuthCommand {
         #[arg(long)]
         tenant: String,
     },
+    /// Trust an external identity provider (Keycloak, Okta, ...) for a
+    /// tenant; its JWKS must hold EdDSA or ES256 keys
+    Trust {
+        #[arg(long)]
+        tenant: String,
+        /// The provider's issuer, exactly as its tokens' `iss`
+        #[arg(long)]
+        issuer: String,
+        /// Where the provider publishes its JWKS
+        #[arg(long, value_name = "URL")]
+        jwks_url: String,
+        /// Require this audience in `aud`
+        #[arg(long)]
+        audience: Option<String>,
+        /// The claim holding the subject
+        #[arg(long, default_value = "sub", value_name = "CLAIM")]
+        subject_claim: String,
+        /// The claim holding roles, dot-separated when nested
+        #[arg(long, default_value = "roles", value_name = "CLAIM")]
+        roles_claim: String,
+    },
+    /// Stop trusting the tenant's external identity provider
+    Untrust {
+        #[arg(long)]
+        tenant: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]

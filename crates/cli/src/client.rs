@@ -7,6 +7,7 @@ use bulkhead_control::api::types::{
     IssueCredentialRequest, IssueTokenRequest, KeyStatusView, LeaseList, LeaseView, LockoutList,
     MasterRotationView, PlanList, RealmKeyList, RewrapView, RotateKeyView, RotateRealmKeyView,
     SecretList, SecretWritten, TenantKeyRequest, TenantKeyView, TenantList, TenantView, TokenView,
+    TrustRequest, TrustView,
 };
 use reqwest::{Method, RequestBuilder, StatusCode, Url};
 use serde::{Serialize, de::DeserializeOwned};
@@ -359,6 +360,20 @@ impl ApiClient {
 
     pub async fn api_keys(&self, tenant: &str) -> Result<ApiKeyList, CliError> {
         self.call(Method::GET, self.url(&["v1", "tenants", tenant, "api-keys"])?, &[]).await
+    }
+
+    pub async fn set_trust(
+        &self,
+        tenant: &str,
+        request: &TrustRequest,
+    ) -> Result<TrustView, CliError> {
+        let url = self.url(&["v1", "tenants", tenant, "realm", "trust"])?;
+        self.call_json(Method::PUT, url, request).await
+    }
+
+    pub async fn remove_trust(&self, tenant: &str) -> Result<(), CliError> {
+        let url = self.url(&["v1", "tenants", tenant, "realm", "trust"])?;
+        self.send(self.http.delete(url)).await.map(|_| ())
     }
 
     pub async fn revoke_api_key(&self, tenant: &str, id: &str) -> Result<(), CliError> {

@@ -4,7 +4,11 @@
 //! `bulkhead-identity`'s; private keys are sealed by the vault under the
 //! tenant's data key.
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use bulkhead_identity::{
@@ -12,7 +16,9 @@ use bulkhead_identity::{
     Verified, VerifiedCache, VerifyingKey, jws, verify::LEEWAY_SECS,
 };
 use bulkhead_model::{Tenant, TenantName, TenantState};
-use bulkhead_store::{ApiKeyRecord, ControlStore, RealmKeyRecord, RealmRecord, StoreError};
+use bulkhead_store::{
+    ApiKeyRecord, ControlStore, RealmKeyRecord, RealmRecord, StoreError, TrustRecord,
+};
 use bulkhead_vault::{Vault, VaultError, ttl::format_duration};
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -28,6 +34,13 @@ use crate::{
 /// A realm's token lifetimes: 1 h unless asked, never above 24 h.
 pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(3_600);
 pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(86_400);
+
+/// How long an external provider's JWKS is used before it is fetched again.
+const JWKS_MAX_AGE: Duration = Duration::from_secs(600);
+/// The least time between two fetches of one provider's JWKS when tokens
+/// name a kid it does not have: a stream of tokens with made-up kids must
+/// not turn Bulkhead into a client hammering the provider.
+pub const JWKS_REFETCH_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Tenants whose realm answers: their tokens verify and their documents
 /// are published.
@@ -96,6 +109,27 @@ pub struct IdentityService {
     /// issuers are `<public_url>/realms/<tenant>`.
     public_url: String,
     cache: VerifiedCache,
+    http: reqwest::Client,
+    /// External providers' keys, by tenant.
+    external_keys: Mutex<HashMap<Uuid, FetchedKeys>>,
+}
+
+#[derive(Debug, Clone)]
+struct FetchedKeys {
+    url: String,
+    keys: HashMap<String, VerifyingKey>,
+    fetched_at: Instant,
+}
+
+/// A tenant's trust in an external identity provider, as an operator or
+/// the tenant's owner sets it.
+#[derive(Debug, Clone)]
+pub struct TrustConfig {
+    pub issuer: String,
+    pub jwks_url: String,
+    pub audience: Option<String>,
+    pub subject_claim: String,
+    pub roles_claim: String,
 }
 
 fn label(kid: &str) -> String {
@@ -121,6 +155,12 @@ impl IdentityService {
             events,
             public_url: public_url.trim_end_matches('/').to_owned(),
             cache: VerifiedCache::new(100_000),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(5))
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap_or_default(),
+            external_keys: Mutex::default(),
         }
     }
 
@@ -479,7 +519,17 @@ impl IdentityService {
         let result = if credential.starts_with("bh_") {
             self.api_key_actor(&tenant, credential).await
         } else {
-            self.token_actor(&tenant, credential).await
+            match self.store.trust(tenant.id).await {
+                // The unverified `iss` only chooses which keys to check the
+                // token against; those keys then decide.
+                Ok(Some(trust))
+                    if unverified_issuer(credential).as_deref() == Some(&trust.issuer) =>
+                {
+                    self.external_actor(&tenant, credential, &trust).await
+                }
+                Ok(_) => self.token_actor(&tenant, credential).await,
+                Err(e) => Err(e.to_string()),
+            }
         };
         if let Err(reason) = &result {
             let details = json!({ "reason": reason });
@@ -496,6 +546,146 @@ impl IdentityService {
             .verify(token, &trust, now)
             .map_err(|Rejected { reason }| reason.to_string())?;
         Ok(Actor::Tenant { tenant_id: tenant.id, subject: verified.subject, roles: verified.roles })
+    }
+
+    async fn external_actor(
+        &self,
+        tenant: &Tenant,
+        token: &str,
+        record: &TrustRecord,
+    ) -> Result<Actor, String> {
+        let now = self.clock.now().unix_timestamp();
+        let mut keys = self.external_keys(tenant, record, false).await?;
+        let trust = |keys: HashMap<String, VerifyingKey>| Trust {
+            tenant_id: tenant.id.0,
+            issuer: record.issuer.clone(),
+            keys,
+            algorithms: vec![Algorithm::EdDSA, Algorithm::ES256],
+            audience: record.audience.clone(),
+            claims: ClaimMapping::External {
+                subject: record.subject_claim.clone(),
+                roles: record.roles_claim.clone(),
+            },
+        };
+        let mut result = self.cache.verify(token, &trust(keys.clone()), now);
+        if let Err(Rejected { reason: bulkhead_identity::Reason::UnknownKid(_) }) = &result {
+            // The provider may have rotated: fetch again, at most so often.
+            keys = self.external_keys(tenant, record, true).await?;
+            result = self.cache.verify(token, &trust(keys), now);
+        }
+        let verified = result.map_err(|Rejected { reason }| format!("external token: {reason}"))?;
+        Ok(Actor::Tenant {
+            tenant_id: tenant.id,
+            subject: format!("{}#{}", record.issuer, verified.subject),
+            roles: verified.roles,
+        })
+    }
+
+    /// The provider's keys, fetched when missing or old, or (`refetch`)
+    /// when a token names an unknown kid and the last fetch is not too
+    /// recent.
+    async fn external_keys(
+        &self,
+        tenant: &Tenant,
+        record: &TrustRecord,
+        refetch: bool,
+    ) -> Result<HashMap<String, VerifyingKey>, String> {
+        let cached = self
+            .external_keys
+            .lock()
+            .ok()
+            .and_then(|all| all.get(&tenant.id.0).cloned())
+            .filter(|c| c.url == record.jwks_url);
+        if let Some(cached) = &cached {
+            let age = cached.fetched_at.elapsed();
+            let fresh = age < JWKS_MAX_AGE && !(refetch && age >= JWKS_REFETCH_INTERVAL);
+            if fresh {
+                return Ok(cached.keys.clone());
+            }
+        }
+        let keys = fetch_jwks(&self.http, &record.jwks_url).await?;
+        if let Ok(mut all) = self.external_keys.lock() {
+            all.insert(
+                tenant.id.0,
+                FetchedKeys {
+                    url: record.jwks_url.clone(),
+                    keys: keys.clone(),
+                    fetched_at: Instant::now(),
+                },
+            );
+        }
+        Ok(keys)
+    }
+
+    /// Trusts an external identity provider for the tenant. Its JWKS is
+    /// fetched now, so a wrong URL is refused before it is stored.
+    pub async fn set_trust(
+        &self,
+        actor: &Actor,
+        name: &str,
+        config: TrustConfig,
+    ) -> Result<TrustRecord> {
+        let tenant = self.authorized(actor, name, Permission::Own).await?;
+        for (field, url) in [("issuer", &config.issuer), ("jwks_url", &config.jwks_url)] {
+            if !(url.starts_with("https://") || url.starts_with("http://")) {
+                return Err(IdentityError::InvalidRequest(format!(
+                    "{field} {url:?} is not an http(s) URL"
+                )));
+            }
+        }
+        if config.issuer.trim_end_matches('/') == self.issuer(&tenant.name) {
+            return Err(IdentityError::InvalidRequest(
+                "the issuer is the tenant's own realm; trust an external provider".into(),
+            ));
+        }
+        for (field, claim) in
+            [("subject_claim", &config.subject_claim), ("roles_claim", &config.roles_claim)]
+        {
+            if claim.is_empty() || claim.split('.').any(str::is_empty) {
+                return Err(IdentityError::InvalidRequest(format!(
+                    "{field} {claim:?} must name a claim, dot-separated for nested ones"
+                )));
+            }
+        }
+        let keys = fetch_jwks(&self.http, &config.jwks_url).await.map_err(|e| {
+            IdentityError::InvalidRequest(format!("cannot use {}: {e}", config.jwks_url))
+        })?;
+        let record = TrustRecord {
+            tenant_id: tenant.id,
+            issuer: config.issuer,
+            jwks_url: config.jwks_url,
+            audience: config.audience,
+            subject_claim: config.subject_claim,
+            roles_claim: config.roles_claim,
+            updated_at: self.clock.now(),
+        };
+        self.store.set_trust(&record).await?;
+        if let Ok(mut all) = self.external_keys.lock() {
+            all.insert(
+                tenant.id.0,
+                FetchedKeys { url: record.jwks_url.clone(), keys, fetched_at: Instant::now() },
+            );
+        }
+        self.cache.forget_tenant(tenant.id.0);
+        let details = json!({ "issuer": record.issuer, "jwks_url": record.jwks_url });
+        self.events.record(actor, &tenant, "realm.trust", "ok", details).await;
+        Ok(record)
+    }
+
+    pub async fn trust(&self, actor: &Actor, name: &str) -> Result<Option<TrustRecord>> {
+        let tenant = self.authorized(actor, name, Permission::Read).await?;
+        Ok(self.store.trust(tenant.id).await?)
+    }
+
+    pub async fn remove_trust(&self, actor: &Actor, name: &str) -> Result<bool> {
+        let tenant = self.authorized(actor, name, Permission::Own).await?;
+        let removed = self.store.delete_trust(tenant.id).await?;
+        if let Ok(mut all) = self.external_keys.lock() {
+            all.remove(&tenant.id.0);
+        }
+        self.cache.forget_tenant(tenant.id.0);
+        self.events.record(actor, &tenant, "realm.untrust", "ok", json!({})).await;
+        Ok(removed)
     }
 
     /// The key is looked up by its SHA-256; its `bh_<tenant>_` prefix is
@@ -532,4 +722,44 @@ impl IdentityService {
         let tenant = self.authorized(actor, name, Permission::Read).await?;
         self.published_keys(&tenant).await
     }
+}
+
+/// Fetches a JWKS and keeps the keys Bulkhead can verify with (EdDSA and
+/// ES256 keys that carry a kid); others are skipped.
+async fn fetch_jwks(
+    http: &reqwest::Client,
+    url: &str,
+) -> Result<HashMap<String, VerifyingKey>, String> {
+    #[derive(serde::Deserialize)]
+    struct Set {
+        keys: Vec<serde_json::Value>,
+    }
+    let response = http.get(url).send().await.map_err(|e| format!("fetching the JWKS: {e}"))?;
+    if !response.status().is_success() {
+        return Err(format!("the JWKS answered {}", response.status()));
+    }
+    let bytes = response.bytes().await.map_err(|e| format!("reading the JWKS: {e}"))?;
+    if bytes.len() > 256 * 1024 {
+        return Err("the JWKS is larger than 256 KiB".into());
+    }
+    let set: Set = serde_json::from_slice(&bytes).map_err(|e| format!("not a JWKS: {e}"))?;
+    let mut keys = HashMap::new();
+    for value in set.keys {
+        let Ok(jwk) = serde_json::from_value::<Jwk>(value) else { continue };
+        let Some(kid) = jwk.kid.clone() else { continue };
+        if let Ok(key) = VerifyingKey::from_jwk(&jwk) {
+            keys.insert(kid, key);
+        }
+    }
+    if keys.is_empty() {
+        return Err("the JWKS holds no EdDSA or ES256 key with a kid".into());
+    }
+    Ok(keys)
+}
+
+/// The `iss` of a token, read without verifying it.
+fn unverified_issuer(token: &str) -> Option<String> {
+    let parts = jws::decode(token).ok()?;
+    let claims: serde_json::Value = serde_json::from_slice(&parts.payload).ok()?;
+    claims.get("iss")?.as_str().map(str::to_owned)
 }

@@ -2,7 +2,7 @@
 //! keys and API keys.
 #![allow(clippy::print_stdout)]
 
-use bulkhead_control::api::types::{CreateApiKeyRequest, IssueTokenRequest};
+use bulkhead_control::api::types::{CreateApiKeyRequest, IssueTokenRequest, TrustRequest};
 
 use crate::{
     args::{ApikeysCommand, AuthCommand, GlobalArgs, Output},
@@ -43,6 +43,29 @@ pub async fn run(command: &AuthCommand, global: &GlobalArgs) -> Result<(), CliEr
         }
         AuthCommand::Keys { tenant } => {
             output::realm_keys(global.output, &client.realm_keys(tenant).await?.keys)
+        }
+        AuthCommand::Trust { tenant, issuer, jwks_url, audience, subject_claim, roles_claim } => {
+            let request = TrustRequest {
+                issuer: issuer.clone(),
+                jwks_url: jwks_url.clone(),
+                audience: audience.clone(),
+                subject_claim: Some(subject_claim.clone()),
+                roles_claim: Some(roles_claim.clone()),
+            };
+            let trust = client.set_trust(tenant, &request).await?;
+            if global.output == Output::Json {
+                return output::json(&trust);
+            }
+            eprintln!(
+                "tenant {tenant} now accepts tokens of {} (keys from {})",
+                trust.issuer, trust.jwks_url
+            );
+            Ok(())
+        }
+        AuthCommand::Untrust { tenant } => {
+            client.remove_trust(tenant).await?;
+            eprintln!("tenant {tenant} no longer accepts an external provider's tokens");
+            Ok(())
         }
     }
 }

@@ -202,3 +202,143 @@ async fn tenant_credentials_reach_their_own_tenant_and_no_further() {
     );
     assert!(refused.iter().all(|e| !e.event.details.to_string().contains(&key)));
 }
+
+const EXTERNAL_IDP: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e/external_idp.py");
+
+/// An identity provider of the tenant's own: keys and tokens from PyJWT,
+/// its JWKS served over HTTP by Python, every request to it logged.
+struct ExternalIdp {
+    dir: tempfile::TempDir,
+    server: std::process::Child,
+    jwks_url: String,
+}
+
+impl ExternalIdp {
+    async fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let log = std::fs::File::create(dir.path().join("access.log")).unwrap();
+        let server = std::process::Command::new("python3")
+            .args(["-m", "http.server", &port.to_string(), "--bind", "127.0.0.1", "--directory"])
+            .arg(dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let idp = Self { dir, server, jwks_url: format!("http://127.0.0.1:{port}/jwks.json") };
+        idp.keygen("k1");
+        for _ in 0..100 {
+            if reqwest::get(&idp.jwks_url).await.is_ok_and(|r| r.status() == 200) {
+                return idp;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        panic!("the stand-in identity provider did not start");
+    }
+
+    fn run(&self, args: &[&str]) -> String {
+        let out =
+            std::process::Command::new("python3").arg(EXTERNAL_IDP).args(args).output().unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        stdout(&out).trim().to_owned()
+    }
+
+    fn keygen(&self, kid: &str) {
+        self.run(&["keygen", self.dir.path().to_str().unwrap(), kid]);
+    }
+
+    fn sign(&self, kid: &str, claims: &Value) -> String {
+        self.run(&["sign", self.dir.path().to_str().unwrap(), kid, &claims.to_string()])
+    }
+
+    fn jwks_fetches(&self) -> usize {
+        let log = std::fs::read_to_string(self.dir.path().join("access.log")).unwrap_or_default();
+        log.matches("GET /jwks.json").count()
+    }
+}
+
+impl Drop for ExternalIdp {
+    fn drop(&mut self) {
+        let _ = self.server.kill();
+        let _ = self.server.wait();
+    }
+}
+
+#[tokio::test]
+async fn a_trusted_external_provider_speaks_for_its_tenant_only() {
+    let server = Server::embedded().await;
+    tenant(&server, "acme");
+    tenant(&server, "globex");
+    let idp = ExternalIdp::start().await;
+    let issuer = "https://idp.acme.example/realms/staff";
+
+    // A URL that serves no JWKS is refused, and nothing is stored.
+    let wrong = server.cli(&[
+        "auth",
+        "trust",
+        "--tenant",
+        "acme",
+        "--issuer",
+        issuer,
+        "--jwks-url",
+        "http://127.0.0.1:1/jwks.json",
+    ]);
+    assert_eq!(exit_code(&wrong), 2, "{}", stderr(&wrong));
+    assert!(stderr(&wrong).contains("cannot use"), "{}", stderr(&wrong));
+    assert_eq!(server.http().get("/v1/tenants/acme/realm/trust").await.0, 404);
+
+    let trusted = server.cli_json(&[
+        "auth",
+        "trust",
+        "--tenant",
+        "acme",
+        "--issuer",
+        issuer,
+        "--jwks-url",
+        &idp.jwks_url,
+        "--subject-claim",
+        "email",
+        "--roles-claim",
+        "realm_access.roles",
+    ]);
+    assert_eq!(trusted["roles_claim"], "realm_access.roles");
+
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let claims = serde_json::json!({
+        "iss": issuer, "email": "bob@acme.example", "iat": now, "exp": now + 300,
+        "realm_access": { "roles": ["Admin", "offline_access"] },
+    });
+    let token = idp.sign("k1", &claims);
+    let as_bob = server.http().with_token(&token);
+    assert_eq!(as_bob.get("/v1/tenants/acme/secrets").await.0, 200);
+    let (_, garbage) = server.http().with_token("garbage").get("/v1/tenants/acme").await;
+    // The provider's token never acts for another tenant, whatever it says.
+    assert_eq!(as_bob.get("/v1/tenants/globex/secrets").await, (401, garbage.clone()));
+    let mut other_iss = claims.clone();
+    other_iss["iss"] = serde_json::json!("https://idp.other.example");
+    let other = server.http().with_token(&idp.sign("k1", &other_iss));
+    assert_eq!(other.get("/v1/tenants/acme/secrets").await.0, 401);
+    let mut expired = claims.clone();
+    expired["exp"] = serde_json::json!(now - 3_600);
+    let expired = server.http().with_token(&idp.sign("k1", &expired));
+    assert_eq!(expired.get("/v1/tenants/acme/secrets").await.0, 401);
+
+    // The provider rotates: a token with an unknown kid makes Bulkhead fetch
+    // the JWKS again, but a burst of them fetches it at most once per
+    // interval.
+    idp.keygen("k2");
+    let rotated = server.http().with_token(&idp.sign("k2", &claims));
+    let before = idp.jwks_fetches();
+    for _ in 0..20 {
+        rotated.get("/v1/tenants/acme/secrets").await;
+    }
+    assert!(idp.jwks_fetches() - before <= 1, "{} fetches", idp.jwks_fetches() - before);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while rotated.get("/v1/tenants/acme/secrets").await.0 != 200 {
+        assert!(std::time::Instant::now() < deadline, "the rotated key was never fetched");
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+
+    assert!(server.cli(&["auth", "untrust", "--tenant", "acme"]).status.success());
+    assert_eq!(as_bob.get("/v1/tenants/acme/secrets").await.0, 401);
+}

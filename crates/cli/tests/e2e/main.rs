@@ -1,7 +1,13 @@
 //! End-to-end tests: the real binary, on a free port, in a temporary data
 //! directory, against real SQLite files and a real PostgreSQL server.
 //! One test binary for the whole crate, to link once.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::print_stdout)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::print_stdout,
+    clippy::disallowed_methods
+)]
 
 mod api;
 mod bad_input;

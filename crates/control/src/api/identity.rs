@@ -20,9 +20,13 @@ use super::{
     types::{
         ApiKeyCreated, ApiKeyList, ApiKeyView, CreateApiKeyRequest, ErrorBody, IssueTokenRequest,
         Jwks, RealmKeyList, RealmKeyView, RotateRealmKeyParams, RotateRealmKeyView, TokenView,
+        TrustRequest, TrustView,
     },
 };
-use crate::{events::Actor, identity::TokenRequest};
+use crate::{
+    events::Actor,
+    identity::{TokenRequest, TrustConfig},
+};
 
 fn record_tenant(name: &str) {
     tracing::Span::current().record("tenant", name);
@@ -223,5 +227,79 @@ pub async fn revoke_api_key(
 ) -> Result<StatusCode, ApiError> {
     record_tenant(&tenant);
     state.identity.revoke_api_key(&actor, &tenant, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Trust an external identity provider for the tenant: its tokens, signed
+/// by a key of its JWKS, act for this tenant only, with the roles the
+/// mapping finds. The JWKS is fetched at once; a URL that does not serve
+/// one is refused.
+#[utoipa::path(
+    put, path = "/v1/tenants/{tenant}/realm/trust", tag = "realms",
+    params(("tenant" = String, Path, description = "Tenant name")),
+    request_body = TrustRequest,
+    responses(
+        (status = 200, body = TrustView),
+        (status = 400, description = "Bad URL or claim, or no usable JWKS there", body = ErrorBody),
+        (status = 401, body = ErrorBody),
+        (status = 403, description = "Needs the owner role", body = ErrorBody),
+        (status = 404, body = ErrorBody),
+    ),
+    security(("operator_token" = []))
+)]
+pub async fn set_trust(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Path(tenant): Path<String>,
+    body: Result<Json<TrustRequest>, JsonRejection>,
+) -> Result<Json<TrustView>, ApiError> {
+    record_tenant(&tenant);
+    let Json(body) = body?;
+    let config = TrustConfig {
+        issuer: body.issuer,
+        jwks_url: body.jwks_url,
+        audience: body.audience,
+        subject_claim: body.subject_claim.unwrap_or_else(|| "sub".into()),
+        roles_claim: body.roles_claim.unwrap_or_else(|| "roles".into()),
+    };
+    Ok(Json(TrustView::from(state.identity.set_trust(&actor, &tenant, config).await?)))
+}
+
+/// The external identity provider the tenant trusts.
+#[utoipa::path(
+    get, path = "/v1/tenants/{tenant}/realm/trust", tag = "realms",
+    params(("tenant" = String, Path, description = "Tenant name")),
+    responses((status = 200, body = TrustView), (status = 401, body = ErrorBody), (status = 404, description = "No such tenant, or it trusts no provider", body = ErrorBody)),
+    security(("operator_token" = []))
+)]
+pub async fn get_trust(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Path(tenant): Path<String>,
+) -> Result<Json<TrustView>, ApiError> {
+    record_tenant(&tenant);
+    match state.identity.trust(&actor, &tenant).await? {
+        Some(trust) => Ok(Json(TrustView::from(trust))),
+        None => Err(ApiError::new(
+            ErrorCode::NotFound,
+            format!("tenant {tenant:?} trusts no external identity provider"),
+        )),
+    }
+}
+
+/// Stop trusting the external identity provider.
+#[utoipa::path(
+    delete, path = "/v1/tenants/{tenant}/realm/trust", tag = "realms",
+    params(("tenant" = String, Path, description = "Tenant name")),
+    responses((status = 204, description = "Removed"), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("operator_token" = []))
+)]
+pub async fn remove_trust(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Path(tenant): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    record_tenant(&tenant);
+    state.identity.remove_trust(&actor, &tenant).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -129,6 +129,7 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(identity::realm_keys))
         .routes(routes!(identity::create_api_key, identity::list_api_keys))
         .routes(routes!(identity::revoke_api_key))
+        .routes(routes!(identity::set_trust, identity::get_trust, identity::remove_trust))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::authenticate));
     let public = OpenApiRouter::new()
         .routes(routes!(identity::discovery))

@@ -544,3 +544,46 @@ impl std::fmt::Debug for ApiKeyCreated {
 pub struct ApiKeyList {
     pub api_keys: Vec<ApiKeyView>,
 }
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TrustRequest {
+    /// The provider's issuer, exactly as its tokens' `iss`.
+    pub issuer: String,
+    /// Where its JWKS is published.
+    pub jwks_url: String,
+    /// When set, tokens' `aud` must be or contain it.
+    #[serde(default)]
+    pub audience: Option<String>,
+    /// The claim holding the subject (default `sub`).
+    #[serde(default)]
+    pub subject_claim: Option<String>,
+    /// The claim holding roles, dot-separated when nested, e.g.
+    /// `realm_access.roles` (default `roles`).
+    #[serde(default)]
+    pub roles_claim: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TrustView {
+    pub issuer: String,
+    pub jwks_url: String,
+    pub audience: Option<String>,
+    pub subject_claim: String,
+    pub roles_claim: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+}
+
+impl From<bulkhead_store::TrustRecord> for TrustView {
+    fn from(t: bulkhead_store::TrustRecord) -> Self {
+        Self {
+            issuer: t.issuer,
+            jwks_url: t.jwks_url,
+            audience: t.audience,
+            subject_claim: t.subject_claim,
+            roles_claim: t.roles_claim,
+            updated_at: t.updated_at,
+        }
+    }
+}
