@@ -40,6 +40,15 @@ struct FileConfig {
     reconciler: FileReconciler,
     #[serde(default)]
     vault: FileVault,
+    #[serde(default)]
+    identity: FileIdentity,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileIdentity {
+    /// A duration, or "off".
+    rotate_keys_every: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -142,6 +151,14 @@ impl ServeSettings {
         let log_format = args.log_format.or(file.log_format).unwrap_or(LogFormat::Text);
         let inline_key = std::env::var(env::MASTER_KEY).ok().filter(|k| !k.is_empty());
         let vault = vault_settings(&file.vault, args, inline_key.map(Zeroizing::new), &data_dir)?;
+        let rotate_realm_keys_every = match file.identity.rotate_keys_every.as_deref() {
+            Some("off") => None,
+            Some(every) => Some(
+                parse_duration(every)
+                    .map_err(|e| CliError::usage(format!("identity.rotate_keys_every: {e}")))?,
+            ),
+            None => Some(bulkhead_control::config::DEFAULT_REALM_KEY_ROTATION),
+        };
         Ok(Self {
             config: Config {
                 data_dir,
@@ -153,6 +170,7 @@ impl ServeSettings {
                 regions,
                 reconciler,
                 vault,
+                rotate_realm_keys_every,
             },
             log_format,
         })
@@ -369,6 +387,8 @@ mod tests {
             ("[vault]\nanomaly_threshold = 0", "at least 1"),
             ("[vault]\nrotate_data_keys_every = \"1y\"", "vault.rotate_data_keys_every"),
             ("[vault]\nmaster_kye_file = \"x\"", "unknown field `master_kye_file`"),
+            ("[identity]\nrotate_keys_every = \"weekly\"", "identity.rotate_keys_every"),
+            ("public_url = \"bulkhead.example.com\"", "not an http(s) URL"),
         ];
         for (toml, expected) in cases {
             let err = with_file(toml, args()).unwrap_err();

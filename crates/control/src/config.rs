@@ -27,6 +27,9 @@ pub struct Config {
     pub regions: Regions,
     pub reconciler: ReconcilerSettings,
     pub vault: VaultSettings,
+    /// Rotate each realm's signing key once its newest key is this old;
+    /// `None` never does.
+    pub rotate_realm_keys_every: Option<Duration>,
 }
 
 impl Config {
@@ -44,10 +47,14 @@ impl Config {
                 ..ReconcilerSettings::default()
             },
             vault: VaultSettings::in_data_dir(&data_dir),
+            rotate_realm_keys_every: Some(DEFAULT_REALM_KEY_ROTATION),
             data_dir,
         }
     }
 }
+
+/// Realm signing keys are rotated every 90 days unless configured otherwise.
+pub const DEFAULT_REALM_KEY_ROTATION: Duration = Duration::from_secs(90 * 86_400);
 
 /// How hard the reconciler works and how patiently it retries.
 #[derive(Debug, Clone)]

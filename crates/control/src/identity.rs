@@ -424,6 +424,40 @@ impl IdentityService {
         Ok((kid, retired as usize))
     }
 
+    /// Rotates the signing key of every live realm whose newest key is
+    /// older than `every`, and destroys keys that have left the JWKS;
+    /// returns how many realms rotated.
+    pub async fn rotate_due_keys(&self, every: Duration) -> Result<usize> {
+        let mut rotated = 0;
+        let mut page = bulkhead_store::TenantPage { after: None, state: None, limit: 500 };
+        loop {
+            let tenants = self.store.list_tenants(&page).await?;
+            let Some(last) = tenants.last() else { return Ok(rotated) };
+            page.after = Some(last.name.to_string());
+            for tenant in tenants.iter().filter(|t| LIVE.contains(&t.state)) {
+                let now = self.clock.now();
+                for old in self.store.remove_expired_realm_keys(tenant.id, now).await? {
+                    let _ = self.vault.delete_blob(tenant.id, &label(&old)).await;
+                }
+                let keys = self.store.realm_keys(tenant.id).await?;
+                let Some(newest) = keys.iter().rfind(|k| k.retired_at.is_none()) else { continue };
+                let due = time::Duration::try_from(every)
+                    .ok()
+                    .and_then(|e| newest.created_at.checked_add(e))
+                    .is_some_and(|due| due <= now);
+                if !due {
+                    continue;
+                }
+                match self.rotate_key(&Actor::Scheduler, tenant.name.as_str(), None).await {
+                    Ok(_) => rotated += 1,
+                    Err(error) => {
+                        tracing::warn!(tenant = %tenant.name, %error, "scheduled realm key rotation failed");
+                    }
+                }
+            }
+        }
+    }
+
     // ---- API keys ------------------------------------------------------------
 
     pub async fn create_api_key(

@@ -23,7 +23,7 @@ use tokio::{sync::watch, task::JoinHandle};
 use crate::{
     api::{self, AppState},
     clock::{Clock, SystemClock},
-    config::{Config, VaultSettings},
+    config::Config,
     credentials::Credentials,
     data_dir::{DataDir, DataDirError, write_private},
     identity::IdentityService,
@@ -77,7 +77,7 @@ pub struct RunningServer {
     http: JoinHandle<std::io::Result<()>>,
     reconciler: JoinHandle<()>,
     lock_keeper: JoinHandle<()>,
-    vault_jobs: Vec<JoinHandle<()>>,
+    jobs: Vec<JoinHandle<()>>,
     _data_dir: DataDir,
 }
 
@@ -108,7 +108,7 @@ impl RunningServer {
             tracing::warn!(%error, "API server ended with an error");
         }
         let _ = self.lock_keeper.await;
-        for job in self.vault_jobs {
+        for job in self.jobs {
             let _ = job.await;
         }
     }
@@ -141,9 +141,9 @@ async fn keep_lock(
     }
 }
 
-/// Runs `work` every `every` until shutdown. The vault's background jobs
-/// (revoking expired leases, rotating keys due by policy) each get their
-/// own, so a long rotation never delays a revocation.
+/// Runs `work` every `every` until shutdown. The background jobs (revoking
+/// expired leases, rotating data and realm keys due by policy) each get
+/// their own, so a long rotation never delays a revocation.
 async fn every<F, Fut>(every: Duration, mut stopping: watch::Receiver<bool>, mut work: F)
 where
     F: FnMut() -> Fut,
@@ -159,11 +159,13 @@ where
     }
 }
 
-fn spawn_vault_jobs(
+fn spawn_jobs(
     vault: &Arc<VaultService>,
-    settings: &VaultSettings,
+    identity: &Arc<IdentityService>,
+    config: &Config,
     stopping: &watch::Receiver<bool>,
 ) -> Vec<JoinHandle<()>> {
+    let settings = &config.vault;
     let sweeper = Arc::clone(vault);
     let mut jobs = vec![tokio::spawn(every(settings.sweep_every, stopping.clone(), move || {
         let vault = Arc::clone(&sweeper);
@@ -193,6 +195,20 @@ fn spawn_vault_jobs(
                 }
             },
         )));
+    }
+    if let Some(policy) = config.rotate_realm_keys_every {
+        let identity = Arc::clone(identity);
+        let check = settings.rotation_check_every.min(policy);
+        jobs.push(tokio::spawn(every(check, stopping.clone(), move || {
+            let identity = Arc::clone(&identity);
+            async move {
+                match identity.rotate_due_keys(policy).await {
+                    Ok(0) => {}
+                    Ok(rotated) => tracing::info!(rotated, "rotated realm keys due by policy"),
+                    Err(error) => tracing::warn!(%error, "cannot run scheduled realm key rotation"),
+                }
+            }
+        })));
     }
     jobs
 }
@@ -301,7 +317,7 @@ pub async fn start_with_steps(
     let state = AppState {
         tenants,
         vault: Arc::clone(&vault),
-        identity,
+        identity: Arc::clone(&identity),
         base_domain: config.base_domain.clone(),
         step_names,
         store: Arc::clone(&store),
@@ -320,7 +336,7 @@ pub async fn start_with_steps(
     let shutdown = Arc::new(shutdown);
     let (fatal_tx, fatal) = watch::channel(None);
     let lock_keeper = tokio::spawn(keep_lock(store_lock, Arc::clone(&shutdown), fatal_tx));
-    let vault_jobs = spawn_vault_jobs(&vault, &config.vault, &shutdown_rx);
+    let jobs = spawn_jobs(&vault, &identity, &config, &shutdown_rx);
     let reconciler = {
         let shutdown = shutdown_rx.clone();
         tokio::spawn(async move {
@@ -346,13 +362,5 @@ pub async fn start_with_steps(
         data_dir = %data_dir.path().display(),
         "control plane ready"
     );
-    Ok(RunningServer {
-        shutdown,
-        fatal,
-        http,
-        reconciler,
-        lock_keeper,
-        vault_jobs,
-        _data_dir: data_dir,
-    })
+    Ok(RunningServer { shutdown, fatal, http, reconciler, lock_keeper, jobs, _data_dir: data_dir })
 }

@@ -342,3 +342,26 @@ async fn a_trusted_external_provider_speaks_for_its_tenant_only() {
     assert!(server.cli(&["auth", "untrust", "--tenant", "acme"]).status.success());
     assert_eq!(as_bob.get("/v1/tenants/acme/secrets").await.0, 401);
 }
+
+#[tokio::test]
+async fn realm_keys_rotate_by_policy_and_old_tokens_keep_working() {
+    let config = "[identity]\nrotate_keys_every = \"1s\"\n";
+    let server = Server::start(crate::kit::Store::Embedded, config, &[]).await;
+    tenant(&server, "acme");
+    let before = token(&server, "acme", &["viewer"]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let keys = server.cli_json(&["auth", "keys", "--tenant", "acme"]);
+        if keys.as_array().unwrap().len() >= 2 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no scheduled rotation: {keys}");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let as_before = server.http().with_token(&before);
+    assert_eq!(as_before.get("/v1/tenants/acme/secrets").await.0, 200);
+    let issuer = format!("{}/realms/acme", server.api);
+    assert!(pyjwt(&issuer, &before).is_ok());
+    let after = token(&server, "acme", &["viewer"]);
+    assert!(pyjwt(&issuer, &after).is_ok());
+}
