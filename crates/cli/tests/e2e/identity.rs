@@ -251,6 +251,11 @@ impl ExternalIdp {
         self.run(&["sign", self.dir.path().to_str().unwrap(), kid, &claims.to_string()])
     }
 
+    fn forge(&self, kid: &str, claims: &Value) -> Vec<String> {
+        let out = self.run(&["forge", self.dir.path().to_str().unwrap(), kid, &claims.to_string()]);
+        out.lines().map(str::to_owned).collect()
+    }
+
     fn jwks_fetches(&self) -> usize {
         let log = std::fs::read_to_string(self.dir.path().join("access.log")).unwrap_or_default();
         log.matches("GET /jwks.json").count()
@@ -318,10 +323,36 @@ async fn a_trusted_external_provider_speaks_for_its_tenant_only() {
     other_iss["iss"] = serde_json::json!("https://idp.other.example");
     let other = server.http().with_token(&idp.sign("k1", &other_iss));
     assert_eq!(other.get("/v1/tenants/acme/secrets").await.0, 401);
+    // Every bad case, crafted with PyJWT and cryptography: the same 401.
     let mut expired = claims.clone();
     expired["exp"] = serde_json::json!(now - 3_600);
-    let expired = server.http().with_token(&idp.sign("k1", &expired));
-    assert_eq!(expired.get("/v1/tenants/acme/secrets").await.0, 401);
+    let mut early = claims.clone();
+    early["nbf"] = serde_json::json!(now + 3_600);
+    let mut bad = vec![idp.sign("k1", &expired), idp.sign("k1", &early)];
+    bad.extend(idp.forge("k1", &claims));
+    assert_eq!(bad.len(), 8);
+    for (i, forged) in bad.iter().enumerate() {
+        let response = server.http().with_token(forged).get("/v1/tenants/acme/secrets").await;
+        assert_eq!(response, (401, garbage.clone()), "bad case {i}");
+    }
+    // Each for its own reason, which only the tenant's record tells.
+    let events = server.open_store().await.events(None, 1_000).await.unwrap();
+    let reasons: Vec<String> = events
+        .iter()
+        .filter(|e| e.event.action == "auth.refused")
+        .map(|e| e.event.details["reason"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    for expected in [
+        "expired",
+        "not yet valid",
+        "algorithm \"none\"",
+        "algorithm \"HS256\"",
+        "bad signature",
+        "token larger than the cap",
+        "a JSON member appears twice",
+    ] {
+        assert!(reasons.iter().any(|r| r.contains(expected)), "{expected} not in {reasons:?}");
+    }
 
     // The provider rotates: a token with an unknown kid makes Bulkhead fetch
     // the JWKS again, but a burst of them fetches it at most once per
