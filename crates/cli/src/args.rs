@@ -96,6 +96,15 @@ pub enum AuthCommand {
         /// An audience (`aud`) (repeatable)
         #[arg(long = "audience", value_name = "AUD")]
         audience: Vec<String>,
+        /// Let the token call the control API (adds `<public-url>/v1` to `aud`)
+        #[arg(long)]
+        control_api: bool,
+    },
+    /// Refuse every token the realm has issued so far (API keys are revoked
+    /// one by one with `apikeys revoke`)
+    RevokeTokens {
+        #[arg(long)]
+        tenant: String,
     },
     /// Rotate a realm's signing key; old tokens stay valid until they expire
     RotateKey {
@@ -121,9 +130,14 @@ pub enum AuthCommand {
         /// Where the provider publishes its JWKS
         #[arg(long, value_name = "URL")]
         jwks_url: String,
-        /// Require this audience in `aud`
+        /// The audience the provider issues this tenant's tokens for (its
+        /// client id or API identifier); tokens must carry it in `aud`
         #[arg(long)]
-        audience: Option<String>,
+        audience: String,
+        /// A provider role value and the Bulkhead role it grants, e.g.
+        /// `data-team=analyst` (repeatable; other values grant nothing)
+        #[arg(long = "role-map", value_name = "VALUE=ROLE", value_parser = parse_role_mapping, required = true)]
+        role_map: Vec<(String, bulkhead_identity::Role)>,
         /// The claim holding the subject
         #[arg(long, default_value = "sub", value_name = "CLAIM")]
         subject_claim: String,
@@ -219,7 +233,13 @@ pub enum CredsCommand {
         access: AccessArg,
     },
     /// Revoke a lease now: end its sessions and drop its role
-    Revoke { lease: String },
+    Revoke {
+        lease: String,
+        /// The lease's tenant; needed when acting with that tenant's own
+        /// token or API key
+        #[arg(long)]
+        tenant: Option<String>,
+    },
     /// List a tenant's leases
     List {
         #[arg(long)]
@@ -310,6 +330,11 @@ pub struct ServeArgs {
     /// <URL>/realms/<tenant> [default: the API's own address]
     #[arg(long, env = env::PUBLIC_URL, value_name = "URL")]
     pub public_url: Option<String>,
+    /// A host whose JWKS an external identity provider trust may fetch
+    /// over plain http or at a private address, e.g. an in-cluster
+    /// Keycloak (repeatable) [default: none; https to public addresses only]
+    #[arg(long = "insecure-jwks-host", env = env::INSECURE_JWKS_HOSTS, value_delimiter = ',', value_name = "HOST")]
+    pub insecure_jwks_hosts: Vec<String>,
     /// Log format [default: text]
     #[arg(long, env = env::LOG_FORMAT, value_enum, value_name = "FORMAT")]
     pub log_format: Option<LogFormat>,
@@ -437,6 +462,14 @@ impl fmt::Debug for Sensitive {
 fn parse_role(value: &str) -> Result<bulkhead_identity::Role, String> {
     bulkhead_identity::Role::parse(value)
         .ok_or_else(|| format!("{value:?} is not a role; use owner, admin, analyst or viewer"))
+}
+
+fn parse_role_mapping(value: &str) -> Result<(String, bulkhead_identity::Role), String> {
+    let (provider, role) = value
+        .rsplit_once('=')
+        .filter(|(provider, _)| !provider.is_empty())
+        .ok_or_else(|| format!("{value:?} is not VALUE=ROLE, e.g. data-team=analyst"))?;
+    Ok((provider.to_owned(), parse_role(role)?))
 }
 
 fn parse_isolation(value: &str) -> Result<Isolation, String> {

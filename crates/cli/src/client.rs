@@ -5,9 +5,9 @@ use std::{path::Path, time::Duration};
 use bulkhead_control::api::types::{
     ApiKeyCreated, ApiKeyList, CreateApiKeyRequest, CreateTenantRequest, CredentialView, ErrorBody,
     IssueCredentialRequest, IssueTokenRequest, KeyStatusView, LeaseList, LeaseView, LockoutList,
-    MasterRotationView, PlanList, RealmKeyList, RewrapView, RotateKeyView, RotateRealmKeyView,
-    SecretList, SecretWritten, TenantKeyRequest, TenantKeyView, TenantList, TenantView, TokenView,
-    TrustRequest, TrustView,
+    MasterRotationView, PlanList, RealmKeyList, RevokedTokensView, RewrapView, RotateKeyView,
+    RotateRealmKeyView, SecretList, SecretWritten, TenantKeyRequest, TenantKeyView, TenantList,
+    TenantView, TokenView, TrustRequest, TrustView,
 };
 use reqwest::{Method, RequestBuilder, StatusCode, Url};
 use serde::{Serialize, de::DeserializeOwned};
@@ -313,8 +313,16 @@ impl ApiClient {
         self.call(Method::GET, url, &[("all", all.to_string())]).await
     }
 
-    pub async fn revoke_credential(&self, lease: &str) -> Result<LeaseView, CliError> {
-        self.call(Method::DELETE, self.url(&["v1", "credentials", lease])?, &[]).await
+    pub async fn revoke_credential(
+        &self,
+        tenant: Option<&str>,
+        lease: &str,
+    ) -> Result<LeaseView, CliError> {
+        let url = match tenant {
+            Some(tenant) => self.url(&["v1", "tenants", tenant, "credentials", lease])?,
+            None => self.url(&["v1", "credentials", lease])?,
+        };
+        self.call(Method::DELETE, url, &[]).await
     }
 
     pub async fn lockouts(&self) -> Result<LockoutList, CliError> {
@@ -343,6 +351,11 @@ impl ApiClient {
         let query: Vec<(&str, String)> =
             algorithm.map(|a| ("algorithm", a.to_owned())).into_iter().collect();
         self.call(Method::POST, url, &query).await
+    }
+
+    pub async fn revoke_realm_tokens(&self, tenant: &str) -> Result<RevokedTokensView, CliError> {
+        let url = self.url(&["v1", "tenants", tenant, "realm", "revoke-tokens"])?;
+        self.call(Method::POST, url, &[]).await
     }
 
     pub async fn realm_keys(&self, tenant: &str) -> Result<RealmKeyList, CliError> {

@@ -10,6 +10,9 @@ pub const API_LISTEN: &str = "BULKHEAD_API_LISTEN";
 pub const GATEWAY_LISTEN: &str = "BULKHEAD_GATEWAY_LISTEN";
 pub const BASE_DOMAIN: &str = "BULKHEAD_BASE_DOMAIN";
 pub const PUBLIC_URL: &str = "BULKHEAD_PUBLIC_URL";
+/// Comma-separated hosts whose JWKS may be fetched over http or at private
+/// addresses.
+pub const INSECURE_JWKS_HOSTS: &str = "BULKHEAD_INSECURE_JWKS_HOSTS";
 pub const LOG_FORMAT: &str = "BULKHEAD_LOG_FORMAT";
 pub const MASTER_KEY_FILE: &str = "BULKHEAD_MASTER_KEY_FILE";
 /// The master key itself (base64 of 32 bytes), for platforms that inject

@@ -49,6 +49,8 @@ struct FileConfig {
 struct FileIdentity {
     /// A duration, or "off".
     rotate_keys_every: Option<String>,
+    #[serde(default)]
+    insecure_jwks_hosts: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -167,6 +169,11 @@ impl ServeSettings {
                 gateway_listen,
                 base_domain,
                 public_url,
+                insecure_jwks_hosts: if args.insecure_jwks_hosts.is_empty() {
+                    file.identity.insecure_jwks_hosts.clone()
+                } else {
+                    args.insecure_jwks_hosts.clone()
+                },
                 regions,
                 reconciler,
                 vault,
@@ -309,6 +316,7 @@ mod tests {
             log_format: None,
             master_key_file: None,
             public_url: None,
+            insecure_jwks_hosts: Vec::new(),
         }
     }
 

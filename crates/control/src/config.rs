@@ -24,6 +24,10 @@ pub struct Config {
     /// realms' issuers are `<public_url>/realms/<tenant>`. Defaults to the
     /// API's own address.
     pub public_url: Option<String>,
+    /// External identity providers' hosts that may be reached over plain
+    /// http and at private addresses; every other JWKS URL must be https
+    /// to a public address.
+    pub insecure_jwks_hosts: Vec<String>,
     pub regions: Regions,
     pub reconciler: ReconcilerSettings,
     pub vault: VaultSettings,
@@ -41,6 +45,7 @@ impl Config {
             gateway_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             base_domain: BaseDomain::default(),
             public_url: None,
+            insecure_jwks_hosts: Vec::new(),
             regions: Regions::single(DatabaseLocation::Embedded),
             reconciler: ReconcilerSettings {
                 first_backoff: Duration::from_millis(10),

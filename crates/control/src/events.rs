@@ -23,8 +23,10 @@ pub enum Actor {
     Anonymous,
     /// A credential scoped to one tenant (a token of its realm or of the
     /// identity provider it trusts, or one of its API keys): it may act on
-    /// that tenant's own resources only, as its roles allow.
-    Tenant { tenant_id: TenantId, subject: String, roles: Vec<Role> },
+    /// that tenant's own resources only, as its roles allow. `expires_at`
+    /// is when the credential stops being valid (unix seconds), for a
+    /// token; an API key lasts until revoked.
+    Tenant { tenant_id: TenantId, subject: String, roles: Vec<Role>, expires_at: Option<i64> },
 }
 
 impl Actor {
@@ -153,8 +155,12 @@ mod tests {
     #[test]
     fn a_tenant_credential_reaches_its_own_tenant_only() {
         let (acme, globex) = (tenant("acme"), tenant("globex"));
-        let admin =
-            Actor::Tenant { tenant_id: acme.id, subject: "alice".into(), roles: vec![Role::Admin] };
+        let admin = Actor::Tenant {
+            tenant_id: acme.id,
+            subject: "alice".into(),
+            roles: vec![Role::Admin],
+            expires_at: None,
+        };
         assert!(admin.may_access(&acme));
         assert!(!admin.may_access(&globex));
         assert!(admin.allows(&acme, Permission::Manage));

@@ -23,28 +23,31 @@ use bulkhead_vault::{Vault, VaultError, ttl::format_duration};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use thiserror::Error;
+use time::OffsetDateTime;
 use uuid::Uuid;
 use zeroize::Zeroizing;
 
 use crate::{
     clock::Clock,
     events::{Actor, EventLog},
+    provider_keys::{KeySet, ProviderKeys},
 };
 
 /// A realm's token lifetimes: 1 h unless asked, never above 24 h.
 pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(3_600);
 pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(86_400);
 
-/// How long an external provider's JWKS is used before it is fetched again.
-const JWKS_MAX_AGE: Duration = Duration::from_secs(600);
-/// The least time between two fetches of one provider's JWKS when tokens
-/// name a kid it does not have: a stream of tokens with made-up kids must
-/// not turn Bulkhead into a client hammering the provider.
-pub const JWKS_REFETCH_INTERVAL: Duration = Duration::from_secs(5);
-
-/// Tenants whose realm answers: their tokens verify and their documents
-/// are published.
+/// Tenants whose realm is published (JWKS, discovery) and managed. Only an
+/// active tenant's credentials act on the control API.
 const LIVE: &[TenantState] = &[TenantState::Active, TenantState::Suspended];
+
+/// At most this many refused credentials per tenant and window are recorded
+/// as events; the rest are counted and the count goes with the next record.
+/// Refusals are attacker-driven, and must not flood a tenant's event trail.
+const REFUSALS_PER_WINDOW: u32 = 20;
+const REFUSAL_WINDOW: Duration = Duration::from_secs(60);
+/// Refusal reasons may quote the token (a kid, say); they are cut to this.
+const MAX_REASON_CHARS: usize = 200;
 
 #[derive(Debug, Error)]
 pub enum IdentityError {
@@ -71,11 +74,20 @@ pub enum IdentityError {
 type Result<T, E = IdentityError> = std::result::Result<T, E>;
 
 /// A token as issued.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct IssuedToken {
     pub token: Zeroizing<String>,
     pub claims: RealmClaims,
     pub kid: String,
+}
+
+impl std::fmt::Debug for IssuedToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IssuedToken")
+            .field("claims", &self.claims)
+            .field("kid", &self.kid)
+            .finish_non_exhaustive()
+    }
 }
 
 /// An API key as created: the only time the key itself is seen.
@@ -97,6 +109,8 @@ pub struct TokenRequest {
     pub roles: Vec<Role>,
     pub ttl: Option<Duration>,
     pub audience: Vec<String>,
+    /// Adds the control API's audience, so the token can call it.
+    pub control_api: bool,
 }
 
 #[derive(Debug)]
@@ -109,16 +123,13 @@ pub struct IdentityService {
     /// issuers are `<public_url>/realms/<tenant>`.
     public_url: String,
     cache: VerifiedCache,
-    http: reqwest::Client,
-    /// External providers' keys, by tenant.
-    external_keys: Mutex<HashMap<Uuid, FetchedKeys>>,
-}
-
-#[derive(Debug, Clone)]
-struct FetchedKeys {
-    url: String,
-    keys: HashMap<String, VerifyingKey>,
-    fetched_at: Instant,
+    providers: ProviderKeys,
+    /// Key rotations and removals, one at a time: two concurrent rotations
+    /// of a realm could otherwise retire each other's new key.
+    rotation: tokio::sync::Mutex<()>,
+    /// Refused credentials recorded per tenant in the current window:
+    /// (window start, recorded, suppressed).
+    refusals: Mutex<HashMap<Uuid, (Instant, u32, u32)>>,
 }
 
 /// A tenant's trust in an external identity provider, as an operator or
@@ -127,9 +138,13 @@ struct FetchedKeys {
 pub struct TrustConfig {
     pub issuer: String,
     pub jwks_url: String,
-    pub audience: Option<String>,
+    /// The provider's tokens must name this audience: a token it issued
+    /// for another application is not one for this tenant.
+    pub audience: String,
     pub subject_claim: String,
     pub roles_claim: String,
+    /// Provider role value → the Bulkhead role it grants.
+    pub role_map: HashMap<String, Role>,
 }
 
 fn label(kid: &str) -> String {
@@ -141,31 +156,37 @@ fn internal(e: impl std::fmt::Display) -> IdentityError {
 }
 
 impl IdentityService {
+    /// `insecure_jwks_hosts`: external providers' hosts that may be
+    /// reached over plain http and at private addresses.
     pub fn new(
         store: Arc<dyn ControlStore>,
         vault: Arc<Vault>,
         clock: Arc<dyn Clock>,
         public_url: &str,
-    ) -> Self {
+        insecure_jwks_hosts: &[String],
+    ) -> Result<Self> {
         let events = EventLog::new(Arc::clone(&store), Arc::clone(&clock));
-        Self {
+        Ok(Self {
             store,
             vault,
             clock,
             events,
             public_url: public_url.trim_end_matches('/').to_owned(),
             cache: VerifiedCache::new(100_000),
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(5))
-                .redirect(reqwest::redirect::Policy::none())
-                .build()
-                .unwrap_or_default(),
-            external_keys: Mutex::default(),
-        }
+            providers: ProviderKeys::new(insecure_jwks_hosts).map_err(IdentityError::Internal)?,
+            rotation: tokio::sync::Mutex::default(),
+            refusals: Mutex::default(),
+        })
     }
 
     pub fn issuer(&self, tenant: &TenantName) -> String {
         format!("{}/realms/{tenant}", self.public_url)
+    }
+
+    /// The audience a realm token must name to call the control API, so
+    /// that a token minted for the tenant's own application cannot.
+    pub fn control_audience(&self) -> String {
+        format!("{}/v1", self.public_url)
     }
 
     // ---- realm lifecycle (provisioning steps) -------------------------------
@@ -180,6 +201,7 @@ impl IdentityService {
                 algorithm: Algorithm::EdDSA.as_str().to_owned(),
                 default_ttl_secs: DEFAULT_TOKEN_TTL.as_secs() as i64,
                 max_ttl_secs: MAX_TOKEN_TTL.as_secs() as i64,
+                tokens_not_before: None,
                 created_at: now,
                 updated_at: now,
             })
@@ -295,19 +317,22 @@ impl IdentityService {
         }))
     }
 
-    /// How the tenant's own tokens are verified.
+    /// How the tenant's own tokens are verified when they call the control
+    /// API: they must name its audience.
     async fn realm_trust(&self, tenant: &Tenant) -> Result<Trust> {
         let mut keys = HashMap::new();
         for record in self.published_keys(tenant).await? {
             let jwk: Jwk = serde_json::from_str(&record.public_jwk).map_err(internal)?;
             keys.insert(record.kid, VerifyingKey::from_jwk(&jwk).map_err(internal)?);
         }
+        let realm = self.store.realm(tenant.id).await?;
         Ok(Trust {
             tenant_id: tenant.id.0,
             issuer: self.issuer(&tenant.name),
             keys,
             algorithms: vec![Algorithm::EdDSA, Algorithm::ES256],
-            audience: None,
+            audience: Some(self.control_audience()),
+            not_before: realm.and_then(|r| r.tokens_not_before).map(|t| t.unix_timestamp()),
             claims: ClaimMapping::Realm,
         })
     }
@@ -363,17 +388,32 @@ impl IdentityService {
             .ok_or_else(|| internal(format!("realm key {} has no private half", active.kid)))?;
         let alg = Algorithm::parse(&active.algorithm).map_err(internal)?;
         let key = SigningKey::from_secret(active.kid.clone(), alg, &secret).map_err(internal)?;
+        // A token minted in the very second of a revocation would be refused
+        // with the ones revoked; it is dated just after instead.
         let now = self.clock.now().unix_timestamp();
+        let iat =
+            realm.tokens_not_before.map_or(now, |cutoff| now.max(cutoff.unix_timestamp() + 1));
+        let mut exp = now.saturating_add(ttl.as_secs() as i64);
+        // A token cannot outlive the token that minted it: otherwise a stolen
+        // token could renew itself forever.
+        if let Actor::Tenant { expires_at: Some(own), .. } = actor {
+            exp = exp.min(*own);
+        }
         let mut roles = request.roles;
         roles.sort();
         roles.dedup();
+        let mut audience = request.audience;
+        if request.control_api {
+            audience.push(self.control_audience());
+        }
+        audience.dedup();
         let claims = RealmClaims {
             iss: self.issuer(&tenant.name),
             sub: request.subject,
-            aud: request.audience,
-            exp: now + ttl.as_secs() as i64,
-            iat: now,
-            nbf: now,
+            aud: audience,
+            exp,
+            iat,
+            nbf: iat,
             jti: Uuid::new_v4().to_string(),
             tenant_id: tenant.id.0,
             roles,
@@ -400,6 +440,7 @@ impl IdentityService {
         algorithm: Option<Algorithm>,
     ) -> Result<(String, usize)> {
         let tenant = self.authorized(actor, name, Permission::Manage).await?;
+        let _rotating = self.rotation.lock().await;
         let realm = self
             .store
             .realm(tenant.id)
@@ -416,9 +457,7 @@ impl IdentityService {
         let now = self.clock.now();
         let remove_after = now + time::Duration::seconds(realm.max_ttl_secs + LEEWAY_SECS);
         let retired = self.store.retire_realm_keys(tenant.id, &kid, now, remove_after).await?;
-        for old in self.store.remove_expired_realm_keys(tenant.id, now).await? {
-            let _ = self.vault.delete_blob(tenant.id, &label(&old)).await;
-        }
+        self.remove_expired_keys(&tenant).await?;
         let details = json!({ "kid": kid, "algorithm": alg.as_str(), "retired": retired });
         self.events.record(actor, &tenant, "realm.rotate_key", "ok", details).await;
         Ok((kid, retired as usize))
@@ -435,12 +474,23 @@ impl IdentityService {
             let Some(last) = tenants.last() else { return Ok(rotated) };
             page.after = Some(last.name.to_string());
             for tenant in tenants.iter().filter(|t| LIVE.contains(&t.state)) {
-                let now = self.clock.now();
-                for old in self.store.remove_expired_realm_keys(tenant.id, now).await? {
-                    let _ = self.vault.delete_blob(tenant.id, &label(&old)).await;
+                if self.store.realm(tenant.id).await?.is_none() {
+                    continue;
                 }
+                {
+                    let _rotating = self.rotation.lock().await;
+                    self.remove_expired_keys(tenant).await?;
+                }
+                let now = self.clock.now();
                 let keys = self.store.realm_keys(tenant.id).await?;
-                let Some(newest) = keys.iter().rfind(|k| k.retired_at.is_none()) else { continue };
+                let Some(newest) = keys.iter().rfind(|k| k.retired_at.is_none()) else {
+                    // Every key retired (a crash mid-rotation, a restore):
+                    // the realm needs a key to sign with again.
+                    let _rotating = self.rotation.lock().await;
+                    self.add_key(tenant, Algorithm::EdDSA).await?;
+                    rotated += 1;
+                    continue;
+                };
                 let due = time::Duration::try_from(every)
                     .ok()
                     .and_then(|e| newest.created_at.checked_add(e))
@@ -456,6 +506,36 @@ impl IdentityService {
                 }
             }
         }
+    }
+
+    /// Destroys the keys past their `remove_after`: the sealed private half
+    /// first, then the record, so a crash between the two leaves a record
+    /// the next pass removes, never a private key nothing names. Callers
+    /// hold `rotation`.
+    async fn remove_expired_keys(&self, tenant: &Tenant) -> Result<()> {
+        for kid in self.store.expired_realm_keys(tenant.id, self.clock.now()).await? {
+            match self.vault.delete_blob(tenant.id, &label(&kid)).await {
+                Ok(_) | Err(VaultError::NoDataKey) => {}
+                Err(e) => return Err(e.into()),
+            }
+            self.store.delete_realm_key(tenant.id, &kid).await?;
+        }
+        Ok(())
+    }
+
+    /// Refuses every token the realm has issued so far, at once (a leak, a
+    /// departing admin). API keys are revoked one by one.
+    pub async fn revoke_tokens(&self, actor: &Actor, name: &str) -> Result<OffsetDateTime> {
+        let tenant = self.authorized(actor, name, Permission::Own).await?;
+        if self.store.realm(tenant.id).await?.is_none() {
+            return Err(IdentityError::NoRealm(name.to_owned()));
+        }
+        let now = self.clock.now();
+        self.store.set_realm_tokens_not_before(tenant.id, now).await?;
+        self.cache.forget_tenant(tenant.id.0);
+        let details = json!({ "not_before": now.unix_timestamp() });
+        self.events.record(actor, &tenant, "realm.revoke_tokens", "ok", details).await;
+        Ok(now)
     }
 
     // ---- API keys ------------------------------------------------------------
@@ -488,12 +568,12 @@ impl IdentityService {
                 return Err(IdentityError::Forbidden(format!("{name}: a stronger API key")));
             }
         }
-        let mut secret = [0u8; 32];
-        getrandom::fill(&mut secret).map_err(internal)?;
+        let mut secret = Zeroizing::new([0u8; 32]);
+        getrandom::fill(secret.as_mut_slice()).map_err(internal)?;
         let key = Zeroizing::new(format!(
             "bh_{}_{}",
             tenant.name.as_str().replace('-', "_"),
-            URL_SAFE_NO_PAD.encode(secret)
+            URL_SAFE_NO_PAD.encode(secret.as_slice())
         ));
         let prefix: String = key.chars().take(key.len() - 43 + 4).collect();
         let record = ApiKeyRecord {
@@ -550,7 +630,9 @@ impl IdentityService {
             Ok(tenant) => tenant,
             Err(e) => return Err(e.to_string()),
         };
-        let result = if credential.starts_with("bh_") {
+        let result = if tenant.state != TenantState::Active {
+            Err(format!("tenant is {}; its credentials act again once it is resumed", tenant.state))
+        } else if credential.starts_with("bh_") {
             self.api_key_actor(&tenant, credential).await
         } else {
             match self.store.trust(tenant.id).await {
@@ -566,10 +648,31 @@ impl IdentityService {
             }
         };
         if let Err(reason) = &result {
-            let details = json!({ "reason": reason });
-            self.events.record(&Actor::Anonymous, &tenant, "auth.refused", "denied", details).await;
+            self.record_refusal(&tenant, reason).await;
         }
         result
+    }
+
+    /// Records a refused credential, within [`REFUSALS_PER_WINDOW`].
+    async fn record_refusal(&self, tenant: &Tenant, reason: &str) {
+        let suppressed = {
+            let Ok(mut refusals) = self.refusals.lock() else { return };
+            let (start, recorded, suppressed) =
+                refusals.entry(tenant.id.0).or_insert((Instant::now(), 0, 0));
+            if start.elapsed() >= REFUSAL_WINDOW {
+                *start = Instant::now();
+                *recorded = 0;
+            }
+            if *recorded >= REFUSALS_PER_WINDOW {
+                *suppressed += 1;
+                return;
+            }
+            *recorded += 1;
+            std::mem::take(suppressed)
+        };
+        let reason: String = reason.chars().take(MAX_REASON_CHARS).collect();
+        let details = json!({ "reason": reason, "unrecorded_before": suppressed });
+        self.events.record(&Actor::Anonymous, tenant, "auth.refused", "denied", details).await;
     }
 
     async fn token_actor(&self, tenant: &Tenant, token: &str) -> Result<Actor, String> {
@@ -579,7 +682,12 @@ impl IdentityService {
             .cache
             .verify(token, &trust, now)
             .map_err(|Rejected { reason }| reason.to_string())?;
-        Ok(Actor::Tenant { tenant_id: tenant.id, subject: verified.subject, roles: verified.roles })
+        Ok(Actor::Tenant {
+            tenant_id: tenant.id,
+            subject: verified.subject,
+            roles: verified.roles,
+            expires_at: Some(verified.expires_at),
+        })
     }
 
     async fn external_actor(
@@ -589,22 +697,30 @@ impl IdentityService {
         record: &TrustRecord,
     ) -> Result<Actor, String> {
         let now = self.clock.now().unix_timestamp();
-        let mut keys = self.external_keys(tenant, record, false).await?;
-        let trust = |keys: HashMap<String, VerifyingKey>| Trust {
+        let role_map: HashMap<String, Role> =
+            serde_json::from_str::<HashMap<String, String>>(&record.role_map)
+                .map_err(|e| format!("stored role map: {e}"))?
+                .into_iter()
+                .filter_map(|(value, role)| Some((value, Role::parse(&role)?)))
+                .collect();
+        let trust = |keys: KeySet| Trust {
             tenant_id: tenant.id.0,
             issuer: record.issuer.clone(),
             keys,
             algorithms: vec![Algorithm::EdDSA, Algorithm::ES256],
-            audience: record.audience.clone(),
+            audience: Some(record.audience.clone()),
+            not_before: None,
             claims: ClaimMapping::External {
                 subject: record.subject_claim.clone(),
                 roles: record.roles_claim.clone(),
+                role_map: role_map.clone(),
             },
         };
-        let mut result = self.cache.verify(token, &trust(keys.clone()), now);
+        let keys = self.providers.keys(tenant.id.0, &record.jwks_url, false).await?;
+        let mut result = self.cache.verify(token, &trust(keys), now);
         if let Err(Rejected { reason: bulkhead_identity::Reason::UnknownKid(_) }) = &result {
             // The provider may have rotated: fetch again, at most so often.
-            keys = self.external_keys(tenant, record, true).await?;
+            let keys = self.providers.keys(tenant.id.0, &record.jwks_url, true).await?;
             result = self.cache.verify(token, &trust(keys), now);
         }
         let verified = result.map_err(|Rejected { reason }| format!("external token: {reason}"))?;
@@ -612,43 +728,8 @@ impl IdentityService {
             tenant_id: tenant.id,
             subject: format!("{}#{}", record.issuer, verified.subject),
             roles: verified.roles,
+            expires_at: Some(verified.expires_at),
         })
-    }
-
-    /// The provider's keys, fetched when missing or old, or (`refetch`)
-    /// when a token names an unknown kid and the last fetch is not too
-    /// recent.
-    async fn external_keys(
-        &self,
-        tenant: &Tenant,
-        record: &TrustRecord,
-        refetch: bool,
-    ) -> Result<HashMap<String, VerifyingKey>, String> {
-        let cached = self
-            .external_keys
-            .lock()
-            .ok()
-            .and_then(|all| all.get(&tenant.id.0).cloned())
-            .filter(|c| c.url == record.jwks_url);
-        if let Some(cached) = &cached {
-            let age = cached.fetched_at.elapsed();
-            let fresh = age < JWKS_MAX_AGE && !(refetch && age >= JWKS_REFETCH_INTERVAL);
-            if fresh {
-                return Ok(cached.keys.clone());
-            }
-        }
-        let keys = fetch_jwks(&self.http, &record.jwks_url).await?;
-        if let Ok(mut all) = self.external_keys.lock() {
-            all.insert(
-                tenant.id.0,
-                FetchedKeys {
-                    url: record.jwks_url.clone(),
-                    keys: keys.clone(),
-                    fetched_at: Instant::now(),
-                },
-            );
-        }
-        Ok(keys)
     }
 
     /// Trusts an external identity provider for the tenant. Its JWKS is
@@ -660,16 +741,30 @@ impl IdentityService {
         config: TrustConfig,
     ) -> Result<TrustRecord> {
         let tenant = self.authorized(actor, name, Permission::Own).await?;
-        for (field, url) in [("issuer", &config.issuer), ("jwks_url", &config.jwks_url)] {
-            if !(url.starts_with("https://") || url.starts_with("http://")) {
-                return Err(IdentityError::InvalidRequest(format!(
-                    "{field} {url:?} is not an http(s) URL"
-                )));
-            }
+        let invalid = IdentityError::InvalidRequest;
+        if !(config.issuer.starts_with("https://") || config.issuer.starts_with("http://")) {
+            return Err(invalid(format!("issuer {:?} is not an http(s) URL", config.issuer)));
         }
-        if config.issuer.trim_end_matches('/') == self.issuer(&tenant.name) {
-            return Err(IdentityError::InvalidRequest(
-                "the issuer is the tenant's own realm; trust an external provider".into(),
+        // No realm of this server is an external provider: trusting one
+        // would let one tenant's realm speak for another tenant.
+        let realms = format!("{}/realms/", self.public_url);
+        if config.issuer.starts_with(&realms) {
+            return Err(invalid(format!(
+                "issuer {:?} is a Bulkhead realm; trust an external provider",
+                config.issuer
+            )));
+        }
+        self.providers.check_url(&config.jwks_url).map_err(invalid)?;
+        if config.audience.trim().is_empty() {
+            return Err(invalid(
+                "an audience is required: the client id or API identifier the provider puts in                  `aud` for this tenant's application"
+                    .into(),
+            ));
+        }
+        if config.role_map.is_empty() {
+            return Err(invalid(
+                "a role map is required: which of the provider's role values grant which                  Bulkhead role (for example data-team=analyst)"
+                    .into(),
             ));
         }
         for (field, claim) in
@@ -681,9 +776,11 @@ impl IdentityService {
                 )));
             }
         }
-        let keys = fetch_jwks(&self.http, &config.jwks_url).await.map_err(|e| {
+        let keys = self.providers.fetch(&config.jwks_url).await.map_err(|e| {
             IdentityError::InvalidRequest(format!("cannot use {}: {e}", config.jwks_url))
         })?;
+        let role_map: HashMap<&str, &str> =
+            config.role_map.iter().map(|(value, role)| (value.as_str(), role.as_str())).collect();
         let record = TrustRecord {
             tenant_id: tenant.id,
             issuer: config.issuer,
@@ -691,15 +788,11 @@ impl IdentityService {
             audience: config.audience,
             subject_claim: config.subject_claim,
             roles_claim: config.roles_claim,
+            role_map: serde_json::to_string(&role_map).map_err(internal)?,
             updated_at: self.clock.now(),
         };
         self.store.set_trust(&record).await?;
-        if let Ok(mut all) = self.external_keys.lock() {
-            all.insert(
-                tenant.id.0,
-                FetchedKeys { url: record.jwks_url.clone(), keys, fetched_at: Instant::now() },
-            );
-        }
+        self.providers.store(tenant.id.0, &record.jwks_url, keys).await;
         self.cache.forget_tenant(tenant.id.0);
         let details = json!({ "issuer": record.issuer, "jwks_url": record.jwks_url });
         self.events.record(actor, &tenant, "realm.trust", "ok", details).await;
@@ -714,9 +807,7 @@ impl IdentityService {
     pub async fn remove_trust(&self, actor: &Actor, name: &str) -> Result<bool> {
         let tenant = self.authorized(actor, name, Permission::Own).await?;
         let removed = self.store.delete_trust(tenant.id).await?;
-        if let Ok(mut all) = self.external_keys.lock() {
-            all.remove(&tenant.id.0);
-        }
+        self.providers.forget(tenant.id.0);
         self.cache.forget_tenant(tenant.id.0);
         self.events.record(actor, &tenant, "realm.untrust", "ok", json!({})).await;
         Ok(removed)
@@ -748,6 +839,7 @@ impl IdentityService {
             tenant_id: tenant.id,
             subject: format!("apikey:{}", record.name),
             roles,
+            expires_at: None,
         })
     }
 
@@ -756,39 +848,6 @@ impl IdentityService {
         let tenant = self.authorized(actor, name, Permission::Read).await?;
         self.published_keys(&tenant).await
     }
-}
-
-/// Fetches a JWKS and keeps the keys Bulkhead can verify with (EdDSA and
-/// ES256 keys that carry a kid); others are skipped.
-async fn fetch_jwks(
-    http: &reqwest::Client,
-    url: &str,
-) -> Result<HashMap<String, VerifyingKey>, String> {
-    #[derive(serde::Deserialize)]
-    struct Set {
-        keys: Vec<serde_json::Value>,
-    }
-    let response = http.get(url).send().await.map_err(|e| format!("fetching the JWKS: {e}"))?;
-    if !response.status().is_success() {
-        return Err(format!("the JWKS answered {}", response.status()));
-    }
-    let bytes = response.bytes().await.map_err(|e| format!("reading the JWKS: {e}"))?;
-    if bytes.len() > 256 * 1024 {
-        return Err("the JWKS is larger than 256 KiB".into());
-    }
-    let set: Set = serde_json::from_slice(&bytes).map_err(|e| format!("not a JWKS: {e}"))?;
-    let mut keys = HashMap::new();
-    for value in set.keys {
-        let Ok(jwk) = serde_json::from_value::<Jwk>(value) else { continue };
-        let Some(kid) = jwk.kid.clone() else { continue };
-        if let Ok(key) = VerifyingKey::from_jwk(&jwk) {
-            keys.insert(kid, key);
-        }
-    }
-    if keys.is_empty() {
-        return Err("the JWKS holds no EdDSA or ES256 key with a kid".into());
-    }
-    Ok(keys)
 }
 
 /// The `iss` of a token, read without verifying it.

@@ -17,6 +17,7 @@ pub mod events;
 pub mod identity;
 pub mod metrics;
 pub mod operator_token;
+pub mod provider_keys;
 pub mod provision;
 pub mod reconciler;
 pub mod server;

@@ -60,6 +60,8 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Identity(#[from] crate::identity::IdentityError),
     #[error("cannot write {path}: {source}")]
     ApiUrl {
         path: String,
@@ -273,7 +275,8 @@ pub async fn start_with_steps(
         Arc::clone(&vault),
         Arc::clone(&clock),
         &public_url,
-    ));
+        &config.insecure_jwks_hosts,
+    )?);
     let servers = RegionServers::default();
     let credentials =
         Arc::new(Credentials::new(Arc::clone(&store), servers.clone(), config.regions.clone()));

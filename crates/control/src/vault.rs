@@ -383,13 +383,22 @@ impl VaultService {
         self.recorded(actor, &tenant, "credential.issue", details, result).await
     }
 
-    pub async fn revoke_credential(&self, actor: &Actor, lease: &str) -> Result<Lease> {
+    /// Revokes a lease. With `tenant` (the tenant-scoped path), a lease of
+    /// any other tenant is answered as missing.
+    pub async fn revoke_credential(
+        &self,
+        actor: &Actor,
+        tenant: Option<&str>,
+        lease: &str,
+    ) -> Result<Lease> {
         let missing = || VaultServiceError::LeaseNotFound(lease.to_owned());
         let id = Uuid::parse_str(lease).map_err(|_| missing())?;
         let lease = self.store.lease(id).await?.ok_or_else(missing)?;
-        let tenant =
-            self.store.tenant_by_id(lease.tenant_id).await?.filter(|t| actor.may_access(t));
-        let tenant = tenant.ok_or_else(missing)?;
+        let owner =
+            self.store.tenant_by_id(lease.tenant_id).await?.filter(|t| {
+                actor.may_access(t) && tenant.is_none_or(|name| t.name.as_str() == name)
+            });
+        let tenant = owner.ok_or_else(missing)?;
         if !actor.allows(&tenant, Permission::Manage) {
             return Err(VaultServiceError::Forbidden(tenant.name.to_string()));
         }

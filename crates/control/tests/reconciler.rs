@@ -62,12 +62,16 @@ impl Fixture {
             MasterKeySource::File { path: self.dir.path().join("master.key"), create: true };
         let vault =
             Arc::new(Vault::open(self.store.clone(), &source, SystemClock.now()).await.unwrap());
-        let identity = Arc::new(IdentityService::new(
-            self.store.clone(),
-            Arc::clone(&vault),
-            Arc::new(SystemClock),
-            "http://bulkhead.test",
-        ));
+        let identity = Arc::new(
+            IdentityService::new(
+                self.store.clone(),
+                Arc::clone(&vault),
+                Arc::new(SystemClock),
+                "http://bulkhead.test",
+                &[],
+            )
+            .unwrap(),
+        );
         standard_steps(&StepServices {
             servers: servers.clone(),
             vault,

@@ -38,6 +38,7 @@ fn setup(alg: Algorithm) -> (String, Trust) {
         keys: HashMap::from([(key.kid().to_owned(), key.verifying_key().unwrap())]),
         algorithms: vec![Algorithm::EdDSA, Algorithm::ES256],
         audience: Some("api".into()),
+        not_before: None,
         claims: ClaimMapping::Realm,
     };
     (token, trust)

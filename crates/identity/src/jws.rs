@@ -9,7 +9,7 @@ use std::{collections::HashSet, fmt};
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use serde::{
     Deserialize, Serialize,
-    de::{self, IgnoredAny, MapAccess, Visitor},
+    de::{self, MapAccess, SeqAccess, Visitor},
 };
 
 use crate::keys::{KeyError, SigningKey};
@@ -121,32 +121,59 @@ enum DuplicateCheck {
     NotAnObject,
 }
 
-/// Fails if `json` is not an object or names a member twice. serde_json
-/// keeps the last of two equal names, and a verifier and an application
-/// that picked differently would disagree about who a token is for.
+/// Fails if `json` is not an object or names a member twice, at any
+/// depth. serde_json keeps the last of two equal names, and a verifier and
+/// an application that picked differently would disagree about who a token
+/// is for or what it may do.
 fn no_duplicate_members(json: &[u8]) -> Result<(), DuplicateCheck> {
+    /// Any JSON value whose objects, however nested, have unique names.
     struct Unique;
     impl<'de> Deserialize<'de> for Unique {
         fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-            struct Keys;
-            impl<'de> Visitor<'de> for Keys {
-                type Value = Unique;
-                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                    f.write_str("a JSON object")
-                }
-                fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Unique, A::Error> {
-                    let mut seen = HashSet::new();
-                    while let Some(key) = map.next_key::<String>()? {
-                        if !seen.insert(key) {
-                            return Err(de::Error::custom("duplicate member"));
-                        }
-                        map.next_value::<IgnoredAny>()?;
-                    }
-                    Ok(Unique)
-                }
-            }
-            deserializer.deserialize_map(Keys)
+            deserializer.deserialize_any(UniqueVisitor)
         }
+    }
+    struct UniqueVisitor;
+    impl<'de> Visitor<'de> for UniqueVisitor {
+        type Value = Unique;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a JSON value")
+        }
+        fn visit_bool<E>(self, _: bool) -> Result<Unique, E> {
+            Ok(Unique)
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<Unique, E> {
+            Ok(Unique)
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<Unique, E> {
+            Ok(Unique)
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<Unique, E> {
+            Ok(Unique)
+        }
+        fn visit_str<E>(self, _: &str) -> Result<Unique, E> {
+            Ok(Unique)
+        }
+        fn visit_unit<E>(self) -> Result<Unique, E> {
+            Ok(Unique)
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Unique, A::Error> {
+            while seq.next_element::<Unique>()?.is_some() {}
+            Ok(Unique)
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Unique, A::Error> {
+            let mut seen = HashSet::new();
+            while let Some(key) = map.next_key::<String>()? {
+                if !seen.insert(key) {
+                    return Err(de::Error::custom("duplicate member"));
+                }
+                map.next_value::<Unique>()?;
+            }
+            Ok(Unique)
+        }
+    }
+    if !json.trim_ascii_start().starts_with(b"{") {
+        return Err(DuplicateCheck::NotAnObject);
     }
     match serde_json::from_slice::<Unique>(json) {
         Ok(_) => Ok(()),

@@ -31,6 +31,9 @@ pub struct Trust {
     pub algorithms: Vec<Algorithm>,
     /// When set, `aud` must be or contain it.
     pub audience: Option<String>,
+    /// When set, tokens issued at or before this unix time are refused:
+    /// the realm revoked every token it had issued until then.
+    pub not_before: Option<i64>,
     pub claims: ClaimMapping,
 }
 
@@ -42,9 +45,11 @@ pub enum ClaimMapping {
     Realm,
     /// An external identity provider's token: the tenant is the trust's
     /// own; `subject` and `roles` name claims, dot-separated for nested
-    /// ones (`realm_access.roles`). Values that are not Bulkhead roles are
-    /// ignored.
-    External { subject: String, roles: String },
+    /// ones (`realm_access.roles`). The roles claim is a string or an array
+    /// of strings, each value taken whole; only values that `role_map`
+    /// names grant a role, so a provider's generic `admin` group means
+    /// nothing until the tenant says what it means.
+    External { subject: String, roles: String, role_map: HashMap<String, Role> },
 }
 
 /// A verified principal.
@@ -54,6 +59,7 @@ pub struct Verified {
     pub subject: String,
     pub roles: Vec<Role>,
     pub expires_at: i64,
+    pub issued_at: Option<i64>,
     pub kid: String,
 }
 
@@ -72,6 +78,8 @@ pub enum Reason {
     Expired,
     NotYetValid,
     Audience,
+    Type,
+    Revoked,
     Claim(&'static str),
 }
 
@@ -89,6 +97,8 @@ impl fmt::Display for Reason {
             Reason::Expired => f.write_str("expired"),
             Reason::NotYetValid => f.write_str("not yet valid"),
             Reason::Audience => f.write_str("wrong audience"),
+            Reason::Type => f.write_str("typ is neither JWT nor at+jwt"),
+            Reason::Revoked => f.write_str("issued before the realm revoked its tokens"),
             Reason::Claim(claim) => write!(f, "claim {claim} missing or malformed"),
         }
     }
@@ -126,6 +136,13 @@ pub fn verify(token: &str, trust: &Trust, now: i64) -> Result<Verified, Rejected
     if key.alg() != alg {
         return reject(Reason::KeyAlgorithm);
     }
+    if let Some(typ) = &parts.header.typ {
+        let typ = typ.to_ascii_lowercase();
+        let typ = typ.strip_prefix("application/").unwrap_or(&typ);
+        if typ != "jwt" && typ != "at+jwt" {
+            return reject(Reason::Type);
+        }
+    }
     if !key.verify(alg, parts.signing_input, &parts.signature) {
         return reject(Reason::Signature);
     }
@@ -136,13 +153,17 @@ pub fn verify(token: &str, trust: &Trust, now: i64) -> Result<Verified, Rejected
         return reject(Reason::Issuer);
     }
     let exp = number(&claims, "exp")?.ok_or(Rejected { reason: Reason::Claim("exp") })?;
-    if exp + LEEWAY_SECS <= now {
+    if exp.saturating_add(LEEWAY_SECS) <= now {
         return reject(Reason::Expired);
     }
     if let Some(nbf) = number(&claims, "nbf")?
-        && nbf - LEEWAY_SECS > now
+        && nbf.saturating_sub(LEEWAY_SECS) > now
     {
         return reject(Reason::NotYetValid);
+    }
+    let issued_at = number(&claims, "iat")?;
+    if !not_revoked(trust, issued_at) {
+        return reject(Reason::Revoked);
     }
     if let Some(audience) = &trust.audience {
         let matches = match claims.get("aud") {
@@ -171,20 +192,21 @@ pub fn verify(token: &str, trust: &Trust, now: i64) -> Result<Verified, Rejected
             };
             (string(&claims, "sub")?, roles)
         }
-        ClaimMapping::External { subject, roles } => {
+        ClaimMapping::External { subject, roles, role_map } => {
             let subject = lookup(&claims, subject)
                 .and_then(Value::as_str)
+                .filter(|s| !s.is_empty())
                 .ok_or(Rejected { reason: Reason::Claim("subject") })?
                 .to_owned();
-            let roles = match lookup(&claims, roles) {
-                Some(Value::Array(values)) => {
-                    values.iter().filter_map(|v| v.as_str().and_then(Role::parse)).collect()
-                }
-                Some(Value::String(value)) => {
-                    value.split_whitespace().filter_map(Role::parse).collect()
-                }
+            let values: Vec<&str> = match lookup(&claims, roles) {
+                Some(Value::Array(values)) => values.iter().filter_map(Value::as_str).collect(),
+                Some(Value::String(value)) => vec![value.as_str()],
                 _ => Vec::new(),
             };
+            let mut roles: Vec<Role> =
+                values.iter().filter_map(|v| role_map.get(*v).copied()).collect();
+            roles.sort();
+            roles.dedup();
             (subject, roles)
         }
     };
@@ -193,8 +215,13 @@ pub fn verify(token: &str, trust: &Trust, now: i64) -> Result<Verified, Rejected
         subject,
         roles,
         expires_at: exp,
+        issued_at,
         kid: kid.to_owned(),
     })
+}
+
+fn not_revoked(trust: &Trust, issued_at: Option<i64>) -> bool {
+    trust.not_before.is_none_or(|cutoff| issued_at.is_some_and(|iat| iat > cutoff))
 }
 
 /// A NumericDate claim (RFC 7519 §2): seconds, possibly fractional.
@@ -228,7 +255,7 @@ fn lookup<'a>(claims: &'a Map<String, Value>, path: &str) -> Option<&'a Value> {
     Some(value)
 }
 
-/// Tokens already verified, by a hash of the tenant, issuer and token,
+/// Tokens already verified, by a hash of the tenant, issuer, audience and token,
 /// until they expire: verifying a signature costs tens of microseconds, a
 /// lookup well under one.
 #[derive(Debug)]
@@ -247,6 +274,9 @@ impl VerifiedCache {
             .chain_update(trust.tenant_id.as_bytes())
             .chain_update(trust.issuer.as_bytes())
             .chain_update([0])
+            // One token may pass for one audience and not another.
+            .chain_update(trust.audience.as_deref().unwrap_or_default().as_bytes())
+            .chain_update([0])
             .chain_update(token.as_bytes())
             .finalize()
             .into()
@@ -258,15 +288,16 @@ impl VerifiedCache {
         let key = Self::key(token, trust);
         if let Ok(entries) = self.entries.lock()
             && let Some(hit) = entries.get(&key)
-            && hit.expires_at + LEEWAY_SECS > now
+            && hit.expires_at.saturating_add(LEEWAY_SECS) > now
             && trust.keys.contains_key(&hit.kid)
+            && not_revoked(trust, hit.issued_at)
         {
             return Ok(hit.clone());
         }
         let verified = verify(token, trust, now)?;
         if let Ok(mut entries) = self.entries.lock() {
             if entries.len() >= self.capacity {
-                entries.retain(|_, v| v.expires_at + LEEWAY_SECS > now);
+                entries.retain(|_, v| v.expires_at.saturating_add(LEEWAY_SECS) > now);
                 if entries.len() >= self.capacity {
                     entries.clear();
                 }

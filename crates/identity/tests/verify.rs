@@ -38,6 +38,7 @@ impl Realm {
             keys: HashMap::from([(self.key.kid().to_owned(), self.key.verifying_key().unwrap())]),
             algorithms: vec![Algorithm::EdDSA, Algorithm::ES256],
             audience: None,
+            not_before: None,
             claims: ClaimMapping::Realm,
         }
     }
@@ -190,9 +191,46 @@ fn every_bad_token_is_refused_for_its_own_reason() {
         reason(&acme.raw(&critical, &body), &trust),
         Reason::Malformed(jws::Malformed::Critical)
     );
+    // ... at any depth.
+    let nested = body.replacen("{", "{\"ext\":{\"a\":1,\"a\":2},", 1);
+    assert_eq!(
+        reason(&acme.raw(&acme.header(), &nested), &trust),
+        Reason::Malformed(jws::Malformed::DuplicateMember)
+    );
     // A role Bulkhead does not know.
     let odd_roles = body.replace("[\"admin\"]", "[\"root\"]");
     assert_eq!(reason(&acme.raw(&acme.header(), &odd_roles), &trust), Reason::Claim("roles"));
+    // A JWS that says it is something else than a JWT.
+    let mut typed = acme.header();
+    typed["typ"] = json!("dpop+jwt");
+    assert_eq!(reason(&acme.raw(&typed, &body), &trust), Reason::Type);
+    typed["typ"] = json!("at+JWT");
+    assert!(verify(&acme.raw(&typed, &body), &trust, NOW).is_ok());
+    // Times at the ends of the range are compared, not overflowed (a debug
+    // build would panic on `i64::MAX + leeway`).
+    for (claim, value) in [("exp", "1e300"), ("nbf", "-1e300"), ("exp", "9223372036854775807")] {
+        let mut odd: Value = serde_json::from_str(&body).unwrap();
+        odd[claim] = serde_json::from_str(value).unwrap();
+        let odd = acme.raw(&acme.header(), &odd.to_string());
+        assert!(verify(&odd, &trust, NOW).is_ok(), "{claim}={value}");
+    }
+}
+
+#[test]
+fn revoking_a_realms_tokens_refuses_those_issued_until_then() {
+    let acme = Realm::new("acme", Algorithm::EdDSA);
+    let cache = VerifiedCache::new(16);
+    let mut trust = acme.trust();
+    let old = acme.token(&acme.claims());
+    cache.verify(&old, &trust, NOW).unwrap();
+    trust.not_before = Some(NOW);
+    assert_eq!(cache.verify(&old, &trust, NOW).unwrap_err().reason, Reason::Revoked);
+    let newer = acme.token(&RealmClaims { iat: NOW + 1, ..acme.claims() });
+    assert!(cache.verify(&newer, &trust, NOW + 1).is_ok());
+    let mut no_iat: Value = serde_json::to_value(acme.claims()).unwrap();
+    no_iat.as_object_mut().unwrap().remove("iat");
+    let no_iat = acme.raw(&acme.header(), &no_iat.to_string());
+    assert_eq!(reason(&no_iat, &trust), Reason::Revoked);
 }
 
 #[test]
@@ -212,17 +250,33 @@ fn audience_and_algorithm_policy() {
 fn external_tokens_map_their_claims_and_never_name_the_tenant() {
     let idp = Realm::new("idp", Algorithm::ES256);
     let mut trust = idp.trust();
-    trust.claims =
-        ClaimMapping::External { subject: "email".into(), roles: "realm_access.roles".into() };
+    trust.claims = ClaimMapping::External {
+        subject: "email".into(),
+        roles: "realm_access.roles".into(),
+        role_map: HashMap::from([("data-team".into(), Role::Analyst)]),
+    };
     let payload = json!({
         "iss": idp.issuer, "email": "bob@acme.example", "exp": NOW + 60,
-        "realm_access": { "roles": ["Analyst", "offline_access"] },
+        "realm_access": { "roles": ["data-team", "admin", "offline_access"] },
     })
     .to_string();
     let verified = verify(&idp.raw(&idp.header(), &payload), &trust, NOW).unwrap();
     assert_eq!(verified.tenant_id, idp.tenant, "the tenant is the trust's own");
     assert_eq!(verified.subject, "bob@acme.example");
-    assert_eq!(verified.roles, [Role::Analyst]);
+    assert_eq!(verified.roles, [Role::Analyst], "an unmapped `admin` grants nothing");
+
+    // A string claim is one value, never split: `scope: "openid data-team"`
+    // does not grant what `data-team` would.
+    let scoped = json!({
+        "iss": idp.issuer, "email": "bob@acme.example", "exp": NOW + 60,
+        "realm_access": { "roles": "openid data-team" },
+    })
+    .to_string();
+    let verified = verify(&idp.raw(&idp.header(), &scoped), &trust, NOW).unwrap();
+    assert!(verified.roles.is_empty());
+    // An empty subject is no subject.
+    let anonymous = json!({ "iss": idp.issuer, "email": "", "exp": NOW + 60 }).to_string();
+    assert_eq!(reason(&idp.raw(&idp.header(), &anonymous), &trust), Reason::Claim("subject"));
 }
 
 #[test]
@@ -241,6 +295,11 @@ fn the_cache_answers_repeats_and_forgets_removed_keys() {
     // Another tenant's trust never hits this tenant's entry.
     let globex = Realm::new("globex", Algorithm::EdDSA);
     assert!(cache.verify(&token, &globex.trust(), NOW).is_err());
+    // A token cached for one audience is checked again for another.
+    let trust = acme.trust();
+    cache.verify(&token, &trust, NOW).unwrap();
+    let control = Trust { audience: Some("control".into()), ..trust };
+    assert_eq!(cache.verify(&token, &control, NOW).unwrap_err().reason, Reason::Audience);
 }
 
 proptest! {

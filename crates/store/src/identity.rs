@@ -19,6 +19,8 @@ pub struct RealmRecord {
     pub algorithm: String,
     pub default_ttl_secs: i64,
     pub max_ttl_secs: i64,
+    /// Tokens issued at or before this time are refused.
+    pub tokens_not_before: Option<OffsetDateTime>,
     pub created_at: OffsetDateTime,
     pub updated_at: OffsetDateTime,
 }
@@ -42,9 +44,11 @@ pub struct TrustRecord {
     pub tenant_id: TenantId,
     pub issuer: String,
     pub jwks_url: String,
-    pub audience: Option<String>,
+    pub audience: String,
     pub subject_claim: String,
     pub roles_claim: String,
+    /// JSON object: provider role value → Bulkhead role name.
+    pub role_map: String,
     pub updated_at: OffsetDateTime,
 }
 
@@ -86,6 +90,13 @@ pub trait IdentityStore: Send + Sync + fmt::Debug {
 
     async fn delete_realm(&self, tenant: TenantId) -> Result<(), StoreError>;
 
+    /// Refuses, from now on, every token the realm issued at or before `at`.
+    async fn set_realm_tokens_not_before(
+        &self,
+        tenant: TenantId,
+        at: OffsetDateTime,
+    ) -> Result<(), StoreError>;
+
     /// Sets the algorithm the realm's new keys use.
     async fn set_realm_algorithm(
         &self,
@@ -100,8 +111,8 @@ pub trait IdentityStore: Send + Sync + fmt::Debug {
     /// The tenant's published keys (removed ones excluded), oldest first.
     async fn realm_keys(&self, tenant: TenantId) -> Result<Vec<RealmKeyRecord>, StoreError>;
 
-    /// Marks every signing key of the tenant but `except` retired at `at`,
-    /// to be removed after `remove_after`.
+    /// Marks every signing key of the tenant older than `except` retired
+    /// at `at`, to be removed after `remove_after`.
     async fn retire_realm_keys(
         &self,
         tenant: TenantId,
@@ -110,13 +121,14 @@ pub trait IdentityStore: Send + Sync + fmt::Debug {
         remove_after: OffsetDateTime,
     ) -> Result<u64, StoreError>;
 
-    /// Deletes the tenant's keys whose `remove_after` has passed; returns
-    /// their kids.
-    async fn remove_expired_realm_keys(
+    /// The kids of the tenant's keys whose `remove_after` has passed.
+    async fn expired_realm_keys(
         &self,
         tenant: TenantId,
         now: OffsetDateTime,
     ) -> Result<Vec<String>, StoreError>;
+
+    async fn delete_realm_key(&self, tenant: TenantId, kid: &str) -> Result<(), StoreError>;
 
     async fn delete_realm_keys(&self, tenant: TenantId) -> Result<Vec<String>, StoreError>;
 

@@ -854,8 +854,9 @@ macro_rules! impl_identity_store {
                 tenant: bulkhead_model::TenantId,
             ) -> Result<Option<$crate::RealmRecord>, $crate::StoreError> {
                 Ok(sqlx::query_as(
-                    "SELECT tenant_id, algorithm, default_ttl_secs, max_ttl_secs, created_at, \
-                     updated_at FROM identity_realms WHERE tenant_id = $1",
+                    "SELECT tenant_id, algorithm, default_ttl_secs, max_ttl_secs, \
+                     tokens_not_before, created_at, updated_at FROM identity_realms \
+                     WHERE tenant_id = $1",
                 )
                 .bind(tenant.0)
                 .fetch_optional(&self.read)
@@ -870,6 +871,22 @@ macro_rules! impl_identity_store {
                     .bind(tenant.0)
                     .execute(&self.write)
                     .await?;
+                Ok(())
+            }
+
+            async fn set_realm_tokens_not_before(
+                &self,
+                tenant: bulkhead_model::TenantId,
+                at: time::OffsetDateTime,
+            ) -> Result<(), $crate::StoreError> {
+                sqlx::query(
+                    "UPDATE identity_realms SET tokens_not_before = $2, updated_at = $2 \
+                     WHERE tenant_id = $1",
+                )
+                .bind(tenant.0)
+                .bind(at)
+                .execute(&self.write)
+                .await?;
                 Ok(())
             }
 
@@ -939,7 +956,9 @@ macro_rules! impl_identity_store {
             ) -> Result<u64, $crate::StoreError> {
                 let result = sqlx::query(
                     "UPDATE identity_keys SET retired_at = $3, remove_after = $4 \
-                     WHERE tenant_id = $1 AND kid <> $2 AND retired_at IS NULL",
+                     WHERE tenant_id = $1 AND kid <> $2 AND retired_at IS NULL \
+                     AND created_at <= (SELECT created_at FROM identity_keys \
+                                        WHERE tenant_id = $1 AND kid = $2)",
                 )
                 .bind(tenant.0)
                 .bind(except)
@@ -950,20 +969,32 @@ macro_rules! impl_identity_store {
                 Ok(result.rows_affected())
             }
 
-            async fn remove_expired_realm_keys(
+            async fn expired_realm_keys(
                 &self,
                 tenant: bulkhead_model::TenantId,
                 now: time::OffsetDateTime,
             ) -> Result<Vec<String>, $crate::StoreError> {
-                let removed: Vec<(String,)> = sqlx::query_as(
-                    "DELETE FROM identity_keys WHERE tenant_id = $1 AND remove_after <= $2 \
-                     RETURNING kid",
+                let expired: Vec<(String,)> = sqlx::query_as(
+                    "SELECT kid FROM identity_keys WHERE tenant_id = $1 AND remove_after <= $2",
                 )
                 .bind(tenant.0)
                 .bind(now)
-                .fetch_all(&self.write)
+                .fetch_all(&self.read)
                 .await?;
-                Ok(removed.into_iter().map(|(kid,)| kid).collect())
+                Ok(expired.into_iter().map(|(kid,)| kid).collect())
+            }
+
+            async fn delete_realm_key(
+                &self,
+                tenant: bulkhead_model::TenantId,
+                kid: &str,
+            ) -> Result<(), $crate::StoreError> {
+                sqlx::query("DELETE FROM identity_keys WHERE tenant_id = $1 AND kid = $2")
+                    .bind(tenant.0)
+                    .bind(kid)
+                    .execute(&self.write)
+                    .await?;
+                Ok(())
             }
 
             async fn delete_realm_keys(
@@ -981,16 +1012,19 @@ macro_rules! impl_identity_store {
             async fn set_trust(&self, trust: &$crate::TrustRecord) -> Result<(), $crate::StoreError> {
                 sqlx::query(
                     "INSERT INTO identity_trusts (tenant_id, issuer, jwks_url, audience, \
-                     subject_claim, roles_claim, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7) \
+                     subject_claim, roles_claim, role_map, updated_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
                      ON CONFLICT (tenant_id) DO UPDATE SET issuer = $2, jwks_url = $3, \
-                     audience = $4, subject_claim = $5, roles_claim = $6, updated_at = $7",
+                     audience = $4, subject_claim = $5, roles_claim = $6, role_map = $7, \
+                     updated_at = $8",
                 )
                 .bind(trust.tenant_id.0)
                 .bind(trust.issuer.as_str())
                 .bind(trust.jwks_url.as_str())
-                .bind(trust.audience.as_deref())
+                .bind(trust.audience.as_str())
                 .bind(trust.subject_claim.as_str())
                 .bind(trust.roles_claim.as_str())
+                .bind(trust.role_map.as_str())
                 .bind(trust.updated_at)
                 .execute(&self.write)
                 .await?;
@@ -1003,7 +1037,7 @@ macro_rules! impl_identity_store {
             ) -> Result<Option<$crate::TrustRecord>, $crate::StoreError> {
                 Ok(sqlx::query_as(
                     "SELECT tenant_id, issuer, jwks_url, audience, subject_claim, roles_claim, \
-                     updated_at FROM identity_trusts WHERE tenant_id = $1",
+                     role_map, updated_at FROM identity_trusts WHERE tenant_id = $1",
                 )
                 .bind(tenant.0)
                 .fetch_optional(&self.read)

@@ -14,12 +14,13 @@ use crate::{
 pub async fn run(command: &AuthCommand, global: &GlobalArgs) -> Result<(), CliError> {
     let client = ApiClient::discover(global)?;
     match command {
-        AuthCommand::Token { tenant, subject, roles, ttl, audience } => {
+        AuthCommand::Token { tenant, subject, roles, ttl, audience, control_api } => {
             let request = IssueTokenRequest {
                 subject: subject.clone(),
                 roles: roles.clone(),
                 ttl: ttl.clone(),
                 audience: audience.clone(),
+                control_api: *control_api,
             };
             let token = client.issue_token(tenant, &request).await?;
             if global.output == Output::Json {
@@ -41,14 +42,34 @@ pub async fn run(command: &AuthCommand, global: &GlobalArgs) -> Result<(), CliEr
             );
             Ok(())
         }
+        AuthCommand::RevokeTokens { tenant } => {
+            let revoked = client.revoke_realm_tokens(tenant).await?;
+            if global.output == Output::Json {
+                return output::json(&revoked);
+            }
+            eprintln!(
+                "realm {tenant} refuses every token issued until {}; API keys are unaffected",
+                revoked.not_before
+            );
+            Ok(())
+        }
         AuthCommand::Keys { tenant } => {
             output::realm_keys(global.output, &client.realm_keys(tenant).await?.keys)
         }
-        AuthCommand::Trust { tenant, issuer, jwks_url, audience, subject_claim, roles_claim } => {
+        AuthCommand::Trust {
+            tenant,
+            issuer,
+            jwks_url,
+            audience,
+            subject_claim,
+            roles_claim,
+            role_map,
+        } => {
             let request = TrustRequest {
                 issuer: issuer.clone(),
                 jwks_url: jwks_url.clone(),
                 audience: audience.clone(),
+                role_map: role_map.iter().cloned().collect(),
                 subject_claim: Some(subject_claim.clone()),
                 roles_claim: Some(roles_claim.clone()),
             };

@@ -26,8 +26,8 @@ pub async fn run(command: &CredsCommand, global: &GlobalArgs) -> Result<(), CliE
             };
             output::credential(global.output, &client.issue_credential(tenant, &request).await?)
         }
-        CredsCommand::Revoke { lease } => {
-            let lease = client.revoke_credential(lease).await?;
+        CredsCommand::Revoke { lease, tenant } => {
+            let lease = client.revoke_credential(tenant.as_deref(), lease).await?;
             output::leases(global.output, std::slice::from_ref(&lease))
         }
         CredsCommand::List { tenant, all } => {

@@ -12,8 +12,9 @@ fn tenant(server: &Server, name: &str) {
     server.cli_json(&["tenants", "create", name, "--plan", "enterprise", "--wait"]);
 }
 
+/// A token of `tenant`'s realm that may call the control API.
 fn token(server: &Server, tenant: &str, roles: &[&str]) -> String {
-    let mut args = vec!["auth", "token", "--tenant", tenant, "--subject", "alice"];
+    let mut args = vec!["auth", "token", "--tenant", tenant, "--subject", "alice", "--control-api"];
     for role in roles {
         args.extend(["--role", role]);
     }
@@ -111,7 +112,19 @@ async fn tenant_credentials_reach_their_own_tenant_and_no_further() {
     tenant(&server, "acme");
     tenant(&server, "globex");
     let http = server.http();
-    let admin = token(&server, "acme", &["admin"]);
+    let admin = server.cli_json(&[
+        "auth",
+        "token",
+        "--tenant",
+        "acme",
+        "--subject",
+        "alice",
+        "--role",
+        "admin",
+        "--control-api",
+    ]);
+    let admin_exp = admin["expires_at"].as_i64().unwrap();
+    let admin = admin["token"].as_str().unwrap().to_owned();
     let viewer = token(&server, "acme", &["viewer"]);
     let as_admin = http.with_token(&admin);
 
@@ -138,6 +151,14 @@ async fn tenant_credentials_reach_their_own_tenant_and_no_further() {
     let (garbage_status, garbage) =
         server.http().with_token("garbage").get("/v1/tenants/acme").await;
     assert_eq!(garbage_status, 401);
+    // A token minted for the tenant's application, not for the control API.
+    let out =
+        server.cli(&["auth", "token", "--tenant", "acme", "--subject", "app", "--role", "owner"]);
+    let app_token = stdout(&out).trim().to_owned();
+    assert_eq!(
+        server.http().with_token(&app_token).get("/v1/tenants/acme").await,
+        (401, garbage.clone())
+    );
     for path in [
         "/v1/tenants/globex",
         "/v1/tenants/globex/secrets",
@@ -187,10 +208,30 @@ async fn tenant_credentials_reach_their_own_tenant_and_no_further() {
     let (status, minted) = as_admin
         .post(
             "/v1/tenants/acme/tokens",
-            serde_json::json!({ "subject": "svc", "roles": ["analyst"] }),
+            serde_json::json!({ "subject": "svc", "roles": ["analyst"], "ttl": "24h", "control_api": true }),
         )
         .await;
     assert_eq!(status, 201, "{minted}");
+    // ... nor one that outlives its own: a token cannot renew itself.
+    assert!(minted["expires_at"].as_i64().unwrap() <= admin_exp, "{minted}");
+
+    // While the tenant is suspended its credentials act on nothing.
+    let minted = minted["token"].as_str().unwrap().to_owned();
+    let as_minted = server.http().with_token(&minted);
+    assert_eq!(as_minted.get("/v1/tenants/acme/secrets").await.0, 200);
+    server.cli_json(&["tenants", "suspend", "acme"]);
+    assert_eq!(as_minted.get("/v1/tenants/acme/secrets").await, (401, garbage.clone()));
+    server.cli_json(&["tenants", "resume", "acme"]);
+    assert_eq!(as_minted.get("/v1/tenants/acme/secrets").await.0, 200);
+
+    // Revoking the realm's tokens refuses every one issued so far, at once,
+    // even those already cached as verified; new ones work.
+    let revoke = server.cli(&["auth", "revoke-tokens", "--tenant", "acme"]);
+    assert!(revoke.status.success(), "{}", stderr(&revoke));
+    assert_eq!(as_minted.get("/v1/tenants/acme/secrets").await, (401, garbage.clone()));
+    assert_eq!(as_viewer.get("/v1/tenants/acme/secrets").await.0, 401);
+    let fresh = token(&server, "acme", &["viewer"]);
+    assert_eq!(server.http().with_token(&fresh).get("/v1/tenants/acme/secrets").await.0, 200);
 
     // Every refusal is on the tenant's record, with its reason.
     let events = server.open_store().await.events(None, 1_000).await.unwrap();
@@ -200,6 +241,14 @@ async fn tenant_credentials_reach_their_own_tenant_and_no_further() {
             .iter()
             .any(|e| e.event.details["reason"].as_str().unwrap_or_default().contains("revoked"))
     );
+    for reason in ["wrong audience", "suspended", "issued before the realm revoked"] {
+        assert!(
+            refused
+                .iter()
+                .any(|e| e.event.details["reason"].as_str().unwrap_or_default().contains(reason)),
+            "{reason}"
+        );
+    }
     assert!(refused.iter().all(|e| !e.event.details.to_string().contains(&key)));
 }
 
@@ -271,28 +320,54 @@ impl Drop for ExternalIdp {
 
 #[tokio::test]
 async fn a_trusted_external_provider_speaks_for_its_tenant_only() {
-    let server = Server::embedded().await;
+    // The stand-in provider is plain http on loopback, which only an
+    // operator's allow-list permits.
+    let server =
+        Server::start(crate::kit::Store::Embedded, "", &["--insecure-jwks-host", "127.0.0.1"])
+            .await;
     tenant(&server, "acme");
     tenant(&server, "globex");
     let idp = ExternalIdp::start().await;
     let issuer = "https://idp.acme.example/realms/staff";
 
-    // A URL that serves no JWKS is refused, and nothing is stored.
-    let wrong = server.cli(&[
-        "auth",
-        "trust",
-        "--tenant",
-        "acme",
-        "--issuer",
-        issuer,
-        "--jwks-url",
-        "http://127.0.0.1:1/jwks.json",
-    ]);
-    assert_eq!(exit_code(&wrong), 2, "{}", stderr(&wrong));
-    assert!(stderr(&wrong).contains("cannot use"), "{}", stderr(&wrong));
-    assert_eq!(server.http().get("/v1/tenants/acme/realm/trust").await.0, 404);
-
-    let trusted = server.cli_json(&[
+    let trust = |issuer: &str, jwks_url: &str| {
+        server.cli(&[
+            "auth",
+            "trust",
+            "--tenant",
+            "acme",
+            "--issuer",
+            issuer,
+            "--jwks-url",
+            jwks_url,
+            "--audience",
+            "acme-app",
+            "--subject-claim",
+            "email",
+            "--roles-claim",
+            "realm_access.roles",
+            "--role-map",
+            "Admin=admin",
+            "--role-map",
+            "staff=viewer",
+        ])
+    };
+    // Refused, each with what to do, and nothing stored: a URL that serves
+    // no JWKS; plain http or a private address of a host the operator did
+    // not allow; another realm of this server posing as a provider.
+    let own_realm = format!("{}/realms/globex", server.api);
+    for (issuer, url, expected) in [
+        (issuer, "http://127.0.0.1:1/jwks.json", "could not be reached"),
+        (issuer, &idp.jwks_url.replace("127.0.0.1", "localhost"), "insecure_jwks_hosts"),
+        (issuer, "https://10.0.0.7/jwks.json", "private or reserved address"),
+        (issuer, "https://169.254.169.254/latest/meta-data", "private or reserved address"),
+        (own_realm.as_str(), &idp.jwks_url, "is a Bulkhead realm"),
+    ] {
+        let refused = trust(issuer, url);
+        assert_eq!(exit_code(&refused), 2, "{url}: {}", stderr(&refused));
+        assert!(stderr(&refused).contains(expected), "{url}: {}", stderr(&refused));
+    }
+    let missing_map = server.cli(&[
         "auth",
         "trust",
         "--tenant",
@@ -301,22 +376,32 @@ async fn a_trusted_external_provider_speaks_for_its_tenant_only() {
         issuer,
         "--jwks-url",
         &idp.jwks_url,
-        "--subject-claim",
-        "email",
-        "--roles-claim",
-        "realm_access.roles",
+        "--audience",
+        "acme-app",
     ]);
+    assert_eq!(exit_code(&missing_map), 2, "a role map is required");
+    assert_eq!(server.http().get("/v1/tenants/acme/realm/trust").await.0, 404);
+
+    let trusted = trust(issuer, &idp.jwks_url);
+    assert!(trusted.status.success(), "{}", stderr(&trusted));
+    let (_, trusted) = server.http().get("/v1/tenants/acme/realm/trust").await;
     assert_eq!(trusted["roles_claim"], "realm_access.roles");
+    assert_eq!(trusted["role_map"], serde_json::json!({ "Admin": "admin", "staff": "viewer" }));
 
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
     let claims = serde_json::json!({
-        "iss": issuer, "email": "bob@acme.example", "iat": now, "exp": now + 300,
-        "realm_access": { "roles": ["Admin", "offline_access"] },
+        "iss": issuer, "aud": "acme-app", "email": "bob@acme.example", "iat": now,
+        "exp": now + 300, "realm_access": { "roles": ["Admin", "offline_access"] },
     });
     let token = idp.sign("k1", &claims);
     let as_bob = server.http().with_token(&token);
     assert_eq!(as_bob.get("/v1/tenants/acme/secrets").await.0, 200);
     let (_, garbage) = server.http().with_token("garbage").get("/v1/tenants/acme").await;
+    // A token the provider issued for another application.
+    let mut other_app = claims.clone();
+    other_app["aud"] = serde_json::json!("billing-app");
+    let other_app = server.http().with_token(&idp.sign("k1", &other_app));
+    assert_eq!(other_app.get("/v1/tenants/acme/secrets").await, (401, garbage.clone()));
     // The provider's token never acts for another tenant, whatever it says.
     assert_eq!(as_bob.get("/v1/tenants/globex/secrets").await, (401, garbage.clone()));
     let mut other_iss = claims.clone();
@@ -350,6 +435,7 @@ async fn a_trusted_external_provider_speaks_for_its_tenant_only() {
         "bad signature",
         "token larger than the cap",
         "a JSON member appears twice",
+        "wrong audience",
     ] {
         assert!(reasons.iter().any(|r| r.contains(expected)), "{expected} not in {reasons:?}");
     }

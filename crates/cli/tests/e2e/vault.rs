@@ -458,6 +458,31 @@ async fn database_credentials_are_real_narrow_and_short_lived() {
     let malformed = server.cli(&["creds", "revoke", "not-a-lease"]);
     assert_eq!(exit_code(&malformed), 3);
 
+    // A tenant revokes its own leases on its own path, with its own key;
+    // on another tenant's path its lease does not exist.
+    let read_lease = read["lease"]["id"].as_str().unwrap().to_owned();
+    let key =
+        server.cli_json(&[
+            "apikeys", "create", "--tenant", "acme", "--name", "ops", "--role", "admin",
+        ])["key"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+    let globex_key = server
+        .cli_json(&["apikeys", "create", "--tenant", "globex", "--name", "ops", "--role", "admin"])
+        ["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let elsewhere = server.http().with_token(&globex_key);
+    let (status, _) =
+        elsewhere.delete(&format!("/v1/tenants/globex/credentials/{read_lease}")).await;
+    assert_eq!(status, 404, "another tenant's lease is not there");
+    let own = server.http().with_token(&key);
+    let (status, body) = own.delete(&format!("/v1/tenants/acme/credentials/{read_lease}")).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body["revoked_at"].is_string(), "{body}");
+
     // Expiry: the sweeper ends the session and drops the role by itself.
     let short = server.cli_json(&["creds", "issue", "--tenant", "acme", "--ttl", "2s"]);
     let short_role = short["lease"]["role"].as_str().unwrap().to_owned();

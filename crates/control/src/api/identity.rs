@@ -19,8 +19,8 @@ use super::{
     error::{ApiError, ErrorCode},
     types::{
         ApiKeyCreated, ApiKeyList, ApiKeyView, CreateApiKeyRequest, ErrorBody, IssueTokenRequest,
-        Jwks, RealmKeyList, RealmKeyView, RotateRealmKeyParams, RotateRealmKeyView, TokenView,
-        TrustRequest, TrustView,
+        Jwks, RealmKeyList, RealmKeyView, RevokedTokensView, RotateRealmKeyParams,
+        RotateRealmKeyView, TokenView, TrustRequest, TrustView,
     },
 };
 use crate::{
@@ -105,8 +105,13 @@ pub async fn issue_token(
         .map(parse_duration)
         .transpose()
         .map_err(|e| ApiError::new(ErrorCode::InvalidRequest, format!("ttl: {e}")))?;
-    let request =
-        TokenRequest { subject: body.subject, roles: body.roles, ttl, audience: body.audience };
+    let request = TokenRequest {
+        subject: body.subject,
+        roles: body.roles,
+        ttl,
+        audience: body.audience,
+        control_api: body.control_api,
+    };
     let issued = state.identity.issue_token(&actor, &tenant, request).await?;
     let view = TokenView {
         token: issued.token.as_str().to_owned(),
@@ -144,6 +149,25 @@ pub async fn rotate_realm_key(
         .map_err(|e| ApiError::new(ErrorCode::InvalidRequest, e.to_string()))?;
     let (kid, retired) = state.identity.rotate_key(&actor, &tenant, algorithm).await?;
     Ok(Json(RotateRealmKeyView { kid, retired }))
+}
+
+/// Refuse every token the realm has issued so far: for a leaked token or a
+/// departing administrator. Tokens minted afterwards verify; API keys are
+/// revoked one by one.
+#[utoipa::path(
+    post, path = "/v1/tenants/{tenant}/realm/revoke-tokens", tag = "realms",
+    params(("tenant" = String, Path, description = "Tenant name")),
+    responses((status = 200, body = RevokedTokensView), (status = 401, body = ErrorBody), (status = 403, description = "Needs the owner role", body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("operator_token" = []))
+)]
+pub async fn revoke_realm_tokens(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Path(tenant): Path<String>,
+) -> Result<Json<RevokedTokensView>, ApiError> {
+    record_tenant(&tenant);
+    let not_before = state.identity.revoke_tokens(&actor, &tenant).await?;
+    Ok(Json(RevokedTokensView { not_before }))
 }
 
 /// The realm's published signing keys and their state.
@@ -261,6 +285,7 @@ pub async fn set_trust(
         audience: body.audience,
         subject_claim: body.subject_claim.unwrap_or_else(|| "sub".into()),
         roles_claim: body.roles_claim.unwrap_or_else(|| "roles".into()),
+        role_map: body.role_map,
     };
     Ok(Json(TrustView::from(state.identity.set_trust(&actor, &tenant, config).await?)))
 }

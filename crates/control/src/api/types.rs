@@ -1,6 +1,8 @@
 //! What goes over the wire: request bodies and response documents of the
 //! control API. The CLI deserialises the same types.
 
+use std::collections::HashMap;
+
 use bulkhead_model::{BaseDomain, Isolation, Plan, RegionSummary, StepRecord, StepStatus, Tenant};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -422,6 +424,10 @@ pub struct IssueTokenRequest {
     /// The token's `aud`.
     #[serde(default)]
     pub audience: Vec<String>,
+    /// Adds the control API's audience (`<public-url>/v1`): only tokens
+    /// that name it can call the control API.
+    #[serde(default)]
+    pub control_api: bool,
 }
 
 #[derive(Clone, Serialize, Deserialize, ToSchema)]
@@ -447,6 +453,13 @@ pub struct RotateRealmKeyParams {
     /// `EdDSA` or `ES256`: switch the realm to it (for clients without
     /// EdDSA). Without it the realm keeps its algorithm.
     pub algorithm: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RevokedTokensView {
+    /// Tokens issued at or before this time are refused.
+    #[serde(with = "time::serde::rfc3339")]
+    pub not_before: OffsetDateTime,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -552,9 +565,13 @@ pub struct TrustRequest {
     pub issuer: String,
     /// Where its JWKS is published.
     pub jwks_url: String,
-    /// When set, tokens' `aud` must be or contain it.
-    #[serde(default)]
-    pub audience: Option<String>,
+    /// Tokens' `aud` must be or contain it: the client id or API
+    /// identifier the provider issues this tenant's tokens for.
+    pub audience: String,
+    /// The provider's role values and the Bulkhead role each grants,
+    /// e.g. `{"data-team": "analyst"}`; other values grant nothing.
+    #[schema(value_type = HashMap<String, String>, example = json!({"data-team": "analyst"}))]
+    pub role_map: HashMap<String, bulkhead_identity::Role>,
     /// The claim holding the subject (default `sub`).
     #[serde(default)]
     pub subject_claim: Option<String>,
@@ -568,9 +585,11 @@ pub struct TrustRequest {
 pub struct TrustView {
     pub issuer: String,
     pub jwks_url: String,
-    pub audience: Option<String>,
+    pub audience: String,
     pub subject_claim: String,
     pub roles_claim: String,
+    #[schema(value_type = HashMap<String, String>)]
+    pub role_map: serde_json::Value,
     #[serde(with = "time::serde::rfc3339")]
     pub updated_at: OffsetDateTime,
 }
@@ -583,6 +602,7 @@ impl From<bulkhead_store::TrustRecord> for TrustView {
             audience: t.audience,
             subject_claim: t.subject_claim,
             roles_claim: t.roles_claim,
+            role_map: serde_json::from_str(&t.role_map).unwrap_or_default(),
             updated_at: t.updated_at,
         }
     }

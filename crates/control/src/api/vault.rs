@@ -352,7 +352,35 @@ pub async fn revoke_credential(
     Extension(actor): Extension<Actor>,
     Path(lease): Path<String>,
 ) -> Result<Json<LeaseView>, ApiError> {
-    let lease = state.vault.revoke_credential(&actor, &lease).await?;
+    let lease = state.vault.revoke_credential(&actor, None, &lease).await?;
+    Ok(Json(LeaseView::from(lease)))
+}
+
+/// Revoke one of the tenant's leases: the same as `DELETE
+/// /v1/credentials/{lease}`, on the tenant's own path, where its own
+/// credentials reach.
+#[utoipa::path(
+    delete, path = "/v1/tenants/{tenant}/credentials/{lease}", tag = "vault",
+    params(
+        ("tenant" = String, Path, description = "Tenant name"),
+        ("lease" = String, Path, description = "Lease id"),
+    ),
+    responses(
+        (status = 200, body = LeaseView),
+        (status = 401, body = ErrorBody),
+        (status = 403, description = "Needs the admin role", body = ErrorBody),
+        (status = 404, description = "No such lease for this tenant", body = ErrorBody),
+        (status = 409, description = "Already revoked", body = ErrorBody),
+    ),
+    security(("operator_token" = []))
+)]
+pub async fn revoke_tenant_credential(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Path((tenant, lease)): Path<(String, String)>,
+) -> Result<Json<LeaseView>, ApiError> {
+    record_tenant(&tenant);
+    let lease = state.vault.revoke_credential(&actor, Some(&tenant), &lease).await?;
     Ok(Json(LeaseView::from(lease)))
 }
 

@@ -6,6 +6,8 @@ CREATE TABLE identity_realms (
     algorithm         TEXT    NOT NULL CHECK (algorithm IN ('EdDSA', 'ES256')),
     default_ttl_secs  BIGINT  NOT NULL,
     max_ttl_secs      BIGINT  NOT NULL,
+    -- Tokens issued at or before this time are refused: `auth revoke-tokens`.
+    tokens_not_before TIMESTAMPTZ,
     created_at        TIMESTAMPTZ NOT NULL,
     updated_at        TIMESTAMPTZ NOT NULL
 );
@@ -27,9 +29,11 @@ CREATE TABLE identity_trusts (
     tenant_id      UUID PRIMARY KEY REFERENCES tenants (id) ON DELETE CASCADE,
     issuer         TEXT NOT NULL,
     jwks_url       TEXT NOT NULL,
-    audience       TEXT,
+    audience       TEXT NOT NULL,
     subject_claim  TEXT NOT NULL,
     roles_claim    TEXT NOT NULL,
+    -- JSON object: the provider's role values and the Bulkhead role each grants.
+    role_map       TEXT NOT NULL,
     updated_at     TIMESTAMPTZ NOT NULL
 );
 
