@@ -111,8 +111,8 @@ pub trait IdentityStore: Send + Sync + fmt::Debug {
     /// The tenant's published keys (removed ones excluded), oldest first.
     async fn realm_keys(&self, tenant: TenantId) -> Result<Vec<RealmKeyRecord>, StoreError>;
 
-    /// Marks every signing key of the tenant older than `except` retired
-    /// at `at`, to be removed after `remove_after`.
+    /// Marks every signing key of the tenant but `except` retired at `at`,
+    /// to be removed after `remove_after`. Callers serialize rotations.
     async fn retire_realm_keys(
         &self,
         tenant: TenantId,

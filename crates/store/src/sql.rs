@@ -956,9 +956,7 @@ macro_rules! impl_identity_store {
             ) -> Result<u64, $crate::StoreError> {
                 let result = sqlx::query(
                     "UPDATE identity_keys SET retired_at = $3, remove_after = $4 \
-                     WHERE tenant_id = $1 AND kid <> $2 AND retired_at IS NULL \
-                     AND created_at <= (SELECT created_at FROM identity_keys \
-                                        WHERE tenant_id = $1 AND kid = $2)",
+                     WHERE tenant_id = $1 AND kid <> $2 AND retired_at IS NULL",
                 )
                 .bind(tenant.0)
                 .bind(except)
