@@ -76,6 +76,57 @@ pub enum Command {
     /// API keys for tenants' services
     #[command(subcommand)]
     Apikeys(ApikeysCommand),
+    /// Tenants' audit streams: read, export, verify offline
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+/// The stream an audit command reads: a tenant's, or the platform's.
+#[derive(Debug, clap::Args)]
+#[group(required = true, multiple = false)]
+pub struct StreamArg {
+    /// The tenant whose stream to read
+    #[arg(long)]
+    pub tenant: Option<String>,
+    /// The platform's stream (operators' actions)
+    #[arg(long)]
+    pub platform: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Show the last events of a stream, and with --follow new ones as they come
+    Tail {
+        #[command(flatten)]
+        stream: StreamArg,
+        /// How many of the last events to show first
+        #[arg(long, default_value_t = 20)]
+        lines: u32,
+        /// Keep printing new events until interrupted
+        #[arg(long)]
+        follow: bool,
+    },
+    /// Write a stream's export (JSON lines) to standard output
+    Export {
+        #[command(flatten)]
+        stream: StreamArg,
+        /// Only events from this time on: RFC 3339, or a duration back from now (24h, 7d)
+        #[arg(long, value_name = "TIME")]
+        since: Option<String>,
+    },
+    /// Verify an export offline: the chain, every checkpoint's signature;
+    /// names the first broken link. No server is needed
+    Verify {
+        /// The export file (`-` for standard input)
+        file: PathBuf,
+        /// Trust only this public key (base64url, as audit-keys.json lists
+        /// it; repeatable). Without it, the keys in the file are used
+        #[arg(long = "key", value_name = "PUBLIC_KEY")]
+        keys: Vec<String>,
+        /// Trust only the keys listed in this audit-keys.json
+        #[arg(long, value_name = "FILE")]
+        keys_file: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]

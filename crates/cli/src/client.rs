@@ -2,12 +2,15 @@
 
 use std::{path::Path, time::Duration};
 
-use bulkhead_control::api::types::{
-    ApiKeyCreated, ApiKeyList, CreateApiKeyRequest, CreateTenantRequest, CredentialView, ErrorBody,
-    IssueCredentialRequest, IssueTokenRequest, KeyStatusView, LeaseList, LeaseView, LockoutList,
-    MasterRotationView, PlanList, RealmKeyList, RevokedTokensView, RewrapView, RotateKeyView,
-    RotateRealmKeyView, SecretList, SecretWritten, TenantKeyRequest, TenantKeyView, TenantList,
-    TenantView, TokenView, TrustRequest, TrustView,
+use bulkhead_control::api::{
+    audit::EventList,
+    types::{
+        ApiKeyCreated, ApiKeyList, CreateApiKeyRequest, CreateTenantRequest, CredentialView,
+        ErrorBody, IssueCredentialRequest, IssueTokenRequest, KeyStatusView, LeaseList, LeaseView,
+        LockoutList, MasterRotationView, PlanList, RealmKeyList, RevokedTokensView, RewrapView,
+        RotateKeyView, RotateRealmKeyView, SecretList, SecretWritten, TenantKeyRequest,
+        TenantKeyView, TenantList, TenantView, TokenView, TrustRequest, TrustView,
+    },
 };
 use reqwest::{Method, RequestBuilder, StatusCode, Url};
 use serde::{Serialize, de::DeserializeOwned};
@@ -111,14 +114,22 @@ impl ApiClient {
         &self,
         request: RequestBuilder,
     ) -> Result<(reqwest::header::HeaderMap, Vec<u8>), CliError> {
+        let response = self.open(request).await?;
+        let headers = response.headers().clone();
+        let bytes = response.bytes().await.map_err(|e| self.unreachable(e))?;
+        Ok((headers, bytes.into()))
+    }
+
+    /// Sends a request and returns a successful response unread, for
+    /// answers read as they arrive.
+    async fn open(&self, request: RequestBuilder) -> Result<reqwest::Response, CliError> {
         let response =
             request.bearer_auth(&self.token).send().await.map_err(|e| self.unreachable(e))?;
         let status = response.status();
-        let headers = response.headers().clone();
-        let bytes = response.bytes().await.map_err(|e| self.unreachable(e))?;
         if status.is_success() {
-            return Ok((headers, bytes.into()));
+            return Ok(response);
         }
+        let bytes = response.bytes().await.map_err(|e| self.unreachable(e))?;
         let message = serde_json::from_slice::<ErrorBody>(&bytes)
             .map(|b| b.error.message)
             .unwrap_or_else(|_| format!("{} answered {status}", self.base));
@@ -135,6 +146,41 @@ impl ApiClient {
             message
         };
         Err(CliError::new(kind, message))
+    }
+
+    fn audit_path(tenant: Option<&str>) -> Vec<&str> {
+        match tenant {
+            Some(tenant) => vec!["v1", "tenants", tenant, "audit"],
+            None => vec!["v1", "audit", "platform"],
+        }
+    }
+
+    /// A stream's events after `after`, or its last `limit`.
+    pub async fn audit_events(
+        &self,
+        tenant: Option<&str>,
+        after: Option<u64>,
+        limit: u32,
+    ) -> Result<EventList, CliError> {
+        let mut path = Self::audit_path(tenant);
+        path.push("events");
+        let mut query = vec![("limit", limit.to_string())];
+        if let Some(after) = after {
+            query.push(("after", after.to_string()));
+        }
+        self.call(Method::GET, self.url(&path)?, &query).await
+    }
+
+    /// A stream's export, to be read as it arrives.
+    pub async fn audit_export(
+        &self,
+        tenant: Option<&str>,
+        since: Option<&str>,
+    ) -> Result<reqwest::Response, CliError> {
+        let mut path = Self::audit_path(tenant);
+        path.push("export");
+        let query: Vec<(&str, &str)> = since.map(|s| ("since", s)).into_iter().collect();
+        self.open(self.http.get(self.url(&path)?).query(&query)).await
     }
 
     async fn call<T: DeserializeOwned>(

@@ -42,6 +42,17 @@ struct FileConfig {
     vault: FileVault,
     #[serde(default)]
     identity: FileIdentity,
+    #[serde(default)]
+    audit: FileAudit,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileAudit {
+    /// Events between two checkpoints of a stream.
+    checkpoint_every: Option<u64>,
+    /// The longest an event waits for its checkpoint, as a duration.
+    checkpoint_interval: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -161,6 +172,17 @@ impl ServeSettings {
             ),
             None => Some(bulkhead_control::config::DEFAULT_REALM_KEY_ROTATION),
         };
+        let mut audit = bulkhead_audit::WriterSettings::default();
+        if let Some(every) = file.audit.checkpoint_every {
+            if every == 0 {
+                return Err(CliError::usage("audit.checkpoint_every must be at least 1"));
+            }
+            audit.checkpoint_every = every;
+        }
+        if let Some(interval) = file.audit.checkpoint_interval.as_deref() {
+            audit.checkpoint_interval = parse_duration(interval)
+                .map_err(|e| CliError::usage(format!("audit.checkpoint_interval: {e}")))?;
+        }
         Ok(Self {
             config: Config {
                 data_dir,
@@ -178,6 +200,8 @@ impl ServeSettings {
                 reconciler,
                 vault,
                 rotate_realm_keys_every,
+                audit,
+                audit_retention_every: bulkhead_control::config::DEFAULT_AUDIT_RETENTION_CHECK,
             },
             log_format,
         })

@@ -4,6 +4,7 @@
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
+use bulkhead_audit::WriterSettings;
 use bulkhead_model::{BaseDomain, DatabaseLocation, Regions};
 use bulkhead_store::StoreLocation;
 use bulkhead_vault::{AnomalyPolicy, MasterKeySource};
@@ -34,6 +35,11 @@ pub struct Config {
     /// Rotate each realm's signing key once its newest key is this old;
     /// `None` never does.
     pub rotate_realm_keys_every: Option<Duration>,
+    /// How the audit writer batches and checkpoints.
+    pub audit: WriterSettings,
+    /// How often retention looks for audit events past their plan's
+    /// retention.
+    pub audit_retention_every: Duration,
 }
 
 impl Config {
@@ -53,10 +59,15 @@ impl Config {
             },
             vault: VaultSettings::in_data_dir(&data_dir),
             rotate_realm_keys_every: Some(DEFAULT_REALM_KEY_ROTATION),
+            audit: WriterSettings::default(),
+            audit_retention_every: DEFAULT_AUDIT_RETENTION_CHECK,
             data_dir,
         }
     }
 }
+
+/// Retention checks the streams hourly.
+pub const DEFAULT_AUDIT_RETENTION_CHECK: Duration = Duration::from_secs(3_600);
 
 /// Realm signing keys are rotated every 90 days unless configured otherwise.
 pub const DEFAULT_REALM_KEY_ROTATION: Duration = Duration::from_secs(90 * 86_400);

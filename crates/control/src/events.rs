@@ -1,11 +1,15 @@
-//! Recording what happened to tenants, in the control store's event table
-//! until the audit log takes over. Details never carry secret values.
+//! Who acts, and recording what they did on the audit streams. Details
+//! never carry secret values.
 
 use std::{fmt, sync::Arc};
 
+use bulkhead_audit::{
+    Actor as AuditActor, AuditLog, KeyRing, NewEvent, StreamId, WriterSettings,
+    canonical::CanonicalJson,
+};
 use bulkhead_identity::{Permission, Role, roles};
 use bulkhead_model::{Tenant, TenantId};
-use bulkhead_store::{ControlStore, NewEvent};
+use bulkhead_store::AuditStore;
 use serde_json::Value;
 
 use crate::clock::Clock;
@@ -72,21 +76,85 @@ impl fmt::Display for Actor {
     }
 }
 
-/// Where events go: the control store's event table.
+tokio::task_local! {
+    /// The id of the API request being served, for the events it causes.
+    pub static REQUEST_ID: String;
+}
+
+/// How an actor appears in audit records: a kind, and a name within it.
+pub fn audit_actor(actor: &Actor) -> AuditActor {
+    let (kind, id) = match actor {
+        Actor::Operator(name) => ("operator", name.clone()),
+        Actor::Reconciler => ("system", "reconciler".to_owned()),
+        Actor::Scheduler => ("system", "scheduler".to_owned()),
+        Actor::Anonymous => ("anonymous", String::new()),
+        Actor::Tenant { subject, .. } => ("tenant", subject.clone()),
+    };
+    AuditActor { kind: kind.to_owned(), id }
+}
+
+/// What an action acted on, within its stream: `secrets/<path>`,
+/// `credentials/<lease>`, `api-keys/<id>`, `tokens/<jti>`, `keys`,
+/// `realm`, `tenant`, `auth`, `master-key`, `lockouts/<principal>`.
+fn resource(action: &str, details: &Value) -> String {
+    let detail = |name: &str| details.get(name).and_then(Value::as_str).map(str::to_owned);
+    let family = action.split('.').next().unwrap_or(action);
+    let with = |base: &str, name: &str| match detail(name) {
+        Some(id) => format!("{base}/{id}"),
+        None => base.to_owned(),
+    };
+    match family {
+        "secret" if action == "secret.rewrap" => "keys".to_owned(),
+        "secret" => with("secrets", "path"),
+        "credential" => with("credentials", "lease"),
+        "apikey" => with("api-keys", "id"),
+        "token" => with("tokens", "jti"),
+        "data_key" | "tenant_key" => "keys".to_owned(),
+        "realm" => "realm".to_owned(),
+        "auth" => "auth".to_owned(),
+        "master_key" => "master-key".to_owned(),
+        "vault" => with("lockouts", "principal"),
+        _ => "tenant".to_owned(),
+    }
+}
+
+/// Where events go: the audit streams, through their one writer. A
+/// tenant's events go to its own stream; operators' actions also to the
+/// platform's, so the operators' own trail is complete in one place.
 #[derive(Debug, Clone)]
 pub struct EventLog {
-    store: Arc<dyn ControlStore>,
+    audit: AuditLog,
     clock: Arc<dyn Clock>,
 }
 
 impl EventLog {
-    pub fn new(store: Arc<dyn ControlStore>, clock: Arc<dyn Clock>) -> Self {
-        Self { store, clock }
+    pub fn new(audit: AuditLog, clock: Arc<dyn Clock>) -> Self {
+        Self { audit, clock }
     }
 
-    /// Appends one event. A failure to record is logged, not returned: the
-    /// action it describes has already happened and is kept in the tenant's
-    /// own record.
+    /// Starts the audit writer over `store`, its checkpoints signed by
+    /// `keys`, and returns the log with the writer's task.
+    pub fn start(
+        store: Arc<dyn AuditStore>,
+        keys: Arc<dyn KeyRing>,
+        clock: Arc<dyn Clock>,
+        settings: WriterSettings,
+    ) -> (Self, tokio::task::JoinHandle<()>) {
+        let now = {
+            let clock = Arc::clone(&clock);
+            Arc::new(move || clock.now())
+        };
+        let (audit, writer) = AuditLog::start(store, keys, now, settings);
+        (Self::new(audit, clock), writer)
+    }
+
+    pub fn audit(&self) -> &AuditLog {
+        &self.audit
+    }
+
+    /// Appends one event and waits until it is written. A failure to
+    /// record is logged, not returned: the action it describes has already
+    /// happened.
     pub async fn record(
         &self,
         actor: &Actor,
@@ -117,17 +185,34 @@ impl EventLog {
         outcome: &str,
         details: Value,
     ) {
+        let details = CanonicalJson::from_value(&details).unwrap_or_else(|e| {
+            // Never lose the event over its details' shape.
+            let fallback = serde_json::json!({ "unrecordable_details": e.to_string() });
+            CanonicalJson::from_value(&fallback)
+                .unwrap_or_else(|_| CanonicalJson::assume_canonical("{}".to_owned()))
+        });
         let event = NewEvent {
-            at: self.clock.now(),
-            tenant_id: tenant.map(|t| t.id),
-            tenant: tenant.map(|t| t.name.to_string()),
-            actor: actor.to_string(),
+            stream: tenant.map_or_else(StreamId::platform, |t| StreamId::tenant(t.id.0)),
+            time: self.clock.now(),
+            actor: audit_actor(actor),
             action: action.to_owned(),
+            resource: resource(action, &serde_json::from_str(details.as_str()).unwrap_or_default()),
             outcome: outcome.to_owned(),
+            request_id: REQUEST_ID.try_with(Clone::clone).ok(),
             details,
         };
-        if let Err(error) = self.store.append_event(&event).await {
-            tracing::warn!(tenant = ?tenant.map(|t| t.name.as_str()), action, %error, "cannot record event");
+        let mirror = match (actor, tenant) {
+            (Actor::Operator(_), Some(tenant)) => Some(NewEvent {
+                stream: StreamId::platform(),
+                resource: format!("tenants/{}/{}", tenant.name, event.resource),
+                ..event.clone()
+            }),
+            _ => None,
+        };
+        for event in std::iter::once(event).chain(mirror) {
+            if let Err(error) = self.audit.append(event).await {
+                tracing::warn!(tenant = ?tenant.map(|t| t.name.as_str()), action, %error, "cannot record event");
+            }
         }
     }
 }

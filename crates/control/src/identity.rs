@@ -164,8 +164,8 @@ impl IdentityService {
         clock: Arc<dyn Clock>,
         public_url: &str,
         insecure_jwks_hosts: &[String],
+        events: EventLog,
     ) -> Result<Self> {
-        let events = EventLog::new(Arc::clone(&store), Arc::clone(&clock));
         Ok(Self {
             store,
             vault,
@@ -307,6 +307,8 @@ impl IdentityService {
         Ok(json!({
             "issuer": issuer,
             "jwks_uri": format!("{issuer}/jwks.json"),
+            // Not a JWKS: these keys sign audit checkpoints, never tokens.
+            "bulkhead_audit_keys_uri": format!("{issuer}/audit-keys.json"),
             "subject_types_supported": ["public"],
             "id_token_signing_alg_values_supported": ["EdDSA", "ES256"],
             "response_types_supported": ["token"],

@@ -9,6 +9,7 @@
 //! steps and further API routes.
 
 pub mod api;
+pub mod audit;
 pub mod clock;
 pub mod config;
 pub mod credentials;

@@ -119,9 +119,10 @@ impl Reconciler {
         clock: Arc<dyn Clock>,
         metrics: Arc<Metrics>,
         settings: ReconcilerSettings,
+        events: EventLog,
     ) -> Self {
         Self {
-            events: EventLog::new(Arc::clone(&store), Arc::clone(&clock)),
+            events,
             store,
             steps,
             regions,

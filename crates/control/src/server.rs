@@ -14,6 +14,7 @@ use std::{
     time::Duration,
 };
 
+use bulkhead_audit::{AuditLog, KeyRing};
 use bulkhead_model::PlanCatalog;
 use bulkhead_store::{StoreError, StoreLock, VaultStore};
 use bulkhead_vault::{AnomalyDetector, Vault, VaultError};
@@ -22,10 +23,12 @@ use tokio::{sync::watch, task::JoinHandle};
 
 use crate::{
     api::{self, AppState},
+    audit::{self, AuditKeys, AuditService, AuditServiceError},
     clock::{Clock, SystemClock},
     config::Config,
     credentials::Credentials,
     data_dir::{DataDir, DataDirError, write_private},
+    events::EventLog,
     identity::IdentityService,
     metrics::Metrics,
     operator_token::{OperatorTokenError, OperatorTokens},
@@ -62,6 +65,8 @@ pub enum StartError {
     },
     #[error(transparent)]
     Identity(#[from] crate::identity::IdentityError),
+    #[error(transparent)]
+    Audit(#[from] AuditServiceError),
     #[error("cannot write {path}: {source}")]
     ApiUrl {
         path: String,
@@ -80,6 +85,7 @@ pub struct RunningServer {
     reconciler: JoinHandle<()>,
     lock_keeper: JoinHandle<()>,
     jobs: Vec<JoinHandle<()>>,
+    audit: (AuditLog, JoinHandle<()>),
     _data_dir: DataDir,
 }
 
@@ -109,10 +115,14 @@ impl RunningServer {
         if let Ok(Err(error)) = self.http.await {
             tracing::warn!(%error, "API server ended with an error");
         }
-        let _ = self.lock_keeper.await;
         for job in self.jobs {
             let _ = job.await;
         }
+        // Last: whatever was recorded until now is written and signed.
+        let (audit, writer) = self.audit;
+        audit.stop().await;
+        let _ = writer.await;
+        let _ = self.lock_keeper.await;
     }
 }
 
@@ -164,6 +174,7 @@ where
 fn spawn_jobs(
     vault: &Arc<VaultService>,
     identity: &Arc<IdentityService>,
+    audit: &Arc<AuditService>,
     config: &Config,
     stopping: &watch::Receiver<bool>,
 ) -> Vec<JoinHandle<()>> {
@@ -212,6 +223,19 @@ fn spawn_jobs(
             }
         })));
     }
+    let retention = Arc::clone(audit);
+    jobs.push(tokio::spawn(every(config.audit_retention_every, stopping.clone(), move || {
+        let audit = Arc::clone(&retention);
+        async move {
+            match audit.apply_retention().await {
+                Ok(0) => {}
+                Ok(deleted) => {
+                    tracing::info!(deleted, "deleted audit events past their plan's retention")
+                }
+                Err(error) => tracing::warn!(%error, "cannot apply audit retention"),
+            }
+        }
+    })));
     jobs
 }
 
@@ -263,6 +287,20 @@ pub async fn start_with_steps(
     }
     let operator_tokens =
         OperatorTokens::ensure(store.as_ref(), &data_dir.operator_token(), clock.as_ref()).await?;
+    let audit_keys = Arc::new(
+        AuditKeys::open(
+            Arc::clone(&store),
+            Arc::clone(&vault),
+            Arc::clone(&clock),
+            &audit::platform_key_path(data_dir.path()),
+        )
+        .await?,
+    );
+    let (events, audit_writer) = {
+        let keyring: Arc<dyn KeyRing> = audit_keys.clone();
+        EventLog::start(store.clone(), keyring, Arc::clone(&clock), config.audit.clone())
+    };
+    let audit_log = events.audit().clone();
     let listener = tokio::net::TcpListener::bind(config.api_listen)
         .await
         .map_err(|source| StartError::Bind { addr: config.api_listen, source })?;
@@ -276,6 +314,7 @@ pub async fn start_with_steps(
         Arc::clone(&clock),
         &public_url,
         &config.insecure_jwks_hosts,
+        events.clone(),
     )?);
     let servers = RegionServers::default();
     let credentials =
@@ -285,6 +324,8 @@ pub async fn start_with_steps(
         vault: Arc::clone(&vault),
         credentials: Arc::clone(&credentials),
         identity: Arc::clone(&identity),
+        audit_keys: Arc::clone(&audit_keys),
+        audit: audit_log.clone(),
         clock: Arc::clone(&clock),
     };
 
@@ -297,6 +338,7 @@ pub async fn start_with_steps(
         Arc::clone(&clock),
         Arc::clone(&metrics),
         config.reconciler.clone(),
+        events.clone(),
     ));
     let step_names: Arc<[&'static str]> = reconciler.step_names().into();
     let (handle, woken) = Reconciler::channel();
@@ -306,6 +348,7 @@ pub async fn start_with_steps(
         config.regions.clone(),
         handle,
         Arc::clone(&clock),
+        events.clone(),
     ));
     let vault = Arc::new(VaultService::new(
         Arc::clone(&store),
@@ -315,12 +358,21 @@ pub async fn start_with_steps(
         Arc::clone(&clock),
         AnomalyDetector::new(config.vault.anomaly.clone()),
         Arc::clone(&metrics),
+        events.clone(),
+    ));
+    let audit = Arc::new(AuditService::new(
+        Arc::clone(&store),
+        audit_keys,
+        events,
+        Arc::clone(&clock),
+        PlanCatalog::builtin(),
     ));
     let reconciler_done = Arc::new(AtomicBool::new(false));
     let state = AppState {
         tenants,
         vault: Arc::clone(&vault),
         identity: Arc::clone(&identity),
+        audit: Arc::clone(&audit),
         base_domain: config.base_domain.clone(),
         step_names,
         store: Arc::clone(&store),
@@ -339,7 +391,7 @@ pub async fn start_with_steps(
     let shutdown = Arc::new(shutdown);
     let (fatal_tx, fatal) = watch::channel(None);
     let lock_keeper = tokio::spawn(keep_lock(store_lock, Arc::clone(&shutdown), fatal_tx));
-    let jobs = spawn_jobs(&vault, &identity, &config, &shutdown_rx);
+    let jobs = spawn_jobs(&vault, &identity, &audit, &config, &shutdown_rx);
     let reconciler = {
         let shutdown = shutdown_rx.clone();
         tokio::spawn(async move {
@@ -365,5 +417,14 @@ pub async fn start_with_steps(
         data_dir = %data_dir.path().display(),
         "control plane ready"
     );
-    Ok(RunningServer { shutdown, fatal, http, reconciler, lock_keeper, jobs, _data_dir: data_dir })
+    Ok(RunningServer {
+        shutdown,
+        fatal,
+        http,
+        reconciler,
+        lock_keeper,
+        jobs,
+        audit: (audit_log, audit_writer),
+        _data_dir: data_dir,
+    })
 }

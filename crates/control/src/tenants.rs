@@ -64,8 +64,8 @@ impl TenantService {
         regions: Regions,
         reconciler: ReconcilerHandle,
         clock: Arc<dyn Clock>,
+        events: EventLog,
     ) -> Self {
-        let events = EventLog::new(Arc::clone(&store), Arc::clone(&clock));
         Self { store, plans, regions, reconciler, clock, events }
     }
 

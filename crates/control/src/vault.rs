@@ -78,6 +78,7 @@ pub struct VaultService {
 }
 
 impl VaultService {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         store: Arc<dyn ControlStore>,
         vault: Arc<Vault>,
@@ -86,8 +87,8 @@ impl VaultService {
         clock: Arc<dyn Clock>,
         anomaly: AnomalyDetector,
         metrics: Arc<Metrics>,
+        events: EventLog,
     ) -> Self {
-        let events = EventLog::new(Arc::clone(&store), Arc::clone(&clock));
         Self { store, vault, credentials, plans, clock, events, anomaly, metrics }
     }
 

@@ -4,9 +4,11 @@
 
 use std::sync::Arc;
 
+use bulkhead_audit::WriterSettings;
 use bulkhead_control::{
+    audit::AuditKeys,
     clock::{Clock, SystemClock},
-    events::Actor,
+    events::{Actor, EventLog},
     identity::IdentityService,
 };
 use bulkhead_model::{
@@ -30,6 +32,20 @@ impl Fixture {
             .unwrap();
         let source = MasterKeySource::File { path: dir.path().join("master.key"), create: true };
         let vault = Arc::new(Vault::open(store.clone(), &source, SystemClock.now()).await.unwrap());
+        let keys = AuditKeys::open(
+            store.clone(),
+            Arc::clone(&vault),
+            Arc::new(SystemClock),
+            &dir.path().join("audit-platform.key"),
+        )
+        .await
+        .unwrap();
+        let (events, _) = EventLog::start(
+            store.clone(),
+            Arc::new(keys),
+            Arc::new(SystemClock),
+            WriterSettings::default(),
+        );
         let identity = Arc::new(
             IdentityService::new(
                 store.clone(),
@@ -37,6 +53,7 @@ impl Fixture {
                 Arc::new(SystemClock),
                 "http://bulkhead.test",
                 &[],
+                events,
             )
             .unwrap(),
         );
@@ -115,7 +132,8 @@ async fn refused_credentials_are_recorded_within_a_cap() {
         let refused = fx.identity.authenticate("acme", &format!("garbage-{i}")).await;
         assert!(refused.is_err());
     }
-    let events = fx.store.events(Some(fx.tenant.id), 1_000).await.unwrap();
-    let refusals = events.iter().filter(|e| e.event.action == "auth.refused").count();
+    let stream = format!("tenant:{}", fx.tenant.id);
+    let events = fx.store.audit_events(&stream, 0, 1_000).await.unwrap();
+    let refusals = events.iter().filter(|e| e.action == "auth.refused").count();
     assert_eq!(refusals, 20, "at most 20 per tenant per minute");
 }

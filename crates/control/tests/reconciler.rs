@@ -12,10 +12,13 @@ use std::{
 };
 
 use async_trait::async_trait;
+use bulkhead_audit::{KeyRing, WriterSettings};
 use bulkhead_control::{
     ReconcilerSettings,
+    audit::AuditKeys,
     clock::{Clock, SystemClock},
     credentials::Credentials,
+    events::EventLog,
     identity::IdentityService,
     metrics::Metrics,
     provision::{
@@ -36,6 +39,9 @@ struct Fixture {
     store: Arc<dyn ControlStore>,
     dir: tempfile::TempDir,
     regions: Regions,
+    vault: Arc<Vault>,
+    audit_keys: Arc<AuditKeys>,
+    events: EventLog,
 }
 
 impl Fixture {
@@ -48,7 +54,26 @@ impl Fixture {
         let location = StoreLocation::Sqlite(dir.path().join("bulkhead.db"));
         let store = bulkhead_store::open(&location).await.unwrap();
         std::fs::create_dir_all(dir.path().join("tenants")).unwrap();
-        Self { store, dir, regions }
+        let source = MasterKeySource::File { path: dir.path().join("master.key"), create: true };
+        let vault = Arc::new(Vault::open(store.clone(), &source, SystemClock.now()).await.unwrap());
+        let audit_keys = Arc::new(
+            AuditKeys::open(
+                store.clone(),
+                Arc::clone(&vault),
+                Arc::new(SystemClock),
+                &dir.path().join("audit-platform.key"),
+            )
+            .await
+            .unwrap(),
+        );
+        let keyring: Arc<dyn KeyRing> = audit_keys.clone();
+        let (events, _) = EventLog::start(
+            store.clone(),
+            keyring,
+            Arc::new(SystemClock),
+            WriterSettings::default(),
+        );
+        Self { store, dir, regions, vault, audit_keys, events }
     }
 
     fn tenant_dir(&self, name: &str) -> PathBuf {
@@ -58,10 +83,7 @@ impl Fixture {
     /// The standard steps, with a vault whose master key is in the
     /// fixture's directory.
     async fn standard_steps(&self, servers: RegionServers) -> Vec<Arc<dyn ProvisioningStep>> {
-        let source =
-            MasterKeySource::File { path: self.dir.path().join("master.key"), create: true };
-        let vault =
-            Arc::new(Vault::open(self.store.clone(), &source, SystemClock.now()).await.unwrap());
+        let vault = Arc::clone(&self.vault);
         let identity = Arc::new(
             IdentityService::new(
                 self.store.clone(),
@@ -69,6 +91,7 @@ impl Fixture {
                 Arc::new(SystemClock),
                 "http://bulkhead.test",
                 &[],
+                self.events.clone(),
             )
             .unwrap(),
         );
@@ -76,6 +99,8 @@ impl Fixture {
             servers: servers.clone(),
             vault,
             identity,
+            audit_keys: Arc::clone(&self.audit_keys),
+            audit: self.events.audit().clone(),
             credentials: Arc::new(Credentials::new(
                 self.store.clone(),
                 servers,
@@ -99,6 +124,7 @@ impl Fixture {
                 step_timeout: std::time::Duration::from_secs(1),
                 ..ReconcilerSettings::default()
             },
+            self.events.clone(),
         )
     }
 
@@ -257,6 +283,7 @@ async fn a_failing_step_fails_the_tenant_and_undoes_everything() {
 fn all_steps(status: StepStatus) -> Vec<(String, StepStatus)> {
     [
         "allocate_directory",
+        "create_audit_key",
         "create_data_key",
         "create_database",
         "create_realm",

@@ -1,4 +1,4 @@
-//! Control-plane persistence: tenants, their provisioning progress, events,
+//! Control-plane persistence: tenants, their provisioning progress, audit streams,
 //! operator credentials and the vault's records, behind one [`ControlStore`]
 //! trait (with [`VaultStore`] as its vault half).
 //!
@@ -11,6 +11,7 @@
 //! databases or directories; the reconciler in `bulkhead-control` does, and
 //! records what it did here.
 
+mod audit;
 mod error;
 mod identity;
 mod lock;
@@ -27,6 +28,7 @@ use bulkhead_model::{DatabaseUrl, StepRecord, Tenant, TenantId, TenantName, Tena
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+pub use audit::{AuditCheckpointRow, AuditEventRow, AuditKeyRow, AuditStore};
 pub use error::StoreError;
 pub use identity::{ApiKeyRecord, IdentityStore, RealmKeyRecord, RealmRecord, TrustRecord};
 pub use lock::{FileLock, FileLockError, HeldLock, StoreLock};
@@ -71,28 +73,6 @@ pub struct TenantPage {
     pub limit: u32,
 }
 
-/// Something that happened to a tenant or to the platform, as recorded
-/// before the audit log exists. Never carries secret values.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NewEvent {
-    pub at: OffsetDateTime,
-    pub tenant_id: Option<TenantId>,
-    pub tenant: Option<String>,
-    /// Who did it: `operator:<token name>`, `reconciler`, ...
-    pub actor: String,
-    /// What was done, e.g. `tenant.create`.
-    pub action: String,
-    /// `ok`, `failed`, `requested`, ...
-    pub outcome: String,
-    pub details: serde_json::Value,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EventRecord {
-    pub id: i64,
-    pub event: NewEvent,
-}
-
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RegionUse {
     pub region: String,
@@ -121,7 +101,7 @@ impl fmt::Debug for OperatorToken {
 /// The control plane's persistence. Every method is one statement, so a
 /// crash leaves each write either fully done or not done at all.
 #[async_trait]
-pub trait ControlStore: VaultStore + IdentityStore + Send + Sync + fmt::Debug {
+pub trait ControlStore: VaultStore + IdentityStore + AuditStore + Send + Sync + fmt::Debug {
     /// Where the store is, safe to print (no password).
     fn location(&self) -> String;
 
@@ -160,15 +140,6 @@ pub trait ControlStore: VaultStore + IdentityStore + Send + Sync + fmt::Debug {
     /// Every region any tenant record (deleted ones included) names, with
     /// how many tenants and the first of them by name.
     async fn regions_in_use(&self) -> Result<Vec<RegionUse>, StoreError>;
-
-    async fn append_event(&self, event: &NewEvent) -> Result<(), StoreError>;
-
-    /// The most recent events, newest first, of one tenant or of all.
-    async fn events(
-        &self,
-        tenant: Option<TenantId>,
-        limit: u32,
-    ) -> Result<Vec<EventRecord>, StoreError>;
 
     async fn operator_tokens(&self) -> Result<Vec<OperatorToken>, StoreError>;
 

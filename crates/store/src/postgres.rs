@@ -11,7 +11,7 @@ use sqlx::{
 
 use crate::{
     HeldLock, StoreError, StoreLock,
-    sql::{impl_control_store, impl_identity_store, impl_vault_store},
+    sql::{impl_audit_store, impl_control_store, impl_identity_store, impl_vault_store},
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -35,10 +35,15 @@ pub struct PostgresStore {
 impl PostgresStore {
     pub async fn open(url: &DatabaseUrl) -> Result<Self, StoreError> {
         let location = url.redacted();
+        let options = PgConnectOptions::from_str(url.expose())
+            .map_err(|source| StoreError::Unreachable { location: location.clone(), source })?
+            // The audit tables live in a schema of their own (see the
+            // 0004 migration); unqualified names find them here.
+            .options([("search_path", "\"$user\", public, audit")]);
         let pool = PgPoolOptions::new()
             .max_connections(16)
             .acquire_timeout(Duration::from_secs(10))
-            .connect(url.expose())
+            .connect_with(options)
             .await
             .map_err(|source| StoreError::Unreachable { location: location.clone(), source })?;
         MIGRATOR
@@ -93,3 +98,25 @@ impl HeldLock for AdvisoryLock {
 impl_control_store!(PostgresStore);
 impl_vault_store!(PostgresStore);
 impl_identity_store!(PostgresStore);
+impl_audit_store!(PostgresStore, sqlx::Postgres);
+
+impl PostgresStore {
+    /// Through the `audit.truncate_stream` function: it runs as the tables' owner,
+    /// the one role whose deletes the append-only trigger lets through.
+    async fn truncate_audit_rows(
+        &self,
+        checkpoint: &crate::AuditCheckpointRow,
+    ) -> Result<u64, StoreError> {
+        let (deleted,): (i64,) =
+            sqlx::query_as("SELECT audit.truncate_stream($1, $2, $3, $4, $5, $6)")
+                .bind(checkpoint.stream.as_str())
+                .bind(checkpoint.seq)
+                .bind(checkpoint.head.as_slice())
+                .bind(checkpoint.time.as_str())
+                .bind(checkpoint.key_id.as_str())
+                .bind(checkpoint.signature.as_slice())
+                .fetch_one(&self.write)
+                .await?;
+        Ok(deleted.max(0) as u64)
+    }
+}

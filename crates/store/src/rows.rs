@@ -9,7 +9,7 @@ use sqlx::types::Json;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::{EventRecord, NewEvent, OperatorToken, StoreError};
+use crate::{OperatorToken, StoreError};
 
 /// Every column of `tenants`, as `tenant_columns!` selects them.
 #[derive(Debug, sqlx::FromRow)]
@@ -98,35 +98,6 @@ impl TryFrom<StepRow> for StepRecord {
             output: row.output.map(|Json(v)| v),
             updated_at: row.updated_at,
         })
-    }
-}
-
-#[derive(Debug, sqlx::FromRow)]
-pub(crate) struct EventRow {
-    id: i64,
-    at: OffsetDateTime,
-    tenant_id: Option<Uuid>,
-    tenant: Option<String>,
-    actor: String,
-    action: String,
-    outcome: String,
-    details: Json<serde_json::Value>,
-}
-
-impl From<EventRow> for EventRecord {
-    fn from(row: EventRow) -> Self {
-        EventRecord {
-            id: row.id,
-            event: NewEvent {
-                at: row.at,
-                tenant_id: row.tenant_id.map(TenantId),
-                tenant: row.tenant,
-                actor: row.actor,
-                action: row.action,
-                outcome: row.outcome,
-                details: row.details.0,
-            },
-        }
     }
 }
 

@@ -252,39 +252,6 @@ macro_rules! impl_control_store {
                     .collect())
             }
 
-            async fn append_event(&self, event: &$crate::NewEvent) -> Result<(), $crate::StoreError> {
-                sqlx::query(
-                    "INSERT INTO events (at, tenant_id, tenant, actor, action, outcome, details) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
-                )
-                .bind(event.at)
-                .bind(event.tenant_id.map(|id| id.0))
-                .bind(event.tenant.as_deref())
-                .bind(event.actor.as_str())
-                .bind(event.action.as_str())
-                .bind(event.outcome.as_str())
-                .bind(sqlx::types::Json(&event.details))
-                .execute(&self.write)
-                .await?;
-                Ok(())
-            }
-
-            async fn events(
-                &self,
-                tenant: Option<bulkhead_model::TenantId>,
-                limit: u32,
-            ) -> Result<Vec<$crate::EventRecord>, $crate::StoreError> {
-                let rows = sqlx::query_as::<_, $crate::rows::EventRow>(
-                    "SELECT id, at, tenant_id, tenant, actor, action, outcome, details FROM events \
-                     WHERE $1 IS NULL OR tenant_id = $1 ORDER BY id DESC LIMIT $2",
-                )
-                .bind(tenant.map(|id| id.0))
-                .bind(i64::from(limit))
-                .fetch_all(&self.read)
-                .await?;
-                Ok(rows.into_iter().map(Into::into).collect())
-            }
-
             async fn operator_tokens(
                 &self,
             ) -> Result<Vec<$crate::OperatorToken>, $crate::StoreError> {
@@ -1156,3 +1123,224 @@ macro_rules! impl_identity_store {
     };
 }
 pub(crate) use impl_identity_store;
+
+/// The audit streams' statements, the same on both databases but for
+/// retention, which each backend implements as `truncate_audit_rows`.
+macro_rules! impl_audit_store {
+    ($store:ty, $db:ty) => {
+        #[async_trait::async_trait]
+        impl $crate::AuditStore for $store {
+            async fn audit_head(
+                &self,
+                stream: &str,
+            ) -> Result<Option<(i64, Vec<u8>)>, $crate::StoreError> {
+                let last: Option<(i64, Vec<u8>)> = sqlx::query_as(
+                    "SELECT seq, hash FROM audit_events WHERE stream = $1 \
+                     ORDER BY seq DESC LIMIT 1",
+                )
+                .bind(stream)
+                .fetch_optional(&self.write)
+                .await?;
+                if last.is_some() {
+                    return Ok(last);
+                }
+                Ok(sqlx::query_as(
+                    "SELECT seq, head FROM audit_checkpoints WHERE stream = $1 \
+                     AND kind = 'truncation' ORDER BY seq DESC LIMIT 1",
+                )
+                .bind(stream)
+                .fetch_optional(&self.write)
+                .await?)
+            }
+
+            async fn audit_last_checkpoint(
+                &self,
+                stream: &str,
+            ) -> Result<Option<i64>, $crate::StoreError> {
+                let row: Option<(Option<i64>,)> =
+                    sqlx::query_as("SELECT MAX(seq) FROM audit_checkpoints WHERE stream = $1")
+                        .bind(stream)
+                        .fetch_optional(&self.write)
+                        .await?;
+                Ok(row.and_then(|(seq,)| seq))
+            }
+
+            async fn append_audit(
+                &self,
+                events: &[$crate::AuditEventRow],
+                checkpoints: &[$crate::AuditCheckpointRow],
+            ) -> Result<(), $crate::StoreError> {
+                let mut tx = self.write.begin().await?;
+                for chunk in events.chunks($crate::audit::AUDIT_ROWS_PER_STATEMENT) {
+                    let mut insert = sqlx::QueryBuilder::<$db>::new(
+                        "INSERT INTO audit_events (stream, seq, time, actor_kind, actor_id, \
+                         action, resource, outcome, request_id, details, prev_hash, hash) ",
+                    );
+                    insert.push_values(chunk, |mut row, e| {
+                        row.push_bind(e.stream.as_str())
+                            .push_bind(e.seq)
+                            .push_bind(e.time.as_str())
+                            .push_bind(e.actor_kind.as_str())
+                            .push_bind(e.actor_id.as_str())
+                            .push_bind(e.action.as_str())
+                            .push_bind(e.resource.as_str())
+                            .push_bind(e.outcome.as_str())
+                            .push_bind(e.request_id.as_deref())
+                            .push_bind(e.details.as_str())
+                            .push_bind(e.prev_hash.as_slice())
+                            .push_bind(e.hash.as_slice());
+                    });
+                    insert.build().persistent(false).execute(&mut *tx).await?;
+                }
+                for chunk in checkpoints.chunks($crate::audit::AUDIT_ROWS_PER_STATEMENT) {
+                    let mut insert = sqlx::QueryBuilder::<$db>::new(
+                        "INSERT INTO audit_checkpoints (stream, seq, head, time, kind, key_id, \
+                         signature) ",
+                    );
+                    insert.push_values(chunk, |mut row, c| {
+                        row.push_bind(c.stream.as_str())
+                            .push_bind(c.seq)
+                            .push_bind(c.head.as_slice())
+                            .push_bind(c.time.as_str())
+                            .push_bind(c.kind.as_str())
+                            .push_bind(c.key_id.as_str())
+                            .push_bind(c.signature.as_slice());
+                    });
+                    insert.build().persistent(false).execute(&mut *tx).await?;
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn audit_events(
+                &self,
+                stream: &str,
+                after: i64,
+                limit: u32,
+            ) -> Result<Vec<$crate::AuditEventRow>, $crate::StoreError> {
+                Ok(sqlx::query_as(
+                    "SELECT stream, seq, time, actor_kind, actor_id, action, resource, outcome, \
+                     request_id, details, prev_hash, hash FROM audit_events \
+                     WHERE stream = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+                )
+                .bind(stream)
+                .bind(after)
+                .bind(i64::from(limit))
+                .fetch_all(&self.read)
+                .await?)
+            }
+
+            async fn audit_checkpoints(
+                &self,
+                stream: &str,
+                from: i64,
+                to: i64,
+            ) -> Result<Vec<$crate::AuditCheckpointRow>, $crate::StoreError> {
+                Ok(sqlx::query_as(
+                    "SELECT stream, seq, head, time, kind, key_id, signature \
+                     FROM audit_checkpoints WHERE stream = $1 AND seq >= $2 AND seq <= $3 \
+                     ORDER BY seq, kind",
+                )
+                .bind(stream)
+                .bind(from)
+                .bind(to)
+                .fetch_all(&self.read)
+                .await?)
+            }
+
+            async fn audit_checkpoint_before(
+                &self,
+                stream: &str,
+                seq: i64,
+            ) -> Result<Option<$crate::AuditCheckpointRow>, $crate::StoreError> {
+                Ok(sqlx::query_as(
+                    "SELECT stream, seq, head, time, kind, key_id, signature \
+                     FROM audit_checkpoints WHERE stream = $1 AND seq <= $2 \
+                     ORDER BY seq DESC, kind DESC LIMIT 1",
+                )
+                .bind(stream)
+                .bind(seq)
+                .fetch_optional(&self.read)
+                .await?)
+            }
+
+            async fn audit_first_seq_since(
+                &self,
+                stream: &str,
+                time: &str,
+            ) -> Result<Option<i64>, $crate::StoreError> {
+                let row: Option<(i64,)> = sqlx::query_as(
+                    "SELECT seq FROM audit_events WHERE stream = $1 AND time >= $2 \
+                     ORDER BY seq LIMIT 1",
+                )
+                .bind(stream)
+                .bind(time)
+                .fetch_optional(&self.read)
+                .await?;
+                Ok(row.map(|(seq,)| seq))
+            }
+
+            async fn audit_last_event_before(
+                &self,
+                stream: &str,
+                time: &str,
+            ) -> Result<Option<$crate::AuditEventRow>, $crate::StoreError> {
+                Ok(sqlx::query_as(
+                    "SELECT stream, seq, time, actor_kind, actor_id, action, resource, outcome, \
+                     request_id, details, prev_hash, hash FROM audit_events \
+                     WHERE stream = $1 AND time < $2 ORDER BY seq DESC LIMIT 1",
+                )
+                .bind(stream)
+                .bind(time)
+                .fetch_optional(&self.read)
+                .await?)
+            }
+
+            async fn audit_streams(&self) -> Result<Vec<String>, $crate::StoreError> {
+                let rows: Vec<(String,)> =
+                    sqlx::query_as("SELECT DISTINCT stream FROM audit_events ORDER BY stream")
+                        .fetch_all(&self.read)
+                        .await?;
+                Ok(rows.into_iter().map(|(stream,)| stream).collect())
+            }
+
+            async fn insert_audit_key(
+                &self,
+                key: &$crate::AuditKeyRow,
+            ) -> Result<(), $crate::StoreError> {
+                sqlx::query(
+                    "INSERT INTO audit_keys (stream, key_id, public_key, created_at) \
+                     VALUES ($1, $2, $3, $4) ON CONFLICT (stream, key_id) DO NOTHING",
+                )
+                .bind(key.stream.as_str())
+                .bind(key.key_id.as_str())
+                .bind(key.public_key.as_str())
+                .bind(key.created_at.as_str())
+                .execute(&self.write)
+                .await?;
+                Ok(())
+            }
+
+            async fn audit_keys(
+                &self,
+                stream: &str,
+            ) -> Result<Vec<$crate::AuditKeyRow>, $crate::StoreError> {
+                Ok(sqlx::query_as(
+                    "SELECT stream, key_id, public_key, created_at FROM audit_keys \
+                     WHERE stream = $1 ORDER BY created_at, key_id",
+                )
+                .bind(stream)
+                .fetch_all(&self.read)
+                .await?)
+            }
+
+            async fn truncate_audit(
+                &self,
+                checkpoint: &$crate::AuditCheckpointRow,
+            ) -> Result<u64, $crate::StoreError> {
+                self.truncate_audit_rows(checkpoint).await
+            }
+        }
+    };
+}
+pub(crate) use impl_audit_store;

@@ -8,7 +8,7 @@ use sqlx::sqlite::{
 
 use crate::{
     FileLock, FileLockError, StoreError, StoreLock,
-    sql::{impl_control_store, impl_identity_store, impl_vault_store},
+    sql::{impl_audit_store, impl_control_store, impl_identity_store, impl_vault_store},
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -70,3 +70,49 @@ impl SqliteStore {
 impl_control_store!(SqliteStore);
 impl_vault_store!(SqliteStore);
 impl_identity_store!(SqliteStore);
+impl_audit_store!(SqliteStore, sqlx::Sqlite);
+
+impl SqliteStore {
+    /// The checkpoint first, in the same transaction: the delete trigger
+    /// lets through only events a truncation checkpoint covers.
+    async fn truncate_audit_rows(
+        &self,
+        checkpoint: &crate::AuditCheckpointRow,
+    ) -> Result<u64, StoreError> {
+        let mut tx = self.write.begin().await?;
+        let anchored: Option<(i64,)> = sqlx::query_as(
+            "SELECT seq FROM audit_events WHERE stream = $1 AND seq = $2 AND hash = $3",
+        )
+        .bind(checkpoint.stream.as_str())
+        .bind(checkpoint.seq)
+        .bind(checkpoint.head.as_slice())
+        .fetch_optional(&mut *tx)
+        .await?;
+        if anchored.is_none() {
+            return Err(StoreError::Corrupt(format!(
+                "no event {} with that hash in stream {}",
+                checkpoint.seq, checkpoint.stream
+            )));
+        }
+        sqlx::query(
+            "INSERT INTO audit_checkpoints (stream, seq, head, time, kind, key_id, signature) \
+             VALUES ($1, $2, $3, $4, 'truncation', $5, $6) ON CONFLICT DO NOTHING",
+        )
+        .bind(checkpoint.stream.as_str())
+        .bind(checkpoint.seq)
+        .bind(checkpoint.head.as_slice())
+        .bind(checkpoint.time.as_str())
+        .bind(checkpoint.key_id.as_str())
+        .bind(checkpoint.signature.as_slice())
+        .execute(&mut *tx)
+        .await?;
+        let deleted = sqlx::query("DELETE FROM audit_events WHERE stream = $1 AND seq <= $2")
+            .bind(checkpoint.stream.as_str())
+            .bind(checkpoint.seq)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        tx.commit().await?;
+        Ok(deleted)
+    }
+}

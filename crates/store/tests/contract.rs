@@ -8,7 +8,7 @@ use bulkhead_model::{
     AdminEmail, Failure, Isolation, NewTenant, PlanName, RegionName, StepRecord, StepStatus,
     Tenant, TenantId, TenantName, TenantState,
 };
-use bulkhead_store::{NewEvent, OperatorToken, StoreError, TenantPage};
+use bulkhead_store::{AuditCheckpointRow, AuditEventRow, OperatorToken, StoreError, TenantPage};
 use bulkhead_testkit::StoreFixture as Fixture;
 use time::OffsetDateTime;
 
@@ -44,7 +44,7 @@ bulkhead_testkit::on_both_stores!(
     deleting_a_tenant_removes_its_steps,
     counts_by_state,
     lists_regions_in_use,
-    appends_and_reads_events,
+    appends_audit_batches_whole_or_not_at_all,
     stores_operator_token_hashes,
     one_server_at_a_time,
     reopening_keeps_data,
@@ -231,37 +231,44 @@ async fn lists_regions_in_use(f: Fixture) {
     assert_eq!(used, [("eu", 2, "alpha"), ("local", 1, "charlie")]);
 }
 
-async fn appends_and_reads_events(f: Fixture) {
-    let acme = tenant("acme");
-    let event = |tenant: Option<&Tenant>, action: &str| NewEvent {
-        at: now(),
-        tenant_id: tenant.map(|t| t.id),
-        tenant: tenant.map(|t| t.name.to_string()),
-        actor: "operator:initial".into(),
-        action: action.into(),
+async fn appends_audit_batches_whole_or_not_at_all(f: Fixture) {
+    let row = |stream: &str, seq: i64| AuditEventRow {
+        stream: stream.into(),
+        seq,
+        time: format!("2026-12-01T10:00:{seq:02}.000000Z"),
+        actor_kind: "operator".into(),
+        actor_id: "initial".into(),
+        action: "tenant.create".into(),
+        resource: "tenant".into(),
         outcome: "ok".into(),
-        details: serde_json::json!({"plan": "starter"}),
+        request_id: None,
+        details: "{}".into(),
+        prev_hash: vec![0; 32],
+        hash: vec![seq as u8; 32],
     };
-    f.store.append_event(&event(Some(&acme), "tenant.create")).await.unwrap();
-    f.store.append_event(&event(None, "operator.login")).await.unwrap();
-    f.store.append_event(&event(Some(&acme), "tenant.suspend")).await.unwrap();
-
-    let all = f.store.events(None, 10).await.unwrap();
-    let actions: Vec<_> = all.iter().map(|e| e.event.action.as_str()).collect();
-    assert_eq!(actions, ["tenant.suspend", "operator.login", "tenant.create"]);
-    let mine = f.store.events(Some(acme.id), 1).await.unwrap();
-    assert_eq!(mine.len(), 1);
-    assert_eq!(mine[0].event, event(Some(&acme), "tenant.suspend").with_at(mine[0].event.at));
-}
-
-trait WithAt {
-    fn with_at(self, at: OffsetDateTime) -> Self;
-}
-
-impl WithAt for NewEvent {
-    fn with_at(self, at: OffsetDateTime) -> Self {
-        NewEvent { at, ..self }
-    }
+    let checkpoint = |stream: &str, seq: i64| AuditCheckpointRow {
+        stream: stream.into(),
+        seq,
+        head: vec![seq as u8; 32],
+        time: "2026-12-01T10:01:00.000000Z".into(),
+        kind: "periodic".into(),
+        key_id: "k".into(),
+        signature: vec![0; 64],
+    };
+    let batch = [row("a", 1), row("b", 1), row("a", 2)];
+    f.store.append_audit(&batch, &[checkpoint("a", 2)]).await.unwrap();
+    assert_eq!(f.store.audit_head("a").await.unwrap(), Some((2, vec![2; 32])));
+    assert_eq!(f.store.audit_last_checkpoint("a").await.unwrap(), Some(2));
+    assert_eq!(f.store.audit_streams().await.unwrap(), ["a", "b"]);
+    // A batch with one bad row (a seq taken) leaves no trace at all.
+    let bad = [row("b", 2), row("c", 1), row("a", 2)];
+    assert!(f.store.append_audit(&bad, &[checkpoint("b", 2)]).await.is_err());
+    assert_eq!(f.store.audit_head("b").await.unwrap(), Some((1, vec![1; 32])));
+    assert_eq!(f.store.audit_head("c").await.unwrap(), None);
+    assert_eq!(f.store.audit_last_checkpoint("b").await.unwrap(), None);
+    let events = f.store.audit_events("a", 0, 10).await.unwrap();
+    assert_eq!(events, [row("a", 1), row("a", 2)]);
+    assert_eq!(f.store.audit_first_seq_since("a", "2026-12-01T10:00:02").await.unwrap(), Some(2));
 }
 
 async fn stores_operator_token_hashes(f: Fixture) {

@@ -86,10 +86,14 @@ impl TestDatabase {
                 .fetch_all(&mut conn)
                 .await
                 .unwrap_or_default();
-        for db in databases.into_iter().map(|(d,)| d).chain([name]) {
+        for db in databases.into_iter().map(|(d,)| d).chain([name.clone()]) {
             let sql = format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)");
             let _ = sqlx::query(AssertSqlSafe(sql)).execute(&mut conn).await;
         }
+        // The role a control store's migrations make to own its audit tables.
+        let audit_owner: String = name.chars().take(40).collect::<String>() + "_audit_owner";
+        let sql = format!("DROP ROLE IF EXISTS \"{audit_owner}\"");
+        let _ = sqlx::query(AssertSqlSafe(sql)).execute(&mut conn).await;
         let roles: Vec<(String,)> =
             sqlx::query_as("SELECT rolname FROM pg_roles WHERE rolname LIKE $1")
                 .bind(&pattern)

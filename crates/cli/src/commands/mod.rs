@@ -1,6 +1,7 @@
 //! One module per command group; each turns parsed arguments into calls and
 //! output.
 
+mod audit;
 mod auth;
 mod creds;
 mod secrets;
@@ -24,6 +25,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Vault(command) => vault::run(command, &cli.global).await,
         Command::Auth(command) => auth::run(command, &cli.global).await,
         Command::Apikeys(command) => auth::apikeys(command, &cli.global).await,
+        Command::Audit(command) => audit::run(command, &cli.global).await,
         Command::Plans(PlansCommand::List) => {
             let client = ApiClient::discover(&cli.global)?;
             output::plans(cli.global.output, &client.plans().await?.plans)

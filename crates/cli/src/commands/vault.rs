@@ -1,7 +1,8 @@
 //! `bulkhead vault ...`: keys and lockouts.
 
+use bulkhead_audit::{Actor, NewEvent, StreamId, canonical::CanonicalJson, writer::append_offline};
 use bulkhead_control::clock::{Clock, SystemClock};
-use bulkhead_store::{NewEvent, StoreLocation};
+use bulkhead_store::StoreLocation;
 use zeroize::Zeroizing;
 
 use crate::{
@@ -107,16 +108,19 @@ async fn unlock_offline(
     if !cleared {
         return Err(CliError::new(Kind::NotFound, format!("no lockout for {principal:?}")));
     }
+    let details = CanonicalJson::from_value(&serde_json::json!({ "principal": principal }))
+        .map_err(|e| CliError::failed(e.to_string()))?;
     let event = NewEvent {
-        at: SystemClock.now(),
-        tenant_id: None,
-        tenant: None,
-        actor: "offline".to_owned(),
-        action: "vault.unlock".to_owned(),
-        outcome: "ok".to_owned(),
-        details: serde_json::json!({ "principal": principal }),
+        stream: StreamId::platform(),
+        time: SystemClock.now(),
+        actor: Actor { kind: "operator".into(), id: "offline".into() },
+        action: "vault.unlock".into(),
+        resource: format!("lockouts/{principal}"),
+        outcome: "ok".into(),
+        request_id: None,
+        details,
     };
-    store.append_event(&event).await.map_err(|e| CliError::failed(e.to_string()))?;
+    append_offline(store.as_ref(), event).await.map_err(|e| CliError::failed(e.to_string()))?;
     eprintln!("cleared the lockout of {principal} in {}", store.location());
     Ok(())
 }

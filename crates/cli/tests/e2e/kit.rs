@@ -245,6 +245,21 @@ impl Server {
         child.wait_with_output().unwrap()
     }
 
+    /// Every event of these tenants' audit streams and of the platform's,
+    /// read with `bulkhead audit tail`.
+    pub fn audit_events(&self, tenants: &[&str]) -> Vec<Value> {
+        let mut streams: Vec<Vec<&str>> =
+            tenants.iter().map(|t| vec!["audit", "tail", "--tenant", t]).collect();
+        streams.push(vec!["audit", "tail", "--platform"]);
+        let mut events = Vec::new();
+        for mut args in streams {
+            args.extend(["--lines", "10000"]);
+            let listed = self.cli_json(&args);
+            events.extend(listed.as_array().cloned().unwrap_or_default());
+        }
+        events
+    }
+
     /// The server's control store, opened beside it (SQLite allows readers
     /// while the server writes).
     pub async fn open_store(&self) -> std::sync::Arc<dyn bulkhead_store::ControlStore> {
@@ -360,6 +375,12 @@ pub fn stderr(output: &Output) -> String {
 
 pub fn exit_code(output: &Output) -> i32 {
     output.status.code().unwrap_or(-1)
+}
+
+/// The output a tenant view's step `name` recorded.
+pub fn step_output<'a>(tenant: &'a Value, name: &str) -> &'a Value {
+    let steps = tenant["steps"].as_array().expect("a tenant view with steps");
+    &steps.iter().find(|s| s["name"] == name).expect("the step is listed")["output"]
 }
 
 /// Entries of a directory, sorted (empty if it does not exist).

@@ -1,7 +1,7 @@
 //! The quickstart, as a user runs it: create, list, get, suspend, resume,
 //! delete --purge, through the real CLI, on both stores.
 
-use crate::kit::{Server, entries, exit_code, stderr, stdout};
+use crate::kit::{Server, entries, exit_code, stderr, stdout, step_output};
 
 /// Runs the README's quickstart and returns the tenant's `get` document
 /// from while it was active.
@@ -29,7 +29,7 @@ async fn quickstart(server: &Server) -> serde_json::Value {
     assert_eq!(got["domain"], "acme.localhost");
     let steps: Vec<_> =
         got["steps"].as_array().unwrap().iter().map(|s| s["state"].as_str().unwrap()).collect();
-    assert_eq!(steps, ["applied"; 5]);
+    assert_eq!(steps, ["applied"; 6]);
 
     let suspended = server.cli_json(&["tenants", "suspend", "acme"]);
     assert_eq!(suspended["state"], "suspended");
@@ -53,7 +53,7 @@ async fn quickstart_on_the_embedded_store() {
     let server = Server::embedded().await;
     let got = quickstart(&server).await;
     assert_eq!(got["isolation"], "silo", "professional's pool default falls back to silo");
-    assert_eq!(got["steps"][3]["output"]["engine"], "sqlite");
+    assert_eq!(step_output(&got, "create_database")["engine"], "sqlite");
     assert_eq!(entries(&server.data_dir().join("tenants")), Vec::<String>::new());
 }
 
@@ -63,14 +63,18 @@ async fn quickstart_on_postgres() {
     let db = server.postgres_db();
     let got = quickstart(&server).await;
     assert_eq!(got["isolation"], "pool", "professional pools on PostgreSQL");
-    assert_eq!(got["steps"][3]["output"]["database"], format!("{}pool", db.object_prefix));
+    assert_eq!(
+        step_output(&got, "create_database")["database"],
+        format!("{}pool", db.object_prefix)
+    );
 
     // An enterprise tenant is a silo: its own database and owner role,
     // which offboarding drops.
     let created =
         server.cli_json(&["tenants", "create", "globex", "--plan", "enterprise", "--wait"]);
     assert_eq!(created["isolation"], "silo");
-    let database = created["steps"][3]["output"]["database"].as_str().unwrap().to_owned();
+    let database =
+        step_output(&created, "create_database")["database"].as_str().unwrap().to_owned();
     let (owner, reader) = (format!("{database}_owner"), format!("{database}_read"));
     let (databases, roles) = db.owned_objects().await;
     assert!(databases.contains(&database), "{databases:?}");
@@ -95,7 +99,7 @@ async fn a_deleted_tenant_keeps_its_name_until_purged() {
     assert_eq!(got["state"], "deleted");
     let steps: Vec<_> =
         got["steps"].as_array().unwrap().iter().map(|s| s["state"].as_str().unwrap()).collect();
-    assert_eq!(steps, ["undone"; 5]);
+    assert_eq!(steps, ["undone"; 6]);
     assert_eq!(server.cli_json(&["tenants", "list"]), serde_json::json!([]));
     let tombstones = server.cli_json(&["tenants", "list", "--state", "deleted"]);
     assert_eq!(tombstones[0]["name"], "acme");

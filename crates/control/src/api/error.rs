@@ -16,8 +16,8 @@ use bulkhead_vault::VaultError;
 
 use super::types::{ErrorBody, ErrorDetail};
 use crate::{
-    credentials::CredentialError, identity::IdentityError, tenants::TenantError,
-    vault::VaultServiceError,
+    audit::AuditServiceError, credentials::CredentialError, identity::IdentityError,
+    tenants::TenantError, vault::VaultServiceError,
 };
 
 /// The table of error codes: each with its HTTP status.
@@ -278,6 +278,30 @@ impl From<IdentityError> for ApiError {
             }
             IdentityError::Store(store) => return store_error(store),
             IdentityError::Internal(_) => return Self::internal(&error),
+        };
+        Self::new(code, error.to_string())
+    }
+}
+
+impl From<AuditServiceError> for ApiError {
+    fn from(error: AuditServiceError) -> Self {
+        use ErrorCode::*;
+        let code = match &error {
+            AuditServiceError::TenantNotFound(_) => TenantNotFound,
+            AuditServiceError::Forbidden(_) => Forbidden,
+            // Tenant credentials never reach platform paths; this is an
+            // operator-only answer for anyone else that could.
+            AuditServiceError::PlatformOnly => Unauthorized,
+            AuditServiceError::NoKey(_) => InvalidState,
+            AuditServiceError::InvalidRequest(_) => InvalidRequest,
+            AuditServiceError::Vault(_) => {
+                return match error {
+                    AuditServiceError::Vault(e) => e.into(),
+                    _ => Self::internal(&error),
+                };
+            }
+            AuditServiceError::Store(store) => return store_error(store),
+            AuditServiceError::Internal(_) => return Self::internal(&error),
         };
         Self::new(code, error.to_string())
     }

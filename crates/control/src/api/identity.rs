@@ -17,6 +17,7 @@ use bulkhead_vault::ttl::parse_duration;
 use super::{
     AppState,
     error::{ApiError, ErrorCode},
+    record_tenant,
     types::{
         ApiKeyCreated, ApiKeyList, ApiKeyView, CreateApiKeyRequest, ErrorBody, IssueTokenRequest,
         Jwks, RealmKeyList, RealmKeyView, RevokedTokensView, RotateRealmKeyParams,
@@ -28,13 +29,9 @@ use crate::{
     identity::{TokenRequest, TrustConfig},
 };
 
-fn record_tenant(name: &str) {
-    tracing::Span::current().record("tenant", name);
-}
-
 /// Realm documents change only when a key rotates, and rotation keeps old
 /// keys published longer than this.
-fn cacheable(json: impl IntoResponse) -> Response {
+pub(super) fn cacheable(json: impl IntoResponse) -> Response {
     let mut response = json.into_response();
     response
         .headers_mut()

@@ -2,6 +2,7 @@
 //! generated from the handlers themselves (so an undocumented route cannot
 //! exist).
 
+pub mod audit;
 mod auth;
 mod catalog;
 pub mod error;
@@ -37,8 +38,8 @@ use utoipa::{
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
-    identity::IdentityService, metrics::Metrics, operator_token::OperatorTokens,
-    tenants::TenantService, vault::VaultService,
+    audit::AuditService, identity::IdentityService, metrics::Metrics,
+    operator_token::OperatorTokens, tenants::TenantService, vault::VaultService,
 };
 use error::{ApiError, ErrorCode};
 
@@ -51,6 +52,7 @@ pub struct AppState {
     pub tenants: Arc<TenantService>,
     pub vault: Arc<VaultService>,
     pub identity: Arc<IdentityService>,
+    pub audit: Arc<AuditService>,
     pub base_domain: BaseDomain,
     pub step_names: Arc<[&'static str]>,
     pub store: Arc<dyn ControlStore>,
@@ -82,6 +84,7 @@ impl AppState {
         (name = "catalog", description = "Plans and regions"),
         (name = "vault", description = "Secrets, data keys and database credentials of tenants"),
         (name = "realms", description = "Each tenant's identity realm: OIDC documents, tokens, signing keys, API keys"),
+        (name = "audit", description = "Each tenant's hash-chained, signed audit stream, and the platform's"),
         (name = "meta", description = "Health, readiness, metrics and this document"),
     )
 )]
@@ -132,8 +135,13 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(identity::create_api_key, identity::list_api_keys))
         .routes(routes!(identity::revoke_api_key))
         .routes(routes!(identity::set_trust, identity::get_trust, identity::remove_trust))
+        .routes(routes!(audit::tenant_events))
+        .routes(routes!(audit::tenant_export))
+        .routes(routes!(audit::platform_events))
+        .routes(routes!(audit::platform_export))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::authenticate));
     let public = OpenApiRouter::new()
+        .routes(routes!(audit::audit_keys))
         .routes(routes!(identity::discovery))
         .routes(routes!(identity::jwks))
         .routes(routes!(meta::healthz))
@@ -179,6 +187,11 @@ async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
 /// it is sane, else a new one) that is returned in the response; the span's
 /// `tenant` is filled in by handlers that learn it. Also counts and times
 /// the request.
+/// Names the tenant a request is about on its span (and so in its logs).
+pub(crate) fn record_tenant(name: &str) {
+    tracing::Span::current().record("tenant", name);
+}
+
 async fn observe(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let request_id = request
         .headers()
@@ -204,7 +217,8 @@ async fn observe(State(state): State<AppState>, request: Request, next: Next) ->
         tenant = Empty,
     );
     let started = Instant::now();
-    let mut response = next.run(request).instrument(span.clone()).await;
+    let run = next.run(request).instrument(span.clone());
+    let mut response = crate::events::REQUEST_ID.scope(request_id.clone(), run).await;
     let elapsed = started.elapsed();
     let status = response.status().as_u16();
     span.record("status", status);

@@ -16,6 +16,7 @@ use super::auth::operator_only;
 use super::{
     AppState,
     error::{ApiError, ErrorCode},
+    record_tenant,
     types::{
         CreateTenantRequest, DeleteTenantParams, ErrorBody, ListTenantsParams, TenantList,
         TenantView,
@@ -26,10 +27,6 @@ use bulkhead_identity::Permission;
 
 const DEFAULT_PAGE: u32 = 100;
 const MAX_PAGE: u32 = 1_000;
-
-fn record_tenant(name: &str) {
-    tracing::Span::current().record("tenant", name);
-}
 
 /// Create a tenant. Answers at once with the tenant `provisioning`; poll it
 /// until it is `active` or `failed`.

@@ -21,6 +21,7 @@ use zeroize::Zeroizing;
 use super::{
     AppState,
     error::{ApiError, ErrorCode},
+    record_tenant,
     types::{
         CredentialView, ErrorBody, IssueCredentialRequest, KeyStatusView, LeaseList,
         LeaseListParams, LeaseView, LockoutList, LockoutView, MasterRotationView, RewrapView,
@@ -32,10 +33,6 @@ use crate::{credentials::Access, events::Actor};
 
 /// The secret's version, on a read.
 pub const SECRET_VERSION_HEADER: HeaderName = HeaderName::from_static("bulkhead-secret-version");
-
-fn record_tenant(name: &str) {
-    tracing::Span::current().record("tenant", name);
-}
 
 /// Store a new version of a secret. The body is the value itself, 1 byte
 /// to 64 KiB; older versions beyond the plan's count are dropped.

@@ -8,6 +8,7 @@
 //! step's effect. Later capabilities (vault keys, identity realm, audit
 //! stream, gateway routes, backups) add their steps to this list.
 
+mod audit_key;
 mod database;
 mod directory;
 mod keys;
@@ -16,12 +17,14 @@ mod realm;
 use std::{fmt, path::PathBuf, sync::Arc};
 
 use async_trait::async_trait;
+use bulkhead_audit::AuditLog;
 use bulkhead_model::{Region, Tenant};
 use bulkhead_vault::Vault;
 use thiserror::Error;
 
-use crate::{clock::Clock, credentials::Credentials, identity::IdentityService};
+use crate::{audit::AuditKeys, clock::Clock, credentials::Credentials, identity::IdentityService};
 
+pub use audit_key::CreateAuditKey;
 pub use database::{CreateDatabase, RegionServers, SiloNames, silo_identifiers};
 pub use directory::AllocateDirectory;
 pub use keys::{CreateDataKey, DatabaseCredentials};
@@ -75,6 +78,8 @@ pub struct StepServices {
     pub vault: Arc<Vault>,
     pub credentials: Arc<Credentials>,
     pub identity: Arc<IdentityService>,
+    pub audit_keys: Arc<AuditKeys>,
+    pub audit: AuditLog,
     pub clock: Arc<dyn Clock>,
 }
 
@@ -87,6 +92,7 @@ pub fn standard_steps(services: &StepServices) -> Vec<Arc<dyn ProvisioningStep>>
     vec![
         Arc::new(AllocateDirectory),
         Arc::new(CreateDataKey::new(Arc::clone(&services.vault), Arc::clone(&services.clock))),
+        Arc::new(CreateAuditKey::new(Arc::clone(&services.audit_keys), services.audit.clone())),
         Arc::new(CreateRealm::new(Arc::clone(&services.identity))),
         Arc::new(CreateDatabase::new(services.servers.clone())),
         Arc::new(DatabaseCredentials::new(

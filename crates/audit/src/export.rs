@@ -1,0 +1,236 @@
+//! Exports: JSON lines, each canonical JSON. A header (the stream and its
+//! public keys), then the stream's events in order with each stored
+//! checkpoint right after the event it covers, then one export checkpoint
+//! signed now over the last event. A partial export (`since`) starts with
+//! the stored checkpoint its first event follows, so it verifies from there.
+
+use std::sync::Arc;
+
+use bulkhead_store::{AuditCheckpointRow, AuditEventRow, AuditKeyRow, AuditStore, StoreError};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::{
+    canonical::CanonicalJson,
+    checkpoint::{AuditKey, Checkpoint, CheckpointKind, PublicKeyInfo},
+    record::{Actor, Event, GENESIS, StreamId, format_time, parse_hash},
+};
+
+/// What the header's `format` says; a verifier refuses any other.
+pub const FORMAT: &str = "bulkhead-audit/1";
+
+/// Events read from the store per page.
+const PAGE: u32 = 5_000;
+
+/// An export's first line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Header {
+    /// Always `header`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub format: String,
+    pub stream: StreamId,
+    /// The tenant's name when exported, for people; the stream names the
+    /// tenant by id.
+    pub tenant: Option<String>,
+    pub exported_at: String,
+    /// Every key that has signed the stream's checkpoints.
+    pub keys: Vec<PublicKeyInfo>,
+}
+
+impl Header {
+    pub fn line(&self) -> Result<String, String> {
+        let value = serde_json::to_value(self).map_err(|e| e.to_string())?;
+        CanonicalJson::from_value(&value).map(CanonicalJson::into_string).map_err(|e| e.to_string())
+    }
+}
+
+pub fn event_from_row(row: &AuditEventRow) -> Result<Event, String> {
+    let hash = |bytes: &[u8]| -> Result<[u8; 32], String> {
+        bytes
+            .try_into()
+            .map_err(|_| format!("event {} of {}: a hash is not 32 bytes", row.seq, row.stream))
+    };
+    Ok(Event {
+        stream: StreamId::parse(&row.stream)?,
+        seq: u64::try_from(row.seq).map_err(|_| format!("negative seq in {}", row.stream))?,
+        time: row.time.clone(),
+        actor: Actor { kind: row.actor_kind.clone(), id: row.actor_id.clone() },
+        action: row.action.clone(),
+        resource: row.resource.clone(),
+        outcome: row.outcome.clone(),
+        request_id: row.request_id.clone(),
+        details: CanonicalJson::assume_canonical(row.details.clone()),
+        prev_hash: hash(&row.prev_hash)?,
+        hash: hash(&row.hash)?,
+    })
+}
+
+pub fn checkpoint_from_row(row: &AuditCheckpointRow) -> Result<Checkpoint, String> {
+    Ok(Checkpoint {
+        stream: StreamId::parse(&row.stream)?,
+        seq: u64::try_from(row.seq).map_err(|_| format!("negative seq in {}", row.stream))?,
+        head: row.head.as_slice().try_into().map_err(|_| "a checkpoint head is not 32 bytes")?,
+        time: row.time.clone(),
+        kind: CheckpointKind::parse(&row.kind)
+            .ok_or_else(|| format!("checkpoint kind {:?}", row.kind))?,
+        key_id: row.key_id.clone(),
+        signature: row
+            .signature
+            .as_slice()
+            .try_into()
+            .map_err(|_| "a signature is not 64 bytes")?,
+    })
+}
+
+pub fn key_from_row(row: &AuditKeyRow) -> Result<PublicKeyInfo, String> {
+    Ok(PublicKeyInfo {
+        key_id: row.key_id.clone(),
+        stream: StreamId::parse(&row.stream)?,
+        alg: "EdDSA".into(),
+        public_key: row.public_key.clone(),
+        created_at: row.created_at.clone(),
+    })
+}
+
+/// Produces an export page by page, so a long stream is never held in
+/// memory whole.
+#[derive(Debug)]
+pub struct Exporter {
+    store: Arc<dyn AuditStore>,
+    stream: StreamId,
+    key: Arc<AuditKey>,
+    now: OffsetDateTime,
+    /// Events after this seq come next.
+    after: i64,
+    /// The last event written: what the export checkpoint covers.
+    head: (u64, [u8; 32]),
+    header: Option<Header>,
+    done: bool,
+}
+
+impl Exporter {
+    /// An export of `stream` from its first retained event, or from the
+    /// first event at or after `since`. `key` signs the closing checkpoint.
+    pub async fn new(
+        store: Arc<dyn AuditStore>,
+        stream: StreamId,
+        tenant: Option<String>,
+        key: Arc<AuditKey>,
+        since: Option<OffsetDateTime>,
+        now: OffsetDateTime,
+    ) -> Result<Self, StoreError> {
+        let keys = store
+            .audit_keys(stream.as_str())
+            .await?
+            .iter()
+            .filter_map(|row| key_from_row(row).ok())
+            .collect();
+        let header = Header {
+            kind: "header".into(),
+            format: FORMAT.into(),
+            stream: stream.clone(),
+            tenant,
+            exported_at: format_time(now),
+            keys,
+        };
+        let after = match since {
+            Some(since) => {
+                let from =
+                    store.audit_first_seq_since(stream.as_str(), &format_time(since)).await?;
+                match from {
+                    Some(seq) => seq - 1,
+                    None => store.audit_head(stream.as_str()).await?.map_or(0, |(seq, _)| seq),
+                }
+            }
+            None => 0,
+        };
+        Ok(Self {
+            store,
+            stream,
+            key,
+            now,
+            after,
+            head: (0, GENESIS),
+            header: Some(header),
+            done: false,
+        })
+    }
+
+    /// The next lines, newline-terminated; `None` once the export is
+    /// complete.
+    pub async fn next_page(&mut self) -> Result<Option<String>, String> {
+        if self.done {
+            return Ok(None);
+        }
+        let mut out = String::new();
+        let stream = self.stream.as_str().to_owned();
+        if let Some(header) = self.header.take() {
+            out.push_str(&header.line()?);
+            out.push('\n');
+            // Where the chain resumes when it does not start at seq 1:
+            // the checkpoint of the event before (or the truncation one).
+            let anchor = match self.after {
+                0 => self
+                    .store
+                    .audit_events(&stream, 0, 1)
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .first()
+                    .map(|e| e.seq - 1),
+                after => Some(after),
+            };
+            if let Some(anchor) = anchor.filter(|seq| *seq > 0) {
+                let row = self
+                    .store
+                    .audit_checkpoint_before(&stream, anchor)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if let Some(row) = row {
+                    let checkpoint = checkpoint_from_row(&row)?;
+                    self.after = row.seq;
+                    self.head = (checkpoint.seq, checkpoint.head);
+                    out.push_str(&checkpoint.export_line());
+                    out.push('\n');
+                }
+            }
+        }
+        let rows =
+            self.store.audit_events(&stream, self.after, PAGE).await.map_err(|e| e.to_string())?;
+        if let (Some(first), Some(last)) = (rows.first(), rows.last()) {
+            let checkpoints = self
+                .store
+                .audit_checkpoints(&stream, first.seq, last.seq)
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut checkpoints = checkpoints.iter().filter(|c| c.kind == "periodic").peekable();
+            for row in &rows {
+                let event = event_from_row(row)?;
+                out.push_str(&event.export_line());
+                out.push('\n');
+                while let Some(checkpoint) = checkpoints.next_if(|c| c.seq <= row.seq) {
+                    if checkpoint.seq == row.seq {
+                        out.push_str(&checkpoint_from_row(checkpoint)?.export_line());
+                        out.push('\n');
+                    }
+                }
+                self.head = (event.seq, event.hash);
+                self.after = row.seq;
+            }
+        }
+        if rows.len() < PAGE as usize {
+            let (seq, head) = self.head;
+            let closing = Checkpoint::sign(&self.key, seq, head, self.now, CheckpointKind::Export);
+            out.push_str(&closing.export_line());
+            out.push('\n');
+            self.done = true;
+        }
+        Ok(Some(out))
+    }
+}
+
+/// Reads a hash written as hex in an export.
+pub(crate) fn hash_field(text: &str) -> Option<[u8; 32]> {
+    parse_hash(text)
+}

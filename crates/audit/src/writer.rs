@@ -1,0 +1,492 @@
+//! The one path by which events are appended: a single task that takes
+//! events from a bounded queue, places each in its stream (seq and hash),
+//! and writes whatever has queued up, across every stream, in one
+//! transaction. One task keeps each stream's order without locks; one
+//! transaction per batch makes a crash leave a batch fully written or not
+//! at all; batching is what makes it fast, since a busy queue turns into
+//! large batches by itself, with no waiting added when it is quiet.
+
+use std::{
+    collections::HashMap,
+    fmt,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use async_trait::async_trait;
+use bulkhead_store::{AuditCheckpointRow, AuditEventRow, AuditStore, StoreError};
+use thiserror::Error;
+use time::OffsetDateTime;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::{
+    checkpoint::{AuditKey, Checkpoint, CheckpointKind},
+    record::{Event, GENESIS, NewEvent, StreamId},
+};
+
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum AuditError {
+    #[error("the audit writer has stopped")]
+    Closed,
+    #[error("the audit queue is full")]
+    Full,
+    #[error("cannot write audit events: {0}")]
+    Store(String),
+    #[error("stream {0} has no audit key to sign with yet")]
+    NoKey(String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl From<StoreError> for AuditError {
+    fn from(e: StoreError) -> Self {
+        AuditError::Store(e.to_string())
+    }
+}
+
+/// The keys that sign each stream's checkpoints.
+#[async_trait]
+pub trait KeyRing: Send + Sync + fmt::Debug {
+    /// The key that signs `stream`'s checkpoints now; `None` when there is
+    /// none to be had (not made yet, or the tenant's own key is not
+    /// loaded): the events are appended and chained anyway, and the
+    /// checkpoint is made once the key is back.
+    async fn signing_key(&self, stream: &StreamId) -> Option<Arc<AuditKey>>;
+}
+
+/// Where the writer takes the time of checkpoints from.
+pub type Now = Arc<dyn Fn() -> OffsetDateTime + Send + Sync>;
+
+#[derive(Debug, Clone)]
+pub struct WriterSettings {
+    /// A stream is checkpointed after this many events ...
+    pub checkpoint_every: u64,
+    /// ... or when its oldest unsigned event is this old.
+    pub checkpoint_interval: Duration,
+    /// The most events written in one transaction.
+    pub max_batch: usize,
+    /// Events waiting to be written; appends wait when it is full.
+    pub queue: usize,
+}
+
+impl Default for WriterSettings {
+    fn default() -> Self {
+        Self {
+            checkpoint_every: 1_000,
+            checkpoint_interval: Duration::from_secs(60),
+            max_batch: 5_000,
+            queue: 50_000,
+        }
+    }
+}
+
+enum Command {
+    Append(NewEvent, Option<oneshot::Sender<Result<u64, AuditError>>>),
+    /// Checkpoints every stream with unsigned events.
+    Checkpoint(oneshot::Sender<()>),
+    /// Signs a truncation checkpoint at the stream's last event before
+    /// `before` and deletes the events up to it.
+    Truncate {
+        stream: StreamId,
+        before: OffsetDateTime,
+        reply: oneshot::Sender<Result<u64, AuditError>>,
+    },
+    Stop(oneshot::Sender<()>),
+}
+
+/// A handle on the writer; cheap to clone.
+#[derive(Clone)]
+pub struct AuditLog {
+    tx: mpsc::Sender<Command>,
+}
+
+impl fmt::Debug for AuditLog {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuditLog").finish_non_exhaustive()
+    }
+}
+
+impl AuditLog {
+    /// Starts the writer. It runs until [`AuditLog::stop`] or until every
+    /// handle is dropped, and checkpoints every stream before it ends.
+    pub fn start(
+        store: Arc<dyn AuditStore>,
+        keys: Arc<dyn KeyRing>,
+        now: Now,
+        settings: WriterSettings,
+    ) -> (Self, tokio::task::JoinHandle<()>) {
+        let (tx, rx) = mpsc::channel(settings.queue.max(1));
+        let writer = Writer { store, keys, now, settings, heads: HashMap::new() };
+        (Self { tx }, tokio::spawn(writer.run(rx)))
+    }
+
+    /// Appends `event` and returns its seq once it is written.
+    pub async fn append(&self, event: NewEvent) -> Result<u64, AuditError> {
+        let (reply, written) = oneshot::channel();
+        self.tx.send(Command::Append(event, Some(reply))).await.map_err(|_| AuditError::Closed)?;
+        written.await.map_err(|_| AuditError::Closed)?
+    }
+
+    /// Queues `event` without waiting, for paths that must not block (the
+    /// gateway's); refused when the queue is full.
+    pub fn append_nowait(&self, event: NewEvent) -> Result<(), AuditError> {
+        self.tx.try_send(Command::Append(event, None)).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => AuditError::Full,
+            mpsc::error::TrySendError::Closed(_) => AuditError::Closed,
+        })
+    }
+
+    /// Checkpoints every stream with unsigned events, now.
+    pub async fn checkpoint_all(&self) -> Result<(), AuditError> {
+        let (reply, done) = oneshot::channel();
+        self.tx.send(Command::Checkpoint(reply)).await.map_err(|_| AuditError::Closed)?;
+        done.await.map_err(|_| AuditError::Closed)
+    }
+
+    /// Retention: deletes the stream's events recorded before `before`,
+    /// after a signed truncation checkpoint at the last of them; returns
+    /// how many were deleted.
+    pub async fn truncate_before(
+        &self,
+        stream: StreamId,
+        before: OffsetDateTime,
+    ) -> Result<u64, AuditError> {
+        let (reply, done) = oneshot::channel();
+        let command = Command::Truncate { stream, before, reply };
+        self.tx.send(command).await.map_err(|_| AuditError::Closed)?;
+        done.await.map_err(|_| AuditError::Closed)?
+    }
+
+    /// Writes what is queued, checkpoints every stream and stops.
+    pub async fn stop(&self) {
+        let (reply, done) = oneshot::channel();
+        if self.tx.send(Command::Stop(reply)).await.is_ok() {
+            let _ = done.await;
+        }
+    }
+}
+
+/// A stream's head as the writer knows it.
+struct Head {
+    seq: u64,
+    hash: [u8; 32],
+    /// Events since the last checkpoint, and since when.
+    unsigned: u64,
+    unsigned_since: Option<Instant>,
+}
+
+struct Writer {
+    store: Arc<dyn AuditStore>,
+    keys: Arc<dyn KeyRing>,
+    now: Now,
+    settings: WriterSettings,
+    heads: HashMap<StreamId, Head>,
+}
+
+type Reply = oneshot::Sender<Result<u64, AuditError>>;
+
+impl Writer {
+    async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+        let mut tick =
+            tokio::time::interval(Duration::from_secs(1).min(self.settings.checkpoint_interval));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let command = tokio::select! {
+                command = rx.recv() => command,
+                _ = tick.tick() => {
+                    self.checkpoint_due(false).await;
+                    continue;
+                }
+            };
+            let Some(command) = command else { break };
+            let mut batch: Vec<(NewEvent, Option<Reply>)> = Vec::new();
+            let mut next = Some(command);
+            // Everything already queued joins this batch, up to its cap;
+            // other commands run after the batch is written, in order.
+            while let Some(command) = next.take() {
+                match command {
+                    Command::Append(event, reply) => {
+                        batch.push((event, reply));
+                        if batch.len() < self.settings.max_batch {
+                            next = rx.try_recv().ok();
+                        }
+                    }
+                    other => {
+                        self.write(std::mem::take(&mut batch)).await;
+                        if self.control(other).await {
+                            return;
+                        }
+                    }
+                }
+            }
+            self.write(batch).await;
+        }
+        self.checkpoint_due(true).await;
+    }
+
+    /// Runs a command other than an append; true when the writer stops.
+    async fn control(&mut self, command: Command) -> bool {
+        match command {
+            Command::Append(..) => false,
+            Command::Checkpoint(reply) => {
+                self.checkpoint_due(true).await;
+                let _ = reply.send(());
+                false
+            }
+            Command::Truncate { stream, before, reply } => {
+                let _ = reply.send(self.truncate(&stream, before).await);
+                false
+            }
+            Command::Stop(reply) => {
+                self.checkpoint_due(true).await;
+                let _ = reply.send(());
+                true
+            }
+        }
+    }
+
+    async fn head(&mut self, stream: &StreamId) -> Result<&mut Head, AuditError> {
+        if !self.heads.contains_key(stream) {
+            let (seq, hash) = match self.store.audit_head(stream.as_str()).await? {
+                Some((seq, hash)) => (
+                    u64::try_from(seq).map_err(|_| AuditError::Invalid("negative seq".into()))?,
+                    hash.try_into()
+                        .map_err(|_| AuditError::Invalid("stored hash is not 32 bytes".into()))?,
+                ),
+                None => (0, GENESIS),
+            };
+            let signed = self.store.audit_last_checkpoint(stream.as_str()).await?.unwrap_or(0);
+            let unsigned = seq.saturating_sub(u64::try_from(signed).unwrap_or(0));
+            let since = (unsigned > 0).then(Instant::now);
+            self.heads.insert(stream.clone(), Head { seq, hash, unsigned, unsigned_since: since });
+        }
+        self.heads.get_mut(stream).ok_or(AuditError::Closed)
+    }
+
+    async fn write(&mut self, batch: Vec<(NewEvent, Option<Reply>)>) {
+        if batch.is_empty() {
+            return;
+        }
+        // One more try from freshly read heads: another process (an
+        // offline `bulkhead vault unlock`) may have appended meanwhile.
+        let retry: Vec<NewEvent> = batch.iter().map(|(event, _)| event.clone()).collect();
+        let (replies, result) = self.try_write(batch).await;
+        let result = match result {
+            Err(_) => {
+                let again = retry.into_iter().map(|event| (event, None)).collect();
+                let (seqs, result) = self.try_write(again).await;
+                result.map(|()| seqs.into_iter().map(|(_, seq)| seq).collect::<Vec<_>>())
+            }
+            Ok(()) => Ok(replies.iter().map(|(_, seq)| *seq).collect()),
+        };
+        match result {
+            Ok(seqs) => {
+                for ((reply, _), seq) in replies.into_iter().zip(seqs) {
+                    if let Some(reply) = reply {
+                        let _ = reply.send(Ok(seq));
+                    }
+                }
+            }
+            Err(error) => {
+                for (reply, _) in replies {
+                    if let Some(reply) = reply {
+                        let _ = reply.send(Err(error.clone()));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Chains and writes one batch; on failure forgets the heads it
+    /// touched, so the next try reads them again.
+    async fn try_write(
+        &mut self,
+        batch: Vec<(NewEvent, Option<Reply>)>,
+    ) -> (Vec<(Option<Reply>, u64)>, Result<(), AuditError>) {
+        let mut rows = Vec::with_capacity(batch.len());
+        let mut replies = Vec::with_capacity(batch.len());
+        let mut touched: Vec<StreamId> = Vec::new();
+        let mut checkpoints = Vec::new();
+        let every = self.settings.checkpoint_every.max(1);
+        for (event, reply) in batch {
+            let stream = event.stream.clone();
+            let head = match self.head(&stream).await {
+                Ok(head) => head,
+                Err(e) => {
+                    if let Some(reply) = reply {
+                        let _ = reply.send(Err(e));
+                    }
+                    continue;
+                }
+            };
+            let event = Event::chain(event, head.seq + 1, head.hash);
+            head.seq = event.seq;
+            head.hash = event.hash;
+            head.unsigned += 1;
+            head.unsigned_since.get_or_insert_with(Instant::now);
+            let due = head.unsigned >= every;
+            if !touched.contains(&stream) {
+                touched.push(stream.clone());
+            }
+            replies.push((reply, event.seq));
+            rows.push(event_row(&event));
+            // Exactly every N events, even within one batch.
+            if due && let Some(key) = self.keys.signing_key(&stream).await {
+                let at = (self.now)();
+                let checkpoint =
+                    Checkpoint::sign(&key, event.seq, event.hash, at, CheckpointKind::Periodic);
+                checkpoints.push(checkpoint_row(&checkpoint));
+                if let Some(head) = self.heads.get_mut(&stream) {
+                    head.unsigned = 0;
+                    head.unsigned_since = None;
+                }
+            }
+        }
+        match self.store.append_audit(&rows, &checkpoints).await {
+            Ok(()) => (replies, Ok(())),
+            Err(error) => {
+                tracing::error!(%error, events = rows.len(), "audit batch not written");
+                for stream in touched {
+                    self.heads.remove(&stream);
+                }
+                (replies, Err(AuditError::from(error)))
+            }
+        }
+    }
+
+    /// Checkpoints for `streams` at their current heads, for those whose
+    /// key is available.
+    async fn sign(&mut self, streams: &[StreamId]) -> Signed {
+        let mut signed = Signed::default();
+        let at = (self.now)();
+        for stream in streams {
+            let Some(head) = self.heads.get(stream) else { continue };
+            if head.seq == 0 {
+                continue;
+            }
+            let (seq, hash) = (head.seq, head.hash);
+            let Some(key) = self.keys.signing_key(stream).await else { continue };
+            let checkpoint = Checkpoint::sign(&key, seq, hash, at, CheckpointKind::Periodic);
+            signed.rows.push(checkpoint_row(&checkpoint));
+            signed.streams.push(stream.clone());
+        }
+        signed
+    }
+
+    fn signed(&mut self, streams: &[StreamId]) {
+        for stream in streams {
+            if let Some(head) = self.heads.get_mut(stream) {
+                head.unsigned = 0;
+                head.unsigned_since = None;
+            }
+        }
+    }
+
+    /// Checkpoints every stream with unsigned events older than the
+    /// interval, or (`all`) every stream with unsigned events.
+    async fn checkpoint_due(&mut self, all: bool) {
+        let interval = self.settings.checkpoint_interval;
+        let due: Vec<StreamId> = self
+            .heads
+            .iter()
+            .filter(|(_, h)| h.unsigned > 0)
+            .filter(|(_, h)| all || h.unsigned_since.is_some_and(|at| at.elapsed() >= interval))
+            .map(|(stream, _)| stream.clone())
+            .collect();
+        if due.is_empty() {
+            return;
+        }
+        let signed = self.sign(&due).await;
+        if signed.rows.is_empty() {
+            return;
+        }
+        match self.store.append_audit(&[], &signed.rows).await {
+            Ok(()) => self.signed(&signed.streams),
+            Err(error) => tracing::error!(%error, "audit checkpoints not written"),
+        }
+    }
+
+    async fn truncate(
+        &mut self,
+        stream: &StreamId,
+        before: OffsetDateTime,
+    ) -> Result<u64, AuditError> {
+        let before = crate::record::format_time(before);
+        let Some(last) = self.store.audit_last_event_before(stream.as_str(), &before).await? else {
+            return Ok(0);
+        };
+        let key = self
+            .keys
+            .signing_key(stream)
+            .await
+            .ok_or_else(|| AuditError::NoKey(stream.to_string()))?;
+        let seq =
+            u64::try_from(last.seq).map_err(|_| AuditError::Invalid("negative seq".into()))?;
+        let head: [u8; 32] = last
+            .hash
+            .try_into()
+            .map_err(|_| AuditError::Invalid("stored hash is not 32 bytes".into()))?;
+        let checkpoint =
+            Checkpoint::sign(&key, seq, head, (self.now)(), CheckpointKind::Truncation);
+        Ok(self.store.truncate_audit(&checkpoint_row(&checkpoint)).await?)
+    }
+}
+
+#[derive(Default)]
+struct Signed {
+    rows: Vec<AuditCheckpointRow>,
+    streams: Vec<StreamId>,
+}
+
+fn event_row(event: &Event) -> AuditEventRow {
+    AuditEventRow {
+        stream: event.stream.to_string(),
+        seq: event.seq as i64,
+        time: event.time.clone(),
+        actor_kind: event.actor.kind.clone(),
+        actor_id: event.actor.id.clone(),
+        action: event.action.clone(),
+        resource: event.resource.clone(),
+        outcome: event.outcome.clone(),
+        request_id: event.request_id.clone(),
+        details: event.details.as_str().to_owned(),
+        prev_hash: event.prev_hash.to_vec(),
+        hash: event.hash.to_vec(),
+    }
+}
+
+pub fn checkpoint_row(checkpoint: &Checkpoint) -> AuditCheckpointRow {
+    AuditCheckpointRow {
+        stream: checkpoint.stream.to_string(),
+        seq: checkpoint.seq as i64,
+        head: checkpoint.head.to_vec(),
+        time: checkpoint.time.clone(),
+        kind: checkpoint.kind.as_str().to_owned(),
+        key_id: checkpoint.key_id.clone(),
+        signature: checkpoint.signature.to_vec(),
+    }
+}
+
+/// Appends one event without a writer, for a command that runs while the
+/// server may not (`bulkhead vault unlock --offline`). Reads the head,
+/// chains, inserts; a seq taken meanwhile by the server's writer is tried
+/// again from the new head. The server's writer checkpoints it later.
+pub async fn append_offline(store: &dyn AuditStore, event: NewEvent) -> Result<u64, AuditError> {
+    let mut last_error = AuditError::Closed;
+    for _ in 0..5 {
+        let (seq, hash) = match store.audit_head(event.stream.as_str()).await? {
+            Some((seq, hash)) => (
+                u64::try_from(seq).map_err(|_| AuditError::Invalid("negative seq".into()))?,
+                hash.try_into()
+                    .map_err(|_| AuditError::Invalid("stored hash is not 32 bytes".into()))?,
+            ),
+            None => (0, GENESIS),
+        };
+        let chained = Event::chain(event.clone(), seq + 1, hash);
+        match store.append_audit(&[event_row(&chained)], &[]).await {
+            Ok(()) => return Ok(chained.seq),
+            Err(error) => last_error = error.into(),
+        }
+    }
+    Err(last_error)
+}

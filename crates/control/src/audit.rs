@@ -1,0 +1,377 @@
+//! Audit as the control plane runs it: the keys that sign each stream's
+//! checkpoints, a tenant's audit key as a provisioning step, exports and
+//! tails under the callers' permissions, and retention by plan. The format,
+//! the chain and the writer are `bulkhead-audit`'s.
+
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+};
+
+use async_trait::async_trait;
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use bulkhead_audit::{
+    AuditKey, KeyRing, PublicKeyInfo, StreamId,
+    export::{Exporter, event_from_row, key_from_row},
+};
+use bulkhead_identity::Permission;
+use bulkhead_model::{PlanCatalog, Tenant, TenantName, TenantState};
+use bulkhead_store::{AuditKeyRow, ControlStore, StoreError};
+use bulkhead_vault::{Vault, VaultError};
+use thiserror::Error;
+use time::OffsetDateTime;
+use uuid::Uuid;
+use zeroize::Zeroizing;
+
+use crate::{
+    clock::Clock,
+    data_dir::{make_private, write_private},
+    events::{Actor, EventLog},
+};
+
+/// Where a tenant's audit key is sealed in the vault.
+pub const KEY_LABEL: &str = "audit/signing-key";
+
+#[derive(Debug, Error)]
+pub enum AuditServiceError {
+    #[error("tenant {0:?} does not exist")]
+    TenantNotFound(String),
+    #[error("your roles in tenant {0:?} do not allow this")]
+    Forbidden(String),
+    #[error("only operators can read the platform's audit stream")]
+    PlatformOnly,
+    #[error("stream {0} has no audit key yet; it is made when the tenant is provisioned")]
+    NoKey(String),
+    #[error("{0}")]
+    InvalidRequest(String),
+    #[error(transparent)]
+    Vault(#[from] VaultError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Internal(String),
+}
+
+type Result<T, E = AuditServiceError> = std::result::Result<T, E>;
+
+fn internal(e: impl std::fmt::Display) -> AuditServiceError {
+    AuditServiceError::Internal(e.to_string())
+}
+
+/// The streams' signing keys: each tenant's sealed under its data key, the
+/// platform's in a file of the data directory (mode 0600), like the
+/// master key.
+#[derive(Debug)]
+pub struct AuditKeys {
+    store: Arc<dyn ControlStore>,
+    vault: Arc<Vault>,
+    clock: Arc<dyn Clock>,
+    platform: Arc<AuditKey>,
+    /// Opened tenant keys, by tenant id.
+    opened: Mutex<HashMap<Uuid, Arc<AuditKey>>>,
+}
+
+impl AuditKeys {
+    /// Loads the platform's key from `platform_key_file`, making it on
+    /// first start, and publishes its public half.
+    pub async fn open(
+        store: Arc<dyn ControlStore>,
+        vault: Arc<Vault>,
+        clock: Arc<dyn Clock>,
+        platform_key_file: &Path,
+    ) -> Result<Self> {
+        let platform = Arc::new(platform_key(platform_key_file)?);
+        let keys = Self { store, vault, clock, platform, opened: Mutex::default() };
+        keys.publish(&keys.platform).await?;
+        Ok(keys)
+    }
+
+    async fn publish(&self, key: &AuditKey) -> Result<()> {
+        let info = key.public_info(self.clock.now());
+        self.store
+            .insert_audit_key(&AuditKeyRow {
+                stream: info.stream.to_string(),
+                key_id: info.key_id,
+                public_key: info.public_key,
+                created_at: info.created_at,
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// The `create_audit_key` provisioning step: the tenant's key, made and
+    /// sealed unless it exists, and its public half published. A crash
+    /// between the two leaves a sealed key whose public half the next run
+    /// publishes.
+    pub async fn ensure_tenant_key(&self, tenant: &Tenant) -> Result<String> {
+        let stream = StreamId::tenant(tenant.id.0);
+        let key = match self.vault.open_blob(tenant.id, KEY_LABEL).await? {
+            Some(secret) => AuditKey::from_secret(stream, &secret)
+                .ok_or_else(|| internal("the sealed audit key is not 32 bytes"))?,
+            None => {
+                let key = AuditKey::generate(stream).map_err(internal)?;
+                self.vault
+                    .seal_blob(tenant.id, KEY_LABEL, key.secret_bytes(), self.clock.now())
+                    .await?;
+                key
+            }
+        };
+        self.publish(&key).await?;
+        let kid = key.key_id().to_owned();
+        if let Ok(mut opened) = self.opened.lock() {
+            opened.insert(tenant.id.0, Arc::new(key));
+        }
+        Ok(kid)
+    }
+
+    /// Drops the tenant's opened key (its data key is being destroyed).
+    pub fn forget(&self, tenant: Uuid) {
+        if let Ok(mut opened) = self.opened.lock() {
+            opened.remove(&tenant);
+        }
+    }
+
+    /// Every public key that has signed `stream`.
+    pub async fn public_keys(&self, stream: &StreamId) -> Result<Vec<PublicKeyInfo>> {
+        self.store
+            .audit_keys(stream.as_str())
+            .await?
+            .iter()
+            .map(|row| key_from_row(row).map_err(internal))
+            .collect()
+    }
+}
+
+#[async_trait]
+impl KeyRing for AuditKeys {
+    async fn signing_key(&self, stream: &StreamId) -> Option<Arc<AuditKey>> {
+        let Some(tenant) = stream.tenant_id() else {
+            return Some(Arc::clone(&self.platform));
+        };
+        if let Some(key) = self.opened.lock().ok().and_then(|o| o.get(&tenant).cloned()) {
+            return Some(key);
+        }
+        let secret = match self.vault.open_blob(bulkhead_model::TenantId(tenant), KEY_LABEL).await {
+            Ok(Some(secret)) => secret,
+            // Not provisioned yet, or the tenant's own key is not loaded:
+            // checkpoints wait.
+            Ok(None) | Err(_) => return None,
+        };
+        let key = Arc::new(AuditKey::from_secret(stream.clone(), &secret)?);
+        if let Ok(mut opened) = self.opened.lock() {
+            opened.insert(tenant, Arc::clone(&key));
+        }
+        Some(key)
+    }
+}
+
+/// The platform key file: base64url of the 32-byte seed, mode 0600.
+fn platform_key(path: &Path) -> Result<AuditKey> {
+    let unreadable =
+        |e: std::io::Error| internal(format!("cannot read or write {}: {e}", path.display()));
+    match std::fs::read_to_string(path).map(Zeroizing::new) {
+        Ok(text) => {
+            if make_private(path).map_err(unreadable)? {
+                tracing::warn!(path = %path.display(), "platform audit key was readable by others; narrowed it to mode 0600");
+            }
+            let seed = Zeroizing::new(URL_SAFE_NO_PAD.decode(text.trim()).map_err(|_| {
+                internal(format!(
+                    "{} is not a platform audit key (base64url of 32 bytes); restore it from a \
+                     backup, or remove it to start a new key",
+                    path.display()
+                ))
+            })?);
+            AuditKey::from_secret(StreamId::platform(), &seed)
+                .ok_or_else(|| internal(format!("{} does not hold 32 bytes", path.display())))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let key = AuditKey::generate(StreamId::platform()).map_err(internal)?;
+            let text = Zeroizing::new(URL_SAFE_NO_PAD.encode(key.secret_bytes()));
+            write_private(path, text.as_bytes()).map_err(unreadable)?;
+            Ok(key)
+        }
+        Err(e) => Err(unreadable(e)),
+    }
+}
+
+/// An event as a tail shows it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct EventView {
+    pub seq: u64,
+    pub time: String,
+    pub actor_kind: String,
+    pub actor_id: String,
+    pub action: String,
+    pub resource: String,
+    pub outcome: String,
+    pub request_id: Option<String>,
+    pub details: serde_json::Value,
+    pub hash: String,
+}
+
+/// Reading the streams, as callers may.
+#[derive(Debug)]
+pub struct AuditService {
+    store: Arc<dyn ControlStore>,
+    keys: Arc<AuditKeys>,
+    events: EventLog,
+    clock: Arc<dyn Clock>,
+    plans: PlanCatalog,
+}
+
+/// The stream a caller asked for: a tenant's (by name) or the platform's.
+#[derive(Debug, Clone)]
+pub enum StreamRequest {
+    Tenant(String),
+    Platform,
+}
+
+impl AuditService {
+    pub fn new(
+        store: Arc<dyn ControlStore>,
+        keys: Arc<AuditKeys>,
+        events: EventLog,
+        clock: Arc<dyn Clock>,
+        plans: PlanCatalog,
+    ) -> Self {
+        Self { store, keys, events, clock, plans }
+    }
+
+    pub fn keys(&self) -> &Arc<AuditKeys> {
+        &self.keys
+    }
+
+    /// The stream, if `actor` may read it: operators any; a tenant's admins
+    /// and owners their own tenant's (it names their users and actions);
+    /// nobody else learns whether a tenant exists.
+    async fn stream(
+        &self,
+        actor: &Actor,
+        request: &StreamRequest,
+    ) -> Result<(StreamId, Option<Tenant>)> {
+        match request {
+            StreamRequest::Platform if actor.is_operator() => Ok((StreamId::platform(), None)),
+            StreamRequest::Platform => Err(AuditServiceError::PlatformOnly),
+            StreamRequest::Tenant(name) => {
+                let missing = || AuditServiceError::TenantNotFound(name.clone());
+                let parsed = TenantName::parse_stored(name).map_err(|_| missing())?;
+                let tenant = self.store.tenant(&parsed).await?.ok_or_else(missing)?;
+                if !actor.may_access(&tenant) {
+                    return Err(missing());
+                }
+                if !actor.allows(&tenant, Permission::Manage) {
+                    return Err(AuditServiceError::Forbidden(name.clone()));
+                }
+                Ok((StreamId::tenant(tenant.id.0), Some(tenant)))
+            }
+        }
+    }
+
+    /// Events after `after`, oldest first; with no `after`, the last
+    /// `limit`.
+    pub async fn tail(
+        &self,
+        actor: &Actor,
+        request: &StreamRequest,
+        after: Option<u64>,
+        limit: u32,
+    ) -> Result<Vec<EventView>> {
+        let (stream, _) = self.stream(actor, request).await?;
+        let limit = limit.clamp(1, 10_000);
+        let after = match after {
+            Some(after) => i64::try_from(after).map_err(internal)?,
+            None => {
+                let head = self.store.audit_head(stream.as_str()).await?.map_or(0, |(seq, _)| seq);
+                (head - i64::from(limit)).max(0)
+            }
+        };
+        let rows = self.store.audit_events(stream.as_str(), after, limit).await?;
+        rows.iter()
+            .map(|row| {
+                let event = event_from_row(row).map_err(internal)?;
+                Ok(EventView {
+                    seq: event.seq,
+                    time: event.time,
+                    actor_kind: event.actor.kind,
+                    actor_id: event.actor.id,
+                    action: event.action,
+                    resource: event.resource,
+                    outcome: event.outcome,
+                    request_id: event.request_id,
+                    details: serde_json::from_str(event.details.as_str()).map_err(internal)?,
+                    hash: bulkhead_audit::record::hex(&event.hash),
+                })
+            })
+            .collect()
+    }
+
+    /// An export of the stream, recorded on the stream itself first (so the
+    /// export shows who took it).
+    pub async fn export(
+        &self,
+        actor: &Actor,
+        request: &StreamRequest,
+        since: Option<OffsetDateTime>,
+    ) -> Result<Exporter> {
+        let (stream, tenant) = self.stream(actor, request).await?;
+        let details =
+            serde_json::json!({ "since": since.map(bulkhead_audit::record::format_time) });
+        match &tenant {
+            Some(tenant) => self.events.record(actor, tenant, "audit.export", "ok", details).await,
+            None => self.events.record_platform(actor, "audit.export", "ok", details).await,
+        }
+        let key = self
+            .keys
+            .signing_key(&stream)
+            .await
+            .ok_or_else(|| AuditServiceError::NoKey(stream.to_string()))?;
+        let name = tenant.map(|t| t.name.to_string());
+        Ok(Exporter::new(self.store.clone(), stream, name, key, since, self.clock.now()).await?)
+    }
+
+    pub fn now(&self) -> OffsetDateTime {
+        self.clock.now()
+    }
+
+    /// The public keys of a live tenant's stream, for its realm's
+    /// documents: public, so any other name answers as missing.
+    pub async fn published_keys(&self, name: &str) -> Result<Vec<PublicKeyInfo>> {
+        let missing = || AuditServiceError::TenantNotFound(name.to_owned());
+        let parsed = TenantName::parse_stored(name).map_err(|_| missing())?;
+        let tenant = self.store.tenant(&parsed).await?.ok_or_else(missing)?;
+        if !matches!(tenant.state, TenantState::Active | TenantState::Suspended) {
+            return Err(missing());
+        }
+        self.keys.public_keys(&StreamId::tenant(tenant.id.0)).await
+    }
+
+    /// Deletes, stream by stream, the events older than the tenant's plan
+    /// keeps them, after a signed truncation checkpoint; returns how many.
+    pub async fn apply_retention(&self) -> Result<u64> {
+        let mut deleted = 0;
+        let mut page = bulkhead_store::TenantPage { after: None, state: None, limit: 500 };
+        loop {
+            let tenants = self.store.list_tenants(&page).await?;
+            let Some(last) = tenants.last() else { return Ok(deleted) };
+            page.after = Some(last.name.to_string());
+            for tenant in &tenants {
+                let Ok(plan) = self.plans.get(tenant.plan.as_str()) else { continue };
+                let keep = time::Duration::days(i64::from(plan.audit_retention_days));
+                let before = self.clock.now() - keep;
+                let stream = StreamId::tenant(tenant.id.0);
+                match self.events.audit().truncate_before(stream, before).await {
+                    Ok(n) => deleted += n,
+                    Err(error) => {
+                        tracing::warn!(tenant = %tenant.name, %error, "audit retention skipped");
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `<data-dir>/audit-platform.key`.
+pub fn platform_key_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("audit-platform.key")
+}
