@@ -7,7 +7,7 @@
 //! large batches by itself, with no waiting added when it is quiet.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     fmt,
     sync::Arc,
     time::{Duration, Instant},
@@ -247,20 +247,18 @@ impl Writer {
 
     async fn head(&mut self, stream: &StreamId) -> Result<&mut Head, AuditError> {
         if !self.heads.contains_key(stream) {
-            let (seq, hash) = match self.store.audit_head(stream.as_str()).await? {
-                Some((seq, hash)) => (
-                    u64::try_from(seq).map_err(|_| AuditError::Invalid("negative seq".into()))?,
-                    hash.try_into()
-                        .map_err(|_| AuditError::Invalid("stored hash is not 32 bytes".into()))?,
-                ),
-                None => (0, GENESIS),
-            };
-            let signed = self.store.audit_last_checkpoint(stream.as_str()).await?.unwrap_or(0);
-            let unsigned = seq.saturating_sub(u64::try_from(signed).unwrap_or(0));
-            let since = (unsigned > 0).then(Instant::now);
-            self.heads.insert(stream.clone(), Head { seq, hash, unsigned, unsigned_since: since });
+            let head = self.load_head(stream).await?;
+            self.heads.insert(stream.clone(), head);
         }
         self.heads.get_mut(stream).ok_or(AuditError::Closed)
+    }
+
+    async fn load_head(&self, stream: &StreamId) -> Result<Head, AuditError> {
+        let (seq, hash) = stored_head(self.store.as_ref(), stream).await?;
+        let signed = self.store.audit_last_checkpoint(stream.as_str()).await?.unwrap_or(0);
+        let unsigned = seq.saturating_sub(u64::try_from(signed).unwrap_or(0));
+        let since = (unsigned > 0).then(Instant::now);
+        Ok(Head { seq, hash, unsigned, unsigned_since: since })
     }
 
     async fn write(&mut self, batch: Vec<(NewEvent, Option<Reply>)>) {
@@ -305,7 +303,7 @@ impl Writer {
     ) -> (Vec<(Option<Reply>, u64)>, Result<(), AuditError>) {
         let mut rows = Vec::with_capacity(batch.len());
         let mut replies = Vec::with_capacity(batch.len());
-        let mut touched: Vec<StreamId> = Vec::new();
+        let mut touched: HashSet<StreamId> = HashSet::new();
         let mut checkpoints = Vec::new();
         let every = self.settings.checkpoint_every.max(1);
         for (event, reply) in batch {
@@ -325,22 +323,20 @@ impl Writer {
             head.unsigned += 1;
             head.unsigned_since.get_or_insert_with(Instant::now);
             let due = head.unsigned >= every;
-            if !touched.contains(&stream) {
-                touched.push(stream.clone());
-            }
-            replies.push((reply, event.seq));
-            rows.push(event_row(&event));
+            let (seq, hash) = (event.seq, event.hash);
+            replies.push((reply, seq));
+            rows.push(event_row(event));
             // Exactly every N events, even within one batch.
             if due && let Some(key) = self.keys.signing_key(&stream).await {
                 let at = (self.now)();
-                let checkpoint =
-                    Checkpoint::sign(&key, event.seq, event.hash, at, CheckpointKind::Periodic);
+                let checkpoint = Checkpoint::sign(&key, seq, hash, at, CheckpointKind::Periodic);
                 checkpoints.push(checkpoint_row(&checkpoint));
                 if let Some(head) = self.heads.get_mut(&stream) {
                     head.unsigned = 0;
                     head.unsigned_since = None;
                 }
             }
+            touched.insert(stream);
         }
         match self.store.append_audit(&rows, &checkpoints).await {
             Ok(()) => (replies, Ok(())),
@@ -438,18 +434,18 @@ struct Signed {
     streams: Vec<StreamId>,
 }
 
-fn event_row(event: &Event) -> AuditEventRow {
+fn event_row(event: Event) -> AuditEventRow {
     AuditEventRow {
-        stream: event.stream.to_string(),
+        stream: event.stream.into(),
         seq: event.seq as i64,
-        time: event.time.clone(),
-        actor_kind: event.actor.kind.clone(),
-        actor_id: event.actor.id.clone(),
-        action: event.action.clone(),
-        resource: event.resource.clone(),
-        outcome: event.outcome.clone(),
-        request_id: event.request_id.clone(),
-        details: event.details.as_str().to_owned(),
+        time: event.time,
+        actor_kind: event.actor.kind,
+        actor_id: event.actor.id,
+        action: event.action,
+        resource: event.resource,
+        outcome: event.outcome,
+        request_id: event.request_id,
+        details: event.details.into_string(),
         prev_hash: event.prev_hash.to_vec(),
         hash: event.hash.to_vec(),
     }
@@ -474,19 +470,29 @@ pub fn checkpoint_row(checkpoint: &Checkpoint) -> AuditCheckpointRow {
 pub async fn append_offline(store: &dyn AuditStore, event: NewEvent) -> Result<u64, AuditError> {
     let mut last_error = AuditError::Closed;
     for _ in 0..5 {
-        let (seq, hash) = match store.audit_head(event.stream.as_str()).await? {
-            Some((seq, hash)) => (
-                u64::try_from(seq).map_err(|_| AuditError::Invalid("negative seq".into()))?,
-                hash.try_into()
-                    .map_err(|_| AuditError::Invalid("stored hash is not 32 bytes".into()))?,
-            ),
-            None => (0, GENESIS),
-        };
+        let (seq, hash) = stored_head(store, &event.stream).await?;
         let chained = Event::chain(event.clone(), seq + 1, hash);
-        match store.append_audit(&[event_row(&chained)], &[]).await {
-            Ok(()) => return Ok(chained.seq),
+        let seq = chained.seq;
+        match store.append_audit(&[event_row(chained)], &[]).await {
+            Ok(()) => return Ok(seq),
             Err(error) => last_error = error.into(),
         }
     }
     Err(last_error)
+}
+
+/// The seq and hash of the stream's last stored event (or of its last
+/// truncation checkpoint); seq 0 and [`GENESIS`] for a new stream.
+async fn stored_head(
+    store: &dyn AuditStore,
+    stream: &StreamId,
+) -> Result<(u64, [u8; 32]), AuditError> {
+    match store.audit_head(stream.as_str()).await? {
+        Some((seq, hash)) => Ok((
+            u64::try_from(seq).map_err(|_| AuditError::Invalid("negative seq".into()))?,
+            hash.try_into()
+                .map_err(|_| AuditError::Invalid("stored hash is not 32 bytes".into()))?,
+        )),
+        None => Ok((0, GENESIS)),
+    }
 }

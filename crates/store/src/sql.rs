@@ -1124,8 +1124,10 @@ macro_rules! impl_identity_store {
 }
 pub(crate) use impl_identity_store;
 
-/// The audit streams' statements, the same on both databases but for
-/// retention, which each backend implements as `truncate_audit_rows`.
+/// The audit streams' statements, the same on both databases but for the
+/// bulk insert of events (`insert_audit_events`: one statement per batch,
+/// written the fastest way each database has) and retention
+/// (`truncate_audit_rows`).
 macro_rules! impl_audit_store {
     ($store:ty, $db:ty) => {
         #[async_trait::async_trait]
@@ -1171,27 +1173,7 @@ macro_rules! impl_audit_store {
                 checkpoints: &[$crate::AuditCheckpointRow],
             ) -> Result<(), $crate::StoreError> {
                 let mut tx = self.write.begin().await?;
-                for chunk in events.chunks($crate::audit::AUDIT_ROWS_PER_STATEMENT) {
-                    let mut insert = sqlx::QueryBuilder::<$db>::new(
-                        "INSERT INTO audit_events (stream, seq, time, actor_kind, actor_id, \
-                         action, resource, outcome, request_id, details, prev_hash, hash) ",
-                    );
-                    insert.push_values(chunk, |mut row, e| {
-                        row.push_bind(e.stream.as_str())
-                            .push_bind(e.seq)
-                            .push_bind(e.time.as_str())
-                            .push_bind(e.actor_kind.as_str())
-                            .push_bind(e.actor_id.as_str())
-                            .push_bind(e.action.as_str())
-                            .push_bind(e.resource.as_str())
-                            .push_bind(e.outcome.as_str())
-                            .push_bind(e.request_id.as_deref())
-                            .push_bind(e.details.as_str())
-                            .push_bind(e.prev_hash.as_slice())
-                            .push_bind(e.hash.as_slice());
-                    });
-                    insert.build().persistent(false).execute(&mut *tx).await?;
-                }
+                Self::insert_audit_events(&mut tx, events).await?;
                 for chunk in checkpoints.chunks($crate::audit::AUDIT_ROWS_PER_STATEMENT) {
                     let mut insert = sqlx::QueryBuilder::<$db>::new(
                         "INSERT INTO audit_checkpoints (stream, seq, head, time, kind, key_id, \

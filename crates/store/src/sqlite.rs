@@ -73,6 +73,35 @@ impl_identity_store!(SqliteStore);
 impl_audit_store!(SqliteStore, sqlx::Sqlite);
 
 impl SqliteStore {
+    /// Multi-row INSERTs, within SQLite's limit on bound parameters.
+    async fn insert_audit_events(
+        tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+        events: &[crate::AuditEventRow],
+    ) -> Result<(), StoreError> {
+        for chunk in events.chunks(crate::audit::AUDIT_ROWS_PER_STATEMENT) {
+            let mut insert = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+                "INSERT INTO audit_events (stream, seq, time, actor_kind, actor_id, action, \
+                 resource, outcome, request_id, details, prev_hash, hash) ",
+            );
+            insert.push_values(chunk, |mut row, e| {
+                row.push_bind(e.stream.as_str())
+                    .push_bind(e.seq)
+                    .push_bind(e.time.as_str())
+                    .push_bind(e.actor_kind.as_str())
+                    .push_bind(e.actor_id.as_str())
+                    .push_bind(e.action.as_str())
+                    .push_bind(e.resource.as_str())
+                    .push_bind(e.outcome.as_str())
+                    .push_bind(e.request_id.as_deref())
+                    .push_bind(e.details.as_str())
+                    .push_bind(e.prev_hash.as_slice())
+                    .push_bind(e.hash.as_slice());
+            });
+            insert.build().persistent(false).execute(&mut **tx).await?;
+        }
+        Ok(())
+    }
+
     /// The checkpoint first, in the same transaction: the delete trigger
     /// lets through only events a truncation checkpoint covers.
     async fn truncate_audit_rows(

@@ -10,6 +10,7 @@
 )]
 
 mod api;
+mod audit;
 mod bad_input;
 mod crash;
 mod identity;

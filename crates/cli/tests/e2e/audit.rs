@@ -1,0 +1,255 @@
+//! Audit streams through the real server and CLI: export and offline
+//! verify for a tenant with lifecycle, vault and identity events; a tenant
+//! admin exporting its own stream; `kill -9` under write load.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::kit::{Server, Store, exit_code, stderr, stdout};
+
+fn tenant(server: &Server, name: &str) {
+    server.cli_json(&["tenants", "create", name, "--plan", "enterprise", "--wait"]);
+}
+
+/// `bulkhead audit export` into a file of the test's directory.
+fn export(server: &Server, stream: &[&str], file: &str) -> std::path::PathBuf {
+    let mut args = vec!["audit", "export"];
+    args.extend(stream);
+    let out = server.cli(&args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let path = server.data_dir().parent().unwrap().join(file);
+    std::fs::write(&path, &out.stdout).unwrap();
+    path
+}
+
+/// `bulkhead audit verify`, run with no server to talk to.
+fn verify(path: &std::path::Path, extra: &[&str]) -> std::process::Output {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_bulkhead"));
+    command.args(["audit", "verify"]).arg(path).args(extra);
+    command.env("BULKHEAD_API", "http://127.0.0.1:1").env_remove("BULKHEAD_DATA_DIR");
+    command.output().unwrap()
+}
+
+#[tokio::test]
+async fn an_export_verifies_offline_and_every_edit_is_caught() {
+    let server = Server::start(Store::Embedded, "[audit]\ncheckpoint_every = 5\n", &[]).await;
+    tenant(&server, "acme");
+    tenant(&server, "globex");
+    // Vault, identity and lifecycle events.
+    assert!(
+        server
+            .cli_with_input(&["secrets", "put", "--tenant", "acme", "db/password"], b"s3cr3t")
+            .status
+            .success()
+    );
+    assert!(server.cli(&["secrets", "get", "--tenant", "acme", "db/password"]).status.success());
+    assert!(
+        server
+            .cli(&["auth", "token", "--tenant", "acme", "--subject", "alice", "--role", "viewer"])
+            .status
+            .success()
+    );
+    let key = server.cli_json(&[
+        "apikeys", "create", "--tenant", "acme", "--name", "auditor", "--role", "admin",
+    ]);
+    let key = key["key"].as_str().unwrap().to_owned();
+    server.cli_json(&["tenants", "suspend", "acme"]);
+    server.cli_json(&["tenants", "resume", "acme"]);
+
+    let path = export(&server, &["--tenant", "acme"], "acme.jsonl");
+    let text = std::fs::read_to_string(&path).unwrap();
+    for action in [
+        "tenant.create",
+        "secret.write",
+        "secret.read",
+        "token.issue",
+        "apikey.create",
+        "tenant.suspend",
+        "tenant.resume",
+        "audit.export",
+    ] {
+        assert!(text.contains(&format!("\"action\":\"{action}\"")), "{action} missing:\n{text}");
+    }
+    assert!(!text.contains("s3cr3t"), "never a secret value");
+    let ok = verify(&path, &[]);
+    assert!(ok.status.success(), "{}", stderr(&ok));
+    // A verifier written from docs/audit.md alone agrees.
+    let independent = python_verifier(&path, None);
+    assert!(independent.starts_with("ok "), "{independent}");
+    assert!(stdout(&ok).starts_with("verified: stream tenant:"), "{}", stdout(&ok));
+    assert!(stderr(&ok).contains("taken from the file itself"));
+
+    // Pinned to the realm's published audit key, fetched beforehand.
+    let issuer = format!("{}/realms/acme", server.api);
+    let discovery: Value = reqwest::get(format!("{issuer}/.well-known/openid-configuration"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let keys_uri = discovery["bulkhead_audit_keys_uri"].as_str().unwrap().to_owned();
+    let keys = reqwest::get(&keys_uri).await.unwrap().text().await.unwrap();
+    let keys_file = server.data_dir().parent().unwrap().join("acme-audit-keys.json");
+    std::fs::write(&keys_file, &keys).unwrap();
+    let acme_key: Value = serde_json::from_str(&keys).unwrap();
+    let acme_key = acme_key["keys"][0]["public_key"].as_str().unwrap().to_owned();
+    assert!(python_verifier(&path, Some(&acme_key)).starts_with("ok "));
+    let pinned = verify(&path, &["--keys-file", keys_file.to_str().unwrap()]);
+    assert!(pinned.status.success(), "{}", stderr(&pinned));
+    assert!(stdout(&pinned).contains("(pinned)"), "{}", stdout(&pinned));
+    // ... and another tenant's key is not it.
+    let globex_keys: Value = reqwest::get(format!("{}/realms/globex/audit-keys.json", server.api))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let other = globex_keys["keys"][0]["public_key"].as_str().unwrap();
+    let refused = verify(&path, &["--key", other]);
+    assert_eq!(exit_code(&refused), 1);
+    assert!(stderr(&refused).contains("not a pinned key"), "{}", stderr(&refused));
+
+    // An edit anywhere: named, line and seq.
+    let edited = text.replacen("\"outcome\":\"ok\"", "\"outcome\":\"denied\"", 1);
+    let edited_path = path.with_file_name("edited.jsonl");
+    std::fs::write(&edited_path, edited).unwrap();
+    assert!(python_verifier(&edited_path, None).contains("hash mismatch"));
+    let broken = verify(&edited_path, &[]);
+    assert_eq!(exit_code(&broken), 1);
+    assert!(
+        stderr(&broken)
+            .contains("broken: line 2 (seq 1): the event's content does not match its hash"),
+        "{}",
+        stderr(&broken)
+    );
+    let truncated: String =
+        text.lines().take(text.lines().count() - 2).map(|l| format!("{l}\n")).collect();
+    std::fs::write(&edited_path, truncated).unwrap();
+    assert!(
+        stderr(&verify(&edited_path, &[]))
+            .contains("does not end with its signed export checkpoint")
+    );
+
+    // A tenant admin exports its own stream with its own key, and no other.
+    let as_admin = server.http().with_token(&key);
+    let response = as_admin
+        .client
+        .get(format!("{}/v1/tenants/acme/audit/export", server.api))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "application/x-ndjson");
+    let own = response.text().await.unwrap();
+    let own_path = path.with_file_name("own.jsonl");
+    std::fs::write(&own_path, &own).unwrap();
+    assert!(verify(&own_path, &["--keys-file", keys_file.to_str().unwrap()]).status.success());
+    let (_, garbage) = server.http().with_token("garbage").get("/v1/tenants/acme").await;
+    for path in [
+        "/v1/tenants/globex/audit/export",
+        "/v1/audit/platform/export",
+        "/v1/audit/platform/events",
+    ] {
+        assert_eq!(as_admin.get(path).await, (401, garbage.clone()), "{path}");
+    }
+    let viewer = server.cli_json(&[
+        "apikeys", "create", "--tenant", "acme", "--name", "viewer", "--role", "viewer",
+    ]);
+    let as_viewer = server.http().with_token(viewer["key"].as_str().unwrap());
+    assert_eq!(as_viewer.get("/v1/tenants/acme/audit/events").await.0, 403);
+
+    // The platform stream has the operators' actions, on every tenant.
+    let platform = export(&server, &["--platform"], "platform.jsonl");
+    let checked = verify(&platform, &[]);
+    assert!(checked.status.success(), "{}", stderr(&checked));
+    let text = std::fs::read_to_string(&platform).unwrap();
+    assert!(text.contains("\"resource\":\"tenants/acme/secrets/db/password\""), "{text}");
+    // Tail reads the last events; a partial export verifies too.
+    let tail = server.cli_json(&["audit", "tail", "--tenant", "acme", "--lines", "3"]);
+    assert_eq!(tail.as_array().unwrap().len(), 3);
+    let since = export(&server, &["--tenant", "acme", "--since", "1m"], "since.jsonl");
+    assert!(verify(&since, &[]).status.success());
+    let bad_since = server.cli(&["audit", "export", "--tenant", "acme", "--since", "yesterday"]);
+    assert_eq!(exit_code(&bad_since), 2, "{}", stderr(&bad_since));
+}
+
+const INDEPENDENT_VERIFIER: &str =
+    concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e/verify_audit.py");
+
+/// What the independent (Python) verifier says of an export.
+fn python_verifier(path: &std::path::Path, pinned: Option<&str>) -> String {
+    let out = std::process::Command::new("python3")
+        .arg(INDEPENDENT_VERIFIER)
+        .arg(path)
+        .args(pinned)
+        .output()
+        .unwrap();
+    format!("{}{}", stdout(&out), stderr(&out))
+}
+
+/// Writers per tenant, each counting the writes the server acknowledged,
+/// until the server stops answering.
+fn write_load(server: &Server, tenants: &[&str]) -> Vec<tokio::task::JoinHandle<(String, usize)>> {
+    let mut tasks = Vec::new();
+    for tenant in tenants {
+        for worker in 0..4 {
+            let http = server.http();
+            let tenant = tenant.to_string();
+            tasks.push(tokio::spawn(async move {
+                let mut acknowledged = 0;
+                let token = http.token.clone().unwrap_or_default();
+                loop {
+                    let url = format!("{}/v1/tenants/{tenant}/secrets/load/w{worker}", http.api);
+                    let sent = http.client.put(url).bearer_auth(&token).body("v").send().await;
+                    match sent {
+                        Ok(response) if response.status() == 201 => acknowledged += 1,
+                        _ => return (tenant, acknowledged),
+                    }
+                }
+            }));
+        }
+    }
+    tasks
+}
+
+async fn kill_9_under_write_load(store: Store) {
+    let mut server = Server::start(store, "[audit]\ncheckpoint_every = 50\n", &[]).await;
+    let tenants = ["acme", "globex", "initech"];
+    for name in tenants {
+        tenant(&server, name);
+    }
+    let writers = write_load(&server, &tenants);
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    server.kill();
+    let mut acknowledged = Vec::new();
+    for writer in writers {
+        acknowledged.push(writer.await.unwrap());
+    }
+    server.restart().await;
+    for name in tenants {
+        let acked: usize = acknowledged.iter().filter(|(t, _)| t == name).map(|(_, n)| n).sum();
+        assert!(acked > 0, "the load reached {name}");
+        let path = export(&server, &["--tenant", name], &format!("{name}-after-crash.jsonl"));
+        let checked = verify(&path, &[]);
+        assert!(checked.status.success(), "{name}: {}", stderr(&checked));
+        // Every acknowledged write's event survived the crash.
+        let text = std::fs::read_to_string(&path).unwrap();
+        let writes = text.matches("\"action\":\"secret.write\"").count();
+        assert!(writes >= acked, "{name}: {writes} events for {acked} acknowledged writes");
+    }
+    let platform = export(&server, &["--platform"], "platform-after-crash.jsonl");
+    assert!(verify(&platform, &[]).status.success());
+}
+
+#[tokio::test]
+async fn kill_9_under_write_load_leaves_every_chain_whole_on_sqlite() {
+    kill_9_under_write_load(Store::Embedded).await;
+}
+
+#[tokio::test]
+async fn kill_9_under_write_load_leaves_every_chain_whole_on_postgres() {
+    let db = bulkhead_testkit::TestDatabase::create().await;
+    kill_9_under_write_load(Store::Postgres(db)).await;
+}
