@@ -106,6 +106,8 @@ pub struct Exporter {
     after: i64,
     /// The last event written: what the export checkpoint covers.
     head: (u64, [u8; 32]),
+    /// The stream's public keys, to check stored checkpoints with.
+    keys: Vec<PublicKeyInfo>,
     header: Option<Header>,
     done: bool,
 }
@@ -121,11 +123,12 @@ impl Exporter {
         since: Option<OffsetDateTime>,
         now: OffsetDateTime,
     ) -> Result<Self, StoreError> {
-        let keys = store
+        let keys: Vec<PublicKeyInfo> = store
             .audit_keys(stream.as_str())
             .await?
             .iter()
             .filter_map(|row| key_from_row(row).ok())
+            .filter(PublicKeyInfo::is_bound)
             .collect();
         let header = Header {
             kind: "header".into(),
@@ -133,7 +136,7 @@ impl Exporter {
             stream: stream.clone(),
             tenant,
             exported_at: format_time(now),
-            keys,
+            keys: keys.clone(),
         };
         let after = match since {
             Some(since) => {
@@ -153,9 +156,80 @@ impl Exporter {
             now,
             after,
             head: (0, GENESIS),
+            keys,
             header: Some(header),
             done: false,
         })
+    }
+
+    /// Where the chain resumes when the export does not start at seq 1:
+    /// the stored checkpoint at or before the event before its first one
+    /// (for a stream whose start retention deleted, the truncation one).
+    /// When a `since` finds none, the export starts at the beginning.
+    async fn anchor(&mut self) -> Result<Option<Checkpoint>, String> {
+        let stream = self.stream.as_str();
+        for attempt in [self.after, 0] {
+            let before = match attempt {
+                0 => {
+                    let first =
+                        self.store.audit_events(stream, 0, 1).await.map_err(|e| e.to_string())?;
+                    match first.first() {
+                        Some(event) if event.seq > 1 => event.seq - 1,
+                        _ => return Ok(None),
+                    }
+                }
+                after => after,
+            };
+            let row = self
+                .store
+                .audit_checkpoint_before(stream, before)
+                .await
+                .map_err(|e| e.to_string())?;
+            if let Some(row) = row {
+                return checkpoint_from_row(&row).map(Some);
+            }
+            self.after = 0;
+        }
+        Err(format!("stream {stream} has lost its start: no checkpoint anchors its first event"))
+    }
+
+    /// Bulkhead signs an export only of a chain it can check: every stored
+    /// event's hash, and its link to the one before.
+    fn check_link(&self, event: &Event) -> Result<(), String> {
+        let broken = |what: &str| {
+            tracing::error!(stream = %self.stream, seq = event.seq, "{what}");
+            format!(
+                "the stored audit stream {} is broken at seq {} ({what}); refusing to sign an \
+                 export of it",
+                self.stream, event.seq
+            )
+        };
+        if event.compute_hash() != event.hash {
+            return Err(broken("an event does not match its hash"));
+        }
+        let (seq, head) = self.head;
+        let starts = seq == 0 && event.seq == 1;
+        let follows = event.seq == seq + 1 && event.prev_hash == head;
+        if !(follows || (starts && event.prev_hash == GENESIS)) {
+            return Err(broken("an event does not follow the one before it"));
+        }
+        Ok(())
+    }
+
+    /// A stored checkpoint must be signed by one of the stream's keys and
+    /// sign the event it follows.
+    fn check_checkpoint(&self, checkpoint: &Checkpoint, event: &Event) -> Result<(), String> {
+        let signed =
+            self.keys.iter().any(|key| key.key_id == checkpoint.key_id && checkpoint.verify(key));
+        if signed && checkpoint.head == event.hash {
+            return Ok(());
+        }
+        tracing::error!(stream = %self.stream, seq = event.seq, "a stored checkpoint does not sign the stored chain");
+        Err(format!(
+            "the stored audit stream {} does not match its checkpoint at seq {}; refusing to sign \
+             an export of it",
+            self.stream, event.seq
+        ))
     }
 
     /// The next lines, newline-terminated; `None` once the export is
@@ -169,31 +243,11 @@ impl Exporter {
         if let Some(header) = self.header.take() {
             out.push_str(&header.line()?);
             out.push('\n');
-            // Where the chain resumes when it does not start at seq 1:
-            // the checkpoint of the event before (or the truncation one).
-            let anchor = match self.after {
-                0 => self
-                    .store
-                    .audit_events(&stream, 0, 1)
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .first()
-                    .map(|e| e.seq - 1),
-                after => Some(after),
-            };
-            if let Some(anchor) = anchor.filter(|seq| *seq > 0) {
-                let row = self
-                    .store
-                    .audit_checkpoint_before(&stream, anchor)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                if let Some(row) = row {
-                    let checkpoint = checkpoint_from_row(&row)?;
-                    self.after = row.seq;
-                    self.head = (checkpoint.seq, checkpoint.head);
-                    out.push_str(&checkpoint.export_line());
-                    out.push('\n');
-                }
+            if let Some(anchor) = self.anchor().await? {
+                self.after = i64::try_from(anchor.seq).map_err(|e| e.to_string())?;
+                self.head = (anchor.seq, anchor.head);
+                out.push_str(&anchor.export_line());
+                out.push('\n');
             }
         }
         let rows =
@@ -207,11 +261,14 @@ impl Exporter {
             let mut checkpoints = checkpoints.iter().filter(|c| c.kind == "periodic").peekable();
             for row in &rows {
                 let event = event_from_row(row)?;
+                self.check_link(&event)?;
                 out.push_str(&event.export_line());
                 out.push('\n');
                 while let Some(checkpoint) = checkpoints.next_if(|c| c.seq <= row.seq) {
                     if checkpoint.seq == row.seq {
-                        out.push_str(&checkpoint_from_row(checkpoint)?.export_line());
+                        let checkpoint = checkpoint_from_row(checkpoint)?;
+                        self.check_checkpoint(&checkpoint, &event)?;
+                        out.push_str(&checkpoint.export_line());
                         out.push('\n');
                     }
                 }

@@ -126,8 +126,9 @@ fn check_line(text: &str, cx: &Context<'_>) -> Result<Facts, LineError> {
 
 /// An event line is authentic when the SHA-256 of its bytes, less its
 /// `hash` and `type` members, is its hash: those bytes are then exactly the
-/// canonical JSON Bulkhead hashed, so no re-encoding is needed, and a line
-/// rewritten in any way, however harmless, fails.
+/// canonical JSON Bulkhead hashed, so no re-encoding is needed, and any
+/// change to them, however harmless, fails. (Where `hash` sits among the
+/// members is not checked; the bytes around it are.)
 fn check_event(text: &str, cx: &Context<'_>) -> Result<Facts, LineError> {
     let line: EventLine =
         serde_json::from_str(text).map_err(|e| (None, format!("malformed event: {e}")))?;

@@ -84,11 +84,12 @@ enum Command {
     Append(NewEvent, Option<oneshot::Sender<Result<u64, AuditError>>>),
     /// Checkpoints every stream with unsigned events.
     Checkpoint(oneshot::Sender<()>),
-    /// Signs a truncation checkpoint at the stream's last event before
-    /// `before` and deletes the events up to it.
+    /// Checkpoints the stream, then signs a truncation checkpoint at
+    /// event `seq` (whose hash is `head`) and deletes the events up to it.
     Truncate {
         stream: StreamId,
-        before: OffsetDateTime,
+        seq: u64,
+        head: [u8; 32],
         reply: oneshot::Sender<Result<u64, AuditError>>,
     },
     Stop(oneshot::Sender<()>),
@@ -98,6 +99,7 @@ enum Command {
 #[derive(Clone)]
 pub struct AuditLog {
     tx: mpsc::Sender<Command>,
+    store: Arc<dyn AuditStore>,
 }
 
 impl fmt::Debug for AuditLog {
@@ -116,8 +118,15 @@ impl AuditLog {
         settings: WriterSettings,
     ) -> (Self, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(settings.queue.max(1));
-        let writer = Writer { store, keys, now, settings, heads: HashMap::new() };
-        (Self { tx }, tokio::spawn(writer.run(rx)))
+        let writer = Writer {
+            store: Arc::clone(&store),
+            keys,
+            now,
+            settings,
+            heads: HashMap::new(),
+            keyless: HashMap::new(),
+        };
+        (Self { tx, store }, tokio::spawn(writer.run(rx)))
     }
 
     /// Appends `event` and returns its seq once it is written.
@@ -151,8 +160,20 @@ impl AuditLog {
         stream: StreamId,
         before: OffsetDateTime,
     ) -> Result<u64, AuditError> {
+        // Found here, not in the writer: a scan of one stream must not hold
+        // up every other stream's appends.
+        let before = crate::record::format_time(before);
+        let Some(last) = self.store.audit_last_event_before(stream.as_str(), &before).await? else {
+            return Ok(0);
+        };
+        let seq =
+            u64::try_from(last.seq).map_err(|_| AuditError::Invalid("negative seq".into()))?;
+        let head: [u8; 32] = last
+            .hash
+            .try_into()
+            .map_err(|_| AuditError::Invalid("stored hash is not 32 bytes".into()))?;
         let (reply, done) = oneshot::channel();
-        let command = Command::Truncate { stream, before, reply };
+        let command = Command::Truncate { stream, seq, head, reply };
         self.tx.send(command).await.map_err(|_| AuditError::Closed)?;
         done.await.map_err(|_| AuditError::Closed)?
     }
@@ -181,7 +202,16 @@ struct Writer {
     now: Now,
     settings: WriterSettings,
     heads: HashMap<StreamId, Head>,
+    /// Streams whose key was missing, and when it was last asked for: a
+    /// stream without a key must not cost a key lookup per event.
+    keyless: HashMap<StreamId, Instant>,
 }
+
+/// How long a stream found without a key goes before it is asked again.
+const KEYLESS_BACKOFF: Duration = Duration::from_secs(30);
+/// Heads kept in memory before fully signed streams are dropped from it
+/// (they are read again from the store when next used).
+const MAX_HEADS: usize = 100_000;
 
 type Reply = oneshot::Sender<Result<u64, AuditError>>;
 
@@ -233,8 +263,8 @@ impl Writer {
                 let _ = reply.send(());
                 false
             }
-            Command::Truncate { stream, before, reply } => {
-                let _ = reply.send(self.truncate(&stream, before).await);
+            Command::Truncate { stream, seq, head, reply } => {
+                let _ = reply.send(self.truncate(&stream, seq, head).await);
                 false
             }
             Command::Stop(reply) => {
@@ -265,69 +295,63 @@ impl Writer {
         if batch.is_empty() {
             return;
         }
+        let (events, replies): (Vec<NewEvent>, Vec<Option<Reply>>) = batch.into_iter().unzip();
         // One more try from freshly read heads: another process (an
         // offline `bulkhead vault unlock`) may have appended meanwhile.
-        let retry: Vec<NewEvent> = batch.iter().map(|(event, _)| event.clone()).collect();
-        let (replies, result) = self.try_write(batch).await;
-        let result = match result {
-            Err(_) => {
-                let again = retry.into_iter().map(|event| (event, None)).collect();
-                let (seqs, result) = self.try_write(again).await;
-                result.map(|()| seqs.into_iter().map(|(_, seq)| seq).collect::<Vec<_>>())
-            }
-            Ok(()) => Ok(replies.iter().map(|(_, seq)| *seq).collect()),
-        };
+        let mut result = self.try_write(&events).await;
+        if result.is_err() {
+            result = self.try_write(&events).await;
+        }
         match result {
             Ok(seqs) => {
-                for ((reply, _), seq) in replies.into_iter().zip(seqs) {
+                for (reply, seq) in replies.into_iter().zip(seqs) {
                     if let Some(reply) = reply {
                         let _ = reply.send(Ok(seq));
                     }
                 }
             }
             Err(error) => {
-                for (reply, _) in replies {
-                    if let Some(reply) = reply {
-                        let _ = reply.send(Err(error.clone()));
-                    }
+                tracing::error!(%error, events = events.len(), "audit batch not written");
+                for reply in replies.into_iter().flatten() {
+                    let _ = reply.send(Err(error.clone()));
                 }
             }
         }
+        if self.heads.len() > MAX_HEADS {
+            self.heads.retain(|_, head| head.unsigned > 0);
+        }
     }
 
-    /// Chains and writes one batch; on failure forgets the heads it
-    /// touched, so the next try reads them again.
-    async fn try_write(
-        &mut self,
-        batch: Vec<(NewEvent, Option<Reply>)>,
-    ) -> (Vec<(Option<Reply>, u64)>, Result<(), AuditError>) {
-        let mut rows = Vec::with_capacity(batch.len());
-        let mut replies = Vec::with_capacity(batch.len());
+    /// Chains `events` and writes them, all or none; their seqs, in order.
+    /// On failure forgets the heads it touched, so that a retry reads them
+    /// again.
+    async fn try_write(&mut self, events: &[NewEvent]) -> Result<Vec<u64>, AuditError> {
+        let mut rows = Vec::with_capacity(events.len());
+        let mut seqs = Vec::with_capacity(events.len());
         let mut touched: HashSet<StreamId> = HashSet::new();
         let mut checkpoints = Vec::new();
         let every = self.settings.checkpoint_every.max(1);
-        for (event, reply) in batch {
+        let mut failed = None;
+        for event in events {
             let stream = event.stream.clone();
             let head = match self.head(&stream).await {
                 Ok(head) => head,
-                Err(e) => {
-                    if let Some(reply) = reply {
-                        let _ = reply.send(Err(e));
-                    }
-                    continue;
+                Err(error) => {
+                    failed = Some(error);
+                    break;
                 }
             };
-            let event = Event::chain(event, head.seq + 1, head.hash);
+            let event = Event::chain(event.clone(), head.seq + 1, head.hash);
             head.seq = event.seq;
             head.hash = event.hash;
             head.unsigned += 1;
             head.unsigned_since.get_or_insert_with(Instant::now);
             let due = head.unsigned >= every;
             let (seq, hash) = (event.seq, event.hash);
-            replies.push((reply, seq));
+            seqs.push(seq);
             rows.push(event_row(event));
             // Exactly every N events, even within one batch.
-            if due && let Some(key) = self.keys.signing_key(&stream).await {
+            if due && let Some(key) = self.key_for(&stream).await {
                 let at = (self.now)();
                 let checkpoint = Checkpoint::sign(&key, seq, hash, at, CheckpointKind::Periodic);
                 checkpoints.push(checkpoint_row(&checkpoint));
@@ -338,16 +362,29 @@ impl Writer {
             }
             touched.insert(stream);
         }
-        match self.store.append_audit(&rows, &checkpoints).await {
-            Ok(()) => (replies, Ok(())),
-            Err(error) => {
-                tracing::error!(%error, events = rows.len(), "audit batch not written");
-                for stream in touched {
-                    self.heads.remove(&stream);
-                }
-                (replies, Err(AuditError::from(error)))
+        let result = match failed {
+            Some(error) => Err(error),
+            None => self.store.append_audit(&rows, &checkpoints).await.map_err(AuditError::from),
+        };
+        if result.is_err() {
+            for stream in touched {
+                self.heads.remove(&stream);
             }
         }
+        result.map(|()| seqs)
+    }
+
+    /// The stream's signing key, unless it was found missing lately.
+    async fn key_for(&mut self, stream: &StreamId) -> Option<Arc<AuditKey>> {
+        if self.keyless.get(stream).is_some_and(|at| at.elapsed() < KEYLESS_BACKOFF) {
+            return None;
+        }
+        let key = self.keys.signing_key(stream).await;
+        match &key {
+            Some(_) => self.keyless.remove(stream),
+            None => self.keyless.insert(stream.clone(), Instant::now()),
+        };
+        key
     }
 
     /// Checkpoints for `streams` at their current heads, for those whose
@@ -361,7 +398,7 @@ impl Writer {
                 continue;
             }
             let (seq, hash) = (head.seq, head.hash);
-            let Some(key) = self.keys.signing_key(stream).await else { continue };
+            let Some(key) = self.key_for(stream).await else { continue };
             let checkpoint = Checkpoint::sign(&key, seq, hash, at, CheckpointKind::Periodic);
             signed.rows.push(checkpoint_row(&checkpoint));
             signed.streams.push(stream.clone());
@@ -389,39 +426,38 @@ impl Writer {
             .filter(|(_, h)| all || h.unsigned_since.is_some_and(|at| at.elapsed() >= interval))
             .map(|(stream, _)| stream.clone())
             .collect();
-        if due.is_empty() {
-            return;
+        if let Err(error) = self.checkpoint(&due).await {
+            tracing::error!(%error, "audit checkpoints not written");
         }
-        let signed = self.sign(&due).await;
+    }
+
+    /// Signs and writes checkpoints at the heads of `streams`.
+    async fn checkpoint(&mut self, streams: &[StreamId]) -> Result<(), AuditError> {
+        if streams.is_empty() {
+            return Ok(());
+        }
+        let signed = self.sign(streams).await;
         if signed.rows.is_empty() {
-            return;
+            return Ok(());
         }
-        match self.store.append_audit(&[], &signed.rows).await {
-            Ok(()) => self.signed(&signed.streams),
-            Err(error) => tracing::error!(%error, "audit checkpoints not written"),
-        }
+        self.store.append_audit(&[], &signed.rows).await?;
+        self.signed(&signed.streams);
+        Ok(())
     }
 
     async fn truncate(
         &mut self,
         stream: &StreamId,
-        before: OffsetDateTime,
+        seq: u64,
+        head: [u8; 32],
     ) -> Result<u64, AuditError> {
-        let before = crate::record::format_time(before);
-        let Some(last) = self.store.audit_last_event_before(stream.as_str(), &before).await? else {
-            return Ok(0);
-        };
-        let key = self
-            .keys
-            .signing_key(stream)
-            .await
-            .ok_or_else(|| AuditError::NoKey(stream.to_string()))?;
-        let seq =
-            u64::try_from(last.seq).map_err(|_| AuditError::Invalid("negative seq".into()))?;
-        let head: [u8; 32] = last
-            .hash
-            .try_into()
-            .map_err(|_| AuditError::Invalid("stored hash is not 32 bytes".into()))?;
+        let key =
+            self.key_for(stream).await.ok_or_else(|| AuditError::NoKey(stream.to_string()))?;
+        // The store deletes only what a periodic checkpoint already signed.
+        let unsigned = self.head(stream).await?.unsigned > 0;
+        if unsigned {
+            self.checkpoint(std::slice::from_ref(stream)).await?;
+        }
         let checkpoint =
             Checkpoint::sign(&key, seq, head, (self.now)(), CheckpointKind::Truncation);
         Ok(self.store.truncate_audit(&checkpoint_row(&checkpoint)).await?)

@@ -80,12 +80,20 @@ fn writer(store: &Arc<dyn ControlStore>, keys: Arc<TestKeys>) -> AuditLog {
 }
 
 async fn export(fx: &StoreFixture, keys: &TestKeys, stream: &StreamId) -> String {
-    let store: Arc<dyn AuditStore> = fx.store.clone();
+    export_from(&fx.store, keys, stream, None).await
+}
+
+/// A whole export of `stream` (from `since`), signed with its test key.
+async fn export_from(
+    store: &Arc<dyn ControlStore>,
+    keys: &TestKeys,
+    stream: &StreamId,
+    since: Option<OffsetDateTime>,
+) -> String {
+    let audit: Arc<dyn AuditStore> = store.clone();
     let key = keys.key(stream).await;
-    let mut exporter =
-        Exporter::new(store, stream.clone(), None, key, None, OffsetDateTime::now_utc())
-            .await
-            .unwrap();
+    let now = OffsetDateTime::now_utc();
+    let mut exporter = Exporter::new(audit, stream.clone(), None, key, since, now).await.unwrap();
     let mut out = String::new();
     while let Some(page) = exporter.next_page().await.unwrap() {
         out.push_str(&page);
@@ -271,22 +279,8 @@ async fn retention_keeps_what_remains_verifiable(fx: StoreFixture) {
     assert!(lines(&text)[1].contains("\"kind\":\"truncation\""), "{text}");
 
     // A partial export verifies from the checkpoint before it.
-    let store: Arc<dyn AuditStore> = fx.store.clone();
     let since = start + time::Duration::days(25);
-    let mut exporter = Exporter::new(
-        store,
-        stream.clone(),
-        None,
-        keys.key(&stream).await,
-        Some(since),
-        OffsetDateTime::now_utc(),
-    )
-    .await
-    .unwrap();
-    let mut partial = String::new();
-    while let Some(page) = exporter.next_page().await.unwrap() {
-        partial.push_str(&page);
-    }
+    let partial = export_from(&fx.store, &keys, &stream, Some(since)).await;
     let report = verify(&partial).unwrap();
     assert_eq!(report.last_seq, 31);
     assert!(report.first_seq.unwrap() <= 26, "{report:?}");
@@ -335,10 +329,66 @@ async fn the_database_refuses_changes(fx: StoreFixture) {
     assert_eq!(rows.len(), 3);
 }
 
+/// Someone who gets around the database's protection (the file's owner,
+/// a superuser) and edits an event: Bulkhead refuses to sign an export of
+/// the broken chain rather than vouch for it.
+async fn an_export_of_a_tampered_store_is_refused(fx: StoreFixture) {
+    let keys = TestKeys::new(fx.store.clone());
+    let log = writer(&fx.store, Arc::clone(&keys));
+    let stream = StreamId::tenant(Uuid::new_v4());
+    for n in 0..25 {
+        log.append(event(&stream, n, OffsetDateTime::now_utc())).await.unwrap();
+    }
+    log.stop().await;
+    let tamper = |table: &str| {
+        [
+            format!("ALTER TABLE {table} DISABLE TRIGGER append_only"),
+            format!("UPDATE {table} SET outcome = 'denied' WHERE seq = 5"),
+            format!("ALTER TABLE {table} ENABLE TRIGGER append_only"),
+        ]
+    };
+    match &fx.db {
+        None => {
+            let url = format!("sqlite://{}", fx.dir.path().join("bulkhead.db").display());
+            let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+            for sql in [
+                "DROP TRIGGER audit_events_no_update".to_owned(),
+                "UPDATE audit_events SET outcome = 'denied' WHERE seq = 5".to_owned(),
+            ] {
+                sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&pool).await.unwrap();
+            }
+        }
+        Some(db) => {
+            let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+            for sql in tamper("audit.audit_events") {
+                sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&pool).await.unwrap();
+            }
+        }
+    }
+    let store: Arc<dyn AuditStore> = fx.store.clone();
+    let key = keys.key(&stream).await;
+    let now = OffsetDateTime::now_utc();
+    let mut exporter = Exporter::new(store, stream.clone(), None, key, None, now).await.unwrap();
+    let mut refused = None;
+    loop {
+        match exporter.next_page().await {
+            Ok(Some(_)) => {}
+            Ok(None) => break,
+            Err(error) => {
+                refused = Some(error);
+                break;
+            }
+        }
+    }
+    let refused = refused.expect("the export was refused");
+    assert!(refused.contains("broken at seq 5"), "{refused}");
+}
+
 on_both_stores!(
     every_tamper_is_caught,
     retention_keeps_what_remains_verifiable,
-    the_database_refuses_changes
+    the_database_refuses_changes,
+    an_export_of_a_tampered_store_is_refused,
 );
 
 /// On PostgreSQL, as the application role the server really runs as (not
@@ -360,6 +410,9 @@ async fn the_application_role_may_only_read_and_append() {
     let location =
         bulkhead_store::StoreLocation::Postgres(bulkhead_model::DatabaseUrl::parse(&url).unwrap());
     let store = bulkhead_store::open(&location).await.unwrap();
+    // It could grant itself the owner: the server says so at start.
+    let risk = store.audit_tamper_risk().await.unwrap().unwrap_or_default();
+    assert!(risk.contains("CREATEROLE"), "{risk}");
     let keys = TestKeys::new(store.clone());
     let log = writer(&store, Arc::clone(&keys));
     let stream = StreamId::tenant(Uuid::new_v4());
@@ -391,7 +444,7 @@ async fn the_application_role_may_only_read_and_append() {
     let deleted =
         log.truncate_before(stream.clone(), start + time::Duration::days(3)).await.unwrap();
     assert_eq!(deleted, 3);
-    let text = export_from(&store, &keys, &stream).await;
+    let text = export_from(&store, &keys, &stream, None).await;
     assert_eq!(verify(&text).unwrap().first_seq, Some(4));
     log.stop().await;
     drop(store);
@@ -401,23 +454,4 @@ async fn the_application_role_may_only_read_and_append() {
         .unwrap();
     sqlx::query(AssertSqlSafe(format!("DROP ROLE \"{app}\""))).execute(&mut admin).await.unwrap();
     let _ = Duration::ZERO;
-}
-
-async fn export_from(store: &Arc<dyn ControlStore>, keys: &TestKeys, stream: &StreamId) -> String {
-    let audit: Arc<dyn AuditStore> = store.clone();
-    let mut exporter = Exporter::new(
-        audit,
-        stream.clone(),
-        None,
-        keys.key(stream).await,
-        None,
-        OffsetDateTime::now_utc(),
-    )
-    .await
-    .unwrap();
-    let mut out = String::new();
-    while let Some(page) = exporter.next_page().await.unwrap() {
-        out.push_str(&page);
-    }
-    out
 }

@@ -343,7 +343,23 @@ impl AuditService {
         if !matches!(tenant.state, TenantState::Active | TenantState::Suspended) {
             return Err(missing());
         }
-        self.keys.public_keys(&StreamId::tenant(tenant.id.0)).await
+        // From the sealed key itself, not from the table of public keys:
+        // the server's database role may insert into that table, and a key
+        // slipped in there must never be what tenants pin.
+        let stream = StreamId::tenant(tenant.id.0);
+        let key = self
+            .keys
+            .signing_key(&stream)
+            .await
+            .ok_or_else(|| AuditServiceError::NoKey(stream.to_string()))?;
+        let recorded = self.keys.public_keys(&stream).await?;
+        let created =
+            recorded.iter().find(|k| k.key_id == key.key_id()).map(|k| k.created_at.clone());
+        let mut info = key.public_info(self.clock.now());
+        if let Some(created) = created {
+            info.created_at = created;
+        }
+        Ok(vec![info])
     }
 
     /// Deletes, stream by stream, the events older than the tenant's plan

@@ -118,6 +118,17 @@ fn resource(action: &str, details: &Value) -> String {
     }
 }
 
+/// `text` with control characters replaced by U+FFFD: the columns these
+/// go to are text, PostgreSQL refuses U+0000 in text, and one such event
+/// would make its whole batch (every tenant's events in it) fail.
+fn printable(text: &str) -> String {
+    if text.chars().any(char::is_control) {
+        text.chars().map(|c| if c.is_control() { '\u{fffd}' } else { c }).collect()
+    } else {
+        text.to_owned()
+    }
+}
+
 /// Where events go: the audit streams, through their one writer. A
 /// tenant's events go to its own stream; operators' actions also to the
 /// platform's, so the operators' own trail is complete in one place.
@@ -191,12 +202,17 @@ impl EventLog {
             CanonicalJson::from_value(&fallback)
                 .unwrap_or_else(|_| CanonicalJson::assume_canonical("{}".to_owned()))
         });
+        let mut who = audit_actor(actor);
+        who.id = printable(&who.id);
         let event = NewEvent {
             stream: tenant.map_or_else(StreamId::platform, |t| StreamId::tenant(t.id.0)),
             time: self.clock.now(),
-            actor: audit_actor(actor),
+            actor: who,
             action: action.to_owned(),
-            resource: resource(action, &serde_json::from_str(details.as_str()).unwrap_or_default()),
+            resource: printable(&resource(
+                action,
+                &serde_json::from_str(details.as_str()).unwrap_or_default(),
+            )),
             outcome: outcome.to_owned(),
             request_id: REQUEST_ID.try_with(Clone::clone).ok(),
             details,

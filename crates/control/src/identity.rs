@@ -348,9 +348,12 @@ impl IdentityService {
         request: TokenRequest,
     ) -> Result<IssuedToken> {
         let tenant = self.authorized(actor, name, Permission::Manage).await?;
-        if request.subject.is_empty() || request.subject.len() > 255 {
+        if request.subject.is_empty()
+            || request.subject.len() > 255
+            || request.subject.chars().any(char::is_control)
+        {
             return Err(IdentityError::InvalidRequest(
-                "subject must be 1 to 255 characters".into(),
+                "subject must be 1 to 255 characters, none of them control characters".into(),
             ));
         }
         // Nobody mints a token stronger than their own.

@@ -287,6 +287,9 @@ pub async fn start_with_steps(
     }
     let operator_tokens =
         OperatorTokens::ensure(store.as_ref(), &data_dir.operator_token(), clock.as_ref()).await?;
+    if let Some(risk) = store.audit_tamper_risk().await? {
+        tracing::warn!("{risk}");
+    }
     let audit_keys = Arc::new(
         AuditKeys::open(
             Arc::clone(&store),

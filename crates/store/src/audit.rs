@@ -108,6 +108,11 @@ pub trait AuditStore: Send + Sync + fmt::Debug {
 
     async fn audit_keys(&self, stream: &str) -> Result<Vec<AuditKeyRow>, StoreError>;
 
+    /// Why the store's own role could get around the append-only tables,
+    /// if it could (a PostgreSQL superuser, or a role that may grant itself
+    /// their owner), for the operator to hear at start.
+    async fn audit_tamper_risk(&self) -> Result<Option<String>, StoreError>;
+
     /// Retention's one path: records the truncation checkpoint, then
     /// deletes the events it covers; returns how many.
     async fn truncate_audit(&self, checkpoint: &AuditCheckpointRow) -> Result<u64, StoreError>;

@@ -35,15 +35,10 @@ pub struct PostgresStore {
 impl PostgresStore {
     pub async fn open(url: &DatabaseUrl) -> Result<Self, StoreError> {
         let location = url.redacted();
-        let options = PgConnectOptions::from_str(url.expose())
-            .map_err(|source| StoreError::Unreachable { location: location.clone(), source })?
-            // The audit tables live in a schema of their own (see the
-            // 0004 migration); unqualified names find them here.
-            .options([("search_path", "\"$user\", public, audit")]);
         let pool = PgPoolOptions::new()
             .max_connections(16)
             .acquire_timeout(Duration::from_secs(10))
-            .connect_with(options)
+            .connect(url.expose())
             .await
             .map_err(|source| StoreError::Unreachable { location: location.clone(), source })?;
         MIGRATOR
@@ -98,9 +93,36 @@ impl HeldLock for AdvisoryLock {
 impl_control_store!(PostgresStore);
 impl_vault_store!(PostgresStore);
 impl_identity_store!(PostgresStore);
-impl_audit_store!(PostgresStore, sqlx::Postgres);
+// Schema-qualified: an unqualified name could find a table of the same
+// name that the server's own role created in a schema earlier on its path.
+impl_audit_store!(PostgresStore, sqlx::Postgres, "audit.");
 
 impl PostgresStore {
+    async fn audit_tamper_risk_of_role(&self) -> Result<Option<String>, StoreError> {
+        let (user, superuser, createrole, member): (String, bool, bool, bool) = sqlx::query_as(
+            "SELECT current_user::text, rolsuper, rolcreaterole, \
+             pg_has_role(current_user, left(current_database(), 40) || '_audit_owner', 'MEMBER') \
+             FROM pg_roles WHERE rolname = current_user",
+        )
+        .fetch_one(&self.read)
+        .await?;
+        let why = if superuser {
+            "is a superuser"
+        } else if member {
+            "is a member of the audit tables' owner"
+        } else if createrole {
+            "has CREATEROLE, so it could make itself a member of the audit tables' owner"
+        } else {
+            return Ok(None);
+        };
+        Ok(Some(format!(
+            "the control store's role {user} {why}: it could switch off the audit tables' \
+             append-only protection. Tenants who verify their exports would still see any \
+             change, but for append-only enforced by PostgreSQL run the server as a role \
+             without SUPERUSER and CREATEROLE (docs/audit.md)"
+        )))
+    }
+
     /// One statement for the whole batch: each column bound as an array
     /// and unnested, so the statement is the same whatever the batch size
     /// (prepared once) and rows cost no per-parameter overhead.
@@ -114,7 +136,7 @@ impl PostgresStore {
         let column =
             |f: fn(&crate::AuditEventRow) -> &str| -> Vec<&str> { events.iter().map(f).collect() };
         sqlx::query(
-            "INSERT INTO audit_events (stream, seq, time, actor_kind, actor_id, action, resource, \
+            "INSERT INTO audit.audit_events (stream, seq, time, actor_kind, actor_id, action, resource, \
              outcome, request_id, details, prev_hash, hash) \
              SELECT * FROM UNNEST($1::text[], $2::int8[], $3::text[], $4::text[], $5::text[], \
              $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::bytea[], $12::bytea[])",

@@ -1129,27 +1129,31 @@ pub(crate) use impl_identity_store;
 /// written the fastest way each database has) and retention
 /// (`truncate_audit_rows`).
 macro_rules! impl_audit_store {
-    ($store:ty, $db:ty) => {
+    ($store:ty, $db:ty, $schema:literal) => {
         #[async_trait::async_trait]
         impl $crate::AuditStore for $store {
             async fn audit_head(
                 &self,
                 stream: &str,
             ) -> Result<Option<(i64, Vec<u8>)>, $crate::StoreError> {
-                let last: Option<(i64, Vec<u8>)> = sqlx::query_as(
-                    "SELECT seq, hash FROM audit_events WHERE stream = $1 \
-                     ORDER BY seq DESC LIMIT 1",
-                )
+                let last: Option<(i64, Vec<u8>)> = sqlx::query_as(concat!(
+                    "SELECT seq, hash FROM ",
+                    $schema,
+                    "audit_events WHERE stream = $1 \
+                     ORDER BY seq DESC LIMIT 1"
+                ))
                 .bind(stream)
                 .fetch_optional(&self.write)
                 .await?;
                 if last.is_some() {
                     return Ok(last);
                 }
-                Ok(sqlx::query_as(
-                    "SELECT seq, head FROM audit_checkpoints WHERE stream = $1 \
-                     AND kind = 'truncation' ORDER BY seq DESC LIMIT 1",
-                )
+                Ok(sqlx::query_as(concat!(
+                    "SELECT seq, head FROM ",
+                    $schema,
+                    "audit_checkpoints WHERE stream = $1 \
+                     AND kind = 'truncation' ORDER BY seq DESC LIMIT 1"
+                ))
                 .bind(stream)
                 .fetch_optional(&self.write)
                 .await?)
@@ -1159,11 +1163,14 @@ macro_rules! impl_audit_store {
                 &self,
                 stream: &str,
             ) -> Result<Option<i64>, $crate::StoreError> {
-                let row: Option<(Option<i64>,)> =
-                    sqlx::query_as("SELECT MAX(seq) FROM audit_checkpoints WHERE stream = $1")
-                        .bind(stream)
-                        .fetch_optional(&self.write)
-                        .await?;
+                let row: Option<(Option<i64>,)> = sqlx::query_as(concat!(
+                    "SELECT MAX(seq) FROM ",
+                    $schema,
+                    "audit_checkpoints WHERE stream = $1"
+                ))
+                .bind(stream)
+                .fetch_optional(&self.write)
+                .await?;
                 Ok(row.and_then(|(seq,)| seq))
             }
 
@@ -1175,10 +1182,12 @@ macro_rules! impl_audit_store {
                 let mut tx = self.write.begin().await?;
                 Self::insert_audit_events(&mut tx, events).await?;
                 for chunk in checkpoints.chunks($crate::audit::AUDIT_ROWS_PER_STATEMENT) {
-                    let mut insert = sqlx::QueryBuilder::<$db>::new(
-                        "INSERT INTO audit_checkpoints (stream, seq, head, time, kind, key_id, \
-                         signature) ",
-                    );
+                    let mut insert = sqlx::QueryBuilder::<$db>::new(concat!(
+                        "INSERT INTO ",
+                        $schema,
+                        "audit_checkpoints (stream, seq, head, time, kind, key_id, \
+                         signature) "
+                    ));
                     insert.push_values(chunk, |mut row, c| {
                         row.push_bind(c.stream.as_str())
                             .push_bind(c.seq)
@@ -1200,11 +1209,13 @@ macro_rules! impl_audit_store {
                 after: i64,
                 limit: u32,
             ) -> Result<Vec<$crate::AuditEventRow>, $crate::StoreError> {
-                Ok(sqlx::query_as(
+                Ok(sqlx::query_as(concat!(
                     "SELECT stream, seq, time, actor_kind, actor_id, action, resource, outcome, \
-                     request_id, details, prev_hash, hash FROM audit_events \
-                     WHERE stream = $1 AND seq > $2 ORDER BY seq LIMIT $3",
-                )
+                     request_id, details, prev_hash, hash FROM ",
+                    $schema,
+                    "audit_events \
+                     WHERE stream = $1 AND seq > $2 ORDER BY seq LIMIT $3"
+                ))
                 .bind(stream)
                 .bind(after)
                 .bind(i64::from(limit))
@@ -1218,11 +1229,13 @@ macro_rules! impl_audit_store {
                 from: i64,
                 to: i64,
             ) -> Result<Vec<$crate::AuditCheckpointRow>, $crate::StoreError> {
-                Ok(sqlx::query_as(
+                Ok(sqlx::query_as(concat!(
                     "SELECT stream, seq, head, time, kind, key_id, signature \
-                     FROM audit_checkpoints WHERE stream = $1 AND seq >= $2 AND seq <= $3 \
-                     ORDER BY seq, kind",
-                )
+                     FROM ",
+                    $schema,
+                    "audit_checkpoints WHERE stream = $1 AND seq >= $2 AND seq <= $3 \
+                     ORDER BY seq, kind"
+                ))
                 .bind(stream)
                 .bind(from)
                 .bind(to)
@@ -1235,11 +1248,13 @@ macro_rules! impl_audit_store {
                 stream: &str,
                 seq: i64,
             ) -> Result<Option<$crate::AuditCheckpointRow>, $crate::StoreError> {
-                Ok(sqlx::query_as(
+                Ok(sqlx::query_as(concat!(
                     "SELECT stream, seq, head, time, kind, key_id, signature \
-                     FROM audit_checkpoints WHERE stream = $1 AND seq <= $2 \
-                     ORDER BY seq DESC, kind DESC LIMIT 1",
-                )
+                     FROM ",
+                    $schema,
+                    "audit_checkpoints WHERE stream = $1 AND seq <= $2 \
+                     ORDER BY seq DESC, kind DESC LIMIT 1"
+                ))
                 .bind(stream)
                 .bind(seq)
                 .fetch_optional(&self.read)
@@ -1251,10 +1266,12 @@ macro_rules! impl_audit_store {
                 stream: &str,
                 time: &str,
             ) -> Result<Option<i64>, $crate::StoreError> {
-                let row: Option<(i64,)> = sqlx::query_as(
-                    "SELECT seq FROM audit_events WHERE stream = $1 AND time >= $2 \
-                     ORDER BY seq LIMIT 1",
-                )
+                let row: Option<(i64,)> = sqlx::query_as(concat!(
+                    "SELECT seq FROM ",
+                    $schema,
+                    "audit_events WHERE stream = $1 AND time >= $2 \
+                     ORDER BY seq LIMIT 1"
+                ))
                 .bind(stream)
                 .bind(time)
                 .fetch_optional(&self.read)
@@ -1267,11 +1284,13 @@ macro_rules! impl_audit_store {
                 stream: &str,
                 time: &str,
             ) -> Result<Option<$crate::AuditEventRow>, $crate::StoreError> {
-                Ok(sqlx::query_as(
+                Ok(sqlx::query_as(concat!(
                     "SELECT stream, seq, time, actor_kind, actor_id, action, resource, outcome, \
-                     request_id, details, prev_hash, hash FROM audit_events \
-                     WHERE stream = $1 AND time < $2 ORDER BY seq DESC LIMIT 1",
-                )
+                     request_id, details, prev_hash, hash FROM ",
+                    $schema,
+                    "audit_events \
+                     WHERE stream = $1 AND time < $2 ORDER BY seq DESC LIMIT 1"
+                ))
                 .bind(stream)
                 .bind(time)
                 .fetch_optional(&self.read)
@@ -1279,10 +1298,13 @@ macro_rules! impl_audit_store {
             }
 
             async fn audit_streams(&self) -> Result<Vec<String>, $crate::StoreError> {
-                let rows: Vec<(String,)> =
-                    sqlx::query_as("SELECT DISTINCT stream FROM audit_events ORDER BY stream")
-                        .fetch_all(&self.read)
-                        .await?;
+                let rows: Vec<(String,)> = sqlx::query_as(concat!(
+                    "SELECT DISTINCT stream FROM ",
+                    $schema,
+                    "audit_events ORDER BY stream"
+                ))
+                .fetch_all(&self.read)
+                .await?;
                 Ok(rows.into_iter().map(|(stream,)| stream).collect())
             }
 
@@ -1290,10 +1312,12 @@ macro_rules! impl_audit_store {
                 &self,
                 key: &$crate::AuditKeyRow,
             ) -> Result<(), $crate::StoreError> {
-                sqlx::query(
-                    "INSERT INTO audit_keys (stream, key_id, public_key, created_at) \
-                     VALUES ($1, $2, $3, $4) ON CONFLICT (stream, key_id) DO NOTHING",
-                )
+                sqlx::query(concat!(
+                    "INSERT INTO ",
+                    $schema,
+                    "audit_keys (stream, key_id, public_key, created_at) \
+                     VALUES ($1, $2, $3, $4) ON CONFLICT (stream, key_id) DO NOTHING"
+                ))
                 .bind(key.stream.as_str())
                 .bind(key.key_id.as_str())
                 .bind(key.public_key.as_str())
@@ -1307,10 +1331,12 @@ macro_rules! impl_audit_store {
                 &self,
                 stream: &str,
             ) -> Result<Vec<$crate::AuditKeyRow>, $crate::StoreError> {
-                Ok(sqlx::query_as(
-                    "SELECT stream, key_id, public_key, created_at FROM audit_keys \
-                     WHERE stream = $1 ORDER BY created_at, key_id",
-                )
+                Ok(sqlx::query_as(concat!(
+                    "SELECT stream, key_id, public_key, created_at FROM ",
+                    $schema,
+                    "audit_keys \
+                     WHERE stream = $1 ORDER BY created_at, key_id"
+                ))
                 .bind(stream)
                 .fetch_all(&self.read)
                 .await?)
@@ -1321,6 +1347,10 @@ macro_rules! impl_audit_store {
                 checkpoint: &$crate::AuditCheckpointRow,
             ) -> Result<u64, $crate::StoreError> {
                 self.truncate_audit_rows(checkpoint).await
+            }
+
+            async fn audit_tamper_risk(&self) -> Result<Option<String>, $crate::StoreError> {
+                self.audit_tamper_risk_of_role().await
             }
         }
     };

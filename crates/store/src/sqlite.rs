@@ -70,9 +70,15 @@ impl SqliteStore {
 impl_control_store!(SqliteStore);
 impl_vault_store!(SqliteStore);
 impl_identity_store!(SqliteStore);
-impl_audit_store!(SqliteStore, sqlx::Sqlite);
+impl_audit_store!(SqliteStore, sqlx::Sqlite, "");
 
 impl SqliteStore {
+    /// Triggers are all SQLite has; whoever can write the file can drop
+    /// them, which the embedded store assumes nobody but the server can.
+    async fn audit_tamper_risk_of_role(&self) -> Result<Option<String>, StoreError> {
+        Ok(None)
+    }
+
     /// Multi-row INSERTs, within SQLite's limit on bound parameters.
     async fn insert_audit_events(
         tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
@@ -120,6 +126,21 @@ impl SqliteStore {
         if anchored.is_none() {
             return Err(StoreError::Corrupt(format!(
                 "no event {} with that hash in stream {}",
+                checkpoint.seq, checkpoint.stream
+            )));
+        }
+        // As on PostgreSQL: only what a periodic checkpoint already signed.
+        let signed: Option<(i64,)> = sqlx::query_as(
+            "SELECT seq FROM audit_checkpoints WHERE stream = $1 AND kind = 'periodic' \
+             AND seq >= $2 LIMIT 1",
+        )
+        .bind(checkpoint.stream.as_str())
+        .bind(checkpoint.seq)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if signed.is_none() {
+            return Err(StoreError::Corrupt(format!(
+                "event {} of stream {} is not under a periodic checkpoint yet",
                 checkpoint.seq, checkpoint.stream
             )));
         }

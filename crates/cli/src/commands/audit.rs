@@ -141,6 +141,13 @@ fn verify(
                 report.checkpoints,
                 signers.join(", ")
             );
+            if report.first_seq.is_some_and(|first| first > 1) {
+                eprintln!(
+                    "note: a partial export: events before seq {} are not in this file (an export \
+                     --since, or retention); compare with your earlier exports",
+                    report.first_seq.unwrap_or(0)
+                );
+            }
             if pinned.is_empty() {
                 eprintln!(
                     "note: the keys were taken from the file itself; pass --key or --keys-file \

@@ -183,15 +183,15 @@ async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
     )
 }
 
-/// One span per request, with a request id (the caller's `x-request-id` if
-/// it is sane, else a new one) that is returned in the response; the span's
-/// `tenant` is filled in by handlers that learn it. Also counts and times
-/// the request.
 /// Names the tenant a request is about on its span (and so in its logs).
 pub(crate) fn record_tenant(name: &str) {
     tracing::Span::current().record("tenant", name);
 }
 
+/// One span per request, with a request id (the caller's `x-request-id` if
+/// it is sane, else a new one) that is returned in the response; the span's
+/// `tenant` is filled in by handlers that learn it. Also counts and times
+/// the request.
 async fn observe(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let request_id = request
         .headers()

@@ -11,12 +11,13 @@
 --     the retention function;
 --   * triggers refuse UPDATE, TRUNCATE, and any DELETE but the retention
 --     function's, which deletes only events a signed truncation checkpoint
---     already covers. They hold even for a superuser's statements.
--- The server finds the tables through its connections' search_path.
--- The events of earlier versions (the `events` table) move onto the
--- streams from this version on; the table goes.
+--     already covers (a superuser can still switch triggers off).
+-- The server names the tables with their schema: an unqualified name could
+-- find a look-alike table its own role made earlier on the search path.
+-- Events recorded before this version stay, unchained, in
+-- `events_before_audit`; new ones go to the streams.
 
-DROP TABLE events;
+ALTER TABLE events RENAME TO events_before_audit;
 
 CREATE SCHEMA audit;
 
@@ -100,6 +101,16 @@ BEGIN
     IF NOT EXISTS (SELECT 1 FROM audit.audit_events
                    WHERE stream = p_stream AND seq = p_seq AND hash = p_head) THEN
         RAISE EXCEPTION 'no event % with that hash in stream %', p_seq, p_stream;
+    END IF;
+    -- Only what a periodic checkpoint already signed, and nothing recent:
+    -- retention is for old history, never for the tail of a stream.
+    IF NOT EXISTS (SELECT 1 FROM audit.audit_checkpoints
+                   WHERE stream = p_stream AND kind = 'periodic' AND seq >= p_seq) THEN
+        RAISE EXCEPTION 'event % of stream % is not under a periodic checkpoint yet', p_seq, p_stream;
+    END IF;
+    IF (SELECT time FROM audit.audit_events WHERE stream = p_stream AND seq = p_seq)
+       > to_char(now() AT TIME ZONE 'UTC' - interval '1 day', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') THEN
+        RAISE EXCEPTION 'event % of stream % is less than a day old', p_seq, p_stream;
     END IF;
     INSERT INTO audit.audit_checkpoints (stream, seq, head, time, kind, key_id, signature)
         VALUES (p_stream, p_seq, p_head, p_time, 'truncation', p_key_id, p_signature)

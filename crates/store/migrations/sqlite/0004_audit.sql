@@ -2,10 +2,10 @@
 -- checkpoints, and the streams' public keys. Append-only: triggers refuse
 -- every UPDATE, and every DELETE but retention's, which may delete only
 -- events a truncation checkpoint already covers.
--- The events of earlier versions (the `events` table) move onto the
--- streams from this version on; the table goes.
+-- Events recorded before this version stay, unchained, in
+-- `events_before_audit`; new ones go to the streams.
 
-DROP TABLE events;
+ALTER TABLE events RENAME TO events_before_audit;
 
 CREATE TABLE audit_events (
     stream      TEXT    NOT NULL,
