@@ -303,22 +303,38 @@ impl Writer {
             result = self.try_write(&events).await;
         }
         match result {
-            Ok(seqs) => {
-                for (reply, seq) in replies.into_iter().zip(seqs) {
-                    if let Some(reply) = reply {
-                        let _ = reply.send(Ok(seq));
-                    }
-                }
-            }
+            Ok(seqs) => answer(replies, Ok(seqs)),
             Err(error) => {
-                tracing::error!(%error, events = events.len(), "audit batch not written");
-                for reply in replies.into_iter().flatten() {
-                    let _ = reply.send(Err(error.clone()));
-                }
+                tracing::error!(%error, events = events.len(), "audit batch not written; writing it stream by stream");
+                self.write_per_stream(events, replies).await;
             }
         }
         if self.heads.len() > MAX_HEADS {
             self.heads.retain(|_, head| head.unsigned > 0);
+        }
+    }
+
+    /// A batch the store refused, again with one transaction per stream:
+    /// whatever one stream's events did wrong costs no other stream its
+    /// events.
+    async fn write_per_stream(&mut self, events: Vec<NewEvent>, replies: Vec<Option<Reply>>) {
+        let mut order: HashMap<StreamId, usize> = HashMap::new();
+        let mut groups: Vec<Vec<(NewEvent, Option<Reply>)>> = Vec::new();
+        for (event, reply) in events.into_iter().zip(replies) {
+            let next = groups.len();
+            let at = *order.entry(event.stream.clone()).or_insert(next);
+            if at == next {
+                groups.push(Vec::new());
+            }
+            groups[at].push((event, reply));
+        }
+        for group in groups {
+            let (events, replies): (Vec<NewEvent>, Vec<Option<Reply>>) = group.into_iter().unzip();
+            let result = self.try_write(&events).await;
+            if let (Err(error), Some(event)) = (&result, events.first()) {
+                tracing::error!(stream = %event.stream, %error, events = events.len(), "audit events not written");
+            }
+            answer(replies, result);
         }
     }
 
@@ -461,6 +477,24 @@ impl Writer {
         let checkpoint =
             Checkpoint::sign(&key, seq, head, (self.now)(), CheckpointKind::Truncation);
         Ok(self.store.truncate_audit(&checkpoint_row(&checkpoint)).await?)
+    }
+}
+
+/// Tells each caller its event's seq, or the error.
+fn answer(replies: Vec<Option<Reply>>, result: Result<Vec<u64>, AuditError>) {
+    match result {
+        Ok(seqs) => {
+            for (reply, seq) in replies.into_iter().zip(seqs) {
+                if let Some(reply) = reply {
+                    let _ = reply.send(Ok(seq));
+                }
+            }
+        }
+        Err(error) => {
+            for reply in replies.into_iter().flatten() {
+                let _ = reply.send(Err(error.clone()));
+            }
+        }
     }
 }
 

@@ -455,3 +455,29 @@ async fn the_application_role_may_only_read_and_append() {
     sqlx::query(AssertSqlSafe(format!("DROP ROLE \"{app}\""))).execute(&mut admin).await.unwrap();
     let _ = Duration::ZERO;
 }
+
+/// An event PostgreSQL cannot store (U+0000 in a text column) sinks its
+/// own stream's events in that batch, never another tenant's.
+#[tokio::test]
+async fn one_streams_bad_event_costs_no_other_stream_its_events() {
+    let fx = StoreFixture::postgres().await;
+    let keys = TestKeys::new(fx.store.clone());
+    let log = writer(&fx.store, Arc::clone(&keys));
+    let (acme, globex) = (StreamId::tenant(Uuid::new_v4()), StreamId::tenant(Uuid::new_v4()));
+    let mut bad = event(&acme, 0, OffsetDateTime::now_utc());
+    bad.resource = "secrets/\u{0}".into();
+    // Queued before the writer runs (this test's runtime has one thread):
+    // one batch.
+    for n in 0..5 {
+        log.append_nowait(event(&globex, n, OffsetDateTime::now_utc())).unwrap();
+    }
+    let refused = log.append(bad).await;
+    assert!(refused.is_err(), "{refused:?}");
+    let last = log.append(event(&globex, 5, OffsetDateTime::now_utc())).await.unwrap();
+    assert_eq!(last, 6, "globex's events before it were all written");
+    assert_eq!(fx.store.audit_events(acme.as_str(), 0, 10).await.unwrap().len(), 0);
+    assert!(verify(&export(&fx, &keys, &globex).await).is_ok());
+    // acme's stream goes on with its next good event.
+    assert_eq!(log.append(event(&acme, 1, OffsetDateTime::now_utc())).await.unwrap(), 1);
+    log.stop().await;
+}
