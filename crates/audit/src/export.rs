@@ -13,7 +13,7 @@ use time::OffsetDateTime;
 use crate::{
     canonical::CanonicalJson,
     checkpoint::{AuditKey, Checkpoint, CheckpointKind, PublicKeyInfo},
-    record::{Actor, Event, GENESIS, StreamId, format_time, parse_hash},
+    record::{Actor, Event, GENESIS, StreamId, format_time},
 };
 
 /// What the header's `format` says; a verifier refuses any other.
@@ -285,9 +285,4 @@ impl Exporter {
         }
         Ok(Some(out))
     }
-}
-
-/// Reads a hash written as hex in an export.
-pub(crate) fn hash_field(text: &str) -> Option<[u8; 32]> {
-    parse_hash(text)
 }

@@ -10,8 +10,8 @@ use sha2::{Digest, Sha256};
 
 use crate::{
     checkpoint::{Checkpoint, CheckpointKind, PublicKeyInfo},
-    export::{FORMAT, Header, hash_field},
-    record::{GENESIS, StreamId, hex},
+    export::{FORMAT, Header},
+    record::{GENESIS, StreamId, hex, is_time, parse_hash},
 };
 
 /// What a verified export holds.
@@ -141,9 +141,9 @@ fn check_event(text: &str, cx: &Context<'_>) -> Result<Facts, LineError> {
         )));
     }
     let prev =
-        hash_field(line.prev_hash).ok_or_else(|| fail("prev_hash is not 64 hex digits".into()))?;
-    let stated = hash_field(line.hash).ok_or_else(|| fail("hash is not 64 hex digits".into()))?;
-    if !time_shaped(line.time) {
+        parse_hash(line.prev_hash).ok_or_else(|| fail("prev_hash is not 64 hex digits".into()))?;
+    let stated = parse_hash(line.hash).ok_or_else(|| fail("hash is not 64 hex digits".into()))?;
+    if !is_time(line.time) {
         return Err(fail(format!("time {:?} is not in the export's format", line.time)));
     }
     // `"hash":"…"` cannot appear inside a JSON string (its quotes would be
@@ -182,7 +182,7 @@ fn check_checkpoint(text: &str, cx: &Context<'_>) -> Result<Facts, LineError> {
             line.stream, cx.stream
         )));
     }
-    let head = hash_field(&line.head).ok_or_else(|| fail("head is not 64 hex digits".into()))?;
+    let head = parse_hash(&line.head).ok_or_else(|| fail("head is not 64 hex digits".into()))?;
     let signature = base64_signature(&line.signature)
         .ok_or_else(|| fail("signature is not 64 bytes of base64url".into()))?;
     let checkpoint = Checkpoint {
@@ -214,21 +214,6 @@ fn check_checkpoint(text: &str, cx: &Context<'_>) -> Result<Facts, LineError> {
         )));
     }
     Ok(Facts::Checkpoint(checkpoint, trusted))
-}
-
-/// `YYYY-MM-DDTHH:MM:SS.ffffffZ`, by shape: the hash covers the bytes.
-fn time_shaped(time: &str) -> bool {
-    let b = time.as_bytes();
-    b.len() == 27
-        && b[26] == b'Z'
-        && b.iter().enumerate().all(|(i, c)| match i {
-            4 | 7 => *c == b'-',
-            10 => *c == b'T',
-            13 | 16 => *c == b':',
-            19 => *c == b'.',
-            26 => true,
-            _ => c.is_ascii_digit(),
-        })
 }
 
 /// Checks a batch of lines on every core, in order.

@@ -363,18 +363,14 @@ impl Writer {
             head.unsigned += 1;
             head.unsigned_since.get_or_insert_with(Instant::now);
             let due = head.unsigned >= every;
-            let (seq, hash) = (event.seq, event.hash);
-            seqs.push(seq);
+            seqs.push(event.seq);
             rows.push(event_row(event));
-            // Exactly every N events, even within one batch.
-            if due && let Some(key) = self.key_for(&stream).await {
-                let at = (self.now)();
-                let checkpoint = Checkpoint::sign(&key, seq, hash, at, CheckpointKind::Periodic);
-                checkpoints.push(checkpoint_row(&checkpoint));
-                if let Some(head) = self.heads.get_mut(&stream) {
-                    head.unsigned = 0;
-                    head.unsigned_since = None;
-                }
+            // Exactly every N events, even within one batch: the head is
+            // this event.
+            if due {
+                let signed = self.sign(std::slice::from_ref(&stream)).await;
+                checkpoints.extend(signed.rows);
+                self.signed(&signed.streams);
             }
             touched.insert(stream);
         }

@@ -16,7 +16,7 @@ use bulkhead_audit::{
     export::{Exporter, event_from_row, key_from_row},
 };
 use bulkhead_identity::Permission;
-use bulkhead_model::{PlanCatalog, Tenant, TenantName, TenantState};
+use bulkhead_model::{PlanCatalog, Tenant, TenantState};
 use bulkhead_store::{AuditKeyRow, ControlStore, StoreError};
 use bulkhead_vault::{Vault, VaultError};
 use thiserror::Error;
@@ -118,11 +118,15 @@ impl AuditKeys {
             }
         };
         self.publish(&key).await?;
-        let kid = key.key_id().to_owned();
+        Ok(self.remember(tenant.id.0, key).key_id().to_owned())
+    }
+
+    fn remember(&self, tenant: Uuid, key: AuditKey) -> Arc<AuditKey> {
+        let key = Arc::new(key);
         if let Ok(mut opened) = self.opened.lock() {
-            opened.insert(tenant.id.0, Arc::new(key));
+            opened.insert(tenant, Arc::clone(&key));
         }
-        Ok(kid)
+        key
     }
 
     /// Drops the tenant's opened key (its data key is being destroyed).
@@ -158,11 +162,7 @@ impl KeyRing for AuditKeys {
             // checkpoints wait.
             Ok(None) | Err(_) => return None,
         };
-        let key = Arc::new(AuditKey::from_secret(stream.clone(), &secret)?);
-        if let Ok(mut opened) = self.opened.lock() {
-            opened.insert(tenant, Arc::clone(&key));
-        }
-        Some(key)
+        Some(self.remember(tenant, AuditKey::from_secret(stream.clone(), &secret)?))
     }
 }
 
@@ -238,10 +238,6 @@ impl AuditService {
         Self { store, keys, events, clock, plans }
     }
 
-    pub fn keys(&self) -> &Arc<AuditKeys> {
-        &self.keys
-    }
-
     /// The stream, if `actor` may read it: operators any; a tenant's admins
     /// and owners their own tenant's (it names their users and actions);
     /// nobody else learns whether a tenant exists.
@@ -255,11 +251,8 @@ impl AuditService {
             StreamRequest::Platform => Err(AuditServiceError::PlatformOnly),
             StreamRequest::Tenant(name) => {
                 let missing = || AuditServiceError::TenantNotFound(name.clone());
-                let parsed = TenantName::parse_stored(name).map_err(|_| missing())?;
-                let tenant = self.store.tenant(&parsed).await?.ok_or_else(missing)?;
-                if !actor.may_access(&tenant) {
-                    return Err(missing());
-                }
+                let tenant = self.store.tenant_named(name).await?.filter(|t| actor.may_access(t));
+                let tenant = tenant.ok_or_else(missing)?;
                 if !actor.allows(&tenant, Permission::Manage) {
                     return Err(AuditServiceError::Forbidden(name.clone()));
                 }
@@ -337,12 +330,9 @@ impl AuditService {
     /// The public keys of a live tenant's stream, for its realm's
     /// documents: public, so any other name answers as missing.
     pub async fn published_keys(&self, name: &str) -> Result<Vec<PublicKeyInfo>> {
-        let missing = || AuditServiceError::TenantNotFound(name.to_owned());
-        let parsed = TenantName::parse_stored(name).map_err(|_| missing())?;
-        let tenant = self.store.tenant(&parsed).await?.ok_or_else(missing)?;
-        if !matches!(tenant.state, TenantState::Active | TenantState::Suspended) {
-            return Err(missing());
-        }
+        let live = |t: &Tenant| matches!(t.state, TenantState::Active | TenantState::Suspended);
+        let tenant = self.store.tenant_named(name).await?.filter(live);
+        let tenant = tenant.ok_or_else(|| AuditServiceError::TenantNotFound(name.to_owned()))?;
         // From the sealed key itself, not from the table of public keys:
         // the server's database role may insert into that table, and a key
         // slipped in there must never be what tenants pin.
@@ -366,24 +356,19 @@ impl AuditService {
     /// keeps them, after a signed truncation checkpoint; returns how many.
     pub async fn apply_retention(&self) -> Result<u64> {
         let mut deleted = 0;
-        let mut page = bulkhead_store::TenantPage { after: None, state: None, limit: 500 };
-        loop {
-            let tenants = self.store.list_tenants(&page).await?;
-            let Some(last) = tenants.last() else { return Ok(deleted) };
-            page.after = Some(last.name.to_string());
-            for tenant in &tenants {
-                let Ok(plan) = self.plans.get(tenant.plan.as_str()) else { continue };
-                let keep = time::Duration::days(i64::from(plan.audit_retention_days));
-                let before = self.clock.now() - keep;
-                let stream = StreamId::tenant(tenant.id.0);
-                match self.events.audit().truncate_before(stream, before).await {
-                    Ok(n) => deleted += n,
-                    Err(error) => {
-                        tracing::warn!(tenant = %tenant.name, %error, "audit retention skipped");
-                    }
+        for tenant in self.store.all_tenants().await? {
+            let Ok(plan) = self.plans.get(tenant.plan.as_str()) else { continue };
+            let keep = time::Duration::days(i64::from(plan.audit_retention_days));
+            let before = self.clock.now() - keep;
+            let stream = StreamId::tenant(tenant.id.0);
+            match self.events.audit().truncate_before(stream, before).await {
+                Ok(n) => deleted += n,
+                Err(error) => {
+                    tracing::warn!(tenant = %tenant.name, %error, "audit retention skipped");
                 }
             }
         }
+        Ok(deleted)
     }
 }
 

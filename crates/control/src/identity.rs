@@ -254,8 +254,7 @@ impl IdentityService {
 
     async fn live_tenant(&self, name: &str) -> Result<Tenant> {
         let missing = || IdentityError::TenantNotFound(name.to_owned());
-        let parsed = TenantName::parse_stored(name).map_err(|_| missing())?;
-        let tenant = self.store.tenant(&parsed).await?.ok_or_else(missing)?;
+        let tenant = self.store.tenant_named(name).await?.ok_or_else(missing)?;
         if !LIVE.contains(&tenant.state) {
             return Err(missing());
         }
@@ -473,44 +472,39 @@ impl IdentityService {
     /// returns how many realms rotated.
     pub async fn rotate_due_keys(&self, every: Duration) -> Result<usize> {
         let mut rotated = 0;
-        let mut page = bulkhead_store::TenantPage { after: None, state: None, limit: 500 };
-        loop {
-            let tenants = self.store.list_tenants(&page).await?;
-            let Some(last) = tenants.last() else { return Ok(rotated) };
-            page.after = Some(last.name.to_string());
-            for tenant in tenants.iter().filter(|t| LIVE.contains(&t.state)) {
-                if self.store.realm(tenant.id).await?.is_none() {
-                    continue;
-                }
-                {
-                    let _rotating = self.rotation.lock().await;
-                    self.remove_expired_keys(tenant).await?;
-                }
-                let now = self.clock.now();
-                let keys = self.store.realm_keys(tenant.id).await?;
-                let Some(newest) = keys.iter().rfind(|k| k.retired_at.is_none()) else {
-                    // Every key retired (a crash mid-rotation, a restore):
-                    // the realm needs a key to sign with again.
-                    let _rotating = self.rotation.lock().await;
-                    self.add_key(tenant, Algorithm::EdDSA).await?;
-                    rotated += 1;
-                    continue;
-                };
-                let due = time::Duration::try_from(every)
-                    .ok()
-                    .and_then(|e| newest.created_at.checked_add(e))
-                    .is_some_and(|due| due <= now);
-                if !due {
-                    continue;
-                }
-                match self.rotate_key(&Actor::Scheduler, tenant.name.as_str(), None).await {
-                    Ok(_) => rotated += 1,
-                    Err(error) => {
-                        tracing::warn!(tenant = %tenant.name, %error, "scheduled realm key rotation failed");
-                    }
+        for tenant in self.store.all_tenants().await?.iter().filter(|t| LIVE.contains(&t.state)) {
+            if self.store.realm(tenant.id).await?.is_none() {
+                continue;
+            }
+            {
+                let _rotating = self.rotation.lock().await;
+                self.remove_expired_keys(tenant).await?;
+            }
+            let now = self.clock.now();
+            let keys = self.store.realm_keys(tenant.id).await?;
+            let Some(newest) = keys.iter().rfind(|k| k.retired_at.is_none()) else {
+                // Every key retired (a crash mid-rotation, a restore):
+                // the realm needs a key to sign with again.
+                let _rotating = self.rotation.lock().await;
+                self.add_key(tenant, Algorithm::EdDSA).await?;
+                rotated += 1;
+                continue;
+            };
+            let due = time::Duration::try_from(every)
+                .ok()
+                .and_then(|e| newest.created_at.checked_add(e))
+                .is_some_and(|due| due <= now);
+            if !due {
+                continue;
+            }
+            match self.rotate_key(&Actor::Scheduler, tenant.name.as_str(), None).await {
+                Ok(_) => rotated += 1,
+                Err(error) => {
+                    tracing::warn!(tenant = %tenant.name, %error, "scheduled realm key rotation failed");
                 }
             }
         }
+        Ok(rotated)
     }
 
     /// Destroys the keys past their `remove_after`: the sealed private half

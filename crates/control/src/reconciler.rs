@@ -24,7 +24,7 @@ use std::{
 use bulkhead_model::{
     Failure, IllegalTransition, Regions, StepRecord, StepStatus, Tenant, TenantId, TenantState,
 };
-use bulkhead_store::{ControlStore, StoreError, TenantPage};
+use bulkhead_store::{ControlStore, StoreError};
 use serde_json::json;
 use thiserror::Error;
 use tokio::{
@@ -302,19 +302,9 @@ impl Reconciler {
     }
 
     async fn settled_tenants(&self) -> Result<Vec<TenantId>, StoreError> {
-        let mut ids = Vec::new();
-        let mut page = TenantPage { after: None, state: None, limit: 1_000 };
-        loop {
-            let tenants = self.store.list_tenants(&page).await?;
-            let Some(last) = tenants.last() else { return Ok(ids) };
-            page.after = Some(last.name.to_string());
-            ids.extend(
-                tenants
-                    .iter()
-                    .filter(|t| matches!(t.state, TenantState::Active | TenantState::Suspended))
-                    .map(|t| t.id),
-            );
-        }
+        let tenants = self.store.all_tenants().await?;
+        let settled = |t: &&Tenant| matches!(t.state, TenantState::Active | TenantState::Suspended);
+        Ok(tenants.iter().filter(settled).map(|t| t.id).collect())
     }
 
     /// Applies the steps a settled tenant has no record of: those added to

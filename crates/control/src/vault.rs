@@ -6,7 +6,7 @@
 use std::{sync::Arc, time::Duration};
 
 use bulkhead_identity::Permission;
-use bulkhead_model::{PlanCatalog, Tenant, TenantName, TenantState};
+use bulkhead_model::{PlanCatalog, Tenant, TenantState};
 use bulkhead_store::{ControlStore, Lease, Lockout, SecretSummary, SecretVersion, StoreError};
 use bulkhead_vault::{
     AnomalyDetector, KeyRole, KeyStatus, LocalKey, MasterRotation, SecretPath, StoredSecret,
@@ -116,8 +116,7 @@ impl VaultService {
         permission: Permission,
     ) -> Result<Tenant> {
         let missing = || VaultServiceError::TenantNotFound(name.to_owned());
-        let parsed = TenantName::parse_stored(name).map_err(|_| missing())?;
-        let tenant = self.store.tenant(&parsed).await?.filter(|t| actor.may_access(t));
+        let tenant = self.store.tenant_named(name).await?.filter(|t| actor.may_access(t));
         let tenant = tenant.ok_or_else(missing)?;
         if !actor.allows(&tenant, permission) {
             return Err(VaultServiceError::Forbidden(name.to_owned()));
@@ -476,39 +475,35 @@ impl VaultService {
     pub async fn rotate_due_keys(&self, every: Duration) -> Result<usize> {
         let now = self.clock.now();
         let mut rotated = 0;
-        let mut page = bulkhead_store::TenantPage { after: None, state: None, limit: 500 };
-        loop {
-            let tenants = self.store.list_tenants(&page).await?;
-            let Some(last) = tenants.last() else { return Ok(rotated) };
-            page.after = Some(last.name.to_string());
-            for tenant in tenants.iter().filter(|t| Self::OPEN.contains(&t.state)) {
-                let status = self.vault.key_status(tenant.id).await?;
-                let Some((_, _, created)) = status.versions.last() else { continue };
-                let due = time::Duration::try_from(every).ok().and_then(|e| created.checked_add(e));
-                if due.is_none_or(|due| due > now) {
-                    continue;
+        for tenant in
+            self.store.all_tenants().await?.iter().filter(|t| Self::OPEN.contains(&t.state))
+        {
+            let status = self.vault.key_status(tenant.id).await?;
+            let Some((_, _, created)) = status.versions.last() else { continue };
+            let due = time::Duration::try_from(every).ok().and_then(|e| created.checked_add(e));
+            if due.is_none_or(|due| due > now) {
+                continue;
+            }
+            if !status.unsealed {
+                tracing::info!(tenant = %tenant.name, "data key due for rotation, but the tenant's own key is not loaded");
+                continue;
+            }
+            let result = async {
+                let version = self.vault.rotate_data_key(tenant.id, now).await?;
+                let moved = self.vault.rewrap(tenant.id).await?;
+                Ok::<_, VaultError>(json!({ "version": version, "reencrypted": moved, "policy": format_duration(every) }))
+            }
+            .await;
+            match result {
+                Ok(details) => {
+                    rotated += 1;
+                    self.note(&Actor::Scheduler, tenant, "data_key.rotate", "ok", details).await;
                 }
-                if !status.unsealed {
-                    tracing::info!(tenant = %tenant.name, "data key due for rotation, but the tenant's own key is not loaded");
-                    continue;
-                }
-                let result = async {
-                    let version = self.vault.rotate_data_key(tenant.id, now).await?;
-                    let moved = self.vault.rewrap(tenant.id).await?;
-                    Ok::<_, VaultError>(json!({ "version": version, "reencrypted": moved, "policy": format_duration(every) }))
-                }
-                .await;
-                match result {
-                    Ok(details) => {
-                        rotated += 1;
-                        self.note(&Actor::Scheduler, tenant, "data_key.rotate", "ok", details)
-                            .await;
-                    }
-                    Err(error) => {
-                        tracing::warn!(tenant = %tenant.name, %error, "scheduled data key rotation failed");
-                    }
+                Err(error) => {
+                    tracing::warn!(tenant = %tenant.name, %error, "scheduled data key rotation failed");
                 }
             }
         }
+        Ok(rotated)
     }
 }

@@ -120,6 +120,28 @@ pub trait ControlStore: VaultStore + IdentityStore + AuditStore + Send + Sync + 
 
     async fn list_tenants(&self, page: &TenantPage) -> Result<Vec<Tenant>, StoreError>;
 
+    /// The tenant a caller names, or `None` when no tenant has that name or
+    /// it is not a name at all: to a caller, both are "no such tenant".
+    async fn tenant_named(&self, name: &str) -> Result<Option<Tenant>, StoreError> {
+        match TenantName::parse_stored(name) {
+            Ok(name) => self.tenant(&name).await,
+            Err(_) => Ok(None),
+        }
+    }
+
+    /// Every tenant but the deleted ones, read page by page: for
+    /// the background jobs that visit them all.
+    async fn all_tenants(&self) -> Result<Vec<Tenant>, StoreError> {
+        let mut all = Vec::new();
+        let mut page = TenantPage { after: None, state: None, limit: 1_000 };
+        loop {
+            let tenants = self.list_tenants(&page).await?;
+            let Some(last) = tenants.last() else { return Ok(all) };
+            page.after = Some(last.name.to_string());
+            all.extend(tenants);
+        }
+    }
+
     /// Tenants the reconciler has work for (see [`Tenant::needs_work`]).
     async fn unsettled_tenants(&self) -> Result<Vec<TenantId>, StoreError>;
 
