@@ -253,3 +253,26 @@ async fn kill_9_under_write_load_leaves_every_chain_whole_on_postgres() {
     let db = bulkhead_testkit::TestDatabase::create().await;
     kill_9_under_write_load(Store::Postgres(db)).await;
 }
+
+#[test]
+fn verify_says_what_is_wrong_with_what_it_was_given() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = verify(&dir.path().join("missing.jsonl"), &[]);
+    assert_eq!(exit_code(&missing), 2);
+    assert!(stderr(&missing).contains("cannot read"), "{}", stderr(&missing));
+    for (name, content, expected) in [
+        ("empty.jsonl", &b""[..], "empty file: not an export"),
+        ("other.jsonl", &b"{\"hello\":1}\n"[..], "not an export header"),
+        ("binary.jsonl", &b"\xff\xfe\x00garbage"[..], "cannot read"),
+    ] {
+        let path = dir.path().join(name);
+        std::fs::write(&path, content).unwrap();
+        let out = verify(&path, &[]);
+        assert_eq!(exit_code(&out), 1, "{name}");
+        assert!(stderr(&out).contains(expected), "{name}: {}", stderr(&out));
+    }
+    let path = dir.path().join("other.jsonl");
+    let bad_key = verify(&path, &["--key", "not-a-key"]);
+    assert_eq!(exit_code(&bad_key), 2);
+    assert!(stderr(&bad_key).contains("is not a public key (base64url of 32 bytes)"));
+}
