@@ -194,15 +194,18 @@ mod tests {
 
     #[test]
     fn scram_verifiers_have_postgres_shape_and_fresh_salt() {
-        let a = scram_verifier("pw").unwrap();
-        let b = scram_verifier("pw").unwrap();
+        // Spaces cannot occur in base64, so the password showing up in the
+        // verifier can only mean it was copied in, never a random match.
+        let password = "correct horse battery";
+        let a = scram_verifier(password).unwrap();
+        let b = scram_verifier(password).unwrap();
         assert_ne!(a, b, "a fresh salt each time");
         let (head, keys) = a.rsplit_once('$').unwrap();
         assert!(head.starts_with("SCRAM-SHA-256$4096:"), "{a}");
         let (stored, server) = keys.split_once(':').unwrap();
         assert_eq!(STANDARD.decode(stored).unwrap().len(), 32);
         assert_eq!(STANDARD.decode(server).unwrap().len(), 32);
-        assert!(!a.contains("pw"));
+        assert!(!a.contains(password));
     }
 
     #[test]
