@@ -171,7 +171,7 @@ pub enum AuthCommand {
         tenant: String,
     },
     /// Trust an external identity provider (Keycloak, Okta, ...) for a
-    /// tenant; its JWKS must hold EdDSA or ES256 keys
+    /// tenant; its JWKS must hold EdDSA, ES256 or RS256 keys
     Trust {
         #[arg(long)]
         tenant: String,

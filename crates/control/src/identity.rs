@@ -331,7 +331,7 @@ impl IdentityService {
             tenant_id: tenant.id.0,
             issuer: self.issuer(&tenant.name),
             keys,
-            algorithms: vec![Algorithm::EdDSA, Algorithm::ES256],
+            algorithms: Algorithm::REALM.to_vec(),
             audience: Some(self.control_audience()),
             not_before: realm.and_then(|r| r.tokens_not_before).map(|t| t.unix_timestamp()),
             claims: ClaimMapping::Realm,
@@ -706,7 +706,7 @@ impl IdentityService {
             tenant_id: tenant.id.0,
             issuer: record.issuer.clone(),
             keys,
-            algorithms: vec![Algorithm::EdDSA, Algorithm::ES256],
+            algorithms: Algorithm::EXTERNAL.to_vec(),
             audience: Some(record.audience.clone()),
             not_before: None,
             claims: ClaimMapping::External {

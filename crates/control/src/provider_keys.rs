@@ -208,7 +208,10 @@ fn parse_jwks(body: &[u8]) -> Result<KeySet, String> {
         keys.insert(kid, key);
     }
     if keys.is_empty() {
-        return Err("the JWKS holds no EdDSA or ES256 signing key with a kid".into());
+        return Err(
+            "the JWKS holds no EdDSA, ES256 or RS256 (2048 bits or more) signing key with a kid"
+                .into(),
+        );
     }
     Ok(keys)
 }

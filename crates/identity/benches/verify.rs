@@ -1,13 +1,15 @@
-//! Token verifications per second on one core: EdDSA and ES256, straight
-//! and through the verified-token cache (the gateway's hot path for a
-//! token it has seen before).
+//! Token verifications per second on one core: EdDSA and ES256 realm
+//! tokens and an external provider's RS256 token, straight and through the
+//! verified-token cache (the gateway's hot path for a token it has seen
+//! before).
 
 #![allow(clippy::unwrap_used)]
 
 use std::{collections::HashMap, hint::black_box};
 
 use bulkhead_identity::{
-    Algorithm, ClaimMapping, RealmClaims, Role, SigningKey, Trust, VerifiedCache, jws, verify,
+    Algorithm, ClaimMapping, Jwk, RealmClaims, Role, SigningKey, Trust, VerifiedCache,
+    VerifyingKey, jws, verify,
 };
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use uuid::Uuid;
@@ -36,7 +38,7 @@ fn setup(alg: Algorithm) -> (String, Trust) {
         tenant_id: tenant,
         issuer,
         keys: HashMap::from([(key.kid().to_owned(), key.verifying_key().unwrap())]),
-        algorithms: vec![Algorithm::EdDSA, Algorithm::ES256],
+        algorithms: Algorithm::REALM.to_vec(),
         audience: Some("api".into()),
         not_before: None,
         claims: ClaimMapping::Realm,
@@ -44,11 +46,33 @@ fn setup(alg: Algorithm) -> (String, Trust) {
     (token, trust)
 }
 
+/// A 2048-bit RSA provider's token, made by PyJWT
+/// (`tests/data/make_rs256.py`).
+fn setup_rs256() -> (String, Trust) {
+    let fixture: serde_json::Value =
+        serde_json::from_str(include_str!("../tests/data/rs256.json")).unwrap();
+    let jwk: Jwk = serde_json::from_value(fixture["jwk"].clone()).unwrap();
+    let trust = Trust {
+        tenant_id: Uuid::new_v4(),
+        issuer: "https://idp.example/".into(),
+        keys: HashMap::from([("rsa-1".into(), VerifyingKey::from_jwk(&jwk).unwrap())]),
+        algorithms: Algorithm::EXTERNAL.to_vec(),
+        audience: Some("api".into()),
+        not_before: None,
+        claims: ClaimMapping::External {
+            subject: "sub".into(),
+            roles: "roles".into(),
+            role_map: HashMap::from([("admin".into(), Role::Admin)]),
+        },
+    };
+    (fixture["token"].as_str().unwrap().to_owned(), trust)
+}
+
 fn verification(c: &mut Criterion) {
     let mut group = c.benchmark_group("verify");
     group.throughput(Throughput::Elements(1));
-    for alg in [Algorithm::EdDSA, Algorithm::ES256] {
-        let (token, trust) = setup(alg);
+    for alg in [Algorithm::EdDSA, Algorithm::ES256, Algorithm::RS256] {
+        let (token, trust) = if alg == Algorithm::RS256 { setup_rs256() } else { setup(alg) };
         group.bench_function(format!("{alg}/uncached"), |b| {
             b.iter(|| verify(black_box(&token), &trust, NOW).unwrap())
         });

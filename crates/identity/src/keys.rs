@@ -1,9 +1,11 @@
 //! Realm signing keys: Ed25519 (EdDSA) by default, P-256 (ES256) for
 //! clients that lack EdDSA, and their public halves as JSON Web Keys
-//! (RFC 7517, RFC 8037 for OKP keys).
+//! (RFC 7517, RFC 8037 for OKP keys). RSA public keys (RS256) are read
+//! too, for external identity providers, but a realm never signs with RSA.
 
 use std::fmt;
 
+use aws_lc_rs::signature::{ParsedPublicKey, RSA_PKCS1_2048_8192_SHA256, RsaPublicKeyComponents};
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use ed25519_dalek::Signer as _;
 use p256::ecdsa::signature::Verifier as _;
@@ -11,19 +13,28 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use zeroize::Zeroizing;
 
-/// The JWS algorithms a realm signs with. Nothing else is ever accepted:
-/// no `none`, no HMAC.
+/// The JWS algorithms Bulkhead accepts. Realms sign with EdDSA or ES256.
+/// RS256 is only ever verified, for external identity providers: Auth0,
+/// Entra ID, Okta and Keycloak sign with it unless told otherwise.
+/// Nothing else is ever accepted: no `none`, no HMAC.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Algorithm {
     EdDSA,
     ES256,
+    RS256,
 }
 
 impl Algorithm {
+    /// What a realm signs with, and so what its tokens may carry.
+    pub const REALM: [Algorithm; 2] = [Algorithm::EdDSA, Algorithm::ES256];
+    /// What an external identity provider's tokens may carry.
+    pub const EXTERNAL: [Algorithm; 3] = [Algorithm::EdDSA, Algorithm::ES256, Algorithm::RS256];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Algorithm::EdDSA => "EdDSA",
             Algorithm::ES256 => "ES256",
+            Algorithm::RS256 => "RS256",
         }
     }
 
@@ -31,8 +42,23 @@ impl Algorithm {
         match name {
             "EdDSA" => Ok(Algorithm::EdDSA),
             "ES256" => Ok(Algorithm::ES256),
+            "RS256" => Ok(Algorithm::RS256),
             other => Err(KeyError::Unsupported(format!(
-                "algorithm {other:?} is not supported; use EdDSA or ES256"
+                "algorithm {other:?} is not supported; use EdDSA, ES256 or RS256"
+            ))),
+        }
+    }
+
+    /// An algorithm a realm can sign with.
+    pub fn parse_realm(name: &str) -> Result<Self, KeyError> {
+        match Self::parse(name) {
+            Ok(alg) if Self::REALM.contains(&alg) => Ok(alg),
+            Ok(alg) => Err(KeyError::Unsupported(format!(
+                "a realm signs with EdDSA or ES256; {alg} is accepted only from an external \
+                 identity provider (auth trust)"
+            ))),
+            Err(_) => Err(KeyError::Unsupported(format!(
+                "algorithm {name:?} is not supported for a realm; use EdDSA or ES256"
             ))),
         }
     }
@@ -54,15 +80,24 @@ pub enum KeyError {
     Random(String),
 }
 
-/// A public key as published in a realm's `jwks.json`.
+/// A public key as published in a realm's `jwks.json`, or in an external
+/// provider's.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Jwk {
-    /// `OKP` (Ed25519) or `EC` (P-256).
+    /// `OKP` (Ed25519), `EC` (P-256) or `RSA`.
     pub kty: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub crv: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub x: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub y: Option<String>,
+    /// The RSA modulus, big-endian.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub n: Option<String>,
+    /// The RSA public exponent, big-endian.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub e: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kid: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -72,7 +107,8 @@ pub struct Jwk {
 }
 
 /// A realm's private signing key. Its secret half is 32 bytes for both
-/// algorithms (the Ed25519 seed, the P-256 scalar), wiped when dropped.
+/// realm algorithms (the Ed25519 seed, the P-256 scalar), wiped when
+/// dropped.
 pub struct SigningKey {
     kid: String,
     alg: Algorithm,
@@ -97,6 +133,7 @@ fn random<const N: usize>() -> Result<Zeroizing<[u8; N]>, KeyError> {
 impl SigningKey {
     /// A new key with a random `kid`.
     pub fn generate(alg: Algorithm) -> Result<Self, KeyError> {
+        realm_only(alg)?;
         let kid = URL_SAFE_NO_PAD.encode(random::<12>()?.as_slice());
         // A random P-256 scalar is out of range with probability ~2^-32;
         // draw again then.
@@ -110,6 +147,7 @@ impl SigningKey {
 
     /// Rebuilds a key from its stored secret half.
     pub fn from_secret(kid: String, alg: Algorithm, secret: &[u8]) -> Result<Self, KeyError> {
+        realm_only(alg)?;
         let mut bytes = Zeroizing::new([0u8; 32]);
         if secret.len() != bytes.len() {
             return Err(KeyError::Invalid(format!("a {alg} secret key is 32 bytes")));
@@ -149,6 +187,7 @@ impl SigningKey {
                 let signature: p256::ecdsa::Signature = key.sign(message);
                 Ok(signature.to_bytes().to_vec())
             }
+            Algorithm::RS256 => Err(rsa_cannot_sign()),
         }
     }
 
@@ -162,6 +201,7 @@ impl SigningKey {
                     .map_err(|_| KeyError::Invalid("not a P-256 scalar".into()))?
                     .verifying_key(),
             ),
+            Algorithm::RS256 => return Err(rsa_cannot_sign()),
         })
     }
 
@@ -175,11 +215,73 @@ impl SigningKey {
     }
 }
 
+fn realm_only(alg: Algorithm) -> Result<(), KeyError> {
+    if Algorithm::REALM.contains(&alg) { Ok(()) } else { Err(rsa_cannot_sign()) }
+}
+
+fn rsa_cannot_sign() -> KeyError {
+    KeyError::Unsupported("a realm signs with EdDSA or ES256, never RS256".into())
+}
+
 /// A public key that verifies signatures of one algorithm.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum VerifyingKey {
     Ed25519(ed25519_dalek::VerifyingKey),
     P256(p256::ecdsa::VerifyingKey),
+    Rsa(RsaKey),
+}
+
+/// An RSA public key of 2048 to 8192 bits, parsed once so that each
+/// verification only checks the signature.
+#[derive(Clone)]
+pub struct RsaKey {
+    n: Vec<u8>,
+    e: Vec<u8>,
+    parsed: ParsedPublicKey,
+}
+
+impl RsaKey {
+    /// Big-endian modulus and exponent; leading zero bytes, which some
+    /// providers emit despite RFC 7518 §6.3.1, are ignored.
+    pub fn new(n: &[u8], e: &[u8]) -> Result<Self, KeyError> {
+        let strip = |bytes: &[u8]| {
+            let start = bytes.iter().position(|&b| b != 0).unwrap_or(bytes.len());
+            bytes[start..].to_vec()
+        };
+        let (n, e) = (strip(n), strip(e));
+        let bits = modulus_bits(&n);
+        if !(2048..=8192).contains(&bits) {
+            return Err(KeyError::Invalid(format!(
+                "an RSA key of {bits} bits is refused; RS256 needs 2048 to 8192 bits"
+            )));
+        }
+        let parsed = RsaPublicKeyComponents { n: n.as_slice(), e: e.as_slice() }
+            .to_parsed_public_key(&RSA_PKCS1_2048_8192_SHA256)
+            .map_err(|_| KeyError::Invalid("not an RSA public key".into()))?;
+        Ok(Self { n, e, parsed })
+    }
+
+    pub fn bits(&self) -> usize {
+        modulus_bits(&self.n)
+    }
+}
+
+fn modulus_bits(n: &[u8]) -> usize {
+    n.first().map_or(0, |top| n.len() * 8 - top.leading_zeros() as usize)
+}
+
+impl PartialEq for RsaKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.n == other.n && self.e == other.e
+    }
+}
+
+impl Eq for RsaKey {}
+
+impl fmt::Debug for RsaKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RsaKey").field("bits", &self.bits()).finish_non_exhaustive()
+    }
 }
 
 impl VerifyingKey {
@@ -187,11 +289,12 @@ impl VerifyingKey {
         match self {
             VerifyingKey::Ed25519(_) => Algorithm::EdDSA,
             VerifyingKey::P256(_) => Algorithm::ES256,
+            VerifyingKey::Rsa(_) => Algorithm::RS256,
         }
     }
 
-    /// Reads an `OKP`/`Ed25519` or `EC`/`P-256` JWK. A JWK whose `alg`
-    /// names another algorithm than its key type is refused.
+    /// Reads an `OKP`/`Ed25519`, `EC`/`P-256` or `RSA` JWK. A JWK whose
+    /// `alg` names another algorithm than its key type is refused.
     pub fn from_jwk(jwk: &Jwk) -> Result<Self, KeyError> {
         let decode = |field: &str, value: &str| {
             URL_SAFE_NO_PAD
@@ -199,6 +302,10 @@ impl VerifyingKey {
                 .map_err(|_| KeyError::Invalid(format!("JWK field {field} is not base64url")))
         };
         let key = match (jwk.kty.as_str(), jwk.crv.as_str()) {
+            ("RSA", _) => VerifyingKey::Rsa(RsaKey::new(
+                &decode("n", jwk.n.as_deref().unwrap_or_default())?,
+                &decode("e", jwk.e.as_deref().unwrap_or_default())?,
+            )?),
             ("OKP", "Ed25519") => {
                 let x: [u8; 32] = decode("x", &jwk.x)?
                     .try_into()
@@ -225,7 +332,7 @@ impl VerifyingKey {
             }
             (kty, crv) => {
                 return Err(KeyError::Unsupported(format!(
-                    "key type {kty}/{crv} is not supported; use OKP/Ed25519 or EC/P-256"
+                    "key type {kty}/{crv} is not supported; use OKP/Ed25519, EC/P-256 or RSA"
                 )));
             }
         };
@@ -247,6 +354,8 @@ impl VerifyingKey {
                 crv: "Ed25519".into(),
                 x: URL_SAFE_NO_PAD.encode(key.as_bytes()),
                 y: None,
+                n: None,
+                e: None,
                 kid: None,
                 alg: None,
                 use_: None,
@@ -261,11 +370,24 @@ impl VerifyingKey {
                     crv: "P-256".into(),
                     x: coordinate(point.x()),
                     y: Some(coordinate(point.y())),
+                    n: None,
+                    e: None,
                     kid: None,
                     alg: None,
                     use_: None,
                 }
             }
+            VerifyingKey::Rsa(key) => Jwk {
+                kty: "RSA".into(),
+                crv: String::new(),
+                x: String::new(),
+                y: None,
+                n: Some(URL_SAFE_NO_PAD.encode(&key.n)),
+                e: Some(URL_SAFE_NO_PAD.encode(&key.e)),
+                kid: None,
+                alg: None,
+                use_: None,
+            },
         }
     }
 
@@ -280,6 +402,9 @@ impl VerifyingKey {
             (VerifyingKey::P256(key), Algorithm::ES256) => {
                 p256::ecdsa::Signature::from_slice(signature)
                     .is_ok_and(|s| key.verify(message, &s).is_ok())
+            }
+            (VerifyingKey::Rsa(key), Algorithm::RS256) => {
+                key.parsed.verify_sig(message, signature).is_ok()
             }
             _ => false,
         }
@@ -320,8 +445,68 @@ mod tests {
         jwk.x = "short".into();
         assert!(VerifyingKey::from_jwk(&jwk).is_err());
         let rsa = Jwk { kty: "RSA".into(), crv: String::new(), ..jwk };
-        assert!(VerifyingKey::from_jwk(&rsa).is_err());
+        assert!(VerifyingKey::from_jwk(&rsa).is_err(), "an RSA key without n and e");
         assert!(SigningKey::from_secret("k".into(), Algorithm::ES256, &[0; 32]).is_err());
         assert!(SigningKey::from_secret("k".into(), Algorithm::EdDSA, &[1; 31]).is_err());
+    }
+
+    /// Made by PyJWT and `cryptography` (`tests/data/make_rs256.py`).
+    fn fixture() -> serde_json::Value {
+        serde_json::from_str(include_str!("../tests/data/rs256.json")).unwrap()
+    }
+
+    fn jwk(value: &serde_json::Value) -> Jwk {
+        serde_json::from_value(value.clone()).unwrap()
+    }
+
+    #[test]
+    fn verifies_rs256_signatures_made_by_pyjwt() {
+        let fixture = fixture();
+        let key = VerifyingKey::from_jwk(&jwk(&fixture["jwk"])).unwrap();
+        assert_eq!(key.alg(), Algorithm::RS256);
+        let token = fixture["token"].as_str().unwrap();
+        let (input, signature) = token.rsplit_once('.').unwrap();
+        let mut signature = URL_SAFE_NO_PAD.decode(signature).unwrap();
+        assert_eq!(signature.len(), 256);
+        assert!(key.verify(Algorithm::RS256, input.as_bytes(), &signature));
+        assert!(!key.verify(Algorithm::ES256, input.as_bytes(), &signature));
+        assert!(!key.verify(Algorithm::RS256, &input.as_bytes()[1..], &signature));
+        signature[100] ^= 1;
+        assert!(!key.verify(Algorithm::RS256, input.as_bytes(), &signature));
+        assert!(!key.verify(Algorithm::RS256, input.as_bytes(), &[]));
+
+        // Published back the same, and a modulus with a leading zero byte
+        // (which some providers send) is the same key.
+        let published = key.to_jwk();
+        assert_eq!(published.n, jwk(&fixture["jwk"]).n);
+        assert_eq!(VerifyingKey::from_jwk(&published).unwrap(), key);
+        let n = URL_SAFE_NO_PAD.decode(published.n.as_deref().unwrap()).unwrap();
+        let padded =
+            Jwk { n: Some(URL_SAFE_NO_PAD.encode([&[0u8][..], &n].concat())), ..published };
+        assert_eq!(VerifyingKey::from_jwk(&padded).unwrap(), key);
+        assert_eq!(format!("{key:?}"), "Rsa(RsaKey { bits: 2048, .. })");
+    }
+
+    #[test]
+    fn refuses_rsa_keys_that_are_short_or_mislabelled_and_never_signs_with_rsa() {
+        let fixture = fixture();
+        let short = VerifyingKey::from_jwk(&jwk(&fixture["short_jwk"])).unwrap_err();
+        assert!(short.to_string().contains("1024 bits"), "{short}");
+        let mut labelled = jwk(&fixture["jwk"]);
+        labelled.alg = Some("ES256".into());
+        assert!(VerifyingKey::from_jwk(&labelled).is_err());
+        labelled.alg = Some("PS256".into());
+        assert!(VerifyingKey::from_jwk(&labelled).is_err());
+        labelled.alg = None;
+        labelled.e = Some(String::new());
+        assert!(VerifyingKey::from_jwk(&labelled).is_err(), "no exponent");
+
+        assert!(SigningKey::generate(Algorithm::RS256).is_err());
+        assert!(SigningKey::from_secret("k".into(), Algorithm::RS256, &[1; 32]).is_err());
+        assert_eq!(Algorithm::parse("RS256").unwrap(), Algorithm::RS256);
+        let realm = Algorithm::parse_realm("RS256").unwrap_err().to_string();
+        assert!(realm.contains("external identity provider"), "{realm}");
+        assert!(Algorithm::parse_realm("HS256").is_err());
+        assert_eq!(Algorithm::parse_realm("ES256").unwrap(), Algorithm::ES256);
     }
 }

@@ -6,8 +6,8 @@ use std::collections::HashMap;
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use bulkhead_identity::{
-    Algorithm, ClaimMapping, RealmClaims, Reason, Role, SigningKey, Trust, VerifiedCache, jws,
-    verify,
+    Algorithm, ClaimMapping, Jwk, RealmClaims, Reason, Role, SigningKey, Trust, VerifiedCache,
+    VerifyingKey, jws, verify,
 };
 use hmac::{Hmac, KeyInit, Mac};
 use proptest::prelude::*;
@@ -36,7 +36,7 @@ impl Realm {
             tenant_id: self.tenant,
             issuer: self.issuer.clone(),
             keys: HashMap::from([(self.key.kid().to_owned(), self.key.verifying_key().unwrap())]),
-            algorithms: vec![Algorithm::EdDSA, Algorithm::ES256],
+            algorithms: Algorithm::REALM.to_vec(),
             audience: None,
             not_before: None,
             claims: ClaimMapping::Realm,
@@ -277,6 +277,62 @@ fn external_tokens_map_their_claims_and_never_name_the_tenant() {
     // An empty subject is no subject.
     let anonymous = json!({ "iss": idp.issuer, "email": "", "exp": NOW + 60 }).to_string();
     assert_eq!(reason(&idp.raw(&idp.header(), &anonymous), &trust), Reason::Claim("subject"));
+}
+
+/// An RS256 provider: a key and token made by PyJWT (`data/make_rs256.py`).
+fn rs256_provider() -> (String, Trust) {
+    let fixture: Value = serde_json::from_str(include_str!("data/rs256.json")).unwrap();
+    let jwk: Jwk = serde_json::from_value(fixture["jwk"].clone()).unwrap();
+    let trust = Trust {
+        tenant_id: Uuid::new_v4(),
+        issuer: "https://idp.example/".into(),
+        keys: HashMap::from([("rsa-1".into(), VerifyingKey::from_jwk(&jwk).unwrap())]),
+        algorithms: Algorithm::EXTERNAL.to_vec(),
+        audience: Some("api".into()),
+        not_before: None,
+        claims: ClaimMapping::External {
+            subject: "sub".into(),
+            roles: "roles".into(),
+            role_map: HashMap::from([("admin".into(), Role::Admin)]),
+        },
+    };
+    (fixture["token"].as_str().unwrap().to_owned(), trust)
+}
+
+#[test]
+fn an_rs256_provider_token_verifies_only_where_rsa_is_allowed() {
+    let (token, trust) = rs256_provider();
+    let verified = verify(&token, &trust, NOW).unwrap();
+    assert_eq!(
+        (verified.subject.as_str(), verified.roles.as_slice()),
+        ("alice", &[Role::Admin][..])
+    );
+    assert_eq!(verified.kid, "rsa-1");
+
+    // A realm's allow-list has no RS256.
+    let realm_policy = Trust { algorithms: Algorithm::REALM.to_vec(), ..trust.clone() };
+    assert_eq!(reason(&token, &realm_policy), Reason::Algorithm("RS256".into()));
+    // A payload changed under the RSA signature.
+    let (head, rest) = token.split_once('.').unwrap();
+    let (_, signature) = rest.split_once('.').unwrap();
+    let claims = json!({ "iss": "https://idp.example/", "aud": "api", "sub": "mallory",
+                         "roles": ["admin"], "exp": NOW + 60 });
+    let tampered = format!("{head}.{}.{signature}", URL_SAFE_NO_PAD.encode(claims.to_string()));
+    assert_eq!(reason(&tampered, &trust), Reason::Signature);
+    // The RSA key's kid under an ES256 or EdDSA header: never tried as RSA.
+    for alg in ["ES256", "EdDSA"] {
+        let header = URL_SAFE_NO_PAD.encode(json!({ "alg": alg, "kid": "rsa-1" }).to_string());
+        let (_, after_head) = token.split_once('.').unwrap();
+        let relabelled = format!("{header}.{after_head}");
+        assert_eq!(reason(&relabelled, &trust), Reason::KeyAlgorithm, "{alg}");
+    }
+    // An EC key's kid under an RS256 header.
+    let ec = Realm::new("idp", Algorithm::ES256);
+    let mut mixed = trust.clone();
+    mixed.keys.insert("ec".into(), ec.key.verifying_key().unwrap());
+    let header = URL_SAFE_NO_PAD.encode(json!({ "alg": "RS256", "kid": "ec" }).to_string());
+    let (_, after_head) = token.split_once('.').unwrap();
+    assert_eq!(reason(&format!("{header}.{after_head}"), &mixed), Reason::KeyAlgorithm);
 }
 
 #[test]

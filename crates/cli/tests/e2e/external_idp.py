@@ -1,8 +1,9 @@
-"""A stand-in external identity provider: ES256 keys made with
+"""A stand-in external identity provider: ES256 or RSA keys made with
 `cryptography`, tokens signed with PyJWT, its JWKS a file that
 `python3 -m http.server` serves.
 
-    python3 external_idp.py keygen DIR KID          adds a key to DIR/jwks.json
+    python3 external_idp.py keygen DIR KID [ES256|RS256|RS256-1024]
+                                                    adds a key to DIR/jwks.json
     python3 external_idp.py sign DIR KID CLAIMS     prints a token signed by it
     python3 external_idp.py forge DIR KID CLAIMS    prints one forged token per line:
         alg none; HS256 keyed with the public JWKS; tampered payload;
@@ -18,18 +19,33 @@ import sys
 
 import jwt
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from jwt.algorithms import ECAlgorithm
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 command, directory, kid = sys.argv[1], sys.argv[2], sys.argv[3]
 pem = os.path.join(directory, f"{kid}.pem")
+
+
+def algorithm():
+    """RS256 for an RSA key, ES256 for an EC key."""
+    with open(pem, "rb") as f:
+        key = serialization.load_pem_private_key(f.read(), None)
+    return "RS256" if isinstance(key, rsa.RSAPrivateKey) else "ES256"
+
+
 if command == "keygen":
-    key = ec.generate_private_key(ec.SECP256R1())
+    kind = sys.argv[4] if len(sys.argv) > 4 else "ES256"
+    if kind.startswith("RS256"):
+        bits = int(kind.partition("-")[2] or 2048)
+        key = rsa.generate_private_key(public_exponent=65537, key_size=bits)
+        jwk = json.loads(RSAAlgorithm.to_jwk(key.public_key()))
+    else:
+        key = ec.generate_private_key(ec.SECP256R1())
+        jwk = json.loads(ECAlgorithm.to_jwk(key.public_key()))
     with open(pem, "wb") as f:
         f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                   serialization.NoEncryption()))
-    jwk = json.loads(ECAlgorithm.to_jwk(key.public_key()))
-    jwk.update(kid=kid, alg="ES256", use="sig")
+    jwk.update(kid=kid, alg=kind.partition("-")[0], use="sig")
     path = os.path.join(directory, "jwks.json")
     keys = json.load(open(path))["keys"] if os.path.exists(path) else []
     with open(path + ".tmp", "w") as f:
@@ -37,7 +53,7 @@ if command == "keygen":
     os.replace(path + ".tmp", path)
 elif command == "sign":
     with open(pem, "rb") as f:
-        print(jwt.encode(json.loads(sys.argv[4]), f.read(), algorithm="ES256", headers={"kid": kid}))
+        print(jwt.encode(json.loads(sys.argv[4]), f.read(), algorithm=algorithm(), headers={"kid": kid}))
 elif command == "forge":
     claims = json.loads(sys.argv[4])
     with open(pem, "rb") as f:

@@ -69,6 +69,12 @@ async fn pyjwt_verifies_realm_tokens_through_the_published_jwks() {
     let acme = server.cli_json(&["tenants", "get", "acme"]);
     assert_eq!(claims["tenant_id"], acme["id"]);
 
+    // A realm never signs with RSA: refused, nothing rotated.
+    let rsa = server.cli(&["auth", "rotate-key", "--tenant", "acme", "--algorithm", "RS256"]);
+    assert_eq!(exit_code(&rsa), 2, "{}", stderr(&rsa));
+    assert!(stderr(&rsa).contains("a realm signs with EdDSA or ES256"), "{}", stderr(&rsa));
+    assert_eq!(server.cli_json(&["auth", "keys", "--tenant", "acme"]).as_array().unwrap().len(), 1);
+
     // ES256 after a rotation; the EdDSA token stays valid meanwhile.
     let rotated =
         server.cli_json(&["auth", "rotate-key", "--tenant", "acme", "--algorithm", "ES256"]);
@@ -293,7 +299,12 @@ impl ExternalIdp {
     }
 
     fn keygen(&self, kid: &str) {
-        self.run(&["keygen", self.dir.path().to_str().unwrap(), kid]);
+        self.keygen_of(kid, "ES256");
+    }
+
+    /// `ES256`, `RS256` or `RS256-<bits>`.
+    fn keygen_of(&self, kid: &str, kind: &str) {
+        self.run(&["keygen", self.dir.path().to_str().unwrap(), kid, kind]);
     }
 
     fn sign(&self, kid: &str, claims: &Value) -> String {
@@ -456,8 +467,24 @@ async fn a_trusted_external_provider_speaks_for_its_tenant_only() {
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     }
 
+    // Then to RSA, as Auth0, Entra ID, Okta and Keycloak sign by default.
+    // A 1024-bit RSA key in the same JWKS is never used: its tokens are
+    // refused while the 2048-bit key's are accepted.
+    idp.keygen_of("k3", "RS256");
+    idp.keygen_of("weak", "RS256-1024");
+    let rsa = server.http().with_token(&idp.sign("k3", &claims));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while rsa.get("/v1/tenants/acme/secrets").await.0 != 200 {
+        assert!(std::time::Instant::now() < deadline, "the RSA key was never fetched");
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    let weak = server.http().with_token(&idp.sign("weak", &claims));
+    assert_eq!(weak.get("/v1/tenants/acme/secrets").await, (401, garbage.clone()));
+    assert_eq!(rsa.get("/v1/tenants/globex/secrets").await, (401, garbage.clone()));
+
     assert!(server.cli(&["auth", "untrust", "--tenant", "acme"]).status.success());
     assert_eq!(as_bob.get("/v1/tenants/acme/secrets").await.0, 401);
+    assert_eq!(rsa.get("/v1/tenants/acme/secrets").await.0, 401);
 }
 
 #[tokio::test]

@@ -141,7 +141,7 @@ pub async fn rotate_realm_key(
     let algorithm = params
         .algorithm
         .as_deref()
-        .map(Algorithm::parse)
+        .map(Algorithm::parse_realm)
         .transpose()
         .map_err(|e| ApiError::new(ErrorCode::InvalidRequest, e.to_string()))?;
     let (kid, retired) = state.identity.rotate_key(&actor, &tenant, algorithm).await?;
