@@ -67,7 +67,7 @@ fn export(events: u64) -> Vec<u8> {
             out.push('\n');
         }
     }
-    out.push_str(&Checkpoint::sign(&key, seq, hash, now, CheckpointKind::Export).export_line());
+    out.push_str(&Checkpoint::sign_export(&key, 1, seq, hash, now).export_line());
     out.push('\n');
     out.into_bytes()
 }

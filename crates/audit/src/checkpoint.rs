@@ -52,6 +52,10 @@ impl CheckpointKind {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Checkpoint {
     pub stream: StreamId,
+    /// Export checkpoints only: the seq of the export's first event (one
+    /// past its anchor, or 1), so that lines cut from an export's start
+    /// are noticed like lines cut from its end.
+    pub from: Option<u64>,
     pub seq: u64,
     pub head: [u8; 32],
     pub time: String,
@@ -61,6 +65,7 @@ pub struct Checkpoint {
 }
 
 impl Checkpoint {
+    /// A periodic or truncation checkpoint, to be stored.
     pub fn sign(
         key: &AuditKey,
         seq: u64,
@@ -68,8 +73,31 @@ impl Checkpoint {
         at: OffsetDateTime,
         kind: CheckpointKind,
     ) -> Self {
+        Self::sign_with(key, None, seq, head, at, kind)
+    }
+
+    /// The checkpoint that closes an export starting at seq `from`.
+    pub fn sign_export(
+        key: &AuditKey,
+        from: u64,
+        seq: u64,
+        head: [u8; 32],
+        at: OffsetDateTime,
+    ) -> Self {
+        Self::sign_with(key, Some(from), seq, head, at, CheckpointKind::Export)
+    }
+
+    fn sign_with(
+        key: &AuditKey,
+        from: Option<u64>,
+        seq: u64,
+        head: [u8; 32],
+        at: OffsetDateTime,
+        kind: CheckpointKind,
+    ) -> Self {
         let mut checkpoint = Self {
             stream: key.stream.clone(),
+            from,
             seq,
             head,
             time: format_time(at),
@@ -112,7 +140,13 @@ impl Checkpoint {
     }
 
     fn write(&self, out: &mut String, for_export: bool) {
-        out.push_str("{\"head\":\"");
+        out.push('{');
+        if let Some(from) = self.from {
+            out.push_str("\"from\":");
+            out.push_str(&from.to_string());
+            out.push(',');
+        }
+        out.push_str("\"head\":\"");
         out.push_str(&hex(&self.head));
         out.push_str("\",\"key_id\":");
         write_string(&self.key_id, out);

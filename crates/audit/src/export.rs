@@ -1,8 +1,9 @@
 //! Exports: JSON lines, each canonical JSON. A header (the stream and its
 //! public keys), then the stream's events in order with each stored
 //! checkpoint right after the event it covers, then one export checkpoint
-//! signed now over the last event. A partial export (`since`) starts with
-//! the stored checkpoint its first event follows, so it verifies from there.
+//! signed now over the last event and naming the first. A partial export
+//! (`since`) starts with the stored checkpoint its first event follows, so
+//! it verifies from there.
 
 use std::sync::Arc;
 
@@ -17,7 +18,7 @@ use crate::{
 };
 
 /// What the header's `format` says; a verifier refuses any other.
-pub const FORMAT: &str = "bulkhead-audit/1";
+pub const FORMAT: &str = "bulkhead-audit/2";
 
 /// Events read from the store per page.
 const PAGE: u32 = 5_000;
@@ -70,6 +71,7 @@ pub fn event_from_row(row: &AuditEventRow) -> Result<Event, String> {
 pub fn checkpoint_from_row(row: &AuditCheckpointRow) -> Result<Checkpoint, String> {
     Ok(Checkpoint {
         stream: StreamId::parse(&row.stream)?,
+        from: None,
         seq: u64::try_from(row.seq).map_err(|_| format!("negative seq in {}", row.stream))?,
         head: row.head.as_slice().try_into().map_err(|_| "a checkpoint head is not 32 bytes")?,
         time: row.time.clone(),
@@ -104,6 +106,8 @@ pub struct Exporter {
     now: OffsetDateTime,
     /// Events after this seq come next.
     after: i64,
+    /// The seq of the export's first event: one past its anchor, or 1.
+    from: u64,
     /// The last event written: what the export checkpoint covers.
     head: (u64, [u8; 32]),
     /// The stream's public keys, to check stored checkpoints with.
@@ -155,6 +159,7 @@ impl Exporter {
             key,
             now,
             after,
+            from: 1,
             head: (0, GENESIS),
             keys,
             header: Some(header),
@@ -246,6 +251,7 @@ impl Exporter {
             if let Some(anchor) = self.anchor().await? {
                 self.after = i64::try_from(anchor.seq).map_err(|e| e.to_string())?;
                 self.head = (anchor.seq, anchor.head);
+                self.from = anchor.seq + 1;
                 out.push_str(&anchor.export_line());
                 out.push('\n');
             }
@@ -278,7 +284,7 @@ impl Exporter {
         }
         if rows.len() < PAGE as usize {
             let (seq, head) = self.head;
-            let closing = Checkpoint::sign(&self.key, seq, head, self.now, CheckpointKind::Export);
+            let closing = Checkpoint::sign_export(&self.key, self.from, seq, head, self.now);
             out.push_str(&closing.export_line());
             out.push('\n');
             self.done = true;

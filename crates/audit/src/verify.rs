@@ -20,6 +20,9 @@ pub struct Report {
     pub stream: StreamId,
     pub tenant: Option<String>,
     pub events: u64,
+    /// The seq the export starts at, as its export checkpoint signs: 1 for
+    /// a whole stream, one past the anchor checkpoint for a partial export.
+    pub start: u64,
     /// The first and last seq, when there are events.
     pub first_seq: Option<u64>,
     pub last_seq: u64,
@@ -80,6 +83,8 @@ struct EventLine<'a> {
 struct CheckpointLine {
     #[serde(rename = "type")]
     _kind: String,
+    #[serde(default)]
+    from: Option<u64>,
     head: String,
     key_id: String,
     kind: CheckpointKind,
@@ -185,8 +190,16 @@ fn check_checkpoint(text: &str, cx: &Context<'_>) -> Result<Facts, LineError> {
     let head = parse_hash(&line.head).ok_or_else(|| fail("head is not 64 hex digits".into()))?;
     let signature = base64_signature(&line.signature)
         .ok_or_else(|| fail("signature is not 64 bytes of base64url".into()))?;
+    if (line.kind == CheckpointKind::Export) != line.from.is_some() {
+        return Err(fail(
+            "only an export checkpoint, and every export checkpoint, names the seq its export \
+             starts at (from)"
+                .into(),
+        ));
+    }
     let checkpoint = Checkpoint {
         stream: line.stream,
+        from: line.from,
         seq,
         head,
         time: line.time,
@@ -254,7 +267,12 @@ pub fn verify_export(input: impl BufRead, pinned: &[[u8; 32]]) -> Result<Report,
     let header: Header = serde_json::from_str(first.trim_end_matches('\n'))
         .map_err(|e| broken(1, None, format!("not an export header: {e}")))?;
     if header.kind != "header" || header.format != FORMAT {
-        return Err(broken(1, None, format!("format {:?} is not {FORMAT}", header.format)));
+        let hint = if header.format == "bulkhead-audit/1" {
+            " (an older Bulkhead's export, which did not sign where it starts: export again)"
+        } else {
+            ""
+        };
+        return Err(broken(1, None, format!("format {:?} is not {FORMAT}{hint}", header.format)));
     }
     let mut keys: HashMap<&str, &PublicKeyInfo> = HashMap::new();
     for key in &header.keys {
@@ -273,6 +291,7 @@ pub fn verify_export(input: impl BufRead, pinned: &[[u8; 32]]) -> Result<Report,
         stream: header.stream.clone(),
         tenant: header.tenant.clone(),
         events: 0,
+        start: 1,
         first_seq: None,
         last_seq: 0,
         head: GENESIS,
@@ -351,6 +370,7 @@ pub fn verify_export(input: impl BufRead, pinned: &[[u8; 32]]) -> Result<Report,
                         // The anchor of an export that does not start at seq 1.
                         None if report.events == 0 && checkpoint.kind != CheckpointKind::Export => {
                             chain = Some((seq, head));
+                            report.start = seq + 1;
                         }
                         None if checkpoint.kind == CheckpointKind::Export
                             && seq == 0
@@ -369,6 +389,16 @@ pub fn verify_export(input: impl BufRead, pinned: &[[u8; 32]]) -> Result<Report,
                             )));
                         }
                         Some(_) => {}
+                    }
+                    if checkpoint.kind == CheckpointKind::Export
+                        && checkpoint.from != Some(report.start)
+                    {
+                        return Err(fail(format!(
+                            "the export checkpoint signs an export starting at seq {}, but this \
+                             one starts at seq {}: lines were cut from its start",
+                            checkpoint.from.unwrap_or_default(),
+                            report.start
+                        )));
                     }
                     report.checkpoints += 1;
                     if !report.signers.iter().any(|(id, _)| *id == checkpoint.key_id) {

@@ -187,6 +187,26 @@ async fn every_tamper_is_caught(fx: StoreFixture) {
     let cut = &original[..event_line(&original, 33)];
     assert!(problem(&join(cut)).contains("does not end with its signed export checkpoint"));
 
+    // The start cut off down to a stored checkpoint (seq 10), which would
+    // otherwise pass for the anchor of a partial export: the export
+    // checkpoint signs where the export starts.
+    let mut headless = vec![original[0].clone()];
+    headless.extend(original[event_line(&original, 10) + 1..].iter().cloned());
+    assert!(
+        problem(&join(&headless)).contains("starting at seq 1, but this one starts at seq 11"),
+        "{}",
+        problem(&join(&headless))
+    );
+    // An export of the format before `from` existed is refused, saying so.
+    let mut older = original.clone();
+    older[0] = older[0].replace("bulkhead-audit/2", "bulkhead-audit/1");
+    assert!(problem(&join(&older)).contains("export again"));
+    // Only the export checkpoint names a start, and it always does.
+    let mut unstarted = original.clone();
+    let last = unstarted.len() - 1;
+    unstarted[last] = unstarted[last].replacen("{\"from\":1,", "{", 1);
+    assert!(problem(&join(&unstarted)).contains("names the seq its export starts at"));
+
     // A checkpoint's signature replaced by another checkpoint's.
     let checkpoints: Vec<usize> =
         (0..original.len()).filter(|i| original[*i].contains("\"type\":\"checkpoint\"")).collect();
@@ -284,10 +304,20 @@ async fn retention_keeps_what_remains_verifiable(fx: StoreFixture) {
     let report = verify(&partial).unwrap();
     assert_eq!(report.last_seq, 31);
     assert!(report.first_seq.unwrap() <= 26, "{report:?}");
+    assert_eq!(report.start, report.first_seq.unwrap());
     // Without its anchor it proves nothing.
     let mut unanchored = lines(&partial);
     unanchored.remove(1);
     assert!(problem(&join(&unanchored)).contains("without a signed checkpoint before it"));
+    // Cut down to a later checkpoint, it is noticed: the export checkpoint
+    // signed where it started.
+    let partial_lines = lines(&partial);
+    let later = (2..partial_lines.len() - 1)
+        .find(|i| partial_lines[*i].contains("\"kind\":\"periodic\""))
+        .expect("a periodic checkpoint inside the partial export");
+    let mut shortened = vec![partial_lines[0].clone()];
+    shortened.extend(partial_lines[later..].iter().cloned());
+    assert!(problem(&join(&shortened)).contains("lines were cut from its start"));
     log.stop().await;
 }
 

@@ -141,11 +141,12 @@ fn verify(
                 report.checkpoints,
                 signers.join(", ")
             );
-            if report.first_seq.is_some_and(|first| first > 1) {
+            if report.start > 1 {
                 eprintln!(
                     "note: a partial export: events before seq {} are not in this file (an export \
-                     --since, or retention); compare with your earlier exports",
-                    report.first_seq.unwrap_or(0)
+                     --since, or retention), as its export checkpoint signs; compare with your \
+                     earlier exports",
+                    report.start
                 );
             }
             if pinned.is_empty() {
@@ -171,6 +172,7 @@ fn report_json(report: &Report, pinned: bool) -> serde_json::Value {
         "stream": report.stream,
         "tenant": report.tenant,
         "events": report.events,
+        "start_seq": report.start,
         "first_seq": report.first_seq,
         "last_seq": report.last_seq,
         "head": bulkhead_audit::record::hex(&report.head),

@@ -130,6 +130,19 @@ async fn an_export_verifies_offline_and_every_edit_is_caught() {
         stderr(&verify(&edited_path, &[]))
             .contains("does not end with its signed export checkpoint")
     );
+    // The start cut off down to the first stored checkpoint (seq 5): it
+    // would pass for a partial export's anchor, but the export checkpoint
+    // signed where the export starts.
+    let lines: Vec<&str> = text.lines().collect();
+    let first_checkpoint = lines.iter().position(|l| l.contains("\"kind\":\"periodic\"")).unwrap();
+    let headless: String = std::iter::once(lines[0])
+        .chain(lines[first_checkpoint..].iter().copied())
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&edited_path, headless).unwrap();
+    let cut = stderr(&verify(&edited_path, &[]));
+    assert!(cut.contains("lines were cut from its start"), "{cut}");
+    assert!(python_verifier(&edited_path, None).contains("does not start where"));
 
     // A tenant admin exports its own stream with its own key, and no other.
     let as_admin = server.http().with_token(&key);
@@ -171,6 +184,7 @@ async fn an_export_verifies_offline_and_every_edit_is_caught() {
     assert_eq!(tail.as_array().unwrap().len(), 3);
     let since = export(&server, &["--tenant", "acme", "--since", "1m"], "since.jsonl");
     assert!(verify(&since, &[]).status.success());
+    assert!(python_verifier(&since, None).starts_with("ok "), "{}", python_verifier(&since, None));
     let bad_since = server.cli(&["audit", "export", "--tenant", "acme", "--since", "yesterday"]);
     assert_eq!(exit_code(&bad_since), 2, "{}", stderr(&bad_since));
 }

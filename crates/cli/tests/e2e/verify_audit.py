@@ -39,8 +39,8 @@ def main():
     if lines and lines[-1] == "":
         lines.pop()
     header = json.loads(lines[0])
-    if header.get("type") != "header" or header.get("format") != "bulkhead-audit/1":
-        fail(1, "not a bulkhead-audit/1 export")
+    if header.get("type") != "header" or header.get("format") != "bulkhead-audit/2":
+        fail(1, "not a bulkhead-audit/2 export")
     stream = header["stream"]
     keys = {}
     for key in header["keys"]:
@@ -50,6 +50,7 @@ def main():
             fail(1, f"key {key['key_id']} is not bound to {stream}")
         keys[kid] = public
     chain = None  # (seq, hash hex)
+    start = 1  # the seq of the first event: one past the anchor, or 1
     events = 0
     closed = False
     for number, text in enumerate(lines[1:], start=2):
@@ -78,12 +79,17 @@ def main():
                 Ed25519PublicKey.from_public_bytes(public).verify(signature, canonical(line).encode())
             except InvalidSignature:
                 fail(number, "bad signature")
+            if ("from" in line) != (line["kind"] == "export"):
+                fail(number, "from belongs on export checkpoints, and only there")
             if chain is None and events == 0 and line["kind"] != "export":
                 chain = (line["seq"], line["head"])
+                start = line["seq"] + 1
             elif chain is None and line["kind"] == "export" and line["seq"] == 0:
                 pass
             elif chain is None or (line["seq"], line["head"]) != chain:
                 fail(number, "checkpoint does not match the chain")
+            if line["kind"] == "export" and line["from"] != start:
+                fail(number, "the export does not start where its export checkpoint says")
             closed = line["kind"] == "export"
         else:
             fail(number, f"unknown line type {kind!r}")

@@ -120,7 +120,7 @@ pub async fn tenant_events(
     tail(&state, &actor, StreamRequest::Tenant(tenant), params).await
 }
 
-/// Export the tenant's audit stream as JSON lines (`bulkhead-audit/1`):
+/// Export the tenant's audit stream as JSON lines (`bulkhead-audit/2`):
 /// header, events, checkpoints, and a closing checkpoint signed now.
 /// Verify it offline with `bulkhead audit verify`.
 #[utoipa::path(
