@@ -18,4 +18,4 @@ pub mod writer;
 pub use checkpoint::{AuditKey, Checkpoint, CheckpointKind, PublicKeyInfo};
 pub use record::{Actor, Event, NewEvent, StreamId};
 pub use verify::{Broken, Report, verify_export};
-pub use writer::{AuditLog, KeyRing, WriterSettings};
+pub use writer::{AuditError, AuditLog, KeyRing, WriterSettings};

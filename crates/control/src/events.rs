@@ -4,7 +4,7 @@
 use std::{fmt, sync::Arc};
 
 use bulkhead_audit::{
-    Actor as AuditActor, AuditLog, KeyRing, NewEvent, StreamId, WriterSettings,
+    Actor as AuditActor, AuditError, AuditLog, KeyRing, NewEvent, StreamId, WriterSettings,
     canonical::CanonicalJson,
 };
 use bulkhead_identity::{Permission, Role, roles};
@@ -174,7 +174,24 @@ impl EventLog {
         outcome: &str,
         details: Value,
     ) {
-        self.append(actor, Some(tenant), action, outcome, details).await;
+        let _ = self.append(actor, Some(tenant), action, outcome, details).await;
+    }
+
+    /// Records that something secret is about to be handed out (a secret's
+    /// value, a database credential, a token, an API key), and says
+    /// whether it was recorded: the caller hands it out only then, so the
+    /// tenant's stream shows everything that left the vault, as Vault
+    /// refuses a request no audit device could log.
+    pub async fn record_disclosure(
+        &self,
+        actor: &Actor,
+        tenant: &Tenant,
+        action: &str,
+        details: Value,
+    ) -> Result<(), Unrecorded> {
+        self.append(actor, Some(tenant), action, "ok", details)
+            .await
+            .map_err(|_| Unrecorded { action: action.to_owned() })
     }
 
     /// Appends an event about the platform rather than one tenant.
@@ -185,9 +202,12 @@ impl EventLog {
         outcome: &str,
         details: Value,
     ) {
-        self.append(actor, None, action, outcome, details).await;
+        let _ = self.append(actor, None, action, outcome, details).await;
     }
 
+    /// Appends the event to its stream, and an operator's action on a
+    /// tenant to the platform stream too; an error if either could not be
+    /// written. Failures are logged here.
     async fn append(
         &self,
         actor: &Actor,
@@ -195,7 +215,7 @@ impl EventLog {
         action: &str,
         outcome: &str,
         details: Value,
-    ) {
+    ) -> Result<(), AuditError> {
         let details = CanonicalJson::from_value(&details).unwrap_or_else(|e| {
             // Never lose the event over its details' shape.
             let fallback = serde_json::json!({ "unrecordable_details": e.to_string() });
@@ -225,12 +245,28 @@ impl EventLog {
             }),
             _ => None,
         };
+        let mut result = Ok(());
         for event in std::iter::once(event).chain(mirror) {
             if let Err(error) = self.audit.append(event).await {
                 tracing::warn!(tenant = ?tenant.map(|t| t.name.as_str()), action, %error, "cannot record event");
+                if result.is_ok() {
+                    result = Err(error);
+                }
             }
         }
+        result
     }
+}
+
+/// An action that would hand out something secret was not done because its
+/// audit event could not be written.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error(
+    "the audit stream could not record this {action}, so nothing was handed out; try again (the \
+     server's log says why it could not record)"
+)]
+pub struct Unrecorded {
+    pub action: String,
 }
 
 #[cfg(test)]

@@ -29,7 +29,7 @@ use zeroize::Zeroizing;
 
 use crate::{
     clock::Clock,
-    events::{Actor, EventLog},
+    events::{Actor, EventLog, Unrecorded},
     provider_keys::{KeySet, ProviderKeys},
 };
 
@@ -67,6 +67,8 @@ pub enum IdentityError {
     Vault(#[from] VaultError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Unrecorded(#[from] Unrecorded),
     #[error("{0}")]
     Internal(String),
 }
@@ -429,7 +431,7 @@ impl IdentityService {
             "sub": claims.sub, "roles": claims.roles, "jti": claims.jti, "kid": key.kid(),
             "exp": claims.exp,
         });
-        self.events.record(actor, &tenant, "token.issue", "ok", details).await;
+        self.events.record_disclosure(actor, &tenant, "token.issue", details).await?;
         Ok(IssuedToken { token, kid: key.kid().to_owned(), claims })
     }
 
@@ -597,7 +599,16 @@ impl IdentityService {
             Err(e) => return Err(e.into()),
         }
         let details = json!({ "id": record.id, "name": record.name, "roles": record.roles });
-        self.events.record(actor, &tenant, "apikey.create", "ok", details).await;
+        if let Err(unrecorded) =
+            self.events.record_disclosure(actor, &tenant, "apikey.create", details).await
+        {
+            // Nobody will ever know this key: remove it, so that its name
+            // is free for the retry.
+            if let Err(error) = self.store.delete_api_key(tenant.id, record.id).await {
+                tracing::warn!(key = %record.id, %error, "cannot remove an unrecorded API key");
+            }
+            return Err(unrecorded.into());
+        }
         Ok(CreatedApiKey { record, key })
     }
 

@@ -20,7 +20,7 @@ use zeroize::Zeroizing;
 use crate::{
     clock::Clock,
     credentials::{Access, CredentialError, Credentials, IssuedCredential},
-    events::{Actor, EventLog},
+    events::{Actor, EventLog, Unrecorded},
     metrics::Metrics,
 };
 
@@ -58,6 +58,8 @@ pub enum VaultServiceError {
     Credential(#[from] CredentialError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Unrecorded(#[from] Unrecorded),
 }
 
 type Result<T, E = VaultServiceError> = std::result::Result<T, E>;
@@ -203,6 +205,25 @@ impl VaultService {
         result
     }
 
+    /// Like [`Self::recorded`], for actions that hand out a secret: what
+    /// succeeded is handed out only once its event is written.
+    async fn disclosed<T>(
+        &self,
+        actor: &Actor,
+        tenant: &Tenant,
+        action: &str,
+        details: serde_json::Value,
+        result: Result<T>,
+    ) -> Result<T> {
+        if result.is_err() {
+            return self.recorded(actor, tenant, action, details, result).await;
+        }
+        let recorded = self.events.record_disclosure(actor, tenant, action, details).await;
+        self.metrics.vault_operation(action, if recorded.is_ok() { "ok" } else { "unrecorded" });
+        recorded?;
+        result
+    }
+
     // ---- secrets ---------------------------------------------------------
 
     const OPEN: &[TenantState] = &[TenantState::Active, TenantState::Suspended];
@@ -244,7 +265,7 @@ impl VaultService {
             Ok(secret) => json!({ "path": path.as_str(), "version": secret.version }),
             Err(_) => json!({ "path": path.as_str(), "version": version }),
         };
-        self.recorded(actor, &tenant, "secret.read", details, result).await
+        self.disclosed(actor, &tenant, "secret.read", details, result).await
     }
 
     pub async fn list_secrets(&self, actor: &Actor, tenant: &str) -> Result<Vec<SecretSummary>> {
@@ -380,7 +401,16 @@ impl VaultService {
             }),
             Err(_) => json!({ "access": access.as_str() }),
         };
-        self.recorded(actor, &tenant, "credential.issue", details, result).await
+        let issued = result.as_ref().ok().map(|issued| issued.lease.clone());
+        let disclosed = self.disclosed(actor, &tenant, "credential.issue", details, result).await;
+        if let (Err(VaultServiceError::Unrecorded(_)), Some(lease)) = (&disclosed, issued) {
+            // Nobody has its password; drop the role now rather than at
+            // its expiry.
+            if let Err(error) = self.credentials.revoke(&lease, self.clock.now()).await {
+                tracing::warn!(lease = %lease.id, %error, "cannot revoke an unrecorded credential");
+            }
+        }
+        disclosed
     }
 
     /// Revokes a lease. With `tenant` (the tenant-scoped path), a lease of

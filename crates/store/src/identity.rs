@@ -156,6 +156,10 @@ pub trait IdentityStore: Send + Sync + fmt::Debug {
 
     async fn touch_api_key(&self, id: Uuid, at: OffsetDateTime) -> Result<(), StoreError>;
 
+    /// Removes one key of the tenant outright, name and all: for a key
+    /// whose creation could not be recorded and so was never handed out.
+    async fn delete_api_key(&self, tenant: TenantId, id: Uuid) -> Result<bool, StoreError>;
+
     async fn delete_api_keys(&self, tenant: TenantId) -> Result<u64, StoreError>;
 }
 

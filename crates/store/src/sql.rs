@@ -1109,6 +1109,20 @@ macro_rules! impl_identity_store {
                 Ok(())
             }
 
+            async fn delete_api_key(
+                &self,
+                tenant: bulkhead_model::TenantId,
+                id: uuid::Uuid,
+            ) -> Result<bool, $crate::StoreError> {
+                let result =
+                    sqlx::query("DELETE FROM identity_api_keys WHERE tenant_id = $1 AND id = $2")
+                        .bind(tenant.0)
+                        .bind(id)
+                        .execute(&self.write)
+                        .await?;
+                Ok(result.rows_affected() == 1)
+            }
+
             async fn delete_api_keys(
                 &self,
                 tenant: bulkhead_model::TenantId,

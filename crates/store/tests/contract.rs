@@ -46,6 +46,7 @@ bulkhead_testkit::on_both_stores!(
     lists_regions_in_use,
     appends_audit_batches_whole_or_not_at_all,
     stores_operator_token_hashes,
+    api_key_names_are_unique_until_a_key_is_deleted,
     one_server_at_a_time,
     reopening_keeps_data,
 );
@@ -284,6 +285,33 @@ async fn stores_operator_token_hashes(f: Fixture) {
     let again = OperatorToken { id: uuid::Uuid::new_v4(), ..token };
     assert!(matches!(f.store.insert_operator_token(&again).await, Err(StoreError::Duplicate(_))));
     assert!(!format!("{again:?}").contains("7, 7"), "Debug must not print the hash");
+}
+
+async fn api_key_names_are_unique_until_a_key_is_deleted(f: Fixture) {
+    let acme = tenant("acme");
+    f.store.insert_tenant(&acme).await.unwrap();
+    let key = |hash: u8| bulkhead_store::ApiKeyRecord {
+        id: uuid::Uuid::new_v4(),
+        tenant_id: acme.id,
+        name: "ci".into(),
+        prefix: "bh_acme_abcd".into(),
+        key_hash: vec![hash; 32],
+        roles: "viewer".into(),
+        created_by: "operator:initial".into(),
+        created_at: now(),
+        last_used_at: None,
+        revoked_at: None,
+    };
+    let first = key(1);
+    f.store.insert_api_key(&first).await.unwrap();
+    // A revoked key keeps its name; a deleted one frees it.
+    assert!(f.store.revoke_api_key(acme.id, first.id, now()).await.unwrap());
+    assert!(matches!(f.store.insert_api_key(&key(2)).await, Err(StoreError::Duplicate(_))));
+    assert!(!f.store.delete_api_key(TenantId::random(), first.id).await.unwrap(), "not theirs");
+    assert!(f.store.delete_api_key(acme.id, first.id).await.unwrap());
+    assert!(!f.store.delete_api_key(acme.id, first.id).await.unwrap());
+    f.store.insert_api_key(&key(3)).await.unwrap();
+    assert_eq!(f.store.api_keys(acme.id).await.unwrap().len(), 1);
 }
 
 async fn one_server_at_a_time(f: Fixture) {

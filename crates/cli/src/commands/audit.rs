@@ -132,13 +132,15 @@ fn verify(
                 .map(|(id, pinned)| format!("{id}{}", if *pinned { " (pinned)" } else { "" }))
                 .collect();
             println!(
-                "verified: stream {}{}: {} events (seq {}..{}), {} signed checkpoints by key {}",
+                "verified: stream {}{}: {} event{} (seq {}..{}), {} signed checkpoint{} by key {}",
                 report.stream,
                 report.tenant.as_ref().map(|t| format!(" ({t})")).unwrap_or_default(),
                 report.events,
+                plural(report.events),
                 report.first_seq.unwrap_or(0),
                 report.last_seq,
                 report.checkpoints,
+                plural(report.checkpoints),
                 signers.join(", ")
             );
             if report.start > 1 {
@@ -159,6 +161,10 @@ fn verify(
         }
         Err(broken) => Err(CliError::failed(format!("broken: {broken}"))),
     }
+}
+
+fn plural(count: u64) -> &'static str {
+    if count == 1 { "" } else { "s" }
 }
 
 fn public_key(text: &str) -> Result<[u8; 32], CliError> {

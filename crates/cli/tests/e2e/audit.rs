@@ -290,3 +290,60 @@ fn verify_says_what_is_wrong_with_what_it_was_given() {
     assert_eq!(exit_code(&bad_key), 2);
     assert!(stderr(&bad_key).contains("is not a public key (base64url of 32 bytes)"));
 }
+
+/// Runs SQL on the server's PostgreSQL store as the superuser.
+async fn store_sql(server: &Server, sql: &str) {
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect(&server.postgres_db().url).await.unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned())).execute(&mut conn).await.unwrap();
+}
+
+#[tokio::test]
+async fn nothing_secret_is_handed_out_that_the_audit_stream_could_not_record() {
+    let db = bulkhead_testkit::TestDatabase::create().await;
+    let server = Server::start(Store::Postgres(db), "", &[]).await;
+    server.cli_json(&["tenants", "create", "acme", "--plan", "enterprise", "--wait"]);
+    let put =
+        server.cli_with_input(&["secrets", "put", "--tenant", "acme", "db/password"], b"s3cr3t");
+    assert!(put.status.success(), "{}", stderr(&put));
+
+    // The audit store refuses every append, as a full disk or a broken
+    // replica would make it.
+    store_sql(
+        &server,
+        "CREATE FUNCTION audit.refuse_for_test() RETURNS trigger LANGUAGE plpgsql AS \
+         $$BEGIN RAISE EXCEPTION 'audit store unavailable (test)'; END$$; \
+         CREATE TRIGGER refuse_for_test BEFORE INSERT ON audit.audit_events \
+         FOR EACH ROW EXECUTE FUNCTION audit.refuse_for_test();",
+    )
+    .await;
+    let attempts: [&[&str]; 4] = [
+        &["secrets", "get", "--tenant", "acme", "db/password"],
+        &["auth", "token", "--tenant", "acme", "--subject", "alice", "--role", "viewer"],
+        &["apikeys", "create", "--tenant", "acme", "--name", "ci", "--role", "viewer"],
+        &["creds", "issue", "--tenant", "acme", "--ttl", "10m"],
+    ];
+    for args in attempts {
+        let refused = server.cli(args);
+        assert!(!refused.status.success(), "{args:?} succeeded: {}", stdout(&refused));
+        assert!(stdout(&refused).is_empty(), "{args:?} printed {}", stdout(&refused));
+        assert!(stderr(&refused).contains("could not record this"), "{}", stderr(&refused));
+    }
+    // What was made for nothing is gone: no key named `ci`, no live lease.
+    assert_eq!(server.cli_json(&["apikeys", "list", "--tenant", "acme"]), serde_json::json!([]));
+    let leases = server.cli_json(&["creds", "list", "--tenant", "acme"]);
+    assert!(leases.as_array().unwrap().iter().all(|l| l["revoked_at"].is_string()), "{leases}");
+
+    // Once the store takes appends again, so does everything else, the
+    // key's name included, and the stream still verifies whole.
+    store_sql(&server, "DROP TRIGGER refuse_for_test ON audit.audit_events").await;
+    let got = server.cli(&["secrets", "get", "--tenant", "acme", "db/password"]);
+    assert_eq!(stdout(&got), "s3cr3t", "{}", stderr(&got));
+    let created = server.cli(attempts[2]);
+    assert!(created.status.success(), "{}", stderr(&created));
+    let path = export(&server, &["--tenant", "acme"], "acme.jsonl");
+    let checked = verify(&path, &[]);
+    assert!(checked.status.success(), "{}", stderr(&checked));
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert_eq!(text.matches("\"action\":\"secret.read\"").count(), 1, "only the read handed out");
+}

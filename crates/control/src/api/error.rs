@@ -55,6 +55,7 @@ pub enum ErrorCode {
     Forbidden,
     CorruptData,
     ApiKeyNotFound,
+    AuditUnavailable,
 }
 
 impl ErrorCode {
@@ -78,7 +79,7 @@ impl ErrorCode {
             | CredentialsUnavailable => StatusCode::CONFLICT,
             PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Internal | CorruptData => StatusCode::INTERNAL_SERVER_ERROR,
-            Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Unavailable | AuditUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -117,6 +118,7 @@ impl ErrorCode {
             Forbidden => "forbidden",
             CorruptData => "corrupt_data",
             ApiKeyNotFound => "api_key_not_found",
+            AuditUnavailable => "audit_unavailable",
         }
     }
 }
@@ -247,6 +249,7 @@ impl From<VaultServiceError> for ApiError {
             VaultServiceError::LeaseNotFound(_) => LeaseNotFound,
             VaultServiceError::LeaseRevoked(_) => LeaseRevoked,
             VaultServiceError::LockoutNotFound(_) => LockoutNotFound,
+            VaultServiceError::Unrecorded(_) => AuditUnavailable,
             VaultServiceError::Vault(_) | VaultServiceError::Credential(_) => {
                 return match error {
                     VaultServiceError::Vault(e) => e.into(),
@@ -270,6 +273,7 @@ impl From<IdentityError> for ApiError {
             IdentityError::Conflict(_) => Conflict,
             IdentityError::ApiKeyNotFound(_) => ApiKeyNotFound,
             IdentityError::NoRealm(_) => InvalidState,
+            IdentityError::Unrecorded(_) => AuditUnavailable,
             IdentityError::Vault(_) => {
                 return match error {
                     IdentityError::Vault(e) => e.into(),
