@@ -73,6 +73,7 @@ impl Checkpoint {
         at: OffsetDateTime,
         kind: CheckpointKind,
     ) -> Self {
+        debug_assert_ne!(kind, CheckpointKind::Export, "an export checkpoint needs sign_export");
         Self::sign_with(key, None, seq, head, at, kind)
     }
 

@@ -169,33 +169,37 @@ impl Exporter {
 
     /// Where the chain resumes when the export does not start at seq 1:
     /// the stored checkpoint at or before the event before its first one
-    /// (for a stream whose start retention deleted, the truncation one).
-    /// When a `since` finds none, the export starts at the beginning.
+    /// (for a stream whose start retention deleted, the truncation one,
+    /// even when retention deleted every event). When a `since` finds
+    /// none, the export starts at the beginning.
     async fn anchor(&mut self) -> Result<Option<Checkpoint>, String> {
         let stream = self.stream.as_str();
-        for attempt in [self.after, 0] {
-            let before = match attempt {
-                0 => {
-                    let first =
-                        self.store.audit_events(stream, 0, 1).await.map_err(|e| e.to_string())?;
-                    match first.first() {
-                        Some(event) if event.seq > 1 => event.seq - 1,
-                        _ => return Ok(None),
-                    }
-                }
-                after => after,
-            };
-            let row = self
-                .store
-                .audit_checkpoint_before(stream, before)
-                .await
-                .map_err(|e| e.to_string())?;
-            if let Some(row) = row {
-                return checkpoint_from_row(&row).map(Some);
+        let checkpoint_before = async |seq: i64| {
+            let row =
+                self.store.audit_checkpoint_before(stream, seq).await.map_err(|e| e.to_string())?;
+            row.as_ref().map(checkpoint_from_row).transpose()
+        };
+        if self.after > 0 {
+            if let Some(anchor) = checkpoint_before(self.after).await? {
+                return Ok(Some(anchor));
             }
             self.after = 0;
         }
-        Err(format!("stream {stream} has lost its start: no checkpoint anchors its first event"))
+        let first = self.store.audit_events(stream, 0, 1).await.map_err(|e| e.to_string())?;
+        let before = match first.first() {
+            Some(event) if event.seq > 1 => event.seq - 1,
+            Some(_) => return Ok(None),
+            // No event left (or none ever): the last checkpoint, if any,
+            // says how far the stream went.
+            None => i64::MAX,
+        };
+        match checkpoint_before(before).await? {
+            Some(anchor) => Ok(Some(anchor)),
+            None if first.is_empty() => Ok(None),
+            None => Err(format!(
+                "stream {stream} has lost its start: no checkpoint anchors its first event"
+            )),
+        }
     }
 
     /// Bulkhead signs an export only of a chain it can check: every stored

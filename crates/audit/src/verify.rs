@@ -370,7 +370,9 @@ pub fn verify_export(input: impl BufRead, pinned: &[[u8; 32]]) -> Result<Report,
                         // The anchor of an export that does not start at seq 1.
                         None if report.events == 0 && checkpoint.kind != CheckpointKind::Export => {
                             chain = Some((seq, head));
-                            report.start = seq + 1;
+                            report.start = seq
+                                .checked_add(1)
+                                .ok_or_else(|| fail("seq is out of range".into()))?;
                         }
                         None if checkpoint.kind == CheckpointKind::Export
                             && seq == 0

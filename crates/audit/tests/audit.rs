@@ -318,6 +318,19 @@ async fn retention_keeps_what_remains_verifiable(fx: StoreFixture) {
     let mut shortened = vec![partial_lines[0].clone()];
     shortened.extend(partial_lines[later..].iter().cloned());
     assert!(problem(&join(&shortened)).contains("lines were cut from its start"));
+
+    // Retention may delete every event: the export still starts where the
+    // stream had got to, not at seq 1.
+    let emptied = StreamId::tenant(Uuid::new_v4());
+    for n in 0..20 {
+        log.append(event(&emptied, n, start + time::Duration::days(i64::from(n)))).await.unwrap();
+    }
+    let deleted = log.truncate_before(emptied.clone(), OffsetDateTime::now_utc()).await.unwrap();
+    assert_eq!(deleted, 20);
+    let text = export(&fx, &keys, &emptied).await;
+    let report = verify(&text).unwrap();
+    assert_eq!((report.events, report.start, report.last_seq), (0, 21, 20), "{text}");
+    assert!(lines(&text)[1].contains("\"kind\":\"truncation\""), "{text}");
     log.stop().await;
 }
 

@@ -181,8 +181,9 @@ impl ProviderKeys {
     }
 }
 
-/// The signing keys of a JWKS that Bulkhead can verify with: EdDSA and
-/// ES256 keys with a kid, not marked for encryption. A kid given twice is
+/// The signing keys of a JWKS that Bulkhead can verify with: EdDSA, ES256
+/// and RS256 (2048 bits or more) keys with a kid, not marked for
+/// encryption. A kid given twice is
 /// an error: which key would it name?
 fn parse_jwks(body: &[u8]) -> Result<KeySet, String> {
     #[derive(serde::Deserialize)]

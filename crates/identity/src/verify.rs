@@ -257,12 +257,17 @@ fn lookup<'a>(claims: &'a Map<String, Value>, path: &str) -> Option<&'a Value> {
 
 /// Tokens already verified, by a hash of the tenant, issuer, audience and token,
 /// until they expire: verifying a signature costs tens of microseconds, a
-/// lookup well under one.
+/// lookup well under one. Each entry remembers the fingerprint of the key
+/// that verified it, so it holds only while that very key is trusted under
+/// its kid.
 #[derive(Debug)]
 pub struct VerifiedCache {
-    entries: Mutex<HashMap<[u8; 32], Verified>>,
+    /// By cache key: the answer, and the fingerprint of the key that gave it.
+    entries: Mutex<HashMap<[u8; 32], (Verified, Fingerprint)>>,
     capacity: usize,
 }
+
+type Fingerprint = [u8; 32];
 
 impl VerifiedCache {
     pub fn new(capacity: usize) -> Self {
@@ -287,22 +292,25 @@ impl VerifiedCache {
     pub fn verify(&self, token: &str, trust: &Trust, now: i64) -> Result<Verified, Rejected> {
         let key = Self::key(token, trust);
         if let Ok(entries) = self.entries.lock()
-            && let Some(hit) = entries.get(&key)
+            && let Some((hit, signer)) = entries.get(&key)
             && hit.expires_at.saturating_add(LEEWAY_SECS) > now
-            && trust.keys.contains_key(&hit.kid)
+            && trust.keys.get(&hit.kid).is_some_and(|k| k.fingerprint() == *signer)
             && not_revoked(trust, hit.issued_at)
         {
             return Ok(hit.clone());
         }
         let verified = verify(token, trust, now)?;
+        let Some(signer) = trust.keys.get(&verified.kid).map(VerifyingKey::fingerprint) else {
+            return Ok(verified);
+        };
         if let Ok(mut entries) = self.entries.lock() {
             if entries.len() >= self.capacity {
-                entries.retain(|_, v| v.expires_at.saturating_add(LEEWAY_SECS) > now);
+                entries.retain(|_, (v, _)| v.expires_at.saturating_add(LEEWAY_SECS) > now);
                 if entries.len() >= self.capacity {
                     entries.clear();
                 }
             }
-            entries.insert(key, verified.clone());
+            entries.insert(key, (verified.clone(), signer));
         }
         Ok(verified)
     }
@@ -310,7 +318,7 @@ impl VerifiedCache {
     /// Drops every cached token of a tenant (its realm changed or went).
     pub fn forget_tenant(&self, tenant: Uuid) {
         if let Ok(mut entries) = self.entries.lock() {
-            entries.retain(|_, v| v.tenant_id != tenant);
+            entries.retain(|_, (v, _)| v.tenant_id != tenant);
         }
     }
 }

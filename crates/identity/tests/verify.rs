@@ -345,6 +345,11 @@ fn the_cache_answers_repeats_and_forgets_removed_keys() {
     assert_eq!(cache.verify(&token, &trust, NOW).unwrap(), first);
     // Past its exp, a cached token is verified again, and refused.
     assert_eq!(cache.verify(&token, &trust, NOW + 7_200).unwrap_err().reason, Reason::Expired);
+    // Its kid now naming another key (a provider reusing kids): the
+    // cached answer does not carry over.
+    let other = SigningKey::generate(Algorithm::EdDSA).unwrap();
+    trust.keys.insert(acme.key.kid().to_owned(), other.verifying_key().unwrap());
+    assert_eq!(cache.verify(&token, &trust, NOW).unwrap_err().reason, Reason::Signature);
     // Its key no longer trusted: refused too.
     trust.keys.clear();
     assert!(cache.verify(&token, &trust, NOW).is_err());

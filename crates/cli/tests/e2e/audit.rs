@@ -184,7 +184,22 @@ async fn an_export_verifies_offline_and_every_edit_is_caught() {
     assert_eq!(tail.as_array().unwrap().len(), 3);
     let since = export(&server, &["--tenant", "acme", "--since", "1m"], "since.jsonl");
     assert!(verify(&since, &[]).status.success());
-    assert!(python_verifier(&since, None).starts_with("ok "), "{}", python_verifier(&since, None));
+    // From the time of the event after the first stored checkpoint (seq 5):
+    // a partial export, anchored on that checkpoint.
+    let seventh: Value = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|l| l["type"] == "event" && l["seq"] == 7)
+        .unwrap();
+    let time = seventh["time"].as_str().unwrap();
+    let partial = export(&server, &["--tenant", "acme", "--since", time], "partial.jsonl");
+    let checked = verify(&partial, &["-o", "json"]);
+    assert!(checked.status.success(), "{}", stderr(&checked));
+    let report: Value = serde_json::from_str(&stdout(&checked)).unwrap();
+    assert_eq!(report["start_seq"], 6, "{report}");
+    assert!(stderr(&verify(&partial, &[])).contains("a partial export: events before seq 6"));
+    let independent = python_verifier(&partial, None);
+    assert!(independent.starts_with("ok "), "{independent}");
     let bad_since = server.cli(&["audit", "export", "--tenant", "acme", "--since", "yesterday"]);
     assert_eq!(exit_code(&bad_since), 2, "{}", stderr(&bad_since));
 }

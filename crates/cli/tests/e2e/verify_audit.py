@@ -84,7 +84,8 @@ def main():
             if chain is None and events == 0 and line["kind"] != "export":
                 chain = (line["seq"], line["head"])
                 start = line["seq"] + 1
-            elif chain is None and line["kind"] == "export" and line["seq"] == 0:
+            elif chain is None and line["kind"] == "export" and line["seq"] == 0 \
+                    and line["head"] == "0" * 64:
                 pass
             elif chain is None or (line["seq"], line["head"]) != chain:
                 fail(number, "checkpoint does not match the chain")

@@ -85,6 +85,7 @@ pub async fn jwks(
         (status = 401, body = ErrorBody),
         (status = 403, description = "A role above the caller's own", body = ErrorBody),
         (status = 404, body = ErrorBody),
+        (status = 503, description = "The audit stream could not record it: nothing was handed out", body = ErrorBody),
     ),
     security(("operator_token" = []))
 )]
@@ -196,6 +197,7 @@ pub async fn realm_keys(
         (status = 401, body = ErrorBody),
         (status = 404, body = ErrorBody),
         (status = 409, description = "The name is taken", body = ErrorBody),
+        (status = 503, description = "The audit stream could not record it: nothing was handed out", body = ErrorBody),
     ),
     security(("operator_token" = []))
 )]

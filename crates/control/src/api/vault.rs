@@ -92,6 +92,7 @@ pub async fn put_secret(
         (status = 403, description = "The caller is locked out", body = ErrorBody),
         (status = 404, description = "No such tenant, secret or version", body = ErrorBody),
         (status = 409, description = "The tenant's own key is not loaded", body = ErrorBody),
+        (status = 503, description = "The audit stream could not record it: nothing was handed out", body = ErrorBody),
     ),
     security(("operator_token" = []))
 )]
@@ -285,6 +286,7 @@ pub async fn rotate_master_key(
         (status = 403, description = "The caller is locked out", body = ErrorBody),
         (status = 404, body = ErrorBody),
         (status = 409, description = "The tenant is not active, or its database has no login roles", body = ErrorBody),
+        (status = 503, description = "The audit stream could not record it: nothing was handed out", body = ErrorBody),
     ),
     security(("operator_token" = []))
 )]
