@@ -8,11 +8,13 @@
 use std::{collections::HashMap, hint::black_box};
 
 use bulkhead_identity::{
-    Algorithm, ClaimMapping, Jwk, RealmClaims, Role, SigningKey, Trust, VerifiedCache,
-    VerifyingKey, jws, verify,
+    Algorithm, ClaimMapping, RealmClaims, Role, SigningKey, Trust, VerifiedCache, jws, verify,
 };
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use uuid::Uuid;
+
+#[path = "../tests/data/rs256_provider.rs"]
+mod rs256;
 
 const NOW: i64 = 1_800_000_000;
 
@@ -46,33 +48,12 @@ fn setup(alg: Algorithm) -> (String, Trust) {
     (token, trust)
 }
 
-/// A 2048-bit RSA provider's token, made by PyJWT
-/// (`tests/data/make_rs256.py`).
-fn setup_rs256() -> (String, Trust) {
-    let fixture: serde_json::Value =
-        serde_json::from_str(include_str!("../tests/data/rs256.json")).unwrap();
-    let jwk: Jwk = serde_json::from_value(fixture["jwk"].clone()).unwrap();
-    let trust = Trust {
-        tenant_id: Uuid::new_v4(),
-        issuer: "https://idp.example/".into(),
-        keys: HashMap::from([("rsa-1".into(), VerifyingKey::from_jwk(&jwk).unwrap())]),
-        algorithms: Algorithm::EXTERNAL.to_vec(),
-        audience: Some("api".into()),
-        not_before: None,
-        claims: ClaimMapping::External {
-            subject: "sub".into(),
-            roles: "roles".into(),
-            role_map: HashMap::from([("admin".into(), Role::Admin)]),
-        },
-    };
-    (fixture["token"].as_str().unwrap().to_owned(), trust)
-}
-
 fn verification(c: &mut Criterion) {
     let mut group = c.benchmark_group("verify");
     group.throughput(Throughput::Elements(1));
     for alg in [Algorithm::EdDSA, Algorithm::ES256, Algorithm::RS256] {
-        let (token, trust) = if alg == Algorithm::RS256 { setup_rs256() } else { setup(alg) };
+        let (token, trust) =
+            if alg == Algorithm::RS256 { rs256::rs256_provider() } else { setup(alg) };
         group.bench_function(format!("{alg}/uncached"), |b| {
             b.iter(|| verify(black_box(&token), &trust, NOW).unwrap())
         });

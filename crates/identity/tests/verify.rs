@@ -6,13 +6,17 @@ use std::collections::HashMap;
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use bulkhead_identity::{
-    Algorithm, ClaimMapping, Jwk, RealmClaims, Reason, Role, SigningKey, Trust, VerifiedCache,
-    VerifyingKey, jws, verify,
+    Algorithm, ClaimMapping, RealmClaims, Reason, Role, SigningKey, Trust, VerifiedCache, jws,
+    verify,
 };
 use hmac::{Hmac, KeyInit, Mac};
 use proptest::prelude::*;
 use serde_json::{Value, json};
 use uuid::Uuid;
+
+#[path = "data/rs256_provider.rs"]
+mod rs256;
+use rs256::rs256_provider;
 
 const NOW: i64 = 1_800_000_000;
 
@@ -277,26 +281,6 @@ fn external_tokens_map_their_claims_and_never_name_the_tenant() {
     // An empty subject is no subject.
     let anonymous = json!({ "iss": idp.issuer, "email": "", "exp": NOW + 60 }).to_string();
     assert_eq!(reason(&idp.raw(&idp.header(), &anonymous), &trust), Reason::Claim("subject"));
-}
-
-/// An RS256 provider: a key and token made by PyJWT (`data/make_rs256.py`).
-fn rs256_provider() -> (String, Trust) {
-    let fixture: Value = serde_json::from_str(include_str!("data/rs256.json")).unwrap();
-    let jwk: Jwk = serde_json::from_value(fixture["jwk"].clone()).unwrap();
-    let trust = Trust {
-        tenant_id: Uuid::new_v4(),
-        issuer: "https://idp.example/".into(),
-        keys: HashMap::from([("rsa-1".into(), VerifyingKey::from_jwk(&jwk).unwrap())]),
-        algorithms: Algorithm::EXTERNAL.to_vec(),
-        audience: Some("api".into()),
-        not_before: None,
-        claims: ClaimMapping::External {
-            subject: "sub".into(),
-            roles: "roles".into(),
-            role_map: HashMap::from([("admin".into(), Role::Admin)]),
-        },
-    };
-    (fixture["token"].as_str().unwrap().to_owned(), trust)
 }
 
 #[test]
