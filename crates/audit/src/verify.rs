@@ -274,6 +274,21 @@ pub fn verify_export(input: impl BufRead, pinned: &[[u8; 32]]) -> Result<Report,
         };
         return Err(broken(1, None, format!("format {:?} is not {FORMAT}{hint}", header.format)));
     }
+    // Nothing in the header is signed: its keys are bound to the stream by
+    // their ids, and the rest is for people. Holding it to the form
+    // Bulkhead writes leaves only those values to change unnoticed.
+    if header.line().ok().as_deref() != Some(first.trim_end_matches('\n')) {
+        return Err(broken(
+            1,
+            None,
+            "the header is not in canonical form: it was rewritten".into(),
+        ));
+    }
+    let times =
+        std::iter::once(&header.exported_at).chain(header.keys.iter().map(|k| &k.created_at));
+    if let Some(time) = times.into_iter().find(|time| !is_time(time)) {
+        return Err(broken(1, None, format!("time {time:?} is not in the export's format")));
+    }
     let mut keys: HashMap<&str, &PublicKeyInfo> = HashMap::new();
     for key in &header.keys {
         if key.stream != header.stream || !key.is_bound() {
