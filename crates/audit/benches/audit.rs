@@ -16,14 +16,18 @@ use std::{
 
 use async_trait::async_trait;
 use bulkhead_audit::{
-    Actor, AuditKey, AuditLog, Checkpoint, CheckpointKind, Event, KeyRing, NewEvent, StreamId,
-    WriterSettings, canonical::CanonicalJson, export::Header, record::GENESIS, verify_export,
+    Actor, AuditKey, AuditLog, KeyRing, NewEvent, StreamId, WriterSettings,
+    canonical::CanonicalJson, verify_export,
 };
 use bulkhead_store::AuditStore;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use serde_json::json;
 use time::OffsetDateTime;
 use uuid::Uuid;
+
+#[path = "../tests/support/signed_export.rs"]
+mod support;
+use support::signed_export;
 
 fn new_event(stream: &StreamId, n: u64) -> NewEvent {
     NewEvent {
@@ -39,42 +43,10 @@ fn new_event(stream: &StreamId, n: u64) -> NewEvent {
     }
 }
 
-/// An export of `events` events, checkpointed every 1,000 as the writer does.
-fn export(events: u64) -> Vec<u8> {
-    let stream = StreamId::tenant(Uuid::new_v4());
-    let key = AuditKey::generate(stream.clone()).unwrap();
-    let now = OffsetDateTime::now_utc();
-    let header = Header {
-        kind: "header".into(),
-        format: bulkhead_audit::export::FORMAT.into(),
-        stream: stream.clone(),
-        tenant: Some("acme".into()),
-        exported_at: bulkhead_audit::record::format_time(now),
-        keys: vec![key.public_info(now)],
-    };
-    let mut out = header.line().unwrap();
-    out.push('\n');
-    let (mut seq, mut hash) = (0, GENESIS);
-    for n in 0..events {
-        let event = Event::chain(new_event(&stream, n), seq + 1, hash);
-        (seq, hash) = (event.seq, event.hash);
-        out.push_str(&event.export_line());
-        out.push('\n');
-        if seq % 1_000 == 0 {
-            out.push_str(
-                &Checkpoint::sign(&key, seq, hash, now, CheckpointKind::Periodic).export_line(),
-            );
-            out.push('\n');
-        }
-    }
-    out.push_str(&Checkpoint::sign_export(&key, 1, seq, hash, now).export_line());
-    out.push('\n');
-    out.into_bytes()
-}
-
 fn verify(c: &mut Criterion) {
     const EVENTS: u64 = 100_000;
-    let file = export(EVENTS);
+    // Checkpointed every 1,000 events, as the writer does by default.
+    let file = signed_export(EVENTS, 1_000, new_event);
     let mut group = c.benchmark_group("verify");
     group.throughput(Throughput::Elements(EVENTS));
     group.sample_size(10);

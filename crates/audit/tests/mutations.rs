@@ -8,14 +8,14 @@
 
 use std::sync::OnceLock;
 
-use bulkhead_audit::{
-    Actor, AuditKey, Checkpoint, CheckpointKind, Event, NewEvent, StreamId,
-    canonical::CanonicalJson, export::Header, record::GENESIS, verify_export,
-};
+use bulkhead_audit::{Actor, NewEvent, canonical::CanonicalJson, verify_export};
 use proptest::prelude::*;
 use serde_json::{Value, json};
 use time::OffsetDateTime;
-use uuid::Uuid;
+
+#[path = "support/signed_export.rs"]
+mod support;
+use support::signed_export;
 
 /// 12 events with `\u{e9}` and escapes in their details, checkpointed every
 /// 5, closed by an export checkpoint; made once.
@@ -25,46 +25,19 @@ fn export() -> &'static [u8] {
 }
 
 fn build() -> Vec<u8> {
-    let stream = StreamId::tenant(Uuid::new_v4());
-    let key = AuditKey::generate(stream.clone()).unwrap();
-    let now = OffsetDateTime::now_utc();
-    let header = Header {
-        kind: "header".into(),
-        format: bulkhead_audit::export::FORMAT.into(),
+    signed_export(12, 5, |stream, n| NewEvent {
         stream: stream.clone(),
-        tenant: Some("acme".into()),
-        exported_at: bulkhead_audit::record::format_time(now),
-        keys: vec![key.public_info(now)],
-    };
-    let mut out = header.line().unwrap() + "\n";
-    let (mut seq, mut hash) = (0, GENESIS);
-    for n in 0..12u64 {
-        let new = NewEvent {
-            stream: stream.clone(),
-            time: now,
-            actor: Actor { kind: "operator".into(), id: "initial".into() },
-            action: "secret.write".into(),
-            resource: format!("secrets/db/{n}"),
-            outcome: "ok".into(),
-            request_id: (n % 2 == 0).then(|| format!("{n:032x}")),
-            details: CanonicalJson::from_value(
-                &json!({ "path": format!("db/caf\u{e9}/{n}"), "note": "a \"quoted\"\ttab" }),
-            )
-            .unwrap(),
-        };
-        let event = Event::chain(new, seq + 1, hash);
-        (seq, hash) = (event.seq, event.hash);
-        out.push_str(&event.export_line());
-        out.push('\n');
-        if seq % 5 == 0 {
-            let checkpoint = Checkpoint::sign(&key, seq, hash, now, CheckpointKind::Periodic);
-            out.push_str(&checkpoint.export_line());
-            out.push('\n');
-        }
-    }
-    out.push_str(&Checkpoint::sign_export(&key, 1, seq, hash, now).export_line());
-    out.push('\n');
-    out.into_bytes()
+        time: OffsetDateTime::now_utc(),
+        actor: Actor { kind: "operator".into(), id: "initial".into() },
+        action: "secret.write".into(),
+        resource: format!("secrets/db/{n}"),
+        outcome: "ok".into(),
+        request_id: (n % 2 == 0).then(|| format!("{n:032x}")),
+        details: CanonicalJson::from_value(
+            &json!({ "path": format!("db/caf\u{e9}/{n}"), "note": "a \"quoted\"\ttab" }),
+        )
+        .unwrap(),
+    })
 }
 
 /// The header without the members that are not signed.
