@@ -249,9 +249,7 @@ impl EventLog {
         for event in std::iter::once(event).chain(mirror) {
             if let Err(error) = self.audit.append(event).await {
                 tracing::warn!(tenant = ?tenant.map(|t| t.name.as_str()), action, %error, "cannot record event");
-                if result.is_ok() {
-                    result = Err(error);
-                }
+                result = Err(error);
             }
         }
         result

@@ -53,16 +53,25 @@ impl Algorithm {
 
     /// An algorithm a realm can sign with.
     pub fn parse_realm(name: &str) -> Result<Self, KeyError> {
-        match Self::parse(name) {
-            Ok(alg) if Self::REALM.contains(&alg) => Ok(alg),
-            Ok(alg) => Err(KeyError::Unsupported(format!(
-                "a realm signs with EdDSA or ES256; {alg} is accepted only from an external \
-                 identity provider (auth trust)"
-            ))),
-            Err(_) => Err(KeyError::Unsupported(format!(
-                "algorithm {name:?} is not supported for a realm; use EdDSA or ES256"
-            ))),
-        }
+        Self::parse(name)
+            .map_err(|_| {
+                KeyError::Unsupported(format!(
+                    "algorithm {name:?} is not supported for a realm; use EdDSA or ES256"
+                ))
+            })?
+            .for_realm()
+    }
+
+    /// `self`, when a realm can sign with it.
+    fn for_realm(self) -> Result<Self, KeyError> {
+        if Self::REALM.contains(&self) { Ok(self) } else { Err(self.not_for_realm()) }
+    }
+
+    fn not_for_realm(self) -> KeyError {
+        KeyError::Unsupported(format!(
+            "a realm signs with EdDSA or ES256; {self} is accepted only from an external \
+             identity provider (auth trust)"
+        ))
     }
 }
 
@@ -135,7 +144,7 @@ fn random<const N: usize>() -> Result<Zeroizing<[u8; N]>, KeyError> {
 impl SigningKey {
     /// A new key with a random `kid`.
     pub fn generate(alg: Algorithm) -> Result<Self, KeyError> {
-        realm_only(alg)?;
+        alg.for_realm()?;
         let kid = URL_SAFE_NO_PAD.encode(random::<12>()?.as_slice());
         // A random P-256 scalar is out of range with probability ~2^-32;
         // draw again then.
@@ -149,7 +158,7 @@ impl SigningKey {
 
     /// Rebuilds a key from its stored secret half.
     pub fn from_secret(kid: String, alg: Algorithm, secret: &[u8]) -> Result<Self, KeyError> {
-        realm_only(alg)?;
+        alg.for_realm()?;
         let mut bytes = Zeroizing::new([0u8; 32]);
         if secret.len() != bytes.len() {
             return Err(KeyError::Invalid(format!("a {alg} secret key is 32 bytes")));
@@ -189,7 +198,7 @@ impl SigningKey {
                 let signature: p256::ecdsa::Signature = key.sign(message);
                 Ok(signature.to_bytes().to_vec())
             }
-            Algorithm::RS256 => Err(rsa_cannot_sign()),
+            Algorithm::RS256 => Err(self.alg.not_for_realm()),
         }
     }
 
@@ -203,7 +212,7 @@ impl SigningKey {
                     .map_err(|_| KeyError::Invalid("not a P-256 scalar".into()))?;
                 VerifyingKey::P256(EcKey::new(key.verifying_key().to_sec1_point(false).as_bytes())?)
             }
-            Algorithm::RS256 => return Err(rsa_cannot_sign()),
+            Algorithm::RS256 => return Err(self.alg.not_for_realm()),
         })
     }
 
@@ -215,14 +224,6 @@ impl SigningKey {
         jwk.use_ = Some("sig".to_owned());
         Ok(jwk)
     }
-}
-
-fn realm_only(alg: Algorithm) -> Result<(), KeyError> {
-    if Algorithm::REALM.contains(&alg) { Ok(()) } else { Err(rsa_cannot_sign()) }
-}
-
-fn rsa_cannot_sign() -> KeyError {
-    KeyError::Unsupported("a realm signs with EdDSA or ES256, never RS256".into())
 }
 
 /// A public key that verifies signatures of one algorithm.
