@@ -11,7 +11,11 @@ use std::{str::FromStr, sync::Arc, time::Duration};
 
 use bulkhead_model::{DatabaseLocation, DatabaseUrl, Isolation, Region, Regions, Tenant};
 use bulkhead_store::{ControlStore, Lease, StoreError};
-use bulkhead_vault::leases::{LoginRole, create_login_role, drop_login_role, random_password};
+use bulkhead_vault::leases::{
+    Heir, LoginRole, create_login_role, disable_login, drop_login_role, enable_login,
+    random_password,
+};
+use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use sqlx::postgres::PgConnectOptions;
 use thiserror::Error;
@@ -21,6 +25,29 @@ use uuid::Uuid;
 use zeroize::Zeroizing;
 
 use crate::provision::{RegionServers, StepError, silo_identifiers};
+
+/// Leases the sweeper revokes per pass ...
+pub const SWEEP_BATCH: u32 = 100;
+/// ... of which at most this many are one tenant's ...
+pub const SWEEP_PER_TENANT: u32 = 10;
+/// ... this many at a time.
+const SWEEP_CONCURRENCY: usize = 4;
+
+/// How long after its `attempts`-th failed revocation a lease is tried
+/// again: 30 s, doubling, at most an hour.
+fn retry_after(attempts: i32) -> time::Duration {
+    let doublings = u32::try_from(attempts.saturating_sub(1)).unwrap_or(0).min(7);
+    time::Duration::seconds((30_i64 << doublings).min(3_600))
+}
+
+/// What a sweep over due leases did.
+#[derive(Debug, Default)]
+pub struct Expired {
+    pub revoked: Vec<Lease>,
+    /// Leases whose role could not be dropped (already unable to log in),
+    /// with their new attempt count, and why.
+    pub failed: Vec<(Lease, String)>,
+}
 
 /// What a credential may do in the tenant's database.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -147,18 +174,17 @@ impl Credentials {
             tenant.id.short(),
             &random[..12]
         );
-        let lease = Lease {
+        let lease = Lease::new(
             id,
-            tenant_id: tenant.id,
-            region: target.region.name.to_string(),
-            database: target.database.clone(),
-            role: role.clone(),
-            access: access.as_str().to_owned(),
-            issued_by: issued_by.to_owned(),
-            issued_at: now,
-            expires_at: now + ttl,
-            revoked_at: None,
-        };
+            tenant.id,
+            target.region.name.to_string(),
+            target.database.clone(),
+            role.clone(),
+            access.as_str().to_owned(),
+            issued_by.to_owned(),
+            now,
+            now + ttl,
+        );
         // Recorded first: a crash after the role exists still leaves a
         // lease for the sweeper to revoke.
         self.store.insert_lease(&lease).await?;
@@ -185,11 +211,29 @@ impl Credentials {
 
     /// Ends the lease's sessions, drops its role and marks it revoked.
     /// Returns whether this call revoked it (false: it already was).
+    ///
+    /// The role is made `NOLOGIN`, its password removed and its sessions
+    /// ended before anything else, so a lease whose role then cannot be
+    /// dropped is dead all the same; the failure is recorded on the lease
+    /// and the sweeper tries again with backoff.
     pub async fn revoke(
         &self,
         lease: &Lease,
         now: OffsetDateTime,
     ) -> Result<bool, CredentialError> {
+        match self.drop_role(lease).await {
+            Ok(()) => Ok(self.store.mark_lease_revoked(lease.id, now).await?),
+            Err(error) => {
+                let attempts = lease.attempts.saturating_add(1);
+                let retry = now + retry_after(attempts);
+                let reason = error.to_string();
+                self.store.record_lease_failure(lease.id, attempts, retry, &reason).await?;
+                Err(error)
+            }
+        }
+    }
+
+    async fn drop_role(&self, lease: &Lease) -> Result<(), CredentialError> {
         let region = self.regions.get(&lease.region).map_err(|e| {
             CredentialError::Unavailable(format!(
                 "{e}; configure it again to revoke lease {}",
@@ -201,52 +245,100 @@ impl Credentials {
             // The owner the lease's objects go to, from the database's own
             // naming: `<database>_owner`.
             let owner = format!("{}_owner", lease.database);
-            let servers = &self.servers;
-            let database = lease.database.as_str();
-            let tenant_db = async || {
-                servers
-                    .database_pool(&region.name, url, database)
-                    .await
-                    .map_err(|e| bulkhead_vault::VaultError::Database(e.to_string()))
-            };
-            drop_login_role(&pool, tenant_db, &lease.role, &owner).await?;
+            let heir = Heir { database: &lease.database, owner: &owner };
+            let databases = self.servers.databases(&region.name, url);
+            drop_login_role(&pool, &databases, &lease.role, heir).await?;
         }
-        Ok(self.store.mark_lease_revoked(lease.id, now).await?)
+        Ok(())
     }
 
-    /// Revokes every live lease of the tenant (offboarding).
+    /// Revokes every live lease of the tenant (offboarding). Every lease is
+    /// tried, and the first failure returned after.
     pub async fn revoke_all(
         &self,
         tenant: &Tenant,
         now: OffsetDateTime,
     ) -> Result<usize, CredentialError> {
         let mut revoked = 0;
+        let mut failed = None;
         for lease in self.store.leases(tenant.id, false).await? {
-            if self.revoke(&lease, now).await? {
-                revoked += 1;
-            }
-        }
-        Ok(revoked)
-    }
-
-    /// Revokes up to `limit` expired leases; returns those it revoked.
-    pub async fn expire(
-        &self,
-        now: OffsetDateTime,
-        limit: u32,
-    ) -> Result<Vec<Lease>, CredentialError> {
-        let mut revoked = Vec::new();
-        for lease in self.store.expired_leases(now, limit).await? {
             match self.revoke(&lease, now).await {
-                Ok(true) => revoked.push(lease),
+                Ok(true) => revoked += 1,
                 Ok(false) => {}
-                // One unreachable region must not hold up the others.
                 Err(error) => {
-                    tracing::warn!(lease = %lease.id, role = %lease.role, %error, "cannot revoke an expired lease; retrying on the next sweep");
+                    failed.get_or_insert(CredentialError::Database(format!(
+                        "lease {} ({}): {error}",
+                        lease.id, lease.role
+                    )));
                 }
             }
         }
-        Ok(revoked)
+        failed.map_or(Ok(revoked), Err)
+    }
+
+    /// Revokes leases due for it (expired, or a failed attempt's retry
+    /// time has come), a few at a time: up to [`SWEEP_BATCH`], at most
+    /// [`SWEEP_PER_TENANT`] of one tenant, so one tenant's stuck leases
+    /// never keep another's from ending on time.
+    pub async fn expire(&self, now: OffsetDateTime) -> Result<Expired, CredentialError> {
+        let due = self.store.expired_leases(now, SWEEP_BATCH, SWEEP_PER_TENANT).await?;
+        let outcomes: Vec<(Lease, Result<bool, CredentialError>)> = futures_util::stream::iter(due)
+            .map(|lease| async move {
+                let result = self.revoke(&lease, now).await;
+                (lease, result)
+            })
+            .buffer_unordered(SWEEP_CONCURRENCY)
+            .collect()
+            .await;
+        let mut expired = Expired::default();
+        for (mut lease, result) in outcomes {
+            match result {
+                Ok(true) => expired.revoked.push(lease),
+                Ok(false) => {}
+                Err(error) => {
+                    lease.attempts = lease.attempts.saturating_add(1);
+                    tracing::warn!(lease = %lease.id, role = %lease.role, attempts = lease.attempts, %error, "cannot revoke a lease; its role cannot log in, and it is retried with backoff");
+                    expired.failed.push((lease, error.to_string()));
+                }
+            }
+        }
+        Ok(expired)
+    }
+
+    /// Makes the leases of suspended tenants unable to log in (their
+    /// sessions ended), and lets those of resumed tenants log in again
+    /// unless they expired meanwhile; returns how many of each.
+    pub async fn apply_suspensions(
+        &self,
+        now: OffsetDateTime,
+    ) -> Result<(usize, usize), CredentialError> {
+        let (mut disabled, mut enabled) = (0, 0);
+        for lease in self.store.leases_to_disable(SWEEP_BATCH).await? {
+            if let Some(pool) = self.admin_pool(&lease)? {
+                disable_login(&pool, &lease.role, false).await?;
+            }
+            self.store.set_lease_disabled(lease.id, Some(now)).await?;
+            disabled += 1;
+        }
+        for lease in self.store.leases_to_enable(now, SWEEP_BATCH).await? {
+            if let Some(pool) = self.admin_pool(&lease)? {
+                enable_login(&pool, &lease.role).await?;
+            }
+            self.store.set_lease_disabled(lease.id, None).await?;
+            enabled += 1;
+        }
+        Ok((disabled, enabled))
+    }
+
+    /// The admin pool of the server a lease's role lives on.
+    fn admin_pool(&self, lease: &Lease) -> Result<Option<sqlx::PgPool>, CredentialError> {
+        let region = self.regions.get(&lease.region).map_err(|e| {
+            CredentialError::Unavailable(format!("{e}; lease {} needs it", lease.id))
+        })?;
+        match &region.databases {
+            DatabaseLocation::Postgres(url) => Ok(Some(self.servers.pool(&region.name, url)?)),
+            DatabaseLocation::Embedded => Ok(None),
+        }
     }
 
     pub fn owner_role(&self, tenant: &Tenant) -> Option<String> {

@@ -43,6 +43,12 @@ struct VaultLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct JobLabels {
+    job: String,
+    outcome: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StateLabels {
     state: String,
 }
@@ -58,6 +64,9 @@ pub struct Metrics {
     step_failures: Family<StepLabels, Counter>,
     tenants: Family<StateLabels, Gauge>,
     vault_operations: Family<VaultLabels, Counter>,
+    job_runs: Family<JobLabels, Counter>,
+    lease_revocation_failures: Counter,
+    leases_stuck: Gauge,
 }
 
 /// 1 ms to about 33 s.
@@ -98,7 +107,31 @@ impl Metrics {
              outcome (ok, failed, not_found, denied, alert)",
             vault_operations.clone(),
         );
+        let job_runs = Family::<JobLabels, Counter>::default();
+        registry.register(
+            "background_job_runs",
+            "Runs of the scheduled jobs (lease_sweep, data_key_rotation, realm_key_rotation, \
+             audit_retention) by outcome (ok, failed)",
+            job_runs.clone(),
+        );
+        let lease_revocation_failures = Counter::default();
+        registry.register(
+            "lease_revocation_failures",
+            "Attempts at dropping a database credential's role that failed (the role was \
+             disabled and is retried with backoff)",
+            lease_revocation_failures.clone(),
+        );
+        let leases_stuck = Gauge::default();
+        registry.register(
+            "leases_stuck",
+            "Database credentials whose role could not be dropped yet (see `bulkhead creds list \
+             --all` for the reason)",
+            leases_stuck.clone(),
+        );
         Self {
+            job_runs,
+            lease_revocation_failures,
+            leases_stuck,
             registry,
             http_requests,
             http_seconds,
@@ -130,6 +163,22 @@ impl Metrics {
         self.vault_operations
             .get_or_create(&VaultLabels { action: action.to_owned(), outcome: outcome.to_owned() })
             .inc();
+    }
+
+    /// Counts a run of a scheduled job.
+    pub fn job_ran(&self, job: &str, ok: bool) {
+        let outcome = if ok { "ok" } else { "failed" };
+        self.job_runs
+            .get_or_create(&JobLabels { job: job.to_owned(), outcome: outcome.to_owned() })
+            .inc();
+    }
+
+    pub fn lease_revocation_failed(&self) {
+        self.lease_revocation_failures.inc();
+    }
+
+    pub fn set_leases_stuck(&self, count: u64) {
+        self.leases_stuck.set(i64::try_from(count).unwrap_or(i64::MAX));
     }
 
     pub fn step_failed(&self, step: &str, action: &str) {

@@ -183,7 +183,9 @@ fn spawn_jobs(
     let mut jobs = vec![tokio::spawn(every(settings.sweep_every, stopping.clone(), move || {
         let vault = Arc::clone(&sweeper);
         async move {
-            match vault.expire_leases().await {
+            let result = vault.expire_leases().await;
+            vault.metrics().job_ran("lease_sweep", result.is_ok());
+            match result {
                 Ok(0) => {}
                 Ok(revoked) => tracing::info!(revoked, "revoked expired database credentials"),
                 Err(error) => tracing::warn!(%error, "cannot sweep expired credentials"),
@@ -198,7 +200,9 @@ fn spawn_jobs(
             move || {
                 let vault = Arc::clone(&rotator);
                 async move {
-                    match vault.rotate_due_keys(policy).await {
+                    let result = vault.rotate_due_keys(policy).await;
+                    vault.metrics().job_ran("data_key_rotation", result.is_ok());
+                    match result {
                         Ok(0) => {}
                         Ok(rotated) => tracing::info!(rotated, "rotated data keys due by policy"),
                         Err(error) => {
@@ -211,11 +215,15 @@ fn spawn_jobs(
     }
     if let Some(policy) = config.rotate_realm_keys_every {
         let identity = Arc::clone(identity);
+        let metrics = Arc::clone(vault.metrics());
         let check = settings.rotation_check_every.min(policy);
         jobs.push(tokio::spawn(every(check, stopping.clone(), move || {
             let identity = Arc::clone(&identity);
+            let metrics = Arc::clone(&metrics);
             async move {
-                match identity.rotate_due_keys(policy).await {
+                let result = identity.rotate_due_keys(policy).await;
+                metrics.job_ran("realm_key_rotation", result.is_ok());
+                match result {
                     Ok(0) => {}
                     Ok(rotated) => tracing::info!(rotated, "rotated realm keys due by policy"),
                     Err(error) => tracing::warn!(%error, "cannot run scheduled realm key rotation"),
@@ -224,10 +232,14 @@ fn spawn_jobs(
         })));
     }
     let retention = Arc::clone(audit);
+    let metrics = Arc::clone(vault.metrics());
     jobs.push(tokio::spawn(every(config.audit_retention_every, stopping.clone(), move || {
         let audit = Arc::clone(&retention);
+        let metrics = Arc::clone(&metrics);
         async move {
-            match audit.apply_retention().await {
+            let result = audit.apply_retention().await;
+            metrics.job_ran("audit_retention", result.is_ok());
+            match result {
                 Ok(0) => {}
                 Ok(deleted) => {
                     tracing::info!(deleted, "deleted audit events past their plan's retention")

@@ -94,6 +94,10 @@ impl VaultService {
         Self { store, vault, credentials, plans, clock, events, anomaly, metrics }
     }
 
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
     /// Records an event about a tenant's vault and counts it.
     async fn note(
         &self,
@@ -487,17 +491,53 @@ impl VaultService {
 
     // ---- background work -----------------------------------------------
 
-    /// Revokes expired leases; returns how many.
+    /// Revokes the leases due for it and applies suspensions to leases;
+    /// returns how many leases were revoked. A lease that cannot be
+    /// revoked is recorded in its tenant's stream (without the reason,
+    /// which may name another tenant's database) and, with the reason, in
+    /// the platform's, at its 1st, 2nd, 4th, 8th ... attempt.
     pub async fn expire_leases(&self) -> Result<usize> {
         let now = self.clock.now();
-        let expired = self.credentials.expire(now, 100).await?;
-        for lease in &expired {
+        let expired = self.credentials.expire(now).await?;
+        for lease in &expired.revoked {
             if let Some(tenant) = self.store.tenant_by_id(lease.tenant_id).await? {
                 let details = json!({ "lease": lease.id, "role": lease.role });
                 self.note(&Actor::Scheduler, &tenant, "credential.expire", "ok", details).await;
             }
         }
-        Ok(expired.len())
+        for (lease, reason) in &expired.failed {
+            self.metrics.lease_revocation_failed();
+            let Some(tenant) = self.store.tenant_by_id(lease.tenant_id).await? else { continue };
+            if lease.attempts.count_ones() != 1 {
+                continue;
+            }
+            let details = json!({
+                "lease": lease.id, "role": lease.role, "attempts": lease.attempts,
+                "login": "disabled",
+            });
+            self.note(&Actor::Scheduler, &tenant, "credential.expire", "failed", details).await;
+            let alert = json!({
+                "tenant": tenant.name, "lease": lease.id, "role": lease.role,
+                "attempts": lease.attempts, "reason": reason,
+            });
+            self.events
+                .record_platform(&Actor::Scheduler, "credential.stuck", "alert", alert)
+                .await;
+        }
+        let (disabled, enabled) = self.credentials.apply_suspensions(now).await?;
+        if disabled + enabled > 0 {
+            tracing::info!(disabled, enabled, "applied tenant suspensions to database credentials");
+        }
+        self.metrics.set_leases_stuck(self.store.stuck_leases().await?);
+        Ok(expired.revoked.len())
+    }
+
+    /// Makes the suspended tenant's database credentials unable to log in
+    /// (ending their sessions), or lets a resumed tenant's log in again,
+    /// now rather than at the next sweep.
+    pub async fn apply_suspensions(&self) -> Result<()> {
+        self.credentials.apply_suspensions(self.clock.now()).await?;
+        Ok(())
     }
 
     /// Rotates (and re-encrypts under) the data key of every open tenant

@@ -727,17 +727,102 @@ macro_rules! impl_vault_store {
                 &self,
                 now: time::OffsetDateTime,
                 limit: u32,
+                per_tenant: u32,
             ) -> Result<Vec<$crate::Lease>, $crate::StoreError> {
                 Ok(sqlx::query_as(concat!(
                     "SELECT ",
                     $crate::vault::lease_columns!(),
-                    " FROM vault_leases WHERE revoked_at IS NULL AND expires_at <= $1 \
-                     ORDER BY expires_at LIMIT $2"
+                    " FROM (SELECT *, COALESCE(next_attempt_at, expires_at) AS due, \
+                       ROW_NUMBER() OVER (PARTITION BY tenant_id \
+                         ORDER BY COALESCE(next_attempt_at, expires_at), id) AS nth \
+                     FROM vault_leases WHERE revoked_at IS NULL \
+                       AND ((expires_at <= $1 AND next_attempt_at IS NULL) \
+                         OR next_attempt_at <= $1)) AS due_leases \
+                     WHERE nth <= $3 ORDER BY due, id LIMIT $2"
+                ))
+                .bind(now)
+                .bind(i64::from(limit))
+                .bind(i64::from(per_tenant))
+                .fetch_all(&self.read)
+                .await?)
+            }
+
+            async fn record_lease_failure(
+                &self,
+                id: uuid::Uuid,
+                attempts: i32,
+                next_attempt_at: time::OffsetDateTime,
+                error: &str,
+            ) -> Result<(), $crate::StoreError> {
+                sqlx::query(
+                    "UPDATE vault_leases SET attempts = $2, next_attempt_at = $3, last_error = $4 \
+                     WHERE id = $1",
+                )
+                .bind(id)
+                .bind(attempts)
+                .bind(next_attempt_at)
+                .bind(error)
+                .execute(&self.write)
+                .await?;
+                Ok(())
+            }
+
+            async fn leases_to_disable(
+                &self,
+                limit: u32,
+            ) -> Result<Vec<$crate::Lease>, $crate::StoreError> {
+                Ok(sqlx::query_as(concat!(
+                    "SELECT ",
+                    $crate::vault::lease_columns!(),
+                    " FROM vault_leases WHERE revoked_at IS NULL AND disabled_at IS NULL \
+                     AND tenant_id IN (SELECT id FROM tenants WHERE state = 'suspended') \
+                     ORDER BY issued_at, id LIMIT $1"
+                ))
+                .bind(i64::from(limit))
+                .fetch_all(&self.read)
+                .await?)
+            }
+
+            async fn leases_to_enable(
+                &self,
+                now: time::OffsetDateTime,
+                limit: u32,
+            ) -> Result<Vec<$crate::Lease>, $crate::StoreError> {
+                Ok(sqlx::query_as(concat!(
+                    "SELECT ",
+                    $crate::vault::lease_columns!(),
+                    " FROM vault_leases WHERE revoked_at IS NULL AND disabled_at IS NOT NULL \
+                     AND expires_at > $1 \
+                     AND tenant_id IN (SELECT id FROM tenants WHERE state = 'active') \
+                     ORDER BY issued_at, id LIMIT $2"
                 ))
                 .bind(now)
                 .bind(i64::from(limit))
                 .fetch_all(&self.read)
                 .await?)
+            }
+
+            async fn set_lease_disabled(
+                &self,
+                id: uuid::Uuid,
+                at: Option<time::OffsetDateTime>,
+            ) -> Result<(), $crate::StoreError> {
+                sqlx::query("UPDATE vault_leases SET disabled_at = $2 WHERE id = $1")
+                    .bind(id)
+                    .bind(at)
+                    .execute(&self.write)
+                    .await?;
+                Ok(())
+            }
+
+            async fn stuck_leases(&self) -> Result<u64, $crate::StoreError> {
+                let (count,): (i64,) = sqlx::query_as(
+                    "SELECT COUNT(*) FROM vault_leases \
+                     WHERE revoked_at IS NULL AND attempts > 0",
+                )
+                .fetch_one(&self.read)
+                .await?;
+                Ok(u64::try_from(count).unwrap_or(0))
             }
 
             async fn mark_lease_revoked(

@@ -78,6 +78,47 @@ pub struct Lease {
     pub issued_at: OffsetDateTime,
     pub expires_at: OffsetDateTime,
     pub revoked_at: Option<OffsetDateTime>,
+    /// Failed attempts at revoking it once it expired or was revoked.
+    pub attempts: i32,
+    /// When the sweeper tries again after a failed attempt.
+    pub next_attempt_at: Option<OffsetDateTime>,
+    /// Why the last attempt failed.
+    pub last_error: Option<String>,
+    /// Set while its role cannot log in because its tenant is suspended.
+    pub disabled_at: Option<OffsetDateTime>,
+}
+
+impl Lease {
+    /// A lease as issued: nothing attempted, not disabled.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        id: Uuid,
+        tenant_id: TenantId,
+        region: String,
+        database: String,
+        role: String,
+        access: String,
+        issued_by: String,
+        issued_at: OffsetDateTime,
+        expires_at: OffsetDateTime,
+    ) -> Self {
+        Self {
+            id,
+            tenant_id,
+            region,
+            database,
+            role,
+            access,
+            issued_by,
+            issued_at,
+            expires_at,
+            revoked_at: None,
+            attempts: 0,
+            next_attempt_at: None,
+            last_error: None,
+            disabled_at: None,
+        }
+    }
 }
 
 /// A key another capability keeps under the tenant's data key.
@@ -223,12 +264,50 @@ pub trait VaultStore: Send + Sync + fmt::Debug {
     /// The tenant's leases, newest first; revoked ones only if asked for.
     async fn leases(&self, tenant: TenantId, revoked: bool) -> Result<Vec<Lease>, StoreError>;
 
-    /// Up to `limit` unrevoked leases that expired at or before `now`.
+    /// Up to `limit` unrevoked leases due for revocation: expired at or
+    /// before `now` and never attempted, or a failed attempt's
+    /// `next_attempt_at` has come (an explicit revoke that failed included),
+    /// the longest-waiting first, and at most `per_tenant` of any one tenant:
+    /// one tenant's leases that keep failing never crowd out another's.
     async fn expired_leases(
         &self,
         now: OffsetDateTime,
         limit: u32,
+        per_tenant: u32,
     ) -> Result<Vec<Lease>, StoreError>;
+
+    /// Records a failed attempt at revoking a lease: its count, when to try
+    /// again and why it failed.
+    async fn record_lease_failure(
+        &self,
+        id: Uuid,
+        attempts: i32,
+        next_attempt_at: OffsetDateTime,
+        error: &str,
+    ) -> Result<(), StoreError>;
+
+    /// Live leases whose role should not log in (their tenant is
+    /// suspended) and still can; up to `limit`.
+    async fn leases_to_disable(&self, limit: u32) -> Result<Vec<Lease>, StoreError>;
+
+    /// Disabled, unexpired leases whose tenant is active again; up to
+    /// `limit`.
+    async fn leases_to_enable(
+        &self,
+        now: OffsetDateTime,
+        limit: u32,
+    ) -> Result<Vec<Lease>, StoreError>;
+
+    /// Sets or clears `disabled_at`.
+    async fn set_lease_disabled(
+        &self,
+        id: Uuid,
+        at: Option<OffsetDateTime>,
+    ) -> Result<(), StoreError>;
+
+    /// How many unrevoked leases have failed to be revoked at least once:
+    /// the ones stuck.
+    async fn stuck_leases(&self) -> Result<u64, StoreError>;
 
     /// Marks a lease revoked unless it already is; returns whether this call
     /// did.
@@ -248,7 +327,7 @@ pub trait VaultStore: Send + Sync + fmt::Debug {
 macro_rules! lease_columns {
     () => {
         "id, tenant_id, region, database, role, access, issued_by, issued_at, expires_at, \
-         revoked_at"
+         revoked_at, attempts, next_attempt_at, last_error, disabled_at"
     };
 }
 pub(crate) use lease_columns;

@@ -87,6 +87,10 @@ impl TestDatabase {
                 .await
                 .unwrap_or_default();
         for db in databases.into_iter().map(|(d,)| d).chain([name.clone()]) {
+            // A test may have made one a template, as a tenant could.
+            let sql =
+                format!("ALTER DATABASE \"{db}\" WITH IS_TEMPLATE false ALLOW_CONNECTIONS true");
+            let _ = sqlx::query(AssertSqlSafe(sql)).execute(&mut conn).await;
             let sql = format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)");
             let _ = sqlx::query(AssertSqlSafe(sql)).execute(&mut conn).await;
         }

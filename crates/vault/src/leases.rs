@@ -90,9 +90,7 @@ pub async fn create_login_role(
     spec: &LoginRole<'_>,
     password: &str,
 ) -> Result<(), VaultError> {
-    if !is_identifier(spec.role) || !is_identifier(spec.acts_as) {
-        return Err(VaultError::Database("refusing to build DDL from unexpected names".into()));
-    }
+    check_identifiers(&[spec.role, spec.acts_as])?;
     let verifier = scram_verifier(password)?;
     let valid_until = spec
         .valid_until
@@ -126,66 +124,233 @@ fn redact(error: &sqlx::Error) -> String {
     }
 }
 
-/// Ends the role's sessions and drops it. Objects it owns in the tenant's
-/// database (made after an explicit `SET ROLE` to itself) are first given
-/// to `owner` there, through `tenant_db`. Dropping a role that is gone
-/// succeeds.
-pub async fn drop_login_role(
-    admin: &PgPool,
-    tenant_db: impl AsyncFnOnce() -> Result<PgPool, VaultError>,
-    role: &str,
-    owner: &str,
-) -> Result<(), VaultError> {
-    if !is_identifier(role) || !is_identifier(owner) {
-        return Err(VaultError::Database("refusing to build DDL from unexpected names".into()));
-    }
-    let exists: Option<(i32,)> = sqlx::query_as("SELECT 1 FROM pg_roles WHERE rolname = $1")
-        .bind(role)
-        .fetch_optional(admin)
-        .await
-        .map_err(db_error("cannot reach the region's PostgreSQL server"))?;
-    if exists.is_none() {
-        return Ok(());
-    }
-    // No new logins while the sessions are ended. A concurrent revoke may
-    // have dropped the role since it was looked up: that is success.
-    match sqlx::query(AssertSqlSafe(format!("ALTER ROLE \"{role}\" NOLOGIN"))).execute(admin).await
-    {
+/// Opens admin sessions to the databases of one PostgreSQL server.
+#[async_trait::async_trait]
+pub trait Databases: Send + Sync {
+    /// A pool of admin sessions in `database`, with settings that a tenant
+    /// cannot override with `ALTER DATABASE ... SET`.
+    async fn connect(&self, database: &str) -> Result<PgPool, VaultError>;
+}
+
+/// Where a dropped role's objects go: into its tenant's database, to the
+/// role that owns the tenant's data there, so that what a lease made (after
+/// an explicit `SET ROLE` to itself) outlives the lease.
+#[derive(Debug, Clone, Copy)]
+pub struct Heir<'a> {
+    pub database: &'a str,
+    pub owner: &'a str,
+}
+
+/// Stops `role` from logging in and ends its sessions; with `forget`, also
+/// removes its password, for a role that is going away. Returns whether
+/// the role exists. A role dropped meanwhile is not there: `false`.
+pub async fn disable_login(admin: &PgPool, role: &str, forget: bool) -> Result<bool, VaultError> {
+    check_identifiers(&[role])?;
+    let alter = if forget {
+        format!("ALTER ROLE \"{role}\" NOLOGIN PASSWORD NULL")
+    } else {
+        format!("ALTER ROLE \"{role}\" NOLOGIN")
+    };
+    match sqlx::query(AssertSqlSafe(alter)).execute(admin).await {
         Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some(UNDEFINED_OBJECT) => {
-            return Ok(());
+            return Ok(false);
         }
         other => other.map_err(db_error("cannot disable the login role"))?,
     };
-    // Waits up to 5 s for each session to end, so that the drop below
+    // Waits up to 5 s for each session to end, so that a drop after this
     // does not race them.
     sqlx::query("SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity WHERE usename = $1")
         .bind(role)
         .execute(admin)
         .await
         .map_err(db_error("cannot end the login role's sessions"))?;
+    Ok(true)
+}
+
+/// Lets `role` log in again (a suspended tenant resumed). Its password and
+/// expiry are as they were.
+pub async fn enable_login(admin: &PgPool, role: &str) -> Result<bool, VaultError> {
+    check_identifiers(&[role])?;
+    match sqlx::query(AssertSqlSafe(format!("ALTER ROLE \"{role}\" LOGIN"))).execute(admin).await {
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some(UNDEFINED_OBJECT) => Ok(false),
+        other => other.map(|_| true).map_err(db_error("cannot enable the login role")),
+    }
+}
+
+/// Ends the login role's sessions and drops it, whatever anyone granted to
+/// it: see [`drop_role`]. Dropping a role that is gone succeeds.
+pub async fn drop_login_role(
+    admin: &PgPool,
+    databases: &dyn Databases,
+    role: &str,
+    heir: Heir<'_>,
+) -> Result<(), VaultError> {
+    if disable_login(admin, role, true).await? {
+        drop_role(admin, databases, role, Some(heir)).await?;
+    }
+    Ok(())
+}
+
+/// Drops `role` after removing what ties it to any database of the server.
+///
+/// Anyone who can create an object can grant on it to any role they can
+/// name, and role names are public (`pg_roles`): a tenant can grant on its
+/// own table to another tenant's role, which then cannot be dropped
+/// ("some objects depend on it") until that privilege is gone. So the
+/// databases where the role has privileges or objects are found from
+/// `pg_shdepend`, and in each one its privileges are revoked and its
+/// objects dropped (`DROP OWNED`), except in the heir's database, where its
+/// objects are first given to the heir (`REASSIGN OWNED`). Sessions run
+/// with settings a tenant cannot change through `ALTER DATABASE` (see
+/// [`Databases`]). An error names the database and the objects that still
+/// hold the role.
+pub async fn drop_role(
+    admin: &PgPool,
+    server: &dyn Databases,
+    role: &str,
+    heir: Option<Heir<'_>>,
+) -> Result<(), VaultError> {
+    check_identifiers(&[role])?;
+    if let Some(heir) = heir {
+        check_identifiers(&[heir.owner])?;
+    }
     let drop = format!("DROP ROLE IF EXISTS \"{role}\"");
     match sqlx::query(AssertSqlSafe(drop.clone())).execute(admin).await {
         Ok(_) => return Ok(()),
-        // It still owns objects.
         Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some(DEPENDENT_OBJECTS) => {}
-        Err(e) => return Err(db_error("cannot drop the login role")(e)),
+        Err(e) => return Err(role_error(role, "cannot drop the role", &e)),
     }
-    let tenant_db = tenant_db().await?;
-    let reassign = format!("REASSIGN OWNED BY \"{role}\" TO \"{owner}\"");
-    sqlx::query(AssertSqlSafe(reassign))
-        .execute(&tenant_db)
-        .await
-        .map_err(db_error("cannot reassign the login role's objects"))?;
-    sqlx::query(AssertSqlSafe(format!("DROP OWNED BY \"{role}\"")))
-        .execute(&tenant_db)
-        .await
-        .map_err(db_error("cannot drop the login role's privileges"))?;
-    tenant_db.close().await;
+    // Databases holding objects that depend on the role, and whether any
+    // shared object (a database's privileges) does; `DROP OWNED` in any
+    // database clears the latter.
+    let rows: Vec<(Option<String>,)> = sqlx::query_as(
+        "SELECT DISTINCT d.datname::text FROM pg_catalog.pg_shdepend s \
+         LEFT JOIN pg_catalog.pg_database d ON d.oid = s.dbid \
+         WHERE s.refclassid = 'pg_catalog.pg_authid'::pg_catalog.regclass \
+           AND s.refobjid = (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = $1)",
+    )
+    .bind(role)
+    .fetch_all(admin)
+    .await
+    .map_err(db_error("cannot find where the role is used"))?;
+    let mut databases: Vec<String> = rows.iter().filter_map(|(d,)| d.clone()).collect();
+    let shared = rows.iter().any(|(d,)| d.is_none());
+    for database in &databases {
+        reopen_database(admin, database).await?;
+    }
+    if let Some(heir) = heir
+        && !databases.iter().any(|d| d == heir.database)
+    {
+        // Reassigning there is what keeps a lease's tables: always done.
+        databases.insert(0, heir.database.to_owned());
+    } else if shared && databases.is_empty() {
+        let (current,): (String,) = sqlx::query_as("SELECT current_database()::text")
+            .fetch_one(admin)
+            .await
+            .map_err(db_error("cannot reach the region's PostgreSQL server"))?;
+        databases.push(current);
+    }
+    for database in &databases {
+        let mut statements = Vec::with_capacity(2);
+        if let Some(heir) = heir.filter(|h| h.database == database) {
+            statements.push(format!("REASSIGN OWNED BY \"{role}\" TO \"{}\"", heir.owner));
+        }
+        statements.push(format!("DROP OWNED BY \"{role}\""));
+        let pool = match server.connect(database).await {
+            Ok(pool) => pool,
+            // Dropped meanwhile (a tenant offboarded): nothing left there.
+            Err(_) if !database_exists(admin, database).await? => continue,
+            Err(e) => {
+                return Err(VaultError::Database(format!(
+                    "role {role}: cannot enter database {database}, where it has privileges or \
+                     objects: {e}"
+                )));
+            }
+        };
+        let result = async {
+            let mut tx = pool.begin().await?;
+            for statement in statements {
+                sqlx::query(AssertSqlSafe(statement)).execute(&mut *tx).await?;
+            }
+            tx.commit().await
+        }
+        .await;
+        pool.close().await;
+        result.map_err(|e| {
+            role_error(role, &format!("cannot clear it in database {database}"), &e)
+        })?;
+    }
     sqlx::query(AssertSqlSafe(drop))
         .execute(admin)
         .await
-        .map_err(db_error("cannot drop the login role"))?;
+        .map_err(|e| role_error(role, "cannot drop the role", &e))?;
     Ok(())
+}
+
+/// Undoes what a tenant's owner role can do to its own database to keep
+/// Bulkhead out or to keep it from being dropped: refuse connections
+/// (from another database), limit them to none, or mark it a template.
+/// Only for databases no superuser owns, which are tenants' (the server's
+/// own templates and administrators' databases are left alone).
+pub async fn reopen_database(admin: &PgPool, database: &str) -> Result<(), VaultError> {
+    let state: Option<(bool, bool, i32, bool)> = sqlx::query_as(
+        "SELECT d.datallowconn, d.datistemplate, d.datconnlimit, r.rolsuper \
+         FROM pg_catalog.pg_database d JOIN pg_catalog.pg_roles r ON r.oid = d.datdba \
+         WHERE d.datname = $1",
+    )
+    .bind(database)
+    .fetch_optional(admin)
+    .await
+    .map_err(db_error("cannot reach the region's PostgreSQL server"))?;
+    let Some((allows, template, limit, superuser_owned)) = state else { return Ok(()) };
+    if superuser_owned || (allows && !template && limit == -1) {
+        return Ok(());
+    }
+    if !is_identifier(database) {
+        return Err(VaultError::Database("refusing to build DDL from unexpected names".into()));
+    }
+    let alter = format!(
+        "ALTER DATABASE \"{database}\" WITH ALLOW_CONNECTIONS true CONNECTION LIMIT -1 \
+         IS_TEMPLATE false"
+    );
+    sqlx::query(AssertSqlSafe(alter)).execute(admin).await.map_err(|e| {
+        VaultError::Database(format!("cannot reopen database {database}: {}", redact(&e)))
+    })?;
+    tracing::warn!(
+        database,
+        "a tenant had closed its database to connections or made it a template; reopened it"
+    );
+    Ok(())
+}
+
+async fn database_exists(admin: &PgPool, database: &str) -> Result<bool, VaultError> {
+    let found: Option<(i32,)> =
+        sqlx::query_as("SELECT 1 FROM pg_catalog.pg_database WHERE datname = $1")
+            .bind(database)
+            .fetch_optional(admin)
+            .await
+            .map_err(db_error("cannot reach the region's PostgreSQL server"))?;
+    Ok(found.is_some())
+}
+
+fn check_identifiers(names: &[&str]) -> Result<(), VaultError> {
+    if names.iter().all(|name| is_identifier(name)) {
+        Ok(())
+    } else {
+        Err(VaultError::Database("refusing to build DDL from unexpected names".into()))
+    }
+}
+
+/// The server's message with its detail (which objects hold the role), never
+/// the statement.
+fn role_error(role: &str, what: &str, error: &sqlx::Error) -> VaultError {
+    let detail = error
+        .as_database_error()
+        .and_then(|db| db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>())
+        .and_then(|pg| pg.detail())
+        .map(|detail| format!(": {}", detail.replace('\n', "; ")))
+        .unwrap_or_default();
+    VaultError::Database(format!("role {role}: {what}: {}{detail}", redact(error)))
 }
 
 #[cfg(test)]

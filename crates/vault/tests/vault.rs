@@ -422,30 +422,86 @@ async fn leases_and_lockouts_are_recorded(f: Fixture) {
     use bulkhead_store::{Lease, Lockout};
     let acme = f.tenant("acme").await;
     let at = now();
-    let lease = |minutes: i64, role: &str| Lease {
-        id: uuid::Uuid::new_v4(),
-        tenant_id: acme,
-        region: "local".into(),
-        database: "bh_acme_1".into(),
-        role: role.into(),
-        access: "read".into(),
-        issued_by: "operator:test".into(),
-        issued_at: at,
-        expires_at: at + time::Duration::minutes(minutes),
-        revoked_at: None,
+    let lease = |tenant: TenantId, minutes: i64, role: &str| {
+        Lease::new(
+            uuid::Uuid::new_v4(),
+            tenant,
+            "local".into(),
+            "bh_acme_1".into(),
+            role.into(),
+            "read".into(),
+            "operator:test".into(),
+            at,
+            at + time::Duration::minutes(minutes),
+        )
     };
-    let (expired, live) = (lease(-1, "bh_l_a"), lease(60, "bh_l_b"));
+    let (expired, live) = (lease(acme, -1, "bh_l_a"), lease(acme, 60, "bh_l_b"));
     f.store.insert_lease(&expired).await.unwrap();
     f.store.insert_lease(&live).await.unwrap();
     assert_eq!(f.store.lease(live.id).await.unwrap().as_ref(), Some(&live));
-    assert_eq!(f.store.expired_leases(at, 10).await.unwrap(), std::slice::from_ref(&expired));
+    assert_eq!(f.store.expired_leases(at, 10, 10).await.unwrap(), std::slice::from_ref(&expired));
     assert_eq!(f.store.leases(acme, false).await.unwrap().len(), 2);
     assert!(f.store.mark_lease_revoked(expired.id, at).await.unwrap());
     assert!(!f.store.mark_lease_revoked(expired.id, at).await.unwrap(), "once only");
-    assert!(f.store.expired_leases(at, 10).await.unwrap().is_empty());
+    assert!(f.store.expired_leases(at, 10, 10).await.unwrap().is_empty());
     assert_eq!(f.store.leases(acme, false).await.unwrap(), std::slice::from_ref(&live));
     assert_eq!(f.store.leases(acme, true).await.unwrap().len(), 2);
     assert_eq!(f.store.lease(expired.id).await.unwrap().unwrap().revoked_at, Some(at));
+
+    // One tenant's many expired leases never fill the sweeper's batch: at
+    // most `per_tenant` of each, and one that failed waits its backoff.
+    let stuck = f.tenant("stuck").await;
+    let victim = f.tenant("victim").await;
+    let mut stuck_leases = Vec::new();
+    for i in 0..5 {
+        let lease = lease(stuck, -10 - i, &format!("bh_l_s{i}"));
+        f.store.insert_lease(&lease).await.unwrap();
+        stuck_leases.push(lease);
+    }
+    let victims = lease(victim, -1, "bh_l_v");
+    f.store.insert_lease(&victims).await.unwrap();
+    let due = f.store.expired_leases(at, 3, 2).await.unwrap();
+    let tenants: Vec<_> = due.iter().map(|l| l.tenant_id).collect();
+    assert_eq!(tenants, [stuck, stuck, victim], "{due:?}");
+    for lease in &stuck_leases {
+        f.store
+            .record_lease_failure(lease.id, 1, at + time::Duration::minutes(1), "held")
+            .await
+            .unwrap();
+    }
+    let due = f.store.expired_leases(at, 100, 100).await.unwrap();
+    assert_eq!(due.iter().map(|l| l.id).collect::<Vec<_>>(), [victims.id], "backing off");
+    let later = at + time::Duration::minutes(2);
+    assert_eq!(f.store.expired_leases(later, 100, 100).await.unwrap().len(), 6);
+    assert_eq!(f.store.stuck_leases().await.unwrap(), 5);
+    let failed = f.store.lease(stuck_leases[0].id).await.unwrap().unwrap();
+    assert_eq!((failed.attempts, failed.last_error.as_deref()), (1, Some("held")));
+    // A live lease whose revocation failed is retried before its expiry.
+    f.store.record_lease_failure(live.id, 1, at, "held").await.unwrap();
+    assert!(f.store.expired_leases(at, 100, 100).await.unwrap().iter().any(|l| l.id == live.id));
+
+    // Suspension: leases of suspended tenants to disable, and back.
+    let set_state = async |state: bulkhead_model::TenantState| {
+        let mut tenant = f.store.tenant_by_id(acme).await.unwrap().unwrap();
+        tenant.transition(state).unwrap();
+        f.store.update_tenant(&tenant).await.unwrap();
+    };
+    set_state(bulkhead_model::TenantState::Active).await;
+    assert!(f.store.leases_to_disable(10).await.unwrap().is_empty(), "acme is active");
+    set_state(bulkhead_model::TenantState::Suspended).await;
+    let disable = f.store.leases_to_disable(10).await.unwrap();
+    assert_eq!(disable.iter().map(|l| l.id).collect::<Vec<_>>(), [live.id]);
+    f.store.set_lease_disabled(live.id, Some(at)).await.unwrap();
+    assert!(f.store.leases_to_disable(10).await.unwrap().is_empty());
+    assert!(f.store.leases_to_enable(at, 10).await.unwrap().is_empty(), "still suspended");
+    set_state(bulkhead_model::TenantState::Active).await;
+    let enable = f.store.leases_to_enable(at, 10).await.unwrap();
+    assert_eq!(enable.iter().map(|l| l.id).collect::<Vec<_>>(), [live.id]);
+    assert!(
+        f.store.leases_to_enable(later + time::Duration::hours(1), 10).await.unwrap().is_empty()
+    );
+    f.store.set_lease_disabled(live.id, None).await.unwrap();
+    assert!(f.store.leases_to_enable(at, 10).await.unwrap().is_empty());
 
     let lockout = Lockout { principal: "operator:x".into(), reason: "many".into(), locked_at: at };
     f.store.insert_lockout(&lockout).await.unwrap();

@@ -391,3 +391,24 @@ pub fn entries(dir: &Path) -> Vec<String> {
     names.sort();
     names
 }
+
+/// A connection to PostgreSQL, as a credential's URL says.
+pub async fn connect(url: &str) -> Result<sqlx::PgConnection, sqlx::Error> {
+    use sqlx::Connection;
+    sqlx::PgConnection::connect(url).await
+}
+
+/// A superuser connection to database `name` of the test server.
+pub async fn admin(name: &str) -> sqlx::PgConnection {
+    connect(&bulkhead_testkit::database_url(name)).await.unwrap()
+}
+
+pub async fn role_exists(role: &str) -> bool {
+    let mut admin = connect(&bulkhead_testkit::postgres_admin_url()).await.unwrap();
+    let found: Option<(i32,)> = sqlx::query_as("SELECT 1 FROM pg_roles WHERE rolname = $1")
+        .bind(role)
+        .fetch_optional(&mut admin)
+        .await
+        .unwrap();
+    found.is_some()
+}

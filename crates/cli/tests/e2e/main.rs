@@ -14,6 +14,7 @@ mod audit;
 mod bad_input;
 mod crash;
 mod identity;
+mod isolation;
 mod kit;
 mod lifecycle;
 mod startup;

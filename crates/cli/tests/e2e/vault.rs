@@ -6,9 +6,8 @@ use std::time::{Duration, Instant};
 
 use bulkhead_vault::{KeyEncryptionKey, KeyRole, LocalKey, master_key};
 use serde_json::Value;
-use sqlx::{Connection, PgConnection};
 
-use crate::kit::{Server, Store, command, exit_code, stderr, stdout};
+use crate::kit::{Server, Store, command, connect, exit_code, role_exists, stderr, stdout};
 
 fn tenant(server: &Server, name: &str, plan: &str) -> Value {
     server.cli_json(&["tenants", "create", name, "--plan", plan, "--isolation", "silo", "--wait"])
@@ -375,21 +374,6 @@ async fn one_principal_reaching_for_many_tenants_is_locked_out() {
     assert_eq!(get(&server, "two", "a").stdout, b"2", "counting started afresh");
     let again = server.cli(&["vault", "unlock", "operator:initial", "--offline"]);
     assert_eq!(exit_code(&again), 3);
-}
-
-/// A silo tenant on PostgreSQL, and a connection as the credential.
-async fn connect(url: &str) -> Result<PgConnection, sqlx::Error> {
-    PgConnection::connect(url).await
-}
-
-async fn role_exists(role: &str) -> bool {
-    let mut admin = connect(&bulkhead_testkit::postgres_admin_url()).await.unwrap();
-    let found: Option<(i32,)> = sqlx::query_as("SELECT 1 FROM pg_roles WHERE rolname = $1")
-        .bind(role)
-        .fetch_optional(&mut admin)
-        .await
-        .unwrap();
-    found.is_some()
 }
 
 #[tokio::test]

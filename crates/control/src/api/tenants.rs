@@ -139,7 +139,17 @@ pub async fn suspend_tenant(
     record_tenant(&name);
     operator_only(&actor)?;
     let tenant = state.tenants.suspend(&name, &actor).await?;
+    apply_suspensions(&state).await;
     Ok(Json(TenantView::new(tenant, &state.base_domain)))
+}
+
+/// Disables a suspended tenant's database logins (ending their sessions)
+/// or enables a resumed one's, now; the lease sweeper retries whatever
+/// fails here, so the answer does not wait on a region that is down.
+async fn apply_suspensions(state: &AppState) {
+    if let Err(error) = state.vault.apply_suspensions().await {
+        tracing::warn!(%error, "cannot apply the suspension to database credentials yet; the sweeper retries");
+    }
 }
 
 /// Resume a suspended tenant. Resuming an active tenant changes nothing.
@@ -162,6 +172,7 @@ pub async fn resume_tenant(
     record_tenant(&name);
     operator_only(&actor)?;
     let tenant = state.tenants.resume(&name, &actor).await?;
+    apply_suspensions(&state).await;
     Ok(Json(TenantView::new(tenant, &state.base_domain)))
 }
 

@@ -337,6 +337,28 @@ pub struct LeaseView {
     pub expires_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339::option")]
     pub revoked_at: Option<OffsetDateTime>,
+    /// Set while the lease's role cannot log in because its tenant is
+    /// suspended.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub disabled_at: Option<OffsetDateTime>,
+    /// Failed attempts at dropping the role of a lease being revoked; the
+    /// role cannot log in meanwhile, and the sweeper retries with backoff.
+    pub revoke_attempts: i32,
+    /// Why the last attempt failed; shown to operators only, since it may
+    /// name another tenant's database.
+    pub revoke_error: Option<String>,
+}
+
+impl LeaseView {
+    /// The view a caller may see: a tenant's own credentials do not see
+    /// the reason a revocation failed.
+    pub fn for_operator(lease: bulkhead_store::Lease, operator: bool) -> Self {
+        let mut view = Self::from(lease);
+        if !operator {
+            view.revoke_error = None;
+        }
+        view
+    }
 }
 
 impl From<bulkhead_store::Lease> for LeaseView {
@@ -351,6 +373,9 @@ impl From<bulkhead_store::Lease> for LeaseView {
             issued_at: l.issued_at,
             expires_at: l.expires_at,
             revoked_at: l.revoked_at,
+            disabled_at: l.disabled_at,
+            revoke_attempts: l.attempts,
+            revoke_error: l.last_error,
         }
     }
 }

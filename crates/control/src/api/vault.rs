@@ -331,7 +331,9 @@ pub async fn list_credentials(
     record_tenant(&tenant);
     let Query(params) = params?;
     let leases = state.vault.list_credentials(&actor, &tenant, params.all).await?;
-    Ok(Json(LeaseList { leases: leases.into_iter().map(LeaseView::from).collect() }))
+    let operator = actor.is_operator();
+    let leases = leases.into_iter().map(|l| LeaseView::for_operator(l, operator)).collect();
+    Ok(Json(LeaseList { leases }))
 }
 
 /// Revoke a lease now: its sessions end and its role is dropped.
@@ -352,7 +354,7 @@ pub async fn revoke_credential(
     Path(lease): Path<String>,
 ) -> Result<Json<LeaseView>, ApiError> {
     let lease = state.vault.revoke_credential(&actor, None, &lease).await?;
-    Ok(Json(LeaseView::from(lease)))
+    Ok(Json(LeaseView::for_operator(lease, actor.is_operator())))
 }
 
 /// Revoke one of the tenant's leases: the same as `DELETE
@@ -380,7 +382,7 @@ pub async fn revoke_tenant_credential(
 ) -> Result<Json<LeaseView>, ApiError> {
     record_tenant(&tenant);
     let lease = state.vault.revoke_credential(&actor, Some(&tenant), &lease).await?;
-    Ok(Json(LeaseView::from(lease)))
+    Ok(Json(LeaseView::for_operator(lease, actor.is_operator())))
 }
 
 /// Principals refused by anomaly detection.

@@ -24,6 +24,7 @@ use std::{
 
 use async_trait::async_trait;
 use bulkhead_model::{DatabaseLocation, DatabaseUrl, Isolation, Region, RegionName, Tenant};
+use bulkhead_vault::leases::{Databases, drop_role, reopen_database};
 use serde_json::json;
 use sqlx::{
     AssertSqlSafe, ConnectOptions, Connection, PgPool,
@@ -92,13 +93,52 @@ impl RegionServers {
     }
 }
 
+/// The databases of one region's server, for [`bulkhead_vault::leases`].
+#[derive(Debug)]
+pub struct RegionDatabases<'a> {
+    servers: &'a RegionServers,
+    region: &'a RegionName,
+    url: &'a DatabaseUrl,
+}
+
+impl RegionServers {
+    pub fn databases<'a>(
+        &'a self,
+        region: &'a RegionName,
+        url: &'a DatabaseUrl,
+    ) -> RegionDatabases<'a> {
+        RegionDatabases { servers: self, region, url }
+    }
+}
+
+#[async_trait]
+impl Databases for RegionDatabases<'_> {
+    async fn connect(&self, database: &str) -> Result<PgPool, bulkhead_vault::VaultError> {
+        self.servers
+            .database_pool(self.region, self.url, database)
+            .await
+            .map_err(|e| bulkhead_vault::VaultError::Database(e.to_string()))
+    }
+}
+
 fn admin_options(region: &RegionName, url: &DatabaseUrl) -> Result<PgConnectOptions, StepError> {
     Ok(PgConnectOptions::from_str(url.expose())
         .map_err(|e| StepError::Permanent(format!("region `{region}` url {url}: {e}")))?
         .application_name("bulkhead")
-        // DDL that waits on a lock or runs away fails, and is retried,
-        // instead of holding the tenant in `provisioning`.
-        .options([("lock_timeout", "10s"), ("statement_timeout", "60s")])
+        // Session settings given at connection win over those a tenant's
+        // owner role can attach to its database (`ALTER DATABASE ... SET`):
+        // a tenant must not make Bulkhead's sessions read-only, run them as
+        // its own role, or redirect their unqualified names. DDL that waits
+        // on a lock or runs away fails, and is retried, instead of holding
+        // the tenant in `provisioning`.
+        .options([
+            ("default_transaction_read_only", "off"),
+            ("role", "none"),
+            ("search_path", "pg_catalog"),
+            ("lock_timeout", "10s"),
+            ("statement_timeout", "60s"),
+            ("idle_in_transaction_session_timeout", "0"),
+        ])
         // Some statements carry a credential's password.
         .disable_statement_logging())
 }
@@ -171,7 +211,7 @@ impl ProvisioningStep for CreateDatabase {
             (DatabaseLocation::Embedded, _) => remove_sqlite(target).await,
             (DatabaseLocation::Postgres(url), Isolation::Silo) => {
                 let pool = self.servers.pool(&target.region.name, url)?;
-                drop_silo(&pool, target).await
+                drop_silo(&self.servers, url, &pool, target).await
             }
             // The shared database belongs to the region, not to the tenant.
             (DatabaseLocation::Postgres(_), Isolation::Pool) => Ok(()),
@@ -274,6 +314,9 @@ async fn create_silo(
     if !exists(pool, ROLE_EXISTS, &reader).await? {
         ddl(pool, format!("CREATE ROLE \"{reader}\" NOLOGIN"), Some(DUPLICATE_OBJECT)).await?;
     }
+    // Membership lets a region role that is not a superuser clean up what
+    // others granted to the read-only role when it is dropped.
+    ddl(pool, format!("GRANT \"{reader}\" TO CURRENT_USER"), None).await?;
     ddl(pool, format!("GRANT CONNECT ON DATABASE \"{database}\" TO \"{reader}\""), None).await?;
     let inside = servers.database_pool(&target.region.name, url, &database).await?;
     for grant in [
@@ -298,13 +341,45 @@ async fn create_silo(
     })))
 }
 
-async fn drop_silo(pool: &PgPool, target: &StepTarget) -> Result<(), StepError> {
+async fn drop_silo(
+    servers: &RegionServers,
+    url: &DatabaseUrl,
+    pool: &PgPool,
+    target: &StepTarget,
+) -> Result<(), StepError> {
     let SiloNames { database, owner, reader } = silo_identifiers(&target.region, &target.tenant);
+    // A prepared transaction outlives its session and would keep the
+    // database from being dropped; nobody can commit it once the tenant is
+    // going.
+    let prepared: Vec<(String,)> =
+        sqlx::query_as("SELECT gid FROM pg_catalog.pg_prepared_xacts WHERE database = $1")
+            .bind(&database)
+            .fetch_all(pool)
+            .await
+            .map_err(transient("cannot list the tenant's prepared transactions"))?;
+    for (gid,) in prepared {
+        let gid = gid.replace('\'', "''");
+        // Only its preparer or a superuser may; otherwise the drop below
+        // says what holds the database.
+        if let Err(error) = ddl(pool, format!("ROLLBACK PREPARED '{gid}'"), None).await {
+            tracing::warn!(%error, database, "cannot roll back a prepared transaction");
+        }
+    }
+    // A template cannot be dropped; the tenant's owner role can make its
+    // database one.
+    reopen_database(pool, &database).await.map_err(|e| StepError::Transient(e.to_string()))?;
     // FORCE ends the tenant's open sessions, which would otherwise keep the
     // database alive.
     ddl(pool, format!("DROP DATABASE IF EXISTS \"{database}\" WITH (FORCE)"), None).await?;
-    ddl(pool, format!("DROP ROLE IF EXISTS \"{reader}\""), None).await?;
-    ddl(pool, format!("DROP ROLE IF EXISTS \"{owner}\""), None).await
+    // Other tenants may have granted to these roles in their own databases:
+    // `drop_role` clears that wherever it is.
+    let databases = servers.databases(&target.region.name, url);
+    for role in [&reader, &owner] {
+        drop_role(pool, &databases, role, None)
+            .await
+            .map_err(|e| StepError::Transient(e.to_string()))?;
+    }
+    Ok(())
 }
 
 async fn ensure_pool_database(

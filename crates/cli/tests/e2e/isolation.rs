@@ -1,0 +1,283 @@
+//! Tenant databases under attack by a tenant holding its own credentials:
+//! whatever one tenant does inside its database (grants to other tenants'
+//! roles, settings on its own database, a database made a template) never
+//! keeps another tenant's, or its own, credentials from being revoked or
+//! its data from being purged; one tenant's leases that cannot be dropped
+//! never keep another's from expiring on time; suspension ends logins.
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use sqlx::{AssertSqlSafe, PgConnection};
+
+use crate::kit::{Server, Store, admin, connect, role_exists, stderr};
+
+/// A silo tenant's database and roles, from its `create_database` step.
+struct Silo {
+    database: String,
+    owner: String,
+    read: String,
+}
+
+fn silo(server: &Server, name: &str) -> Silo {
+    let view = server.cli_json(&["tenants", "create", name, "--plan", "enterprise", "--wait"]);
+    let output = crate::kit::step_output(&view, "create_database");
+    let text = |key: &str| output[key].as_str().unwrap().to_owned();
+    Silo { database: text("database"), owner: text("owner_role"), read: text("read_role") }
+}
+
+struct Issued {
+    url: String,
+    role: String,
+    lease: String,
+}
+
+fn issue(server: &Server, tenant: &str, ttl: &str) -> Issued {
+    let issued = server.cli_json(&["creds", "issue", "--tenant", tenant, "--ttl", ttl]);
+    Issued {
+        url: issued["url"].as_str().unwrap().to_owned(),
+        role: issued["lease"]["role"].as_str().unwrap().to_owned(),
+        lease: issued["lease"]["id"].as_str().unwrap().to_owned(),
+    }
+}
+
+async fn exec(conn: &mut PgConnection, sql: &str) {
+    sqlx::query(AssertSqlSafe(sql.to_owned()))
+        .execute(conn)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+}
+
+fn purge(server: &Server, tenant: &str) -> std::process::Output {
+    server.cli(&["tenants", "delete", tenant, "--purge", "--yes", "--wait", "--timeout", "90"])
+}
+
+async fn database_exists(name: &str) -> bool {
+    let mut conn = admin("postgres").await;
+    let found: Option<(i32,)> = sqlx::query_as("SELECT 1 FROM pg_database WHERE datname = $1")
+        .bind(name)
+        .fetch_optional(&mut conn)
+        .await
+        .unwrap();
+    found.is_some()
+}
+
+#[tokio::test]
+async fn one_tenants_grants_never_block_another_tenants_revocation_or_purge() {
+    let server = Server::postgres().await;
+    silo(&server, "acme");
+    let globex = silo(&server, "globex");
+    let a = issue(&server, "acme", "1h");
+    let b = issue(&server, "globex", "1h");
+
+    // acme names globex's roles (every role name is visible in pg_roles)
+    // in grants on a table of its own.
+    let mut attacker = connect(&a.url).await.unwrap();
+    exec(&mut attacker, "CREATE TABLE h (x int)").await;
+    let grant =
+        format!("GRANT SELECT ON h TO \"{}\", \"{}\", \"{}\"", b.role, globex.owner, globex.read);
+    exec(&mut attacker, &grant).await;
+
+    let revoked = server.cli(&["creds", "revoke", &b.lease]);
+    assert!(revoked.status.success(), "{}\n{}", stderr(&revoked), server.log());
+    assert!(!role_exists(&b.role).await, "globex's lease role was dropped");
+
+    // And at offboarding, with a live lease acme granted to as well.
+    let b2 = issue(&server, "globex", "1h");
+    exec(&mut attacker, &format!("GRANT INSERT ON h TO \"{}\"", b2.role)).await;
+    let store = server.open_store().await;
+    let globex_id = store.tenant_named("globex").await.unwrap().unwrap().id;
+    let purged = purge(&server, "globex");
+    assert!(purged.status.success(), "{}\n{}", stderr(&purged), server.log());
+    for role in [&b2.role, &globex.owner, &globex.read] {
+        assert!(!role_exists(role).await, "{role} is left behind");
+    }
+    assert!(!database_exists(&globex.database).await);
+    assert!(store.data_keys(globex_id).await.unwrap().is_empty(), "globex's keys are destroyed");
+
+    // acme's table is untouched, and no longer names globex's roles.
+    let (acl,): (String,) = sqlx::query_as("SELECT relacl::text FROM pg_class WHERE relname = 'h'")
+        .fetch_one(&mut attacker)
+        .await
+        .unwrap();
+    assert!(!acl.contains(&globex.database), "{acl}");
+    exec(&mut attacker, "INSERT INTO h VALUES (1)").await;
+}
+
+#[tokio::test]
+async fn a_tenant_cannot_block_its_own_revocation_or_purge() {
+    let server = Server::postgres().await;
+    let acme = silo(&server, "acme");
+    let a = issue(&server, "acme", "1h");
+    let own = issue(&server, "acme", "1h");
+    let mut conn = connect(&a.url).await.unwrap();
+    exec(&mut conn, "CREATE TABLE t (x int)").await;
+    exec(&mut conn, &format!("GRANT SELECT ON t TO \"{}\"", own.role)).await;
+    // Every session Bulkhead opens in this database would start read-only,
+    // as acme's owner role, and the database could not be dropped.
+    for setting in [
+        "SET default_transaction_read_only = on",
+        &format!("SET role = '{}'", acme.owner),
+        "SET search_path = nowhere",
+        "SET statement_timeout = '1ms'",
+        "SET lock_timeout = '1ms'",
+        "CONNECTION LIMIT 0",
+        "IS_TEMPLATE true",
+    ] {
+        exec(&mut conn, &format!("ALTER DATABASE \"{}\" {setting}", acme.database)).await;
+    }
+    // From a database every role may connect to, connections are closed too.
+    let elsewhere = a.url.rsplit_once('/').unwrap().0.to_owned() + "/postgres";
+    let mut outside = connect(&elsewhere).await.unwrap();
+    exec(&mut outside, &format!("ALTER DATABASE \"{}\" ALLOW_CONNECTIONS false", acme.database))
+        .await;
+    drop(conn);
+
+    let revoked = server.cli(&["creds", "revoke", &own.lease]);
+    assert!(revoked.status.success(), "{}\n{}", stderr(&revoked), server.log());
+    assert!(!role_exists(&own.role).await);
+    let purged = purge(&server, "acme");
+    assert!(purged.status.success(), "{}\n{}", stderr(&purged), server.log());
+    assert!(!database_exists(&acme.database).await);
+    for role in [&a.role, &acme.owner, &acme.read] {
+        assert!(!role_exists(role).await, "{role} is left behind");
+    }
+}
+
+/// The server-wide facts about a role: whether it may log in, whether it
+/// has a password, and how many sessions it has.
+async fn login_state(role: &str) -> (bool, bool, i64) {
+    let mut conn = admin("postgres").await;
+    sqlx::query_as(
+        "SELECT rolcanlogin, rolpassword IS NOT NULL, \
+         (SELECT count(*) FROM pg_stat_activity WHERE usename = rolname) \
+         FROM pg_authid WHERE rolname = $1",
+    )
+    .bind(role)
+    .fetch_one(&mut conn)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn one_tenants_stuck_leases_never_delay_another_tenants_expiry() {
+    let config = "[vault]\ncredential_sweep_every = \"1s\"\n";
+    let server =
+        Server::start(Store::Postgres(bulkhead_testkit::TestDatabase::create().await), config, &[])
+            .await;
+    silo(&server, "stuck");
+    silo(&server, "victim");
+    // 120 leases of `stuck`, each named in a grant in a database Bulkhead
+    // cannot enter or change (a superuser's template, as an administrator
+    // might keep): none of their roles can be dropped.
+    let http = server.http();
+    let mut stuck = Vec::new();
+    for _ in 0..120 {
+        let (status, body) =
+            http.post("/v1/tenants/stuck/credentials", serde_json::json!({ "ttl": "15s" })).await;
+        assert_eq!(status, 201, "{body}");
+        stuck.push(body["lease"]["role"].as_str().unwrap().to_owned());
+    }
+    let all_expired = Instant::now() + Duration::from_secs(16);
+    let held = format!("{}held", server.postgres_db().object_prefix);
+    let mut root = admin("postgres").await;
+    exec(&mut root, &format!("CREATE DATABASE \"{held}\"")).await;
+    let mut inside = admin(&held).await;
+    exec(&mut inside, "CREATE TABLE t (x int)").await;
+    let everyone = stuck.iter().map(|r| format!("\"{r}\"")).collect::<Vec<_>>().join(", ");
+    exec(&mut inside, &format!("GRANT SELECT ON t TO {everyone}")).await;
+    drop(inside);
+    exec(&mut root, &format!("ALTER DATABASE \"{held}\" IS_TEMPLATE true ALLOW_CONNECTIONS false"))
+        .await;
+    tokio::time::sleep_until(all_expired.into()).await;
+
+    // The victim's lease expires while all of that is in the sweeper's way.
+    let victim = issue(&server, "victim", "2s");
+    let mut session = connect(&victim.url).await.unwrap();
+    let expired_at = Instant::now() + Duration::from_secs(2);
+    while role_exists(&victim.role).await {
+        assert!(
+            Instant::now() < expired_at + Duration::from_secs(8),
+            "the victim's lease outlived its expiry by 8 s\n{}",
+            server.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(sqlx::query("SELECT 1").execute(&mut session).await.is_err(), "its session ended");
+
+    // The stuck leases are dead all the same: no login, no password, no
+    // session; recorded, retried with backoff, and counted.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let leases = server.cli_json(&["creds", "list", "--tenant", "stuck"]);
+        let attempted = leases
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|l| l["revoke_attempts"].as_i64().unwrap() >= 1)
+            .count();
+        if attempted == 120 {
+            let first = &leases[leases.as_array().unwrap().len() - 1];
+            let error = first["revoke_error"].as_str().unwrap_or_default();
+            assert!(error.contains(&held), "the reason names what holds the role: {first}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "{attempted} of 120 attempted\n{}", server.log());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    for role in &stuck {
+        assert_eq!(login_state(role).await, (false, false, 0), "{role}");
+    }
+    let metrics = reqwest::get(format!("{}/metrics", server.api)).await.unwrap();
+    let metrics = metrics.text().await.unwrap();
+    assert!(metrics.contains("bulkhead_leases_stuck 120"), "{metrics}");
+    assert!(metrics.contains("bulkhead_lease_revocation_failures_total"), "{metrics}");
+    assert!(
+        metrics.contains(r#"bulkhead_background_job_runs_total{job="lease_sweep",outcome="ok"}"#),
+        "{metrics}"
+    );
+    let platform = server.cli_json(&["audit", "tail", "--platform", "--lines", "1000"]);
+    let alerts: Vec<&Value> =
+        platform.as_array().unwrap().iter().filter(|e| e["action"] == "credential.stuck").collect();
+    let leases: std::collections::HashSet<_> =
+        alerts.iter().map(|e| e["details"]["lease"].as_str().unwrap()).collect();
+    assert_eq!(leases.len(), 120, "an alert for every stuck lease");
+    assert!(alerts[0]["details"]["reason"].as_str().unwrap().contains(&held));
+    // The tenant's own stream says its lease failed, never why (the reason
+    // could name another tenant's database).
+    let own = server.cli_json(&["audit", "tail", "--tenant", "stuck", "--lines", "1000"]);
+    let failed = own
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["action"] == "credential.expire" && e["outcome"] == "failed")
+        .expect("a failed expiry");
+    assert!(failed["details"].get("reason").is_none(), "{failed}");
+    assert!(failed["details"]["attempts"].as_i64().unwrap() >= 1, "{failed}");
+}
+
+#[tokio::test]
+async fn suspension_ends_database_logins_and_resume_restores_the_unexpired() {
+    let server = Server::postgres().await;
+    silo(&server, "acme");
+    let long = issue(&server, "acme", "1h");
+    let short = issue(&server, "acme", "3s");
+    let mut session = connect(&long.url).await.unwrap();
+    exec(&mut session, "CREATE TABLE kept (x int)").await;
+
+    let suspended = server.cli(&["tenants", "suspend", "acme"]);
+    assert!(suspended.status.success(), "{}", stderr(&suspended));
+    assert!(sqlx::query("SELECT 1").execute(&mut session).await.is_err(), "its session ended");
+    let refused = connect(&long.url).await.unwrap_err().to_string();
+    assert!(refused.contains("not permitted to log in"), "{refused}");
+    assert_eq!(login_state(&long.role).await, (false, true, 0));
+    let listed = server.cli_json(&["creds", "list", "--tenant", "acme"]);
+    assert!(listed.as_array().unwrap().iter().all(|l| l["disabled_at"].is_string()), "{listed}");
+
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let resumed = server.cli(&["tenants", "resume", "acme"]);
+    assert!(resumed.status.success(), "{}", stderr(&resumed));
+    let mut again = connect(&long.url).await.unwrap();
+    exec(&mut again, "INSERT INTO kept VALUES (1)").await;
+    assert!(connect(&short.url).await.is_err(), "an expired lease stays dead after resume");
+}
