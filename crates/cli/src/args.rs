@@ -151,8 +151,9 @@ pub enum AuthCommand {
         #[arg(long)]
         control_api: bool,
     },
-    /// Refuse every token the realm has issued so far (API keys are revoked
-    /// one by one with `apikeys revoke`)
+    /// Refuse every token the realm has issued so far, and revoke every API
+    /// key made with a token (other API keys are revoked one by one with
+    /// `apikeys revoke`)
     RevokeTokens {
         #[arg(long)]
         tenant: String,
@@ -214,6 +215,10 @@ pub enum ApikeysCommand {
         /// A role: owner, admin, analyst or viewer (repeatable)
         #[arg(long = "role", value_name = "ROLE", value_parser = parse_role, required = true)]
         roles: Vec<bulkhead_identity::Role>,
+        /// How long the key lives, e.g. 30d [default: until revoked; a key
+        /// made with a token lives at most as long as that token]
+        #[arg(long, value_name = "DURATION")]
+        ttl: Option<String>,
     },
     /// List a tenant's API keys (never the keys themselves)
     List {

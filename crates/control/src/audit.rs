@@ -49,6 +49,8 @@ pub enum AuditServiceError {
     Vault(#[from] VaultError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Refused(#[from] crate::admission::Refused),
     #[error("{0}")]
     Internal(String),
 }
@@ -218,6 +220,7 @@ pub struct AuditService {
     events: EventLog,
     clock: Arc<dyn Clock>,
     plans: PlanCatalog,
+    admission: Arc<crate::admission::Admission>,
 }
 
 /// The stream a caller asked for: a tenant's (by name) or the platform's.
@@ -234,8 +237,9 @@ impl AuditService {
         events: EventLog,
         clock: Arc<dyn Clock>,
         plans: PlanCatalog,
+        admission: Arc<crate::admission::Admission>,
     ) -> Self {
-        Self { store, keys, events, clock, plans }
+        Self { store, keys, events, clock, plans, admission }
     }
 
     /// The stream, if `actor` may read it: operators any; a tenant's admins
@@ -308,6 +312,9 @@ impl AuditService {
         since: Option<OffsetDateTime>,
     ) -> Result<Exporter> {
         let (stream, tenant) = self.stream(actor, request).await?;
+        if let Some(tenant) = &tenant {
+            self.admission.admit(actor, tenant, "audit.export").await?;
+        }
         let details =
             serde_json::json!({ "since": since.map(bulkhead_audit::record::format_time) });
         match &tenant {

@@ -28,9 +28,17 @@ pub enum Actor {
     /// A credential scoped to one tenant (a token of its realm or of the
     /// identity provider it trusts, or one of its API keys): it may act on
     /// that tenant's own resources only, as its roles allow. `expires_at`
-    /// is when the credential stops being valid (unix seconds), for a
-    /// token; an API key lasts until revoked.
-    Tenant { tenant_id: TenantId, subject: String, roles: Vec<Role>, expires_at: Option<i64> },
+    /// is when the credential stops being valid (unix seconds), `None` for
+    /// an API key that lasts until revoked; `from_token` says its authority
+    /// comes from a token (it is one, or an API key made with one), so what
+    /// it makes can be revoked with the realm's tokens.
+    Tenant {
+        tenant_id: TenantId,
+        subject: String,
+        roles: Vec<Role>,
+        expires_at: Option<i64>,
+        from_token: bool,
+    },
 }
 
 impl Actor {
@@ -54,6 +62,14 @@ impl Actor {
                 self.may_access(tenant) && roles::allows(roles, permission)
             }
             _ => self.may_access(tenant),
+        }
+    }
+
+    /// When the actor's credential expires (unix seconds), if it does.
+    pub fn expires_at(&self) -> Option<i64> {
+        match self {
+            Actor::Tenant { expires_at, .. } => *expires_at,
+            _ => None,
         }
     }
 
@@ -295,6 +311,7 @@ mod tests {
             subject: "alice".into(),
             roles: vec![Role::Admin],
             expires_at: None,
+            from_token: false,
         };
         assert!(admin.may_access(&acme));
         assert!(!admin.may_access(&globex));

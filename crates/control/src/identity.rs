@@ -28,6 +28,7 @@ use uuid::Uuid;
 use zeroize::Zeroizing;
 
 use crate::{
+    admission::Admission,
     clock::Clock,
     events::{Actor, EventLog, Unrecorded},
     provider_keys::{KeySet, ProviderKeys},
@@ -69,6 +70,8 @@ pub enum IdentityError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Unrecorded(#[from] Unrecorded),
+    #[error(transparent)]
+    Refused(#[from] crate::admission::Refused),
     #[error("{0}")]
     Internal(String),
 }
@@ -121,6 +124,7 @@ pub struct IdentityService {
     vault: Arc<Vault>,
     clock: Arc<dyn Clock>,
     events: EventLog,
+    admission: Arc<Admission>,
     /// Where this server is reached from outside, without a trailing slash:
     /// issuers are `<public_url>/realms/<tenant>`.
     public_url: String,
@@ -167,12 +171,14 @@ impl IdentityService {
         public_url: &str,
         insecure_jwks_hosts: &[String],
         events: EventLog,
+        admission: Arc<Admission>,
     ) -> Result<Self> {
         Ok(Self {
             store,
             vault,
             clock,
             events,
+            admission,
             public_url: public_url.trim_end_matches('/').to_owned(),
             cache: VerifiedCache::new(100_000),
             providers: ProviderKeys::new(insecure_jwks_hosts).map_err(IdentityError::Internal)?,
@@ -349,6 +355,7 @@ impl IdentityService {
         request: TokenRequest,
     ) -> Result<IssuedToken> {
         let tenant = self.authorized(actor, name, Permission::Manage).await?;
+        self.admission.admit(actor, &tenant, "token.issue").await?;
         if request.subject.is_empty()
             || request.subject.len() > 255
             || request.subject.chars().any(char::is_control)
@@ -525,8 +532,11 @@ impl IdentityService {
     }
 
     /// Refuses every token the realm has issued so far, at once (a leak, a
-    /// departing admin). API keys are revoked one by one.
-    pub async fn revoke_tokens(&self, actor: &Actor, name: &str) -> Result<OffsetDateTime> {
+    /// departing admin), and revokes every API key made with a token (or
+    /// with such a key) until now: whoever held a token could have made
+    /// one. Other API keys are revoked one by one. Returns the cut-off and
+    /// how many keys were revoked.
+    pub async fn revoke_tokens(&self, actor: &Actor, name: &str) -> Result<(OffsetDateTime, u64)> {
         let tenant = self.authorized(actor, name, Permission::Own).await?;
         if self.store.realm(tenant.id).await?.is_none() {
             return Err(IdentityError::NoRealm(name.to_owned()));
@@ -534,9 +544,10 @@ impl IdentityService {
         let now = self.clock.now();
         self.store.set_realm_tokens_not_before(tenant.id, now).await?;
         self.cache.forget_tenant(tenant.id.0);
-        let details = json!({ "not_before": now.unix_timestamp() });
+        let keys = self.store.revoke_token_made_api_keys(tenant.id, now, now).await?;
+        let details = json!({ "not_before": now.unix_timestamp(), "api_keys_revoked": keys });
         self.events.record(actor, &tenant, "realm.revoke_tokens", "ok", details).await;
-        Ok(now)
+        Ok((now, keys))
     }
 
     // ---- API keys ------------------------------------------------------------
@@ -547,8 +558,10 @@ impl IdentityService {
         name: &str,
         key_name: &str,
         roles: Vec<Role>,
+        ttl: Option<Duration>,
     ) -> Result<CreatedApiKey> {
         let tenant = self.authorized(actor, name, Permission::Manage).await?;
+        self.admission.admit(actor, &tenant, "apikey.create").await?;
         if key_name.is_empty()
             || key_name.len() > 64
             || !key_name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
@@ -569,6 +582,32 @@ impl IdentityService {
                 return Err(IdentityError::Forbidden(format!("{name}: a stronger API key")));
             }
         }
+        // A key made with a token expires with it at the latest, and with
+        // the realm's tokens it is revoked: a stolen token must not be able
+        // to renew itself through a key.
+        let now = self.clock.now();
+        let requested = match ttl {
+            Some(ttl) => Some(
+                time::Duration::try_from(ttl)
+                    .ok()
+                    .and_then(|ttl| now.checked_add(ttl))
+                    .ok_or_else(|| IdentityError::InvalidRequest("ttl is too long".into()))?,
+            ),
+            None => None,
+        };
+        let own = actor.expires_at().and_then(|at| OffsetDateTime::from_unix_timestamp(at).ok());
+        let expires_at = match (requested, own) {
+            (Some(requested), Some(own)) => Some(requested.min(own)),
+            (requested, own) => requested.or(own),
+        };
+        if ttl.is_some_and(|ttl| ttl.is_zero()) || expires_at.is_some_and(|at| at <= now) {
+            return Err(IdentityError::InvalidRequest(
+                "the key would already be expired: give a ttl of 1s or more, with a credential \
+                 that is still valid for it"
+                    .into(),
+            ));
+        }
+        let from_token = matches!(actor, Actor::Tenant { from_token: true, .. });
         let mut secret = Zeroizing::new([0u8; 32]);
         getrandom::fill(secret.as_mut_slice()).map_err(internal)?;
         let key = Zeroizing::new(format!(
@@ -585,9 +624,11 @@ impl IdentityService {
             key_hash: Sha256::digest(key.as_bytes()).to_vec(),
             roles: roles.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(","),
             created_by: actor.to_string(),
-            created_at: self.clock.now(),
+            created_at: now,
             last_used_at: None,
             revoked_at: None,
+            expires_at,
+            from_token,
         };
         match self.store.insert_api_key(&record).await {
             Ok(()) => {}
@@ -598,7 +639,11 @@ impl IdentityService {
             }
             Err(e) => return Err(e.into()),
         }
-        let details = json!({ "id": record.id, "name": record.name, "roles": record.roles });
+        let details = json!({
+            "id": record.id, "name": record.name, "roles": record.roles,
+            "expires_at": record.expires_at.map(OffsetDateTime::unix_timestamp),
+            "from_token": record.from_token,
+        });
         if let Err(unrecorded) =
             self.events.record_disclosure(actor, &tenant, "apikey.create", details).await
         {
@@ -697,6 +742,7 @@ impl IdentityService {
             subject: verified.subject,
             roles: verified.roles,
             expires_at: Some(verified.expires_at),
+            from_token: true,
         })
     }
 
@@ -739,6 +785,7 @@ impl IdentityService {
             subject: format!("{}#{}", record.issuer, verified.subject),
             roles: verified.roles,
             expires_at: Some(verified.expires_at),
+            from_token: true,
         })
     }
 
@@ -840,6 +887,9 @@ impl IdentityService {
             return Err(format!("API key {} is revoked", record.id));
         }
         let now = self.clock.now();
+        if record.expires_at.is_some_and(|at| at <= now) {
+            return Err(format!("API key {} has expired", record.id));
+        }
         // Written at most once a minute per key, not on every request.
         if record.last_used_at.is_none_or(|at| now - at > time::Duration::minutes(1)) {
             let _ = self.store.touch_api_key(record.id, now).await;
@@ -849,7 +899,8 @@ impl IdentityService {
             tenant_id: tenant.id,
             subject: format!("apikey:{}", record.name),
             roles,
-            expires_at: None,
+            expires_at: record.expires_at.map(OffsetDateTime::unix_timestamp),
+            from_token: record.from_token,
         })
     }
 

@@ -8,6 +8,7 @@
 //! moment resumes where it stopped. Later capabilities plug in as further
 //! steps and further API routes.
 
+pub mod admission;
 pub mod api;
 pub mod audit;
 pub mod clock;

@@ -22,6 +22,7 @@ use thiserror::Error;
 use tokio::{sync::watch, task::JoinHandle};
 
 use crate::{
+    admission::Admission,
     api::{self, AppState},
     audit::{self, AuditKeys, AuditService, AuditServiceError},
     clock::{Clock, SystemClock},
@@ -323,6 +324,14 @@ pub async fn start_with_steps(
         .local_addr()
         .map_err(|source| StartError::Bind { addr: config.api_listen, source })?;
     let public_url = config.public_url.clone().unwrap_or_else(|| format!("http://{api_addr}"));
+    let metrics = Arc::new(Metrics::new());
+    let admission = Arc::new(Admission::new(
+        Arc::clone(&store),
+        AnomalyDetector::new(config.vault.anomaly.clone()),
+        Arc::clone(&clock),
+        events.clone(),
+        Arc::clone(&metrics),
+    ));
     let identity = Arc::new(IdentityService::new(
         Arc::clone(&store),
         Arc::clone(&vault),
@@ -330,6 +339,7 @@ pub async fn start_with_steps(
         &public_url,
         &config.insecure_jwks_hosts,
         events.clone(),
+        Arc::clone(&admission),
     )?);
     let servers = RegionServers::default();
     let credentials =
@@ -344,7 +354,6 @@ pub async fn start_with_steps(
         clock: Arc::clone(&clock),
     };
 
-    let metrics = Arc::new(Metrics::new());
     let reconciler = Arc::new(Reconciler::new(
         Arc::clone(&store),
         steps(&services),
@@ -371,7 +380,7 @@ pub async fn start_with_steps(
         credentials,
         PlanCatalog::builtin(),
         Arc::clone(&clock),
-        AnomalyDetector::new(config.vault.anomaly.clone()),
+        Arc::clone(&admission),
         Arc::clone(&metrics),
         events.clone(),
     ));
@@ -381,6 +390,7 @@ pub async fn start_with_steps(
         events,
         Arc::clone(&clock),
         PlanCatalog::builtin(),
+        admission,
     ));
     let reconciler_done = Arc::new(AtomicBool::new(false));
     let state = AppState {

@@ -9,8 +9,8 @@ use bulkhead_identity::Permission;
 use bulkhead_model::{PlanCatalog, Tenant, TenantState};
 use bulkhead_store::{ControlStore, Lease, Lockout, SecretSummary, SecretVersion, StoreError};
 use bulkhead_vault::{
-    AnomalyDetector, KeyRole, KeyStatus, LocalKey, MasterRotation, SecretPath, StoredSecret,
-    TenantKeyChange, Vault, VaultError, Verdict, ttl::format_duration,
+    KeyRole, KeyStatus, LocalKey, MasterRotation, SecretPath, StoredSecret, TenantKeyChange, Vault,
+    VaultError, ttl::format_duration,
 };
 use serde_json::json;
 use thiserror::Error;
@@ -18,6 +18,7 @@ use uuid::Uuid;
 use zeroize::Zeroizing;
 
 use crate::{
+    admission::{Admission, Refused},
     clock::Clock,
     credentials::{Access, CredentialError, Credentials, IssuedCredential},
     events::{Actor, EventLog, Unrecorded},
@@ -32,11 +33,8 @@ pub enum VaultServiceError {
     InvalidState(String),
     #[error("{0}")]
     InvalidRequest(String),
-    #[error(
-        "{0} is locked out of the vault after touching too many tenants' secrets; an operator \
-         can clear it with `bulkhead vault unlock`"
-    )]
-    LockedOut(String),
+    #[error(transparent)]
+    Refused(#[from] Refused),
     #[error("this endpoint needs an operator token")]
     OperatorOnly,
     #[error("your roles in tenant {0:?} do not allow this")]
@@ -75,7 +73,7 @@ pub struct VaultService {
     plans: PlanCatalog,
     clock: Arc<dyn Clock>,
     events: EventLog,
-    anomaly: AnomalyDetector,
+    admission: Arc<Admission>,
     metrics: Arc<Metrics>,
 }
 
@@ -87,11 +85,11 @@ impl VaultService {
         credentials: Arc<Credentials>,
         plans: PlanCatalog,
         clock: Arc<dyn Clock>,
-        anomaly: AnomalyDetector,
+        admission: Arc<Admission>,
         metrics: Arc<Metrics>,
         events: EventLog,
     ) -> Self {
-        Self { store, vault, credentials, plans, clock, events, anomaly, metrics }
+        Self { store, vault, credentials, plans, clock, events, admission, metrics }
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {
@@ -138,54 +136,8 @@ impl VaultService {
         Ok(tenant)
     }
 
-    /// Counts the touch for anomaly detection and refuses a locked-out
-    /// principal. The touch that crosses the threshold raises the alert
-    /// and, with lockout on, is itself refused.
     async fn admit(&self, actor: &Actor, tenant: &Tenant, action: &str) -> Result<()> {
-        let principal = actor.to_string();
-        if self.store.lockouts().await?.iter().any(|l| l.principal == principal) {
-            self.note(actor, tenant, action, "denied", json!({ "reason": "locked out" })).await;
-            return Err(VaultServiceError::LockedOut(principal));
-        }
-        let Verdict::Alert { tenants } =
-            self.anomaly.observe(&principal, tenant.id, self.clock.now())
-        else {
-            return Ok(());
-        };
-        let policy = self.anomaly.policy();
-        let window = format_duration(policy.window);
-        tracing::warn!(
-            principal,
-            tenants,
-            window,
-            "vault anomaly: one principal touched many tenants"
-        );
-        self.note(
-            actor,
-            tenant,
-            "vault.anomaly",
-            "alert",
-            json!({
-                "principal": principal, "tenants": tenants, "window": window,
-                "threshold": policy.max_tenants, "lockout": policy.lockout,
-            }),
-        )
-        .await;
-        if !policy.lockout {
-            return Ok(());
-        }
-        let reason = format!("touched {tenants} tenants within {window}");
-        // Counting starts afresh once the lockout is cleared, however it is.
-        self.anomaly.forget(&principal);
-        self.store
-            .insert_lockout(&Lockout {
-                principal: principal.clone(),
-                reason,
-                locked_at: self.clock.now(),
-            })
-            .await?;
-        self.note(actor, tenant, action, "denied", json!({ "reason": "locked out" })).await;
-        Err(VaultServiceError::LockedOut(principal))
+        Ok(self.admission.admit(actor, tenant, action).await?)
     }
 
     /// Records the outcome of a vault operation on a tenant, then returns it.
@@ -383,7 +335,7 @@ impl VaultService {
         let max = self.plans.get(tenant.plan.as_str()).map_or(DEFAULT_CREDENTIAL_TTL, |p| {
             Duration::from_secs(p.vault.max_credential_ttl_secs)
         });
-        let ttl = ttl.unwrap_or(DEFAULT_CREDENTIAL_TTL.min(max));
+        let mut ttl = ttl.unwrap_or(DEFAULT_CREDENTIAL_TTL.min(max));
         if ttl > max || ttl.is_zero() {
             return Err(VaultServiceError::InvalidRequest(format!(
                 "a ttl of {} is not allowed; on plan {} credentials live between 1s and {}",
@@ -391,6 +343,18 @@ impl VaultService {
                 tenant.plan,
                 format_duration(max)
             )));
+        }
+        // A credential issued with a token (or an expiring API key) cannot
+        // outlive it: a stolen token must not turn into a longer-lived login.
+        if let Some(own) = actor.expires_at() {
+            let left = own.saturating_sub(self.clock.now().unix_timestamp());
+            let left = Duration::from_secs(u64::try_from(left).unwrap_or(0));
+            if left.is_zero() {
+                return Err(VaultServiceError::InvalidRequest(
+                    "the credential you use expires now; get a fresh token".into(),
+                ));
+            }
+            ttl = ttl.min(left);
         }
         self.admit(actor, &tenant, "credential.issue").await?;
         let result = self
@@ -482,7 +446,7 @@ impl VaultService {
         if !self.store.delete_lockout(principal).await? {
             return Err(VaultServiceError::LockoutNotFound(principal.to_owned()));
         }
-        self.anomaly.forget(principal);
+        self.admission.forget(principal);
         self.events
             .record_platform(actor, "vault.unlock", "ok", json!({ "principal": principal }))
             .await;

@@ -6,16 +6,18 @@ use std::sync::Arc;
 
 use bulkhead_audit::WriterSettings;
 use bulkhead_control::{
+    admission::Admission,
     audit::AuditKeys,
     clock::{Clock, SystemClock},
     events::{Actor, EventLog},
     identity::IdentityService,
+    metrics::Metrics,
 };
 use bulkhead_model::{
     Isolation, NewTenant, PlanName, RegionName, Tenant, TenantId, TenantName, TenantState,
 };
 use bulkhead_store::{ControlStore, StoreLocation};
-use bulkhead_vault::{MasterKeySource, Vault};
+use bulkhead_vault::{AnomalyDetector, AnomalyPolicy, MasterKeySource, Vault};
 
 struct Fixture {
     store: Arc<dyn ControlStore>,
@@ -53,7 +55,14 @@ impl Fixture {
                 Arc::new(SystemClock),
                 "http://bulkhead.test",
                 &[],
-                events,
+                events.clone(),
+                Arc::new(Admission::new(
+                    store.clone(),
+                    AnomalyDetector::new(AnomalyPolicy::default()),
+                    Arc::new(SystemClock),
+                    events.clone(),
+                    Arc::new(Metrics::new()),
+                )),
             )
             .unwrap(),
         );

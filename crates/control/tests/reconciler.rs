@@ -15,6 +15,7 @@ use async_trait::async_trait;
 use bulkhead_audit::{KeyRing, WriterSettings};
 use bulkhead_control::{
     ReconcilerSettings,
+    admission::Admission,
     audit::AuditKeys,
     clock::{Clock, SystemClock},
     credentials::Credentials,
@@ -32,7 +33,7 @@ use bulkhead_model::{
 };
 use bulkhead_store::{ControlStore, StoreLocation};
 use bulkhead_testkit::TestDatabase;
-use bulkhead_vault::{MasterKeySource, Vault};
+use bulkhead_vault::{AnomalyDetector, AnomalyPolicy, MasterKeySource, Vault};
 use sqlx::{Connection, PgConnection};
 
 struct Fixture {
@@ -92,6 +93,13 @@ impl Fixture {
                 "http://bulkhead.test",
                 &[],
                 self.events.clone(),
+                Arc::new(Admission::new(
+                    self.store.clone(),
+                    AnomalyDetector::new(AnomalyPolicy::default()),
+                    Arc::new(SystemClock),
+                    self.events.clone(),
+                    Arc::new(Metrics::new()),
+                )),
             )
             .unwrap(),
         );

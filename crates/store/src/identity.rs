@@ -67,6 +67,11 @@ pub struct ApiKeyRecord {
     pub created_at: OffsetDateTime,
     pub last_used_at: Option<OffsetDateTime>,
     pub revoked_at: Option<OffsetDateTime>,
+    /// After this the key is refused; `None`: it lasts until revoked.
+    pub expires_at: Option<OffsetDateTime>,
+    /// Made with a token (or with a key itself made with one): revoked
+    /// with the realm's tokens.
+    pub from_token: bool,
 }
 
 impl fmt::Debug for ApiKeyRecord {
@@ -161,13 +166,22 @@ pub trait IdentityStore: Send + Sync + fmt::Debug {
     async fn delete_api_key(&self, tenant: TenantId, id: Uuid) -> Result<bool, StoreError>;
 
     async fn delete_api_keys(&self, tenant: TenantId) -> Result<u64, StoreError>;
+
+    /// Revokes, as of `at`, the tenant's unrevoked keys made with a token
+    /// at or before `cutoff`; returns how many.
+    async fn revoke_token_made_api_keys(
+        &self,
+        tenant: TenantId,
+        cutoff: OffsetDateTime,
+        at: OffsetDateTime,
+    ) -> Result<u64, StoreError>;
 }
 
 /// The columns of `identity_api_keys`, for `concat!`.
 macro_rules! api_key_columns {
     () => {
         "id, tenant_id, name, prefix, key_hash, roles, created_by, created_at, last_used_at, \
-         revoked_at"
+         revoked_at, expires_at, from_token"
     };
 }
 pub(crate) use api_key_columns;

@@ -1112,7 +1112,7 @@ macro_rules! impl_identity_store {
                 let result = sqlx::query(concat!(
                     "INSERT INTO identity_api_keys (",
                     $crate::identity::api_key_columns!(),
-                    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+                    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
                 ))
                 .bind(key.id)
                 .bind(key.tenant_id.0)
@@ -1124,6 +1124,8 @@ macro_rules! impl_identity_store {
                 .bind(key.created_at)
                 .bind(key.last_used_at)
                 .bind(key.revoked_at)
+                .bind(key.expires_at)
+                .bind(key.from_token)
                 .execute(&self.write)
                 .await;
                 match result {
@@ -1179,6 +1181,25 @@ macro_rules! impl_identity_store {
                 .execute(&self.write)
                 .await?;
                 Ok(result.rows_affected() == 1)
+            }
+
+            async fn revoke_token_made_api_keys(
+                &self,
+                tenant: bulkhead_model::TenantId,
+                cutoff: time::OffsetDateTime,
+                at: time::OffsetDateTime,
+            ) -> Result<u64, $crate::StoreError> {
+                let result = sqlx::query(
+                    "UPDATE identity_api_keys SET revoked_at = $3 \
+                     WHERE tenant_id = $1 AND from_token AND created_at <= $2 \
+                       AND revoked_at IS NULL",
+                )
+                .bind(tenant.0)
+                .bind(cutoff)
+                .bind(at)
+                .execute(&self.write)
+                .await?;
+                Ok(result.rows_affected())
             }
 
             async fn touch_api_key(

@@ -301,6 +301,8 @@ async fn api_key_names_are_unique_until_a_key_is_deleted(f: Fixture) {
         created_at: now(),
         last_used_at: None,
         revoked_at: None,
+        expires_at: None,
+        from_token: false,
     };
     let first = key(1);
     f.store.insert_api_key(&first).await.unwrap();
@@ -312,6 +314,24 @@ async fn api_key_names_are_unique_until_a_key_is_deleted(f: Fixture) {
     assert!(!f.store.delete_api_key(acme.id, first.id).await.unwrap());
     f.store.insert_api_key(&key(3)).await.unwrap();
     assert_eq!(f.store.api_keys(acme.id).await.unwrap().len(), 1);
+
+    // Keys made with a token go with the realm's tokens; others stay.
+    let made = |name: &str, hash: u8, from_token: bool| bulkhead_store::ApiKeyRecord {
+        name: name.into(),
+        from_token,
+        expires_at: Some(now() + time::Duration::hours(1)),
+        ..key(hash)
+    };
+    let (by_token, by_operator) = (made("t", 4, true), made("o", 5, false));
+    f.store.insert_api_key(&by_token).await.unwrap();
+    f.store.insert_api_key(&by_operator).await.unwrap();
+    let stored = f.store.api_key_by_hash(&by_token.key_hash).await.unwrap().unwrap();
+    assert_eq!((stored.from_token, stored.expires_at), (true, by_token.expires_at));
+    let later = now() + time::Duration::seconds(1);
+    assert_eq!(f.store.revoke_token_made_api_keys(acme.id, later, later).await.unwrap(), 1);
+    let keys = f.store.api_keys(acme.id).await.unwrap();
+    let revoked = |name: &str| keys.iter().find(|k| k.name == name).unwrap().revoked_at.is_some();
+    assert!(revoked("t") && !revoked("o"));
 }
 
 async fn one_server_at_a_time(f: Fixture) {

@@ -48,8 +48,9 @@ pub async fn run(command: &AuthCommand, global: &GlobalArgs) -> Result<(), CliEr
                 return output::json(&revoked);
             }
             eprintln!(
-                "realm {tenant} refuses every token issued until {}; API keys are unaffected",
-                revoked.not_before
+                "realm {tenant} refuses every token issued until {}; {} API key(s) made with a \
+                 token revoked too (other API keys are unaffected)",
+                revoked.not_before, revoked.api_keys_revoked
             );
             Ok(())
         }
@@ -94,14 +95,19 @@ pub async fn run(command: &AuthCommand, global: &GlobalArgs) -> Result<(), CliEr
 pub async fn apikeys(command: &ApikeysCommand, global: &GlobalArgs) -> Result<(), CliError> {
     let client = ApiClient::discover(global)?;
     match command {
-        ApikeysCommand::Create { tenant, name, roles } => {
-            let request = CreateApiKeyRequest { name: name.clone(), roles: roles.clone() };
+        ApikeysCommand::Create { tenant, name, roles, ttl } => {
+            let request =
+                CreateApiKeyRequest { name: name.clone(), roles: roles.clone(), ttl: ttl.clone() };
             let created = client.create_api_key(tenant, &request).await?;
             if global.output == Output::Json {
                 return output::json(&created);
             }
+            let lives = match created.api_key.expires_at {
+                Some(at) => format!("it expires at {at}"),
+                None => "it lasts until revoked".to_owned(),
+            };
             eprintln!(
-                "API key {} ({}) created; it is shown this once, store it now:",
+                "API key {} ({}) created; {lives}; it is shown this once, store it now:",
                 created.api_key.name, created.api_key.id
             );
             println!("{}", created.key);

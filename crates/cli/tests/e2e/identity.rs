@@ -509,3 +509,101 @@ async fn realm_keys_rotate_by_policy_and_old_tokens_keep_working() {
     let after = token(&server, "acme", &["viewer"]);
     assert!(pyjwt(&issuer, &after).is_ok());
 }
+
+#[tokio::test]
+async fn a_stolen_token_cannot_renew_itself() {
+    let server = Server::embedded().await;
+    tenant(&server, "acme");
+    // A short token, as a thief might hold.
+    let minted = server.cli_json(&[
+        "auth",
+        "token",
+        "--tenant",
+        "acme",
+        "--subject",
+        "mallory",
+        "--role",
+        "admin",
+        "--ttl",
+        "6s",
+        "--control-api",
+    ]);
+    let token_exp = minted["expires_at"].as_i64().unwrap();
+    let thief = server.http().with_token(minted["token"].as_str().unwrap());
+    let expires = |key: &Value| {
+        let at = key["api_key"]["expires_at"].as_str().unwrap();
+        time::OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339)
+            .unwrap()
+            .unix_timestamp()
+    };
+
+    // A key asked to last forever, or a month, lasts as long as the token.
+    let (status, forever) = thief
+        .post("/v1/tenants/acme/api-keys", serde_json::json!({ "name": "a", "roles": ["admin"] }))
+        .await;
+    assert_eq!(status, 201, "{forever}");
+    assert!(expires(&forever) <= token_exp, "{forever}");
+    assert_eq!(forever["api_key"]["from_token"], true);
+    let body = serde_json::json!({ "name": "b", "roles": ["admin"], "ttl": "30d" });
+    let (_, month) = thief.post("/v1/tenants/acme/api-keys", body).await;
+    assert!(expires(&month) <= token_exp, "{month}");
+    // Nor does a key made by such a key, nor a token it mints.
+    let by_key = server.http().with_token(forever["key"].as_str().unwrap());
+    let (status, grandchild) = by_key
+        .post("/v1/tenants/acme/api-keys", serde_json::json!({ "name": "c", "roles": ["admin"] }))
+        .await;
+    assert_eq!(status, 201, "{grandchild}");
+    assert!(expires(&grandchild) <= token_exp);
+    assert_eq!(grandchild["api_key"]["from_token"], true);
+    let body = serde_json::json!({ "subject": "m", "roles": ["admin"], "ttl": "24h", "control_api": true });
+    let (status, renewed) = by_key.post("/v1/tenants/acme/tokens", body).await;
+    assert_eq!(status, 201, "{renewed}");
+    assert!(renewed["expires_at"].as_i64().unwrap() <= token_exp, "{renewed}");
+
+    // An operator's key is not bound to any token.
+    let kept = server
+        .cli_json(&["apikeys", "create", "--tenant", "acme", "--name", "ci", "--role", "viewer"]);
+    assert!(kept["api_key"]["expires_at"].is_null(), "{kept}");
+    assert_eq!(kept["api_key"]["from_token"], false);
+
+    // Revoking the realm's tokens revokes the keys made with them, and says so.
+    let (status, _) = by_key.get("/v1/tenants/acme").await;
+    assert_eq!(status, 200);
+    let revoked = server.cli(&["auth", "revoke-tokens", "--tenant", "acme"]);
+    assert!(revoked.status.success(), "{}", stderr(&revoked));
+    assert!(
+        stderr(&revoked).contains("3 API key(s) made with a token revoked too"),
+        "{}",
+        stderr(&revoked)
+    );
+    for key in [&forever, &month, &grandchild] {
+        let as_key = server.http().with_token(key["key"].as_str().unwrap());
+        assert_eq!(as_key.get("/v1/tenants/acme").await.0, 401, "{key}");
+    }
+    let as_ci = server.http().with_token(kept["key"].as_str().unwrap());
+    assert_eq!(as_ci.get("/v1/tenants/acme").await.0, 200, "the operator's key stays");
+
+    // And a key made with a token stops with it even when nobody revokes.
+    let short = server.cli_json(&[
+        "auth",
+        "token",
+        "--tenant",
+        "acme",
+        "--subject",
+        "x",
+        "--role",
+        "admin",
+        "--ttl",
+        "3s",
+        "--control-api",
+    ]);
+    let as_short = server.http().with_token(short["token"].as_str().unwrap());
+    let (status, key) = as_short
+        .post("/v1/tenants/acme/api-keys", serde_json::json!({ "name": "d", "roles": ["viewer"] }))
+        .await;
+    assert_eq!(status, 201, "{key}");
+    let as_key = server.http().with_token(key["key"].as_str().unwrap());
+    assert_eq!(as_key.get("/v1/tenants/acme").await.0, 200);
+    tokio::time::sleep(std::time::Duration::from_secs(4)).await;
+    assert_eq!(as_key.get("/v1/tenants/acme").await.0, 401, "expired with its token");
+}

@@ -281,3 +281,34 @@ async fn suspension_ends_database_logins_and_resume_restores_the_unexpired() {
     exec(&mut again, "INSERT INTO kept VALUES (1)").await;
     assert!(connect(&short.url).await.is_err(), "an expired lease stays dead after resume");
 }
+
+#[tokio::test]
+async fn a_credential_issued_with_a_token_does_not_outlive_it() {
+    let server = Server::postgres().await;
+    silo(&server, "acme");
+    let minted = server.cli_json(&[
+        "auth",
+        "token",
+        "--tenant",
+        "acme",
+        "--subject",
+        "ana",
+        "--role",
+        "analyst",
+        "--ttl",
+        "2m",
+        "--control-api",
+    ]);
+    let token_exp = minted["expires_at"].as_i64().unwrap();
+    let analyst = server.http().with_token(minted["token"].as_str().unwrap());
+    let body = serde_json::json!({ "access": "read", "ttl": "1d" });
+    let (status, issued) = analyst.post("/v1/tenants/acme/credentials", body).await;
+    assert_eq!(status, 201, "{issued}");
+    let expires = time::OffsetDateTime::parse(
+        issued["lease"]["expires_at"].as_str().unwrap(),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap();
+    assert!(expires.unix_timestamp() <= token_exp, "{issued} outlives the token ({token_exp})");
+    connect(issued["url"].as_str().unwrap()).await.unwrap();
+}

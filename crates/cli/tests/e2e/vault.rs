@@ -337,7 +337,7 @@ async fn one_principal_reaching_for_many_tenants_is_locked_out() {
     assert!(put(&server, "two", "a", b"2").status.success());
     let third = put(&server, "three", "a", b"3");
     assert_eq!(exit_code(&third), 6, "{}", stderr(&third));
-    assert!(stderr(&third).contains("locked out of the vault"), "{}", stderr(&third));
+    assert!(stderr(&third).contains("is locked out after touching too many tenants"), "{}", stderr(&third));
     // Locked out of reads too, even of a tenant it touched before.
     assert_eq!(exit_code(&get(&server, "one", "a")), 6);
 
@@ -374,6 +374,58 @@ async fn one_principal_reaching_for_many_tenants_is_locked_out() {
     assert_eq!(get(&server, "two", "a").stdout, b"2", "counting started afresh");
     let again = server.cli(&["vault", "unlock", "operator:initial", "--offline"]);
     assert_eq!(exit_code(&again), 3);
+}
+
+#[tokio::test]
+async fn minting_counts_towards_the_lockout_and_a_locked_out_principal_mints_nothing() {
+    let config =
+        "[vault]\nanomaly_threshold = 2\nanomaly_window = \"5m\"\nanomaly_lockout = true\n";
+    let server = Server::start(Store::Embedded, config, &[]).await;
+    for name in ["one", "two", "three"] {
+        tenant(&server, name, "starter");
+    }
+    let mint = |tenant: &str| {
+        server.cli(&[
+            "auth",
+            "token",
+            "--tenant",
+            tenant,
+            "--subject",
+            "x",
+            "--role",
+            "owner",
+            "--control-api",
+        ])
+    };
+    assert!(put(&server, "one", "a", b"1").status.success());
+    assert!(mint("two").status.success());
+    // Minting a token is a touch like any other: the third tenant trips it.
+    let third = mint("three");
+    assert_eq!(exit_code(&third), 6, "{}", stderr(&third));
+    assert!(stderr(&third).contains("locked out"), "{}", stderr(&third));
+
+    // Locked out, it mints nothing for a tenant it touched before: no
+    // token, no API key, no export, no credential, no secret.
+    assert_eq!(exit_code(&mint("one")), 6);
+    let key =
+        server.cli(&["apikeys", "create", "--tenant", "one", "--name", "k", "--role", "owner"]);
+    assert_eq!(exit_code(&key), 6, "{}", stderr(&key));
+    let export = server.cli(&["audit", "export", "--tenant", "one"]);
+    assert_eq!(exit_code(&export), 6, "{}", stderr(&export));
+    assert!(stdout(&export).is_empty(), "nothing exported");
+    assert_eq!(exit_code(&get(&server, "one", "a")), 6);
+    let events = server.audit_events(&["one", "two", "three"]);
+    for action in ["token.issue", "apikey.create", "audit.export", "secret.read"] {
+        assert!(
+            events.iter().any(|e| e["action"] == action && e["outcome"] == "denied"),
+            "{action} denied is on record"
+        );
+    }
+    assert!(
+        events
+            .iter()
+            .any(|e| e["action"] == "vault.anomaly" && e["details"]["action"] == "token.issue")
+    );
 }
 
 #[tokio::test]

@@ -16,8 +16,8 @@ use bulkhead_vault::VaultError;
 
 use super::types::{ErrorBody, ErrorDetail};
 use crate::{
-    audit::AuditServiceError, credentials::CredentialError, identity::IdentityError,
-    tenants::TenantError, vault::VaultServiceError,
+    admission::Refused, audit::AuditServiceError, credentials::CredentialError,
+    identity::IdentityError, tenants::TenantError, vault::VaultServiceError,
 };
 
 /// The table of error codes: each with its HTTP status.
@@ -242,7 +242,12 @@ impl From<VaultServiceError> for ApiError {
             VaultServiceError::TenantNotFound(_) => TenantNotFound,
             VaultServiceError::InvalidState(_) => InvalidState,
             VaultServiceError::InvalidRequest(_) => InvalidRequest,
-            VaultServiceError::LockedOut(_) => LockedOut,
+            VaultServiceError::Refused(_) => {
+                return match error {
+                    VaultServiceError::Refused(e) => e.into(),
+                    _ => Self::internal(&error),
+                };
+            }
             VaultServiceError::OperatorOnly
             | VaultServiceError::SelfUnlock(_)
             | VaultServiceError::Forbidden(_) => Forbidden,
@@ -274,6 +279,12 @@ impl From<IdentityError> for ApiError {
             IdentityError::ApiKeyNotFound(_) => ApiKeyNotFound,
             IdentityError::NoRealm(_) => InvalidState,
             IdentityError::Unrecorded(_) => AuditUnavailable,
+            IdentityError::Refused(_) => {
+                return match error {
+                    IdentityError::Refused(e) => e.into(),
+                    _ => Self::internal(&error),
+                };
+            }
             IdentityError::Vault(_) => {
                 return match error {
                     IdentityError::Vault(e) => e.into(),
@@ -298,6 +309,12 @@ impl From<AuditServiceError> for ApiError {
             AuditServiceError::PlatformOnly => Unauthorized,
             AuditServiceError::NoKey(_) => InvalidState,
             AuditServiceError::InvalidRequest(_) => InvalidRequest,
+            AuditServiceError::Refused(_) => {
+                return match error {
+                    AuditServiceError::Refused(e) => e.into(),
+                    _ => Self::internal(&error),
+                };
+            }
             AuditServiceError::Vault(_) => {
                 return match error {
                     AuditServiceError::Vault(e) => e.into(),
@@ -308,6 +325,15 @@ impl From<AuditServiceError> for ApiError {
             AuditServiceError::Internal(_) => return Self::internal(&error),
         };
         Self::new(code, error.to_string())
+    }
+}
+
+impl From<Refused> for ApiError {
+    fn from(error: Refused) -> Self {
+        match error {
+            Refused::LockedOut(_) => Self::new(ErrorCode::LockedOut, error.to_string()),
+            Refused::Store(store) => store_error(&store),
+        }
     }
 }
 

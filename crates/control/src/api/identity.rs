@@ -164,8 +164,8 @@ pub async fn revoke_realm_tokens(
     Path(tenant): Path<String>,
 ) -> Result<Json<RevokedTokensView>, ApiError> {
     record_tenant(&tenant);
-    let not_before = state.identity.revoke_tokens(&actor, &tenant).await?;
-    Ok(Json(RevokedTokensView { not_before }))
+    let (not_before, api_keys_revoked) = state.identity.revoke_tokens(&actor, &tenant).await?;
+    Ok(Json(RevokedTokensView { not_before, api_keys_revoked }))
 }
 
 /// The realm's published signing keys and their state.
@@ -209,7 +209,14 @@ pub async fn create_api_key(
 ) -> Result<Response, ApiError> {
     record_tenant(&tenant);
     let Json(body) = body?;
-    let created = state.identity.create_api_key(&actor, &tenant, &body.name, body.roles).await?;
+    let ttl = body
+        .ttl
+        .as_deref()
+        .map(parse_duration)
+        .transpose()
+        .map_err(|e| ApiError::new(ErrorCode::InvalidRequest, format!("ttl: {e}")))?;
+    let created =
+        state.identity.create_api_key(&actor, &tenant, &body.name, body.roles, ttl).await?;
     let view = ApiKeyCreated {
         key: created.key.as_str().to_owned(),
         api_key: ApiKeyView::from(created.record),

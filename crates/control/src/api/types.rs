@@ -485,6 +485,9 @@ pub struct RevokedTokensView {
     /// Tokens issued at or before this time are refused.
     #[serde(with = "time::serde::rfc3339")]
     pub not_before: OffsetDateTime,
+    /// API keys made with a token (or with such a key) until then, now
+    /// revoked too.
+    pub api_keys_revoked: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -532,6 +535,12 @@ pub struct CreateApiKeyRequest {
     pub name: String,
     #[schema(value_type = Vec<String>, example = json!(["viewer"]))]
     pub roles: Vec<bulkhead_identity::Role>,
+    /// How long the key lives, e.g. `30d` (default: until revoked). A key
+    /// made with a token lives at most as long as that token, and is
+    /// revoked with the realm's tokens.
+    #[serde(default)]
+    #[schema(example = "30d")]
+    pub ttl: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -548,6 +557,12 @@ pub struct ApiKeyView {
     pub last_used_at: Option<OffsetDateTime>,
     #[serde(with = "time::serde::rfc3339::option")]
     pub revoked_at: Option<OffsetDateTime>,
+    /// When the key stops working; `null`: when it is revoked.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub expires_at: Option<OffsetDateTime>,
+    /// Made with a token (or a key made with one): `auth revoke-tokens`
+    /// revokes it too.
+    pub from_token: bool,
 }
 
 impl From<bulkhead_store::ApiKeyRecord> for ApiKeyView {
@@ -561,6 +576,8 @@ impl From<bulkhead_store::ApiKeyRecord> for ApiKeyView {
             created_at: k.created_at,
             last_used_at: k.last_used_at,
             revoked_at: k.revoked_at,
+            expires_at: k.expires_at,
+            from_token: k.from_token,
         }
     }
 }
