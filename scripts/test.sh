@@ -66,13 +66,16 @@ ensure_redis() {
 
 ensure_postgres
 ensure_redis
-# The end-to-end tests drive the API with curl as well as with the CLI, and
-# check realm tokens with an independent verifier, PyJWT.
+# The end-to-end tests drive the API with curl as well as with the CLI,
+# check realm tokens with an independent verifier (PyJWT), the OpenAPI
+# document with a standard validator, and the live API with a
+# property-based tester (schemathesis).
 command -v curl >/dev/null || apt_install curl
-if ! python3 -c 'import jwt, cryptography' 2>/dev/null; then
-    say "installing PyJWT"
-    python3 -m pip install --quiet --disable-pip-version-check 'pyjwt[crypto]>=2.8,<3' \
-        || die "PyJWT is missing and pip cannot install it; run: python3 -m pip install 'pyjwt[crypto]'"
+PYTHON_TOOLS=('pyjwt[crypto]>=2.8,<3' 'openapi-spec-validator>=0.7,<1' 'schemathesis>=4,<5')
+if ! python3 -c 'import jwt, cryptography, openapi_spec_validator, schemathesis' 2>/dev/null; then
+    say "installing ${PYTHON_TOOLS[*]}"
+    python3 -m pip install --quiet --disable-pip-version-check "${PYTHON_TOOLS[@]}" \
+        || die "cannot install the Python test tools; run: python3 -m pip install ${PYTHON_TOOLS[*]}"
 fi
 
 say "cargo fmt --check"

@@ -68,6 +68,10 @@ impl KeyRing for Keys {
             .or_insert_with(|| Arc::new(AuditKey::generate(stream.clone()).unwrap()));
         Some(Arc::clone(key))
     }
+
+    fn custodian(&self, stream: &StreamId) -> Arc<AuditKey> {
+        Arc::new(AuditKey::generate(stream.clone()).unwrap())
+    }
 }
 
 /// `events` appends queued without waiting, as the gateway records them,
@@ -132,6 +136,7 @@ fn append_throughput(c: &mut Criterion) {
                 AuditLog::start(
                     store.clone(),
                     Arc::new(Keys::default()),
+                    vec![Arc::new(bulkhead_audit::StoreWitness(store.clone()))],
                     Arc::new(OffsetDateTime::now_utc),
                     WriterSettings::default(),
                 )

@@ -172,12 +172,28 @@ impl Checkpoint {
 }
 
 /// A stream's Ed25519 signing key. Its secret half is sealed by the vault
-/// under the tenant's data key and held here only to sign.
+/// under the tenant's data key and held here only to sign, and to derive
+/// the key with which the writer MACs every event it writes.
 pub struct AuditKey {
     stream: StreamId,
     key_id: String,
     secret: Zeroizing<[u8; 32]>,
     public: [u8; 32],
+    /// HMAC-SHA256 key for events: derived from `secret` and the stream.
+    mac_key: Zeroizing<[u8; 32]>,
+}
+
+type HmacSha256 = hmac::Hmac<Sha256>;
+
+/// HMAC-SHA256 of `parts` under `key`.
+fn hmac_of(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
+    use hmac::{KeyInit, Mac};
+    // Any key length is valid for HMAC; the fallback is never taken.
+    let Ok(mut mac) = <HmacSha256 as KeyInit>::new_from_slice(key) else { return [0; 32] };
+    for part in parts {
+        mac.update(part);
+    }
+    mac.finalize().into_bytes().into()
 }
 
 impl fmt::Debug for AuditKey {
@@ -204,7 +220,40 @@ impl AuditKey {
 
     fn from_seed(stream: StreamId, secret: Zeroizing<[u8; 32]>) -> Self {
         let public = ed25519_dalek::SigningKey::from_bytes(&secret).verifying_key().to_bytes();
-        Self { key_id: key_id(&stream, &public), stream, secret, public }
+        let mac_key = Zeroizing::new(hmac_of(
+            secret.as_slice(),
+            &[b"bulkhead-audit-event-mac\0", stream.as_str().as_bytes()],
+        ));
+        Self { key_id: key_id(&stream, &public), stream, secret, public, mac_key }
+    }
+
+    /// The key that stands in for `stream`'s own where that cannot be used
+    /// (a tenant's key not made yet or not loaded, a purged tenant's
+    /// destroyed): derived from this key, the platform's, and bound to the
+    /// stream like any other of its keys.
+    pub fn custodian(&self, stream: &StreamId) -> Self {
+        let seed = hmac_of(
+            self.secret.as_slice(),
+            &[b"bulkhead-audit-custodian\0", stream.as_str().as_bytes()],
+        );
+        Self::from_seed(stream.clone(), Zeroizing::new(seed))
+    }
+
+    /// The writer's MAC of the event at `seq` whose hash is `hash`.
+    pub fn event_mac(&self, seq: u64, hash: &[u8; 32]) -> [u8; 32] {
+        hmac_of(self.mac_key.as_slice(), &[&seq.to_be_bytes(), hash])
+    }
+
+    /// Whether `tag` is this key's MAC of the event, compared in constant
+    /// time.
+    pub fn verify_event_mac(&self, seq: u64, hash: &[u8; 32], tag: &[u8]) -> bool {
+        use hmac::{KeyInit, Mac};
+        let Ok(mut mac) = <HmacSha256 as KeyInit>::new_from_slice(self.mac_key.as_slice()) else {
+            return false;
+        };
+        mac.update(&seq.to_be_bytes());
+        mac.update(hash);
+        mac.verify_slice(tag).is_ok()
     }
 
     pub fn key_id(&self) -> &str {
@@ -287,6 +336,17 @@ mod tests {
         let moved = Checkpoint { seq: 11, ..checkpoint.clone() };
         assert!(!moved.verify(&acme.public_info(now)));
         assert!(acme.public_info(now).is_bound());
+        // MACs: one key's only, for one event only; a custodian is a key
+        // of the stream it stands in for, and not the same key.
+        let tag = acme.event_mac(3, &[5; 32]);
+        assert!(acme.verify_event_mac(3, &[5; 32], &tag));
+        assert!(!acme.verify_event_mac(4, &[5; 32], &tag));
+        assert!(!globex.verify_event_mac(3, &[5; 32], &tag));
+        let custodian = globex.custodian(acme.stream());
+        assert_eq!(custodian.stream(), acme.stream());
+        assert_ne!(custodian.key_id(), acme.key_id());
+        assert!(custodian.public_info(now).is_bound());
+        assert_eq!(globex.custodian(acme.stream()).key_id(), custodian.key_id(), "deterministic");
         let relabelled = PublicKeyInfo { stream: globex.stream.clone(), ..acme.public_info(now) };
         assert!(!relabelled.is_bound());
     }

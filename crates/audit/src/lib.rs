@@ -11,11 +11,13 @@
 pub mod canonical;
 pub mod checkpoint;
 pub mod export;
+pub mod integrity;
 pub mod record;
 pub mod verify;
 pub mod writer;
 
 pub use checkpoint::{AuditKey, Checkpoint, CheckpointKind, PublicKeyInfo};
+pub use integrity::{FileWitness, StoreWitness, StreamKeys, Witness};
 pub use record::{Actor, Event, NewEvent, StreamId};
 pub use verify::{Broken, Report, verify_export};
 pub use writer::{AuditError, AuditLog, KeyRing, WriterSettings};

@@ -21,6 +21,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::{
     checkpoint::{AuditKey, Checkpoint, CheckpointKind},
+    integrity::{self, Refusal, StreamKeys, Witness},
     record::{Event, GENESIS, NewEvent, StreamId},
 };
 
@@ -34,6 +35,14 @@ pub enum AuditError {
     Store(String),
     #[error("stream {0} has no audit key to sign with yet")]
     NoKey(String),
+    /// The stored stream is not what Bulkhead wrote and signed; nothing more
+    /// is appended to it or signed until an operator restores it.
+    #[error(
+        "the stored audit stream {stream} was changed outside Bulkhead ({reason}); Bulkhead \
+         refuses to append to it or sign it: restore the audit tables from a backup (see \
+         docs/audit.md)"
+    )]
+    Broken { stream: String, reason: String },
     #[error("{0}")]
     Invalid(String),
 }
@@ -52,6 +61,17 @@ pub trait KeyRing: Send + Sync + fmt::Debug {
     /// loaded): the events are appended and chained anyway, and the
     /// checkpoint is made once the key is back.
     async fn signing_key(&self, stream: &StreamId) -> Option<Arc<AuditKey>>;
+
+    /// The stream's key if it is at hand without any lookup: a key made
+    /// moments ago (the tenant just provisioned) is used at once, even
+    /// while the stream is backing off from asking.
+    fn cached(&self, _stream: &StreamId) -> Option<Arc<AuditKey>> {
+        None
+    }
+
+    /// The key that stands in for the stream's own where that is missing
+    /// (see [`AuditKey::custodian`]): it MACs events written meanwhile.
+    fn custodian(&self, stream: &StreamId) -> Arc<AuditKey>;
 }
 
 /// Where the writer takes the time of checkpoints from.
@@ -111,9 +131,12 @@ impl fmt::Debug for AuditLog {
 impl AuditLog {
     /// Starts the writer. It runs until [`AuditLog::stop`] or until every
     /// handle is dropped, and checkpoints every stream before it ends.
+    /// `witnesses` keep each stream's last signed head outside the audit
+    /// tables (see [`crate::integrity`]).
     pub fn start(
         store: Arc<dyn AuditStore>,
         keys: Arc<dyn KeyRing>,
+        witnesses: Vec<Arc<dyn Witness>>,
         now: Now,
         settings: WriterSettings,
     ) -> (Self, tokio::task::JoinHandle<()>) {
@@ -121,10 +144,13 @@ impl AuditLog {
         let writer = Writer {
             store: Arc::clone(&store),
             keys,
+            witnesses,
             now,
             settings,
             heads: HashMap::new(),
             keyless: HashMap::new(),
+            custodians: HashMap::new(),
+            broken: HashMap::new(),
         };
         (Self { tx, store }, tokio::spawn(writer.run(rx)))
     }
@@ -194,17 +220,26 @@ struct Head {
     /// Events since the last checkpoint, and since when.
     unsigned: u64,
     unsigned_since: Option<Instant>,
+    /// Whether the stored events up to here are known to be the writer's
+    /// own (checked when the head was read, or written by this writer);
+    /// false while checking needs the stream's own key, not loaded then.
+    verified: bool,
 }
 
 struct Writer {
     store: Arc<dyn AuditStore>,
     keys: Arc<dyn KeyRing>,
+    witnesses: Vec<Arc<dyn Witness>>,
     now: Now,
     settings: WriterSettings,
     heads: HashMap<StreamId, Head>,
     /// Streams whose key was missing, and when it was last asked for: a
     /// stream without a key must not cost a key lookup per event.
     keyless: HashMap<StreamId, Instant>,
+    /// Custodian keys derived so far, for streams without their own.
+    custodians: HashMap<StreamId, Arc<AuditKey>>,
+    /// Streams found changed outside Bulkhead, and what was wrong.
+    broken: HashMap<StreamId, String>,
 }
 
 /// How long a stream found without a key goes before it is asked again.
@@ -283,12 +318,67 @@ impl Writer {
         self.heads.get_mut(stream).ok_or(AuditError::Closed)
     }
 
-    async fn load_head(&self, stream: &StreamId) -> Result<Head, AuditError> {
+    /// Reads the stream's head from the store, after checking that the
+    /// stored stream is Bulkhead's own (see [`integrity::verify_stored`]).
+    async fn load_head(&mut self, stream: &StreamId) -> Result<Head, AuditError> {
+        self.refuse_broken(stream)?;
         let (seq, hash) = stored_head(self.store.as_ref(), stream).await?;
         let signed = self.store.audit_last_checkpoint(stream.as_str()).await?.unwrap_or(0);
         let unsigned = seq.saturating_sub(u64::try_from(signed).unwrap_or(0));
         let since = (unsigned > 0).then(Instant::now);
-        Ok(Head { seq, hash, unsigned, unsigned_since: since })
+        let verified = self.verify(stream, seq).await?;
+        Ok(Head { seq, hash, unsigned, unsigned_since: since, verified })
+    }
+
+    /// Whether the stored stream up to `seq` is the writer's own: `false`
+    /// when that needs the stream's own key, not loaded now. A stream found
+    /// changed is marked broken.
+    async fn verify(&mut self, stream: &StreamId, seq: u64) -> Result<bool, AuditError> {
+        let keys = self.stream_keys(stream).await;
+        let verdict =
+            integrity::verify_stored(self.store.as_ref(), &self.witnesses, &keys, stream, seq)
+                .await;
+        match verdict {
+            Ok(integrity::Verdict::Sound) => Ok(true),
+            Ok(integrity::Verdict::NeedsOwnKey) => Ok(false),
+            Err(Refusal::Unreadable(why)) => Err(AuditError::Store(why)),
+            Err(Refusal::Tampered(reason)) => {
+                tracing::error!(%stream, %reason, "the stored audit stream was changed outside Bulkhead; refusing to append to it or sign it");
+                self.broken.insert(stream.clone(), reason);
+                self.heads.remove(stream);
+                self.refuse_broken(stream).map(|()| false)
+            }
+        }
+    }
+
+    fn refuse_broken(&self, stream: &StreamId) -> Result<(), AuditError> {
+        match self.broken.get(stream) {
+            Some(reason) => {
+                Err(AuditError::Broken { stream: stream.to_string(), reason: reason.clone() })
+            }
+            None => Ok(()),
+        }
+    }
+
+    async fn stream_keys(&mut self, stream: &StreamId) -> StreamKeys {
+        StreamKeys { own: self.key_for(stream).await, custodian: self.custodian(stream) }
+    }
+
+    fn custodian(&mut self, stream: &StreamId) -> Arc<AuditKey> {
+        if self.custodians.len() > MAX_HEADS {
+            self.custodians.clear();
+        }
+        let keys = &self.keys;
+        Arc::clone(self.custodians.entry(stream.clone()).or_insert_with(|| keys.custodian(stream)))
+    }
+
+    /// The key whose MAC the writer puts on the stream's events: its own,
+    /// else its custodian's.
+    async fn mac_key(&mut self, stream: &StreamId) -> Arc<AuditKey> {
+        match self.key_for(stream).await {
+            Some(own) => own,
+            None => self.custodian(stream),
+        }
     }
 
     async fn write(&mut self, batch: Vec<(NewEvent, Option<Reply>)>) {
@@ -346,6 +436,7 @@ impl Writer {
         let mut seqs = Vec::with_capacity(events.len());
         let mut touched: HashSet<StreamId> = HashSet::new();
         let mut checkpoints = Vec::new();
+        let mut witnessed = Vec::new();
         let every = self.settings.checkpoint_every.max(1);
         let mut failed = None;
         for event in events {
@@ -364,12 +455,14 @@ impl Writer {
             head.unsigned_since.get_or_insert_with(Instant::now);
             let due = head.unsigned >= every;
             seqs.push(event.seq);
-            rows.push(event_row(event));
+            let key = self.mac_key(&stream).await;
+            rows.push(event_row(event, &key));
             // Exactly every N events, even within one batch: the head is
             // this event.
             if due {
                 let signed = self.sign(std::slice::from_ref(&stream)).await;
                 checkpoints.extend(signed.rows);
+                witnessed.extend(signed.checkpoints);
                 self.signed(&signed.streams);
             }
             touched.insert(stream);
@@ -382,12 +475,18 @@ impl Writer {
             for stream in touched {
                 self.heads.remove(&stream);
             }
+        } else {
+            self.witness(&witnessed).await;
         }
         result.map(|()| seqs)
     }
 
     /// The stream's signing key, unless it was found missing lately.
     async fn key_for(&mut self, stream: &StreamId) -> Option<Arc<AuditKey>> {
+        if let Some(key) = self.keys.cached(stream) {
+            self.keyless.remove(stream);
+            return Some(key);
+        }
         if self.keyless.get(stream).is_some_and(|at| at.elapsed() < KEYLESS_BACKOFF) {
             return None;
         }
@@ -400,7 +499,7 @@ impl Writer {
     }
 
     /// Checkpoints for `streams` at their current heads, for those whose
-    /// key is available.
+    /// key is available and whose stored events are the writer's own.
     async fn sign(&mut self, streams: &[StreamId]) -> Signed {
         let mut signed = Signed::default();
         let at = (self.now)();
@@ -409,13 +508,38 @@ impl Writer {
             if head.seq == 0 {
                 continue;
             }
-            let (seq, hash) = (head.seq, head.hash);
+            let (seq, hash, verified) = (head.seq, head.hash, head.verified);
             let Some(key) = self.key_for(stream).await else { continue };
+            // Read while the stream's own key was not loaded: checked now
+            // that it is, before anything is signed.
+            if !verified {
+                match self.verify(stream, seq).await {
+                    Ok(true) => {
+                        if let Some(head) = self.heads.get_mut(stream) {
+                            head.verified = true;
+                        }
+                    }
+                    Ok(false) | Err(_) => continue,
+                }
+            }
             let checkpoint = Checkpoint::sign(&key, seq, hash, at, CheckpointKind::Periodic);
             signed.rows.push(checkpoint_row(&checkpoint));
+            signed.checkpoints.push(checkpoint);
             signed.streams.push(stream.clone());
         }
         signed
+    }
+
+    /// Tells the witnesses about checkpoints just stored. A witness that
+    /// cannot keep up is logged; the stored checkpoint is what counts.
+    async fn witness(&self, checkpoints: &[Checkpoint]) {
+        for checkpoint in checkpoints {
+            for witness in &self.witnesses {
+                if let Err(error) = witness.record(checkpoint).await {
+                    tracing::warn!(stream = %checkpoint.stream, %error, "an audit witness did not record the signed head");
+                }
+            }
+        }
     }
 
     fn signed(&mut self, streams: &[StreamId]) {
@@ -453,6 +577,7 @@ impl Writer {
             return Ok(());
         }
         self.store.append_audit(&[], &signed.rows).await?;
+        self.witness(&signed.checkpoints).await;
         self.signed(&signed.streams);
         Ok(())
     }
@@ -497,11 +622,16 @@ fn answer(replies: Vec<Option<Reply>>, result: Result<Vec<u64>, AuditError>) {
 #[derive(Default)]
 struct Signed {
     rows: Vec<AuditCheckpointRow>,
+    checkpoints: Vec<Checkpoint>,
     streams: Vec<StreamId>,
 }
 
-fn event_row(event: Event) -> AuditEventRow {
+/// The event as stored, with `key`'s MAC.
+fn event_row(event: Event, key: &AuditKey) -> AuditEventRow {
+    let mac = key.event_mac(event.seq, &event.hash);
     AuditEventRow {
+        mac: Some(mac.to_vec()),
+        mac_key_id: Some(key.key_id().to_owned()),
         stream: event.stream.into(),
         seq: event.seq as i64,
         time: event.time,
@@ -530,16 +660,20 @@ pub fn checkpoint_row(checkpoint: &Checkpoint) -> AuditCheckpointRow {
 }
 
 /// Appends one event without a writer, for a command that runs while the
-/// server may not (`bulkhead vault unlock --offline`). Reads the head,
-/// chains, inserts; a seq taken meanwhile by the server's writer is tried
+/// server may not (`bulkhead vault unlock --offline`), MACed with `key`
+/// (the stream's own, or its custodian). Reads the head, chains, inserts; a seq taken meanwhile by the server's writer is tried
 /// again from the new head. The server's writer checkpoints it later.
-pub async fn append_offline(store: &dyn AuditStore, event: NewEvent) -> Result<u64, AuditError> {
+pub async fn append_offline(
+    store: &dyn AuditStore,
+    key: &AuditKey,
+    event: NewEvent,
+) -> Result<u64, AuditError> {
     let mut last_error = AuditError::Closed;
     for _ in 0..5 {
         let (seq, hash) = stored_head(store, &event.stream).await?;
         let chained = Event::chain(event.clone(), seq + 1, hash);
         let seq = chained.seq;
-        match store.append_audit(&[event_row(chained)], &[]).await {
+        match store.append_audit(&[event_row(chained, key)], &[]).await {
             Ok(()) => return Ok(seq),
             Err(error) => last_error = error.into(),
         }

@@ -11,8 +11,8 @@ use std::{
 
 use async_trait::async_trait;
 use bulkhead_audit::{
-    Actor, AuditKey, AuditLog, KeyRing, NewEvent, StreamId, WriterSettings,
-    canonical::CanonicalJson, export::Exporter, verify_export,
+    Actor, AuditKey, AuditLog, KeyRing, NewEvent, StoreWitness, StreamId, StreamKeys, Witness,
+    WriterSettings, canonical::CanonicalJson, export::Exporter, verify_export,
 };
 use bulkhead_store::{AuditKeyRow, AuditStore, ControlStore};
 use bulkhead_testkit::{StoreFixture, on_both_stores};
@@ -26,11 +26,17 @@ use uuid::Uuid;
 struct TestKeys {
     store: Arc<dyn ControlStore>,
     keys: Mutex<HashMap<StreamId, Arc<AuditKey>>>,
+    platform: AuditKey,
 }
 
 impl TestKeys {
     fn new(store: Arc<dyn ControlStore>) -> Arc<Self> {
-        Arc::new(Self { store, keys: Mutex::default() })
+        let platform = AuditKey::generate(StreamId::platform()).unwrap();
+        Arc::new(Self { store, keys: Mutex::default(), platform })
+    }
+
+    fn stream_keys(&self, stream: &StreamId, own: Arc<AuditKey>) -> StreamKeys {
+        StreamKeys { own: Some(own), custodian: self.custodian(stream) }
     }
 
     async fn key(&self, stream: &StreamId) -> Arc<AuditKey> {
@@ -58,6 +64,10 @@ impl KeyRing for TestKeys {
     async fn signing_key(&self, stream: &StreamId) -> Option<Arc<AuditKey>> {
         Some(self.key(stream).await)
     }
+
+    fn custodian(&self, stream: &StreamId) -> Arc<AuditKey> {
+        Arc::new(self.platform.custodian(stream))
+    }
 }
 
 fn event(stream: &StreamId, n: u32, at: OffsetDateTime) -> NewEvent {
@@ -74,9 +84,22 @@ fn event(stream: &StreamId, n: u32, at: OffsetDateTime) -> NewEvent {
 }
 
 fn writer(store: &Arc<dyn ControlStore>, keys: Arc<TestKeys>) -> AuditLog {
+    writer_task(store, keys).0
+}
+
+/// The writer and its task, which a test can abort as a crash would.
+fn writer_task(
+    store: &Arc<dyn ControlStore>,
+    keys: Arc<TestKeys>,
+) -> (AuditLog, tokio::task::JoinHandle<()>) {
     let settings = WriterSettings { checkpoint_every: 10, ..WriterSettings::default() };
     let store: Arc<dyn AuditStore> = store.clone();
-    AuditLog::start(store, keys, Arc::new(OffsetDateTime::now_utc), settings).0
+    let witnesses = witnesses(&store);
+    AuditLog::start(store, keys, witnesses, Arc::new(OffsetDateTime::now_utc), settings)
+}
+
+fn witnesses(store: &Arc<dyn AuditStore>) -> Vec<Arc<dyn Witness>> {
+    vec![Arc::new(StoreWitness(Arc::clone(store)))]
 }
 
 async fn export(fx: &StoreFixture, keys: &TestKeys, stream: &StreamId) -> String {
@@ -91,9 +114,13 @@ async fn export_from(
     since: Option<OffsetDateTime>,
 ) -> String {
     let audit: Arc<dyn AuditStore> = store.clone();
-    let key = keys.key(stream).await;
+    let stream_keys = keys.stream_keys(stream, keys.key(stream).await);
     let now = OffsetDateTime::now_utc();
-    let mut exporter = Exporter::new(audit, stream.clone(), None, key, since, now).await.unwrap();
+    let witnesses = witnesses(&audit);
+    let mut exporter =
+        Exporter::new(audit, stream.clone(), None, stream_keys, witnesses, since, now)
+            .await
+            .unwrap();
     let mut out = String::new();
     while let Some(page) = exporter.next_page().await.unwrap() {
         out.push_str(&page);
@@ -409,9 +436,13 @@ async fn an_export_of_a_tampered_store_is_refused(fx: StoreFixture) {
         }
     }
     let store: Arc<dyn AuditStore> = fx.store.clone();
-    let key = keys.key(&stream).await;
+    let stream_keys = keys.stream_keys(&stream, keys.key(&stream).await);
     let now = OffsetDateTime::now_utc();
-    let mut exporter = Exporter::new(store, stream.clone(), None, key, None, now).await.unwrap();
+    let witnesses = witnesses(&store);
+    let mut exporter =
+        Exporter::new(store, stream.clone(), None, stream_keys, witnesses, None, now)
+            .await
+            .unwrap();
     let mut refused = None;
     loop {
         match exporter.next_page().await {
@@ -423,8 +454,297 @@ async fn an_export_of_a_tampered_store_is_refused(fx: StoreFixture) {
             }
         }
     }
-    let refused = refused.expect("the export was refused");
-    assert!(refused.contains("broken at seq 5"), "{refused}");
+    let refused = refused.expect("the export was refused").to_string();
+    assert!(refused.contains("at seq 5, an event does not match its hash"), "{refused}");
+}
+
+/// Runs SQL against the fixture's database as whoever owns it (the SQLite
+/// file's owner, a PostgreSQL superuser), with the append-only triggers
+/// out of the way: the attacker who holds the database.
+async fn as_database_owner(fx: &StoreFixture, statements: &[String]) {
+    match &fx.db {
+        None => {
+            let url = format!("sqlite://{}", fx.dir.path().join("bulkhead.db").display());
+            let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+            for trigger in [
+                "audit_events_no_update",
+                "audit_events_no_delete",
+                "audit_checkpoints_no_update",
+                "audit_checkpoints_no_delete",
+            ] {
+                let sql = format!("DROP TRIGGER IF EXISTS {trigger}");
+                sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&pool).await.unwrap();
+            }
+            for sql in statements {
+                let sql = sql.replace("audit.", "");
+                sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&pool).await.unwrap();
+            }
+        }
+        Some(db) => {
+            let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+            let mut all = vec![
+                "ALTER TABLE audit.audit_events DISABLE TRIGGER USER".to_owned(),
+                "ALTER TABLE audit.audit_checkpoints DISABLE TRIGGER USER".to_owned(),
+            ];
+            all.extend(statements.iter().cloned());
+            for sql in all {
+                sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&pool).await.unwrap();
+            }
+        }
+    }
+}
+
+/// Rewrites the stored events from `from` on as an attacker with the
+/// database but no key would: `outcome` of event `from` changed, then the
+/// chain recomputed so every hash and link is right again.
+async fn rewrite_from(fx: &StoreFixture, stream: &StreamId, from: u64) {
+    let rows = fx.store.audit_events(stream.as_str(), 0, 10_000).await.unwrap();
+    let mut prev = None;
+    let mut statements = Vec::new();
+    for row in rows {
+        let mut event = bulkhead_audit::export::event_from_row(&row).unwrap();
+        if event.seq < from {
+            prev = Some(event.hash);
+            continue;
+        }
+        if event.seq == from {
+            event.outcome = "denied".into();
+        }
+        event.prev_hash = prev.unwrap_or([0; 32]);
+        event.hash = event.compute_hash();
+        prev = Some(event.hash);
+        statements.push(format!(
+            "UPDATE audit.audit_events SET outcome = '{}', prev_hash = {}, hash = {} \
+             WHERE stream = '{stream}' AND seq = {}",
+            event.outcome,
+            blob(fx, &event.prev_hash),
+            blob(fx, &event.hash),
+            event.seq
+        ));
+    }
+    as_database_owner(fx, &statements).await;
+}
+
+fn blob(fx: &StoreFixture, bytes: &[u8]) -> String {
+    let hex = bulkhead_audit::record::hex(bytes);
+    if fx.db.is_some() { format!("'\\x{hex}'::bytea") } else { format!("X'{hex}'") }
+}
+
+/// The export Bulkhead refuses to sign, and why.
+async fn export_refusal(fx: &StoreFixture, keys: &TestKeys, stream: &StreamId) -> String {
+    let store: Arc<dyn AuditStore> = fx.store.clone();
+    let stream_keys = keys.stream_keys(stream, keys.key(stream).await);
+    let now = OffsetDateTime::now_utc();
+    let witnesses = witnesses(&store);
+    let mut exporter =
+        match Exporter::new(store, stream.clone(), None, stream_keys, witnesses, None, now).await {
+            Ok(exporter) => exporter,
+            Err(error) => return error.to_string(),
+        };
+    loop {
+        match exporter.next_page().await {
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("an export of a forged stream was signed"),
+            Err(error) => return error.to_string(),
+        }
+    }
+}
+
+/// 25 events, checkpointed at 10 and 20 and, when the writer stops, 25.
+async fn written_stream(fx: &StoreFixture, keys: &Arc<TestKeys>) -> StreamId {
+    let log = writer(&fx.store, Arc::clone(keys));
+    let stream = StreamId::tenant(Uuid::new_v4());
+    for n in 0..25 {
+        log.append(event(&stream, n, OffsetDateTime::now_utc())).await.unwrap();
+    }
+    log.stop().await;
+    stream
+}
+
+async fn checkpoints_of(fx: &StoreFixture, stream: &StreamId) -> Vec<i64> {
+    let rows = fx.store.audit_checkpoints(stream.as_str(), 0, i64::MAX).await.unwrap();
+    rows.iter().map(|c| c.seq).collect()
+}
+
+/// With the triggers off, the checkpoints deleted and an old event edited
+/// with the chain recomputed: the next server neither writes to the stream
+/// nor signs it, and no export of it is signed.
+async fn forged_history_is_never_signed(fx: StoreFixture) {
+    let keys = TestKeys::new(fx.store.clone());
+    let stream = written_stream(&fx, &keys).await;
+    let deleting = format!("DELETE FROM audit.audit_checkpoints WHERE stream = '{stream}'");
+    as_database_owner(
+        &fx,
+        &[deleting, format!("DELETE FROM audit_heads WHERE stream = '{stream}'")],
+    )
+    .await;
+    rewrite_from(&fx, &stream, 5).await;
+    let restarted = writer(&fx.store, Arc::clone(&keys));
+    let refused = restarted.append(event(&stream, 99, OffsetDateTime::now_utc())).await;
+    let refused = refused.unwrap_err().to_string();
+    assert!(refused.contains("event 5 does not carry the writer's MAC"), "{refused}");
+    restarted.checkpoint_all().await.unwrap();
+    assert!(checkpoints_of(&fx, &stream).await.is_empty(), "nothing of it was signed");
+    let export = export_refusal(&fx, &keys, &stream).await;
+    assert!(export.contains("at seq 5, an event does not carry the writer's MAC"), "{export}");
+    // Other streams carry on.
+    let other = StreamId::tenant(Uuid::new_v4());
+    assert_eq!(restarted.append(event(&other, 1, OffsetDateTime::now_utc())).await, Ok(1));
+    restarted.stop().await;
+}
+
+/// Rows inserted at the unsigned tail, with the triggers in place: the
+/// writer stops at them and no export signs them.
+async fn events_inserted_behind_the_writer_are_refused(fx: StoreFixture) {
+    let keys = TestKeys::new(fx.store.clone());
+    let log = writer(&fx.store, Arc::clone(&keys));
+    let stream = StreamId::tenant(Uuid::new_v4());
+    for n in 0..3 {
+        log.append(event(&stream, n, OffsetDateTime::now_utc())).await.unwrap();
+    }
+    let head = fx.store.audit_head(stream.as_str()).await.unwrap().unwrap();
+    let mut forged = bulkhead_audit::record::Event::chain(
+        event(&stream, 7, OffsetDateTime::now_utc()),
+        4,
+        head.1.try_into().unwrap(),
+    );
+    forged.action = "secret.delete".into();
+    forged.hash = forged.compute_hash();
+    let row = bulkhead_store::AuditEventRow {
+        stream: stream.to_string(),
+        seq: 4,
+        time: forged.time.clone(),
+        actor_kind: forged.actor.kind.clone(),
+        actor_id: forged.actor.id.clone(),
+        action: forged.action.clone(),
+        resource: forged.resource.clone(),
+        outcome: forged.outcome.clone(),
+        request_id: forged.request_id.clone(),
+        details: forged.details.as_str().to_owned(),
+        prev_hash: forged.prev_hash.to_vec(),
+        hash: forged.hash.to_vec(),
+        mac: Some(vec![0; 32]),
+        mac_key_id: Some(keys.key(&stream).await.key_id().to_owned()),
+    };
+    fx.store.append_audit(&[row], &[]).await.unwrap();
+    // The running writer's next event collides with it, reads the head
+    // again and finds the row it did not write.
+    let refused = log.append(event(&stream, 4, OffsetDateTime::now_utc())).await;
+    assert!(
+        refused
+            .as_ref()
+            .unwrap_err()
+            .to_string()
+            .contains("event 4 does not carry the writer's MAC"),
+        "{refused:?}"
+    );
+    log.stop().await;
+    assert_eq!(checkpoints_of(&fx, &stream).await, Vec::<i64>::new(), "never signed");
+    let export = export_refusal(&fx, &keys, &stream).await;
+    assert!(export.contains("at seq 4, an event does not carry the writer's MAC"), "{export}");
+}
+
+/// A key planted in the keys table and a truncation checkpoint it signed
+/// let the database delete early events; the export is refused, since
+/// only the key Bulkhead holds counts.
+async fn a_planted_key_cannot_truncate_history(fx: StoreFixture) {
+    let keys = TestKeys::new(fx.store.clone());
+    let stream = written_stream(&fx, &keys).await;
+    let attacker = AuditKey::generate(stream.clone()).unwrap();
+    let info = attacker.public_info(OffsetDateTime::now_utc());
+    fx.store
+        .insert_audit_key(&AuditKeyRow {
+            stream: stream.to_string(),
+            key_id: info.key_id.clone(),
+            public_key: info.public_key.clone(),
+            created_at: info.created_at.clone(),
+        })
+        .await
+        .unwrap();
+    let rows = fx.store.audit_events(stream.as_str(), 11, 1).await.unwrap();
+    let head: [u8; 32] = rows[0].hash.clone().try_into().unwrap();
+    let truncation = bulkhead_audit::Checkpoint::sign(
+        &attacker,
+        12,
+        head,
+        OffsetDateTime::now_utc(),
+        bulkhead_audit::CheckpointKind::Truncation,
+    );
+    fx.store
+        .append_audit(&[], &[bulkhead_audit::writer::checkpoint_row(&truncation)])
+        .await
+        .unwrap();
+    as_database_owner(
+        &fx,
+        &[format!("DELETE FROM audit.audit_events WHERE stream = '{stream}' AND seq <= 12")],
+    )
+    .await;
+    let export = export_refusal(&fx, &keys, &stream).await;
+    assert!(
+        export.contains(
+            "at seq 12, the checkpoint the export would start from is not signed by \
+                         the stream's key"
+        ),
+        "{export}"
+    );
+}
+
+/// The unsigned tail rewritten while the server was down: refused.
+async fn an_offline_rewrite_of_the_unsigned_tail_is_refused(fx: StoreFixture) {
+    let keys = TestKeys::new(fx.store.clone());
+    let (log, task) = writer_task(&fx.store, Arc::clone(&keys));
+    let stream = StreamId::tenant(Uuid::new_v4());
+    for n in 0..25 {
+        log.append(event(&stream, n, OffsetDateTime::now_utc())).await.unwrap();
+    }
+    // Killed: 21..25 were never signed.
+    task.abort();
+    let _ = task.await;
+    assert_eq!(checkpoints_of(&fx, &stream).await.last(), Some(&20));
+    rewrite_from(&fx, &stream, 23).await;
+    let restarted = writer(&fx.store, Arc::clone(&keys));
+    let refused = restarted.append(event(&stream, 99, OffsetDateTime::now_utc())).await;
+    assert!(
+        refused
+            .as_ref()
+            .unwrap_err()
+            .to_string()
+            .contains("event 23 does not carry the writer's MAC"),
+        "{refused:?}"
+    );
+    restarted.stop().await;
+    assert_eq!(checkpoints_of(&fx, &stream).await.last(), Some(&20), "not signed");
+    let export = export_refusal(&fx, &keys, &stream).await;
+    assert!(export.contains("at seq 23"), "{export}");
+}
+
+/// Signed events deleted with their checkpoints: the head kept outside the
+/// audit tables says how far Bulkhead had signed.
+async fn deleting_the_signed_tail_is_noticed(fx: StoreFixture) {
+    let keys = TestKeys::new(fx.store.clone());
+    let stream = written_stream(&fx, &keys).await;
+    assert_eq!(checkpoints_of(&fx, &stream).await, [10, 20, 25]);
+    as_database_owner(
+        &fx,
+        &[
+            format!("DELETE FROM audit.audit_events WHERE stream = '{stream}' AND seq > 20"),
+            format!("DELETE FROM audit.audit_checkpoints WHERE stream = '{stream}' AND seq > 20"),
+        ],
+    )
+    .await;
+    let restarted = writer(&fx.store, Arc::clone(&keys));
+    let refused = restarted.append(event(&stream, 99, OffsetDateTime::now_utc())).await;
+    assert!(
+        refused
+            .as_ref()
+            .unwrap_err()
+            .to_string()
+            .contains("ends at seq 20, but Bulkhead signed it up to seq 25"),
+        "{refused:?}"
+    );
+    restarted.stop().await;
+    let export = export_refusal(&fx, &keys, &stream).await;
+    assert!(export.contains("Bulkhead signed it up to seq 25"), "{export}");
 }
 
 on_both_stores!(
@@ -432,6 +752,11 @@ on_both_stores!(
     retention_keeps_what_remains_verifiable,
     the_database_refuses_changes,
     an_export_of_a_tampered_store_is_refused,
+    forged_history_is_never_signed,
+    events_inserted_behind_the_writer_are_refused,
+    a_planted_key_cannot_truncate_history,
+    an_offline_rewrite_of_the_unsigned_tail_is_refused,
+    deleting_the_signed_tail_is_noticed,
 );
 
 /// On PostgreSQL, as the application role the server really runs as (not

@@ -35,7 +35,10 @@ pub struct GlobalArgs {
     /// URL of the control API [default: from <data-dir>/api.url]
     #[arg(long, global = true, env = env::API, value_name = "URL")]
     pub api: Option<String>,
-    /// Operator token [default: from <data-dir>/operator.token]
+    /// The credential to call the API with: an operator token, or on a
+    /// tenant's own commands a token of its realm (minted with
+    /// --control-api) or one of its API keys [default: the operator token in
+    /// <data-dir>/operator.token]
     #[arg(long, global = true, env = env::TOKEN, hide_env_values = true, value_name = "TOKEN")]
     pub token: Option<Sensitive>,
     /// Output format of client commands
@@ -55,6 +58,14 @@ pub enum Output {
 pub enum Command {
     /// Run the control plane
     Serve(ServeArgs),
+    /// Where the running server is: its API and gateway URLs, its store and
+    /// data directory, its tenants
+    Status {
+        /// Print only the API's URL, e.g. for `curl "$(bulkhead status
+        /// --api-url)/realms/acme/jwks.json"`
+        #[arg(long)]
+        api_url: bool,
+    },
     /// Create, inspect, suspend and delete tenants
     #[command(subcommand)]
     Tenants(TenantsCommand),
@@ -126,6 +137,15 @@ pub enum AuditCommand {
         /// Trust only the keys listed in this audit-keys.json
         #[arg(long, value_name = "FILE")]
         keys_file: Option<PathBuf>,
+        /// An earlier export of the same stream, kept since: prove that
+        /// this one extends it (the history it covered was not rewritten
+        /// or cut). Verified first, with the same keys
+        #[arg(long, value_name = "EARLIER_EXPORT", conflicts_with = "checkpoint")]
+        previous: Option<PathBuf>,
+        /// As --previous, given only the earlier export's export checkpoint:
+        /// its seq and 64-hex head
+        #[arg(long, value_name = "SEQ:HEAD")]
+        checkpoint: Option<String>,
     },
 }
 
@@ -438,8 +458,9 @@ pub struct CreateArgs {
     /// Plan (see `bulkhead plans list`)
     #[arg(long)]
     pub plan: String,
-    /// Override the plan's default isolation
-    #[arg(long, value_parser = parse_isolation)]
+    /// Override the plan's default isolation: silo (a database of its own)
+    /// or pool (the region's shared database; PostgreSQL regions only)
+    #[arg(long, value_parser = parse_isolation, value_name = "silo|pool")]
     pub isolation: Option<Isolation>,
     /// Region [default: the first configured region]
     #[arg(long)]

@@ -8,8 +8,9 @@ use bulkhead_control::api::{
         ApiKeyCreated, ApiKeyList, CreateApiKeyRequest, CreateTenantRequest, CredentialView,
         ErrorBody, IssueCredentialRequest, IssueTokenRequest, KeyStatusView, LeaseList, LeaseView,
         LockoutList, MasterRotationView, PlanList, RealmKeyList, RevokedTokensView, RewrapView,
-        RotateKeyView, RotateRealmKeyView, SecretList, SecretWritten, TenantKeyRequest,
-        TenantKeyView, TenantList, TenantView, TokenView, TrustRequest, TrustView,
+        RotateKeyView, RotateRealmKeyView, SecretList, SecretWritten, ServerStatus,
+        TenantKeyRequest, TenantKeyView, TenantList, TenantView, TokenView, TrustRequest,
+        TrustView,
     },
 };
 use reqwest::{Method, RequestBuilder, StatusCode, Url};
@@ -28,6 +29,8 @@ pub struct ApiClient {
     http: reqwest::Client,
     base: Url,
     token: String,
+    /// Where the credential came from, to name it when it is refused.
+    token_source: String,
 }
 
 impl std::fmt::Debug for ApiClient {
@@ -61,6 +64,10 @@ impl ApiClient {
                     "--api {api:?} is not an http(s) URL such as {DEFAULT_API}"
                 ))
             })?;
+        let token_source = match &global.token {
+            Some(_) => format!("--token (or {})", env::TOKEN),
+            None => format!("the operator token in {}", data_dir.join("operator.token").display()),
+        };
         let token = match &global.token {
             Some(token) => token.expose().to_owned(),
             None => {
@@ -94,7 +101,7 @@ impl ApiClient {
             .timeout(Duration::from_secs(30))
             .build()
             .map_err(|e| CliError::failed(format!("cannot build an HTTP client: {e}")))?;
-        Ok(Self { http, base, token })
+        Ok(Self { http, base, token, token_source })
     }
 
     /// `base` + path segments, each percent-encoded: a tenant name can never
@@ -129,23 +136,36 @@ impl ApiClient {
         if status.is_success() {
             return Ok(response);
         }
+        let request_id =
+            response.headers().get("x-request-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
         let bytes = response.bytes().await.map_err(|e| self.unreachable(e))?;
-        let message = serde_json::from_slice::<ErrorBody>(&bytes)
-            .map(|b| b.error.message)
-            .unwrap_or_else(|_| format!("{} answered {status}", self.base));
+        let (code, message) = serde_json::from_slice::<ErrorBody>(&bytes)
+            .map(|b| (b.error.code, b.error.message))
+            .unwrap_or_else(|_| (String::new(), format!("{} answered {status}", self.base)));
         let kind = match status {
             StatusCode::NOT_FOUND => Kind::NotFound,
+            // A quota is the tenant's state; a rate limit passes by itself.
             StatusCode::CONFLICT => Kind::Conflict,
+            StatusCode::TOO_MANY_REQUESTS if code == "quota_exceeded" => Kind::Conflict,
+            StatusCode::TOO_MANY_REQUESTS => Kind::Server,
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => Kind::Unauthorized,
             s if s.is_client_error() => Kind::Usage,
             _ => Kind::Server,
         };
-        let message = if status == StatusCode::UNAUTHORIZED {
-            format!("{message}: the operator token was refused (check --token or {})", env::TOKEN)
-        } else {
-            message
+        let message = match status {
+            // The server says more only to the holder of a genuine
+            // credential; otherwise say which credential this was.
+            StatusCode::UNAUTHORIZED if message == "authentication required" => format!(
+                "the credential from {} was refused: it is neither an operator token of {} nor a \
+                 valid token or API key of the tenant this command names",
+                self.token_source, self.base
+            ),
+            StatusCode::UNAUTHORIZED => {
+                format!("{message} (the credential from {})", self.token_source)
+            }
+            _ => message,
         };
-        Err(CliError::new(kind, message))
+        Err(CliError::new(kind, message).with_request_id(request_id))
     }
 
     fn audit_path(tenant: Option<&str>) -> Vec<&str> {
@@ -208,8 +228,14 @@ impl ApiClient {
     }
 
     fn unreachable(&self, error: reqwest::Error) -> CliError {
+        // The innermost cause ("Connection refused"), not the layers
+        // around it ("client error (Connect)").
+        let mut cause: &dyn std::error::Error = &error;
+        while let Some(inner) = cause.source() {
+            cause = inner;
+        }
         let cause =
-            std::error::Error::source(&error).map_or_else(|| error.to_string(), |s| s.to_string());
+            if error.is_timeout() { "no answer in time".to_owned() } else { cause.to_string() };
         CliError::new(
             Kind::Unreachable,
             format!(
@@ -260,6 +286,10 @@ impl ApiClient {
     pub async fn delete_tenant(&self, name: &str, purge: bool) -> Result<TenantView, CliError> {
         let query = [("purge", purge.to_string())];
         self.call(Method::DELETE, self.url(&["v1", "tenants", name])?, &query).await
+    }
+
+    pub async fn status(&self) -> Result<ServerStatus, CliError> {
+        self.call(Method::GET, self.url(&["v1", "status"])?, &[]).await
     }
 
     pub async fn plans(&self) -> Result<PlanList, CliError> {

@@ -15,6 +15,7 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = args::Cli::parse();
+    let json = cli.global.output == args::Output::Json;
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -25,7 +26,12 @@ fn main() -> ExitCode {
     match runtime.block_on(commands::run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("error: {error}");
+            if json {
+                // Scripts asked for JSON: the error too, on standard error.
+                eprintln!("{}", error.to_json());
+            } else {
+                eprintln!("error: {error}");
+            }
             error.exit_code()
         }
     }

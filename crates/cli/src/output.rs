@@ -4,7 +4,7 @@
 
 use bulkhead_control::api::types::{
     ApiKeyView, CredentialView, KeyStatusView, LeaseView, LockoutView, RealmKeyView,
-    SecretSummaryView, SecretWritten, StepState, TenantView,
+    SecretSummaryView, SecretWritten, ServerStatus, StepState, TenantView,
 };
 use bulkhead_model::Plan;
 use serde::Serialize;
@@ -41,6 +41,38 @@ pub fn json<T: Serialize>(value: &T) -> Result<(), CliError> {
     let text = serde_json::to_string_pretty(value)
         .map_err(|e| CliError::failed(format!("cannot print JSON: {e}")))?;
     println!("{text}");
+    Ok(())
+}
+
+/// The outcome of a command that has nothing else to show: `json` for
+/// scripts (`-o json`), else `text` for people, on standard error.
+pub fn done(format: Output, json_value: serde_json::Value, text: &str) -> Result<(), CliError> {
+    if format == Output::Json {
+        return json(&json_value);
+    }
+    eprintln!("{text}");
+    Ok(())
+}
+
+pub fn status(format: Output, status: &ServerStatus) -> Result<(), CliError> {
+    if format == Output::Json {
+        return json(status);
+    }
+    let tenants: Vec<String> = status.tenants.iter().map(|(s, n)| format!("{n} {s}")).collect();
+    let rows = [
+        ("api", status.api_url.clone()),
+        (
+            "gateway",
+            status.gateway_url.clone().unwrap_or_else(|| "not served by this version".into()),
+        ),
+        ("store", status.store.clone()),
+        ("data dir", status.data_dir.clone()),
+        ("version", status.version.clone()),
+        ("tenants", if tenants.is_empty() { "none".into() } else { tenants.join(", ") }),
+    ];
+    for (name, value) in rows {
+        println!("{name:<9} {value}");
+    }
     Ok(())
 }
 

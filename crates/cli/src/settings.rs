@@ -53,6 +53,8 @@ struct FileAudit {
     checkpoint_every: Option<u64>,
     /// The longest an event waits for its checkpoint, as a duration.
     checkpoint_interval: Option<String>,
+    /// Where the streams' last signed heads are kept outside the database.
+    witness_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -183,6 +185,8 @@ impl ServeSettings {
             audit.checkpoint_interval = parse_duration(interval)
                 .map_err(|e| CliError::usage(format!("audit.checkpoint_interval: {e}")))?;
         }
+        let audit_witness_dir =
+            file.audit.witness_dir.clone().unwrap_or_else(|| data_dir.join("audit-witness"));
         Ok(Self {
             config: Config {
                 data_dir,
@@ -202,6 +206,7 @@ impl ServeSettings {
                 rotate_realm_keys_every,
                 audit,
                 audit_retention_every: bulkhead_control::config::DEFAULT_AUDIT_RETENTION_CHECK,
+                audit_witness_dir,
             },
             log_format,
         })

@@ -12,7 +12,7 @@ use std::{
 use async_trait::async_trait;
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use bulkhead_audit::{
-    AuditKey, KeyRing, PublicKeyInfo, StreamId,
+    AuditKey, KeyRing, PublicKeyInfo, StreamId, StreamKeys, Witness,
     export::{Exporter, event_from_row, key_from_row},
 };
 use bulkhead_identity::Permission;
@@ -51,6 +51,11 @@ pub enum AuditServiceError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Refused(#[from] crate::admission::Refused),
+    #[error(transparent)]
+    Unrecorded(#[from] crate::events::Unrecorded),
+    /// The export could not be made: the message says why.
+    #[error(transparent)]
+    Export(#[from] bulkhead_audit::export::ExportError),
     #[error("{0}")]
     Internal(String),
 }
@@ -158,14 +163,48 @@ impl KeyRing for AuditKeys {
         if let Some(key) = self.opened.lock().ok().and_then(|o| o.get(&tenant).cloned()) {
             return Some(key);
         }
-        let secret = match self.vault.open_blob(bulkhead_model::TenantId(tenant), KEY_LABEL).await {
+        let id = bulkhead_model::TenantId(tenant);
+        let secret = match self.vault.open_blob(id, KEY_LABEL).await {
             Ok(Some(secret)) => secret,
+            // A purged tenant's key is destroyed: the platform keeps its
+            // stream as custodian (its last events signed, retention).
+            Ok(None) | Err(VaultError::NoDataKey)
+                if matches!(self.store.tenant_by_id(id).await, Ok(None)) =>
+            {
+                return Some(self.custodian(stream));
+            }
             // Not provisioned yet, or the tenant's own key is not loaded:
             // checkpoints wait.
             Ok(None) | Err(_) => return None,
         };
         Some(self.remember(tenant, AuditKey::from_secret(stream.clone(), &secret)?))
     }
+
+    fn cached(&self, stream: &StreamId) -> Option<Arc<AuditKey>> {
+        match stream.tenant_id() {
+            Some(tenant) => self.opened.lock().ok()?.get(&tenant).cloned(),
+            None => Some(Arc::clone(&self.platform)),
+        }
+    }
+
+    fn custodian(&self, stream: &StreamId) -> Arc<AuditKey> {
+        Arc::new(self.platform.custodian(stream))
+    }
+}
+
+/// The platform's audit key, from an existing key file only: for a
+/// command that writes to the platform's stream while the server may not
+/// run (`bulkhead vault unlock --offline`).
+pub fn existing_platform_key(data_dir: &Path) -> Result<AuditKey> {
+    let path = platform_key_path(data_dir);
+    if !path.exists() {
+        return Err(AuditServiceError::InvalidRequest(format!(
+            "{} is missing; run this where the server's data directory is (--data-dir), so the \
+             event it records is MACed with the platform's audit key",
+            path.display()
+        )));
+    }
+    platform_key(&path)
 }
 
 /// The platform key file: base64url of the 32-byte seed, mode 0600.
@@ -221,6 +260,7 @@ pub struct AuditService {
     clock: Arc<dyn Clock>,
     plans: PlanCatalog,
     admission: Arc<crate::admission::Admission>,
+    witnesses: Vec<Arc<dyn Witness>>,
 }
 
 /// The stream a caller asked for: a tenant's (by name) or the platform's.
@@ -238,8 +278,9 @@ impl AuditService {
         clock: Arc<dyn Clock>,
         plans: PlanCatalog,
         admission: Arc<crate::admission::Admission>,
+        witnesses: Vec<Arc<dyn Witness>>,
     ) -> Self {
-        Self { store, keys, events, clock, plans, admission }
+        Self { store, keys, events, clock, plans, admission, witnesses }
     }
 
     /// The stream, if `actor` may read it: operators any; a tenant's admins
@@ -277,7 +318,9 @@ impl AuditService {
         let (stream, _) = self.stream(actor, request).await?;
         let limit = limit.clamp(1, 10_000);
         let after = match after {
-            Some(after) => i64::try_from(after).map_err(internal)?,
+            Some(after) => i64::try_from(after).map_err(|_| {
+                AuditServiceError::InvalidRequest(format!("after {after} is beyond any seq"))
+            })?,
             None => {
                 let head = self.store.audit_head(stream.as_str()).await?.map_or(0, |(seq, _)| seq);
                 (head - i64::from(limit)).max(0)
@@ -315,19 +358,22 @@ impl AuditService {
         if let Some(tenant) = &tenant {
             self.admission.admit(actor, tenant, "audit.export").await?;
         }
+        // An export discloses the stream: it is recorded first, and refused
+        // if that fails, which is also how a stream changed outside
+        // Bulkhead is caught before anything of it is signed.
         let details =
             serde_json::json!({ "since": since.map(bulkhead_audit::record::format_time) });
-        match &tenant {
-            Some(tenant) => self.events.record(actor, tenant, "audit.export", "ok", details).await,
-            None => self.events.record_platform(actor, "audit.export", "ok", details).await,
-        }
-        let key = self
+        self.events.record_disclosure(actor, tenant.as_ref(), "audit.export", details).await?;
+        let own = self
             .keys
             .signing_key(&stream)
             .await
             .ok_or_else(|| AuditServiceError::NoKey(stream.to_string()))?;
+        let keys = StreamKeys { own: Some(own), custodian: self.keys.custodian(&stream) };
         let name = tenant.map(|t| t.name.to_string());
-        Ok(Exporter::new(self.store.clone(), stream, name, key, since, self.clock.now()).await?)
+        let witnesses = self.witnesses.clone();
+        let now = self.clock.now();
+        Ok(Exporter::new(self.store.clone(), stream, name, keys, witnesses, since, now).await?)
     }
 
     pub fn now(&self) -> OffsetDateTime {
@@ -361,25 +407,176 @@ impl AuditService {
 
     /// Deletes, stream by stream, the events older than the tenant's plan
     /// keeps them, after a signed truncation checkpoint; returns how many.
+    /// Deleted tenants' streams age out by their plan as well, and purged
+    /// tenants' by what their last event (`tenant.purge`) says, or the
+    /// longest any plan keeps events when it says nothing; their checkpoints
+    /// are signed by the platform as the stream's custodian, the tenant's
+    /// own key being destroyed. The platform's stream is kept.
     pub async fn apply_retention(&self) -> Result<u64> {
         let mut deleted = 0;
-        for tenant in self.store.all_tenants().await? {
-            let Ok(plan) = self.plans.get(tenant.plan.as_str()) else { continue };
-            let keep = time::Duration::days(i64::from(plan.audit_retention_days));
-            let before = self.clock.now() - keep;
-            let stream = StreamId::tenant(tenant.id.0);
-            match self.events.audit().truncate_before(stream, before).await {
+        for stream in self.store.audit_streams().await? {
+            let Ok(stream) = StreamId::parse(&stream) else { continue };
+            let Some(tenant_id) = stream.tenant_id() else { continue };
+            let days = match self.store.tenant_by_id(bulkhead_model::TenantId(tenant_id)).await? {
+                Some(tenant) => match self.plans.get(tenant.plan.as_str()) {
+                    Ok(plan) => plan.audit_retention_days,
+                    Err(_) => continue,
+                },
+                None => self.purged_retention_days(&stream).await?,
+            };
+            let before = self.clock.now() - time::Duration::days(i64::from(days));
+            match self.events.audit().truncate_before(stream.clone(), before).await {
                 Ok(n) => deleted += n,
                 Err(error) => {
-                    tracing::warn!(tenant = %tenant.name, %error, "audit retention skipped");
+                    tracing::warn!(%stream, %error, "audit retention skipped");
                 }
             }
         }
         Ok(deleted)
+    }
+
+    /// How long a purged tenant's stream is kept, as its purge recorded.
+    async fn purged_retention_days(&self, stream: &StreamId) -> Result<u32> {
+        let longest = self.plans.longest_audit_retention_days();
+        let Some((seq, _)) = self.store.audit_head(stream.as_str()).await? else {
+            return Ok(longest);
+        };
+        let last = self.store.audit_events(stream.as_str(), seq - 1, 1).await?;
+        let recorded = last
+            .first()
+            .filter(|event| event.action == "tenant.purge")
+            .and_then(|event| serde_json::from_str::<serde_json::Value>(&event.details).ok())
+            .and_then(|details| details.get("audit_retention_days")?.as_u64())
+            .and_then(|days| u32::try_from(days).ok());
+        Ok(recorded.unwrap_or(longest))
     }
 }
 
 /// `<data-dir>/audit-platform.key`.
 pub fn platform_key_path(data_dir: &Path) -> PathBuf {
     data_dir.join("audit-platform.key")
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use std::sync::Mutex as StdMutex;
+
+    use bulkhead_audit::{StoreWitness, WriterSettings};
+    use bulkhead_model::{Isolation, NewTenant, PlanName, RegionName, TenantId, TenantName};
+    use bulkhead_store::StoreLocation;
+    use bulkhead_vault::{AnomalyDetector, AnomalyPolicy, MasterKeySource};
+
+    use super::*;
+    use crate::{admission::Admission, metrics::Metrics};
+
+    /// A clock a test moves by hand.
+    #[derive(Debug)]
+    struct HandClock(StdMutex<OffsetDateTime>);
+
+    impl Clock for HandClock {
+        fn now(&self) -> OffsetDateTime {
+            *self.0.lock().unwrap()
+        }
+    }
+
+    /// Deleted and purged tenants' streams age out like live tenants'.
+    #[tokio::test]
+    async fn retention_reaches_deleted_and_purged_tenants_streams() {
+        let dir = tempfile::tempdir().unwrap();
+        let location = StoreLocation::Sqlite(dir.path().join("bulkhead.db"));
+        let store = bulkhead_store::open(&location).await.unwrap();
+        let now = crate::clock::SystemClock.now();
+        let long_ago = now - time::Duration::days(400);
+        let hand = Arc::new(HandClock(StdMutex::new(long_ago)));
+        let clock: Arc<dyn Clock> = hand.clone();
+        let source = MasterKeySource::File { path: dir.path().join("master.key"), create: true };
+        let vault = Arc::new(Vault::open(store.clone(), &source, long_ago).await.unwrap());
+        let keys = Arc::new(
+            AuditKeys::open(
+                store.clone(),
+                Arc::clone(&vault),
+                Arc::clone(&clock),
+                &dir.path().join("audit-platform.key"),
+            )
+            .await
+            .unwrap(),
+        );
+        let witnesses: Vec<Arc<dyn Witness>> = vec![Arc::new(StoreWitness(store.clone()))];
+        let keyring: Arc<dyn KeyRing> = keys.clone();
+        let (events, _writer) = EventLog::start(
+            store.clone(),
+            keyring,
+            witnesses.clone(),
+            Arc::clone(&clock),
+            WriterSettings::default(),
+        );
+        let mut tenants = Vec::new();
+        for (name, state) in [
+            ("live", TenantState::Active),
+            ("gone", TenantState::Deleted),
+            ("purged", TenantState::Active),
+        ] {
+            let mut tenant = Tenant::new(
+                NewTenant {
+                    id: TenantId::random(),
+                    name: TenantName::parse(name).unwrap(),
+                    plan: PlanName::parse("starter").unwrap(),
+                    isolation: Isolation::Silo,
+                    region: RegionName::default(),
+                    admin_email: None,
+                },
+                long_ago,
+            );
+            tenant.transition(TenantState::Active).unwrap();
+            if state == TenantState::Deleted {
+                tenant.transition(TenantState::Offboarding).unwrap();
+                tenant.transition(TenantState::Deleted).unwrap();
+            }
+            store.insert_tenant(&tenant).await.unwrap();
+            vault.create_data_key(tenant.id, long_ago).await.unwrap();
+            keys.ensure_tenant_key(&tenant).await.unwrap();
+            for n in 0..3 {
+                let details = serde_json::json!({ "n": n });
+                events.record(&Actor::Reconciler, &tenant, "tenant.test", "ok", details).await;
+            }
+            tenants.push(tenant);
+        }
+        // The purged tenant: its keys destroyed, its record gone, its last
+        // event saying how long its stream is kept.
+        let purged = &tenants[2];
+        let keep = serde_json::json!({ "audit_retention_days": 30 });
+        events.record(&Actor::Reconciler, purged, "tenant.purge", "ok", keep).await;
+        vault.shred(purged.id).await.unwrap();
+        keys.forget(purged.id.0);
+        store.delete_tenant(purged.id).await.unwrap();
+        events.audit().checkpoint_all().await.unwrap();
+
+        *hand.0.lock().unwrap() = now;
+        let admission = Arc::new(Admission::new(
+            store.clone(),
+            AnomalyDetector::new(AnomalyPolicy::default()),
+            Arc::clone(&clock),
+            events.clone(),
+            Arc::new(Metrics::new()),
+        ));
+        let service = AuditService::new(
+            store.clone(),
+            keys,
+            events.clone(),
+            clock,
+            PlanCatalog::builtin(),
+            admission,
+            witnesses,
+        );
+        let deleted = service.apply_retention().await.unwrap();
+        assert!(deleted >= 10, "every stream's old events went: {deleted}");
+        for tenant in &tenants {
+            let stream = StreamId::tenant(tenant.id.0);
+            let left = store.audit_events(stream.as_str(), 0, 100).await.unwrap();
+            assert!(left.is_empty(), "{} kept its old events: {left:?}", tenant.name);
+        }
+        events.audit().stop().await;
+    }
 }

@@ -37,6 +37,10 @@ pub struct Config {
     pub rotate_realm_keys_every: Option<Duration>,
     /// How the audit writer batches and checkpoints.
     pub audit: WriterSettings,
+    /// Where each audit stream's last signed head is kept outside the
+    /// database (a file per stream), so that rolling the database back is
+    /// noticed; `<data-dir>/audit-witness` unless configured.
+    pub audit_witness_dir: PathBuf,
     /// How often retention looks for audit events past their plan's
     /// retention.
     pub audit_retention_every: Duration,
@@ -61,6 +65,7 @@ impl Config {
             rotate_realm_keys_every: Some(DEFAULT_REALM_KEY_ROTATION),
             audit: WriterSettings::default(),
             audit_retention_every: DEFAULT_AUDIT_RETENTION_CHECK,
+            audit_witness_dir: data_dir.join("audit-witness"),
             data_dir,
         }
     }

@@ -24,6 +24,12 @@ pub enum DataDirError {
     },
     #[error("data directory {path} is in use by another bulkhead server")]
     InUse { path: String },
+    #[error(
+        "data directory {path} belongs to another control store ({recorded}), not to {given}: \
+         its tenants' files and keys are that store's. Start with the store it belongs to \
+         ({hint}), or give this store a data directory of its own with --data-dir"
+    )]
+    OtherStore { path: String, recorded: String, given: String, hint: String },
 }
 
 /// `<data-dir>/`, owned by this server while it runs.
@@ -83,6 +89,53 @@ impl DataDir {
     /// client commands on this machine find it without flags.
     pub fn api_url(&self) -> PathBuf {
         self.path.join("api.url")
+    }
+
+    /// Binds the directory to the control store `store` (its installation
+    /// id, and where it is, in `<data-dir>/store.json`), or refuses a
+    /// directory bound to another one. A directory from before the binding
+    /// existed is bound now, unless it holds an embedded store's file and
+    /// `store` is not that file.
+    pub fn bind_store(
+        &self,
+        id: uuid::Uuid,
+        location: &bulkhead_store::StoreLocation,
+    ) -> Result<(), DataDirError> {
+        let file = self.path.join("store.json");
+        let given = location.to_string();
+        let unusable = |source: io::Error| DataDirError::Unusable {
+            path: self.path.display().to_string(),
+            source,
+        };
+        let other = |recorded: String| DataDirError::OtherStore {
+            path: self.path.display().to_string(),
+            hint: if recorded.starts_with("sqlite://") {
+                "without --store, for the embedded one".to_owned()
+            } else {
+                format!("--store {recorded}")
+            },
+            recorded,
+            given: given.clone(),
+        };
+        match fs::read_to_string(&file) {
+            Ok(text) => {
+                let recorded: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+                if recorded["id"].as_str() == Some(id.to_string().as_str()) {
+                    return Ok(());
+                }
+                let place = recorded["store"].as_str().unwrap_or("an unknown store");
+                return Err(other(place.to_owned()));
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(unusable(e)),
+        }
+        let embedded = self.path.join("bulkhead.db");
+        if embedded.exists() && *location != bulkhead_store::StoreLocation::Sqlite(embedded.clone())
+        {
+            return Err(other(format!("sqlite://{}", embedded.display())));
+        }
+        let binding = serde_json::json!({ "id": id, "store": given });
+        write_private(&file, binding.to_string().as_bytes()).map_err(unusable)
     }
 }
 

@@ -4,8 +4,8 @@
 use std::{fmt, sync::Arc};
 
 use bulkhead_audit::{
-    Actor as AuditActor, AuditError, AuditLog, KeyRing, NewEvent, StreamId, WriterSettings,
-    canonical::CanonicalJson,
+    Actor as AuditActor, AuditError, AuditLog, KeyRing, NewEvent, StreamId, Witness,
+    WriterSettings, canonical::CanonicalJson,
 };
 use bulkhead_identity::{Permission, Role, roles};
 use bulkhead_model::{Tenant, TenantId};
@@ -164,6 +164,7 @@ impl EventLog {
     pub fn start(
         store: Arc<dyn AuditStore>,
         keys: Arc<dyn KeyRing>,
+        witnesses: Vec<Arc<dyn Witness>>,
         clock: Arc<dyn Clock>,
         settings: WriterSettings,
     ) -> (Self, tokio::task::JoinHandle<()>) {
@@ -171,7 +172,7 @@ impl EventLog {
             let clock = Arc::clone(&clock);
             Arc::new(move || clock.now())
         };
-        let (audit, writer) = AuditLog::start(store, keys, now, settings);
+        let (audit, writer) = AuditLog::start(store, keys, witnesses, now, settings);
         (Self::new(audit, clock), writer)
     }
 
@@ -201,13 +202,14 @@ impl EventLog {
     pub async fn record_disclosure(
         &self,
         actor: &Actor,
-        tenant: &Tenant,
+        tenant: Option<&Tenant>,
         action: &str,
         details: Value,
     ) -> Result<(), Unrecorded> {
-        self.append(actor, Some(tenant), action, "ok", details)
-            .await
-            .map_err(|_| Unrecorded { action: action.to_owned() })
+        self.append(actor, tenant, action, "ok", details).await.map_err(|error| Unrecorded {
+            action: action.to_owned(),
+            broken: matches!(error, AuditError::Broken { .. }).then(|| error.to_string()),
+        })
     }
 
     /// Appends an event about the platform rather than one tenant.
@@ -275,12 +277,13 @@ impl EventLog {
 /// An action that would hand out something secret was not done because its
 /// audit event could not be written.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error(
-    "the audit stream could not record this {action}, so nothing was handed out; try again (the \
-     server's log says why it could not record)"
-)]
+#[error("the audit stream could not record this {action}, so nothing was handed out; {}",
+    broken.as_deref().unwrap_or("try again (the server's log says why it could not record)"))]
 pub struct Unrecorded {
     pub action: String,
+    /// Why, when the stream itself was found changed outside Bulkhead:
+    /// retrying cannot help then.
+    pub broken: Option<String>,
 }
 
 #[cfg(test)]

@@ -15,7 +15,7 @@ use bulkhead_identity::{
     Algorithm, ClaimMapping, Jwk, Permission, RealmClaims, Rejected, Role, SigningKey, Trust,
     Verified, VerifiedCache, VerifyingKey, jws, verify::LEEWAY_SECS,
 };
-use bulkhead_model::{Tenant, TenantName, TenantState};
+use bulkhead_model::{PlanCatalog, Tenant, TenantName, TenantState};
 use bulkhead_store::{
     ApiKeyRecord, ControlStore, RealmKeyRecord, RealmRecord, StoreError, TrustRecord,
 };
@@ -72,6 +72,8 @@ pub enum IdentityError {
     Unrecorded(#[from] Unrecorded),
     #[error(transparent)]
     Refused(#[from] crate::admission::Refused),
+    #[error(transparent)]
+    Quota(#[from] crate::limits::QuotaExceeded),
     #[error("{0}")]
     Internal(String),
 }
@@ -438,7 +440,7 @@ impl IdentityService {
             "sub": claims.sub, "roles": claims.roles, "jti": claims.jti, "kid": key.kid(),
             "exp": claims.exp,
         });
-        self.events.record_disclosure(actor, &tenant, "token.issue", details).await?;
+        self.events.record_disclosure(actor, Some(&tenant), "token.issue", details).await?;
         Ok(IssuedToken { token, kid: key.kid().to_owned(), claims })
     }
 
@@ -608,6 +610,25 @@ impl IdentityService {
             ));
         }
         let from_token = matches!(actor, Actor::Tenant { from_token: true, .. });
+        if let Ok(plan) = PlanCatalog::builtin().get(tenant.plan.as_str()) {
+            let held = self
+                .store
+                .api_keys(tenant.id)
+                .await?
+                .iter()
+                .filter(|k| k.revoked_at.is_none() && k.expires_at.is_none_or(|at| at > now))
+                .count();
+            if held >= plan.quotas.api_keys as usize {
+                return Err(crate::limits::QuotaExceeded {
+                    tenant: tenant.name.to_string(),
+                    what: "API keys",
+                    held,
+                    plan: plan.name.to_string(),
+                    remedy: "revoke keys no longer used (`bulkhead apikeys revoke`)",
+                }
+                .into());
+            }
+        }
         let mut secret = Zeroizing::new([0u8; 32]);
         getrandom::fill(secret.as_mut_slice()).map_err(internal)?;
         let key = Zeroizing::new(format!(
@@ -645,7 +666,7 @@ impl IdentityService {
             "from_token": record.from_token,
         });
         if let Err(unrecorded) =
-            self.events.record_disclosure(actor, &tenant, "apikey.create", details).await
+            self.events.record_disclosure(actor, Some(&tenant), "apikey.create", details).await
         {
             // Nobody will ever know this key: remove it, so that its name
             // is free for the retry.
@@ -679,15 +700,16 @@ impl IdentityService {
     // ---- authentication --------------------------------------------------------
 
     /// Who presents `credential` (a realm token or an API key) to act on
-    /// tenant `name`, or why not (for the log and the event record only).
-    pub async fn authenticate(&self, name: &str, credential: &str) -> Result<Actor, String> {
+    /// tenant `name`, or why not.
+    pub async fn authenticate(&self, name: &str, credential: &str) -> Result<Actor, Refusal> {
         let tenant = match self.live_tenant(name).await {
             Ok(tenant) => tenant,
-            Err(e) => return Err(e.to_string()),
+            Err(e) => {
+                let holder = self.whose(credential).await.map(|owner| owner.reaches_only());
+                return Err(Refusal { reason: e.to_string(), holder });
+            }
         };
-        let result = if tenant.state != TenantState::Active {
-            Err(format!("tenant is {}; its credentials act again once it is resumed", tenant.state))
-        } else if credential.starts_with("bh_") {
+        let result = if credential.starts_with("bh_") {
             self.api_key_actor(&tenant, credential).await
         } else {
             match self.store.trust(tenant.id).await {
@@ -699,13 +721,60 @@ impl IdentityService {
                     self.external_actor(&tenant, credential, &trust).await
                 }
                 Ok(_) => self.token_actor(&tenant, credential).await,
-                Err(e) => Err(e.to_string()),
+                Err(e) => Err(Refusal::silent(e.to_string())),
             }
         };
-        if let Err(reason) = &result {
-            self.record_refusal(&tenant, reason).await;
+        // Said only once the credential has proved to be the tenant's: to
+        // anyone else, a suspended tenant looks like any other.
+        let result = match result {
+            Ok(_) if tenant.state != TenantState::Active => {
+                let why = format!(
+                    "tenant {:?} is {}; its credentials act again once it is resumed",
+                    tenant.name.as_str(),
+                    tenant.state
+                );
+                Err(Refusal { reason: why.clone(), holder: Some(why) })
+            }
+            Err(mut refusal) if refusal.holder.is_none() => {
+                refusal.holder = self
+                    .whose(credential)
+                    .await
+                    .filter(|owner| owner.tenant != tenant.name.as_str())
+                    .map(|owner| owner.reaches_only());
+                Err(refusal)
+            }
+            other => other,
+        };
+        if let Err(refusal) = &result {
+            self.record_refusal(&tenant, &refusal.reason).await;
         }
         result
+    }
+
+    /// The tenant whose genuine credential `credential` is, whatever it was
+    /// presented for: an API key found by its hash, or a token of one of this
+    /// server's realms whose signature that realm's keys verify. `None` for
+    /// anything else, so nothing is said about a credential nobody proved to
+    /// hold.
+    pub async fn whose(&self, credential: &str) -> Option<Owner> {
+        if credential.starts_with("bh_") {
+            let record =
+                self.store.api_key_by_hash(&Sha256::digest(credential.as_bytes())).await.ok()??;
+            let tenant = self.store.tenant_by_id(record.tenant_id).await.ok()??;
+            return Some(Owner { tenant: tenant.name.to_string(), kind: "API key" });
+        }
+        let issuer = unverified_issuer(credential)?;
+        let name = issuer.strip_prefix(&format!("{}/realms/", self.public_url))?;
+        let tenant = self.live_tenant(name).await.ok()?;
+        let trust = self.realm_trust(&tenant).await.ok()?;
+        let now = self.clock.now().unix_timestamp();
+        match self.cache.verify(credential, &trust, now) {
+            Ok(_) => Some(Owner { tenant: tenant.name.to_string(), kind: "token" }),
+            Err(Rejected { reason }) if signed(&reason) => {
+                Some(Owner { tenant: tenant.name.to_string(), kind: "token" })
+            }
+            Err(_) => None,
+        }
     }
 
     /// Records a refused credential, within [`REFUSALS_PER_WINDOW`].
@@ -730,13 +799,14 @@ impl IdentityService {
         self.events.record(&Actor::Anonymous, tenant, "auth.refused", "denied", details).await;
     }
 
-    async fn token_actor(&self, tenant: &Tenant, token: &str) -> Result<Actor, String> {
-        let trust = self.realm_trust(tenant).await.map_err(|e| e.to_string())?;
+    async fn token_actor(&self, tenant: &Tenant, token: &str) -> Result<Actor, Refusal> {
+        let trust = self.realm_trust(tenant).await.map_err(|e| Refusal::silent(e.to_string()))?;
         let now = self.clock.now().unix_timestamp();
-        let verified: Verified = self
-            .cache
-            .verify(token, &trust, now)
-            .map_err(|Rejected { reason }| reason.to_string())?;
+        let verified: Verified =
+            self.cache.verify(token, &trust, now).map_err(|Rejected { reason }| {
+                let mint = "mint it with `bulkhead auth token ... --control-api`";
+                Refusal::of_token(&reason, &self.control_audience(), mint)
+            })?;
         Ok(Actor::Tenant {
             tenant_id: tenant.id,
             subject: verified.subject,
@@ -751,11 +821,11 @@ impl IdentityService {
         tenant: &Tenant,
         token: &str,
         record: &TrustRecord,
-    ) -> Result<Actor, String> {
+    ) -> Result<Actor, Refusal> {
         let now = self.clock.now().unix_timestamp();
         let role_map: HashMap<String, Role> =
             serde_json::from_str::<HashMap<String, String>>(&record.role_map)
-                .map_err(|e| format!("stored role map: {e}"))?
+                .map_err(|e| Refusal::silent(format!("stored role map: {e}")))?
                 .into_iter()
                 .filter_map(|(value, role)| Some((value, Role::parse(&role)?)))
                 .collect();
@@ -772,14 +842,27 @@ impl IdentityService {
                 role_map: role_map.clone(),
             },
         };
-        let keys = self.providers.keys(tenant.id.0, &record.jwks_url, false).await?;
+        let keys = self
+            .providers
+            .keys(tenant.id.0, &record.jwks_url, false)
+            .await
+            .map_err(Refusal::silent)?;
         let mut result = self.cache.verify(token, &trust(keys), now);
         if let Err(Rejected { reason: bulkhead_identity::Reason::UnknownKid(_) }) = &result {
             // The provider may have rotated: fetch again, at most so often.
-            let keys = self.providers.keys(tenant.id.0, &record.jwks_url, true).await?;
+            let keys = self
+                .providers
+                .keys(tenant.id.0, &record.jwks_url, true)
+                .await
+                .map_err(Refusal::silent)?;
             result = self.cache.verify(token, &trust(keys), now);
         }
-        let verified = result.map_err(|Rejected { reason }| format!("external token: {reason}"))?;
+        let verified = result.map_err(|Rejected { reason }| {
+            let mint = "the audience this tenant's trust of its identity provider names";
+            let mut refusal = Refusal::of_token(&reason, &record.audience, mint);
+            refusal.reason = format!("external token: {}", refusal.reason);
+            refusal
+        })?;
         Ok(Actor::Tenant {
             tenant_id: tenant.id,
             subject: format!("{}#{}", record.issuer, verified.subject),
@@ -872,23 +955,24 @@ impl IdentityService {
 
     /// The key is looked up by its SHA-256; its `bh_<tenant>_` prefix is
     /// never trusted: the stored key's tenant must be the tenant asked for.
-    async fn api_key_actor(&self, tenant: &Tenant, key: &str) -> Result<Actor, String> {
+    async fn api_key_actor(&self, tenant: &Tenant, key: &str) -> Result<Actor, Refusal> {
         let hash = Sha256::digest(key.as_bytes());
         let record = self
             .store
             .api_key_by_hash(&hash)
             .await
-            .map_err(|e| e.to_string())?
-            .ok_or_else(|| "unknown API key".to_owned())?;
+            .map_err(|e| Refusal::silent(e.to_string()))?
+            .ok_or_else(|| Refusal::silent("unknown API key"))?;
         if record.tenant_id != tenant.id {
-            return Err("an API key of another tenant".into());
+            // Its holder is told whose it is by `authenticate`.
+            return Err(Refusal::silent("an API key of another tenant"));
         }
         if record.revoked_at.is_some() {
-            return Err(format!("API key {} is revoked", record.id));
+            return Err(Refusal::told(format!("API key {} was revoked", record.id)));
         }
         let now = self.clock.now();
         if record.expires_at.is_some_and(|at| at <= now) {
-            return Err(format!("API key {} has expired", record.id));
+            return Err(Refusal::told(format!("API key {} has expired", record.id)));
         }
         // Written at most once a minute per key, not on every request.
         if record.last_used_at.is_none_or(|at| now - at > time::Duration::minutes(1)) {
@@ -909,6 +993,81 @@ impl IdentityService {
         let tenant = self.authorized(actor, name, Permission::Read).await?;
         self.published_keys(&tenant).await
     }
+}
+
+/// A refused credential: why (for the log and the tenant's audit stream),
+/// and, once the credential has proved genuine, what its holder may be told
+/// (never anything about another tenant).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub reason: String,
+    pub holder: Option<String>,
+}
+
+impl Refusal {
+    /// Nothing for the holder: the credential proved nothing.
+    fn silent(reason: impl Into<String>) -> Self {
+        Self { reason: reason.into(), holder: None }
+    }
+
+    /// The same for the log and for the holder.
+    fn told(reason: String) -> Self {
+        Self { holder: Some(reason.clone()), reason }
+    }
+
+    /// A token refused for `reason`; `audience` is what it had to name, and
+    /// `mint` how to get one that does.
+    fn of_token(reason: &bulkhead_identity::Reason, audience: &str, mint: &str) -> Self {
+        use bulkhead_identity::Reason;
+        let holder = match reason {
+            _ if !signed(reason) => None,
+            Reason::Expired => Some("this token has expired; get a fresh one".to_owned()),
+            Reason::NotYetValid => Some("this token is not valid yet (its nbf)".to_owned()),
+            Reason::Revoked => Some(
+                "this token was revoked with the realm's other tokens (auth revoke-tokens)"
+                    .to_owned(),
+            ),
+            Reason::Audience => Some(format!(
+                "this token was not issued for this API: its aud must name {audience} ({mint})"
+            )),
+            other => Some(format!("this token is refused: {other}")),
+        };
+        Self { reason: reason.to_string(), holder }
+    }
+}
+
+/// Whose credential one is, as far as it proved it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owner {
+    pub tenant: String,
+    /// `token` or `API key`.
+    pub kind: &'static str,
+}
+
+impl Owner {
+    /// What a tenant's credential reaches, for its holder.
+    pub fn reaches_only(&self) -> String {
+        format!(
+            "this {} is tenant {:?}'s: it reaches only /v1/tenants/{}/...",
+            self.kind, self.tenant, self.tenant
+        )
+    }
+}
+
+/// Whether a token refused for `reason` had a valid signature first, so that
+/// what else was wrong with it may be said to whoever holds it.
+fn signed(reason: &bulkhead_identity::Reason) -> bool {
+    use bulkhead_identity::Reason;
+    matches!(
+        reason,
+        Reason::Issuer
+            | Reason::Tenant
+            | Reason::Expired
+            | Reason::NotYetValid
+            | Reason::Audience
+            | Reason::Revoked
+            | Reason::Claim(_)
+    )
 }
 
 /// The `iss` of a token, read without verifying it.

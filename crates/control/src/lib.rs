@@ -17,6 +17,7 @@ pub mod credentials;
 pub mod data_dir;
 pub mod events;
 pub mod identity;
+pub mod limits;
 pub mod metrics;
 pub mod operator_token;
 pub mod provider_keys;

@@ -22,7 +22,8 @@ use std::{
 };
 
 use bulkhead_model::{
-    Failure, IllegalTransition, Regions, StepRecord, StepStatus, Tenant, TenantId, TenantState,
+    Failure, IllegalTransition, PlanCatalog, Regions, StepRecord, StepStatus, Tenant, TenantId,
+    TenantState,
 };
 use bulkhead_store::{ControlStore, StoreError};
 use serde_json::json;
@@ -393,7 +394,14 @@ impl Reconciler {
         if tenant.purge_requested {
             self.store.delete_tenant(tenant.id).await?;
             info!("tenant purged");
-            self.event(&tenant, "tenant.purge", "ok", json!({})).await;
+            // The stream outlives the tenant: it says how long it is kept.
+            let keep = PlanCatalog::builtin()
+                .get(tenant.plan.as_str())
+                .map_or(PlanCatalog::builtin().longest_audit_retention_days(), |plan| {
+                    plan.audit_retention_days
+                });
+            self.event(&tenant, "tenant.purge", "ok", json!({ "audit_retention_days": keep }))
+                .await;
         } else {
             tenant.transition(TenantState::Deleted)?;
             tenant.last_error = None;

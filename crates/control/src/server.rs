@@ -14,7 +14,7 @@ use std::{
     time::Duration,
 };
 
-use bulkhead_audit::{AuditLog, KeyRing};
+use bulkhead_audit::{AuditLog, FileWitness, KeyRing, StoreWitness, Witness};
 use bulkhead_model::PlanCatalog;
 use bulkhead_store::{StoreError, StoreLock, VaultStore};
 use bulkhead_vault::{AnomalyDetector, Vault, VaultError};
@@ -68,6 +68,15 @@ pub enum StartError {
     Identity(#[from] crate::identity::IdentityError),
     #[error(transparent)]
     Audit(#[from] AuditServiceError),
+    #[error(
+        "cannot use {path} to keep the audit streams' signed heads: {source}; make it writable, \
+         or choose another directory with [audit] witness_dir"
+    )]
+    Witness {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot write {path}: {source}")]
     ApiUrl {
         path: String,
@@ -274,6 +283,7 @@ pub async fn start_with_steps(
     let data_dir = DataDir::open(&config.data_dir)?;
     let store = bulkhead_store::open(&config.store).await?;
     let store_lock = store.lock_exclusive().await?;
+    data_dir.bind_store(store.installation_id(uuid::Uuid::new_v4()).await?, &config.store)?;
     for used in store.regions_in_use().await? {
         if config.regions.get(&used.region).is_err() {
             return Err(StartError::MissingRegion {
@@ -300,7 +310,9 @@ pub async fn start_with_steps(
     }
     let operator_tokens =
         OperatorTokens::ensure(store.as_ref(), &data_dir.operator_token(), clock.as_ref()).await?;
-    if let Some(risk) = store.audit_tamper_risk().await? {
+    for risk in
+        [store.audit_tamper_risk().await?, store.public_connect_risk().await?].into_iter().flatten()
+    {
         tracing::warn!("{risk}");
     }
     let audit_keys = Arc::new(
@@ -312,9 +324,16 @@ pub async fn start_with_steps(
         )
         .await?,
     );
+    let witnesses: Vec<Arc<dyn Witness>> = vec![
+        Arc::new(StoreWitness(store.clone())),
+        Arc::new(FileWitness::open(&config.audit_witness_dir).map_err(|source| {
+            StartError::Witness { path: config.audit_witness_dir.display().to_string(), source }
+        })?),
+    ];
     let (events, audit_writer) = {
         let keyring: Arc<dyn KeyRing> = audit_keys.clone();
-        EventLog::start(store.clone(), keyring, Arc::clone(&clock), config.audit.clone())
+        let settings = config.audit.clone();
+        EventLog::start(store.clone(), keyring, witnesses.clone(), Arc::clone(&clock), settings)
     };
     let audit_log = events.audit().clone();
     let listener = tokio::net::TcpListener::bind(config.api_listen)
@@ -391,6 +410,7 @@ pub async fn start_with_steps(
         Arc::clone(&clock),
         PlanCatalog::builtin(),
         admission,
+        witnesses,
     ));
     let reconciler_done = Arc::new(AtomicBool::new(false));
     let state = AppState {
@@ -404,6 +424,15 @@ pub async fn start_with_steps(
         operator_tokens,
         metrics,
         reconciler_done: Arc::clone(&reconciler_done),
+        rate: Arc::default(),
+        about: Arc::new(crate::api::types::ServerStatus {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            api_url: public_url.clone(),
+            gateway_url: None,
+            store: store.location(),
+            data_dir: data_dir.path().display().to_string(),
+            tenants: Default::default(),
+        }),
         openapi: Arc::default(),
     };
 

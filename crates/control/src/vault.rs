@@ -22,6 +22,7 @@ use crate::{
     clock::Clock,
     credentials::{Access, CredentialError, Credentials, IssuedCredential},
     events::{Actor, EventLog, Unrecorded},
+    limits::QuotaExceeded,
     metrics::Metrics,
 };
 
@@ -35,6 +36,8 @@ pub enum VaultServiceError {
     InvalidRequest(String),
     #[error(transparent)]
     Refused(#[from] Refused),
+    #[error(transparent)]
+    Quota(#[from] QuotaExceeded),
     #[error("this endpoint needs an operator token")]
     OperatorOnly,
     #[error("your roles in tenant {0:?} do not allow this")]
@@ -174,7 +177,7 @@ impl VaultService {
         if result.is_err() {
             return self.recorded(actor, tenant, action, details, result).await;
         }
-        let recorded = self.events.record_disclosure(actor, tenant, action, details).await;
+        let recorded = self.events.record_disclosure(actor, Some(tenant), action, details).await;
         self.metrics.vault_operation(action, if recorded.is_ok() { "ok" } else { "unrecorded" });
         recorded?;
         result
@@ -195,7 +198,25 @@ impl VaultService {
         bulkhead_vault::path::check_value(value)?;
         let tenant = self.tenant(actor, tenant, Self::OPEN, Permission::Manage).await?;
         self.admit(actor, &tenant, "secret.write").await?;
-        let keep = self.plans.get(tenant.plan.as_str()).map_or(1, |p| p.vault.secret_versions);
+        let plan = self.plans.get(tenant.plan.as_str()).ok();
+        let keep = plan.map_or(1, |p| p.vault.secret_versions);
+        // A new path counts against the plan's quota; a new version of one
+        // replaces the oldest beyond `keep`.
+        if let Some(plan) = plan {
+            let paths = self.vault.list(tenant.id).await?;
+            if paths.len() >= plan.quotas.secrets as usize
+                && !paths.iter().any(|p| p.path == path.as_str())
+            {
+                return Err(QuotaExceeded {
+                    tenant: tenant.name.to_string(),
+                    what: "secrets",
+                    held: paths.len(),
+                    plan: plan.name.to_string(),
+                    remedy: "delete secrets it no longer needs",
+                }
+                .into());
+            }
+        }
         let result = self
             .vault
             .put(tenant.id, &path, value, keep, &actor.to_string(), self.clock.now())
@@ -357,6 +378,19 @@ impl VaultService {
             ttl = ttl.min(left);
         }
         self.admit(actor, &tenant, "credential.issue").await?;
+        if let Ok(plan) = self.plans.get(tenant.plan.as_str()) {
+            let live = self.store.leases(tenant.id, false).await?.len();
+            if live >= plan.quotas.live_credentials as usize {
+                return Err(QuotaExceeded {
+                    tenant: tenant.name.to_string(),
+                    what: "live database credentials",
+                    held: live,
+                    plan: plan.name.to_string(),
+                    remedy: "revoke those no longer used (`bulkhead creds revoke`)",
+                }
+                .into());
+            }
+        }
         let result = self
             .credentials
             .issue(&tenant, access, ttl, &actor.to_string(), self.clock.now())

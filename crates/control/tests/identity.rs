@@ -45,6 +45,7 @@ impl Fixture {
         let (events, _) = EventLog::start(
             store.clone(),
             Arc::new(keys),
+            vec![Arc::new(bulkhead_audit::StoreWitness(store.clone()))],
             Arc::new(SystemClock),
             WriterSettings::default(),
         );

@@ -71,6 +71,7 @@ impl Fixture {
         let (events, _) = EventLog::start(
             store.clone(),
             keyring,
+            vec![Arc::new(bulkhead_audit::StoreWitness(store.clone()))],
             Arc::new(SystemClock),
             WriterSettings::default(),
         );

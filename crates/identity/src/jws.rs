@@ -41,6 +41,8 @@ pub enum Malformed {
     Critical,
     BadClaims,
     DuplicateMember,
+    /// Nested deeper than the JSON parser follows (128 levels).
+    TooDeep,
 }
 
 impl fmt::Display for Malformed {
@@ -53,6 +55,7 @@ impl fmt::Display for Malformed {
             Malformed::Critical => "header names critical extensions",
             Malformed::BadClaims => "payload is not a JSON object",
             Malformed::DuplicateMember => "a JSON member appears twice",
+            Malformed::TooDeep => "JSON nested too deeply",
         })
     }
 }
@@ -96,7 +99,11 @@ pub fn decode(token: &str) -> Result<Parts<'_>, Malformed> {
     };
     let b64 = |part: &str| URL_SAFE_NO_PAD.decode(part).map_err(|_| Malformed::BadBase64);
     let header_json = b64(header)?;
-    no_duplicate_members(&header_json).map_err(|_| Malformed::DuplicateMember)?;
+    no_duplicate_members(&header_json).map_err(|e| match e {
+        DuplicateCheck::Duplicate => Malformed::DuplicateMember,
+        DuplicateCheck::TooDeep => Malformed::TooDeep,
+        DuplicateCheck::NotAnObject => Malformed::BadHeader,
+    })?;
     let header: Header = serde_json::from_slice(&header_json).map_err(|_| Malformed::BadHeader)?;
     if header.crit.is_some() {
         return Err(Malformed::Critical);
@@ -104,6 +111,7 @@ pub fn decode(token: &str) -> Result<Parts<'_>, Malformed> {
     let payload = b64(payload)?;
     no_duplicate_members(&payload).map_err(|e| match e {
         DuplicateCheck::Duplicate => Malformed::DuplicateMember,
+        DuplicateCheck::TooDeep => Malformed::TooDeep,
         DuplicateCheck::NotAnObject => Malformed::BadClaims,
     })?;
     // Exactly three parts: the last dot ends the signing input.
@@ -118,6 +126,7 @@ pub fn decode(token: &str) -> Result<Parts<'_>, Malformed> {
 #[derive(Debug)]
 enum DuplicateCheck {
     Duplicate,
+    TooDeep,
     NotAnObject,
 }
 
@@ -178,6 +187,7 @@ fn no_duplicate_members(json: &[u8]) -> Result<(), DuplicateCheck> {
     match serde_json::from_slice::<Unique>(json) {
         Ok(_) => Ok(()),
         Err(e) if e.to_string().contains("duplicate member") => Err(DuplicateCheck::Duplicate),
+        Err(e) if e.to_string().contains("recursion limit") => Err(DuplicateCheck::TooDeep),
         Err(_) => Err(DuplicateCheck::NotAnObject),
     }
 }

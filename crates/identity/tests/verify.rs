@@ -201,6 +201,24 @@ fn every_bad_token_is_refused_for_its_own_reason() {
         reason(&acme.raw(&acme.header(), &nested), &trust),
         Reason::Malformed(jws::Malformed::DuplicateMember)
     );
+    // Nested deeper than the parser follows: said as such, in the claims
+    // and in the header alike.
+    let deep = format!("{}1{}", "[".repeat(200), "]".repeat(200));
+    let deep_claims = body.replacen("{", &format!("{{\"ext\":{deep},"), 1);
+    assert_eq!(
+        reason(&acme.raw(&acme.header(), &deep_claims), &trust),
+        Reason::Malformed(jws::Malformed::TooDeep)
+    );
+    let mut deep_header = acme.header();
+    deep_header["ext"] = json!(0);
+    let header_text = deep_header.to_string().replace("\"ext\":0", &format!("\"ext\":{deep}"));
+    let token = format!(
+        "{}.{}.{}",
+        URL_SAFE_NO_PAD.encode(header_text),
+        URL_SAFE_NO_PAD.encode(&body),
+        URL_SAFE_NO_PAD.encode([0u8; 64])
+    );
+    assert_eq!(reason(&token, &trust), Reason::Malformed(jws::Malformed::TooDeep));
     // A role Bulkhead does not know.
     let odd_roles = body.replace("[\"admin\"]", "[\"root\"]");
     assert_eq!(reason(&acme.raw(&acme.header(), &odd_roles), &trust), Reason::Claim("roles"));

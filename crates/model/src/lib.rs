@@ -17,8 +17,8 @@ pub use email::{AdminEmail, AdminEmailError};
 pub use isolation::{Isolation, IsolationError, UnknownIsolation};
 pub use label::{BaseDomain, RESERVED_TENANT_NAMES, RegionName, TenantName, TenantNameError};
 pub use plan::{
-    BackupPolicy, CostCaps, Plan, PlanCatalog, PlanName, RateLimit, RuntimeLimits, UnknownPlan,
-    VaultPolicy,
+    BackupPolicy, ControlQuotas, CostCaps, Plan, PlanCatalog, PlanName, RateLimit, RuntimeLimits,
+    UnknownPlan, VaultPolicy,
 };
 pub use region::{
     DatabaseLocation, DatabasePrefix, DatabaseUrl, Region, RegionError, RegionSummary, Regions,

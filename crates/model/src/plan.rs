@@ -98,6 +98,23 @@ pub struct VaultPolicy {
     pub max_credential_ttl_secs: u64,
 }
 
+/// What one tenant may hold and how fast it may call the control API, so
+/// that no tenant fills the shared store or crowds out the others.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ControlQuotas {
+    /// Control API requests a minute, by the tenant's own credentials.
+    pub requests_per_minute: u32,
+    /// Requests that may come at once above that pace.
+    pub burst: u32,
+    /// Secret paths (each keeps `vault.secret_versions` versions).
+    pub secrets: u32,
+    /// API keys not revoked or expired.
+    pub api_keys: u32,
+    /// Database credentials not revoked.
+    pub live_credentials: u32,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Plan {
@@ -110,6 +127,7 @@ pub struct Plan {
     pub backups: BackupPolicy,
     pub runtime: RuntimeLimits,
     pub vault: VaultPolicy,
+    pub quotas: ControlQuotas,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -137,7 +155,8 @@ impl PlanCatalog {
                     audit_retention_days,
                     backups,
                     runtime,
-                    vault| Plan {
+                    vault,
+                    quotas| Plan {
             name: PlanName(name.to_owned()),
             description: description.to_owned(),
             default_isolation,
@@ -147,6 +166,7 @@ impl PlanCatalog {
             backups,
             runtime,
             vault,
+            quotas,
         };
         Self {
             plans: vec![
@@ -160,6 +180,13 @@ impl PlanCatalog {
                     BackupPolicy { every_hours: 24, retention_days: 7 },
                     RuntimeLimits { memory_mib: 256, max_processes: 32, cpu_millicores: 500 },
                     VaultPolicy { secret_versions: 3, max_credential_ttl_secs: HOUR },
+                    ControlQuotas {
+                        requests_per_minute: 300,
+                        burst: 50,
+                        secrets: 100,
+                        api_keys: 10,
+                        live_credentials: 20,
+                    },
                 ),
                 plan(
                     "professional",
@@ -171,6 +198,13 @@ impl PlanCatalog {
                     BackupPolicy { every_hours: 6, retention_days: 30 },
                     RuntimeLimits { memory_mib: 1_024, max_processes: 128, cpu_millicores: 2_000 },
                     VaultPolicy { secret_versions: 10, max_credential_ttl_secs: 8 * HOUR },
+                    ControlQuotas {
+                        requests_per_minute: 1_200,
+                        burst: 200,
+                        secrets: 1_000,
+                        api_keys: 50,
+                        live_credentials: 100,
+                    },
                 ),
                 plan(
                     "enterprise",
@@ -182,6 +216,13 @@ impl PlanCatalog {
                     BackupPolicy { every_hours: 1, retention_days: 90 },
                     RuntimeLimits { memory_mib: 4_096, max_processes: 512, cpu_millicores: 4_000 },
                     VaultPolicy { secret_versions: 50, max_credential_ttl_secs: 24 * HOUR },
+                    ControlQuotas {
+                        requests_per_minute: 6_000,
+                        burst: 1_000,
+                        secrets: 10_000,
+                        api_keys: 200,
+                        live_credentials: 1_000,
+                    },
                 ),
             ],
         }
@@ -196,6 +237,12 @@ impl PlanCatalog {
             name: name.to_owned(),
             valid: self.plans.iter().map(|p| p.name.to_string()).collect(),
         })
+    }
+
+    /// The longest any plan keeps audit events: what a stream whose plan
+    /// is unknown is kept for.
+    pub fn longest_audit_retention_days(&self) -> u32 {
+        self.plans.iter().map(|p| p.audit_retention_days).max().unwrap_or(u32::MAX)
     }
 }
 

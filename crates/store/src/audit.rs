@@ -24,6 +24,11 @@ pub struct AuditEventRow {
     pub details: String,
     pub prev_hash: Vec<u8>,
     pub hash: Vec<u8>,
+    /// The writer's HMAC of the event; `None` for events written before
+    /// writers kept one.
+    pub mac: Option<Vec<u8>>,
+    /// The key id of the audit key the MAC key derives from.
+    pub mac_key_id: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
@@ -55,6 +60,16 @@ pub trait AuditStore: Send + Sync + fmt::Debug {
 
     /// The seq of the stream's last checkpoint of any kind.
     async fn audit_last_checkpoint(&self, stream: &str) -> Result<Option<i64>, StoreError>;
+
+    /// The last head the writer signed for the stream, kept outside the
+    /// audit tables (its `kind` reads `periodic`).
+    async fn audit_signed_head(
+        &self,
+        stream: &str,
+    ) -> Result<Option<AuditCheckpointRow>, StoreError>;
+
+    /// Records a signed head, unless a later one is recorded already.
+    async fn set_audit_signed_head(&self, head: &AuditCheckpointRow) -> Result<(), StoreError>;
 
     /// Appends events and checkpoints in one transaction: all or nothing.
     async fn append_audit(

@@ -3,8 +3,9 @@ use thiserror::Error;
 #[derive(Debug, Error)]
 pub enum StoreError {
     #[error(
-        "cannot reach the control store at {location}: {source}; check --store (or \
-         BULKHEAD_STORE) and that the server is running and accepts this user"
+        "cannot reach the control store at {location}: {}; check --store (or \
+         BULKHEAD_STORE) and that the server is running and accepts this user",
+        describe(source)
     )]
     Unreachable {
         location: String,
@@ -37,4 +38,25 @@ impl StoreError {
     pub(crate) fn is_unique_violation(err: &sqlx::Error) -> bool {
         err.as_database_error().is_some_and(|e| e.is_unique_violation())
     }
+}
+
+/// A database error as a person needs it: the server's own message, without
+/// where in PostgreSQL's source it was raised, and what to do about the
+/// common ones; the innermost cause of anything else.
+pub fn describe(error: &sqlx::Error) -> String {
+    if let Some(db) = error.as_database_error() {
+        let message = db.message().to_owned();
+        return match db.code().as_deref() {
+            // invalid_catalog_name
+            Some("3D000") => format!("{message} (create it first, e.g. `createdb`)"),
+            // invalid_password, invalid_authorization_specification
+            Some("28P01" | "28000") => format!("{message} (check the user and password)"),
+            _ => message,
+        };
+    }
+    let mut cause: &dyn std::error::Error = error;
+    while let Some(inner) = cause.source() {
+        cause = inner;
+    }
+    cause.to_string()
 }

@@ -29,7 +29,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 pub use audit::{AuditCheckpointRow, AuditEventRow, AuditKeyRow, AuditStore};
-pub use error::StoreError;
+pub use error::{StoreError, describe as describe_error};
 pub use identity::{ApiKeyRecord, IdentityStore, RealmKeyRecord, RealmRecord, TrustRecord};
 pub use lock::{FileLock, FileLockError, HeldLock, StoreLock};
 pub use postgres::PostgresStore;
@@ -109,6 +109,13 @@ pub trait ControlStore: VaultStore + IdentityStore + AuditStore + Send + Sync + 
     async fn lock_exclusive(&self) -> Result<StoreLock, StoreError>;
 
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// The store's installation id: `proposed` if it has none yet.
+    async fn installation_id(&self, proposed: Uuid) -> Result<Uuid, StoreError>;
+
+    /// Why roles other than the server's could connect to the store's own
+    /// database, if they could, for the operator to hear at start.
+    async fn public_connect_risk(&self) -> Result<Option<String>, StoreError>;
 
     /// Records a new tenant; [`StoreError::NameTaken`] if any tenant record,
     /// deleted or not, already has its name.

@@ -117,10 +117,32 @@ impl PostgresStore {
         };
         Ok(Some(format!(
             "the control store's role {user} {why}: it could switch off the audit tables' \
-             append-only protection. Tenants who verify their exports would still see any \
-             change, but for append-only enforced by PostgreSQL run the server as a role \
-             without SUPERUSER and CREATEROLE (docs/audit.md)"
+             append-only protection (Bulkhead would still refuse to sign what it did not write, \
+             and tenants' exports would still show any change). Once the first start has made \
+             the audit tables, run the server as a role without SUPERUSER and CREATEROLE \
+             (`ALTER ROLE \"{user}\" NOSUPERUSER NOCREATEROLE`), with tenant databases under a \
+             role of their own in [[regions]] (docs/operations.md)"
         )))
+    }
+
+    /// Whether every role may connect to the control store's database, so
+    /// that a tenant's database credential could read its catalog.
+    async fn public_connect_risk_of_database(&self) -> Result<Option<String>, StoreError> {
+        let (database, open): (String, bool) = sqlx::query_as(
+            "SELECT current_database()::text, \
+             datacl IS NULL OR EXISTS (SELECT 1 FROM pg_catalog.aclexplode(datacl) a \
+               WHERE a.grantee = 0 AND a.privilege_type = 'CONNECT') \
+             FROM pg_catalog.pg_database WHERE datname = current_database()",
+        )
+        .fetch_one(&self.read)
+        .await?;
+        Ok(open.then(|| {
+            format!(
+                "every role may connect to the control store's database {database}, tenants' \
+                 database credentials included: run `REVOKE CONNECT, TEMPORARY ON DATABASE \
+                 \"{database}\" FROM PUBLIC` as its owner (docs/operations.md)"
+            )
+        }))
     }
 
     /// One statement for the whole batch: each column bound as an array
@@ -137,9 +159,10 @@ impl PostgresStore {
             |f: fn(&crate::AuditEventRow) -> &str| -> Vec<&str> { events.iter().map(f).collect() };
         sqlx::query(
             "INSERT INTO audit.audit_events (stream, seq, time, actor_kind, actor_id, action, resource, \
-             outcome, request_id, details, prev_hash, hash) \
+             outcome, request_id, details, prev_hash, hash, mac, mac_key_id) \
              SELECT * FROM UNNEST($1::text[], $2::int8[], $3::text[], $4::text[], $5::text[], \
-             $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::bytea[], $12::bytea[])",
+             $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::bytea[], $12::bytea[], \
+             $13::bytea[], $14::text[])",
         )
         .bind(column(|e| &e.stream))
         .bind(events.iter().map(|e| e.seq).collect::<Vec<i64>>())
@@ -153,6 +176,8 @@ impl PostgresStore {
         .bind(column(|e| &e.details))
         .bind(events.iter().map(|e| e.prev_hash.as_slice()).collect::<Vec<&[u8]>>())
         .bind(events.iter().map(|e| e.hash.as_slice()).collect::<Vec<&[u8]>>())
+        .bind(events.iter().map(|e| e.mac.as_deref()).collect::<Vec<Option<&[u8]>>>())
+        .bind(events.iter().map(|e| e.mac_key_id.as_deref()).collect::<Vec<Option<&str>>>())
         .execute(&mut **tx)
         .await?;
         Ok(())

@@ -20,6 +20,28 @@ macro_rules! impl_control_store {
                 self.acquire_lock().await
             }
 
+            async fn public_connect_risk(&self) -> Result<Option<String>, $crate::StoreError> {
+                self.public_connect_risk_of_database().await
+            }
+
+            async fn installation_id(
+                &self,
+                proposed: uuid::Uuid,
+            ) -> Result<uuid::Uuid, $crate::StoreError> {
+                sqlx::query(
+                    "INSERT INTO installation (singleton, id) VALUES (1, $1) \
+                     ON CONFLICT (singleton) DO NOTHING",
+                )
+                .bind(proposed.to_string())
+                .execute(&self.write)
+                .await?;
+                let (id,): (String,) = sqlx::query_as("SELECT id FROM installation")
+                    .fetch_one(&self.write)
+                    .await?;
+                uuid::Uuid::parse_str(&id)
+                    .map_err(|e| $crate::StoreError::Corrupt(format!("installation id: {e}")))
+            }
+
             async fn ping(&self) -> Result<(), $crate::StoreError> {
                 sqlx::query("SELECT 1").execute(&self.read).await?;
                 Ok(())
@@ -1294,6 +1316,42 @@ macro_rules! impl_audit_store {
                 Ok(row.and_then(|(seq,)| seq))
             }
 
+            async fn audit_signed_head(
+                &self,
+                stream: &str,
+            ) -> Result<Option<$crate::AuditCheckpointRow>, $crate::StoreError> {
+                Ok(sqlx::query_as(
+                    "SELECT stream, seq, head, time, 'periodic' AS kind, key_id, signature \
+                     FROM audit_heads WHERE stream = $1",
+                )
+                .bind(stream)
+                .fetch_optional(&self.write)
+                .await?)
+            }
+
+            async fn set_audit_signed_head(
+                &self,
+                head: &$crate::AuditCheckpointRow,
+            ) -> Result<(), $crate::StoreError> {
+                sqlx::query(
+                    "INSERT INTO audit_heads (stream, seq, head, time, key_id, signature) \
+                     VALUES ($1, $2, $3, $4, $5, $6) \
+                     ON CONFLICT (stream) DO UPDATE SET seq = excluded.seq, head = excluded.head, \
+                       time = excluded.time, key_id = excluded.key_id, \
+                       signature = excluded.signature \
+                     WHERE audit_heads.seq <= excluded.seq",
+                )
+                .bind(head.stream.as_str())
+                .bind(head.seq)
+                .bind(head.head.as_slice())
+                .bind(head.time.as_str())
+                .bind(head.key_id.as_str())
+                .bind(head.signature.as_slice())
+                .execute(&self.write)
+                .await?;
+                Ok(())
+            }
+
             async fn append_audit(
                 &self,
                 events: &[$crate::AuditEventRow],
@@ -1331,7 +1389,7 @@ macro_rules! impl_audit_store {
             ) -> Result<Vec<$crate::AuditEventRow>, $crate::StoreError> {
                 Ok(sqlx::query_as(concat!(
                     "SELECT stream, seq, time, actor_kind, actor_id, action, resource, outcome, \
-                     request_id, details, prev_hash, hash FROM ",
+                     request_id, details, prev_hash, hash, mac, mac_key_id FROM ",
                     $schema,
                     "audit_events \
                      WHERE stream = $1 AND seq > $2 ORDER BY seq LIMIT $3"
@@ -1406,7 +1464,7 @@ macro_rules! impl_audit_store {
             ) -> Result<Option<$crate::AuditEventRow>, $crate::StoreError> {
                 Ok(sqlx::query_as(concat!(
                     "SELECT stream, seq, time, actor_kind, actor_id, action, resource, outcome, \
-                     request_id, details, prev_hash, hash FROM ",
+                     request_id, details, prev_hash, hash, mac, mac_key_id FROM ",
                     $schema,
                     "audit_events \
                      WHERE stream = $1 AND time < $2 ORDER BY seq DESC LIMIT 1"

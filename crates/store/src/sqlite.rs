@@ -79,6 +79,11 @@ impl SqliteStore {
         Ok(None)
     }
 
+    /// A SQLite file has no connections to refuse.
+    async fn public_connect_risk_of_database(&self) -> Result<Option<String>, StoreError> {
+        Ok(None)
+    }
+
     /// Multi-row INSERTs, within SQLite's limit on bound parameters.
     async fn insert_audit_events(
         tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
@@ -87,7 +92,7 @@ impl SqliteStore {
         for chunk in events.chunks(crate::audit::AUDIT_ROWS_PER_STATEMENT) {
             let mut insert = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
                 "INSERT INTO audit_events (stream, seq, time, actor_kind, actor_id, action, \
-                 resource, outcome, request_id, details, prev_hash, hash) ",
+                 resource, outcome, request_id, details, prev_hash, hash, mac, mac_key_id) ",
             );
             insert.push_values(chunk, |mut row, e| {
                 row.push_bind(e.stream.as_str())
@@ -101,7 +106,9 @@ impl SqliteStore {
                     .push_bind(e.request_id.as_deref())
                     .push_bind(e.details.as_str())
                     .push_bind(e.prev_hash.as_slice())
-                    .push_bind(e.hash.as_slice());
+                    .push_bind(e.hash.as_slice())
+                    .push_bind(e.mac.as_deref())
+                    .push_bind(e.mac_key_id.as_deref());
             });
             insert.build().persistent(false).execute(&mut **tx).await?;
         }

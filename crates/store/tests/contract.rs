@@ -246,6 +246,8 @@ async fn appends_audit_batches_whole_or_not_at_all(f: Fixture) {
         details: "{}".into(),
         prev_hash: vec![0; 32],
         hash: vec![seq as u8; 32],
+        mac: (seq > 1).then(|| vec![9; 32]),
+        mac_key_id: (seq > 1).then(|| "k".into()),
     };
     let checkpoint = |stream: &str, seq: i64| AuditCheckpointRow {
         stream: stream.into(),
@@ -270,6 +272,14 @@ async fn appends_audit_batches_whole_or_not_at_all(f: Fixture) {
     let events = f.store.audit_events("a", 0, 10).await.unwrap();
     assert_eq!(events, [row("a", 1), row("a", 2)]);
     assert_eq!(f.store.audit_first_seq_since("a", "2026-12-01T10:00:02").await.unwrap(), Some(2));
+
+    // The last signed head, kept apart: only ever moved forward.
+    assert_eq!(f.store.audit_signed_head("a").await.unwrap(), None);
+    f.store.set_audit_signed_head(&checkpoint("a", 2)).await.unwrap();
+    f.store.set_audit_signed_head(&checkpoint("a", 1)).await.unwrap();
+    assert_eq!(f.store.audit_signed_head("a").await.unwrap(), Some(checkpoint("a", 2)));
+    f.store.set_audit_signed_head(&checkpoint("a", 3)).await.unwrap();
+    assert_eq!(f.store.audit_signed_head("a").await.unwrap().map(|c| c.seq), Some(3));
 }
 
 async fn stores_operator_token_hashes(f: Fixture) {

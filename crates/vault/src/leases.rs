@@ -48,7 +48,7 @@ fn is_identifier(name: &str) -> bool {
 }
 
 fn db_error(what: &str) -> impl Fn(sqlx::Error) -> VaultError + '_ {
-    move |e| VaultError::Database(format!("{what}: {e}"))
+    move |e| VaultError::Database(format!("{what}: {}", bulkhead_store::describe_error(&e)))
 }
 
 /// PostgreSQL's default SCRAM iteration count.

@@ -28,20 +28,69 @@ pub async fn run(command: &AuditCommand, global: &GlobalArgs) -> Result<(), CliE
         AuditCommand::Tail { stream, lines, follow } => tail(stream, *lines, *follow, global).await,
         AuditCommand::Export { stream, since } => {
             let client = ApiClient::discover(global)?;
-            let mut response =
-                client.audit_export(stream.tenant.as_deref(), since.as_deref()).await?;
-            let mut stdout = std::io::stdout().lock();
-            let cut = |e: reqwest::Error| {
-                CliError::new(Kind::Server, format!("the export was cut short: {e}"))
-            };
-            while let Some(chunk) = response.chunk().await.map_err(cut)? {
-                stdout.write_all(&chunk).map_err(|e| CliError::failed(format!("stdout: {e}")))?;
-            }
-            stdout.flush().map_err(|e| CliError::failed(format!("stdout: {e}")))
+            let response = client.audit_export(stream.tenant.as_deref(), since.as_deref()).await?;
+            export(response).await
         }
-        AuditCommand::Verify { file, keys, keys_file } => {
-            verify(file, keys, keys_file.as_deref(), global)
+        AuditCommand::Verify { file, keys, keys_file, previous, checkpoint } => verify(
+            file,
+            keys,
+            keys_file.as_deref(),
+            previous.as_deref(),
+            checkpoint.as_deref(),
+            global,
+        ),
+    }
+}
+
+/// Copies an export to standard output line by line. An export the server
+/// could not finish ends with an error line instead of its export
+/// checkpoint: that line is not copied, and its message is the error.
+async fn export(mut response: reqwest::Response) -> Result<(), CliError> {
+    let mut stdout = std::io::stdout().lock();
+    let write_error = |e: std::io::Error| CliError::failed(format!("stdout: {e}"));
+    let cut = |why: String| {
+        CliError::new(
+            Kind::Server,
+            format!("the export was cut short ({why}); the file is incomplete, export again"),
+        )
+    };
+    // Bytes of the line not yet complete.
+    let mut pending: Vec<u8> = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(|e| cut(e.to_string()))? {
+        pending.extend_from_slice(&chunk);
+        let Some(end) = pending.iter().rposition(|b| *b == b'\n') else { continue };
+        let complete: Vec<u8> = pending.drain(..=end).collect();
+        let last = complete[..end].iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+        if complete[last..].starts_with(b"{\"error\":") {
+            stdout.write_all(&complete[..last]).map_err(write_error)?;
+            stdout.flush().map_err(write_error)?;
+            return Err(trailer_error(&complete[last..]));
         }
+        stdout.write_all(&complete).map_err(write_error)?;
+    }
+    if !pending.is_empty() {
+        return Err(cut("it ended inside a line".into()));
+    }
+    stdout.flush().map_err(write_error)
+}
+
+/// The error an export's error line reports.
+fn trailer_error(line: &[u8]) -> CliError {
+    #[derive(serde::Deserialize)]
+    struct Trailer {
+        error: Detail,
+    }
+    #[derive(serde::Deserialize)]
+    struct Detail {
+        code: String,
+        message: String,
+    }
+    match serde_json::from_slice::<Trailer>(line) {
+        Ok(Trailer { error }) => CliError::new(
+            if error.code == "unavailable" { Kind::Server } else { Kind::Failed },
+            format!("the export was refused midway: {} ({})", error.message, error.code),
+        ),
+        Err(_) => CliError::new(Kind::Server, "the export ended with an unreadable error line"),
     }
 }
 
@@ -98,8 +147,12 @@ fn verify(
     file: &Path,
     keys: &[String],
     keys_file: Option<&Path>,
+    previous: Option<&Path>,
+    checkpoint: Option<&str>,
     global: &GlobalArgs,
 ) -> Result<(), CliError> {
+    use bulkhead_audit::verify::{Earlier, verify_export_extending};
+
     let mut pinned = Vec::new();
     for key in keys {
         pinned.push(public_key(key)?);
@@ -114,14 +167,33 @@ fn verify(
             pinned.push(public_key(&key.public_key)?);
         }
     }
-    let result = if file == Path::new("-") {
-        verify_export(std::io::stdin().lock(), &pinned)
-    } else {
-        let opened = File::open(file)
-            .map_err(|e| CliError::usage(format!("cannot read {}: {e}", file.display())))?;
-        verify_export(BufReader::with_capacity(1 << 20, opened), &pinned)
+    let stdin = Path::new("-");
+    if file == stdin && previous == Some(stdin) {
+        return Err(CliError::usage("the export and --previous cannot both be standard input"));
+    }
+    let open = |path: &Path| -> Result<Box<dyn std::io::BufRead>, CliError> {
+        if path == stdin {
+            return Ok(Box::new(std::io::stdin().lock()));
+        }
+        let opened = File::open(path)
+            .map_err(|e| CliError::usage(format!("cannot read {}: {e}", path.display())))?;
+        Ok(Box::new(BufReader::with_capacity(1 << 20, opened)))
     };
-    match result {
+    // The earlier export is verified first, with the same keys: only an
+    // export that verifies says where the history stood.
+    let earlier = match (previous, checkpoint) {
+        (Some(path), _) => {
+            let report = verify_export(open(path)?, &pinned).map_err(|broken| {
+                CliError::failed(format!("broken: the earlier export {}: {broken}", path.display()))
+            })?;
+            Some(Earlier::of(&report))
+        }
+        (None, Some(text)) => {
+            Some(Earlier::parse(text).map_err(|e| CliError::usage(format!("--checkpoint: {e}")))?)
+        }
+        (None, None) => None,
+    };
+    match verify_export_extending(open(file)?, &pinned, earlier.as_ref()) {
         Ok(report) => {
             if global.output == Output::Json {
                 return output::json(&report_json(&report, !pinned.is_empty()));
@@ -143,12 +215,24 @@ fn verify(
                 plural(report.checkpoints),
                 signers.join(", ")
             );
+            if let Some(earlier) = &report.extends {
+                println!(
+                    "extends the earlier export: the same head at seq {} ({}), so nothing up to \
+                     it was changed, removed or inserted since",
+                    earlier.seq,
+                    bulkhead_audit::record::hex(&earlier.head)
+                );
+            }
             if report.start > 1 {
                 eprintln!(
                     "note: a partial export: events before seq {} are not in this file (an export \
-                     --since, or retention), as its export checkpoint signs; compare with your \
-                     earlier exports",
-                    report.start
+                     --since, or retention), as its export checkpoint signs{}",
+                    report.start,
+                    if report.extends.is_some() {
+                        ""
+                    } else {
+                        "; pass --previous with an earlier export to prove it extends it"
+                    }
                 );
             }
             if pinned.is_empty() {
@@ -185,5 +269,8 @@ fn report_json(report: &Report, pinned: bool) -> serde_json::Value {
         "checkpoints": report.checkpoints,
         "signers": report.signers.iter().map(|(id, p)| serde_json::json!({"key_id": id, "pinned": p})).collect::<Vec<_>>(),
         "keys_pinned": pinned,
+        "extends_previous": report.extends.is_some(),
+        "previous_seq": report.extends.as_ref().map(|e| e.seq),
+        "previous_head": report.extends.as_ref().map(|e| bulkhead_audit::record::hex(&e.head)),
     })
 }

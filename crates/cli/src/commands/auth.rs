@@ -86,8 +86,11 @@ pub async fn run(command: &AuthCommand, global: &GlobalArgs) -> Result<(), CliEr
         }
         AuthCommand::Untrust { tenant } => {
             client.remove_trust(tenant).await?;
-            eprintln!("tenant {tenant} no longer accepts an external provider's tokens");
-            Ok(())
+            output::done(
+                global.output,
+                serde_json::json!({ "tenant": tenant, "trusted": false }),
+                &format!("tenant {tenant} no longer accepts an external provider's tokens"),
+            )
         }
     }
 }
@@ -118,8 +121,11 @@ pub async fn apikeys(command: &ApikeysCommand, global: &GlobalArgs) -> Result<()
         }
         ApikeysCommand::Revoke { tenant, id } => {
             client.revoke_api_key(tenant, id).await?;
-            eprintln!("revoked API key {id}");
-            Ok(())
+            output::done(
+                global.output,
+                serde_json::json!({ "tenant": tenant, "revoked": id }),
+                &format!("revoked API key {id}"),
+            )
         }
     }
 }

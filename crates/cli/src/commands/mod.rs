@@ -26,6 +26,18 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Auth(command) => auth::run(command, &cli.global).await,
         Command::Apikeys(command) => auth::apikeys(command, &cli.global).await,
         Command::Audit(command) => audit::run(command, &cli.global).await,
+        Command::Status { api_url } => {
+            let client = ApiClient::discover(&cli.global)?;
+            let status = client.status().await?;
+            if *api_url {
+                #[allow(clippy::print_stdout)]
+                {
+                    println!("{}", status.api_url);
+                }
+                return Ok(());
+            }
+            output::status(cli.global.output, &status)
+        }
         Command::Plans(PlansCommand::List) => {
             let client = ApiClient::discover(&cli.global)?;
             output::plans(cli.global.output, &client.plans().await?.plans)

@@ -4,6 +4,7 @@
 
 use std::io::{IsTerminal, Read, Write};
 
+use base64::{Engine, engine::general_purpose::STANDARD};
 use bulkhead_vault::SecretPath;
 use zeroize::Zeroizing;
 
@@ -36,7 +37,20 @@ pub async fn run(command: &SecretsCommand, global: &GlobalArgs) -> Result<(), Cl
             output::secret_written(global.output, &written)
         }
         SecretsCommand::Get { tenant, path, version } => {
-            let (_, value) = client.get_secret(tenant, path, *version).await?;
+            let (stored, value) = client.get_secret(tenant, path, *version).await?;
+            if global.output == Output::Json {
+                // Text as text; anything else (the value is bytes) as base64.
+                let version = stored.and_then(|v| v.parse::<i64>().ok());
+                let (key, text) = match std::str::from_utf8(&value) {
+                    Ok(text) => ("value", Zeroizing::new(text.to_owned())),
+                    Err(_) => ("value_base64", Zeroizing::new(STANDARD.encode(&*value))),
+                };
+                let mut view = serde_json::json!({
+                    "tenant": tenant, "path": path, "version": version,
+                });
+                view[key] = serde_json::Value::from(text.as_str());
+                return output::json(&view);
+            }
             let mut stdout = std::io::stdout().lock();
             stdout
                 .write_all(&value)
@@ -48,8 +62,11 @@ pub async fn run(command: &SecretsCommand, global: &GlobalArgs) -> Result<(), Cl
         }
         SecretsCommand::Delete { tenant, path } => {
             client.delete_secret(tenant, path).await?;
-            eprintln!("deleted every version of {path}");
-            Ok(())
+            output::done(
+                global.output,
+                serde_json::json!({ "tenant": tenant, "deleted": path }),
+                &format!("deleted every version of {path}"),
+            )
         }
         SecretsCommand::Rewrap { tenant } => {
             let view = client.rewrap(tenant).await?;

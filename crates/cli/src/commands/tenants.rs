@@ -6,7 +6,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bulkhead_control::api::types::{CreateTenantRequest, StepState, TenantView};
+use bulkhead_control::api::types::{CreateTenantRequest, StepState, StepView, TenantView};
 use bulkhead_model::TenantState;
 
 use crate::{
@@ -81,16 +81,15 @@ async fn create(
         "tenant {}: provisioning (plan {}, isolation {}, region {})",
         t.name, t.plan, t.isolation, t.region
     );
-    let settled =
-        wait_until(client, &args.name, &args.wait, StepState::Applied, |view| match view {
-            Found::Yes(view) => match view.tenant.state {
-                TenantState::Active => true,
-                TenantState::Failed => view.tenant.failure.as_ref().is_some_and(|f| f.undone),
-                _ => false,
-            },
-            Found::Gone => true,
-        })
-        .await?;
+    let settled = wait_until(client, &created, &args.wait, StepState::Applied, |view| match view {
+        Found::Yes(view) => match view.tenant.state {
+            TenantState::Active => true,
+            TenantState::Failed => view.tenant.failure.as_ref().is_some_and(|f| f.undone),
+            _ => false,
+        },
+        Found::Gone => true,
+    })
+    .await?;
     let Found::Yes(view) = settled else {
         return Err(CliError::new(
             Kind::NotFound,
@@ -126,20 +125,22 @@ async fn delete(
         return output::tenant(global.output, &view);
     }
     eprintln!("tenant {}: offboarding{}", args.name, if args.purge { " (purge)" } else { "" });
-    let settled =
-        wait_until(client, &args.name, &args.wait, StepState::Undone, |view| match view {
-            Found::Yes(view) => {
-                view.tenant.state == TenantState::Deleted && !view.tenant.purge_requested
-            }
-            Found::Gone => true,
-        })
-        .await?;
+    let settled = wait_until(client, &view, &args.wait, StepState::Undone, |view| match view {
+        Found::Yes(view) => {
+            view.tenant.state == TenantState::Deleted && !view.tenant.purge_requested
+        }
+        Found::Gone => true,
+    })
+    .await?;
     match settled {
         Found::Yes(view) => {
             output::tenant(global.output, &view)?;
             eprintln!("tenant {} is deleted (its record is kept until purged)", args.name);
         }
-        Found::Gone => eprintln!("tenant {} is purged", args.name),
+        Found::Gone => {
+            let purged = serde_json::json!({ "name": args.name, "purged": true });
+            output::done(global.output, purged, &format!("tenant {} is purged", args.name))?;
+        }
     }
     Ok(())
 }
@@ -168,16 +169,21 @@ fn confirm(name: &str, purge: bool) -> Result<(), CliError> {
 
 /// Polls the tenant, printing each step as it reaches `progress` (applied
 /// while provisioning, undone while offboarding), until `settled` says so
-/// or the timeout passes.
+/// or the timeout passes. `known` is the tenant as last seen, with its
+/// steps: polls can miss a fast step, and a purged tenant is gone before
+/// its last steps can be read, so once settled the steps that had to pass
+/// for it to settle and were not seen are printed too, in their order.
 async fn wait_until(
     client: &ApiClient,
-    name: &str,
+    known: &TenantView,
     wait: &WaitArgs,
     progress: StepState,
     settled: impl Fn(&Found<TenantView>) -> bool,
 ) -> Result<Found<TenantView>, CliError> {
+    let name = known.tenant.name.as_str();
     let deadline = Instant::now() + Duration::from_secs(wait.timeout);
     let mut seen: HashSet<String> = HashSet::new();
+    let mut steps: Vec<StepView> = known.steps.clone().unwrap_or_default();
     let mut pause = Duration::from_millis(20);
     loop {
         let found = client.find_tenant(name).await?;
@@ -187,8 +193,28 @@ async fn wait_until(
                     eprintln!("  {} {}", output::step_state(step.state), step.name);
                 }
             }
+            if let Some(now) = &view.steps {
+                steps.clone_from(now);
+            }
         }
         if settled(&found) {
+            let passed = match &found {
+                Found::Yes(view) => {
+                    !(progress == StepState::Applied && view.tenant.failure.is_some())
+                }
+                Found::Gone => true,
+            };
+            if passed {
+                let order: Vec<&StepView> = match progress {
+                    StepState::Undone => steps.iter().rev().collect(),
+                    _ => steps.iter().collect(),
+                };
+                for step in order {
+                    if step.state != StepState::Pending && seen.insert(step.name.clone()) {
+                        eprintln!("  {} {}", output::step_state(progress), step.name);
+                    }
+                }
+            }
             return Ok(found);
         }
         if Instant::now() >= deadline {

@@ -25,20 +25,28 @@ pub async fn run(command: &VaultCommand, global: &GlobalArgs) -> Result<(), CliE
         }
         VaultCommand::RotateKey { tenant, rewrap } => {
             let rotated = client.rotate_data_key(tenant).await?;
-            eprintln!("tenant {tenant} now writes with data key version {}", rotated.version);
+            if global.output == Output::Table {
+                eprintln!("tenant {tenant} now writes with data key version {}", rotated.version);
+            }
             if *rewrap {
                 let view = client.rewrap(tenant).await?;
-                eprintln!("re-encrypted {} secret version(s) under it", view.reencrypted);
+                if global.output == Output::Table {
+                    eprintln!("re-encrypted {} secret version(s) under it", view.reencrypted);
+                }
             }
             output::keys(global.output, &client.key_status(tenant).await?)
         }
         VaultCommand::TenantKey { tenant, key_file, forget } => {
             if *forget {
                 client.forget_tenant_key(tenant).await?;
-                eprintln!(
-                    "forgot tenant {tenant}'s key; its secrets are sealed until it is supplied again"
+                return output::done(
+                    global.output,
+                    serde_json::json!({ "tenant": tenant, "tenant_key_loaded": false }),
+                    &format!(
+                        "forgot tenant {tenant}'s key; its secrets are sealed until it is \
+                         supplied again"
+                    ),
                 );
-                return Ok(());
             }
             let Some(file) = key_file else {
                 return Err(CliError::usage("give the tenant's key with --key-file, or --forget"));
@@ -80,8 +88,11 @@ pub async fn run(command: &VaultCommand, global: &GlobalArgs) -> Result<(), CliE
         }
         VaultCommand::Unlock { principal, .. } => {
             client.unlock(principal).await?;
-            eprintln!("cleared the lockout of {principal}");
-            Ok(())
+            output::done(
+                global.output,
+                serde_json::json!({ "unlocked": principal }),
+                &format!("cleared the lockout of {principal}"),
+            )
         }
     }
 }
@@ -93,13 +104,15 @@ async fn unlock_offline(
     store: Option<&Sensitive>,
     global: &GlobalArgs,
 ) -> Result<(), CliError> {
+    let data_dir = global.data_dir.clone().unwrap_or_else(env::default_data_dir);
     let location = match store {
         Some(url) => parse_store(url.expose())?,
-        None => {
-            let data_dir = global.data_dir.clone().unwrap_or_else(env::default_data_dir);
-            StoreLocation::Sqlite(data_dir.join("bulkhead.db"))
-        }
+        None => StoreLocation::Sqlite(data_dir.join("bulkhead.db")),
     };
+    // The event it records is MACed like the writer's, with the platform's
+    // audit key: checked before anything changes.
+    let key = bulkhead_control::audit::existing_platform_key(&data_dir)
+        .map_err(|e| CliError::usage(e.to_string()))?;
     let store = bulkhead_store::open(&location)
         .await
         .map_err(|e| CliError::new(Kind::Unreachable, e.to_string()))?;
@@ -120,7 +133,12 @@ async fn unlock_offline(
         request_id: None,
         details,
     };
-    append_offline(store.as_ref(), event).await.map_err(|e| CliError::failed(e.to_string()))?;
-    eprintln!("cleared the lockout of {principal} in {}", store.location());
-    Ok(())
+    append_offline(store.as_ref(), &key, event)
+        .await
+        .map_err(|e| CliError::failed(e.to_string()))?;
+    output::done(
+        global.output,
+        serde_json::json!({ "unlocked": principal, "store": store.location() }),
+        &format!("cleared the lockout of {principal} in {}", store.location()),
+    )
 }

@@ -28,6 +28,7 @@ async fn openapi_describes_every_endpoint() {
         "POST /v1/tenants/{name}/resume",
         "GET /v1/plans",
         "GET /v1/regions",
+        "GET /v1/status",
         "GET /v1/tenants/{tenant}/secrets",
         "GET /v1/tenants/{tenant}/secrets/{path}",
         "PUT /v1/tenants/{tenant}/secrets/{path}",
@@ -154,4 +155,78 @@ async fn regions_are_listed_without_credentials() {
         ]})
     );
     assert!(!server.log().contains("s3cret"));
+}
+
+/// A Python tool run by the test in `dir` (where it may keep its caches).
+fn python(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new("python3").args(args).current_dir(dir).output().unwrap()
+}
+
+#[tokio::test]
+async fn the_openapi_document_is_valid_and_the_api_keeps_to_it() {
+    let server = Server::embedded().await;
+    server.cli_json(&["tenants", "create", "acme", "--plan", "enterprise", "--wait"]);
+    let (_, doc) = server.http().without_token().get("/v1/openapi.json").await;
+    let file = server.dir.path().join("openapi.json");
+    std::fs::write(&file, serde_json::to_vec(&doc).unwrap()).unwrap();
+    // A standard validator of OpenAPI 3.1 documents.
+    let checked =
+        python(server.dir.path(), &["-m", "openapi_spec_validator", file.to_str().unwrap()]);
+    assert!(
+        checked.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
+    // Tenants' own paths name both kinds of credential.
+    let secrets = &doc["paths"]["/v1/tenants/{tenant}/secrets"]["get"];
+    assert_eq!(secrets["security"], json!([{ "operator_token": [] }, { "tenant_credential": [] }]));
+    assert!(
+        doc["paths"]["/v1/tenants/{tenant}/audit/events"]["get"]["responses"]["400"].is_object()
+    );
+
+    // A property-based tester against the live server, a bounded number of
+    // cases per endpoint: no server error, every status and body as
+    // documented, requests outside the schema refused. (Not whether every
+    // request the schema allows is accepted: tenant names and secret paths
+    // have rules the schema does not spell out.)
+    let schema = format!("{}/v1/openapi.json", server.api);
+    let auth = format!("Authorization: Bearer {}", server.token);
+    let report = server.dir.path().join("schemathesis");
+    // Tenants' paths on a tenant that exists, so that cases reach more than
+    // "not found".
+    let config = server.dir.path().join("schemathesis.toml");
+    std::fs::write(&config, "[parameters]\n\"path.tenant\" = \"acme\"\n").unwrap();
+    let run = python(
+        server.dir.path(),
+        &[
+            "-m",
+            "schemathesis.cli",
+            "--config-file",
+            config.to_str().unwrap(),
+            "run",
+            &schema,
+            "-H",
+            &auth,
+            "--max-examples",
+            "15",
+            "--seed",
+            "20261202",
+            "--checks",
+            "not_a_server_error,status_code_conformance,content_type_conformance,\
+         response_schema_conformance,response_headers_conformance,negative_data_rejection",
+            "--report-dir",
+            report.to_str().unwrap(),
+            // No examples kept between runs: the run is the same every time.
+            "--generation-database",
+            ":memory:",
+        ],
+    );
+    assert!(
+        run.status.success(),
+        "{}{}\n{}",
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr),
+        server.log()
+    );
 }

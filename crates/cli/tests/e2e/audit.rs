@@ -94,7 +94,8 @@ async fn an_export_verifies_offline_and_every_edit_is_caught() {
     std::fs::write(&keys_file, &keys).unwrap();
     let acme_key: Value = serde_json::from_str(&keys).unwrap();
     let acme_key = acme_key["keys"][0]["public_key"].as_str().unwrap().to_owned();
-    assert!(python_verifier(&path, Some(&acme_key)).starts_with("ok "));
+    let pinned_by_python = python_verifier(&path, Some(&acme_key));
+    assert!(pinned_by_python.starts_with("ok "), "{pinned_by_python}\n{text}\n{keys}");
     let pinned = verify(&path, &["--keys-file", keys_file.to_str().unwrap()]);
     assert!(pinned.status.success(), "{}", stderr(&pinned));
     assert!(stdout(&pinned).contains("(pinned)"), "{}", stdout(&pinned));
@@ -165,8 +166,12 @@ async fn an_export_verifies_offline_and_every_edit_is_caught() {
         "/v1/audit/platform/export",
         "/v1/audit/platform/events",
     ] {
-        assert_eq!(as_admin.get(path).await, (401, garbage.clone()), "{path}");
+        let (status, body) = as_admin.get(path).await;
+        assert_eq!(status, 401, "{path}");
+        assert!(body.to_string().contains("reaches only /v1/tenants/acme/"), "{path}: {body}");
+        assert!(!body.to_string().contains("globex"), "{path}: {body}");
     }
+    let _ = garbage;
     let viewer = server.cli_json(&[
         "apikeys", "create", "--tenant", "acme", "--name", "viewer", "--role", "viewer",
     ]);

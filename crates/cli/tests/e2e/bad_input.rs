@@ -172,7 +172,12 @@ async fn missing_or_wrong_tokens_get_one_uniform_401() {
         .output()
         .unwrap();
     assert_eq!(exit_code(&cli), 6, "{}", stderr(&cli));
-    assert!(stderr(&cli).contains("operator token was refused"));
+    assert!(
+        stderr(&cli).contains("the credential from --token (or BULKHEAD_TOKEN) was refused"),
+        "{}",
+        stderr(&cli)
+    );
+    assert!(stderr(&cli).contains("(request "), "with the request id: {}", stderr(&cli));
     assert!(!server.log().contains("bho_wrong"), "tokens are never logged");
     assert!(!server.log().contains(&server.token), "tokens are never logged");
 }

@@ -134,9 +134,16 @@ async fn tenant_credentials_reach_their_own_tenant_and_no_further() {
     let viewer = token(&server, "acme", &["viewer"]);
     let as_admin = http.with_token(&admin);
 
-    // Its own tenant, as its role allows.
-    let (status, _) = as_admin.get("/v1/tenants/acme").await;
+    // Its own tenant, as its role allows, without what the server keeps
+    // for operators (its directories, database objects, errors).
+    let (status, view) = as_admin.get("/v1/tenants/acme").await;
     assert_eq!(status, 200);
+    assert_eq!(view["state"], "active");
+    assert!(view["steps"].as_array().unwrap().iter().all(|s| s["output"].is_null()), "{view}");
+    let data_dir = server.data_dir().display().to_string();
+    assert!(!view.to_string().contains(&data_dir), "{view}");
+    let (_, operator_view) = server.http().get("/v1/tenants/acme").await;
+    assert!(operator_view.to_string().contains(&data_dir), "operators see it: {operator_view}");
     let put = as_admin
         .client
         .put(format!("{}/v1/tenants/acme/secrets/app/key", server.api))
@@ -153,28 +160,48 @@ async fn tenant_credentials_reach_their_own_tenant_and_no_further() {
     let (status, _) = as_admin.post("/v1/tenants/acme/suspend", Value::Null).await;
     assert_eq!(status, 403, "lifecycle is the operator's");
 
-    // Anything else: the same 401 as a garbage token, saying nothing.
+    // Anything else: a 401 that tells a genuine credential's holder what
+    // is wrong with it, and nothing about another tenant.
     let (garbage_status, garbage) =
         server.http().with_token("garbage").get("/v1/tenants/acme").await;
     assert_eq!(garbage_status, 401);
+    assert_eq!(garbage["error"]["message"], "authentication required");
     // A token minted for the tenant's application, not for the control API.
     let out =
         server.cli(&["auth", "token", "--tenant", "acme", "--subject", "app", "--role", "owner"]);
     let app_token = stdout(&out).trim().to_owned();
-    assert_eq!(
-        server.http().with_token(&app_token).get("/v1/tenants/acme").await,
-        (401, garbage.clone())
-    );
+    let (status, body) = server.http().with_token(&app_token).get("/v1/tenants/acme").await;
+    assert_eq!(status, 401);
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("not issued for this API"), "{message}");
+    assert!(message.contains("--control-api"), "{message}");
+    let as_app = server.cli_with_token(&app_token, &["secrets", "list", "--tenant", "acme"]);
+    assert_eq!(exit_code(&as_app), 6);
+    assert!(stderr(&as_app).contains("--control-api"), "{}", stderr(&as_app));
+    assert!(stderr(&as_app).contains("(the credential from --token"), "{}", stderr(&as_app));
     for path in [
         "/v1/tenants/globex",
         "/v1/tenants/globex/secrets",
+        "/v1/tenants/nosuchtenant/secrets",
         "/v1/tenants",
         "/v1/plans",
         "/v1/vault/lockouts",
     ] {
         let (status, body) = as_admin.get(path).await;
-        assert_eq!((status, &body), (401, &garbage), "{path}");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert_eq!(status, 401, "{path}");
+        assert!(message.contains("this token is tenant \"acme\"'s"), "{path}: {message}");
+        assert!(!message.contains("globex") && !message.contains("nosuch"), "{path}: {message}");
     }
+    // On another tenant's path, the same answer whether it exists or not.
+    let (_, globex) = as_admin.get("/v1/tenants/globex/secrets").await;
+    let (_, nobody) = as_admin.get("/v1/tenants/nosuchtenant/secrets").await;
+    assert_eq!(globex, nobody);
+    let (_, operator_only) = as_admin.get("/v1/plans").await;
+    assert!(
+        operator_only["error"]["message"].as_str().unwrap().contains("needs an operator token"),
+        "{operator_only}"
+    );
 
     // API keys: shown once, stored hashed, bound to their tenant.
     let created = server.cli_json(&[
@@ -185,7 +212,10 @@ async fn tenant_credentials_reach_their_own_tenant_and_no_further() {
     assert_eq!(created["api_key"]["prefix"].as_str().unwrap(), &key[..12]);
     let with_key = server.http().with_token(&key);
     assert_eq!(with_key.get("/v1/tenants/acme/secrets").await.0, 200);
-    assert_eq!(with_key.get("/v1/tenants/globex/secrets").await, (401, garbage.clone()));
+    let (status, body) = with_key.get("/v1/tenants/globex/secrets").await;
+    assert_eq!(status, 401);
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("this API key is tenant \"acme\"'s"), "{message}");
     // A key whose prefix names another tenant proves nothing.
     let renamed = key.replacen("bh_acme_", "bh_globex_", 1);
     assert_eq!(server.http().with_token(&renamed).get("/v1/tenants/globex/secrets").await.0, 401);
@@ -226,7 +256,15 @@ async fn tenant_credentials_reach_their_own_tenant_and_no_further() {
     let as_minted = server.http().with_token(&minted);
     assert_eq!(as_minted.get("/v1/tenants/acme/secrets").await.0, 200);
     server.cli_json(&["tenants", "suspend", "acme"]);
-    assert_eq!(as_minted.get("/v1/tenants/acme/secrets").await, (401, garbage.clone()));
+    let (status, body) = as_minted.get("/v1/tenants/acme/secrets").await;
+    assert_eq!(status, 401);
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("\"acme\" is suspended"), "its holder is told: {message}");
+    // To anyone else, a suspended tenant looks like any other.
+    assert_eq!(
+        server.http().with_token("garbage").get("/v1/tenants/acme/secrets").await,
+        (401, garbage.clone())
+    );
     server.cli_json(&["tenants", "resume", "acme"]);
     assert_eq!(as_minted.get("/v1/tenants/acme/secrets").await.0, 200);
 
@@ -234,7 +272,9 @@ async fn tenant_credentials_reach_their_own_tenant_and_no_further() {
     // even those already cached as verified; new ones work.
     let revoke = server.cli(&["auth", "revoke-tokens", "--tenant", "acme"]);
     assert!(revoke.status.success(), "{}", stderr(&revoke));
-    assert_eq!(as_minted.get("/v1/tenants/acme/secrets").await, (401, garbage.clone()));
+    let (status, body) = as_minted.get("/v1/tenants/acme/secrets").await;
+    assert_eq!(status, 401);
+    assert!(body["error"]["message"].as_str().unwrap().contains("was revoked"), "{body}");
     assert_eq!(as_viewer.get("/v1/tenants/acme/secrets").await.0, 401);
     let fresh = token(&server, "acme", &["viewer"]);
     assert_eq!(server.http().with_token(&fresh).get("/v1/tenants/acme/secrets").await.0, 200);
@@ -412,24 +452,33 @@ async fn a_trusted_external_provider_speaks_for_its_tenant_only() {
     let mut other_app = claims.clone();
     other_app["aud"] = serde_json::json!("billing-app");
     let other_app = server.http().with_token(&idp.sign("k1", &other_app));
-    assert_eq!(other_app.get("/v1/tenants/acme/secrets").await, (401, garbage.clone()));
+    let (status, body) = other_app.get("/v1/tenants/acme/secrets").await;
+    assert_eq!(status, 401);
+    assert!(body.to_string().contains("its aud must name acme-app"), "{body}");
     // The provider's token never acts for another tenant, whatever it says.
     assert_eq!(as_bob.get("/v1/tenants/globex/secrets").await, (401, garbage.clone()));
     let mut other_iss = claims.clone();
     other_iss["iss"] = serde_json::json!("https://idp.other.example");
     let other = server.http().with_token(&idp.sign("k1", &other_iss));
     assert_eq!(other.get("/v1/tenants/acme/secrets").await.0, 401);
-    // Every bad case, crafted with PyJWT and cryptography: the same 401.
+    // Every bad case, crafted with PyJWT and cryptography: a 401 that
+    // tells the holder of a genuinely signed token what is wrong with it,
+    // and the same as for garbage to whoever forged one.
     let mut expired = claims.clone();
     expired["exp"] = serde_json::json!(now - 3_600);
     let mut early = claims.clone();
     early["nbf"] = serde_json::json!(now + 3_600);
-    let mut bad = vec![idp.sign("k1", &expired), idp.sign("k1", &early)];
-    bad.extend(idp.forge("k1", &claims));
-    assert_eq!(bad.len(), 8);
+    for (token, told) in [(&expired, "has expired"), (&early, "not valid yet")] {
+        let (status, body) =
+            server.http().with_token(&idp.sign("k1", token)).get("/v1/tenants/acme/secrets").await;
+        assert_eq!(status, 401);
+        assert!(body["error"]["message"].as_str().unwrap().contains(told), "{body}");
+    }
+    let bad = idp.forge("k1", &claims);
+    assert_eq!(bad.len(), 6);
     for (i, forged) in bad.iter().enumerate() {
         let response = server.http().with_token(forged).get("/v1/tenants/acme/secrets").await;
-        assert_eq!(response, (401, garbage.clone()), "bad case {i}");
+        assert_eq!(response, (401, garbage.clone()), "forged case {i}");
     }
     // Each for its own reason, which only the tenant's record tells.
     let events = server.audit_events(&["acme"]);

@@ -102,6 +102,12 @@ async fn one_tenants_grants_never_block_another_tenants_revocation_or_purge() {
         .unwrap();
     assert!(!acl.contains(&globex.database), "{acl}");
     exec(&mut attacker, "INSERT INTO h VALUES (1)").await;
+
+    // Nor can a tenant's credential reach the control store's database.
+    let store_db = a.url.rsplit_once('/').unwrap().0.to_owned() + "/" + &server.postgres_db().name;
+    let refused = connect(&store_db).await.unwrap_err().to_string();
+    assert!(refused.contains("permission denied"), "{refused}");
+    assert!(!server.log().contains("every role may connect"), "{}", server.log());
 }
 
 #[tokio::test]
@@ -311,4 +317,52 @@ async fn a_credential_issued_with_a_token_does_not_outlive_it() {
     .unwrap();
     assert!(expires.unix_timestamp() <= token_exp, "{issued} outlives the token ({token_exp})");
     connect(issued["url"].as_str().unwrap()).await.unwrap();
+}
+
+/// The roles the README recommends: a store role that loses CREATEROLE after
+/// the first start, and a role of their own for tenant databases. Nothing
+/// here is a superuser.
+#[tokio::test]
+async fn the_recommended_postgres_roles_run_bulkhead() {
+    let mut db = bulkhead_testkit::TestDatabase::create().await;
+    let (store_role, tenants_role) =
+        (format!("{}store", db.object_prefix), format!("{}tenants", db.object_prefix));
+    let mut root = admin("postgres").await;
+    for sql in [
+        format!("CREATE ROLE \"{store_role}\" LOGIN CREATEROLE PASSWORD 'pw'"),
+        format!("ALTER DATABASE \"{}\" OWNER TO \"{store_role}\"", db.name),
+        format!("CREATE ROLE \"{tenants_role}\" LOGIN CREATEDB CREATEROLE PASSWORD 'pw'"),
+    ] {
+        exec(&mut root, &sql).await;
+    }
+    let as_role = |role: &str, url: &str| url.replacen("postgres@", &format!("{role}:pw@"), 1);
+    db.url = as_role(&store_role, &db.url);
+    let regions = format!(
+        "[[regions]]\nname = \"local\"\ndatabases = \"{}\"\ndatabase_prefix = \"{}\"\n",
+        as_role(&tenants_role, &bulkhead_testkit::postgres_admin_url()),
+        db.object_prefix
+    );
+    let mut server = Server::start(Store::Postgres(db), &regions, &[]).await;
+    server.stop();
+    let first = server.log();
+    assert!(first.contains("could switch off the audit tables"), "warned while it can: {first}");
+    exec(&mut root, &format!("ALTER ROLE \"{store_role}\" NOCREATEROLE")).await;
+    server.restart().await;
+    let since = server.log()[first.len()..].to_owned();
+    assert!(!since.contains("could switch off the audit tables"), "{since}");
+    assert!(!since.contains("every role may connect"), "{since}");
+
+    let acme = silo(&server, "acme");
+    let lease = issue(&server, "acme", "1h");
+    let mut conn = connect(&lease.url).await.unwrap();
+    exec(&mut conn, "CREATE TABLE t (x int)").await;
+    let revoked = server.cli(&["creds", "revoke", &lease.lease]);
+    assert!(revoked.status.success(), "{}\n{}", stderr(&revoked), server.log());
+    assert!(!role_exists(&lease.role).await);
+    let purged = purge(&server, "acme");
+    assert!(purged.status.success(), "{}\n{}", stderr(&purged), server.log());
+    assert!(!database_exists(&acme.database).await);
+    for role in [&acme.owner, &acme.read] {
+        assert!(!role_exists(role).await, "{role} is left behind");
+    }
 }

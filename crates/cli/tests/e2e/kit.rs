@@ -217,6 +217,18 @@ impl Server {
             .unwrap()
     }
 
+    /// Runs the CLI with `credential` as its token (`--token`).
+    pub fn cli_with_token(&self, credential: &str, args: &[&str]) -> Output {
+        command()
+            .env("BULKHEAD_DATA_DIR", self.data_dir())
+            .arg("--token")
+            .arg(credential)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
     /// Runs the CLI with `-o json` and parses what it printed.
     pub fn cli_json(&self, args: &[&str]) -> Value {
         let mut all = args.to_vec();

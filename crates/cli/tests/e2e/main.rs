@@ -11,6 +11,7 @@
 
 mod api;
 mod audit;
+mod audit_attacks;
 mod bad_input;
 mod crash;
 mod identity;

@@ -223,3 +223,43 @@ async fn json_logs_carry_the_tenant() {
     assert_eq!(request["span"]["tenant"], "acme");
     assert_eq!(request["span"]["status"], 202);
 }
+
+#[tokio::test]
+async fn a_data_directory_is_never_used_with_another_store() {
+    let mut server = Server::embedded().await;
+    server.cli_json(&["tenants", "create", "acme", "--plan", "enterprise", "--wait"]);
+    server.stop();
+    let db = bulkhead_testkit::TestDatabase::create().await;
+    let data = server.data_dir();
+    let data = data.to_str().unwrap();
+    let switched = serve(&["--data-dir", data, "--api-listen", "127.0.0.1:0", "--store", &db.url]);
+    assert_eq!(exit_code(&switched), 1, "{}", stderr(&switched));
+    let err = stderr(&switched);
+    assert!(err.contains("belongs to another control store (sqlite://"), "{err}");
+    assert!(err.contains("without --store, for the embedded one"), "{err}");
+    // Its own store still starts, with its tenant.
+    server.restart().await;
+    assert_eq!(server.cli_json(&["tenants", "get", "acme"])["state"], "active");
+    server.stop();
+
+    // And the other way round: a directory of a PostgreSQL store.
+    let pg_dir = tempfile::tempdir().unwrap();
+    let pg_data = pg_dir.path().join("data");
+    let mut pg = command()
+        .args(["serve", "--api-listen", "127.0.0.1:0", "--store", &db.url, "--data-dir"])
+        .arg(&pg_data)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !pg_data.join("store.json").exists() {
+        assert!(std::time::Instant::now() < deadline, "the PostgreSQL server did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    pg.kill().unwrap();
+    pg.wait().unwrap();
+    let embedded = serve(&["--data-dir", pg_data.to_str().unwrap(), "--api-listen", "127.0.0.1:0"]);
+    assert_eq!(exit_code(&embedded), 1, "{}", stderr(&embedded));
+    assert!(stderr(&embedded).contains("--store postgres://"), "{}", stderr(&embedded));
+}

@@ -337,7 +337,11 @@ async fn one_principal_reaching_for_many_tenants_is_locked_out() {
     assert!(put(&server, "two", "a", b"2").status.success());
     let third = put(&server, "three", "a", b"3");
     assert_eq!(exit_code(&third), 6, "{}", stderr(&third));
-    assert!(stderr(&third).contains("is locked out after touching too many tenants"), "{}", stderr(&third));
+    assert!(
+        stderr(&third).contains("is locked out after touching too many tenants"),
+        "{}",
+        stderr(&third)
+    );
     // Locked out of reads too, even of a tenant it touched before.
     assert_eq!(exit_code(&get(&server, "one", "a")), 6);
 
@@ -620,4 +624,118 @@ async fn trace_logging_never_shows_a_secret_value_or_password() {
     assert!(!log.contains(tenant_key.trim()), "a tenant's key reached the log");
     let master = std::fs::read_to_string(server.data_dir().join("master.key")).unwrap();
     assert!(!log.contains(master.trim()), "the master key reached the log");
+}
+
+#[tokio::test]
+async fn a_tenant_cannot_fill_the_store_or_flood_the_control_api() {
+    let server = Server::embedded().await;
+    tenant(&server, "acme", "starter");
+    tenant(&server, "globex", "starter");
+    let http = server.http();
+    let put = |path: String, value: &'static str| {
+        let request = http
+            .client
+            .put(format!("{}/v1/tenants/acme/secrets/{path}", server.api))
+            .bearer_auth(&server.token)
+            .body(value);
+        async move {
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            (status, response.json::<Value>().await.unwrap())
+        }
+    };
+    // Starter keeps 100 secret paths, 3 versions each.
+    for n in 0..100 {
+        assert_eq!(put(format!("p/{n}"), "v").await.0, 201, "path {n}");
+    }
+    let (status, body) = put("p/100".into(), "v").await;
+    assert_eq!((status, body["error"]["code"].as_str()), (429, Some("quota_exceeded")), "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("has 100 secrets, as many as plan starter allows"), "{message}");
+    for _ in 0..5 {
+        assert_eq!(put("p/0".into(), "again").await.0, 201, "a new version of a path it has");
+    }
+    let listed = server.cli_json(&["secrets", "list", "--tenant", "acme"]);
+    assert_eq!(listed.as_array().unwrap().len(), 100);
+    assert!(listed.as_array().unwrap().iter().all(|s| s["versions"].as_i64().unwrap() <= 3));
+    assert!(put_secret_ok(&server, "globex"), "another tenant's quota is its own");
+
+    // Ten API keys, then none until one is revoked.
+    let mut ids = Vec::new();
+    for n in 0..10 {
+        let key = server.cli_json(&[
+            "apikeys",
+            "create",
+            "--tenant",
+            "acme",
+            "--name",
+            &format!("k{n}"),
+            "--role",
+            "viewer",
+        ]);
+        ids.push(key["api_key"]["id"].as_str().unwrap().to_owned());
+    }
+    let refused =
+        server.cli(&["apikeys", "create", "--tenant", "acme", "--name", "k10", "--role", "viewer"]);
+    assert_eq!(exit_code(&refused), 4, "{}", stderr(&refused));
+    assert!(stderr(&refused).contains("has 10 API keys"), "{}", stderr(&refused));
+    assert!(server.cli(&["apikeys", "revoke", "--tenant", "acme", &ids[0]]).status.success());
+    assert!(
+        server
+            .cli(&["apikeys", "create", "--tenant", "acme", "--name", "k10", "--role", "viewer"])
+            .status
+            .success()
+    );
+
+    // The tenant's own credentials: 300 requests a minute, bursts of 50.
+    let token = server.cli_json(&[
+        "auth",
+        "token",
+        "--tenant",
+        "acme",
+        "--subject",
+        "a",
+        "--role",
+        "viewer",
+        "--control-api",
+    ]);
+    let as_tenant = server.http().with_token(token["token"].as_str().unwrap());
+    let mut limited = None;
+    for _ in 0..80 {
+        let response = as_tenant
+            .client
+            .get(format!("{}/v1/tenants/acme/secrets", server.api))
+            .bearer_auth(as_tenant.token.as_ref().unwrap())
+            .send()
+            .await
+            .unwrap();
+        if response.status() == 429 {
+            limited = Some(response);
+            break;
+        }
+    }
+    let limited = limited.expect("the burst ran out");
+    let wait: u64 = limited.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=1).contains(&wait), "{wait}");
+    let body: Value = limited.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "rate_limited", "{body}");
+    // Operators, and other tenants, are not held up by it.
+    assert_eq!(server.http().get("/v1/tenants/acme/secrets").await.0, 200);
+    let other = server.cli_json(&[
+        "auth",
+        "token",
+        "--tenant",
+        "globex",
+        "--subject",
+        "g",
+        "--role",
+        "viewer",
+        "--control-api",
+    ]);
+    let as_other = server.http().with_token(other["token"].as_str().unwrap());
+    assert_eq!(as_other.get("/v1/tenants/globex/secrets").await.0, 200);
+}
+
+fn put_secret_ok(server: &Server, tenant: &str) -> bool {
+    put(server, tenant, "p/new", b"v").status.success()
 }

@@ -9,8 +9,9 @@ use axum::{
     http::{HeaderValue, header},
     response::{IntoResponse, Response},
 };
-use bulkhead_audit::export::Exporter;
+use bulkhead_audit::export::{ExportError, Exporter};
 use bulkhead_vault::ttl::parse_duration;
+use futures_util::StreamExt;
 use serde::Deserialize;
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 use utoipa::{IntoParams, ToSchema};
@@ -27,15 +28,19 @@ use crate::{
 };
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct TailParams {
     /// Events after this seq, oldest first; without it, the last `limit`.
+    #[param(minimum = 0, maximum = 9_223_372_036_854_775_807_i64)]
     pub after: Option<u64>,
-    /// At most this many (default 100, at most 10,000).
+    /// At most this many (1 to 10,000; default 100).
+    #[param(minimum = 1, maximum = 10_000)]
     pub limit: Option<u32>,
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ExportParams {
     /// Only events from this time on: RFC 3339 (`2026-12-01T00:00:00Z`) or
@@ -77,30 +82,61 @@ async fn tail(
 ) -> Result<Json<EventList>, ApiError> {
     let Query(params) = params?;
     let limit = params.limit.unwrap_or(100);
+    if !(1..=10_000).contains(&limit) {
+        return Err(ApiError::new(
+            ErrorCode::InvalidRequest,
+            format!("limit {limit} is out of range; use 1 to 10000"),
+        ));
+    }
     let events = state.audit.tail(actor, &stream, params.after, limit).await?;
     Ok(Json(EventList { events }))
 }
 
-/// JSON lines, produced page by page as the client reads them.
-fn ndjson(exporter: Exporter) -> Response {
-    let pages = futures_util::stream::unfold(Some(exporter), |exporter| async move {
+/// JSON lines, produced page by page as the client reads them. The first
+/// page is made before the answer starts, so that a refusal there (a stream
+/// changed outside Bulkhead, say) is an ordinary error response. A later
+/// failure can no longer change the status: it ends the body with an error
+/// line, `{"error":{"code":...,"message":...},"type":"error"}`, which no
+/// verifier accepts and the CLI reports.
+async fn ndjson(mut exporter: Exporter) -> Result<Response, ApiError> {
+    let first = exporter.next_page().await.map_err(export_error)?;
+    let rest = futures_util::stream::unfold(Some(exporter), |exporter| async move {
         let mut exporter = exporter?;
         match exporter.next_page().await {
-            Ok(Some(page)) => Some((Ok::<_, std::io::Error>(page), Some(exporter))),
+            Ok(Some(page)) => Some((page, Some(exporter))),
             Ok(None) => None,
             Err(error) => {
-                // The export is cut short; the verifier will say the file
-                // does not end with its export checkpoint.
                 tracing::error!(%error, "audit export failed midway");
-                Some((Err(std::io::Error::other(error)), None))
+                Some((error_line(&export_error(error)), None))
             }
         }
     });
+    let pages =
+        futures_util::stream::iter(first).chain(rest).map(Ok::<_, std::convert::Infallible>);
     let mut response = Body::from_stream(pages).into_response();
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-ndjson"));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    response
+    Ok(response)
+}
+
+fn export_error(error: ExportError) -> ApiError {
+    match error {
+        ExportError::Refused(why) => ApiError::new(ErrorCode::AuditStreamBroken, why),
+        ExportError::Store(why) => {
+            tracing::error!(%why, "cannot read the audit stream for an export");
+            ApiError::new(ErrorCode::Unavailable, "the control store is unavailable; retry shortly")
+        }
+    }
+}
+
+/// The error trailer of an export cut short.
+fn error_line(error: &ApiError) -> String {
+    let line = serde_json::json!({
+        "type": "error",
+        "error": { "code": error.code().as_str(), "message": error.message() },
+    });
+    format!("{line}\n")
 }
 
 /// The last events of the tenant's audit stream.
@@ -139,7 +175,7 @@ pub async fn tenant_export(
     let Query(params) = params?;
     let since = since(&params, state.audit.now())?;
     let exporter = state.audit.export(&actor, &StreamRequest::Tenant(tenant), since).await?;
-    Ok(ndjson(exporter))
+    ndjson(exporter).await
 }
 
 /// The last events of the platform's audit stream (operators' actions).
@@ -172,7 +208,7 @@ pub async fn platform_export(
     let Query(params) = params?;
     let since = since(&params, state.audit.now())?;
     let exporter = state.audit.export(&actor, &StreamRequest::Platform, since).await?;
-    Ok(ndjson(exporter))
+    ndjson(exporter).await
 }
 
 /// The public keys that sign the tenant's audit checkpoints: pin them to

@@ -6,16 +6,25 @@
 //!   path; the credential is verified against that tenant's keys only, so a
 //!   credential of another tenant never verifies, whatever it claims.
 //!
-//! Every refusal is the same 401 with no detail; the reason goes to the log
-//! (and, for tenant credentials, the tenant's event record). Credentials
-//! are never logged.
+//! Every refusal is a 401 that says nothing to whoever does not hold a
+//! genuine credential; the reason goes to the log (and, for tenant
+//! credentials, the tenant's event record). The holder of a genuine
+//! credential is told what is wrong with it (expired, revoked, not issued
+//! for the control API, its tenant suspended, another tenant's paths),
+//! which says nothing about any other tenant. Credentials are never logged.
+
+use std::time::Instant;
 
 use axum::{
     extract::{Request, State},
-    http::header::AUTHORIZATION,
+    http::{
+        HeaderValue,
+        header::{AUTHORIZATION, RETRY_AFTER},
+    },
     middleware::Next,
     response::{IntoResponse, Response},
 };
+use bulkhead_model::TenantId;
 
 use super::{
     AppState,
@@ -47,17 +56,51 @@ pub async fn authenticate(
     } else if let Some(tenant) = tenant_in_path(request.uri().path()) {
         match state.identity.authenticate(tenant, presented).await {
             Ok(actor) => actor,
-            Err(reason) => {
-                tracing::info!(%reason, "request refused");
-                return ApiError::unauthorized().into_response();
+            Err(refusal) => {
+                tracing::info!(reason = %refusal.reason, "request refused");
+                return ApiError::unauthorized_because(refusal.holder).into_response();
             }
         }
     } else {
         tracing::info!(reason = "not an operator token", "request refused");
-        return ApiError::unauthorized().into_response();
+        let told = state.identity.whose(presented).await.map(|owner| {
+            format!("{}; this endpoint needs an operator token", owner.reaches_only())
+        });
+        return ApiError::unauthorized_because(told).into_response();
     };
+    if let Actor::Tenant { tenant_id, .. } = &actor
+        && let Err(refused) = within_rate(&state, *tenant_id).await
+    {
+        return refused;
+    }
     request.extensions_mut().insert(actor);
     next.run(request).await
+}
+
+/// A tenant's own credentials call the control API at its plan's pace;
+/// above it, `429` with `Retry-After`.
+async fn within_rate(state: &AppState, tenant: TenantId) -> Result<(), Response> {
+    let plans = state.tenants.plans();
+    let quotas = match state.store.tenant_by_id(tenant).await {
+        Ok(Some(tenant)) => match plans.get(tenant.plan.as_str()) {
+            Ok(plan) => plan.quotas.clone(),
+            Err(_) => return Ok(()),
+        },
+        _ => return Ok(()),
+    };
+    let Err(wait) = state.rate.check(tenant, &quotas, Instant::now()) else { return Ok(()) };
+    let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    tracing::info!(reason = "over the tenant's request rate", "request refused");
+    let message = format!(
+        "too many requests: this tenant's credentials may make {} control API requests a \
+         minute (bursts of {}); retry in {seconds}s",
+        quotas.requests_per_minute, quotas.burst
+    );
+    let mut response = ApiError::new(ErrorCode::RateLimited, message).into_response();
+    if let Ok(value) = HeaderValue::from_str(&seconds.to_string()) {
+        response.headers_mut().insert(RETRY_AFTER, value);
+    }
+    Err(response)
 }
 
 /// Refuses tenant-scoped credentials: for endpoints that change a tenant's

@@ -56,6 +56,9 @@ pub enum ErrorCode {
     CorruptData,
     ApiKeyNotFound,
     AuditUnavailable,
+    AuditStreamBroken,
+    RateLimited,
+    QuotaExceeded,
 }
 
 impl ErrorCode {
@@ -78,7 +81,8 @@ impl ErrorCode {
             | NoDataKey
             | CredentialsUnavailable => StatusCode::CONFLICT,
             PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            Internal | CorruptData => StatusCode::INTERNAL_SERVER_ERROR,
+            RateLimited | QuotaExceeded => StatusCode::TOO_MANY_REQUESTS,
+            Internal | CorruptData | AuditStreamBroken => StatusCode::INTERNAL_SERVER_ERROR,
             Unavailable | AuditUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -119,6 +123,9 @@ impl ErrorCode {
             CorruptData => "corrupt_data",
             ApiKeyNotFound => "api_key_not_found",
             AuditUnavailable => "audit_unavailable",
+            AuditStreamBroken => "audit_stream_broken",
+            RateLimited => "rate_limited",
+            QuotaExceeded => "quota_exceeded",
         }
     }
 }
@@ -146,6 +153,27 @@ impl ApiError {
 
     pub fn unauthorized() -> Self {
         Self::new(ErrorCode::Unauthorized, "authentication required")
+    }
+
+    /// A 401 that tells the holder of a genuine credential what is wrong
+    /// with it, or nothing.
+    pub fn unauthorized_because(told: Option<String>) -> Self {
+        match told {
+            Some(why) => {
+                Self::new(ErrorCode::Unauthorized, format!("authentication refused: {why}"))
+            }
+            None => Self::unauthorized(),
+        }
+    }
+}
+
+impl ApiError {
+    pub fn code(&self) -> ErrorCode {
+        self.code
+    }
+
+    pub fn message(&self) -> &str {
+        &self.message
     }
 }
 
@@ -254,7 +282,8 @@ impl From<VaultServiceError> for ApiError {
             VaultServiceError::LeaseNotFound(_) => LeaseNotFound,
             VaultServiceError::LeaseRevoked(_) => LeaseRevoked,
             VaultServiceError::LockoutNotFound(_) => LockoutNotFound,
-            VaultServiceError::Unrecorded(_) => AuditUnavailable,
+            VaultServiceError::Unrecorded(u) => unrecorded(u),
+            VaultServiceError::Quota(_) => QuotaExceeded,
             VaultServiceError::Vault(_) | VaultServiceError::Credential(_) => {
                 return match error {
                     VaultServiceError::Vault(e) => e.into(),
@@ -278,7 +307,8 @@ impl From<IdentityError> for ApiError {
             IdentityError::Conflict(_) => Conflict,
             IdentityError::ApiKeyNotFound(_) => ApiKeyNotFound,
             IdentityError::NoRealm(_) => InvalidState,
-            IdentityError::Unrecorded(_) => AuditUnavailable,
+            IdentityError::Unrecorded(u) => unrecorded(u),
+            IdentityError::Quota(_) => QuotaExceeded,
             IdentityError::Refused(_) => {
                 return match error {
                     IdentityError::Refused(e) => e.into(),
@@ -309,6 +339,14 @@ impl From<AuditServiceError> for ApiError {
             AuditServiceError::PlatformOnly => Unauthorized,
             AuditServiceError::NoKey(_) => InvalidState,
             AuditServiceError::InvalidRequest(_) => InvalidRequest,
+            AuditServiceError::Unrecorded(u) => unrecorded(u),
+            AuditServiceError::Export(bulkhead_audit::export::ExportError::Refused(_)) => {
+                AuditStreamBroken
+            }
+            AuditServiceError::Export(bulkhead_audit::export::ExportError::Store(_)) => {
+                tracing::error!(%error, "cannot read the audit stream for an export");
+                return Self::new(Unavailable, "the control store is unavailable; retry shortly");
+            }
             AuditServiceError::Refused(_) => {
                 return match error {
                     AuditServiceError::Refused(e) => e.into(),
@@ -325,6 +363,17 @@ impl From<AuditServiceError> for ApiError {
             AuditServiceError::Internal(_) => return Self::internal(&error),
         };
         Self::new(code, error.to_string())
+    }
+}
+
+/// An action refused because its audit event could not be written: the
+/// stream was found changed outside Bulkhead, or it could not be written
+/// now (retry).
+fn unrecorded(unrecorded: &crate::events::Unrecorded) -> ErrorCode {
+    if unrecorded.broken.is_some() {
+        ErrorCode::AuditStreamBroken
+    } else {
+        ErrorCode::AuditUnavailable
     }
 }
 

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use axum::{
-    Json,
+    Extension, Json,
     extract::State,
     http::{StatusCode, header},
     response::{IntoResponse, Response},
@@ -12,9 +12,11 @@ use axum::{
 
 use super::{
     AppState,
+    auth::operator_only,
     error::{ApiError, ErrorCode},
-    types::{ErrorBody, Status},
+    types::{ErrorBody, ServerStatus, Status},
 };
+use crate::events::Actor;
 
 /// Liveness: the process is up and answering.
 #[utoipa::path(get, path = "/healthz", tag = "meta", responses((status = 200, body = Status)))]
@@ -59,6 +61,23 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
             .into_response(),
         Err(error) => ApiError::internal(&error).into_response(),
     }
+}
+
+/// Where this server is and what it runs on: its API and gateway
+/// addresses, its store and data directory, and how many tenants it has.
+#[utoipa::path(
+    get, path = "/v1/status", tag = "meta",
+    responses((status = 200, body = ServerStatus), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)),
+    security(("operator_token" = []))
+)]
+pub async fn status(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
+) -> Result<Json<ServerStatus>, ApiError> {
+    operator_only(&actor)?;
+    let counts = state.store.count_by_state().await.map_err(|e| ApiError::internal(&e))?;
+    let tenants = counts.into_iter().map(|(state, n)| (state.to_string(), n)).collect();
+    Ok(Json(ServerStatus { tenants, ..state.about.as_ref().clone() }))
 }
 
 /// This document.

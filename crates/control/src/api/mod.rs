@@ -3,7 +3,7 @@
 //! exist).
 
 pub mod audit;
-mod auth;
+pub(crate) mod auth;
 mod catalog;
 pub mod error;
 mod identity;
@@ -60,6 +60,11 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Set when the reconciler's task has ended, which makes `/readyz` fail.
     pub reconciler_done: Arc<AtomicBool>,
+    /// Each tenant's request rate on the control API.
+    pub rate: Arc<crate::limits::RequestRate>,
+    /// The server's addresses, store and data directory, for `/v1/status`
+    /// (its tenant counts are filled in per request).
+    pub about: Arc<types::ServerStatus>,
     /// Filled in by [`router`] once the document is generated.
     pub(crate) openapi: Arc<OnceLock<String>>,
 }
@@ -74,8 +79,14 @@ impl AppState {
 #[openapi(
     info(
         title = "Bulkhead control API",
-        description = "Tenant lifecycle and catalog of a Bulkhead control plane. Every `/v1` \
-                       endpoint but this document needs an operator token as a bearer token.",
+        description = "Tenant lifecycle, vault, identity and audit of a Bulkhead control plane. \
+                       Every `/v1` endpoint but this document takes a bearer credential: an \
+                       operator token reaches every endpoint; on a tenant's own paths \
+                       (`/v1/tenants/{tenant}/...`) a token of that tenant's realm minted for \
+                       the control API, a token of the identity provider it trusts, or one of \
+                       its API keys works too, as its roles allow. Errors are JSON: \
+                       `{\"error\": {\"code\": ..., \"message\": ...}}`, and every answer \
+                       carries an `x-request-id`.",
     ),
     paths(vault::get_secret, vault::put_secret, vault::delete_secret),
     modifiers(&OperatorTokenScheme),
@@ -99,6 +110,99 @@ impl Modify for OperatorTokenScheme {
             "operator_token",
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
         );
+    }
+}
+
+/// What an error status means on any endpoint, for the responses the
+/// handlers do not describe themselves.
+fn status_description(status: &str) -> &'static str {
+    match status {
+        "200" => "OK",
+        "201" => "Created",
+        "202" => "Accepted: the change is under way",
+        "204" => "Done; no content",
+        "400" => "The request is invalid: a parameter, a field or the body; the message says which",
+        "401" => "No credential, or one refused for this endpoint",
+        "403" => "The credential's roles do not allow this, or it is locked out",
+        "404" => "Not found (or not the credential's to see)",
+        "409" => "Conflicts with the current state; the message says what would not",
+        "413" => "The body is larger than the API accepts (64 KiB)",
+        "429" => "Over a quota of the tenant's plan, or its request rate (see Retry-After)",
+        "500" => "An internal error; the message carries no detail, the server's log does",
+        "503" => "A store or server Bulkhead depends on is unavailable; retry",
+        _ => "See the error's code and message",
+    }
+}
+
+/// Completes the generated document where the handlers' annotations leave
+/// out what is true of every endpoint: each response's description (which
+/// OpenAPI requires), the error answers any endpoint can give (invalid
+/// parameters, credentials refused, rate limits, unavailable stores), and
+/// which credentials a tenant's own paths accept.
+fn complete_document(document: &mut serde_json::Value) {
+    use serde_json::{Value, json};
+    let error =
+        json!({ "application/json": { "schema": { "$ref": "#/components/schemas/ErrorBody" } } });
+    if let Some(schemes) =
+        document.pointer_mut("/components/securitySchemes").and_then(Value::as_object_mut)
+    {
+        schemes.insert(
+            "tenant_credential".into(),
+            json!({
+                "type": "http",
+                "scheme": "bearer",
+                "description": "On the tenant's own paths only: a token of its realm minted for \
+                                the control API (`bulkhead auth token --control-api`), a token \
+                                of the identity provider it trusts, or one of its API keys \
+                                (`bh_<tenant>_...`)",
+            }),
+        );
+    }
+    let Some(paths) = document.get_mut("paths").and_then(Value::as_object_mut) else { return };
+    for (path, item) in paths.iter_mut() {
+        let tenant_path = path.starts_with("/v1/tenants/{");
+        let authenticated = path.starts_with("/v1/") && path != "/v1/openapi.json";
+        let Some(item) = item.as_object_mut() else { continue };
+        for (_, operation) in item.iter_mut() {
+            let Some(operation) = operation.as_object_mut() else { continue };
+            let mut errors: Vec<&str> = vec!["500"];
+            if operation.contains_key("parameters") || operation.contains_key("requestBody") {
+                errors.push("400");
+            }
+            if operation.contains_key("requestBody") {
+                errors.push("413");
+            }
+            if path.contains('{') {
+                errors.push("404");
+            }
+            if authenticated {
+                errors.extend(["401", "403", "503"]);
+            }
+            if tenant_path {
+                errors.push("429");
+                operation.insert(
+                    "security".into(),
+                    json!([{ "operator_token": [] }, { "tenant_credential": [] }]),
+                );
+            }
+            let Some(responses) =
+                operation.entry("responses").or_insert_with(|| json!({})).as_object_mut()
+            else {
+                continue;
+            };
+            for status in errors {
+                responses.entry(status).or_insert_with(
+                    || json!({ "description": status_description(status), "content": error }),
+                );
+            }
+            for (status, response) in responses.iter_mut() {
+                if let Some(response) = response.as_object_mut() {
+                    response
+                        .entry("description")
+                        .or_insert_with(|| Value::from(status_description(status)));
+                }
+            }
+        }
     }
 }
 
@@ -139,6 +243,7 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(audit::tenant_export))
         .routes(routes!(audit::platform_events))
         .routes(routes!(audit::platform_export))
+        .routes(routes!(meta::status))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::authenticate));
     let public = OpenApiRouter::new()
         .routes(routes!(audit::audit_keys))
@@ -152,7 +257,11 @@ pub fn router(state: AppState) -> Router {
         .merge(authenticated)
         .merge(public)
         .split_for_parts();
-    match document.to_pretty_json() {
+    let rendered = serde_json::to_value(&document).and_then(|mut value| {
+        complete_document(&mut value);
+        serde_json::to_string_pretty(&value)
+    });
+    match rendered {
         Ok(json) => {
             let _ = state.openapi.set(json);
         }
@@ -223,7 +332,10 @@ async fn observe(State(state): State<AppState>, request: Request, next: Next) ->
     let status = response.status().as_u16();
     span.record("status", status);
     state.metrics.observe_request(method.as_str(), &route, status, elapsed);
-    let quiet = matches!(route.as_str(), "/healthz" | "/readyz" | "/metrics");
+    // Reads that went as expected are routine (a client waiting on a tenant
+    // polls several times a second); changes, refusals and failures are not.
+    let quiet = matches!(route.as_str(), "/healthz" | "/readyz" | "/metrics")
+        || (method == Method::GET && status < 500 && status != 401 && status != 403);
     span.in_scope(|| {
         let elapsed_us = elapsed.as_micros() as u64;
         if quiet {

@@ -116,7 +116,8 @@ pub async fn get_tenant(
     if !actor.allows(&tenant, Permission::Read) {
         return Err(ApiError::new(ErrorCode::Forbidden, "your roles do not allow this"));
     }
-    Ok(Json(TenantView::new(tenant, &state.base_domain).with_steps(&state.step_names, &steps)))
+    let view = TenantView::new(tenant, &state.base_domain).with_steps(&state.step_names, &steps);
+    Ok(Json(if actor.is_operator() { view } else { view.for_tenant() }))
 }
 
 /// Suspend an active tenant. Suspending a suspended tenant changes nothing.
@@ -199,5 +200,12 @@ pub async fn delete_tenant(
     operator_only(&actor)?;
     let Query(params) = params?;
     let tenant = state.tenants.delete(&name, params.purge, &actor).await?;
-    Ok((StatusCode::ACCEPTED, Json(TenantView::new(tenant, &state.base_domain))))
+    // With its steps: a client waiting for a purge may never see the tenant
+    // again, and still names every step undone.
+    let (tenant, steps) = match state.tenants.get(tenant.name.as_str()).await {
+        Ok((tenant, steps)) => (tenant, steps),
+        Err(_) => (tenant, Vec::new()),
+    };
+    let view = TenantView::new(tenant, &state.base_domain).with_steps(&state.step_names, &steps);
+    Ok((StatusCode::ACCEPTED, Json(view)))
 }

@@ -31,6 +31,7 @@ pub struct CreateTenantRequest {
 #[serde(deny_unknown_fields)]
 pub struct ListTenantsParams {
     /// At most this many tenants (1 to 1000, default 100).
+    #[param(minimum = 1, maximum = 1_000)]
     pub limit: Option<u32>,
     /// Only tenants whose name sorts after this one: pass the previous
     /// page's `next_after`.
@@ -109,6 +110,21 @@ impl TenantView {
             })
             .collect();
         self.steps = Some(steps);
+        self
+    }
+
+    /// What a tenant's own credential may see of its tenant: its state and
+    /// steps, not what the server recorded for operators (step outputs name
+    /// the server's directories and database objects; errors may quote the
+    /// server's internals).
+    pub fn for_tenant(mut self) -> Self {
+        for step in self.steps.iter_mut().flatten() {
+            step.output = None;
+        }
+        self.tenant.last_error = None;
+        if let Some(failure) = self.tenant.failure.as_mut() {
+            failure.reason = "provisioning failed; an operator can see why".into();
+        }
         self
     }
 }
@@ -648,4 +664,20 @@ impl From<bulkhead_store::TrustRecord> for TrustView {
             updated_at: t.updated_at,
         }
     }
+}
+
+/// What `bulkhead status` shows.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ServerStatus {
+    pub version: String,
+    /// Where clients reach the control API (the public URL when one is
+    /// configured).
+    pub api_url: String,
+    /// Where the gateway listens; `null` while this version serves none.
+    pub gateway_url: Option<String>,
+    /// The control store, without its password.
+    pub store: String,
+    pub data_dir: String,
+    /// Tenants by lifecycle state.
+    pub tenants: std::collections::BTreeMap<String, u64>,
 }

@@ -180,7 +180,7 @@ fn pool_database(region: &Region) -> String {
 }
 
 fn transient(what: &str) -> impl Fn(sqlx::Error) -> StepError + '_ {
-    move |e| StepError::Transient(format!("{what}: {e}"))
+    move |e| StepError::Transient(format!("{what}: {}", bulkhead_store::describe_error(&e)))
 }
 
 #[async_trait]
@@ -277,7 +277,10 @@ async fn ddl(
     match sqlx::query(AssertSqlSafe(sql.clone())).execute(pool).await {
         Ok(_) => Ok(()),
         Err(sqlx::Error::Database(e)) if e.code().as_deref() == already_exists_code => Ok(()),
-        Err(e) => Err(StepError::Transient(format!("`{sql}` failed: {e}"))),
+        Err(e) => Err(StepError::Transient(format!(
+            "`{sql}` failed: {}",
+            bulkhead_store::describe_error(&e)
+        ))),
     }
 }
 
