@@ -107,6 +107,15 @@ async fn tail(
         return output::json(&first);
     }
     let mut last = first.last().map(|e| e.seq);
+    if global.output == Output::Table {
+        #[allow(clippy::print_stdout)]
+        {
+            println!(
+                "{:>6}  {:<27}  {:<24} {:<22} {:<8} RESOURCE",
+                "SEQ", "TIME", "ACTOR", "ACTION", "OUTCOME"
+            );
+        }
+    }
     print_events(global.output, &first)?;
     if !follow {
         return Ok(());
@@ -128,14 +137,16 @@ fn print_events(format: Output, events: &[EventView]) -> Result<(), CliError> {
             Output::Json => {
                 serde_json::to_string(event).map_err(|e| CliError::failed(e.to_string()))?
             }
+            // The resource last: it may be long (a secret's path), and
+            // would push the columns after it out of line.
             Output::Table => format!(
-                "{:>6}  {}  {:<24} {:<22} {:<32} {}",
+                "{:>6}  {}  {:<24} {:<22} {:<8} {}",
                 event.seq,
                 event.time,
                 format!("{}:{}", event.actor_kind, event.actor_id),
                 event.action,
-                event.resource,
-                event.outcome
+                event.outcome,
+                event.resource
             ),
         };
         writeln!(stdout, "{line}").map_err(|e| CliError::failed(format!("stdout: {e}")))?;

@@ -167,6 +167,15 @@ fn confirm(name: &str, purge: bool) -> Result<(), CliError> {
     }
 }
 
+/// Steps in the order they reach `progress`: offboarding undoes them last
+/// to first.
+fn in_order(steps: &[StepView], progress: StepState) -> Vec<&StepView> {
+    match progress {
+        StepState::Undone => steps.iter().rev().collect(),
+        _ => steps.iter().collect(),
+    }
+}
+
 /// Polls the tenant, printing each step as it reaches `progress` (applied
 /// while provisioning, undone while offboarding), until `settled` says so
 /// or the timeout passes. `known` is the tenant as last seen, with its
@@ -188,13 +197,13 @@ async fn wait_until(
     loop {
         let found = client.find_tenant(name).await?;
         if let Found::Yes(view) = &found {
-            for step in view.steps.iter().flatten() {
+            if let Some(now) = &view.steps {
+                steps.clone_from(now);
+            }
+            for step in in_order(&steps, progress) {
                 if step.state == progress && seen.insert(step.name.clone()) {
                     eprintln!("  {} {}", output::step_state(step.state), step.name);
                 }
-            }
-            if let Some(now) = &view.steps {
-                steps.clone_from(now);
             }
         }
         if settled(&found) {
@@ -205,11 +214,7 @@ async fn wait_until(
                 Found::Gone => true,
             };
             if passed {
-                let order: Vec<&StepView> = match progress {
-                    StepState::Undone => steps.iter().rev().collect(),
-                    _ => steps.iter().collect(),
-                };
-                for step in order {
+                for step in in_order(&steps, progress) {
                     if step.state != StepState::Pending && seen.insert(step.name.clone()) {
                         eprintln!("  {} {}", output::step_state(progress), step.name);
                     }

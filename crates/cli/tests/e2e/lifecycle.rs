@@ -38,14 +38,31 @@ async fn quickstart(server: &Server) -> serde_json::Value {
     let resumed = server.cli_json(&["tenants", "resume", "acme"]);
     assert_eq!(resumed["state"], "active");
 
+    // The audit trail, for people: a header, the resource last.
+    let tail = stdout(&server.cli(&["audit", "tail", "--tenant", "acme"]));
+    let header: Vec<&str> = tail.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(header, ["SEQ", "TIME", "ACTOR", "ACTION", "OUTCOME", "RESOURCE"], "{tail}");
+
     let deleted = server.cli(&["tenants", "delete", "acme", "--purge", "--yes", "--wait"]);
     assert!(deleted.status.success(), "{}", stderr(&deleted));
     assert!(stderr(&deleted).contains("tenant acme is purged"), "{}", stderr(&deleted));
+    // Every step undone is shown, in the order offboarding undid them,
+    // though the tenant was gone before the last of them could be read.
+    let said = stderr(&deleted);
+    let undone: Vec<&str> = said.lines().filter_map(|l| l.trim().strip_prefix("undone ")).collect();
+    let mut order: Vec<&str> = steps_of(&got);
+    order.reverse();
+    assert_eq!(undone, order, "{said}");
     let gone = server.cli(&["tenants", "get", "acme"]);
     assert_eq!(exit_code(&gone), 3, "{}", stderr(&gone));
     assert_eq!(server.cli_json(&["tenants", "list"]), serde_json::json!([]));
     assert!(!server.tenant_dir("acme").exists());
     got
+}
+
+/// The names of a tenant view's steps, in provisioning order.
+fn steps_of(view: &serde_json::Value) -> Vec<&str> {
+    view["steps"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect()
 }
 
 #[tokio::test]
