@@ -48,6 +48,46 @@ impl CheckpointKind {
     }
 }
 
+/// A checkpoint line's members, parsed but not yet checked: what an export
+/// holds, and what a witness file keeps.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CheckpointLine {
+    #[serde(rename = "type")]
+    _kind: String,
+    #[serde(default)]
+    pub from: Option<u64>,
+    head: String,
+    key_id: String,
+    pub kind: CheckpointKind,
+    pub seq: u64,
+    signature: String,
+    pub stream: StreamId,
+    time: String,
+}
+
+impl CheckpointLine {
+    /// The checkpoint the line states, or which member is malformed.
+    pub(crate) fn checkpoint(self) -> Result<Checkpoint, &'static str> {
+        let head = crate::record::parse_hash(&self.head).ok_or("head is not 64 hex digits")?;
+        let signature: [u8; 64] = URL_SAFE_NO_PAD
+            .decode(&self.signature)
+            .ok()
+            .and_then(|bytes| bytes.try_into().ok())
+            .ok_or("signature is not 64 bytes of base64url")?;
+        Ok(Checkpoint {
+            stream: self.stream,
+            from: self.from,
+            seq: self.seq,
+            head,
+            time: self.time,
+            kind: self.kind,
+            key_id: self.key_id,
+            signature,
+        })
+    }
+}
+
 /// A stream's head, signed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Checkpoint {

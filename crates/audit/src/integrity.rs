@@ -24,14 +24,12 @@ use std::{
 };
 
 use async_trait::async_trait;
-use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use bulkhead_store::{AuditEventRow, AuditStore};
-use serde::Deserialize;
 
 use crate::{
-    checkpoint::{AuditKey, Checkpoint, CheckpointKind},
+    checkpoint::{AuditKey, Checkpoint, CheckpointKind, CheckpointLine},
     export::{checkpoint_from_row, event_from_row},
-    record::{Event, GENESIS, StreamId, hex, parse_hash},
+    record::{Event, GENESIS, StreamId, hex},
     writer::checkpoint_row,
 };
 
@@ -115,21 +113,6 @@ pub struct FileWitness {
     dir: PathBuf,
 }
 
-/// A witness file's line, parsed.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct WitnessLine {
-    head: String,
-    key_id: String,
-    kind: CheckpointKind,
-    seq: u64,
-    signature: String,
-    stream: StreamId,
-    time: String,
-    #[serde(rename = "type")]
-    _kind: String,
-}
-
 impl FileWitness {
     /// Creates `dir` (mode 0700) if it is missing.
     pub fn open(dir: &Path) -> std::io::Result<Self> {
@@ -155,18 +138,8 @@ impl FileWitness {
             Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
         };
         let bad = || format!("{} is not a signed head", path.display());
-        let line: WitnessLine = serde_json::from_str(text.trim_end()).map_err(|_| bad())?;
-        let signature = URL_SAFE_NO_PAD.decode(&line.signature).map_err(|_| bad())?;
-        Ok(Some(Checkpoint {
-            stream: line.stream,
-            from: None,
-            seq: line.seq,
-            head: parse_hash(&line.head).ok_or_else(bad)?,
-            time: line.time,
-            kind: line.kind,
-            key_id: line.key_id,
-            signature: signature.try_into().map_err(|_| bad())?,
-        }))
+        let line: CheckpointLine = serde_json::from_str(text.trim_end()).map_err(|_| bad())?;
+        line.checkpoint().map(Some).map_err(|_| bad())
     }
 }
 

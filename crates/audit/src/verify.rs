@@ -6,13 +6,12 @@
 
 use std::{collections::HashMap, fmt, io::BufRead, ops::Range};
 
-use serde::Deserialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::{
     canonical::MAX_SAFE_INTEGER,
-    checkpoint::{Checkpoint, CheckpointKind, PublicKeyInfo},
+    checkpoint::{Checkpoint, CheckpointKind, CheckpointLine, PublicKeyInfo},
     export::{FORMAT, Header},
     record::{GENESIS, StreamId, hex, is_time, parse_hash},
 };
@@ -105,22 +104,6 @@ const EVENT_MEMBERS: [&str; 12] = [
     "time",
     "type",
 ];
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CheckpointLine {
-    #[serde(rename = "type")]
-    _kind: String,
-    #[serde(default)]
-    from: Option<u64>,
-    head: String,
-    key_id: String,
-    kind: CheckpointKind,
-    seq: u64,
-    signature: String,
-    stream: StreamId,
-    time: String,
-}
 
 /// What one line says, checked on its own, without the lines around it:
 /// the part of verification that runs on every core.
@@ -335,9 +318,6 @@ fn check_checkpoint(text: &str, cx: &Context<'_>) -> Result<Facts, LineError> {
             line.stream, cx.stream
         )));
     }
-    let head = parse_hash(&line.head).ok_or_else(|| fail("head is not 64 hex digits".into()))?;
-    let signature = base64_signature(&line.signature)
-        .ok_or_else(|| fail("signature is not 64 bytes of base64url".into()))?;
     if (line.kind == CheckpointKind::Export) != line.from.is_some() {
         return Err(fail(
             "only an export checkpoint, and every export checkpoint, names the seq its export \
@@ -345,16 +325,7 @@ fn check_checkpoint(text: &str, cx: &Context<'_>) -> Result<Facts, LineError> {
                 .into(),
         ));
     }
-    let checkpoint = Checkpoint {
-        stream: line.stream,
-        from: line.from,
-        seq,
-        head,
-        time: line.time,
-        kind: line.kind,
-        key_id: line.key_id,
-        signature,
-    };
+    let checkpoint = line.checkpoint().map_err(|problem| fail(problem.into()))?;
     let canonical = checkpoint.export_line();
     if canonical != text {
         return Err(fail(not_canonical("checkpoint", &first_difference(text, &canonical))));
@@ -792,11 +763,6 @@ fn line_type(text: &str) -> Option<&str> {
     let at = body.rfind(",\"type\":\"").or_else(|| body.rfind("{\"type\":\""))?;
     let kind = &body[at..];
     kind.split_once(":\"").map(|(_, kind)| kind).filter(|k| !k.contains('"'))
-}
-
-fn base64_signature(text: &str) -> Option<[u8; 64]> {
-    use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
-    URL_SAFE_NO_PAD.decode(text).ok()?.try_into().ok()
 }
 
 /// Canonical JSON as Bulkhead writes it (docs/audit.md), checked in one

@@ -550,6 +550,14 @@ async fn export_refusal(fx: &StoreFixture, keys: &TestKeys, stream: &StreamId) -
     }
 }
 
+/// Why the writer refuses one more event of `stream`.
+async fn append_refused(log: &AuditLog, stream: &StreamId) -> String {
+    match log.append(event(stream, 99, OffsetDateTime::now_utc())).await {
+        Ok(seq) => panic!("appended at seq {seq} to a stream changed outside Bulkhead"),
+        Err(error) => error.to_string(),
+    }
+}
+
 /// 25 events, checkpointed at 10 and 20 and, when the writer stops, 25.
 async fn written_stream(fx: &StoreFixture, keys: &Arc<TestKeys>) -> StreamId {
     let log = writer(&fx.store, Arc::clone(keys));
@@ -580,8 +588,7 @@ async fn forged_history_is_never_signed(fx: StoreFixture) {
     .await;
     rewrite_from(&fx, &stream, 5).await;
     let restarted = writer(&fx.store, Arc::clone(&keys));
-    let refused = restarted.append(event(&stream, 99, OffsetDateTime::now_utc())).await;
-    let refused = refused.unwrap_err().to_string();
+    let refused = append_refused(&restarted, &stream).await;
     assert!(refused.contains("event 5 does not carry the writer's MAC"), "{refused}");
     restarted.checkpoint_all().await.unwrap();
     assert!(checkpoints_of(&fx, &stream).await.is_empty(), "nothing of it was signed");
@@ -703,15 +710,8 @@ async fn an_offline_rewrite_of_the_unsigned_tail_is_refused(fx: StoreFixture) {
     assert_eq!(checkpoints_of(&fx, &stream).await.last(), Some(&20));
     rewrite_from(&fx, &stream, 23).await;
     let restarted = writer(&fx.store, Arc::clone(&keys));
-    let refused = restarted.append(event(&stream, 99, OffsetDateTime::now_utc())).await;
-    assert!(
-        refused
-            .as_ref()
-            .unwrap_err()
-            .to_string()
-            .contains("event 23 does not carry the writer's MAC"),
-        "{refused:?}"
-    );
+    let refused = append_refused(&restarted, &stream).await;
+    assert!(refused.contains("event 23 does not carry the writer's MAC"), "{refused}");
     restarted.stop().await;
     assert_eq!(checkpoints_of(&fx, &stream).await.last(), Some(&20), "not signed");
     let export = export_refusal(&fx, &keys, &stream).await;
@@ -733,15 +733,8 @@ async fn deleting_the_signed_tail_is_noticed(fx: StoreFixture) {
     )
     .await;
     let restarted = writer(&fx.store, Arc::clone(&keys));
-    let refused = restarted.append(event(&stream, 99, OffsetDateTime::now_utc())).await;
-    assert!(
-        refused
-            .as_ref()
-            .unwrap_err()
-            .to_string()
-            .contains("ends at seq 20, but Bulkhead signed it up to seq 25"),
-        "{refused:?}"
-    );
+    let refused = append_refused(&restarted, &stream).await;
+    assert!(refused.contains("ends at seq 20, but Bulkhead signed it up to seq 25"), "{refused}");
     restarted.stop().await;
     let export = export_refusal(&fx, &keys, &stream).await;
     assert!(export.contains("Bulkhead signed it up to seq 25"), "{export}");

@@ -12,7 +12,6 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use bulkhead_identity::Algorithm;
-use bulkhead_vault::ttl::parse_duration;
 
 use super::{
     AppState,
@@ -97,12 +96,7 @@ pub async fn issue_token(
 ) -> Result<Response, ApiError> {
     record_tenant(&tenant);
     let Json(body) = body?;
-    let ttl = body
-        .ttl
-        .as_deref()
-        .map(parse_duration)
-        .transpose()
-        .map_err(|e| ApiError::new(ErrorCode::InvalidRequest, format!("ttl: {e}")))?;
+    let ttl = super::ttl(body.ttl.as_deref())?;
     let request = TokenRequest {
         subject: body.subject,
         roles: body.roles,
@@ -209,12 +203,7 @@ pub async fn create_api_key(
 ) -> Result<Response, ApiError> {
     record_tenant(&tenant);
     let Json(body) = body?;
-    let ttl = body
-        .ttl
-        .as_deref()
-        .map(parse_duration)
-        .transpose()
-        .map_err(|e| ApiError::new(ErrorCode::InvalidRequest, format!("ttl: {e}")))?;
+    let ttl = super::ttl(body.ttl.as_deref())?;
     let created =
         state.identity.create_api_key(&actor, &tenant, &body.name, body.roles, ttl).await?;
     let view = ApiKeyCreated {

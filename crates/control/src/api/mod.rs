@@ -292,6 +292,13 @@ async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
     )
 }
 
+/// A request's `ttl` field (`15m`, `1h30m`, `30d`), or what is wrong with it.
+pub(crate) fn ttl(text: Option<&str>) -> Result<Option<std::time::Duration>, ApiError> {
+    text.map(bulkhead_vault::ttl::parse_duration)
+        .transpose()
+        .map_err(|e| ApiError::new(ErrorCode::InvalidRequest, format!("ttl: {e}")))
+}
+
 /// Names the tenant a request is about on its span (and so in its logs).
 pub(crate) fn record_tenant(name: &str) {
     tracing::Span::current().record("tenant", name);

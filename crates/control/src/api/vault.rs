@@ -3,8 +3,6 @@
 //! (`application/octet-stream`), never inside JSON, and never appear in a
 //! log line or an error.
 
-use std::time::Duration;
-
 use axum::{
     Extension, Json,
     body::Bytes,
@@ -15,7 +13,7 @@ use axum::{
     http::{HeaderName, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
-use bulkhead_vault::{TenantKeyChange, ttl::parse_duration};
+use bulkhead_vault::TenantKeyChange;
 use zeroize::Zeroizing;
 
 use super::{
@@ -298,12 +296,7 @@ pub async fn issue_credential(
 ) -> Result<Response, ApiError> {
     record_tenant(&tenant);
     let Json(body) = body?;
-    let ttl: Option<Duration> = body
-        .ttl
-        .as_deref()
-        .map(parse_duration)
-        .transpose()
-        .map_err(|e| ApiError::new(ErrorCode::InvalidRequest, format!("ttl: {e}")))?;
+    let ttl = super::ttl(body.ttl.as_deref())?;
     let access = body.access.unwrap_or(Access::Write);
     let issued = state.vault.issue_credential(&actor, &tenant, access, ttl).await?;
     let view = CredentialView {
