@@ -41,21 +41,30 @@ pub struct StreamKeys {
     pub custodian: Arc<AuditKey>,
 }
 
-/// A check that needs the stream's own key while it is not loaded.
+/// A check that needs the stream's own key while it is not loaded (or, for
+/// a purged tenant, destroyed).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NeedsOwnKey;
 
 impl StreamKeys {
-    /// Whether a key Bulkhead holds signed `checkpoint`; `Err` when it may
-    /// be the stream's own key, which is not loaded.
+    /// Whether the platform keeps this stream as custodian: its tenant is
+    /// purged, and the custodian signs in place of its destroyed key.
+    fn in_custody(&self) -> bool {
+        self.own.as_ref().is_some_and(|own| own.key_id() == self.custodian.key_id())
+    }
+
+    /// Whether the stream's own key signed `checkpoint` (the custodian, for
+    /// a stream in custody: never for a live tenant's, so that whoever holds
+    /// the platform's key cannot sign a live tenant's history); `Err` when
+    /// that key cannot be had (not loaded, or destroyed with its tenant).
     pub fn signed(&self, checkpoint: &Checkpoint) -> Result<bool, NeedsOwnKey> {
         let now = time::OffsetDateTime::UNIX_EPOCH;
-        if checkpoint.key_id == self.custodian.key_id() {
-            return Ok(checkpoint.verify(&self.custodian.public_info(now)));
-        }
         match &self.own {
-            Some(own) => Ok(checkpoint.verify(&own.public_info(now))),
-            None => Err(NeedsOwnKey),
+            Some(own) if checkpoint.key_id == own.key_id() => {
+                Ok(checkpoint.verify(&own.public_info(now)))
+            }
+            Some(_) if !self.in_custody() => Ok(false),
+            _ => Err(NeedsOwnKey),
         }
     }
 
@@ -147,15 +156,27 @@ impl FileWitness {
 impl Witness for FileWitness {
     async fn record(&self, checkpoint: &Checkpoint) -> Result<(), String> {
         let path = self.path(&checkpoint.stream);
+        let seq = checkpoint.seq;
         let line = checkpoint.export_line();
         let temp = path.with_extension("json.new");
+        let dir = self.dir.clone();
         tokio::task::spawn_blocking(move || {
-            if Self::read(&path)?.is_some_and(|known| known.seq > checkpoint_seq(&line)) {
-                return Ok(());
+            match Self::read(&path) {
+                Ok(Some(known)) if known.seq > seq => return Ok(()),
+                Ok(_) => {}
+                // Written over, loudly: a witness that cannot be read (a
+                // file cut short by a power loss) must not stay silent.
+                Err(error) => tracing::error!(%error, "an audit witness file was unreadable; writing it again"),
             }
-            std::fs::write(&temp, format!("{line}\n"))
-                .and_then(|()| std::fs::rename(&temp, &path))
-                .map_err(|e| format!("cannot write {}: {e}", path.display()))
+            // Durable before it is relied on: the file, then its name.
+            let written = (|| {
+                let mut file = std::fs::File::create(&temp)?;
+                std::io::Write::write_all(&mut file, format!("{line}\n").as_bytes())?;
+                file.sync_all()?;
+                std::fs::rename(&temp, &path)?;
+                std::fs::File::open(&dir)?.sync_all()
+            })();
+            written.map_err(|e| format!("cannot write {}: {e}", path.display()))
         })
         .await
         .map_err(|e| e.to_string())?
@@ -165,14 +186,6 @@ impl Witness for FileWitness {
         let path = self.path(stream);
         tokio::task::spawn_blocking(move || Self::read(&path)).await.map_err(|e| e.to_string())?
     }
-}
-
-/// The `seq` of a checkpoint line Bulkhead wrote.
-fn checkpoint_seq(line: &str) -> u64 {
-    serde_json::from_str::<serde_json::Value>(line)
-        .ok()
-        .and_then(|v| v.get("seq").and_then(serde_json::Value::as_u64))
-        .unwrap_or(0)
 }
 
 /// The newest signed head of `stream` that a key Bulkhead holds signed,
@@ -192,8 +205,9 @@ pub async fn trusted_head(
                 candidates.push(("a signed head kept outside the audit tables", head))
             }
             Ok(None) => {}
-            // A witness that cannot be read is not evidence either way.
-            Err(error) => tracing::warn!(%stream, %error, "cannot read an audit witness"),
+            // A witness that cannot be read is not evidence either way, and
+            // someone must hear of it.
+            Err(error) => tracing::error!(%stream, %error, "cannot read an audit witness"),
         }
     }
     let last =
@@ -256,6 +270,11 @@ impl Trusted {
 pub enum Verdict {
     /// Every event after the trusted head is Bulkhead's own, chained.
     Sound,
+    /// Sound, and the stream was written before writers kept MACs: its
+    /// events after the last signed head carry none, and are taken as they
+    /// are, once, at the first start of a version that keeps them. (From
+    /// then on every event of the stream has one.)
+    Adopted,
     /// Some events carry a MAC of the stream's own key, not loaded now.
     NeedsOwnKey,
 }
@@ -328,6 +347,7 @@ pub async fn verify_stored(
         _ => (0, GENESIS),
     };
     let mut verdict = Verdict::Sound;
+    let mut legacy = None;
     loop {
         let rows = store.audit_events(name, head.0 as i64, PAGE).await.map_err(unreadable)?;
         for row in &rows {
@@ -347,6 +367,18 @@ pub async fn verify_stored(
             }
             match keys.mac_valid(&event, row) {
                 Ok(true) => {}
+                Ok(false) if row.mac.is_none() && verdict != Verdict::NeedsOwnKey => {
+                    if legacy.is_none() {
+                        legacy = Some(!store.audit_has_macs(name).await.map_err(unreadable)?);
+                    }
+                    if legacy != Some(true) {
+                        return tampered(format!(
+                            "event {} does not carry the writer's MAC: Bulkhead did not write it",
+                            event.seq
+                        ));
+                    }
+                    verdict = Verdict::Adopted;
+                }
                 Ok(false) => {
                     return tampered(format!(
                         "event {} does not carry the writer's MAC: Bulkhead did not write it",

@@ -108,10 +108,12 @@ enum Command {
     /// event `seq` (whose hash is `head`) and deletes the events up to it.
     Truncate {
         stream: StreamId,
-        seq: u64,
-        head: [u8; 32],
+        upto: u64,
         reply: oneshot::Sender<Result<u64, AuditError>>,
     },
+    /// Checkpoints the stream, then has its custodian sign the same head
+    /// for the witnesses: its own key is about to be destroyed.
+    Custody(StreamId, oneshot::Sender<Result<(), AuditError>>),
     Stop(oneshot::Sender<()>),
 }
 
@@ -179,7 +181,8 @@ impl AuditLog {
     }
 
     /// Retention: deletes the stream's events recorded before `before`,
-    /// after a signed truncation checkpoint at the last of them; returns
+    /// after a signed truncation checkpoint at the last of them (whose hash
+    /// is checked against the next signed checkpoint first); returns
     /// how many were deleted.
     pub async fn truncate_before(
         &self,
@@ -192,15 +195,21 @@ impl AuditLog {
         let Some(last) = self.store.audit_last_event_before(stream.as_str(), &before).await? else {
             return Ok(0);
         };
-        let seq =
+        let upto =
             u64::try_from(last.seq).map_err(|_| AuditError::Invalid("negative seq".into()))?;
-        let head: [u8; 32] = last
-            .hash
-            .try_into()
-            .map_err(|_| AuditError::Invalid("stored hash is not 32 bytes".into()))?;
         let (reply, done) = oneshot::channel();
-        let command = Command::Truncate { stream, seq, head, reply };
+        let command = Command::Truncate { stream, upto, reply };
         self.tx.send(command).await.map_err(|_| AuditError::Closed)?;
+        done.await.map_err(|_| AuditError::Closed)?
+    }
+
+    /// Hands the stream to its custodian before its own key is destroyed (a
+    /// tenant purged): its head is signed by its own key, and the same head
+    /// by the custodian for the witnesses, so that the stream can still be
+    /// checked and signed once the own key is gone.
+    pub async fn hand_to_custodian(&self, stream: StreamId) -> Result<(), AuditError> {
+        let (reply, done) = oneshot::channel();
+        self.tx.send(Command::Custody(stream, reply)).await.map_err(|_| AuditError::Closed)?;
         done.await.map_err(|_| AuditError::Closed)?
     }
 
@@ -298,8 +307,12 @@ impl Writer {
                 let _ = reply.send(());
                 false
             }
-            Command::Truncate { stream, seq, head, reply } => {
-                let _ = reply.send(self.truncate(&stream, seq, head).await);
+            Command::Truncate { stream, upto, reply } => {
+                let _ = reply.send(self.truncate(&stream, upto).await);
+                false
+            }
+            Command::Custody(stream, reply) => {
+                let _ = reply.send(self.custody(&stream).await);
                 false
             }
             Command::Stop(reply) => {
@@ -312,41 +325,51 @@ impl Writer {
 
     async fn head(&mut self, stream: &StreamId) -> Result<&mut Head, AuditError> {
         if !self.heads.contains_key(stream) {
-            let head = self.load_head(stream).await?;
+            let (head, adopted) = self.load_head(stream).await?;
             self.heads.insert(stream.clone(), head);
+            // Written before MACs: signed now, so that nothing without a
+            // MAC is ever beyond a signed head again.
+            if adopted && let Err(error) = self.checkpoint(std::slice::from_ref(stream)).await {
+                tracing::warn!(%stream, %error, "cannot sign the events adopted from before MACs");
+            }
         }
         self.heads.get_mut(stream).ok_or(AuditError::Closed)
     }
 
     /// Reads the stream's head from the store, after checking that the
     /// stored stream is Bulkhead's own (see [`integrity::verify_stored`]).
-    async fn load_head(&mut self, stream: &StreamId) -> Result<Head, AuditError> {
+    /// The head, and whether events from before MACs were adopted.
+    async fn load_head(&mut self, stream: &StreamId) -> Result<(Head, bool), AuditError> {
         self.refuse_broken(stream)?;
         let (seq, hash) = stored_head(self.store.as_ref(), stream).await?;
         let signed = self.store.audit_last_checkpoint(stream.as_str()).await?.unwrap_or(0);
         let unsigned = seq.saturating_sub(u64::try_from(signed).unwrap_or(0));
         let since = (unsigned > 0).then(Instant::now);
-        let verified = self.verify(stream, seq).await?;
-        Ok(Head { seq, hash, unsigned, unsigned_since: since, verified })
+        let verdict = self.verify(stream, seq).await?;
+        let verified = verdict != integrity::Verdict::NeedsOwnKey;
+        let head = Head { seq, hash, unsigned, unsigned_since: since, verified };
+        Ok((head, verdict == integrity::Verdict::Adopted))
     }
 
-    /// Whether the stored stream up to `seq` is the writer's own: `false`
-    /// when that needs the stream's own key, not loaded now. A stream found
+    /// What checking the stored stream up to `seq` found. A stream found
     /// changed is marked broken.
-    async fn verify(&mut self, stream: &StreamId, seq: u64) -> Result<bool, AuditError> {
+    async fn verify(
+        &mut self,
+        stream: &StreamId,
+        seq: u64,
+    ) -> Result<integrity::Verdict, AuditError> {
         let keys = self.stream_keys(stream).await;
         let verdict =
             integrity::verify_stored(self.store.as_ref(), &self.witnesses, &keys, stream, seq)
                 .await;
         match verdict {
-            Ok(integrity::Verdict::Sound) => Ok(true),
-            Ok(integrity::Verdict::NeedsOwnKey) => Ok(false),
+            Ok(verdict) => Ok(verdict),
             Err(Refusal::Unreadable(why)) => Err(AuditError::Store(why)),
             Err(Refusal::Tampered(reason)) => {
                 tracing::error!(%stream, %reason, "the stored audit stream was changed outside Bulkhead; refusing to append to it or sign it");
                 self.broken.insert(stream.clone(), reason);
                 self.heads.remove(stream);
-                self.refuse_broken(stream).map(|()| false)
+                self.refuse_broken(stream).map(|()| integrity::Verdict::NeedsOwnKey)
             }
         }
     }
@@ -514,12 +537,12 @@ impl Writer {
             // that it is, before anything is signed.
             if !verified {
                 match self.verify(stream, seq).await {
-                    Ok(true) => {
+                    Ok(integrity::Verdict::Sound | integrity::Verdict::Adopted) => {
                         if let Some(head) = self.heads.get_mut(stream) {
                             head.verified = true;
                         }
                     }
-                    Ok(false) | Err(_) => continue,
+                    Ok(integrity::Verdict::NeedsOwnKey) | Err(_) => continue,
                 }
             }
             let checkpoint = Checkpoint::sign(&key, seq, hash, at, CheckpointKind::Periodic);
@@ -582,22 +605,76 @@ impl Writer {
         Ok(())
     }
 
-    async fn truncate(
-        &mut self,
-        stream: &StreamId,
-        seq: u64,
-        head: [u8; 32],
-    ) -> Result<u64, AuditError> {
+    async fn custody(&mut self, stream: &StreamId) -> Result<(), AuditError> {
+        self.head(stream).await?;
+        self.checkpoint(std::slice::from_ref(stream)).await?;
+        let head = self.head(stream).await?;
+        if head.seq == 0 {
+            return Ok(());
+        }
+        let (seq, hash) = (head.seq, head.hash);
+        let custodian = self.custodian(stream);
+        let signed =
+            Checkpoint::sign(&custodian, seq, hash, (self.now)(), CheckpointKind::Periodic);
+        self.witness(std::slice::from_ref(&signed)).await;
+        Ok(())
+    }
+
+    /// Deletes the stream's events up to `upto`, after a truncation
+    /// checkpoint there. The hash it signs is checked first: every event
+    /// from `upto` to the next periodic checkpoint must hash to its hash and
+    /// link to the one before, and that checkpoint must be signed by a key
+    /// Bulkhead holds, so the cut is at a head Bulkhead vouched for.
+    async fn truncate(&mut self, stream: &StreamId, upto: u64) -> Result<u64, AuditError> {
         let key =
             self.key_for(stream).await.ok_or_else(|| AuditError::NoKey(stream.to_string()))?;
         // The store deletes only what a periodic checkpoint already signed.
-        let unsigned = self.head(stream).await?.unsigned > 0;
-        if unsigned {
+        if self.head(stream).await?.unsigned > 0 {
             self.checkpoint(std::slice::from_ref(stream)).await?;
         }
-        let checkpoint =
-            Checkpoint::sign(&key, seq, head, (self.now)(), CheckpointKind::Truncation);
-        Ok(self.store.truncate_audit(&checkpoint_row(&checkpoint)).await?)
+        let name = stream.as_str();
+        let refuse = |why: String| {
+            AuditError::Invalid(format!("retention of {stream} up to seq {upto} refused: {why}"))
+        };
+        let checkpoints = self.store.audit_checkpoints(name, upto as i64, i64::MAX).await?;
+        let signed = checkpoints
+            .iter()
+            .find(|c| c.kind == CheckpointKind::Periodic.as_str())
+            .map(crate::export::checkpoint_from_row)
+            .transpose()
+            .map_err(refuse)?
+            .ok_or_else(|| refuse("no periodic checkpoint covers it yet".into()))?;
+        if self.stream_keys(stream).await.signed(&signed) != Ok(true) {
+            return Err(refuse(format!("the checkpoint at seq {} does not verify", signed.seq)));
+        }
+        let span = signed.seq.saturating_sub(upto).saturating_add(1);
+        let rows = self
+            .store
+            .audit_events(name, upto as i64 - 1, u32::try_from(span).unwrap_or(u32::MAX))
+            .await?;
+        let mut cut = None;
+        let mut prev: Option<[u8; 32]> = None;
+        for row in &rows {
+            let event = crate::export::event_from_row(row).map_err(refuse)?;
+            let linked = prev.is_none_or(|prev| event.prev_hash == prev);
+            if event.compute_hash() != event.hash || !linked {
+                return Err(refuse(format!("event {} does not follow the chain", event.seq)));
+            }
+            if event.seq == upto {
+                cut = Some(event.hash);
+            }
+            prev = Some(event.hash);
+        }
+        let cut = cut.ok_or_else(|| refuse(format!("event {upto} is not stored")))?;
+        if prev != Some(signed.head) || rows.last().map(|r| r.seq as u64) != Some(signed.seq) {
+            return Err(refuse(format!(
+                "the events do not lead to the checkpoint at seq {}",
+                signed.seq
+            )));
+        }
+        let truncation =
+            Checkpoint::sign(&key, upto, cut, (self.now)(), CheckpointKind::Truncation);
+        Ok(self.store.truncate_audit(&checkpoint_row(&truncation)).await?)
     }
 }
 

@@ -14,7 +14,7 @@ use bulkhead_audit::{
     Actor, AuditKey, AuditLog, KeyRing, NewEvent, StoreWitness, StreamId, StreamKeys, Witness,
     WriterSettings, canonical::CanonicalJson, export::Exporter, verify_export,
 };
-use bulkhead_store::{AuditKeyRow, AuditStore, ControlStore};
+use bulkhead_store::{AuditEventRow, AuditKeyRow, AuditStore, ControlStore};
 use bulkhead_testkit::{StoreFixture, on_both_stores};
 use serde_json::json;
 use time::OffsetDateTime;
@@ -27,12 +27,15 @@ struct TestKeys {
     store: Arc<dyn ControlStore>,
     keys: Mutex<HashMap<StreamId, Arc<AuditKey>>>,
     platform: AuditKey,
+    /// Streams whose tenant was purged: their own key is gone, and the
+    /// custodian signs for them, as the control plane's key ring does.
+    purged: Mutex<Vec<StreamId>>,
 }
 
 impl TestKeys {
     fn new(store: Arc<dyn ControlStore>) -> Arc<Self> {
         let platform = AuditKey::generate(StreamId::platform()).unwrap();
-        Arc::new(Self { store, keys: Mutex::default(), platform })
+        Arc::new(Self { store, keys: Mutex::default(), platform, purged: Mutex::default() })
     }
 
     fn stream_keys(&self, stream: &StreamId, own: Arc<AuditKey>) -> StreamKeys {
@@ -62,6 +65,9 @@ impl TestKeys {
 #[async_trait]
 impl KeyRing for TestKeys {
     async fn signing_key(&self, stream: &StreamId) -> Option<Arc<AuditKey>> {
+        if self.purged.lock().unwrap().contains(stream) {
+            return Some(self.custodian(stream));
+        }
         Some(self.key(stream).await)
     }
 
@@ -740,7 +746,97 @@ async fn deleting_the_signed_tail_is_noticed(fx: StoreFixture) {
     assert!(export.contains("Bulkhead signed it up to seq 25"), "{export}");
 }
 
+/// A purged tenant's stream: handed to its custodian before its key is
+/// destroyed, it is still checked, appended to and signed after a restart.
+async fn a_purged_stream_stays_in_the_custodians_hands(fx: StoreFixture) {
+    let keys = TestKeys::new(fx.store.clone());
+    let log = writer(&fx.store, Arc::clone(&keys));
+    let (handed, dropped) = (StreamId::tenant(Uuid::new_v4()), StreamId::tenant(Uuid::new_v4()));
+    for stream in [&handed, &dropped] {
+        for n in 0..12 {
+            log.append(event(stream, n, OffsetDateTime::now_utc())).await.unwrap();
+        }
+    }
+    log.hand_to_custodian(handed.clone()).await.unwrap();
+    log.stop().await;
+    keys.purged.lock().unwrap().extend([handed.clone(), dropped.clone()]);
+
+    let restarted = writer(&fx.store, Arc::clone(&keys));
+    for stream in [&handed, &dropped] {
+        assert_eq!(restarted.append(event(stream, 99, OffsetDateTime::now_utc())).await, Ok(13));
+    }
+    restarted.checkpoint_all().await.unwrap();
+    let last = |stream: &StreamId| {
+        let store = fx.store.clone();
+        let stream = stream.clone();
+        async move { store.audit_checkpoint_before(stream.as_str(), i64::MAX).await.unwrap() }
+    };
+    let custodian = keys.custodian(&handed);
+    let signed = last(&handed).await.unwrap();
+    assert_eq!(
+        (signed.seq, signed.key_id.as_str()),
+        (13, custodian.key_id()),
+        "the custodian signs"
+    );
+    // Without the hand-over nothing vouches for the old key's checkpoints
+    // any more: its events are kept, and not signed again.
+    assert_eq!(last(&dropped).await.unwrap().seq, 12);
+    restarted.stop().await;
+}
+
+/// Rows as a version before MACs wrote them: chained, without a MAC.
+fn legacy_rows(stream: &StreamId, from: u64, count: u64, prev: [u8; 32]) -> Vec<AuditEventRow> {
+    let mut prev = prev;
+    (from..from + count)
+        .map(|seq| {
+            let event = bulkhead_audit::record::Event::chain(
+                event(stream, seq as u32, OffsetDateTime::now_utc()),
+                seq,
+                prev,
+            );
+            prev = event.hash;
+            AuditEventRow {
+                stream: stream.to_string(),
+                seq: seq as i64,
+                time: event.time.clone(),
+                actor_kind: event.actor.kind.clone(),
+                actor_id: event.actor.id.clone(),
+                action: event.action.clone(),
+                resource: event.resource.clone(),
+                outcome: event.outcome.clone(),
+                request_id: event.request_id.clone(),
+                details: event.details.as_str().to_owned(),
+                prev_hash: event.prev_hash.to_vec(),
+                hash: event.hash.to_vec(),
+                mac: None,
+                mac_key_id: None,
+            }
+        })
+        .collect()
+}
+
+/// A stream written before writers kept MACs is taken as it is, once, and
+/// signed at once; rows without a MAC in a stream that has MACs are not.
+async fn a_stream_from_before_macs_is_adopted_once(fx: StoreFixture) {
+    let keys = TestKeys::new(fx.store.clone());
+    let old = StreamId::tenant(Uuid::new_v4());
+    fx.store.append_audit(&legacy_rows(&old, 1, 5, [0; 32]), &[]).await.unwrap();
+    let log = writer(&fx.store, Arc::clone(&keys));
+    assert_eq!(log.append(event(&old, 6, OffsetDateTime::now_utc())).await, Ok(6));
+    assert_eq!(checkpoints_of(&fx, &old).await, [5], "the adopted events were signed at once");
+    assert!(verify(&export(&fx, &keys, &old).await).is_ok());
+    // Once it has MACs, a row without one is not Bulkhead's.
+    let head = fx.store.audit_head(old.as_str()).await.unwrap().unwrap();
+    let forged = legacy_rows(&old, 7, 1, head.1.try_into().unwrap());
+    fx.store.append_audit(&forged, &[]).await.unwrap();
+    let refused = append_refused(&log, &old).await;
+    assert!(refused.contains("event 7 does not carry the writer's MAC"), "{refused}");
+    log.stop().await;
+}
+
 on_both_stores!(
+    a_stream_from_before_macs_is_adopted_once,
+    a_purged_stream_stays_in_the_custodians_hands,
     every_tamper_is_caught,
     retention_keeps_what_remains_verifiable,
     the_database_refuses_changes,

@@ -41,7 +41,10 @@ pub enum AuditServiceError {
     Forbidden(String),
     #[error("only operators can read the platform's audit stream")]
     PlatformOnly,
-    #[error("stream {0} has no audit key yet; it is made when the tenant is provisioned")]
+    #[error(
+        "stream {0} has no audit key available: it is made when the tenant is provisioned, and a \
+         tenant that brought its own key must have loaded it (`bulkhead vault tenant-key`)"
+    )]
     NoKey(String),
     #[error("{0}")]
     InvalidRequest(String),
@@ -315,6 +318,9 @@ impl AuditService {
         after: Option<u64>,
         limit: u32,
     ) -> Result<Vec<EventView>> {
+        // Not admitted: reading the trail is what an operator needs most
+        // while a principal is locked out; exports, which are signed and
+        // leave, are.
         let (stream, _) = self.stream(actor, request).await?;
         let limit = limit.clamp(1, 10_000);
         let after = match after {

@@ -49,6 +49,15 @@ pub struct Expired {
     pub failed: Vec<(Lease, String)>,
 }
 
+/// What applying suspensions did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Applied {
+    pub disabled: usize,
+    pub enabled: usize,
+    /// Leases that could not be changed now; the next sweep tries again.
+    pub failed: usize,
+}
+
 /// What a credential may do in the tenant's database.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
@@ -307,27 +316,41 @@ impl Credentials {
 
     /// Makes the leases of suspended tenants unable to log in (their
     /// sessions ended), and lets those of resumed tenants log in again
-    /// unless they expired meanwhile; returns how many of each.
-    pub async fn apply_suspensions(
-        &self,
-        now: OffsetDateTime,
-    ) -> Result<(usize, usize), CredentialError> {
-        let (mut disabled, mut enabled) = (0, 0);
+    /// unless they expired meanwhile. Each lease on its own: one whose
+    /// region is down is retried at the next sweep and holds up no other.
+    pub async fn apply_suspensions(&self, now: OffsetDateTime) -> Result<Applied, CredentialError> {
+        let mut applied = Applied::default();
         for lease in self.store.leases_to_disable(SWEEP_BATCH).await? {
-            if let Some(pool) = self.admin_pool(&lease)? {
-                disable_login(&pool, &lease.role, false).await?;
+            let disabled = async {
+                if let Some(pool) = self.admin_pool(&lease)? {
+                    disable_login(&pool, &lease.role, false).await?;
+                }
+                Ok::<_, CredentialError>(self.store.set_lease_disabled(lease.id, Some(now)).await?)
+            };
+            match disabled.await {
+                Ok(()) => applied.disabled += 1,
+                Err(error) => {
+                    tracing::warn!(lease = %lease.id, role = %lease.role, %error, "cannot disable a suspended tenant's credential; retrying at the next sweep");
+                    applied.failed += 1;
+                }
             }
-            self.store.set_lease_disabled(lease.id, Some(now)).await?;
-            disabled += 1;
         }
         for lease in self.store.leases_to_enable(now, SWEEP_BATCH).await? {
-            if let Some(pool) = self.admin_pool(&lease)? {
-                enable_login(&pool, &lease.role).await?;
+            let enabled = async {
+                if let Some(pool) = self.admin_pool(&lease)? {
+                    enable_login(&pool, &lease.role).await?;
+                }
+                Ok::<_, CredentialError>(self.store.set_lease_disabled(lease.id, None).await?)
+            };
+            match enabled.await {
+                Ok(()) => applied.enabled += 1,
+                Err(error) => {
+                    tracing::warn!(lease = %lease.id, role = %lease.role, %error, "cannot enable a resumed tenant's credential; retrying at the next sweep");
+                    applied.failed += 1;
+                }
             }
-            self.store.set_lease_disabled(lease.id, None).await?;
-            enabled += 1;
         }
-        Ok((disabled, enabled))
+        Ok(applied)
     }
 
     /// The admin pool of the server a lease's role lives on.

@@ -130,8 +130,11 @@ impl DataDir {
             Err(e) => return Err(unusable(e)),
         }
         let embedded = self.path.join("bulkhead.db");
-        if embedded.exists() && *location != bulkhead_store::StoreLocation::Sqlite(embedded.clone())
-        {
+        // The same file however it is spelt (relative, through a link).
+        let canonical = |path: &Path| fs::canonicalize(path).ok();
+        let this_file = matches!(location, bulkhead_store::StoreLocation::Sqlite(path)
+            if canonical(path).is_some() && canonical(path) == canonical(&embedded));
+        if embedded.exists() && !this_file {
             return Err(other(format!("sqlite://{}", embedded.display())));
         }
         let binding = serde_json::json!({ "id": id, "store": given });

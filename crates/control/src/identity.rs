@@ -618,16 +618,9 @@ impl IdentityService {
                 .iter()
                 .filter(|k| k.revoked_at.is_none() && k.expires_at.is_none_or(|at| at > now))
                 .count();
-            if held >= plan.quotas.api_keys as usize {
-                return Err(crate::limits::QuotaExceeded {
-                    tenant: tenant.name.to_string(),
-                    what: "API keys",
-                    held,
-                    plan: plan.name.to_string(),
-                    remedy: "revoke keys no longer used (`bulkhead apikeys revoke`)",
-                }
-                .into());
-            }
+            let remedy = "revoke keys no longer used (`bulkhead apikeys revoke`)";
+            let allowed = plan.quotas.api_keys;
+            crate::limits::QuotaExceeded::check(&tenant, plan, "API keys", held, allowed, remedy)?;
         }
         let mut secret = Zeroizing::new([0u8; 32]);
         getrandom::fill(secret.as_mut_slice()).map_err(internal)?;
@@ -881,6 +874,9 @@ impl IdentityService {
         config: TrustConfig,
     ) -> Result<TrustRecord> {
         let tenant = self.authorized(actor, name, Permission::Own).await?;
+        // Trusting a provider is minting by other means: whoever runs it
+        // issues the tenant's tokens from then on.
+        self.admission.admit(actor, &tenant, "realm.trust").await?;
         let invalid = IdentityError::InvalidRequest;
         if !(config.issuer.starts_with("https://") || config.issuer.starts_with("http://")) {
             return Err(invalid(format!("issuer {:?} is not an http(s) URL", config.issuer)));
@@ -969,6 +965,18 @@ impl IdentityService {
         }
         if record.revoked_at.is_some() {
             return Err(Refusal::told(format!("API key {} was revoked", record.id)));
+        }
+        // A key made with a token in the very moment the realm's tokens were
+        // revoked, written after the revocation swept the keys: revoked too.
+        if record.from_token {
+            let cutoff =
+                self.store.realm(tenant.id).await.ok().flatten().and_then(|r| r.tokens_not_before);
+            if cutoff.is_some_and(|cutoff| record.created_at <= cutoff) {
+                return Err(Refusal::told(format!(
+                    "API key {} was made with a token revoked since (auth revoke-tokens)",
+                    record.id
+                )));
+            }
         }
         let now = self.clock.now();
         if record.expires_at.is_some_and(|at| at <= now) {

@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bulkhead_model::{ControlQuotas, TenantId};
+use bulkhead_model::{ControlQuotas, Plan, Tenant, TenantId};
 use thiserror::Error;
 
 /// Requests a minute per tenant, by GCRA: each request moves the tenant's
@@ -63,6 +63,30 @@ pub struct QuotaExceeded {
     pub plan: String,
     /// What frees one.
     pub remedy: &'static str,
+}
+
+impl QuotaExceeded {
+    /// `Err` when `tenant`, holding `held` of `what`, may not have one more
+    /// on `plan`, which allows `allowed`; `remedy` says what frees one.
+    pub fn check(
+        tenant: &Tenant,
+        plan: &Plan,
+        what: &'static str,
+        held: usize,
+        allowed: u32,
+        remedy: &'static str,
+    ) -> Result<(), Self> {
+        if held < allowed as usize {
+            return Ok(());
+        }
+        Err(Self {
+            tenant: tenant.name.to_string(),
+            what,
+            held,
+            plan: plan.name.to_string(),
+            remedy,
+        })
+    }
 }
 
 #[cfg(test)]

@@ -158,7 +158,17 @@ impl VaultService {
             Err(_) => "failed",
         };
         if let (Err(error), Some(map)) = (&result, details.as_object_mut()) {
-            map.insert("error".into(), json!(error.to_string()));
+            // A database server's own words may name another tenant's
+            // objects (what holds a role): the log has them, the tenant's
+            // stream does not.
+            let said = match error {
+                VaultServiceError::Credential(CredentialError::Database(_))
+                | VaultServiceError::Vault(VaultError::Database(_)) => {
+                    "the tenant's database server refused it; the server's log says why".to_owned()
+                }
+                other => other.to_string(),
+            };
+            map.insert("error".into(), json!(said));
         }
         self.note(actor, tenant, action, outcome, details).await;
         result
@@ -204,17 +214,10 @@ impl VaultService {
         // replaces the oldest beyond `keep`.
         if let Some(plan) = plan {
             let paths = self.vault.list(tenant.id).await?;
-            if paths.len() >= plan.quotas.secrets as usize
-                && !paths.iter().any(|p| p.path == path.as_str())
-            {
-                return Err(QuotaExceeded {
-                    tenant: tenant.name.to_string(),
-                    what: "secrets",
-                    held: paths.len(),
-                    plan: plan.name.to_string(),
-                    remedy: "delete secrets it no longer needs",
-                }
-                .into());
+            if !paths.iter().any(|p| p.path == path.as_str()) {
+                let remedy = "delete secrets it no longer needs";
+                let allowed = plan.quotas.secrets;
+                QuotaExceeded::check(&tenant, plan, "secrets", paths.len(), allowed, remedy)?;
             }
         }
         let result = self
@@ -379,17 +382,26 @@ impl VaultService {
         }
         self.admit(actor, &tenant, "credential.issue").await?;
         if let Ok(plan) = self.plans.get(tenant.plan.as_str()) {
-            let live = self.store.leases(tenant.id, false).await?.len();
-            if live >= plan.quotas.live_credentials as usize {
-                return Err(QuotaExceeded {
-                    tenant: tenant.name.to_string(),
-                    what: "live database credentials",
-                    held: live,
-                    plan: plan.name.to_string(),
-                    remedy: "revoke those no longer used (`bulkhead creds revoke`)",
-                }
-                .into());
-            }
+            // Live ones only: an expired lease still being revoked (a stuck
+            // one) costs the tenant nothing.
+            let now = self.clock.now();
+            let live = self
+                .store
+                .leases(tenant.id, false)
+                .await?
+                .iter()
+                .filter(|l| l.expires_at > now)
+                .count();
+            let remedy = "revoke those no longer used (`bulkhead creds revoke`)";
+            let allowed = plan.quotas.live_credentials;
+            QuotaExceeded::check(
+                &tenant,
+                plan,
+                "live database credentials",
+                live,
+                allowed,
+                remedy,
+            )?;
         }
         let result = self
             .credentials
@@ -522,11 +534,21 @@ impl VaultService {
                 .record_platform(&Actor::Scheduler, "credential.stuck", "alert", alert)
                 .await;
         }
-        let (disabled, enabled) = self.credentials.apply_suspensions(now).await?;
-        if disabled + enabled > 0 {
-            tracing::info!(disabled, enabled, "applied tenant suspensions to database credentials");
+        let applied = self.credentials.apply_suspensions(now).await?;
+        if applied.disabled + applied.enabled > 0 {
+            tracing::info!(
+                disabled = applied.disabled,
+                enabled = applied.enabled,
+                "applied tenant suspensions to database credentials"
+            );
         }
         self.metrics.set_leases_stuck(self.store.stuck_leases().await?);
+        if applied.failed > 0 {
+            return Err(VaultServiceError::Credential(CredentialError::Database(format!(
+                "{} credential(s) of suspended or resumed tenants could not be changed yet",
+                applied.failed
+            ))));
+        }
         Ok(expired.revoked.len())
     }
 

@@ -68,6 +68,10 @@ pub trait AuditStore: Send + Sync + fmt::Debug {
         stream: &str,
     ) -> Result<Option<AuditCheckpointRow>, StoreError>;
 
+    /// Whether any event of the stream carries a writer's MAC: one that has
+    /// none at all was written before writers kept them.
+    async fn audit_has_macs(&self, stream: &str) -> Result<bool, StoreError>;
+
     /// Records a signed head, unless a later one is recorded already.
     async fn set_audit_signed_head(&self, head: &AuditCheckpointRow) -> Result<(), StoreError>;
 

@@ -756,11 +756,11 @@ macro_rules! impl_vault_store {
                     $crate::vault::lease_columns!(),
                     " FROM (SELECT *, COALESCE(next_attempt_at, expires_at) AS due, \
                        ROW_NUMBER() OVER (PARTITION BY tenant_id \
-                         ORDER BY COALESCE(next_attempt_at, expires_at), id) AS nth \
+                         ORDER BY attempts > 0, COALESCE(next_attempt_at, expires_at), id) AS nth \
                      FROM vault_leases WHERE revoked_at IS NULL \
                        AND ((expires_at <= $1 AND next_attempt_at IS NULL) \
                          OR next_attempt_at <= $1)) AS due_leases \
-                     WHERE nth <= $3 ORDER BY due, id LIMIT $2"
+                     WHERE nth <= $3 ORDER BY attempts > 0, due, id LIMIT $2"
                 ))
                 .bind(now)
                 .bind(i64::from(limit))
@@ -814,7 +814,7 @@ macro_rules! impl_vault_store {
                     "SELECT ",
                     $crate::vault::lease_columns!(),
                     " FROM vault_leases WHERE revoked_at IS NULL AND disabled_at IS NOT NULL \
-                     AND expires_at > $1 \
+                     AND expires_at > $1 AND attempts = 0 \
                      AND tenant_id IN (SELECT id FROM tenants WHERE state = 'active') \
                      ORDER BY issued_at, id LIMIT $2"
                 ))
@@ -1327,6 +1327,18 @@ macro_rules! impl_audit_store {
                 .bind(stream)
                 .fetch_optional(&self.write)
                 .await?)
+            }
+
+            async fn audit_has_macs(&self, stream: &str) -> Result<bool, $crate::StoreError> {
+                let found: Option<(i32,)> = sqlx::query_as(concat!(
+                    "SELECT 1 FROM ",
+                    $schema,
+                    "audit_events WHERE stream = $1 AND mac IS NOT NULL LIMIT 1"
+                ))
+                .bind(stream)
+                .fetch_optional(&self.write)
+                .await?;
+                Ok(found.is_some())
             }
 
             async fn set_audit_signed_head(

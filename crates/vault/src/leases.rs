@@ -235,9 +235,6 @@ pub async fn drop_role(
     .map_err(db_error("cannot find where the role is used"))?;
     let mut databases: Vec<String> = rows.iter().filter_map(|(d,)| d.clone()).collect();
     let shared = rows.iter().any(|(d,)| d.is_none());
-    for database in &databases {
-        reopen_database(admin, database).await?;
-    }
     if let Some(heir) = heir
         && !databases.iter().any(|d| d == heir.database)
     {
@@ -250,12 +247,20 @@ pub async fn drop_role(
             .map_err(db_error("cannot reach the region's PostgreSQL server"))?;
         databases.push(current);
     }
-    for database in &databases {
-        let mut statements = Vec::with_capacity(2);
+    let last = databases.len().saturating_sub(1);
+    let mut dropped = false;
+    for (n, database) in databases.iter().enumerate() {
+        reopen_database(admin, database).await?;
+        let mut statements = Vec::with_capacity(3);
         if let Some(heir) = heir.filter(|h| h.database == database) {
             statements.push(format!("REASSIGN OWNED BY \"{role}\" TO \"{}\"", heir.owner));
         }
         statements.push(format!("DROP OWNED BY \"{role}\""));
+        // In the same transaction as the last clean-up: a grant made
+        // meanwhile in a database already cleaned would keep it.
+        if n == last {
+            statements.push(drop.clone());
+        }
         let pool = match server.connect(database).await {
             Ok(pool) => pool,
             // Dropped meanwhile (a tenant offboarded): nothing left there.
@@ -267,24 +272,109 @@ pub async fn drop_role(
                 )));
             }
         };
-        let result = async {
-            let mut tx = pool.begin().await?;
-            for statement in statements {
-                sqlx::query(AssertSqlSafe(statement)).execute(&mut *tx).await?;
-            }
-            tx.commit().await
-        }
-        .await;
+        let result = clear_in(admin, &pool, database, role, &statements).await;
         pool.close().await;
-        result.map_err(|e| {
-            role_error(role, &format!("cannot clear it in database {database}"), &e)
+        result?;
+        dropped = n == last;
+    }
+    if !dropped {
+        sqlx::query(AssertSqlSafe(drop))
+            .execute(admin)
+            .await
+            .map_err(|e| role_error(role, "cannot drop the role", &e))?;
+    }
+    Ok(())
+}
+
+/// Runs `statements` in one transaction in `database`, after ending what a
+/// tenant could use there to hold them up: its prepared transactions, and
+/// the sessions that hold locks on objects the role has privileges on (a
+/// tenant's own session keeping a transaction open on a table it granted
+/// to another tenant's role). Only in tenants' databases, which no
+/// superuser owns.
+async fn clear_in(
+    admin: &PgPool,
+    pool: &PgPool,
+    database: &str,
+    role: &str,
+    statements: &[String],
+) -> Result<(), VaultError> {
+    if !superuser_owned(admin, database).await? {
+        roll_back_prepared(pool).await?;
+        end_lock_holders(pool, role).await?;
+    }
+    let result = async {
+        let mut tx = pool.begin().await?;
+        for statement in statements {
+            sqlx::query(AssertSqlSafe(statement.clone())).execute(&mut *tx).await?;
+        }
+        tx.commit().await
+    }
+    .await;
+    result.map_err(|e| role_error(role, &format!("cannot clear it in database {database}"), &e))
+}
+
+/// Rolls back the prepared transactions of the database `pool` is
+/// connected to that no superuser prepared: a prepared transaction outlives
+/// its session and holds its locks until someone finishes it, which only
+/// its own role or a superuser may. One Bulkhead may not finish is named.
+pub async fn roll_back_prepared(pool: &PgPool) -> Result<(), VaultError> {
+    let prepared: Vec<(String, String)> = sqlx::query_as(
+        "SELECT p.gid, p.owner::text FROM pg_catalog.pg_prepared_xacts p \
+         JOIN pg_catalog.pg_roles r ON r.rolname = p.owner \
+         WHERE p.database = current_database() AND NOT r.rolsuper",
+    )
+    .fetch_all(pool)
+    .await
+    .map_err(db_error("cannot list the prepared transactions"))?;
+    for (gid, owner) in prepared {
+        let statement = format!("ROLLBACK PREPARED '{}'", gid.replace('\'', "''"));
+        sqlx::query(AssertSqlSafe(statement)).execute(pool).await.map_err(|e| {
+            VaultError::Database(format!(
+                "prepared transaction {gid:?} of {owner} holds locks Bulkhead may not release: {} \
+                 (only its role or a superuser may roll it back; keep max_prepared_transactions \
+                 at 0 on tenants' servers)",
+                redact(&e)
+            ))
         })?;
     }
-    sqlx::query(AssertSqlSafe(drop))
-        .execute(admin)
-        .await
-        .map_err(|e| role_error(role, "cannot drop the role", &e))?;
     Ok(())
+}
+
+/// Ends the sessions, other than superusers' and Bulkhead's own, that hold
+/// locks on objects `role` has privileges on or owns in this database.
+async fn end_lock_holders(pool: &PgPool, role: &str) -> Result<(), VaultError> {
+    sqlx::query(
+        "SELECT pg_catalog.pg_terminate_backend(a.pid, 5000) \
+         FROM pg_catalog.pg_stat_activity a \
+         JOIN pg_catalog.pg_roles r ON r.rolname = a.usename \
+         WHERE a.pid <> pg_catalog.pg_backend_pid() AND NOT r.rolsuper \
+           AND a.usename <> current_user \
+           AND a.pid IN (SELECT l.pid FROM pg_catalog.pg_locks l \
+             JOIN pg_catalog.pg_shdepend d ON d.objid = l.relation \
+               AND d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass \
+             WHERE l.database = (SELECT oid FROM pg_catalog.pg_database \
+                                 WHERE datname = current_database()) \
+               AND d.dbid = l.database \
+               AND d.refobjid = (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = $1))",
+    )
+    .bind(role)
+    .execute(pool)
+    .await
+    .map_err(db_error("cannot end the sessions holding the role's objects"))?;
+    Ok(())
+}
+
+async fn superuser_owned(admin: &PgPool, database: &str) -> Result<bool, VaultError> {
+    let owned: Option<(bool,)> = sqlx::query_as(
+        "SELECT r.rolsuper FROM pg_catalog.pg_database d \
+         JOIN pg_catalog.pg_roles r ON r.oid = d.datdba WHERE d.datname = $1",
+    )
+    .bind(database)
+    .fetch_optional(admin)
+    .await
+    .map_err(db_error("cannot reach the region's PostgreSQL server"))?;
+    Ok(owned.is_none_or(|(superuser,)| superuser))
 }
 
 /// Undoes what a tenant's owner role can do to its own database to keep

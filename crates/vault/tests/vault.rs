@@ -486,21 +486,25 @@ async fn leases_and_lockouts_are_recorded(f: Fixture) {
         tenant.transition(state).unwrap();
         f.store.update_tenant(&tenant).await.unwrap();
     };
+    assert!(f.store.mark_lease_revoked(live.id, at).await.unwrap());
+    let resumable = lease(acme, 60, "bh_l_r");
+    f.store.insert_lease(&resumable).await.unwrap();
     set_state(bulkhead_model::TenantState::Active).await;
     assert!(f.store.leases_to_disable(10).await.unwrap().is_empty(), "acme is active");
     set_state(bulkhead_model::TenantState::Suspended).await;
     let disable = f.store.leases_to_disable(10).await.unwrap();
-    assert_eq!(disable.iter().map(|l| l.id).collect::<Vec<_>>(), [live.id]);
-    f.store.set_lease_disabled(live.id, Some(at)).await.unwrap();
+    assert_eq!(disable.iter().map(|l| l.id).collect::<Vec<_>>(), [resumable.id]);
+    f.store.set_lease_disabled(resumable.id, Some(at)).await.unwrap();
     assert!(f.store.leases_to_disable(10).await.unwrap().is_empty());
     assert!(f.store.leases_to_enable(at, 10).await.unwrap().is_empty(), "still suspended");
     set_state(bulkhead_model::TenantState::Active).await;
     let enable = f.store.leases_to_enable(at, 10).await.unwrap();
-    assert_eq!(enable.iter().map(|l| l.id).collect::<Vec<_>>(), [live.id]);
+    assert_eq!(enable.iter().map(|l| l.id).collect::<Vec<_>>(), [resumable.id]);
     assert!(
         f.store.leases_to_enable(later + time::Duration::hours(1), 10).await.unwrap().is_empty()
     );
-    f.store.set_lease_disabled(live.id, None).await.unwrap();
+    // One whose revocation is under way is never let in again.
+    f.store.record_lease_failure(resumable.id, 1, later, "held").await.unwrap();
     assert!(f.store.leases_to_enable(at, 10).await.unwrap().is_empty());
 
     let lockout = Lockout { principal: "operator:x".into(), reason: "many".into(), locked_at: at };

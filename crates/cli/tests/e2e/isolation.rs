@@ -78,9 +78,18 @@ async fn one_tenants_grants_never_block_another_tenants_revocation_or_purge() {
         format!("GRANT SELECT ON h TO \"{}\", \"{}\", \"{}\"", b.role, globex.owner, globex.read);
     exec(&mut attacker, &grant).await;
 
+    // And keeps a transaction open on that table, holding its lock.
+    let mut holder = connect(&a.url).await.unwrap();
+    exec(&mut holder, "BEGIN").await;
+    exec(&mut holder, "LOCK TABLE h IN ACCESS EXCLUSIVE MODE").await;
+
     let revoked = server.cli(&["creds", "revoke", &b.lease]);
     assert!(revoked.status.success(), "{}\n{}", stderr(&revoked), server.log());
     assert!(!role_exists(&b.role).await, "globex's lease role was dropped");
+    assert!(
+        sqlx::query("SELECT 1").execute(&mut holder).await.is_err(),
+        "the session holding the lock was ended"
+    );
 
     // And at offboarding, with a live lease acme granted to as well.
     let b2 = issue(&server, "globex", "1h");
@@ -116,9 +125,16 @@ async fn a_tenant_cannot_block_its_own_revocation_or_purge() {
     let acme = silo(&server, "acme");
     let a = issue(&server, "acme", "1h");
     let own = issue(&server, "acme", "1h");
+    // Held only by a grant on the database itself (a shared object).
+    let connect_only = issue(&server, "acme", "1h");
     let mut conn = connect(&a.url).await.unwrap();
     exec(&mut conn, "CREATE TABLE t (x int)").await;
     exec(&mut conn, &format!("GRANT SELECT ON t TO \"{}\"", own.role)).await;
+    exec(
+        &mut conn,
+        &format!("GRANT CONNECT ON DATABASE \"{}\" TO \"{}\"", acme.database, connect_only.role),
+    )
+    .await;
     // Every session Bulkhead opens in this database would start read-only,
     // as acme's owner role, and the database could not be dropped.
     for setting in [
@@ -127,6 +143,7 @@ async fn a_tenant_cannot_block_its_own_revocation_or_purge() {
         "SET search_path = nowhere",
         "SET statement_timeout = '1ms'",
         "SET lock_timeout = '1ms'",
+        "SET idle_session_timeout = '1ms'",
         "CONNECTION LIMIT 0",
         "IS_TEMPLATE true",
     ] {
@@ -139,9 +156,11 @@ async fn a_tenant_cannot_block_its_own_revocation_or_purge() {
         .await;
     drop(conn);
 
-    let revoked = server.cli(&["creds", "revoke", &own.lease]);
-    assert!(revoked.status.success(), "{}\n{}", stderr(&revoked), server.log());
-    assert!(!role_exists(&own.role).await);
+    for lease in [&own, &connect_only] {
+        let revoked = server.cli(&["creds", "revoke", &lease.lease]);
+        assert!(revoked.status.success(), "{}\n{}", stderr(&revoked), server.log());
+        assert!(!role_exists(&lease.role).await);
+    }
     let purged = purge(&server, "acme");
     assert!(purged.status.success(), "{}\n{}", stderr(&purged), server.log());
     assert!(!database_exists(&acme.database).await);

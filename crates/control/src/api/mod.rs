@@ -179,7 +179,9 @@ fn complete_document(document: &mut serde_json::Value) {
                 errors.extend(["401", "403", "503"]);
             }
             if tenant_path {
-                errors.push("429");
+                // The tenant's state may not allow it (offboarding, its own
+                // key not loaded), and its quotas and rate apply.
+                errors.extend(["409", "429"]);
                 operation.insert(
                     "security".into(),
                     json!([{ "operator_token": [] }, { "tenant_credential": [] }]),

@@ -24,7 +24,7 @@ use std::{
 
 use async_trait::async_trait;
 use bulkhead_model::{DatabaseLocation, DatabaseUrl, Isolation, Region, RegionName, Tenant};
-use bulkhead_vault::leases::{Databases, drop_role, reopen_database};
+use bulkhead_vault::leases::{Databases, drop_role, reopen_database, roll_back_prepared};
 use serde_json::json;
 use sqlx::{
     AssertSqlSafe, ConnectOptions, Connection, PgPool,
@@ -83,7 +83,22 @@ impl RegionServers {
         url: &DatabaseUrl,
         database: &str,
     ) -> Result<PgPool, StepError> {
-        let options = admin_options(region, url)?.database(database);
+        // Timeouts newer servers have, which a tenant's owner role could set
+        // on its database to end Bulkhead's sessions there at once; an older
+        // server refuses a setting it does not know, so only what it has.
+        let (version,): (i32,) =
+            sqlx::query_as("SELECT current_setting('server_version_num')::int")
+                .fetch_one(&self.pool(region, url)?)
+                .await
+                .map_err(transient("cannot reach the region's PostgreSQL server"))?;
+        let mut later = Vec::new();
+        if version >= 140_000 {
+            later.push(("idle_session_timeout", "0"));
+        }
+        if version >= 170_000 {
+            later.push(("transaction_timeout", "0"));
+        }
+        let options = admin_options(region, url)?.options(later).database(database);
         PgPoolOptions::new()
             .max_connections(1)
             .acquire_timeout(self.connect_timeout)
@@ -353,20 +368,13 @@ async fn drop_silo(
     let SiloNames { database, owner, reader } = silo_identifiers(&target.region, &target.tenant);
     // A prepared transaction outlives its session and would keep the
     // database from being dropped; nobody can commit it once the tenant is
-    // going.
-    let prepared: Vec<(String,)> =
-        sqlx::query_as("SELECT gid FROM pg_catalog.pg_prepared_xacts WHERE database = $1")
-            .bind(&database)
-            .fetch_all(pool)
-            .await
-            .map_err(transient("cannot list the tenant's prepared transactions"))?;
-    for (gid,) in prepared {
-        let gid = gid.replace('\'', "''");
-        // Only its preparer or a superuser may; otherwise the drop below
-        // says what holds the database.
-        if let Err(error) = ddl(pool, format!("ROLLBACK PREPARED '{gid}'"), None).await {
-            tracing::warn!(%error, database, "cannot roll back a prepared transaction");
-        }
+    // going. It can only be finished from inside its database.
+    if exists(pool, DATABASE_EXISTS, &database).await? {
+        reopen_database(pool, &database).await.map_err(|e| StepError::Transient(e.to_string()))?;
+        let inside = servers.database_pool(&target.region.name, url, &database).await?;
+        let rolled_back = roll_back_prepared(&inside).await;
+        inside.close().await;
+        rolled_back.map_err(|e| StepError::Transient(e.to_string()))?;
     }
     // A template cannot be dropped; the tenant's owner role can make its
     // database one.

@@ -8,3 +8,7 @@ ALTER TABLE vault_leases ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE vault_leases ADD COLUMN next_attempt_at TEXT;
 ALTER TABLE vault_leases ADD COLUMN last_error TEXT;
 ALTER TABLE vault_leases ADD COLUMN disabled_at TEXT;
+
+-- Leases waiting for another attempt, found without scanning the others.
+CREATE INDEX vault_leases_retry ON vault_leases (next_attempt_at)
+    WHERE revoked_at IS NULL AND next_attempt_at IS NOT NULL;
