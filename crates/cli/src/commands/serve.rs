@@ -3,7 +3,9 @@
 
 use std::{io::IsTerminal, path::Path};
 
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::{
+    filter::Targets, layer::SubscriberExt as _, util::SubscriberInitExt as _,
+};
 
 use crate::{
     args::{LogFormat, ServeArgs},
@@ -35,20 +37,32 @@ pub async fn run(args: &ServeArgs, data_dir: Option<&Path>) -> Result<(), CliErr
     Ok(())
 }
 
-/// Logs go to stderr; `BULKHEAD_LOG` takes a `tracing` filter.
+/// Logs go to stderr. `BULKHEAD_LOG` takes `target=level` directives
+/// (`Targets`, not `EnvFilter`: span-field filters are not worth the regex
+/// engine they would build into the binary).
 fn init_logging(format: LogFormat) -> Result<(), CliError> {
-    let filter = match std::env::var(env::LOG) {
-        Ok(directives) => EnvFilter::try_new(&directives)
+    let filter: Targets = match std::env::var(env::LOG) {
+        Ok(directives) => directives
+            .parse()
             .map_err(|e| CliError::usage(format!("{} {directives:?}: {e}", env::LOG)))?,
-        Err(_) => EnvFilter::new("info,sqlx=warn"),
+        Err(_) => Targets::new()
+            .with_default(tracing::Level::INFO)
+            .with_target("sqlx", tracing::Level::WARN),
     };
+    // The builder's own filter would stop at INFO; `filter` decides.
     let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+        .with_max_level(tracing::level_filters::LevelFilter::TRACE)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal());
     let installed = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().with_current_span(true).with_span_list(false).try_init(),
+        LogFormat::Text => builder.finish().with(filter).try_init(),
+        LogFormat::Json => builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .finish()
+            .with(filter)
+            .try_init(),
     };
     installed.map_err(|e| CliError::failed(format!("cannot set up logging: {e}")))
 }
