@@ -470,7 +470,6 @@ mod tests {
     use std::sync::Mutex as StdMutex;
 
     use bulkhead_audit::{StoreWitness, WriterSettings};
-    use bulkhead_model::{Isolation, NewTenant, PlanName, RegionName, TenantId, TenantName};
     use bulkhead_store::StoreLocation;
     use bulkhead_vault::{AnomalyDetector, AnomalyPolicy, MasterKeySource};
 
@@ -524,17 +523,7 @@ mod tests {
             ("gone", TenantState::Deleted),
             ("purged", TenantState::Active),
         ] {
-            let mut tenant = Tenant::new(
-                NewTenant {
-                    id: TenantId::random(),
-                    name: TenantName::parse(name).unwrap(),
-                    plan: PlanName::parse("starter").unwrap(),
-                    isolation: Isolation::Silo,
-                    region: RegionName::default(),
-                    admin_email: None,
-                },
-                long_ago,
-            );
+            let mut tenant = bulkhead_testkit::starter_tenant(name, long_ago);
             tenant.transition(TenantState::Active).unwrap();
             if state == TenantState::Deleted {
                 tenant.transition(TenantState::Offboarding).unwrap();

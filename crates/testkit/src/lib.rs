@@ -5,7 +5,24 @@
 
 use std::time::Duration;
 
+use bulkhead_model::{Isolation, NewTenant, PlanName, RegionName, Tenant, TenantId, TenantName};
 use sqlx::{AssertSqlSafe, Connection, PgConnection};
+
+/// A tenant record as most tests need one: plan `starter`, silo, the default
+/// region, no admin email, in state `requested` as of `at`.
+pub fn starter_tenant(name: &str, at: time::OffsetDateTime) -> Tenant {
+    Tenant::new(
+        NewTenant {
+            id: TenantId::random(),
+            name: TenantName::parse(name).expect("a valid tenant name"),
+            plan: PlanName::parse("starter").expect("the starter plan"),
+            isolation: Isolation::Silo,
+            region: RegionName::default(),
+            admin_email: None,
+        },
+        at,
+    )
+}
 
 /// The PostgreSQL server tests use, as a superuser: `BULKHEAD_TEST_POSTGRES`
 /// or the local server on 127.0.0.1:5432.

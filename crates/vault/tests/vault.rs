@@ -3,7 +3,7 @@
 
 use std::{path::PathBuf, sync::Arc};
 
-use bulkhead_model::{Isolation, NewTenant, PlanName, RegionName, Tenant, TenantId, TenantName};
+use bulkhead_model::TenantId;
 use bulkhead_testkit::StoreFixture as Fixture;
 use bulkhead_vault::{
     KeyEncryptionKey, KeyRole, LocalKey, MasterKeySource, SecretPath, TenantKeyChange, Vault,
@@ -33,17 +33,7 @@ impl VaultFixture for Fixture {
     }
 
     async fn tenant(&self, name: &str) -> TenantId {
-        let tenant = Tenant::new(
-            NewTenant {
-                id: TenantId::random(),
-                name: TenantName::parse(name).unwrap(),
-                plan: PlanName::parse("starter").unwrap(),
-                isolation: Isolation::Silo,
-                region: RegionName::default(),
-                admin_email: None,
-            },
-            now(),
-        );
+        let tenant = bulkhead_testkit::starter_tenant(name, now());
         self.store.insert_tenant(&tenant).await.unwrap();
         tenant.id
     }

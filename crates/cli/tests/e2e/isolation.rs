@@ -62,6 +62,24 @@ async fn database_exists(name: &str) -> bool {
     found.is_some()
 }
 
+/// Revokes `lease` through the CLI and checks that its role is gone.
+async fn revoke(server: &Server, lease: &Issued) {
+    let revoked = server.cli(&["creds", "revoke", &lease.lease]);
+    assert!(revoked.status.success(), "{}\n{}", stderr(&revoked), server.log());
+    assert!(!role_exists(&lease.role).await, "{} is left behind", lease.role);
+}
+
+/// Purges `name` and checks that its database, its roles and every role in
+/// `also` are gone.
+async fn purge_leaves_nothing(server: &Server, name: &str, silo: &Silo, also: &[&str]) {
+    let purged = purge(server, name);
+    assert!(purged.status.success(), "{}\n{}", stderr(&purged), server.log());
+    assert!(!database_exists(&silo.database).await);
+    for role in [silo.owner.as_str(), silo.read.as_str()].iter().chain(also) {
+        assert!(!role_exists(role).await, "{role} is left behind");
+    }
+}
+
 #[tokio::test]
 async fn one_tenants_grants_never_block_another_tenants_revocation_or_purge() {
     let server = Server::postgres().await;
@@ -83,9 +101,7 @@ async fn one_tenants_grants_never_block_another_tenants_revocation_or_purge() {
     exec(&mut holder, "BEGIN").await;
     exec(&mut holder, "LOCK TABLE h IN ACCESS EXCLUSIVE MODE").await;
 
-    let revoked = server.cli(&["creds", "revoke", &b.lease]);
-    assert!(revoked.status.success(), "{}\n{}", stderr(&revoked), server.log());
-    assert!(!role_exists(&b.role).await, "globex's lease role was dropped");
+    revoke(&server, &b).await;
     assert!(
         sqlx::query("SELECT 1").execute(&mut holder).await.is_err(),
         "the session holding the lock was ended"
@@ -96,12 +112,7 @@ async fn one_tenants_grants_never_block_another_tenants_revocation_or_purge() {
     exec(&mut attacker, &format!("GRANT INSERT ON h TO \"{}\"", b2.role)).await;
     let store = server.open_store().await;
     let globex_id = store.tenant_named("globex").await.unwrap().unwrap().id;
-    let purged = purge(&server, "globex");
-    assert!(purged.status.success(), "{}\n{}", stderr(&purged), server.log());
-    for role in [&b2.role, &globex.owner, &globex.read] {
-        assert!(!role_exists(role).await, "{role} is left behind");
-    }
-    assert!(!database_exists(&globex.database).await);
+    purge_leaves_nothing(&server, "globex", &globex, &[&b2.role]).await;
     assert!(store.data_keys(globex_id).await.unwrap().is_empty(), "globex's keys are destroyed");
 
     // acme's table is untouched, and no longer names globex's roles.
@@ -157,16 +168,9 @@ async fn a_tenant_cannot_block_its_own_revocation_or_purge() {
     drop(conn);
 
     for lease in [&own, &connect_only] {
-        let revoked = server.cli(&["creds", "revoke", &lease.lease]);
-        assert!(revoked.status.success(), "{}\n{}", stderr(&revoked), server.log());
-        assert!(!role_exists(&lease.role).await);
+        revoke(&server, lease).await;
     }
-    let purged = purge(&server, "acme");
-    assert!(purged.status.success(), "{}\n{}", stderr(&purged), server.log());
-    assert!(!database_exists(&acme.database).await);
-    for role in [&a.role, &acme.owner, &acme.read] {
-        assert!(!role_exists(role).await, "{role} is left behind");
-    }
+    purge_leaves_nothing(&server, "acme", &acme, &[&a.role]).await;
 }
 
 /// The server-wide facts about a role: whether it may log in, whether it
@@ -375,13 +379,6 @@ async fn the_recommended_postgres_roles_run_bulkhead() {
     let lease = issue(&server, "acme", "1h");
     let mut conn = connect(&lease.url).await.unwrap();
     exec(&mut conn, "CREATE TABLE t (x int)").await;
-    let revoked = server.cli(&["creds", "revoke", &lease.lease]);
-    assert!(revoked.status.success(), "{}\n{}", stderr(&revoked), server.log());
-    assert!(!role_exists(&lease.role).await);
-    let purged = purge(&server, "acme");
-    assert!(purged.status.success(), "{}\n{}", stderr(&purged), server.log());
-    assert!(!database_exists(&acme.database).await);
-    for role in [&acme.owner, &acme.read] {
-        assert!(!role_exists(role).await, "{role} is left behind");
-    }
+    revoke(&server, &lease).await;
+    purge_leaves_nothing(&server, "acme", &acme, &[]).await;
 }
