@@ -130,6 +130,35 @@ impl Event {
         event
     }
 
+    /// Reads an export's event line back, as it stands: nothing is
+    /// checked but the shape (`verify_export` is what checks). For tools
+    /// that take an export apart, tests that forge one among them.
+    pub fn from_export_line(line: &str) -> Result<Self, String> {
+        let value: serde_json::Value =
+            serde_json::from_str(line).map_err(|e| format!("not JSON: {e}"))?;
+        let text = |name: &str| {
+            value[name].as_str().map(str::to_owned).ok_or_else(|| format!("no string {name}"))
+        };
+        let hash = |name: &str| {
+            text(name).and_then(|h| parse_hash(&h).ok_or_else(|| format!("{name} is not a hash")))
+        };
+        Ok(Self {
+            stream: StreamId::parse(&text("stream")?)?,
+            seq: value["seq"].as_u64().ok_or("no seq")?,
+            time: text("time")?,
+            actor: serde_json::from_value(value["actor"].clone())
+                .map_err(|e| format!("actor: {e}"))?,
+            action: text("action")?,
+            resource: text("resource")?,
+            outcome: text("outcome")?,
+            request_id: value["request_id"].as_str().map(str::to_owned),
+            details: CanonicalJson::from_value(&value["details"])
+                .map_err(|e| format!("details: {e}"))?,
+            prev_hash: hash("prev_hash")?,
+            hash: hash("hash")?,
+        })
+    }
+
     /// SHA-256 of the canonical JSON of every field but `hash`.
     pub fn compute_hash(&self) -> [u8; 32] {
         let mut text = String::with_capacity(320 + self.details.as_str().len());

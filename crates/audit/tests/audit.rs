@@ -11,8 +11,9 @@ use std::{
 
 use async_trait::async_trait;
 use bulkhead_audit::{
-    Actor, AuditKey, AuditLog, KeyRing, NewEvent, StoreWitness, StreamId, StreamKeys, Witness,
-    WriterSettings, canonical::CanonicalJson, export::Exporter, verify_export,
+    Actor, AuditKey, AuditLog, Event, KeyRing, NewEvent, StoreWitness, StreamId, StreamKeys,
+    Witness, WriterSettings, canonical::CanonicalJson, export::Exporter, record::GENESIS,
+    verify_export,
 };
 use bulkhead_store::{AuditEventRow, AuditKeyRow, AuditStore, ControlStore};
 use bulkhead_testkit::{StoreFixture, on_both_stores};
@@ -156,6 +157,35 @@ fn join(lines: &[String]) -> String {
     lines.iter().map(|l| format!("{l}\n")).collect()
 }
 
+/// `lines` with `edit` applied to event `from`, and every event line from
+/// there on renumbered in order and re-hashed onto the one before: a chain
+/// whose links are all right, forged without a key.
+fn rechain(lines: &[String], from: u64, edit: impl Fn(&mut Event)) -> Vec<String> {
+    let start = event_line(lines, from);
+    let mut prev = lines[..start]
+        .iter()
+        .rev()
+        .find_map(|l| Event::from_export_line(l).ok())
+        .map(|e| (e.seq, e.hash));
+    let mut out = lines[..start].to_vec();
+    for line in &lines[start..] {
+        let Ok(mut event) = Event::from_export_line(line) else {
+            out.push(line.clone());
+            continue;
+        };
+        if out.len() == start {
+            edit(&mut event);
+        }
+        let (seq, hash) = prev.unwrap_or((0, GENESIS));
+        event.seq = seq + 1;
+        event.prev_hash = hash;
+        event.hash = event.compute_hash();
+        prev = Some((event.seq, event.hash));
+        out.push(event.export_line());
+    }
+    out
+}
+
 async fn every_tamper_is_caught(fx: StoreFixture) {
     let keys = TestKeys::new(fx.store.clone());
     let log = writer(&fx.store, Arc::clone(&keys));
@@ -208,12 +238,29 @@ async fn every_tamper_is_caught(fx: StoreFixture) {
     swapped.swap(a, b);
     assert!(problem(&join(&swapped)).contains("seq 13 follows seq 11"));
 
-    // An event inserted: a copy of another, renumbered and re-hashed by
-    // someone without the key, shows as a broken link or checkpoint.
+    // An event inserted: an exact copy of another, caught by its seq.
     let mut inserted = original.clone();
     let i = event_line(&inserted, 14);
     inserted.insert(i + 1, inserted[i].clone());
     assert!(problem(&join(&inserted)).contains("seq 14 follows seq 14"));
+
+    // An event changed, then every hash and link from it on recomputed, as
+    // anyone can without the key: the chain is whole again, and only the
+    // signed checkpoints (seq 10, 20, 30 and the export's) tell.
+    let rechained = rechain(&original, 5, |event| event.outcome = "denied".into());
+    let caught = problem(&join(&rechained));
+    assert!(
+        caught.contains("the checkpoint signs seq 10 with head")
+            && caught.contains("events were changed, removed or inserted"),
+        "{caught}"
+    );
+    // And one inserted, renumbering every later event.
+    let mut renumbered = original.clone();
+    let i = event_line(&renumbered, 14);
+    renumbered.insert(i + 1, renumbered[i].clone());
+    let renumbered = rechain(&renumbered, 14, |_| {});
+    let caught = problem(&join(&renumbered));
+    assert!(caught.contains("the checkpoint signs seq 20 with head"), "{caught}");
 
     // The tail cut off after the last stored checkpoint (seq 30), the
     // export checkpoint with it.
@@ -304,13 +351,21 @@ async fn every_tamper_is_caught(fx: StoreFixture) {
     let concatenated = format!("{text}{globex_text}");
     assert!(problem(&concatenated).contains("a second header"));
 
-    // A line rewritten without changing its meaning (reordered members):
-    // not what Bulkhead wrote.
+    // A line rewritten without changing its meaning, `actor` moved before
+    // `action`: the same JSON object, but not the bytes Bulkhead hashed.
     let mut rewritten = original.clone();
     let i = event_line(&rewritten, 3);
-    let value: serde_json::Value = serde_json::from_str(&rewritten[i]).unwrap();
-    rewritten[i] = serde_json::to_string_pretty(&value).unwrap().replace('\n', "");
-    assert!(verify(&join(&rewritten)).is_err());
+    let line = &rewritten[i];
+    let (action, rest) = line["{".len()..].split_once(",\"actor\":").unwrap();
+    let (actor, rest) = rest.split_once("},\"details\":").unwrap();
+    let moved = format!("{{\"actor\":{actor}}},{action},\"details\":{rest}");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&moved).unwrap(),
+        serde_json::from_str::<serde_json::Value>(line).unwrap()
+    );
+    rewritten[i] = moved;
+    let caught = problem(&join(&rewritten));
+    assert!(caught.contains("member `action` out of order, after `actor`"), "{caught}");
     log.stop().await;
 }
 

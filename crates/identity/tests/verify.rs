@@ -354,13 +354,20 @@ fn the_cache_answers_repeats_and_forgets_removed_keys() {
     assert_eq!(cache.verify(&token, &trust, NOW).unwrap_err().reason, Reason::Signature);
     // Its key no longer trusted: refused too.
     trust.keys.clear();
-    assert!(cache.verify(&token, &trust, NOW).is_err());
-    // Another tenant's trust never hits this tenant's entry.
-    let globex = Realm::new("globex", Algorithm::EdDSA);
-    assert!(cache.verify(&token, &globex.trust(), NOW).is_err());
-    // A token cached for one audience is checked again for another.
+    let kid = acme.key.kid().to_owned();
+    assert_eq!(cache.verify(&token, &trust, NOW).unwrap_err().reason, Reason::UnknownKid(kid));
+    // Another tenant's trust never hits this tenant's entry, even one that
+    // trusts the very same key (a provider shared by two tenants): its
+    // issuer and tenant are checked afresh, and refuse.
     let trust = acme.trust();
     cache.verify(&token, &trust, NOW).unwrap();
+    let globex = Realm::new("globex", Algorithm::EdDSA);
+    let same_key =
+        Trust { tenant_id: globex.tenant, issuer: globex.issuer.clone(), ..trust.clone() };
+    assert_eq!(cache.verify(&token, &same_key, NOW).unwrap_err().reason, Reason::Issuer);
+    let same_issuer = Trust { tenant_id: globex.tenant, ..trust.clone() };
+    assert_eq!(cache.verify(&token, &same_issuer, NOW).unwrap_err().reason, Reason::Tenant);
+    // A token cached for one audience is checked again for another.
     let control = Trust { audience: Some("control".into()), ..trust };
     assert_eq!(cache.verify(&token, &control, NOW).unwrap_err().reason, Reason::Audience);
 }

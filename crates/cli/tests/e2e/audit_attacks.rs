@@ -352,19 +352,7 @@ fn rewrite_export(export: &str, key: &AuditKey, seq: u64) -> String {
         let value: Value = serde_json::from_str(line).unwrap();
         let rewritten = match value["type"].as_str().unwrap() {
             "event" => {
-                let mut event = Event {
-                    stream: StreamId::parse(value["stream"].as_str().unwrap()).unwrap(),
-                    seq: value["seq"].as_u64().unwrap(),
-                    time: value["time"].as_str().unwrap().to_owned(),
-                    actor: serde_json::from_value(value["actor"].clone()).unwrap(),
-                    action: value["action"].as_str().unwrap().to_owned(),
-                    resource: value["resource"].as_str().unwrap().to_owned(),
-                    outcome: value["outcome"].as_str().unwrap().to_owned(),
-                    request_id: value["request_id"].as_str().map(str::to_owned),
-                    details: CanonicalJson::from_value(&value["details"]).unwrap(),
-                    prev_hash: parse_hash(value["prev_hash"].as_str().unwrap()).unwrap(),
-                    hash: [0; 32],
-                };
+                let mut event = Event::from_export_line(line).unwrap();
                 if event.seq == seq {
                     event.outcome = "denied".into();
                 }
