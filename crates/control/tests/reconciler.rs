@@ -223,6 +223,41 @@ async fn with_flaky(f: &Fixture, step: Arc<Flaky>) -> Vec<Arc<dyn ProvisioningSt
     steps
 }
 
+/// Another step, with the calls of its `apply` counted.
+#[derive(Debug)]
+struct Counted {
+    step: Arc<dyn ProvisioningStep>,
+    applies: AtomicU32,
+}
+
+#[async_trait]
+impl ProvisioningStep for Counted {
+    fn name(&self) -> &'static str {
+        self.step.name()
+    }
+
+    async fn apply(&self, target: &StepTarget) -> Result<Option<serde_json::Value>, StepError> {
+        self.applies.fetch_add(1, Ordering::SeqCst);
+        self.step.apply(target).await
+    }
+
+    async fn undo(&self, target: &StepTarget) -> Result<(), StepError> {
+        self.step.undo(target).await
+    }
+}
+
+/// The `PRAGMA user_version` and journal mode of a tenant's SQLite database:
+/// `1` and `wal` once `create_database` has initialised it.
+async fn sqlite_header(path: &Path) -> (i64, String) {
+    let mut conn =
+        sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display())).await.unwrap();
+    let (version,): (i64,) =
+        sqlx::query_as("PRAGMA user_version").fetch_one(&mut conn).await.unwrap();
+    let (mode,): (String,) =
+        sqlx::query_as("PRAGMA journal_mode").fetch_one(&mut conn).await.unwrap();
+    (version, mode)
+}
+
 fn exists(path: &Path) -> bool {
     path.exists()
 }
@@ -245,15 +280,7 @@ async fn provisions_an_embedded_silo() {
     assert_eq!(f.step_states(&tenant).await, all_steps(StepStatus::Applied));
     assert_eq!(f.store.data_keys(tenant.id).await.unwrap().len(), 1, "the tenant has a data key");
     // The tenant database is a real SQLite database.
-    let mut conn = sqlx::SqliteConnection::connect(&format!(
-        "sqlite://{}",
-        f.tenant_dir("acme").join("data.db").display()
-    ))
-    .await
-    .unwrap();
-    let (version,): (i64,) =
-        sqlx::query_as("PRAGMA user_version").fetch_one(&mut conn).await.unwrap();
-    assert_eq!(version, 1);
+    assert_eq!(sqlite_header(&f.tenant_dir("acme").join("data.db")).await, (1, "wal".into()));
 }
 
 #[tokio::test]
@@ -359,6 +386,8 @@ async fn resumes_after_a_crash_between_an_effect_and_its_record() {
     std::fs::write(f.tenant_dir("acme").join("data.db"), b"").unwrap();
     f.reconciler(f.standard_steps(RegionServers::default()).await).reconcile(tenant.id).await;
     assert_eq!(f.reload(&tenant).await.unwrap().state, TenantState::Active);
+    // The half-made file was initialised this time, not taken as done.
+    assert_eq!(sqlite_header(&f.tenant_dir("acme").join("data.db")).await, (1, "wal".into()));
 }
 
 #[tokio::test]
@@ -393,10 +422,19 @@ async fn skips_steps_recorded_before_a_crash() {
         updated_at: SystemClock.now(),
     };
     f.store.record_step(tenant.id, &record).await.unwrap();
-    let flaky = Flaky::new(0);
-    f.reconciler(with_flaky(&f, flaky.clone()).await).reconcile(tenant.id).await;
+    let mut steps = f.standard_steps(RegionServers::default()).await;
+    let mut count = |name: &str| {
+        let at = steps.iter().position(|s| s.name() == name).unwrap();
+        let counted =
+            Arc::new(Counted { step: Arc::clone(&steps[at]), applies: AtomicU32::new(0) });
+        steps[at] = counted.clone();
+        counted
+    };
+    let (allocate, database) = (count("allocate_directory"), count("create_database"));
+    f.reconciler(steps).reconcile(tenant.id).await;
     assert_eq!(f.reload(&tenant).await.unwrap().state, TenantState::Active);
-    assert_eq!(flaky.calls.load(Ordering::SeqCst), 1);
+    assert_eq!(allocate.applies.load(Ordering::SeqCst), 0, "the recorded step is not run again");
+    assert_eq!(database.applies.load(Ordering::SeqCst), 1, "the unrecorded ones run once");
 }
 
 #[tokio::test]

@@ -2,10 +2,13 @@
 //! tenant ends `active`, or `failed` with its completed steps undone, and
 //! nothing is left behind: no orphan directory, database or role.
 
-use std::{collections::BTreeSet, time::Duration};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    time::{Duration, Instant},
+};
 
 use bulkhead_model::{Isolation, Tenant, TenantState};
-use bulkhead_store::TenantPage;
+use bulkhead_store::{ControlStore, TenantPage};
 use serde_json::json;
 
 use crate::kit::{Server, Store, entries};
@@ -16,13 +19,33 @@ async fn recorded(server: &Server) -> Vec<Tenant> {
     store.list_tenants(&TenantPage { limit: 1_000, ..TenantPage::default() }).await.unwrap()
 }
 
+/// The tenants the reconciler has begun and not finished (a step recorded,
+/// not settled), by name, with what their steps record: a change in it is
+/// the reconciler at work.
+async fn unfinished(store: &dyn ControlStore) -> BTreeMap<String, Vec<String>> {
+    let mut found = BTreeMap::new();
+    let page = TenantPage { limit: 1_000, ..TenantPage::default() };
+    for tenant in store.list_tenants(&page).await.unwrap() {
+        if !tenant.needs_work() {
+            continue;
+        }
+        let steps = store.steps(tenant.id).await.unwrap();
+        if !steps.is_empty() {
+            let record =
+                steps.iter().map(|s| format!("{} {}", s.step, s.status.as_str())).collect();
+            found.insert(tenant.name.to_string(), record);
+        }
+    }
+    found
+}
+
 /// Fires `names` at the server concurrently, kills it after `delay`, and
-/// returns how many tenants the crash caught mid-provisioning.
+/// returns what the crash left begun and unfinished.
 async fn create_and_kill(
     server: &mut Server,
     names: &[(String, Option<&str>)],
     delay: Duration,
-) -> usize {
+) -> BTreeMap<String, Vec<String>> {
     let creates: Vec<_> = names
         .iter()
         .map(|(name, region)| {
@@ -45,22 +68,41 @@ async fn create_and_kill(
     for create in creates {
         let _ = create.await;
     }
-    recorded(server).await.iter().filter(|t| t.needs_work()).count()
+    unfinished(server.open_store().await.as_ref()).await
 }
 
-/// Restarts, kills again almost at once (mid-recovery), restarts, and waits
-/// for every recorded tenant to settle.
-async fn recover(server: &mut Server) -> Vec<serde_json::Value> {
+/// Restarts and, once recovery has visibly moved one of the `left` tenants
+/// on, kills again; restarts and waits for every tenant to settle. Returns
+/// the settled tenants, and whether the second kill landed mid-recovery:
+/// after it, some tenant had moved on since the first kill and some tenant
+/// was still unfinished.
+async fn recover(
+    server: &mut Server,
+    left: &BTreeMap<String, Vec<String>>,
+) -> (Vec<serde_json::Value>, bool) {
     server.restart().await;
-    tokio::time::sleep(Duration::from_millis(15)).await;
+    let store = server.open_store().await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = unfinished(store.as_ref()).await;
+        let moved = left.iter().any(|(name, steps)| now.get(name) != Some(steps));
+        if moved || now.is_empty() || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
     server.kill();
+    let after = unfinished(store.as_ref()).await;
+    let moved = left.iter().any(|(name, steps)| after.get(name) != Some(steps));
+    let mid_recovery = moved && !after.is_empty();
+    drop(store);
     server.restart().await;
     let mut settled = Vec::new();
     for tenant in recorded_names(server).await {
         let view = server.settle(&tenant).await.expect("nothing was deleted");
         settled.push(view);
     }
-    settled
+    (settled, mid_recovery)
 }
 
 async fn recorded_names(server: &Server) -> Vec<String> {
@@ -73,33 +115,41 @@ async fn recorded_names(server: &Server) -> Vec<String> {
         .collect()
 }
 
-/// Kill-restart rounds until at least `wanted` tenants were caught
-/// unsettled by a crash (so the test proves something), at most 12 rounds.
+/// Kill-restart rounds until at least `wanted` tenants were caught begun
+/// and unfinished by a crash, and at least one second kill landed
+/// mid-recovery (so the test proves something), at most 12 rounds.
 async fn crash_rounds(
     server: &mut Server,
     per_round: usize,
     regions: &[Option<&str>],
     wanted: usize,
 ) -> usize {
-    let mut interrupted = 0;
+    let (mut interrupted, mut mid_recovery) = (0, 0);
     for round in 0..12 {
         let names: Vec<_> = (0..per_round)
             .map(|i| (format!("r{round}-t{i}"), regions[i % regions.len()]))
             .collect();
         let delay = Duration::from_millis(30 + 40 * (round as u64 % 5));
-        let caught = create_and_kill(server, &names, delay).await;
-        eprintln!("round {round}: kill -9 after {delay:?} caught {caught} tenants unsettled");
-        interrupted += caught;
-        let settled = recover(server).await;
+        let left = create_and_kill(server, &names, delay).await;
+        let (settled, landed) = recover(server, &left).await;
+        eprintln!(
+            "round {round}: kill -9 after {delay:?} left {} tenants unfinished; the kill \
+             during recovery {}",
+            left.len(),
+            if landed { "landed mid-recovery" } else { "found nothing to interrupt" }
+        );
+        interrupted += left.len();
+        mid_recovery += usize::from(landed);
         assert!(
             settled.iter().all(|t| t["state"] == "active" || t["state"] == "failed"),
             "{settled:?}"
         );
-        if interrupted >= wanted && round >= 1 {
+        if interrupted >= wanted && mid_recovery >= 1 && round >= 1 {
             break;
         }
     }
     assert!(interrupted >= wanted, "only {interrupted} tenants were caught mid-provisioning");
+    assert!(mid_recovery >= 1, "no kill landed mid-recovery");
     interrupted
 }
 
