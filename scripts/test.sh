@@ -72,6 +72,6 @@ say "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
 say "cargo test"
-cargo test --workspace --locked
+cargo test --workspace --locked --no-fail-fast
 
 say "all tests passed"

@@ -64,6 +64,11 @@ pub enum IdentityError {
     ApiKeyNotFound(String),
     #[error("tenant {0:?} has no realm yet; it is created when the tenant is provisioned")]
     NoRealm(String),
+    #[error(
+        "tenant {0:?}'s realm has no signing key; `bulkhead auth rotate-key --tenant {0}` makes \
+         one (the daily key rotation would too)"
+    )]
+    NoSigningKey(String),
     #[error(transparent)]
     Vault(#[from] VaultError),
     #[error(transparent)]
@@ -395,7 +400,7 @@ impl IdentityService {
             .await?
             .into_iter()
             .rfind(|k| k.retired_at.is_none())
-            .ok_or_else(|| IdentityError::NoRealm(name.to_owned()))?;
+            .ok_or_else(|| IdentityError::NoSigningKey(name.to_owned()))?;
         let secret = self
             .vault
             .open_blob(tenant.id, &label(&active.kid))

@@ -303,16 +303,12 @@ mod tests {
             "::ffff:169.254.169.254",
             "2001:db8::1",
         ] {
-            assert!(
-                !is_public(private.parse().unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST))),
-                "{private}"
-            );
+            let address: IpAddr = private.parse().unwrap_or_else(|e| panic!("{private}: {e}"));
+            assert!(!is_public(address), "{private}");
         }
         for public in ["1.1.1.1", "8.8.8.8", "2606:4700::1111"] {
-            assert!(
-                is_public(public.parse().unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST))),
-                "{public}"
-            );
+            let address: IpAddr = public.parse().unwrap_or_else(|e| panic!("{public}: {e}"));
+            assert!(is_public(address), "{public}");
         }
     }
 
@@ -321,16 +317,17 @@ mod tests {
         let keys = ProviderKeys::new(&["idp.internal".into()]).unwrap_or_else(|e| panic!("{e}"));
         assert!(keys.check_url("https://idp.example/jwks").is_ok());
         assert!(keys.check_url("http://idp.internal:8080/jwks").is_ok());
-        for refused in [
-            "http://idp.example/jwks",
-            "https://127.0.0.1/jwks",
-            "https://[::1]/jwks",
-            "https://169.254.169.254/latest/meta-data",
-            "https://user:pass@idp.example/jwks",
-            "file:///etc/passwd",
-            "not a url",
+        for (refused, why) in [
+            ("http://idp.example/jwks", "is plain http"),
+            ("https://127.0.0.1/jwks", "private or reserved address"),
+            ("https://[::1]/jwks", "private or reserved address"),
+            ("https://169.254.169.254/latest/meta-data", "private or reserved address"),
+            ("https://user:pass@idp.example/jwks", "carries credentials"),
+            ("file:///etc/passwd", "has scheme \"file\""),
+            ("not a url", "is not a URL"),
         ] {
-            assert!(keys.check_url(refused).is_err(), "{refused}");
+            let error = keys.check_url(refused).err().unwrap_or_else(|| panic!("{refused}"));
+            assert!(error.contains(why), "{refused}: {error}");
         }
     }
 
@@ -345,8 +342,11 @@ mod tests {
         let set = |keys: Vec<serde_json::Value>| serde_json::json!({ "keys": keys }).to_string();
         let keys = parse_jwks(set(vec![jwk("a", "sig"), jwk("b", "enc")]).as_bytes());
         assert_eq!(keys.map(|k| k.len()), Ok(1));
-        assert!(parse_jwks(set(vec![jwk("a", "sig"), jwk("a", "sig")]).as_bytes()).is_err());
-        assert!(parse_jwks(set(vec![jwk("b", "enc")]).as_bytes()).is_err());
-        assert!(parse_jwks(b"<html>").is_err());
+        let refused = |body: &[u8]| parse_jwks(body).err().unwrap_or_default();
+        let twice = set(vec![jwk("a", "sig"), jwk("a", "sig")]);
+        assert!(refused(twice.as_bytes()).contains("two keys with kid \"a\""));
+        let no_signing = set(vec![jwk("b", "enc")]);
+        assert!(refused(no_signing.as_bytes()).contains("holds no EdDSA, ES256 or RS256"));
+        assert!(refused(b"<html>").contains("is not a JWKS"));
     }
 }

@@ -76,7 +76,8 @@ async fn openapi_describes_every_endpoint() {
         assert!(doc["components"]["schemas"].get(schema).is_some(), "schema {schema}");
     }
 
-    // Every documented operation is served (none answers the 404 fallback).
+    // Every documented operation is served (none answers the 404 fallback,
+    // nor 405 for its method).
     let http = server.http();
     http.create("acme", "starter").await;
     server.settle("acme").await;
@@ -91,6 +92,7 @@ async fn openapi_describes_every_endpoint() {
             .replace("{id}", "00000000-0000-0000-0000-000000000000");
         let (status, body) = http.send(method.parse().unwrap(), &path, None).await;
         assert_ne!(body["error"]["code"], "not_found", "{operation} answered {status}");
+        assert_ne!(status, 405, "{operation} is not served for its method");
     }
 }
 

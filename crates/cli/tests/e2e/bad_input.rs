@@ -287,9 +287,15 @@ async fn delete_needs_confirmation() {
 
 #[tokio::test]
 async fn deleting_while_provisioning_is_refused() {
-    // A region that never answers keeps the tenant provisioning long enough.
-    let config = "[[regions]]\nname = \"slow\"\ndatabases = \"postgres://postgres@10.255.255.1:5432/postgres\"\n";
-    let server = crate::kit::Server::start(crate::kit::Store::Embedded, config, &[]).await;
+    // A region whose server takes connections and never answers keeps the
+    // tenant provisioning: a listener nobody accepts from (the kernel still
+    // completes the handshake).
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = silent.local_addr().unwrap();
+    let config = format!(
+        "[[regions]]\nname = \"slow\"\ndatabases = \"postgres://postgres@{address}/postgres\"\n"
+    );
+    let server = crate::kit::Server::start(crate::kit::Store::Embedded, &config, &[]).await;
     let http = server.http();
     assert_eq!(http.create("acme", "starter").await.0, 202);
     let (status, body) = http.delete("/v1/tenants/acme").await;

@@ -301,7 +301,9 @@ async fn suspension_ends_database_logins_and_resume_restores_the_unexpired() {
     assert!(refused.contains("not permitted to log in"), "{refused}");
     assert_eq!(login_state(&long.role).await, (false, true, 0));
     let listed = server.cli_json(&["creds", "list", "--tenant", "acme"]);
-    assert!(listed.as_array().unwrap().iter().all(|l| l["disabled_at"].is_string()), "{listed}");
+    let listed = listed.as_array().unwrap();
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    assert!(listed.iter().all(|l| l["disabled_at"].is_string()), "{listed:?}");
 
     tokio::time::sleep(Duration::from_secs(3)).await;
     let resumed = server.cli(&["tenants", "resume", "acme"]);

@@ -267,7 +267,8 @@ impl Server {
         for mut args in streams {
             args.extend(["--lines", "10000"]);
             let listed = self.cli_json(&args);
-            events.extend(listed.as_array().cloned().unwrap_or_default());
+            let listed = listed.as_array().unwrap_or_else(|| panic!("not a list: {listed}"));
+            events.extend(listed.iter().cloned());
         }
         events
     }

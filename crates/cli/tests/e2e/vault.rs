@@ -21,16 +21,22 @@ fn get(server: &Server, tenant: &str, path: &str) -> std::process::Output {
     server.cli(&["secrets", "get", "--tenant", tenant, path])
 }
 
-/// Every file in the data directory, concatenated: what a stolen disk
-/// would hold.
+/// Every file under the data directory, at any depth, concatenated: what
+/// a stolen disk would hold (the tenants' own databases included).
 fn disk(server: &Server) -> Vec<u8> {
-    let mut all = Vec::new();
-    for entry in std::fs::read_dir(server.data_dir()).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_file() {
-            all.extend(std::fs::read(path).unwrap());
+    let (mut all, mut dirs, mut files) = (Vec::new(), vec![server.data_dir()], 0);
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.is_file() {
+                all.extend(std::fs::read(&path).unwrap());
+                files += 1;
+            }
         }
     }
+    assert!(files > 3, "the data directory holds the store, keys and tenants' files");
     all
 }
 
@@ -480,12 +486,15 @@ async fn database_credentials_are_real_narrow_and_short_lived() {
         sqlx::query("INSERT INTO notes VALUES ('x')").execute(&mut reader).await.unwrap_err();
     assert!(denied.to_string().contains("permission denied"), "{denied}");
 
-    // Above the plan's maximum (enterprise: 1d), or nonsense.
+    // Above the plan's maximum (enterprise: 1d), or nonsense: refused
+    // before any role is made.
+    let roles_before = server.postgres_db().owned_objects().await.1;
     let too_long = server.cli(&["creds", "issue", "--tenant", "acme", "--ttl", "25h"]);
     assert_eq!(exit_code(&too_long), 2, "{}", stderr(&too_long));
     assert!(stderr(&too_long).contains("between 1s and 1d"), "{}", stderr(&too_long));
     let nonsense = server.cli(&["creds", "issue", "--tenant", "acme", "--ttl", "soon"]);
     assert_eq!(exit_code(&nonsense), 2);
+    assert_eq!(server.postgres_db().owned_objects().await.1, roles_before);
 
     // Revoking ends the session and drops the role.
     let listed = server.cli_json(&["creds", "list", "--tenant", "acme"]);
@@ -543,12 +552,8 @@ async fn database_credentials_are_real_narrow_and_short_lived() {
     }
     assert!(sqlx::query("SELECT 1").execute(&mut short_conn).await.is_err());
     let all = server.cli_json(&["creds", "list", "--tenant", "acme", "--all"]);
-    assert!(
-        all.as_array()
-            .unwrap()
-            .iter()
-            .all(|l| l["role"] != short_role || l["revoked_at"].is_string())
-    );
+    let expired = all.as_array().unwrap().iter().find(|l| l["role"] == short_role.as_str());
+    assert!(expired.is_some_and(|l| l["revoked_at"].is_string()), "{all}");
     let events = server.audit_events(&["acme"]);
     for action in ["credential.issue", "credential.revoke", "credential.expire"] {
         assert!(events.iter().any(|e| e["action"] == action), "{action}");
@@ -562,7 +567,9 @@ async fn database_credentials_are_real_narrow_and_short_lived() {
     assert!(purged.status.success(), "{}", stderr(&purged));
     assert!(!role_exists(&read_role).await);
     let (databases, roles) = server.postgres_db().owned_objects().await;
+    assert!(databases.contains(&globex_db), "globex's database is still listed: {databases:?}");
     assert!(databases.iter().all(|d| !d.contains("acme")), "{databases:?}");
+    assert!(!roles.is_empty(), "globex's roles are still listed");
     assert!(roles.iter().all(|r| !r.contains(&acme_short(&role))), "{roles:?}");
 }
 

@@ -2,7 +2,10 @@
 PyJWKClient fetches the realm's JWKS, picks the key by the token's kid, and
 jwt.decode checks signature, issuer and times.
 
-    python3 verify_with_pyjwt.py ISSUER TOKEN
+    python3 verify_with_pyjwt.py ISSUER TOKEN [KEYS_ISSUER]
+
+KEYS_ISSUER, when given, is the realm whose JWKS to take the key from (to
+check the issuer apart from the key); ISSUER is still the issuer required.
 
 Prints the verified claims as JSON; exits 1 with the error otherwise.
 """
@@ -14,8 +17,10 @@ import jwt
 from jwt import PyJWKClient
 
 issuer, token = sys.argv[1], sys.argv[2]
+keys_issuer = sys.argv[3] if len(sys.argv) > 3 else issuer
 try:
-    key = PyJWKClient(f"{issuer}/jwks.json", cache_keys=False).get_signing_key_from_jwt(token)
+    jwks = PyJWKClient(f"{keys_issuer}/jwks.json", cache_keys=False)
+    key = jwks.get_signing_key_from_jwt(token)
     claims = jwt.decode(
         token,
         key,

@@ -306,7 +306,7 @@ impl From<IdentityError> for ApiError {
             IdentityError::InvalidRequest(_) => InvalidRequest,
             IdentityError::Conflict(_) => Conflict,
             IdentityError::ApiKeyNotFound(_) => ApiKeyNotFound,
-            IdentityError::NoRealm(_) => InvalidState,
+            IdentityError::NoRealm(_) | IdentityError::NoSigningKey(_) => InvalidState,
             IdentityError::Unrecorded(u) => unrecorded(u),
             IdentityError::Quota(_) => QuotaExceeded,
             IdentityError::Refused(_) => {
