@@ -163,20 +163,44 @@ async fn keep_lock(
     }
 }
 
-/// Runs `work` every `every` until shutdown. The background jobs (revoking
-/// expired leases, rotating data and realm keys due by policy) each get
-/// their own, so a long rotation never delays a revocation.
-async fn every<F, Fut>(every: Duration, mut stopping: watch::Receiver<bool>, mut work: F)
-where
+/// A background job: its name in `bulkhead_background_job_runs_total`, and
+/// what its log lines say when it did something and when it failed.
+struct Job {
+    name: &'static str,
+    done: &'static str,
+    failed: &'static str,
+}
+
+/// Runs `work` every `every` until shutdown, counting each run in the
+/// metrics and logging what it did (a run that did nothing is quiet). The
+/// background jobs (revoking expired leases, rotating data and realm keys
+/// due by policy, audit retention) each get their own, so a long rotation
+/// never delays a revocation.
+async fn every<F, Fut, E>(
+    every: Duration,
+    mut stopping: watch::Receiver<bool>,
+    metrics: Arc<Metrics>,
+    job: Job,
+    mut work: F,
+) where
     F: FnMut() -> Fut,
-    Fut: Future<Output = ()>,
+    Fut: Future<Output = Result<u64, E>>,
+    E: std::fmt::Display,
 {
     let mut ticks = tokio::time::interval(every);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = async { let _ = stopping.wait_for(|stop| *stop).await; } => return,
-            _ = ticks.tick() => work().await,
+            _ = ticks.tick() => {
+                let result = work().await;
+                metrics.job_ran(job.name, result.is_ok());
+                match result {
+                    Ok(0) => {}
+                    Ok(count) => tracing::info!(count, "{}", job.done),
+                    Err(error) => tracing::warn!(%error, "{}", job.failed),
+                }
+            }
         }
     }
 }
@@ -189,75 +213,71 @@ fn spawn_jobs(
     stopping: &watch::Receiver<bool>,
 ) -> Vec<JoinHandle<()>> {
     let settings = &config.vault;
+    let metrics = vault.metrics();
     let sweeper = Arc::clone(vault);
-    let mut jobs = vec![tokio::spawn(every(settings.sweep_every, stopping.clone(), move || {
-        let vault = Arc::clone(&sweeper);
-        async move {
-            let result = vault.expire_leases().await;
-            vault.metrics().job_ran("lease_sweep", result.is_ok());
-            match result {
-                Ok(0) => {}
-                Ok(revoked) => tracing::info!(revoked, "revoked expired database credentials"),
-                Err(error) => tracing::warn!(%error, "cannot sweep expired credentials"),
-            }
-        }
-    }))];
+    let mut jobs = vec![tokio::spawn(every(
+        settings.sweep_every,
+        stopping.clone(),
+        Arc::clone(metrics),
+        Job {
+            name: "lease_sweep",
+            done: "revoked expired database credentials",
+            failed: "cannot sweep expired credentials",
+        },
+        move || {
+            let vault = Arc::clone(&sweeper);
+            async move { vault.expire_leases().await.map(|n| n as u64) }
+        },
+    ))];
     if let Some(policy) = settings.rotate_data_keys_every {
         let rotator = Arc::clone(vault);
         jobs.push(tokio::spawn(every(
             settings.rotation_check_every,
             stopping.clone(),
+            Arc::clone(metrics),
+            Job {
+                name: "data_key_rotation",
+                done: "rotated data keys due by policy",
+                failed: "cannot run scheduled data key rotation",
+            },
             move || {
                 let vault = Arc::clone(&rotator);
-                async move {
-                    let result = vault.rotate_due_keys(policy).await;
-                    vault.metrics().job_ran("data_key_rotation", result.is_ok());
-                    match result {
-                        Ok(0) => {}
-                        Ok(rotated) => tracing::info!(rotated, "rotated data keys due by policy"),
-                        Err(error) => {
-                            tracing::warn!(%error, "cannot run scheduled data key rotation")
-                        }
-                    }
-                }
+                async move { vault.rotate_due_keys(policy).await.map(|n| n as u64) }
             },
         )));
     }
     if let Some(policy) = config.rotate_realm_keys_every {
         let identity = Arc::clone(identity);
-        let metrics = Arc::clone(vault.metrics());
-        let check = settings.rotation_check_every.min(policy);
-        jobs.push(tokio::spawn(every(check, stopping.clone(), move || {
-            let identity = Arc::clone(&identity);
-            let metrics = Arc::clone(&metrics);
-            async move {
-                let result = identity.rotate_due_keys(policy).await;
-                metrics.job_ran("realm_key_rotation", result.is_ok());
-                match result {
-                    Ok(0) => {}
-                    Ok(rotated) => tracing::info!(rotated, "rotated realm keys due by policy"),
-                    Err(error) => tracing::warn!(%error, "cannot run scheduled realm key rotation"),
-                }
-            }
-        })));
+        jobs.push(tokio::spawn(every(
+            settings.rotation_check_every.min(policy),
+            stopping.clone(),
+            Arc::clone(metrics),
+            Job {
+                name: "realm_key_rotation",
+                done: "rotated realm keys due by policy",
+                failed: "cannot run scheduled realm key rotation",
+            },
+            move || {
+                let identity = Arc::clone(&identity);
+                async move { identity.rotate_due_keys(policy).await.map(|n| n as u64) }
+            },
+        )));
     }
     let retention = Arc::clone(audit);
-    let metrics = Arc::clone(vault.metrics());
-    jobs.push(tokio::spawn(every(config.audit_retention_every, stopping.clone(), move || {
-        let audit = Arc::clone(&retention);
-        let metrics = Arc::clone(&metrics);
-        async move {
-            let result = audit.apply_retention().await;
-            metrics.job_ran("audit_retention", result.is_ok());
-            match result {
-                Ok(0) => {}
-                Ok(deleted) => {
-                    tracing::info!(deleted, "deleted audit events past their plan's retention")
-                }
-                Err(error) => tracing::warn!(%error, "cannot apply audit retention"),
-            }
-        }
-    })));
+    jobs.push(tokio::spawn(every(
+        config.audit_retention_every,
+        stopping.clone(),
+        Arc::clone(metrics),
+        Job {
+            name: "audit_retention",
+            done: "deleted audit events past their plan's retention",
+            failed: "cannot apply audit retention",
+        },
+        move || {
+            let audit = Arc::clone(&retention);
+            async move { audit.apply_retention().await }
+        },
+    )));
     jobs
 }
 
