@@ -4,6 +4,7 @@ use std::{path::Path, time::Duration};
 
 use bulkhead_control::api::{
     audit::EventList,
+    error::ApiError,
     types::{
         ApiKeyCreated, ApiKeyList, CreateApiKeyRequest, CreateTenantRequest, CredentialView,
         ErrorBody, IssueCredentialRequest, IssueTokenRequest, KeyStatusView, LeaseList, LeaseView,
@@ -64,12 +65,8 @@ impl ApiClient {
                     "--api {api:?} is not an http(s) URL such as {DEFAULT_API}"
                 ))
             })?;
-        let token_source = match &global.token {
-            Some(_) => format!("--token (or {})", env::TOKEN),
-            None => format!("the operator token in {}", data_dir.join("operator.token").display()),
-        };
-        let token = match &global.token {
-            Some(token) => token.expose().to_owned(),
+        let (token, token_source) = match &global.token {
+            Some(token) => (token.expose().to_owned(), format!("--token (or {})", env::TOKEN)),
             None => {
                 let path = data_dir.join("operator.token");
                 // The local token belongs to the local server: never hand it
@@ -85,7 +82,7 @@ impl ApiClient {
                         ),
                     ));
                 }
-                read_trimmed(&path).ok_or_else(|| {
+                let token = read_trimmed(&path).ok_or_else(|| {
                     CliError::new(
                         Kind::Unauthorized,
                         format!(
@@ -94,7 +91,8 @@ impl ApiClient {
                             path.display()
                         ),
                     )
-                })?
+                })?;
+                (token, format!("the operator token in {}", path.display()))
             }
         };
         let http = reqwest::Client::builder()
@@ -155,7 +153,7 @@ impl ApiClient {
         let message = match status {
             // The server says more only to the holder of a genuine
             // credential; otherwise say which credential this was.
-            StatusCode::UNAUTHORIZED if message == "authentication required" => format!(
+            StatusCode::UNAUTHORIZED if message == ApiError::UNAUTHORIZED => format!(
                 "the credential from {} was refused: it is neither an operator token of {} nor a \
                  valid token or API key of the tenant this command names",
                 self.token_source, self.base

@@ -44,11 +44,11 @@ pub fn json<T: Serialize>(value: &T) -> Result<(), CliError> {
     Ok(())
 }
 
-/// The outcome of a command that has nothing else to show: `json` for
-/// scripts (`-o json`), else `text` for people, on standard error.
-pub fn done(format: Output, json_value: serde_json::Value, text: &str) -> Result<(), CliError> {
+/// The outcome of a command: `value` as JSON for scripts (`-o json`), else
+/// `text` for people, on standard error.
+pub fn done<T: Serialize>(format: Output, value: &T, text: &str) -> Result<(), CliError> {
     if format == Output::Json {
-        return json(&json_value);
+        return json(value);
     }
     eprintln!("{text}");
     Ok(())

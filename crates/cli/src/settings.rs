@@ -185,8 +185,11 @@ impl ServeSettings {
             audit.checkpoint_interval = parse_duration(interval)
                 .map_err(|e| CliError::usage(format!("audit.checkpoint_interval: {e}")))?;
         }
-        let audit_witness_dir =
-            file.audit.witness_dir.clone().unwrap_or_else(|| data_dir.join("audit-witness"));
+        let audit_witness_dir = file
+            .audit
+            .witness_dir
+            .clone()
+            .unwrap_or_else(|| bulkhead_control::config::default_audit_witness_dir(&data_dir));
         Ok(Self {
             config: Config {
                 data_dir,

@@ -3,19 +3,22 @@
 //! exports. Each touch counts towards the anomaly detector (one principal
 //! reaching for many tenants), and a principal locked out by it is refused
 //! all of them: otherwise a locked-out credential could mint a fresh one
-//! for a tenant it had touched and carry on with that.
+//! for a tenant it had touched and carry on with that. Making something
+//! new a tenant holds (a secret path, an API key, a live credential) is
+//! also held to the tenant's plan's quota here.
 
 use std::sync::Arc;
 
-use bulkhead_model::Tenant;
+use bulkhead_model::{PlanCatalog, Tenant};
 use bulkhead_store::{ControlStore, Lockout, StoreError};
-use bulkhead_vault::{AnomalyDetector, AnomalyPolicy, Verdict, ttl::format_duration};
+use bulkhead_vault::{AnomalyDetector, Verdict, ttl::format_duration};
 use serde_json::json;
 use thiserror::Error;
 
 use crate::{
     clock::Clock,
     events::{Actor, EventLog},
+    limits::{Quota, QuotaExceeded},
     metrics::Metrics,
 };
 
@@ -37,6 +40,7 @@ pub struct Admission {
     clock: Arc<dyn Clock>,
     events: EventLog,
     metrics: Arc<Metrics>,
+    plans: PlanCatalog,
 }
 
 impl Admission {
@@ -46,12 +50,23 @@ impl Admission {
         clock: Arc<dyn Clock>,
         events: EventLog,
         metrics: Arc<Metrics>,
+        plans: PlanCatalog,
     ) -> Self {
-        Self { store, anomaly, clock, events, metrics }
+        Self { store, anomaly, clock, events, metrics, plans }
     }
 
-    pub fn policy(&self) -> &AnomalyPolicy {
-        self.anomaly.policy()
+    /// `Err` when `tenant`, holding `held` of `quota`, may not have one more
+    /// on its plan.
+    pub fn within_quota(
+        &self,
+        tenant: &Tenant,
+        quota: Quota,
+        held: usize,
+    ) -> Result<(), QuotaExceeded> {
+        match self.plans.get(tenant.plan.as_str()) {
+            Ok(plan) => QuotaExceeded::check(tenant, plan, quota, held),
+            Err(_) => Ok(()),
+        }
     }
 
     /// Counts `actor`'s touch of `tenant` for `action` and refuses a
@@ -59,7 +74,7 @@ impl Admission {
     /// the alert and, with lockout on, is itself refused.
     pub async fn admit(&self, actor: &Actor, tenant: &Tenant, action: &str) -> Result<(), Refused> {
         let principal = actor.to_string();
-        if self.store.lockouts().await?.iter().any(|l| l.principal == principal) {
+        if self.store.is_locked_out(&principal).await? {
             self.denied(actor, tenant, action).await;
             return Err(Refused::LockedOut(principal));
         }

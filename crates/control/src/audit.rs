@@ -555,6 +555,7 @@ mod tests {
             Arc::clone(&clock),
             events.clone(),
             Arc::new(Metrics::new()),
+            PlanCatalog::builtin(),
         ));
         let service = AuditService::new(
             store.clone(),

@@ -65,10 +65,16 @@ impl Config {
             rotate_realm_keys_every: Some(DEFAULT_REALM_KEY_ROTATION),
             audit: WriterSettings::default(),
             audit_retention_every: DEFAULT_AUDIT_RETENTION_CHECK,
-            audit_witness_dir: data_dir.join("audit-witness"),
+            audit_witness_dir: default_audit_witness_dir(&data_dir),
             data_dir,
         }
     }
+}
+
+/// Where the audit streams' witness files are unless configured:
+/// `<data-dir>/audit-witness`.
+pub fn default_audit_witness_dir(data_dir: &std::path::Path) -> PathBuf {
+    data_dir.join("audit-witness")
 }
 
 /// Retention checks the streams hourly.

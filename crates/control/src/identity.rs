@@ -15,7 +15,7 @@ use bulkhead_identity::{
     Algorithm, ClaimMapping, Jwk, Permission, RealmClaims, Rejected, Role, SigningKey, Trust,
     Verified, VerifiedCache, VerifyingKey, jws, verify::LEEWAY_SECS,
 };
-use bulkhead_model::{PlanCatalog, Tenant, TenantName, TenantState};
+use bulkhead_model::{Tenant, TenantName, TenantState};
 use bulkhead_store::{
     ApiKeyRecord, ControlStore, RealmKeyRecord, RealmRecord, StoreError, TrustRecord,
 };
@@ -31,6 +31,7 @@ use crate::{
     admission::Admission,
     clock::Clock,
     events::{Actor, EventLog, Unrecorded},
+    limits::Quota,
     provider_keys::{KeySet, ProviderKeys},
 };
 
@@ -551,7 +552,7 @@ impl IdentityService {
         let now = self.clock.now();
         self.store.set_realm_tokens_not_before(tenant.id, now).await?;
         self.cache.forget_tenant(tenant.id.0);
-        let keys = self.store.revoke_token_made_api_keys(tenant.id, now, now).await?;
+        let keys = self.store.revoke_token_made_api_keys(tenant.id, now).await?;
         let details = json!({ "not_before": now.unix_timestamp(), "api_keys_revoked": keys });
         self.events.record(actor, &tenant, "realm.revoke_tokens", "ok", details).await;
         Ok((now, keys))
@@ -607,7 +608,7 @@ impl IdentityService {
             (Some(requested), Some(own)) => Some(requested.min(own)),
             (requested, own) => requested.or(own),
         };
-        if ttl.is_some_and(|ttl| ttl.is_zero()) || expires_at.is_some_and(|at| at <= now) {
+        if expires_at.is_some_and(|at| at <= now) {
             return Err(IdentityError::InvalidRequest(
                 "the key would already be expired: give a ttl of 1s or more, with a credential \
                  that is still valid for it"
@@ -615,18 +616,14 @@ impl IdentityService {
             ));
         }
         let from_token = matches!(actor, Actor::Tenant { from_token: true, .. });
-        if let Ok(plan) = PlanCatalog::builtin().get(tenant.plan.as_str()) {
-            let held = self
-                .store
-                .api_keys(tenant.id)
-                .await?
-                .iter()
-                .filter(|k| k.revoked_at.is_none() && k.expires_at.is_none_or(|at| at > now))
-                .count();
-            let remedy = "revoke keys no longer used (`bulkhead apikeys revoke`)";
-            let allowed = plan.quotas.api_keys;
-            crate::limits::QuotaExceeded::check(&tenant, plan, "API keys", held, allowed, remedy)?;
-        }
+        let held = self
+            .store
+            .api_keys(tenant.id)
+            .await?
+            .iter()
+            .filter(|k| k.revoked_at.is_none() && k.expires_at.is_none_or(|at| at > now))
+            .count();
+        self.admission.within_quota(&tenant, Quota::ApiKeys, held)?;
         let mut secret = Zeroizing::new([0u8; 32]);
         getrandom::fill(secret.as_mut_slice()).map_err(internal)?;
         let key = Zeroizing::new(format!(
@@ -698,8 +695,12 @@ impl IdentityService {
     // ---- authentication --------------------------------------------------------
 
     /// Who presents `credential` (a realm token or an API key) to act on
-    /// tenant `name`, or why not.
-    pub async fn authenticate(&self, name: &str, credential: &str) -> Result<Actor, Refusal> {
+    /// tenant `name`, with the tenant as loaded, or why not.
+    pub async fn authenticate(
+        &self,
+        name: &str,
+        credential: &str,
+    ) -> Result<(Actor, Tenant), Refusal> {
         let tenant = match self.live_tenant(name).await {
             Ok(tenant) => tenant,
             Err(e) => {
@@ -725,15 +726,18 @@ impl IdentityService {
         // Said only once the credential has proved to be the tenant's: to
         // anyone else, a suspended tenant looks like any other.
         let result = match result {
-            Ok(_) if tenant.state != TenantState::Active => {
-                let why = format!(
-                    "tenant {:?} is {}; its credentials act again once it is resumed",
-                    tenant.name.as_str(),
-                    tenant.state
-                );
-                Err(Refusal { reason: why.clone(), holder: Some(why) })
-            }
-            Err(mut refusal) if refusal.holder.is_none() => {
+            Ok(_) if tenant.state != TenantState::Active => Err(Refusal::told(format!(
+                "tenant {:?} is {}; its credentials act again once it is resumed",
+                tenant.name.as_str(),
+                tenant.state
+            ))),
+            // Perhaps another tenant's genuine token. (An API key was looked
+            // up already, and a token naming this realm verified against it.)
+            Err(mut refusal)
+                if refusal.holder.is_none()
+                    && !credential.starts_with("bh_")
+                    && unverified_issuer(credential) != Some(self.issuer(&tenant.name)) =>
+            {
                 refusal.holder = self
                     .whose(credential)
                     .await
@@ -743,10 +747,13 @@ impl IdentityService {
             }
             other => other,
         };
-        if let Err(refusal) = &result {
-            self.record_refusal(&tenant, &refusal.reason).await;
+        match result {
+            Ok(actor) => Ok((actor, tenant)),
+            Err(refusal) => {
+                self.record_refusal(&tenant, &refusal.reason).await;
+                Err(refusal)
+            }
         }
-        result
     }
 
     /// The tenant whose genuine credential `credential` is, whatever it was
@@ -965,8 +972,13 @@ impl IdentityService {
             .map_err(|e| Refusal::silent(e.to_string()))?
             .ok_or_else(|| Refusal::silent("unknown API key"))?;
         if record.tenant_id != tenant.id {
-            // Its holder is told whose it is by `authenticate`.
-            return Err(Refusal::silent("an API key of another tenant"));
+            let owner = self.store.tenant_by_id(record.tenant_id).await.ok().flatten();
+            return Err(Refusal {
+                reason: "an API key of another tenant".into(),
+                holder: owner.map(|owner| {
+                    Owner { tenant: owner.name.to_string(), kind: "API key" }.reaches_only()
+                }),
+            });
         }
         if record.revoked_at.is_some() {
             return Err(Refusal::told(format!("API key {} was revoked", record.id)));

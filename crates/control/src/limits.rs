@@ -50,6 +50,41 @@ impl RequestRate {
     }
 }
 
+/// What a plan limits the number of, among what a tenant holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Quota {
+    Secrets,
+    ApiKeys,
+    LiveCredentials,
+}
+
+impl Quota {
+    fn allowed(self, quotas: &ControlQuotas) -> u32 {
+        match self {
+            Quota::Secrets => quotas.secrets,
+            Quota::ApiKeys => quotas.api_keys,
+            Quota::LiveCredentials => quotas.live_credentials,
+        }
+    }
+
+    fn what(self) -> &'static str {
+        match self {
+            Quota::Secrets => "secrets",
+            Quota::ApiKeys => "API keys",
+            Quota::LiveCredentials => "live database credentials",
+        }
+    }
+
+    /// What frees one.
+    fn remedy(self) -> &'static str {
+        match self {
+            Quota::Secrets => "delete secrets it no longer needs",
+            Quota::ApiKeys => "revoke keys no longer used (`bulkhead apikeys revoke`)",
+            Quota::LiveCredentials => "revoke those no longer used (`bulkhead creds revoke`)",
+        }
+    }
+}
+
 /// A tenant holds as many of something as its plan allows.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 #[error(
@@ -66,25 +101,18 @@ pub struct QuotaExceeded {
 }
 
 impl QuotaExceeded {
-    /// `Err` when `tenant`, holding `held` of `what`, may not have one more
-    /// on `plan`, which allows `allowed`; `remedy` says what frees one.
-    pub fn check(
-        tenant: &Tenant,
-        plan: &Plan,
-        what: &'static str,
-        held: usize,
-        allowed: u32,
-        remedy: &'static str,
-    ) -> Result<(), Self> {
-        if held < allowed as usize {
+    /// `Err` when `tenant`, holding `held` of `quota`, may not have one more
+    /// on `plan`.
+    pub fn check(tenant: &Tenant, plan: &Plan, quota: Quota, held: usize) -> Result<(), Self> {
+        if held < quota.allowed(&plan.quotas) as usize {
             return Ok(());
         }
         Err(Self {
             tenant: tenant.name.to_string(),
-            what,
+            what: quota.what(),
             held,
             plan: plan.name.to_string(),
-            remedy,
+            remedy: quota.remedy(),
         })
     }
 }

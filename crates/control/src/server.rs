@@ -370,6 +370,7 @@ pub async fn start_with_steps(
         Arc::clone(&clock),
         events.clone(),
         Arc::clone(&metrics),
+        PlanCatalog::builtin(),
     ));
     let identity = Arc::new(IdentityService::new(
         Arc::clone(&store),

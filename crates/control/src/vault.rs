@@ -22,7 +22,7 @@ use crate::{
     clock::Clock,
     credentials::{Access, CredentialError, Credentials, IssuedCredential},
     events::{Actor, EventLog, Unrecorded},
-    limits::QuotaExceeded,
+    limits::{Quota, QuotaExceeded},
     metrics::Metrics,
 };
 
@@ -212,13 +212,9 @@ impl VaultService {
         let keep = plan.map_or(1, |p| p.vault.secret_versions);
         // A new path counts against the plan's quota; a new version of one
         // replaces the oldest beyond `keep`.
-        if let Some(plan) = plan {
-            let paths = self.vault.list(tenant.id).await?;
-            if !paths.iter().any(|p| p.path == path.as_str()) {
-                let remedy = "delete secrets it no longer needs";
-                let allowed = plan.quotas.secrets;
-                QuotaExceeded::check(&tenant, plan, "secrets", paths.len(), allowed, remedy)?;
-            }
+        let paths = self.vault.list(tenant.id).await?;
+        if !paths.iter().any(|p| p.path == path.as_str()) {
+            self.admission.within_quota(&tenant, Quota::Secrets, paths.len())?;
         }
         let result = self
             .vault
@@ -381,28 +377,17 @@ impl VaultService {
             ttl = ttl.min(left);
         }
         self.admit(actor, &tenant, "credential.issue").await?;
-        if let Ok(plan) = self.plans.get(tenant.plan.as_str()) {
-            // Live ones only: an expired lease still being revoked (a stuck
-            // one) costs the tenant nothing.
-            let now = self.clock.now();
-            let live = self
-                .store
-                .leases(tenant.id, false)
-                .await?
-                .iter()
-                .filter(|l| l.expires_at > now)
-                .count();
-            let remedy = "revoke those no longer used (`bulkhead creds revoke`)";
-            let allowed = plan.quotas.live_credentials;
-            QuotaExceeded::check(
-                &tenant,
-                plan,
-                "live database credentials",
-                live,
-                allowed,
-                remedy,
-            )?;
-        }
+        // Live ones only: an expired lease still being revoked (a stuck one)
+        // costs the tenant nothing.
+        let now = self.clock.now();
+        let live = self
+            .store
+            .leases(tenant.id, false)
+            .await?
+            .iter()
+            .filter(|l| l.expires_at > now)
+            .count();
+        self.admission.within_quota(&tenant, Quota::LiveCredentials, live)?;
         let result = self
             .credentials
             .issue(&tenant, access, ttl, &actor.to_string(), self.clock.now())

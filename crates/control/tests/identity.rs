@@ -14,7 +14,8 @@ use bulkhead_control::{
     metrics::Metrics,
 };
 use bulkhead_model::{
-    Isolation, NewTenant, PlanName, RegionName, Tenant, TenantId, TenantName, TenantState,
+    Isolation, NewTenant, PlanCatalog, PlanName, RegionName, Tenant, TenantId, TenantName,
+    TenantState,
 };
 use bulkhead_store::{ControlStore, StoreLocation};
 use bulkhead_vault::{AnomalyDetector, AnomalyPolicy, MasterKeySource, Vault};
@@ -63,6 +64,7 @@ impl Fixture {
                     Arc::new(SystemClock),
                     events.clone(),
                     Arc::new(Metrics::new()),
+                    PlanCatalog::builtin(),
                 )),
             )
             .unwrap(),

@@ -28,8 +28,9 @@ use bulkhead_control::{
     reconciler::Reconciler,
 };
 use bulkhead_model::{
-    DatabaseLocation, DatabasePrefix, DatabaseUrl, Failure, Isolation, NewTenant, PlanName, Region,
-    RegionName, Regions, StepRecord, StepStatus, Tenant, TenantId, TenantName, TenantState,
+    DatabaseLocation, DatabasePrefix, DatabaseUrl, Failure, Isolation, NewTenant, PlanCatalog,
+    PlanName, Region, RegionName, Regions, StepRecord, StepStatus, Tenant, TenantId, TenantName,
+    TenantState,
 };
 use bulkhead_store::{ControlStore, StoreLocation};
 use bulkhead_testkit::TestDatabase;
@@ -100,6 +101,7 @@ impl Fixture {
                     Arc::new(SystemClock),
                     self.events.clone(),
                     Arc::new(Metrics::new()),
+                    PlanCatalog::builtin(),
                 )),
             )
             .unwrap(),

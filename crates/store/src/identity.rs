@@ -168,11 +168,10 @@ pub trait IdentityStore: Send + Sync + fmt::Debug {
     async fn delete_api_keys(&self, tenant: TenantId) -> Result<u64, StoreError>;
 
     /// Revokes, as of `at`, the tenant's unrevoked keys made with a token
-    /// at or before `cutoff`; returns how many.
+    /// at or before then; returns how many.
     async fn revoke_token_made_api_keys(
         &self,
         tenant: TenantId,
-        cutoff: OffsetDateTime,
         at: OffsetDateTime,
     ) -> Result<u64, StoreError>;
 }

@@ -870,6 +870,15 @@ macro_rules! impl_vault_store {
                 .await?)
             }
 
+            async fn is_locked_out(&self, principal: &str) -> Result<bool, $crate::StoreError> {
+                let found: Option<(i32,)> =
+                    sqlx::query_as("SELECT 1 FROM vault_lockouts WHERE principal = $1")
+                        .bind(principal)
+                        .fetch_optional(&self.read)
+                        .await?;
+                Ok(found.is_some())
+            }
+
             async fn insert_lockout(
                 &self,
                 lockout: &$crate::Lockout,
@@ -1208,16 +1217,14 @@ macro_rules! impl_identity_store {
             async fn revoke_token_made_api_keys(
                 &self,
                 tenant: bulkhead_model::TenantId,
-                cutoff: time::OffsetDateTime,
                 at: time::OffsetDateTime,
             ) -> Result<u64, $crate::StoreError> {
                 let result = sqlx::query(
-                    "UPDATE identity_api_keys SET revoked_at = $3 \
+                    "UPDATE identity_api_keys SET revoked_at = $2 \
                      WHERE tenant_id = $1 AND from_token AND created_at <= $2 \
                        AND revoked_at IS NULL",
                 )
                 .bind(tenant.0)
-                .bind(cutoff)
                 .bind(at)
                 .execute(&self.write)
                 .await?;

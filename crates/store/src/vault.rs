@@ -315,6 +315,10 @@ pub trait VaultStore: Send + Sync + fmt::Debug {
 
     async fn lockouts(&self) -> Result<Vec<Lockout>, StoreError>;
 
+    /// Whether `principal` is locked out (by its primary key: cheap enough
+    /// for every admission check).
+    async fn is_locked_out(&self, principal: &str) -> Result<bool, StoreError>;
+
     /// Locks a principal out; a principal already locked out stays so with
     /// its first reason.
     async fn insert_lockout(&self, lockout: &Lockout) -> Result<(), StoreError>;

@@ -343,7 +343,7 @@ async fn api_key_names_are_unique_until_a_key_is_deleted(f: Fixture) {
     let stored = f.store.api_key_by_hash(&by_token.key_hash).await.unwrap().unwrap();
     assert_eq!((stored.from_token, stored.expires_at), (true, by_token.expires_at));
     let later = now() + time::Duration::seconds(1);
-    assert_eq!(f.store.revoke_token_made_api_keys(acme.id, later, later).await.unwrap(), 1);
+    assert_eq!(f.store.revoke_token_made_api_keys(acme.id, later).await.unwrap(), 1);
     let keys = f.store.api_keys(acme.id).await.unwrap();
     let revoked = |name: &str| keys.iter().find(|k| k.name == name).unwrap().revoked_at.is_some();
     assert!(revoked("t") && !revoked("o"));

@@ -550,8 +550,11 @@ async fn leases_and_lockouts_are_recorded(f: Fixture) {
     let again = Lockout { reason: "other".into(), ..lockout.clone() };
     f.store.insert_lockout(&again).await.unwrap();
     assert_eq!(f.store.lockouts().await.unwrap(), [lockout], "the first reason stays");
+    assert!(f.store.is_locked_out("operator:x").await.unwrap());
+    assert!(!f.store.is_locked_out("operator:y").await.unwrap());
     assert!(f.store.delete_lockout("operator:x").await.unwrap());
     assert!(!f.store.delete_lockout("operator:x").await.unwrap());
+    assert!(!f.store.is_locked_out("operator:x").await.unwrap());
 }
 
 async fn sealed_blobs_follow_rotation_adoption_and_shredding(f: Fixture) {

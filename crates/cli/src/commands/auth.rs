@@ -32,27 +32,21 @@ pub async fn run(command: &AuthCommand, global: &GlobalArgs) -> Result<(), CliEr
         }
         AuthCommand::RotateKey { tenant, algorithm } => {
             let rotated = client.rotate_realm_key(tenant, algorithm.as_deref()).await?;
-            if global.output == Output::Json {
-                return output::json(&rotated);
-            }
-            eprintln!(
+            let text = format!(
                 "realm {tenant} now signs with key {}; {} older key(s) stay published until \
                  their tokens expire",
                 rotated.kid, rotated.retired
             );
-            Ok(())
+            output::done(global.output, &rotated, &text)
         }
         AuthCommand::RevokeTokens { tenant } => {
             let revoked = client.revoke_realm_tokens(tenant).await?;
-            if global.output == Output::Json {
-                return output::json(&revoked);
-            }
-            eprintln!(
+            let text = format!(
                 "realm {tenant} refuses every token issued until {}; {} API key(s) made with a \
                  token revoked too (other API keys are unaffected)",
                 revoked.not_before, revoked.api_keys_revoked
             );
-            Ok(())
+            output::done(global.output, &revoked, &text)
         }
         AuthCommand::Keys { tenant } => {
             output::realm_keys(global.output, &client.realm_keys(tenant).await?.keys)
@@ -75,20 +69,17 @@ pub async fn run(command: &AuthCommand, global: &GlobalArgs) -> Result<(), CliEr
                 roles_claim: Some(roles_claim.clone()),
             };
             let trust = client.set_trust(tenant, &request).await?;
-            if global.output == Output::Json {
-                return output::json(&trust);
-            }
-            eprintln!(
+            let text = format!(
                 "tenant {tenant} now accepts tokens of {} (keys from {})",
                 trust.issuer, trust.jwks_url
             );
-            Ok(())
+            output::done(global.output, &trust, &text)
         }
         AuthCommand::Untrust { tenant } => {
             client.remove_trust(tenant).await?;
             output::done(
                 global.output,
-                serde_json::json!({ "tenant": tenant, "trusted": false }),
+                &serde_json::json!({ "tenant": tenant, "trusted": false }),
                 &format!("tenant {tenant} no longer accepts an external provider's tokens"),
             )
         }
@@ -123,7 +114,7 @@ pub async fn apikeys(command: &ApikeysCommand, global: &GlobalArgs) -> Result<()
             client.revoke_api_key(tenant, id).await?;
             output::done(
                 global.output,
-                serde_json::json!({ "tenant": tenant, "revoked": id }),
+                &serde_json::json!({ "tenant": tenant, "revoked": id }),
                 &format!("revoked API key {id}"),
             )
         }

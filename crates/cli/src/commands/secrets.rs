@@ -64,20 +64,17 @@ pub async fn run(command: &SecretsCommand, global: &GlobalArgs) -> Result<(), Cl
             client.delete_secret(tenant, path).await?;
             output::done(
                 global.output,
-                serde_json::json!({ "tenant": tenant, "deleted": path }),
+                &serde_json::json!({ "tenant": tenant, "deleted": path }),
                 &format!("deleted every version of {path}"),
             )
         }
         SecretsCommand::Rewrap { tenant } => {
             let view = client.rewrap(tenant).await?;
-            if global.output == Output::Json {
-                return output::json(&view);
-            }
-            eprintln!(
+            let text = format!(
                 "re-encrypted {} secret version(s) under the latest data key",
                 view.reencrypted
             );
-            Ok(())
+            output::done(global.output, &view, &text)
         }
     }
 }

@@ -139,7 +139,7 @@ async fn delete(
         }
         Found::Gone => {
             let purged = serde_json::json!({ "name": args.name, "purged": true });
-            output::done(global.output, purged, &format!("tenant {} is purged", args.name))?;
+            output::done(global.output, &purged, &format!("tenant {} is purged", args.name))?;
         }
     }
     Ok(())

@@ -41,7 +41,7 @@ pub async fn run(command: &VaultCommand, global: &GlobalArgs) -> Result<(), CliE
                 client.forget_tenant_key(tenant).await?;
                 return output::done(
                     global.output,
-                    serde_json::json!({ "tenant": tenant, "tenant_key_loaded": false }),
+                    &serde_json::json!({ "tenant": tenant, "tenant_key_loaded": false }),
                     &format!(
                         "forgot tenant {tenant}'s key; its secrets are sealed until it is \
                          supplied again"
@@ -56,32 +56,26 @@ pub async fn run(command: &VaultCommand, global: &GlobalArgs) -> Result<(), CliE
                     CliError::usage(format!("cannot read {}: {e}", file.display()))
                 })?);
             let view = client.set_tenant_key(tenant, key).await?;
-            if global.output == Output::Json {
-                return output::json(&view);
-            }
-            if view.adopted {
-                eprintln!(
+            let text = if view.adopted {
+                format!(
                     "tenant {tenant} now has a data key wrapped by its own key ({} secret \
                      version(s) re-encrypted, master-wrapped keys destroyed); keep that key safe: \
                      without it, nobody (operators included) can read its secrets",
                     view.reencrypted
-                );
+                )
             } else {
-                eprintln!("loaded tenant {tenant}'s key");
-            }
-            Ok(())
+                format!("loaded tenant {tenant}'s key")
+            };
+            output::done(global.output, &view, &text)
         }
         VaultCommand::RotateMaster => {
             let view = client.rotate_master().await?;
-            if global.output == Output::Json {
-                return output::json(&view);
-            }
-            eprintln!(
+            let text = format!(
                 "master key rotated from {} to {}; {} data key(s) re-wrapped. Back up the new \
                  master key file now",
                 view.from, view.to, view.rewrapped
             );
-            Ok(())
+            output::done(global.output, &view, &text)
         }
         VaultCommand::Lockouts => {
             output::lockouts(global.output, &client.lockouts().await?.lockouts)
@@ -90,7 +84,7 @@ pub async fn run(command: &VaultCommand, global: &GlobalArgs) -> Result<(), CliE
             client.unlock(principal).await?;
             output::done(
                 global.output,
-                serde_json::json!({ "unlocked": principal }),
+                &serde_json::json!({ "unlocked": principal }),
                 &format!("cleared the lockout of {principal}"),
             )
         }
@@ -138,7 +132,7 @@ async fn unlock_offline(
         .map_err(|e| CliError::failed(e.to_string()))?;
     output::done(
         global.output,
-        serde_json::json!({ "unlocked": principal, "store": store.location() }),
+        &serde_json::json!({ "unlocked": principal, "store": store.location() }),
         &format!("cleared the lockout of {principal} in {}", store.location()),
     )
 }

@@ -9,7 +9,7 @@ use axum::{
     http::{HeaderValue, header},
     response::{IntoResponse, Response},
 };
-use bulkhead_audit::export::{ExportError, Exporter};
+use bulkhead_audit::export::Exporter;
 use bulkhead_vault::ttl::parse_duration;
 use futures_util::StreamExt;
 use serde::Deserialize;
@@ -99,7 +99,7 @@ async fn tail(
 /// line, `{"error":{"code":...,"message":...},"type":"error"}`, which no
 /// verifier accepts and the CLI reports.
 async fn ndjson(mut exporter: Exporter) -> Result<Response, ApiError> {
-    let first = exporter.next_page().await.map_err(export_error)?;
+    let first = exporter.next_page().await?;
     let rest = futures_util::stream::unfold(Some(exporter), |exporter| async move {
         let mut exporter = exporter?;
         match exporter.next_page().await {
@@ -107,7 +107,7 @@ async fn ndjson(mut exporter: Exporter) -> Result<Response, ApiError> {
             Ok(None) => None,
             Err(error) => {
                 tracing::error!(%error, "audit export failed midway");
-                Some((error_line(&export_error(error)), None))
+                Some((error_line(&error.into()), None))
             }
         }
     });
@@ -118,16 +118,6 @@ async fn ndjson(mut exporter: Exporter) -> Result<Response, ApiError> {
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-ndjson"));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     Ok(response)
-}
-
-fn export_error(error: ExportError) -> ApiError {
-    match error {
-        ExportError::Refused(why) => ApiError::new(ErrorCode::AuditStreamBroken, why),
-        ExportError::Store(why) => {
-            tracing::error!(%why, "cannot read the audit stream for an export");
-            ApiError::new(ErrorCode::Unavailable, "the control store is unavailable; retry shortly")
-        }
-    }
 }
 
 /// The error trailer of an export cut short.

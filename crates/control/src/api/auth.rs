@@ -24,7 +24,7 @@ use axum::{
     middleware::Next,
     response::{IntoResponse, Response},
 };
-use bulkhead_model::TenantId;
+use bulkhead_model::Tenant;
 
 use super::{
     AppState,
@@ -55,7 +55,12 @@ pub async fn authenticate(
         Actor::Operator(name.to_owned())
     } else if let Some(tenant) = tenant_in_path(request.uri().path()) {
         match state.identity.authenticate(tenant, presented).await {
-            Ok(actor) => actor,
+            Ok((actor, tenant)) => {
+                if let Some(refused) = over_rate(&state, &tenant) {
+                    return refused;
+                }
+                actor
+            }
             Err(refusal) => {
                 tracing::info!(reason = %refusal.reason, "request refused");
                 return ApiError::unauthorized_because(refusal.holder).into_response();
@@ -68,27 +73,15 @@ pub async fn authenticate(
         });
         return ApiError::unauthorized_because(told).into_response();
     };
-    if let Actor::Tenant { tenant_id, .. } = &actor
-        && let Err(refused) = within_rate(&state, *tenant_id).await
-    {
-        return refused;
-    }
     request.extensions_mut().insert(actor);
     next.run(request).await
 }
 
 /// A tenant's own credentials call the control API at its plan's pace;
-/// above it, `429` with `Retry-After`.
-async fn within_rate(state: &AppState, tenant: TenantId) -> Result<(), Response> {
-    let plans = state.tenants.plans();
-    let quotas = match state.store.tenant_by_id(tenant).await {
-        Ok(Some(tenant)) => match plans.get(tenant.plan.as_str()) {
-            Ok(plan) => plan.quotas.clone(),
-            Err(_) => return Ok(()),
-        },
-        _ => return Ok(()),
-    };
-    let Err(wait) = state.rate.check(tenant, &quotas, Instant::now()) else { return Ok(()) };
+/// above it, the answer: `429` with `Retry-After`.
+fn over_rate(state: &AppState, tenant: &Tenant) -> Option<Response> {
+    let quotas = &state.tenants.plans().get(tenant.plan.as_str()).ok()?.quotas;
+    let wait = state.rate.check(tenant.id, quotas, Instant::now()).err()?;
     let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
     tracing::info!(reason = "over the tenant's request rate", "request refused");
     let message = format!(
@@ -100,7 +93,7 @@ async fn within_rate(state: &AppState, tenant: TenantId) -> Result<(), Response>
     if let Ok(value) = HeaderValue::from_str(&seconds.to_string()) {
         response.headers_mut().insert(RETRY_AFTER, value);
     }
-    Err(response)
+    Some(response)
 }
 
 /// Refuses tenant-scoped credentials: for endpoints that change a tenant's

@@ -10,6 +10,7 @@ use axum::{
     http::{HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
+use bulkhead_audit::export::ExportError;
 use bulkhead_store::StoreError;
 
 use bulkhead_vault::VaultError;
@@ -151,8 +152,12 @@ impl ApiError {
         )
     }
 
+    /// What a 401 says to whoever did not prove to hold a genuine
+    /// credential.
+    pub const UNAUTHORIZED: &'static str = "authentication required";
+
     pub fn unauthorized() -> Self {
-        Self::new(ErrorCode::Unauthorized, "authentication required")
+        Self::new(ErrorCode::Unauthorized, Self::UNAUTHORIZED)
     }
 
     /// A 401 that tells the holder of a genuine credential what is wrong
@@ -266,32 +271,22 @@ impl From<CredentialError> for ApiError {
 impl From<VaultServiceError> for ApiError {
     fn from(error: VaultServiceError) -> Self {
         use ErrorCode::*;
-        let code = match &error {
+        let code = match error {
+            VaultServiceError::Refused(e) => return e.into(),
+            VaultServiceError::Vault(e) => return e.into(),
+            VaultServiceError::Credential(e) => return e.into(),
+            VaultServiceError::Store(ref store) => return store_error(store),
             VaultServiceError::TenantNotFound(_) => TenantNotFound,
             VaultServiceError::InvalidState(_) => InvalidState,
             VaultServiceError::InvalidRequest(_) => InvalidRequest,
-            VaultServiceError::Refused(_) => {
-                return match error {
-                    VaultServiceError::Refused(e) => e.into(),
-                    _ => Self::internal(&error),
-                };
-            }
             VaultServiceError::OperatorOnly
             | VaultServiceError::SelfUnlock(_)
             | VaultServiceError::Forbidden(_) => Forbidden,
             VaultServiceError::LeaseNotFound(_) => LeaseNotFound,
             VaultServiceError::LeaseRevoked(_) => LeaseRevoked,
             VaultServiceError::LockoutNotFound(_) => LockoutNotFound,
-            VaultServiceError::Unrecorded(u) => unrecorded(u),
+            VaultServiceError::Unrecorded(ref u) => unrecorded(u),
             VaultServiceError::Quota(_) => QuotaExceeded,
-            VaultServiceError::Vault(_) | VaultServiceError::Credential(_) => {
-                return match error {
-                    VaultServiceError::Vault(e) => e.into(),
-                    VaultServiceError::Credential(e) => e.into(),
-                    _ => Self::internal(&error),
-                };
-            }
-            VaultServiceError::Store(store) => return store_error(store),
         };
         Self::new(code, error.to_string())
     }
@@ -300,29 +295,19 @@ impl From<VaultServiceError> for ApiError {
 impl From<IdentityError> for ApiError {
     fn from(error: IdentityError) -> Self {
         use ErrorCode::*;
-        let code = match &error {
+        let code = match error {
+            IdentityError::Refused(e) => return e.into(),
+            IdentityError::Vault(e) => return e.into(),
+            IdentityError::Store(ref store) => return store_error(store),
+            IdentityError::Internal(_) => return Self::internal(&error),
             IdentityError::TenantNotFound(_) => TenantNotFound,
             IdentityError::Forbidden(_) => Forbidden,
             IdentityError::InvalidRequest(_) => InvalidRequest,
             IdentityError::Conflict(_) => Conflict,
             IdentityError::ApiKeyNotFound(_) => ApiKeyNotFound,
             IdentityError::NoRealm(_) | IdentityError::NoSigningKey(_) => InvalidState,
-            IdentityError::Unrecorded(u) => unrecorded(u),
+            IdentityError::Unrecorded(ref u) => unrecorded(u),
             IdentityError::Quota(_) => QuotaExceeded,
-            IdentityError::Refused(_) => {
-                return match error {
-                    IdentityError::Refused(e) => e.into(),
-                    _ => Self::internal(&error),
-                };
-            }
-            IdentityError::Vault(_) => {
-                return match error {
-                    IdentityError::Vault(e) => e.into(),
-                    _ => Self::internal(&error),
-                };
-            }
-            IdentityError::Store(store) => return store_error(store),
-            IdentityError::Internal(_) => return Self::internal(&error),
         };
         Self::new(code, error.to_string())
     }
@@ -331,7 +316,12 @@ impl From<IdentityError> for ApiError {
 impl From<AuditServiceError> for ApiError {
     fn from(error: AuditServiceError) -> Self {
         use ErrorCode::*;
-        let code = match &error {
+        let code = match error {
+            AuditServiceError::Export(e) => return e.into(),
+            AuditServiceError::Refused(e) => return e.into(),
+            AuditServiceError::Vault(e) => return e.into(),
+            AuditServiceError::Store(ref store) => return store_error(store),
+            AuditServiceError::Internal(_) => return Self::internal(&error),
             AuditServiceError::TenantNotFound(_) => TenantNotFound,
             AuditServiceError::Forbidden(_) => Forbidden,
             // Tenant credentials never reach platform paths; this is an
@@ -339,30 +329,23 @@ impl From<AuditServiceError> for ApiError {
             AuditServiceError::PlatformOnly => Unauthorized,
             AuditServiceError::NoKey(_) => InvalidState,
             AuditServiceError::InvalidRequest(_) => InvalidRequest,
-            AuditServiceError::Unrecorded(u) => unrecorded(u),
-            AuditServiceError::Export(bulkhead_audit::export::ExportError::Refused(_)) => {
-                AuditStreamBroken
-            }
-            AuditServiceError::Export(bulkhead_audit::export::ExportError::Store(_)) => {
-                tracing::error!(%error, "cannot read the audit stream for an export");
-                return Self::new(Unavailable, "the control store is unavailable; retry shortly");
-            }
-            AuditServiceError::Refused(_) => {
-                return match error {
-                    AuditServiceError::Refused(e) => e.into(),
-                    _ => Self::internal(&error),
-                };
-            }
-            AuditServiceError::Vault(_) => {
-                return match error {
-                    AuditServiceError::Vault(e) => e.into(),
-                    _ => Self::internal(&error),
-                };
-            }
-            AuditServiceError::Store(store) => return store_error(store),
-            AuditServiceError::Internal(_) => return Self::internal(&error),
+            AuditServiceError::Unrecorded(ref u) => unrecorded(u),
         };
         Self::new(code, error.to_string())
+    }
+}
+
+/// An export refused (the stream is not what Bulkhead wrote) or cut short
+/// by the store.
+impl From<ExportError> for ApiError {
+    fn from(error: ExportError) -> Self {
+        match error {
+            ExportError::Refused(why) => Self::new(ErrorCode::AuditStreamBroken, why),
+            ExportError::Store(why) => {
+                tracing::error!(%why, "cannot read the audit stream for an export");
+                Self::new(ErrorCode::Unavailable, "the control store is unavailable; retry shortly")
+            }
+        }
     }
 }
 
