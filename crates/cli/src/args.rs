@@ -87,6 +87,10 @@ pub enum Command {
     /// API keys for tenants' services
     #[command(subcommand)]
     Apikeys(ApikeysCommand),
+    /// Tenants' APIs: what the gateway routes, to which upstreams, under
+    /// which policy
+    #[command(subcommand)]
+    Apis(ApisCommand),
     /// Tenants' audit streams: read, export, verify offline
     #[command(subcommand)]
     Audit(AuditCommand),
@@ -254,6 +258,83 @@ pub enum ApikeysCommand {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum ApisCommand {
+    /// Create an API: a path prefix on the tenant's host and the upstreams
+    /// behind it
+    Create(Box<CreateApiArgs>),
+    /// List a tenant's APIs
+    List {
+        #[arg(long)]
+        tenant: String,
+    },
+    /// Show one API
+    Get {
+        #[arg(long)]
+        tenant: String,
+        name: String,
+    },
+    /// Delete an API; the gateway stops routing to it at once
+    Delete {
+        #[arg(long)]
+        tenant: String,
+        name: String,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CreateApiArgs {
+    #[arg(long)]
+    pub tenant: String,
+    /// The API's name within the tenant
+    pub name: String,
+    /// The path it serves, e.g. /orders (matched on segment boundaries)
+    #[arg(long)]
+    pub prefix: String,
+    /// http://host:port or unix:/path (repeatable: taken in turn)
+    #[arg(long = "upstream", value_name = "URL", required = true)]
+    pub upstreams: Vec<String>,
+    /// How to talk to the upstreams: http1 or h2c [default: http1]
+    #[arg(long, value_name = "PROTOCOL")]
+    pub protocol: Option<String>,
+    /// Remove the prefix before the request goes upstream
+    #[arg(long)]
+    pub strip_prefix: bool,
+    /// An allowed method (repeatable) [default: all]
+    #[arg(long = "method", value_name = "METHOD")]
+    pub methods: Vec<String>,
+    /// Take requests without a credential (listed as public)
+    #[arg(long)]
+    pub public: bool,
+    /// A role the caller needs, or a stronger one (repeatable)
+    #[arg(long = "role", value_name = "ROLE", value_parser = parse_role)]
+    pub roles: Vec<bulkhead_identity::Role>,
+    /// The audience tokens must name [default: the tenant's application audience]
+    #[arg(long)]
+    pub audience: Option<String>,
+    /// Requests a minute for this API, within the tenant's own limit
+    #[arg(long, value_name = "N", requires = "burst")]
+    pub rate_limit: Option<u32>,
+    /// Requests that may come at once above that pace
+    #[arg(long, value_name = "N", requires = "rate_limit")]
+    pub burst: Option<u32>,
+    /// Largest request body, in bytes [default: 10485760]
+    #[arg(long, value_name = "BYTES")]
+    pub max_body_bytes: Option<u64>,
+    /// What goes to the tenant's audit stream: off, denied or all [default: denied]
+    #[arg(long, value_name = "LEVEL")]
+    pub audit: Option<String>,
+    /// Longest wait for a connection to an upstream, e.g. 2s
+    #[arg(long, value_name = "DURATION")]
+    pub connect_timeout: Option<String>,
+    /// Longest wait for the upstream's response headers, e.g. 30s
+    #[arg(long, value_name = "DURATION")]
+    pub response_timeout: Option<String>,
+    /// Longest silence on a body once the response started, e.g. 60s
+    #[arg(long, value_name = "DURATION")]
+    pub idle_timeout: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
 pub enum SecretsCommand {
     /// Store a new version of a secret. The value is read from standard
     /// input (or --file), never from the command line
@@ -395,8 +476,8 @@ pub struct ServeArgs {
     /// Address of the control API [default: 127.0.0.1:7070]
     #[arg(long, env = env::API_LISTEN, value_name = "ADDR")]
     pub api_listen: Option<String>,
-    /// Address of the tenant gateway (reserved: the gateway is not built
-    /// yet) [default: 0.0.0.0:8080]
+    /// Address the gateway takes tenants' traffic on; loopback unless you
+    /// expose it (0.0.0.0:8080) [default: 127.0.0.1:8080]
     #[arg(long, env = env::GATEWAY_LISTEN, value_name = "ADDR")]
     pub gateway_listen: Option<String>,
     /// Domain that tenants' subdomains hang under [default: localhost]

@@ -6,14 +6,15 @@ use bulkhead_control::api::{
     audit::EventList,
     error::ApiError,
     types::{
-        ApiKeyCreated, ApiKeyList, CreateApiKeyRequest, CreateTenantRequest, CredentialView,
-        ErrorBody, IssueCredentialRequest, IssueTokenRequest, KeyStatusView, LeaseList, LeaseView,
-        LockoutList, MasterRotationView, PlanList, RealmKeyList, RevokedTokensView, RewrapView,
-        RotateKeyView, RotateRealmKeyView, SecretList, SecretWritten, ServerStatus,
-        TenantKeyRequest, TenantKeyView, TenantList, TenantView, TokenView, TrustRequest,
-        TrustView,
+        ApiApplied, ApiKeyCreated, ApiKeyList, ApiList, CreateApiKeyRequest, CreateTenantRequest,
+        CredentialView, ErrorBody, IssueCredentialRequest, IssueTokenRequest, KeyStatusView,
+        LeaseList, LeaseView, LockoutList, MasterRotationView, PlanList, RealmKeyList,
+        RevokedTokensView, RewrapView, RotateKeyView, RotateRealmKeyView, SecretList,
+        SecretWritten, ServerStatus, TenantKeyRequest, TenantKeyView, TenantList, TenantView,
+        TokenView, TrustRequest, TrustView,
     },
 };
+use bulkhead_model::ApiSpec;
 use reqwest::{Method, RequestBuilder, StatusCode, Url};
 use serde::{Serialize, de::DeserializeOwned};
 use zeroize::Zeroizing;
@@ -460,6 +461,24 @@ impl ApiClient {
 
     pub async fn remove_trust(&self, tenant: &str) -> Result<(), CliError> {
         let url = self.url(&["v1", "tenants", tenant, "realm", "trust"])?;
+        self.send(self.http.delete(url)).await.map(|_| ())
+    }
+
+    pub async fn create_api(&self, tenant: &str, spec: &ApiSpec) -> Result<ApiApplied, CliError> {
+        let url = self.url(&["v1", "tenants", tenant, "apis"])?;
+        self.call_json(Method::POST, url, spec).await
+    }
+
+    pub async fn apis(&self, tenant: &str) -> Result<ApiList, CliError> {
+        self.call(Method::GET, self.url(&["v1", "tenants", tenant, "apis"])?, &[]).await
+    }
+
+    pub async fn api(&self, tenant: &str, name: &str) -> Result<ApiSpec, CliError> {
+        self.call(Method::GET, self.url(&["v1", "tenants", tenant, "apis", name])?, &[]).await
+    }
+
+    pub async fn delete_api(&self, tenant: &str, name: &str) -> Result<(), CliError> {
+        let url = self.url(&["v1", "tenants", tenant, "apis", name])?;
         self.send(self.http.delete(url)).await.map(|_| ())
     }
 

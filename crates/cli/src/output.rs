@@ -6,7 +6,7 @@ use bulkhead_control::api::types::{
     ApiKeyView, CredentialView, KeyStatusView, LeaseView, LockoutView, RealmKeyView,
     SecretSummaryView, SecretWritten, ServerStatus, StepState, TenantView,
 };
-use bulkhead_model::Plan;
+use bulkhead_model::{ApiAuth, ApiSpec, Plan};
 use serde::Serialize;
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 
@@ -177,8 +177,10 @@ pub fn plans(format: Output, plans: &[Plan]) -> Result<(), CliError> {
                 p.name.to_string(),
                 p.default_isolation.to_string(),
                 format!(
-                    "{}/min x{}",
-                    p.rate_limit.requests_per_minute, p.rate_limit.burst_multiplier
+                    "{}/min +{}, {} in flight",
+                    p.gateway.rate_limit.requests_per_minute,
+                    p.gateway.rate_limit.burst,
+                    p.gateway.max_in_flight
                 ),
                 format!("${} / ${}", p.cost_caps.soft_usd, p.cost_caps.hard_usd),
                 format!("{}d", p.audit_retention_days),
@@ -339,6 +341,35 @@ pub fn realm_keys(format: Output, keys: &[RealmKeyView]) -> Result<(), CliError>
         })
         .collect();
     println!("{}", table(&["KID", "ALG", "STATE", "CREATED", "LEAVES JWKS"], &rows));
+    Ok(())
+}
+
+pub fn apis(format: Output, apis: &[ApiSpec]) -> Result<(), CliError> {
+    if format == Output::Json {
+        return json(&apis);
+    }
+    let rows: Vec<Vec<String>> = apis
+        .iter()
+        .map(|a| {
+            let upstreams: Vec<String> = a.upstreams.iter().map(ToString::to_string).collect();
+            let roles: Vec<&str> = a.roles.iter().map(|r| r.as_str()).collect();
+            vec![
+                a.name.to_string(),
+                a.prefix.as_str().to_owned(),
+                upstreams.join(","),
+                match a.auth {
+                    ApiAuth::Required if roles.is_empty() => "required".to_owned(),
+                    ApiAuth::Required => format!("required: {}", roles.join(",")),
+                    ApiAuth::Public => "PUBLIC".to_owned(),
+                },
+                a.rate_limit.map_or_else(
+                    || "tenant's".to_owned(),
+                    |r| format!("{}/min +{}", r.requests_per_minute, r.burst),
+                ),
+            ]
+        })
+        .collect();
+    println!("{}", table(&["NAME", "PREFIX", "UPSTREAMS", "AUTH", "RATE LIMIT"], &rows));
     Ok(())
 }
 

@@ -44,6 +44,17 @@ struct FileConfig {
     identity: FileIdentity,
     #[serde(default)]
     audit: FileAudit,
+    #[serde(default)]
+    gateway: FileGateway,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileGateway {
+    /// A client that has not sent a whole request head within this is cut.
+    header_read_timeout: Option<String>,
+    /// The largest request head, in bytes.
+    max_header_bytes: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -102,7 +113,7 @@ pub struct ServeSettings {
 }
 
 const DEFAULT_API_LISTEN: &str = "127.0.0.1:7070";
-const DEFAULT_GATEWAY_LISTEN: &str = "0.0.0.0:8080";
+const DEFAULT_GATEWAY_LISTEN: &str = "127.0.0.1:8080";
 
 impl ServeSettings {
     pub fn load(args: &ServeArgs, data_dir_flag: Option<&Path>) -> Result<Self, CliError> {
@@ -181,6 +192,19 @@ impl ServeSettings {
             }
             audit.checkpoint_every = every;
         }
+        let mut gateway = bulkhead_gateway::Settings::default();
+        if let Some(timeout) = file.gateway.header_read_timeout.as_deref() {
+            gateway.header_read_timeout = parse_duration(timeout)
+                .map_err(|e| CliError::usage(format!("gateway.header_read_timeout: {e}")))?;
+        }
+        if let Some(bytes) = file.gateway.max_header_bytes {
+            if !(8_192..=1_048_576).contains(&bytes) {
+                return Err(CliError::usage(format!(
+                    "gateway.max_header_bytes is {bytes}; give 8192 to 1048576"
+                )));
+            }
+            gateway.max_header_bytes = bytes;
+        }
         if let Some(interval) = file.audit.checkpoint_interval.as_deref() {
             audit.checkpoint_interval = parse_duration(interval)
                 .map_err(|e| CliError::usage(format!("audit.checkpoint_interval: {e}")))?;
@@ -196,6 +220,7 @@ impl ServeSettings {
                 store,
                 api_listen,
                 gateway_listen,
+                gateway,
                 base_domain,
                 public_url,
                 insecure_jwks_hosts: if args.insecure_jwks_hosts.is_empty() {

@@ -18,8 +18,10 @@ pub struct Config {
     /// Where the control API listens; port 0 picks a free port, which is
     /// then written to `<data-dir>/api.url`.
     pub api_listen: SocketAddr,
-    /// Reserved for the tenant-aware gateway; not bound yet.
+    /// Where the gateway takes tenants' traffic; port 0 picks a free port.
     pub gateway_listen: SocketAddr,
+    /// How the gateway treats its clients.
+    pub gateway: bulkhead_gateway::Settings,
     pub base_domain: BaseDomain,
     /// How clients reach this server (`https://bulkhead.example.com`):
     /// realms' issuers are `<public_url>/realms/<tenant>`. Defaults to the
@@ -53,6 +55,7 @@ impl Config {
             store: StoreLocation::Sqlite(data_dir.join("bulkhead.db")),
             api_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             gateway_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            gateway: bulkhead_gateway::Settings::default(),
             base_domain: BaseDomain::default(),
             public_url: None,
             insecure_jwks_hosts: Vec::new(),

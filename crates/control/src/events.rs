@@ -12,7 +12,10 @@ use bulkhead_model::{Tenant, TenantId};
 use bulkhead_store::AuditStore;
 use serde_json::Value;
 
-use crate::clock::Clock;
+use crate::{
+    clock::Clock,
+    gateway::{ConfigChanges, affects_gateway},
+};
 
 /// Who did something.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -152,11 +155,19 @@ fn printable(text: &str) -> String {
 pub struct EventLog {
     audit: AuditLog,
     clock: Arc<dyn Clock>,
+    /// Told of every tenant whose recorded change the gateway must see.
+    changes: Option<ConfigChanges>,
 }
 
 impl EventLog {
     pub fn new(audit: AuditLog, clock: Arc<dyn Clock>) -> Self {
-        Self { audit, clock }
+        Self { audit, clock, changes: None }
+    }
+
+    /// This log, telling `changes` of each tenant whose recorded action
+    /// changes what the gateway serves.
+    pub fn with_changes(self, changes: ConfigChanges) -> Self {
+        Self { changes: Some(changes), ..self }
     }
 
     /// Starts the audit writer over `store`, its checkpoints signed by
@@ -263,6 +274,12 @@ impl EventLog {
             }),
             _ => None,
         };
+        // Whether or not it was recorded, the action happened.
+        if let (Some(changes), Some(tenant)) = (&self.changes, tenant)
+            && affects_gateway(action)
+        {
+            changes.tenant(tenant);
+        }
         let mut result = Ok(());
         for event in std::iter::once(event).chain(mirror) {
             if let Err(error) = self.audit.append(event).await {

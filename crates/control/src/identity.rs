@@ -32,7 +32,7 @@ use crate::{
     clock::Clock,
     events::{Actor, EventLog, Unrecorded},
     limits::Quota,
-    provider_keys::{KeySet, ProviderKeys},
+    provider_keys::ProviderKeys,
 };
 
 /// A realm's token lifetimes: 1 h unless asked, never above 24 h.
@@ -161,6 +161,11 @@ pub struct TrustConfig {
     pub role_map: HashMap<String, Role>,
 }
 
+/// [`IdentityService::app_audience`] of the realm with issuer `issuer`.
+pub fn app_audience(issuer: &str) -> String {
+    format!("{issuer}/apps")
+}
+
 fn label(kid: &str) -> String {
     format!("identity/realm-key/{kid}")
 }
@@ -203,6 +208,13 @@ impl IdentityService {
     /// that a token minted for the tenant's own application cannot.
     pub fn control_audience(&self) -> String {
         format!("{}/v1", self.public_url)
+    }
+
+    /// The audience of a token minted for the tenant's own applications,
+    /// which the gateway requires unless an API names its own:
+    /// `<issuer>/apps`.
+    pub fn app_audience(&self, tenant: &TenantName) -> String {
+        app_audience(&self.issuer(tenant))
     }
 
     // ---- realm lifecycle (provisioning steps) -------------------------------
@@ -337,20 +349,66 @@ impl IdentityService {
     /// How the tenant's own tokens are verified when they call the control
     /// API: they must name its audience.
     async fn realm_trust(&self, tenant: &Tenant) -> Result<Trust> {
-        let mut keys = HashMap::new();
-        for record in self.published_keys(tenant).await? {
-            let jwk: Jwk = serde_json::from_str(&record.public_jwk).map_err(internal)?;
-            keys.insert(record.kid, VerifyingKey::from_jwk(&jwk).map_err(internal)?);
-        }
+        let keys = self.store.realm_keys(tenant.id).await?;
         let realm = self.store.realm(tenant.id).await?;
+        self.realm_trust_from(tenant, &keys, realm.as_ref(), Some(self.control_audience()))
+    }
+
+    /// How the tenant's realm tokens verify, from its stored keys and realm:
+    /// with `audience`, only tokens naming it. Keys past `remove_after` are
+    /// left out.
+    pub fn realm_trust_from(
+        &self,
+        tenant: &Tenant,
+        keys: &[RealmKeyRecord],
+        realm: Option<&RealmRecord>,
+        audience: Option<String>,
+    ) -> Result<Trust> {
+        let now = self.clock.now();
+        let mut verifying = HashMap::new();
+        for record in keys.iter().filter(|k| k.remove_after.is_none_or(|at| at > now)) {
+            let jwk: Jwk = serde_json::from_str(&record.public_jwk).map_err(internal)?;
+            verifying.insert(record.kid.clone(), VerifyingKey::from_jwk(&jwk).map_err(internal)?);
+        }
         Ok(Trust {
             tenant_id: tenant.id.0,
             issuer: self.issuer(&tenant.name),
-            keys,
+            keys: verifying,
             algorithms: Algorithm::REALM.to_vec(),
-            audience: Some(self.control_audience()),
+            audience,
             not_before: realm.and_then(|r| r.tokens_not_before).map(|t| t.unix_timestamp()),
             claims: ClaimMapping::Realm,
+        })
+    }
+
+    /// How tokens of the provider `record` trusts verify for the tenant,
+    /// with the provider's keys as cached (`refresh`: fetched again, at
+    /// most so often).
+    pub async fn external_trust(
+        &self,
+        tenant: &Tenant,
+        record: &TrustRecord,
+        refresh: bool,
+    ) -> Result<Trust, String> {
+        let role_map: HashMap<String, Role> =
+            serde_json::from_str::<HashMap<String, String>>(&record.role_map)
+                .map_err(|e| format!("stored role map: {e}"))?
+                .into_iter()
+                .filter_map(|(value, role)| Some((value, Role::parse(&role)?)))
+                .collect();
+        let keys = self.providers.keys(tenant.id.0, &record.jwks_url, refresh).await?;
+        Ok(Trust {
+            tenant_id: tenant.id.0,
+            issuer: record.issuer.clone(),
+            keys,
+            algorithms: Algorithm::EXTERNAL.to_vec(),
+            audience: Some(record.audience.clone()),
+            not_before: None,
+            claims: ClaimMapping::External {
+                subject: record.subject_claim.clone(),
+                roles: record.roles_claim.clone(),
+                role_map,
+            },
         })
     }
 
@@ -426,6 +484,8 @@ impl IdentityService {
         let mut audience = request.audience;
         if request.control_api {
             audience.push(self.control_audience());
+        } else if audience.is_empty() {
+            audience.push(self.app_audience(&tenant.name));
         }
         audience.dedup();
         let claims = RealmClaims {
@@ -715,7 +775,7 @@ impl IdentityService {
                 // The unverified `iss` only chooses which keys to check the
                 // token against; those keys then decide.
                 Ok(Some(trust))
-                    if unverified_issuer(credential).as_deref() == Some(&trust.issuer) =>
+                    if jws::unverified_issuer(credential).as_deref() == Some(&trust.issuer) =>
                 {
                     self.external_actor(&tenant, credential, &trust).await
                 }
@@ -736,7 +796,7 @@ impl IdentityService {
             Err(mut refusal)
                 if refusal.holder.is_none()
                     && !credential.starts_with("bh_")
-                    && unverified_issuer(credential) != Some(self.issuer(&tenant.name)) =>
+                    && jws::unverified_issuer(credential) != Some(self.issuer(&tenant.name)) =>
             {
                 refusal.holder = self
                     .whose(credential)
@@ -768,7 +828,7 @@ impl IdentityService {
             let tenant = self.store.tenant_by_id(record.tenant_id).await.ok()??;
             return Some(Owner { tenant: tenant.name.to_string(), kind: "API key" });
         }
-        let issuer = unverified_issuer(credential)?;
+        let issuer = jws::unverified_issuer(credential)?;
         let name = issuer.strip_prefix(&format!("{}/realms/", self.public_url))?;
         let tenant = self.live_tenant(name).await.ok()?;
         let trust = self.realm_trust(&tenant).await.ok()?;
@@ -828,39 +888,12 @@ impl IdentityService {
         record: &TrustRecord,
     ) -> Result<Actor, Refusal> {
         let now = self.clock.now().unix_timestamp();
-        let role_map: HashMap<String, Role> =
-            serde_json::from_str::<HashMap<String, String>>(&record.role_map)
-                .map_err(|e| Refusal::silent(format!("stored role map: {e}")))?
-                .into_iter()
-                .filter_map(|(value, role)| Some((value, Role::parse(&role)?)))
-                .collect();
-        let trust = |keys: KeySet| Trust {
-            tenant_id: tenant.id.0,
-            issuer: record.issuer.clone(),
-            keys,
-            algorithms: Algorithm::EXTERNAL.to_vec(),
-            audience: Some(record.audience.clone()),
-            not_before: None,
-            claims: ClaimMapping::External {
-                subject: record.subject_claim.clone(),
-                roles: record.roles_claim.clone(),
-                role_map: role_map.clone(),
-            },
-        };
-        let keys = self
-            .providers
-            .keys(tenant.id.0, &record.jwks_url, false)
-            .await
-            .map_err(Refusal::silent)?;
-        let mut result = self.cache.verify(token, &trust(keys), now);
+        let trust = self.external_trust(tenant, record, false).await.map_err(Refusal::silent)?;
+        let mut result = self.cache.verify(token, &trust, now);
         if let Err(Rejected { reason: bulkhead_identity::Reason::UnknownKid(_) }) = &result {
             // The provider may have rotated: fetch again, at most so often.
-            let keys = self
-                .providers
-                .keys(tenant.id.0, &record.jwks_url, true)
-                .await
-                .map_err(Refusal::silent)?;
-            result = self.cache.verify(token, &trust(keys), now);
+            let trust = self.external_trust(tenant, record, true).await.map_err(Refusal::silent)?;
+            result = self.cache.verify(token, &trust, now);
         }
         let verified = result.map_err(|Rejected { reason }| {
             let mint = "the audience this tenant's trust of its identity provider names";
@@ -1093,11 +1126,4 @@ fn signed(reason: &bulkhead_identity::Reason) -> bool {
             | Reason::Revoked
             | Reason::Claim(_)
     )
-}
-
-/// The `iss` of a token, read without verifying it.
-fn unverified_issuer(token: &str) -> Option<String> {
-    let parts = jws::decode(token).ok()?;
-    let claims: serde_json::Value = serde_json::from_slice(&parts.payload).ok()?;
-    claims.get("iss")?.as_str().map(str::to_owned)
 }

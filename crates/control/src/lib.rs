@@ -10,12 +10,14 @@
 
 pub mod admission;
 pub mod api;
+pub mod apis;
 pub mod audit;
 pub mod clock;
 pub mod config;
 pub mod credentials;
 pub mod data_dir;
 pub mod events;
+pub mod gateway;
 pub mod identity;
 pub mod limits;
 pub mod metrics;

@@ -21,15 +21,19 @@ use bulkhead_vault::{AnomalyDetector, Vault, VaultError};
 use thiserror::Error;
 use tokio::{sync::watch, task::JoinHandle};
 
+use bulkhead_gateway::{Gateway, Snapshot};
+
 use crate::{
     admission::Admission,
     api::{self, AppState},
+    apis::ApiService,
     audit::{self, AuditKeys, AuditService, AuditServiceError},
     clock::{Clock, SystemClock},
     config::Config,
     credentials::Credentials,
     data_dir::{DataDir, DataDirError, write_private},
     events::EventLog,
+    gateway::{self, ConfigChanges, GatewayFeed},
     identity::IdentityService,
     metrics::Metrics,
     operator_token::{OperatorTokenError, OperatorTokens},
@@ -60,6 +64,15 @@ pub enum StartError {
          BULKHEAD_API_LISTEN)"
     )]
     Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "cannot listen for gateway traffic on {addr}: {source}; choose another address with \
+         --gateway-listen (or BULKHEAD_GATEWAY_LISTEN)"
+    )]
+    GatewayBind {
         addr: SocketAddr,
         #[source]
         source: std::io::Error,
@@ -95,9 +108,15 @@ pub struct RunningServer {
     reconciler: JoinHandle<()>,
     lock_keeper: JoinHandle<()>,
     jobs: Vec<JoinHandle<()>>,
+    /// The gateway's server and the task that keeps its snapshot current.
+    gateway: [JoinHandle<()>; 2],
     audit: (AuditLog, JoinHandle<()>),
     _data_dir: DataDir,
 }
+
+/// How often the gateway's whole snapshot is rebuilt, besides each
+/// changed tenant's entry at once.
+const GATEWAY_REBUILD_EVERY: Duration = Duration::from_secs(30);
 
 /// How often the store lock is checked.
 const LOCK_CHECK_EVERY: Duration = Duration::from_secs(2);
@@ -125,7 +144,7 @@ impl RunningServer {
         if let Ok(Err(error)) = self.http.await {
             tracing::warn!(%error, "API server ended with an error");
         }
-        for job in self.jobs {
+        for job in self.jobs.into_iter().chain(self.gateway) {
             let _ = job.await;
         }
         // Last: whatever was recorded until now is written and signed.
@@ -350,11 +369,13 @@ pub async fn start_with_steps(
             StartError::Witness { path: config.audit_witness_dir.display().to_string(), source }
         })?),
     ];
+    let changes = ConfigChanges::default();
     let (events, audit_writer) = {
         let keyring: Arc<dyn KeyRing> = audit_keys.clone();
         let settings = config.audit.clone();
         EventLog::start(store.clone(), keyring, witnesses.clone(), Arc::clone(&clock), settings)
     };
+    let events = events.with_changes(changes.clone());
     let audit_log = events.audit().clone();
     let listener = tokio::net::TcpListener::bind(config.api_listen)
         .await
@@ -362,6 +383,10 @@ pub async fn start_with_steps(
     let api_addr = listener
         .local_addr()
         .map_err(|source| StartError::Bind { addr: config.api_listen, source })?;
+    let gateway_bind = |source| StartError::GatewayBind { addr: config.gateway_listen, source };
+    let gateway_listener =
+        tokio::net::TcpListener::bind(config.gateway_listen).await.map_err(gateway_bind)?;
+    let gateway_addr = gateway_listener.local_addr().map_err(gateway_bind)?;
     let public_url = config.public_url.clone().unwrap_or_else(|| format!("http://{api_addr}"));
     let metrics = Arc::new(Metrics::new());
     let admission = Arc::new(Admission::new(
@@ -424,6 +449,7 @@ pub async fn start_with_steps(
         Arc::clone(&metrics),
         events.clone(),
     ));
+    let apis = Arc::new(ApiService::new(Arc::clone(&store), Arc::clone(&clock), events.clone()));
     let audit = Arc::new(AuditService::new(
         Arc::clone(&store),
         audit_keys,
@@ -433,9 +459,22 @@ pub async fn start_with_steps(
         admission,
         witnesses,
     ));
+    let feed = Arc::new(GatewayFeed::new(
+        Arc::clone(&store),
+        Arc::clone(&identity),
+        PlanCatalog::builtin(),
+        &config.base_domain,
+    ));
+    let gateway = {
+        let clock = Arc::clone(&clock);
+        let now = Arc::new(move || clock.now().unix_timestamp());
+        Gateway::new(Snapshot::empty(feed.domain()), config.gateway.clone(), now)
+    };
+    gateway::rebuild(&gateway, &feed).await?;
     let reconciler_done = Arc::new(AtomicBool::new(false));
     let state = AppState {
         tenants,
+        apis,
         vault: Arc::clone(&vault),
         identity: Arc::clone(&identity),
         audit: Arc::clone(&audit),
@@ -449,7 +488,7 @@ pub async fn start_with_steps(
         about: Arc::new(crate::api::types::ServerStatus {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             api_url: public_url.clone(),
-            gateway_url: None,
+            gateway_url: Some(format!("http://{gateway_addr}")),
             store: store.location(),
             data_dir: data_dir.path().display().to_string(),
             tenants: Default::default(),
@@ -467,6 +506,16 @@ pub async fn start_with_steps(
     let (fatal_tx, fatal) = watch::channel(None);
     let lock_keeper = tokio::spawn(keep_lock(store_lock, Arc::clone(&shutdown), fatal_tx));
     let jobs = spawn_jobs(&vault, &identity, &audit, &config, &shutdown_rx);
+    let gateway = [
+        tokio::spawn(Arc::clone(&gateway).serve(gateway_listener, shutdown_rx.clone())),
+        tokio::spawn(gateway::follow(
+            gateway,
+            feed,
+            changes,
+            shutdown_rx.clone(),
+            GATEWAY_REBUILD_EVERY,
+        )),
+    ];
     let reconciler = {
         let shutdown = shutdown_rx.clone();
         tokio::spawn(async move {
@@ -488,6 +537,7 @@ pub async fn start_with_steps(
     };
     tracing::info!(
         api = %format!("http://{api_addr}"),
+        gateway = %format!("http://{gateway_addr}"),
         store = %store.location(),
         data_dir = %data_dir.path().display(),
         "control plane ready"
@@ -499,6 +549,7 @@ pub async fn start_with_steps(
         reconciler,
         lock_keeper,
         jobs,
+        gateway,
         audit: (audit_log, audit_writer),
         _data_dir: data_dir,
     })

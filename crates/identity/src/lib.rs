@@ -5,10 +5,14 @@
 pub mod claims;
 pub mod jws;
 pub mod keys;
-pub mod roles;
 pub mod verify;
 
+pub use bulkhead_model::{Permission, Role};
 pub use claims::RealmClaims;
 pub use keys::{Algorithm, Jwk, KeyError, SigningKey, VerifyingKey};
-pub use roles::{Permission, Role};
+
+/// Roles live in the model, which the gateway and control share.
+pub mod roles {
+    pub use bulkhead_model::{Permission, Role, allows};
+}
 pub use verify::{ClaimMapping, Reason, Rejected, Trust, Verified, VerifiedCache, verify};

@@ -61,6 +61,15 @@ pub struct Verified {
     pub expires_at: i64,
     pub issued_at: Option<i64>,
     pub kid: String,
+    /// The token's `aud`, as a list: a gateway route may require one of
+    /// its own after the token verified for the tenant.
+    pub audience: Vec<String>,
+}
+
+impl Verified {
+    pub fn names_audience(&self, audience: &str) -> bool {
+        self.audience.iter().any(|a| a == audience)
+    }
 }
 
 /// Why a token was refused. Callers log it and answer with one uniform
@@ -165,15 +174,17 @@ pub fn verify(token: &str, trust: &Trust, now: i64) -> Result<Verified, Rejected
     if !not_revoked(trust, issued_at) {
         return reject(Reason::Revoked);
     }
-    if let Some(audience) = &trust.audience {
-        let matches = match claims.get("aud") {
-            Some(Value::String(aud)) => aud == audience,
-            Some(Value::Array(auds)) => auds.iter().any(|a| a.as_str() == Some(audience)),
-            _ => false,
-        };
-        if !matches {
-            return reject(Reason::Audience);
+    let audiences: Vec<String> = match claims.get("aud") {
+        Some(Value::String(aud)) => vec![aud.clone()],
+        Some(Value::Array(auds)) => {
+            auds.iter().filter_map(Value::as_str).map(str::to_owned).collect()
         }
+        _ => Vec::new(),
+    };
+    if let Some(audience) = &trust.audience
+        && !audiences.iter().any(|a| a == audience)
+    {
+        return reject(Reason::Audience);
     }
     let (subject, roles) = match &trust.claims {
         ClaimMapping::Realm => {
@@ -217,6 +228,7 @@ pub fn verify(token: &str, trust: &Trust, now: i64) -> Result<Verified, Rejected
         expires_at: exp,
         issued_at,
         kid: kid.to_owned(),
+        audience: audiences,
     })
 }
 

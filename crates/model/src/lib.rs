@@ -6,24 +6,31 @@
 //! looked up in a [`PlanCatalog`] that names the valid ones when the lookup
 //! fails, and a [`TenantState`] only moves along the lifecycle's legal edges.
 
+mod api;
 mod email;
 mod isolation;
 mod label;
 mod plan;
 mod region;
+mod role;
 mod tenant;
 
+pub use api::{
+    ApiAuth, ApiName, ApiSpec, AuditLevel, DEFAULT_MAX_BODY_BYTES, InvalidApi, MAX_UPSTREAMS,
+    PathPrefix, Rate, Timeouts, Upstream, UpstreamProtocol,
+};
 pub use email::{AdminEmail, AdminEmailError};
 pub use isolation::{Isolation, IsolationError, UnknownIsolation};
 pub use label::{BaseDomain, RESERVED_TENANT_NAMES, RegionName, TenantName, TenantNameError};
 pub use plan::{
-    BackupPolicy, ControlQuotas, CostCaps, Plan, PlanCatalog, PlanName, RateLimit, RuntimeLimits,
-    UnknownPlan, VaultPolicy,
+    BackupPolicy, ControlQuotas, CostCaps, GatewayLimits, LimiterFallback, Plan, PlanCatalog,
+    PlanName, RuntimeLimits, UnknownPlan, VaultPolicy,
 };
 pub use region::{
     DatabaseLocation, DatabasePrefix, DatabaseUrl, Region, RegionError, RegionSummary, Regions,
     UnknownRegion, redact_url,
 };
+pub use role::{Permission, Role, allows};
 pub use tenant::{
     Failure, IllegalTransition, NewTenant, StepRecord, StepStatus, Tenant, TenantId, TenantState,
     UnknownState,

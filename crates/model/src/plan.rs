@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use utoipa::ToSchema;
 
-use crate::{Isolation, label::is_simple_label};
+use crate::{Isolation, Rate, label::is_simple_label};
 
 /// A plan's name. Plans are open-ended (custom plans arrive through
 /// manifests), so this is a validated string rather than an enum.
@@ -52,13 +52,28 @@ impl From<PlanName> for String {
     }
 }
 
-/// Requests a tenant may make through the gateway: a sustained rate, and a
-/// bucket of `requests_per_minute * burst_multiplier` for short bursts.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+/// What the gateway allows a tenant: a request rate, how many of its
+/// requests may be in flight at once and how many connections its
+/// upstreams may hold (the bulkhead: past either, only this tenant waits),
+/// and what a shared limit does when Redis cannot be reached.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct RateLimit {
-    pub requests_per_minute: u32,
-    pub burst_multiplier: f64,
+pub struct GatewayLimits {
+    pub rate_limit: Rate,
+    pub max_in_flight: u32,
+    pub max_upstream_connections: u32,
+    pub limiter_fallback: LimiterFallback,
+}
+
+/// What a rate limit shared through Redis does while Redis is unreachable.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum LimiterFallback {
+    /// Each gateway replica enforces its share of the rate on its own.
+    #[default]
+    Local,
+    /// Requests are refused until Redis answers again.
+    Deny,
 }
 
 /// Monthly spend on metered usage, in whole US dollars: above `soft_usd` the
@@ -121,7 +136,7 @@ pub struct Plan {
     pub name: PlanName,
     pub description: String,
     pub default_isolation: Isolation,
-    pub rate_limit: RateLimit,
+    pub gateway: GatewayLimits,
     pub cost_caps: CostCaps,
     pub audit_retention_days: u32,
     pub backups: BackupPolicy,
@@ -150,7 +165,7 @@ impl PlanCatalog {
         let plan = |name: &str,
                     description: &str,
                     default_isolation,
-                    rate_limit,
+                    gateway,
                     cost_caps,
                     audit_retention_days,
                     backups,
@@ -160,7 +175,7 @@ impl PlanCatalog {
             name: PlanName(name.to_owned()),
             description: description.to_owned(),
             default_isolation,
-            rate_limit,
+            gateway,
             cost_caps,
             audit_retention_days,
             backups,
@@ -174,7 +189,12 @@ impl PlanCatalog {
                     "starter",
                     "Small tenants and free tiers: shared database, modest limits.",
                     Isolation::Pool,
-                    RateLimit { requests_per_minute: 600, burst_multiplier: 2.0 },
+                    GatewayLimits {
+                        rate_limit: Rate { requests_per_minute: 600, burst: 100 },
+                        max_in_flight: 64,
+                        max_upstream_connections: 32,
+                        limiter_fallback: LimiterFallback::Local,
+                    },
                     CostCaps { soft_usd: 50, hard_usd: 100 },
                     30,
                     BackupPolicy { every_hours: 24, retention_days: 7 },
@@ -192,7 +212,12 @@ impl PlanCatalog {
                     "professional",
                     "Growing tenants: shared database, higher limits, longer retention.",
                     Isolation::Pool,
-                    RateLimit { requests_per_minute: 6_000, burst_multiplier: 3.0 },
+                    GatewayLimits {
+                        rate_limit: Rate { requests_per_minute: 6_000, burst: 1_000 },
+                        max_in_flight: 512,
+                        max_upstream_connections: 128,
+                        limiter_fallback: LimiterFallback::Local,
+                    },
                     CostCaps { soft_usd: 500, hard_usd: 1_000 },
                     365,
                     BackupPolicy { every_hours: 6, retention_days: 30 },
@@ -210,7 +235,12 @@ impl PlanCatalog {
                     "enterprise",
                     "Regulated and large tenants: their own database and workers.",
                     Isolation::Silo,
-                    RateLimit { requests_per_minute: 60_000, burst_multiplier: 5.0 },
+                    GatewayLimits {
+                        rate_limit: Rate { requests_per_minute: 60_000, burst: 10_000 },
+                        max_in_flight: 4_096,
+                        max_upstream_connections: 1_024,
+                        limiter_fallback: LimiterFallback::Local,
+                    },
                     CostCaps { soft_usd: 5_000, hard_usd: 10_000 },
                     2_555,
                     BackupPolicy { every_hours: 1, retention_days: 90 },
@@ -260,7 +290,8 @@ mod tests {
         assert_eq!(plans.get("enterprise").unwrap().default_isolation, Isolation::Silo);
         for plan in plans.all() {
             assert!(plan.cost_caps.soft_usd < plan.cost_caps.hard_usd, "{}", plan.name);
-            assert!(plan.rate_limit.burst_multiplier >= 1.0);
+            assert!(plan.gateway.rate_limit.validate("rate_limit").is_ok());
+            assert!(plan.gateway.max_upstream_connections <= plan.gateway.max_in_flight);
         }
     }
 

@@ -116,6 +116,14 @@ pub trait IdentityStore: Send + Sync + fmt::Debug {
     /// The tenant's published keys (removed ones excluded), oldest first.
     async fn realm_keys(&self, tenant: TenantId) -> Result<Vec<RealmKeyRecord>, StoreError>;
 
+    /// Every realm's keys, every realm and every trust: what a gateway
+    /// snapshot of all tenants is built from in three reads.
+    async fn all_realm_keys(&self) -> Result<Vec<RealmKeyRecord>, StoreError>;
+    async fn all_realms(&self) -> Result<Vec<RealmRecord>, StoreError>;
+    async fn all_trusts(&self) -> Result<Vec<TrustRecord>, StoreError>;
+    /// Every tenant's API keys that are not revoked.
+    async fn all_unrevoked_api_keys(&self) -> Result<Vec<ApiKeyRecord>, StoreError>;
+
     /// Marks every signing key of the tenant but `except` retired at `at`,
     /// to be removed after `remove_after`. Callers serialize rotations.
     async fn retire_realm_keys(

@@ -11,6 +11,7 @@
 //! databases or directories; the reconciler in `bulkhead-control` does, and
 //! records what it did here.
 
+mod apis;
 mod audit;
 mod error;
 mod identity;
@@ -28,6 +29,7 @@ use bulkhead_model::{DatabaseUrl, StepRecord, Tenant, TenantId, TenantName, Tena
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+pub use apis::{ApiRecord, ApiStore};
 pub use audit::{AuditCheckpointRow, AuditEventRow, AuditKeyRow, AuditStore};
 pub use error::{StoreError, describe as describe_error};
 pub use identity::{ApiKeyRecord, IdentityStore, RealmKeyRecord, RealmRecord, TrustRecord};
@@ -101,7 +103,9 @@ impl fmt::Debug for OperatorToken {
 /// The control plane's persistence. Every method is one statement, so a
 /// crash leaves each write either fully done or not done at all.
 #[async_trait]
-pub trait ControlStore: VaultStore + IdentityStore + AuditStore + Send + Sync + fmt::Debug {
+pub trait ControlStore:
+    VaultStore + IdentityStore + AuditStore + ApiStore + Send + Sync + fmt::Debug
+{
     /// Where the store is, safe to print (no password).
     fn location(&self) -> String;
 

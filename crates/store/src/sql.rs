@@ -1030,6 +1030,47 @@ macro_rules! impl_identity_store {
                 .await?)
             }
 
+            async fn all_realm_keys(
+                &self,
+            ) -> Result<Vec<$crate::RealmKeyRecord>, $crate::StoreError> {
+                Ok(sqlx::query_as(
+                    "SELECT tenant_id, kid, algorithm, public_jwk, created_at, retired_at, \
+                     remove_after FROM identity_keys ORDER BY tenant_id, created_at, kid",
+                )
+                .fetch_all(&self.read)
+                .await?)
+            }
+
+            async fn all_realms(&self) -> Result<Vec<$crate::RealmRecord>, $crate::StoreError> {
+                Ok(sqlx::query_as(
+                    "SELECT tenant_id, algorithm, default_ttl_secs, max_ttl_secs, \
+                     tokens_not_before, created_at, updated_at FROM identity_realms",
+                )
+                .fetch_all(&self.read)
+                .await?)
+            }
+
+            async fn all_trusts(&self) -> Result<Vec<$crate::TrustRecord>, $crate::StoreError> {
+                Ok(sqlx::query_as(
+                    "SELECT tenant_id, issuer, jwks_url, audience, subject_claim, roles_claim, \
+                     role_map, updated_at FROM identity_trusts",
+                )
+                .fetch_all(&self.read)
+                .await?)
+            }
+
+            async fn all_unrevoked_api_keys(
+                &self,
+            ) -> Result<Vec<$crate::ApiKeyRecord>, $crate::StoreError> {
+                Ok(sqlx::query_as(concat!(
+                    "SELECT ",
+                    $crate::identity::api_key_columns!(),
+                    " FROM identity_api_keys WHERE revoked_at IS NULL"
+                ))
+                .fetch_all(&self.read)
+                .await?)
+            }
+
             async fn retire_realm_keys(
                 &self,
                 tenant: bulkhead_model::TenantId,
@@ -1553,3 +1594,81 @@ macro_rules! impl_audit_store {
     };
 }
 pub(crate) use impl_audit_store;
+
+/// The APIs' statements, shared the same way as [`impl_control_store!`].
+macro_rules! impl_api_store {
+    ($store:ty) => {
+        #[async_trait::async_trait]
+        impl $crate::ApiStore for $store {
+            async fn put_api(&self, api: &$crate::ApiRecord) -> Result<bool, $crate::StoreError> {
+                // `created_at` survives a replacement: the row's insert and
+                // update tell the two apart (RETURNING is on both backends).
+                let (created,): (bool,) = sqlx::query_as(
+                    "INSERT INTO apis (tenant_id, name, spec, created_at, updated_at) \
+                     VALUES ($1, $2, $3, $4, $5) \
+                     ON CONFLICT (tenant_id, name) DO UPDATE SET spec = $3, updated_at = $5 \
+                     RETURNING created_at = updated_at",
+                )
+                .bind(api.tenant_id.0)
+                .bind(api.name.as_str())
+                .bind(api.spec.as_str())
+                .bind(api.created_at)
+                .bind(api.updated_at)
+                .fetch_one(&self.write)
+                .await?;
+                Ok(created)
+            }
+
+            async fn api(
+                &self,
+                tenant: bulkhead_model::TenantId,
+                name: &str,
+            ) -> Result<Option<$crate::ApiRecord>, $crate::StoreError> {
+                Ok(sqlx::query_as(
+                    "SELECT tenant_id, name, spec, created_at, updated_at FROM apis \
+                     WHERE tenant_id = $1 AND name = $2",
+                )
+                .bind(tenant.0)
+                .bind(name)
+                .fetch_optional(&self.read)
+                .await?)
+            }
+
+            async fn apis(
+                &self,
+                tenant: bulkhead_model::TenantId,
+            ) -> Result<Vec<$crate::ApiRecord>, $crate::StoreError> {
+                Ok(sqlx::query_as(
+                    "SELECT tenant_id, name, spec, created_at, updated_at FROM apis \
+                     WHERE tenant_id = $1 ORDER BY name",
+                )
+                .bind(tenant.0)
+                .fetch_all(&self.read)
+                .await?)
+            }
+
+            async fn all_apis(&self) -> Result<Vec<$crate::ApiRecord>, $crate::StoreError> {
+                Ok(sqlx::query_as(
+                    "SELECT tenant_id, name, spec, created_at, updated_at FROM apis \
+                     ORDER BY tenant_id, name",
+                )
+                .fetch_all(&self.read)
+                .await?)
+            }
+
+            async fn delete_api(
+                &self,
+                tenant: bulkhead_model::TenantId,
+                name: &str,
+            ) -> Result<bool, $crate::StoreError> {
+                let result = sqlx::query("DELETE FROM apis WHERE tenant_id = $1 AND name = $2")
+                    .bind(tenant.0)
+                    .bind(name)
+                    .execute(&self.write)
+                    .await?;
+                Ok(result.rows_affected() == 1)
+            }
+        }
+    };
+}
+pub(crate) use impl_api_store;

@@ -8,7 +8,9 @@ use sqlx::sqlite::{
 
 use crate::{
     FileLock, FileLockError, StoreError, StoreLock,
-    sql::{impl_audit_store, impl_control_store, impl_identity_store, impl_vault_store},
+    sql::{
+        impl_api_store, impl_audit_store, impl_control_store, impl_identity_store, impl_vault_store,
+    },
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -70,6 +72,7 @@ impl SqliteStore {
 impl_control_store!(SqliteStore);
 impl_vault_store!(SqliteStore);
 impl_identity_store!(SqliteStore);
+impl_api_store!(SqliteStore);
 impl_audit_store!(SqliteStore, sqlx::Sqlite, "");
 
 impl SqliteStore {

@@ -1,6 +1,7 @@
 //! One module per command group; each turns parsed arguments into calls and
 //! output.
 
+mod apis;
 mod audit;
 mod auth;
 mod creds;
@@ -25,6 +26,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Vault(command) => vault::run(command, &cli.global).await,
         Command::Auth(command) => auth::run(command, &cli.global).await,
         Command::Apikeys(command) => auth::apikeys(command, &cli.global).await,
+        Command::Apis(command) => apis::run(command, &cli.global).await,
         Command::Audit(command) => audit::run(command, &cli.global).await,
         Command::Status { api_url } => {
             let client = ApiClient::discover(&cli.global)?;

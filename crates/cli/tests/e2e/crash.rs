@@ -39,13 +39,21 @@ async fn unfinished(store: &dyn ControlStore) -> BTreeMap<String, Vec<String>> {
     found
 }
 
+/// What a kill found of one round's tenants.
+struct Caught {
+    /// Begun and unfinished, with their recorded steps.
+    left: BTreeMap<String, Vec<String>>,
+    /// Already settled (active or failed).
+    settled: usize,
+}
+
 /// Fires `names` at the server concurrently, kills it after `delay`, and
-/// returns what the crash left begun and unfinished.
+/// returns what the crash left of them.
 async fn create_and_kill(
     server: &mut Server,
     names: &[(String, Option<&str>)],
     delay: Duration,
-) -> BTreeMap<String, Vec<String>> {
+) -> Caught {
     let creates: Vec<_> = names
         .iter()
         .map(|(name, region)| {
@@ -68,7 +76,16 @@ async fn create_and_kill(
     for create in creates {
         let _ = create.await;
     }
-    unfinished(server.open_store().await.as_ref()).await
+    let store = server.open_store().await;
+    let ours: BTreeSet<&str> = names.iter().map(|(name, _)| name.as_str()).collect();
+    let settled = store
+        .list_tenants(&TenantPage { limit: 1_000, ..TenantPage::default() })
+        .await
+        .unwrap()
+        .iter()
+        .filter(|t| ours.contains(t.name.as_str()) && !t.needs_work())
+        .count();
+    Caught { left: unfinished(store.as_ref()).await, settled }
 }
 
 /// Restarts and, once recovery has visibly moved one of the `left` tenants
@@ -125,12 +142,17 @@ async fn crash_rounds(
     wanted: usize,
 ) -> usize {
     let (mut interrupted, mut mid_recovery) = (0, 0);
+    // How long provisioning takes depends on the machine's load, so the
+    // kill's moment is searched for: a kill before any tenant had finished
+    // came too early, one after the last had too late, and the next round
+    // tries between the latest of each.
+    let mut delay = Duration::from_millis(40);
+    let (mut early, mut late) = (Duration::ZERO, None::<Duration>);
     for round in 0..12 {
         let names: Vec<_> = (0..per_round)
             .map(|i| (format!("r{round}-t{i}"), regions[i % regions.len()]))
             .collect();
-        let delay = Duration::from_millis(30 + 40 * (round as u64 % 5));
-        let left = create_and_kill(server, &names, delay).await;
+        let Caught { left, settled: finished } = create_and_kill(server, &names, delay).await;
         let (settled, landed) = recover(server, &left).await;
         eprintln!(
             "round {round}: kill -9 after {delay:?} left {} tenants unfinished; the kill \
@@ -138,6 +160,17 @@ async fn crash_rounds(
             left.len(),
             if landed { "landed mid-recovery" } else { "found nothing to interrupt" }
         );
+        if left.is_empty() {
+            if finished == 0 {
+                early = delay;
+            } else {
+                late = Some(delay);
+            }
+            delay = match late {
+                Some(late) if late > early => (early + late) / 2,
+                _ => delay * 2,
+            };
+        }
         interrupted += left.len();
         mid_recovery += usize::from(landed);
         assert!(

@@ -58,6 +58,8 @@ pub struct Server {
     log_filter: String,
     child: Option<Child>,
     pub api: String,
+    /// The gateway's URL (`http://127.0.0.1:<port>`).
+    pub gateway: String,
     pub token: String,
     log: PathBuf,
 }
@@ -92,6 +94,7 @@ impl Server {
             log_filter: filter.to_owned(),
             child: None,
             api: String::new(),
+            gateway: String::new(),
             token: String::new(),
         };
         server.restart().await;
@@ -141,6 +144,8 @@ impl Server {
             .arg(self.data_dir())
             .arg("--api-listen")
             .arg("127.0.0.1:0")
+            .arg("--gateway-listen")
+            .arg("127.0.0.1:0")
             .arg("--config")
             .arg(self.config_file())
             .args(&self.extra_args)
@@ -171,6 +176,8 @@ impl Server {
         }
         let token = std::fs::read_to_string(self.data_dir().join("operator.token")).unwrap();
         self.token = token.trim().to_owned();
+        let (_, status) = self.http().get("/v1/status").await;
+        self.gateway = status["gateway_url"].as_str().unwrap_or_default().to_owned();
     }
 
     /// `kill -9`: no shutdown, no cleanup.

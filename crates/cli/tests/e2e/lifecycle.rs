@@ -184,5 +184,5 @@ async fn plans_list() {
     }
     let plans = server.cli_json(&["plans", "list"]);
     assert_eq!(plans[2]["default_isolation"], "silo");
-    assert_eq!(plans[0]["rate_limit"]["requests_per_minute"], 600);
+    assert_eq!(plans[0]["gateway"]["rate_limit"]["requests_per_minute"], 600);
 }

@@ -17,7 +17,7 @@ use bulkhead_vault::VaultError;
 
 use super::types::{ErrorBody, ErrorDetail};
 use crate::{
-    admission::Refused, audit::AuditServiceError, credentials::CredentialError,
+    admission::Refused, apis::ApisError, audit::AuditServiceError, credentials::CredentialError,
     identity::IdentityError, tenants::TenantError, vault::VaultServiceError,
 };
 
@@ -56,6 +56,9 @@ pub enum ErrorCode {
     Forbidden,
     CorruptData,
     ApiKeyNotFound,
+    ApiNotFound,
+    ApiExists,
+    InvalidApi,
     AuditUnavailable,
     AuditStreamBroken,
     RateLimited,
@@ -68,13 +71,14 @@ impl ErrorCode {
         match self {
             InvalidRequest | InvalidJson | InvalidTenantName | InvalidAdminEmail | UnknownPlan
             | UnknownRegion | IsolationUnavailable | InvalidSecretPath | InvalidSecretValue
-            | InvalidKey | WrongTenantKey => StatusCode::BAD_REQUEST,
+            | InvalidKey | WrongTenantKey | InvalidApi => StatusCode::BAD_REQUEST,
             Unauthorized => StatusCode::UNAUTHORIZED,
             LockedOut | Forbidden => StatusCode::FORBIDDEN,
             NotFound | TenantNotFound | SecretNotFound | LeaseNotFound | LockoutNotFound
-            | ApiKeyNotFound => StatusCode::NOT_FOUND,
+            | ApiKeyNotFound | ApiNotFound => StatusCode::NOT_FOUND,
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             TenantExists
+            | ApiExists
             | InvalidState
             | Conflict
             | LeaseRevoked
@@ -123,6 +127,9 @@ impl ErrorCode {
             Forbidden => "forbidden",
             CorruptData => "corrupt_data",
             ApiKeyNotFound => "api_key_not_found",
+            ApiNotFound => "api_not_found",
+            ApiExists => "api_exists",
+            InvalidApi => "invalid_api",
             AuditUnavailable => "audit_unavailable",
             AuditStreamBroken => "audit_stream_broken",
             RateLimited => "rate_limited",
@@ -287,6 +294,27 @@ impl From<VaultServiceError> for ApiError {
             VaultServiceError::LockoutNotFound(_) => LockoutNotFound,
             VaultServiceError::Unrecorded(ref u) => unrecorded(u),
             VaultServiceError::Quota(_) => QuotaExceeded,
+        };
+        Self::new(code, error.to_string())
+    }
+}
+
+impl From<ApisError> for ApiError {
+    fn from(error: ApisError) -> Self {
+        use ErrorCode::*;
+        let code = match error {
+            ApisError::Store(ref store) => return store_error(store),
+            ApisError::Corrupt { .. } => {
+                tracing::error!(%error, "a stored API is unreadable");
+                CorruptData
+            }
+            ApisError::TenantNotFound(_) => TenantNotFound,
+            ApisError::Forbidden(_) => Forbidden,
+            ApisError::Invalid { .. } => InvalidApi,
+            ApisError::Exists { .. } | ApisError::PrefixTaken { .. } => ApiExists,
+            ApisError::NotFound { .. } => ApiNotFound,
+            ApisError::TooMany { .. } => QuotaExceeded,
+            ApisError::Leaving(_) => InvalidState,
         };
         Self::new(code, error.to_string())
     }

@@ -2,6 +2,7 @@
 //! generated from the handlers themselves (so an undocumented route cannot
 //! exist).
 
+mod apis;
 pub mod audit;
 pub(crate) mod auth;
 mod catalog;
@@ -38,7 +39,7 @@ use utoipa::{
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
-    audit::AuditService, identity::IdentityService, metrics::Metrics,
+    apis::ApiService, audit::AuditService, identity::IdentityService, metrics::Metrics,
     operator_token::OperatorTokens, tenants::TenantService, vault::VaultService,
 };
 use error::{ApiError, ErrorCode};
@@ -50,6 +51,7 @@ const MAX_BODY_BYTES: usize = 64 * 1024;
 #[derive(Debug, Clone)]
 pub struct AppState {
     pub tenants: Arc<TenantService>,
+    pub apis: Arc<ApiService>,
     pub vault: Arc<VaultService>,
     pub identity: Arc<IdentityService>,
     pub audit: Arc<AuditService>,
@@ -95,6 +97,7 @@ impl AppState {
         (name = "catalog", description = "Plans and regions"),
         (name = "vault", description = "Secrets, data keys and database credentials of tenants"),
         (name = "realms", description = "Each tenant's identity realm: OIDC documents, tokens, signing keys, API keys"),
+        (name = "apis", description = "Each tenant's APIs: the contracts its gateway routes by"),
         (name = "audit", description = "Each tenant's hash-chained, signed audit stream, and the platform's"),
         (name = "meta", description = "Health, readiness, metrics and this document"),
     )
@@ -241,6 +244,8 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(identity::create_api_key, identity::list_api_keys))
         .routes(routes!(identity::revoke_api_key))
         .routes(routes!(identity::set_trust, identity::get_trust, identity::remove_trust))
+        .routes(routes!(apis::create_api, apis::list_apis))
+        .routes(routes!(apis::get_api, apis::put_api, apis::delete_api))
         .routes(routes!(audit::tenant_events))
         .routes(routes!(audit::tenant_export))
         .routes(routes!(audit::platform_events))

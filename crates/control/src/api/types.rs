@@ -681,3 +681,17 @@ pub struct ServerStatus {
     /// Tenants by lifecycle state.
     pub tenants: std::collections::BTreeMap<String, u64>,
 }
+
+/// A tenant's APIs, by name.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ApiList {
+    pub apis: Vec<bulkhead_model::ApiSpec>,
+}
+
+/// An API as created or applied, and what the request did to it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ApiApplied {
+    pub api: bulkhead_model::ApiSpec,
+    /// `created`, `changed` or `unchanged`.
+    pub result: String,
+}

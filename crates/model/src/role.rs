@@ -1,12 +1,16 @@
 //! Roles inside a tenant, and what each may do. The table is documented in
-//! `docs/identity.md`; this is where it is enforced.
+//! `docs/identity.md`; this is where it is enforced, for the control API
+//! and the gateway alike.
 
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 /// A role a principal holds in one tenant, highest first.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     Owner,

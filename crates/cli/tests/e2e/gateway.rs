@@ -1,0 +1,476 @@
+//! The gateway through the real binary and real sockets: two tenants, each
+//! with its own real upstream; every check asserts what the upstreams
+//! received, not only what the client saw.
+
+use std::{
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::{
+    kit::{Server, Store, exit_code, stderr, stdout},
+    upstream::Upstream,
+};
+
+/// Two active tenants, `acme` and `globex`, each with an API `echo` at
+/// `/echo` on its own upstream.
+struct Two {
+    server: Server,
+    acme: Upstream,
+    globex: Upstream,
+}
+
+async fn two_tenants(config: &str) -> Two {
+    let server = Server::start(Store::Embedded, config, &[]).await;
+    let (acme, globex) = (Upstream::start().await, Upstream::start().await);
+    for (tenant, upstream) in [("acme", &acme), ("globex", &globex)] {
+        let created =
+            server.cli(&["tenants", "create", tenant, "--plan", "professional", "--wait"]);
+        assert_eq!(exit_code(&created), 0, "{}", stderr(&created));
+        let api = server.cli(&[
+            "apis",
+            "create",
+            "--tenant",
+            tenant,
+            "echo",
+            "--prefix",
+            "/echo",
+            "--upstream",
+            &upstream.url(),
+        ]);
+        assert_eq!(exit_code(&api), 0, "{}", stderr(&api));
+    }
+    Two { server, acme, globex }
+}
+
+fn gateway_addr(server: &Server) -> SocketAddr {
+    server.gateway.trim_start_matches("http://").parse().unwrap()
+}
+
+/// A client that reaches `{tenant}.localhost` at the gateway, as DNS would.
+fn client(server: &Server) -> reqwest::Client {
+    let addr = gateway_addr(server);
+    reqwest::Client::builder()
+        .resolve("acme.localhost", addr)
+        .resolve("globex.localhost", addr)
+        .resolve("nobody.localhost", addr)
+        .build()
+        .unwrap()
+}
+
+fn url(server: &Server, tenant: &str, path: &str) -> String {
+    format!("http://{tenant}.localhost:{}{path}", gateway_addr(server).port())
+}
+
+fn token(server: &Server, tenant: &str, extra: &[&str]) -> String {
+    let mut args =
+        vec!["auth", "token", "--tenant", tenant, "--subject", "alice", "--role", "analyst"];
+    args.extend(extra);
+    let output = server.cli(&args);
+    assert_eq!(exit_code(&output), 0, "{}", stderr(&output));
+    stdout(&output).trim().to_owned()
+}
+
+async fn call(client: &reqwest::Client, url: &str, credential: Option<&str>) -> (u16, Value) {
+    let mut request = client.get(url);
+    if let Some(credential) = credential {
+        request = request.bearer_auth(credential);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// Sends `request` as raw bytes and returns the raw answer (or what came
+/// before the gateway closed the connection).
+async fn raw(server: &Server, request: &[u8]) -> String {
+    let mut stream = tokio::net::TcpStream::connect(gateway_addr(server)).await.unwrap();
+    // The gateway may answer and close before it read everything (a huge
+    // head): what it answered is still there to read.
+    let _ = stream.write_all(request).await;
+    let mut answer = Vec::new();
+    // Until the gateway closes, or falls quiet after answering.
+    loop {
+        let wait = if answer.is_empty() { 5_000 } else { 300 };
+        let mut buf = [0u8; 65_536];
+        match tokio::time::timeout(Duration::from_millis(wait), stream.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => answer.extend_from_slice(&buf[..n]),
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+fn status_of(answer: &str) -> &str {
+    answer.split(' ').nth(1).unwrap_or("")
+}
+
+#[tokio::test]
+async fn a_request_reaches_its_own_tenants_upstream_with_verified_context_only() {
+    let Two { server, acme, globex } = two_tenants("").await;
+    let client = client(&server);
+    let acme_token = token(&server, "acme", &[]);
+    let globex_token = token(&server, "globex", &[]);
+
+    // Spoofed context in every spelling, with the real credential.
+    let response = client
+        .get(url(&server, "acme", "/echo/orders?limit=5"))
+        .bearer_auth(&acme_token)
+        .header("x-bulkhead-tenant", "globex")
+        .header("X-Bulkhead-Roles", "owner")
+        .header("x_bulkhead_subject", "mallory")
+        .header("x-request-id", "req-123")
+        .header("forwarded", "for=10.0.0.1")
+        .header("x-forwarded-host", "globex.localhost")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["x-request-id"], "req-123");
+    let seen = acme.seen();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    let seen = &seen[0];
+    assert_eq!(seen.target, "/echo/orders?limit=5");
+    assert_eq!(seen.header("x-bulkhead-tenant"), ["acme"]);
+    assert_eq!(seen.header("x-bulkhead-subject"), ["alice"]);
+    assert_eq!(seen.header("x-bulkhead-roles"), ["analyst"]);
+    assert_eq!(seen.header("x-bulkhead-api"), ["echo"]);
+    assert_eq!(seen.header("x-request-id"), ["req-123"]);
+    assert_eq!(seen.header("x-forwarded-host").len(), 1);
+    assert!(seen.header("x-forwarded-host")[0].starts_with("acme.localhost"), "{seen:?}");
+    assert!(seen.header("forwarded")[0].starts_with("for=127.0.0.1;"), "{seen:?}");
+    for (name, _) in &seen.headers {
+        assert!(!name.contains('_'), "{name} reached the upstream: {seen:?}");
+    }
+    assert!(globex.seen().is_empty());
+
+    // Another tenant's genuine token, and a control-API token of the tenant
+    // itself: refused like a forgery, and nothing reaches an upstream.
+    acme.forget();
+    let control = token(&server, "acme", &["--control-api"]);
+    let (status, foreign) =
+        call(&client, &url(&server, "acme", "/echo"), Some(&globex_token)).await;
+    assert_eq!(status, 401, "{foreign}");
+    assert_eq!(foreign["error"]["code"], "unauthenticated");
+    let (status, body) = call(&client, &url(&server, "acme", "/echo"), Some("not-a-token")).await;
+    assert_eq!(status, 401);
+    assert_eq!(
+        body["error"]["message"], foreign["error"]["message"],
+        "a foreign token looks like a forged one"
+    );
+    let (status, _) = call(&client, &url(&server, "acme", "/echo"), Some(&control)).await;
+    assert_eq!(status, 401, "a control-API token is not an application token");
+    assert!(!foreign.to_string().contains("globex"), "{foreign}");
+
+    // A token in the query string or a cookie is not read.
+    let query = format!("/echo?access_token={acme_token}");
+    let (status, _) = call(&client, &url(&server, "acme", &query), None).await;
+    assert_eq!(status, 401);
+    let cookie = client
+        .get(url(&server, "acme", "/echo"))
+        .header("cookie", format!("token={acme_token}; access_token={acme_token}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cookie.status(), 401);
+
+    // API keys: the tenant's own works, another tenant's does not.
+    let key_of = |tenant: &str| {
+        let created = server.cli_json(&[
+            "apikeys", "create", "--tenant", tenant, "--name", "svc", "--role", "viewer",
+        ]);
+        created["key"].as_str().unwrap().to_owned()
+    };
+    let (acme_key, globex_key) = (key_of("acme"), key_of("globex"));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (status, body) = call(&client, &url(&server, "acme", "/echo"), Some(&acme_key)).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, _) = call(&client, &url(&server, "acme", "/echo"), Some(&globex_key)).await;
+    assert_eq!(status, 401);
+    assert_eq!(acme.seen().len(), 1, "only the tenant's own key got through");
+    assert!(globex.seen().is_empty());
+
+    // An unknown tenant and a host that names nobody look alike.
+    let (status, unknown) =
+        call(&client, &url(&server, "nobody", "/echo"), Some(&acme_token)).await;
+    assert_eq!(status, 404);
+    assert_eq!(unknown["error"]["code"], "not_found");
+    let ip = format!("{}/echo", server.gateway);
+    let (status, by_ip) = call(&client, &ip, Some(&acme_token)).await;
+    assert_eq!(status, 404);
+    assert_eq!(by_ip["error"]["message"], unknown["error"]["message"]);
+    assert!(by_ip["error"]["request_id"].is_string());
+}
+
+#[tokio::test]
+async fn host_path_and_framing_tricks_reach_no_other_route_or_tenant() {
+    let Two { server, acme, globex } = two_tenants("").await;
+    let client = client(&server);
+    let acme_token = token(&server, "acme", &[]);
+    let port = gateway_addr(&server).port();
+
+    // The host, however it is spelled, names the tenant.
+    for host in [
+        format!("ACME.LocalHost:{port}"),
+        format!("acme.localhost.:{port}"),
+        "acme.localhost".into(),
+    ] {
+        let response = client
+            .get(url(&server, "acme", "/echo"))
+            .header("host", &host)
+            .bearer_auth(&acme_token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{host}");
+    }
+    assert_eq!(acme.seen().len(), 3);
+    acme.forget();
+
+    // Paths that would leave the prefix, or reach another spelling of it.
+    let probes = [
+        ("/echoes", 404),
+        ("/echo/../other", 400),
+        ("/echo/%2e%2e/other", 400),
+        ("/echo/%2E%2e/other", 400),
+        ("/echo%2Fother", 400),
+        ("/echo%2fother", 400),
+        ("//echo", 400),
+        ("/echo//x", 400),
+        ("/echo%5c..%5cx", 400),
+        ("/ech%6F/x", 200),
+        ("/echo;jsessionid=1", 404),
+    ];
+    for (path, expected) in probes {
+        let answer = raw(
+            &server,
+            format!(
+                "GET {path} HTTP/1.1\r\nHost: acme.localhost\r\nAuthorization: Bearer {acme_token}\r\nConnection: close\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await;
+        assert_eq!(status_of(&answer), expected.to_string(), "{path}: {answer}");
+    }
+    let seen = acme.seen();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(seen[0].target, "/echo/x", "the upstream gets the canonical path");
+
+    // Framing the gateway refuses: another host in the target, two hosts,
+    // two lengths, a length and chunking together.
+    let shapes = [
+        format!(
+            "GET http://globex.localhost/echo HTTP/1.1\r\nHost: acme.localhost\r\nAuthorization: Bearer {acme_token}\r\n\r\n"
+        ),
+        format!(
+            "GET /echo HTTP/1.1\r\nHost: acme.localhost\r\nHost: globex.localhost\r\nAuthorization: Bearer {acme_token}\r\n\r\n"
+        ),
+        format!(
+            "POST /echo HTTP/1.1\r\nHost: acme.localhost\r\nAuthorization: Bearer {acme_token}\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!"
+        ),
+        format!(
+            "POST /echo HTTP/1.1\r\nHost: acme.localhost\r\nAuthorization: Bearer {acme_token}\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nhello"
+        ),
+        // The second request on a kept-alive connection is judged too.
+        format!(
+            "POST /echo HTTP/1.1\r\nHost: acme.localhost\r\nAuthorization: Bearer {acme_token}\r\nContent-Length: 2\r\n\r\nhiPOST /echo HTTP/1.1\r\nHost: acme.localhost\r\nAuthorization: Bearer {acme_token}\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n0\r\n\r\n"
+        ),
+        format!(
+            "POST /echo HTTP/1.1\r\nHost: acme.localhost\r\nAuthorization: Bearer {acme_token}\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /echo/smuggled HTTP/1.1\r\nHost: acme.localhost\r\n\r\n"
+        ),
+    ];
+    for shape in &shapes {
+        let answer = raw(&server, shape.as_bytes()).await;
+        let last = answer.rfind("HTTP/1.1 ").map_or("", |at| &answer[at..]);
+        assert_eq!(status_of(last), "400", "{shape}: {answer}");
+    }
+    // Only the first, well-framed request of the kept-alive pair arrived.
+    assert_eq!(acme.seen().len(), 2, "{:?}", acme.seen());
+    assert_eq!(acme.seen()[1].body, b"hi");
+    assert!(globex.seen().is_empty(), "{:?}", globex.seen());
+
+    // A 10 MB header is refused before any phase runs.
+    let huge = format!(
+        "GET /echo HTTP/1.1\r\nHost: acme.localhost\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(10 << 20)
+    );
+    let answer = raw(&server, huge.as_bytes()).await;
+    assert!(
+        answer.is_empty() || status_of(&answer) == "431",
+        "{}",
+        &answer[..answer.len().min(200)]
+    );
+    assert_eq!(acme.seen().len(), 2);
+
+    // Bodies over the API's cap are refused; those within arrive whole.
+    let small = server.cli(&[
+        "apis",
+        "create",
+        "--tenant",
+        "acme",
+        "small",
+        "--prefix",
+        "/small",
+        "--max-body-bytes",
+        "1000",
+        "--upstream",
+        &acme.url(),
+    ]);
+    assert_eq!(exit_code(&small), 0, "{}", stderr(&small));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    acme.forget();
+    let post = |body: Vec<u8>| {
+        client.post(url(&server, "acme", "/small")).bearer_auth(&acme_token).body(body).send()
+    };
+    assert_eq!(post(vec![b'x'; 2000]).await.unwrap().status(), 413);
+    assert!(acme.seen().is_empty());
+    assert_eq!(post(vec![b'y'; 500]).await.unwrap().status(), 200);
+    assert_eq!(acme.seen()[0].body, vec![b'y'; 500]);
+}
+
+#[tokio::test]
+async fn a_slow_client_is_cut_by_the_header_read_timeout() {
+    let Two { server, acme, .. } = two_tenants("[gateway]\nheader_read_timeout = \"1s\"\n").await;
+    let mut stream = tokio::net::TcpStream::connect(gateway_addr(&server)).await.unwrap();
+    let started = Instant::now();
+    stream.write_all(b"GET /echo HTTP/1.1\r\nHost: acme.localhost\r\n").await.unwrap();
+    let mut cut = false;
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if stream.write_all(b"X-Slow: a\r\n").await.is_err() {
+            cut = true;
+            break;
+        }
+        let mut buf = [0u8; 256];
+        match tokio::time::timeout(Duration::from_millis(1), stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                cut = true;
+                break;
+            }
+            Ok(Ok(_)) => {
+                cut = true;
+                break;
+            }
+            Err(_) => {}
+        }
+    }
+    assert!(cut, "the slow client was never cut");
+    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+    assert!(acme.seen().is_empty());
+}
+
+#[tokio::test]
+async fn suspension_and_new_apis_reach_the_gateway_within_a_second() {
+    let Two { server, acme, .. } = two_tenants("").await;
+    let client = client(&server);
+    let acme_token = token(&server, "acme", &[]);
+    let wait_for = |status: u16, path: &'static str| {
+        let (client, url, token) = (client.clone(), url(&server, "acme", path), acme_token.clone());
+        async move {
+            let started = Instant::now();
+            loop {
+                let (got, body) = call(&client, &url, Some(&token)).await;
+                if got == status {
+                    return (started.elapsed(), body);
+                }
+                assert!(started.elapsed() < Duration::from_secs(1), "still {got} {body} after 1 s");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    };
+    let suspended = server.cli(&["tenants", "suspend", "acme"]);
+    assert_eq!(exit_code(&suspended), 0, "{}", stderr(&suspended));
+    let (took, body) = wait_for(403, "/echo").await;
+    assert_eq!(body["error"]["code"], "tenant_suspended");
+    eprintln!("suspension reached the gateway in {took:?}");
+    assert_eq!(exit_code(&server.cli(&["tenants", "resume", "acme"])), 0);
+    wait_for(200, "/echo").await;
+
+    let (status, _) = call(&client, &url(&server, "acme", "/other/x"), Some(&acme_token)).await;
+    assert_eq!(status, 404);
+    let created = server.cli(&[
+        "apis",
+        "create",
+        "--tenant",
+        "acme",
+        "other",
+        "--prefix",
+        "/other",
+        "--strip-prefix",
+        "--upstream",
+        &acme.url(),
+    ]);
+    assert_eq!(exit_code(&created), 0, "{}", stderr(&created));
+    let (took, _) = wait_for(200, "/other/x").await;
+    eprintln!("a new API reached the gateway in {took:?}");
+    assert_eq!(acme.seen().last().unwrap().target, "/x", "the prefix was stripped");
+
+    // Revoking the realm's tokens ends them at the gateway too.
+    let revoked = server.cli(&["auth", "revoke-tokens", "--tenant", "acme"]);
+    assert_eq!(exit_code(&revoked), 0, "{}", stderr(&revoked));
+    wait_for(401, "/echo").await;
+}
+
+#[tokio::test]
+async fn apis_are_checked_and_listed() {
+    let Two { server, .. } = two_tenants("").await;
+    let bad = [
+        (vec!["--prefix", "echo", "--upstream", "http://127.0.0.1:1"], "does not start with '/'"),
+        (
+            vec!["--prefix", "/x", "--upstream", "https://example.com:443"],
+            "an upstream is http://host:port",
+        ),
+        (
+            vec![
+                "--prefix",
+                "/x",
+                "--upstream",
+                "http://127.0.0.1:1",
+                "--public",
+                "--role",
+                "admin",
+            ],
+            "a public API takes no credential",
+        ),
+        (
+            vec!["--prefix", "/echo", "--upstream", "http://127.0.0.1:1"],
+            "which API \"echo\" serves already",
+        ),
+    ];
+    for (args, expected) in bad {
+        let mut all = vec!["apis", "create", "--tenant", "acme", "second"];
+        all.extend(args);
+        let output = server.cli(&all);
+        assert_ne!(exit_code(&output), 0);
+        assert!(stderr(&output).contains(expected), "{all:?}: {}", stderr(&output));
+    }
+    let duplicate = server.cli(&[
+        "apis",
+        "create",
+        "--tenant",
+        "acme",
+        "echo",
+        "--prefix",
+        "/e2",
+        "--upstream",
+        "http://127.0.0.1:1",
+    ]);
+    assert!(
+        stderr(&duplicate).contains("already has an API named \"echo\""),
+        "{}",
+        stderr(&duplicate)
+    );
+    let listed = server.cli_json(&["apis", "list", "--tenant", "acme"]);
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+    assert_eq!(listed[0]["auth"], "required");
+    let deleted = server.cli(&["apis", "delete", "--tenant", "acme", "echo"]);
+    assert_eq!(exit_code(&deleted), 0, "{}", stderr(&deleted));
+    let missing = server.cli(&["apis", "get", "--tenant", "acme", "echo"]);
+    assert!(stderr(&missing).contains("has no API named \"echo\""), "{}", stderr(&missing));
+    let events = server.audit_events(&["acme"]);
+    let actions: Vec<&str> = events.iter().filter_map(|e| e["action"].as_str()).collect();
+    assert!(actions.contains(&"api.create") && actions.contains(&"api.delete"), "{actions:?}");
+}

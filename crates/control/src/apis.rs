@@ -1,0 +1,213 @@
+//! A tenant's APIs, the contracts its gateway routes by: created, replaced,
+//! listed and deleted here, each change recorded on the tenant's audit
+//! stream (which is also what tells the gateway to rebuild the tenant's
+//! entry). No HTTP here.
+
+use std::sync::Arc;
+
+use bulkhead_identity::Permission;
+use bulkhead_model::{ApiSpec, InvalidApi, Tenant, TenantState};
+use bulkhead_store::{ApiRecord, ControlStore, StoreError};
+use serde_json::json;
+use thiserror::Error;
+
+use crate::{
+    clock::Clock,
+    events::{Actor, EventLog},
+};
+
+/// APIs one tenant may define: each is routed on every request of the
+/// tenant and held in every gateway's memory.
+pub const MAX_APIS_PER_TENANT: usize = 100;
+
+#[derive(Debug, Error)]
+pub enum ApisError {
+    #[error("tenant {0:?} does not exist")]
+    TenantNotFound(String),
+    #[error("your roles in tenant {0:?} do not allow this")]
+    Forbidden(String),
+    #[error("API {name:?}: {error}")]
+    Invalid { name: String, error: InvalidApi },
+    #[error(
+        "tenant {tenant:?} already has an API named {name:?}; `bulkhead apis get` shows it, \
+         `bulkhead apply` changes it"
+    )]
+    Exists { tenant: String, name: String },
+    #[error("tenant {tenant:?} has no API named {name:?}; `bulkhead apis list` shows its APIs")]
+    NotFound { tenant: String, name: String },
+    #[error(
+        "API {name:?} would serve prefix {prefix} of tenant {tenant:?}, which API {other:?} \
+         serves already; each prefix belongs to one API"
+    )]
+    PrefixTaken { tenant: String, name: String, prefix: String, other: String },
+    #[error(
+        "tenant {tenant:?} has {MAX_APIS_PER_TENANT} APIs, as many as a tenant may; delete one \
+         it no longer needs"
+    )]
+    TooMany { tenant: String },
+    #[error("tenant {0:?} is being deleted; its APIs cannot change")]
+    Leaving(String),
+    #[error("the stored API {name:?} of tenant {tenant:?} is unreadable: {error}")]
+    Corrupt { tenant: String, name: String, error: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+type Result<T, E = ApisError> = std::result::Result<T, E>;
+
+/// What an apply did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    Created,
+    Changed,
+    Unchanged,
+}
+
+impl Applied {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Applied::Created => "created",
+            Applied::Changed => "changed",
+            Applied::Unchanged => "unchanged",
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct ApiService {
+    store: Arc<dyn ControlStore>,
+    clock: Arc<dyn Clock>,
+    events: EventLog,
+}
+
+/// Reads a stored spec back through the model's validation.
+pub fn decode(record: &ApiRecord) -> Result<ApiSpec, String> {
+    serde_json::from_str::<ApiSpec>(&record.spec)
+        .map_err(|e| e.to_string())
+        .and_then(|spec| spec.validate().map_err(|e| e.to_string()))
+}
+
+impl ApiService {
+    pub fn new(store: Arc<dyn ControlStore>, clock: Arc<dyn Clock>, events: EventLog) -> Self {
+        Self { store, clock, events }
+    }
+
+    async fn tenant(&self, actor: &Actor, name: &str, permission: Permission) -> Result<Tenant> {
+        let tenant = self
+            .store
+            .tenant_named(name)
+            .await?
+            .filter(|t| actor.may_access(t) && t.state != TenantState::Deleted)
+            .ok_or_else(|| ApisError::TenantNotFound(name.to_owned()))?;
+        if !actor.allows(&tenant, permission) {
+            return Err(ApisError::Forbidden(name.to_owned()));
+        }
+        Ok(tenant)
+    }
+
+    async fn stored(&self, tenant: &Tenant) -> Result<Vec<ApiSpec>> {
+        self.store
+            .apis(tenant.id)
+            .await?
+            .iter()
+            .map(|record| {
+                decode(record).map_err(|error| ApisError::Corrupt {
+                    tenant: tenant.name.to_string(),
+                    name: record.name.clone(),
+                    error,
+                })
+            })
+            .collect()
+    }
+
+    /// Creates the API, or with `replace` also changes an existing one of
+    /// that name (what `apply` does). The spec is validated first, and its
+    /// prefix must not be another API's.
+    pub async fn put(
+        &self,
+        actor: &Actor,
+        tenant_name: &str,
+        spec: ApiSpec,
+        replace: bool,
+    ) -> Result<(ApiSpec, Applied)> {
+        let tenant = self.tenant(actor, tenant_name, Permission::Manage).await?;
+        if tenant.state == TenantState::Offboarding {
+            return Err(ApisError::Leaving(tenant_name.to_owned()));
+        }
+        let name = spec.name.to_string();
+        let spec =
+            spec.validate().map_err(|error| ApisError::Invalid { name: name.clone(), error })?;
+        let existing = self.stored(&tenant).await?;
+        let current = existing.iter().find(|a| a.name == spec.name);
+        match current {
+            Some(current) if current == &spec => return Ok((spec, Applied::Unchanged)),
+            Some(_) if !replace => {
+                return Err(ApisError::Exists { tenant: tenant_name.to_owned(), name });
+            }
+            None if existing.len() >= MAX_APIS_PER_TENANT => {
+                return Err(ApisError::TooMany { tenant: tenant_name.to_owned() });
+            }
+            _ => {}
+        }
+        if let Some(other) =
+            existing.iter().find(|a| a.name != spec.name && a.prefix == spec.prefix)
+        {
+            return Err(ApisError::PrefixTaken {
+                tenant: tenant_name.to_owned(),
+                name,
+                prefix: spec.prefix.as_str().to_owned(),
+                other: other.name.to_string(),
+            });
+        }
+        let now = self.clock.now();
+        let record = ApiRecord {
+            tenant_id: tenant.id,
+            name: name.clone(),
+            spec: serde_json::to_string(&spec).map_err(|e| ApisError::Corrupt {
+                tenant: tenant_name.to_owned(),
+                name: name.clone(),
+                error: e.to_string(),
+            })?,
+            created_at: now,
+            updated_at: now,
+        };
+        let created = self.store.put_api(&record).await?;
+        let (applied, action) = if created {
+            (Applied::Created, "api.create")
+        } else {
+            (Applied::Changed, "api.update")
+        };
+        let details = json!({ "name": name, "prefix": spec.prefix.as_str(), "auth": spec.auth });
+        self.events.record(actor, &tenant, action, "ok", details).await;
+        Ok((spec, applied))
+    }
+
+    pub async fn list(&self, actor: &Actor, tenant_name: &str) -> Result<Vec<ApiSpec>> {
+        let tenant = self.tenant(actor, tenant_name, Permission::Read).await?;
+        self.stored(&tenant).await
+    }
+
+    pub async fn get(&self, actor: &Actor, tenant_name: &str, name: &str) -> Result<ApiSpec> {
+        let tenant = self.tenant(actor, tenant_name, Permission::Read).await?;
+        let missing =
+            || ApisError::NotFound { tenant: tenant_name.to_owned(), name: name.to_owned() };
+        let record = self.store.api(tenant.id, name).await?.ok_or_else(missing)?;
+        decode(&record).map_err(|error| ApisError::Corrupt {
+            tenant: tenant_name.to_owned(),
+            name: name.to_owned(),
+            error,
+        })
+    }
+
+    pub async fn delete(&self, actor: &Actor, tenant_name: &str, name: &str) -> Result<()> {
+        let tenant = self.tenant(actor, tenant_name, Permission::Manage).await?;
+        if !self.store.delete_api(tenant.id, name).await? {
+            return Err(ApisError::NotFound {
+                tenant: tenant_name.to_owned(),
+                name: name.to_owned(),
+            });
+        }
+        self.events.record(actor, &tenant, "api.delete", "ok", json!({ "name": name })).await;
+        Ok(())
+    }
+}

@@ -1,0 +1,289 @@
+//! Feeding the gateway: its snapshot built from the store, and rebuilt for
+//! one tenant whenever that tenant changes.
+//!
+//! Every change that matters to the gateway (a tenant's state, its realm
+//! keys and trust, its API keys, its APIs) is recorded as an event on the
+//! tenant's audit stream, so the event log is where changes are noticed:
+//! [`ConfigChanges`] collects the tenants whose events say so, and
+//! [`follow`] rebuilds their entries, in batches, within milliseconds. A
+//! full rebuild every so often catches what no event announces (realm keys
+//! leaving the JWKS by time, an external provider's rotated keys).
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use bulkhead_gateway::{ApiKeyConfig, Domain, Gateway, Snapshot, TenantConfig};
+use bulkhead_identity::Role;
+use bulkhead_model::{PlanCatalog, Tenant, TenantId, TenantName, TenantState};
+use bulkhead_store::{
+    ApiKeyRecord, ApiRecord, ControlStore, RealmKeyRecord, RealmRecord, StoreError, TrustRecord,
+};
+use tokio::sync::{Notify, watch};
+
+use crate::{apis, identity::IdentityService};
+
+/// Whether an event's action changes what the gateway serves for its
+/// tenant.
+pub fn affects_gateway(action: &str) -> bool {
+    action.starts_with("tenant.")
+        || action.starts_with("realm.")
+        || action.starts_with("api.")
+        || action == "apikey.create"
+        || action == "apikey.revoke"
+}
+
+/// Tenants whose gateway entry is out of date, collected until the feed
+/// takes them.
+#[derive(Debug, Clone, Default)]
+pub struct ConfigChanges {
+    pending: Arc<Mutex<HashMap<TenantId, TenantName>>>,
+    wake: Arc<Notify>,
+}
+
+impl ConfigChanges {
+    pub fn tenant(&self, tenant: &Tenant) {
+        if let Ok(mut pending) = self.pending.lock() {
+            pending.insert(tenant.id, tenant.name.clone());
+        }
+        self.wake.notify_one();
+    }
+
+    /// Waits for changed tenants and takes them all.
+    async fn next(&self) -> HashMap<TenantId, TenantName> {
+        loop {
+            if let Ok(mut pending) = self.pending.lock()
+                && !pending.is_empty()
+            {
+                return std::mem::take(&mut *pending);
+            }
+            self.wake.notified().await;
+        }
+    }
+}
+
+/// Builds the gateway's view of tenants from the store.
+#[derive(Debug)]
+pub struct GatewayFeed {
+    store: Arc<dyn ControlStore>,
+    identity: Arc<IdentityService>,
+    plans: PlanCatalog,
+    domain: Domain,
+}
+
+/// What one tenant's entry is built from.
+#[derive(Debug, Default)]
+struct Parts<'a> {
+    keys: Vec<&'a RealmKeyRecord>,
+    realm: Option<&'a RealmRecord>,
+    trust: Option<&'a TrustRecord>,
+    api_keys: Vec<&'a ApiKeyRecord>,
+    apis: Vec<&'a ApiRecord>,
+}
+
+impl GatewayFeed {
+    pub fn new(
+        store: Arc<dyn ControlStore>,
+        identity: Arc<IdentityService>,
+        plans: PlanCatalog,
+        base_domain: &bulkhead_model::BaseDomain,
+    ) -> Self {
+        let domain = Domain {
+            base_domain: base_domain.as_str().to_owned(),
+            control_audience: identity.control_audience(),
+        };
+        Self { store, identity, plans, domain }
+    }
+
+    pub fn domain(&self) -> Domain {
+        self.domain.clone()
+    }
+
+    /// Every served tenant's configuration, in six reads of the store
+    /// however many tenants there are.
+    pub async fn all(&self) -> Result<Vec<TenantConfig>, StoreError> {
+        let tenants = self.store.all_tenants().await?;
+        let keys = self.store.all_realm_keys().await?;
+        let realms = self.store.all_realms().await?;
+        let trusts = self.store.all_trusts().await?;
+        let api_keys = self.store.all_unrevoked_api_keys().await?;
+        let apis = self.store.all_apis().await?;
+        let mut parts: HashMap<TenantId, Parts<'_>> = HashMap::new();
+        for key in &keys {
+            parts.entry(key.tenant_id).or_default().keys.push(key);
+        }
+        for realm in &realms {
+            parts.entry(realm.tenant_id).or_default().realm = Some(realm);
+        }
+        for trust in &trusts {
+            parts.entry(trust.tenant_id).or_default().trust = Some(trust);
+        }
+        for key in &api_keys {
+            parts.entry(key.tenant_id).or_default().api_keys.push(key);
+        }
+        for api in &apis {
+            parts.entry(api.tenant_id).or_default().apis.push(api);
+        }
+        let mut configs = Vec::with_capacity(tenants.len());
+        let empty = Parts::default();
+        for tenant in &tenants {
+            let parts = parts.get(&tenant.id).unwrap_or(&empty);
+            if let Some(config) = self.config(tenant, parts).await {
+                configs.push(config);
+            }
+        }
+        Ok(configs)
+    }
+
+    /// One tenant's configuration; `None` when the gateway does not serve
+    /// it (gone, or in a state other than active and suspended).
+    pub async fn tenant(&self, id: TenantId) -> Result<Option<TenantConfig>, StoreError> {
+        let Some(tenant) = self.store.tenant_by_id(id).await? else { return Ok(None) };
+        let keys = self.store.realm_keys(id).await?;
+        let realm = self.store.realm(id).await?;
+        let trust = self.store.trust(id).await?;
+        let api_keys = self.store.api_keys(id).await?;
+        let apis = self.store.apis(id).await?;
+        let parts = Parts {
+            keys: keys.iter().collect(),
+            realm: realm.as_ref(),
+            trust: trust.as_ref(),
+            api_keys: api_keys.iter().filter(|k| k.revoked_at.is_none()).collect(),
+            apis: apis.iter().collect(),
+        };
+        Ok(self.config(&tenant, &parts).await)
+    }
+
+    async fn config(&self, tenant: &Tenant, parts: &Parts<'_>) -> Option<TenantConfig> {
+        let suspended = match tenant.state {
+            TenantState::Active => false,
+            TenantState::Suspended => true,
+            _ => return None,
+        };
+        let keys: Vec<RealmKeyRecord> = parts.keys.iter().map(|k| (*k).clone()).collect();
+        let realm = match parts.realm {
+            None => None,
+            // Each API checks the audience it requires.
+            Some(realm) => match self.identity.realm_trust_from(tenant, &keys, Some(realm), None) {
+                Ok(trust) => Some(trust),
+                Err(error) => {
+                    tracing::warn!(tenant = %tenant.name, %error, "cannot read the tenant's realm keys; its tokens are refused at the gateway");
+                    None
+                }
+            },
+        };
+        let external = match parts.trust {
+            None => None,
+            Some(record) => match self.identity.external_trust(tenant, record, false).await {
+                Ok(trust) => Some(trust),
+                Err(error) => {
+                    tracing::warn!(tenant = %tenant.name, %error, "cannot load the trusted provider's keys; its tokens are refused at the gateway until they load");
+                    None
+                }
+            },
+        };
+        let api_keys = parts
+            .api_keys
+            .iter()
+            .filter_map(|k| {
+                Some(ApiKeyConfig {
+                    hash: k.key_hash.as_slice().try_into().ok()?,
+                    id: k.id,
+                    name: k.name.clone(),
+                    roles: k.roles.split(',').filter_map(Role::parse).collect(),
+                    expires_at: k.expires_at.map(time::OffsetDateTime::unix_timestamp),
+                })
+            })
+            .collect();
+        let apis = parts
+            .apis
+            .iter()
+            .filter_map(|record| match apis::decode(record) {
+                Ok(spec) => Some(spec),
+                Err(error) => {
+                    tracing::error!(tenant = %tenant.name, api = %record.name, %error, "a stored API is unreadable; it is not served");
+                    None
+                }
+            })
+            .collect();
+        let limits = match self.plans.get(tenant.plan.as_str()) {
+            Ok(plan) => plan.gateway.clone(),
+            Err(error) => {
+                tracing::error!(tenant = %tenant.name, %error, "the tenant's plan is unknown; it is not served");
+                return None;
+            }
+        };
+        Some(TenantConfig {
+            id: tenant.id.0,
+            name: tenant.name.clone(),
+            suspended,
+            realm,
+            external,
+            app_audience: self.identity.app_audience(&tenant.name),
+            api_keys,
+            apis,
+            limits,
+        })
+    }
+}
+
+/// Builds the whole snapshot anew, keeping the runtimes of `gateway`'s
+/// current one.
+pub async fn rebuild(gateway: &Gateway, feed: &GatewayFeed) -> Result<usize, StoreError> {
+    let started = Instant::now();
+    let configs = feed.all().await?;
+    let snapshot = Snapshot::build(feed.domain(), configs, &gateway.snapshot());
+    let tenants = snapshot.len();
+    gateway.replace(snapshot);
+    tracing::debug!(
+        tenants,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "gateway snapshot rebuilt"
+    );
+    Ok(tenants)
+}
+
+/// Keeps `gateway`'s snapshot current until `stopping`: changed tenants'
+/// entries at once, the whole snapshot every `full_every`. When the store
+/// cannot be read, the gateway keeps serving what it has.
+pub async fn follow(
+    gateway: Arc<Gateway>,
+    feed: Arc<GatewayFeed>,
+    changes: ConfigChanges,
+    mut stopping: watch::Receiver<bool>,
+    full_every: Duration,
+) {
+    let mut full = tokio::time::interval(full_every);
+    full.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = async { let _ = stopping.wait_for(|stop| *stop).await; } => return,
+            _ = full.tick() => {
+                if let Err(error) = rebuild(&gateway, &feed).await {
+                    tracing::warn!(%error, "cannot rebuild the gateway snapshot; serving the last one");
+                }
+            }
+            changed = changes.next() => {
+                let mut updates = Vec::with_capacity(changed.len());
+                let mut failed = HashSet::new();
+                for (id, name) in changed {
+                    match feed.tenant(id).await {
+                        Ok(config) => updates.push((name.to_string(), config)),
+                        Err(error) => {
+                            tracing::warn!(tenant = %name, %error, "cannot read a changed tenant; its gateway entry is rebuilt on the next pass");
+                            failed.insert(id);
+                        }
+                    }
+                    gateway.forget_tenant(id.0);
+                }
+                gateway.replace(gateway.snapshot().with_tenants(updates));
+                if !failed.is_empty() {
+                    // The next full rebuild picks them up.
+                    tracing::debug!(count = failed.len(), "tenants left for the next full rebuild");
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,68 @@
+//! Reads: the route's API and the principal. Adds: [`Permitted`], which
+//! only this phase makes, so the proxy cannot be reached with a request
+//! that skipped it.
+//!
+//! A token must name the API's audience (the tenant's application
+//! audience unless the API sets its own) and must not name the control
+//! API's: a token minted to manage the tenant is not one for its
+//! applications. With roles set on the API, the caller must hold one of
+//! them or a stronger one.
+
+use crate::{
+    authn::{CredentialKind, Principal},
+    error::{Code, Phase, Refusal},
+    resolve::ResolvedTenant,
+    route::Route,
+    snapshot::Domain,
+};
+
+/// A request allowed through to the limits and the proxy.
+#[derive(Debug)]
+pub struct Permitted {
+    pub tenant: ResolvedTenant,
+    pub route: Route,
+    pub principal: Option<Principal>,
+}
+
+pub fn authorize(
+    domain: &Domain,
+    tenant: ResolvedTenant,
+    route: Route,
+    principal: Option<Principal>,
+) -> Result<Permitted, Refusal> {
+    let spec = &route.api.spec;
+    let Some(caller) = &principal else {
+        if spec.auth == bulkhead_model::ApiAuth::Public {
+            return Ok(Permitted { tenant, route, principal });
+        }
+        return Err(Refusal::new(Phase::Authz, Code::Unauthenticated, "no credential"));
+    };
+    if caller.kind != CredentialKind::ApiKey {
+        let required = spec.audience.as_deref().unwrap_or(&tenant.0.app_audience);
+        if caller.audience.contains(&domain.control_audience) {
+            return Err(Refusal::new(
+                Phase::Authz,
+                Code::Unauthenticated,
+                "a control-API token is not an application token",
+            ));
+        }
+        if !caller.audience.iter().any(|a| a == required) {
+            return Err(Refusal::new(
+                Phase::Authz,
+                Code::Unauthenticated,
+                "token audience is not this API's",
+            ));
+        }
+    }
+    if !spec.roles.is_empty() {
+        // Roles sort strongest first: holding any role at least as strong
+        // as the weakest one the API names is enough.
+        let weakest_allowed = spec.roles.iter().max();
+        let strongest_held = caller.roles.iter().min();
+        if !matches!((strongest_held, weakest_allowed), (Some(held), Some(allowed)) if held <= allowed)
+        {
+            return Err(Refusal::new(Phase::Authz, Code::Forbidden, "roles do not allow this API"));
+        }
+    }
+    Ok(Permitted { tenant, route, principal })
+}

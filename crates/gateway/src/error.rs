@@ -1,0 +1,190 @@
+//! The one place the gateway turns a refusal into a response: a table of
+//! stable codes, each with its status and a message that says nothing about
+//! any tenant but the caller's own (an unknown tenant and another tenant's
+//! credential look alike from outside).
+
+use std::{borrow::Cow, time::Duration};
+
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue, Response, StatusCode, header};
+
+use crate::body::{Body, full};
+
+/// The phase that ended a request, for records and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Phase {
+    /// The request's own shape: smuggling, absolute-form, duplicate Host.
+    Framing,
+    Resolve,
+    Authn,
+    Route,
+    Authz,
+    Limit,
+    Proxy,
+}
+
+impl Phase {
+    pub const ALL: [Phase; 7] = [
+        Phase::Framing,
+        Phase::Resolve,
+        Phase::Authn,
+        Phase::Route,
+        Phase::Authz,
+        Phase::Limit,
+        Phase::Proxy,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Framing => "framing",
+            Phase::Resolve => "resolve",
+            Phase::Authn => "authn",
+            Phase::Route => "route",
+            Phase::Authz => "authz",
+            Phase::Limit => "limit",
+            Phase::Proxy => "proxy",
+        }
+    }
+}
+
+/// Every refusal the gateway answers with, by its stable code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Code {
+    BadRequest,
+    NotFound,
+    TenantSuspended,
+    Unauthenticated,
+    Forbidden,
+    RouteNotFound,
+    MethodNotAllowed,
+    PayloadTooLarge,
+    RateLimited,
+    TenantOverloaded,
+    LimiterUnavailable,
+    UpstreamUnavailable,
+    UpstreamTimeout,
+}
+
+impl Code {
+    /// Code, status, message: the whole table.
+    fn entry(self) -> (&'static str, StatusCode, &'static str) {
+        use Code::*;
+        match self {
+            BadRequest => ("bad_request", StatusCode::BAD_REQUEST, "the request is malformed"),
+            NotFound => ("not_found", StatusCode::NOT_FOUND, "no tenant is served at this host"),
+            TenantSuspended => (
+                "tenant_suspended",
+                StatusCode::FORBIDDEN,
+                "this tenant is suspended; its operator can resume it",
+            ),
+            Unauthenticated => (
+                "unauthenticated",
+                StatusCode::UNAUTHORIZED,
+                "a valid credential of this tenant is required (Authorization: Bearer ...)",
+            ),
+            Forbidden => (
+                "forbidden",
+                StatusCode::FORBIDDEN,
+                "this credential is not allowed to call this API",
+            ),
+            RouteNotFound => {
+                ("route_not_found", StatusCode::NOT_FOUND, "no API of this tenant serves this path")
+            }
+            MethodNotAllowed => (
+                "method_not_allowed",
+                StatusCode::METHOD_NOT_ALLOWED,
+                "this API does not take this method",
+            ),
+            PayloadTooLarge => (
+                "payload_too_large",
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "the request body is larger than this API accepts",
+            ),
+            RateLimited => (
+                "rate_limited",
+                StatusCode::TOO_MANY_REQUESTS,
+                "too many requests; retry after the seconds Retry-After says",
+            ),
+            TenantOverloaded => (
+                "tenant_overloaded",
+                StatusCode::SERVICE_UNAVAILABLE,
+                "this tenant has as many requests in flight as its plan allows; retry shortly",
+            ),
+            LimiterUnavailable => (
+                "limiter_unavailable",
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the rate limiter cannot be reached; retry shortly",
+            ),
+            UpstreamUnavailable => (
+                "upstream_unavailable",
+                StatusCode::BAD_GATEWAY,
+                "the API's upstream cannot be reached",
+            ),
+            UpstreamTimeout => (
+                "upstream_timeout",
+                StatusCode::GATEWAY_TIMEOUT,
+                "the API's upstream did not answer in time",
+            ),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        self.entry().0
+    }
+
+    pub fn status(self) -> StatusCode {
+        self.entry().1
+    }
+}
+
+/// Why a request ends at the gateway. `reason` is for the record and the
+/// log, never for the wire.
+#[derive(Debug, Clone)]
+pub struct Refusal {
+    pub phase: Phase,
+    pub code: Code,
+    pub reason: Cow<'static, str>,
+    /// Headers the response carries besides the body (Retry-After, Allow).
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl Refusal {
+    pub fn new(phase: Phase, code: Code, reason: impl Into<Cow<'static, str>>) -> Self {
+        Self { phase, code, reason: reason.into(), headers: Vec::new() }
+    }
+
+    pub fn with_header(mut self, name: HeaderName, value: HeaderValue) -> Self {
+        self.headers.push((name, value));
+        self
+    }
+
+    /// Adds `Retry-After` in whole seconds, rounded up, at least one.
+    pub fn retry_after(self, wait: Duration) -> Self {
+        let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        self.with_header(header::RETRY_AFTER, HeaderValue::from(secs.max(1)))
+    }
+}
+
+/// The response for `refusal`: `{"error":{"code","message","request_id"}}`.
+pub fn rescue(refusal: &Refusal, request_id: &HeaderValue) -> Response<Body> {
+    let (code, status, message) = refusal.code.entry();
+    let body = serde_json::json!({
+        "error": {
+            "code": code,
+            "message": message,
+            "request_id": request_id.to_str().unwrap_or_default(),
+        }
+    });
+    let mut response = Response::new(full(Bytes::from(body.to_string())));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(crate::headers::REQUEST_ID, request_id.clone());
+    if status == StatusCode::UNAUTHORIZED {
+        headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+    for (name, value) in &refusal.headers {
+        headers.append(name, value.clone());
+    }
+    response
+}

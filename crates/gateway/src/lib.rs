@@ -1,0 +1,156 @@
+//! Bulkhead's data plane. A request reaches a tenant's upstream only if its
+//! host, its credential and its route all name the same tenant, and only
+//! within that tenant's limits.
+//!
+//! Each phase is one module that says what it reads and what it adds;
+//! [`Gateway::pass`] runs them in order. The gateway never reads the
+//! control store: it serves a [`Snapshot`] the control plane builds and
+//! swaps in whole, so a request loads one `Arc` and awaits nothing but its
+//! upstream.
+
+pub mod authn;
+pub mod authz;
+pub mod body;
+pub mod error;
+pub mod framing;
+pub mod headers;
+pub mod limit;
+pub mod path;
+pub mod proxy;
+pub mod resolve;
+pub mod route;
+mod server;
+pub mod snapshot;
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use arc_swap::ArcSwap;
+use bulkhead_identity::VerifiedCache;
+use http::{HeaderValue, Request, Response, header};
+use hyper::body::Incoming;
+
+pub use body::Body;
+pub use error::{Code, Phase, Refusal};
+pub use snapshot::{ApiKeyConfig, Domain, Snapshot, TenantConfig};
+
+/// How the gateway treats clients.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// A client that has not sent a whole request head within this is cut
+    /// (slowloris).
+    pub header_read_timeout: Duration,
+    /// The largest request head accepted; larger ones get 431.
+    pub max_header_bytes: usize,
+    /// Verified tokens remembered, across tenants.
+    pub token_cache_entries: usize,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: Duration::from_secs(10),
+            max_header_bytes: 64 * 1024,
+            token_cache_entries: 100_000,
+        }
+    }
+}
+
+/// A running data plane: the snapshot it serves and what it keeps across
+/// snapshots.
+pub struct Gateway {
+    snapshot: ArcSwap<Snapshot>,
+    verified: VerifiedCache,
+    settings: Settings,
+    now: UnixClock,
+}
+
+/// The time in unix seconds, as the control plane's clock tells it (so
+/// expiry is testable without sleeping).
+pub type UnixClock = Arc<dyn Fn() -> i64 + Send + Sync>;
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway").field("settings", &self.settings).finish_non_exhaustive()
+    }
+}
+
+impl Gateway {
+    pub fn new(snapshot: Snapshot, settings: Settings, now: UnixClock) -> Arc<Self> {
+        Arc::new(Self {
+            snapshot: ArcSwap::from_pointee(snapshot),
+            verified: VerifiedCache::new(settings.token_cache_entries),
+            settings,
+            now,
+        })
+    }
+
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
+    }
+
+    /// Serves `snapshot` from the next request on.
+    pub fn replace(&self, snapshot: Snapshot) {
+        self.snapshot.store(Arc::new(snapshot));
+    }
+
+    /// Forgets the tokens verified for a tenant (its realm or trust
+    /// changed); the next request verifies again.
+    pub fn forget_tenant(&self, tenant: uuid::Uuid) {
+        self.verified.forget_tenant(tenant);
+    }
+
+    /// Answers one request, however it ends. `verdict` is what the
+    /// connection's inspector found in the request's head.
+    async fn handle(
+        &self,
+        request: Request<Incoming>,
+        peer: SocketAddr,
+        verdict: framing::Verdict,
+    ) -> Response<Body> {
+        let request_id = headers::request_id(request.headers());
+        let snapshot = self.snapshot.load();
+        match self.pass(&snapshot, request, peer, verdict, &request_id).await {
+            Ok(response) => response,
+            Err(refusal) => {
+                tracing::debug!(
+                    phase = refusal.phase.as_str(),
+                    code = refusal.code.as_str(),
+                    reason = %refusal.reason,
+                    request_id = request_id.to_str().unwrap_or_default(),
+                    "request refused"
+                );
+                error::rescue(&refusal, &request_id)
+            }
+        }
+    }
+
+    /// The request path, phase by phase; any phase may end it.
+    async fn pass(
+        &self,
+        snapshot: &Snapshot,
+        request: Request<Incoming>,
+        peer: SocketAddr,
+        verdict: framing::Verdict,
+        request_id: &HeaderValue,
+    ) -> Result<Response<Body>, Refusal> {
+        framing::check(&request, verdict)?;
+        let tenant = resolve::tenant(snapshot, &request)?;
+        let principal =
+            authn::authenticate(&tenant, request.headers(), &self.verified, (self.now)())?;
+        let path = path::canonical(request.uri().path())?;
+        let route = route::find(&tenant, &path, request.uri().query(), request.method())?;
+        let permitted = authz::authorize(&snapshot.domain, tenant, route, principal)?;
+        let slot = permitted.tenant.0.runtime.enter()?;
+        let host = match request.headers().get(header::HOST) {
+            Some(host) => host.clone(),
+            None => request
+                .uri()
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+                .unwrap_or(HeaderValue::from_static("")),
+        };
+        let context = proxy::Forward { request_id, peer, host, slot };
+        let (response, _answered) = proxy::forward(permitted, request, context).await?;
+        Ok(response)
+    }
+}

@@ -1,0 +1,409 @@
+//! Reads: a [`Permitted`] request. Adds: the upstream's response, streamed
+//! both ways without buffering.
+//!
+//! Each API has its own pooled client (keep-alive; HTTP/1.1, or h2c by
+//! prior knowledge) whose connections count against the tenant's cap, so
+//! a hung upstream holds only its own tenant's share. Upstreams are taken
+//! in turn; one that fails to connect or answer [`EJECT_AFTER`] times in a
+//! row is left out for [`EJECT_FOR`], then tried again.
+
+use std::{
+    future::Future,
+    io,
+    net::SocketAddr,
+    pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering},
+    },
+    task::{Context, Poll},
+    time::{Duration, Instant},
+};
+
+use bulkhead_model::{ApiSpec, Upstream, UpstreamProtocol};
+use http::{HeaderValue, Request, Response, StatusCode, Uri, Version, header};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper_util::{
+    client::legacy::{
+        Client,
+        connect::{Connected, Connection},
+    },
+    rt::{TokioExecutor, TokioIo},
+};
+use tokio::net::{TcpStream, UnixStream};
+
+use crate::{
+    authz::Permitted,
+    body::{Body, Tracked, empty},
+    error::{Code, Phase, Refusal},
+    headers,
+    limit::{ConnectionSlot, Slot, TenantRuntime},
+};
+
+/// Consecutive failures that take an upstream out of rotation.
+pub const EJECT_AFTER: u32 = 3;
+/// How long an ejected upstream stays out.
+pub const EJECT_FOR: Duration = Duration::from_secs(10);
+/// Idle pooled connections kept per upstream.
+const IDLE_PER_UPSTREAM: usize = 64;
+
+/// What an API's client is built from: a change to any of it builds a new
+/// client, anything else keeps the pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamKey {
+    upstreams: Vec<Upstream>,
+    protocol: UpstreamProtocol,
+    connect_ms: u64,
+}
+
+impl UpstreamKey {
+    pub fn of(spec: &ApiSpec) -> Self {
+        Self {
+            upstreams: spec.upstreams.clone(),
+            protocol: spec.protocol,
+            connect_ms: spec.timeouts.connect_ms,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Health {
+    failures: AtomicU32,
+    /// Nanoseconds after the runtime's epoch until which it is out.
+    ejected_until: AtomicU64,
+}
+
+/// An API's upstream client and the health of its upstreams, across
+/// snapshots.
+pub struct ApiRuntime {
+    pub key: UpstreamKey,
+    client: Client<Connector, Body>,
+    health: Vec<Health>,
+    next: AtomicUsize,
+    epoch: Instant,
+}
+
+impl std::fmt::Debug for ApiRuntime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiRuntime").field("key", &self.key).finish_non_exhaustive()
+    }
+}
+
+impl ApiRuntime {
+    pub fn new(key: UpstreamKey, tenant: Arc<TenantRuntime>) -> Self {
+        let connector = Connector {
+            targets: key.upstreams.clone().into(),
+            tenant,
+            timeout: Duration::from_millis(key.connect_ms),
+        };
+        let mut builder = Client::builder(TokioExecutor::new());
+        builder
+            .pool_max_idle_per_host(IDLE_PER_UPSTREAM)
+            .pool_idle_timeout(Duration::from_secs(60));
+        if key.protocol == UpstreamProtocol::H2c {
+            builder.http2_only(true);
+        }
+        let client = builder.build(connector);
+        let health = key.upstreams.iter().map(|_| Health::default()).collect();
+        Self { key, client, health, next: AtomicUsize::new(0), epoch: Instant::now() }
+    }
+
+    fn now(&self) -> u64 {
+        self.epoch.elapsed().as_nanos() as u64
+    }
+
+    /// The next upstream in turn that is not ejected; when all are, the
+    /// next in turn anyway (refusing everything would not heal them).
+    fn pick(&self) -> usize {
+        let n = self.health.len().max(1);
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let now = self.now();
+        (0..n)
+            .map(|i| (start + i) % n)
+            .find(|&i| self.health[i].ejected_until.load(Ordering::Relaxed) <= now)
+            .unwrap_or(start % n)
+    }
+
+    fn succeeded(&self, i: usize) {
+        self.health[i].failures.store(0, Ordering::Relaxed);
+    }
+
+    fn failed(&self, i: usize) {
+        let failures = self.health[i].failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if failures >= EJECT_AFTER {
+            let until = self.now() + EJECT_FOR.as_nanos() as u64;
+            self.health[i].ejected_until.store(until, Ordering::Relaxed);
+            self.health[i].failures.store(0, Ordering::Relaxed);
+            tracing::warn!(upstream = %self.key.upstreams[i], "upstream ejected after consecutive failures");
+        }
+    }
+}
+
+/// What the proxy needs besides the request.
+#[derive(Debug)]
+pub struct Forward<'a> {
+    pub request_id: &'a HeaderValue,
+    pub peer: SocketAddr,
+    pub host: HeaderValue,
+    /// Held until the response body ends.
+    pub slot: Slot,
+}
+
+/// How long the upstream took to answer with its headers.
+#[derive(Debug, Clone, Copy)]
+pub struct Answered {
+    pub latency: Duration,
+}
+
+pub async fn forward(
+    permitted: Permitted,
+    mut request: Request<Incoming>,
+    context: Forward<'_>,
+) -> Result<(Response<Body>, Answered), Refusal> {
+    let api = &permitted.route.api;
+    let spec = &api.spec;
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > spec.max_body_bytes) {
+        return Err(Refusal::new(
+            Phase::Proxy,
+            Code::PayloadTooLarge,
+            "Content-Length over the cap",
+        ));
+    }
+    let upgrade = headers::is_upgrade(request.headers());
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
+    let (mut parts, body) = request.into_parts();
+    let runtime = &api.runtime;
+    let index = runtime.pick();
+    let uri: Uri = format!("http://u{index}{}", permitted.route.upstream_target)
+        .parse()
+        .map_err(|_| Refusal::new(Phase::Proxy, Code::BadRequest, "unusable request target"))?;
+    parts.uri = uri;
+    parts.version = match spec.protocol {
+        UpstreamProtocol::Http1 => Version::HTTP_11,
+        UpstreamProtocol::H2c => Version::HTTP_2,
+    };
+    let vouched = headers::Vouched {
+        tenant: &permitted.tenant.0,
+        api: &api.name,
+        principal: permitted.principal.as_ref(),
+        request_id: context.request_id,
+        peer: context.peer,
+        host: &context.host,
+    };
+    headers::for_upstream(&mut parts.headers, upgrade, vouched);
+    let cap = usize::try_from(spec.max_body_bytes).unwrap_or(usize::MAX);
+    let body = Limited::new(body, cap).boxed_unsync();
+    let started = Instant::now();
+    let timeout = Duration::from_millis(spec.timeouts.response_ms);
+    let outcome =
+        tokio::time::timeout(timeout, runtime.client.request(Request::from_parts(parts, body)))
+            .await;
+    let mut response = match outcome {
+        Ok(Ok(response)) => {
+            runtime.succeeded(index);
+            response
+        }
+        Ok(Err(error)) => {
+            if caused_by::<TenantConnectionCap>(&error) {
+                return Err(Refusal::new(
+                    Phase::Limit,
+                    Code::TenantOverloaded,
+                    "upstream connection cap reached",
+                ));
+            }
+            if caused_by::<http_body_util::LengthLimitError>(&error) {
+                return Err(Refusal::new(Phase::Proxy, Code::PayloadTooLarge, "body over the cap"));
+            }
+            runtime.failed(index);
+            tracing::debug!(%error, "upstream request failed");
+            return Err(Refusal::new(
+                Phase::Proxy,
+                Code::UpstreamUnavailable,
+                format!("upstream: {error}"),
+            ));
+        }
+        Err(_) => {
+            runtime.failed(index);
+            return Err(Refusal::new(
+                Phase::Proxy,
+                Code::UpstreamTimeout,
+                "no response headers in time",
+            ));
+        }
+    };
+    let answered = Answered { latency: started.elapsed() };
+    let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+    headers::for_client(response.headers_mut(), switching, context.request_id);
+    if switching && let Some(client_upgrade) = client_upgrade {
+        let upstream_upgrade = hyper::upgrade::on(&mut response);
+        let (parts, _) = response.into_parts();
+        tokio::spawn(tunnel(client_upgrade, upstream_upgrade, context.slot));
+        return Ok((Response::from_parts(parts, empty()), answered));
+    }
+    let idle = Duration::from_millis(spec.timeouts.idle_ms);
+    let bytes = Arc::new(AtomicU64::new(0));
+    let (parts, body) = response.into_parts();
+    let body = Tracked::new(body, idle, bytes, context.slot).boxed_unsync();
+    Ok((Response::from_parts(parts, body), answered))
+}
+
+/// Copies bytes both ways between an upgraded client and upstream (a
+/// WebSocket) until either side closes; the tenant's slot is held as long.
+async fn tunnel(
+    client: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+    slot: Slot,
+) {
+    let _slot = slot;
+    let (Ok(client), Ok(upstream)) = (client.await, upstream.await) else { return };
+    let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
+    if let Err(error) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+        tracing::debug!(%error, "upgraded connection ended");
+    }
+}
+
+fn caused_by<E: std::error::Error + 'static>(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = Some(error);
+    while let Some(e) = source {
+        if e.is::<E>() {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
+/// The tenant holds as many upstream connections as its plan allows.
+#[derive(Debug, thiserror::Error)]
+#[error("the tenant's upstream connection cap is reached")]
+pub struct TenantConnectionCap;
+
+/// Connects an API's client to its upstreams: the request URI's host
+/// `u{index}` names the upstream, so one pool serves each upstream.
+#[derive(Clone)]
+struct Connector {
+    targets: Arc<[Upstream]>,
+    tenant: Arc<TenantRuntime>,
+    timeout: Duration,
+}
+
+impl tower_service::Service<Uri> for Connector {
+    type Response = Conn;
+    type Error = io::Error;
+    type Future = Pin<Box<dyn Future<Output = io::Result<Conn>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let target = uri
+            .host()
+            .and_then(|h| h.strip_prefix('u'))
+            .and_then(|i| i.parse::<usize>().ok())
+            .and_then(|i| self.targets.get(i).cloned());
+        let tenant = Arc::clone(&self.tenant);
+        let timeout = self.timeout;
+        Box::pin(async move {
+            let target = target.ok_or_else(|| io::Error::other("no such upstream"))?;
+            let slot = tenant.connect().ok_or_else(|| io::Error::other(TenantConnectionCap))?;
+            let connect = async {
+                Ok::<_, io::Error>(match &target {
+                    Upstream::Http(authority) => {
+                        let stream = TcpStream::connect(authority.as_str()).await?;
+                        stream.set_nodelay(true)?;
+                        Io::Tcp(TokioIo::new(stream))
+                    }
+                    Upstream::Unix(path) => {
+                        Io::Unix(TokioIo::new(UnixStream::connect(path).await?))
+                    }
+                })
+            };
+            let io = tokio::time::timeout(timeout, connect)
+                .await
+                .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
+            Ok(Conn { io, _slot: slot })
+        })
+    }
+}
+
+enum Io {
+    Tcp(TokioIo<TcpStream>),
+    Unix(TokioIo<UnixStream>),
+}
+
+/// An upstream connection, counted against its tenant's cap while open.
+struct Conn {
+    io: Io,
+    _slot: ConnectionSlot,
+}
+
+impl Connection for Conn {
+    fn connected(&self) -> Connected {
+        Connected::new()
+    }
+}
+
+macro_rules! delegate {
+    ($self:ident, $io:ident => $call:expr) => {
+        match &mut $self.get_mut().io {
+            Io::Tcp($io) => {
+                let $io = Pin::new($io);
+                $call
+            }
+            Io::Unix($io) => {
+                let $io = Pin::new($io);
+                $call
+            }
+        }
+    };
+}
+
+impl hyper::rt::Read for Conn {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<io::Result<()>> {
+        delegate!(self, io => io.poll_read(cx, buf))
+    }
+}
+
+impl hyper::rt::Write for Conn {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        delegate!(self, io => io.poll_write(cx, buf))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        delegate!(self, io => io.poll_flush(cx))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        delegate!(self, io => io.poll_shutdown(cx))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match &self.io {
+            Io::Tcp(io) => io.is_write_vectored(),
+            Io::Unix(io) => io.is_write_vectored(),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        delegate!(self, io => io.poll_write_vectored(cx, bufs))
+    }
+}

@@ -1,0 +1,195 @@
+//! The configuration snapshot: everything the gateway knows, built by the
+//! control plane and swapped atomically. A request loads it once and reads
+//! nothing else, so no request awaits a lock or a store query.
+//!
+//! What changes while the gateway runs (limit cells, in-flight counts,
+//! upstream pools and their health) lives in runtimes that a rebuilt entry
+//! takes over from the entry it replaces, so a key rotation does not reset
+//! a tenant's rate limit or drop its pooled connections.
+
+use std::{collections::HashMap, sync::Arc, time::Instant};
+
+use bulkhead_identity::{Role, Trust};
+use bulkhead_model::{ApiSpec, GatewayLimits, TenantName};
+use uuid::Uuid;
+
+use crate::{
+    limit::TenantRuntime,
+    proxy::{ApiRuntime, UpstreamKey},
+};
+
+/// What the control plane tells the gateway about one tenant.
+#[derive(Debug, Clone)]
+pub struct TenantConfig {
+    pub id: Uuid,
+    pub name: TenantName,
+    /// A suspended tenant is answered `tenant_suspended`; tenants in any
+    /// state but active and suspended are left out of the snapshot.
+    pub suspended: bool,
+    /// How the tenant's realm tokens verify (audience unset: each API
+    /// requires its own); `None` before the realm exists.
+    pub realm: Option<Trust>,
+    /// The external identity provider the tenant trusts, with the keys
+    /// known when the entry was built.
+    pub external: Option<Trust>,
+    /// The audience of tokens minted for the tenant's applications.
+    pub app_audience: String,
+    pub api_keys: Vec<ApiKeyConfig>,
+    pub apis: Vec<ApiSpec>,
+    pub limits: GatewayLimits,
+}
+
+/// An API key as the gateway checks it: by the SHA-256 of the key.
+#[derive(Clone)]
+pub struct ApiKeyConfig {
+    pub hash: [u8; 32],
+    pub id: Uuid,
+    pub name: String,
+    pub roles: Vec<Role>,
+    /// Unix seconds after which the key is refused.
+    pub expires_at: Option<i64>,
+}
+
+impl std::fmt::Debug for ApiKeyConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiKeyConfig")
+            .field("id", &self.id)
+            .field("name", &self.name)
+            .field("roles", &self.roles)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One tenant as the request path reads it.
+#[derive(Debug)]
+pub struct TenantEntry {
+    pub id: Uuid,
+    pub name: Arc<str>,
+    pub suspended: bool,
+    pub realm: Option<Trust>,
+    pub external: Option<Trust>,
+    pub app_audience: Box<str>,
+    pub api_keys: HashMap<[u8; 32], ApiKeyConfig>,
+    /// Longest prefix first, so the first match is the longest.
+    pub apis: Vec<Arc<ApiEntry>>,
+    pub limits: GatewayLimits,
+    pub runtime: Arc<TenantRuntime>,
+}
+
+/// One API of a tenant.
+#[derive(Debug)]
+pub struct ApiEntry {
+    pub spec: ApiSpec,
+    pub name: Arc<str>,
+    pub runtime: Arc<ApiRuntime>,
+}
+
+/// Settings every snapshot shares.
+#[derive(Debug, Clone)]
+pub struct Domain {
+    /// Tenants are served at `{tenant}.{base_domain}`; lower case, no
+    /// trailing dot.
+    pub base_domain: String,
+    /// Tokens naming this audience are for the control API, never for an
+    /// application: the gateway refuses them.
+    pub control_audience: String,
+}
+
+/// Every tenant the gateway serves, at one moment.
+#[derive(Debug)]
+pub struct Snapshot {
+    pub domain: Arc<Domain>,
+    tenants: HashMap<Arc<str>, Arc<TenantEntry>>,
+    /// When this snapshot was made, for the snapshot-age metric.
+    pub built_at: Instant,
+}
+
+impl Snapshot {
+    /// A snapshot with no tenants: every host is unknown.
+    pub fn empty(domain: Domain) -> Self {
+        Self { domain: Arc::new(domain), tenants: HashMap::new(), built_at: Instant::now() }
+    }
+
+    /// A snapshot of `tenants`, taking over the runtimes of the entries
+    /// `previous` has for them.
+    pub fn build(domain: Domain, tenants: Vec<TenantConfig>, previous: &Snapshot) -> Self {
+        let mut map = HashMap::with_capacity(tenants.len());
+        for config in tenants {
+            let entry = previous.entry(config);
+            map.insert(Arc::clone(&entry.name), entry);
+        }
+        Self { domain: Arc::new(domain), tenants: map, built_at: Instant::now() }
+    }
+
+    /// This snapshot with some tenants' entries replaced: by name, the new
+    /// configuration, or `None` to remove the entry (the tenant left or is
+    /// not served).
+    pub fn with_tenants(&self, changes: Vec<(String, Option<TenantConfig>)>) -> Self {
+        let mut tenants = self.tenants.clone();
+        for (name, config) in changes {
+            tenants.remove(name.as_str());
+            if let Some(config) = config {
+                let entry = self.entry(config);
+                tenants.insert(Arc::clone(&entry.name), entry);
+            }
+        }
+        Self { domain: Arc::clone(&self.domain), tenants, built_at: Instant::now() }
+    }
+
+    pub fn tenant(&self, name: &str) -> Option<&Arc<TenantEntry>> {
+        self.tenants.get(name)
+    }
+
+    pub fn len(&self) -> usize {
+        self.tenants.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tenants.is_empty()
+    }
+
+    pub fn tenants(&self) -> impl Iterator<Item = &Arc<TenantEntry>> {
+        self.tenants.values()
+    }
+
+    /// An entry for `config`, with the runtimes of this snapshot's entry
+    /// for the same tenant (by id: a name reused after a purge starts
+    /// afresh).
+    fn entry(&self, config: TenantConfig) -> Arc<TenantEntry> {
+        let old = self.tenants.get(config.name.as_str()).filter(|old| old.id == config.id);
+        let runtime = match old {
+            Some(old) => Arc::clone(&old.runtime),
+            None => Arc::new(TenantRuntime::default()),
+        };
+        runtime.set_limits(&config.limits);
+        let mut apis: Vec<Arc<ApiEntry>> = config
+            .apis
+            .into_iter()
+            .map(|spec| {
+                let key = UpstreamKey::of(&spec);
+                let reused = old.and_then(|old| {
+                    old.apis
+                        .iter()
+                        .find(|a| a.spec.name == spec.name && a.runtime.key == key)
+                        .map(|a| Arc::clone(&a.runtime))
+                });
+                let runtime =
+                    reused.unwrap_or_else(|| Arc::new(ApiRuntime::new(key, Arc::clone(&runtime))));
+                Arc::new(ApiEntry { name: spec.name.as_str().into(), spec, runtime })
+            })
+            .collect();
+        apis.sort_by_key(|a| std::cmp::Reverse(a.spec.prefix.as_str().len()));
+        Arc::new(TenantEntry {
+            id: config.id,
+            name: config.name.as_str().into(),
+            suspended: config.suspended,
+            realm: config.realm,
+            external: config.external,
+            app_audience: config.app_audience.into(),
+            api_keys: config.api_keys.into_iter().map(|k| (k.hash, k)).collect(),
+            apis,
+            limits: config.limits,
+            runtime,
+        })
+    }
+}
