@@ -18,11 +18,13 @@ use std::{
 
 use crate::MeterError;
 
-const NANOS_PER_MINUTE: u64 = 60_000_000_000;
+const NANOS_PER_SEC: u64 = 1_000_000_000;
+const NANOS_PER_MINUTE: u64 = 60 * NANOS_PER_SEC;
 
-/// How long a refusal because the limiter could not decide asks the client
-/// to wait: the outage's end is unknown, so a short, fixed hint.
-const UNAVAILABLE_RETRY: Duration = Duration::from_secs(1);
+/// How long, in nanoseconds, a refusal because the limiter could not decide
+/// asks the client to wait: the outage's end is unknown, so a short, fixed
+/// hint.
+const UNAVAILABLE_RETRY: u64 = NANOS_PER_SEC;
 
 /// A moment as nanoseconds since a [`Clock`]'s epoch. Moments from
 /// different clocks are not comparable: every cell is checked with one
@@ -203,29 +205,26 @@ pub struct Decision {
     verdict: Verdict,
     limit: u32,
     remaining: u32,
-    reset: Duration,
-    retry_after: Option<Duration>,
+    // Nanoseconds, made into `Duration`s only when asked: the check itself
+    // stays a few integer operations.
+    reset: u64,
+    /// Meaningful only when refused, and then above 0.
+    retry_after: u64,
 }
 
 impl Decision {
-    fn admitted(limit: u32, remaining: u64, reset_nanos: u64) -> Self {
+    fn admitted(limit: u32, remaining: u64, reset: u64) -> Self {
         Self {
             verdict: Verdict::Allowed,
             limit,
             remaining: u32::try_from(remaining).unwrap_or(u32::MAX),
-            reset: Duration::from_nanos(reset_nanos),
-            retry_after: None,
+            reset,
+            retry_after: 0,
         }
     }
 
-    fn limited(limit: u32, reset_nanos: u64, retry_nanos: u64) -> Self {
-        Self {
-            verdict: Verdict::Limited,
-            limit,
-            remaining: 0,
-            reset: Duration::from_nanos(reset_nanos),
-            retry_after: Some(Duration::from_nanos(retry_nanos)),
-        }
+    fn limited(limit: u32, reset: u64, retry_after: u64) -> Self {
+        Self { verdict: Verdict::Limited, limit, remaining: 0, reset, retry_after }
     }
 
     /// The refusal when no limiter could decide (see [`Verdict::Unavailable`]):
@@ -236,7 +235,7 @@ impl Decision {
             limit: limit.burst,
             remaining: 0,
             reset: UNAVAILABLE_RETRY,
-            retry_after: Some(UNAVAILABLE_RETRY),
+            retry_after: UNAVAILABLE_RETRY,
         }
     }
 
@@ -262,28 +261,24 @@ impl Decision {
 
     /// How long until the bucket is full again (`remaining == limit`).
     pub fn reset(&self) -> Duration {
-        self.reset
+        Duration::from_nanos(self.reset)
     }
 
     /// When refused, how long until a request would pass; `None` when allowed.
     pub fn retry_after(&self) -> Option<Duration> {
-        self.retry_after
+        (!self.allowed()).then(|| Duration::from_nanos(self.retry_after))
     }
 
     /// `RateLimit-Reset`: [`Self::reset`] in whole seconds, rounded up.
     pub fn reset_secs(&self) -> u64 {
-        ceil_secs(self.reset)
+        self.reset.div_ceil(NANOS_PER_SEC)
     }
 
     /// `Retry-After`: [`Self::retry_after`] in whole seconds, rounded up and
     /// never 0 (a 0 would invite an immediate retry that is refused again).
     pub fn retry_after_secs(&self) -> Option<u64> {
-        self.retry_after.map(|wait| ceil_secs(wait).max(1))
+        (!self.allowed()).then(|| self.retry_after.div_ceil(NANOS_PER_SEC).max(1))
     }
-}
-
-fn ceil_secs(duration: Duration) -> u64 {
-    duration.as_secs() + u64::from(duration.subsec_nanos() > 0)
 }
 
 #[cfg(test)]
@@ -368,10 +363,11 @@ mod tests {
                 verdict: Verdict::Allowed,
                 limit: 3,
                 remaining: 2,
-                reset: Duration::from_secs(1),
-                retry_after: None,
+                reset: SEC,
+                retry_after: 0
             }
         );
+        assert_eq!(first.reset(), Duration::from_secs(1));
         assert_eq!(first.reset_secs(), 1);
         assert_eq!(first.retry_after_secs(), None);
 
@@ -388,10 +384,12 @@ mod tests {
                 verdict: Verdict::Limited,
                 limit: 3,
                 remaining: 0,
-                reset: Duration::from_millis(2_500),
-                retry_after: Some(Duration::from_millis(500)),
+                reset: 2_500_000_000,
+                retry_after: 500_000_000,
             }
         );
+        assert_eq!(refused.reset(), Duration::from_millis(2_500));
+        assert_eq!(refused.retry_after(), Some(Duration::from_millis(500)));
         assert_eq!(refused.reset_secs(), 3);
         assert_eq!(refused.retry_after_secs(), Some(1));
 
