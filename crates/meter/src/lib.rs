@@ -2,15 +2,21 @@
 //!
 //! - [`gcra`]: per-tenant rate limits as one atomic word per (tenant, API)
 //!   cell, checked without a lock or an allocation.
+//! - [`usage`]: request events queued without waiting, summed per tenant,
+//!   API and minute off the request path, and handed to the control plane.
 //!
 //! Nothing here reads the wall clock or the environment: time is a
 //! parameter or a [`Clock`], configuration comes from the caller.
 
 pub mod gcra;
+pub mod usage;
 
 use thiserror::Error;
 
 pub use gcra::{Cell, Clock, Decision, Limit, Nanos, Verdict};
+pub use usage::{
+    Aggregator, AggregatorStats, Outcome, UsageEvent, UsageRecorder, UsageRow, UsageSink,
+};
 
 #[derive(Debug, Error)]
 pub enum MeterError {
