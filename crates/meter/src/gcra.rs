@@ -20,6 +20,7 @@ use crate::MeterError;
 
 const NANOS_PER_SEC: u64 = 1_000_000_000;
 const NANOS_PER_MINUTE: u64 = 60 * NANOS_PER_SEC;
+const NANOS_PER_MICRO: u64 = 1_000;
 
 /// How long, in nanoseconds, a refusal because the limiter could not decide
 /// asks the client to wait: the outage's end is unknown, so a short, fixed
@@ -130,6 +131,18 @@ impl Limit {
         let interval = self.interval.saturating_mul(u64::from(parts));
         Self { burst, interval, tolerance: interval.saturating_mul(u64::from(burst - 1)) }
     }
+
+    /// The emission interval in whole microseconds, rounded up: the Redis
+    /// script's unit, in which every number stays exact in Lua's doubles.
+    pub(crate) fn interval_micros(&self) -> u64 {
+        self.interval.div_ceil(NANOS_PER_MICRO)
+    }
+
+    /// The tolerance in the script's unit, consistent with
+    /// [`Self::interval_micros`].
+    pub(crate) fn tolerance_micros(&self) -> u64 {
+        self.interval_micros().saturating_mul(u64::from(self.burst - 1))
+    }
 }
 
 impl fmt::Debug for Limit {
@@ -225,6 +238,23 @@ impl Decision {
 
     fn limited(limit: u32, reset: u64, retry_after: u64) -> Self {
         Self { verdict: Verdict::Limited, limit, remaining: 0, reset, retry_after }
+    }
+
+    /// A decision the Redis script returned, its times in microseconds.
+    pub(crate) fn from_micros(
+        limit: &Limit,
+        allowed: bool,
+        remaining: u64,
+        reset: u64,
+        retry_after: u64,
+    ) -> Self {
+        let nanos = |micros: u64| micros.saturating_mul(NANOS_PER_MICRO);
+        if allowed {
+            Self::admitted(limit.burst, remaining, nanos(reset))
+        } else {
+            // Refused means more than the tolerance ahead: at least 1 µs.
+            Self::limited(limit.burst, nanos(reset), nanos(retry_after.max(1)))
+        }
     }
 
     /// The refusal when no limiter could decide (see [`Verdict::Unavailable`]):

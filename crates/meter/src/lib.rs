@@ -2,6 +2,9 @@
 //!
 //! - [`gcra`]: per-tenant rate limits as one atomic word per (tenant, API)
 //!   cell, checked without a lock or an allocation.
+//! - [`Limiter`]: the same limits shared by every gateway replica through
+//!   Redis (one atomic Lua script per decision), with a fallback when Redis
+//!   cannot answer in time.
 //! - [`usage`]: request events queued without waiting, summed per tenant,
 //!   API and minute off the request path, and handed to the control plane.
 //!
@@ -9,11 +12,15 @@
 //! parameter or a [`Clock`], configuration comes from the caller.
 
 pub mod gcra;
+mod limiter;
+mod redis_limit;
 pub mod usage;
 
 use thiserror::Error;
 
 pub use gcra::{Cell, Clock, Decision, Limit, Nanos, Verdict};
+pub use limiter::{Fallback, LimitKey, Limiter, LimiterStats};
+pub use redis_limit::RedisOptions;
 pub use usage::{
     Aggregator, AggregatorStats, Outcome, UsageEvent, UsageRecorder, UsageRow, UsageSink,
 };
@@ -22,4 +29,7 @@ pub use usage::{
 pub enum MeterError {
     #[error("invalid limit of {rate} per minute with a burst of {burst}: {reason}")]
     InvalidLimit { rate: u32, burst: u32, reason: &'static str },
+    /// A malformed Redis URL, or a client that cannot be set up.
+    #[error("redis client: {0}")]
+    Redis(redis::RedisError),
 }
