@@ -8,15 +8,20 @@
 //! - `clock`: the monotonic clock read on every check, the gateway's real
 //!   cost; a rate of 4 billion a minute keeps nearly every check allowed.
 //! - `contended_2_threads`: the same with two threads on one cell.
+//! - `limiter_local`: the same through `Limiter::check` on a local-only
+//!   limiter (its future polled once: it never waits), which adds a decision
+//!   counter.
 
 #![allow(clippy::unwrap_used)]
 
 use std::{
     hint::black_box,
+    pin::pin,
     sync::atomic::{AtomicU64, Ordering},
+    task::{Context, Poll, Waker},
 };
 
-use bulkhead_meter::{Cell, Clock, Limit, Nanos};
+use bulkhead_meter::{Cell, Clock, Fallback, Limit, LimitKey, Limiter, Nanos};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
 #[path = "support/contended.rs"]
@@ -54,6 +59,18 @@ fn check(c: &mut Criterion) {
             contended::contended(iters, 2, &|| {
                 black_box(cell.check(black_box(&hot), clock.now()));
             })
+        })
+    });
+
+    let limiter = Limiter::local();
+    let key = LimitKey::api(uuid::Uuid::nil(), "orders");
+    let cell = Cell::new();
+    let mut context = Context::from_waker(Waker::noop());
+    group.bench_function("limiter_local", |b| {
+        b.iter(|| {
+            let check = pin!(limiter.check(&key, &cell, black_box(&hot), Fallback::Local));
+            let Poll::Ready(decision) = check.poll(&mut context) else { unreachable!() };
+            decision
         })
     });
     group.finish();
