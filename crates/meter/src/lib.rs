@@ -27,6 +27,7 @@ pub use usage::{
 
 #[derive(Debug, Error)]
 pub enum MeterError {
+    /// A rate or burst of 0, or a burst spanning more time than fits.
     #[error("invalid limit of {rate} per minute with a burst of {burst}: {reason}")]
     InvalidLimit { rate: u32, burst: u32, reason: &'static str },
     /// A malformed Redis URL, or a client that cannot be set up.

@@ -33,7 +33,7 @@ use uuid::Uuid;
 pub const LATENCY_BUCKETS_MS: [u64; 6] = [1, 5, 25, 100, 500, 2_500];
 
 /// How many rows the sink refused may wait for the next flush before the
-/// oldest are dropped (and counted): about 20 MB.
+/// oldest are dropped (and counted): a few tens of megabytes.
 pub const DEFAULT_MAX_PENDING_ROWS: usize = 100_000;
 
 /// How many events the aggregator takes from the queue at once.
@@ -272,13 +272,10 @@ impl Aggregator {
     }
 
     fn take(&mut self, done: impl Fn(&RowKey) -> bool) -> Vec<UsageRow> {
-        let keys: Vec<RowKey> = self.open.keys().filter(|key| done(key)).cloned().collect();
-        let mut rows: Vec<UsageRow> = keys
-            .into_iter()
-            .filter_map(|key| {
-                let totals = self.open.remove(&key)?;
-                Some(row(key, totals))
-            })
+        let mut rows: Vec<UsageRow> = self
+            .open
+            .extract_if(|key, _| done(key))
+            .map(|(key, totals)| row(key, totals))
             .collect();
         rows.sort_by(|a, b| (a.minute, a.tenant, &a.api).cmp(&(b.minute, b.tenant, &b.api)));
         rows
@@ -288,7 +285,8 @@ impl Aggregator {
     /// every `flush_every`, reading the time from `now`. Rows the sink
     /// refuses are offered again at the next flush. Returns once every
     /// [`UsageRecorder`] is gone and the queue is drained, after writing
-    /// everything left, the current minute included.
+    /// everything left, the current minute included; what the sink refuses
+    /// then is counted in [`AggregatorStats::dropped_rows`].
     pub async fn run<S, F>(
         mut self,
         mut events: mpsc::Receiver<UsageEvent>,
