@@ -115,13 +115,15 @@ impl RedisBackend {
         options: &RedisOptions,
     ) -> Result<Self, MeterError> {
         let client = Client::open(url).map_err(MeterError::Redis)?;
-        // The connection reconnects on its own; attempts back off up to a
-        // second, so a returning Redis is found within about that.
+        // The connection reconnects on its own: a failed attempt is retried
+        // twice within about 150 ms, then again at the next decision or
+        // heartbeat, so a returning Redis is found within a heartbeat. The
+        // connection's own response timeout only clears requests a hung Redis
+        // never answers; decisions stop waiting long before.
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(options.connect_timeout))
             .set_response_timeout(Some(options.connect_timeout.max(options.timeout)))
             .set_min_delay(Duration::from_millis(50))
-            .set_max_delay(Duration::from_secs(1))
             .set_number_of_retries(2);
         let connection =
             ConnectionManager::new_lazy_with_config(client, config).map_err(MeterError::Redis)?;
