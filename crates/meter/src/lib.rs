@@ -2,9 +2,9 @@
 //!
 //! - [`gcra`]: per-tenant rate limits as one atomic word per (tenant, API)
 //!   cell, checked without a lock or an allocation.
-//! - [`Limiter`]: the same limits shared by every gateway replica through
-//!   Redis (one atomic Lua script per decision), with a fallback when Redis
-//!   cannot answer in time.
+//! - [`Limiter`]: what the gateway calls: those limits kept in this process,
+//!   or shared by every gateway replica through Redis (one atomic Lua script
+//!   per decision) with a fallback when Redis cannot answer in time.
 //! - [`usage`]: request events queued without waiting, summed per tenant,
 //!   API and minute off the request path, and handed to the control plane.
 //!
