@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Runs Bulkhead's whole test suite: formatting, lints, and every crate's
-# tests against a real PostgreSQL server. (Redis comes back with the
-# gateway, the first thing that uses it.)
+# tests against real PostgreSQL and Redis servers.
 #
-# The server is found, else started, else installed (root with apt-get):
+# The servers are found, else started, else installed (root with apt-get):
 #   BULKHEAD_TEST_POSTGRES  superuser URL   (default postgres://postgres@127.0.0.1:5432/postgres)
+#   BULKHEAD_TEST_REDIS     URL             (default redis://127.0.0.1:6379)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 export BULKHEAD_TEST_POSTGRES="${BULKHEAD_TEST_POSTGRES:-postgres://postgres@127.0.0.1:5432/postgres}"
+export BULKHEAD_TEST_REDIS="${BULKHEAD_TEST_REDIS:-redis://127.0.0.1:6379}"
 
 say() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
@@ -52,7 +53,23 @@ ensure_postgres() {
     wait_for "$host" "$port" PostgreSQL
 }
 
+ensure_redis() {
+    local hostport host port
+    hostport="${BULKHEAD_TEST_REDIS#*://}"; hostport="${hostport#*@}"; hostport="${hostport%%/*}"
+    host="${hostport%%:*}"; port="${hostport##*:}"; [ "$port" = "$hostport" ] && port=6379
+    if listening "$host" "$port"; then say "Redis is up on $host:$port"; return; fi
+    if [ "$host" != 127.0.0.1 ] && [ "$host" != localhost ]; then die "Redis at $host:$port does not answer"; fi
+    command -v redis-server >/dev/null || apt_install redis-server
+    say "starting Redis"
+    mkdir -p /var/lib/redis /var/log/redis 2>/dev/null || true
+    redis-server --daemonize yes --bind 127.0.0.1 --port "$port" --save "" --appendonly no \
+        --dir /var/lib/redis --logfile /var/log/redis/ci.log
+    wait_for "$host" "$port" Redis
+}
+
 ensure_postgres
+# The rate limiter's tests share limits through Redis (crates/meter).
+ensure_redis
 # The end-to-end tests drive the API with curl as well as with the CLI,
 # check realm tokens with an independent verifier (PyJWT), the OpenAPI
 # document with a standard validator, and the live API with a

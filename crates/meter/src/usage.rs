@@ -1,0 +1,638 @@
+//! Usage: every request the gateway answers becomes a [`UsageEvent`],
+//! handed over without waiting ([`UsageRecorder::record`] is a `try_send`
+//! into a bounded queue) and summed off the request path by an
+//! [`Aggregator`] into one [`UsageRow`] per tenant, API and minute, which a
+//! [`UsageSink`] (the control plane's store) persists.
+//!
+//! Rows are deltas: when an event arrives for a minute already written, the
+//! next flush writes a second row for that minute, and the sink adds it to
+//! the first.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use tokio::{
+    sync::mpsc::{self, error::TrySendError},
+    time::MissedTickBehavior,
+};
+use tracing::{error, warn};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+/// Upper bounds, in milliseconds, of the upstream latency histogram's
+/// buckets; a last bucket counts everything slower.
+pub const LATENCY_BUCKETS_MS: [u64; 6] = [1, 5, 25, 100, 500, 2_500];
+
+/// How many rows the sink refused may wait for the next flush before the
+/// oldest are dropped (and counted): a few tens of megabytes.
+pub const DEFAULT_MAX_PENDING_ROWS: usize = 100_000;
+
+/// How many events the aggregator takes from the queue at once.
+const BATCH: usize = 256;
+
+/// One request as the gateway answered it. Cheap to build on the request
+/// path: the API name is an `Arc` clone of the snapshot's, the refusal's
+/// words are static.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageEvent {
+    pub tenant: Uuid,
+    /// The API the request was routed to, if it got that far.
+    pub api: Option<Arc<str>>,
+    pub outcome: Outcome,
+    /// The HTTP status sent to the client.
+    pub status: u16,
+    /// Request body bytes read from the client.
+    pub bytes_in: u64,
+    /// Response body bytes sent to the client.
+    pub bytes_out: u64,
+    /// From sending the request upstream to the response's head, when the
+    /// request reached an upstream.
+    pub upstream_latency: Option<Duration>,
+    /// When the request arrived; decides its minute.
+    pub at: OffsetDateTime,
+}
+
+/// Whether a request went through or which phase ended it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    Allowed,
+    /// Ended by `phase` (`resolve`, `authn`, `route`, `authz`, `limit`,
+    /// `guard`, `proxy`) for `reason` (the error code sent).
+    Refused {
+        phase: &'static str,
+        reason: &'static str,
+    },
+}
+
+/// The request path's handle on the usage queue. Clones share the queue
+/// and the drop count.
+#[derive(Debug, Clone)]
+pub struct UsageRecorder {
+    sender: mpsc::Sender<UsageEvent>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl UsageRecorder {
+    /// A recorder and the receiving end for [`Aggregator::run`], with room
+    /// for `capacity` events (at least 1) waiting to be summed.
+    pub fn channel(capacity: usize) -> (Self, mpsc::Receiver<UsageEvent>) {
+        let (sender, receiver) = mpsc::channel(capacity.max(1));
+        (Self { sender, dropped: Arc::default() }, receiver)
+    }
+
+    /// Queues `event` without blocking or awaiting. When the queue is full
+    /// (the aggregator is behind) or gone, the event is dropped and counted:
+    /// usage is worth less than the request's latency.
+    pub fn record(&self, event: UsageEvent) {
+        if let Err(TrySendError::Full(_) | TrySendError::Closed(_)) = self.sender.try_send(event) {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Events dropped so far by this recorder and its clones.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+}
+
+/// One tenant's use of one API in one minute (UTC).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct UsageRow {
+    pub tenant: Uuid,
+    /// `None` for requests refused before an API was chosen.
+    pub api: Option<String>,
+    /// The minute's first second.
+    #[serde(with = "time::serde::rfc3339")]
+    pub minute: OffsetDateTime,
+    /// Every request, allowed or refused.
+    pub requests: u64,
+    /// Refused requests by the phase that refused them; the rest were
+    /// allowed.
+    pub refused: BTreeMap<String, u64>,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    /// Requests that reached an upstream and got a response head back.
+    pub upstream_responses: u64,
+    /// Sum of their upstream latencies, in microseconds.
+    pub upstream_latency_sum_us: u64,
+    /// The slowest of them, in microseconds.
+    pub upstream_latency_max_us: u64,
+    /// Their count per latency bucket (not cumulative): at most 1, 5, 25,
+    /// 100, 500 and 2500 ms, then slower.
+    pub upstream_latency_buckets: [u64; 7],
+}
+
+/// Persists usage rows: the control plane's store.
+#[async_trait]
+pub trait UsageSink: Send + Sync {
+    type Error: std::fmt::Display + Send;
+
+    /// Stores `rows`, each to be added to whatever is stored for its
+    /// tenant, API and minute. All or nothing (one transaction): after an
+    /// error the same rows are offered again.
+    async fn write(&self, rows: &[UsageRow]) -> Result<(), Self::Error>;
+}
+
+/// Counters of an [`Aggregator`], for metrics.
+#[derive(Debug, Default)]
+pub struct AggregatorStats {
+    events: AtomicU64,
+    written_rows: AtomicU64,
+    failed_writes: AtomicU64,
+    dropped_rows: AtomicU64,
+}
+
+impl AggregatorStats {
+    /// Events summed.
+    pub fn events(&self) -> u64 {
+        self.events.load(Ordering::Relaxed)
+    }
+
+    /// Rows the sink accepted.
+    pub fn written_rows(&self) -> u64 {
+        self.written_rows.load(Ordering::Relaxed)
+    }
+
+    /// Writes the sink refused (their rows were kept for the next flush).
+    pub fn failed_writes(&self) -> u64 {
+        self.failed_writes.load(Ordering::Relaxed)
+    }
+
+    /// Rows given up: over the pending bound, or refused at shutdown.
+    pub fn dropped_rows(&self) -> u64 {
+        self.dropped_rows.load(Ordering::Relaxed)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct RowKey {
+    tenant: Uuid,
+    api: Option<Arc<str>>,
+    /// Minutes since the Unix epoch.
+    minute: i64,
+}
+
+#[derive(Debug, Default)]
+struct Totals {
+    requests: u64,
+    /// A handful of phases at most: a list beats a map.
+    refused: Vec<(&'static str, u64)>,
+    bytes_in: u64,
+    bytes_out: u64,
+    upstream_responses: u64,
+    latency_sum_us: u64,
+    latency_max_us: u64,
+    latency_buckets: [u64; 7],
+}
+
+/// Sums events into rows per (tenant, API, minute) and hands completed
+/// minutes to a sink, keeping rows the sink refused for the next flush.
+#[derive(Debug)]
+pub struct Aggregator {
+    open: HashMap<RowKey, Totals>,
+    pending: Vec<UsageRow>,
+    max_pending: usize,
+    stats: Arc<AggregatorStats>,
+}
+
+impl Default for Aggregator {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Aggregator {
+    /// An empty aggregator keeping at most [`DEFAULT_MAX_PENDING_ROWS`]
+    /// refused rows.
+    pub fn new() -> Self {
+        Self::with_max_pending(DEFAULT_MAX_PENDING_ROWS)
+    }
+
+    /// An empty aggregator keeping at most `max_pending` rows the sink
+    /// refused; beyond that the oldest are dropped and counted.
+    pub fn with_max_pending(max_pending: usize) -> Self {
+        Self { open: HashMap::new(), pending: Vec::new(), max_pending, stats: Arc::default() }
+    }
+
+    /// The counters, shared with whoever exports them.
+    pub fn stats(&self) -> Arc<AggregatorStats> {
+        self.stats.clone()
+    }
+
+    /// Adds one event to its row.
+    pub fn add(&mut self, event: UsageEvent) {
+        self.stats.events.fetch_add(1, Ordering::Relaxed);
+        let key = RowKey {
+            tenant: event.tenant,
+            api: event.api,
+            minute: event.at.unix_timestamp().div_euclid(60),
+        };
+        let totals = self.open.entry(key).or_default();
+        totals.requests += 1;
+        if let Outcome::Refused { phase, .. } = event.outcome {
+            match totals.refused.iter_mut().find(|(known, _)| *known == phase) {
+                Some((_, count)) => *count += 1,
+                None => totals.refused.push((phase, 1)),
+            }
+        }
+        totals.bytes_in = totals.bytes_in.saturating_add(event.bytes_in);
+        totals.bytes_out = totals.bytes_out.saturating_add(event.bytes_out);
+        if let Some(latency) = event.upstream_latency {
+            let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+            totals.upstream_responses += 1;
+            totals.latency_sum_us = totals.latency_sum_us.saturating_add(micros);
+            totals.latency_max_us = totals.latency_max_us.max(micros);
+            let bucket = LATENCY_BUCKETS_MS
+                .iter()
+                .position(|&bound| micros <= bound * 1_000)
+                .unwrap_or(LATENCY_BUCKETS_MS.len());
+            totals.latency_buckets[bucket] += 1;
+        }
+    }
+
+    /// Takes the rows of every minute that ended at or before `until`,
+    /// ordered by minute, tenant and API.
+    pub fn flush(&mut self, until: OffsetDateTime) -> Vec<UsageRow> {
+        let current = until.unix_timestamp().div_euclid(60);
+        self.take(|key| key.minute < current)
+    }
+
+    /// Takes every row, the current minute's too (at shutdown).
+    pub fn flush_all(&mut self) -> Vec<UsageRow> {
+        self.take(|_| true)
+    }
+
+    fn take(&mut self, done: impl Fn(&RowKey) -> bool) -> Vec<UsageRow> {
+        let mut rows: Vec<UsageRow> = self
+            .open
+            .extract_if(|key, _| done(key))
+            .map(|(key, totals)| row(key, totals))
+            .collect();
+        rows.sort_by(|a, b| (a.minute, a.tenant, &a.api).cmp(&(b.minute, b.tenant, &b.api)));
+        rows
+    }
+
+    /// Sums events from `events` and writes completed minutes to `sink`
+    /// every `flush_every`, reading the time from `now`. Rows the sink
+    /// refuses are offered again at the next flush. Returns once every
+    /// [`UsageRecorder`] is gone and the queue is drained, after writing
+    /// everything left, the current minute included; what the sink refuses
+    /// then is counted in [`AggregatorStats::dropped_rows`].
+    pub async fn run<S, F>(
+        mut self,
+        mut events: mpsc::Receiver<UsageEvent>,
+        sink: S,
+        flush_every: Duration,
+        now: F,
+    ) where
+        S: UsageSink,
+        F: Fn() -> OffsetDateTime + Send,
+    {
+        let mut ticks = tokio::time::interval(flush_every.max(Duration::from_millis(1)));
+        ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        // The first tick completes at once; flushing starts one period in.
+        ticks.tick().await;
+        let mut batch = Vec::with_capacity(BATCH);
+        loop {
+            tokio::select! {
+                received = events.recv_many(&mut batch, BATCH) => {
+                    // 0 only when the queue is closed and empty.
+                    if received == 0 {
+                        break;
+                    }
+                    for event in batch.drain(..) {
+                        self.add(event);
+                    }
+                }
+                _ = ticks.tick() => {
+                    let rows = self.flush(now());
+                    self.write(&sink, rows).await;
+                }
+            }
+        }
+        let rows = self.flush_all();
+        self.write(&sink, rows).await;
+        if !self.pending.is_empty() {
+            let lost = self.pending.len();
+            self.stats.dropped_rows.fetch_add(lost as u64, Ordering::Relaxed);
+            error!(rows = lost, "usage rows lost at shutdown: the sink refused them");
+        }
+    }
+
+    /// Writes the pending rows and `rows` in one call; keeps them all if the
+    /// sink refuses, up to the bound.
+    async fn write<S: UsageSink>(&mut self, sink: &S, rows: Vec<UsageRow>) {
+        self.pending.extend(rows);
+        if self.pending.is_empty() {
+            return;
+        }
+        match sink.write(&self.pending).await {
+            Ok(()) => {
+                self.stats.written_rows.fetch_add(self.pending.len() as u64, Ordering::Relaxed);
+                self.pending.clear();
+            }
+            Err(reason) => {
+                self.stats.failed_writes.fetch_add(1, Ordering::Relaxed);
+                warn!(rows = self.pending.len(), %reason, "usage rows not written; retrying at the next flush");
+                let excess = self.pending.len().saturating_sub(self.max_pending);
+                if excess > 0 {
+                    self.pending.drain(..excess);
+                    self.stats.dropped_rows.fetch_add(excess as u64, Ordering::Relaxed);
+                    error!(rows = excess, "usage rows dropped: too many waiting for the sink");
+                }
+            }
+        }
+    }
+}
+
+fn row(key: RowKey, totals: Totals) -> UsageRow {
+    UsageRow {
+        tenant: key.tenant,
+        api: key.api.map(|api| api.to_string()),
+        // In range: the minute came from a valid `OffsetDateTime`.
+        minute: OffsetDateTime::from_unix_timestamp(key.minute * 60)
+            .unwrap_or(OffsetDateTime::UNIX_EPOCH),
+        requests: totals.requests,
+        refused: totals.refused.into_iter().map(|(phase, n)| (phase.to_owned(), n)).collect(),
+        bytes_in: totals.bytes_in,
+        bytes_out: totals.bytes_out,
+        upstream_responses: totals.upstream_responses,
+        upstream_latency_sum_us: totals.latency_sum_us,
+        upstream_latency_max_us: totals.latency_max_us,
+        upstream_latency_buckets: totals.latency_buckets,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{
+        Mutex,
+        atomic::{AtomicBool, AtomicI64},
+    };
+
+    use time::macros::datetime;
+
+    use super::*;
+
+    const T1: Uuid = Uuid::from_u128(1);
+    const T2: Uuid = Uuid::from_u128(2);
+
+    fn event(tenant: Uuid, api: Option<&Arc<str>>, at: OffsetDateTime) -> UsageEvent {
+        UsageEvent {
+            tenant,
+            api: api.cloned(),
+            outcome: Outcome::Allowed,
+            status: 200,
+            bytes_in: 100,
+            bytes_out: 1_000,
+            upstream_latency: Some(Duration::from_millis(3)),
+            at,
+        }
+    }
+
+    fn empty_row(tenant: Uuid, api: Option<&str>, minute: OffsetDateTime) -> UsageRow {
+        UsageRow {
+            tenant,
+            api: api.map(str::to_owned),
+            minute,
+            requests: 0,
+            refused: BTreeMap::new(),
+            bytes_in: 0,
+            bytes_out: 0,
+            upstream_responses: 0,
+            upstream_latency_sum_us: 0,
+            upstream_latency_max_us: 0,
+            upstream_latency_buckets: [0; 7],
+        }
+    }
+
+    #[test]
+    fn events_sum_into_rows_per_tenant_api_and_minute() {
+        let orders: Arc<str> = Arc::from("orders");
+        let mut aggregator = Aggregator::new();
+        let minute = datetime!(2026-12-02 10:15 UTC);
+
+        aggregator.add(event(T1, Some(&orders), minute + Duration::from_secs(1)));
+        aggregator.add(UsageEvent {
+            upstream_latency: Some(Duration::from_millis(700)),
+            bytes_out: 5,
+            ..event(T1, Some(&orders), minute + Duration::from_millis(59_999))
+        });
+        aggregator.add(UsageEvent {
+            outcome: Outcome::Refused { phase: "limit", reason: "rate_limited" },
+            status: 429,
+            bytes_in: 0,
+            bytes_out: 80,
+            upstream_latency: None,
+            ..event(T1, Some(&orders), minute + Duration::from_secs(30))
+        });
+        aggregator.add(UsageEvent {
+            outcome: Outcome::Refused { phase: "authn", reason: "unauthorized" },
+            status: 401,
+            bytes_in: 0,
+            bytes_out: 70,
+            upstream_latency: None,
+            ..event(T1, None, minute)
+        });
+        // Another tenant, and the next minute.
+        aggregator.add(event(T2, Some(&orders), minute));
+        aggregator.add(event(T1, Some(&orders), minute + Duration::from_secs(60)));
+        assert_eq!(aggregator.stats().events(), 6);
+
+        // At 10:15:59 nothing is complete; at 10:16:00 only 10:15.
+        assert!(aggregator.flush(minute + Duration::from_millis(59_999)).is_empty());
+        let rows = aggregator.flush(minute + Duration::from_secs(60));
+        let expected = vec![
+            UsageRow {
+                requests: 1,
+                refused: BTreeMap::from([("authn".to_owned(), 1)]),
+                bytes_out: 70,
+                ..empty_row(T1, None, minute)
+            },
+            UsageRow {
+                requests: 3,
+                refused: BTreeMap::from([("limit".to_owned(), 1)]),
+                bytes_in: 200,
+                bytes_out: 1_085,
+                upstream_responses: 2,
+                upstream_latency_sum_us: 703_000,
+                upstream_latency_max_us: 700_000,
+                upstream_latency_buckets: [0, 1, 0, 0, 0, 1, 0],
+                ..empty_row(T1, Some("orders"), minute)
+            },
+            UsageRow {
+                requests: 1,
+                bytes_in: 100,
+                bytes_out: 1_000,
+                upstream_responses: 1,
+                upstream_latency_sum_us: 3_000,
+                upstream_latency_max_us: 3_000,
+                upstream_latency_buckets: [0, 1, 0, 0, 0, 0, 0],
+                ..empty_row(T2, Some("orders"), minute)
+            },
+        ];
+        assert_eq!(rows, expected);
+        assert!(aggregator.flush(minute + Duration::from_secs(60)).is_empty());
+
+        // A late event for a written minute comes out as a second delta.
+        aggregator.add(event(T2, Some(&orders), minute + Duration::from_secs(5)));
+        let rows = aggregator.flush(minute + Duration::from_secs(120));
+        assert_eq!(rows.len(), 2);
+        assert_eq!((rows[0].tenant, rows[0].minute, rows[0].requests), (T2, minute, 1));
+        assert_eq!(rows[1].minute, minute + Duration::from_secs(60));
+        assert!(aggregator.flush_all().is_empty());
+    }
+
+    #[test]
+    fn latency_buckets_include_their_bound() {
+        let mut aggregator = Aggregator::new();
+        let minute = datetime!(2026-12-02 10:15 UTC);
+        for millis in [0, 1, 2, 5, 25, 26, 100, 500, 2_500, 2_501, 60_000] {
+            aggregator.add(UsageEvent {
+                upstream_latency: Some(Duration::from_millis(millis)),
+                ..event(T1, None, minute)
+            });
+        }
+        let rows = aggregator.flush_all();
+        assert_eq!(rows[0].upstream_latency_buckets, [2, 2, 1, 2, 1, 1, 2]);
+        assert_eq!(rows[0].upstream_latency_max_us, 60_000_000);
+    }
+
+    #[test]
+    fn a_row_reads_back_from_json() {
+        let row = UsageRow {
+            requests: 3,
+            refused: BTreeMap::from([("limit".to_owned(), 1)]),
+            ..empty_row(T1, Some("orders"), datetime!(2026-12-02 10:15 UTC))
+        };
+        let json = serde_json::to_value(&row).unwrap();
+        assert_eq!(json["minute"], "2026-12-02T10:15:00Z");
+        assert_eq!(json["refused"]["limit"], 1);
+        assert_eq!(serde_json::from_value::<UsageRow>(json).unwrap(), row);
+    }
+
+    #[test]
+    fn a_full_or_closed_queue_drops_and_counts() {
+        let (recorder, mut receiver) = UsageRecorder::channel(2);
+        let copy = recorder.clone();
+        for _ in 0..5 {
+            copy.record(event(T1, None, OffsetDateTime::UNIX_EPOCH));
+        }
+        assert_eq!(recorder.dropped(), 3);
+        assert!(receiver.try_recv().is_ok());
+        assert!(receiver.try_recv().is_ok());
+        assert!(receiver.try_recv().is_err());
+        drop(receiver);
+        recorder.record(event(T1, None, OffsetDateTime::UNIX_EPOCH));
+        assert_eq!(recorder.dropped(), 4);
+    }
+
+    /// A sink that keeps what it was given, refuses while `failing`, and
+    /// says each attempt on a channel.
+    #[derive(Debug)]
+    struct TestSink {
+        failing: AtomicBool,
+        written: Mutex<Vec<UsageRow>>,
+        attempts: mpsc::UnboundedSender<usize>,
+    }
+
+    #[async_trait]
+    impl UsageSink for Arc<TestSink> {
+        type Error = &'static str;
+
+        async fn write(&self, rows: &[UsageRow]) -> Result<(), Self::Error> {
+            let _ = self.attempts.send(rows.len());
+            if self.failing.load(Ordering::SeqCst) {
+                return Err("store unavailable");
+            }
+            self.written.lock().unwrap().extend_from_slice(rows);
+            Ok(())
+        }
+    }
+
+    fn test_sink(failing: bool) -> (Arc<TestSink>, mpsc::UnboundedReceiver<usize>) {
+        let (attempts, receiver) = mpsc::unbounded_channel();
+        let sink =
+            TestSink { failing: AtomicBool::new(failing), written: Mutex::default(), attempts };
+        (Arc::new(sink), receiver)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn run_flushes_periodically_retries_refused_rows_and_drains_at_shutdown() {
+        let minute = datetime!(2026-12-02 10:15 UTC);
+        let clock = Arc::new(AtomicI64::new(minute.unix_timestamp()));
+        let now = {
+            let clock = clock.clone();
+            move || OffsetDateTime::from_unix_timestamp(clock.load(Ordering::SeqCst)).unwrap()
+        };
+        let (sink, mut attempts) = test_sink(true);
+        let (recorder, receiver) = UsageRecorder::channel(16);
+        let aggregator = Aggregator::new();
+        let stats = aggregator.stats();
+        let run =
+            tokio::spawn(aggregator.run(receiver, sink.clone(), Duration::from_secs(10), now));
+
+        recorder.record(event(T1, None, minute));
+        recorder.record(event(T2, None, minute));
+        // Nothing is complete yet: no write is even attempted.
+        clock.store((minute + Duration::from_secs(30)).unix_timestamp(), Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_secs(25)).await;
+        assert_eq!(stats.events(), 2);
+        assert!(attempts.try_recv().is_err());
+
+        // The minute ends; the sink refuses, and the rows wait.
+        clock.store((minute + Duration::from_secs(61)).unix_timestamp(), Ordering::SeqCst);
+        assert_eq!(attempts.recv().await, Some(2));
+        assert_eq!(stats.failed_writes(), 1);
+        // Refused again with a new row from the next minute added.
+        recorder.record(event(T1, None, minute + Duration::from_secs(61)));
+        clock.store((minute + Duration::from_secs(121)).unix_timestamp(), Ordering::SeqCst);
+        assert_eq!(attempts.recv().await, Some(3));
+
+        // The sink comes back: all three rows at the next flush.
+        sink.failing.store(false, Ordering::SeqCst);
+        assert_eq!(attempts.recv().await, Some(3));
+        assert_eq!(stats.written_rows(), 3);
+
+        // Shutdown writes the current minute too.
+        recorder.record(event(T2, None, minute + Duration::from_secs(125)));
+        drop(recorder);
+        run.await.unwrap();
+        let written = sink.written.lock().unwrap().clone();
+        assert_eq!(written.len(), 4);
+        assert_eq!(written.iter().map(|row| row.requests).sum::<u64>(), 4);
+        assert_eq!((stats.written_rows(), stats.dropped_rows()), (4, 0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn refused_rows_are_bounded_and_counted_when_dropped() {
+        let minute = datetime!(2026-12-02 10:15 UTC);
+        let (sink, mut attempts) = test_sink(true);
+        let (recorder, receiver) = UsageRecorder::channel(16);
+        let aggregator = Aggregator::with_max_pending(2);
+        let stats = aggregator.stats();
+        let later = move || minute + Duration::from_secs(3_600);
+        let run =
+            tokio::spawn(aggregator.run(receiver, sink.clone(), Duration::from_secs(10), later));
+        for tenant in [T1, T2, Uuid::from_u128(3)] {
+            recorder.record(event(tenant, None, minute));
+        }
+        assert_eq!(attempts.recv().await, Some(3));
+        // Three rows refused, two kept: the oldest is dropped.
+        assert_eq!(stats.dropped_rows(), 1);
+        drop(recorder);
+        run.await.unwrap();
+        // At shutdown the two kept rows are refused once more and lost.
+        assert_eq!(attempts.recv().await, Some(2));
+        assert_eq!((stats.written_rows(), stats.dropped_rows()), (0, 3));
+    }
+}

@@ -1,0 +1,266 @@
+//! The Redis-backed limiter against a real Redis (`BULKHEAD_TEST_REDIS`, or
+//! `redis://127.0.0.1:6379`): two limiters stand for two gateway replicas;
+//! outages are real closed ports and a TCP proxy that is stopped and
+//! started again. Every test has its own key prefix and deletes its keys.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::{
+    net::{SocketAddr, TcpListener as StdListener, ToSocketAddrs},
+    time::{Duration, Instant},
+};
+
+use bulkhead_meter::{Cell, Fallback, Limit, LimitKey, Limiter, RedisOptions, Verdict};
+use tokio::{
+    io::copy_bidirectional,
+    net::{TcpListener, TcpStream},
+    task::{JoinHandle, JoinSet},
+};
+use uuid::Uuid;
+
+fn redis_url() -> String {
+    std::env::var("BULKHEAD_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+}
+
+/// The Redis server's address, for the proxy.
+fn redis_addr() -> SocketAddr {
+    let url = redis_url();
+    let rest = url.split_once("://").map_or(url.as_str(), |(_, rest)| rest);
+    let host_port = rest.rsplit_once('@').map_or(rest, |(_, hp)| hp);
+    let host_port = host_port.split('/').next().unwrap();
+    let host_port =
+        if host_port.contains(':') { host_port.to_owned() } else { format!("{host_port}:6379") };
+    host_port.to_socket_addrs().unwrap().next().unwrap()
+}
+
+fn unique_prefix() -> String {
+    format!("bh-test-{}:", Uuid::new_v4().simple())
+}
+
+/// Generous timeouts (the test machine is small and busy) and a fast
+/// heartbeat, so the tests wait little.
+fn options() -> RedisOptions {
+    RedisOptions {
+        timeout: Duration::from_millis(500),
+        pause_after_error: Duration::from_millis(50),
+        connect_timeout: Duration::from_millis(500),
+        heartbeat: Duration::from_millis(100),
+        replica_ttl: Duration::from_secs(2),
+    }
+}
+
+async fn admin() -> redis::aio::MultiplexedConnection {
+    let client = redis::Client::open(redis_url()).unwrap();
+    client.get_multiplexed_async_connection().await.unwrap()
+}
+
+async fn keys(prefix: &str) -> Vec<String> {
+    let mut keys: Vec<String> =
+        redis::cmd("KEYS").arg(format!("{prefix}*")).query_async(&mut admin().await).await.unwrap();
+    keys.sort();
+    keys
+}
+
+async fn delete_keys(prefix: &str) {
+    let keys = keys(prefix).await;
+    if !keys.is_empty() {
+        let () = redis::cmd("DEL").arg(keys).query_async(&mut admin().await).await.unwrap();
+    }
+}
+
+/// Polls `done` every 20 ms for up to 10 s.
+async fn eventually(what: &str, mut done: impl AsyncFnMut() -> bool) {
+    let start = Instant::now();
+    while !done().await {
+        assert!(start.elapsed() < Duration::from_secs(10), "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A port nothing listens on: bound by the system, then released.
+fn closed_port() -> u16 {
+    StdListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A TCP proxy in front of Redis that can be stopped (every connection
+/// through it closed) and started again on the same address.
+struct Proxy {
+    addr: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl Proxy {
+    async fn start(addr: SocketAddr) -> Self {
+        let listener = TcpListener::bind(addr).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let upstream = redis_addr();
+        let task = tokio::spawn(async move {
+            // Dropped with the task: every connection ends with the proxy.
+            let mut connections = JoinSet::new();
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                connections.spawn(async move {
+                    if let Ok(mut outbound) = TcpStream::connect(upstream).await {
+                        let _ = copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+            }
+        });
+        Self { addr, task }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://{}", self.addr)
+    }
+
+    async fn stop(self) -> SocketAddr {
+        self.task.abort();
+        let _ = self.task.await;
+        self.addr
+    }
+}
+
+#[tokio::test]
+async fn two_replicas_share_one_limit() {
+    let prefix = unique_prefix();
+    let a = Limiter::redis(&redis_url(), &prefix, options()).await.unwrap();
+    let b = Limiter::redis(&redis_url(), &prefix, options()).await.unwrap();
+    let (cell_a, cell_b) = (Cell::new(), Cell::new());
+    let tenant = Uuid::new_v4();
+    let key = LimitKey::api(tenant, "orders");
+    // One a minute: nothing refills while the test runs.
+    let limit = Limit::per_minute(1, 10).unwrap();
+
+    let first = a.check(&key, &cell_a, &limit, Fallback::Deny).await;
+    assert!(first.allowed());
+    assert_eq!((first.limit(), first.remaining()), (10, 9));
+    assert_eq!(first.reset(), Duration::from_secs(60));
+
+    let mut allowed = 1;
+    let mut last = first;
+    for n in 0..19 {
+        let (limiter, cell) = if n % 2 == 0 { (&b, &cell_b) } else { (&a, &cell_a) };
+        last = limiter.check(&key, cell, &limit, Fallback::Deny).await;
+        allowed += u32::from(last.allowed());
+    }
+    assert_eq!(allowed, 10, "one limit of 10 across both replicas");
+    assert_eq!(last.verdict(), Verdict::Limited);
+    assert_eq!(last.remaining(), 0);
+    // The next token is a minute after the first, less the test's time.
+    assert!((59..=60).contains(&last.retry_after_secs().unwrap()), "{last:?}");
+    assert!((599..=600).contains(&last.reset_secs()), "{last:?}");
+    // The local cells were never used.
+    assert!(cell_a.check(&limit, a.clock().now()).allowed());
+
+    // Another API and the tenant as a whole are limits of their own.
+    let whole = LimitKey::tenant(tenant);
+    assert!(a.check(&whole, &Cell::new(), &limit, Fallback::Deny).await.allowed());
+    let (stats_a, stats_b) = (a.stats(), b.stats());
+    assert_eq!(stats_a.redis_decisions + stats_b.redis_decisions, 21);
+    assert_eq!(stats_a.redis_errors + stats_b.redis_errors, 0);
+    assert_eq!(stats_a.fallback_decisions + stats_b.fallback_decisions, 0);
+
+    // Both replicas count each other.
+    eventually("two replicas", async || a.replicas() == 2 && b.replicas() == 2).await;
+
+    // The keys are where the docs say, and expire when the bucket is full.
+    assert_eq!(
+        keys(&prefix).await,
+        [
+            format!("{prefix}replicas"),
+            format!("{prefix}rl:{tenant}"),
+            format!("{prefix}rl:{tenant}:orders")
+        ]
+    );
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(format!("{prefix}rl:{tenant}:orders"))
+        .query_async(&mut admin().await)
+        .await
+        .unwrap();
+    assert!((590_000..=600_000).contains(&ttl), "{ttl} ms");
+    delete_keys(&prefix).await;
+}
+
+#[tokio::test]
+async fn unreachable_redis_denies_or_limits_locally() {
+    let url = format!("redis://127.0.0.1:{}", closed_port());
+    let start = Instant::now();
+    // A long pause after an error: every check after the first skips Redis.
+    let options = RedisOptions { pause_after_error: Duration::from_secs(60), ..options() };
+    let limiter = Limiter::redis(&url, &unique_prefix(), options).await.unwrap();
+    assert!(start.elapsed() < Duration::from_secs(1), "a refused connection is not waited on");
+    let key = LimitKey::tenant(Uuid::new_v4());
+    let limit = Limit::per_minute(1, 4).unwrap();
+
+    let cell = Cell::new();
+    let denied = limiter.check(&key, &cell, &limit, Fallback::Deny).await;
+    assert_eq!(denied.verdict(), Verdict::Unavailable);
+    assert_eq!((denied.limit(), denied.remaining()), (4, 0));
+    assert_eq!(denied.retry_after_secs(), Some(1));
+    assert!(!denied.allowed());
+
+    // No replica count was ever read: the whole limit applies locally.
+    assert_eq!(limiter.replicas(), 1);
+    let allowed = {
+        let mut allowed = 0;
+        for _ in 0..8 {
+            allowed +=
+                u32::from(limiter.check(&key, &cell, &limit, Fallback::Local).await.allowed());
+        }
+        allowed
+    };
+    assert_eq!(allowed, 4);
+    let stats = limiter.stats();
+    assert_eq!((stats.redis_decisions, stats.local_decisions), (0, 0));
+    assert_eq!((stats.fallback_decisions, stats.redis_errors), (9, 1));
+}
+
+#[tokio::test]
+async fn an_outage_falls_back_to_a_replicas_share_and_the_shared_limit_resumes() {
+    let prefix = unique_prefix();
+    let proxy = Proxy::start("127.0.0.1:0".parse().unwrap()).await;
+    let through_proxy = Limiter::redis(&proxy.url(), &prefix, options()).await.unwrap();
+    let direct = Limiter::redis(&redis_url(), &prefix, options()).await.unwrap();
+    eventually("two replicas", async || through_proxy.replicas() == 2).await;
+    let limit = Limit::per_minute(1, 10).unwrap();
+    let tenant = Uuid::new_v4();
+
+    // Redis goes away for one replica.
+    let addr = proxy.stop().await;
+    let key = LimitKey::api(tenant, "outage");
+    let cell = Cell::new();
+    let unavailable = through_proxy.check(&key, &cell, &limit, Fallback::Deny).await;
+    assert_eq!(unavailable.verdict(), Verdict::Unavailable);
+    // Its share of the limit: half the burst, at half the rate.
+    let mut allowed = 0;
+    for _ in 0..10 {
+        let decision = through_proxy.check(&key, &cell, &limit, Fallback::Local).await;
+        if decision.allowed() {
+            allowed += 1;
+            assert_eq!(decision.limit(), 5);
+        }
+    }
+    assert_eq!(allowed, 5);
+    assert_eq!(through_proxy.replicas(), 2, "the last count stands during the outage");
+    assert!(through_proxy.stats().redis_errors >= 1);
+
+    // Redis comes back: decisions are Redis's again.
+    let proxy = Proxy::start(addr).await;
+    let probe = LimitKey::api(tenant, "probe");
+    eventually("redis decisions", async || {
+        through_proxy.check(&probe, &Cell::new(), &limit, Fallback::Deny).await.verdict()
+            != Verdict::Unavailable
+    })
+    .await;
+    // And the limit is shared again: what one replica used, the other sees.
+    let shared = LimitKey::api(tenant, "shared");
+    for _ in 0..10 {
+        assert!(direct.check(&shared, &Cell::new(), &limit, Fallback::Deny).await.allowed());
+    }
+    let before = through_proxy.stats().redis_decisions;
+    let refused = through_proxy.check(&shared, &Cell::new(), &limit, Fallback::Local).await;
+    assert_eq!(refused.verdict(), Verdict::Limited);
+    assert_eq!(refused.limit(), 10);
+    assert_eq!(through_proxy.stats().redis_decisions, before + 1);
+
+    proxy.stop().await;
+    delete_keys(&prefix).await;
+}
