@@ -483,6 +483,10 @@ pub struct ServeArgs {
     /// Domain that tenants' subdomains hang under [default: localhost]
     #[arg(long, env = env::BASE_DOMAIN, value_name = "DOMAIN")]
     pub base_domain: Option<String>,
+    /// Redis that every gateway replica shares rate limits through
+    /// (redis://[:password@]host:port/db) [default: limits in this process]
+    #[arg(long, env = env::REDIS, hide_env_values = true, value_name = "URL")]
+    pub redis: Option<Sensitive>,
     /// How clients reach this server; realms' issuers are
     /// <URL>/realms/<tenant> [default: the API's own address]
     #[arg(long, env = env::PUBLIC_URL, value_name = "URL")]

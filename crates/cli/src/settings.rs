@@ -55,6 +55,10 @@ struct FileGateway {
     header_read_timeout: Option<String>,
     /// The largest request head, in bytes.
     max_header_bytes: Option<usize>,
+    /// Redis shared by every gateway replica for rate limits.
+    redis: Option<String>,
+    /// Prefix of every key written to that Redis.
+    redis_prefix: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -205,6 +209,25 @@ impl ServeSettings {
             }
             gateway.max_header_bytes = bytes;
         }
+        let redis_url =
+            args.redis.as_ref().map(|r| r.expose().to_owned()).or(file.gateway.redis.clone());
+        let gateway_redis = match redis_url {
+            None => None,
+            Some(url) if url.starts_with("redis://") => {
+                Some(bulkhead_control::config::RedisSettings {
+                    url: Zeroizing::new(url),
+                    prefix: file.gateway.redis_prefix.clone().unwrap_or_else(|| {
+                        bulkhead_control::config::DEFAULT_REDIS_PREFIX.to_owned()
+                    }),
+                })
+            }
+            Some(url) => {
+                return Err(CliError::usage(format!(
+                    "--redis {} is not a Redis URL; give redis://[:password@]host:port[/db]",
+                    bulkhead_model::redact_url(&url)
+                )));
+            }
+        };
         if let Some(interval) = file.audit.checkpoint_interval.as_deref() {
             audit.checkpoint_interval = parse_duration(interval)
                 .map_err(|e| CliError::usage(format!("audit.checkpoint_interval: {e}")))?;
@@ -221,6 +244,7 @@ impl ServeSettings {
                 api_listen,
                 gateway_listen,
                 gateway,
+                gateway_redis,
                 base_domain,
                 public_url,
                 insecure_jwks_hosts: if args.insecure_jwks_hosts.is_empty() {
@@ -369,6 +393,7 @@ mod tests {
             store: None,
             api_listen: None,
             gateway_listen: None,
+            redis: None,
             base_domain: None,
             log_format: None,
             master_key_file: None,

@@ -22,6 +22,7 @@ use thiserror::Error;
 use tokio::{sync::watch, task::JoinHandle};
 
 use bulkhead_gateway::{Gateway, Snapshot};
+use bulkhead_meter::{Limiter, RedisOptions};
 
 use crate::{
     admission::Admission,
@@ -77,6 +78,8 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot use Redis for the gateway's rate limits: {0}; check --redis (BULKHEAD_REDIS)")]
+    Redis(String),
     #[error(transparent)]
     Identity(#[from] crate::identity::IdentityError),
     #[error(transparent)]
@@ -465,10 +468,16 @@ pub async fn start_with_steps(
         PlanCatalog::builtin(),
         &config.base_domain,
     ));
+    let limiter = match &config.gateway_redis {
+        None => Limiter::local(),
+        Some(redis) => Limiter::redis(&redis.url, &redis.prefix, RedisOptions::default())
+            .await
+            .map_err(|e| StartError::Redis(e.to_string()))?,
+    };
     let gateway = {
         let clock = Arc::clone(&clock);
         let now = Arc::new(move || clock.now().unix_timestamp());
-        Gateway::new(Snapshot::empty(feed.domain()), config.gateway.clone(), now)
+        Gateway::new(Snapshot::empty(feed.domain()), config.gateway.clone(), limiter, now)
     };
     gateway::rebuild(&gateway, &feed).await?;
     let reconciler_done = Arc::new(AtomicBool::new(false));

@@ -26,6 +26,7 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use arc_swap::ArcSwap;
 use bulkhead_identity::VerifiedCache;
+use bulkhead_meter::Limiter;
 use http::{HeaderValue, Request, Response, header};
 use hyper::body::Incoming;
 
@@ -60,6 +61,7 @@ impl Default for Settings {
 pub struct Gateway {
     snapshot: ArcSwap<Snapshot>,
     verified: VerifiedCache,
+    limiter: Limiter,
     settings: Settings,
     now: UnixClock,
 }
@@ -75,10 +77,18 @@ impl std::fmt::Debug for Gateway {
 }
 
 impl Gateway {
-    pub fn new(snapshot: Snapshot, settings: Settings, now: UnixClock) -> Arc<Self> {
+    /// `limiter` keeps the rate limits, in this process or shared through
+    /// Redis.
+    pub fn new(
+        snapshot: Snapshot,
+        settings: Settings,
+        limiter: Limiter,
+        now: UnixClock,
+    ) -> Arc<Self> {
         Arc::new(Self {
             snapshot: ArcSwap::from_pointee(snapshot),
             verified: VerifiedCache::new(settings.token_cache_entries),
+            limiter,
             settings,
             now,
         })
@@ -140,7 +150,7 @@ impl Gateway {
         let path = path::canonical(request.uri().path())?;
         let route = route::find(&tenant, &path, request.uri().query(), request.method())?;
         let permitted = authz::authorize(&snapshot.domain, tenant, route, principal)?;
-        let slot = permitted.tenant.0.runtime.enter()?;
+        let admitted = limit::admit(&self.limiter, &permitted).await?;
         let host = match request.headers().get(header::HOST) {
             Some(host) => host.clone(),
             None => request
@@ -149,8 +159,11 @@ impl Gateway {
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
                 .unwrap_or(HeaderValue::from_static("")),
         };
-        let context = proxy::Forward { request_id, peer, host, slot };
-        let (response, _answered) = proxy::forward(permitted, request, context).await?;
+        let context = proxy::Forward { request_id, peer, host, slot: admitted.slot };
+        let (mut response, _answered) = proxy::forward(permitted, request, context).await?;
+        if let Some(rate) = &admitted.rate {
+            response.headers_mut().extend(limit::rate_headers(rate).map(|(n, v)| (Some(n), v)));
+        }
         Ok(response)
     }
 }

@@ -474,3 +474,63 @@ async fn apis_are_checked_and_listed() {
     let actions: Vec<&str> = events.iter().filter_map(|e| e["action"].as_str()).collect();
     assert!(actions.contains(&"api.create") && actions.contains(&"api.delete"), "{actions:?}");
 }
+
+#[tokio::test]
+async fn an_api_over_its_rate_gets_429_with_retry_after_and_others_are_unaffected() {
+    let Two { server, acme, globex } = two_tenants("").await;
+    let limited = server.cli(&[
+        "apis",
+        "create",
+        "--tenant",
+        "acme",
+        "limited",
+        "--prefix",
+        "/limited",
+        "--rate-limit",
+        "60",
+        "--burst",
+        "3",
+        "--upstream",
+        &acme.url(),
+    ]);
+    assert_eq!(exit_code(&limited), 0, "{}", stderr(&limited));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    acme.forget();
+    let client = client(&server);
+    let acme_token = token(&server, "acme", &[]);
+    let globex_token = token(&server, "globex", &[]);
+    let mut remaining = Vec::new();
+    for _ in 0..3 {
+        let response = client
+            .get(url(&server, "acme", "/limited"))
+            .bearer_auth(&acme_token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.headers()["ratelimit-limit"], "3");
+        remaining.push(response.headers()["ratelimit-remaining"].to_str().unwrap().to_owned());
+    }
+    assert_eq!(remaining, ["2", "1", "0"]);
+    let refused =
+        client.get(url(&server, "acme", "/limited")).bearer_auth(&acme_token).send().await.unwrap();
+    assert_eq!(refused.status(), 429);
+    let retry: u64 = refused.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert_eq!(retry, 1, "one request a second");
+    assert_eq!(refused.headers()["ratelimit-remaining"], "0");
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "rate_limited");
+    assert_eq!(acme.seen().len(), 3, "the refused request never reached the upstream");
+
+    // The tenant's other API and the other tenant go on as before.
+    let (status, _) = call(&client, &url(&server, "acme", "/echo"), Some(&acme_token)).await;
+    assert_eq!(status, 200);
+    let (status, _) = call(&client, &url(&server, "globex", "/echo"), Some(&globex_token)).await;
+    assert_eq!(status, 200);
+    assert_eq!(globex.seen().len(), 1);
+
+    tokio::time::sleep(Duration::from_secs(retry)).await;
+    let again =
+        client.get(url(&server, "acme", "/limited")).bearer_auth(&acme_token).send().await.unwrap();
+    assert_eq!(again.status(), 200, "after Retry-After the request passes");
+}
