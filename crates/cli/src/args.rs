@@ -91,6 +91,18 @@ pub enum Command {
     /// which policy
     #[command(subcommand)]
     Apis(ApisCommand),
+    /// A tenant's gateway usage per API and minute
+    Usage {
+        #[arg(long)]
+        tenant: String,
+        /// Only this API
+        #[arg(long)]
+        api: Option<String>,
+        /// From this time on: RFC 3339, or a duration back from now (24h, 7d)
+        /// [default: 1h]
+        #[arg(long, value_name = "TIME")]
+        since: Option<String>,
+    },
     /// Tenants' audit streams: read, export, verify offline
     #[command(subcommand)]
     Audit(AuditCommand),

@@ -59,6 +59,8 @@ struct FileGateway {
     redis: Option<String>,
     /// Prefix of every key written to that Redis.
     redis_prefix: Option<String>,
+    /// How often usage is written to the store.
+    usage_flush_every: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -209,6 +211,11 @@ impl ServeSettings {
             }
             gateway.max_header_bytes = bytes;
         }
+        let usage_flush_every = match file.gateway.usage_flush_every.as_deref() {
+            None => bulkhead_control::config::DEFAULT_USAGE_FLUSH,
+            Some(every) => parse_duration(every)
+                .map_err(|e| CliError::usage(format!("gateway.usage_flush_every: {e}")))?,
+        };
         let redis_url =
             args.redis.as_ref().map(|r| r.expose().to_owned()).or(file.gateway.redis.clone());
         let gateway_redis = match redis_url {
@@ -245,6 +252,7 @@ impl ServeSettings {
                 gateway_listen,
                 gateway,
                 gateway_redis,
+                usage_flush_every,
                 base_domain,
                 public_url,
                 insecure_jwks_hosts: if args.insecure_jwks_hosts.is_empty() {

@@ -25,6 +25,9 @@ pub struct Config {
     /// Redis that every gateway replica shares rate limits through; `None`
     /// keeps them in this process.
     pub gateway_redis: Option<RedisSettings>,
+    /// How often the gateway's usage is written to the store: how old
+    /// `bulkhead usage` may be.
+    pub usage_flush_every: Duration,
     pub base_domain: BaseDomain,
     /// How clients reach this server (`https://bulkhead.example.com`):
     /// realms' issuers are `<public_url>/realms/<tenant>`. Defaults to the
@@ -60,6 +63,7 @@ impl Config {
             gateway_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             gateway: bulkhead_gateway::Settings::default(),
             gateway_redis: None,
+            usage_flush_every: DEFAULT_USAGE_FLUSH,
             base_domain: BaseDomain::default(),
             public_url: None,
             insecure_jwks_hosts: Vec::new(),
@@ -96,6 +100,9 @@ impl std::fmt::Debug for RedisSettings {
             .finish()
     }
 }
+
+/// Usage is written every 10 seconds unless configured.
+pub const DEFAULT_USAGE_FLUSH: Duration = Duration::from_secs(10);
 
 /// The key prefix unless configured.
 pub const DEFAULT_REDIS_PREFIX: &str = "bulkhead:";

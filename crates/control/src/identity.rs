@@ -4,11 +4,7 @@
 //! `bulkhead-identity`'s; private keys are sealed by the vault under the
 //! tenant's data key.
 
-use std::{
-    collections::HashMap,
-    sync::{Arc, Mutex},
-    time::{Duration, Instant},
-};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use bulkhead_identity::{
@@ -30,7 +26,7 @@ use zeroize::Zeroizing;
 use crate::{
     admission::Admission,
     clock::Clock,
-    events::{Actor, EventLog, Unrecorded},
+    events::{Actor, Budget, EventLog, Unrecorded},
     limits::Quota,
     provider_keys::ProviderKeys,
 };
@@ -46,8 +42,8 @@ const LIVE: &[TenantState] = &[TenantState::Active, TenantState::Suspended];
 /// At most this many refused credentials per tenant and window are recorded
 /// as events; the rest are counted and the count goes with the next record.
 /// Refusals are attacker-driven, and must not flood a tenant's event trail.
-const REFUSALS_PER_WINDOW: u32 = 20;
-const REFUSAL_WINDOW: Duration = Duration::from_secs(60);
+pub const REFUSALS_PER_WINDOW: u32 = 20;
+pub const REFUSAL_WINDOW: Duration = Duration::from_secs(60);
 /// Refusal reasons may quote the token (a kid, say); they are cut to this.
 const MAX_REASON_CHARS: usize = 200;
 
@@ -141,9 +137,8 @@ pub struct IdentityService {
     /// Key rotations and removals, one at a time: two concurrent rotations
     /// of a realm could otherwise retire each other's new key.
     rotation: tokio::sync::Mutex<()>,
-    /// Refused credentials recorded per tenant in the current window:
-    /// (window start, recorded, suppressed).
-    refusals: Mutex<HashMap<Uuid, (Instant, u32, u32)>>,
+    /// Refused credentials recorded per tenant and window.
+    refusals: Budget,
 }
 
 /// A tenant's trust in an external identity provider, as an operator or
@@ -196,7 +191,7 @@ impl IdentityService {
             cache: VerifiedCache::new(100_000),
             providers: ProviderKeys::new(insecure_jwks_hosts).map_err(IdentityError::Internal)?,
             rotation: tokio::sync::Mutex::default(),
-            refusals: Mutex::default(),
+            refusals: Budget::new(REFUSALS_PER_WINDOW, REFUSAL_WINDOW),
         })
     }
 
@@ -844,21 +839,7 @@ impl IdentityService {
 
     /// Records a refused credential, within [`REFUSALS_PER_WINDOW`].
     async fn record_refusal(&self, tenant: &Tenant, reason: &str) {
-        let suppressed = {
-            let Ok(mut refusals) = self.refusals.lock() else { return };
-            let (start, recorded, suppressed) =
-                refusals.entry(tenant.id.0).or_insert((Instant::now(), 0, 0));
-            if start.elapsed() >= REFUSAL_WINDOW {
-                *start = Instant::now();
-                *recorded = 0;
-            }
-            if *recorded >= REFUSALS_PER_WINDOW {
-                *suppressed += 1;
-                return;
-            }
-            *recorded += 1;
-            std::mem::take(suppressed)
-        };
+        let Some(suppressed) = self.refusals.take(tenant.id) else { return };
         let reason: String = reason.chars().take(MAX_REASON_CHARS).collect();
         let details = json!({ "reason": reason, "unrecorded_before": suppressed });
         self.events.record(&Actor::Anonymous, tenant, "auth.refused", "denied", details).await;

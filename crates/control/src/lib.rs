@@ -27,6 +27,7 @@ pub mod provision;
 pub mod reconciler;
 pub mod server;
 pub mod tenants;
+pub mod usage;
 pub mod vault;
 
 pub use config::{Config, ReconcilerSettings};

@@ -21,8 +21,8 @@ use bulkhead_vault::{AnomalyDetector, Vault, VaultError};
 use thiserror::Error;
 use tokio::{sync::watch, task::JoinHandle};
 
-use bulkhead_gateway::{Gateway, Snapshot};
-use bulkhead_meter::{Limiter, RedisOptions};
+use bulkhead_gateway::{Gateway, Snapshot, record::Recorder};
+use bulkhead_meter::{Aggregator, Limiter, RedisOptions, UsageRecorder};
 
 use crate::{
     admission::Admission,
@@ -111,8 +111,10 @@ pub struct RunningServer {
     reconciler: JoinHandle<()>,
     lock_keeper: JoinHandle<()>,
     jobs: Vec<JoinHandle<()>>,
-    /// The gateway's server and the task that keeps its snapshot current.
-    gateway: [JoinHandle<()>; 2],
+    /// The gateway's server, the task that keeps its snapshot current, and
+    /// those that store its usage and audit its decisions (they end once
+    /// the gateway is gone, after writing what it left).
+    gateway: Vec<JoinHandle<()>>,
     audit: (AuditLog, JoinHandle<()>),
     _data_dir: DataDir,
 }
@@ -120,6 +122,9 @@ pub struct RunningServer {
 /// How often the gateway's whole snapshot is rebuilt, besides each
 /// changed tenant's entry at once.
 const GATEWAY_REBUILD_EVERY: Duration = Duration::from_secs(30);
+
+/// Usage events and audit records the gateway queues before it drops them.
+const GATEWAY_QUEUE: usize = 65_536;
 
 /// How often the store lock is checked.
 const LOCK_CHECK_EVERY: Duration = Duration::from_secs(2);
@@ -456,7 +461,7 @@ pub async fn start_with_steps(
     let audit = Arc::new(AuditService::new(
         Arc::clone(&store),
         audit_keys,
-        events,
+        events.clone(),
         Arc::clone(&clock),
         PlanCatalog::builtin(),
         admission,
@@ -474,10 +479,19 @@ pub async fn start_with_steps(
             .await
             .map_err(|e| StartError::Redis(e.to_string()))?,
     };
+    let (usage, usage_events) = UsageRecorder::channel(GATEWAY_QUEUE);
+    let (recorder, decisions) = Recorder::new(usage, GATEWAY_QUEUE);
+    let gateway_records = {
+        let sink = crate::usage::StoreSink(Arc::clone(&store));
+        let aggregate = Aggregator::new().run(usage_events, sink, config.usage_flush_every);
+        let decisions = crate::usage::record_decisions(decisions, Arc::clone(&store), events);
+        [tokio::spawn(aggregate), tokio::spawn(decisions)]
+    };
     let gateway = {
         let clock = Arc::clone(&clock);
         let now = Arc::new(move || clock.now().unix_timestamp());
-        Gateway::new(Snapshot::empty(feed.domain()), config.gateway.clone(), limiter, now)
+        let snapshot = Snapshot::empty(feed.domain());
+        Gateway::new(snapshot, config.gateway.clone(), limiter, recorder, now)
     };
     gateway::rebuild(&gateway, &feed).await?;
     let reconciler_done = Arc::new(AtomicBool::new(false));
@@ -515,7 +529,7 @@ pub async fn start_with_steps(
     let (fatal_tx, fatal) = watch::channel(None);
     let lock_keeper = tokio::spawn(keep_lock(store_lock, Arc::clone(&shutdown), fatal_tx));
     let jobs = spawn_jobs(&vault, &identity, &audit, &config, &shutdown_rx);
-    let gateway = [
+    let mut gateway = vec![
         tokio::spawn(Arc::clone(&gateway).serve(gateway_listener, shutdown_rx.clone())),
         tokio::spawn(gateway::follow(
             gateway,
@@ -525,6 +539,7 @@ pub async fn start_with_steps(
             GATEWAY_REBUILD_EVERY,
         )),
     ];
+    gateway.extend(gateway_records);
     let reconciler = {
         let shutdown = shutdown_rx.clone();
         tokio::spawn(async move {

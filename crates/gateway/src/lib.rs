@@ -17,6 +17,7 @@ pub mod headers;
 pub mod limit;
 pub mod path;
 pub mod proxy;
+pub mod record;
 pub mod resolve;
 pub mod route;
 mod server;
@@ -62,6 +63,7 @@ pub struct Gateway {
     snapshot: ArcSwap<Snapshot>,
     verified: VerifiedCache,
     limiter: Limiter,
+    recorder: Arc<record::Recorder>,
     settings: Settings,
     now: UnixClock,
 }
@@ -78,17 +80,19 @@ impl std::fmt::Debug for Gateway {
 
 impl Gateway {
     /// `limiter` keeps the rate limits, in this process or shared through
-    /// Redis.
+    /// Redis; `recorder` takes every decision's usage and audit records.
     pub fn new(
         snapshot: Snapshot,
         settings: Settings,
         limiter: Limiter,
+        recorder: record::Recorder,
         now: UnixClock,
     ) -> Arc<Self> {
         Arc::new(Self {
             snapshot: ArcSwap::from_pointee(snapshot),
             verified: VerifiedCache::new(settings.token_cache_entries),
             limiter,
+            recorder: Arc::new(recorder),
             settings,
             now,
         })
@@ -119,22 +123,37 @@ impl Gateway {
     ) -> Response<Body> {
         let request_id = headers::request_id(request.headers());
         let snapshot = self.snapshot.load();
-        match self.pass(&snapshot, request, peer, verdict, &request_id).await {
+        let ended = record::Ended {
+            method: request.method().to_string(),
+            path: request.uri().path().to_owned(),
+            status: 0,
+            request_id: request_id.to_str().unwrap_or_default().to_owned(),
+            at: (self.now)(),
+        };
+        let mut learned = record::Learned::default();
+        let passed =
+            self.pass(&snapshot, request, peer, verdict, &request_id, &mut learned, &ended).await;
+        match passed {
             Ok(response) => response,
             Err(refusal) => {
                 tracing::debug!(
                     phase = refusal.phase.as_str(),
                     code = refusal.code.as_str(),
                     reason = %refusal.reason,
-                    request_id = request_id.to_str().unwrap_or_default(),
+                    request_id = ended.request_id,
                     "request refused"
                 );
-                error::rescue(&refusal, &request_id)
+                let response = error::rescue(&refusal, &request_id);
+                let ended = record::Ended { status: response.status().as_u16(), ..ended };
+                record::refused(&self.recorder, learned, ended, &refusal);
+                response
             }
         }
     }
 
-    /// The request path, phase by phase; any phase may end it.
+    /// The request path, phase by phase; any phase may end it. What each
+    /// phase learns goes into `learned` for the record.
+    #[allow(clippy::too_many_arguments)]
     async fn pass(
         &self,
         snapshot: &Snapshot,
@@ -142,15 +161,26 @@ impl Gateway {
         peer: SocketAddr,
         verdict: framing::Verdict,
         request_id: &HeaderValue,
+        learned: &mut record::Learned,
+        ended: &record::Ended,
     ) -> Result<Response<Body>, Refusal> {
         framing::check(&request, verdict)?;
         let tenant = resolve::tenant(snapshot, &request)?;
+        learned.tenant = Some(tenant.0.id);
         let principal =
             authn::authenticate(&tenant, request.headers(), &self.verified, (self.now)())?;
+        learned.subject = principal.as_ref().map(|p| p.subject.clone());
         let path = path::canonical(request.uri().path())?;
         let route = route::find(&tenant, &path, request.uri().query(), request.method())?;
+        learned.api = Some(std::sync::Arc::clone(&route.api.name));
+        learned.audit = Some(route.api.spec.audit);
         let permitted = authz::authorize(&snapshot.domain, tenant, route, principal)?;
         let admitted = limit::admit(&self.limiter, &permitted).await?;
+        let pending = record::Pending::new(
+            Arc::clone(&self.recorder),
+            std::mem::take(learned),
+            ended.clone(),
+        );
         let host = match request.headers().get(header::HOST) {
             Some(host) => host.clone(),
             None => request
@@ -159,7 +189,7 @@ impl Gateway {
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
                 .unwrap_or(HeaderValue::from_static("")),
         };
-        let context = proxy::Forward { request_id, peer, host, slot: admitted.slot };
+        let context = proxy::Forward { request_id, peer, host, slot: admitted.slot, pending };
         let (mut response, _answered) = proxy::forward(permitted, request, context).await?;
         if let Some(rate) = &admitted.rate {
             response.headers_mut().extend(limit::rate_headers(rate).map(|(n, v)| (Some(n), v)));

@@ -29,7 +29,7 @@ use bulkhead_model::{DatabaseUrl, StepRecord, Tenant, TenantId, TenantName, Tena
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-pub use apis::{ApiRecord, ApiStore};
+pub use apis::{ApiRecord, ApiStore, UsageRecord, UsageStore};
 pub use audit::{AuditCheckpointRow, AuditEventRow, AuditKeyRow, AuditStore};
 pub use error::{StoreError, describe as describe_error};
 pub use identity::{ApiKeyRecord, IdentityStore, RealmKeyRecord, RealmRecord, TrustRecord};
@@ -104,7 +104,7 @@ impl fmt::Debug for OperatorToken {
 /// crash leaves each write either fully done or not done at all.
 #[async_trait]
 pub trait ControlStore:
-    VaultStore + IdentityStore + AuditStore + ApiStore + Send + Sync + fmt::Debug
+    VaultStore + IdentityStore + AuditStore + ApiStore + UsageStore + Send + Sync + fmt::Debug
 {
     /// Where the store is, safe to print (no password).
     fn location(&self) -> String;

@@ -1672,3 +1672,62 @@ macro_rules! impl_api_store {
     };
 }
 pub(crate) use impl_api_store;
+
+/// The usage statements, shared the same way as [`impl_control_store!`].
+macro_rules! impl_usage_store {
+    ($store:ty) => {
+        #[async_trait::async_trait]
+        impl $crate::UsageStore for $store {
+            async fn insert_usage(
+                &self,
+                records: &[$crate::UsageRecord],
+            ) -> Result<(), $crate::StoreError> {
+                let mut tx = self.write.begin().await?;
+                for record in records {
+                    sqlx::query(
+                        "INSERT INTO gateway_usage (tenant_id, api, minute, row) \
+                         VALUES ($1, $2, $3, $4)",
+                    )
+                    .bind(record.tenant_id.0)
+                    .bind(record.api.as_str())
+                    .bind(record.minute)
+                    .bind(record.row.as_str())
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn usage(
+                &self,
+                tenant: bulkhead_model::TenantId,
+                api: Option<&str>,
+                since: time::OffsetDateTime,
+            ) -> Result<Vec<$crate::UsageRecord>, $crate::StoreError> {
+                Ok(sqlx::query_as(
+                    "SELECT tenant_id, api, minute, row FROM gateway_usage \
+                     WHERE tenant_id = $1 AND minute >= $2 AND ($3 IS NULL OR api = $3) \
+                     ORDER BY minute, api",
+                )
+                .bind(tenant.0)
+                .bind(since)
+                .bind(api)
+                .fetch_all(&self.read)
+                .await?)
+            }
+
+            async fn delete_usage_before(
+                &self,
+                before: time::OffsetDateTime,
+            ) -> Result<u64, $crate::StoreError> {
+                let result = sqlx::query("DELETE FROM gateway_usage WHERE minute < $1")
+                    .bind(before)
+                    .execute(&self.write)
+                    .await?;
+                Ok(result.rows_affected())
+            }
+        }
+    };
+}
+pub(crate) use impl_usage_store;

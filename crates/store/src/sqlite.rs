@@ -9,7 +9,8 @@ use sqlx::sqlite::{
 use crate::{
     FileLock, FileLockError, StoreError, StoreLock,
     sql::{
-        impl_api_store, impl_audit_store, impl_control_store, impl_identity_store, impl_vault_store,
+        impl_api_store, impl_audit_store, impl_control_store, impl_identity_store,
+        impl_usage_store, impl_vault_store,
     },
 };
 
@@ -73,6 +74,7 @@ impl_control_store!(SqliteStore);
 impl_vault_store!(SqliteStore);
 impl_identity_store!(SqliteStore);
 impl_api_store!(SqliteStore);
+impl_usage_store!(SqliteStore);
 impl_audit_store!(SqliteStore, sqlx::Sqlite, "");
 
 impl SqliteStore {

@@ -534,3 +534,82 @@ async fn an_api_over_its_rate_gets_429_with_retry_after_and_others_are_unaffecte
         client.get(url(&server, "acme", "/limited")).bearer_auth(&acme_token).send().await.unwrap();
     assert_eq!(again.status(), 200, "after Retry-After the request passes");
 }
+
+#[tokio::test]
+async fn decisions_are_counted_as_usage_and_audited_as_the_api_says() {
+    let Two { server, acme, .. } = two_tenants("[gateway]\nusage_flush_every = \"1s\"\n").await;
+    let audited = server.cli(&[
+        "apis",
+        "create",
+        "--tenant",
+        "acme",
+        "audited",
+        "--prefix",
+        "/audited",
+        "--audit",
+        "all",
+        "--upstream",
+        &acme.url(),
+    ]);
+    assert_eq!(exit_code(&audited), 0, "{}", stderr(&audited));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let client = client(&server);
+    let acme_token = token(&server, "acme", &[]);
+    for path in ["/audited/a", "/audited/b", "/echo"] {
+        let (status, _) = call(&client, &url(&server, "acme", path), Some(&acme_token)).await;
+        assert_eq!(status, 200);
+    }
+    let (status, _) = call(&client, &url(&server, "acme", "/echo"), Some("forged")).await;
+    assert_eq!(status, 401);
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let usage = loop {
+        let usage = server.cli_json(&["usage", "--tenant", "acme"]);
+        let total: u64 =
+            usage.as_array().unwrap().iter().map(|r| r["requests"].as_u64().unwrap()).sum();
+        if total >= 4 || Instant::now() > deadline {
+            break usage;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let rows = usage.as_array().unwrap();
+    let of = |api: Option<&str>| -> (u64, Value) {
+        let matching: Vec<&Value> = rows.iter().filter(|r| r["api"].as_str() == api).collect();
+        let requests = matching.iter().map(|r| r["requests"].as_u64().unwrap()).sum();
+        (requests, matching.first().map(|r| r["refused"].clone()).unwrap_or(Value::Null))
+    };
+    assert_eq!(of(Some("audited")).0, 2, "{usage}");
+    assert_eq!(of(Some("echo")).0, 1, "{usage}");
+    let (refused, phases) = of(None);
+    assert_eq!(refused, 1, "the forged credential was refused before a route: {usage}");
+    assert_eq!(phases["authn"], 1, "{usage}");
+    let audited_row = rows.iter().find(|r| r["api"] == "audited").unwrap();
+    assert!(audited_row["bytes_out"].as_u64().unwrap() > 0, "{audited_row}");
+    assert_eq!(audited_row["upstream_responses"], 2);
+
+    // `audit: all` records every request of that API; the default records
+    // refusals only.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let events = server.audit_events(&["acme"]);
+        let gateway: Vec<&Value> =
+            events.iter().filter(|e| e["action"] == "gateway.request").collect();
+        let allowed: Vec<&Value> =
+            gateway.iter().copied().filter(|e| e["outcome"] == "ok").collect();
+        let denied: Vec<&Value> =
+            gateway.iter().copied().filter(|e| e["outcome"] == "denied").collect();
+        if allowed.len() >= 2 && !denied.is_empty() {
+            assert_eq!(allowed.len(), 2, "{allowed:?}");
+            assert!(allowed.iter().all(|e| e["details"]["api"] == "audited"), "{allowed:?}");
+            assert_eq!(allowed[0]["actor_id"], "alice");
+            assert_eq!(allowed[0]["resource"], "apis/audited");
+            assert!(allowed[0]["request_id"].is_string(), "{allowed:?}");
+            assert_eq!(denied.len(), 1, "{denied:?}");
+            assert_eq!(denied[0]["details"]["phase"], "authn");
+            assert_eq!(denied[0]["details"]["code"], "unauthenticated");
+            break;
+        }
+        assert!(Instant::now() < deadline, "{gateway:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
