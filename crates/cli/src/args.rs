@@ -47,6 +47,14 @@ pub struct GlobalArgs {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Role {
+    /// The control plane and the gateway
+    All,
+    /// The gateway alone
+    Gateway,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Output {
     /// Aligned columns for people
     Table,
@@ -478,6 +486,11 @@ pub enum VaultCommand {
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
+    /// What this process runs: `all` (the control plane and the gateway),
+    /// or `gateway` alone, following a PostgreSQL store a control plane
+    /// uses (more gateway replicas, another machine)
+    #[arg(long, value_enum, default_value_t = Role::All)]
+    pub role: Role,
     /// Configuration file [default: ./bulkhead.toml when it exists]
     #[arg(long, env = env::CONFIG, value_name = "FILE")]
     pub config: Option<PathBuf>,

@@ -59,6 +59,8 @@ struct FileGateway {
     redis: Option<String>,
     /// Prefix of every key written to that Redis.
     redis_prefix: Option<String>,
+    /// The longest a decision waits for Redis, in milliseconds.
+    redis_timeout_ms: Option<u64>,
     /// How often usage is written to the store.
     usage_flush_every: Option<String>,
 }
@@ -226,6 +228,9 @@ impl ServeSettings {
                     prefix: file.gateway.redis_prefix.clone().unwrap_or_else(|| {
                         bulkhead_control::config::DEFAULT_REDIS_PREFIX.to_owned()
                     }),
+                    timeout: std::time::Duration::from_millis(
+                        file.gateway.redis_timeout_ms.unwrap_or(25).clamp(1, 10_000),
+                    ),
                 })
             }
             Some(url) => {
@@ -402,6 +407,7 @@ mod tests {
             api_listen: None,
             gateway_listen: None,
             redis: None,
+            role: crate::args::Role::All,
             base_domain: None,
             log_format: None,
             master_key_file: None,

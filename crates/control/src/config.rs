@@ -90,6 +90,9 @@ pub struct RedisSettings {
     /// Every key Bulkhead writes starts with this, so one Redis can serve
     /// several installations.
     pub prefix: String,
+    /// The longest a decision waits for Redis before the plan's fallback
+    /// decides.
+    pub timeout: Duration,
 }
 
 impl std::fmt::Debug for RedisSettings {
@@ -97,6 +100,7 @@ impl std::fmt::Debug for RedisSettings {
         f.debug_struct("RedisSettings")
             .field("url", &bulkhead_model::redact_url(&self.url))
             .field("prefix", &self.prefix)
+            .field("timeout", &self.timeout)
             .finish()
     }
 }

@@ -280,7 +280,7 @@ impl EventLog {
         if let (Some(changes), Some(tenant)) = (&self.changes, tenant)
             && affects_gateway(action)
         {
-            changes.tenant(tenant);
+            changes.tenant(tenant.id);
         }
         let mut result = Ok(());
         for event in std::iter::once(event).chain(mirror) {

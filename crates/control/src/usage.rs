@@ -6,7 +6,7 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
-    sync::Arc,
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -94,39 +94,63 @@ pub async fn usage(
     Ok(rows.into_values().collect())
 }
 
-/// Writes the gateway's decisions to the tenants' audit streams until the
-/// gateway is gone.
-pub async fn record_decisions(
-    mut decisions: mpsc::Receiver<AuditRecord>,
+/// Writes gateway decisions to the tenants' audit streams, within a budget
+/// of refusals per tenant.
+#[derive(Debug)]
+pub struct DecisionRecorder {
     store: Arc<dyn ControlStore>,
     events: EventLog,
-) {
-    let budget = Budget::new(REFUSED_PER_MINUTE, Duration::from_secs(60));
-    let mut tenants: HashMap<TenantId, (Instant, Tenant)> = HashMap::new();
-    while let Some(decision) = decisions.recv().await {
+    budget: Budget,
+    /// Tenants looked up lately, by id.
+    tenants: Mutex<HashMap<TenantId, (Instant, Tenant)>>,
+}
+
+impl DecisionRecorder {
+    pub fn new(store: Arc<dyn ControlStore>, events: EventLog) -> Self {
+        Self {
+            store,
+            events,
+            budget: Budget::new(REFUSED_PER_MINUTE, Duration::from_secs(60)),
+            tenants: Mutex::default(),
+        }
+    }
+
+    async fn tenant(&self, id: TenantId) -> Option<Tenant> {
+        let cached = self.tenants.lock().ok().and_then(|tenants| {
+            tenants
+                .get(&id)
+                .filter(|(at, _)| at.elapsed() < TENANT_CACHE_FOR)
+                .map(|(_, t)| t.clone())
+        });
+        if cached.is_some() {
+            return cached;
+        }
+        match self.store.tenant_by_id(id).await {
+            Ok(Some(tenant)) if tenant.state != TenantState::Deleted => {
+                if let Ok(mut tenants) = self.tenants.lock() {
+                    tenants.retain(|_, (at, _)| at.elapsed() < TENANT_CACHE_FOR);
+                    tenants.insert(id, (Instant::now(), tenant.clone()));
+                }
+                Some(tenant)
+            }
+            Ok(_) => None,
+            Err(error) => {
+                tracing::warn!(%error, "cannot record a gateway decision");
+                None
+            }
+        }
+    }
+
+    pub async fn record(&self, decision: AuditRecord) {
         let id = TenantId(decision.tenant);
         let suppressed = match decision.refused {
-            Some(_) => match budget.take(id) {
+            Some(_) => match self.budget.take(id) {
                 Some(suppressed) => suppressed,
-                None => continue,
+                None => return,
             },
             None => 0,
         };
-        let cached = tenants.get(&id).filter(|(at, _)| at.elapsed() < TENANT_CACHE_FOR);
-        let tenant = match cached {
-            Some((_, tenant)) => tenant.clone(),
-            None => match store.tenant_by_id(id).await {
-                Ok(Some(tenant)) if tenant.state != TenantState::Deleted => {
-                    tenants.insert(id, (Instant::now(), tenant.clone()));
-                    tenant
-                }
-                Ok(_) => continue,
-                Err(error) => {
-                    tracing::warn!(%error, "cannot record a gateway decision");
-                    continue;
-                }
-            },
-        };
+        let Some(tenant) = self.tenant(id).await else { return };
         let actor = match decision.subject {
             Some(subject) => Actor::Tenant {
                 tenant_id: id,
@@ -138,23 +162,70 @@ pub async fn record_decisions(
             None => Actor::Anonymous,
         };
         let mut details = json!({
-            "api": decision.api.as_deref(),
+            "api": decision.api,
             "method": decision.method,
             "path": decision.path,
             "status": decision.status,
         });
         let outcome = match &decision.refused {
-            Some((phase, code, reason)) => {
-                details["phase"] = json!(phase);
-                details["code"] = json!(code);
-                details["reason"] = json!(reason.chars().take(200).collect::<String>());
+            Some(refused) => {
+                details["phase"] = json!(refused.phase);
+                details["code"] = json!(refused.code);
+                details["reason"] = json!(refused.reason.chars().take(200).collect::<String>());
                 details["unrecorded_before"] = json!(suppressed);
                 "denied"
             }
             None => "ok",
         };
         // The event carries the gateway's request id, as the client saw it.
-        let record = events.record(&actor, &tenant, "gateway.request", outcome, details);
+        let record = self.events.record(&actor, &tenant, "gateway.request", outcome, details);
         crate::events::REQUEST_ID.scope(decision.request_id, record).await;
+    }
+
+    /// Records what gateways on their own queued in the store; returns how
+    /// many decisions it took.
+    pub async fn drain_queue(&self) -> Result<u64, StoreError> {
+        let queued = self.store.queued_decisions(DRAIN_BATCH).await?;
+        let Some(&(last, _)) = queued.last() else { return Ok(0) };
+        for (_, record) in &queued {
+            match serde_json::from_str::<AuditRecord>(record) {
+                Ok(decision) => self.record(decision).await,
+                Err(error) => tracing::error!(%error, "a queued gateway decision is unreadable"),
+            }
+        }
+        self.store.dequeue_decisions(last).await?;
+        Ok(queued.len() as u64)
+    }
+}
+
+/// Queued decisions taken per pass.
+const DRAIN_BATCH: u32 = 1_000;
+
+/// Records the decisions of the gateway beside the control plane until it
+/// is gone.
+pub async fn record_decisions(
+    mut decisions: mpsc::Receiver<AuditRecord>,
+    recorder: Arc<DecisionRecorder>,
+) {
+    while let Some(decision) = decisions.recv().await {
+        recorder.record(decision).await;
+    }
+}
+
+/// Queues the decisions of a gateway on its own in the store, in batches,
+/// until it is gone.
+pub async fn queue_decisions(
+    mut decisions: mpsc::Receiver<AuditRecord>,
+    store: Arc<dyn ControlStore>,
+) {
+    let mut batch = Vec::with_capacity(DRAIN_BATCH as usize);
+    while decisions.recv_many(&mut batch, DRAIN_BATCH as usize).await > 0 {
+        let queued: Vec<(TenantId, String)> = batch
+            .drain(..)
+            .filter_map(|d| Some((TenantId(d.tenant), serde_json::to_string(&d).ok()?)))
+            .collect();
+        if let Err(error) = store.queue_decisions(&queued).await {
+            tracing::warn!(%error, count = queued.len(), "cannot queue gateway decisions for the audit streams; they are lost");
+        }
     }
 }

@@ -17,25 +17,36 @@ use std::{
 
 use bulkhead_meter::{Outcome, UsageEvent, UsageRecorder};
 use bulkhead_model::AuditLevel;
+use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use crate::error::Refusal;
 
-/// One decision, for the tenant's audit stream.
-#[derive(Debug, Clone)]
+/// One decision, for the tenant's audit stream. A gateway beside the
+/// control plane hands it over in memory; one on its own queues it in the
+/// store as JSON, for the control plane to record and sign.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditRecord {
     pub tenant: Uuid,
-    pub api: Option<Arc<str>>,
+    pub api: Option<String>,
     pub subject: Option<String>,
     pub method: String,
     pub path: String,
     pub status: u16,
-    /// The phase, code and reason of a refusal; `None` when allowed.
-    pub refused: Option<(&'static str, &'static str, Cow<'static, str>)>,
+    /// Why it was refused; `None` when allowed.
+    pub refused: Option<Refused>,
     pub request_id: String,
     /// Unix seconds.
     pub at: i64,
+}
+
+/// The phase, code and reason of a refusal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refused {
+    pub phase: Cow<'static, str>,
+    pub code: Cow<'static, str>,
+    pub reason: Cow<'static, str>,
 }
 
 /// Where the gateway's records go.
@@ -106,12 +117,16 @@ pub fn refused(recorder: &Recorder, learned: Learned, ended: Ended, refusal: &Re
     if learned.audit.unwrap_or_default() != AuditLevel::Off {
         recorder.audit(AuditRecord {
             tenant,
-            api: learned.api,
+            api: learned.api.as_deref().map(str::to_owned),
             subject: learned.subject,
             method: ended.method,
             path: ended.path,
             status: ended.status,
-            refused: Some((refusal.phase.as_str(), refusal.code.as_str(), refusal.reason.clone())),
+            refused: Some(Refused {
+                phase: refusal.phase.as_str().into(),
+                code: refusal.code.as_str().into(),
+                reason: refusal.reason.clone(),
+            }),
             request_id: ended.request_id,
             at: ended.at,
         });
@@ -172,7 +187,7 @@ impl Drop for Pending {
         if self.learned.audit == Some(AuditLevel::All) {
             self.recorder.audit(AuditRecord {
                 tenant,
-                api,
+                api: api.as_deref().map(str::to_owned),
                 subject: self.learned.subject.take(),
                 method: std::mem::take(&mut ended.method),
                 path: std::mem::take(&mut ended.path),

@@ -115,6 +115,8 @@ pub struct Domain {
 pub struct Snapshot {
     pub domain: Arc<Domain>,
     tenants: HashMap<Arc<str>, Arc<TenantEntry>>,
+    /// Tenant id → name, to replace an entry by the tenant's id.
+    names: HashMap<Uuid, Arc<str>>,
     /// When this snapshot was made, for the snapshot-age metric.
     pub built_at: Instant,
 }
@@ -122,33 +124,43 @@ pub struct Snapshot {
 impl Snapshot {
     /// A snapshot with no tenants: every host is unknown.
     pub fn empty(domain: Domain) -> Self {
-        Self { domain: Arc::new(domain), tenants: HashMap::new(), built_at: Instant::now() }
+        Self {
+            domain: Arc::new(domain),
+            tenants: HashMap::new(),
+            names: HashMap::new(),
+            built_at: Instant::now(),
+        }
     }
 
     /// A snapshot of `tenants`, taking over the runtimes of the entries
     /// `previous` has for them.
     pub fn build(domain: Domain, tenants: Vec<TenantConfig>, previous: &Snapshot) -> Self {
         let mut map = HashMap::with_capacity(tenants.len());
+        let mut names = HashMap::with_capacity(tenants.len());
         for config in tenants {
             let entry = previous.entry(config);
+            names.insert(entry.id, Arc::clone(&entry.name));
             map.insert(Arc::clone(&entry.name), entry);
         }
-        Self { domain: Arc::new(domain), tenants: map, built_at: Instant::now() }
+        Self { domain: Arc::new(domain), tenants: map, names, built_at: Instant::now() }
     }
 
-    /// This snapshot with some tenants' entries replaced: by name, the new
-    /// configuration, or `None` to remove the entry (the tenant left or is
-    /// not served).
-    pub fn with_tenants(&self, changes: Vec<(String, Option<TenantConfig>)>) -> Self {
-        let mut tenants = self.tenants.clone();
-        for (name, config) in changes {
-            tenants.remove(name.as_str());
+    /// This snapshot with some tenants' entries replaced: by tenant id, the
+    /// new configuration, or `None` to remove the entry (the tenant left or
+    /// is not served).
+    pub fn with_tenants(&self, changes: Vec<(Uuid, Option<TenantConfig>)>) -> Self {
+        let (mut tenants, mut names) = (self.tenants.clone(), self.names.clone());
+        for (id, config) in changes {
+            if let Some(name) = names.remove(&id) {
+                tenants.remove(&name);
+            }
             if let Some(config) = config {
                 let entry = self.entry(config);
+                names.insert(entry.id, Arc::clone(&entry.name));
                 tenants.insert(Arc::clone(&entry.name), entry);
             }
         }
-        Self { domain: Arc::clone(&self.domain), tenants, built_at: Instant::now() }
+        Self { domain: Arc::clone(&self.domain), tenants, names, built_at: Instant::now() }
     }
 
     pub fn tenant(&self, name: &str) -> Option<&Arc<TenantEntry>> {

@@ -65,4 +65,14 @@ pub trait UsageStore: Send + Sync {
 
     /// Deletes the records of minutes before `before`; returns how many.
     async fn delete_usage_before(&self, before: OffsetDateTime) -> Result<u64, StoreError>;
+
+    /// Queues gateway decisions (JSON, by tenant) for the control plane to
+    /// record: every one, or none.
+    async fn queue_decisions(&self, decisions: &[(TenantId, String)]) -> Result<(), StoreError>;
+
+    /// The oldest `limit` queued decisions, with their queue ids.
+    async fn queued_decisions(&self, limit: u32) -> Result<Vec<(i64, String)>, StoreError>;
+
+    /// Removes the queued decisions up to and including id `up_to`.
+    async fn dequeue_decisions(&self, up_to: i64) -> Result<(), StoreError>;
 }

@@ -65,6 +65,15 @@ pub async fn open(location: &StoreLocation) -> Result<Arc<dyn ControlStore>, Sto
     })
 }
 
+/// Tenants changed, as a gateway following the store hears of them.
+#[async_trait]
+pub trait GatewayChanges: Send {
+    /// The next changed tenant; `Ok(None)` when the connection was lost,
+    /// so that notifications may have been missed (the next call connects
+    /// again).
+    async fn next(&mut self) -> Result<Option<TenantId>, StoreError>;
+}
+
 /// One page of the tenant list, ordered by name.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TenantPage {
@@ -116,6 +125,21 @@ pub trait ControlStore:
 
     /// The store's installation id: `proposed` if it has none yet.
     async fn installation_id(&self, proposed: Uuid) -> Result<Uuid, StoreError>;
+
+    /// Records how clients reach the control plane (realms' issuers start
+    /// with it), for gateways that follow this store from elsewhere.
+    async fn set_public_url(&self, url: &str) -> Result<(), StoreError>;
+
+    /// What [`ControlStore::set_public_url`] recorded last.
+    async fn public_url(&self) -> Result<Option<String>, StoreError>;
+
+    /// Tells gateways that follow this store from other processes that
+    /// these tenants changed (PostgreSQL `NOTIFY`; nothing on SQLite, which
+    /// no other process follows).
+    async fn notify_gateways(&self, tenants: &[TenantId]) -> Result<(), StoreError>;
+
+    /// Follows those notifications; `None` on a store that has none.
+    async fn gateway_changes(&self) -> Result<Option<Box<dyn GatewayChanges>>, StoreError>;
 
     /// Why roles other than the server's could connect to the store's own
     /// database, if they could, for the operator to hear at start.

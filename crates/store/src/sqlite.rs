@@ -84,6 +84,18 @@ impl SqliteStore {
         Ok(None)
     }
 
+    /// No other process follows a SQLite store: the gateway beside it hears
+    /// of changes in-process.
+    async fn notify_gateways_of(&self, _: &[bulkhead_model::TenantId]) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    async fn follow_gateway_changes(
+        &self,
+    ) -> Result<Option<Box<dyn crate::GatewayChanges>>, StoreError> {
+        Ok(None)
+    }
+
     /// A SQLite file has no connections to refuse.
     async fn public_connect_risk_of_database(&self) -> Result<Option<String>, StoreError> {
         Ok(None)

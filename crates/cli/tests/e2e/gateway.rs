@@ -11,7 +11,7 @@ use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::{
-    kit::{Server, Store, exit_code, stderr, stdout},
+    kit::{GatewayProcess, Server, Store, exit_code, stderr, stdout},
     upstream::Upstream,
 };
 
@@ -24,7 +24,10 @@ struct Two {
 }
 
 async fn two_tenants(config: &str) -> Two {
-    let server = Server::start(Store::Embedded, config, &[]).await;
+    two_tenants_on(Server::start(Store::Embedded, config, &[]).await).await
+}
+
+async fn two_tenants_on(server: Server) -> Two {
     let (acme, globex) = (Upstream::start().await, Upstream::start().await);
     for (tenant, upstream) in [("acme", &acme), ("globex", &globex)] {
         let created =
@@ -47,12 +50,19 @@ async fn two_tenants(config: &str) -> Two {
 }
 
 fn gateway_addr(server: &Server) -> SocketAddr {
-    server.gateway.trim_start_matches("http://").parse().unwrap()
+    addr_of(&server.gateway)
+}
+
+fn addr_of(url: &str) -> SocketAddr {
+    url.trim_start_matches("http://").parse().unwrap()
 }
 
 /// A client that reaches `{tenant}.localhost` at the gateway, as DNS would.
 fn client(server: &Server) -> reqwest::Client {
-    let addr = gateway_addr(server);
+    client_at(gateway_addr(server))
+}
+
+fn client_at(addr: SocketAddr) -> reqwest::Client {
     reqwest::Client::builder()
         .resolve("acme.localhost", addr)
         .resolve("globex.localhost", addr)
@@ -62,7 +72,11 @@ fn client(server: &Server) -> reqwest::Client {
 }
 
 fn url(server: &Server, tenant: &str, path: &str) -> String {
-    format!("http://{tenant}.localhost:{}{path}", gateway_addr(server).port())
+    url_at(gateway_addr(server), tenant, path)
+}
+
+fn url_at(addr: SocketAddr, tenant: &str, path: &str) -> String {
+    format!("http://{tenant}.localhost:{}{path}", addr.port())
 }
 
 fn token(server: &Server, tenant: &str, extra: &[&str]) -> String {
@@ -611,5 +625,197 @@ async fn decisions_are_counted_as_usage_and_audited_as_the_api_says() {
         }
         assert!(Instant::now() < deadline, "{gateway:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The address of the PostgreSQL server tests use.
+fn postgres_addr() -> SocketAddr {
+    let url = bulkhead_testkit::postgres_admin_url();
+    let hostport = url.split('@').nth(1).unwrap().split('/').next().unwrap();
+    std::net::ToSocketAddrs::to_socket_addrs(hostport).unwrap().next().unwrap()
+}
+
+fn redis_addr() -> SocketAddr {
+    let url = std::env::var("BULKHEAD_TEST_REDIS")
+        .unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
+    let hostport = url.trim_start_matches("redis://").split('/').next().unwrap().to_owned();
+    std::net::ToSocketAddrs::to_socket_addrs(&hostport).unwrap().next().unwrap()
+}
+
+/// Statuses of `count` requests, alternating between `urls`.
+async fn statuses(urls: &[String], token: &str, count: usize) -> Vec<u16> {
+    // Any address will do: the port comes from each URL.
+    let client = client_at("127.0.0.1:0".parse().unwrap());
+    let mut got = Vec::new();
+    for i in 0..count {
+        got.push(call(&client, &urls[i % urls.len()], Some(token)).await.0);
+    }
+    got
+}
+
+#[tokio::test]
+async fn gateways_on_their_own_share_one_limit_through_redis_and_fall_back_without_it() {
+    let Two { server, acme, .. } = two_tenants_on(Server::postgres().await).await;
+    let limited = server.cli(&[
+        "apis",
+        "create",
+        "--tenant",
+        "acme",
+        "limited",
+        "--prefix",
+        "/limited",
+        "--rate-limit",
+        "1",
+        "--burst",
+        "4",
+        "--upstream",
+        &acme.url(),
+    ]);
+    assert_eq!(exit_code(&limited), 0, "{}", stderr(&limited));
+    let redis =
+        bulkhead_testkit::TcpProxy::start("127.0.0.1:0".parse().unwrap(), redis_addr()).await;
+    let prefix = bulkhead_testkit::unique_name("bh-test-", 12) + ":";
+    // A loaded test machine may take longer than the default 25 ms.
+    let config = format!(
+        "[gateway]\nredis = \"redis://{}\"\nredis_prefix = \"{prefix}\"\nredis_timeout_ms = 500\n",
+        redis.addr
+    );
+    let store = &server.postgres_db().url;
+    let (a, b) =
+        (GatewayProcess::start(store, &config).await, GatewayProcess::start(store, &config).await);
+    let acme_token = token(&server, "acme", &[]);
+    let urls: Vec<String> =
+        [&a, &b].iter().map(|g| url_at(addr_of(&g.url), "acme", "/limited")).collect();
+    // Both replicas register in Redis within a heartbeat or two.
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+
+    let shared = statuses(&urls, &acme_token, 8).await;
+    assert_eq!(
+        shared.iter().filter(|s| **s == 200).count(),
+        4,
+        "one limit of 4 for both: {shared:?}"
+    );
+    assert!(shared.iter().all(|s| *s == 200 || *s == 429), "{shared:?}");
+
+    // Redis goes away: the plan's fallback (local) gives each replica its
+    // share of the burst, in memory.
+    let stopped = redis.stop().await;
+    let alone = statuses(&urls, &acme_token, 8).await;
+    assert_eq!(
+        alone.iter().filter(|s| **s == 200).count(),
+        4,
+        "2 + 2 from local shares: {alone:?}"
+    );
+
+    // Back: the shared bucket, still empty, decides again.
+    let _redis = stopped.restart().await;
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    let back = statuses(&urls, &acme_token, 4).await;
+    assert!(back.iter().all(|s| *s == 429), "{back:?}");
+    let _ = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("redis-cli -h {} -p {} --scan --pattern '{prefix}*' | xargs -r redis-cli -h {} -p {} del", redis_addr().ip(), redis_addr().port(), redis_addr().ip(), redis_addr().port()))
+        .status();
+}
+
+#[tokio::test]
+async fn a_gateway_on_its_own_serves_through_a_store_outage_and_catches_up() {
+    let Two { server, acme, .. } = two_tenants_on(Server::postgres().await).await;
+    let postgres =
+        bulkhead_testkit::TcpProxy::start("127.0.0.1:0".parse().unwrap(), postgres_addr()).await;
+    let direct = &server.postgres_db().url;
+    let at = direct.split('@').nth(1).unwrap().split('/').next().unwrap();
+    let through_proxy = direct.replacen(at, &postgres.addr.to_string(), 1);
+    let gateway = GatewayProcess::start(&through_proxy, "").await;
+    let client = client_at(addr_of(&gateway.url));
+    let at_gateway = |path: &str| url_at(addr_of(&gateway.url), "acme", path);
+    let acme_token = token(&server, "acme", &[]);
+    let (status, body) = call(&client, &at_gateway("/echo"), Some(&acme_token)).await;
+    assert_eq!(status, 200, "{body}\n{}", gateway.log());
+
+    // A change reaches it through the store's notifications.
+    let wait_for = |path: &'static str, within: Duration| {
+        let (client, url, token) = (client.clone(), at_gateway(path), acme_token.clone());
+        async move {
+            let started = Instant::now();
+            loop {
+                let (status, _) = call(&client, &url, Some(&token)).await;
+                if status == 200 {
+                    return started.elapsed();
+                }
+                assert!(started.elapsed() < within, "{url} still {status} after {within:?}");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    };
+    let created = server.cli(&[
+        "apis",
+        "create",
+        "--tenant",
+        "acme",
+        "late",
+        "--prefix",
+        "/late",
+        "--upstream",
+        &acme.url(),
+    ]);
+    assert_eq!(exit_code(&created), 0, "{}", stderr(&created));
+    let took = wait_for("/late", Duration::from_secs(1)).await;
+    eprintln!("a new API reached a gateway on its own in {took:?}");
+
+    // The store goes away: the gateway keeps serving what it has.
+    let stopped = postgres.stop().await;
+    for _ in 0..10 {
+        let (status, _) = call(&client, &at_gateway("/echo"), Some(&acme_token)).await;
+        assert_eq!(status, 200);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let created = server.cli(&[
+        "apis",
+        "create",
+        "--tenant",
+        "acme",
+        "during",
+        "--prefix",
+        "/during",
+        "--upstream",
+        &acme.url(),
+    ]);
+    assert_eq!(exit_code(&created), 0, "{}", stderr(&created));
+    let (status, _) = call(&client, &at_gateway("/during"), Some(&acme_token)).await;
+    assert_eq!(status, 404, "the gateway cannot know yet");
+
+    // Back: it catches up with what it missed.
+    let _postgres = stopped.restart().await;
+    let took = wait_for("/during", Duration::from_secs(10)).await;
+    eprintln!("caught up {took:?} after the store came back");
+}
+
+#[tokio::test]
+async fn server_sent_events_arrive_one_by_one() {
+    let Two { server, acme: _upstream, .. } = two_tenants("").await;
+    let acme_token = token(&server, "acme", &[]);
+    let mut response = client(&server)
+        .get(url(&server, "acme", "/echo/sse"))
+        .bearer_auth(&acme_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "{}", server.log());
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let started = Instant::now();
+    let mut arrivals = Vec::new();
+    while let Some(chunk) = response.chunk().await.unwrap() {
+        let text = String::from_utf8_lossy(&chunk).into_owned();
+        for event in text.split("\n\n").filter(|e| !e.is_empty()) {
+            arrivals.push((started.elapsed(), event.to_owned()));
+        }
+    }
+    let events: Vec<&str> = arrivals.iter().map(|(_, e)| e.as_str()).collect();
+    assert_eq!(events, ["data: event 0", "data: event 1", "data: event 2"]);
+    // The upstream sends one every 300 ms: buffered, they would come at once.
+    for pair in arrivals.windows(2) {
+        let gap = pair[1].0 - pair[0].0;
+        assert!(gap >= Duration::from_millis(200), "{arrivals:?}");
     }
 }
