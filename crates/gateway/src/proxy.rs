@@ -280,7 +280,11 @@ fn caused_by<E: std::error::Error + 'static>(error: &(dyn std::error::Error + 's
         if e.is::<E>() {
             return true;
         }
-        source = e.source();
+        // An io::Error's `source` skips the error it wraps; look inside.
+        source = match e.downcast_ref::<io::Error>().and_then(io::Error::get_ref) {
+            Some(inner) => Some(inner),
+            None => e.source(),
+        };
     }
     false
 }

@@ -819,3 +819,131 @@ async fn server_sent_events_arrive_one_by_one() {
         assert!(gap >= Duration::from_millis(200), "{arrivals:?}");
     }
 }
+
+#[tokio::test]
+async fn a_tenant_whose_upstream_hangs_fills_only_its_own_bulkhead() {
+    let Two { server, acme, globex } = two_tenants("").await;
+    // A third tenant on the starter plan (64 requests in flight, 32 upstream
+    // connections), whose upstream never answers.
+    let created = server.cli(&["tenants", "create", "hog", "--plan", "starter", "--wait"]);
+    assert_eq!(exit_code(&created), 0, "{}", stderr(&created));
+    let hang = server.cli(&[
+        "apis",
+        "create",
+        "--tenant",
+        "hog",
+        "hang",
+        "--prefix",
+        "/hang",
+        "--response-timeout",
+        "1h",
+        "--upstream",
+        &acme.url(),
+    ]);
+    assert_eq!(exit_code(&hang), 0, "{}", stderr(&hang));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let hog_token = token(&server, "hog", &[]);
+    let globex_token = token(&server, "globex", &[]);
+    let addr = gateway_addr(&server);
+    let hog_client = reqwest::Client::builder()
+        .resolve("hog.localhost", addr)
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+
+    // The flood: more requests than the hog may have in flight.
+    let flood: Vec<_> = (0..100)
+        .map(|_| {
+            let request = hog_client.get(url(&server, "hog", "/hang")).bearer_auth(&hog_token);
+            tokio::spawn(async move {
+                match tokio::time::timeout(Duration::from_secs(3), request.send()).await {
+                    Ok(Ok(response)) => Some(response.status().as_u16()),
+                    _ => None,
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // Meanwhile another tenant is served as before.
+    let client = client(&server);
+    for _ in 0..20 {
+        let (status, _) =
+            call(&client, &url(&server, "globex", "/echo"), Some(&globex_token)).await;
+        assert_eq!(status, 200);
+    }
+    assert_eq!(globex.seen().len(), 20);
+
+    let mut overloaded = 0;
+    let mut hanging = 0;
+    for request in flood {
+        match request.await.unwrap() {
+            Some(503) => overloaded += 1,
+            None => hanging += 1,
+            Some(other) => panic!("the hog got {other}"),
+        }
+    }
+    // At most 32 reached the upstream (its connection cap); the rest were
+    // refused at once, for the hog only.
+    assert!(hanging <= 32, "{hanging} hanging, {overloaded} refused");
+    assert!(overloaded >= 68, "{hanging} hanging, {overloaded} refused");
+    let reached = acme.seen().iter().filter(|s| s.target == "/hang").count();
+    assert!(reached <= 32, "{reached} requests reached the hanging upstream");
+}
+
+#[tokio::test]
+async fn a_websocket_is_proxied_and_echoes() {
+    use std::{
+        io::BufRead,
+        process::{Child, Command, Stdio},
+    };
+    struct Killed(Child);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let Two { server, .. } = two_tenants("").await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e/ws_echo.py");
+    let mut upstream = Killed(
+        Command::new("python3").args([script, "serve"]).stdout(Stdio::piped()).spawn().unwrap(),
+    );
+    let mut port = String::new();
+    std::io::BufReader::new(upstream.0.stdout.take().unwrap()).read_line(&mut port).unwrap();
+    let created = server.cli(&[
+        "apis",
+        "create",
+        "--tenant",
+        "acme",
+        "chat",
+        "--prefix",
+        "/ws",
+        "--upstream",
+        &format!("http://127.0.0.1:{}", port.trim()),
+    ]);
+    assert_eq!(exit_code(&created), 0, "{}", stderr(&created));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let gateway_port = gateway_addr(&server).port().to_string();
+    let acme_token = token(&server, "acme", &[]);
+    let client = Command::new("python3")
+        .args([script, "client", &gateway_port, &acme_token])
+        .output()
+        .unwrap();
+    assert!(
+        client.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&client.stderr),
+        server.log()
+    );
+    let lines: Vec<String> =
+        String::from_utf8_lossy(&client.stdout).lines().map(str::to_owned).collect();
+    assert_eq!(lines, ["tenant=acme", "one", "two", "three"]);
+
+    // Without a valid credential the upgrade never reaches the upstream.
+    let refused =
+        Command::new("python3").args([script, "client", &gateway_port, "forged"]).output().unwrap();
+    assert!(!refused.status.success());
+    let error = String::from_utf8_lossy(&refused.stderr);
+    assert!(error.contains("401"), "{error}");
+}
