@@ -63,6 +63,8 @@ struct FileGateway {
     redis_timeout_ms: Option<u64>,
     /// How often usage is written to the store.
     usage_flush_every: Option<String>,
+    /// Tenants with series of their own in /metrics.
+    metrics_tenant_labels: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -204,6 +206,9 @@ impl ServeSettings {
         if let Some(timeout) = file.gateway.header_read_timeout.as_deref() {
             gateway.header_read_timeout = parse_duration(timeout)
                 .map_err(|e| CliError::usage(format!("gateway.header_read_timeout: {e}")))?;
+        }
+        if let Some(labels) = file.gateway.metrics_tenant_labels {
+            gateway.metrics_tenant_labels = labels;
         }
         if let Some(bytes) = file.gateway.max_header_bytes {
             if !(8_192..=1_048_576).contains(&bytes) {

@@ -608,6 +608,7 @@ pub async fn start_with_steps(
     let decisions_to = Decisions::Record(Arc::clone(&decision_recorder));
     let (gateway, gateway_records) =
         build_gateway(&config, &store, &clock, &feed, decisions_to).await?;
+    metrics.watch_gateway(Arc::clone(&gateway));
     gateway::rebuild(&gateway, &feed).await?;
     let reconciler_done = Arc::new(AtomicBool::new(false));
     let state = AppState {

@@ -22,6 +22,7 @@ pub mod resolve;
 pub mod route;
 mod server;
 pub mod snapshot;
+pub mod stats;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -45,6 +46,9 @@ pub struct Settings {
     pub max_header_bytes: usize,
     /// Verified tokens remembered, across tenants.
     pub token_cache_entries: usize,
+    /// Tenants with series of their own in `/metrics`; the rest are summed
+    /// as `tenant="_other"`.
+    pub metrics_tenant_labels: usize,
 }
 
 impl Default for Settings {
@@ -53,6 +57,7 @@ impl Default for Settings {
             header_read_timeout: Duration::from_secs(10),
             max_header_bytes: 64 * 1024,
             token_cache_entries: 100_000,
+            metrics_tenant_labels: 1_000,
         }
     }
 }
@@ -64,6 +69,7 @@ pub struct Gateway {
     verified: VerifiedCache,
     limiter: Limiter,
     recorder: Arc<record::Recorder>,
+    stats: stats::Stats,
     settings: Settings,
     now: UnixClock,
 }
@@ -93,6 +99,7 @@ impl Gateway {
             verified: VerifiedCache::new(settings.token_cache_entries),
             limiter,
             recorder: Arc::new(recorder),
+            stats: stats::Stats::new(settings.metrics_tenant_labels),
             settings,
             now,
         })
@@ -105,6 +112,20 @@ impl Gateway {
     /// Serves `snapshot` from the next request on.
     pub fn replace(&self, snapshot: Snapshot) {
         self.snapshot.store(Arc::new(snapshot));
+    }
+
+    /// What `/metrics` reports of this gateway.
+    pub fn stats(&self) -> &stats::Stats {
+        &self.stats
+    }
+
+    pub fn limiter_stats(&self) -> bulkhead_meter::LimiterStats {
+        self.limiter.stats()
+    }
+
+    /// Usage events and audit records dropped because a queue was full.
+    pub fn dropped(&self) -> (u64, u64) {
+        self.recorder.dropped()
     }
 
     /// Forgets the tokens verified for a tenant (its realm or trust
@@ -144,6 +165,8 @@ impl Gateway {
                     "request refused"
                 );
                 let response = error::rescue(&refusal, &request_id);
+                let labelled = learned.runtime.as_deref().map(|r| &r.labelled);
+                self.stats.count(labelled, Some(&refusal));
                 let ended = record::Ended { status: response.status().as_u16(), ..ended };
                 record::refused(&self.recorder, learned, ended, &refusal);
                 response
@@ -167,6 +190,7 @@ impl Gateway {
         framing::check(&request, verdict)?;
         let tenant = resolve::tenant(snapshot, &request)?;
         learned.tenant = Some(tenant.0.id);
+        learned.runtime = Some(Arc::clone(&tenant.0.runtime));
         let principal =
             authn::authenticate(&tenant, request.headers(), &self.verified, (self.now)())?;
         learned.subject = principal.as_ref().map(|p| p.subject.clone());
@@ -190,7 +214,10 @@ impl Gateway {
                 .unwrap_or(HeaderValue::from_static("")),
         };
         let context = proxy::Forward { request_id, peer, host, slot: admitted.slot, pending };
-        let (mut response, _answered) = proxy::forward(permitted, request, context).await?;
+        let runtime = Arc::clone(&permitted.tenant.0.runtime);
+        let (mut response, answered) = proxy::forward(permitted, request, context).await?;
+        self.stats.count(Some(&runtime.labelled), None);
+        self.stats.observe_upstream(answered.latency);
         if let Some(rate) = &admitted.rate {
             response.headers_mut().extend(limit::rate_headers(rate).map(|(n, v)| (Some(n), v)));
         }

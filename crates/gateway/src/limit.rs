@@ -93,6 +93,8 @@ pub async fn admit(limiter: &Limiter, permitted: &Permitted) -> Result<Admitted,
 pub struct TenantRuntime {
     /// The tenant's rate limit in this process.
     pub cell: Cell,
+    /// Its requests and refusals, for `/metrics`.
+    pub labelled: crate::stats::Labelled,
     in_flight: AtomicU32,
     max_in_flight: AtomicU32,
     connections: AtomicU32,

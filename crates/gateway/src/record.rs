@@ -81,6 +81,8 @@ impl Recorder {
 #[derive(Debug, Default)]
 pub struct Learned {
     pub tenant: Option<Uuid>,
+    /// The resolved tenant's runtime, for its counters.
+    pub runtime: Option<Arc<crate::limit::TenantRuntime>>,
     pub api: Option<Arc<str>>,
     pub audit: Option<AuditLevel>,
     pub subject: Option<String>,

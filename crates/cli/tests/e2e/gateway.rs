@@ -551,7 +551,8 @@ async fn an_api_over_its_rate_gets_429_with_retry_after_and_others_are_unaffecte
 
 #[tokio::test]
 async fn decisions_are_counted_as_usage_and_audited_as_the_api_says() {
-    let Two { server, acme, .. } = two_tenants("[gateway]\nusage_flush_every = \"1s\"\n").await;
+    let config = "[gateway]\nusage_flush_every = \"1s\"\nmetrics_tenant_labels = 1\n";
+    let Two { server, acme, globex: _globex } = two_tenants(config).await;
     let audited = server.cli(&[
         "apis",
         "create",
@@ -575,6 +576,25 @@ async fn decisions_are_counted_as_usage_and_audited_as_the_api_says() {
     }
     let (status, _) = call(&client, &url(&server, "acme", "/echo"), Some("forged")).await;
     assert_eq!(status, 401);
+    let globex_token = token(&server, "globex", &[]);
+    let (status, _) = call(&client, &url(&server, "globex", "/echo"), Some(&globex_token)).await;
+    assert_eq!(status, 200);
+
+    // /metrics: per-tenant series up to the cap (1 here), the rest summed.
+    let metrics =
+        reqwest::get(format!("{}/metrics", server.api)).await.unwrap().text().await.unwrap();
+    for line in [
+        "bulkhead_gateway_requests_total{tenant=\"acme\"} 4",
+        "bulkhead_gateway_requests_total{tenant=\"_other\"} 1",
+        "bulkhead_gateway_tenant_refusals_total{tenant=\"acme\"} 1",
+        "bulkhead_gateway_refusals_total{phase=\"authn\",code=\"unauthenticated\"} 1",
+        "bulkhead_gateway_upstream_duration_seconds_count 4",
+        "bulkhead_gateway_limiter_decisions_total{by=\"local\"}",
+        "bulkhead_gateway_record_drops_total{queue=\"usage\"} 0",
+        "bulkhead_gateway_snapshot_tenants 2",
+    ] {
+        assert!(metrics.contains(line), "{line} missing from:\n{metrics}");
+    }
 
     let deadline = Instant::now() + Duration::from_secs(10);
     let usage = loop {
