@@ -179,6 +179,17 @@ async fn a_request_reaches_its_own_tenants_upstream_with_verified_context_only()
     assert_eq!(status, 401, "a control-API token is not an application token");
     assert!(!foreign.to_string().contains("globex"), "{foreign}");
 
+    // Forgeries: `alg: none`, and another realm's header (its kid) on this
+    // realm's claims.
+    let parts: Vec<&str> = acme_token.split('.').collect();
+    let globex_parts: Vec<&str> = globex_token.split('.').collect();
+    let alg_none = format!("eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.{}.", parts[1]);
+    let swapped_kid = format!("{}.{}.{}", globex_parts[0], parts[1], parts[2]);
+    for forged in [alg_none, swapped_kid] {
+        let (status, body) = call(&client, &url(&server, "acme", "/echo"), Some(&forged)).await;
+        assert_eq!(status, 401, "{forged}: {body}");
+    }
+
     // A token in the query string or a cookie is not read.
     let query = format!("/echo?access_token={acme_token}");
     let (status, _) = call(&client, &url(&server, "acme", &query), None).await;
