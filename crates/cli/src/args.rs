@@ -524,6 +524,9 @@ pub enum TenantsCommand {
     },
     /// Show a tenant and its provisioning steps
     Get { name: String },
+    /// Change a tenant's plan or its gateway limits (its isolation and region
+    /// cannot change)
+    Update(UpdateArgs),
     /// Suspend an active tenant
     Suspend { name: String },
     /// Resume a suspended tenant
@@ -550,7 +553,67 @@ pub struct CreateArgs {
     #[arg(long, value_name = "EMAIL")]
     pub admin_email: Option<String>,
     #[command(flatten)]
+    pub limits: LimitArgs,
+    #[command(flatten)]
     pub wait: WaitArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct UpdateArgs {
+    pub name: String,
+    /// The new plan (see `bulkhead plans list`); the tenant keeps its
+    /// isolation
+    #[arg(long)]
+    pub plan: Option<String>,
+    #[command(flatten)]
+    pub limits: LimitArgs,
+    /// Drop the tenant's limit overrides first: its plan's limits apply
+    /// again, but for what the other limit flags say
+    #[arg(long)]
+    pub reset_limits: bool,
+}
+
+/// A tenant's own gateway limits, each in place of its plan's.
+#[derive(Debug, Args)]
+pub struct LimitArgs {
+    /// Requests a minute for the whole tenant at the gateway
+    #[arg(long, value_name = "N", requires = "burst")]
+    pub rate_limit: Option<u32>,
+    /// Requests that may come at once above that pace
+    #[arg(long, value_name = "N", requires = "rate_limit")]
+    pub burst: Option<u32>,
+    /// Requests of the tenant in flight at once
+    #[arg(long, value_name = "N")]
+    pub max_in_flight: Option<u32>,
+    /// Connections the tenant's upstreams may hold at once
+    #[arg(long, value_name = "N")]
+    pub max_upstream_connections: Option<u32>,
+    /// What the tenant's shared rate limit does while Redis is unreachable:
+    /// local or deny
+    #[arg(long, value_name = "local|deny", value_parser = parse_fallback)]
+    pub limiter_fallback: Option<bulkhead_model::LimiterFallback>,
+}
+
+impl LimitArgs {
+    /// Whether any limit flag was given.
+    pub fn any(&self) -> bool {
+        self.rate_limit.is_some()
+            || self.max_in_flight.is_some()
+            || self.max_upstream_connections.is_some()
+            || self.limiter_fallback.is_some()
+    }
+
+    /// `limits` with what the flags say in place.
+    pub fn over(&self, mut limits: bulkhead_model::TenantLimits) -> bulkhead_model::TenantLimits {
+        if let (Some(requests_per_minute), Some(burst)) = (self.rate_limit, self.burst) {
+            limits.rate_limit = Some(bulkhead_model::Rate { requests_per_minute, burst });
+        }
+        limits.max_in_flight = self.max_in_flight.or(limits.max_in_flight);
+        limits.max_upstream_connections =
+            self.max_upstream_connections.or(limits.max_upstream_connections);
+        limits.limiter_fallback = self.limiter_fallback.or(limits.limiter_fallback);
+        limits
+    }
 }
 
 #[derive(Debug, Args)]
@@ -628,6 +691,14 @@ fn parse_role_mapping(value: &str) -> Result<(String, bulkhead_identity::Role), 
         .filter(|(provider, _)| !provider.is_empty())
         .ok_or_else(|| format!("{value:?} is not VALUE=ROLE, e.g. data-team=analyst"))?;
     Ok((provider.to_owned(), parse_role(role)?))
+}
+
+fn parse_fallback(value: &str) -> Result<bulkhead_model::LimiterFallback, String> {
+    match value {
+        "local" => Ok(bulkhead_model::LimiterFallback::Local),
+        "deny" => Ok(bulkhead_model::LimiterFallback::Deny),
+        other => Err(format!("{other:?} is not a fallback; use local or deny")),
+    }
 }
 
 fn parse_isolation(value: &str) -> Result<Isolation, String> {

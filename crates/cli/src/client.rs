@@ -11,7 +11,7 @@ use bulkhead_control::api::{
         LeaseList, LeaseView, LockoutList, MasterRotationView, PlanList, RealmKeyList,
         RevokedTokensView, RewrapView, RotateKeyView, RotateRealmKeyView, SecretList,
         SecretWritten, ServerStatus, TenantKeyRequest, TenantKeyView, TenantList, TenantView,
-        TokenView, TrustRequest, TrustView,
+        TokenView, TrustRequest, TrustView, UpdateTenantRequest,
     },
 };
 use bulkhead_model::ApiSpec;
@@ -255,6 +255,14 @@ impl ApiClient {
 
     pub async fn tenant(&self, name: &str) -> Result<TenantView, CliError> {
         self.call(Method::GET, self.url(&["v1", "tenants", name])?, &[]).await
+    }
+
+    pub async fn update_tenant(
+        &self,
+        name: &str,
+        request: &UpdateTenantRequest,
+    ) -> Result<TenantView, CliError> {
+        self.call_json(Method::PATCH, self.url(&["v1", "tenants", name])?, request).await
     }
 
     /// Like [`ApiClient::tenant`], but a 404 is an answer, not an error.

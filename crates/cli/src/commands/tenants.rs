@@ -6,11 +6,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bulkhead_control::api::types::{CreateTenantRequest, StepState, StepView, TenantView};
+use bulkhead_control::api::types::{
+    CreateTenantRequest, StepState, StepView, TenantView, UpdateTenantRequest,
+};
 use bulkhead_model::TenantState;
 
 use crate::{
-    args::{CreateArgs, DeleteArgs, GlobalArgs, TenantsCommand, WaitArgs},
+    args::{CreateArgs, DeleteArgs, GlobalArgs, TenantsCommand, UpdateArgs, WaitArgs},
     client::{ApiClient, Found},
     exit::{CliError, Kind},
     output,
@@ -28,6 +30,7 @@ pub async fn run(command: &TenantsCommand, global: &GlobalArgs) -> Result<(), Cl
             output::tenants(global.output, &tenants)
         }
         TenantsCommand::Get { name } => output::tenant(global.output, &client.tenant(name).await?),
+        TenantsCommand::Update(args) => update(&client, args, global).await,
         TenantsCommand::Suspend { name } => {
             output::tenant(global.output, &client.lifecycle(name, "suspend").await?)
         }
@@ -71,6 +74,7 @@ async fn create(
         isolation: args.isolation,
         region: args.region.clone(),
         admin_email: args.admin_email.clone(),
+        limits: args.limits.over(Default::default()),
     };
     let created = client.create_tenant(&request).await?;
     if !args.wait.wait {
@@ -110,6 +114,31 @@ async fn create(
         ))),
         (state, None) => Err(CliError::failed(format!("tenant {} is {state}", view.tenant.name))),
     }
+}
+
+async fn update(
+    client: &ApiClient,
+    args: &UpdateArgs,
+    global: &GlobalArgs,
+) -> Result<(), CliError> {
+    let limits = if args.limits.any() || args.reset_limits {
+        let current = if args.reset_limits {
+            Default::default()
+        } else {
+            client.tenant(&args.name).await?.tenant.limits
+        };
+        Some(args.limits.over(current))
+    } else {
+        None
+    };
+    if args.plan.is_none() && limits.is_none() {
+        return Err(CliError::usage(
+            "nothing to change: give --plan, a limit flag (--rate-limit, --max-in-flight, ...) or \
+             --reset-limits",
+        ));
+    }
+    let request = UpdateTenantRequest { plan: args.plan.clone(), limits, ..Default::default() };
+    output::tenant(global.output, &client.update_tenant(&args.name, &request).await?)
 }
 
 async fn delete(
