@@ -12,6 +12,7 @@ mod fields;
 mod isolation;
 mod label;
 mod limits;
+pub mod manifest;
 mod plan;
 mod region;
 mod role;
