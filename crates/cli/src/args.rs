@@ -52,6 +52,8 @@ pub enum Output {
     Table,
     /// The API's JSON, for scripts
     Json,
+    /// YAML manifests (`bulkhead get` only)
+    Yaml,
 }
 
 #[derive(Debug, Subcommand)]
@@ -94,6 +96,63 @@ pub enum Command {
     /// Tenants' audit streams: read, export, verify offline
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Create or change what manifests declare (tenants first, then their
+    /// APIs); prints created, changed or unchanged for each
+    Apply(ApplyArgs),
+    /// Show what `apply` would change; exits 1 when something would, 0
+    /// when nothing would
+    Diff(ManifestFiles),
+    /// Delete what manifests declare (APIs first, then tenants)
+    Delete(DeleteManifestArgs),
+    /// Print a tenant or an API as a manifest that `apply` accepts (YAML,
+    /// or JSON with -o json)
+    #[command(subcommand)]
+    Get(GetCommand),
+}
+
+/// Where manifests are read from.
+#[derive(Debug, Args)]
+pub struct ManifestFiles {
+    /// A manifest file, or a directory (its *.yaml and *.yml files, in name
+    /// order); `-` reads standard input (repeatable)
+    #[arg(short = 'f', long = "filename", value_name = "FILE|DIR", required = true)]
+    pub files: Vec<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    #[command(flatten)]
+    pub files: ManifestFiles,
+    /// Give up waiting for a new tenant to be provisioned after this many
+    /// seconds
+    #[arg(long, default_value_t = 300, value_name = "SECONDS")]
+    pub timeout: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct DeleteManifestArgs {
+    #[command(flatten)]
+    pub files: ManifestFiles,
+    /// Do not ask before deleting tenants
+    #[arg(long)]
+    pub yes: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GetCommand {
+    /// A tenant: its plan, placement and limits
+    Tenant {
+        name: String,
+        /// Its APIs too, each a document of its own after the tenant's
+        #[arg(long)]
+        apis: bool,
+    },
+    /// One API of a tenant
+    Api {
+        #[arg(long)]
+        tenant: String,
+        name: String,
+    },
 }
 
 /// The stream an audit command reads: a tenant's, or the platform's.
