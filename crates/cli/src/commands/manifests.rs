@@ -100,10 +100,14 @@ pub async fn apply(args: &ApplyArgs, global: &GlobalArgs) -> Result<(), CliError
                 "created".to_owned()
             }
             (Object::Tenant(tenant), Action::Change(_)) => {
+                // Isolation and region too, as the manifest has them: the
+                // server refuses them if they changed since they were read.
+                let spec = &tenant.spec;
                 let request = UpdateTenantRequest {
-                    plan: Some(tenant.spec.plan.to_string()),
-                    limits: Some(tenant.spec.limits.clone()),
-                    ..UpdateTenantRequest::default()
+                    plan: Some(spec.plan.to_string()),
+                    limits: Some(spec.limits.clone()),
+                    isolation: spec.isolation,
+                    region: spec.region.as_ref().map(ToString::to_string),
                 };
                 client
                     .update_tenant(tenant.name.as_str(), &request)

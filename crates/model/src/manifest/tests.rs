@@ -237,6 +237,10 @@ fn what_is_written_reads_back_the_same() {
     );
     assert_eq!(yaml.matches("\n---\n").count(), 2, "{yaml}");
 
+    // JSON is YAML: one object as `get -o json` prints it reads back too.
+    let json = serde_json::to_string_pretty(&objects[2].document()).unwrap();
+    assert_eq!(parse("orders.json", &json).unwrap()[0].object, objects[2]);
+
     // An existing tenant's manifest applies unchanged to it.
     let acme = tenant(TenantState::Active);
     let manifest = TenantManifest::of(&acme);
