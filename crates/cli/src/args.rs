@@ -649,7 +649,7 @@ pub struct LimitArgs {
     pub max_upstream_connections: Option<u32>,
     /// What the tenant's shared rate limit does while Redis is unreachable:
     /// local or deny
-    #[arg(long, value_name = "local|deny", value_parser = parse_fallback)]
+    #[arg(long, value_name = "local|deny", value_parser = <bulkhead_model::LimiterFallback as FromStr>::from_str)]
     pub limiter_fallback: Option<bulkhead_model::LimiterFallback>,
 }
 
@@ -750,14 +750,6 @@ fn parse_role_mapping(value: &str) -> Result<(String, bulkhead_identity::Role), 
         .filter(|(provider, _)| !provider.is_empty())
         .ok_or_else(|| format!("{value:?} is not VALUE=ROLE, e.g. data-team=analyst"))?;
     Ok((provider.to_owned(), parse_role(role)?))
-}
-
-fn parse_fallback(value: &str) -> Result<bulkhead_model::LimiterFallback, String> {
-    match value {
-        "local" => Ok(bulkhead_model::LimiterFallback::Local),
-        "deny" => Ok(bulkhead_model::LimiterFallback::Deny),
-        other => Err(format!("{other:?} is not a fallback; use local or deny")),
-    }
 }
 
 fn parse_isolation(value: &str) -> Result<Isolation, String> {

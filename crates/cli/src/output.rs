@@ -6,7 +6,7 @@ use bulkhead_control::api::types::{
     ApiKeyView, CredentialView, KeyStatusView, LeaseView, LockoutView, RealmKeyView,
     SecretSummaryView, SecretWritten, ServerStatus, StepState, TenantView,
 };
-use bulkhead_model::{ApiAuth, ApiSpec, LimiterFallback, Plan, TenantLimits};
+use bulkhead_model::{ApiAuth, ApiSpec, Plan, TenantLimits};
 use serde::Serialize;
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 
@@ -172,11 +172,7 @@ fn limits(limits: &TenantLimits) -> String {
         own.push(format!("{n} upstream connections"));
     }
     if let Some(fallback) = limits.limiter_fallback {
-        let fallback = match fallback {
-            LimiterFallback::Local => "local",
-            LimiterFallback::Deny => "deny",
-        };
-        own.push(format!("fallback {fallback}"));
+        own.push(format!("fallback {}", fallback.as_str()));
     }
     if own.is_empty() {
         "the plan's".to_owned()
