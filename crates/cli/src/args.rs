@@ -47,6 +47,14 @@ pub struct GlobalArgs {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Role {
+    /// The control plane and the gateway
+    All,
+    /// The gateway alone
+    Gateway,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Output {
     /// Aligned columns for people
     Table,
@@ -93,6 +101,18 @@ pub enum Command {
     /// which policy
     #[command(subcommand)]
     Apis(ApisCommand),
+    /// A tenant's gateway usage per API and minute
+    Usage {
+        #[arg(long)]
+        tenant: String,
+        /// Only this API
+        #[arg(long)]
+        api: Option<String>,
+        /// From this time on: RFC 3339, or a duration back from now (24h, 7d)
+        /// [default: 1h]
+        #[arg(long, value_name = "TIME")]
+        since: Option<String>,
+    },
     /// Tenants' audit streams: read, export, verify offline
     #[command(subcommand)]
     Audit(AuditCommand),
@@ -525,6 +545,11 @@ pub enum VaultCommand {
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
+    /// What this process runs: `all` (the control plane and the gateway),
+    /// or `gateway` alone, following a PostgreSQL store a control plane
+    /// uses (more gateway replicas, another machine)
+    #[arg(long, value_enum, default_value_t = Role::All)]
+    pub role: Role,
     /// Configuration file [default: ./bulkhead.toml when it exists]
     #[arg(long, env = env::CONFIG, value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -542,6 +567,10 @@ pub struct ServeArgs {
     /// Domain that tenants' subdomains hang under [default: localhost]
     #[arg(long, env = env::BASE_DOMAIN, value_name = "DOMAIN")]
     pub base_domain: Option<String>,
+    /// Redis that every gateway replica shares rate limits through
+    /// (redis://[:password@]host:port/db) [default: limits in this process]
+    #[arg(long, env = env::REDIS, hide_env_values = true, value_name = "URL")]
+    pub redis: Option<Sensitive>,
     /// How clients reach this server; realms' issuers are
     /// <URL>/realms/<tenant> [default: the API's own address]
     #[arg(long, env = env::PUBLIC_URL, value_name = "URL")]

@@ -13,6 +13,7 @@ use bulkhead_control::api::{
         SecretWritten, ServerStatus, TenantKeyRequest, TenantKeyView, TenantList, TenantView,
         TokenView, TrustRequest, TrustView, UpdateTenantRequest,
     },
+    usage::UsageList,
 };
 use bulkhead_model::ApiSpec;
 use reqwest::{Method, RequestBuilder, StatusCode, Url};
@@ -475,6 +476,18 @@ impl ApiClient {
     pub async fn create_api(&self, tenant: &str, spec: &ApiSpec) -> Result<ApiApplied, CliError> {
         let url = self.url(&["v1", "tenants", tenant, "apis"])?;
         self.call_json(Method::POST, url, spec).await
+    }
+
+    pub async fn usage(
+        &self,
+        tenant: &str,
+        api: Option<&str>,
+        since: Option<&str>,
+    ) -> Result<UsageList, CliError> {
+        let mut query = Vec::new();
+        query.extend(api.map(|a| ("api", a.to_owned())));
+        query.extend(since.map(|s| ("since", s.to_owned())));
+        self.call(Method::GET, self.url(&["v1", "tenants", tenant, "usage"])?, &query).await
     }
 
     pub async fn apis(&self, tenant: &str) -> Result<ApiList, CliError> {

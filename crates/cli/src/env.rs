@@ -9,6 +9,8 @@ pub const STORE: &str = "BULKHEAD_STORE";
 pub const API_LISTEN: &str = "BULKHEAD_API_LISTEN";
 pub const GATEWAY_LISTEN: &str = "BULKHEAD_GATEWAY_LISTEN";
 pub const BASE_DOMAIN: &str = "BULKHEAD_BASE_DOMAIN";
+/// Redis shared by every gateway replica for rate limits.
+pub const REDIS: &str = "BULKHEAD_REDIS";
 pub const PUBLIC_URL: &str = "BULKHEAD_PUBLIC_URL";
 /// Comma-separated hosts whose JWKS may be fetched over http or at private
 /// addresses.

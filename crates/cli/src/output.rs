@@ -396,6 +396,37 @@ pub fn apis(format: Output, apis: &[ApiSpec]) -> Result<(), CliError> {
     Ok(())
 }
 
+pub fn usage(format: Output, rows: &[bulkhead_meter::UsageRow]) -> Result<(), CliError> {
+    if format == Output::Json {
+        return json(&rows);
+    }
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            let refused: Vec<String> =
+                r.refused.iter().map(|(phase, n)| format!("{phase}:{n}")).collect();
+            let mean = r.upstream_latency_sum_us.checked_div(r.upstream_responses);
+            vec![
+                time(&r.minute),
+                r.api.clone().unwrap_or_else(|| "-".into()),
+                r.requests.to_string(),
+                if refused.is_empty() { "0".into() } else { refused.join(",") },
+                format!("{}/{}", r.bytes_in, r.bytes_out),
+                mean.map_or_else(|| "-".into(), |us| format!("{:.1} ms", us as f64 / 1000.0)),
+                format!("{:.1} ms", r.upstream_latency_max_us as f64 / 1000.0),
+            ]
+        })
+        .collect();
+    println!(
+        "{}",
+        table(
+            &["MINUTE", "API", "REQUESTS", "REFUSED", "BYTES IN/OUT", "MEAN LATENCY", "MAX"],
+            &rows
+        )
+    );
+    Ok(())
+}
+
 pub fn api_keys(format: Output, keys: &[ApiKeyView]) -> Result<(), CliError> {
     if format == Output::Json {
         return json(&keys);

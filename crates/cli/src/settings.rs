@@ -55,6 +55,16 @@ struct FileGateway {
     header_read_timeout: Option<String>,
     /// The largest request head, in bytes.
     max_header_bytes: Option<usize>,
+    /// Redis shared by every gateway replica for rate limits.
+    redis: Option<String>,
+    /// Prefix of every key written to that Redis.
+    redis_prefix: Option<String>,
+    /// The longest a decision waits for Redis, in milliseconds.
+    redis_timeout_ms: Option<u64>,
+    /// How often usage is written to the store.
+    usage_flush_every: Option<String>,
+    /// Tenants with series of their own in /metrics.
+    metrics_tenant_labels: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -197,6 +207,9 @@ impl ServeSettings {
             gateway.header_read_timeout = parse_duration(timeout)
                 .map_err(|e| CliError::usage(format!("gateway.header_read_timeout: {e}")))?;
         }
+        if let Some(labels) = file.gateway.metrics_tenant_labels {
+            gateway.metrics_tenant_labels = labels;
+        }
         if let Some(bytes) = file.gateway.max_header_bytes {
             if !(8_192..=1_048_576).contains(&bytes) {
                 return Err(CliError::usage(format!(
@@ -205,6 +218,33 @@ impl ServeSettings {
             }
             gateway.max_header_bytes = bytes;
         }
+        let usage_flush_every = match file.gateway.usage_flush_every.as_deref() {
+            None => bulkhead_control::config::DEFAULT_USAGE_FLUSH,
+            Some(every) => parse_duration(every)
+                .map_err(|e| CliError::usage(format!("gateway.usage_flush_every: {e}")))?,
+        };
+        let redis_url =
+            args.redis.as_ref().map(|r| r.expose().to_owned()).or(file.gateway.redis.clone());
+        let gateway_redis = match redis_url {
+            None => None,
+            Some(url) if url.starts_with("redis://") => {
+                Some(bulkhead_control::config::RedisSettings {
+                    url: Zeroizing::new(url),
+                    prefix: file.gateway.redis_prefix.clone().unwrap_or_else(|| {
+                        bulkhead_control::config::DEFAULT_REDIS_PREFIX.to_owned()
+                    }),
+                    timeout: std::time::Duration::from_millis(
+                        file.gateway.redis_timeout_ms.unwrap_or(25).clamp(1, 10_000),
+                    ),
+                })
+            }
+            Some(url) => {
+                return Err(CliError::usage(format!(
+                    "--redis {} is not a Redis URL; give redis://[:password@]host:port[/db]",
+                    bulkhead_model::redact_url(&url)
+                )));
+            }
+        };
         if let Some(interval) = file.audit.checkpoint_interval.as_deref() {
             audit.checkpoint_interval = parse_duration(interval)
                 .map_err(|e| CliError::usage(format!("audit.checkpoint_interval: {e}")))?;
@@ -221,6 +261,8 @@ impl ServeSettings {
                 api_listen,
                 gateway_listen,
                 gateway,
+                gateway_redis,
+                usage_flush_every,
                 base_domain,
                 public_url,
                 insecure_jwks_hosts: if args.insecure_jwks_hosts.is_empty() {
@@ -369,6 +411,8 @@ mod tests {
             store: None,
             api_listen: None,
             gateway_listen: None,
+            redis: None,
+            role: crate::args::Role::All,
             base_domain: None,
             log_format: None,
             master_key_file: None,

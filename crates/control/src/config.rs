@@ -22,6 +22,12 @@ pub struct Config {
     pub gateway_listen: SocketAddr,
     /// How the gateway treats its clients.
     pub gateway: bulkhead_gateway::Settings,
+    /// Redis that every gateway replica shares rate limits through; `None`
+    /// keeps them in this process.
+    pub gateway_redis: Option<RedisSettings>,
+    /// How often the gateway's usage is written to the store: how old
+    /// `bulkhead usage` may be.
+    pub usage_flush_every: Duration,
     pub base_domain: BaseDomain,
     /// How clients reach this server (`https://bulkhead.example.com`):
     /// realms' issuers are `<public_url>/realms/<tenant>`. Defaults to the
@@ -56,6 +62,8 @@ impl Config {
             api_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             gateway_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             gateway: bulkhead_gateway::Settings::default(),
+            gateway_redis: None,
+            usage_flush_every: DEFAULT_USAGE_FLUSH,
             base_domain: BaseDomain::default(),
             public_url: None,
             insecure_jwks_hosts: Vec::new(),
@@ -73,6 +81,35 @@ impl Config {
         }
     }
 }
+
+/// Where shared rate limits live.
+#[derive(Clone)]
+pub struct RedisSettings {
+    /// `redis://[:password@]host:port/db`; may hold a password.
+    pub url: zeroize::Zeroizing<String>,
+    /// Every key Bulkhead writes starts with this, so one Redis can serve
+    /// several installations.
+    pub prefix: String,
+    /// The longest a decision waits for Redis before the plan's fallback
+    /// decides.
+    pub timeout: Duration,
+}
+
+impl std::fmt::Debug for RedisSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisSettings")
+            .field("url", &bulkhead_model::redact_url(&self.url))
+            .field("prefix", &self.prefix)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+/// Usage is written every 10 seconds unless configured.
+pub const DEFAULT_USAGE_FLUSH: Duration = Duration::from_secs(10);
+
+/// The key prefix unless configured.
+pub const DEFAULT_REDIS_PREFIX: &str = "bulkhead:";
 
 /// Where the audit streams' witness files are unless configured:
 /// `<data-dir>/audit-witness`.

@@ -133,6 +133,8 @@ fn resource(action: &str, details: &Value) -> String {
         "auth" => "auth".to_owned(),
         "master_key" => "master-key".to_owned(),
         "vault" => with("lockouts", "principal"),
+        "api" => with("apis", "name"),
+        "gateway" => with("apis", "api"),
         _ => "tenant".to_owned(),
     }
 }
@@ -278,7 +280,7 @@ impl EventLog {
         if let (Some(changes), Some(tenant)) = (&self.changes, tenant)
             && affects_gateway(action)
         {
-            changes.tenant(tenant);
+            changes.tenant(tenant.id);
         }
         let mut result = Ok(());
         for event in std::iter::once(event).chain(mirror) {
@@ -288,6 +290,43 @@ impl EventLog {
             }
         }
         result
+    }
+}
+
+/// How many attacker-driven events (refused credentials, refused gateway
+/// requests) each tenant's stream takes per window: past the budget they
+/// are counted, and the count goes with the next event recorded, so a
+/// flood cannot fill a tenant's trail.
+#[derive(Debug)]
+pub struct Budget {
+    per_window: u32,
+    window: std::time::Duration,
+    /// Per tenant: the window's start, events recorded in it, and events
+    /// suppressed since the last one recorded.
+    spent: std::sync::Mutex<std::collections::HashMap<TenantId, (std::time::Instant, u32, u32)>>,
+}
+
+impl Budget {
+    pub fn new(per_window: u32, window: std::time::Duration) -> Self {
+        Self { per_window, window, spent: Default::default() }
+    }
+
+    /// `Some(suppressed before)` when this event may be recorded; `None`
+    /// when the tenant's budget is spent (it is counted).
+    pub fn take(&self, tenant: TenantId) -> Option<u32> {
+        let mut spent = self.spent.lock().ok()?;
+        let now = std::time::Instant::now();
+        let (start, recorded, suppressed) = spent.entry(tenant).or_insert((now, 0, 0));
+        if now.duration_since(*start) >= self.window {
+            *start = now;
+            *recorded = 0;
+        }
+        if *recorded >= self.per_window {
+            *suppressed += 1;
+            return None;
+        }
+        *recorded += 1;
+        Some(std::mem::take(suppressed))
     }
 }
 

@@ -17,13 +17,14 @@ use std::{
 
 use bulkhead_gateway::{ApiKeyConfig, Domain, Gateway, Snapshot, TenantConfig};
 use bulkhead_identity::Role;
-use bulkhead_model::{PlanCatalog, Tenant, TenantId, TenantName, TenantState};
+use bulkhead_model::{PlanCatalog, Tenant, TenantId, TenantState};
 use bulkhead_store::{
-    ApiKeyRecord, ApiRecord, ControlStore, RealmKeyRecord, RealmRecord, StoreError, TrustRecord,
+    ApiKeyRecord, ApiRecord, ControlStore, GatewayChanges, RealmKeyRecord, RealmRecord, StoreError,
+    TrustRecord,
 };
 use tokio::sync::{Notify, watch};
 
-use crate::{apis, identity::IdentityService};
+use crate::{apis, realms::Realms};
 
 /// Whether an event's action changes what the gateway serves for its
 /// tenant.
@@ -39,20 +40,20 @@ pub fn affects_gateway(action: &str) -> bool {
 /// takes them.
 #[derive(Debug, Clone, Default)]
 pub struct ConfigChanges {
-    pending: Arc<Mutex<HashMap<TenantId, TenantName>>>,
+    pending: Arc<Mutex<HashSet<TenantId>>>,
     wake: Arc<Notify>,
 }
 
 impl ConfigChanges {
-    pub fn tenant(&self, tenant: &Tenant) {
+    pub fn tenant(&self, tenant: TenantId) {
         if let Ok(mut pending) = self.pending.lock() {
-            pending.insert(tenant.id, tenant.name.clone());
+            pending.insert(tenant);
         }
         self.wake.notify_one();
     }
 
     /// Waits for changed tenants and takes them all.
-    async fn next(&self) -> HashMap<TenantId, TenantName> {
+    async fn next(&self) -> HashSet<TenantId> {
         loop {
             if let Ok(mut pending) = self.pending.lock()
                 && !pending.is_empty()
@@ -68,7 +69,7 @@ impl ConfigChanges {
 #[derive(Debug)]
 pub struct GatewayFeed {
     store: Arc<dyn ControlStore>,
-    identity: Arc<IdentityService>,
+    realms: Arc<Realms>,
     plans: PlanCatalog,
     domain: Domain,
 }
@@ -86,15 +87,15 @@ struct Parts<'a> {
 impl GatewayFeed {
     pub fn new(
         store: Arc<dyn ControlStore>,
-        identity: Arc<IdentityService>,
+        realms: Arc<Realms>,
         plans: PlanCatalog,
         base_domain: &bulkhead_model::BaseDomain,
     ) -> Self {
         let domain = Domain {
             base_domain: base_domain.as_str().to_owned(),
-            control_audience: identity.control_audience(),
+            control_audience: realms.control_audience(),
         };
-        Self { store, identity, plans, domain }
+        Self { store, realms, plans, domain }
     }
 
     pub fn domain(&self) -> Domain {
@@ -166,7 +167,7 @@ impl GatewayFeed {
         let realm = match parts.realm {
             None => None,
             // Each API checks the audience it requires.
-            Some(realm) => match self.identity.realm_trust_from(tenant, &keys, Some(realm), None) {
+            Some(realm) => match self.realms.realm_trust_from(tenant, &keys, Some(realm), None) {
                 Ok(trust) => Some(trust),
                 Err(error) => {
                     tracing::warn!(tenant = %tenant.name, %error, "cannot read the tenant's realm keys; its tokens are refused at the gateway");
@@ -176,7 +177,7 @@ impl GatewayFeed {
         };
         let external = match parts.trust {
             None => None,
-            Some(record) => match self.identity.external_trust(tenant, record, false).await {
+            Some(record) => match self.realms.external_trust(tenant, record, false).await {
                 Ok(trust) => Some(trust),
                 Err(error) => {
                     tracing::warn!(tenant = %tenant.name, %error, "cannot load the trusted provider's keys; its tokens are refused at the gateway until they load");
@@ -221,7 +222,7 @@ impl GatewayFeed {
             suspended,
             realm,
             external,
-            app_audience: self.identity.app_audience(&tenant.name),
+            app_audience: self.realms.app_audience(&tenant.name),
             api_keys,
             apis,
             limits,
@@ -245,43 +246,119 @@ pub async fn rebuild(gateway: &Gateway, feed: &GatewayFeed) -> Result<usize, Sto
     Ok(tenants)
 }
 
+/// Where a feed hears of changed tenants.
+#[derive(Debug)]
+pub enum Source {
+    /// This process's event log: the gateway runs beside the control
+    /// plane, which also tells gateways following the store elsewhere.
+    InProcess(ConfigChanges),
+    /// The store's notifications: a gateway on its own.
+    Store,
+}
+
+/// What the source said.
+enum Heard {
+    Changed(HashSet<TenantId>),
+    /// Notifications may have been missed: rebuild everything.
+    Lost,
+    /// The store cannot be reached; the gateway keeps its snapshot.
+    Unreachable,
+}
+
+/// Changes that come within this of each other are applied together.
+const BATCH_WINDOW: Duration = Duration::from_millis(10);
+/// How long a gateway on its own waits before reaching the store again.
+const RECONNECT_AFTER: Duration = Duration::from_secs(1);
+
+async fn hear(
+    source: &Source,
+    store: &dyn ControlStore,
+    listener: &mut Option<Box<dyn GatewayChanges>>,
+) -> Heard {
+    let Source::Store = source else {
+        let Source::InProcess(changes) = source else { return Heard::Lost };
+        return Heard::Changed(changes.next().await);
+    };
+    let follower = match listener {
+        Some(follower) => follower,
+        None => match store.gateway_changes().await {
+            Ok(Some(follower)) => {
+                // Whatever changed while nobody listened.
+                *listener = Some(follower);
+                return Heard::Lost;
+            }
+            Ok(None) => return std::future::pending().await,
+            Err(error) => {
+                tracing::warn!(%error, "cannot follow the store's changes; serving the last snapshot");
+                tokio::time::sleep(RECONNECT_AFTER).await;
+                return Heard::Unreachable;
+            }
+        },
+    };
+    let mut changed = HashSet::new();
+    match follower.next().await {
+        Ok(Some(tenant)) => changed.insert(tenant),
+        Ok(None) => return Heard::Lost,
+        Err(error) => {
+            tracing::warn!(%error, "lost the store's changes; serving the last snapshot");
+            *listener = None;
+            tokio::time::sleep(RECONNECT_AFTER).await;
+            return Heard::Unreachable;
+        }
+    };
+    while let Ok(Ok(Some(tenant))) = tokio::time::timeout(BATCH_WINDOW, follower.next()).await {
+        changed.insert(tenant);
+    }
+    Heard::Changed(changed)
+}
+
 /// Keeps `gateway`'s snapshot current until `stopping`: changed tenants'
-/// entries at once, the whole snapshot every `full_every`. When the store
-/// cannot be read, the gateway keeps serving what it has.
+/// entries at once, the whole snapshot every `full_every` and whenever
+/// changes may have been missed. When the store cannot be read, the
+/// gateway keeps serving what it has.
 pub async fn follow(
     gateway: Arc<Gateway>,
     feed: Arc<GatewayFeed>,
-    changes: ConfigChanges,
+    source: Source,
     mut stopping: watch::Receiver<bool>,
     full_every: Duration,
 ) {
     let mut full = tokio::time::interval(full_every);
     full.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The caller built the first snapshot.
+    full.tick().await;
+    let mut listener = None;
     loop {
-        tokio::select! {
+        let heard = tokio::select! {
             _ = async { let _ = stopping.wait_for(|stop| *stop).await; } => return,
-            _ = full.tick() => {
+            _ = full.tick() => Heard::Lost,
+            heard = hear(&source, feed.store.as_ref(), &mut listener) => heard,
+        };
+        match heard {
+            Heard::Unreachable => {}
+            Heard::Lost => {
                 if let Err(error) = rebuild(&gateway, &feed).await {
                     tracing::warn!(%error, "cannot rebuild the gateway snapshot; serving the last one");
                 }
             }
-            changed = changes.next() => {
+            Heard::Changed(changed) => {
                 let mut updates = Vec::with_capacity(changed.len());
-                let mut failed = HashSet::new();
-                for (id, name) in changed {
+                for &id in &changed {
                     match feed.tenant(id).await {
-                        Ok(config) => updates.push((name.to_string(), config)),
+                        Ok(config) => updates.push((id.0, config)),
+                        // The next full rebuild picks it up.
                         Err(error) => {
-                            tracing::warn!(tenant = %name, %error, "cannot read a changed tenant; its gateway entry is rebuilt on the next pass");
-                            failed.insert(id);
+                            tracing::warn!(tenant = %id, %error, "cannot read a changed tenant; serving its last entry")
                         }
                     }
                     gateway.forget_tenant(id.0);
                 }
                 gateway.replace(gateway.snapshot().with_tenants(updates));
-                if !failed.is_empty() {
-                    // The next full rebuild picks them up.
-                    tracing::debug!(count = failed.len(), "tenants left for the next full rebuild");
+                if let Source::InProcess(_) = source {
+                    let changed: Vec<TenantId> = changed.into_iter().collect();
+                    if let Err(error) = feed.store.notify_gateways(&changed).await {
+                        tracing::warn!(%error, "cannot tell other gateways of changed tenants; they catch up at their next full rebuild");
+                    }
                 }
             }
         }

@@ -4,16 +4,12 @@
 //! `bulkhead-identity`'s; private keys are sealed by the vault under the
 //! tenant's data key.
 
-use std::{
-    collections::HashMap,
-    sync::{Arc, Mutex},
-    time::{Duration, Instant},
-};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use bulkhead_identity::{
-    Algorithm, ClaimMapping, Jwk, Permission, RealmClaims, Rejected, Role, SigningKey, Trust,
-    Verified, VerifiedCache, VerifyingKey, jws, verify::LEEWAY_SECS,
+    Algorithm, Jwk, Permission, RealmClaims, Rejected, Role, SigningKey, Trust, Verified,
+    VerifiedCache, jws, verify::LEEWAY_SECS,
 };
 use bulkhead_model::{Tenant, TenantName, TenantState};
 use bulkhead_store::{
@@ -30,9 +26,9 @@ use zeroize::Zeroizing;
 use crate::{
     admission::Admission,
     clock::Clock,
-    events::{Actor, EventLog, Unrecorded},
+    events::{Actor, Budget, EventLog, Unrecorded},
     limits::Quota,
-    provider_keys::ProviderKeys,
+    realms::Realms,
 };
 
 /// A realm's token lifetimes: 1 h unless asked, never above 24 h.
@@ -46,8 +42,8 @@ const LIVE: &[TenantState] = &[TenantState::Active, TenantState::Suspended];
 /// At most this many refused credentials per tenant and window are recorded
 /// as events; the rest are counted and the count goes with the next record.
 /// Refusals are attacker-driven, and must not flood a tenant's event trail.
-const REFUSALS_PER_WINDOW: u32 = 20;
-const REFUSAL_WINDOW: Duration = Duration::from_secs(60);
+pub const REFUSALS_PER_WINDOW: u32 = 20;
+pub const REFUSAL_WINDOW: Duration = Duration::from_secs(60);
 /// Refusal reasons may quote the token (a kid, say); they are cut to this.
 const MAX_REASON_CHARS: usize = 200;
 
@@ -133,17 +129,13 @@ pub struct IdentityService {
     clock: Arc<dyn Clock>,
     events: EventLog,
     admission: Arc<Admission>,
-    /// Where this server is reached from outside, without a trailing slash:
-    /// issuers are `<public_url>/realms/<tenant>`.
-    public_url: String,
+    realms: Arc<Realms>,
     cache: VerifiedCache,
-    providers: ProviderKeys,
     /// Key rotations and removals, one at a time: two concurrent rotations
     /// of a realm could otherwise retire each other's new key.
     rotation: tokio::sync::Mutex<()>,
-    /// Refused credentials recorded per tenant in the current window:
-    /// (window start, recorded, suppressed).
-    refusals: Mutex<HashMap<Uuid, (Instant, u32, u32)>>,
+    /// Refused credentials recorded per tenant and window.
+    refusals: Budget,
 }
 
 /// A tenant's trust in an external identity provider, as an operator or
@@ -159,11 +151,6 @@ pub struct TrustConfig {
     pub roles_claim: String,
     /// Provider role value → the Bulkhead role it grants.
     pub role_map: HashMap<String, Role>,
-}
-
-/// [`IdentityService::app_audience`] of the realm with issuer `issuer`.
-pub fn app_audience(issuer: &str) -> String {
-    format!("{issuer}/apps")
 }
 
 fn label(kid: &str) -> String {
@@ -186,35 +173,36 @@ impl IdentityService {
         events: EventLog,
         admission: Arc<Admission>,
     ) -> Result<Self> {
+        let realms = Realms::new(public_url, insecure_jwks_hosts, Arc::clone(&clock))
+            .map_err(IdentityError::Internal)?;
         Ok(Self {
             store,
             vault,
             clock,
             events,
             admission,
-            public_url: public_url.trim_end_matches('/').to_owned(),
+            realms: Arc::new(realms),
             cache: VerifiedCache::new(100_000),
-            providers: ProviderKeys::new(insecure_jwks_hosts).map_err(IdentityError::Internal)?,
             rotation: tokio::sync::Mutex::default(),
-            refusals: Mutex::default(),
+            refusals: Budget::new(REFUSALS_PER_WINDOW, REFUSAL_WINDOW),
         })
     }
 
+    /// The realms' names and trust, which the gateway's feed shares.
+    pub fn realms(&self) -> &Arc<Realms> {
+        &self.realms
+    }
+
     pub fn issuer(&self, tenant: &TenantName) -> String {
-        format!("{}/realms/{tenant}", self.public_url)
+        self.realms.issuer(tenant)
     }
 
-    /// The audience a realm token must name to call the control API, so
-    /// that a token minted for the tenant's own application cannot.
     pub fn control_audience(&self) -> String {
-        format!("{}/v1", self.public_url)
+        self.realms.control_audience()
     }
 
-    /// The audience of a token minted for the tenant's own applications,
-    /// which the gateway requires unless an API names its own:
-    /// `<issuer>/apps`.
     pub fn app_audience(&self, tenant: &TenantName) -> String {
-        app_audience(&self.issuer(tenant))
+        self.realms.app_audience(tenant)
     }
 
     // ---- realm lifecycle (provisioning steps) -------------------------------
@@ -351,65 +339,9 @@ impl IdentityService {
     async fn realm_trust(&self, tenant: &Tenant) -> Result<Trust> {
         let keys = self.store.realm_keys(tenant.id).await?;
         let realm = self.store.realm(tenant.id).await?;
-        self.realm_trust_from(tenant, &keys, realm.as_ref(), Some(self.control_audience()))
-    }
-
-    /// How the tenant's realm tokens verify, from its stored keys and realm:
-    /// with `audience`, only tokens naming it. Keys past `remove_after` are
-    /// left out.
-    pub fn realm_trust_from(
-        &self,
-        tenant: &Tenant,
-        keys: &[RealmKeyRecord],
-        realm: Option<&RealmRecord>,
-        audience: Option<String>,
-    ) -> Result<Trust> {
-        let now = self.clock.now();
-        let mut verifying = HashMap::new();
-        for record in keys.iter().filter(|k| k.remove_after.is_none_or(|at| at > now)) {
-            let jwk: Jwk = serde_json::from_str(&record.public_jwk).map_err(internal)?;
-            verifying.insert(record.kid.clone(), VerifyingKey::from_jwk(&jwk).map_err(internal)?);
-        }
-        Ok(Trust {
-            tenant_id: tenant.id.0,
-            issuer: self.issuer(&tenant.name),
-            keys: verifying,
-            algorithms: Algorithm::REALM.to_vec(),
-            audience,
-            not_before: realm.and_then(|r| r.tokens_not_before).map(|t| t.unix_timestamp()),
-            claims: ClaimMapping::Realm,
-        })
-    }
-
-    /// How tokens of the provider `record` trusts verify for the tenant,
-    /// with the provider's keys as cached (`refresh`: fetched again, at
-    /// most so often).
-    pub async fn external_trust(
-        &self,
-        tenant: &Tenant,
-        record: &TrustRecord,
-        refresh: bool,
-    ) -> Result<Trust, String> {
-        let role_map: HashMap<String, Role> =
-            serde_json::from_str::<HashMap<String, String>>(&record.role_map)
-                .map_err(|e| format!("stored role map: {e}"))?
-                .into_iter()
-                .filter_map(|(value, role)| Some((value, Role::parse(&role)?)))
-                .collect();
-        let keys = self.providers.keys(tenant.id.0, &record.jwks_url, refresh).await?;
-        Ok(Trust {
-            tenant_id: tenant.id.0,
-            issuer: record.issuer.clone(),
-            keys,
-            algorithms: Algorithm::EXTERNAL.to_vec(),
-            audience: Some(record.audience.clone()),
-            not_before: None,
-            claims: ClaimMapping::External {
-                subject: record.subject_claim.clone(),
-                roles: record.roles_claim.clone(),
-                role_map,
-            },
-        })
+        self.realms
+            .realm_trust_from(tenant, &keys, realm.as_ref(), Some(self.control_audience()))
+            .map_err(IdentityError::Internal)
     }
 
     // ---- tokens --------------------------------------------------------------
@@ -829,7 +761,7 @@ impl IdentityService {
             return Some(Owner { tenant: tenant.name.to_string(), kind: "API key" });
         }
         let issuer = jws::unverified_issuer(credential)?;
-        let name = issuer.strip_prefix(&format!("{}/realms/", self.public_url))?;
+        let name = issuer.strip_prefix(&self.realms.issuer_prefix())?;
         let tenant = self.live_tenant(name).await.ok()?;
         let trust = self.realm_trust(&tenant).await.ok()?;
         let now = self.clock.now().unix_timestamp();
@@ -844,21 +776,7 @@ impl IdentityService {
 
     /// Records a refused credential, within [`REFUSALS_PER_WINDOW`].
     async fn record_refusal(&self, tenant: &Tenant, reason: &str) {
-        let suppressed = {
-            let Ok(mut refusals) = self.refusals.lock() else { return };
-            let (start, recorded, suppressed) =
-                refusals.entry(tenant.id.0).or_insert((Instant::now(), 0, 0));
-            if start.elapsed() >= REFUSAL_WINDOW {
-                *start = Instant::now();
-                *recorded = 0;
-            }
-            if *recorded >= REFUSALS_PER_WINDOW {
-                *suppressed += 1;
-                return;
-            }
-            *recorded += 1;
-            std::mem::take(suppressed)
-        };
+        let Some(suppressed) = self.refusals.take(tenant.id) else { return };
         let reason: String = reason.chars().take(MAX_REASON_CHARS).collect();
         let details = json!({ "reason": reason, "unrecorded_before": suppressed });
         self.events.record(&Actor::Anonymous, tenant, "auth.refused", "denied", details).await;
@@ -888,11 +806,13 @@ impl IdentityService {
         record: &TrustRecord,
     ) -> Result<Actor, Refusal> {
         let now = self.clock.now().unix_timestamp();
-        let trust = self.external_trust(tenant, record, false).await.map_err(Refusal::silent)?;
+        let trust =
+            self.realms.external_trust(tenant, record, false).await.map_err(Refusal::silent)?;
         let mut result = self.cache.verify(token, &trust, now);
         if let Err(Rejected { reason: bulkhead_identity::Reason::UnknownKid(_) }) = &result {
             // The provider may have rotated: fetch again, at most so often.
-            let trust = self.external_trust(tenant, record, true).await.map_err(Refusal::silent)?;
+            let trust =
+                self.realms.external_trust(tenant, record, true).await.map_err(Refusal::silent)?;
             result = self.cache.verify(token, &trust, now);
         }
         let verified = result.map_err(|Rejected { reason }| {
@@ -928,14 +848,13 @@ impl IdentityService {
         }
         // No realm of this server is an external provider: trusting one
         // would let one tenant's realm speak for another tenant.
-        let realms = format!("{}/realms/", self.public_url);
-        if config.issuer.starts_with(&realms) {
+        if config.issuer.starts_with(&self.realms.issuer_prefix()) {
             return Err(invalid(format!(
                 "issuer {:?} is a Bulkhead realm; trust an external provider",
                 config.issuer
             )));
         }
-        self.providers.check_url(&config.jwks_url).map_err(invalid)?;
+        self.realms.providers().check_url(&config.jwks_url).map_err(invalid)?;
         if config.audience.trim().is_empty() {
             return Err(invalid(
                 "an audience is required: the client id or API identifier the provider puts in                  `aud` for this tenant's application"
@@ -957,7 +876,7 @@ impl IdentityService {
                 )));
             }
         }
-        let keys = self.providers.fetch(&config.jwks_url).await.map_err(|e| {
+        let keys = self.realms.providers().fetch(&config.jwks_url).await.map_err(|e| {
             IdentityError::InvalidRequest(format!("cannot use {}: {e}", config.jwks_url))
         })?;
         let role_map: HashMap<&str, &str> =
@@ -973,7 +892,7 @@ impl IdentityService {
             updated_at: self.clock.now(),
         };
         self.store.set_trust(&record).await?;
-        self.providers.store(tenant.id.0, &record.jwks_url, keys).await;
+        self.realms.providers().store(tenant.id.0, &record.jwks_url, keys).await;
         self.cache.forget_tenant(tenant.id.0);
         let details = json!({ "issuer": record.issuer, "jwks_url": record.jwks_url });
         self.events.record(actor, &tenant, "realm.trust", "ok", details).await;
@@ -988,7 +907,7 @@ impl IdentityService {
     pub async fn remove_trust(&self, actor: &Actor, name: &str) -> Result<bool> {
         let tenant = self.authorized(actor, name, Permission::Own).await?;
         let removed = self.store.delete_trust(tenant.id).await?;
-        self.providers.forget(tenant.id.0);
+        self.realms.providers().forget(tenant.id.0);
         self.cache.forget_tenant(tenant.id.0);
         self.events.record(actor, &tenant, "realm.untrust", "ok", json!({})).await;
         Ok(removed)

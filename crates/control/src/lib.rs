@@ -24,10 +24,14 @@ pub mod metrics;
 pub mod operator_token;
 pub mod provider_keys;
 pub mod provision;
+pub mod realms;
 pub mod reconciler;
 pub mod server;
 pub mod tenants;
+pub mod usage;
 pub mod vault;
 
 pub use config::{Config, ReconcilerSettings};
-pub use server::{RunningServer, StartError, start, start_with_steps};
+pub use server::{
+    RunningGateway, RunningServer, StartError, start, start_gateway, start_with_steps,
+};

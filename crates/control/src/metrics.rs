@@ -1,13 +1,22 @@
-//! Prometheus metrics of the control plane, served at `/metrics`.
+//! Prometheus metrics of the control plane and its gateway, served at
+//! `/metrics`.
 //!
-//! Labels are bounded: routes are templates (`/v1/tenants/{name}`), never
-//! tenant names, so the series count does not grow with the tenant count.
+//! Labels are bounded: routes are templates (`/v1/tenants/{name}`), and
+//! tenant names appear only on the gateway's per-tenant series, for at most
+//! `[gateway] metrics_tenant_labels` tenants (the rest summed as
+//! `tenant="_other"`), so the series count does not grow with the tenant
+//! count.
 
-use std::time::Duration;
+use std::{
+    sync::{Arc, OnceLock, atomic::Ordering},
+    time::Duration,
+};
 
+use bulkhead_gateway::Gateway;
 use bulkhead_model::TenantState;
 use prometheus_client::{
-    encoding::EncodeLabelSet,
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, NoLabelSet},
     metrics::{
         counter::Counter,
         family::Family,
@@ -67,6 +76,157 @@ pub struct Metrics {
     job_runs: Family<JobLabels, Counter>,
     lease_revocation_failures: Counter,
     leases_stuck: Gauge,
+    gateway: Arc<GatewayCollector>,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TenantLabels {
+    tenant: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RefusalLabels {
+    phase: String,
+    code: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DecisionLabels {
+    by: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct QueueLabels {
+    queue: String,
+}
+
+/// The gateway's counters, read at each scrape: they live in the gateway
+/// as atomics, so the request path never touches a label.
+#[derive(Debug, Default)]
+struct GatewayCollector {
+    gateway: OnceLock<Arc<Gateway>>,
+}
+
+fn encode_counters<L>(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    values: impl IntoIterator<Item = (L, u64)>,
+) -> Result<(), std::fmt::Error>
+where
+    L: EncodeLabelSet + Clone + Eq + std::hash::Hash + std::fmt::Debug + Send + Sync + 'static,
+{
+    let family = Family::<L, Counter>::default();
+    for (labels, value) in values {
+        family.get_or_create(&labels).inc_by(value);
+    }
+    family.encode(encoder.encode_descriptor(name, help, None, family.metric_type())?)
+}
+
+fn encode_gauge(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    value: f64,
+) -> Result<(), std::fmt::Error> {
+    let gauge = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+    gauge.set(value);
+    gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)
+}
+
+impl Collector for GatewayCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let Some(gateway) = self.gateway.get() else { return Ok(()) };
+        let snapshot = gateway.snapshot();
+        let stats = gateway.stats();
+        let tenant = |name: &str| TenantLabels { tenant: name.to_owned() };
+        let labelled: Vec<_> = snapshot.tenants().filter(|t| t.runtime.labelled.own()).collect();
+        let other = ("_other", &stats.other);
+        let tenants = labelled
+            .iter()
+            .map(|t| (&*t.name, &t.runtime.labelled.counters))
+            .chain(std::iter::once(other));
+        let (requests, refused): (Vec<_>, Vec<_>) = tenants
+            .map(|(name, c)| {
+                let requests = c.requests.load(Ordering::Relaxed);
+                ((tenant(name), requests), (tenant(name), c.refused.load(Ordering::Relaxed)))
+            })
+            .unzip();
+        encode_counters(
+            &mut encoder,
+            "gateway_requests",
+            "Requests the gateway answered for a tenant (tenants past [gateway] metrics_tenant_labels are summed as _other)",
+            requests,
+        )?;
+        encode_counters(
+            &mut encoder,
+            "gateway_tenant_refusals",
+            "Of those, the refused ones",
+            refused,
+        )?;
+        let refusals = stats.refusals().into_iter().map(|(phase, code, n)| {
+            (RefusalLabels { phase: phase.to_owned(), code: code.to_owned() }, n)
+        });
+        encode_counters(
+            &mut encoder,
+            "gateway_refusals",
+            "Requests the gateway refused, by phase and code (hosts naming no tenant included)",
+            refusals,
+        )?;
+        let (buckets, sum, count) = stats.upstream_latency();
+        let mut histogram = encoder.encode_descriptor(
+            "gateway_upstream_duration_seconds",
+            "Time from sending a request upstream to its response headers",
+            None,
+            prometheus_client::metrics::MetricType::Histogram,
+        )?;
+        histogram.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?;
+        let limiter = gateway.limiter_stats();
+        let decisions = [
+            ("local", limiter.local_decisions),
+            ("redis", limiter.redis_decisions),
+            ("fallback", limiter.fallback_decisions),
+        ]
+        .map(|(by, n)| (DecisionLabels { by: by.to_owned() }, n));
+        encode_counters(
+            &mut encoder,
+            "gateway_limiter_decisions",
+            "Rate limit decisions: in this process, by Redis, or by the plan's fallback while Redis did not answer",
+            decisions,
+        )?;
+        {
+            let errors = Counter::<u64>::default();
+            errors.inc_by(limiter.redis_errors);
+            errors.encode(encoder.encode_descriptor(
+                "gateway_limiter_redis_errors",
+                "Redis errors and timeouts of the rate limiter",
+                None,
+                errors.metric_type(),
+            )?)?;
+        }
+        let (usage, audit) = gateway.dropped();
+        let drops = [("usage", usage), ("audit", audit)]
+            .map(|(queue, n)| (QueueLabels { queue: queue.to_owned() }, n));
+        encode_counters(
+            &mut encoder,
+            "gateway_record_drops",
+            "Usage events and audit records dropped because their queue was full",
+            drops,
+        )?;
+        encode_gauge(
+            &mut encoder,
+            "gateway_snapshot_age_seconds",
+            "Time since the gateway's snapshot was last rebuilt",
+            snapshot.built_at.elapsed().as_secs_f64(),
+        )?;
+        encode_gauge(
+            &mut encoder,
+            "gateway_snapshot_tenants",
+            "Tenants the gateway's snapshot serves",
+            snapshot.len() as f64,
+        )?;
+        Ok(())
+    }
 }
 
 /// 1 ms to about 33 s.
@@ -128,7 +288,10 @@ impl Metrics {
              --all` for the reason)",
             leases_stuck.clone(),
         );
+        let gateway = Arc::new(GatewayCollector::default());
+        registry.register_collector(Box::new(Arc::clone(&gateway)));
         Self {
+            gateway,
             job_runs,
             lease_revocation_failures,
             leases_stuck,
@@ -153,6 +316,11 @@ impl Metrics {
         self.http_seconds
             .get_or_create(&RouteLabels { method: method.to_owned(), route: route.to_owned() })
             .observe(elapsed.as_secs_f64());
+    }
+
+    /// Reports `gateway`'s counters from now on.
+    pub fn watch_gateway(&self, gateway: Arc<Gateway>) {
+        let _ = self.gateway.gateway.set(gateway);
     }
 
     pub fn observe_provisioned(&self, elapsed: Duration) {

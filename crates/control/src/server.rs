@@ -16,12 +16,13 @@ use std::{
 
 use bulkhead_audit::{AuditLog, FileWitness, KeyRing, StoreWitness, Witness};
 use bulkhead_model::PlanCatalog;
-use bulkhead_store::{StoreError, StoreLock, VaultStore};
+use bulkhead_store::{ControlStore, StoreError, StoreLock, VaultStore};
 use bulkhead_vault::{AnomalyDetector, Vault, VaultError};
 use thiserror::Error;
 use tokio::{sync::watch, task::JoinHandle};
 
-use bulkhead_gateway::{Gateway, Snapshot};
+use bulkhead_gateway::{Gateway, Snapshot, record::Recorder};
+use bulkhead_meter::{Aggregator, Limiter, RedisOptions, UsageRecorder};
 
 use crate::{
     admission::Admission,
@@ -38,8 +39,10 @@ use crate::{
     metrics::Metrics,
     operator_token::{OperatorTokenError, OperatorTokens},
     provision::{ProvisioningStep, RegionServers, StepServices, standard_steps},
+    realms::Realms,
     reconciler::Reconciler,
     tenants::TenantService,
+    usage::DecisionRecorder,
     vault::VaultService,
 };
 
@@ -77,6 +80,20 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot use Redis for the gateway's rate limits: {0}; check --redis (BULKHEAD_REDIS)")]
+    Redis(String),
+    #[error(
+        "a gateway on its own follows a PostgreSQL store: give --store postgres://... (the \
+         control plane's); on the embedded store, run `bulkhead serve` without --role"
+    )]
+    GatewayAlone,
+    #[error(
+        "the store does not say where the control plane is reached: start `bulkhead serve` \
+         (the control plane) against it once, or give --public-url"
+    )]
+    NoPublicUrl,
+    #[error("{0}")]
+    Realms(String),
     #[error(transparent)]
     Identity(#[from] crate::identity::IdentityError),
     #[error(transparent)]
@@ -108,8 +125,10 @@ pub struct RunningServer {
     reconciler: JoinHandle<()>,
     lock_keeper: JoinHandle<()>,
     jobs: Vec<JoinHandle<()>>,
-    /// The gateway's server and the task that keeps its snapshot current.
-    gateway: [JoinHandle<()>; 2],
+    /// The gateway's server, the task that keeps its snapshot current, and
+    /// those that store its usage and audit its decisions (they end once
+    /// the gateway is gone, after writing what it left).
+    gateway: Vec<JoinHandle<()>>,
     audit: (AuditLog, JoinHandle<()>),
     _data_dir: DataDir,
 }
@@ -117,6 +136,12 @@ pub struct RunningServer {
 /// How often the gateway's whole snapshot is rebuilt, besides each
 /// changed tenant's entry at once.
 const GATEWAY_REBUILD_EVERY: Duration = Duration::from_secs(30);
+
+/// How often decisions queued by gateways on their own are recorded.
+const DRAIN_DECISIONS_EVERY: Duration = Duration::from_secs(1);
+
+/// Usage events and audit records the gateway queues before it drops them.
+const GATEWAY_QUEUE: usize = 65_536;
 
 /// How often the store lock is checked.
 const LOCK_CHECK_EVERY: Duration = Duration::from_secs(2);
@@ -308,6 +333,118 @@ impl Drop for SetOnDrop {
     }
 }
 
+/// Where the gateway's decisions go for the tenants' audit streams.
+enum Decisions {
+    /// Recorded by this process: the gateway runs beside the control plane.
+    Record(Arc<DecisionRecorder>),
+    /// Queued in the store for the control plane: a gateway on its own.
+    Queue,
+}
+
+/// A gateway over `feed` with its snapshot built, and the tasks that store
+/// its usage and pass on its decisions (they end once the gateway is gone).
+async fn build_gateway(
+    config: &Config,
+    store: &Arc<dyn ControlStore>,
+    clock: &Arc<dyn Clock>,
+    feed: &GatewayFeed,
+    decisions_to: Decisions,
+) -> Result<(Arc<Gateway>, [JoinHandle<()>; 2]), StartError> {
+    let limiter = match &config.gateway_redis {
+        None => Limiter::local(),
+        Some(redis) => {
+            let options = RedisOptions { timeout: redis.timeout, ..RedisOptions::default() };
+            Limiter::redis(&redis.url, &redis.prefix, options)
+                .await
+                .map_err(|e| StartError::Redis(e.to_string()))?
+        }
+    };
+    let (usage, usage_events) = UsageRecorder::channel(GATEWAY_QUEUE);
+    let (recorder, decisions) = Recorder::new(usage, GATEWAY_QUEUE);
+    let sink = crate::usage::StoreSink(Arc::clone(store));
+    let aggregate =
+        tokio::spawn(Aggregator::new().run(usage_events, sink, config.usage_flush_every));
+    let decide = match decisions_to {
+        Decisions::Record(recorder) => {
+            tokio::spawn(crate::usage::record_decisions(decisions, recorder))
+        }
+        Decisions::Queue => {
+            tokio::spawn(crate::usage::queue_decisions(decisions, Arc::clone(store)))
+        }
+    };
+    let now = {
+        let clock = Arc::clone(clock);
+        Arc::new(move || clock.now().unix_timestamp())
+    };
+    let snapshot = Snapshot::empty(feed.domain());
+    let gateway = Gateway::new(snapshot, config.gateway.clone(), limiter, recorder, now);
+    gateway::rebuild(&gateway, feed).await?;
+    Ok((gateway, [aggregate, decide]))
+}
+
+/// A gateway running on its own (`bulkhead serve --role gateway`).
+#[derive(Debug)]
+pub struct RunningGateway {
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl RunningGateway {
+    /// Stops taking requests and lets those in flight finish; what the
+    /// gateway recorded is written.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+}
+
+/// Starts a gateway on its own. It follows the PostgreSQL store a control
+/// plane uses (its snapshot rebuilt as the control plane announces
+/// changes), keeps serving its last snapshot while the store is
+/// unreachable, and queues its decisions in the store for the control
+/// plane to record: it holds no keys.
+pub async fn start_gateway(config: Config) -> Result<RunningGateway, StartError> {
+    if !matches!(config.store, bulkhead_store::StoreLocation::Postgres(_)) {
+        return Err(StartError::GatewayAlone);
+    }
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let store = bulkhead_store::open(&config.store).await?;
+    let public_url = match &config.public_url {
+        Some(url) => url.clone(),
+        None => store.public_url().await?.ok_or(StartError::NoPublicUrl)?,
+    };
+    let realms = Realms::new(&public_url, &config.insecure_jwks_hosts, Arc::clone(&clock))
+        .map_err(StartError::Realms)?;
+    let feed = Arc::new(GatewayFeed::new(
+        Arc::clone(&store),
+        Arc::new(realms),
+        PlanCatalog::builtin(),
+        &config.base_domain,
+    ));
+    let gateway_bind = |source| StartError::GatewayBind { addr: config.gateway_listen, source };
+    let listener =
+        tokio::net::TcpListener::bind(config.gateway_listen).await.map_err(gateway_bind)?;
+    let addr = listener.local_addr().map_err(gateway_bind)?;
+    let (gateway, records) =
+        build_gateway(&config, &store, &clock, &feed, Decisions::Queue).await?;
+    let (shutdown, stopping) = watch::channel(false);
+    let mut tasks = vec![
+        tokio::spawn(Arc::clone(&gateway).serve(listener, stopping.clone())),
+        tokio::spawn(gateway::follow(
+            gateway,
+            feed,
+            gateway::Source::Store,
+            stopping,
+            GATEWAY_REBUILD_EVERY,
+        )),
+    ];
+    tasks.extend(records);
+    tracing::info!(gateway = %format!("http://{addr}"), store = %store.location(), "gateway ready");
+    Ok(RunningGateway { shutdown, tasks })
+}
+
 /// Starts a control plane with the standard provisioning steps.
 pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     start_with_steps(config, standard_steps).await
@@ -388,6 +525,8 @@ pub async fn start_with_steps(
         tokio::net::TcpListener::bind(config.gateway_listen).await.map_err(gateway_bind)?;
     let gateway_addr = gateway_listener.local_addr().map_err(gateway_bind)?;
     let public_url = config.public_url.clone().unwrap_or_else(|| format!("http://{api_addr}"));
+    // Gateways on their own read it, to name realms' issuers as we do.
+    store.set_public_url(&public_url).await?;
     let metrics = Arc::new(Metrics::new());
     let admission = Arc::new(Admission::new(
         Arc::clone(&store),
@@ -453,7 +592,7 @@ pub async fn start_with_steps(
     let audit = Arc::new(AuditService::new(
         Arc::clone(&store),
         audit_keys,
-        events,
+        events.clone(),
         Arc::clone(&clock),
         PlanCatalog::builtin(),
         admission,
@@ -461,15 +600,15 @@ pub async fn start_with_steps(
     ));
     let feed = Arc::new(GatewayFeed::new(
         Arc::clone(&store),
-        Arc::clone(&identity),
+        Arc::clone(identity.realms()),
         PlanCatalog::builtin(),
         &config.base_domain,
     ));
-    let gateway = {
-        let clock = Arc::clone(&clock);
-        let now = Arc::new(move || clock.now().unix_timestamp());
-        Gateway::new(Snapshot::empty(feed.domain()), config.gateway.clone(), now)
-    };
+    let decision_recorder = Arc::new(DecisionRecorder::new(Arc::clone(&store), events));
+    let decisions_to = Decisions::Record(Arc::clone(&decision_recorder));
+    let (gateway, gateway_records) =
+        build_gateway(&config, &store, &clock, &feed, decisions_to).await?;
+    metrics.watch_gateway(Arc::clone(&gateway));
     gateway::rebuild(&gateway, &feed).await?;
     let reconciler_done = Arc::new(AtomicBool::new(false));
     let state = AppState {
@@ -505,17 +644,32 @@ pub async fn start_with_steps(
     let shutdown = Arc::new(shutdown);
     let (fatal_tx, fatal) = watch::channel(None);
     let lock_keeper = tokio::spawn(keep_lock(store_lock, Arc::clone(&shutdown), fatal_tx));
-    let jobs = spawn_jobs(&vault, &identity, &audit, &config, &shutdown_rx);
-    let gateway = [
+    let mut jobs = spawn_jobs(&vault, &identity, &audit, &config, &shutdown_rx);
+    jobs.push(tokio::spawn(every(
+        DRAIN_DECISIONS_EVERY,
+        shutdown_rx.clone(),
+        Arc::clone(vault.metrics()),
+        Job {
+            name: "gateway_decisions",
+            done: "recorded decisions queued by gateways",
+            failed: "cannot record the decisions gateways queued",
+        },
+        move || {
+            let recorder = Arc::clone(&decision_recorder);
+            async move { recorder.drain_queue().await }
+        },
+    )));
+    let mut gateway = vec![
         tokio::spawn(Arc::clone(&gateway).serve(gateway_listener, shutdown_rx.clone())),
         tokio::spawn(gateway::follow(
             gateway,
             feed,
-            changes,
+            gateway::Source::InProcess(changes),
             shutdown_rx.clone(),
             GATEWAY_REBUILD_EVERY,
         )),
     ];
+    gateway.extend(gateway_records);
     let reconciler = {
         let shutdown = shutdown_rx.clone();
         tokio::spawn(async move {

@@ -67,6 +67,8 @@ pub fn is_upgrade(headers: &HeaderMap) -> bool {
 /// Removes hop-by-hop headers, and the headers `Connection` names; keeps
 /// `Upgrade` and `Connection: upgrade` when `upgrade` is kept.
 fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    // `Connection: upgrade` names `Upgrade` itself; a kept upgrade keeps it.
+    let protocol = if upgrade { headers.get(header::UPGRADE).cloned() } else { None };
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -77,10 +79,10 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     for name in named.iter().chain(HOP_BY_HOP.iter()) {
         headers.remove(name);
     }
-    if upgrade {
+    headers.remove(header::UPGRADE);
+    if let Some(protocol) = protocol {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    } else {
-        headers.remove(header::UPGRADE);
+        headers.insert(header::UPGRADE, protocol);
     }
 }
 

@@ -17,15 +17,18 @@ pub mod headers;
 pub mod limit;
 pub mod path;
 pub mod proxy;
+pub mod record;
 pub mod resolve;
 pub mod route;
 mod server;
 pub mod snapshot;
+pub mod stats;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use arc_swap::ArcSwap;
 use bulkhead_identity::VerifiedCache;
+use bulkhead_meter::Limiter;
 use http::{HeaderValue, Request, Response, header};
 use hyper::body::Incoming;
 
@@ -43,6 +46,9 @@ pub struct Settings {
     pub max_header_bytes: usize,
     /// Verified tokens remembered, across tenants.
     pub token_cache_entries: usize,
+    /// Tenants with series of their own in `/metrics`; the rest are summed
+    /// as `tenant="_other"`.
+    pub metrics_tenant_labels: usize,
 }
 
 impl Default for Settings {
@@ -51,6 +57,7 @@ impl Default for Settings {
             header_read_timeout: Duration::from_secs(10),
             max_header_bytes: 64 * 1024,
             token_cache_entries: 100_000,
+            metrics_tenant_labels: 1_000,
         }
     }
 }
@@ -60,6 +67,9 @@ impl Default for Settings {
 pub struct Gateway {
     snapshot: ArcSwap<Snapshot>,
     verified: VerifiedCache,
+    limiter: Limiter,
+    recorder: Arc<record::Recorder>,
+    stats: stats::Stats,
     settings: Settings,
     now: UnixClock,
 }
@@ -75,10 +85,21 @@ impl std::fmt::Debug for Gateway {
 }
 
 impl Gateway {
-    pub fn new(snapshot: Snapshot, settings: Settings, now: UnixClock) -> Arc<Self> {
+    /// `limiter` keeps the rate limits, in this process or shared through
+    /// Redis; `recorder` takes every decision's usage and audit records.
+    pub fn new(
+        snapshot: Snapshot,
+        settings: Settings,
+        limiter: Limiter,
+        recorder: record::Recorder,
+        now: UnixClock,
+    ) -> Arc<Self> {
         Arc::new(Self {
             snapshot: ArcSwap::from_pointee(snapshot),
             verified: VerifiedCache::new(settings.token_cache_entries),
+            limiter,
+            recorder: Arc::new(recorder),
+            stats: stats::Stats::new(settings.metrics_tenant_labels),
             settings,
             now,
         })
@@ -91,6 +112,20 @@ impl Gateway {
     /// Serves `snapshot` from the next request on.
     pub fn replace(&self, snapshot: Snapshot) {
         self.snapshot.store(Arc::new(snapshot));
+    }
+
+    /// What `/metrics` reports of this gateway.
+    pub fn stats(&self) -> &stats::Stats {
+        &self.stats
+    }
+
+    pub fn limiter_stats(&self) -> bulkhead_meter::LimiterStats {
+        self.limiter.stats()
+    }
+
+    /// Usage events and audit records dropped because a queue was full.
+    pub fn dropped(&self) -> (u64, u64) {
+        self.recorder.dropped()
     }
 
     /// Forgets the tokens verified for a tenant (its realm or trust
@@ -109,22 +144,39 @@ impl Gateway {
     ) -> Response<Body> {
         let request_id = headers::request_id(request.headers());
         let snapshot = self.snapshot.load();
-        match self.pass(&snapshot, request, peer, verdict, &request_id).await {
+        let ended = record::Ended {
+            method: request.method().to_string(),
+            path: request.uri().path().to_owned(),
+            status: 0,
+            request_id: request_id.to_str().unwrap_or_default().to_owned(),
+            at: (self.now)(),
+        };
+        let mut learned = record::Learned::default();
+        let passed =
+            self.pass(&snapshot, request, peer, verdict, &request_id, &mut learned, &ended).await;
+        match passed {
             Ok(response) => response,
             Err(refusal) => {
                 tracing::debug!(
                     phase = refusal.phase.as_str(),
                     code = refusal.code.as_str(),
                     reason = %refusal.reason,
-                    request_id = request_id.to_str().unwrap_or_default(),
+                    request_id = ended.request_id,
                     "request refused"
                 );
-                error::rescue(&refusal, &request_id)
+                let response = error::rescue(&refusal, &request_id);
+                let labelled = learned.runtime.as_deref().map(|r| &r.labelled);
+                self.stats.count(labelled, Some(&refusal));
+                let ended = record::Ended { status: response.status().as_u16(), ..ended };
+                record::refused(&self.recorder, learned, ended, &refusal);
+                response
             }
         }
     }
 
-    /// The request path, phase by phase; any phase may end it.
+    /// The request path, phase by phase; any phase may end it. What each
+    /// phase learns goes into `learned` for the record.
+    #[allow(clippy::too_many_arguments)]
     async fn pass(
         &self,
         snapshot: &Snapshot,
@@ -132,15 +184,27 @@ impl Gateway {
         peer: SocketAddr,
         verdict: framing::Verdict,
         request_id: &HeaderValue,
+        learned: &mut record::Learned,
+        ended: &record::Ended,
     ) -> Result<Response<Body>, Refusal> {
         framing::check(&request, verdict)?;
         let tenant = resolve::tenant(snapshot, &request)?;
+        learned.tenant = Some(tenant.0.id);
+        learned.runtime = Some(Arc::clone(&tenant.0.runtime));
         let principal =
             authn::authenticate(&tenant, request.headers(), &self.verified, (self.now)())?;
+        learned.subject = principal.as_ref().map(|p| p.subject.clone());
         let path = path::canonical(request.uri().path())?;
         let route = route::find(&tenant, &path, request.uri().query(), request.method())?;
+        learned.api = Some(std::sync::Arc::clone(&route.api.name));
+        learned.audit = Some(route.api.spec.audit);
         let permitted = authz::authorize(&snapshot.domain, tenant, route, principal)?;
-        let slot = permitted.tenant.0.runtime.enter()?;
+        let admitted = limit::admit(&self.limiter, &permitted).await?;
+        let pending = record::Pending::new(
+            Arc::clone(&self.recorder),
+            std::mem::take(learned),
+            ended.clone(),
+        );
         let host = match request.headers().get(header::HOST) {
             Some(host) => host.clone(),
             None => request
@@ -149,8 +213,14 @@ impl Gateway {
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
                 .unwrap_or(HeaderValue::from_static("")),
         };
-        let context = proxy::Forward { request_id, peer, host, slot };
-        let (response, _answered) = proxy::forward(permitted, request, context).await?;
+        let context = proxy::Forward { request_id, peer, host, slot: admitted.slot, pending };
+        let runtime = Arc::clone(&permitted.tenant.0.runtime);
+        let (mut response, answered) = proxy::forward(permitted, request, context).await?;
+        self.stats.count(Some(&runtime.labelled), None);
+        self.stats.observe_upstream(answered.latency);
+        if let Some(rate) = &admitted.rate {
+            response.headers_mut().extend(limit::rate_headers(rate).map(|(n, v)| (Some(n), v)));
+        }
         Ok(response)
     }
 }

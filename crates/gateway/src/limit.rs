@@ -1,7 +1,10 @@
-//! Reads: the permitted request's tenant and API. Adds: the request's
-//! in-flight slot, held until its response body ends, within the tenant's
-//! cap (the bulkhead: past it only this tenant is refused, with 503
-//! `tenant_overloaded`), and the rate limit's verdict.
+//! Reads: the permitted request's tenant and API. Adds: the rate limits'
+//! verdict (the tenant's, then the API's own: 429 `rate_limited` with
+//! `Retry-After`, or 503 `limiter_unavailable` when a shared limit cannot
+//! be reached and the plan says `deny`), and the request's in-flight slot,
+//! held until its response body ends, within the tenant's cap (the
+//! bulkhead: past it only this tenant is refused, with 503
+//! `tenant_overloaded`).
 //!
 //! The tenant's runtime outlives snapshot rebuilds, so a configuration
 //! change neither resets a tenant's counters nor frees its slots.
@@ -11,13 +14,87 @@ use std::sync::{
     atomic::{AtomicU32, AtomicU64, Ordering},
 };
 
+use bulkhead_meter::{Cell, Decision, Limit, LimitKey, Limiter, Verdict};
 use bulkhead_model::GatewayLimits;
+use http::{HeaderName, HeaderValue};
 
-use crate::error::{Code, Phase, Refusal};
+use crate::{
+    authz::Permitted,
+    error::{Code, Phase, Refusal},
+};
+
+pub const RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
+pub const RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
+pub const RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
+
+/// What a request was admitted with: its slot, and the tightest rate
+/// decision, for the `RateLimit-*` headers.
+#[derive(Debug)]
+pub struct Admitted {
+    pub slot: Slot,
+    pub rate: Option<Decision>,
+}
+
+/// The `RateLimit-Limit`, `-Remaining` and `-Reset` headers of `decision`.
+pub fn rate_headers(decision: &Decision) -> [(HeaderName, HeaderValue); 3] {
+    [
+        (RATELIMIT_LIMIT, HeaderValue::from(decision.limit())),
+        (RATELIMIT_REMAINING, HeaderValue::from(decision.remaining())),
+        (RATELIMIT_RESET, HeaderValue::from(decision.reset_secs())),
+    ]
+}
+
+async fn check(
+    limiter: &Limiter,
+    key: LimitKey<'_>,
+    cell: &Cell,
+    limit: &Limit,
+    limits: &GatewayLimits,
+) -> Result<Decision, Refusal> {
+    let decision = limiter.check(&key, cell, limit, limits.limiter_fallback).await;
+    let code = match decision.verdict() {
+        Verdict::Allowed => return Ok(decision),
+        Verdict::Limited => Code::RateLimited,
+        Verdict::Unavailable => Code::LimiterUnavailable,
+    };
+    let mut refusal = Refusal::new(Phase::Limit, code, "over the rate limit");
+    if let Some(wait) = decision.retry_after() {
+        refusal = refusal.retry_after(wait);
+    }
+    for (name, value) in rate_headers(&decision) {
+        refusal = refusal.with_header(name, value);
+    }
+    Err(refusal)
+}
+
+/// Admits `permitted` within its tenant's and API's rates and its tenant's
+/// in-flight cap.
+pub async fn admit(limiter: &Limiter, permitted: &Permitted) -> Result<Admitted, Refusal> {
+    let tenant = &permitted.tenant.0;
+    let api = &permitted.route.api;
+    let mut tightest: Option<Decision> = None;
+    if let Some(limit) = &tenant.rate {
+        let key = LimitKey::tenant(tenant.id);
+        tightest = Some(check(limiter, key, &tenant.runtime.cell, limit, &tenant.limits).await?);
+    }
+    if let Some(limit) = &api.rate {
+        let key = LimitKey::api(tenant.id, &api.name);
+        let decision = check(limiter, key, &api.cell, limit, &tenant.limits).await?;
+        if tightest.is_none_or(|t| decision.remaining() < t.remaining()) {
+            tightest = Some(decision);
+        }
+    }
+    let slot = tenant.runtime.enter()?;
+    Ok(Admitted { slot, rate: tightest })
+}
 
 /// What one tenant occupies in this gateway, across snapshots.
 #[derive(Debug, Default)]
 pub struct TenantRuntime {
+    /// The tenant's rate limit in this process.
+    pub cell: Cell,
+    /// Its requests and refusals, for `/metrics`.
+    pub labelled: crate::stats::Labelled,
     in_flight: AtomicU32,
     max_in_flight: AtomicU32,
     connections: AtomicU32,

@@ -39,6 +39,7 @@ use crate::{
     error::{Code, Phase, Refusal},
     headers,
     limit::{ConnectionSlot, Slot, TenantRuntime},
+    record::Pending,
 };
 
 /// Consecutive failures that take an upstream out of rotation.
@@ -148,6 +149,8 @@ pub struct Forward<'a> {
     pub host: HeaderValue,
     /// Held until the response body ends.
     pub slot: Slot,
+    /// The request's record, sent when the response body ends.
+    pub pending: Pending,
 }
 
 /// How long the upstream took to answer with its headers.
@@ -198,7 +201,10 @@ pub async fn forward(
     };
     headers::for_upstream(&mut parts.headers, upgrade, vouched);
     let cap = usize::try_from(spec.max_body_bytes).unwrap_or(usize::MAX);
-    let body = Limited::new(body, cap).boxed_unsync();
+    let idle = Duration::from_millis(spec.timeouts.idle_ms);
+    let mut pending = context.pending;
+    let body = Tracked::new(Limited::new(body, cap), idle, Arc::clone(&pending.bytes_in), ())
+        .boxed_unsync();
     let started = Instant::now();
     let timeout = Duration::from_millis(spec.timeouts.response_ms);
     let outcome =
@@ -238,18 +244,18 @@ pub async fn forward(
         }
     };
     let answered = Answered { latency: started.elapsed() };
+    pending.answered(response.status().as_u16(), answered.latency);
     let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
     headers::for_client(response.headers_mut(), switching, context.request_id);
     if switching && let Some(client_upgrade) = client_upgrade {
         let upstream_upgrade = hyper::upgrade::on(&mut response);
         let (parts, _) = response.into_parts();
-        tokio::spawn(tunnel(client_upgrade, upstream_upgrade, context.slot));
+        tokio::spawn(tunnel(client_upgrade, upstream_upgrade, (context.slot, pending)));
         return Ok((Response::from_parts(parts, empty()), answered));
     }
-    let idle = Duration::from_millis(spec.timeouts.idle_ms);
-    let bytes = Arc::new(AtomicU64::new(0));
     let (parts, body) = response.into_parts();
-    let body = Tracked::new(body, idle, bytes, context.slot).boxed_unsync();
+    let bytes_out = Arc::clone(&pending.bytes_out);
+    let body = Tracked::new(body, idle, bytes_out, (context.slot, pending)).boxed_unsync();
     Ok((Response::from_parts(parts, body), answered))
 }
 
@@ -258,9 +264,9 @@ pub async fn forward(
 async fn tunnel(
     client: hyper::upgrade::OnUpgrade,
     upstream: hyper::upgrade::OnUpgrade,
-    slot: Slot,
+    held: (Slot, Pending),
 ) {
-    let _slot = slot;
+    let _held = held;
     let (Ok(client), Ok(upstream)) = (client.await, upstream.await) else { return };
     let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
     if let Err(error) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
@@ -274,7 +280,11 @@ fn caused_by<E: std::error::Error + 'static>(error: &(dyn std::error::Error + 's
         if e.is::<E>() {
             return true;
         }
-        source = e.source();
+        // An io::Error's `source` skips the error it wraps; look inside.
+        source = match e.downcast_ref::<io::Error>().and_then(io::Error::get_ref) {
+            Some(inner) => Some(inner),
+            None => e.source(),
+        };
     }
     false
 }

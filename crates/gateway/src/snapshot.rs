@@ -10,6 +10,7 @@
 use std::{collections::HashMap, sync::Arc, time::Instant};
 
 use bulkhead_identity::{Role, Trust};
+use bulkhead_meter::{Cell, Limit};
 use bulkhead_model::{ApiSpec, GatewayLimits, TenantName};
 use uuid::Uuid;
 
@@ -73,6 +74,8 @@ pub struct TenantEntry {
     /// Longest prefix first, so the first match is the longest.
     pub apis: Vec<Arc<ApiEntry>>,
     pub limits: GatewayLimits,
+    /// The tenant's rate, from its limits.
+    pub rate: Option<Limit>,
     pub runtime: Arc<TenantRuntime>,
 }
 
@@ -81,7 +84,19 @@ pub struct TenantEntry {
 pub struct ApiEntry {
     pub spec: ApiSpec,
     pub name: Arc<str>,
+    /// The API's own rate, within the tenant's, when it sets one.
+    pub rate: Option<Limit>,
+    /// Its rate's cell: kept by name across rebuilds, whatever else changes.
+    pub cell: Arc<Cell>,
     pub runtime: Arc<ApiRuntime>,
+}
+
+/// The limiter's form of a rate; `None` (no limit) only for a rate the
+/// model's validation would have refused.
+fn limit_of(rate: &bulkhead_model::Rate) -> Option<Limit> {
+    Limit::per_minute(rate.requests_per_minute, rate.burst)
+        .inspect_err(|error| tracing::error!(%error, "a rate limit is unusable; not enforced"))
+        .ok()
 }
 
 /// Settings every snapshot shares.
@@ -100,6 +115,8 @@ pub struct Domain {
 pub struct Snapshot {
     pub domain: Arc<Domain>,
     tenants: HashMap<Arc<str>, Arc<TenantEntry>>,
+    /// Tenant id → name, to replace an entry by the tenant's id.
+    names: HashMap<Uuid, Arc<str>>,
     /// When this snapshot was made, for the snapshot-age metric.
     pub built_at: Instant,
 }
@@ -107,33 +124,43 @@ pub struct Snapshot {
 impl Snapshot {
     /// A snapshot with no tenants: every host is unknown.
     pub fn empty(domain: Domain) -> Self {
-        Self { domain: Arc::new(domain), tenants: HashMap::new(), built_at: Instant::now() }
+        Self {
+            domain: Arc::new(domain),
+            tenants: HashMap::new(),
+            names: HashMap::new(),
+            built_at: Instant::now(),
+        }
     }
 
     /// A snapshot of `tenants`, taking over the runtimes of the entries
     /// `previous` has for them.
     pub fn build(domain: Domain, tenants: Vec<TenantConfig>, previous: &Snapshot) -> Self {
         let mut map = HashMap::with_capacity(tenants.len());
+        let mut names = HashMap::with_capacity(tenants.len());
         for config in tenants {
             let entry = previous.entry(config);
+            names.insert(entry.id, Arc::clone(&entry.name));
             map.insert(Arc::clone(&entry.name), entry);
         }
-        Self { domain: Arc::new(domain), tenants: map, built_at: Instant::now() }
+        Self { domain: Arc::new(domain), tenants: map, names, built_at: Instant::now() }
     }
 
-    /// This snapshot with some tenants' entries replaced: by name, the new
-    /// configuration, or `None` to remove the entry (the tenant left or is
-    /// not served).
-    pub fn with_tenants(&self, changes: Vec<(String, Option<TenantConfig>)>) -> Self {
-        let mut tenants = self.tenants.clone();
-        for (name, config) in changes {
-            tenants.remove(name.as_str());
+    /// This snapshot with some tenants' entries replaced: by tenant id, the
+    /// new configuration, or `None` to remove the entry (the tenant left or
+    /// is not served).
+    pub fn with_tenants(&self, changes: Vec<(Uuid, Option<TenantConfig>)>) -> Self {
+        let (mut tenants, mut names) = (self.tenants.clone(), self.names.clone());
+        for (id, config) in changes {
+            if let Some(name) = names.remove(&id) {
+                tenants.remove(&name);
+            }
             if let Some(config) = config {
                 let entry = self.entry(config);
+                names.insert(entry.id, Arc::clone(&entry.name));
                 tenants.insert(Arc::clone(&entry.name), entry);
             }
         }
-        Self { domain: Arc::clone(&self.domain), tenants, built_at: Instant::now() }
+        Self { domain: Arc::clone(&self.domain), tenants, names, built_at: Instant::now() }
     }
 
     pub fn tenant(&self, name: &str) -> Option<&Arc<TenantEntry>> {
@@ -167,15 +194,20 @@ impl Snapshot {
             .into_iter()
             .map(|spec| {
                 let key = UpstreamKey::of(&spec);
-                let reused = old.and_then(|old| {
-                    old.apis
-                        .iter()
-                        .find(|a| a.spec.name == spec.name && a.runtime.key == key)
-                        .map(|a| Arc::clone(&a.runtime))
-                });
-                let runtime =
-                    reused.unwrap_or_else(|| Arc::new(ApiRuntime::new(key, Arc::clone(&runtime))));
-                Arc::new(ApiEntry { name: spec.name.as_str().into(), spec, runtime })
+                let previous =
+                    old.and_then(|old| old.apis.iter().find(|a| a.spec.name == spec.name));
+                let api_runtime = previous
+                    .filter(|a| a.runtime.key == key)
+                    .map(|a| Arc::clone(&a.runtime))
+                    .unwrap_or_else(|| Arc::new(ApiRuntime::new(key, Arc::clone(&runtime))));
+                let cell = previous.map(|a| Arc::clone(&a.cell)).unwrap_or_default();
+                Arc::new(ApiEntry {
+                    name: spec.name.as_str().into(),
+                    rate: spec.rate_limit.as_ref().and_then(limit_of),
+                    spec,
+                    cell,
+                    runtime: api_runtime,
+                })
             })
             .collect();
         apis.sort_by_key(|a| std::cmp::Reverse(a.spec.prefix.as_str().len()));
@@ -188,6 +220,7 @@ impl Snapshot {
             app_audience: config.app_audience.into(),
             api_keys: config.api_keys.into_iter().map(|k| (k.hash, k)).collect(),
             apis,
+            rate: limit_of(&config.limits.rate_limit),
             limits: config.limits,
             runtime,
         })

@@ -4,9 +4,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use serde::{Deserialize, Serialize};
 use tracing::debug;
-use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::{
@@ -14,18 +12,12 @@ use crate::{
     redis_limit::{RedisBackend, RedisOptions},
 };
 
-/// What a Redis-backed limiter does when Redis errs or is too slow.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum Fallback {
-    /// Enforce the limit in this process, each replica taking its share:
-    /// the rate and the burst divided by the number of live replicas last
-    /// counted (1 if none was ever counted).
-    #[default]
-    Local,
-    /// Refuse with [`Verdict::Unavailable`](crate::Verdict::Unavailable).
-    Deny,
-}
+/// What a Redis-backed limiter does when Redis errs or is too slow: the
+/// plan's `limiter_fallback`. `Local` enforces the limit in this process,
+/// each replica taking its share (the rate and the burst divided by the
+/// live replicas last counted, 1 if none was ever counted); `Deny` refuses
+/// with [`Verdict::Unavailable`](crate::Verdict::Unavailable).
+pub use bulkhead_model::LimiterFallback as Fallback;
 
 /// What a limit applies to: a tenant, or one API of a tenant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -131,6 +131,30 @@ pub struct UsageRow {
     pub upstream_latency_buckets: [u64; 7],
 }
 
+impl UsageRow {
+    /// Adds `other` (a delta of the same tenant, API and minute) to this
+    /// row: how stored deltas are read back as one row.
+    pub fn add(&mut self, other: &UsageRow) {
+        self.requests = self.requests.saturating_add(other.requests);
+        for (phase, count) in &other.refused {
+            let total = self.refused.entry(phase.clone()).or_default();
+            *total = total.saturating_add(*count);
+        }
+        self.bytes_in = self.bytes_in.saturating_add(other.bytes_in);
+        self.bytes_out = self.bytes_out.saturating_add(other.bytes_out);
+        self.upstream_responses = self.upstream_responses.saturating_add(other.upstream_responses);
+        self.upstream_latency_sum_us =
+            self.upstream_latency_sum_us.saturating_add(other.upstream_latency_sum_us);
+        self.upstream_latency_max_us =
+            self.upstream_latency_max_us.max(other.upstream_latency_max_us);
+        for (total, count) in
+            self.upstream_latency_buckets.iter_mut().zip(other.upstream_latency_buckets)
+        {
+            *total = total.saturating_add(count);
+        }
+    }
+}
+
 /// Persists usage rows: the control plane's store.
 #[async_trait]
 pub trait UsageSink: Send + Sync {
@@ -281,22 +305,19 @@ impl Aggregator {
         rows
     }
 
-    /// Sums events from `events` and writes completed minutes to `sink`
-    /// every `flush_every`, reading the time from `now`. Rows the sink
-    /// refuses are offered again at the next flush. Returns once every
+    /// Sums events from `events` and writes what it has to `sink` every
+    /// `flush_every`, the current minute's rows too (rows are deltas, so
+    /// stored usage is never more than a flush old). Rows the sink refuses
+    /// are offered again at the next flush. Returns once every
     /// [`UsageRecorder`] is gone and the queue is drained, after writing
-    /// everything left, the current minute included; what the sink refuses
-    /// then is counted in [`AggregatorStats::dropped_rows`].
-    pub async fn run<S, F>(
+    /// everything left; what the sink refuses then is counted in
+    /// [`AggregatorStats::dropped_rows`].
+    pub async fn run<S: UsageSink>(
         mut self,
         mut events: mpsc::Receiver<UsageEvent>,
         sink: S,
         flush_every: Duration,
-        now: F,
-    ) where
-        S: UsageSink,
-        F: Fn() -> OffsetDateTime + Send,
-    {
+    ) {
         let mut ticks = tokio::time::interval(flush_every.max(Duration::from_millis(1)));
         ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
         // The first tick completes at once; flushing starts one period in.
@@ -314,7 +335,9 @@ impl Aggregator {
                     }
                 }
                 _ = ticks.tick() => {
-                    let rows = self.flush(now());
+                    // The current minute's rows too: rows are deltas, so
+                    // usage is never more than a tick old.
+                    let rows = self.flush_all();
                     self.write(&sink, rows).await;
                 }
             }
@@ -374,10 +397,7 @@ fn row(key: RowKey, totals: Totals) -> UsageRow {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::{
-        Mutex,
-        atomic::{AtomicBool, AtomicI64},
-    };
+    use std::sync::{Mutex, atomic::AtomicBool};
 
     use time::macros::datetime;
 
@@ -569,33 +589,21 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn run_flushes_periodically_retries_refused_rows_and_drains_at_shutdown() {
         let minute = datetime!(2026-12-02 10:15 UTC);
-        let clock = Arc::new(AtomicI64::new(minute.unix_timestamp()));
-        let now = {
-            let clock = clock.clone();
-            move || OffsetDateTime::from_unix_timestamp(clock.load(Ordering::SeqCst)).unwrap()
-        };
         let (sink, mut attempts) = test_sink(true);
         let (recorder, receiver) = UsageRecorder::channel(16);
         let aggregator = Aggregator::new();
         let stats = aggregator.stats();
-        let run =
-            tokio::spawn(aggregator.run(receiver, sink.clone(), Duration::from_secs(10), now));
+        let run = tokio::spawn(aggregator.run(receiver, sink.clone(), Duration::from_secs(10)));
 
+        // The current minute's rows are written at the next tick; the sink
+        // refuses, and the rows wait.
         recorder.record(event(T1, None, minute));
         recorder.record(event(T2, None, minute));
-        // Nothing is complete yet: no write is even attempted.
-        clock.store((minute + Duration::from_secs(30)).unix_timestamp(), Ordering::SeqCst);
-        tokio::time::sleep(Duration::from_secs(25)).await;
-        assert_eq!(stats.events(), 2);
-        assert!(attempts.try_recv().is_err());
-
-        // The minute ends; the sink refuses, and the rows wait.
-        clock.store((minute + Duration::from_secs(61)).unix_timestamp(), Ordering::SeqCst);
         assert_eq!(attempts.recv().await, Some(2));
+        assert_eq!(stats.events(), 2);
         assert_eq!(stats.failed_writes(), 1);
-        // Refused again with a new row from the next minute added.
+        // Refused again with a new row added.
         recorder.record(event(T1, None, minute + Duration::from_secs(61)));
-        clock.store((minute + Duration::from_secs(121)).unix_timestamp(), Ordering::SeqCst);
         assert_eq!(attempts.recv().await, Some(3));
 
         // The sink comes back: all three rows at the next flush.
@@ -603,7 +611,7 @@ mod tests {
         assert_eq!(attempts.recv().await, Some(3));
         assert_eq!(stats.written_rows(), 3);
 
-        // Shutdown writes the current minute too.
+        // Shutdown writes what came since.
         recorder.record(event(T2, None, minute + Duration::from_secs(125)));
         drop(recorder);
         run.await.unwrap();
@@ -620,9 +628,7 @@ mod tests {
         let (recorder, receiver) = UsageRecorder::channel(16);
         let aggregator = Aggregator::with_max_pending(2);
         let stats = aggregator.stats();
-        let later = move || minute + Duration::from_secs(3_600);
-        let run =
-            tokio::spawn(aggregator.run(receiver, sink.clone(), Duration::from_secs(10), later));
+        let run = tokio::spawn(aggregator.run(receiver, sink.clone(), Duration::from_secs(10)));
         for tenant in [T1, T2, Uuid::from_u128(3)] {
             recorder.record(event(tenant, None, minute));
         }

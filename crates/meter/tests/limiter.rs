@@ -10,11 +10,7 @@ use std::{
 };
 
 use bulkhead_meter::{Cell, Fallback, Limit, LimitKey, Limiter, RedisOptions, Verdict};
-use tokio::{
-    io::copy_bidirectional,
-    net::{TcpListener, TcpStream},
-    task::{JoinHandle, JoinSet},
-};
+use bulkhead_testkit::TcpProxy;
 use uuid::Uuid;
 
 fn redis_url() -> String {
@@ -79,43 +75,6 @@ async fn eventually(what: &str, mut done: impl AsyncFnMut() -> bool) {
 /// A port nothing listens on: bound by the system, then released.
 fn closed_port() -> u16 {
     StdListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// A TCP proxy in front of Redis that can be stopped (every connection
-/// through it closed) and started again on the same address.
-struct Proxy {
-    addr: SocketAddr,
-    task: JoinHandle<()>,
-}
-
-impl Proxy {
-    async fn start(addr: SocketAddr) -> Self {
-        let listener = TcpListener::bind(addr).await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let upstream = redis_addr();
-        let task = tokio::spawn(async move {
-            // Dropped with the task: every connection ends with the proxy.
-            let mut connections = JoinSet::new();
-            while let Ok((mut inbound, _)) = listener.accept().await {
-                connections.spawn(async move {
-                    if let Ok(mut outbound) = TcpStream::connect(upstream).await {
-                        let _ = copy_bidirectional(&mut inbound, &mut outbound).await;
-                    }
-                });
-            }
-        });
-        Self { addr, task }
-    }
-
-    fn url(&self) -> String {
-        format!("redis://{}", self.addr)
-    }
-
-    async fn stop(self) -> SocketAddr {
-        self.task.abort();
-        let _ = self.task.await;
-        self.addr
-    }
 }
 
 #[tokio::test]
@@ -216,15 +175,16 @@ async fn unreachable_redis_denies_or_limits_locally() {
 #[tokio::test]
 async fn an_outage_falls_back_to_a_replicas_share_and_the_shared_limit_resumes() {
     let prefix = unique_prefix();
-    let proxy = Proxy::start("127.0.0.1:0".parse().unwrap()).await;
-    let through_proxy = Limiter::redis(&proxy.url(), &prefix, options()).await.unwrap();
+    let proxy = TcpProxy::start("127.0.0.1:0".parse().unwrap(), redis_addr()).await;
+    let through_proxy =
+        Limiter::redis(&format!("redis://{}", proxy.addr), &prefix, options()).await.unwrap();
     let direct = Limiter::redis(&redis_url(), &prefix, options()).await.unwrap();
     eventually("two replicas", async || through_proxy.replicas() == 2).await;
     let limit = Limit::per_minute(1, 10).unwrap();
     let tenant = Uuid::new_v4();
 
     // Redis goes away for one replica.
-    let addr = proxy.stop().await;
+    let stopped = proxy.stop().await;
     let key = LimitKey::api(tenant, "outage");
     let cell = Cell::new();
     let unavailable = through_proxy.check(&key, &cell, &limit, Fallback::Deny).await;
@@ -243,7 +203,7 @@ async fn an_outage_falls_back_to_a_replicas_share_and_the_shared_limit_resumes()
     assert!(through_proxy.stats().redis_errors >= 1);
 
     // Redis comes back: decisions are Redis's again.
-    let proxy = Proxy::start(addr).await;
+    let proxy = stopped.restart().await;
     let probe = LimitKey::api(tenant, "probe");
     eventually("redis decisions", async || {
         through_proxy.check(&probe, &Cell::new(), &limit, Fallback::Deny).await.verdict()

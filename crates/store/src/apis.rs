@@ -1,6 +1,5 @@
-//! What the gateway's contracts persist: each tenant's APIs, as their
-//! validated spec in JSON, and the bulk reads a gateway snapshot is built
-//! from.
+//! What the gateway persists: each tenant's APIs, as their validated spec
+//! in JSON, and its usage, per tenant, API and minute.
 
 use async_trait::async_trait;
 use bulkhead_model::TenantId;
@@ -35,4 +34,45 @@ pub trait ApiStore: Send + Sync {
 
     /// `true` when there was such an API.
     async fn delete_api(&self, tenant: TenantId, name: &str) -> Result<bool, StoreError>;
+}
+
+/// A tenant's usage of one API in one minute, as the gateway's meter summed
+/// it (`row` is its JSON). Rows are deltas: a minute may have several,
+/// which are added up when read.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct UsageRecord {
+    #[sqlx(try_from = "uuid::Uuid")]
+    pub tenant_id: TenantId,
+    /// Empty for requests refused before an API was chosen.
+    pub api: String,
+    pub minute: OffsetDateTime,
+    pub row: String,
+}
+
+#[async_trait]
+pub trait UsageStore: Send + Sync {
+    /// Stores every record, or none.
+    async fn insert_usage(&self, records: &[UsageRecord]) -> Result<(), StoreError>;
+
+    /// The tenant's records from `since` on (of one API when `api` is
+    /// given), by minute.
+    async fn usage(
+        &self,
+        tenant: TenantId,
+        api: Option<&str>,
+        since: OffsetDateTime,
+    ) -> Result<Vec<UsageRecord>, StoreError>;
+
+    /// Deletes the records of minutes before `before`; returns how many.
+    async fn delete_usage_before(&self, before: OffsetDateTime) -> Result<u64, StoreError>;
+
+    /// Queues gateway decisions (JSON, by tenant) for the control plane to
+    /// record: every one, or none.
+    async fn queue_decisions(&self, decisions: &[(TenantId, String)]) -> Result<(), StoreError>;
+
+    /// The oldest `limit` queued decisions, with their queue ids.
+    async fn queued_decisions(&self, limit: u32) -> Result<Vec<(i64, String)>, StoreError>;
+
+    /// Removes the queued decisions up to and including id `up_to`.
+    async fn dequeue_decisions(&self, up_to: i64) -> Result<(), StoreError>;
 }

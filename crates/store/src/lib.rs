@@ -29,7 +29,7 @@ use bulkhead_model::{DatabaseUrl, StepRecord, Tenant, TenantId, TenantName, Tena
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-pub use apis::{ApiRecord, ApiStore};
+pub use apis::{ApiRecord, ApiStore, UsageRecord, UsageStore};
 pub use audit::{AuditCheckpointRow, AuditEventRow, AuditKeyRow, AuditStore};
 pub use error::{StoreError, describe as describe_error};
 pub use identity::{ApiKeyRecord, IdentityStore, RealmKeyRecord, RealmRecord, TrustRecord};
@@ -63,6 +63,15 @@ pub async fn open(location: &StoreLocation) -> Result<Arc<dyn ControlStore>, Sto
         StoreLocation::Sqlite(path) => Arc::new(SqliteStore::open(path).await?),
         StoreLocation::Postgres(url) => Arc::new(PostgresStore::open(url).await?),
     })
+}
+
+/// Tenants changed, as a gateway following the store hears of them.
+#[async_trait]
+pub trait GatewayChanges: Send {
+    /// The next changed tenant; `Ok(None)` when the connection was lost,
+    /// so that notifications may have been missed (the next call connects
+    /// again).
+    async fn next(&mut self) -> Result<Option<TenantId>, StoreError>;
 }
 
 /// One page of the tenant list, ordered by name.
@@ -104,7 +113,7 @@ impl fmt::Debug for OperatorToken {
 /// crash leaves each write either fully done or not done at all.
 #[async_trait]
 pub trait ControlStore:
-    VaultStore + IdentityStore + AuditStore + ApiStore + Send + Sync + fmt::Debug
+    VaultStore + IdentityStore + AuditStore + ApiStore + UsageStore + Send + Sync + fmt::Debug
 {
     /// Where the store is, safe to print (no password).
     fn location(&self) -> String;
@@ -116,6 +125,21 @@ pub trait ControlStore:
 
     /// The store's installation id: `proposed` if it has none yet.
     async fn installation_id(&self, proposed: Uuid) -> Result<Uuid, StoreError>;
+
+    /// Records how clients reach the control plane (realms' issuers start
+    /// with it), for gateways that follow this store from elsewhere.
+    async fn set_public_url(&self, url: &str) -> Result<(), StoreError>;
+
+    /// What [`ControlStore::set_public_url`] recorded last.
+    async fn public_url(&self) -> Result<Option<String>, StoreError>;
+
+    /// Tells gateways that follow this store from other processes that
+    /// these tenants changed (PostgreSQL `NOTIFY`; nothing on SQLite, which
+    /// no other process follows).
+    async fn notify_gateways(&self, tenants: &[TenantId]) -> Result<(), StoreError>;
+
+    /// Follows those notifications; `None` on a store that has none.
+    async fn gateway_changes(&self) -> Result<Option<Box<dyn GatewayChanges>>, StoreError>;
 
     /// Why roles other than the server's could connect to the store's own
     /// database, if they could, for the operator to hear at start.

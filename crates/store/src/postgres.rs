@@ -6,13 +6,14 @@ use std::{str::FromStr, time::Duration};
 use bulkhead_model::DatabaseUrl;
 use sqlx::{
     Connection, PgConnection,
-    postgres::{PgConnectOptions, PgPool, PgPoolOptions},
+    postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions},
 };
 
 use crate::{
     HeldLock, StoreError, StoreLock,
     sql::{
-        impl_api_store, impl_audit_store, impl_control_store, impl_identity_store, impl_vault_store,
+        impl_api_store, impl_audit_store, impl_control_store, impl_identity_store,
+        impl_usage_store, impl_vault_store,
     },
 };
 
@@ -25,6 +26,25 @@ const LOCK_TRIES: u32 = 10;
 /// How the lock's session shows in `pg_stat_activity`.
 pub(crate) const LOCK_APPLICATION: &str = "bulkhead-store-lock";
 const LOCK_RETRY: Duration = Duration::from_millis(300);
+
+/// The channel a control plane notifies gateways on: the payload is a
+/// changed tenant's id.
+const GATEWAY_CHANNEL: &str = "bulkhead_gateway";
+
+struct Listener(PgListener);
+
+#[async_trait::async_trait]
+impl crate::GatewayChanges for Listener {
+    async fn next(&mut self) -> Result<Option<bulkhead_model::TenantId>, StoreError> {
+        loop {
+            let Some(notification) = self.0.try_recv().await? else { return Ok(None) };
+            // Anything else on the channel is not ours to act on.
+            if let Ok(id) = uuid::Uuid::parse_str(notification.payload()) {
+                return Ok(Some(bulkhead_model::TenantId(id)));
+            }
+        }
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct PostgresStore {
@@ -48,6 +68,30 @@ impl PostgresStore {
             .await
             .map_err(|source| StoreError::Migrate { location: location.clone(), source })?;
         Ok(Self { read: pool.clone(), write: pool, location, url: url.clone() })
+    }
+
+    async fn notify_gateways_of(
+        &self,
+        tenants: &[bulkhead_model::TenantId],
+    ) -> Result<(), StoreError> {
+        for tenant in tenants {
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(GATEWAY_CHANNEL)
+                .bind(tenant.0.to_string())
+                .execute(&self.write)
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn follow_gateway_changes(
+        &self,
+    ) -> Result<Option<Box<dyn crate::GatewayChanges>>, StoreError> {
+        let unreachable =
+            |source| StoreError::Unreachable { location: self.location.clone(), source };
+        let mut listener = PgListener::connect(self.url.expose()).await.map_err(unreachable)?;
+        listener.listen(GATEWAY_CHANNEL).await.map_err(unreachable)?;
+        Ok(Some(Box::new(Listener(listener))))
     }
 
     /// A session-level advisory lock on a connection of its own, outside the
@@ -96,6 +140,7 @@ impl_control_store!(PostgresStore);
 impl_vault_store!(PostgresStore);
 impl_identity_store!(PostgresStore);
 impl_api_store!(PostgresStore);
+impl_usage_store!(PostgresStore);
 // Schema-qualified: an unqualified name could find a table of the same
 // name that the server's own role created in a schema earlier on its path.
 impl_audit_store!(PostgresStore, sqlx::Postgres, "audit.");

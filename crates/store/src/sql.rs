@@ -42,6 +42,35 @@ macro_rules! impl_control_store {
                     .map_err(|e| $crate::StoreError::Corrupt(format!("installation id: {e}")))
             }
 
+            async fn set_public_url(&self, url: &str) -> Result<(), $crate::StoreError> {
+                sqlx::query("UPDATE installation SET public_url = $1")
+                    .bind(url)
+                    .execute(&self.write)
+                    .await?;
+                Ok(())
+            }
+
+            async fn public_url(&self) -> Result<Option<String>, $crate::StoreError> {
+                let row: Option<(Option<String>,)> =
+                    sqlx::query_as("SELECT public_url FROM installation")
+                        .fetch_optional(&self.read)
+                        .await?;
+                Ok(row.and_then(|(url,)| url))
+            }
+
+            async fn notify_gateways(
+                &self,
+                tenants: &[bulkhead_model::TenantId],
+            ) -> Result<(), $crate::StoreError> {
+                self.notify_gateways_of(tenants).await
+            }
+
+            async fn gateway_changes(
+                &self,
+            ) -> Result<Option<Box<dyn $crate::GatewayChanges>>, $crate::StoreError> {
+                self.follow_gateway_changes().await
+            }
+
             async fn ping(&self) -> Result<(), $crate::StoreError> {
                 sqlx::query("SELECT 1").execute(&self.read).await?;
                 Ok(())
@@ -1675,3 +1704,98 @@ macro_rules! impl_api_store {
     };
 }
 pub(crate) use impl_api_store;
+
+/// The usage statements, shared the same way as [`impl_control_store!`].
+macro_rules! impl_usage_store {
+    ($store:ty) => {
+        #[async_trait::async_trait]
+        impl $crate::UsageStore for $store {
+            async fn insert_usage(
+                &self,
+                records: &[$crate::UsageRecord],
+            ) -> Result<(), $crate::StoreError> {
+                let mut tx = self.write.begin().await?;
+                for record in records {
+                    sqlx::query(
+                        "INSERT INTO gateway_usage (tenant_id, api, minute, row) \
+                         VALUES ($1, $2, $3, $4)",
+                    )
+                    .bind(record.tenant_id.0)
+                    .bind(record.api.as_str())
+                    .bind(record.minute)
+                    .bind(record.row.as_str())
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn usage(
+                &self,
+                tenant: bulkhead_model::TenantId,
+                api: Option<&str>,
+                since: time::OffsetDateTime,
+            ) -> Result<Vec<$crate::UsageRecord>, $crate::StoreError> {
+                Ok(sqlx::query_as(
+                    "SELECT tenant_id, api, minute, row FROM gateway_usage \
+                     WHERE tenant_id = $1 AND minute >= $2 AND ($3 IS NULL OR api = $3) \
+                     ORDER BY minute, api",
+                )
+                .bind(tenant.0)
+                .bind(since)
+                .bind(api)
+                .fetch_all(&self.read)
+                .await?)
+            }
+
+            async fn delete_usage_before(
+                &self,
+                before: time::OffsetDateTime,
+            ) -> Result<u64, $crate::StoreError> {
+                let result = sqlx::query("DELETE FROM gateway_usage WHERE minute < $1")
+                    .bind(before)
+                    .execute(&self.write)
+                    .await?;
+                Ok(result.rows_affected())
+            }
+
+            async fn queue_decisions(
+                &self,
+                decisions: &[(bulkhead_model::TenantId, String)],
+            ) -> Result<(), $crate::StoreError> {
+                let mut tx = self.write.begin().await?;
+                for (tenant, record) in decisions {
+                    sqlx::query(
+                        "INSERT INTO gateway_decisions (tenant_id, record) VALUES ($1, $2)",
+                    )
+                    .bind(tenant.0)
+                    .bind(record.as_str())
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn queued_decisions(
+                &self,
+                limit: u32,
+            ) -> Result<Vec<(i64, String)>, $crate::StoreError> {
+                Ok(sqlx::query_as("SELECT id, record FROM gateway_decisions ORDER BY id LIMIT $1")
+                    .bind(i64::from(limit))
+                    .fetch_all(&self.read)
+                    .await?)
+            }
+
+            async fn dequeue_decisions(&self, up_to: i64) -> Result<(), $crate::StoreError> {
+                sqlx::query("DELETE FROM gateway_decisions WHERE id <= $1")
+                    .bind(up_to)
+                    .execute(&self.write)
+                    .await?;
+                Ok(())
+            }
+        }
+    };
+}
+pub(crate) use impl_usage_store;

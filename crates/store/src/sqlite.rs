@@ -9,7 +9,8 @@ use sqlx::sqlite::{
 use crate::{
     FileLock, FileLockError, StoreError, StoreLock,
     sql::{
-        impl_api_store, impl_audit_store, impl_control_store, impl_identity_store, impl_vault_store,
+        impl_api_store, impl_audit_store, impl_control_store, impl_identity_store,
+        impl_usage_store, impl_vault_store,
     },
 };
 
@@ -73,12 +74,25 @@ impl_control_store!(SqliteStore);
 impl_vault_store!(SqliteStore);
 impl_identity_store!(SqliteStore);
 impl_api_store!(SqliteStore);
+impl_usage_store!(SqliteStore);
 impl_audit_store!(SqliteStore, sqlx::Sqlite, "");
 
 impl SqliteStore {
     /// Triggers are all SQLite has; whoever can write the file can drop
     /// them, which the embedded store assumes nobody but the server can.
     async fn audit_tamper_risk_of_role(&self) -> Result<Option<String>, StoreError> {
+        Ok(None)
+    }
+
+    /// No other process follows a SQLite store: the gateway beside it hears
+    /// of changes in-process.
+    async fn notify_gateways_of(&self, _: &[bulkhead_model::TenantId]) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    async fn follow_gateway_changes(
+        &self,
+    ) -> Result<Option<Box<dyn crate::GatewayChanges>>, StoreError> {
         Ok(None)
     }
 

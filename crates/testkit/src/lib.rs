@@ -3,7 +3,11 @@
 //! repeat, and everything is dropped when the test ends.
 #![allow(clippy::expect_used, clippy::panic)]
 
+mod proxy;
+
 use std::time::Duration;
+
+pub use proxy::{Stopped, TcpProxy};
 
 use bulkhead_model::{Isolation, NewTenant, PlanName, RegionName, Tenant, TenantId, TenantName};
 use sqlx::{AssertSqlSafe, Connection, PgConnection};

@@ -37,6 +37,11 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Auth(command) => auth::run(command, &cli.global).await,
         Command::Apikeys(command) => auth::apikeys(command, &cli.global).await,
         Command::Apis(command) => apis::run(command, &cli.global).await,
+        Command::Usage { tenant, api, since } => {
+            let client = ApiClient::discover(&cli.global)?;
+            let usage = client.usage(tenant, api.as_deref(), since.as_deref()).await?;
+            output::usage(cli.global.output, &usage.usage)
+        }
         Command::Audit(command) => audit::run(command, &cli.global).await,
         Command::Status { api_url } => {
             let client = ApiClient::discover(&cli.global)?;

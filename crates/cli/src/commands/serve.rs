@@ -8,7 +8,7 @@ use tracing_subscriber::{
 };
 
 use crate::{
-    args::{LogFormat, ServeArgs},
+    args::{LogFormat, Role, ServeArgs},
     env,
     exit::CliError,
     settings::ServeSettings,
@@ -17,6 +17,15 @@ use crate::{
 pub async fn run(args: &ServeArgs, data_dir: Option<&Path>) -> Result<(), CliError> {
     let settings = ServeSettings::load(args, data_dir)?;
     init_logging(settings.log_format)?;
+    if args.role == Role::Gateway {
+        let running = bulkhead_control::start_gateway(settings.config)
+            .await
+            .map_err(|e| CliError::failed(e.to_string()))?;
+        wait_for_signal().await?;
+        tracing::info!("shutting down");
+        running.shutdown().await;
+        return Ok(());
+    }
     let data_dir = settings.config.data_dir.clone();
     let running = bulkhead_control::start(settings.config)
         .await

@@ -55,6 +55,7 @@ async fn openapi_describes_every_endpoint() {
         "GET /v1/tenants/{tenant}/apis/{name}",
         "PUT /v1/tenants/{tenant}/apis/{name}",
         "DELETE /v1/tenants/{tenant}/apis/{name}",
+        "GET /v1/tenants/{tenant}/usage",
         "POST /v1/tenants/{tenant}/api-keys",
         "GET /v1/tenants/{tenant}/api-keys",
         "DELETE /v1/tenants/{tenant}/api-keys/{id}",

@@ -11,7 +11,7 @@ use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::{
-    kit::{Server, Store, exit_code, stderr, stdout},
+    kit::{GatewayProcess, Server, Store, exit_code, stderr, stdout},
     upstream::Upstream,
 };
 
@@ -24,7 +24,10 @@ struct Two {
 }
 
 async fn two_tenants(config: &str) -> Two {
-    let server = Server::start(Store::Embedded, config, &[]).await;
+    two_tenants_on(Server::start(Store::Embedded, config, &[]).await).await
+}
+
+async fn two_tenants_on(server: Server) -> Two {
     let (acme, globex) = (Upstream::start().await, Upstream::start().await);
     for (tenant, upstream) in [("acme", &acme), ("globex", &globex)] {
         let created =
@@ -47,12 +50,19 @@ async fn two_tenants(config: &str) -> Two {
 }
 
 fn gateway_addr(server: &Server) -> SocketAddr {
-    server.gateway.trim_start_matches("http://").parse().unwrap()
+    addr_of(&server.gateway)
+}
+
+fn addr_of(url: &str) -> SocketAddr {
+    url.trim_start_matches("http://").parse().unwrap()
 }
 
 /// A client that reaches `{tenant}.localhost` at the gateway, as DNS would.
 fn client(server: &Server) -> reqwest::Client {
-    let addr = gateway_addr(server);
+    client_at(gateway_addr(server))
+}
+
+fn client_at(addr: SocketAddr) -> reqwest::Client {
     reqwest::Client::builder()
         .resolve("acme.localhost", addr)
         .resolve("globex.localhost", addr)
@@ -62,7 +72,11 @@ fn client(server: &Server) -> reqwest::Client {
 }
 
 fn url(server: &Server, tenant: &str, path: &str) -> String {
-    format!("http://{tenant}.localhost:{}{path}", gateway_addr(server).port())
+    url_at(gateway_addr(server), tenant, path)
+}
+
+fn url_at(addr: SocketAddr, tenant: &str, path: &str) -> String {
+    format!("http://{tenant}.localhost:{}{path}", addr.port())
 }
 
 fn token(server: &Server, tenant: &str, extra: &[&str]) -> String {
@@ -473,4 +487,483 @@ async fn apis_are_checked_and_listed() {
     let events = server.audit_events(&["acme"]);
     let actions: Vec<&str> = events.iter().filter_map(|e| e["action"].as_str()).collect();
     assert!(actions.contains(&"api.create") && actions.contains(&"api.delete"), "{actions:?}");
+}
+
+#[tokio::test]
+async fn an_api_over_its_rate_gets_429_with_retry_after_and_others_are_unaffected() {
+    let Two { server, acme, globex } = two_tenants("").await;
+    let limited = server.cli(&[
+        "apis",
+        "create",
+        "--tenant",
+        "acme",
+        "limited",
+        "--prefix",
+        "/limited",
+        "--rate-limit",
+        "60",
+        "--burst",
+        "3",
+        "--upstream",
+        &acme.url(),
+    ]);
+    assert_eq!(exit_code(&limited), 0, "{}", stderr(&limited));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    acme.forget();
+    let client = client(&server);
+    let acme_token = token(&server, "acme", &[]);
+    let globex_token = token(&server, "globex", &[]);
+    let mut remaining = Vec::new();
+    for _ in 0..3 {
+        let response = client
+            .get(url(&server, "acme", "/limited"))
+            .bearer_auth(&acme_token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.headers()["ratelimit-limit"], "3");
+        remaining.push(response.headers()["ratelimit-remaining"].to_str().unwrap().to_owned());
+    }
+    assert_eq!(remaining, ["2", "1", "0"]);
+    let refused =
+        client.get(url(&server, "acme", "/limited")).bearer_auth(&acme_token).send().await.unwrap();
+    assert_eq!(refused.status(), 429);
+    let retry: u64 = refused.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert_eq!(retry, 1, "one request a second");
+    assert_eq!(refused.headers()["ratelimit-remaining"], "0");
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "rate_limited");
+    assert_eq!(acme.seen().len(), 3, "the refused request never reached the upstream");
+
+    // The tenant's other API and the other tenant go on as before.
+    let (status, _) = call(&client, &url(&server, "acme", "/echo"), Some(&acme_token)).await;
+    assert_eq!(status, 200);
+    let (status, _) = call(&client, &url(&server, "globex", "/echo"), Some(&globex_token)).await;
+    assert_eq!(status, 200);
+    assert_eq!(globex.seen().len(), 1);
+
+    tokio::time::sleep(Duration::from_secs(retry)).await;
+    let again =
+        client.get(url(&server, "acme", "/limited")).bearer_auth(&acme_token).send().await.unwrap();
+    assert_eq!(again.status(), 200, "after Retry-After the request passes");
+}
+
+#[tokio::test]
+async fn decisions_are_counted_as_usage_and_audited_as_the_api_says() {
+    let config = "[gateway]\nusage_flush_every = \"1s\"\nmetrics_tenant_labels = 1\n";
+    let Two { server, acme, globex: _globex } = two_tenants(config).await;
+    let audited = server.cli(&[
+        "apis",
+        "create",
+        "--tenant",
+        "acme",
+        "audited",
+        "--prefix",
+        "/audited",
+        "--audit",
+        "all",
+        "--upstream",
+        &acme.url(),
+    ]);
+    assert_eq!(exit_code(&audited), 0, "{}", stderr(&audited));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let client = client(&server);
+    let acme_token = token(&server, "acme", &[]);
+    for path in ["/audited/a", "/audited/b", "/echo"] {
+        let (status, _) = call(&client, &url(&server, "acme", path), Some(&acme_token)).await;
+        assert_eq!(status, 200);
+    }
+    let (status, _) = call(&client, &url(&server, "acme", "/echo"), Some("forged")).await;
+    assert_eq!(status, 401);
+    let globex_token = token(&server, "globex", &[]);
+    let (status, _) = call(&client, &url(&server, "globex", "/echo"), Some(&globex_token)).await;
+    assert_eq!(status, 200);
+
+    // /metrics: per-tenant series up to the cap (1 here), the rest summed.
+    let metrics =
+        reqwest::get(format!("{}/metrics", server.api)).await.unwrap().text().await.unwrap();
+    for line in [
+        "bulkhead_gateway_requests_total{tenant=\"acme\"} 4",
+        "bulkhead_gateway_requests_total{tenant=\"_other\"} 1",
+        "bulkhead_gateway_tenant_refusals_total{tenant=\"acme\"} 1",
+        "bulkhead_gateway_refusals_total{phase=\"authn\",code=\"unauthenticated\"} 1",
+        "bulkhead_gateway_upstream_duration_seconds_count 4",
+        "bulkhead_gateway_limiter_decisions_total{by=\"local\"}",
+        "bulkhead_gateway_record_drops_total{queue=\"usage\"} 0",
+        "bulkhead_gateway_snapshot_tenants 2",
+    ] {
+        assert!(metrics.contains(line), "{line} missing from:\n{metrics}");
+    }
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let usage = loop {
+        let usage = server.cli_json(&["usage", "--tenant", "acme"]);
+        let total: u64 =
+            usage.as_array().unwrap().iter().map(|r| r["requests"].as_u64().unwrap()).sum();
+        if total >= 4 || Instant::now() > deadline {
+            break usage;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let rows = usage.as_array().unwrap();
+    let of = |api: Option<&str>| -> (u64, Value) {
+        let matching: Vec<&Value> = rows.iter().filter(|r| r["api"].as_str() == api).collect();
+        let requests = matching.iter().map(|r| r["requests"].as_u64().unwrap()).sum();
+        (requests, matching.first().map(|r| r["refused"].clone()).unwrap_or(Value::Null))
+    };
+    assert_eq!(of(Some("audited")).0, 2, "{usage}");
+    assert_eq!(of(Some("echo")).0, 1, "{usage}");
+    let (refused, phases) = of(None);
+    assert_eq!(refused, 1, "the forged credential was refused before a route: {usage}");
+    assert_eq!(phases["authn"], 1, "{usage}");
+    let audited_row = rows.iter().find(|r| r["api"] == "audited").unwrap();
+    assert!(audited_row["bytes_out"].as_u64().unwrap() > 0, "{audited_row}");
+    assert_eq!(audited_row["upstream_responses"], 2);
+
+    // `audit: all` records every request of that API; the default records
+    // refusals only.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let events = server.audit_events(&["acme"]);
+        let gateway: Vec<&Value> =
+            events.iter().filter(|e| e["action"] == "gateway.request").collect();
+        let allowed: Vec<&Value> =
+            gateway.iter().copied().filter(|e| e["outcome"] == "ok").collect();
+        let denied: Vec<&Value> =
+            gateway.iter().copied().filter(|e| e["outcome"] == "denied").collect();
+        if allowed.len() >= 2 && !denied.is_empty() {
+            assert_eq!(allowed.len(), 2, "{allowed:?}");
+            assert!(allowed.iter().all(|e| e["details"]["api"] == "audited"), "{allowed:?}");
+            assert_eq!(allowed[0]["actor_id"], "alice");
+            assert_eq!(allowed[0]["resource"], "apis/audited");
+            assert!(allowed[0]["request_id"].is_string(), "{allowed:?}");
+            assert_eq!(denied.len(), 1, "{denied:?}");
+            assert_eq!(denied[0]["details"]["phase"], "authn");
+            assert_eq!(denied[0]["details"]["code"], "unauthenticated");
+            break;
+        }
+        assert!(Instant::now() < deadline, "{gateway:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The address of the PostgreSQL server tests use.
+fn postgres_addr() -> SocketAddr {
+    let url = bulkhead_testkit::postgres_admin_url();
+    let hostport = url.split('@').nth(1).unwrap().split('/').next().unwrap();
+    std::net::ToSocketAddrs::to_socket_addrs(hostport).unwrap().next().unwrap()
+}
+
+fn redis_addr() -> SocketAddr {
+    let url = std::env::var("BULKHEAD_TEST_REDIS")
+        .unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
+    let hostport = url.trim_start_matches("redis://").split('/').next().unwrap().to_owned();
+    std::net::ToSocketAddrs::to_socket_addrs(&hostport).unwrap().next().unwrap()
+}
+
+/// Statuses of `count` requests, alternating between `urls`.
+async fn statuses(urls: &[String], token: &str, count: usize) -> Vec<u16> {
+    // Any address will do: the port comes from each URL.
+    let client = client_at("127.0.0.1:0".parse().unwrap());
+    let mut got = Vec::new();
+    for i in 0..count {
+        got.push(call(&client, &urls[i % urls.len()], Some(token)).await.0);
+    }
+    got
+}
+
+#[tokio::test]
+async fn gateways_on_their_own_share_one_limit_through_redis_and_fall_back_without_it() {
+    let Two { server, acme, .. } = two_tenants_on(Server::postgres().await).await;
+    let limited = server.cli(&[
+        "apis",
+        "create",
+        "--tenant",
+        "acme",
+        "limited",
+        "--prefix",
+        "/limited",
+        "--rate-limit",
+        "1",
+        "--burst",
+        "4",
+        "--upstream",
+        &acme.url(),
+    ]);
+    assert_eq!(exit_code(&limited), 0, "{}", stderr(&limited));
+    let redis =
+        bulkhead_testkit::TcpProxy::start("127.0.0.1:0".parse().unwrap(), redis_addr()).await;
+    let prefix = bulkhead_testkit::unique_name("bh-test-", 12) + ":";
+    // A loaded test machine may take longer than the default 25 ms.
+    let config = format!(
+        "[gateway]\nredis = \"redis://{}\"\nredis_prefix = \"{prefix}\"\nredis_timeout_ms = 500\n",
+        redis.addr
+    );
+    let store = &server.postgres_db().url;
+    let (a, b) =
+        (GatewayProcess::start(store, &config).await, GatewayProcess::start(store, &config).await);
+    let acme_token = token(&server, "acme", &[]);
+    let urls: Vec<String> =
+        [&a, &b].iter().map(|g| url_at(addr_of(&g.url), "acme", "/limited")).collect();
+    // Both replicas register in Redis within a heartbeat or two.
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+
+    let shared = statuses(&urls, &acme_token, 8).await;
+    assert_eq!(
+        shared.iter().filter(|s| **s == 200).count(),
+        4,
+        "one limit of 4 for both: {shared:?}"
+    );
+    assert!(shared.iter().all(|s| *s == 200 || *s == 429), "{shared:?}");
+
+    // Redis goes away: the plan's fallback (local) gives each replica its
+    // share of the burst, in memory.
+    let stopped = redis.stop().await;
+    let alone = statuses(&urls, &acme_token, 8).await;
+    assert_eq!(
+        alone.iter().filter(|s| **s == 200).count(),
+        4,
+        "2 + 2 from local shares: {alone:?}"
+    );
+
+    // Back: the shared bucket, still empty, decides again.
+    let _redis = stopped.restart().await;
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    let back = statuses(&urls, &acme_token, 4).await;
+    assert!(back.iter().all(|s| *s == 429), "{back:?}");
+    let _ = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("redis-cli -h {} -p {} --scan --pattern '{prefix}*' | xargs -r redis-cli -h {} -p {} del", redis_addr().ip(), redis_addr().port(), redis_addr().ip(), redis_addr().port()))
+        .status();
+}
+
+#[tokio::test]
+async fn a_gateway_on_its_own_serves_through_a_store_outage_and_catches_up() {
+    let Two { server, acme, .. } = two_tenants_on(Server::postgres().await).await;
+    let postgres =
+        bulkhead_testkit::TcpProxy::start("127.0.0.1:0".parse().unwrap(), postgres_addr()).await;
+    let direct = &server.postgres_db().url;
+    let at = direct.split('@').nth(1).unwrap().split('/').next().unwrap();
+    let through_proxy = direct.replacen(at, &postgres.addr.to_string(), 1);
+    let gateway = GatewayProcess::start(&through_proxy, "").await;
+    let client = client_at(addr_of(&gateway.url));
+    let at_gateway = |path: &str| url_at(addr_of(&gateway.url), "acme", path);
+    let acme_token = token(&server, "acme", &[]);
+    let (status, body) = call(&client, &at_gateway("/echo"), Some(&acme_token)).await;
+    assert_eq!(status, 200, "{body}\n{}", gateway.log());
+
+    // A change reaches it through the store's notifications.
+    let wait_for = |path: &'static str, within: Duration| {
+        let (client, url, token) = (client.clone(), at_gateway(path), acme_token.clone());
+        async move {
+            let started = Instant::now();
+            loop {
+                let (status, _) = call(&client, &url, Some(&token)).await;
+                if status == 200 {
+                    return started.elapsed();
+                }
+                assert!(started.elapsed() < within, "{url} still {status} after {within:?}");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    };
+    let created = server.cli(&[
+        "apis",
+        "create",
+        "--tenant",
+        "acme",
+        "late",
+        "--prefix",
+        "/late",
+        "--upstream",
+        &acme.url(),
+    ]);
+    assert_eq!(exit_code(&created), 0, "{}", stderr(&created));
+    let took = wait_for("/late", Duration::from_secs(1)).await;
+    eprintln!("a new API reached a gateway on its own in {took:?}");
+
+    // The store goes away: the gateway keeps serving what it has.
+    let stopped = postgres.stop().await;
+    for _ in 0..10 {
+        let (status, _) = call(&client, &at_gateway("/echo"), Some(&acme_token)).await;
+        assert_eq!(status, 200);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let created = server.cli(&[
+        "apis",
+        "create",
+        "--tenant",
+        "acme",
+        "during",
+        "--prefix",
+        "/during",
+        "--upstream",
+        &acme.url(),
+    ]);
+    assert_eq!(exit_code(&created), 0, "{}", stderr(&created));
+    let (status, _) = call(&client, &at_gateway("/during"), Some(&acme_token)).await;
+    assert_eq!(status, 404, "the gateway cannot know yet");
+
+    // Back: it catches up with what it missed.
+    let _postgres = stopped.restart().await;
+    let took = wait_for("/during", Duration::from_secs(10)).await;
+    eprintln!("caught up {took:?} after the store came back");
+}
+
+#[tokio::test]
+async fn server_sent_events_arrive_one_by_one() {
+    let Two { server, acme: _upstream, .. } = two_tenants("").await;
+    let acme_token = token(&server, "acme", &[]);
+    let mut response = client(&server)
+        .get(url(&server, "acme", "/echo/sse"))
+        .bearer_auth(&acme_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "{}", server.log());
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let started = Instant::now();
+    let mut arrivals = Vec::new();
+    while let Some(chunk) = response.chunk().await.unwrap() {
+        let text = String::from_utf8_lossy(&chunk).into_owned();
+        for event in text.split("\n\n").filter(|e| !e.is_empty()) {
+            arrivals.push((started.elapsed(), event.to_owned()));
+        }
+    }
+    let events: Vec<&str> = arrivals.iter().map(|(_, e)| e.as_str()).collect();
+    assert_eq!(events, ["data: event 0", "data: event 1", "data: event 2"]);
+    // The upstream sends one every 300 ms: buffered, they would come at once.
+    for pair in arrivals.windows(2) {
+        let gap = pair[1].0 - pair[0].0;
+        assert!(gap >= Duration::from_millis(200), "{arrivals:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_tenant_whose_upstream_hangs_fills_only_its_own_bulkhead() {
+    let Two { server, acme, globex } = two_tenants("").await;
+    // A third tenant on the starter plan (64 requests in flight, 32 upstream
+    // connections), whose upstream never answers.
+    let created = server.cli(&["tenants", "create", "hog", "--plan", "starter", "--wait"]);
+    assert_eq!(exit_code(&created), 0, "{}", stderr(&created));
+    let hang = server.cli(&[
+        "apis",
+        "create",
+        "--tenant",
+        "hog",
+        "hang",
+        "--prefix",
+        "/hang",
+        "--response-timeout",
+        "1h",
+        "--upstream",
+        &acme.url(),
+    ]);
+    assert_eq!(exit_code(&hang), 0, "{}", stderr(&hang));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let hog_token = token(&server, "hog", &[]);
+    let globex_token = token(&server, "globex", &[]);
+    let addr = gateway_addr(&server);
+    let hog_client = reqwest::Client::builder()
+        .resolve("hog.localhost", addr)
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+
+    // The flood: more requests than the hog may have in flight.
+    let flood: Vec<_> = (0..100)
+        .map(|_| {
+            let request = hog_client.get(url(&server, "hog", "/hang")).bearer_auth(&hog_token);
+            tokio::spawn(async move {
+                match tokio::time::timeout(Duration::from_secs(3), request.send()).await {
+                    Ok(Ok(response)) => Some(response.status().as_u16()),
+                    _ => None,
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // Meanwhile another tenant is served as before.
+    let client = client(&server);
+    for _ in 0..20 {
+        let (status, _) =
+            call(&client, &url(&server, "globex", "/echo"), Some(&globex_token)).await;
+        assert_eq!(status, 200);
+    }
+    assert_eq!(globex.seen().len(), 20);
+
+    let mut overloaded = 0;
+    let mut hanging = 0;
+    for request in flood {
+        match request.await.unwrap() {
+            Some(503) => overloaded += 1,
+            None => hanging += 1,
+            Some(other) => panic!("the hog got {other}"),
+        }
+    }
+    // At most 32 reached the upstream (its connection cap); the rest were
+    // refused at once, for the hog only.
+    assert!(hanging <= 32, "{hanging} hanging, {overloaded} refused");
+    assert!(overloaded >= 68, "{hanging} hanging, {overloaded} refused");
+    let reached = acme.seen().iter().filter(|s| s.target == "/hang").count();
+    assert!(reached <= 32, "{reached} requests reached the hanging upstream");
+}
+
+#[tokio::test]
+async fn a_websocket_is_proxied_and_echoes() {
+    use std::{
+        io::BufRead,
+        process::{Child, Command, Stdio},
+    };
+    struct Killed(Child);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let Two { server, .. } = two_tenants("").await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e/ws_echo.py");
+    let mut upstream = Killed(
+        Command::new("python3").args([script, "serve"]).stdout(Stdio::piped()).spawn().unwrap(),
+    );
+    let mut port = String::new();
+    std::io::BufReader::new(upstream.0.stdout.take().unwrap()).read_line(&mut port).unwrap();
+    let created = server.cli(&[
+        "apis",
+        "create",
+        "--tenant",
+        "acme",
+        "chat",
+        "--prefix",
+        "/ws",
+        "--upstream",
+        &format!("http://127.0.0.1:{}", port.trim()),
+    ]);
+    assert_eq!(exit_code(&created), 0, "{}", stderr(&created));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let gateway_port = gateway_addr(&server).port().to_string();
+    let acme_token = token(&server, "acme", &[]);
+    let client = Command::new("python3")
+        .args([script, "client", &gateway_port, &acme_token])
+        .output()
+        .unwrap();
+    assert!(
+        client.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&client.stderr),
+        server.log()
+    );
+    let lines: Vec<String> =
+        String::from_utf8_lossy(&client.stdout).lines().map(str::to_owned).collect();
+    assert_eq!(lines, ["tenant=acme", "one", "two", "three"]);
+
+    // Without a valid credential the upgrade never reaches the upstream.
+    let refused =
+        Command::new("python3").args([script, "client", &gateway_port, "forged"]).output().unwrap();
+    assert!(!refused.status.success());
+    let error = String::from_utf8_lossy(&refused.stderr);
+    assert!(error.contains("401"), "{error}");
 }

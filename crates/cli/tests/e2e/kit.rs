@@ -23,6 +23,7 @@ const INHERITED: &[&str] = &[
     "BULKHEAD_API_LISTEN",
     "BULKHEAD_GATEWAY_LISTEN",
     "BULKHEAD_BASE_DOMAIN",
+    "BULKHEAD_REDIS",
     "BULKHEAD_LOG_FORMAT",
     "BULKHEAD_LOG",
     "BULKHEAD_MASTER_KEY",
@@ -31,7 +32,7 @@ const INHERITED: &[&str] = &[
 ];
 
 /// What test servers log unless a test asks for more.
-const LOG_FILTER: &str = "info,bulkhead_control=debug,sqlx=warn";
+const LOG_FILTER: &str = "info,bulkhead_control=debug,bulkhead_gateway=debug,sqlx=warn";
 
 pub fn command() -> Command {
     let mut command = Command::new(BIN);
@@ -431,4 +432,60 @@ pub async fn role_exists(role: &str) -> bool {
         .await
         .unwrap();
     found.is_some()
+}
+
+/// `bulkhead serve --role gateway`: a gateway on its own, following a
+/// PostgreSQL store.
+pub struct GatewayProcess {
+    child: Child,
+    /// `http://127.0.0.1:<port>`.
+    pub url: String,
+    dir: tempfile::TempDir,
+}
+
+impl GatewayProcess {
+    /// Starts one on `store` (a URL) with `config` as its `bulkhead.toml`,
+    /// and waits until it serves.
+    pub async fn start(store: &str, config: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("bulkhead.toml"), config).unwrap();
+        let log = dir.path().join("gateway.log");
+        let child = command()
+            .args(["serve", "--role", "gateway", "--store", store])
+            .args(["--gateway-listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir.path().join("data"))
+            .arg("--config")
+            .arg(dir.path().join("bulkhead.toml"))
+            .env("BULKHEAD_LOG", "info,bulkhead_control=debug,sqlx=warn")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let mut gateway = Self { child, url: String::new(), dir };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = gateway.child.try_wait().unwrap() {
+                panic!("gateway exited with {status}:\n{}", gateway.log());
+            }
+            let text = gateway.log();
+            if let Some(at) = text.find("gateway ready gateway=") {
+                let rest = &text[at + "gateway ready gateway=".len()..];
+                gateway.url = rest.split_whitespace().next().unwrap().to_owned();
+                return gateway;
+            }
+            assert!(Instant::now() < deadline, "gateway did not start:\n{}", gateway.log());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("gateway.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

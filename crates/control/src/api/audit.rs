@@ -10,10 +10,8 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use bulkhead_audit::export::Exporter;
-use bulkhead_vault::ttl::parse_duration;
 use futures_util::StreamExt;
 use serde::Deserialize;
-use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 use utoipa::{IntoParams, ToSchema};
 
 use super::{
@@ -58,20 +56,6 @@ pub struct AuditKeyList {
     /// Ed25519 public keys (base64url) that sign the stream's checkpoints.
     #[schema(value_type = Vec<Object>)]
     pub keys: Vec<bulkhead_audit::PublicKeyInfo>,
-}
-
-fn since(params: &ExportParams, now: OffsetDateTime) -> Result<Option<OffsetDateTime>, ApiError> {
-    let Some(text) = params.since.as_deref() else { return Ok(None) };
-    if let Ok(at) = OffsetDateTime::parse(text, &Rfc3339) {
-        return Ok(Some(at));
-    }
-    let ago = parse_duration(text).map_err(|e| {
-        ApiError::new(
-            ErrorCode::InvalidRequest,
-            format!("since {text:?} is neither an RFC 3339 time nor a duration: {e}"),
-        )
-    })?;
-    Ok(Some(now - ago))
 }
 
 async fn tail(
@@ -163,7 +147,7 @@ pub async fn tenant_export(
 ) -> Result<Response, ApiError> {
     record_tenant(&tenant);
     let Query(params) = params?;
-    let since = since(&params, state.audit.now())?;
+    let since = super::since(params.since.as_deref(), state.audit.now())?;
     let exporter = state.audit.export(&actor, &StreamRequest::Tenant(tenant), since).await?;
     ndjson(exporter).await
 }
@@ -196,7 +180,7 @@ pub async fn platform_export(
     params: Result<Query<ExportParams>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(params) = params?;
-    let since = since(&params, state.audit.now())?;
+    let since = super::since(params.since.as_deref(), state.audit.now())?;
     let exporter = state.audit.export(&actor, &StreamRequest::Platform, since).await?;
     ndjson(exporter).await
 }

@@ -18,7 +18,7 @@ use bulkhead_vault::VaultError;
 use super::types::{ErrorBody, ErrorDetail};
 use crate::{
     admission::Refused, apis::ApisError, audit::AuditServiceError, credentials::CredentialError,
-    identity::IdentityError, tenants::TenantError, vault::VaultServiceError,
+    identity::IdentityError, tenants::TenantError, usage::UsageError, vault::VaultServiceError,
 };
 
 /// The table of error codes: each with its HTTP status.
@@ -305,6 +305,18 @@ impl From<VaultServiceError> for ApiError {
             VaultServiceError::Quota(_) => QuotaExceeded,
         };
         Self::new(code, error.to_string())
+    }
+}
+
+impl From<UsageError> for ApiError {
+    fn from(error: UsageError) -> Self {
+        match error {
+            UsageError::Store(ref store) => store_error(store),
+            UsageError::TenantNotFound(_) => {
+                Self::new(ErrorCode::TenantNotFound, error.to_string())
+            }
+            UsageError::Forbidden(_) => Self::new(ErrorCode::Forbidden, error.to_string()),
+        }
     }
 }
 

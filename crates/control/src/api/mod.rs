@@ -11,6 +11,7 @@ mod identity;
 mod meta;
 mod tenants;
 pub mod types;
+pub mod usage;
 mod vault;
 
 use std::{
@@ -246,6 +247,7 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(identity::set_trust, identity::get_trust, identity::remove_trust))
         .routes(routes!(apis::create_api, apis::list_apis))
         .routes(routes!(apis::get_api, apis::put_api, apis::delete_api))
+        .routes(routes!(usage::tenant_usage))
         .routes(routes!(audit::tenant_events))
         .routes(routes!(audit::tenant_export))
         .routes(routes!(audit::platform_events))
@@ -304,6 +306,27 @@ pub(crate) fn ttl(text: Option<&str>) -> Result<Option<std::time::Duration>, Api
     text.map(bulkhead_vault::ttl::parse_duration)
         .transpose()
         .map_err(|e| ApiError::new(ErrorCode::InvalidRequest, format!("ttl: {e}")))
+}
+
+/// A `since` parameter: RFC 3339 (`2026-12-01T00:00:00Z`) or a duration
+/// back from `now` (`24h`, `7d`).
+pub(crate) fn since(
+    text: Option<&str>,
+    now: time::OffsetDateTime,
+) -> Result<Option<time::OffsetDateTime>, ApiError> {
+    let Some(text) = text else { return Ok(None) };
+    if let Ok(at) =
+        time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+    {
+        return Ok(Some(at));
+    }
+    let ago = bulkhead_vault::ttl::parse_duration(text).map_err(|e| {
+        ApiError::new(
+            ErrorCode::InvalidRequest,
+            format!("since {text:?} is neither an RFC 3339 time nor a duration: {e}"),
+        )
+    })?;
+    Ok(Some(now - ago))
 }
 
 /// Names the tenant a request is about on its span (and so in its logs).

@@ -1,0 +1,203 @@
+//! Reads: how a request ended. Adds: its usage event, always, and its
+//! audit record, as its API's audit level says (refusals before an API was
+//! chosen count as the default, `denied`). Both are queued with `try_send`:
+//! a full queue drops the record and counts it, and never holds a request.
+//!
+//! An allowed request is recorded when its response body ends (or is
+//! dropped), so that the bytes it sent are known: [`Pending`] does that.
+
+use std::{
+    borrow::Cow,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use bulkhead_meter::{Outcome, UsageEvent, UsageRecorder};
+use bulkhead_model::AuditLevel;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+use crate::error::Refusal;
+
+/// One decision, for the tenant's audit stream. A gateway beside the
+/// control plane hands it over in memory; one on its own queues it in the
+/// store as JSON, for the control plane to record and sign.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditRecord {
+    pub tenant: Uuid,
+    pub api: Option<String>,
+    pub subject: Option<String>,
+    pub method: String,
+    pub path: String,
+    pub status: u16,
+    /// Why it was refused; `None` when allowed.
+    pub refused: Option<Refused>,
+    pub request_id: String,
+    /// Unix seconds.
+    pub at: i64,
+}
+
+/// The phase, code and reason of a refusal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refused {
+    pub phase: Cow<'static, str>,
+    pub code: Cow<'static, str>,
+    pub reason: Cow<'static, str>,
+}
+
+/// Where the gateway's records go.
+#[derive(Debug)]
+pub struct Recorder {
+    usage: UsageRecorder,
+    audit: mpsc::Sender<AuditRecord>,
+    audit_dropped: AtomicU64,
+}
+
+impl Recorder {
+    /// A recorder and the receiving end of its audit queue (of `capacity`).
+    pub fn new(usage: UsageRecorder, capacity: usize) -> (Self, mpsc::Receiver<AuditRecord>) {
+        let (audit, receiver) = mpsc::channel(capacity);
+        (Self { usage, audit, audit_dropped: AtomicU64::new(0) }, receiver)
+    }
+
+    /// Usage events and audit records dropped because a queue was full.
+    pub fn dropped(&self) -> (u64, u64) {
+        (self.usage.dropped(), self.audit_dropped.load(Ordering::Relaxed))
+    }
+
+    fn audit(&self, record: AuditRecord) {
+        if self.audit.try_send(record).is_err() {
+            self.audit_dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// What the request path learned about a request, phase by phase, for its
+/// record however it ends.
+#[derive(Debug, Default)]
+pub struct Learned {
+    pub tenant: Option<Uuid>,
+    /// The resolved tenant's runtime, for its counters.
+    pub runtime: Option<Arc<crate::limit::TenantRuntime>>,
+    pub api: Option<Arc<str>>,
+    pub audit: Option<AuditLevel>,
+    pub subject: Option<String>,
+}
+
+/// What a request did, besides what [`Learned`] holds.
+#[derive(Debug, Clone)]
+pub struct Ended {
+    pub method: String,
+    pub path: String,
+    pub status: u16,
+    pub request_id: String,
+    pub at: i64,
+}
+
+fn at(unix: i64) -> time::OffsetDateTime {
+    time::OffsetDateTime::from_unix_timestamp(unix).unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
+}
+
+/// Records a refused request at once. Nothing is recorded for a host
+/// that named no tenant: there is no tenant to charge it to.
+pub fn refused(recorder: &Recorder, learned: Learned, ended: Ended, refusal: &Refusal) {
+    let Some(tenant) = learned.tenant else { return };
+    recorder.usage.record(UsageEvent {
+        tenant,
+        api: learned.api.clone(),
+        outcome: Outcome::Refused { phase: refusal.phase.as_str(), reason: refusal.code.as_str() },
+        status: ended.status,
+        bytes_in: 0,
+        bytes_out: 0,
+        upstream_latency: None,
+        at: at(ended.at),
+    });
+    if learned.audit.unwrap_or_default() != AuditLevel::Off {
+        recorder.audit(AuditRecord {
+            tenant,
+            api: learned.api.as_deref().map(str::to_owned),
+            subject: learned.subject,
+            method: ended.method,
+            path: ended.path,
+            status: ended.status,
+            refused: Some(Refused {
+                phase: refusal.phase.as_str().into(),
+                code: refusal.code.as_str().into(),
+                reason: refusal.reason.clone(),
+            }),
+            request_id: ended.request_id,
+            at: ended.at,
+        });
+    }
+}
+
+/// An allowed request's record: made before the request goes upstream,
+/// completed when the upstream answers, and sent when dropped (its response
+/// body ended), with the bytes counted by then. Never answered, it records
+/// nothing: the refusal that ended the request is recorded instead.
+#[derive(Debug)]
+pub struct Pending {
+    recorder: Arc<Recorder>,
+    learned: Learned,
+    ended: Ended,
+    answered: bool,
+    latency: Duration,
+    pub bytes_in: Arc<AtomicU64>,
+    pub bytes_out: Arc<AtomicU64>,
+}
+
+impl Pending {
+    pub fn new(recorder: Arc<Recorder>, learned: Learned, ended: Ended) -> Self {
+        Self {
+            recorder,
+            learned,
+            ended,
+            answered: false,
+            latency: Duration::ZERO,
+            bytes_in: Arc::default(),
+            bytes_out: Arc::default(),
+        }
+    }
+
+    /// The upstream answered: the request is allowed, and will be recorded.
+    pub fn answered(&mut self, status: u16, latency: Duration) {
+        self.ended.status = status;
+        self.latency = latency;
+        self.answered = true;
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        let Some(tenant) = self.learned.tenant.filter(|_| self.answered) else { return };
+        let ended = &mut self.ended;
+        let api = self.learned.api.clone();
+        self.recorder.usage.record(UsageEvent {
+            tenant,
+            api: api.clone(),
+            outcome: Outcome::Allowed,
+            status: ended.status,
+            bytes_in: self.bytes_in.load(Ordering::Relaxed),
+            bytes_out: self.bytes_out.load(Ordering::Relaxed),
+            upstream_latency: Some(self.latency),
+            at: at(ended.at),
+        });
+        if self.learned.audit == Some(AuditLevel::All) {
+            self.recorder.audit(AuditRecord {
+                tenant,
+                api: api.as_deref().map(str::to_owned),
+                subject: self.learned.subject.take(),
+                method: std::mem::take(&mut ended.method),
+                path: std::mem::take(&mut ended.path),
+                status: ended.status,
+                refused: None,
+                request_id: std::mem::take(&mut ended.request_id),
+                at: ended.at,
+            });
+        }
+    }
+}
