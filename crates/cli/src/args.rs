@@ -60,6 +60,8 @@ pub enum Output {
     Table,
     /// The API's JSON, for scripts
     Json,
+    /// YAML manifests (`bulkhead get` only)
+    Yaml,
 }
 
 #[derive(Debug, Subcommand)]
@@ -114,6 +116,63 @@ pub enum Command {
     /// Tenants' audit streams: read, export, verify offline
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Create or change what manifests declare (tenants first, then their
+    /// APIs); prints created, changed or unchanged for each
+    Apply(ApplyArgs),
+    /// Show what `apply` would change; exits 1 when something would, 0
+    /// when nothing would
+    Diff(ManifestFiles),
+    /// Delete what manifests declare (APIs first, then tenants)
+    Delete(DeleteManifestArgs),
+    /// Print a tenant or an API as a manifest that `apply` accepts (YAML,
+    /// or JSON with -o json)
+    #[command(subcommand)]
+    Get(GetCommand),
+}
+
+/// Where manifests are read from.
+#[derive(Debug, Args)]
+pub struct ManifestFiles {
+    /// A manifest file, or a directory (its *.yaml and *.yml files, in name
+    /// order); `-` reads standard input (repeatable)
+    #[arg(short = 'f', long = "filename", value_name = "FILE|DIR", required = true)]
+    pub files: Vec<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    #[command(flatten)]
+    pub files: ManifestFiles,
+    /// Give up waiting for a new tenant to be provisioned after this many
+    /// seconds
+    #[arg(long, default_value_t = 300, value_name = "SECONDS")]
+    pub timeout: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct DeleteManifestArgs {
+    #[command(flatten)]
+    pub files: ManifestFiles,
+    /// Do not ask before deleting tenants
+    #[arg(long)]
+    pub yes: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GetCommand {
+    /// A tenant: its plan, placement and limits
+    Tenant {
+        name: String,
+        /// Its APIs too, each a document of its own after the tenant's
+        #[arg(long)]
+        apis: bool,
+    },
+    /// One API of a tenant
+    Api {
+        #[arg(long)]
+        tenant: String,
+        name: String,
+    },
 }
 
 /// The stream an audit command reads: a tenant's, or the platform's.
@@ -553,6 +612,9 @@ pub enum TenantsCommand {
     },
     /// Show a tenant and its provisioning steps
     Get { name: String },
+    /// Change a tenant's plan or its gateway limits (its isolation and region
+    /// cannot change)
+    Update(UpdateArgs),
     /// Suspend an active tenant
     Suspend { name: String },
     /// Resume a suspended tenant
@@ -579,7 +641,67 @@ pub struct CreateArgs {
     #[arg(long, value_name = "EMAIL")]
     pub admin_email: Option<String>,
     #[command(flatten)]
+    pub limits: LimitArgs,
+    #[command(flatten)]
     pub wait: WaitArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct UpdateArgs {
+    pub name: String,
+    /// The new plan (see `bulkhead plans list`); the tenant keeps its
+    /// isolation
+    #[arg(long)]
+    pub plan: Option<String>,
+    #[command(flatten)]
+    pub limits: LimitArgs,
+    /// Drop the tenant's limit overrides first: its plan's limits apply
+    /// again, but for what the other limit flags say
+    #[arg(long)]
+    pub reset_limits: bool,
+}
+
+/// A tenant's own gateway limits, each in place of its plan's.
+#[derive(Debug, Args)]
+pub struct LimitArgs {
+    /// Requests a minute for the whole tenant at the gateway
+    #[arg(long, value_name = "N", requires = "burst")]
+    pub rate_limit: Option<u32>,
+    /// Requests that may come at once above that pace
+    #[arg(long, value_name = "N", requires = "rate_limit")]
+    pub burst: Option<u32>,
+    /// Requests of the tenant in flight at once
+    #[arg(long, value_name = "N")]
+    pub max_in_flight: Option<u32>,
+    /// Connections the tenant's upstreams may hold at once
+    #[arg(long, value_name = "N")]
+    pub max_upstream_connections: Option<u32>,
+    /// What the tenant's shared rate limit does while Redis is unreachable:
+    /// local or deny
+    #[arg(long, value_name = "local|deny", value_parser = <bulkhead_model::LimiterFallback as FromStr>::from_str)]
+    pub limiter_fallback: Option<bulkhead_model::LimiterFallback>,
+}
+
+impl LimitArgs {
+    /// Whether any limit flag was given.
+    pub fn any(&self) -> bool {
+        self.rate_limit.is_some()
+            || self.max_in_flight.is_some()
+            || self.max_upstream_connections.is_some()
+            || self.limiter_fallback.is_some()
+    }
+
+    /// `limits` with what the flags say in place.
+    pub fn over(&self, mut limits: bulkhead_model::TenantLimits) -> bulkhead_model::TenantLimits {
+        if let (Some(requests_per_minute), Some(burst)) = (self.rate_limit, self.burst) {
+            limits.rate_limit = Some(bulkhead_model::Rate { requests_per_minute, burst });
+        }
+        limits.max_in_flight = self.max_in_flight.or(limits.max_in_flight);
+        limits.max_upstream_connections =
+            self.max_upstream_connections.or(limits.max_upstream_connections);
+        limits.limiter_fallback = self.limiter_fallback.or(limits.limiter_fallback);
+        limits
+    }
 }
 
 #[derive(Debug, Args)]

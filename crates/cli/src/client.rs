@@ -8,10 +8,10 @@ use bulkhead_control::api::{
     types::{
         ApiApplied, ApiKeyCreated, ApiKeyList, ApiList, CreateApiKeyRequest, CreateTenantRequest,
         CredentialView, ErrorBody, IssueCredentialRequest, IssueTokenRequest, KeyStatusView,
-        LeaseList, LeaseView, LockoutList, MasterRotationView, PlanList, RealmKeyList,
+        LeaseList, LeaseView, LockoutList, MasterRotationView, PlanList, RealmKeyList, RegionList,
         RevokedTokensView, RewrapView, RotateKeyView, RotateRealmKeyView, SecretList,
         SecretWritten, ServerStatus, TenantKeyRequest, TenantKeyView, TenantList, TenantView,
-        TokenView, TrustRequest, TrustView,
+        TokenView, TrustRequest, TrustView, UpdateTenantRequest,
     },
     usage::UsageList,
 };
@@ -258,13 +258,17 @@ impl ApiClient {
         self.call(Method::GET, self.url(&["v1", "tenants", name])?, &[]).await
     }
 
+    pub async fn update_tenant(
+        &self,
+        name: &str,
+        request: &UpdateTenantRequest,
+    ) -> Result<TenantView, CliError> {
+        self.call_json(Method::PATCH, self.url(&["v1", "tenants", name])?, request).await
+    }
+
     /// Like [`ApiClient::tenant`], but a 404 is an answer, not an error.
     pub async fn find_tenant(&self, name: &str) -> Result<Found<TenantView>, CliError> {
-        match self.tenant(name).await {
-            Ok(view) => Ok(Found::Yes(view)),
-            Err(e) if e.kind == Kind::NotFound => Ok(Found::Gone),
-            Err(e) => Err(e),
-        }
+        found(self.tenant(name).await)
     }
 
     pub async fn list_tenants(
@@ -294,6 +298,10 @@ impl ApiClient {
 
     pub async fn plans(&self) -> Result<PlanList, CliError> {
         self.call(Method::GET, self.url(&["v1", "plans"])?, &[]).await
+    }
+
+    pub async fn regions(&self) -> Result<RegionList, CliError> {
+        self.call(Method::GET, self.url(&["v1", "regions"])?, &[]).await
     }
 
     /// `/v1/tenants/{tenant}/secrets/{path...}`, one URL segment per path
@@ -490,6 +498,17 @@ impl ApiClient {
         self.call(Method::GET, self.url(&["v1", "tenants", tenant, "apis", name])?, &[]).await
     }
 
+    /// Like [`ApiClient::api`], but a 404 is an answer, not an error.
+    pub async fn find_api(&self, tenant: &str, name: &str) -> Result<Found<ApiSpec>, CliError> {
+        found(self.api(tenant, name).await)
+    }
+
+    /// Creates the API or changes it to `spec` (what `apply` does).
+    pub async fn put_api(&self, tenant: &str, spec: &ApiSpec) -> Result<ApiApplied, CliError> {
+        let url = self.url(&["v1", "tenants", tenant, "apis", spec.name.as_str()])?;
+        self.call_json(Method::PUT, url, spec).await
+    }
+
     pub async fn delete_api(&self, tenant: &str, name: &str) -> Result<(), CliError> {
         let url = self.url(&["v1", "tenants", tenant, "apis", name])?;
         self.send(self.http.delete(url)).await.map(|_| ())
@@ -498,6 +517,15 @@ impl ApiClient {
     pub async fn revoke_api_key(&self, tenant: &str, id: &str) -> Result<(), CliError> {
         let url = self.url(&["v1", "tenants", tenant, "api-keys", id])?;
         self.send(self.http.delete(url)).await.map(|_| ())
+    }
+}
+
+/// A 404 as an answer.
+fn found<T>(result: Result<T, CliError>) -> Result<Found<T>, CliError> {
+    match result {
+        Ok(value) => Ok(Found::Yes(value)),
+        Err(e) if e.kind == Kind::NotFound => Ok(Found::Gone),
+        Err(e) => Err(e),
     }
 }
 

@@ -6,7 +6,7 @@ use bulkhead_control::api::types::{
     ApiKeyView, CredentialView, KeyStatusView, LeaseView, LockoutView, RealmKeyView,
     SecretSummaryView, SecretWritten, ServerStatus, StepState, TenantView,
 };
-use bulkhead_model::{ApiAuth, ApiSpec, Plan};
+use bulkhead_model::{ApiAuth, ApiSpec, Plan, TenantLimits};
 use serde::Serialize;
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 
@@ -120,6 +120,7 @@ pub fn tenant(format: Output, view: &TenantView) -> Result<(), CliError> {
         ("Isolation", t.isolation.to_string()),
         ("Region", t.region.to_string()),
         ("Domain", view.domain.clone()),
+        ("Limits", limits(&t.limits)),
         ("Created", time(&t.created_at)),
     ];
     if let Some(email) = &t.admin_email {
@@ -156,6 +157,28 @@ pub fn tenant(format: Output, view: &TenantView) -> Result<(), CliError> {
         println!("\n{}", table(&["STEP", "STATE", "OUTPUT"], &rows));
     }
     Ok(())
+}
+
+/// A tenant's own limits, each in place of its plan's.
+fn limits(limits: &TenantLimits) -> String {
+    let mut own = Vec::new();
+    if let Some(rate) = limits.rate_limit {
+        own.push(format!("{}/min +{}", rate.requests_per_minute, rate.burst));
+    }
+    if let Some(n) = limits.max_in_flight {
+        own.push(format!("{n} in flight"));
+    }
+    if let Some(n) = limits.max_upstream_connections {
+        own.push(format!("{n} upstream connections"));
+    }
+    if let Some(fallback) = limits.limiter_fallback {
+        own.push(format!("fallback {}", fallback.as_str()));
+    }
+    if own.is_empty() {
+        "the plan's".to_owned()
+    } else {
+        format!("{}; the plan's otherwise", own.join(", "))
+    }
 }
 
 pub fn step_state(state: StepState) -> &'static str {

@@ -357,6 +357,7 @@ mod tests {
                 isolation: Isolation::Pool,
                 region: RegionName::default(),
                 admin_email: None,
+                limits: bulkhead_model::TenantLimits::default(),
             },
             OffsetDateTime::UNIX_EPOCH,
         )

@@ -210,7 +210,7 @@ impl GatewayFeed {
             })
             .collect();
         let limits = match self.plans.get(tenant.plan.as_str()) {
-            Ok(plan) => plan.gateway.clone(),
+            Ok(plan) => tenant.limits.apply(&plan.gateway),
             Err(error) => {
                 tracing::error!(tenant = %tenant.name, %error, "the tenant's plan is unknown; it is not served");
                 return None;

@@ -4,16 +4,16 @@
 use std::sync::Arc;
 
 use bulkhead_model::{
-    AdminEmail, AdminEmailError, Isolation, IsolationError, NewTenant, PlanCatalog, Regions,
-    StepRecord, Tenant, TenantId, TenantName, TenantNameError, TenantState, UnknownPlan,
+    AdminEmail, AdminEmailError, InvalidLimits, Isolation, IsolationError, NewTenant, PlanCatalog,
+    Regions, StepRecord, Tenant, TenantId, TenantName, TenantNameError, TenantState, UnknownPlan,
     UnknownRegion,
 };
 use bulkhead_store::{ControlStore, StoreError, TenantPage};
-use serde_json::json;
+use serde_json::{Value, json};
 use thiserror::Error;
 
 use crate::{
-    api::types::CreateTenantRequest,
+    api::types::{CreateTenantRequest, UpdateTenantRequest},
     clock::Clock,
     events::{Actor, EventLog},
     reconciler::ReconcilerHandle,
@@ -31,6 +31,14 @@ pub enum TenantError {
     Isolation(#[from] IsolationError),
     #[error(transparent)]
     InvalidEmail(#[from] AdminEmailError),
+    #[error(transparent)]
+    InvalidLimits(#[from] InvalidLimits),
+    /// A field that is fixed when the tenant is created was asked to change.
+    #[error(
+        "{field} cannot change for an existing tenant: {tenant:?} is {current}, not {requested} \
+         (to move it, create a new tenant and move its data)"
+    )]
+    Immutable { tenant: String, field: &'static str, current: String, requested: String },
     #[error("tenant {0:?} does not exist")]
     NotFound(String),
     #[error("{0}")]
@@ -94,6 +102,7 @@ impl TenantService {
         };
         let isolation = Isolation::resolve(request.isolation, plan, region)?;
         let admin_email = request.admin_email.as_deref().map(AdminEmail::parse).transpose()?;
+        request.limits.validate()?;
         let spec = NewTenant {
             id: TenantId::random(),
             name,
@@ -101,6 +110,7 @@ impl TenantService {
             isolation,
             region: region.name.clone(),
             admin_email,
+            limits: request.limits,
         };
         let tenant = Tenant::new(spec, self.clock.now());
         match self.store.insert_tenant(&tenant).await {
@@ -117,6 +127,7 @@ impl TenantService {
                 "ok",
                 json!({
                     "plan": tenant.plan, "isolation": tenant.isolation, "region": tenant.region,
+                    "limits": tenant.limits,
                 }),
             )
             .await;
@@ -179,13 +190,15 @@ impl TenantService {
         to: TenantState,
         (verb, done): (&str, &str),
     ) -> Result<Tenant, TenantError> {
-        self.change(name, actor, &format!("tenant.{verb}"), |tenant| match tenant.state {
-            state if state == to => Ok(None),
-            state if state == from => moved(tenant, to).map(Some),
-            state => Err(TenantError::InvalidState(format!(
-                "tenant {:?} is {state}; only {from} tenants can be {done}",
-                tenant.name.as_str()
-            ))),
+        self.change(name, actor, &format!("tenant.{verb}"), state_change, |tenant| {
+            match tenant.state {
+                state if state == to => Ok(None),
+                state if state == from => moved(tenant, to).map(Some),
+                state => Err(TenantError::InvalidState(format!(
+                    "tenant {:?} is {state}; only {from} tenants can be {done}",
+                    tenant.name.as_str()
+                ))),
+            }
         })
         .await
     }
@@ -201,7 +214,7 @@ impl TenantService {
     ) -> Result<Tenant, TenantError> {
         let action = if purge { "tenant.purge" } else { "tenant.delete" };
         let tenant = self
-            .change(name, actor, action, |tenant| {
+            .change(name, actor, action, state_change, |tenant| {
                 let offboard = || -> Result<Tenant, TenantError> {
                     let mut next = match tenant.state {
                         TenantState::Offboarding => tenant.clone(),
@@ -233,6 +246,76 @@ impl TenantService {
         Ok(tenant)
     }
 
+    /// Changes the tenant's plan, its limits, or both. Its isolation and
+    /// region were fixed when it was created: a request may repeat them, not
+    /// change them. A plan whose default isolation differs is fine; the
+    /// tenant keeps its own.
+    pub async fn update(
+        &self,
+        name: &str,
+        request: UpdateTenantRequest,
+        actor: &Actor,
+    ) -> Result<Tenant, TenantError> {
+        let plan = match &request.plan {
+            Some(plan) => Some(self.plans.get(plan)?.name.clone()),
+            None => None,
+        };
+        if let Some(limits) = &request.limits {
+            limits.validate()?;
+        }
+        self.change(name, actor, "tenant.update", plan_and_limits, |tenant| {
+            let immutable = |field, current: String, requested: String| TenantError::Immutable {
+                tenant: tenant.name.to_string(),
+                field,
+                current,
+                requested,
+            };
+            if let Some(isolation) = request.isolation
+                && isolation != tenant.isolation
+            {
+                return Err(immutable(
+                    "isolation",
+                    tenant.isolation.to_string(),
+                    isolation.to_string(),
+                ));
+            }
+            if let Some(region) = &request.region
+                && region != tenant.region.as_str()
+            {
+                return Err(immutable(
+                    "region",
+                    format!("in region {}", tenant.region),
+                    format!("in {region}"),
+                ));
+            }
+            let name = tenant.name.as_str();
+            match tenant.state {
+                TenantState::Provisioning | TenantState::Active | TenantState::Suspended => {}
+                TenantState::Failed => {
+                    return Err(TenantError::InvalidState(format!(
+                        "tenant {name:?} failed provisioning and cannot change; delete it with \
+                         `bulkhead tenants delete {name} --purge --yes` and create it again"
+                    )));
+                }
+                TenantState::Offboarding | TenantState::Deleted => {
+                    return Err(TenantError::InvalidState(format!(
+                        "tenant {name:?} is {}; it cannot change",
+                        tenant.state
+                    )));
+                }
+            }
+            let mut next = tenant.clone();
+            if let Some(plan) = &plan {
+                next.plan = plan.clone();
+            }
+            if let Some(limits) = &request.limits {
+                next.limits = limits.clone();
+            }
+            Ok((next.plan != tenant.plan || next.limits != tenant.limits).then_some(next))
+        })
+        .await
+    }
+
     async fn find(&self, name: &str) -> Result<Tenant, TenantError> {
         // Shape only: a tenant whose name was reserved after it took it must
         // stay reachable.
@@ -242,12 +325,14 @@ impl TenantService {
 
     /// Applies `decide` to the current record and writes the result, retrying
     /// when the record changed in between. `decide` returns `None` when
-    /// there is nothing to change.
+    /// there is nothing to change. The event's details are what `details`
+    /// makes of the record before and after.
     async fn change<F>(
         &self,
         name: &str,
         actor: &Actor,
         action: &str,
+        details: fn(&Tenant, &Tenant) -> Value,
         decide: F,
     ) -> Result<Tenant, TenantError>
     where
@@ -264,13 +349,7 @@ impl TenantService {
                 Ok(stored) => {
                     tracing::info!(tenant = %stored.name, from = %current.state, to = %stored.state, action, "tenant changed");
                     self.events
-                        .record(
-                            actor,
-                            &stored,
-                            action,
-                            "ok",
-                            json!({ "from": current.state, "to": stored.state }),
-                        )
+                        .record(actor, &stored, action, "ok", details(&current, &stored))
                         .await;
                     return Ok(stored);
                 }
@@ -279,6 +358,17 @@ impl TenantService {
             }
         }
     }
+}
+
+/// What a lifecycle event says: the state before and after.
+fn state_change(before: &Tenant, after: &Tenant) -> Value {
+    json!({ "from": before.state, "to": after.state })
+}
+
+/// What a `tenant.update` event says: the plan and limits before and after.
+fn plan_and_limits(before: &Tenant, after: &Tenant) -> Value {
+    let settings = |t: &Tenant| json!({ "plan": t.plan, "limits": t.limits });
+    json!({ "before": settings(before), "after": settings(after) })
 }
 
 /// `tenant` moved to `next`, if the lifecycle allows it.

@@ -77,6 +77,7 @@ impl Fixture {
                 isolation: Isolation::Silo,
                 region: RegionName::parse("local").unwrap(),
                 admin_email: None,
+                limits: bulkhead_model::TenantLimits::default(),
             },
             SystemClock.now(),
         );

@@ -148,6 +148,7 @@ impl Fixture {
                 isolation,
                 region: self.regions.default_region().name.clone(),
                 admin_email: None,
+                limits: bulkhead_model::TenantLimits::default(),
             },
             SystemClock.now(),
         );

@@ -249,18 +249,32 @@ pub enum AuditLevel {
 /// A request rate: a sustained pace and how many may come at once above
 /// it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
+#[serde(remote = "Self", deny_unknown_fields)]
 pub struct Rate {
+    #[schema(minimum = 1, maximum = 60_000_000)]
     pub requests_per_minute: u32,
+    #[schema(minimum = 1, maximum = 1_000_000)]
     pub burst: u32,
 }
 
+crate::from_a_mapping_only!(Rate);
+
 impl Rate {
+    /// A million requests a second.
+    pub const MAX_PER_MINUTE: u32 = 60_000_000;
+    pub const MAX_BURST: u32 = 1_000_000;
+
     pub fn validate(&self, field: &'static str) -> Result<(), InvalidApi> {
-        if self.requests_per_minute == 0 || self.burst == 0 {
+        if !(1..=Self::MAX_PER_MINUTE).contains(&self.requests_per_minute)
+            || !(1..=Self::MAX_BURST).contains(&self.burst)
+        {
             return Err(invalid(
                 field,
-                "requests_per_minute and burst must be at least 1 (to shut an API, delete it)",
+                format!(
+                    "requests_per_minute must be 1 to {} and burst 1 to {}",
+                    Self::MAX_PER_MINUTE,
+                    Self::MAX_BURST
+                ),
             ));
         }
         Ok(())
@@ -485,7 +499,7 @@ mod tests {
             ),
             (
                 serde_json::json!({"name": "a", "prefix": "/", "upstreams": ["http://x:1"], "rate_limit": {"requests_per_minute": 0, "burst": 1}}),
-                "rate_limit: requests_per_minute and burst must be at least 1",
+                "rate_limit: requests_per_minute must be 1 to 60000000 and burst 1 to 1000000",
             ),
             (
                 serde_json::json!({"name": "a", "prefix": "/", "upstreams": ["http://x:1"], "timeouts": {"connect_ms": 0}}),

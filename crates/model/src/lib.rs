@@ -8,8 +8,11 @@
 
 mod api;
 mod email;
+mod fields;
 mod isolation;
 mod label;
+mod limits;
+pub mod manifest;
 mod plan;
 mod region;
 mod role;
@@ -22,6 +25,7 @@ pub use api::{
 pub use email::{AdminEmail, AdminEmailError};
 pub use isolation::{Isolation, IsolationError, UnknownIsolation};
 pub use label::{BaseDomain, RESERVED_TENANT_NAMES, RegionName, TenantName, TenantNameError};
+pub use limits::{InvalidLimits, TenantLimits};
 pub use plan::{
     BackupPolicy, ControlQuotas, CostCaps, GatewayLimits, LimiterFallback, Plan, PlanCatalog,
     PlanName, RuntimeLimits, UnknownPlan, VaultPolicy,

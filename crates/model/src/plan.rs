@@ -76,6 +76,25 @@ pub enum LimiterFallback {
     Deny,
 }
 
+impl LimiterFallback {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LimiterFallback::Local => "local",
+            LimiterFallback::Deny => "deny",
+        }
+    }
+}
+
+impl std::str::FromStr for LimiterFallback {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        [LimiterFallback::Local, LimiterFallback::Deny]
+            .into_iter()
+            .find(|f| f.as_str() == s)
+            .ok_or_else(|| format!("{s:?} is not a limiter fallback; use local or deny"))
+    }
+}
+
 /// Monthly spend on metered usage, in whole US dollars: above `soft_usd` the
 /// tenant is throttled with 429 and Retry-After, above `hard_usd` refused.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -301,6 +320,19 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "unknown plan \"gold\"; valid plans: starter, professional, enterprise"
+        );
+    }
+
+    #[test]
+    fn fallbacks_parse_and_print() {
+        for fallback in [LimiterFallback::Local, LimiterFallback::Deny] {
+            assert_eq!(fallback.as_str().parse::<LimiterFallback>(), Ok(fallback));
+            let json = serde_json::to_string(&fallback).unwrap();
+            assert_eq!(json, format!("\"{}\"", fallback.as_str()));
+        }
+        assert_eq!(
+            "block".parse::<LimiterFallback>(),
+            Err("\"block\" is not a limiter fallback; use local or deny".to_owned())
         );
     }
 

@@ -8,7 +8,7 @@ use time::OffsetDateTime;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::{AdminEmail, Isolation, PlanName, RegionName, TenantName};
+use crate::{AdminEmail, Isolation, PlanName, RegionName, TenantLimits, TenantName};
 
 /// A tenant's permanent identity. Names can be reused after a purge; ids
 /// never are, which is why resources outside the control store (databases,
@@ -147,6 +147,9 @@ pub struct Tenant {
     pub isolation: Isolation,
     pub region: RegionName,
     pub admin_email: Option<AdminEmail>,
+    /// The tenant's own gateway limits, in place of its plan's.
+    #[serde(default)]
+    pub limits: TenantLimits,
     pub state: TenantState,
     pub failure: Option<Failure>,
     /// Offboarding will remove the tenant's record too, not just its
@@ -194,6 +197,7 @@ impl Tenant {
             isolation: spec.isolation,
             region: spec.region,
             admin_email: spec.admin_email,
+            limits: spec.limits,
             state: TenantState::Provisioning,
             failure: None,
             purge_requested: false,
@@ -224,6 +228,7 @@ pub struct NewTenant {
     pub isolation: Isolation,
     pub region: RegionName,
     pub admin_email: Option<AdminEmail>,
+    pub limits: TenantLimits,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -308,6 +313,7 @@ mod tests {
             isolation: Isolation::Silo,
             region: RegionName::default(),
             admin_email: None,
+            limits: TenantLimits::default(),
         };
         let mut tenant = Tenant::new(spec, OffsetDateTime::UNIX_EPOCH);
         assert!(tenant.needs_work());

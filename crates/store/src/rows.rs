@@ -3,7 +3,8 @@
 //! rather than trusted.
 
 use bulkhead_model::{
-    AdminEmail, Failure, PlanName, RegionName, StepRecord, Tenant, TenantId, TenantName,
+    AdminEmail, Failure, PlanName, RegionName, StepRecord, Tenant, TenantId, TenantLimits,
+    TenantName,
 };
 use sqlx::types::Json;
 use time::OffsetDateTime;
@@ -20,6 +21,8 @@ pub(crate) struct TenantRow {
     isolation: String,
     region: String,
     admin_email: Option<String>,
+    /// `TenantLimits` in JSON.
+    limits: String,
     state: String,
     failure_step: Option<String>,
     failure_reason: Option<String>,
@@ -36,12 +39,18 @@ pub(crate) struct TenantRow {
 /// `&'static` statements from it.
 macro_rules! tenant_columns {
     () => {
-        "id, name, plan, isolation, region, admin_email, state, failure_step, failure_reason, \
-         failure_undone, purge_requested, last_error, version, created_at, updated_at, \
-         provisioned_at"
+        "id, name, plan, isolation, region, admin_email, limits, state, failure_step, \
+         failure_reason, failure_undone, purge_requested, last_error, version, created_at, \
+         updated_at, provisioned_at"
     };
 }
 pub(crate) use tenant_columns;
+
+/// A tenant's limits as the `limits` column holds them.
+pub(crate) fn limits_json(limits: &TenantLimits) -> String {
+    // A struct of options and numbers always serialises.
+    serde_json::to_string(limits).unwrap_or_else(|_| "{}".to_owned())
+}
 
 fn corrupt(what: &str, err: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(format!("{what}: {err}"))
@@ -57,6 +66,9 @@ impl TryFrom<TenantRow> for Tenant {
             }
             _ => None,
         };
+        let limits: TenantLimits =
+            serde_json::from_str(&row.limits).map_err(|e| corrupt("tenant limits", e))?;
+        limits.validate().map_err(|e| corrupt("tenant limits", e))?;
         Ok(Tenant {
             id: TenantId(row.id),
             name: TenantName::parse_stored(&row.name).map_err(|e| corrupt("tenant name", e))?,
@@ -68,6 +80,7 @@ impl TryFrom<TenantRow> for Tenant {
                 .map(|e| AdminEmail::parse(&e))
                 .transpose()
                 .map_err(|e| corrupt("admin email", e))?,
+            limits,
             state: row.state.parse().map_err(|e| corrupt("state", e))?,
             failure,
             purge_requested: row.purge_requested,

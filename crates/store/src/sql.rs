@@ -83,8 +83,9 @@ macro_rules! impl_control_store {
                 let result = sqlx::query(
                     "INSERT INTO tenants (id, name, plan, isolation, region, admin_email, state, \
                      failure_step, failure_reason, failure_undone, purge_requested, last_error, \
-                     version, created_at, updated_at, provisioned_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
+                     version, created_at, updated_at, provisioned_at, limits) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, \
+                     $17)",
                 )
                 .bind(tenant.id.0)
                 .bind(tenant.name.as_str())
@@ -102,6 +103,7 @@ macro_rules! impl_control_store {
                 .bind(tenant.created_at)
                 .bind(tenant.updated_at)
                 .bind(tenant.provisioned_at)
+                .bind($crate::rows::limits_json(&tenant.limits))
                 .execute(&self.write)
                 .await;
                 match result {
@@ -187,7 +189,7 @@ macro_rules! impl_control_store {
                     "UPDATE tenants SET plan = $3, isolation = $4, region = $5, admin_email = $6, \
                      state = $7, failure_step = $8, failure_reason = $9, failure_undone = $10, \
                      purge_requested = $11, last_error = $12, version = $13, updated_at = $14, \
-                     provisioned_at = $15 \
+                     provisioned_at = $15, limits = $16 \
                      WHERE id = $1 AND version = $2",
                 )
                 .bind(tenant.id.0)
@@ -205,6 +207,7 @@ macro_rules! impl_control_store {
                 .bind(next)
                 .bind(tenant.updated_at)
                 .bind(tenant.provisioned_at)
+                .bind($crate::rows::limits_json(&tenant.limits))
                 .execute(&self.write)
                 .await?;
                 if result.rows_affected() == 1 {

@@ -5,11 +5,12 @@
 use std::collections::HashSet;
 
 use bulkhead_model::{
-    AdminEmail, Failure, Isolation, NewTenant, PlanName, RegionName, StepRecord, StepStatus,
-    Tenant, TenantId, TenantName, TenantState,
+    AdminEmail, Failure, Isolation, LimiterFallback, NewTenant, PlanName, Rate, RegionName,
+    StepRecord, StepStatus, Tenant, TenantId, TenantLimits, TenantName, TenantState,
 };
 use bulkhead_store::{AuditCheckpointRow, AuditEventRow, OperatorToken, StoreError, TenantPage};
 use bulkhead_testkit::StoreFixture as Fixture;
+use sqlx::Connection;
 use time::OffsetDateTime;
 
 /// Both databases keep microseconds at most; the control plane's clock
@@ -28,6 +29,7 @@ fn tenant(name: &str) -> Tenant {
             isolation: Isolation::Silo,
             region: RegionName::default(),
             admin_email: Some(AdminEmail::parse("ops@acme.example").unwrap()),
+            limits: TenantLimits::default(),
         },
         now(),
     )
@@ -38,6 +40,8 @@ bulkhead_testkit::on_both_stores!(
     names_are_unique,
     concurrent_creates_of_one_name_have_one_winner,
     updates_are_optimistic,
+    keeps_tenant_limits,
+    refuses_stored_limits_that_do_not_validate,
     lists_in_pages,
     finds_unsettled_tenants,
     records_steps,
@@ -115,6 +119,66 @@ async fn updates_are_optimistic(f: Fixture) {
     };
     let stored = f.store.update_tenant(&failed).await.unwrap();
     assert_eq!(f.store.tenant_by_id(acme.id).await.unwrap().unwrap(), stored);
+}
+
+async fn keeps_tenant_limits(f: Fixture) {
+    let mut acme = tenant("acme");
+    assert!(acme.limits.is_empty());
+    f.store.insert_tenant(&acme).await.unwrap();
+    assert_eq!(f.store.tenant(&acme.name).await.unwrap().unwrap().limits, TenantLimits::default());
+
+    // Created with overrides, changed, then cleared again.
+    let mut globex = tenant("globex");
+    globex.limits = TenantLimits {
+        rate_limit: Some(Rate { requests_per_minute: 120, burst: 10 }),
+        max_in_flight: Some(8),
+        ..TenantLimits::default()
+    };
+    f.store.insert_tenant(&globex).await.unwrap();
+    assert_eq!(f.store.tenant_by_id(globex.id).await.unwrap().unwrap(), globex);
+    acme.limits = TenantLimits {
+        max_upstream_connections: Some(2),
+        limiter_fallback: Some(LimiterFallback::Deny),
+        ..TenantLimits::default()
+    };
+    let stored = f.store.update_tenant(&acme).await.unwrap();
+    assert_eq!(f.store.tenant(&acme.name).await.unwrap().unwrap(), stored);
+    assert_eq!(stored.limits.max_upstream_connections, Some(2));
+    let cleared = Tenant { limits: TenantLimits::default(), ..stored };
+    let stored = f.store.update_tenant(&cleared).await.unwrap();
+    assert!(f.store.tenant(&acme.name).await.unwrap().unwrap().limits.is_empty());
+    let listed = f.store.list_tenants(&TenantPage { limit: 10, ..TenantPage::default() }).await;
+    let listed = listed.unwrap();
+    assert_eq!(
+        listed.iter().map(|t| &t.limits).collect::<Vec<_>>(),
+        [&stored.limits, &globex.limits]
+    );
+}
+
+/// A row changed outside Bulkhead is reported, not trusted.
+async fn refuses_stored_limits_that_do_not_validate(f: Fixture) {
+    let acme = tenant("acme");
+    f.store.insert_tenant(&acme).await.unwrap();
+    for bad in [r#"{"max_in_flight": 0}"#, r#"{"max_in_flight": 1, "colour": "red"}"#, "nonsense"] {
+        let update = "UPDATE tenants SET limits = $1";
+        match &f.db {
+            Some(db) => {
+                let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
+                sqlx::query(update).bind(bad).execute(&mut conn).await.unwrap();
+            }
+            None => {
+                let path = f.dir.path().join("bulkhead.db");
+                let url = format!("sqlite://{}", path.display());
+                let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+                sqlx::query(update).bind(bad).execute(&mut conn).await.unwrap();
+            }
+        }
+        let err = f.store.tenant(&acme.name).await.unwrap_err();
+        assert!(
+            matches!(err, StoreError::Corrupt(ref why) if why.starts_with("tenant limits: ")),
+            "{bad}: {err:?}"
+        );
+    }
 }
 
 async fn lists_in_pages(f: Fixture) {

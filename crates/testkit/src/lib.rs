@@ -23,6 +23,7 @@ pub fn starter_tenant(name: &str, at: time::OffsetDateTime) -> Tenant {
             isolation: Isolation::Silo,
             region: RegionName::default(),
             admin_email: None,
+            limits: bulkhead_model::TenantLimits::default(),
         },
         at,
     )

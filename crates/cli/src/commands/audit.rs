@@ -138,8 +138,9 @@ fn print_events(format: Output, events: &[EventView]) -> Result<(), CliError> {
                 serde_json::to_string(event).map_err(|e| CliError::failed(e.to_string()))?
             }
             // The resource last: it may be long (a secret's path), and
-            // would push the columns after it out of line.
-            Output::Table => format!(
+            // would push the columns after it out of line. (`-o yaml` is
+            // refused before any command but `get` runs.)
+            Output::Table | Output::Yaml => format!(
                 "{:>6}  {}  {:<24} {:<22} {:<8} {}",
                 event.seq,
                 event.time,

@@ -5,20 +5,30 @@ mod apis;
 mod audit;
 mod auth;
 mod creds;
+mod manifests;
 mod secrets;
 mod serve;
 mod tenants;
 mod vault;
 
+use std::process::ExitCode;
+
 use crate::{
-    args::{Cli, Command, PlansCommand},
+    args::{Cli, Command, Output, PlansCommand},
     client::ApiClient,
     exit::CliError,
     output,
 };
 
-pub async fn run(cli: Cli) -> Result<(), CliError> {
+pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
+    if cli.global.output == Output::Yaml && !matches!(cli.command, Command::Get(_)) {
+        return Err(CliError::usage("-o yaml is for `bulkhead get`; use -o json or -o table"));
+    }
     match &cli.command {
+        Command::Diff(files) => return manifests::diff(files, &cli.global).await,
+        Command::Apply(args) => manifests::apply(args, &cli.global).await,
+        Command::Delete(args) => manifests::delete(args, &cli.global).await,
+        Command::Get(command) => manifests::get(command, &cli.global).await,
         Command::Serve(args) => serve::run(args, cli.global.data_dir.as_deref()).await,
         Command::Tenants(command) => tenants::run(command, &cli.global).await,
         Command::Secrets(command) => secrets::run(command, &cli.global).await,
@@ -41,7 +51,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                 {
                     println!("{}", status.api_url);
                 }
-                return Ok(());
+                return Ok(ExitCode::SUCCESS);
             }
             output::status(cli.global.output, &status)
         }
@@ -49,5 +59,6 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             let client = ApiClient::discover(&cli.global)?;
             output::plans(cli.global.output, &client.plans().await?.plans)
         }
-    }
+    }?;
+    Ok(ExitCode::SUCCESS)
 }

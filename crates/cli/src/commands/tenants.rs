@@ -6,11 +6,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bulkhead_control::api::types::{CreateTenantRequest, StepState, StepView, TenantView};
+use bulkhead_control::api::types::{
+    CreateTenantRequest, StepState, StepView, TenantView, UpdateTenantRequest,
+};
 use bulkhead_model::TenantState;
 
 use crate::{
-    args::{CreateArgs, DeleteArgs, GlobalArgs, TenantsCommand, WaitArgs},
+    args::{CreateArgs, DeleteArgs, GlobalArgs, TenantsCommand, UpdateArgs},
     client::{ApiClient, Found},
     exit::{CliError, Kind},
     output,
@@ -28,6 +30,7 @@ pub async fn run(command: &TenantsCommand, global: &GlobalArgs) -> Result<(), Cl
             output::tenants(global.output, &tenants)
         }
         TenantsCommand::Get { name } => output::tenant(global.output, &client.tenant(name).await?),
+        TenantsCommand::Update(args) => update(&client, args, global).await,
         TenantsCommand::Suspend { name } => {
             output::tenant(global.output, &client.lifecycle(name, "suspend").await?)
         }
@@ -71,17 +74,31 @@ async fn create(
         isolation: args.isolation,
         region: args.region.clone(),
         admin_email: args.admin_email.clone(),
+        limits: args.limits.over(Default::default()),
     };
     let created = client.create_tenant(&request).await?;
     if !args.wait.wait {
         return output::tenant(global.output, &created);
     }
+    let view = provisioned(client, &created, args.wait.timeout).await?;
+    output::tenant(global.output, &view)?;
+    outcome(&view)
+}
+
+/// Waits until a tenant just created is active or failed (its steps
+/// undone), showing each step on standard error as it completes, and
+/// returns it as it settled.
+pub async fn provisioned(
+    client: &ApiClient,
+    created: &TenantView,
+    timeout: u64,
+) -> Result<TenantView, CliError> {
     let t = &created.tenant;
     eprintln!(
         "tenant {}: provisioning (plan {}, isolation {}, region {})",
         t.name, t.plan, t.isolation, t.region
     );
-    let settled = wait_until(client, &created, &args.wait, StepState::Applied, |view| match view {
+    let settled = wait_until(client, created, timeout, StepState::Applied, |view| match view {
         Found::Yes(view) => match view.tenant.state {
             TenantState::Active => true,
             TenantState::Failed => view.tenant.failure.as_ref().is_some_and(|f| f.undone),
@@ -90,16 +107,20 @@ async fn create(
         Found::Gone => true,
     })
     .await?;
-    let Found::Yes(view) = settled else {
-        return Err(CliError::new(
+    match settled {
+        Found::Yes(view) => Ok(view),
+        Found::Gone => Err(CliError::new(
             Kind::NotFound,
-            format!("tenant {:?} disappeared while provisioning", args.name),
-        ));
-    };
-    output::tenant(global.output, &view)?;
+            format!("tenant {:?} disappeared while provisioning", t.name.as_str()),
+        )),
+    }
+}
+
+/// Says that a settled tenant is active, or fails with what failed.
+pub fn outcome(view: &TenantView) -> Result<(), CliError> {
     match (&view.tenant.state, &view.tenant.failure) {
         (TenantState::Active, _) => {
-            let ms = output::provisioning_ms(&view).unwrap_or_default();
+            let ms = output::provisioning_ms(view).unwrap_or_default();
             eprintln!("tenant {} is active (provisioned in {ms} ms)", view.tenant.name);
             Ok(())
         }
@@ -110,6 +131,31 @@ async fn create(
         ))),
         (state, None) => Err(CliError::failed(format!("tenant {} is {state}", view.tenant.name))),
     }
+}
+
+async fn update(
+    client: &ApiClient,
+    args: &UpdateArgs,
+    global: &GlobalArgs,
+) -> Result<(), CliError> {
+    let limits = if args.limits.any() || args.reset_limits {
+        let current = if args.reset_limits {
+            Default::default()
+        } else {
+            client.tenant(&args.name).await?.tenant.limits
+        };
+        Some(args.limits.over(current))
+    } else {
+        None
+    };
+    if args.plan.is_none() && limits.is_none() {
+        return Err(CliError::usage(
+            "nothing to change: give --plan, a limit flag (--rate-limit, --max-in-flight, ...) or \
+             --reset-limits",
+        ));
+    }
+    let request = UpdateTenantRequest { plan: args.plan.clone(), limits, ..Default::default() };
+    output::tenant(global.output, &client.update_tenant(&args.name, &request).await?)
 }
 
 async fn delete(
@@ -125,13 +171,14 @@ async fn delete(
         return output::tenant(global.output, &view);
     }
     eprintln!("tenant {}: offboarding{}", args.name, if args.purge { " (purge)" } else { "" });
-    let settled = wait_until(client, &view, &args.wait, StepState::Undone, |view| match view {
-        Found::Yes(view) => {
-            view.tenant.state == TenantState::Deleted && !view.tenant.purge_requested
-        }
-        Found::Gone => true,
-    })
-    .await?;
+    let settled =
+        wait_until(client, &view, args.wait.timeout, StepState::Undone, |view| match view {
+            Found::Yes(view) => {
+                view.tenant.state == TenantState::Deleted && !view.tenant.purge_requested
+            }
+            Found::Gone => true,
+        })
+        .await?;
     match settled {
         Found::Yes(view) => {
             output::tenant(global.output, &view)?;
@@ -146,7 +193,7 @@ async fn delete(
 }
 
 /// Asks for the tenant's name on a terminal; refuses without one.
-fn confirm(name: &str, purge: bool) -> Result<(), CliError> {
+pub fn confirm(name: &str, purge: bool) -> Result<(), CliError> {
     let stdin = std::io::stdin();
     if !stdin.is_terminal() {
         return Err(CliError::usage(format!(
@@ -185,12 +232,12 @@ fn in_order(steps: &[StepView], progress: StepState) -> Vec<&StepView> {
 async fn wait_until(
     client: &ApiClient,
     known: &TenantView,
-    wait: &WaitArgs,
+    timeout: u64,
     progress: StepState,
     settled: impl Fn(&Found<TenantView>) -> bool,
 ) -> Result<Found<TenantView>, CliError> {
     let name = known.tenant.name.as_str();
-    let deadline = Instant::now() + Duration::from_secs(wait.timeout);
+    let deadline = Instant::now() + Duration::from_secs(timeout);
     let mut seen: HashSet<String> = HashSet::new();
     let mut steps: Vec<StepView> = known.steps.clone().unwrap_or_default();
     let mut pause = Duration::from_millis(20);
@@ -224,8 +271,7 @@ async fn wait_until(
         }
         if Instant::now() >= deadline {
             return Err(CliError::failed(format!(
-                "gave up waiting after {}s; the tenant is still settling: see `bulkhead tenants get {name}`",
-                wait.timeout
+                "gave up waiting after {timeout}s; the tenant is still settling: see `bulkhead tenants get {name}`"
             )));
         }
         tokio::time::sleep(pause).await;

@@ -23,6 +23,7 @@ async fn openapi_describes_every_endpoint() {
         "POST /v1/tenants",
         "GET /v1/tenants",
         "GET /v1/tenants/{name}",
+        "PATCH /v1/tenants/{name}",
         "DELETE /v1/tenants/{name}",
         "POST /v1/tenants/{name}/suspend",
         "POST /v1/tenants/{name}/resume",

@@ -19,6 +19,7 @@ mod identity;
 mod isolation;
 mod kit;
 mod lifecycle;
+mod manifests;
 mod startup;
 mod upstream;
 mod vault;

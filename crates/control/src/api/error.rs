@@ -28,6 +28,8 @@ pub enum ErrorCode {
     InvalidJson,
     InvalidTenantName,
     InvalidAdminEmail,
+    InvalidLimits,
+    ImmutableField,
     UnknownPlan,
     UnknownRegion,
     IsolationUnavailable,
@@ -69,15 +71,18 @@ impl ErrorCode {
     pub fn status(self) -> StatusCode {
         use ErrorCode::*;
         match self {
-            InvalidRequest | InvalidJson | InvalidTenantName | InvalidAdminEmail | UnknownPlan
-            | UnknownRegion | IsolationUnavailable | InvalidSecretPath | InvalidSecretValue
-            | InvalidKey | WrongTenantKey | InvalidApi => StatusCode::BAD_REQUEST,
+            InvalidRequest | InvalidJson | InvalidTenantName | InvalidAdminEmail
+            | InvalidLimits | UnknownPlan | UnknownRegion | IsolationUnavailable
+            | InvalidSecretPath | InvalidSecretValue | InvalidKey | WrongTenantKey | InvalidApi => {
+                StatusCode::BAD_REQUEST
+            }
             Unauthorized => StatusCode::UNAUTHORIZED,
             LockedOut | Forbidden => StatusCode::FORBIDDEN,
             NotFound | TenantNotFound | SecretNotFound | LeaseNotFound | LockoutNotFound
             | ApiKeyNotFound | ApiNotFound => StatusCode::NOT_FOUND,
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             TenantExists
+            | ImmutableField
             | ApiExists
             | InvalidState
             | Conflict
@@ -99,6 +104,8 @@ impl ErrorCode {
             InvalidJson => "invalid_json",
             InvalidTenantName => "invalid_tenant_name",
             InvalidAdminEmail => "invalid_admin_email",
+            InvalidLimits => "invalid_limits",
+            ImmutableField => "immutable_field",
             UnknownPlan => "unknown_plan",
             UnknownRegion => "unknown_region",
             IsolationUnavailable => "isolation_unavailable",
@@ -213,6 +220,8 @@ impl From<TenantError> for ApiError {
             TenantError::UnknownRegion(_) => UnknownRegion,
             TenantError::Isolation(_) => IsolationUnavailable,
             TenantError::InvalidEmail(_) => InvalidAdminEmail,
+            TenantError::InvalidLimits(_) => InvalidLimits,
+            TenantError::Immutable { .. } => ImmutableField,
             TenantError::NotFound(_) => TenantNotFound,
             TenantError::Exists(_) => TenantExists,
             TenantError::InvalidState(_) => InvalidState,

@@ -216,7 +216,7 @@ fn complete_document(document: &mut serde_json::Value) {
 pub fn router(state: AppState) -> Router {
     let authenticated = OpenApiRouter::new()
         .routes(routes!(tenants::create_tenant, tenants::list_tenants))
-        .routes(routes!(tenants::get_tenant, tenants::delete_tenant))
+        .routes(routes!(tenants::get_tenant, tenants::update_tenant, tenants::delete_tenant))
         .routes(routes!(tenants::suspend_tenant))
         .routes(routes!(tenants::resume_tenant))
         .routes(routes!(catalog::list_plans))

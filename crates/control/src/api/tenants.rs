@@ -19,7 +19,7 @@ use super::{
     record_tenant,
     types::{
         CreateTenantRequest, DeleteTenantParams, ErrorBody, ListTenantsParams, TenantList,
-        TenantView,
+        TenantView, UpdateTenantRequest,
     },
 };
 use crate::events::Actor;
@@ -36,7 +36,7 @@ const MAX_PAGE: u32 = 1_000;
     responses(
         (status = 202, description = "Recorded; provisioning has started", body = TenantView,
          headers(("location" = String, description = "The tenant's URL"))),
-        (status = 400, description = "Invalid name, unknown plan or region, unavailable isolation, malformed JSON", body = ErrorBody),
+        (status = 400, description = "Invalid name, unknown plan or region, unavailable isolation, invalid limits, malformed JSON", body = ErrorBody),
         (status = 401, description = "Missing or invalid operator token", body = ErrorBody),
         (status = 409, description = "A tenant with this name exists", body = ErrorBody),
     ),
@@ -118,6 +118,36 @@ pub async fn get_tenant(
     }
     let view = TenantView::new(tenant, &state.base_domain).with_steps(&state.step_names, &steps);
     Ok(Json(if actor.is_operator() { view } else { view.for_tenant() }))
+}
+
+/// Change a tenant's plan or limits (or both). Its isolation and region
+/// cannot change: a body may repeat them, not change them. A field left out
+/// stays as it is; a body that changes nothing answers with the tenant as
+/// it is.
+#[utoipa::path(
+    patch, path = "/v1/tenants/{name}", tag = "tenants",
+    params(("name" = String, Path, description = "Tenant name")),
+    request_body = UpdateTenantRequest,
+    responses(
+        (status = 200, description = "Changed, or already so", body = TenantView),
+        (status = 400, description = "Unknown plan, invalid limits, malformed JSON", body = ErrorBody),
+        (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+        (status = 409, description = "The body would change the tenant's isolation or region (`immutable_field`), or the tenant is failed or being deleted", body = ErrorBody),
+    ),
+    security(("operator_token" = []))
+)]
+pub async fn update_tenant(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Path(name): Path<String>,
+    body: Result<Json<UpdateTenantRequest>, JsonRejection>,
+) -> Result<Json<TenantView>, ApiError> {
+    record_tenant(&name);
+    operator_only(&actor)?;
+    let Json(body) = body?;
+    let tenant = state.tenants.update(&name, body, &actor).await?;
+    Ok(Json(TenantView::new(tenant, &state.base_domain)))
 }
 
 /// Suspend an active tenant. Suspending a suspended tenant changes nothing.

@@ -3,7 +3,9 @@
 
 use std::collections::HashMap;
 
-use bulkhead_model::{BaseDomain, Isolation, Plan, RegionSummary, StepRecord, StepStatus, Tenant};
+use bulkhead_model::{
+    BaseDomain, Isolation, Plan, RegionSummary, StepRecord, StepStatus, Tenant, TenantLimits,
+};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use utoipa::{IntoParams, ToSchema};
@@ -24,7 +26,37 @@ pub struct CreateTenantRequest {
     pub region: Option<String>,
     #[serde(default)]
     pub admin_email: Option<String>,
+    /// The tenant's own gateway limits, in place of its plan's; each field
+    /// left out is the plan's.
+    #[serde(default, skip_serializing_if = "TenantLimits::is_empty")]
+    pub limits: TenantLimits,
 }
+
+/// A change to an existing tenant: its plan, its limits, or both; a field
+/// left out stays as it is.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(remote = "Self", deny_unknown_fields)]
+pub struct UpdateTenantRequest {
+    /// The new plan. The tenant keeps its isolation, whatever the plan's
+    /// default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(example = "enterprise")]
+    pub plan: Option<String>,
+    /// Replaces the tenant's limits as a whole: a field left out of it is
+    /// the plan's, and `{}` removes every override.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<TenantLimits>,
+    /// Cannot change for an existing tenant: if given, it must be the
+    /// tenant's own (a manifest may repeat it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub isolation: Option<Isolation>,
+    /// Cannot change for an existing tenant: if given, it must be the
+    /// tenant's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+}
+
+bulkhead_model::from_a_mapping_only!(UpdateTenantRequest);
 
 #[derive(Debug, Clone, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]

@@ -427,6 +427,7 @@ mod tests {
                 isolation: Isolation::Silo,
                 region: RegionName::default(),
                 admin_email: None,
+                limits: bulkhead_model::TenantLimits::default(),
             },
             OffsetDateTime::UNIX_EPOCH,
         );
