@@ -686,7 +686,7 @@ async fn statuses(urls: &[String], token: &str, count: usize) -> Vec<u16> {
 
 #[tokio::test]
 async fn gateways_on_their_own_share_one_limit_through_redis_and_fall_back_without_it() {
-    let Two { server, acme, .. } = two_tenants_on(Server::postgres().await).await;
+    let Two { server, acme, globex: _globex } = two_tenants_on(Server::postgres().await).await;
     let limited = server.cli(&[
         "apis",
         "create",
@@ -728,8 +728,17 @@ async fn gateways_on_their_own_share_one_limit_through_redis_and_fall_back_witho
     );
     assert!(shared.iter().all(|s| *s == 200 || *s == 429), "{shared:?}");
 
-    // Redis goes away: the plan's fallback (local) gives each replica its
-    // share of the burst, in memory.
+    // globex says `deny` for when Redis is away.
+    let deny = server.cli(&["tenants", "update", "globex", "--limiter-fallback", "deny"]);
+    assert_eq!(exit_code(&deny), 0, "{}", stderr(&deny));
+    let globex_token = token(&server, "globex", &[]);
+    let globex_urls: Vec<String> =
+        [&a, &b].iter().map(|g| url_at(addr_of(&g.url), "globex", "/echo")).collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(statuses(&globex_urls, &globex_token, 2).await, [200, 200]);
+
+    // Redis goes away: acme's plan's fallback (local) gives each replica
+    // its share of the burst, in memory; globex is refused until it is back.
     let stopped = redis.stop().await;
     let alone = statuses(&urls, &acme_token, 8).await;
     assert_eq!(
@@ -737,6 +746,7 @@ async fn gateways_on_their_own_share_one_limit_through_redis_and_fall_back_witho
         4,
         "2 + 2 from local shares: {alone:?}"
     );
+    assert_eq!(statuses(&globex_urls, &globex_token, 2).await, [503, 503], "fallback deny");
 
     // Back: the shared bucket, still empty, decides again.
     let _redis = stopped.restart().await;
