@@ -275,10 +275,9 @@ async fn hear(
     store: &dyn ControlStore,
     listener: &mut Option<Box<dyn GatewayChanges>>,
 ) -> Heard {
-    let Source::Store = source else {
-        let Source::InProcess(changes) = source else { return Heard::Lost };
+    if let Source::InProcess(changes) = source {
         return Heard::Changed(changes.next().await);
-    };
+    }
     let follower = match listener {
         Some(follower) => follower,
         None => match store.gateway_changes().await {
@@ -287,6 +286,7 @@ async fn hear(
                 *listener = Some(follower);
                 return Heard::Lost;
             }
+            // A store with no notifications: the periodic rebuild alone.
             Ok(None) => return std::future::pending().await,
             Err(error) => {
                 tracing::warn!(%error, "cannot follow the store's changes; serving the last snapshot");
