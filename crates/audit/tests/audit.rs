@@ -839,6 +839,47 @@ async fn a_purged_stream_stays_in_the_custodians_hands(fx: StoreFixture) {
     restarted.stop().await;
 }
 
+/// A handover retried (a crash after it, before its step was recorded):
+/// the witnesses hold the custodian's signature of a head the stream's own
+/// key signed too, and the stream, own key still there, goes on.
+async fn a_handover_can_be_retried_while_the_own_key_remains(fx: StoreFixture) {
+    let keys = TestKeys::new(fx.store.clone());
+    let log = writer(&fx.store, Arc::clone(&keys));
+    let stream = StreamId::tenant(Uuid::new_v4());
+    for n in 0..3 {
+        log.append(event(&stream, n, OffsetDateTime::now_utc())).await.unwrap();
+    }
+    log.hand_to_custodian(stream.clone()).await.unwrap();
+    log.stop().await;
+
+    let restarted = writer(&fx.store, Arc::clone(&keys));
+    restarted.hand_to_custodian(stream.clone()).await.unwrap();
+    assert_eq!(restarted.append(event(&stream, 9, OffsetDateTime::now_utc())).await, Ok(4));
+    restarted.checkpoint_all().await.unwrap();
+    restarted.stop().await;
+    assert!(verify(&export(&fx, &keys, &stream).await).is_ok());
+
+    // A custodian's signature alone vouches for nothing of a live stream.
+    let other = StreamId::tenant(Uuid::new_v4());
+    let log = writer(&fx.store, Arc::clone(&keys));
+    log.append(event(&other, 0, OffsetDateTime::now_utc())).await.unwrap();
+    log.checkpoint_all().await.unwrap();
+    log.stop().await;
+    let forged = bulkhead_audit::checkpoint::Checkpoint::sign(
+        &keys.custodian(&other),
+        1,
+        [7; 32],
+        OffsetDateTime::now_utc(),
+        bulkhead_audit::checkpoint::CheckpointKind::Periodic,
+    );
+    let witness = StoreWitness(fx.store.clone() as Arc<dyn AuditStore>);
+    bulkhead_audit::Witness::record(&witness, &forged).await.unwrap();
+    let restarted = writer(&fx.store, Arc::clone(&keys));
+    let refused = append_refused(&restarted, &other).await;
+    assert!(refused.contains("is not signed by a key Bulkhead holds"), "{refused}");
+    restarted.stop().await;
+}
+
 /// Rows as a version before MACs wrote them: chained, without a MAC.
 fn legacy_rows(stream: &StreamId, from: u64, count: u64, prev: [u8; 32]) -> Vec<AuditEventRow> {
     let mut prev = prev;
@@ -892,6 +933,7 @@ async fn a_stream_from_before_macs_is_adopted_once(fx: StoreFixture) {
 on_both_stores!(
     a_stream_from_before_macs_is_adopted_once,
     a_purged_stream_stays_in_the_custodians_hands,
+    a_handover_can_be_retried_while_the_own_key_remains,
     every_tamper_is_caught,
     retention_keeps_what_remains_verifiable,
     the_database_refuses_changes,

@@ -33,20 +33,17 @@ async fn two_tenants_on(server: Server) -> Two {
         let created =
             server.cli(&["tenants", "create", tenant, "--plan", "professional", "--wait"]);
         assert_eq!(exit_code(&created), 0, "{}", stderr(&created));
-        let api = server.cli(&[
-            "apis",
-            "create",
-            "--tenant",
-            tenant,
-            "echo",
-            "--prefix",
-            "/echo",
-            "--upstream",
-            &upstream.url(),
-        ]);
-        assert_eq!(exit_code(&api), 0, "{}", stderr(&api));
+        create_api(&server, tenant, "echo", &["--prefix", "/echo", "--upstream", &upstream.url()]);
     }
     Two { server, acme, globex }
+}
+
+/// `bulkhead apis create --tenant TENANT NAME ARGS...`, which must succeed.
+fn create_api(server: &Server, tenant: &str, name: &str, args: &[&str]) {
+    let mut all = vec!["apis", "create", "--tenant", tenant, name];
+    all.extend(args);
+    let created = server.cli(&all);
+    assert_eq!(exit_code(&created), 0, "{}", stderr(&created));
 }
 
 fn gateway_addr(server: &Server) -> SocketAddr {
@@ -331,20 +328,12 @@ async fn host_path_and_framing_tricks_reach_no_other_route_or_tenant() {
     assert_eq!(acme.seen().len(), 2);
 
     // Bodies over the API's cap are refused; those within arrive whole.
-    let small = server.cli(&[
-        "apis",
-        "create",
-        "--tenant",
+    create_api(
+        &server,
         "acme",
         "small",
-        "--prefix",
-        "/small",
-        "--max-body-bytes",
-        "1000",
-        "--upstream",
-        &acme.url(),
-    ]);
-    assert_eq!(exit_code(&small), 0, "{}", stderr(&small));
+        &["--prefix", "/small", "--max-body-bytes", "1000", "--upstream", &acme.url()],
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
     acme.forget();
     let post = |body: Vec<u8>| {
@@ -416,19 +405,12 @@ async fn suspension_and_new_apis_reach_the_gateway_within_a_second() {
 
     let (status, _) = call(&client, &url(&server, "acme", "/other/x"), Some(&acme_token)).await;
     assert_eq!(status, 404);
-    let created = server.cli(&[
-        "apis",
-        "create",
-        "--tenant",
+    create_api(
+        &server,
         "acme",
         "other",
-        "--prefix",
-        "/other",
-        "--strip-prefix",
-        "--upstream",
-        &acme.url(),
-    ]);
-    assert_eq!(exit_code(&created), 0, "{}", stderr(&created));
+        &["--prefix", "/other", "--strip-prefix", "--upstream", &acme.url()],
+    );
     let (took, _) = wait_for(200, "/other/x").await;
     eprintln!("a new API reached the gateway in {took:?}");
     assert_eq!(acme.seen().last().unwrap().target, "/x", "the prefix was stripped");
@@ -503,22 +485,12 @@ async fn apis_are_checked_and_listed() {
 #[tokio::test]
 async fn an_api_over_its_rate_gets_429_with_retry_after_and_others_are_unaffected() {
     let Two { server, acme, globex } = two_tenants("").await;
-    let limited = server.cli(&[
-        "apis",
-        "create",
-        "--tenant",
+    create_api(
+        &server,
         "acme",
         "limited",
-        "--prefix",
-        "/limited",
-        "--rate-limit",
-        "60",
-        "--burst",
-        "3",
-        "--upstream",
-        &acme.url(),
-    ]);
-    assert_eq!(exit_code(&limited), 0, "{}", stderr(&limited));
+        &["--prefix", "/limited", "--rate-limit", "60", "--burst", "3", "--upstream", &acme.url()],
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
     acme.forget();
     let client = client(&server);
@@ -564,20 +536,12 @@ async fn an_api_over_its_rate_gets_429_with_retry_after_and_others_are_unaffecte
 async fn decisions_are_counted_as_usage_and_audited_as_the_api_says() {
     let config = "[gateway]\nusage_flush_every = \"1s\"\nmetrics_tenant_labels = 1\n";
     let Two { server, acme, globex: _globex } = two_tenants(config).await;
-    let audited = server.cli(&[
-        "apis",
-        "create",
-        "--tenant",
+    create_api(
+        &server,
         "acme",
         "audited",
-        "--prefix",
-        "/audited",
-        "--audit",
-        "all",
-        "--upstream",
-        &acme.url(),
-    ]);
-    assert_eq!(exit_code(&audited), 0, "{}", stderr(&audited));
+        &["--prefix", "/audited", "--audit", "all", "--upstream", &acme.url()],
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
     let client = client(&server);
     let acme_token = token(&server, "acme", &[]);
@@ -687,22 +651,12 @@ async fn statuses(urls: &[String], token: &str, count: usize) -> Vec<u16> {
 #[tokio::test]
 async fn gateways_on_their_own_share_one_limit_through_redis_and_fall_back_without_it() {
     let Two { server, acme, globex: _globex } = two_tenants_on(Server::postgres().await).await;
-    let limited = server.cli(&[
-        "apis",
-        "create",
-        "--tenant",
+    create_api(
+        &server,
         "acme",
         "limited",
-        "--prefix",
-        "/limited",
-        "--rate-limit",
-        "1",
-        "--burst",
-        "4",
-        "--upstream",
-        &acme.url(),
-    ]);
-    assert_eq!(exit_code(&limited), 0, "{}", stderr(&limited));
+        &["--prefix", "/limited", "--rate-limit", "1", "--burst", "4", "--upstream", &acme.url()],
+    );
     let redis =
         bulkhead_testkit::TcpProxy::start("127.0.0.1:0".parse().unwrap(), redis_addr()).await;
     let prefix = bulkhead_testkit::unique_name("bh-test-", 12) + ":";
@@ -789,18 +743,7 @@ async fn a_gateway_on_its_own_serves_through_a_store_outage_and_catches_up() {
             }
         }
     };
-    let created = server.cli(&[
-        "apis",
-        "create",
-        "--tenant",
-        "acme",
-        "late",
-        "--prefix",
-        "/late",
-        "--upstream",
-        &acme.url(),
-    ]);
-    assert_eq!(exit_code(&created), 0, "{}", stderr(&created));
+    create_api(&server, "acme", "late", &["--prefix", "/late", "--upstream", &acme.url()]);
     let took = wait_for("/late", Duration::from_secs(1)).await;
     eprintln!("a new API reached a gateway on its own in {took:?}");
 
@@ -811,18 +754,7 @@ async fn a_gateway_on_its_own_serves_through_a_store_outage_and_catches_up() {
         assert_eq!(status, 200);
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let created = server.cli(&[
-        "apis",
-        "create",
-        "--tenant",
-        "acme",
-        "during",
-        "--prefix",
-        "/during",
-        "--upstream",
-        &acme.url(),
-    ]);
-    assert_eq!(exit_code(&created), 0, "{}", stderr(&created));
+    create_api(&server, "acme", "during", &["--prefix", "/during", "--upstream", &acme.url()]);
     let (status, _) = call(&client, &at_gateway("/during"), Some(&acme_token)).await;
     assert_eq!(status, 404, "the gateway cannot know yet");
 
@@ -868,20 +800,12 @@ async fn a_tenant_whose_upstream_hangs_fills_only_its_own_bulkhead() {
     // connections), whose upstream never answers.
     let created = server.cli(&["tenants", "create", "hog", "--plan", "starter", "--wait"]);
     assert_eq!(exit_code(&created), 0, "{}", stderr(&created));
-    let hang = server.cli(&[
-        "apis",
-        "create",
-        "--tenant",
+    create_api(
+        &server,
         "hog",
         "hang",
-        "--prefix",
-        "/hang",
-        "--response-timeout",
-        "1h",
-        "--upstream",
-        &acme.url(),
-    ]);
-    assert_eq!(exit_code(&hang), 0, "{}", stderr(&hang));
+        &["--prefix", "/hang", "--response-timeout", "1h", "--upstream", &acme.url()],
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
     let hog_token = token(&server, "hog", &[]);
     let globex_token = token(&server, "globex", &[]);
@@ -952,18 +876,12 @@ async fn a_websocket_is_proxied_and_echoes() {
     );
     let mut port = String::new();
     std::io::BufReader::new(upstream.0.stdout.take().unwrap()).read_line(&mut port).unwrap();
-    let created = server.cli(&[
-        "apis",
-        "create",
-        "--tenant",
+    create_api(
+        &server,
         "acme",
         "chat",
-        "--prefix",
-        "/ws",
-        "--upstream",
-        &format!("http://127.0.0.1:{}", port.trim()),
-    ]);
-    assert_eq!(exit_code(&created), 0, "{}", stderr(&created));
+        &["--prefix", "/ws", "--upstream", &format!("http://127.0.0.1:{}", port.trim())],
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
     let gateway_port = gateway_addr(&server).port().to_string();
     let acme_token = token(&server, "acme", &[]);
