@@ -280,9 +280,9 @@ start_server
 bh tenants create bench --plan enterprise "${TENANT_FLAGS[@]}" --wait >"$WORK/create.log"
 bh tenants create tenant-a --plan starter --wait >>"$WORK/create.log"
 bh tenants create tenant-b --plan enterprise "${TENANT_FLAGS[@]}" --wait >>"$WORK/create.log"
-bh apis create --tenant bench echo --prefix /echo --rate-limit 100000000 --burst 10000000 \
+bh apis create --tenant bench echo --prefix /echo --rate-limit 60000000 --burst 1000000 \
     --upstream "http://127.0.0.1:$UP_PORT" >>"$WORK/create.log"
-bh apis create --tenant tenant-b echo --prefix /echo --rate-limit 100000000 --burst 10000000 \
+bh apis create --tenant tenant-b echo --prefix /echo --rate-limit 60000000 --burst 1000000 \
     --upstream "http://127.0.0.1:$UP_PORT" >>"$WORK/create.log"
 bh apis create --tenant tenant-a slow --prefix /slow --upstream "http://127.0.0.1:$HANG_PORT" \
     >>"$WORK/create.log"

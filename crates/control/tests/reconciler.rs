@@ -548,6 +548,33 @@ async fn postgres_silo_gets_a_private_database_and_owner_role() {
     assert_eq!(db.owned_objects().await, (vec![], vec![admin]));
 }
 
+/// PostgreSQL marks a database invalid (connection limit -2) when a DROP
+/// DATABASE is interrupted; it can then be neither connected to nor altered.
+/// The next offboarding attempt must still drop it, not fail forever.
+#[tokio::test]
+async fn a_database_an_interrupted_drop_left_invalid_is_still_dropped() {
+    let db = TestDatabase::create().await;
+    let f = Fixture::with_regions(postgres_region(&db).await).await;
+    let reconciler = f.reconciler(f.standard_steps(RegionServers::default()).await);
+    let tenant = f.create("acme-corp", Isolation::Silo).await;
+    reconciler.reconcile(tenant.id).await;
+    let database = format!("{}acme_corp_{}", db.object_prefix, tenant.id.short());
+    let mut conn = PgConnection::connect(&bulkhead_testkit::postgres_admin_url()).await.unwrap();
+    sqlx::query("UPDATE pg_database SET datconnlimit = -2 WHERE datname = $1")
+        .bind(&database)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+
+    let mut offboarding = f.reload(&tenant).await.unwrap();
+    offboarding.state = TenantState::Offboarding;
+    f.store.update_tenant(&offboarding).await.unwrap();
+    reconciler.reconcile(tenant.id).await;
+    let admin = format!("{}admin", db.object_prefix);
+    assert_eq!(db.owned_objects().await, (vec![], vec![admin]));
+    assert_eq!(f.reload(&tenant).await.unwrap().state, TenantState::Deleted);
+}
+
 #[tokio::test]
 async fn postgres_pool_tenants_share_the_region_database() {
     let db = TestDatabase::create().await;

@@ -393,7 +393,9 @@ pub async fn reopen_database(admin: &PgPool, database: &str) -> Result<(), Vault
     .await
     .map_err(db_error("cannot reach the region's PostgreSQL server"))?;
     let Some((allows, template, limit, superuser_owned)) = state else { return Ok(()) };
-    if superuser_owned || (allows && !template && limit == -1) {
+    // -2: an interrupted DROP DATABASE left it invalid. It cannot be
+    // altered, connected to or used any more; only dropped, which works.
+    if superuser_owned || limit == -2 || (allows && !template && limit == -1) {
         return Ok(());
     }
     if !is_identifier(database) {

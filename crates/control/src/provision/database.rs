@@ -301,6 +301,10 @@ async fn ddl(
 
 const ROLE_EXISTS: &str = "SELECT 1 FROM pg_roles WHERE rolname = $1";
 const DATABASE_EXISTS: &str = "SELECT 1 FROM pg_database WHERE datname = $1";
+/// A database an interrupted `DROP DATABASE` left invalid (connection limit
+/// -2) can be neither connected to nor altered, only dropped.
+const DATABASE_CONNECTABLE: &str =
+    "SELECT 1 FROM pg_database WHERE datname = $1 AND datconnlimit <> -2";
 const DUPLICATE_OBJECT: &str = "42710";
 const DUPLICATE_DATABASE: &str = "42P04";
 
@@ -369,7 +373,7 @@ async fn drop_silo(
     // A prepared transaction outlives its session and would keep the
     // database from being dropped; nobody can commit it once the tenant is
     // going. It can only be finished from inside its database.
-    if exists(pool, DATABASE_EXISTS, &database).await? {
+    if exists(pool, DATABASE_CONNECTABLE, &database).await? {
         reopen_database(pool, &database).await.map_err(|e| StepError::Transient(e.to_string()))?;
         let inside = servers.database_pool(&target.region.name, url, &database).await?;
         let rolled_back = roll_back_prepared(&inside).await;
