@@ -253,6 +253,7 @@ fn spawn_jobs(
     vault: &Arc<VaultService>,
     identity: &Arc<IdentityService>,
     audit: &Arc<AuditService>,
+    decisions: &Arc<DecisionRecorder>,
     config: &Config,
     stopping: &watch::Receiver<bool>,
 ) -> Vec<JoinHandle<()>> {
@@ -307,6 +308,21 @@ fn spawn_jobs(
             },
         )));
     }
+    let recorder = Arc::clone(decisions);
+    jobs.push(tokio::spawn(every(
+        DRAIN_DECISIONS_EVERY,
+        stopping.clone(),
+        Arc::clone(metrics),
+        Job {
+            name: "gateway_decisions",
+            done: "recorded decisions queued by gateways",
+            failed: "cannot record the decisions gateways queued",
+        },
+        move || {
+            let recorder = Arc::clone(&recorder);
+            async move { recorder.drain_queue().await }
+        },
+    )));
     let retention = Arc::clone(audit);
     jobs.push(tokio::spawn(every(
         config.audit_retention_every,
@@ -644,21 +660,7 @@ pub async fn start_with_steps(
     let shutdown = Arc::new(shutdown);
     let (fatal_tx, fatal) = watch::channel(None);
     let lock_keeper = tokio::spawn(keep_lock(store_lock, Arc::clone(&shutdown), fatal_tx));
-    let mut jobs = spawn_jobs(&vault, &identity, &audit, &config, &shutdown_rx);
-    jobs.push(tokio::spawn(every(
-        DRAIN_DECISIONS_EVERY,
-        shutdown_rx.clone(),
-        Arc::clone(vault.metrics()),
-        Job {
-            name: "gateway_decisions",
-            done: "recorded decisions queued by gateways",
-            failed: "cannot record the decisions gateways queued",
-        },
-        move || {
-            let recorder = Arc::clone(&decision_recorder);
-            async move { recorder.drain_queue().await }
-        },
-    )));
+    let jobs = spawn_jobs(&vault, &identity, &audit, &decision_recorder, &config, &shutdown_rx);
     let mut gateway = vec![
         tokio::spawn(Arc::clone(&gateway).serve(gateway_listener, shutdown_rx.clone())),
         tokio::spawn(gateway::follow(
