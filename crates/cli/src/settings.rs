@@ -65,6 +65,8 @@ struct FileGateway {
     usage_flush_every: Option<String>,
     /// Tenants with series of their own in /metrics.
     metrics_tenant_labels: Option<usize>,
+    /// Threads serving gateway clients.
+    workers: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -209,6 +211,14 @@ impl ServeSettings {
         }
         if let Some(labels) = file.gateway.metrics_tenant_labels {
             gateway.metrics_tenant_labels = labels;
+        }
+        if let Some(workers) = file.gateway.workers {
+            if !(1..=256).contains(&workers) {
+                return Err(CliError::usage(format!(
+                    "gateway.workers is {workers}; give 1 to 256 (default: one per core)"
+                )));
+            }
+            gateway.workers = workers;
         }
         if let Some(bytes) = file.gateway.max_header_bytes {
             if !(8_192..=1_048_576).contains(&bytes) {

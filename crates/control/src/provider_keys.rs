@@ -33,7 +33,7 @@ pub const JWKS_REFETCH_INTERVAL: Duration = Duration::from_secs(5);
 const MAX_JWKS_BYTES: usize = 256 * 1024;
 const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 
-pub type KeySet = HashMap<String, VerifyingKey>;
+use bulkhead_identity::KeySet;
 
 /// Providers' keys, per tenant, and the one client that fetches them.
 #[derive(Debug)]
@@ -192,7 +192,7 @@ fn parse_jwks(body: &[u8]) -> Result<KeySet, String> {
     }
     let set: Set =
         serde_json::from_slice(body).map_err(|_| "the answer is not a JWKS (RFC 7517)")?;
-    let mut keys = HashMap::new();
+    let mut keys = KeySet::default();
     let mut kids = HashSet::new();
     for value in set.keys {
         let kid = value.get("kid").and_then(serde_json::Value::as_str).map(str::to_owned);

@@ -6,7 +6,7 @@
 
 use std::{collections::HashMap, sync::Arc};
 
-use bulkhead_identity::{Algorithm, ClaimMapping, Jwk, Role, Trust, VerifyingKey};
+use bulkhead_identity::{Algorithm, ClaimMapping, Jwk, KeySet, Role, Trust, VerifyingKey};
 use bulkhead_model::{Tenant, TenantName};
 use bulkhead_store::{RealmKeyRecord, RealmRecord, TrustRecord};
 
@@ -78,7 +78,7 @@ impl Realms {
         audience: Option<String>,
     ) -> Result<Trust, String> {
         let now = self.clock.now();
-        let mut verifying = HashMap::new();
+        let mut verifying = KeySet::default();
         for record in keys.iter().filter(|k| k.remove_after.is_none_or(|at| at > now)) {
             let jwk: Jwk = serde_json::from_str(&record.public_jwk).map_err(|e| e.to_string())?;
             let key = VerifyingKey::from_jwk(&jwk).map_err(|e| e.to_string())?;

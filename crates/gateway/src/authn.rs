@@ -9,6 +9,8 @@
 //! found by its SHA-256. Another tenant's credential is simply not found,
 //! and is refused like a forged one.
 
+use std::sync::Arc;
+
 use bulkhead_identity::{Rejected, Role, VerifiedCache, jws};
 use http::{HeaderMap, header};
 use sha2::{Digest, Sha256};
@@ -29,7 +31,7 @@ pub enum CredentialKind {
 /// A caller proved to belong to the resolved tenant.
 #[derive(Debug, Clone)]
 pub struct Principal {
-    pub subject: String,
+    pub subject: Arc<str>,
     pub roles: Vec<Role>,
     pub kind: CredentialKind,
     /// The token's audiences; empty for an API key.
@@ -66,7 +68,7 @@ pub fn authenticate(
             return Err(refuse(format!("API key {} has expired", key.id)));
         }
         return Ok(Some(Principal {
-            subject: format!("apikey:{}", key.name),
+            subject: format!("apikey:{}", key.name).into(),
             roles: key.roles.clone(),
             kind: CredentialKind::ApiKey,
             audience: Vec::new(),
@@ -85,8 +87,8 @@ pub fn authenticate(
         .verify(credential, trust, now)
         .map_err(|Rejected { reason }| refuse(format!("token refused: {reason}")))?;
     let subject = match kind {
-        CredentialKind::ExternalToken => format!("{}#{}", trust.issuer, verified.subject),
-        _ => verified.subject,
+        CredentialKind::ExternalToken => format!("{}#{}", trust.issuer, verified.subject).into(),
+        _ => verified.subject.into(),
     };
     Ok(Some(Principal { subject, roles: verified.roles, kind, audience: verified.audience }))
 }

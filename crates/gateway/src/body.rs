@@ -38,17 +38,34 @@ pub struct Idle(pub Duration);
 
 /// `inner`, with an idle timeout, a byte count and whatever `held` is
 /// (a slot, a record) released when the body ends or is dropped.
+///
+/// The timer is made only when the body first waits, and a frame moves
+/// only `last`: the timer is pushed back when it fires early, not reset
+/// per frame, because a timer-wheel update per frame costs more than the
+/// frame.
 pub struct Tracked<B, H> {
     inner: B,
     idle: Duration,
-    timer: Pin<Box<Sleep>>,
+    last: Instant,
+    timer: Option<Pin<Box<Sleep>>>,
     bytes: Arc<AtomicU64>,
     held: Option<H>,
 }
 
 impl<B, H> Tracked<B, H> {
     pub fn new(inner: B, idle: Duration, bytes: Arc<AtomicU64>, held: H) -> Self {
-        Self { inner, idle, timer: Box::pin(tokio::time::sleep(idle)), bytes, held: Some(held) }
+        Self { inner, idle, last: Instant::now(), timer: None, bytes, held: Some(held) }
+    }
+
+    /// Whether the body has been silent for its idle timeout; registers
+    /// the task to be woken when it would be.
+    fn silent(&mut self, cx: &mut Context<'_>) -> bool {
+        let deadline = self.last + self.idle;
+        let timer = self.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if timer.deadline() < deadline {
+            timer.as_mut().reset(deadline);
+        }
+        timer.as_mut().poll(cx).is_ready()
     }
 }
 
@@ -77,7 +94,7 @@ where
                 if let Some(data) = frame.data_ref() {
                     this.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
                 }
-                this.timer.as_mut().reset(Instant::now() + this.idle);
+                this.last = Instant::now();
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => {
@@ -88,13 +105,11 @@ where
                 this.held = None;
                 Poll::Ready(None)
             }
-            Poll::Pending => match this.timer.as_mut().poll(cx) {
-                Poll::Ready(()) => {
-                    this.held = None;
-                    Poll::Ready(Some(Err(Box::new(Idle(this.idle)))))
-                }
-                Poll::Pending => Poll::Pending,
-            },
+            Poll::Pending if this.silent(cx) => {
+                this.held = None;
+                Poll::Ready(Some(Err(Box::new(Idle(this.idle)))))
+            }
+            Poll::Pending => Poll::Pending,
         }
     }
 

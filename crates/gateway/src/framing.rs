@@ -112,18 +112,21 @@ impl<T> Inspected<T> {
             self.state = match state {
                 State::Off => return,
                 State::Head(mut head) => {
-                    let (line_end, taken) = match find_blank_line(&head, bytes) {
-                        Some(at) => (true, at),
-                        None => (false, bytes.len()),
-                    };
-                    head.extend_from_slice(&bytes[..taken]);
-                    bytes = &bytes[taken..];
-                    if head.len() > self.max_head {
+                    let end = find_blank_line(&head, bytes);
+                    let taken = end.unwrap_or(bytes.len());
+                    let (mine, rest) = bytes.split_at(taken);
+                    bytes = rest;
+                    if head.len() + mine.len() > self.max_head {
                         State::Off
-                    } else if line_end {
-                        self.finish_head(&head)
-                    } else {
+                    } else if end.is_none() {
+                        head.extend_from_slice(mine);
                         State::Head(head)
+                    } else if head.is_empty() {
+                        // The usual case: the whole head came in one read.
+                        self.finish_head(mine)
+                    } else {
+                        head.extend_from_slice(mine);
+                        self.finish_head(&head)
                     }
                 }
                 State::Body(left) => {
@@ -192,16 +195,16 @@ impl<T> Inspected<T> {
         let (mut lengths, mut length, mut chunked, mut upgrade) = (0, None, false, false);
         for line in head.split(|b| *b == b'\n').skip(1) {
             let Some(colon) = line.iter().position(|b| *b == b':') else { continue };
-            let name = line[..colon].to_ascii_lowercase();
-            let value = String::from_utf8_lossy(&line[colon + 1..]).trim().to_ascii_lowercase();
-            match name.as_slice() {
-                b"content-length" => {
-                    lengths += 1;
-                    length = value.parse::<u64>().ok();
-                }
-                b"transfer-encoding" => chunked = true,
-                b"upgrade" => upgrade = true,
-                _ => {}
+            let name = &line[..colon];
+            if name.eq_ignore_ascii_case(b"content-length") {
+                lengths += 1;
+                length = std::str::from_utf8(&line[colon + 1..])
+                    .ok()
+                    .and_then(|value| value.trim().parse::<u64>().ok());
+            } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+                chunked = true;
+            } else if name.eq_ignore_ascii_case(b"upgrade") {
+                upgrade = true;
             }
         }
         let verdict = match (lengths, chunked) {
@@ -226,10 +229,17 @@ impl<T> Inspected<T> {
 /// Where in `next` the head that `head` began ends (just past its blank
 /// line), looking across the boundary between the two.
 fn find_blank_line(head: &[u8], next: &[u8]) -> Option<usize> {
-    let carried = head.len().min(3);
-    let mut window: Vec<u8> = head[head.len() - carried..].to_vec();
-    window.extend_from_slice(next);
-    window.windows(4).position(|w| w == b"\r\n\r\n").map(|at| at + 4 - carried)
+    const BLANK: &[u8] = b"\r\n\r\n";
+    // A blank line split between the two: at most three bytes of it in
+    // `head`, the rest at the start of `next`.
+    let carried = &head[head.len() - head.len().min(3)..];
+    for from in 0..carried.len() {
+        let (before, after) = BLANK.split_at(carried.len() - from);
+        if carried[from..] == *before && next.starts_with(after) {
+            return Some(after.len());
+        }
+    }
+    memchr::memmem::find(next, BLANK).map(|at| at + BLANK.len())
 }
 
 fn chunk_size(line: &[u8]) -> Option<u64> {

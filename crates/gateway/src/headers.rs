@@ -8,11 +8,22 @@
 //! `X-Forwarded-*` from the client are dropped too: the gateway is the
 //! edge, and says who the client is itself.
 
-use std::net::SocketAddr;
+use std::{
+    hash::{BuildHasher, RandomState},
+    net::SocketAddr,
+    sync::{
+        OnceLock,
+        atomic::{AtomicU64, Ordering},
+    },
+};
 
+use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, header};
 
-use crate::{authn::Principal, snapshot::TenantEntry};
+use crate::{
+    authn::Principal,
+    snapshot::{ApiEntry, TenantEntry},
+};
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub const TENANT: HeaderName = HeaderName::from_static("x-bulkhead-tenant");
@@ -47,10 +58,25 @@ pub fn request_id(headers: &HeaderMap) -> HeaderValue {
                 && v.as_bytes().iter().all(|b| b.is_ascii_alphanumeric() || b".:_-".contains(b))
         })
         .cloned()
-        .unwrap_or_else(|| {
-            let id = uuid::Uuid::new_v4().simple().to_string();
-            HeaderValue::from_str(&id).unwrap_or(HeaderValue::from_static("unknown"))
-        })
+        .unwrap_or_else(new_request_id)
+}
+
+/// A new request id: 32 hex digits, unique within the process and
+/// unpredictable outside it. A counter alone would tell a client how many
+/// requests other tenants sent between two of its own, so the counter goes
+/// through two SipHash keys drawn at random for the process; a v4 UUID
+/// would cost a system call per request for randomness nobody needs.
+fn new_request_id() -> HeaderValue {
+    static KEYS: OnceLock<(RandomState, RandomState)> = OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let (high, low) = KEYS.get_or_init(|| (RandomState::new(), RandomState::new()));
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let bits = (u128::from(high.hash_one(n)) << 64) | u128::from(low.hash_one(n));
+    let mut id = [0u8; 32];
+    for (i, digit) in id.iter_mut().enumerate() {
+        *digit = b"0123456789abcdef"[((bits >> (124 - 4 * i)) & 0xf) as usize];
+    }
+    HeaderValue::from_bytes(&id).unwrap_or(HeaderValue::from_static("unknown"))
 }
 
 /// Whether the request asks to switch protocols (a WebSocket).
@@ -64,9 +90,19 @@ pub fn is_upgrade(headers: &HeaderMap) -> bool {
             .any(|token| token.trim().eq_ignore_ascii_case("upgrade"))
 }
 
-/// Removes hop-by-hop headers, and the headers `Connection` names; keeps
-/// `Upgrade` and `Connection: upgrade` when `upgrade` is kept.
-fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+/// Whether a client may not send `name` upstream: the gateway's own
+/// namespace, and the forwarding headers the gateway sets itself.
+fn is_spoofable(name: &HeaderName) -> bool {
+    is_bulkhead(name)
+        || [&header::FORWARDED, &X_FORWARDED_FOR, &X_FORWARDED_HOST, &X_FORWARDED_PROTO]
+            .contains(&name)
+}
+
+/// Removes hop-by-hop headers and those `Connection` names (keeping
+/// `Upgrade` and `Connection: upgrade` when `upgrade` is kept), and, from
+/// a client, the spoofable ones: in one pass over the names, allocating
+/// only when something is removed.
+fn strip(headers: &mut HeaderMap, upgrade: bool, from_client: bool) {
     // `Connection: upgrade` names `Upgrade` itself; a kept upgrade keeps it.
     let protocol = if upgrade { headers.get(header::UPGRADE).cloned() } else { None };
     let named: Vec<HeaderName> = headers
@@ -76,10 +112,19 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
         .flat_map(|v| v.split(','))
         .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
         .collect();
-    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+    let doomed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| {
+            HOP_BY_HOP.contains(name)
+                || *name == header::UPGRADE
+                || named.contains(name)
+                || (from_client && is_spoofable(name))
+        })
+        .cloned()
+        .collect();
+    for name in doomed {
         headers.remove(name);
     }
-    headers.remove(header::UPGRADE);
     if let Some(protocol) = protocol {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, protocol);
@@ -92,14 +137,51 @@ fn is_bulkhead(name: &HeaderName) -> bool {
         && name[..11].iter().map(|b| if *b == b'_' { b'-' } else { *b }).eq(*b"x-bulkhead-")
 }
 
+/// The headers that name a client connection's peer, made once per
+/// connection.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    /// `X-Forwarded-For`: the address.
+    address: HeaderValue,
+    /// The start of `Forwarded`, up to the host: `for=…;host="`.
+    forwarded: Box<str>,
+}
+
+impl Peer {
+    pub fn new(peer: SocketAddr) -> Self {
+        let forwarded = match peer {
+            SocketAddr::V4(v4) => format!("for={};host=\"", v4.ip()),
+            SocketAddr::V6(v6) => format!("for=\"[{}]\";host=\"", v6.ip()),
+        };
+        let address = HeaderValue::from_maybe_shared(Bytes::from(peer.ip().to_string()))
+            .unwrap_or(HeaderValue::from_static(""));
+        Self { address, forwarded: forwarded.into() }
+    }
+
+    fn forwarded(&self, host: &HeaderValue) -> HeaderValue {
+        let host = host.as_bytes();
+        let mut value = Vec::with_capacity(self.forwarded.len() + host.len() + 12);
+        value.extend_from_slice(self.forwarded.as_bytes());
+        value.extend_from_slice(host);
+        value.extend_from_slice(b"\";proto=http");
+        HeaderValue::from_maybe_shared(Bytes::from(value)).unwrap_or(HeaderValue::from_static(""))
+    }
+}
+
+/// A header value for `s`, percent-encoded where it must be.
+pub fn text_value(s: &str) -> HeaderValue {
+    HeaderValue::from_maybe_shared(Bytes::from(encode(s).into_owned()))
+        .unwrap_or(HeaderValue::from_static(""))
+}
+
 /// What the gateway tells the upstream about a request, and vouches for.
 #[derive(Debug)]
 pub struct Vouched<'a> {
     pub tenant: &'a TenantEntry,
-    pub api: &'a str,
+    pub api: &'a ApiEntry,
     pub principal: Option<&'a Principal>,
     pub request_id: &'a HeaderValue,
-    pub peer: SocketAddr,
+    pub peer: &'a Peer,
     pub host: &'a HeaderValue,
 }
 
@@ -107,32 +189,18 @@ pub struct Vouched<'a> {
 /// cleaned, then the gateway's verified context.
 pub fn for_upstream(headers: &mut HeaderMap, upgrade: bool, vouched: Vouched<'_>) {
     let Vouched { tenant, api, principal, request_id, peer, host } = vouched;
-    strip_hop_by_hop(headers, upgrade);
-    let spoofable: Vec<HeaderName> = headers.keys().filter(|n| is_bulkhead(n)).cloned().collect();
-    for name in spoofable {
-        headers.remove(&name);
-    }
-    for name in [header::FORWARDED, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO] {
-        headers.remove(name);
-    }
-    let value = |s: &str| HeaderValue::from_str(&encode(s)).unwrap_or(HeaderValue::from_static(""));
-    headers.insert(TENANT, value(&tenant.name));
-    headers.insert(TENANT_ID, value(&tenant.id.to_string()));
-    headers.insert(API, value(api));
+    strip(headers, upgrade, true);
+    headers.insert(TENANT, tenant.vouched.name.clone());
+    headers.insert(TENANT_ID, tenant.vouched.id.clone());
+    headers.insert(API, api.name_header.clone());
     if let Some(principal) = principal {
-        headers.insert(SUBJECT, value(&principal.subject));
+        headers.insert(SUBJECT, text_value(&principal.subject));
         let roles: Vec<&str> = principal.roles.iter().map(|r| r.as_str()).collect();
-        headers.insert(ROLES, value(&roles.join(",")));
+        headers.insert(ROLES, text_value(&roles.join(",")));
     }
     headers.insert(REQUEST_ID, request_id.clone());
-    let for_ = match peer {
-        SocketAddr::V4(v4) => format!("{}", v4.ip()),
-        SocketAddr::V6(v6) => format!("\"[{}]\"", v6.ip()),
-    };
-    let host_text = host.to_str().unwrap_or_default();
-    headers
-        .insert(header::FORWARDED, value(&format!("for={for_};host=\"{host_text}\";proto=http")));
-    headers.insert(X_FORWARDED_FOR, value(&peer.ip().to_string()));
+    headers.insert(header::FORWARDED, peer.forwarded(host));
+    headers.insert(X_FORWARDED_FOR, peer.address.clone());
     headers.insert(X_FORWARDED_HOST, host.clone());
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
     headers.insert(header::HOST, host.clone());
@@ -140,7 +208,7 @@ pub fn for_upstream(headers: &mut HeaderMap, upgrade: bool, vouched: Vouched<'_>
 
 /// The response headers as the client receives them.
 pub fn for_client(headers: &mut HeaderMap, upgrade: bool, request_id: &HeaderValue) {
-    strip_hop_by_hop(headers, upgrade);
+    strip(headers, upgrade, false);
     headers.insert(REQUEST_ID, request_id.clone());
 }
 

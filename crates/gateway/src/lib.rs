@@ -24,7 +24,7 @@ mod server;
 pub mod snapshot;
 pub mod stats;
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use arc_swap::ArcSwap;
 use bulkhead_identity::VerifiedCache;
@@ -49,6 +49,9 @@ pub struct Settings {
     /// Tenants with series of their own in `/metrics`; the rest are summed
     /// as `tenant="_other"`.
     pub metrics_tenant_labels: usize,
+    /// Threads serving clients, each with its connections and upstream
+    /// pools; by default one per core.
+    pub workers: usize,
 }
 
 impl Default for Settings {
@@ -58,6 +61,7 @@ impl Default for Settings {
             max_header_bytes: 64 * 1024,
             token_cache_entries: 100_000,
             metrics_tenant_labels: 1_000,
+            workers: server::cores(),
         }
     }
 }
@@ -139,16 +143,16 @@ impl Gateway {
     async fn handle(
         &self,
         request: Request<Incoming>,
-        peer: SocketAddr,
+        peer: &headers::Peer,
         verdict: framing::Verdict,
     ) -> Response<Body> {
         let request_id = headers::request_id(request.headers());
         let snapshot = self.snapshot.load();
         let ended = record::Ended {
-            method: request.method().to_string(),
-            path: request.uri().path().to_owned(),
+            method: request.method().clone(),
+            uri: request.uri().clone(),
             status: 0,
-            request_id: request_id.to_str().unwrap_or_default().to_owned(),
+            request_id: request_id.clone(),
             at: (self.now)(),
         };
         let mut learned = record::Learned::default();
@@ -161,7 +165,7 @@ impl Gateway {
                     phase = refusal.phase.as_str(),
                     code = refusal.code.as_str(),
                     reason = %refusal.reason,
-                    request_id = ended.request_id,
+                    request_id = request_id.to_str().unwrap_or_default(),
                     "request refused"
                 );
                 let response = error::rescue(&refusal, &request_id);
@@ -181,7 +185,7 @@ impl Gateway {
         &self,
         snapshot: &Snapshot,
         request: Request<Incoming>,
-        peer: SocketAddr,
+        peer: &headers::Peer,
         verdict: framing::Verdict,
         request_id: &HeaderValue,
         learned: &mut record::Learned,
@@ -193,7 +197,7 @@ impl Gateway {
         learned.runtime = Some(Arc::clone(&tenant.0.runtime));
         let principal =
             authn::authenticate(&tenant, request.headers(), &self.verified, (self.now)())?;
-        learned.subject = principal.as_ref().map(|p| p.subject.clone());
+        learned.subject = principal.as_ref().map(|p| Arc::clone(&p.subject));
         let path = path::canonical(request.uri().path())?;
         let route = route::find(&tenant, &path, request.uri().query(), request.method())?;
         learned.api = Some(std::sync::Arc::clone(&route.api.name));

@@ -10,10 +10,9 @@
 use std::{
     future::Future,
     io,
-    net::SocketAddr,
     pin::Pin,
     sync::{
-        Arc,
+        Arc, OnceLock,
         atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering},
     },
     task::{Context, Poll},
@@ -21,7 +20,11 @@ use std::{
 };
 
 use bulkhead_model::{ApiSpec, Upstream, UpstreamProtocol};
-use http::{HeaderValue, Request, Response, StatusCode, Uri, Version, header};
+use bytes::Bytes;
+use http::{
+    HeaderValue, Request, Response, StatusCode, Uri, Version, header,
+    uri::{Authority, PathAndQuery, Scheme},
+};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper_util::{
@@ -53,7 +56,7 @@ const IDLE_PER_UPSTREAM: usize = 64;
 /// client, anything else keeps the pool.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpstreamKey {
-    upstreams: Vec<Upstream>,
+    upstreams: Arc<[Upstream]>,
     protocol: UpstreamProtocol,
     connect_ms: u64,
 }
@@ -61,7 +64,7 @@ pub struct UpstreamKey {
 impl UpstreamKey {
     pub fn of(spec: &ApiSpec) -> Self {
         Self {
-            upstreams: spec.upstreams.clone(),
+            upstreams: spec.upstreams.as_slice().into(),
             protocol: spec.protocol,
             connect_ms: spec.timeouts.connect_ms,
         }
@@ -75,11 +78,17 @@ struct Health {
     ejected_until: AtomicU64,
 }
 
+type UpstreamClient = Client<Connector, Body>;
+
 /// An API's upstream client and the health of its upstreams, across
 /// snapshots.
 pub struct ApiRuntime {
     pub key: UpstreamKey,
-    client: Client<Connector, Body>,
+    connector: Connector,
+    /// One pooled client per gateway worker, made on the worker's first
+    /// request: a pooled connection is driven by the thread that opened it,
+    /// and an API nobody calls costs no pool.
+    clients: Box<[OnceLock<Box<UpstreamClient>>]>,
     health: Vec<Health>,
     next: AtomicUsize,
     epoch: Instant,
@@ -94,20 +103,29 @@ impl std::fmt::Debug for ApiRuntime {
 impl ApiRuntime {
     pub fn new(key: UpstreamKey, tenant: Arc<TenantRuntime>) -> Self {
         let connector = Connector {
-            targets: key.upstreams.clone().into(),
+            targets: Arc::clone(&key.upstreams),
             tenant,
             timeout: Duration::from_millis(key.connect_ms),
         };
-        let mut builder = Client::builder(TokioExecutor::new());
-        builder
-            .pool_max_idle_per_host(IDLE_PER_UPSTREAM)
-            .pool_idle_timeout(Duration::from_secs(60));
-        if key.protocol == UpstreamProtocol::H2c {
-            builder.http2_only(true);
-        }
-        let client = builder.build(connector);
+        let clients = (0..crate::server::cores()).map(|_| OnceLock::new()).collect();
         let health = key.upstreams.iter().map(|_| Health::default()).collect();
-        Self { key, client, health, next: AtomicUsize::new(0), epoch: Instant::now() }
+        Self { key, connector, clients, health, next: AtomicUsize::new(0), epoch: Instant::now() }
+    }
+
+    /// The calling worker's client (shared when there are more workers
+    /// than clients).
+    fn client(&self) -> &UpstreamClient {
+        let slot = &self.clients[crate::server::worker() % self.clients.len().max(1)];
+        slot.get_or_init(|| {
+            let mut builder = Client::builder(TokioExecutor::new());
+            builder
+                .pool_max_idle_per_host(IDLE_PER_UPSTREAM)
+                .pool_idle_timeout(Duration::from_secs(60));
+            if self.key.protocol == UpstreamProtocol::H2c {
+                builder.http2_only(true);
+            }
+            Box::new(builder.build(self.connector.clone()))
+        })
     }
 
     fn now(&self) -> u64 {
@@ -145,7 +163,7 @@ impl ApiRuntime {
 #[derive(Debug)]
 pub struct Forward<'a> {
     pub request_id: &'a HeaderValue,
-    pub peer: SocketAddr,
+    pub peer: &'a headers::Peer,
     pub host: HeaderValue,
     /// Held until the response body ends.
     pub slot: Slot,
@@ -160,10 +178,11 @@ pub struct Answered {
 }
 
 pub async fn forward(
-    permitted: Permitted,
+    mut permitted: Permitted,
     mut request: Request<Incoming>,
     context: Forward<'_>,
 ) -> Result<(Response<Body>, Answered), Refusal> {
+    let target = std::mem::take(&mut permitted.route.upstream_target);
     let api = &permitted.route.api;
     let spec = &api.spec;
     let declared = request
@@ -183,17 +202,15 @@ pub async fn forward(
     let (mut parts, body) = request.into_parts();
     let runtime = &api.runtime;
     let index = runtime.pick();
-    let uri: Uri = format!("http://u{index}{}", permitted.route.upstream_target)
-        .parse()
-        .map_err(|_| Refusal::new(Phase::Proxy, Code::BadRequest, "unusable request target"))?;
-    parts.uri = uri;
+    parts.uri = upstream_uri(index, target)
+        .ok_or_else(|| Refusal::new(Phase::Proxy, Code::BadRequest, "unusable request target"))?;
     parts.version = match spec.protocol {
         UpstreamProtocol::Http1 => Version::HTTP_11,
         UpstreamProtocol::H2c => Version::HTTP_2,
     };
     let vouched = headers::Vouched {
         tenant: &permitted.tenant.0,
-        api: &api.name,
+        api,
         principal: permitted.principal.as_ref(),
         request_id: context.request_id,
         peer: context.peer,
@@ -208,7 +225,7 @@ pub async fn forward(
     let started = Instant::now();
     let timeout = Duration::from_millis(spec.timeouts.response_ms);
     let outcome =
-        tokio::time::timeout(timeout, runtime.client.request(Request::from_parts(parts, body)))
+        tokio::time::timeout(timeout, runtime.client().request(Request::from_parts(parts, body)))
             .await;
     let mut response = match outcome {
         Ok(Ok(response)) => {
@@ -257,6 +274,21 @@ pub async fn forward(
     let bytes_out = Arc::clone(&pending.bytes_out);
     let body = Tracked::new(body, idle, bytes_out, (context.slot, pending)).boxed_unsync();
     Ok((Response::from_parts(parts, body), answered))
+}
+
+/// `http://u{index}{target}`, the URI the connector reads the upstream from.
+fn upstream_uri(index: usize, target: String) -> Option<Uri> {
+    /// The authorities of the first upstreams, made without allocating.
+    const NAMED: [&str; 8] = ["u0", "u1", "u2", "u3", "u4", "u5", "u6", "u7"];
+    let authority = match NAMED.get(index) {
+        Some(name) => Authority::from_static(name),
+        None => Authority::from_maybe_shared(Bytes::from(format!("u{index}"))).ok()?,
+    };
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(Scheme::HTTP);
+    parts.authority = Some(authority);
+    parts.path_and_query = Some(PathAndQuery::from_maybe_shared(Bytes::from(target)).ok()?);
+    Uri::from_parts(parts).ok()
 }
 
 /// Copies bytes both ways between an upgraded client and upstream (a

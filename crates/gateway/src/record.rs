@@ -17,6 +17,7 @@ use std::{
 
 use bulkhead_meter::{Outcome, UsageEvent, UsageRecorder};
 use bulkhead_model::AuditLevel;
+use http::{HeaderValue, Method, Uri};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use uuid::Uuid;
@@ -85,17 +86,40 @@ pub struct Learned {
     pub runtime: Option<Arc<crate::limit::TenantRuntime>>,
     pub api: Option<Arc<str>>,
     pub audit: Option<AuditLevel>,
-    pub subject: Option<String>,
+    pub subject: Option<Arc<str>>,
 }
 
-/// What a request did, besides what [`Learned`] holds.
+/// What a request did, besides what [`Learned`] holds. It keeps the
+/// request's own values (cheap to clone) and turns them into text only
+/// for an audit record, which most requests never make.
 #[derive(Debug, Clone)]
 pub struct Ended {
-    pub method: String,
-    pub path: String,
+    pub method: Method,
+    pub uri: Uri,
     pub status: u16,
-    pub request_id: String,
+    pub request_id: HeaderValue,
     pub at: i64,
+}
+
+impl Ended {
+    fn audit_record(
+        &self,
+        tenant: Uuid,
+        learned: &Learned,
+        refused: Option<Refused>,
+    ) -> AuditRecord {
+        AuditRecord {
+            tenant,
+            api: learned.api.as_deref().map(str::to_owned),
+            subject: learned.subject.as_deref().map(str::to_owned),
+            method: self.method.as_str().to_owned(),
+            path: self.uri.path().to_owned(),
+            status: self.status,
+            refused,
+            request_id: self.request_id.to_str().unwrap_or_default().to_owned(),
+            at: self.at,
+        }
+    }
 }
 
 fn at(unix: i64) -> time::OffsetDateTime {
@@ -117,21 +141,12 @@ pub fn refused(recorder: &Recorder, learned: Learned, ended: Ended, refusal: &Re
         at: at(ended.at),
     });
     if learned.audit.unwrap_or_default() != AuditLevel::Off {
-        recorder.audit(AuditRecord {
-            tenant,
-            api: learned.api.as_deref().map(str::to_owned),
-            subject: learned.subject,
-            method: ended.method,
-            path: ended.path,
-            status: ended.status,
-            refused: Some(Refused {
-                phase: refusal.phase.as_str().into(),
-                code: refusal.code.as_str().into(),
-                reason: refusal.reason.clone(),
-            }),
-            request_id: ended.request_id,
-            at: ended.at,
-        });
+        let refused = Refused {
+            phase: refusal.phase.as_str().into(),
+            code: refusal.code.as_str().into(),
+            reason: refusal.reason.clone(),
+        };
+        recorder.audit(ended.audit_record(tenant, &learned, Some(refused)));
     }
 }
 
@@ -174,11 +189,10 @@ impl Pending {
 impl Drop for Pending {
     fn drop(&mut self) {
         let Some(tenant) = self.learned.tenant.filter(|_| self.answered) else { return };
-        let ended = &mut self.ended;
-        let api = self.learned.api.clone();
+        let ended = &self.ended;
         self.recorder.usage.record(UsageEvent {
             tenant,
-            api: api.clone(),
+            api: self.learned.api.clone(),
             outcome: Outcome::Allowed,
             status: ended.status,
             bytes_in: self.bytes_in.load(Ordering::Relaxed),
@@ -187,17 +201,7 @@ impl Drop for Pending {
             at: at(ended.at),
         });
         if self.learned.audit == Some(AuditLevel::All) {
-            self.recorder.audit(AuditRecord {
-                tenant,
-                api: api.as_deref().map(str::to_owned),
-                subject: self.learned.subject.take(),
-                method: std::mem::take(&mut ended.method),
-                path: std::mem::take(&mut ended.path),
-                status: ended.status,
-                refused: None,
-                request_id: std::mem::take(&mut ended.request_id),
-                at: ended.at,
-            });
+            self.recorder.audit(ended.audit_record(tenant, &self.learned, None));
         }
     }
 }

@@ -14,7 +14,10 @@ use bulkhead_meter::{Cell, Limit};
 use bulkhead_model::{ApiSpec, GatewayLimits, TenantName};
 use uuid::Uuid;
 
+use http::HeaderValue;
+
 use crate::{
+    headers::text_value,
     limit::TenantRuntime,
     proxy::{ApiRuntime, UpstreamKey},
 };
@@ -77,6 +80,15 @@ pub struct TenantEntry {
     /// The tenant's rate, from its limits.
     pub rate: Option<Limit>,
     pub runtime: Arc<TenantRuntime>,
+    /// The tenant's headers for its upstreams, made once.
+    pub vouched: TenantHeaders,
+}
+
+/// `x-bulkhead-tenant` and `x-bulkhead-tenant-id` of a tenant.
+#[derive(Debug)]
+pub struct TenantHeaders {
+    pub name: HeaderValue,
+    pub id: HeaderValue,
 }
 
 /// One API of a tenant.
@@ -89,6 +101,8 @@ pub struct ApiEntry {
     /// Its rate's cell: kept by name across rebuilds, whatever else changes.
     pub cell: Arc<Cell>,
     pub runtime: Arc<ApiRuntime>,
+    /// `x-bulkhead-api`.
+    pub name_header: HeaderValue,
 }
 
 /// The limiter's form of a rate; `None` (no limit) only for a rate the
@@ -157,7 +171,12 @@ impl Snapshot {
             if let Some(config) = config {
                 let entry = self.entry(config);
                 names.insert(entry.id, Arc::clone(&entry.name));
-                tenants.insert(Arc::clone(&entry.name), entry);
+                // A name reused after a purge: the old tenant's entry goes.
+                if let Some(old) = tenants.insert(Arc::clone(&entry.name), entry)
+                    && old.id != id
+                {
+                    names.remove(&old.id);
+                }
             }
         }
         Self { domain: Arc::clone(&self.domain), tenants, names, built_at: Instant::now() }
@@ -203,6 +222,7 @@ impl Snapshot {
                 let cell = previous.map(|a| Arc::clone(&a.cell)).unwrap_or_default();
                 Arc::new(ApiEntry {
                     name: spec.name.as_str().into(),
+                    name_header: text_value(spec.name.as_str()),
                     rate: spec.rate_limit.as_ref().and_then(limit_of),
                     spec,
                     cell,
@@ -211,7 +231,12 @@ impl Snapshot {
             })
             .collect();
         apis.sort_by_key(|a| std::cmp::Reverse(a.spec.prefix.as_str().len()));
+        let vouched = TenantHeaders {
+            name: text_value(config.name.as_str()),
+            id: text_value(&config.id.to_string()),
+        };
         Arc::new(TenantEntry {
+            vouched,
             id: config.id,
             name: config.name.as_str().into(),
             suspended: config.suspended,

@@ -5,10 +5,11 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::{collections::HashMap, hint::black_box};
+use std::hint::black_box;
 
 use bulkhead_identity::{
-    Algorithm, ClaimMapping, RealmClaims, Role, SigningKey, Trust, VerifiedCache, jws, verify,
+    Algorithm, ClaimMapping, KeySet, RealmClaims, Role, SigningKey, Trust, VerifiedCache, jws,
+    verify,
 };
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use uuid::Uuid;
@@ -39,7 +40,7 @@ fn setup(alg: Algorithm) -> (String, Trust) {
     let trust = Trust {
         tenant_id: tenant,
         issuer,
-        keys: HashMap::from([(key.kid().to_owned(), key.verifying_key().unwrap())]),
+        keys: KeySet::from([(key.kid().to_owned(), key.verifying_key().unwrap())]),
         algorithms: Algorithm::REALM.to_vec(),
         audience: Some("api".into()),
         not_before: None,

@@ -15,4 +15,4 @@ pub use keys::{Algorithm, Jwk, KeyError, SigningKey, VerifyingKey};
 pub mod roles {
     pub use bulkhead_model::{Permission, Role, allows};
 }
-pub use verify::{ClaimMapping, Reason, Rejected, Trust, Verified, VerifiedCache, verify};
+pub use verify::{ClaimMapping, KeySet, Reason, Rejected, Trust, Verified, VerifiedCache, verify};

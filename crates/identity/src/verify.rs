@@ -16,6 +16,55 @@ use crate::{
     roles::Role,
 };
 
+/// Verifying keys by `kid`. A realm or provider has a handful of keys, so
+/// they are kept in a vector: a hash map's table for one key is several
+/// times the key's size, and a gateway holds one set per tenant.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeySet(Vec<(String, VerifyingKey)>);
+
+impl KeySet {
+    pub fn get(&self, kid: &str) -> Option<&VerifyingKey> {
+        self.0.iter().find(|(k, _)| k == kid).map(|(_, key)| key)
+    }
+
+    /// Adds `key` under `kid`, replacing a key of the same kid.
+    pub fn insert(&mut self, kid: String, key: VerifyingKey) {
+        match self.0.iter_mut().find(|(k, _)| *k == kid) {
+            Some((_, old)) => *old = key,
+            None => self.0.push((kid, key)),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &VerifyingKey)> {
+        self.0.iter().map(|(kid, key)| (kid.as_str(), key))
+    }
+}
+
+impl FromIterator<(String, VerifyingKey)> for KeySet {
+    fn from_iter<I: IntoIterator<Item = (String, VerifyingKey)>>(keys: I) -> Self {
+        let mut set = KeySet::default();
+        for (kid, key) in keys {
+            set.insert(kid, key);
+        }
+        set.0.shrink_to_fit();
+        set
+    }
+}
+
+impl<const N: usize> From<[(String, VerifyingKey); N]> for KeySet {
+    fn from(keys: [(String, VerifyingKey); N]) -> Self {
+        keys.into_iter().collect()
+    }
+}
+
 /// Clock skew tolerated on `exp` and `nbf`, in seconds.
 pub const LEEWAY_SECS: i64 = 30;
 
@@ -26,7 +75,7 @@ pub struct Trust {
     /// `iss` must equal this exactly.
     pub issuer: String,
     /// The keys that may have signed, by `kid`.
-    pub keys: HashMap<String, VerifyingKey>,
+    pub keys: KeySet,
     /// Algorithms accepted; never `none`, never HMAC.
     pub algorithms: Vec<Algorithm>,
     /// When set, `aud` must be or contain it.

@@ -6,8 +6,8 @@ use std::collections::HashMap;
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use bulkhead_identity::{
-    Algorithm, ClaimMapping, RealmClaims, Reason, Role, SigningKey, Trust, VerifiedCache, jws,
-    verify,
+    Algorithm, ClaimMapping, KeySet, RealmClaims, Reason, Role, SigningKey, Trust, VerifiedCache,
+    jws, verify,
 };
 use hmac::{Hmac, KeyInit, Mac};
 use proptest::prelude::*;
@@ -39,7 +39,7 @@ impl Realm {
         Trust {
             tenant_id: self.tenant,
             issuer: self.issuer.clone(),
-            keys: HashMap::from([(self.key.kid().to_owned(), self.key.verifying_key().unwrap())]),
+            keys: KeySet::from([(self.key.kid().to_owned(), self.key.verifying_key().unwrap())]),
             algorithms: Algorithm::REALM.to_vec(),
             audience: None,
             not_before: None,
@@ -353,7 +353,7 @@ fn the_cache_answers_repeats_and_forgets_removed_keys() {
     trust.keys.insert(acme.key.kid().to_owned(), other.verifying_key().unwrap());
     assert_eq!(cache.verify(&token, &trust, NOW).unwrap_err().reason, Reason::Signature);
     // Its key no longer trusted: refused too.
-    trust.keys.clear();
+    trust.keys = KeySet::default();
     let kid = acme.key.kid().to_owned();
     assert_eq!(cache.verify(&token, &trust, NOW).unwrap_err().reason, Reason::UnknownKid(kid));
     // Another tenant's trust never hits this tenant's entry, even one that

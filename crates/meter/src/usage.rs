@@ -21,7 +21,10 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use tokio::{
-    sync::mpsc::{self, error::TrySendError},
+    sync::mpsc::{
+        self,
+        error::{TryRecvError, TrySendError},
+    },
     time::MissedTickBehavior,
 };
 use tracing::{error, warn};
@@ -37,7 +40,9 @@ pub const LATENCY_BUCKETS_MS: [u64; 6] = [1, 5, 25, 100, 500, 2_500];
 pub const DEFAULT_MAX_PENDING_ROWS: usize = 100_000;
 
 /// How many events the aggregator takes from the queue at once.
-const BATCH: usize = 256;
+/// How often the aggregator takes what the queue holds; the queue must
+/// hold what arrives in this time.
+const DRAIN_EVERY: Duration = Duration::from_millis(20);
 
 /// One request as the gateway answered it. Cheap to build on the request
 /// path: the API name is an `Arc` clone of the snapshot's, the refusal's
@@ -322,18 +327,24 @@ impl Aggregator {
         ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
         // The first tick completes at once; flushing starts one period in.
         ticks.tick().await;
-        let mut batch = Vec::with_capacity(BATCH);
-        loop {
+        // The queue is drained on a timer rather than awaited: a receiver
+        // parked on the queue is woken by every send, and on a busy gateway
+        // that is a thread wake-up per request.
+        let mut drains = tokio::time::interval(DRAIN_EVERY.min(flush_every));
+        drains.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut open = true;
+        while open {
             tokio::select! {
-                received = events.recv_many(&mut batch, BATCH) => {
-                    // 0 only when the queue is closed and empty.
-                    if received == 0 {
-                        break;
+                _ = drains.tick() => loop {
+                    match events.try_recv() {
+                        Ok(event) => self.add(event),
+                        Err(TryRecvError::Empty) => break,
+                        Err(TryRecvError::Disconnected) => {
+                            open = false;
+                            break;
+                        }
                     }
-                    for event in batch.drain(..) {
-                        self.add(event);
-                    }
-                }
+                },
                 _ = ticks.tick() => {
                     // The current minute's rows too: rows are deltas, so
                     // usage is never more than a tick old.

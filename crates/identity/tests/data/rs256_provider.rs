@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use bulkhead_identity::{Algorithm, ClaimMapping, Jwk, Role, Trust, VerifyingKey};
+use bulkhead_identity::{Algorithm, ClaimMapping, Jwk, KeySet, Role, Trust, VerifyingKey};
 use uuid::Uuid;
 
 /// The provider's token and a tenant's trust in the provider.
@@ -14,7 +14,7 @@ pub fn rs256_provider() -> (String, Trust) {
     let trust = Trust {
         tenant_id: Uuid::new_v4(),
         issuer: "https://idp.example/".into(),
-        keys: HashMap::from([("rsa-1".into(), VerifyingKey::from_jwk(&jwk).unwrap())]),
+        keys: KeySet::from([("rsa-1".into(), VerifyingKey::from_jwk(&jwk).unwrap())]),
         algorithms: Algorithm::EXTERNAL.to_vec(),
         audience: Some("api".into()),
         not_before: None,
