@@ -38,7 +38,14 @@ pub fn authorize(
         return Err(Refusal::new(Phase::Authz, Code::Unauthenticated, "no credential"));
     };
     if caller.kind != CredentialKind::ApiKey {
-        let required = spec.audience.as_deref().unwrap_or(&tenant.0.app_audience);
+        // An external provider's token names the audience of the tenant's
+        // trust, which authn checked; a realm token, the tenant's
+        // application audience. An API with its own audience wants that.
+        let required = match (spec.audience.as_deref(), caller.kind) {
+            (Some(own), _) => Some(own),
+            (None, CredentialKind::ExternalToken) => None,
+            (None, _) => Some(&*tenant.0.app_audience),
+        };
         if caller.audience.contains(&domain.control_audience) {
             return Err(Refusal::new(
                 Phase::Authz,
@@ -46,7 +53,9 @@ pub fn authorize(
                 "a control-API token is not an application token",
             ));
         }
-        if !caller.audience.iter().any(|a| a == required) {
+        if let Some(required) = required
+            && !caller.audience.iter().any(|a| a == required)
+        {
             return Err(Refusal::new(
                 Phase::Authz,
                 Code::Unauthenticated,

@@ -11,6 +11,7 @@ use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::{
+    identity::ExternalIdp,
     kit::{GatewayProcess, Server, Store, exit_code, stderr, stdout},
     upstream::Upstream,
 };
@@ -225,6 +226,74 @@ async fn a_request_reaches_its_own_tenants_upstream_with_verified_context_only()
     assert_eq!(status, 404);
     assert_eq!(by_ip["error"]["message"], unknown["error"]["message"]);
     assert!(by_ip["error"]["request_id"].is_string());
+}
+
+#[tokio::test]
+async fn an_external_providers_token_reaches_its_own_tenants_upstream_only() {
+    // The stand-in provider is plain http on loopback, which only an
+    // operator's allow-list permits.
+    let server = Server::start(Store::Embedded, "", &["--insecure-jwks-host", "127.0.0.1"]).await;
+    let Two { server, acme, globex } = two_tenants_on(server).await;
+    let idp = ExternalIdp::start().await;
+    let issuer = "https://idp.acme.example/realms/staff";
+    let trusted = server.cli(&[
+        "auth",
+        "trust",
+        "--tenant",
+        "acme",
+        "--issuer",
+        issuer,
+        "--jwks-url",
+        &idp.jwks_url,
+        "--audience",
+        "acme-app",
+        "--subject-claim",
+        "email",
+        "--roles-claim",
+        "groups",
+        "--role-map",
+        "staff=analyst",
+    ]);
+    assert_eq!(exit_code(&trusted), 0, "{}", stderr(&trusted));
+    create_api(
+        &server,
+        "acme",
+        "billing",
+        &["--prefix", "/billing", "--upstream", &acme.url(), "--audience", "billing-app"],
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let claims = serde_json::json!({
+        "iss": issuer, "aud": "acme-app", "email": "bob@acme.example", "iat": now,
+        "exp": now + 300, "groups": ["staff"],
+    });
+    let token = idp.sign("k1", &claims);
+    let client = client(&server);
+    let (status, body) = call(&client, &url(&server, "acme", "/echo/x"), Some(&token)).await;
+    assert_eq!(status, 200, "{body} {}", server.log());
+    let seen = acme.seen();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(
+        seen[0].header("x-bulkhead-subject"),
+        [format!("{issuer}#bob@acme.example").as_str()]
+    );
+    assert_eq!(seen[0].header("x-bulkhead-roles"), ["analyst"]);
+
+    // Another tenant does not trust the provider; an API with an audience
+    // of its own wants a token for it; a token for another application of
+    // the provider is refused; none reaches an upstream.
+    acme.forget();
+    let (status, _) = call(&client, &url(&server, "globex", "/echo/x"), Some(&token)).await;
+    assert_eq!(status, 401);
+    let (status, _) = call(&client, &url(&server, "acme", "/billing/x"), Some(&token)).await;
+    assert_eq!(status, 401);
+    let mut other_app = claims.clone();
+    other_app["aud"] = serde_json::json!("billing-app");
+    let other_app = idp.sign("k1", &other_app);
+    let (status, _) = call(&client, &url(&server, "acme", "/echo/x"), Some(&other_app)).await;
+    assert_eq!(status, 401);
+    assert!(acme.seen().is_empty() && globex.seen().is_empty());
 }
 
 #[tokio::test]
@@ -762,6 +831,100 @@ async fn a_gateway_on_its_own_serves_through_a_store_outage_and_catches_up() {
     let _postgres = stopped.restart().await;
     let took = wait_for("/during", Duration::from_secs(10)).await;
     eprintln!("caught up {took:?} after the store came back");
+}
+
+/// `curl` with `args` through the gateway, on a blocking thread: the test's
+/// upstream shares this test's single-threaded runtime and must keep
+/// answering meanwhile. Returns curl's `-w` output after the body.
+async fn curl_at(server: &Server, args: &[&str]) -> String {
+    let port = gateway_addr(server).port();
+    let mut all: Vec<String> =
+        ["-sS", "--max-time", "10", "--resolve"].iter().map(|s| (*s).to_owned()).collect();
+    all.push(format!("acme.localhost:{port}:127.0.0.1"));
+    all.extend(args.iter().map(|s| s.replace("{port}", &port.to_string())));
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("curl").args(&all).output().unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[tokio::test]
+async fn http2_clients_and_h2c_upstreams_are_proxied_both_ways() {
+    let Two { server, acme, globex: _globex } = two_tenants("").await;
+    create_api(
+        &server,
+        "acme",
+        "h2",
+        &["--prefix", "/h2", "--upstream", &acme.url(), "--protocol", "h2c"],
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let bearer = format!("Authorization: Bearer {}", token(&server, "acme", &[]));
+    let cases = [
+        // (client, path, what the upstream speaks)
+        ("--http2-prior-knowledge", "/echo/a", "HTTP/1.1"),
+        ("--http2-prior-knowledge", "/h2/b", "HTTP/2.0"),
+        ("--http1.1", "/h2/c", "HTTP/2.0"),
+    ];
+    for (client_flag, path, upstream_version) in cases {
+        acme.forget();
+        let url = format!("http://acme.localhost:{{port}}{path}");
+        let out = curl_at(
+            &server,
+            &[
+                client_flag,
+                "-H",
+                &bearer,
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code} %{http_version}",
+                &url,
+            ],
+        )
+        .await;
+        let expected_client = if client_flag == "--http1.1" { "1.1" } else { "2" };
+        assert_eq!(out, format!("200 {expected_client}"), "{path}: {}", server.log());
+        let seen = acme.seen();
+        assert_eq!(seen.len(), 1, "{seen:?}");
+        assert_eq!(seen[0].version, upstream_version, "{path}");
+        assert_eq!(seen[0].target, path);
+        assert_eq!(seen[0].header("x-bulkhead-tenant"), ["acme"]);
+        assert!(seen[0].header("host")[0].starts_with("acme.localhost"), "{seen:?}");
+    }
+
+    // A body goes through both ways, and an HTTP/2 client without a
+    // credential is refused like any other.
+    acme.forget();
+    let url = format!("http://acme.localhost:{{port}}/h2/post");
+    let out = curl_at(
+        &server,
+        &[
+            "--http2-prior-knowledge",
+            "-H",
+            &bearer,
+            "--data-binary",
+            "hello h2",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            &url,
+        ],
+    )
+    .await;
+    assert_eq!(out, "200");
+    assert_eq!(acme.seen()[0].body, b"hello h2");
+    acme.forget();
+    let out = curl_at(
+        &server,
+        &["--http2-prior-knowledge", "-o", "/dev/null", "-w", "%{http_code}", &url],
+    )
+    .await;
+    assert_eq!(out, "401");
+    assert!(acme.seen().is_empty());
 }
 
 #[tokio::test]

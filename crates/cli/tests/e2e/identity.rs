@@ -314,14 +314,14 @@ const EXTERNAL_IDP: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e/exter
 
 /// An identity provider of the tenant's own: keys and tokens from PyJWT,
 /// its JWKS served over HTTP by Python, every request to it logged.
-struct ExternalIdp {
+pub(crate) struct ExternalIdp {
     dir: tempfile::TempDir,
     server: std::process::Child,
-    jwks_url: String,
+    pub(crate) jwks_url: String,
 }
 
 impl ExternalIdp {
-    async fn start() -> Self {
+    pub(crate) async fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let log = std::fs::File::create(dir.path().join("access.log")).unwrap();
         // The server binds a port of its own choosing and says which.
@@ -371,7 +371,7 @@ impl ExternalIdp {
         self.run(&["keygen", self.dir.path().to_str().unwrap(), kid, kind]);
     }
 
-    fn sign(&self, kid: &str, claims: &Value) -> String {
+    pub(crate) fn sign(&self, kid: &str, claims: &Value) -> String {
         self.run(&["sign", self.dir.path().to_str().unwrap(), kid, &claims.to_string()])
     }
 

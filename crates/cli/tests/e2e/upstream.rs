@@ -21,6 +21,8 @@ use serde_json::{Value, json};
 /// One request as the upstream saw it.
 #[derive(Debug, Clone)]
 pub struct Seen {
+    /// `HTTP/1.1` or `HTTP/2.0`.
+    pub version: String,
     pub method: String,
     pub target: String,
     pub headers: Vec<(String, String)>,
@@ -55,6 +57,7 @@ async fn answer(
     let (parts, body) = request.into_parts();
     let body = body.collect().await.map(|b| b.to_bytes().to_vec()).unwrap_or_default();
     let record = Seen {
+        version: format!("{:?}", parts.version),
         method: parts.method.to_string(),
         target: parts.uri.path_and_query().map(|p| p.to_string()).unwrap_or_default(),
         headers: parts
