@@ -31,10 +31,17 @@ apt_install() {
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
 }
 
+# Sets host and port from URL $1 (scheme://[user@]host[:port][/...]),
+# port $2 when it names none.
+host_port() {
+    local hostport="${1#*://}"; hostport="${hostport#*@}"; hostport="${hostport%%/*}"
+    host="${hostport%%:*}"; port="${hostport##*:}"; [ "$port" = "$hostport" ] && port=$2
+    return 0
+}
+
 ensure_postgres() {
-    local hostport host port
-    hostport="${BULKHEAD_TEST_POSTGRES#*://}"; hostport="${hostport#*@}"; hostport="${hostport%%/*}"
-    host="${hostport%%:*}"; port="${hostport##*:}"; [ "$port" = "$hostport" ] && port=5432
+    local host port
+    host_port "$BULKHEAD_TEST_POSTGRES" 5432
     if listening "$host" "$port"; then say "PostgreSQL is up on $host:$port"; return; fi
     if [ "$host" != 127.0.0.1 ] && [ "$host" != localhost ]; then die "PostgreSQL at $host:$port does not answer"; fi
     local fresh=0
@@ -54,9 +61,8 @@ ensure_postgres() {
 }
 
 ensure_redis() {
-    local hostport host port
-    hostport="${BULKHEAD_TEST_REDIS#*://}"; hostport="${hostport#*@}"; hostport="${hostport%%/*}"
-    host="${hostport%%:*}"; port="${hostport##*:}"; [ "$port" = "$hostport" ] && port=6379
+    local host port
+    host_port "$BULKHEAD_TEST_REDIS" 6379
     if listening "$host" "$port"; then say "Redis is up on $host:$port"; return; fi
     if [ "$host" != 127.0.0.1 ] && [ "$host" != localhost ]; then die "Redis at $host:$port does not answer"; fi
     command -v redis-server >/dev/null || apt_install redis-server
@@ -81,6 +87,20 @@ if ! python3 -c 'import jwt, cryptography, openapi_spec_validator, schemathesis,
     say "installing ${PYTHON_TOOLS[*]}"
     python3 -m pip install --quiet --disable-pip-version-check "${PYTHON_TOOLS[@]}" \
         || die "cannot install the Python test tools; run: python3 -m pip install ${PYTHON_TOOLS[*]}"
+fi
+
+# The gateway's /metrics must pass `promtool check metrics`. Only promtool
+# is taken from Debian's prometheus package: installing the package would
+# start a Prometheus server.
+if ! command -v promtool >/dev/null; then
+    can_install || die "promtool is missing; install it (Debian: the prometheus package) or put it on PATH"
+    say "installing promtool (from Debian's prometheus package)"
+    apt-get update -qq
+    unpacked=$(mktemp -d) && chmod 777 "$unpacked"  # apt downloads as _apt
+    (cd "$unpacked" && apt-get download -qq prometheus && dpkg-deb -x prometheus_*.deb .) \
+        || die "cannot fetch Debian's prometheus package for promtool"
+    install -m 755 "$unpacked/usr/bin/promtool" /usr/local/bin/promtool
+    rm -rf "$unpacked"
 fi
 
 say "cargo fmt --check"

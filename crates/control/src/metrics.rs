@@ -371,10 +371,62 @@ impl Metrics {
         prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
         Ok(out)
     }
+
+    /// The Prometheus text exposition (format 0.0.4), for scrapers that
+    /// do not ask for OpenMetrics and for `promtool check metrics`.
+    pub fn encode_classic(&self) -> Result<String, std::fmt::Error> {
+        Ok(classic(&self.encode()?))
+    }
+}
+
+/// `openmetrics` in the Prometheus text format: a counter's family is named
+/// after its samples (`x_total`), `# UNIT` and `# EOF` go, and `unknown`
+/// is `untyped`. The registry holds no info, state-set or gauge-histogram
+/// metrics, which that format cannot say.
+fn classic(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|line| line.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let descriptor = ["# HELP ", "# TYPE "].into_iter().find_map(|kind| {
+            let (name, rest) = line.strip_prefix(kind)?.split_once(' ')?;
+            Some((kind, name, rest))
+        });
+        match descriptor {
+            Some((kind, name, rest)) if counters.contains(name) => {
+                out.push_str(&format!("{kind}{name}_total {rest}\n"));
+            }
+            Some(("# TYPE ", name, "unknown")) => out.push_str(&format!("# TYPE {name} untyped\n")),
+            _ => {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+    }
+    out
 }
 
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_classic_format_names_counter_families_after_their_samples() {
+        let openmetrics = "# HELP a_requests Requests.\n# TYPE a_requests counter\na_requests_total{x=\"1\"} 2\n# HELP a_age Age.\n# TYPE a_age gauge\n# UNIT a_age seconds\na_age 3\n# TYPE a_odd unknown\na_odd 1\n# EOF\n";
+        assert_eq!(
+            classic(openmetrics),
+            "# HELP a_requests_total Requests.\n# TYPE a_requests_total counter\na_requests_total{x=\"1\"} 2\n# HELP a_age Age.\n# TYPE a_age gauge\na_age 3\n# TYPE a_odd untyped\na_odd 1\n"
+        );
     }
 }

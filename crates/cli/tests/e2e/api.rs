@@ -120,11 +120,28 @@ async fn health_readiness_and_metrics() {
         "bulkhead_tenants{state=\"failed\"} 0",
         "bulkhead_http_requests_total{method=\"POST\",route=\"/v1/tenants\",status=\"202\"} 1",
         "bulkhead_provisioning_duration_seconds_count 1",
-        "# EOF",
+        "# TYPE bulkhead_http_requests_total counter",
     ] {
         assert!(metrics.contains(expected), "missing {expected:?} in\n{metrics}");
     }
     assert!(!metrics.contains("acme"), "no tenant names in metric labels");
+    crate::kit::promtool_accepts(metrics).await;
+    // A scraper that asks for OpenMetrics (Prometheus does) gets it.
+    let openmetrics = reqwest::Client::new()
+        .get(format!("{}/metrics", server.api))
+        .header("accept", "application/openmetrics-text;version=1.0.0;q=0.5,text/plain;q=0.3")
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        openmetrics.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/openmetrics-text")
+    );
+    let openmetrics = openmetrics.text().await.unwrap();
+    assert!(openmetrics.contains("# TYPE bulkhead_http_requests counter"), "{openmetrics}");
+    assert!(openmetrics.ends_with("# EOF\n"), "{openmetrics}");
 }
 
 #[tokio::test]

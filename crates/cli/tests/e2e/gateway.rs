@@ -12,7 +12,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::{
     identity::ExternalIdp,
-    kit::{GatewayProcess, Server, Store, exit_code, stderr, stdout},
+    kit::{GatewayProcess, Server, Store, exit_code, promtool_accepts, stderr, stdout},
     upstream::Upstream,
 };
 
@@ -639,6 +639,7 @@ async fn decisions_are_counted_as_usage_and_audited_as_the_api_says() {
     ] {
         assert!(metrics.contains(line), "{line} missing from:\n{metrics}");
     }
+    promtool_accepts(&metrics).await;
 
     let deadline = Instant::now() + Duration::from_secs(10);
     let usage = loop {

@@ -489,3 +489,31 @@ impl Drop for GatewayProcess {
         let _ = self.child.wait();
     }
 }
+
+/// `promtool check metrics` passes `metrics` (the exposition format and
+/// Prometheus's naming rules). scripts/test.sh installs promtool.
+pub async fn promtool_accepts(metrics: &str) {
+    use std::io::Write;
+    let metrics = metrics.to_owned();
+    let checked = tokio::task::spawn_blocking(move || {
+        let mut child = std::process::Command::new("promtool")
+            .args(["check", "metrics"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect(
+                "promtool is needed (Debian: the prometheus package; scripts/test.sh installs it)",
+            );
+        child.stdin.take().unwrap().write_all(metrics.as_bytes()).unwrap();
+        child.wait_with_output().unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        checked.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
+}

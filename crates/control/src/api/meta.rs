@@ -6,7 +6,7 @@ use std::time::Duration;
 use axum::{
     Extension, Json,
     extract::State,
-    http::{StatusCode, header},
+    http::{HeaderMap, StatusCode, header},
     response::{IntoResponse, Response},
 };
 
@@ -43,22 +43,29 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<Status>, ApiEr
     }
 }
 
-/// Prometheus metrics in the OpenMetrics text format.
+/// Prometheus metrics: OpenMetrics when the scraper asks for it (as
+/// Prometheus does), else the Prometheus text format.
 #[utoipa::path(
     get, path = "/metrics", tag = "meta",
-    responses((status = 200, content_type = "application/openmetrics-text", body = String))
+    responses((status = 200, content_type = "text/plain", body = String))
 )]
-pub async fn metrics(State(state): State<AppState>) -> Response {
+pub async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response {
     match state.store.count_by_state().await {
         Ok(counts) => state.metrics.set_tenant_counts(&counts),
         Err(error) => tracing::warn!(%error, "metrics: cannot count tenants"),
     }
-    match state.metrics.encode() {
-        Ok(text) => (
-            [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
-            text,
-        )
-            .into_response(),
+    let openmetrics = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|accept| accept.contains("application/openmetrics-text"));
+    let (encoded, content_type) = if openmetrics {
+        (state.metrics.encode(), "application/openmetrics-text; version=1.0.0; charset=utf-8")
+    } else {
+        (state.metrics.encode_classic(), "text/plain; version=0.0.4; charset=utf-8")
+    };
+    match encoded {
+        Ok(text) => ([(header::CONTENT_TYPE, content_type)], text).into_response(),
         Err(error) => ApiError::internal(&error).into_response(),
     }
 }
