@@ -116,6 +116,9 @@ pub enum Command {
     /// Tenants' audit streams: read, export, verify offline
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Report what the installation exposes: every API that answers
+    /// without a credential (`auth: public`), by tenant
+    Verify,
     /// Create or change what manifests declare (tenants first, then their
     /// APIs); prints created, changed or unchanged for each
     Apply(ApplyArgs),

@@ -8,10 +8,10 @@ use bulkhead_control::api::{
     types::{
         ApiApplied, ApiKeyCreated, ApiKeyList, ApiList, CreateApiKeyRequest, CreateTenantRequest,
         CredentialView, ErrorBody, IssueCredentialRequest, IssueTokenRequest, KeyStatusView,
-        LeaseList, LeaseView, LockoutList, MasterRotationView, PlanList, RealmKeyList, RegionList,
-        RevokedTokensView, RewrapView, RotateKeyView, RotateRealmKeyView, SecretList,
-        SecretWritten, ServerStatus, TenantKeyRequest, TenantKeyView, TenantList, TenantView,
-        TokenView, TrustRequest, TrustView, UpdateTenantRequest,
+        LeaseList, LeaseView, LockoutList, MasterRotationView, PlanList, PublicApiList,
+        RealmKeyList, RegionList, RevokedTokensView, RewrapView, RotateKeyView, RotateRealmKeyView,
+        SecretList, SecretWritten, ServerStatus, TenantKeyRequest, TenantKeyView, TenantList,
+        TenantView, TokenView, TrustRequest, TrustView, UpdateTenantRequest,
     },
     usage::UsageList,
 };
@@ -492,6 +492,11 @@ impl ApiClient {
 
     pub async fn apis(&self, tenant: &str) -> Result<ApiList, CliError> {
         self.call(Method::GET, self.url(&["v1", "tenants", tenant, "apis"])?, &[]).await
+    }
+
+    /// Every tenant's APIs that answer without a credential.
+    pub async fn public_apis(&self) -> Result<PublicApiList, CliError> {
+        self.call(Method::GET, self.url(&["v1", "apis", "public"])?, &[]).await
     }
 
     pub async fn api(&self, tenant: &str, name: &str) -> Result<ApiSpec, CliError> {

@@ -396,6 +396,38 @@ pub fn apis(format: Output, apis: &[ApiSpec]) -> Result<(), CliError> {
     Ok(())
 }
 
+/// `bulkhead verify`: what answers without a credential.
+pub fn public_apis(
+    format: Output,
+    apis: &[bulkhead_control::api::types::PublicApi],
+) -> Result<(), CliError> {
+    if format == Output::Json {
+        return json(&apis);
+    }
+    if apis.is_empty() {
+        println!("public APIs: none (every API asks for a credential)");
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = apis
+        .iter()
+        .map(|p| {
+            let upstreams: Vec<String> = p.api.upstreams.iter().map(ToString::to_string).collect();
+            vec![
+                p.tenant.clone(),
+                p.api.name.to_string(),
+                p.api.prefix.as_str().to_owned(),
+                upstreams.join(","),
+            ]
+        })
+        .collect();
+    println!(
+        "public APIs: {} answer without a credential (auth: public)\n{}",
+        apis.len(),
+        table(&["TENANT", "API", "PREFIX", "UPSTREAMS"], &rows)
+    );
+    Ok(())
+}
+
 pub fn usage(format: Output, rows: &[bulkhead_meter::UsageRow]) -> Result<(), CliError> {
     if format == Output::Json {
         return json(&rows);

@@ -3,10 +3,10 @@
 //! stream (which is also what tells the gateway to rebuild the tenant's
 //! entry). No HTTP here.
 
-use std::sync::Arc;
+use std::{collections::HashMap, sync::Arc};
 
 use bulkhead_identity::Permission;
-use bulkhead_model::{ApiSpec, InvalidApi, Tenant, TenantState};
+use bulkhead_model::{ApiAuth, ApiSpec, InvalidApi, Tenant, TenantId, TenantName, TenantState};
 use bulkhead_store::{ApiRecord, ControlStore, StoreError};
 use serde_json::json;
 use thiserror::Error;
@@ -180,6 +180,34 @@ impl ApiService {
         let details = json!({ "name": name, "prefix": spec.prefix.as_str(), "auth": spec.auth });
         self.events.record(actor, &tenant, action, "ok", details).await;
         Ok((spec, applied))
+    }
+
+    /// Every API that answers without a credential, of every tenant not
+    /// deleted, by tenant and name.
+    pub async fn public(&self) -> Result<Vec<(TenantName, ApiSpec)>> {
+        let mut public = Vec::new();
+        let mut names: HashMap<TenantId, Option<Tenant>> = HashMap::new();
+        for record in self.store.all_apis().await? {
+            let Ok(spec) = decode(&record) else { continue };
+            if spec.auth != ApiAuth::Public {
+                continue;
+            }
+            let tenant = match names.get(&record.tenant_id) {
+                Some(tenant) => tenant.clone(),
+                None => {
+                    let tenant = self.store.tenant_by_id(record.tenant_id).await?;
+                    names.insert(record.tenant_id, tenant.clone());
+                    tenant
+                }
+            };
+            if let Some(tenant) = tenant.filter(|t| t.state != TenantState::Deleted) {
+                public.push((tenant.name, spec));
+            }
+        }
+        public.sort_by(|a, b| {
+            (a.0.as_str(), a.1.name.as_str()).cmp(&(b.0.as_str(), b.1.name.as_str()))
+        });
+        Ok(public)
     }
 
     pub async fn list(&self, actor: &Actor, tenant_name: &str) -> Result<Vec<ApiSpec>> {

@@ -43,6 +43,11 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             output::usage(cli.global.output, &usage.usage)
         }
         Command::Audit(command) => audit::run(command, &cli.global).await,
+        Command::Verify => {
+            let client = ApiClient::discover(&cli.global)?;
+            let public = client.public_apis().await?;
+            output::public_apis(cli.global.output, &public.apis)
+        }
         Command::Status { api_url } => {
             let client = ApiClient::discover(&cli.global)?;
             let status = client.status().await?;

@@ -492,7 +492,7 @@ async fn suspension_and_new_apis_reach_the_gateway_within_a_second() {
 
 #[tokio::test]
 async fn apis_are_checked_and_listed() {
-    let Two { server, .. } = two_tenants("").await;
+    let Two { server, globex, .. } = two_tenants("").await;
     let bad = [
         (vec!["--prefix", "echo", "--upstream", "http://127.0.0.1:1"], "does not start with '/'"),
         (
@@ -549,6 +549,36 @@ async fn apis_are_checked_and_listed() {
     let events = server.audit_events(&["acme"]);
     let actions: Vec<&str> = events.iter().filter_map(|e| e["action"].as_str()).collect();
     assert!(actions.contains(&"api.create") && actions.contains(&"api.delete"), "{actions:?}");
+
+    // A public API is explicit, answers without a credential, and is what
+    // `verify` lists, across tenants.
+    let none = server.cli(&["verify"]);
+    assert_eq!(exit_code(&none), 0, "{}", stderr(&none));
+    assert!(stdout(&none).contains("public APIs: none"), "{}", stdout(&none));
+    create_api(
+        &server,
+        "globex",
+        "status",
+        &["--prefix", "/status", "--upstream", &globex.url(), "--public"],
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (status, _) = call(&client(&server), &url(&server, "globex", "/status"), None).await;
+    assert_eq!(status, 200);
+    assert_eq!(globex.seen().len(), 1);
+    assert!(globex.seen()[0].header("x-bulkhead-subject").is_empty());
+    let (status, _) = call(&client(&server), &url(&server, "globex", "/echo"), None).await;
+    assert_eq!(status, 401, "the tenant's other API still wants a credential");
+    let listed = server.cli(&["verify"]);
+    assert!(
+        stdout(&listed).contains("public APIs: 1 answer without a credential"),
+        "{}",
+        stdout(&listed)
+    );
+    let listed = server.cli_json(&["verify"]);
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+    assert_eq!(listed[0]["tenant"], "globex");
+    assert_eq!(listed[0]["api"]["name"], "status");
+    assert_eq!(listed[0]["api"]["auth"], "public");
 }
 
 #[tokio::test]

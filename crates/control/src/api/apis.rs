@@ -9,9 +9,10 @@ use bulkhead_model::ApiSpec;
 
 use super::{
     AppState,
+    auth::operator_only,
     error::{ApiError, ErrorCode},
     record_tenant,
-    types::{ApiApplied, ApiList, ErrorBody},
+    types::{ApiApplied, ApiList, ErrorBody, PublicApi, PublicApiList},
 };
 use crate::{apis::Applied, events::Actor};
 
@@ -122,4 +123,25 @@ pub async fn delete_api(
     record_tenant(&tenant);
     state.apis.delete(&actor, &tenant, &name).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Every API, of every tenant, that answers without a credential
+/// (`auth: public`): what `bulkhead verify` lists. Operators only.
+#[utoipa::path(
+    get, path = "/v1/apis/public", tag = "apis",
+    responses((status = 200, body = PublicApiList), (status = 403, body = ErrorBody)),
+    security(("operator_token" = []))
+)]
+pub async fn public_apis(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
+) -> Result<Json<PublicApiList>, ApiError> {
+    operator_only(&actor)?;
+    let apis = state.apis.public().await?;
+    Ok(Json(PublicApiList {
+        apis: apis
+            .into_iter()
+            .map(|(tenant, api)| PublicApi { tenant: tenant.to_string(), api })
+            .collect(),
+    }))
 }

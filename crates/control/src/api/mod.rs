@@ -247,6 +247,7 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(identity::set_trust, identity::get_trust, identity::remove_trust))
         .routes(routes!(apis::create_api, apis::list_apis))
         .routes(routes!(apis::get_api, apis::put_api, apis::delete_api))
+        .routes(routes!(apis::public_apis))
         .routes(routes!(usage::tenant_usage))
         .routes(routes!(audit::tenant_events))
         .routes(routes!(audit::tenant_export))

@@ -720,6 +720,19 @@ pub struct ApiList {
     pub apis: Vec<bulkhead_model::ApiSpec>,
 }
 
+/// An API that answers without a credential, and its tenant.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct PublicApi {
+    pub tenant: String,
+    pub api: bulkhead_model::ApiSpec,
+}
+
+/// Every public API.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct PublicApiList {
+    pub apis: Vec<PublicApi>,
+}
+
 /// An API as created or applied, and what the request did to it.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ApiApplied {
