@@ -6,8 +6,9 @@
 //! tenant's audit stream, so the event log is where changes are noticed:
 //! [`ConfigChanges`] collects the tenants whose events say so, and
 //! [`follow`] rebuilds their entries, in batches, within milliseconds. A
-//! full rebuild every so often catches what no event announces (realm keys
-//! leaving the JWKS by time, an external provider's rotated keys).
+//! What no event announces changes by time (a realm key leaving the JWKS,
+//! an external provider's rotated keys): each entry says when it is due to
+//! be built again, and a full rebuild now and then is the safety net.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -138,6 +139,22 @@ impl GatewayFeed {
         Ok(configs)
     }
 
+    /// The configurations of `ids`, for [`Snapshot::with_tenants`]; a
+    /// tenant that cannot be read keeps its entry until the next full
+    /// rebuild.
+    async fn tenants(&self, ids: &HashSet<TenantId>) -> Vec<(uuid::Uuid, Option<TenantConfig>)> {
+        let mut updates = Vec::with_capacity(ids.len());
+        for &id in ids {
+            match self.tenant(id).await {
+                Ok(config) => updates.push((id.0, config)),
+                Err(error) => {
+                    tracing::warn!(tenant = %id, %error, "cannot read a changed tenant; serving its last entry")
+                }
+            }
+        }
+        updates
+    }
+
     /// One tenant's configuration; `None` when the gateway does not serve
     /// it (gone, or in a state other than active and suspended).
     pub async fn tenant(&self, id: TenantId) -> Result<Option<TenantConfig>, StoreError> {
@@ -216,7 +233,16 @@ impl GatewayFeed {
                 return None;
             }
         };
+        let now = self.realms.now().unix_timestamp();
+        let key_leaves = keys
+            .iter()
+            .filter_map(|k| k.remove_after.map(time::OffsetDateTime::unix_timestamp))
+            .filter(|&at| at > now)
+            .min();
+        let provider_looked_at = parts.trust.map(|_| now + EXTERNAL_KEYS_EVERY.as_secs() as i64);
+        let refresh_at = key_leaves.into_iter().chain(provider_looked_at).min();
         Some(TenantConfig {
+            refresh_at,
             id: tenant.id.0,
             name: tenant.name.clone(),
             suspended,
@@ -246,6 +272,13 @@ pub async fn rebuild(gateway: &Gateway, feed: &GatewayFeed) -> Result<usize, Sto
     Ok(tenants)
 }
 
+/// How often a tenant that trusts an external provider has its entry built
+/// again, taking the provider's keys as the cache has them then (the cache
+/// fetches them again when they are old).
+const EXTERNAL_KEYS_EVERY: Duration = Duration::from_secs(30);
+/// How often the snapshot is checked for entries due to be built again.
+const DUE_EVERY: Duration = Duration::from_secs(5);
+
 /// Where a feed hears of changed tenants.
 #[derive(Debug)]
 pub enum Source {
@@ -259,6 +292,8 @@ pub enum Source {
 /// What the source said.
 enum Heard {
     Changed(HashSet<TenantId>),
+    /// Entries due to be built again by time; no other gateway is told.
+    Due(HashSet<TenantId>),
     /// Notifications may have been missed: rebuild everything.
     Lost,
     /// The store cannot be reached; the gateway keeps its snapshot.
@@ -313,7 +348,8 @@ async fn hear(
 }
 
 /// Keeps `gateway`'s snapshot current until `stopping`: changed tenants'
-/// entries at once, the whole snapshot every `full_every` and whenever
+/// entries at once, entries due by time within [`DUE_EVERY`], the whole
+/// snapshot every `full_every` and whenever
 /// changes may have been missed. When the store cannot be read, the
 /// gateway keeps serving what it has.
 pub async fn follow(
@@ -325,6 +361,8 @@ pub async fn follow(
 ) {
     let mut full = tokio::time::interval(full_every);
     full.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut due = tokio::time::interval(DUE_EVERY);
+    due.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // The caller built the first snapshot.
     full.tick().await;
     let mut listener = None;
@@ -332,6 +370,13 @@ pub async fn follow(
         let heard = tokio::select! {
             _ = async { let _ = stopping.wait_for(|stop| *stop).await; } => return,
             _ = full.tick() => Heard::Lost,
+            _ = due.tick() => {
+                let now = feed.realms.now().unix_timestamp();
+                let due: HashSet<TenantId> =
+                    gateway.snapshot().due(now).into_iter().map(TenantId).collect();
+                if due.is_empty() { continue }
+                Heard::Due(due)
+            }
             heard = hear(&source, feed.store.as_ref(), &mut listener) => heard,
         };
         match heard {
@@ -341,16 +386,13 @@ pub async fn follow(
                     tracing::warn!(%error, "cannot rebuild the gateway snapshot; serving the last one");
                 }
             }
+            Heard::Due(due) => {
+                let updates = feed.tenants(&due).await;
+                gateway.replace(gateway.snapshot().with_tenants(updates));
+            }
             Heard::Changed(changed) => {
-                let mut updates = Vec::with_capacity(changed.len());
+                let updates = feed.tenants(&changed).await;
                 for &id in &changed {
-                    match feed.tenant(id).await {
-                        Ok(config) => updates.push((id.0, config)),
-                        // The next full rebuild picks it up.
-                        Err(error) => {
-                            tracing::warn!(tenant = %id, %error, "cannot read a changed tenant; serving its last entry")
-                        }
-                    }
                     gateway.forget_tenant(id.0);
                 }
                 gateway.replace(gateway.snapshot().with_tenants(updates));

@@ -63,6 +63,11 @@ impl Realms {
         format!("{}/apps", self.issuer(tenant))
     }
 
+    /// The control plane's clock.
+    pub fn now(&self) -> time::OffsetDateTime {
+        self.clock.now()
+    }
+
     pub fn providers(&self) -> &ProviderKeys {
         &self.providers
     }

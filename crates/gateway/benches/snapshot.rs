@@ -70,6 +70,7 @@ fn tenants(n: usize) -> Vec<TenantConfig> {
                 api_keys: Vec::new(),
                 apis: vec![api],
                 limits: limits.clone(),
+                refresh_at: None,
                 name,
             }
         })

@@ -41,6 +41,10 @@ pub struct TenantConfig {
     pub api_keys: Vec<ApiKeyConfig>,
     pub apis: Vec<ApiSpec>,
     pub limits: GatewayLimits,
+    /// When the entry must be built again though no change is announced
+    /// (unix seconds): a realm key leaves the trust then, or an external
+    /// provider's keys are to be looked at again.
+    pub refresh_at: Option<i64>,
 }
 
 /// An API key as the gateway checks it: by the SHA-256 of the key.
@@ -82,6 +86,8 @@ pub struct TenantEntry {
     pub runtime: Arc<TenantRuntime>,
     /// The tenant's headers for its upstreams, made once.
     pub vouched: TenantHeaders,
+    /// See [`TenantConfig::refresh_at`].
+    pub refresh_at: Option<i64>,
 }
 
 /// `x-bulkhead-tenant` and `x-bulkhead-tenant-id` of a tenant.
@@ -182,6 +188,15 @@ impl Snapshot {
         Self { domain: Arc::clone(&self.domain), tenants, names, built_at: Instant::now() }
     }
 
+    /// Tenants whose entries are due to be built again at unix time `now`.
+    pub fn due(&self, now: i64) -> Vec<Uuid> {
+        self.tenants
+            .values()
+            .filter(|t| t.refresh_at.is_some_and(|at| at <= now))
+            .map(|t| t.id)
+            .collect()
+    }
+
     pub fn tenant(&self, name: &str) -> Option<&Arc<TenantEntry>> {
         self.tenants.get(name)
     }
@@ -237,6 +252,7 @@ impl Snapshot {
         };
         Arc::new(TenantEntry {
             vouched,
+            refresh_at: config.refresh_at,
             id: config.id,
             name: config.name.as_str().into(),
             suspended: config.suspended,
@@ -249,5 +265,63 @@ impl Snapshot {
             limits: config.limits,
             runtime,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(name: &str, refresh_at: Option<i64>) -> TenantConfig {
+        TenantConfig {
+            id: Uuid::new_v4(),
+            name: TenantName::parse(name).unwrap(),
+            suspended: false,
+            realm: None,
+            external: None,
+            app_audience: format!("https://bulkhead.example/realms/{name}/apps"),
+            api_keys: Vec::new(),
+            apis: Vec::new(),
+            limits: serde_json::from_value(serde_json::json!({
+                "rate_limit": {"requests_per_minute": 60, "burst": 1},
+                "max_in_flight": 1, "max_upstream_connections": 1, "limiter_fallback": "local"
+            }))
+            .unwrap(),
+            refresh_at,
+        }
+    }
+
+    fn domain() -> Domain {
+        Domain { base_domain: "localhost".into(), control_audience: "c".into() }
+    }
+
+    #[test]
+    fn entries_are_due_when_their_time_comes_and_not_before() {
+        let (soon, later, never) =
+            (config("soon", Some(100)), config("later", Some(200)), config("never", None));
+        let ids = (soon.id, later.id);
+        let snapshot =
+            Snapshot::build(domain(), vec![soon, later, never], &Snapshot::empty(domain()));
+        assert!(snapshot.due(99).is_empty());
+        assert_eq!(snapshot.due(100), [ids.0]);
+        let mut both = snapshot.due(250);
+        both.sort();
+        let mut expected = vec![ids.0, ids.1];
+        expected.sort();
+        assert_eq!(both, expected);
+    }
+
+    #[test]
+    fn a_name_taken_over_by_a_new_tenant_leaves_no_trace_of_the_old_one() {
+        let old = config("acme", None);
+        let old_id = old.id;
+        let snapshot = Snapshot::build(domain(), vec![old], &Snapshot::empty(domain()));
+        let new = config("acme", None);
+        let new_id = new.id;
+        let snapshot = snapshot.with_tenants(vec![(new_id, Some(new))]);
+        assert_eq!(snapshot.tenant("acme").unwrap().id, new_id);
+        // The old tenant's removal, arriving late, does not take the new one.
+        let snapshot = snapshot.with_tenants(vec![(old_id, None)]);
+        assert_eq!(snapshot.tenant("acme").map(|t| t.id), Some(new_id));
     }
 }

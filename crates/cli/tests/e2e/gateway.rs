@@ -929,7 +929,7 @@ async fn http2_clients_and_h2c_upstreams_are_proxied_both_ways() {
     // A body goes through both ways, and an HTTP/2 client without a
     // credential is refused like any other.
     acme.forget();
-    let url = format!("http://acme.localhost:{{port}}/h2/post");
+    let url = "http://acme.localhost:{port}/h2/post";
     let out = curl_at(
         &server,
         &[
@@ -942,7 +942,7 @@ async fn http2_clients_and_h2c_upstreams_are_proxied_both_ways() {
             "/dev/null",
             "-w",
             "%{http_code}",
-            &url,
+            url,
         ],
     )
     .await;
@@ -951,7 +951,7 @@ async fn http2_clients_and_h2c_upstreams_are_proxied_both_ways() {
     acme.forget();
     let out = curl_at(
         &server,
-        &["--http2-prior-knowledge", "-o", "/dev/null", "-w", "%{http_code}", &url],
+        &["--http2-prior-knowledge", "-o", "/dev/null", "-w", "%{http_code}", url],
     )
     .await;
     assert_eq!(out, "401");
