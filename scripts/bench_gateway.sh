@@ -21,6 +21,9 @@
 #    store (scripts/bench/seed_tenants.py), then the server starts again;
 #    requests/s, p99, the process's RSS, memory per tenant and the snapshot
 #    build time.
+# 6. What the gateway's own state takes per tenant and how long a snapshot
+#    takes to build, without the control plane beside it (the snapshot
+#    bench of crates/gateway; needs cargo).
 #
 # The measured tenants are on the enterprise plan with their own rate
 # raised far above what one machine can send (the plan's 60,000 a minute
@@ -495,6 +498,14 @@ done
 if [ "$REFUSED" = 1 ]; then
     echo
     echo '**Not valid:** the gateway refused some of the measured requests (non-2xx above: 429 `rate_limited` when the tenant'"'"'s own plan rate is below the load), so its requests/s and latencies are not those of the proxy path.'
+fi
+
+if command -v cargo >/dev/null; then
+    echo
+    echo "### What the gateway itself holds per tenant (cargo bench -p bulkhead-gateway --bench snapshot)"
+    echo
+    (cd "$ROOT" && cargo bench --quiet -p bulkhead-gateway --bench snapshot -- 10000 100000 2>/dev/null) \
+        || echo "(the snapshot bench did not run)"
 fi
 
 echo

@@ -13,7 +13,7 @@ use std::{
 use async_trait::async_trait;
 use bulkhead_gateway::record::AuditRecord;
 use bulkhead_identity::Permission;
-use bulkhead_meter::{UsageRow, UsageSink};
+use bulkhead_meter::{UsageRow, UsageSink, take_batch};
 use bulkhead_model::{Tenant, TenantId, TenantState};
 use bulkhead_store::{ControlStore, StoreError, UsageRecord};
 use serde_json::json;
@@ -207,8 +207,15 @@ pub async fn record_decisions(
     mut decisions: mpsc::Receiver<AuditRecord>,
     recorder: Arc<DecisionRecorder>,
 ) {
-    while let Some(decision) = decisions.recv().await {
-        recorder.record(decision).await;
+    let mut batch = Vec::new();
+    loop {
+        let open = take_batch(&mut decisions, &mut batch, DRAIN_BATCH as usize).await;
+        for decision in batch.drain(..) {
+            recorder.record(decision).await;
+        }
+        if !open {
+            return;
+        }
     }
 }
 
@@ -219,11 +226,16 @@ pub async fn queue_decisions(
     store: Arc<dyn ControlStore>,
 ) {
     let mut batch = Vec::with_capacity(DRAIN_BATCH as usize);
-    while decisions.recv_many(&mut batch, DRAIN_BATCH as usize).await > 0 {
+    let mut open = true;
+    while open {
+        open = take_batch(&mut decisions, &mut batch, DRAIN_BATCH as usize).await;
         let queued: Vec<(TenantId, String)> = batch
             .drain(..)
             .filter_map(|d| Some((TenantId(d.tenant), serde_json::to_string(&d).ok()?)))
             .collect();
+        if queued.is_empty() {
+            continue;
+        }
         if let Err(error) = store.queue_decisions(&queued).await {
             tracing::warn!(%error, count = queued.len(), "cannot queue gateway decisions for the audit streams; they are lost");
         }

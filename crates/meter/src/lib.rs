@@ -23,6 +23,7 @@ pub use limiter::{Fallback, LimitKey, Limiter, LimiterStats};
 pub use redis_limit::RedisOptions;
 pub use usage::{
     Aggregator, AggregatorStats, Outcome, UsageEvent, UsageRecorder, UsageRow, UsageSink,
+    take_batch,
 };
 
 #[derive(Debug, Error)]

@@ -40,9 +40,32 @@ pub const LATENCY_BUCKETS_MS: [u64; 6] = [1, 5, 25, 100, 500, 2_500];
 pub const DEFAULT_MAX_PENDING_ROWS: usize = 100_000;
 
 /// How many events the aggregator takes from the queue at once.
-/// How often the aggregator takes what the queue holds; the queue must
-/// hold what arrives in this time.
-const DRAIN_EVERY: Duration = Duration::from_millis(20);
+/// How often [`take_batch`] takes what a queue holds; a queue must hold
+/// what arrives in this time.
+pub const DRAIN_EVERY: Duration = Duration::from_millis(20);
+
+/// Waits until `queue` holds something, looking every [`DRAIN_EVERY`], and
+/// moves up to `max` items into `batch`; `false` once the queue is closed
+/// (what it still held is in `batch`).
+///
+/// A consumer that awaits each item is woken by every send: on a busy
+/// gateway, a thread wake-up per request, on the cores the requests need.
+/// Looking on a timer costs one wake-up per period instead.
+pub async fn take_batch<T>(queue: &mut mpsc::Receiver<T>, batch: &mut Vec<T>, max: usize) -> bool {
+    loop {
+        tokio::time::sleep(DRAIN_EVERY).await;
+        while batch.len() < max {
+            match queue.try_recv() {
+                Ok(item) => batch.push(item),
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => return false,
+            }
+        }
+        if !batch.is_empty() {
+            return true;
+        }
+    }
+}
 
 /// One request as the gateway answered it. Cheap to build on the request
 /// path: the API name is an `Arc` clone of the snapshot's, the refusal's
@@ -327,24 +350,17 @@ impl Aggregator {
         ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
         // The first tick completes at once; flushing starts one period in.
         ticks.tick().await;
-        // The queue is drained on a timer rather than awaited: a receiver
-        // parked on the queue is woken by every send, and on a busy gateway
-        // that is a thread wake-up per request.
-        let mut drains = tokio::time::interval(DRAIN_EVERY.min(flush_every));
-        drains.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let mut open = true;
-        while open {
+        let mut batch = Vec::new();
+        loop {
             tokio::select! {
-                _ = drains.tick() => loop {
-                    match events.try_recv() {
-                        Ok(event) => self.add(event),
-                        Err(TryRecvError::Empty) => break,
-                        Err(TryRecvError::Disconnected) => {
-                            open = false;
-                            break;
-                        }
+                open = take_batch(&mut events, &mut batch, usize::MAX) => {
+                    for event in batch.drain(..) {
+                        self.add(event);
                     }
-                },
+                    if !open {
+                        break;
+                    }
+                }
                 _ = ticks.tick() => {
                     // The current minute's rows too: rows are deltas, so
                     // usage is never more than a tick old.
