@@ -180,11 +180,15 @@ impl GatewayFeed {
             TenantState::Suspended => true,
             _ => return None,
         };
-        let keys: Vec<RealmKeyRecord> = parts.keys.iter().map(|k| (*k).clone()).collect();
         let realm = match parts.realm {
             None => None,
             // Each API checks the audience it requires.
-            Some(realm) => match self.realms.realm_trust_from(tenant, &keys, Some(realm), None) {
+            Some(realm) => match self.realms.realm_trust_from(
+                tenant,
+                parts.keys.iter().copied(),
+                Some(realm),
+                None,
+            ) {
                 Ok(trust) => Some(trust),
                 Err(error) => {
                     tracing::warn!(tenant = %tenant.name, %error, "cannot read the tenant's realm keys; its tokens are refused at the gateway");
@@ -234,7 +238,8 @@ impl GatewayFeed {
             }
         };
         let now = self.realms.now().unix_timestamp();
-        let key_leaves = keys
+        let key_leaves = parts
+            .keys
             .iter()
             .filter_map(|k| k.remove_after.map(time::OffsetDateTime::unix_timestamp))
             .filter(|&at| at > now)

@@ -75,16 +75,16 @@ impl Realms {
     /// How the tenant's realm tokens verify, from its stored keys and realm:
     /// with `audience`, only tokens naming it. Keys past `remove_after` are
     /// left out.
-    pub fn realm_trust_from(
+    pub fn realm_trust_from<'a>(
         &self,
         tenant: &Tenant,
-        keys: &[RealmKeyRecord],
+        keys: impl IntoIterator<Item = &'a RealmKeyRecord>,
         realm: Option<&RealmRecord>,
         audience: Option<String>,
     ) -> Result<Trust, String> {
         let now = self.clock.now();
         let mut verifying = KeySet::default();
-        for record in keys.iter().filter(|k| k.remove_after.is_none_or(|at| at > now)) {
+        for record in keys.into_iter().filter(|k| k.remove_after.is_none_or(|at| at > now)) {
             let jwk: Jwk = serde_json::from_str(&record.public_jwk).map_err(|e| e.to_string())?;
             let key = VerifyingKey::from_jwk(&jwk).map_err(|e| e.to_string())?;
             verifying.insert(record.kid.clone(), key);

@@ -399,6 +399,21 @@ async fn build_gateway(
     Ok((gateway, [aggregate, decide]))
 }
 
+/// Serves `gateway` on `listener` and keeps its snapshot current from
+/// `source`, until `stopping`.
+fn run_gateway(
+    gateway: Arc<Gateway>,
+    feed: Arc<GatewayFeed>,
+    source: gateway::Source,
+    listener: tokio::net::TcpListener,
+    stopping: watch::Receiver<bool>,
+) -> Vec<JoinHandle<()>> {
+    vec![
+        tokio::spawn(Arc::clone(&gateway).serve(listener, stopping.clone())),
+        tokio::spawn(gateway::follow(gateway, feed, source, stopping, GATEWAY_REBUILD_EVERY)),
+    ]
+}
+
 /// A gateway running on its own (`bulkhead serve --role gateway`).
 #[derive(Debug)]
 pub struct RunningGateway {
@@ -447,16 +462,7 @@ pub async fn start_gateway(config: Config) -> Result<RunningGateway, StartError>
     let (gateway, records) =
         build_gateway(&config, &store, &clock, &feed, Decisions::Queue).await?;
     let (shutdown, stopping) = watch::channel(false);
-    let mut tasks = vec![
-        tokio::spawn(Arc::clone(&gateway).serve(listener, stopping.clone())),
-        tokio::spawn(gateway::follow(
-            gateway,
-            feed,
-            gateway::Source::Store,
-            stopping,
-            GATEWAY_REBUILD_EVERY,
-        )),
-    ];
+    let mut tasks = run_gateway(gateway, feed, gateway::Source::Store, listener, stopping);
     tasks.extend(records);
     tracing::info!(gateway = %format!("http://{addr}"), store = %store.location(), "gateway ready");
     Ok(RunningGateway { shutdown, tasks })
@@ -626,7 +632,6 @@ pub async fn start_with_steps(
     let (gateway, gateway_records) =
         build_gateway(&config, &store, &clock, &feed, decisions_to).await?;
     metrics.watch_gateway(Arc::clone(&gateway));
-    gateway::rebuild(&gateway, &feed).await?;
     let reconciler_done = Arc::new(AtomicBool::new(false));
     let state = AppState {
         tenants,
@@ -662,16 +667,8 @@ pub async fn start_with_steps(
     let (fatal_tx, fatal) = watch::channel(None);
     let lock_keeper = tokio::spawn(keep_lock(store_lock, Arc::clone(&shutdown), fatal_tx));
     let jobs = spawn_jobs(&vault, &identity, &audit, &decision_recorder, &config, &shutdown_rx);
-    let mut gateway = vec![
-        tokio::spawn(Arc::clone(&gateway).serve(gateway_listener, shutdown_rx.clone())),
-        tokio::spawn(gateway::follow(
-            gateway,
-            feed,
-            gateway::Source::InProcess(changes),
-            shutdown_rx.clone(),
-            GATEWAY_REBUILD_EVERY,
-        )),
-    ];
+    let source = gateway::Source::InProcess(changes);
+    let mut gateway = run_gateway(gateway, feed, source, gateway_listener, shutdown_rx.clone());
     gateway.extend(gateway_records);
     let reconciler = {
         let shutdown = shutdown_rx.clone();

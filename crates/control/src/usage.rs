@@ -84,12 +84,7 @@ pub async fn usage(
     for record in store.usage(found.id, api, since).await? {
         let row: UsageRow = serde_json::from_str(&record.row)
             .map_err(|e| StoreError::Corrupt(format!("usage row: {e}")))?;
-        match rows.entry((record.minute, record.api)) {
-            std::collections::btree_map::Entry::Occupied(mut total) => total.get_mut().add(&row),
-            std::collections::btree_map::Entry::Vacant(slot) => {
-                slot.insert(row);
-            }
-        }
+        rows.entry((record.minute, record.api)).and_modify(|total| total.add(&row)).or_insert(row);
     }
     Ok(rows.into_values().collect())
 }

@@ -29,7 +29,7 @@ use std::{sync::Arc, time::Duration};
 use arc_swap::ArcSwap;
 use bulkhead_identity::VerifiedCache;
 use bulkhead_meter::Limiter;
-use http::{HeaderValue, Request, Response, header};
+use http::{HeaderValue, Request, Response};
 use hyper::body::Incoming;
 
 pub use body::Body;
@@ -169,7 +169,7 @@ impl Gateway {
                     "request refused"
                 );
                 let response = error::rescue(&refusal, &request_id);
-                let labelled = learned.runtime.as_deref().map(|r| &r.labelled);
+                let labelled = learned.tenant.as_deref().map(|t| &t.runtime.labelled);
                 self.stats.count(labelled, Some(&refusal));
                 let ended = record::Ended { status: response.status().as_u16(), ..ended };
                 record::refused(&self.recorder, learned, ended, &refusal);
@@ -192,16 +192,13 @@ impl Gateway {
         ended: &record::Ended,
     ) -> Result<Response<Body>, Refusal> {
         framing::check(&request, verdict)?;
-        let tenant = resolve::tenant(snapshot, &request)?;
-        learned.tenant = Some(tenant.0.id);
-        learned.runtime = Some(Arc::clone(&tenant.0.runtime));
-        let principal =
-            authn::authenticate(&tenant, request.headers(), &self.verified, (self.now)())?;
+        let (tenant, host) = resolve::tenant(snapshot, &request)?;
+        learned.tenant = Some(Arc::clone(&tenant.0));
+        let principal = authn::authenticate(&tenant, request.headers(), &self.verified, ended.at)?;
         learned.subject = principal.as_ref().map(|p| Arc::clone(&p.subject));
         let path = path::canonical(request.uri().path())?;
         let route = route::find(&tenant, &path, request.uri().query(), request.method())?;
-        learned.api = Some(std::sync::Arc::clone(&route.api.name));
-        learned.audit = Some(route.api.spec.audit);
+        learned.api = Some(Arc::clone(&route.api));
         let permitted = authz::authorize(&snapshot.domain, tenant, route, principal)?;
         let admitted = limit::admit(&self.limiter, &permitted).await?;
         let pending = record::Pending::new(
@@ -209,14 +206,6 @@ impl Gateway {
             std::mem::take(learned),
             ended.clone(),
         );
-        let host = match request.headers().get(header::HOST) {
-            Some(host) => host.clone(),
-            None => request
-                .uri()
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-                .unwrap_or(HeaderValue::from_static("")),
-        };
         let context = proxy::Forward { request_id, peer, host, slot: admitted.slot, pending };
         let runtime = Arc::clone(&permitted.tenant.0.runtime);
         let (mut response, answered) = proxy::forward(permitted, request, context).await?;

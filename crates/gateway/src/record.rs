@@ -22,7 +22,10 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-use crate::error::Refusal;
+use crate::{
+    error::Refusal,
+    snapshot::{ApiEntry, TenantEntry},
+};
 
 /// One decision, for the tenant's audit stream. A gateway beside the
 /// control plane hands it over in memory; one on its own queues it in the
@@ -81,12 +84,21 @@ impl Recorder {
 /// record however it ends.
 #[derive(Debug, Default)]
 pub struct Learned {
-    pub tenant: Option<Uuid>,
-    /// The resolved tenant's runtime, for its counters.
-    pub runtime: Option<Arc<crate::limit::TenantRuntime>>,
-    pub api: Option<Arc<str>>,
-    pub audit: Option<AuditLevel>,
+    pub tenant: Option<Arc<TenantEntry>>,
+    pub api: Option<Arc<ApiEntry>>,
     pub subject: Option<Arc<str>>,
+}
+
+impl Learned {
+    fn api_name(&self) -> Option<Arc<str>> {
+        self.api.as_ref().map(|api| Arc::clone(&api.name))
+    }
+
+    /// The API's audit level; refusals before an API was chosen count as
+    /// the default.
+    fn audit(&self) -> AuditLevel {
+        self.api.as_ref().map(|api| api.spec.audit).unwrap_or_default()
+    }
 }
 
 /// What a request did, besides what [`Learned`] holds. It keeps the
@@ -110,7 +122,7 @@ impl Ended {
     ) -> AuditRecord {
         AuditRecord {
             tenant,
-            api: learned.api.as_deref().map(str::to_owned),
+            api: learned.api.as_ref().map(|api| api.name.to_string()),
             subject: learned.subject.as_deref().map(str::to_owned),
             method: self.method.as_str().to_owned(),
             path: self.uri.path().to_owned(),
@@ -129,10 +141,10 @@ fn at(unix: i64) -> time::OffsetDateTime {
 /// Records a refused request at once. Nothing is recorded for a host
 /// that named no tenant: there is no tenant to charge it to.
 pub fn refused(recorder: &Recorder, learned: Learned, ended: Ended, refusal: &Refusal) {
-    let Some(tenant) = learned.tenant else { return };
+    let Some(tenant) = learned.tenant.as_ref().map(|t| t.id) else { return };
     recorder.usage.record(UsageEvent {
         tenant,
-        api: learned.api.clone(),
+        api: learned.api_name(),
         outcome: Outcome::Refused { phase: refusal.phase.as_str(), reason: refusal.code.as_str() },
         status: ended.status,
         bytes_in: 0,
@@ -140,7 +152,7 @@ pub fn refused(recorder: &Recorder, learned: Learned, ended: Ended, refusal: &Re
         upstream_latency: None,
         at: at(ended.at),
     });
-    if learned.audit.unwrap_or_default() != AuditLevel::Off {
+    if learned.audit() != AuditLevel::Off {
         let refused = Refused {
             phase: refusal.phase.as_str().into(),
             code: refusal.code.as_str().into(),
@@ -188,11 +200,14 @@ impl Pending {
 
 impl Drop for Pending {
     fn drop(&mut self) {
-        let Some(tenant) = self.learned.tenant.filter(|_| self.answered) else { return };
+        let Some(tenant) = self.learned.tenant.as_ref().map(|t| t.id).filter(|_| self.answered)
+        else {
+            return;
+        };
         let ended = &self.ended;
         self.recorder.usage.record(UsageEvent {
             tenant,
-            api: self.learned.api.clone(),
+            api: self.learned.api_name(),
             outcome: Outcome::Allowed,
             status: ended.status,
             bytes_in: self.bytes_in.load(Ordering::Relaxed),
@@ -200,7 +215,7 @@ impl Drop for Pending {
             upstream_latency: Some(self.latency),
             at: at(ended.at),
         });
-        if self.learned.audit == Some(AuditLevel::All) {
+        if self.learned.audit() == AuditLevel::All {
             self.recorder.audit(ended.audit_record(tenant, &self.learned, None));
         }
     }

@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use http::{Request, header};
+use http::{HeaderValue, Request, header};
 
 use crate::{
     error::{Code, Phase, Refusal},
@@ -22,8 +22,13 @@ fn unknown(reason: &'static str) -> Refusal {
     Refusal::new(Phase::Resolve, Code::NotFound, reason)
 }
 
-pub fn tenant<B>(snapshot: &Snapshot, request: &Request<B>) -> Result<ResolvedTenant, Refusal> {
-    let host = match (request.headers().get(header::HOST), request.uri().authority()) {
+/// The tenant `request`'s host names, and that host as the upstream is
+/// told it (`Host`, `X-Forwarded-Host`, `Forwarded`).
+pub fn tenant<B>(
+    snapshot: &Snapshot,
+    request: &Request<B>,
+) -> Result<(ResolvedTenant, HeaderValue), Refusal> {
+    let value = match (request.headers().get(header::HOST), request.uri().authority()) {
         (Some(host), Some(authority)) if host.as_bytes() != authority.as_str().as_bytes() => {
             return Err(Refusal::new(
                 Phase::Framing,
@@ -31,17 +36,20 @@ pub fn tenant<B>(snapshot: &Snapshot, request: &Request<B>) -> Result<ResolvedTe
                 "Host header and :authority differ",
             ));
         }
-        (Some(host), _) => host.to_str().map_err(|_| unknown("host is not text"))?,
-        (None, Some(authority)) => authority.as_str(),
+        (Some(host), _) => host.clone(),
+        (None, Some(authority)) => {
+            HeaderValue::from_str(authority.as_str()).map_err(|_| unknown("host is not text"))?
+        }
         (None, None) => return Err(unknown("no host")),
     };
+    let host = value.to_str().map_err(|_| unknown("host is not text"))?;
     let name =
         tenant_label(host, &snapshot.domain.base_domain).ok_or(unknown("host names no tenant"))?;
     let entry = snapshot.tenant(&name).ok_or(unknown("no such tenant"))?;
     if entry.suspended {
         return Err(Refusal::new(Phase::Resolve, Code::TenantSuspended, "tenant is suspended"));
     }
-    Ok(ResolvedTenant(Arc::clone(entry)))
+    Ok((ResolvedTenant(Arc::clone(entry)), value))
 }
 
 /// The tenant label of `host` under `base_domain`: lower case, port and

@@ -42,10 +42,6 @@ impl KeySet {
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
-
-    pub fn iter(&self) -> impl Iterator<Item = (&str, &VerifyingKey)> {
-        self.0.iter().map(|(kid, key)| (kid.as_str(), key))
-    }
 }
 
 impl FromIterator<(String, VerifyingKey)> for KeySet {
