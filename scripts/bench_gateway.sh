@@ -258,8 +258,8 @@ rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$SERVER_PID/status"; }
 # The server's CPU time so far, in clock ticks.
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$SERVER_PID/stat"; }
 # Waits until the server uses under 5% of a core over a second (its work
-# at start done: the reconciler's pass over every tenant, the second
-# snapshot build); prints the milliseconds since it was started.
+# at start done: the reconciler's pass over every tenant); prints the
+# milliseconds since it was started.
 wait_idle() {
     local hz before after
     hz=$(getconf CLK_TCK)
