@@ -508,6 +508,12 @@ mod tests {
             ("[vault]\nmaster_kye_file = \"x\"", "unknown field `master_kye_file`"),
             ("[identity]\nrotate_keys_every = \"weekly\"", "identity.rotate_keys_every"),
             ("public_url = \"bulkhead.example.com\"", "not an http(s) URL"),
+            ("[gateway]\nworkers = 0", "gateway.workers is 0; give 1 to 256"),
+            ("[gateway]\nworkers = 1000", "gateway.workers is 1000; give 1 to 256"),
+            ("[gateway]\nmax_header_bytes = 100", "gateway.max_header_bytes is 100; give 8192"),
+            ("[gateway]\nheader_read_timeout = \"soon\"", "gateway.header_read_timeout"),
+            ("[gateway]\nusage_flush_every = \"often\"", "gateway.usage_flush_every"),
+            ("[gateway]\nworkres = 2", "unknown field `workres`"),
         ];
         for (toml, expected) in cases {
             let err = with_file(toml, args()).unwrap_err();
