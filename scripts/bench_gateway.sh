@@ -11,7 +11,8 @@
 #    directly; nginx proxying to it (upstream keep-alive); `bulkhead serve`
 #    (embedded store) with a realm token (cached after the first
 #    verification), routing, the rate limits and recording.
-# 3. The same three at half of nginx's measured throughput, at a fixed rate
+# 3. The same three at half and at a quarter of nginx's measured throughput,
+#    at a fixed rate, with how busy the machine was
 #    (oha with latency correction; `cargo install oha --locked` when missing).
 # 4. The bulkhead: tenant A's upstream accepts and never answers, and A
 #    floods the gateway; tenant B's latency at a fixed rate, without and with
@@ -322,10 +323,17 @@ parse_bench() { # label file (a BENCH line)
     ERRS[$1]=$(sed -nE 's/.* errors=([0-9]+).*/\1/p' <<<"$line")
 }
 
-# rate_run label url rate [header args...]: latency at a fixed rate.
+# The machine's idle and total CPU ticks so far (every core).
+cpu_ticks() { awk '/^cpu / { total = 0; for (i = 2; i <= NF; i++) total += $i; print $5 + $6, total }' /proc/stat; }
+
+declare -A BUSY
+# rate_run label url rate [header args...]: latency at a fixed rate, and
+# how busy the whole machine was meanwhile (the load generator, the
+# upstream and the proxy share its cores).
 rate_run() {
     local label=$1 url=$2 rate=$3; shift 3
-    local out=$WORK/rate-$label
+    local out=$WORK/rate-$label before
+    before=$(cpu_ticks)
     case $RATE_TOOL in
     wrk2)
         wrk2 -t"$THREADS" -c"$CONNS" -d"$DURATION" -R"$rate" --latency -s "$HERE/report.lua" "$@" "$url" >"$out.txt"
@@ -355,7 +363,9 @@ EOF
         parse_bench "$label" "$out.txt"
         ;;
     esac
-    say "$label at $rate/s: ${RPS[$label]} requests/s, p50 $(ms "${P50[$label]}"), p99 $(ms "${P99[$label]}"), non-2xx ${NON2XX[$label]}"
+    BUSY[$label]=$(awk -v b="$before" -v a="$(cpu_ticks)" \
+        'BEGIN { split(b, x, " "); split(a, y, " "); printf "%.0f%%", 100 * (1 - (y[1] - x[1]) / (y[2] - x[2])) }')
+    say "$label at $rate/s: ${RPS[$label]} requests/s, p50 $(ms "${P50[$label]}"), p99 $(ms "${P99[$label]}"), non-2xx ${NON2XX[$label]}, machine busy ${BUSY[$label]}"
 }
 
 ms() { awk -v us="$1" 'BEGIN { printf "%.3f ms", us / 1000 }'; }
@@ -376,6 +386,12 @@ say "fixed rate: $HALF requests/s ($RATE_TOOL)"
 rate_run half-direct "$DIRECT_URL" "$HALF" "${HDRS[@]}"
 rate_run half-nginx "$NGINX_URL" "$HALF" "${HDRS[@]}"
 rate_run half-bulkhead "$BULKHEAD_URL" "$HALF" "${HDRS[@]}"
+# A quarter as well: where the machine has cores to spare, what is left is
+# the proxy's own latency.
+QUARTER=$((HALF / 2))
+rate_run quarter-direct "$DIRECT_URL" "$QUARTER" "${HDRS[@]}"
+rate_run quarter-nginx "$NGINX_URL" "$QUARTER" "${HDRS[@]}"
+rate_run quarter-bulkhead "$BULKHEAD_URL" "$QUARTER" "${HDRS[@]}"
 
 # ---- 3. the bulkhead: A hangs and floods, B keeps its latency ---------------
 
@@ -453,16 +469,18 @@ wrk2) how="wrk2 -R$HALF -t$THREADS -c$CONNS -d$DURATION" ;;
 oha) how="oha -q $HALF -c $CONNS -z $DURATION --latency-correction" ;;
 *) how="wrk -t1 -c4 -d$DURATION (closed loop: not a fixed rate)" ;;
 esac
-echo "### Half of nginx's throughput: $(thousands "$HALF") requests/s ($how)"
+echo "### Half and a quarter of nginx's throughput: $(thousands "$HALF") and $(thousands "$QUARTER") requests/s ($how)"
 echo
-echo "| target | requests/s | p50 | p99 | added p50 | added p99 | non-2xx or errors |"
-echo "|---|---|---|---|---|---|---|"
-for t in direct nginx bulkhead; do
-    case $t in direct) name="upstream directly" ;; nginx) name="nginx reverse proxy" ;; bulkhead) name="Bulkhead gateway" ;; esac
-    l=half-$t
-    added="| "
-    if [ "$t" != direct ]; then added="$(diff_ms "${P50[$l]}" "${P50[half-direct]}") | $(diff_ms "${P99[$l]}" "${P99[half-direct]}")"; fi
-    echo "| $name | $(thousands "${RPS[$l]}") | $(ms "${P50[$l]}") | $(ms "${P99[$l]}") | $added | $(note_non2xx "$l") |"
+echo "| rate | target | requests/s | p50 | p99 | added p50 | added p99 | machine CPU busy | non-2xx or errors |"
+echo "|---|---|---|---|---|---|---|---|---|"
+for share in half quarter; do
+    for t in direct nginx bulkhead; do
+        case $t in direct) name="upstream directly" ;; nginx) name="nginx reverse proxy" ;; bulkhead) name="Bulkhead gateway" ;; esac
+        l=$share-$t
+        added="| "
+        if [ "$t" != direct ]; then added="$(diff_ms "${P50[$l]}" "${P50[$share-direct]}") | $(diff_ms "${P99[$l]}" "${P99[$share-direct]}")"; fi
+        echo "| $share | $name | $(thousands "${RPS[$l]}") | $(ms "${P50[$l]}") | $(ms "${P99[$l]}") | $added | ${BUSY[$l]} | $(note_non2xx "$l") |"
+    done
 done
 
 echo

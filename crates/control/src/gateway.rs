@@ -189,7 +189,7 @@ impl GatewayFeed {
                 Some(realm),
                 None,
             ) {
-                Ok(trust) => Some(trust),
+                Ok(trust) => Some(Box::new(trust)),
                 Err(error) => {
                     tracing::warn!(tenant = %tenant.name, %error, "cannot read the tenant's realm keys; its tokens are refused at the gateway");
                     None
@@ -199,7 +199,7 @@ impl GatewayFeed {
         let external = match parts.trust {
             None => None,
             Some(record) => match self.realms.external_trust(tenant, record, false).await {
-                Ok(trust) => Some(trust),
+                Ok(trust) => Some(Box::new(trust)),
                 Err(error) => {
                     tracing::warn!(tenant = %tenant.name, %error, "cannot load the trusted provider's keys; its tokens are refused at the gateway until they load");
                     None

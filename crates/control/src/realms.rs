@@ -6,7 +6,9 @@
 
 use std::{collections::HashMap, sync::Arc};
 
-use bulkhead_identity::{Algorithm, ClaimMapping, Jwk, KeySet, Role, Trust, VerifyingKey};
+use bulkhead_identity::{
+    Algorithm, ClaimMapping, ExternalClaims, Jwk, KeySet, Role, Trust, VerifyingKey,
+};
 use bulkhead_model::{Tenant, TenantName};
 use bulkhead_store::{RealmKeyRecord, RealmRecord, TrustRecord};
 
@@ -93,7 +95,7 @@ impl Realms {
             tenant_id: tenant.id.0,
             issuer: self.issuer(&tenant.name),
             keys: verifying,
-            algorithms: Algorithm::REALM.to_vec(),
+            algorithms: &Algorithm::REALM,
             audience,
             not_before: realm.and_then(|r| r.tokens_not_before).map(|t| t.unix_timestamp()),
             claims: ClaimMapping::Realm,
@@ -120,14 +122,14 @@ impl Realms {
             tenant_id: tenant.id.0,
             issuer: record.issuer.clone(),
             keys,
-            algorithms: Algorithm::EXTERNAL.to_vec(),
+            algorithms: &Algorithm::EXTERNAL,
             audience: Some(record.audience.clone()),
             not_before: None,
-            claims: ClaimMapping::External {
+            claims: ClaimMapping::External(Box::new(ExternalClaims {
                 subject: record.subject_claim.clone(),
                 roles: record.roles_claim.clone(),
                 role_map,
-            },
+            })),
         })
     }
 }

@@ -18,6 +18,9 @@ use bulkhead_gateway::{Domain, Snapshot, TenantConfig};
 use bulkhead_identity::{Algorithm, ClaimMapping, KeySet, SigningKey, Trust, VerifyingKey};
 use bulkhead_model::{ApiSpec, GatewayLimits, TenantName};
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// The process's resident memory, in bytes (Linux).
 fn resident() -> i64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
@@ -56,15 +59,15 @@ fn tenants(n: usize) -> Vec<TenantConfig> {
             TenantConfig {
                 id,
                 suspended: false,
-                realm: Some(Trust {
+                realm: Some(Box::new(Trust {
                     tenant_id: id,
                     keys: KeySet::from([(format!("{}-{i}", signing.kid()), key)]),
-                    algorithms: Algorithm::REALM.to_vec(),
+                    algorithms: &Algorithm::REALM,
                     audience: None,
                     not_before: None,
                     claims: ClaimMapping::Realm,
                     issuer: issuer.clone(),
-                }),
+                })),
                 external: None,
                 app_audience: format!("{issuer}/apps"),
                 api_keys: Vec::new(),
@@ -83,6 +86,8 @@ fn main() {
     let sizes = if sizes.is_empty() { vec![10_000, 100_000] } else { sizes };
     println!("| tenants | bytes per tenant | snapshot build | one tenant changed |");
     println!("|---|---|---|---|");
+    let mut grew: Vec<(usize, i64)> = Vec::new();
+    let mut kept = Vec::new();
     for n in sizes {
         let empty = Snapshot::empty(domain());
         let before = resident();
@@ -90,7 +95,9 @@ fn main() {
         let started = Instant::now();
         let snapshot = Snapshot::build(domain(), configs, &empty);
         let built = started.elapsed();
-        let per_tenant = (resident() - before) as f64 / n as f64;
+        let growth = resident() - before;
+        grew.push((n, growth));
+        let per_tenant = growth as f64 / n as f64;
         // A tenant's configuration changed (its id and name kept).
         let mut one = tenants(1).pop().expect("a tenant");
         one.id = snapshot.tenant("syn-000000").expect("the first tenant").id;
@@ -102,6 +109,16 @@ fn main() {
             "| {n} | {per_tenant:.0} | {:.1} ms | {:.2} ms |",
             built.as_secs_f64() * 1e3,
             change.as_secs_f64() * 1e3
+        );
+        // Kept, so that the next size cannot reuse their memory.
+        kept.push((snapshot, changed, empty));
+    }
+    // What each further tenant costs, without the process's fixed share
+    // (the allocator's arenas, the first pages of each size class).
+    if let [(small, at_small), .., (large, at_large)] = grew[..] {
+        println!(
+            "\nfrom {small} to {large} tenants: {:.0} bytes per further tenant",
+            (at_large - at_small) as f64 / (large - small) as f64
         );
     }
 }

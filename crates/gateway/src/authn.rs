@@ -76,9 +76,9 @@ pub fn authenticate(
     }
     let external = tenant
         .external
-        .as_ref()
+        .as_deref()
         .filter(|trust| jws::unverified_issuer(credential).as_deref() == Some(&trust.issuer));
-    let (trust, kind) = match (external, &tenant.realm) {
+    let (trust, kind) = match (external, tenant.realm.as_deref()) {
         (Some(trust), _) => (trust, CredentialKind::ExternalToken),
         (None, Some(realm)) => (realm, CredentialKind::RealmToken),
         (None, None) => return Err(refuse("the tenant has no realm yet")),

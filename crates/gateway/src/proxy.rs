@@ -64,7 +64,7 @@ pub struct UpstreamKey {
 impl UpstreamKey {
     pub fn of(spec: &ApiSpec) -> Self {
         Self {
-            upstreams: spec.upstreams.as_slice().into(),
+            upstreams: Arc::clone(&spec.upstreams),
             protocol: spec.protocol,
             connect_ms: spec.timeouts.connect_ms,
         }

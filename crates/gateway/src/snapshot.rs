@@ -31,11 +31,13 @@ pub struct TenantConfig {
     /// state but active and suspended are left out of the snapshot.
     pub suspended: bool,
     /// How the tenant's realm tokens verify (audience unset: each API
-    /// requires its own); `None` before the realm exists.
-    pub realm: Option<Trust>,
+    /// requires its own); `None` before the realm exists. Boxed: most
+    /// tenants trust no external provider, and an empty option would take
+    /// a whole trust's size (224 bytes) in every configuration and entry.
+    pub realm: Option<Box<Trust>>,
     /// The external identity provider the tenant trusts, with the keys
     /// known when the entry was built.
-    pub external: Option<Trust>,
+    pub external: Option<Box<Trust>>,
     /// The audience of tokens minted for the tenant's applications.
     pub app_audience: String,
     pub api_keys: Vec<ApiKeyConfig>,
@@ -74,10 +76,11 @@ pub struct TenantEntry {
     pub id: Uuid,
     pub name: Arc<str>,
     pub suspended: bool,
-    pub realm: Option<Trust>,
-    pub external: Option<Trust>,
+    /// Boxed, as in [`TenantConfig`].
+    pub realm: Option<Box<Trust>>,
+    pub external: Option<Box<Trust>>,
     pub app_audience: Box<str>,
-    pub api_keys: HashMap<[u8; 32], ApiKeyConfig>,
+    pub api_keys: ApiKeys,
     /// Longest prefix first, so the first match is the longest.
     pub apis: Vec<Arc<ApiEntry>>,
     pub limits: GatewayLimits,
@@ -88,6 +91,22 @@ pub struct TenantEntry {
     pub vouched: TenantHeaders,
     /// See [`TenantConfig::refresh_at`].
     pub refresh_at: Option<i64>,
+}
+
+/// A tenant's API keys by hash: a sorted slice, searched in halves. Most
+/// tenants have none, and an empty map would still take 48 bytes.
+#[derive(Debug)]
+pub struct ApiKeys(Box<[ApiKeyConfig]>);
+
+impl ApiKeys {
+    fn new(mut keys: Vec<ApiKeyConfig>) -> Self {
+        keys.sort_unstable_by_key(|k| k.hash);
+        Self(keys.into_boxed_slice())
+    }
+
+    pub fn get(&self, hash: &[u8; 32]) -> Option<&ApiKeyConfig> {
+        self.0.binary_search_by(|k| k.hash.cmp(hash)).ok().and_then(|i| self.0.get(i))
+    }
 }
 
 /// `x-bulkhead-tenant` and `x-bulkhead-tenant-id` of a tenant.
@@ -259,7 +278,7 @@ impl Snapshot {
             realm: config.realm,
             external: config.external,
             app_audience: config.app_audience.into(),
-            api_keys: config.api_keys.into_iter().map(|k| (k.hash, k)).collect(),
+            api_keys: ApiKeys::new(config.api_keys),
             apis,
             rate: limit_of(&config.limits.rate_limit),
             limits: config.limits,

@@ -41,7 +41,7 @@ fn setup(alg: Algorithm) -> (String, Trust) {
         tenant_id: tenant,
         issuer,
         keys: KeySet::from([(key.kid().to_owned(), key.verifying_key().unwrap())]),
-        algorithms: Algorithm::REALM.to_vec(),
+        algorithms: &Algorithm::REALM,
         audience: Some("api".into()),
         not_before: None,
         claims: ClaimMapping::Realm,

@@ -15,4 +15,6 @@ pub use keys::{Algorithm, Jwk, KeyError, SigningKey, VerifyingKey};
 pub mod roles {
     pub use bulkhead_model::{Permission, Role, allows};
 }
-pub use verify::{ClaimMapping, KeySet, Reason, Rejected, Trust, Verified, VerifiedCache, verify};
+pub use verify::{
+    ClaimMapping, ExternalClaims, KeySet, Reason, Rejected, Trust, Verified, VerifiedCache, verify,
+};

@@ -73,7 +73,7 @@ pub struct Trust {
     /// The keys that may have signed, by `kid`.
     pub keys: KeySet,
     /// Algorithms accepted; never `none`, never HMAC.
-    pub algorithms: Vec<Algorithm>,
+    pub algorithms: &'static [Algorithm],
     /// When set, `aud` must be or contain it.
     pub audience: Option<String>,
     /// When set, tokens issued at or before this unix time are refused:
@@ -94,7 +94,16 @@ pub enum ClaimMapping {
     /// of strings, each value taken whole; only values that `role_map`
     /// names grant a role, so a provider's generic `admin` group means
     /// nothing until the tenant says what it means.
-    External { subject: String, roles: String, role_map: HashMap<String, Role> },
+    /// Boxed, so that the many realm trusts do not carry its size.
+    External(Box<ExternalClaims>),
+}
+
+/// Where an external provider's token names its subject and roles.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExternalClaims {
+    pub subject: String,
+    pub roles: String,
+    pub role_map: HashMap<String, Role>,
 }
 
 /// A verified principal.
@@ -248,7 +257,8 @@ pub fn verify(token: &str, trust: &Trust, now: i64) -> Result<Verified, Rejected
             };
             (string(&claims, "sub")?, roles)
         }
-        ClaimMapping::External { subject, roles, role_map } => {
+        ClaimMapping::External(external) => {
+            let ExternalClaims { subject, roles, role_map } = &**external;
             let subject = lookup(&claims, subject)
                 .and_then(Value::as_str)
                 .filter(|s| !s.is_empty())

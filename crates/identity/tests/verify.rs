@@ -6,8 +6,8 @@ use std::collections::HashMap;
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use bulkhead_identity::{
-    Algorithm, ClaimMapping, KeySet, RealmClaims, Reason, Role, SigningKey, Trust, VerifiedCache,
-    jws, verify,
+    Algorithm, ClaimMapping, ExternalClaims, KeySet, RealmClaims, Reason, Role, SigningKey, Trust,
+    VerifiedCache, jws, verify,
 };
 use hmac::{Hmac, KeyInit, Mac};
 use proptest::prelude::*;
@@ -40,7 +40,7 @@ impl Realm {
             tenant_id: self.tenant,
             issuer: self.issuer.clone(),
             keys: KeySet::from([(self.key.kid().to_owned(), self.key.verifying_key().unwrap())]),
-            algorithms: Algorithm::REALM.to_vec(),
+            algorithms: &Algorithm::REALM,
             audience: None,
             not_before: None,
             claims: ClaimMapping::Realm,
@@ -264,7 +264,7 @@ fn audience_and_algorithm_policy() {
     trust.audience = Some("billing".into());
     assert_eq!(reason(&acme.token(&acme.claims()), &trust), Reason::Audience);
     let mut eddsa_only = acme.trust();
-    eddsa_only.algorithms = vec![Algorithm::EdDSA];
+    eddsa_only.algorithms = &[Algorithm::EdDSA];
     assert_eq!(reason(&acme.token(&acme.claims()), &eddsa_only), Reason::Algorithm("ES256".into()));
 }
 
@@ -272,11 +272,11 @@ fn audience_and_algorithm_policy() {
 fn external_tokens_map_their_claims_and_never_name_the_tenant() {
     let idp = Realm::new("idp", Algorithm::ES256);
     let mut trust = idp.trust();
-    trust.claims = ClaimMapping::External {
+    trust.claims = ClaimMapping::External(Box::new(ExternalClaims {
         subject: "email".into(),
         roles: "realm_access.roles".into(),
         role_map: HashMap::from([("data-team".into(), Role::Analyst)]),
-    };
+    }));
     let payload = json!({
         "iss": idp.issuer, "email": "bob@acme.example", "exp": NOW + 60,
         "realm_access": { "roles": ["data-team", "admin", "offline_access"] },
@@ -312,7 +312,7 @@ fn an_rs256_provider_token_verifies_only_where_rsa_is_allowed() {
     assert_eq!(verified.kid, "rsa-1");
 
     // A realm's allow-list has no RS256.
-    let realm_policy = Trust { algorithms: Algorithm::REALM.to_vec(), ..trust.clone() };
+    let realm_policy = Trust { algorithms: &Algorithm::REALM, ..trust.clone() };
     assert_eq!(reason(&token, &realm_policy), Reason::Algorithm("RS256".into()));
     // A payload changed under the RSA signature.
     let (head, rest) = token.split_once('.').unwrap();

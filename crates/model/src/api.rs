@@ -5,7 +5,7 @@
 //! Everything here is validated when an API is created or applied, so the
 //! gateway builds its routes from values that cannot be wrong.
 
-use std::fmt;
+use std::{fmt, sync::Arc};
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -313,9 +313,10 @@ pub struct ApiSpec {
     pub name: ApiName,
     pub prefix: PathPrefix,
     /// Tried in turn (round robin); one that fails repeatedly is left out
-    /// for a while.
+    /// for a while. Shared: the gateway's upstream clients hold the same
+    /// list for as long as it is unchanged.
     #[schema(value_type = Vec<String>, example = json!(["http://127.0.0.1:9000"]))]
-    pub upstreams: Vec<Upstream>,
+    pub upstreams: Arc<[Upstream]>,
     #[serde(default)]
     pub protocol: UpstreamProtocol,
     /// Removes the prefix before the request goes upstream: `/orders/42`

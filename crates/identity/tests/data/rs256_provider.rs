@@ -4,7 +4,9 @@
 
 use std::collections::HashMap;
 
-use bulkhead_identity::{Algorithm, ClaimMapping, Jwk, KeySet, Role, Trust, VerifyingKey};
+use bulkhead_identity::{
+    Algorithm, ClaimMapping, ExternalClaims, Jwk, KeySet, Role, Trust, VerifyingKey,
+};
 use uuid::Uuid;
 
 /// The provider's token and a tenant's trust in the provider.
@@ -15,14 +17,14 @@ pub fn rs256_provider() -> (String, Trust) {
         tenant_id: Uuid::new_v4(),
         issuer: "https://idp.example/".into(),
         keys: KeySet::from([("rsa-1".into(), VerifyingKey::from_jwk(&jwk).unwrap())]),
-        algorithms: Algorithm::EXTERNAL.to_vec(),
+        algorithms: &Algorithm::EXTERNAL,
         audience: Some("api".into()),
         not_before: None,
-        claims: ClaimMapping::External {
+        claims: ClaimMapping::External(Box::new(ExternalClaims {
             subject: "sub".into(),
             roles: "roles".into(),
             role_map: HashMap::from([("admin".into(), Role::Admin)]),
-        },
+        })),
     };
     (fixture["token"].as_str().unwrap().to_owned(), trust)
 }
