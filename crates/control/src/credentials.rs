@@ -3,9 +3,9 @@
 //! role, expiring by itself, and revoked (sessions ended, role dropped) by
 //! an operator, by offboarding or by the sweeper once it expires.
 //!
-//! Which role a lease acts as depends on the tenant's isolation, so that
-//! pool tenants get credentials the same way once they have roles of
-//! their own.
+//! Which role a lease acts as depends on the tenant's isolation (a silo's
+//! owner or read role, or a pool tenant's write or read role: see
+//! `bulkhead_tenantdb`); everything else about a lease is the same.
 
 use std::{str::FromStr, sync::Arc, time::Duration};
 
@@ -24,7 +24,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 use zeroize::Zeroizing;
 
-use crate::provision::{RegionServers, StepError, silo_identifiers};
+use bulkhead_tenantdb::{PoolNames, PoolTenantRoles, RegionServers, SiloNames};
 
 /// Leases the sweeper revokes per pass ...
 pub const SWEEP_BATCH: u32 = 100;
@@ -88,8 +88,8 @@ pub enum CredentialError {
     Store(#[from] StoreError),
 }
 
-impl From<StepError> for CredentialError {
-    fn from(error: StepError) -> Self {
+impl From<bulkhead_tenantdb::Error> for CredentialError {
+    fn from(error: bulkhead_tenantdb::Error) -> Self {
         CredentialError::Database(error.to_string())
     }
 }
@@ -119,7 +119,6 @@ struct Target<'a> {
     url: &'a DatabaseUrl,
     database: String,
     acts_as: String,
-    owner: String,
 }
 
 #[derive(Debug)]
@@ -148,20 +147,25 @@ impl Credentials {
                 )));
             }
         };
+        // The same login role either way: a member of a role of the
+        // tenant's, in the database that holds its data.
         match tenant.isolation {
             Isolation::Silo => {
-                let names = silo_identifiers(region, tenant);
+                let names = SiloNames::of(region, tenant);
                 let acts_as = match access {
                     Access::Write => names.owner.clone(),
                     Access::Read => names.reader,
                 };
-                Ok(Target { region, url, database: names.database, acts_as, owner: names.owner })
+                Ok(Target { region, url, database: names.database, acts_as })
             }
-            Isolation::Pool => Err(CredentialError::Unavailable(format!(
-                "tenant {:?} is pooled; pool tenants get database credentials once the shared \
-                 database has a role per tenant (row-level security), which is not built yet",
-                tenant.name.as_str()
-            ))),
+            Isolation::Pool => {
+                let roles = PoolTenantRoles::of(region, tenant);
+                let acts_as = match access {
+                    Access::Write => roles.writer,
+                    Access::Read => roles.reader,
+                };
+                Ok(Target { region, url, database: PoolNames::of(region).database, acts_as })
+            }
         }
     }
 
@@ -252,7 +256,7 @@ impl Credentials {
         if let DatabaseLocation::Postgres(url) = &region.databases {
             let pool = self.servers.pool(&region.name, url)?;
             // The owner the lease's objects go to, from the database's own
-            // naming: `<database>_owner`.
+            // naming: `<database>_owner`, a silo's owner or the pool's.
             let owner = format!("{}_owner", lease.database);
             let heir = Heir { database: &lease.database, owner: &owner };
             let databases = self.servers.databases(&region.name, url);
@@ -364,8 +368,9 @@ impl Credentials {
         }
     }
 
-    pub fn owner_role(&self, tenant: &Tenant) -> Option<String> {
-        self.target(tenant, Access::Write).ok().map(|t| t.owner)
+    /// The role a write lease of the tenant acts as.
+    pub fn write_role(&self, tenant: &Tenant) -> Option<String> {
+        self.target(tenant, Access::Write).ok().map(|t| t.acts_as)
     }
 }
 

@@ -234,6 +234,10 @@ pub async fn drop_role(
     .await
     .map_err(db_error("cannot find where the role is used"))?;
     let mut databases: Vec<String> = rows.iter().filter_map(|(d,)| d.clone()).collect();
+    // Where the role holds something, others' sessions and prepared
+    // transactions may hold it up. Elsewhere (the heir's database, where
+    // nothing of it may be, a shared pool) they are other tenants' own.
+    let holding = databases.clone();
     let shared = rows.iter().any(|(d,)| d.is_none());
     if let Some(heir) = heir
         && !databases.iter().any(|d| d == heir.database)
@@ -272,7 +276,8 @@ pub async fn drop_role(
                 )));
             }
         };
-        let result = clear_in(admin, &pool, database, role, &statements).await;
+        let release = holding.contains(database);
+        let result = clear_in(admin, &pool, database, role, &statements, release).await;
         pool.close().await;
         result?;
         dropped = n == last;
@@ -286,20 +291,21 @@ pub async fn drop_role(
     Ok(())
 }
 
-/// Runs `statements` in one transaction in `database`, after ending what a
-/// tenant could use there to hold them up: its prepared transactions, and
-/// the sessions that hold locks on objects the role has privileges on (a
-/// tenant's own session keeping a transaction open on a table it granted
-/// to another tenant's role). Only in tenants' databases, which no
-/// superuser owns.
+/// Runs `statements` in one transaction in `database`, after ending, with
+/// `release`, what a tenant could use there to hold them up: its prepared
+/// transactions, and the sessions that hold locks on objects the role has
+/// privileges on (a tenant's own session keeping a transaction open on a
+/// table it granted to another tenant's role). Only in tenants' databases,
+/// which no superuser owns.
 async fn clear_in(
     admin: &PgPool,
     pool: &PgPool,
     database: &str,
     role: &str,
     statements: &[String],
+    release: bool,
 ) -> Result<(), VaultError> {
-    if !superuser_owned(admin, database).await? {
+    if release && !superuser_owned(admin, database).await? {
         roll_back_prepared(pool).await?;
         end_lock_holders(pool, role).await?;
     }

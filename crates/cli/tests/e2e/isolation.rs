@@ -384,3 +384,59 @@ async fn the_recommended_postgres_roles_run_bulkhead() {
     revoke(&server, &lease).await;
     purge_leaves_nothing(&server, "acme", &acme, &[]).await;
 }
+
+#[tokio::test]
+async fn a_pool_tenants_lease_is_bound_to_its_own_tenant() {
+    let server = Server::postgres().await;
+    let pool = |name: &str| {
+        let view = server.cli_json(&[
+            "tenants",
+            "create",
+            name,
+            "--plan",
+            "professional",
+            "--isolation",
+            "pool",
+            "--wait",
+        ]);
+        let output = crate::kit::step_output(&view, "create_database");
+        let text = |key: &str| output[key].as_str().unwrap().to_owned();
+        (view["id"].as_str().unwrap().to_owned(), text("write_role"), text("read_role"))
+    };
+    let (acme_id, acme_write, acme_read) = pool("acme");
+    let (_, globex_write, globex_read) = pool("globex");
+
+    for access in ["write", "read"] {
+        let issued = server
+            .cli_json(&["creds", "issue", "--tenant", "acme", "--access", access, "--ttl", "10m"]);
+        let url = issued["url"].as_str().unwrap();
+        assert!(url.contains("pool"), "{url}");
+        let mut conn = connect(url).await.unwrap();
+        let (current,): (String,) = sqlx::query_as("SELECT bulkhead.current_tenant()::text")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(current, acme_id, "{access} lease");
+        let (acting,): (String,) =
+            sqlx::query_as("SELECT current_user::text").fetch_one(&mut conn).await.unwrap();
+        assert_eq!(&acting, if access == "write" { &acme_write } else { &acme_read });
+        let sql = format!("SET ROLE \"{globex_write}\"");
+        let refused = sqlx::query(AssertSqlSafe(sql)).execute(&mut conn).await.unwrap_err();
+        assert!(refused.to_string().contains("permission denied"), "{refused}");
+    }
+    let lease = issue(&server, "acme", "1h");
+    revoke(&server, &lease).await;
+    issue(&server, "acme", "1h");
+
+    // Offboarding takes acme's roles and live leases, and leaves globex's.
+    let purged = purge(&server, "acme");
+    assert!(purged.status.success(), "{}\n{}", stderr(&purged), server.log());
+    for role in [&acme_write, &acme_read] {
+        assert!(!role_exists(role).await, "{role} is left behind");
+    }
+    for role in [&globex_write, &globex_read] {
+        assert!(role_exists(role).await, "{role} went with acme");
+    }
+    let listed = server.cli_json(&["creds", "list", "--tenant", "globex"]);
+    assert!(listed.as_array().is_some_and(|l| l.is_empty()), "{listed}");
+}

@@ -83,7 +83,7 @@ impl ProvisioningStep for DatabaseCredentials {
     }
 
     async fn apply(&self, target: &StepTarget) -> Result<Option<serde_json::Value>, StepError> {
-        Ok(self.credentials.owner_role(&target.tenant).map(|role| json!({ "leases_act_as": role })))
+        Ok(self.credentials.write_role(&target.tenant).map(|role| json!({ "leases_act_as": role })))
     }
 
     async fn undo(&self, target: &StepTarget) -> Result<(), StepError> {

@@ -25,7 +25,8 @@ use thiserror::Error;
 use crate::{audit::AuditKeys, clock::Clock, credentials::Credentials, identity::IdentityService};
 
 pub use audit_key::CreateAuditKey;
-pub use database::{CreateDatabase, RegionServers, SiloNames, silo_identifiers};
+pub use bulkhead_tenantdb::RegionServers;
+pub use database::CreateDatabase;
 pub use directory::AllocateDirectory;
 pub use keys::{CreateDataKey, DatabaseCredentials};
 pub use realm::CreateRealm;
@@ -52,6 +53,15 @@ pub enum StepError {
 impl StepError {
     pub fn is_permanent(&self) -> bool {
         matches!(self, StepError::Permanent(_))
+    }
+}
+
+impl From<bulkhead_tenantdb::Error> for StepError {
+    fn from(error: bulkhead_tenantdb::Error) -> Self {
+        match error {
+            bulkhead_tenantdb::Error::Transient(reason) => StepError::Transient(reason),
+            bulkhead_tenantdb::Error::Permanent(reason) => StepError::Permanent(reason),
+        }
     }
 }
 
