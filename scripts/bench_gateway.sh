@@ -324,7 +324,7 @@ parse_bench() { # label file (a BENCH line)
 }
 
 # The machine's idle and total CPU ticks so far (every core).
-cpu_ticks() { awk '/^cpu / { total = 0; for (i = 2; i <= NF; i++) total += $i; print $5 + $6, total }' /proc/stat; }
+machine_ticks() { awk '/^cpu / { total = 0; for (i = 2; i <= NF; i++) total += $i; print $5 + $6, total }' /proc/stat; }
 
 declare -A BUSY
 # rate_run label url rate [header args...]: latency at a fixed rate, and
@@ -333,7 +333,7 @@ declare -A BUSY
 rate_run() {
     local label=$1 url=$2 rate=$3; shift 3
     local out=$WORK/rate-$label before
-    before=$(cpu_ticks)
+    before=$(machine_ticks)
     case $RATE_TOOL in
     wrk2)
         wrk2 -t"$THREADS" -c"$CONNS" -d"$DURATION" -R"$rate" --latency -s "$HERE/report.lua" "$@" "$url" >"$out.txt"
@@ -363,7 +363,7 @@ EOF
         parse_bench "$label" "$out.txt"
         ;;
     esac
-    BUSY[$label]=$(awk -v b="$before" -v a="$(cpu_ticks)" \
+    BUSY[$label]=$(awk -v b="$before" -v a="$(machine_ticks)" \
         'BEGIN { split(b, x, " "); split(a, y, " "); printf "%.0f%%", 100 * (1 - (y[1] - x[1]) / (y[2] - x[2])) }')
     say "$label at $rate/s: ${RPS[$label]} requests/s, p50 $(ms "${P50[$label]}"), p99 $(ms "${P99[$label]}"), non-2xx ${NON2XX[$label]}, machine busy ${BUSY[$label]}"
 }

@@ -117,8 +117,12 @@ pub enum Command {
     #[command(subcommand)]
     Audit(AuditCommand),
     /// Report what the installation exposes: every API that answers
-    /// without a credential (`auth: public`), by tenant
-    Verify,
+    /// without a credential (`auth: public`), by tenant; with `isolation`,
+    /// check that no tenant can reach another (exits 1 on any finding)
+    Verify {
+        #[command(subcommand)]
+        check: Option<VerifyCommand>,
+    },
     /// Create or change what manifests declare (tenants first, then their
     /// APIs); prints created, changed or unchanged for each
     Apply(ApplyArgs),
@@ -188,6 +192,22 @@ pub struct StreamArg {
     /// The platform's stream (operators' actions)
     #[arg(long)]
     pub platform: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum VerifyCommand {
+    /// Check the live installation's isolation: the pool's row-level
+    /// security, owners, policies and views; every tenant database closed
+    /// to everyone else; no application role bypassing row-level
+    /// security; no lease role left behind; and, as each tenant with a
+    /// short-lived login, that other tenants' rows and databases stay out
+    /// of reach. Prints each finding with its severity and the fix; exits
+    /// 1 on any
+    Isolation {
+        /// Only this tenant (and its region's pool, if it is pooled)
+        #[arg(long)]
+        tenant: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]

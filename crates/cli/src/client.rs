@@ -7,11 +7,12 @@ use bulkhead_control::api::{
     error::ApiError,
     types::{
         ApiApplied, ApiKeyCreated, ApiKeyList, ApiList, CreateApiKeyRequest, CreateTenantRequest,
-        CredentialView, ErrorBody, IssueCredentialRequest, IssueTokenRequest, KeyStatusView,
-        LeaseList, LeaseView, LockoutList, MasterRotationView, PlanList, PublicApiList,
-        RealmKeyList, RegionList, RevokedTokensView, RewrapView, RotateKeyView, RotateRealmKeyView,
-        SecretList, SecretWritten, ServerStatus, TenantKeyRequest, TenantKeyView, TenantList,
-        TenantView, TokenView, TrustRequest, TrustView, UpdateTenantRequest,
+        CredentialView, ErrorBody, IsolationReportView, IssueCredentialRequest, IssueTokenRequest,
+        KeyStatusView, LeaseList, LeaseView, LockoutList, MasterRotationView, PlanList,
+        PublicApiList, RealmKeyList, RegionList, RevokedTokensView, RewrapView, RotateKeyView,
+        RotateRealmKeyView, SecretList, SecretWritten, ServerStatus, TenantKeyRequest,
+        TenantKeyView, TenantList, TenantView, TokenView, TrustRequest, TrustView,
+        UpdateTenantRequest,
     },
     usage::UsageList,
 };
@@ -497,6 +498,16 @@ impl ApiClient {
     /// Every tenant's APIs that answer without a credential.
     pub async fn public_apis(&self) -> Result<PublicApiList, CliError> {
         self.call(Method::GET, self.url(&["v1", "apis", "public"])?, &[]).await
+    }
+
+    /// Runs the isolation checks, of one tenant or of all.
+    pub async fn verify_isolation(
+        &self,
+        tenant: Option<&str>,
+    ) -> Result<IsolationReportView, CliError> {
+        let query: Vec<(&str, String)> =
+            tenant.map(|t| ("tenant", t.to_owned())).into_iter().collect();
+        self.call(Method::POST, self.url(&["v1", "verify", "isolation"])?, &query).await
     }
 
     pub async fn api(&self, tenant: &str, name: &str) -> Result<ApiSpec, CliError> {

@@ -428,6 +428,41 @@ pub fn public_apis(
     Ok(())
 }
 
+pub fn isolation(
+    format: Output,
+    report: &bulkhead_control::api::types::IsolationReportView,
+) -> Result<(), CliError> {
+    if format == Output::Json {
+        return json(report);
+    }
+    for line in &report.checked {
+        println!("checked: {line}");
+    }
+    if report.findings.is_empty() {
+        println!("isolation: no findings");
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = report
+        .findings
+        .iter()
+        .map(|f| {
+            vec![
+                f.severity.to_uppercase(),
+                f.check.clone(),
+                f.subject.clone(),
+                f.problem.clone(),
+                f.fix.clone(),
+            ]
+        })
+        .collect();
+    println!(
+        "isolation: {} findings\n{}",
+        report.findings.len(),
+        table(&["SEVERITY", "CHECK", "SUBJECT", "PROBLEM", "FIX"], &rows)
+    );
+    Ok(())
+}
+
 pub fn usage(format: Output, rows: &[bulkhead_meter::UsageRow]) -> Result<(), CliError> {
     if format == Output::Json {
         return json(&rows);

@@ -30,6 +30,7 @@ pub mod server;
 pub mod tenants;
 pub mod usage;
 pub mod vault;
+pub mod verify;
 
 pub use config::{Config, ReconcilerSettings};
 pub use server::{

@@ -571,6 +571,12 @@ pub async fn start_with_steps(
     let servers = RegionServers::default();
     let credentials =
         Arc::new(Credentials::new(Arc::clone(&store), servers.clone(), config.regions.clone()));
+    let verifier = Arc::new(crate::verify::Verifier::new(
+        Arc::clone(&store),
+        servers.clone(),
+        config.regions.clone(),
+        Arc::clone(&clock),
+    ));
     let services = StepServices {
         servers,
         vault: Arc::clone(&vault),
@@ -637,6 +643,7 @@ pub async fn start_with_steps(
         tenants,
         apis,
         vault: Arc::clone(&vault),
+        verifier,
         identity: Arc::clone(&identity),
         audit: Arc::clone(&audit),
         base_domain: config.base_domain.clone(),

@@ -18,6 +18,7 @@ mod servers;
 pub mod silo;
 mod sql;
 pub mod sqlite;
+pub mod verify;
 
 pub use names::{PoolNames, PoolTenantRoles, SiloNames};
 pub use servers::{RegionDatabases, RegionServers};

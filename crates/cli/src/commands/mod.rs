@@ -14,7 +14,7 @@ mod vault;
 use std::process::ExitCode;
 
 use crate::{
-    args::{Cli, Command, Output, PlansCommand},
+    args::{Cli, Command, Output, PlansCommand, VerifyCommand},
     client::ApiClient,
     exit::CliError,
     output,
@@ -43,10 +43,20 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             output::usage(cli.global.output, &usage.usage)
         }
         Command::Audit(command) => audit::run(command, &cli.global).await,
-        Command::Verify => {
+        Command::Verify { check: None } => {
             let client = ApiClient::discover(&cli.global)?;
             let public = client.public_apis().await?;
             output::public_apis(cli.global.output, &public.apis)
+        }
+        Command::Verify { check: Some(VerifyCommand::Isolation { tenant }) } => {
+            let client = ApiClient::discover(&cli.global)?;
+            let report = client.verify_isolation(tenant.as_deref()).await?;
+            output::isolation(cli.global.output, &report)?;
+            return Ok(if report.findings.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            });
         }
         Command::Status { api_url } => {
             let client = ApiClient::discover(&cli.global)?;

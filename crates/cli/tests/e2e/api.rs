@@ -53,6 +53,7 @@ async fn openapi_describes_every_endpoint() {
         "POST /v1/tenants/{tenant}/apis",
         "GET /v1/tenants/{tenant}/apis",
         "GET /v1/apis/public",
+        "POST /v1/verify/isolation",
         "GET /v1/tenants/{tenant}/apis/{name}",
         "PUT /v1/tenants/{tenant}/apis/{name}",
         "DELETE /v1/tenants/{tenant}/apis/{name}",

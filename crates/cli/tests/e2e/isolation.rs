@@ -440,3 +440,132 @@ async fn a_pool_tenants_lease_is_bound_to_its_own_tenant() {
     let listed = server.cli_json(&["creds", "list", "--tenant", "globex"]);
     assert!(listed.as_array().is_some_and(|l| l.is_empty()), "{listed}");
 }
+
+/// Runs `verify isolation` and returns its exit code and its report.
+fn verify_isolation(server: &Server, extra: &[&str]) -> (i32, Value) {
+    let mut args = vec!["verify", "isolation", "-o", "json"];
+    args.extend(extra);
+    let out = server.cli(&args);
+    let report = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|_| panic!("{}\n{}", stderr(&out), server.log()));
+    (out.status.code().unwrap_or(-1), report)
+}
+
+fn findings(report: &Value) -> Vec<(String, String, String)> {
+    report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            let text = |k: &str| f[k].as_str().unwrap().to_owned();
+            (text("severity"), text("check"), text("subject"))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn verify_isolation_is_clean_on_a_fresh_setup_and_names_what_breaks_it() {
+    let server = Server::postgres().await;
+    let prefix = server.postgres_db().object_prefix.clone();
+    let pool_db = format!("{prefix}pool");
+    let pool_tenant = |name: &str| {
+        server.cli_json(&[
+            "tenants",
+            "create",
+            name,
+            "--plan",
+            "professional",
+            "--isolation",
+            "pool",
+            "--wait",
+        ])
+    };
+    pool_tenant("acme");
+    // The application's table, made by its migration as the pool's owner;
+    // the next pool tenant's provisioning binds it.
+    let mut pool = admin(&pool_db).await;
+    exec(&mut pool, &format!("SET ROLE \"{prefix}pool_owner\"")).await;
+    exec(
+        &mut pool,
+        "CREATE TABLE notes (id bigserial PRIMARY KEY, tenant_id uuid NOT NULL, body text)",
+    )
+    .await;
+    exec(&mut pool, "RESET ROLE").await;
+    pool_tenant("globex");
+    let initech = silo(&server, "initech");
+    silo(&server, "hooli");
+    let lease = issue(&server, "acme", "1h");
+    let mut acme = connect(&lease.url).await.unwrap();
+    exec(&mut acme, "INSERT INTO notes (body) VALUES ('hello')").await;
+
+    let (code, report) = verify_isolation(&server, &[]);
+    assert_eq!(findings(&report), [], "{report:#}");
+    assert_eq!(code, 0);
+    let checked = report["checked"].to_string();
+    assert!(
+        checked.contains("2 pool tenants") && checked.contains("2 silo databases"),
+        "{checked}"
+    );
+    let table = server.cli(&["verify", "isolation"]);
+    assert!(String::from_utf8_lossy(&table.stdout).contains("no findings"));
+
+    // A table the migration forgot to bind, an application role above
+    // row-level security, a database opened to everyone.
+    exec(&mut pool, &format!("SET ROLE \"{prefix}pool_owner\"")).await;
+    exec(&mut pool, "CREATE TABLE leaky (tenant_id uuid, secret text)").await;
+    exec(&mut pool, &format!("GRANT SELECT, INSERT ON leaky TO \"{prefix}pool_write\"")).await;
+    exec(&mut pool, "RESET ROLE").await;
+    let mut root = admin("postgres").await;
+    let bypassing =
+        sqlx::query_scalar::<_, String>("SELECT rolname::text FROM pg_roles WHERE rolname LIKE $1")
+            .bind(format!("{prefix}globex\\_%\\_write"))
+            .fetch_one(&mut root)
+            .await
+            .unwrap();
+    exec(&mut root, &format!("ALTER ROLE \"{bypassing}\" BYPASSRLS")).await;
+    exec(&mut root, &format!("GRANT CONNECT ON DATABASE \"{}\" TO PUBLIC", initech.database)).await;
+
+    let (code, report) = verify_isolation(&server, &[]);
+    assert_eq!(code, 1, "{report:#}");
+    let found = findings(&report);
+    let has = |check: &str, subject: &str| {
+        found
+            .iter()
+            .any(|(severity, c, s)| severity == "critical" && c == check && s.contains(subject))
+    };
+    assert!(has("pool.rls", "leaky"), "{found:?}");
+    assert!(has("pool.policy", "leaky"), "{found:?}");
+    assert!(has("pool.probe.read", "leaky") || has("pool.probe.write", "leaky"), "{found:?}");
+    assert!(has("role.bypass", &bypassing), "{found:?}");
+    assert!(has("database.connect", &initech.database), "{found:?}");
+    assert!(has("silo.probe", &initech.database), "{found:?}");
+    // notes is bound (globex's probe reads and writes it only because its
+    // role now bypasses row-level security).
+    assert!(!has("pool.rls", "notes") && !has("pool.policy", "notes"), "{found:?}");
+    assert!(has("pool.probe.read", "notes"), "{found:?}");
+    let table = String::from_utf8_lossy(&server.cli(&["verify", "isolation"]).stdout).into_owned();
+    assert!(table.contains("CRITICAL") && table.contains("REVOKE CONNECT"), "{table}");
+
+    // One tenant: its own checks and its region's pool.
+    let (code, report) = verify_isolation(&server, &["--tenant", "hooli"]);
+    assert_eq!(code, 1);
+    assert!(findings(&report).iter().any(|(_, c, _)| c == "silo.probe"), "{report:#}");
+    let unknown = server.cli(&["verify", "isolation", "--tenant", "nobody"]);
+    assert!(stderr(&unknown).contains("nobody"), "{}", stderr(&unknown));
+    assert!(!unknown.status.success());
+
+    // Repaired, it is clean again; no probe login is left behind.
+    exec(&mut root, &format!("REVOKE CONNECT ON DATABASE \"{}\" FROM PUBLIC", initech.database))
+        .await;
+    exec(&mut root, &format!("ALTER ROLE \"{bypassing}\" NOBYPASSRLS")).await;
+    exec(&mut pool, "DROP TABLE leaky").await;
+    let (code, report) = verify_isolation(&server, &[]);
+    assert_eq!((code, findings(&report)), (0, vec![]), "{report:#}");
+    let probes: Vec<String> =
+        sqlx::query_scalar("SELECT rolname::text FROM pg_roles WHERE rolname LIKE $1")
+            .bind(format!("{prefix}v\\_%"))
+            .fetch_all(&mut root)
+            .await
+            .unwrap();
+    assert_eq!(probes, Vec::<String>::new());
+}

@@ -418,7 +418,7 @@ impl From<Refused> for ApiError {
     }
 }
 
-fn store_error(error: &StoreError) -> ApiError {
+pub(crate) fn store_error(error: &StoreError) -> ApiError {
     match error {
         StoreError::Unreachable { .. } | StoreError::Query(sqlx::Error::PoolTimedOut) => {
             tracing::error!(%error, "control store unavailable");

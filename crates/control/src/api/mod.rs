@@ -13,6 +13,7 @@ mod tenants;
 pub mod types;
 pub mod usage;
 mod vault;
+mod verify;
 
 use std::{
     sync::{
@@ -54,6 +55,7 @@ pub struct AppState {
     pub tenants: Arc<TenantService>,
     pub apis: Arc<ApiService>,
     pub vault: Arc<VaultService>,
+    pub verifier: Arc<crate::verify::Verifier>,
     pub identity: Arc<IdentityService>,
     pub audit: Arc<AuditService>,
     pub base_domain: BaseDomain,
@@ -100,6 +102,7 @@ impl AppState {
         (name = "realms", description = "Each tenant's identity realm: OIDC documents, tokens, signing keys, API keys"),
         (name = "apis", description = "Each tenant's APIs: the contracts its gateway routes by"),
         (name = "audit", description = "Each tenant's hash-chained, signed audit stream, and the platform's"),
+        (name = "verify", description = "Checks of the live installation's isolation"),
         (name = "meta", description = "Health, readiness, metrics and this document"),
     )
 )]
@@ -248,6 +251,7 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(apis::create_api, apis::list_apis))
         .routes(routes!(apis::get_api, apis::put_api, apis::delete_api))
         .routes(routes!(apis::public_apis))
+        .routes(routes!(verify::verify_isolation))
         .routes(routes!(usage::tenant_usage))
         .routes(routes!(audit::tenant_events))
         .routes(routes!(audit::tenant_export))

@@ -733,6 +733,50 @@ pub struct PublicApiList {
     pub apis: Vec<PublicApi>,
 }
 
+/// What `bulkhead verify isolation` found.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct IsolationReportView {
+    /// One line per check run, with what it covered.
+    pub checked: Vec<String>,
+    /// Worst first; none means every check passed.
+    pub findings: Vec<IsolationFinding>,
+}
+
+/// One thing a check found wrong.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct IsolationFinding {
+    /// `critical` (another tenant's data is reachable, or can be made so),
+    /// `high` (a boundary weaker than designed) or `warning`.
+    #[schema(example = "critical")]
+    pub severity: String,
+    #[schema(example = "pool.rls")]
+    pub check: String,
+    /// The table, role, database or tenant it is about.
+    pub subject: String,
+    pub problem: String,
+    /// What to do about it.
+    pub fix: String,
+}
+
+impl From<crate::verify::IsolationReport> for IsolationReportView {
+    fn from(report: crate::verify::IsolationReport) -> Self {
+        Self {
+            checked: report.checked,
+            findings: report
+                .findings
+                .into_iter()
+                .map(|f| IsolationFinding {
+                    severity: f.severity.as_str().to_owned(),
+                    check: f.check.to_owned(),
+                    subject: f.subject,
+                    problem: f.problem,
+                    fix: f.fix,
+                })
+                .collect(),
+        }
+    }
+}
+
 /// An API as created or applied, and what the request did to it.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ApiApplied {

@@ -1,0 +1,201 @@
+//! `bulkhead verify isolation`: checks the live installation, layer by
+//! layer, and reports what would let one tenant reach another.
+//!
+//! Each layer is a module of checks (the tenant databases' now; the
+//! runtime's and the backups' as they come) that adds [`Finding`]s to one
+//! report. The database checks read the catalogs and also act as a tenant:
+//! a fresh login of each tenant in scope tries to read and write other
+//! tenants' rows and to enter other tenants' databases.
+
+use std::{collections::HashSet, sync::Arc, time::Duration};
+
+use bulkhead_model::{DatabaseLocation, Isolation, Regions, Tenant, TenantState};
+use bulkhead_store::{ControlStore, StoreError};
+pub use bulkhead_tenantdb::verify::{Finding, Severity};
+use bulkhead_tenantdb::{RegionServers, verify};
+use thiserror::Error;
+
+use crate::clock::Clock;
+
+/// A lease's role may outlive its expiry by this much (the sweeper's
+/// pace, retries included) before it counts as left behind.
+const LEASE_GRACE: Duration = Duration::from_secs(300);
+
+#[derive(Debug, Error)]
+pub enum VerifyError {
+    #[error("{0}")]
+    Database(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<bulkhead_tenantdb::Error> for VerifyError {
+    fn from(error: bulkhead_tenantdb::Error) -> Self {
+        VerifyError::Database(error.to_string())
+    }
+}
+
+/// What was checked, and what was found.
+#[derive(Debug, Default)]
+pub struct IsolationReport {
+    /// One line per check run, with what it covered.
+    pub checked: Vec<String>,
+    pub findings: Vec<Finding>,
+}
+
+#[derive(Debug)]
+pub struct Verifier {
+    store: Arc<dyn ControlStore>,
+    servers: RegionServers,
+    regions: Regions,
+    clock: Arc<dyn Clock>,
+}
+
+impl Verifier {
+    pub fn new(
+        store: Arc<dyn ControlStore>,
+        servers: RegionServers,
+        regions: Regions,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        Self { store, servers, regions, clock }
+    }
+
+    /// Checks `only` that tenant, or every tenant with a database (active
+    /// or suspended) and the regions' pools.
+    pub async fn isolation(&self, only: Option<&Tenant>) -> Result<IsolationReport, VerifyError> {
+        let tenants: Vec<Tenant> = match only {
+            Some(tenant) => vec![tenant.clone()],
+            None => self.store.all_tenants().await?,
+        };
+        let served: Vec<&Tenant> = tenants
+            .iter()
+            .filter(|t| matches!(t.state, TenantState::Active | TenantState::Suspended))
+            .collect();
+        let mut report = IsolationReport::default();
+        for region in self.regions.all() {
+            let DatabaseLocation::Postgres(url) = &region.databases else { continue };
+            let here: Vec<&Tenant> =
+                served.iter().copied().filter(|t| t.region == region.name).collect();
+            let pooled: Vec<&Tenant> =
+                here.iter().copied().filter(|t| t.isolation == Isolation::Pool).collect();
+            let siloed: Vec<&Tenant> =
+                here.iter().copied().filter(|t| t.isolation == Isolation::Silo).collect();
+            let now = self.clock.now();
+            if only.is_none() || !pooled.is_empty() {
+                report.findings.extend(verify::pool(&self.servers, region, url).await?);
+                report.checked.push(format!("region {}: the pool database", region.name));
+            }
+            for tenant in &pooled {
+                let found = verify::probe_pool(&self.servers, region, url, tenant, now).await?;
+                report.findings.extend(found);
+            }
+            if !pooled.is_empty() {
+                report.checked.push(format!(
+                    "region {}: {} pool tenants, each with a fresh login reading and writing every tenant table",
+                    region.name,
+                    pooled.len()
+                ));
+            }
+            // Each silo tenant tries the next one's database: every database
+            // is tried once, by someone else.
+            for (i, tenant) in siloed.iter().enumerate() {
+                report.findings.extend(verify::silo(&self.servers, region, url, tenant).await?);
+                let other = match only {
+                    Some(_) => self.other_silo(tenant).await?,
+                    None => siloed
+                        .get((i + 1) % siloed.len())
+                        .filter(|o| o.id != tenant.id)
+                        .map(|o| (*o).clone()),
+                };
+                if let Some(other) = other {
+                    let found =
+                        verify::probe_silo(&self.servers, region, url, tenant, &other, now).await?;
+                    report.findings.extend(found);
+                }
+            }
+            if !siloed.is_empty() {
+                report.checked.push(format!(
+                    "region {}: {} silo databases, each closed to another tenant's fresh login",
+                    region.name,
+                    siloed.len()
+                ));
+            }
+            let roles = verify::lease_roles(&self.servers, region, url).await?;
+            let leases = self.lease_findings(&here, &roles, now).await?;
+            report.checked.push(format!(
+                "region {}: {} lease roles against the leases of {} tenants",
+                region.name,
+                roles.len(),
+                here.len()
+            ));
+            report.findings.extend(leases);
+        }
+        report.findings.sort_by(|a, b| (a.severity, &a.subject).cmp(&(b.severity, &b.subject)));
+        Ok(report)
+    }
+
+    /// Another served silo tenant of `tenant`'s region, whose database
+    /// the tenant's fresh login tries.
+    async fn other_silo(&self, tenant: &Tenant) -> Result<Option<Tenant>, VerifyError> {
+        Ok(self.store.all_tenants().await?.into_iter().find(|t| {
+            t.id != tenant.id
+                && t.region == tenant.region
+                && t.isolation == Isolation::Silo
+                && matches!(t.state, TenantState::Active | TenantState::Suspended)
+        }))
+    }
+
+    /// Lease roles still on the server after their lease ended, and lease
+    /// roles of these tenants that no lease accounts for.
+    async fn lease_findings(
+        &self,
+        tenants: &[&Tenant],
+        roles: &[String],
+        now: time::OffsetDateTime,
+    ) -> Result<Vec<Finding>, VerifyError> {
+        let on_server: HashSet<&str> = roles.iter().map(String::as_str).collect();
+        let mut known = HashSet::new();
+        let mut findings = Vec::new();
+        for tenant in tenants {
+            for lease in self.store.leases(tenant.id, true).await? {
+                known.insert(lease.role.clone());
+                let ended = lease.revoked_at.unwrap_or(lease.expires_at);
+                if ended + LEASE_GRACE < now && on_server.contains(lease.role.as_str()) {
+                    findings.push(Finding {
+                        severity: Severity::High,
+                        check: "lease.left",
+                        subject: lease.role.clone(),
+                        problem: format!(
+                            "lease {} of tenant {} ended at {ended} and its role is still there{}",
+                            lease.id,
+                            tenant.name,
+                            lease
+                                .last_error
+                                .as_deref()
+                                .map(|e| format!(" ({e})"))
+                                .unwrap_or_default()
+                        ),
+                        fix: format!("bulkhead creds revoke {}", lease.id),
+                    });
+                }
+            }
+        }
+        for tenant in tenants {
+            let theirs = format!("l_{}_", tenant.id.short());
+            for role in roles.iter().filter(|r| r.contains(&theirs) && !known.contains(*r)) {
+                findings.push(Finding {
+                    severity: Severity::High,
+                    check: "lease.orphan",
+                    subject: role.clone(),
+                    problem: format!(
+                        "a login role of tenant {}'s that no lease accounts for",
+                        tenant.name
+                    ),
+                    fix: format!("DROP OWNED BY \"{role}\"; DROP ROLE \"{role}\" (in each database it holds something in)"),
+                });
+            }
+        }
+        Ok(findings)
+    }
+}

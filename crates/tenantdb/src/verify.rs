@@ -1,0 +1,510 @@
+//! Checks of a live installation's tenant databases, for `bulkhead verify
+//! isolation`: what the catalogs say (row-level security, policies,
+//! owners, privileges, role attributes), and what a fresh login of a
+//! tenant can actually do (probes).
+//!
+//! Each check returns [`Finding`]s: an empty list is a clean bill.
+
+use std::str::FromStr;
+
+use bulkhead_model::{DatabaseUrl, Region, Tenant};
+use bulkhead_vault::leases::{
+    Heir, LoginRole, create_login_role, drop_login_role, random_password,
+};
+use sqlx::{AssertSqlSafe, Connection, PgConnection, PgPool, postgres::PgConnectOptions};
+
+use crate::{
+    Error, PoolNames, PoolTenantRoles, RegionServers, SiloNames,
+    pool::{POLICY, SCHEMA, TENANT_COLUMN},
+    sql::{DATABASE_EXISTS, exists, transient},
+};
+
+/// How bad a finding is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Severity {
+    /// Another tenant's data is reachable, or can be made reachable.
+    Critical,
+    /// A boundary is weaker than designed, or unproven.
+    High,
+    /// Works, but costs or risks what it need not.
+    Warning,
+}
+
+impl Severity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Critical => "critical",
+            Severity::High => "high",
+            Severity::Warning => "warning",
+        }
+    }
+}
+
+/// Something a check found wrong, and what to do about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    pub severity: Severity,
+    /// The check's name (`pool.rls`, `silo.connect`, …).
+    pub check: &'static str,
+    /// What it is about: a table, a role, a database, a tenant.
+    pub subject: String,
+    pub problem: String,
+    pub fix: String,
+}
+
+impl Finding {
+    fn new(
+        severity: Severity,
+        check: &'static str,
+        subject: impl Into<String>,
+        problem: impl Into<String>,
+        fix: impl Into<String>,
+    ) -> Self {
+        Self { severity, check, subject: subject.into(), problem: problem.into(), fix: fix.into() }
+    }
+}
+
+/// Whether `PUBLIC` may connect to `database` (no ACL at all means the
+/// server's default, which lets it).
+async fn public_may_connect(admin: &PgPool, database: &str) -> Result<bool, Error> {
+    let (open,): (bool,) = sqlx::query_as(
+        "SELECT d.datacl IS NULL OR EXISTS ( \
+           SELECT 1 FROM pg_catalog.aclexplode(d.datacl) a \
+           WHERE a.grantee = 0 AND a.privilege_type = 'CONNECT') \
+         FROM pg_catalog.pg_database d WHERE d.datname = $1",
+    )
+    .bind(database)
+    .fetch_one(admin)
+    .await
+    .map_err(transient("cannot read the database's privileges"))?;
+    Ok(open)
+}
+
+fn connect_finding(database: &str) -> Finding {
+    Finding::new(
+        Severity::Critical,
+        "database.connect",
+        database,
+        "every role may connect (CONNECT is granted to PUBLIC)",
+        format!("REVOKE CONNECT, TEMPORARY ON DATABASE \"{database}\" FROM PUBLIC"),
+    )
+}
+
+/// Roles that are, directly or through other roles, members of any of
+/// `roles`, with the attributes that would bypass row-level security. The
+/// region's own role is a member of tenants' roles to manage them, and is
+/// no application's: it, and whoever is a member of it, are left out.
+async fn members_bypassing(
+    admin: &PgPool,
+    roles: &[&str],
+) -> Result<Vec<(String, &'static str)>, Error> {
+    let rows: Vec<(String, bool, bool)> = sqlx::query_as(
+        "WITH RECURSIVE members(oid) AS ( \
+           SELECT oid FROM pg_catalog.pg_roles WHERE rolname = ANY($1) \
+           UNION SELECT m.member FROM pg_catalog.pg_auth_members m JOIN members ON m.roleid = members.oid \
+             WHERE m.member <> (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = current_user)) \
+         SELECT r.rolname::text, r.rolsuper, r.rolbypassrls FROM pg_catalog.pg_roles r \
+         JOIN members ON members.oid = r.oid WHERE r.rolsuper OR r.rolbypassrls ORDER BY 1",
+    )
+    .bind(roles)
+    .fetch_all(admin)
+    .await
+    .map_err(transient("cannot read the roles' attributes"))?;
+    Ok(rows
+        .into_iter()
+        .map(|(role, superuser, _)| (role, if superuser { "SUPERUSER" } else { "BYPASSRLS" }))
+        .collect())
+}
+
+/// The pool database: every tenant table bound, no code that runs as its
+/// owner, nothing of it open to everyone, no application role above
+/// row-level security. Nothing to check when the region has no pool yet.
+pub async fn pool(
+    servers: &RegionServers,
+    region: &Region,
+    url: &DatabaseUrl,
+) -> Result<Vec<Finding>, Error> {
+    let names = PoolNames::of(region);
+    let admin = servers.pool(&region.name, url)?;
+    if !exists(&admin, DATABASE_EXISTS, &names.database).await? {
+        return Ok(Vec::new());
+    }
+    let mut findings = Vec::new();
+    if public_may_connect(&admin, &names.database).await? {
+        findings.push(connect_finding(&names.database));
+    }
+    for (role, attribute) in members_bypassing(&admin, &[&names.writers, &names.readers]).await? {
+        findings.push(Finding::new(
+            Severity::Critical,
+            "role.bypass",
+            &role,
+            format!(
+                "an application role of the pool has {attribute}, which ignores row-level security"
+            ),
+            format!("ALTER ROLE \"{role}\" NO{attribute}"),
+        ));
+    }
+    let inside = servers.database_pool(&region.name, url, &names.database).await?;
+    let result = pool_tables(&inside, &names, &mut findings).await;
+    inside.close().await;
+    result?;
+    Ok(findings)
+}
+
+async fn pool_tables(
+    inside: &PgPool,
+    names: &PoolNames,
+    findings: &mut Vec<Finding>,
+) -> Result<(), Error> {
+    type Table = (String, bool, bool, String, Option<String>, i64, bool, Option<String>);
+    let tables: Vec<Table> = sqlx::query_as(
+        "SELECT pg_catalog.format('%I.%I', n.nspname, c.relname), c.relrowsecurity, c.relforcerowsecurity, \
+           pg_catalog.pg_get_userbyid(c.relowner)::text, \
+           (SELECT pg_catalog.pg_get_expr(p.polqual, p.polrelid) || ' / ' || \
+                   pg_catalog.pg_get_expr(p.polwithcheck, p.polrelid) \
+              FROM pg_catalog.pg_policy p WHERE p.polrelid = c.oid AND p.polname = $2 \
+                AND p.polcmd = '*' AND p.polpermissive), \
+           (SELECT count(*) FROM pg_catalog.pg_policy p WHERE p.polrelid = c.oid \
+              AND p.polname <> $2 AND p.polpermissive), \
+           EXISTS (SELECT 1 FROM pg_catalog.pg_index i WHERE i.indrelid = c.oid \
+                     AND i.indkey[0] = a.attnum), \
+           pg_catalog.pg_get_expr(d.adbin, d.adrelid) \
+         FROM pg_catalog.pg_class c \
+         JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+         JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attname = $1 AND NOT a.attisdropped \
+         LEFT JOIN pg_catalog.pg_attrdef d ON d.adrelid = c.oid AND d.adnum = a.attnum \
+         WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition \
+           AND n.nspname NOT IN ('pg_catalog', 'information_schema', $3) \
+           AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%' \
+         ORDER BY 1",
+    )
+    .bind(TENANT_COLUMN)
+    .bind(POLICY)
+    .bind(SCHEMA)
+    .fetch_all(inside)
+    .await
+    .map_err(transient("cannot read the pool's tables"))?;
+    let bound = format!("{SCHEMA}.current_tenant()");
+    for (table, enabled, forced, owner, policy, others, indexed, default) in tables {
+        let secure = "run `bulkhead migrate` on the pool, or provision a pool tenant, which \
+                      secures every tenant table";
+        if !enabled || !forced {
+            findings.push(Finding::new(
+                Severity::Critical,
+                "pool.rls",
+                &table,
+                if enabled {
+                    "row-level security is not forced: its owner sees every tenant's rows"
+                } else {
+                    "row-level security is off: every tenant's rows are visible to every tenant"
+                },
+                secure,
+            ));
+        }
+        if policy.as_deref().is_none_or(|p| p.matches(&bound).count() != 2) {
+            findings.push(Finding::new(
+                Severity::Critical,
+                "pool.policy",
+                &table,
+                format!("no `{POLICY}` policy for all commands comparing {TENANT_COLUMN} with {bound} in USING and WITH CHECK"),
+                secure,
+            ));
+        }
+        if others > 0 {
+            findings.push(Finding::new(
+                Severity::Critical,
+                "pool.policy",
+                &table,
+                format!("{others} other permissive policies, which widen what a tenant sees"),
+                format!("drop them (DROP POLICY … ON {table}); `{POLICY}` is the only one a tenant table needs"),
+            ));
+        }
+        if owner != names.owner {
+            findings.push(Finding::new(
+                Severity::Critical,
+                "pool.owner",
+                &table,
+                format!("owned by {owner}, who can switch its row-level security off"),
+                format!("ALTER TABLE {table} OWNER TO \"{}\"", names.owner),
+            ));
+        }
+        if !indexed {
+            findings.push(Finding::new(
+                Severity::Warning,
+                "pool.index",
+                &table,
+                format!("no index leads with {TENANT_COLUMN}: every tenant's query reads every tenant's rows"),
+                format!("CREATE INDEX ON {table} ({TENANT_COLUMN})"),
+            ));
+        }
+        if default.as_deref().is_none_or(|d| !d.contains(&bound)) {
+            findings.push(Finding::new(
+                Severity::Warning,
+                "pool.default",
+                &table,
+                format!("{TENANT_COLUMN} is not filled from the session"),
+                secure,
+            ));
+        }
+    }
+    // A view runs as its owner unless it is `security_invoker`.
+    let views: Vec<(String,)> = sqlx::query_as(
+        "SELECT pg_catalog.format('%I.%I', n.nspname, c.relname) FROM pg_catalog.pg_class c \
+         JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+         WHERE c.relkind IN ('v', 'm') \
+           AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
+           AND n.nspname NOT LIKE 'pg\\_toast%' \
+           AND NOT coalesce('security_invoker=true' = ANY(c.reloptions) \
+                            OR 'security_invoker=on' = ANY(c.reloptions), false) \
+         ORDER BY 1",
+    )
+    .fetch_all(inside)
+    .await
+    .map_err(transient("cannot read the pool's views"))?;
+    for (view,) in views {
+        findings.push(Finding::new(
+            Severity::High,
+            "pool.view",
+            &view,
+            "a view that runs as its owner, not as the tenant reading it",
+            format!("ALTER VIEW {view} SET (security_invoker = true)"),
+        ));
+    }
+    Ok(())
+}
+
+/// A silo tenant's database: closed to everyone but the tenant's roles,
+/// whose members never bypass row-level security or privileges.
+pub async fn silo(
+    servers: &RegionServers,
+    region: &Region,
+    url: &DatabaseUrl,
+    tenant: &Tenant,
+) -> Result<Vec<Finding>, Error> {
+    let names = SiloNames::of(region, tenant);
+    let admin = servers.pool(&region.name, url)?;
+    let mut findings = Vec::new();
+    if !exists(&admin, DATABASE_EXISTS, &names.database).await? {
+        findings.push(Finding::new(
+            Severity::High,
+            "silo.database",
+            &names.database,
+            format!("tenant {} has no database", tenant.name),
+            "reconcile the tenant (`bulkhead tenants get` shows its steps)",
+        ));
+        return Ok(findings);
+    }
+    if public_may_connect(&admin, &names.database).await? {
+        findings.push(connect_finding(&names.database));
+    }
+    for (role, attribute) in members_bypassing(&admin, &[&names.owner, &names.reader]).await? {
+        findings.push(Finding::new(
+            Severity::Critical,
+            "role.bypass",
+            &role,
+            format!(
+                "a role of tenant {} has {attribute}, which reaches every database",
+                tenant.name
+            ),
+            format!("ALTER ROLE \"{role}\" NO{attribute}"),
+        ));
+    }
+    Ok(findings)
+}
+
+/// A login made for a probe, as a lease is made, and dropped after it.
+struct Probe {
+    role: String,
+    options: PgConnectOptions,
+}
+
+impl Probe {
+    async fn make(
+        admin: &PgPool,
+        region: &Region,
+        url: &DatabaseUrl,
+        tenant: &Tenant,
+        acts_as: &str,
+        now: time::OffsetDateTime,
+    ) -> Result<Self, Error> {
+        let random = uuid::Uuid::new_v4().simple().to_string();
+        let role =
+            format!("{}v_{}_{}", region.database_prefix.as_str(), tenant.id.short(), &random[..12]);
+        let password = random_password()?;
+        let spec =
+            LoginRole { role: &role, acts_as, valid_until: now + time::Duration::minutes(5) };
+        create_login_role(admin, &spec, &password).await?;
+        let options = PgConnectOptions::from_str(url.expose())
+            .map_err(|e| Error::Permanent(format!("region `{}` url {url}: {e}", region.name)))?
+            .username(&role)
+            .password(&password)
+            .application_name("bulkhead verify");
+        Ok(Self { role, options })
+    }
+
+    async fn connect(&self, database: &str) -> Result<PgConnection, sqlx::Error> {
+        PgConnection::connect_with(&self.options.clone().database(database)).await
+    }
+
+    async fn drop(
+        self,
+        servers: &RegionServers,
+        region: &Region,
+        url: &DatabaseUrl,
+        heir: Heir<'_>,
+    ) -> Result<(), Error> {
+        let admin = servers.pool(&region.name, url)?;
+        drop_login_role(&admin, &servers.databases(&region.name, url), &self.role, heir).await?;
+        Ok(())
+    }
+}
+
+/// With a fresh login of `tenant`'s (a write lease's), every tenant table
+/// of the pool shows only the tenant's rows, and refuses a row of any
+/// other tenant.
+pub async fn probe_pool(
+    servers: &RegionServers,
+    region: &Region,
+    url: &DatabaseUrl,
+    tenant: &Tenant,
+    now: time::OffsetDateTime,
+) -> Result<Vec<Finding>, Error> {
+    let names = PoolNames::of(region);
+    let admin = servers.pool(&region.name, url)?;
+    let roles = PoolTenantRoles::of(region, tenant);
+    let probe = Probe::make(&admin, region, url, tenant, &roles.writer, now).await?;
+    let result = probe_pool_tables(&probe, &names, tenant).await;
+    let heir = Heir { database: &names.database, owner: &names.owner };
+    probe.drop(servers, region, url, heir).await?;
+    result
+}
+
+async fn probe_pool_tables(
+    probe: &Probe,
+    names: &PoolNames,
+    tenant: &Tenant,
+) -> Result<Vec<Finding>, Error> {
+    let mut conn = probe
+        .connect(&names.database)
+        .await
+        .map_err(transient("a fresh login of the tenant cannot connect to the pool"))?;
+    let mut findings = Vec::new();
+    let tables: Vec<(String,)> = sqlx::query_as(
+        "SELECT pg_catalog.format('%I.%I', n.nspname, c.relname) FROM pg_catalog.pg_class c \
+         JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+         JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attname = $1 AND NOT a.attisdropped \
+         WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition \
+           AND n.nspname NOT IN ('pg_catalog', 'information_schema', $2) \
+           AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%' \
+           AND pg_catalog.has_table_privilege(c.oid, 'SELECT') \
+         ORDER BY 1",
+    )
+    .bind(TENANT_COLUMN)
+    .bind(SCHEMA)
+    .fetch_all(&mut conn)
+    .await
+    .map_err(transient("cannot list the pool's tables as the tenant"))?;
+    let other = uuid::Uuid::new_v4();
+    for (table,) in tables {
+        let read =
+            format!("SELECT count(*) FROM {table} WHERE {TENANT_COLUMN} IS DISTINCT FROM $1");
+        let foreign: Result<(i64,), _> =
+            sqlx::query_as(AssertSqlSafe(read)).bind(tenant.id.0).fetch_one(&mut conn).await;
+        match foreign {
+            Ok((0,)) => {}
+            Ok((n,)) => findings.push(Finding::new(
+                Severity::Critical,
+                "pool.probe.read",
+                &table,
+                format!("a fresh login of tenant {} reads {n} rows of other tenants", tenant.name),
+                "see the pool.rls and pool.policy findings for this table",
+            )),
+            Err(e) => findings.push(Finding::new(
+                Severity::High,
+                "pool.probe.read",
+                &table,
+                format!(
+                    "a fresh login of tenant {} cannot read it: {}",
+                    tenant.name,
+                    bulkhead_store::describe_error(&e)
+                ),
+                "grant SELECT on it to the pool's groups (provisioning a pool tenant does)",
+            )),
+        }
+        // Row-level security's check comes before the table's own
+        // constraints: a refusal for any other reason means it let the
+        // row through. Never committed.
+        let write = format!("INSERT INTO {table} ({TENANT_COLUMN}) VALUES ($1)");
+        let mut tx = conn.begin().await.map_err(transient("cannot probe a write"))?;
+        let written = sqlx::query(AssertSqlSafe(write)).bind(other).execute(&mut *tx).await;
+        tx.rollback().await.map_err(transient("cannot roll the probe back"))?;
+        let refused_by_policy = matches!(&written, Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42501"));
+        if !refused_by_policy {
+            findings.push(Finding::new(
+                Severity::Critical,
+                "pool.probe.write",
+                &table,
+                format!("a fresh login of tenant {} was not stopped by row-level security from writing another tenant's row", tenant.name),
+                "see the pool.rls and pool.policy findings for this table",
+            ));
+        }
+    }
+    let _ = conn.close().await;
+    Ok(findings)
+}
+
+/// With a fresh login of `tenant`'s, `other`'s silo database refuses the
+/// connection.
+pub async fn probe_silo(
+    servers: &RegionServers,
+    region: &Region,
+    url: &DatabaseUrl,
+    tenant: &Tenant,
+    other: &Tenant,
+    now: time::OffsetDateTime,
+) -> Result<Vec<Finding>, Error> {
+    let names = SiloNames::of(region, tenant);
+    let theirs = SiloNames::of(region, other);
+    let admin = servers.pool(&region.name, url)?;
+    let probe = Probe::make(&admin, region, url, tenant, &names.reader, now).await?;
+    let connected = probe.connect(&theirs.database).await;
+    let heir = Heir { database: &names.database, owner: &names.owner };
+    probe.drop(servers, region, url, heir).await?;
+    Ok(match connected {
+        Ok(conn) => {
+            let _ = conn.close().await;
+            vec![Finding::new(
+                Severity::Critical,
+                "silo.probe",
+                &theirs.database,
+                format!(
+                    "a fresh login of tenant {} connects to tenant {}'s database",
+                    tenant.name, other.name
+                ),
+                format!(
+                    "REVOKE CONNECT, TEMPORARY ON DATABASE \"{}\" FROM PUBLIC",
+                    theirs.database
+                ),
+            )]
+        }
+        Err(_) => Vec::new(),
+    })
+}
+
+/// The lease login roles on the region's server, by name.
+pub async fn lease_roles(
+    servers: &RegionServers,
+    region: &Region,
+    url: &DatabaseUrl,
+) -> Result<Vec<String>, Error> {
+    let admin = servers.pool(&region.name, url)?;
+    let pattern = format!("{}l\\_%", region.database_prefix.as_str().replace('_', "\\_"));
+    let roles: Vec<(String,)> = sqlx::query_as(
+        "SELECT rolname::text FROM pg_catalog.pg_roles WHERE rolname LIKE $1 ORDER BY 1",
+    )
+    .bind(pattern)
+    .fetch_all(&admin)
+    .await
+    .map_err(transient("cannot list the lease roles"))?;
+    Ok(roles.into_iter().map(|(r,)| r).collect())
+}
