@@ -276,10 +276,12 @@ async fn provisions_an_embedded_silo() {
     assert!(active.provisioned_at.is_some());
     assert_eq!(active.last_error, None);
     assert!(exists(&f.tenant_dir("acme").join("data.db")));
-    let mode = std::os::unix::fs::PermissionsExt::mode(
-        &std::fs::metadata(f.tenant_dir("acme")).unwrap().permissions(),
-    );
-    assert_eq!(mode & 0o777, 0o700);
+    let mode = |path: &std::path::Path| {
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(path).unwrap().permissions())
+            & 0o777
+    };
+    assert_eq!(mode(&f.tenant_dir("acme")), 0o700);
+    assert_eq!(mode(&f.tenant_dir("acme").join("data.db")), 0o600);
     assert_eq!(f.step_states(&tenant).await, all_steps(StepStatus::Applied));
     assert_eq!(f.store.data_keys(tenant.id).await.unwrap().len(), 1, "the tenant has a data key");
     // The tenant database is a real SQLite database.
