@@ -15,7 +15,7 @@ use sqlx::{AssertSqlSafe, Connection, PgConnection, PgPool, postgres::PgConnectO
 
 use crate::{
     Error, PoolNames, PoolTenantRoles, RegionServers, SiloNames,
-    pool::{POLICY, SCHEMA, TENANT_COLUMN},
+    pool::{POLICY, SCHEMA, TENANT_COLUMN, tables},
     sql::{DATABASE_EXISTS, exists, transient},
 };
 
@@ -156,95 +156,91 @@ async fn pool_tables(
     names: &PoolNames,
     findings: &mut Vec<Finding>,
 ) -> Result<(), Error> {
-    type Table = (String, bool, bool, String, Option<String>, i64, bool, Option<String>);
-    let tables: Vec<Table> = sqlx::query_as(
-        "SELECT pg_catalog.format('%I.%I', n.nspname, c.relname), c.relrowsecurity, c.relforcerowsecurity, \
-           pg_catalog.pg_get_userbyid(c.relowner)::text, \
-           (SELECT pg_catalog.pg_get_expr(p.polqual, p.polrelid) || ' / ' || \
-                   pg_catalog.pg_get_expr(p.polwithcheck, p.polrelid) \
-              FROM pg_catalog.pg_policy p WHERE p.polrelid = c.oid AND p.polname = $2 \
-                AND p.polcmd = '*' AND p.polpermissive), \
-           (SELECT count(*) FROM pg_catalog.pg_policy p WHERE p.polrelid = c.oid \
-              AND p.polname <> $2 AND p.polpermissive), \
-           EXISTS (SELECT 1 FROM pg_catalog.pg_index i WHERE i.indrelid = c.oid \
-                     AND i.indkey[0] = a.attnum), \
-           pg_catalog.pg_get_expr(d.adbin, d.adrelid) \
-         FROM pg_catalog.pg_class c \
-         JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
-         JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attname = $1 AND NOT a.attisdropped \
-         LEFT JOIN pg_catalog.pg_attrdef d ON d.adrelid = c.oid AND d.adnum = a.attnum \
-         WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition \
-           AND n.nspname NOT IN ('pg_catalog', 'information_schema', $3) \
-           AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%' \
-         ORDER BY 1",
-    )
-    .bind(TENANT_COLUMN)
-    .bind(POLICY)
-    .bind(SCHEMA)
-    .fetch_all(inside)
-    .await
-    .map_err(transient("cannot read the pool's tables"))?;
-    let bound = format!("{SCHEMA}.current_tenant()");
-    for (table, enabled, forced, owner, policy, others, indexed, default) in tables {
-        let secure = "run `bulkhead migrate` on the pool, or provision a pool tenant, which \
-                      secures every tenant table";
-        if !enabled || !forced {
-            findings.push(Finding::new(
-                Severity::Critical,
-                "pool.rls",
-                &table,
-                if enabled {
-                    "row-level security is not forced: its owner sees every tenant's rows"
-                } else {
-                    "row-level security is off: every tenant's rows are visible to every tenant"
-                },
-                secure,
-            ));
+    let secure = "provision a pool tenant, which binds every tenant table (and, to come, \
+                  `bulkhead migrate` on the pool)";
+    for state in tables::states(inside, names).await? {
+        let table = state.table.as_str();
+        let mut found = |severity, check, problem: String, fix: String| {
+            findings.push(Finding::new(severity, check, table, problem, fix));
+        };
+        if !state.enabled || !state.forced {
+            let problem = if state.enabled {
+                "row-level security is not forced: its owner sees every tenant's rows"
+            } else {
+                "row-level security is off: every tenant's rows are visible to every tenant"
+            };
+            found(Severity::Critical, "pool.rls", problem.into(), secure.into());
         }
-        if policy.as_deref().is_none_or(|p| p.matches(&bound).count() != 2) {
-            findings.push(Finding::new(
+        if !state.policy_bound {
+            found(
                 Severity::Critical,
                 "pool.policy",
-                &table,
-                format!("no `{POLICY}` policy for all commands comparing {TENANT_COLUMN} with {bound} in USING and WITH CHECK"),
-                secure,
-            ));
+                format!(
+                    "no `{POLICY}` policy for all commands comparing {TENANT_COLUMN} with \
+                     {SCHEMA}.current_tenant() in USING and WITH CHECK"
+                ),
+                secure.into(),
+            );
         }
-        if others > 0 {
-            findings.push(Finding::new(
+        if state.other_policies > 0 {
+            found(
                 Severity::Critical,
                 "pool.policy",
-                &table,
-                format!("{others} other permissive policies, which widen what a tenant sees"),
-                format!("drop them (DROP POLICY … ON {table}); `{POLICY}` is the only one a tenant table needs"),
-            ));
+                format!(
+                    "{} other permissive policies, which widen what a tenant sees",
+                    state.other_policies
+                ),
+                format!(
+                    "drop them (DROP POLICY … ON {table}); `{POLICY}` is the one a tenant table needs"
+                ),
+            );
         }
-        if owner != names.owner {
-            findings.push(Finding::new(
+        if state.owner != names.owner {
+            found(
                 Severity::Critical,
                 "pool.owner",
-                &table,
-                format!("owned by {owner}, who can switch its row-level security off"),
+                format!("owned by {}, who can switch its row-level security off", state.owner),
                 format!("ALTER TABLE {table} OWNER TO \"{}\"", names.owner),
-            ));
+            );
         }
-        if !indexed {
-            findings.push(Finding::new(
+        if state.column_type != "uuid" {
+            found(
+                Severity::High,
+                "pool.column",
+                format!(
+                    "its {TENANT_COLUMN} is {}, which cannot hold a tenant's id",
+                    state.column_type
+                ),
+                format!(
+                    "ALTER TABLE {table} ALTER COLUMN {TENANT_COLUMN} TYPE uuid USING {TENANT_COLUMN}::uuid"
+                ),
+            );
+        }
+        if !state.indexed {
+            found(
                 Severity::Warning,
                 "pool.index",
-                &table,
-                format!("no index leads with {TENANT_COLUMN}: every tenant's query reads every tenant's rows"),
+                format!(
+                    "no index leads with {TENANT_COLUMN}: every tenant's query reads every tenant's rows"
+                ),
                 format!("CREATE INDEX ON {table} ({TENANT_COLUMN})"),
-            ));
+            );
         }
-        if default.as_deref().is_none_or(|d| !d.contains(&bound)) {
-            findings.push(Finding::new(
+        if !state.default_bound {
+            found(
                 Severity::Warning,
                 "pool.default",
-                &table,
                 format!("{TENANT_COLUMN} is not filled from the session"),
-                secure,
-            ));
+                secure.into(),
+            );
+        }
+        if !state.granted {
+            found(
+                Severity::Warning,
+                "pool.grants",
+                "the pool's groups lack their privileges on it: tenants cannot use it".into(),
+                secure.into(),
+            );
         }
     }
     // A view runs as its owner unless it is `security_invoker`.
@@ -389,23 +385,9 @@ async fn probe_pool_tables(
         .await
         .map_err(transient("a fresh login of the tenant cannot connect to the pool"))?;
     let mut findings = Vec::new();
-    let tables: Vec<(String,)> = sqlx::query_as(
-        "SELECT pg_catalog.format('%I.%I', n.nspname, c.relname) FROM pg_catalog.pg_class c \
-         JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
-         JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attname = $1 AND NOT a.attisdropped \
-         WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition \
-           AND n.nspname NOT IN ('pg_catalog', 'information_schema', $2) \
-           AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%' \
-           AND pg_catalog.has_table_privilege(c.oid, 'SELECT') \
-         ORDER BY 1",
-    )
-    .bind(TENANT_COLUMN)
-    .bind(SCHEMA)
-    .fetch_all(&mut conn)
-    .await
-    .map_err(transient("cannot list the pool's tables as the tenant"))?;
+    let tables = tables::states(&mut conn, names).await?;
     let other = uuid::Uuid::new_v4();
-    for (table,) in tables {
+    for table in tables.iter().map(|state| state.table.as_str()) {
         let read =
             format!("SELECT count(*) FROM {table} WHERE {TENANT_COLUMN} IS DISTINCT FROM $1");
         let foreign: Result<(i64,), _> =
@@ -415,14 +397,14 @@ async fn probe_pool_tables(
             Ok((n,)) => findings.push(Finding::new(
                 Severity::Critical,
                 "pool.probe.read",
-                &table,
+                table,
                 format!("a fresh login of tenant {} reads {n} rows of other tenants", tenant.name),
                 "see the pool.rls and pool.policy findings for this table",
             )),
             Err(e) => findings.push(Finding::new(
                 Severity::High,
                 "pool.probe.read",
-                &table,
+                table,
                 format!(
                     "a fresh login of tenant {} cannot read it: {}",
                     tenant.name,
@@ -443,7 +425,7 @@ async fn probe_pool_tables(
             findings.push(Finding::new(
                 Severity::Critical,
                 "pool.probe.write",
-                &table,
+                table,
                 format!("a fresh login of tenant {} was not stopped by row-level security from writing another tenant's row", tenant.name),
                 "see the pool.rls and pool.policy findings for this table",
             ));

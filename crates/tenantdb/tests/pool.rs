@@ -8,7 +8,7 @@ use std::{str::FromStr, time::Duration};
 use bulkhead_model::{
     DatabaseLocation, DatabasePrefix, DatabaseUrl, Isolation, Region, RegionName, Tenant,
 };
-use bulkhead_tenantdb::{PoolNames, PoolTenantRoles, RegionServers, pool};
+use bulkhead_tenantdb::{PoolNames, PoolTenantRoles, RegionServers, pool, verify};
 use bulkhead_testkit::TestDatabase;
 use bulkhead_vault::leases::{LoginRole, create_login_role, random_password};
 use sqlx::{AssertSqlSafe, Connection, PgConnection, Row, postgres::PgConnectOptions};
@@ -328,7 +328,7 @@ async fn a_tenant_table_the_owner_does_not_own_or_without_a_uuid_is_refused_by_n
         .unwrap();
     let error = pool::secure_tables(&p.servers, &p.region, &p.url).await.unwrap_err();
     assert!(error.is_permanent());
-    assert!(error.to_string().contains("\"public\".\"stray\" belongs to"), "{error}");
+    assert!(error.to_string().contains("public.stray belongs to"), "{error}");
     assert!(error.to_string().contains("OWNER TO"), "{error}");
     sqlx::raw_sql("DROP TABLE public.stray").execute(&mut admin).await.unwrap();
     p.as_owner("CREATE TABLE public.wrong (tenant_id text)").await;
@@ -337,4 +337,40 @@ async fn a_tenant_table_the_owner_does_not_own_or_without_a_uuid_is_refused_by_n
     // Neither was half secured: the tables before them still are.
     let mut a = p.lease(&p.a, true).await;
     assert_eq!(bodies(&mut a).await, ["a1", "a2"]);
+}
+
+#[tokio::test]
+async fn a_weakened_policy_is_found_and_bound_again() {
+    let p = pool_with_two_tenants().await;
+    // A migration that "fixes" a query by widening the policy: the text
+    // still names current_tenant(), and lets everything through.
+    p.as_owner(
+        "ALTER POLICY bulkhead_tenant ON notes \
+         USING (tenant_id = (SELECT bulkhead.current_tenant()) OR true)",
+    )
+    .await;
+    let mut a = p.lease(&p.a, true).await;
+    assert_eq!(bodies(&mut a).await, ["a1", "a2", "b1", "b2"], "the weakened policy leaks");
+    let found = verify::pool(&p.servers, &p.region, &p.url).await.unwrap();
+    assert!(
+        found.iter().any(|f| f.check == "pool.policy" && f.subject == "public.notes"),
+        "{found:?}"
+    );
+    pool::secure_tables(&p.servers, &p.region, &p.url).await.unwrap();
+    assert_eq!(bodies(&mut a).await, ["a1", "a2"]);
+    assert_eq!(verify::pool(&p.servers, &p.region, &p.url).await.unwrap(), []);
+}
+
+#[tokio::test]
+async fn provisioning_another_pool_tenant_locks_no_bound_table() {
+    let p = pool_with_two_tenants().await;
+    // A's transaction holds notes (as a busy application's would): any
+    // change to notes would wait for it, and give up after lock_timeout.
+    let mut a = p.lease(&p.a, true).await;
+    sqlx::raw_sql("BEGIN; SELECT count(*) FROM notes").execute(&mut a).await.unwrap();
+    let mut c = bulkhead_testkit::starter_tenant("initech", OffsetDateTime::now_utc());
+    c.isolation = Isolation::Pool;
+    // Had it altered notes, it would have failed at the lock timeout.
+    pool::create(&p.servers, &p.region, &p.url, &c).await.unwrap();
+    sqlx::raw_sql("COMMIT").execute(&mut a).await.unwrap();
 }

@@ -28,6 +28,8 @@ use serde_json::json;
 use sqlx::{AssertSqlSafe, PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
+pub mod tables;
+
 use crate::{
     Error, PoolNames, PoolTenantRoles, RegionServers,
     sql::{
@@ -78,6 +80,7 @@ pub async fn ensure(
         format!("COMMENT ON DATABASE \"{database}\" IS 'bulkhead pool of region {}'", region.name);
     ddl(&admin, comment, None).await?;
 
+    let reference = format!("{SCHEMA}.{}", tables::REFERENCE);
     let inside = servers.database_pool(&region.name, url, database).await?;
     let result = async {
         let mut tx = as_owner(&inside, &names).await?;
@@ -99,6 +102,16 @@ pub async fn ensure(
             format!(
                 "GRANT EXECUTE ON FUNCTION {SCHEMA}.current_tenant() TO \"{writers}\", \"{readers}\""
             ),
+            // Bound as every tenant table is: what the others are compared
+            // with (see `tables`). Rebound each time, in case Bulkhead's
+            // binding changed.
+            format!("CREATE TABLE IF NOT EXISTS {reference} ({TENANT_COLUMN} uuid)"),
+            format!("REVOKE ALL ON {reference} FROM PUBLIC"),
+            format!("ALTER TABLE {reference} ENABLE ROW LEVEL SECURITY"),
+            format!("ALTER TABLE {reference} FORCE ROW LEVEL SECURITY"),
+            format!("DROP POLICY IF EXISTS {POLICY} ON {reference}"),
+            policy_sql(&reference),
+            default_sql(&reference),
         ] {
             ddl_in(&mut tx, statement).await?;
         }
@@ -211,86 +224,53 @@ async fn map_roles(
     tx.commit().await.map_err(transient("cannot map the tenant's roles"))
 }
 
-/// A table of the pool that holds tenants' rows.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TenantTable {
-    pub schema: String,
-    pub name: String,
+/// The policy that binds table `t`'s rows to the session's tenant.
+fn policy_sql(t: &str) -> String {
+    let bound = format!("{TENANT_COLUMN} = (SELECT {SCHEMA}.current_tenant())");
+    format!("CREATE POLICY {POLICY} ON {t} FOR ALL USING ({bound}) WITH CHECK ({bound})")
 }
 
-impl TenantTable {
-    fn quoted(&self) -> String {
-        format!("{}.{}", quote(&self.schema), quote(&self.name))
-    }
-}
-
-/// An identifier as SQL text, whatever characters it holds.
-fn quote(identifier: &str) -> String {
-    format!("\"{}\"", identifier.replace('"', "\"\""))
-}
-
-/// Every ordinary or partitioned table outside the system's and
-/// Bulkhead's schemas with a `tenant_id` column, that column's type, and
-/// the table's owner.
-async fn tenant_tables(
-    tx: &mut Transaction<'_, Postgres>,
-) -> Result<Vec<(TenantTable, String, String)>, Error> {
-    let rows: Vec<(String, String, String, String)> = sqlx::query_as(
-        "SELECT n.nspname::text, c.relname::text, \
-                pg_catalog.format_type(a.atttypid, a.atttypmod), \
-                pg_catalog.pg_get_userbyid(c.relowner)::text \
-         FROM pg_catalog.pg_class c \
-         JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
-         JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid \
-           AND a.attname = $1 AND NOT a.attisdropped \
-         WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition \
-           AND n.nspname NOT IN ('pg_catalog', 'information_schema', $2) \
-           AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%' \
-         ORDER BY 1, 2",
-    )
-    .bind(TENANT_COLUMN)
-    .bind(SCHEMA)
-    .fetch_all(&mut **tx)
-    .await
-    .map_err(transient("cannot list the pool's tables"))?;
-    Ok(rows
-        .into_iter()
-        .map(|(schema, name, ty, owner)| (TenantTable { schema, name }, ty, owner))
-        .collect())
+/// The default that fills table `t`'s tenant column from the session.
+fn default_sql(t: &str) -> String {
+    format!("ALTER TABLE {t} ALTER COLUMN {TENANT_COLUMN} SET DEFAULT {SCHEMA}.current_tenant()")
 }
 
 /// Binds every tenant table of the pool to the session's tenant: row level
 /// security enabled and forced, the policy, the index, the default and the
-/// groups' privileges. Idempotent; run after every migration of the pool.
-/// A `tenant_id` that is not a `uuid` is refused, naming the table.
+/// groups' privileges. Only what is missing is changed, so a table already
+/// bound is not locked. Run whenever a pool tenant is provisioned, and
+/// after every migration of the pool. A `tenant_id` that is not a `uuid`,
+/// or a table the pool's owner does not own, is refused by name. Returns
+/// the tenant tables.
 pub async fn secure_tables(
     servers: &RegionServers,
     region: &Region,
     url: &DatabaseUrl,
-) -> Result<Vec<TenantTable>, Error> {
+) -> Result<Vec<String>, Error> {
     let names = ensure(servers, region, url).await?;
     let inside = servers.database_pool(&region.name, url, &names.database).await?;
     let result = async {
         let mut tx = as_owner(&inside, &names).await?;
-        let tables = tenant_tables(&mut tx).await?;
-        for (table, ty, owner) in &tables {
-            let t = table.quoted();
-            if ty != "uuid" {
+        let states = tables::states(&mut *tx, &names).await?;
+        for state in &states {
+            let t = &state.table;
+            if state.column_type != "uuid" {
                 return Err(Error::Permanent(format!(
-                    "table {t}: its {TENANT_COLUMN} is {ty}; a tenant column must be uuid"
+                    "table {t}: its {TENANT_COLUMN} is {}; a tenant column must be uuid",
+                    state.column_type
                 )));
             }
-            if *owner != names.owner {
+            if state.owner != names.owner {
                 return Err(Error::Permanent(format!(
-                    "table {t} belongs to {owner}, who could switch its row-level security off; \
+                    "table {t} belongs to {}, who could switch its row-level security off; \
                      give it to the pool's owner: ALTER TABLE {t} OWNER TO \"{}\"",
-                    names.owner
+                    state.owner, names.owner
                 )));
             }
-            secure(&mut tx, table, &names).await?;
+            secure(&mut tx, state, &names).await?;
         }
         tx.commit().await.map_err(transient("cannot secure the pool's tables"))?;
-        Ok(tables.into_iter().map(|(table, ..)| table).collect())
+        Ok(states.into_iter().map(|state| state.table).collect())
     }
     .await;
     inside.close().await;
@@ -299,56 +279,46 @@ pub async fn secure_tables(
 
 async fn secure(
     tx: &mut Transaction<'_, Postgres>,
-    table: &TenantTable,
+    state: &tables::TableState,
     names: &PoolNames,
 ) -> Result<(), Error> {
-    let t = table.quoted();
+    let t = &state.table;
     let PoolNames { writers, readers, .. } = names;
-    let bound = format!("{TENANT_COLUMN} = (SELECT {SCHEMA}.current_tenant())");
-    ddl_in(tx, format!("ALTER TABLE {t} ENABLE ROW LEVEL SECURITY")).await?;
-    ddl_in(tx, format!("ALTER TABLE {t} FORCE ROW LEVEL SECURITY")).await?;
-    // Replaced, not kept: whatever a migration left under the name goes.
-    ddl_in(tx, format!("DROP POLICY IF EXISTS {POLICY} ON {t}")).await?;
-    ddl_in(
-        tx,
-        format!("CREATE POLICY {POLICY} ON {t} FOR ALL USING ({bound}) WITH CHECK ({bound})"),
-    )
-    .await?;
-    ddl_in(
-        tx,
-        format!(
-            "ALTER TABLE {t} ALTER COLUMN {TENANT_COLUMN} SET DEFAULT {SCHEMA}.current_tenant()"
-        ),
-    )
-    .await?;
-    let (indexed,): (bool,) = sqlx::query_as(
-        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_index i \
-           JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0] \
-           WHERE i.indrelid = $1::regclass AND a.attname = $2)",
-    )
-    .bind(&t)
-    .bind(TENANT_COLUMN)
-    .fetch_one(&mut **tx)
-    .await
-    .map_err(transient("cannot read the table's indexes"))?;
-    if !indexed {
+    if !state.enabled {
+        ddl_in(tx, format!("ALTER TABLE {t} ENABLE ROW LEVEL SECURITY")).await?;
+    }
+    if !state.forced {
+        ddl_in(tx, format!("ALTER TABLE {t} FORCE ROW LEVEL SECURITY")).await?;
+    }
+    if !state.policy_bound {
+        // Replaced, not kept: whatever a migration left under the name goes.
+        ddl_in(tx, format!("DROP POLICY IF EXISTS {POLICY} ON {t}")).await?;
+        ddl_in(tx, policy_sql(t)).await?;
+    }
+    if !state.default_bound {
+        ddl_in(tx, default_sql(t)).await?;
+    }
+    if !state.indexed {
         ddl_in(tx, format!("CREATE INDEX ON {t} ({TENANT_COLUMN})")).await?;
     }
-    ddl_in(
-        tx,
-        format!("GRANT USAGE ON SCHEMA {} TO \"{writers}\", \"{readers}\"", quote(&table.schema)),
-    )
-    .await?;
-    ddl_in(tx, format!("GRANT SELECT, INSERT, UPDATE, DELETE ON {t} TO \"{writers}\"")).await?;
-    ddl_in(tx, format!("GRANT SELECT ON {t} TO \"{readers}\"")).await?;
+    if !state.granted {
+        let schema = &state.schema;
+        ddl_in(tx, format!("GRANT USAGE ON SCHEMA {schema} TO \"{writers}\", \"{readers}\""))
+            .await?;
+        ddl_in(tx, format!("GRANT SELECT, INSERT, UPDATE, DELETE ON {t} TO \"{writers}\"")).await?;
+        ddl_in(tx, format!("GRANT SELECT ON {t} TO \"{readers}\"")).await?;
+    }
     // The sequences behind its serial columns: their values are shared by
     // every tenant (a tenant sees how many rows were made, not which).
     let sequences: Vec<(String,)> = sqlx::query_as(
         "SELECT s.oid::regclass::text FROM pg_catalog.pg_depend d \
          JOIN pg_catalog.pg_class s ON s.oid = d.objid AND s.relkind = 'S' \
-         WHERE d.refobjid = $1::regclass AND d.deptype IN ('a', 'i')",
+         WHERE d.refobjid = $1::regclass AND d.deptype IN ('a', 'i') \
+           AND CASE WHEN s.relkind = 'S' \
+                    THEN NOT pg_catalog.has_sequence_privilege($2, s.oid, 'USAGE') END",
     )
-    .bind(&t)
+    .bind(t)
+    .bind(writers)
     .fetch_all(&mut **tx)
     .await
     .map_err(transient("cannot read the table's sequences"))?;
@@ -390,20 +360,19 @@ async fn delete_rows(inside: &PgPool, names: &PoolNames, tenant: Uuid) -> Result
         return tx.commit().await.map_err(transient("cannot reach the pool database"));
     }
     ddl_in(&mut tx, format!("SET LOCAL {ADMIN_TENANT_SETTING} = '{tenant}'")).await?;
-    let mut left: Vec<TenantTable> =
-        tenant_tables(&mut tx).await?.into_iter().map(|(table, ..)| table).collect();
+    let mut left: Vec<String> =
+        tables::states(&mut *tx, names).await?.into_iter().map(|state| state.table).collect();
     while !left.is_empty() {
         let mut blocked = Vec::new();
         let mut last_error = None;
         for table in left.iter() {
             ddl_in(&mut tx, "SAVEPOINT rows".to_owned()).await?;
-            let delete = format!("DELETE FROM {} WHERE {TENANT_COLUMN} = $1", table.quoted());
+            let delete = format!("DELETE FROM {table} WHERE {TENANT_COLUMN} = $1");
             match sqlx::query(AssertSqlSafe(delete)).bind(tenant).execute(&mut *tx).await {
                 Ok(_) => ddl_in(&mut tx, "RELEASE SAVEPOINT rows".to_owned()).await?,
                 Err(e) => {
                     ddl_in(&mut tx, "ROLLBACK TO SAVEPOINT rows".to_owned()).await?;
-                    last_error =
-                        Some(format!("{}: {}", table.quoted(), bulkhead_store::describe_error(&e)));
+                    last_error = Some(format!("{table}: {}", bulkhead_store::describe_error(&e)));
                     blocked.push(table.clone());
                 }
             }
