@@ -569,3 +569,43 @@ async fn verify_isolation_is_clean_on_a_fresh_setup_and_names_what_breaks_it() {
             .unwrap();
     assert_eq!(probes, Vec::<String>::new());
 }
+
+/// docs/examples/tenant_app.py, on `url`, adding `note`: the notes it sees.
+fn python_app(url: &str, note: &str) -> Vec<String> {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/examples/tenant_app.py");
+    let out = std::process::Command::new("python3").args([script, url, note]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[tokio::test]
+async fn the_python_example_sees_its_own_tenants_rows_only() {
+    let server = Server::postgres().await;
+    let prefix = server.postgres_db().object_prefix.clone();
+    let pool_tenant = |name: &str| {
+        server.cli_json(&[
+            "tenants",
+            "create",
+            name,
+            "--plan",
+            "professional",
+            "--isolation",
+            "pool",
+            "--wait",
+        ]);
+    };
+    pool_tenant("acme");
+    let mut pool = admin(&format!("{prefix}pool")).await;
+    exec(&mut pool, &format!("SET ROLE \"{prefix}pool_owner\"")).await;
+    exec(
+        &mut pool,
+        "CREATE TABLE notes (id bigserial PRIMARY KEY, tenant_id uuid NOT NULL, body text)",
+    )
+    .await;
+    pool_tenant("globex");
+    let acme = issue(&server, "acme", "10m");
+    let globex = issue(&server, "globex", "10m");
+    assert_eq!(python_app(&acme.url, "a1"), ["a1"]);
+    assert_eq!(python_app(&globex.url, "g1"), ["g1"]);
+    assert_eq!(python_app(&acme.url, "a2"), ["a1", "a2"]);
+}

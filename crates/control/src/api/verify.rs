@@ -32,7 +32,11 @@ pub struct VerifyParams {
 #[utoipa::path(
     post, path = "/v1/verify/isolation", tag = "verify",
     params(VerifyParams),
-    responses((status = 200, body = IsolationReportView), (status = 403, body = super::types::ErrorBody)),
+    responses(
+        (status = 200, body = IsolationReportView),
+        (status = 403, body = super::types::ErrorBody),
+        (status = 404, description = "No tenant of that name", body = super::types::ErrorBody),
+    ),
     security(("operator_token" = []))
 )]
 pub async fn verify_isolation(
