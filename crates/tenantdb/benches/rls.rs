@@ -128,11 +128,12 @@ async fn main() {
     run(
         &mut owner,
         &format!(
-            "INSERT INTO notes (tenant_id, body) \
-             SELECT CASE WHEN t = 1 THEN '{acme}'::uuid ELSE gen_random_uuid() END, \
-                    repeat('x', 100) \
-             FROM generate_series(1, {TENANTS}) t, generate_series(1, {ROWS}) r \
-             ORDER BY r, t"
+            "WITH tenants AS MATERIALIZED ( \
+               SELECT t, CASE WHEN t = 1 THEN '{acme}'::uuid ELSE gen_random_uuid() END AS id \
+               FROM generate_series(1, {TENANTS}) t) \
+             INSERT INTO notes (tenant_id, body) \
+             SELECT tenants.id, repeat('x', 100) \
+             FROM tenants, generate_series(1, {ROWS}) r ORDER BY r, tenants.t"
         ),
     )
     .await;
@@ -185,6 +186,12 @@ async fn main() {
             "| {label} ({n} runs) | {s50:.0} / {s95:.0} / {smean:.0} µs | {p50:.0} / {p95:.0} / {pmean:.0} µs |"
         );
     }
+    let lookup = "SELECT $1 * 0 + length(bulkhead.current_tenant()::text)::bigint";
+    time(&mut in_pool, lookup, &pool_ids, POINT_READS / 10).await;
+    let (l50, l95, lmean) = time(&mut in_pool, lookup, &pool_ids, POINT_READS).await;
+    println!(
+        "| the tenant lookup alone, `SELECT bulkhead.current_tenant()` ({POINT_READS} runs) | | {l50:.0} / {l95:.0} / {lmean:.0} µs |"
+    );
     let _ = in_pool.close().await;
     let _ = in_silo.close().await;
     let _ = owner.close().await;

@@ -93,7 +93,7 @@ pub async fn ensure(
             format!("GRANT USAGE ON SCHEMA public TO \"{writers}\", \"{readers}\""),
             format!(
                 "CREATE TABLE IF NOT EXISTS {SCHEMA}.tenant_roles (\
-                   role_name text PRIMARY KEY, tenant_id uuid NOT NULL)"
+                   role_name text COLLATE \"C\" PRIMARY KEY, tenant_id uuid NOT NULL)"
             ),
             format!("CREATE INDEX IF NOT EXISTS tenant_roles_tenant ON {SCHEMA}.tenant_roles (tenant_id)"),
             format!("REVOKE ALL ON {SCHEMA}.tenant_roles FROM PUBLIC"),
@@ -126,22 +126,34 @@ pub async fn ensure(
 /// role it is a direct member of (a lease is exactly that); `NULL`, which
 /// no row matches, for a login of no tenant or, should it ever happen, of
 /// two. For members of the owner, the administrator's setting.
+///
+/// It runs once per statement, so it is kept cheap: PL/pgSQL, whose plans
+/// last the session (a SQL function that cannot be inlined, as a `SECURITY
+/// DEFINER` one cannot, is planned again for every statement), and two
+/// index lookups: the login's memberships, then each role's tenant,
+/// compared as bytes (`tenant_roles.role_name` is `COLLATE "C"`, as role
+/// names are; under the database's collation the lookup could not use the
+/// index and read the whole table).
 fn current_tenant_function(owner: &str) -> String {
     format!(
         "CREATE OR REPLACE FUNCTION {SCHEMA}.current_tenant() RETURNS uuid \
-         LANGUAGE sql STABLE SECURITY DEFINER \
+         LANGUAGE plpgsql STABLE SECURITY DEFINER \
          SET search_path = pg_catalog, pg_temp \
          AS $body$ \
-           SELECT CASE \
-             WHEN pg_catalog.pg_has_role(session_user, '{owner}', 'MEMBER') \
-               THEN nullif(pg_catalog.current_setting('{ADMIN_TENANT_SETTING}', true), '')::uuid \
-             ELSE ( \
-               SELECT CASE WHEN count(DISTINCT t.tenant_id) = 1 THEN (array_agg(t.tenant_id))[1] END \
-               FROM pg_catalog.pg_auth_members m \
-               JOIN pg_catalog.pg_roles r ON r.oid = m.roleid \
-               JOIN {SCHEMA}.tenant_roles t ON t.role_name = r.rolname::text \
-               WHERE m.member = (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = session_user)) \
-           END \
+         DECLARE \
+           low text; \
+           high text; \
+         BEGIN \
+           IF pg_catalog.pg_has_role(session_user, '{owner}', 'MEMBER') THEN \
+             RETURN nullif(pg_catalog.current_setting('{ADMIN_TENANT_SETTING}', true), '')::uuid; \
+           END IF; \
+           SELECT min(t.tenant_id::text), max(t.tenant_id::text) INTO low, high \
+             FROM pg_catalog.pg_auth_members m \
+             JOIN {SCHEMA}.tenant_roles t \
+               ON t.role_name = pg_catalog.pg_get_userbyid(m.roleid)::text \
+             WHERE m.member = session_user::text::regrole::oid; \
+           RETURN CASE WHEN low = high THEN low::uuid END; \
+         END \
          $body$"
     )
 }
