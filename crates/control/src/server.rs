@@ -576,6 +576,7 @@ pub async fn start_with_steps(
         servers.clone(),
         config.regions.clone(),
         Arc::clone(&clock),
+        data_dir.tenants(),
     ));
     let services = StepServices {
         servers,

@@ -7,7 +7,7 @@
 //! a fresh login of each tenant in scope tries to read and write other
 //! tenants' rows and to enter other tenants' databases.
 
-use std::{collections::HashSet, sync::Arc, time::Duration};
+use std::{collections::HashSet, path::PathBuf, sync::Arc, time::Duration};
 
 use bulkhead_model::{DatabaseLocation, Isolation, Regions, Tenant, TenantState};
 use bulkhead_store::{ControlStore, StoreError};
@@ -49,6 +49,8 @@ pub struct Verifier {
     servers: RegionServers,
     regions: Regions,
     clock: Arc<dyn Clock>,
+    /// `<data-dir>/tenants`, where embedded tenants' databases are.
+    tenants_dir: PathBuf,
 }
 
 impl Verifier {
@@ -57,8 +59,9 @@ impl Verifier {
         servers: RegionServers,
         regions: Regions,
         clock: Arc<dyn Clock>,
+        tenants_dir: PathBuf,
     ) -> Self {
-        Self { store, servers, regions, clock }
+        Self { store, servers, regions, clock, tenants_dir }
     }
 
     /// Checks `only` that tenant, or every tenant with a database (active
@@ -74,9 +77,20 @@ impl Verifier {
             .collect();
         let mut report = IsolationReport::default();
         for region in self.regions.all() {
-            let DatabaseLocation::Postgres(url) = &region.databases else { continue };
             let here: Vec<&Tenant> =
                 served.iter().copied().filter(|t| t.region == region.name).collect();
+            let DatabaseLocation::Postgres(url) = &region.databases else {
+                for tenant in &here {
+                    let dir = self.tenants_dir.join(tenant.name.as_str());
+                    report.findings.extend(verify::sqlite(&dir, tenant));
+                }
+                report.checked.push(format!(
+                    "region {}: {} SQLite tenant databases, each readable by the server's user only",
+                    region.name,
+                    here.len()
+                ));
+                continue;
+            };
             let pooled: Vec<&Tenant> =
                 here.iter().copied().filter(|t| t.isolation == Isolation::Pool).collect();
             let siloed: Vec<&Tenant> =

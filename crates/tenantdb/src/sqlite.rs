@@ -16,7 +16,7 @@ use sqlx::{
 
 use crate::{Error, sql::transient};
 
-const FILES: [&str; 3] = ["data.db", "data.db-wal", "data.db-shm"];
+pub(crate) const FILES: [&str; 3] = ["data.db", "data.db-wal", "data.db-shm"];
 
 /// The tenant's database file in its directory.
 pub fn path(tenant_dir: &Path) -> PathBuf {

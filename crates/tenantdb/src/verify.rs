@@ -490,3 +490,38 @@ pub async fn lease_roles(
     .map_err(transient("cannot list the lease roles"))?;
     Ok(roles.into_iter().map(|(r,)| r).collect())
 }
+
+/// An embedded tenant's directory and SQLite files: there, and readable by
+/// the server's user only (another local user, or another tenant's
+/// process under another user, must not open them).
+pub fn sqlite(tenant_dir: &std::path::Path, tenant: &Tenant) -> Vec<Finding> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut findings = Vec::new();
+    let database = crate::sqlite::path(tenant_dir);
+    if !database.exists() {
+        findings.push(Finding::new(
+            Severity::High,
+            "sqlite.database",
+            database.display().to_string(),
+            format!("tenant {} has no database file", tenant.name),
+            "reconcile the tenant (`bulkhead tenants get` shows its steps)",
+        ));
+    }
+    let paths = std::iter::once(tenant_dir.to_path_buf())
+        .chain(crate::sqlite::FILES.iter().map(|file| tenant_dir.join(file)));
+    for path in paths {
+        let Ok(metadata) = std::fs::metadata(&path) else { continue };
+        let mode = metadata.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            let wanted = if metadata.is_dir() { "700" } else { "600" };
+            findings.push(Finding::new(
+                Severity::High,
+                "sqlite.mode",
+                path.display().to_string(),
+                format!("tenant {}'s data is open to other users (mode {mode:o})", tenant.name),
+                format!("chmod {wanted} {}", path.display()),
+            ));
+        }
+    }
+    findings
+}

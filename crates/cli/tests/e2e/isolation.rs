@@ -609,3 +609,23 @@ async fn the_python_example_sees_its_own_tenants_rows_only() {
     assert_eq!(python_app(&globex.url, "g1"), ["g1"]);
     assert_eq!(python_app(&acme.url, "a2"), ["a1", "a2"]);
 }
+
+#[tokio::test]
+async fn verify_isolation_checks_embedded_tenants_files() {
+    use std::os::unix::fs::PermissionsExt;
+    let server = Server::embedded().await;
+    server.cli_json(&["tenants", "create", "acme", "--plan", "starter", "--wait"]);
+    let (code, report) = verify_isolation(&server, &[]);
+    assert_eq!((code, findings(&report)), (0, vec![]), "{report:#}");
+    assert!(report["checked"].to_string().contains("1 SQLite tenant databases"), "{report:#}");
+
+    let file = server.data_dir().join("tenants").join("acme").join("data.db");
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (code, report) = verify_isolation(&server, &[]);
+    assert_eq!(code, 1);
+    let found = &report["findings"][0];
+    assert_eq!(found["check"], "sqlite.mode", "{report:#}");
+    assert_eq!(found["fix"], format!("chmod 600 {}", file.display()));
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    assert_eq!(verify_isolation(&server, &[]).0, 0);
+}
