@@ -374,3 +374,27 @@ async fn provisioning_another_pool_tenant_locks_no_bound_table() {
     pool::create(&p.servers, &p.region, &p.url, &c).await.unwrap();
     sqlx::raw_sql("COMMIT").execute(&mut a).await.unwrap();
 }
+
+#[tokio::test]
+async fn a_login_of_no_tenant_sees_no_row_whatever_its_name() {
+    let p = pool_with_two_tenants().await;
+    // A login that is in the pool's readers' group but no tenant's role
+    // (a hand-made mistake), with a name that needs quoting.
+    let role = format!("{}Odd Name", p.region.database_prefix.as_str());
+    let admin = p.servers.pool(&p.region.name, &p.url).unwrap();
+    let sql = format!("CREATE ROLE \"{role}\" LOGIN PASSWORD 'pw' IN ROLE \"{}\"", p.names.readers);
+    sqlx::query(AssertSqlSafe(sql)).execute(&admin).await.unwrap();
+    let options = PgConnectOptions::from_str(p.url.expose())
+        .unwrap()
+        .username(&role)
+        .password("pw")
+        .database(&p.names.database);
+    let mut odd = PgConnection::connect_with(&options).await.unwrap();
+    let current: Option<Uuid> =
+        sqlx::query_scalar("SELECT bulkhead.current_tenant()").fetch_one(&mut odd).await.unwrap();
+    assert_eq!(current, None);
+    assert_eq!(bodies(&mut odd).await, Vec::<String>::new());
+    odd.close().await.unwrap();
+    let sql = format!("DROP ROLE \"{role}\"");
+    sqlx::query(AssertSqlSafe(sql)).execute(&admin).await.unwrap();
+}

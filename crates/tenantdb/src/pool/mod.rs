@@ -151,7 +151,7 @@ fn current_tenant_function(owner: &str) -> String {
              FROM pg_catalog.pg_auth_members m \
              JOIN {SCHEMA}.tenant_roles t \
                ON t.role_name = pg_catalog.pg_get_userbyid(m.roleid)::text \
-             WHERE m.member = session_user::text::regrole::oid; \
+             WHERE m.member = pg_catalog.quote_ident(session_user)::regrole::oid; \
            RETURN CASE WHEN low = high THEN low::uuid END; \
          END \
          $body$"
