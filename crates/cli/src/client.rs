@@ -29,6 +29,9 @@ use crate::{
 
 const DEFAULT_API: &str = "http://127.0.0.1:7070";
 
+/// How long `verify isolation` may take before the CLI gives up on it.
+pub const VERIFY_TIMEOUT: Duration = Duration::from_secs(1800);
+
 pub struct ApiClient {
     http: reqwest::Client,
     base: Url,
@@ -500,14 +503,18 @@ impl ApiClient {
         self.call(Method::GET, self.url(&["v1", "apis", "public"])?, &[]).await
     }
 
-    /// Runs the isolation checks, of one tenant or of all.
+    /// Runs the isolation checks, of one tenant or of all. The server
+    /// probes every tenant in turn (tens of milliseconds each), so this
+    /// waits longer than other calls: up to [`VERIFY_TIMEOUT`].
     pub async fn verify_isolation(
         &self,
         tenant: Option<&str>,
     ) -> Result<IsolationReportView, CliError> {
         let query: Vec<(&str, String)> =
             tenant.map(|t| ("tenant", t.to_owned())).into_iter().collect();
-        self.call(Method::POST, self.url(&["v1", "verify", "isolation"])?, &query).await
+        let url = self.url(&["v1", "verify", "isolation"])?;
+        let request = self.http.request(Method::POST, url).query(&query).timeout(VERIFY_TIMEOUT);
+        self.parse(self.send(request).await?.1)
     }
 
     pub async fn api(&self, tenant: &str, name: &str) -> Result<ApiSpec, CliError> {
