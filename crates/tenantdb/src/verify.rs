@@ -64,9 +64,9 @@ impl Finding {
     }
 }
 
-/// Whether `PUBLIC` may connect to `database` (no ACL at all means the
-/// server's default, which lets it).
-async fn public_may_connect(admin: &PgPool, database: &str) -> Result<bool, Error> {
+/// A finding when `PUBLIC` may connect to `database` (no ACL at all means
+/// the server's default, which lets it).
+async fn open_to_public(admin: &PgPool, database: &str) -> Result<Option<Finding>, Error> {
     let (open,): (bool,) = sqlx::query_as(
         "SELECT d.datacl IS NULL OR EXISTS ( \
            SELECT 1 FROM pg_catalog.aclexplode(d.datacl) a \
@@ -77,27 +77,23 @@ async fn public_may_connect(admin: &PgPool, database: &str) -> Result<bool, Erro
     .fetch_one(admin)
     .await
     .map_err(transient("cannot read the database's privileges"))?;
-    Ok(open)
+    Ok(open.then(|| {
+        Finding::new(
+            Severity::Critical,
+            "database.connect",
+            database,
+            "every role may connect (CONNECT is granted to PUBLIC)",
+            format!("REVOKE CONNECT, TEMPORARY ON DATABASE \"{database}\" FROM PUBLIC"),
+        )
+    }))
 }
 
-fn connect_finding(database: &str) -> Finding {
-    Finding::new(
-        Severity::Critical,
-        "database.connect",
-        database,
-        "every role may connect (CONNECT is granted to PUBLIC)",
-        format!("REVOKE CONNECT, TEMPORARY ON DATABASE \"{database}\" FROM PUBLIC"),
-    )
-}
-
-/// Roles that are, directly or through other roles, members of any of
-/// `roles`, with the attributes that would bypass row-level security. The
-/// region's own role is a member of tenants' roles to manage them, and is
-/// no application's: it, and whoever is a member of it, are left out.
-async fn members_bypassing(
-    admin: &PgPool,
-    roles: &[&str],
-) -> Result<Vec<(String, &'static str)>, Error> {
+/// A finding for each role that is, directly or through other roles, a
+/// member of any of `roles` (`whose` names them in the problem) and has an
+/// attribute that bypasses row-level security. The region's own role is a
+/// member of tenants' roles to manage them, and is no application's: it,
+/// and whoever is a member of it, are left out.
+async fn bypassing(admin: &PgPool, roles: &[&str], whose: &str) -> Result<Vec<Finding>, Error> {
     let rows: Vec<(String, bool, bool)> = sqlx::query_as(
         "WITH RECURSIVE members(oid) AS ( \
            SELECT oid FROM pg_catalog.pg_roles WHERE rolname = ANY($1) \
@@ -112,7 +108,16 @@ async fn members_bypassing(
     .map_err(transient("cannot read the roles' attributes"))?;
     Ok(rows
         .into_iter()
-        .map(|(role, superuser, _)| (role, if superuser { "SUPERUSER" } else { "BYPASSRLS" }))
+        .map(|(role, superuser, _)| {
+            let attribute = if superuser { "SUPERUSER" } else { "BYPASSRLS" };
+            Finding::new(
+                Severity::Critical,
+                "role.bypass",
+                &role,
+                format!("{whose} has {attribute}, which ignores row-level security"),
+                format!("ALTER ROLE \"{role}\" NO{attribute}"),
+            )
+        })
         .collect())
 }
 
@@ -130,20 +135,9 @@ pub async fn pool(
         return Ok(Vec::new());
     }
     let mut findings = Vec::new();
-    if public_may_connect(&admin, &names.database).await? {
-        findings.push(connect_finding(&names.database));
-    }
-    for (role, attribute) in members_bypassing(&admin, &[&names.writers, &names.readers]).await? {
-        findings.push(Finding::new(
-            Severity::Critical,
-            "role.bypass",
-            &role,
-            format!(
-                "an application role of the pool has {attribute}, which ignores row-level security"
-            ),
-            format!("ALTER ROLE \"{role}\" NO{attribute}"),
-        ));
-    }
+    findings.extend(open_to_public(&admin, &names.database).await?);
+    let roles = [names.writers.as_str(), names.readers.as_str()];
+    findings.extend(bypassing(&admin, &roles, "an application role of the pool").await?);
     let inside = servers.database_pool(&region.name, url, &names.database).await?;
     let result = pool_tables(&inside, &names, &mut findings).await;
     inside.close().await;
@@ -290,21 +284,9 @@ pub async fn silo(
         ));
         return Ok(findings);
     }
-    if public_may_connect(&admin, &names.database).await? {
-        findings.push(connect_finding(&names.database));
-    }
-    for (role, attribute) in members_bypassing(&admin, &[&names.owner, &names.reader]).await? {
-        findings.push(Finding::new(
-            Severity::Critical,
-            "role.bypass",
-            &role,
-            format!(
-                "a role of tenant {} has {attribute}, which reaches every database",
-                tenant.name
-            ),
-            format!("ALTER ROLE \"{role}\" NO{attribute}"),
-        ));
-    }
+    findings.extend(open_to_public(&admin, &names.database).await?);
+    let whose = format!("a role of tenant {}", tenant.name);
+    findings.extend(bypassing(&admin, &[&names.owner, &names.reader], &whose).await?);
     Ok(findings)
 }
 

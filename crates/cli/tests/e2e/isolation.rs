@@ -385,20 +385,41 @@ async fn the_recommended_postgres_roles_run_bulkhead() {
     purge_leaves_nothing(&server, "acme", &acme, &[]).await;
 }
 
+/// Creates `name` as a pool tenant and returns its view.
+fn pool_tenant(server: &Server, name: &str) -> Value {
+    server.cli_json(&[
+        "tenants",
+        "create",
+        name,
+        "--plan",
+        "professional",
+        "--isolation",
+        "pool",
+        "--wait",
+    ])
+}
+
+/// The application's tenant table, made in the pool as its migration
+/// would, as the pool's owner; the next pool tenant's provisioning binds it.
+/// Returns an administrator's session in the pool.
+async fn create_notes_table(server: &Server) -> PgConnection {
+    let prefix = &server.postgres_db().object_prefix;
+    let mut pool = admin(&format!("{prefix}pool")).await;
+    exec(&mut pool, &format!("SET ROLE \"{prefix}pool_owner\"")).await;
+    exec(
+        &mut pool,
+        "CREATE TABLE notes (id bigserial PRIMARY KEY, tenant_id uuid NOT NULL, body text)",
+    )
+    .await;
+    exec(&mut pool, "RESET ROLE").await;
+    pool
+}
+
 #[tokio::test]
 async fn a_pool_tenants_lease_is_bound_to_its_own_tenant() {
     let server = Server::postgres().await;
     let pool = |name: &str| {
-        let view = server.cli_json(&[
-            "tenants",
-            "create",
-            name,
-            "--plan",
-            "professional",
-            "--isolation",
-            "pool",
-            "--wait",
-        ]);
+        let view = pool_tenant(&server, name);
         let output = crate::kit::step_output(&view, "create_database");
         let text = |key: &str| output[key].as_str().unwrap().to_owned();
         (view["id"].as_str().unwrap().to_owned(), text("write_role"), text("read_role"))
@@ -467,31 +488,9 @@ fn findings(report: &Value) -> Vec<(String, String, String)> {
 async fn verify_isolation_is_clean_on_a_fresh_setup_and_names_what_breaks_it() {
     let server = Server::postgres().await;
     let prefix = server.postgres_db().object_prefix.clone();
-    let pool_db = format!("{prefix}pool");
-    let pool_tenant = |name: &str| {
-        server.cli_json(&[
-            "tenants",
-            "create",
-            name,
-            "--plan",
-            "professional",
-            "--isolation",
-            "pool",
-            "--wait",
-        ])
-    };
-    pool_tenant("acme");
-    // The application's table, made by its migration as the pool's owner;
-    // the next pool tenant's provisioning binds it.
-    let mut pool = admin(&pool_db).await;
-    exec(&mut pool, &format!("SET ROLE \"{prefix}pool_owner\"")).await;
-    exec(
-        &mut pool,
-        "CREATE TABLE notes (id bigserial PRIMARY KEY, tenant_id uuid NOT NULL, body text)",
-    )
-    .await;
-    exec(&mut pool, "RESET ROLE").await;
-    pool_tenant("globex");
+    pool_tenant(&server, "acme");
+    let mut pool = create_notes_table(&server).await;
+    pool_tenant(&server, "globex");
     let initech = silo(&server, "initech");
     silo(&server, "hooli");
     let lease = issue(&server, "acme", "1h");
@@ -581,28 +580,9 @@ fn python_app(url: &str, note: &str) -> Vec<String> {
 #[tokio::test]
 async fn the_python_example_sees_its_own_tenants_rows_only() {
     let server = Server::postgres().await;
-    let prefix = server.postgres_db().object_prefix.clone();
-    let pool_tenant = |name: &str| {
-        server.cli_json(&[
-            "tenants",
-            "create",
-            name,
-            "--plan",
-            "professional",
-            "--isolation",
-            "pool",
-            "--wait",
-        ]);
-    };
-    pool_tenant("acme");
-    let mut pool = admin(&format!("{prefix}pool")).await;
-    exec(&mut pool, &format!("SET ROLE \"{prefix}pool_owner\"")).await;
-    exec(
-        &mut pool,
-        "CREATE TABLE notes (id bigserial PRIMARY KEY, tenant_id uuid NOT NULL, body text)",
-    )
-    .await;
-    pool_tenant("globex");
+    pool_tenant(&server, "acme");
+    create_notes_table(&server).await;
+    pool_tenant(&server, "globex");
     let acme = issue(&server, "acme", "10m");
     let globex = issue(&server, "globex", "10m");
     assert_eq!(python_app(&acme.url, "a1"), ["a1"]);
