@@ -12,6 +12,8 @@
 //! [`RegionServers`] holds the administrative connections to each region's
 //! PostgreSQL server that all of these use, and the vault's leases too.
 
+mod login;
+pub mod migrate;
 pub mod names;
 pub mod pool;
 mod servers;

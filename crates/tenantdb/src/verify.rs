@@ -5,16 +5,13 @@
 //!
 //! Each check returns [`Finding`]s: an empty list is a clean bill.
 
-use std::str::FromStr;
-
 use bulkhead_model::{DatabaseUrl, Region, Tenant};
-use bulkhead_vault::leases::{
-    Heir, LoginRole, create_login_role, drop_login_role, random_password,
-};
-use sqlx::{AssertSqlSafe, Connection, PgConnection, PgPool, postgres::PgConnectOptions};
+use bulkhead_vault::leases::Heir;
+use sqlx::{AssertSqlSafe, Connection, PgPool};
 
 use crate::{
     Error, PoolNames, PoolTenantRoles, RegionServers, SiloNames,
+    login::{Purpose, TemporaryLogin},
     pool::{POLICY, SCHEMA, TENANT_COLUMN, tables},
     sql::{DATABASE_EXISTS, exists, transient},
 };
@@ -237,28 +234,24 @@ async fn pool_tables(
             );
         }
     }
-    // A view runs as its owner unless it is `security_invoker`.
-    let views: Vec<(String,)> = sqlx::query_as(
-        "SELECT pg_catalog.format('%I.%I', n.nspname, c.relname) FROM pg_catalog.pg_class c \
-         JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
-         WHERE c.relkind IN ('v', 'm') \
-           AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
-           AND n.nspname NOT LIKE 'pg\\_toast%' \
-           AND NOT coalesce('security_invoker=true' = ANY(c.reloptions) \
-                            OR 'security_invoker=on' = ANY(c.reloptions), false) \
-         ORDER BY 1",
-    )
-    .fetch_all(inside)
-    .await
-    .map_err(transient("cannot read the pool's views"))?;
-    for (view,) in views {
-        findings.push(Finding::new(
-            Severity::High,
-            "pool.view",
-            &view,
-            "a view that runs as its owner, not as the tenant reading it",
-            format!("ALTER VIEW {view} SET (security_invoker = true)"),
-        ));
+    for (view, materialized) in tables::definer_views(inside).await? {
+        findings.push(if materialized {
+            Finding::new(
+                Severity::High,
+                "pool.view",
+                &view,
+                "a materialized view: it holds rows of every tenant, without row-level security",
+                format!("DROP MATERIALIZED VIEW {view}, or keep no tenant's rows in it"),
+            )
+        } else {
+            Finding::new(
+                Severity::High,
+                "pool.view",
+                &view,
+                "a view that runs as its owner, not as the tenant reading it",
+                format!("ALTER VIEW {view} SET (security_invoker = true)"),
+            )
+        });
     }
     Ok(())
 }
@@ -290,53 +283,6 @@ pub async fn silo(
     Ok(findings)
 }
 
-/// A login made for a probe, as a lease is made, and dropped after it.
-struct Probe {
-    role: String,
-    options: PgConnectOptions,
-}
-
-impl Probe {
-    async fn make(
-        admin: &PgPool,
-        region: &Region,
-        url: &DatabaseUrl,
-        tenant: &Tenant,
-        acts_as: &str,
-        now: time::OffsetDateTime,
-    ) -> Result<Self, Error> {
-        let random = uuid::Uuid::new_v4().simple().to_string();
-        let role =
-            format!("{}v_{}_{}", region.database_prefix.as_str(), tenant.id.short(), &random[..12]);
-        let password = random_password()?;
-        let spec =
-            LoginRole { role: &role, acts_as, valid_until: now + time::Duration::minutes(5) };
-        create_login_role(admin, &spec, &password).await?;
-        let options = PgConnectOptions::from_str(url.expose())
-            .map_err(|e| Error::Permanent(format!("region `{}` url {url}: {e}", region.name)))?
-            .username(&role)
-            .password(&password)
-            .application_name("bulkhead verify");
-        Ok(Self { role, options })
-    }
-
-    async fn connect(&self, database: &str) -> Result<PgConnection, sqlx::Error> {
-        PgConnection::connect_with(&self.options.clone().database(database)).await
-    }
-
-    async fn drop(
-        self,
-        servers: &RegionServers,
-        region: &Region,
-        url: &DatabaseUrl,
-        heir: Heir<'_>,
-    ) -> Result<(), Error> {
-        let admin = servers.pool(&region.name, url)?;
-        drop_login_role(&admin, &servers.databases(&region.name, url), &self.role, heir).await?;
-        Ok(())
-    }
-}
-
 /// With a fresh login of `tenant`'s (a write lease's), every tenant table
 /// of the pool shows only the tenant's rows, and refuses a row of any
 /// other tenant.
@@ -348,9 +294,10 @@ pub async fn probe_pool(
     now: time::OffsetDateTime,
 ) -> Result<Vec<Finding>, Error> {
     let names = PoolNames::of(region);
-    let admin = servers.pool(&region.name, url)?;
     let roles = PoolTenantRoles::of(region, tenant);
-    let probe = Probe::make(&admin, region, url, tenant, &roles.writer, now).await?;
+    let probe =
+        TemporaryLogin::make(servers, region, url, tenant, &roles.writer, Purpose::Probe, now)
+            .await?;
     let result = probe_pool_tables(&probe, &names, tenant).await;
     let heir = Heir { database: &names.database, owner: &names.owner };
     probe.drop(servers, region, url, heir).await?;
@@ -358,7 +305,7 @@ pub async fn probe_pool(
 }
 
 async fn probe_pool_tables(
-    probe: &Probe,
+    probe: &TemporaryLogin,
     names: &PoolNames,
     tenant: &Tenant,
 ) -> Result<Vec<Finding>, Error> {
@@ -429,8 +376,9 @@ pub async fn probe_silo(
 ) -> Result<Vec<Finding>, Error> {
     let names = SiloNames::of(region, tenant);
     let theirs = SiloNames::of(region, other);
-    let admin = servers.pool(&region.name, url)?;
-    let probe = Probe::make(&admin, region, url, tenant, &names.reader, now).await?;
+    let probe =
+        TemporaryLogin::make(servers, region, url, tenant, &names.reader, Purpose::Probe, now)
+            .await?;
     let connected = probe.connect(&theirs.database).await;
     let heir = Heir { database: &names.database, owner: &names.owner };
     probe.drop(servers, region, url, heir).await?;

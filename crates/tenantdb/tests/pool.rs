@@ -5,9 +5,7 @@
 
 use std::{str::FromStr, time::Duration};
 
-use bulkhead_model::{
-    DatabaseLocation, DatabasePrefix, DatabaseUrl, Isolation, Region, RegionName, Tenant,
-};
+use bulkhead_model::{DatabaseUrl, Isolation, Region, Tenant};
 use bulkhead_tenantdb::{PoolNames, PoolTenantRoles, RegionServers, pool, verify};
 use bulkhead_testkit::TestDatabase;
 use bulkhead_vault::leases::{LoginRole, create_login_role, random_password};
@@ -29,21 +27,7 @@ struct Pool {
 /// be), two pool tenants, and a tenant table the owner made, secured.
 async fn pool_with_two_tenants() -> Pool {
     let db = TestDatabase::create().await;
-    let admin = format!("{}admin", db.object_prefix);
-    let mut conn = PgConnection::connect(&bulkhead_testkit::postgres_admin_url()).await.unwrap();
-    let sql = format!("CREATE ROLE \"{admin}\" LOGIN CREATEDB CREATEROLE");
-    sqlx::query(AssertSqlSafe(sql)).execute(&mut conn).await.unwrap();
-    let url = DatabaseUrl::parse(&bulkhead_testkit::database_url("postgres").replacen(
-        "postgres@",
-        &format!("{admin}@"),
-        1,
-    ))
-    .unwrap();
-    let region = Region::new(
-        RegionName::parse("pg").unwrap(),
-        DatabaseLocation::Postgres(url.clone()),
-        Some(DatabasePrefix::parse(&db.object_prefix).unwrap()),
-    );
+    let (region, url) = db.region("pg").await;
     let servers = RegionServers::default();
     let tenant = |name: &str| {
         let mut t = bulkhead_testkit::starter_tenant(name, OffsetDateTime::now_utc());

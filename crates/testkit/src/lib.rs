@@ -9,7 +9,10 @@ use std::time::Duration;
 
 pub use proxy::{Stopped, TcpProxy};
 
-use bulkhead_model::{Isolation, NewTenant, PlanName, RegionName, Tenant, TenantId, TenantName};
+use bulkhead_model::{
+    DatabaseLocation, DatabasePrefix, DatabaseUrl, Isolation, NewTenant, PlanName, Region,
+    RegionName, Tenant, TenantId, TenantName,
+};
 use sqlx::{AssertSqlSafe, Connection, PgConnection};
 
 /// A tenant record as most tests need one: plan `starter`, silo, the default
@@ -76,6 +79,24 @@ impl TestDatabase {
             .await
             .expect("create test database");
         Self { url: database_url(&name), name, object_prefix: unique_name("t", 6) + "_" }
+    }
+
+    /// A PostgreSQL region on the test server whose role is no superuser,
+    /// as a real installation's should be (`LOGIN CREATEDB CREATEROLE`),
+    /// with the test's object prefix; and the region role's URL.
+    pub async fn region(&self, name: &str) -> (Region, DatabaseUrl) {
+        let admin = format!("{}admin", self.object_prefix);
+        let mut conn = admin_connection().await;
+        let sql = format!("CREATE ROLE \"{admin}\" LOGIN CREATEDB CREATEROLE");
+        sqlx::query(AssertSqlSafe(sql)).execute(&mut conn).await.expect("create region role");
+        let url = database_url("postgres").replacen("postgres@", &format!("{admin}@"), 1);
+        let url = DatabaseUrl::parse(&url).expect("a region url");
+        let region = Region::new(
+            RegionName::parse(name).expect("a region name"),
+            DatabaseLocation::Postgres(url.clone()),
+            Some(DatabasePrefix::parse(&self.object_prefix).expect("a database prefix")),
+        );
+        (region, url)
     }
 
     /// The databases and roles the test created under its object prefix.

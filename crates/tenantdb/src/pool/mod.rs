@@ -160,7 +160,7 @@ fn current_tenant_function(owner: &str) -> String {
 
 /// A transaction in the pool database as its owner, holding the pool's
 /// lock, with the administrator's tenant setting cleared.
-async fn as_owner<'a>(
+pub(crate) async fn as_owner<'a>(
     inside: &'a PgPool,
     names: &PoolNames,
 ) -> Result<Transaction<'a, Postgres>, Error> {
@@ -263,30 +263,40 @@ pub async fn secure_tables(
     let inside = servers.database_pool(&region.name, url, &names.database).await?;
     let result = async {
         let mut tx = as_owner(&inside, &names).await?;
-        let states = tables::states(&mut *tx, &names).await?;
-        for state in &states {
-            let t = &state.table;
-            if state.column_type != "uuid" {
-                return Err(Error::Permanent(format!(
-                    "table {t}: its {TENANT_COLUMN} is {}; a tenant column must be uuid",
-                    state.column_type
-                )));
-            }
-            if state.owner != names.owner {
-                return Err(Error::Permanent(format!(
-                    "table {t} belongs to {}, who could switch its row-level security off; \
-                     give it to the pool's owner: ALTER TABLE {t} OWNER TO \"{}\"",
-                    state.owner, names.owner
-                )));
-            }
-            secure(&mut tx, state, &names).await?;
-        }
+        let tables = secure_in(&mut tx, &names).await?;
         tx.commit().await.map_err(transient("cannot secure the pool's tables"))?;
-        Ok(states.into_iter().map(|state| state.table).collect())
+        Ok(tables)
     }
     .await;
     inside.close().await;
     result
+}
+
+/// [`secure_tables`] inside a transaction of the pool's owner: a migration
+/// secures the tables it made before it commits.
+pub(crate) async fn secure_in(
+    tx: &mut Transaction<'_, Postgres>,
+    names: &PoolNames,
+) -> Result<Vec<String>, Error> {
+    let states = tables::states(&mut **tx, names).await?;
+    for state in &states {
+        let t = &state.table;
+        if state.column_type != "uuid" {
+            return Err(Error::Permanent(format!(
+                "table {t}: its {TENANT_COLUMN} is {}; a tenant column must be uuid",
+                state.column_type
+            )));
+        }
+        if state.owner != names.owner {
+            return Err(Error::Permanent(format!(
+                "table {t} belongs to {}, who could switch its row-level security off; \
+                 give it to the pool's owner: ALTER TABLE {t} OWNER TO \"{}\"",
+                state.owner, names.owner
+            )));
+        }
+        secure(tx, state, names).await?;
+    }
+    Ok(states.into_iter().map(|state| state.table).collect())
 }
 
 async fn secure(

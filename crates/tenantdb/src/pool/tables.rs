@@ -98,3 +98,46 @@ pub async fn states<'e>(
     .await
     .map_err(transient("cannot read the pool's tables"))
 }
+
+/// The pool's views that run as their owner rather than as the tenant
+/// reading them (not `security_invoker`), materialized views included,
+/// which cannot be: `schema.name`, quoted, and whether it is materialized.
+pub async fn definer_views<'e>(
+    executor: impl PgExecutor<'e>,
+) -> Result<Vec<(String, bool)>, Error> {
+    sqlx::query_as(
+        "SELECT pg_catalog.format('%I.%I', n.nspname, c.relname), c.relkind = 'm' \
+         FROM pg_catalog.pg_class c \
+         JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+         WHERE c.relkind IN ('v', 'm') \
+           AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
+           AND n.nspname NOT LIKE 'pg\\_toast%' \
+           AND NOT coalesce('security_invoker=true' = ANY(c.reloptions) \
+                            OR 'security_invoker=on' = ANY(c.reloptions), false) \
+         ORDER BY 1",
+    )
+    .fetch_all(executor)
+    .await
+    .map_err(transient("cannot read the pool's views"))
+}
+
+/// Tables (materialized views too) outside the system's and Bulkhead's
+/// schemas without a tenant column: shared by every tenant of the pool.
+/// `(schema, name)`, as the catalogs spell them.
+pub async fn shared<'e>(executor: impl PgExecutor<'e>) -> Result<Vec<(String, String)>, Error> {
+    sqlx::query_as(
+        "SELECT n.nspname::text, c.relname::text FROM pg_catalog.pg_class c \
+         JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+         WHERE c.relkind IN ('r', 'p', 'm') AND NOT c.relispartition \
+           AND n.nspname NOT IN ('pg_catalog', 'information_schema', $2) \
+           AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%' \
+           AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a \
+                           WHERE a.attrelid = c.oid AND a.attname = $1 AND NOT a.attisdropped) \
+         ORDER BY 1, 2",
+    )
+    .bind(TENANT_COLUMN)
+    .bind(SCHEMA)
+    .fetch_all(executor)
+    .await
+    .map_err(transient("cannot read the pool's tables"))
+}
