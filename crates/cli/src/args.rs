@@ -123,6 +123,11 @@ pub enum Command {
         #[command(subcommand)]
         check: Option<VerifyCommand>,
     },
+    /// Roll an application's SQL migrations (NNNN_name.sql) across tenant
+    /// databases: each database in one transaction with its version
+    /// recorded, canaries first, halting after failures; runs in the
+    /// server as a job, which `migrate status` follows
+    Migrate(MigrateArgs),
     /// Create or change what manifests declare (tenants first, then their
     /// APIs); prints created, changed or unchanged for each
     Apply(ApplyArgs),
@@ -192,6 +197,51 @@ pub struct StreamArg {
     /// The platform's stream (operators' actions)
     #[arg(long)]
     pub platform: bool,
+}
+
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct MigrateArgs {
+    #[command(subcommand)]
+    pub command: Option<MigrateCommand>,
+    /// The directory of migration files: every NNNN_name.sql in it
+    /// (other files are ignored), applied in the order of their numbers
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// Only this tenant's database (repeatable); a pool tenant brings its
+    /// region's pool database, which every pool tenant there shares
+    #[arg(long = "tenant", value_name = "TENANT")]
+    pub tenants: Vec<String>,
+    /// How many databases go first (a number, or a share such as 10%);
+    /// the rest start only if every canary succeeded
+    #[arg(long, default_value = "1", value_name = "N|N%")]
+    pub canary: String,
+    /// Databases migrated at once (1 to 64)
+    #[arg(long, default_value_t = 4, value_name = "K")]
+    pub concurrency: u32,
+    /// Start no new database once this many have failed
+    #[arg(long, default_value_t = 1, value_name = "F")]
+    pub halt_after: u32,
+    /// Report what each database would take, and change nothing
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Follow the job with a progress bar until it ends, print its report,
+    /// and exit 1 unless it succeeded
+    #[arg(long)]
+    pub wait: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MigrateCommand {
+    /// A migration job's report (the latest job's without an id); exits 1
+    /// when it failed or halted
+    Status {
+        /// The job's id, as `bulkhead migrate` printed it
+        id: Option<String>,
+        /// Follow a running job until it ends
+        #[arg(long)]
+        wait: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]

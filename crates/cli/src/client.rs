@@ -8,11 +8,11 @@ use bulkhead_control::api::{
     types::{
         ApiApplied, ApiKeyCreated, ApiKeyList, ApiList, CreateApiKeyRequest, CreateTenantRequest,
         CredentialView, ErrorBody, IsolationReportView, IssueCredentialRequest, IssueTokenRequest,
-        KeyStatusView, LeaseList, LeaseView, LockoutList, MasterRotationView, PlanList,
-        PublicApiList, RealmKeyList, RegionList, RevokedTokensView, RewrapView, RotateKeyView,
-        RotateRealmKeyView, SecretList, SecretWritten, ServerStatus, TenantKeyRequest,
-        TenantKeyView, TenantList, TenantView, TokenView, TrustRequest, TrustView,
-        UpdateTenantRequest,
+        KeyStatusView, LeaseList, LeaseView, LockoutList, MasterRotationView, MigrationJobList,
+        MigrationJobView, PlanList, PublicApiList, RealmKeyList, RegionList, RevokedTokensView,
+        RewrapView, RotateKeyView, RotateRealmKeyView, SecretList, SecretWritten, ServerStatus,
+        StartMigrationRequest, TenantKeyRequest, TenantKeyView, TenantList, TenantView, TokenView,
+        TrustRequest, TrustView, UpdateTenantRequest,
     },
     usage::UsageList,
 };
@@ -515,6 +515,22 @@ impl ApiClient {
         let url = self.url(&["v1", "verify", "isolation"])?;
         let request = self.http.request(Method::POST, url).query(&query).timeout(VERIFY_TIMEOUT);
         self.parse(self.send(request).await?.1)
+    }
+
+    pub async fn start_migration(
+        &self,
+        request: &StartMigrationRequest,
+    ) -> Result<MigrationJobView, CliError> {
+        self.call_json(Method::POST, self.url(&["v1", "migrations"])?, request).await
+    }
+
+    pub async fn migration(&self, id: &str) -> Result<MigrationJobView, CliError> {
+        self.call(Method::GET, self.url(&["v1", "migrations", id])?, &[]).await
+    }
+
+    pub async fn migrations(&self, limit: u32) -> Result<MigrationJobList, CliError> {
+        let query = [("limit", limit.to_string())];
+        self.call(Method::GET, self.url(&["v1", "migrations"])?, &query).await
     }
 
     pub async fn api(&self, tenant: &str, name: &str) -> Result<ApiSpec, CliError> {

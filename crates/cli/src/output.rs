@@ -463,6 +463,42 @@ pub fn isolation(
     Ok(())
 }
 
+/// A migration job's report: a line on the job, then every database.
+pub fn migration(
+    format: Output,
+    job: &bulkhead_control::api::types::MigrationJobView,
+    summary: &str,
+) -> Result<(), CliError> {
+    if format == Output::Json {
+        return json(job);
+    }
+    let version = |v: Option<i64>| v.map_or_else(|| "-".into(), |v| format!("{v:04}"));
+    let rows: Vec<Vec<String>> = job
+        .targets
+        .iter()
+        .map(|t| {
+            vec![
+                t.database.clone(),
+                t.region.clone(),
+                if t.canary { "yes".into() } else { String::new() },
+                t.state.clone(),
+                version(t.from_version),
+                version(t.to_version),
+                t.detail.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    println!(
+        "migration job {} {}{}: {summary} (files up to {:04})\n{}",
+        job.id,
+        job.state,
+        if job.dry_run { " (dry run)" } else { "" },
+        job.latest_version,
+        table(&["DATABASE", "REGION", "CANARY", "STATE", "FROM", "TO", "DETAIL"], &rows)
+    );
+    Ok(())
+}
+
 pub fn usage(format: Output, rows: &[bulkhead_meter::UsageRow]) -> Result<(), CliError> {
     if format == Output::Json {
         return json(&rows);

@@ -21,6 +21,7 @@ pub mod gateway;
 pub mod identity;
 pub mod limits;
 pub mod metrics;
+pub mod migrations;
 pub mod operator_token;
 pub mod provider_keys;
 pub mod provision;

@@ -578,6 +578,16 @@ pub async fn start_with_steps(
         Arc::clone(&clock),
         data_dir.tenants(),
     ));
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let migrations = Arc::new(crate::migrations::MigrationService::new(
+        Arc::clone(&store),
+        servers.clone(),
+        config.regions.clone(),
+        data_dir.tenants(),
+        Arc::clone(&clock),
+        events.clone(),
+        shutdown_rx.clone(),
+    ));
     let services = StepServices {
         servers,
         vault: Arc::clone(&vault),
@@ -645,6 +655,7 @@ pub async fn start_with_steps(
         apis,
         vault: Arc::clone(&vault),
         verifier,
+        migrations: Arc::clone(&migrations),
         identity: Arc::clone(&identity),
         audit: Arc::clone(&audit),
         base_domain: config.base_domain.clone(),
@@ -670,11 +681,11 @@ pub async fn start_with_steps(
         StartError::ApiUrl { path: api_url_path.display().to_string(), source }
     })?;
 
-    let (shutdown, shutdown_rx) = watch::channel(false);
     let shutdown = Arc::new(shutdown);
     let (fatal_tx, fatal) = watch::channel(None);
     let lock_keeper = tokio::spawn(keep_lock(store_lock, Arc::clone(&shutdown), fatal_tx));
     let jobs = spawn_jobs(&vault, &identity, &audit, &decision_recorder, &config, &shutdown_rx);
+    migrations.resume().await?;
     let source = gateway::Source::InProcess(changes);
     let mut gateway = run_gateway(gateway, feed, source, gateway_listener, shutdown_rx.clone());
     gateway.extend(gateway_records);

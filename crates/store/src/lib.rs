@@ -16,6 +16,7 @@ mod audit;
 mod error;
 mod identity;
 mod lock;
+mod migrations;
 mod postgres;
 mod rows;
 mod sql;
@@ -34,6 +35,7 @@ pub use audit::{AuditCheckpointRow, AuditEventRow, AuditKeyRow, AuditStore};
 pub use error::{StoreError, describe as describe_error};
 pub use identity::{ApiKeyRecord, IdentityStore, RealmKeyRecord, RealmRecord, TrustRecord};
 pub use lock::{FileLock, FileLockError, HeldLock, StoreLock};
+pub use migrations::{MigrationJobRecord, MigrationStore, MigrationTargetRecord};
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 pub use vault::{
@@ -113,7 +115,15 @@ impl fmt::Debug for OperatorToken {
 /// crash leaves each write either fully done or not done at all.
 #[async_trait]
 pub trait ControlStore:
-    VaultStore + IdentityStore + AuditStore + ApiStore + UsageStore + Send + Sync + fmt::Debug
+    VaultStore
+    + IdentityStore
+    + AuditStore
+    + ApiStore
+    + UsageStore
+    + MigrationStore
+    + Send
+    + Sync
+    + fmt::Debug
 {
     /// Where the store is, safe to print (no password).
     fn location(&self) -> String;

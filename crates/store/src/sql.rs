@@ -1799,3 +1799,139 @@ macro_rules! impl_usage_store {
     };
 }
 pub(crate) use impl_usage_store;
+
+/// The migration jobs' statements, shared the same way as
+/// [`impl_control_store!`].
+macro_rules! impl_migration_store {
+    ($store:ty) => {
+        #[async_trait::async_trait]
+        impl $crate::MigrationStore for $store {
+            async fn insert_migration_job(
+                &self,
+                job: &$crate::MigrationJobRecord,
+                targets: &[$crate::MigrationTargetRecord],
+            ) -> Result<(), $crate::StoreError> {
+                let mut tx = self.write.begin().await?;
+                let inserted = sqlx::query(
+                    "INSERT INTO migration_jobs (id, created_at, created_by, state, spec, finished_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6)",
+                )
+                .bind(job.id)
+                .bind(job.created_at)
+                .bind(job.created_by.as_str())
+                .bind(job.state.as_str())
+                .bind(job.spec.as_str())
+                .bind(job.finished_at)
+                .execute(&mut *tx)
+                .await;
+                match inserted {
+                    Err(e) if $crate::StoreError::is_unique_violation(&e) => {
+                        return Err($crate::StoreError::Duplicate("a running migration job".into()));
+                    }
+                    other => other?,
+                };
+                for target in targets {
+                    sqlx::query(
+                        "INSERT INTO migration_targets (job_id, position, tenant_id, region, label, \
+                         canary, state, from_version, to_version, detail, finished_at) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                    )
+                    .bind(job.id)
+                    .bind(target.position)
+                    .bind(target.tenant_id)
+                    .bind(target.region.as_str())
+                    .bind(target.label.as_str())
+                    .bind(target.canary)
+                    .bind(target.state.as_str())
+                    .bind(target.from_version)
+                    .bind(target.to_version)
+                    .bind(target.detail.as_deref())
+                    .bind(target.finished_at)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn migration_job(
+                &self,
+                id: uuid::Uuid,
+            ) -> Result<Option<$crate::MigrationJobRecord>, $crate::StoreError> {
+                Ok(sqlx::query_as(
+                    "SELECT id, created_at, created_by, state, spec, finished_at \
+                     FROM migration_jobs WHERE id = $1",
+                )
+                .bind(id)
+                .fetch_optional(&self.read)
+                .await?)
+            }
+
+            async fn migration_jobs(
+                &self,
+                limit: u32,
+            ) -> Result<Vec<$crate::MigrationJobRecord>, $crate::StoreError> {
+                Ok(sqlx::query_as(
+                    "SELECT id, created_at, created_by, state, spec, finished_at \
+                     FROM migration_jobs ORDER BY created_at DESC, id LIMIT $1",
+                )
+                .bind(i64::from(limit))
+                .fetch_all(&self.read)
+                .await?)
+            }
+
+            async fn migration_targets(
+                &self,
+                job: uuid::Uuid,
+            ) -> Result<Vec<$crate::MigrationTargetRecord>, $crate::StoreError> {
+                Ok(sqlx::query_as(
+                    "SELECT job_id, position, tenant_id, region, label, canary, state, \
+                     from_version, to_version, detail, finished_at \
+                     FROM migration_targets WHERE job_id = $1 ORDER BY position",
+                )
+                .bind(job)
+                .fetch_all(&self.read)
+                .await?)
+            }
+
+            async fn update_migration_target(
+                &self,
+                target: &$crate::MigrationTargetRecord,
+            ) -> Result<(), $crate::StoreError> {
+                sqlx::query(
+                    "UPDATE migration_targets SET state = $3, from_version = $4, to_version = $5, \
+                     detail = $6, finished_at = $7 WHERE job_id = $1 AND position = $2",
+                )
+                .bind(target.job_id)
+                .bind(target.position)
+                .bind(target.state.as_str())
+                .bind(target.from_version)
+                .bind(target.to_version)
+                .bind(target.detail.as_deref())
+                .bind(target.finished_at)
+                .execute(&self.write)
+                .await?;
+                Ok(())
+            }
+
+            async fn finish_migration_job(
+                &self,
+                id: uuid::Uuid,
+                state: &str,
+                at: time::OffsetDateTime,
+            ) -> Result<(), $crate::StoreError> {
+                sqlx::query(
+                    "UPDATE migration_jobs SET state = $2, finished_at = $3 \
+                     WHERE id = $1 AND state = 'running'",
+                )
+                .bind(id)
+                .bind(state)
+                .bind(at)
+                .execute(&self.write)
+                .await?;
+                Ok(())
+            }
+        }
+    };
+}
+pub(crate) use impl_migration_store;

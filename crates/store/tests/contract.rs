@@ -8,7 +8,10 @@ use bulkhead_model::{
     AdminEmail, Failure, Isolation, LimiterFallback, NewTenant, PlanName, Rate, RegionName,
     StepRecord, StepStatus, Tenant, TenantId, TenantLimits, TenantName, TenantState,
 };
-use bulkhead_store::{AuditCheckpointRow, AuditEventRow, OperatorToken, StoreError, TenantPage};
+use bulkhead_store::{
+    AuditCheckpointRow, AuditEventRow, MigrationJobRecord, MigrationTargetRecord, OperatorToken,
+    StoreError, TenantPage,
+};
 use bulkhead_testkit::StoreFixture as Fixture;
 use sqlx::Connection;
 use time::OffsetDateTime;
@@ -53,6 +56,7 @@ bulkhead_testkit::on_both_stores!(
     api_key_names_are_unique_until_a_key_is_deleted,
     one_server_at_a_time,
     reopening_keeps_data,
+    one_migration_job_runs_at_a_time,
 );
 
 async fn round_trips_tenants(f: Fixture) {
@@ -430,4 +434,47 @@ async fn reopening_keeps_data(f: Fixture) {
     let reopened = bulkhead_store::open(&f.location).await.unwrap();
     assert_eq!(reopened.tenant(&acme.name).await.unwrap().unwrap(), acme);
     assert!(!reopened.location().is_empty());
+}
+
+async fn one_migration_job_runs_at_a_time(f: Fixture) {
+    let job = |id| MigrationJobRecord {
+        id,
+        created_at: now(),
+        created_by: "operator:initial".into(),
+        state: "running".into(),
+        spec: "{}".into(),
+        finished_at: None,
+    };
+    let (first, second) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+    let tenant = uuid::Uuid::new_v4();
+    let target = |position| MigrationTargetRecord {
+        job_id: first,
+        position,
+        tenant_id: (position == 0).then_some(tenant),
+        region: "default".into(),
+        label: format!("t{position}"),
+        canary: position == 0,
+        state: "pending".into(),
+        from_version: None,
+        to_version: None,
+        detail: None,
+        finished_at: None,
+    };
+    f.store.insert_migration_job(&job(first), &[target(0), target(1)]).await.unwrap();
+    let refused = f.store.insert_migration_job(&job(second), &[]).await;
+    assert!(matches!(refused, Err(StoreError::Duplicate(_))), "{refused:?}");
+    let done = MigrationTargetRecord {
+        state: "migrated".into(),
+        from_version: Some(1),
+        to_version: Some(3),
+        finished_at: Some(now()),
+        ..target(1)
+    };
+    f.store.update_migration_target(&done).await.unwrap();
+    assert_eq!(f.store.migration_targets(first).await.unwrap(), [target(0), done]);
+    f.store.finish_migration_job(first, "succeeded", now()).await.unwrap();
+    f.store.insert_migration_job(&job(second), &[]).await.unwrap();
+    let jobs = f.store.migration_jobs(10).await.unwrap();
+    assert_eq!(jobs.len(), 2);
+    assert_eq!(f.store.migration_job(first).await.unwrap().unwrap().state, "succeeded");
 }

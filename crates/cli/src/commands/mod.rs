@@ -6,6 +6,7 @@ mod audit;
 mod auth;
 mod creds;
 mod manifests;
+mod migrate;
 mod secrets;
 mod serve;
 mod tenants;
@@ -43,6 +44,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             output::usage(cli.global.output, &usage.usage)
         }
         Command::Audit(command) => audit::run(command, &cli.global).await,
+        Command::Migrate(args) => return migrate::run(args, &cli.global).await,
         Command::Verify { check: None } => {
             let client = ApiClient::discover(&cli.global)?;
             let public = client.public_apis().await?;

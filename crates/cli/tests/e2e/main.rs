@@ -20,6 +20,7 @@ mod isolation;
 mod kit;
 mod lifecycle;
 mod manifests;
+mod migrate;
 mod startup;
 mod upstream;
 mod vault;

@@ -9,6 +9,7 @@ mod catalog;
 pub mod error;
 mod identity;
 mod meta;
+mod migrations;
 mod tenants;
 pub mod types;
 pub mod usage;
@@ -56,6 +57,7 @@ pub struct AppState {
     pub apis: Arc<ApiService>,
     pub vault: Arc<VaultService>,
     pub verifier: Arc<crate::verify::Verifier>,
+    pub migrations: Arc<crate::migrations::MigrationService>,
     pub identity: Arc<IdentityService>,
     pub audit: Arc<AuditService>,
     pub base_domain: BaseDomain,
@@ -103,6 +105,7 @@ impl AppState {
         (name = "apis", description = "Each tenant's APIs: the contracts its gateway routes by"),
         (name = "audit", description = "Each tenant's hash-chained, signed audit stream, and the platform's"),
         (name = "verify", description = "Checks of the live installation's isolation"),
+        (name = "migrations", description = "Schema migrations rolled across tenant databases"),
         (name = "meta", description = "Health, readiness, metrics and this document"),
     )
 )]
@@ -252,6 +255,13 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(apis::get_api, apis::put_api, apis::delete_api))
         .routes(routes!(apis::public_apis))
         .routes(routes!(verify::verify_isolation))
+        .merge(
+            OpenApiRouter::new()
+                .routes(routes!(migrations::start_migration, migrations::list_migrations))
+                .routes(routes!(migrations::get_migration))
+                // Applied nearer the handler than the default limit, so it wins.
+                .layer(DefaultBodyLimit::max(migrations::MAX_BODY_BYTES)),
+        )
         .routes(routes!(usage::tenant_usage))
         .routes(routes!(audit::tenant_events))
         .routes(routes!(audit::tenant_export))

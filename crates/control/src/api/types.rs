@@ -784,3 +784,157 @@ pub struct ApiApplied {
     /// `created`, `changed` or `unchanged`.
     pub result: String,
 }
+
+/// `POST /v1/migrations`: migration files to roll across tenant databases.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StartMigrationRequest {
+    /// The files, in any order: each applied in the order of its number.
+    pub files: Vec<MigrationFile>,
+    /// Only these tenants (a pool tenant brings its region's pool
+    /// database, shared by every pool tenant there); every active or
+    /// suspended tenant when absent.
+    #[serde(default)]
+    pub tenants: Vec<String>,
+    /// How many databases go first, as canaries: a number, or a share
+    /// such as `10%`; the rest start only if every canary succeeded.
+    #[serde(default = "default_canary")]
+    #[schema(example = "10%")]
+    pub canary: String,
+    /// Databases migrated at once (1 to 64).
+    #[serde(default = "default_concurrency")]
+    pub concurrency: u32,
+    /// Start no new database after this many have failed.
+    #[serde(default = "default_halt_after")]
+    pub halt_after: u32,
+    /// Only report what each database would take; change nothing.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+fn default_canary() -> String {
+    "1".into()
+}
+
+fn default_concurrency() -> u32 {
+    4
+}
+
+fn default_halt_after() -> u32 {
+    1
+}
+
+/// One migration file.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MigrationFile {
+    /// `NNNN_name.sql`.
+    #[schema(example = "0002_add_due_date.sql")]
+    pub name: String,
+    pub sql: String,
+}
+
+/// A migration job: its options, and where each database stands.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct MigrationJobView {
+    pub id: uuid::Uuid,
+    /// `running`, `succeeded`, `failed` (some databases failed, the others
+    /// ran) or `halted` (a canary failed, or `halt_after` databases did;
+    /// those not started are `skipped`).
+    #[schema(example = "running")]
+    pub state: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: time::OffsetDateTime,
+    pub created_by: String,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub finished_at: Option<time::OffsetDateTime>,
+    pub dry_run: bool,
+    pub concurrency: u32,
+    pub halt_after: u32,
+    /// The files by version, with their SHA-256.
+    pub files: Vec<MigrationFileView>,
+    /// The version every database is brought to.
+    pub latest_version: u32,
+    /// How many databases are in each state.
+    pub counts: std::collections::BTreeMap<String, u64>,
+    /// Every database, in the order taken (canaries first); empty in lists.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub targets: Vec<MigrationTargetView>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct MigrationFileView {
+    pub name: String,
+    pub checksum: String,
+}
+
+/// One database of a job.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct MigrationTargetView {
+    /// The tenant's name, or `pool` for a region's pool database.
+    pub database: String,
+    pub region: String,
+    pub canary: bool,
+    /// `pending`, `running`, `migrated`, `current` (had every file),
+    /// `planned` (dry run), `failed` or `skipped`.
+    #[schema(example = "migrated")]
+    pub state: String,
+    pub from_version: Option<i64>,
+    pub to_version: Option<i64>,
+    /// The files applied (or, in a dry run, that would be), the error of
+    /// a failed database, or why one was skipped.
+    pub detail: Option<String>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub finished_at: Option<time::OffsetDateTime>,
+}
+
+impl MigrationJobView {
+    pub fn new(report: crate::migrations::JobReport, with_targets: bool) -> Self {
+        let crate::migrations::JobReport { job, spec, targets } = report;
+        let mut counts = std::collections::BTreeMap::new();
+        for target in &targets {
+            *counts.entry(target.state.clone()).or_insert(0) += 1;
+        }
+        Self {
+            id: job.id,
+            state: job.state,
+            created_at: job.created_at,
+            created_by: job.created_by,
+            finished_at: job.finished_at,
+            dry_run: spec.dry_run,
+            concurrency: spec.concurrency,
+            halt_after: spec.halt_after,
+            latest_version: spec.migrations.latest(),
+            files: spec
+                .migrations
+                .all()
+                .iter()
+                .map(|m| MigrationFileView { name: m.file.clone(), checksum: m.checksum.clone() })
+                .collect(),
+            counts,
+            targets: if with_targets {
+                targets
+                    .into_iter()
+                    .map(|t| MigrationTargetView {
+                        database: t.label,
+                        region: t.region,
+                        canary: t.canary,
+                        state: t.state,
+                        from_version: t.from_version,
+                        to_version: t.to_version,
+                        detail: t.detail,
+                        finished_at: t.finished_at,
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            },
+        }
+    }
+}
+
+/// The latest migration jobs, newest first.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct MigrationJobList {
+    pub jobs: Vec<MigrationJobView>,
+}
