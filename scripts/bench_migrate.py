@@ -17,16 +17,24 @@ Uses only the standard library. Everything it makes is removed at the end.
 import argparse
 import concurrent.futures
 import os
+import subprocess
 import sys
+import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchkit import BenchServer, parse_time  # noqa: E402
+from benchkit import BenchServer, database_url, parse_time  # noqa: E402
 
 FILE = """CREATE TABLE items_{v} (id bigserial PRIMARY KEY, owner uuid, label text NOT NULL);
 CREATE INDEX ON items_{v} (owner);
 INSERT INTO items_{v} (label) SELECT 'item ' || i FROM generate_series(1, 1000) AS i;
 """
+
+
+def machine_ticks():
+    """(idle, total) jiffies of the whole machine, from /proc/stat."""
+    fields = [int(x) for x in open("/proc/stat").readline().split()[1:]]
+    return fields[3] + fields[4], sum(fields)
 
 
 def main():
@@ -55,6 +63,7 @@ def main():
         for k in args.k:
             v = len(files) + 1
             files.append({"name": f"{v:04d}_items_{v}.sql", "sql": FILE.format(v=v)})
+            idle0, total0 = machine_ticks()
             status, job = api.call("POST", "/v1/migrations", {
                 "files": files, "canary": "0", "concurrency": k, "halt_after": 1,
             })
@@ -65,11 +74,40 @@ def main():
                 job = api.call("GET", f"/v1/migrations/{job['id']}")[1]
             if job["state"] != "succeeded" or job["counts"].get("migrated") != args.n:
                 raise RuntimeError(f"K={k}: {job['state']} {job['counts']}")
+            idle1, total1 = machine_ticks()
+            busy = 100 * (1 - (idle1 - idle0) / max(1, total1 - total0))
             wall = (parse_time(job["finished_at"]) - parse_time(job["created_at"])).total_seconds()
             if one_db is None:
                 one_db = wall / args.n if k == 1 else None
             aim = f"  aim N/K x one = {args.n / k * one_db:.2f} s ({wall / (args.n / k * one_db):.2f}x)" if one_db else ""
-            print(f"  K={k}: {wall:.2f} s = {wall / args.n * 1000:.1f} ms per database{aim}")
+            print(f"  K={k}: {wall:.2f} s = {wall / args.n * 1000:.1f} ms per database{aim}; machine {busy:.0f}% busy")
+        # The floor on this machine: the same file by psql, as a superuser,
+        # one transaction per database, K at a time (what a script run by
+        # hand would do), on the same databases.
+        databases = []
+        for name in names:
+            steps = api.call("GET", f"/v1/tenants/{name}")[1]["steps"]
+            databases += [s["output"]["database"] for s in steps if s["name"] == "create_database"]
+        print("  baseline: psql -1 -f FILE per database, as a superuser, K at a time")
+        for k in args.k:
+            v = len(files) + 1
+            files.append(None)
+            with tempfile.NamedTemporaryFile("w", suffix=".sql") as sql:
+                sql.write(FILE.format(v=v))
+                sql.flush()
+
+                def apply(db):
+                    subprocess.run(["psql", "-qX", "-v", "ON_ERROR_STOP=1", "-1", "-f", sql.name,
+                                    database_url(db)], check=True, stdout=subprocess.DEVNULL)
+
+                idle0, total0 = machine_ticks()
+                started = time.perf_counter()
+                with concurrent.futures.ThreadPoolExecutor(k) as pool:
+                    list(pool.map(apply, databases))
+                wall = time.perf_counter() - started
+                idle1, total1 = machine_ticks()
+                busy = 100 * (1 - (idle1 - idle0) / max(1, total1 - total0))
+            print(f"  K={k}: {wall:.2f} s = {wall / args.n * 1000:.1f} ms per database; machine {busy:.0f}% busy")
         server.purge(names)
 
 

@@ -360,7 +360,11 @@ impl MigrationService {
     }
 
     /// Runs the job's unfinished targets, canaries first.
-    async fn run(&self, job: MigrationJobRecord, spec: JobSpec) -> Result<(), StoreError> {
+    async fn run(
+        self: &Arc<Self>,
+        job: MigrationJobRecord,
+        spec: JobSpec,
+    ) -> Result<(), StoreError> {
         let actor = actor_of(&job.created_by);
         let spec = Arc::new(spec);
         let targets = self.store.migration_targets(job.id).await?;
@@ -376,7 +380,7 @@ impl MigrationService {
         if canaries_failed {
             halted = Some("a canary failed".to_owned());
         } else {
-            failures += self.run_targets(&job, &spec, &actor, canaries, u32::MAX).await?;
+            failures += self.run_targets(job.id, &spec, &actor, canaries, u32::MAX).await?;
             if failures > 0 {
                 halted = Some("a canary failed".to_owned());
             }
@@ -384,7 +388,7 @@ impl MigrationService {
         if halted.is_none() {
             let before = failures;
             failures += self
-                .run_targets(&job, &spec, &actor, rest, spec.halt_after.saturating_sub(before))
+                .run_targets(job.id, &spec, &actor, rest, spec.halt_after.saturating_sub(before))
                 .await?;
             if !spec.dry_run && failures >= spec.halt_after {
                 halted = Some(format!("halted after {failures} failed"));
@@ -393,14 +397,22 @@ impl MigrationService {
         if *self.shutdown.borrow() {
             return Ok(());
         }
-        // What never started is skipped, with why.
+        // What never started is skipped, with why; what started and has
+        // no outcome (its task panicked) failed.
         for mut target in self.store.migration_targets(job.id).await? {
             if target.state == state::PENDING {
                 target.state = state::SKIPPED.into();
                 target.detail = Some(halted.clone().unwrap_or_else(|| "not started".into()));
-                target.finished_at = Some(self.clock.now());
-                self.store.update_migration_target(&target).await?;
+            } else if target.state == state::RUNNING {
+                failures += 1;
+                target.state = state::FAILED.into();
+                target.detail =
+                    Some("stopped without an outcome: the server's log says why".into());
+            } else {
+                continue;
             }
+            target.finished_at = Some(self.clock.now());
+            self.store.update_migration_target(&target).await?;
         }
         let end = match (&halted, failures) {
             (Some(_), _) => job_state::HALTED,
@@ -423,8 +435,8 @@ impl MigrationService {
     /// one after `halt_after` failures (or on shutdown); returns how many
     /// failed.
     async fn run_targets(
-        &self,
-        job: &MigrationJobRecord,
+        self: &Arc<Self>,
+        job: Uuid,
         spec: &Arc<JobSpec>,
         actor: &Actor,
         targets: Vec<MigrationTargetRecord>,
@@ -440,8 +452,11 @@ impl MigrationService {
                 let Some(mut target) = queue.next() else { break };
                 target.state = state::RUNNING.into();
                 self.store.update_migration_target(&target).await?;
-                let work = self.work(job.id, spec, target.clone());
-                running.spawn(async move { (target, work.await) });
+                // The task records its own outcome, so a slow store or
+                // audit write holds up no other database.
+                let (service, spec, actor) = (Arc::clone(self), Arc::clone(spec), actor.clone());
+                running
+                    .spawn(async move { service.migrate_target(job, &spec, &actor, target).await });
             }
             if running.is_empty() {
                 return Ok(failures);
@@ -455,83 +470,97 @@ impl MigrationService {
                     return Ok(failures);
                 }
             };
-            let Some(Ok((mut target, result))) = finished else { continue };
-            target.finished_at = Some(self.clock.now());
-            match result {
-                Ok(Work::Done(outcome)) => {
-                    target.from_version = Some(i64::from(outcome.from));
-                    target.to_version = Some(i64::from(outcome.to));
-                    target.state = if outcome.files.is_empty() {
-                        state::CURRENT
-                    } else if spec.dry_run {
-                        state::PLANNED
-                    } else {
-                        state::MIGRATED
-                    }
-                    .into();
-                    target.detail = (!outcome.files.is_empty()).then(|| outcome.files.join(", "));
+            match finished {
+                Some(Ok(Ok(failed))) => failures += u32::from(failed),
+                Some(Ok(Err(error))) => return Err(error),
+                Some(Err(error)) => {
+                    tracing::error!(job = %job, %error, "a migration task ended without an outcome");
                 }
-                Ok(Work::Gone(why)) => {
-                    target.state = state::SKIPPED.into();
-                    target.detail = Some(why);
-                }
-                Err(error) => {
-                    failures += 1;
-                    target.state = state::FAILED.into();
-                    target.detail = Some(error);
-                }
-            }
-            self.store.update_migration_target(&target).await?;
-            if !spec.dry_run {
-                self.audit(actor, job.id, &target).await?;
+                None => {}
             }
         }
     }
 
-    /// The migration of one target, ready to run on its own task.
-    fn work(
+    /// Migrates one target and records how it went (its record, and the
+    /// audit events); `true` when it failed.
+    async fn migrate_target(
         &self,
         job: Uuid,
-        spec: &Arc<JobSpec>,
-        target: MigrationTargetRecord,
-    ) -> impl Future<Output = Result<Work, String>> + Send + 'static {
-        let (store, servers, regions) =
-            (Arc::clone(&self.store), self.servers.clone(), self.regions.clone());
-        let (tenants_dir, now, spec) =
-            (self.tenants_dir.clone(), self.clock.now(), Arc::clone(spec));
-        async move {
-            let mode = if spec.dry_run { Mode::Plan } else { Mode::Apply { job } };
-            let region = regions.get(&target.region).map_err(|e| e.to_string())?;
-            let migrations = &spec.migrations;
-            let outcome: Result<Outcome, _> = match (target.tenant_id, &region.databases) {
-                (None, DatabaseLocation::Postgres(url)) => {
-                    migrate::pool(&servers, region, url, migrations, mode).await
+        spec: &JobSpec,
+        actor: &Actor,
+        mut target: MigrationTargetRecord,
+    ) -> Result<bool, StoreError> {
+        let result = self.work(job, spec, &target).await;
+        target.finished_at = Some(self.clock.now());
+        let failed = result.is_err();
+        match result {
+            Ok(Work::Done(outcome)) => {
+                target.from_version = Some(i64::from(outcome.from));
+                target.to_version = Some(i64::from(outcome.to));
+                target.state = if outcome.files.is_empty() {
+                    state::CURRENT
+                } else if spec.dry_run {
+                    state::PLANNED
+                } else {
+                    state::MIGRATED
                 }
-                (None, DatabaseLocation::Embedded) => {
-                    return Err(format!("region {} keeps no pool", region.name));
-                }
-                (Some(id), databases) => {
-                    let tenant =
-                        store.tenant_by_id(TenantId(id)).await.map_err(|e| e.to_string())?;
-                    let Some(tenant) = tenant.filter(|t| {
-                        matches!(t.state, TenantState::Active | TenantState::Suspended)
-                    }) else {
-                        return Ok(Work::Gone("the tenant has no database any more".into()));
-                    };
-                    match databases {
-                        DatabaseLocation::Embedded => {
-                            let dir = tenants_dir.join(tenant.name.as_str());
-                            migrate::sqlite(&dir, migrations, mode).await
-                        }
-                        DatabaseLocation::Postgres(url) => {
-                            migrate::silo(&servers, region, url, &tenant, migrations, mode, now)
-                                .await
-                        }
+                .into();
+                target.detail = (!outcome.files.is_empty()).then(|| outcome.files.join(", "));
+            }
+            Ok(Work::Gone(why)) => {
+                target.state = state::SKIPPED.into();
+                target.detail = Some(why);
+            }
+            Err(error) => {
+                target.state = state::FAILED.into();
+                target.detail = Some(error);
+            }
+        }
+        self.store.update_migration_target(&target).await?;
+        if !spec.dry_run {
+            self.audit(actor, job, &target).await?;
+        }
+        Ok(failed)
+    }
+
+    /// The migration of one target's database.
+    async fn work(
+        &self,
+        job: Uuid,
+        spec: &JobSpec,
+        target: &MigrationTargetRecord,
+    ) -> Result<Work, String> {
+        let mode = if spec.dry_run { Mode::Plan } else { Mode::Apply { job } };
+        let region = self.regions.get(&target.region).map_err(|e| e.to_string())?;
+        let (servers, migrations) = (&self.servers, &spec.migrations);
+        let outcome: Result<Outcome, _> = match (target.tenant_id, &region.databases) {
+            (None, DatabaseLocation::Postgres(url)) => {
+                migrate::pool(servers, region, url, migrations, mode).await
+            }
+            (None, DatabaseLocation::Embedded) => {
+                return Err(format!("region {} keeps no pool", region.name));
+            }
+            (Some(id), databases) => {
+                let tenant =
+                    self.store.tenant_by_id(TenantId(id)).await.map_err(|e| e.to_string())?;
+                let Some(tenant) = tenant
+                    .filter(|t| matches!(t.state, TenantState::Active | TenantState::Suspended))
+                else {
+                    return Ok(Work::Gone("the tenant has no database any more".into()));
+                };
+                match databases {
+                    DatabaseLocation::Embedded => {
+                        let dir = self.tenants_dir.join(tenant.name.as_str());
+                        migrate::sqlite(&dir, migrations, mode).await
+                    }
+                    DatabaseLocation::Postgres(url) => {
+                        let now = self.clock.now();
+                        migrate::silo(servers, region, url, &tenant, migrations, mode, now).await
                     }
                 }
-            };
-            outcome.map(Work::Done).map_err(|e| e.to_string())
-        }
+            }
+        };
+        outcome.map(Work::Done).map_err(|e| e.to_string())
     }
 
     /// Records a finished target on the streams of the tenants whose data

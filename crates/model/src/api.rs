@@ -345,6 +345,12 @@ pub struct ApiSpec {
     pub rate_limit: Option<Rate>,
     #[serde(default)]
     pub audit: AuditLevel,
+    /// Its upstreams serve other tenants too, on purpose: a multi-tenant
+    /// service that tells tenants apart by the headers the gateway sets.
+    /// `bulkhead verify isolation` reports an upstream that two tenants'
+    /// APIs share unless every one of them says so.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub shared_upstream: bool,
 }
 
 fn default_max_body() -> u64 {

@@ -9,6 +9,7 @@
     clippy::disallowed_methods
 )]
 
+mod access;
 mod api;
 mod audit;
 mod audit_attacks;

@@ -1,0 +1,107 @@
+//! Tenant-scoped database access for applications that run behind
+//! Bulkhead.
+//!
+//! - [`TenantDb`]: one tenant's connection pool, opened from its SQLite
+//!   file (the embedded default), a PostgreSQL URL, or leases that the
+//!   control API issues for the tenant. Leases are renewed before they
+//!   expire: a fresh lease is issued and checked, the pool switches to it,
+//!   and the old one is revoked once its connections are returned.
+//! - [`TenantPools`]: for an application serving many small tenants, one
+//!   pool per tenant, opened on first use, at most `capacity` of them (the
+//!   least recently used is closed first), each capped at
+//!   [`Options::max_connections`], so that one busy tenant cannot take the
+//!   connections every other tenant needs.
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), bulkhead_access::Error> {
+//! use std::time::Duration;
+//! use bulkhead_access::{Access, ControlApi, Options, Pool, Source, TenantDb};
+//!
+//! let api = ControlApi::new("http://127.0.0.1:7070", "<operator or tenant token>")?;
+//! let source = Source::Leases { api, tenant: "acme".into(), access: Access::Write, ttl: Duration::from_secs(3600) };
+//! let db = TenantDb::open(source, &Options::default()).await?;
+//! if let Pool::Postgres(pool) = db.pool() {
+//!     let (n,): (i64,) = sqlx::query_as("SELECT count(*) FROM notes").fetch_one(&pool).await?;
+//! }
+//! db.close().await;
+//! # Ok(()) }
+//! ```
+//!
+//! Applications in other languages use the lease's `postgres://` URL with
+//! their own driver (`docs/tenant-databases.md`).
+
+mod cache;
+mod control;
+mod tenant;
+
+use std::{path::PathBuf, time::Duration};
+
+pub use cache::TenantPools;
+pub use control::{Access, ControlApi, Lease};
+pub use tenant::{Pool, TenantDb};
+use zeroize::Zeroizing;
+
+/// Where a tenant's database is, and how to log in to it.
+pub enum Source {
+    /// The tenant's SQLite file: `<data-dir>/tenants/<tenant>/data.db` on
+    /// the embedded default. It must exist (Bulkhead makes it).
+    Sqlite(PathBuf),
+    /// A PostgreSQL URL used as it is: a lease that something else renews,
+    /// or a fixed login.
+    Url(Zeroizing<String>),
+    /// Leases of the tenant's, issued by the control API and renewed
+    /// before they expire.
+    Leases { api: ControlApi, tenant: String, access: Access, ttl: Duration },
+}
+
+impl std::fmt::Debug for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::Sqlite(path) => f.debug_tuple("Sqlite").field(path).finish(),
+            Source::Url(_) => f.write_str("Url(..)"),
+            Source::Leases { tenant, access, ttl, .. } => f
+                .debug_struct("Leases")
+                .field("tenant", tenant)
+                .field("access", access)
+                .field("ttl", ttl)
+                .finish_non_exhaustive(),
+        }
+    }
+}
+
+/// How each tenant's pool behaves.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The most connections one tenant's pool opens (its cap).
+    pub max_connections: u32,
+    /// How long taking a connection waits when the tenant's are all in use.
+    pub acquire_timeout: Duration,
+    /// A connection idle this long is closed.
+    pub idle_timeout: Duration,
+    /// A lease is renewed when this share of its lifetime has passed
+    /// (0.5: half way); a renewal that fails is retried until the lease
+    /// expires.
+    pub renew_at: f64,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            max_connections: 4,
+            acquire_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(60),
+            renew_at: 0.5,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The control API refused or could not be reached.
+    #[error("control API: {0}")]
+    Control(String),
+    #[error("tenant database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("{0}")]
+    Invalid(String),
+}
