@@ -571,13 +571,16 @@ pub async fn start_with_steps(
     let servers = RegionServers::default();
     let credentials =
         Arc::new(Credentials::new(Arc::clone(&store), servers.clone(), config.regions.clone()));
-    let verifier = Arc::new(crate::verify::Verifier::new(
-        Arc::clone(&store),
-        servers.clone(),
-        config.regions.clone(),
-        Arc::clone(&clock),
-        data_dir.tenants(),
-    ));
+    let verifier = Arc::new(
+        crate::verify::Verifier::new(
+            Arc::clone(&store),
+            servers.clone(),
+            config.regions.clone(),
+            Arc::clone(&clock),
+            data_dir.tenants(),
+        )
+        .with_gateway(format!("http://{gateway_addr}"), config.base_domain.clone()),
+    );
     let (shutdown, shutdown_rx) = watch::channel(false);
     let migrations = Arc::new(crate::migrations::MigrationService::new(
         Arc::clone(&store),

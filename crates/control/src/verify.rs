@@ -7,15 +7,22 @@
 //! a fresh login of each tenant in scope tries to read and write other
 //! tenants' rows and to enter other tenants' databases.
 
-use std::{collections::HashSet, path::PathBuf, sync::Arc, time::Duration};
+use std::{
+    collections::{BTreeMap, BTreeSet, HashSet},
+    path::PathBuf,
+    sync::Arc,
+    time::Duration,
+};
 
-use bulkhead_model::{DatabaseLocation, Isolation, Regions, Tenant, TenantState};
+use bulkhead_model::{
+    ApiAuth, BaseDomain, DatabaseLocation, Isolation, Regions, Tenant, TenantId, TenantState,
+};
 use bulkhead_store::{ControlStore, StoreError};
 pub use bulkhead_tenantdb::verify::{Finding, Severity};
 use bulkhead_tenantdb::{RegionServers, verify};
 use thiserror::Error;
 
-use crate::clock::Clock;
+use crate::{apis::decode, clock::Clock};
 
 /// A lease's role may outlive its expiry by this much (the sweeper's
 /// pace, retries included) before it counts as left behind.
@@ -51,6 +58,8 @@ pub struct Verifier {
     clock: Arc<dyn Clock>,
     /// `<data-dir>/tenants`, where embedded tenants' databases are.
     tenants_dir: PathBuf,
+    /// The gateway to probe, and the domain tenants' hosts are under.
+    gateway: Option<(String, BaseDomain)>,
 }
 
 impl Verifier {
@@ -61,7 +70,13 @@ impl Verifier {
         clock: Arc<dyn Clock>,
         tenants_dir: PathBuf,
     ) -> Self {
-        Self { store, servers, regions, clock, tenants_dir }
+        Self { store, servers, regions, clock, tenants_dir, gateway: None }
+    }
+
+    /// Also probes the gateway at `url` (the server's own), where tenant
+    /// `t` is reached as `t.<base_domain>`.
+    pub fn with_gateway(self, url: String, base_domain: BaseDomain) -> Self {
+        Self { gateway: Some((url, base_domain)), ..self }
     }
 
     /// Checks `only` that tenant, or every tenant with a database (active
@@ -145,8 +160,116 @@ impl Verifier {
             ));
             report.findings.extend(leases);
         }
+        self.gateway_checks(&served, only.is_some(), &mut report).await?;
         report.findings.sort_by(|a, b| (a.severity, &a.subject).cmp(&(b.severity, &b.subject)));
         Ok(report)
+    }
+
+    /// The gateway's layer: no two tenants' APIs share an upstream unless
+    /// each says so (`shared_upstream`), and, through the gateway itself,
+    /// every API not marked public refuses a request without a credential.
+    async fn gateway_checks(
+        &self,
+        served: &[&Tenant],
+        only_some: bool,
+        report: &mut IsolationReport,
+    ) -> Result<(), VerifyError> {
+        let apis_of = |tenant: TenantId| async move {
+            let records = self.store.apis(tenant).await?;
+            Ok::<_, VerifyError>(records.iter().filter_map(|r| decode(r).ok()).collect::<Vec<_>>())
+        };
+        // Every tenant's APIs are compared, even when checking one.
+        let everyone: Vec<Tenant> = if only_some {
+            self.store.all_tenants().await?
+        } else {
+            served.iter().map(|t| (*t).clone()).collect()
+        };
+        let mut users: BTreeMap<String, Vec<(&Tenant, String, bool)>> = BTreeMap::new();
+        let mut all_apis = Vec::new();
+        for tenant in &everyone {
+            all_apis.push((tenant, apis_of(tenant.id).await?));
+        }
+        for (tenant, apis) in &all_apis {
+            for api in apis {
+                for upstream in api.upstreams.iter() {
+                    let used = (*tenant, api.name.to_string(), api.shared_upstream);
+                    users.entry(upstream.to_string()).or_default().push(used);
+                }
+            }
+        }
+        let in_scope: HashSet<TenantId> = served.iter().map(|t| t.id).collect();
+        for (upstream, used) in &users {
+            let tenants: BTreeSet<&str> = used.iter().map(|(t, ..)| t.name.as_str()).collect();
+            let concerns_scope = used.iter().any(|(t, ..)| in_scope.contains(&t.id));
+            if tenants.len() < 2 || !concerns_scope || used.iter().all(|(.., shared)| *shared) {
+                continue;
+            }
+            let undeclared: Vec<String> = used
+                .iter()
+                .filter(|(.., shared)| !shared)
+                .map(|(t, api, _)| format!("{}/{api}", t.name))
+                .collect();
+            report.findings.push(Finding::new(
+                Severity::High,
+                "api.upstream",
+                upstream,
+                format!(
+                    "tenants {} send their traffic to the same upstream, which could mix their \
+                     data; not declared shared by {}",
+                    tenants.into_iter().collect::<Vec<_>>().join(", "),
+                    undeclared.join(", ")
+                ),
+                "give each tenant an upstream of its own, or, for a service that tells tenants \
+                 apart by the gateway's headers, set shared_upstream: true on each of these APIs",
+            ));
+        }
+        let apis: usize = all_apis.iter().map(|(_, apis)| apis.len()).sum();
+        report.checked.push(format!(
+            "gateway: the upstreams of {apis} APIs of {} tenants, shared only where declared",
+            all_apis.len()
+        ));
+        let Some((gateway, base_domain)) = &self.gateway else { return Ok(()) };
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| VerifyError::Database(format!("cannot make an HTTP client: {e}")))?;
+        let mut probed = 0;
+        for (tenant, apis) in &all_apis {
+            if tenant.state != TenantState::Active || !in_scope.contains(&tenant.id) {
+                continue;
+            }
+            for api in apis.iter().filter(|api| api.auth != ApiAuth::Public) {
+                probed += 1;
+                let method = api.methods.first().map_or("GET", String::as_str);
+                let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap_or_default();
+                let url = format!("{gateway}{}", api.prefix.as_str());
+                let host = base_domain.tenant_host(&tenant.name);
+                let answer = client.request(method, &url).header("host", host).send().await;
+                let problem = match answer {
+                    Ok(response) if response.status() == reqwest::StatusCode::UNAUTHORIZED => None,
+                    Ok(response) => Some(format!(
+                        "the gateway answered {} to a request without a credential",
+                        response.status()
+                    )),
+                    Err(error) => Some(format!("the gateway could not be asked: {error}")),
+                };
+                if let Some(problem) = problem {
+                    report.findings.push(Finding::new(
+                        Severity::Critical,
+                        "api.credential",
+                        format!("{}/{}", tenant.name, api.name),
+                        problem,
+                        "the API is not marked public, so the gateway must refuse it without \
+                         a credential: check the gateway's log, and `bulkhead apis get`",
+                    ));
+                }
+            }
+        }
+        report.checked.push(format!(
+            "gateway: {probed} APIs not marked public, each refused without a credential"
+        ));
+        Ok(())
     }
 
     /// Another served silo tenant of `tenant`'s region, whose database

@@ -50,7 +50,7 @@ pub struct Finding {
 }
 
 impl Finding {
-    fn new(
+    pub fn new(
         severity: Severity,
         check: &'static str,
         subject: impl Into<String>,

@@ -609,3 +609,46 @@ async fn verify_isolation_checks_embedded_tenants_files() {
     std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
     assert_eq!(verify_isolation(&server, &[]).0, 0);
 }
+
+#[tokio::test]
+async fn verify_isolation_checks_the_gateways_apis() {
+    let server = Server::embedded().await;
+    for tenant in ["shared-a", "shared-b"] {
+        server.cli_json(&["tenants", "create", tenant, "--plan", "starter", "--wait"]);
+        let created = server.cli(&[
+            "apis",
+            "create",
+            "--tenant",
+            tenant,
+            "orders",
+            "--prefix",
+            "/orders",
+            "--upstream",
+            "http://127.0.0.1:9",
+        ]);
+        assert!(created.status.success(), "{}", stderr(&created));
+    }
+    // Two tenants' traffic to one upstream, undeclared.
+    let (code, report) = verify_isolation(&server, &[]);
+    assert_eq!(code, 1, "{report:#}");
+    let upstream = ("high".into(), "api.upstream".into(), "http://127.0.0.1:9".into());
+    assert_eq!(findings(&report), vec![upstream], "{report:#}");
+    // Through the real gateway, each API refuses a request without a
+    // credential: probed, nothing found.
+    let checked = report["checked"].to_string();
+    assert!(checked.contains("2 APIs not marked public, each refused"), "{report:#}");
+    // With --tenant, the other tenant's APIs are still compared.
+    assert_eq!(verify_isolation(&server, &["--tenant", "shared-a"]).0, 1);
+
+    for tenant in ["shared-a", "shared-b"] {
+        let spec = serde_json::json!({
+            "name": "orders", "prefix": "/orders", "upstreams": ["http://127.0.0.1:9"],
+            "shared_upstream": true,
+        });
+        let path = format!("/v1/tenants/{tenant}/apis/orders");
+        let (status, body) = server.http().send(reqwest::Method::PUT, &path, Some(spec)).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let (code, report) = verify_isolation(&server, &[]);
+    assert_eq!((code, findings(&report)), (0, vec![]), "{report:#}");
+}
