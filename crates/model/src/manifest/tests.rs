@@ -109,7 +109,8 @@ fn unknown_fields_are_named_where_they_are() {
         errors(&text),
         [
             "m.yaml:20:3: unknown field `public`, expected one of name, prefix, upstreams, protocol, \
-          strip_prefix, methods, auth, roles, audience, timeouts, max_body_bytes, rate_limit, audit"
+          strip_prefix, methods, auth, roles, audience, timeouts, max_body_bytes, rate_limit, audit, \
+          shared_upstream"
         ]
     );
     let text = ACME.replace("kind: Tenant\n", "kind: Tenant\nstatus: {}\n");
