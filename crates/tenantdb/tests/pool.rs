@@ -346,6 +346,45 @@ async fn a_weakened_policy_is_found_and_bound_again() {
 }
 
 #[tokio::test]
+async fn a_partition_named_directly_is_bound_as_its_parent() {
+    let p = pool_with_two_tenants().await;
+    p.as_owner(
+        "CREATE TABLE events (tenant_id uuid NOT NULL, at date NOT NULL, body text) \
+           PARTITION BY RANGE (at); \
+         CREATE TABLE events_2026 PARTITION OF events \
+           FOR VALUES FROM ('2026-01-01') TO ('2027-01-01')",
+    )
+    .await;
+    let secured = pool::secure_tables(&p.servers, &p.region, &p.url).await.unwrap();
+    assert!(secured.contains(&"public.events_2026".to_owned()), "{secured:?}");
+    for t in [&p.a, &p.b] {
+        p.as_owner(&format!(
+            "SET {} = '{}'; INSERT INTO events (at, body) VALUES ('2026-06-01', 'x')",
+            pool::ADMIN_TENANT_SETTING,
+            t.id.0
+        ))
+        .await;
+    }
+    let mut a = p.lease(&p.a, true).await;
+    for table in ["events", "events_2026"] {
+        let seen: Vec<Uuid> =
+            sqlx::query_scalar(AssertSqlSafe(format!("SELECT tenant_id FROM {table}")))
+                .fetch_all(&mut a)
+                .await
+                .unwrap();
+        assert_eq!(seen, [p.a.id.0], "{table}");
+    }
+    let b_id = p.b.id.0;
+    let error = fails(
+        &mut a,
+        &format!("INSERT INTO events_2026 (tenant_id, at) VALUES ('{b_id}', '2026-02-01')"),
+    )
+    .await;
+    assert!(error.contains("row-level security"), "{error}");
+    assert_eq!(verify::pool(&p.servers, &p.region, &p.url).await.unwrap(), []);
+}
+
+#[tokio::test]
 async fn provisioning_another_pool_tenant_locks_no_bound_table() {
     let p = pool_with_two_tenants().await;
     // A's transaction holds notes (as a busy application's would): any

@@ -58,6 +58,7 @@ pub enum ErrorCode {
     Forbidden,
     CorruptData,
     ApiKeyNotFound,
+    MigrationNotFound,
     ApiNotFound,
     ApiExists,
     InvalidApi,
@@ -79,7 +80,7 @@ impl ErrorCode {
             Unauthorized => StatusCode::UNAUTHORIZED,
             LockedOut | Forbidden => StatusCode::FORBIDDEN,
             NotFound | TenantNotFound | SecretNotFound | LeaseNotFound | LockoutNotFound
-            | ApiKeyNotFound | ApiNotFound => StatusCode::NOT_FOUND,
+            | ApiKeyNotFound | ApiNotFound | MigrationNotFound => StatusCode::NOT_FOUND,
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             TenantExists
             | ImmutableField
@@ -134,6 +135,7 @@ impl ErrorCode {
             Forbidden => "forbidden",
             CorruptData => "corrupt_data",
             ApiKeyNotFound => "api_key_not_found",
+            MigrationNotFound => "migration_not_found",
             ApiNotFound => "api_not_found",
             ApiExists => "api_exists",
             InvalidApi => "invalid_api",

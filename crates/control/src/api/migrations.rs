@@ -64,7 +64,8 @@ pub async fn start_migration(
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListMigrationsParams {
-    /// How many of the latest jobs (default 20, at most 100).
+    /// How many of the latest jobs (1 to 100, default 20).
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<u32>,
 }
 
@@ -73,7 +74,11 @@ pub struct ListMigrationsParams {
 #[utoipa::path(
     get, path = "/v1/migrations", tag = "migrations",
     params(ListMigrationsParams),
-    responses((status = 200, body = MigrationJobList), (status = 403, body = ErrorBody)),
+    responses(
+        (status = 200, body = MigrationJobList),
+        (status = 400, description = "A limit out of range", body = ErrorBody),
+        (status = 403, body = ErrorBody),
+    ),
     security(("operator_token" = []))
 )]
 pub async fn list_migrations(
@@ -83,7 +88,10 @@ pub async fn list_migrations(
 ) -> Result<Json<MigrationJobList>, ApiError> {
     operator_only(&actor)?;
     let Query(params) = params?;
-    let limit = params.limit.unwrap_or(20).clamp(1, 100);
+    let limit = params.limit.unwrap_or(20);
+    if !(1..=100).contains(&limit) {
+        return Err(invalid(format!("limit {limit} is out of range; use 1 to 100")));
+    }
     let jobs = state.migrations.jobs(limit).await.map_err(migration_error)?;
     Ok(Json(MigrationJobList {
         jobs: jobs.into_iter().map(|job| MigrationJobView::new(job, false)).collect(),
@@ -107,7 +115,8 @@ pub async fn get_migration(
     Path(id): Path<String>,
 ) -> Result<Json<MigrationJobView>, ApiError> {
     operator_only(&actor)?;
-    let not_found = || ApiError::new(ErrorCode::NotFound, format!("no migration job {id:?}"));
+    let not_found =
+        || ApiError::new(ErrorCode::MigrationNotFound, format!("no migration job {id:?}"));
     let uuid = Uuid::parse_str(&id).map_err(|_| not_found())?;
     let report =
         state.migrations.job(uuid).await.map_err(migration_error)?.ok_or_else(not_found)?;

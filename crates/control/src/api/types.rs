@@ -803,9 +803,11 @@ pub struct StartMigrationRequest {
     pub canary: String,
     /// Databases migrated at once (1 to 64).
     #[serde(default = "default_concurrency")]
+    #[schema(minimum = 1, maximum = 64)]
     pub concurrency: u32,
     /// Start no new database after this many have failed.
     #[serde(default = "default_halt_after")]
+    #[schema(minimum = 1)]
     pub halt_after: u32,
     /// Only report what each database would take; change nothing.
     #[serde(default)]

@@ -191,7 +191,11 @@ pub async fn pool(
     migrations: &Migrations,
     mode: Mode,
 ) -> Result<Outcome, Error> {
-    let names = pool::ensure(servers, region, url).await?;
+    // A plan changes nothing, not even the pool's own objects.
+    let names = match mode {
+        Mode::Apply { .. } => pool::ensure(servers, region, url).await?,
+        Mode::Plan => PoolNames::of(region),
+    };
     let inside = servers.database_pool(&region.name, url, &names.database).await?;
     let result = async {
         let mut tx = pool::as_owner(&inside, &names).await?;

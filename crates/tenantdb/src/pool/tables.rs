@@ -15,7 +15,10 @@ use crate::{Error, PoolNames, sql::transient};
 pub const REFERENCE: &str = "reference";
 
 /// One tenant table: an ordinary or partitioned table outside the
-/// system's and Bulkhead's schemas with a `tenant_id` column.
+/// system's and Bulkhead's schemas with a `tenant_id` column. Partitions
+/// are tenant tables of their own: a query through the parent uses only
+/// the parent's policy, but one that names a partition uses the
+/// partition's.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct TableState {
     /// `schema.name`, each quoted as SQL needs.
@@ -83,7 +86,7 @@ pub async fn states<'e>(
          FROM pg_catalog.pg_class c \
          JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
          JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attname = $1 AND NOT a.attisdropped \
-         WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition \
+         WHERE c.relkind IN ('r', 'p') \
            AND n.nspname NOT IN ('pg_catalog', 'information_schema', $3) \
            AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%' \
          ORDER BY 1",
