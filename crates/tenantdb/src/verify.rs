@@ -118,6 +118,46 @@ async fn bypassing(admin: &PgPool, roles: &[&str], whose: &str) -> Result<Vec<Fi
         .collect())
 }
 
+/// Application roles of the pool (its groups, the tenants' roles, their
+/// leases) that are members of the pool's owner: `current_tenant()` takes
+/// such a session for an administrator's, which names its tenant itself.
+async fn owning(admin: &PgPool, names: &PoolNames) -> Result<Vec<Finding>, Error> {
+    let roles: Vec<(String,)> = sqlx::query_as(
+        "WITH RECURSIVE \
+           owners(oid) AS ( \
+             SELECT oid FROM pg_catalog.pg_roles WHERE rolname = $1 \
+             UNION SELECT m.member FROM pg_catalog.pg_auth_members m JOIN owners ON m.roleid = owners.oid \
+               WHERE m.member <> (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = current_user)), \
+           apps(oid) AS ( \
+             SELECT oid FROM pg_catalog.pg_roles WHERE rolname = ANY($2) \
+             UNION SELECT m.member FROM pg_catalog.pg_auth_members m JOIN apps ON m.roleid = apps.oid \
+               WHERE m.member <> (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = current_user)) \
+         SELECT r.rolname::text FROM pg_catalog.pg_roles r \
+         JOIN owners ON owners.oid = r.oid JOIN apps ON apps.oid = r.oid ORDER BY 1",
+    )
+    .bind(&names.owner)
+    .bind([names.writers.as_str(), names.readers.as_str()])
+    .fetch_all(admin)
+    .await
+    .map_err(transient("cannot read the pool's role memberships"))?;
+    Ok(roles
+        .into_iter()
+        .map(|(role,)| {
+            Finding::new(
+                Severity::Critical,
+                "role.owner",
+                &role,
+                "an application role that is a member of the pool's owner: its sessions are no \
+                 tenant's, and may set bulkhead.tenant_id to any tenant's",
+                format!(
+                    "REVOKE \"{}\" FROM \"{role}\" (or from the role it inherits it through)",
+                    names.owner
+                ),
+            )
+        })
+        .collect())
+}
+
 /// The pool database: every tenant table bound, no code that runs as its
 /// owner, nothing of it open to everyone, no application role above
 /// row-level security. Nothing to check when the region has no pool yet.
@@ -135,6 +175,7 @@ pub async fn pool(
     findings.extend(open_to_public(&admin, &names.database).await?);
     let roles = [names.writers.as_str(), names.readers.as_str()];
     findings.extend(bypassing(&admin, &roles, "an application role of the pool").await?);
+    findings.extend(owning(&admin, &names).await?);
     let inside = servers.database_pool(&region.name, url, &names.database).await?;
     let result = pool_tables(&inside, &names, &mut findings).await;
     inside.close().await;

@@ -234,4 +234,15 @@ async fn the_pool_binds_the_tables_a_migration_makes_and_refuses_undeclared_shar
     )
     .await;
     assert!(readable, "a shared table is readable, and only readable, by tenants");
+
+    // A policy that would widen the binding is refused; one that narrows
+    // it is not.
+    let widen = ("0003_widen.sql", "CREATE POLICY everyone ON tasks USING (true);");
+    let error = run(files(&[tasks, countries, widen])).await.unwrap_err();
+    assert!(error.contains("permissive policy besides bulkhead_tenant"), "{error}");
+    let narrow = (
+        "0003_narrow.sql",
+        "CREATE POLICY titled ON tasks AS RESTRICTIVE USING (title IS NOT NULL);",
+    );
+    assert_eq!(run(files(&[tasks, countries, narrow])).await.unwrap().to, 3);
 }

@@ -385,6 +385,27 @@ async fn a_partition_named_directly_is_bound_as_its_parent() {
 }
 
 #[tokio::test]
+async fn an_application_role_made_a_member_of_the_owner_is_found() {
+    let p = pool_with_two_tenants().await;
+    let roles = PoolTenantRoles::of(&p.region, &p.a);
+    let mut root = PgConnection::connect(&bulkhead_testkit::postgres_admin_url()).await.unwrap();
+    let grant = format!("GRANT \"{}\" TO \"{}\"", p.names.owner, roles.writer);
+    sqlx::query(AssertSqlSafe(grant)).execute(&mut root).await.unwrap();
+    // Why it matters: A's lease now names its tenant itself.
+    let mut a = p.lease(&p.a, true).await;
+    let b_id = p.b.id.0;
+    sqlx::query(AssertSqlSafe(format!("SET {} = '{b_id}'", pool::ADMIN_TENANT_SETTING)))
+        .execute(&mut a)
+        .await
+        .unwrap();
+    assert_eq!(bodies(&mut a).await, ["b1", "b2"]);
+    let found = verify::pool(&p.servers, &p.region, &p.url).await.unwrap();
+    let owners: Vec<&str> =
+        found.iter().filter(|f| f.check == "role.owner").map(|f| f.subject.as_str()).collect();
+    assert!(owners.contains(&roles.writer.as_str()), "{found:?}");
+}
+
+#[tokio::test]
 async fn provisioning_another_pool_tenant_locks_no_bound_table() {
     let p = pool_with_two_tenants().await;
     // A's transaction holds notes (as a busy application's would): any

@@ -313,9 +313,10 @@ async fn apply_postgres(
     Ok(outcome)
 }
 
-/// After the pool's files ran: binds every tenant table, makes every view
-/// `security_invoker`, and refuses a new table without a tenant column
-/// unless a file declared it shared (then every tenant may read it).
+/// After the pool's files ran: binds every tenant table, refuses another
+/// permissive policy on one, makes every view `security_invoker`, and
+/// refuses a new table without a tenant column unless a file declared it
+/// shared (then every tenant may read it).
 async fn bind_to_tenants(
     tx: &mut Transaction<'_, Postgres>,
     names: &PoolNames,
@@ -347,6 +348,17 @@ async fn bind_to_tenants(
             .await?;
     }
     pool::secure_in(tx, names).await?;
+    // Permissive policies are OR-ed: another one widens the binding.
+    if let Some(state) =
+        tables::states(&mut **tx, names).await?.iter().find(|s| s.other_policies > 0)
+    {
+        return Err(Error::Permanent(format!(
+            "table {} would have a permissive policy besides {}, which lets rows of other \
+             tenants through: make it AS RESTRICTIVE (restrictive policies only narrow)",
+            state.table,
+            pool::POLICY
+        )));
+    }
     let (version,): (i32,) = sqlx::query_as("SELECT current_setting('server_version_num')::int")
         .fetch_one(&mut **tx)
         .await
