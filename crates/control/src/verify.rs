@@ -150,6 +150,8 @@ impl Verifier {
                     siloed.len()
                 ));
             }
+            let stale = verify::stale_logins(&self.servers, region, url, now, LEASE_GRACE).await?;
+            report.findings.extend(stale);
             let roles = verify::lease_roles(&self.servers, region, url).await?;
             let leases = self.lease_findings(&here, &roles, now).await?;
             report.checked.push(format!(

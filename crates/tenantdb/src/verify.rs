@@ -462,6 +462,45 @@ pub async fn lease_roles(
     Ok(roles.into_iter().map(|(r,)| r).collect())
 }
 
+/// The short-lived logins of probes and migrations (`<prefix>v_…`,
+/// `<prefix>m_…`) still on the server more than `grace` after they
+/// expired: left by a server that stopped before dropping them. (One in
+/// use expires within minutes of being made.)
+pub async fn stale_logins(
+    servers: &RegionServers,
+    region: &Region,
+    url: &DatabaseUrl,
+    now: time::OffsetDateTime,
+    grace: std::time::Duration,
+) -> Result<Vec<Finding>, Error> {
+    let admin = servers.pool(&region.name, url)?;
+    let prefix = region.database_prefix.as_str().replace('_', "\\_");
+    let patterns = [format!("{prefix}v\\_%"), format!("{prefix}m\\_%")];
+    let stale: Vec<(String,)> = sqlx::query_as(
+        "SELECT rolname::text FROM pg_catalog.pg_roles \
+         WHERE (rolname LIKE $1 OR rolname LIKE $2) AND rolcanlogin \
+           AND coalesce(rolvaliduntil < $3, true) ORDER BY 1",
+    )
+    .bind(&patterns[0])
+    .bind(&patterns[1])
+    .bind(now - grace)
+    .fetch_all(&admin)
+    .await
+    .map_err(transient("cannot list the temporary logins"))?;
+    Ok(stale
+        .into_iter()
+        .map(|(role,)| {
+            Finding::new(
+                Severity::High,
+                "login.left",
+                &role,
+                "a short-lived login of a check or a migration, expired and still there",
+                format!("DROP OWNED BY \"{role}\"; DROP ROLE \"{role}\" (in each database it holds something in)"),
+            )
+        })
+        .collect())
+}
+
 /// An embedded tenant's directory and SQLite files: there, and readable by
 /// the server's user only (another local user, or another tenant's
 /// process under another user, must not open them).

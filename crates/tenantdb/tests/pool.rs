@@ -406,6 +406,22 @@ async fn an_application_role_made_a_member_of_the_owner_is_found() {
 }
 
 #[tokio::test]
+async fn an_expired_temporary_login_left_behind_is_found() {
+    let p = pool_with_two_tenants().await;
+    let prefix = p.region.database_prefix.as_str();
+    let mut root = PgConnection::connect(&bulkhead_testkit::postgres_admin_url()).await.unwrap();
+    for (role, until) in [("v_left", "2020-01-01"), ("m_inuse", "2999-01-01")] {
+        let sql = format!("CREATE ROLE \"{prefix}{role}\" LOGIN VALID UNTIL '{until}'");
+        sqlx::query(AssertSqlSafe(sql)).execute(&mut root).await.unwrap();
+    }
+    let now = OffsetDateTime::now_utc();
+    let grace = Duration::from_secs(300);
+    let found = verify::stale_logins(&p.servers, &p.region, &p.url, now, grace).await.unwrap();
+    let subjects: Vec<&str> = found.iter().map(|f| f.subject.as_str()).collect();
+    assert_eq!(subjects, [format!("{prefix}v_left")], "{found:?}");
+}
+
+#[tokio::test]
 async fn provisioning_another_pool_tenant_locks_no_bound_table() {
     let p = pool_with_two_tenants().await;
     // A's transaction holds notes (as a busy application's would): any
