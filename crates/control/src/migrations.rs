@@ -85,6 +85,10 @@ pub struct JobSpec {
     pub concurrency: u32,
     pub halt_after: u32,
     pub dry_run: bool,
+    /// It covered every tenant (no `--tenant`): once it succeeds, its files
+    /// are every database's schema, and new tenants' databases take them.
+    #[serde(default)]
+    pub every_tenant: bool,
 }
 
 /// A job and its targets, as recorded.
@@ -197,6 +201,7 @@ impl MigrationService {
             concurrency: request.concurrency,
             halt_after: request.halt_after,
             dry_run: request.dry_run,
+            every_tenant: request.tenants.is_empty(),
         };
         let job = MigrationJobRecord {
             id,
@@ -613,4 +618,22 @@ fn actor_of(created_by: &str) -> Actor {
         Some(name) => Actor::Operator(name.to_owned()),
         None => Actor::Scheduler,
     }
+}
+
+/// The files every tenant database has: those of the latest job that
+/// covered every tenant and succeeded (not a dry run), with its id.
+pub async fn current_schema(
+    store: &dyn ControlStore,
+) -> Result<Option<(Uuid, Migrations)>, StoreError> {
+    for job in store.migration_jobs(100).await? {
+        if job.state != job_state::SUCCEEDED {
+            continue;
+        }
+        let spec: JobSpec = serde_json::from_str(&job.spec)
+            .map_err(|e| StoreError::Corrupt(format!("migration job {}: {e}", job.id)))?;
+        if spec.every_tenant && !spec.dry_run {
+            return Ok(Some((job.id, spec.migrations)));
+        }
+    }
+    Ok(None)
 }

@@ -592,6 +592,7 @@ pub async fn start_with_steps(
         shutdown_rx.clone(),
     ));
     let services = StepServices {
+        store: Arc::clone(&store),
         servers,
         vault: Arc::clone(&vault),
         credentials: Arc::clone(&credentials),

@@ -107,6 +107,7 @@ impl Fixture {
             .unwrap(),
         );
         standard_steps(&StepServices {
+            store: self.store.clone(),
             servers: servers.clone(),
             vault,
             identity,
@@ -329,6 +330,7 @@ fn all_steps(status: StepStatus) -> Vec<(String, StepStatus)> {
         "create_database",
         "create_realm",
         "database_credentials",
+        "migrate_database",
     ]
     .into_iter()
     .map(|step| (step.to_owned(), status))

@@ -195,6 +195,13 @@ async fn migrate_rolls_across_silo_and_pool_tenants_with_canary_halt_and_resume(
     assert_eq!(states(&report), stopped);
     assert_eq!(report["targets"][1]["detail"], "a canary failed");
 
+    // A new tenant's database takes the schema of the latest job that
+    // covered every tenant and succeeded: 0001 and 0002.
+    server.cli_json(&["tenants", "create", "silo-d", "--plan", "enterprise", "--wait"]);
+    assert_eq!(version(&database(&server, "silo-d")).await, 2);
+    let view = server.cli_json(&["tenants", "get", "silo-d"]);
+    assert_eq!(crate::kit::step_output(&view, "migrate_database")["version"], 2);
+
     // A file changed after it was applied is refused by every database.
     write(
         dir.path(),
@@ -202,6 +209,7 @@ async fn migrate_rolls_across_silo_and_pool_tenants_with_canary_halt_and_resume(
     );
     let (code, report) = migrate(&server, &["--dir", d, "--canary", "0", "--halt-after", "9"]);
     assert_eq!(code, 1, "{report}");
+    assert_eq!(report["targets"].as_array().unwrap().len(), 5, "{report}");
     for target in report["targets"].as_array().unwrap() {
         let detail = target["detail"].as_str().unwrap();
         assert!(detail.contains("0001_notes.sql changed after it was applied"), "{detail}");

@@ -13,12 +13,14 @@ mod database;
 mod directory;
 mod keys;
 mod realm;
+mod schema;
 
 use std::{fmt, path::PathBuf, sync::Arc};
 
 use async_trait::async_trait;
 use bulkhead_audit::AuditLog;
 use bulkhead_model::{Region, Tenant};
+use bulkhead_store::ControlStore;
 use bulkhead_vault::Vault;
 use thiserror::Error;
 
@@ -30,6 +32,7 @@ pub use database::CreateDatabase;
 pub use directory::AllocateDirectory;
 pub use keys::{CreateDataKey, DatabaseCredentials};
 pub use realm::CreateRealm;
+pub use schema::MigrateDatabase;
 
 /// The tenant a step works on, and where its region keeps databases.
 #[derive(Debug, Clone)]
@@ -84,6 +87,7 @@ pub trait ProvisioningStep: Send + Sync + fmt::Debug {
 /// What the standard steps work with.
 #[derive(Debug, Clone)]
 pub struct StepServices {
+    pub store: Arc<dyn ControlStore>,
     pub servers: RegionServers,
     pub vault: Arc<Vault>,
     pub credentials: Arc<Credentials>,
@@ -105,6 +109,11 @@ pub fn standard_steps(services: &StepServices) -> Vec<Arc<dyn ProvisioningStep>>
         Arc::new(CreateAuditKey::new(Arc::clone(&services.audit_keys), services.audit.clone())),
         Arc::new(CreateRealm::new(Arc::clone(&services.identity))),
         Arc::new(CreateDatabase::new(services.servers.clone())),
+        Arc::new(MigrateDatabase::new(
+            Arc::clone(&services.store),
+            services.servers.clone(),
+            Arc::clone(&services.clock),
+        )),
         Arc::new(DatabaseCredentials::new(
             Arc::clone(&services.credentials),
             Arc::clone(&services.clock),
