@@ -404,8 +404,10 @@ impl MigrationService {
         }
         // What never started is skipped, with why; what started and has
         // no outcome (its task panicked) failed.
+        let mut skipped = 0;
         for mut target in self.store.migration_targets(job.id).await? {
             if target.state == state::PENDING {
+                skipped += 1;
                 target.state = state::SKIPPED.into();
                 target.detail = Some(halted.clone().unwrap_or_else(|| "not started".into()));
             } else if target.state == state::RUNNING {
@@ -419,10 +421,11 @@ impl MigrationService {
             target.finished_at = Some(self.clock.now());
             self.store.update_migration_target(&target).await?;
         }
-        let end = match (&halted, failures) {
-            (Some(_), _) => job_state::HALTED,
-            (None, 0) => job_state::SUCCEEDED,
-            (None, _) => job_state::FAILED,
+        // Halted only if it left something unstarted.
+        let end = match (skipped, failures) {
+            (0, 0) => job_state::SUCCEEDED,
+            (0, _) => job_state::FAILED,
+            _ => job_state::HALTED,
         };
         self.store.finish_migration_job(job.id, end, self.clock.now()).await?;
         self.events

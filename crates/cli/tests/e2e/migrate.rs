@@ -210,6 +210,8 @@ async fn migrate_rolls_across_silo_and_pool_tenants_with_canary_halt_and_resume(
     let (code, report) = migrate(&server, &["--dir", d, "--canary", "0", "--halt-after", "9"]);
     assert_eq!(code, 1, "{report}");
     assert_eq!(report["targets"].as_array().unwrap().len(), 5, "{report}");
+    // Every one was tried: failed, not halted.
+    assert_eq!(report["state"], "failed");
     for target in report["targets"].as_array().unwrap() {
         let detail = target["detail"].as_str().unwrap();
         assert!(detail.contains("0001_notes.sql changed after it was applied"), "{detail}");

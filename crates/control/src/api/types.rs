@@ -840,9 +840,9 @@ pub struct MigrationFile {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct MigrationJobView {
     pub id: uuid::Uuid,
-    /// `running`, `succeeded`, `failed` (some databases failed, the others
-    /// ran) or `halted` (a canary failed, or `halt_after` databases did;
-    /// those not started are `skipped`).
+    /// `running`, `succeeded`, `failed` (some databases failed, every one
+    /// was tried) or `halted` (a canary failed, or `halt_after` databases
+    /// did, and those not started are `skipped`).
     #[schema(example = "running")]
     pub state: String,
     #[serde(with = "time::serde::rfc3339")]
