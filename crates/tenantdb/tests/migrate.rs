@@ -245,4 +245,16 @@ async fn the_pool_binds_the_tables_a_migration_makes_and_refuses_undeclared_shar
         "CREATE POLICY titled ON tasks AS RESTRICTIVE USING (title IS NOT NULL);",
     );
     assert_eq!(run(files(&[tasks, countries, narrow])).await.unwrap().to, 3);
+
+    // A file that steps out of the owner's role makes a tenant table the
+    // owner does not own, which could switch its row-level security off:
+    // refused, the whole run with it.
+    let escape = (
+        "0004_escape.sql",
+        "RESET ROLE; CREATE TABLE audit_trail (tenant_id uuid NOT NULL, what text);",
+    );
+    let error = run(files(&[tasks, countries, narrow, escape])).await.unwrap_err();
+    assert!(error.contains("public.audit_trail belongs to"), "{error}");
+    let none: bool = one(&mut conn, "SELECT to_regclass('public.audit_trail') IS NULL").await;
+    assert!(none, "the refused run's table stayed");
 }
