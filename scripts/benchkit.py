@@ -18,7 +18,7 @@ import time
 import uuid
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.path.join(ROOT, "target", "release", "bulkhead")
+BIN = os.environ.get("BULKHEAD_BIN") or os.path.join(ROOT, "target", "release", "bulkhead")
 ADMIN = os.environ.get("BULKHEAD_TEST_POSTGRES", "postgres://postgres@127.0.0.1:5432/postgres")
 
 

@@ -20,9 +20,14 @@ use bulkhead_model::{
 use bulkhead_store::{ControlStore, StoreError};
 pub use bulkhead_tenantdb::verify::{Finding, Severity};
 use bulkhead_tenantdb::{RegionServers, verify};
+use futures_util::{StreamExt, TryStreamExt, stream};
 use thiserror::Error;
 
 use crate::{apis::decode, clock::Clock};
+
+/// Tenants probed at once: each probe makes a login, uses it and drops
+/// it, which keeps the region's server busy rather than waiting.
+const PROBES_AT_ONCE: usize = 4;
 
 /// A lease's role may outlive its expiry by this much (the sweeper's
 /// pace, retries included) before it counts as left behind.
@@ -115,10 +120,18 @@ impl Verifier {
                 report.findings.extend(verify::pool(&self.servers, region, url).await?);
                 report.checked.push(format!("region {}: the pool database", region.name));
             }
-            for tenant in &pooled {
-                let found = verify::probe_pool(&self.servers, region, url, tenant, now).await?;
-                report.findings.extend(found);
-            }
+            // Owned tenants: a stream over borrowed ones is not `Send` for
+            // every lifetime the handler's future needs.
+            let owned: Vec<Tenant> = pooled.iter().map(|t| (*t).clone()).collect();
+            let servers = &self.servers;
+            let found: Vec<Vec<Finding>> = stream::iter(owned)
+                .map(|tenant| async move {
+                    verify::probe_pool(servers, region, url, &tenant, now).await
+                })
+                .buffered(PROBES_AT_ONCE)
+                .try_collect()
+                .await?;
+            report.findings.extend(found.into_iter().flatten());
             if !pooled.is_empty() {
                 report.checked.push(format!(
                     "region {}: {} pool tenants, each with a fresh login reading and writing every tenant table",
@@ -128,8 +141,8 @@ impl Verifier {
             }
             // Each silo tenant tries the next one's database: every database
             // is tried once, by someone else.
+            let mut pairs = Vec::new();
             for (i, tenant) in siloed.iter().enumerate() {
-                report.findings.extend(verify::silo(&self.servers, region, url, tenant).await?);
                 let other = match only {
                     Some(_) => self.other_silo(tenant).await?,
                     None => siloed
@@ -137,12 +150,22 @@ impl Verifier {
                         .filter(|o| o.id != tenant.id)
                         .map(|o| (*o).clone()),
                 };
-                if let Some(other) = other {
-                    let found =
-                        verify::probe_silo(&self.servers, region, url, tenant, &other, now).await?;
-                    report.findings.extend(found);
-                }
+                pairs.push(((*tenant).clone(), other));
             }
+            let found: Vec<Vec<Finding>> = stream::iter(pairs)
+                .map(|(tenant, other)| async move {
+                    let mut found = verify::silo(servers, region, url, &tenant).await?;
+                    if let Some(other) = other {
+                        found.extend(
+                            verify::probe_silo(servers, region, url, &tenant, &other, now).await?,
+                        );
+                    }
+                    Ok::<_, VerifyError>(found)
+                })
+                .buffered(PROBES_AT_ONCE)
+                .try_collect()
+                .await?;
+            report.findings.extend(found.into_iter().flatten());
             if !siloed.is_empty() {
                 report.checked.push(format!(
                     "region {}: {} silo databases, each closed to another tenant's fresh login",
