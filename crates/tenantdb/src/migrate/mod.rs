@@ -179,7 +179,11 @@ pub async fn silo(
     }
     .await;
     let heir = Heir { database: &names.database, owner: &names.owner };
-    login.drop(servers, region, url, heir).await?;
+    // What happened to the migration is what is reported (one that
+    // committed is done) even if its login cannot be dropped now: the login
+    // expires within minutes, and `verify isolation` reports it once it has
+    // (`login.left`).
+    let _ = login.drop(servers, region, url, heir).await;
     result
 }
 
