@@ -47,15 +47,7 @@ def main():
         api = server.api
         names = [f"bench-{i:05d}" for i in range(args.n)]
 
-        def create(name):
-            status, body = api.call("POST", "/v1/tenants", {"name": name, "plan": "enterprise"})
-            if status != 202:
-                raise RuntimeError(f"{name}: {status} {body}")
-
-        with concurrent.futures.ThreadPoolExecutor(8) as pool:
-            list(pool.map(create, names))
-        while api.call("GET", "/v1/tenants?state=provisioning&limit=1")[1]["tenants"]:
-            time.sleep(0.05)
+        server.create([(name, "enterprise") for name in names])
 
         files = []
         one_db = None

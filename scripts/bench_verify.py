@@ -12,7 +12,6 @@ Uses only the standard library; everything it makes is removed at the end.
 """
 
 import argparse
-import concurrent.futures
 import os
 import statistics
 import sys
@@ -34,16 +33,7 @@ def main():
         tenants = [(f"silo-{i:04d}", "enterprise") for i in range(args.n)]
         tenants += [(f"pool-{i:04d}", "professional") for i in range(args.p)]
 
-        def create(tenant):
-            name, plan = tenant
-            status, body = api.call("POST", "/v1/tenants", {"name": name, "plan": plan})
-            if status != 202:
-                raise RuntimeError(f"{name}: {status} {body}")
-
-        with concurrent.futures.ThreadPoolExecutor(8) as pool:
-            list(pool.map(create, tenants))
-        while api.call("GET", "/v1/tenants?state=provisioning&limit=1")[1]["tenants"]:
-            time.sleep(0.05)
+        server.create(tenants)
 
         print(f"{BIN}\nsilo tenants={args.n} pool tenants={args.p} (PostgreSQL)")
         times = []

@@ -116,6 +116,22 @@ class BenchServer:
             psql(f'DROP DATABASE IF EXISTS "{self.prefix}pool" WITH (FORCE)')
         shutil.rmtree(self.work, ignore_errors=True)
 
+    def create(self, tenants, clients=8):
+        """Creates the tenants ((name, plan) pairs) through the API and waits
+        until none is provisioning."""
+        import concurrent.futures
+
+        def create(tenant):
+            name, plan = tenant
+            status, body = self.api.call("POST", "/v1/tenants", {"name": name, "plan": plan})
+            if status != 202:
+                raise RuntimeError(f"{name}: {status} {body}")
+
+        with concurrent.futures.ThreadPoolExecutor(clients) as pool:
+            list(pool.map(create, tenants))
+        while self.api.call("GET", "/v1/tenants?state=provisioning&limit=1")[1]["tenants"]:
+            time.sleep(0.05)
+
     def purge(self, names, clients=8):
         """Purges the tenants through the API and waits until they are gone."""
         import concurrent.futures

@@ -16,7 +16,10 @@ use sqlx::{
     postgres::{PgConnectOptions, PgPoolOptions},
 };
 
-use crate::{Error, sql::transient};
+use crate::{
+    Error,
+    sql::{server_version, transient},
+};
 
 /// Admin connection pools to each PostgreSQL region, made on first use and
 /// shared by every step that needs them.
@@ -70,11 +73,7 @@ impl RegionServers {
         // Timeouts newer servers have, which a tenant's owner role could set
         // on its database to end Bulkhead's sessions there at once; an older
         // server refuses a setting it does not know, so only what it has.
-        let (version,): (i32,) =
-            sqlx::query_as("SELECT current_setting('server_version_num')::int")
-                .fetch_one(&self.pool(region, url)?)
-                .await
-                .map_err(transient("cannot reach the region's PostgreSQL server"))?;
+        let version = server_version(&self.pool(region, url)?).await?;
         let mut later = Vec::new();
         if version >= 140_000 {
             later.push(("idle_session_timeout", "0"));

@@ -17,6 +17,15 @@ pub fn transient(what: &str) -> impl Fn(sqlx::Error) -> Error + '_ {
     move |e| Error::Transient(format!("{what}: {}", bulkhead_store::describe_error(&e)))
 }
 
+/// The server's version as a number (`150004` for 15.4).
+pub async fn server_version<'e>(executor: impl sqlx::PgExecutor<'e>) -> Result<i32, Error> {
+    let (version,): (i32,) = sqlx::query_as("SELECT current_setting('server_version_num')::int")
+        .fetch_one(executor)
+        .await
+        .map_err(transient("cannot reach the region's PostgreSQL server"))?;
+    Ok(version)
+}
+
 pub async fn exists(pool: &PgPool, catalog_query: &'static str, name: &str) -> Result<bool, Error> {
     let found: Option<(i32,)> = sqlx::query_as(catalog_query)
         .bind(name)

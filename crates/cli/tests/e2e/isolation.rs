@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use sqlx::{AssertSqlSafe, PgConnection};
 
-use crate::kit::{Server, Store, admin, connect, role_exists, stderr};
+use crate::kit::{Server, Store, admin, connect, pool_tenant, role_exists, stderr};
 
 /// A silo tenant's database and roles, from its `create_database` step.
 struct Silo {
@@ -383,20 +383,6 @@ async fn the_recommended_postgres_roles_run_bulkhead() {
     exec(&mut conn, "CREATE TABLE t (x int)").await;
     revoke(&server, &lease).await;
     purge_leaves_nothing(&server, "acme", &acme, &[]).await;
-}
-
-/// Creates `name` as a pool tenant and returns its view.
-fn pool_tenant(server: &Server, name: &str) -> Value {
-    server.cli_json(&[
-        "tenants",
-        "create",
-        name,
-        "--plan",
-        "professional",
-        "--isolation",
-        "pool",
-        "--wait",
-    ])
 }
 
 /// The application's tenant table, made in the pool as its migration

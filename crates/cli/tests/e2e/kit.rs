@@ -398,6 +398,20 @@ pub fn exit_code(output: &Output) -> i32 {
     output.status.code().unwrap_or(-1)
 }
 
+/// Creates `name` as a pool tenant and returns its view.
+pub fn pool_tenant(server: &Server, name: &str) -> Value {
+    server.cli_json(&[
+        "tenants",
+        "create",
+        name,
+        "--plan",
+        "professional",
+        "--isolation",
+        "pool",
+        "--wait",
+    ])
+}
+
 /// The output a tenant view's step `name` recorded.
 pub fn step_output<'a>(tenant: &'a Value, name: &str) -> &'a Value {
     let steps = tenant["steps"].as_array().expect("a tenant view with steps");

@@ -11,7 +11,7 @@ use std::{
 use serde_json::Value;
 use sqlx::AssertSqlSafe;
 
-use crate::kit::{Server, admin, exit_code, stderr, stdout};
+use crate::kit::{Server, admin, exit_code, pool_tenant, stderr, stdout};
 
 fn write(dir: &Path, files: &[(&str, &str)]) {
     for (name, sql) in files {
@@ -86,16 +86,7 @@ async fn migrate_rolls_across_silo_and_pool_tenants_with_canary_halt_and_resume(
         server.cli_json(&["tenants", "create", name, "--plan", "enterprise", "--wait"]);
     }
     for name in ["pool-a", "pool-b"] {
-        server.cli_json(&[
-            "tenants",
-            "create",
-            name,
-            "--plan",
-            "professional",
-            "--isolation",
-            "pool",
-            "--wait",
-        ]);
+        pool_tenant(&server, name);
     }
     let (a1, a2, a3) =
         (database(&server, "silo-a"), database(&server, "silo-b"), database(&server, "silo-c"));

@@ -38,7 +38,7 @@ use crate::{
     Error, PoolNames, RegionServers, SiloNames,
     login::{Purpose, TemporaryLogin},
     pool::{self, SCHEMA, tables},
-    sql::{ddl_in, transient},
+    sql::{ddl_in, server_version, transient},
 };
 
 /// Serialises migrations of one database (two runs at once would both
@@ -363,11 +363,7 @@ async fn bind_to_tenants(
             pool::POLICY
         )));
     }
-    let (version,): (i32,) = sqlx::query_as("SELECT current_setting('server_version_num')::int")
-        .fetch_one(&mut **tx)
-        .await
-        .map_err(transient("cannot read the server's version"))?;
-    if version >= 150_000 {
+    if server_version(&mut **tx).await? >= 150_000 {
         for (view, materialized) in tables::definer_views(&mut **tx).await? {
             if !materialized {
                 ddl_in(tx, format!("ALTER VIEW {view} SET (security_invoker = true)")).await?;
