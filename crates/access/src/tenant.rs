@@ -230,3 +230,18 @@ impl Renewal {
         Ok(due)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_renewal_point_outside_a_leases_life_is_refused() {
+        for renew_at in [0.0, 1.0, 1.5, f64::NAN] {
+            let options = Options { renew_at, ..Options::default() };
+            let url = zeroize::Zeroizing::new("postgres://x@127.0.0.1:1/x".to_owned());
+            let error = TenantDb::open(Source::Url(url), &options).await.unwrap_err();
+            assert!(error.to_string().contains("between 0 and 1"), "{renew_at}: {error}");
+        }
+    }
+}

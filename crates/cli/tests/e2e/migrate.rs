@@ -267,6 +267,14 @@ async fn migrate_on_the_embedded_default_and_its_bad_input() {
     for name in ["emb-a", "emb-b"] {
         server.cli_json(&["tenants", "create", name, "--plan", "enterprise", "--wait"]);
     }
+    let no_dir = server.cli(&["migrate"]);
+    assert_eq!(exit_code(&no_dir), 2);
+    assert!(stderr(&no_dir).contains("bulkhead migrate --dir DIR"), "{}", stderr(&no_dir));
+    let none_yet = server.cli(&["migrate", "status"]);
+    assert_eq!(exit_code(&none_yet), 3);
+    assert!(stderr(&none_yet).contains("start one with"), "{}", stderr(&none_yet));
+    let unknown = server.cli(&["migrate", "status", "not-a-job"]);
+    assert_eq!(exit_code(&unknown), 3, "{}", stderr(&unknown));
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().to_str().unwrap();
     let empty = server.cli(&["migrate", "--dir", d]);
