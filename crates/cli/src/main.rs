@@ -17,6 +17,12 @@ use clap::Parser;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
+    // The runtime's sandbox helper is this binary run again: it must start
+    // before anything else (no async runtime, no threads).
+    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    if args.first().is_some_and(|a| a == bulkhead_runtime::sandbox::HELPER_ARG) {
+        return bulkhead_runtime::sandbox::helper_main(&args[1..]);
+    }
     let cli = args::Cli::parse();
     let json = cli.global.output == args::Output::Json;
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {

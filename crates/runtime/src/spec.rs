@@ -1,0 +1,117 @@
+//! What one confined worker is: the description the supervisor hands to the
+//! sandbox helper over its control socket. Paths under `binds` are host
+//! paths; `command`, `cwd` and every `at` are paths inside the sandbox.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+/// One worker's sandbox.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SandboxSpec {
+    /// The worker's name: its hostname inside, and how errors name it.
+    pub name: String,
+    /// The tenant's Unix user and group; the worker has no other group.
+    pub uid: u32,
+    pub gid: u32,
+    /// The program, as seen inside the sandbox (for example `/app/server`).
+    pub command: PathBuf,
+    pub args: Vec<String>,
+    /// The whole environment: nothing of the supervisor's is passed on.
+    pub env: Vec<(String, String)>,
+    pub cwd: PathBuf,
+    /// An empty host directory on which the new root is built; mounts are
+    /// private to the worker's mount namespace, so every worker can share it.
+    pub root: PathBuf,
+    /// Host directories made visible inside, each read-only unless `writable`.
+    pub binds: Vec<Bind>,
+    /// Files written into a private in-memory directory, `/run/secrets`,
+    /// readable by the worker's user only.
+    pub secrets: Vec<SecretFile>,
+    pub limits: SandboxLimits,
+    /// Which confinement layers to apply; the supervisor turns off those the
+    /// machine lacks, and says so.
+    pub layers: LayerSwitches,
+    /// TCP ports on loopback the worker may connect to (the forwards the
+    /// supervisor listens on inside its network namespace).
+    pub connect_ports: Vec<u16>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Bind {
+    pub host: PathBuf,
+    pub at: PathBuf,
+    pub writable: bool,
+}
+
+/// A secret delivered as a file; the value is wiped from memory when dropped.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct SecretFile {
+    /// A file name: no `/`, not `.` or `..`.
+    pub name: String,
+    pub value: Zeroizing<String>,
+}
+
+impl std::fmt::Debug for SecretFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecretFile").field("name", &self.name).finish_non_exhaustive()
+    }
+}
+
+/// Limits enforced inside the sandbox itself (the cgroup's are set by the
+/// supervisor).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SandboxLimits {
+    /// `RLIMIT_NOFILE`.
+    pub open_files: u64,
+    /// Size of the private `/tmp` (and `/dev/shm`), in bytes.
+    pub tmp_bytes: u64,
+    /// `RLIMIT_NPROC` for the tenant's user, when no pids cgroup caps it.
+    pub processes: Option<u64>,
+}
+
+/// Each confinement layer, on or off.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LayerSwitches {
+    /// Own user, group, no supplementary groups.
+    pub user: bool,
+    /// Mount, PID, IPC, UTS and cgroup namespaces and the private root.
+    pub namespaces: bool,
+    /// Own network namespace (only loopback).
+    pub network: bool,
+    pub landlock: bool,
+    pub seccomp: bool,
+}
+
+impl LayerSwitches {
+    pub const ALL: Self =
+        Self { user: true, namespaces: true, network: true, landlock: true, seccomp: true };
+}
+
+/// Where a worker's program lives and what the sandbox shows of the system.
+pub mod paths {
+    /// Top-level system paths shown read-only (symbolic links are copied as
+    /// links, so merged-`/usr` systems look the same inside).
+    pub const SYSTEM: [&str; 7] = ["/usr", "/bin", "/sbin", "/lib", "/lib64", "/lib32", "/libx32"];
+    /// What of `/etc` is shown: the dynamic loader's cache, certificates, the
+    /// time zone, name-service switches. Not the rest: `/etc` can hold the
+    /// server's own configuration.
+    pub const ETC: [&str; 12] = [
+        "ld.so.cache",
+        "ld.so.conf",
+        "ld.so.conf.d",
+        "ssl",
+        "ca-certificates",
+        "ca-certificates.conf",
+        "alternatives",
+        "localtime",
+        "nsswitch.conf",
+        "protocols",
+        "services",
+        "mime.types",
+    ];
+    /// Device nodes bound from the host's `/dev`.
+    pub const DEVICES: [&str; 5] = ["null", "zero", "full", "random", "urandom"];
+    pub const SECRETS: &str = "/run/secrets";
+}

@@ -1,0 +1,556 @@
+//! The supervisor: starts each worker in its sandbox, watches it, restarts
+//! it with exponential backoff when it ends, marks it `failed` after a crash
+//! loop, and stops it gracefully (SIGTERM, then SIGKILL after a grace
+//! period). One task per worker: a worker that crashes, hangs or is killed
+//! for memory affects no other worker's task.
+
+use std::{
+    collections::HashMap,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use serde::Serialize;
+use time::OffsetDateTime;
+use tokio::{
+    sync::{broadcast, mpsc, watch},
+    task::JoinHandle,
+};
+
+use crate::{
+    cgroup::{CgroupLimits, Cgroups},
+    forward::{self, Target},
+    launch::{Launched, Output, launch},
+    logs::{self, LogFile, Now, Rotation},
+    sandbox::{HELPER_ARG, Probe},
+    spec::{LayerSwitches, SandboxSpec},
+};
+
+#[derive(Clone)]
+pub struct SupervisorConfig {
+    /// The `bulkhead` binary (it is also the sandbox helper).
+    pub helper: PathBuf,
+    /// Names this supervisor's cgroups, so servers sharing a machine keep
+    /// apart (derived from the data directory).
+    pub instance: String,
+    /// An empty directory on which sandboxes build their root.
+    pub sandbox_root: PathBuf,
+    pub now: Now,
+}
+
+impl std::fmt::Debug for SupervisorConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SupervisorConfig")
+            .field("helper", &self.helper)
+            .field("instance", &self.instance)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Which confinement layers this machine gives, and why not the others.
+#[derive(Debug, Clone, Serialize)]
+pub struct Layers {
+    pub probe: Probe,
+    /// `Ok(version)` or why cgroups cannot be used.
+    pub cgroups: Result<&'static str, String>,
+}
+
+impl Layers {
+    pub fn switches(&self) -> LayerSwitches {
+        LayerSwitches {
+            user: self.probe.root,
+            namespaces: self.probe.namespaces.is_none(),
+            network: self.probe.network.is_none(),
+            landlock: self.probe.landlock.is_none(),
+            seccomp: self.probe.seccomp.is_none(),
+        }
+    }
+
+    /// Every missing layer, with the reason: said at start-up and reported
+    /// by `bulkhead verify isolation`.
+    pub fn missing(&self) -> Vec<(&'static str, String)> {
+        let mut missing = Vec::new();
+        if !self.probe.root {
+            missing.push((
+                "user",
+                "the server does not run as root: workers run as the server's own user".to_owned(),
+            ));
+        }
+        for (layer, reason) in [
+            ("namespaces", &self.probe.namespaces),
+            ("network", &self.probe.network),
+            ("landlock", &self.probe.landlock),
+            ("seccomp", &self.probe.seccomp),
+        ] {
+            if let Some(reason) = reason {
+                missing.push((layer, reason.clone()));
+            }
+        }
+        if let Err(reason) = &self.cgroups {
+            missing.push(("cgroups", reason.clone()));
+        }
+        missing
+    }
+}
+
+/// When a worker that keeps ending is restarted, and when it is given up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RestartPolicy {
+    pub initial: Duration,
+    pub max: Duration,
+    /// Ends in a row (each within `stable_after` of its start) that make a
+    /// crash loop: the worker is marked failed and not restarted.
+    pub crash_loop: u32,
+    pub stable_after: Duration,
+    /// How long a stop waits after SIGTERM before SIGKILL.
+    pub grace: Duration,
+}
+
+impl Default for RestartPolicy {
+    fn default() -> Self {
+        Self {
+            initial: Duration::from_millis(500),
+            max: Duration::from_secs(60),
+            crash_loop: 5,
+            stable_after: Duration::from_secs(60),
+            grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Everything about one worker.
+#[derive(Debug, Clone)]
+pub struct WorkerSpec {
+    /// Unique among this supervisor's workers: names its cgroup and log.
+    pub key: String,
+    pub sandbox: SandboxSpec,
+    pub limits: CgroupLimits,
+    /// Port inside the worker's network → where it leads.
+    pub forwards: Vec<(u16, Target)>,
+    pub log_dir: PathBuf,
+    pub log_rotation: Rotation,
+    pub restart: RestartPolicy,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum WorkerState {
+    Starting,
+    Running {
+        pid: u32,
+        #[serde(with = "time::serde::rfc3339")]
+        since: OffsetDateTime,
+        restarts: u32,
+        /// How the kernel enforced the worker's Landlock rules.
+        landlock: String,
+    },
+    Backoff {
+        failures: u32,
+        retry_in_ms: u64,
+        last_exit: String,
+    },
+    Failed {
+        reason: String,
+    },
+    Stopped,
+}
+
+/// What happened to a worker, for the audit stream and the console.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    pub key: String,
+    pub kind: EventKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventKind {
+    Started {
+        pid: u32,
+    },
+    /// Ended without being asked to; it will be restarted.
+    Exited {
+        reason: String,
+    },
+    /// Gave up: crash loop, or the sandbox cannot be built.
+    Failed {
+        reason: String,
+    },
+    Stopped,
+}
+
+#[derive(Debug)]
+enum Control {
+    Stop { grace: Duration },
+    Signal(i32),
+}
+
+#[derive(Debug)]
+struct Handle {
+    control: mpsc::Sender<Control>,
+    state: watch::Receiver<WorkerState>,
+    task: JoinHandle<()>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Supervisor {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    config: SupervisorConfig,
+    layers: Layers,
+    cgroups: Option<Cgroups>,
+    workers: Mutex<HashMap<String, Handle>>,
+    events: broadcast::Sender<Event>,
+}
+
+impl Supervisor {
+    /// Probes the machine's layers, finds the cgroups, and kills whatever
+    /// an earlier run of this supervisor left (workers are restarted by
+    /// their owner, never duplicated).
+    pub async fn start(config: SupervisorConfig) -> Result<Self, String> {
+        std::fs::create_dir_all(&config.sandbox_root)
+            .map_err(|e| format!("cannot create {}: {e}", config.sandbox_root.display()))?;
+        let probe = probe(&config.helper).await?;
+        let cgroups = if probe.root {
+            Cgroups::detect(&config.instance)
+        } else {
+            Err("the server does not run as root".to_owned())
+        };
+        if let Ok(cgroups) = &cgroups {
+            let left = cgroups.sweep();
+            if left > 0 {
+                tracing::info!(workers = left, "stopped the workers an earlier run left behind");
+            }
+        }
+        let layers =
+            Layers { probe, cgroups: cgroups.as_ref().map(Cgroups::version).map_err(Clone::clone) };
+        for (layer, reason) in layers.missing() {
+            tracing::warn!(
+                layer,
+                "runtime confinement layer unavailable, workers run without it: {reason}"
+            );
+        }
+        let (events, _) = broadcast::channel(1024);
+        Ok(Self {
+            inner: Arc::new(Inner {
+                config,
+                layers,
+                cgroups: cgroups.ok(),
+                workers: Mutex::default(),
+                events,
+            }),
+        })
+    }
+
+    pub fn layers(&self) -> &Layers {
+        &self.inner.layers
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.inner.events.subscribe()
+    }
+
+    /// Starts a worker; a worker already running under the same key is
+    /// stopped first.
+    pub async fn run(&self, mut spec: WorkerSpec) {
+        self.stop(&spec.key, spec.restart.grace).await;
+        let switches = self.inner.layers.switches();
+        let wanted = spec.sandbox.layers;
+        spec.sandbox.layers = LayerSwitches {
+            user: wanted.user && switches.user,
+            namespaces: wanted.namespaces && switches.namespaces,
+            network: wanted.network && switches.network,
+            landlock: wanted.landlock && switches.landlock,
+            seccomp: wanted.seccomp && switches.seccomp,
+        };
+        spec.sandbox.root = self.inner.config.sandbox_root.clone();
+        let (control, commands) = mpsc::channel(8);
+        let (state_tx, state) = watch::channel(WorkerState::Starting);
+        let key = spec.key.clone();
+        let task = tokio::spawn(Arc::clone(&self.inner).watch(spec, commands, state_tx));
+        if let Ok(mut workers) = self.inner.workers.lock() {
+            workers.insert(key, Handle { control, state, task });
+        }
+    }
+
+    pub fn state(&self, key: &str) -> Option<WorkerState> {
+        self.inner.workers.lock().ok()?.get(key).map(|h| h.state.borrow().clone())
+    }
+
+    /// Waits until the worker's state satisfies `done` (or it is gone).
+    pub async fn wait_for(
+        &self,
+        key: &str,
+        done: impl Fn(&WorkerState) -> bool,
+    ) -> Option<WorkerState> {
+        let mut state = self.inner.workers.lock().ok()?.get(key)?.state.clone();
+        state.wait_for(|s| done(s)).await.ok().map(|s| s.clone())
+    }
+
+    /// Sends a signal (SIGHUP to reload, say) to the worker.
+    pub async fn signal(&self, key: &str, signal: i32) -> bool {
+        let control =
+            self.inner.workers.lock().ok().and_then(|w| w.get(key).map(|h| h.control.clone()));
+        match control {
+            Some(control) => control.send(Control::Signal(signal)).await.is_ok(),
+            None => false,
+        }
+    }
+
+    /// Stops the worker (SIGTERM, SIGKILL after `grace`) and forgets it.
+    /// `false` if there was none.
+    pub async fn stop(&self, key: &str, grace: Duration) -> bool {
+        let handle = self.inner.workers.lock().ok().and_then(|mut w| w.remove(key));
+        let Some(handle) = handle else { return false };
+        let _ = handle.control.send(Control::Stop { grace }).await;
+        let _ = handle.task.await;
+        true
+    }
+
+    /// Stops every worker, all at once.
+    pub async fn shutdown(&self, grace: Duration) {
+        let keys: Vec<String> =
+            self.inner.workers.lock().map(|w| w.keys().cloned().collect()).unwrap_or_default();
+        futures_util::future::join_all(keys.iter().map(|k| self.stop(k, grace))).await;
+    }
+
+    pub fn keys(&self) -> Vec<String> {
+        self.inner.workers.lock().map(|w| w.keys().cloned().collect()).unwrap_or_default()
+    }
+}
+
+impl Inner {
+    fn emit(&self, key: &str, kind: EventKind) {
+        let _ = self.events.send(Event { key: key.to_owned(), kind });
+    }
+
+    async fn watch(
+        self: Arc<Self>,
+        spec: WorkerSpec,
+        mut commands: mpsc::Receiver<Control>,
+        state: watch::Sender<WorkerState>,
+    ) {
+        let mut failures = 0u32;
+        let mut restarts = 0u32;
+        let log = match LogFile::open(&spec.log_dir, &spec.key, spec.log_rotation) {
+            Ok(log) => Arc::new(Mutex::new(log)),
+            Err(e) => {
+                let reason =
+                    format!("cannot open the worker's log in {}: {e}", spec.log_dir.display());
+                self.emit(&spec.key, EventKind::Failed { reason: reason.clone() });
+                let _ = state.send(WorkerState::Failed { reason });
+                return;
+            }
+        };
+        loop {
+            let _ = state.send(WorkerState::Starting);
+            let started_at = Instant::now();
+            let outcome = self.run_once(&spec, &mut commands, &state, &log, restarts).await;
+            let reason = match outcome {
+                Outcome::Stopped => {
+                    self.emit(&spec.key, EventKind::Stopped);
+                    let _ = state.send(WorkerState::Stopped);
+                    return;
+                }
+                Outcome::Ended(reason) => reason,
+            };
+            if started_at.elapsed() >= spec.restart.stable_after {
+                failures = 0;
+            }
+            failures += 1;
+            if failures >= spec.restart.crash_loop {
+                let reason = format!("crash loop: ended {failures} times in a row, last: {reason}");
+                self.emit(&spec.key, EventKind::Failed { reason: reason.clone() });
+                let _ = state.send(WorkerState::Failed { reason });
+                return wait_for_stop(commands).await;
+            }
+            self.emit(&spec.key, EventKind::Exited { reason: reason.clone() });
+            let delay = spec
+                .restart
+                .initial
+                .saturating_mul(1 << (failures - 1).min(16))
+                .min(spec.restart.max);
+            let _ = state.send(WorkerState::Backoff {
+                failures,
+                retry_in_ms: u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+                last_exit: reason,
+            });
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                command = commands.recv() => match command {
+                    Some(Control::Signal(_)) => {}
+                    Some(Control::Stop { .. }) | None => {
+                        self.emit(&spec.key, EventKind::Stopped);
+                        let _ = state.send(WorkerState::Stopped);
+                        return;
+                    }
+                },
+            }
+            restarts += 1;
+        }
+    }
+
+    async fn run_once(
+        &self,
+        spec: &WorkerSpec,
+        commands: &mut mpsc::Receiver<Control>,
+        state: &watch::Sender<WorkerState>,
+        log: &Arc<Mutex<LogFile>>,
+        restarts: u32,
+    ) -> Outcome {
+        let cgroup = match &self.cgroups {
+            Some(cgroups) => match cgroups.create(&spec.key, &spec.limits) {
+                Ok(cgroup) => Some(cgroup),
+                Err(e) => return Outcome::Ended(format!("cannot set the worker's limits: {e}")),
+            },
+            None => None,
+        };
+        let (Ok((out_r, out_w)), Ok((err_r, err_w))) = (std::io::pipe(), std::io::pipe()) else {
+            return Outcome::Ended("cannot make the worker's output pipes".to_owned());
+        };
+        let collectors = [(out_r, "stdout"), (err_r, "stderr")].map(|(reader, stream)| {
+            let pipe =
+                tokio::net::unix::pipe::Receiver::from_owned_fd(std::os::fd::OwnedFd::from(reader));
+            let (log, now) = (Arc::clone(log), Arc::clone(&self.config.now));
+            tokio::spawn(async move {
+                if let Ok(pipe) = pipe {
+                    logs::collect(pipe, stream, log, now).await;
+                }
+            })
+        });
+        let ports: Vec<u16> = spec.forwards.iter().map(|(port, _)| *port).collect();
+        let output = Output { stdout: out_w.into(), stderr: err_w.into() };
+        let launched =
+            launch(&self.config.helper, &spec.sandbox, cgroup.as_ref(), &ports, output).await;
+        let oom_before = cgroup.as_ref().map_or(0, |c| c.oom_kills());
+        let outcome = match launched {
+            Err(error) => Outcome::Ended(format!("the sandbox could not be built: {error}")),
+            Ok(mut worker) => {
+                let forwards = self.start_forwards(spec, &mut worker);
+                self.emit(&spec.key, EventKind::Started { pid: worker.helper_pid });
+                let since = (self.config.now)();
+                let landlock = worker.landlock.clone();
+                let _ = state.send(WorkerState::Running {
+                    pid: worker.helper_pid,
+                    since,
+                    restarts,
+                    landlock,
+                });
+                let outcome = serve(&mut worker, commands).await;
+                for forward in forwards {
+                    forward.abort();
+                }
+                match outcome {
+                    Served::Stopped => Outcome::Stopped,
+                    Served::Exited(code) => {
+                        let oom = cgroup.as_ref().is_some_and(|c| c.oom_kills() > oom_before);
+                        Outcome::Ended(describe_exit(code, oom, &spec.limits))
+                    }
+                }
+            }
+        };
+        if let Some(cgroup) = cgroup {
+            let _ = tokio::task::spawn_blocking(move || {
+                cgroup.kill_all();
+                cgroup.remove();
+            })
+            .await;
+        }
+        for collector in collectors {
+            let _ = collector.await;
+        }
+        outcome
+    }
+
+    fn start_forwards(&self, spec: &WorkerSpec, worker: &mut Launched) -> Vec<JoinHandle<()>> {
+        let key: Arc<str> = Arc::from(spec.key.as_str());
+        std::mem::take(&mut worker.listeners)
+            .into_iter()
+            .zip(&spec.forwards)
+            .filter_map(|(listener, (_, target))| {
+                let listener = tokio::net::TcpListener::from_std(listener).ok()?;
+                Some(tokio::spawn(forward::serve(
+                    listener,
+                    Arc::new(target.clone()),
+                    Arc::clone(&key),
+                )))
+            })
+            .collect()
+    }
+}
+
+enum Outcome {
+    Stopped,
+    Ended(String),
+}
+
+enum Served {
+    Stopped,
+    Exited(i32),
+}
+
+async fn serve(worker: &mut Launched, commands: &mut mpsc::Receiver<Control>) -> Served {
+    loop {
+        tokio::select! {
+            code = worker.wait() => return Served::Exited(code),
+            command = commands.recv() => match command {
+                Some(Control::Signal(signal)) => {
+                    let _ = worker.signal(signal).await;
+                }
+                Some(Control::Stop { .. }) | None => {
+                    // The handle dropped (the supervisor going away): no grace.
+                    let grace = match command { Some(Control::Stop { grace }) => grace, _ => Duration::ZERO };
+                    let _ = worker.signal(libc::SIGTERM).await;
+                    if tokio::time::timeout(grace, worker.wait()).await.is_err() {
+                        worker.kill().await;
+                    }
+                    return Served::Stopped;
+                }
+            },
+        }
+    }
+}
+
+/// Waits, failed, until told to stop (the handle stays for `state`).
+async fn wait_for_stop(mut commands: mpsc::Receiver<Control>) {
+    while let Some(command) = commands.recv().await {
+        if let Control::Stop { .. } = command {
+            return;
+        }
+    }
+}
+
+fn describe_exit(code: i32, oom: bool, limits: &CgroupLimits) -> String {
+    if oom {
+        return format!(
+            "killed for using more than its memory limit ({} MiB)",
+            limits.memory_bytes >> 20
+        );
+    }
+    match code {
+        125 => "the sandbox could not be built (see the worker's log)".to_owned(),
+        127 => "its command was not found in the sandbox".to_owned(),
+        126 => "its command could not be executed".to_owned(),
+        c if c > 128 => format!("killed by signal {}", c - 128),
+        c => format!("exited with code {c}"),
+    }
+}
+
+/// Runs the helper's probe: each layer tried for real in a throw-away process.
+async fn probe(helper: &std::path::Path) -> Result<Probe, String> {
+    let output = tokio::process::Command::new(helper)
+        .args([HELPER_ARG, "probe"])
+        .env_clear()
+        .output()
+        .await
+        .map_err(|e| format!("cannot run the sandbox probe {}: {e}", helper.display()))?;
+    serde_json::from_slice(&output.stdout).map_err(|e| {
+        format!(
+            "the sandbox probe failed ({e}): {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        )
+    })
+}
