@@ -101,6 +101,11 @@ pub enum Command {
     /// which policy
     #[command(subcommand)]
     Apis(ApisCommand),
+    /// Tenants' apps, run by the runtime as confined workers
+    #[command(subcommand)]
+    Apps(AppsCommand),
+    /// A worker's standard output and error
+    Logs(LogsArgs),
     /// A tenant's gateway usage per API and minute
     Usage {
         #[arg(long)]
@@ -407,6 +412,107 @@ pub enum ApikeysCommand {
         tenant: String,
         id: String,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AppsCommand {
+    /// Deploy an app (or a new version of it): its workers start, or
+    /// restart with the new spec
+    Deploy(Box<DeployAppArgs>),
+    /// List a tenant's apps and their workers
+    List {
+        #[arg(long)]
+        tenant: String,
+    },
+    /// Show one app and its workers
+    Get {
+        #[arg(long)]
+        tenant: String,
+        name: String,
+    },
+    /// Start a stopped app
+    Start {
+        #[arg(long)]
+        tenant: String,
+        name: String,
+    },
+    /// Stop an app's workers (SIGTERM, then SIGKILL after 10 s); it stays deployed
+    Stop {
+        #[arg(long)]
+        tenant: String,
+        name: String,
+    },
+    /// Delete an app; its workers stop
+    Delete {
+        #[arg(long)]
+        tenant: String,
+        name: String,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+#[command(disable_version_flag = true)]
+pub struct DeployAppArgs {
+    #[arg(long)]
+    pub tenant: String,
+    /// The app's name within the tenant
+    #[arg(long)]
+    pub name: String,
+    /// The release this deploy runs (1.4.2, say)
+    #[arg(long)]
+    pub version: String,
+    /// A directory on the server with the app's files, shown read-only at /app
+    #[arg(long, value_name = "DIR")]
+    pub artifact: Option<String>,
+    /// Workers to run (1 to 16)
+    #[arg(long, default_value_t = 1)]
+    pub workers: u32,
+    /// An environment variable, KEY=VALUE (repeatable)
+    #[arg(long, value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    /// A secret of the tenant's vault delivered as /run/secrets/FILE:
+    /// PATH or PATH=FILE (repeatable)
+    #[arg(long, value_name = "PATH[=FILE]")]
+    pub secret: Vec<String>,
+    /// Health check: a path the worker answers 2xx on, over its socket
+    #[arg(long, value_name = "PATH")]
+    pub health: Option<String>,
+    /// A host the workers may reach over HTTPS, host[:port] (repeatable)
+    #[arg(long, value_name = "HOST")]
+    pub egress: Vec<String>,
+    /// Memory per worker, below the plan's
+    #[arg(long)]
+    pub memory_mib: Option<u32>,
+    /// CPU per worker in thousandths of a core, below the plan's
+    #[arg(long)]
+    pub cpu_millicores: Option<u32>,
+    /// Processes per worker, below the plan's
+    #[arg(long)]
+    pub max_processes: Option<u32>,
+    /// The program (as seen inside the sandbox: /app/... or a system path)
+    /// and its arguments, after `--`
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct LogsArgs {
+    #[arg(long)]
+    pub tenant: String,
+    #[arg(long)]
+    pub app: String,
+    /// Which worker
+    #[arg(long, default_value_t = 0)]
+    pub worker: u32,
+    /// From this time on: RFC 3339, or a duration back from now (10m, 2h)
+    #[arg(long, value_name = "TIME")]
+    pub since: Option<String>,
+    /// At most this many lines, the newest
+    #[arg(long, default_value_t = 200)]
+    pub tail: usize,
+    /// Keep printing new lines as they come
+    #[arg(long, short)]
+    pub follow: bool,
 }
 
 #[derive(Debug, Subcommand)]

@@ -494,6 +494,49 @@ impl ApiClient {
         self.call(Method::GET, self.url(&["v1", "tenants", tenant, "usage"])?, &query).await
     }
 
+    pub async fn deploy_app(
+        &self,
+        tenant: &str,
+        spec: &bulkhead_model::AppSpec,
+    ) -> Result<serde_json::Value, CliError> {
+        let url = self.url(&["v1", "tenants", tenant, "apps", spec.name.as_str()])?;
+        self.call_json(Method::PUT, url, spec).await
+    }
+
+    pub async fn apps(&self, tenant: &str) -> Result<serde_json::Value, CliError> {
+        self.call(Method::GET, self.url(&["v1", "tenants", tenant, "apps"])?, &[]).await
+    }
+
+    pub async fn app(&self, tenant: &str, name: &str) -> Result<serde_json::Value, CliError> {
+        self.call(Method::GET, self.url(&["v1", "tenants", tenant, "apps", name])?, &[]).await
+    }
+
+    /// `action` is `start` or `stop`.
+    pub async fn app_action(
+        &self,
+        tenant: &str,
+        name: &str,
+        action: &str,
+    ) -> Result<serde_json::Value, CliError> {
+        let url = self.url(&["v1", "tenants", tenant, "apps", name, action])?;
+        self.call(Method::POST, url, &[]).await
+    }
+
+    pub async fn delete_app(&self, tenant: &str, name: &str) -> Result<(), CliError> {
+        let url = self.url(&["v1", "tenants", tenant, "apps", name])?;
+        self.send(self.http.delete(url)).await.map(|_| ())
+    }
+
+    pub async fn app_logs(
+        &self,
+        tenant: &str,
+        name: &str,
+        query: &[(&str, String)],
+    ) -> Result<serde_json::Value, CliError> {
+        self.call(Method::GET, self.url(&["v1", "tenants", tenant, "apps", name, "logs"])?, query)
+            .await
+    }
+
     pub async fn apis(&self, tenant: &str) -> Result<ApiList, CliError> {
         self.call(Method::GET, self.url(&["v1", "tenants", tenant, "apis"])?, &[]).await
     }

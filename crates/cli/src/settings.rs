@@ -7,7 +7,10 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use bulkhead_control::{Config, ReconcilerSettings, config::VaultSettings};
+use bulkhead_control::{
+    Config, ReconcilerSettings,
+    config::{RuntimeSettings, VaultSettings},
+};
 use bulkhead_model::{
     BaseDomain, DatabaseLocation, DatabasePrefix, DatabaseUrl, Region, RegionName, Regions,
 };
@@ -46,6 +49,21 @@ struct FileConfig {
     audit: FileAudit,
     #[serde(default)]
     gateway: FileGateway,
+    #[serde(default)]
+    runtime: FileRuntime,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileRuntime {
+    /// `false` runs no apps on this server.
+    enabled: Option<bool>,
+    /// The Unix users given to tenants, one each: `FIRST-LAST`.
+    uids: Option<String>,
+    /// A worker's log rotates past this many bytes.
+    log_max_bytes: Option<u64>,
+    /// Rotated log files kept per worker.
+    log_keep: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -264,8 +282,10 @@ impl ServeSettings {
             .witness_dir
             .clone()
             .unwrap_or_else(|| bulkhead_control::config::default_audit_witness_dir(&data_dir));
+        let runtime = runtime_settings(&file.runtime)?;
         Ok(Self {
             config: Config {
+                runtime,
                 data_dir,
                 store,
                 api_listen,
@@ -291,6 +311,45 @@ impl ServeSettings {
             log_format,
         })
     }
+}
+
+fn runtime_settings(file: &FileRuntime) -> Result<Option<RuntimeSettings>, CliError> {
+    if file.enabled == Some(false) {
+        return Ok(None);
+    }
+    let helper = std::env::current_exe().map_err(|e| {
+        CliError::usage(format!("cannot find the bulkhead binary to run workers with: {e}"))
+    })?;
+    let mut settings = RuntimeSettings::new(helper);
+    if let Some(uids) = &file.uids {
+        let bad = || {
+            CliError::usage(format!(
+                "runtime.uids {uids:?}: give FIRST-LAST, such as 400000-499999 (above 1000, at most 4294967294)"
+            ))
+        };
+        let (first, last) = uids.split_once('-').ok_or_else(bad)?;
+        let (first, last): (u32, u32) =
+            (first.trim().parse().map_err(|_| bad())?, last.trim().parse().map_err(|_| bad())?);
+        if first <= 1000 || last < first || last == u32::MAX {
+            return Err(bad());
+        }
+        settings.uids = (first, last);
+    }
+    if let Some(bytes) = file.log_max_bytes {
+        if !(4096..=1 << 40).contains(&bytes) {
+            return Err(CliError::usage(format!(
+                "runtime.log_max_bytes is {bytes}; give 4096 or more"
+            )));
+        }
+        settings.log_max_bytes = bytes;
+    }
+    if let Some(keep) = file.log_keep {
+        if keep > 100 {
+            return Err(CliError::usage(format!("runtime.log_keep is {keep}; give 0 to 100")));
+        }
+        settings.log_keep = keep;
+    }
+    Ok(Some(settings))
 }
 
 fn vault_settings(

@@ -52,6 +52,31 @@ pub struct Config {
     /// How often retention looks for audit events past their plan's
     /// retention.
     pub audit_retention_every: Duration,
+    /// Tenants' apps as confined workers; `None` runs none (a server
+    /// without the `bulkhead` binary to run as the sandbox helper).
+    pub runtime: Option<RuntimeSettings>,
+}
+
+/// How the runtime runs tenants' workers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuntimeSettings {
+    /// The `bulkhead` binary, run again as each worker's sandbox helper.
+    pub helper: PathBuf,
+    /// The Unix users given to tenants, one each: `first..=last`.
+    pub uids: (u32, u32),
+    /// A worker's log rotates past this size; `log_keep` old files stay.
+    pub log_max_bytes: u64,
+    pub log_keep: usize,
+}
+
+impl RuntimeSettings {
+    /// 100,000 users from 400000: clear of system users and of the
+    /// subordinate ranges `useradd` hands out from 100000.
+    pub const DEFAULT_UIDS: (u32, u32) = (400_000, 499_999);
+
+    pub fn new(helper: PathBuf) -> Self {
+        Self { helper, uids: Self::DEFAULT_UIDS, log_max_bytes: 10 << 20, log_keep: 5 }
+    }
 }
 
 impl Config {
@@ -77,6 +102,7 @@ impl Config {
             audit: WriterSettings::default(),
             audit_retention_every: DEFAULT_AUDIT_RETENTION_CHECK,
             audit_witness_dir: default_audit_witness_dir(&data_dir),
+            runtime: None,
             data_dir,
         }
     }

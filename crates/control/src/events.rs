@@ -26,6 +26,8 @@ pub enum Actor {
     Reconciler,
     /// The vault's background work: expiring leases, scheduled rotation.
     Scheduler,
+    /// The runtime: starting tenants' workers, delivering their secrets.
+    Runtime,
     /// Someone who presented no credential that verified.
     Anonymous,
     /// A credential scoped to one tenant (a token of its realm or of the
@@ -50,7 +52,7 @@ impl Actor {
     /// only for its own tenant, compared by id, never by name.
     pub fn may_access(&self, tenant: &Tenant) -> bool {
         match self {
-            Actor::Operator(_) | Actor::Reconciler | Actor::Scheduler => true,
+            Actor::Operator(_) | Actor::Reconciler | Actor::Scheduler | Actor::Runtime => true,
             Actor::Anonymous => false,
             Actor::Tenant { tenant_id, .. } => *tenant_id == tenant.id,
         }
@@ -89,6 +91,7 @@ impl fmt::Display for Actor {
             Actor::Operator(name) => write!(f, "operator:{name}"),
             Actor::Reconciler => f.write_str("reconciler"),
             Actor::Scheduler => f.write_str("scheduler"),
+            Actor::Runtime => f.write_str("runtime"),
             Actor::Anonymous => f.write_str("anonymous"),
             Actor::Tenant { tenant_id, subject, .. } => write!(f, "tenant:{tenant_id}:{subject}"),
         }
@@ -106,6 +109,7 @@ pub fn audit_actor(actor: &Actor) -> AuditActor {
         Actor::Operator(name) => ("operator", name.clone()),
         Actor::Reconciler => ("system", "reconciler".to_owned()),
         Actor::Scheduler => ("system", "scheduler".to_owned()),
+        Actor::Runtime => ("system", "runtime".to_owned()),
         Actor::Anonymous => ("anonymous", String::new()),
         Actor::Tenant { subject, .. } => ("tenant", subject.clone()),
     };

@@ -11,6 +11,7 @@
 pub mod admission;
 pub mod api;
 pub mod apis;
+pub mod apps;
 pub mod audit;
 pub mod clock;
 pub mod config;
@@ -27,6 +28,7 @@ pub mod provider_keys;
 pub mod provision;
 pub mod realms;
 pub mod reconciler;
+pub mod runtime;
 pub mod server;
 pub mod tenants;
 pub mod usage;

@@ -82,6 +82,8 @@ pub enum StartError {
     },
     #[error("cannot use Redis for the gateway's rate limits: {0}; check --redis (BULKHEAD_REDIS)")]
     Redis(String),
+    #[error("cannot start the runtime: {0}")]
+    Runtime(String),
     #[error(
         "a gateway on its own follows a PostgreSQL store: give --store postgres://... (the \
          control plane's); on the embedded store, run `bulkhead serve` without --role"
@@ -622,6 +624,7 @@ pub async fn start_with_steps(
         Arc::clone(&clock),
         events.clone(),
     ));
+    let sealed = Arc::clone(&vault);
     let vault = Arc::new(VaultService::new(
         Arc::clone(&store),
         vault,
@@ -633,6 +636,28 @@ pub async fn start_with_steps(
         events.clone(),
     ));
     let apis = Arc::new(ApiService::new(Arc::clone(&store), Arc::clone(&clock), events.clone()));
+    let runtime = match &config.runtime {
+        Some(settings) => Some(
+            crate::runtime::Runtime::start(
+                settings.clone(),
+                data_dir.path(),
+                Arc::clone(&store),
+                Arc::clone(&sealed),
+                Arc::clone(&clock),
+                events.clone(),
+            )
+            .await
+            .map_err(StartError::Runtime)?,
+        ),
+        None => None,
+    };
+    let apps = Arc::new(crate::apps::AppService::new(
+        Arc::clone(&store),
+        Arc::clone(&clock),
+        events.clone(),
+        Arc::clone(&sealed),
+        runtime.clone(),
+    ));
     let audit = Arc::new(AuditService::new(
         Arc::clone(&store),
         audit_keys,
@@ -657,6 +682,7 @@ pub async fn start_with_steps(
     let state = AppState {
         tenants,
         apis,
+        apps,
         vault: Arc::clone(&vault),
         verifier,
         migrations: Arc::clone(&migrations),
@@ -688,7 +714,10 @@ pub async fn start_with_steps(
     let shutdown = Arc::new(shutdown);
     let (fatal_tx, fatal) = watch::channel(None);
     let lock_keeper = tokio::spawn(keep_lock(store_lock, Arc::clone(&shutdown), fatal_tx));
-    let jobs = spawn_jobs(&vault, &identity, &audit, &decision_recorder, &config, &shutdown_rx);
+    let mut jobs = spawn_jobs(&vault, &identity, &audit, &decision_recorder, &config, &shutdown_rx);
+    if let Some(runtime) = runtime {
+        jobs.push(tokio::spawn(runtime.run(shutdown_rx.clone())));
+    }
     migrations.resume().await?;
     let source = gateway::Source::InProcess(changes);
     let mut gateway = run_gateway(gateway, feed, source, gateway_listener, shutdown_rx.clone());

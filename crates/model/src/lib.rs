@@ -7,6 +7,7 @@
 //! fails, and a [`TenantState`] only moves along the lifecycle's legal edges.
 
 mod api;
+mod app;
 mod email;
 mod fields;
 mod isolation;
@@ -22,6 +23,7 @@ pub use api::{
     ApiAuth, ApiName, ApiSpec, AuditLevel, DEFAULT_MAX_BODY_BYTES, InvalidApi, MAX_UPSTREAMS,
     PathPrefix, Rate, Timeouts, Upstream, UpstreamProtocol,
 };
+pub use app::{AppLimits, AppName, AppSecret, AppSpec, HealthCheck, InvalidApp, MAX_WORKERS};
 pub use email::{AdminEmail, AdminEmailError};
 pub use isolation::{Isolation, IsolationError, UnknownIsolation};
 pub use label::{BaseDomain, RESERVED_TENANT_NAMES, RegionName, TenantName, TenantNameError};

@@ -149,6 +149,13 @@ impl Cgroups {
         keys.len()
     }
 
+    /// Removes this supervisor's own directories, once they hold no worker.
+    pub fn remove_base(&self) {
+        for dir in self.dirs() {
+            let _ = fs::remove_dir(dir);
+        }
+    }
+
     fn dirs(&self) -> Vec<PathBuf> {
         match self {
             Self::V2 { base } => vec![base.clone()],

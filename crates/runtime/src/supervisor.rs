@@ -315,6 +315,9 @@ impl Supervisor {
         let keys: Vec<String> =
             self.inner.workers.lock().map(|w| w.keys().cloned().collect()).unwrap_or_default();
         futures_util::future::join_all(keys.iter().map(|k| self.stop(k, grace))).await;
+        if let Some(cgroups) = &self.inner.cgroups {
+            cgroups.remove_base();
+        }
     }
 
     pub fn keys(&self) -> Vec<String> {

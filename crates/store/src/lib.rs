@@ -12,6 +12,7 @@
 //! records what it did here.
 
 mod apis;
+mod apps;
 mod audit;
 mod error;
 mod identity;
@@ -31,6 +32,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 pub use apis::{ApiRecord, ApiStore, UsageRecord, UsageStore};
+pub use apps::{AppRecord, AppStore};
 pub use audit::{AuditCheckpointRow, AuditEventRow, AuditKeyRow, AuditStore};
 pub use error::{StoreError, describe as describe_error};
 pub use identity::{ApiKeyRecord, IdentityStore, RealmKeyRecord, RealmRecord, TrustRecord};
@@ -119,6 +121,7 @@ pub trait ControlStore:
     + IdentityStore
     + AuditStore
     + ApiStore
+    + AppStore
     + UsageStore
     + MigrationStore
     + Send

@@ -1705,6 +1705,132 @@ macro_rules! impl_api_store {
 }
 pub(crate) use impl_api_store;
 
+/// The apps' statements, shared the same way as [`impl_control_store!`].
+macro_rules! impl_app_store {
+    ($store:ty) => {
+        #[async_trait::async_trait]
+        impl $crate::AppStore for $store {
+            async fn put_app(&self, app: &$crate::AppRecord) -> Result<bool, $crate::StoreError> {
+                let (created,): (bool,) = sqlx::query_as(
+                    "INSERT INTO apps (tenant_id, name, spec, previous, running, pinned, created_at, updated_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+                     ON CONFLICT (tenant_id, name) DO UPDATE SET spec = $3, previous = $4, \
+                     running = $5, pinned = $6, updated_at = $8 \
+                     RETURNING created_at = updated_at",
+                )
+                .bind(app.tenant_id.0)
+                .bind(app.name.as_str())
+                .bind(app.spec.as_str())
+                .bind(app.previous.as_deref())
+                .bind(app.running)
+                .bind(app.pinned)
+                .bind(app.created_at)
+                .bind(app.updated_at)
+                .fetch_one(&self.write)
+                .await?;
+                Ok(created)
+            }
+
+            async fn app(
+                &self,
+                tenant: bulkhead_model::TenantId,
+                name: &str,
+            ) -> Result<Option<$crate::AppRecord>, $crate::StoreError> {
+                Ok(sqlx::query_as(
+                    "SELECT tenant_id, name, spec, previous, running, pinned, created_at, updated_at \
+                     FROM apps WHERE tenant_id = $1 AND name = $2",
+                )
+                .bind(tenant.0)
+                .bind(name)
+                .fetch_optional(&self.read)
+                .await?)
+            }
+
+            async fn apps(
+                &self,
+                tenant: bulkhead_model::TenantId,
+            ) -> Result<Vec<$crate::AppRecord>, $crate::StoreError> {
+                Ok(sqlx::query_as(
+                    "SELECT tenant_id, name, spec, previous, running, pinned, created_at, updated_at \
+                     FROM apps WHERE tenant_id = $1 ORDER BY name",
+                )
+                .bind(tenant.0)
+                .fetch_all(&self.read)
+                .await?)
+            }
+
+            async fn all_apps(&self) -> Result<Vec<$crate::AppRecord>, $crate::StoreError> {
+                Ok(sqlx::query_as(
+                    "SELECT tenant_id, name, spec, previous, running, pinned, created_at, updated_at \
+                     FROM apps ORDER BY tenant_id, name",
+                )
+                .fetch_all(&self.read)
+                .await?)
+            }
+
+            async fn delete_app(
+                &self,
+                tenant: bulkhead_model::TenantId,
+                name: &str,
+            ) -> Result<bool, $crate::StoreError> {
+                let result = sqlx::query("DELETE FROM apps WHERE tenant_id = $1 AND name = $2")
+                    .bind(tenant.0)
+                    .bind(name)
+                    .execute(&self.write)
+                    .await?;
+                Ok(result.rows_affected() == 1)
+            }
+
+            async fn runtime_user(
+                &self,
+                tenant: bulkhead_model::TenantId,
+                first: u32,
+                last: u32,
+                now: time::OffsetDateTime,
+            ) -> Result<Option<u32>, $crate::StoreError> {
+                // The lowest free uid of the range: the first one, or the one
+                // after a taken one. A concurrent allocation of the same uid
+                // fails on the primary key and is retried.
+                for _ in 0..8 {
+                    let existing: Option<(i64,)> =
+                        sqlx::query_as("SELECT uid FROM runtime_users WHERE tenant_id = $1")
+                            .bind(tenant.0)
+                            .fetch_optional(&self.write)
+                            .await?;
+                    if let Some((uid,)) = existing {
+                        return Ok(u32::try_from(uid).ok());
+                    }
+                    let free: Option<(i64,)> = sqlx::query_as(
+                        "SELECT c FROM (SELECT CAST($1 AS BIGINT) AS c UNION \
+                         SELECT uid + 1 FROM runtime_users WHERE uid >= $1 AND uid < $2) AS candidates \
+                         WHERE c NOT IN (SELECT uid FROM runtime_users) ORDER BY c LIMIT 1",
+                    )
+                    .bind(i64::from(first))
+                    .bind(i64::from(last))
+                    .fetch_optional(&self.write)
+                    .await?;
+                    let Some((uid,)) = free else { return Ok(None) };
+                    let inserted = sqlx::query(
+                        "INSERT INTO runtime_users (uid, tenant_id, allocated_at) VALUES ($1, $2, $3)",
+                    )
+                    .bind(uid)
+                    .bind(tenant.0)
+                    .bind(now)
+                    .execute(&self.write)
+                    .await;
+                    match inserted {
+                        Ok(_) => return Ok(u32::try_from(uid).ok()),
+                        Err(e) if $crate::StoreError::is_unique_violation(&e) => continue,
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                Err($crate::StoreError::Duplicate(format!("the Unix user of tenant {} (allocations kept colliding; try again)", tenant.0)))
+            }
+        }
+    };
+}
+pub(crate) use impl_app_store;
+
 /// The usage statements, shared the same way as [`impl_control_store!`].
 macro_rules! impl_usage_store {
     ($store:ty) => {

@@ -9,7 +9,7 @@ use sqlx::sqlite::{
 use crate::{
     FileLock, FileLockError, StoreError, StoreLock,
     sql::{
-        impl_api_store, impl_audit_store, impl_control_store, impl_identity_store,
+        impl_api_store, impl_app_store, impl_audit_store, impl_control_store, impl_identity_store,
         impl_migration_store, impl_usage_store, impl_vault_store,
     },
 };
@@ -74,6 +74,7 @@ impl_control_store!(SqliteStore);
 impl_vault_store!(SqliteStore);
 impl_identity_store!(SqliteStore);
 impl_api_store!(SqliteStore);
+impl_app_store!(SqliteStore);
 impl_usage_store!(SqliteStore);
 impl_migration_store!(SqliteStore);
 impl_audit_store!(SqliteStore, sqlx::Sqlite, "");

@@ -9,8 +9,8 @@ use bulkhead_model::{
     StepRecord, StepStatus, Tenant, TenantId, TenantLimits, TenantName, TenantState,
 };
 use bulkhead_store::{
-    AuditCheckpointRow, AuditEventRow, MigrationJobRecord, MigrationTargetRecord, OperatorToken,
-    StoreError, TenantPage,
+    AppRecord, AuditCheckpointRow, AuditEventRow, MigrationJobRecord, MigrationTargetRecord,
+    OperatorToken, StoreError, TenantPage,
 };
 use bulkhead_testkit::StoreFixture as Fixture;
 use sqlx::Connection;
@@ -57,6 +57,7 @@ bulkhead_testkit::on_both_stores!(
     one_server_at_a_time,
     reopening_keeps_data,
     one_migration_job_runs_at_a_time,
+    keeps_apps_and_allocates_unix_users,
 );
 
 async fn round_trips_tenants(f: Fixture) {
@@ -477,4 +478,49 @@ async fn one_migration_job_runs_at_a_time(f: Fixture) {
     let jobs = f.store.migration_jobs(10).await.unwrap();
     assert_eq!(jobs.len(), 2);
     assert_eq!(f.store.migration_job(first).await.unwrap().unwrap().state, "succeeded");
+}
+
+async fn keeps_apps_and_allocates_unix_users(f: Fixture) {
+    let (a, b, c) = (tenant("apps-a"), tenant("apps-b"), tenant("apps-c"));
+    for t in [&a, &b, &c] {
+        f.store.insert_tenant(t).await.unwrap();
+    }
+    let at = now();
+    let mut app = AppRecord {
+        tenant_id: a.id,
+        name: "keyring".into(),
+        spec: "{}".into(),
+        previous: None,
+        running: true,
+        pinned: false,
+        created_at: at,
+        updated_at: at,
+    };
+    assert!(f.store.put_app(&app).await.unwrap(), "created");
+    app.previous = Some("{}".into());
+    app.spec = "{\"v\":2}".into();
+    app.pinned = true;
+    app.updated_at = at + time::Duration::seconds(1);
+    assert!(!f.store.put_app(&app).await.unwrap(), "replaced");
+    let stored = f.store.app(a.id, "keyring").await.unwrap().unwrap();
+    assert_eq!(stored, AppRecord { created_at: at, ..app.clone() });
+    assert_eq!(f.store.apps(b.id).await.unwrap(), vec![], "apps are per tenant");
+    assert_eq!(f.store.all_apps().await.unwrap().len(), 1);
+    assert!(f.store.delete_app(a.id, "keyring").await.unwrap());
+    assert!(!f.store.delete_app(a.id, "keyring").await.unwrap());
+
+    // Users: the lowest free uid of the range, the same one again for the
+    // same tenant, none when the range is used up.
+    let first = 70_000 + (rand_below(1000) * 10);
+    assert_eq!(f.store.runtime_user(a.id, first, first + 1, at).await.unwrap(), Some(first));
+    assert_eq!(f.store.runtime_user(a.id, first, first + 1, at).await.unwrap(), Some(first));
+    assert_eq!(f.store.runtime_user(b.id, first, first + 1, at).await.unwrap(), Some(first + 1));
+    assert_eq!(f.store.runtime_user(c.id, first, first + 1, at).await.unwrap(), None);
+    // The user outlives its tenant: not given to another while files may remain.
+    f.store.delete_tenant(a.id).await.unwrap();
+    assert_eq!(f.store.runtime_user(c.id, first, first + 1, at).await.unwrap(), None);
+}
+
+fn rand_below(n: u32) -> u32 {
+    u32::from_ne_bytes(TenantId::random().0.as_bytes()[..4].try_into().unwrap()) % n
 }

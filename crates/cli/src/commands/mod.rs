@@ -2,6 +2,7 @@
 //! output.
 
 mod apis;
+mod apps;
 mod audit;
 mod auth;
 mod creds;
@@ -38,6 +39,8 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Auth(command) => auth::run(command, &cli.global).await,
         Command::Apikeys(command) => auth::apikeys(command, &cli.global).await,
         Command::Apis(command) => apis::run(command, &cli.global).await,
+        Command::Apps(command) => apps::run(command, &cli.global).await,
+        Command::Logs(args) => apps::logs(args, &cli.global).await,
         Command::Usage { tenant, api, since } => {
             let client = ApiClient::discover(&cli.global)?;
             let usage = client.usage(tenant, api.as_deref(), since.as_deref()).await?;

@@ -11,6 +11,7 @@
 
 mod access;
 mod api;
+mod apps;
 mod audit;
 mod audit_attacks;
 mod bad_input;

@@ -17,8 +17,9 @@ use bulkhead_vault::VaultError;
 
 use super::types::{ErrorBody, ErrorDetail};
 use crate::{
-    admission::Refused, apis::ApisError, audit::AuditServiceError, credentials::CredentialError,
-    identity::IdentityError, tenants::TenantError, usage::UsageError, vault::VaultServiceError,
+    admission::Refused, apis::ApisError, apps::AppsError, audit::AuditServiceError,
+    credentials::CredentialError, identity::IdentityError, tenants::TenantError, usage::UsageError,
+    vault::VaultServiceError,
 };
 
 /// The table of error codes: each with its HTTP status.
@@ -60,6 +61,9 @@ pub enum ErrorCode {
     ApiKeyNotFound,
     MigrationNotFound,
     ApiNotFound,
+    AppNotFound,
+    InvalidApp,
+    RuntimeUnavailable,
     ApiExists,
     InvalidApi,
     AuditUnavailable,
@@ -74,13 +78,14 @@ impl ErrorCode {
         match self {
             InvalidRequest | InvalidJson | InvalidTenantName | InvalidAdminEmail
             | InvalidLimits | UnknownPlan | UnknownRegion | IsolationUnavailable
-            | InvalidSecretPath | InvalidSecretValue | InvalidKey | WrongTenantKey | InvalidApi => {
-                StatusCode::BAD_REQUEST
-            }
+            | InvalidSecretPath | InvalidSecretValue | InvalidKey | WrongTenantKey | InvalidApi
+            | InvalidApp => StatusCode::BAD_REQUEST,
             Unauthorized => StatusCode::UNAUTHORIZED,
             LockedOut | Forbidden => StatusCode::FORBIDDEN,
             NotFound | TenantNotFound | SecretNotFound | LeaseNotFound | LockoutNotFound
-            | ApiKeyNotFound | ApiNotFound | MigrationNotFound => StatusCode::NOT_FOUND,
+            | ApiKeyNotFound | ApiNotFound | AppNotFound | MigrationNotFound => {
+                StatusCode::NOT_FOUND
+            }
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             TenantExists
             | ImmutableField
@@ -94,7 +99,7 @@ impl ErrorCode {
             PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             RateLimited | QuotaExceeded => StatusCode::TOO_MANY_REQUESTS,
             Internal | CorruptData | AuditStreamBroken => StatusCode::INTERNAL_SERVER_ERROR,
-            Unavailable | AuditUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Unavailable | AuditUnavailable | RuntimeUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -137,6 +142,9 @@ impl ErrorCode {
             ApiKeyNotFound => "api_key_not_found",
             MigrationNotFound => "migration_not_found",
             ApiNotFound => "api_not_found",
+            AppNotFound => "app_not_found",
+            InvalidApp => "invalid_app",
+            RuntimeUnavailable => "runtime_unavailable",
             ApiExists => "api_exists",
             InvalidApi => "invalid_api",
             AuditUnavailable => "audit_unavailable",
@@ -338,6 +346,27 @@ impl From<ApisError> for ApiError {
             ApisError::NotFound { .. } => ApiNotFound,
             ApisError::TooMany { .. } => QuotaExceeded,
             ApisError::Leaving(_) => InvalidState,
+        };
+        Self::new(code, error.to_string())
+    }
+}
+
+impl From<AppsError> for ApiError {
+    fn from(error: AppsError) -> Self {
+        use ErrorCode::*;
+        let code = match error {
+            AppsError::Store(ref store) => return store_error(store),
+            AppsError::Corrupt { .. } => {
+                tracing::error!(%error, "a stored app is unreadable");
+                CorruptData
+            }
+            AppsError::TenantNotFound(_) => TenantNotFound,
+            AppsError::Forbidden(_) => Forbidden,
+            AppsError::Invalid { .. } => InvalidApp,
+            AppsError::NotFound { .. } => AppNotFound,
+            AppsError::TooMany { .. } => QuotaExceeded,
+            AppsError::NotActive { .. } => InvalidState,
+            AppsError::NoRuntime => RuntimeUnavailable,
         };
         Self::new(code, error.to_string())
     }

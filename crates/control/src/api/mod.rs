@@ -3,6 +3,7 @@
 //! exist).
 
 mod apis;
+mod apps;
 pub mod audit;
 pub(crate) mod auth;
 mod catalog;
@@ -55,6 +56,7 @@ const MAX_BODY_BYTES: usize = 64 * 1024;
 pub struct AppState {
     pub tenants: Arc<TenantService>,
     pub apis: Arc<ApiService>,
+    pub apps: Arc<crate::apps::AppService>,
     pub vault: Arc<VaultService>,
     pub verifier: Arc<crate::verify::Verifier>,
     pub migrations: Arc<crate::migrations::MigrationService>,
@@ -103,6 +105,7 @@ impl AppState {
         (name = "vault", description = "Secrets, data keys and database credentials of tenants"),
         (name = "realms", description = "Each tenant's identity realm: OIDC documents, tokens, signing keys, API keys"),
         (name = "apis", description = "Each tenant's APIs: the contracts its gateway routes by"),
+        (name = "apps", description = "Each tenant's apps, run as confined workers, and their logs"),
         (name = "audit", description = "Each tenant's hash-chained, signed audit stream, and the platform's"),
         (name = "verify", description = "Checks of the live installation's isolation"),
         (name = "migrations", description = "Schema migrations rolled across tenant databases"),
@@ -254,6 +257,11 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(apis::create_api, apis::list_apis))
         .routes(routes!(apis::get_api, apis::put_api, apis::delete_api))
         .routes(routes!(apis::public_apis))
+        .routes(routes!(apps::list_apps))
+        .routes(routes!(apps::get_app, apps::deploy_app, apps::delete_app))
+        .routes(routes!(apps::start_app))
+        .routes(routes!(apps::stop_app))
+        .routes(routes!(apps::app_logs))
         .routes(routes!(verify::verify_isolation))
         .merge(
             OpenApiRouter::new()

@@ -45,6 +45,9 @@ pub fn restrict(spec: &SandboxSpec) -> Result<String, String> {
         .create()
         .and_then(|r| r.add_rules(path_beneath_rules(read_only, read)))
         .and_then(|r| r.add_rules(path_beneath_rules(writable, all)))
+        // Listing directories anywhere in the new root is harmless (it holds
+        // only what the mounts chose to show) and programs expect it.
+        .and_then(|r| r.add_rules(path_beneath_rules(["/"], AccessFs::ReadDir)))
         .and_then(|r| {
             r.add_rules(spec.connect_ports.iter().map(|&port| {
                 Ok::<_, landlock::RulesetError>(NetPort::new(port, AccessNet::ConnectTcp))

@@ -286,6 +286,7 @@ async fn a_worker_sees_only_its_own_world() {
     let mut root: Vec<&str> =
         report["root"].as_array().unwrap().iter().map(|p| p.as_str().unwrap()).collect();
     root.sort_unstable();
+    assert!(root.contains(&"data") && root.contains(&"usr"), "its root lists: {root:?}");
     for hidden in ["home", "root", "var", "sys", "srv", "mnt", "work"] {
         assert!(!root.contains(&hidden), "/{hidden} is visible: {root:?}");
     }
@@ -496,6 +497,7 @@ async fn stop_is_graceful_then_forced() {
         "nothing left"
     );
     assert_eq!(kit.supervisor.state(&stubborn.key), None);
+    kit.supervisor.shutdown(Duration::from_secs(1)).await;
 }
 
 async fn output_goes_to_rotated_logs() {
@@ -628,10 +630,12 @@ async fn a_restarted_supervisor_leaves_no_worker_behind() {
         .unwrap();
     let mut stray = std::process::Command::new("/usr/bin/sleep").arg("600").spawn().unwrap();
     leftover.add(stray.id()).unwrap();
-    let again = Kit::with_instance(instance).await;
+    let again = Kit::with_instance(instance.clone()).await;
     assert!(stray.wait().unwrap().code().is_none(), "the stray process was killed");
     assert_eq!(leftover.pids(), Vec::<u32>::new());
-    drop(again);
+    again.supervisor.shutdown(Duration::from_secs(1)).await;
+    let base = Path::new("/sys/fs/cgroup/pids").join(format!("bulkhead-{instance}"));
+    assert!(!base.exists(), "the supervisor's cgroup directory is removed at shutdown");
 }
 
 /// `__supervise <instance>`: runs one sleeping worker and prints its pid.

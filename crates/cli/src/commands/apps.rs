@@ -1,0 +1,167 @@
+//! `bulkhead apps ...` and `bulkhead logs`: tenants' apps and their
+//! workers' output.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use bulkhead_model::{AppLimits, AppSecret, AppSpec, HealthCheck};
+use serde_json::Value;
+
+use crate::{
+    args::{AppsCommand, DeployAppArgs, GlobalArgs, LogsArgs, Output},
+    client::ApiClient,
+    exit::CliError,
+    output,
+};
+
+pub async fn run(command: &AppsCommand, global: &GlobalArgs) -> Result<(), CliError> {
+    let client = ApiClient::discover(global)?;
+    match command {
+        AppsCommand::Deploy(args) => {
+            let view = client.deploy_app(&args.tenant, &spec(args)?).await?;
+            show(global.output, std::slice::from_ref(&view))
+        }
+        AppsCommand::List { tenant } => {
+            let list = client.apps(tenant).await?;
+            show(global.output, list["apps"].as_array().map(Vec::as_slice).unwrap_or_default())
+        }
+        AppsCommand::Get { tenant, name } => {
+            show(global.output, std::slice::from_ref(&client.app(tenant, name).await?))
+        }
+        AppsCommand::Start { tenant, name } => show(
+            global.output,
+            std::slice::from_ref(&client.app_action(tenant, name, "start").await?),
+        ),
+        AppsCommand::Stop { tenant, name } => show(
+            global.output,
+            std::slice::from_ref(&client.app_action(tenant, name, "stop").await?),
+        ),
+        AppsCommand::Delete { tenant, name } => {
+            client.delete_app(tenant, name).await?;
+            let text = format!("deleted app {name} of tenant {tenant}; its workers are stopping");
+            output::done(global.output, &serde_json::json!({ "deleted": name }), &text)
+        }
+    }
+}
+
+/// The spec the flags describe, checked as the server will check it.
+fn spec(args: &DeployAppArgs) -> Result<AppSpec, CliError> {
+    let mut env = BTreeMap::new();
+    for pair in &args.env {
+        let (key, value) = pair
+            .split_once('=')
+            .ok_or_else(|| CliError::usage(format!("--env {pair:?}: write KEY=VALUE")))?;
+        env.insert(key.to_owned(), value.to_owned());
+    }
+    let secrets = args
+        .secret
+        .iter()
+        .map(|s| match s.split_once('=') {
+            Some((path, file)) => AppSecret { path: path.to_owned(), file: Some(file.to_owned()) },
+            None => AppSecret { path: s.clone(), file: None },
+        })
+        .collect();
+    let health = args
+        .health
+        .as_ref()
+        .map(|path| serde_json::from_value::<HealthCheck>(serde_json::json!({ "path": path })));
+    let spec = AppSpec {
+        name: bulkhead_model::AppName::parse(&args.name)
+            .map_err(|e| CliError::usage(e.to_string()))?,
+        version: args.version.clone(),
+        command: args.command.clone(),
+        artifact: args.artifact.clone(),
+        env,
+        secrets,
+        workers: args.workers,
+        health: health.transpose().map_err(|e| CliError::usage(e.to_string()))?,
+        limits: AppLimits {
+            memory_mib: args.memory_mib,
+            max_processes: args.max_processes,
+            cpu_millicores: args.cpu_millicores,
+        },
+        egress: args.egress.clone(),
+    };
+    spec.validate().map_err(|e| CliError::usage(format!("app {}: {e}", args.name)))
+}
+
+fn show(format: Output, apps: &[Value]) -> Result<(), CliError> {
+    if format == Output::Json {
+        return output::json(&apps);
+    }
+    let rows: Vec<Vec<String>> = apps
+        .iter()
+        .map(|app| {
+            let workers: Vec<String> = app["workers"]
+                .as_array()
+                .map(Vec::as_slice)
+                .unwrap_or_default()
+                .iter()
+                .map(|w| {
+                    let state = w["state"].as_str().unwrap_or("?");
+                    match (state, w["reason"].as_str(), w["last_exit"].as_str()) {
+                        ("failed", Some(reason), _) => format!("failed: {reason}"),
+                        ("backoff", _, Some(exit)) => format!("restarting ({exit})"),
+                        _ => state.to_owned(),
+                    }
+                })
+                .collect();
+            vec![
+                app["spec"]["name"].as_str().unwrap_or_default().to_owned(),
+                app["spec"]["version"].as_str().unwrap_or_default().to_owned(),
+                if app["running"].as_bool() == Some(true) { "yes" } else { "stopped" }.to_owned(),
+                workers.join(", "),
+            ]
+        })
+        .collect();
+    #[allow(clippy::print_stdout)]
+    {
+        println!("{}", output::table(&["NAME", "VERSION", "RUNNING", "WORKERS"], &rows));
+    }
+    Ok(())
+}
+
+/// `bulkhead logs`: prints the lines, and with `--follow` polls for new
+/// ones every second (the server keeps no connection per follower).
+pub async fn logs(args: &LogsArgs, global: &GlobalArgs) -> Result<(), CliError> {
+    let client = ApiClient::discover(global)?;
+    let mut query = vec![("worker", args.worker.to_string()), ("tail", args.tail.to_string())];
+    if let Some(since) = &args.since {
+        query.push(("since", since.clone()));
+    }
+    let mut last: Option<String> = None;
+    loop {
+        let answer = client.app_logs(&args.tenant, &args.app, &query).await?;
+        let lines: Vec<&str> = answer["lines"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        // Lines at the last one's time came back again: skip through it.
+        let start = match &last {
+            Some(last) => lines.iter().position(|l| l == last).map_or(0, |i| i + 1),
+            None => 0,
+        };
+        for line in &lines[start..] {
+            if global.output == Output::Json {
+                output::json(&line)?;
+            } else {
+                #[allow(clippy::print_stdout)]
+                {
+                    println!("{line}");
+                }
+            }
+        }
+        if !args.follow {
+            return Ok(());
+        }
+        if let Some(newest) = lines.last() {
+            let stamp = newest.split(' ').next().unwrap_or_default().to_owned();
+            query.retain(|(k, _)| *k != "since");
+            query.push(("since", stamp));
+            last = Some((*newest).to_owned());
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}

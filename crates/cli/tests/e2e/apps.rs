@@ -1,0 +1,182 @@
+//! Tenants' apps through the real CLI and server: deployed with a secret,
+//! run confined as the tenant's own user, their output in `bulkhead logs`
+//! (a tenant's token reads its own only), stopped with the tenant's
+//! suspension, and the bad inputs refused. Needs root, as the runtime does
+//! (CI runs as root); without it the test says so and checks nothing.
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::kit::{Server, exit_code, stderr, stdout};
+
+const SCRIPT: &str = "import os, time\n\
+print('ready uid=%d secret=%s greeting=%s' % (os.getuid(), open('/run/secrets/token').read(), os.environ['GREETING']), flush=True)\n\
+print('root=' + ','.join(sorted(os.listdir('/'))), flush=True)\n\
+time.sleep(3600)\n";
+
+fn root() -> bool {
+    // Effective uid 0: the runtime needs it for users, namespaces and cgroups.
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"))
+}
+
+fn deploy(server: &Server, tenant: &str, extra: &[&str]) -> std::process::Output {
+    let mut args =
+        vec!["apps", "deploy", "--tenant", tenant, "--name", "web", "--version", "1.0.0"];
+    args.extend_from_slice(extra);
+    args.extend(["--", "/usr/bin/python3", "-c", SCRIPT]);
+    server.cli(&args)
+}
+
+/// Waits for a worker log line containing `needle`.
+async fn log_line(server: &Server, tenant: &str, needle: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = server.cli(&["logs", "--tenant", tenant, "--app", "web"]);
+        if let Some(line) = stdout(&out).lines().find(|l| l.contains(needle)) {
+            return line.to_owned();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {needle:?} in the logs: {}{}",
+            stdout(&out),
+            stderr(&out)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn worker_state(server: &Server, tenant: &str, wanted: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let app = server.cli_json(&["apps", "get", "--tenant", tenant, "web"]);
+        if app[0]["workers"][0]["state"] == wanted {
+            return app[0].clone();
+        }
+        assert!(Instant::now() < deadline, "the worker never became {wanted}: {app}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Whether any process's arguments or environment hold `needle`.
+fn visible_in_proc(needle: &str) -> bool {
+    std::fs::read_dir("/proc").unwrap().flatten().any(|entry| {
+        ["cmdline", "environ"].iter().any(|file| {
+            std::fs::read(entry.path().join(file))
+                .is_ok_and(|bytes| bytes.windows(needle.len()).any(|w| w == needle.as_bytes()))
+        })
+    })
+}
+
+#[tokio::test]
+async fn an_app_runs_confined_with_its_secret_and_its_own_logs() {
+    if !root() {
+        eprintln!("skipped: the runtime needs root (CI runs as root)");
+        return;
+    }
+    let server = Server::embedded().await;
+    for tenant in ["acme", "globex"] {
+        server.cli_json(&["tenants", "create", tenant, "--plan", "starter", "--wait"]);
+    }
+    let secret = format!("s3cret-{}", std::process::id());
+    let out = server
+        .cli_with_input(&["secrets", "put", "--tenant", "acme", "app/token"], secret.as_bytes());
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    // Bad input first: nothing is deployed by any of it.
+    let missing = deploy(&server, "acme", &["--secret", "app/missing", "--env", "GREETING=hi"]);
+    assert_eq!(exit_code(&missing), 2, "{}", stderr(&missing));
+    assert!(
+        stderr(&missing).contains("no secret app/missing")
+            && stderr(&missing).contains("secrets put"),
+        "{}",
+        stderr(&missing)
+    );
+    let greedy = deploy(&server, "acme", &["--memory-mib", "100000", "--secret", "app/token"]);
+    assert!(stderr(&greedy).contains("above the plan's 256"), "{}", stderr(&greedy));
+    let reserved = deploy(&server, "acme", &["--env", "BULKHEAD_TENANT=globex"]);
+    assert!(stderr(&reserved).contains("set by Bulkhead"), "{}", stderr(&reserved));
+    let nobody = deploy(&server, "nobody", &[]);
+    assert!(stderr(&nobody).contains("tenant \"nobody\" does not exist"), "{}", stderr(&nobody));
+    let listed = server.cli_json(&["apps", "list", "--tenant", "acme"]);
+    assert_eq!(listed, serde_json::json!([]), "nothing half-deployed");
+
+    let out = deploy(&server, "acme", &["--secret", "app/token", "--env", "GREETING=hi"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let ready = log_line(&server, "acme", "ready").await;
+    let uid: u32 = ready.split("uid=").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
+    assert!(uid >= 400_000, "the tenant's own user from the runtime's range: {ready}");
+    assert!(
+        ready.contains(&format!("secret={secret}")) && ready.contains("greeting=hi"),
+        "{ready}"
+    );
+    let view = root_listing(&log_line(&server, "acme", "root=").await);
+    assert!(
+        !view.contains(&"home".to_owned()) && !view.contains(&"var".to_owned()),
+        "its own root: {view:?}"
+    );
+    assert!(!visible_in_proc(&secret), "the secret is in no process's arguments or environment");
+    let app = worker_state(&server, "acme", "running").await;
+    assert_eq!(app["spec"]["version"], "1.0.0");
+
+    // A tenant's token reads its own tenant's logs, never another's.
+    let token = |tenant: &str| {
+        let out = server.cli(&[
+            "auth",
+            "token",
+            "--tenant",
+            tenant,
+            "--subject",
+            "ops",
+            "--control-api",
+            "--role",
+            "viewer",
+        ]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        stdout(&out).trim().to_owned()
+    };
+    let own = server.cli_with_token(&token("acme"), &["logs", "--tenant", "acme", "--app", "web"]);
+    assert!(stdout(&own).contains("ready"), "{}", stderr(&own));
+    let other =
+        server.cli_with_token(&token("globex"), &["logs", "--tenant", "acme", "--app", "web"]);
+    assert!(!other.status.success() && !stdout(&other).contains("ready"));
+    assert!(stderr(&other).contains("it reaches only /v1/tenants/globex/"), "{}", stderr(&other));
+
+    // Suspending the tenant stops its workers; resuming starts them again.
+    let out = server.cli(&["tenants", "suspend", "acme"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    worker_state(&server, "acme", "stopped").await;
+    server.cli(&["tenants", "resume", "acme"]);
+    worker_state(&server, "acme", "running").await;
+
+    let out = server.cli(&["apps", "stop", "--tenant", "acme", "web"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    worker_state(&server, "acme", "stopped").await;
+    let out = server.cli(&["apps", "delete", "--tenant", "acme", "web"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let gone = server.cli(&["apps", "get", "--tenant", "acme", "web"]);
+    assert!(stderr(&gone).contains("has no app named \"web\""), "{}", stderr(&gone));
+
+    let actions: Vec<String> = server
+        .audit_events(&["acme"])
+        .iter()
+        .map(|e| e["action"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    for action in [
+        "app.deploy",
+        "secret.deliver",
+        "app.worker.start",
+        "app.stop",
+        "app.worker.stop",
+        "app.delete",
+    ] {
+        assert!(actions.iter().any(|a| a == action), "{action} missing from {actions:?}");
+    }
+}
+
+fn root_listing(line: &str) -> Vec<String> {
+    line.split("root=").nth(1).unwrap_or_default().split(',').map(str::to_owned).collect()
+}

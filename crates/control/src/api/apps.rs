@@ -1,0 +1,187 @@
+//! A tenant's apps over HTTP: deployed, started, stopped, deleted, and
+//! their workers' logs.
+
+use axum::{
+    Extension, Json,
+    extract::{
+        Path, Query, State,
+        rejection::{JsonRejection, QueryRejection},
+    },
+    http::StatusCode,
+};
+use bulkhead_model::AppSpec;
+use serde::{Deserialize, Serialize};
+
+use super::{
+    AppState,
+    error::{ApiError, ErrorCode},
+    record_tenant,
+    types::ErrorBody,
+};
+use crate::{apps::AppView, events::Actor};
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct AppList {
+    pub apps: Vec<AppView>,
+}
+
+/// Deploy an app: create it, or replace its spec with this one (a new
+/// version, say). Its workers start, or restart with the new spec.
+#[utoipa::path(
+    put, path = "/v1/tenants/{tenant}/apps/{name}", tag = "apps",
+    params(("tenant" = String, Path, description = "Tenant name"), ("name" = String, Path, description = "App name")),
+    request_body = AppSpec,
+    responses(
+        (status = 200, description = "Replaced", body = AppView),
+        (status = 201, body = AppView),
+        (status = 400, body = ErrorBody),
+        (status = 503, description = "This server runs no apps", body = ErrorBody),
+    ),
+    security(("operator_token" = []))
+)]
+pub async fn deploy_app(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Path((tenant, name)): Path<(String, String)>,
+    body: Result<Json<AppSpec>, JsonRejection>,
+) -> Result<(StatusCode, Json<AppView>), ApiError> {
+    record_tenant(&tenant);
+    let Json(spec) = body?;
+    if spec.name.as_str() != name {
+        return Err(ApiError::new(
+            ErrorCode::InvalidRequest,
+            format!("the body names app {:?} but the path names {name:?}", spec.name.as_str()),
+        ));
+    }
+    let (view, created) = state.apps.deploy(&actor, &tenant, spec).await?;
+    Ok((if created { StatusCode::CREATED } else { StatusCode::OK }, Json(view)))
+}
+
+/// The tenant's apps, with their workers.
+#[utoipa::path(
+    get, path = "/v1/tenants/{tenant}/apps", tag = "apps",
+    params(("tenant" = String, Path, description = "Tenant name")),
+    responses((status = 200, body = AppList)),
+    security(("operator_token" = []))
+)]
+pub async fn list_apps(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Path(tenant): Path<String>,
+) -> Result<Json<AppList>, ApiError> {
+    record_tenant(&tenant);
+    Ok(Json(AppList { apps: state.apps.list(&actor, &tenant).await? }))
+}
+
+/// One app of the tenant, with its workers.
+#[utoipa::path(
+    get, path = "/v1/tenants/{tenant}/apps/{name}", tag = "apps",
+    params(("tenant" = String, Path, description = "Tenant name"), ("name" = String, Path, description = "App name")),
+    responses((status = 200, body = AppView), (status = 404, body = ErrorBody)),
+    security(("operator_token" = []))
+)]
+pub async fn get_app(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Path((tenant, name)): Path<(String, String)>,
+) -> Result<Json<AppView>, ApiError> {
+    record_tenant(&tenant);
+    Ok(Json(state.apps.get(&actor, &tenant, &name).await?))
+}
+
+/// Delete an app: its workers stop (SIGTERM, then SIGKILL after the grace
+/// period).
+#[utoipa::path(
+    delete, path = "/v1/tenants/{tenant}/apps/{name}", tag = "apps",
+    params(("tenant" = String, Path, description = "Tenant name"), ("name" = String, Path, description = "App name")),
+    responses((status = 204, description = "Deleted"), (status = 404, body = ErrorBody)),
+    security(("operator_token" = []))
+)]
+pub async fn delete_app(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Path((tenant, name)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    record_tenant(&tenant);
+    state.apps.delete(&actor, &tenant, &name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Start a stopped app.
+#[utoipa::path(
+    post, path = "/v1/tenants/{tenant}/apps/{name}/start", tag = "apps",
+    params(("tenant" = String, Path, description = "Tenant name"), ("name" = String, Path, description = "App name")),
+    responses((status = 200, body = AppView), (status = 404, body = ErrorBody)),
+    security(("operator_token" = []))
+)]
+pub async fn start_app(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Path((tenant, name)): Path<(String, String)>,
+) -> Result<Json<AppView>, ApiError> {
+    record_tenant(&tenant);
+    Ok(Json(state.apps.set_running(&actor, &tenant, &name, true).await?))
+}
+
+/// Stop an app's workers; it stays deployed.
+#[utoipa::path(
+    post, path = "/v1/tenants/{tenant}/apps/{name}/stop", tag = "apps",
+    params(("tenant" = String, Path, description = "Tenant name"), ("name" = String, Path, description = "App name")),
+    responses((status = 200, body = AppView), (status = 404, body = ErrorBody)),
+    security(("operator_token" = []))
+)]
+pub async fn stop_app(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Path((tenant, name)): Path<(String, String)>,
+) -> Result<Json<AppView>, ApiError> {
+    record_tenant(&tenant);
+    Ok(Json(state.apps.set_running(&actor, &tenant, &name, false).await?))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct LogQuery {
+    /// Which worker (0 by default).
+    #[param(minimum = 0, maximum = 15)]
+    pub worker: Option<u32>,
+    /// Only lines written at or after this time: RFC 3339, or a duration
+    /// back from now (10m, 2h).
+    pub since: Option<String>,
+    /// At most this many lines, the newest (1000 by default).
+    #[param(minimum = 1, maximum = 100000)]
+    pub tail: Option<usize>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct AppLogs {
+    /// `<RFC 3339 time> <stdout|stderr> <text>`, oldest first.
+    pub lines: Vec<String>,
+}
+
+/// A worker's standard output and error, as the runtime wrote them.
+#[utoipa::path(
+    get, path = "/v1/tenants/{tenant}/apps/{name}/logs", tag = "apps",
+    params(("tenant" = String, Path, description = "Tenant name"), ("name" = String, Path, description = "App name"), LogQuery),
+    responses((status = 200, body = AppLogs), (status = 404, body = ErrorBody)),
+    security(("operator_token" = []))
+)]
+pub async fn app_logs(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Path((tenant, name)): Path<(String, String)>,
+    query: Result<Query<LogQuery>, QueryRejection>,
+) -> Result<Json<AppLogs>, ApiError> {
+    record_tenant(&tenant);
+    let Query(query) = query?;
+    let worker = query.worker.unwrap_or(0);
+    let tail = query.tail.unwrap_or(1000);
+    if worker >= bulkhead_model::MAX_WORKERS || !(1..=100_000).contains(&tail) {
+        return Err(ApiError::new(
+            ErrorCode::InvalidRequest,
+            "worker is 0 to 15 and tail 1 to 100000",
+        ));
+    }
+    let since = super::since(query.since.as_deref(), state.audit.now())?;
+    Ok(Json(AppLogs { lines: state.apps.logs(&actor, &tenant, &name, worker, since, tail).await? }))
+}

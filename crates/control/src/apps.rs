@@ -1,0 +1,343 @@
+//! A tenant's apps: deployed, started, stopped, deleted and read here, each
+//! change on the tenant's audit stream; the runtime ([`crate::runtime`])
+//! runs what the store says. No HTTP here.
+
+use std::{io::BufRead, path::Path, sync::Arc};
+
+use bulkhead_identity::Permission;
+use bulkhead_model::{AppSpec, InvalidApp, PlanCatalog, Tenant, TenantState};
+use bulkhead_store::{AppRecord, ControlStore, StoreError};
+use bulkhead_vault::SecretPath;
+use serde::Serialize;
+use serde_json::json;
+use thiserror::Error;
+use time::OffsetDateTime;
+
+use crate::{
+    clock::Clock,
+    events::{Actor, EventLog},
+    runtime::{Runtime, WorkerView},
+};
+
+/// Apps one tenant may have.
+pub const MAX_APPS_PER_TENANT: usize = 20;
+
+#[derive(Debug, Error)]
+pub enum AppsError {
+    #[error("tenant {0:?} does not exist")]
+    TenantNotFound(String),
+    #[error("your roles in tenant {0:?} do not allow this")]
+    Forbidden(String),
+    #[error("app {name:?}: {error}")]
+    Invalid { name: String, error: InvalidApp },
+    #[error(
+        "tenant {tenant:?} has no app named {name:?}; `bulkhead apps list --tenant {tenant}` shows its apps"
+    )]
+    NotFound { tenant: String, name: String },
+    #[error(
+        "tenant {tenant:?} has {MAX_APPS_PER_TENANT} apps, as many as a tenant may; delete one it no longer needs"
+    )]
+    TooMany { tenant: String },
+    #[error("tenant {tenant:?} is {state}; apps run only for active tenants")]
+    NotActive { tenant: String, state: String },
+    #[error(
+        "this server runs no apps: it was started without the runtime (it needs the `bulkhead` \
+         binary as its sandbox helper)"
+    )]
+    NoRuntime,
+    #[error("the stored app {name:?} of tenant {tenant:?} is unreadable: {error}")]
+    Corrupt { tenant: String, name: String, error: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+type Result<T, E = AppsError> = std::result::Result<T, E>;
+
+/// An app as `apps get` shows it.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct AppView {
+    pub spec: AppSpec,
+    /// Whether it should run (`apps stop` clears it).
+    pub running: bool,
+    /// Kept out of rollouts.
+    pub pinned: bool,
+    /// The version it replaced, if any.
+    pub previous_version: Option<String>,
+    /// Each worker's state, as the runtime sees it now.
+    #[schema(value_type = Vec<Object>)]
+    pub workers: Vec<WorkerView>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+}
+
+/// Reads a stored spec back through the model's validation.
+pub fn decode_spec(spec: &str) -> Result<AppSpec, String> {
+    serde_json::from_str::<AppSpec>(spec)
+        .map_err(|e| e.to_string())
+        .and_then(|s| s.validate().map_err(|e| e.to_string()))
+}
+
+#[derive(Debug)]
+pub struct AppService {
+    store: Arc<dyn ControlStore>,
+    clock: Arc<dyn Clock>,
+    events: EventLog,
+    plans: PlanCatalog,
+    vault: Arc<bulkhead_vault::Vault>,
+    runtime: Option<Arc<Runtime>>,
+}
+
+impl AppService {
+    pub fn new(
+        store: Arc<dyn ControlStore>,
+        clock: Arc<dyn Clock>,
+        events: EventLog,
+        vault: Arc<bulkhead_vault::Vault>,
+        runtime: Option<Arc<Runtime>>,
+    ) -> Self {
+        Self { store, clock, events, plans: PlanCatalog::builtin(), vault, runtime }
+    }
+
+    pub fn runtime(&self) -> Option<&Arc<Runtime>> {
+        self.runtime.as_ref()
+    }
+
+    async fn tenant(&self, actor: &Actor, name: &str, permission: Permission) -> Result<Tenant> {
+        let tenant = self
+            .store
+            .tenant_named(name)
+            .await?
+            .filter(|t| actor.may_access(t) && t.state != TenantState::Deleted)
+            .ok_or_else(|| AppsError::TenantNotFound(name.to_owned()))?;
+        if !actor.allows(&tenant, permission) {
+            return Err(AppsError::Forbidden(name.to_owned()));
+        }
+        Ok(tenant)
+    }
+
+    async fn record(&self, tenant: &Tenant, name: &str) -> Result<AppRecord> {
+        self.store.app(tenant.id, name).await?.ok_or_else(|| AppsError::NotFound {
+            tenant: tenant.name.to_string(),
+            name: name.to_owned(),
+        })
+    }
+
+    fn view(&self, tenant: &Tenant, record: &AppRecord) -> Result<AppView> {
+        let corrupt = |error: String| AppsError::Corrupt {
+            tenant: tenant.name.to_string(),
+            name: record.name.clone(),
+            error,
+        };
+        let spec = decode_spec(&record.spec).map_err(corrupt)?;
+        let previous_version = match &record.previous {
+            Some(previous) => Some(decode_spec(previous).map_err(corrupt)?.version),
+            None => None,
+        };
+        let workers = self
+            .runtime
+            .as_ref()
+            .map(|r| r.workers(tenant, &spec, crate::runtime::runs(record, tenant)))
+            .unwrap_or_default();
+        Ok(AppView {
+            spec,
+            running: record.running,
+            pinned: record.pinned,
+            previous_version,
+            workers,
+            updated_at: record.updated_at,
+        })
+    }
+
+    /// Deploys `spec`: creates the app, or replaces its spec (keeping the
+    /// one it replaces as `previous`). The app is marked running.
+    pub async fn deploy(
+        &self,
+        actor: &Actor,
+        tenant_name: &str,
+        spec: AppSpec,
+    ) -> Result<(AppView, bool)> {
+        if self.runtime.is_none() {
+            return Err(AppsError::NoRuntime);
+        }
+        let tenant = self.tenant(actor, tenant_name, Permission::Manage).await?;
+        if tenant.state != TenantState::Active {
+            return Err(AppsError::NotActive {
+                tenant: tenant_name.to_owned(),
+                state: tenant.state.to_string(),
+            });
+        }
+        let name = spec.name.to_string();
+        let invalid = |error: InvalidApp| AppsError::Invalid { name: name.clone(), error };
+        let spec = spec.validate().map_err(invalid)?;
+        self.check_deployable(&tenant, &spec).await.map_err(invalid)?;
+        let existing = self.store.apps(tenant.id).await?;
+        let current = existing.iter().find(|a| a.name == name);
+        if current.is_none() && existing.len() >= MAX_APPS_PER_TENANT {
+            return Err(AppsError::TooMany { tenant: tenant_name.to_owned() });
+        }
+        let json = serde_json::to_string(&spec).map_err(|e| AppsError::Corrupt {
+            tenant: tenant_name.to_owned(),
+            name: name.clone(),
+            error: e.to_string(),
+        })?;
+        let now = self.clock.now();
+        let record = AppRecord {
+            tenant_id: tenant.id,
+            name: name.clone(),
+            previous: match current {
+                Some(c) if c.spec != json => Some(c.spec.clone()),
+                Some(c) => c.previous.clone(),
+                None => None,
+            },
+            spec: json,
+            running: true,
+            pinned: current.is_some_and(|c| c.pinned),
+            created_at: now,
+            updated_at: now,
+        };
+        let created = self.store.put_app(&record).await?;
+        let details = json!({
+            "name": name,
+            "version": spec.version,
+            "workers": spec.workers,
+            "previous_version": record.previous.as_deref().and_then(|p| decode_spec(p).ok()).map(|p| p.version),
+        });
+        self.events.record(actor, &tenant, "app.deploy", "ok", details).await;
+        self.changed();
+        Ok((self.view(&tenant, &record)?, created))
+    }
+
+    /// What can only be checked against the server: the artifact is a
+    /// directory here, the secrets exist, the limits fit the plan.
+    async fn check_deployable(&self, tenant: &Tenant, spec: &AppSpec) -> Result<(), InvalidApp> {
+        let invalid = |field: &'static str, message: String| InvalidApp { field, message };
+        if let Some(artifact) = &spec.artifact
+            && !Path::new(artifact).is_dir()
+        {
+            return Err(invalid(
+                "artifact",
+                format!("{artifact} is not a directory on the server"),
+            ));
+        }
+        let plan =
+            self.plans.get(tenant.plan.as_str()).map_err(|e| invalid("limits", e.to_string()))?;
+        spec.limits.within(&plan.runtime)?;
+        let stored = if spec.secrets.is_empty() {
+            Vec::new()
+        } else {
+            self.vault.list(tenant.id).await.map_err(|e| invalid("secrets", e.to_string()))?
+        };
+        for secret in &spec.secrets {
+            let path =
+                SecretPath::parse(&secret.path).map_err(|e| invalid("secrets", e.to_string()))?;
+            if !stored.iter().any(|s| s.path == path.as_str()) {
+                return Err(invalid(
+                    "secrets",
+                    format!(
+                        "the tenant has no secret {}; `bulkhead secrets put --tenant {} {}` stores it",
+                        secret.path, tenant.name, secret.path
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn list(&self, actor: &Actor, tenant_name: &str) -> Result<Vec<AppView>> {
+        let tenant = self.tenant(actor, tenant_name, Permission::Read).await?;
+        self.store.apps(tenant.id).await?.iter().map(|r| self.view(&tenant, r)).collect()
+    }
+
+    pub async fn get(&self, actor: &Actor, tenant_name: &str, name: &str) -> Result<AppView> {
+        let tenant = self.tenant(actor, tenant_name, Permission::Read).await?;
+        let record = self.record(&tenant, name).await?;
+        self.view(&tenant, &record)
+    }
+
+    /// `apps start` / `apps stop`: what the operator wants, recorded.
+    pub async fn set_running(
+        &self,
+        actor: &Actor,
+        tenant_name: &str,
+        name: &str,
+        running: bool,
+    ) -> Result<AppView> {
+        let tenant = self.tenant(actor, tenant_name, Permission::Manage).await?;
+        let mut record = self.record(&tenant, name).await?;
+        if record.running != running {
+            record.running = running;
+            record.updated_at = self.clock.now();
+            self.store.put_app(&record).await?;
+            let action = if running { "app.start" } else { "app.stop" };
+            self.events.record(actor, &tenant, action, "ok", json!({ "name": name })).await;
+            self.changed();
+        }
+        self.view(&tenant, &record)
+    }
+
+    pub async fn delete(&self, actor: &Actor, tenant_name: &str, name: &str) -> Result<()> {
+        let tenant = self.tenant(actor, tenant_name, Permission::Manage).await?;
+        if !self.store.delete_app(tenant.id, name).await? {
+            return Err(AppsError::NotFound {
+                tenant: tenant_name.to_owned(),
+                name: name.to_owned(),
+            });
+        }
+        self.events.record(actor, &tenant, "app.delete", "ok", json!({ "name": name })).await;
+        self.changed();
+        Ok(())
+    }
+
+    /// The last `tail` lines of a worker's log written at or after `since`.
+    pub async fn logs(
+        &self,
+        actor: &Actor,
+        tenant_name: &str,
+        name: &str,
+        worker: u32,
+        since: Option<OffsetDateTime>,
+        tail: usize,
+    ) -> Result<Vec<String>> {
+        let tenant = self.tenant(actor, tenant_name, Permission::Read).await?;
+        self.record(&tenant, name).await?;
+        let Some(runtime) = &self.runtime else { return Err(AppsError::NoRuntime) };
+        let path = runtime.log_path(&tenant, name, worker);
+        let since = since
+            .map(|t| t.format(&time::format_description::well_known::Rfc3339).unwrap_or_default());
+        let lines = tokio::task::spawn_blocking(move || read_log(&path, since.as_deref(), tail))
+            .await
+            .unwrap_or_default();
+        Ok(lines)
+    }
+
+    fn changed(&self) {
+        if let Some(runtime) = &self.runtime {
+            runtime.changed();
+        }
+    }
+}
+
+/// The log's lines (rotated files first) from `since` on, the last `tail`.
+/// Lines start with their RFC 3339 time, so comparing strings of the same
+/// form orders them.
+fn read_log(path: &Path, since: Option<&str>, tail: usize) -> Vec<String> {
+    let mut files: Vec<std::path::PathBuf> = (1..=20)
+        .rev()
+        .map(|n| std::path::PathBuf::from(format!("{}.{n}", path.display())))
+        .collect();
+    files.push(path.to_owned());
+    let mut lines = std::collections::VecDeque::with_capacity(tail.min(10_000));
+    for file in files {
+        let Ok(file) = std::fs::File::open(&file) else { continue };
+        for line in std::io::BufReader::new(file).lines().map_while(std::result::Result::ok) {
+            if since.is_some_and(|since| line.as_str() < since) {
+                continue;
+            }
+            if lines.len() == tail {
+                lines.pop_front();
+            }
+            lines.push_back(line);
+        }
+    }
+    lines.into()
+}

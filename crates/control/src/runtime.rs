@@ -1,0 +1,442 @@
+//! The runtime in the control plane: turns each tenant's stored apps into
+//! the supervisor's workers and keeps the two in step. What should run is
+//! the store (apps marked running, of active tenants); a loop converges the
+//! workers to it every few seconds and at once after a change, so a tenant
+//! suspended, offboarded or deleted loses its workers without any other
+//! code having to remember to stop them. Worker events go to the tenant's
+//! audit stream.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    io,
+    os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt},
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use bulkhead_model::{AppSpec, PlanCatalog, Tenant, TenantId, TenantState};
+use bulkhead_runtime::{
+    cgroup::CgroupLimits,
+    forward::{EgressPolicy, Target},
+    logs::Rotation,
+    spec::{Bind, LayerSwitches, SandboxLimits, SandboxSpec, SecretFile},
+    supervisor::{
+        EventKind, Layers, RestartPolicy, Supervisor, SupervisorConfig, WorkerSpec, WorkerState,
+    },
+};
+use bulkhead_store::{AppRecord, ControlStore};
+use bulkhead_vault::{SecretPath, Vault};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use tokio::sync::{Notify, watch};
+
+use crate::{
+    clock::Clock,
+    config::RuntimeSettings,
+    events::{Actor, EventLog},
+};
+
+/// How often the workers are compared with the store when nothing changed.
+const RECONCILE_EVERY: Duration = Duration::from_secs(5);
+/// The port of the egress proxy inside each worker's network.
+pub const EGRESS_PORT: u16 = 3128;
+/// The size of each worker's private `/tmp`.
+const TMP_BYTES: u64 = 64 << 20;
+const OPEN_FILES: u64 = 4096;
+
+/// One worker the runtime runs, and the spec it runs with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Running {
+    tenant: TenantId,
+    app: String,
+    index: u32,
+    /// Changes when anything the worker was started with changes.
+    fingerprint: String,
+}
+
+#[derive(Debug)]
+pub struct Runtime {
+    supervisor: Supervisor,
+    store: Arc<dyn ControlStore>,
+    vault: Arc<Vault>,
+    clock: Arc<dyn Clock>,
+    events: EventLog,
+    plans: PlanCatalog,
+    tenants_dir: PathBuf,
+    settings: RuntimeSettings,
+    running: Mutex<HashMap<String, Running>>,
+    changed: Notify,
+}
+
+/// A worker as `apps get` shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct WorkerView {
+    pub index: u32,
+    #[serde(flatten)]
+    pub state: WorkerState,
+}
+
+impl Runtime {
+    pub async fn start(
+        settings: RuntimeSettings,
+        data_dir: &Path,
+        store: Arc<dyn ControlStore>,
+        vault: Arc<Vault>,
+        clock: Arc<dyn Clock>,
+        events: EventLog,
+    ) -> Result<Arc<Self>, String> {
+        let instance = hex(&Sha256::digest(data_dir.display().to_string().as_bytes())[..4]);
+        let now_clock = Arc::clone(&clock);
+        let supervisor = Supervisor::start(SupervisorConfig {
+            helper: settings.helper.clone(),
+            instance,
+            sandbox_root: data_dir.join("runtime").join("root"),
+            now: Arc::new(move || now_clock.now()),
+        })
+        .await?;
+        Ok(Arc::new(Self {
+            supervisor,
+            store,
+            vault,
+            clock,
+            events,
+            plans: PlanCatalog::builtin(),
+            tenants_dir: data_dir.join("tenants"),
+            settings,
+            running: Mutex::default(),
+            changed: Notify::new(),
+        }))
+    }
+
+    pub fn layers(&self) -> &Layers {
+        self.supervisor.layers()
+    }
+
+    /// Converges now rather than at the next tick.
+    pub fn changed(&self) {
+        self.changed.notify_one();
+    }
+
+    /// Runs until `stopping`: converges, relays events, then stops every
+    /// worker on the way out.
+    pub async fn run(self: Arc<Self>, mut stopping: watch::Receiver<bool>) {
+        let relay = tokio::spawn(Arc::clone(&self).relay_events());
+        loop {
+            if let Err(error) = self.reconcile().await {
+                tracing::warn!(%error, "the runtime could not compare its workers with the store");
+            }
+            tokio::select! {
+                _ = stopping.wait_for(|stop| *stop) => break,
+                () = self.changed.notified() => {}
+                () = tokio::time::sleep(RECONCILE_EVERY) => {}
+            }
+        }
+        self.supervisor.shutdown(RestartPolicy::default().grace).await;
+        relay.abort();
+    }
+
+    /// Starts what should run and is not (or runs an older spec), stops
+    /// what runs and should not.
+    pub async fn reconcile(&self) -> Result<(), String> {
+        let records = self.store.all_apps().await.map_err(|e| e.to_string())?;
+        let mut tenants: HashMap<TenantId, Option<Tenant>> = HashMap::new();
+        let mut desired: BTreeMap<String, (Tenant, AppSpec, u32)> = BTreeMap::new();
+        for record in records.into_iter().filter(|r| r.running) {
+            let tenant = match tenants.get(&record.tenant_id) {
+                Some(t) => t.clone(),
+                None => {
+                    let t = self
+                        .store
+                        .tenant_by_id(record.tenant_id)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    tenants.insert(record.tenant_id, t.clone());
+                    t
+                }
+            };
+            let Some(tenant) = tenant.filter(|t| t.state == TenantState::Active) else { continue };
+            let Ok(spec) = crate::apps::decode_spec(&record.spec) else { continue };
+            for index in 0..spec.workers {
+                desired.insert(
+                    worker_key(&tenant, spec.name.as_str(), index),
+                    (tenant.clone(), spec.clone(), index),
+                );
+            }
+        }
+        let current: HashMap<String, Running> =
+            self.running.lock().map(|r| r.clone()).unwrap_or_default();
+        // Stopped together: each may take its grace period.
+        let leaving: Vec<(&String, &Running)> =
+            current.iter().filter(|(k, _)| !desired.contains_key(*k)).collect();
+        let stops = leaving
+            .iter()
+            .map(|(key, _)| self.supervisor.stop(key, RestartPolicy::default().grace));
+        let stopped = futures_util::future::join_all(stops).await;
+        for ((key, worker), stopped) in leaving.into_iter().zip(stopped) {
+            if let Ok(mut running) = self.running.lock() {
+                running.remove(key);
+            }
+            // Recorded here rather than from the supervisor's event: the
+            // worker leaves the table as it stops.
+            if stopped && let Ok(Some(tenant)) = self.store.tenant_by_id(worker.tenant).await {
+                let details = json!({ "app": worker.app, "worker": worker.index });
+                self.note(&tenant, "app.worker.stop", "ok", details).await;
+            }
+        }
+        for (key, (tenant, spec, index)) in desired {
+            let fingerprint = fingerprint(&spec);
+            if current.get(&key).is_some_and(|r| r.fingerprint == fingerprint) {
+                continue;
+            }
+            let running =
+                Running { tenant: tenant.id, app: spec.name.to_string(), index, fingerprint };
+            match self.worker(&tenant, &spec, index, &key).await {
+                Ok(worker) => {
+                    self.supervisor.run(worker).await;
+                }
+                Err(reason) => {
+                    // Recorded once per spec: the entry stops a retry loop
+                    // until the app or the tenant changes.
+                    self.note(
+                        &tenant,
+                        "app.worker.fail",
+                        "failed",
+                        json!({ "app": spec.name, "worker": index, "reason": reason }),
+                    )
+                    .await;
+                }
+            }
+            if let Ok(mut map) = self.running.lock() {
+                map.insert(key, running);
+            }
+        }
+        Ok(())
+    }
+
+    /// The app's workers and their states; one not started yet is
+    /// `starting` if the app should run.
+    pub fn workers(&self, tenant: &Tenant, spec: &AppSpec, running: bool) -> Vec<WorkerView> {
+        (0..spec.workers)
+            .map(|index| WorkerView {
+                index,
+                state: self
+                    .supervisor
+                    .state(&worker_key(tenant, spec.name.as_str(), index))
+                    .unwrap_or(if running { WorkerState::Starting } else { WorkerState::Stopped }),
+            })
+            .collect()
+    }
+
+    /// The log file of one of the app's workers.
+    pub fn log_path(&self, tenant: &Tenant, app: &str, index: u32) -> PathBuf {
+        self.tenants_dir
+            .join(tenant.name.as_str())
+            .join("logs")
+            .join(format!("{}.log", worker_key(tenant, app, index)))
+    }
+
+    async fn worker(
+        &self,
+        tenant: &Tenant,
+        spec: &AppSpec,
+        index: u32,
+        key: &str,
+    ) -> Result<WorkerSpec, String> {
+        let (first, last) = self.settings.uids;
+        let uid = self
+            .store
+            .runtime_user(tenant.id, first, last, self.clock.now())
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("every Unix user of the runtime's range {first}-{last} is taken; widen [runtime] uids"))?;
+        let plan = self.plans.get(tenant.plan.as_str()).map_err(|e| e.to_string())?;
+        let limits = spec.limits.within(&plan.runtime).map_err(|e| e.to_string())?;
+        let tenant_dir = self.tenants_dir.join(tenant.name.as_str());
+        let data = owned_dir(&tenant_dir, "data", uid, 0o700)?;
+        let run = owned_dir(&tenant_dir, "run", uid, 0o700)?;
+        let logs = owned_dir(&tenant_dir, "logs", 0, 0o750)?;
+        let mut binds = vec![
+            Bind { host: data, at: "/data".into(), writable: true },
+            Bind { host: run, at: "/run/app".into(), writable: true },
+        ];
+        if let Some(artifact) = &spec.artifact {
+            binds.push(Bind { host: artifact.into(), at: "/app".into(), writable: false });
+        }
+        let mut env: Vec<(String, String)> =
+            spec.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let socket = format!("/run/app/{}-{index}.sock", spec.name);
+        env.extend([
+            ("BULKHEAD_TENANT".to_owned(), tenant.name.to_string()),
+            ("BULKHEAD_APP".to_owned(), spec.name.to_string()),
+            ("BULKHEAD_VERSION".to_owned(), spec.version.clone()),
+            ("BULKHEAD_WORKER".to_owned(), index.to_string()),
+            ("BULKHEAD_SOCKET".to_owned(), socket),
+            ("BULKHEAD_DATA_DIR".to_owned(), "/data".to_owned()),
+            ("BULKHEAD_SECRETS_DIR".to_owned(), bulkhead_runtime::spec::paths::SECRETS.to_owned()),
+            ("HOME".to_owned(), "/data".to_owned()),
+            ("PATH".to_owned(), "/usr/local/bin:/usr/bin:/bin".to_owned()),
+        ]);
+        let mut forwards = Vec::new();
+        if !spec.egress.is_empty() {
+            let policy = EgressPolicy::parse(&spec.egress)?;
+            forwards.push((EGRESS_PORT, Target::Egress(policy)));
+            let proxy = format!("http://127.0.0.1:{EGRESS_PORT}");
+            env.extend([
+                ("HTTPS_PROXY".to_owned(), proxy.clone()),
+                ("https_proxy".to_owned(), proxy),
+            ]);
+        }
+        let secrets = self.secrets(tenant, spec).await?;
+        let (program, args) = spec.command.split_first().ok_or("the app has no command")?;
+        Ok(WorkerSpec {
+            key: key.to_owned(),
+            sandbox: SandboxSpec {
+                name: key.to_owned(),
+                uid,
+                gid: uid,
+                command: program.into(),
+                args: args.to_vec(),
+                env,
+                cwd: "/data".into(),
+                root: PathBuf::new(),
+                binds,
+                secrets,
+                limits: SandboxLimits {
+                    open_files: OPEN_FILES,
+                    tmp_bytes: TMP_BYTES,
+                    processes: None,
+                },
+                layers: LayerSwitches::ALL,
+                connect_ports: forwards.iter().map(|(port, _)| *port).collect(),
+            },
+            limits: CgroupLimits {
+                memory_bytes: u64::from(limits.memory_mib) << 20,
+                cpu_millis: Some(limits.cpu_millicores),
+                cpu_weight: 100,
+                pids: u64::from(limits.max_processes),
+            },
+            forwards,
+            log_dir: logs,
+            log_rotation: Rotation {
+                max_bytes: self.settings.log_max_bytes,
+                keep: self.settings.log_keep,
+            },
+            restart: RestartPolicy::default(),
+        })
+    }
+
+    /// The app's secrets from the tenant's vault, each recorded on the
+    /// tenant's stream before it is handed to the worker.
+    async fn secrets(&self, tenant: &Tenant, spec: &AppSpec) -> Result<Vec<SecretFile>, String> {
+        let mut files = Vec::new();
+        for secret in &spec.secrets {
+            let path = SecretPath::parse(&secret.path).map_err(|e| e.to_string())?;
+            let stored = self
+                .vault
+                .get(tenant.id, &path, None)
+                .await
+                .map_err(|e| format!("secret {}: {e}", secret.path))?;
+            let value = String::from_utf8(stored.value.to_vec()).map_err(|_| {
+                format!("secret {} is not UTF-8 text; a secret file holds text", secret.path)
+            })?;
+            let details = json!({ "path": secret.path, "version": stored.version, "app": spec.name, "file": secret.file_name() });
+            self.events
+                .record_disclosure(&Actor::Runtime, Some(tenant), "secret.deliver", details)
+                .await
+                .map_err(|e| e.to_string())?;
+            files.push(SecretFile { name: secret.file_name().to_owned(), value: value.into() });
+        }
+        Ok(files)
+    }
+
+    async fn relay_events(self: Arc<Self>) {
+        let mut events = self.supervisor.subscribe();
+        loop {
+            let event = match events.recv().await {
+                Ok(event) => event,
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            };
+            let Some(running) = self.running.lock().ok().and_then(|r| r.get(&event.key).cloned())
+            else {
+                continue;
+            };
+            let Ok(Some(tenant)) = self.store.tenant_by_id(running.tenant).await else { continue };
+            let base = json!({ "app": running.app, "worker": running.index });
+            let (action, outcome, details) = match event.kind {
+                EventKind::Started { pid } => {
+                    ("app.worker.start", "ok", with(base, "pid", json!(pid)))
+                }
+                EventKind::Exited { reason } => {
+                    ("app.worker.exit", "restarting", with(base, "reason", json!(reason)))
+                }
+                EventKind::Failed { reason } => {
+                    ("app.worker.fail", "failed", with(base, "reason", json!(reason)))
+                }
+                // Recorded by `reconcile`, which stopped it.
+                EventKind::Stopped => continue,
+            };
+            self.note(&tenant, action, outcome, details).await;
+        }
+    }
+
+    async fn note(&self, tenant: &Tenant, action: &str, outcome: &str, details: serde_json::Value) {
+        self.events.record(&Actor::Runtime, tenant, action, outcome, details).await;
+    }
+}
+
+fn with(mut value: serde_json::Value, key: &str, extra: serde_json::Value) -> serde_json::Value {
+    if let Some(map) = value.as_object_mut() {
+        map.insert(key.to_owned(), extra);
+    }
+    value
+}
+
+/// `t<tenant id's first 8 hex>-<app>-<index>`: unique per server, short
+/// enough for a hostname.
+fn worker_key(tenant: &Tenant, app: &str, index: u32) -> String {
+    format!("t{}-{app}-{index}", tenant.id.short())
+}
+
+fn fingerprint(spec: &AppSpec) -> String {
+    hex(&Sha256::digest(serde_json::to_vec(spec).unwrap_or_default()))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// `parent/name`, a real directory (never a link a worker planted) owned by
+/// `uid` with `mode`.
+fn owned_dir(parent: &Path, name: &str, uid: u32, mode: u32) -> Result<PathBuf, String> {
+    let path = parent.join(name);
+    let fail = |e: io::Error| format!("cannot prepare {}: {e}", path.display());
+    match std::fs::symlink_metadata(&path) {
+        Ok(meta) if meta.file_type().is_dir() => {
+            if meta.uid() != uid {
+                nix::unistd::chown(&path, Some(uid.into()), Some(uid.into()))
+                    .map_err(|e| fail(e.into()))?;
+            }
+            if meta.mode() & 0o7777 != mode {
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
+                    .map_err(fail)?;
+            }
+        }
+        Ok(_) => return Err(format!("{} is not a directory; move it away", path.display())),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            std::fs::DirBuilder::new().mode(mode).create(&path).map_err(fail)?;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).map_err(fail)?;
+            nix::unistd::chown(&path, Some(uid.into()), Some(uid.into()))
+                .map_err(|e| fail(e.into()))?;
+        }
+        Err(e) => return Err(fail(e)),
+    }
+    Ok(path)
+}
+
+/// Whether `record` is one the runtime would run (used by the service to
+/// tell the caller what will happen).
+pub fn runs(record: &AppRecord, tenant: &Tenant) -> bool {
+    record.running && tenant.state == TenantState::Active
+}

@@ -1,0 +1,25 @@
+-- Each tenant's apps, run by the runtime as confined workers. `spec` is a
+-- bulkhead_model::AppSpec in JSON; `previous` the spec it replaced, which a
+-- failed rollout goes back to. `running` is what the operator asked for
+-- (start/stop); `pinned` keeps the app out of rollouts.
+
+CREATE TABLE apps (
+    tenant_id   UUID NOT NULL REFERENCES tenants (id) ON DELETE CASCADE,
+    name        TEXT NOT NULL,
+    spec        TEXT NOT NULL,
+    previous    TEXT,
+    running     BOOLEAN NOT NULL DEFAULT TRUE,
+    pinned      BOOLEAN NOT NULL DEFAULT FALSE,
+    created_at  TIMESTAMPTZ NOT NULL,
+    updated_at  TIMESTAMPTZ NOT NULL,
+    PRIMARY KEY (tenant_id, name)
+);
+
+-- The Unix user of each tenant's workers, from the configured range. The
+-- row outlives the tenant (no foreign key): a uid that may still own files
+-- is never given to another tenant until it is released by hand.
+CREATE TABLE runtime_users (
+    uid           BIGINT PRIMARY KEY,
+    tenant_id     UUID NOT NULL UNIQUE,
+    allocated_at  TIMESTAMPTZ NOT NULL
+);
