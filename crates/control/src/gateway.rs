@@ -18,10 +18,10 @@ use std::{
 
 use bulkhead_gateway::{ApiKeyConfig, Domain, Gateway, Snapshot, TenantConfig};
 use bulkhead_identity::Role;
-use bulkhead_model::{PlanCatalog, Tenant, TenantId, TenantState};
+use bulkhead_model::{ApiSpec, PlanCatalog, Tenant, TenantId, TenantState, Upstream};
 use bulkhead_store::{
-    ApiKeyRecord, ApiRecord, ControlStore, GatewayChanges, RealmKeyRecord, RealmRecord, StoreError,
-    TrustRecord,
+    ApiKeyRecord, ApiRecord, AppRecord, ControlStore, GatewayChanges, RealmKeyRecord, RealmRecord,
+    StoreError, TrustRecord,
 };
 use tokio::sync::{Notify, watch};
 
@@ -35,6 +35,9 @@ pub fn affects_gateway(action: &str) -> bool {
         || action.starts_with("api.")
         || action == "apikey.create"
         || action == "apikey.revoke"
+        // `app:` upstreams name the app's workers and the tenant's user,
+        // which its first start allocates.
+        || matches!(action, "app.deploy" | "app.start" | "app.stop" | "app.delete" | "app.worker.start")
 }
 
 /// Tenants whose gateway entry is out of date, collected until the feed
@@ -73,6 +76,8 @@ pub struct GatewayFeed {
     realms: Arc<Realms>,
     plans: PlanCatalog,
     domain: Domain,
+    /// Where tenants' workers' sockets are, for `app:` upstreams.
+    tenants_dir: std::path::PathBuf,
 }
 
 /// What one tenant's entry is built from.
@@ -83,6 +88,9 @@ struct Parts<'a> {
     trust: Option<&'a TrustRecord>,
     api_keys: Vec<&'a ApiKeyRecord>,
     apis: Vec<&'a ApiRecord>,
+    apps: Vec<&'a AppRecord>,
+    /// The tenant's Unix user, which its workers' sockets must belong to.
+    uid: Option<u32>,
 }
 
 impl GatewayFeed {
@@ -91,12 +99,13 @@ impl GatewayFeed {
         realms: Arc<Realms>,
         plans: PlanCatalog,
         base_domain: &bulkhead_model::BaseDomain,
+        tenants_dir: std::path::PathBuf,
     ) -> Self {
         let domain = Domain {
             base_domain: base_domain.as_str().to_owned(),
             control_audience: realms.control_audience(),
         };
-        Self { store, realms, plans, domain }
+        Self { store, realms, plans, domain, tenants_dir }
     }
 
     pub fn domain(&self) -> Domain {
@@ -112,7 +121,15 @@ impl GatewayFeed {
         let trusts = self.store.all_trusts().await?;
         let api_keys = self.store.all_unrevoked_api_keys().await?;
         let apis = self.store.all_apis().await?;
+        let apps = self.store.all_apps().await?;
+        let users = self.store.runtime_users().await?;
         let mut parts: HashMap<TenantId, Parts<'_>> = HashMap::new();
+        for app in &apps {
+            parts.entry(app.tenant_id).or_default().apps.push(app);
+        }
+        for (tenant, uid) in &users {
+            parts.entry(*tenant).or_default().uid = Some(*uid);
+        }
         for key in &keys {
             parts.entry(key.tenant_id).or_default().keys.push(key);
         }
@@ -164,14 +181,60 @@ impl GatewayFeed {
         let trust = self.store.trust(id).await?;
         let api_keys = self.store.api_keys(id).await?;
         let apis = self.store.apis(id).await?;
+        let apps = self.store.apps(id).await?;
+        let uid = self
+            .store
+            .runtime_users()
+            .await?
+            .into_iter()
+            .find(|(t, _)| *t == id)
+            .map(|(_, uid)| uid);
         let parts = Parts {
             keys: keys.iter().collect(),
             realm: realm.as_ref(),
             trust: trust.as_ref(),
             api_keys: api_keys.iter().filter(|k| k.revoked_at.is_none()).collect(),
             apis: apis.iter().collect(),
+            apps: apps.iter().collect(),
+            uid,
         };
         Ok(self.config(&tenant, &parts).await)
+    }
+
+    /// Replaces each `app:NAME` upstream with the app's workers' sockets,
+    /// each to be answered by the tenant's own Unix user only. An app that
+    /// is missing or stopped still names its first worker's socket, which
+    /// nothing answers: the request gets 502 rather than another route.
+    fn resolve_apps(&self, tenant: &Tenant, parts: &Parts<'_>, mut spec: ApiSpec) -> ApiSpec {
+        if !spec.upstreams.iter().any(|u| matches!(u, Upstream::App(_))) {
+            return spec;
+        }
+        let run = self.tenants_dir.join(tenant.name.as_str()).join("run");
+        let upstreams: Vec<Upstream> = spec
+            .upstreams
+            .iter()
+            .flat_map(|upstream| match upstream {
+                Upstream::App(name) => {
+                    let workers = parts
+                        .apps
+                        .iter()
+                        .find(|a| a.name == name.as_str() && a.running)
+                        .and_then(|a| crate::apps::decode_spec(&a.spec).ok())
+                        .map_or(1, |spec| spec.workers);
+                    // No user yet: uid 0 is never a worker's, so nothing passes.
+                    let uid = parts.uid.unwrap_or(0);
+                    (0..workers)
+                        .map(|i| Upstream::Worker {
+                            path: run.join(format!("{name}-{i}.sock")).display().to_string(),
+                            uid,
+                        })
+                        .collect::<Vec<_>>()
+                }
+                other => vec![other.clone()],
+            })
+            .collect();
+        spec.upstreams = upstreams.into();
+        spec
     }
 
     async fn config(&self, tenant: &Tenant, parts: &Parts<'_>) -> Option<TenantConfig> {
@@ -223,7 +286,7 @@ impl GatewayFeed {
             .apis
             .iter()
             .filter_map(|record| match apis::decode(record) {
-                Ok(spec) => Some(spec),
+                Ok(spec) => Some(self.resolve_apps(tenant, parts, spec)),
                 Err(error) => {
                     tracing::error!(tenant = %tenant.name, api = %record.name, %error, "a stored API is unreadable; it is not served");
                     None

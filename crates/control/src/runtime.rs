@@ -255,6 +255,7 @@ impl Runtime {
         let tenant_dir = self.tenants_dir.join(tenant.name.as_str());
         let data = owned_dir(&tenant_dir, "data", uid, 0o700)?;
         let run = owned_dir(&tenant_dir, "run", uid, 0o700)?;
+        let socket_on_host = run.join(format!("{}-{index}.sock", spec.name));
         let logs = owned_dir(&tenant_dir, "logs", 0, 0o750)?;
         let mut binds = vec![
             Bind { host: data, at: "/data".into(), writable: true },
@@ -323,6 +324,7 @@ impl Runtime {
                 keep: self.settings.log_keep,
             },
             restart: RestartPolicy::default(),
+            stale: vec![socket_on_host],
         })
     }
 

@@ -456,6 +456,7 @@ pub async fn start_gateway(config: Config) -> Result<RunningGateway, StartError>
         Arc::new(realms),
         PlanCatalog::builtin(),
         &config.base_domain,
+        config.data_dir.join("tenants"),
     ));
     let gateway_bind = |source| StartError::GatewayBind { addr: config.gateway_listen, source };
     let listener =
@@ -672,6 +673,7 @@ pub async fn start_with_steps(
         Arc::clone(identity.realms()),
         PlanCatalog::builtin(),
         &config.base_domain,
+        data_dir.tenants(),
     ));
     let decision_recorder = Arc::new(DecisionRecorder::new(Arc::clone(&store), events));
     let decisions_to = Decisions::Record(Arc::clone(&decision_recorder));

@@ -216,7 +216,10 @@ impl Verifier {
         }
         for (tenant, apis) in &all_apis {
             for api in apis {
-                for upstream in api.upstreams.iter() {
+                // An app is the tenant's own by construction.
+                for upstream in
+                    api.upstreams.iter().filter(|u| !matches!(u, bulkhead_model::Upstream::App(_)))
+                {
                     let used = (*tenant, api.name.to_string(), api.shared_upstream);
                     users.entry(upstream.to_string()).or_default().push(used);
                 }

@@ -365,6 +365,28 @@ impl tower_service::Service<Uri> for Connector {
                     Upstream::Unix(path) => {
                         Io::Unix(TokioIo::new(UnixStream::connect(path).await?))
                     }
+                    Upstream::Worker { path, uid } => {
+                        // The socket lives in a directory the tenant's
+                        // workers write: whatever answers there must be
+                        // the tenant's own user, never a link it planted
+                        // to another tenant's socket or a server's.
+                        let stream = UnixStream::connect(path).await?;
+                        let peer = stream.peer_cred()?.uid();
+                        if peer != *uid || *uid == 0 {
+                            return Err(io::Error::new(
+                                io::ErrorKind::PermissionDenied,
+                                format!(
+                                    "{path} is answered by user {peer}, not the tenant's worker"
+                                ),
+                            ));
+                        }
+                        Io::Unix(TokioIo::new(stream))
+                    }
+                    Upstream::App(name) => {
+                        return Err(io::Error::other(format!(
+                            "app:{name} was not resolved to its workers"
+                        )));
+                    }
                 })
             };
             let io = tokio::time::timeout(timeout, connect)

@@ -135,20 +135,34 @@ impl From<PathPrefix> for String {
 }
 
 /// Where an API's requests go: `http://host:port` (a host name or an IP
-/// literal, no path), or `unix:/absolute/path` for a socket on this
-/// machine.
+/// literal, no path), `unix:/absolute/path` for a socket on this machine,
+/// or `app:NAME` for the workers of the tenant's own app of that name.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub enum Upstream {
     /// `host:port`, as written.
     Http(String),
     Unix(String),
+    /// The tenant's app: resolved by the control plane into its workers.
+    App(crate::AppName),
+    /// One worker's socket, and the Unix user that must be listening on it
+    /// (the tenant's): what `App` becomes in the gateway's configuration.
+    /// Never parsed from a spec.
+    Worker {
+        path: String,
+        uid: u32,
+    },
 }
 
 impl Upstream {
     pub fn parse(upstream: &str) -> Result<Self, InvalidApi> {
-        let rule = "an upstream is http://host:port (no path, query or credentials) or \
-                    unix:/absolute/path";
+        let rule = "an upstream is http://host:port (no path, query or credentials), \
+                    unix:/absolute/path or app:NAME";
+        if let Some(app) = upstream.strip_prefix("app:") {
+            return crate::AppName::parse(app)
+                .map(Self::App)
+                .map_err(|e| invalid("upstreams", format!("{upstream:?}: {}", e.message)));
+        }
         if let Some(path) = upstream.strip_prefix("unix:") {
             if !path.starts_with('/') || path.contains('\0') || path.len() > 107 {
                 return Err(invalid(
@@ -196,6 +210,8 @@ impl fmt::Display for Upstream {
         match self {
             Upstream::Http(authority) => write!(f, "http://{authority}"),
             Upstream::Unix(path) => write!(f, "unix:{path}"),
+            Upstream::App(name) => write!(f, "app:{name}"),
+            Upstream::Worker { path, uid } => write!(f, "worker:{uid}:{path}"),
         }
     }
 }

@@ -131,6 +131,9 @@ pub struct WorkerSpec {
     pub log_dir: PathBuf,
     pub log_rotation: Rotation,
     pub restart: RestartPolicy,
+    /// Host paths removed before each start (unless a directory): the
+    /// socket a worker left, which its next start could not bind.
+    pub stale: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -411,6 +414,12 @@ impl Inner {
             },
             None => None,
         };
+        for path in &spec.stale {
+            // Never followed: the worker may have left a link here.
+            if std::fs::symlink_metadata(path).is_ok_and(|m| !m.is_dir()) {
+                let _ = std::fs::remove_file(path);
+            }
+        }
         let (Ok((out_r, out_w)), Ok((err_r, err_w))) = (std::io::pipe(), std::io::pipe()) else {
             return Outcome::Ended("cannot make the worker's output pipes".to_owned());
         };

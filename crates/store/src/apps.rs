@@ -40,6 +40,9 @@ pub trait AppStore: Send + Sync {
     /// `true` when there was such an app.
     async fn delete_app(&self, tenant: TenantId, name: &str) -> Result<bool, StoreError>;
 
+    /// Every tenant's Unix user, as allocated.
+    async fn runtime_users(&self) -> Result<Vec<(TenantId, u32)>, StoreError>;
+
     /// The tenant's Unix user: the one it has, or the lowest free uid in
     /// `first..=last`. `None` when the range is used up.
     async fn runtime_user(

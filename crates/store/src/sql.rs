@@ -1781,6 +1781,19 @@ macro_rules! impl_app_store {
                 Ok(result.rows_affected() == 1)
             }
 
+            async fn runtime_users(
+                &self,
+            ) -> Result<Vec<(bulkhead_model::TenantId, u32)>, $crate::StoreError> {
+                let rows: Vec<(uuid::Uuid, i64)> =
+                    sqlx::query_as("SELECT tenant_id, uid FROM runtime_users ORDER BY uid")
+                        .fetch_all(&self.read)
+                        .await?;
+                Ok(rows
+                    .into_iter()
+                    .filter_map(|(tenant, uid)| Some((bulkhead_model::TenantId(tenant), u32::try_from(uid).ok()?)))
+                    .collect())
+            }
+
             async fn runtime_user(
                 &self,
                 tenant: bulkhead_model::TenantId,

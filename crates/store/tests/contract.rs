@@ -516,6 +516,8 @@ async fn keeps_apps_and_allocates_unix_users(f: Fixture) {
     assert_eq!(f.store.runtime_user(a.id, first, first + 1, at).await.unwrap(), Some(first));
     assert_eq!(f.store.runtime_user(b.id, first, first + 1, at).await.unwrap(), Some(first + 1));
     assert_eq!(f.store.runtime_user(c.id, first, first + 1, at).await.unwrap(), None);
+    let users = f.store.runtime_users().await.unwrap();
+    assert!(users.contains(&(a.id, first)) && users.contains(&(b.id, first + 1)), "{users:?}");
     // The user outlives its tenant: not given to another while files may remain.
     f.store.delete_tenant(a.id).await.unwrap();
     assert_eq!(f.store.runtime_user(c.id, first, first + 1, at).await.unwrap(), None);

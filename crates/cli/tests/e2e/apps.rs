@@ -180,3 +180,142 @@ async fn an_app_runs_confined_with_its_secret_and_its_own_logs() {
 fn root_listing(line: &str) -> Vec<String> {
     line.split("root=").nth(1).unwrap_or_default().split(',').map(str::to_owned).collect()
 }
+
+/// An HTTP server on the worker's socket, answering with who it is.
+const WEB: &str = r#"
+import os, socketserver, http.server
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = ('app of %s uid %d for %s' % (os.environ['BULKHEAD_TENANT'], os.getuid(), self.headers.get('x-bulkhead-tenant'))).encode()
+        self.send_response(200); self.send_header('content-length', str(len(body))); self.end_headers(); self.wfile.write(body)
+    def address_string(self):
+        return 'gateway'
+class S(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    pass
+server = S(os.environ['BULKHEAD_SOCKET'], H)
+print('serving', flush=True)
+server.serve_forever()
+"#;
+
+#[tokio::test]
+async fn an_app_is_served_through_the_gateway_to_its_own_tenant_only() {
+    if !root() {
+        eprintln!("skipped: the runtime needs root (CI runs as root)");
+        return;
+    }
+    let server = Server::embedded().await;
+    let gateway: std::net::SocketAddr =
+        server.gateway.trim_start_matches("http://").parse().unwrap();
+    let client = reqwest::Client::builder()
+        .resolve("acme.localhost", gateway)
+        .resolve("globex.localhost", gateway)
+        .build()
+        .unwrap();
+    let mut tokens = std::collections::HashMap::new();
+    for tenant in ["acme", "globex"] {
+        server.cli_json(&["tenants", "create", tenant, "--plan", "starter", "--wait"]);
+        let out = server.cli(&[
+            "apps",
+            "deploy",
+            "--tenant",
+            tenant,
+            "--name",
+            "web",
+            "--version",
+            "1",
+            "--",
+            "/usr/bin/python3",
+            "-c",
+            WEB,
+        ]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let out = server.cli(&[
+            "apis",
+            "create",
+            "--tenant",
+            tenant,
+            "web",
+            "--prefix",
+            "/web",
+            "--upstream",
+            "app:web",
+        ]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        log_line(&server, tenant, "serving").await;
+        let out = server.cli(&[
+            "auth",
+            "token",
+            "--tenant",
+            tenant,
+            "--subject",
+            "alice",
+            "--role",
+            "analyst",
+        ]);
+        tokens.insert(tenant, stdout(&out).trim().to_owned());
+    }
+    let call = |tenant: &'static str| {
+        let request = client
+            .get(format!("http://{tenant}.localhost:{}/web/hello", gateway.port()))
+            .bearer_auth(&tokens[tenant]);
+        async move {
+            let response = request.send().await.unwrap();
+            (response.status().as_u16(), response.text().await.unwrap())
+        }
+    };
+    // The gateway rebuilds a tenant's entry when its first worker starts.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for tenant in ["acme", "globex"] {
+        loop {
+            let (status, body) = call(tenant).await;
+            if status == 200 {
+                assert!(
+                    body.starts_with(&format!("app of {tenant} uid "))
+                        && body.ends_with(&format!("for {tenant}")),
+                    "{body}"
+                );
+                break;
+            }
+            assert!(Instant::now() < deadline, "{tenant}: {status} {body}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    // acme's worker owns its socket directory: it can put a link to
+    // globex's socket where its own was. The gateway then finds globex's
+    // user on the other end and refuses, rather than serving acme's
+    // request from globex's app.
+    let acme_socket = server.tenant_dir("acme").join("run/web-0.sock");
+    std::fs::remove_file(&acme_socket).unwrap();
+    std::os::unix::fs::symlink(server.tenant_dir("globex").join("run/web-0.sock"), &acme_socket)
+        .unwrap();
+    let (status, body) = call("acme").await;
+    assert_eq!(status, 502, "{body}");
+    assert!(!body.contains("app of globex"), "{body}");
+    let (status, body) = call("globex").await;
+    assert!(
+        status == 200 && body.contains("app of globex"),
+        "globex is untouched: {status} {body}"
+    );
+
+    // A new start clears what was left at the socket's path (the link
+    // here, a stale socket after a crash) and acme is served again.
+    server.cli(&["apps", "stop", "--tenant", "acme", "web"]);
+    worker_state(&server, "acme", "stopped").await;
+    server.cli(&["apps", "start", "--tenant", "acme", "web"]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, body) = call("acme").await;
+        if status == 200 {
+            assert!(body.starts_with("app of acme"), "{body}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "acme: {status} {body}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // A stopped app answers 502 too, and only for its tenant.
+    server.cli(&["apps", "stop", "--tenant", "globex", "web"]);
+    worker_state(&server, "globex", "stopped").await;
+    assert_eq!(call("globex").await.0, 502);
+}

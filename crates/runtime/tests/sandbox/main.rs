@@ -219,6 +219,7 @@ impl Tenant {
                 stable_after: Duration::from_secs(30),
                 grace: Duration::from_secs(2),
             },
+            stale: Vec::new(),
         }
     }
 
