@@ -19,6 +19,7 @@ use bulkhead_model::{AppSpec, PlanCatalog, Tenant, TenantId, TenantState};
 use bulkhead_runtime::{
     cgroup::CgroupLimits,
     forward::{EgressPolicy, Target},
+    health::HealthProbe,
     logs::Rotation,
     spec::{Bind, LayerSwitches, SandboxLimits, SandboxSpec, SecretFile},
     supervisor::{
@@ -324,6 +325,14 @@ impl Runtime {
                 keep: self.settings.log_keep,
             },
             restart: RestartPolicy::default(),
+            health: spec.health.as_ref().map(|h| HealthProbe {
+                socket: socket_on_host.clone(),
+                uid,
+                path: h.path.clone(),
+                interval: Duration::from_millis(h.interval_ms),
+                timeout: Duration::from_millis(h.timeout_ms),
+                failures: h.failures,
+            }),
             stale: vec![socket_on_host],
         })
     }

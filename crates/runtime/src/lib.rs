@@ -4,6 +4,7 @@
 
 pub mod cgroup;
 pub mod forward;
+pub mod health;
 pub mod launch;
 pub mod logs;
 pub mod netns;

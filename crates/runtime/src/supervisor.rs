@@ -21,6 +21,7 @@ use tokio::{
 use crate::{
     cgroup::{CgroupLimits, Cgroups},
     forward::{self, Target},
+    health::{self, HealthProbe},
     launch::{Launched, Output, launch},
     logs::{self, LogFile, Now, Rotation},
     sandbox::{HELPER_ARG, Probe},
@@ -134,6 +135,7 @@ pub struct WorkerSpec {
     /// Host paths removed before each start (unless a directory): the
     /// socket a worker left, which its next start could not bind.
     pub stale: Vec<PathBuf>,
+    pub health: Option<HealthProbe>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -147,6 +149,9 @@ pub enum WorkerState {
         restarts: u32,
         /// How the kernel enforced the worker's Landlock rules.
         landlock: String,
+        /// The last health check's verdict; `None` before the first, or
+        /// without a check.
+        healthy: Option<bool>,
     },
     Backoff {
         failures: u32,
@@ -450,13 +455,15 @@ impl Inner {
                     since,
                     restarts,
                     landlock,
+                    healthy: None,
                 });
-                let outcome = serve(&mut worker, commands).await;
+                let outcome = serve(&mut worker, commands, spec.health.as_ref(), state).await;
                 for forward in forwards {
                     forward.abort();
                 }
                 match outcome {
                     Served::Stopped => Outcome::Stopped,
+                    Served::Unhealthy(reason) => Outcome::Ended(reason),
                     Served::Exited(code) => {
                         let oom = cgroup.as_ref().is_some_and(|c| c.oom_kills() > oom_before);
                         Outcome::Ended(describe_exit(code, oom, &spec.limits))
@@ -502,12 +509,44 @@ enum Outcome {
 enum Served {
     Stopped,
     Exited(i32),
+    /// Killed after failing its health check too many times in a row.
+    Unhealthy(String),
 }
 
-async fn serve(worker: &mut Launched, commands: &mut mpsc::Receiver<Control>) -> Served {
+async fn serve(
+    worker: &mut Launched,
+    commands: &mut mpsc::Receiver<Control>,
+    health: Option<&HealthProbe>,
+    state: &watch::Sender<WorkerState>,
+) -> Served {
+    let mut ticks = health
+        .map(|h| tokio::time::interval_at(tokio::time::Instant::now() + h.interval, h.interval));
+    let mut failed = 0u32;
     loop {
         tokio::select! {
             code = worker.wait() => return Served::Exited(code),
+            () = tick(&mut ticks) => {
+                let Some(probe) = health else { continue };
+                let verdict = health::check(probe).await;
+                state.send_modify(|s| {
+                    if let WorkerState::Running { healthy, .. } = s {
+                        *healthy = Some(verdict.is_ok());
+                    }
+                });
+                match verdict {
+                    Ok(()) => failed = 0,
+                    Err(why) => {
+                        failed += 1;
+                        if failed >= probe.failures {
+                            worker.kill().await;
+                            return Served::Unhealthy(format!(
+                                "failed its health check {failed} times in a row (GET {}: {why})",
+                                probe.path
+                            ));
+                        }
+                    }
+                }
+            }
             command = commands.recv() => match command {
                 Some(Control::Signal(signal)) => {
                     let _ = worker.signal(signal).await;
@@ -523,6 +562,15 @@ async fn serve(worker: &mut Launched, commands: &mut mpsc::Receiver<Control>) ->
                 }
             },
         }
+    }
+}
+
+async fn tick(ticks: &mut Option<tokio::time::Interval>) {
+    match ticks {
+        Some(ticks) => {
+            ticks.tick().await;
+        }
+        None => std::future::pending().await,
     }
 }
 

@@ -72,6 +72,7 @@ fn main() -> ExitCode {
         ("a_restarted_supervisor_leaves_no_worker_behind", || {
             Box::pin(a_restarted_supervisor_leaves_no_worker_behind())
         }),
+        ("an_unhealthy_worker_is_restarted", || Box::pin(an_unhealthy_worker_is_restarted())),
     ];
     let selected: Vec<_> = cases
         .iter()
@@ -220,6 +221,7 @@ impl Tenant {
                 grace: Duration::from_secs(2),
             },
             stale: Vec::new(),
+            health: None,
         }
     }
 
@@ -653,4 +655,67 @@ fn supervise(instance: &str) -> ExitCode {
         tokio::time::sleep(Duration::from_secs(3600)).await;
     });
     ExitCode::SUCCESS
+}
+
+async fn an_unhealthy_worker_is_restarted() {
+    let kit = Kit::new().await;
+    let a = kit.tenant("a");
+    // Healthy for its first two checks, then answers 503.
+    let script = r#"
+import os, socketserver, http.server
+checks = [0]
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        checks[0] += 1
+        self.send_response(200 if checks[0] <= 2 else 503); self.send_header('content-length', '0'); self.end_headers()
+    def log_message(self, *args):
+        pass
+class S(socketserver.UnixStreamServer):
+    pass
+print('RESULT "serving"', flush=True)
+S('/data/app.sock', H).serve_forever()
+"#;
+    let mut spec = a.spec(&[]);
+    spec.sandbox.command = "/usr/bin/python3".into();
+    spec.sandbox.args = vec!["-c".into(), script.into()];
+    spec.stale = vec![a.data.path().join("app.sock")];
+    spec.health = Some(bulkhead_runtime::health::HealthProbe {
+        socket: a.data.path().join("app.sock"),
+        uid: a.uid,
+        path: "/healthz".into(),
+        interval: Duration::from_millis(200),
+        timeout: Duration::from_secs(1),
+        failures: 2,
+    });
+    let mut events = kit.supervisor.subscribe();
+    kit.run(spec).await;
+    a.result().await;
+    let healthy = kit
+        .supervisor
+        .wait_for(&a.key, |s| matches!(s, WorkerState::Running { healthy: Some(true), .. }))
+        .await;
+    assert!(healthy.is_some());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let reason = loop {
+        let event = tokio::time::timeout_at(deadline.into(), events.recv())
+            .await
+            .expect("no restart")
+            .unwrap();
+        if let bulkhead_runtime::supervisor::EventKind::Exited { reason } = event.kind {
+            break reason;
+        }
+    };
+    assert!(
+        reason.contains("failed its health check 2 times in a row") && reason.contains("503"),
+        "{reason}"
+    );
+    // And it comes back (the stale socket is cleared before the new start).
+    let back = kit
+        .supervisor
+        .wait_for(&a.key, |s| {
+            matches!(s, WorkerState::Running { restarts: 1, healthy: Some(true), .. })
+        })
+        .await;
+    assert!(back.is_some());
+    kit.supervisor.shutdown(Duration::from_secs(1)).await;
 }
