@@ -190,6 +190,12 @@ pub enum GetCommand {
         tenant: String,
         name: String,
     },
+    /// One app of a tenant
+    App {
+        #[arg(long)]
+        tenant: String,
+        name: String,
+    },
 }
 
 /// The stream an audit command reads: a tenant's, or the platform's.

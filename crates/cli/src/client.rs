@@ -52,6 +52,15 @@ pub enum Found<T> {
     Gone,
 }
 
+impl<T> Found<T> {
+    pub fn into_option(self) -> Option<T> {
+        match self {
+            Found::Yes(value) => Some(value),
+            Found::Gone => None,
+        }
+    }
+}
+
 impl ApiClient {
     /// Finds the API and the token: flags, then environment (both via
     /// clap), then the data directory's `api.url` and `operator.token`.
@@ -509,6 +518,25 @@ impl ApiClient {
 
     pub async fn app(&self, tenant: &str, name: &str) -> Result<serde_json::Value, CliError> {
         self.call(Method::GET, self.url(&["v1", "tenants", tenant, "apps", name])?, &[]).await
+    }
+
+    /// The app's spec; a 404 is an answer, not an error.
+    pub async fn find_app(
+        &self,
+        tenant: &str,
+        name: &str,
+    ) -> Result<Found<bulkhead_model::AppSpec>, CliError> {
+        match found(self.app(tenant, name).await)? {
+            Found::Yes(view) => {
+                serde_json::from_value(view["spec"].clone()).map(Found::Yes).map_err(|e| {
+                    CliError::new(
+                        Kind::Server,
+                        format!("unexpected answer from {}: {e}", self.base),
+                    )
+                })
+            }
+            Found::Gone => Ok(Found::Gone),
+        }
     }
 
     /// `action` is `start` or `stop`.

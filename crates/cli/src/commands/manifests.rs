@@ -16,7 +16,7 @@ use std::{
 use bulkhead_control::api::types::{CreateTenantRequest, UpdateTenantRequest};
 use bulkhead_model::{
     IsolationError, Plan, RegionSummary, Tenant, TenantName, UnknownPlan, UnknownRegion,
-    manifest::{self, Action, ApiManifest, Change, Declared, Object, TenantManifest},
+    manifest::{self, Action, ApiManifest, AppManifest, Change, Declared, Object, TenantManifest},
 };
 use serde::Serialize;
 
@@ -46,6 +46,7 @@ impl Outcome {
         let name = match object {
             Object::Tenant(t) => t.name.to_string(),
             Object::Api(a) => a.name().to_string(),
+            Object::App(a) => a.name().to_string(),
         };
         Self {
             object: object.id(),
@@ -121,6 +122,13 @@ pub async fn apply(args: &ApplyArgs, global: &GlobalArgs) -> Result<(), CliError
                     .await
                     .map_err(|e| about(step.declared, e))?;
                 applied.result
+            }
+            (Object::App(app), action) => {
+                client
+                    .deploy_app(app.tenant.as_str(), &app.spec)
+                    .await
+                    .map_err(|e| about(step.declared, e))?;
+                action.done().to_owned()
             }
         };
         report.add(object, &result);
@@ -206,7 +214,7 @@ async fn compare(files: &ManifestFiles, global: &GlobalArgs) -> Result<ExitCode,
     Ok(if changing > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
 }
 
-/// `bulkhead delete -f ...`: APIs first, then tenants (offboarded, their
+/// `bulkhead delete -f ...`: APIs and apps first, then tenants (offboarded, their
 /// records kept as `deleted`, as `tenants delete` without `--purge`).
 pub async fn delete(args: &DeleteManifestArgs, global: &GlobalArgs) -> Result<(), CliError> {
     let declared = load(&args.files, Some("nothing was deleted"))?;
@@ -225,6 +233,7 @@ pub async fn delete(args: &DeleteManifestArgs, global: &GlobalArgs) -> Result<()
             Object::Api(api) => {
                 client.delete_api(api.tenant.as_str(), api.name().as_str()).await.map(|_| ())
             }
+            Object::App(app) => client.delete_app(app.tenant.as_str(), app.name().as_str()).await,
             Object::Tenant(tenant) => {
                 client.delete_tenant(tenant.name.as_str(), false).await.map(|_| ())
             }
@@ -260,6 +269,20 @@ pub async fn get(command: &GetCommand, global: &GlobalArgs) -> Result<(), CliErr
                 TenantName::parse_stored(tenant).map_err(|e| CliError::usage(e.to_string()))?;
             vec![Object::Api(ApiManifest::of(&tenant, spec))]
         }
+        GetCommand::App { tenant, name } => {
+            let spec = match client.find_app(tenant, name).await? {
+                Found::Yes(spec) => spec,
+                Found::Gone => {
+                    return Err(CliError::new(
+                        Kind::NotFound,
+                        format!("tenant {tenant:?} has no app named {name:?}"),
+                    ));
+                }
+            };
+            let tenant =
+                TenantName::parse_stored(tenant).map_err(|e| CliError::usage(e.to_string()))?;
+            vec![Object::App(AppManifest::of(&tenant, spec))]
+        }
     };
     if global.output == Output::Json {
         return match objects.as_slice() {
@@ -291,7 +314,7 @@ async fn plan<'a>(client: &ApiClient, declared: &'a [Declared]) -> Result<Vec<St
     // Each tenant named, as the server has it, and whether this set
     // creates it.
     let mut tenants: HashMap<TenantName, (Option<Tenant>, bool)> = HashMap::new();
-    let (tenant_objects, api_objects): (Vec<&Declared>, Vec<&Declared>) =
+    let (tenant_objects, owned_objects): (Vec<&Declared>, Vec<&Declared>) =
         declared.iter().partition(|d| matches!(d.object, Object::Tenant(_)));
     for declared in tenant_objects {
         let Object::Tenant(manifest) = &declared.object else { continue };
@@ -318,35 +341,54 @@ async fn plan<'a>(client: &ApiClient, declared: &'a [Declared]) -> Result<Vec<St
         tenants.insert(manifest.name.clone(), (current, creates));
         steps.push(Step { declared, action });
     }
-    for declared in api_objects {
-        let Object::Api(manifest) = &declared.object else { continue };
-        if !tenants.contains_key(&manifest.tenant) {
-            let current = match client.find_tenant(manifest.tenant.as_str()).await? {
+    // Then each tenant's APIs and apps, which need their tenant.
+    for declared in owned_objects {
+        let tenant = declared.object.tenant();
+        if !tenants.contains_key(tenant) {
+            let current = match client.find_tenant(tenant.as_str()).await? {
                 Found::Yes(view) => Some(view.tenant),
                 Found::Gone => None,
             };
-            tenants.insert(manifest.tenant.clone(), (current, false));
+            tenants.insert(tenant.clone(), (current, false));
         }
-        let current = match &tenants[&manifest.tenant] {
-            (_, true) => None,
-            (Some(_), false) => {
-                match client.find_api(manifest.tenant.as_str(), manifest.name().as_str()).await? {
-                    Found::Yes(spec) => Some(spec),
-                    Found::Gone => None,
-                }
-            }
+        let exists = match &tenants[tenant] {
+            (_, true) => false,
+            (Some(_), false) => true,
             (None, false) => {
                 errors.push(format!(
                     "{}: {}: tenant {:?} does not exist; declare it in a Tenant document or \
                      create it first",
                     declared.place(),
                     declared.object.id(),
-                    manifest.tenant.as_str()
+                    tenant.as_str()
                 ));
                 continue;
             }
         };
-        steps.push(Step { declared, action: manifest.against(current.as_ref()) });
+        let action = match &declared.object {
+            Object::Api(manifest) => {
+                let current = match exists {
+                    true => client
+                        .find_api(tenant.as_str(), manifest.name().as_str())
+                        .await?
+                        .into_option(),
+                    false => None,
+                };
+                manifest.against(current.as_ref())
+            }
+            Object::App(manifest) => {
+                let current = match exists {
+                    true => client
+                        .find_app(tenant.as_str(), manifest.name().as_str())
+                        .await?
+                        .into_option(),
+                    false => None,
+                };
+                manifest.against(current.as_ref())
+            }
+            Object::Tenant(_) => continue,
+        };
+        steps.push(Step { declared, action });
     }
     if errors.is_empty() { Ok(steps) } else { Err(CliError::usage(errors.join("\n"))) }
 }

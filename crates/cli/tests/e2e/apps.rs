@@ -319,3 +319,36 @@ async fn an_app_is_served_through_the_gateway_to_its_own_tenant_only() {
     worker_state(&server, "globex", "stopped").await;
     assert_eq!(call("globex").await.0, 502);
 }
+
+#[tokio::test]
+async fn apps_are_declared_in_manifests() {
+    if !root() {
+        eprintln!("skipped: the runtime needs root (CI runs as root)");
+        return;
+    }
+    let server = Server::embedded().await;
+    let file = server.dir.path().join("acme.yaml");
+    let manifest = "apiVersion: bulkhead.dev/v1\nkind: Tenant\nmetadata:\n  name: acme\nspec:\n  plan: starter\n---\napiVersion: bulkhead.dev/v1\nkind: App\nmetadata:\n  name: web\n  tenant: acme\nspec:\n  version: 1.0.0\n  command: [/usr/bin/python3, -c, \"print('up', flush=True); import time; time.sleep(3600)\"]\n";
+    std::fs::write(&file, manifest).unwrap();
+    let path = file.to_str().unwrap();
+    let out = server.cli(&["apply", "-f", path]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("app/acme/web created"), "{}", stdout(&out));
+    log_line(&server, "acme", "up").await;
+    // What `get` prints applies back unchanged.
+    let printed = server.cli(&["get", "app", "--tenant", "acme", "web"]);
+    std::fs::write(&file, stdout(&printed)).unwrap();
+    let out = server.cli(&["apply", "-f", path]);
+    assert!(stdout(&out).contains("app/acme/web unchanged"), "{}{}", stdout(&out), stderr(&out));
+    // A new version is a change, shown by diff and deployed by apply.
+    std::fs::write(&file, stdout(&printed).replace("1.0.0", "1.1.0")).unwrap();
+    let diff = server.cli(&["diff", "-f", path]);
+    assert_eq!(exit_code(&diff), 1, "{}", stderr(&diff));
+    assert!(stdout(&diff).contains("~ app/acme/web") && stdout(&diff).contains("1.1.0"), "{}", stdout(&diff));
+    let out = server.cli(&["apply", "-f", path]);
+    assert!(stdout(&out).contains("app/acme/web changed"), "{}", stdout(&out));
+    let app = server.cli_json(&["apps", "get", "--tenant", "acme", "web"]);
+    assert_eq!((app[0]["spec"]["version"].as_str(), app[0]["previous_version"].as_str()), (Some("1.1.0"), Some("1.0.0")));
+    let out = server.cli(&["delete", "-f", path, "--yes"]);
+    assert!(stdout(&out).contains("app/acme/web deleted"), "{}{}", stdout(&out), stderr(&out));
+}

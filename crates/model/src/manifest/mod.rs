@@ -1,4 +1,4 @@
-//! Manifests: tenants and their APIs declared in YAML documents
+//! Manifests: tenants, their APIs and their apps declared in YAML documents
 //! (`apiVersion: bulkhead.dev/v1`), as `bulkhead apply`, `diff`, `delete`
 //! and `get -o yaml` read and write them. `docs/manifests.md` is the
 //! reference.
@@ -17,8 +17,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::{
-    AdminEmail, ApiName, ApiSpec, Isolation, PlanName, RegionName, Tenant, TenantLimits,
-    TenantName, TenantState,
+    AdminEmail, ApiName, ApiSpec, AppName, AppSpec, Isolation, PlanName, RegionName, Tenant,
+    TenantLimits, TenantName, TenantState,
 };
 
 pub use diff::{Change, changes};
@@ -61,11 +61,20 @@ pub struct ApiManifest {
     pub spec: ApiSpec,
 }
 
+/// An `App` document: one app of a tenant, run by the runtime. The spec's
+/// name is the document's `metadata.name`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppManifest {
+    pub tenant: TenantName,
+    pub spec: AppSpec,
+}
+
 /// One object a manifest declares.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Object {
     Tenant(TenantManifest),
     Api(ApiManifest),
+    App(AppManifest),
 }
 
 /// An object and where it was declared, for messages about it.
@@ -127,6 +136,7 @@ impl Object {
         match self {
             Object::Tenant(_) => "Tenant",
             Object::Api(_) => "Api",
+            Object::App(_) => "App",
         }
     }
 
@@ -135,6 +145,7 @@ impl Object {
         match self {
             Object::Tenant(t) => format!("tenant/{}", t.name),
             Object::Api(a) => format!("api/{}/{}", a.tenant, a.spec.name),
+            Object::App(a) => format!("app/{}/{}", a.tenant, a.spec.name),
         }
     }
 
@@ -143,6 +154,7 @@ impl Object {
         match self {
             Object::Tenant(t) => &t.name,
             Object::Api(a) => &a.tenant,
+            Object::App(a) => &a.tenant,
         }
     }
 
@@ -152,7 +164,10 @@ impl Object {
         let (metadata, spec) = match self {
             Object::Tenant(t) => (json!({ "name": t.name }), t.spec.fields()),
             Object::Api(a) => {
-                (json!({ "name": a.spec.name, "tenant": a.tenant }), api_fields(&a.spec))
+                (json!({ "name": a.spec.name, "tenant": a.tenant }), fields_but_name(&a.spec))
+            }
+            Object::App(a) => {
+                (json!({ "name": a.spec.name, "tenant": a.tenant }), fields_but_name(&a.spec))
             }
         };
         json!({ "apiVersion": API_VERSION, "kind": self.kind(), "metadata": metadata, "spec": spec })
@@ -176,8 +191,8 @@ pub fn to_yaml(objects: &[Object]) -> Result<String, String> {
     Ok(out)
 }
 
-/// An API's spec as its manifest writes it: every field but `name`.
-fn api_fields(spec: &ApiSpec) -> Value {
+/// A spec as its manifest writes it: every field but `name`.
+fn fields_but_name<T: Serialize>(spec: &T) -> Value {
     let mut value = serde_json::to_value(spec).unwrap_or(Value::Null);
     if let Some(fields) = value.as_object_mut() {
         fields.remove("name");
@@ -287,7 +302,23 @@ impl ApiManifest {
     /// would do. The spec is the whole API: a field left out of it is its
     /// default.
     pub fn against(&self, current: Option<&ApiSpec>) -> Action {
-        Action::between(current.map(api_fields), api_fields(&self.spec))
+        Action::between(current.map(fields_but_name), fields_but_name(&self.spec))
+    }
+}
+
+impl AppManifest {
+    pub fn of(tenant: &TenantName, spec: AppSpec) -> Self {
+        Self { tenant: tenant.clone(), spec }
+    }
+
+    pub fn name(&self) -> &AppName {
+        &self.spec.name
+    }
+
+    /// What applying this manifest over `current` (`None`: no such app)
+    /// would do; a change deploys the new spec.
+    pub fn against(&self, current: Option<&AppSpec>) -> Action {
+        Action::between(current.map(fields_but_name), fields_but_name(&self.spec))
     }
 }
 

@@ -15,8 +15,8 @@ use serde::{
 };
 use serde_saphyr::{MessageFormatter, Spanned};
 
-use super::{API_VERSION, ApiManifest, Declared, Object, TenantManifest, TenantSpec};
-use crate::{ApiName, ApiSpec, TenantName};
+use super::{API_VERSION, ApiManifest, AppManifest, Declared, Object, TenantManifest, TenantSpec};
+use crate::{ApiName, ApiSpec, AppName, AppSpec, TenantName};
 
 /// What is wrong with a manifest, and where.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -162,6 +162,13 @@ struct ApiMetadata {
     tenant: TenantName,
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AppMetadata {
+    name: AppName,
+    tenant: TenantName,
+}
+
 fn read(source: &str, document: &Document) -> Result<Option<Declared>, ManifestError> {
     let Some(line) = document.first_line else { return Ok(None) };
     let error_at = |location: Option<serde_saphyr::Location>, message: String| {
@@ -198,14 +205,14 @@ fn read(source: &str, document: &Document) -> Result<Option<Declared>, ManifestE
     let Some(kind) = header.kind else {
         return Err(error_at(
             None,
-            "this document has no kind; use `kind: Tenant` or `kind: Api`".into(),
+            "this document has no kind; use `kind: Tenant`, `kind: Api` or `kind: App`".into(),
         ));
     };
     let kind_name = kind.value.as_str();
-    if !matches!(kind_name, "Tenant" | "Api") {
+    if !matches!(kind_name, "Tenant" | "Api" | "App") {
         return Err(error_at(
             Some(kind.referenced),
-            format!("kind {kind_name:?} is not one Bulkhead knows; use Tenant or Api"),
+            format!("kind {kind_name:?} is not one Bulkhead knows; use Tenant, Api or App"),
         ));
     }
     let (names, names_at) = match header.metadata {
@@ -226,14 +233,22 @@ fn read(source: &str, document: &Document) -> Result<Option<Declared>, ManifestE
             .validate()
             .map_err(|e| error_at(Some(typed.spec.referenced), format!("spec.{e}")))?;
         Object::Tenant(TenantManifest { name: typed.metadata.name, spec })
+    } else if names.tenant.is_none() {
+        return Err(error_at(
+            names_at,
+            format!("this {kind_name} has no metadata.tenant; name the tenant it belongs to"),
+        ));
+    } else if kind_name == "App" {
+        let typed: Typed<AppMetadata, SpecFields<AppSpec>> =
+            serde_saphyr::from_str(&document.text).map_err(yaml)?;
+        let mut spec = typed.spec.value.0;
+        spec.name = typed.metadata.name;
+        let spec = spec
+            .validate()
+            .map_err(|e| error_at(Some(typed.spec.referenced), format!("spec.{e}")))?;
+        Object::App(AppManifest { tenant: typed.metadata.tenant, spec })
     } else {
-        if names.tenant.is_none() {
-            return Err(error_at(
-                names_at,
-                "this Api has no metadata.tenant; name the tenant it belongs to".into(),
-            ));
-        }
-        let typed: Typed<ApiMetadata, ApiFields> =
+        let typed: Typed<ApiMetadata, SpecFields<ApiSpec>> =
             serde_saphyr::from_str(&document.text).map_err(yaml)?;
         let mut spec = typed.spec.value.0;
         spec.name = typed.metadata.name;
@@ -245,27 +260,27 @@ fn read(source: &str, document: &Document) -> Result<Option<Declared>, ManifestE
     Ok(Some(Declared { source: source.to_owned(), line, object }))
 }
 
-/// An API's spec as a manifest writes it: the fields of [`ApiSpec`] but
-/// `name`, which is the document's `metadata.name`.
-struct ApiFields(ApiSpec);
+/// A spec as a manifest writes it: the fields of [`ApiSpec`] or
+/// [`AppSpec`] but `name`, which is the document's `metadata.name`.
+struct SpecFields<T>(T);
 
 /// Stands in for the name while the spec is read; replaced at once.
 const NAME_FROM_METADATA: &str = "from-metadata";
 
-impl<'de> Deserialize<'de> for ApiFields {
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for SpecFields<T> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct Fields;
-        impl<'de> Visitor<'de> for Fields {
-            type Value = ApiFields;
+        struct Fields<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for Fields<T> {
+            type Value = SpecFields<T>;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a mapping of an API's fields")
+                f.write_str("a mapping of the spec's fields")
             }
-            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<ApiFields, A::Error> {
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<SpecFields<T>, A::Error> {
                 let fields = WithName { map, name: Some(NAME_FROM_METADATA) };
-                ApiSpec::deserialize(de::value::MapAccessDeserializer::new(fields)).map(ApiFields)
+                T::deserialize(de::value::MapAccessDeserializer::new(fields)).map(SpecFields)
             }
         }
-        deserializer.deserialize_map(Fields)
+        deserializer.deserialize_map(Fields(std::marker::PhantomData))
     }
 }
 
@@ -308,7 +323,7 @@ impl<'de, K: DeserializeSeed<'de>> DeserializeSeed<'de> for NotName<K> {
         let key = String::deserialize(deserializer)?;
         if key == "name" {
             return Err(de::Error::custom(
-                "unknown field `name`: an API's name is its metadata.name",
+                "unknown field `name`: the name is the document's metadata.name",
             ));
         }
         self.0.deserialize(key.into_deserializer())

@@ -130,7 +130,7 @@ fn unknown_fields_are_named_where_they_are() {
     let text = ACME.replace("  prefix: /status", "  name: status\n  prefix: /status");
     assert_eq!(
         errors(&text),
-        ["m.yaml:17:3: unknown field `name`: an API's name is its metadata.name"]
+        ["m.yaml:17:3: unknown field `name`: the name is the document's metadata.name"]
     );
 }
 
@@ -149,11 +149,11 @@ fn every_document_needs_api_version_kind_and_name() {
         ),
         (
             tenant.replace("kind: Tenant\n", ""),
-            "m.yaml:1: this document has no kind; use `kind: Tenant` or `kind: Api`",
+            "m.yaml:1: this document has no kind; use `kind: Tenant`, `kind: Api` or `kind: App`",
         ),
         (
             tenant.replace("kind: Tenant", "kind: Namespace"),
-            "m.yaml:2:7: kind \"Namespace\" is not one Bulkhead knows; use Tenant or Api",
+            "m.yaml:2:7: kind \"Namespace\" is not one Bulkhead knows; use Tenant, Api or App",
         ),
         (
             tenant.replace("  name: acme\n", "  labels: {}\n"),
@@ -349,5 +349,25 @@ fn apis_are_compared_whole() {
     assert_eq!(
         changes(&json!({"a": {"b": 1}}), &json!({"a": {"b": 1, "c": [1]}})),
         [Change { field: "a.c".into(), from: None, to: Some(json!([1])) }]
+    );
+}
+
+#[test]
+fn an_app_document_reads_back_as_it_prints() {
+    let text = "apiVersion: bulkhead.dev/v1\nkind: App\nmetadata:\n  name: web\n  tenant: acme\nspec:\n  version: 1.2.0\n  command: [/app/web, --port, \"0\"]\n  workers: 2\n  secrets:\n  - path: app/token\n  egress: [api.stripe.com]\n";
+    let declared = parse("m.yaml", text).unwrap();
+    let Object::App(app) = &declared[0].object else { panic!("{declared:?}") };
+    assert_eq!((app.tenant.as_str(), app.spec.name.as_str(), app.spec.workers), ("acme", "web", 2));
+    assert_eq!(declared[0].object.id(), "app/acme/web");
+    let again = parse("again.yaml", &to_yaml(&[declared[0].object.clone()]).unwrap()).unwrap();
+    assert_eq!(again[0].object, declared[0].object);
+    assert_eq!(app.against(Some(&app.spec)), Action::Unchanged);
+    let bad = text.replace("workers: 2", "workers: 99");
+    assert_eq!(errors(&bad), ["m.yaml:7:3: spec.workers: 99 is not 1 to 16"]);
+    let nameless = text.replace("  tenant: acme\n", "");
+    assert!(
+        errors(&nameless)[0].contains("this App has no metadata.tenant"),
+        "{:?}",
+        errors(&nameless)
     );
 }
