@@ -27,6 +27,7 @@ use bulkhead_runtime::{
     },
 };
 use bulkhead_store::{AppRecord, ControlStore};
+use bulkhead_tenantdb::verify::{Finding, Severity};
 use bulkhead_vault::{SecretPath, Vault};
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -227,6 +228,47 @@ impl Runtime {
                     .unwrap_or(if running { WorkerState::Starting } else { WorkerState::Stopped }),
             })
             .collect()
+    }
+
+    /// What `bulkhead verify isolation` finds wrong with the tenant's app
+    /// directories: `data` and `run` must be real directories of the
+    /// tenant's user alone (0700), `logs` the server's, written by no one
+    /// else.
+    pub async fn directory_findings(&self, tenant: &Tenant) -> Vec<Finding> {
+        let Ok(Some((_, uid))) = self
+            .store
+            .runtime_users()
+            .await
+            .map(|users| users.into_iter().find(|(t, _)| *t == tenant.id))
+        else {
+            return Vec::new();
+        };
+        let dir = self.tenants_dir.join(tenant.name.as_str());
+        let mut findings = Vec::new();
+        for (name, owner, mode) in [("data", uid, 0o700), ("run", uid, 0o700), ("logs", 0, 0o750)] {
+            let path = dir.join(name);
+            let problem = match std::fs::symlink_metadata(&path) {
+                Err(_) => continue,
+                Ok(meta) if !meta.file_type().is_dir() => Some("is not a directory".to_owned()),
+                Ok(meta) if meta.uid() != owner => {
+                    Some(format!("is owned by user {}, not {owner}", meta.uid()))
+                }
+                Ok(meta) if meta.mode() & 0o7777 & !mode != 0 => {
+                    Some(format!("has mode {:o}, more open than {mode:o}", meta.mode() & 0o7777))
+                }
+                Ok(_) => None,
+            };
+            if let Some(problem) = problem {
+                findings.push(Finding::new(
+                    Severity::Critical,
+                    "runtime.dir",
+                    path.display().to_string(),
+                    format!("tenant {}'s {name} directory {problem}", tenant.name),
+                    format!("chown {owner} and chmod {mode:o} it (the runtime does at each start)"),
+                ));
+            }
+        }
+        findings
     }
 
     /// The log file of one of the app's workers.

@@ -574,6 +574,21 @@ pub async fn start_with_steps(
     let servers = RegionServers::default();
     let credentials =
         Arc::new(Credentials::new(Arc::clone(&store), servers.clone(), config.regions.clone()));
+    let runtime = match &config.runtime {
+        Some(settings) => Some(
+            crate::runtime::Runtime::start(
+                settings.clone(),
+                data_dir.path(),
+                Arc::clone(&store),
+                Arc::clone(&vault),
+                Arc::clone(&clock),
+                events.clone(),
+            )
+            .await
+            .map_err(StartError::Runtime)?,
+        ),
+        None => None,
+    };
     let verifier = Arc::new(
         crate::verify::Verifier::new(
             Arc::clone(&store),
@@ -582,7 +597,8 @@ pub async fn start_with_steps(
             Arc::clone(&clock),
             data_dir.tenants(),
         )
-        .with_gateway(format!("http://{gateway_addr}"), config.base_domain.clone()),
+        .with_gateway(format!("http://{gateway_addr}"), config.base_domain.clone())
+        .with_runtime(runtime.clone()),
     );
     let (shutdown, shutdown_rx) = watch::channel(false);
     let migrations = Arc::new(crate::migrations::MigrationService::new(
@@ -637,21 +653,6 @@ pub async fn start_with_steps(
         events.clone(),
     ));
     let apis = Arc::new(ApiService::new(Arc::clone(&store), Arc::clone(&clock), events.clone()));
-    let runtime = match &config.runtime {
-        Some(settings) => Some(
-            crate::runtime::Runtime::start(
-                settings.clone(),
-                data_dir.path(),
-                Arc::clone(&store),
-                Arc::clone(&sealed),
-                Arc::clone(&clock),
-                events.clone(),
-            )
-            .await
-            .map_err(StartError::Runtime)?,
-        ),
-        None => None,
-    };
     let apps = Arc::new(crate::apps::AppService::new(
         Arc::clone(&store),
         Arc::clone(&clock),

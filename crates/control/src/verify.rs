@@ -65,6 +65,8 @@ pub struct Verifier {
     tenants_dir: PathBuf,
     /// The gateway to probe, and the domain tenants' hosts are under.
     gateway: Option<(String, BaseDomain)>,
+    /// The runtime whose layers and tenants' directories are checked.
+    runtime: Option<Arc<crate::runtime::Runtime>>,
 }
 
 impl Verifier {
@@ -75,13 +77,17 @@ impl Verifier {
         clock: Arc<dyn Clock>,
         tenants_dir: PathBuf,
     ) -> Self {
-        Self { store, servers, regions, clock, tenants_dir, gateway: None }
+        Self { store, servers, regions, clock, tenants_dir, gateway: None, runtime: None }
     }
 
     /// Also probes the gateway at `url` (the server's own), where tenant
     /// `t` is reached as `t.<base_domain>`.
     pub fn with_gateway(self, url: String, base_domain: BaseDomain) -> Self {
         Self { gateway: Some((url, base_domain)), ..self }
+    }
+
+    pub fn with_runtime(self, runtime: Option<Arc<crate::runtime::Runtime>>) -> Self {
+        Self { runtime, ..self }
     }
 
     /// Checks `only` that tenant, or every tenant with a database (active
@@ -186,8 +192,42 @@ impl Verifier {
             report.findings.extend(leases);
         }
         self.gateway_checks(&served, only.is_some(), &mut report).await?;
+        self.runtime_checks(&served, &mut report).await?;
         report.findings.sort_by(|a, b| (a.severity, &a.subject).cmp(&(b.severity, &b.subject)));
         Ok(report)
+    }
+
+    /// The runtime's layers: each confinement layer the machine lacks, and
+    /// each tenant with apps whose directories a worker of another tenant,
+    /// or the tenant itself where it should not, could write.
+    async fn runtime_checks(
+        &self,
+        served: &[&Tenant],
+        report: &mut IsolationReport,
+    ) -> Result<(), VerifyError> {
+        let Some(runtime) = &self.runtime else { return Ok(()) };
+        for (layer, reason) in runtime.layers().missing() {
+            report.findings.push(Finding::new(
+                Severity::High,
+                "runtime.layer",
+                layer,
+                format!("tenants' workers run without this layer: {reason}"),
+                "run `bulkhead serve` as root on a kernel with the layer (docs/runtime.md lists what each needs)",
+            ));
+        }
+        let mut with_apps = 0;
+        for tenant in served {
+            if self.store.apps(tenant.id).await?.is_empty() {
+                continue;
+            }
+            with_apps += 1;
+            report.findings.extend(runtime.directory_findings(tenant).await);
+        }
+        report.checked.push(format!(
+            "the runtime: {} confinement layers missing; {with_apps} tenants' app directories",
+            runtime.layers().missing().len()
+        ));
+        Ok(())
     }
 
     /// The gateway's layer: no two tenants' APIs share an upstream unless

@@ -122,6 +122,29 @@ async fn an_app_runs_confined_with_its_secret_and_its_own_logs() {
     let app = worker_state(&server, "acme", "running").await;
     assert_eq!(app["spec"]["version"], "1.0.0");
 
+    // The verifier checks the runtime's layers and the app's directories.
+    let clean = server.cli(&["verify", "isolation"]);
+    assert_eq!(exit_code(&clean), 0, "{}{}", stdout(&clean), stderr(&clean));
+    assert!(
+        stdout(&clean)
+            .contains("the runtime: 0 confinement layers missing; 1 tenants' app directories"),
+        "{}",
+        stdout(&clean)
+    );
+    let data = server.tenant_dir("acme").join("data");
+    std::fs::set_permissions(&data, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let found = server.cli(&["verify", "isolation", "-o", "json"]);
+    assert_eq!(exit_code(&found), 1, "{}", stderr(&found));
+    let report: Value = serde_json::from_slice(&found.stdout).unwrap();
+    let checks: Vec<&str> = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["check"].as_str().unwrap())
+        .collect();
+    assert_eq!(checks, ["runtime.dir"], "{report}");
+    std::fs::set_permissions(&data, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+
     // A tenant's token reads its own tenant's logs, never another's.
     let token = |tenant: &str| {
         let out = server.cli(&[
@@ -344,11 +367,18 @@ async fn apps_are_declared_in_manifests() {
     std::fs::write(&file, stdout(&printed).replace("1.0.0", "1.1.0")).unwrap();
     let diff = server.cli(&["diff", "-f", path]);
     assert_eq!(exit_code(&diff), 1, "{}", stderr(&diff));
-    assert!(stdout(&diff).contains("~ app/acme/web") && stdout(&diff).contains("1.1.0"), "{}", stdout(&diff));
+    assert!(
+        stdout(&diff).contains("~ app/acme/web") && stdout(&diff).contains("1.1.0"),
+        "{}",
+        stdout(&diff)
+    );
     let out = server.cli(&["apply", "-f", path]);
     assert!(stdout(&out).contains("app/acme/web changed"), "{}", stdout(&out));
     let app = server.cli_json(&["apps", "get", "--tenant", "acme", "web"]);
-    assert_eq!((app[0]["spec"]["version"].as_str(), app[0]["previous_version"].as_str()), (Some("1.1.0"), Some("1.0.0")));
+    assert_eq!(
+        (app[0]["spec"]["version"].as_str(), app[0]["previous_version"].as_str()),
+        (Some("1.1.0"), Some("1.0.0"))
+    );
     let out = server.cli(&["delete", "-f", path, "--yes"]);
     assert!(stdout(&out).contains("app/acme/web deleted"), "{}{}", stdout(&out), stderr(&out));
 }
