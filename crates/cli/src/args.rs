@@ -106,6 +106,9 @@ pub enum Command {
     Apps(AppsCommand),
     /// A worker's standard output and error
     Logs(LogsArgs),
+    /// A tenant's configuration and feature flags, read by its workers
+    #[command(subcommand)]
+    Flags(FlagsCommand),
     /// A tenant's gateway usage per API and minute
     Usage {
         #[arg(long)]
@@ -499,6 +502,29 @@ pub struct DeployAppArgs {
     /// and its arguments, after `--`
     #[arg(last = true, required = true, value_name = "COMMAND")]
     pub command: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FlagsCommand {
+    /// Set flags: the tenant's workers get the new file and a SIGHUP
+    Set {
+        #[arg(long)]
+        tenant: String,
+        #[arg(required = true, value_name = "KEY=VALUE")]
+        pairs: Vec<String>,
+    },
+    /// Remove flags
+    Unset {
+        #[arg(long)]
+        tenant: String,
+        #[arg(required = true, value_name = "KEY")]
+        keys: Vec<String>,
+    },
+    /// List the tenant's flags
+    List {
+        #[arg(long)]
+        tenant: String,
+    },
 }
 
 #[derive(Debug, clap::Args)]

@@ -550,6 +550,19 @@ impl ApiClient {
         self.call(Method::POST, url, &[]).await
     }
 
+    pub async fn flags(&self, tenant: &str) -> Result<serde_json::Value, CliError> {
+        self.call(Method::GET, self.url(&["v1", "tenants", tenant, "flags"])?, &[]).await
+    }
+
+    pub async fn change_flags(
+        &self,
+        tenant: &str,
+        changes: &serde_json::Value,
+    ) -> Result<serde_json::Value, CliError> {
+        let url = self.url(&["v1", "tenants", tenant, "flags"])?;
+        self.call_json(Method::PATCH, url, changes).await
+    }
+
     pub async fn delete_app(&self, tenant: &str, name: &str) -> Result<(), CliError> {
         let url = self.url(&["v1", "tenants", tenant, "apps", name])?;
         self.send(self.http.delete(url)).await.map(|_| ())

@@ -2,7 +2,7 @@
 //! change on the tenant's audit stream; the runtime ([`crate::runtime`])
 //! runs what the store says. No HTTP here.
 
-use std::{io::BufRead, path::Path, sync::Arc};
+use std::{collections::BTreeMap, io::BufRead, path::Path, sync::Arc};
 
 use bulkhead_identity::Permission;
 use bulkhead_model::{AppSpec, InvalidApp, PlanCatalog, Tenant, TenantState};
@@ -47,9 +47,14 @@ pub enum AppsError {
     NoRuntime,
     #[error("the stored app {name:?} of tenant {tenant:?} is unreadable: {error}")]
     Corrupt { tenant: String, name: String, error: String },
+    #[error("flags: {0}")]
+    InvalidFlags(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
+
+/// Flags one tenant may have.
+pub const MAX_FLAGS_PER_TENANT: usize = 256;
 
 type Result<T, E = AppsError> = std::result::Result<T, E>;
 
@@ -308,6 +313,70 @@ impl AppService {
             .await
             .unwrap_or_default();
         Ok(lines)
+    }
+
+    /// The tenant's flags.
+    pub async fn flags(
+        &self,
+        actor: &Actor,
+        tenant_name: &str,
+    ) -> Result<BTreeMap<String, String>> {
+        let tenant = self.tenant(actor, tenant_name, Permission::Read).await?;
+        Ok(self.store.flags(tenant.id).await?.into_iter().collect())
+    }
+
+    /// Sets and removes flags, all or none; the tenant's workers get the new
+    /// file and a SIGHUP.
+    pub async fn set_flags(
+        &self,
+        actor: &Actor,
+        tenant_name: &str,
+        set: BTreeMap<String, String>,
+        unset: Vec<String>,
+    ) -> Result<BTreeMap<String, String>> {
+        let tenant = self.tenant(actor, tenant_name, Permission::Manage).await?;
+        for key in set.keys().chain(&unset) {
+            let valid = (1..=64).contains(&key.len())
+                && key
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c));
+            if !valid {
+                return Err(AppsError::InvalidFlags(format!(
+                    "{key:?}: a flag's name is 1 to 64 characters of a-z, 0-9, '.', '_' and '-'"
+                )));
+            }
+        }
+        if let Some((key, _)) = set.iter().find(|(_, v)| v.len() > 4096 || v.contains('\0')) {
+            return Err(AppsError::InvalidFlags(format!(
+                "{key}: a value is at most 4096 bytes, without NUL"
+            )));
+        }
+        if let Some(key) = unset.iter().find(|k| set.contains_key(*k)) {
+            return Err(AppsError::InvalidFlags(format!("{key} is both set and unset")));
+        }
+        let mut after: BTreeMap<String, String> =
+            self.store.flags(tenant.id).await?.into_iter().collect();
+        for key in &unset {
+            after.remove(key);
+        }
+        after.extend(set.clone());
+        if after.len() > MAX_FLAGS_PER_TENANT {
+            return Err(AppsError::InvalidFlags(format!(
+                "a tenant has at most {MAX_FLAGS_PER_TENANT} flags"
+            )));
+        }
+        let changes: Vec<(String, Option<String>)> = set
+            .into_iter()
+            .map(|(k, v)| (k, Some(v)))
+            .chain(unset.into_iter().map(|k| (k, None)))
+            .collect();
+        self.store.set_flags(tenant.id, &changes, self.clock.now()).await?;
+        let keys: Vec<&String> = changes.iter().map(|(k, _)| k).collect();
+        self.events.record(actor, &tenant, "flags.set", "ok", json!({ "keys": keys })).await;
+        if let Some(runtime) = &self.runtime {
+            runtime.flags_changed(&tenant).await;
+        }
+        Ok(after)
     }
 
     fn changed(&self) {

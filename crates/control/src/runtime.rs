@@ -230,6 +230,42 @@ impl Runtime {
             .collect()
     }
 
+    /// Writes the tenant's flags file anew and tells its running workers
+    /// (SIGHUP) to read it again.
+    pub async fn flags_changed(&self, tenant: &Tenant) {
+        if let Err(error) = self.write_flags(tenant).await {
+            tracing::warn!(tenant = %tenant.name, %error, "cannot write the tenant's flags file");
+            return;
+        }
+        let keys: Vec<String> = self
+            .running
+            .lock()
+            .map(|r| {
+                r.iter().filter(|(_, w)| w.tenant == tenant.id).map(|(k, _)| k.clone()).collect()
+            })
+            .unwrap_or_default();
+        for key in keys {
+            self.supervisor.signal(&key, libc::SIGHUP).await;
+        }
+    }
+
+    /// `<tenant>/config/flags.json`, replaced whole (a reader sees the old
+    /// file or the new one, never half of one); returns its directory.
+    async fn write_flags(&self, tenant: &Tenant) -> Result<PathBuf, String> {
+        let flags: BTreeMap<String, String> =
+            self.store.flags(tenant.id).await.map_err(|e| e.to_string())?.into_iter().collect();
+        let dir = owned_dir(&self.tenants_dir.join(tenant.name.as_str()), "config", 0, 0o755)?;
+        let json = serde_json::to_vec_pretty(&flags).map_err(|e| e.to_string())?;
+        let temporary = dir.join(".flags.json.tmp");
+        std::fs::write(&temporary, json)
+            .and_then(|()| {
+                std::fs::set_permissions(&temporary, std::fs::Permissions::from_mode(0o644))
+            })
+            .and_then(|()| std::fs::rename(&temporary, dir.join("flags.json")))
+            .map_err(|e| format!("cannot write {}: {e}", dir.display()))?;
+        Ok(dir)
+    }
+
     /// What `bulkhead verify isolation` finds wrong with the tenant's app
     /// directories: `data` and `run` must be real directories of the
     /// tenant's user alone (0700), `logs` the server's, written by no one
@@ -300,9 +336,11 @@ impl Runtime {
         let run = owned_dir(&tenant_dir, "run", uid, 0o700)?;
         let socket_on_host = run.join(format!("{}-{index}.sock", spec.name));
         let logs = owned_dir(&tenant_dir, "logs", 0, 0o750)?;
+        let config = self.write_flags(tenant).await?;
         let mut binds = vec![
             Bind { host: data, at: "/data".into(), writable: true },
             Bind { host: run, at: "/run/app".into(), writable: true },
+            Bind { host: config, at: "/run/config".into(), writable: false },
         ];
         if let Some(artifact) = &spec.artifact {
             binds.push(Bind { host: artifact.into(), at: "/app".into(), writable: false });
@@ -318,6 +356,7 @@ impl Runtime {
             ("BULKHEAD_SOCKET".to_owned(), socket),
             ("BULKHEAD_DATA_DIR".to_owned(), "/data".to_owned()),
             ("BULKHEAD_SECRETS_DIR".to_owned(), bulkhead_runtime::spec::paths::SECRETS.to_owned()),
+            ("BULKHEAD_FLAGS".to_owned(), "/run/config/flags.json".to_owned()),
             ("HOME".to_owned(), "/data".to_owned()),
             ("PATH".to_owned(), "/usr/local/bin:/usr/bin:/bin".to_owned()),
         ]);

@@ -40,6 +40,17 @@ pub trait AppStore: Send + Sync {
     /// `true` when there was such an app.
     async fn delete_app(&self, tenant: TenantId, name: &str) -> Result<bool, StoreError>;
 
+    /// Sets (`Some`) and removes (`None`) the tenant's flags, all or none.
+    async fn set_flags(
+        &self,
+        tenant: TenantId,
+        changes: &[(String, Option<String>)],
+        now: OffsetDateTime,
+    ) -> Result<(), StoreError>;
+
+    /// The tenant's flags by key.
+    async fn flags(&self, tenant: TenantId) -> Result<Vec<(String, String)>, StoreError>;
+
     /// Every tenant's Unix user, as allocated.
     async fn runtime_users(&self) -> Result<Vec<(TenantId, u32)>, StoreError>;
 

@@ -1781,6 +1781,50 @@ macro_rules! impl_app_store {
                 Ok(result.rows_affected() == 1)
             }
 
+            async fn set_flags(
+                &self,
+                tenant: bulkhead_model::TenantId,
+                changes: &[(String, Option<String>)],
+                now: time::OffsetDateTime,
+            ) -> Result<(), $crate::StoreError> {
+                let mut tx = self.write.begin().await?;
+                for (key, value) in changes {
+                    match value {
+                        Some(value) => {
+                            sqlx::query(
+                                "INSERT INTO tenant_flags (tenant_id, key, value, updated_at) VALUES ($1, $2, $3, $4) \
+                                 ON CONFLICT (tenant_id, key) DO UPDATE SET value = $3, updated_at = $4",
+                            )
+                            .bind(tenant.0)
+                            .bind(key.as_str())
+                            .bind(value.as_str())
+                            .bind(now)
+                            .execute(&mut *tx)
+                            .await?;
+                        }
+                        None => {
+                            sqlx::query("DELETE FROM tenant_flags WHERE tenant_id = $1 AND key = $2")
+                                .bind(tenant.0)
+                                .bind(key.as_str())
+                                .execute(&mut *tx)
+                                .await?;
+                        }
+                    }
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn flags(
+                &self,
+                tenant: bulkhead_model::TenantId,
+            ) -> Result<Vec<(String, String)>, $crate::StoreError> {
+                Ok(sqlx::query_as("SELECT key, value FROM tenant_flags WHERE tenant_id = $1 ORDER BY key")
+                    .bind(tenant.0)
+                    .fetch_all(&self.read)
+                    .await?)
+            }
+
             async fn runtime_users(
                 &self,
             ) -> Result<Vec<(bulkhead_model::TenantId, u32)>, $crate::StoreError> {

@@ -509,6 +509,22 @@ async fn keeps_apps_and_allocates_unix_users(f: Fixture) {
     assert!(f.store.delete_app(a.id, "keyring").await.unwrap());
     assert!(!f.store.delete_app(a.id, "keyring").await.unwrap());
 
+    // Flags: set and unset together.
+    let set = |k: &str, v: Option<&str>| (k.to_owned(), v.map(str::to_owned));
+    f.store
+        .set_flags(a.id, &[set("beta", Some("on")), set("plan.tier", Some("gold"))], at)
+        .await
+        .unwrap();
+    f.store
+        .set_flags(a.id, &[set("beta", None), set("plan.tier", Some("silver"))], at)
+        .await
+        .unwrap();
+    assert_eq!(
+        f.store.flags(a.id).await.unwrap(),
+        vec![("plan.tier".to_owned(), "silver".to_owned())]
+    );
+    assert_eq!(f.store.flags(b.id).await.unwrap(), vec![], "flags are per tenant");
+
     // Users: the lowest free uid of the range, the same one again for the
     // same tenant, none when the range is used up.
     let first = 70_000 + (rand_below(1000) * 10);

@@ -7,7 +7,7 @@ use bulkhead_model::{AppLimits, AppSecret, AppSpec, HealthCheck};
 use serde_json::Value;
 
 use crate::{
-    args::{AppsCommand, DeployAppArgs, GlobalArgs, LogsArgs, Output},
+    args::{AppsCommand, DeployAppArgs, FlagsCommand, GlobalArgs, LogsArgs, Output},
     client::ApiClient,
     exit::CliError,
     output,
@@ -164,4 +164,42 @@ pub async fn logs(args: &LogsArgs, global: &GlobalArgs) -> Result<(), CliError> 
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
+}
+
+/// `bulkhead flags set|unset|list`.
+pub async fn flags(command: &FlagsCommand, global: &GlobalArgs) -> Result<(), CliError> {
+    let client = ApiClient::discover(global)?;
+    let answer = match command {
+        FlagsCommand::Set { tenant, pairs } => {
+            let mut set = serde_json::Map::new();
+            for pair in pairs {
+                let (key, value) = pair
+                    .split_once('=')
+                    .ok_or_else(|| CliError::usage(format!("{pair:?}: write KEY=VALUE")))?;
+                set.insert(key.to_owned(), Value::String(value.to_owned()));
+            }
+            client.change_flags(tenant, &serde_json::json!({ "set": set })).await?
+        }
+        FlagsCommand::Unset { tenant, keys } => {
+            client.change_flags(tenant, &serde_json::json!({ "unset": keys })).await?
+        }
+        FlagsCommand::List { tenant } => client.flags(tenant).await?,
+    };
+    if global.output == Output::Json {
+        return output::json(&answer["flags"]);
+    }
+    let rows: Vec<Vec<String>> = answer["flags"]
+        .as_object()
+        .map(|flags| {
+            flags
+                .iter()
+                .map(|(k, v)| vec![k.clone(), v.as_str().unwrap_or_default().to_owned()])
+                .collect()
+        })
+        .unwrap_or_default();
+    #[allow(clippy::print_stdout)]
+    {
+        println!("{}", output::table(&["FLAG", "VALUE"], &rows));
+    }
+    Ok(())
 }

@@ -67,6 +67,8 @@ async fn openapi_describes_every_endpoint() {
         "POST /v1/tenants/{tenant}/apps/{name}/start",
         "POST /v1/tenants/{tenant}/apps/{name}/stop",
         "GET /v1/tenants/{tenant}/apps/{name}/logs",
+        "GET /v1/tenants/{tenant}/flags",
+        "PATCH /v1/tenants/{tenant}/flags",
         "GET /v1/tenants/{tenant}/usage",
         "POST /v1/tenants/{tenant}/api-keys",
         "GET /v1/tenants/{tenant}/api-keys",

@@ -185,3 +185,59 @@ pub async fn app_logs(
     let since = super::since(query.since.as_deref(), state.audit.now())?;
     Ok(Json(AppLogs { lines: state.apps.logs(&actor, &tenant, &name, worker, since, tail).await? }))
 }
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Flags {
+    /// Each flag's value, by name.
+    pub flags: std::collections::BTreeMap<String, String>,
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FlagChanges {
+    /// Flags to set (names: a-z, 0-9, '.', '_', '-'; values up to 4096 bytes).
+    #[serde(default)]
+    pub set: std::collections::BTreeMap<String, String>,
+    /// Flags to remove.
+    #[serde(default)]
+    pub unset: Vec<String>,
+}
+
+/// The tenant's configuration and feature flags, as its workers read them
+/// from `$BULKHEAD_FLAGS`.
+#[utoipa::path(
+    get, path = "/v1/tenants/{tenant}/flags", tag = "apps",
+    params(("tenant" = String, Path, description = "Tenant name")),
+    responses((status = 200, body = Flags), (status = 404, body = ErrorBody)),
+    security(("operator_token" = []))
+)]
+pub async fn get_flags(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Path(tenant): Path<String>,
+) -> Result<Json<Flags>, ApiError> {
+    record_tenant(&tenant);
+    Ok(Json(Flags { flags: state.apps.flags(&actor, &tenant).await? }))
+}
+
+/// Set and remove flags, all or none: the tenant's workers find the new
+/// file and get a SIGHUP to read it.
+#[utoipa::path(
+    patch, path = "/v1/tenants/{tenant}/flags", tag = "apps",
+    params(("tenant" = String, Path, description = "Tenant name")),
+    request_body = FlagChanges,
+    responses((status = 200, body = Flags), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("operator_token" = []))
+)]
+pub async fn change_flags(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Path(tenant): Path<String>,
+    body: Result<Json<FlagChanges>, JsonRejection>,
+) -> Result<Json<Flags>, ApiError> {
+    record_tenant(&tenant);
+    let Json(changes) = body?;
+    Ok(Json(Flags {
+        flags: state.apps.set_flags(&actor, &tenant, changes.set, changes.unset).await?,
+    }))
+}

@@ -367,6 +367,7 @@ impl From<AppsError> for ApiError {
             AppsError::TooMany { .. } => QuotaExceeded,
             AppsError::NotActive { .. } => InvalidState,
             AppsError::NoRuntime => RuntimeUnavailable,
+            AppsError::InvalidFlags(_) => InvalidRequest,
         };
         Self::new(code, error.to_string())
     }

@@ -262,6 +262,7 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(apps::start_app))
         .routes(routes!(apps::stop_app))
         .routes(routes!(apps::app_logs))
+        .routes(routes!(apps::get_flags, apps::change_flags))
         .routes(routes!(verify::verify_isolation))
         .merge(
             OpenApiRouter::new()

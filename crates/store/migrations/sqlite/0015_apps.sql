@@ -23,3 +23,13 @@ CREATE TABLE runtime_users (
     tenant_id     BLOB NOT NULL UNIQUE,
     allocated_at  TEXT NOT NULL
 );
+
+-- Each tenant's configuration and feature flags, given to its workers as a
+-- file they re-read on SIGHUP.
+CREATE TABLE tenant_flags (
+    tenant_id   BLOB NOT NULL REFERENCES tenants (id) ON DELETE CASCADE,
+    key         TEXT NOT NULL,
+    value       TEXT NOT NULL,
+    updated_at  TEXT NOT NULL,
+    PRIMARY KEY (tenant_id, key)
+);
