@@ -403,23 +403,58 @@ async fn flags_reach_the_workers_as_a_file_they_reread_on_sighup() {
     server.cli_json(&["tenants", "create", "acme", "--plan", "starter", "--wait"]);
     let out = server.cli(&["flags", "set", "--tenant", "acme", "beta=on"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let out = server.cli(&["apps", "deploy", "--tenant", "acme", "--name", "web", "--version", "1", "--", "/usr/bin/python3", "-c", SHOW_FLAGS]);
+    let out = server.cli(&[
+        "apps",
+        "deploy",
+        "--tenant",
+        "acme",
+        "--name",
+        "web",
+        "--version",
+        "1",
+        "--",
+        "/usr/bin/python3",
+        "-c",
+        SHOW_FLAGS,
+    ]);
     assert!(out.status.success(), "{}", stderr(&out));
     log_line(&server, "acme", r#"flags={"beta": "on"}"#).await;
     server.cli(&["flags", "set", "--tenant", "acme", "tier=gold", "beta=off"]);
     log_line(&server, "acme", r#"flags={"beta": "off", "tier": "gold"}"#).await;
     server.cli(&["flags", "unset", "--tenant", "acme", "beta"]);
     log_line(&server, "acme", r#"flags={"tier": "gold"}"#).await;
-    assert_eq!(server.cli_json(&["flags", "list", "--tenant", "acme"]), serde_json::json!({ "tier": "gold" }));
+    assert_eq!(
+        server.cli_json(&["flags", "list", "--tenant", "acme"]),
+        serde_json::json!({ "tier": "gold" })
+    );
     // Bad names are refused whole: nothing is set.
     let bad = server.cli(&["flags", "set", "--tenant", "acme", "ok=1", "Bad Key=2"]);
     assert_eq!(exit_code(&bad), 2, "{}", stderr(&bad));
     assert!(stderr(&bad).contains("a flag's name is 1 to 64 characters"), "{}", stderr(&bad));
-    assert_eq!(server.cli_json(&["flags", "list", "--tenant", "acme"]), serde_json::json!({ "tier": "gold" }));
+    assert_eq!(
+        server.cli_json(&["flags", "list", "--tenant", "acme"]),
+        serde_json::json!({ "tier": "gold" })
+    );
     // A viewer reads them, and cannot change them.
-    let out = server.cli(&["auth", "token", "--tenant", "acme", "--subject", "v", "--control-api", "--role", "viewer"]);
+    let out = server.cli(&[
+        "auth",
+        "token",
+        "--tenant",
+        "acme",
+        "--subject",
+        "v",
+        "--control-api",
+        "--role",
+        "viewer",
+    ]);
     let viewer = stdout(&out).trim().to_owned();
-    assert!(server.cli_with_token(&viewer, &["flags", "list", "--tenant", "acme"]).status.success());
+    assert!(
+        server.cli_with_token(&viewer, &["flags", "list", "--tenant", "acme"]).status.success()
+    );
     let denied = server.cli_with_token(&viewer, &["flags", "set", "--tenant", "acme", "tier=free"]);
-    assert!(!denied.status.success() && stderr(&denied).contains("do not allow"), "{}", stderr(&denied));
+    assert!(
+        !denied.status.success() && stderr(&denied).contains("do not allow"),
+        "{}",
+        stderr(&denied)
+    );
 }
