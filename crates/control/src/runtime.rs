@@ -254,7 +254,12 @@ impl Runtime {
     async fn write_flags(&self, tenant: &Tenant) -> Result<PathBuf, String> {
         let flags: BTreeMap<String, String> =
             self.store.flags(tenant.id).await.map_err(|e| e.to_string())?.into_iter().collect();
-        let dir = owned_dir(&self.tenants_dir.join(tenant.name.as_str()), "config", 0, 0o755)?;
+        let dir = owned_dir(
+            &self.tenants_dir.join(tenant.name.as_str()),
+            "config",
+            nix::unistd::geteuid().as_raw(),
+            0o755,
+        )?;
         let json = serde_json::to_vec_pretty(&flags).map_err(|e| e.to_string())?;
         let temporary = dir.join(".flags.json.tmp");
         std::fs::write(&temporary, json)
@@ -322,20 +327,28 @@ impl Runtime {
         index: u32,
         key: &str,
     ) -> Result<WorkerSpec, String> {
-        let (first, last) = self.settings.uids;
-        let uid = self
-            .store
-            .runtime_user(tenant.id, first, last, self.clock.now())
-            .await
-            .map_err(|e| e.to_string())?
-            .ok_or_else(|| format!("every Unix user of the runtime's range {first}-{last} is taken; widen [runtime] uids"))?;
+        // Without root every worker is the server's own user (the missing
+        // layer is said at start-up and by `verify isolation`).
+        let uid = if self.layers().switches().user {
+            let (first, last) = self.settings.uids;
+            self.store
+                .runtime_user(tenant.id, first, last, self.clock.now())
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| {
+                    format!("every Unix user of the runtime's range {first}-{last} is taken; widen [runtime] uids")
+                })?
+        } else {
+            nix::unistd::geteuid().as_raw()
+        };
         let plan = self.plans.get(tenant.plan.as_str()).map_err(|e| e.to_string())?;
         let limits = spec.limits.within(&plan.runtime).map_err(|e| e.to_string())?;
         let tenant_dir = self.tenants_dir.join(tenant.name.as_str());
         let data = owned_dir(&tenant_dir, "data", uid, 0o700)?;
         let run = owned_dir(&tenant_dir, "run", uid, 0o700)?;
         let socket_on_host = run.join(format!("{}-{index}.sock", spec.name));
-        let logs = owned_dir(&tenant_dir, "logs", 0, 0o750)?;
+        let server = nix::unistd::geteuid().as_raw();
+        let logs = owned_dir(&tenant_dir, "logs", server, 0o750)?;
         let config = self.write_flags(tenant).await?;
         let mut binds = vec![
             Bind { host: data, at: "/data".into(), writable: true },

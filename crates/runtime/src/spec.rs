@@ -84,6 +84,59 @@ pub struct LayerSwitches {
     pub seccomp: bool,
 }
 
+impl SandboxSpec {
+    /// Where the worker finds its secrets: `/run/secrets` in its own mount
+    /// namespace; without one, a directory of its own beside the sandbox
+    /// root (0700, its user's), removed when the worker ends.
+    pub fn secrets_dir(&self) -> PathBuf {
+        if self.layers.namespaces {
+            PathBuf::from(paths::SECRETS)
+        } else {
+            self.root.join(format!("secrets-{}", self.name))
+        }
+    }
+
+    /// The worker's private temporary directory: its own `/tmp` in its mount
+    /// namespace; without one, a directory of its own beside the sandbox
+    /// root (never the host's shared `/tmp`), removed when it ends.
+    pub fn tmp_dir(&self) -> PathBuf {
+        if self.layers.namespaces {
+            PathBuf::from("/tmp")
+        } else {
+            self.root.join(format!("tmp-{}", self.name))
+        }
+    }
+
+    /// Without a mount namespace nothing is mounted: every path inside the
+    /// sandbox (the command, its arguments, the working directory, the
+    /// environment's values) becomes the host path it stood for.
+    pub fn use_host_paths(&mut self) {
+        let mut prefixes: Vec<(PathBuf, PathBuf)> =
+            self.binds.iter().map(|b| (b.at.clone(), b.host.clone())).collect();
+        prefixes.push((PathBuf::from(paths::SECRETS), self.secrets_dir()));
+        prefixes.push((PathBuf::from("/tmp"), self.tmp_dir()));
+        let translate = |value: &str| -> String {
+            for (at, host) in &prefixes {
+                if let Ok(rest) = std::path::Path::new(value).strip_prefix(at) {
+                    return host.join(rest).display().to_string();
+                }
+            }
+            value.to_owned()
+        };
+        self.command = translate(&self.command.display().to_string()).into();
+        self.cwd = translate(&self.cwd.display().to_string()).into();
+        self.args = self.args.iter().map(|a| translate(a)).collect();
+        for (_, value) in &mut self.env {
+            *value = translate(value);
+        }
+        for bind in &mut self.binds {
+            bind.at = bind.host.clone();
+        }
+        self.env.retain(|(k, _)| k != "TMPDIR");
+        self.env.push(("TMPDIR".to_owned(), self.tmp_dir().display().to_string()));
+    }
+}
+
 impl LayerSwitches {
     pub const ALL: Self =
         Self { user: true, namespaces: true, network: true, landlock: true, seccomp: true };

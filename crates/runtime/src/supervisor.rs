@@ -275,6 +275,14 @@ impl Supervisor {
             seccomp: wanted.seccomp && switches.seccomp,
         };
         spec.sandbox.root = self.inner.config.sandbox_root.clone();
+        if !spec.sandbox.layers.user {
+            // Without root the worker is the server's own user.
+            spec.sandbox.uid = nix::unistd::geteuid().as_raw();
+            spec.sandbox.gid = nix::unistd::getegid().as_raw();
+        }
+        if !spec.sandbox.layers.namespaces {
+            spec.sandbox.use_host_paths();
+        }
         let (control, commands) = mpsc::channel(8);
         let (state_tx, state) = watch::channel(WorkerState::Starting);
         let key = spec.key.clone();
@@ -477,6 +485,11 @@ impl Inner {
                 cgroup.remove();
             })
             .await;
+        }
+        if !spec.sandbox.layers.namespaces {
+            // Secrets on disk for no longer than the worker runs.
+            let _ = std::fs::remove_dir_all(spec.sandbox.secrets_dir());
+            let _ = std::fs::remove_dir_all(spec.sandbox.tmp_dir());
         }
         for collector in collectors {
             let _ = collector.await;

@@ -16,9 +16,10 @@ use crate::spec::{SandboxSpec, paths};
 /// what they can (best effort), and the status says how much.
 const ABI_WANTED: ABI = ABI::V6;
 
-/// Read and execute, everywhere the system's programs are.
-const READ_ONLY: [&str; 4] = ["/etc", "/proc", "/dev", paths::SECRETS];
-const WRITABLE: [&str; 5] = ["/tmp", "/dev/shm", "/dev/null", "/dev/zero", "/dev/full"];
+/// Read and execute, everywhere the system's programs are (and the
+/// secrets, wherever they are).
+const READ_ONLY: [&str; 3] = ["/etc", "/proc", "/dev"];
+const DEVICES: [&str; 3] = ["/dev/null", "/dev/zero", "/dev/full"];
 
 pub fn restrict(spec: &SandboxSpec) -> Result<String, String> {
     let read = AccessFs::from_read(ABI_WANTED);
@@ -36,18 +37,25 @@ pub fn restrict(spec: &SandboxSpec) -> Result<String, String> {
         .iter()
         .chain(READ_ONLY.iter())
         .map(std::path::PathBuf::from)
+        .chain([spec.secrets_dir()])
         .chain(spec.binds.iter().filter(|b| !b.writable).map(|b| b.at.clone()));
-    let writable = WRITABLE
+    // `/dev/shm` is the worker's own only in its mount namespace.
+    let shm = spec.layers.namespaces.then(|| std::path::PathBuf::from("/dev/shm"));
+    let writable = DEVICES
         .iter()
         .map(std::path::PathBuf::from)
+        .chain([spec.tmp_dir()])
+        .chain(shm)
         .chain(spec.binds.iter().filter(|b| b.writable).map(|b| b.at.clone()));
+    // Listing directories anywhere in the new root is harmless (it holds
+    // only what the mounts chose to show) and programs expect it; on the
+    // host's own tree it is not.
+    let listable: Vec<&str> = if spec.layers.namespaces { vec!["/"] } else { Vec::new() };
     let status = ruleset
         .create()
         .and_then(|r| r.add_rules(path_beneath_rules(read_only, read)))
         .and_then(|r| r.add_rules(path_beneath_rules(writable, all)))
-        // Listing directories anywhere in the new root is harmless (it holds
-        // only what the mounts chose to show) and programs expect it.
-        .and_then(|r| r.add_rules(path_beneath_rules(["/"], AccessFs::ReadDir)))
+        .and_then(|r| r.add_rules(path_beneath_rules(listable, AccessFs::ReadDir)))
         .and_then(|r| {
             r.add_rules(spec.connect_ports.iter().map(|&port| {
                 Ok::<_, landlock::RulesetError>(NetPort::new(port, AccessNet::ConnectTcp))

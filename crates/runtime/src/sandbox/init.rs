@@ -65,6 +65,8 @@ fn confine(spec: &SandboxSpec) -> Result<String, String> {
             .map_err(|e| format!("cannot create the worker's mount namespace: {e}"))?;
         sethostname(&spec.name).map_err(|e| format!("cannot set the hostname: {e}"))?;
         mounts::build(spec)?;
+    } else {
+        mounts::private_dirs_on_host(spec)?;
     }
     if spec.layers.user {
         let (uid, gid) = (Uid::from_raw(spec.uid), Gid::from_raw(spec.gid));

@@ -165,6 +165,28 @@ fn secrets(root: &Path, spec: &SandboxSpec) -> Result<(), String> {
         &format!("mode=0500,uid={},gid={},size=1m", spec.uid, spec.gid),
         MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
     )?;
+    write_secrets(&dir, spec)
+}
+
+/// Without a mount namespace: the secrets and `/tmp` are fresh
+/// directories of the worker's user alone, which the supervisor removes
+/// when the worker ends.
+pub fn private_dirs_on_host(spec: &SandboxSpec) -> Result<(), String> {
+    for dir in [spec.secrets_dir(), spec.tmp_dir()] {
+        match fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                return Err(format!("cannot clear {}: {e}", dir.display()));
+            }
+            _ => {}
+        }
+        make_dir(&dir, 0o700)?;
+        chown(&dir, Some(Uid::from_raw(spec.uid)), Some(Gid::from_raw(spec.gid)))
+            .map_err(|e| format!("cannot give {} to the worker: {e}", dir.display()))?;
+    }
+    write_secrets(&spec.secrets_dir(), spec)
+}
+
+fn write_secrets(dir: &Path, spec: &SandboxSpec) -> Result<(), String> {
     for secret in &spec.secrets {
         let name = secret.name.as_str();
         if name.is_empty() || name == "." || name == ".." || name.contains('/') {

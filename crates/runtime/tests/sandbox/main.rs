@@ -73,6 +73,9 @@ fn main() -> ExitCode {
             Box::pin(a_restarted_supervisor_leaves_no_worker_behind())
         }),
         ("an_unhealthy_worker_is_restarted", || Box::pin(an_unhealthy_worker_is_restarted())),
+        ("without_namespaces_landlock_still_confines", || {
+            Box::pin(without_namespaces_landlock_still_confines())
+        }),
     ];
     let selected: Vec<_> = cases
         .iter()
@@ -717,5 +720,45 @@ S('/data/app.sock', H).serve_forever()
         })
         .await;
     assert!(back.is_some());
+    kit.supervisor.shutdown(Duration::from_secs(1)).await;
+}
+
+/// With the mount namespace off (as on a machine that cannot make one),
+/// the worker sees the host's paths; Landlock alone still keeps it to its
+/// own directories, and its secrets still reach it, as a file of its own
+/// removed when it ends.
+async fn without_namespaces_landlock_still_confines() {
+    let kit = Kit::new().await;
+    let elsewhere = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(elsewhere.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let open_file = elsewhere.path().join("readable-by-all.txt");
+    std::fs::write(&open_file, "not yours").unwrap();
+    std::fs::set_permissions(&open_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    for (action, wanted) in [
+        (vec!["read".to_owned(), open_file.display().to_string()], "Err"),
+        (vec!["read".to_owned(), "/run/secrets/token".to_owned()], "Ok"),
+        (vec!["write".to_owned(), "/data/mine".to_owned()], "Ok"),
+        (vec!["write".to_owned(), elsewhere.path().join("x").display().to_string()], "Err"),
+    ] {
+        let a = kit.tenant("a");
+        std::fs::set_permissions(elsewhere.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let action: Vec<&str> = action.iter().map(String::as_str).collect();
+        let mut spec = a.spec(&action);
+        spec.sandbox.layers.namespaces = false;
+        spec.sandbox.layers.network = false;
+        kit.run(spec).await;
+        let result = a.result().await;
+        assert!(result.get(wanted).is_some(), "{action:?}: {result}");
+        if action[1] == "/run/secrets/token" {
+            assert_eq!(result["Ok"], format!("secret-of-{}", a.key));
+        }
+        kit.supervisor.stop(&a.key, Duration::from_secs(1)).await;
+        let left: Vec<_> = std::fs::read_dir(kit._root.path().join("root"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert!(left.is_empty(), "secrets removed when the worker ends: {left:?}");
+    }
     kit.supervisor.shutdown(Duration::from_secs(1)).await;
 }
