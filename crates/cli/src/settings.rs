@@ -64,6 +64,8 @@ struct FileRuntime {
     log_max_bytes: Option<u64>,
     /// Rotated log files kept per worker.
     log_keep: Option<usize>,
+    /// Apps' artifacts must be directories under this one.
+    artifacts: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -282,7 +284,7 @@ impl ServeSettings {
             .witness_dir
             .clone()
             .unwrap_or_else(|| bulkhead_control::config::default_audit_witness_dir(&data_dir));
-        let runtime = runtime_settings(&file.runtime)?;
+        let runtime = runtime_settings(&file.runtime, &data_dir)?;
         Ok(Self {
             config: Config {
                 runtime,
@@ -313,14 +315,26 @@ impl ServeSettings {
     }
 }
 
-fn runtime_settings(file: &FileRuntime) -> Result<Option<RuntimeSettings>, CliError> {
+fn runtime_settings(
+    file: &FileRuntime,
+    data_dir: &Path,
+) -> Result<Option<RuntimeSettings>, CliError> {
     if file.enabled == Some(false) {
         return Ok(None);
     }
     let helper = std::env::current_exe().map_err(|e| {
         CliError::usage(format!("cannot find the bulkhead binary to run workers with: {e}"))
     })?;
-    let mut settings = RuntimeSettings::new(helper);
+    let mut settings = RuntimeSettings::new(helper, data_dir);
+    if let Some(artifacts) = &file.artifacts {
+        if !artifacts.is_absolute() {
+            return Err(CliError::usage(format!(
+                "runtime.artifacts {} is not an absolute path",
+                artifacts.display()
+            )));
+        }
+        settings.artifacts = artifacts.clone();
+    }
     if let Some(uids) = &file.uids {
         let bad = || {
             CliError::usage(format!(

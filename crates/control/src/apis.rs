@@ -6,7 +6,9 @@
 use std::{collections::HashMap, sync::Arc};
 
 use bulkhead_identity::Permission;
-use bulkhead_model::{ApiAuth, ApiSpec, InvalidApi, Tenant, TenantId, TenantName, TenantState};
+use bulkhead_model::{
+    ApiAuth, ApiSpec, InvalidApi, Tenant, TenantId, TenantName, TenantState, Upstream,
+};
 use bulkhead_store::{ApiRecord, ControlStore, StoreError};
 use serde_json::json;
 use thiserror::Error;
@@ -137,6 +139,20 @@ impl ApiService {
         let name = spec.name.to_string();
         let spec =
             spec.validate().map_err(|error| ApisError::Invalid { name: name.clone(), error })?;
+        // A socket path names anything on the server, another tenant's
+        // worker included: only an operator routes to one. A tenant's own
+        // app is `app:NAME`.
+        if !actor.is_operator() && spec.upstreams.iter().any(|u| matches!(u, Upstream::Unix(_))) {
+            return Err(ApisError::Invalid {
+                name,
+                error: InvalidApi {
+                    field: "upstreams",
+                    message: "only an operator may route to a unix: socket; route to the tenant's \
+                              own app with app:NAME"
+                        .to_owned(),
+                },
+            });
+        }
         let existing = self.stored(&tenant).await?;
         let current = existing.iter().find(|a| a.name == spec.name);
         match current {

@@ -208,7 +208,9 @@ impl AppService {
             "previous_version": record.previous.as_deref().and_then(|p| decode_spec(p).ok()).map(|p| p.version),
         });
         self.events.record(actor, &tenant, "app.deploy", "ok", details).await;
-        self.changed();
+        if let Some(runtime) = &self.runtime {
+            runtime.restart(&tenant, &name);
+        }
         Ok((self.view(&tenant, &record)?, created))
     }
 
@@ -216,14 +218,11 @@ impl AppService {
     /// directory here, the secrets exist, the limits fit the plan.
     async fn check_deployable(&self, tenant: &Tenant, spec: &AppSpec) -> Result<(), InvalidApp> {
         let invalid = |field: &'static str, message: String| InvalidApp { field, message };
-        if let Some(artifact) = &spec.artifact
-            && !Path::new(artifact).is_dir()
-        {
-            return Err(invalid(
-                "artifact",
-                format!("{artifact} is not a directory on the server"),
-            ));
+        if let (Some(artifact), Some(runtime)) = (&spec.artifact, &self.runtime) {
+            runtime.artifact(artifact).map_err(|e| invalid("artifact", e))?;
         }
+        bulkhead_runtime::forward::EgressPolicy::parse(&spec.egress)
+            .map_err(|e| invalid("egress", e))?;
         let plan =
             self.plans.get(tenant.plan.as_str()).map_err(|e| invalid("limits", e.to_string()))?;
         spec.limits.within(&plan.runtime)?;
@@ -269,6 +268,10 @@ impl AppService {
     ) -> Result<AppView> {
         let tenant = self.tenant(actor, tenant_name, Permission::Manage).await?;
         let mut record = self.record(&tenant, name).await?;
+        if running && let Some(runtime) = &self.runtime {
+            // A worker given up after a crash loop starts again.
+            runtime.restart(&tenant, name);
+        }
         if record.running != running {
             record.running = running;
             record.updated_at = self.clock.now();
@@ -307,9 +310,7 @@ impl AppService {
         self.record(&tenant, name).await?;
         let Some(runtime) = &self.runtime else { return Err(AppsError::NoRuntime) };
         let path = runtime.log_path(&tenant, name, worker);
-        let since = since
-            .map(|t| t.format(&time::format_description::well_known::Rfc3339).unwrap_or_default());
-        let lines = tokio::task::spawn_blocking(move || read_log(&path, since.as_deref(), tail))
+        let lines = tokio::task::spawn_blocking(move || read_log(&path, since, tail))
             .await
             .unwrap_or_default();
         Ok(lines)
@@ -387,9 +388,15 @@ impl AppService {
 }
 
 /// The log's lines (rotated files first) from `since` on, the last `tail`.
-/// Lines start with their RFC 3339 time, so comparing strings of the same
-/// form orders them.
-fn read_log(path: &Path, since: Option<&str>, tail: usize) -> Vec<String> {
+/// Each line starts with its RFC 3339 time.
+fn read_log(path: &Path, since: Option<OffsetDateTime>, tail: usize) -> Vec<String> {
+    let rfc3339 = time::format_description::well_known::Rfc3339;
+    let before = |line: &str| {
+        since.is_some_and(|since| {
+            let stamp = line.split(' ').next().unwrap_or_default();
+            OffsetDateTime::parse(stamp, &rfc3339).is_ok_and(|at| at < since)
+        })
+    };
     let mut files: Vec<std::path::PathBuf> = (1..=20)
         .rev()
         .map(|n| std::path::PathBuf::from(format!("{}.{n}", path.display())))
@@ -399,7 +406,7 @@ fn read_log(path: &Path, since: Option<&str>, tail: usize) -> Vec<String> {
     for file in files {
         let Ok(file) = std::fs::File::open(&file) else { continue };
         for line in std::io::BufReader::new(file).lines().map_while(std::result::Result::ok) {
-            if since.is_some_and(|since| line.as_str() < since) {
+            if before(&line) {
                 continue;
             }
             if lines.len() == tail {

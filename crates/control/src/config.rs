@@ -67,6 +67,10 @@ pub struct RuntimeSettings {
     /// A worker's log rotates past this size; `log_keep` old files stay.
     pub log_max_bytes: u64,
     pub log_keep: usize,
+    /// Apps' artifacts must be directories under this one (the operator's;
+    /// `<data-dir>/artifacts` unless configured): an app cannot name any
+    /// other place on the server.
+    pub artifacts: PathBuf,
 }
 
 impl RuntimeSettings {
@@ -74,8 +78,14 @@ impl RuntimeSettings {
     /// subordinate ranges `useradd` hands out from 100000.
     pub const DEFAULT_UIDS: (u32, u32) = (400_000, 499_999);
 
-    pub fn new(helper: PathBuf) -> Self {
-        Self { helper, uids: Self::DEFAULT_UIDS, log_max_bytes: 10 << 20, log_keep: 5 }
+    pub fn new(helper: PathBuf, data_dir: &std::path::Path) -> Self {
+        Self {
+            helper,
+            uids: Self::DEFAULT_UIDS,
+            log_max_bytes: 10 << 20,
+            log_keep: 5,
+            artifacts: data_dir.join("artifacts"),
+        }
     }
 }
 

@@ -41,6 +41,9 @@ use crate::{
 
 /// How often the workers are compared with the store when nothing changed.
 const RECONCILE_EVERY: Duration = Duration::from_secs(5);
+/// How long after a start that failed before the worker ran (a secret
+/// unreadable, a directory unwritable) it is tried again.
+const RETRY_FAILED_START: Duration = Duration::from_secs(60);
 /// The port of the egress proxy inside each worker's network.
 pub const EGRESS_PORT: u16 = 3128;
 /// The size of each worker's private `/tmp`.
@@ -55,6 +58,8 @@ struct Running {
     index: u32,
     /// Changes when anything the worker was started with changes.
     fingerprint: String,
+    /// Its start failed before the worker ran: when to try again.
+    retry_at: Option<std::time::Instant>,
 }
 
 #[derive(Debug)]
@@ -113,6 +118,38 @@ impl Runtime {
 
     pub fn layers(&self) -> &Layers {
         self.supervisor.layers()
+    }
+
+    /// The app's artifact directory, which must be under the configured
+    /// `[runtime] artifacts` (after resolving links): an app names no other
+    /// place on the server, and learns nothing about one.
+    pub fn artifact(&self, artifact: &str) -> Result<PathBuf, String> {
+        let root = &self.settings.artifacts;
+        let refused = || {
+            format!(
+                "{artifact} is not a directory under {} (the server's [runtime] artifacts, where the operator puts apps' files)",
+                root.display()
+            )
+        };
+        let path = Path::new(artifact);
+        if !path.starts_with(root) {
+            return Err(refused());
+        }
+        let real = std::fs::canonicalize(path).map_err(|_| refused())?;
+        let real_root = std::fs::canonicalize(root).map_err(|_| refused())?;
+        if !real.starts_with(&real_root) || !real.is_dir() {
+            return Err(refused());
+        }
+        Ok(real)
+    }
+
+    /// Forgets the app's workers, so the next convergence starts them
+    /// afresh: what `apps start` and a deploy do to a worker that failed.
+    pub fn restart(&self, tenant: &Tenant, app: &str) {
+        if let Ok(mut running) = self.running.lock() {
+            running.retain(|_, w| !(w.tenant == tenant.id && w.app == app));
+        }
+        self.changed();
     }
 
     /// Converges now rather than at the next tick.
@@ -186,29 +223,40 @@ impl Runtime {
                 self.note(&tenant, "app.worker.stop", "ok", details).await;
             }
         }
-        for (key, (tenant, spec, index)) in desired {
-            let fingerprint = fingerprint(&spec);
-            if current.get(&key).is_some_and(|r| r.fingerprint == fingerprint) {
-                continue;
-            }
-            let running =
-                Running { tenant: tenant.id, app: spec.name.to_string(), index, fingerprint };
-            match self.worker(&tenant, &spec, index, &key).await {
-                Ok(worker) => {
-                    self.supervisor.run(worker).await;
+        // Started together too: a start stops the worker's old spec first,
+        // which may take its grace period.
+        let now = std::time::Instant::now();
+        let starting: Vec<(String, (Tenant, AppSpec, u32))> = desired
+            .into_iter()
+            .filter(|(key, (_, spec, _))| match current.get(key) {
+                None => true,
+                Some(running) => {
+                    running.fingerprint != fingerprint(spec)
+                        || running.retry_at.is_some_and(|at| at <= now)
                 }
+            })
+            .collect();
+        let starts = starting.iter().map(|(key, (tenant, spec, index))| async move {
+            let mut running = Running {
+                tenant: tenant.id,
+                app: spec.name.to_string(),
+                index: *index,
+                fingerprint: fingerprint(spec),
+                retry_at: None,
+            };
+            match self.worker(tenant, spec, *index, key).await {
+                Ok(worker) => self.supervisor.run(worker).await,
                 Err(reason) => {
-                    // Recorded once per spec: the entry stops a retry loop
-                    // until the app or the tenant changes.
-                    self.note(
-                        &tenant,
-                        "app.worker.fail",
-                        "failed",
-                        json!({ "app": spec.name, "worker": index, "reason": reason }),
-                    )
-                    .await;
+                    // Tried again a minute later (a vault or disk hiccup
+                    // passes), recorded each time.
+                    running.retry_at = Some(std::time::Instant::now() + RETRY_FAILED_START);
+                    let details = json!({ "app": spec.name, "worker": index, "reason": reason });
+                    self.note(tenant, "app.worker.fail", "failed", details).await;
                 }
             }
+            (key.clone(), running)
+        });
+        for (key, running) in futures_util::future::join_all(starts).await {
             if let Ok(mut map) = self.running.lock() {
                 map.insert(key, running);
             }
@@ -261,7 +309,9 @@ impl Runtime {
             0o755,
         )?;
         let json = serde_json::to_vec_pretty(&flags).map_err(|e| e.to_string())?;
-        let temporary = dir.join(".flags.json.tmp");
+        // Its own temporary name: two writers never rename each other's
+        // half-written file into place.
+        let temporary = dir.join(format!(".flags.json.{}", uuid::Uuid::new_v4().simple()));
         std::fs::write(&temporary, json)
             .and_then(|()| {
                 std::fs::set_permissions(&temporary, std::fs::Permissions::from_mode(0o644))
@@ -356,7 +406,7 @@ impl Runtime {
             Bind { host: config, at: "/run/config".into(), writable: false },
         ];
         if let Some(artifact) = &spec.artifact {
-            binds.push(Bind { host: artifact.into(), at: "/app".into(), writable: false });
+            binds.push(Bind { host: self.artifact(artifact)?, at: "/app".into(), writable: false });
         }
         let mut env: Vec<(String, String)> =
             spec.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
@@ -498,10 +548,10 @@ fn with(mut value: serde_json::Value, key: &str, extra: serde_json::Value) -> se
     value
 }
 
-/// `t<tenant id's first 8 hex>-<app>-<index>`: unique per server, short
-/// enough for a hostname.
+/// `t<tenant id's first 16 hex>-<app>-<index>`: unique per server (64
+/// bits of a random id), short enough for a hostname (at most 61 bytes).
 fn worker_key(tenant: &Tenant, app: &str, index: u32) -> String {
-    format!("t{}-{app}-{index}", tenant.id.short())
+    format!("t{}-{app}-{index}", &tenant.id.0.simple().to_string()[..16])
 }
 
 fn fingerprint(spec: &AppSpec) -> String {

@@ -33,6 +33,9 @@ pub enum Target {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct EgressPolicy {
     rules: Vec<EgressRule>,
+    /// Set only by the operator: may reach loopback, private and
+    /// link-local addresses (a tenant's own list never may).
+    private: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,10 +46,27 @@ struct EgressRule {
 }
 
 impl EgressPolicy {
-    /// Parses `host[:port]` entries (port 443 when absent; `*.example.com`
-    /// for every subdomain). An IP address must be listed as such: a name
-    /// never reaches a loopback or private address.
+    /// Parses a tenant's `host[:port]` entries (port 443 when absent;
+    /// `*.example.com` for every subdomain). Nothing on it reaches a
+    /// loopback, private, link-local or otherwise internal address, by IP
+    /// or by a name resolving to one (cloud metadata, the database, the
+    /// control plane).
     pub fn parse<S: AsRef<str>>(entries: &[S]) -> Result<Self, String> {
+        let policy = Self::parse_trusted(entries)?;
+        if let Some(rule) =
+            policy.rules.iter().find(|r| r.host.parse::<IpAddr>().is_ok_and(|ip| !is_public(ip)))
+        {
+            return Err(format!(
+                "egress entry {}: {} is not a public address; a worker may not reach internal addresses",
+                rule.host, rule.host
+            ));
+        }
+        Ok(Self { private: false, ..policy })
+    }
+
+    /// Like [`EgressPolicy::parse`], for the operator: internal addresses
+    /// allowed.
+    pub fn parse_trusted<S: AsRef<str>>(entries: &[S]) -> Result<Self, String> {
         let rules = entries
             .iter()
             .map(|entry| {
@@ -62,7 +82,7 @@ impl EgressPolicy {
                 Ok(EgressRule { host, port })
             })
             .collect::<Result<_, String>>()?;
-        Ok(Self { rules })
+        Ok(Self { rules, private: true })
     }
 
     fn allows(&self, host: &str, port: u16) -> Option<&EgressRule> {
@@ -98,14 +118,29 @@ fn split_host_port(value: &str, default: u16) -> Option<(String, u16)> {
     (!host.is_empty() && port != 0).then(|| (host.to_ascii_lowercase(), port))
 }
 
+/// Connections one forward of one worker holds at once: past it, new ones
+/// wait, so a worker cannot spend the server's file descriptors.
+const CONNECTIONS_PER_FORWARD: usize = 256;
+
 /// Accepts the worker's connections on `listener` until the task is
 /// aborted; each is relayed on its own task.
 pub async fn serve(listener: TcpListener, target: Arc<Target>, worker: Arc<str>) {
+    let permits = Arc::new(tokio::sync::Semaphore::new(CONNECTIONS_PER_FORWARD));
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let Ok(permit) = Arc::clone(&permits).acquire_owned().await else { return };
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(error) => {
+                // Out of descriptors, say: back off rather than spin.
+                tracing::warn!(worker = &*worker, %error, "a forward cannot accept");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
         let target = Arc::clone(&target);
         let worker = Arc::clone(&worker);
         tokio::spawn(async move {
+            let _permit = permit;
             let outcome = match &*target {
                 Target::Tcp { to } => relay(stream, to).await,
                 Target::Postgres { to, role_prefix, databases } => {
@@ -254,7 +289,7 @@ async fn egress(mut inside: TcpStream, policy: &EgressPolicy) -> Result<(), Stri
         .await;
         return Err("not a CONNECT request".to_owned());
     };
-    let Some(rule) = policy.allows(&host, port) else {
+    if policy.allows(&host, port).is_none() {
         refuse(
             &mut inside,
             "403 Forbidden",
@@ -262,12 +297,11 @@ async fn egress(mut inside: TcpStream, policy: &EgressPolicy) -> Result<(), Stri
         )
         .await;
         return Err(format!("egress to {host}:{port} refused: not on the allowlist"));
-    };
-    let literal = rule.host.parse::<IpAddr>().is_ok();
+    }
     let addresses: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), port))
         .await
         .map_err(|e| format!("cannot resolve {host}: {e}"))?
-        .filter(|a| literal || is_public(a.ip()))
+        .filter(|a| policy.private || is_public(a.ip()))
         .collect();
     if addresses.is_empty() {
         refuse(&mut inside, "403 Forbidden", &format!("{host} resolves to no public address"))
@@ -312,7 +346,9 @@ async fn refuse(stream: &mut TcpStream, status: &str, why: &str) {
     let _ = stream.write_all(response.as_bytes()).await;
 }
 
-/// Not loopback, private, link-local, shared (CGNAT), multicast or unspecified.
+/// Not loopback, private, link-local, shared (CGNAT), benchmarking,
+/// reserved, multicast or unspecified; IPv6 forms that carry an IPv4
+/// address (mapped, NAT64, 6to4) are judged by that address.
 fn is_public(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => {
@@ -324,19 +360,35 @@ fn is_public(ip: IpAddr) -> bool {
                 || v4.is_broadcast()
                 || v4.is_multicast()
                 || a == 0
-                || (a == 100 && (64..128).contains(&b)))
+                || a >= 240
+                || (a == 100 && (64..128).contains(&b))
+                || (a == 198 && (18..20).contains(&b))
+                || (a == 192 && b == 0))
         }
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => is_public(IpAddr::V4(v4)),
-            None => {
-                let first = v6.segments()[0];
-                !(v6.is_loopback()
-                    || v6.is_unspecified()
-                    || v6.is_multicast()
-                    || (first & 0xfe00) == 0xfc00
-                    || (first & 0xffc0) == 0xfe80)
+        IpAddr::V6(v6) => {
+            let segments = v6.segments();
+            let embedded = |hi: u16, lo: u16| {
+                let [a, b] = hi.to_be_bytes();
+                let [c, d] = lo.to_be_bytes();
+                IpAddr::V4(std::net::Ipv4Addr::new(a, b, c, d))
+            };
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return is_public(IpAddr::V4(v4));
             }
-        },
+            // NAT64 (64:ff9b::/96) and 6to4 (2002::/16).
+            if segments[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+                return is_public(embedded(segments[6], segments[7]));
+            }
+            if segments[0] == 0x2002 {
+                return is_public(embedded(segments[1], segments[2]));
+            }
+            let first = segments[0];
+            !(v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || (first & 0xfe00) == 0xfc00
+                || (first & 0xffc0) == 0xfe80)
+        }
     }
 }
 
@@ -347,8 +399,13 @@ mod tests {
     #[test]
     fn egress_rules_match_host_port_and_subdomains() {
         let policy =
-            EgressPolicy::parse(&["api.stripe.com", "*.example.com:8443", "10.1.2.3:5000"])
+            EgressPolicy::parse_trusted(&["api.stripe.com", "*.example.com:8443", "10.1.2.3:5000"])
                 .unwrap();
+        assert!(
+            EgressPolicy::parse(&["10.1.2.3:5000"]).unwrap_err().contains("not a public address")
+        );
+        assert!(EgressPolicy::parse(&["169.254.169.254:80"]).is_err());
+        assert!(EgressPolicy::parse(&["[::1]:443"]).is_err());
         assert!(policy.allows("api.stripe.com", 443).is_some());
         assert!(policy.allows("api.stripe.com", 80).is_none());
         assert!(policy.allows("evil-api.stripe.com", 443).is_none());
@@ -375,6 +432,10 @@ mod tests {
             "fd00::1",
             "fe80::1",
             "::ffff:127.0.0.1",
+            "240.0.0.1",
+            "198.18.0.1",
+            "64:ff9b::a9fe:a9fe",
+            "2002:7f00:1::",
         ] {
             assert!(!is_public(private.parse().unwrap()), "{private}");
         }

@@ -310,8 +310,10 @@ impl Supervisor {
     pub async fn signal(&self, key: &str, signal: i32) -> bool {
         let control =
             self.inner.workers.lock().ok().and_then(|w| w.get(key).map(|h| h.control.clone()));
+        // Never waits: a worker being started does not read its commands,
+        // and a caller (a flags change) must not hang on it.
         match control {
-            Some(control) => control.send(Control::Signal(signal)).await.is_ok(),
+            Some(control) => control.try_send(Control::Signal(signal)).is_ok(),
             None => false,
         }
     }

@@ -144,6 +144,12 @@ pub async fn logs(args: &LogsArgs, global: &GlobalArgs) -> Result<(), CliError> 
             None => 0,
         };
         for line in &lines[start..] {
+            // A worker writes what it likes: no escape sequence of its
+            // reaches the operator's terminal.
+            let line: String = line
+                .chars()
+                .map(|c| if c.is_control() && c != '\t' { '\u{fffd}' } else { c })
+                .collect();
             if global.output == Output::Json {
                 output::json(&line)?;
             } else {

@@ -99,6 +99,10 @@ async fn an_app_runs_confined_with_its_secret_and_its_own_logs() {
     assert!(stderr(&greedy).contains("above the plan's 256"), "{}", stderr(&greedy));
     let reserved = deploy(&server, "acme", &["--env", "BULKHEAD_TENANT=globex"]);
     assert!(stderr(&reserved).contains("set by Bulkhead"), "{}", stderr(&reserved));
+    let anywhere = deploy(&server, "acme", &["--artifact", "/"]);
+    assert!(stderr(&anywhere).contains("is not a directory under"), "{}", stderr(&anywhere));
+    let metadata = deploy(&server, "acme", &["--egress", "169.254.169.254:80"]);
+    assert!(stderr(&metadata).contains("not a public address"), "{}", stderr(&metadata));
     let nobody = deploy(&server, "nobody", &[]);
     assert!(stderr(&nobody).contains("tenant \"nobody\" does not exist"), "{}", stderr(&nobody));
     let listed = server.cli_json(&["apps", "list", "--tenant", "acme"]);
@@ -303,6 +307,43 @@ async fn an_app_is_served_through_the_gateway_to_its_own_tenant_only() {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
+
+    // A tenant's own credential cannot point an API at a socket path (such
+    // as another tenant's worker's): only `app:` names its workers.
+    let out = server.cli(&[
+        "auth",
+        "token",
+        "--tenant",
+        "acme",
+        "--subject",
+        "admin",
+        "--control-api",
+        "--role",
+        "admin",
+    ]);
+    let admin = stdout(&out).trim().to_owned();
+    let globex_socket =
+        format!("unix:{}", server.tenant_dir("globex").join("run/web-0.sock").display());
+    let out = server.cli_with_token(
+        &admin,
+        &[
+            "apis",
+            "create",
+            "--tenant",
+            "acme",
+            "steal",
+            "--prefix",
+            "/steal",
+            "--upstream",
+            &globex_socket,
+        ],
+    );
+    assert!(
+        !out.status.success()
+            && stderr(&out).contains("only an operator may route to a unix: socket"),
+        "{}",
+        stderr(&out)
+    );
 
     // acme's worker owns its socket directory: it can put a link to
     // globex's socket where its own was. The gateway then finds globex's

@@ -121,7 +121,9 @@ fn mirror(host: &Path, target: &Path, writable: bool) -> Result<(), String> {
 }
 
 fn bind(host: &Path, target: &Path, writable: bool) -> Result<(), String> {
-    mount(Some(host), target, NONE, MsFlags::MS_BIND | MsFlags::MS_REC, NONE)
+    // Not recursive: what is mounted below `host` stays out (a remount
+    // would make only the top mount read-only).
+    mount(Some(host), target, NONE, MsFlags::MS_BIND, NONE)
         .map_err(|e| format!("cannot show {} at {}: {e}", host.display(), target.display()))?;
     let mut flags = MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
     if !writable {

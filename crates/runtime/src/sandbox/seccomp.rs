@@ -66,13 +66,17 @@ pub const DENIED: &[(&str, i64)] = &[
     ("adjtimex", libc::SYS_adjtimex),
     ("sethostname", libc::SYS_sethostname),
     ("setdomainname", libc::SYS_setdomainname),
-    ("iopl", libc::SYS_iopl),
-    ("ioperm", libc::SYS_ioperm),
     ("mbind", libc::SYS_mbind),
     ("set_mempolicy", libc::SYS_set_mempolicy),
     ("migrate_pages", libc::SYS_migrate_pages),
     ("move_pages", libc::SYS_move_pages),
 ];
+
+/// Port I/O, on the architecture that has it.
+#[cfg(target_arch = "x86_64")]
+pub const DENIED_HERE: &[(&str, i64)] = &[("iopl", libc::SYS_iopl), ("ioperm", libc::SYS_ioperm)];
+#[cfg(not(target_arch = "x86_64"))]
+pub const DENIED_HERE: &[(&str, i64)] = &[];
 
 /// `clone` flags that would make a namespace: refused.
 const NAMESPACE_FLAGS: [i32; 7] = [
@@ -123,12 +127,41 @@ pub fn filters() -> Result<[BpfProgram; 2], String> {
     Ok([program(deny)?, program(clone3)?])
 }
 
-/// Installs both filters on this thread (the init is single-threaded, and
+/// On x86-64 the same architecture carries the x32 calls, numbered from
+/// 0x40000000: the deny list's numbers would not match them, so every one
+/// of them fails with `ENOSYS` first (a kernel without x32 refuses them
+/// anyway).
+#[cfg(target_arch = "x86_64")]
+fn no_x32() -> Vec<seccompiler::sock_filter> {
+    use seccompiler::sock_filter;
+    const LOAD_WORD: u16 = 0x20; // BPF_LD | BPF_W | BPF_ABS
+    const JUMP_EQ: u16 = 0x15; // BPF_JMP | BPF_JEQ | BPF_K
+    const JUMP_GE: u16 = 0x35; // BPF_JMP | BPF_JGE | BPF_K
+    const RETURN: u16 = 0x06; // BPF_RET | BPF_K
+    const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
+    const X32_SYSCALL_BIT: u32 = 0x4000_0000;
+    const RET_ERRNO: u32 = 0x0005_0000;
+    const RET_ALLOW: u32 = 0x7fff_0000;
+    let enosys = u32::try_from(libc::ENOSYS).unwrap_or(38);
+    let op = |code, k, jt, jf| sock_filter { code, jt, jf, k };
+    vec![
+        op(LOAD_WORD, 4, 0, 0),               // seccomp_data.arch
+        op(JUMP_EQ, AUDIT_ARCH_X86_64, 0, 3), // another architecture: allow
+        op(LOAD_WORD, 0, 0, 0),               // seccomp_data.nr
+        op(JUMP_GE, X32_SYSCALL_BIT, 0, 1),
+        op(RETURN, RET_ERRNO | enosys, 0, 0),
+        op(RETURN, RET_ALLOW, 0, 0),
+    ]
+}
+
+/// Installs the filters on this thread (the init is single-threaded, and
 /// everything it starts inherits them).
 pub fn install() -> Result<(), String> {
+    let fail = |e: seccompiler::Error| format!("cannot install the seccomp filter: {e}");
+    #[cfg(target_arch = "x86_64")]
+    seccompiler::apply_filter(&no_x32()).map_err(fail)?;
     for filter in filters()? {
-        seccompiler::apply_filter(&filter)
-            .map_err(|e| format!("cannot install the seccomp filter: {e}"))?;
+        seccompiler::apply_filter(&filter).map_err(fail)?;
     }
     Ok(())
 }

@@ -576,7 +576,12 @@ async fn forwards_let_through_only_what_the_tenant_may_reach() {
                 databases: vec!["tenant_db".into()],
             },
         ),
-        (3128, Target::Egress(EgressPolicy::parse(&[format!("127.0.0.1:{echo_port}")]).unwrap())),
+        (
+            3128,
+            Target::Egress(
+                EgressPolicy::parse_trusted(&[format!("127.0.0.1:{echo_port}")]).unwrap(),
+            ),
+        ),
     ];
     kit.run(spec).await;
     let result = a.result().await;
