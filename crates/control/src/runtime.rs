@@ -143,6 +143,12 @@ impl Runtime {
         Ok(real)
     }
 
+    fn remember(&self, key: &str, running: Running) {
+        if let Ok(mut map) = self.running.lock() {
+            map.insert(key.to_owned(), running);
+        }
+    }
+
     /// Forgets the app's workers, so the next convergence starts them
     /// afresh: what `apps start` and a deploy do to a worker that failed.
     pub fn restart(&self, tenant: &Tenant, app: &str) {
@@ -245,22 +251,23 @@ impl Runtime {
                 retry_at: None,
             };
             match self.worker(tenant, spec, *index, key).await {
-                Ok(worker) => self.supervisor.run(worker).await,
+                Ok(worker) => {
+                    // In the table before it starts: its first event
+                    // (`app.worker.start`) is looked up there.
+                    self.remember(key, running.clone());
+                    self.supervisor.run(worker).await;
+                }
                 Err(reason) => {
                     // Tried again a minute later (a vault or disk hiccup
                     // passes), recorded each time.
                     running.retry_at = Some(std::time::Instant::now() + RETRY_FAILED_START);
+                    self.remember(key, running);
                     let details = json!({ "app": spec.name, "worker": index, "reason": reason });
                     self.note(tenant, "app.worker.fail", "failed", details).await;
                 }
             }
-            (key.clone(), running)
         });
-        for (key, running) in futures_util::future::join_all(starts).await {
-            if let Ok(mut map) = self.running.lock() {
-                map.insert(key, running);
-            }
-        }
+        futures_util::future::join_all(starts).await;
         Ok(())
     }
 
