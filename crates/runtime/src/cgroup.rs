@@ -68,9 +68,9 @@ impl Cgroups {
                 .find(|(names, _)| names.split(',').any(|n| n == controller))
                 .map(|(_, path)| path)
                 .unwrap_or("/");
-            let dir = join(&join(&mount.at, path), &dir_name);
-            make_dir(&dir)?;
-            Ok(dir)
+            // Made with the first worker: a server that runs none leaves
+            // nothing behind, however it ends.
+            Ok(join(&join(&mount.at, path), &dir_name))
         };
         Ok(Self::V1 { memory: v1("memory")?, cpu: v1("cpu")?, pids: v1("pids")? })
     }
@@ -89,7 +89,8 @@ impl Cgroups {
             dirs: self.dirs().iter().map(|d| d.join(key)).collect(),
         };
         cgroup.kill_all();
-        for dir in &cgroup.dirs {
+        for (base, dir) in self.dirs().iter().zip(&cgroup.dirs) {
+            make_dir(base)?;
             make_dir(dir)?;
         }
         let cpu_quota = |period: u64| limits.cpu_millis.map(|m| u64::from(m) * period / 1000);

@@ -184,7 +184,13 @@ impl Launched {
     /// control socket closes; SIGKILL on the helper in case it hangs).
     pub async fn kill(&mut self) {
         let _ = self.control.shutdown().await;
-        let _ = self.child.start_kill();
-        let _ = self.child.wait().await;
+        // Stage one ends the worker itself on seeing the socket close (its
+        // init, and without a PID namespace its process group): give it a
+        // moment before the SIGKILL that would stop it doing so.
+        if tokio::time::timeout(std::time::Duration::from_secs(1), self.child.wait()).await.is_err()
+        {
+            let _ = self.child.start_kill();
+            let _ = self.child.wait().await;
+        }
     }
 }

@@ -77,7 +77,7 @@ async fn an_app_runs_confined_with_its_secret_and_its_own_logs() {
         eprintln!("skipped: the runtime needs root (CI runs as root)");
         return;
     }
-    let server = Server::embedded().await;
+    let mut server = Server::embedded().await;
     for tenant in ["acme", "globex"] {
         server.cli_json(&["tenants", "create", tenant, "--plan", "starter", "--wait"]);
     }
@@ -202,6 +202,8 @@ async fn an_app_runs_confined_with_its_secret_and_its_own_logs() {
     ] {
         assert!(actions.iter().any(|a| a == action), "{action} missing from {actions:?}");
     }
+    // A clean stop: the runtime stops the workers and removes its cgroups.
+    assert!(server.stop().success());
 }
 
 fn root_listing(line: &str) -> Vec<String> {
@@ -230,7 +232,7 @@ async fn an_app_is_served_through_the_gateway_to_its_own_tenant_only() {
         eprintln!("skipped: the runtime needs root (CI runs as root)");
         return;
     }
-    let server = Server::embedded().await;
+    let mut server = Server::embedded().await;
     let gateway: std::net::SocketAddr =
         server.gateway.trim_start_matches("http://").parse().unwrap();
     let client = reqwest::Client::builder()
@@ -382,6 +384,8 @@ async fn an_app_is_served_through_the_gateway_to_its_own_tenant_only() {
     server.cli(&["apps", "stop", "--tenant", "globex", "web"]);
     worker_state(&server, "globex", "stopped").await;
     assert_eq!(call("globex").await.0, 502);
+    // A clean stop: the runtime stops the workers and removes its cgroups.
+    assert!(server.stop().success());
 }
 
 #[tokio::test]
@@ -390,7 +394,7 @@ async fn apps_are_declared_in_manifests() {
         eprintln!("skipped: the runtime needs root (CI runs as root)");
         return;
     }
-    let server = Server::embedded().await;
+    let mut server = Server::embedded().await;
     let file = server.dir.path().join("acme.yaml");
     let manifest = "apiVersion: bulkhead.dev/v1\nkind: Tenant\nmetadata:\n  name: acme\nspec:\n  plan: starter\n---\napiVersion: bulkhead.dev/v1\nkind: App\nmetadata:\n  name: web\n  tenant: acme\nspec:\n  version: 1.0.0\n  command: [/usr/bin/python3, -c, \"print('up', flush=True); import time; time.sleep(3600)\"]\n";
     std::fs::write(&file, manifest).unwrap();
@@ -422,6 +426,8 @@ async fn apps_are_declared_in_manifests() {
     );
     let out = server.cli(&["delete", "-f", path, "--yes"]);
     assert!(stdout(&out).contains("app/acme/web deleted"), "{}{}", stdout(&out), stderr(&out));
+    // A clean stop: the runtime stops the workers and removes its cgroups.
+    assert!(server.stop().success());
 }
 
 const SHOW_FLAGS: &str = r#"
@@ -440,7 +446,7 @@ async fn flags_reach_the_workers_as_a_file_they_reread_on_sighup() {
         eprintln!("skipped: the runtime needs root (CI runs as root)");
         return;
     }
-    let server = Server::embedded().await;
+    let mut server = Server::embedded().await;
     server.cli_json(&["tenants", "create", "acme", "--plan", "starter", "--wait"]);
     let out = server.cli(&["flags", "set", "--tenant", "acme", "beta=on"]);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -498,4 +504,6 @@ async fn flags_reach_the_workers_as_a_file_they_reread_on_sighup() {
         "{}",
         stderr(&denied)
     );
+    // A clean stop: the runtime stops the workers and removes its cgroups.
+    assert!(server.stop().success());
 }

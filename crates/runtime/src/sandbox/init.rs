@@ -6,6 +6,7 @@
 
 use std::{
     io::BufReader,
+    os::unix::process::CommandExt,
     os::{fd::AsFd, unix::net::UnixStream},
     process::Stdio,
 };
@@ -105,6 +106,9 @@ fn start(spec: &SandboxSpec) -> Result<(Pid, Signals), String> {
         .envs(spec.env.iter().map(|(k, v)| (k, v)))
         .current_dir(&spec.cwd)
         .stdin(Stdio::null())
+        // Its own process group, which stage one can kill whole when there
+        // is no PID namespace to end with init.
+        .process_group(0)
         .spawn()
         .map_err(|e| format!("cannot start {}: {e}", spec.command.display()))?;
     let pid = i32::try_from(child.id()).map_err(|_| "pid out of range".to_owned())?;

@@ -73,8 +73,14 @@ fn relay(control: UnixStream, writer: &mut UnixStream) -> Result<i32, String> {
     // Threads first: once this process is in a new PID namespace it can
     // start processes but no more threads (clone refuses CLONE_THREAD).
     let init = Arc::new(AtomicI32::new(0));
+    // Without a PID namespace, killing init does not end the worker: its
+    // process group (it leads one) is killed too. Never with a namespace,
+    // where its pid is not a host pid.
+    let group = Arc::new(AtomicI32::new(0));
+    let own_namespace = spec.layers.namespaces;
     let (go_tx, go) = mpsc::channel::<bool>();
     let signaller = Arc::clone(&init);
+    let group_to_kill = Arc::clone(&group);
     std::thread::spawn(move || {
         loop {
             let command = read_line::<Command>(&mut commands);
@@ -94,6 +100,10 @@ fn relay(control: UnixStream, writer: &mut UnixStream) -> Result<i32, String> {
                     if pid > 0 {
                         let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
                     }
+                    let group = group_to_kill.load(Ordering::SeqCst);
+                    if group > 1 {
+                        let _ = kill(Pid::from_raw(-group), Signal::SIGKILL);
+                    }
                     let _ = go_tx.send(false);
                     return;
                 }
@@ -107,6 +117,11 @@ fn relay(control: UnixStream, writer: &mut UnixStream) -> Result<i32, String> {
     // Init's reports, passed on as they come, until init ends.
     let reports = std::thread::spawn(move || {
         while let Ok(Some(report)) = read_line::<Report>(&mut from_init) {
+            if let Report::Started { pid, .. } = &report
+                && !own_namespace
+            {
+                group.store(i32::try_from(*pid).unwrap_or(0), Ordering::SeqCst);
+            }
             if write_line(&mut relay_writer, &report).is_err() {
                 break;
             }
