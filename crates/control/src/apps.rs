@@ -103,10 +103,6 @@ impl AppService {
         Self { store, clock, events, plans: PlanCatalog::builtin(), vault, runtime }
     }
 
-    pub fn runtime(&self) -> Option<&Arc<Runtime>> {
-        self.runtime.as_ref()
-    }
-
     async fn tenant(&self, actor: &Actor, name: &str, permission: Permission) -> Result<Tenant> {
         let tenant = self
             .store

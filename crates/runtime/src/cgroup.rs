@@ -249,18 +249,6 @@ impl Cgroup {
             .find_map(|l| l.strip_prefix("oom_kill ").and_then(|n| n.trim().parse().ok()))
             .unwrap_or(0)
     }
-
-    /// Memory in use, in bytes.
-    pub fn memory_bytes(&self) -> u64 {
-        let file = match self.version {
-            Cgroups::V2 { .. } => "memory.current",
-            Cgroups::V1 { .. } => "memory.usage_in_bytes",
-        };
-        fs::read_to_string(self.dirs[0].join(file))
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .unwrap_or(0)
-    }
 }
 
 #[derive(Debug)]

@@ -337,10 +337,6 @@ impl Supervisor {
             cgroups.remove_base();
         }
     }
-
-    pub fn keys(&self) -> Vec<String> {
-        self.inner.workers.lock().map(|w| w.keys().cloned().collect()).unwrap_or_default()
-    }
 }
 
 impl Inner {

@@ -23,6 +23,16 @@ fn root() -> bool {
         .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"))
 }
 
+/// A server on the embedded default, or `None` (said) without root, which
+/// the runtime needs.
+async fn server_as_root() -> Option<Server> {
+    if !root() {
+        eprintln!("skipped: the runtime needs root (CI runs as root)");
+        return None;
+    }
+    Some(Server::embedded().await)
+}
+
 fn deploy(server: &Server, tenant: &str, extra: &[&str]) -> std::process::Output {
     let mut args =
         vec!["apps", "deploy", "--tenant", tenant, "--name", "web", "--version", "1.0.0"];
@@ -73,11 +83,7 @@ fn visible_in_proc(needle: &str) -> bool {
 
 #[tokio::test]
 async fn an_app_runs_confined_with_its_secret_and_its_own_logs() {
-    if !root() {
-        eprintln!("skipped: the runtime needs root (CI runs as root)");
-        return;
-    }
-    let mut server = Server::embedded().await;
+    let Some(mut server) = server_as_root().await else { return };
     for tenant in ["acme", "globex"] {
         server.cli_json(&["tenants", "create", tenant, "--plan", "starter", "--wait"]);
     }
@@ -228,11 +234,7 @@ server.serve_forever()
 
 #[tokio::test]
 async fn an_app_is_served_through_the_gateway_to_its_own_tenant_only() {
-    if !root() {
-        eprintln!("skipped: the runtime needs root (CI runs as root)");
-        return;
-    }
-    let mut server = Server::embedded().await;
+    let Some(mut server) = server_as_root().await else { return };
     let gateway: std::net::SocketAddr =
         server.gateway.trim_start_matches("http://").parse().unwrap();
     let client = reqwest::Client::builder()
@@ -390,11 +392,7 @@ async fn an_app_is_served_through_the_gateway_to_its_own_tenant_only() {
 
 #[tokio::test]
 async fn apps_are_declared_in_manifests() {
-    if !root() {
-        eprintln!("skipped: the runtime needs root (CI runs as root)");
-        return;
-    }
-    let mut server = Server::embedded().await;
+    let Some(mut server) = server_as_root().await else { return };
     let file = server.dir.path().join("acme.yaml");
     let manifest = "apiVersion: bulkhead.dev/v1\nkind: Tenant\nmetadata:\n  name: acme\nspec:\n  plan: starter\n---\napiVersion: bulkhead.dev/v1\nkind: App\nmetadata:\n  name: web\n  tenant: acme\nspec:\n  version: 1.0.0\n  command: [/usr/bin/python3, -c, \"print('up', flush=True); import time; time.sleep(3600)\"]\n";
     std::fs::write(&file, manifest).unwrap();
@@ -442,11 +440,7 @@ while True:
 
 #[tokio::test]
 async fn flags_reach_the_workers_as_a_file_they_reread_on_sighup() {
-    if !root() {
-        eprintln!("skipped: the runtime needs root (CI runs as root)");
-        return;
-    }
-    let mut server = Server::embedded().await;
+    let Some(mut server) = server_as_root().await else { return };
     server.cli_json(&["tenants", "create", "acme", "--plan", "starter", "--wait"]);
     let out = server.cli(&["flags", "set", "--tenant", "acme", "beta=on"]);
     assert!(out.status.success(), "{}", stderr(&out));
