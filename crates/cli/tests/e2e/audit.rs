@@ -216,6 +216,8 @@ const INDEPENDENT_VERIFIER: &str =
 fn python_verifier(path: &std::path::Path, pinned: Option<&str>) -> String {
     let out = std::process::Command::new("python3")
         .arg(INDEPENDENT_VERIFIER)
+        // Positional from here: a base64url key may start with '-'.
+        .arg("--")
         .arg(path)
         .args(pinned)
         .output()
