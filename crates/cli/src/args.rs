@@ -109,6 +109,10 @@ pub enum Command {
     /// A tenant's configuration and feature flags, read by its workers
     #[command(subcommand)]
     Flags(FlagsCommand),
+    /// Move one app to a new version across tenants: canary first, then in
+    /// batches, each tenant switched once its new workers are healthy
+    #[command(subcommand)]
+    Rollout(RolloutCommand),
     /// A tenant's gateway usage per API and minute
     Usage {
         #[arg(long)]
@@ -457,6 +461,61 @@ pub enum AppsCommand {
         tenant: String,
         name: String,
     },
+    /// Keep an app on its version: rollouts skip it
+    Pin {
+        #[arg(long)]
+        tenant: String,
+        name: String,
+    },
+    /// Let rollouts move a pinned app again
+    Unpin {
+        #[arg(long)]
+        tenant: String,
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RolloutCommand {
+    /// Start moving every tenant's app NAME to a version
+    Start(RolloutStartArgs),
+    /// Show a rollout and each tenant's step, or list the latest rollouts
+    Status {
+        /// The rollout (as `rollout start` printed it); all when omitted
+        id: Option<String>,
+    },
+    /// Start no new batch (tenants switching finish)
+    Pause { id: String },
+    /// Go on after a pause, or after a halt (allowing as many failures again)
+    Resume { id: String },
+    /// End the rollout: tenants not moved yet stay where they are
+    Abort { id: String },
+}
+
+#[derive(Debug, clap::Args)]
+#[command(disable_version_flag = true)]
+pub struct RolloutStartArgs {
+    /// The app, by the name each tenant gave it
+    #[arg(long)]
+    pub app: String,
+    /// The version to move to
+    #[arg(long)]
+    pub version: String,
+    /// The new version's artifact directory (each tenant's stays when omitted)
+    #[arg(long, value_name = "DIR")]
+    pub artifact: Option<String>,
+    /// Tenants moved first, on their own
+    #[arg(long, default_value_t = 1)]
+    pub canary: u32,
+    /// Tenants per batch after the canary: a count (10) or a share (25%)
+    #[arg(long, default_value = "25%", value_name = "N|N%")]
+    pub batch: String,
+    /// Waited between batches (30s, 5m)
+    #[arg(long, value_name = "DURATION")]
+    pub pause: Option<String>,
+    /// Failed tenants at which the rollout halts
+    #[arg(long, default_value_t = 1, value_name = "F")]
+    pub max_unhealthy: u32,
 }
 
 #[derive(Debug, clap::Args)]

@@ -539,7 +539,31 @@ impl ApiClient {
         }
     }
 
-    /// `action` is `start` or `stop`.
+    pub async fn start_rollout(
+        &self,
+        request: &serde_json::Value,
+    ) -> Result<serde_json::Value, CliError> {
+        self.call_json(Method::POST, self.url(&["v1", "rollouts"])?, request).await
+    }
+
+    pub async fn rollouts(&self) -> Result<serde_json::Value, CliError> {
+        self.call(Method::GET, self.url(&["v1", "rollouts"])?, &[]).await
+    }
+
+    pub async fn rollout(&self, id: &str) -> Result<serde_json::Value, CliError> {
+        self.call(Method::GET, self.url(&["v1", "rollouts", id])?, &[]).await
+    }
+
+    /// `action` is `pause`, `resume` or `abort`.
+    pub async fn steer_rollout(
+        &self,
+        id: &str,
+        action: &str,
+    ) -> Result<serde_json::Value, CliError> {
+        self.call(Method::POST, self.url(&["v1", "rollouts", id, action])?, &[]).await
+    }
+
+    /// `action` is `start`, `stop`, `pin` or `unpin`.
     pub async fn app_action(
         &self,
         tenant: &str,

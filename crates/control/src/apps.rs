@@ -68,11 +68,32 @@ pub struct AppView {
     pub pinned: bool,
     /// The version it replaced, if any.
     pub previous_version: Option<String>,
-    /// Each worker's state, as the runtime sees it now.
+    /// The version the gateway routes to. While the app switches to `spec`
+    /// it is the old one, until `spec`'s workers pass their health check.
+    pub live_version: String,
+    /// Each live worker's state, as the runtime sees it now.
     #[schema(value_type = Vec<Object>)]
     pub workers: Vec<WorkerView>,
+    /// While the app switches: the new spec's workers.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[schema(value_type = Vec<Object>)]
+    pub new_workers: Vec<WorkerView>,
     #[serde(with = "time::serde::rfc3339")]
     pub updated_at: OffsetDateTime,
+}
+
+/// The generation of an app's spec: 8 hex digits of its hash. It names
+/// the spec's workers and sockets, so that a new spec's workers run beside
+/// the live ones until the switch.
+pub fn generation(spec: &AppSpec) -> String {
+    use sha2::Digest;
+    let hash = sha2::Sha256::digest(serde_json::to_vec(spec).unwrap_or_default());
+    hash[..4].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The file name of a worker's socket in the tenant's `run` directory.
+pub fn socket_name(spec: &AppSpec, index: u32) -> String {
+    format!("{}-{}-{index}.sock", spec.name, generation(spec))
 }
 
 /// Reads a stored spec back through the model's validation.
@@ -134,23 +155,35 @@ impl AppService {
             Some(previous) => Some(decode_spec(previous).map_err(corrupt)?.version),
             None => None,
         };
-        let workers = self
-            .runtime
-            .as_ref()
-            .map(|r| r.workers(tenant, &spec, crate::runtime::runs(record, tenant)))
-            .unwrap_or_default();
+        let live = match &record.live {
+            Some(live) => decode_spec(live).map_err(corrupt)?,
+            None => spec.clone(),
+        };
+        let switching = generation(&live) != generation(&spec);
+        let runs = crate::runtime::runs(record, tenant);
+        let (workers, new_workers) = match &self.runtime {
+            Some(r) if switching => {
+                (r.workers(tenant, &live, runs), r.workers(tenant, &spec, runs))
+            }
+            Some(r) => (r.workers(tenant, &spec, runs), Vec::new()),
+            None => (Vec::new(), Vec::new()),
+        };
         Ok(AppView {
             spec,
             running: record.running,
             pinned: record.pinned,
             previous_version,
+            live_version: live.version,
             workers,
+            new_workers,
             updated_at: record.updated_at,
         })
     }
 
     /// Deploys `spec`: creates the app, or replaces its spec (keeping the
-    /// one it replaces as `previous`). The app is marked running.
+    /// one it replaces as `previous`). The app is marked running. An app
+    /// that runs keeps its live spec until the new one's workers pass their
+    /// health check (the runtime's switch), so its requests never stop.
     pub async fn deploy(
         &self,
         actor: &Actor,
@@ -181,22 +214,7 @@ impl AppService {
             name: name.clone(),
             error: e.to_string(),
         })?;
-        let now = self.clock.now();
-        let record = AppRecord {
-            tenant_id: tenant.id,
-            name: name.clone(),
-            previous: match current {
-                Some(c) if c.spec != json => Some(c.spec.clone()),
-                Some(c) => c.previous.clone(),
-                None => None,
-            },
-            spec: json,
-            running: true,
-            pinned: current.is_some_and(|c| c.pinned),
-            created_at: now,
-            updated_at: now,
-        };
-        let created = self.store.put_app(&record).await?;
+        let record = self.put_spec(&tenant, current, &spec, json).await?;
         let details = json!({
             "name": name,
             "version": spec.version,
@@ -205,9 +223,43 @@ impl AppService {
         });
         self.events.record(actor, &tenant, "app.deploy", "ok", details).await;
         if let Some(runtime) = &self.runtime {
-            runtime.restart(&tenant, &name);
+            runtime.retry_failed(&tenant, &name);
         }
-        Ok((self.view(&tenant, &record)?, created))
+        Ok((self.view(&tenant, &record)?, current.is_none()))
+    }
+
+    /// Stores `json` as the app's spec, running. Its live spec stays while
+    /// the app has workers serving it (the runtime switches once the new
+    /// ones pass); otherwise nothing serves and the new spec is live at once.
+    async fn put_spec(
+        &self,
+        tenant: &Tenant,
+        current: Option<&AppRecord>,
+        spec: &AppSpec,
+        json: String,
+    ) -> Result<AppRecord> {
+        let now = self.clock.now();
+        let serving = current.filter(|c| crate::runtime::runs(c, tenant));
+        let record = AppRecord {
+            tenant_id: tenant.id,
+            name: spec.name.to_string(),
+            previous: match current {
+                Some(c) if c.spec != json => Some(c.spec.clone()),
+                Some(c) => c.previous.clone(),
+                None => None,
+            },
+            live: Some(match serving {
+                Some(c) => c.live.clone().unwrap_or_else(|| c.spec.clone()),
+                None => json.clone(),
+            }),
+            spec: json,
+            running: true,
+            pinned: current.is_some_and(|c| c.pinned),
+            created_at: current.map_or(now, |c| c.created_at),
+            updated_at: now,
+        };
+        self.store.put_app(&record).await?;
+        Ok(record)
     }
 
     /// What can only be checked against the server: the artifact is a
@@ -266,10 +318,12 @@ impl AppService {
         let mut record = self.record(&tenant, name).await?;
         if running && let Some(runtime) = &self.runtime {
             // A worker given up after a crash loop starts again.
-            runtime.restart(&tenant, name);
+            runtime.retry_failed(&tenant, name);
         }
         if record.running != running {
             record.running = running;
+            // Stopped, nothing serves: what starts again is the spec.
+            record.live = Some(record.spec.clone());
             record.updated_at = self.clock.now();
             self.store.put_app(&record).await?;
             let action = if running { "app.start" } else { "app.stop" };
@@ -277,6 +331,60 @@ impl AppService {
             self.changed();
         }
         self.view(&tenant, &record)
+    }
+
+    /// `apps pin` / `apps unpin`: a pinned app is left out of rollouts (a
+    /// deploy still changes it).
+    pub async fn set_pinned(
+        &self,
+        actor: &Actor,
+        tenant_name: &str,
+        name: &str,
+        pinned: bool,
+    ) -> Result<AppView> {
+        let tenant = self.tenant(actor, tenant_name, Permission::Manage).await?;
+        let mut record = self.record(&tenant, name).await?;
+        if record.pinned != pinned {
+            record.pinned = pinned;
+            record.updated_at = self.clock.now();
+            self.store.put_app(&record).await?;
+            let action = if pinned { "app.pin" } else { "app.unpin" };
+            self.events.record(actor, &tenant, action, "ok", json!({ "name": name })).await;
+        }
+        self.view(&tenant, &record)
+    }
+
+    /// One tenant's step of a rollout: its app's spec with `version` (and
+    /// `artifact`, when given), checked as a deploy is and stored the same
+    /// way, so that the runtime switches to it once it passes.
+    pub(crate) async fn move_to(
+        &self,
+        actor: &Actor,
+        tenant: &Tenant,
+        record: &AppRecord,
+        version: &str,
+        artifact: Option<&str>,
+        rollout: uuid::Uuid,
+    ) -> std::result::Result<(), String> {
+        let mut spec = decode_spec(&record.spec)?;
+        let from = std::mem::replace(&mut spec.version, version.to_owned());
+        if let Some(artifact) = artifact {
+            spec.artifact = Some(artifact.to_owned());
+        }
+        let spec = spec.validate().map_err(|e| e.to_string())?;
+        self.check_deployable(tenant, &spec).await.map_err(|e| e.to_string())?;
+        let json = serde_json::to_string(&spec).map_err(|e| e.to_string())?;
+        self.put_spec(tenant, Some(record), &spec, json).await.map_err(|e| e.to_string())?;
+        let details = json!({
+            "name": spec.name,
+            "version": spec.version,
+            "workers": spec.workers,
+            "previous_version": from,
+            "rollout": rollout,
+        });
+        self.events.record(actor, tenant, "app.deploy", "ok", details).await;
+        self.changed();
+        Ok(())
     }
 
     pub async fn delete(&self, actor: &Actor, tenant_name: &str, name: &str) -> Result<()> {

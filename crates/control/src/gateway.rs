@@ -37,7 +37,10 @@ pub fn affects_gateway(action: &str) -> bool {
         || action == "apikey.revoke"
         // `app:` upstreams name the app's workers and the tenant's user,
         // which its first start allocates.
-        || matches!(action, "app.deploy" | "app.start" | "app.stop" | "app.delete" | "app.worker.start")
+        || matches!(
+            action,
+            "app.deploy" | "app.switch" | "app.start" | "app.stop" | "app.delete" | "app.worker.start"
+        )
 }
 
 /// Tenants whose gateway entry is out of date, collected until the feed
@@ -203,8 +206,8 @@ impl GatewayFeed {
 
     /// Replaces each `app:NAME` upstream with the app's workers' sockets,
     /// each to be answered by the tenant's own Unix user only. An app that
-    /// is missing or stopped still names its first worker's socket, which
-    /// nothing answers: the request gets 502 rather than another route.
+    /// is missing or stopped names a socket nothing answers: the request
+    /// gets 502 rather than another route.
     fn resolve_apps(&self, tenant: &Tenant, parts: &Parts<'_>, mut spec: ApiSpec) -> ApiSpec {
         if !spec.upstreams.iter().any(|u| matches!(u, Upstream::App(_))) {
             return spec;
@@ -215,17 +218,24 @@ impl GatewayFeed {
             .iter()
             .flat_map(|upstream| match upstream {
                 Upstream::App(name) => {
-                    let workers = parts
-                        .apps
-                        .iter()
-                        .find(|a| a.name == name.as_str() && a.running)
-                        .and_then(|a| crate::apps::decode_spec(&a.spec).ok())
-                        .map_or(1, |spec| spec.workers);
+                    // The live spec's workers: a new spec's take over only
+                    // once they pass their health check (the switch).
+                    let live =
+                        parts.apps.iter().find(|a| a.name == name.as_str() && a.running).and_then(
+                            |a| crate::apps::decode_spec(a.live.as_ref().unwrap_or(&a.spec)).ok(),
+                        );
                     // No user yet: uid 0 is never a worker's, so nothing passes.
                     let uid = parts.uid.unwrap_or(0);
-                    (0..workers)
-                        .map(|i| Upstream::Worker {
-                            path: run.join(format!("{name}-{i}.sock")).display().to_string(),
+                    let sockets: Vec<String> = match &live {
+                        Some(spec) => {
+                            (0..spec.workers).map(|i| crate::apps::socket_name(spec, i)).collect()
+                        }
+                        None => vec![format!("{name}-none.sock")],
+                    };
+                    sockets
+                        .into_iter()
+                        .map(|socket| Upstream::Worker {
+                            path: run.join(socket).display().to_string(),
                             uid,
                         })
                         .collect::<Vec<_>>()

@@ -41,6 +41,18 @@ use crate::{
 
 /// How often the workers are compared with the store when nothing changed.
 const RECONCILE_EVERY: Duration = Duration::from_secs(5);
+/// How often while an app switches to a new spec: the switch waits for the
+/// new workers' first passed health check.
+const SWITCH_CHECK_EVERY: Duration = Duration::from_millis(250);
+/// How long the old workers keep running after the switch, for the gateway
+/// to route to the new ones (it hears of the switch within milliseconds)
+/// and for requests under way to finish.
+const DRAIN: Duration = Duration::from_secs(2);
+/// A new spec's worker without a health check passes once it has run this
+/// long without ending.
+const MIN_UPTIME: Duration = Duration::from_secs(2);
+/// How long a new spec has to pass, beyond its health check's own window.
+const SWITCH_DEADLINE: Duration = Duration::from_secs(30);
 /// How long after a start that failed before the worker ran (a secret
 /// unreadable, a directory unwritable) it is tried again.
 const RETRY_FAILED_START: Duration = Duration::from_secs(60);
@@ -73,7 +85,27 @@ pub struct Runtime {
     tenants_dir: PathBuf,
     settings: RuntimeSettings,
     running: Mutex<HashMap<String, Running>>,
+    /// Apps switching to a new spec: (tenant, app, generation) → since when.
+    switching: Mutex<HashMap<(TenantId, String, String), std::time::Instant>>,
+    /// Workers of the spec an app switched away from → when they stop.
+    retiring: Mutex<HashMap<String, std::time::Instant>>,
+    /// Why each app's last switch was reverted, for the rollout that asked.
+    reverts: Mutex<HashMap<(TenantId, String), String>>,
     changed: Notify,
+}
+
+/// An app whose stored spec is not yet live.
+struct Switch {
+    tenant: Tenant,
+    record: AppRecord,
+    spec: AppSpec,
+    live: AppSpec,
+}
+
+enum Verdict {
+    Pass,
+    Wait,
+    Fail(String),
 }
 
 /// A worker as `apps get` shows it.
@@ -112,6 +144,9 @@ impl Runtime {
             tenants_dir: data_dir.join("tenants"),
             settings,
             running: Mutex::default(),
+            switching: Mutex::default(),
+            retiring: Mutex::default(),
+            reverts: Mutex::default(),
             changed: Notify::new(),
         }))
     }
@@ -149,13 +184,23 @@ impl Runtime {
         }
     }
 
-    /// Forgets the app's workers, so the next convergence starts them
-    /// afresh: what `apps start` and a deploy do to a worker that failed.
-    pub fn restart(&self, tenant: &Tenant, app: &str) {
+    /// Forgets the app's workers that were given up (a crash loop, a start
+    /// that failed), so the next convergence starts them afresh: what
+    /// `apps start` and a deploy do. Workers that run are left alone.
+    pub fn retry_failed(&self, tenant: &Tenant, app: &str) {
         if let Ok(mut running) = self.running.lock() {
-            running.retain(|_, w| !(w.tenant == tenant.id && w.app == app));
+            running.retain(|key, w| {
+                let given_up = w.retry_at.is_some()
+                    || matches!(self.supervisor.state(key), Some(WorkerState::Failed { .. }));
+                !(w.tenant == tenant.id && w.app == app && given_up)
+            });
         }
         self.changed();
+    }
+
+    /// Why the app's last switch to a new spec was reverted, if it was.
+    pub fn revert_reason(&self, tenant: TenantId, app: &str) -> Option<String> {
+        self.reverts.lock().ok()?.get(&(tenant, app.to_owned())).cloned()
     }
 
     /// Converges now rather than at the next tick.
@@ -168,13 +213,18 @@ impl Runtime {
     pub async fn run(self: Arc<Self>, mut stopping: watch::Receiver<bool>) {
         let relay = tokio::spawn(Arc::clone(&self).relay_events());
         loop {
-            if let Err(error) = self.reconcile().await {
-                tracing::warn!(%error, "the runtime could not compare its workers with the store");
-            }
+            let next = match self.reconcile().await {
+                Ok(true) => SWITCH_CHECK_EVERY,
+                Ok(false) => RECONCILE_EVERY,
+                Err(error) => {
+                    tracing::warn!(%error, "the runtime could not compare its workers with the store");
+                    RECONCILE_EVERY
+                }
+            };
             tokio::select! {
                 _ = stopping.wait_for(|stop| *stop) => break,
                 () = self.changed.notified() => {}
-                () = tokio::time::sleep(RECONCILE_EVERY) => {}
+                () = tokio::time::sleep(next) => {}
             }
         }
         self.supervisor.shutdown(RestartPolicy::default().grace).await;
@@ -182,11 +232,14 @@ impl Runtime {
     }
 
     /// Starts what should run and is not (or runs an older spec), stops
-    /// what runs and should not.
-    pub async fn reconcile(&self) -> Result<(), String> {
+    /// what runs and should not, and judges each app switching to a new
+    /// spec: its new workers run beside the live ones until they pass (the
+    /// switch) or fail (the revert). `true` while a switch is under way.
+    pub async fn reconcile(&self) -> Result<bool, String> {
         let records = self.store.all_apps().await.map_err(|e| e.to_string())?;
         let mut tenants: HashMap<TenantId, Option<Tenant>> = HashMap::new();
         let mut desired: BTreeMap<String, (Tenant, AppSpec, u32)> = BTreeMap::new();
+        let mut switches = Vec::new();
         for record in records.into_iter().filter(|r| r.running) {
             let tenant = match tenants.get(&record.tenant_id) {
                 Some(t) => t.clone(),
@@ -202,18 +255,38 @@ impl Runtime {
             };
             let Some(tenant) = tenant.filter(|t| t.state == TenantState::Active) else { continue };
             let Ok(spec) = crate::apps::decode_spec(&record.spec) else { continue };
-            for index in 0..spec.workers {
-                desired.insert(
-                    worker_key(&tenant, spec.name.as_str(), index),
-                    (tenant.clone(), spec.clone(), index),
-                );
+            let live = record.live.as_deref().and_then(|l| crate::apps::decode_spec(l).ok());
+            for serving in std::iter::once(&spec).chain(&live) {
+                let generation = crate::apps::generation(serving);
+                for index in 0..serving.workers {
+                    desired.insert(
+                        worker_key(&tenant, serving.name.as_str(), index, &generation),
+                        (tenant.clone(), serving.clone(), index),
+                    );
+                }
+            }
+            if let Some(live) =
+                live.filter(|l| crate::apps::generation(l) != crate::apps::generation(&spec))
+            {
+                switches.push(Switch { tenant, record, spec, live });
             }
         }
+        let now = std::time::Instant::now();
+        let retiring: Vec<String> = self
+            .retiring
+            .lock()
+            .map(|mut r| {
+                r.retain(|_, until| *until > now);
+                r.keys().cloned().collect()
+            })
+            .unwrap_or_default();
         let current: HashMap<String, Running> =
             self.running.lock().map(|r| r.clone()).unwrap_or_default();
         // Stopped together: each may take its grace period.
-        let leaving: Vec<(&String, &Running)> =
-            current.iter().filter(|(k, _)| !desired.contains_key(*k)).collect();
+        let leaving: Vec<(&String, &Running)> = current
+            .iter()
+            .filter(|(k, _)| !desired.contains_key(*k) && !retiring.contains(k))
+            .collect();
         let stops = leaving
             .iter()
             .map(|(key, _)| self.supervisor.stop(key, RestartPolicy::default().grace));
@@ -231,7 +304,6 @@ impl Runtime {
         }
         // Started together too: a start stops the worker's old spec first,
         // which may take its grace period.
-        let now = std::time::Instant::now();
         let starting: Vec<(String, (Tenant, AppSpec, u32))> = desired
             .into_iter()
             .filter(|(key, (_, spec, _))| match current.get(key) {
@@ -268,18 +340,101 @@ impl Runtime {
             }
         });
         futures_util::future::join_all(starts).await;
+        let under_way = !switches.is_empty() || !retiring.is_empty();
+        for switch in switches {
+            self.judge(switch).await?;
+        }
+        Ok(under_way)
+    }
+
+    /// Switches the app to its new spec once every new worker passes, or
+    /// reverts it to the live one when one fails or time runs out.
+    async fn judge(&self, switch: Switch) -> Result<(), String> {
+        let Switch { tenant, record, spec, live } = switch;
+        let app = spec.name.to_string();
+        let generation = crate::apps::generation(&spec);
+        let now = std::time::Instant::now();
+        let since = self
+            .switching
+            .lock()
+            .map(|mut s| *s.entry((tenant.id, app.clone(), generation.clone())).or_insert(now))
+            .unwrap_or(now);
+        let window = spec.health.as_ref().map_or(Duration::ZERO, |h| {
+            Duration::from_millis(h.interval_ms.saturating_mul(u64::from(h.failures)))
+        });
+        let states: Vec<Option<WorkerState>> = (0..spec.workers)
+            .map(|i| self.supervisor.state(&worker_key(&tenant, &app, i, &generation)))
+            .collect();
+        let verdict = match judge_workers(&states, spec.health.is_some(), self.clock.now()) {
+            Verdict::Wait if now.duration_since(since) > window + SWITCH_DEADLINE => {
+                Verdict::Fail(format!(
+                    "its workers did not pass their health check within {}s",
+                    (window + SWITCH_DEADLINE).as_secs()
+                ))
+            }
+            verdict => verdict,
+        };
+        let at = self.clock.now();
+        let details = json!({ "app": app, "version": spec.version, "from_version": live.version });
+        match verdict {
+            Verdict::Wait => return Ok(()),
+            Verdict::Pass => {
+                if self
+                    .store
+                    .promote_app(tenant.id, &app, &record.spec, at)
+                    .await
+                    .map_err(|e| e.to_string())?
+                {
+                    let until = std::time::Instant::now() + DRAIN;
+                    let old = crate::apps::generation(&live);
+                    if let Ok(mut retiring) = self.retiring.lock() {
+                        for i in 0..live.workers {
+                            retiring.insert(worker_key(&tenant, &app, i, &old), until);
+                        }
+                    }
+                    if let Ok(mut reverts) = self.reverts.lock() {
+                        reverts.remove(&(tenant.id, app.clone()));
+                    }
+                    self.note(&tenant, "app.switch", "ok", details).await;
+                }
+            }
+            Verdict::Fail(reason) => {
+                if self
+                    .store
+                    .revert_app(tenant.id, &app, &record.spec, at)
+                    .await
+                    .map_err(|e| e.to_string())?
+                {
+                    if let Ok(mut reverts) = self.reverts.lock() {
+                        reverts.insert((tenant.id, app.clone()), reason.clone());
+                    }
+                    self.note(
+                        &tenant,
+                        "app.revert",
+                        "failed",
+                        with(details, "reason", json!(reason)),
+                    )
+                    .await;
+                    self.changed();
+                }
+            }
+        }
+        if let Ok(mut switching) = self.switching.lock() {
+            switching.remove(&(tenant.id, app, generation));
+        }
         Ok(())
     }
 
     /// The app's workers and their states; one not started yet is
     /// `starting` if the app should run.
     pub fn workers(&self, tenant: &Tenant, spec: &AppSpec, running: bool) -> Vec<WorkerView> {
+        let generation = crate::apps::generation(spec);
         (0..spec.workers)
             .map(|index| WorkerView {
                 index,
                 state: self
                     .supervisor
-                    .state(&worker_key(tenant, spec.name.as_str(), index))
+                    .state(&worker_key(tenant, spec.name.as_str(), index, &generation))
                     .unwrap_or(if running { WorkerState::Starting } else { WorkerState::Stopped }),
             })
             .collect()
@@ -374,7 +529,7 @@ impl Runtime {
         self.tenants_dir
             .join(tenant.name.as_str())
             .join("logs")
-            .join(format!("{}.log", worker_key(tenant, app, index)))
+            .join(format!("{}.log", worker_name(tenant, app, index)))
     }
 
     async fn worker(
@@ -403,7 +558,8 @@ impl Runtime {
         let tenant_dir = self.tenants_dir.join(tenant.name.as_str());
         let data = owned_dir(&tenant_dir, "data", uid, 0o700)?;
         let run = owned_dir(&tenant_dir, "run", uid, 0o700)?;
-        let socket_on_host = run.join(format!("{}-{index}.sock", spec.name));
+        let socket_name = crate::apps::socket_name(spec, index);
+        let socket_on_host = run.join(&socket_name);
         let server = nix::unistd::geteuid().as_raw();
         let logs = owned_dir(&tenant_dir, "logs", server, 0o750)?;
         let config = self.write_flags(tenant).await?;
@@ -417,7 +573,7 @@ impl Runtime {
         }
         let mut env: Vec<(String, String)> =
             spec.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-        let socket = format!("/run/app/{}-{index}.sock", spec.name);
+        let socket = format!("/run/app/{socket_name}");
         env.extend([
             ("BULKHEAD_TENANT".to_owned(), tenant.name.to_string()),
             ("BULKHEAD_APP".to_owned(), spec.name.to_string()),
@@ -445,7 +601,7 @@ impl Runtime {
         Ok(WorkerSpec {
             key: key.to_owned(),
             sandbox: SandboxSpec {
-                name: key.to_owned(),
+                name: worker_name(tenant, spec.name.as_str(), index),
                 uid,
                 gid: uid,
                 command: program.into(),
@@ -557,8 +713,45 @@ fn with(mut value: serde_json::Value, key: &str, extra: serde_json::Value) -> se
 
 /// `t<tenant id's first 16 hex>-<app>-<index>`: unique per server (64
 /// bits of a random id), short enough for a hostname (at most 61 bytes).
-fn worker_key(tenant: &Tenant, app: &str, index: u32) -> String {
+/// Names the worker's sandbox (its hostname) and its log, which outlive
+/// the app's versions.
+fn worker_name(tenant: &Tenant, app: &str, index: u32) -> String {
     format!("t{}-{app}-{index}", &tenant.id.0.simple().to_string()[..16])
+}
+
+/// The worker's name and its spec's generation: while an app switches, the
+/// workers of both specs run side by side under their own keys.
+fn worker_key(tenant: &Tenant, app: &str, index: u32, generation: &str) -> String {
+    format!("{}.{generation}", worker_name(tenant, app, index))
+}
+
+/// Whether the new workers all pass: each running, never restarted, and
+/// past its first health check (or, without one, up for a while).
+fn judge_workers(
+    states: &[Option<WorkerState>],
+    checked: bool,
+    now: time::OffsetDateTime,
+) -> Verdict {
+    let mut pass = true;
+    for (index, state) in states.iter().enumerate() {
+        match state {
+            Some(WorkerState::Running { restarts, since, healthy, .. }) => {
+                if *restarts > 0 {
+                    return Verdict::Fail(format!("worker {index} ended after it started"));
+                }
+                let up = now - *since >= MIN_UPTIME;
+                pass &= if checked { *healthy == Some(true) } else { up };
+            }
+            Some(WorkerState::Backoff { last_exit, .. }) => {
+                return Verdict::Fail(format!("worker {index} {last_exit}"));
+            }
+            Some(WorkerState::Failed { reason }) => {
+                return Verdict::Fail(format!("worker {index}: {reason}"));
+            }
+            Some(WorkerState::Starting | WorkerState::Stopped) | None => pass = false,
+        }
+    }
+    if pass { Verdict::Pass } else { Verdict::Wait }
 }
 
 fn fingerprint(spec: &AppSpec) -> String {

@@ -660,6 +660,13 @@ pub async fn start_with_steps(
         Arc::clone(&sealed),
         runtime.clone(),
     ));
+    let rollouts = Arc::new(crate::rollouts::RolloutService::new(
+        Arc::clone(&store),
+        Arc::clone(&clock),
+        events.clone(),
+        Arc::clone(&apps),
+        runtime.clone(),
+    ));
     let audit = Arc::new(AuditService::new(
         Arc::clone(&store),
         audit_keys,
@@ -686,6 +693,7 @@ pub async fn start_with_steps(
         tenants,
         apis,
         apps,
+        rollouts: Arc::clone(&rollouts),
         vault: Arc::clone(&vault),
         verifier,
         migrations: Arc::clone(&migrations),
@@ -720,6 +728,7 @@ pub async fn start_with_steps(
     let mut jobs = spawn_jobs(&vault, &identity, &audit, &decision_recorder, &config, &shutdown_rx);
     if let Some(runtime) = runtime {
         jobs.push(tokio::spawn(runtime.run(shutdown_rx.clone())));
+        jobs.push(tokio::spawn(rollouts.run(shutdown_rx.clone())));
     }
     migrations.resume().await?;
     let source = gateway::Source::InProcess(changes);

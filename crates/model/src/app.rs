@@ -200,6 +200,19 @@ fn is_default(limits: &AppLimits) -> bool {
 
 const RESERVED_ENV_PREFIX: &str = "BULKHEAD_";
 
+/// A version label: 1 to 64 characters of A-Z, a-z, 0-9, `.`, `_`, `-`, `+`.
+pub fn check_version(version: &str) -> Result<(), InvalidApp> {
+    let ok = (1..=64).contains(&version.len())
+        && version.chars().all(|c| c.is_ascii_alphanumeric() || "._-+".contains(c));
+    if ok {
+        return Ok(());
+    }
+    Err(invalid(
+        "version",
+        format!("{version:?}: use 1 to 64 characters of A-Z, a-z, 0-9, '.', '_', '-' and '+'"),
+    ))
+}
+
 impl AppSpec {
     fn default_workers() -> u32 {
         1
@@ -207,17 +220,7 @@ impl AppSpec {
 
     /// Checks every field; returns the spec unchanged when it is valid.
     pub fn validate(self) -> Result<Self, InvalidApp> {
-        let version_ok = (1..=64).contains(&self.version.len())
-            && self.version.chars().all(|c| c.is_ascii_alphanumeric() || "._-+".contains(c));
-        if !version_ok {
-            return Err(invalid(
-                "version",
-                format!(
-                    "{:?}: use 1 to 64 characters of A-Z, a-z, 0-9, '.', '_', '-' and '+'",
-                    self.version
-                ),
-            ));
-        }
+        check_version(&self.version)?;
         match self.command.first() {
             None => return Err(invalid("command", "is empty; give the program and its arguments")),
             Some(program) if !program.starts_with('/') => {

@@ -23,7 +23,9 @@ pub use api::{
     ApiAuth, ApiName, ApiSpec, AuditLevel, DEFAULT_MAX_BODY_BYTES, InvalidApi, MAX_UPSTREAMS,
     PathPrefix, Rate, Timeouts, Upstream, UpstreamProtocol,
 };
-pub use app::{AppLimits, AppName, AppSecret, AppSpec, HealthCheck, InvalidApp, MAX_WORKERS};
+pub use app::{
+    AppLimits, AppName, AppSecret, AppSpec, HealthCheck, InvalidApp, MAX_WORKERS, check_version,
+};
 pub use email::{AdminEmail, AdminEmailError};
 pub use isolation::{Isolation, IsolationError, UnknownIsolation};
 pub use label::{BaseDomain, RESERVED_TENANT_NAMES, RegionName, TenantName, TenantNameError};

@@ -120,10 +120,15 @@ impl Default for RestartPolicy {
     }
 }
 
+/// How often a worker is checked before its first passed health check.
+const STARTUP_CHECKS: Duration = Duration::from_millis(250);
+
 /// Everything about one worker.
 #[derive(Debug, Clone)]
 pub struct WorkerSpec {
-    /// Unique among this supervisor's workers: names its cgroup and log.
+    /// Unique among this supervisor's workers: names its cgroup. Its log is
+    /// named by the sandbox's name, which the two generations of a worker
+    /// share while one replaces the other.
     pub key: String,
     pub sandbox: SandboxSpec,
     pub limits: CgroupLimits,
@@ -352,7 +357,7 @@ impl Inner {
     ) {
         let mut failures = 0u32;
         let mut restarts = 0u32;
-        let log = match LogFile::open(&spec.log_dir, &spec.key, spec.log_rotation) {
+        let log = match LogFile::open(&spec.log_dir, &spec.sandbox.name, spec.log_rotation) {
             Ok(log) => Arc::new(Mutex::new(log)),
             Err(e) => {
                 let reason =
@@ -530,13 +535,21 @@ async fn serve(
     health: Option<&HealthProbe>,
     state: &watch::Sender<WorkerState>,
 ) -> Served {
-    let mut ticks = health
-        .map(|h| tokio::time::interval_at(tokio::time::Instant::now() + h.interval, h.interval));
+    // Until its first pass the worker is checked often (a switch to a new
+    // version waits for that pass), and its failures count only once it
+    // has had `failures` intervals to come up.
+    let started = tokio::time::Instant::now();
+    let mut passed = false;
     let mut failed = 0u32;
     loop {
+        let next = match health {
+            Some(h) if passed => h.interval,
+            Some(h) => h.interval.min(STARTUP_CHECKS),
+            None => Duration::from_secs(86_400),
+        };
         tokio::select! {
             code = worker.wait() => return Served::Exited(code),
-            () = tick(&mut ticks) => {
+            () = tokio::time::sleep(next), if health.is_some() => {
                 let Some(probe) = health else { continue };
                 let verdict = health::check(probe).await;
                 state.send_modify(|s| {
@@ -544,8 +557,13 @@ async fn serve(
                         *healthy = Some(verdict.is_ok());
                     }
                 });
+                let coming_up = !passed && started.elapsed() < probe.interval * probe.failures;
                 match verdict {
-                    Ok(()) => failed = 0,
+                    Ok(()) => {
+                        passed = true;
+                        failed = 0;
+                    }
+                    Err(_) if coming_up => {}
                     Err(why) => {
                         failed += 1;
                         if failed >= probe.failures {
@@ -573,15 +591,6 @@ async fn serve(
                 }
             },
         }
-    }
-}
-
-async fn tick(ticks: &mut Option<tokio::time::Interval>) {
-    match ticks {
-        Some(ticks) => {
-            ticks.tick().await;
-        }
-        None => std::future::pending().await,
     }
 }
 

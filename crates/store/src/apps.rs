@@ -17,11 +17,29 @@ pub struct AppRecord {
     pub name: String,
     pub spec: String,
     pub previous: Option<String>,
+    /// The spec the gateway routes to; differs from `spec` while the
+    /// runtime switches the app to it. `None`: `spec` is live.
+    pub live: Option<String>,
     pub running: bool,
     pub pinned: bool,
     pub created_at: OffsetDateTime,
     pub updated_at: OffsetDateTime,
 }
+
+/// A rollout as stored: `body` is the control plane's rollout in JSON,
+/// `state` copied out of it.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct RolloutRecord {
+    pub id: uuid::Uuid,
+    pub app: String,
+    pub state: String,
+    pub body: String,
+    pub created_at: OffsetDateTime,
+    pub updated_at: OffsetDateTime,
+}
+
+/// The states in which a rollout is under way (at most one per app).
+pub const ROLLOUT_UNDER_WAY: [&str; 2] = ["running", "paused"];
 
 #[async_trait]
 pub trait AppStore: Send + Sync {
@@ -36,6 +54,35 @@ pub trait AppStore: Send + Sync {
 
     /// Every tenant's apps: what the runtime starts from.
     async fn all_apps(&self) -> Result<Vec<AppRecord>, StoreError>;
+
+    /// The switch: the app's `spec` becomes live, if it is still `spec`
+    /// (a deploy since wins). `true` when it did.
+    async fn promote_app(
+        &self,
+        tenant: TenantId,
+        name: &str,
+        spec: &str,
+        now: OffsetDateTime,
+    ) -> Result<bool, StoreError>;
+
+    /// The revert: the app's `spec` goes back to the live one, if it is
+    /// still `spec`. `true` when it did.
+    async fn revert_app(
+        &self,
+        tenant: TenantId,
+        name: &str,
+        spec: &str,
+        now: OffsetDateTime,
+    ) -> Result<bool, StoreError>;
+
+    /// Creates or replaces the rollout. A second rollout under way for the
+    /// same app is [`StoreError::Duplicate`].
+    async fn put_rollout(&self, rollout: &RolloutRecord) -> Result<(), StoreError>;
+
+    async fn rollout(&self, id: uuid::Uuid) -> Result<Option<RolloutRecord>, StoreError>;
+
+    /// The last `limit` rollouts, newest first.
+    async fn rollouts(&self, limit: u32) -> Result<Vec<RolloutRecord>, StoreError>;
 
     /// `true` when there was such an app.
     async fn delete_app(&self, tenant: TenantId, name: &str) -> Result<bool, StoreError>;

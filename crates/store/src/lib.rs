@@ -32,7 +32,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 pub use apis::{ApiRecord, ApiStore, UsageRecord, UsageStore};
-pub use apps::{AppRecord, AppStore};
+pub use apps::{AppRecord, AppStore, ROLLOUT_UNDER_WAY, RolloutRecord};
 pub use audit::{AuditCheckpointRow, AuditEventRow, AuditKeyRow, AuditStore};
 pub use error::{StoreError, describe as describe_error};
 pub use identity::{ApiKeyRecord, IdentityStore, RealmKeyRecord, RealmRecord, TrustRecord};

@@ -1712,10 +1712,10 @@ macro_rules! impl_app_store {
         impl $crate::AppStore for $store {
             async fn put_app(&self, app: &$crate::AppRecord) -> Result<bool, $crate::StoreError> {
                 let (created,): (bool,) = sqlx::query_as(
-                    "INSERT INTO apps (tenant_id, name, spec, previous, running, pinned, created_at, updated_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+                    "INSERT INTO apps (tenant_id, name, spec, previous, running, pinned, created_at, updated_at, live) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
                      ON CONFLICT (tenant_id, name) DO UPDATE SET spec = $3, previous = $4, \
-                     running = $5, pinned = $6, updated_at = $8 \
+                     running = $5, pinned = $6, updated_at = $8, live = $9 \
                      RETURNING created_at = updated_at",
                 )
                 .bind(app.tenant_id.0)
@@ -1726,6 +1726,7 @@ macro_rules! impl_app_store {
                 .bind(app.pinned)
                 .bind(app.created_at)
                 .bind(app.updated_at)
+                .bind(app.live.as_deref())
                 .fetch_one(&self.write)
                 .await?;
                 Ok(created)
@@ -1737,7 +1738,7 @@ macro_rules! impl_app_store {
                 name: &str,
             ) -> Result<Option<$crate::AppRecord>, $crate::StoreError> {
                 Ok(sqlx::query_as(
-                    "SELECT tenant_id, name, spec, previous, running, pinned, created_at, updated_at \
+                    "SELECT tenant_id, name, spec, previous, live, running, pinned, created_at, updated_at \
                      FROM apps WHERE tenant_id = $1 AND name = $2",
                 )
                 .bind(tenant.0)
@@ -1751,7 +1752,7 @@ macro_rules! impl_app_store {
                 tenant: bulkhead_model::TenantId,
             ) -> Result<Vec<$crate::AppRecord>, $crate::StoreError> {
                 Ok(sqlx::query_as(
-                    "SELECT tenant_id, name, spec, previous, running, pinned, created_at, updated_at \
+                    "SELECT tenant_id, name, spec, previous, live, running, pinned, created_at, updated_at \
                      FROM apps WHERE tenant_id = $1 ORDER BY name",
                 )
                 .bind(tenant.0)
@@ -1761,9 +1762,100 @@ macro_rules! impl_app_store {
 
             async fn all_apps(&self) -> Result<Vec<$crate::AppRecord>, $crate::StoreError> {
                 Ok(sqlx::query_as(
-                    "SELECT tenant_id, name, spec, previous, running, pinned, created_at, updated_at \
+                    "SELECT tenant_id, name, spec, previous, live, running, pinned, created_at, updated_at \
                      FROM apps ORDER BY tenant_id, name",
                 )
+                .fetch_all(&self.read)
+                .await?)
+            }
+
+            async fn promote_app(
+                &self,
+                tenant: bulkhead_model::TenantId,
+                name: &str,
+                spec: &str,
+                now: time::OffsetDateTime,
+            ) -> Result<bool, $crate::StoreError> {
+                let result = sqlx::query(
+                    "UPDATE apps SET live = spec, updated_at = $4 \
+                     WHERE tenant_id = $1 AND name = $2 AND spec = $3",
+                )
+                .bind(tenant.0)
+                .bind(name)
+                .bind(spec)
+                .bind(now)
+                .execute(&self.write)
+                .await?;
+                Ok(result.rows_affected() == 1)
+            }
+
+            async fn revert_app(
+                &self,
+                tenant: bulkhead_model::TenantId,
+                name: &str,
+                spec: &str,
+                now: time::OffsetDateTime,
+            ) -> Result<bool, $crate::StoreError> {
+                let result = sqlx::query(
+                    "UPDATE apps SET spec = live, updated_at = $4 \
+                     WHERE tenant_id = $1 AND name = $2 AND spec = $3 AND live IS NOT NULL",
+                )
+                .bind(tenant.0)
+                .bind(name)
+                .bind(spec)
+                .bind(now)
+                .execute(&self.write)
+                .await?;
+                Ok(result.rows_affected() == 1)
+            }
+
+            async fn put_rollout(
+                &self,
+                rollout: &$crate::RolloutRecord,
+            ) -> Result<(), $crate::StoreError> {
+                let result = sqlx::query(
+                    "INSERT INTO rollouts (id, app, state, body, created_at, updated_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6) \
+                     ON CONFLICT (id) DO UPDATE SET state = $3, body = $4, updated_at = $6",
+                )
+                .bind(rollout.id)
+                .bind(rollout.app.as_str())
+                .bind(rollout.state.as_str())
+                .bind(rollout.body.as_str())
+                .bind(rollout.created_at)
+                .bind(rollout.updated_at)
+                .execute(&self.write)
+                .await;
+                match result {
+                    Ok(_) => Ok(()),
+                    Err(e) if $crate::StoreError::is_unique_violation(&e) => Err(
+                        $crate::StoreError::Duplicate(format!("a rollout of app {:?} under way", rollout.app)),
+                    ),
+                    Err(e) => Err(e.into()),
+                }
+            }
+
+            async fn rollout(
+                &self,
+                id: uuid::Uuid,
+            ) -> Result<Option<$crate::RolloutRecord>, $crate::StoreError> {
+                Ok(sqlx::query_as(
+                    "SELECT id, app, state, body, created_at, updated_at FROM rollouts WHERE id = $1",
+                )
+                .bind(id)
+                .fetch_optional(&self.read)
+                .await?)
+            }
+
+            async fn rollouts(
+                &self,
+                limit: u32,
+            ) -> Result<Vec<$crate::RolloutRecord>, $crate::StoreError> {
+                Ok(sqlx::query_as(
+                    "SELECT id, app, state, body, created_at, updated_at FROM rollouts \
+                     ORDER BY created_at DESC, id LIMIT $1",
+                )
+                .bind(i64::from(limit))
                 .fetch_all(&self.read)
                 .await?)
             }

@@ -10,7 +10,7 @@ use bulkhead_model::{
 };
 use bulkhead_store::{
     AppRecord, AuditCheckpointRow, AuditEventRow, MigrationJobRecord, MigrationTargetRecord,
-    OperatorToken, StoreError, TenantPage,
+    OperatorToken, RolloutRecord, StoreError, TenantPage,
 };
 use bulkhead_testkit::StoreFixture as Fixture;
 use sqlx::Connection;
@@ -491,6 +491,7 @@ async fn keeps_apps_and_allocates_unix_users(f: Fixture) {
         name: "keyring".into(),
         spec: "{}".into(),
         previous: None,
+        live: None,
         running: true,
         pinned: false,
         created_at: at,
@@ -506,6 +507,43 @@ async fn keeps_apps_and_allocates_unix_users(f: Fixture) {
     assert_eq!(stored, AppRecord { created_at: at, ..app.clone() });
     assert_eq!(f.store.apps(b.id).await.unwrap(), vec![], "apps are per tenant");
     assert_eq!(f.store.all_apps().await.unwrap().len(), 1);
+
+    // The switch and the revert apply only to the spec they were decided on.
+    app.live = Some("{}".into());
+    f.store.put_app(&app).await.unwrap();
+    assert!(!f.store.promote_app(a.id, "keyring", "{\"v\":1}", at).await.unwrap(), "stale");
+    assert!(f.store.revert_app(a.id, "keyring", "{\"v\":2}", at).await.unwrap());
+    let reverted = f.store.app(a.id, "keyring").await.unwrap().unwrap();
+    assert_eq!((reverted.spec.as_str(), reverted.live.as_deref()), ("{}", Some("{}")));
+    app.spec = "{\"v\":3}".into();
+    f.store.put_app(&app).await.unwrap();
+    assert!(f.store.promote_app(a.id, "keyring", "{\"v\":3}", at).await.unwrap());
+    let promoted = f.store.app(a.id, "keyring").await.unwrap().unwrap();
+    assert_eq!(promoted.live.as_deref(), Some("{\"v\":3}"));
+    assert!(!f.store.revert_app(b.id, "keyring", "{\"v\":3}", at).await.unwrap(), "per tenant");
+
+    // Rollouts: one under way per app; a finished one frees the app.
+    let rollout = |app: &str, state: &str| RolloutRecord {
+        id: uuid::Uuid::new_v4(),
+        app: app.into(),
+        state: state.into(),
+        body: "{}".into(),
+        created_at: at,
+        updated_at: at,
+    };
+    let mut first = rollout("keyring", "running");
+    f.store.put_rollout(&first).await.unwrap();
+    let second = rollout("keyring", "paused");
+    assert!(matches!(f.store.put_rollout(&second).await, Err(StoreError::Duplicate(_))));
+    f.store.put_rollout(&rollout("other", "running")).await.unwrap();
+    first.state = "completed".into();
+    first.updated_at = at + time::Duration::seconds(2);
+    f.store.put_rollout(&first).await.unwrap();
+    f.store.put_rollout(&second).await.unwrap();
+    assert_eq!(f.store.rollout(first.id).await.unwrap(), Some(first.clone()));
+    assert_eq!(f.store.rollouts(10).await.unwrap().len(), 3);
+    assert_eq!(f.store.rollouts(1).await.unwrap().len(), 1);
+
     assert!(f.store.delete_app(a.id, "keyring").await.unwrap());
     assert!(!f.store.delete_app(a.id, "keyring").await.unwrap());
 

@@ -7,7 +7,9 @@ use bulkhead_model::{AppLimits, AppSecret, AppSpec, HealthCheck};
 use serde_json::Value;
 
 use crate::{
-    args::{AppsCommand, DeployAppArgs, FlagsCommand, GlobalArgs, LogsArgs, Output},
+    args::{
+        AppsCommand, DeployAppArgs, FlagsCommand, GlobalArgs, LogsArgs, Output, RolloutCommand,
+    },
     client::ApiClient,
     exit::CliError,
     output,
@@ -35,12 +37,117 @@ pub async fn run(command: &AppsCommand, global: &GlobalArgs) -> Result<(), CliEr
             global.output,
             std::slice::from_ref(&client.app_action(tenant, name, "stop").await?),
         ),
+        AppsCommand::Pin { tenant, name } => show(
+            global.output,
+            std::slice::from_ref(&client.app_action(tenant, name, "pin").await?),
+        ),
+        AppsCommand::Unpin { tenant, name } => show(
+            global.output,
+            std::slice::from_ref(&client.app_action(tenant, name, "unpin").await?),
+        ),
         AppsCommand::Delete { tenant, name } => {
             client.delete_app(tenant, name).await?;
             let text = format!("deleted app {name} of tenant {tenant}; its workers are stopping");
             output::done(global.output, &serde_json::json!({ "deleted": name }), &text)
         }
     }
+}
+
+/// `bulkhead rollout ...`.
+pub async fn rollout(command: &RolloutCommand, global: &GlobalArgs) -> Result<(), CliError> {
+    let client = ApiClient::discover(global)?;
+    let rollout = match command {
+        RolloutCommand::Start(args) => {
+            let request = serde_json::json!({
+                "app": args.app,
+                "version": args.version,
+                "artifact": args.artifact,
+                "canary": args.canary,
+                "batch": args.batch,
+                "pause": args.pause,
+                "max_unhealthy": args.max_unhealthy,
+            });
+            client.start_rollout(&request).await?
+        }
+        RolloutCommand::Status { id: Some(id) } => client.rollout(id).await?,
+        RolloutCommand::Status { id: None } => {
+            let list = client.rollouts().await?;
+            let rollouts = list["rollouts"].as_array().map(Vec::as_slice).unwrap_or_default();
+            if global.output == Output::Json {
+                return output::json(&rollouts);
+            }
+            let rows: Vec<Vec<String>> = rollouts
+                .iter()
+                .map(|r| {
+                    let text = |key: &str| r[key].as_str().unwrap_or_default().to_owned();
+                    vec![text("id"), text("app"), text("version"), text("state"), progress(r)]
+                })
+                .collect();
+            #[allow(clippy::print_stdout)]
+            {
+                println!("{}", output::table(&["ID", "APP", "VERSION", "STATE", "TENANTS"], &rows));
+            }
+            return Ok(());
+        }
+        RolloutCommand::Pause { id } => client.steer_rollout(id, "pause").await?,
+        RolloutCommand::Resume { id } => client.steer_rollout(id, "resume").await?,
+        RolloutCommand::Abort { id } => client.steer_rollout(id, "abort").await?,
+    };
+    show_rollout(global.output, &rollout)
+}
+
+/// `moved 3, moving 1, failed 0, pending 6, skipped 1`
+fn progress(rollout: &Value) -> String {
+    let steps = rollout["steps"].as_array().map(Vec::as_slice).unwrap_or_default();
+    ["moved", "moving", "failed", "pending", "skipped"]
+        .iter()
+        .map(|state| {
+            let n = steps.iter().filter(|s| s["state"] == *state).count();
+            format!("{state} {n}")
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn show_rollout(format: Output, rollout: &Value) -> Result<(), CliError> {
+    if format == Output::Json {
+        return output::json(rollout);
+    }
+    let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+    let rows: Vec<Vec<String>> = rollout["steps"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .map(|s| {
+            let batch = match s["batch"].as_u64() {
+                Some(0) => "canary".to_owned(),
+                Some(n) => n.to_string(),
+                None => String::new(),
+            };
+            vec![
+                text(&s["tenant"]),
+                batch,
+                text(&s["from_version"]),
+                text(&s["state"]),
+                text(&s["reason"]),
+            ]
+        })
+        .collect();
+    #[allow(clippy::print_stdout)]
+    {
+        println!(
+            "rollout {} of app {} to {}: {}{}",
+            text(&rollout["id"]),
+            text(&rollout["app"]),
+            text(&rollout["version"]),
+            text(&rollout["state"]),
+            rollout["reason"].as_str().map(|r| format!(" ({r})")).unwrap_or_default()
+        );
+        println!("{}", progress(rollout));
+        println!("{}", output::table(&["TENANT", "BATCH", "FROM", "STATE", "REASON"], &rows));
+    }
+    Ok(())
 }
 
 /// The spec the flags describe, checked as the server will check it.
@@ -84,6 +191,17 @@ fn spec(args: &DeployAppArgs) -> Result<AppSpec, CliError> {
     spec.validate().map_err(|e| CliError::usage(format!("app {}: {e}", args.name)))
 }
 
+/// `2.0`, `1.0 -> 2.0` while the app switches, `(pinned)` after it.
+fn version(app: &Value) -> String {
+    let spec = app["spec"]["version"].as_str().unwrap_or_default();
+    let live = app["live_version"].as_str().unwrap_or(spec);
+    let mut text = if live == spec { spec.to_owned() } else { format!("{live} -> {spec}") };
+    if app["pinned"].as_bool() == Some(true) {
+        text.push_str(" (pinned)");
+    }
+    text
+}
+
 fn show(format: Output, apps: &[Value]) -> Result<(), CliError> {
     if format == Output::Json {
         return output::json(&apps);
@@ -107,7 +225,7 @@ fn show(format: Output, apps: &[Value]) -> Result<(), CliError> {
                 .collect();
             vec![
                 app["spec"]["name"].as_str().unwrap_or_default().to_owned(),
-                app["spec"]["version"].as_str().unwrap_or_default().to_owned(),
+                version(app),
                 if app["running"].as_bool() == Some(true) { "yes" } else { "stopped" }.to_owned(),
                 workers.join(", "),
             ]

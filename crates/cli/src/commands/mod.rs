@@ -42,6 +42,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Apps(command) => apps::run(command, &cli.global).await,
         Command::Logs(args) => apps::logs(args, &cli.global).await,
         Command::Flags(command) => apps::flags(command, &cli.global).await,
+        Command::Rollout(command) => apps::rollout(command, &cli.global).await,
         Command::Usage { tenant, api, since } => {
             let client = ApiClient::discover(&cli.global)?;
             let usage = client.usage(tenant, api.as_deref(), since.as_deref()).await?;

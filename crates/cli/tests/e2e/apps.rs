@@ -212,6 +212,21 @@ async fn an_app_runs_confined_with_its_secret_and_its_own_logs() {
     assert!(server.stop().success());
 }
 
+/// The socket of the tenant's app `web`'s first worker (named by its
+/// spec's generation).
+fn socket(server: &Server, tenant: &str) -> std::path::PathBuf {
+    let run = server.tenant_dir(tenant).join("run");
+    std::fs::read_dir(&run)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            name.starts_with("web-") && name.ends_with("-0.sock")
+        })
+        .unwrap_or_else(|| panic!("no socket of web in {}", run.display()))
+}
+
 fn root_listing(line: &str) -> Vec<String> {
     line.split("root=").nth(1).unwrap_or_default().split(',').map(str::to_owned).collect()
 }
@@ -326,8 +341,7 @@ async fn an_app_is_served_through_the_gateway_to_its_own_tenant_only() {
         "admin",
     ]);
     let admin = stdout(&out).trim().to_owned();
-    let globex_socket =
-        format!("unix:{}", server.tenant_dir("globex").join("run/web-0.sock").display());
+    let globex_socket = format!("unix:{}", socket(&server, "globex").display());
     let out = server.cli_with_token(
         &admin,
         &[
@@ -353,10 +367,9 @@ async fn an_app_is_served_through_the_gateway_to_its_own_tenant_only() {
     // globex's socket where its own was. The gateway then finds globex's
     // user on the other end and refuses, rather than serving acme's
     // request from globex's app.
-    let acme_socket = server.tenant_dir("acme").join("run/web-0.sock");
+    let acme_socket = socket(&server, "acme");
     std::fs::remove_file(&acme_socket).unwrap();
-    std::os::unix::fs::symlink(server.tenant_dir("globex").join("run/web-0.sock"), &acme_socket)
-        .unwrap();
+    std::os::unix::fs::symlink(socket(&server, "globex"), &acme_socket).unwrap();
     let (status, body) = call("acme").await;
     assert_eq!(status, 502, "{body}");
     assert!(!body.contains("app of globex"), "{body}");
@@ -499,5 +512,209 @@ async fn flags_reach_the_workers_as_a_file_they_reread_on_sighup() {
         stderr(&denied)
     );
     // A clean stop: the runtime stops the workers and removes its cgroups.
+    assert!(server.stop().success());
+}
+
+/// A web app that fails its health check in versions named `bad-*`, and
+/// says its version to each request.
+const VERSIONED: &str = r#"
+import os, socketserver, http.server
+version = os.environ['BULKHEAD_VERSION']
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        bad = self.path == '/healthz' and version.startswith('bad')
+        body = ('%s of %s' % (version, os.environ['BULKHEAD_TENANT'])).encode()
+        self.send_response(500 if bad else 200); self.send_header('content-length', str(len(body))); self.end_headers(); self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+class S(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = True
+S(os.environ['BULKHEAD_SOCKET'], H).serve_forever()
+"#;
+
+/// Waits until the rollout is in `state` and returns it.
+async fn rollout_state(server: &Server, id: &str, state: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let rollout = server.cli_json(&["rollout", "status", id]);
+        if rollout["state"] == state {
+            return rollout;
+        }
+        assert!(Instant::now() < deadline, "the rollout never became {state}: {rollout}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_rollout_moves_tenants_without_downtime_and_halts_on_a_failing_version() {
+    let Some(mut server) = server_as_root().await else { return };
+    let tenants = ["alpha", "bravo", "charlie"];
+    for tenant in tenants {
+        // Above the starter plan's 10 requests a second, which the watch below makes.
+        server.cli_json(&["tenants", "create", tenant, "--plan", "professional", "--wait"]);
+        let manifest = format!(
+            "apiVersion: bulkhead.dev/v1\nkind: App\nmetadata:\n  name: web\n  tenant: {tenant}\nspec:\n  version: '1'\n  command: [/usr/bin/python3, -c, {}]\n  health: {{path: /healthz, interval_ms: 500, failures: 2}}\n",
+            serde_json::to_string(VERSIONED).unwrap()
+        );
+        let file = server.dir.path().join(format!("{tenant}.yaml"));
+        std::fs::write(&file, manifest).unwrap();
+        let out = server.cli(&["apply", "-f", file.to_str().unwrap()]);
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let out = server.cli(&["apps", "pin", "--tenant", "charlie", "web"]);
+    assert!(out.status.success() && stdout(&out).contains("(pinned)"), "{}", stderr(&out));
+    let out = server.cli(&[
+        "apis",
+        "create",
+        "--tenant",
+        "alpha",
+        "web",
+        "--prefix",
+        "/web",
+        "--upstream",
+        "app:web",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out =
+        server.cli(&["auth", "token", "--tenant", "alpha", "--subject", "a", "--role", "analyst"]);
+    let token = stdout(&out).trim().to_owned();
+    let gateway: std::net::SocketAddr =
+        server.gateway.trim_start_matches("http://").parse().unwrap();
+    let client = reqwest::Client::builder().resolve("alpha.localhost", gateway).build().unwrap();
+    let url = format!("http://alpha.localhost:{}/web/", gateway.port());
+    let call = || {
+        let request = client.get(&url).bearer_auth(&token);
+        async move {
+            match request.send().await {
+                Ok(r) => (r.status().as_u16(), r.text().await.unwrap_or_default()),
+                Err(e) => (0, e.to_string()),
+            }
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while call().await != (200, "1 of alpha".to_owned()) {
+        assert!(Instant::now() < deadline, "alpha's app never served: {:?}", call().await);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // Bad options are refused before anything moves.
+    for (flag, value, says) in [
+        ("--batch", "0", "give a count of tenants"),
+        ("--pause", "soon", "is not a duration"),
+        ("--version", "1 0", "use 1 to 64 characters"),
+    ] {
+        let mut args = vec!["rollout", "start", "--app", "web", flag, value];
+        if flag != "--version" {
+            args.extend(["--version", "2"]);
+        }
+        let out = server.cli(&args);
+        assert!(!out.status.success() && stderr(&out).contains(says), "{flag}: {}", stderr(&out));
+    }
+
+    // Version 2, canary first, then one tenant per batch; alpha's requests
+    // through the gateway never fail while its workers change.
+    let watching = tokio::spawn({
+        let client = client.clone();
+        let (url, token) = (url.clone(), token.clone());
+        async move {
+            let mut seen = Vec::new();
+            while !seen.iter().any(|(_, body): &(u16, String)| body == "2 of alpha") {
+                let response = client.get(&url).bearer_auth(&token).send().await;
+                seen.push(match response {
+                    Ok(r) => (r.status().as_u16(), r.text().await.unwrap_or_default()),
+                    Err(e) => (0, e.to_string()),
+                });
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            // And a while after the switch, as the old workers stop.
+            for _ in 0..150 {
+                let response = client.get(&url).bearer_auth(&token).send().await;
+                seen.push(match response {
+                    Ok(r) => (r.status().as_u16(), r.text().await.unwrap_or_default()),
+                    Err(e) => (0, e.to_string()),
+                });
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            seen
+        }
+    });
+    let started = server.cli_json(&[
+        "rollout",
+        "start",
+        "--app",
+        "web",
+        "--version",
+        "2",
+        "--canary",
+        "1",
+        "--batch",
+        "1",
+    ]);
+    let id = started["id"].as_str().unwrap().to_owned();
+    let steps = |r: &Value| -> Vec<(String, String, u64)> {
+        r["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| {
+                (
+                    s["tenant"].as_str().unwrap().to_owned(),
+                    s["state"].as_str().unwrap().to_owned(),
+                    s["batch"].as_u64().unwrap(),
+                )
+            })
+            .collect()
+    };
+    let charlie_skipped = ("charlie".to_owned(), "skipped".to_owned(), 0);
+    assert!(steps(&started).contains(&charlie_skipped), "{started}");
+    let done = rollout_state(&server, &id, "completed").await;
+    assert_eq!(
+        steps(&done),
+        vec![
+            ("alpha".to_owned(), "moved".to_owned(), 0),
+            ("bravo".to_owned(), "moved".to_owned(), 1),
+            charlie_skipped
+        ]
+    );
+    let seen = watching.await.unwrap();
+    let failed: Vec<&(u16, String)> = seen.iter().filter(|(status, _)| *status != 200).collect();
+    assert!(failed.is_empty(), "requests failed during the switch: {failed:?}");
+    assert!(seen.iter().all(|(_, b)| b == "1 of alpha" || b == "2 of alpha"), "{seen:?}");
+    for (tenant, version) in [("alpha", "2"), ("bravo", "2"), ("charlie", "1")] {
+        let app = server.cli_json(&["apps", "get", "--tenant", tenant, "web"]);
+        assert_eq!(app[0]["spec"]["version"], version, "{tenant}: {app}");
+        assert_eq!(app[0]["live_version"], version, "{tenant}: {app}");
+    }
+
+    // A version that fails its health check: the canary goes back to its
+    // version, serving all along, and the rollout halts before bravo.
+    let started = server.cli_json(&["rollout", "start", "--app", "web", "--version", "bad-3"]);
+    let id = started["id"].as_str().unwrap().to_owned();
+    let halted = rollout_state(&server, &id, "halted").await;
+    let alpha = &halted["steps"][0];
+    assert_eq!(
+        (alpha["tenant"].as_str(), alpha["state"].as_str()),
+        (Some("alpha"), Some("failed"))
+    );
+    assert!(alpha["reason"].as_str().unwrap().contains("health check"), "{halted}");
+    assert_eq!(halted["steps"][1]["state"], "pending", "{halted}");
+    for tenant in ["alpha", "bravo"] {
+        let app = server.cli_json(&["apps", "get", "--tenant", tenant, "web"]);
+        assert_eq!(app[0]["spec"]["version"], "2", "{tenant}: {app}");
+    }
+    assert_eq!(call().await, (200, "2 of alpha".to_owned()));
+    let out = server.cli(&["rollout", "pause", &id]);
+    assert!(!out.status.success() && stderr(&out).contains("halted"), "{}", stderr(&out));
+    let aborted = server.cli_json(&["rollout", "abort", &id]);
+    assert_eq!(aborted["state"], "aborted");
+    assert_eq!(aborted["steps"][1]["state"], "skipped");
+    let actions: Vec<String> = server
+        .audit_events(&["alpha"])
+        .iter()
+        .filter_map(|e| e["action"].as_str().map(str::to_owned))
+        .collect();
+    for action in ["app.switch", "app.revert"] {
+        assert!(actions.iter().any(|a| a == action), "{action} missing from {actions:?}");
+    }
     assert!(server.stop().success());
 }

@@ -1,5 +1,5 @@
-//! A tenant's apps over HTTP: deployed, started, stopped, deleted, and
-//! their workers' logs.
+//! A tenant's apps over HTTP: deployed, started, stopped, pinned, deleted,
+//! their workers' logs, and rollouts of a version across tenants.
 
 use axum::{
     Extension, Json,
@@ -18,7 +18,11 @@ use super::{
     record_tenant,
     types::ErrorBody,
 };
-use crate::{apps::AppView, events::Actor};
+use crate::{
+    apps::AppView,
+    events::Actor,
+    rollouts::{Rollout, RolloutRequest, Steer},
+};
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct AppList {
@@ -240,4 +244,141 @@ pub async fn change_flags(
     Ok(Json(Flags {
         flags: state.apps.set_flags(&actor, &tenant, changes.set, changes.unset).await?,
     }))
+}
+
+/// Keep an app out of rollouts: it stays on its version until unpinned (a
+/// deploy still changes it).
+#[utoipa::path(
+    post, path = "/v1/tenants/{tenant}/apps/{name}/pin", tag = "apps",
+    params(("tenant" = String, Path, description = "Tenant name"), ("name" = String, Path, description = "App name")),
+    responses((status = 200, body = AppView), (status = 404, body = ErrorBody)),
+    security(("operator_token" = []))
+)]
+pub async fn pin_app(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Path((tenant, name)): Path<(String, String)>,
+) -> Result<Json<AppView>, ApiError> {
+    record_tenant(&tenant);
+    Ok(Json(state.apps.set_pinned(&actor, &tenant, &name, true).await?))
+}
+
+/// Let rollouts move the app again.
+#[utoipa::path(
+    post, path = "/v1/tenants/{tenant}/apps/{name}/unpin", tag = "apps",
+    params(("tenant" = String, Path, description = "Tenant name"), ("name" = String, Path, description = "App name")),
+    responses((status = 200, body = AppView), (status = 404, body = ErrorBody)),
+    security(("operator_token" = []))
+)]
+pub async fn unpin_app(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Path((tenant, name)): Path<(String, String)>,
+) -> Result<Json<AppView>, ApiError> {
+    record_tenant(&tenant);
+    Ok(Json(state.apps.set_pinned(&actor, &tenant, &name, false).await?))
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct RolloutList {
+    pub rollouts: Vec<Rollout>,
+}
+
+/// Start a rollout: every tenant's app of this name moves to the version,
+/// canary tenants first, then batch by batch, each tenant switched only
+/// once its new workers pass their health check.
+#[utoipa::path(
+    post, path = "/v1/rollouts", tag = "apps",
+    request_body = RolloutRequest,
+    responses(
+        (status = 201, body = Rollout),
+        (status = 400, body = ErrorBody),
+        (status = 403, body = ErrorBody),
+        (status = 409, description = "The app has a rollout under way", body = ErrorBody),
+        (status = 503, description = "This server runs no apps", body = ErrorBody),
+    ),
+    security(("operator_token" = []))
+)]
+pub async fn start_rollout(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    body: Result<Json<RolloutRequest>, JsonRejection>,
+) -> Result<(StatusCode, Json<Rollout>), ApiError> {
+    let Json(request) = body?;
+    Ok((StatusCode::CREATED, Json(state.rollouts.start(&actor, request).await?)))
+}
+
+/// The latest rollouts, newest first.
+#[utoipa::path(
+    get, path = "/v1/rollouts", tag = "apps",
+    responses((status = 200, body = RolloutList), (status = 403, body = ErrorBody)),
+    security(("operator_token" = []))
+)]
+pub async fn list_rollouts(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
+) -> Result<Json<RolloutList>, ApiError> {
+    Ok(Json(RolloutList { rollouts: state.rollouts.list(&actor).await? }))
+}
+
+/// One rollout, with each tenant's step.
+#[utoipa::path(
+    get, path = "/v1/rollouts/{id}", tag = "apps",
+    params(("id" = String, Path, description = "Rollout id")),
+    responses((status = 200, body = Rollout), (status = 404, body = ErrorBody)),
+    security(("operator_token" = []))
+)]
+pub async fn get_rollout(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Path(id): Path<String>,
+) -> Result<Json<Rollout>, ApiError> {
+    Ok(Json(state.rollouts.get(&actor, &id).await?))
+}
+
+/// Pause a rollout: no new batch starts; tenants switching finish.
+#[utoipa::path(
+    post, path = "/v1/rollouts/{id}/pause", tag = "apps",
+    params(("id" = String, Path, description = "Rollout id")),
+    responses((status = 200, body = Rollout), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
+    security(("operator_token" = []))
+)]
+pub async fn pause_rollout(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Path(id): Path<String>,
+) -> Result<Json<Rollout>, ApiError> {
+    Ok(Json(state.rollouts.steer(&actor, &id, Steer::Pause).await?))
+}
+
+/// Resume a paused rollout, or a halted one (allowing as many failed
+/// tenants again).
+#[utoipa::path(
+    post, path = "/v1/rollouts/{id}/resume", tag = "apps",
+    params(("id" = String, Path, description = "Rollout id")),
+    responses((status = 200, body = Rollout), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
+    security(("operator_token" = []))
+)]
+pub async fn resume_rollout(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Path(id): Path<String>,
+) -> Result<Json<Rollout>, ApiError> {
+    Ok(Json(state.rollouts.steer(&actor, &id, Steer::Resume).await?))
+}
+
+/// Abort a rollout: the tenants not moved yet stay where they are (those
+/// moved stay too).
+#[utoipa::path(
+    post, path = "/v1/rollouts/{id}/abort", tag = "apps",
+    params(("id" = String, Path, description = "Rollout id")),
+    responses((status = 200, body = Rollout), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
+    security(("operator_token" = []))
+)]
+pub async fn abort_rollout(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Path(id): Path<String>,
+) -> Result<Json<Rollout>, ApiError> {
+    Ok(Json(state.rollouts.steer(&actor, &id, Steer::Abort).await?))
 }

@@ -18,8 +18,8 @@ use bulkhead_vault::VaultError;
 use super::types::{ErrorBody, ErrorDetail};
 use crate::{
     admission::Refused, apis::ApisError, apps::AppsError, audit::AuditServiceError,
-    credentials::CredentialError, identity::IdentityError, tenants::TenantError, usage::UsageError,
-    vault::VaultServiceError,
+    credentials::CredentialError, identity::IdentityError, rollouts::RolloutError,
+    tenants::TenantError, usage::UsageError, vault::VaultServiceError,
 };
 
 /// The table of error codes: each with its HTTP status.
@@ -62,6 +62,7 @@ pub enum ErrorCode {
     MigrationNotFound,
     ApiNotFound,
     AppNotFound,
+    RolloutNotFound,
     InvalidApp,
     RuntimeUnavailable,
     ApiExists,
@@ -83,7 +84,7 @@ impl ErrorCode {
             Unauthorized => StatusCode::UNAUTHORIZED,
             LockedOut | Forbidden => StatusCode::FORBIDDEN,
             NotFound | TenantNotFound | SecretNotFound | LeaseNotFound | LockoutNotFound
-            | ApiKeyNotFound | ApiNotFound | AppNotFound | MigrationNotFound => {
+            | ApiKeyNotFound | ApiNotFound | AppNotFound | RolloutNotFound | MigrationNotFound => {
                 StatusCode::NOT_FOUND
             }
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -143,6 +144,7 @@ impl ErrorCode {
             MigrationNotFound => "migration_not_found",
             ApiNotFound => "api_not_found",
             AppNotFound => "app_not_found",
+            RolloutNotFound => "rollout_not_found",
             InvalidApp => "invalid_app",
             RuntimeUnavailable => "runtime_unavailable",
             ApiExists => "api_exists",
@@ -346,6 +348,26 @@ impl From<ApisError> for ApiError {
             ApisError::NotFound { .. } => ApiNotFound,
             ApisError::TooMany { .. } => QuotaExceeded,
             ApisError::Leaving(_) => InvalidState,
+        };
+        Self::new(code, error.to_string())
+    }
+}
+
+impl From<RolloutError> for ApiError {
+    fn from(error: RolloutError) -> Self {
+        use ErrorCode::*;
+        let code = match error {
+            RolloutError::Store(ref store) => return store_error(store),
+            RolloutError::Corrupt(..) => {
+                tracing::error!(%error, "a stored rollout is unreadable");
+                CorruptData
+            }
+            RolloutError::Forbidden => Forbidden,
+            RolloutError::Invalid(_) => InvalidRequest,
+            RolloutError::NotFound(_) => RolloutNotFound,
+            RolloutError::UnderWay(_) => Conflict,
+            RolloutError::WrongState { .. } => InvalidState,
+            RolloutError::NoRuntime => RuntimeUnavailable,
         };
         Self::new(code, error.to_string())
     }

@@ -57,6 +57,7 @@ pub struct AppState {
     pub tenants: Arc<TenantService>,
     pub apis: Arc<ApiService>,
     pub apps: Arc<crate::apps::AppService>,
+    pub rollouts: Arc<crate::rollouts::RolloutService>,
     pub vault: Arc<VaultService>,
     pub verifier: Arc<crate::verify::Verifier>,
     pub migrations: Arc<crate::migrations::MigrationService>,
@@ -261,6 +262,13 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(apps::get_app, apps::deploy_app, apps::delete_app))
         .routes(routes!(apps::start_app))
         .routes(routes!(apps::stop_app))
+        .routes(routes!(apps::pin_app))
+        .routes(routes!(apps::unpin_app))
+        .routes(routes!(apps::list_rollouts, apps::start_rollout))
+        .routes(routes!(apps::get_rollout))
+        .routes(routes!(apps::pause_rollout))
+        .routes(routes!(apps::resume_rollout))
+        .routes(routes!(apps::abort_rollout))
         .routes(routes!(apps::app_logs))
         .routes(routes!(apps::get_flags, apps::change_flags))
         .routes(routes!(verify::verify_isolation))

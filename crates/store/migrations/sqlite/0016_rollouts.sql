@@ -1,0 +1,21 @@
+-- `live` is the spec the gateway routes an app's requests to. A deploy
+-- changes `spec`; the runtime starts the new spec's workers beside the
+-- live ones and, once they pass their health check, sets `live` to
+-- `spec` (the switch), or sets `spec` back to `live` (the revert). NULL
+-- on apps stored before this column: their spec is live.
+ALTER TABLE apps ADD COLUMN live TEXT;
+
+-- Rollouts of a version across every tenant's app of one name. `body` is
+-- the rollout in JSON (its options and each tenant's step); `state` is
+-- copied out of it so that one app has at most one rollout under way.
+CREATE TABLE rollouts (
+    id          BLOB PRIMARY KEY,
+    app         TEXT NOT NULL,
+    state       TEXT NOT NULL,
+    body        TEXT NOT NULL,
+    created_at  TEXT NOT NULL,
+    updated_at  TEXT NOT NULL
+);
+
+CREATE UNIQUE INDEX rollouts_one_under_way ON rollouts (app)
+    WHERE state IN ('running', 'paused');
