@@ -69,6 +69,37 @@ impl std::fmt::Debug for Source {
     }
 }
 
+/// The variable in which Bulkhead's runtime tells a tenant's app where its
+/// database is: `sqlite:<path>` or a `postgres://` URL.
+pub const DATABASE_URL_VAR: &str = "BULKHEAD_DATABASE_URL";
+
+impl Source {
+    /// The database the runtime gives the app it runs: [`DATABASE_URL_VAR`]
+    /// as `sqlite:<path>` (the embedded default: a file in the tenant's own
+    /// data directory) or a `postgres://` URL.
+    pub fn from_env() -> Result<Self, Error> {
+        let url = std::env::var(DATABASE_URL_VAR).map_err(|_| {
+            Error::Invalid(format!(
+                "{DATABASE_URL_VAR} is not set: the app is not running under Bulkhead's runtime \
+                 (set it to sqlite:<path> or a postgres:// URL to run it elsewhere)"
+            ))
+        })?;
+        Self::from_url(Zeroizing::new(url))
+    }
+
+    /// `sqlite:<path>` (also `sqlite://<path>`) or a `postgres://` URL.
+    pub fn from_url(url: Zeroizing<String>) -> Result<Self, Error> {
+        if let Some(path) = url.strip_prefix("sqlite:") {
+            let path = path.strip_prefix("//").unwrap_or(path);
+            return Ok(Source::Sqlite(PathBuf::from(path)));
+        }
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            return Ok(Source::Url(url));
+        }
+        Err(Error::Invalid("a tenant's database URL is sqlite:<path> or postgres://…".to_owned()))
+    }
+}
+
 /// How each tenant's pool behaves.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -104,4 +135,24 @@ pub enum Error {
     Database(#[from] sqlx::Error),
     #[error("{0}")]
     Invalid(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    #[test]
+    fn database_urls_name_sqlite_files_or_postgres() {
+        let url = |u: &str| Source::from_url(Zeroizing::new(u.to_owned()));
+        for (given, path) in
+            [("sqlite:/data/tenant.db", "/data/tenant.db"), ("sqlite:///data/t.db", "/data/t.db")]
+        {
+            assert!(matches!(url(given), Ok(Source::Sqlite(p)) if p == Path::new(path)), "{given}");
+        }
+        assert!(matches!(url("postgres://u:p@127.0.0.1:5432/db"), Ok(Source::Url(_))));
+        let refused = url("mysql://u:secret@h/db").unwrap_err().to_string();
+        assert!(!refused.contains("secret"), "the URL is not echoed: {refused}");
+    }
 }

@@ -113,6 +113,14 @@ pub enum Command {
     /// batches, each tenant switched once its new workers are healthy
     #[command(subcommand)]
     Rollout(RolloutCommand),
+    /// On a running server: two tenants, each running the sample app
+    /// (keyring) confined and behind the gateway, and the curl lines that
+    /// show each its own data and the other's token refused
+    Demo {
+        /// Remove what the demo made
+        #[arg(long)]
+        clean: bool,
+    },
     /// A tenant's gateway usage per API and minute
     Usage {
         #[arg(long)]

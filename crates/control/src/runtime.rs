@@ -9,13 +9,15 @@
 use std::{
     collections::{BTreeMap, HashMap},
     io,
-    os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt},
+    os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt},
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
     time::Duration,
 };
 
-use bulkhead_model::{AppSpec, PlanCatalog, Tenant, TenantId, TenantState};
+use bulkhead_model::{
+    AppSpec, DatabaseLocation, PlanCatalog, Regions, Tenant, TenantId, TenantState,
+};
 use bulkhead_runtime::{
     cgroup::CgroupLimits,
     forward::{EgressPolicy, Target},
@@ -58,6 +60,8 @@ const SWITCH_DEADLINE: Duration = Duration::from_secs(30);
 const RETRY_FAILED_START: Duration = Duration::from_secs(60);
 /// The port of the egress proxy inside each worker's network.
 pub const EGRESS_PORT: u16 = 3128;
+/// The tenant's apps' SQLite database, in its data directory.
+const APP_DATABASE: &str = "tenant.db";
 /// The size of each worker's private `/tmp`.
 const TMP_BYTES: u64 = 64 << 20;
 const OPEN_FILES: u64 = 4096;
@@ -83,6 +87,7 @@ pub struct Runtime {
     events: EventLog,
     plans: PlanCatalog,
     tenants_dir: PathBuf,
+    regions: Regions,
     settings: RuntimeSettings,
     running: Mutex<HashMap<String, Running>>,
     /// Apps switching to a new spec: (tenant, app, generation) → since when.
@@ -120,6 +125,7 @@ impl Runtime {
     pub async fn start(
         settings: RuntimeSettings,
         data_dir: &Path,
+        regions: Regions,
         store: Arc<dyn ControlStore>,
         vault: Arc<Vault>,
         clock: Arc<dyn Clock>,
@@ -142,6 +148,7 @@ impl Runtime {
             events,
             plans: PlanCatalog::builtin(),
             tenants_dir: data_dir.join("tenants"),
+            regions,
             settings,
             running: Mutex::default(),
             switching: Mutex::default(),
@@ -564,7 +571,7 @@ impl Runtime {
         let logs = owned_dir(&tenant_dir, "logs", server, 0o750)?;
         let config = self.write_flags(tenant).await?;
         let mut binds = vec![
-            Bind { host: data, at: "/data".into(), writable: true },
+            Bind { host: data.clone(), at: "/data".into(), writable: true },
             Bind { host: run, at: "/run/app".into(), writable: true },
             Bind { host: config, at: "/run/config".into(), writable: false },
         ];
@@ -586,6 +593,10 @@ impl Runtime {
             ("HOME".to_owned(), "/data".to_owned()),
             ("PATH".to_owned(), "/usr/local/bin:/usr/bin:/bin".to_owned()),
         ]);
+        if let Some(database) = self.database(tenant, &data, uid)? {
+            // Read by `bulkhead_access::Source::from_env`.
+            env.push(("BULKHEAD_DATABASE_URL".to_owned(), database));
+        }
         let mut forwards = Vec::new();
         if !spec.egress.is_empty() {
             let policy = EgressPolicy::parse(&spec.egress)?;
@@ -642,6 +653,38 @@ impl Runtime {
             }),
             stale: vec![socket_on_host],
         })
+    }
+
+    /// Where the tenant's apps keep their data, as `$BULKHEAD_DATABASE_URL`.
+    /// In a region of embedded databases: the SQLite file `/data/tenant.db`,
+    /// in the tenant's own data directory, shared by its apps and made here
+    /// (empty, the tenant's user's, 0600) if it is missing. Made without
+    /// following a link the tenant's workers may have planted there, and
+    /// never opened by the server, so nothing a worker puts in that
+    /// directory reaches beyond it. Apps of tenants on PostgreSQL get no
+    /// database here yet (they use leases, `docs/tenant-databases.md`).
+    fn database(&self, tenant: &Tenant, data: &Path, uid: u32) -> Result<Option<String>, String> {
+        let embedded = self
+            .regions
+            .get(tenant.region.as_str())
+            .is_ok_and(|r| matches!(r.databases, DatabaseLocation::Embedded));
+        if !embedded {
+            return Ok(None);
+        }
+        let file = data.join(APP_DATABASE);
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&file)
+        {
+            Ok(made) => std::os::unix::fs::fchown(&made, Some(uid), Some(uid))
+                .map_err(|e| format!("cannot give {} to the tenant's user: {e}", file.display()))?,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(format!("cannot make {}: {e}", file.display())),
+        }
+        Ok(Some(format!("sqlite:/data/{APP_DATABASE}")))
     }
 
     /// The app's secrets from the tenant's vault, each recorded on the

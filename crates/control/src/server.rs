@@ -579,6 +579,7 @@ pub async fn start_with_steps(
             crate::runtime::Runtime::start(
                 settings.clone(),
                 data_dir.path(),
+                config.regions.clone(),
                 Arc::clone(&store),
                 Arc::clone(&vault),
                 Arc::clone(&clock),
@@ -712,6 +713,7 @@ pub async fn start_with_steps(
             gateway_url: Some(format!("http://{gateway_addr}")),
             store: store.location(),
             data_dir: data_dir.path().display().to_string(),
+            base_domain: config.base_domain.as_str().to_owned(),
             tenants: Default::default(),
         }),
         openapi: Arc::default(),

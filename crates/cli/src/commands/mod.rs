@@ -6,6 +6,7 @@ mod apps;
 mod audit;
 mod auth;
 mod creds;
+mod demo;
 mod manifests;
 mod migrate;
 mod secrets;
@@ -43,6 +44,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Logs(args) => apps::logs(args, &cli.global).await,
         Command::Flags(command) => apps::flags(command, &cli.global).await,
         Command::Rollout(command) => apps::rollout(command, &cli.global).await,
+        Command::Demo { clean } => demo::run(*clean, &cli.global).await,
         Command::Usage { tenant, api, since } => {
             let client = ApiClient::discover(&cli.global)?;
             let usage = client.usage(tenant, api.as_deref(), since.as_deref()).await?;

@@ -718,3 +718,77 @@ async fn a_rollout_moves_tenants_without_downtime_and_halts_on_a_failing_version
     }
     assert!(server.stop().success());
 }
+
+/// The sample app, built beside the binary under test if it is not there:
+/// `bulkhead demo` runs it from there, as it does from `cargo build`'s.
+fn keyring_beside_bulkhead() {
+    let beside = std::path::Path::new(crate::kit::BIN).with_file_name("keyring");
+    if beside.is_file() {
+        return;
+    }
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let built =
+        std::process::Command::new(cargo).args(["build", "-p", "keyring"]).status().unwrap();
+    assert!(built.success() && beside.is_file(), "cannot build {}", beside.display());
+}
+
+#[tokio::test]
+async fn the_demo_shows_each_tenant_its_own_keyring_and_refuses_the_other_token() {
+    let Some(mut server) = server_as_root().await else { return };
+    keyring_beside_bulkhead();
+    let out = server.cli(&["demo"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let printed = stdout(&out);
+    // What it prints, run as a user would: the exports, then the curl
+    // lines (the last one continued on the next), each answer on a line of
+    // its own ending with its status.
+    let script: String = printed
+        .lines()
+        .filter(|l| {
+            l.starts_with("export ") || l.starts_with("curl") || l.trim_start().starts_with("-d ")
+        })
+        .map(|l| {
+            let command = l.split("  #").next().unwrap().trim_end().replace(" -i ", " ");
+            format!("{}\n", command.replacen("curl", "curl -s -w ' %{http_code}\\n'", 1))
+        })
+        .collect();
+    let port = server.gateway.rsplit(':').next().unwrap().to_owned();
+    assert!(script.contains(&format!("http://demo-a.localhost:{port}/keyring/items")), "{printed}");
+    let run = std::process::Command::new("bash").arg("-c").arg(&script).output().unwrap();
+    let lines: Vec<String> = stdout(&run).lines().map(str::to_owned).collect();
+    assert_eq!(lines.len(), 4, "{script}\n{}{}", stdout(&run), stderr(&run));
+    assert!(
+        lines[0].contains("demo-a's payment provider key")
+            && !lines[0].contains("demo-b")
+            && lines[0].ends_with(" 200"),
+        "{}",
+        lines[0]
+    );
+    assert!(
+        lines[1].contains("demo-b's payment provider key")
+            && !lines[1].contains("demo-a")
+            && lines[1].ends_with(" 200"),
+        "{}",
+        lines[1]
+    );
+    assert!(lines[2].ends_with(" 401") && !lines[2].contains("payment"), "{}", lines[2]);
+    assert!(lines[3].contains("TLS certificate") && lines[3].ends_with(" 201"), "{}", lines[3]);
+    // The two copies are two Unix users, each with its own database file.
+    let a = server.cli_json(&["apps", "get", "--tenant", "demo-a", "keyring"]);
+    assert_eq!(a[0]["workers"][0]["state"], "running", "{a}");
+    let owner = |tenant: &str| {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(server.tenant_dir(tenant).join("data/tenant.db")).unwrap().uid()
+    };
+    assert_ne!(owner("demo-a"), owner("demo-b"));
+    assert!(owner("demo-a") != 0 && owner("demo-b") != 0);
+    // Again: nothing new, the same items.
+    let again = server.cli(&["demo"]);
+    assert!(again.status.success(), "{}", stderr(&again));
+    let out = server.cli(&["demo", "--clean"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let list = server.cli_json(&["tenants", "list"]);
+    assert_eq!(list.as_array().map(Vec::len), Some(0), "{list}");
+    assert!(!server.data_dir().join("artifacts/keyring").exists());
+    assert!(server.stop().success());
+}

@@ -710,6 +710,8 @@ pub struct ServerStatus {
     /// The control store, without its password.
     pub store: String,
     pub data_dir: String,
+    /// Tenants are served at `<tenant>.<base_domain>`.
+    pub base_domain: String,
     /// Tenants by lifecycle state.
     pub tenants: std::collections::BTreeMap<String, u64>,
 }
