@@ -792,3 +792,120 @@ async fn the_demo_shows_each_tenant_its_own_keyring_and_refuses_the_other_token(
     assert!(!server.data_dir().join("artifacts/keyring").exists());
     assert!(server.stop().success());
 }
+
+/// Tenant A's hostile app: tries B's files and socket by the host's paths
+/// (given as arguments) and through `/proc`, then forks until its pids
+/// limit and allocates until its memory limit kills it.
+const HOSTILE: &str = r#"
+import json, os, socket, sys, time
+tried = {}
+def attempt(name, f):
+    try:
+        f(); tried[name] = 'allowed'
+    except Exception as e:
+        tried[name] = type(e).__name__
+attempt('read_by_path', lambda: open(sys.argv[1]).read())
+attempt('list_tenants', lambda: os.listdir(sys.argv[2]))
+attempt('connect_socket', lambda: socket.socket(socket.AF_UNIX).connect(sys.argv[3]))
+tried['pids_seen'] = sorted(int(p) for p in os.listdir('/proc') if p.isdigit())
+children = 0
+try:
+    while children < 10000:
+        if os.fork() == 0:
+            time.sleep(600); os._exit(0)
+        children += 1
+except OSError as e:
+    tried['fork_stopped'] = e.errno
+tried['children'] = children
+print('RESULT ' + json.dumps(tried), flush=True)
+hoard = []
+while True:
+    hoard.append(bytearray(8 << 20))
+"#;
+
+#[tokio::test]
+async fn a_hostile_tenant_bombs_itself_while_its_neighbour_keeps_serving() {
+    let Some(mut server) = server_as_root().await else { return };
+    keyring_beside_bulkhead();
+    let out = server.cli(&["demo"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let b_token = stdout(&out)
+        .lines()
+        .find_map(|l| l.strip_prefix("export B_TOKEN='"))
+        .map(|t| t.trim_end_matches('\'').to_owned())
+        .unwrap();
+    let gateway: std::net::SocketAddr =
+        server.gateway.trim_start_matches("http://").parse().unwrap();
+    let client = reqwest::Client::builder().resolve("demo-b.localhost", gateway).build().unwrap();
+    let items = format!("http://demo-b.localhost:{}/keyring/items", gateway.port());
+    let before =
+        client.get(&items).bearer_auth(&b_token).send().await.unwrap().text().await.unwrap();
+    let b_before = server.cli_json(&["apps", "get", "--tenant", "demo-b", "keyring"]);
+
+    server.cli_json(&["tenants", "create", "mallory", "--plan", "starter", "--wait"]);
+    let b_db = server.tenant_dir("demo-b").join("data/tenant.db");
+    let b_socket = std::fs::read_dir(server.tenant_dir("demo-b").join("run"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path().display().to_string())
+        .find(|p| p.ends_with(".sock"))
+        .unwrap();
+    let tenants = server.data_dir().join("tenants");
+    let out = server.cli(&[
+        "apps",
+        "deploy",
+        "--tenant",
+        "mallory",
+        "--name",
+        "web",
+        "--version",
+        "1",
+        "--memory-mib",
+        "64",
+        "--max-processes",
+        "32",
+        "--",
+        "/usr/bin/python3",
+        "-c",
+        HOSTILE,
+        b_db.to_str().unwrap(),
+        tenants.to_str().unwrap(),
+        &b_socket,
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    // B answers every request while A bombs; A's worker is killed for its
+    // memory, again and again.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut served = 0;
+    let mut killed = false;
+    while !killed || served < 100 {
+        let response = client.get(&items).bearer_auth(&b_token).send().await.unwrap();
+        assert_eq!(response.status(), 200, "B failed while A bombed");
+        served += 1;
+        if served % 20 == 0 {
+            let a = server.cli_json(&["apps", "get", "--tenant", "mallory", "web"]);
+            let worker = &a[0]["workers"][0];
+            killed |= worker["last_exit"].as_str().is_some_and(|e| e.contains("memory limit"))
+                || worker["reason"].as_str().is_some_and(|e| e.contains("memory limit"));
+        }
+        assert!(Instant::now() < deadline, "A was never killed for its memory");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let result = log_line(&server, "mallory", "RESULT ").await;
+    let tried: Value = serde_json::from_str(result.split("RESULT ").nth(1).unwrap()).unwrap();
+    for attack in ["read_by_path", "list_tenants", "connect_socket"] {
+        assert_ne!(tried[attack], "allowed", "{attack}: {tried}");
+    }
+    assert_eq!(tried["pids_seen"], serde_json::json!([1, 2]), "A sees only itself: {tried}");
+    assert!(tried["children"].as_u64().unwrap() < 32, "the pids limit held: {tried}");
+
+    // B has everything it had: the same worker, never restarted, its items.
+    let b_after = server.cli_json(&["apps", "get", "--tenant", "demo-b", "keyring"]);
+    assert_eq!(b_after[0]["workers"][0]["pid"], b_before[0]["workers"][0]["pid"]);
+    assert_eq!(b_after[0]["workers"][0]["restarts"], 0);
+    let after =
+        client.get(&items).bearer_auth(&b_token).send().await.unwrap().text().await.unwrap();
+    assert_eq!(after, before);
+    assert!(server.stop().success());
+}
