@@ -64,6 +64,7 @@ pub async fn launch(
     let child = tokio::process::Command::new(helper)
         .arg(HELPER_ARG)
         .env_clear()
+        .envs(crate::sandbox::HELPER_ENV)
         .stdin(Stdio::from(OwnedFd::from(theirs)))
         .stdout(Stdio::from(output.stdout))
         .stderr(Stdio::from(output.stderr))

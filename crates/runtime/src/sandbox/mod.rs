@@ -38,6 +38,14 @@ pub use stage_one::{Command, Report};
 /// The first argument that turns the `bulkhead` binary into the helper.
 pub const HELPER_ARG: &str = "__sandbox";
 
+/// The environment of the helper's own processes (stage one and init; the
+/// worker gets only its app's). The helper is the `bulkhead` binary, whose
+/// allocator (mimalloc) asks the kernel for transparent huge pages: each of
+/// a tenant's two helper processes would hold a 2 MiB page per arena it
+/// barely touches, 10 MiB a tenant in all where 2 suffice (measured with
+/// 100 tenants, `scripts/bench_runtime.py`).
+pub(crate) const HELPER_ENV: [(&str, &str); 1] = [("MIMALLOC_ALLOW_THP", "0")];
+
 /// Exit code of a worker whose sandbox could not be built (as `env` and
 /// container runtimes use 125 for their own failures).
 pub const SETUP_FAILED: u8 = 125;

@@ -145,6 +145,7 @@ fn relay(control: UnixStream, writer: &mut UnixStream) -> Result<i32, String> {
     let child = std::process::Command::new("/proc/self/exe")
         .args([HELPER_ARG, "init"])
         .env_clear()
+        .envs(super::HELPER_ENV)
         .stdin(Stdio::from(std::os::fd::OwnedFd::from(theirs)))
         .spawn()
         .map_err(|e| format!("cannot start the worker's init: {e}"))?;
