@@ -200,14 +200,20 @@ class Bench:
             return False
 
 
-def socket_hop(bench, work):
-    bench.tenant("hop")
+def serving_keyring(bench, tenant):
+    """The tenant, created, running keyring behind the gateway; its token."""
+    bench.tenant(tenant)
     bench.settled()
-    bench.pepper("hop")
-    bench.keyring("hop")
-    token = bench.token("hop")
-    while not bench.serves("hop", token):
+    bench.pepper(tenant)
+    bench.keyring(tenant)
+    token = bench.token(tenant)
+    while not bench.serves(tenant, token):
         time.sleep(0.1)
+    return token
+
+
+def socket_hop(bench, work):
+    token = serving_keyring(bench, "hop")
     # The same program bare: on a loopback port, and on a unix socket
     # behind nginx.
     secrets = os.path.join(work, "secrets")
@@ -302,14 +308,8 @@ def rollouts(bench, names):
 
 
 def bombs(bench):
-    bench.tenant("bee")
     bench.tenant("ant", plan="starter")
-    bench.settled()
-    bench.pepper("bee")
-    bench.keyring("bee")
-    token = bench.token("bee")
-    while not bench.serves("bee", token):
-        time.sleep(0.1)
+    token = serving_keyring(bench, "bee")
     items = f"http://{bench.gateway}/keyring/items"
     headers = ["Host: bee.localhost", f"Authorization: Bearer {token}"]
     run = os.path.join(bench.server.data_dir, "tenants", "bee", "run")

@@ -43,8 +43,9 @@ use zeroize::Zeroizing;
 
 /// Where a tenant's database is, and how to log in to it.
 pub enum Source {
-    /// The tenant's SQLite file: `<data-dir>/tenants/<tenant>/data.db` on
-    /// the embedded default. It must exist (Bulkhead makes it).
+    /// A tenant's SQLite file: for an app under Bulkhead's runtime, the one
+    /// `$BULKHEAD_DATABASE_URL` names (`/data/tenant.db`, made by the
+    /// runtime). It must exist.
     Sqlite(PathBuf),
     /// A PostgreSQL URL used as it is: a lease that something else renews,
     /// or a fixed login.

@@ -64,8 +64,8 @@ impl TenantDb {
             Source::Sqlite(path) => {
                 if !path.is_file() {
                     return Err(Error::Invalid(format!(
-                        "{} is not a tenant's database file (Bulkhead makes it when the tenant \
-                         is provisioned)",
+                        "{} is not a tenant's database file (Bulkhead's runtime makes it \
+                         before the app starts; elsewhere, create it first)",
                         path.display()
                     )));
                 }

@@ -19,6 +19,19 @@ use crate::{
     runtime::{Runtime, WorkerView},
 };
 
+/// How often a read-modify-write of an app is tried again after another
+/// writer changed it in between.
+const RETRIES: u32 = 5;
+
+/// What a rollout's move did to one tenant's app.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Move {
+    /// Its new spec (of this generation) is stored; the runtime switches
+    /// to it once it passes.
+    Started(String),
+    Skipped(String),
+}
+
 /// Apps one tenant may have.
 pub const MAX_APPS_PER_TENANT: usize = 20;
 
@@ -204,17 +217,25 @@ impl AppService {
         let invalid = |error: InvalidApp| AppsError::Invalid { name: name.clone(), error };
         let spec = spec.validate().map_err(invalid)?;
         self.check_deployable(&tenant, &spec).await.map_err(invalid)?;
-        let existing = self.store.apps(tenant.id).await?;
-        let current = existing.iter().find(|a| a.name == name);
-        if current.is_none() && existing.len() >= MAX_APPS_PER_TENANT {
-            return Err(AppsError::TooMany { tenant: tenant_name.to_owned() });
-        }
         let json = serde_json::to_string(&spec).map_err(|e| AppsError::Corrupt {
             tenant: tenant_name.to_owned(),
             name: name.clone(),
             error: e.to_string(),
         })?;
-        let record = self.put_spec(&tenant, current, &spec, json).await?;
+        let mut attempts = 0;
+        let (record, created) = loop {
+            let existing = self.store.apps(tenant.id).await?;
+            let current = existing.iter().find(|a| a.name == name);
+            if current.is_none() && existing.len() >= MAX_APPS_PER_TENANT {
+                return Err(AppsError::TooMany { tenant: tenant_name.to_owned() });
+            }
+            match self.put_spec(&tenant, current, &spec, json.clone()).await {
+                Err(AppsError::Store(StoreError::VersionConflict)) if attempts < RETRIES => {
+                    attempts += 1;
+                }
+                written => break (written?, current.is_none()),
+            }
+        };
         let details = json!({
             "name": name,
             "version": spec.version,
@@ -225,7 +246,7 @@ impl AppService {
         if let Some(runtime) = &self.runtime {
             runtime.retry_failed(&tenant, &name);
         }
-        Ok((self.view(&tenant, &record)?, current.is_none()))
+        Ok((self.view(&tenant, &record)?, created))
     }
 
     /// Stores `json` as the app's spec, running. Its live spec stays while
@@ -253,13 +274,38 @@ impl AppService {
                 None => json.clone(),
             }),
             spec: json,
+            revision: current.map_or(0, |c| c.revision),
             running: true,
             pinned: current.is_some_and(|c| c.pinned),
             created_at: current.map_or(now, |c| c.created_at),
             updated_at: now,
         };
         self.store.put_app(&record).await?;
-        Ok(record)
+        Ok(AppRecord { revision: record.revision + 1, ..record })
+    }
+
+    /// Reads the app, lets `change` change it (`false`: nothing to change)
+    /// and stores it; again when another writer (the runtime's switch, a
+    /// rollout, a deploy) changed it in between, so no write is lost.
+    async fn update(
+        &self,
+        tenant: &Tenant,
+        name: &str,
+        change: impl Fn(&mut AppRecord) -> bool,
+    ) -> Result<(AppRecord, bool)> {
+        let mut attempts = 0;
+        loop {
+            let mut record = self.record(tenant, name).await?;
+            if !change(&mut record) {
+                return Ok((record, false));
+            }
+            record.updated_at = self.clock.now();
+            match self.store.put_app(&record).await {
+                Err(StoreError::VersionConflict) if attempts < RETRIES => attempts += 1,
+                Err(e) => return Err(e.into()),
+                Ok(_) => return Ok((AppRecord { revision: record.revision + 1, ..record }, true)),
+            }
+        }
     }
 
     /// What can only be checked against the server: the artifact is a
@@ -315,17 +361,22 @@ impl AppService {
         running: bool,
     ) -> Result<AppView> {
         let tenant = self.tenant(actor, tenant_name, Permission::Manage).await?;
-        let mut record = self.record(&tenant, name).await?;
         if running && let Some(runtime) = &self.runtime {
             // A worker given up after a crash loop starts again.
             runtime.retry_failed(&tenant, name);
         }
-        if record.running != running {
-            record.running = running;
-            // Stopped, nothing serves: what starts again is the spec.
-            record.live = Some(record.spec.clone());
-            record.updated_at = self.clock.now();
-            self.store.put_app(&record).await?;
+        let (record, changed) = self
+            .update(&tenant, name, |record| {
+                if record.running == running {
+                    return false;
+                }
+                record.running = running;
+                // Stopped, nothing serves: what starts again is the spec.
+                record.live = Some(record.spec.clone());
+                true
+            })
+            .await?;
+        if changed {
             let action = if running { "app.start" } else { "app.stop" };
             self.events.record(actor, &tenant, action, "ok", json!({ "name": name })).await;
             self.changed();
@@ -343,11 +394,14 @@ impl AppService {
         pinned: bool,
     ) -> Result<AppView> {
         let tenant = self.tenant(actor, tenant_name, Permission::Manage).await?;
-        let mut record = self.record(&tenant, name).await?;
-        if record.pinned != pinned {
-            record.pinned = pinned;
-            record.updated_at = self.clock.now();
-            self.store.put_app(&record).await?;
+        let (record, changed) = self
+            .update(&tenant, name, |record| {
+                let changed = record.pinned != pinned;
+                record.pinned = pinned;
+                changed
+            })
+            .await?;
+        if changed {
             let action = if pinned { "app.pin" } else { "app.unpin" };
             self.events.record(actor, &tenant, action, "ok", json!({ "name": name })).await;
         }
@@ -356,25 +410,55 @@ impl AppService {
 
     /// One tenant's step of a rollout: its app's spec with `version` (and
     /// `artifact`, when given), checked as a deploy is and stored the same
-    /// way, so that the runtime switches to it once it passes.
+    /// way, so that the runtime switches to it once it passes. An app that
+    /// is gone, stopped, pinned or switching to a spec of its own is left
+    /// alone (`Skipped`); a spec the new version makes invalid is an error.
     pub(crate) async fn move_to(
         &self,
         actor: &Actor,
         tenant: &Tenant,
-        record: &AppRecord,
+        name: &str,
         version: &str,
         artifact: Option<&str>,
         rollout: uuid::Uuid,
-    ) -> std::result::Result<(), String> {
-        let mut spec = decode_spec(&record.spec)?;
-        let from = std::mem::replace(&mut spec.version, version.to_owned());
-        if let Some(artifact) = artifact {
-            spec.artifact = Some(artifact.to_owned());
-        }
-        let spec = spec.validate().map_err(|e| e.to_string())?;
-        self.check_deployable(tenant, &spec).await.map_err(|e| e.to_string())?;
-        let json = serde_json::to_string(&spec).map_err(|e| e.to_string())?;
-        self.put_spec(tenant, Some(record), &spec, json).await.map_err(|e| e.to_string())?;
+    ) -> std::result::Result<Move, String> {
+        let mut attempts = 0;
+        let (spec, from) = loop {
+            let Some(record) = self.store.app(tenant.id, name).await.map_err(|e| e.to_string())?
+            else {
+                return Ok(Move::Skipped("the app was deleted".to_owned()));
+            };
+            let mut spec = decode_spec(&record.spec)?;
+            let live = record.live.as_deref().map(decode_spec).transpose()?;
+            let skipped = if !record.running {
+                Some("the app is stopped".to_owned())
+            } else if record.pinned {
+                Some("pinned".to_owned())
+            } else if live.is_some_and(|l| generation(&l) != generation(&spec)) {
+                Some(format!("it is switching to its own new spec ({})", spec.version))
+            } else if spec.version == version {
+                Some(format!("already at {version}"))
+            } else {
+                None
+            };
+            if let Some(why) = skipped {
+                return Ok(Move::Skipped(why));
+            }
+            let from = std::mem::replace(&mut spec.version, version.to_owned());
+            if let Some(artifact) = artifact {
+                spec.artifact = Some(artifact.to_owned());
+            }
+            let spec = spec.validate().map_err(|e| e.to_string())?;
+            self.check_deployable(tenant, &spec).await.map_err(|e| e.to_string())?;
+            let json = serde_json::to_string(&spec).map_err(|e| e.to_string())?;
+            match self.put_spec(tenant, Some(&record), &spec, json).await {
+                Err(AppsError::Store(StoreError::VersionConflict)) if attempts < RETRIES => {
+                    attempts += 1;
+                }
+                Err(e) => return Err(e.to_string()),
+                Ok(_) => break (spec, from),
+            }
+        };
         let details = json!({
             "name": spec.name,
             "version": spec.version,
@@ -384,7 +468,7 @@ impl AppService {
         });
         self.events.record(actor, tenant, "app.deploy", "ok", details).await;
         self.changed();
-        Ok(())
+        Ok(Move::Started(generation(&spec)))
     }
 
     pub async fn delete(&self, actor: &Actor, tenant_name: &str, name: &str) -> Result<()> {

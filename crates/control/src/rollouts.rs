@@ -18,7 +18,7 @@ use tokio::sync::{Mutex, Notify, watch};
 use uuid::Uuid;
 
 use crate::{
-    apps::{AppService, decode_spec, generation},
+    apps::{AppService, Move, decode_spec, generation},
     clock::Clock,
     events::{Actor, EventLog},
     runtime::Runtime,
@@ -103,6 +103,16 @@ pub struct RolloutStep {
     pub reason: Option<String>,
     /// The version it had when the rollout started.
     pub from_version: String,
+    /// The generation of the spec its move stored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<String>,
+    /// When its move was stored.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "time::serde::rfc3339::option"
+    )]
+    pub moving_since: Option<OffsetDateTime>,
 }
 
 /// What `rollout start` asks for.
@@ -148,6 +158,10 @@ pub struct Rollout {
     pub batch: String,
     pub pause_seconds: u64,
     pub max_unhealthy: u32,
+    /// The failures allowed when it started: `resume` after a halt allows
+    /// as many again.
+    #[serde(default)]
+    pub tolerance: u32,
     pub state: RolloutState,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
@@ -247,8 +261,16 @@ impl RolloutService {
                 continue;
             }
             let from_version = decode_spec(&record.spec).map(|s| s.version).unwrap_or_default();
-            let skipped = if record.pinned {
+            let switching = record.live.as_deref().is_some_and(|live| {
+                decode_spec(live).ok().map(|l| generation(&l))
+                    != decode_spec(&record.spec).ok().map(|s| generation(&s))
+            });
+            let skipped = if !record.running {
+                Some("the app is stopped".to_owned())
+            } else if record.pinned {
                 Some("pinned (`bulkhead apps unpin` lets rollouts move it)".to_owned())
+            } else if switching {
+                Some("it is switching to its own new spec".to_owned())
             } else if from_version == request.version {
                 Some(format!("already at {}", request.version))
             } else if tenant.state != TenantState::Active {
@@ -267,13 +289,15 @@ impl RolloutService {
                 },
                 reason: skipped,
                 from_version,
+                generation: None,
+                moving_since: None,
             });
         }
         steps.sort_by(|a, b| a.tenant.cmp(&b.tenant));
         let moving = steps.iter().filter(|s| s.state == RolloutStepState::Pending).count();
         if moving == 0 {
             return Err(invalid(format!(
-                "no tenant's app {app} can move to {} ({} found, each pinned, already at it or not active)",
+                "no tenant's app {app} can move to {} ({} found, each stopped, pinned, switching, already at it or of a tenant not active)",
                 request.version,
                 steps.len()
             )));
@@ -298,6 +322,7 @@ impl RolloutService {
             batch: request.batch,
             pause_seconds: pause.as_secs(),
             max_unhealthy: request.max_unhealthy,
+            tolerance: request.max_unhealthy,
             state: RolloutState::Running,
             reason: None,
             started_by: operator.clone(),
@@ -333,7 +358,18 @@ impl RolloutService {
         if !actor.is_operator() {
             return Err(RolloutError::Forbidden);
         }
-        self.store.rollouts(LISTED).await?.iter().map(decode).collect()
+        // One unreadable rollout does not hide the others (it is logged).
+        Ok(self
+            .store
+            .rollouts(LISTED)
+            .await?
+            .iter()
+            .filter_map(|r| {
+                decode(r)
+                    .map_err(|e| tracing::error!(error = %e, "a stored rollout is unreadable"))
+                    .ok()
+            })
+            .collect())
     }
 
     /// `pause`, `resume` or `abort`.
@@ -355,7 +391,7 @@ impl RolloutService {
                 // As many failures again as the rollout allowed at first.
                 let failed =
                     u32::try_from(rollout.count(RolloutStepState::Failed)).unwrap_or(u32::MAX);
-                rollout.max_unhealthy = failed.saturating_add(rollout.max_unhealthy);
+                rollout.max_unhealthy = failed.saturating_add(rollout.tolerance.max(1));
                 rollout.state = RolloutState::Running;
                 rollout.reason = None;
             }
@@ -372,7 +408,12 @@ impl RolloutService {
             (Steer::Abort, _) => return Err(wrong("running, paused or halted")),
         }
         rollout.updated_at = self.clock.now();
-        self.save(&rollout).await?;
+        self.save(&rollout).await.map_err(|e| match e {
+            RolloutError::Store(StoreError::Duplicate(_)) => {
+                RolloutError::UnderWay(rollout.app.clone())
+            }
+            other => other,
+        })?;
         drop(_writing);
         self.note(actor, &rollout, &format!("rollout.{}", action.as_str())).await;
         self.wake.notify_one();
@@ -394,7 +435,7 @@ impl RolloutService {
     }
 
     async fn advance_all(&self) -> Result<()> {
-        for record in self.store.rollouts(LISTED).await? {
+        for record in self.store.unfinished_rollouts().await? {
             let Ok(rollout) = decode(&record) else { continue };
             if !rollout.under_way() {
                 continue;
@@ -474,77 +515,117 @@ impl RolloutService {
             if step.state != RolloutStepState::Pending || step.batch != batch {
                 continue;
             }
-            let (state, reason) = self.begin(&operator, rollout, step).await?;
-            let step = &mut rollout.steps[index];
-            step.state = state;
-            step.reason = reason;
+            let mut step = step.clone();
+            self.begin(&operator, rollout, &mut step).await?;
+            rollout.steps[index] = step;
         }
         Ok(true)
     }
 
-    /// Deploys the new version to one tenant.
+    /// Deploys the new version to one tenant, and sets the step's state.
     async fn begin(
         &self,
         operator: &Actor,
         rollout: &Rollout,
-        step: &RolloutStep,
-    ) -> Result<(RolloutStepState, Option<String>)> {
-        let skip = |why: &str| Ok((RolloutStepState::Skipped, Some(why.to_owned())));
-        let Some(tenant) = self.store.tenant_by_id(step.tenant_id).await? else {
-            return skip("the tenant was deleted");
+        step: &mut RolloutStep,
+    ) -> Result<()> {
+        let (state, reason) = match self.store.tenant_by_id(step.tenant_id).await? {
+            None => (RolloutStepState::Skipped, Some("the tenant was deleted".to_owned())),
+            Some(tenant) if tenant.state != TenantState::Active => {
+                (RolloutStepState::Skipped, Some(format!("the tenant is {}", tenant.state)))
+            }
+            Some(tenant) => {
+                let artifact = rollout.artifact.as_deref();
+                let moved = self
+                    .apps
+                    .move_to(
+                        operator,
+                        &tenant,
+                        &rollout.app,
+                        &rollout.version,
+                        artifact,
+                        rollout.id,
+                    )
+                    .await;
+                match moved {
+                    Ok(Move::Started(generation)) => {
+                        step.generation = Some(generation);
+                        step.moving_since = Some(self.clock.now());
+                        (RolloutStepState::Moving, None)
+                    }
+                    Ok(Move::Skipped(why)) => (RolloutStepState::Skipped, Some(why)),
+                    Err(reason) => (RolloutStepState::Failed, Some(reason)),
+                }
+            }
         };
-        if tenant.state != TenantState::Active {
-            return Ok((
-                RolloutStepState::Skipped,
-                Some(format!("the tenant is {}", tenant.state)),
-            ));
-        }
-        let Some(record) = self.store.app(tenant.id, &rollout.app).await? else {
-            return skip("the app was deleted");
-        };
-        if record.pinned {
-            return skip("pinned");
-        }
-        let artifact = rollout.artifact.as_deref();
-        Ok(
-            match self
-                .apps
-                .move_to(operator, &tenant, &record, &rollout.version, artifact, rollout.id)
-                .await
-            {
-                Ok(()) => (RolloutStepState::Moving, None),
-                Err(reason) => (RolloutStepState::Failed, Some(reason)),
-            },
-        )
+        step.state = state;
+        step.reason = reason;
+        Ok(())
     }
 
     /// Where a moving tenant stands: moved once its new spec is live,
-    /// failed once the runtime sent it back (or someone else deployed).
+    /// failed once the runtime sent it back (or no verdict came in time),
+    /// skipped when the tenant or its app stopped running or someone
+    /// deployed it again meanwhile.
     async fn settle(
         &self,
         rollout: &Rollout,
         step: &RolloutStep,
     ) -> Result<Option<(RolloutStepState, Option<String>)>> {
+        let skipped = |why: String| Ok(Some((RolloutStepState::Skipped, Some(why))));
+        match self.store.tenant_by_id(step.tenant_id).await?.map(|t| t.state) {
+            Some(TenantState::Active) => {}
+            Some(state) => {
+                return skipped(format!(
+                    "the tenant became {state} during its switch, which goes on when it is active"
+                ));
+            }
+            None => return skipped("the tenant was deleted".to_owned()),
+        }
         let Some(record) = self.store.app(step.tenant_id, &rollout.app).await? else {
-            return Ok(Some((RolloutStepState::Failed, Some("the app was deleted".to_owned()))));
+            return skipped("the app was deleted during its switch".to_owned());
         };
+        if !record.running {
+            return skipped("the app was stopped during its switch".to_owned());
+        }
         let Ok(spec) = decode_spec(&record.spec) else {
             return Ok(Some((
                 RolloutStepState::Failed,
                 Some("its stored spec is unreadable".to_owned()),
             )));
         };
-        let live = record.live.as_deref().map(decode_spec).transpose().ok().flatten();
-        if spec.version != rollout.version {
-            let reason = self
+        let ours = step.generation.as_deref().unwrap_or_default();
+        if generation(&spec) != ours {
+            let reverted = self
                 .runtime
                 .as_ref()
-                .and_then(|r| r.revert_reason(step.tenant_id, &rollout.app))
-                .unwrap_or_else(|| "its app was deployed again during the rollout".to_owned());
-            return Ok(Some((RolloutStepState::Failed, Some(reason))));
+                .and_then(|r| r.revert_reason(step.tenant_id, &rollout.app, ours));
+            return Ok(Some(match reverted {
+                Some(reason) => (RolloutStepState::Failed, Some(reason)),
+                None => (
+                    RolloutStepState::Skipped,
+                    Some("its app was deployed again during the rollout".to_owned()),
+                ),
+            }));
         }
-        let switched = live.is_none_or(|live| generation(&live) == generation(&spec));
-        Ok(switched.then_some((RolloutStepState::Moved, None)))
+        let live = record.live.as_deref().map(decode_spec).transpose().ok().flatten();
+        if live.is_none_or(|live| generation(&live) == ours) {
+            return Ok(Some((RolloutStepState::Moved, None)));
+        }
+        // The runtime decides within the health check's window and 30 s;
+        // past twice the window and two minutes, something keeps it from it.
+        let window =
+            spec.health.as_ref().map_or(0, |h| h.interval_ms.saturating_mul(u64::from(h.failures)));
+        let patience = time::Duration::milliseconds(
+            i64::try_from(window.saturating_mul(2).saturating_add(120_000)).unwrap_or(i64::MAX),
+        );
+        if step.moving_since.is_some_and(|since| self.clock.now() - since > patience) {
+            return Ok(Some((
+                RolloutStepState::Failed,
+                Some(format!("no verdict on its new workers within {}s", patience.whole_seconds())),
+            )));
+        }
+        Ok(None)
     }
 
     async fn load(&self, id: Uuid) -> Result<Option<Rollout>> {
@@ -576,7 +657,9 @@ impl RolloutService {
             "failed": rollout.count(RolloutStepState::Failed),
             "pending": rollout.count(RolloutStepState::Pending),
         });
-        let outcome = if rollout.state == RolloutState::Halted { "failed" } else { "ok" };
+        let failed =
+            rollout.state == RolloutState::Halted || rollout.count(RolloutStepState::Failed) > 0;
+        let outcome = if failed { "failed" } else { "ok" };
         self.events.record_platform(actor, action, outcome, details).await;
     }
 }

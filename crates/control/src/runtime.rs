@@ -72,8 +72,9 @@ struct Running {
     tenant: TenantId,
     app: String,
     index: u32,
-    /// Changes when anything the worker was started with changes.
-    fingerprint: String,
+    /// Its spec's generation: changes when anything it was started with
+    /// changes.
+    generation: String,
     /// Its start failed before the worker ran: when to try again.
     retry_at: Option<std::time::Instant>,
 }
@@ -94,8 +95,9 @@ pub struct Runtime {
     switching: Mutex<HashMap<(TenantId, String, String), std::time::Instant>>,
     /// Workers of the spec an app switched away from → when they stop.
     retiring: Mutex<HashMap<String, std::time::Instant>>,
-    /// Why each app's last switch was reverted, for the rollout that asked.
-    reverts: Mutex<HashMap<(TenantId, String), String>>,
+    /// Why each app's last switch was reverted (and the generation it
+    /// left), for the rollout that asked.
+    reverts: Mutex<HashMap<(TenantId, String), (String, String)>>,
     changed: Notify,
 }
 
@@ -205,9 +207,12 @@ impl Runtime {
         self.changed();
     }
 
-    /// Why the app's last switch to a new spec was reverted, if it was.
-    pub fn revert_reason(&self, tenant: TenantId, app: &str) -> Option<String> {
-        self.reverts.lock().ok()?.get(&(tenant, app.to_owned())).cloned()
+    /// Why the app's switch to the spec of `generation` was reverted, if it
+    /// was the last one reverted.
+    pub fn revert_reason(&self, tenant: TenantId, app: &str, generation: &str) -> Option<String> {
+        let reverts = self.reverts.lock().ok()?;
+        let (reverted, reason) = reverts.get(&(tenant, app.to_owned()))?;
+        (reverted == generation).then(|| reason.clone())
     }
 
     /// Converges now rather than at the next tick.
@@ -316,7 +321,7 @@ impl Runtime {
             .filter(|(key, (_, spec, _))| match current.get(key) {
                 None => true,
                 Some(running) => {
-                    running.fingerprint != fingerprint(spec)
+                    running.generation != crate::apps::generation(spec)
                         || running.retry_at.is_some_and(|at| at <= now)
                 }
             })
@@ -326,7 +331,7 @@ impl Runtime {
                 tenant: tenant.id,
                 app: spec.name.to_string(),
                 index: *index,
-                fingerprint: fingerprint(spec),
+                generation: crate::apps::generation(spec),
                 retry_at: None,
             };
             match self.worker(tenant, spec, *index, key).await {
@@ -348,6 +353,15 @@ impl Runtime {
         });
         futures_util::future::join_all(starts).await;
         let under_way = !switches.is_empty() || !retiring.is_empty();
+        // A switch given up (the app redeployed, stopped or deleted, its
+        // tenant suspended) starts its clock again if it comes back.
+        let judged: std::collections::HashSet<(TenantId, String, String)> = switches
+            .iter()
+            .map(|s| (s.tenant.id, s.spec.name.to_string(), crate::apps::generation(&s.spec)))
+            .collect();
+        if let Ok(mut switching) = self.switching.lock() {
+            switching.retain(|key, _| judged.contains(key));
+        }
         for switch in switches {
             self.judge(switch).await?;
         }
@@ -413,7 +427,8 @@ impl Runtime {
                     .map_err(|e| e.to_string())?
                 {
                     if let Ok(mut reverts) = self.reverts.lock() {
-                        reverts.insert((tenant.id, app.clone()), reason.clone());
+                        reverts
+                            .insert((tenant.id, app.clone()), (generation.clone(), reason.clone()));
                     }
                     self.note(
                         &tenant,
@@ -611,8 +626,10 @@ impl Runtime {
         let (program, args) = spec.command.split_first().ok_or("the app has no command")?;
         Ok(WorkerSpec {
             key: key.to_owned(),
+            log_name: worker_name(tenant, spec.name.as_str(), index),
             sandbox: SandboxSpec {
-                name: worker_name(tenant, spec.name.as_str(), index),
+                name: key.to_owned(),
+                hostname: worker_name(tenant, spec.name.as_str(), index),
                 uid,
                 gid: uid,
                 command: program.into(),
@@ -795,10 +812,6 @@ fn judge_workers(
         }
     }
     if pass { Verdict::Pass } else { Verdict::Wait }
-}
-
-fn fingerprint(spec: &AppSpec) -> String {
-    hex(&Sha256::digest(serde_json::to_vec(spec).unwrap_or_default()))
 }
 
 fn hex(bytes: &[u8]) -> String {

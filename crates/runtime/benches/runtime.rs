@@ -58,8 +58,10 @@ struct Bench {
 fn spec(bench: &Bench, key: &str) -> WorkerSpec {
     WorkerSpec {
         key: key.to_owned(),
+        log_name: key.to_owned(),
         sandbox: SandboxSpec {
             name: key.to_owned(),
+            hostname: key.to_owned(),
             uid: 65_000,
             gid: 65_000,
             command: "/app/bench".into(),

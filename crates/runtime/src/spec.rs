@@ -10,8 +10,12 @@ use zeroize::Zeroizing;
 /// One worker's sandbox.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SandboxSpec {
-    /// The worker's name: its hostname inside, and how errors name it.
+    /// The worker's name, unique among the supervisor's: how errors name
+    /// it, and its private directories without a mount namespace.
     pub name: String,
+    /// Its hostname inside (the two versions of a worker that run side by
+    /// side while an app switches share it): at most 64 bytes.
+    pub hostname: String,
     /// The tenant's Unix user and group; the worker has no other group.
     pub uid: u32,
     pub gid: u32,

@@ -126,10 +126,11 @@ const STARTUP_CHECKS: Duration = Duration::from_millis(250);
 /// Everything about one worker.
 #[derive(Debug, Clone)]
 pub struct WorkerSpec {
-    /// Unique among this supervisor's workers: names its cgroup. Its log is
-    /// named by the sandbox's name, which the two generations of a worker
-    /// share while one replaces the other.
+    /// Unique among this supervisor's workers: names its cgroup.
     pub key: String,
+    /// Its log, `<log_dir>/<log_name>.log`: one per worker index of an app,
+    /// whichever version runs.
+    pub log_name: String,
     pub sandbox: SandboxSpec,
     pub limits: CgroupLimits,
     /// Port inside the worker's network → where it leads.
@@ -357,7 +358,7 @@ impl Inner {
     ) {
         let mut failures = 0u32;
         let mut restarts = 0u32;
-        let log = match LogFile::open(&spec.log_dir, &spec.sandbox.name, spec.log_rotation) {
+        let log = match LogFile::open(&spec.log_dir, &spec.log_name, spec.log_rotation) {
             Ok(log) => Arc::new(Mutex::new(log)),
             Err(e) => {
                 let reason =

@@ -20,6 +20,8 @@ pub struct AppRecord {
     /// The spec the gateway routes to; differs from `spec` while the
     /// runtime switches the app to it. `None`: `spec` is live.
     pub live: Option<String>,
+    /// What [`AppStore::put_app`] expects to find: 0 to create the app.
+    pub revision: i64,
     pub running: bool,
     pub pinned: bool,
     pub created_at: OffsetDateTime,
@@ -38,13 +40,15 @@ pub struct RolloutRecord {
     pub updated_at: OffsetDateTime,
 }
 
-/// The states in which a rollout is under way (at most one per app).
-pub const ROLLOUT_UNDER_WAY: [&str; 2] = ["running", "paused"];
+/// The states of a rollout not ended (at most one per app).
+pub const ROLLOUT_UNDER_WAY: [&str; 3] = ["running", "paused", "halted"];
 
 #[async_trait]
 pub trait AppStore: Send + Sync {
-    /// Creates the app or replaces it (spec, previous, running, pinned);
-    /// `true` when it was created.
+    /// Creates the app (`revision` 0) or replaces it (spec, previous, live,
+    /// running, pinned) if its revision is still `revision`; `true` when it
+    /// was created. Another writer's change in between (or an app created
+    /// twice) is [`StoreError::VersionConflict`].
     async fn put_app(&self, app: &AppRecord) -> Result<bool, StoreError>;
 
     async fn app(&self, tenant: TenantId, name: &str) -> Result<Option<AppRecord>, StoreError>;
@@ -65,8 +69,9 @@ pub trait AppStore: Send + Sync {
         now: OffsetDateTime,
     ) -> Result<bool, StoreError>;
 
-    /// The revert: the app's `spec` goes back to the live one, if it is
-    /// still `spec`. `true` when it did.
+    /// The revert: the app's `spec` goes back to the live one (the one
+    /// that failed becomes `previous`), if it is still `spec`. `true` when
+    /// it did.
     async fn revert_app(
         &self,
         tenant: TenantId,
@@ -83,6 +88,10 @@ pub trait AppStore: Send + Sync {
 
     /// The last `limit` rollouts, newest first.
     async fn rollouts(&self, limit: u32) -> Result<Vec<RolloutRecord>, StoreError>;
+
+    /// Rollouts not completed (under way, or aborted with tenants still
+    /// switching), newest first, at most 1,000.
+    async fn unfinished_rollouts(&self) -> Result<Vec<RolloutRecord>, StoreError>;
 
     /// `true` when there was such an app.
     async fn delete_app(&self, tenant: TenantId, name: &str) -> Result<bool, StoreError>;

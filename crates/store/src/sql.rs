@@ -1711,12 +1711,34 @@ macro_rules! impl_app_store {
         #[async_trait::async_trait]
         impl $crate::AppStore for $store {
             async fn put_app(&self, app: &$crate::AppRecord) -> Result<bool, $crate::StoreError> {
-                let (created,): (bool,) = sqlx::query_as(
-                    "INSERT INTO apps (tenant_id, name, spec, previous, running, pinned, created_at, updated_at, live) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
-                     ON CONFLICT (tenant_id, name) DO UPDATE SET spec = $3, previous = $4, \
-                     running = $5, pinned = $6, updated_at = $8, live = $9 \
-                     RETURNING created_at = updated_at",
+                if app.revision == 0 {
+                    let inserted = sqlx::query(
+                        "INSERT INTO apps (tenant_id, name, spec, previous, running, pinned, created_at, updated_at, live, revision) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 1)",
+                    )
+                    .bind(app.tenant_id.0)
+                    .bind(app.name.as_str())
+                    .bind(app.spec.as_str())
+                    .bind(app.previous.as_deref())
+                    .bind(app.running)
+                    .bind(app.pinned)
+                    .bind(app.created_at)
+                    .bind(app.updated_at)
+                    .bind(app.live.as_deref())
+                    .execute(&self.write)
+                    .await;
+                    return match inserted {
+                        Ok(_) => Ok(true),
+                        Err(e) if $crate::StoreError::is_unique_violation(&e) => {
+                            Err($crate::StoreError::VersionConflict)
+                        }
+                        Err(e) => Err(e.into()),
+                    };
+                }
+                let updated = sqlx::query(
+                    "UPDATE apps SET spec = $3, previous = $4, running = $5, pinned = $6, updated_at = $7, \
+                     live = $8, revision = revision + 1 \
+                     WHERE tenant_id = $1 AND name = $2 AND revision = $9",
                 )
                 .bind(app.tenant_id.0)
                 .bind(app.name.as_str())
@@ -1724,12 +1746,16 @@ macro_rules! impl_app_store {
                 .bind(app.previous.as_deref())
                 .bind(app.running)
                 .bind(app.pinned)
-                .bind(app.created_at)
                 .bind(app.updated_at)
                 .bind(app.live.as_deref())
-                .fetch_one(&self.write)
+                .bind(app.revision)
+                .execute(&self.write)
                 .await?;
-                Ok(created)
+                if updated.rows_affected() == 1 {
+                    Ok(false)
+                } else {
+                    Err($crate::StoreError::VersionConflict)
+                }
             }
 
             async fn app(
@@ -1738,7 +1764,7 @@ macro_rules! impl_app_store {
                 name: &str,
             ) -> Result<Option<$crate::AppRecord>, $crate::StoreError> {
                 Ok(sqlx::query_as(
-                    "SELECT tenant_id, name, spec, previous, live, running, pinned, created_at, updated_at \
+                    "SELECT tenant_id, name, spec, previous, live, revision, running, pinned, created_at, updated_at \
                      FROM apps WHERE tenant_id = $1 AND name = $2",
                 )
                 .bind(tenant.0)
@@ -1752,7 +1778,7 @@ macro_rules! impl_app_store {
                 tenant: bulkhead_model::TenantId,
             ) -> Result<Vec<$crate::AppRecord>, $crate::StoreError> {
                 Ok(sqlx::query_as(
-                    "SELECT tenant_id, name, spec, previous, live, running, pinned, created_at, updated_at \
+                    "SELECT tenant_id, name, spec, previous, live, revision, running, pinned, created_at, updated_at \
                      FROM apps WHERE tenant_id = $1 ORDER BY name",
                 )
                 .bind(tenant.0)
@@ -1762,7 +1788,7 @@ macro_rules! impl_app_store {
 
             async fn all_apps(&self) -> Result<Vec<$crate::AppRecord>, $crate::StoreError> {
                 Ok(sqlx::query_as(
-                    "SELECT tenant_id, name, spec, previous, live, running, pinned, created_at, updated_at \
+                    "SELECT tenant_id, name, spec, previous, live, revision, running, pinned, created_at, updated_at \
                      FROM apps ORDER BY tenant_id, name",
                 )
                 .fetch_all(&self.read)
@@ -1777,7 +1803,7 @@ macro_rules! impl_app_store {
                 now: time::OffsetDateTime,
             ) -> Result<bool, $crate::StoreError> {
                 let result = sqlx::query(
-                    "UPDATE apps SET live = spec, updated_at = $4 \
+                    "UPDATE apps SET live = spec, updated_at = $4, revision = revision + 1 \
                      WHERE tenant_id = $1 AND name = $2 AND spec = $3",
                 )
                 .bind(tenant.0)
@@ -1797,7 +1823,7 @@ macro_rules! impl_app_store {
                 now: time::OffsetDateTime,
             ) -> Result<bool, $crate::StoreError> {
                 let result = sqlx::query(
-                    "UPDATE apps SET spec = live, updated_at = $4 \
+                    "UPDATE apps SET previous = spec, spec = live, updated_at = $4, revision = revision + 1 \
                      WHERE tenant_id = $1 AND name = $2 AND spec = $3 AND live IS NOT NULL",
                 )
                 .bind(tenant.0)
@@ -1856,6 +1882,15 @@ macro_rules! impl_app_store {
                      ORDER BY created_at DESC, id LIMIT $1",
                 )
                 .bind(i64::from(limit))
+                .fetch_all(&self.read)
+                .await?)
+            }
+
+            async fn unfinished_rollouts(&self) -> Result<Vec<$crate::RolloutRecord>, $crate::StoreError> {
+                Ok(sqlx::query_as(
+                    "SELECT id, app, state, body, created_at, updated_at FROM rollouts \
+                     WHERE state <> 'completed' ORDER BY created_at DESC, id LIMIT 1000",
+                )
                 .fetch_all(&self.read)
                 .await?)
             }

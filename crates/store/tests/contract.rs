@@ -492,29 +492,49 @@ async fn keeps_apps_and_allocates_unix_users(f: Fixture) {
         spec: "{}".into(),
         previous: None,
         live: None,
+        revision: 0,
         running: true,
         pinned: false,
         created_at: at,
         updated_at: at,
     };
     assert!(f.store.put_app(&app).await.unwrap(), "created");
+    assert!(
+        matches!(f.store.put_app(&app).await, Err(StoreError::VersionConflict)),
+        "created once"
+    );
+    app.revision = 1;
     app.previous = Some("{}".into());
     app.spec = "{\"v\":2}".into();
     app.pinned = true;
     app.updated_at = at + time::Duration::seconds(1);
     assert!(!f.store.put_app(&app).await.unwrap(), "replaced");
     let stored = f.store.app(a.id, "keyring").await.unwrap().unwrap();
-    assert_eq!(stored, AppRecord { created_at: at, ..app.clone() });
+    assert_eq!(stored, AppRecord { created_at: at, revision: 2, ..app.clone() });
+    assert!(
+        matches!(f.store.put_app(&app).await, Err(StoreError::VersionConflict)),
+        "a writer that read revision 1 loses"
+    );
     assert_eq!(f.store.apps(b.id).await.unwrap(), vec![], "apps are per tenant");
     assert_eq!(f.store.all_apps().await.unwrap().len(), 1);
 
-    // The switch and the revert apply only to the spec they were decided on.
+    // The switch and the revert apply only to the spec they were decided
+    // on, and each is a new revision.
+    app.revision = 2;
     app.live = Some("{}".into());
     f.store.put_app(&app).await.unwrap();
     assert!(!f.store.promote_app(a.id, "keyring", "{\"v\":1}", at).await.unwrap(), "stale");
+    assert!(!f.store.revert_app(a.id, "keyring", "{\"v\":1}", at).await.unwrap(), "stale");
     assert!(f.store.revert_app(a.id, "keyring", "{\"v\":2}", at).await.unwrap());
     let reverted = f.store.app(a.id, "keyring").await.unwrap().unwrap();
-    assert_eq!((reverted.spec.as_str(), reverted.live.as_deref()), ("{}", Some("{}")));
+    assert_eq!(
+        (reverted.spec.as_str(), reverted.live.as_deref(), reverted.previous.as_deref()),
+        ("{}", Some("{}"), Some("{\"v\":2}")),
+        "the failed spec is kept as previous"
+    );
+    assert_eq!(reverted.revision, 4);
+    assert!(matches!(f.store.put_app(&app).await, Err(StoreError::VersionConflict)));
+    app.revision = 4;
     app.spec = "{\"v\":3}".into();
     f.store.put_app(&app).await.unwrap();
     assert!(f.store.promote_app(a.id, "keyring", "{\"v\":3}", at).await.unwrap());
@@ -535,6 +555,8 @@ async fn keeps_apps_and_allocates_unix_users(f: Fixture) {
     f.store.put_rollout(&first).await.unwrap();
     let second = rollout("keyring", "paused");
     assert!(matches!(f.store.put_rollout(&second).await, Err(StoreError::Duplicate(_))));
+    let halted = rollout("keyring", "halted");
+    assert!(matches!(f.store.put_rollout(&halted).await, Err(StoreError::Duplicate(_))));
     f.store.put_rollout(&rollout("other", "running")).await.unwrap();
     first.state = "completed".into();
     first.updated_at = at + time::Duration::seconds(2);
@@ -543,6 +565,9 @@ async fn keeps_apps_and_allocates_unix_users(f: Fixture) {
     assert_eq!(f.store.rollout(first.id).await.unwrap(), Some(first.clone()));
     assert_eq!(f.store.rollouts(10).await.unwrap().len(), 3);
     assert_eq!(f.store.rollouts(1).await.unwrap().len(), 1);
+    let unfinished = f.store.unfinished_rollouts().await.unwrap();
+    assert_eq!(unfinished.len(), 2, "all but the completed one");
+    assert!(unfinished.iter().all(|r| r.id != first.id));
 
     assert!(f.store.delete_app(a.id, "keyring").await.unwrap());
     assert!(!f.store.delete_app(a.id, "keyring").await.unwrap());

@@ -261,7 +261,7 @@ async fn served(http: &reqwest::Client, base: &str, token: &str) -> Result<(), C
     )))
 }
 
-/// Deletes the demo's tenants (purged, waited for) and the app's files.
+/// Deletes the demo's tenants (purged, waited for) and the copy of the app.
 async fn remove(client: &ApiClient, artifacts: &Path) -> Result<(), CliError> {
     for tenant in TENANTS {
         if let Found::Yes(_) = client.find_tenant(tenant).await? {
@@ -280,13 +280,15 @@ async fn remove(client: &ApiClient, artifacts: &Path) -> Result<(), CliError> {
             }
         }
     }
-    match std::fs::remove_dir_all(artifacts) {
+    // Only the copy the demo made; other versions an operator put there stay.
+    let copy = artifacts.join(env!("CARGO_PKG_VERSION"));
+    match std::fs::remove_dir_all(&copy) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => {
-            return Err(CliError::failed(format!("cannot remove {}: {e}", artifacts.display())));
-        }
+        Err(e) => return Err(CliError::failed(format!("cannot remove {}: {e}", copy.display()))),
     }
+    // Gone too when nothing else is in it.
+    let _ = std::fs::remove_dir(artifacts);
     say("the demo is gone");
     Ok(())
 }

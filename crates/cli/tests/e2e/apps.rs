@@ -212,6 +212,22 @@ async fn an_app_runs_confined_with_its_secret_and_its_own_logs() {
     assert!(server.stop().success());
 }
 
+/// Routes `/web` of the tenant's host to its app `web`.
+fn route_web(server: &Server, tenant: &str) {
+    let out = server.cli(&[
+        "apis",
+        "create",
+        "--tenant",
+        tenant,
+        "web",
+        "--prefix",
+        "/web",
+        "--upstream",
+        "app:web",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
 /// The socket of the tenant's app `web`'s first worker (named by its
 /// spec's generation).
 fn socket(server: &Server, tenant: &str) -> std::path::PathBuf {
@@ -275,18 +291,7 @@ async fn an_app_is_served_through_the_gateway_to_its_own_tenant_only() {
             WEB,
         ]);
         assert!(out.status.success(), "{}", stderr(&out));
-        let out = server.cli(&[
-            "apis",
-            "create",
-            "--tenant",
-            tenant,
-            "web",
-            "--prefix",
-            "/web",
-            "--upstream",
-            "app:web",
-        ]);
-        assert!(out.status.success(), "{}", stderr(&out));
+        route_web(&server, tenant);
         log_line(&server, tenant, "serving").await;
         let out = server.cli(&[
             "auth",
@@ -548,7 +553,7 @@ async fn rollout_state(server: &Server, id: &str, state: &str) -> Value {
 #[tokio::test]
 async fn a_rollout_moves_tenants_without_downtime_and_halts_on_a_failing_version() {
     let Some(mut server) = server_as_root().await else { return };
-    let tenants = ["alpha", "bravo", "charlie"];
+    let tenants = ["alpha", "bravo", "charlie", "delta"];
     for tenant in tenants {
         // Above the starter plan's 10 requests a second, which the watch below makes.
         server.cli_json(&["tenants", "create", tenant, "--plan", "professional", "--wait"]);
@@ -563,18 +568,10 @@ async fn a_rollout_moves_tenants_without_downtime_and_halts_on_a_failing_version
     }
     let out = server.cli(&["apps", "pin", "--tenant", "charlie", "web"]);
     assert!(out.status.success() && stdout(&out).contains("(pinned)"), "{}", stderr(&out));
-    let out = server.cli(&[
-        "apis",
-        "create",
-        "--tenant",
-        "alpha",
-        "web",
-        "--prefix",
-        "/web",
-        "--upstream",
-        "app:web",
-    ]);
+    // A stopped app stays stopped: rollouts leave it alone.
+    let out = server.cli(&["apps", "stop", "--tenant", "delta", "web"]);
     assert!(out.status.success(), "{}", stderr(&out));
+    route_web(&server, "alpha");
     let out =
         server.cli(&["auth", "token", "--tenant", "alpha", "--subject", "a", "--role", "analyst"]);
     let token = stdout(&out).trim().to_owned();
@@ -673,17 +670,22 @@ async fn a_rollout_moves_tenants_without_downtime_and_halts_on_a_failing_version
         vec![
             ("alpha".to_owned(), "moved".to_owned(), 0),
             ("bravo".to_owned(), "moved".to_owned(), 1),
-            charlie_skipped
+            charlie_skipped,
+            ("delta".to_owned(), "skipped".to_owned(), 0),
         ]
     );
+    assert_eq!(done["steps"][3]["reason"], "the app is stopped", "{done}");
     let seen = watching.await.unwrap();
     let failed: Vec<&(u16, String)> = seen.iter().filter(|(status, _)| *status != 200).collect();
     assert!(failed.is_empty(), "requests failed during the switch: {failed:?}");
     assert!(seen.iter().all(|(_, b)| b == "1 of alpha" || b == "2 of alpha"), "{seen:?}");
-    for (tenant, version) in [("alpha", "2"), ("bravo", "2"), ("charlie", "1")] {
+    for (tenant, version, running) in
+        [("alpha", "2", true), ("bravo", "2", true), ("charlie", "1", true), ("delta", "1", false)]
+    {
         let app = server.cli_json(&["apps", "get", "--tenant", tenant, "web"]);
         assert_eq!(app[0]["spec"]["version"], version, "{tenant}: {app}");
         assert_eq!(app[0]["live_version"], version, "{tenant}: {app}");
+        assert_eq!(app[0]["running"], running, "{tenant}: {app}");
     }
 
     // A version that fails its health check: the canary goes back to its
@@ -782,9 +784,28 @@ async fn the_demo_shows_each_tenant_its_own_keyring_and_refuses_the_other_token(
     };
     assert_ne!(owner("demo-a"), owner("demo-b"));
     assert!(owner("demo-a") != 0 && owner("demo-b") != 0);
-    // Again: nothing new, the same items.
+    // Again: nothing new, the same items (the seeded one and the one the
+    // printed POST added).
     let again = server.cli(&["demo"]);
     assert!(again.status.success(), "{}", stderr(&again));
+    let token = stdout(&again)
+        .lines()
+        .find_map(|l| l.strip_prefix("export A_TOKEN='"))
+        .map(|t| t.trim_end_matches('\'').to_owned())
+        .unwrap();
+    let gateway: std::net::SocketAddr =
+        server.gateway.trim_start_matches("http://").parse().unwrap();
+    let client = reqwest::Client::builder().resolve("demo-a.localhost", gateway).build().unwrap();
+    let items: Vec<Value> = client
+        .get(format!("http://demo-a.localhost:{port}/keyring/items"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(items.len(), 2, "{items:?}");
     let out = server.cli(&["demo", "--clean"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let list = server.cli_json(&["tenants", "list"]);

@@ -64,7 +64,7 @@ fn confine(spec: &SandboxSpec) -> Result<String, String> {
     if spec.layers.namespaces {
         unshare(CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWCGROUP)
             .map_err(|e| format!("cannot create the worker's mount namespace: {e}"))?;
-        sethostname(&spec.name).map_err(|e| format!("cannot set the hostname: {e}"))?;
+        sethostname(&spec.hostname).map_err(|e| format!("cannot set the hostname: {e}"))?;
         mounts::build(spec)?;
     } else {
         mounts::private_dirs_on_host(spec)?;

@@ -41,10 +41,10 @@ pub fn build(spec: &SandboxSpec) -> Result<(), String> {
         format!("root:x:0:0::/:/usr/sbin/nologin\napp:x:{uid}:{gid}::/data:/usr/sbin/nologin\n"),
     )?;
     write_file(&root.join("etc/group"), format!("root:x:0:\napp:x:{gid}:\n"))?;
-    write_file(&root.join("etc/hostname"), format!("{}\n", spec.name))?;
+    write_file(&root.join("etc/hostname"), format!("{}\n", spec.hostname))?;
     write_file(
         &root.join("etc/hosts"),
-        format!("127.0.0.1 localhost {}\n::1 localhost\n", spec.name),
+        format!("127.0.0.1 localhost {}\n::1 localhost\n", spec.hostname),
     )?;
 
     devices(root, spec.limits.tmp_bytes)?;

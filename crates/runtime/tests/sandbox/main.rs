@@ -186,8 +186,10 @@ impl Tenant {
         args.extend(action.iter().map(|a| (*a).to_owned()));
         WorkerSpec {
             key: self.key.clone(),
+            log_name: self.key.clone(),
             sandbox: SandboxSpec {
                 name: self.key.clone(),
+                hostname: self.key.clone(),
                 uid: self.uid,
                 gid: self.uid,
                 command: "/app/hostile".into(),

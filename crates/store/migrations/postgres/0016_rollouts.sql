@@ -5,6 +5,11 @@
 -- on apps stored before this column: their spec is live.
 ALTER TABLE apps ADD COLUMN live TEXT;
 
+-- Bumped by every write of the row: writers read it and write only if it
+-- is unchanged, so the runtime's switch, a deploy, a rollout and a pin never
+-- overwrite one another.
+ALTER TABLE apps ADD COLUMN revision BIGINT NOT NULL DEFAULT 1;
+
 -- Rollouts of a version across every tenant's app of one name. `body` is
 -- the rollout in JSON (its options and each tenant's step); `state` is
 -- copied out of it so that one app has at most one rollout under way.
@@ -18,4 +23,4 @@ CREATE TABLE rollouts (
 );
 
 CREATE UNIQUE INDEX rollouts_one_under_way ON rollouts (app)
-    WHERE state IN ('running', 'paused');
+    WHERE state IN ('running', 'paused', 'halted');
