@@ -30,6 +30,9 @@ pub(crate) enum Move {
     /// to it once it passes.
     Started(String),
     Skipped(String),
+    /// Not now (the store did not answer, or the app kept changing): the
+    /// step is tried again at the rollout's next look.
+    Later(String),
 }
 
 /// Apps one tenant may have.
@@ -424,12 +427,20 @@ impl AppService {
     ) -> std::result::Result<Move, String> {
         let mut attempts = 0;
         let (spec, from) = loop {
-            let Some(record) = self.store.app(tenant.id, name).await.map_err(|e| e.to_string())?
-            else {
-                return Ok(Move::Skipped("the app was deleted".to_owned()));
+            let record = match self.store.app(tenant.id, name).await {
+                Ok(Some(record)) => record,
+                Ok(None) => return Ok(Move::Skipped("the app was deleted".to_owned())),
+                Err(e) => return Ok(Move::Later(e.to_string())),
             };
             let mut spec = decode_spec(&record.spec)?;
             let live = record.live.as_deref().map(decode_spec).transpose()?;
+            let ours = spec.version == version
+                && artifact.is_none_or(|a| spec.artifact.as_deref() == Some(a));
+            if ours && record.running {
+                // Stored by this rollout before a restart cut its record
+                // short (or deployed by hand): followed like any move.
+                return Ok(Move::Started(generation(&spec)));
+            }
             let skipped = if !record.running {
                 Some("the app is stopped".to_owned())
             } else if record.pinned {
@@ -455,6 +466,7 @@ impl AppService {
                 Err(AppsError::Store(StoreError::VersionConflict)) if attempts < RETRIES => {
                     attempts += 1;
                 }
+                Err(AppsError::Store(e)) => return Ok(Move::Later(e.to_string())),
                 Err(e) => return Err(e.to_string()),
                 Ok(_) => break (spec, from),
             }

@@ -529,7 +529,15 @@ impl RolloutService {
         rollout: &Rollout,
         step: &mut RolloutStep,
     ) -> Result<()> {
-        let (state, reason) = match self.store.tenant_by_id(step.tenant_id).await? {
+        let tenant = match self.store.tenant_by_id(step.tenant_id).await {
+            Ok(tenant) => tenant,
+            Err(error) => {
+                // The step stays pending for the next look.
+                tracing::warn!(%error, "a rollout's move waits for its next look");
+                return Ok(());
+            }
+        };
+        let (state, reason) = match tenant {
             None => (RolloutStepState::Skipped, Some("the tenant was deleted".to_owned())),
             Some(tenant) if tenant.state != TenantState::Active => {
                 (RolloutStepState::Skipped, Some(format!("the tenant is {}", tenant.state)))
@@ -554,6 +562,10 @@ impl RolloutService {
                         (RolloutStepState::Moving, None)
                     }
                     Ok(Move::Skipped(why)) => (RolloutStepState::Skipped, Some(why)),
+                    Ok(Move::Later(why)) => {
+                        tracing::warn!(tenant = %tenant.name, reason = %why, "a rollout's move waits for its next look");
+                        return Ok(());
+                    }
                     Err(reason) => (RolloutStepState::Failed, Some(reason)),
                 }
             }
@@ -595,20 +607,26 @@ impl RolloutService {
             )));
         };
         let ours = step.generation.as_deref().unwrap_or_default();
+        let live = record.live.as_deref().map(decode_spec).transpose().ok().flatten();
         if generation(&spec) != ours {
-            let reverted = self
+            // A revert keeps the spec it sent back as `previous`: the store
+            // says so even after a restart emptied the runtime's reasons.
+            let sent_back = record
+                .previous
+                .as_deref()
+                .and_then(|p| decode_spec(p).ok())
+                .is_some_and(|p| generation(&p) == ours)
+                && live.as_ref().is_some_and(|l| generation(l) == generation(&spec));
+            if !sent_back {
+                return skipped("its app was deployed again during the rollout".to_owned());
+            }
+            let reason = self
                 .runtime
                 .as_ref()
-                .and_then(|r| r.revert_reason(step.tenant_id, &rollout.app, ours));
-            return Ok(Some(match reverted {
-                Some(reason) => (RolloutStepState::Failed, Some(reason)),
-                None => (
-                    RolloutStepState::Skipped,
-                    Some("its app was deployed again during the rollout".to_owned()),
-                ),
-            }));
+                .and_then(|r| r.revert_reason(step.tenant_id, &rollout.app, ours))
+                .unwrap_or_else(|| "its new workers did not pass; it went back".to_owned());
+            return Ok(Some((RolloutStepState::Failed, Some(reason))));
         }
-        let live = record.live.as_deref().map(decode_spec).transpose().ok().flatten();
         if live.is_none_or(|live| generation(&live) == ours) {
             return Ok(Some((RolloutStepState::Moved, None)));
         }
@@ -619,7 +637,15 @@ impl RolloutService {
         let patience = time::Duration::milliseconds(
             i64::try_from(window.saturating_mul(2).saturating_add(120_000)).unwrap_or(i64::MAX),
         );
-        if step.moving_since.is_some_and(|since| self.clock.now() - since > patience) {
+        let late = step.moving_since.is_some_and(|since| self.clock.now() - since > patience);
+        // Sent back here, unless the runtime decided meanwhile (read again
+        // at the next look).
+        if late
+            && self
+                .store
+                .revert_app(step.tenant_id, &rollout.app, &record.spec, self.clock.now())
+                .await?
+        {
             return Ok(Some((
                 RolloutStepState::Failed,
                 Some(format!("no verdict on its new workers within {}s", patience.whole_seconds())),
@@ -639,7 +665,15 @@ impl RolloutService {
             .put_rollout(&RolloutRecord {
                 id: rollout.id,
                 app: rollout.app.clone(),
-                state: rollout.state.as_str().to_owned(),
+                // Aborted with tenants still switching: followed until they
+                // settle (`unfinished_rollouts`).
+                state: if rollout.state == RolloutState::Aborted
+                    && rollout.count(RolloutStepState::Moving) > 0
+                {
+                    "aborting".to_owned()
+                } else {
+                    rollout.state.as_str().to_owned()
+                },
                 body,
                 created_at: rollout.created_at,
                 updated_at: rollout.updated_at,

@@ -60,7 +60,7 @@ pub trait AppStore: Send + Sync {
     async fn all_apps(&self) -> Result<Vec<AppRecord>, StoreError>;
 
     /// The switch: the app's `spec` becomes live, if it is still `spec`
-    /// (a deploy since wins). `true` when it did.
+    /// (a deploy since wins) and not live already. `true` when it did.
     async fn promote_app(
         &self,
         tenant: TenantId,
@@ -70,8 +70,8 @@ pub trait AppStore: Send + Sync {
     ) -> Result<bool, StoreError>;
 
     /// The revert: the app's `spec` goes back to the live one (the one
-    /// that failed becomes `previous`), if it is still `spec`. `true` when
-    /// it did.
+    /// that failed becomes `previous`), if it is still `spec` and not live.
+    /// `true` when it did.
     async fn revert_app(
         &self,
         tenant: TenantId,
@@ -89,8 +89,9 @@ pub trait AppStore: Send + Sync {
     /// The last `limit` rollouts, newest first.
     async fn rollouts(&self, limit: u32) -> Result<Vec<RolloutRecord>, StoreError>;
 
-    /// Rollouts not completed (under way, or aborted with tenants still
-    /// switching), newest first, at most 1,000.
+    /// Rollouts not ended (`state` running, paused or halted) or aborted
+    /// with tenants still switching (`aborting`), newest first, at most
+    /// 1,000.
     async fn unfinished_rollouts(&self) -> Result<Vec<RolloutRecord>, StoreError>;
 
     /// `true` when there was such an app.

@@ -1804,7 +1804,7 @@ macro_rules! impl_app_store {
             ) -> Result<bool, $crate::StoreError> {
                 let result = sqlx::query(
                     "UPDATE apps SET live = spec, updated_at = $4, revision = revision + 1 \
-                     WHERE tenant_id = $1 AND name = $2 AND spec = $3",
+                     WHERE tenant_id = $1 AND name = $2 AND spec = $3 AND live IS DISTINCT FROM spec",
                 )
                 .bind(tenant.0)
                 .bind(name)
@@ -1824,7 +1824,7 @@ macro_rules! impl_app_store {
             ) -> Result<bool, $crate::StoreError> {
                 let result = sqlx::query(
                     "UPDATE apps SET previous = spec, spec = live, updated_at = $4, revision = revision + 1 \
-                     WHERE tenant_id = $1 AND name = $2 AND spec = $3 AND live IS NOT NULL",
+                     WHERE tenant_id = $1 AND name = $2 AND spec = $3 AND live IS NOT NULL AND live <> spec",
                 )
                 .bind(tenant.0)
                 .bind(name)
@@ -1889,7 +1889,7 @@ macro_rules! impl_app_store {
             async fn unfinished_rollouts(&self) -> Result<Vec<$crate::RolloutRecord>, $crate::StoreError> {
                 Ok(sqlx::query_as(
                     "SELECT id, app, state, body, created_at, updated_at FROM rollouts \
-                     WHERE state <> 'completed' ORDER BY created_at DESC, id LIMIT 1000",
+                     WHERE state IN ('running', 'paused', 'halted', 'aborting') ORDER BY created_at DESC, id LIMIT 1000",
                 )
                 .fetch_all(&self.read)
                 .await?)

@@ -541,6 +541,11 @@ async fn keeps_apps_and_allocates_unix_users(f: Fixture) {
     let promoted = f.store.app(a.id, "keyring").await.unwrap().unwrap();
     assert_eq!(promoted.live.as_deref(), Some("{\"v\":3}"));
     assert!(!f.store.revert_app(b.id, "keyring", "{\"v\":3}", at).await.unwrap(), "per tenant");
+    assert!(
+        !f.store.revert_app(a.id, "keyring", "{\"v\":3}", at).await.unwrap(),
+        "nothing to revert once live"
+    );
+    assert!(!f.store.promote_app(a.id, "keyring", "{\"v\":3}", at).await.unwrap(), "live already");
 
     // Rollouts: one under way per app; a finished one frees the app.
     let rollout = |app: &str, state: &str| RolloutRecord {
@@ -563,11 +568,15 @@ async fn keeps_apps_and_allocates_unix_users(f: Fixture) {
     f.store.put_rollout(&first).await.unwrap();
     f.store.put_rollout(&second).await.unwrap();
     assert_eq!(f.store.rollout(first.id).await.unwrap(), Some(first.clone()));
-    assert_eq!(f.store.rollouts(10).await.unwrap().len(), 3);
+    let aborting = rollout("third", "aborting");
+    f.store.put_rollout(&aborting).await.unwrap();
+    f.store.put_rollout(&rollout("fourth", "aborted")).await.unwrap();
+    assert_eq!(f.store.rollouts(10).await.unwrap().len(), 5);
     assert_eq!(f.store.rollouts(1).await.unwrap().len(), 1);
     let unfinished = f.store.unfinished_rollouts().await.unwrap();
-    assert_eq!(unfinished.len(), 2, "all but the completed one");
-    assert!(unfinished.iter().all(|r| r.id != first.id));
+    assert_eq!(unfinished.len(), 3, "running, paused and aborting: {unfinished:?}");
+    assert!(unfinished.iter().any(|r| r.id == aborting.id));
+    assert!(unfinished.iter().all(|r| r.id != first.id && r.state != "aborted"));
 
     assert!(f.store.delete_app(a.id, "keyring").await.unwrap());
     assert!(!f.store.delete_app(a.id, "keyring").await.unwrap());

@@ -377,6 +377,13 @@ impl From<AppsError> for ApiError {
     fn from(error: AppsError) -> Self {
         use ErrorCode::*;
         let code = match error {
+            AppsError::Store(bulkhead_store::StoreError::VersionConflict) => {
+                return Self::new(
+                    Conflict,
+                    "the app kept changing while this request ran (a deploy, a switch or a \
+                     rollout); try again",
+                );
+            }
             AppsError::Store(ref store) => return store_error(store),
             AppsError::Corrupt { .. } => {
                 tracing::error!(%error, "a stored app is unreadable");
