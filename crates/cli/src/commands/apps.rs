@@ -121,6 +121,7 @@ fn show_rollout(format: Output, rollout: &Value) -> Result<(), CliError> {
         .iter()
         .map(|s| {
             let batch = match s["batch"].as_u64() {
+                _ if s["state"] == "skipped" => "-".to_owned(),
                 Some(0) => "canary".to_owned(),
                 Some(n) => n.to_string(),
                 None => String::new(),
