@@ -429,6 +429,12 @@ impl RolloutService {
             tokio::select! {
                 _ = stopping.wait_for(|stop| *stop) => return,
                 () = self.wake.notified() => {}
+                () = async {
+                    match &self.runtime {
+                        Some(runtime) => runtime.settled().await,
+                        None => std::future::pending().await,
+                    }
+                } => {}
                 () = tokio::time::sleep(TICK) => {}
             }
         }

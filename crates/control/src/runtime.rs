@@ -99,6 +99,8 @@ pub struct Runtime {
     /// left), for the rollout that asked.
     reverts: Mutex<HashMap<(TenantId, String), (String, String)>>,
     changed: Notify,
+    /// Told of every switch and revert, so a rollout looks at once.
+    settled: Notify,
 }
 
 /// An app whose stored spec is not yet live.
@@ -157,6 +159,7 @@ impl Runtime {
             retiring: Mutex::default(),
             reverts: Mutex::default(),
             changed: Notify::new(),
+            settled: Notify::new(),
         }))
     }
 
@@ -213,6 +216,11 @@ impl Runtime {
         let reverts = self.reverts.lock().ok()?;
         let (reverted, reason) = reverts.get(&(tenant, app.to_owned()))?;
         (reverted == generation).then(|| reason.clone())
+    }
+
+    /// Resolves at the next switch or revert of any app.
+    pub async fn settled(&self) {
+        self.settled.notified().await;
     }
 
     /// Converges now rather than at the next tick.
@@ -417,6 +425,7 @@ impl Runtime {
                         reverts.remove(&(tenant.id, app.clone()));
                     }
                     self.note(&tenant, "app.switch", "ok", details).await;
+                    self.settled.notify_waiters();
                 }
             }
             Verdict::Fail(reason) => {
@@ -437,6 +446,7 @@ impl Runtime {
                         with(details, "reason", json!(reason)),
                     )
                     .await;
+                    self.settled.notify_waiters();
                     self.changed();
                 }
             }
