@@ -112,6 +112,22 @@ pub fn socket_name(spec: &AppSpec, index: u32) -> String {
     format!("{}-{}-{index}.sock", spec.name, generation(spec))
 }
 
+/// The app's stored spec and its live one (the spec itself when none is
+/// recorded), read back through the model's validation.
+pub fn spec_and_live(record: &AppRecord) -> Result<(AppSpec, AppSpec), String> {
+    let spec = decode_spec(&record.spec)?;
+    let live = match &record.live {
+        Some(live) => decode_spec(live)?,
+        None => spec.clone(),
+    };
+    Ok((spec, live))
+}
+
+/// Whether the app runs `live` while its workers of `spec` come up.
+pub fn switching(spec: &AppSpec, live: &AppSpec) -> bool {
+    generation(spec) != generation(live)
+}
+
 /// Reads a stored spec back through the model's validation.
 pub fn decode_spec(spec: &str) -> Result<AppSpec, String> {
     serde_json::from_str::<AppSpec>(spec)
@@ -166,19 +182,14 @@ impl AppService {
             name: record.name.clone(),
             error,
         };
-        let spec = decode_spec(&record.spec).map_err(corrupt)?;
+        let (spec, live) = spec_and_live(record).map_err(corrupt)?;
         let previous_version = match &record.previous {
             Some(previous) => Some(decode_spec(previous).map_err(corrupt)?.version),
             None => None,
         };
-        let live = match &record.live {
-            Some(live) => decode_spec(live).map_err(corrupt)?,
-            None => spec.clone(),
-        };
-        let switching = generation(&live) != generation(&spec);
         let runs = crate::runtime::runs(record, tenant);
         let (workers, new_workers) = match &self.runtime {
-            Some(r) if switching => {
+            Some(r) if switching(&spec, &live) => {
                 (r.workers(tenant, &live, runs), r.workers(tenant, &spec, runs))
             }
             Some(r) => (r.workers(tenant, &spec, runs), Vec::new()),
@@ -432,8 +443,7 @@ impl AppService {
                 Ok(None) => return Ok(Move::Skipped("the app was deleted".to_owned())),
                 Err(e) => return Ok(Move::Later(e.to_string())),
             };
-            let mut spec = decode_spec(&record.spec)?;
-            let live = record.live.as_deref().map(decode_spec).transpose()?;
+            let (mut spec, live) = spec_and_live(&record)?;
             let ours = spec.version == version
                 && artifact.is_none_or(|a| spec.artifact.as_deref() == Some(a));
             if ours && record.running {
@@ -445,7 +455,7 @@ impl AppService {
                 Some("the app is stopped".to_owned())
             } else if record.pinned {
                 Some("pinned".to_owned())
-            } else if live.is_some_and(|l| generation(&l) != generation(&spec)) {
+            } else if switching(&spec, &live) {
                 Some(format!("it is switching to its own new spec ({})", spec.version))
             } else if spec.version == version {
                 Some(format!("already at {version}"))

@@ -220,10 +220,12 @@ impl GatewayFeed {
                 Upstream::App(name) => {
                     // The live spec's workers: a new spec's take over only
                     // once they pass their health check (the switch).
-                    let live =
-                        parts.apps.iter().find(|a| a.name == name.as_str() && a.running).and_then(
-                            |a| crate::apps::decode_spec(a.live.as_ref().unwrap_or(&a.spec)).ok(),
-                        );
+                    let live = parts
+                        .apps
+                        .iter()
+                        .find(|a| a.name == name.as_str() && a.running)
+                        .and_then(|a| crate::apps::spec_and_live(a).ok())
+                        .map(|(_, live)| live);
                     // No user yet: uid 0 is never a worker's, so nothing passes.
                     let uid = parts.uid.unwrap_or(0);
                     let sockets: Vec<String> = match &live {

@@ -18,7 +18,7 @@ use tokio::sync::{Mutex, Notify, watch};
 use uuid::Uuid;
 
 use crate::{
-    apps::{AppService, Move, decode_spec, generation},
+    apps::{AppService, Move, decode_spec, generation, spec_and_live, switching},
     clock::Clock,
     events::{Actor, EventLog},
     runtime::Runtime,
@@ -260,11 +260,9 @@ impl RolloutService {
             if tenant.state == TenantState::Deleted {
                 continue;
             }
-            let from_version = decode_spec(&record.spec).map(|s| s.version).unwrap_or_default();
-            let switching = record.live.as_deref().is_some_and(|live| {
-                decode_spec(live).ok().map(|l| generation(&l))
-                    != decode_spec(&record.spec).ok().map(|s| generation(&s))
-            });
+            let specs = spec_and_live(&record).ok();
+            let from_version = specs.as_ref().map(|(s, _)| s.version.clone()).unwrap_or_default();
+            let switching = specs.as_ref().is_some_and(|(s, l)| switching(s, l));
             let skipped = if !record.running {
                 Some("the app is stopped".to_owned())
             } else if record.pinned {
@@ -606,14 +604,13 @@ impl RolloutService {
         if !record.running {
             return skipped("the app was stopped during its switch".to_owned());
         }
-        let Ok(spec) = decode_spec(&record.spec) else {
+        let Ok((spec, live)) = spec_and_live(&record) else {
             return Ok(Some((
                 RolloutStepState::Failed,
                 Some("its stored spec is unreadable".to_owned()),
             )));
         };
         let ours = step.generation.as_deref().unwrap_or_default();
-        let live = record.live.as_deref().map(decode_spec).transpose().ok().flatten();
         if generation(&spec) != ours {
             // A revert keeps the spec it sent back as `previous`: the store
             // says so even after a restart emptied the runtime's reasons.
@@ -622,7 +619,7 @@ impl RolloutService {
                 .as_deref()
                 .and_then(|p| decode_spec(p).ok())
                 .is_some_and(|p| generation(&p) == ours)
-                && live.as_ref().is_some_and(|l| generation(l) == generation(&spec));
+                && !switching(&spec, &live);
             if !sent_back {
                 return skipped("its app was deployed again during the rollout".to_owned());
             }
@@ -633,7 +630,7 @@ impl RolloutService {
                 .unwrap_or_else(|| "its new workers did not pass; it went back".to_owned());
             return Ok(Some((RolloutStepState::Failed, Some(reason))));
         }
-        if live.is_none_or(|live| generation(&live) == ours) {
+        if generation(&live) == ours {
             return Ok(Some((RolloutStepState::Moved, None)));
         }
         // The runtime decides within the health check's window and 30 s;

@@ -109,6 +109,8 @@ struct Switch {
     record: AppRecord,
     spec: AppSpec,
     live: AppSpec,
+    /// The spec's.
+    generation: String,
 }
 
 enum Verdict {
@@ -274,9 +276,8 @@ impl Runtime {
                 }
             };
             let Some(tenant) = tenant.filter(|t| t.state == TenantState::Active) else { continue };
-            let Ok(spec) = crate::apps::decode_spec(&record.spec) else { continue };
-            let live = record.live.as_deref().and_then(|l| crate::apps::decode_spec(l).ok());
-            for serving in std::iter::once(&spec).chain(&live) {
+            let Ok((spec, live)) = crate::apps::spec_and_live(&record) else { continue };
+            for serving in [&spec, &live] {
                 let generation = crate::apps::generation(serving);
                 for index in 0..serving.workers {
                     desired.insert(
@@ -285,10 +286,9 @@ impl Runtime {
                     );
                 }
             }
-            if let Some(live) =
-                live.filter(|l| crate::apps::generation(l) != crate::apps::generation(&spec))
-            {
-                switches.push(Switch { tenant, record, spec, live });
+            if crate::apps::switching(&spec, &live) {
+                let generation = crate::apps::generation(&spec);
+                switches.push(Switch { tenant, record, spec, live, generation });
             }
         }
         let now = std::time::Instant::now();
@@ -365,7 +365,7 @@ impl Runtime {
         // tenant suspended) starts its clock again if it comes back.
         let judged: std::collections::HashSet<(TenantId, String, String)> = switches
             .iter()
-            .map(|s| (s.tenant.id, s.spec.name.to_string(), crate::apps::generation(&s.spec)))
+            .map(|s| (s.tenant.id, s.spec.name.to_string(), s.generation.clone()))
             .collect();
         if let Ok(mut switching) = self.switching.lock() {
             switching.retain(|key, _| judged.contains(key));
@@ -379,9 +379,8 @@ impl Runtime {
     /// Switches the app to its new spec once every new worker passes, or
     /// reverts it to the live one when one fails or time runs out.
     async fn judge(&self, switch: Switch) -> Result<(), String> {
-        let Switch { tenant, record, spec, live } = switch;
+        let Switch { tenant, record, spec, live, generation } = switch;
         let app = spec.name.to_string();
-        let generation = crate::apps::generation(&spec);
         let now = std::time::Instant::now();
         let since = self
             .switching
@@ -451,9 +450,7 @@ impl Runtime {
                 }
             }
         }
-        if let Ok(mut switching) = self.switching.lock() {
-            switching.remove(&(tenant.id, app, generation));
-        }
+        // Its clock goes with it at the next convergence (`reconcile`).
         Ok(())
     }
 
