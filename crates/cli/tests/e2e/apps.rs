@@ -707,6 +707,33 @@ async fn a_rollout_moves_tenants_without_downtime_and_halts_on_a_failing_version
     assert_eq!(call().await, (200, "2 of alpha".to_owned()));
     let out = server.cli(&["rollout", "pause", &id]);
     assert!(!out.status.success() && stderr(&out).contains("halted"), "{}", stderr(&out));
+    // A halted rollout still holds the app: a second one waits for its end.
+    let out = server.cli(&["rollout", "start", "--app", "web", "--version", "4"]);
+    assert_eq!(exit_code(&out), 4, "{}", stderr(&out));
+    assert!(stderr(&out).contains("has a rollout under way"), "{}", stderr(&out));
+    // Rollouts span tenants: a tenant's own admin may not start or read one.
+    let out = server.cli(&[
+        "auth",
+        "token",
+        "--tenant",
+        "alpha",
+        "--subject",
+        "boss",
+        "--role",
+        "admin",
+        "--control-api",
+    ]);
+    let admin = stdout(&out).trim().to_owned();
+    for args in
+        [&["rollout", "status"][..], &["rollout", "start", "--app", "web", "--version", "5"]]
+    {
+        let out = server.cli_with_token(&admin, args);
+        assert!(
+            !out.status.success() && stderr(&out).contains("needs an operator token"),
+            "{args:?}: {}",
+            stderr(&out)
+        );
+    }
     let aborted = server.cli_json(&["rollout", "abort", &id]);
     assert_eq!(aborted["state"], "aborted");
     assert_eq!(aborted["steps"][1]["state"], "skipped");
