@@ -71,18 +71,35 @@ impl std::fmt::Debug for Source {
 }
 
 /// The variable in which Bulkhead's runtime tells a tenant's app where its
-/// database is: `sqlite:<path>` or a `postgres://` URL.
+/// database is, on the embedded default: `sqlite:<path>`.
 pub const DATABASE_URL_VAR: &str = "BULKHEAD_DATABASE_URL";
 
+/// The variable naming the file that holds the app's database URL, on
+/// PostgreSQL: a lease's `postgres://` URL, with its password, which is
+/// why it is a file in the worker's private secrets directory and never
+/// in its environment.
+pub const DATABASE_URL_FILE_VAR: &str = "BULKHEAD_DATABASE_URL_FILE";
+
 impl Source {
-    /// The database the runtime gives the app it runs: [`DATABASE_URL_VAR`]
-    /// as `sqlite:<path>` (the embedded default: a file in the tenant's own
-    /// data directory) or a `postgres://` URL.
+    /// The database the runtime gives the app it runs: the URL in the file
+    /// [`DATABASE_URL_FILE_VAR`] names (a lease on the tenant's PostgreSQL
+    /// server, renewed by the runtime while the worker runs), or
+    /// [`DATABASE_URL_VAR`] (the embedded default: a file in the tenant's
+    /// own data directory).
     pub fn from_env() -> Result<Self, Error> {
+        if let Ok(file) = std::env::var(DATABASE_URL_FILE_VAR) {
+            let text = Zeroizing::new(std::fs::read_to_string(&file).map_err(|e| {
+                Error::Invalid(format!(
+                    "{DATABASE_URL_FILE_VAR} names {file}, which cannot be read: {e}"
+                ))
+            })?);
+            return Self::from_url(Zeroizing::new(text.trim().to_owned()));
+        }
         let url = std::env::var(DATABASE_URL_VAR).map_err(|_| {
             Error::Invalid(format!(
-                "{DATABASE_URL_VAR} is not set: the app is not running under Bulkhead's runtime \
-                 (set it to sqlite:<path> or a postgres:// URL to run it elsewhere)"
+                "neither {DATABASE_URL_FILE_VAR} nor {DATABASE_URL_VAR} is set: the app is not \
+                 running under Bulkhead's runtime (set {DATABASE_URL_VAR} to sqlite:<path> or a \
+                 postgres:// URL to run it elsewhere)"
             ))
         })?;
         Self::from_url(Zeroizing::new(url))

@@ -66,6 +66,9 @@ struct FileRuntime {
     log_keep: Option<usize>,
     /// Apps' artifacts must be directories under this one.
     artifacts: Option<PathBuf>,
+    /// The life of a worker's database lease, renewed half way while the
+    /// worker runs.
+    database_lease: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -362,6 +365,16 @@ fn runtime_settings(
             return Err(CliError::usage(format!("runtime.log_keep is {keep}; give 0 to 100")));
         }
         settings.log_keep = keep;
+    }
+    if let Some(lease) = &file.database_lease {
+        let lease = parse_duration(lease)
+            .map_err(|e| CliError::usage(format!("runtime.database_lease: {e}")))?;
+        if lease < std::time::Duration::from_secs(2) {
+            return Err(CliError::usage(
+                "runtime.database_lease is shorter than 2s; give 1h, say (renewed half way)",
+            ));
+        }
+        settings.database_lease = lease;
     }
     Ok(Some(settings))
 }

@@ -71,6 +71,9 @@ pub struct RuntimeSettings {
     /// `<data-dir>/artifacts` unless configured): an app cannot name any
     /// other place on the server.
     pub artifacts: PathBuf,
+    /// The life of the database lease a worker of a tenant on PostgreSQL
+    /// gets; renewed half way while the worker runs, revoked when it stops.
+    pub database_lease: Duration,
 }
 
 impl RuntimeSettings {
@@ -85,6 +88,7 @@ impl RuntimeSettings {
             log_max_bytes: 10 << 20,
             log_keep: 5,
             artifacts: data_dir.join("artifacts"),
+            database_lease: Duration::from_secs(3600),
         }
     }
 }

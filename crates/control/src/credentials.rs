@@ -12,7 +12,7 @@ use std::{str::FromStr, sync::Arc, time::Duration};
 use bulkhead_model::{DatabaseLocation, DatabaseUrl, Isolation, Region, Regions, Tenant};
 use bulkhead_store::{ControlStore, Lease, StoreError};
 use bulkhead_vault::leases::{
-    Heir, LoginRole, create_login_role, disable_login, drop_login_role, enable_login,
+    Heir, LoginRole, create_login_role, disable_login, drop_login_role, enable_login, extend_login,
     random_password,
 };
 use futures_util::StreamExt;
@@ -105,7 +105,13 @@ pub struct IssuedCredential {
     pub lease: Lease,
     /// `postgres://<role>:<password>@<host>:<port>/<database>`.
     pub url: Zeroizing<String>,
+    pub password: Zeroizing<String>,
 }
+
+/// Where the runtime's relay takes a tenant's workers: `host:port`, or the
+/// path of the server's Unix socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DatabaseServer(pub String);
 
 impl std::fmt::Debug for IssuedCredential {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -219,7 +225,59 @@ impl Credentials {
             )));
         }
         let url = connection_url(target.url, &role, &password, &target.database)?;
-        Ok(IssuedCredential { lease, url })
+        Ok(IssuedCredential { lease, url, password })
+    }
+
+    /// Moves a live lease's expiry to `now + ttl`: its role may log in
+    /// until then, with the same password (a lease renewed while its
+    /// holder, a runtime worker, keeps running).
+    pub async fn renew(
+        &self,
+        lease: &Lease,
+        ttl: Duration,
+        now: OffsetDateTime,
+    ) -> Result<OffsetDateTime, CredentialError> {
+        let until = now + ttl;
+        if let Some(pool) = self.admin_pool(lease)?
+            && !extend_login(&pool, &lease.role, until).await?
+        {
+            return Err(CredentialError::Unavailable(format!(
+                "lease {}'s role {} is gone",
+                lease.id, lease.role
+            )));
+        }
+        if !self.store.extend_lease(lease.id, until).await? {
+            return Err(CredentialError::Unavailable(format!("lease {} was revoked", lease.id)));
+        }
+        Ok(until)
+    }
+
+    /// The server the tenant's leases log in to, for the runtime's relay;
+    /// `None` for a tenant on the embedded default.
+    pub fn server(&self, tenant: &Tenant) -> Result<Option<DatabaseServer>, CredentialError> {
+        let target = match self.target(tenant, Access::Write) {
+            Ok(target) => target,
+            Err(CredentialError::Unavailable(_))
+                if self
+                    .regions
+                    .get(tenant.region.as_str())
+                    .is_ok_and(|r| matches!(r.databases, DatabaseLocation::Embedded)) =>
+            {
+                return Ok(None);
+            }
+            Err(error) => return Err(error),
+        };
+        let options = PgConnectOptions::from_str(target.url.expose())
+            .map_err(|e| CredentialError::Database(format!("region url {}: {e}", target.url)))?;
+        let (host, port) = (options.get_host(), options.get_port());
+        let server = if host.starts_with('/') {
+            format!("{host}/.s.PGSQL.{port}")
+        } else if host.contains(':') {
+            format!("[{host}]:{port}")
+        } else {
+            format!("{host}:{port}")
+        };
+        Ok(Some(DatabaseServer(server)))
     }
 
     /// Ends the lease's sessions, drops its role and marks it revoked.

@@ -15,9 +15,7 @@ use std::{
     time::Duration,
 };
 
-use bulkhead_model::{
-    AppSpec, DatabaseLocation, PlanCatalog, Regions, Tenant, TenantId, TenantState,
-};
+use bulkhead_model::{AppSpec, PlanCatalog, Tenant, TenantId, TenantState};
 use bulkhead_runtime::{
     cgroup::CgroupLimits,
     forward::{EgressPolicy, Target},
@@ -28,16 +26,18 @@ use bulkhead_runtime::{
         EventKind, Layers, RestartPolicy, Supervisor, SupervisorConfig, WorkerSpec, WorkerState,
     },
 };
-use bulkhead_store::{AppRecord, ControlStore};
+use bulkhead_store::{AppRecord, ControlStore, Lease};
 use bulkhead_tenantdb::verify::{Finding, Severity};
 use bulkhead_vault::{SecretPath, Vault};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use tokio::sync::{Notify, watch};
+use zeroize::Zeroizing;
 
 use crate::{
     clock::Clock,
     config::RuntimeSettings,
+    credentials::{Access, Credentials, DatabaseServer},
     events::{Actor, EventLog},
 };
 
@@ -62,9 +62,26 @@ const RETRY_FAILED_START: Duration = Duration::from_secs(60);
 pub const EGRESS_PORT: u16 = 3128;
 /// The tenant's apps' SQLite database, in its data directory.
 const APP_DATABASE: &str = "tenant.db";
+/// The port of the relay to the tenant's PostgreSQL server inside each
+/// worker's network.
+pub const DATABASE_PORT: u16 = 5432;
+/// The secret file that holds a worker's database URL (its lease).
+pub const DATABASE_URL_FILE: &str = "bulkhead-database-url";
+/// `issued_by` of a worker's lease: this, then the worker's key.
+pub const LEASE_HOLDER: &str = "runtime:";
+/// How often the workers' leases are renewed or, for workers gone, revoked.
+const KEEP_LEASES_EVERY: Duration = Duration::from_secs(5);
 /// The size of each worker's private `/tmp`.
 const TMP_BYTES: u64 = 64 << 20;
 const OPEN_FILES: u64 = 4096;
+
+/// What a worker is given as its database.
+enum AppDatabase {
+    /// `$BULKHEAD_DATABASE_URL`: the tenant's SQLite file.
+    File(String),
+    /// A lease's URL, as a secret file, and the relay it goes through.
+    Lease { url: Zeroizing<String>, forward: Option<(u16, Target)> },
+}
 
 /// One worker the runtime runs, and the spec it runs with.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,11 +101,11 @@ pub struct Runtime {
     supervisor: Supervisor,
     store: Arc<dyn ControlStore>,
     vault: Arc<Vault>,
+    credentials: Arc<Credentials>,
     clock: Arc<dyn Clock>,
     events: EventLog,
     plans: PlanCatalog,
     tenants_dir: PathBuf,
-    regions: Regions,
     settings: RuntimeSettings,
     running: Mutex<HashMap<String, Running>>,
     /// Apps switching to a new spec: (tenant, app, generation) → since when.
@@ -131,9 +148,9 @@ impl Runtime {
     pub async fn start(
         settings: RuntimeSettings,
         data_dir: &Path,
-        regions: Regions,
         store: Arc<dyn ControlStore>,
         vault: Arc<Vault>,
+        credentials: Arc<Credentials>,
         clock: Arc<dyn Clock>,
         events: EventLog,
     ) -> Result<Arc<Self>, String> {
@@ -150,11 +167,11 @@ impl Runtime {
             supervisor,
             store,
             vault,
+            credentials,
             clock,
             events,
             plans: PlanCatalog::builtin(),
             tenants_dir: data_dir.join("tenants"),
-            regions,
             settings,
             running: Mutex::default(),
             switching: Mutex::default(),
@@ -230,10 +247,12 @@ impl Runtime {
         self.changed.notify_one();
     }
 
-    /// Runs until `stopping`: converges, relays events, then stops every
-    /// worker on the way out.
+    /// Runs until `stopping`: converges, keeps the workers' leases,
+    /// relays events, then stops every worker on the way out and revokes
+    /// their leases.
     pub async fn run(self: Arc<Self>, mut stopping: watch::Receiver<bool>) {
         let relay = tokio::spawn(Arc::clone(&self).relay_events());
+        let mut leases_kept: Option<std::time::Instant> = None;
         loop {
             let next = match self.reconcile().await {
                 Ok(true) => SWITCH_CHECK_EVERY,
@@ -243,6 +262,12 @@ impl Runtime {
                     RECONCILE_EVERY
                 }
             };
+            // After `reconcile`, never during it: a lease it just issued
+            // belongs to a worker it has already recorded.
+            if leases_kept.is_none_or(|at| at.elapsed() >= KEEP_LEASES_EVERY) {
+                self.keep_leases(false).await;
+                leases_kept = Some(std::time::Instant::now());
+            }
             tokio::select! {
                 _ = stopping.wait_for(|stop| *stop) => break,
                 () = self.changed.notified() => {}
@@ -250,6 +275,7 @@ impl Runtime {
             }
         }
         self.supervisor.shutdown(RestartPolicy::default().grace).await;
+        self.keep_leases(true).await;
         relay.abort();
     }
 
@@ -615,10 +641,6 @@ impl Runtime {
             ("HOME".to_owned(), "/data".to_owned()),
             ("PATH".to_owned(), "/usr/local/bin:/usr/bin:/bin".to_owned()),
         ]);
-        if let Some(database) = self.database(tenant, &data, uid)? {
-            // Read by `bulkhead_access::Source::from_env`.
-            env.push(("BULKHEAD_DATABASE_URL".to_owned(), database));
-        }
         let mut forwards = Vec::new();
         if !spec.egress.is_empty() {
             let policy = EgressPolicy::parse(&spec.egress)?;
@@ -629,8 +651,20 @@ impl Runtime {
                 ("https_proxy".to_owned(), proxy),
             ]);
         }
-        let secrets = self.secrets(tenant, spec).await?;
+        let mut secrets = self.secrets(tenant, spec).await?;
         let (program, args) = spec.command.split_first().ok_or("the app has no command")?;
+        // Last: nothing after it fails and leaves a lease without a worker.
+        // Either is read by `bulkhead_access::Source::from_env`.
+        match self.database(tenant, &data, uid, key).await? {
+            AppDatabase::File(url) => env.push(("BULKHEAD_DATABASE_URL".to_owned(), url)),
+            AppDatabase::Lease { url, forward } => {
+                secrets.push(SecretFile { name: DATABASE_URL_FILE.to_owned(), value: url });
+                let file =
+                    format!("{}/{DATABASE_URL_FILE}", bulkhead_runtime::spec::paths::SECRETS);
+                env.push(("BULKHEAD_DATABASE_URL_FILE".to_owned(), file));
+                forwards.extend(forward);
+            }
+        }
         Ok(WorkerSpec {
             key: key.to_owned(),
             log_name: worker_name(tenant, spec.name.as_str(), index),
@@ -679,21 +713,23 @@ impl Runtime {
         })
     }
 
-    /// Where the tenant's apps keep their data, as `$BULKHEAD_DATABASE_URL`.
-    /// In a region of embedded databases: the SQLite file `/data/tenant.db`,
-    /// in the tenant's own data directory, shared by its apps and made here
-    /// (empty, the tenant's user's, 0600) if it is missing. Made without
-    /// following a link the tenant's workers may have planted there, and
-    /// never opened by the server, so nothing a worker puts in that
-    /// directory reaches beyond it. Apps of tenants on PostgreSQL get no
-    /// database here yet (they use leases, `docs/tenant-databases.md`).
-    fn database(&self, tenant: &Tenant, data: &Path, uid: u32) -> Result<Option<String>, String> {
-        let embedded = self
-            .regions
-            .get(tenant.region.as_str())
-            .is_ok_and(|r| matches!(r.databases, DatabaseLocation::Embedded));
-        if !embedded {
-            return Ok(None);
+    /// Where the tenant's apps keep their data. In a region of embedded
+    /// databases: the SQLite file `/data/tenant.db`, in the tenant's own
+    /// data directory, shared by its apps and made here (empty, the
+    /// tenant's user's, 0600) if it is missing. Made without following a
+    /// link the tenant's workers may have planted there, and never opened
+    /// by the server, so nothing a worker puts in that directory reaches
+    /// beyond it. On PostgreSQL: a write lease of the worker's own
+    /// ([`Runtime::lease`]).
+    async fn database(
+        &self,
+        tenant: &Tenant,
+        data: &Path,
+        uid: u32,
+        key: &str,
+    ) -> Result<AppDatabase, String> {
+        if let Some(server) = self.credentials.server(tenant).map_err(|e| e.to_string())? {
+            return self.lease(tenant, key, server).await;
         }
         let file = data.join(APP_DATABASE);
         match std::fs::OpenOptions::new()
@@ -708,7 +744,136 @@ impl Runtime {
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(format!("cannot make {}: {e}", file.display())),
         }
-        Ok(Some(format!("sqlite:/data/{APP_DATABASE}")))
+        Ok(AppDatabase::File(format!("sqlite:/data/{APP_DATABASE}")))
+    }
+
+    /// A write lease for the worker `key`, recorded as a disclosure on the
+    /// tenant's stream, held by that worker alone: renewed while it runs,
+    /// revoked when it stops ([`Runtime::keep_leases`]). Leases an earlier
+    /// worker of the same key held (a start that failed, the server's last
+    /// run) are revoked first: that worker runs no more. With its own
+    /// network, the worker reaches the server through the relay on
+    /// `127.0.0.1:5432`, which lets only this lease's role log in, and
+    /// only to the tenant's database; without one, at the server's own
+    /// address.
+    async fn lease(
+        &self,
+        tenant: &Tenant,
+        key: &str,
+        server: DatabaseServer,
+    ) -> Result<AppDatabase, String> {
+        let holder = format!("{LEASE_HOLDER}{key}");
+        for old in self.store.leases_issued_by(&holder).await.map_err(|e| e.to_string())? {
+            if old.issued_by == holder {
+                self.revoke_lease(tenant, &old, "its worker was started again").await;
+            }
+        }
+        let issued = self
+            .credentials
+            .issue(tenant, Access::Write, self.lease_ttl(tenant), &holder, self.clock.now())
+            .await
+            .map_err(|e| format!("cannot issue the worker's database lease: {e}"))?;
+        let lease = &issued.lease;
+        let details = json!({
+            "lease": lease.id, "role": lease.role, "access": lease.access,
+            "expires_at": lease.expires_at.unix_timestamp(), "worker": key,
+        });
+        if let Err(error) = self
+            .events
+            .record_disclosure(&Actor::Runtime, Some(tenant), "credential.issue", details)
+            .await
+        {
+            // Never handed out unrecorded.
+            if let Err(revoke) = self.credentials.revoke(lease, self.clock.now()).await {
+                tracing::warn!(lease = %lease.id, error = %revoke, "cannot revoke an unrecorded lease; the sweeper retries");
+            }
+            return Err(error.to_string());
+        }
+        if !self.layers().switches().network {
+            return Ok(AppDatabase::Lease { url: issued.url, forward: None });
+        }
+        let url = Zeroizing::new(format!(
+            "postgres://{}:{}@127.0.0.1:{DATABASE_PORT}/{}",
+            lease.role,
+            issued.password.as_str(),
+            lease.database
+        ));
+        let target = Target::Postgres {
+            to: server.0,
+            roles: vec![lease.role.clone()],
+            databases: vec![lease.database.clone()],
+        };
+        Ok(AppDatabase::Lease { url, forward: Some((DATABASE_PORT, target)) })
+    }
+
+    /// The configured lease life, within the tenant's plan's.
+    fn lease_ttl(&self, tenant: &Tenant) -> Duration {
+        let most = self.plans.get(tenant.plan.as_str()).map_or(self.settings.database_lease, |p| {
+            Duration::from_secs(p.vault.max_credential_ttl_secs)
+        });
+        self.settings.database_lease.min(most)
+    }
+
+    /// Renews, past half their life, the leases of workers that run, and
+    /// revokes those of workers that do not (stopped, given up, or every
+    /// one with `all`, at shutdown). Each renewal and revocation is
+    /// recorded; one that fails is retried at the next pass, and the
+    /// credential sweeper revokes a lease that expires meanwhile.
+    async fn keep_leases(&self, all: bool) {
+        let leases = match self.store.leases_issued_by(LEASE_HOLDER).await {
+            Ok(leases) => leases,
+            Err(error) => {
+                tracing::warn!(%error, "cannot read the workers' database leases");
+                return;
+            }
+        };
+        let live = |key: &str| {
+            !all && self
+                .running
+                .lock()
+                .is_ok_and(|r| r.get(key).is_some_and(|w| w.retry_at.is_none()))
+                && self
+                    .supervisor
+                    .state(key)
+                    .is_some_and(|s| !matches!(s, WorkerState::Failed { .. }))
+        };
+        for lease in leases {
+            let Ok(Some(tenant)) = self.store.tenant_by_id(lease.tenant_id).await else { continue };
+            let key = lease.issued_by.strip_prefix(LEASE_HOLDER).unwrap_or_default();
+            if !live(key) {
+                self.revoke_lease(&tenant, &lease, "its worker stopped").await;
+                continue;
+            }
+            let ttl = self.lease_ttl(&tenant);
+            let now = self.clock.now();
+            if lease.expires_at - now > ttl / 2 {
+                continue;
+            }
+            let details = json!({ "lease": lease.id, "role": lease.role, "worker": key });
+            match self.credentials.renew(&lease, ttl, now).await {
+                Ok(until) => {
+                    let details = with(details, "expires_at", json!(until.unix_timestamp()));
+                    self.note(&tenant, "credential.renew", "ok", details).await;
+                }
+                Err(error) => {
+                    tracing::warn!(lease = %lease.id, %error, "cannot renew a worker's database lease");
+                    let details = with(details, "reason", json!(error.to_string()));
+                    self.note(&tenant, "credential.renew", "failed", details).await;
+                }
+            }
+        }
+    }
+
+    async fn revoke_lease(&self, tenant: &Tenant, lease: &Lease, why: &str) {
+        let details = json!({ "lease": lease.id, "role": lease.role, "reason": why });
+        match self.credentials.revoke(lease, self.clock.now()).await {
+            Ok(true) => self.note(tenant, "credential.revoke", "ok", details).await,
+            Ok(false) => {}
+            Err(error) => {
+                // Its role can no longer log in; the sweeper drops it later.
+                tracing::warn!(lease = %lease.id, %error, "cannot revoke a worker's database lease");
+            }
+        }
     }
 
     /// The app's secrets from the tenant's vault, each recorded on the

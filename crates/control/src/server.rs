@@ -579,9 +579,9 @@ pub async fn start_with_steps(
             crate::runtime::Runtime::start(
                 settings.clone(),
                 data_dir.path(),
-                config.regions.clone(),
                 Arc::clone(&store),
                 Arc::clone(&vault),
+                Arc::clone(&credentials),
                 Arc::clone(&clock),
                 events.clone(),
             )

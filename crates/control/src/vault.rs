@@ -378,14 +378,16 @@ impl VaultService {
         }
         self.admit(actor, &tenant, "credential.issue").await?;
         // Live ones only: an expired lease still being revoked (a stuck one)
-        // costs the tenant nothing.
+        // costs the tenant nothing, nor do the leases of its apps' workers.
         let now = self.clock.now();
         let live = self
             .store
             .leases(tenant.id, false)
             .await?
             .iter()
-            .filter(|l| l.expires_at > now)
+            .filter(|l| {
+                l.expires_at > now && !l.issued_by.starts_with(crate::runtime::LEASE_HOLDER)
+            })
             .count();
         self.admission.within_quota(&tenant, Quota::LiveCredentials, live)?;
         let result = self

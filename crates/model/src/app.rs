@@ -297,6 +297,14 @@ impl AppSpec {
                     format!("file {file:?}: use A-Z, a-z, 0-9, '.', '_' and '-'"),
                 ));
             }
+            if file.starts_with("bulkhead-") {
+                return Err(invalid(
+                    "secrets",
+                    format!(
+                        "file {file:?}: names starting with bulkhead- are the runtime's own (its database lease); give another file name (--secret PATH=FILE)"
+                    ),
+                ));
+            }
             if !files.insert(file) {
                 return Err(invalid(
                     "secrets",
@@ -366,6 +374,12 @@ mod tests {
                 "secrets",
                 Box::new(|s| {
                     s.secrets.push(AppSecret { path: "a".into(), file: Some("../x".into()) })
+                }),
+            ),
+            (
+                "secrets",
+                Box::new(|s| {
+                    s.secrets.push(AppSecret { path: "bulkhead-database-url".into(), file: None })
                 }),
             ),
             ("workers", Box::new(|s| s.workers = 0)),

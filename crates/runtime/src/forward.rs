@@ -2,9 +2,9 @@
 //! listening socket the supervisor opened inside it (see [`crate::netns`]):
 //!
 //! - its database server, through a relay that reads the PostgreSQL
-//!   start-up message and lets through only the tenant's own lease roles
-//!   and databases (so even a server that trusts local connections gives a
-//!   worker nothing but its tenant's logins);
+//!   start-up message and lets through only the worker's own lease role
+//!   and its tenant's database (so even a server that trusts local
+//!   connections gives a worker nothing but its own login);
 //! - HTTPS to the hosts of the tenant's egress allowlist, through a
 //!   `CONNECT` proxy that refuses every other host, and any name that
 //!   resolves to a loopback, private or link-local address;
@@ -18,14 +18,21 @@ use std::{
 
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt, copy_bidirectional},
-    net::{TcpListener, TcpStream},
+    net::{TcpListener, TcpStream, UnixStream},
 };
 
 /// Where one forward leads.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
-    Tcp { to: String },
-    Postgres { to: String, role_prefix: String, databases: Vec<String> },
+    Tcp {
+        to: String,
+    },
+    /// `to` is `host:port` or the path of the server's Unix socket.
+    Postgres {
+        to: String,
+        roles: Vec<String>,
+        databases: Vec<String>,
+    },
     Egress(EgressPolicy),
 }
 
@@ -143,8 +150,8 @@ pub async fn serve(listener: TcpListener, target: Arc<Target>, worker: Arc<str>)
             let _permit = permit;
             let outcome = match &*target {
                 Target::Tcp { to } => relay(stream, to).await,
-                Target::Postgres { to, role_prefix, databases } => {
-                    postgres(stream, to, role_prefix, databases).await
+                Target::Postgres { to, roles, databases } => {
+                    postgres(stream, to, roles, databases).await
                 }
                 Target::Egress(policy) => egress(stream, policy).await,
             };
@@ -172,7 +179,7 @@ const PROTOCOL_3: u32 = 196_608;
 async fn postgres(
     mut inside: TcpStream,
     to: &str,
-    role_prefix: &str,
+    roles: &[String],
     databases: &[String],
 ) -> Result<(), String> {
     let startup = tokio::time::timeout(HANDSHAKE, read_startup(&mut inside))
@@ -180,25 +187,26 @@ async fn postgres(
         .map_err(|_| "the worker sent no PostgreSQL start-up message in time".to_owned())??;
     if let Startup::Login { user, database, .. } = &startup {
         let database = database.as_deref().unwrap_or(user);
-        if !user.starts_with(role_prefix) || !databases.iter().any(|d| d == database) {
-            let message = format!(
-                "bulkhead: this worker may log in only as its tenant's lease roles ({role_prefix}…) to its tenant's database"
-            );
-            let _ = inside.write_all(&error_response(&message)).await;
+        if !roles.iter().any(|r| r == user) || !databases.iter().any(|d| d == database) {
+            let message = "bulkhead: this worker may log in only with its own lease (its \
+                           BULKHEAD_DATABASE_URL_FILE) to its tenant's database";
+            let _ = inside.write_all(&error_response(message)).await;
             return Err(format!("PostgreSQL login as {user:?} to {database:?} refused"));
         }
     }
-    let mut outside = TcpStream::connect(to)
-        .await
-        .map_err(|e| format!("cannot reach the database at {to}: {e}"))?;
     let bytes = match &startup {
         Startup::Login { bytes, .. } | Startup::Cancel { bytes } => bytes,
     };
-    outside
-        .write_all(bytes)
-        .await
-        .map_err(|e| format!("cannot reach the database at {to}: {e}"))?;
-    let _ = copy_bidirectional(&mut inside, &mut outside).await;
+    let unreachable = |e: std::io::Error| format!("cannot reach the database at {to}: {e}");
+    if to.starts_with('/') {
+        let mut outside = UnixStream::connect(to).await.map_err(unreachable)?;
+        outside.write_all(bytes).await.map_err(unreachable)?;
+        let _ = copy_bidirectional(&mut inside, &mut outside).await;
+    } else {
+        let mut outside = TcpStream::connect(to).await.map_err(unreachable)?;
+        outside.write_all(bytes).await.map_err(unreachable)?;
+        let _ = copy_bidirectional(&mut inside, &mut outside).await;
+    }
     Ok(())
 }
 

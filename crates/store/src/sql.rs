@@ -879,6 +879,38 @@ macro_rules! impl_vault_store {
                 Ok(u64::try_from(count).unwrap_or(0))
             }
 
+            async fn extend_lease(
+                &self,
+                id: uuid::Uuid,
+                expires_at: time::OffsetDateTime,
+            ) -> Result<bool, $crate::StoreError> {
+                let result = sqlx::query(
+                    "UPDATE vault_leases SET expires_at = $2 WHERE id = $1 AND revoked_at IS NULL",
+                )
+                .bind(id)
+                .bind(expires_at)
+                .execute(&self.write)
+                .await?;
+                Ok(result.rows_affected() == 1)
+            }
+
+            async fn leases_issued_by(
+                &self,
+                prefix: &str,
+            ) -> Result<Vec<$crate::Lease>, $crate::StoreError> {
+                // substr rather than LIKE: `_` and `%` in a prefix are
+                // characters, not wildcards.
+                Ok(sqlx::query_as(concat!(
+                    "SELECT ",
+                    $crate::vault::lease_columns!(),
+                    " FROM vault_leases WHERE revoked_at IS NULL \
+                     AND substr(issued_by, 1, length($1)) = $1 ORDER BY issued_at, id"
+                ))
+                .bind(prefix)
+                .fetch_all(&self.read)
+                .await?)
+            }
+
             async fn mark_lease_revoked(
                 &self,
                 id: uuid::Uuid,

@@ -309,6 +309,14 @@ pub trait VaultStore: Send + Sync + fmt::Debug {
     /// the ones stuck.
     async fn stuck_leases(&self) -> Result<u64, StoreError>;
 
+    /// Moves an unrevoked lease's expiry (a renewal); returns whether it
+    /// was live.
+    async fn extend_lease(&self, id: Uuid, expires_at: OffsetDateTime) -> Result<bool, StoreError>;
+
+    /// Unrevoked leases whose `issued_by` starts with `prefix` (the
+    /// runtime's, say), oldest first.
+    async fn leases_issued_by(&self, prefix: &str) -> Result<Vec<Lease>, StoreError>;
+
     /// Marks a lease revoked unless it already is; returns whether this call
     /// did.
     async fn mark_lease_revoked(&self, id: Uuid, at: OffsetDateTime) -> Result<bool, StoreError>;

@@ -177,6 +177,24 @@ pub async fn enable_login(admin: &PgPool, role: &str) -> Result<bool, VaultError
     }
 }
 
+/// Moves the login role's expiry to `valid_until` (a lease renewed while
+/// its holder runs). Returns whether the role exists.
+pub async fn extend_login(
+    admin: &PgPool,
+    role: &str,
+    valid_until: OffsetDateTime,
+) -> Result<bool, VaultError> {
+    check_identifiers(&[role])?;
+    let valid_until = valid_until
+        .format(&Rfc3339)
+        .map_err(|e| VaultError::Database(format!("cannot format the expiry: {e}")))?;
+    let alter = format!("ALTER ROLE \"{role}\" VALID UNTIL '{valid_until}'");
+    match sqlx::query(AssertSqlSafe(alter)).execute(admin).await {
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some(UNDEFINED_OBJECT) => Ok(false),
+        other => other.map(|_| true).map_err(db_error("cannot extend the login role")),
+    }
+}
+
 /// Ends the login role's sessions and drops it, whatever anyone granted to
 /// it: see [`drop_role`]. Dropping a role that is gone succeeds.
 pub async fn drop_login_role(

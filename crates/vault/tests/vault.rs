@@ -486,6 +486,21 @@ async fn leases_and_lockouts_are_recorded(f: Fixture) {
     assert_eq!(f.store.leases(acme, true).await.unwrap().len(), 2);
     assert_eq!(f.store.lease(expired.id).await.unwrap().unwrap().revoked_at, Some(at));
 
+    // The runtime's leases, found by who issued them and renewed in place;
+    // `_` in the prefix is a character, not a wildcard.
+    let mut held = lease(acme, 5, "bh_l_held");
+    held.issued_by = "runtime:t1-web-0.ab".into();
+    f.store.insert_lease(&held).await.unwrap();
+    let found = f.store.leases_issued_by("runtime:").await.unwrap();
+    assert_eq!(found.iter().map(|l| l.id).collect::<Vec<_>>(), [held.id]);
+    assert!(f.store.leases_issued_by("runtime_").await.unwrap().is_empty());
+    let later = at + time::Duration::minutes(90);
+    assert!(f.store.extend_lease(held.id, later).await.unwrap());
+    assert_eq!(f.store.lease(held.id).await.unwrap().unwrap().expires_at, later);
+    assert!(!f.store.extend_lease(expired.id, later).await.unwrap(), "a revoked lease stays so");
+    assert!(f.store.mark_lease_revoked(held.id, at).await.unwrap());
+    assert!(f.store.leases_issued_by("runtime:").await.unwrap().is_empty());
+
     // One tenant's many expired leases never fill the sweeper's batch: at
     // most `per_tenant` of each, and one that failed waits its backoff.
     let stuck = f.tenant("stuck").await;

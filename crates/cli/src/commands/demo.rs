@@ -14,7 +14,7 @@ use std::{
 };
 
 use bulkhead_control::api::types::{CreateTenantRequest, IssueTokenRequest};
-use bulkhead_model::{ApiSpec, AppSpec, Role, TenantState};
+use bulkhead_model::{ApiSpec, AppSpec, Isolation, Role, TenantState};
 use serde_json::json;
 use zeroize::Zeroizing;
 
@@ -212,7 +212,7 @@ fn api_spec() -> Result<ApiSpec, CliError> {
     .map_err(|e| CliError::failed(format!("the demo's API spec: {e}")))
 }
 
-/// The tenant, created on the starter plan if it does not exist, active.
+/// The tenant, created (starter plan, silo) if it does not exist, active.
 async fn tenant_ready(client: &ApiClient, tenant: &str) -> Result<(), CliError> {
     let view = match client.find_tenant(tenant).await? {
         Found::Yes(view) => view,
@@ -220,7 +220,9 @@ async fn tenant_ready(client: &ApiClient, tenant: &str) -> Result<(), CliError> 
             let request = CreateTenantRequest {
                 name: tenant.to_owned(),
                 plan: "starter".to_owned(),
-                isolation: None,
+                // A database of its own, in which the keyring makes its
+                // table (a pool's tables come from `bulkhead migrate`).
+                isolation: Some(Isolation::Silo),
                 region: None,
                 admin_email: None,
                 limits: Default::default(),

@@ -957,3 +957,178 @@ async fn a_hostile_tenant_bombs_itself_while_its_neighbour_keeps_serving() {
     assert_eq!(after, before);
     assert!(server.stop().success());
 }
+
+/// Tenant A's app on PostgreSQL: reads its lease from its secret file,
+/// then tries every login the relay in its network could give it, and
+/// addresses outside it.
+const DATABASE_PROBE: &str = r#"
+import json, os, socket, sys, time
+url = open(os.environ['BULKHEAD_DATABASE_URL_FILE']).read().strip()
+credentials, place = url.split('://', 1)[1].split('@', 1)
+role, database = credentials.split(':', 1)[0], place.split('/', 1)[1]
+def login(user, db):
+    try:
+        s = socket.create_connection(('127.0.0.1', 5432), 3)
+        body = b'user\0' + user.encode() + b'\0database\0' + db.encode() + b'\0\0'
+        s.sendall((len(body) + 8).to_bytes(4, 'big') + (196608).to_bytes(4, 'big') + body)
+        reply = s.recv(4096)
+        if b'only with its own lease' in reply:
+            return 'refused'
+        return 'server:' + chr(reply[0]) if reply else 'closed'
+    except Exception as e:
+        return type(e).__name__
+def reach(host, port):
+    try:
+        socket.create_connection((host, port), 2)
+        return 'connected'
+    except Exception as e:
+        return type(e).__name__
+print('RESULT ' + json.dumps({
+    'url_in_env': any('postgres://' in v for v in os.environ.values()),
+    'own': login(role, database),
+    'neighbour_role': login(sys.argv[1], sys.argv[2]),
+    'neighbour_database': login(role, sys.argv[2]),
+    'superuser': login('postgres', 'postgres'),
+    'redis': reach('127.0.0.1', 6379),
+    'host_database': reach(sys.argv[3], 5432),
+}), flush=True)
+time.sleep(3600)
+"#;
+
+/// The leases the runtime holds for a tenant's workers.
+fn runtime_leases(server: &Server, tenant: &str) -> Vec<Value> {
+    let leases = server.cli_json(&["creds", "list", "--tenant", tenant]);
+    leases
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l["issued_by"].as_str().is_some_and(|by| by.starts_with("runtime:")))
+        .cloned()
+        .collect()
+}
+
+#[tokio::test]
+async fn on_postgres_each_worker_reaches_only_its_tenants_database_with_a_lease_of_its_own() {
+    if !root() {
+        eprintln!("skipped: the runtime needs root (CI runs as root)");
+        return;
+    }
+    let store = crate::kit::Store::Postgres(bulkhead_testkit::TestDatabase::create().await);
+    let mut server = Server::start(store, "[runtime]\ndatabase_lease = \"10s\"\n", &[]).await;
+    keyring_beside_bulkhead();
+    let out = server.cli(&["demo"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let token = |name: &str| {
+        stdout(&out)
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("export {name}='")))
+            .map(|t| t.trim_end_matches('\'').to_owned())
+            .unwrap()
+    };
+    let gateway: std::net::SocketAddr =
+        server.gateway.trim_start_matches("http://").parse().unwrap();
+    let client = reqwest::Client::builder()
+        .resolve("demo-a.localhost", gateway)
+        .resolve("demo-b.localhost", gateway)
+        .build()
+        .unwrap();
+    let items =
+        |tenant: &str| format!("http://{tenant}.localhost:{}/keyring/items", gateway.port());
+    // The keyring keeps its items in each tenant's own PostgreSQL database.
+    for (tenant, token) in [("demo-a", token("A_TOKEN")), ("demo-b", token("B_TOKEN"))] {
+        let body = client.get(items(tenant)).bearer_auth(&token).send().await.unwrap();
+        assert_eq!(body.status(), 200);
+        let body = body.text().await.unwrap();
+        assert!(body.contains(&format!("{tenant}'s payment provider key")), "{body}");
+        assert!(!server.tenant_dir(tenant).join("data/tenant.db").exists());
+    }
+    let a_lease = runtime_leases(&server, "demo-a").pop().unwrap();
+    let a_role = a_lease["role"].as_str().unwrap().to_owned();
+    let mut db = crate::kit::admin(a_lease["database"].as_str().unwrap()).await;
+    let (rows,): (i64,) =
+        sqlx::query_as("SELECT count(*) FROM keyring_items").fetch_one(&mut db).await.unwrap();
+    assert_eq!(rows, 1);
+    // The password is in no process's environment or arguments.
+    let a = server.cli_json(&["apps", "get", "--tenant", "demo-a", "keyring"]);
+    let pid = a[0]["workers"][0]["pid"].as_u64().unwrap();
+    for file in ["environ", "cmdline"] {
+        let bytes = std::fs::read(format!("/proc/{pid}/{file}")).unwrap();
+        assert!(!String::from_utf8_lossy(&bytes).contains("postgres://"), "{file}");
+    }
+
+    // Another tenant's app tries A's login and database through its relay,
+    // and the server's own address around it.
+    server.cli_json(&["tenants", "create", "mallory", "--plan", "starter", "--wait"]);
+    let host = std::net::UdpSocket::bind("0.0.0.0:0")
+        .and_then(|s| s.connect("192.0.2.1:9").and(s.local_addr()))
+        .map(|a| a.ip().to_string())
+        .unwrap_or_else(|_| "10.0.0.1".to_owned());
+    let out = server.cli(&[
+        "apps",
+        "deploy",
+        "--tenant",
+        "mallory",
+        "--name",
+        "web",
+        "--version",
+        "1",
+        "--",
+        "/usr/bin/python3",
+        "-c",
+        DATABASE_PROBE,
+        &a_role,
+        a_lease["database"].as_str().unwrap(),
+        &host,
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let result = log_line(&server, "mallory", "RESULT ").await;
+    let tried: Value = serde_json::from_str(result.split("RESULT ").nth(1).unwrap()).unwrap();
+    assert_eq!(tried["url_in_env"], false, "{tried}");
+    assert_eq!(tried["own"], "server:R", "its own lease reaches the server: {tried}");
+    for refused in ["neighbour_role", "neighbour_database", "superuser"] {
+        assert_eq!(tried[refused], "refused", "{refused}: {tried}");
+    }
+    assert_ne!(tried["redis"], "connected", "{tried}");
+    assert_ne!(tried["host_database"], "connected", "{tried}");
+
+    // Renewed while the worker runs: past its first 10 s, the same lease
+    // lives on, later, and A's app still opens connections with it.
+    let first = a_lease["expires_at"].clone();
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let renewed = runtime_leases(&server, "demo-a");
+    assert_eq!(renewed.len(), 1, "{renewed:?}");
+    assert_eq!(renewed[0]["role"], a_role.as_str());
+    assert_ne!(renewed[0]["expires_at"], first, "{renewed:?}");
+    let (valid_until,): (bool,) =
+        sqlx::query_as("SELECT rolvaliduntil > now() FROM pg_roles WHERE rolname = $1")
+            .bind(&a_role)
+            .fetch_one(&mut db)
+            .await
+            .unwrap();
+    assert!(valid_until);
+    let created = client
+        .post(items("demo-a"))
+        .bearer_auth(token("A_TOKEN"))
+        .json(&serde_json::json!({"name": "after renewal", "kind": "api_key", "owner": "ops", "expires": "2027-01-01"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201, "{}", created.text().await.unwrap());
+
+    // Stopped, its lease is revoked and its role dropped.
+    let out = server.cli(&["apps", "stop", "--tenant", "demo-a", "keyring"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while crate::kit::role_exists(&a_role).await {
+        assert!(Instant::now() < deadline, "the stopped worker's role {a_role} is still there");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(runtime_leases(&server, "demo-a").is_empty());
+    let events = server.audit_events(&["demo-a"]);
+    for action in ["credential.issue", "credential.renew", "credential.revoke"] {
+        assert!(events.iter().any(|e| e["action"] == action), "no {action}");
+    }
+    let out = server.cli(&["demo", "--clean"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(server.stop().success());
+}
