@@ -99,6 +99,8 @@ impl Cgroups {
                 let dir = &cgroup.dirs[0];
                 write(dir, "memory.max", &limits.memory_bytes.to_string())?;
                 write_if_present(dir, "memory.swap.max", "0")?;
+                // One process out of memory ends the whole worker.
+                write_if_present(dir, "memory.oom.group", "1")?;
                 write(dir, "cpu.weight", &limits.cpu_weight.clamp(1, 10_000).to_string())?;
                 let max = cpu_quota(100_000).map_or("max".to_owned(), |q| q.to_string());
                 write(dir, "cpu.max", &format!("{max} 100000"))?;

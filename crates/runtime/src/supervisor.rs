@@ -19,7 +19,7 @@ use tokio::{
 };
 
 use crate::{
-    cgroup::{CgroupLimits, Cgroups},
+    cgroup::{Cgroup, CgroupLimits, Cgroups},
     forward::{self, Target},
     health::{self, HealthProbe},
     launch::{Launched, Output, launch},
@@ -122,6 +122,9 @@ impl Default for RestartPolicy {
 
 /// How often a worker is checked before its first passed health check.
 const STARTUP_CHECKS: Duration = Duration::from_millis(250);
+/// How often the worker's cgroup is asked whether the kernel killed one of
+/// its processes for memory: the worker is then stopped whole.
+const OOM_CHECKS: Duration = Duration::from_millis(100);
 
 /// Everything about one worker.
 #[derive(Debug, Clone)]
@@ -469,13 +472,16 @@ impl Inner {
                     landlock,
                     healthy: None,
                 });
-                let outcome = serve(&mut worker, commands, spec.health.as_ref(), state).await;
+                let watch = cgroup.as_ref().map(|c| (c, oom_before));
+                let outcome =
+                    serve(&mut worker, commands, spec.health.as_ref(), watch, state).await;
                 for forward in forwards {
                     forward.abort();
                 }
                 match outcome {
                     Served::Stopped => Outcome::Stopped,
                     Served::Unhealthy(reason) => Outcome::Ended(reason),
+                    Served::OutOfMemory => Outcome::Ended(describe_exit(0, true, &spec.limits)),
                     Served::Exited(code) => {
                         let oom = cgroup.as_ref().is_some_and(|c| c.oom_kills() > oom_before);
                         Outcome::Ended(describe_exit(code, oom, &spec.limits))
@@ -528,12 +534,16 @@ enum Served {
     Exited(i32),
     /// Killed after failing its health check too many times in a row.
     Unhealthy(String),
+    /// Killed whole after the kernel killed one of its processes for
+    /// memory.
+    OutOfMemory,
 }
 
 async fn serve(
     worker: &mut Launched,
     commands: &mut mpsc::Receiver<Control>,
     health: Option<&HealthProbe>,
+    oom: Option<(&Cgroup, u64)>,
     state: &watch::Sender<WorkerState>,
 ) -> Served {
     // Until its first pass the worker is checked often (a switch to a new
@@ -542,15 +552,29 @@ async fn serve(
     let started = tokio::time::Instant::now();
     let mut passed = false;
     let mut failed = 0u32;
+    let mut check_at = started;
     loop {
-        let next = match health {
-            Some(h) if passed => h.interval,
-            Some(h) => h.interval.min(STARTUP_CHECKS),
-            None => Duration::from_secs(86_400),
-        };
+        if check_at <= tokio::time::Instant::now() {
+            check_at = tokio::time::Instant::now()
+                + match health {
+                    Some(h) if passed => h.interval,
+                    Some(h) => h.interval.min(STARTUP_CHECKS),
+                    None => Duration::from_secs(86_400),
+                };
+        }
         tokio::select! {
             code = worker.wait() => return Served::Exited(code),
-            () = tokio::time::sleep(next), if health.is_some() => {
+            // A worker at its memory limit is stopped whole (as a cgroup
+            // v2 `memory.oom.group` does) and restarted with backoff,
+            // rather than left to fork new hogs for the kernel to kill ten
+            // times a second: that churn is what its neighbours feel.
+            () = tokio::time::sleep(OOM_CHECKS), if oom.is_some() => {
+                if oom.is_some_and(|(cgroup, before)| cgroup.oom_kills() > before) {
+                    worker.kill().await;
+                    return Served::OutOfMemory;
+                }
+            }
+            () = tokio::time::sleep_until(check_at), if health.is_some() => {
                 let Some(probe) = health else { continue };
                 let verdict = health::check(probe).await;
                 state.send_modify(|s| {

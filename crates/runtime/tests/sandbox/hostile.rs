@@ -43,6 +43,17 @@ pub fn main(args: &[OsString]) -> ExitCode {
         "fill_tmp" => fill_tmp(),
         "fork_bomb" => fork_bomb(),
         "memory_bomb" => memory_bomb(),
+        // A child hogs memory; the worker itself would carry on.
+        "memory_bomb_child" => {
+            let child = std::process::Command::new("/app/hostile")
+                .args(["__hostile", "memory_bomb"])
+                .status();
+            // Long past the supervisor's look at the cgroup.
+            std::thread::sleep(Duration::from_secs(2));
+            println!("RESULT {}", json!(format!("the worker outlived its child: {child:?}")));
+            std::thread::sleep(Duration::from_secs(3600));
+            Value::Null
+        }
         "exec" => {
             let out = std::process::Command::new(arg(1)).args(&args[2..]).output();
             json!(

@@ -443,6 +443,24 @@ async fn limits_stop_a_bomb_and_spare_the_neighbour() {
     assert!(reason.contains("memory limit"), "{reason}");
     assert!(!memory.log().contains("without a limit"));
 
+    // A process of the worker's that runs out of memory ends the whole
+    // worker, which is restarted with backoff, rather than letting it fork
+    // new hogs for the kernel to kill.
+    let child = kit.tenant("child");
+    let mut spec = child.spec(&["memory_bomb_child"]);
+    spec.restart.crash_loop = 1;
+    kit.run(spec).await;
+    let state = tokio::time::timeout(
+        Duration::from_secs(30),
+        kit.supervisor.wait_for(&child.key, |s| matches!(s, WorkerState::Failed { .. })),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("the worker outlived its child's OOM: {}", child.log()))
+    .unwrap();
+    let WorkerState::Failed { reason } = state else { unreachable!() };
+    assert!(reason.contains("memory limit"), "{reason}");
+    assert!(!child.log().contains("outlived"), "{}", child.log());
+
     assert_eq!(running_pid(&kit, &b.key), b_pid, "B was untouched");
     kit.supervisor.shutdown(Duration::from_secs(1)).await;
 }
