@@ -369,9 +369,10 @@ fn runtime_settings(
     if let Some(lease) = &file.database_lease {
         let lease = parse_duration(lease)
             .map_err(|e| CliError::usage(format!("runtime.database_lease: {e}")))?;
-        if lease < std::time::Duration::from_secs(2) {
+        if lease < std::time::Duration::from_secs(30) {
             return Err(CliError::usage(
-                "runtime.database_lease is shorter than 2s; give 1h, say (renewed half way)",
+                "runtime.database_lease is shorter than 30s; give 1h, say (renewed half way, \
+                 or 20s before it ends)",
             ));
         }
         settings.database_lease = lease;

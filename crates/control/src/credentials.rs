@@ -17,7 +17,7 @@ use bulkhead_vault::leases::{
 };
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
-use sqlx::postgres::PgConnectOptions;
+use sqlx::postgres::{PgConnectOptions, PgSslMode};
 use thiserror::Error;
 use time::OffsetDateTime;
 use utoipa::ToSchema;
@@ -269,6 +269,17 @@ impl Credentials {
         };
         let options = PgConnectOptions::from_str(target.url.expose())
             .map_err(|e| CredentialError::Database(format!("region url {}: {e}", target.url)))?;
+        if matches!(
+            options.get_ssl_mode(),
+            PgSslMode::Require | PgSslMode::VerifyCa | PgSslMode::VerifyFull
+        ) {
+            return Err(CredentialError::Unavailable(format!(
+                "region {} requires TLS to its server, which the runtime's database relay does \
+                 not speak yet: its apps get no database (issue leases with `bulkhead creds \
+                 issue` and connect through an egress rule instead)",
+                target.region.name
+            )));
+        }
         let (host, port) = (options.get_host(), options.get_port());
         let server = if host.starts_with('/') {
             format!("{host}/.s.PGSQL.{port}")

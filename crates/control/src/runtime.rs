@@ -71,6 +71,10 @@ pub const DATABASE_URL_FILE: &str = "bulkhead-database-url";
 pub const LEASE_HOLDER: &str = "runtime:";
 /// How often the workers' leases are renewed or, for workers gone, revoked.
 const KEEP_LEASES_EVERY: Duration = Duration::from_secs(5);
+/// A lease is renewed once half its life has passed, or when this little
+/// is left, whichever comes first: passes may be late behind a slow
+/// `reconcile`.
+const RENEW_BEFORE: Duration = Duration::from_secs(20);
 /// The size of each worker's private `/tmp`.
 const TMP_BYTES: u64 = 64 << 20;
 const OPEN_FILES: u64 = 4096;
@@ -80,7 +84,7 @@ enum AppDatabase {
     /// `$BULKHEAD_DATABASE_URL`: the tenant's SQLite file.
     File(String),
     /// A lease's URL, as a secret file, and the relay it goes through.
-    Lease { url: Zeroizing<String>, forward: Option<(u16, Target)> },
+    Lease { id: uuid::Uuid, url: Zeroizing<String>, forward: Option<(u16, Target)> },
 }
 
 /// One worker the runtime runs, and the spec it runs with.
@@ -94,6 +98,8 @@ struct Running {
     generation: String,
     /// Its start failed before the worker ran: when to try again.
     retry_at: Option<std::time::Instant>,
+    /// The database lease it was given (tenants on PostgreSQL).
+    lease: Option<uuid::Uuid>,
 }
 
 #[derive(Debug)]
@@ -107,6 +113,10 @@ pub struct Runtime {
     plans: PlanCatalog,
     tenants_dir: PathBuf,
     settings: RuntimeSettings,
+    /// `runtime:<instance>:`, the start of `issued_by` of this server's
+    /// workers' leases: another server's (on the same store) are never
+    /// this one's to renew or revoke.
+    lease_holder: String,
     running: Mutex<HashMap<String, Running>>,
     /// Apps switching to a new spec: (tenant, app, generation) → since when.
     switching: Mutex<HashMap<(TenantId, String, String), std::time::Instant>>,
@@ -156,6 +166,7 @@ impl Runtime {
     ) -> Result<Arc<Self>, String> {
         let instance = hex(&Sha256::digest(data_dir.display().to_string().as_bytes())[..4]);
         let now_clock = Arc::clone(&clock);
+        let lease_holder = format!("{LEASE_HOLDER}{instance}:");
         let supervisor = Supervisor::start(SupervisorConfig {
             helper: settings.helper.clone(),
             instance,
@@ -173,6 +184,7 @@ impl Runtime {
             plans: PlanCatalog::builtin(),
             tenants_dir: data_dir.join("tenants"),
             settings,
+            lease_holder,
             running: Mutex::default(),
             switching: Mutex::default(),
             retiring: Mutex::default(),
@@ -367,9 +379,11 @@ impl Runtime {
                 index: *index,
                 generation: crate::apps::generation(spec),
                 retry_at: None,
+                lease: None,
             };
             match self.worker(tenant, spec, *index, key).await {
-                Ok(worker) => {
+                Ok((worker, lease)) => {
+                    running.lease = lease;
                     // In the table before it starts: its first event
                     // (`app.worker.start`) is looked up there.
                     self.remember(key, running.clone());
@@ -593,7 +607,7 @@ impl Runtime {
         spec: &AppSpec,
         index: u32,
         key: &str,
-    ) -> Result<WorkerSpec, String> {
+    ) -> Result<(WorkerSpec, Option<uuid::Uuid>), String> {
         // Without root every worker is the server's own user (the missing
         // layer is said at start-up and by `verify isolation`).
         let uid = if self.layers().switches().user {
@@ -655,9 +669,11 @@ impl Runtime {
         let (program, args) = spec.command.split_first().ok_or("the app has no command")?;
         // Last: nothing after it fails and leaves a lease without a worker.
         // Either is read by `bulkhead_access::Source::from_env`.
+        let mut lease = None;
         match self.database(tenant, &data, uid, key).await? {
             AppDatabase::File(url) => env.push(("BULKHEAD_DATABASE_URL".to_owned(), url)),
-            AppDatabase::Lease { url, forward } => {
+            AppDatabase::Lease { id, url, forward } => {
+                lease = Some(id);
                 secrets.push(SecretFile { name: DATABASE_URL_FILE.to_owned(), value: url });
                 let file =
                     format!("{}/{DATABASE_URL_FILE}", bulkhead_runtime::spec::paths::SECRETS);
@@ -665,7 +681,7 @@ impl Runtime {
                 forwards.extend(forward);
             }
         }
-        Ok(WorkerSpec {
+        let worker = WorkerSpec {
             key: key.to_owned(),
             log_name: worker_name(tenant, spec.name.as_str(), index),
             sandbox: SandboxSpec {
@@ -710,7 +726,8 @@ impl Runtime {
                 failures: h.failures,
             }),
             stale: vec![socket_on_host],
-        })
+        };
+        Ok((worker, lease))
     }
 
     /// Where the tenant's apps keep their data. In a region of embedded
@@ -762,7 +779,7 @@ impl Runtime {
         key: &str,
         server: DatabaseServer,
     ) -> Result<AppDatabase, String> {
-        let holder = format!("{LEASE_HOLDER}{key}");
+        let holder = format!("{}{key}", self.lease_holder);
         for old in self.store.leases_issued_by(&holder).await.map_err(|e| e.to_string())? {
             if old.issued_by == holder {
                 self.revoke_lease(tenant, &old, "its worker was started again").await;
@@ -790,7 +807,7 @@ impl Runtime {
             return Err(error.to_string());
         }
         if !self.layers().switches().network {
-            return Ok(AppDatabase::Lease { url: issued.url, forward: None });
+            return Ok(AppDatabase::Lease { id: lease.id, url: issued.url, forward: None });
         }
         let url = Zeroizing::new(format!(
             "postgres://{}:{}@127.0.0.1:{DATABASE_PORT}/{}",
@@ -803,7 +820,7 @@ impl Runtime {
             roles: vec![lease.role.clone()],
             databases: vec![lease.database.clone()],
         };
-        Ok(AppDatabase::Lease { url, forward: Some((DATABASE_PORT, target)) })
+        Ok(AppDatabase::Lease { id: lease.id, url, forward: Some((DATABASE_PORT, target)) })
     }
 
     /// The configured lease life, within the tenant's plan's.
@@ -814,53 +831,85 @@ impl Runtime {
         self.settings.database_lease.min(most)
     }
 
-    /// Renews, past half their life, the leases of workers that run, and
-    /// revokes those of workers that do not (stopped, given up, or every
-    /// one with `all`, at shutdown). Each renewal and revocation is
-    /// recorded; one that fails is retried at the next pass, and the
-    /// credential sweeper revokes a lease that expires meanwhile.
+    /// Renews the leases of workers that run, once half their life has
+    /// passed; revokes this server's leases that no running worker holds
+    /// (stopped, given up, or every one with `all`, at shutdown); and has
+    /// a worker whose lease is gone (revoked by an operator, expired while
+    /// the server was busy) started again, with a new one. Each renewal
+    /// and revocation is recorded; one that fails is retried at the next
+    /// pass.
     async fn keep_leases(&self, all: bool) {
-        let leases = match self.store.leases_issued_by(LEASE_HOLDER).await {
+        let leases = match self.store.leases_issued_by(&self.lease_holder).await {
             Ok(leases) => leases,
             Err(error) => {
                 tracing::warn!(%error, "cannot read the workers' database leases");
                 return;
             }
         };
-        let live = |key: &str| {
-            !all && self
-                .running
-                .lock()
-                .is_ok_and(|r| r.get(key).is_some_and(|w| w.retry_at.is_none()))
-                && self
-                    .supervisor
-                    .state(key)
-                    .is_some_and(|s| !matches!(s, WorkerState::Failed { .. }))
+        let held: HashMap<uuid::Uuid, String> = if all {
+            HashMap::new()
+        } else {
+            let running = self.running.lock().map(|r| r.clone()).unwrap_or_default();
+            running
+                .into_iter()
+                .filter(|(key, w)| {
+                    w.retry_at.is_none()
+                        && self
+                            .supervisor
+                            .state(key)
+                            .is_some_and(|s| !matches!(s, WorkerState::Failed { .. }))
+                })
+                .filter_map(|(key, w)| w.lease.map(|id| (id, key)))
+                .collect()
         };
-        for lease in leases {
+        let mut lost: Vec<&String> = held
+            .iter()
+            .filter(|(id, _)| !leases.iter().any(|l| l.id == **id))
+            .map(|(_, k)| k)
+            .collect();
+        for lease in &leases {
             let Ok(Some(tenant)) = self.store.tenant_by_id(lease.tenant_id).await else { continue };
-            let key = lease.issued_by.strip_prefix(LEASE_HOLDER).unwrap_or_default();
-            if !live(key) {
-                self.revoke_lease(&tenant, &lease, "its worker stopped").await;
+            let Some(key) = held.get(&lease.id) else {
+                self.revoke_lease(&tenant, lease, "its worker stopped").await;
                 continue;
-            }
+            };
             let ttl = self.lease_ttl(&tenant);
             let now = self.clock.now();
-            if lease.expires_at - now > ttl / 2 {
+            if lease.expires_at - now > (ttl / 2).max(RENEW_BEFORE) {
                 continue;
             }
             let details = json!({ "lease": lease.id, "role": lease.role, "worker": key });
-            match self.credentials.renew(&lease, ttl, now).await {
+            match self.credentials.renew(lease, ttl, now).await {
                 Ok(until) => {
                     let details = with(details, "expires_at", json!(until.unix_timestamp()));
                     self.note(&tenant, "credential.renew", "ok", details).await;
                 }
                 Err(error) => {
+                    // The reason may name the region's server: the log's,
+                    // not the tenant's stream's.
                     tracing::warn!(lease = %lease.id, %error, "cannot renew a worker's database lease");
-                    let details = with(details, "reason", json!(error.to_string()));
                     self.note(&tenant, "credential.renew", "failed", details).await;
+                    if lease.expires_at <= now + KEEP_LEASES_EVERY {
+                        lost.push(key);
+                    }
                 }
             }
+        }
+        for key in lost {
+            // Forgotten, the worker is started again at the next
+            // convergence (its old process stopped first), with a new lease.
+            let Some(worker) = self.running.lock().ok().and_then(|mut r| r.remove(key)) else {
+                continue;
+            };
+            tracing::warn!(worker = %key, "a worker's database lease is gone; starting it again with a new one");
+            if let Ok(Some(tenant)) = self.store.tenant_by_id(worker.tenant).await {
+                let details = json!({
+                    "app": worker.app, "worker": worker.index,
+                    "reason": "its database lease was revoked or expired; started again with a new one",
+                });
+                self.note(&tenant, "app.worker.exit", "restarting", details).await;
+            }
+            self.changed();
         }
     }
 

@@ -126,13 +126,20 @@ fn split_host_port(value: &str, default: u16) -> Option<(String, u16)> {
 }
 
 /// Connections one forward of one worker holds at once: past it, new ones
-/// wait, so a worker cannot spend the server's file descriptors.
+/// wait, so a worker cannot spend the server's file descriptors ...
 const CONNECTIONS_PER_FORWARD: usize = 256;
+/// ... nor, through its database relay, the database server's connection
+/// slots, which every tenant on that server shares.
+const DATABASE_CONNECTIONS_PER_FORWARD: usize = 20;
 
 /// Accepts the worker's connections on `listener` until the task is
 /// aborted; each is relayed on its own task.
 pub async fn serve(listener: TcpListener, target: Arc<Target>, worker: Arc<str>) {
-    let permits = Arc::new(tokio::sync::Semaphore::new(CONNECTIONS_PER_FORWARD));
+    let most = match &*target {
+        Target::Postgres { .. } => DATABASE_CONNECTIONS_PER_FORWARD,
+        _ => CONNECTIONS_PER_FORWARD,
+    };
+    let permits = Arc::new(tokio::sync::Semaphore::new(most));
     loop {
         let Ok(permit) = Arc::clone(&permits).acquire_owned().await else { return };
         let stream = match listener.accept().await {
@@ -175,6 +182,7 @@ const SSL_REQUEST: u32 = 80_877_103;
 const GSSENC_REQUEST: u32 = 80_877_104;
 const CANCEL_REQUEST: u32 = 80_877_102;
 const PROTOCOL_3: u32 = 196_608;
+const PROTOCOL_3_LAST: u32 = PROTOCOL_3 + 0xffff;
 
 async fn postgres(
     mut inside: TcpStream,
@@ -185,17 +193,21 @@ async fn postgres(
     let startup = tokio::time::timeout(HANDSHAKE, read_startup(&mut inside))
         .await
         .map_err(|_| "the worker sent no PostgreSQL start-up message in time".to_owned())??;
-    if let Startup::Login { user, database, .. } = &startup {
-        let database = database.as_deref().unwrap_or(user);
-        if !roles.iter().any(|r| r == user) || !databases.iter().any(|d| d == database) {
-            let message = "bulkhead: this worker may log in only with its own lease (its \
-                           BULKHEAD_DATABASE_URL_FILE) to its tenant's database";
-            let _ = inside.write_all(&error_response(message)).await;
-            return Err(format!("PostgreSQL login as {user:?} to {database:?} refused"));
-        }
-    }
     let bytes = match &startup {
-        Startup::Login { bytes, .. } | Startup::Cancel { bytes } => bytes,
+        Startup::Login { user, database, bytes } => {
+            let database = database.as_deref().unwrap_or(user);
+            if !roles.iter().any(|r| r == user) || !databases.iter().any(|d| d == database) {
+                let message = "bulkhead: this worker may log in only with its own lease (its \
+                               BULKHEAD_DATABASE_URL_FILE) to its tenant's database";
+                let _ = inside.write_all(&error_response(message)).await;
+                return Err(format!("PostgreSQL login as {user:?} to {database:?} refused"));
+            }
+            bytes
+        }
+        // A cancel request names a session by its process id and a 32-bit
+        // key, of any tenant on the server: never passed on (a worker
+        // bounds its statements with `statement_timeout` instead).
+        Startup::Cancel => return Err("PostgreSQL cancel request refused".to_owned()),
     };
     let unreachable = |e: std::io::Error| format!("cannot reach the database at {to}: {e}");
     if to.starts_with('/') {
@@ -212,7 +224,7 @@ async fn postgres(
 
 enum Startup {
     Login { user: String, database: Option<String>, bytes: Vec<u8> },
-    Cancel { bytes: Vec<u8> },
+    Cancel,
 }
 
 /// Reads the start-up message, answering "no" to TLS and GSS encryption
@@ -240,8 +252,10 @@ async fn read_startup(stream: &mut TcpStream) -> Result<Startup, String> {
             SSL_REQUEST | GSSENC_REQUEST => {
                 stream.write_all(b"N").await.map_err(|e| format!("cannot answer: {e}"))?;
             }
-            CANCEL_REQUEST => return Ok(Startup::Cancel { bytes }),
-            PROTOCOL_3 => {
+            CANCEL_REQUEST => return Ok(Startup::Cancel),
+            // 3.0 and the minor versions after it (3.2 in PostgreSQL 18),
+            // which the server negotiates.
+            PROTOCOL_3..=PROTOCOL_3_LAST => {
                 let mut fields =
                     body.split(|&b| b == 0).map(|f| String::from_utf8_lossy(f).into_owned());
                 let (mut user, mut database) = (None, None);

@@ -455,9 +455,10 @@ impl Inner {
         });
         let ports: Vec<u16> = spec.forwards.iter().map(|(port, _)| *port).collect();
         let output = Output { stdout: out_w.into(), stderr: err_w.into() };
+        // Before the launch: a kill while the sandbox is built counts too.
+        let oom_before = cgroup.as_ref().map_or(0, |c| c.oom_kills());
         let launched =
             launch(&self.config.helper, &spec.sandbox, cgroup.as_ref(), &ports, output).await;
-        let oom_before = cgroup.as_ref().map_or(0, |c| c.oom_kills());
         let outcome = match launched {
             Err(error) => Outcome::Ended(format!("the sandbox could not be built: {error}")),
             Ok(mut worker) => {
@@ -553,6 +554,9 @@ async fn serve(
     let mut passed = false;
     let mut failed = 0u32;
     let mut check_at = started;
+    // Its own clock: commands (a SIGHUP per flags change) do not delay it.
+    let mut oom_checks = tokio::time::interval(OOM_CHECKS);
+    oom_checks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         if check_at <= tokio::time::Instant::now() {
             check_at = tokio::time::Instant::now()
@@ -568,7 +572,7 @@ async fn serve(
             // v2 `memory.oom.group` does) and restarted with backoff,
             // rather than left to fork new hogs for the kernel to kill ten
             // times a second: that churn is what its neighbours feel.
-            () = tokio::time::sleep(OOM_CHECKS), if oom.is_some() => {
+            _ = oom_checks.tick(), if oom.is_some() => {
                 if oom.is_some_and(|(cgroup, before)| cgroup.oom_kills() > before) {
                     worker.kill().await;
                     return Served::OutOfMemory;

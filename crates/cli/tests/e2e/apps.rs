@@ -1014,7 +1014,7 @@ async fn on_postgres_each_worker_reaches_only_its_tenants_database_with_a_lease_
         return;
     }
     let store = crate::kit::Store::Postgres(bulkhead_testkit::TestDatabase::create().await);
-    let mut server = Server::start(store, "[runtime]\ndatabase_lease = \"10s\"\n", &[]).await;
+    let mut server = Server::start(store, "[runtime]\ndatabase_lease = \"30s\"\n", &[]).await;
     keyring_beside_bulkhead();
     let out = server.cli(&["demo"]);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -1091,10 +1091,10 @@ async fn on_postgres_each_worker_reaches_only_its_tenants_database_with_a_lease_
     assert_ne!(tried["redis"], "connected", "{tried}");
     assert_ne!(tried["host_database"], "connected", "{tried}");
 
-    // Renewed while the worker runs: past its first 10 s, the same lease
+    // Renewed while the worker runs (20 s before it ends): the same lease
     // lives on, later, and A's app still opens connections with it.
     let first = a_lease["expires_at"].clone();
-    tokio::time::sleep(Duration::from_secs(12)).await;
+    tokio::time::sleep(Duration::from_secs(16)).await;
     let renewed = runtime_leases(&server, "demo-a");
     assert_eq!(renewed.len(), 1, "{renewed:?}");
     assert_eq!(renewed[0]["role"], a_role.as_str());
@@ -1114,6 +1114,29 @@ async fn on_postgres_each_worker_reaches_only_its_tenants_database_with_a_lease_
         .await
         .unwrap();
     assert_eq!(created.status(), 201, "{}", created.text().await.unwrap());
+
+    // Revoked by an operator, the lease is replaced: the worker is started
+    // again with a new one, and serves.
+    let out = server.cli(&["creds", "revoke", renewed[0]["id"].as_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let a_role = loop {
+        let now = runtime_leases(&server, "demo-a");
+        let a = server.cli_json(&["apps", "get", "--tenant", "demo-a", "keyring"]);
+        let worker = &a[0]["workers"][0];
+        if let [lease] = now.as_slice()
+            && lease["role"] != a_role.as_str()
+            && worker["state"] == "running"
+            && worker["pid"].as_u64() != Some(pid)
+        {
+            break lease["role"].as_str().unwrap().to_owned();
+        }
+        assert!(Instant::now() < deadline, "no new lease: {now:?} {a}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let listed = client.get(items("demo-a")).bearer_auth(token("A_TOKEN")).send().await.unwrap();
+    assert_eq!(listed.status(), 200);
+    assert!(listed.text().await.unwrap().contains("after renewal"));
 
     // Stopped, its lease is revoked and its role dropped.
     let out = server.cli(&["apps", "stop", "--tenant", "demo-a", "keyring"]);
