@@ -13,6 +13,7 @@ pub mod authz;
 pub mod body;
 pub mod error;
 pub mod framing;
+pub mod guard;
 pub mod headers;
 pub mod limit;
 pub mod path;

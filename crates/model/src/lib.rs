@@ -10,6 +10,7 @@ mod api;
 mod app;
 mod email;
 mod fields;
+mod guardrail;
 mod isolation;
 mod label;
 mod limits;
@@ -27,6 +28,10 @@ pub use app::{
     AppLimits, AppName, AppSecret, AppSpec, HealthCheck, InvalidApp, MAX_WORKERS, check_version,
 };
 pub use email::{AdminEmail, AdminEmailError};
+pub use guardrail::{
+    BlockedTopic, GuardrailSpec, InvalidGuardrail, MAX_KEYWORDS, MAX_PATTERNS, MAX_TOPICS,
+    PATTERN_SIZE_LIMIT, PiiAction, PiiKind, compile_pattern,
+};
 pub use isolation::{Isolation, IsolationError, UnknownIsolation};
 pub use label::{BaseDomain, RESERVED_TENANT_NAMES, RegionName, TenantName, TenantNameError};
 pub use limits::{InvalidLimits, TenantLimits};
