@@ -34,10 +34,23 @@ async fn server_as_root() -> Option<Server> {
 }
 
 fn deploy(server: &Server, tenant: &str, extra: &[&str]) -> std::process::Output {
+    deploy_script(server, tenant, "1.0.0", extra, SCRIPT, &[])
+}
+
+/// Deploys app `web` of `tenant`: `python3 -c script args...`.
+fn deploy_script(
+    server: &Server,
+    tenant: &str,
+    version: &str,
+    flags: &[&str],
+    script: &str,
+    script_args: &[&str],
+) -> std::process::Output {
     let mut args =
-        vec!["apps", "deploy", "--tenant", tenant, "--name", "web", "--version", "1.0.0"];
-    args.extend_from_slice(extra);
-    args.extend(["--", "/usr/bin/python3", "-c", SCRIPT]);
+        vec!["apps", "deploy", "--tenant", tenant, "--name", "web", "--version", version];
+    args.extend_from_slice(flags);
+    args.extend(["--", "/usr/bin/python3", "-c", script]);
+    args.extend_from_slice(script_args);
     server.cli(&args)
 }
 
@@ -276,20 +289,7 @@ async fn an_app_is_served_through_the_gateway_to_its_own_tenant_only() {
     let mut tokens = std::collections::HashMap::new();
     for tenant in ["acme", "globex"] {
         server.cli_json(&["tenants", "create", tenant, "--plan", "starter", "--wait"]);
-        let out = server.cli(&[
-            "apps",
-            "deploy",
-            "--tenant",
-            tenant,
-            "--name",
-            "web",
-            "--version",
-            "1",
-            "--",
-            "/usr/bin/python3",
-            "-c",
-            WEB,
-        ]);
+        let out = deploy_script(&server, tenant, "1", &[], WEB, &[]);
         assert!(out.status.success(), "{}", stderr(&out));
         route_web(&server, tenant);
         log_line(&server, tenant, "serving").await;
@@ -462,20 +462,7 @@ async fn flags_reach_the_workers_as_a_file_they_reread_on_sighup() {
     server.cli_json(&["tenants", "create", "acme", "--plan", "starter", "--wait"]);
     let out = server.cli(&["flags", "set", "--tenant", "acme", "beta=on"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let out = server.cli(&[
-        "apps",
-        "deploy",
-        "--tenant",
-        "acme",
-        "--name",
-        "web",
-        "--version",
-        "1",
-        "--",
-        "/usr/bin/python3",
-        "-c",
-        SHOW_FLAGS,
-    ]);
+    let out = deploy_script(&server, "acme", "1", &[], SHOW_FLAGS, &[]);
     assert!(out.status.success(), "{}", stderr(&out));
     log_line(&server, "acme", r#"flags={"beta": "on"}"#).await;
     server.cli(&["flags", "set", "--tenant", "acme", "tier=gold", "beta=off"]);
@@ -899,27 +886,14 @@ async fn a_hostile_tenant_bombs_itself_while_its_neighbour_keeps_serving() {
         .find(|p| p.ends_with(".sock"))
         .unwrap();
     let tenants = server.data_dir().join("tenants");
-    let out = server.cli(&[
-        "apps",
-        "deploy",
-        "--tenant",
+    let out = deploy_script(
+        &server,
         "mallory",
-        "--name",
-        "web",
-        "--version",
         "1",
-        "--memory-mib",
-        "64",
-        "--max-processes",
-        "32",
-        "--",
-        "/usr/bin/python3",
-        "-c",
+        &["--memory-mib", "64", "--max-processes", "32"],
         HOSTILE,
-        b_db.to_str().unwrap(),
-        tenants.to_str().unwrap(),
-        &b_socket,
-    ]);
+        &[b_db.to_str().unwrap(), tenants.to_str().unwrap(), &b_socket],
+    );
     assert!(out.status.success(), "{}", stderr(&out));
 
     // B answers every request while A bombs; A's worker is killed for its
@@ -1063,23 +1037,14 @@ async fn on_postgres_each_worker_reaches_only_its_tenants_database_with_a_lease_
         .and_then(|s| s.connect("192.0.2.1:9").and(s.local_addr()))
         .map(|a| a.ip().to_string())
         .unwrap_or_else(|_| "10.0.0.1".to_owned());
-    let out = server.cli(&[
-        "apps",
-        "deploy",
-        "--tenant",
+    let out = deploy_script(
+        &server,
         "mallory",
-        "--name",
-        "web",
-        "--version",
         "1",
-        "--",
-        "/usr/bin/python3",
-        "-c",
+        &[],
         DATABASE_PROBE,
-        &a_role,
-        a_lease["database"].as_str().unwrap(),
-        &host,
-    ]);
+        &[&a_role, a_lease["database"].as_str().unwrap(), &host],
+    );
     assert!(out.status.success(), "{}", stderr(&out));
     let result = log_line(&server, "mallory", "RESULT ").await;
     let tried: Value = serde_json::from_str(result.split("RESULT ").nth(1).unwrap()).unwrap();
