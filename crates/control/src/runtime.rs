@@ -314,7 +314,15 @@ impl Runtime {
                 }
             };
             let Some(tenant) = tenant.filter(|t| t.state == TenantState::Active) else { continue };
-            let Ok((spec, live)) = crate::apps::spec_and_live(&record) else { continue };
+            let (spec, live) = match crate::apps::spec_and_live(&record) {
+                Ok(specs) => specs,
+                Err(error) => {
+                    // Not run rather than run wrongly; said, never silent
+                    // (a stored spec a newer server's validation refuses).
+                    tracing::warn!(tenant = %tenant.name, app = %record.name, %error, "an app's stored spec does not validate; it is not run until it is deployed again");
+                    continue;
+                }
+            };
             for serving in [&spec, &live] {
                 let generation = crate::apps::generation(serving);
                 for index in 0..serving.workers {

@@ -17,7 +17,7 @@ use std::{
 };
 
 use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt, copy_bidirectional},
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, copy_bidirectional},
     net::{TcpListener, TcpStream, UnixStream},
 };
 
@@ -140,6 +140,7 @@ pub async fn serve(listener: TcpListener, target: Arc<Target>, worker: Arc<str>)
         _ => CONNECTIONS_PER_FORWARD,
     };
     let permits = Arc::new(tokio::sync::Semaphore::new(most));
+    let sessions = Sessions::default();
     loop {
         let Ok(permit) = Arc::clone(&permits).acquire_owned().await else { return };
         let stream = match listener.accept().await {
@@ -153,12 +154,13 @@ pub async fn serve(listener: TcpListener, target: Arc<Target>, worker: Arc<str>)
         };
         let target = Arc::clone(&target);
         let worker = Arc::clone(&worker);
+        let sessions = sessions.clone();
         tokio::spawn(async move {
             let _permit = permit;
             let outcome = match &*target {
                 Target::Tcp { to } => relay(stream, to).await,
                 Target::Postgres { to, roles, databases } => {
-                    postgres(stream, to, roles, databases).await
+                    postgres(stream, to, roles, databases, &sessions).await
                 }
                 Target::Egress(policy) => egress(stream, policy).await,
             };
@@ -184,16 +186,41 @@ const CANCEL_REQUEST: u32 = 80_877_102;
 const PROTOCOL_3: u32 = 196_608;
 const PROTOCOL_3_LAST: u32 = PROTOCOL_3 + 0xffff;
 
+/// The cancel keys (`BackendKeyData`: process id and secret) of the
+/// sessions one worker opened through its relay: the only sessions its
+/// cancel requests may name.
+#[derive(Debug, Clone, Default)]
+struct Sessions(Arc<std::sync::Mutex<std::collections::HashSet<Vec<u8>>>>);
+
+impl Sessions {
+    fn insert(&self, key: &[u8]) {
+        if let Ok(mut keys) = self.0.lock() {
+            keys.insert(key.to_vec());
+        }
+    }
+
+    fn remove(&self, key: &[u8]) {
+        if let Ok(mut keys) = self.0.lock() {
+            keys.remove(key);
+        }
+    }
+
+    fn contains(&self, key: &[u8]) -> bool {
+        self.0.lock().is_ok_and(|keys| keys.contains(key))
+    }
+}
+
 async fn postgres(
     mut inside: TcpStream,
     to: &str,
     roles: &[String],
     databases: &[String],
+    sessions: &Sessions,
 ) -> Result<(), String> {
     let startup = tokio::time::timeout(HANDSHAKE, read_startup(&mut inside))
         .await
         .map_err(|_| "the worker sent no PostgreSQL start-up message in time".to_owned())??;
-    let bytes = match &startup {
+    let (bytes, login) = match &startup {
         Startup::Login { user, database, bytes } => {
             let database = database.as_deref().unwrap_or(user);
             if !roles.iter().any(|r| r == user) || !databases.iter().any(|d| d == database) {
@@ -202,29 +229,82 @@ async fn postgres(
                 let _ = inside.write_all(&error_response(message)).await;
                 return Err(format!("PostgreSQL login as {user:?} to {database:?} refused"));
             }
-            bytes
+            (bytes, true)
         }
-        // A cancel request names a session by its process id and a 32-bit
-        // key, of any tenant on the server: never passed on (a worker
-        // bounds its statements with `statement_timeout` instead).
-        Startup::Cancel => return Err("PostgreSQL cancel request refused".to_owned()),
+        // A cancel request names a session by its process id and secret
+        // key, of any tenant on the server: passed on only for a session
+        // this worker opened through this relay.
+        Startup::Cancel { bytes } => {
+            if !bytes.get(8..).is_some_and(|key| sessions.contains(key)) {
+                return Err("PostgreSQL cancel request for no session of this worker's".to_owned());
+            }
+            (bytes, false)
+        }
     };
     let unreachable = |e: std::io::Error| format!("cannot reach the database at {to}: {e}");
     if to.starts_with('/') {
-        let mut outside = UnixStream::connect(to).await.map_err(unreachable)?;
-        outside.write_all(bytes).await.map_err(unreachable)?;
-        let _ = copy_bidirectional(&mut inside, &mut outside).await;
+        let outside = UnixStream::connect(to).await.map_err(unreachable)?;
+        pass(inside, outside, bytes, login.then_some(sessions)).await.map_err(unreachable)
     } else {
-        let mut outside = TcpStream::connect(to).await.map_err(unreachable)?;
-        outside.write_all(bytes).await.map_err(unreachable)?;
-        let _ = copy_bidirectional(&mut inside, &mut outside).await;
+        let outside = TcpStream::connect(to).await.map_err(unreachable)?;
+        pass(inside, outside, bytes, login.then_some(sessions)).await.map_err(unreachable)
     }
-    Ok(())
+}
+
+/// Sends the start-up message, then relays both ways. For a login, the
+/// server's messages are read one by one until the session is ready (or
+/// refused), to learn its cancel key, which is valid for as long as the
+/// session lasts.
+async fn pass<S: AsyncRead + AsyncWrite + Unpin>(
+    inside: TcpStream,
+    mut outside: S,
+    startup: &[u8],
+    sessions: Option<&Sessions>,
+) -> std::io::Result<()> {
+    outside.write_all(startup).await?;
+    let Some(sessions) = sessions else { return Ok(()) };
+    let (mut in_r, mut in_w) = tokio::io::split(inside);
+    let (mut out_r, mut out_w) = tokio::io::split(outside);
+    let mut key = None;
+    let to_server = async {
+        let _ = tokio::io::copy(&mut in_r, &mut out_w).await;
+        let _ = out_w.shutdown().await;
+    };
+    let to_worker = async {
+        loop {
+            let mut head = [0u8; 5];
+            out_r.read_exact(&mut head).await?;
+            let length = u32::from_be_bytes([head[1], head[2], head[3], head[4]]);
+            // Start-up messages are small; anything else is no server's.
+            if !(4..=1 << 20).contains(&length) {
+                return Err(std::io::Error::other("malformed message from the server"));
+            }
+            let mut body = vec![0u8; usize::try_from(length - 4).unwrap_or(0)];
+            out_r.read_exact(&mut body).await?;
+            in_w.write_all(&head).await?;
+            in_w.write_all(&body).await?;
+            match head[0] {
+                b'K' => {
+                    sessions.insert(&body);
+                    key = Some(body);
+                }
+                b'Z' | b'E' => break,
+                _ => {}
+            }
+        }
+        tokio::io::copy(&mut out_r, &mut in_w).await?;
+        in_w.shutdown().await
+    };
+    let (_, relayed) = tokio::join!(to_server, to_worker);
+    if let Some(key) = key {
+        sessions.remove(&key);
+    }
+    relayed
 }
 
 enum Startup {
     Login { user: String, database: Option<String>, bytes: Vec<u8> },
-    Cancel,
+    Cancel { bytes: Vec<u8> },
 }
 
 /// Reads the start-up message, answering "no" to TLS and GSS encryption
@@ -252,7 +332,7 @@ async fn read_startup(stream: &mut TcpStream) -> Result<Startup, String> {
             SSL_REQUEST | GSSENC_REQUEST => {
                 stream.write_all(b"N").await.map_err(|e| format!("cannot answer: {e}"))?;
             }
-            CANCEL_REQUEST => return Ok(Startup::Cancel),
+            CANCEL_REQUEST => return Ok(Startup::Cancel { bytes }),
             // 3.0 and the minor versions after it (3.2 in PostgreSQL 18),
             // which the server negotiates.
             PROTOCOL_3..=PROTOCOL_3_LAST => {

@@ -951,6 +951,50 @@ def login(user, db):
         return 'server:' + chr(reply[0]) if reply else 'closed'
     except Exception as e:
         return type(e).__name__
+def read(s, n):
+    data = b''
+    while len(data) < n:
+        chunk = s.recv(n - len(data))
+        if not chunk:
+            raise EOFError()
+        data += chunk
+    return data
+def message(s):
+    kind = read(s, 1)
+    return kind, read(s, int.from_bytes(read(s, 4), 'big') - 4)
+def session():
+    s = socket.create_connection(('127.0.0.1', 5432), 3)
+    s.settimeout(20)
+    body = b'user\0' + role.encode() + b'\0database\0' + database.encode() + b'\0\0'
+    s.sendall((len(body) + 8).to_bytes(4, 'big') + (196608).to_bytes(4, 'big') + body)
+    key = None
+    while True:
+        kind, data = message(s)
+        if kind == b'K':
+            key = data
+        if kind in (b'Z', b'E'):
+            return s, key
+def cancel(forge):
+    # A query of its own session, cancelled with that session's key (or
+    # one a digit off, as if guessing another session's).
+    try:
+        s, key = session()
+        query = b'SELECT pg_sleep(3)\0'
+        s.sendall(b'Q' + (len(query) + 4).to_bytes(4, 'big') + query)
+        time.sleep(0.5)
+        if forge:
+            key = (int.from_bytes(key[:4], 'big') + 1).to_bytes(4, 'big') + key[4:]
+        c = socket.create_connection(('127.0.0.1', 5432), 3)
+        c.sendall((8 + len(key)).to_bytes(4, 'big') + (80877102).to_bytes(4, 'big') + key)
+        c.close()
+        while True:
+            kind, data = message(s)
+            if kind == b'E':
+                return 'cancelled' if b'57014' in data else 'error'
+            if kind == b'Z':
+                return 'finished'
+    except Exception as e:
+        return type(e).__name__
 def reach(host, port):
     try:
         socket.create_connection((host, port), 2)
@@ -965,6 +1009,8 @@ print('RESULT ' + json.dumps({
     'superuser': login('postgres', 'postgres'),
     'redis': reach('127.0.0.1', 6379),
     'host_database': reach(sys.argv[3], 5432),
+    'cancel_own': cancel(False),
+    'cancel_forged': cancel(True),
 }), flush=True)
 time.sleep(3600)
 "#;
@@ -1054,6 +1100,9 @@ async fn on_postgres_each_worker_reaches_only_its_tenants_database_with_a_lease_
         assert_eq!(tried[refused], "refused", "{refused}: {tried}");
     }
     assert_ne!(tried["redis"], "connected", "{tried}");
+    // Cancel requests reach the server for the worker's own sessions only.
+    assert_eq!(tried["cancel_own"], "cancelled", "{tried}");
+    assert_eq!(tried["cancel_forged"], "finished", "{tried}");
     assert_ne!(tried["host_database"], "connected", "{tried}");
 
     // Renewed while the worker runs (20 s before it ends): the same lease
