@@ -9,7 +9,9 @@
 
 use std::{str::FromStr, sync::Arc, time::Duration};
 
-use bulkhead_model::{DatabaseLocation, DatabaseUrl, Isolation, Region, Regions, Tenant};
+use bulkhead_model::{
+    DatabaseLocation, DatabaseUrl, Isolation, PlanCatalog, Region, Regions, Tenant,
+};
 use bulkhead_store::{ControlStore, Lease, StoreError};
 use bulkhead_vault::leases::{
     Heir, LoginRole, create_login_role, disable_login, drop_login_role, enable_login, extend_login,
@@ -108,6 +110,15 @@ pub struct IssuedCredential {
     pub password: Zeroizing<String>,
 }
 
+/// Sessions one credential of the tenant may hold at once: its plan's, or
+/// the starter plan's for a plan no longer known.
+pub fn sessions(plans: &PlanCatalog, tenant: &Tenant) -> u32 {
+    plans
+        .get(tenant.plan.as_str())
+        .or_else(|_| plans.get("starter"))
+        .map_or(10, |p| p.vault.max_sessions_per_credential)
+}
+
 /// Where the runtime's relay takes a tenant's workers: `host:port`, or the
 /// path of the server's Unix socket.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -181,6 +192,7 @@ impl Credentials {
         tenant: &Tenant,
         access: Access,
         ttl: Duration,
+        sessions: u32,
         issued_by: &str,
         now: OffsetDateTime,
     ) -> Result<IssuedCredential, CredentialError> {
@@ -209,8 +221,12 @@ impl Credentials {
         self.store.insert_lease(&lease).await?;
         let pool = self.servers.pool(&target.region.name, target.url)?;
         let password = random_password()?;
-        let spec =
-            LoginRole { role: &role, acts_as: &target.acts_as, valid_until: lease.expires_at };
+        let spec = LoginRole {
+            role: &role,
+            acts_as: &target.acts_as,
+            valid_until: lease.expires_at,
+            sessions: Some(sessions),
+        };
         if let Err(error) = create_login_role(&pool, &spec, &password).await {
             // Nothing usable was handed out; the lease ends here.
             let _ = self.store.mark_lease_revoked(id, now).await;

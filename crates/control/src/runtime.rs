@@ -795,7 +795,14 @@ impl Runtime {
         }
         let issued = self
             .credentials
-            .issue(tenant, Access::Write, self.lease_ttl(tenant), &holder, self.clock.now())
+            .issue(
+                tenant,
+                Access::Write,
+                self.lease_ttl(tenant),
+                crate::credentials::sessions(&self.plans, tenant),
+                &holder,
+                self.clock.now(),
+            )
             .await
             .map_err(|e| format!("cannot issue the worker's database lease: {e}"))?;
         let lease = &issued.lease;

@@ -392,7 +392,14 @@ impl VaultService {
         self.admission.within_quota(&tenant, Quota::LiveCredentials, live)?;
         let result = self
             .credentials
-            .issue(&tenant, access, ttl, &actor.to_string(), self.clock.now())
+            .issue(
+                &tenant,
+                access,
+                ttl,
+                crate::credentials::sessions(&self.plans, &tenant),
+                &actor.to_string(),
+                self.clock.now(),
+            )
             .await
             .map_err(Into::into);
         let details = match &result {

@@ -130,6 +130,10 @@ pub struct VaultPolicy {
     pub secret_versions: u32,
     /// Longest lifetime of a dynamic database credential, in seconds.
     pub max_credential_ttl_secs: u64,
+    /// Sessions one credential may hold at once on the database server
+    /// (its role's `CONNECTION LIMIT`): the server's connection slots are
+    /// shared by every tenant on it.
+    pub max_sessions_per_credential: u32,
 }
 
 /// What one tenant may hold and how fast it may call the control API, so
@@ -218,7 +222,11 @@ impl PlanCatalog {
                     30,
                     BackupPolicy { every_hours: 24, retention_days: 7 },
                     RuntimeLimits { memory_mib: 256, max_processes: 32, cpu_millicores: 500 },
-                    VaultPolicy { secret_versions: 3, max_credential_ttl_secs: HOUR },
+                    VaultPolicy {
+                        secret_versions: 3,
+                        max_credential_ttl_secs: HOUR,
+                        max_sessions_per_credential: 10,
+                    },
                     ControlQuotas {
                         requests_per_minute: 300,
                         burst: 50,
@@ -241,7 +249,11 @@ impl PlanCatalog {
                     365,
                     BackupPolicy { every_hours: 6, retention_days: 30 },
                     RuntimeLimits { memory_mib: 1_024, max_processes: 128, cpu_millicores: 2_000 },
-                    VaultPolicy { secret_versions: 10, max_credential_ttl_secs: 8 * HOUR },
+                    VaultPolicy {
+                        secret_versions: 10,
+                        max_credential_ttl_secs: 8 * HOUR,
+                        max_sessions_per_credential: 25,
+                    },
                     ControlQuotas {
                         requests_per_minute: 1_200,
                         burst: 200,
@@ -264,7 +276,11 @@ impl PlanCatalog {
                     2_555,
                     BackupPolicy { every_hours: 1, retention_days: 90 },
                     RuntimeLimits { memory_mib: 4_096, max_processes: 512, cpu_millicores: 4_000 },
-                    VaultPolicy { secret_versions: 50, max_credential_ttl_secs: 24 * HOUR },
+                    VaultPolicy {
+                        secret_versions: 50,
+                        max_credential_ttl_secs: 24 * HOUR,
+                        max_sessions_per_credential: 100,
+                    },
                     ControlQuotas {
                         requests_per_minute: 6_000,
                         burst: 1_000,

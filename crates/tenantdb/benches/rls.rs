@@ -51,6 +51,7 @@ async fn lease(s: &Setup, tenant: &Tenant, acts_as: &str, database: &str) -> PgC
         role: &role,
         acts_as,
         valid_until: OffsetDateTime::now_utc() + time::Duration::hours(1),
+        sessions: None,
     };
     let admin = s.servers.pool(&s.region.name, &s.url).expect("the admin pool");
     create_login_role(&admin, &spec, &password).await.expect("a lease");

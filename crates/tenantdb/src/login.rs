@@ -66,8 +66,12 @@ impl TemporaryLogin {
             drop_login_role(&admin, &databases, &role, heir).await?;
         }
         let password = random_password()?;
-        let spec =
-            LoginRole { role: &role, acts_as, valid_until: now + time::Duration::minutes(5) };
+        let spec = LoginRole {
+            role: &role,
+            acts_as,
+            valid_until: now + time::Duration::minutes(5),
+            sessions: None,
+        };
         create_login_role(&admin, &spec, &password).await?;
         let options = PgConnectOptions::from_str(url.expose())
             .map_err(|e| Error::Permanent(format!("region `{}` url {url}: {e}", region.name)))?

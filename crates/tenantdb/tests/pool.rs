@@ -84,6 +84,7 @@ impl Pool {
             role: &role,
             acts_as: if write { &roles.writer } else { &roles.reader },
             valid_until: OffsetDateTime::now_utc() + Duration::from_secs(600),
+            sessions: None,
         };
         let admin = self.servers.pool(&self.region.name, &self.url).unwrap();
         create_login_role(&admin, &spec, &password).await.unwrap();

@@ -29,6 +29,8 @@ pub struct LoginRole<'a> {
     /// read-only role.
     pub acts_as: &'a str,
     pub valid_until: OffsetDateTime,
+    /// Its sessions at once (`CONNECTION LIMIT`); `None`: the server's.
+    pub sessions: Option<u32>,
 }
 
 /// A random password: 32 bytes in URL-safe base64, which needs no quoting
@@ -98,9 +100,10 @@ pub async fn create_login_role(
         .map_err(|e| VaultError::Database(format!("cannot format the expiry: {e}")))?;
     // ADMIN CURRENT_USER lets a non-superuser region role end the lease's
     // sessions and reassign what it owns when revoking it.
+    let limit = spec.sessions.map_or(-1, i64::from);
     let create = format!(
         "CREATE ROLE \"{role}\" LOGIN PASSWORD '{verifier}' VALID UNTIL '{valid_until}' \
-         IN ROLE \"{acts_as}\" ADMIN CURRENT_USER",
+         CONNECTION LIMIT {limit} IN ROLE \"{acts_as}\" ADMIN CURRENT_USER",
         role = spec.role,
         acts_as = spec.acts_as,
     );

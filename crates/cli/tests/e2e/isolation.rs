@@ -638,3 +638,36 @@ async fn verify_isolation_checks_the_gateways_apis() {
     let (code, report) = verify_isolation(&server, &[]);
     assert_eq!((code, findings(&report)), (0, vec![]), "{report:#}");
 }
+
+#[tokio::test]
+async fn a_credential_holds_no_more_sessions_than_its_plan_allows() {
+    // The database server's connection slots are every tenant's: a starter
+    // tenant's lease opens 10 sessions, and the 11th is refused by the
+    // server itself (its role's CONNECTION LIMIT), whoever connects.
+    let server = Server::postgres().await;
+    server.cli_json(&[
+        "tenants",
+        "create",
+        "acme",
+        "--plan",
+        "starter",
+        "--isolation",
+        "silo",
+        "--wait",
+    ]);
+    let lease = issue(&server, "acme", "10m");
+    let mut sessions = Vec::new();
+    for _ in 0..10 {
+        sessions.push(connect(&lease.url).await.unwrap());
+    }
+    let refused = connect(&lease.url).await.unwrap_err().to_string();
+    assert!(refused.contains("too many connections for role"), "{refused}");
+    drop(sessions.pop());
+    // Ended sessions give their slot back (the server counts it a moment
+    // later).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while connect(&lease.url).await.is_err() {
+        assert!(std::time::Instant::now() < deadline, "the freed slot never came back");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
