@@ -107,16 +107,31 @@ pub struct IssuedCredential {
     pub lease: Lease,
     /// `postgres://<role>:<password>@<host>:<port>/<database>`.
     pub url: Zeroizing<String>,
-    pub password: Zeroizing<String>,
+    password: Zeroizing<String>,
 }
 
-/// Sessions one credential of the tenant may hold at once: its plan's, or
-/// the starter plan's for a plan no longer known.
+impl IssuedCredential {
+    /// The credential's URL with the server at `address` (`host:port`):
+    /// the runtime's relay inside a worker's network, say.
+    pub fn url_at(&self, address: &str) -> Zeroizing<String> {
+        Zeroizing::new(format!(
+            "postgres://{}:{}@{address}/{}",
+            self.lease.role,
+            self.password.as_str(),
+            self.lease.database
+        ))
+    }
+}
+
+/// Sessions one credential may hold when the tenant's plan is no longer
+/// known: the starter plan's.
+const DEFAULT_SESSIONS: u32 = 10;
+
+/// Sessions one credential of the tenant may hold at once: its plan's.
 pub fn sessions(plans: &PlanCatalog, tenant: &Tenant) -> u32 {
     plans
         .get(tenant.plan.as_str())
-        .or_else(|_| plans.get("starter"))
-        .map_or(10, |p| p.vault.max_sessions_per_credential)
+        .map_or(DEFAULT_SESSIONS, |p| p.vault.max_sessions_per_credential)
 }
 
 /// Where the runtime's relay takes a tenant's workers: `host:port`, or the
@@ -271,18 +286,14 @@ impl Credentials {
     /// The server the tenant's leases log in to, for the runtime's relay;
     /// `None` for a tenant on the embedded default.
     pub fn server(&self, tenant: &Tenant) -> Result<Option<DatabaseServer>, CredentialError> {
-        let target = match self.target(tenant, Access::Write) {
-            Ok(target) => target,
-            Err(CredentialError::Unavailable(_))
-                if self
-                    .regions
-                    .get(tenant.region.as_str())
-                    .is_ok_and(|r| matches!(r.databases, DatabaseLocation::Embedded)) =>
-            {
-                return Ok(None);
-            }
-            Err(error) => return Err(error),
-        };
+        let embedded = self
+            .regions
+            .get(tenant.region.as_str())
+            .is_ok_and(|r| matches!(r.databases, DatabaseLocation::Embedded));
+        if embedded {
+            return Ok(None);
+        }
+        let target = self.target(tenant, Access::Write)?;
         let options = PgConnectOptions::from_str(target.url.expose())
             .map_err(|e| CredentialError::Database(format!("region url {}: {e}", target.url)))?;
         if matches!(
@@ -299,10 +310,8 @@ impl Credentials {
         let (host, port) = (options.get_host(), options.get_port());
         let server = if host.starts_with('/') {
             format!("{host}/.s.PGSQL.{port}")
-        } else if host.contains(':') {
-            format!("[{host}]:{port}")
         } else {
-            format!("{host}:{port}")
+            address(host, port)
         };
         Ok(Some(DatabaseServer(server)))
     }
@@ -459,6 +468,11 @@ impl Credentials {
     }
 }
 
+/// `host:port`, an IPv6 host in brackets.
+fn address(host: &str, port: u16) -> String {
+    if host.contains(':') { format!("[{host}]:{port}") } else { format!("{host}:{port}") }
+}
+
 /// The region's server address with the lease's role, password and
 /// database. Query parameters of the region's URL (`sslmode`, …) carry
 /// over; its user, password and database do not.
@@ -484,14 +498,11 @@ fn connection_url(
         if !query.iter().any(|p| p.starts_with("host=")) {
             query.insert(0, "");
         }
-        "localhost".to_owned()
-    } else if host.contains(':') {
-        format!("[{host}]")
+        address("localhost", port)
     } else {
-        host.to_owned()
+        address(host, port)
     };
-    let mut url =
-        Zeroizing::new(format!("postgres://{role}:{password}@{authority}:{port}/{database}"));
+    let mut url = Zeroizing::new(format!("postgres://{role}:{password}@{authority}/{database}"));
     for (i, param) in query.iter().enumerate() {
         url.push(if i == 0 { '?' } else { '&' });
         if param.is_empty() {

@@ -824,12 +824,7 @@ impl Runtime {
         if !self.layers().switches().network {
             return Ok(AppDatabase::Lease { id: lease.id, url: issued.url, forward: None });
         }
-        let url = Zeroizing::new(format!(
-            "postgres://{}:{}@127.0.0.1:{DATABASE_PORT}/{}",
-            lease.role,
-            issued.password.as_str(),
-            lease.database
-        ));
+        let url = issued.url_at(&format!("127.0.0.1:{DATABASE_PORT}"));
         let target = Target::Postgres {
             to: server.0,
             roles: vec![lease.role.clone()],

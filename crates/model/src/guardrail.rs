@@ -112,9 +112,9 @@ pub struct GuardrailSpec {
     pub scan_responses: bool,
 }
 
-pub const MAX_TOPICS: usize = 64;
-pub const MAX_KEYWORDS: usize = 1_000;
-pub const MAX_PATTERNS: usize = 64;
+const MAX_TOPICS: usize = 64;
+const MAX_KEYWORDS: usize = 1_000;
+const MAX_PATTERNS: usize = 64;
 /// The most memory one compiled pattern may take: a pattern past it (a
 /// counted repetition of a large class, say) is refused when applied
 /// rather than slowing every request.
@@ -190,7 +190,7 @@ impl GuardrailSpec {
 
 /// Compiles a topic's pattern as the gateway does (byte-oriented, Unicode
 /// aware, within [`PATTERN_SIZE_LIMIT`]).
-pub fn compile_pattern(pattern: &str) -> Result<regex::bytes::Regex, String> {
+fn compile_pattern(pattern: &str) -> Result<regex::bytes::Regex, String> {
     regex::bytes::RegexBuilder::new(pattern)
         .size_limit(PATTERN_SIZE_LIMIT)
         .dfa_size_limit(PATTERN_SIZE_LIMIT)

@@ -29,8 +29,7 @@ pub use app::{
 };
 pub use email::{AdminEmail, AdminEmailError};
 pub use guardrail::{
-    BlockedTopic, GuardrailSpec, InvalidGuardrail, MAX_KEYWORDS, MAX_PATTERNS, MAX_TOPICS,
-    PATTERN_SIZE_LIMIT, PiiAction, PiiKind, compile_pattern,
+    BlockedTopic, GuardrailSpec, InvalidGuardrail, PATTERN_SIZE_LIMIT, PiiAction, PiiKind,
 };
 pub use isolation::{Isolation, IsolationError, UnknownIsolation};
 pub use label::{BaseDomain, RESERVED_TENANT_NAMES, RegionName, TenantName, TenantNameError};

@@ -482,7 +482,7 @@ impl Inner {
                 match outcome {
                     Served::Stopped => Outcome::Stopped,
                     Served::Unhealthy(reason) => Outcome::Ended(reason),
-                    Served::OutOfMemory => Outcome::Ended(describe_exit(0, true, &spec.limits)),
+                    Served::OutOfMemory => Outcome::Ended(out_of_memory(&spec.limits)),
                     Served::Exited(code) => {
                         let oom = cgroup.as_ref().is_some_and(|c| c.oom_kills() > oom_before);
                         Outcome::Ended(describe_exit(code, oom, &spec.limits))
@@ -632,12 +632,13 @@ async fn wait_for_stop(mut commands: mpsc::Receiver<Control>) {
     }
 }
 
+fn out_of_memory(limits: &CgroupLimits) -> String {
+    format!("killed for using more than its memory limit ({} MiB)", limits.memory_bytes >> 20)
+}
+
 fn describe_exit(code: i32, oom: bool, limits: &CgroupLimits) -> String {
     if oom {
-        return format!(
-            "killed for using more than its memory limit ({} MiB)",
-            limits.memory_bytes >> 20
-        );
+        return out_of_memory(limits);
     }
     match code {
         125 => "the sandbox could not be built (see the worker's log)".to_owned(),

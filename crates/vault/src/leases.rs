@@ -94,10 +94,7 @@ pub async fn create_login_role(
 ) -> Result<(), VaultError> {
     check_identifiers(&[spec.role, spec.acts_as])?;
     let verifier = scram_verifier(password)?;
-    let valid_until = spec
-        .valid_until
-        .format(&Rfc3339)
-        .map_err(|e| VaultError::Database(format!("cannot format the expiry: {e}")))?;
+    let valid_until = expiry(spec.valid_until)?;
     // ADMIN CURRENT_USER lets a non-superuser region role end the lease's
     // sessions and reassign what it owns when revoking it.
     let limit = spec.sessions.map_or(-1, i64::from);
@@ -180,6 +177,11 @@ pub async fn enable_login(admin: &PgPool, role: &str) -> Result<bool, VaultError
     }
 }
 
+/// `VALID UNTIL`'s value.
+fn expiry(at: OffsetDateTime) -> Result<String, VaultError> {
+    at.format(&Rfc3339).map_err(|e| VaultError::Database(format!("cannot format the expiry: {e}")))
+}
+
 /// Moves the login role's expiry to `valid_until` (a lease renewed while
 /// its holder runs). Returns whether the role exists.
 pub async fn extend_login(
@@ -188,10 +190,7 @@ pub async fn extend_login(
     valid_until: OffsetDateTime,
 ) -> Result<bool, VaultError> {
     check_identifiers(&[role])?;
-    let valid_until = valid_until
-        .format(&Rfc3339)
-        .map_err(|e| VaultError::Database(format!("cannot format the expiry: {e}")))?;
-    let alter = format!("ALTER ROLE \"{role}\" VALID UNTIL '{valid_until}'");
+    let alter = format!("ALTER ROLE \"{role}\" VALID UNTIL '{}'", expiry(valid_until)?);
     match sqlx::query(AssertSqlSafe(alter)).execute(admin).await {
         Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some(UNDEFINED_OBJECT) => Ok(false),
         other => other.map(|_| true).map_err(db_error("cannot extend the login role")),
