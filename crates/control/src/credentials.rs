@@ -294,26 +294,7 @@ impl Credentials {
             return Ok(None);
         }
         let target = self.target(tenant, Access::Write)?;
-        let options = PgConnectOptions::from_str(target.url.expose())
-            .map_err(|e| CredentialError::Database(format!("region url {}: {e}", target.url)))?;
-        if matches!(
-            options.get_ssl_mode(),
-            PgSslMode::Require | PgSslMode::VerifyCa | PgSslMode::VerifyFull
-        ) {
-            return Err(CredentialError::Unavailable(format!(
-                "region {} requires TLS to its server, which the runtime's database relay does \
-                 not speak yet: its apps get no database (issue leases with `bulkhead creds \
-                 issue` and connect through an egress rule instead)",
-                target.region.name
-            )));
-        }
-        let (host, port) = (options.get_host(), options.get_port());
-        let server = if host.starts_with('/') {
-            format!("{host}/.s.PGSQL.{port}")
-        } else {
-            address(host, port)
-        };
-        Ok(Some(DatabaseServer(server)))
+        relay_address(&target.region.name.to_string(), target.url).map(Some)
     }
 
     /// Ends the lease's sessions, drops its role and marks it revoked.
@@ -468,9 +449,40 @@ impl Credentials {
     }
 }
 
-/// `host:port`, an IPv6 host in brackets.
+/// Where the runtime's relay reaches the region's server: its TCP address
+/// or its Unix socket. A region that requires TLS gets none: the relay
+/// does not speak TLS to the server yet, and must not pass the tenant's
+/// data in the clear where the operator asked for encryption.
+fn relay_address(region: &str, url: &DatabaseUrl) -> Result<DatabaseServer, CredentialError> {
+    let options = PgConnectOptions::from_str(url.expose())
+        .map_err(|e| CredentialError::Database(format!("region url {url}: {e}")))?;
+    if matches!(
+        options.get_ssl_mode(),
+        PgSslMode::Require | PgSslMode::VerifyCa | PgSslMode::VerifyFull
+    ) {
+        return Err(CredentialError::Unavailable(format!(
+            "region {region} requires TLS to its server (sslmode in its URL), which the runtime's \
+             database relay does not speak yet, so its tenants' apps get no database; on a \
+             network you trust, sslmode=prefer lets them through"
+        )));
+    }
+    // As sqlx finds the socket: `?host=/dir` (its `socket`), or a host that
+    // is a directory.
+    let (host, port) = (options.get_host(), options.get_port());
+    Ok(DatabaseServer(match options.get_socket() {
+        Some(dir) => format!("{}/.s.PGSQL.{port}", dir.display()),
+        None if host.starts_with('/') => format!("{host}/.s.PGSQL.{port}"),
+        None => address(host, port),
+    }))
+}
+
+/// `host:port`, an IPv6 host in brackets (sqlx keeps those of a URL).
 fn address(host: &str, port: u16) -> String {
-    if host.contains(':') { format!("[{host}]:{port}") } else { format!("{host}:{port}") }
+    if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
 }
 
 /// The region's server address with the lease's role, password and
@@ -536,11 +548,30 @@ mod tests {
         assert_eq!(*url, "postgres://bh_l_1:pw@db.example:6432/bh_acme_1?sslmode=require");
         let socket =
             DatabaseUrl::parse("postgres://admin@localhost/postgres?host=/run/postgresql").unwrap();
+        let v6 = DatabaseUrl::parse("postgres://admin@[::1]:5433/postgres").unwrap();
+        assert_eq!(*connection_url(&v6, "r", "pw", "d").unwrap(), "postgres://r:pw@[::1]:5433/d");
         let url = connection_url(&socket, "r", "pw", "d").unwrap();
         assert!(
             url.starts_with("postgres://r:pw@localhost:5432/d?host=/run/postgresql"),
             "{}",
             *url
         );
+    }
+
+    #[test]
+    fn the_relay_reaches_tcp_ipv6_and_socket_servers_and_never_drops_required_tls() {
+        let relay = |url: &str| relay_address("eu", &DatabaseUrl::parse(url).unwrap());
+        assert_eq!(relay("postgres://a@db.example:6432/x").unwrap().0, "db.example:6432");
+        assert_eq!(relay("postgres://a@[::1]:5432/x").unwrap().0, "[::1]:5432");
+        assert_eq!(
+            relay("postgres://a@localhost/x?host=/run/postgresql").unwrap().0,
+            "/run/postgresql/.s.PGSQL.5432"
+        );
+        assert!(relay("postgres://a@db/x?sslmode=prefer").is_ok());
+        for mode in ["require", "verify-ca", "verify-full"] {
+            let refused = relay(&format!("postgres://a@db/x?sslmode={mode}")).unwrap_err();
+            assert!(refused.to_string().contains("region eu requires TLS"), "{refused}");
+            assert!(refused.to_string().contains("sslmode=prefer"), "{refused}");
+        }
     }
 }

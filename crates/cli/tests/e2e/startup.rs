@@ -112,6 +112,15 @@ fn a_bad_configuration_file_is_a_usage_error() {
     let output = serve(&["--config", config.to_str().unwrap()]);
     assert_eq!(exit_code(&output), 2);
     assert!(stderr(&output).contains("unknown field `stroe`"), "{}", stderr(&output));
+    for (lease, says) in [("10s", "shorter than 30s; give 1h"), ("soon", "runtime.database_lease")]
+    {
+        let text =
+            format!("api_listen = \"127.0.0.1:0\"\n[runtime]\ndatabase_lease = \"{lease}\"\n");
+        std::fs::write(&config, text).unwrap();
+        let output = serve(&["--config", config.to_str().unwrap()]);
+        assert_eq!(exit_code(&output), 2, "{}", stderr(&output));
+        assert!(stderr(&output).contains(says), "{}", stderr(&output));
+    }
 }
 
 #[tokio::test]
