@@ -1130,7 +1130,8 @@ async fn on_postgres_each_worker_reaches_only_its_tenants_database_with_a_lease_
     assert_eq!(created.status(), 201, "{}", created.text().await.unwrap());
 
     // Revoked by an operator, the lease is replaced: the worker is started
-    // again with a new one, and serves.
+    // again with a new one, and serves once its health check passes (until
+    // then its socket may not be there yet).
     let out = server.cli(&["creds", "revoke", renewed[0]["id"].as_str().unwrap()]);
     assert!(out.status.success(), "{}", stderr(&out));
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -1141,6 +1142,7 @@ async fn on_postgres_each_worker_reaches_only_its_tenants_database_with_a_lease_
         if let [lease] = now.as_slice()
             && lease["role"] != a_role.as_str()
             && worker["state"] == "running"
+            && worker["healthy"] == true
             && worker["pid"].as_u64() != Some(pid)
         {
             break lease["role"].as_str().unwrap().to_owned();
