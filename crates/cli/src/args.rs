@@ -314,7 +314,9 @@ pub enum AuditCommand {
         file: PathBuf,
         /// Trust only this public key (base64url, as audit-keys.json lists
         /// it; repeatable). Without it, the keys in the file are used
-        #[arg(long = "key", value_name = "PUBLIC_KEY")]
+        // base64url may begin with '-': without this, one key in 64 was
+        // taken for a flag and the command failed as a usage error.
+        #[arg(long = "key", value_name = "PUBLIC_KEY", allow_hyphen_values = true)]
         keys: Vec<String>,
         /// Trust only the keys listed in this audit-keys.json
         #[arg(long, value_name = "FILE")]
@@ -1061,4 +1063,21 @@ fn parse_role_mapping(value: &str) -> Result<(String, bulkhead_identity::Role), 
 
 fn parse_isolation(value: &str) -> Result<Isolation, String> {
     value.parse().map_err(|e: bulkhead_model::UnknownIsolation| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[test]
+    fn a_public_key_that_begins_with_a_dash_is_a_value() {
+        let cli =
+            Cli::try_parse_from(["bulkhead", "audit", "verify", "x.jsonl", "--key", "-abc_d"]);
+        let Ok(Cli { command: Command::Audit(AuditCommand::Verify { keys, .. }), .. }) = cli else {
+            panic!("parsed as {cli:?}");
+        };
+        assert_eq!(keys, ["-abc_d"]);
+    }
 }
