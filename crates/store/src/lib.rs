@@ -19,6 +19,7 @@ mod identity;
 mod lock;
 mod migrations;
 mod postgres;
+mod resources;
 mod rows;
 mod sql;
 mod sqlite;
@@ -39,6 +40,7 @@ pub use identity::{ApiKeyRecord, IdentityStore, RealmKeyRecord, RealmRecord, Tru
 pub use lock::{FileLock, FileLockError, HeldLock, StoreLock};
 pub use migrations::{MigrationJobRecord, MigrationStore, MigrationTargetRecord};
 pub use postgres::PostgresStore;
+pub use resources::{ResourceRecord, ResourceStore};
 pub use sqlite::SqliteStore;
 pub use vault::{
     Lease, Lockout, SealedBlob, SecretSummary, SecretVersion, VaultStore, WrappedDataKey,
@@ -122,6 +124,7 @@ pub trait ControlStore:
     + AuditStore
     + ApiStore
     + AppStore
+    + ResourceStore
     + UsageStore
     + MigrationStore
     + Send

@@ -1737,6 +1737,100 @@ macro_rules! impl_api_store {
 }
 pub(crate) use impl_api_store;
 
+/// The resources' statements, shared the same way as [`impl_control_store!`].
+macro_rules! impl_resource_store {
+    ($store:ty) => {
+        #[async_trait::async_trait]
+        impl $crate::ResourceStore for $store {
+            async fn put_resource(
+                &self,
+                resource: &$crate::ResourceRecord,
+            ) -> Result<bool, $crate::StoreError> {
+                // As `put_api`: the insert and the update tell themselves apart.
+                let (created,): (bool,) = sqlx::query_as(
+                    "INSERT INTO tenant_resources \
+                     (tenant_id, kind, name, spec, created_at, updated_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6) \
+                     ON CONFLICT (tenant_id, kind, name) DO UPDATE SET spec = $4, updated_at = $6 \
+                     RETURNING created_at = updated_at",
+                )
+                .bind(resource.tenant_id.0)
+                .bind(resource.kind.as_str())
+                .bind(resource.name.as_str())
+                .bind(resource.spec.as_str())
+                .bind(resource.created_at)
+                .bind(resource.updated_at)
+                .fetch_one(&self.write)
+                .await?;
+                Ok(created)
+            }
+
+            async fn resource(
+                &self,
+                tenant: bulkhead_model::TenantId,
+                kind: &str,
+                name: &str,
+            ) -> Result<Option<$crate::ResourceRecord>, $crate::StoreError> {
+                Ok(sqlx::query_as(
+                    "SELECT tenant_id, kind, name, spec, created_at, updated_at \
+                     FROM tenant_resources WHERE tenant_id = $1 AND kind = $2 AND name = $3",
+                )
+                .bind(tenant.0)
+                .bind(kind)
+                .bind(name)
+                .fetch_optional(&self.read)
+                .await?)
+            }
+
+            async fn resources(
+                &self,
+                tenant: bulkhead_model::TenantId,
+                kind: &str,
+            ) -> Result<Vec<$crate::ResourceRecord>, $crate::StoreError> {
+                Ok(sqlx::query_as(
+                    "SELECT tenant_id, kind, name, spec, created_at, updated_at \
+                     FROM tenant_resources WHERE tenant_id = $1 AND kind = $2 ORDER BY name",
+                )
+                .bind(tenant.0)
+                .bind(kind)
+                .fetch_all(&self.read)
+                .await?)
+            }
+
+            async fn all_resources(
+                &self,
+                kind: &str,
+            ) -> Result<Vec<$crate::ResourceRecord>, $crate::StoreError> {
+                Ok(sqlx::query_as(
+                    "SELECT tenant_id, kind, name, spec, created_at, updated_at \
+                     FROM tenant_resources WHERE kind = $1 ORDER BY tenant_id, name",
+                )
+                .bind(kind)
+                .fetch_all(&self.read)
+                .await?)
+            }
+
+            async fn delete_resource(
+                &self,
+                tenant: bulkhead_model::TenantId,
+                kind: &str,
+                name: &str,
+            ) -> Result<bool, $crate::StoreError> {
+                let result = sqlx::query(
+                    "DELETE FROM tenant_resources WHERE tenant_id = $1 AND kind = $2 AND name = $3",
+                )
+                .bind(tenant.0)
+                .bind(kind)
+                .bind(name)
+                .execute(&self.write)
+                .await?;
+                Ok(result.rows_affected() == 1)
+            }
+        }
+    };
+}
+pub(crate) use impl_resource_store;
+
 /// The apps' statements, shared the same way as [`impl_control_store!`].
 macro_rules! impl_app_store {
     ($store:ty) => {

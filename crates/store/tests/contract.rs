@@ -10,7 +10,7 @@ use bulkhead_model::{
 };
 use bulkhead_store::{
     AppRecord, AuditCheckpointRow, AuditEventRow, MigrationJobRecord, MigrationTargetRecord,
-    OperatorToken, RolloutRecord, StoreError, TenantPage,
+    OperatorToken, ResourceRecord, RolloutRecord, StoreError, TenantPage,
 };
 use bulkhead_testkit::StoreFixture as Fixture;
 use sqlx::Connection;
@@ -58,6 +58,7 @@ bulkhead_testkit::on_both_stores!(
     reopening_keeps_data,
     one_migration_job_runs_at_a_time,
     keeps_apps_and_allocates_unix_users,
+    keeps_resources_by_tenant_and_kind,
 );
 
 async fn round_trips_tenants(f: Fixture) {
@@ -613,4 +614,51 @@ async fn keeps_apps_and_allocates_unix_users(f: Fixture) {
 
 fn rand_below(n: u32) -> u32 {
     u32::from_ne_bytes(TenantId::random().0.as_bytes()[..4].try_into().unwrap()) % n
+}
+
+async fn keeps_resources_by_tenant_and_kind(f: Fixture) {
+    let (a, b) = (tenant("res-a"), tenant("res-b"));
+    for t in [&a, &b] {
+        f.store.insert_tenant(t).await.unwrap();
+    }
+    let at = now();
+    let record = |tenant: &Tenant, kind: &str, name: &str, spec: &str| ResourceRecord {
+        tenant_id: tenant.id,
+        kind: kind.into(),
+        name: name.into(),
+        spec: spec.into(),
+        created_at: at,
+        updated_at: at,
+    };
+    assert!(f.store.put_resource(&record(&a, "guardrail", "pii", "{}")).await.unwrap());
+    assert!(f.store.put_resource(&record(&a, "guardrail", "default", "{}")).await.unwrap());
+    // Another kind and another tenant may use the same name.
+    assert!(f.store.put_resource(&record(&a, "tool", "pii", "{}")).await.unwrap());
+    assert!(f.store.put_resource(&record(&b, "guardrail", "pii", "{}")).await.unwrap());
+    let later = at + time::Duration::seconds(5);
+    let changed =
+        ResourceRecord { updated_at: later, ..record(&a, "guardrail", "pii", "{\"x\":1}") };
+    assert!(!f.store.put_resource(&changed).await.unwrap(), "replaced, not created");
+    let stored = f.store.resource(a.id, "guardrail", "pii").await.unwrap().unwrap();
+    assert_eq!(
+        (stored.spec.as_str(), stored.created_at, stored.updated_at),
+        ("{\"x\":1}", at, later)
+    );
+    let names = |records: Vec<ResourceRecord>| {
+        records.into_iter().map(|r| (r.tenant_id, r.name)).collect::<Vec<_>>()
+    };
+    assert_eq!(
+        names(f.store.resources(a.id, "guardrail").await.unwrap()),
+        [(a.id, "default".to_owned()), (a.id, "pii".to_owned())]
+    );
+    let all = names(f.store.all_resources("guardrail").await.unwrap());
+    assert_eq!(all.len(), 3);
+    assert!(all.contains(&(b.id, "pii".to_owned())));
+    assert!(f.store.delete_resource(a.id, "guardrail", "pii").await.unwrap());
+    assert!(!f.store.delete_resource(a.id, "guardrail", "pii").await.unwrap());
+    assert!(f.store.resource(a.id, "guardrail", "pii").await.unwrap().is_none());
+    assert!(f.store.resource(a.id, "tool", "pii").await.unwrap().is_some(), "another kind stays");
+    // A tenant's resources go with it.
+    f.store.delete_tenant(b.id).await.unwrap();
+    assert!(f.store.resources(b.id, "guardrail").await.unwrap().is_empty());
 }
