@@ -211,6 +211,13 @@ pub enum GetCommand {
         tenant: String,
         name: String,
     },
+    /// A tenant's guardrails, or the one named
+    #[command(alias = "guardrail")]
+    Guardrails {
+        #[arg(long)]
+        tenant: String,
+        name: Option<String>,
+    },
 }
 
 /// The stream an audit command reads: a tenant's, or the platform's.

@@ -7,16 +7,17 @@ use bulkhead_control::api::{
     error::ApiError,
     types::{
         ApiApplied, ApiKeyCreated, ApiKeyList, ApiList, CreateApiKeyRequest, CreateTenantRequest,
-        CredentialView, ErrorBody, IsolationReportView, IssueCredentialRequest, IssueTokenRequest,
-        KeyStatusView, LeaseList, LeaseView, LockoutList, MasterRotationView, MigrationJobList,
-        MigrationJobView, PlanList, PublicApiList, RealmKeyList, RegionList, RevokedTokensView,
-        RewrapView, RotateKeyView, RotateRealmKeyView, SecretList, SecretWritten, ServerStatus,
-        StartMigrationRequest, TenantKeyRequest, TenantKeyView, TenantList, TenantView, TokenView,
-        TrustRequest, TrustView, UpdateTenantRequest,
+        CredentialView, ErrorBody, GuardrailApplied, GuardrailList, IsolationReportView,
+        IssueCredentialRequest, IssueTokenRequest, KeyStatusView, LeaseList, LeaseView,
+        LockoutList, MasterRotationView, MigrationJobList, MigrationJobView, PlanList,
+        PublicApiList, RealmKeyList, RegionList, RevokedTokensView, RewrapView, RotateKeyView,
+        RotateRealmKeyView, SecretList, SecretWritten, ServerStatus, StartMigrationRequest,
+        TenantKeyRequest, TenantKeyView, TenantList, TenantView, TokenView, TrustRequest,
+        TrustView, UpdateTenantRequest,
     },
     usage::UsageList,
 };
-use bulkhead_model::ApiSpec;
+use bulkhead_model::{ApiSpec, GuardrailSpec};
 use reqwest::{Method, RequestBuilder, StatusCode, Url};
 use serde::{Serialize, de::DeserializeOwned};
 use zeroize::Zeroizing;
@@ -658,6 +659,35 @@ impl ApiClient {
 
     pub async fn delete_api(&self, tenant: &str, name: &str) -> Result<(), CliError> {
         let url = self.url(&["v1", "tenants", tenant, "apis", name])?;
+        self.send(self.http.delete(url)).await.map(|_| ())
+    }
+
+    pub async fn guardrails(&self, tenant: &str) -> Result<GuardrailList, CliError> {
+        self.call(Method::GET, self.url(&["v1", "tenants", tenant, "guardrails"])?, &[]).await
+    }
+
+    /// One guardrail; a 404 is an answer, not an error.
+    pub async fn find_guardrail(
+        &self,
+        tenant: &str,
+        name: &str,
+    ) -> Result<Found<GuardrailSpec>, CliError> {
+        let url = self.url(&["v1", "tenants", tenant, "guardrails", name])?;
+        found(self.call(Method::GET, url, &[]).await)
+    }
+
+    /// Creates the guardrail or changes it to `spec` (what `apply` does).
+    pub async fn put_guardrail(
+        &self,
+        tenant: &str,
+        spec: &GuardrailSpec,
+    ) -> Result<GuardrailApplied, CliError> {
+        let url = self.url(&["v1", "tenants", tenant, "guardrails", &spec.name])?;
+        self.call_json(Method::PUT, url, spec).await
+    }
+
+    pub async fn delete_guardrail(&self, tenant: &str, name: &str) -> Result<(), CliError> {
+        let url = self.url(&["v1", "tenants", tenant, "guardrails", name])?;
         self.send(self.http.delete(url)).await.map(|_| ())
     }
 

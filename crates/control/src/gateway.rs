@@ -18,14 +18,20 @@ use std::{
 
 use bulkhead_gateway::{ApiKeyConfig, Domain, Gateway, Snapshot, TenantConfig};
 use bulkhead_identity::Role;
-use bulkhead_model::{ApiSpec, PlanCatalog, Tenant, TenantId, TenantState, Upstream};
+use bulkhead_model::{
+    ApiSpec, GuardrailSpec, PlanCatalog, Tenant, TenantId, TenantState, Upstream,
+};
 use bulkhead_store::{
     ApiKeyRecord, ApiRecord, AppRecord, ControlStore, GatewayChanges, RealmKeyRecord, RealmRecord,
-    StoreError, TrustRecord,
+    ResourceRecord, StoreError, TrustRecord,
 };
 use tokio::sync::{Notify, watch};
 
-use crate::{apis, realms::Realms};
+use crate::{
+    apis,
+    realms::Realms,
+    resources::{self, Resource},
+};
 
 /// Whether an event's action changes what the gateway serves for its
 /// tenant.
@@ -33,6 +39,7 @@ pub fn affects_gateway(action: &str) -> bool {
     action.starts_with("tenant.")
         || action.starts_with("realm.")
         || action.starts_with("api.")
+        || action.starts_with("guardrail.")
         || action == "apikey.create"
         || action == "apikey.revoke"
         // `app:` upstreams name the app's workers and the tenant's user,
@@ -92,6 +99,7 @@ struct Parts<'a> {
     api_keys: Vec<&'a ApiKeyRecord>,
     apis: Vec<&'a ApiRecord>,
     apps: Vec<&'a AppRecord>,
+    guardrails: Vec<&'a ResourceRecord>,
     /// The tenant's Unix user, which its workers' sockets must belong to.
     uid: Option<u32>,
 }
@@ -125,8 +133,12 @@ impl GatewayFeed {
         let api_keys = self.store.all_unrevoked_api_keys().await?;
         let apis = self.store.all_apis().await?;
         let apps = self.store.all_apps().await?;
+        let guardrails = self.store.all_resources(GuardrailSpec::KIND).await?;
         let users = self.store.runtime_users().await?;
         let mut parts: HashMap<TenantId, Parts<'_>> = HashMap::new();
+        for guardrail in &guardrails {
+            parts.entry(guardrail.tenant_id).or_default().guardrails.push(guardrail);
+        }
         for app in &apps {
             parts.entry(app.tenant_id).or_default().apps.push(app);
         }
@@ -185,6 +197,7 @@ impl GatewayFeed {
         let api_keys = self.store.api_keys(id).await?;
         let apis = self.store.apis(id).await?;
         let apps = self.store.apps(id).await?;
+        let guardrails = self.store.resources(id, GuardrailSpec::KIND).await?;
         let uid = self
             .store
             .runtime_users()
@@ -199,6 +212,7 @@ impl GatewayFeed {
             api_keys: api_keys.iter().filter(|k| k.revoked_at.is_none()).collect(),
             apis: apis.iter().collect(),
             apps: apps.iter().collect(),
+            guardrails: guardrails.iter().collect(),
             uid,
         };
         Ok(self.config(&tenant, &parts).await)
@@ -305,6 +319,19 @@ impl GatewayFeed {
                 }
             })
             .collect();
+        // A guardrail is a promise about what reaches upstreams: one that
+        // cannot be read stops the tenant being served, not the guardrail
+        // being applied.
+        let mut guardrails = Vec::with_capacity(parts.guardrails.len());
+        for record in &parts.guardrails {
+            match resources::decode::<GuardrailSpec>(record) {
+                Ok(spec) => guardrails.push(spec),
+                Err(error) => {
+                    tracing::error!(tenant = %tenant.name, guardrail = %record.name, %error, "a stored guardrail is unreadable; the tenant is not served");
+                    return None;
+                }
+            }
+        }
         let limits = match self.plans.get(tenant.plan.as_str()) {
             Ok(plan) => tenant.limits.apply(&plan.gateway),
             Err(error) => {
@@ -331,6 +358,7 @@ impl GatewayFeed {
             app_audience: self.realms.app_audience(&tenant.name),
             api_keys,
             apis,
+            guardrails,
             limits,
         })
     }

@@ -28,6 +28,7 @@ pub mod provider_keys;
 pub mod provision;
 pub mod realms;
 pub mod reconciler;
+pub mod resources;
 pub mod rollouts;
 pub mod runtime;
 pub mod server;

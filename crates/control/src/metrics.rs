@@ -85,6 +85,12 @@ struct TenantLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FindingLabels {
+    kind: String,
+    action: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RefusalLabels {
     phase: String,
     code: String,
@@ -172,6 +178,15 @@ impl Collector for GatewayCollector {
             "gateway_refusals",
             "Requests the gateway refused, by phase and code (hosts naming no tenant included)",
             refusals,
+        )?;
+        let findings = stats.guard_findings().into_iter().map(|(kind, action, n)| {
+            (FindingLabels { kind: kind.to_owned(), action: action.to_owned() }, n)
+        });
+        encode_counters(
+            &mut encoder,
+            "gateway_guardrail_findings",
+            "Personal data the guardrails found in bodies, by kind and what was done (redact, reject, log)",
+            findings,
         )?;
         let (buckets, sum, count) = stats.upstream_latency();
         let mut histogram = encoder.encode_descriptor(

@@ -654,6 +654,11 @@ pub async fn start_with_steps(
         events.clone(),
     ));
     let apis = Arc::new(ApiService::new(Arc::clone(&store), Arc::clone(&clock), events.clone()));
+    let resources = Arc::new(crate::resources::ResourceService::new(
+        Arc::clone(&store),
+        Arc::clone(&clock),
+        events.clone(),
+    ));
     let apps = Arc::new(crate::apps::AppService::new(
         Arc::clone(&store),
         Arc::clone(&clock),
@@ -693,6 +698,7 @@ pub async fn start_with_steps(
     let state = AppState {
         tenants,
         apis,
+        resources,
         apps,
         rollouts: Arc::clone(&rollouts),
         vault: Arc::clone(&vault),

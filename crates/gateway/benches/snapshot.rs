@@ -72,6 +72,7 @@ fn tenants(n: usize) -> Vec<TenantConfig> {
                 app_audience: format!("{issuer}/apps"),
                 api_keys: Vec::new(),
                 apis: vec![api],
+                guardrails: Vec::new(),
                 limits: limits.clone(),
                 refresh_at: None,
                 name,

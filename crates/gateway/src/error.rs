@@ -20,17 +20,20 @@ pub enum Phase {
     Route,
     Authz,
     Limit,
+    /// The tenant's guardrails, on the request's body.
+    Guard,
     Proxy,
 }
 
 impl Phase {
-    pub const ALL: [Phase; 7] = [
+    pub const ALL: [Phase; 8] = [
         Phase::Framing,
         Phase::Resolve,
         Phase::Authn,
         Phase::Route,
         Phase::Authz,
         Phase::Limit,
+        Phase::Guard,
         Phase::Proxy,
     ];
 
@@ -42,6 +45,7 @@ impl Phase {
             Phase::Route => "route",
             Phase::Authz => "authz",
             Phase::Limit => "limit",
+            Phase::Guard => "guard",
             Phase::Proxy => "proxy",
         }
     }
@@ -63,6 +67,9 @@ pub enum Code {
     LimiterUnavailable,
     UpstreamUnavailable,
     UpstreamTimeout,
+    GuardrailPii,
+    GuardrailBlockedTopic,
+    GuardrailPromptTooLarge,
 }
 
 impl Code {
@@ -125,6 +132,21 @@ impl Code {
                 StatusCode::GATEWAY_TIMEOUT,
                 "the API's upstream did not answer in time",
             ),
+            GuardrailPii => (
+                "guardrail_pii",
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "the request carries personal data that this tenant's guardrail refuses",
+            ),
+            GuardrailBlockedTopic => (
+                "guardrail_blocked_topic",
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "the request touches a topic that this tenant's guardrail blocks",
+            ),
+            GuardrailPromptTooLarge => (
+                "guardrail_prompt_too_large",
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "the request body is larger than this tenant's guardrail allows",
+            ),
         }
     }
 
@@ -146,11 +168,14 @@ pub struct Refusal {
     pub reason: Cow<'static, str>,
     /// Headers the response carries besides the body (Retry-After, Allow).
     pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// The caller's own rule that refused it (`guardrail: topic`), sent as
+    /// `error.rule`: never matched text, never another tenant's.
+    pub rule: Option<String>,
 }
 
 impl Refusal {
     pub fn new(phase: Phase, code: Code, reason: impl Into<Cow<'static, str>>) -> Self {
-        Self { phase, code, reason: reason.into(), headers: Vec::new() }
+        Self { phase, code, reason: reason.into(), headers: Vec::new(), rule: None }
     }
 
     pub fn with_header(mut self, name: HeaderName, value: HeaderValue) -> Self {
@@ -168,13 +193,16 @@ impl Refusal {
 /// The response for `refusal`: `{"error":{"code","message","request_id"}}`.
 pub fn rescue(refusal: &Refusal, request_id: &HeaderValue) -> Response<Body> {
     let (code, status, message) = refusal.code.entry();
-    let body = serde_json::json!({
+    let mut body = serde_json::json!({
         "error": {
             "code": code,
             "message": message,
             "request_id": request_id.to_str().unwrap_or_default(),
         }
     });
+    if let Some(rule) = &refusal.rule {
+        body["error"]["rule"] = serde_json::Value::from(rule.as_str());
+    }
     let mut response = Response::new(full(Bytes::from(body.to_string())));
     *response.status_mut() = status;
     let headers = response.headers_mut();

@@ -10,11 +10,123 @@
 //! guardrail against mistakes and careless agents, not against a client
 //! set on exfiltrating its own data.
 
-use std::ops::Range;
+use std::{ops::Range, sync::Arc, time::Duration};
 
 use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
 use bulkhead_model::{GuardrailSpec, PiiAction, PiiKind};
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Request, Response, header};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
 use regex::bytes::{Regex, RegexSet, RegexSetBuilder};
+
+use crate::{
+    body::{Body, BoxError, Tracked, full},
+    error::{Code, Phase, Refusal},
+    snapshot::ApiEntry,
+    stats::Stats,
+};
+
+/// The guard phase. Reads: a request allowed so far, and its API's
+/// guardrails. Adds: the request body as the guardrails leave it (read
+/// whole, within the API's `max_body_bytes`, then redacted), or a refusal
+/// naming the rule. An API without guardrails streams its body untouched.
+pub async fn request(
+    api: &ApiEntry,
+    request: Request<Body>,
+    stats: &Stats,
+) -> Result<Request<Body>, Refusal> {
+    if api.guards.is_empty() || crate::headers::is_upgrade(request.headers()) {
+        return Ok(request);
+    }
+    let (mut parts, body) = request.into_parts();
+    let bytes = body.collect().await.map_err(unreadable)?.to_bytes();
+    let bytes = scan_all(&api.guards, bytes, stats, "request")?;
+    set_length(&mut parts.headers, bytes.len());
+    Ok(Request::from_parts(parts, full(bytes)))
+}
+
+/// The guard phase on the way back, with the API's guardrails that say
+/// `scan_responses`: a response of known length within the API's
+/// `max_body_bytes` is read whole and scanned like a request. Streamed
+/// responses (no length, or `text/event-stream`) pass unscanned: holding
+/// them back would break them.
+pub async fn response(
+    api: &ApiEntry,
+    response: Response<Incoming>,
+    idle: Duration,
+    stats: &Stats,
+) -> Result<Response<Body>, Refusal> {
+    if api.response_guards.is_empty() || !scannable(response.headers(), api.spec.max_body_bytes) {
+        return Ok(response.map(|body| body.map_err(BoxError::from).boxed_unsync()));
+    }
+    let (mut parts, body) = response.into_parts();
+    let body = Tracked::new(body, idle, Arc::default(), ());
+    let bytes = body.collect().await.map_err(unreadable)?.to_bytes();
+    let bytes = scan_all(&api.response_guards, bytes, stats, "response")?;
+    set_length(&mut parts.headers, bytes.len());
+    Ok(Response::from_parts(parts, full(bytes)))
+}
+
+fn scannable(headers: &HeaderMap, max: u64) -> bool {
+    let streamed = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim_start().starts_with("text/event-stream"));
+    let length = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    !streamed && length.is_some_and(|length| length <= max)
+}
+
+/// Each guard in turn, on what the one before left.
+fn scan_all(
+    guards: &[Arc<Guard>],
+    mut bytes: Bytes,
+    stats: &Stats,
+    what: &str,
+) -> Result<Bytes, Refusal> {
+    for guard in guards {
+        match guard.scan(&bytes) {
+            Ok(scanned) => {
+                for (kind, action, count) in &scanned.found {
+                    stats.found(*kind, *action, *count);
+                }
+                if let Some(redacted) = scanned.redacted {
+                    bytes = Bytes::from(redacted);
+                }
+            }
+            Err(rejection) => {
+                if let Some(kind) = rejection.pii {
+                    stats.found(kind, PiiAction::Reject, 1);
+                }
+                let mut refusal = Refusal::new(
+                    Phase::Guard,
+                    rejection.code,
+                    format!("{what}: {}", rejection.rule),
+                );
+                refusal.rule = Some(rejection.rule);
+                return Err(refusal);
+            }
+        }
+    }
+    Ok(bytes)
+}
+
+/// The body's length once its guardrails have changed it; the framing it
+/// came with (chunked, or the old length) no longer holds.
+fn set_length(headers: &mut HeaderMap, length: usize) {
+    headers.remove(header::TRANSFER_ENCODING);
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+}
+
+fn unreadable(error: BoxError) -> Refusal {
+    if crate::proxy::caused_by::<http_body_util::LengthLimitError>(&*error) {
+        return Refusal::new(Phase::Proxy, Code::PayloadTooLarge, "body over the cap");
+    }
+    Refusal::new(Phase::Guard, Code::BadRequest, format!("the body could not be read: {error}"))
+}
 
 /// Why a body was refused: the wire code and the rule, never the text
 /// that matched.
@@ -22,10 +134,12 @@ use regex::bytes::{Regex, RegexSet, RegexSetBuilder};
 pub struct Rejection {
     /// `guardrail_pii`, `guardrail_blocked_topic` or
     /// `guardrail_prompt_too_large`.
-    pub code: &'static str,
+    pub code: Code,
     /// The guardrail and what fired: `default: card`, `default: topic
     /// weapons`.
     pub rule: String,
+    /// The personal data that was refused, for a `guardrail_pii`.
+    pub pii: Option<PiiKind>,
 }
 
 /// What a scan found and did.
@@ -33,8 +147,9 @@ pub struct Rejection {
 pub struct Scanned {
     /// The body with its redactions, when anything was redacted.
     pub redacted: Option<Vec<u8>>,
-    /// Every finding, by kind (redacted, logged or the one rejected).
-    pub found: Vec<(PiiKind, u32)>,
+    /// Every finding, by kind and what was done (redacted, logged or the
+    /// one rejected).
+    pub found: Vec<(PiiKind, PiiAction, u32)>,
 }
 
 /// One tenant guardrail, compiled.
@@ -103,10 +218,10 @@ impl Guard {
         if let Some(max) = self.max_bytes
             && u64::try_from(body.len()).unwrap_or(u64::MAX) > max
         {
-            return Err(self.reject("guardrail_prompt_too_large", format!("over {max} bytes")));
+            return Err(self.reject(Code::GuardrailPromptTooLarge, format!("over {max} bytes")));
         }
         if let Some(topic) = self.topic(body) {
-            return Err(self.reject("guardrail_blocked_topic", format!("topic {topic}")));
+            return Err(self.reject(Code::GuardrailBlockedTopic, format!("topic {topic}")));
         }
         if self.pii.is_empty() {
             return Ok(Scanned::default());
@@ -118,9 +233,11 @@ impl Guard {
             if count == 0 {
                 continue;
             }
-            scanned.found.push((*kind, u32::try_from(count).unwrap_or(u32::MAX)));
+            scanned.found.push((*kind, *action, u32::try_from(count).unwrap_or(u32::MAX)));
             if *action == PiiAction::Reject {
-                return Err(self.reject("guardrail_pii", kind.as_str().to_owned()));
+                let mut rejection = self.reject(Code::GuardrailPii, kind.as_str().to_owned());
+                rejection.pii = Some(*kind);
+                return Err(rejection);
             }
         }
         let redact: Vec<&Finding> =
@@ -145,8 +262,8 @@ impl Guard {
         self.pii.iter().find(|(k, _)| *k == kind).map(|(_, a)| *a)
     }
 
-    fn reject(&self, code: &'static str, what: String) -> Rejection {
-        Rejection { code, rule: format!("{}: {what}", self.name) }
+    fn reject(&self, code: Code, what: String) -> Rejection {
+        Rejection { code, rule: format!("{}: {what}", self.name), pii: None }
     }
 
     /// The first blocked topic the body touches: a keyword as a whole word
@@ -356,17 +473,21 @@ mod tests {
         let text = String::from_utf8(out.redacted.unwrap()).unwrap();
         assert!(text.contains("pay with [card], mail [email]\""), "{text}");
         serde_json::from_str::<serde_json::Value>(&text).unwrap();
-        assert_eq!(out.found, vec![(PiiKind::Email, 1), (PiiKind::Card, 1)]);
+        let redact = PiiAction::Redact;
+        assert_eq!(out.found, vec![(PiiKind::Email, redact, 1), (PiiKind::Card, redact, 1)]);
     }
 
     #[test]
     fn reject_and_log_act_as_asked() {
         let g = guard(&[(PiiKind::Card, PiiAction::Reject), (PiiKind::Email, PiiAction::Log)]);
         let refused = g.scan(b"4111111111111111").unwrap_err();
-        assert_eq!(refused, Rejection { code: "guardrail_pii", rule: "default: card".into() });
+        let card = Some(PiiKind::Card);
+        let expected =
+            Rejection { code: Code::GuardrailPii, rule: "default: card".into(), pii: card };
+        assert_eq!(refused, expected);
         let logged = g.scan(b"to ada@example.com").unwrap();
         assert_eq!(logged.redacted, None);
-        assert_eq!(logged.found, vec![(PiiKind::Email, 1)]);
+        assert_eq!(logged.found, vec![(PiiKind::Email, PiiAction::Log, 1)]);
     }
 
     #[test]
@@ -374,12 +495,12 @@ mod tests {
         let g = guard(&[]);
         for text in ["where to buy SEMTEX?", "a nerve agent", "how to Build  a bomb"] {
             let refused = g.scan(text.as_bytes()).unwrap_err();
-            assert_eq!(refused.code, "guardrail_blocked_topic");
+            assert_eq!(refused.code, Code::GuardrailBlockedTopic);
             assert_eq!(refused.rule, "default: topic weapons");
         }
         assert!(g.scan(b"semtexture and nerve agents' agentic nerves").is_ok());
         let big = vec![b'a'; 4097];
-        assert_eq!(g.scan(&big).unwrap_err().code, "guardrail_prompt_too_large");
+        assert_eq!(g.scan(&big).unwrap_err().code, Code::GuardrailPromptTooLarge);
     }
 
     #[test]

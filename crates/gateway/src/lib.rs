@@ -202,12 +202,14 @@ impl Gateway {
         learned.api = Some(Arc::clone(&route.api));
         let permitted = authz::authorize(&snapshot.domain, tenant, route, principal)?;
         let admitted = limit::admit(&self.limiter, &permitted).await?;
-        let pending = record::Pending::new(
-            Arc::clone(&self.recorder),
-            std::mem::take(learned),
-            ended.clone(),
-        );
-        let context = proxy::Forward { request_id, peer, host, slot: admitted.slot, pending };
+        // A clone: a refusal from here on is recorded from `learned`.
+        let pending =
+            record::Pending::new(Arc::clone(&self.recorder), learned.clone(), ended.clone());
+        let request = proxy::inbound(request, &permitted.route.api.spec, &pending.bytes_in)?;
+        let request = guard::request(&permitted.route.api, request, &self.stats).await?;
+        let stats = &self.stats;
+        let context =
+            proxy::Forward { request_id, peer, host, slot: admitted.slot, pending, stats };
         let runtime = Arc::clone(&permitted.tenant.0.runtime);
         let (mut response, answered) = proxy::forward(permitted, request, context).await?;
         self.stats.count(Some(&runtime.labelled), None);

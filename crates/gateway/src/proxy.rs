@@ -43,6 +43,7 @@ use crate::{
     headers,
     limit::{ConnectionSlot, Slot, TenantRuntime},
     record::Pending,
+    stats::Stats,
 };
 
 /// Consecutive failures that take an upstream out of rotation.
@@ -159,32 +160,14 @@ impl ApiRuntime {
     }
 }
 
-/// What the proxy needs besides the request.
-#[derive(Debug)]
-pub struct Forward<'a> {
-    pub request_id: &'a HeaderValue,
-    pub peer: &'a headers::Peer,
-    pub host: HeaderValue,
-    /// Held until the response body ends.
-    pub slot: Slot,
-    /// The request's record, sent when the response body ends.
-    pub pending: Pending,
-}
-
-/// How long the upstream took to answer with its headers.
-#[derive(Debug, Clone, Copy)]
-pub struct Answered {
-    pub latency: Duration,
-}
-
-pub async fn forward(
-    mut permitted: Permitted,
-    mut request: Request<Incoming>,
-    context: Forward<'_>,
-) -> Result<(Response<Body>, Answered), Refusal> {
-    let target = std::mem::take(&mut permitted.route.upstream_target);
-    let api = &permitted.route.api;
-    let spec = &api.spec;
+/// The request as its upstream reads it: its body capped at the API's
+/// `max_body_bytes` (a larger `Content-Length` is refused at once), cut
+/// when it falls idle, and counted into `bytes_in`.
+pub fn inbound(
+    request: Request<Incoming>,
+    spec: &ApiSpec,
+    bytes_in: &Arc<AtomicU64>,
+) -> Result<Request<Body>, Refusal> {
     let declared = request
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -197,6 +180,40 @@ pub async fn forward(
             "Content-Length over the cap",
         ));
     }
+    let cap = usize::try_from(spec.max_body_bytes).unwrap_or(usize::MAX);
+    let idle = Duration::from_millis(spec.timeouts.idle_ms);
+    let bytes_in = Arc::clone(bytes_in);
+    Ok(request.map(|body| Tracked::new(Limited::new(body, cap), idle, bytes_in, ()).boxed_unsync()))
+}
+
+/// What the proxy needs besides the request.
+#[derive(Debug)]
+pub struct Forward<'a> {
+    pub request_id: &'a HeaderValue,
+    pub peer: &'a headers::Peer,
+    pub host: HeaderValue,
+    /// Held until the response body ends.
+    pub slot: Slot,
+    /// The request's record, sent when the response body ends.
+    pub pending: Pending,
+    /// Where the guard counts what it finds in responses.
+    pub stats: &'a Stats,
+}
+
+/// How long the upstream took to answer with its headers.
+#[derive(Debug, Clone, Copy)]
+pub struct Answered {
+    pub latency: Duration,
+}
+
+pub async fn forward(
+    mut permitted: Permitted,
+    mut request: Request<Body>,
+    context: Forward<'_>,
+) -> Result<(Response<Body>, Answered), Refusal> {
+    let target = std::mem::take(&mut permitted.route.upstream_target);
+    let api = &permitted.route.api;
+    let spec = &api.spec;
     let upgrade = headers::is_upgrade(request.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
     let (mut parts, body) = request.into_parts();
@@ -217,17 +234,14 @@ pub async fn forward(
         host: &context.host,
     };
     headers::for_upstream(&mut parts.headers, upgrade, vouched);
-    let cap = usize::try_from(spec.max_body_bytes).unwrap_or(usize::MAX);
     let idle = Duration::from_millis(spec.timeouts.idle_ms);
     let mut pending = context.pending;
-    let body = Tracked::new(Limited::new(body, cap), idle, Arc::clone(&pending.bytes_in), ())
-        .boxed_unsync();
     let started = Instant::now();
     let timeout = Duration::from_millis(spec.timeouts.response_ms);
     let outcome =
         tokio::time::timeout(timeout, runtime.client().request(Request::from_parts(parts, body)))
             .await;
-    let mut response = match outcome {
+    let response = match outcome {
         Ok(Ok(response)) => {
             runtime.succeeded(index);
             response
@@ -261,6 +275,9 @@ pub async fn forward(
         }
     };
     let answered = Answered { latency: started.elapsed() };
+    // Scanned before the request counts as answered, so that a response
+    // the guard refuses is recorded as that refusal alone.
+    let mut response = crate::guard::response(api, response, idle, context.stats).await?;
     pending.answered(response.status().as_u16(), answered.latency);
     let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
     headers::for_client(response.headers_mut(), switching, context.request_id);
@@ -306,7 +323,9 @@ async fn tunnel(
     }
 }
 
-fn caused_by<E: std::error::Error + 'static>(error: &(dyn std::error::Error + 'static)) -> bool {
+pub(crate) fn caused_by<E: std::error::Error + 'static>(
+    error: &(dyn std::error::Error + 'static),
+) -> bool {
     let mut source = Some(error);
     while let Some(e) = source {
         if e.is::<E>() {

@@ -82,7 +82,7 @@ impl Recorder {
 
 /// What the request path learned about a request, phase by phase, for its
 /// record however it ends.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Learned {
     pub tenant: Option<Arc<TenantEntry>>,
     pub api: Option<Arc<ApiEntry>>,

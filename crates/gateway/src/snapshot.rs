@@ -11,12 +11,13 @@ use std::{collections::HashMap, sync::Arc, time::Instant};
 
 use bulkhead_identity::{Role, Trust};
 use bulkhead_meter::{Cell, Limit};
-use bulkhead_model::{ApiSpec, GatewayLimits, TenantName};
+use bulkhead_model::{ApiSpec, GatewayLimits, GuardrailSpec, TenantName};
 use uuid::Uuid;
 
 use http::HeaderValue;
 
 use crate::{
+    guard::Guard,
     headers::text_value,
     limit::TenantRuntime,
     proxy::{ApiRuntime, UpstreamKey},
@@ -42,6 +43,8 @@ pub struct TenantConfig {
     pub app_audience: String,
     pub api_keys: Vec<ApiKeyConfig>,
     pub apis: Vec<ApiSpec>,
+    /// Each applies to every API, or to the one it names.
+    pub guardrails: Vec<GuardrailSpec>,
     pub limits: GatewayLimits,
     /// When the entry must be built again though no change is announced
     /// (unix seconds): a realm key leaves the trust then, or an external
@@ -83,6 +86,9 @@ pub struct TenantEntry {
     pub api_keys: ApiKeys,
     /// Longest prefix first, so the first match is the longest.
     pub apis: Vec<Arc<ApiEntry>>,
+    /// The tenant's guardrails, compiled; a rebuilt entry keeps those
+    /// whose spec did not change.
+    pub guardrails: Vec<(GuardrailSpec, Arc<Guard>)>,
     pub limits: GatewayLimits,
     /// The tenant's rate, from its limits.
     pub rate: Option<Limit>,
@@ -128,6 +134,11 @@ pub struct ApiEntry {
     pub runtime: Arc<ApiRuntime>,
     /// `x-bulkhead-api`.
     pub name_header: HeaderValue,
+    /// The tenant's guardrails that apply to this API, by name: each
+    /// scans the request body in turn.
+    pub guards: Box<[Arc<Guard>]>,
+    /// Those of them that scan responses too.
+    pub response_guards: Box<[Arc<Guard>]>,
 }
 
 /// The limiter's form of a rate; `None` (no limit) only for a rate the
@@ -242,6 +253,25 @@ impl Snapshot {
             None => Arc::new(TenantRuntime::default()),
         };
         runtime.set_limits(&config.limits);
+        let guardrails: Vec<(GuardrailSpec, Arc<Guard>)> = config
+            .guardrails
+            .into_iter()
+            .filter_map(|spec| {
+                let kept = old.and_then(|old| old.guardrails.iter().find(|(s, _)| *s == spec));
+                if let Some((_, guard)) = kept {
+                    return Some((spec, Arc::clone(guard)));
+                }
+                // Applied only once validated with the same compiler, so
+                // this cannot fail on what the API accepted.
+                match Guard::compile(&spec) {
+                    Ok(guard) => Some((spec, Arc::new(guard))),
+                    Err(error) => {
+                        tracing::error!(tenant = %config.name, guardrail = %spec.name, %error, "a guardrail does not compile; it is not applied");
+                        None
+                    }
+                }
+            })
+            .collect();
         let mut apis: Vec<Arc<ApiEntry>> = config
             .apis
             .into_iter()
@@ -254,7 +284,17 @@ impl Snapshot {
                     .map(|a| Arc::clone(&a.runtime))
                     .unwrap_or_else(|| Arc::new(ApiRuntime::new(key, Arc::clone(&runtime))));
                 let cell = previous.map(|a| Arc::clone(&a.cell)).unwrap_or_default();
+                let applying: Vec<&(GuardrailSpec, Arc<Guard>)> = guardrails
+                    .iter()
+                    .filter(|(g, _)| g.api.as_deref().is_none_or(|api| api == spec.name.as_str()))
+                    .collect();
                 Arc::new(ApiEntry {
+                    guards: applying.iter().map(|(_, guard)| Arc::clone(guard)).collect(),
+                    response_guards: applying
+                        .iter()
+                        .filter(|(g, _)| g.scan_responses)
+                        .map(|(_, guard)| Arc::clone(guard))
+                        .collect(),
                     name: spec.name.as_str().into(),
                     name_header: text_value(spec.name.as_str()),
                     rate: spec.rate_limit.as_ref().and_then(limit_of),
@@ -280,6 +320,7 @@ impl Snapshot {
             app_audience: config.app_audience.into(),
             api_keys: ApiKeys::new(config.api_keys),
             apis,
+            guardrails,
             rate: limit_of(&config.limits.rate_limit),
             limits: config.limits,
             runtime,
@@ -301,6 +342,7 @@ mod tests {
             app_audience: format!("https://bulkhead.example/realms/{name}/apps"),
             api_keys: Vec::new(),
             apis: Vec::new(),
+            guardrails: Vec::new(),
             limits: serde_json::from_value(serde_json::json!({
                 "rate_limit": {"requests_per_minute": 60, "burst": 1},
                 "max_in_flight": 1, "max_upstream_connections": 1, "limiter_fallback": "local"

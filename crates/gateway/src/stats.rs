@@ -12,13 +12,15 @@ use std::{
     time::Duration,
 };
 
+use bulkhead_model::{PiiAction, PiiKind};
+
 use crate::error::{Code, Phase, Refusal};
 
 /// Upper bounds of the upstream latency histogram, in seconds.
 pub const LATENCY_BUCKETS: [f64; 12] =
     [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0];
 
-const CODES: [Code; 13] = [
+const CODES: [Code; 16] = [
     Code::BadRequest,
     Code::NotFound,
     Code::TenantSuspended,
@@ -32,6 +34,9 @@ const CODES: [Code; 13] = [
     Code::LimiterUnavailable,
     Code::UpstreamUnavailable,
     Code::UpstreamTimeout,
+    Code::GuardrailPii,
+    Code::GuardrailBlockedTopic,
+    Code::GuardrailPromptTooLarge,
 ];
 
 /// One tenant's requests and refusals.
@@ -57,12 +62,30 @@ impl Labelled {
 #[derive(Debug)]
 pub struct Stats {
     refusals: Vec<AtomicU64>,
+    /// By PII kind and action, in [`PiiKind::ALL`] and [`ACTIONS`] order.
+    findings: Vec<AtomicU64>,
     latency_buckets: [AtomicU64; LATENCY_BUCKETS.len() + 1],
     latency_sum_us: AtomicU64,
     labelled: AtomicUsize,
     tenant_labels: usize,
     /// The tenants beyond the cap, together.
     pub other: TenantCounters,
+}
+
+const ACTIONS: [PiiAction; 3] = [PiiAction::Redact, PiiAction::Reject, PiiAction::Log];
+
+fn action_name(action: PiiAction) -> &'static str {
+    match action {
+        PiiAction::Redact => "redact",
+        PiiAction::Reject => "reject",
+        PiiAction::Log => "log",
+    }
+}
+
+fn finding_index(kind: PiiKind, action: PiiAction) -> usize {
+    let k = PiiKind::ALL.iter().position(|x| *x == kind).unwrap_or(0);
+    let a = ACTIONS.iter().position(|x| *x == action).unwrap_or(0);
+    k * ACTIONS.len() + a
 }
 
 fn index(phase: Phase, code: Code) -> usize {
@@ -75,6 +98,7 @@ impl Stats {
     pub fn new(tenant_labels: usize) -> Self {
         Self {
             refusals: (0..Phase::ALL.len() * CODES.len()).map(|_| AtomicU64::new(0)).collect(),
+            findings: (0..PiiKind::ALL.len() * ACTIONS.len()).map(|_| AtomicU64::new(0)).collect(),
             latency_buckets: Default::default(),
             latency_sum_us: AtomicU64::new(0),
             labelled: AtomicUsize::new(0),
@@ -97,6 +121,27 @@ impl Stats {
         if refusal.is_some() {
             counters.refused.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Counts what a guardrail found in a body.
+    pub fn found(&self, kind: PiiKind, action: PiiAction, count: u32) {
+        if let Some(counter) = self.findings.get(finding_index(kind, action)) {
+            counter.fetch_add(u64::from(count), Ordering::Relaxed);
+        }
+    }
+
+    /// Findings so far, by kind and action (those that happened).
+    pub fn guard_findings(&self) -> Vec<(&'static str, &'static str, u64)> {
+        let mut out = Vec::new();
+        for kind in PiiKind::ALL {
+            for action in ACTIONS {
+                let count = self.findings[finding_index(kind, action)].load(Ordering::Relaxed);
+                if count > 0 {
+                    out.push((kind.as_str(), action_name(action), count));
+                }
+            }
+        }
+        out
     }
 
     pub fn observe_upstream(&self, latency: Duration) {

@@ -16,7 +16,10 @@ use std::{
 use bulkhead_control::api::types::{CreateTenantRequest, UpdateTenantRequest};
 use bulkhead_model::{
     IsolationError, Plan, RegionSummary, Tenant, TenantName, UnknownPlan, UnknownRegion,
-    manifest::{self, Action, ApiManifest, AppManifest, Change, Declared, Object, TenantManifest},
+    manifest::{
+        self, Action, ApiManifest, AppManifest, Change, Declared, GuardrailManifest, Object,
+        TenantManifest,
+    },
 };
 use serde::Serialize;
 
@@ -47,6 +50,7 @@ impl Outcome {
             Object::Tenant(t) => t.name.to_string(),
             Object::Api(a) => a.name().to_string(),
             Object::App(a) => a.name().to_string(),
+            Object::Guardrail(g) => g.spec.name.clone(),
         };
         Self {
             object: object.id(),
@@ -129,6 +133,13 @@ pub async fn apply(args: &ApplyArgs, global: &GlobalArgs) -> Result<(), CliError
                     .await
                     .map_err(|e| about(step.declared, e))?;
                 action.done().to_owned()
+            }
+            (Object::Guardrail(guardrail), _) => {
+                let applied = client
+                    .put_guardrail(guardrail.tenant.as_str(), &guardrail.spec)
+                    .await
+                    .map_err(|e| about(step.declared, e))?;
+                applied.result
             }
         };
         report.add(object, &result);
@@ -234,6 +245,9 @@ pub async fn delete(args: &DeleteManifestArgs, global: &GlobalArgs) -> Result<()
                 client.delete_api(api.tenant.as_str(), api.name().as_str()).await.map(|_| ())
             }
             Object::App(app) => client.delete_app(app.tenant.as_str(), app.name().as_str()).await,
+            Object::Guardrail(guardrail) => {
+                client.delete_guardrail(guardrail.tenant.as_str(), &guardrail.spec.name).await
+            }
             Object::Tenant(tenant) => {
                 client.delete_tenant(tenant.name.as_str(), false).await.map(|_| ())
             }
@@ -283,6 +297,29 @@ pub async fn get(command: &GetCommand, global: &GlobalArgs) -> Result<(), CliErr
                 TenantName::parse_stored(tenant).map_err(|e| CliError::usage(e.to_string()))?;
             vec![Object::App(AppManifest::of(&tenant, spec))]
         }
+        GetCommand::Guardrails { tenant, name } => {
+            let specs = match name {
+                Some(name) => match client.find_guardrail(tenant, name).await? {
+                    Found::Yes(spec) => vec![spec],
+                    Found::Gone => {
+                        return Err(CliError::new(
+                            Kind::NotFound,
+                            format!(
+                                "tenant {tenant:?} has no guardrail named {name:?}; `bulkhead get \
+                                 guardrails --tenant {tenant}` lists them"
+                            ),
+                        ));
+                    }
+                },
+                None => client.guardrails(tenant).await?.guardrails,
+            };
+            let tenant =
+                TenantName::parse_stored(tenant).map_err(|e| CliError::usage(e.to_string()))?;
+            specs
+                .into_iter()
+                .map(|spec| Object::Guardrail(GuardrailManifest::of(&tenant, spec)))
+                .collect()
+        }
     };
     if global.output == Output::Json {
         return match objects.as_slice() {
@@ -314,8 +351,10 @@ async fn plan<'a>(client: &ApiClient, declared: &'a [Declared]) -> Result<Vec<St
     // Each tenant named, as the server has it, and whether this set
     // creates it.
     let mut tenants: HashMap<TenantName, (Option<Tenant>, bool)> = HashMap::new();
-    let (tenant_objects, owned_objects): (Vec<&Declared>, Vec<&Declared>) =
+    let (tenant_objects, mut owned_objects): (Vec<&Declared>, Vec<&Declared>) =
         declared.iter().partition(|d| matches!(d.object, Object::Tenant(_)));
+    // A guardrail may name an API declared beside it: APIs go first.
+    owned_objects.sort_by_key(|d| matches!(d.object, Object::Guardrail(_)));
     for declared in tenant_objects {
         let Object::Tenant(manifest) = &declared.object else { continue };
         let current = match client.find_tenant(manifest.name.as_str()).await? {
@@ -380,6 +419,16 @@ async fn plan<'a>(client: &ApiClient, declared: &'a [Declared]) -> Result<Vec<St
                 let current = match exists {
                     true => client
                         .find_app(tenant.as_str(), manifest.name().as_str())
+                        .await?
+                        .into_option(),
+                    false => None,
+                };
+                manifest.against(current.as_ref())
+            }
+            Object::Guardrail(manifest) => {
+                let current = match exists {
+                    true => client
+                        .find_guardrail(tenant.as_str(), &manifest.spec.name)
                         .await?
                         .into_option(),
                     false => None,

@@ -51,7 +51,7 @@ fn gateway_addr(server: &Server) -> SocketAddr {
     addr_of(&server.gateway)
 }
 
-fn addr_of(url: &str) -> SocketAddr {
+pub(crate) fn addr_of(url: &str) -> SocketAddr {
     url.trim_start_matches("http://").parse().unwrap()
 }
 
@@ -77,7 +77,7 @@ fn url_at(addr: SocketAddr, tenant: &str, path: &str) -> String {
     format!("http://{tenant}.localhost:{}{path}", addr.port())
 }
 
-fn token(server: &Server, tenant: &str, extra: &[&str]) -> String {
+pub(crate) fn token(server: &Server, tenant: &str, extra: &[&str]) -> String {
     let mut args =
         vec!["auth", "token", "--tenant", tenant, "--subject", "alice", "--role", "analyst"];
     args.extend(extra);

@@ -10,6 +10,7 @@
 )]
 
 mod access;
+mod ai;
 mod api;
 mod apps;
 mod audit;

@@ -3,7 +3,8 @@
 //! upstream received and not only what the client saw.
 //!
 //! Paths: `/sse` streams three events 300 ms apart; `/hang` never answers;
-//! anything else answers 200 with what it received as JSON.
+//! `/leak` answers with a card number and an e-mail address; anything else
+//! answers 200 with what it received as JSON.
 
 use std::{
     convert::Infallible,
@@ -91,6 +92,12 @@ async fn answer(
             });
             let mut response = Response::new(StreamBody::new(stream).boxed());
             response.headers_mut().insert("content-type", "text/event-stream".parse().unwrap());
+            response
+        }
+        path if path.ends_with("/leak") => {
+            let leak = json!({"answer": "card 4111 1111 1111 1111, mail ada@example.com"});
+            let mut response = Response::new(Full::new(Bytes::from(leak.to_string())).boxed());
+            response.headers_mut().insert("content-type", "application/json".parse().unwrap());
             response
         }
         _ => {

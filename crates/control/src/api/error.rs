@@ -18,8 +18,8 @@ use bulkhead_vault::VaultError;
 use super::types::{ErrorBody, ErrorDetail};
 use crate::{
     admission::Refused, apis::ApisError, apps::AppsError, audit::AuditServiceError,
-    credentials::CredentialError, identity::IdentityError, rollouts::RolloutError,
-    tenants::TenantError, usage::UsageError, vault::VaultServiceError,
+    credentials::CredentialError, identity::IdentityError, resources::ResourcesError,
+    rollouts::RolloutError, tenants::TenantError, usage::UsageError, vault::VaultServiceError,
 };
 
 /// The table of error codes: each with its HTTP status.
@@ -64,6 +64,8 @@ pub enum ErrorCode {
     AppNotFound,
     RolloutNotFound,
     InvalidApp,
+    InvalidGuardrail,
+    GuardrailNotFound,
     RuntimeUnavailable,
     ApiExists,
     InvalidApi,
@@ -80,13 +82,12 @@ impl ErrorCode {
             InvalidRequest | InvalidJson | InvalidTenantName | InvalidAdminEmail
             | InvalidLimits | UnknownPlan | UnknownRegion | IsolationUnavailable
             | InvalidSecretPath | InvalidSecretValue | InvalidKey | WrongTenantKey | InvalidApi
-            | InvalidApp => StatusCode::BAD_REQUEST,
+            | InvalidApp | InvalidGuardrail => StatusCode::BAD_REQUEST,
             Unauthorized => StatusCode::UNAUTHORIZED,
             LockedOut | Forbidden => StatusCode::FORBIDDEN,
             NotFound | TenantNotFound | SecretNotFound | LeaseNotFound | LockoutNotFound
-            | ApiKeyNotFound | ApiNotFound | AppNotFound | RolloutNotFound | MigrationNotFound => {
-                StatusCode::NOT_FOUND
-            }
+            | ApiKeyNotFound | ApiNotFound | AppNotFound | RolloutNotFound | MigrationNotFound
+            | GuardrailNotFound => StatusCode::NOT_FOUND,
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             TenantExists
             | ImmutableField
@@ -146,6 +147,8 @@ impl ErrorCode {
             AppNotFound => "app_not_found",
             RolloutNotFound => "rollout_not_found",
             InvalidApp => "invalid_app",
+            InvalidGuardrail => "invalid_guardrail",
+            GuardrailNotFound => "guardrail_not_found",
             RuntimeUnavailable => "runtime_unavailable",
             ApiExists => "api_exists",
             InvalidApi => "invalid_api",
@@ -348,6 +351,26 @@ impl From<ApisError> for ApiError {
             ApisError::NotFound { .. } => ApiNotFound,
             ApisError::TooMany { .. } => QuotaExceeded,
             ApisError::Leaving(_) => InvalidState,
+        };
+        Self::new(code, error.to_string())
+    }
+}
+
+impl From<ResourcesError> for ApiError {
+    fn from(error: ResourcesError) -> Self {
+        use ErrorCode::*;
+        let code = match error {
+            ResourcesError::Store(ref store) => return store_error(store),
+            ResourcesError::Corrupt { .. } => {
+                tracing::error!(%error, "a stored resource is unreadable");
+                CorruptData
+            }
+            ResourcesError::TenantNotFound(_) => TenantNotFound,
+            ResourcesError::Forbidden(_) => Forbidden,
+            ResourcesError::Invalid { .. } | ResourcesError::UnknownApi { .. } => InvalidGuardrail,
+            ResourcesError::NotFound { .. } => GuardrailNotFound,
+            ResourcesError::TooMany { .. } => QuotaExceeded,
+            ResourcesError::Leaving(_) => InvalidState,
         };
         Self::new(code, error.to_string())
     }

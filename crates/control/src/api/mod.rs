@@ -8,6 +8,7 @@ pub mod audit;
 pub(crate) mod auth;
 mod catalog;
 pub mod error;
+mod guardrails;
 mod identity;
 mod meta;
 mod migrations;
@@ -56,6 +57,8 @@ const MAX_BODY_BYTES: usize = 64 * 1024;
 pub struct AppState {
     pub tenants: Arc<TenantService>,
     pub apis: Arc<ApiService>,
+    /// Guardrails (and the other resources that are a spec alone).
+    pub resources: Arc<crate::resources::ResourceService>,
     pub apps: Arc<crate::apps::AppService>,
     pub rollouts: Arc<crate::rollouts::RolloutService>,
     pub vault: Arc<VaultService>,
@@ -106,6 +109,7 @@ impl AppState {
         (name = "vault", description = "Secrets, data keys and database credentials of tenants"),
         (name = "realms", description = "Each tenant's identity realm: OIDC documents, tokens, signing keys, API keys"),
         (name = "apis", description = "Each tenant's APIs: the contracts its gateway routes by"),
+        (name = "guardrails", description = "Each tenant's guardrails: personal data, blocked topics and prompt sizes its gateway checks bodies for"),
         (name = "apps", description = "Each tenant's apps, run as confined workers, and their logs"),
         (name = "audit", description = "Each tenant's hash-chained, signed audit stream, and the platform's"),
         (name = "verify", description = "Checks of the live installation's isolation"),
@@ -258,6 +262,12 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(apis::create_api, apis::list_apis))
         .routes(routes!(apis::get_api, apis::put_api, apis::delete_api))
         .routes(routes!(apis::public_apis))
+        .routes(routes!(guardrails::list_guardrails))
+        .routes(routes!(
+            guardrails::get_guardrail,
+            guardrails::put_guardrail,
+            guardrails::delete_guardrail
+        ))
         .routes(routes!(apps::list_apps))
         .routes(routes!(apps::get_app, apps::deploy_app, apps::delete_app))
         .routes(routes!(apps::start_app))

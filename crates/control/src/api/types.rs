@@ -722,6 +722,20 @@ pub struct ApiList {
     pub apis: Vec<bulkhead_model::ApiSpec>,
 }
 
+/// A tenant's guardrails, by name.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct GuardrailList {
+    pub guardrails: Vec<bulkhead_model::GuardrailSpec>,
+}
+
+/// A guardrail as applied, and what applying it did: `created`,
+/// `changed` or `unchanged`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct GuardrailApplied {
+    pub guardrail: bulkhead_model::GuardrailSpec,
+    pub result: String,
+}
+
 /// An API that answers without a credential, and its tenant.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct PublicApi {

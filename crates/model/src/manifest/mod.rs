@@ -17,8 +17,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::{
-    AdminEmail, ApiName, ApiSpec, AppName, AppSpec, Isolation, PlanName, RegionName, Tenant,
-    TenantLimits, TenantName, TenantState,
+    AdminEmail, ApiName, ApiSpec, AppName, AppSpec, GuardrailSpec, Isolation, PlanName, RegionName,
+    Tenant, TenantLimits, TenantName, TenantState,
 };
 
 pub use diff::{Change, changes};
@@ -69,12 +69,21 @@ pub struct AppManifest {
     pub spec: AppSpec,
 }
 
+/// A `Guardrail` document: one guardrail of a tenant. The spec's name is
+/// the document's `metadata.name`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuardrailManifest {
+    pub tenant: TenantName,
+    pub spec: GuardrailSpec,
+}
+
 /// One object a manifest declares.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Object {
     Tenant(TenantManifest),
     Api(ApiManifest),
     App(AppManifest),
+    Guardrail(GuardrailManifest),
 }
 
 /// An object and where it was declared, for messages about it.
@@ -137,6 +146,7 @@ impl Object {
             Object::Tenant(_) => "Tenant",
             Object::Api(_) => "Api",
             Object::App(_) => "App",
+            Object::Guardrail(_) => "Guardrail",
         }
     }
 
@@ -146,6 +156,7 @@ impl Object {
             Object::Tenant(t) => format!("tenant/{}", t.name),
             Object::Api(a) => format!("api/{}/{}", a.tenant, a.spec.name),
             Object::App(a) => format!("app/{}/{}", a.tenant, a.spec.name),
+            Object::Guardrail(g) => format!("guardrail/{}/{}", g.tenant, g.spec.name),
         }
     }
 
@@ -155,6 +166,7 @@ impl Object {
             Object::Tenant(t) => &t.name,
             Object::Api(a) => &a.tenant,
             Object::App(a) => &a.tenant,
+            Object::Guardrail(g) => &g.tenant,
         }
     }
 
@@ -168,6 +180,9 @@ impl Object {
             }
             Object::App(a) => {
                 (json!({ "name": a.spec.name, "tenant": a.tenant }), fields_but_name(&a.spec))
+            }
+            Object::Guardrail(g) => {
+                (json!({ "name": g.spec.name, "tenant": g.tenant }), fields_but_name(&g.spec))
             }
         };
         json!({ "apiVersion": API_VERSION, "kind": self.kind(), "metadata": metadata, "spec": spec })
@@ -318,6 +333,18 @@ impl AppManifest {
     /// What applying this manifest over `current` (`None`: no such app)
     /// would do; a change deploys the new spec.
     pub fn against(&self, current: Option<&AppSpec>) -> Action {
+        Action::between(current.map(fields_but_name), fields_but_name(&self.spec))
+    }
+}
+
+impl GuardrailManifest {
+    pub fn of(tenant: &TenantName, spec: GuardrailSpec) -> Self {
+        Self { tenant: tenant.clone(), spec }
+    }
+
+    /// What applying this manifest over `current` (`None`: no such
+    /// guardrail) would do; the spec is the whole guardrail.
+    pub fn against(&self, current: Option<&GuardrailSpec>) -> Action {
         Action::between(current.map(fields_but_name), fields_but_name(&self.spec))
     }
 }

@@ -15,8 +15,11 @@ use serde::{
 };
 use serde_saphyr::{MessageFormatter, Spanned};
 
-use super::{API_VERSION, ApiManifest, AppManifest, Declared, Object, TenantManifest, TenantSpec};
-use crate::{ApiName, ApiSpec, AppName, AppSpec, TenantName};
+use super::{
+    API_VERSION, ApiManifest, AppManifest, Declared, GuardrailManifest, Object, TenantManifest,
+    TenantSpec,
+};
+use crate::{ApiName, ApiSpec, AppName, AppSpec, GuardrailSpec, TenantName};
 
 /// What is wrong with a manifest, and where.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -164,6 +167,13 @@ struct ApiMetadata {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct GuardrailMetadata {
+    name: String,
+    tenant: TenantName,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct AppMetadata {
     name: AppName,
     tenant: TenantName,
@@ -205,14 +215,18 @@ fn read(source: &str, document: &Document) -> Result<Option<Declared>, ManifestE
     let Some(kind) = header.kind else {
         return Err(error_at(
             None,
-            "this document has no kind; use `kind: Tenant`, `kind: Api` or `kind: App`".into(),
+            "this document has no kind; use `kind: Tenant`, `kind: Api`, `kind: App` or `kind: \
+             Guardrail`"
+                .into(),
         ));
     };
     let kind_name = kind.value.as_str();
-    if !matches!(kind_name, "Tenant" | "Api" | "App") {
+    if !matches!(kind_name, "Tenant" | "Api" | "App" | "Guardrail") {
         return Err(error_at(
             Some(kind.referenced),
-            format!("kind {kind_name:?} is not one Bulkhead knows; use Tenant, Api or App"),
+            format!(
+                "kind {kind_name:?} is not one Bulkhead knows; use Tenant, Api, App or Guardrail"
+            ),
         ));
     }
     let (names, names_at) = match header.metadata {
@@ -247,6 +261,15 @@ fn read(source: &str, document: &Document) -> Result<Option<Declared>, ManifestE
             .validate()
             .map_err(|e| error_at(Some(typed.spec.referenced), format!("spec.{e}")))?;
         Object::App(AppManifest { tenant: typed.metadata.tenant, spec })
+    } else if kind_name == "Guardrail" {
+        let typed: Typed<GuardrailMetadata, SpecFields<GuardrailSpec>> =
+            serde_saphyr::from_str(&document.text).map_err(yaml)?;
+        let mut spec = typed.spec.value.0;
+        spec.name = typed.metadata.name;
+        // Every pattern is compiled here, as the gateway compiles it: one
+        // too costly is refused with the line, before anything is applied.
+        spec.validate().map_err(|e| error_at(Some(typed.spec.referenced), format!("spec.{e}")))?;
+        Object::Guardrail(GuardrailManifest { tenant: typed.metadata.tenant, spec })
     } else {
         let typed: Typed<ApiMetadata, SpecFields<ApiSpec>> =
             serde_saphyr::from_str(&document.text).map_err(yaml)?;

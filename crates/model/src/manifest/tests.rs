@@ -149,11 +149,13 @@ fn every_document_needs_api_version_kind_and_name() {
         ),
         (
             tenant.replace("kind: Tenant\n", ""),
-            "m.yaml:1: this document has no kind; use `kind: Tenant`, `kind: Api` or `kind: App`",
+            "m.yaml:1: this document has no kind; use `kind: Tenant`, `kind: Api`, `kind: App` or \
+             `kind: Guardrail`",
         ),
         (
             tenant.replace("kind: Tenant", "kind: Namespace"),
-            "m.yaml:2:7: kind \"Namespace\" is not one Bulkhead knows; use Tenant, Api or App",
+            "m.yaml:2:7: kind \"Namespace\" is not one Bulkhead knows; use Tenant, Api, App or \
+             Guardrail",
         ),
         (
             tenant.replace("  name: acme\n", "  labels: {}\n"),
@@ -370,4 +372,33 @@ fn an_app_document_reads_back_as_it_prints() {
         "{:?}",
         errors(&nameless)
     );
+}
+
+#[test]
+fn guardrails_are_read_and_a_costly_pattern_is_refused_with_its_line() {
+    let text = "apiVersion: bulkhead.dev/v1
+kind: Guardrail
+metadata:
+  name: pii
+  tenant: acme
+spec:
+  api: chat
+  pii: {card: redact, email: reject}
+  topics:
+    - name: weapons
+      keywords: [semtex]
+      patterns: ['build\\s+a\\s+bomb']
+  max_prompt_bytes: 65536
+";
+    let declared = parse("m.yaml", text).unwrap();
+    let Object::Guardrail(guardrail) = &declared[0].object else { panic!("a guardrail") };
+    assert_eq!((guardrail.tenant.as_str(), guardrail.spec.name.as_str()), ("acme", "pii"));
+    assert_eq!(guardrail.spec.api.as_deref(), Some("chat"));
+    assert_eq!(declared[0].object.id(), "guardrail/acme/pii");
+    // What `get` prints is what `apply` reads back.
+    let again = parse("m.yaml", &to_yaml(&[declared[0].object.clone()]).unwrap());
+    assert_eq!(again.unwrap()[0].object, declared[0].object);
+    let costly = text.replace("'build\\s+a\\s+bomb'", "'\\w{1000}\\w{1000}\\w{1000}'");
+    let error = errors(&costly).join("\n");
+    assert!(error.starts_with("m.yaml:7:3: spec.topics: topic weapons, pattern 1"), "{error}");
 }

@@ -1,0 +1,275 @@
+//! AI traffic through the real binary: guardrails applied from the sample
+//! manifests of docs/manifests/ai, on real requests through the gateway to
+//! real upstreams, asserting what the upstreams received.
+
+use std::{
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::{
+    gateway::{addr_of, token},
+    kit::{Server, exit_code, stderr, stdout},
+    upstream::Upstream,
+};
+
+/// docs/manifests/ai, with its upstream replaced by `upstream`, written to
+/// the server's side so that the sample itself is what is applied.
+fn ai_samples(server: &Server, upstream: &str) -> String {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/manifests/ai");
+    let out = server.data_dir().parent().unwrap().join("ai-manifests");
+    std::fs::create_dir_all(&out).unwrap();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let text = text.replace("http://127.0.0.1:9100", upstream);
+        std::fs::write(out.join(path.file_name().unwrap()), text).unwrap();
+    }
+    out.to_str().unwrap().to_owned()
+}
+
+fn client(server: &Server) -> reqwest::Client {
+    let addr = addr_of(&server.gateway);
+    reqwest::Client::builder()
+        .resolve("helpdesk.localhost", addr)
+        .resolve("globex.localhost", addr)
+        .build()
+        .unwrap()
+}
+
+fn at(server: &Server, tenant: &str, path: &str) -> String {
+    format!("http://{tenant}.localhost:{}{path}", addr_of(&server.gateway).port())
+}
+
+fn chat(content: &str) -> Value {
+    json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": content}]})
+}
+
+async fn post(client: &reqwest::Client, url: &str, token: &str, body: &Value) -> (u16, Value) {
+    let response = client.post(url).bearer_auth(token).json(body).send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn guardrails_redact_and_refuse_the_tenants_own_traffic_and_no_one_elses() {
+    let server = Server::embedded().await;
+    let (helpdesk, globex) = (Upstream::start().await, Upstream::start().await);
+    let samples = ai_samples(&server, &helpdesk.url());
+    let applied = server.cli(&["apply", "-f", &samples]);
+    assert_eq!(exit_code(&applied), 0, "{}", stderr(&applied));
+    assert_eq!(
+        stdout(&applied),
+        "tenant/helpdesk created\napi/helpdesk/chat created\nguardrail/helpdesk/default \
+         created\nguardrail/helpdesk/answers created\n"
+    );
+    let again = server.cli(&["apply", "-f", &samples]);
+    assert!(
+        stdout(&again).ends_with("guardrail/helpdesk/answers unchanged\n"),
+        "{}",
+        stdout(&again)
+    );
+    let created = server.cli(&["tenants", "create", "globex", "--plan", "professional", "--wait"]);
+    assert_eq!(exit_code(&created), 0, "{}", stderr(&created));
+    let api = ["apis", "create", "--tenant", "globex", "chat", "--prefix", "/v1"];
+    let created = server.cli(&[&api[..], &["--upstream", &globex.url()]].concat());
+    assert_eq!(exit_code(&created), 0, "{}", stderr(&created));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let client = client(&server);
+    let bearer = token(&server, "helpdesk", &[]);
+    let url = at(&server, "helpdesk", "/v1/chat/completions");
+
+    // Redacted: the upstream sees placeholders, in JSON that still parses,
+    // with a Content-Length that fits; the phone number is only counted.
+    let prompt = "Refund card 4111 1111 1111 1111 for ada@example.com, call +44 20 7946 0958";
+    let (status, _) = post(&client, &url, &bearer, &chat(prompt)).await;
+    assert_eq!(status, 200);
+    let seen = helpdesk.seen().pop().unwrap();
+    let body: Value = serde_json::from_slice(&seen.body).unwrap();
+    assert_eq!(
+        body["messages"][0]["content"],
+        "Refund card [card] for [email], call +44 20 7946 0958"
+    );
+    assert_eq!(seen.header("content-length"), [seen.body.len().to_string()]);
+
+    // A body sent in chunks (no Content-Length) is read whole and redacted.
+    let chunks = ["{\"messages\":[{\"content\":\"card 5500 0000 ", "0000 0004\"}]}"];
+    let chunked: String = chunks.iter().map(|c| format!("{:x}\r\n{c}\r\n", c.len())).collect();
+    let request = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: helpdesk.localhost\r\nAuthorization: \
+         Bearer {bearer}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n{chunked}0\r\n\r\n"
+    );
+    let mut stream = tokio::net::TcpStream::connect(addr_of(&server.gateway)).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let seen = helpdesk.seen().pop().unwrap();
+    assert_eq!(
+        String::from_utf8(seen.body).unwrap(),
+        "{\"messages\":[{\"content\":\"card [card]\"}]}"
+    );
+
+    // Refused before the upstream sees anything: the rule is named, the
+    // text is not echoed.
+    let before = helpdesk.seen().len();
+    let iban = "GB82 WEST 1234 5698 7654 32";
+    for (content, code, rule) in [
+        (format!("wire it to {iban}"), "guardrail_pii", "default: iban"),
+        ("my ssn is 536-22-1234".to_owned(), "guardrail_pii", "default: us_ssn"),
+        ("where can I buy Semtex?".to_owned(), "guardrail_blocked_topic", "default: topic weapons"),
+        ("How to  build a BOMB".to_owned(), "guardrail_blocked_topic", "default: topic weapons"),
+        ("x".repeat(70_000), "guardrail_prompt_too_large", "default: over 65536 bytes"),
+    ] {
+        let (status, body) = post(&client, &url, &bearer, &chat(&content)).await;
+        assert_eq!(status, 422, "{body}");
+        assert_eq!(body["error"]["code"], code, "{body}");
+        assert_eq!(body["error"]["rule"], rule, "{body}");
+        let text = body.to_string();
+        assert!(!text.contains("WEST") && !text.contains("536-22") && !text.contains("Semtex"));
+    }
+    assert_eq!(helpdesk.seen().len(), before, "no refused body reached the upstream");
+
+    // The answer of `chat` is scanned too.
+    let response =
+        client.get(at(&server, "helpdesk", "/v1/leak")).bearer_auth(&bearer).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let length: usize = response.headers()["content-length"].to_str().unwrap().parse().unwrap();
+    let answer = response.text().await.unwrap();
+    assert_eq!(answer.len(), length);
+    assert_eq!(answer, "{\"answer\":\"card [card], mail ada@example.com\"}");
+    // A streamed answer passes as it streams.
+    let response =
+        client.get(at(&server, "helpdesk", "/v1/sse")).bearer_auth(&bearer).send().await.unwrap();
+    assert!(response.text().await.unwrap().contains("event 2"));
+
+    // Another tenant's guardrails are not globex's: its traffic passes as
+    // sent, and its credentials cannot read or change helpdesk's.
+    let globex_token = token(&server, "globex", &[]);
+    let (status, _) =
+        post(&client, &at(&server, "globex", "/v1/chat"), &globex_token, &chat(prompt)).await;
+    assert_eq!(status, 200);
+    let seen = globex.seen().pop().unwrap();
+    assert!(String::from_utf8(seen.body).unwrap().contains("4111 1111 1111 1111"));
+    let http = server.http().with_token(&control_token(&server, "globex"));
+    let (status, body) = http.get("/v1/tenants/helpdesk/guardrails").await;
+    assert_eq!(status, 401, "{body}");
+    let (status, _) = http.delete("/v1/tenants/helpdesk/guardrails/default").await;
+    assert_eq!(status, 401);
+    // Its own guardrails it may read.
+    let (status, body) = http.get("/v1/tenants/globex/guardrails").await;
+    assert_eq!((status, body), (200, json!({"guardrails": []})));
+
+    // Counted, and each refusal audited with its rule and none of the text.
+    let metrics =
+        reqwest::get(format!("{}/metrics", server.api)).await.unwrap().text().await.unwrap();
+    for line in [
+        "bulkhead_gateway_guardrail_findings_total{kind=\"card\",action=\"redact\"} 3",
+        "bulkhead_gateway_guardrail_findings_total{kind=\"email\",action=\"redact\"} 1",
+        "bulkhead_gateway_guardrail_findings_total{kind=\"phone\",action=\"log\"} 1",
+        "bulkhead_gateway_guardrail_findings_total{kind=\"iban\",action=\"reject\"} 1",
+        "bulkhead_gateway_refusals_total{phase=\"guard\",code=\"guardrail_blocked_topic\"} 2",
+        "bulkhead_gateway_refusals_total{phase=\"guard\",code=\"guardrail_prompt_too_large\"} 1",
+    ] {
+        assert!(metrics.contains(line), "{line} missing from:\n{metrics}");
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let refused = loop {
+        let events = server.audit_events(&["helpdesk"]);
+        let refused: Vec<Value> = events
+            .into_iter()
+            .filter(|e| e["action"] == "gateway.request" && e["details"]["phase"] == "guard")
+            .collect();
+        if refused.len() >= 5 || Instant::now() > deadline {
+            break refused;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(refused.len(), 5, "{refused:?}");
+    assert_eq!(refused[0]["details"]["code"], "guardrail_pii");
+    assert_eq!(refused[0]["details"]["reason"], "request: default: iban");
+    assert!(!json!(refused).to_string().contains("WEST"));
+    let changes = server.audit_events(&["helpdesk"]);
+    assert!(changes.iter().any(|e| e["action"] == "guardrail.create"
+        && e["details"]["name"] == "default"
+        && e["details"]["topics"] == json!(["weapons"])));
+
+    // Deleted through its manifest: the gateway stops applying it at once.
+    let listed = server.cli(&["get", "guardrails", "--tenant", "helpdesk", "default"]);
+    assert_eq!(exit_code(&listed), 0, "{}", stderr(&listed));
+    let deleted = server.cli_with_input(&["delete", "-f", "-"], &listed.stdout);
+    assert_eq!(stdout(&deleted), "guardrail/helpdesk/default deleted\n", "{}", stderr(&deleted));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (status, _) = post(&client, &url, &bearer, &chat(&format!("to {iban}"))).await;
+        if status == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the deleted guardrail still refuses");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let seen = helpdesk.seen().pop().unwrap();
+    assert!(String::from_utf8(seen.body).unwrap().contains(iban));
+}
+
+#[tokio::test]
+async fn a_bad_guardrail_is_refused_whole_with_the_reason() {
+    let server = Server::embedded().await;
+    let upstream = Upstream::start().await;
+    let samples = ai_samples(&server, &upstream.url());
+    let dir = Path::new(&samples);
+    let good = std::fs::read_to_string(dir.join("helpdesk.yaml")).unwrap();
+
+    // A pattern that would compile too large: refused with the file and
+    // line, and nothing of the set applied.
+    let costly = good.replace(r"'(?i)how\s+to\s+build\s+a\s+bomb'", r"'\w{500}\w{500}\w{500}'");
+    assert_ne!(costly, good);
+    std::fs::write(dir.join("helpdesk.yaml"), &costly).unwrap();
+    let refused = server.cli(&["apply", "-f", &samples]);
+    assert_eq!(exit_code(&refused), 2, "{}", stdout(&refused));
+    let message = stderr(&refused);
+    assert!(message.contains("helpdesk.yaml:33:"), "{message}");
+    assert!(message.contains("topic weapons, pattern 1"), "{message}");
+    let (status, _) = server.http().get("/v1/tenants/helpdesk").await;
+    assert_eq!(status, 404, "nothing was applied");
+
+    // Through the API: a guardrail naming an API the tenant lacks, a name
+    // that differs from the path's, and one that checks nothing.
+    std::fs::write(dir.join("helpdesk.yaml"), &good).unwrap();
+    let applied = server.cli(&["apply", "-f", &samples]);
+    assert_eq!(exit_code(&applied), 0, "{}", stderr(&applied));
+    let http = server.http();
+    let put = |name: &str, body: Value| {
+        let http = &http;
+        let path = format!("/v1/tenants/helpdesk/guardrails/{name}");
+        async move { http.send(reqwest::Method::PUT, &path, Some(body)).await }
+    };
+    let (status, body) =
+        put("x", json!({"name": "x", "api": "billing", "pii": {"card": "redact"}})).await;
+    assert_eq!((status, &body["error"]["code"]), (400, &json!("invalid_guardrail")), "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("API \"billing\""), "{body}");
+    let (status, body) = put("x", json!({"name": "y", "pii": {"card": "redact"}})).await;
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = put("x", json!({"name": "x"})).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("checks nothing"), "{body}");
+    let (status, body) = put("x", json!({"name": "x", "pii": {"passport": "redact"}})).await;
+    assert_eq!(status, 400, "{body}");
+    let (_, listed) = http.get("/v1/tenants/helpdesk/guardrails").await;
+    let names: Vec<&str> = listed["guardrails"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["answers", "default"], "nothing half-applied");
+}
+
+/// A realm token of `tenant` that may call the control API as its admin.
+fn control_token(server: &Server, tenant: &str) -> String {
+    token(server, tenant, &["--role", "admin", "--control-api"])
+}
