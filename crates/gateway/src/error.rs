@@ -70,6 +70,7 @@ pub enum Code {
     GuardrailPii,
     GuardrailBlockedTopic,
     GuardrailPromptTooLarge,
+    UnsupportedEncoding,
 }
 
 impl Code {
@@ -146,6 +147,12 @@ impl Code {
                 "guardrail_prompt_too_large",
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "the request body is larger than this tenant's guardrail allows",
+            ),
+            UnsupportedEncoding => (
+                "unsupported_content_encoding",
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "this API's guardrails read request bodies as sent; send it without \
+                 Content-Encoding",
             ),
         }
     }

@@ -39,7 +39,19 @@ pub async fn request(
     if api.guards.is_empty() || crate::headers::is_upgrade(request.headers()) {
         return Ok(request);
     }
+    // A compressed body would pass unread: the guard reads bodies as sent.
+    if encoded(request.headers()) {
+        return Err(Refusal::new(
+            Phase::Guard,
+            Code::UnsupportedEncoding,
+            "a Content-Encoding the guard cannot read",
+        ));
+    }
     let (mut parts, body) = request.into_parts();
+    if !api.response_guards.is_empty() {
+        // Answers must come as they are for the guard to read them.
+        parts.headers.remove(header::ACCEPT_ENCODING);
+    }
     let bytes = body.collect().await.map_err(unreadable)?.to_bytes();
     let bytes = scan_all(&api.guards, bytes, stats, "request")?;
     set_length(&mut parts.headers, bytes.len());
@@ -60,12 +72,26 @@ pub async fn response(
     if api.response_guards.is_empty() || !scannable(response.headers(), api.spec.max_body_bytes) {
         return Ok(response.map(|body| body.map_err(BoxError::from).boxed_unsync()));
     }
+    if encoded(response.headers()) {
+        return Err(Refusal::new(
+            Phase::Guard,
+            Code::UpstreamUnavailable,
+            "the upstream encoded a response the guard must read, though not asked to",
+        ));
+    }
     let (mut parts, body) = response.into_parts();
     let body = Tracked::new(body, idle, Arc::default(), ());
     let bytes = body.collect().await.map_err(unreadable)?.to_bytes();
     let bytes = scan_all(&api.response_guards, bytes, stats, "response")?;
     set_length(&mut parts.headers, bytes.len());
     Ok(Response::from_parts(parts, full(bytes)))
+}
+
+fn encoded(headers: &HeaderMap) -> bool {
+    headers.get_all(header::CONTENT_ENCODING).iter().any(|v| {
+        v.to_str()
+            .map_or(true, |v| v.split(',').any(|c| !c.trim().eq_ignore_ascii_case("identity")))
+    })
 }
 
 fn scannable(headers: &HeaderMap, max: u64) -> bool {

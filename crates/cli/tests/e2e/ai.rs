@@ -86,8 +86,15 @@ async fn guardrails_redact_and_refuse_the_tenants_own_traffic_and_no_one_elses()
     // Redacted: the upstream sees placeholders, in JSON that still parses,
     // with a Content-Length that fits; the phone number is only counted.
     let prompt = "Refund card 4111 1111 1111 1111 for ada@example.com, call +44 20 7946 0958";
-    let (status, _) = post(&client, &url, &bearer, &chat(prompt)).await;
-    assert_eq!(status, 200);
+    let response = client
+        .post(&url)
+        .bearer_auth(&bearer)
+        .header("accept-encoding", "gzip, br")
+        .json(&chat(prompt))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
     let seen = helpdesk.seen().pop().unwrap();
     let body: Value = serde_json::from_slice(&seen.body).unwrap();
     assert_eq!(
@@ -95,6 +102,8 @@ async fn guardrails_redact_and_refuse_the_tenants_own_traffic_and_no_one_elses()
         "Refund card [card] for [email], call +44 20 7946 0958"
     );
     assert_eq!(seen.header("content-length"), [seen.body.len().to_string()]);
+    // The answers are scanned, so the upstream is not asked to compress them.
+    assert!(seen.header("accept-encoding").is_empty(), "{:?}", seen.headers);
 
     // A body sent in chunks (no Content-Length) is read whole and redacted.
     let chunks = ["{\"messages\":[{\"content\":\"card 5500 0000 ", "0000 0004\"}]}"];
@@ -132,6 +141,18 @@ async fn guardrails_redact_and_refuse_the_tenants_own_traffic_and_no_one_elses()
         let text = body.to_string();
         assert!(!text.contains("WEST") && !text.contains("536-22") && !text.contains("Semtex"));
     }
+    // A compressed body would pass unread: refused, whatever it holds.
+    let response = client
+        .post(&url)
+        .bearer_auth(&bearer)
+        .header("content-encoding", "gzip")
+        .body(b"\x1f\x8b not really gzip".to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 415);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "unsupported_content_encoding");
     assert_eq!(helpdesk.seen().len(), before, "no refused body reached the upstream");
 
     // The answer of `chat` is scanned too.
@@ -184,12 +205,12 @@ async fn guardrails_redact_and_refuse_the_tenants_own_traffic_and_no_one_elses()
             .into_iter()
             .filter(|e| e["action"] == "gateway.request" && e["details"]["phase"] == "guard")
             .collect();
-        if refused.len() >= 5 || Instant::now() > deadline {
+        if refused.len() >= 6 || Instant::now() > deadline {
             break refused;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    assert_eq!(refused.len(), 5, "{refused:?}");
+    assert_eq!(refused.len(), 6, "{refused:?}");
     assert_eq!(refused[0]["details"]["code"], "guardrail_pii");
     assert_eq!(refused[0]["details"]["reason"], "request: default: iban");
     assert!(!json!(refused).to_string().contains("WEST"));
