@@ -218,6 +218,13 @@ pub enum GetCommand {
         tenant: String,
         name: Option<String>,
     },
+    /// A tenant's tool registry, or the entry named
+    #[command(alias = "tool")]
+    Tools {
+        #[arg(long)]
+        tenant: String,
+        name: Option<String>,
+    },
 }
 
 /// The stream an audit command reads: a tenant's, or the platform's.

@@ -7,17 +7,16 @@ use bulkhead_control::api::{
     error::ApiError,
     types::{
         ApiApplied, ApiKeyCreated, ApiKeyList, ApiList, CreateApiKeyRequest, CreateTenantRequest,
-        CredentialView, ErrorBody, GuardrailApplied, GuardrailList, IsolationReportView,
-        IssueCredentialRequest, IssueTokenRequest, KeyStatusView, LeaseList, LeaseView,
-        LockoutList, MasterRotationView, MigrationJobList, MigrationJobView, PlanList,
-        PublicApiList, RealmKeyList, RegionList, RevokedTokensView, RewrapView, RotateKeyView,
-        RotateRealmKeyView, SecretList, SecretWritten, ServerStatus, StartMigrationRequest,
-        TenantKeyRequest, TenantKeyView, TenantList, TenantView, TokenView, TrustRequest,
-        TrustView, UpdateTenantRequest,
+        CredentialView, ErrorBody, IsolationReportView, IssueCredentialRequest, IssueTokenRequest,
+        KeyStatusView, LeaseList, LeaseView, LockoutList, MasterRotationView, MigrationJobList,
+        MigrationJobView, PlanList, PublicApiList, RealmKeyList, RegionList, RevokedTokensView,
+        RewrapView, RotateKeyView, RotateRealmKeyView, SecretList, SecretWritten, ServerStatus,
+        StartMigrationRequest, TenantKeyRequest, TenantKeyView, TenantList, TenantView, TokenView,
+        TrustRequest, TrustView, UpdateTenantRequest,
     },
     usage::UsageList,
 };
-use bulkhead_model::{ApiSpec, GuardrailSpec};
+use bulkhead_model::ApiSpec;
 use reqwest::{Method, RequestBuilder, StatusCode, Url};
 use serde::{Serialize, de::DeserializeOwned};
 use zeroize::Zeroizing;
@@ -662,32 +661,45 @@ impl ApiClient {
         self.send(self.http.delete(url)).await.map(|_| ())
     }
 
-    pub async fn guardrails(&self, tenant: &str) -> Result<GuardrailList, CliError> {
-        self.call(Method::GET, self.url(&["v1", "tenants", tenant, "guardrails"])?, &[]).await
-    }
-
-    /// One guardrail; a 404 is an answer, not an error.
-    pub async fn find_guardrail(
+    /// A tenant's resources of one collection (`guardrails`, `tools`).
+    pub async fn resources<T: DeserializeOwned>(
         &self,
         tenant: &str,
+        collection: &str,
+    ) -> Result<T, CliError> {
+        self.call(Method::GET, self.url(&["v1", "tenants", tenant, collection])?, &[]).await
+    }
+
+    /// One resource; a 404 is an answer, not an error.
+    pub async fn find_resource<T: DeserializeOwned>(
+        &self,
+        tenant: &str,
+        collection: &str,
         name: &str,
-    ) -> Result<Found<GuardrailSpec>, CliError> {
-        let url = self.url(&["v1", "tenants", tenant, "guardrails", name])?;
+    ) -> Result<Found<T>, CliError> {
+        let url = self.url(&["v1", "tenants", tenant, collection, name])?;
         found(self.call(Method::GET, url, &[]).await)
     }
 
-    /// Creates the guardrail or changes it to `spec` (what `apply` does).
-    pub async fn put_guardrail(
+    /// Creates the resource or changes it to `spec` (what `apply` does).
+    pub async fn put_resource<S: Serialize, T: DeserializeOwned>(
         &self,
         tenant: &str,
-        spec: &GuardrailSpec,
-    ) -> Result<GuardrailApplied, CliError> {
-        let url = self.url(&["v1", "tenants", tenant, "guardrails", &spec.name])?;
+        collection: &str,
+        name: &str,
+        spec: &S,
+    ) -> Result<T, CliError> {
+        let url = self.url(&["v1", "tenants", tenant, collection, name])?;
         self.call_json(Method::PUT, url, spec).await
     }
 
-    pub async fn delete_guardrail(&self, tenant: &str, name: &str) -> Result<(), CliError> {
-        let url = self.url(&["v1", "tenants", tenant, "guardrails", name])?;
+    pub async fn delete_resource(
+        &self,
+        tenant: &str,
+        collection: &str,
+        name: &str,
+    ) -> Result<(), CliError> {
+        let url = self.url(&["v1", "tenants", tenant, collection, name])?;
         self.send(self.http.delete(url)).await.map(|_| ())
     }
 

@@ -7,7 +7,7 @@
 use std::{fmt, sync::Arc};
 
 use bulkhead_identity::Permission;
-use bulkhead_model::{GuardrailSpec, Tenant, TenantState};
+use bulkhead_model::{GuardrailSpec, Tenant, TenantState, ToolSpec};
 use bulkhead_store::{ControlStore, ResourceRecord, StoreError};
 use serde::{Serialize, de::DeserializeOwned};
 use serde_json::{Value, json};
@@ -67,6 +67,31 @@ impl Resource for GuardrailSpec {
             "pii": self.pii,
             "topics": self.topics.iter().map(|t| &t.name).collect::<Vec<_>>(),
             "max_prompt_bytes": self.max_prompt_bytes,
+        })
+    }
+}
+
+impl Resource for ToolSpec {
+    const KIND: &'static str = "tool";
+    const NOUN: &'static str = "tool";
+    const LIST_COMMAND: &'static str = "bulkhead tools list --tenant";
+    const MAX_PER_TENANT: usize = 50;
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        ToolSpec::validate(self).map_err(|e| e.to_string())
+    }
+
+    fn summary(&self) -> Value {
+        json!({
+            "name": self.name,
+            "upstream": self.upstream,
+            "tools": self.tools,
+            "roles": self.roles,
+            "credential": self.credential.as_ref().map(|c| &c.secret),
         })
     }
 }

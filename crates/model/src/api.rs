@@ -322,16 +322,33 @@ pub const MAX_UPSTREAMS: usize = 16;
 /// more.
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 10 * 1024 * 1024;
 
+/// What an API is: a proxy to its upstreams, or an endpoint the gateway
+/// answers itself.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ApiType {
+    /// Requests go to the API's upstreams.
+    #[default]
+    Http,
+    /// One MCP endpoint (streamable HTTP) for the tenant's agents: the
+    /// tools of the tenant's registry that the caller's roles allow. It
+    /// has no upstreams of its own; each tool names its own.
+    Mcp,
+}
+
 /// One API of a tenant, as created or applied.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ApiSpec {
     pub name: ApiName,
     pub prefix: PathPrefix,
+    #[serde(default, rename = "type", skip_serializing_if = "ApiType::is_http")]
+    pub api_type: ApiType,
     /// Tried in turn (round robin); one that fails repeatedly is left out
     /// for a while. Shared: the gateway's upstream clients hold the same
     /// list for as long as it is unchanged.
     #[schema(value_type = Vec<String>, example = json!(["http://127.0.0.1:9000"]))]
+    #[serde(default = "no_upstreams", skip_serializing_if = "<[Upstream]>::is_empty")]
     pub upstreams: Arc<[Upstream]>,
     #[serde(default)]
     pub protocol: UpstreamProtocol,
@@ -369,6 +386,16 @@ pub struct ApiSpec {
     pub shared_upstream: bool,
 }
 
+fn no_upstreams() -> Arc<[Upstream]> {
+    Arc::from([])
+}
+
+impl ApiType {
+    pub fn is_http(&self) -> bool {
+        *self == ApiType::Http
+    }
+}
+
 fn default_max_body() -> u64 {
     DEFAULT_MAX_BODY_BYTES
 }
@@ -380,7 +407,21 @@ impl ApiSpec {
     /// Checks what the field types cannot, and normalises: methods upper
     /// case, sorted and unique; roles sorted and unique.
     pub fn validate(mut self) -> Result<Self, InvalidApi> {
-        if self.upstreams.is_empty() || self.upstreams.len() > MAX_UPSTREAMS {
+        if self.api_type == ApiType::Mcp {
+            if !self.upstreams.is_empty() {
+                return Err(invalid(
+                    "upstreams",
+                    "an API of type mcp has no upstreams: the gateway answers it with the \
+                     tenant's tools, and each tool names its own server",
+                ));
+            }
+            if self.methods.iter().any(|m| !m.eq_ignore_ascii_case("POST")) {
+                return Err(invalid(
+                    "methods",
+                    "an API of type mcp takes POST only (streamable HTTP); leave methods out",
+                ));
+            }
+        } else if self.upstreams.is_empty() || self.upstreams.len() > MAX_UPSTREAMS {
             return Err(invalid(
                 "upstreams",
                 format!(

@@ -19,10 +19,11 @@ mod plan;
 mod region;
 mod role;
 mod tenant;
+mod tool;
 
 pub use api::{
-    ApiAuth, ApiName, ApiSpec, AuditLevel, DEFAULT_MAX_BODY_BYTES, InvalidApi, MAX_UPSTREAMS,
-    PathPrefix, Rate, Timeouts, Upstream, UpstreamProtocol,
+    ApiAuth, ApiName, ApiSpec, ApiType, AuditLevel, DEFAULT_MAX_BODY_BYTES, InvalidApi,
+    MAX_UPSTREAMS, PathPrefix, Rate, Timeouts, Upstream, UpstreamProtocol,
 };
 pub use app::{
     AppLimits, AppName, AppSecret, AppSpec, HealthCheck, InvalidApp, MAX_WORKERS, check_version,
@@ -47,3 +48,4 @@ pub use tenant::{
     Failure, IllegalTransition, NewTenant, StepRecord, StepStatus, Tenant, TenantId, TenantState,
     UnknownState,
 };
+pub use tool::{InvalidTool, MAX_TOOL_NAME, ToolCredential, ToolSpec, ToolUpstream, is_tool_name};

@@ -13,12 +13,15 @@ use std::{
     process::ExitCode,
 };
 
-use bulkhead_control::api::types::{CreateTenantRequest, UpdateTenantRequest};
+use bulkhead_control::api::types::{
+    CreateTenantRequest, GuardrailApplied, GuardrailList, ToolApplied, ToolList,
+    UpdateTenantRequest,
+};
 use bulkhead_model::{
     IsolationError, Plan, RegionSummary, Tenant, TenantName, UnknownPlan, UnknownRegion,
     manifest::{
         self, Action, ApiManifest, AppManifest, Change, Declared, GuardrailManifest, Object,
-        TenantManifest,
+        TenantManifest, ToolManifest,
     },
 };
 use serde::Serialize;
@@ -51,6 +54,7 @@ impl Outcome {
             Object::Api(a) => a.name().to_string(),
             Object::App(a) => a.name().to_string(),
             Object::Guardrail(g) => g.spec.name.clone(),
+            Object::Tool(t) => t.spec.name.clone(),
         };
         Self {
             object: object.id(),
@@ -135,8 +139,17 @@ pub async fn apply(args: &ApplyArgs, global: &GlobalArgs) -> Result<(), CliError
                 action.done().to_owned()
             }
             (Object::Guardrail(guardrail), _) => {
-                let applied = client
-                    .put_guardrail(guardrail.tenant.as_str(), &guardrail.spec)
+                let (tenant, spec) = (guardrail.tenant.as_str(), &guardrail.spec);
+                let applied: GuardrailApplied = client
+                    .put_resource(tenant, "guardrails", &spec.name, spec)
+                    .await
+                    .map_err(|e| about(step.declared, e))?;
+                applied.result
+            }
+            (Object::Tool(tool), _) => {
+                let (tenant, spec) = (tool.tenant.as_str(), &tool.spec);
+                let applied: ToolApplied = client
+                    .put_resource(tenant, "tools", &spec.name, spec)
                     .await
                     .map_err(|e| about(step.declared, e))?;
                 applied.result
@@ -245,8 +258,11 @@ pub async fn delete(args: &DeleteManifestArgs, global: &GlobalArgs) -> Result<()
                 client.delete_api(api.tenant.as_str(), api.name().as_str()).await.map(|_| ())
             }
             Object::App(app) => client.delete_app(app.tenant.as_str(), app.name().as_str()).await,
-            Object::Guardrail(guardrail) => {
-                client.delete_guardrail(guardrail.tenant.as_str(), &guardrail.spec.name).await
+            Object::Guardrail(g) => {
+                client.delete_resource(g.tenant.as_str(), "guardrails", &g.spec.name).await
+            }
+            Object::Tool(t) => {
+                client.delete_resource(t.tenant.as_str(), "tools", &t.spec.name).await
             }
             Object::Tenant(tenant) => {
                 client.delete_tenant(tenant.name.as_str(), false).await.map(|_| ())
@@ -299,26 +315,22 @@ pub async fn get(command: &GetCommand, global: &GlobalArgs) -> Result<(), CliErr
         }
         GetCommand::Guardrails { tenant, name } => {
             let specs = match name {
-                Some(name) => match client.find_guardrail(tenant, name).await? {
-                    Found::Yes(spec) => vec![spec],
-                    Found::Gone => {
-                        return Err(CliError::new(
-                            Kind::NotFound,
-                            format!(
-                                "tenant {tenant:?} has no guardrail named {name:?}; `bulkhead get \
-                                 guardrails --tenant {tenant}` lists them"
-                            ),
-                        ));
-                    }
-                },
-                None => client.guardrails(tenant).await?.guardrails,
+                Some(name) => vec![one(&client, tenant, "guardrails", name).await?],
+                None => client.resources::<GuardrailList>(tenant, "guardrails").await?.guardrails,
             };
-            let tenant =
-                TenantName::parse_stored(tenant).map_err(|e| CliError::usage(e.to_string()))?;
+            let tenant = stored_name(tenant)?;
             specs
                 .into_iter()
                 .map(|spec| Object::Guardrail(GuardrailManifest::of(&tenant, spec)))
                 .collect()
+        }
+        GetCommand::Tools { tenant, name } => {
+            let specs = match name {
+                Some(name) => vec![one(&client, tenant, "tools", name).await?],
+                None => client.resources::<ToolList>(tenant, "tools").await?.tools,
+            };
+            let tenant = stored_name(tenant)?;
+            specs.into_iter().map(|spec| Object::Tool(ToolManifest::of(&tenant, spec))).collect()
         }
     };
     if global.output == Output::Json {
@@ -331,6 +343,33 @@ pub async fn get(command: &GetCommand, global: &GlobalArgs) -> Result<(), CliErr
         .map_err(|e| CliError::failed(format!("cannot print YAML: {e}")))?;
     print!("{yaml}");
     Ok(())
+}
+
+/// One guardrail or tool of `tenant`, or an error that says how to list
+/// them.
+async fn one<T: serde::de::DeserializeOwned>(
+    client: &ApiClient,
+    tenant: &str,
+    collection: &str,
+    name: &str,
+) -> Result<T, CliError> {
+    match client.find_resource(tenant, collection, name).await? {
+        Found::Yes(spec) => Ok(spec),
+        Found::Gone => {
+            let noun = collection.trim_end_matches('s');
+            Err(CliError::new(
+                Kind::NotFound,
+                format!(
+                    "tenant {tenant:?} has no {noun} named {name:?}; `bulkhead get {collection} \
+                     --tenant {tenant}` lists them"
+                ),
+            ))
+        }
+    }
+}
+
+fn stored_name(tenant: &str) -> Result<TenantName, CliError> {
+    TenantName::parse_stored(tenant).map_err(|e| CliError::usage(e.to_string()))
 }
 
 /// What applying one object would do.
@@ -354,7 +393,7 @@ async fn plan<'a>(client: &ApiClient, declared: &'a [Declared]) -> Result<Vec<St
     let (tenant_objects, mut owned_objects): (Vec<&Declared>, Vec<&Declared>) =
         declared.iter().partition(|d| matches!(d.object, Object::Tenant(_)));
     // A guardrail may name an API declared beside it: APIs go first.
-    owned_objects.sort_by_key(|d| matches!(d.object, Object::Guardrail(_)));
+    owned_objects.sort_by_key(|d| matches!(d.object, Object::Guardrail(_) | Object::Tool(_)));
     for declared in tenant_objects {
         let Object::Tenant(manifest) = &declared.object else { continue };
         let current = match client.find_tenant(manifest.name.as_str()).await? {
@@ -428,7 +467,17 @@ async fn plan<'a>(client: &ApiClient, declared: &'a [Declared]) -> Result<Vec<St
             Object::Guardrail(manifest) => {
                 let current = match exists {
                     true => client
-                        .find_guardrail(tenant.as_str(), &manifest.spec.name)
+                        .find_resource(tenant.as_str(), "guardrails", &manifest.spec.name)
+                        .await?
+                        .into_option(),
+                    false => None,
+                };
+                manifest.against(current.as_ref())
+            }
+            Object::Tool(manifest) => {
+                let current = match exists {
+                    true => client
+                        .find_resource(tenant.as_str(), "tools", &manifest.spec.name)
                         .await?
                         .into_option(),
                     false => None,

@@ -66,6 +66,8 @@ pub enum ErrorCode {
     InvalidApp,
     InvalidGuardrail,
     GuardrailNotFound,
+    InvalidTool,
+    ToolNotFound,
     RuntimeUnavailable,
     ApiExists,
     InvalidApi,
@@ -82,12 +84,12 @@ impl ErrorCode {
             InvalidRequest | InvalidJson | InvalidTenantName | InvalidAdminEmail
             | InvalidLimits | UnknownPlan | UnknownRegion | IsolationUnavailable
             | InvalidSecretPath | InvalidSecretValue | InvalidKey | WrongTenantKey | InvalidApi
-            | InvalidApp | InvalidGuardrail => StatusCode::BAD_REQUEST,
+            | InvalidApp | InvalidGuardrail | InvalidTool => StatusCode::BAD_REQUEST,
             Unauthorized => StatusCode::UNAUTHORIZED,
             LockedOut | Forbidden => StatusCode::FORBIDDEN,
             NotFound | TenantNotFound | SecretNotFound | LeaseNotFound | LockoutNotFound
             | ApiKeyNotFound | ApiNotFound | AppNotFound | RolloutNotFound | MigrationNotFound
-            | GuardrailNotFound => StatusCode::NOT_FOUND,
+            | GuardrailNotFound | ToolNotFound => StatusCode::NOT_FOUND,
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             TenantExists
             | ImmutableField
@@ -149,6 +151,8 @@ impl ErrorCode {
             InvalidApp => "invalid_app",
             InvalidGuardrail => "invalid_guardrail",
             GuardrailNotFound => "guardrail_not_found",
+            InvalidTool => "invalid_tool",
+            ToolNotFound => "tool_not_found",
             RuntimeUnavailable => "runtime_unavailable",
             ApiExists => "api_exists",
             InvalidApi => "invalid_api",
@@ -367,7 +371,9 @@ impl From<ResourcesError> for ApiError {
             }
             ResourcesError::TenantNotFound(_) => TenantNotFound,
             ResourcesError::Forbidden(_) => Forbidden,
+            ResourcesError::Invalid { kind: "tool", .. } => InvalidTool,
             ResourcesError::Invalid { .. } | ResourcesError::UnknownApi { .. } => InvalidGuardrail,
+            ResourcesError::NotFound { kind: "tool", .. } => ToolNotFound,
             ResourcesError::NotFound { .. } => GuardrailNotFound,
             ResourcesError::TooMany { .. } => QuotaExceeded,
             ResourcesError::Leaving(_) => InvalidState,

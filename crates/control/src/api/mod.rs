@@ -8,10 +8,10 @@ pub mod audit;
 pub(crate) mod auth;
 mod catalog;
 pub mod error;
-mod guardrails;
 mod identity;
 mod meta;
 mod migrations;
+mod resources;
 mod tenants;
 pub mod types;
 pub mod usage;
@@ -110,6 +110,7 @@ impl AppState {
         (name = "realms", description = "Each tenant's identity realm: OIDC documents, tokens, signing keys, API keys"),
         (name = "apis", description = "Each tenant's APIs: the contracts its gateway routes by"),
         (name = "guardrails", description = "Each tenant's guardrails: personal data, blocked topics and prompt sizes its gateway checks bodies for"),
+        (name = "tools", description = "Each tenant's tool registry: the MCP servers and HTTP tools its agents may call through its MCP endpoint"),
         (name = "apps", description = "Each tenant's apps, run as confined workers, and their logs"),
         (name = "audit", description = "Each tenant's hash-chained, signed audit stream, and the platform's"),
         (name = "verify", description = "Checks of the live installation's isolation"),
@@ -262,12 +263,14 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(apis::create_api, apis::list_apis))
         .routes(routes!(apis::get_api, apis::put_api, apis::delete_api))
         .routes(routes!(apis::public_apis))
-        .routes(routes!(guardrails::list_guardrails))
+        .routes(routes!(resources::list_guardrails))
         .routes(routes!(
-            guardrails::get_guardrail,
-            guardrails::put_guardrail,
-            guardrails::delete_guardrail
+            resources::get_guardrail,
+            resources::put_guardrail,
+            resources::delete_guardrail
         ))
+        .routes(routes!(resources::list_tools))
+        .routes(routes!(resources::get_tool, resources::put_tool, resources::delete_tool))
         .routes(routes!(apps::list_apps))
         .routes(routes!(apps::get_app, apps::deploy_app, apps::delete_app))
         .routes(routes!(apps::start_app))

@@ -736,6 +736,20 @@ pub struct GuardrailApplied {
     pub result: String,
 }
 
+/// A tenant's tool registry, by name.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ToolList {
+    pub tools: Vec<bulkhead_model::ToolSpec>,
+}
+
+/// A tool as registered, and what registering it did: `created`,
+/// `changed` or `unchanged`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ToolApplied {
+    pub tool: bulkhead_model::ToolSpec,
+    pub result: String,
+}
+
 /// An API that answers without a credential, and its tenant.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct PublicApi {

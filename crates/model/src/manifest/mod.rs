@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 
 use crate::{
     AdminEmail, ApiName, ApiSpec, AppName, AppSpec, GuardrailSpec, Isolation, PlanName, RegionName,
-    Tenant, TenantLimits, TenantName, TenantState,
+    Tenant, TenantLimits, TenantName, TenantState, ToolSpec,
 };
 
 pub use diff::{Change, changes};
@@ -77,6 +77,14 @@ pub struct GuardrailManifest {
     pub spec: GuardrailSpec,
 }
 
+/// A `Tool` document: one entry of a tenant's tool registry. The spec's
+/// name is the document's `metadata.name`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ToolManifest {
+    pub tenant: TenantName,
+    pub spec: ToolSpec,
+}
+
 /// One object a manifest declares.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Object {
@@ -84,6 +92,7 @@ pub enum Object {
     Api(ApiManifest),
     App(AppManifest),
     Guardrail(GuardrailManifest),
+    Tool(ToolManifest),
 }
 
 /// An object and where it was declared, for messages about it.
@@ -147,6 +156,7 @@ impl Object {
             Object::Api(_) => "Api",
             Object::App(_) => "App",
             Object::Guardrail(_) => "Guardrail",
+            Object::Tool(_) => "Tool",
         }
     }
 
@@ -157,6 +167,7 @@ impl Object {
             Object::Api(a) => format!("api/{}/{}", a.tenant, a.spec.name),
             Object::App(a) => format!("app/{}/{}", a.tenant, a.spec.name),
             Object::Guardrail(g) => format!("guardrail/{}/{}", g.tenant, g.spec.name),
+            Object::Tool(t) => format!("tool/{}/{}", t.tenant, t.spec.name),
         }
     }
 
@@ -167,6 +178,7 @@ impl Object {
             Object::Api(a) => &a.tenant,
             Object::App(a) => &a.tenant,
             Object::Guardrail(g) => &g.tenant,
+            Object::Tool(t) => &t.tenant,
         }
     }
 
@@ -183,6 +195,9 @@ impl Object {
             }
             Object::Guardrail(g) => {
                 (json!({ "name": g.spec.name, "tenant": g.tenant }), fields_but_name(&g.spec))
+            }
+            Object::Tool(t) => {
+                (json!({ "name": t.spec.name, "tenant": t.tenant }), fields_but_name(&t.spec))
             }
         };
         json!({ "apiVersion": API_VERSION, "kind": self.kind(), "metadata": metadata, "spec": spec })
@@ -345,6 +360,18 @@ impl GuardrailManifest {
     /// What applying this manifest over `current` (`None`: no such
     /// guardrail) would do; the spec is the whole guardrail.
     pub fn against(&self, current: Option<&GuardrailSpec>) -> Action {
+        Action::between(current.map(fields_but_name), fields_but_name(&self.spec))
+    }
+}
+
+impl ToolManifest {
+    pub fn of(tenant: &TenantName, spec: ToolSpec) -> Self {
+        Self { tenant: tenant.clone(), spec }
+    }
+
+    /// What applying this manifest over `current` (`None`: no such tool)
+    /// would do; the spec is the whole entry.
+    pub fn against(&self, current: Option<&ToolSpec>) -> Action {
         Action::between(current.map(fields_but_name), fields_but_name(&self.spec))
     }
 }

@@ -17,9 +17,9 @@ use serde_saphyr::{MessageFormatter, Spanned};
 
 use super::{
     API_VERSION, ApiManifest, AppManifest, Declared, GuardrailManifest, Object, TenantManifest,
-    TenantSpec,
+    TenantSpec, ToolManifest,
 };
-use crate::{ApiName, ApiSpec, AppName, AppSpec, GuardrailSpec, TenantName};
+use crate::{ApiName, ApiSpec, AppName, AppSpec, GuardrailSpec, TenantName, ToolSpec};
 
 /// What is wrong with a manifest, and where.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -167,6 +167,7 @@ struct ApiMetadata {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+/// A guardrail's or a tool's: named by a label within its tenant.
 struct GuardrailMetadata {
     name: String,
     tenant: TenantName,
@@ -215,17 +216,18 @@ fn read(source: &str, document: &Document) -> Result<Option<Declared>, ManifestE
     let Some(kind) = header.kind else {
         return Err(error_at(
             None,
-            "this document has no kind; use `kind: Tenant`, `kind: Api`, `kind: App` or `kind: \
-             Guardrail`"
+            "this document has no kind; use `kind: Tenant`, `kind: Api`, `kind: App`, `kind: \
+             Guardrail` or `kind: Tool`"
                 .into(),
         ));
     };
     let kind_name = kind.value.as_str();
-    if !matches!(kind_name, "Tenant" | "Api" | "App" | "Guardrail") {
+    if !matches!(kind_name, "Tenant" | "Api" | "App" | "Guardrail" | "Tool") {
         return Err(error_at(
             Some(kind.referenced),
             format!(
-                "kind {kind_name:?} is not one Bulkhead knows; use Tenant, Api, App or Guardrail"
+                "kind {kind_name:?} is not one Bulkhead knows; use Tenant, Api, App, Guardrail or \
+                 Tool"
             ),
         ));
     }
@@ -270,6 +272,13 @@ fn read(source: &str, document: &Document) -> Result<Option<Declared>, ManifestE
         // too costly is refused with the line, before anything is applied.
         spec.validate().map_err(|e| error_at(Some(typed.spec.referenced), format!("spec.{e}")))?;
         Object::Guardrail(GuardrailManifest { tenant: typed.metadata.tenant, spec })
+    } else if kind_name == "Tool" {
+        let typed: Typed<GuardrailMetadata, SpecFields<ToolSpec>> =
+            serde_saphyr::from_str(&document.text).map_err(yaml)?;
+        let mut spec = typed.spec.value.0;
+        spec.name = typed.metadata.name;
+        spec.validate().map_err(|e| error_at(Some(typed.spec.referenced), format!("spec.{e}")))?;
+        Object::Tool(ToolManifest { tenant: typed.metadata.tenant, spec })
     } else {
         let typed: Typed<ApiMetadata, SpecFields<ApiSpec>> =
             serde_saphyr::from_str(&document.text).map_err(yaml)?;

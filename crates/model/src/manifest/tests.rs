@@ -108,7 +108,7 @@ fn unknown_fields_are_named_where_they_are() {
     assert_eq!(
         errors(&text),
         [
-            "m.yaml:20:3: unknown field `public`, expected one of name, prefix, upstreams, protocol, \
+            "m.yaml:20:3: unknown field `public`, expected one of name, prefix, type, upstreams, protocol, \
           strip_prefix, methods, auth, roles, audience, timeouts, max_body_bytes, rate_limit, audit, \
           shared_upstream"
         ]
@@ -149,13 +149,13 @@ fn every_document_needs_api_version_kind_and_name() {
         ),
         (
             tenant.replace("kind: Tenant\n", ""),
-            "m.yaml:1: this document has no kind; use `kind: Tenant`, `kind: Api`, `kind: App` or \
-             `kind: Guardrail`",
+            "m.yaml:1: this document has no kind; use `kind: Tenant`, `kind: Api`, `kind: App`, \
+             `kind: Guardrail` or `kind: Tool`",
         ),
         (
             tenant.replace("kind: Tenant", "kind: Namespace"),
-            "m.yaml:2:7: kind \"Namespace\" is not one Bulkhead knows; use Tenant, Api, App or \
-             Guardrail",
+            "m.yaml:2:7: kind \"Namespace\" is not one Bulkhead knows; use Tenant, Api, App, \
+             Guardrail or Tool",
         ),
         (
             tenant.replace("  name: acme\n", "  labels: {}\n"),
