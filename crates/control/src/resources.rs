@@ -34,10 +34,6 @@ pub trait Resource: Serialize + DeserializeOwned + PartialEq + Clone + Send + Sy
 
     fn name(&self) -> &str;
     fn validate(&self) -> Result<(), String>;
-    /// The tenant's API it applies to, which must exist; `None` for all.
-    fn api(&self) -> Option<&str> {
-        None
-    }
     /// What the audit event records of it (never a secret).
     fn summary(&self) -> Value;
 }
@@ -56,10 +52,6 @@ impl Resource for GuardrailSpec {
         GuardrailSpec::validate(self).map_err(|e| e.to_string())
     }
 
-    fn api(&self) -> Option<&str> {
-        self.api.as_deref()
-    }
-
     fn summary(&self) -> Value {
         json!({
             "name": self.name,
@@ -67,6 +59,7 @@ impl Resource for GuardrailSpec {
             "pii": self.pii,
             "topics": self.topics.iter().map(|t| &t.name).collect::<Vec<_>>(),
             "max_prompt_bytes": self.max_prompt_bytes,
+            "scan_responses": self.scan_responses,
         })
     }
 }
@@ -104,11 +97,6 @@ pub enum ResourcesError {
     Forbidden(String),
     #[error("{noun} {name:?}: {error}")]
     Invalid { kind: &'static str, noun: &'static str, name: String, error: String },
-    #[error(
-        "{noun} {name:?} applies to API {api:?}, which tenant {tenant:?} does not have; \
-         `bulkhead apis list --tenant {tenant}` shows its APIs"
-    )]
-    UnknownApi { kind: &'static str, noun: &'static str, tenant: String, name: String, api: String },
     #[error("tenant {tenant:?} has no {noun} named {name:?}; `{list} {tenant}` shows them")]
     NotFound {
         kind: &'static str,
@@ -188,7 +176,9 @@ impl ResourceService {
     }
 
     /// Creates the resource or replaces the one of its name (what `apply`
-    /// does), once it validates and the API it names exists.
+    /// does), once it validates. A guardrail may name an API the tenant
+    /// does not have yet: it applies once the API exists, so that an API
+    /// and its guardrail applied together are never served unguarded.
     pub async fn put<R: Resource>(
         &self,
         actor: &Actor,
@@ -206,17 +196,6 @@ impl ResourceService {
             name: name.clone(),
             error,
         })?;
-        if let Some(api) = spec.api()
-            && self.store.api(tenant.id, api).await?.is_none()
-        {
-            return Err(ResourcesError::UnknownApi {
-                kind: R::KIND,
-                noun: R::NOUN,
-                tenant: tenant_name.to_owned(),
-                name,
-                api: api.to_owned(),
-            });
-        }
         let existing: Vec<R> = self.stored(&tenant).await?;
         match existing.iter().find(|r| r.name() == name) {
             Some(current) if current == &spec => return Ok((spec, Applied::Unchanged)),

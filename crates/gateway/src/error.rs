@@ -71,6 +71,9 @@ pub enum Code {
     GuardrailBlockedTopic,
     GuardrailPromptTooLarge,
     UnsupportedEncoding,
+    UnsupportedMediaType,
+    BodyTimeout,
+    GuardUnavailable,
 }
 
 impl Code {
@@ -136,12 +139,12 @@ impl Code {
             GuardrailPii => (
                 "guardrail_pii",
                 StatusCode::UNPROCESSABLE_ENTITY,
-                "the request carries personal data that this tenant's guardrail refuses",
+                "personal data that this tenant's guardrail refuses was found; `rule` names it",
             ),
             GuardrailBlockedTopic => (
                 "guardrail_blocked_topic",
                 StatusCode::UNPROCESSABLE_ENTITY,
-                "the request touches a topic that this tenant's guardrail blocks",
+                "a topic that this tenant's guardrail blocks was found; `rule` names it",
             ),
             GuardrailPromptTooLarge => (
                 "guardrail_prompt_too_large",
@@ -153,6 +156,21 @@ impl Code {
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "this API's guardrails read request bodies as sent; send it without \
                  Content-Encoding",
+            ),
+            UnsupportedMediaType => (
+                "unsupported_media_type",
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "this API's guardrails read JSON and text bodies only",
+            ),
+            BodyTimeout => (
+                "request_timeout",
+                StatusCode::REQUEST_TIMEOUT,
+                "the request body did not arrive in time",
+            ),
+            GuardUnavailable => (
+                "guard_unavailable",
+                StatusCode::SERVICE_UNAVAILABLE,
+                "this tenant's guardrails could not check the request; retry shortly",
             ),
         }
     }

@@ -215,6 +215,7 @@ pub async fn forward(
     let api = &permitted.route.api;
     let spec = &api.spec;
     let upgrade = headers::is_upgrade(request.headers());
+    let head = request.method() == http::Method::HEAD;
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
     let (mut parts, body) = request.into_parts();
     let runtime = &api.runtime;
@@ -277,7 +278,7 @@ pub async fn forward(
     let answered = Answered { latency: started.elapsed() };
     // Scanned before the request counts as answered, so that a response
     // the guard refuses is recorded as that refusal alone.
-    let mut response = crate::guard::response(api, response, idle, context.stats).await?;
+    let mut response = crate::guard::response(api, head, response, idle, context.stats).await?;
     pending.answered(response.status().as_u16(), answered.latency);
     let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
     headers::for_client(response.headers_mut(), switching, context.request_id);

@@ -113,8 +113,13 @@ pub struct GuardrailSpec {
 }
 
 const MAX_TOPICS: usize = 64;
+/// Keywords and patterns of one guardrail, all topics together: what one
+/// tenant may make every request of its pay for.
 const MAX_KEYWORDS: usize = 1_000;
 const MAX_PATTERNS: usize = 64;
+/// The most memory the compiled set of all a guardrail's patterns may
+/// take.
+const PATTERN_SET_SIZE_LIMIT: usize = 2 << 20;
 /// The most memory one compiled pattern may take: a pattern past it (a
 /// counted repetition of a large class, say) is refused when applied
 /// rather than slowing every request.
@@ -146,6 +151,17 @@ impl GuardrailSpec {
         if self.topics.len() > MAX_TOPICS {
             return Err(invalid("topics", format!("at most {MAX_TOPICS} topics")));
         }
+        let keywords: usize = self.topics.iter().map(|t| t.keywords.len()).sum();
+        let patterns: usize = self.topics.iter().map(|t| t.patterns.len()).sum();
+        if keywords > MAX_KEYWORDS || patterns > MAX_PATTERNS {
+            return Err(invalid(
+                "topics",
+                format!(
+                    "{keywords} keywords and {patterns} patterns: a guardrail has at most \
+                     {MAX_KEYWORDS} keywords and {MAX_PATTERNS} patterns in all its topics"
+                ),
+            ));
+        }
         let mut names = std::collections::BTreeSet::new();
         for topic in &self.topics {
             if !is_simple_label(&topic.name) {
@@ -163,15 +179,6 @@ impl GuardrailSpec {
                     format!("topic {} has neither keywords nor patterns", topic.name),
                 ));
             }
-            if topic.keywords.len() > MAX_KEYWORDS || topic.patterns.len() > MAX_PATTERNS {
-                return Err(invalid(
-                    "topics",
-                    format!(
-                        "topic {}: at most {MAX_KEYWORDS} keywords and {MAX_PATTERNS} patterns",
-                        topic.name
-                    ),
-                ));
-            }
             if let Some(empty) = topic.keywords.iter().position(|k| k.trim().is_empty()) {
                 return Err(invalid(
                     "topics",
@@ -184,7 +191,40 @@ impl GuardrailSpec {
                 })?;
             }
         }
-        Ok(())
+        self.pattern_set().map(|_| ())
+    }
+
+    /// Every topic's patterns as one set, in topic order, as the gateway
+    /// runs them: each pattern's topic is the index's. `None` when there
+    /// are no patterns.
+    pub fn pattern_set(
+        &self,
+    ) -> Result<Option<(regex::bytes::RegexSet, Vec<usize>)>, InvalidGuardrail> {
+        let (patterns, topics): (Vec<&str>, Vec<usize>) = self
+            .topics
+            .iter()
+            .enumerate()
+            .flat_map(|(i, t)| t.patterns.iter().map(move |p| (p.as_str(), i)))
+            .unzip();
+        if patterns.is_empty() {
+            return Ok(None);
+        }
+        let set = regex::bytes::RegexSetBuilder::new(&patterns)
+            .size_limit(PATTERN_SET_SIZE_LIMIT)
+            .dfa_size_limit(PATTERN_SET_SIZE_LIMIT)
+            .build()
+            .map_err(|e| match e {
+                regex::Error::CompiledTooBig(_) => invalid(
+                    "topics",
+                    format!(
+                        "the patterns together compile to more than {} MiB; use fewer or \
+                         simpler ones",
+                        PATTERN_SET_SIZE_LIMIT >> 20
+                    ),
+                ),
+                other => invalid("topics", format!("the patterns: {other}")),
+            })?;
+        Ok(Some((set, topics)))
     }
 }
 

@@ -392,8 +392,9 @@ async fn plan<'a>(client: &ApiClient, declared: &'a [Declared]) -> Result<Vec<St
     let mut tenants: HashMap<TenantName, (Option<Tenant>, bool)> = HashMap::new();
     let (tenant_objects, mut owned_objects): (Vec<&Declared>, Vec<&Declared>) =
         declared.iter().partition(|d| matches!(d.object, Object::Tenant(_)));
-    // A guardrail may name an API declared beside it: APIs go first.
-    owned_objects.sort_by_key(|d| matches!(d.object, Object::Guardrail(_) | Object::Tool(_)));
+    // Guardrails and tools before the APIs that use them, so that no API
+    // is served, even for a moment, without the guardrails declared with it.
+    owned_objects.sort_by_key(|d| !matches!(d.object, Object::Guardrail(_) | Object::Tool(_)));
     for declared in tenant_objects {
         let Object::Tenant(manifest) = &declared.object else { continue };
         let current = match client.find_tenant(manifest.name.as_str()).await? {
@@ -420,6 +421,7 @@ async fn plan<'a>(client: &ApiClient, declared: &'a [Declared]) -> Result<Vec<St
         steps.push(Step { declared, action });
     }
     // Then each tenant's APIs and apps, which need their tenant.
+    let everything = declared;
     for declared in owned_objects {
         let tenant = declared.object.tenant();
         if !tenants.contains_key(tenant) {
@@ -465,6 +467,24 @@ async fn plan<'a>(client: &ApiClient, declared: &'a [Declared]) -> Result<Vec<St
                 manifest.against(current.as_ref())
             }
             Object::Guardrail(manifest) => {
+                if let Some(api) = &manifest.spec.api {
+                    let beside = everything.iter().any(|d| {
+                        matches!(&d.object, Object::Api(a) if &a.tenant == tenant && a.name().as_str() == api)
+                    });
+                    let stored = exists
+                        && client.find_api(tenant.as_str(), api).await?.into_option().is_some();
+                    if !beside && !stored {
+                        errors.push(format!(
+                            "{}: {}: spec.api: tenant {:?} has no API {api:?}, and none is \
+                             declared; `bulkhead apis list --tenant {}` shows its APIs",
+                            declared.place(),
+                            declared.object.id(),
+                            tenant.as_str(),
+                            tenant.as_str(),
+                        ));
+                        continue;
+                    }
+                }
                 let current = match exists {
                     true => client
                         .find_resource(tenant.as_str(), "guardrails", &manifest.spec.name)

@@ -63,12 +63,14 @@ async fn guardrails_redact_and_refuse_the_tenants_own_traffic_and_no_one_elses()
     assert_eq!(exit_code(&applied), 0, "{}", stderr(&applied));
     assert_eq!(
         stdout(&applied),
-        "tenant/helpdesk created\napi/helpdesk/chat created\nguardrail/helpdesk/default \
-         created\nguardrail/helpdesk/answers created\n"
+        "tenant/helpdesk created\nguardrail/helpdesk/default created\nguardrail/helpdesk/answers \
+         created\napi/helpdesk/chat created\n",
+        "guardrails go before the API they guard"
     );
     let again = server.cli(&["apply", "-f", &samples]);
     assert!(
-        stdout(&again).ends_with("guardrail/helpdesk/answers unchanged\n"),
+        stdout(&again)
+            .ends_with("guardrail/helpdesk/answers unchanged\napi/helpdesk/chat unchanged\n"),
         "{}",
         stdout(&again)
     );
@@ -122,6 +124,48 @@ async fn guardrails_redact_and_refuse_the_tenants_own_traffic_and_no_one_elses()
         String::from_utf8(seen.body).unwrap(),
         "{\"messages\":[{\"content\":\"card [card]\"}]}"
     );
+
+    // JSON is read as JSON: escapes are decoded before the check, and a
+    // redacted string is written back as JSON.
+    let escaped =
+        br#"{"messages":[{"content":"line\n4111 1111 1111 1111 or ada\u0040example.com"}]}"#;
+    let response = client
+        .post(&url)
+        .bearer_auth(&bearer)
+        .header("content-type", "application/json")
+        .body(escaped.to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let seen = helpdesk.seen().pop().unwrap();
+    assert_eq!(
+        String::from_utf8(seen.body).unwrap(),
+        r#"{"messages":[{"content":"line\n[card] or [email]"}]}"#
+    );
+    // A body the guard cannot read, or that a redaction would corrupt, is
+    // refused; an Upgrade header does not make a POST skip the guard.
+    let response = client
+        .post(&url)
+        .bearer_auth(&bearer)
+        .header("content-type", "application/octet-stream")
+        .body(b"4111 1111 1111 1111".to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 415);
+    let response = client
+        .post(&url)
+        .bearer_auth(&bearer)
+        .header("connection", "upgrade")
+        .header("upgrade", "h2c-or-anything")
+        .json(&chat("card 4111 1111 1111 1111"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let seen = helpdesk.seen().pop().unwrap();
+    assert!(String::from_utf8(seen.body).unwrap().contains("card [card]"));
 
     // Refused before the upstream sees anything: the rule is named, the
     // text is not echoed.
@@ -189,8 +233,10 @@ async fn guardrails_redact_and_refuse_the_tenants_own_traffic_and_no_one_elses()
     let metrics =
         reqwest::get(format!("{}/metrics", server.api)).await.unwrap().text().await.unwrap();
     for line in [
-        "bulkhead_gateway_guardrail_findings_total{kind=\"card\",action=\"redact\"} 3",
-        "bulkhead_gateway_guardrail_findings_total{kind=\"email\",action=\"redact\"} 1",
+        // Four requests with a card, each seen by both guardrails of `chat`,
+        // and one answer.
+        "bulkhead_gateway_guardrail_findings_total{kind=\"card\",action=\"redact\"} 9",
+        "bulkhead_gateway_guardrail_findings_total{kind=\"email\",action=\"redact\"} 2",
         "bulkhead_gateway_guardrail_findings_total{kind=\"phone\",action=\"log\"} 1",
         "bulkhead_gateway_guardrail_findings_total{kind=\"iban\",action=\"reject\"} 1",
         "bulkhead_gateway_refusals_total{phase=\"guard\",code=\"guardrail_blocked_topic\"} 2",
@@ -205,14 +251,14 @@ async fn guardrails_redact_and_refuse_the_tenants_own_traffic_and_no_one_elses()
             .into_iter()
             .filter(|e| e["action"] == "gateway.request" && e["details"]["phase"] == "guard")
             .collect();
-        if refused.len() >= 6 || Instant::now() > deadline {
+        if refused.len() >= 7 || Instant::now() > deadline {
             break refused;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    assert_eq!(refused.len(), 6, "{refused:?}");
-    assert_eq!(refused[0]["details"]["code"], "guardrail_pii");
-    assert_eq!(refused[0]["details"]["reason"], "request: default: iban");
+    assert_eq!(refused.len(), 7, "{refused:?}");
+    let iban_refused = refused.iter().find(|e| e["details"]["reason"] == "request: default: iban");
+    assert_eq!(iban_refused.unwrap()["details"]["code"], "guardrail_pii", "{refused:?}");
     assert!(!json!(refused).to_string().contains("WEST"));
     let changes = server.audit_events(&["helpdesk"]);
     assert!(changes.iter().any(|e| e["action"] == "guardrail.create"
@@ -258,8 +304,25 @@ async fn a_bad_guardrail_is_refused_whole_with_the_reason() {
     let (status, _) = server.http().get("/v1/tenants/helpdesk").await;
     assert_eq!(status, 404, "nothing was applied");
 
-    // Through the API: a guardrail naming an API the tenant lacks, a name
-    // that differs from the path's, and one that checks nothing.
+    // A guardrail naming an API the tenant neither has nor declares: a
+    // typo that would guard nothing.
+    let typo = good.replace("  api: chat\n  pii:", "  api: chats\n  pii:");
+    assert_ne!(typo, good);
+    std::fs::write(dir.join("helpdesk.yaml"), &typo).unwrap();
+    let refused = server.cli(&["apply", "-f", &samples]);
+    assert_eq!(exit_code(&refused), 2, "{}", stdout(&refused));
+    let message = stderr(&refused);
+    assert!(
+        message.contains(
+            "guardrail/helpdesk/answers: spec.api: tenant \"helpdesk\" has no API \"chats\""
+        ),
+        "{message}"
+    );
+    let (status, _) = server.http().get("/v1/tenants/helpdesk").await;
+    assert_eq!(status, 404, "nothing was applied");
+
+    // Through the API: a name that differs from the path's, one that
+    // checks nothing, an unknown kind of data, too many patterns.
     std::fs::write(dir.join("helpdesk.yaml"), &good).unwrap();
     let applied = server.cli(&["apply", "-f", &samples]);
     assert_eq!(exit_code(&applied), 0, "{}", stderr(&applied));
@@ -269,10 +332,6 @@ async fn a_bad_guardrail_is_refused_whole_with_the_reason() {
         let path = format!("/v1/tenants/helpdesk/guardrails/{name}");
         async move { http.send(reqwest::Method::PUT, &path, Some(body)).await }
     };
-    let (status, body) =
-        put("x", json!({"name": "x", "api": "billing", "pii": {"card": "redact"}})).await;
-    assert_eq!((status, &body["error"]["code"]), (400, &json!("invalid_guardrail")), "{body}");
-    assert!(body["error"]["message"].as_str().unwrap().contains("API \"billing\""), "{body}");
     let (status, body) = put("x", json!({"name": "y", "pii": {"card": "redact"}})).await;
     assert_eq!(status, 400, "{body}");
     let (status, body) = put("x", json!({"name": "x"})).await;
@@ -280,6 +339,11 @@ async fn a_bad_guardrail_is_refused_whole_with_the_reason() {
     assert!(body["error"]["message"].as_str().unwrap().contains("checks nothing"), "{body}");
     let (status, body) = put("x", json!({"name": "x", "pii": {"passport": "redact"}})).await;
     assert_eq!(status, 400, "{body}");
+    let topics: Vec<Value> =
+        (0..5).map(|i| json!({"name": format!("t{i}"), "patterns": vec!["a+b"; 13]})).collect();
+    let (status, body) = put("x", json!({"name": "x", "topics": topics})).await;
+    assert_eq!((status, &body["error"]["code"]), (400, &json!("invalid_guardrail")), "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("65 patterns"), "{body}");
     let (_, listed) = http.get("/v1/tenants/helpdesk/guardrails").await;
     let names: Vec<&str> = listed["guardrails"]
         .as_array()

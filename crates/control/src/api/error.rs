@@ -372,7 +372,7 @@ impl From<ResourcesError> for ApiError {
             ResourcesError::TenantNotFound(_) => TenantNotFound,
             ResourcesError::Forbidden(_) => Forbidden,
             ResourcesError::Invalid { kind: "tool", .. } => InvalidTool,
-            ResourcesError::Invalid { .. } | ResourcesError::UnknownApi { .. } => InvalidGuardrail,
+            ResourcesError::Invalid { .. } => InvalidGuardrail,
             ResourcesError::NotFound { kind: "tool", .. } => ToolNotFound,
             ResourcesError::NotFound { .. } => GuardrailNotFound,
             ResourcesError::TooMany { .. } => QuotaExceeded,

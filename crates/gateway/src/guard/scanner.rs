@@ -1,158 +1,17 @@
-//! The `guard` phase's scanner: finds personal data, blocked topics and
-//! oversized prompts in a body, as a tenant's guardrail says, and redacts
-//! or refuses. Compiled once per snapshot ([`Guard::compile`]); a scan
-//! ([`Guard::scan`]) is linear in the body's length (the `regex` crate's
-//! engines, one Aho-Corasick automaton for every keyword) and allocates
+//! The guard's scanner: finds personal data, blocked topics and oversized
+//! prompts in text, as a tenant's guardrail says, and redacts or refuses.
+//! Compiled once per snapshot ([`Guard::compile`]); a check is linear in
+//! the text's length (the `regex` crate's engines, one Aho-Corasick
+//! automaton for every keyword, one set for every pattern) and allocates
 //! only when it redacts.
-//!
-//! What it does not see: text the client encoded to hide it (a JSON
-//! `\u0040` for `@`, base64, a card split across fields). It is a
-//! guardrail against mistakes and careless agents, not against a client
-//! set on exfiltrating its own data.
 
-use std::{ops::Range, sync::Arc, time::Duration};
+use std::ops::Range;
 
 use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
 use bulkhead_model::{GuardrailSpec, PiiAction, PiiKind};
-use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Request, Response, header};
-use http_body_util::BodyExt;
-use hyper::body::Incoming;
-use regex::bytes::{Regex, RegexSet, RegexSetBuilder};
+use regex::bytes::{Regex, RegexSet};
 
-use crate::{
-    body::{Body, BoxError, Tracked, full},
-    error::{Code, Phase, Refusal},
-    snapshot::ApiEntry,
-    stats::Stats,
-};
-
-/// The guard phase. Reads: a request allowed so far, and its API's
-/// guardrails. Adds: the request body as the guardrails leave it (read
-/// whole, within the API's `max_body_bytes`, then redacted), or a refusal
-/// naming the rule. An API without guardrails streams its body untouched.
-pub async fn request(
-    api: &ApiEntry,
-    request: Request<Body>,
-    stats: &Stats,
-) -> Result<Request<Body>, Refusal> {
-    if api.guards.is_empty() || crate::headers::is_upgrade(request.headers()) {
-        return Ok(request);
-    }
-    // A compressed body would pass unread: the guard reads bodies as sent.
-    if encoded(request.headers()) {
-        return Err(Refusal::new(
-            Phase::Guard,
-            Code::UnsupportedEncoding,
-            "a Content-Encoding the guard cannot read",
-        ));
-    }
-    let (mut parts, body) = request.into_parts();
-    if !api.response_guards.is_empty() {
-        // Answers must come as they are for the guard to read them.
-        parts.headers.remove(header::ACCEPT_ENCODING);
-    }
-    let bytes = body.collect().await.map_err(unreadable)?.to_bytes();
-    let bytes = scan_all(&api.guards, bytes, stats, "request")?;
-    set_length(&mut parts.headers, bytes.len());
-    Ok(Request::from_parts(parts, full(bytes)))
-}
-
-/// The guard phase on the way back, with the API's guardrails that say
-/// `scan_responses`: a response of known length within the API's
-/// `max_body_bytes` is read whole and scanned like a request. Streamed
-/// responses (no length, or `text/event-stream`) pass unscanned: holding
-/// them back would break them.
-pub async fn response(
-    api: &ApiEntry,
-    response: Response<Incoming>,
-    idle: Duration,
-    stats: &Stats,
-) -> Result<Response<Body>, Refusal> {
-    if api.response_guards.is_empty() || !scannable(response.headers(), api.spec.max_body_bytes) {
-        return Ok(response.map(|body| body.map_err(BoxError::from).boxed_unsync()));
-    }
-    if encoded(response.headers()) {
-        return Err(Refusal::new(
-            Phase::Guard,
-            Code::UpstreamUnavailable,
-            "the upstream encoded a response the guard must read, though not asked to",
-        ));
-    }
-    let (mut parts, body) = response.into_parts();
-    let body = Tracked::new(body, idle, Arc::default(), ());
-    let bytes = body.collect().await.map_err(unreadable)?.to_bytes();
-    let bytes = scan_all(&api.response_guards, bytes, stats, "response")?;
-    set_length(&mut parts.headers, bytes.len());
-    Ok(Response::from_parts(parts, full(bytes)))
-}
-
-fn encoded(headers: &HeaderMap) -> bool {
-    headers.get_all(header::CONTENT_ENCODING).iter().any(|v| {
-        v.to_str()
-            .map_or(true, |v| v.split(',').any(|c| !c.trim().eq_ignore_ascii_case("identity")))
-    })
-}
-
-fn scannable(headers: &HeaderMap, max: u64) -> bool {
-    let streamed = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.trim_start().starts_with("text/event-stream"));
-    let length = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    !streamed && length.is_some_and(|length| length <= max)
-}
-
-/// Each guard in turn, on what the one before left.
-fn scan_all(
-    guards: &[Arc<Guard>],
-    mut bytes: Bytes,
-    stats: &Stats,
-    what: &str,
-) -> Result<Bytes, Refusal> {
-    for guard in guards {
-        match guard.scan(&bytes) {
-            Ok(scanned) => {
-                for (kind, action, count) in &scanned.found {
-                    stats.found(*kind, *action, *count);
-                }
-                if let Some(redacted) = scanned.redacted {
-                    bytes = Bytes::from(redacted);
-                }
-            }
-            Err(rejection) => {
-                if let Some(kind) = rejection.pii {
-                    stats.found(kind, PiiAction::Reject, 1);
-                }
-                let mut refusal = Refusal::new(
-                    Phase::Guard,
-                    rejection.code,
-                    format!("{what}: {}", rejection.rule),
-                );
-                refusal.rule = Some(rejection.rule);
-                return Err(refusal);
-            }
-        }
-    }
-    Ok(bytes)
-}
-
-/// The body's length once its guardrails have changed it; the framing it
-/// came with (chunked, or the old length) no longer holds.
-fn set_length(headers: &mut HeaderMap, length: usize) {
-    headers.remove(header::TRANSFER_ENCODING);
-    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
-}
-
-fn unreadable(error: BoxError) -> Refusal {
-    if crate::proxy::caused_by::<http_body_util::LengthLimitError>(&*error) {
-        return Refusal::new(Phase::Proxy, Code::PayloadTooLarge, "body over the cap");
-    }
-    Refusal::new(Phase::Guard, Code::BadRequest, format!("the body could not be read: {error}"))
-}
+use crate::error::Code;
 
 /// Why a body was refused: the wire code and the rule, never the text
 /// that matched.
@@ -196,16 +55,10 @@ impl Guard {
         spec.validate().map_err(|e| e.to_string())?;
         let mut words = Vec::new();
         let mut word_topic = Vec::new();
-        let mut patterns = Vec::new();
-        let mut pattern_topic = Vec::new();
         for (i, topic) in spec.topics.iter().enumerate() {
             for keyword in &topic.keywords {
                 words.push(keyword.trim().to_owned());
                 word_topic.push(i);
-            }
-            for pattern in &topic.patterns {
-                patterns.push(pattern.clone());
-                pattern_topic.push(i);
             }
         }
         let keywords = if words.is_empty() {
@@ -218,16 +71,7 @@ impl Guard {
                 .map_err(|e| format!("the guardrail's keywords: {e}"))?;
             Some((automaton, word_topic))
         };
-        let patterns = if patterns.is_empty() {
-            None
-        } else {
-            let set = RegexSetBuilder::new(&patterns)
-                .size_limit(bulkhead_model::PATTERN_SIZE_LIMIT * patterns.len())
-                .dfa_size_limit(bulkhead_model::PATTERN_SIZE_LIMIT * patterns.len())
-                .build()
-                .map_err(|e| format!("the guardrail's patterns: {e}"))?;
-            Some((set, pattern_topic))
-        };
+        let patterns = spec.pattern_set().map_err(|e| e.to_string())?;
         Ok(Self {
             name: spec.name.clone(),
             pii: spec.pii.iter().map(|(k, a)| (*k, *a)).collect(),
@@ -238,50 +82,77 @@ impl Guard {
         })
     }
 
-    /// Scans `body`: the size first, then blocked topics, then personal
-    /// data (a rejection wins over a redaction).
-    pub fn scan(&self, body: &[u8]) -> Result<Scanned, Rejection> {
-        if let Some(max) = self.max_bytes
-            && u64::try_from(body.len()).unwrap_or(u64::MAX) > max
-        {
-            return Err(self.reject(Code::GuardrailPromptTooLarge, format!("over {max} bytes")));
-        }
-        if let Some(topic) = self.topic(body) {
+    /// Refuses a body larger than the guardrail allows.
+    pub fn oversized(&self, length: u64) -> Option<Rejection> {
+        let max = self.max_bytes?;
+        (length > max)
+            .then(|| self.reject(Code::GuardrailPromptTooLarge, format!("over {max} bytes")))
+    }
+
+    pub fn max_bytes(&self) -> Option<u64> {
+        self.max_bytes
+    }
+
+    /// Checks `text` for blocked topics, then for personal data the
+    /// guardrail refuses; returns every finding of personal data, by kind
+    /// and action.
+    pub fn check(&self, text: &[u8]) -> Result<Vec<(PiiKind, PiiAction, u32)>, Rejection> {
+        if let Some(topic) = self.topic(text) {
             return Err(self.reject(Code::GuardrailBlockedTopic, format!("topic {topic}")));
         }
         if self.pii.is_empty() {
-            return Ok(Scanned::default());
+            return Ok(Vec::new());
         }
-        let findings = find_pii(body, &self.pii);
-        let mut scanned = Scanned::default();
+        let findings = find_pii(text, &self.pii);
+        let mut found = Vec::new();
         for (kind, action) in &self.pii {
             let count = findings.iter().filter(|f| f.kind == *kind).count();
             if count == 0 {
                 continue;
             }
-            scanned.found.push((*kind, *action, u32::try_from(count).unwrap_or(u32::MAX)));
             if *action == PiiAction::Reject {
                 let mut rejection = self.reject(Code::GuardrailPii, kind.as_str().to_owned());
                 rejection.pii = Some(*kind);
                 return Err(rejection);
             }
+            found.push((*kind, *action, u32::try_from(count).unwrap_or(u32::MAX)));
         }
+        Ok(found)
+    }
+
+    /// `text` with the personal data the guardrail redacts replaced by
+    /// placeholders (`[card]`); `None` when there is none.
+    pub fn redact(&self, text: &[u8]) -> Option<Vec<u8>> {
+        if !self.pii.iter().any(|(_, a)| *a == PiiAction::Redact) {
+            return None;
+        }
+        let findings = find_pii(text, &self.pii);
         let redact: Vec<&Finding> =
             findings.iter().filter(|f| self.action(f.kind) == Some(PiiAction::Redact)).collect();
-        if !redact.is_empty() {
-            let mut out = Vec::with_capacity(body.len());
-            let mut at = 0;
-            for finding in redact {
-                out.extend_from_slice(&body[at..finding.span.start]);
-                out.push(b'[');
-                out.extend_from_slice(finding.kind.as_str().as_bytes());
-                out.push(b']');
-                at = finding.span.end;
-            }
-            out.extend_from_slice(&body[at..]);
-            scanned.redacted = Some(out);
+        if redact.is_empty() {
+            return None;
         }
-        Ok(scanned)
+        let mut out = Vec::with_capacity(text.len());
+        let mut at = 0;
+        for finding in redact {
+            out.extend_from_slice(&text[at..finding.span.start]);
+            out.push(b'[');
+            out.extend_from_slice(finding.kind.as_str().as_bytes());
+            out.push(b']');
+            at = finding.span.end;
+        }
+        out.extend_from_slice(&text[at..]);
+        Some(out)
+    }
+
+    /// The whole of one guardrail on one text: the size, then
+    /// [`Guard::check`], then [`Guard::redact`].
+    pub fn scan(&self, body: &[u8]) -> Result<Scanned, Rejection> {
+        if let Some(rejection) = self.oversized(u64::try_from(body.len()).unwrap_or(u64::MAX)) {
+            return Err(rejection);
+        }
+        let found = self.check(body)?;
+        Ok(Scanned { redacted: self.redact(body), found })
     }
 
     fn action(&self, kind: PiiKind) -> Option<PiiAction> {
