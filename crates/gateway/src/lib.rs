@@ -156,6 +156,15 @@ impl Gateway {
             request_id: request_id.clone(),
             at: (self.now)(),
         };
+        // A refused request's body may be left unread, and then its HTTP/1
+        // connection cannot carry another request: say so, or a client
+        // reusing it is reset.
+        let close_if_refused = request.version() < http::Version::HTTP_2
+            && (request.headers().contains_key(http::header::TRANSFER_ENCODING)
+                || request
+                    .headers()
+                    .get(http::header::CONTENT_LENGTH)
+                    .is_some_and(|v| v.as_bytes() != b"0"));
         let mut learned = record::Learned::default();
         let passed =
             self.pass(&snapshot, request, peer, verdict, &request_id, &mut learned, &ended).await;
@@ -169,7 +178,12 @@ impl Gateway {
                     request_id = request_id.to_str().unwrap_or_default(),
                     "request refused"
                 );
-                let response = error::rescue(&refusal, &request_id);
+                let mut response = error::rescue(&refusal, &request_id);
+                if close_if_refused {
+                    response
+                        .headers_mut()
+                        .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+                }
                 let labelled = learned.tenant.as_deref().map(|t| &t.runtime.labelled);
                 self.stats.count(labelled, Some(&refusal));
                 let ended = record::Ended { status: response.status().as_u16(), ..ended };

@@ -269,6 +269,9 @@ fn scan(
         for guard in guards {
             found.extend(guard.check(body)?);
         }
+        if !redacts(&found) {
+            return Ok((found, None));
+        }
         let mut text: Option<Vec<u8>> = None;
         for guard in guards {
             if let Some(redacted) = guard.redact(text.as_deref().unwrap_or(body)) {
@@ -282,6 +285,9 @@ fn scan(
         for string in &strings {
             found.extend(guard.check(string.text.as_bytes())?);
         }
+    }
+    if !redacts(&found) {
+        return Ok((found, None));
     }
     let mut edits = Vec::new();
     for string in &strings {
@@ -297,6 +303,12 @@ fn scan(
         }
     }
     Ok((found, json::splice(body, edits)))
+}
+
+/// Whether anything found is to be redacted: without, the body goes as it
+/// came and is not scanned a second time.
+fn redacts(found: &Findings) -> bool {
+    found.iter().any(|(_, action, _)| *action == PiiAction::Redact)
 }
 
 fn refusal(rejection: Rejection, what: &str, stats: &Stats) -> Refusal {

@@ -152,7 +152,8 @@ impl Guard {
             return Err(rejection);
         }
         let found = self.check(body)?;
-        Ok(Scanned { redacted: self.redact(body), found })
+        let redacts = found.iter().any(|(_, action, _)| *action == PiiAction::Redact);
+        Ok(Scanned { redacted: if redacts { self.redact(body) } else { None }, found })
     }
 
     fn action(&self, kind: PiiKind) -> Option<PiiAction> {
