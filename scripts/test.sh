@@ -81,10 +81,11 @@ ensure_redis
 # document with a standard validator, and the live API with a
 # property-based tester (schemathesis), and the gateway's WebSocket proxying
 # with a real WebSocket peer (websockets); the tenant-database example
-# application runs on psycopg.
+# application runs on psycopg; the MCP endpoint is driven by the official
+# MCP SDK, as client and as the tools' servers (mcp).
 command -v curl >/dev/null || apt_install curl
-PYTHON_TOOLS=('pyjwt[crypto]>=2.8,<3' 'openapi-spec-validator>=0.7,<1' 'schemathesis>=4,<5' 'websockets>=14,<16' 'psycopg[binary]>=3.1,<4')
-if ! python3 -c 'import jwt, cryptography, openapi_spec_validator, schemathesis, websockets, psycopg' 2>/dev/null; then
+PYTHON_TOOLS=('pyjwt[crypto]>=2.8,<3' 'openapi-spec-validator>=0.7,<1' 'schemathesis>=4,<5' 'websockets>=14,<16' 'psycopg[binary]>=3.1,<4' 'mcp>=1.20,<2')
+if ! python3 -c 'import jwt, cryptography, openapi_spec_validator, schemathesis, websockets, psycopg, mcp' 2>/dev/null; then
     say "installing ${PYTHON_TOOLS[*]}"
     python3 -m pip install --quiet --disable-pip-version-check "${PYTHON_TOOLS[@]}" \
         || die "cannot install the Python test tools; run: python3 -m pip install ${PYTHON_TOOLS[*]}"

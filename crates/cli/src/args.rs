@@ -101,6 +101,10 @@ pub enum Command {
     /// which policy
     #[command(subcommand)]
     Apis(ApisCommand),
+    /// Tenants' tool registries: the MCP servers and HTTP tools their
+    /// agents may call through their MCP endpoints
+    #[command(subcommand)]
+    Tools(ToolsCommand),
     /// Tenants' apps, run by the runtime as confined workers
     #[command(subcommand)]
     Apps(AppsCommand),
@@ -654,6 +658,55 @@ pub enum ApisCommand {
     },
 }
 
+#[derive(Debug, Subcommand)]
+pub enum ToolsCommand {
+    /// Register a tool, or change the one of that name: an MCP server
+    /// (--mcp) or an HTTP endpoint (--http)
+    Add(Box<AddToolArgs>),
+    /// List a tenant's tools
+    List {
+        #[arg(long)]
+        tenant: String,
+    },
+    /// Remove a tool; the tenant's agents stop seeing it at once
+    Delete {
+        #[arg(long)]
+        tenant: String,
+        name: String,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct AddToolArgs {
+    #[arg(long)]
+    pub tenant: String,
+    /// The entry's name within the tenant (a-z, 0-9, '-')
+    pub name: String,
+    /// An MCP server over streamable HTTP: http://host:port/mcp
+    #[arg(long, value_name = "URL", required_unless_present = "http", conflicts_with = "http")]
+    pub mcp: Option<String>,
+    /// A plain HTTP endpoint, one tool: calls POST the arguments as JSON
+    #[arg(long, value_name = "URL")]
+    pub http: Option<String>,
+    /// Offer only this tool of the MCP server (repeatable); all by default
+    #[arg(long = "tool", value_name = "NAME")]
+    pub tools: Vec<String>,
+    /// Callers need this role or a stronger one (repeatable); any caller
+    /// of the tenant by default
+    #[arg(long = "role", value_name = "ROLE")]
+    pub roles: Vec<String>,
+    /// The tenant's secret that authenticates the gateway to the upstream
+    /// (sent as `Authorization: Bearer <value>`)
+    #[arg(long, value_name = "PATH")]
+    pub secret: Option<String>,
+    /// Send the secret in this header, as it is, instead
+    #[arg(long, value_name = "NAME", requires = "secret")]
+    pub header: Option<String>,
+    /// An HTTP tool's description, for the agents that list it
+    #[arg(long)]
+    pub description: Option<String>,
+}
+
 #[derive(Debug, clap::Args)]
 pub struct CreateApiArgs {
     #[arg(long)]
@@ -663,9 +716,14 @@ pub struct CreateApiArgs {
     /// The path it serves, e.g. /orders (matched on segment boundaries)
     #[arg(long)]
     pub prefix: String,
-    /// http://host:port or unix:/path (repeatable: taken in turn)
-    #[arg(long = "upstream", value_name = "URL", required = true)]
+    /// http://host:port or unix:/path (repeatable: taken in turn); none
+    /// for --type mcp
+    #[arg(long = "upstream", value_name = "URL")]
     pub upstreams: Vec<String>,
+    /// http (a proxy to the upstreams, the default) or mcp (the tenant's
+    /// MCP endpoint, serving its tools)
+    #[arg(long = "type", value_name = "TYPE")]
+    pub api_type: Option<String>,
     /// How to talk to the upstreams: http1 or h2c [default: http1]
     #[arg(long, value_name = "PROTOCOL")]
     pub protocol: Option<String>,

@@ -396,6 +396,32 @@ pub fn apis(format: Output, apis: &[ApiSpec]) -> Result<(), CliError> {
     Ok(())
 }
 
+/// `bulkhead tools list`.
+pub fn tools(format: Output, tools: &[bulkhead_model::ToolSpec]) -> Result<(), CliError> {
+    if format == Output::Json {
+        return json(&tools);
+    }
+    let rows: Vec<Vec<String>> = tools
+        .iter()
+        .map(|t| {
+            let (kind, url) = match &t.upstream {
+                bulkhead_model::ToolUpstream::Mcp(url) => ("mcp", url),
+                bulkhead_model::ToolUpstream::Http(url) => ("http", url),
+            };
+            let roles: Vec<&str> = t.roles.iter().map(|r| r.as_str()).collect();
+            vec![
+                t.name.clone(),
+                format!("{kind} {url}"),
+                if t.tools.is_empty() { "all".to_owned() } else { t.tools.join(",") },
+                if roles.is_empty() { "any".to_owned() } else { roles.join(",") },
+                t.credential.as_ref().map_or_else(|| "none".to_owned(), |c| c.secret.clone()),
+            ]
+        })
+        .collect();
+    println!("{}", table(&["NAME", "UPSTREAM", "TOOLS", "ROLES", "CREDENTIAL"], &rows));
+    Ok(())
+}
+
 /// `bulkhead verify`: what answers without a credential.
 pub fn public_apis(
     format: Output,

@@ -19,7 +19,7 @@ use std::{
 use bulkhead_gateway::{ApiKeyConfig, Domain, Gateway, Snapshot, TenantConfig};
 use bulkhead_identity::Role;
 use bulkhead_model::{
-    ApiSpec, GuardrailSpec, PlanCatalog, Tenant, TenantId, TenantState, Upstream,
+    ApiSpec, GuardrailSpec, PlanCatalog, Tenant, TenantId, TenantState, ToolSpec, Upstream,
 };
 use bulkhead_store::{
     ApiKeyRecord, ApiRecord, AppRecord, ControlStore, GatewayChanges, RealmKeyRecord, RealmRecord,
@@ -40,6 +40,7 @@ pub fn affects_gateway(action: &str) -> bool {
         || action.starts_with("realm.")
         || action.starts_with("api.")
         || action.starts_with("guardrail.")
+        || action.starts_with("tool.") && action != "tool.call"
         || action == "apikey.create"
         || action == "apikey.revoke"
         // `app:` upstreams name the app's workers and the tenant's user,
@@ -100,6 +101,7 @@ struct Parts<'a> {
     apis: Vec<&'a ApiRecord>,
     apps: Vec<&'a AppRecord>,
     guardrails: Vec<&'a ResourceRecord>,
+    tools: Vec<&'a ResourceRecord>,
     /// The tenant's Unix user, which its workers' sockets must belong to.
     uid: Option<u32>,
 }
@@ -134,10 +136,14 @@ impl GatewayFeed {
         let apis = self.store.all_apis().await?;
         let apps = self.store.all_apps().await?;
         let guardrails = self.store.all_resources(GuardrailSpec::KIND).await?;
+        let tools = self.store.all_resources(ToolSpec::KIND).await?;
         let users = self.store.runtime_users().await?;
         let mut parts: HashMap<TenantId, Parts<'_>> = HashMap::new();
         for guardrail in &guardrails {
             parts.entry(guardrail.tenant_id).or_default().guardrails.push(guardrail);
+        }
+        for tool in &tools {
+            parts.entry(tool.tenant_id).or_default().tools.push(tool);
         }
         for app in &apps {
             parts.entry(app.tenant_id).or_default().apps.push(app);
@@ -198,6 +204,7 @@ impl GatewayFeed {
         let apis = self.store.apis(id).await?;
         let apps = self.store.apps(id).await?;
         let guardrails = self.store.resources(id, GuardrailSpec::KIND).await?;
+        let tools = self.store.resources(id, ToolSpec::KIND).await?;
         let uid = self
             .store
             .runtime_users()
@@ -213,6 +220,7 @@ impl GatewayFeed {
             apis: apis.iter().collect(),
             apps: apps.iter().collect(),
             guardrails: guardrails.iter().collect(),
+            tools: tools.iter().collect(),
             uid,
         };
         Ok(self.config(&tenant, &parts).await)
@@ -332,6 +340,18 @@ impl GatewayFeed {
                 }
             }
         }
+        // A tool that cannot be read is not offered; the others are.
+        let tools = parts
+            .tools
+            .iter()
+            .filter_map(|record| match resources::decode::<ToolSpec>(record) {
+                Ok(spec) => Some(spec),
+                Err(error) => {
+                    tracing::error!(tenant = %tenant.name, tool = %record.name, %error, "a stored tool is unreadable; it is not offered");
+                    None
+                }
+            })
+            .collect();
         let limits = match self.plans.get(tenant.plan.as_str()) {
             Ok(plan) => tenant.limits.apply(&plan.gateway),
             Err(error) => {
@@ -359,6 +379,7 @@ impl GatewayFeed {
             api_keys,
             apis,
             guardrails,
+            tools,
             limits,
         })
     }
@@ -512,5 +533,25 @@ pub async fn follow(
                 }
             }
         }
+    }
+}
+
+/// Tools' credentials for the gateway beside the control plane: a
+/// tenant's secret, decrypted for one call and dropped (zeroed) after it.
+#[derive(Debug)]
+pub struct VaultToolSecrets(pub Arc<bulkhead_vault::Vault>);
+
+#[async_trait::async_trait]
+impl bulkhead_gateway::mcp::ToolSecrets for VaultToolSecrets {
+    async fn read(
+        &self,
+        tenant: uuid::Uuid,
+        path: &str,
+    ) -> Result<zeroize::Zeroizing<String>, String> {
+        let path = bulkhead_vault::SecretPath::parse(path).map_err(|e| e.to_string())?;
+        let secret = self.0.get(TenantId(tenant), &path, None).await.map_err(|e| e.to_string())?;
+        let text =
+            std::str::from_utf8(&secret.value).map_err(|_| format!("secret {path} is not text"))?;
+        Ok(zeroize::Zeroizing::new(text.to_owned()))
     }
 }

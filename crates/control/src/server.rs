@@ -82,6 +82,8 @@ pub enum StartError {
     },
     #[error("cannot use Redis for the gateway's rate limits: {0}; check --redis (BULKHEAD_REDIS)")]
     Redis(String),
+    #[error("cannot make the gateway's client for tools: {0}")]
+    Tools(String),
     #[error("cannot start the runtime: {0}")]
     Runtime(String),
     #[error(
@@ -368,6 +370,7 @@ async fn build_gateway(
     clock: &Arc<dyn Clock>,
     feed: &GatewayFeed,
     decisions_to: Decisions,
+    secrets: Option<Arc<dyn bulkhead_gateway::mcp::ToolSecrets>>,
 ) -> Result<(Arc<Gateway>, [JoinHandle<()>; 2]), StartError> {
     let limiter = match &config.gateway_redis {
         None => Limiter::local(),
@@ -396,7 +399,15 @@ async fn build_gateway(
         Arc::new(move || clock.now().unix_timestamp())
     };
     let snapshot = Snapshot::empty(feed.domain());
-    let gateway = Gateway::new(snapshot, config.gateway.clone(), limiter, recorder, now);
+    // Tools' upstreams are the tenants' to name: no redirect is followed
+    // to somewhere they did not name.
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(std::time::Duration::from_secs(5))
+        .build()
+        .map_err(|e| StartError::Tools(e.to_string()))?;
+    let tools = bulkhead_gateway::mcp::ToolAccess { client, secrets };
+    let gateway = Gateway::new(snapshot, config.gateway.clone(), limiter, recorder, now, tools);
     gateway::rebuild(&gateway, feed).await?;
     Ok((gateway, [aggregate, decide]))
 }
@@ -463,7 +474,7 @@ pub async fn start_gateway(config: Config) -> Result<RunningGateway, StartError>
         tokio::net::TcpListener::bind(config.gateway_listen).await.map_err(gateway_bind)?;
     let addr = listener.local_addr().map_err(gateway_bind)?;
     let (gateway, records) =
-        build_gateway(&config, &store, &clock, &feed, Decisions::Queue).await?;
+        build_gateway(&config, &store, &clock, &feed, Decisions::Queue, None).await?;
     let (shutdown, stopping) = watch::channel(false);
     let mut tasks = run_gateway(gateway, feed, gateway::Source::Store, listener, stopping);
     tasks.extend(records);
@@ -691,8 +702,15 @@ pub async fn start_with_steps(
     ));
     let decision_recorder = Arc::new(DecisionRecorder::new(Arc::clone(&store), events));
     let decisions_to = Decisions::Record(Arc::clone(&decision_recorder));
-    let (gateway, gateway_records) =
-        build_gateway(&config, &store, &clock, &feed, decisions_to).await?;
+    let (gateway, gateway_records) = build_gateway(
+        &config,
+        &store,
+        &clock,
+        &feed,
+        decisions_to,
+        Some(Arc::new(gateway::VaultToolSecrets(Arc::clone(&sealed)))),
+    )
+    .await?;
     metrics.watch_gateway(Arc::clone(&gateway));
     let reconciler_done = Arc::new(AtomicBool::new(false));
     let state = AppState {

@@ -156,6 +156,25 @@ impl DecisionRecorder {
             },
             None => Actor::Anonymous,
         };
+        if let Some(used) = decision.tool {
+            // A tool call, whatever its outcome: the tool, the caller (the
+            // event's actor), and the arguments' size and hash only.
+            let outcome = match used.outcome.as_ref() {
+                "ok" => "ok",
+                "refused" => "denied",
+                _ => "failed",
+            };
+            let details = json!({
+                "api": decision.api,
+                "tool": used.tool,
+                "server": used.server,
+                "argument_bytes": used.argument_bytes,
+                "argument_sha256": used.argument_sha256,
+            });
+            let record = self.events.record(&actor, &tenant, "tool.call", outcome, details);
+            crate::events::REQUEST_ID.scope(decision.request_id, record).await;
+            return;
+        }
         let mut details = json!({
             "api": decision.api,
             "method": decision.method,

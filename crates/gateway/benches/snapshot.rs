@@ -73,6 +73,7 @@ fn tenants(n: usize) -> Vec<TenantConfig> {
                 api_keys: Vec::new(),
                 apis: vec![api],
                 guardrails: Vec::new(),
+                tools: Vec::new(),
                 limits: limits.clone(),
                 refresh_at: None,
                 name,

@@ -8,6 +8,8 @@
 //! applications. With roles set on the API, the caller must hold one of
 //! them or a stronger one.
 
+use bulkhead_model::Role;
+
 use crate::{
     authn::{CredentialKind, Principal},
     error::{Code, Phase, Refusal},
@@ -63,15 +65,17 @@ pub fn authorize(
             ));
         }
     }
-    if !spec.roles.is_empty() {
-        // Roles sort strongest first: holding any role at least as strong
-        // as the weakest one the API names is enough.
-        let weakest_allowed = spec.roles.iter().max();
-        let strongest_held = caller.roles.iter().min();
-        if !matches!((strongest_held, weakest_allowed), (Some(held), Some(allowed)) if held <= allowed)
-        {
-            return Err(Refusal::new(Phase::Authz, Code::Forbidden, "roles do not allow this API"));
-        }
+    if !spec.roles.is_empty() && !roles_allow(&spec.roles, &caller.roles) {
+        return Err(Refusal::new(Phase::Authz, Code::Forbidden, "roles do not allow this API"));
     }
     Ok(Permitted { tenant, route, principal })
+}
+
+/// Whether `held` includes one of `required` or a stronger role. Roles
+/// sort strongest first: holding any role at least as strong as the
+/// weakest one required is enough.
+pub fn roles_allow(required: &[Role], held: &[Role]) -> bool {
+    let weakest_allowed = required.iter().max();
+    let strongest_held = held.iter().min();
+    matches!((strongest_held, weakest_allowed), (Some(held), Some(allowed)) if held <= allowed)
 }

@@ -16,6 +16,7 @@ pub mod framing;
 pub mod guard;
 pub mod headers;
 pub mod limit;
+pub mod mcp;
 pub mod path;
 pub mod proxy;
 pub mod record;
@@ -77,6 +78,7 @@ pub struct Gateway {
     stats: stats::Stats,
     settings: Settings,
     now: UnixClock,
+    tools: mcp::ToolAccess,
 }
 
 /// The time in unix seconds, as the control plane's clock tells it (so
@@ -91,13 +93,15 @@ impl std::fmt::Debug for Gateway {
 
 impl Gateway {
     /// `limiter` keeps the rate limits, in this process or shared through
-    /// Redis; `recorder` takes every decision's usage and audit records.
+    /// Redis; `recorder` takes every decision's usage and audit records;
+    /// `tools` is how MCP endpoints reach tenants' tools.
     pub fn new(
         snapshot: Snapshot,
         settings: Settings,
         limiter: Limiter,
         recorder: record::Recorder,
         now: UnixClock,
+        tools: mcp::ToolAccess,
     ) -> Arc<Self> {
         Arc::new(Self {
             snapshot: ArcSwap::from_pointee(snapshot),
@@ -107,6 +111,7 @@ impl Gateway {
             stats: stats::Stats::new(settings.metrics_tenant_labels),
             settings,
             now,
+            tools,
         })
     }
 
@@ -221,6 +226,21 @@ impl Gateway {
             record::Pending::new(Arc::clone(&self.recorder), learned.clone(), ended.clone());
         let request = proxy::inbound(request, &permitted.route.api.spec, &pending.bytes_in)?;
         let request = guard::request(&permitted.route.api, request, &self.stats).await?;
+        if permitted.route.api.spec.api_type == bulkhead_model::ApiType::Mcp {
+            let tools = mcp::Tools {
+                client: &self.tools.client,
+                secrets: self.tools.secrets.as_deref(),
+                recorder: &self.recorder,
+                learned,
+                ended,
+            };
+            let started = std::time::Instant::now();
+            let response = mcp::answer(&tools, &permitted, request).await;
+            let mut pending = pending;
+            pending.answered(response.status().as_u16(), started.elapsed());
+            self.stats.count(Some(&permitted.tenant.0.runtime.labelled), None);
+            return Ok(response);
+        }
         let stats = &self.stats;
         let context =
             proxy::Forward { request_id, peer, host, slot: admitted.slot, pending, stats };

@@ -43,6 +43,23 @@ pub struct AuditRecord {
     pub request_id: String,
     /// Unix seconds.
     pub at: i64,
+    /// A tool called through the tenant's MCP endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool: Option<ToolUse>,
+}
+
+/// One `tools/call`: what was called and how it ended, and the arguments'
+/// size and SHA-256 (never the arguments).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ToolUse {
+    /// As the caller named it.
+    pub tool: String,
+    /// The registry entry it resolved to; `None` when refused unresolved.
+    pub server: Option<String>,
+    /// `ok`, `error` (the tool or its server failed) or `refused`.
+    pub outcome: Cow<'static, str>,
+    pub argument_bytes: u64,
+    pub argument_sha256: String,
 }
 
 /// The phase, code and reason of a refusal.
@@ -71,6 +88,16 @@ impl Recorder {
     /// Usage events and audit records dropped because a queue was full.
     pub fn dropped(&self) -> (u64, u64) {
         (self.usage.dropped(), self.audit_dropped.load(Ordering::Relaxed))
+    }
+
+    /// Records a tool call on the tenant's stream, whatever the API's
+    /// audit level.
+    pub fn tool_used(&self, learned: &Learned, ended: &Ended, used: ToolUse) {
+        let Some(tenant) = learned.tenant.as_ref().map(|t| t.id) else { return };
+        let mut record = ended.audit_record(tenant, learned, None);
+        record.status = 200;
+        record.tool = Some(used);
+        self.audit(record);
     }
 
     fn audit(&self, record: AuditRecord) {
@@ -130,6 +157,7 @@ impl Ended {
             refused,
             request_id: self.request_id.to_str().unwrap_or_default().to_owned(),
             at: self.at,
+            tool: None,
         }
     }
 }

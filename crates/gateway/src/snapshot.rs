@@ -11,7 +11,7 @@ use std::{collections::HashMap, sync::Arc, time::Instant};
 
 use bulkhead_identity::{Role, Trust};
 use bulkhead_meter::{Cell, Limit};
-use bulkhead_model::{ApiSpec, GatewayLimits, GuardrailSpec, TenantName};
+use bulkhead_model::{ApiSpec, GatewayLimits, GuardrailSpec, TenantName, ToolSpec};
 use uuid::Uuid;
 
 use http::HeaderValue;
@@ -20,6 +20,7 @@ use crate::{
     guard::Guard,
     headers::text_value,
     limit::TenantRuntime,
+    mcp::ToolBox,
     proxy::{ApiRuntime, UpstreamKey},
 };
 
@@ -45,6 +46,8 @@ pub struct TenantConfig {
     pub apis: Vec<ApiSpec>,
     /// Each applies to every API, or to the one it names.
     pub guardrails: Vec<GuardrailSpec>,
+    /// The tenant's tool registry, served by its APIs of type `mcp`.
+    pub tools: Vec<ToolSpec>,
     pub limits: GatewayLimits,
     /// When the entry must be built again though no change is announced
     /// (unix seconds): a realm key leaves the trust then, or an external
@@ -89,6 +92,9 @@ pub struct TenantEntry {
     /// The tenant's guardrails, compiled; a rebuilt entry keeps those
     /// whose spec did not change.
     pub guardrails: Vec<(GuardrailSpec, Arc<Guard>)>,
+    pub tools: Vec<Arc<ToolSpec>>,
+    /// The tools' sessions and lists; kept while the registry is unchanged.
+    pub toolbox: Arc<ToolBox>,
     pub limits: GatewayLimits,
     /// The tenant's rate, from its limits.
     pub rate: Option<Limit>,
@@ -272,6 +278,13 @@ impl Snapshot {
                 }
             })
             .collect();
+        let toolbox = match old {
+            Some(old) if old.tools.iter().map(|t| &**t).eq(config.tools.iter()) => {
+                Arc::clone(&old.toolbox)
+            }
+            _ => Arc::default(),
+        };
+        let tools = config.tools.into_iter().map(Arc::new).collect();
         let mut apis: Vec<Arc<ApiEntry>> = config
             .apis
             .into_iter()
@@ -321,6 +334,8 @@ impl Snapshot {
             api_keys: ApiKeys::new(config.api_keys),
             apis,
             guardrails,
+            tools,
+            toolbox,
             rate: limit_of(&config.limits.rate_limit),
             limits: config.limits,
             runtime,
@@ -343,6 +358,7 @@ mod tests {
             api_keys: Vec::new(),
             apis: Vec::new(),
             guardrails: Vec::new(),
+            tools: Vec::new(),
             limits: serde_json::from_value(serde_json::json!({
                 "rate_limit": {"requests_per_minute": 60, "burst": 1},
                 "max_in_flight": 1, "max_upstream_connections": 1, "limiter_fallback": "local"

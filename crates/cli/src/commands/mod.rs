@@ -12,6 +12,7 @@ mod migrate;
 mod secrets;
 mod serve;
 mod tenants;
+mod tools;
 mod vault;
 
 use std::process::ExitCode;
@@ -40,6 +41,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Auth(command) => auth::run(command, &cli.global).await,
         Command::Apikeys(command) => auth::apikeys(command, &cli.global).await,
         Command::Apis(command) => apis::run(command, &cli.global).await,
+        Command::Tools(command) => tools::run(command, &cli.global).await,
         Command::Apps(command) => apps::run(command, &cli.global).await,
         Command::Logs(args) => apps::logs(args, &cli.global).await,
         Command::Flags(command) => apps::flags(command, &cli.global).await,

@@ -16,16 +16,16 @@ use crate::{
     upstream::Upstream,
 };
 
-/// docs/manifests/ai, with its upstream replaced by `upstream`, written to
-/// the server's side so that the sample itself is what is applied.
-fn ai_samples(server: &Server, upstream: &str) -> String {
+/// docs/manifests/ai, with its upstreams replaced (`from`, `to`), written
+/// beside the server so that the samples themselves are what is applied.
+fn ai_samples(server: &Server, upstreams: &[(&str, String)]) -> String {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/manifests/ai");
     let out = server.data_dir().parent().unwrap().join("ai-manifests");
     std::fs::create_dir_all(&out).unwrap();
     for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();
         let text = std::fs::read_to_string(&path).unwrap();
-        let text = text.replace("http://127.0.0.1:9100", upstream);
+        let text = upstreams.iter().fold(text, |text, (from, to)| text.replace(from, to));
         std::fs::write(out.join(path.file_name().unwrap()), text).unwrap();
     }
     out.to_str().unwrap().to_owned()
@@ -58,19 +58,21 @@ async fn post(client: &reqwest::Client, url: &str, token: &str, body: &Value) ->
 async fn guardrails_redact_and_refuse_the_tenants_own_traffic_and_no_one_elses() {
     let server = Server::embedded().await;
     let (helpdesk, globex) = (Upstream::start().await, Upstream::start().await);
-    let samples = ai_samples(&server, &helpdesk.url());
+    let samples = ai_samples(&server, &[("http://127.0.0.1:9100", helpdesk.url())]);
     let applied = server.cli(&["apply", "-f", &samples]);
     assert_eq!(exit_code(&applied), 0, "{}", stderr(&applied));
     assert_eq!(
         stdout(&applied),
-        "tenant/helpdesk created\nguardrail/helpdesk/default created\nguardrail/helpdesk/answers \
-         created\napi/helpdesk/chat created\n",
-        "guardrails go before the API they guard"
+        "tenant/helpdesk created\ntool/helpdesk/crm created\ntool/helpdesk/kb created\n\
+         tool/helpdesk/weather created\nguardrail/helpdesk/default created\n\
+         guardrail/helpdesk/answers created\napi/helpdesk/agents created\napi/helpdesk/chat \
+         created\n",
+        "guardrails and tools go before the APIs that use them"
     );
     let again = server.cli(&["apply", "-f", &samples]);
     assert!(
-        stdout(&again)
-            .ends_with("guardrail/helpdesk/answers unchanged\napi/helpdesk/chat unchanged\n"),
+        stdout(&again).ends_with("api/helpdesk/chat unchanged\n")
+            && !stdout(&again).contains(" created"),
         "{}",
         stdout(&again)
     );
@@ -287,7 +289,7 @@ async fn guardrails_redact_and_refuse_the_tenants_own_traffic_and_no_one_elses()
 async fn a_bad_guardrail_is_refused_whole_with_the_reason() {
     let server = Server::embedded().await;
     let upstream = Upstream::start().await;
-    let samples = ai_samples(&server, &upstream.url());
+    let samples = ai_samples(&server, &[("http://127.0.0.1:9100", upstream.url())]);
     let dir = Path::new(&samples);
     let good = std::fs::read_to_string(dir.join("helpdesk.yaml")).unwrap();
 
@@ -357,4 +359,235 @@ async fn a_bad_guardrail_is_refused_whole_with_the_reason() {
 /// A realm token of `tenant` that may call the control API as its admin.
 fn control_token(server: &Server, tenant: &str) -> String {
     token(server, tenant, &["--role", "admin", "--control-api"])
+}
+
+/// An MCP server written with the official SDK (mcp_server.py), on a port
+/// of its own; stopped when dropped.
+struct McpServer {
+    child: std::process::Child,
+    port: u16,
+    log: std::path::PathBuf,
+}
+
+impl McpServer {
+    async fn start(dir: &Path, name: &str, tools: &str, token: Option<&str>) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let log = dir.join(format!("{name}.calls"));
+        std::fs::write(&log, "").unwrap();
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e/mcp_server.py");
+        let mut command = std::process::Command::new("python3");
+        command.arg(script).arg(port.to_string()).args([name, tools]).arg(&log);
+        command.args(token).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+        let child = command.spawn().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+            assert!(Instant::now() < deadline, "the MCP server {name} did not start");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Self { child, port, log }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/mcp", self.port)
+    }
+
+    /// The calls it received, oldest first.
+    fn calls(&self) -> Vec<Value> {
+        let text = std::fs::read_to_string(&self.log).unwrap();
+        text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    }
+}
+
+impl Drop for McpServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs mcp_client.py (the official SDK) against `tenant`'s MCP endpoint
+/// and returns what each step printed.
+async fn mcp_client(server: &Server, tenant: &str, token: &str, steps: &[&str]) -> Vec<Value> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e/mcp_client.py");
+    let addr = addr_of(&server.gateway);
+    let url = format!("http://{addr}/mcp");
+    let host = format!("{tenant}.localhost:{}", addr.port());
+    let output = tokio::process::Command::new("python3")
+        .arg(script)
+        .args([&url, &host, token])
+        .args(steps)
+        .output()
+        .await
+        .unwrap();
+    let out = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{out}\n{}", String::from_utf8_lossy(&output.stderr));
+    out.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+#[tokio::test]
+async fn agents_see_and_call_only_their_tenants_tools_through_mcp() {
+    let server = Server::embedded().await;
+    let dir = server.data_dir().parent().unwrap().to_owned();
+    let crm_token = "crm-token-7d1e";
+    let (crm, kb, ledger) = tokio::join!(
+        McpServer::start(&dir, "crm", "search,lookup_customer", Some(crm_token)),
+        McpServer::start(&dir, "kb", "search,translate", None),
+        McpServer::start(&dir, "ledger", "balance", None),
+    );
+    let weather = Upstream::start().await;
+    let samples = ai_samples(
+        &server,
+        &[
+            ("http://127.0.0.1:9201/mcp", crm.url()),
+            ("http://127.0.0.1:9202/mcp", kb.url()),
+            ("http://127.0.0.1:9100", weather.url()),
+        ],
+    );
+    let applied = server.cli(&["apply", "-f", &samples]);
+    assert_eq!(exit_code(&applied), 0, "{}", stderr(&applied));
+    let put = server.cli_with_input(
+        &["secrets", "put", "--tenant", "helpdesk", "tools/crm-token"],
+        crm_token.as_bytes(),
+    );
+    assert_eq!(exit_code(&put), 0, "{}", stderr(&put));
+    // globex: its own endpoint and its own server, and the shared kb not
+    // granted.
+    let created = server.cli(&["tenants", "create", "globex", "--plan", "professional", "--wait"]);
+    assert_eq!(exit_code(&created), 0, "{}", stderr(&created));
+    let mcp_api = ["apis", "create", "--tenant", "globex", "agents", "--prefix", "/mcp"];
+    let created = server.cli(&[&mcp_api[..], &["--type", "mcp"]].concat());
+    assert_eq!(exit_code(&created), 0, "{}", stderr(&created));
+    let ledger_url = ledger.url();
+    let added = server.cli(&["tools", "add", "--tenant", "globex", "ledger", "--mcp", &ledger_url]);
+    assert_eq!(exit_code(&added), 0, "{}", stderr(&added));
+    let listed = server.cli(&["tools", "list", "--tenant", "globex"]);
+    assert!(stdout(&listed).contains(&format!("mcp {ledger_url}")), "{}", stdout(&listed));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let endpoint = |tenant: &str| at(&server, tenant, "/mcp");
+    let admin = token(&server, "helpdesk", &["--role", "admin"]);
+    let analyst = token(&server, "helpdesk", &[]);
+    let steps = [
+        "list",
+        "call:crm__search:hello",
+        "call:kb__search:card 4111 1111 1111 1111",
+        "call:weather:Lisbon",
+        "call:translate:x",
+        "call:kb__lookup_customer:x",
+        "call:balance:x",
+    ];
+    let out = mcp_client(&server, "helpdesk", &admin, &steps).await;
+    assert_eq!(out[0]["initialized"], "2025-11-25", "{out:?}");
+    assert_eq!(out[0]["server"], "bulkhead");
+    // Both servers have a `search`: each is offered under its entry's name.
+    // kb's translate is not granted; globex's balance is not helpdesk's.
+    assert_eq!(out[1]["tools"], json!(["crm__search", "kb__search", "lookup_customer", "weather"]));
+    assert_eq!(
+        out[2],
+        json!({"tool": "crm__search", "text": ["crm:search:hello"], "error": false})
+    );
+    // The tenant's guardrail reads tools' arguments too.
+    assert_eq!(out[3]["text"], json!(["kb:search:card [card]"]), "{out:?}");
+    let weather_text = out[4]["text"][0].as_str().unwrap();
+    assert!(weather_text.contains("\"target\":\"/weather\""), "{weather_text}");
+    for refused in &out[5..] {
+        assert_eq!(refused["refused"], -32602, "{refused}");
+        assert!(refused["message"].as_str().unwrap().starts_with("Unknown tool"), "{refused}");
+    }
+    let crm_calls = crm.calls();
+    assert_eq!(crm_calls, [json!({"tool": "search", "text": "hello", "authorized": true})]);
+    let kb_calls = kb.calls();
+    assert_eq!(kb_calls.len(), 1, "no refused call reached the shared server: {kb_calls:?}");
+    assert!(ledger.calls().is_empty());
+    let seen = weather.seen().pop().unwrap();
+    assert_eq!(serde_json::from_slice::<Value>(&seen.body).unwrap(), json!({"text": "Lisbon"}));
+
+    // An analyst does not see the CRM (it needs admin), and cannot call it.
+    let out = mcp_client(&server, "helpdesk", &analyst, &["list", "call:crm__search:x"]).await;
+    assert_eq!(out[1]["tools"], json!(["kb__search", "weather"]));
+    assert_eq!(out[2]["refused"], -32602);
+    assert_eq!(crm.calls().len(), 1);
+
+    // globex sees its own tools only; helpdesk's token is not globex's.
+    let globex = token(&server, "globex", &[]);
+    let out = mcp_client(&server, "globex", &globex, &["list", "call:balance:1"]).await;
+    assert_eq!(out[1]["tools"], json!(["balance"]));
+    assert_eq!(out[2]["text"], json!(["ledger:balance:1"]));
+    let client = client(&server);
+    let response =
+        client.post(endpoint("globex")).bearer_auth(&admin).body("{}").send().await.unwrap();
+    assert_eq!(response.status(), 401);
+
+    // Bad input, as raw JSON-RPC: each gets a clear error, no upstream a call.
+    let rpc = |body: String| {
+        let client = &client;
+        let url = endpoint("helpdesk");
+        let admin = &admin;
+        async move {
+            let response = client
+                .post(url)
+                .bearer_auth(admin)
+                .header("content-type", "application/json")
+                .header("accept", "application/json, text/event-stream")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            let status = response.status().as_u16();
+            (status, response.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let (status, body) = rpc("{\"jsonrpc\": \"2.0\", \"id\": 1, \"method\"".to_owned()).await;
+    assert_eq!((status, &body["error"]["code"]), (400, &json!(-32700)), "{body}");
+    let (status, body) =
+        rpc(json!({"jsonrpc": "2.0", "id": 2, "method": "resources/list"}).to_string()).await;
+    assert_eq!((status, &body["error"]["code"]), (200, &json!(-32601)), "{body}");
+    let (_, body) = rpc(json!({"jsonrpc": "1.0", "id": 3, "method": "ping"}).to_string()).await;
+    assert_eq!(body["error"]["code"], -32600, "{body}");
+    let call = |id: u32, tool: &str| {
+        json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+               "params": {"name": tool, "arguments": {"text": "batch"}}})
+    };
+    let batch = json!([call(4, "kb__search"), call(5, "translate"), {"jsonrpc": "2.0", "method": "notifications/initialized"}]);
+    let (status, body) = rpc(batch.to_string()).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body[0]["result"]["content"][0]["text"], "kb:search:batch", "{body}");
+    assert_eq!(body[1]["error"]["code"], -32602, "{body}");
+    assert_eq!(body.as_array().unwrap().len(), 2, "the notification has no answer: {body}");
+    let kb_calls = kb.calls();
+    assert_eq!(kb_calls.len(), 2, "only the allowed call of the batch went on: {kb_calls:?}");
+    let big = json!({"jsonrpc": "2.0", "id": 6, "method": "tools/call",
+                     "params": {"name": "kb__search", "arguments": {"text": "x".repeat(70_000)}}});
+    let (status, _) = rpc(big.to_string()).await;
+    assert_eq!(status, 413);
+    let response = client.get(endpoint("helpdesk")).bearer_auth(&admin).send().await.unwrap();
+    assert_eq!(response.status(), 405);
+    assert_eq!(kb.calls().len(), 2);
+
+    // Every call is on helpdesk's audit stream: the tool, the caller, the
+    // outcome, the arguments' size and hash, never the arguments.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let calls = loop {
+        let calls: Vec<Value> = server
+            .audit_events(&["helpdesk"])
+            .into_iter()
+            .filter(|e| e["action"] == "tool.call")
+            .collect();
+        if calls.len() >= 9 || Instant::now() > deadline {
+            break calls;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(calls.len(), 9, "{calls:?}");
+    let first = &calls[0];
+    assert_eq!(first["outcome"], "ok");
+    assert_eq!(first["actor_id"], "alice");
+    assert_eq!(first["details"]["tool"], "crm__search");
+    assert_eq!(first["details"]["server"], "crm");
+    assert_eq!(first["details"]["argument_bytes"], 16, "{first}");
+    assert_eq!(first["details"]["argument_sha256"].as_str().unwrap().len(), 64);
+    assert!(calls.iter().filter(|e| e["outcome"] == "denied").count() >= 5, "{calls:?}");
+    let text = json!(calls).to_string();
+    assert!(!text.contains("hello") && !text.contains("Lisbon"), "arguments are not recorded");
+    assert!(!server.log().contains(crm_token), "the credential is never logged");
 }

@@ -1,0 +1,362 @@
+//! An API of `type: mcp`: one MCP endpoint (streamable HTTP, JSON-RPC 2.0)
+//! per tenant, answered by the gateway itself from the tenant's tool
+//! registry. `tools/list` offers the tools the tenant registered and the
+//! caller's roles allow; `tools/call` of anything else is refused before
+//! any upstream sees it; an allowed call goes to the entry's upstream with
+//! the entry's credential, and is recorded on the tenant's audit stream
+//! (the tool, the caller, the outcome, and the arguments' size and SHA-256,
+//! never the arguments).
+//!
+//! Tool names are the upstream's; where two entries offer the same name,
+//! each is offered as `<entry>__<name>`. The endpoint is stateless: it
+//! gives no session id, answers every request with JSON, and has no
+//! stream for server-sent messages (GET is 405), as the protocol allows.
+
+mod upstream;
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use bulkhead_model::{Role, ToolSpec, ToolUpstream};
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use upstream::{Caller, RemoteTool};
+pub use upstream::{PROTOCOL_VERSIONS, ToolBox, ToolSecrets};
+
+use crate::{
+    authz::{Permitted, roles_allow},
+    body::{Body, full},
+    record::{Ended, Learned, Recorder, ToolUse},
+};
+
+/// What the endpoint needs of the gateway and of the request's record.
+pub struct Tools<'a> {
+    pub client: &'a reqwest::Client,
+    pub secrets: Option<&'a dyn ToolSecrets>,
+    pub recorder: &'a Recorder,
+    pub learned: &'a Learned,
+    pub ended: &'a Ended,
+}
+
+impl std::fmt::Debug for Tools<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tools").finish_non_exhaustive()
+    }
+}
+
+/// How the gateway reaches tools' upstreams: its client (no redirects
+/// followed) and, beside the control plane, the vault.
+#[derive(Clone)]
+pub struct ToolAccess {
+    pub client: reqwest::Client,
+    pub secrets: Option<Arc<dyn ToolSecrets>>,
+}
+
+impl std::fmt::Debug for ToolAccess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ToolAccess").field("vault", &self.secrets.is_some()).finish_non_exhaustive()
+    }
+}
+
+/// JSON-RPC's error codes the endpoint uses.
+const PARSE_ERROR: i64 = -32700;
+const INVALID_REQUEST: i64 = -32600;
+const METHOD_NOT_FOUND: i64 = -32601;
+const INVALID_PARAMS: i64 = -32602;
+const INTERNAL_ERROR: i64 = -32603;
+
+/// Answers one HTTP request to the endpoint.
+pub async fn answer(
+    tools: &Tools<'_>,
+    permitted: &Permitted,
+    request: Request<Body>,
+) -> Response<Body> {
+    if request.method() != Method::POST {
+        let mut response = plain(StatusCode::METHOD_NOT_ALLOWED, Bytes::new());
+        response.headers_mut().insert(header::ALLOW, HeaderValue::from_static("POST"));
+        return response;
+    }
+    if let Some(version) = request.headers().get("mcp-protocol-version")
+        && !PROTOCOL_VERSIONS.iter().any(|v| version.as_bytes() == v.as_bytes())
+    {
+        let message = format!(
+            "unsupported MCP-Protocol-Version; this endpoint speaks {}",
+            PROTOCOL_VERSIONS.join(", ")
+        );
+        return rpc_response(
+            StatusCode::BAD_REQUEST,
+            &error(Value::Null, INVALID_REQUEST, &message),
+        );
+    }
+    let body = match request.into_body().collect().await {
+        Ok(body) => body.to_bytes(),
+        Err(_) => {
+            let refused = error(Value::Null, INVALID_REQUEST, "the request body could not be read");
+            return rpc_response(StatusCode::BAD_REQUEST, &refused);
+        }
+    };
+    let message: Value = match serde_json::from_slice(&body) {
+        Ok(message) => message,
+        Err(e) => {
+            let refused = error(Value::Null, PARSE_ERROR, &format!("not JSON: {e}"));
+            return rpc_response(StatusCode::BAD_REQUEST, &refused);
+        }
+    };
+    let mut session = Session { tools, permitted, catalog: None };
+    match message {
+        Value::Array(batch) => {
+            if batch.is_empty() {
+                let refused = error(Value::Null, INVALID_REQUEST, "an empty batch");
+                return rpc_response(StatusCode::BAD_REQUEST, &refused);
+            }
+            let mut answers = Vec::new();
+            for message in batch {
+                answers.extend(session.handle(message).await);
+            }
+            if answers.is_empty() {
+                return plain(StatusCode::ACCEPTED, Bytes::new());
+            }
+            rpc_response(StatusCode::OK, &Value::Array(answers))
+        }
+        message => match session.handle(message).await {
+            Some(answer) => rpc_response(StatusCode::OK, &answer),
+            None => plain(StatusCode::ACCEPTED, Bytes::new()),
+        },
+    }
+}
+
+/// One tool as the tenant's caller sees it.
+struct Offered {
+    /// As offered: the upstream's name, or `<entry>__<name>` on a clash.
+    name: String,
+    entry: Arc<ToolSpec>,
+    /// The name the upstream knows it by.
+    remote: String,
+    described: Value,
+}
+
+/// One HTTP request's messages, with the catalog read once for all.
+struct Session<'a, 'b> {
+    tools: &'a Tools<'b>,
+    permitted: &'a Permitted,
+    catalog: Option<Vec<Offered>>,
+}
+
+impl Session<'_, '_> {
+    /// The answer to one message; `None` for a notification or a response.
+    async fn handle(&mut self, message: Value) -> Option<Value> {
+        let id = message.get("id").cloned();
+        let method = message.get("method").and_then(Value::as_str);
+        let well_formed = message.get("jsonrpc").and_then(Value::as_str) == Some("2.0")
+            && id.as_ref().is_none_or(|id| id.is_string() || id.is_i64() || id.is_u64());
+        let (Some(method), true) = (method, well_formed) else {
+            // A response from the client (there are no requests of ours to
+            // answer) is taken and dropped; anything else is malformed.
+            let response = message.get("result").is_some() || message.get("error").is_some();
+            if response && well_formed {
+                return None;
+            }
+            return Some(error(
+                id.unwrap_or(Value::Null),
+                INVALID_REQUEST,
+                "not a JSON-RPC 2.0 request",
+            ));
+        };
+        let Some(id) = id else {
+            // Notifications (initialized, cancelled, ...) need no answer.
+            return None;
+        };
+        let params = message.get("params").cloned().unwrap_or(Value::Null);
+        Some(match method {
+            "initialize" => result(id, initialize(&params)),
+            "ping" => result(id, json!({})),
+            "tools/list" => {
+                let tools: Vec<Value> = self
+                    .catalog()
+                    .await
+                    .iter()
+                    .map(|t| {
+                        let mut described = t.described.clone();
+                        described["name"] = Value::from(t.name.as_str());
+                        described
+                    })
+                    .collect();
+                result(id, json!({ "tools": tools }))
+            }
+            "tools/call" => self.call(id, &params).await,
+            other => error(
+                id,
+                METHOD_NOT_FOUND,
+                &format!(
+                    "method {other:?} is not served here; this endpoint serves initialize, ping, tools/list and tools/call"
+                ),
+            ),
+        })
+    }
+
+    /// The tools offered to this caller.
+    async fn catalog(&mut self) -> &[Offered] {
+        if self.catalog.is_none() {
+            self.catalog = Some(self.read_catalog().await);
+        }
+        self.catalog.as_deref().unwrap_or_default()
+    }
+
+    async fn read_catalog(&self) -> Vec<Offered> {
+        let tenant = &self.permitted.tenant.0;
+        let caller = self.caller();
+        let held: &[Role] = self.permitted.principal.as_ref().map_or(&[], |p| &p.roles);
+        let mut offered = Vec::new();
+        // Every entry of the tenant, whoever calls, so that a tool's name
+        // does not depend on the caller's roles; those the caller may not
+        // use are left out after.
+        for entry in tenant.tools.iter() {
+            match &entry.upstream {
+                ToolUpstream::Http(_) => {
+                    let described = json!({
+                        "description": entry.description.clone().unwrap_or_default(),
+                        "inputSchema": entry.input_schema.clone().unwrap_or_else(|| json!({ "type": "object" })),
+                    });
+                    offered.push(Offered {
+                        name: entry.name.clone(),
+                        entry: Arc::clone(entry),
+                        remote: entry.name.clone(),
+                        described,
+                    });
+                }
+                ToolUpstream::Mcp(_) => match tenant.toolbox.list(&caller, entry).await {
+                    Ok(list) => offered.extend(
+                        list.iter()
+                            .filter(|t| entry.tools.is_empty() || entry.tools.contains(&t.name))
+                            .map(|t: &RemoteTool| Offered {
+                                name: t.name.clone(),
+                                entry: Arc::clone(entry),
+                                remote: t.name.clone(),
+                                described: t.described.clone(),
+                            }),
+                    ),
+                    Err(error) => {
+                        tracing::warn!(tenant = %tenant.name, tool = %entry.name, %error, "a tool server's tools cannot be listed")
+                    }
+                },
+            }
+        }
+        let mut counts: HashMap<String, usize> = HashMap::new();
+        for tool in &offered {
+            *counts.entry(tool.name.clone()).or_default() += 1;
+        }
+        for tool in &mut offered {
+            if counts.get(&tool.name).is_some_and(|n| *n > 1) {
+                tool.name = format!("{}__{}", tool.entry.name, tool.name);
+            }
+        }
+        offered.retain(|t| t.entry.roles.is_empty() || roles_allow(&t.entry.roles, held));
+        offered
+    }
+
+    fn caller(&self) -> Caller<'_> {
+        let spec = &self.permitted.route.api.spec;
+        Caller {
+            client: self.tools.client,
+            secrets: self.tools.secrets,
+            tenant: self.permitted.tenant.0.id,
+            timeout: Duration::from_millis(spec.timeouts.response_ms),
+        }
+    }
+
+    async fn call(&mut self, id: Value, params: &Value) -> Value {
+        let Some(name) = params.get("name").and_then(Value::as_str).map(str::to_owned) else {
+            return error(id, INVALID_PARAMS, "tools/call needs params.name");
+        };
+        let arguments = params.get("arguments").cloned().unwrap_or_else(|| json!({}));
+        let bytes = serde_json::to_vec(&arguments).unwrap_or_default();
+        let mut used = ToolUse {
+            tool: name.clone(),
+            server: None,
+            outcome: "refused".into(),
+            argument_bytes: bytes.len() as u64,
+            argument_sha256: hex(&Sha256::digest(&bytes)),
+        };
+        if !arguments.is_object() {
+            self.record(used);
+            return error(id, INVALID_PARAMS, "tools/call arguments must be an object");
+        }
+        let found = self.catalog().await.iter().position(|t| t.name == name);
+        let Some(index) = found else {
+            self.record(used);
+            return error(id, INVALID_PARAMS, &format!("Unknown tool: {name}"));
+        };
+        let Some(tool) = self.catalog.as_ref().and_then(|c| c.get(index)) else {
+            return error(id, INTERNAL_ERROR, "the catalog changed");
+        };
+        let (entry, remote) = (Arc::clone(&tool.entry), tool.remote.clone());
+        used.server = Some(entry.name.clone());
+        let caller = self.caller();
+        let toolbox = &self.permitted.tenant.0.toolbox;
+        let called = match &entry.upstream {
+            ToolUpstream::Mcp(_) => toolbox.call_mcp(&caller, &entry, &remote, &arguments).await,
+            ToolUpstream::Http(_) => upstream::call_http(&caller, &entry, &arguments)
+                .await
+                .map(|result| json!({ "result": result })),
+        };
+        let answer = match called {
+            Ok(mut answer) => {
+                let failed = answer.get("error").is_some()
+                    || answer.pointer("/result/isError") == Some(&Value::Bool(true));
+                used.outcome = if failed { "error" } else { "ok" }.into();
+                answer["id"] = id;
+                answer["jsonrpc"] = Value::from("2.0");
+                answer
+            }
+            Err(failure) => {
+                used.outcome = "error".into();
+                error(id, INTERNAL_ERROR, &failure.to_string())
+            }
+        };
+        self.record(used);
+        answer
+    }
+
+    fn record(&self, used: ToolUse) {
+        self.tools.recorder.tool_used(self.tools.learned, self.tools.ended, used);
+    }
+}
+
+fn initialize(params: &Value) -> Value {
+    let asked = params.get("protocolVersion").and_then(Value::as_str);
+    let version = asked.filter(|v| PROTOCOL_VERSIONS.contains(v)).unwrap_or(PROTOCOL_VERSIONS[0]);
+    json!({
+        "protocolVersion": version,
+        "capabilities": { "tools": { "listChanged": false } },
+        "serverInfo": { "name": "bulkhead", "version": env!("CARGO_PKG_VERSION") },
+        "instructions": "The tools of this tenant that your roles allow.",
+    })
+}
+
+fn result(id: Value, result: Value) -> Value {
+    json!({ "jsonrpc": "2.0", "id": id, "result": result })
+}
+
+fn error(id: Value, code: i64, message: &str) -> Value {
+    json!({ "jsonrpc": "2.0", "id": id, "error": { "code": code, "message": message } })
+}
+
+fn rpc_response(status: StatusCode, body: &Value) -> Response<Body> {
+    let mut response = plain(status, Bytes::from(body.to_string()));
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+fn plain(status: StatusCode, body: Bytes) -> Response<Body> {
+    let mut response = Response::new(full(body));
+    *response.status_mut() = status;
+    response
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

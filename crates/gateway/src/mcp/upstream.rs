@@ -1,0 +1,343 @@
+//! The gateway as a client of tools' upstreams: an MCP server over
+//! streamable HTTP (initialized once per tenant and entry, its session kept
+//! and renewed when the server forgets it; answers read as JSON or as an
+//! event stream), or a plain HTTP endpoint. Each call carries the tenant's
+//! credential for the entry, read for that call only.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use bulkhead_model::{ToolSpec, ToolUpstream};
+use http::{HeaderName, HeaderValue};
+use serde_json::{Value, json};
+use zeroize::Zeroizing;
+
+/// The protocol revision the gateway speaks to upstreams, and the ones it
+/// accepts from clients, newest first.
+pub const PROTOCOL_VERSIONS: [&str; 3] = ["2025-11-25", "2025-06-18", "2025-03-26"];
+/// How long an MCP server's tool list is trusted before it is asked again.
+const LIST_FOR: Duration = Duration::from_secs(30);
+/// The largest answer read from a tool's upstream.
+const MAX_ANSWER: usize = 8 << 20;
+
+/// Reads a tenant's secret for a tool's credential; the gateway beside the
+/// control plane reads the vault, a gateway on its own has none.
+#[async_trait::async_trait]
+pub trait ToolSecrets: Send + Sync {
+    async fn read(&self, tenant: uuid::Uuid, path: &str) -> Result<Zeroizing<String>, String>;
+}
+
+/// Why a call to an upstream failed; said to the caller as it is (it names
+/// the tenant's own entry only).
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("tool server {0:?} cannot be reached")]
+    Unreachable(String),
+    #[error("tool server {0:?} did not answer in time")]
+    Timeout(String),
+    #[error("tool server {0:?} answered with something that is not MCP: {1}")]
+    Garbled(String, String),
+    #[error("the credential of tool {0:?} cannot be read: {1}")]
+    Credential(String, String),
+}
+
+/// A tool an MCP server offers, as its `tools/list` describes it.
+#[derive(Debug, Clone)]
+pub struct RemoteTool {
+    pub name: String,
+    /// The whole description object (`description`, `inputSchema`, ...).
+    pub described: Value,
+}
+
+/// An MCP entry's tools, and when they were listed.
+type Listed = (Instant, Arc<Vec<RemoteTool>>);
+
+#[derive(Debug, Clone)]
+struct Session {
+    id: Option<HeaderValue>,
+}
+
+/// What a tenant's tools keep between calls: each MCP entry's session and
+/// tool list. Kept across snapshots while the tenant's registry is
+/// unchanged.
+#[derive(Debug, Default)]
+pub struct ToolBox {
+    sessions: Mutex<HashMap<String, Session>>,
+    lists: Mutex<HashMap<String, Listed>>,
+}
+
+/// Everything a call needs besides the box.
+pub struct Caller<'a> {
+    pub client: &'a reqwest::Client,
+    pub secrets: Option<&'a dyn ToolSecrets>,
+    pub tenant: uuid::Uuid,
+    pub timeout: Duration,
+}
+
+impl std::fmt::Debug for Caller<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Caller").field("tenant", &self.tenant).finish_non_exhaustive()
+    }
+}
+
+impl ToolBox {
+    /// The tools of an MCP entry, from its server (cached for a while).
+    pub async fn list(
+        &self,
+        caller: &Caller<'_>,
+        spec: &ToolSpec,
+    ) -> Result<Arc<Vec<RemoteTool>>, UpstreamError> {
+        if let Ok(lists) = self.lists.lock()
+            && let Some((at, list)) = lists.get(&spec.name)
+            && at.elapsed() < LIST_FOR
+        {
+            return Ok(Arc::clone(list));
+        }
+        let answer = self.rpc(caller, spec, "tools/list", json!({})).await?;
+        let garbled = |why: &str| UpstreamError::Garbled(spec.name.clone(), why.to_owned());
+        let tools = answer
+            .get("result")
+            .and_then(|r| r.get("tools"))
+            .and_then(Value::as_array)
+            .ok_or_else(|| garbled("tools/list has no tools"))?;
+        let list: Vec<RemoteTool> = tools
+            .iter()
+            .filter_map(|t| {
+                let name = t.get("name")?.as_str()?;
+                bulkhead_model::is_tool_name(name)
+                    .then(|| RemoteTool { name: name.to_owned(), described: t.clone() })
+            })
+            .collect();
+        let list = Arc::new(list);
+        if let Ok(mut lists) = self.lists.lock() {
+            lists.insert(spec.name.clone(), (Instant::now(), Arc::clone(&list)));
+        }
+        Ok(list)
+    }
+
+    /// Calls `remote` of an MCP entry; the answer is the server's whole
+    /// JSON-RPC response (a result or an error).
+    pub async fn call_mcp(
+        &self,
+        caller: &Caller<'_>,
+        spec: &ToolSpec,
+        remote: &str,
+        arguments: &Value,
+    ) -> Result<Value, UpstreamError> {
+        self.rpc(caller, spec, "tools/call", json!({ "name": remote, "arguments": arguments }))
+            .await
+    }
+
+    /// One request to an MCP server within a session, made first if there
+    /// is none; a server that forgot the session (404) gets a new one, once.
+    async fn rpc(
+        &self,
+        caller: &Caller<'_>,
+        spec: &ToolSpec,
+        method: &str,
+        params: Value,
+    ) -> Result<Value, UpstreamError> {
+        let credential = credential(caller, spec).await?;
+        for attempt in 0..2 {
+            let session = match self.session(&spec.name) {
+                Some(session) => session,
+                None => self.open(caller, spec, credential.as_ref()).await?,
+            };
+            let message = json!({ "jsonrpc": "2.0", "id": 1, "method": method, "params": params });
+            let sent =
+                post(caller, spec, &message, session.id.as_ref(), credential.as_ref()).await?;
+            if sent.status() == reqwest::StatusCode::NOT_FOUND
+                && session.id.is_some()
+                && attempt == 0
+            {
+                self.forget(&spec.name);
+                continue;
+            }
+            return answer_of(spec, sent, caller.timeout).await;
+        }
+        Err(UpstreamError::Garbled(spec.name.clone(), "the session could not be renewed".into()))
+    }
+
+    fn session(&self, entry: &str) -> Option<Session> {
+        self.sessions.lock().ok()?.get(entry).cloned()
+    }
+
+    fn forget(&self, entry: &str) {
+        if let Ok(mut sessions) = self.sessions.lock() {
+            sessions.remove(entry);
+        }
+    }
+
+    /// `initialize`, then `notifications/initialized`.
+    async fn open(
+        &self,
+        caller: &Caller<'_>,
+        spec: &ToolSpec,
+        credential: Option<&(HeaderName, HeaderValue)>,
+    ) -> Result<Session, UpstreamError> {
+        let initialize = json!({
+            "jsonrpc": "2.0", "id": 0, "method": "initialize",
+            "params": {
+                "protocolVersion": PROTOCOL_VERSIONS[0],
+                "capabilities": {},
+                "clientInfo": { "name": "bulkhead-gateway", "version": env!("CARGO_PKG_VERSION") },
+            },
+        });
+        let sent = post(caller, spec, &initialize, None, credential).await?;
+        let id = sent.headers().get("mcp-session-id").cloned();
+        let answer = answer_of(spec, sent, caller.timeout).await?;
+        if answer.get("result").is_none() {
+            return Err(UpstreamError::Garbled(spec.name.clone(), format!("initialize: {answer}")));
+        }
+        let session = Session { id };
+        let initialized = json!({ "jsonrpc": "2.0", "method": "notifications/initialized" });
+        post(caller, spec, &initialized, session.id.as_ref(), credential).await?;
+        if let Ok(mut sessions) = self.sessions.lock() {
+            sessions.insert(spec.name.clone(), session.clone());
+        }
+        Ok(session)
+    }
+}
+
+/// Calls an HTTP tool: the arguments POSTed as JSON; the answer's body is
+/// the result's text, an error status makes it an error result.
+pub async fn call_http(
+    caller: &Caller<'_>,
+    spec: &ToolSpec,
+    arguments: &Value,
+) -> Result<Value, UpstreamError> {
+    let credential = credential(caller, spec).await?;
+    let sent = post(caller, spec, arguments, None, credential.as_ref()).await?;
+    let failed = !sent.status().is_success();
+    let text = read(spec, sent, caller.timeout).await?;
+    let text = String::from_utf8_lossy(&text);
+    Ok(json!({ "content": [{ "type": "text", "text": text }], "isError": failed }))
+}
+
+/// The header an entry's credential goes in, with the secret's value.
+async fn credential(
+    caller: &Caller<'_>,
+    spec: &ToolSpec,
+) -> Result<Option<(HeaderName, HeaderValue)>, UpstreamError> {
+    let Some(credential) = &spec.credential else { return Ok(None) };
+    let failed = |why: String| UpstreamError::Credential(spec.name.clone(), why);
+    let Some(secrets) = caller.secrets else {
+        return Err(failed("this gateway reads no vault; run it beside the control plane".into()));
+    };
+    let secret = secrets.read(caller.tenant, &credential.secret).await.map_err(failed)?;
+    let (name, value) = match &credential.header {
+        Some(header) => (
+            HeaderName::from_bytes(header.as_bytes()).ok(),
+            Zeroizing::new(secret.trim().to_owned()),
+        ),
+        None => {
+            (Some(http::header::AUTHORIZATION), Zeroizing::new(format!("Bearer {}", secret.trim())))
+        }
+    };
+    let name = name.ok_or_else(|| failed("the header name is not valid".into()))?;
+    let mut value = HeaderValue::from_str(&value)
+        .map_err(|_| failed("the secret cannot be sent in a header".into()))?;
+    value.set_sensitive(true);
+    Ok(Some((name, value)))
+}
+
+async fn post(
+    caller: &Caller<'_>,
+    spec: &ToolSpec,
+    body: &Value,
+    session: Option<&HeaderValue>,
+    credential: Option<&(HeaderName, HeaderValue)>,
+) -> Result<reqwest::Response, UpstreamError> {
+    let mut request = caller
+        .client
+        .post(spec.upstream.url())
+        .timeout(caller.timeout)
+        .header(http::header::ACCEPT, "application/json, text/event-stream")
+        .json(body);
+    if matches!(spec.upstream, ToolUpstream::Mcp(_)) {
+        request = request.header("mcp-protocol-version", PROTOCOL_VERSIONS[0]);
+    }
+    if let Some(session) = session {
+        request = request.header("mcp-session-id", session.clone());
+    }
+    if let Some((name, value)) = credential {
+        request = request.header(name.clone(), value.clone());
+    }
+    request.send().await.map_err(|error| {
+        if error.is_timeout() {
+            UpstreamError::Timeout(spec.name.clone())
+        } else {
+            tracing::debug!(tool = %spec.name, %error, "tool upstream unreachable");
+            UpstreamError::Unreachable(spec.name.clone())
+        }
+    })
+}
+
+async fn read(
+    spec: &ToolSpec,
+    mut sent: reqwest::Response,
+    within: Duration,
+) -> Result<Vec<u8>, UpstreamError> {
+    let whole = async {
+        let mut body = Vec::new();
+        while let Some(chunk) =
+            sent.chunk().await.map_err(|_| UpstreamError::Unreachable(spec.name.clone()))?
+        {
+            if body.len() + chunk.len() > MAX_ANSWER {
+                return Err(UpstreamError::Garbled(
+                    spec.name.clone(),
+                    "the answer is too large".into(),
+                ));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body)
+    };
+    tokio::time::timeout(within, whole)
+        .await
+        .map_err(|_| UpstreamError::Timeout(spec.name.clone()))?
+}
+
+/// The JSON-RPC response in an MCP server's answer: the body itself, or
+/// the first response among the events of an event stream.
+async fn answer_of(
+    spec: &ToolSpec,
+    sent: reqwest::Response,
+    within: Duration,
+) -> Result<Value, UpstreamError> {
+    let garbled = |why: String| UpstreamError::Garbled(spec.name.clone(), why);
+    let status = sent.status();
+    let streamed = sent
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"));
+    let body = read(spec, sent, within).await?;
+    if !status.is_success() {
+        return Err(garbled(format!("HTTP {status}")));
+    }
+    let is_response = |v: &Value| v.get("result").is_some() || v.get("error").is_some();
+    if !streamed {
+        let value: Value = serde_json::from_slice(&body).map_err(|e| garbled(e.to_string()))?;
+        return if is_response(&value) { Ok(value) } else { Err(garbled("no response".into())) };
+    }
+    // Events are separated by blank lines; an event's data is its `data:`
+    // lines joined by newlines.
+    let text = String::from_utf8_lossy(&body);
+    for event in text.split("\n\n").flat_map(|e| e.split("\r\n\r\n")) {
+        let data: Vec<&str> = event
+            .lines()
+            .filter_map(|line| line.strip_prefix("data:"))
+            .map(|d| d.strip_prefix(' ').unwrap_or(d))
+            .collect();
+        if let Ok(value) = serde_json::from_str::<Value>(&data.join("\n"))
+            && is_response(&value)
+        {
+            return Ok(value);
+        }
+    }
+    Err(garbled("the event stream ended without a response".into()))
+}
