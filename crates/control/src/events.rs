@@ -28,6 +28,8 @@ pub enum Actor {
     Scheduler,
     /// The runtime: starting tenants' workers, delivering their secrets.
     Runtime,
+    /// The gateway: reading a tenant's secret for one of its tools' calls.
+    Gateway,
     /// Someone who presented no credential that verified.
     Anonymous,
     /// A credential scoped to one tenant (a token of its realm or of the
@@ -52,7 +54,11 @@ impl Actor {
     /// only for its own tenant, compared by id, never by name.
     pub fn may_access(&self, tenant: &Tenant) -> bool {
         match self {
-            Actor::Operator(_) | Actor::Reconciler | Actor::Scheduler | Actor::Runtime => true,
+            Actor::Operator(_)
+            | Actor::Reconciler
+            | Actor::Scheduler
+            | Actor::Runtime
+            | Actor::Gateway => true,
             Actor::Anonymous => false,
             Actor::Tenant { tenant_id, .. } => *tenant_id == tenant.id,
         }
@@ -92,6 +98,7 @@ impl fmt::Display for Actor {
             Actor::Reconciler => f.write_str("reconciler"),
             Actor::Scheduler => f.write_str("scheduler"),
             Actor::Runtime => f.write_str("runtime"),
+            Actor::Gateway => f.write_str("gateway"),
             Actor::Anonymous => f.write_str("anonymous"),
             Actor::Tenant { tenant_id, subject, .. } => write!(f, "tenant:{tenant_id}:{subject}"),
         }
@@ -110,6 +117,7 @@ pub fn audit_actor(actor: &Actor) -> AuditActor {
         Actor::Reconciler => ("system", "reconciler".to_owned()),
         Actor::Scheduler => ("system", "scheduler".to_owned()),
         Actor::Runtime => ("system", "runtime".to_owned()),
+        Actor::Gateway => ("system", "gateway".to_owned()),
         Actor::Anonymous => ("anonymous", String::new()),
         Actor::Tenant { subject, .. } => ("tenant", subject.clone()),
     };

@@ -537,9 +537,15 @@ pub async fn follow(
 }
 
 /// Tools' credentials for the gateway beside the control plane: a
-/// tenant's secret, decrypted for one call and dropped (zeroed) after it.
+/// tenant's secret, decrypted for one call and zeroed after it, and
+/// recorded on the tenant's stream (`secret.deliver`, by the gateway)
+/// before it is handed over, as the runtime records what it gives workers.
 #[derive(Debug)]
-pub struct VaultToolSecrets(pub Arc<bulkhead_vault::Vault>);
+pub struct VaultToolSecrets {
+    pub vault: Arc<bulkhead_vault::Vault>,
+    pub store: Arc<dyn ControlStore>,
+    pub events: crate::events::EventLog,
+}
 
 #[async_trait::async_trait]
 impl bulkhead_gateway::mcp::ToolSecrets for VaultToolSecrets {
@@ -548,10 +554,28 @@ impl bulkhead_gateway::mcp::ToolSecrets for VaultToolSecrets {
         tenant: uuid::Uuid,
         path: &str,
     ) -> Result<zeroize::Zeroizing<String>, String> {
-        let path = bulkhead_vault::SecretPath::parse(path).map_err(|e| e.to_string())?;
-        let secret = self.0.get(TenantId(tenant), &path, None).await.map_err(|e| e.to_string())?;
-        let text =
-            std::str::from_utf8(&secret.value).map_err(|_| format!("secret {path} is not text"))?;
-        Ok(zeroize::Zeroizing::new(text.to_owned()))
+        // The details go to the log; the caller hears only which secret.
+        let unreadable = |error: &dyn std::fmt::Display| {
+            tracing::warn!(%tenant, path, %error, "a tool's credential cannot be read");
+            format!("secret {path} cannot be read")
+        };
+        let stored = self.store.tenant_by_id(TenantId(tenant)).await.map_err(|e| unreadable(&e))?;
+        let tenant = stored.ok_or_else(|| unreadable(&"no such tenant"))?;
+        let path = bulkhead_vault::SecretPath::parse(path).map_err(|e| unreadable(&e))?;
+        let secret = self.vault.get(tenant.id, &path, None).await.map_err(|e| unreadable(&e))?;
+        let text = std::str::from_utf8(&secret.value).map_err(|_| unreadable(&"not text"))?;
+        let text = zeroize::Zeroizing::new(text.to_owned());
+        let details =
+            serde_json::json!({ "path": path.as_str(), "version": secret.version, "to": "tool" });
+        self.events
+            .record_disclosure(
+                &crate::events::Actor::Gateway,
+                Some(&tenant),
+                "secret.deliver",
+                details,
+            )
+            .await
+            .map_err(|e| unreadable(&e))?;
+        Ok(text)
     }
 }

@@ -403,6 +403,8 @@ async fn build_gateway(
     // to somewhere they did not name.
     let client = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
+        // A proxy from the environment would see every tool's credential.
+        .no_proxy()
         .connect_timeout(std::time::Duration::from_secs(5))
         .build()
         .map_err(|e| StartError::Tools(e.to_string()))?;
@@ -700,6 +702,7 @@ pub async fn start_with_steps(
         &config.base_domain,
         data_dir.tenants(),
     ));
+    let tool_events = events.clone();
     let decision_recorder = Arc::new(DecisionRecorder::new(Arc::clone(&store), events));
     let decisions_to = Decisions::Record(Arc::clone(&decision_recorder));
     let (gateway, gateway_records) = build_gateway(
@@ -708,7 +711,11 @@ pub async fn start_with_steps(
         &clock,
         &feed,
         decisions_to,
-        Some(Arc::new(gateway::VaultToolSecrets(Arc::clone(&sealed)))),
+        Some(Arc::new(gateway::VaultToolSecrets {
+            vault: Arc::clone(&sealed),
+            store: Arc::clone(&store),
+            events: tool_events,
+        })),
     )
     .await?;
     metrics.watch_gateway(Arc::clone(&gateway));

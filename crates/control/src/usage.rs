@@ -159,12 +159,22 @@ impl DecisionRecorder {
         if let Some(used) = decision.tool {
             // A tool call, whatever its outcome: the tool, the caller (the
             // event's actor), and the arguments' size and hash only.
+            // Refused ones share the refused requests' budget, so a flood
+            // of them cannot fill the tenant's trail.
             let outcome = match used.outcome.as_ref() {
                 "ok" => "ok",
                 "refused" => "denied",
                 _ => "failed",
             };
+            let suppressed = match outcome {
+                "denied" => match self.budget.take(id) {
+                    Some(suppressed) => suppressed,
+                    None => return,
+                },
+                _ => 0,
+            };
             let details = json!({
+                "unrecorded_before": suppressed,
                 "api": decision.api,
                 "tool": used.tool,
                 "server": used.server,

@@ -235,8 +235,11 @@ impl Gateway {
                 ended,
             };
             let started = std::time::Instant::now();
-            let response = mcp::answer(&tools, &permitted, request).await;
+            let response = mcp::answer(&tools, &permitted, request).await?;
+            let response = guard::answer(&permitted.route.api, response, &self.stats).await?;
             let mut pending = pending;
+            let length = http_body::Body::size_hint(response.body()).exact().unwrap_or(0);
+            pending.bytes_out.store(length, std::sync::atomic::Ordering::Relaxed);
             pending.answered(response.status().as_u16(), started.elapsed());
             self.stats.count(Some(&permitted.tenant.0.runtime.labelled), None);
             return Ok(response);

@@ -415,6 +415,13 @@ impl ApiSpec {
                      tenant's tools, and each tool names its own server",
                 ));
             }
+            if self.auth == ApiAuth::Public {
+                return Err(invalid(
+                    "auth",
+                    "an API of type mcp calls the tenant's tools with its credentials: it \
+                     cannot be public",
+                ));
+            }
             if self.methods.iter().any(|m| !m.eq_ignore_ascii_case("POST")) {
                 return Err(invalid(
                     "methods",

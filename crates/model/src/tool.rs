@@ -161,8 +161,7 @@ impl ToolSpec {
                 ));
             }
             if let Some(header) = &credential.header
-                && (http::HeaderName::from_bytes(header.as_bytes()).is_err()
-                    || header.to_ascii_lowercase().starts_with("x-bulkhead-"))
+                && !settable(header)
             {
                 return Err(invalid(
                     "credential.header",
@@ -172,6 +171,36 @@ impl ToolSpec {
         }
         Ok(())
     }
+}
+
+/// Whether a credential may go in header `name`: a valid name that is
+/// none of the headers that frame the request or its MCP session, nor one
+/// of the gateway's own.
+fn settable(name: &str) -> bool {
+    const FRAMING: &[&str] = &[
+        "host",
+        "content-length",
+        "content-type",
+        "content-encoding",
+        "transfer-encoding",
+        "connection",
+        "keep-alive",
+        "upgrade",
+        "te",
+        "trailer",
+        "expect",
+        "accept",
+        "mcp-session-id",
+        "mcp-protocol-version",
+        "last-event-id",
+        "forwarded",
+    ];
+    let lower = name.to_ascii_lowercase();
+    http::HeaderName::from_bytes(name.as_bytes()).is_ok()
+        && !FRAMING.contains(&lower.as_str())
+        && !lower.starts_with("x-bulkhead-")
+        && !lower.starts_with("x-forwarded-")
+        && !lower.starts_with("proxy-")
 }
 
 /// `http(s)://host[:port][/path]`, without credentials, query or fragment.
@@ -240,6 +269,11 @@ mod tests {
             (
                 json!({"name": "w", "upstream": {"http": "http://h/"}, "credential": {"secret": ""}}),
                 "credential.secret",
+            ),
+            (
+                json!({"name": "w", "upstream": {"http": "http://h/"},
+                       "credential": {"secret": "s", "header": "Transfer-Encoding"}}),
+                "credential.header",
             ),
         ] {
             let error = spec(bad.clone()).unwrap_err();

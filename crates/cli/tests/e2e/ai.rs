@@ -562,6 +562,13 @@ async fn agents_see_and_call_only_their_tenants_tools_through_mcp() {
     assert_eq!(status, 413);
     let response = client.get(endpoint("helpdesk")).bearer_auth(&admin).send().await.unwrap();
     assert_eq!(response.status(), 405);
+    let batch: Vec<Value> = (0..17).map(|i| call(10 + i, "kb__search")).collect();
+    let (status, body) = rpc(json!(batch).to_string()).await;
+    assert_eq!((status, &body["error"]["code"]), (400, &json!(-32600)), "{body}");
+    // An MCP endpoint uses the tenant's credentials: it cannot be public.
+    let public = server.cli(&[&mcp_api[..], &["--type", "mcp", "--public"]].concat());
+    assert_eq!(exit_code(&public), 2, "{}", stdout(&public));
+    assert!(stderr(&public).contains("cannot be public"), "{}", stderr(&public));
     assert_eq!(kb.calls().len(), 2);
 
     // Every call is on helpdesk's audit stream: the tool, the caller, the
@@ -589,5 +596,15 @@ async fn agents_see_and_call_only_their_tenants_tools_through_mcp() {
     assert!(calls.iter().filter(|e| e["outcome"] == "denied").count() >= 5, "{calls:?}");
     let text = json!(calls).to_string();
     assert!(!text.contains("hello") && !text.contains("Lisbon"), "arguments are not recorded");
+    // Each use of the CRM's credential was disclosed on the stream first,
+    // by the gateway: to list its tools (once, then cached) and to call one.
+    let delivered: Vec<Value> = server
+        .audit_events(&["helpdesk"])
+        .into_iter()
+        .filter(|e| e["action"] == "secret.deliver")
+        .collect();
+    assert_eq!(delivered.len(), 2, "{delivered:?}");
+    assert_eq!(delivered[0]["actor_id"], "gateway");
+    assert_eq!(delivered[0]["details"]["path"], "tools/crm-token");
     assert!(!server.log().contains(crm_token), "the credential is never logged");
 }

@@ -102,8 +102,8 @@ pub async fn request(
     Ok(Request::from_parts(parts, full(bytes)))
 }
 
-/// The guard phase on a response, with the API's guardrails that say
-/// `scan_responses`. `text/event-stream` passes as it streams (holding it
+/// The guard phase on an upstream's response, with the API's guardrails
+/// that say `scan_responses`. `text/event-stream` passes as it streams (holding it
 /// back would break it), as do answers without a body and media types
 /// that are not text; any other answer is read whole within the API's
 /// `max_body_bytes` and [`GUARDED_BODY_MAX`] (a larger one is refused with
@@ -115,20 +115,31 @@ pub async fn response(
     idle: Duration,
     stats: &Stats,
 ) -> Result<Response<Body>, Refusal> {
-    let unscanned = |response: Response<Incoming>| {
-        Ok(response.map(|body| body.map_err(BoxError::from).boxed_unsync()))
-    };
     let status = response.status();
     let bodiless = head
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED;
     if api.response_guards.is_empty() || bodiless {
-        return unscanned(response);
+        return Ok(response.map(|body| body.map_err(BoxError::from).boxed_unsync()));
+    }
+    let response = response.map(|body| Tracked::new(body, idle, Arc::default(), ()).boxed_unsync());
+    answer(api, response, stats).await
+}
+
+/// An answer (an upstream's, or one the gateway made, as the MCP
+/// endpoint's) through the API's guardrails that scan responses.
+pub async fn answer(
+    api: &ApiEntry,
+    response: Response<Body>,
+    stats: &Stats,
+) -> Result<Response<Body>, Refusal> {
+    if api.response_guards.is_empty() {
+        return Ok(response);
     }
     let view = match View::of(response.headers()) {
         Some(view) if !streamed(response.headers()) => view,
-        _ => return unscanned(response),
+        _ => return Ok(response),
     };
     let upstream =
         |reason: &'static str| Err(Refusal::new(Phase::Guard, Code::UpstreamUnavailable, reason));
@@ -136,7 +147,6 @@ pub async fn response(
         return upstream("the upstream encoded an answer the guard must read, though not asked to");
     }
     let (mut parts, body) = response.into_parts();
-    let body = Tracked::new(body, idle, Arc::default(), ()).boxed_unsync();
     let cap = api.spec.max_body_bytes.min(GUARDED_BODY_MAX);
     let within = Duration::from_millis(api.spec.timeouts.response_ms);
     let bytes = match read(body, cap, within).await {
@@ -328,7 +338,7 @@ fn set_length(headers: &mut HeaderMap, length: usize) {
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
 }
 
-fn unreadable(error: BoxError) -> Refusal {
+pub(crate) fn unreadable(error: BoxError) -> Refusal {
     if crate::proxy::caused_by::<http_body_util::LengthLimitError>(&*error) {
         return Refusal::new(Phase::Proxy, Code::PayloadTooLarge, "body over the cap");
     }

@@ -28,6 +28,7 @@ pub use upstream::{PROTOCOL_VERSIONS, ToolBox, ToolSecrets};
 use crate::{
     authz::{Permitted, roles_allow},
     body::{Body, full},
+    error::Refusal,
     record::{Ended, Learned, Recorder, ToolUse},
 };
 
@@ -66,65 +67,78 @@ const INVALID_REQUEST: i64 = -32600;
 const METHOD_NOT_FOUND: i64 = -32601;
 const INVALID_PARAMS: i64 = -32602;
 const INTERNAL_ERROR: i64 = -32603;
+/// Messages one batch may hold: each may be a call to an upstream.
+const MAX_BATCH: usize = 16;
 
 /// Answers one HTTP request to the endpoint.
 pub async fn answer(
     tools: &Tools<'_>,
     permitted: &Permitted,
     request: Request<Body>,
-) -> Response<Body> {
+) -> Result<Response<Body>, Refusal> {
     if request.method() != Method::POST {
         let mut response = plain(StatusCode::METHOD_NOT_ALLOWED, Bytes::new());
         response.headers_mut().insert(header::ALLOW, HeaderValue::from_static("POST"));
-        return response;
+        return Ok(response);
     }
-    if let Some(version) = request.headers().get("mcp-protocol-version")
+    let (parts, body) = request.into_parts();
+    // Read first, so that the connection can carry the next request
+    // whatever the answer.
+    let body = body.collect().await.map_err(crate::guard::unreadable)?.to_bytes();
+    if let Some(version) = parts.headers.get("mcp-protocol-version")
         && !PROTOCOL_VERSIONS.iter().any(|v| version.as_bytes() == v.as_bytes())
     {
         let message = format!(
             "unsupported MCP-Protocol-Version; this endpoint speaks {}",
             PROTOCOL_VERSIONS.join(", ")
         );
-        return rpc_response(
-            StatusCode::BAD_REQUEST,
-            &error(Value::Null, INVALID_REQUEST, &message),
-        );
+        let refused = error(Value::Null, INVALID_REQUEST, &message);
+        return Ok(rpc_response(StatusCode::BAD_REQUEST, &refused));
     }
-    let body = match request.into_body().collect().await {
-        Ok(body) => body.to_bytes(),
-        Err(_) => {
-            let refused = error(Value::Null, INVALID_REQUEST, "the request body could not be read");
-            return rpc_response(StatusCode::BAD_REQUEST, &refused);
-        }
-    };
     let message: Value = match serde_json::from_slice(&body) {
         Ok(message) => message,
         Err(e) => {
             let refused = error(Value::Null, PARSE_ERROR, &format!("not JSON: {e}"));
-            return rpc_response(StatusCode::BAD_REQUEST, &refused);
+            return Ok(rpc_response(StatusCode::BAD_REQUEST, &refused));
         }
     };
-    let mut session = Session { tools, permitted, catalog: None };
-    match message {
-        Value::Array(batch) => {
-            if batch.is_empty() {
-                let refused = error(Value::Null, INVALID_REQUEST, "an empty batch");
-                return rpc_response(StatusCode::BAD_REQUEST, &refused);
-            }
-            let mut answers = Vec::new();
-            for message in batch {
-                answers.extend(session.handle(message).await);
-            }
-            if answers.is_empty() {
-                return plain(StatusCode::ACCEPTED, Bytes::new());
-            }
-            rpc_response(StatusCode::OK, &Value::Array(answers))
-        }
-        message => match session.handle(message).await {
-            Some(answer) => rpc_response(StatusCode::OK, &answer),
-            None => plain(StatusCode::ACCEPTED, Bytes::new()),
-        },
+    if let Value::Array(batch) = &message
+        && !(1..=MAX_BATCH).contains(&batch.len())
+    {
+        let message = format!("a batch holds 1 to {MAX_BATCH} messages");
+        return Ok(rpc_response(
+            StatusCode::BAD_REQUEST,
+            &error(Value::Null, INVALID_REQUEST, &message),
+        ));
     }
+    // One deadline for the whole request, however many calls it holds.
+    let within = Duration::from_millis(permitted.route.api.spec.timeouts.response_ms);
+    let mut session = Session { tools, permitted, catalog: None, unlisted: Vec::new() };
+    let answered = tokio::time::timeout(within, async {
+        match message {
+            Value::Array(batch) => {
+                let mut answers = Vec::new();
+                for message in batch {
+                    answers.extend(session.handle(message).await);
+                }
+                (!answers.is_empty()).then_some(Value::Array(answers))
+            }
+            message => session.handle(message).await,
+        }
+    })
+    .await;
+    Ok(match answered {
+        Ok(Some(answer)) => rpc_response(StatusCode::OK, &answer),
+        Ok(None) => plain(StatusCode::ACCEPTED, Bytes::new()),
+        Err(_) => {
+            let late = error(
+                Value::Null,
+                INTERNAL_ERROR,
+                "the request took longer than the API's response_ms",
+            );
+            rpc_response(StatusCode::GATEWAY_TIMEOUT, &late)
+        }
+    })
 }
 
 /// One tool as the tenant's caller sees it.
@@ -142,6 +156,8 @@ struct Session<'a, 'b> {
     tools: &'a Tools<'b>,
     permitted: &'a Permitted,
     catalog: Option<Vec<Offered>>,
+    /// Entries whose tools could not be listed, for the refusals' words.
+    unlisted: Vec<String>,
 }
 
 impl Session<'_, '_> {
@@ -204,11 +220,15 @@ impl Session<'_, '_> {
         self.catalog.as_deref().unwrap_or_default()
     }
 
-    async fn read_catalog(&self) -> Vec<Offered> {
+    async fn read_catalog(&mut self) -> Vec<Offered> {
+        // No caller, no tools (an MCP endpoint cannot be public; this holds
+        // whatever the spec says).
+        let Some(principal) = &self.permitted.principal else { return Vec::new() };
+        let held: &[Role] = &principal.roles;
         let tenant = &self.permitted.tenant.0;
         let caller = self.caller();
-        let held: &[Role] = self.permitted.principal.as_ref().map_or(&[], |p| &p.roles);
         let mut offered = Vec::new();
+        let mut unlisted = Vec::new();
         // Every entry of the tenant, whoever calls, so that a tool's name
         // does not depend on the caller's roles; those the caller may not
         // use are left out after.
@@ -238,7 +258,8 @@ impl Session<'_, '_> {
                             }),
                     ),
                     Err(error) => {
-                        tracing::warn!(tenant = %tenant.name, tool = %entry.name, %error, "a tool server's tools cannot be listed")
+                        tracing::warn!(tenant = %tenant.name, tool = %entry.name, %error, "a tool server's tools cannot be listed");
+                        unlisted.push(entry.name.clone());
                     }
                 },
             }
@@ -252,7 +273,19 @@ impl Session<'_, '_> {
                 tool.name = format!("{}__{}", tool.entry.name, tool.name);
             }
         }
+        // A prefixed name may meet a server's own (`crm__search` offered by
+        // another server too) or grow too long: such tools are left out,
+        // never sent to whichever came first.
+        let mut seen = std::collections::HashSet::new();
+        let mut clashing = std::collections::HashSet::new();
+        for tool in &offered {
+            if !seen.insert(tool.name.clone()) {
+                clashing.insert(tool.name.clone());
+            }
+        }
+        offered.retain(|t| !clashing.contains(&t.name) && bulkhead_model::is_tool_name(&t.name));
         offered.retain(|t| t.entry.roles.is_empty() || roles_allow(&t.entry.roles, held));
+        self.unlisted = unlisted;
         offered
     }
 
@@ -273,7 +306,8 @@ impl Session<'_, '_> {
         let arguments = params.get("arguments").cloned().unwrap_or_else(|| json!({}));
         let bytes = serde_json::to_vec(&arguments).unwrap_or_default();
         let mut used = ToolUse {
-            tool: name.clone(),
+            // A name no tool could have is recorded cut, not whole.
+            tool: used_name(&name),
             server: None,
             outcome: "refused".into(),
             argument_bytes: bytes.len() as u64,
@@ -283,15 +317,21 @@ impl Session<'_, '_> {
             self.record(used);
             return error(id, INVALID_PARAMS, "tools/call arguments must be an object");
         }
-        let found = self.catalog().await.iter().position(|t| t.name == name);
-        let Some(index) = found else {
+        let found = self
+            .catalog()
+            .await
+            .iter()
+            .find(|t| t.name == name)
+            .map(|t| (Arc::clone(&t.entry), t.remote.clone()));
+        let Some((entry, remote)) = found else {
+            let mut message = format!("Unknown tool: {}", used.tool);
+            if !self.unlisted.is_empty() {
+                let unlisted = self.unlisted.join(", ");
+                message.push_str(&format!(" (the tools of {unlisted} cannot be listed now)"));
+            }
             self.record(used);
-            return error(id, INVALID_PARAMS, &format!("Unknown tool: {name}"));
+            return error(id, INVALID_PARAMS, &message);
         };
-        let Some(tool) = self.catalog.as_ref().and_then(|c| c.get(index)) else {
-            return error(id, INTERNAL_ERROR, "the catalog changed");
-        };
-        let (entry, remote) = (Arc::clone(&tool.entry), tool.remote.clone());
         used.server = Some(entry.name.clone());
         let caller = self.caller();
         let toolbox = &self.permitted.tenant.0.toolbox;
@@ -355,6 +395,12 @@ fn plain(status: StatusCode, body: Bytes) -> Response<Body> {
     let mut response = Response::new(full(body));
     *response.status_mut() = status;
     response
+}
+
+/// A name as records and refusals repeat it: cut where no tool name could
+/// go on.
+fn used_name(name: &str) -> String {
+    name.chars().take(bulkhead_model::MAX_TOOL_NAME).collect()
 }
 
 fn hex(bytes: &[u8]) -> String {

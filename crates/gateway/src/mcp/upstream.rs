@@ -1,8 +1,9 @@
 //! The gateway as a client of tools' upstreams: an MCP server over
-//! streamable HTTP (initialized once per tenant and entry, its session kept
-//! and renewed when the server forgets it; answers read as JSON or as an
-//! event stream), or a plain HTTP endpoint. Each call carries the tenant's
-//! credential for the entry, read for that call only.
+//! streamable HTTP (initialized once per tenant and entry at the revision
+//! the server chooses, its session kept and renewed when the server forgets
+//! it; answers read as JSON, or from an event stream as soon as the
+//! response arrives), or a plain HTTP endpoint. Each call carries the
+//! tenant's credential for the entry, read for that call only.
 
 use std::{
     collections::HashMap,
@@ -10,16 +11,22 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bulkhead_model::{ToolSpec, ToolUpstream};
+use bulkhead_model::ToolSpec;
 use http::{HeaderName, HeaderValue};
 use serde_json::{Value, json};
 use zeroize::Zeroizing;
 
-/// The protocol revision the gateway speaks to upstreams, and the ones it
-/// accepts from clients, newest first.
+/// The protocol revisions the gateway speaks, newest first: offered to
+/// upstreams at `initialize`, and accepted from clients.
 pub const PROTOCOL_VERSIONS: [&str; 3] = ["2025-11-25", "2025-06-18", "2025-03-26"];
 /// How long an MCP server's tool list is trusted before it is asked again.
 const LIST_FOR: Duration = Duration::from_secs(30);
+/// How long a server whose tools could not be listed is left alone, so
+/// that a dead server does not slow every call of the tenant.
+const FAILED_FOR: Duration = Duration::from_secs(10);
+/// Pages of a server's tool list read at most, and tools kept per server.
+const MAX_PAGES: usize = 10;
+const MAX_TOOLS: usize = 256;
 /// The largest answer read from a tool's upstream.
 const MAX_ANSWER: usize = 8 << 20;
 
@@ -40,7 +47,7 @@ pub enum UpstreamError {
     Timeout(String),
     #[error("tool server {0:?} answered with something that is not MCP: {1}")]
     Garbled(String, String),
-    #[error("the credential of tool {0:?} cannot be read: {1}")]
+    #[error("the credential of tool {0:?} cannot be used: {1}")]
     Credential(String, String),
 }
 
@@ -58,6 +65,9 @@ type Listed = (Instant, Arc<Vec<RemoteTool>>);
 #[derive(Debug, Clone)]
 struct Session {
     id: Option<HeaderValue>,
+    /// The revision the server chose at `initialize`, sent on every
+    /// request after.
+    version: HeaderValue,
 }
 
 /// What a tenant's tools keep between calls: each MCP entry's session and
@@ -66,7 +76,11 @@ struct Session {
 #[derive(Debug, Default)]
 pub struct ToolBox {
     sessions: Mutex<HashMap<String, Session>>,
+    /// Held while a session is opened, so that callers arriving together
+    /// share one.
+    opening: tokio::sync::Mutex<()>,
     lists: Mutex<HashMap<String, Listed>>,
+    failed: Mutex<HashMap<String, Instant>>,
 }
 
 /// Everything a call needs besides the box.
@@ -84,7 +98,8 @@ impl std::fmt::Debug for Caller<'_> {
 }
 
 impl ToolBox {
-    /// The tools of an MCP entry, from its server (cached for a while).
+    /// The tools of an MCP entry, from its server (cached for a while; a
+    /// server that failed is not asked again for a while).
     pub async fn list(
         &self,
         caller: &Caller<'_>,
@@ -96,26 +111,58 @@ impl ToolBox {
         {
             return Ok(Arc::clone(list));
         }
-        let answer = self.rpc(caller, spec, "tools/list", json!({})).await?;
+        if let Ok(failed) = self.failed.lock()
+            && failed.get(&spec.name).is_some_and(|at| at.elapsed() < FAILED_FOR)
+        {
+            return Err(UpstreamError::Unreachable(spec.name.clone()));
+        }
+        let listed = self.list_pages(caller, spec).await;
+        match &listed {
+            Ok(list) => {
+                if let Ok(mut lists) = self.lists.lock() {
+                    lists.insert(spec.name.clone(), (Instant::now(), Arc::clone(list)));
+                }
+            }
+            Err(_) => {
+                if let Ok(mut failed) = self.failed.lock() {
+                    failed.insert(spec.name.clone(), Instant::now());
+                }
+            }
+        }
+        listed
+    }
+
+    async fn list_pages(
+        &self,
+        caller: &Caller<'_>,
+        spec: &ToolSpec,
+    ) -> Result<Arc<Vec<RemoteTool>>, UpstreamError> {
         let garbled = |why: &str| UpstreamError::Garbled(spec.name.clone(), why.to_owned());
-        let tools = answer
-            .get("result")
-            .and_then(|r| r.get("tools"))
-            .and_then(Value::as_array)
-            .ok_or_else(|| garbled("tools/list has no tools"))?;
-        let list: Vec<RemoteTool> = tools
-            .iter()
-            .filter_map(|t| {
+        let mut list = Vec::new();
+        let mut cursor: Option<String> = None;
+        for _ in 0..MAX_PAGES {
+            let params = match &cursor {
+                Some(cursor) => json!({ "cursor": cursor }),
+                None => json!({}),
+            };
+            let answer = self.rpc(caller, spec, "tools/list", params).await?;
+            let result = answer.get("result").ok_or_else(|| garbled("tools/list failed"))?;
+            let tools = result
+                .get("tools")
+                .and_then(Value::as_array)
+                .ok_or_else(|| garbled("tools/list has no tools"))?;
+            list.extend(tools.iter().filter_map(|t| {
                 let name = t.get("name")?.as_str()?;
                 bulkhead_model::is_tool_name(name)
                     .then(|| RemoteTool { name: name.to_owned(), described: t.clone() })
-            })
-            .collect();
-        let list = Arc::new(list);
-        if let Ok(mut lists) = self.lists.lock() {
-            lists.insert(spec.name.clone(), (Instant::now(), Arc::clone(&list)));
+            }));
+            cursor = result.get("nextCursor").and_then(Value::as_str).map(str::to_owned);
+            if cursor.is_none() || list.len() >= MAX_TOOLS {
+                break;
+            }
         }
-        Ok(list)
+        list.truncate(MAX_TOOLS);
+        Ok(Arc::new(list))
     }
 
     /// Calls `remote` of an MCP entry; the answer is the server's whole
@@ -131,7 +178,7 @@ impl ToolBox {
             .await
     }
 
-    /// One request to an MCP server within a session, made first if there
+    /// One request to an MCP server within a session, opened first if there
     /// is none; a server that forgot the session (404) gets a new one, once.
     async fn rpc(
         &self,
@@ -144,16 +191,19 @@ impl ToolBox {
         for attempt in 0..2 {
             let session = match self.session(&spec.name) {
                 Some(session) => session,
-                None => self.open(caller, spec, credential.as_ref()).await?,
+                None => {
+                    let _opening = self.opening.lock().await;
+                    match self.session(&spec.name) {
+                        Some(session) => session,
+                        None => self.open(caller, spec, credential.as_ref()).await?,
+                    }
+                }
             };
             let message = json!({ "jsonrpc": "2.0", "id": 1, "method": method, "params": params });
-            let sent =
-                post(caller, spec, &message, session.id.as_ref(), credential.as_ref()).await?;
-            if sent.status() == reqwest::StatusCode::NOT_FOUND
-                && session.id.is_some()
-                && attempt == 0
-            {
-                self.forget(&spec.name);
+            let sent = post(caller, spec, &message, Some(&session), credential.as_ref()).await?;
+            let forgotten = sent.status() == reqwest::StatusCode::NOT_FOUND && session.id.is_some();
+            if forgotten && attempt == 0 {
+                self.forget(&spec.name, &session);
                 continue;
             }
             return answer_of(spec, sent, caller.timeout).await;
@@ -165,8 +215,11 @@ impl ToolBox {
         self.sessions.lock().ok()?.get(entry).cloned()
     }
 
-    fn forget(&self, entry: &str) {
-        if let Ok(mut sessions) = self.sessions.lock() {
+    /// Forgets `session` of `entry`, unless another call replaced it.
+    fn forget(&self, entry: &str, session: &Session) {
+        if let Ok(mut sessions) = self.sessions.lock()
+            && sessions.get(entry).is_some_and(|s| s.id == session.id)
+        {
             sessions.remove(entry);
         }
     }
@@ -189,12 +242,14 @@ impl ToolBox {
         let sent = post(caller, spec, &initialize, None, credential).await?;
         let id = sent.headers().get("mcp-session-id").cloned();
         let answer = answer_of(spec, sent, caller.timeout).await?;
-        if answer.get("result").is_none() {
-            return Err(UpstreamError::Garbled(spec.name.clone(), format!("initialize: {answer}")));
-        }
-        let session = Session { id };
+        let chosen = answer.pointer("/result/protocolVersion").and_then(Value::as_str);
+        let Some(version) = chosen.and_then(|v| HeaderValue::from_str(v).ok()) else {
+            let why = "initialize did not name a protocol revision".to_owned();
+            return Err(UpstreamError::Garbled(spec.name.clone(), why));
+        };
+        let session = Session { id, version };
         let initialized = json!({ "jsonrpc": "2.0", "method": "notifications/initialized" });
-        post(caller, spec, &initialized, session.id.as_ref(), credential).await?;
+        post(caller, spec, &initialized, Some(&session), credential).await?;
         if let Ok(mut sessions) = self.sessions.lock() {
             sessions.insert(spec.name.clone(), session.clone());
         }
@@ -244,38 +299,40 @@ async fn credential(
     Ok(Some((name, value)))
 }
 
+/// Sends `body` to the entry's upstream; waits `caller.timeout` at most
+/// for the answer's head.
 async fn post(
     caller: &Caller<'_>,
     spec: &ToolSpec,
     body: &Value,
-    session: Option<&HeaderValue>,
+    session: Option<&Session>,
     credential: Option<&(HeaderName, HeaderValue)>,
 ) -> Result<reqwest::Response, UpstreamError> {
     let mut request = caller
         .client
         .post(spec.upstream.url())
-        .timeout(caller.timeout)
         .header(http::header::ACCEPT, "application/json, text/event-stream")
         .json(body);
-    if matches!(spec.upstream, ToolUpstream::Mcp(_)) {
-        request = request.header("mcp-protocol-version", PROTOCOL_VERSIONS[0]);
-    }
     if let Some(session) = session {
-        request = request.header("mcp-session-id", session.clone());
+        request = request.header("mcp-protocol-version", session.version.clone());
+        if let Some(id) = &session.id {
+            request = request.header("mcp-session-id", id.clone());
+        }
     }
     if let Some((name, value)) = credential {
         request = request.header(name.clone(), value.clone());
     }
-    request.send().await.map_err(|error| {
-        if error.is_timeout() {
-            UpstreamError::Timeout(spec.name.clone())
-        } else {
+    match tokio::time::timeout(caller.timeout, request.send()).await {
+        Err(_) => Err(UpstreamError::Timeout(spec.name.clone())),
+        Ok(Err(error)) => {
             tracing::debug!(tool = %spec.name, %error, "tool upstream unreachable");
-            UpstreamError::Unreachable(spec.name.clone())
+            Err(UpstreamError::Unreachable(spec.name.clone()))
         }
-    })
+        Ok(Ok(sent)) => Ok(sent),
+    }
 }
 
+/// The whole answer, up to [`MAX_ANSWER`], within `within`.
 async fn read(
     spec: &ToolSpec,
     mut sent: reqwest::Response,
@@ -283,14 +340,9 @@ async fn read(
 ) -> Result<Vec<u8>, UpstreamError> {
     let whole = async {
         let mut body = Vec::new();
-        while let Some(chunk) =
-            sent.chunk().await.map_err(|_| UpstreamError::Unreachable(spec.name.clone()))?
-        {
+        while let Some(chunk) = next_chunk(spec, &mut sent).await? {
             if body.len() + chunk.len() > MAX_ANSWER {
-                return Err(UpstreamError::Garbled(
-                    spec.name.clone(),
-                    "the answer is too large".into(),
-                ));
+                return Err(garbled(spec, "the answer is too large"));
             }
             body.extend_from_slice(&chunk);
         }
@@ -301,43 +353,77 @@ async fn read(
         .map_err(|_| UpstreamError::Timeout(spec.name.clone()))?
 }
 
+async fn next_chunk(
+    spec: &ToolSpec,
+    sent: &mut reqwest::Response,
+) -> Result<Option<bytes::Bytes>, UpstreamError> {
+    sent.chunk().await.map_err(|_| UpstreamError::Unreachable(spec.name.clone()))
+}
+
+fn garbled(spec: &ToolSpec, why: &str) -> UpstreamError {
+    UpstreamError::Garbled(spec.name.clone(), why.to_owned())
+}
+
 /// The JSON-RPC response in an MCP server's answer: the body itself, or
-/// the first response among the events of an event stream.
+/// the first response among the events of an event stream, taken as soon
+/// as it arrives (the stream may stay open after it).
 async fn answer_of(
     spec: &ToolSpec,
-    sent: reqwest::Response,
+    mut sent: reqwest::Response,
     within: Duration,
 ) -> Result<Value, UpstreamError> {
-    let garbled = |why: String| UpstreamError::Garbled(spec.name.clone(), why);
     let status = sent.status();
+    if !status.is_success() {
+        return Err(garbled(spec, &format!("it answered HTTP {status}")));
+    }
     let streamed = sent
         .headers()
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("text/event-stream"));
-    let body = read(spec, sent, within).await?;
-    if !status.is_success() {
-        return Err(garbled(format!("HTTP {status}")));
-    }
-    let is_response = |v: &Value| v.get("result").is_some() || v.get("error").is_some();
     if !streamed {
-        let value: Value = serde_json::from_slice(&body).map_err(|e| garbled(e.to_string()))?;
-        return if is_response(&value) { Ok(value) } else { Err(garbled("no response".into())) };
+        let body = read(spec, sent, within).await?;
+        let value: Value =
+            serde_json::from_slice(&body).map_err(|e| garbled(spec, &e.to_string()))?;
+        return if is_response(&value) { Ok(value) } else { Err(garbled(spec, "no response")) };
     }
-    // Events are separated by blank lines; an event's data is its `data:`
-    // lines joined by newlines.
-    let text = String::from_utf8_lossy(&body);
-    for event in text.split("\n\n").flat_map(|e| e.split("\r\n\r\n")) {
-        let data: Vec<&str> = event
-            .lines()
-            .filter_map(|line| line.strip_prefix("data:"))
-            .map(|d| d.strip_prefix(' ').unwrap_or(d))
-            .collect();
-        if let Ok(value) = serde_json::from_str::<Value>(&data.join("\n"))
-            && is_response(&value)
-        {
-            return Ok(value);
+    let events = async {
+        // Carriage returns dropped as they come (JSON has none outside
+        // escapes), so that events end at "\n\n"; each is read once.
+        let mut buffer: Vec<u8> = Vec::new();
+        let mut next = 0;
+        while let Some(chunk) = next_chunk(spec, &mut sent).await? {
+            if buffer.len() + chunk.len() > MAX_ANSWER {
+                return Err(garbled(spec, "the answer is too large"));
+            }
+            buffer.extend(chunk.iter().filter(|b| **b != b'\r'));
+            while let Some(end) = memchr::memmem::find(&buffer[next..], b"\n\n") {
+                let event = String::from_utf8_lossy(&buffer[next..next + end]);
+                if let Some(response) = event_response(&event) {
+                    return Ok(response);
+                }
+                next += end + 2;
+            }
         }
-    }
-    Err(garbled("the event stream ended without a response".into()))
+        Err(garbled(spec, "the event stream ended without a response"))
+    };
+    tokio::time::timeout(within, events)
+        .await
+        .map_err(|_| UpstreamError::Timeout(spec.name.clone()))?
+}
+
+fn is_response(value: &Value) -> bool {
+    value.get("result").is_some() || value.get("error").is_some()
+}
+
+/// An event's data (its `data:` lines joined), if it is a JSON-RPC
+/// response.
+fn event_response(event: &str) -> Option<Value> {
+    let data: Vec<&str> = event
+        .lines()
+        .filter_map(|line| line.strip_prefix("data:"))
+        .map(|d| d.strip_prefix(' ').unwrap_or(d))
+        .collect();
+    let value: Value = serde_json::from_str(&data.join("\n")).ok()?;
+    is_response(&value).then_some(value)
 }
