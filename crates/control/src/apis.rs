@@ -55,6 +55,16 @@ pub enum ApisError {
     Store(#[from] StoreError),
 }
 
+impl From<crate::tenants::Unreachable> for ApisError {
+    fn from(unreachable: crate::tenants::Unreachable) -> Self {
+        match unreachable {
+            crate::tenants::Unreachable::NotFound(name) => Self::TenantNotFound(name),
+            crate::tenants::Unreachable::Forbidden(name) => Self::Forbidden(name),
+            crate::tenants::Unreachable::Store(error) => Self::Store(error),
+        }
+    }
+}
+
 type Result<T, E = ApisError> = std::result::Result<T, E>;
 
 /// What an apply did.
@@ -95,16 +105,7 @@ impl ApiService {
     }
 
     async fn tenant(&self, actor: &Actor, name: &str, permission: Permission) -> Result<Tenant> {
-        let tenant = self
-            .store
-            .tenant_named(name)
-            .await?
-            .filter(|t| actor.may_access(t) && t.state != TenantState::Deleted)
-            .ok_or_else(|| ApisError::TenantNotFound(name.to_owned()))?;
-        if !actor.allows(&tenant, permission) {
-            return Err(ApisError::Forbidden(name.to_owned()));
-        }
-        Ok(tenant)
+        Ok(crate::tenants::reachable(&*self.store, actor, name, permission).await?)
     }
 
     async fn stored(&self, tenant: &Tenant) -> Result<Vec<ApiSpec>> {

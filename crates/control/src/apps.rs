@@ -72,6 +72,16 @@ pub enum AppsError {
 /// Flags one tenant may have.
 pub const MAX_FLAGS_PER_TENANT: usize = 256;
 
+impl From<crate::tenants::Unreachable> for AppsError {
+    fn from(unreachable: crate::tenants::Unreachable) -> Self {
+        match unreachable {
+            crate::tenants::Unreachable::NotFound(name) => Self::TenantNotFound(name),
+            crate::tenants::Unreachable::Forbidden(name) => Self::Forbidden(name),
+            crate::tenants::Unreachable::Store(error) => Self::Store(error),
+        }
+    }
+}
+
 type Result<T, E = AppsError> = std::result::Result<T, E>;
 
 /// An app as `apps get` shows it.
@@ -157,16 +167,7 @@ impl AppService {
     }
 
     async fn tenant(&self, actor: &Actor, name: &str, permission: Permission) -> Result<Tenant> {
-        let tenant = self
-            .store
-            .tenant_named(name)
-            .await?
-            .filter(|t| actor.may_access(t) && t.state != TenantState::Deleted)
-            .ok_or_else(|| AppsError::TenantNotFound(name.to_owned()))?;
-        if !actor.allows(&tenant, permission) {
-            return Err(AppsError::Forbidden(name.to_owned()));
-        }
-        Ok(tenant)
+        Ok(crate::tenants::reachable(&*self.store, actor, name, permission).await?)
     }
 
     async fn record(&self, tenant: &Tenant, name: &str) -> Result<AppRecord> {

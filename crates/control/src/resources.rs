@@ -118,6 +118,16 @@ pub enum ResourcesError {
     Store(#[from] StoreError),
 }
 
+impl From<crate::tenants::Unreachable> for ResourcesError {
+    fn from(unreachable: crate::tenants::Unreachable) -> Self {
+        match unreachable {
+            crate::tenants::Unreachable::NotFound(name) => Self::TenantNotFound(name),
+            crate::tenants::Unreachable::Forbidden(name) => Self::Forbidden(name),
+            crate::tenants::Unreachable::Store(error) => Self::Store(error),
+        }
+    }
+}
+
 type Result<T, E = ResourcesError> = std::result::Result<T, E>;
 
 /// Reads a stored spec back through the model's validation.
@@ -145,16 +155,7 @@ impl ResourceService {
     }
 
     async fn tenant(&self, actor: &Actor, name: &str, permission: Permission) -> Result<Tenant> {
-        let tenant = self
-            .store
-            .tenant_named(name)
-            .await?
-            .filter(|t| actor.may_access(t) && t.state != TenantState::Deleted)
-            .ok_or_else(|| ResourcesError::TenantNotFound(name.to_owned()))?;
-        if !actor.allows(&tenant, permission) {
-            return Err(ResourcesError::Forbidden(name.to_owned()));
-        }
-        Ok(tenant)
+        Ok(crate::tenants::reachable(&*self.store, actor, name, permission).await?)
     }
 
     fn corrupt<R: Resource>(tenant: &Tenant, name: &str, error: String) -> ResourcesError {

@@ -19,6 +19,35 @@ use crate::{
     reconciler::ReconcilerHandle,
 };
 
+/// Why a tenant a request names cannot be acted on by its actor: absent
+/// (or another tenant's, which looks the same), or beyond its roles.
+#[derive(Debug)]
+pub enum Unreachable {
+    NotFound(String),
+    Forbidden(String),
+    Store(StoreError),
+}
+
+/// The tenant named `name`, if `actor` may see it and do `permission` to
+/// it; a deleted tenant is not found.
+pub async fn reachable(
+    store: &dyn ControlStore,
+    actor: &Actor,
+    name: &str,
+    permission: bulkhead_identity::Permission,
+) -> Result<Tenant, Unreachable> {
+    let tenant = store
+        .tenant_named(name)
+        .await
+        .map_err(Unreachable::Store)?
+        .filter(|t| actor.may_access(t) && t.state != TenantState::Deleted)
+        .ok_or_else(|| Unreachable::NotFound(name.to_owned()))?;
+    if !actor.allows(&tenant, permission) {
+        return Err(Unreachable::Forbidden(name.to_owned()));
+    }
+    Ok(tenant)
+}
+
 #[derive(Debug, Error)]
 pub enum TenantError {
     #[error(transparent)]
