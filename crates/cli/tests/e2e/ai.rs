@@ -156,6 +156,15 @@ async fn guardrails_redact_and_refuse_the_tenants_own_traffic_and_no_one_elses()
         .await
         .unwrap();
     assert_eq!(response.status(), 415);
+    // Without a body there is nothing to read, whatever the media type says.
+    let response = client
+        .get(&url)
+        .bearer_auth(&bearer)
+        .header("content-type", "application/octet-stream")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
     let response = client
         .post(&url)
         .bearer_auth(&bearer)

@@ -51,8 +51,10 @@ pub async fn request(
         return Ok(request);
     }
     // A WebSocket handshake has no body; any other upgrade is read as a
-    // request like the rest.
-    if request.method() == Method::GET && crate::headers::is_upgrade(request.headers()) {
+    // request like the rest. A request without a body has nothing to scan.
+    if request.method() == Method::GET && crate::headers::is_upgrade(request.headers())
+        || http_body::Body::is_end_stream(request.body())
+    {
         return Ok(request);
     }
     let refused = |code, reason: &'static str| Err(Refusal::new(Phase::Guard, code, reason));
