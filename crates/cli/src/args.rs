@@ -720,10 +720,14 @@ pub struct CreateApiArgs {
     /// for --type mcp
     #[arg(long = "upstream", value_name = "URL")]
     pub upstreams: Vec<String>,
-    /// http (a proxy to the upstreams, the default) or mcp (the tenant's
-    /// MCP endpoint, serving its tools)
+    /// http (a proxy to the upstreams, the default), mcp (the tenant's
+    /// MCP endpoint, serving its tools) or llm (a metered proxy to an
+    /// OpenAI-compatible model provider)
     #[arg(long = "type", value_name = "TYPE")]
     pub api_type: Option<String>,
+    /// For --type llm: a model its callers may use (repeatable)
+    #[arg(long = "model", value_name = "MODEL")]
+    pub models: Vec<String>,
     /// How to talk to the upstreams: http1 or h2c [default: http1]
     #[arg(long, value_name = "PROTOCOL")]
     pub protocol: Option<String>,

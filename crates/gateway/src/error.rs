@@ -74,6 +74,7 @@ pub enum Code {
     UnsupportedMediaType,
     BodyTimeout,
     GuardUnavailable,
+    ModelNotAllowed,
 }
 
 impl Code {
@@ -171,6 +172,11 @@ impl Code {
                 "guard_unavailable",
                 StatusCode::SERVICE_UNAVAILABLE,
                 "this tenant's guardrails could not check the request; retry shortly",
+            ),
+            ModelNotAllowed => (
+                "model_not_allowed",
+                StatusCode::FORBIDDEN,
+                "this API does not allow the model the request names; `rule` names it",
             ),
         }
     }

@@ -16,6 +16,7 @@ pub mod framing;
 pub mod guard;
 pub mod headers;
 pub mod limit;
+pub mod llm;
 pub mod mcp;
 pub mod path;
 pub mod proxy;
@@ -222,7 +223,7 @@ impl Gateway {
         let permitted = authz::authorize(&snapshot.domain, tenant, route, principal)?;
         let admitted = limit::admit(&self.limiter, &permitted).await?;
         // A clone: a refusal from here on is recorded from `learned`.
-        let pending =
+        let mut pending =
             record::Pending::new(Arc::clone(&self.recorder), learned.clone(), ended.clone());
         let request = proxy::inbound(request, &permitted.route.api.spec, &pending.bytes_in)?;
         let request = guard::request(&permitted.route.api, request, &self.stats).await?;
@@ -237,16 +238,17 @@ impl Gateway {
             let started = std::time::Instant::now();
             let response = mcp::answer(&tools, &permitted, request).await?;
             let response = guard::answer(&permitted.route.api, response, &self.stats).await?;
-            let mut pending = pending;
             let length = http_body::Body::size_hint(response.body()).exact().unwrap_or(0);
             pending.bytes_out.store(length, std::sync::atomic::Ordering::Relaxed);
             pending.answered(response.status().as_u16(), started.elapsed());
             self.stats.count(Some(&permitted.tenant.0.runtime.labelled), None);
             return Ok(response);
         }
+        let (request, meter) = llm::request(&permitted.route.api, request).await?;
+        pending.model = meter.clone();
         let stats = &self.stats;
-        let context =
-            proxy::Forward { request_id, peer, host, slot: admitted.slot, pending, stats };
+        let slot = admitted.slot;
+        let context = proxy::Forward { request_id, peer, host, slot, pending, stats, meter };
         let runtime = Arc::clone(&permitted.tenant.0.runtime);
         let (mut response, answered) = proxy::forward(permitted, request, context).await?;
         self.stats.count(Some(&runtime.labelled), None);

@@ -198,6 +198,8 @@ pub struct Forward<'a> {
     pub pending: Pending,
     /// Where the guard counts what it finds in responses.
     pub stats: &'a Stats,
+    /// A model call's meter, which reads the answer as it passes.
+    pub meter: Option<Arc<crate::llm::Meter>>,
 }
 
 /// How long the upstream took to answer with its headers.
@@ -289,6 +291,10 @@ pub async fn forward(
         return Ok((Response::from_parts(parts, empty()), answered));
     }
     let (parts, body) = response.into_parts();
+    let body = match context.meter {
+        Some(meter) => crate::llm::Metered::new(body, meter).boxed_unsync(),
+        None => body,
+    };
     let bytes_out = Arc::clone(&pending.bytes_out);
     let body = Tracked::new(body, idle, bytes_out, (context.slot, pending)).boxed_unsync();
     Ok((Response::from_parts(parts, body), answered))

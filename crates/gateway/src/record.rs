@@ -179,6 +179,7 @@ pub fn refused(recorder: &Recorder, learned: Learned, ended: Ended, refusal: &Re
         bytes_out: 0,
         upstream_latency: None,
         at: at(ended.at),
+        model: None,
     });
     if learned.audit() != AuditLevel::Off {
         let refused = Refused {
@@ -203,6 +204,8 @@ pub struct Pending {
     latency: Duration,
     pub bytes_in: Arc<AtomicU64>,
     pub bytes_out: Arc<AtomicU64>,
+    /// A model call's meter, read when the record is sent.
+    pub model: Option<Arc<crate::llm::Meter>>,
 }
 
 impl Pending {
@@ -215,6 +218,7 @@ impl Pending {
             latency: Duration::ZERO,
             bytes_in: Arc::default(),
             bytes_out: Arc::default(),
+            model: None,
         }
     }
 
@@ -242,6 +246,7 @@ impl Drop for Pending {
             bytes_out: self.bytes_out.load(Ordering::Relaxed),
             upstream_latency: Some(self.latency),
             at: at(ended.at),
+            model: self.model.as_ref().map(|meter| meter.used()),
         });
         if self.learned.audit() == AuditLevel::All {
             self.recorder.audit(ended.audit_record(tenant, &self.learned, None));

@@ -87,6 +87,43 @@ pub struct UsageEvent {
     pub upstream_latency: Option<Duration>,
     /// When the request arrived; decides its minute.
     pub at: OffsetDateTime,
+    /// A model call's tokens, on an API of `type: llm`.
+    pub model: Option<ModelUse>,
+}
+
+/// What one model call used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelUse {
+    pub model: Arc<str>,
+    pub tokens_in: u64,
+    pub tokens_out: u64,
+    /// The upstream did not report its usage: the tokens were counted or
+    /// estimated by the gateway.
+    pub counted: bool,
+}
+
+/// A row's model calls of one model.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ModelTotals {
+    pub calls: u64,
+    pub tokens_in: u64,
+    pub tokens_out: u64,
+    /// Calls whose tokens the gateway counted, the upstream not saying.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub counted: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+impl ModelTotals {
+    fn add(&mut self, other: &ModelTotals) {
+        self.calls = self.calls.saturating_add(other.calls);
+        self.tokens_in = self.tokens_in.saturating_add(other.tokens_in);
+        self.tokens_out = self.tokens_out.saturating_add(other.tokens_out);
+        self.counted = self.counted.saturating_add(other.counted);
+    }
 }
 
 /// Whether a request went through or which phase ended it.
@@ -157,6 +194,9 @@ pub struct UsageRow {
     /// Their count per latency bucket (not cumulative): at most 1, 5, 25,
     /// 100, 500 and 2500 ms, then slower.
     pub upstream_latency_buckets: [u64; 7],
+    /// Model calls by model (APIs of `type: llm`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub models: BTreeMap<String, ModelTotals>,
 }
 
 impl UsageRow {
@@ -179,6 +219,9 @@ impl UsageRow {
             self.upstream_latency_buckets.iter_mut().zip(other.upstream_latency_buckets)
         {
             *total = total.saturating_add(count);
+        }
+        for (model, totals) in &other.models {
+            self.models.entry(model.clone()).or_default().add(totals);
         }
     }
 }
@@ -244,6 +287,7 @@ struct Totals {
     latency_sum_us: u64,
     latency_max_us: u64,
     latency_buckets: [u64; 7],
+    models: BTreeMap<String, ModelTotals>,
 }
 
 /// Sums events into rows per (tenant, API, minute) and hands completed
@@ -298,6 +342,15 @@ impl Aggregator {
         }
         totals.bytes_in = totals.bytes_in.saturating_add(event.bytes_in);
         totals.bytes_out = totals.bytes_out.saturating_add(event.bytes_out);
+        if let Some(used) = &event.model {
+            let call = ModelTotals {
+                calls: 1,
+                tokens_in: used.tokens_in,
+                tokens_out: used.tokens_out,
+                counted: u64::from(used.counted),
+            };
+            totals.models.entry(used.model.to_string()).or_default().add(&call);
+        }
         if let Some(latency) = event.upstream_latency {
             let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
             totals.upstream_responses += 1;
@@ -419,6 +472,7 @@ fn row(key: RowKey, totals: Totals) -> UsageRow {
         upstream_latency_sum_us: totals.latency_sum_us,
         upstream_latency_max_us: totals.latency_max_us,
         upstream_latency_buckets: totals.latency_buckets,
+        models: totals.models,
     }
 }
 
@@ -443,6 +497,7 @@ mod tests {
             bytes_out: 1_000,
             upstream_latency: Some(Duration::from_millis(3)),
             at,
+            model: None,
         }
     }
 
@@ -459,6 +514,7 @@ mod tests {
             upstream_latency_sum_us: 0,
             upstream_latency_max_us: 0,
             upstream_latency_buckets: [0; 7],
+            models: BTreeMap::new(),
         }
     }
 
@@ -552,6 +608,31 @@ mod tests {
         let rows = aggregator.flush_all();
         assert_eq!(rows[0].upstream_latency_buckets, [2, 2, 1, 2, 1, 1, 2]);
         assert_eq!(rows[0].upstream_latency_max_us, 60_000_000);
+    }
+
+    #[test]
+    fn model_calls_sum_by_model_and_add_across_rows() {
+        let minute = datetime!(2026-12-02 10:15 UTC);
+        let chat: Arc<str> = Arc::from("chat");
+        let mut aggregator = Aggregator::new();
+        let call = |model: &str, tokens_in, tokens_out, counted| UsageEvent {
+            model: Some(ModelUse { model: Arc::from(model), tokens_in, tokens_out, counted }),
+            ..event(T1, Some(&chat), minute)
+        };
+        aggregator.add(call("gpt-4o-mini", 7, 5, false));
+        aggregator.add(call("gpt-4o-mini", 11, 3, true));
+        aggregator.add(call("text-embedding-3-small", 4, 0, false));
+        aggregator.add(event(T1, Some(&chat), minute));
+        let mut rows = aggregator.flush_all();
+        assert_eq!(rows.len(), 1);
+        let mini = ModelTotals { calls: 2, tokens_in: 18, tokens_out: 8, counted: 1 };
+        assert_eq!(rows[0].models["gpt-4o-mini"], mini);
+        assert_eq!(rows[0].models["text-embedding-3-small"].tokens_in, 4);
+        let again = rows[0].clone();
+        rows[0].add(&again);
+        assert_eq!(rows[0].models["gpt-4o-mini"].tokens_in, 36);
+        let json = serde_json::to_value(&rows[0]).unwrap();
+        assert_eq!(serde_json::from_value::<UsageRow>(json).unwrap(), rows[0]);
     }
 
     #[test]

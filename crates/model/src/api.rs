@@ -317,6 +317,8 @@ impl Default for Timeouts {
 
 /// Upstreams per API.
 pub const MAX_UPSTREAMS: usize = 16;
+/// Models an API of `type: llm` may allow.
+pub const MAX_MODELS: usize = 100;
 
 /// Request bodies above this are refused with 413 unless the API allows
 /// more.
@@ -334,6 +336,10 @@ pub enum ApiType {
     /// tools of the tenant's registry that the caller's roles allow. It
     /// has no upstreams of its own; each tool names its own.
     Mcp,
+    /// A proxy to an OpenAI-compatible model provider: chat completions,
+    /// completions and embeddings of the models in `models` only, each
+    /// call's tokens read from the answer (streamed ones too) and metered.
+    Llm,
 }
 
 /// One API of a tenant, as created or applied.
@@ -384,6 +390,10 @@ pub struct ApiSpec {
     /// APIs share unless every one of them says so.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub shared_upstream: bool,
+    /// For `type: llm`: the models the tenant's callers may use (the
+    /// request's `model`, exactly).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub models: Vec<String>,
 }
 
 fn no_upstreams() -> Arc<[Upstream]> {
@@ -407,6 +417,9 @@ impl ApiSpec {
     /// Checks what the field types cannot, and normalises: methods upper
     /// case, sorted and unique; roles sorted and unique.
     pub fn validate(mut self) -> Result<Self, InvalidApi> {
+        if self.api_type != ApiType::Llm && !self.models.is_empty() {
+            return Err(invalid("models", "only an API of type llm has models"));
+        }
         if self.api_type == ApiType::Mcp {
             if !self.upstreams.is_empty() {
                 return Err(invalid(
@@ -428,7 +441,22 @@ impl ApiSpec {
                     "an API of type mcp takes POST only (streamable HTTP); leave methods out",
                 ));
             }
-        } else if self.upstreams.is_empty() || self.upstreams.len() > MAX_UPSTREAMS {
+        } else if self.api_type == ApiType::Llm
+            && (self.models.is_empty()
+                || self.models.len() > MAX_MODELS
+                || self.models.iter().any(|m| m.is_empty() || m.len() > 200))
+        {
+            return Err(invalid(
+                "models",
+                format!(
+                    "an API of type llm names the models its callers may use: 1 to \
+                     {MAX_MODELS} names (e.g. [gpt-4o-mini])"
+                ),
+            ));
+        }
+        if self.api_type != ApiType::Mcp
+            && (self.upstreams.is_empty() || self.upstreams.len() > MAX_UPSTREAMS)
+        {
             return Err(invalid(
                 "upstreams",
                 format!(

@@ -69,6 +69,7 @@ fn spec(args: &CreateApiArgs) -> Result<ApiSpec, CliError> {
     });
     let optional = [
         ("type", args.api_type.as_ref().map(|t| serde_json::json!(t))),
+        ("models", (!args.models.is_empty()).then(|| serde_json::json!(args.models))),
         ("protocol", args.protocol.as_ref().map(|p| serde_json::json!(p))),
         ("audience", args.audience.as_ref().map(|a| serde_json::json!(a))),
         ("rate_limit", rate_limit.map(|r| serde_json::json!(r))),

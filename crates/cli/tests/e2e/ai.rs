@@ -370,44 +370,50 @@ fn control_token(server: &Server, tenant: &str) -> String {
     token(server, tenant, &["--role", "admin", "--control-api"])
 }
 
-/// An MCP server written with the official SDK (mcp_server.py), on a port
-/// of its own; stopped when dropped.
-struct McpServer {
+/// A Python server of the tests (mcp_server.py, llm_server.py), on a port
+/// of its own, appending what it received to a log; stopped when dropped.
+struct PyServer {
     child: std::process::Child,
     port: u16,
     log: std::path::PathBuf,
 }
 
-impl McpServer {
-    async fn start(dir: &Path, name: &str, tools: &str, token: Option<&str>) -> Self {
+impl PyServer {
+    /// `python3 SCRIPT PORT ARGS... LOG TAIL...`
+    async fn start(script: &str, dir: &Path, name: &str, args: &[&str], tail: &[&str]) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let log = dir.join(format!("{name}.calls"));
         std::fs::write(&log, "").unwrap();
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e/mcp_server.py");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e").join(script);
         let mut command = std::process::Command::new("python3");
-        command.arg(script).arg(port.to_string()).args([name, tools]).arg(&log);
-        command.args(token).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+        command.arg(script).arg(port.to_string()).args(args).arg(&log).args(tail);
+        command.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
         let child = command.spawn().unwrap();
         let deadline = Instant::now() + Duration::from_secs(20);
         while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
-            assert!(Instant::now() < deadline, "the MCP server {name} did not start");
+            assert!(Instant::now() < deadline, "the server {name} did not start");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         Self { child, port, log }
+    }
+
+    /// An MCP server written with the official SDK, offering `tools`.
+    async fn mcp(dir: &Path, name: &str, tools: &str, token: Option<&str>) -> Self {
+        Self::start("mcp_server.py", dir, name, &[name, tools], token.as_slice()).await
     }
 
     fn url(&self) -> String {
         format!("http://127.0.0.1:{}/mcp", self.port)
     }
 
-    /// The calls it received, oldest first.
+    /// What it received, oldest first.
     fn calls(&self) -> Vec<Value> {
         let text = std::fs::read_to_string(&self.log).unwrap();
         text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
     }
 }
 
-impl Drop for McpServer {
+impl Drop for PyServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -439,9 +445,9 @@ async fn agents_see_and_call_only_their_tenants_tools_through_mcp() {
     let dir = server.data_dir().parent().unwrap().to_owned();
     let crm_token = "crm-token-7d1e";
     let (crm, kb, ledger) = tokio::join!(
-        McpServer::start(&dir, "crm", "search,lookup_customer", Some(crm_token)),
-        McpServer::start(&dir, "kb", "search,translate", None),
-        McpServer::start(&dir, "ledger", "balance", None),
+        PyServer::mcp(&dir, "crm", "search,lookup_customer", Some(crm_token)),
+        PyServer::mcp(&dir, "kb", "search,translate", None),
+        PyServer::mcp(&dir, "ledger", "balance", None),
     );
     let weather = Upstream::start().await;
     let samples = ai_samples(
@@ -616,4 +622,99 @@ async fn agents_see_and_call_only_their_tenants_tools_through_mcp() {
     assert_eq!(delivered[0]["actor_id"], "gateway");
     assert_eq!(delivered[0]["details"]["path"], "tools/crm-token");
     assert!(!server.log().contains(crm_token), "the credential is never logged");
+}
+
+#[tokio::test]
+async fn model_calls_use_allowed_models_only_and_are_metered_streamed_or_not() {
+    let config = "[gateway]\nusage_flush_every = \"1s\"\n";
+    let server = Server::start(crate::kit::Store::Embedded, config, &[]).await;
+    let dir = server.data_dir().parent().unwrap().to_owned();
+    let model = PyServer::start("llm_server.py", &dir, "llm", &[], &[]).await;
+    let created = server.cli(&["tenants", "create", "acme", "--plan", "professional", "--wait"]);
+    assert_eq!(exit_code(&created), 0, "{}", stderr(&created));
+    let upstream = format!("http://127.0.0.1:{}", model.port);
+    let api = ["apis", "create", "--tenant", "acme", "llm", "--prefix", "/v1", "--type", "llm"];
+    let models = ["--model", "gpt-4o-mini", "--model", "text-embedding-3-small"];
+    let created = server.cli(&[&api[..], &models, &["--upstream", &upstream]].concat());
+    assert_eq!(exit_code(&created), 0, "{}", stderr(&created));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let addr = addr_of(&server.gateway);
+    let client = reqwest::Client::builder().resolve("acme.localhost", addr).build().unwrap();
+    let bearer = token(&server, "acme", &[]);
+    let url = |path: &str| format!("http://acme.localhost:{}{path}", addr.port());
+    let chat = |model: &str, stream: bool, content: &str| json!({"model": model, "stream": stream, "messages": [{"role": "user", "content": content}]});
+    let post = |path: &'static str, body: Value| {
+        let request = client.post(url(path)).bearer_auth(&bearer).json(&body);
+        async move {
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            (status, response.text().await.unwrap_or_default())
+        }
+    };
+
+    // Not streamed: the answer's usage.
+    let (status, text) = post("/v1/chat/completions", chat("gpt-4o-mini", false, "hi")).await;
+    assert_eq!(status, 200, "{text}");
+    // Streamed: passed as it streams, the last chunk's usage asked for and read.
+    let (status, text) = post("/v1/chat/completions", chat("gpt-4o-mini", true, "hi")).await;
+    assert_eq!(status, 200, "{text}");
+    assert!(text.contains("\"content\": \"Hel\"") && text.ends_with("data: [DONE]\n\n"), "{text}");
+    let asked = &model.calls()[1]["body"];
+    assert_eq!(asked["stream_options"], json!({"include_usage": true}), "{asked}");
+    // Cut mid-way: what passed is counted.
+    let response = client
+        .post(url("/v1/chat/completions"))
+        .bearer_auth(&bearer)
+        .json(&chat("gpt-4o-mini", true, "cut"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let _ = response.text().await;
+    let (status, text) =
+        post("/v1/embeddings", json!({"model": "text-embedding-3-small", "input": "x"})).await;
+    assert_eq!(status, 200, "{text}");
+
+    // A model not on the list, or an endpoint the API does not meter,
+    // reaches no upstream.
+    let before = model.calls().len();
+    let (status, text) = post("/v1/chat/completions", chat("gpt-5", false, "hi")).await;
+    assert_eq!(status, 403, "{text}");
+    let refused: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(refused["error"]["code"], "model_not_allowed");
+    assert_eq!(refused["error"]["rule"], "model gpt-5");
+    let (status, _) = post("/v1/responses", chat("gpt-5", false, "hi")).await;
+    assert_eq!(status, 404);
+    let (status, _) = post("/v1/chat/completions", json!(["not", "an", "object"])).await;
+    assert_eq!(status, 400);
+    assert_eq!(model.calls().len(), before, "no refused call reached the provider");
+
+    // Metered per model: the provider's figures where it gave them, the
+    // gateway's count where the stream was cut (2 chunks; the prompt's
+    // bytes / 4 in).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let models = loop {
+        let usage = server.cli_json(&["usage", "--tenant", "acme"]);
+        let mut models = json!({});
+        for row in usage.as_array().unwrap() {
+            for (name, totals) in row["models"].as_object().into_iter().flatten() {
+                models[name] = totals.clone();
+            }
+        }
+        let calls = models["gpt-4o-mini"]["calls"].as_u64().unwrap_or(0);
+        if calls >= 3 || Instant::now() > deadline {
+            break models;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let mini = &models["gpt-4o-mini"];
+    assert_eq!(mini["calls"], 3, "{models}");
+    assert_eq!(mini["counted"], 1, "{models}");
+    assert_eq!(mini["tokens_out"], 5 + 3 + 2, "{models}");
+    let cut_in = mini["tokens_in"].as_u64().unwrap() - 7 - 11;
+    assert!((10..40).contains(&cut_in), "the cut call's prompt estimate: {models}");
+    assert_eq!(
+        models["text-embedding-3-small"],
+        json!({"calls": 1, "tokens_in": 4, "tokens_out": 0})
+    );
 }

@@ -110,7 +110,7 @@ fn unknown_fields_are_named_where_they_are() {
         [
             "m.yaml:20:3: unknown field `public`, expected one of name, prefix, type, upstreams, protocol, \
           strip_prefix, methods, auth, roles, audience, timeouts, max_body_bytes, rate_limit, audit, \
-          shared_upstream"
+          shared_upstream, models"
         ]
     );
     let text = ACME.replace("kind: Tenant\n", "kind: Tenant\nstatus: {}\n");
