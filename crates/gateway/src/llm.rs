@@ -6,13 +6,15 @@
 //! Calls are `POST` to a path ending in `/chat/completions`,
 //! `/completions` or `/embeddings`; other `POST`s are refused (they could
 //! reach a model the allowlist does not name), `GET`s (`/models`) pass
-//! unmetered. A streamed chat completion is asked to include its usage
-//! (`stream_options.include_usage`), which OpenAI-compatible servers send
-//! in the last chunk. The answer is never held back: the meter reads each
-//! chunk as it passes. When no usage arrives (a server that ignores the
-//! option, or a stream cut mid-way), output tokens are the content chunks
-//! counted and input tokens are the prompt's bytes / 4, and the call is
-//! marked counted.
+//! unmetered. The call goes upstream as it was checked (re-encoded, one
+//! `model`). A streamed chat completion is asked to include its usage
+//! (`stream_options.include_usage`, whatever the client set), which
+//! OpenAI-compatible servers send in the last chunk. The answer is never
+//! held back: the meter reads each chunk as it passes. When no usage
+//! arrives (a server that ignores the option, a stream cut mid-way, an
+//! answer over 1 MiB), output tokens are the content chunks counted (the
+//! answer's bytes / 4 when not streamed) and input tokens the prompt's
+//! bytes / 4, and the call is marked counted.
 
 use std::{
     pin::Pin,
@@ -36,8 +38,9 @@ use crate::{
     snapshot::ApiEntry,
 };
 
-/// The most of a non-streamed answer kept to read its usage from.
-const MAX_READ: usize = 4 << 20;
+/// The most of a non-streamed answer kept to read its usage from, and the
+/// longest line of an event stream read.
+const MAX_READ: usize = 1 << 20;
 
 /// One model call's usage, filled in as its answer passes.
 #[derive(Debug)]
@@ -106,15 +109,18 @@ pub async fn request(
         return Err(refusal);
     }
     let streamed = chat && call.get("stream") == Some(&Value::Bool(true));
-    let bytes = if streamed && !call.contains_key("stream_options") {
-        call.insert("stream_options".into(), serde_json::json!({ "include_usage": true }));
-        let rewritten = serde_json::to_vec(&call).map_err(|_| unreadable())?;
-        parts.headers.remove(header::TRANSFER_ENCODING);
-        parts.headers.insert(header::CONTENT_LENGTH, rewritten.len().into());
-        Bytes::from(rewritten)
-    } else {
-        bytes
-    };
+    if streamed {
+        // Asked for whatever the client said: the usage is the meter's.
+        let options = call.entry("stream_options").or_insert_with(|| serde_json::json!({}));
+        if let Some(options) = options.as_object_mut() {
+            options.insert("include_usage".into(), Value::Bool(true));
+        }
+    }
+    // The upstream reads the call as checked: one `model`, whatever keys
+    // the client repeated.
+    let bytes = Bytes::from(serde_json::to_vec(&call).map_err(|_| unreadable())?);
+    parts.headers.remove(header::TRANSFER_ENCODING);
+    parts.headers.insert(header::CONTENT_LENGTH, bytes.len().into());
     let meter = Arc::new(Meter {
         model: model.into(),
         tokens_in: AtomicU64::new(bytes.len() as u64 / 4),
@@ -132,18 +138,26 @@ pub struct Metered {
     /// The answer so far (non-streamed, up to [`MAX_READ`]), or the part
     /// of the event stream after the last whole line.
     kept: Vec<u8>,
+    /// The answer's bytes, for an estimate when it reports no usage.
+    length: u64,
 }
 
 impl Metered {
     pub fn new(inner: Body, meter: Arc<Meter>) -> Self {
-        Self { inner, meter, kept: Vec::new() }
+        Self { inner, meter, kept: Vec::new(), length: 0 }
     }
 
     fn read(&mut self, data: &[u8]) {
+        self.length = self.length.saturating_add(data.len() as u64);
         if !self.meter.streamed {
             if self.kept.len() + data.len() <= MAX_READ {
                 self.kept.extend_from_slice(data);
             }
+            return;
+        }
+        if self.kept.len() + data.len() > MAX_READ {
+            // A line this long is no event the meter reads.
+            self.kept.clear();
             return;
         }
         self.kept.extend_from_slice(data);
@@ -165,11 +179,16 @@ impl Metered {
     }
 
     fn ended(&mut self) {
-        if !self.meter.streamed
-            && let Ok(answer) = serde_json::from_slice::<Value>(&self.kept)
-            && let Some(usage) = answer.get("usage")
-        {
-            self.meter.report(usage);
+        if !self.meter.streamed && !self.meter.reported.load(Ordering::Relaxed) {
+            let reported = serde_json::from_slice::<Value>(&self.kept)
+                .ok()
+                .and_then(|answer| answer.get("usage").map(|usage| self.meter.report(usage)))
+                .unwrap_or(false);
+            if !reported {
+                // No usage given (or an answer too large to read it from):
+                // its bytes / 4, as for a prompt.
+                self.meter.tokens_out.store(self.length / 4, Ordering::Relaxed);
+            }
         }
         self.kept = Vec::new();
     }

@@ -655,8 +655,11 @@ async fn model_calls_use_allowed_models_only_and_are_metered_streamed_or_not() {
     // Not streamed: the answer's usage.
     let (status, text) = post("/v1/chat/completions", chat("gpt-4o-mini", false, "hi")).await;
     assert_eq!(status, 200, "{text}");
-    // Streamed: passed as it streams, the last chunk's usage asked for and read.
-    let (status, text) = post("/v1/chat/completions", chat("gpt-4o-mini", true, "hi")).await;
+    // Streamed: passed as it streams, the last chunk's usage asked for
+    // (whatever the client said) and read.
+    let mut streamed = chat("gpt-4o-mini", true, "hi");
+    streamed["stream_options"] = json!({"include_usage": false});
+    let (status, text) = post("/v1/chat/completions", streamed).await;
     assert_eq!(status, 200, "{text}");
     assert!(text.contains("\"content\": \"Hel\"") && text.ends_with("data: [DONE]\n\n"), "{text}");
     let asked = &model.calls()[1]["body"];
