@@ -29,7 +29,6 @@ use bulkhead_meter::ModelUse;
 use bytes::Bytes;
 use http::{Method, Request, header};
 use http_body::{Body as HttpBody, Frame, SizeHint};
-use http_body_util::BodyExt;
 use serde_json::Value;
 
 use crate::{
@@ -83,20 +82,47 @@ pub async fn request(
     api: &ApiEntry,
     request: Request<Body>,
 ) -> Result<(Request<Body>, Option<Arc<Meter>>), Refusal> {
-    if api.spec.api_type != bulkhead_model::ApiType::Llm || request.method() != Method::POST {
+    if api.spec.api_type != bulkhead_model::ApiType::Llm {
         return Ok((request, None));
     }
-    let path = request.uri().path();
-    let chat = path.ends_with("/chat/completions") || path.ends_with("/completions");
-    if !chat && !path.ends_with("/embeddings") {
-        return Err(Refusal::new(
-            Phase::Route,
-            Code::RouteNotFound,
-            "not a model call this API meters",
-        ));
+    let not_metered =
+        || Refusal::new(Phase::Route, Code::RouteNotFound, "not a model call this API meters");
+    // The path within the API, with or without the provider's `/v1`:
+    // exact, so that no path (Azure's deployments, the legacy engines) can
+    // name a model the body's `model` does not.
+    let within = request.uri().path().strip_prefix(api.spec.prefix.as_str()).unwrap_or_default();
+    let within = within.strip_prefix("/v1").unwrap_or(within);
+    let method = request.method();
+    if *method == Method::GET || *method == Method::HEAD {
+        let listing = within == "/models"
+            || within.strip_prefix("/models/").is_some_and(|m| !m.contains('/'));
+        return if listing { Ok((request, None)) } else { Err(not_metered()) };
+    }
+    let chat = matches!(within, "/chat/completions" | "/completions");
+    if *method != Method::POST || !(chat || within == "/embeddings") {
+        return Err(not_metered());
     }
     let (mut parts, body) = request.into_parts();
-    let bytes = body.collect().await.map_err(crate::guard::unreadable)?.to_bytes();
+    let cap = api.spec.max_body_bytes.min(crate::guard::GUARDED_BODY_MAX);
+    let deadline = std::time::Duration::from_millis(api.spec.timeouts.response_ms);
+    let bytes = match crate::guard::read(body, cap, deadline).await {
+        Ok(bytes) => bytes,
+        Err(crate::guard::Unread::TooLarge) => {
+            return Err(Refusal::new(
+                Phase::Proxy,
+                Code::PayloadTooLarge,
+                "a model call over the cap",
+            ));
+        }
+        Err(crate::guard::Unread::Late) => {
+            return Err(Refusal::new(
+                Phase::Route,
+                Code::BodyTimeout,
+                "the call did not arrive in time",
+            ));
+        }
+        Err(crate::guard::Unread::Failed(error)) => return Err(crate::guard::unreadable(error)),
+    };
     let unreadable =
         || Refusal::new(Phase::Route, Code::BadRequest, "a model call is a JSON object");
     let mut call: serde_json::Map<String, Value> =
@@ -108,19 +134,32 @@ pub async fn request(
         refusal.rule = Some(format!("model {}", model.chars().take(200).collect::<String>()));
         return Err(refusal);
     }
-    let streamed = chat && call.get("stream") == Some(&Value::Bool(true));
+    // As lenient servers read it (`1`, `"true"`), so that a stream is
+    // never metered as a JSON answer.
+    let streamed = chat
+        && match call.get("stream") {
+            Some(Value::Bool(on)) => *on,
+            Some(Value::Number(n)) => n.as_f64().is_some_and(|n| n != 0.0),
+            Some(Value::String(s)) => matches!(s.to_ascii_lowercase().as_str(), "true" | "1"),
+            _ => false,
+        };
     if streamed {
         // Asked for whatever the client said: the usage is the meter's.
-        let options = call.entry("stream_options").or_insert_with(|| serde_json::json!({}));
-        if let Some(options) = options.as_object_mut() {
-            options.insert("include_usage".into(), Value::Bool(true));
-        }
+        let mut options = match call.remove("stream_options") {
+            Some(Value::Object(options)) => options,
+            _ => serde_json::Map::new(),
+        };
+        options.insert("include_usage".into(), Value::Bool(true));
+        call.insert("stream_options".into(), Value::Object(options));
     }
     // The upstream reads the call as checked: one `model`, whatever keys
-    // the client repeated.
+    // the client repeated, as JSON whatever type it claimed; and answers
+    // uncompressed, for the meter to read.
     let bytes = Bytes::from(serde_json::to_vec(&call).map_err(|_| unreadable())?);
     parts.headers.remove(header::TRANSFER_ENCODING);
+    parts.headers.remove(header::ACCEPT_ENCODING);
     parts.headers.insert(header::CONTENT_LENGTH, bytes.len().into());
+    parts.headers.insert(header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
     let meter = Arc::new(Meter {
         model: model.into(),
         tokens_in: AtomicU64::new(bytes.len() as u64 / 4),
@@ -140,11 +179,13 @@ pub struct Metered {
     kept: Vec<u8>,
     /// The answer's bytes, for an estimate when it reports no usage.
     length: u64,
+    /// In the middle of an event-stream line too long to read.
+    skipping: bool,
 }
 
 impl Metered {
     pub fn new(inner: Body, meter: Arc<Meter>) -> Self {
-        Self { inner, meter, kept: Vec::new(), length: 0 }
+        Self { inner, meter, kept: Vec::new(), length: 0, skipping: false }
     }
 
     fn read(&mut self, data: &[u8]) {
@@ -153,28 +194,65 @@ impl Metered {
             if self.kept.len() + data.len() <= MAX_READ {
                 self.kept.extend_from_slice(data);
             }
+            // Kept current, so that an answer cut at any point is metered
+            // with what passed.
+            if !self.meter.reported.load(Ordering::Relaxed) {
+                self.meter.tokens_out.store(self.length / 4, Ordering::Relaxed);
+            }
             return;
         }
-        if self.kept.len() + data.len() > MAX_READ {
-            // A line this long is no event the meter reads.
-            self.kept.clear();
+        // Only the new bytes are searched; only an unfinished line is kept,
+        // and one over the limit is skipped to its end.
+        let Some(last) = data.iter().rposition(|b| *b == b'\n') else {
+            if self.skipping || self.kept.len() + data.len() > MAX_READ {
+                self.kept.clear();
+                self.skipping = true;
+            } else {
+                self.kept.extend_from_slice(data);
+            }
+            return;
+        };
+        let mut whole = std::mem::take(&mut self.kept);
+        let mut from = 0;
+        if self.skipping {
+            // The overlong line ends at the first newline.
+            from = data.iter().position(|b| *b == b'\n').map_or(0, |i| i + 1);
+            self.skipping = false;
+        }
+        whole.extend_from_slice(&data[from..=last.max(from.saturating_sub(1))]);
+        for line in whole.split(|b| *b == b'\n') {
+            self.line(line);
+        }
+        let rest = &data[last + 1..];
+        if rest.len() > MAX_READ {
+            self.skipping = true;
+        } else {
+            self.kept.extend_from_slice(rest);
+        }
+    }
+
+    /// One line of the event stream.
+    fn line(&self, line: &[u8]) {
+        let Some(data) = line.strip_prefix(b"data:") else { return };
+        let Ok(chunk) = serde_json::from_slice::<Value>(data.trim_ascii()) else { return };
+        if chunk.get("usage").is_some_and(|usage| self.meter.report(usage)) {
             return;
         }
-        self.kept.extend_from_slice(data);
-        let Some(end) = self.kept.iter().rposition(|b| *b == b'\n') else { return };
-        let lines: Vec<u8> = self.kept.drain(..=end).collect();
-        for line in lines.split(|b| *b == b'\n') {
-            let Some(data) = line.strip_prefix(b"data:") else { continue };
-            let Ok(chunk) = serde_json::from_slice::<Value>(data.trim_ascii()) else { continue };
-            if chunk.get("usage").is_some_and(|usage| self.meter.report(usage)) {
-                continue;
-            }
-            let content = chunk.pointer("/choices/0/delta/content").and_then(Value::as_str);
-            if content.is_some_and(|c| !c.is_empty())
-                && !self.meter.reported.load(Ordering::Relaxed)
-            {
-                self.meter.tokens_out.fetch_add(1, Ordering::Relaxed);
-            }
+        if self.meter.reported.load(Ordering::Relaxed) {
+            return;
+        }
+        // Any output counts: content, reasoning, tool calls, legacy text.
+        let choice = chunk.pointer("/choices/0");
+        let produced = choice.is_some_and(|c| {
+            let delta = c.get("delta");
+            let said = |v: Option<&Value>| v.is_some_and(|v| !v.is_null() && v != "");
+            said(delta.and_then(|d| d.get("content")))
+                || said(delta.and_then(|d| d.get("reasoning_content")))
+                || said(delta.and_then(|d| d.get("tool_calls")))
+                || said(c.get("text"))
+        });
+        if produced {
+            self.meter.tokens_out.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -227,7 +305,7 @@ impl HttpBody for Metered {
                     self.ended();
                 }
             }
-            Poll::Ready(None) => self.ended(),
+            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => self.ended(),
             _ => {}
         }
         polled
@@ -239,5 +317,58 @@ impl HttpBody for Metered {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn metered(streamed: bool) -> Metered {
+        let meter = Arc::new(Meter {
+            model: Arc::from("m"),
+            tokens_in: AtomicU64::new(10),
+            tokens_out: AtomicU64::new(0),
+            reported: AtomicBool::new(false),
+            streamed,
+        });
+        Metered::new(crate::body::empty(), meter)
+    }
+
+    const CHUNK: &str = "data: {\"choices\":[{\"delta\":{\"content\":\"x\"}}]}\n\n";
+
+    #[test]
+    fn a_stream_is_read_whatever_its_chunking_and_its_usage_wins() {
+        let mut m = metered(true);
+        let stream = format!(
+            "{CHUNK}{CHUNK}data: {{\"choices\":[],\"usage\":{{\"prompt_tokens\":9,\"completion_tokens\":4}}}}\n\ndata: [DONE]\n\n"
+        );
+        for piece in stream.as_bytes().chunks(7) {
+            m.read(piece);
+        }
+        let used = m.meter.used();
+        assert_eq!((used.tokens_in, used.tokens_out, used.counted), (9, 4, false));
+    }
+
+    #[test]
+    fn without_usage_chunks_are_counted_and_an_overlong_line_is_skipped() {
+        let mut m = metered(true);
+        m.read(CHUNK.as_bytes());
+        m.read(b"data: ");
+        m.read(&vec![b'a'; MAX_READ + 1]);
+        m.read(format!("tail\n\n{CHUNK}").as_bytes());
+        let used = m.meter.used();
+        assert_eq!((used.tokens_in, used.tokens_out, used.counted), (10, 2, true));
+    }
+
+    #[test]
+    fn a_json_answer_is_read_at_its_end_or_counted_as_it_passes() {
+        let mut m = metered(false);
+        m.read(br#"{"usage":{"prompt_tokens":3,"#);
+        assert_eq!(m.meter.used().tokens_out, 7, "bytes / 4 so far");
+        m.read(br#""completion_tokens":2}}"#);
+        m.ended();
+        let used = m.meter.used();
+        assert_eq!((used.tokens_in, used.tokens_out, used.counted), (3, 2, false));
     }
 }

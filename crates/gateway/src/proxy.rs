@@ -291,9 +291,16 @@ pub async fn forward(
         return Ok((Response::from_parts(parts, empty()), answered));
     }
     let (parts, body) = response.into_parts();
+    // Only an answered call used the model; a refused or failed one is a
+    // request like any other.
     let body = match context.meter {
-        Some(meter) => crate::llm::Metered::new(body, meter).boxed_unsync(),
-        None => body,
+        Some(meter) if parts.status.is_success() => {
+            crate::llm::Metered::new(body, meter).boxed_unsync()
+        }
+        _ => {
+            pending.model = None;
+            body
+        }
     };
     let bytes_out = Arc::clone(&pending.bytes_out);
     let body = Tracked::new(body, idle, bytes_out, (context.slot, pending)).boxed_unsync();

@@ -686,8 +686,15 @@ async fn model_calls_use_allowed_models_only_and_are_metered_streamed_or_not() {
     let refused: Value = serde_json::from_str(&text).unwrap();
     assert_eq!(refused["error"]["code"], "model_not_allowed");
     assert_eq!(refused["error"]["rule"], "model gpt-5");
-    let (status, _) = post("/v1/responses", chat("gpt-5", false, "hi")).await;
-    assert_eq!(status, 404);
+    for path in ["/v1/responses", "/v1/engines/gpt-5/completions", "/v1/chat/completions/"] {
+        let (status, _) = post(path, chat("gpt-5", false, "hi")).await;
+        assert_eq!(status, 404, "{path}");
+    }
+    let deleted = client.delete(url("/v1/models/ft-1")).bearer_auth(&bearer).send().await.unwrap();
+    assert_eq!(deleted.status(), 404, "only model calls and listings pass");
+    // Listing models passes, unmetered (this provider has no GET: 501).
+    let listed = client.get(url("/v1/models")).bearer_auth(&bearer).send().await.unwrap();
+    assert_eq!(listed.status(), 501);
     let (status, _) = post("/v1/chat/completions", json!(["not", "an", "object"])).await;
     assert_eq!(status, 400);
     assert_eq!(model.calls().len(), before, "no refused call reached the provider");

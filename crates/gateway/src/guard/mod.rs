@@ -209,14 +209,14 @@ fn declared_length(headers: &HeaderMap) -> Option<u64> {
     headers.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
 }
 
-enum Unread {
+pub(crate) enum Unread {
     TooLarge,
     Late,
     Failed(BoxError),
 }
 
 /// The whole body, if it is at most `cap` bytes and arrives `within`.
-async fn read(mut body: Body, cap: u64, within: Duration) -> Result<Bytes, Unread> {
+pub(crate) async fn read(mut body: Body, cap: u64, within: Duration) -> Result<Bytes, Unread> {
     let cap = usize::try_from(cap).unwrap_or(usize::MAX);
     let whole = async {
         let mut buffer = BytesMut::new();
