@@ -51,6 +51,10 @@ struct FileConfig {
     gateway: FileGateway,
     #[serde(default)]
     runtime: FileRuntime,
+    /// Each model's price: `[prices."gpt-4o-mini"] input = 150000`,
+    /// `output = 600000` (micro-units per million tokens).
+    #[serde(default)]
+    prices: bulkhead_model::PriceTable,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -298,6 +302,7 @@ impl ServeSettings {
                 gateway,
                 gateway_redis,
                 usage_flush_every,
+                prices: file.prices.clone(),
                 base_domain,
                 public_url,
                 insecure_jwks_hosts: if args.insecure_jwks_hosts.is_empty() {

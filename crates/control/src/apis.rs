@@ -90,6 +90,8 @@ pub struct ApiService {
     store: Arc<dyn ControlStore>,
     clock: Arc<dyn Clock>,
     events: EventLog,
+    /// An API of `type: llm` may name only models priced here.
+    prices: Arc<bulkhead_model::PriceTable>,
 }
 
 /// Reads a stored spec back through the model's validation.
@@ -100,8 +102,13 @@ pub fn decode(record: &ApiRecord) -> Result<ApiSpec, String> {
 }
 
 impl ApiService {
-    pub fn new(store: Arc<dyn ControlStore>, clock: Arc<dyn Clock>, events: EventLog) -> Self {
-        Self { store, clock, events }
+    pub fn new(
+        store: Arc<dyn ControlStore>,
+        clock: Arc<dyn Clock>,
+        events: EventLog,
+        prices: Arc<bulkhead_model::PriceTable>,
+    ) -> Self {
+        Self { store, clock, events, prices }
     }
 
     async fn tenant(&self, actor: &Actor, name: &str, permission: Permission) -> Result<Tenant> {
@@ -151,6 +158,19 @@ impl ApiService {
                     message: "only an operator may route to a unix: socket; route to the tenant's \
                               own app with app:NAME"
                         .to_owned(),
+                },
+            });
+        }
+        // A model call's cost must be known before it is made: never free.
+        if let Some(unpriced) = spec.models.iter().find(|m| !self.prices.contains_key(*m)) {
+            return Err(ApisError::Invalid {
+                name,
+                error: InvalidApi {
+                    field: "models",
+                    message: format!(
+                        "model {unpriced:?} has no price; add [prices.\"{unpriced}\"] (input and \
+                         output, micro-units per million tokens) to the server's configuration"
+                    ),
                 },
             });
         }

@@ -113,10 +113,12 @@ impl GatewayFeed {
         plans: PlanCatalog,
         base_domain: &bulkhead_model::BaseDomain,
         tenants_dir: std::path::PathBuf,
+        prices: Arc<bulkhead_model::PriceTable>,
     ) -> Self {
         let domain = Domain {
             base_domain: base_domain.as_str().to_owned(),
             control_audience: realms.control_audience(),
+            prices,
         };
         Self { store, realms, plans, domain, tenants_dir }
     }

@@ -470,6 +470,7 @@ pub async fn start_gateway(config: Config) -> Result<RunningGateway, StartError>
         PlanCatalog::builtin(),
         &config.base_domain,
         config.data_dir.join("tenants"),
+        Arc::new(config.prices.clone()),
     ));
     let gateway_bind = |source| StartError::GatewayBind { addr: config.gateway_listen, source };
     let listener =
@@ -666,7 +667,12 @@ pub async fn start_with_steps(
         Arc::clone(&metrics),
         events.clone(),
     ));
-    let apis = Arc::new(ApiService::new(Arc::clone(&store), Arc::clone(&clock), events.clone()));
+    let apis = Arc::new(ApiService::new(
+        Arc::clone(&store),
+        Arc::clone(&clock),
+        events.clone(),
+        Arc::new(config.prices.clone()),
+    ));
     let resources = Arc::new(crate::resources::ResourceService::new(
         Arc::clone(&store),
         Arc::clone(&clock),
@@ -701,6 +707,7 @@ pub async fn start_with_steps(
         PlanCatalog::builtin(),
         &config.base_domain,
         data_dir.tenants(),
+        Arc::new(config.prices.clone()),
     ));
     let tool_events = events.clone();
     let decision_recorder = Arc::new(DecisionRecorder::new(Arc::clone(&store), events));

@@ -35,6 +35,7 @@ fn domain() -> Domain {
     Domain {
         base_domain: "localhost".into(),
         control_audience: "http://127.0.0.1:7070/control".into(),
+        prices: Default::default(),
     }
 }
 

@@ -244,7 +244,8 @@ impl Gateway {
             self.stats.count(Some(&permitted.tenant.0.runtime.labelled), None);
             return Ok(response);
         }
-        let (request, meter) = llm::request(&permitted.route.api, request).await?;
+        let prices = &snapshot.domain.prices;
+        let (request, meter) = llm::request(&permitted.route.api, prices, request).await?;
         pending.model = meter.clone();
         let stats = &self.stats;
         let slot = admitted.slot;

@@ -45,6 +45,7 @@ const MAX_READ: usize = 1 << 20;
 #[derive(Debug)]
 pub struct Meter {
     model: Arc<str>,
+    price: bulkhead_model::Price,
     /// Estimated from the prompt, until the answer says.
     tokens_in: AtomicU64,
     tokens_out: AtomicU64,
@@ -55,10 +56,13 @@ pub struct Meter {
 impl Meter {
     /// What the call used so far (all of it once the answer has ended).
     pub fn used(&self) -> ModelUse {
+        let tokens_in = self.tokens_in.load(Ordering::Relaxed);
+        let tokens_out = self.tokens_out.load(Ordering::Relaxed);
         ModelUse {
             model: Arc::clone(&self.model),
-            tokens_in: self.tokens_in.load(Ordering::Relaxed),
-            tokens_out: self.tokens_out.load(Ordering::Relaxed),
+            tokens_in,
+            tokens_out,
+            cost_micros: self.price.cost(tokens_in, tokens_out),
             counted: !self.reported.load(Ordering::Relaxed),
         }
     }
@@ -80,6 +84,7 @@ impl Meter {
 /// (and a streamed chat asked for its usage), and the call's meter.
 pub async fn request(
     api: &ApiEntry,
+    prices: &bulkhead_model::PriceTable,
     request: Request<Body>,
 ) -> Result<(Request<Body>, Option<Arc<Meter>>), Refusal> {
     if api.spec.api_type != bulkhead_model::ApiType::Llm {
@@ -128,12 +133,15 @@ pub async fn request(
     let mut call: serde_json::Map<String, Value> =
         serde_json::from_slice(&bytes).map_err(|_| unreadable())?;
     let model = call.get("model").and_then(Value::as_str).unwrap_or_default().to_owned();
-    if !api.spec.models.contains(&model) {
+    // Priced when the API was applied; a price since removed refuses the
+    // model rather than making it free.
+    let price = prices.get(&model).filter(|_| api.spec.models.contains(&model));
+    let Some(price) = price.copied() else {
         let mut refusal =
             Refusal::new(Phase::Authz, Code::ModelNotAllowed, "a model the API does not allow");
         refusal.rule = Some(format!("model {}", model.chars().take(200).collect::<String>()));
         return Err(refusal);
-    }
+    };
     // As lenient servers read it (`1`, `"true"`), so that a stream is
     // never metered as a JSON answer.
     let streamed = chat
@@ -162,6 +170,7 @@ pub async fn request(
     parts.headers.insert(header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
     let meter = Arc::new(Meter {
         model: model.into(),
+        price,
         tokens_in: AtomicU64::new(bytes.len() as u64 / 4),
         tokens_out: AtomicU64::new(0),
         reported: AtomicBool::new(false),
@@ -327,6 +336,7 @@ mod tests {
     fn metered(streamed: bool) -> Metered {
         let meter = Arc::new(Meter {
             model: Arc::from("m"),
+            price: bulkhead_model::Price { input: 1_000_000, output: 2_000_000 },
             tokens_in: AtomicU64::new(10),
             tokens_out: AtomicU64::new(0),
             reported: AtomicBool::new(false),
@@ -348,6 +358,7 @@ mod tests {
         }
         let used = m.meter.used();
         assert_eq!((used.tokens_in, used.tokens_out, used.counted), (9, 4, false));
+        assert_eq!(used.cost_micros, 9 + 2 * 4);
     }
 
     #[test]

@@ -164,6 +164,8 @@ pub struct Domain {
     /// Tokens naming this audience are for the control API, never for an
     /// application: the gateway refuses them.
     pub control_audience: String,
+    /// What model calls cost, by model.
+    pub prices: Arc<bulkhead_model::PriceTable>,
 }
 
 /// Every tenant the gateway serves, at one moment.
@@ -369,7 +371,11 @@ mod tests {
     }
 
     fn domain() -> Domain {
-        Domain { base_domain: "localhost".into(), control_audience: "c".into() }
+        Domain {
+            base_domain: "localhost".into(),
+            control_audience: "c".into(),
+            prices: Arc::default(),
+        }
     }
 
     #[test]

@@ -97,6 +97,8 @@ pub struct ModelUse {
     pub model: Arc<str>,
     pub tokens_in: u64,
     pub tokens_out: u64,
+    /// What the tokens cost at the model's price, in micro-units.
+    pub cost_micros: u64,
     /// The upstream did not report its usage: the tokens were counted or
     /// estimated by the gateway.
     pub counted: bool,
@@ -108,6 +110,9 @@ pub struct ModelTotals {
     pub calls: u64,
     pub tokens_in: u64,
     pub tokens_out: u64,
+    /// What they cost, in micro-units of the prices' currency.
+    #[serde(default)]
+    pub cost_micros: u64,
     /// Calls whose tokens the gateway counted, the upstream not saying.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub counted: u64,
@@ -122,6 +127,7 @@ impl ModelTotals {
         self.calls = self.calls.saturating_add(other.calls);
         self.tokens_in = self.tokens_in.saturating_add(other.tokens_in);
         self.tokens_out = self.tokens_out.saturating_add(other.tokens_out);
+        self.cost_micros = self.cost_micros.saturating_add(other.cost_micros);
         self.counted = self.counted.saturating_add(other.counted);
     }
 }
@@ -347,6 +353,7 @@ impl Aggregator {
                 calls: 1,
                 tokens_in: used.tokens_in,
                 tokens_out: used.tokens_out,
+                cost_micros: used.cost_micros,
                 counted: u64::from(used.counted),
             };
             totals.models.entry(used.model.to_string()).or_default().add(&call);
@@ -616,7 +623,13 @@ mod tests {
         let chat: Arc<str> = Arc::from("chat");
         let mut aggregator = Aggregator::new();
         let call = |model: &str, tokens_in, tokens_out, counted| UsageEvent {
-            model: Some(ModelUse { model: Arc::from(model), tokens_in, tokens_out, counted }),
+            model: Some(ModelUse {
+                model: Arc::from(model),
+                tokens_in,
+                tokens_out,
+                cost_micros: tokens_in + tokens_out,
+                counted,
+            }),
             ..event(T1, Some(&chat), minute)
         };
         aggregator.add(call("gpt-4o-mini", 7, 5, false));
@@ -625,7 +638,8 @@ mod tests {
         aggregator.add(event(T1, Some(&chat), minute));
         let mut rows = aggregator.flush_all();
         assert_eq!(rows.len(), 1);
-        let mini = ModelTotals { calls: 2, tokens_in: 18, tokens_out: 8, counted: 1 };
+        let mini =
+            ModelTotals { calls: 2, tokens_in: 18, tokens_out: 8, cost_micros: 26, counted: 1 };
         assert_eq!(rows[0].models["gpt-4o-mini"], mini);
         assert_eq!(rows[0].models["text-embedding-3-small"].tokens_in, 4);
         let again = rows[0].clone();

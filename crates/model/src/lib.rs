@@ -16,6 +16,7 @@ mod label;
 mod limits;
 pub mod manifest;
 mod plan;
+mod price;
 mod region;
 mod role;
 mod tenant;
@@ -39,6 +40,7 @@ pub use plan::{
     BackupPolicy, ControlQuotas, CostCaps, GatewayLimits, LimiterFallback, Plan, PlanCatalog,
     PlanName, RuntimeLimits, UnknownPlan, VaultPolicy,
 };
+pub use price::{Price, PriceTable};
 pub use region::{
     DatabaseLocation, DatabasePrefix, DatabaseUrl, Region, RegionError, RegionSummary, Regions,
     UnknownRegion, redact_url,

@@ -626,7 +626,9 @@ async fn agents_see_and_call_only_their_tenants_tools_through_mcp() {
 
 #[tokio::test]
 async fn model_calls_use_allowed_models_only_and_are_metered_streamed_or_not() {
-    let config = "[gateway]\nusage_flush_every = \"1s\"\n";
+    let config = "[gateway]\nusage_flush_every = \"1s\"\n\
+                  [prices.\"gpt-4o-mini\"]\ninput = 150000\noutput = 600000\n\
+                  [prices.\"text-embedding-3-small\"]\ninput = 20000\noutput = 0\n";
     let server = Server::start(crate::kit::Store::Embedded, config, &[]).await;
     let dir = server.data_dir().parent().unwrap().to_owned();
     let model = PyServer::start("llm_server.py", &dir, "llm", &[], &[]).await;
@@ -637,6 +639,13 @@ async fn model_calls_use_allowed_models_only_and_are_metered_streamed_or_not() {
     let models = ["--model", "gpt-4o-mini", "--model", "text-embedding-3-small"];
     let created = server.cli(&[&api[..], &models, &["--upstream", &upstream]].concat());
     assert_eq!(exit_code(&created), 0, "{}", stderr(&created));
+    // A model without a price is refused, never free.
+    let unpriced =
+        ["apis", "create", "--tenant", "acme", "big", "--prefix", "/big", "--type", "llm"];
+    let refused =
+        server.cli(&[&unpriced[..], &["--model", "gpt-5", "--upstream", &upstream]].concat());
+    assert_eq!(exit_code(&refused), 2, "{}", stdout(&refused));
+    assert!(stderr(&refused).contains("model \"gpt-5\" has no price"), "{}", stderr(&refused));
     tokio::time::sleep(Duration::from_millis(300)).await;
     let addr = addr_of(&server.gateway);
     let client = reqwest::Client::builder().resolve("acme.localhost", addr).build().unwrap();
@@ -725,6 +734,9 @@ async fn model_calls_use_allowed_models_only_and_are_metered_streamed_or_not() {
     assert!((10..40).contains(&cut_in), "the cut call's prompt estimate: {models}");
     assert_eq!(
         models["text-embedding-3-small"],
-        json!({"calls": 1, "tokens_in": 4, "tokens_out": 0})
+        json!({"calls": 1, "tokens_in": 4, "tokens_out": 0, "cost_micros": 1})
     );
+    // Costs in micro-units at the configured prices, each call rounded up.
+    let cut_cost = (cut_in * 150_000 + 2 * 600_000).div_ceil(1_000_000);
+    assert_eq!(mini["cost_micros"], 5 + 4 + cut_cost, "{models}");
 }
