@@ -302,7 +302,7 @@ impl ServeSettings {
                 gateway,
                 gateway_redis,
                 usage_flush_every,
-                prices: file.prices.clone(),
+                prices: std::sync::Arc::new(file.prices.clone()),
                 base_domain,
                 public_url,
                 insecure_jwks_hosts: if args.insecure_jwks_hosts.is_empty() {

@@ -30,7 +30,7 @@ pub struct Config {
     pub usage_flush_every: Duration,
     /// What each model's calls cost (`[prices]`); an API of `type: llm`
     /// may name only models priced here.
-    pub prices: bulkhead_model::PriceTable,
+    pub prices: std::sync::Arc<bulkhead_model::PriceTable>,
     pub base_domain: BaseDomain,
     /// How clients reach this server (`https://bulkhead.example.com`):
     /// realms' issuers are `<public_url>/realms/<tenant>`. Defaults to the
@@ -106,7 +106,7 @@ impl Config {
             gateway: bulkhead_gateway::Settings::default(),
             gateway_redis: None,
             usage_flush_every: DEFAULT_USAGE_FLUSH,
-            prices: bulkhead_model::PriceTable::new(),
+            prices: std::sync::Arc::default(),
             base_domain: BaseDomain::default(),
             public_url: None,
             insecure_jwks_hosts: Vec::new(),

@@ -21,11 +21,9 @@ use crate::{
 
 /// A kind of tenant resource the service keeps.
 pub trait Resource: Serialize + DeserializeOwned + PartialEq + Clone + Send + Sync {
-    /// Stored as the row's kind and used in audit actions
-    /// (`guardrail.create`).
+    /// Stored as the row's kind, used in audit actions
+    /// (`guardrail.create`) and as messages name it.
     const KIND: &'static str;
-    /// As messages name it: `guardrail`.
-    const NOUN: &'static str;
     /// The `bulkhead` command that lists them, for messages.
     const LIST_COMMAND: &'static str;
     /// How many one tenant may have: each is held, compiled, in every
@@ -40,7 +38,6 @@ pub trait Resource: Serialize + DeserializeOwned + PartialEq + Clone + Send + Sy
 
 impl Resource for GuardrailSpec {
     const KIND: &'static str = "guardrail";
-    const NOUN: &'static str = "guardrail";
     const LIST_COMMAND: &'static str = "bulkhead get guardrails --tenant";
     const MAX_PER_TENANT: usize = 20;
 
@@ -66,7 +63,6 @@ impl Resource for GuardrailSpec {
 
 impl Resource for ToolSpec {
     const KIND: &'static str = "tool";
-    const NOUN: &'static str = "tool";
     const LIST_COMMAND: &'static str = "bulkhead tools list --tenant";
     const MAX_PER_TENANT: usize = 50;
 
@@ -95,25 +91,19 @@ pub enum ResourcesError {
     TenantNotFound(String),
     #[error("your roles in tenant {0:?} do not allow this")]
     Forbidden(String),
-    #[error("{noun} {name:?}: {error}")]
-    Invalid { kind: &'static str, noun: &'static str, name: String, error: String },
-    #[error("tenant {tenant:?} has no {noun} named {name:?}; `{list} {tenant}` shows them")]
-    NotFound {
-        kind: &'static str,
-        noun: &'static str,
-        list: &'static str,
-        tenant: String,
-        name: String,
-    },
+    #[error("{kind} {name:?}: {error}")]
+    Invalid { kind: &'static str, name: String, error: String },
+    #[error("tenant {tenant:?} has no {kind} named {name:?}; `{list} {tenant}` shows them")]
+    NotFound { kind: &'static str, list: &'static str, tenant: String, name: String },
     #[error(
-        "tenant {tenant:?} has {max} {noun}s, as many as a tenant may; delete one it no longer \
+        "tenant {tenant:?} has {max} {kind}s, as many as a tenant may; delete one it no longer \
          needs"
     )]
-    TooMany { noun: &'static str, tenant: String, max: usize },
+    TooMany { kind: &'static str, tenant: String, max: usize },
     #[error("tenant {0:?} is being deleted; its resources cannot change")]
     Leaving(String),
-    #[error("the stored {noun} {name:?} of tenant {tenant:?} is unreadable: {error}")]
-    Corrupt { noun: &'static str, tenant: String, name: String, error: String },
+    #[error("the stored {kind} {name:?} of tenant {tenant:?} is unreadable: {error}")]
+    Corrupt { kind: &'static str, tenant: String, name: String, error: String },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -160,7 +150,7 @@ impl ResourceService {
 
     fn corrupt<R: Resource>(tenant: &Tenant, name: &str, error: String) -> ResourcesError {
         ResourcesError::Corrupt {
-            noun: R::NOUN,
+            kind: R::KIND,
             tenant: tenant.name.to_string(),
             name: name.to_owned(),
             error,
@@ -193,16 +183,19 @@ impl ResourceService {
         let name = spec.name().to_owned();
         spec.validate().map_err(|error| ResourcesError::Invalid {
             kind: R::KIND,
-            noun: R::NOUN,
             name: name.clone(),
             error,
         })?;
-        let existing: Vec<R> = self.stored(&tenant).await?;
-        match existing.iter().find(|r| r.name() == name) {
-            Some(current) if current == &spec => return Ok((spec, Applied::Unchanged)),
+        // Read, not validated again: only to tell an unchanged spec and to
+        // count.
+        let existing = self.store.resources(tenant.id, R::KIND).await?;
+        match existing.iter().find(|r| r.name == name) {
+            Some(current) if serde_json::from_str::<R>(&current.spec).is_ok_and(|c| c == spec) => {
+                return Ok((spec, Applied::Unchanged));
+            }
             None if existing.len() >= R::MAX_PER_TENANT => {
                 return Err(ResourcesError::TooMany {
-                    noun: R::NOUN,
+                    kind: R::KIND,
                     tenant: tenant_name.to_owned(),
                     max: R::MAX_PER_TENANT,
                 });
@@ -235,7 +228,6 @@ impl ResourceService {
     fn missing<R: Resource>(tenant: &str, name: &str) -> ResourcesError {
         ResourcesError::NotFound {
             kind: R::KIND,
-            noun: R::NOUN,
             list: R::LIST_COMMAND,
             tenant: tenant.to_owned(),
             name: name.to_owned(),

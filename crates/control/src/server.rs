@@ -470,7 +470,7 @@ pub async fn start_gateway(config: Config) -> Result<RunningGateway, StartError>
         PlanCatalog::builtin(),
         &config.base_domain,
         config.data_dir.join("tenants"),
-        Arc::new(config.prices.clone()),
+        Arc::clone(&config.prices),
     ));
     let gateway_bind = |source| StartError::GatewayBind { addr: config.gateway_listen, source };
     let listener =
@@ -671,7 +671,7 @@ pub async fn start_with_steps(
         Arc::clone(&store),
         Arc::clone(&clock),
         events.clone(),
-        Arc::new(config.prices.clone()),
+        Arc::clone(&config.prices),
     ));
     let resources = Arc::new(crate::resources::ResourceService::new(
         Arc::clone(&store),
@@ -707,7 +707,7 @@ pub async fn start_with_steps(
         PlanCatalog::builtin(),
         &config.base_domain,
         data_dir.tenants(),
-        Arc::new(config.prices.clone()),
+        Arc::clone(&config.prices),
     ));
     let tool_events = events.clone();
     let decision_recorder = Arc::new(DecisionRecorder::new(Arc::clone(&store), events));

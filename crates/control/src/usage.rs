@@ -11,7 +11,7 @@ use std::{
 };
 
 use async_trait::async_trait;
-use bulkhead_gateway::record::AuditRecord;
+use bulkhead_gateway::record::{AuditRecord, ToolOutcome};
 use bulkhead_identity::Permission;
 use bulkhead_meter::{UsageRow, UsageSink, take_batch};
 use bulkhead_model::{Tenant, TenantId, TenantState};
@@ -138,12 +138,16 @@ impl DecisionRecorder {
 
     pub async fn record(&self, decision: AuditRecord) {
         let id = TenantId(decision.tenant);
-        let suppressed = match decision.refused {
-            Some(_) => match self.budget.take(id) {
+        // Refused requests and refused tool calls share one budget, so a
+        // flood of them cannot fill the tenant's trail.
+        let refused = decision.refused.is_some()
+            || decision.tool.as_ref().is_some_and(|t| t.outcome == ToolOutcome::Refused);
+        let suppressed = match refused {
+            true => match self.budget.take(id) {
                 Some(suppressed) => suppressed,
                 None => return,
             },
-            None => 0,
+            false => 0,
         };
         let Some(tenant) = self.tenant(id).await else { return };
         let actor = match decision.subject {
@@ -159,19 +163,10 @@ impl DecisionRecorder {
         if let Some(used) = decision.tool {
             // A tool call, whatever its outcome: the tool, the caller (the
             // event's actor), and the arguments' size and hash only.
-            // Refused ones share the refused requests' budget, so a flood
-            // of them cannot fill the tenant's trail.
-            let outcome = match used.outcome.as_ref() {
-                "ok" => "ok",
-                "refused" => "denied",
-                _ => "failed",
-            };
-            let suppressed = match outcome {
-                "denied" => match self.budget.take(id) {
-                    Some(suppressed) => suppressed,
-                    None => return,
-                },
-                _ => 0,
+            let outcome = match used.outcome {
+                ToolOutcome::Ok => "ok",
+                ToolOutcome::Refused => "denied",
+                ToolOutcome::Error => "failed",
             };
             let details = json!({
                 "unrecorded_before": suppressed,

@@ -65,17 +65,16 @@ pub fn authorize(
             ));
         }
     }
-    if !spec.roles.is_empty() && !roles_allow(&spec.roles, &caller.roles) {
+    if !roles_allow(&spec.roles, &caller.roles) {
         return Err(Refusal::new(Phase::Authz, Code::Forbidden, "roles do not allow this API"));
     }
     Ok(Permitted { tenant, route, principal })
 }
 
-/// Whether `held` includes one of `required` or a stronger role. Roles
-/// sort strongest first: holding any role at least as strong as the
-/// weakest one required is enough.
+/// Whether `held` includes one of `required` or a stronger role; nothing
+/// required allows any caller. Roles sort strongest first: holding any
+/// role at least as strong as the weakest one required is enough.
 pub fn roles_allow(required: &[Role], held: &[Role]) -> bool {
-    let weakest_allowed = required.iter().max();
-    let strongest_held = held.iter().min();
-    matches!((strongest_held, weakest_allowed), (Some(held), Some(allowed)) if held <= allowed)
+    let Some(weakest_allowed) = required.iter().max() else { return true };
+    held.iter().min().is_some_and(|strongest_held| strongest_held <= weakest_allowed)
 }

@@ -79,6 +79,18 @@ fn new_request_id() -> HeaderValue {
     HeaderValue::from_bytes(&id).unwrap_or(HeaderValue::from_static("unknown"))
 }
 
+/// The body's declared length, if it declares a valid one.
+pub fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
+}
+
+/// Frames a body the gateway rewrote by its new length: whatever framing
+/// it came with (chunked, or the old length) no longer holds.
+pub fn set_content_length(headers: &mut HeaderMap, length: usize) {
+    headers.remove(header::TRANSFER_ENCODING);
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+}
+
 /// Whether the request asks to switch protocols (a WebSocket).
 pub fn is_upgrade(headers: &HeaderMap) -> bool {
     headers.contains_key(header::UPGRADE)

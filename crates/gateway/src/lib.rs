@@ -167,10 +167,7 @@ impl Gateway {
         // reusing it is reset.
         let close_if_refused = request.version() < http::Version::HTTP_2
             && (request.headers().contains_key(http::header::TRANSFER_ENCODING)
-                || request
-                    .headers()
-                    .get(http::header::CONTENT_LENGTH)
-                    .is_some_and(|v| v.as_bytes() != b"0"));
+                || headers::content_length(request.headers()).is_some_and(|n| n > 0));
         let mut learned = record::Learned::default();
         let passed =
             self.pass(&snapshot, request, peer, verdict, &request_id, &mut learned, &ended).await;

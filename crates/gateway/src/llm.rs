@@ -34,6 +34,7 @@ use serde_json::Value;
 use crate::{
     body::{Body, BoxError, full},
     error::{Code, Phase, Refusal},
+    guard::Unread,
     snapshot::ApiEntry,
 };
 
@@ -110,24 +111,7 @@ pub async fn request(
     let (mut parts, body) = request.into_parts();
     let cap = api.spec.max_body_bytes.min(crate::guard::GUARDED_BODY_MAX);
     let deadline = std::time::Duration::from_millis(api.spec.timeouts.response_ms);
-    let bytes = match crate::guard::read(body, cap, deadline).await {
-        Ok(bytes) => bytes,
-        Err(crate::guard::Unread::TooLarge) => {
-            return Err(Refusal::new(
-                Phase::Proxy,
-                Code::PayloadTooLarge,
-                "a model call over the cap",
-            ));
-        }
-        Err(crate::guard::Unread::Late) => {
-            return Err(Refusal::new(
-                Phase::Route,
-                Code::BodyTimeout,
-                "the call did not arrive in time",
-            ));
-        }
-        Err(crate::guard::Unread::Failed(error)) => return Err(crate::guard::unreadable(error)),
-    };
+    let bytes = crate::guard::read(body, cap, deadline).await.map_err(Unread::refusal)?;
     let unreadable =
         || Refusal::new(Phase::Route, Code::BadRequest, "a model call is a JSON object");
     let mut call: serde_json::Map<String, Value> =
@@ -164,9 +148,8 @@ pub async fn request(
     // the client repeated, as JSON whatever type it claimed; and answers
     // uncompressed, for the meter to read.
     let bytes = Bytes::from(serde_json::to_vec(&call).map_err(|_| unreadable())?);
-    parts.headers.remove(header::TRANSFER_ENCODING);
+    crate::headers::set_content_length(&mut parts.headers, bytes.len());
     parts.headers.remove(header::ACCEPT_ENCODING);
-    parts.headers.insert(header::CONTENT_LENGTH, bytes.len().into());
     parts.headers.insert(header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
     let meter = Arc::new(Meter {
         model: model.into(),

@@ -22,7 +22,7 @@ use std::{
 use bulkhead_model::{ApiSpec, Upstream, UpstreamProtocol};
 use bytes::Bytes;
 use http::{
-    HeaderValue, Request, Response, StatusCode, Uri, Version, header,
+    HeaderValue, Request, Response, StatusCode, Uri, Version,
     uri::{Authority, PathAndQuery, Scheme},
 };
 use http_body_util::{BodyExt, Limited};
@@ -168,12 +168,7 @@ pub fn inbound(
     spec: &ApiSpec,
     bytes_in: &Arc<AtomicU64>,
 ) -> Result<Request<Body>, Refusal> {
-    let declared = request
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > spec.max_body_bytes) {
+    if headers::content_length(request.headers()).is_some_and(|len| len > spec.max_body_bytes) {
         return Err(Refusal::new(
             Phase::Proxy,
             Code::PayloadTooLarge,

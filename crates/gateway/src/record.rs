@@ -56,10 +56,20 @@ pub struct ToolUse {
     pub tool: String,
     /// The registry entry it resolved to; `None` when refused unresolved.
     pub server: Option<String>,
-    /// `ok`, `error` (the tool or its server failed) or `refused`.
-    pub outcome: Cow<'static, str>,
+    pub outcome: ToolOutcome,
     pub argument_bytes: u64,
     pub argument_sha256: String,
+}
+
+/// How a tool call ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ToolOutcome {
+    Ok,
+    /// The tool or its server failed.
+    Error,
+    /// Refused before any upstream saw it.
+    Refused,
 }
 
 /// The phase, code and reason of a refusal.

@@ -295,8 +295,7 @@ pub async fn get(command: &GetCommand, global: &GlobalArgs) -> Result<(), CliErr
         }
         GetCommand::Api { tenant, name } => {
             let spec = client.api(tenant, name).await?;
-            let tenant =
-                TenantName::parse_stored(tenant).map_err(|e| CliError::usage(e.to_string()))?;
+            let tenant = stored_name(tenant)?;
             vec![Object::Api(ApiManifest::of(&tenant, spec))]
         }
         GetCommand::App { tenant, name } => {
@@ -309,8 +308,7 @@ pub async fn get(command: &GetCommand, global: &GlobalArgs) -> Result<(), CliErr
                     ));
                 }
             };
-            let tenant =
-                TenantName::parse_stored(tenant).map_err(|e| CliError::usage(e.to_string()))?;
+            let tenant = stored_name(tenant)?;
             vec![Object::App(AppManifest::of(&tenant, spec))]
         }
         GetCommand::Guardrails { tenant, name } => {

@@ -363,6 +363,9 @@ impl From<ApisError> for ApiError {
 impl From<ResourcesError> for ApiError {
     fn from(error: ResourcesError) -> Self {
         use ErrorCode::*;
+        use bulkhead_model::ToolSpec;
+
+        use crate::resources::Resource;
         let code = match error {
             ResourcesError::Store(ref store) => return store_error(store),
             ResourcesError::Corrupt { .. } => {
@@ -371,9 +374,9 @@ impl From<ResourcesError> for ApiError {
             }
             ResourcesError::TenantNotFound(_) => TenantNotFound,
             ResourcesError::Forbidden(_) => Forbidden,
-            ResourcesError::Invalid { kind: "tool", .. } => InvalidTool,
+            ResourcesError::Invalid { kind: ToolSpec::KIND, .. } => InvalidTool,
             ResourcesError::Invalid { .. } => InvalidGuardrail,
-            ResourcesError::NotFound { kind: "tool", .. } => ToolNotFound,
+            ResourcesError::NotFound { kind: ToolSpec::KIND, .. } => ToolNotFound,
             ResourcesError::NotFound { .. } => GuardrailNotFound,
             ResourcesError::TooMany { .. } => QuotaExceeded,
             ResourcesError::Leaving(_) => InvalidState,

@@ -31,7 +31,7 @@ async fn put<R: Resource>(
     if spec.name() != name {
         return Err(ApiError::new(
             ErrorCode::InvalidRequest,
-            format!("the body names {} {:?} but the path names {name:?}", R::NOUN, spec.name()),
+            format!("the body names {} {:?} but the path names {name:?}", R::KIND, spec.name()),
         ));
     }
     let (spec, result) = state.resources.put(actor, tenant, spec).await?;

@@ -23,7 +23,7 @@ use std::{sync::Arc, time::Duration};
 
 use bulkhead_model::{PiiAction, PiiKind};
 use bytes::{Bytes, BytesMut};
-use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
+use http::{HeaderMap, Method, Request, Response, StatusCode, header};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 pub use scanner::{Guard, Rejection, Scanned};
@@ -71,7 +71,8 @@ pub async fn request(
         .filter_map(|g| g.max_bytes().map(|max| (max, g)))
         .min_by_key(|(max, _)| *max);
     if let Some((_, guard)) = smallest
-        && let Some(rejection) = declared_length(request.headers()).and_then(|n| guard.oversized(n))
+        && let Some(rejection) =
+            crate::headers::content_length(request.headers()).and_then(|n| guard.oversized(n))
     {
         return Err(refusal(rejection, "request", stats));
     }
@@ -89,17 +90,16 @@ pub async fn request(
         Ok(bytes) => bytes,
         Err(Unread::TooLarge) => {
             let oversized = smallest.and_then(|(_, g)| g.oversized(cap));
-            return match oversized {
-                Some(rejection) => Err(refusal(rejection, "request", stats)),
-                None => refused(Code::PayloadTooLarge, "a guarded body over the cap"),
-            };
+            return Err(match oversized {
+                Some(rejection) => refusal(rejection, "request", stats),
+                None => Unread::TooLarge.refusal(),
+            });
         }
-        Err(Unread::Late) => return refused(Code::BodyTimeout, "the body did not arrive in time"),
-        Err(Unread::Failed(error)) => return Err(unreadable(error)),
+        Err(unread) => return Err(unread.refusal()),
     };
     let (bytes, changed) = inspect(&api.guards, bytes, view, stats, "request").await?;
     if changed {
-        set_length(&mut parts.headers, bytes.len());
+        crate::headers::set_content_length(&mut parts.headers, bytes.len());
     }
     Ok(Request::from_parts(parts, full(bytes)))
 }
@@ -159,7 +159,7 @@ pub async fn answer(
     };
     let (bytes, changed) = inspect(&api.response_guards, bytes, view, stats, "response").await?;
     if changed {
-        set_length(&mut parts.headers, bytes.len());
+        crate::headers::set_content_length(&mut parts.headers, bytes.len());
     }
     Ok(Response::from_parts(parts, full(bytes)))
 }
@@ -205,14 +205,25 @@ fn encoded(headers: &HeaderMap) -> bool {
     })
 }
 
-fn declared_length(headers: &HeaderMap) -> Option<u64> {
-    headers.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
-}
-
 pub(crate) enum Unread {
     TooLarge,
     Late,
     Failed(BoxError),
+}
+
+impl Unread {
+    /// The refusal of a request whose body was not read whole.
+    pub(crate) fn refusal(self) -> Refusal {
+        match self {
+            Unread::TooLarge => {
+                Refusal::new(Phase::Proxy, Code::PayloadTooLarge, "a body over the cap")
+            }
+            Unread::Late => {
+                Refusal::new(Phase::Guard, Code::BodyTimeout, "the body did not arrive in time")
+            }
+            Unread::Failed(error) => unreadable(error),
+        }
+    }
 }
 
 /// The whole body, if it is at most `cap` bytes and arrives `within`.
@@ -270,48 +281,37 @@ fn scan(
     body: &[u8],
     view: View,
 ) -> Result<(Findings, Option<Vec<u8>>), Rejection> {
-    let texts = match view {
+    // JSON: each string, decoded, and written back encoded. Text, or JSON
+    // that does not parse (the upstream's parser would refuse it too): the
+    // bytes as they are, as one piece.
+    let strings = match view {
         View::Json => json::strings(body),
         View::Text => None,
     };
-    let Some(strings) = texts else {
-        // Text, or JSON that does not parse (the upstream's parser would
-        // refuse it too): the bytes as they are.
-        let mut found = Vec::new();
-        for guard in guards {
-            found.extend(guard.check(body)?);
-        }
-        if !redacts(&found) {
-            return Ok((found, None));
-        }
-        let mut text: Option<Vec<u8>> = None;
-        for guard in guards {
-            if let Some(redacted) = guard.redact(text.as_deref().unwrap_or(body)) {
-                text = Some(redacted);
-            }
-        }
-        return Ok((found, text));
+    let pieces: Vec<(std::ops::Range<usize>, &[u8])> = match &strings {
+        Some(strings) => strings.iter().map(|s| (s.span.clone(), s.text.as_bytes())).collect(),
+        None => vec![(0..body.len(), body)],
     };
     let mut found = Vec::new();
     for guard in guards {
-        for string in &strings {
-            found.extend(guard.check(string.text.as_bytes())?);
+        for (_, text) in &pieces {
+            found.extend(guard.check(text)?);
         }
     }
     if !redacts(&found) {
         return Ok((found, None));
     }
     let mut edits = Vec::new();
-    for string in &strings {
+    for (span, original) in pieces {
         let mut text: Option<Vec<u8>> = None;
         for guard in guards {
-            if let Some(redacted) = guard.redact(text.as_deref().unwrap_or(string.text.as_bytes()))
-            {
+            if let Some(redacted) = guard.redact(text.as_deref().unwrap_or(original)) {
                 text = Some(redacted);
             }
         }
         if let Some(text) = text {
-            edits.push((string.span.clone(), json::encode(&text)));
+            let replacement = if strings.is_some() { json::encode(&text) } else { text };
+            edits.push((span, replacement));
         }
     }
     Ok((found, json::splice(body, edits)))
@@ -331,13 +331,6 @@ fn refusal(rejection: Rejection, what: &str, stats: &Stats) -> Refusal {
         Refusal::new(Phase::Guard, rejection.code, format!("{what}: {}", rejection.rule));
     refusal.rule = Some(rejection.rule);
     refusal
-}
-
-/// The body's length once its guardrails have changed it; the framing it
-/// came with (chunked, or the old length) no longer holds.
-fn set_length(headers: &mut HeaderMap, length: usize) {
-    headers.remove(header::TRANSFER_ENCODING);
-    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
 }
 
 pub(crate) fn unreadable(error: BoxError) -> Refusal {

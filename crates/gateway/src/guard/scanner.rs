@@ -49,10 +49,11 @@ pub struct Guard {
 }
 
 impl Guard {
-    /// Compiles a validated spec; fails only on a spec that never passed
-    /// [`GuardrailSpec::validate`].
+    /// Compiles a spec that passed [`GuardrailSpec::validate`] (the
+    /// control plane validates what it stores, and again what it reads
+    /// back, so it is not checked a third time here); fails only on one
+    /// that did not.
     pub fn compile(spec: &GuardrailSpec) -> Result<Self, String> {
-        spec.validate().map_err(|e| e.to_string())?;
         let mut words = Vec::new();
         let mut word_topic = Vec::new();
         for (i, topic) in spec.topics.iter().enumerate() {

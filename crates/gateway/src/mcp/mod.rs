@@ -14,7 +14,7 @@
 
 mod upstream;
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{collections::HashSet, sync::Arc, time::Duration};
 
 use bulkhead_model::{Role, ToolSpec, ToolUpstream};
 use bytes::Bytes;
@@ -29,7 +29,7 @@ use crate::{
     authz::{Permitted, roles_allow},
     body::{Body, full},
     error::Refusal,
-    record::{Ended, Learned, Recorder, ToolUse},
+    record::{Ended, Learned, Recorder, ToolOutcome, ToolUse},
 };
 
 /// What the endpoint needs of the gateway and of the request's record.
@@ -264,27 +264,21 @@ impl Session<'_, '_> {
                 },
             }
         }
-        let mut counts: HashMap<String, usize> = HashMap::new();
-        for tool in &offered {
-            *counts.entry(tool.name.clone()).or_default() += 1;
-        }
+        let clashing = repeated(&offered);
         for tool in &mut offered {
-            if counts.get(&tool.name).is_some_and(|n| *n > 1) {
+            if clashing.contains(&tool.name) {
                 tool.name = format!("{}__{}", tool.entry.name, tool.name);
             }
         }
         // A prefixed name may meet a server's own (`crm__search` offered by
         // another server too) or grow too long: such tools are left out,
         // never sent to whichever came first.
-        let mut seen = std::collections::HashSet::new();
-        let mut clashing = std::collections::HashSet::new();
-        for tool in &offered {
-            if !seen.insert(tool.name.clone()) {
-                clashing.insert(tool.name.clone());
-            }
-        }
-        offered.retain(|t| !clashing.contains(&t.name) && bulkhead_model::is_tool_name(&t.name));
-        offered.retain(|t| t.entry.roles.is_empty() || roles_allow(&t.entry.roles, held));
+        let clashing = repeated(&offered);
+        offered.retain(|t| {
+            !clashing.contains(&t.name)
+                && bulkhead_model::is_tool_name(&t.name)
+                && roles_allow(&t.entry.roles, held)
+        });
         self.unlisted = unlisted;
         offered
     }
@@ -309,7 +303,7 @@ impl Session<'_, '_> {
             // A name no tool could have is recorded cut, not whole.
             tool: used_name(&name),
             server: None,
-            outcome: "refused".into(),
+            outcome: ToolOutcome::Refused,
             argument_bytes: bytes.len() as u64,
             argument_sha256: hex(&Sha256::digest(&bytes)),
         };
@@ -345,13 +339,13 @@ impl Session<'_, '_> {
             Ok(mut answer) => {
                 let failed = answer.get("error").is_some()
                     || answer.pointer("/result/isError") == Some(&Value::Bool(true));
-                used.outcome = if failed { "error" } else { "ok" }.into();
+                used.outcome = if failed { ToolOutcome::Error } else { ToolOutcome::Ok };
                 answer["id"] = id;
                 answer["jsonrpc"] = Value::from("2.0");
                 answer
             }
             Err(failure) => {
-                used.outcome = "error".into();
+                used.outcome = ToolOutcome::Error;
                 error(id, INTERNAL_ERROR, &failure.to_string())
             }
         };
@@ -362,6 +356,12 @@ impl Session<'_, '_> {
     fn record(&self, used: ToolUse) {
         self.tools.recorder.tool_used(self.tools.learned, self.tools.ended, used);
     }
+}
+
+/// The names offered more than once.
+fn repeated(offered: &[Offered]) -> HashSet<String> {
+    let mut seen = HashSet::new();
+    offered.iter().filter(|t| !seen.insert(t.name.as_str())).map(|t| t.name.clone()).collect()
 }
 
 fn initialize(params: &Value) -> Value {
