@@ -161,12 +161,14 @@ impl Code {
             UnsupportedMediaType => (
                 "unsupported_media_type",
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "this API's guardrails read JSON and text bodies only",
+                "this API's guardrails read JSON and text bodies only; send the body as JSON or \
+                 text",
             ),
             BodyTimeout => (
                 "request_timeout",
                 StatusCode::REQUEST_TIMEOUT,
-                "the request body did not arrive in time",
+                "the request body did not arrive in time; send it whole within the API's response \
+                 timeout",
             ),
             GuardUnavailable => (
                 "guard_unavailable",
@@ -176,7 +178,8 @@ impl Code {
             ModelNotAllowed => (
                 "model_not_allowed",
                 StatusCode::FORBIDDEN,
-                "this API does not allow the model the request names; `rule` names it",
+                "this API does not allow the model the request names (`rule` names it); use one of \
+                 the models the tenant's API lists",
             ),
         }
     }

@@ -276,6 +276,30 @@ async fn guardrails_redact_and_refuse_the_tenants_own_traffic_and_no_one_elses()
         && e["details"]["name"] == "default"
         && e["details"]["topics"] == json!(["weapons"])));
 
+    // A body that never arrives whole is cut at the API's response timeout,
+    // the upstream seeing nothing of it.
+    let slow = ["apis", "create", "--tenant", "helpdesk", "slow", "--prefix", "/slow"];
+    let created = server
+        .cli(&[&slow[..], &["--upstream", &helpdesk.url(), "--response-timeout", "1s"]].concat());
+    assert_eq!(exit_code(&created), 0, "{}", stderr(&created));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = helpdesk.seen().len();
+    let head = format!(
+        "POST /slow HTTP/1.1\r\nHost: helpdesk.localhost\r\nAuthorization: Bearer {bearer}\r\n\
+         Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"a\":"
+    );
+    let mut stream = tokio::net::TcpStream::connect(addr_of(&server.gateway)).await.unwrap();
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = vec![0; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("request_timeout"), "{answer}");
+    assert_eq!(helpdesk.seen().len(), before);
+
     // Deleted through its manifest: the gateway stops applying it at once.
     let listed = server.cli(&["get", "guardrails", "--tenant", "helpdesk", "default"]);
     assert_eq!(exit_code(&listed), 0, "{}", stderr(&listed));
@@ -559,6 +583,17 @@ async fn agents_see_and_call_only_their_tenants_tools_through_mcp() {
     assert_eq!((status, &body["error"]["code"]), (200, &json!(-32601)), "{body}");
     let (_, body) = rpc(json!({"jsonrpc": "1.0", "id": 3, "method": "ping"}).to_string()).await;
     assert_eq!(body["error"]["code"], -32600, "{body}");
+    let response = client
+        .post(endpoint("helpdesk"))
+        .bearer_auth(&admin)
+        .header("mcp-protocol-version", "1999-01-01")
+        .json(&json!({"jsonrpc": "2.0", "id": 9, "method": "ping"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let body: Value = response.json().await.unwrap();
+    assert!(body["error"]["message"].as_str().unwrap().contains("2025-11-25"), "{body}");
     let call = |id: u32, tool: &str| {
         json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
                "params": {"name": tool, "arguments": {"text": "batch"}}})
