@@ -62,6 +62,9 @@ pub enum Output {
     Json,
     /// YAML manifests (`bulkhead get` only)
     Yaml,
+    /// Comma-separated values with a header line (`bulkhead usage export`
+    /// only)
+    Csv,
 }
 
 #[derive(Debug, Subcommand)]
@@ -125,18 +128,9 @@ pub enum Command {
         #[arg(long)]
         clean: bool,
     },
-    /// A tenant's gateway usage per API and minute
-    Usage {
-        #[arg(long)]
-        tenant: String,
-        /// Only this API
-        #[arg(long)]
-        api: Option<String>,
-        /// From this time on: RFC 3339, or a duration back from now (24h, 7d)
-        /// [default: 1h]
-        #[arg(long, value_name = "TIME")]
-        since: Option<String>,
-    },
+    /// A tenant's gateway usage per API and minute; `export`: a month's
+    /// billing ledger
+    Usage(UsageArgs),
     /// Tenants' audit streams: read, export, verify offline
     #[command(subcommand)]
     Audit(AuditCommand),
@@ -1017,6 +1011,36 @@ pub struct UpdateArgs {
     pub reset_limits: bool,
 }
 
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct UsageArgs {
+    #[command(subcommand)]
+    pub command: Option<UsageCommand>,
+    #[arg(long, required = true)]
+    pub tenant: Option<String>,
+    /// Only this API
+    #[arg(long)]
+    pub api: Option<String>,
+    /// From this time on: RFC 3339, or a duration back from now (24h, 7d)
+    /// [default: 1h]
+    #[arg(long, value_name = "TIME")]
+    pub since: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UsageCommand {
+    /// One month's billing ledger: a line per tenant, API, model or tool,
+    /// and day, with requests, tokens and cost (`-o csv` for a file)
+    Export {
+        /// The month, YYYY-MM (UTC)
+        #[arg(long, value_name = "YYYY-MM")]
+        period: String,
+        /// Only this tenant; every tenant (operators) unless given
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+}
+
 /// A tenant's own gateway limits, each in place of its plan's.
 #[derive(Debug, Args)]
 pub struct LimitArgs {
@@ -1036,6 +1060,21 @@ pub struct LimitArgs {
     /// local or deny
     #[arg(long, value_name = "local|deny", value_parser = <bulkhead_model::LimiterFallback as FromStr>::from_str)]
     pub limiter_fallback: Option<bulkhead_model::LimiterFallback>,
+    /// The tenant's monthly model spend caps, soft/hard, in whole units of
+    /// the prices' currency: `50/100` warns past 50 and stops at 100
+    #[arg(long, value_name = "SOFT/HARD", value_parser = parse_cost_caps)]
+    pub cost_caps: Option<bulkhead_model::CostCaps>,
+}
+
+fn parse_cost_caps(value: &str) -> Result<bulkhead_model::CostCaps, String> {
+    let usage = || format!("{value:?} is not SOFT/HARD in whole units, such as 50/100");
+    let (soft, hard) = value.split_once('/').ok_or_else(usage)?;
+    let caps = bulkhead_model::CostCaps {
+        soft_usd: soft.trim().parse().map_err(|_| usage())?,
+        hard_usd: hard.trim().parse().map_err(|_| usage())?,
+    };
+    caps.validate()?;
+    Ok(caps)
 }
 
 impl LimitArgs {
@@ -1045,6 +1084,7 @@ impl LimitArgs {
             || self.max_in_flight.is_some()
             || self.max_upstream_connections.is_some()
             || self.limiter_fallback.is_some()
+            || self.cost_caps.is_some()
     }
 
     /// `limits` with what the flags say in place.
@@ -1056,6 +1096,7 @@ impl LimitArgs {
         limits.max_upstream_connections =
             self.max_upstream_connections.or(limits.max_upstream_connections);
         limits.limiter_fallback = self.limiter_fallback.or(limits.limiter_fallback);
+        limits.cost_caps = self.cost_caps.clone().or(limits.cost_caps);
         limits
     }
 }

@@ -503,6 +503,16 @@ impl ApiClient {
         self.call(Method::GET, self.url(&["v1", "tenants", tenant, "usage"])?, &query).await
     }
 
+    pub async fn usage_export(
+        &self,
+        period: &str,
+        tenant: Option<&str>,
+    ) -> Result<bulkhead_control::usage::UsageExport, CliError> {
+        let mut query = vec![("period", period.to_owned())];
+        query.extend(tenant.map(|t| ("tenant", t.to_owned())));
+        self.call(Method::GET, self.url(&["v1", "usage", "export"])?, &query).await
+    }
+
     pub async fn deploy_app(
         &self,
         tenant: &str,

@@ -6,6 +6,7 @@ use bulkhead_control::api::types::{
     ApiKeyView, CredentialView, KeyStatusView, LeaseView, LockoutView, RealmKeyView,
     SecretSummaryView, SecretWritten, ServerStatus, StepState, TenantView,
 };
+use bulkhead_control::usage::UsageExport;
 use bulkhead_model::{ApiAuth, ApiSpec, Plan, TenantLimits};
 use serde::Serialize;
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
@@ -173,6 +174,9 @@ fn limits(limits: &TenantLimits) -> String {
     }
     if let Some(fallback) = limits.limiter_fallback {
         own.push(format!("fallback {}", fallback.as_str()));
+    }
+    if let Some(caps) = &limits.cost_caps {
+        own.push(format!("cost caps {} / {}", caps.soft_usd, caps.hard_usd));
     }
     if own.is_empty() {
         "the plan's".to_owned()
@@ -556,6 +560,98 @@ pub fn usage(format: Output, rows: &[bulkhead_meter::UsageRow]) -> Result<(), Cl
     Ok(())
 }
 
+/// Micro-units as a decimal amount: `1234567` is `1.234567`.
+fn amount(micros: u64) -> String {
+    format!("{}.{:06}", micros / 1_000_000, micros % 1_000_000)
+}
+
+pub fn usage_export(format: Output, export: &UsageExport) -> Result<(), CliError> {
+    if format == Output::Json {
+        return json(export);
+    }
+    const HEADER: [&str; 11] = [
+        "day",
+        "tenant",
+        "tenant_id",
+        "api",
+        "kind",
+        "item",
+        "requests",
+        "tokens_in",
+        "tokens_out",
+        "cost_micros",
+        "cost",
+    ];
+    let rows: Vec<Vec<String>> = export
+        .lines
+        .iter()
+        .map(|l| {
+            vec![
+                l.day.clone(),
+                l.tenant.clone(),
+                l.tenant_id.to_string(),
+                l.api.clone(),
+                l.kind.clone(),
+                l.item.clone(),
+                l.requests.to_string(),
+                l.tokens_in.to_string(),
+                l.tokens_out.to_string(),
+                l.cost_micros.to_string(),
+                amount(l.cost_micros),
+            ]
+        })
+        .collect();
+    if format == Output::Csv {
+        let mut out = csv_line(&HEADER);
+        for row in &rows {
+            out.push_str(&csv_line(row));
+        }
+        print!("{out}");
+        return Ok(());
+    }
+    let header: Vec<String> = HEADER.iter().map(|h| h.to_uppercase()).collect();
+    let header: Vec<&str> = header.iter().map(String::as_str).collect();
+    println!("{}", table(&header, &rows));
+    let t = &export.totals;
+    println!(
+        "\n{}: {} requests, {} model calls, {} tool calls, {} tokens in, {} out, cost {}",
+        export.period,
+        t.requests,
+        t.model_calls,
+        t.tool_calls,
+        t.tokens_in,
+        t.tokens_out,
+        amount(t.cost_micros)
+    );
+    Ok(())
+}
+
+/// One CSV record (RFC 4180): a field with a comma, a quote or a line
+/// break is quoted, its quotes doubled; a field a spreadsheet would run as
+/// a formula is prefixed with `'`.
+fn csv_line<S: AsRef<str>>(fields: &[S]) -> String {
+    let mut line = String::new();
+    for (i, field) in fields.iter().enumerate() {
+        if i > 0 {
+            line.push(',');
+        }
+        let field = field.as_ref();
+        let field = match field.starts_with(['=', '+', '-', '@']) {
+            true => format!("'{field}"),
+            false => field.to_owned(),
+        };
+        if field.contains([',', '"', '\n', '\r']) {
+            line.push('"');
+            line.push_str(&field.replace('"', "\"\""));
+            line.push('"');
+        } else {
+            line.push_str(&field);
+        }
+    }
+    line.push_str("\r\n");
+    line
+}
+
 pub fn api_keys(format: Output, keys: &[ApiKeyView]) -> Result<(), CliError> {
     if format == Output::Json {
         return json(&keys);
@@ -586,5 +682,15 @@ mod tests {
         let rows =
             vec![vec!["acme".to_owned(), "active".to_owned()], vec!["b".to_owned(), "".to_owned()]];
         assert_eq!(table(&["NAME", "STATE"], &rows), "NAME  STATE\nacme  active\nb");
+    }
+
+    #[test]
+    fn csv_quotes_what_needs_it_and_defuses_formulas() {
+        assert_eq!(
+            csv_line(&["a", "b,c", "say \"hi\"", "=SUM(A1)"]),
+            "a,\"b,c\",\"say \"\"hi\"\"\",'=SUM(A1)\r\n"
+        );
+        assert_eq!(amount(1_234_567), "1.234567");
+        assert_eq!(amount(5), "0.000005");
     }
 }

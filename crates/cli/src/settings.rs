@@ -55,6 +55,19 @@ struct FileConfig {
     /// `output = 600000` (micro-units per million tokens).
     #[serde(default)]
     prices: bulkhead_model::PriceTable,
+    #[serde(default)]
+    budget: FileBudget,
+}
+
+/// `[budget]`: what happens when a tenant's model spend passes its soft
+/// cap, besides the warning header and the audit event.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileBudget {
+    /// Posted a JSON notice once per tenant and month.
+    webhook: Option<String>,
+    /// Signs each notice: `Bulkhead-Signature: sha256=<hex HMAC>`.
+    webhook_secret: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -303,6 +316,7 @@ impl ServeSettings {
                 gateway_redis,
                 usage_flush_every,
                 prices: std::sync::Arc::new(file.prices.clone()),
+                budget_webhook: budget_webhook(&file.budget)?,
                 base_domain,
                 public_url,
                 insecure_jwks_hosts: if args.insecure_jwks_hosts.is_empty() {
@@ -321,6 +335,28 @@ impl ServeSettings {
             log_format,
         })
     }
+}
+
+fn budget_webhook(
+    file: &FileBudget,
+) -> Result<Option<bulkhead_control::budget::WebhookSettings>, CliError> {
+    let Some(url) = &file.webhook else {
+        if file.webhook_secret.is_some() {
+            return Err(CliError::usage("budget.webhook_secret is set without budget.webhook"));
+        }
+        return Ok(None);
+    };
+    let parsed = reqwest::Url::parse(url).ok().filter(|u| matches!(u.scheme(), "http" | "https"));
+    if parsed.is_none() {
+        return Err(CliError::usage(format!(
+            "budget.webhook {} is not an http(s) URL; give https://host/path",
+            bulkhead_model::redact_url(url)
+        )));
+    }
+    Ok(Some(bulkhead_control::budget::WebhookSettings {
+        url: url.clone(),
+        secret: file.webhook_secret.clone().map(zeroize::Zeroizing::new),
+    }))
 }
 
 fn runtime_settings(

@@ -55,15 +55,7 @@ pub enum ApisError {
     Store(#[from] StoreError),
 }
 
-impl From<crate::tenants::Unreachable> for ApisError {
-    fn from(unreachable: crate::tenants::Unreachable) -> Self {
-        match unreachable {
-            crate::tenants::Unreachable::NotFound(name) => Self::TenantNotFound(name),
-            crate::tenants::Unreachable::Forbidden(name) => Self::Forbidden(name),
-            crate::tenants::Unreachable::Store(error) => Self::Store(error),
-        }
-    }
-}
+crate::tenants::from_unreachable!(ApisError);
 
 type Result<T, E = ApisError> = std::result::Result<T, E>;
 

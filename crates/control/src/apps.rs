@@ -72,15 +72,7 @@ pub enum AppsError {
 /// Flags one tenant may have.
 pub const MAX_FLAGS_PER_TENANT: usize = 256;
 
-impl From<crate::tenants::Unreachable> for AppsError {
-    fn from(unreachable: crate::tenants::Unreachable) -> Self {
-        match unreachable {
-            crate::tenants::Unreachable::NotFound(name) => Self::TenantNotFound(name),
-            crate::tenants::Unreachable::Forbidden(name) => Self::Forbidden(name),
-            crate::tenants::Unreachable::Store(error) => Self::Store(error),
-        }
-    }
-}
+crate::tenants::from_unreachable!(AppsError);
 
 type Result<T, E = AppsError> = std::result::Result<T, E>;
 

@@ -31,6 +31,8 @@ pub struct Config {
     /// What each model's calls cost (`[prices]`); an API of `type: llm`
     /// may name only models priced here.
     pub prices: std::sync::Arc<bulkhead_model::PriceTable>,
+    /// Told when a tenant's model spend passes its soft cap (`[budget]`).
+    pub budget_webhook: Option<crate::budget::WebhookSettings>,
     pub base_domain: BaseDomain,
     /// How clients reach this server (`https://bulkhead.example.com`):
     /// realms' issuers are `<public_url>/realms/<tenant>`. Defaults to the
@@ -107,6 +109,7 @@ impl Config {
             gateway_redis: None,
             usage_flush_every: DEFAULT_USAGE_FLUSH,
             prices: std::sync::Arc::default(),
+            budget_webhook: None,
             base_domain: BaseDomain::default(),
             public_url: None,
             insecure_jwks_hosts: Vec::new(),

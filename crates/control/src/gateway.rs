@@ -354,8 +354,10 @@ impl GatewayFeed {
                 }
             })
             .collect();
-        let limits = match self.plans.get(tenant.plan.as_str()) {
-            Ok(plan) => tenant.limits.apply(&plan.gateway),
+        let (limits, cost_caps) = match self.plans.get(tenant.plan.as_str()) {
+            Ok(plan) => {
+                (tenant.limits.apply(&plan.gateway), tenant.limits.cost_caps(&plan.cost_caps))
+            }
             Err(error) => {
                 tracing::error!(tenant = %tenant.name, %error, "the tenant's plan is unknown; it is not served");
                 return None;
@@ -383,6 +385,7 @@ impl GatewayFeed {
             guardrails,
             tools,
             limits,
+            cost_caps,
         })
     }
 }

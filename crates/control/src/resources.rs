@@ -108,15 +108,7 @@ pub enum ResourcesError {
     Store(#[from] StoreError),
 }
 
-impl From<crate::tenants::Unreachable> for ResourcesError {
-    fn from(unreachable: crate::tenants::Unreachable) -> Self {
-        match unreachable {
-            crate::tenants::Unreachable::NotFound(name) => Self::TenantNotFound(name),
-            crate::tenants::Unreachable::Forbidden(name) => Self::Forbidden(name),
-            crate::tenants::Unreachable::Store(error) => Self::Store(error),
-        }
-    }
-}
+crate::tenants::from_unreachable!(ResourcesError);
 
 type Result<T, E = ResourcesError> = std::result::Result<T, E>;
 

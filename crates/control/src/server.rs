@@ -409,7 +409,10 @@ async fn build_gateway(
         .build()
         .map_err(|e| StartError::Tools(e.to_string()))?;
     let tools = bulkhead_gateway::mcp::ToolAccess { client, secrets };
-    let gateway = Gateway::new(snapshot, config.gateway.clone(), limiter, recorder, now, tools);
+    let ledger = crate::budget::StoreLedger(Arc::clone(store));
+    let budgets = bulkhead_meter::Budgets::new(&limiter, Some(Arc::new(ledger)));
+    let gateway =
+        Gateway::new(snapshot, config.gateway.clone(), limiter, budgets, recorder, now, tools);
     gateway::rebuild(&gateway, feed).await?;
     Ok((gateway, [aggregate, decide]))
 }
@@ -710,7 +713,12 @@ pub async fn start_with_steps(
         Arc::clone(&config.prices),
     ));
     let tool_events = events.clone();
-    let decision_recorder = Arc::new(DecisionRecorder::new(Arc::clone(&store), events));
+    let notices = crate::budget::BudgetNotices::new(
+        Arc::clone(&store),
+        events.clone(),
+        config.budget_webhook.clone(),
+    );
+    let decision_recorder = Arc::new(DecisionRecorder::new(Arc::clone(&store), events, notices));
     let decisions_to = Decisions::Record(Arc::clone(&decision_recorder));
     let (gateway, gateway_records) = build_gateway(
         &config,

@@ -28,6 +28,23 @@ pub enum Unreachable {
     Store(StoreError),
 }
 
+/// `From<Unreachable>` for a service's error with `TenantNotFound`,
+/// `Forbidden` and `Store` variants.
+macro_rules! from_unreachable {
+    ($error:ty) => {
+        impl From<crate::tenants::Unreachable> for $error {
+            fn from(unreachable: crate::tenants::Unreachable) -> Self {
+                match unreachable {
+                    crate::tenants::Unreachable::NotFound(name) => Self::TenantNotFound(name),
+                    crate::tenants::Unreachable::Forbidden(name) => Self::Forbidden(name),
+                    crate::tenants::Unreachable::Store(error) => Self::Store(error),
+                }
+            }
+        }
+    };
+}
+pub(crate) use from_unreachable;
+
 /// The tenant named `name`, if `actor` may see it and do `permission` to
 /// it; a deleted tenant is not found.
 pub async fn reachable(

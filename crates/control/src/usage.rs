@@ -15,10 +15,12 @@ use bulkhead_gateway::record::{AuditRecord, ToolOutcome};
 use bulkhead_identity::Permission;
 use bulkhead_meter::{UsageRow, UsageSink, take_batch};
 use bulkhead_model::{Tenant, TenantId, TenantState};
-use bulkhead_store::{ControlStore, StoreError, UsageRecord};
+use bulkhead_store::{ControlStore, LedgerLine, StoreError, UsageRecord};
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
+use utoipa::ToSchema;
 
 use crate::events::{Actor, Budget, EventLog};
 
@@ -49,9 +51,46 @@ impl UsageSink for StoreSink {
                 })
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
-        self.0.insert_usage(&records).await
+        let ledger: Vec<LedgerLine> = rows.iter().flat_map(ledger_lines).collect();
+        self.0.insert_usage(&records, &ledger).await
     }
 }
+
+/// A row's lines in the billing ledger: its requests, each model's calls
+/// and each tool's calls, on the row's day.
+fn ledger_lines(row: &UsageRow) -> Vec<LedgerLine> {
+    let signed = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+    let day = row.minute.date().to_string();
+    let line = |kind: &str, item: &str, requests: u64| LedgerLine {
+        tenant_id: TenantId(row.tenant),
+        day: day.clone(),
+        api: row.api.clone().unwrap_or_default(),
+        kind: kind.to_owned(),
+        item: item.to_owned(),
+        requests: signed(requests),
+        tokens_in: 0,
+        tokens_out: 0,
+        cost_micros: 0,
+    };
+    let mut lines = vec![line(LEDGER_REQUESTS, "", row.requests)];
+    for (model, totals) in &row.models {
+        lines.push(LedgerLine {
+            tokens_in: signed(totals.tokens_in),
+            tokens_out: signed(totals.tokens_out),
+            cost_micros: signed(totals.cost_micros),
+            ..line(LEDGER_MODEL, model, totals.calls)
+        });
+    }
+    for (tool, calls) in &row.tools {
+        lines.push(line(LEDGER_TOOL, tool, *calls));
+    }
+    lines
+}
+
+/// The ledger's kinds of line.
+const LEDGER_REQUESTS: &str = "requests";
+const LEDGER_MODEL: &str = "model";
+const LEDGER_TOOL: &str = "tool";
 
 #[derive(Debug, thiserror::Error)]
 pub enum UsageError {
@@ -59,9 +98,13 @@ pub enum UsageError {
     TenantNotFound(String),
     #[error("your roles in tenant {0:?} do not allow this")]
     Forbidden(String),
+    #[error("period {0:?} is not a month; give it as YYYY-MM, such as 2026-11")]
+    BadPeriod(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
+
+crate::tenants::from_unreachable!(UsageError);
 
 /// The tenant's usage from `since` on (of one API when `api` is given),
 /// one row per API and minute.
@@ -72,14 +115,7 @@ pub async fn usage(
     api: Option<&str>,
     since: OffsetDateTime,
 ) -> Result<Vec<UsageRow>, UsageError> {
-    let found = store
-        .tenant_named(tenant)
-        .await?
-        .filter(|t| actor.may_access(t))
-        .ok_or_else(|| UsageError::TenantNotFound(tenant.to_owned()))?;
-    if !actor.allows(&found, Permission::Read) {
-        return Err(UsageError::Forbidden(tenant.to_owned()));
-    }
+    let found = crate::tenants::reachable(store, actor, tenant, Permission::Read).await?;
     let mut rows: BTreeMap<(OffsetDateTime, String), UsageRow> = BTreeMap::new();
     for record in store.usage(found.id, api, since).await? {
         let row: UsageRow = serde_json::from_str(&record.row)
@@ -89,22 +125,137 @@ pub async fn usage(
     Ok(rows.into_values().collect())
 }
 
+/// One line of a billing export: a tenant's use of one API, and of one
+/// model or tool through it, on one UTC day.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ExportLine {
+    /// `YYYY-MM-DD`.
+    pub day: String,
+    /// The tenant's name; empty for a tenant since purged.
+    pub tenant: String,
+    pub tenant_id: uuid::Uuid,
+    /// Empty for requests refused before an API was chosen.
+    pub api: String,
+    /// `requests` (every request to the API), `model` or `tool` (calls of
+    /// `item`).
+    pub kind: String,
+    pub item: String,
+    /// Requests, or calls of the model or tool.
+    pub requests: u64,
+    pub tokens_in: u64,
+    pub tokens_out: u64,
+    /// Micro-units of the prices' currency.
+    pub cost_micros: u64,
+}
+
+/// A billing period's export and its totals.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct UsageExport {
+    /// `YYYY-MM`.
+    pub period: String,
+    pub lines: Vec<ExportLine>,
+    /// The lines' model calls and tool calls summed (requests lines are
+    /// counted in `requests` only).
+    pub totals: ExportTotals,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ExportTotals {
+    pub requests: u64,
+    pub model_calls: u64,
+    pub tool_calls: u64,
+    pub tokens_in: u64,
+    pub tokens_out: u64,
+    pub cost_micros: u64,
+}
+
+/// The ledger of `period` (`YYYY-MM`), of one tenant or of every tenant
+/// the actor may read (an operator: all, purged ones included).
+pub async fn export(
+    store: &dyn ControlStore,
+    actor: &Actor,
+    period: &str,
+    tenant: Option<&str>,
+) -> Result<UsageExport, UsageError> {
+    let Some(parsed) = bulkhead_meter::Period::parse(period) else {
+        return Err(UsageError::BadPeriod(period.to_owned()));
+    };
+    let one = match tenant {
+        None if !actor.is_operator() => {
+            return Err(UsageError::Forbidden("every tenant".to_owned()));
+        }
+        None => None,
+        Some(name) => Some(crate::tenants::reachable(store, actor, name, Permission::Read).await?),
+    };
+    let (from, until) = parsed.days();
+    let mut names: HashMap<TenantId, String> = HashMap::new();
+    if let Some(tenant) = &one {
+        names.insert(tenant.id, tenant.name.to_string());
+    }
+    let mut lines = Vec::new();
+    let mut totals = ExportTotals::default();
+    for line in store.ledger(one.as_ref().map(|t| t.id), &from, &until).await? {
+        let name = match names.get(&line.tenant_id) {
+            Some(name) => name.clone(),
+            None => {
+                let name = store
+                    .tenant_by_id(line.tenant_id)
+                    .await?
+                    .map(|t| t.name.to_string())
+                    .unwrap_or_default();
+                names.insert(line.tenant_id, name.clone());
+                name
+            }
+        };
+        let unsigned = |n: i64| u64::try_from(n).unwrap_or(0);
+        let line = ExportLine {
+            day: line.day,
+            tenant: name,
+            tenant_id: line.tenant_id.0,
+            api: line.api,
+            requests: unsigned(line.requests),
+            tokens_in: unsigned(line.tokens_in),
+            tokens_out: unsigned(line.tokens_out),
+            cost_micros: unsigned(line.cost_micros),
+            kind: line.kind,
+            item: line.item,
+        };
+        let add = |total: &mut u64, n: u64| *total = total.saturating_add(n);
+        match line.kind.as_str() {
+            LEDGER_REQUESTS => add(&mut totals.requests, line.requests),
+            LEDGER_MODEL => add(&mut totals.model_calls, line.requests),
+            _ => add(&mut totals.tool_calls, line.requests),
+        }
+        add(&mut totals.tokens_in, line.tokens_in);
+        add(&mut totals.tokens_out, line.tokens_out);
+        add(&mut totals.cost_micros, line.cost_micros);
+        lines.push(line);
+    }
+    Ok(UsageExport { period: parsed.to_string(), lines, totals })
+}
+
 /// Writes gateway decisions to the tenants' audit streams, within a budget
 /// of refusals per tenant.
 #[derive(Debug)]
 pub struct DecisionRecorder {
     store: Arc<dyn ControlStore>,
     events: EventLog,
+    notices: crate::budget::BudgetNotices,
     budget: Budget,
     /// Tenants looked up lately, by id.
     tenants: Mutex<HashMap<TenantId, (Instant, Tenant)>>,
 }
 
 impl DecisionRecorder {
-    pub fn new(store: Arc<dyn ControlStore>, events: EventLog) -> Self {
+    pub fn new(
+        store: Arc<dyn ControlStore>,
+        events: EventLog,
+        notices: crate::budget::BudgetNotices,
+    ) -> Self {
         Self {
             store,
             events,
+            notices,
             budget: Budget::new(REFUSED_PER_MINUTE, Duration::from_secs(60)),
             tenants: Mutex::default(),
         }
@@ -150,6 +301,12 @@ impl DecisionRecorder {
             false => 0,
         };
         let Some(tenant) = self.tenant(id).await else { return };
+        if let Some(notice) = decision.budget {
+            let at = OffsetDateTime::from_unix_timestamp(decision.at)
+                .unwrap_or(OffsetDateTime::UNIX_EPOCH);
+            self.notices.soft_cap(&tenant, notice, at).await;
+            return;
+        }
         let actor = match decision.subject {
             Some(subject) => Actor::Tenant {
                 tenant_id: id,

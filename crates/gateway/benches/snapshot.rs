@@ -76,6 +76,7 @@ fn tenants(n: usize) -> Vec<TenantConfig> {
                 guardrails: Vec::new(),
                 tools: Vec::new(),
                 limits: limits.clone(),
+                cost_caps: bulkhead_model::CostCaps { soft_usd: 50, hard_usd: 100 },
                 refresh_at: None,
                 name,
             }

@@ -22,11 +22,13 @@ pub enum Phase {
     Limit,
     /// The tenant's guardrails, on the request's body.
     Guard,
+    /// The tenant's model budget, before a model call goes upstream.
+    Meter,
     Proxy,
 }
 
 impl Phase {
-    pub const ALL: [Phase; 8] = [
+    pub const ALL: [Phase; 9] = [
         Phase::Framing,
         Phase::Resolve,
         Phase::Authn,
@@ -34,6 +36,7 @@ impl Phase {
         Phase::Authz,
         Phase::Limit,
         Phase::Guard,
+        Phase::Meter,
         Phase::Proxy,
     ];
 
@@ -46,6 +49,7 @@ impl Phase {
             Phase::Authz => "authz",
             Phase::Limit => "limit",
             Phase::Guard => "guard",
+            Phase::Meter => "meter",
             Phase::Proxy => "proxy",
         }
     }
@@ -75,6 +79,8 @@ pub enum Code {
     BodyTimeout,
     GuardUnavailable,
     ModelNotAllowed,
+    BudgetExhausted,
+    BudgetUnavailable,
 }
 
 impl Code {
@@ -180,6 +186,17 @@ impl Code {
                 StatusCode::FORBIDDEN,
                 "this API does not allow the model the request names (`rule` names it); use one of \
                  the models the tenant's API lists",
+            ),
+            BudgetExhausted => (
+                "budget_exhausted",
+                StatusCode::PAYMENT_REQUIRED,
+                "this tenant's model budget for the month is spent; its operator can raise the \
+                 tenant's cost caps",
+            ),
+            BudgetUnavailable => (
+                "budget_unavailable",
+                StatusCode::SERVICE_UNAVAILABLE,
+                "this tenant's model budget cannot be checked now; retry shortly",
             ),
         }
     }

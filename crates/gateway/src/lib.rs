@@ -18,6 +18,7 @@ pub mod headers;
 pub mod limit;
 pub mod llm;
 pub mod mcp;
+pub mod meter;
 pub mod path;
 pub mod proxy;
 pub mod record;
@@ -31,7 +32,7 @@ use std::{sync::Arc, time::Duration};
 
 use arc_swap::ArcSwap;
 use bulkhead_identity::VerifiedCache;
-use bulkhead_meter::Limiter;
+use bulkhead_meter::{Budgets, Limiter};
 use http::{HeaderValue, Request, Response};
 use hyper::body::Incoming;
 
@@ -75,6 +76,7 @@ pub struct Gateway {
     snapshot: ArcSwap<Snapshot>,
     verified: VerifiedCache,
     limiter: Limiter,
+    budgets: Budgets,
     recorder: Arc<record::Recorder>,
     stats: stats::Stats,
     settings: Settings,
@@ -94,12 +96,14 @@ impl std::fmt::Debug for Gateway {
 
 impl Gateway {
     /// `limiter` keeps the rate limits, in this process or shared through
-    /// Redis; `recorder` takes every decision's usage and audit records;
+    /// Redis, and `budgets` the model spend, where the limiter keeps its
+    /// limits; `recorder` takes every decision's usage and audit records;
     /// `tools` is how MCP endpoints reach tenants' tools.
     pub fn new(
         snapshot: Snapshot,
         settings: Settings,
         limiter: Limiter,
+        budgets: Budgets,
         recorder: record::Recorder,
         now: UnixClock,
         tools: mcp::ToolAccess,
@@ -108,6 +112,7 @@ impl Gateway {
             snapshot: ArcSwap::from_pointee(snapshot),
             verified: VerifiedCache::new(settings.token_cache_entries),
             limiter,
+            budgets,
             recorder: Arc::new(recorder),
             stats: stats::Stats::new(settings.metrics_tenant_labels),
             settings,
@@ -225,15 +230,18 @@ impl Gateway {
         let request = proxy::inbound(request, &permitted.route.api.spec, &pending.bytes_in)?;
         let request = guard::request(&permitted.route.api, request, &self.stats).await?;
         if permitted.route.api.spec.api_type == bulkhead_model::ApiType::Mcp {
+            let called = std::sync::Mutex::default();
             let tools = mcp::Tools {
                 client: &self.tools.client,
                 secrets: self.tools.secrets.as_deref(),
                 recorder: &self.recorder,
                 learned,
                 ended,
+                called: &called,
             };
             let started = std::time::Instant::now();
             let response = mcp::answer(&tools, &permitted, request).await?;
+            pending.tools = called.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner);
             let response = guard::answer(&permitted.route.api, response, &self.stats).await?;
             let length = http_body::Body::size_hint(response.body()).exact().unwrap_or(0);
             pending.bytes_out.store(length, std::sync::atomic::Ordering::Relaxed);
@@ -243,6 +251,16 @@ impl Gateway {
         }
         let prices = &snapshot.domain.prices;
         let (request, meter) = llm::request(&permitted.route.api, prices, request).await?;
+        let mut budget_warning = None;
+        if let Some(meter) = &meter {
+            let charged =
+                meter::reserve(&self.budgets, &permitted.tenant.0, meter, ended.at).await?;
+            if let Some(notice) = charged.notice {
+                self.recorder.budget_passed(learned, ended, notice);
+            }
+            budget_warning = charged.warning;
+            pending.reservation = Some(charged.reservation);
+        }
         pending.model = meter.clone();
         let stats = &self.stats;
         let slot = admitted.slot;
@@ -253,6 +271,9 @@ impl Gateway {
         self.stats.observe_upstream(answered.latency);
         if let Some(rate) = &admitted.rate {
             response.headers_mut().extend(limit::rate_headers(rate).map(|(n, v)| (Some(n), v)));
+        }
+        if let Some(warning) = budget_warning {
+            response.headers_mut().insert(meter::BUDGET_WARNING, warning);
         }
         Ok(response)
     }

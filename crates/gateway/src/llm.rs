@@ -42,6 +42,10 @@ use crate::{
 /// longest line of an event stream read.
 const MAX_READ: usize = 1 << 20;
 
+/// The output tokens a call that sets no `max_tokens` reserves from its
+/// tenant's budget.
+pub const DEFAULT_OUTPUT_RESERVE: u64 = 4_096;
+
 /// One model call's usage, filled in as its answer passes.
 #[derive(Debug)]
 pub struct Meter {
@@ -52,6 +56,8 @@ pub struct Meter {
     tokens_out: AtomicU64,
     reported: AtomicBool,
     streamed: bool,
+    /// The most the call can cost, reserved from the tenant's budget.
+    pub most: u64,
 }
 
 impl Meter {
@@ -153,6 +159,7 @@ pub async fn request(
     parts.headers.insert(header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
     let meter = Arc::new(Meter {
         model: model.into(),
+        most: price.cost(bytes.len() as u64, most_output(&call, chat)),
         price,
         tokens_in: AtomicU64::new(bytes.len() as u64 / 4),
         tokens_out: AtomicU64::new(0),
@@ -160,6 +167,22 @@ pub async fn request(
         streamed,
     });
     Ok((Request::from_parts(parts, full(bytes)), Some(meter)))
+}
+
+/// The most output tokens a call asks for: its limit (whichever name the
+/// client used) times its choices, or [`DEFAULT_OUTPUT_RESERVE`] per
+/// choice. Input is bounded by the prompt's bytes, a token being at least
+/// one byte.
+fn most_output(call: &serde_json::Map<String, Value>, chat: bool) -> u64 {
+    if !chat {
+        return 0;
+    }
+    let number = |key: &str| call.get(key).and_then(Value::as_u64);
+    let limit = number("max_completion_tokens")
+        .or_else(|| number("max_tokens"))
+        .or_else(|| number("max_output_tokens"))
+        .unwrap_or(DEFAULT_OUTPUT_RESERVE);
+    limit.saturating_mul(number("n").unwrap_or(1).clamp(1, 128))
 }
 
 /// An answer's body, passed on as it comes, read by the meter on the way.
@@ -324,8 +347,21 @@ mod tests {
             tokens_out: AtomicU64::new(0),
             reported: AtomicBool::new(false),
             streamed,
+            most: 0,
         });
         Metered::new(crate::body::empty(), meter)
+    }
+
+    #[test]
+    fn a_call_reserves_its_asked_output_times_its_choices() {
+        let call = |json: Value| json.as_object().unwrap().clone();
+        let most = |json: Value| most_output(&call(json), true);
+        assert_eq!(most(serde_json::json!({})), DEFAULT_OUTPUT_RESERVE);
+        assert_eq!(most(serde_json::json!({"max_tokens": 50, "n": 3})), 150);
+        assert_eq!(most(serde_json::json!({"max_completion_tokens": 7, "max_tokens": 50})), 7);
+        assert_eq!(most(serde_json::json!({"max_tokens": 5, "n": 100_000})), 640, "n capped");
+        assert_eq!(most(serde_json::json!({"max_tokens": -1})), DEFAULT_OUTPUT_RESERVE);
+        assert_eq!(most_output(&call(serde_json::json!({"max_tokens": 5})), false), 0);
     }
 
     const CHUNK: &str = "data: {\"choices\":[{\"delta\":{\"content\":\"x\"}}]}\n\n";

@@ -46,6 +46,21 @@ pub struct AuditRecord {
     /// A tool called through the tenant's MCP endpoint.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tool: Option<ToolUse>,
+    /// The tenant's model spend passed its soft cap with this request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<BudgetNotice>,
+}
+
+/// A tenant's spend past its soft cap: what the control plane records as
+/// `budget.soft_cap` (once per period) and tells the budget webhook.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BudgetNotice {
+    /// `YYYY-MM`.
+    pub period: String,
+    /// Settled and reserved, micro-units.
+    pub spent_micros: u64,
+    pub soft_micros: u64,
+    pub hard_micros: u64,
 }
 
 /// One `tools/call`: what was called and how it ended, and the arguments'
@@ -110,6 +125,15 @@ impl Recorder {
         self.audit(record);
     }
 
+    /// Tells the tenant's stream its spend passed the soft cap.
+    pub fn budget_passed(&self, learned: &Learned, ended: &Ended, notice: BudgetNotice) {
+        let Some(tenant) = learned.tenant.as_ref().map(|t| t.id) else { return };
+        let mut record = ended.audit_record(tenant, learned, None);
+        record.status = 200;
+        record.budget = Some(notice);
+        self.audit(record);
+    }
+
     fn audit(&self, record: AuditRecord) {
         if self.audit.try_send(record).is_err() {
             self.audit_dropped.fetch_add(1, Ordering::Relaxed);
@@ -168,6 +192,7 @@ impl Ended {
             request_id: self.request_id.to_str().unwrap_or_default().to_owned(),
             at: self.at,
             tool: None,
+            budget: None,
         }
     }
 }
@@ -190,6 +215,7 @@ pub fn refused(recorder: &Recorder, learned: Learned, ended: Ended, refusal: &Re
         upstream_latency: None,
         at: at(ended.at),
         model: None,
+        tools: Vec::new(),
     });
     if learned.audit() != AuditLevel::Off {
         let refused = Refused {
@@ -216,6 +242,11 @@ pub struct Pending {
     pub bytes_out: Arc<AtomicU64>,
     /// A model call's meter, read when the record is sent.
     pub model: Option<Arc<crate::llm::Meter>>,
+    /// What the model call reserved of the tenant's budget, settled with
+    /// the meter's cost when the record is sent.
+    pub reservation: Option<bulkhead_meter::Reservation>,
+    /// The tools an MCP request called.
+    pub tools: Vec<Arc<str>>,
 }
 
 impl Pending {
@@ -229,6 +260,8 @@ impl Pending {
             bytes_in: Arc::default(),
             bytes_out: Arc::default(),
             model: None,
+            reservation: None,
+            tools: Vec::new(),
         }
     }
 
@@ -242,6 +275,11 @@ impl Pending {
 
 impl Drop for Pending {
     fn drop(&mut self) {
+        // Unanswered, the call used nothing: the reservation is released.
+        let used = self.model.as_ref().filter(|_| self.answered).map(|meter| meter.used());
+        if let Some(reservation) = self.reservation.take() {
+            reservation.settle(used.as_ref().map_or(0, |used| used.cost_micros));
+        }
         let Some(tenant) = self.learned.tenant.as_ref().map(|t| t.id).filter(|_| self.answered)
         else {
             return;
@@ -256,7 +294,8 @@ impl Drop for Pending {
             bytes_out: self.bytes_out.load(Ordering::Relaxed),
             upstream_latency: Some(self.latency),
             at: at(ended.at),
-            model: self.model.as_ref().map(|meter| meter.used()),
+            model: used,
+            tools: std::mem::take(&mut self.tools),
         });
         if self.learned.audit() == AuditLevel::All {
             self.recorder.audit(ended.audit_record(tenant, &self.learned, None));

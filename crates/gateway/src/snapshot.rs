@@ -49,6 +49,8 @@ pub struct TenantConfig {
     /// The tenant's tool registry, served by its APIs of type `mcp`.
     pub tools: Vec<ToolSpec>,
     pub limits: GatewayLimits,
+    /// The tenant's monthly model spend caps.
+    pub cost_caps: bulkhead_model::CostCaps,
     /// When the entry must be built again though no change is announced
     /// (unix seconds): a realm key leaves the trust then, or an external
     /// provider's keys are to be looked at again.
@@ -96,6 +98,8 @@ pub struct TenantEntry {
     /// The tools' sessions and lists; kept while the registry is unchanged.
     pub toolbox: Arc<ToolBox>,
     pub limits: GatewayLimits,
+    /// The tenant's monthly model spend caps.
+    pub budget: bulkhead_meter::Caps,
     /// The tenant's rate, from its limits.
     pub rate: Option<Limit>,
     pub runtime: Arc<TenantRuntime>,
@@ -340,6 +344,7 @@ impl Snapshot {
             toolbox,
             rate: limit_of(&config.limits.rate_limit),
             limits: config.limits,
+            budget: (&config.cost_caps).into(),
             runtime,
         })
     }
@@ -366,6 +371,7 @@ mod tests {
                 "max_in_flight": 1, "max_upstream_connections": 1, "limiter_fallback": "local"
             }))
             .unwrap(),
+            cost_caps: bulkhead_model::CostCaps { soft_usd: 1, hard_usd: 2 },
             refresh_at,
         }
     }

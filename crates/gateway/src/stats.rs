@@ -20,7 +20,7 @@ use crate::error::{Code, Phase, Refusal};
 pub const LATENCY_BUCKETS: [f64; 12] =
     [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0];
 
-const CODES: [Code; 21] = [
+const CODES: [Code; 23] = [
     Code::BadRequest,
     Code::NotFound,
     Code::TenantSuspended,
@@ -42,6 +42,8 @@ const CODES: [Code; 21] = [
     Code::BodyTimeout,
     Code::GuardUnavailable,
     Code::ModelNotAllowed,
+    Code::BudgetExhausted,
+    Code::BudgetUnavailable,
 ];
 
 /// One tenant's requests and refusals.

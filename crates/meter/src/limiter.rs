@@ -2,7 +2,10 @@
 //! are kept in this process only or shared through Redis, and what happens
 //! when Redis cannot answer.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{
+    Arc,
+    atomic::{AtomicU64, Ordering},
+};
 
 use tracing::debug;
 use uuid::Uuid;
@@ -74,7 +77,7 @@ fn bump(counter: &AtomicU64) {
 #[derive(Debug)]
 pub struct Limiter {
     clock: Clock,
-    redis: Option<RedisBackend>,
+    redis: Option<Arc<RedisBackend>>,
     counters: Counters,
 }
 
@@ -92,7 +95,16 @@ impl Limiter {
     /// where it spawns the replica heartbeat, which ends with the limiter.
     pub async fn redis(url: &str, prefix: &str, options: RedisOptions) -> Result<Self, MeterError> {
         let redis = RedisBackend::connect(url, prefix, &options).await?;
-        Ok(Self { clock: Clock::new(), redis: Some(redis), counters: Counters::default() })
+        Ok(Self {
+            clock: Clock::new(),
+            redis: Some(Arc::new(redis)),
+            counters: Counters::default(),
+        })
+    }
+
+    /// The Redis this limiter shares, for budgets kept beside the limits.
+    pub(crate) fn redis_backend(&self) -> Option<Arc<RedisBackend>> {
+        self.redis.clone()
     }
 
     /// The clock this limiter reads.
@@ -103,7 +115,7 @@ impl Limiter {
     /// The live gateway replicas last counted in Redis (1 for a local-only
     /// limiter, and until a count was read).
     pub fn replicas(&self) -> u32 {
-        self.redis.as_ref().map_or(1, RedisBackend::replicas)
+        self.redis.as_deref().map_or(1, RedisBackend::replicas)
     }
 
     /// Decisions so far, by kind.

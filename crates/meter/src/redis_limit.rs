@@ -7,7 +7,9 @@
 //!   microseconds of the Redis server's clock, expiring when the bucket is
 //!   full again;
 //! - `{prefix}replicas`: a sorted set of replica ids scored by their last
-//!   heartbeat.
+//!   heartbeat;
+//! - `{prefix}budget:{tenant}:{YYYY-MM}`: a tenant's model spend this month
+//!   (see [`budget`](crate::budget)).
 //!
 //! Requires Redis 5 or later (scripts that call `TIME` before writing).
 
@@ -170,6 +172,21 @@ impl RedisBackend {
             replicas,
             heartbeat,
         })
+    }
+
+    /// The connection every decision shares (a clone is a reference count).
+    pub(crate) fn connection(&self) -> ConnectionManager {
+        self.connection.clone()
+    }
+
+    /// What every key starts with.
+    pub(crate) fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The longest a decision waits for Redis.
+    pub(crate) fn timeout(&self) -> Duration {
+        self.timeout
     }
 
     /// The live replicas last counted, at least 1.

@@ -89,6 +89,9 @@ pub struct UsageEvent {
     pub at: OffsetDateTime,
     /// A model call's tokens, on an API of `type: llm`.
     pub model: Option<ModelUse>,
+    /// The tools called, as the registry names them, on an API of
+    /// `type: mcp` (a batch may call several).
+    pub tools: Vec<Arc<str>>,
 }
 
 /// What one model call used.
@@ -203,6 +206,9 @@ pub struct UsageRow {
     /// Model calls by model (APIs of `type: llm`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub models: BTreeMap<String, ModelTotals>,
+    /// Tool calls by tool (APIs of `type: mcp`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tools: BTreeMap<String, u64>,
 }
 
 impl UsageRow {
@@ -229,6 +235,14 @@ impl UsageRow {
         for (model, totals) in &other.models {
             self.models.entry(model.clone()).or_default().add(totals);
         }
+        add_calls(&mut self.tools, &other.tools);
+    }
+}
+
+fn add_calls(total: &mut BTreeMap<String, u64>, calls: &BTreeMap<String, u64>) {
+    for (name, count) in calls {
+        let sum = total.entry(name.clone()).or_default();
+        *sum = sum.saturating_add(*count);
     }
 }
 
@@ -294,6 +308,7 @@ struct Totals {
     latency_max_us: u64,
     latency_buckets: [u64; 7],
     models: BTreeMap<String, ModelTotals>,
+    tools: BTreeMap<String, u64>,
 }
 
 /// Sums events into rows per (tenant, API, minute) and hands completed
@@ -357,6 +372,9 @@ impl Aggregator {
                 counted: u64::from(used.counted),
             };
             totals.models.entry(used.model.to_string()).or_default().add(&call);
+        }
+        for tool in &event.tools {
+            *totals.tools.entry(tool.to_string()).or_default() += 1;
         }
         if let Some(latency) = event.upstream_latency {
             let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
@@ -480,6 +498,7 @@ fn row(key: RowKey, totals: Totals) -> UsageRow {
         upstream_latency_max_us: totals.latency_max_us,
         upstream_latency_buckets: totals.latency_buckets,
         models: totals.models,
+        tools: totals.tools,
     }
 }
 
@@ -505,6 +524,7 @@ mod tests {
             upstream_latency: Some(Duration::from_millis(3)),
             at,
             model: None,
+            tools: Vec::new(),
         }
     }
 
@@ -522,6 +542,7 @@ mod tests {
             upstream_latency_max_us: 0,
             upstream_latency_buckets: [0; 7],
             models: BTreeMap::new(),
+            tools: BTreeMap::new(),
         }
     }
 
@@ -618,7 +639,7 @@ mod tests {
     }
 
     #[test]
-    fn model_calls_sum_by_model_and_add_across_rows() {
+    fn model_and_tool_calls_sum_by_name_and_add_across_rows() {
         let minute = datetime!(2026-12-02 10:15 UTC);
         let chat: Arc<str> = Arc::from("chat");
         let mut aggregator = Aggregator::new();
@@ -636,6 +657,9 @@ mod tests {
         aggregator.add(call("gpt-4o-mini", 11, 3, true));
         aggregator.add(call("text-embedding-3-small", 4, 0, false));
         aggregator.add(event(T1, Some(&chat), minute));
+        let search: Arc<str> = Arc::from("search");
+        let tools = vec![Arc::clone(&search), search, Arc::from("files")];
+        aggregator.add(UsageEvent { tools, ..event(T1, Some(&chat), minute) });
         let mut rows = aggregator.flush_all();
         assert_eq!(rows.len(), 1);
         let mini =
@@ -645,6 +669,7 @@ mod tests {
         let again = rows[0].clone();
         rows[0].add(&again);
         assert_eq!(rows[0].models["gpt-4o-mini"].tokens_in, 36);
+        assert_eq!(rows[0].tools, BTreeMap::from([("files".into(), 2), ("search".into(), 4)]));
         let json = serde_json::to_value(&rows[0]).unwrap();
         assert_eq!(serde_json::from_value::<UsageRow>(json).unwrap(), rows[0]);
     }

@@ -1,15 +1,19 @@
-//! The Redis-backed limiter against a real Redis (`BULKHEAD_TEST_REDIS`, or
-//! `redis://127.0.0.1:6379`): two limiters stand for two gateway replicas;
+//! The Redis-backed limiter and budgets against a real Redis
+//! (`BULKHEAD_TEST_REDIS`, or `redis://127.0.0.1:6379`): two limiters (and
+//! budgets) stand for two gateway replicas;
 //! outages are real closed ports and a TCP proxy that is stopped and
 //! started again. Every test has its own key prefix and deletes its keys.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::disallowed_methods)]
 
 use std::{
     net::{SocketAddr, TcpListener as StdListener, ToSocketAddrs},
     time::{Duration, Instant},
 };
 
-use bulkhead_meter::{Cell, Fallback, Limit, LimitKey, Limiter, RedisOptions, Verdict};
+use bulkhead_meter::{
+    Budgets, Caps, Cell, Fallback, Ledger, Limit, LimitKey, Limiter, Period, RedisOptions, Spend,
+    Verdict,
+};
 use bulkhead_testkit::TcpProxy;
 use uuid::Uuid;
 
@@ -223,4 +227,86 @@ async fn an_outage_falls_back_to_a_replicas_share_and_the_shared_limit_resumes()
 
     proxy.stop().await;
     delete_keys(&prefix).await;
+}
+
+/// The durable spend a budget counter is seeded from.
+#[derive(Debug)]
+struct Spent(u64);
+
+#[async_trait::async_trait]
+impl Ledger for Spent {
+    async fn spent(&self, _: Uuid, _: Period) -> Result<u64, String> {
+        Ok(self.0)
+    }
+}
+
+#[tokio::test]
+async fn two_replicas_share_one_budget_seeded_from_the_ledger() {
+    let prefix = unique_prefix();
+    let ledger = || Some(std::sync::Arc::new(Spent(10)) as std::sync::Arc<dyn Ledger>);
+    let a = Limiter::redis(&redis_url(), &prefix, options()).await.unwrap();
+    let b = Limiter::redis(&redis_url(), &prefix, options()).await.unwrap();
+    let budgets = std::sync::Arc::new([Budgets::new(&a, ledger()), Budgets::new(&b, ledger())]);
+    let tenant = Uuid::new_v4();
+    let caps = Caps { soft_micros: 50, hard_micros: 100 };
+    let now = time::OffsetDateTime::now_utc();
+    let period = Period::of(now);
+
+    // 50 calls at once, half through each replica, on a budget with room
+    // for 30 reservations of 3 after the ledger's 10.
+    let calls = (0..50).map(|n| {
+        let budgets = std::sync::Arc::clone(&budgets);
+        tokio::spawn(
+            async move { budgets[n % 2].reserve(tenant, caps, 3, now, Fallback::Deny).await },
+        )
+    });
+    let mut reserved = Vec::new();
+    for call in calls {
+        match call.await.unwrap() {
+            Spend::Reserved(r) => reserved.push(r),
+            Spend::Exhausted { spent } => assert!(spent > 97, "{spent}"),
+            Spend::Unavailable => panic!("redis answers"),
+        }
+    }
+    assert_eq!(reserved.len(), 30);
+    let key = format!("{prefix}budget:{tenant}:{period}");
+    let counter = async || -> Option<i64> {
+        redis::cmd("GET").arg(&key).query_async(&mut admin().await).await.unwrap()
+    };
+    assert_eq!(counter().await, Some(100));
+    // Settled for 2 each: 30 freed, which a settlement does after the call.
+    for r in reserved {
+        r.settle(2);
+    }
+    eventually("settled", async || counter().await == Some(70)).await;
+    let ttl: i64 = redis::cmd("TTL").arg(&key).query_async(&mut admin().await).await.unwrap();
+    assert!(ttl > 7 * 86_400 && ttl <= 39 * 86_400, "kept a week past the month: {ttl}");
+
+    // Redis loses the counter: the next call seeds it from the ledger again.
+    let () = redis::cmd("DEL").arg(&key).query_async(&mut admin().await).await.unwrap();
+    let Spend::Reserved(r) = budgets[1].reserve(tenant, caps, 5, now, Fallback::Deny).await else {
+        panic!("room after the ledger's 10")
+    };
+    assert_eq!(r.spent, 15);
+    // A settlement after the loss leaves the seeded counter alone.
+    let () = redis::cmd("DEL").arg(&key).query_async(&mut admin().await).await.unwrap();
+    r.settle(1);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(counter().await, None);
+    delete_keys(&prefix).await;
+}
+
+#[tokio::test]
+async fn an_unreachable_redis_refuses_budgets_or_keeps_them_locally() {
+    let url = format!("redis://127.0.0.1:{}", closed_port());
+    let limiter = Limiter::redis(&url, &unique_prefix(), options()).await.unwrap();
+    let budgets = Budgets::new(&limiter, None);
+    let caps = Caps { soft_micros: 1, hard_micros: 2 };
+    let (tenant, now) = (Uuid::new_v4(), time::OffsetDateTime::now_utc());
+    let denied = budgets.reserve(tenant, caps, 1, now, Fallback::Deny).await;
+    assert!(matches!(denied, Spend::Unavailable), "{denied:?}");
+    let local = budgets.reserve(tenant, caps, 2, now, Fallback::Local).await;
+    assert!(matches!(local, Spend::Reserved(_)), "{local:?}");
+    let over = budgets.reserve(tenant, caps, 1, now, Fallback::Local).await;
+    assert!(matches!(over, Spend::Exhausted { spent: 2 }), "{over:?}");
 }

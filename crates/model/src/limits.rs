@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use utoipa::ToSchema;
 
-use crate::{GatewayLimits, LimiterFallback, Rate};
+use crate::{CostCaps, GatewayLimits, LimiterFallback, Rate};
 
 /// What a tenant gets instead of its plan's gateway limits. Each field left
 /// out is the plan's; `{}` is the plan's limits as they are.
@@ -27,6 +27,9 @@ pub struct TenantLimits {
     /// What the tenant's shared rate limit does while Redis is unreachable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limiter_fallback: Option<LimiterFallback>,
+    /// The tenant's model spend per month, in place of its plan's caps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost_caps: Option<CostCaps>,
 }
 
 crate::from_a_mapping_only!(TenantLimits);
@@ -71,7 +74,15 @@ impl TenantLimits {
                 });
             }
         }
+        if let Some(caps) = &self.cost_caps {
+            caps.validate().map_err(|message| InvalidLimits { field: "cost_caps", message })?;
+        }
         Ok(())
+    }
+
+    /// The plan's cost caps, or the tenant's own.
+    pub fn cost_caps(&self, plan: &CostCaps) -> CostCaps {
+        self.cost_caps.clone().unwrap_or_else(|| plan.clone())
     }
 
     /// The plan's limits with this tenant's overrides in their place.
@@ -120,6 +131,7 @@ mod tests {
             max_in_flight: Some(7),
             max_upstream_connections: Some(3),
             limiter_fallback: Some(LimiterFallback::Local),
+            cost_caps: None,
         };
         assert_eq!(
             all.apply(plan),

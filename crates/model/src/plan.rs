@@ -97,11 +97,45 @@ impl std::str::FromStr for LimiterFallback {
 
 /// Monthly spend on metered usage, in whole US dollars: above `soft_usd` the
 /// tenant is throttled with 429 and Retry-After, above `hard_usd` refused.
+/// A tenant's model spend per calendar month (UTC), in whole units of the
+/// prices' currency (`usd` by convention): past `soft_usd` responses carry a
+/// warning and the tenant's stream records `budget.soft_cap`; a call that
+/// could take the spend past `hard_usd` is refused before its upstream.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CostCaps {
     pub soft_usd: u64,
     pub hard_usd: u64,
+}
+
+impl CostCaps {
+    /// The largest cap: its micro-units stay exact in a Redis script's
+    /// numbers (below 2^53).
+    pub const MAX_USD: u64 = 1_000_000_000;
+
+    /// Caps of at most [`Self::MAX_USD`], the soft one not above the hard.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.hard_usd > Self::MAX_USD {
+            return Err(format!("hard_usd must be at most {}", Self::MAX_USD));
+        }
+        if self.soft_usd > self.hard_usd {
+            return Err(format!(
+                "soft_usd ({}) must not be above hard_usd ({}): the soft cap warns before the hard one stops",
+                self.soft_usd, self.hard_usd
+            ));
+        }
+        Ok(())
+    }
+
+    /// The soft cap in micro-units.
+    pub fn soft_micros(&self) -> u64 {
+        self.soft_usd.saturating_mul(1_000_000)
+    }
+
+    /// The hard cap in micro-units.
+    pub fn hard_micros(&self) -> u64 {
+        self.hard_usd.saturating_mul(1_000_000)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

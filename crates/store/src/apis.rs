@@ -49,10 +49,60 @@ pub struct UsageRecord {
     pub row: String,
 }
 
+/// One line of the billing ledger: a tenant's use of one API, and of one
+/// model or tool through it, on one UTC day. Adding a line adds to the
+/// stored one with the same key.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct LedgerLine {
+    #[sqlx(try_from = "uuid::Uuid")]
+    pub tenant_id: TenantId,
+    /// `YYYY-MM-DD`.
+    pub day: String,
+    /// Empty for requests refused before an API was chosen.
+    pub api: String,
+    /// `requests` (every request to the API; `item` empty), `model` or
+    /// `tool` (calls of `item`).
+    pub kind: String,
+    pub item: String,
+    pub requests: i64,
+    pub tokens_in: i64,
+    pub tokens_out: i64,
+    /// Micro-units of the prices' currency.
+    pub cost_micros: i64,
+}
+
 #[async_trait]
 pub trait UsageStore: Send + Sync {
-    /// Stores every record, or none.
-    async fn insert_usage(&self, records: &[UsageRecord]) -> Result<(), StoreError>;
+    /// Stores every record and adds every ledger line, or nothing.
+    async fn insert_usage(
+        &self,
+        records: &[UsageRecord],
+        ledger: &[LedgerLine],
+    ) -> Result<(), StoreError>;
+
+    /// The ledger's lines of days `from` (included) to `until` (excluded),
+    /// `YYYY-MM-DD`, of one tenant or all, by tenant, day, API, kind and
+    /// item.
+    async fn ledger(
+        &self,
+        tenant: Option<TenantId>,
+        from: &str,
+        until: &str,
+    ) -> Result<Vec<LedgerLine>, StoreError>;
+
+    /// What the tenant's ledger says it spent on days `from` to `until`,
+    /// in micro-units.
+    async fn spent(&self, tenant: TenantId, from: &str, until: &str) -> Result<u64, StoreError>;
+
+    /// Records that the tenant was given notice `kind` for `period`;
+    /// `true` the first time only.
+    async fn note_budget(
+        &self,
+        tenant: TenantId,
+        period: &str,
+        kind: &str,
+        at: OffsetDateTime,
+    ) -> Result<bool, StoreError>;
 
     /// The tenant's records from `since` on (of one API when `api` is
     /// given), by minute.

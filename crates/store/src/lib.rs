@@ -32,7 +32,7 @@ use bulkhead_model::{DatabaseUrl, StepRecord, Tenant, TenantId, TenantName, Tena
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-pub use apis::{ApiRecord, ApiStore, UsageRecord, UsageStore};
+pub use apis::{ApiRecord, ApiStore, LedgerLine, UsageRecord, UsageStore};
 pub use apps::{AppRecord, AppStore, ROLLOUT_UNDER_WAY, RolloutRecord};
 pub use audit::{AuditCheckpointRow, AuditEventRow, AuditKeyRow, AuditStore};
 pub use error::{StoreError, describe as describe_error};

@@ -2149,6 +2149,7 @@ macro_rules! impl_usage_store {
             async fn insert_usage(
                 &self,
                 records: &[$crate::UsageRecord],
+                ledger: &[$crate::LedgerLine],
             ) -> Result<(), $crate::StoreError> {
                 let mut tx = self.write.begin().await?;
                 for record in records {
@@ -2163,8 +2164,88 @@ macro_rules! impl_usage_store {
                     .execute(&mut *tx)
                     .await?;
                 }
+                for line in ledger {
+                    sqlx::query(
+                        "INSERT INTO usage_ledger (tenant_id, day, api, kind, item, requests, \
+                         tokens_in, tokens_out, cost_micros) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+                         ON CONFLICT (tenant_id, day, api, kind, item) DO UPDATE SET \
+                         requests = usage_ledger.requests + excluded.requests, \
+                         tokens_in = usage_ledger.tokens_in + excluded.tokens_in, \
+                         tokens_out = usage_ledger.tokens_out + excluded.tokens_out, \
+                         cost_micros = usage_ledger.cost_micros + excluded.cost_micros",
+                    )
+                    .bind(line.tenant_id.0)
+                    .bind(line.day.as_str())
+                    .bind(line.api.as_str())
+                    .bind(line.kind.as_str())
+                    .bind(line.item.as_str())
+                    .bind(line.requests)
+                    .bind(line.tokens_in)
+                    .bind(line.tokens_out)
+                    .bind(line.cost_micros)
+                    .execute(&mut *tx)
+                    .await?;
+                }
                 tx.commit().await?;
                 Ok(())
+            }
+
+            async fn ledger(
+                &self,
+                tenant: Option<bulkhead_model::TenantId>,
+                from: &str,
+                until: &str,
+            ) -> Result<Vec<$crate::LedgerLine>, $crate::StoreError> {
+                Ok(sqlx::query_as(
+                    "SELECT tenant_id, day, api, kind, item, requests, tokens_in, tokens_out, \
+                     cost_micros FROM usage_ledger \
+                     WHERE day >= $1 AND day < $2 AND ($3 IS NULL OR tenant_id = $3) \
+                     ORDER BY tenant_id, day, api, kind, item",
+                )
+                .bind(from)
+                .bind(until)
+                .bind(tenant.map(|t| t.0))
+                .fetch_all(&self.read)
+                .await?)
+            }
+
+            async fn spent(
+                &self,
+                tenant: bulkhead_model::TenantId,
+                from: &str,
+                until: &str,
+            ) -> Result<u64, $crate::StoreError> {
+                let (spent,): (Option<i64>,) = sqlx::query_as(
+                    "SELECT CAST(SUM(cost_micros) AS BIGINT) FROM usage_ledger \
+                     WHERE tenant_id = $1 AND day >= $2 AND day < $3",
+                )
+                .bind(tenant.0)
+                .bind(from)
+                .bind(until)
+                .fetch_one(&self.read)
+                .await?;
+                Ok(u64::try_from(spent.unwrap_or(0)).unwrap_or(0))
+            }
+
+            async fn note_budget(
+                &self,
+                tenant: bulkhead_model::TenantId,
+                period: &str,
+                kind: &str,
+                at: time::OffsetDateTime,
+            ) -> Result<bool, $crate::StoreError> {
+                let result = sqlx::query(
+                    "INSERT INTO budget_notices (tenant_id, period, kind, noticed_at) \
+                     VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+                )
+                .bind(tenant.0)
+                .bind(period)
+                .bind(kind)
+                .bind(at)
+                .execute(&self.write)
+                .await?;
+                Ok(result.rows_affected() == 1)
             }
 
             async fn usage(

@@ -9,8 +9,8 @@ use bulkhead_model::{
     StepRecord, StepStatus, Tenant, TenantId, TenantLimits, TenantName, TenantState,
 };
 use bulkhead_store::{
-    AppRecord, AuditCheckpointRow, AuditEventRow, MigrationJobRecord, MigrationTargetRecord,
-    OperatorToken, ResourceRecord, RolloutRecord, StoreError, TenantPage,
+    AppRecord, AuditCheckpointRow, AuditEventRow, LedgerLine, MigrationJobRecord,
+    MigrationTargetRecord, OperatorToken, ResourceRecord, RolloutRecord, StoreError, TenantPage,
 };
 use bulkhead_testkit::StoreFixture as Fixture;
 use sqlx::Connection;
@@ -59,6 +59,7 @@ bulkhead_testkit::on_both_stores!(
     one_migration_job_runs_at_a_time,
     keeps_apps_and_allocates_unix_users,
     keeps_resources_by_tenant_and_kind,
+    adds_ledger_lines_and_notes_budget_notices_once,
 );
 
 async fn round_trips_tenants(f: Fixture) {
@@ -661,4 +662,52 @@ async fn keeps_resources_by_tenant_and_kind(f: Fixture) {
     // A tenant's resources go with it.
     f.store.delete_tenant(b.id).await.unwrap();
     assert!(f.store.resources(b.id, "guardrail").await.unwrap().is_empty());
+}
+
+async fn adds_ledger_lines_and_notes_budget_notices_once(f: Fixture) {
+    let (a, b) = (TenantId::random(), TenantId::random());
+    let line = |tenant: TenantId, day: &str, kind: &str, item: &str, cost_micros: i64| LedgerLine {
+        tenant_id: tenant,
+        day: day.into(),
+        api: "chat".into(),
+        kind: kind.into(),
+        item: item.into(),
+        requests: 1,
+        tokens_in: 10,
+        tokens_out: 20,
+        cost_micros,
+    };
+    let first = [
+        line(a, "2026-11-30", "model", "gpt", 5),
+        line(a, "2026-12-01", "model", "gpt", 7),
+        line(a, "2026-12-01", "tool", "search", 0),
+        line(b, "2026-12-01", "model", "gpt", 100),
+    ];
+    f.store.insert_usage(&[], &first).await.unwrap();
+    // The same key again adds to the stored line.
+    f.store.insert_usage(&[], &[line(a, "2026-12-01", "model", "gpt", 3)]).await.unwrap();
+    let december = f.store.ledger(Some(a), "2026-12-01", "2027-01-01").await.unwrap();
+    assert_eq!(
+        december,
+        [
+            LedgerLine {
+                requests: 2,
+                tokens_in: 20,
+                tokens_out: 40,
+                ..line(a, "2026-12-01", "model", "gpt", 10)
+            },
+            line(a, "2026-12-01", "tool", "search", 0),
+        ]
+    );
+    assert_eq!(f.store.spent(a, "2026-12-01", "2027-01-01").await.unwrap(), 10);
+    assert_eq!(f.store.spent(a, "2026-11-01", "2026-12-01").await.unwrap(), 5);
+    assert_eq!(f.store.spent(TenantId::random(), "2026-12-01", "2027-01-01").await.unwrap(), 0);
+    let everyone = f.store.ledger(None, "2026-12-01", "2027-01-01").await.unwrap();
+    assert!(everyone.contains(&line(b, "2026-12-01", "model", "gpt", 100)), "{everyone:?}");
+
+    let at = now();
+    assert!(f.store.note_budget(a, "2026-12", "soft_cap", at).await.unwrap());
+    assert!(!f.store.note_budget(a, "2026-12", "soft_cap", at).await.unwrap(), "once a period");
+    assert!(f.store.note_budget(a, "2027-01", "soft_cap", at).await.unwrap());
+    assert!(f.store.note_budget(b, "2026-12", "soft_cap", at).await.unwrap());
 }

@@ -139,8 +139,8 @@ fn print_events(format: Output, events: &[EventView]) -> Result<(), CliError> {
             }
             // The resource last: it may be long (a secret's path), and
             // would push the columns after it out of line. (`-o yaml` is
-            // refused before any command but `get` runs.)
-            Output::Table | Output::Yaml => format!(
+            // and `-o csv` are refused before any command but theirs runs.)
+            Output::Table | Output::Yaml | Output::Csv => format!(
                 "{:>6}  {}  {:<24} {:<22} {:<8} {}",
                 event.seq,
                 event.time,

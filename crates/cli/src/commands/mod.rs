@@ -18,7 +18,7 @@ mod vault;
 use std::process::ExitCode;
 
 use crate::{
-    args::{Cli, Command, Output, PlansCommand, VerifyCommand},
+    args::{Cli, Command, Output, PlansCommand, UsageArgs, UsageCommand, VerifyCommand},
     client::ApiClient,
     exit::CliError,
     output,
@@ -27,6 +27,12 @@ use crate::{
 pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
     if cli.global.output == Output::Yaml && !matches!(cli.command, Command::Get(_)) {
         return Err(CliError::usage("-o yaml is for `bulkhead get`; use -o json or -o table"));
+    }
+    let export = matches!(&cli.command, Command::Usage(UsageArgs { command: Some(_), .. }));
+    if cli.global.output == Output::Csv && !export {
+        return Err(CliError::usage(
+            "-o csv is for `bulkhead usage export`; use -o json or -o table",
+        ));
     }
     match &cli.command {
         Command::Diff(files) => return manifests::diff(files, &cli.global).await,
@@ -47,8 +53,17 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Flags(command) => apps::flags(command, &cli.global).await,
         Command::Rollout(command) => apps::rollout(command, &cli.global).await,
         Command::Demo { clean } => demo::run(*clean, &cli.global).await,
-        Command::Usage { tenant, api, since } => {
+        Command::Usage(UsageArgs {
+            command: Some(UsageCommand::Export { period, tenant }),
+            ..
+        }) => {
             let client = ApiClient::discover(&cli.global)?;
+            let export = client.usage_export(period, tenant.as_deref()).await?;
+            output::usage_export(cli.global.output, &export)
+        }
+        Command::Usage(UsageArgs { command: None, tenant, api, since }) => {
+            let client = ApiClient::discover(&cli.global)?;
+            let tenant = tenant.as_deref().unwrap_or_default();
             let usage = client.usage(tenant, api.as_deref(), since.as_deref()).await?;
             output::usage(cli.global.output, &usage.usage)
         }

@@ -775,3 +775,264 @@ async fn model_calls_use_allowed_models_only_and_are_metered_streamed_or_not() {
     let cut_cost = (cut_in * 150_000 + 2 * 600_000).div_ceil(1_000_000);
     assert_eq!(mini["cost_micros"], 5 + 4 + cut_cost, "{models}");
 }
+
+/// An llm API `llm` of `tenant` on the test model server, allowing the
+/// model `capped` (priced by the caller's configuration).
+fn capped_api(server: &Server, tenant: &str, model: &PyServer) {
+    let upstream = format!("http://127.0.0.1:{}", model.port);
+    let api = ["apis", "create", "--tenant", tenant, "llm", "--prefix", "/v1", "--type", "llm"];
+    let created = server.cli(&[&api[..], &["--model", "capped", "--upstream", &upstream]].concat());
+    assert_eq!(exit_code(&created), 0, "{}", stderr(&created));
+}
+
+/// `count` chat calls of `max_tokens` each, at once, alternating between
+/// the gateways at `gateways`: each call's status and budget warning.
+pub async fn capped_calls(
+    gateways: &[std::net::SocketAddr],
+    tenant: &str,
+    bearer: &str,
+    count: usize,
+    max_tokens: u64,
+) -> Vec<(u16, Option<String>)> {
+    let clients: Vec<(reqwest::Client, String)> = gateways
+        .iter()
+        .map(|addr| {
+            let host = format!("{tenant}.localhost");
+            let client = reqwest::Client::builder().resolve(&host, *addr).build().unwrap();
+            (client, format!("http://{host}:{}/v1/chat/completions", addr.port()))
+        })
+        .collect();
+    let body = json!({"model": "capped", "max_tokens": max_tokens, "messages": [{"role": "user", "content": "hi"}]});
+    let calls = (0..count).map(|n| {
+        let (client, url) = &clients[n % clients.len()];
+        let request = client.post(url).bearer_auth(bearer).json(&body).send();
+        async move {
+            let response = request.await.unwrap();
+            let warning = response
+                .headers()
+                .get("bulkhead-budget-warning")
+                .map(|v| v.to_str().unwrap().to_owned());
+            let status = response.status().as_u16();
+            let text = response.text().await.unwrap();
+            if status != 200 {
+                let refused: Value = serde_json::from_str(&text).unwrap();
+                assert_eq!(refused["error"]["code"], "budget_exhausted", "{text}");
+            }
+            (status, warning)
+        }
+    });
+    futures_util::future::join_all(calls).await
+}
+
+/// This month, as the ledger names periods.
+pub fn this_month() -> String {
+    let now = time::OffsetDateTime::now_utc();
+    format!("{:04}-{:02}", now.year(), u8::from(now.month()))
+}
+
+/// Polls `bulkhead usage export` until the tenant's model line shows
+/// `calls` calls.
+pub async fn exported(server_cli: impl Fn(&[&str]) -> Value, tenant: &str, calls: u64) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let export =
+            server_cli(&["usage", "export", "--period", &this_month(), "--tenant", tenant]);
+        if export["totals"]["model_calls"] == calls || Instant::now() > deadline {
+            return export;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_tenants_model_spend_stops_at_its_hard_cap_exactly_warns_past_its_soft_one_and_is_billed()
+{
+    let hook = Upstream::start().await;
+    // One output token costs 1.000000: a call of max_tokens 3 costs 3.
+    let config = format!(
+        "[gateway]\nusage_flush_every = \"1s\"\n\
+         [prices.capped]\ninput = 0\noutput = 1000000000000\n\
+         [budget]\nwebhook = \"{}/hook\"\nwebhook_secret = \"hook-secret\"\n",
+        hook.url()
+    );
+    let mut server = Server::start(crate::kit::Store::Embedded, &config, &[]).await;
+    let dir = server.data_dir().parent().unwrap().to_owned();
+    let model = PyServer::start("llm_server.py", &dir, "llm", &[], &[]).await;
+    for tenant in ["acme", "globex"] {
+        let created =
+            server.cli(&["tenants", "create", tenant, "--plan", "professional", "--wait"]);
+        assert_eq!(exit_code(&created), 0, "{}", stderr(&created));
+        capped_api(&server, tenant, &model);
+    }
+    let capped = server.cli(&["tenants", "update", "acme", "--cost-caps", "50/100"]);
+    assert_eq!(exit_code(&capped), 0, "{}", stderr(&capped));
+    let bad = server.cli(&["tenants", "update", "acme", "--cost-caps", "100/50"]);
+    assert_eq!(exit_code(&bad), 2, "{}", stdout(&bad));
+    assert!(
+        stderr(&bad).contains("soft_usd (100) must not be above hard_usd (50)"),
+        "{}",
+        stderr(&bad)
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let gateway = [addr_of(&server.gateway)];
+    let acme = token(&server, "acme", &[]);
+
+    // 50 calls at once at the edge of the cap: 33 × 3 fit in 100, and no
+    // more reach the model.
+    let calls = capped_calls(&gateway, "acme", &acme, 50, 3).await;
+    let allowed = calls.iter().filter(|(status, _)| *status == 200).count();
+    assert_eq!(allowed, 33, "{calls:?}");
+    assert_eq!(model.calls().len(), 33);
+    // Past the soft cap (50), answers say so.
+    let warned: Vec<&String> = calls.iter().filter_map(|(_, w)| w.as_ref()).collect();
+    assert_eq!(warned.len(), 33 - 16, "the calls reserving from 51 on: {calls:?}");
+    assert!(
+        warned
+            .iter()
+            .all(|w| w.starts_with("soft-cap; period=") && w.contains("hard-micros=100000000")),
+        "{warned:?}"
+    );
+    // Once there is 1 left, a call of 1 token fits and one of 2 does not.
+    assert_eq!(capped_calls(&gateway, "acme", &acme, 1, 2).await[0].0, 402);
+    assert_eq!(capped_calls(&gateway, "acme", &acme, 1, 1).await[0].0, 200);
+    // Another tenant's budget is its own (its plan's caps, untouched).
+    let globex = token(&server, "globex", &[]);
+    assert_eq!(capped_calls(&gateway, "globex", &globex, 1, 3).await[0].0, 200);
+
+    // The soft cap is recorded once in the tenant's stream, and the
+    // webhook told once, signed.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while hook.seen().is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let events = server.audit_events(&["acme"]);
+    let soft: Vec<&Value> = events.iter().filter(|e| e["action"] == "budget.soft_cap").collect();
+    assert_eq!(soft.len(), 1, "{soft:?}");
+    let seen = hook.seen();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    let notice: Value = serde_json::from_slice(&seen[0].body).unwrap();
+    assert_eq!(
+        (&notice["event"], &notice["tenant"], &notice["period"], &notice["hard_micros"]),
+        (&json!("budget.soft_cap"), &json!("acme"), &json!(this_month()), &json!(100_000_000))
+    );
+    let mut mac =
+        <hmac::Hmac<sha2::Sha256> as hmac::KeyInit>::new_from_slice(b"hook-secret").unwrap();
+    hmac::Mac::update(&mut mac, &seen[0].body);
+    let expected: String =
+        hmac::Mac::finalize(mac).into_bytes().iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(seen[0].header("bulkhead-signature"), [format!("sha256={expected}")]);
+
+    // Billed: the export's lines and totals reconcile with what was called.
+    let export = exported(|args| server.cli_json(args), "acme", 34).await;
+    let lines = export["lines"].as_array().unwrap();
+    let model_line = lines.iter().find(|l| l["kind"] == "model").unwrap();
+    assert_eq!(
+        (
+            &model_line["item"],
+            &model_line["api"],
+            &model_line["requests"],
+            &model_line["tokens_out"],
+            &model_line["cost_micros"]
+        ),
+        (&json!("capped"), &json!("llm"), &json!(34), &json!(100), &json!(100_000_000)),
+        "{export}"
+    );
+    assert_eq!(export["totals"]["cost_micros"], 100_000_000);
+    let requests = lines.iter().find(|l| l["kind"] == "requests").unwrap();
+    assert_eq!(requests["requests"], 52, "every request, refused ones too: {export}");
+    let csv = server.cli(&["-o", "csv", "usage", "export", "--period", &this_month()]);
+    assert_eq!(exit_code(&csv), 0, "{}", stderr(&csv));
+    let csv = stdout(&csv);
+    assert!(
+        csv.starts_with(
+            "day,tenant,tenant_id,api,kind,item,requests,tokens_in,tokens_out,cost_micros,cost\r\n"
+        ),
+        "{csv}"
+    );
+    assert!(
+        csv.contains(",acme,") && csv.contains(",globex,") && csv.contains(",100.000000\r\n"),
+        "{csv}"
+    );
+    let bad_period = server.cli(&["usage", "export", "--period", "2026-13"]);
+    assert_ne!(exit_code(&bad_period), 0);
+    assert!(stderr(&bad_period).contains("give it as YYYY-MM"), "{}", stderr(&bad_period));
+
+    // The spend is durable: after a restart the counter starts from the
+    // ledger, and the soft cap's notice is not given again.
+    server.stop();
+    server.restart().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let gateway = [addr_of(&server.gateway)];
+    let acme = token(&server, "acme", &[]);
+    assert_eq!(capped_calls(&gateway, "acme", &acme, 1, 1).await[0].0, 402);
+    let raised = server.cli(&["tenants", "update", "acme", "--cost-caps", "50/101"]);
+    assert_eq!(exit_code(&raised), 0, "{}", stderr(&raised));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let calls = capped_calls(&gateway, "acme", &acme, 2, 1).await;
+    assert_eq!(calls.iter().filter(|(s, _)| *s == 200).count(), 1, "{calls:?}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let events = server.audit_events(&["acme"]);
+    assert_eq!(events.iter().filter(|e| e["action"] == "budget.soft_cap").count(), 1);
+    assert_eq!(hook.seen().len(), 1);
+}
+
+#[tokio::test]
+async fn two_gateway_processes_share_one_budget_through_redis_reseeded_from_the_ledger() {
+    let prices = "[prices.capped]\ninput = 0\noutput = 1000000000000\n";
+    let store = crate::kit::Store::Postgres(bulkhead_testkit::TestDatabase::create().await);
+    let server = Server::start(store, prices, &[]).await;
+    let dir = server.data_dir().parent().unwrap().to_owned();
+    let model = PyServer::start("llm_server.py", &dir, "llm", &[], &[]).await;
+    let created = server.cli(&["tenants", "create", "acme", "--plan", "professional", "--wait"]);
+    assert_eq!(exit_code(&created), 0, "{}", stderr(&created));
+    capped_api(&server, "acme", &model);
+    let capped = server.cli(&["tenants", "update", "acme", "--cost-caps", "50/100"]);
+    assert_eq!(exit_code(&capped), 0, "{}", stderr(&capped));
+    let prefix = bulkhead_testkit::unique_name("bh-test-", 12) + ":";
+    let config = format!(
+        "[gateway]\nredis = \"redis://{}\"\nredis_prefix = \"{prefix}\"\nredis_timeout_ms = 500\n\
+         usage_flush_every = \"1s\"\n{prices}",
+        crate::gateway::redis_addr()
+    );
+    let store = &server.postgres_db().url;
+    let (a, b) = (
+        crate::kit::GatewayProcess::start(store, &config).await,
+        crate::kit::GatewayProcess::start(store, &config).await,
+    );
+    let gateways = [addr_of(&a.url), addr_of(&b.url)];
+    let acme = token(&server, "acme", &[]);
+
+    // 50 calls at once, half through each process: one budget of 100.
+    let calls = capped_calls(&gateways, "acme", &acme, 50, 3).await;
+    let allowed = calls.iter().filter(|(status, _)| *status == 200).count();
+    assert_eq!(allowed, 33, "{calls:?}\n{}", a.log());
+    assert_eq!(model.calls().len(), 33);
+
+    // Redis loses its counters: the next call is seeded from the ledger
+    // (99 spent), not from 0.
+    let export = exported(|args| server.cli_json(args), "acme", 33).await;
+    assert_eq!(export["totals"]["cost_micros"], 99_000_000, "{export}");
+    crate::gateway::delete_redis_keys(&prefix);
+    assert_eq!(capped_calls(&gateways[1..], "acme", &acme, 1, 2).await[0].0, 402);
+    assert_eq!(capped_calls(&gateways[..1], "acme", &acme, 1, 1).await[0].0, 200);
+    assert_eq!(
+        capped_calls(&gateways, "acme", &acme, 2, 1)
+            .await
+            .iter()
+            .filter(|(s, _)| *s == 200)
+            .count(),
+        0
+    );
+    // The soft cap's notice, queued by the gateways, is recorded once.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let soft = loop {
+        let events = server.audit_events(&["acme"]);
+        let soft = events.iter().filter(|e| e["action"] == "budget.soft_cap").count();
+        if soft > 0 || Instant::now() > deadline {
+            break soft;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(soft, 1);
+    crate::gateway::delete_redis_keys(&prefix);
+}

@@ -730,7 +730,7 @@ fn postgres_addr() -> SocketAddr {
     std::net::ToSocketAddrs::to_socket_addrs(hostport).unwrap().next().unwrap()
 }
 
-fn redis_addr() -> SocketAddr {
+pub fn redis_addr() -> SocketAddr {
     let url = std::env::var("BULKHEAD_TEST_REDIS")
         .unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
     let hostport = url.trim_start_matches("redis://").split('/').next().unwrap().to_owned();
@@ -807,9 +807,15 @@ async fn gateways_on_their_own_share_one_limit_through_redis_and_fall_back_witho
     tokio::time::sleep(Duration::from_millis(1_000)).await;
     let back = statuses(&urls, &acme_token, 4).await;
     assert!(back.iter().all(|s| *s == 429), "{back:?}");
+    delete_redis_keys(&prefix);
+}
+
+/// Deletes every key starting with `prefix` from the tests' Redis.
+pub fn delete_redis_keys(prefix: &str) {
+    let (ip, port) = (redis_addr().ip(), redis_addr().port());
     let _ = std::process::Command::new("sh")
         .arg("-c")
-        .arg(format!("redis-cli -h {} -p {} --scan --pattern '{prefix}*' | xargs -r redis-cli -h {} -p {} del", redis_addr().ip(), redis_addr().port(), redis_addr().ip(), redis_addr().port()))
+        .arg(format!("redis-cli -h {ip} -p {port} --scan --pattern '{prefix}*' | xargs -r redis-cli -h {ip} -p {port} del"))
         .status();
 }
 

@@ -6,7 +6,8 @@ library only): the gateway's job is metering and policy, not the model.
 POST /v1/chat/completions answers "Hello!" in three content chunks when
 `stream` is true (then a last chunk with `usage` if
 `stream_options.include_usage` asks for it, then `[DONE]`), or as one JSON
-answer with `usage` {prompt_tokens: 7, completion_tokens: 5}. A message
+answer with `usage` {prompt_tokens: 7, completion_tokens: 5, or the
+request's `max_tokens` when it sets one}. A message
 "cut" makes a stream stop after two chunks, the connection closed. POST
 /v1/embeddings answers with `usage` {prompt_tokens: 4, total_tokens: 4}.
 Every request's body is appended to LOG as one JSON line.
@@ -45,7 +46,7 @@ class Model(BaseHTTPRequestHandler):
         if not request.get("stream"):
             return self.answer({"id": "c1", "object": "chat.completion", "model": request["model"],
                                 "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello!"}}],
-                                "usage": {"prompt_tokens": 7, "completion_tokens": 5, "total_tokens": 12}})
+                                "usage": {"prompt_tokens": 7, "completion_tokens": request.get("max_tokens", 5)}})
         cut = request["messages"][-1]["content"] == "cut"
         self.send_response(200)
         self.send_header("content-type", "text/event-stream")

@@ -335,6 +335,7 @@ impl From<UsageError> for ApiError {
                 Self::new(ErrorCode::TenantNotFound, error.to_string())
             }
             UsageError::Forbidden(_) => Self::new(ErrorCode::Forbidden, error.to_string()),
+            UsageError::BadPeriod(_) => Self::new(ErrorCode::InvalidRequest, error.to_string()),
         }
     }
 }

@@ -293,6 +293,7 @@ pub fn router(state: AppState) -> Router {
                 .layer(DefaultBodyLimit::max(migrations::MAX_BODY_BYTES)),
         )
         .routes(routes!(usage::tenant_usage))
+        .routes(routes!(usage::usage_export))
         .routes(routes!(audit::tenant_events))
         .routes(routes!(audit::tenant_export))
         .routes(routes!(audit::platform_events))

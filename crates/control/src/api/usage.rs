@@ -52,3 +52,40 @@ pub async fn tenant_usage(
             .await?;
     Ok(Json(UsageList { usage }))
 }
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct ExportParams {
+    /// The month, `YYYY-MM` (UTC).
+    pub period: String,
+    /// Only this tenant; every tenant (operators only) unless given.
+    pub tenant: Option<String>,
+}
+
+/// The billing ledger of one month: one line per tenant, API, model or
+/// tool, and day, with requests, tokens and cost, and their totals.
+#[utoipa::path(
+    get, path = "/v1/usage/export", tag = "apis",
+    params(ExportParams),
+    responses((status = 200, body = crate::usage::UsageExport)),
+    security(("operator_token" = []))
+)]
+pub async fn usage_export(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    params: Result<Query<ExportParams>, QueryRejection>,
+) -> Result<Json<crate::usage::UsageExport>, ApiError> {
+    let Query(params) = params?;
+    if let Some(tenant) = &params.tenant {
+        record_tenant(tenant);
+    }
+    let export = crate::usage::export(
+        state.store.as_ref(),
+        &actor,
+        &params.period,
+        params.tenant.as_deref(),
+    )
+    .await?;
+    Ok(Json(export))
+}

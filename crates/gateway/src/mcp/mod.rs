@@ -39,6 +39,8 @@ pub struct Tools<'a> {
     pub recorder: &'a Recorder,
     pub learned: &'a Learned,
     pub ended: &'a Ended,
+    /// The tools that reached their upstream, for the usage ledger.
+    pub called: &'a std::sync::Mutex<Vec<Arc<str>>>,
 }
 
 impl std::fmt::Debug for Tools<'_> {
@@ -354,6 +356,11 @@ impl Session<'_, '_> {
     }
 
     fn record(&self, used: ToolUse) {
+        if used.server.is_some()
+            && let Ok(mut called) = self.tools.called.lock()
+        {
+            called.push(Arc::from(used.tool.as_str()));
+        }
         self.tools.recorder.tool_used(self.tools.learned, self.tools.ended, used);
     }
 }
