@@ -508,9 +508,12 @@ impl ApiClient {
         period: &str,
         tenant: Option<&str>,
     ) -> Result<bulkhead_control::usage::UsageExport, CliError> {
-        let mut query = vec![("period", period.to_owned())];
-        query.extend(tenant.map(|t| ("tenant", t.to_owned())));
-        self.call(Method::GET, self.url(&["v1", "usage", "export"])?, &query).await
+        let query = [("period", period.to_owned())];
+        let url = match tenant {
+            Some(tenant) => self.url(&["v1", "tenants", tenant, "usage", "export"])?,
+            None => self.url(&["v1", "usage", "export"])?,
+        };
+        self.call(Method::GET, url, &query).await
     }
 
     pub async fn deploy_app(

@@ -636,7 +636,7 @@ fn csv_line<S: AsRef<str>>(fields: &[S]) -> String {
             line.push(',');
         }
         let field = field.as_ref();
-        let field = match field.starts_with(['=', '+', '-', '@']) {
+        let field = match field.starts_with(['=', '+', '-', '@', '\t', '\r']) {
             true => format!("'{field}"),
             false => field.to_owned(),
         };

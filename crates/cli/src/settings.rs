@@ -61,7 +61,7 @@ struct FileConfig {
 
 /// `[budget]`: what happens when a tenant's model spend passes its soft
 /// cap, besides the warning header and the audit event.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileBudget {
     /// Posted a JSON notice once per tenant and month.
@@ -334,6 +334,15 @@ impl ServeSettings {
             },
             log_format,
         })
+    }
+}
+
+impl std::fmt::Debug for FileBudget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileBudget")
+            .field("webhook", &self.webhook.as_deref().map(bulkhead_model::redact_url))
+            .field("webhook_secret", &self.webhook_secret.as_ref().map(|_| "<redacted>"))
+            .finish()
     }
 }
 

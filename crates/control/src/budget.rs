@@ -82,7 +82,7 @@ impl BudgetNotices {
             Ok(true) => {}
             Ok(false) => return,
             Err(error) => {
-                tracing::warn!(tenant = %tenant.name, %error, "cannot note the budget's soft cap; it is noted at the next call past it");
+                tracing::warn!(tenant = %tenant.name, %error, period = %notice.period, "cannot note that the tenant's model spend passed its soft cap; its budget.soft_cap event and webhook call are not made");
                 return;
             }
         }

@@ -59,7 +59,6 @@ impl UsageSink for StoreSink {
 /// A row's lines in the billing ledger: its requests, each model's calls
 /// and each tool's calls, on the row's day.
 fn ledger_lines(row: &UsageRow) -> Vec<LedgerLine> {
-    let signed = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
     let day = row.minute.date().to_string();
     let line = |kind: &str, item: &str, requests: u64| LedgerLine {
         tenant_id: TenantId(row.tenant),
@@ -85,6 +84,16 @@ fn ledger_lines(row: &UsageRow) -> Vec<LedgerLine> {
         lines.push(line(LEDGER_TOOL, tool, *calls));
     }
     lines
+}
+
+/// A count as the ledger stores it (a signed 64-bit column).
+fn signed(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// A count the ledger stored.
+fn unsigned(n: i64) -> u64 {
+    u64::try_from(n).unwrap_or(0)
 }
 
 /// The ledger's kinds of line.
@@ -207,7 +216,6 @@ pub async fn export(
                 name
             }
         };
-        let unsigned = |n: i64| u64::try_from(n).unwrap_or(0);
         let line = ExportLine {
             day: line.day,
             tenant: name,

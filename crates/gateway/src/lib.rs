@@ -255,8 +255,11 @@ impl Gateway {
         if let Some(meter) = &meter {
             let charged =
                 meter::reserve(&self.budgets, &permitted.tenant.0, meter, ended.at).await?;
-            if let Some(notice) = charged.notice {
-                self.recorder.budget_passed(learned, ended, notice);
+            if let Some(notice) = charged.notice
+                && !self.recorder.budget_passed(learned, ended, notice)
+            {
+                let period = charged.reservation.period;
+                self.budgets.forget_notice(permitted.tenant.0.id, period);
             }
             budget_warning = charged.warning;
             pending.reservation = Some(charged.reservation);

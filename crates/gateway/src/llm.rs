@@ -58,6 +58,8 @@ pub struct Meter {
     streamed: bool,
     /// The most the call can cost, reserved from the tenant's budget.
     pub most: u64,
+    /// The input and output tokens `most` is the price of.
+    most_tokens: (u64, u64),
 }
 
 impl Meter {
@@ -71,6 +73,19 @@ impl Meter {
             tokens_out,
             cost_micros: self.price.cost(tokens_in, tokens_out),
             counted: !self.reported.load(Ordering::Relaxed),
+        }
+    }
+
+    /// What a call the upstream received but did not answer through the
+    /// gateway (a timeout, a refused answer, a client gone) is charged:
+    /// all it reserved, as the provider may bill it whole.
+    pub fn unanswered(&self) -> ModelUse {
+        ModelUse {
+            model: Arc::clone(&self.model),
+            tokens_in: self.most_tokens.0,
+            tokens_out: self.most_tokens.1,
+            cost_micros: self.most,
+            counted: true,
         }
     }
 
@@ -110,8 +125,14 @@ pub async fn request(
             || within.strip_prefix("/models/").is_some_and(|m| !m.contains('/'));
         return if listing { Ok((request, None)) } else { Err(not_metered()) };
     }
-    let chat = matches!(within, "/chat/completions" | "/completions");
-    if *method != Method::POST || !(chat || within == "/embeddings") {
+    let kind = match within {
+        "/chat/completions" => Kind::Chat,
+        "/completions" => Kind::Completion,
+        "/embeddings" => Kind::Embedding,
+        _ => return Err(not_metered()),
+    };
+    let chat = kind != Kind::Embedding;
+    if *method != Method::POST {
         return Err(not_metered());
     }
     let (mut parts, body) = request.into_parts();
@@ -150,16 +171,20 @@ pub async fn request(
         options.insert("include_usage".into(), Value::Bool(true));
         call.insert("stream_options".into(), Value::Object(options));
     }
+    let most_out = bound_output(&mut call, kind)?;
     // The upstream reads the call as checked: one `model`, whatever keys
-    // the client repeated, as JSON whatever type it claimed; and answers
-    // uncompressed, for the meter to read.
+    // the client repeated, as JSON whatever type it claimed, with the
+    // output limit reserved for; and answers uncompressed, for the meter
+    // to read.
     let bytes = Bytes::from(serde_json::to_vec(&call).map_err(|_| unreadable())?);
+    let most_in = (bytes.len() as u64).saturating_add(IMAGE_RESERVE * images(&call));
     crate::headers::set_content_length(&mut parts.headers, bytes.len());
     parts.headers.remove(header::ACCEPT_ENCODING);
     parts.headers.insert(header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
     let meter = Arc::new(Meter {
         model: model.into(),
-        most: price.cost(bytes.len() as u64, most_output(&call, chat)),
+        most: price.cost(most_in, most_out),
+        most_tokens: (most_in, most_out),
         price,
         tokens_in: AtomicU64::new(bytes.len() as u64 / 4),
         tokens_out: AtomicU64::new(0),
@@ -169,20 +194,90 @@ pub async fn request(
     Ok((Request::from_parts(parts, full(bytes)), Some(meter)))
 }
 
-/// The most output tokens a call asks for: its limit (whichever name the
-/// client used) times its choices, or [`DEFAULT_OUTPUT_RESERVE`] per
-/// choice. Input is bounded by the prompt's bytes, a token being at least
-/// one byte.
-fn most_output(call: &serde_json::Map<String, Value>, chat: bool) -> u64 {
-    if !chat {
-        return 0;
+/// The input tokens reserved for each image in a prompt, whatever its URL's
+/// length (OpenAI's largest image is about 1,500 tokens).
+pub const IMAGE_RESERVE: u64 = 4_096;
+/// The most choices (`n`, `best_of`) or prompts a call may ask for at once.
+pub const MAX_CHOICES: u64 = 128;
+
+/// What a `POST` within an llm API is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Chat,
+    /// The legacy `/completions`: prompts may come in a list, `best_of`
+    /// generates more than it returns.
+    Completion,
+    Embedding,
+}
+
+/// The most output tokens the call can produce, made a bound the upstream
+/// keeps: its output limit (the larger of `max_tokens` and
+/// `max_completion_tokens`; [`DEFAULT_OUTPUT_RESERVE`] written as
+/// `max_completion_tokens` when it sets neither) times its choices (`n`,
+/// `best_of`) and, on `/completions`, its prompts. A limit or a count that
+/// is not a positive integer within bounds is refused: lenient servers read
+/// `"100"` or `1e5` where the gateway would read nothing.
+fn bound_output(call: &mut serde_json::Map<String, Value>, kind: Kind) -> Result<u64, Refusal> {
+    if kind == Kind::Embedding {
+        return Ok(0);
     }
-    let number = |key: &str| call.get(key).and_then(Value::as_u64);
-    let limit = number("max_completion_tokens")
-        .or_else(|| number("max_tokens"))
-        .or_else(|| number("max_output_tokens"))
-        .unwrap_or(DEFAULT_OUTPUT_RESERVE);
-    limit.saturating_mul(number("n").unwrap_or(1).clamp(1, 128))
+    let invalid = |rule: String| {
+        let mut refusal = Refusal::new(Phase::Route, Code::BadRequest, "an unbounded model call");
+        refusal.rule = Some(rule);
+        refusal
+    };
+    let positive = |key: &str, most: u64| -> Result<Option<u64>, Refusal> {
+        match call.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(value) => match value.as_u64().filter(|n| (1..=most).contains(n)) {
+                Some(n) => Ok(Some(n)),
+                None => Err(invalid(format!("{key} must be an integer from 1 to {most}"))),
+            },
+        }
+    };
+    let limits = [positive("max_tokens", u64::MAX)?, positive("max_completion_tokens", u64::MAX)?];
+    let choices = [positive("n", MAX_CHOICES)?, positive("best_of", MAX_CHOICES)?];
+    let limit = match limits.iter().flatten().max() {
+        Some(limit) => *limit,
+        None => {
+            call.insert("max_completion_tokens".into(), Value::from(DEFAULT_OUTPUT_RESERVE));
+            DEFAULT_OUTPUT_RESERVE
+        }
+    };
+    let choices = choices.iter().flatten().max().copied().unwrap_or(1);
+    let prompts = match (kind, call.get("prompt")) {
+        // A list of strings or of token lists is one prompt each; a list
+        // of numbers is one prompt of tokens.
+        (Kind::Completion, Some(Value::Array(prompts)))
+            if prompts.iter().any(|p| p.is_string() || p.is_array()) =>
+        {
+            prompts.len() as u64
+        }
+        _ => 1,
+    };
+    if prompts > MAX_CHOICES {
+        return Err(invalid(format!("a call may hold at most {MAX_CHOICES} prompts")));
+    }
+    Ok(limit.saturating_mul(choices).saturating_mul(prompts.max(1)))
+}
+
+/// The images in a prompt: parts typed `image_url`, `input_image` or
+/// `image`, wherever they are.
+fn images(value: &serde_json::Map<String, Value>) -> u64 {
+    fn count(value: &Value) -> u64 {
+        match value {
+            Value::Array(items) => items.iter().map(count).sum(),
+            Value::Object(object) => {
+                let image = object
+                    .get("type")
+                    .and_then(Value::as_str)
+                    .is_some_and(|t| matches!(t, "image_url" | "input_image" | "image"));
+                u64::from(image) + object.values().map(count).sum::<u64>()
+            }
+            _ => 0,
+        }
+    }
+    value.values().map(count).sum()
 }
 
 /// An answer's body, passed on as it comes, read by the meter on the way.
@@ -348,20 +443,61 @@ mod tests {
             reported: AtomicBool::new(false),
             streamed,
             most: 0,
+            most_tokens: (0, 0),
         });
         Metered::new(crate::body::empty(), meter)
     }
 
     #[test]
-    fn a_call_reserves_its_asked_output_times_its_choices() {
-        let call = |json: Value| json.as_object().unwrap().clone();
-        let most = |json: Value| most_output(&call(json), true);
-        assert_eq!(most(serde_json::json!({})), DEFAULT_OUTPUT_RESERVE);
-        assert_eq!(most(serde_json::json!({"max_tokens": 50, "n": 3})), 150);
-        assert_eq!(most(serde_json::json!({"max_completion_tokens": 7, "max_tokens": 50})), 7);
-        assert_eq!(most(serde_json::json!({"max_tokens": 5, "n": 100_000})), 640, "n capped");
-        assert_eq!(most(serde_json::json!({"max_tokens": -1})), DEFAULT_OUTPUT_RESERVE);
-        assert_eq!(most_output(&call(serde_json::json!({"max_tokens": 5})), false), 0);
+    fn a_call_reserves_its_bounded_output_times_its_choices_and_prompts() {
+        use serde_json::json;
+        let bound = |kind: Kind, body: Value| {
+            let mut call = body.as_object().unwrap().clone();
+            bound_output(&mut call, kind).map(|most| (most, Value::Object(call)))
+        };
+        // No limit: the default, written for the upstream to keep.
+        let (most, sent) = bound(Kind::Chat, json!({"model": "m"})).unwrap();
+        assert_eq!(most, DEFAULT_OUTPUT_RESERVE);
+        assert_eq!(sent["max_completion_tokens"], DEFAULT_OUTPUT_RESERVE);
+        assert_eq!(bound(Kind::Chat, json!({"max_tokens": 50, "n": 3})).unwrap().0, 150);
+        let both = json!({"max_completion_tokens": 7, "max_tokens": 50});
+        assert_eq!(bound(Kind::Chat, both).unwrap().0, 50, "the larger of the two");
+        assert_eq!(
+            bound(Kind::Chat, json!({"max_tokens": null})).unwrap().0,
+            DEFAULT_OUTPUT_RESERVE
+        );
+        let legacy = json!({"max_tokens": 10, "n": 2, "best_of": 5, "prompt": ["a", "b", "c"]});
+        assert_eq!(bound(Kind::Completion, legacy).unwrap().0, 10 * 5 * 3);
+        let tokens = json!({"max_tokens": 10, "prompt": [1, 2, 3]});
+        assert_eq!(bound(Kind::Completion, tokens).unwrap().0, 10, "one prompt of tokens");
+        assert_eq!(bound(Kind::Embedding, json!({"max_tokens": 5})).unwrap().0, 0);
+        for bad in [
+            json!({"max_tokens": 0}),
+            json!({"max_tokens": -1}),
+            json!({"max_tokens": "100000"}),
+            json!({"max_completion_tokens": 1e5}),
+            json!({"n": 129}),
+            json!({"best_of": 0}),
+        ] {
+            let refused = bound(Kind::Chat, bad.clone()).unwrap_err();
+            assert_eq!(refused.code, Code::BadRequest, "{bad}");
+            assert!(refused.rule.unwrap().contains("must be an integer from 1 to"), "{bad}");
+        }
+        let many = json!({"max_tokens": 1, "prompt": vec!["x"; 129]});
+        assert!(bound(Kind::Completion, many).is_err());
+    }
+
+    #[test]
+    fn images_are_counted_wherever_they_are() {
+        let call = serde_json::json!({"messages": [
+            {"role": "user", "content": [
+                {"type": "text", "text": "what is this"},
+                {"type": "image_url", "image_url": {"url": "https://x/a.png"}},
+                {"type": "input_image", "image_url": "https://x/b.png"}
+            ]},
+            {"role": "user", "content": "type image_url"}
+        ]});
+        assert_eq!(images(call.as_object().unwrap()), 2);
     }
 
     const CHUNK: &str = "data: {\"choices\":[{\"delta\":{\"content\":\"x\"}}]}\n\n";

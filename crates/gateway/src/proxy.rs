@@ -236,6 +236,8 @@ pub async fn forward(
     let mut pending = context.pending;
     let started = Instant::now();
     let timeout = Duration::from_millis(spec.timeouts.response_ms);
+    // From here the upstream may have the request, whatever ends it.
+    pending.sent = true;
     let outcome =
         tokio::time::timeout(timeout, runtime.client().request(Request::from_parts(parts, body)))
             .await;
@@ -245,6 +247,8 @@ pub async fn forward(
             response
         }
         Ok(Err(error)) => {
+            // No connection: nothing reached the upstream.
+            pending.sent = !error.is_connect() && !caused_by::<TenantConnectionCap>(&error);
             if caused_by::<TenantConnectionCap>(&error) {
                 return Err(Refusal::new(
                     Phase::Limit,

@@ -125,19 +125,22 @@ impl Recorder {
         self.audit(record);
     }
 
-    /// Tells the tenant's stream its spend passed the soft cap.
-    pub fn budget_passed(&self, learned: &Learned, ended: &Ended, notice: BudgetNotice) {
-        let Some(tenant) = learned.tenant.as_ref().map(|t| t.id) else { return };
+    /// Tells the tenant's stream its spend passed the soft cap; `false`
+    /// when the notice could not be queued.
+    pub fn budget_passed(&self, learned: &Learned, ended: &Ended, notice: BudgetNotice) -> bool {
+        let Some(tenant) = learned.tenant.as_ref().map(|t| t.id) else { return false };
         let mut record = ended.audit_record(tenant, learned, None);
         record.status = 200;
         record.budget = Some(notice);
-        self.audit(record);
+        self.audit(record)
     }
 
-    fn audit(&self, record: AuditRecord) {
-        if self.audit.try_send(record).is_err() {
+    fn audit(&self, record: AuditRecord) -> bool {
+        let queued = self.audit.try_send(record).is_ok();
+        if !queued {
             self.audit_dropped.fetch_add(1, Ordering::Relaxed);
         }
+        queued
     }
 }
 
@@ -247,6 +250,10 @@ pub struct Pending {
     pub reservation: Option<bulkhead_meter::Reservation>,
     /// The tools an MCP request called.
     pub tools: Vec<Arc<str>>,
+    /// The request went to the upstream, which may have acted on it (and,
+    /// for a model call, billed it) though no answer came back through the
+    /// gateway.
+    pub sent: bool,
 }
 
 impl Pending {
@@ -262,6 +269,7 @@ impl Pending {
             model: None,
             reservation: None,
             tools: Vec::new(),
+            sent: false,
         }
     }
 
@@ -275,16 +283,36 @@ impl Pending {
 
 impl Drop for Pending {
     fn drop(&mut self) {
-        // Unanswered, the call used nothing: the reservation is released.
-        let used = self.model.as_ref().filter(|_| self.answered).map(|meter| meter.used());
+        // A model call never sent used nothing: its reservation is
+        // released. One sent but unanswered is charged all it reserved.
+        let used = match (self.answered, self.sent, &self.model) {
+            (true, _, Some(meter)) => Some(meter.used()),
+            (false, true, Some(meter)) => Some(meter.unanswered()),
+            _ => None,
+        };
         if let Some(reservation) = self.reservation.take() {
             reservation.settle(used.as_ref().map_or(0, |used| used.cost_micros));
         }
-        let Some(tenant) = self.learned.tenant.as_ref().map(|t| t.id).filter(|_| self.answered)
-        else {
-            return;
-        };
+        let Some(tenant) = self.learned.tenant.as_ref().map(|t| t.id) else { return };
         let ended = &self.ended;
+        if !self.answered {
+            // The request itself is recorded by the refusal that ended it.
+            if let Some(used) = used {
+                self.recorder.usage.record(UsageEvent {
+                    tenant,
+                    api: self.learned.api_name(),
+                    outcome: Outcome::Charged,
+                    status: 0,
+                    bytes_in: 0,
+                    bytes_out: 0,
+                    upstream_latency: None,
+                    at: at(ended.at),
+                    model: Some(used),
+                    tools: Vec::new(),
+                });
+            }
+            return;
+        }
         self.recorder.usage.record(UsageEvent {
             tenant,
             api: self.learned.api_name(),

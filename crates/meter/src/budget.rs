@@ -11,7 +11,9 @@
 //! month (`{prefix}budget:{tenant}:{YYYY-MM}`), changed by one Lua script
 //! per reservation and per settlement. A counter Redis does not hold (the
 //! period's first call, a flush, a restart without persistence) is seeded
-//! from the durable [`Ledger`]. Without Redis, or while it cannot answer
+//! from the durable [`Ledger`], with a new epoch: reservations made in the
+//! lost counter do not settle into the new one (the ledger has, or will
+//! have, their cost). Without Redis, or while it cannot answer
 //! and the tenant's fallback is `local`, each process keeps its own
 //! counter, seeded from the ledger the same way.
 //!
@@ -94,8 +96,7 @@ impl Period {
     /// Its first day and the next month's, as `YYYY-MM-DD`: the ledger's
     /// days from (included) and until (excluded).
     pub fn days(self) -> (String, String) {
-        let first = |p: Period| format!("{:04}-{:02}-01", p.year, u8::from(p.month));
-        (first(self), first(self.next()))
+        (format!("{self}-01"), format!("{}-01", self.next()))
     }
 
     /// Unix seconds at which the month ends.
@@ -150,7 +151,7 @@ pub struct Reservation {
 
 enum Counter {
     Local(Arc<AtomicU64>),
-    Redis { connection: ConnectionManager, script: Arc<Script>, key: String },
+    Redis { connection: ConnectionManager, script: Arc<Script>, key: String, epoch: String },
 }
 
 impl fmt::Debug for Reservation {
@@ -182,19 +183,19 @@ impl Reservation {
                     spent.fetch_sub(self.amount - actual, Ordering::Relaxed);
                 }
             }
-            Counter::Redis { connection, script, key } => {
+            Counter::Redis { connection, script, key, epoch } => {
                 let delta =
                     i64::try_from(i128::from(actual) - i128::from(self.amount)).unwrap_or(i64::MAX);
                 if delta == 0 {
                     return;
                 }
                 let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
-                let (mut connection, script, key) =
-                    (connection.clone(), Arc::clone(script), key.clone());
+                let (mut connection, script, key, epoch) =
+                    (connection.clone(), Arc::clone(script), key.clone(), epoch.clone());
                 runtime.spawn(async move {
                     let settled = tokio::time::timeout(
                         SETTLE_TIMEOUT,
-                        script.key(&key).arg(delta).invoke_async::<i64>(&mut connection),
+                        script.key(&key).arg(delta).arg(epoch).invoke_async::<i64>(&mut connection),
                     )
                     .await;
                     if !matches!(settled, Ok(Ok(_))) {
@@ -214,7 +215,9 @@ impl Drop for Reservation {
 
 /// One tenant's counter in this process, for one period.
 struct LocalBudget {
-    period: Period,
+    /// The Redis outage it counts through; a counter of an earlier outage
+    /// is seeded again, the ledger having caught up since.
+    outage: u64,
     spent: tokio::sync::OnceCell<Arc<AtomicU64>>,
 }
 
@@ -225,7 +228,11 @@ pub struct Budgets {
     reserve: Script,
     settle: Arc<Script>,
     ledger: Option<Arc<dyn Ledger>>,
-    local: Mutex<HashMap<Uuid, Arc<LocalBudget>>>,
+    local: Mutex<HashMap<(Uuid, Period), Arc<LocalBudget>>>,
+    /// Redis outages so far (0 without Redis), and whether Redis answered
+    /// last.
+    outages: AtomicU64,
+    answering: std::sync::atomic::AtomicBool,
     noticed: Mutex<HashSet<(Uuid, Period)>>,
 }
 
@@ -250,6 +257,8 @@ impl Budgets {
             settle: Arc::new(Script::new(include_str!("budget_settle.lua"))),
             ledger,
             local: Mutex::default(),
+            outages: AtomicU64::new(0),
+            answering: std::sync::atomic::AtomicBool::new(true),
             noticed: Mutex::default(),
         }
     }
@@ -267,11 +276,17 @@ impl Budgets {
         let period = Period::of(at);
         if let Some(redis) = &self.redis {
             if !redis.paused(self.clock.now()) {
-                match self.reserve_in_redis(redis, tenant, at, caps, amount).await {
-                    Ok(spend) => return spend,
+                match self.reserve_in_redis(redis, tenant, period, at, caps, amount).await {
+                    Ok(spend) => {
+                        self.answering.store(true, Ordering::Relaxed);
+                        return spend;
+                    }
                     Err(error) => {
                         debug!(%error, "a budget reservation falls back");
                         redis.pause(self.clock.now());
+                        if self.answering.swap(false, Ordering::Relaxed) {
+                            self.outages.fetch_add(1, Ordering::Relaxed);
+                        }
                     }
                 }
             }
@@ -291,6 +306,14 @@ impl Budgets {
         noticed.insert((tenant, period))
     }
 
+    /// Forgets that the notice for `tenant` and `period` was given (it
+    /// could not be handed over), so that the next call past the soft cap
+    /// gives it again.
+    pub fn forget_notice(&self, tenant: Uuid, period: Period) {
+        let mut noticed = self.noticed.lock().unwrap_or_else(PoisonError::into_inner);
+        noticed.remove(&(tenant, period));
+    }
+
     async fn seed(&self, tenant: Uuid, period: Period) -> Result<u64, String> {
         match &self.ledger {
             Some(ledger) => ledger.spent(tenant, period).await,
@@ -299,15 +322,20 @@ impl Budgets {
     }
 
     async fn reserve_here(&self, tenant: Uuid, period: Period, caps: Caps, amount: u64) -> Spend {
+        let outage = self.outages.load(Ordering::Relaxed);
         let budget = {
             let mut local = self.local.lock().unwrap_or_else(PoisonError::into_inner);
-            let budget = local.entry(tenant).or_insert_with(|| {
-                Arc::new(LocalBudget { period, spent: tokio::sync::OnceCell::new() })
-            });
-            if budget.period != period {
-                *budget = Arc::new(LocalBudget { period, spent: tokio::sync::OnceCell::new() });
+            match local.get(&(tenant, period)) {
+                Some(budget) if budget.outage == outage => Arc::clone(budget),
+                _ => {
+                    // Past months' counters go when a new one is made.
+                    local.retain(|(_, p), _| *p >= period);
+                    let budget =
+                        Arc::new(LocalBudget { outage, spent: tokio::sync::OnceCell::new() });
+                    local.insert((tenant, period), Arc::clone(&budget));
+                    budget
+                }
             }
-            Arc::clone(budget)
         };
         let seeded = budget
             .spent
@@ -348,11 +376,11 @@ impl Budgets {
         &self,
         redis: &RedisBackend,
         tenant: Uuid,
+        period: Period,
         at: OffsetDateTime,
         caps: Caps,
         amount: u64,
     ) -> Result<Spend, crate::redis_limit::RedisCheckError> {
-        let period = Period::of(at);
         let key = format!("{}budget:{tenant}:{period}", redis.prefix());
         let left = period.ends_at().saturating_sub(at.unix_timestamp()).max(0);
         let ttl = left.saturating_add(COUNTER_KEPT_AFTER);
@@ -360,8 +388,9 @@ impl Budgets {
         loop {
             let mut invocation = self.reserve.key(&key);
             invocation.arg(amount).arg(caps.hard_micros).arg(ttl).arg(&seed);
+            invocation.arg(Uuid::new_v4().simple().to_string());
             let mut connection = redis.connection();
-            let (verdict, spent): (i64, i64) =
+            let (verdict, spent, epoch): (i64, i64, String) =
                 tokio::time::timeout(redis.timeout(), invocation.invoke_async(&mut connection))
                     .await
                     .map_err(|_| crate::redis_limit::RedisCheckError::Timeout(redis.timeout()))??;
@@ -376,6 +405,7 @@ impl Budgets {
                             connection,
                             script: Arc::clone(&self.settle),
                             key,
+                            epoch,
                         },
                         settled: false,
                     }));

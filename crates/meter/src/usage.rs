@@ -139,6 +139,10 @@ impl ModelTotals {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Outcome {
     Allowed,
+    /// Not a request of its own: a model call its upstream received but did
+    /// not answer through the gateway, charged what it reserved. Only its
+    /// model use is summed; the request is recorded by its refusal.
+    Charged,
     /// Ended by `phase` (`resolve`, `authn`, `route`, `authz`, `limit`,
     /// `guard`, `proxy`) for `reason` (the error code sent).
     Refused {
@@ -354,7 +358,7 @@ impl Aggregator {
             minute: event.at.unix_timestamp().div_euclid(60),
         };
         let totals = self.open.entry(key).or_default();
-        totals.requests += 1;
+        totals.requests += u64::from(event.outcome != Outcome::Charged);
         if let Outcome::Refused { phase, .. } = event.outcome {
             match totals.refused.iter_mut().find(|(known, _)| *known == phase) {
                 Some((_, count)) => *count += 1,

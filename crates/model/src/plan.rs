@@ -95,8 +95,6 @@ impl std::str::FromStr for LimiterFallback {
     }
 }
 
-/// Monthly spend on metered usage, in whole US dollars: above `soft_usd` the
-/// tenant is throttled with 429 and Retry-After, above `hard_usd` refused.
 /// A tenant's model spend per calendar month (UTC), in whole units of the
 /// prices' currency (`usd` by convention): past `soft_usd` responses carry a
 /// warning and the tenant's stream records `budget.soft_cap`; a call that

@@ -76,6 +76,12 @@ async fn guardrails_redact_and_refuse_the_tenants_own_traffic_and_no_one_elses()
         "{}",
         stdout(&again)
     );
+    let helpdesk_tenant = server.cli_json(&["tenants", "get", "helpdesk"]);
+    assert_eq!(
+        helpdesk_tenant["limits"]["cost_caps"],
+        json!({"soft_usd": 200, "hard_usd": 400}),
+        "{helpdesk_tenant}"
+    );
     let created = server.cli(&["tenants", "create", "globex", "--plan", "professional", "--wait"]);
     assert_eq!(exit_code(&created), 0, "{}", stderr(&created));
     let api = ["apis", "create", "--tenant", "globex", "chat", "--prefix", "/v1"];
@@ -334,7 +340,9 @@ async fn a_bad_guardrail_is_refused_whole_with_the_reason() {
     let refused = server.cli(&["apply", "-f", &samples]);
     assert_eq!(exit_code(&refused), 2, "{}", stdout(&refused));
     let message = stderr(&refused);
-    assert!(message.contains("helpdesk.yaml:33:"), "{message}");
+    // The line of the guardrail's spec, wherever the sample has it.
+    let spec = costly.lines().position(|l| l == "  pii:").unwrap() + 1;
+    assert!(message.contains(&format!("helpdesk.yaml:{spec}:3: spec.topics")), "{message}");
     assert!(message.contains("topic weapons, pattern 1"), "{message}");
     let (status, _) = server.http().get("/v1/tenants/helpdesk").await;
     assert_eq!(status, 404, "nothing was applied");
@@ -826,8 +834,7 @@ pub async fn capped_calls(
 
 /// This month, as the ledger names periods.
 pub fn this_month() -> String {
-    let now = time::OffsetDateTime::now_utc();
-    format!("{:04}-{:02}", now.year(), u8::from(now.month()))
+    bulkhead_meter::Period::of(time::OffsetDateTime::now_utc()).to_string()
 }
 
 /// Polls `bulkhead usage export` until the tenant's model line shows
@@ -974,6 +981,46 @@ async fn a_tenants_model_spend_stops_at_its_hard_cap_exactly_warns_past_its_soft
     let events = server.audit_events(&["acme"]);
     assert_eq!(events.iter().filter(|e| e["action"] == "budget.soft_cap").count(), 1);
     assert_eq!(hook.seen().len(), 1);
+
+    // A call the model received but did not answer in time is charged all
+    // it reserved: 101 + 3, then room for 6 more of 110.
+    let upstream = format!("http://127.0.0.1:{}", model.port);
+    let slow = ["apis", "create", "--tenant", "acme", "slow", "--prefix", "/slow", "--type", "llm"];
+    let flags = ["--model", "capped", "--upstream", &upstream, "--response-timeout", "1s"];
+    let created = server.cli(&[&slow[..], &flags].concat());
+    assert_eq!(exit_code(&created), 0, "{}", stderr(&created));
+    let raised = server.cli(&["tenants", "update", "acme", "--cost-caps", "50/110"]);
+    assert_eq!(exit_code(&raised), 0, "{}", stderr(&raised));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let client = reqwest::Client::builder().resolve("acme.localhost", gateway[0]).build().unwrap();
+    let url = format!("http://acme.localhost:{}/slow/v1/chat/completions", gateway[0].port());
+    let body = json!({"model": "capped", "max_tokens": 3, "messages": [{"role": "user", "content": "slow"}]});
+    let timed_out = client.post(&url).bearer_auth(&acme).json(&body).send().await.unwrap();
+    assert_eq!(timed_out.status(), 504);
+    assert_eq!(capped_calls(&gateway, "acme", &acme, 1, 7).await[0].0, 402);
+    assert_eq!(capped_calls(&gateway, "acme", &acme, 1, 6).await[0].0, 200);
+    let export = exported(|args| server.cli_json(args), "acme", 37).await;
+    let charged = export["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["api"] == "slow" && l["kind"] == "model")
+        .unwrap_or_else(|| panic!("{export}"));
+    assert_eq!((&charged["requests"], &charged["cost_micros"]), (&json!(1), &json!(3_000_000)));
+
+    // A tenant's own credential exports its own tenant, not another's nor
+    // every tenant's.
+    let own = control_token(&server, "acme");
+    let month = this_month();
+    let mine =
+        server.cli_with_token(&own, &["usage", "export", "--period", &month, "--tenant", "acme"]);
+    assert_eq!(exit_code(&mine), 0, "{}", stderr(&mine));
+    for other in [&["--tenant", "globex"][..], &[]] {
+        let args = [&["usage", "export", "--period", &month][..], other].concat();
+        let refused = server.cli_with_token(&own, &args);
+        assert_ne!(exit_code(&refused), 0, "{args:?}: {}", stdout(&refused));
+        assert!(!stdout(&refused).contains("globex"), "{}", stdout(&refused));
+    }
 }
 
 #[tokio::test]

@@ -87,6 +87,7 @@ async fn openapi_describes_every_endpoint() {
         "PATCH /v1/tenants/{tenant}/flags",
         "GET /v1/tenants/{tenant}/usage",
         "GET /v1/usage/export",
+        "GET /v1/tenants/{tenant}/usage/export",
         "POST /v1/tenants/{tenant}/api-keys",
         "GET /v1/tenants/{tenant}/api-keys",
         "DELETE /v1/tenants/{tenant}/api-keys/{id}",

@@ -10,7 +10,8 @@ answer with `usage` {prompt_tokens: 7, completion_tokens: 5, or the
 request's `max_tokens` when it sets one}. A message
 "cut" makes a stream stop after two chunks, the connection closed. POST
 /v1/embeddings answers with `usage` {prompt_tokens: 4, total_tokens: 4}.
-Every request's body is appended to LOG as one JSON line.
+A message "slow" is answered after 2 s. Every request's body is appended
+to LOG as one JSON line.
 """
 
 import json
@@ -43,6 +44,8 @@ class Model(BaseHTTPRequestHandler):
         if self.path.endswith("/embeddings"):
             return self.answer({"object": "list", "data": [{"embedding": [0.1, 0.2], "index": 0}],
                                 "model": request["model"], "usage": {"prompt_tokens": 4, "total_tokens": 4}})
+        if request["messages"][-1]["content"] == "slow":
+            time.sleep(2)
         if not request.get("stream"):
             return self.answer({"id": "c1", "object": "chat.completion", "model": request["model"],
                                 "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello!"}}],

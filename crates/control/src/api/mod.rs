@@ -294,6 +294,7 @@ pub fn router(state: AppState) -> Router {
         )
         .routes(routes!(usage::tenant_usage))
         .routes(routes!(usage::usage_export))
+        .routes(routes!(usage::tenant_usage_export))
         .routes(routes!(audit::tenant_events))
         .routes(routes!(audit::tenant_export))
         .routes(routes!(audit::platform_events))

@@ -59,12 +59,11 @@ pub async fn tenant_usage(
 pub struct ExportParams {
     /// The month, `YYYY-MM` (UTC).
     pub period: String,
-    /// Only this tenant; every tenant (operators only) unless given.
-    pub tenant: Option<String>,
 }
 
-/// The billing ledger of one month: one line per tenant, API, model or
-/// tool, and day, with requests, tokens and cost, and their totals.
+/// Every tenant's billing ledger of one month (operators only): one line
+/// per tenant, API, model or tool, and day, with requests, tokens and cost,
+/// and their totals.
 #[utoipa::path(
     get, path = "/v1/usage/export", tag = "apis",
     params(ExportParams),
@@ -77,15 +76,27 @@ pub async fn usage_export(
     params: Result<Query<ExportParams>, QueryRejection>,
 ) -> Result<Json<crate::usage::UsageExport>, ApiError> {
     let Query(params) = params?;
-    if let Some(tenant) = &params.tenant {
-        record_tenant(tenant);
-    }
-    let export = crate::usage::export(
-        state.store.as_ref(),
-        &actor,
-        &params.period,
-        params.tenant.as_deref(),
-    )
-    .await?;
+    let export = crate::usage::export(state.store.as_ref(), &actor, &params.period, None).await?;
+    Ok(Json(export))
+}
+
+/// The tenant's billing ledger of one month, as `/v1/usage/export` gives
+/// it; any role of the tenant may read it.
+#[utoipa::path(
+    get, path = "/v1/tenants/{tenant}/usage/export", tag = "apis",
+    params(("tenant" = String, Path, description = "Tenant name"), ExportParams),
+    responses((status = 200, body = crate::usage::UsageExport)),
+    security(("operator_token" = []))
+)]
+pub async fn tenant_usage_export(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Path(tenant): Path<String>,
+    params: Result<Query<ExportParams>, QueryRejection>,
+) -> Result<Json<crate::usage::UsageExport>, ApiError> {
+    record_tenant(&tenant);
+    let Query(params) = params?;
+    let export =
+        crate::usage::export(state.store.as_ref(), &actor, &params.period, Some(&tenant)).await?;
     Ok(Json(export))
 }
