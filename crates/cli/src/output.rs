@@ -223,6 +223,7 @@ pub fn plans(format: Output, plans: &[Plan]) -> Result<(), CliError> {
                         p.vault.max_credential_ttl_secs
                     ))
                 ),
+                p.tools.iter().map(|t| t.name.as_str()).collect::<Vec<_>>().join(","),
             ]
         })
         .collect();
@@ -237,7 +238,8 @@ pub fn plans(format: Output, plans: &[Plan]) -> Result<(), CliError> {
                 "AUDIT",
                 "BACKUPS",
                 "RUNTIME",
-                "VAULT"
+                "VAULT",
+                "TOOLS"
             ],
             &rows
         )

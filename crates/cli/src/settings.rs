@@ -57,6 +57,17 @@ struct FileConfig {
     prices: bulkhead_model::PriceTable,
     #[serde(default)]
     budget: FileBudget,
+    /// Tools each plan grants: `[[plans.professional.tools]]`, each a
+    /// tool as `kind: Tool` spells it.
+    #[serde(default)]
+    plans: std::collections::BTreeMap<String, FilePlan>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FilePlan {
+    #[serde(default)]
+    tools: Vec<bulkhead_model::ToolSpec>,
 }
 
 /// `[budget]`: what happens when a tenant's model spend passes its soft
@@ -317,6 +328,13 @@ impl ServeSettings {
                 usage_flush_every,
                 prices: std::sync::Arc::new(file.prices.clone()),
                 budget_webhook: budget_webhook(&file.budget)?,
+                plans: {
+                    let tools =
+                        file.plans.iter().map(|(p, f)| (p.clone(), f.tools.clone())).collect();
+                    bulkhead_model::PlanCatalog::builtin()
+                        .with_tools(&tools)
+                        .map_err(CliError::usage)?
+                },
                 base_domain,
                 public_url,
                 insecure_jwks_hosts: if args.insecure_jwks_hosts.is_empty() {

@@ -33,6 +33,9 @@ pub struct Config {
     pub prices: std::sync::Arc<bulkhead_model::PriceTable>,
     /// Told when a tenant's model spend passes its soft cap (`[budget]`).
     pub budget_webhook: Option<crate::budget::WebhookSettings>,
+    /// The plans tenants are on: the built-in ones, with the tools the
+    /// configuration grants them (`[[plans.<plan>.tools]]`).
+    pub plans: bulkhead_model::PlanCatalog,
     pub base_domain: BaseDomain,
     /// How clients reach this server (`https://bulkhead.example.com`):
     /// realms' issuers are `<public_url>/realms/<tenant>`. Defaults to the
@@ -110,6 +113,7 @@ impl Config {
             usage_flush_every: DEFAULT_USAGE_FLUSH,
             prices: std::sync::Arc::default(),
             budget_webhook: None,
+            plans: bulkhead_model::PlanCatalog::builtin(),
             base_domain: BaseDomain::default(),
             public_url: None,
             insecure_jwks_hosts: Vec::new(),

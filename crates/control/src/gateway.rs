@@ -342,8 +342,17 @@ impl GatewayFeed {
                 }
             }
         }
+        let plan = match self.plans.get(tenant.plan.as_str()) {
+            Ok(plan) => plan,
+            Err(error) => {
+                tracing::error!(tenant = %tenant.name, %error, "the tenant's plan is unknown; it is not served");
+                return None;
+            }
+        };
+        let (limits, cost_caps) =
+            (tenant.limits.apply(&plan.gateway), tenant.limits.cost_caps(&plan.cost_caps));
         // A tool that cannot be read is not offered; the others are.
-        let tools = parts
+        let mut tools: Vec<ToolSpec> = parts
             .tools
             .iter()
             .filter_map(|record| match resources::decode::<ToolSpec>(record) {
@@ -354,15 +363,14 @@ impl GatewayFeed {
                 }
             })
             .collect();
-        let (limits, cost_caps) = match self.plans.get(tenant.plan.as_str()) {
-            Ok(plan) => {
-                (tenant.limits.apply(&plan.gateway), tenant.limits.cost_caps(&plan.cost_caps))
-            }
-            Err(error) => {
-                tracing::error!(tenant = %tenant.name, %error, "the tenant's plan is unknown; it is not served");
-                return None;
-            }
-        };
+        // The plan's tools, but where the tenant has one of that name.
+        let granted: Vec<ToolSpec> = plan
+            .tools
+            .iter()
+            .filter(|t| !tools.iter().any(|own| own.name == t.name))
+            .cloned()
+            .collect();
+        tools.extend(granted);
         let now = self.realms.now().unix_timestamp();
         let key_leaves = parts
             .keys

@@ -15,7 +15,6 @@ use std::{
 };
 
 use bulkhead_audit::{AuditLog, FileWitness, KeyRing, StoreWitness, Witness};
-use bulkhead_model::PlanCatalog;
 use bulkhead_store::{ControlStore, StoreError, StoreLock, VaultStore};
 use bulkhead_vault::{AnomalyDetector, Vault, VaultError};
 use thiserror::Error;
@@ -470,7 +469,7 @@ pub async fn start_gateway(config: Config) -> Result<RunningGateway, StartError>
     let feed = Arc::new(GatewayFeed::new(
         Arc::clone(&store),
         Arc::new(realms),
-        PlanCatalog::builtin(),
+        config.plans.clone(),
         &config.base_domain,
         config.data_dir.join("tenants"),
         Arc::clone(&config.prices),
@@ -577,7 +576,7 @@ pub async fn start_with_steps(
         Arc::clone(&clock),
         events.clone(),
         Arc::clone(&metrics),
-        PlanCatalog::builtin(),
+        config.plans.clone(),
     ));
     let identity = Arc::new(IdentityService::new(
         Arc::clone(&store),
@@ -653,7 +652,7 @@ pub async fn start_with_steps(
     let (handle, woken) = Reconciler::channel();
     let tenants = Arc::new(TenantService::new(
         Arc::clone(&store),
-        PlanCatalog::builtin(),
+        config.plans.clone(),
         config.regions.clone(),
         handle,
         Arc::clone(&clock),
@@ -664,7 +663,7 @@ pub async fn start_with_steps(
         Arc::clone(&store),
         vault,
         credentials,
-        PlanCatalog::builtin(),
+        config.plans.clone(),
         Arc::clone(&clock),
         Arc::clone(&admission),
         Arc::clone(&metrics),
@@ -700,14 +699,14 @@ pub async fn start_with_steps(
         audit_keys,
         events.clone(),
         Arc::clone(&clock),
-        PlanCatalog::builtin(),
+        config.plans.clone(),
         admission,
         witnesses,
     ));
     let feed = Arc::new(GatewayFeed::new(
         Arc::clone(&store),
         Arc::clone(identity.realms()),
-        PlanCatalog::builtin(),
+        config.plans.clone(),
         &config.base_domain,
         data_dir.tenants(),
         Arc::clone(&config.prices),

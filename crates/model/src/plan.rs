@@ -198,6 +198,11 @@ pub struct Plan {
     pub runtime: RuntimeLimits,
     pub vault: VaultPolicy,
     pub quotas: ControlQuotas,
+    /// Tools every tenant on the plan has beside its own registry (the
+    /// server's configuration, `[[plans.<plan>.tools]]`); a tenant's own
+    /// tool of the same name takes its place.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tools: Vec<crate::ToolSpec>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -237,6 +242,7 @@ impl PlanCatalog {
             runtime,
             vault,
             quotas,
+            tools: Vec::new(),
         };
         Self {
             plans: vec![
@@ -329,6 +335,33 @@ impl PlanCatalog {
         &self.plans
     }
 
+    /// These plans with `tools` granted by plan name (the server's
+    /// configuration). Refuses an unknown plan, an invalid tool, and two
+    /// tools of one name on one plan, naming them.
+    pub fn with_tools(
+        mut self,
+        tools: &std::collections::BTreeMap<String, Vec<crate::ToolSpec>>,
+    ) -> Result<Self, String> {
+        for (name, granted) in tools {
+            let valid = self.plans.iter().map(|p| p.name.to_string()).collect::<Vec<_>>();
+            let Some(plan) = self.plans.iter_mut().find(|p| p.name.as_str() == name) else {
+                return Err(format!(
+                    "plans.{name}: no such plan; valid plans: {}",
+                    valid.join(", ")
+                ));
+            };
+            let mut names = std::collections::HashSet::new();
+            for tool in granted {
+                tool.validate().map_err(|e| format!("plans.{name}.tools: {}: {e}", tool.name))?;
+                if !names.insert(tool.name.as_str()) {
+                    return Err(format!("plans.{name}.tools: {:?} is granted twice", tool.name));
+                }
+            }
+            plan.tools = granted.clone();
+        }
+        Ok(self)
+    }
+
     pub fn get(&self, name: &str) -> Result<&Plan, UnknownPlan> {
         self.plans.iter().find(|p| p.name.as_str() == name).ok_or_else(|| UnknownPlan {
             name: name.to_owned(),
@@ -381,6 +414,35 @@ mod tests {
         assert_eq!(
             "block".parse::<LimiterFallback>(),
             Err("\"block\" is not a limiter fallback; use local or deny".to_owned())
+        );
+    }
+
+    #[test]
+    fn plans_grant_valid_tools_by_name() {
+        let tool = |name: &str| -> crate::ToolSpec {
+            serde_json::from_value(serde_json::json!({
+                "name": name, "upstream": {"mcp": "http://127.0.0.1:9000/mcp"}
+            }))
+            .unwrap()
+        };
+        let granted =
+            std::collections::BTreeMap::from([("professional".to_owned(), vec![tool("search")])]);
+        let plans = PlanCatalog::builtin().with_tools(&granted).unwrap();
+        assert_eq!(plans.get("professional").unwrap().tools, [tool("search")]);
+        assert!(plans.get("starter").unwrap().tools.is_empty());
+        let unknown = std::collections::BTreeMap::from([("gold".to_owned(), vec![tool("search")])]);
+        let error = PlanCatalog::builtin().with_tools(&unknown).unwrap_err();
+        assert!(error.starts_with("plans.gold: no such plan; valid plans: starter"), "{error}");
+        let twice = std::collections::BTreeMap::from([(
+            "starter".to_owned(),
+            vec![tool("search"), tool("search")],
+        )]);
+        let error = PlanCatalog::builtin().with_tools(&twice).unwrap_err();
+        assert_eq!(error, "plans.starter.tools: \"search\" is granted twice");
+        let bad =
+            std::collections::BTreeMap::from([("starter".to_owned(), vec![tool("Bad Name")])]);
+        assert!(
+            PlanCatalog::builtin().with_tools(&bad).unwrap_err().contains("not a valid tool name")
         );
     }
 

@@ -1083,3 +1083,46 @@ async fn two_gateway_processes_share_one_budget_through_redis_reseeded_from_the_
     assert_eq!(soft, 1);
     crate::gateway::delete_redis_keys(&prefix);
 }
+
+#[tokio::test]
+async fn a_plan_grants_its_tools_to_its_tenants_until_they_leave_it() {
+    let files = tempfile::tempdir().unwrap();
+    let search = PyServer::mcp(files.path(), "search", "web_search", None).await;
+    let config = format!(
+        "[[plans.professional.tools]]\nname = \"search\"\nupstream = {{ mcp = \"{}\" }}\n",
+        search.url()
+    );
+    let server = Server::start(crate::kit::Store::Embedded, &config, &[]).await;
+    for (tenant, plan) in [("acme", "professional"), ("globex", "starter")] {
+        let created = server.cli(&["tenants", "create", tenant, "--plan", plan, "--wait"]);
+        assert_eq!(exit_code(&created), 0, "{}", stderr(&created));
+        let api = ["apis", "create", "--tenant", tenant, "agents", "--prefix", "/mcp"];
+        let created = server.cli(&[&api[..], &["--type", "mcp"]].concat());
+        assert_eq!(exit_code(&created), 0, "{}", stderr(&created));
+    }
+    let plans = server.cli_json(&["plans", "list"]);
+    let professional = plans.as_array().unwrap().iter().find(|p| p["name"] == "professional");
+    assert_eq!(professional.unwrap()["tools"][0]["name"], "search", "{plans}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let tools_of = |tenant: &'static str| {
+        let bearer = token(&server, tenant, &[]);
+        let server = &server;
+        async move { mcp_client(server, tenant, &bearer, &["list", "call:web_search:x"]).await }
+    };
+    let acme = tools_of("acme").await;
+    assert_eq!(acme[1]["tools"], json!(["web_search"]));
+    assert_eq!(acme[2]["text"], json!(["search:web_search:x"]), "{acme:?}");
+    let globex = tools_of("globex").await;
+    assert_eq!(globex[1]["tools"], json!([]));
+    assert_eq!(globex[2]["refused"], -32602, "not its plan's: {globex:?}");
+    assert_eq!(search.calls().len(), 1);
+
+    // A plan change is a configuration change: the tools follow the plan.
+    for (tenant, plan) in [("acme", "starter"), ("globex", "professional")] {
+        let moved = server.cli(&["tenants", "update", tenant, "--plan", plan]);
+        assert_eq!(exit_code(&moved), 0, "{}", stderr(&moved));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(tools_of("acme").await[1]["tools"], json!([]));
+    assert_eq!(tools_of("globex").await[1]["tools"], json!(["web_search"]));
+}

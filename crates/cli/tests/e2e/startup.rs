@@ -112,10 +112,22 @@ fn a_bad_configuration_file_is_a_usage_error() {
     let output = serve(&["--config", config.to_str().unwrap()]);
     assert_eq!(exit_code(&output), 2);
     assert!(stderr(&output).contains("unknown field `stroe`"), "{}", stderr(&output));
-    for (lease, says) in [("10s", "shorter than 30s; give 1h"), ("soon", "runtime.database_lease")]
-    {
-        let text =
-            format!("api_listen = \"127.0.0.1:0\"\n[runtime]\ndatabase_lease = \"{lease}\"\n");
+    let tool = "name = \"search\"\nupstream = { mcp = \"http://127.0.0.1:9/mcp\" }";
+    let cases = [
+        ("[runtime]\ndatabase_lease = \"10s\"".to_owned(), "shorter than 30s; give 1h"),
+        ("[runtime]\ndatabase_lease = \"soon\"".to_owned(), "runtime.database_lease"),
+        (format!("[[plans.gold.tools]]\n{tool}"), "plans.gold: no such plan; valid plans: starter"),
+        (
+            format!("[[plans.starter.tools]]\n{tool}\n[[plans.starter.tools]]\n{tool}"),
+            "granted twice",
+        ),
+        (
+            "[budget]\nwebhook = \"ftp://x\"".to_owned(),
+            "budget.webhook ftp://x is not an http(s) URL",
+        ),
+    ];
+    for (section, says) in cases {
+        let text = format!("api_listen = \"127.0.0.1:0\"\n{section}\n");
         std::fs::write(&config, text).unwrap();
         let output = serve(&["--config", config.to_str().unwrap()]);
         assert_eq!(exit_code(&output), 2, "{}", stderr(&output));
