@@ -15,7 +15,6 @@ import asyncio
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,12 +27,6 @@ from mcp import ClientSession  # noqa: E402
 from mcp.client.streamable_http import streamablehttp_client  # noqa: E402
 
 SERVER = os.path.join(benchkit.ROOT, "crates", "cli", "tests", "e2e", "mcp_server.py")
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def calls(url, headers, tool, n):
@@ -62,7 +55,7 @@ def cli(server, *args, stdin=None):
 def main():
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 500
     work = tempfile.mkdtemp(prefix="bulkhead-bench-mcp-")
-    port = free_port()
+    port = benchkit.free_port()
     upstream = subprocess.Popen(
         [sys.executable, SERVER, str(port), "kb", "search", os.path.join(work, "calls")],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -81,12 +74,7 @@ def main():
                 check=True, capture_output=True, text=True,
                 env={**os.environ, "BULKHEAD_DATA_DIR": server.data_dir}).stdout.strip()
             gateway = server.api.call("GET", "/v1/status")[1]["gateway_url"].removeprefix("http://")
-            for _ in range(100):
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                    break
-                except OSError:
-                    time.sleep(0.1)
+            benchkit.wait_port(port)
             time.sleep(0.5)
             direct = f"http://127.0.0.1:{port}/mcp"
             through = f"http://{gateway}/mcp"
