@@ -219,6 +219,7 @@ pub fn refused(recorder: &Recorder, learned: Learned, ended: Ended, refusal: &Re
         at: at(ended.at),
         model: None,
         tools: Vec::new(),
+        subject: learned.subject.clone(),
     });
     if learned.audit() != AuditLevel::Off {
         let refused = Refused {
@@ -309,6 +310,7 @@ impl Drop for Pending {
                     at: at(ended.at),
                     model: Some(used),
                     tools: Vec::new(),
+                    subject: self.learned.subject.clone(),
                 });
             }
             return;
@@ -324,6 +326,7 @@ impl Drop for Pending {
             at: at(ended.at),
             model: used,
             tools: std::mem::take(&mut self.tools),
+            subject: self.learned.subject.clone(),
         });
         if self.learned.audit() == AuditLevel::All {
             self.recorder.audit(ended.audit_record(tenant, &self.learned, None));

@@ -27,8 +27,8 @@ pub use gcra::{Cell, Clock, Decision, Limit, Nanos, Verdict};
 pub use limiter::{Fallback, LimitKey, Limiter, LimiterStats};
 pub use redis_limit::RedisOptions;
 pub use usage::{
-    Aggregator, AggregatorStats, ModelTotals, ModelUse, Outcome, UsageEvent, UsageRecorder,
-    UsageRow, UsageSink, take_batch,
+    Aggregator, AggregatorStats, ModelTotals, ModelUse, Outcome, SubjectTotals, UsageEvent,
+    UsageRecorder, UsageRow, UsageSink, take_batch,
 };
 
 #[derive(Debug, Error)]

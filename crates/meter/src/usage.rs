@@ -92,6 +92,40 @@ pub struct UsageEvent {
     /// The tools called, as the registry names them, on an API of
     /// `type: mcp` (a batch may call several).
     pub tools: Vec<Arc<str>>,
+    /// Who made the request, once authenticated (a token's subject, an API
+    /// key's name).
+    pub subject: Option<Arc<str>>,
+}
+
+/// The most subjects a row keeps apart; the rest are summed as
+/// [`OTHER_SUBJECTS`].
+pub const MAX_SUBJECTS_PER_ROW: usize = 100;
+/// Where a row sums the subjects past [`MAX_SUBJECTS_PER_ROW`].
+pub const OTHER_SUBJECTS: &str = "_other";
+
+/// A row's requests of one subject, and what its model calls cost.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct SubjectTotals {
+    pub requests: u64,
+    #[serde(default)]
+    pub cost_micros: u64,
+}
+
+/// Adds `totals` to `subject`'s, or to [`OTHER_SUBJECTS`]' once `subjects`
+/// keeps [`MAX_SUBJECTS_PER_ROW`] apart.
+fn add_subject(
+    subjects: &mut BTreeMap<String, SubjectTotals>,
+    subject: &str,
+    totals: &SubjectTotals,
+) {
+    let key = if subjects.contains_key(subject) || subjects.len() < MAX_SUBJECTS_PER_ROW {
+        subject
+    } else {
+        OTHER_SUBJECTS
+    };
+    let sum = subjects.entry(key.to_owned()).or_default();
+    sum.requests = sum.requests.saturating_add(totals.requests);
+    sum.cost_micros = sum.cost_micros.saturating_add(totals.cost_micros);
 }
 
 /// What one model call used.
@@ -213,6 +247,10 @@ pub struct UsageRow {
     /// Tool calls by tool (APIs of `type: mcp`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub tools: BTreeMap<String, u64>,
+    /// Authenticated requests and model cost by subject (at most
+    /// [`MAX_SUBJECTS_PER_ROW`] apart, the rest as `_other`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub subjects: BTreeMap<String, SubjectTotals>,
 }
 
 impl UsageRow {
@@ -240,6 +278,9 @@ impl UsageRow {
             self.models.entry(model.clone()).or_default().add(totals);
         }
         add_calls(&mut self.tools, &other.tools);
+        for (subject, totals) in &other.subjects {
+            add_subject(&mut self.subjects, subject, totals);
+        }
     }
 }
 
@@ -313,6 +354,7 @@ struct Totals {
     latency_buckets: [u64; 7],
     models: BTreeMap<String, ModelTotals>,
     tools: BTreeMap<String, u64>,
+    subjects: BTreeMap<String, SubjectTotals>,
 }
 
 /// Sums events into rows per (tenant, API, minute) and hands completed
@@ -379,6 +421,13 @@ impl Aggregator {
         }
         for tool in &event.tools {
             *totals.tools.entry(tool.to_string()).or_default() += 1;
+        }
+        if let Some(subject) = &event.subject {
+            let mine = SubjectTotals {
+                requests: u64::from(event.outcome != Outcome::Charged),
+                cost_micros: event.model.as_ref().map_or(0, |used| used.cost_micros),
+            };
+            add_subject(&mut totals.subjects, subject, &mine);
         }
         if let Some(latency) = event.upstream_latency {
             let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
@@ -503,6 +552,7 @@ fn row(key: RowKey, totals: Totals) -> UsageRow {
         upstream_latency_buckets: totals.latency_buckets,
         models: totals.models,
         tools: totals.tools,
+        subjects: totals.subjects,
     }
 }
 
@@ -529,6 +579,7 @@ mod tests {
             at,
             model: None,
             tools: Vec::new(),
+            subject: None,
         }
     }
 
@@ -547,6 +598,7 @@ mod tests {
             upstream_latency_buckets: [0; 7],
             models: BTreeMap::new(),
             tools: BTreeMap::new(),
+            subjects: BTreeMap::new(),
         }
     }
 
@@ -676,6 +728,46 @@ mod tests {
         assert_eq!(rows[0].tools, BTreeMap::from([("files".into(), 2), ("search".into(), 4)]));
         let json = serde_json::to_value(&rows[0]).unwrap();
         assert_eq!(serde_json::from_value::<UsageRow>(json).unwrap(), rows[0]);
+    }
+
+    #[test]
+    fn subjects_are_summed_apart_up_to_a_bound() {
+        let chat: Arc<str> = Arc::from("chat");
+        let minute = datetime!(2026-12-02 10:15 UTC);
+        let mut aggregator = Aggregator::new();
+        let by = |subject: String, cost: u64| UsageEvent {
+            subject: Some(Arc::from(subject.as_str())),
+            model: Some(ModelUse {
+                model: Arc::from("m"),
+                tokens_in: 1,
+                tokens_out: 1,
+                cost_micros: cost,
+                counted: false,
+            }),
+            ..event(T1, Some(&chat), minute)
+        };
+        aggregator.add(by("alice".into(), 5));
+        aggregator.add(by("alice".into(), 7));
+        aggregator.add(UsageEvent { outcome: Outcome::Charged, ..by("alice".into(), 3) });
+        for n in 0..MAX_SUBJECTS_PER_ROW + 5 {
+            aggregator.add(by(format!("agent-{n:03}"), 1));
+        }
+        aggregator.add(event(T1, Some(&chat), minute));
+        let rows = aggregator.flush_all();
+        let subjects = &rows[0].subjects;
+        assert_eq!(subjects["alice"], SubjectTotals { requests: 2, cost_micros: 15 });
+        assert_eq!(
+            subjects.len(),
+            MAX_SUBJECTS_PER_ROW + 1,
+            "{} apart, and _other",
+            MAX_SUBJECTS_PER_ROW
+        );
+        assert_eq!(subjects[OTHER_SUBJECTS], SubjectTotals { requests: 6, cost_micros: 6 });
+        assert_eq!(
+            rows[0].requests,
+            2 + MAX_SUBJECTS_PER_ROW as u64 + 5 + 1,
+            "charged is no request"
+        );
     }
 
     #[test]

@@ -947,6 +947,18 @@ async fn a_tenants_model_spend_stops_at_its_hard_cap_exactly_warns_past_its_soft
     assert_eq!(export["totals"]["cost_micros"], 100_000_000);
     let requests = lines.iter().find(|l| l["kind"] == "requests").unwrap();
     assert_eq!(requests["requests"], 52, "every request, refused ones too: {export}");
+    // The usage says who spent it.
+    let usage = server.cli_json(&["usage", "--tenant", "acme", "--since", "1h"]);
+    let mut subjects = json!({});
+    for row in usage.as_array().unwrap() {
+        for (subject, totals) in row["subjects"].as_object().into_iter().flatten() {
+            let sum = &mut subjects[subject];
+            for key in ["requests", "cost_micros"] {
+                sum[key] = json!(sum[key].as_u64().unwrap_or(0) + totals[key].as_u64().unwrap());
+            }
+        }
+    }
+    assert_eq!(subjects, json!({"alice": {"requests": 52, "cost_micros": 100_000_000}}));
     let csv = server.cli(&["-o", "csv", "usage", "export", "--period", &this_month()]);
     assert_eq!(exit_code(&csv), 0, "{}", stderr(&csv));
     let csv = stdout(&csv);
