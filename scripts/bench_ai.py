@@ -44,16 +44,6 @@ CALL = json.dumps({"model": "bench-model", "max_tokens": 16,
                    "messages": [{"role": "user", "content": "Say hello."}]})
 
 
-def ensure(tool, package):
-    if shutil.which(tool) or os.path.exists(f"/usr/sbin/{tool}"):
-        return
-    if os.geteuid() != 0 or not shutil.which("apt-get"):
-        sys.exit(f"{tool} is missing and cannot be installed here (needs root and apt-get)")
-    subprocess.run(["apt-get", "update", "-qq"], check=True)
-    subprocess.run(["apt-get", "install", "-y", "-qq", package], check=True, stdout=subprocess.DEVNULL,
-                   env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
-
-
 def start_model(work):
     """nginx answering every request with ANSWER; returns (process, port)."""
     port = benchkit.free_port()
@@ -140,8 +130,8 @@ def gateway_rows(model_port, redis_prefix, work):
 
 
 def main():
-    ensure("wrk", "wrk")
-    ensure("nginx", "nginx")
+    benchkit.ensure("wrk", "wrk")
+    benchkit.ensure("nginx", "nginx")
     work = tempfile.mkdtemp(prefix="bulkhead-bench-ai-")
     model, port = start_model(work)
     prefix = f"bh-bench-{uuid.uuid4().hex[:12]}:"

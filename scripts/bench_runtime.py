@@ -31,7 +31,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -71,18 +70,6 @@ while True:
             hoard.append(bytearray(8 << 20))
     os.waitpid(pid, 0)
 """
-
-
-def need(tool, package):
-    if shutil.which(tool) is None:
-        subprocess.run(["apt-get", "install", "-y", "-qq", package], check=True,
-                       stdout=subprocess.DEVNULL)
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wrk(url, headers=(), connections=64, duration=DURATION, unix=None):
@@ -225,7 +212,7 @@ def socket_hop(bench, work):
         f.write("bench")
     database = os.path.join(work, "bare.db")
     open(database, "w").close()
-    port, proxy_port = free_port(), free_port()
+    port, proxy_port = benchkit.free_port(), benchkit.free_port()
     unix = os.path.join(work, "bare.sock")
     env = {**os.environ, "BULKHEAD_DATABASE_URL": f"sqlite:{database}", "BULKHEAD_SECRETS_DIR": secrets}
     bare = subprocess.Popen([KEYRING], env={**env, "KEYRING_LISTEN": f"127.0.0.1:{port}"},
@@ -398,8 +385,8 @@ def main():
         sys.exit("the runtime's layers need root")
     if not os.path.exists(KEYRING):
         sys.exit(f"{KEYRING} is missing: run `cargo build --release` first")
-    need("wrk", "wrk")
-    need("nginx", "nginx")
+    benchkit.ensure("wrk", "wrk")
+    benchkit.ensure("nginx", "nginx")
     if shutil.which("oha") is None:
         subprocess.run(["cargo", "install", "oha", "--locked", "--quiet"], check=True)
     count = int(sys.argv[1]) if len(sys.argv) > 1 else 100

@@ -50,6 +50,17 @@ class Api:
         return response.status, json.loads(data) if data else None
 
 
+def ensure(tool, package):
+    """Installs Debian's `package` when `tool` is missing (as root)."""
+    if shutil.which(tool) or os.path.exists(f"/usr/sbin/{tool}"):
+        return
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        sys.exit(f"{tool} is missing and cannot be installed here (needs root and apt-get)")
+    subprocess.run(["apt-get", "update", "-qq"], check=True)
+    subprocess.run(["apt-get", "install", "-y", "-qq", package], check=True, stdout=subprocess.DEVNULL,
+                   env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+
+
 def free_port():
     """A TCP port free on 127.0.0.1 now."""
     with socket.socket() as s:

@@ -368,7 +368,7 @@ impl GatewayFeed {
             .tools
             .iter()
             .filter(|t| !tools.iter().any(|own| own.name == t.name))
-            .cloned()
+            .map(|t| ToolSpec { granted_by: Some(plan.name.to_string()), ..t.clone() })
             .collect();
         tools.extend(granted);
         let now = self.realms.now().unix_timestamp();

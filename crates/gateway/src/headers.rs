@@ -31,6 +31,9 @@ pub const TENANT_ID: HeaderName = HeaderName::from_static("x-bulkhead-tenant-id"
 pub const SUBJECT: HeaderName = HeaderName::from_static("x-bulkhead-subject");
 pub const ROLES: HeaderName = HeaderName::from_static("x-bulkhead-roles");
 pub const API: HeaderName = HeaderName::from_static("x-bulkhead-api");
+/// On a tool call: the plan that grants the tool, when the tenant did not
+/// register it itself.
+pub const PLAN: HeaderName = HeaderName::from_static("x-bulkhead-plan");
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");

@@ -199,6 +199,15 @@ pub async fn request(
 pub const IMAGE_RESERVE: u64 = 4_096;
 /// The most choices (`n`, `best_of`) or prompts a call may ask for at once.
 pub const MAX_CHOICES: u64 = 128;
+/// The largest output limit a call may set.
+pub const MAX_OUTPUT_TOKENS: u64 = 1_000_000;
+/// Output limits some servers read besides `max_tokens` (llama.cpp's
+/// `n_predict`, TGI's `max_new_tokens`, the Responses API's
+/// `max_output_tokens`): refused, as the gateway would not bound them.
+const OTHER_LIMITS: [&str; 4] = ["n_predict", "max_new_tokens", "max_output_tokens", "max_length"];
+/// Parts whose tokens the call's bytes do not bound (an uploaded file of
+/// many pages): refused, as they cannot be reserved for.
+const UNBOUNDED_PARTS: [&str; 2] = ["file", "input_file"];
 
 /// What a `POST` within an llm API is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -213,10 +222,12 @@ enum Kind {
 /// The most output tokens the call can produce, made a bound the upstream
 /// keeps: its output limit (the larger of `max_tokens` and
 /// `max_completion_tokens`; [`DEFAULT_OUTPUT_RESERVE`] written as
-/// `max_completion_tokens` when it sets neither) times its choices (`n`,
-/// `best_of`) and, on `/completions`, its prompts. A limit or a count that
-/// is not a positive integer within bounds is refused: lenient servers read
-/// `"100"` or `1e5` where the gateway would read nothing.
+/// `max_completion_tokens`, or `max_tokens` on `/completions`, when it sets
+/// neither) times its choices (`n`, `best_of`) and, on `/completions`, its
+/// prompts. A limit or a count that is not a positive integer within bounds
+/// is refused: lenient servers read `"100"` or `1e5` where the gateway
+/// would read nothing; so are the limits other servers read and the parts
+/// whose size the call does not show.
 fn bound_output(call: &mut serde_json::Map<String, Value>, kind: Kind) -> Result<u64, Refusal> {
     if kind == Kind::Embedding {
         return Ok(0);
@@ -235,12 +246,22 @@ fn bound_output(call: &mut serde_json::Map<String, Value>, kind: Kind) -> Result
             },
         }
     };
-    let limits = [positive("max_tokens", u64::MAX)?, positive("max_completion_tokens", u64::MAX)?];
+    if let Some(other) = OTHER_LIMITS.iter().find(|key| call.contains_key(**key)) {
+        return Err(invalid(format!("{other} is not read here; set max_tokens")));
+    }
+    if let Some(part) = parts_typed(call, &UNBOUNDED_PARTS) {
+        return Err(invalid(format!("{part} parts cannot be metered before the call; send text")));
+    }
+    let limits = [
+        positive("max_tokens", MAX_OUTPUT_TOKENS)?,
+        positive("max_completion_tokens", MAX_OUTPUT_TOKENS)?,
+    ];
     let choices = [positive("n", MAX_CHOICES)?, positive("best_of", MAX_CHOICES)?];
     let limit = match limits.iter().flatten().max() {
         Some(limit) => *limit,
         None => {
-            call.insert("max_completion_tokens".into(), Value::from(DEFAULT_OUTPUT_RESERVE));
+            let key = if kind == Kind::Completion { "max_tokens" } else { "max_completion_tokens" };
+            call.insert(key.into(), Value::from(DEFAULT_OUTPUT_RESERVE));
             DEFAULT_OUTPUT_RESERVE
         }
     };
@@ -263,21 +284,41 @@ fn bound_output(call: &mut serde_json::Map<String, Value>, kind: Kind) -> Result
 
 /// The images in a prompt: parts typed `image_url`, `input_image` or
 /// `image`, wherever they are.
-fn images(value: &serde_json::Map<String, Value>) -> u64 {
-    fn count(value: &Value) -> u64 {
+fn images(call: &serde_json::Map<String, Value>) -> u64 {
+    let mut images = 0;
+    visit_parts(call, &mut |kind| {
+        images += u64::from(matches!(kind, "image_url" | "input_image" | "image"));
+        false
+    });
+    images
+}
+
+/// The first part typed one of `kinds`, wherever it is.
+fn parts_typed(call: &serde_json::Map<String, Value>, kinds: &[&str]) -> Option<String> {
+    let mut found = None;
+    visit_parts(call, &mut |kind| {
+        if kinds.contains(&kind) {
+            found = Some(kind.to_owned());
+        }
+        found.is_some()
+    });
+    found
+}
+
+/// Calls `seen` with every object's `type` in the call until it says stop
+/// (the depth is serde_json's, at most 128).
+fn visit_parts(call: &serde_json::Map<String, Value>, seen: &mut dyn FnMut(&str) -> bool) {
+    fn visit(value: &Value, seen: &mut dyn FnMut(&str) -> bool) -> bool {
         match value {
-            Value::Array(items) => items.iter().map(count).sum(),
+            Value::Array(items) => items.iter().any(|item| visit(item, seen)),
             Value::Object(object) => {
-                let image = object
-                    .get("type")
-                    .and_then(Value::as_str)
-                    .is_some_and(|t| matches!(t, "image_url" | "input_image" | "image"));
-                u64::from(image) + object.values().map(count).sum::<u64>()
+                object.get("type").and_then(Value::as_str).is_some_and(&mut *seen)
+                    || object.values().any(|item| visit(item, seen))
             }
-            _ => 0,
+            _ => false,
         }
     }
-    value.values().map(count).sum()
+    call.values().any(|value| visit(value, seen));
 }
 
 /// An answer's body, passed on as it comes, read by the meter on the way.
@@ -478,11 +519,18 @@ mod tests {
             json!({"max_completion_tokens": 1e5}),
             json!({"n": 129}),
             json!({"best_of": 0}),
+            json!({"max_tokens": 1_000_001}),
         ] {
             let refused = bound(Kind::Chat, bad.clone()).unwrap_err();
             assert_eq!(refused.code, Code::BadRequest, "{bad}");
             assert!(refused.rule.unwrap().contains("must be an integer from 1 to"), "{bad}");
         }
+        let other = bound(Kind::Chat, json!({"max_tokens": 1, "n_predict": -1})).unwrap_err();
+        assert_eq!(other.rule.unwrap(), "n_predict is not read here; set max_tokens");
+        let file = json!({"messages": [{"role": "user", "content": [{"type": "file", "file": {"file_id": "f"}}]}]});
+        assert!(bound(Kind::Chat, file).unwrap_err().rule.unwrap().starts_with("file parts"));
+        let (_, sent) = bound(Kind::Completion, json!({"prompt": "x"})).unwrap();
+        assert_eq!(sent["max_tokens"], DEFAULT_OUTPUT_RESERVE, "the legacy endpoint's own name");
         let many = json!({"max_tokens": 1, "prompt": vec!["x"; 129]});
         assert!(bound(Kind::Completion, many).is_err());
     }

@@ -296,26 +296,7 @@ impl Drop for Pending {
         }
         let Some(tenant) = self.learned.tenant.as_ref().map(|t| t.id) else { return };
         let ended = &self.ended;
-        if !self.answered {
-            // The request itself is recorded by the refusal that ended it.
-            if let Some(used) = used {
-                self.recorder.usage.record(UsageEvent {
-                    tenant,
-                    api: self.learned.api_name(),
-                    outcome: Outcome::Charged,
-                    status: 0,
-                    bytes_in: 0,
-                    bytes_out: 0,
-                    upstream_latency: None,
-                    at: at(ended.at),
-                    model: Some(used),
-                    tools: Vec::new(),
-                    subject: self.learned.subject.clone(),
-                });
-            }
-            return;
-        }
-        self.recorder.usage.record(UsageEvent {
+        let event = UsageEvent {
             tenant,
             api: self.learned.api_name(),
             outcome: Outcome::Allowed,
@@ -327,7 +308,18 @@ impl Drop for Pending {
             model: used,
             tools: std::mem::take(&mut self.tools),
             subject: self.learned.subject.clone(),
-        });
+        };
+        if !self.answered {
+            // Only a charged model call; the request itself is recorded by
+            // the refusal that ended it.
+            if event.model.is_some() {
+                let charged =
+                    UsageEvent { outcome: Outcome::Charged, upstream_latency: None, ..event };
+                self.recorder.usage.record(charged);
+            }
+            return;
+        }
+        self.recorder.usage.record(event);
         if self.learned.audit() == AuditLevel::All {
             self.recorder.audit(ended.audit_record(tenant, &self.learned, None));
         }

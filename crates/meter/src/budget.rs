@@ -11,9 +11,10 @@
 //! month (`{prefix}budget:{tenant}:{YYYY-MM}`), changed by one Lua script
 //! per reservation and per settlement. A counter Redis does not hold (the
 //! period's first call, a flush, a restart without persistence) is seeded
-//! from the durable [`Ledger`], with a new epoch: reservations made in the
-//! lost counter do not settle into the new one (the ledger has, or will
-//! have, their cost). Without Redis, or while it cannot answer
+//! from the durable [`Ledger`], with a new epoch: a reservation made in
+//! the lost counter settles into the new one with its whole actual cost,
+//! which the ledger could not hold yet when the counter was seeded (the
+//! call's usage reaches the ledger after its settlement). Without Redis, or while it cannot answer
 //! and the tenant's fallback is `local`, each process keeps its own
 //! counter, seeded from the ledger the same way.
 //!
@@ -37,7 +38,10 @@ use time::{Date, Month, OffsetDateTime};
 use tracing::{debug, warn};
 use uuid::Uuid;
 
-use crate::{Clock, Fallback, Limiter, redis_limit::RedisBackend};
+use crate::{
+    Clock, Fallback, Limiter,
+    redis_limit::{RedisBackend, RedisCheckError},
+};
 
 /// How long a settlement may take in Redis before it is given up (the
 /// counter then keeps the reservation).
@@ -186,16 +190,19 @@ impl Reservation {
             Counter::Redis { connection, script, key, epoch } => {
                 let delta =
                     i64::try_from(i128::from(actual) - i128::from(self.amount)).unwrap_or(i64::MAX);
-                if delta == 0 {
-                    return;
-                }
+                let actual = i64::try_from(actual).unwrap_or(i64::MAX);
                 let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
                 let (mut connection, script, key, epoch) =
                     (connection.clone(), Arc::clone(script), key.clone(), epoch.clone());
                 runtime.spawn(async move {
                     let settled = tokio::time::timeout(
                         SETTLE_TIMEOUT,
-                        script.key(&key).arg(delta).arg(epoch).invoke_async::<i64>(&mut connection),
+                        script
+                            .key(&key)
+                            .arg(delta)
+                            .arg(epoch)
+                            .arg(actual)
+                            .invoke_async::<i64>(&mut connection),
                     )
                     .await;
                     if !matches!(settled, Ok(Ok(_))) {
@@ -211,6 +218,15 @@ impl Drop for Reservation {
     fn drop(&mut self) {
         self.apply(0);
     }
+}
+
+/// Whether `error` says Redis could not be reached (rather than answered
+/// with an error).
+fn unreachable(error: &redis::RedisError) -> bool {
+    error.is_io_error()
+        || error.is_connection_dropped()
+        || error.is_connection_refusal()
+        || error.is_timeout()
 }
 
 /// One tenant's counter in this process, for one period.
@@ -275,20 +291,28 @@ impl Budgets {
     ) -> Spend {
         let period = Period::of(at);
         if let Some(redis) = &self.redis {
+            // Paused by the rate limiter's error or by ours: an outage
+            // either way.
             if !redis.paused(self.clock.now()) {
                 match self.reserve_in_redis(redis, tenant, period, at, caps, amount).await {
                     Ok(spend) => {
                         self.answering.store(true, Ordering::Relaxed);
                         return spend;
                     }
+                    Err(RedisCheckError::Redis(error)) if !unreachable(&error) => {
+                        // Redis answered, with an error: not an outage to
+                        // fall back through, nor one to pause for.
+                        warn!(%tenant, %error, "redis refused a budget reservation; the call is refused");
+                        return Spend::Unavailable;
+                    }
                     Err(error) => {
                         debug!(%error, "a budget reservation falls back");
                         redis.pause(self.clock.now());
-                        if self.answering.swap(false, Ordering::Relaxed) {
-                            self.outages.fetch_add(1, Ordering::Relaxed);
-                        }
                     }
                 }
+            }
+            if self.answering.swap(false, Ordering::Relaxed) {
+                self.outages.fetch_add(1, Ordering::Relaxed);
             }
             if fallback == Fallback::Deny {
                 return Spend::Unavailable;
@@ -380,7 +404,7 @@ impl Budgets {
         at: OffsetDateTime,
         caps: Caps,
         amount: u64,
-    ) -> Result<Spend, crate::redis_limit::RedisCheckError> {
+    ) -> Result<Spend, RedisCheckError> {
         let key = format!("{}budget:{tenant}:{period}", redis.prefix());
         let left = period.ends_at().saturating_sub(at.unix_timestamp()).max(0);
         let ttl = left.saturating_add(COUNTER_KEPT_AFTER);
@@ -393,7 +417,7 @@ impl Budgets {
             let (verdict, spent, epoch): (i64, i64, String) =
                 tokio::time::timeout(redis.timeout(), invocation.invoke_async(&mut connection))
                     .await
-                    .map_err(|_| crate::redis_limit::RedisCheckError::Timeout(redis.timeout()))??;
+                    .map_err(|_| RedisCheckError::Timeout(redis.timeout()))??;
             let spent = u64::try_from(spent).unwrap_or(0);
             match verdict {
                 1 => {

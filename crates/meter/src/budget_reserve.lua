@@ -27,6 +27,8 @@ if not spent then
 end
 spent = tonumber(spent)
 local amount = tonumber(ARGV[1])
+-- A counter without an epoch (written by hand) settles nothing into it.
+epoch = epoch or ''
 if spent + amount > tonumber(ARGV[2]) then
   return {0, spent, epoch}
 end

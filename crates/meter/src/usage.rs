@@ -118,15 +118,27 @@ fn add_subject(
     subject: &str,
     totals: &SubjectTotals,
 ) {
+    // An external provider's subject may be long: the row keeps a prefix.
+    let mut end = subject.len().min(MAX_SUBJECT_BYTES);
+    while !subject.is_char_boundary(end) {
+        end -= 1;
+    }
+    let subject = &subject[..end];
     let key = if subjects.contains_key(subject) || subjects.len() < MAX_SUBJECTS_PER_ROW {
         subject
     } else {
         OTHER_SUBJECTS
     };
-    let sum = subjects.entry(key.to_owned()).or_default();
+    let sum = match subjects.get_mut(key) {
+        Some(sum) => sum,
+        None => subjects.entry(key.to_owned()).or_default(),
+    };
     sum.requests = sum.requests.saturating_add(totals.requests);
     sum.cost_micros = sum.cost_micros.saturating_add(totals.cost_micros);
 }
+
+/// The longest subject a row keeps, in bytes.
+pub const MAX_SUBJECT_BYTES: usize = 256;
 
 /// What one model call used.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -768,6 +780,10 @@ mod tests {
             2 + MAX_SUBJECTS_PER_ROW as u64 + 5 + 1,
             "charged is no request"
         );
+        let mut long = BTreeMap::new();
+        let subject = format!("{}é", "x".repeat(MAX_SUBJECT_BYTES - 1));
+        add_subject(&mut long, &subject, &SubjectTotals { requests: 1, cost_micros: 0 });
+        assert_eq!(long.keys().next().unwrap(), &"x".repeat(MAX_SUBJECT_BYTES - 1));
     }
 
     #[test]

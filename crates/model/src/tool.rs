@@ -81,6 +81,11 @@ pub struct ToolSpec {
     pub roles: Vec<Role>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credential: Option<ToolCredential>,
+    /// The plan that grants the tool (`[[plans.<plan>.tools]]`); `None` for
+    /// the tenant's own. Set by the control plane, never read from a spec:
+    /// the gateway vouches for it to the tool's server.
+    #[serde(skip)]
+    pub granted_by: Option<String>,
 }
 
 /// Longest MCP tool name (the protocol's limit).

@@ -542,7 +542,10 @@ async fn agents_see_and_call_only_their_tenants_tools_through_mcp() {
         assert!(refused["message"].as_str().unwrap().starts_with("Unknown tool"), "{refused}");
     }
     let crm_calls = crm.calls();
-    assert_eq!(crm_calls, [json!({"tool": "search", "text": "hello", "authorized": true})]);
+    // Told whose call it is; the tenant's own entry, not a plan's.
+    let crm_call = json!({"tool": "search", "text": "hello", "authorized": true,
+                          "tenant": "helpdesk", "subject": "alice", "plan": null});
+    assert_eq!(crm_calls, [crm_call]);
     let kb_calls = kb.calls();
     assert_eq!(kb_calls.len(), 1, "no refused call reached the shared server: {kb_calls:?}");
     assert!(ledger.calls().is_empty());
@@ -1127,7 +1130,10 @@ async fn a_plan_grants_its_tools_to_its_tenants_until_they_leave_it() {
     let globex = tools_of("globex").await;
     assert_eq!(globex[1]["tools"], json!([]));
     assert_eq!(globex[2]["refused"], -32602, "not its plan's: {globex:?}");
-    assert_eq!(search.calls().len(), 1);
+    // The shared server is told whose call it is, and through which plan.
+    let calls = search.calls();
+    assert_eq!(calls.len(), 1);
+    assert_eq!((&calls[0]["tenant"], &calls[0]["plan"]), (&json!("acme"), &json!("professional")));
 
     // A plan change is a configuration change: the tools follow the plan.
     for (tenant, plan) in [("acme", "starter"), ("globex", "professional")] {

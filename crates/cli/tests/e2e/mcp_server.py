@@ -4,8 +4,9 @@ SDK (FastMCP, streamable HTTP at /mcp).
     python3 mcp_server.py PORT NAME TOOL[,TOOL...] LOG [TOKEN]
 
 Each tool takes `text` and answers `NAME:TOOL:<text>`. Every call is
-appended to LOG as one JSON line: the tool, its arguments, and whether the
-request carried `Authorization: Bearer TOKEN` (when TOKEN is given).
+appended to LOG as one JSON line: the tool, its arguments, whether the
+request carried `Authorization: Bearer TOKEN` (when TOKEN is given), and
+the tenant, subject and plan the gateway vouched for.
 """
 
 import json
@@ -24,7 +25,8 @@ def tool(tool_name):
         headers = ctx.request_context.request.headers
         authorized = token is None or headers.get("authorization") == f"Bearer {token}"
         with open(log, "a") as out:
-            out.write(json.dumps({"tool": tool_name, "text": text, "authorized": authorized}) + "\n")
+            vouched = {key: headers.get(f"x-bulkhead-{key}") for key in ("tenant", "subject", "plan")}
+            out.write(json.dumps({"tool": tool_name, "text": text, "authorized": authorized, **vouched}) + "\n")
         if not authorized:
             raise ValueError("not authorized")
         return f"{name}:{tool_name}:{text}"

@@ -287,10 +287,13 @@ impl Session<'_, '_> {
 
     fn caller(&self) -> Caller<'_> {
         let spec = &self.permitted.route.api.spec;
+        let subject = self.permitted.principal.as_ref().map(|p| p.subject.as_ref());
         Caller {
             client: self.tools.client,
             secrets: self.tools.secrets,
             tenant: self.permitted.tenant.0.id,
+            vouched: &self.permitted.tenant.0.vouched,
+            subject: subject.map(crate::headers::text_value),
             timeout: Duration::from_millis(spec.timeouts.response_ms),
         }
     }

@@ -88,6 +88,10 @@ pub struct Caller<'a> {
     pub client: &'a reqwest::Client,
     pub secrets: Option<&'a dyn ToolSecrets>,
     pub tenant: uuid::Uuid,
+    /// The tenant's name and id as the gateway vouches for them, and the
+    /// caller's subject: what a tool's server learns of who calls.
+    pub vouched: &'a crate::snapshot::TenantHeaders,
+    pub subject: Option<HeaderValue>,
     pub timeout: Duration,
 }
 
@@ -321,6 +325,18 @@ async fn post(
     }
     if let Some((name, value)) = credential {
         request = request.header(name.clone(), value.clone());
+    }
+    // As an API's upstream is told: a server shared by tenants (a plan's
+    // tool) tells them apart by these, and a call through a tenant's own
+    // entry carries no plan.
+    request = request
+        .header(crate::headers::TENANT, caller.vouched.name.clone())
+        .header(crate::headers::TENANT_ID, caller.vouched.id.clone());
+    if let Some(subject) = &caller.subject {
+        request = request.header(crate::headers::SUBJECT, subject.clone());
+    }
+    if let Some(plan) = spec.granted_by.as_deref().and_then(|p| HeaderValue::from_str(p).ok()) {
+        request = request.header(crate::headers::PLAN, plan);
     }
     match tokio::time::timeout(caller.timeout, request.send()).await {
         Err(_) => Err(UpstreamError::Timeout(spec.name.clone())),
