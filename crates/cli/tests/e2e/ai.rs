@@ -36,6 +36,7 @@ fn client(server: &Server) -> reqwest::Client {
     reqwest::Client::builder()
         .resolve("helpdesk.localhost", addr)
         .resolve("globex.localhost", addr)
+        .resolve("acme.localhost", addr)
         .build()
         .unwrap()
 }
@@ -835,6 +836,24 @@ pub async fn capped_calls(
     futures_util::future::join_all(calls).await
 }
 
+/// Waits until the gateway serves `tenant`'s llm API at `prefix` (its
+/// model listing, unmetered, answers other than 404): the API, and every
+/// change of the tenant made before it, has reached the gateway.
+pub async fn served(gateway: std::net::SocketAddr, tenant: &str, bearer: &str, prefix: &str) {
+    let host = format!("{tenant}.localhost");
+    let client = reqwest::Client::builder().resolve(&host, gateway).build().unwrap();
+    let url = format!("http://{host}:{}{prefix}/v1/models", gateway.port());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = client.get(&url).bearer_auth(bearer).send().await.unwrap().status();
+        if status != 404 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{url} is not served");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// This month, as the ledger names periods.
 pub fn this_month() -> String {
     bulkhead_meter::Period::of(time::OffsetDateTime::now_utc()).to_string()
@@ -868,14 +887,12 @@ async fn a_tenants_model_spend_stops_at_its_hard_cap_exactly_warns_past_its_soft
     let mut server = Server::start(crate::kit::Store::Embedded, &config, &[]).await;
     let dir = server.data_dir().parent().unwrap().to_owned();
     let model = PyServer::start("llm_server.py", &dir, "llm", &[], &[]).await;
-    for tenant in ["acme", "globex"] {
-        let created =
-            server.cli(&["tenants", "create", tenant, "--plan", "professional", "--wait"]);
+    for (tenant, caps) in [("acme", &["--cost-caps", "50/100"][..]), ("globex", &[])] {
+        let create = ["tenants", "create", tenant, "--plan", "professional", "--wait"];
+        let created = server.cli(&[&create[..], caps].concat());
         assert_eq!(exit_code(&created), 0, "{}", stderr(&created));
         capped_api(&server, tenant, &model);
     }
-    let capped = server.cli(&["tenants", "update", "acme", "--cost-caps", "50/100"]);
-    assert_eq!(exit_code(&capped), 0, "{}", stderr(&capped));
     let bad = server.cli(&["tenants", "update", "acme", "--cost-caps", "100/50"]);
     assert_eq!(exit_code(&bad), 2, "{}", stdout(&bad));
     assert!(
@@ -883,9 +900,9 @@ async fn a_tenants_model_spend_stops_at_its_hard_cap_exactly_warns_past_its_soft
         "{}",
         stderr(&bad)
     );
-    tokio::time::sleep(Duration::from_millis(300)).await;
     let gateway = [addr_of(&server.gateway)];
     let acme = token(&server, "acme", &[]);
+    served(gateway[0], "acme", &acme, "").await;
 
     // 50 calls at once at the edge of the cap: 33 × 3 fit in 100, and no
     // more reach the model.
@@ -907,6 +924,7 @@ async fn a_tenants_model_spend_stops_at_its_hard_cap_exactly_warns_past_its_soft
     assert_eq!(capped_calls(&gateway, "acme", &acme, 1, 1).await[0].0, 200);
     // Another tenant's budget is its own (its plan's caps, untouched).
     let globex = token(&server, "globex", &[]);
+    served(gateway[0], "globex", &globex, "").await;
     assert_eq!(capped_calls(&gateway, "globex", &globex, 1, 3).await[0].0, 200);
 
     // The soft cap is recorded once in the tenant's stream, and the
@@ -948,8 +966,11 @@ async fn a_tenants_model_spend_stops_at_its_hard_cap_exactly_warns_past_its_soft
         "{export}"
     );
     assert_eq!(export["totals"]["cost_micros"], 100_000_000);
-    let requests = lines.iter().find(|l| l["kind"] == "requests").unwrap();
-    assert_eq!(requests["requests"], 52, "every request, refused ones too: {export}");
+    let requests = lines.iter().filter(|l| l["kind"] == "requests");
+    let on_llm = requests.clone().find(|l| l["api"] == "llm").unwrap();
+    // 52 calls, refused ones too, and the listing that found the API served.
+    assert_eq!(on_llm["requests"], 53, "{export}");
+    let all_requests: u64 = requests.map(|l| l["requests"].as_u64().unwrap()).sum();
     // The usage says who spent it.
     let usage = server.cli_json(&["usage", "--tenant", "acme", "--since", "1h"]);
     let mut subjects = json!({});
@@ -961,7 +982,10 @@ async fn a_tenants_model_spend_stops_at_its_hard_cap_exactly_warns_past_its_soft
             }
         }
     }
-    assert_eq!(subjects, json!({"alice": {"requests": 52, "cost_micros": 100_000_000}}));
+    let alice = json!({"alice": {"requests": all_requests, "cost_micros": 100_000_000}});
+    assert_eq!(subjects, alice);
+    // Every tenant's, once globex's one call has reached the ledger too.
+    exported(|args| server.cli_json(args), "globex", 1).await;
     let csv = server.cli(&["-o", "csv", "usage", "export", "--period", &this_month()]);
     assert_eq!(exit_code(&csv), 0, "{}", stderr(&csv));
     let csv = stdout(&csv);
@@ -983,15 +1007,19 @@ async fn a_tenants_model_spend_stops_at_its_hard_cap_exactly_warns_past_its_soft
     // ledger, and the soft cap's notice is not given again.
     server.stop();
     server.restart().await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
     let gateway = [addr_of(&server.gateway)];
     let acme = token(&server, "acme", &[]);
+    served(gateway[0], "acme", &acme, "").await;
     assert_eq!(capped_calls(&gateway, "acme", &acme, 1, 1).await[0].0, 402);
     let raised = server.cli(&["tenants", "update", "acme", "--cost-caps", "50/101"]);
     assert_eq!(exit_code(&raised), 0, "{}", stderr(&raised));
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let calls = capped_calls(&gateway, "acme", &acme, 2, 1).await;
-    assert_eq!(calls.iter().filter(|(s, _)| *s == 200).count(), 1, "{calls:?}");
+    // Once the raise reaches the gateway, one call of 1 fits, and no more.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while capped_calls(&gateway, "acme", &acme, 1, 1).await[0].0 != 200 {
+        assert!(Instant::now() < deadline, "the raised cap did not reach the gateway");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(capped_calls(&gateway, "acme", &acme, 1, 1).await[0].0, 402);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let events = server.audit_events(&["acme"]);
     assert_eq!(events.iter().filter(|e| e["action"] == "budget.soft_cap").count(), 1);
@@ -1002,11 +1030,11 @@ async fn a_tenants_model_spend_stops_at_its_hard_cap_exactly_warns_past_its_soft
     let upstream = format!("http://127.0.0.1:{}", model.port);
     let slow = ["apis", "create", "--tenant", "acme", "slow", "--prefix", "/slow", "--type", "llm"];
     let flags = ["--model", "capped", "--upstream", &upstream, "--response-timeout", "1s"];
-    let created = server.cli(&[&slow[..], &flags].concat());
-    assert_eq!(exit_code(&created), 0, "{}", stderr(&created));
     let raised = server.cli(&["tenants", "update", "acme", "--cost-caps", "50/110"]);
     assert_eq!(exit_code(&raised), 0, "{}", stderr(&raised));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let created = server.cli(&[&slow[..], &flags].concat());
+    assert_eq!(exit_code(&created), 0, "{}", stderr(&created));
+    served(gateway[0], "acme", &acme, "/slow").await;
     let client = reqwest::Client::builder().resolve("acme.localhost", gateway[0]).build().unwrap();
     let url = format!("http://acme.localhost:{}/slow/v1/chat/completions", gateway[0].port());
     let body = json!({"model": "capped", "max_tokens": 3, "messages": [{"role": "user", "content": "slow"}]});
@@ -1118,12 +1146,29 @@ async fn a_plan_grants_its_tools_to_its_tenants_until_they_leave_it() {
     let plans = server.cli_json(&["plans", "list"]);
     let professional = plans.as_array().unwrap().iter().find(|p| p["name"] == "professional");
     assert_eq!(professional.unwrap()["tools"][0]["name"], "search", "{plans}");
-    tokio::time::sleep(Duration::from_millis(300)).await;
     let tools_of = |tenant: &'static str| {
         let bearer = token(&server, tenant, &[]);
         let server = &server;
         async move { mcp_client(server, tenant, &bearer, &["list", "call:web_search:x"]).await }
     };
+    // Each tenant's endpoint, once the gateway serves it.
+    let client = client(&server);
+    for tenant in ["acme", "globex"] {
+        let bearer = token(&server, tenant, &[]);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while client
+            .post(at(&server, tenant, "/mcp"))
+            .bearer_auth(&bearer)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            == 404
+        {
+            assert!(Instant::now() < deadline, "{tenant}'s endpoint is not served");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
     let acme = tools_of("acme").await;
     assert_eq!(acme[1]["tools"], json!(["web_search"]));
     assert_eq!(acme[2]["text"], json!(["search:web_search:x"]), "{acme:?}");
@@ -1140,7 +1185,11 @@ async fn a_plan_grants_its_tools_to_its_tenants_until_they_leave_it() {
         let moved = server.cli(&["tenants", "update", tenant, "--plan", plan]);
         assert_eq!(exit_code(&moved), 0, "{}", stderr(&moved));
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(tools_of("acme").await[1]["tools"], json!([]));
-    assert_eq!(tools_of("globex").await[1]["tools"], json!(["web_search"]));
+    for (tenant, expected) in [("acme", json!([])), ("globex", json!(["web_search"]))] {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while tools_of(tenant).await[1]["tools"] != expected {
+            assert!(Instant::now() < deadline, "{tenant}'s tools did not follow its plan");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
 }
