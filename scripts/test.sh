@@ -84,6 +84,8 @@ ensure_redis
 # application runs on psycopg; the MCP endpoint is driven by the official
 # MCP SDK, as client and as the tools' servers (mcp).
 command -v curl >/dev/null || apt_install curl
+# Backups are age files: a test decrypts one with the standard age tool.
+command -v age >/dev/null || apt_install age
 PYTHON_TOOLS=('pyjwt[crypto]>=2.8,<3' 'openapi-spec-validator>=0.7,<1' 'schemathesis>=4,<5' 'websockets>=14,<16' 'psycopg[binary]>=3.1,<4' 'mcp>=1.30,<2')
 if ! python3 -c 'import jwt, cryptography, openapi_spec_validator, schemathesis, websockets, psycopg, mcp' 2>/dev/null; then
     say "installing ${PYTHON_TOOLS[*]}"
