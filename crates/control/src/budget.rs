@@ -107,10 +107,8 @@ impl BudgetNotices {
 
 /// Posts `body`, retrying twice; logs how it ended.
 async fn post(client: reqwest::Client, settings: WebhookSettings, body: String) {
-    let mut request = client
-        .post(&settings.url)
-        .header(reqwest::header::CONTENT_TYPE, "application/json")
-        .body(body.clone());
+    let mut request =
+        client.post(&settings.url).header(reqwest::header::CONTENT_TYPE, "application/json");
     if let Some(secret) = &settings.secret
         && let Ok(mut mac) = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes())
     {
@@ -118,6 +116,7 @@ async fn post(client: reqwest::Client, settings: WebhookSettings, body: String) 
         let signature = bulkhead_audit::record::hex(&mac.finalize().into_bytes());
         request = request.header(SIGNATURE_HEADER, format!("sha256={signature}"));
     }
+    let request = request.body(body);
     let url = bulkhead_model::redact_url(&settings.url);
     let mut waits = WEBHOOK_RETRIES.iter();
     loop {

@@ -56,9 +56,8 @@ pub struct Meter {
     tokens_out: AtomicU64,
     reported: AtomicBool,
     streamed: bool,
-    /// The most the call can cost, reserved from the tenant's budget.
-    pub most: u64,
-    /// The input and output tokens `most` is the price of.
+    /// The most input and output tokens the call can use: what it
+    /// reserves from the tenant's budget.
     most_tokens: (u64, u64),
 }
 
@@ -84,9 +83,14 @@ impl Meter {
             model: Arc::clone(&self.model),
             tokens_in: self.most_tokens.0,
             tokens_out: self.most_tokens.1,
-            cost_micros: self.most,
+            cost_micros: self.most(),
             counted: true,
         }
+    }
+
+    /// The most the call can cost.
+    pub fn most(&self) -> u64 {
+        self.price.cost(self.most_tokens.0, self.most_tokens.1)
     }
 
     fn report(&self, usage: &Value) -> bool {
@@ -171,19 +175,18 @@ pub async fn request(
         options.insert("include_usage".into(), Value::Bool(true));
         call.insert("stream_options".into(), Value::Object(options));
     }
-    let most_out = bound_output(&mut call, kind)?;
+    let (most_out, images) = bound_output(&mut call, kind)?;
     // The upstream reads the call as checked: one `model`, whatever keys
     // the client repeated, as JSON whatever type it claimed, with the
     // output limit reserved for; and answers uncompressed, for the meter
     // to read.
     let bytes = Bytes::from(serde_json::to_vec(&call).map_err(|_| unreadable())?);
-    let most_in = (bytes.len() as u64).saturating_add(IMAGE_RESERVE * images(&call));
+    let most_in = (bytes.len() as u64).saturating_add(IMAGE_RESERVE * images);
     crate::headers::set_content_length(&mut parts.headers, bytes.len());
     parts.headers.remove(header::ACCEPT_ENCODING);
     parts.headers.insert(header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
     let meter = Arc::new(Meter {
         model: model.into(),
-        most: price.cost(most_in, most_out),
         most_tokens: (most_in, most_out),
         price,
         tokens_in: AtomicU64::new(bytes.len() as u64 / 4),
@@ -227,10 +230,14 @@ enum Kind {
 /// prompts. A limit or a count that is not a positive integer within bounds
 /// is refused: lenient servers read `"100"` or `1e5` where the gateway
 /// would read nothing; so are the limits other servers read and the parts
-/// whose size the call does not show.
-fn bound_output(call: &mut serde_json::Map<String, Value>, kind: Kind) -> Result<u64, Refusal> {
+/// whose size the call does not show. Also returns the call's images.
+fn bound_output(
+    call: &mut serde_json::Map<String, Value>,
+    kind: Kind,
+) -> Result<(u64, u64), Refusal> {
+    let parts = scan_parts(call);
     if kind == Kind::Embedding {
-        return Ok(0);
+        return Ok((0, parts.images));
     }
     let invalid = |rule: String| {
         let mut refusal = Refusal::new(Phase::Route, Code::BadRequest, "an unbounded model call");
@@ -249,7 +256,7 @@ fn bound_output(call: &mut serde_json::Map<String, Value>, kind: Kind) -> Result
     if let Some(other) = OTHER_LIMITS.iter().find(|key| call.contains_key(**key)) {
         return Err(invalid(format!("{other} is not read here; set max_tokens")));
     }
-    if let Some(part) = parts_typed(call, &UNBOUNDED_PARTS) {
+    if let Some(part) = parts.unbounded {
         return Err(invalid(format!("{part} parts cannot be metered before the call; send text")));
     }
     let limits = [
@@ -279,46 +286,40 @@ fn bound_output(call: &mut serde_json::Map<String, Value>, kind: Kind) -> Result
     if prompts > MAX_CHOICES {
         return Err(invalid(format!("a call may hold at most {MAX_CHOICES} prompts")));
     }
-    Ok(limit.saturating_mul(choices).saturating_mul(prompts.max(1)))
+    Ok((limit.saturating_mul(choices).saturating_mul(prompts.max(1)), parts.images))
 }
 
-/// The images in a prompt: parts typed `image_url`, `input_image` or
-/// `image`, wherever they are.
-fn images(call: &serde_json::Map<String, Value>) -> u64 {
-    let mut images = 0;
-    visit_parts(call, &mut |kind| {
-        images += u64::from(matches!(kind, "image_url" | "input_image" | "image"));
-        false
-    });
-    images
+/// What a call's typed parts (`{"type": ...}` objects, wherever they are)
+/// say of its size.
+#[derive(Debug, Default)]
+struct Parts {
+    /// Parts typed `image_url`, `input_image` or `image`.
+    images: u64,
+    /// The first part of a type in [`UNBOUNDED_PARTS`].
+    unbounded: Option<&'static str>,
 }
 
-/// The first part typed one of `kinds`, wherever it is.
-fn parts_typed(call: &serde_json::Map<String, Value>, kinds: &[&str]) -> Option<String> {
-    let mut found = None;
-    visit_parts(call, &mut |kind| {
-        if kinds.contains(&kind) {
-            found = Some(kind.to_owned());
-        }
-        found.is_some()
-    });
-    found
-}
-
-/// Calls `seen` with every object's `type` in the call until it says stop
-/// (the depth is serde_json's, at most 128).
-fn visit_parts(call: &serde_json::Map<String, Value>, seen: &mut dyn FnMut(&str) -> bool) {
-    fn visit(value: &Value, seen: &mut dyn FnMut(&str) -> bool) -> bool {
+/// One pass over the call (its depth is serde_json's, at most 128).
+fn scan_parts(call: &serde_json::Map<String, Value>) -> Parts {
+    fn visit(value: &Value, parts: &mut Parts) {
         match value {
-            Value::Array(items) => items.iter().any(|item| visit(item, seen)),
+            Value::Array(items) => items.iter().for_each(|item| visit(item, parts)),
             Value::Object(object) => {
-                object.get("type").and_then(Value::as_str).is_some_and(&mut *seen)
-                    || object.values().any(|item| visit(item, seen))
+                if let Some(kind) = object.get("type").and_then(Value::as_str) {
+                    parts.images +=
+                        u64::from(matches!(kind, "image_url" | "input_image" | "image"));
+                    if parts.unbounded.is_none() {
+                        parts.unbounded = UNBOUNDED_PARTS.iter().find(|k| **k == kind).copied();
+                    }
+                }
+                object.values().for_each(|item| visit(item, parts));
             }
-            _ => false,
+            _ => {}
         }
     }
-    call.values().any(|value| visit(value, seen));
+    let mut parts = Parts::default();
+    call.values().for_each(|value| visit(value, &mut parts));
+    parts
 }
 
 /// An answer's body, passed on as it comes, read by the meter on the way.
@@ -483,7 +484,6 @@ mod tests {
             tokens_out: AtomicU64::new(0),
             reported: AtomicBool::new(false),
             streamed,
-            most: 0,
             most_tokens: (0, 0),
         });
         Metered::new(crate::body::empty(), meter)
@@ -494,7 +494,7 @@ mod tests {
         use serde_json::json;
         let bound = |kind: Kind, body: Value| {
             let mut call = body.as_object().unwrap().clone();
-            bound_output(&mut call, kind).map(|most| (most, Value::Object(call)))
+            bound_output(&mut call, kind).map(|(most, _)| (most, Value::Object(call)))
         };
         // No limit: the default, written for the upstream to keep.
         let (most, sent) = bound(Kind::Chat, json!({"model": "m"})).unwrap();
@@ -545,7 +545,7 @@ mod tests {
             ]},
             {"role": "user", "content": "type image_url"}
         ]});
-        assert_eq!(images(call.as_object().unwrap()), 2);
+        assert_eq!(scan_parts(call.as_object().unwrap()).images, 2);
     }
 
     const CHUNK: &str = "data: {\"choices\":[{\"delta\":{\"content\":\"x\"}}]}\n\n";

@@ -42,7 +42,8 @@ pub async fn reserve(
         time::OffsetDateTime::from_unix_timestamp(at).unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
     let caps = tenant.budget;
     let fallback = tenant.limits.limiter_fallback;
-    let reservation = match budgets.reserve(tenant.id, caps, meter.most, at, fallback).await {
+    let most = meter.most();
+    let reservation = match budgets.reserve(tenant.id, caps, most, at, fallback).await {
         Spend::Reserved(reservation) => reservation,
         Spend::Exhausted { spent } => {
             return Err(Refusal::new(
@@ -50,7 +51,7 @@ pub async fn reserve(
                 Code::BudgetExhausted,
                 format!(
                     "{} micro-units spent this month of a hard cap of {}; the call could cost {}",
-                    spent, caps.hard_micros, meter.most
+                    spent, caps.hard_micros, most
                 ),
             ));
         }

@@ -14,9 +14,9 @@
 //! from the durable [`Ledger`], with a new epoch: a reservation made in
 //! the lost counter settles into the new one with its whole actual cost,
 //! which the ledger could not hold yet when the counter was seeded (the
-//! call's usage reaches the ledger after its settlement). Without Redis, or while it cannot answer
-//! and the tenant's fallback is `local`, each process keeps its own
-//! counter, seeded from the ledger the same way.
+//! call's usage reaches the ledger after its settlement). Without Redis,
+//! or while it cannot answer and the tenant's fallback is `local`, each
+//! process keeps its own counter, seeded from the ledger the same way.
 //!
 //! Settling never waits on the request path: in Redis it is a spawned
 //! script; when it fails, the counter keeps the reservation, counting too
@@ -27,7 +27,7 @@ use std::{
     fmt,
     sync::{
         Arc, Mutex, PoisonError,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::Duration,
 };
@@ -248,7 +248,7 @@ pub struct Budgets {
     /// Redis outages so far (0 without Redis), and whether Redis answered
     /// last.
     outages: AtomicU64,
-    answering: std::sync::atomic::AtomicBool,
+    answering: AtomicBool,
     noticed: Mutex<HashSet<(Uuid, Period)>>,
 }
 
@@ -274,7 +274,7 @@ impl Budgets {
             ledger,
             local: Mutex::default(),
             outages: AtomicU64::new(0),
-            answering: std::sync::atomic::AtomicBool::new(true),
+            answering: AtomicBool::new(true),
             noticed: Mutex::default(),
         }
     }
@@ -326,6 +326,10 @@ impl Budgets {
     /// once whatever the processes).
     pub fn first_notice(&self, tenant: Uuid, period: Period) -> bool {
         let mut noticed = self.noticed.lock().unwrap_or_else(PoisonError::into_inner);
+        if noticed.contains(&(tenant, period)) {
+            return false;
+        }
+        // Past months' notices go when a new one is given.
         noticed.retain(|(_, p)| *p >= period);
         noticed.insert((tenant, period))
     }
@@ -338,10 +342,17 @@ impl Budgets {
         noticed.remove(&(tenant, period));
     }
 
-    async fn seed(&self, tenant: Uuid, period: Period) -> Result<u64, String> {
-        match &self.ledger {
-            Some(ledger) => ledger.spent(tenant, period).await,
-            None => Ok(0),
+    /// What the ledger says the tenant spent in `period`; `None` (logged)
+    /// when it cannot be read, and then the tenant's model calls are
+    /// refused rather than let through unmetered.
+    async fn seed(&self, tenant: Uuid, period: Period) -> Option<u64> {
+        let Some(ledger) = &self.ledger else { return Some(0) };
+        match ledger.spent(tenant, period).await {
+            Ok(spent) => Some(spent),
+            Err(error) => {
+                warn!(%tenant, %error, "cannot read the tenant's spend from the ledger; its model calls are refused until it can");
+                None
+            }
         }
     }
 
@@ -364,35 +375,25 @@ impl Budgets {
         let seeded = budget
             .spent
             .get_or_try_init(|| async {
-                self.seed(tenant, period).await.map(|spent| Arc::new(AtomicU64::new(spent)))
+                self.seed(tenant, period)
+                    .await
+                    .map(|spent| Arc::new(AtomicU64::new(spent)))
+                    .ok_or(())
             })
             .await;
-        let spent = match seeded {
-            Ok(spent) => Arc::clone(spent),
-            Err(error) => {
-                warn!(%tenant, %error, "cannot read the tenant's spend from the ledger; its model calls are refused until it can");
-                return Spend::Unavailable;
-            }
-        };
-        let mut current = spent.load(Ordering::Relaxed);
-        loop {
-            let after = current.saturating_add(amount);
-            if after > caps.hard_micros {
-                return Spend::Exhausted { spent: current };
-            }
-            match spent.compare_exchange_weak(current, after, Ordering::Relaxed, Ordering::Relaxed)
-            {
-                Ok(_) => {
-                    return Spend::Reserved(Reservation {
-                        amount,
-                        spent: after,
-                        period,
-                        counter: Counter::Local(spent),
-                        settled: false,
-                    });
-                }
-                Err(now) => current = now,
-            }
+        let Ok(spent) = seeded.map(Arc::clone) else { return Spend::Unavailable };
+        let reserved = spent.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |current| {
+            current.checked_add(amount).filter(|after| *after <= caps.hard_micros)
+        });
+        match reserved {
+            Ok(before) => Spend::Reserved(Reservation {
+                amount,
+                spent: before + amount,
+                period,
+                counter: Counter::Local(spent),
+                settled: false,
+            }),
+            Err(current) => Spend::Exhausted { spent: current },
         }
     }
 
@@ -411,8 +412,10 @@ impl Budgets {
         let mut seed = String::new();
         loop {
             let mut invocation = self.reserve.key(&key);
-            invocation.arg(amount).arg(caps.hard_micros).arg(ttl).arg(&seed);
-            invocation.arg(Uuid::new_v4().simple().to_string());
+            // The epoch of a counter seeded now; made only when seeding.
+            let epoch =
+                if seed.is_empty() { String::new() } else { Uuid::new_v4().simple().to_string() };
+            invocation.arg(amount).arg(caps.hard_micros).arg(ttl).arg(&seed).arg(epoch);
             let mut connection = redis.connection();
             let (verdict, spent, epoch): (i64, i64, String) =
                 tokio::time::timeout(redis.timeout(), invocation.invoke_async(&mut connection))
@@ -436,11 +439,8 @@ impl Budgets {
                 }
                 0 => return Ok(Spend::Exhausted { spent }),
                 _ if seed.is_empty() => match self.seed(tenant, period).await {
-                    Ok(spent) => seed = spent.to_string(),
-                    Err(error) => {
-                        warn!(%tenant, %error, "cannot read the tenant's spend from the ledger to seed its budget; its model calls are refused until it can");
-                        return Ok(Spend::Unavailable);
-                    }
+                    Some(spent) => seed = spent.to_string(),
+                    None => return Ok(Spend::Unavailable),
                 },
                 // Seeded, yet missing: Redis evicts faster than it keeps.
                 _ => return Ok(Spend::Unavailable),
