@@ -3,7 +3,7 @@
 
 use serde_json::{Value, json};
 
-use crate::kit::{Server, entries, exit_code, stderr};
+use crate::kit::{Server, command, entries, exit_code, stderr};
 
 fn error(body: &Value) -> (&str, &str) {
     (body["error"]["code"].as_str().unwrap(), body["error"]["message"].as_str().unwrap())
@@ -303,4 +303,25 @@ async fn deleting_while_provisioning_is_refused() {
     let (code, message) = error(&body);
     assert_eq!(code, "invalid_state");
     assert!(message.contains("still provisioning"), "{message}");
+}
+
+#[test]
+fn bad_cost_caps_and_a_misplaced_csv_are_usage_errors_that_say_what_to_give() {
+    let run = |args: &[&str]| command().args(args).output().unwrap();
+    for (caps, says) in [
+        ("5", "\"5\" is not SOFT/HARD in whole units, such as 50/100"),
+        ("a/b", "is not SOFT/HARD in whole units"),
+        ("100/50", "soft_usd (100) must not be above hard_usd (50)"),
+        ("9/2000000000", "hard_usd must be at most 1000000000"),
+    ] {
+        let output = run(&["tenants", "update", "acme", "--cost-caps", caps]);
+        assert_eq!(exit_code(&output), 2, "{caps}");
+        assert!(stderr(&output).contains(says), "{caps}: {}", stderr(&output));
+    }
+    let csv = run(&["-o", "csv", "tenants", "list"]);
+    assert_eq!(exit_code(&csv), 2);
+    assert!(stderr(&csv).contains("-o csv is for `bulkhead usage export`"), "{}", stderr(&csv));
+    let no_period = run(&["usage", "export"]);
+    assert_eq!(exit_code(&no_period), 2);
+    assert!(stderr(&no_period).contains("--period <YYYY-MM>"), "{}", stderr(&no_period));
 }

@@ -122,6 +122,10 @@ fn a_bad_configuration_file_is_a_usage_error() {
             "granted twice",
         ),
         (
+            "[budget]\nwebhook_secret = \"s\"".to_owned(),
+            "budget.webhook_secret is set without budget.webhook",
+        ),
+        (
             "[budget]\nwebhook = \"ftp://x\"".to_owned(),
             "budget.webhook ftp://x is not an http(s) URL",
         ),
