@@ -86,8 +86,13 @@ ensure_redis
 command -v curl >/dev/null || apt_install curl
 # Backups are age files: a test decrypts one with the standard age tool.
 command -v age >/dev/null || apt_install age
-PYTHON_TOOLS=('pyjwt[crypto]>=2.8,<3' 'openapi-spec-validator>=0.7,<1' 'schemathesis>=4,<5' 'websockets>=14,<16' 'psycopg[binary]>=3.1,<4' 'mcp>=1.30,<2')
-if ! python3 -c 'import jwt, cryptography, openapi_spec_validator, schemathesis, websockets, psycopg, mcp' 2>/dev/null; then
+# A silo tenant's backup runs pg_dump (and the test reads it with
+# pg_restore): the server's client tools.
+command -v pg_dump >/dev/null || apt_install postgresql-client
+PYTHON_TOOLS=('pyjwt[crypto]>=2.8,<3' 'openapi-spec-validator>=0.7,<1' 'schemathesis>=4,<5' 'websockets>=14,<16' 'psycopg[binary]>=3.1,<4' 'mcp>=1.30,<2' 'moto[server]>=5,<6')
+# moto: an S3-compatible server (real HTTP, multipart uploads) the backup
+# tests start on ports of their own.
+if ! python3 -c 'import jwt, cryptography, openapi_spec_validator, schemathesis, websockets, psycopg, mcp, moto.server' 2>/dev/null; then
     say "installing ${PYTHON_TOOLS[*]}"
     python3 -m pip install --quiet --disable-pip-version-check "${PYTHON_TOOLS[@]}" \
         || die "cannot install the Python test tools; run: python3 -m pip install ${PYTHON_TOOLS[*]}"

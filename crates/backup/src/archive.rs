@@ -56,7 +56,7 @@ pub struct PartEntry {
 pub struct Part<'a> {
     pub name: String,
     pub size: u64,
-    pub reader: Box<dyn Read + 'a>,
+    pub reader: Box<dyn Read + Send + 'a>,
 }
 
 impl std::fmt::Debug for Part<'_> {
@@ -119,7 +119,7 @@ pub fn write<'a, W: Write>(
     parts: impl IntoIterator<Item = Part<'a>>,
 ) -> Result<Manifest, BackupError> {
     let recipient: age::x25519::Recipient = recipient.parse().map_err(|e: &str| {
-        BackupError::NotABackup(format!("the recipient is not an age key: {e}"))
+        BackupError::InvalidKey(format!("the recipient is not an age key (age1...): {e}"))
     })?;
     let encryptor =
         age::Encryptor::with_recipients(std::iter::once(&recipient as &dyn age::Recipient))
@@ -147,7 +147,7 @@ pub fn write<'a, W: Write>(
     let json = serde_json::to_vec_pretty(&manifest)
         .map_err(|e| BackupError::NotABackup(format!("manifest: {e}")))?;
     tar.append_data(&mut header(json.len() as u64), MANIFEST_ENTRY, json.as_slice())?;
-    tar.into_inner()?.finish()?;
+    tar.into_inner()?.finish()?.flush()?;
     Ok(manifest)
 }
 
@@ -156,7 +156,9 @@ pub fn write<'a, W: Write>(
 /// Returns the manifest.
 pub fn verify<R: Read>(input: R, identity: &str) -> Result<Manifest, BackupError> {
     let identity: age::x25519::Identity = identity.parse().map_err(|e: &str| {
-        BackupError::NotABackup(format!("the key is not an age identity: {e}"))
+        BackupError::InvalidKey(format!(
+            "the key is not an age identity (AGE-SECRET-KEY-1...): {e}"
+        ))
     })?;
     let decryptor = age::Decryptor::new(input)
         .map_err(|e| BackupError::NotABackup(format!("not an age file: {e}")))?;

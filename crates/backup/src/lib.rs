@@ -19,8 +19,10 @@
 //! part that holds it.
 
 mod archive;
+mod storage;
 
 pub use archive::{About, FORMAT_VERSION, Manifest, Part, PartEntry, verify, write};
+pub use storage::{ArchiveReader, Listing, Location, S3Key, Storage, new_id};
 
 use thiserror::Error;
 
@@ -30,6 +32,9 @@ use thiserror::Error;
 pub enum BackupError {
     #[error("not a Bulkhead backup: {0}")]
     NotABackup(String),
+    /// A recipient or identity that is not an age X25519 key.
+    #[error("{0}")]
+    InvalidKey(String),
     #[error("this key does not open the backup (it was encrypted to another recipient)")]
     WrongKey,
     #[error(
@@ -46,6 +51,9 @@ pub enum BackupError {
         "{0:?} is not a part name; use 1 to 64 characters of a-z, 0-9, '-', '_' and '.', not starting with '.'"
     )]
     InvalidName(String),
+    /// The backup store is unreachable, refused, or holds something else.
+    #[error("{0}")]
+    Storage(String),
     #[error("backup I/O: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -58,4 +66,62 @@ pub fn generate_key() -> (zeroize::Zeroizing<String>, String) {
     let identity = age::x25519::Identity::generate();
     let recipient = identity.to_public().to_string();
     (zeroize::Zeroizing::new(identity.to_string().expose_secret().to_owned()), recipient)
+}
+
+/// The recipient (`age1...`) of an identity (`AGE-SECRET-KEY-1...`).
+pub fn recipient_of(identity: &str) -> Result<String, BackupError> {
+    let identity: age::x25519::Identity = identity.trim().parse().map_err(|e: &str| {
+        BackupError::InvalidKey(format!(
+            "the key is not an age identity (AGE-SECRET-KEY-1...): {e}"
+        ))
+    })?;
+    Ok(identity.to_public().to_string())
+}
+
+/// Checks that `text` is an age X25519 recipient (`age1...`).
+pub fn check_recipient(text: &str) -> Result<(), BackupError> {
+    text.parse::<age::x25519::Recipient>().map(|_| ()).map_err(|e: &str| {
+        BackupError::InvalidKey(format!(
+            "{text:?} is not an age X25519 recipient (age1...; `age-keygen -y KEYFILE` prints one): {e}"
+        ))
+    })
+}
+
+/// Packs the regular files and directories under `dir` into a tar file at
+/// `dest`, leaving out the top-level entries named in `skip` and anything
+/// that is neither (sockets, devices, symbolic links: a tenant's link must
+/// not make its backup read a file outside its directory). Returns the
+/// tar's size.
+pub fn pack_dir(
+    dir: &std::path::Path,
+    dest: &std::path::Path,
+    skip: &[&str],
+) -> Result<u64, BackupError> {
+    let out = std::fs::File::create_new(dest)?;
+    let mut tar = tar::Builder::new(std::io::BufWriter::new(out));
+    tar.follow_symlinks(false);
+    let mut stack = vec![std::path::PathBuf::new()];
+    while let Some(relative) = stack.pop() {
+        for entry in std::fs::read_dir(dir.join(&relative))? {
+            let entry = entry?;
+            let name = relative.join(entry.file_name());
+            if relative.as_os_str().is_empty()
+                && skip.iter().any(|s| entry.file_name() == std::ffi::OsStr::new(s))
+            {
+                continue;
+            }
+            let kind = entry.file_type()?;
+            if kind.is_dir() {
+                tar.append_dir(&name, entry.path())?;
+                stack.push(name);
+            } else if kind.is_file() {
+                let mut file = std::fs::File::open(entry.path())?;
+                tar.append_file(&name, &mut file)?;
+            }
+        }
+    }
+    let out = tar.into_inner()?;
+    let file = out.into_inner().map_err(|e| e.into_error())?;
+    file.sync_all()?;
+    Ok(file.metadata()?.len())
 }

@@ -134,6 +134,10 @@ pub enum Command {
     /// Tenants' audit streams: read, export, verify offline
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Tenants' encrypted backups: take, list, verify, delete, and the key
+    /// they are encrypted to
+    #[command(subcommand)]
+    Backups(BackupsCommand),
     /// Report what the installation exposes: every API that answers
     /// without a credential (`auth: public`), by tenant; with `isolation`,
     /// check that no tenant can reach another (exits 1 on any finding)
@@ -1197,4 +1201,75 @@ mod tests {
         };
         assert_eq!(keys, ["-abc_d"]);
     }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BackupsCommand {
+    /// Take a backup of the tenant now; prints it once it is stored
+    Create {
+        #[arg(long)]
+        tenant: String,
+    },
+    /// The tenant's backups, oldest first
+    List {
+        #[arg(long)]
+        tenant: String,
+    },
+    /// One backup: its parts, sizes and hashes
+    Get {
+        #[arg(long)]
+        tenant: String,
+        id: String,
+    },
+    /// Decrypt a backup and check every part against its manifest, restoring
+    /// nothing
+    Verify {
+        #[arg(long)]
+        tenant: String,
+        id: String,
+        /// The age identity to decrypt with, for a tenant whose backups are
+        /// encrypted to its own key
+        #[arg(long, value_name = "FILE")]
+        identity_file: Option<PathBuf>,
+    },
+    /// Delete one backup
+    Delete {
+        #[arg(long)]
+        tenant: String,
+        id: String,
+    },
+    /// The key the tenant's backups are encrypted to
+    #[command(subcommand)]
+    Key(BackupKeyCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BackupKeyCommand {
+    /// Print the age recipient the tenant's backups are encrypted to
+    Show {
+        #[arg(long)]
+        tenant: String,
+    },
+    /// Encrypt the tenant's later backups to its own age recipient
+    /// (bring-your-own-key: Bulkhead can write them, not read them), or with
+    /// --vault back to the key the vault holds
+    Set {
+        #[arg(long)]
+        tenant: String,
+        /// `age1...` (`age-keygen -y KEYFILE` prints it)
+        #[arg(long, required_unless_present = "vault", conflicts_with = "vault")]
+        recipient: Option<String>,
+        #[arg(long)]
+        vault: bool,
+    },
+    /// Write the identity that opens the tenant's backups to a new file
+    /// (mode 0600), for `age --decrypt --identity FILE` or another
+    /// installation. Recorded in the tenant's audit stream
+    Export {
+        #[arg(long)]
+        tenant: String,
+        /// Where to write it; it must not exist
+        #[arg(long, short = 'f', value_name = "FILE")]
+        file: PathBuf,
+    },
 }

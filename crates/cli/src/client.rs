@@ -2,8 +2,13 @@
 
 use std::{path::Path, time::Duration};
 
+/// A backup or its verification reads the whole tenant: far longer than
+/// any other call may take.
+const BACKUP_TIMEOUT: Duration = Duration::from_secs(6 * 3600);
+
 use bulkhead_control::api::{
     audit::EventList,
+    backups::{BackupKeyView, BackupList, BackupView, VerifyView},
     error::ApiError,
     types::{
         ApiApplied, ApiKeyCreated, ApiKeyList, ApiList, CreateApiKeyRequest, CreateTenantRequest,
@@ -353,6 +358,66 @@ impl ApiClient {
         let version =
             headers.get("bulkhead-secret-version").and_then(|v| v.to_str().ok()).map(str::to_owned);
         Ok((version, Zeroizing::new(bytes)))
+    }
+
+    fn backup_url(&self, tenant: &str, rest: &[&str]) -> Result<Url, CliError> {
+        let mut segments = vec!["v1", "tenants", tenant];
+        segments.extend_from_slice(rest);
+        self.url(&segments)
+    }
+
+    /// Takes a backup; answers when it is stored, however long that takes.
+    pub async fn create_backup(&self, tenant: &str) -> Result<BackupView, CliError> {
+        let request = self.http.post(self.backup_url(tenant, &["backups"])?);
+        self.parse(self.send(request.timeout(BACKUP_TIMEOUT)).await?.1)
+    }
+
+    pub async fn list_backups(&self, tenant: &str) -> Result<BackupList, CliError> {
+        self.call(Method::GET, self.backup_url(tenant, &["backups"])?, &[]).await
+    }
+
+    pub async fn get_backup(&self, tenant: &str, id: &str) -> Result<BackupView, CliError> {
+        self.call(Method::GET, self.backup_url(tenant, &["backups", id])?, &[]).await
+    }
+
+    pub async fn delete_backup(&self, tenant: &str, id: &str) -> Result<(), CliError> {
+        let url = self.backup_url(tenant, &["backups", id])?;
+        self.send(self.http.delete(url)).await.map(|_| ())
+    }
+
+    pub async fn verify_backup(
+        &self,
+        tenant: &str,
+        id: &str,
+        identity: Option<&str>,
+    ) -> Result<VerifyView, CliError> {
+        let url = self.backup_url(tenant, &["backups", id, "verify"])?;
+        let body = serde_json::json!({ "identity": identity });
+        let request = self.http.post(url).json(&body).timeout(BACKUP_TIMEOUT);
+        self.parse(self.send(request).await?.1)
+    }
+
+    pub async fn backup_key(&self, tenant: &str) -> Result<BackupKeyView, CliError> {
+        self.call(Method::GET, self.backup_url(tenant, &["backup-key"])?, &[]).await
+    }
+
+    pub async fn set_backup_key(
+        &self,
+        tenant: &str,
+        recipient: Option<&str>,
+    ) -> Result<BackupKeyView, CliError> {
+        let url = self.backup_url(tenant, &["backup-key"])?;
+        self.call_json(Method::PUT, url, &serde_json::json!({ "recipient": recipient })).await
+    }
+
+    pub async fn export_backup_key(&self, tenant: &str) -> Result<Zeroizing<String>, CliError> {
+        #[derive(serde::Deserialize)]
+        struct Exported {
+            identity: String,
+        }
+        let url = self.backup_url(tenant, &["backup-key", "export"])?;
+        let exported: Exported = self.call(Method::POST, url, &[]).await?;
+        Ok(Zeroizing::new(exported.identity))
     }
 
     pub async fn list_secrets(&self, tenant: &str) -> Result<SecretList, CliError> {

@@ -2,6 +2,7 @@
 //! for scripts. Results go to stdout, progress to stderr.
 #![allow(clippy::print_stdout)]
 
+use bulkhead_control::api::backups::{BackupKeyView, BackupView};
 use bulkhead_control::api::types::{
     ApiKeyView, CredentialView, KeyStatusView, LeaseView, LockoutView, RealmKeyView,
     SecretSummaryView, SecretWritten, ServerStatus, StepState, TenantView,
@@ -672,6 +673,54 @@ pub fn api_keys(format: Output, keys: &[ApiKeyView]) -> Result<(), CliError> {
         })
         .collect();
     println!("{}", table(&["ID", "NAME", "PREFIX", "ROLES", "LAST USED", "REVOKED"], &rows));
+    Ok(())
+}
+
+pub fn backups(format: Output, backups: &[BackupView]) -> Result<(), CliError> {
+    if format == Output::Json {
+        return json(&backups);
+    }
+    let rows: Vec<Vec<String>> = backups
+        .iter()
+        .map(|b| {
+            vec![
+                b.id.clone(),
+                b.kind.clone(),
+                b.created_at.clone(),
+                b.size.to_string(),
+                b.parts.len().to_string(),
+            ]
+        })
+        .collect();
+    println!("{}", table(&["ID", "KIND", "CREATED", "BYTES", "PARTS"], &rows));
+    Ok(())
+}
+
+pub fn backup(format: Output, backup: &BackupView) -> Result<(), CliError> {
+    if format == Output::Json {
+        return json(backup);
+    }
+    println!("backup     {}", backup.id);
+    println!("tenant     {} ({} plan)", backup.tenant, backup.plan);
+    println!("kind       {}", backup.kind);
+    println!("created    {}", backup.created_at);
+    println!("size       {} bytes, format {}", backup.size, backup.format);
+    println!("recipient  {}", backup.recipient);
+    let rows: Vec<Vec<String>> = backup
+        .parts
+        .iter()
+        .map(|p| vec![p.name.clone(), p.size.to_string(), p.sha256.clone()])
+        .collect();
+    println!("{}", table(&["PART", "BYTES", "SHA-256"], &rows));
+    Ok(())
+}
+
+pub fn backup_key(format: Output, key: &BackupKeyView) -> Result<(), CliError> {
+    if format == Output::Json {
+        return json(key);
+    }
+    let whose = if key.own { "the tenant's own key" } else { "the key the vault holds" };
+    println!("{} ({whose})", key.recipient);
     Ok(())
 }
 

@@ -57,6 +57,8 @@ struct FileConfig {
     prices: bulkhead_model::PriceTable,
     #[serde(default)]
     budget: FileBudget,
+    #[serde(default)]
+    backup: FileBackup,
     /// Tools each plan grants: `[[plans.professional.tools]]`, each a
     /// tool as `kind: Tool` spells it.
     #[serde(default)]
@@ -79,6 +81,18 @@ struct FileBudget {
     webhook: Option<String>,
     /// Signs each notice: `Bulkhead-Signature: sha256=<hex HMAC>`.
     webhook_secret: Option<String>,
+}
+
+/// `[backup]`: where tenants' backups are kept.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileBackup {
+    /// A directory, or `s3://bucket/prefix` (credentials from the standard
+    /// `AWS_*` environment variables); `<data-dir>/backups` unless given.
+    store: Option<String>,
+    /// An S3-compatible server other than AWS: `https://host:port`.
+    endpoint: Option<String>,
+    region: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -328,6 +342,22 @@ impl ServeSettings {
                 usage_flush_every,
                 prices: std::sync::Arc::new(file.prices.clone()),
                 budget_webhook: budget_webhook(&file.budget)?,
+                backup_store: match &file.backup.store {
+                    Some(store) => Some(
+                        bulkhead_backup::Location::parse(
+                            store,
+                            file.backup.endpoint.clone(),
+                            file.backup.region.clone(),
+                        )
+                        .map_err(|e| CliError::usage(format!("backup.store: {e}")))?,
+                    ),
+                    None if file.backup.endpoint.is_some() || file.backup.region.is_some() => {
+                        return Err(CliError::usage(
+                            "backup.endpoint and backup.region are for backup.store = \"s3://...\"",
+                        ));
+                    }
+                    None => None,
+                },
                 plans: {
                     let tools =
                         file.plans.iter().map(|(p, f)| (p.clone(), f.tools.clone())).collect();

@@ -33,6 +33,9 @@ pub struct Config {
     pub prices: std::sync::Arc<bulkhead_model::PriceTable>,
     /// Told when a tenant's model spend passes its soft cap (`[budget]`).
     pub budget_webhook: Option<crate::budget::WebhookSettings>,
+    /// Where tenants' backups are kept (`[backup] store`); `None`:
+    /// `<data-dir>/backups`.
+    pub backup_store: Option<bulkhead_backup::Location>,
     /// The plans tenants are on: the built-in ones, with the tools the
     /// configuration grants them (`[[plans.<plan>.tools]]`).
     pub plans: bulkhead_model::PlanCatalog,
@@ -113,6 +116,7 @@ impl Config {
             usage_flush_every: DEFAULT_USAGE_FLUSH,
             prices: std::sync::Arc::default(),
             budget_webhook: None,
+            backup_store: None,
             plans: bulkhead_model::PlanCatalog::builtin(),
             base_domain: BaseDomain::default(),
             public_url: None,

@@ -13,6 +13,7 @@ pub mod api;
 pub mod apis;
 pub mod apps;
 pub mod audit;
+pub mod backups;
 pub mod budget;
 pub mod clock;
 pub mod config;

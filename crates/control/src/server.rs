@@ -85,6 +85,8 @@ pub enum StartError {
     Tools(String),
     #[error("cannot start the runtime: {0}")]
     Runtime(String),
+    #[error("the backup store: {0}")]
+    Backup(String),
     #[error(
         "a gateway on its own follows a PostgreSQL store: give --store postgres://... (the \
          control plane's); on the embedded store, run `bulkhead serve` without --role"
@@ -659,6 +661,7 @@ pub async fn start_with_steps(
         events.clone(),
     ));
     let sealed = Arc::clone(&vault);
+    let backup_credentials = Arc::clone(&credentials);
     let vault = Arc::new(VaultService::new(
         Arc::clone(&store),
         vault,
@@ -703,6 +706,28 @@ pub async fn start_with_steps(
         admission,
         witnesses,
     ));
+    let backup_store = config
+        .backup_store
+        .clone()
+        .unwrap_or_else(|| bulkhead_backup::Location::Directory(data_dir.path().join("backups")));
+    let backups = Arc::new(
+        crate::backups::BackupService::new(
+            crate::backups::Sources {
+                store: Arc::clone(&store),
+                vault: Arc::clone(&sealed),
+                credentials: backup_credentials,
+                audit: Arc::clone(&audit),
+                clock: Arc::clone(&clock),
+                tenants_dir: data_dir.tenants(),
+            },
+            bulkhead_backup::Storage::open(&backup_store)
+                .map_err(|e| StartError::Backup(e.to_string()))?,
+            config.regions.clone(),
+            events.clone(),
+            data_dir.path(),
+        )
+        .map_err(|e| StartError::Backup(format!("the staging directory: {e}")))?,
+    );
     let feed = Arc::new(GatewayFeed::new(
         Arc::clone(&store),
         Arc::clone(identity.realms()),
@@ -745,6 +770,7 @@ pub async fn start_with_steps(
         migrations: Arc::clone(&migrations),
         identity: Arc::clone(&identity),
         audit: Arc::clone(&audit),
+        backups,
         base_domain: config.base_domain.clone(),
         step_names,
         store: Arc::clone(&store),

@@ -12,6 +12,7 @@
 //! [`RegionServers`] holds the administrative connections to each region's
 //! PostgreSQL server that all of these use, and the vault's leases too.
 
+pub mod dump;
 mod login;
 pub mod migrate;
 pub mod names;

@@ -357,6 +357,20 @@ impl Vault {
         Ok((key.version, self.unwrap(key).await?))
     }
 
+    /// Every data key of the tenant, unwrapped, oldest first: for a backup
+    /// only, whose archive wraps them to the tenant's backup key so that the
+    /// sealed secrets in it open on any installation that is given that key.
+    pub async fn export_data_keys(
+        &self,
+        tenant: TenantId,
+    ) -> Result<Vec<(i64, KeyBytes)>, VaultError> {
+        let mut keys = Vec::new();
+        for key in self.store.data_keys(tenant).await? {
+            keys.push((key.version, self.unwrap(&key).await?));
+        }
+        Ok(keys)
+    }
+
     // ---- secrets ---------------------------------------------------------
 
     /// Stores a new version of a secret, keeping the `keep` newest.

@@ -5,6 +5,7 @@ mod apis;
 mod apps;
 mod audit;
 mod auth;
+mod backups;
 mod creds;
 mod demo;
 mod manifests;
@@ -68,6 +69,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             output::usage(cli.global.output, &usage.usage)
         }
         Command::Audit(command) => audit::run(command, &cli.global).await,
+        Command::Backups(command) => backups::run(command, &cli.global).await,
         Command::Migrate(args) => return migrate::run(args, &cli.global).await,
         Command::Verify { check: None } => {
             let client = ApiClient::discover(&cli.global)?;

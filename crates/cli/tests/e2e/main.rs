@@ -15,6 +15,7 @@ mod api;
 mod apps;
 mod audit;
 mod audit_attacks;
+mod backups;
 mod bad_input;
 mod crash;
 mod gateway;

@@ -75,6 +75,9 @@ pub enum ErrorCode {
     AuditStreamBroken,
     RateLimited,
     QuotaExceeded,
+    BackupNotFound,
+    BackupInvalid,
+    BackupUnavailable,
 }
 
 impl ErrorCode {
@@ -89,7 +92,7 @@ impl ErrorCode {
             LockedOut | Forbidden => StatusCode::FORBIDDEN,
             NotFound | TenantNotFound | SecretNotFound | LeaseNotFound | LockoutNotFound
             | ApiKeyNotFound | ApiNotFound | AppNotFound | RolloutNotFound | MigrationNotFound
-            | GuardrailNotFound | ToolNotFound => StatusCode::NOT_FOUND,
+            | GuardrailNotFound | ToolNotFound | BackupNotFound => StatusCode::NOT_FOUND,
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             TenantExists
             | ImmutableField
@@ -102,8 +105,11 @@ impl ErrorCode {
             | CredentialsUnavailable => StatusCode::CONFLICT,
             PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             RateLimited | QuotaExceeded => StatusCode::TOO_MANY_REQUESTS,
+            BackupInvalid => StatusCode::UNPROCESSABLE_ENTITY,
             Internal | CorruptData | AuditStreamBroken => StatusCode::INTERNAL_SERVER_ERROR,
-            Unavailable | AuditUnavailable | RuntimeUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Unavailable | AuditUnavailable | RuntimeUnavailable | BackupUnavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
         }
     }
 
@@ -160,6 +166,9 @@ impl ErrorCode {
             AuditStreamBroken => "audit_stream_broken",
             RateLimited => "rate_limited",
             QuotaExceeded => "quota_exceeded",
+            BackupNotFound => "backup_not_found",
+            BackupInvalid => "backup_invalid",
+            BackupUnavailable => "backup_unavailable",
         }
     }
 }
@@ -322,6 +331,33 @@ impl From<VaultServiceError> for ApiError {
             VaultServiceError::LockoutNotFound(_) => LockoutNotFound,
             VaultServiceError::Unrecorded(ref u) => unrecorded(u),
             VaultServiceError::Quota(_) => QuotaExceeded,
+        };
+        Self::new(code, error.to_string())
+    }
+}
+
+impl From<crate::backups::BackupServiceError> for ApiError {
+    fn from(error: crate::backups::BackupServiceError) -> Self {
+        use crate::backups::BackupServiceError as E;
+        use ErrorCode::*;
+        let code = match error {
+            E::Vault(e) => return e.into(),
+            E::Credential(e) => return e.into(),
+            E::Audit(e) => return e.into(),
+            E::Store(ref store) => return store_error(store),
+            E::Internal(_) => return Self::internal(&error),
+            E::Unrecorded(ref u) => unrecorded(u),
+            E::TenantNotFound(_) => TenantNotFound,
+            E::BackupNotFound(..) => BackupNotFound,
+            E::Forbidden(_) | E::OperatorOnly => Forbidden,
+            E::InvalidState(_) | E::Running(_) | E::OwnKey(_) => InvalidState,
+            E::InvalidRequest(_) => InvalidRequest,
+            E::Backup(bulkhead_backup::BackupError::InvalidKey(_)) => InvalidKey,
+            E::Backup(bulkhead_backup::BackupError::Storage(_))
+            | E::Backup(bulkhead_backup::BackupError::Io(_))
+            | E::Database(_)
+            | E::Staging(_) => BackupUnavailable,
+            E::Backup(_) => BackupInvalid,
         };
         Self::new(code, error.to_string())
     }

@@ -6,6 +6,7 @@ mod apis;
 mod apps;
 pub mod audit;
 pub(crate) mod auth;
+pub mod backups;
 mod catalog;
 pub mod error;
 mod identity;
@@ -66,6 +67,7 @@ pub struct AppState {
     pub migrations: Arc<crate::migrations::MigrationService>,
     pub identity: Arc<IdentityService>,
     pub audit: Arc<AuditService>,
+    pub backups: Arc<crate::backups::BackupService>,
     pub base_domain: BaseDomain,
     pub step_names: Arc<[&'static str]>,
     pub store: Arc<dyn ControlStore>,
@@ -109,6 +111,7 @@ impl AppState {
         (name = "vault", description = "Secrets, data keys and database credentials of tenants"),
         (name = "realms", description = "Each tenant's identity realm: OIDC documents, tokens, signing keys, API keys"),
         (name = "apis", description = "Each tenant's APIs: the contracts its gateway routes by"),
+        (name = "backups", description = "Each tenant's encrypted backups and the key they are encrypted to"),
         (name = "guardrails", description = "Each tenant's guardrails: personal data, blocked topics and prompt sizes its gateway checks bodies for"),
         (name = "tools", description = "Each tenant's tool registry: the MCP servers and HTTP tools its agents may call through its MCP endpoint"),
         (name = "apps", description = "Each tenant's apps, run as confined workers, and their logs"),
@@ -292,6 +295,11 @@ pub fn router(state: AppState) -> Router {
                 // Applied nearer the handler than the default limit, so it wins.
                 .layer(DefaultBodyLimit::max(migrations::MAX_BODY_BYTES)),
         )
+        .routes(routes!(backups::list_backups, backups::create_backup))
+        .routes(routes!(backups::get_backup, backups::delete_backup))
+        .routes(routes!(backups::verify_backup))
+        .routes(routes!(backups::backup_key, backups::set_backup_key))
+        .routes(routes!(backups::export_backup_key))
         .routes(routes!(usage::tenant_usage))
         .routes(routes!(usage::usage_export))
         .routes(routes!(usage::tenant_usage_export))

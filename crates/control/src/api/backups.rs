@@ -1,0 +1,290 @@
+//! A tenant's backups over HTTP: take one, list, show, verify, delete, and
+//! the key they are encrypted to.
+
+use axum::{
+    Extension, Json,
+    extract::{Path, State, rejection::JsonRejection},
+    http::{HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use bulkhead_backup::Listing;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use zeroize::Zeroizing;
+
+use super::{AppState, error::ApiError, record_tenant, types::ErrorBody};
+use crate::{backups::Recipient, events::Actor};
+
+/// One part of a backup as its manifest lists it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct BackupPartView {
+    pub name: String,
+    pub size: u64,
+    pub sha256: String,
+}
+
+/// A backup as listed: what it holds, never a byte of it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct BackupView {
+    /// `YYYYMMDDTHHMMSSZ-xxxxxxxx`.
+    pub id: String,
+    /// `manual`, `scheduled` or `final`.
+    pub kind: String,
+    pub tenant: String,
+    pub plan: String,
+    /// RFC 3339.
+    pub created_at: String,
+    /// The archive's size in bytes.
+    pub size: u64,
+    /// The archive format version.
+    pub format: u32,
+    /// The age recipient the archive is encrypted to.
+    pub recipient: String,
+    pub parts: Vec<BackupPartView>,
+}
+
+impl From<Listing> for BackupView {
+    fn from(listing: Listing) -> Self {
+        let manifest = listing.manifest;
+        Self {
+            id: listing.id,
+            kind: listing.kind,
+            tenant: manifest.about.tenant,
+            plan: manifest.about.plan,
+            created_at: manifest.about.created_at,
+            size: listing.size,
+            format: manifest.format,
+            recipient: listing.recipient,
+            parts: manifest
+                .parts
+                .into_iter()
+                .map(|p| BackupPartView { name: p.name, size: p.size, sha256: p.sha256 })
+                .collect(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct BackupList {
+    /// Oldest first.
+    pub backups: Vec<BackupView>,
+}
+
+/// Verify with this identity instead of the one the vault holds (a tenant
+/// that encrypts its backups to its own key).
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyRequest {
+    /// `AGE-SECRET-KEY-1...`.
+    pub identity: Option<String>,
+}
+
+impl std::fmt::Debug for VerifyRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VerifyRequest").finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct VerifyView {
+    pub id: String,
+    /// Every part decrypted and its size and SHA-256 checked.
+    pub verified: bool,
+    pub parts: Vec<BackupPartView>,
+}
+
+/// Where the tenant's backups are encrypted to.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct BackupKeyView {
+    /// `age1...`.
+    pub recipient: String,
+    /// The tenant's own recipient: Bulkhead cannot read its backups.
+    pub own: bool,
+}
+
+impl From<Recipient> for BackupKeyView {
+    fn from(r: Recipient) -> Self {
+        Self { recipient: r.recipient, own: r.own }
+    }
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BackupKeyRequest {
+    /// The tenant's own age recipient (`age1...`); `null` goes back to the
+    /// key the vault holds.
+    pub recipient: Option<String>,
+}
+
+/// The identity that opens the tenant's backups.
+#[derive(Serialize, ToSchema)]
+pub struct BackupIdentityView {
+    /// `AGE-SECRET-KEY-1...`: give it to `age --decrypt --identity`.
+    pub identity: String,
+}
+
+impl std::fmt::Debug for BackupIdentityView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BackupIdentityView").finish_non_exhaustive()
+    }
+}
+
+/// Take a backup of the tenant now; answers when it is stored.
+#[utoipa::path(
+    post, path = "/v1/tenants/{tenant}/backups", tag = "backups",
+    params(("tenant" = String, Path, description = "Tenant name")),
+    responses((status = 201, body = BackupView)),
+    security(("operator_token" = []))
+)]
+pub async fn create_backup(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Path(tenant): Path<String>,
+) -> Result<(StatusCode, Json<BackupView>), ApiError> {
+    record_tenant(&tenant);
+    let listing = state.backups.create(&actor, &tenant, "manual").await?;
+    Ok((StatusCode::CREATED, Json(listing.into())))
+}
+
+/// The tenant's backups, oldest first.
+#[utoipa::path(
+    get, path = "/v1/tenants/{tenant}/backups", tag = "backups",
+    params(("tenant" = String, Path, description = "Tenant name")),
+    responses((status = 200, body = BackupList)),
+    security(("operator_token" = []))
+)]
+pub async fn list_backups(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Path(tenant): Path<String>,
+) -> Result<Json<BackupList>, ApiError> {
+    record_tenant(&tenant);
+    let backups = state.backups.list(&actor, &tenant).await?;
+    Ok(Json(BackupList { backups: backups.into_iter().map(BackupView::from).collect() }))
+}
+
+/// One backup.
+#[utoipa::path(
+    get, path = "/v1/tenants/{tenant}/backups/{id}", tag = "backups",
+    params(("tenant" = String, Path, description = "Tenant name"),
+           ("id" = String, Path, description = "Backup id")),
+    responses((status = 200, body = BackupView)),
+    security(("operator_token" = []))
+)]
+pub async fn get_backup(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Path((tenant, id)): Path<(String, String)>,
+) -> Result<Json<BackupView>, ApiError> {
+    record_tenant(&tenant);
+    Ok(Json(state.backups.get(&actor, &tenant, &id).await?.into()))
+}
+
+/// Delete one backup.
+#[utoipa::path(
+    delete, path = "/v1/tenants/{tenant}/backups/{id}", tag = "backups",
+    params(("tenant" = String, Path, description = "Tenant name"),
+           ("id" = String, Path, description = "Backup id")),
+    responses((status = 204)),
+    security(("operator_token" = []))
+)]
+pub async fn delete_backup(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Path((tenant, id)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    record_tenant(&tenant);
+    state.backups.delete(&actor, &tenant, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Decrypt the backup and check every part against its manifest,
+/// restoring nothing.
+#[utoipa::path(
+    post, path = "/v1/tenants/{tenant}/backups/{id}/verify", tag = "backups",
+    params(("tenant" = String, Path, description = "Tenant name"),
+           ("id" = String, Path, description = "Backup id")),
+    request_body = VerifyRequest,
+    responses(
+        (status = 200, body = VerifyView),
+        (status = 422, body = ErrorBody,
+         description = "The archive fails verification: damaged, cut short, foreign, of a newer \
+                        format, or encrypted to another key; the message names the part"),
+    ),
+    security(("operator_token" = []))
+)]
+pub async fn verify_backup(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Path((tenant, id)): Path<(String, String)>,
+    body: Result<Json<VerifyRequest>, JsonRejection>,
+) -> Result<Json<VerifyView>, ApiError> {
+    record_tenant(&tenant);
+    let Json(body) = body?;
+    let identity = body.identity.map(Zeroizing::new);
+    let manifest = state.backups.verify(&actor, &tenant, &id, identity).await?;
+    let parts = manifest
+        .parts
+        .into_iter()
+        .map(|p| BackupPartView { name: p.name, size: p.size, sha256: p.sha256 })
+        .collect();
+    Ok(Json(VerifyView { id, verified: true, parts }))
+}
+
+/// Where the tenant's backups are encrypted to.
+#[utoipa::path(
+    get, path = "/v1/tenants/{tenant}/backup-key", tag = "backups",
+    params(("tenant" = String, Path, description = "Tenant name")),
+    responses((status = 200, body = BackupKeyView)),
+    security(("operator_token" = []))
+)]
+pub async fn backup_key(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Path(tenant): Path<String>,
+) -> Result<Json<BackupKeyView>, ApiError> {
+    record_tenant(&tenant);
+    Ok(Json(state.backups.recipient(&actor, &tenant).await?.into()))
+}
+
+/// Encrypt the tenant's later backups to its own age recipient
+/// (bring-your-own-key), or back to the key the vault holds.
+#[utoipa::path(
+    put, path = "/v1/tenants/{tenant}/backup-key", tag = "backups",
+    params(("tenant" = String, Path, description = "Tenant name")),
+    request_body = BackupKeyRequest,
+    responses((status = 200, body = BackupKeyView)),
+    security(("operator_token" = []))
+)]
+pub async fn set_backup_key(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Path(tenant): Path<String>,
+    body: Result<Json<BackupKeyRequest>, JsonRejection>,
+) -> Result<Json<BackupKeyView>, ApiError> {
+    record_tenant(&tenant);
+    let Json(body) = body?;
+    let recipient = body.recipient.as_deref().map(str::trim);
+    Ok(Json(state.backups.set_recipient(&actor, &tenant, recipient).await?.into()))
+}
+
+/// The identity that opens the tenant's backups (operators; recorded in
+/// the tenant's stream before it is handed out).
+#[utoipa::path(
+    post, path = "/v1/tenants/{tenant}/backup-key/export", tag = "backups",
+    params(("tenant" = String, Path, description = "Tenant name")),
+    responses((status = 200, body = BackupIdentityView)),
+    security(("operator_token" = []))
+)]
+pub async fn export_backup_key(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Path(tenant): Path<String>,
+) -> Result<Response, ApiError> {
+    record_tenant(&tenant);
+    let identity = state.backups.export_identity(&actor, &tenant).await?;
+    let mut response =
+        Json(BackupIdentityView { identity: identity.as_str().to_owned() }).into_response();
+    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(response)
+}

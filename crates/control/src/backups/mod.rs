@@ -1,0 +1,348 @@
+//! Tenants' backups: taking one (its parts staged under
+//! `<data-dir>/backup-staging/<id>`, then streamed through age into the
+//! store), listing, verifying and deleting them, and the keys they are
+//! encrypted to. The archive format and the store are `bulkhead_backup`'s.
+
+mod keys;
+mod parts;
+
+use std::{
+    collections::HashSet,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+};
+
+use bulkhead_backup::{About, BackupError, Listing, Manifest, Part, Storage};
+use bulkhead_identity::Permission;
+use bulkhead_model::{Regions, Tenant, TenantState};
+use bulkhead_store::StoreError;
+use bulkhead_vault::VaultError;
+use serde_json::json;
+use thiserror::Error;
+use uuid::Uuid;
+use zeroize::Zeroizing;
+
+pub use keys::{BackupKeys, Recipient};
+pub use parts::{Sources, Staged};
+
+use crate::{
+    audit::AuditServiceError,
+    credentials::CredentialError,
+    events::{Actor, EventLog, Unrecorded},
+};
+
+#[derive(Debug, Error)]
+pub enum BackupServiceError {
+    #[error("tenant {0:?} does not exist")]
+    TenantNotFound(String),
+    #[error("tenant {0:?} has no backup {1:?}; `bulkhead backups list --tenant {0}` lists them")]
+    BackupNotFound(String, String),
+    #[error("your roles in tenant {0:?} do not allow this")]
+    Forbidden(String),
+    #[error("this endpoint needs an operator token")]
+    OperatorOnly,
+    #[error("{0}")]
+    InvalidState(String),
+    #[error("{0}")]
+    InvalidRequest(String),
+    #[error("a backup of tenant {0:?} is already running; wait for it to finish")]
+    Running(String),
+    #[error(
+        "tenant {0:?} encrypts its backups to its own key: Bulkhead holds no key that opens \
+         them; verify with `bulkhead backups verify --identity-file FILE`"
+    )]
+    OwnKey(String),
+    #[error("{0}")]
+    Backup(#[from] BackupError),
+    #[error("{0}")]
+    Database(String),
+    #[error("the staging directory: {0}")]
+    Staging(String),
+    #[error("{0}")]
+    Internal(String),
+    #[error(transparent)]
+    Vault(#[from] VaultError),
+    #[error(transparent)]
+    Credential(#[from] CredentialError),
+    #[error(transparent)]
+    Audit(#[from] AuditServiceError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Unrecorded(#[from] Unrecorded),
+}
+
+impl From<bulkhead_tenantdb::Error> for BackupServiceError {
+    fn from(error: bulkhead_tenantdb::Error) -> Self {
+        BackupServiceError::Database(error.to_string())
+    }
+}
+
+type Result<T, E = BackupServiceError> = std::result::Result<T, E>;
+
+/// Backups are taken of tenants in these states: a tenant being
+/// provisioned has nothing yet, one being offboarded is going.
+const BACKED_UP: &[TenantState] = &[TenantState::Active, TenantState::Suspended];
+
+#[derive(Debug)]
+pub struct BackupService {
+    sources: Sources,
+    keys: BackupKeys,
+    storage: Storage,
+    regions: Regions,
+    events: EventLog,
+    /// `<data-dir>/backup-staging`.
+    staging: PathBuf,
+    /// Tenants with a backup under way: never two at once for one tenant.
+    running: Mutex<HashSet<Uuid>>,
+}
+
+/// Removes the tenant from `running` when the backup ends, however.
+struct Running<'a> {
+    running: &'a Mutex<HashSet<Uuid>>,
+    tenant: Uuid,
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut running) = self.running.lock() {
+            running.remove(&self.tenant);
+        }
+    }
+}
+
+impl BackupService {
+    /// Opens the service; a staging directory left by a backup that was
+    /// killed is removed first (what it staged was never listed).
+    pub fn new(
+        sources: Sources,
+        storage: Storage,
+        regions: Regions,
+        events: EventLog,
+        data_dir: &Path,
+    ) -> std::io::Result<Self> {
+        let staging = data_dir.join("backup-staging");
+        match std::fs::remove_dir_all(&staging) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700)
+            .create(&staging)?;
+        let keys = BackupKeys::new(Arc::clone(&sources.vault), Arc::clone(&sources.clock));
+        Ok(Self { sources, keys, storage, regions, events, staging, running: Mutex::default() })
+    }
+
+    pub fn storage(&self) -> &Storage {
+        &self.storage
+    }
+
+    async fn tenant(&self, actor: &Actor, name: &str, permission: Permission) -> Result<Tenant> {
+        let missing = || BackupServiceError::TenantNotFound(name.to_owned());
+        let tenant = self.sources.store.tenant_named(name).await?.filter(|t| actor.may_access(t));
+        let tenant = tenant.ok_or_else(missing)?;
+        if !actor.allows(&tenant, permission) {
+            return Err(BackupServiceError::Forbidden(name.to_owned()));
+        }
+        Ok(tenant)
+    }
+
+    /// Takes a backup of the tenant now and returns its listing. The
+    /// attempt, whatever its outcome, is recorded in the tenant's stream.
+    pub async fn create(&self, actor: &Actor, name: &str, kind: &str) -> Result<Listing> {
+        let tenant = self.tenant(actor, name, Permission::Manage).await?;
+        if !BACKED_UP.contains(&tenant.state) {
+            return Err(BackupServiceError::InvalidState(format!(
+                "tenant {name:?} is {}; backups are taken of active and suspended tenants",
+                tenant.state
+            )));
+        }
+        let _running = {
+            let mut running = self
+                .running
+                .lock()
+                .map_err(|_| BackupServiceError::Internal("backup registry poisoned".into()))?;
+            if !running.insert(tenant.id.0) {
+                return Err(BackupServiceError::Running(name.to_owned()));
+            }
+            Running { running: &self.running, tenant: tenant.id.0 }
+        };
+        let now = self.sources.clock.now();
+        let id = bulkhead_backup::new_id(&now);
+        let dir = self.staging.join(&id);
+        let result = self.take(actor, &tenant, &id, kind, &dir).await;
+        if let Err(error) = tokio::fs::remove_dir_all(&dir).await {
+            tracing::warn!(%error, dir = %dir.display(), "cannot remove a backup's staging directory");
+        }
+        let details = match &result {
+            Ok(listing) => json!({
+                "backup": listing.id,
+                "kind": kind,
+                "size": listing.size,
+                "parts": listing.manifest.parts.iter().map(|p| &p.name).collect::<Vec<_>>(),
+                "store": self.storage.describe(),
+            }),
+            Err(error) => json!({ "backup": id, "kind": kind, "error": error.to_string() }),
+        };
+        let outcome = if result.is_ok() { "ok" } else { "failed" };
+        self.events.record(actor, &tenant, "backup.create", outcome, details).await;
+        result
+    }
+
+    async fn take(
+        &self,
+        actor: &Actor,
+        tenant: &Tenant,
+        id: &str,
+        kind: &str,
+        dir: &Path,
+    ) -> Result<Listing> {
+        let region = self
+            .regions
+            .get(tenant.region.as_str())
+            .map_err(|e| BackupServiceError::InvalidState(e.to_string()))?
+            .clone();
+        std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700)
+            .create(dir)
+            .map_err(|e| BackupServiceError::Staging(format!("{}: {e}", dir.display())))?;
+        let recipient = self.keys.recipient(tenant).await?;
+        let (staged, schemas) = self.sources.stage(actor, tenant, &region, dir).await?;
+        let mut parts = Vec::with_capacity(staged.len());
+        for staged in staged {
+            parts.push(match staged {
+                Staged::File(name, path) => {
+                    let failed = |e: std::io::Error| {
+                        BackupServiceError::Staging(format!("{}: {e}", path.display()))
+                    };
+                    let file = std::fs::File::open(&path).map_err(failed)?;
+                    let size = file.metadata().map_err(failed)?.len();
+                    Part { name, size, reader: Box::new(file) }
+                }
+                Staged::Memory(name, bytes) => {
+                    let size = bytes.len() as u64;
+                    Part { name, size, reader: Box::new(std::io::Cursor::new(bytes)) }
+                }
+            });
+        }
+        let about = About {
+            tenant: tenant.name.to_string(),
+            tenant_id: tenant.id.0,
+            plan: tenant.plan.to_string(),
+            created_at: bulkhead_audit::record::format_time(self.sources.clock.now()),
+            schemas,
+        };
+        Ok(self.storage.put(id, kind, &recipient.recipient, about, parts).await?)
+    }
+
+    /// The tenant's backups, oldest first.
+    pub async fn list(&self, actor: &Actor, name: &str) -> Result<Vec<Listing>> {
+        let tenant = self.tenant(actor, name, Permission::Manage).await?;
+        Ok(self.storage.list(tenant.id.0).await?)
+    }
+
+    pub async fn get(&self, actor: &Actor, name: &str, id: &str) -> Result<Listing> {
+        let tenant = self.tenant(actor, name, Permission::Manage).await?;
+        self.storage
+            .get(tenant.id.0, id)
+            .await?
+            .ok_or_else(|| BackupServiceError::BackupNotFound(name.to_owned(), id.to_owned()))
+    }
+
+    /// Decrypts the backup with the tenant's key (or `identity`, for a
+    /// tenant that holds its own) and checks every part against its
+    /// manifest, restoring nothing.
+    pub async fn verify(
+        &self,
+        actor: &Actor,
+        name: &str,
+        id: &str,
+        identity: Option<Zeroizing<String>>,
+    ) -> Result<Manifest> {
+        let listing = self.get(actor, name, id).await?;
+        let tenant = self.tenant(actor, name, Permission::Manage).await?;
+        let identity = match identity {
+            Some(identity) => identity,
+            None => self
+                .keys
+                .identity(&tenant)
+                .await?
+                .filter(|i| bulkhead_backup::recipient_of(i).is_ok_and(|r| r == listing.recipient))
+                .ok_or_else(|| BackupServiceError::OwnKey(name.to_owned()))?,
+        };
+        let reader = self.storage.read(tenant.id.0, id).await?;
+        let manifest =
+            tokio::task::spawn_blocking(move || bulkhead_backup::verify(reader, &identity))
+                .await
+                .map_err(|e| BackupServiceError::Internal(e.to_string()))?;
+        let details = match &manifest {
+            Ok(_) => json!({ "backup": id }),
+            Err(error) => json!({ "backup": id, "error": error.to_string() }),
+        };
+        let outcome = if manifest.is_ok() { "ok" } else { "failed" };
+        self.events.record(actor, &tenant, "backup.verify", outcome, details).await;
+        let manifest = manifest?;
+        if manifest != listing.manifest || manifest.about.tenant_id != tenant.id.0 {
+            return Err(BackupError::NotABackup(
+                "its manifest is not the one its listing records".to_owned(),
+            )
+            .into());
+        }
+        Ok(manifest)
+    }
+
+    pub async fn delete(&self, actor: &Actor, name: &str, id: &str) -> Result<()> {
+        let tenant = self.tenant(actor, name, Permission::Manage).await?;
+        if !self.storage.delete(tenant.id.0, id).await? {
+            return Err(BackupServiceError::BackupNotFound(name.to_owned(), id.to_owned()));
+        }
+        self.events.record(actor, &tenant, "backup.delete", "ok", json!({ "backup": id })).await;
+        Ok(())
+    }
+
+    /// Where the tenant's backups are encrypted to (made now if it has no
+    /// key yet).
+    pub async fn recipient(&self, actor: &Actor, name: &str) -> Result<Recipient> {
+        let tenant = self.tenant(actor, name, Permission::Manage).await?;
+        Ok(self.keys.recipient(&tenant).await?)
+    }
+
+    /// Registers the tenant's own age recipient, or (`None`) goes back to
+    /// the key the vault holds. Operators only: it decides who can read
+    /// every later backup.
+    pub async fn set_recipient(
+        &self,
+        actor: &Actor,
+        name: &str,
+        recipient: Option<&str>,
+    ) -> Result<Recipient> {
+        if !actor.is_operator() {
+            return Err(BackupServiceError::OperatorOnly);
+        }
+        let tenant = self.tenant(actor, name, Permission::Manage).await?;
+        if let Some(recipient) = recipient {
+            bulkhead_backup::check_recipient(recipient)?;
+        }
+        self.keys.set_own(&tenant, recipient).await?;
+        let now = self.keys.recipient(&tenant).await?;
+        let details = json!({ "recipient": now.recipient, "own": now.own });
+        self.events.record(actor, &tenant, "backup.recipient", "ok", details).await;
+        Ok(now)
+    }
+
+    /// The identity that opens the tenant's backups, for the `age` tool or
+    /// another installation. Operators only, recorded before it is handed
+    /// out.
+    pub async fn export_identity(&self, actor: &Actor, name: &str) -> Result<Zeroizing<String>> {
+        if !actor.is_operator() {
+            return Err(BackupServiceError::OperatorOnly);
+        }
+        let tenant = self.tenant(actor, name, Permission::Manage).await?;
+        self.keys.recipient(&tenant).await?;
+        let identity = self
+            .keys
+            .identity(&tenant)
+            .await?
+            .ok_or_else(|| BackupServiceError::OwnKey(name.to_owned()))?;
+        self.events.record_disclosure(actor, Some(&tenant), "backup.key_export", json!({})).await?;
+        Ok(identity)
+    }
+}

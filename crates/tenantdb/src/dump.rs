@@ -1,0 +1,130 @@
+//! A tenant database's contents, written to a file for a backup:
+//!
+//! - [`sqlite`]: a consistent copy of the tenant's SQLite file, taken while
+//!   its writers go on (`VACUUM INTO`, which reads in one transaction).
+//! - [`silo`]: `pg_dump` of the tenant's own database in custom format,
+//!   what `pg_restore` reads.
+//! - [`pool_rows`]: a pool tenant's rows, read through a connection of the
+//!   tenant's *own* login role, so row-level security, not a `WHERE` of
+//!   ours, decides what is included; written as the `COPY ... FROM stdin`
+//!   blocks `psql` and `pg_dump`'s plain format use.
+
+use std::path::Path;
+
+use bulkhead_model::{DatabaseUrl, Region, Tenant};
+use futures_util::StreamExt;
+use sqlx::{Connection, PgConnection, postgres::PgConnectOptions, sqlite::SqliteConnectOptions};
+use tokio::io::AsyncWriteExt;
+
+use crate::{Error, SiloNames, sql::transient};
+
+/// Copies the tenant's SQLite database to `dest` (which must not exist).
+pub async fn sqlite(tenant_dir: &Path, dest: &Path) -> Result<(), Error> {
+    let options = SqliteConnectOptions::new().filename(crate::sqlite::path(tenant_dir));
+    let mut conn = sqlx::ConnectOptions::connect(&options)
+        .await
+        .map_err(transient("cannot open the tenant's SQLite database"))?;
+    let dest = dest
+        .to_str()
+        .ok_or_else(|| Error::Permanent(format!("{} is not a UTF-8 path", dest.display())))?;
+    sqlx::query("VACUUM INTO ?")
+        .bind(dest)
+        .execute(&mut conn)
+        .await
+        .map_err(transient("cannot copy the tenant's SQLite database"))?;
+    conn.close().await.map_err(transient("cannot close the tenant's SQLite database"))
+}
+
+/// `pg_dump --format=custom` of the silo tenant's database to `dest`, as
+/// the region's role. The password goes in the environment, not the
+/// command line other users can read.
+pub async fn silo(
+    region: &Region,
+    url: &DatabaseUrl,
+    tenant: &Tenant,
+    dest: &Path,
+) -> Result<(), Error> {
+    let options: PgConnectOptions = url
+        .expose()
+        .parse()
+        .map_err(|e| Error::Permanent(format!("region {}: {e}", region.name)))?;
+    let database = SiloNames::of(region, tenant).database;
+    let mut command = tokio::process::Command::new("pg_dump");
+    command
+        .arg("--format=custom")
+        .arg("--no-password")
+        .arg(format!("--file={}", dest.display()))
+        .arg(format!("--host={}", options.get_host()))
+        .arg(format!("--port={}", options.get_port()))
+        .arg(format!("--username={}", options.get_username()))
+        .arg(format!("--dbname={database}"))
+        .kill_on_drop(true);
+    if let Some(password) = password_of(url.expose()) {
+        command.env("PGPASSWORD", password.as_str());
+    }
+    let output = command.output().await.map_err(|e| {
+        Error::Permanent(format!(
+            "cannot run pg_dump ({e}); install PostgreSQL's client tools (Debian: postgresql-client)"
+        ))
+    })?;
+    if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        return Err(Error::Transient(format!("pg_dump of {database} failed: {}", stderr.trim())));
+    }
+    Ok(())
+}
+
+/// The password of a `postgres://user:password@host/...` URL, decoded.
+fn password_of(url: &str) -> Option<zeroize::Zeroizing<String>> {
+    let url = url::Url::parse(url).ok()?;
+    let decoded = percent_encoding::percent_decode_str(url.password()?).decode_utf8().ok()?;
+    Some(zeroize::Zeroizing::new(decoded.into_owned()))
+}
+
+/// Writes the rows `conn` (a login of the pool tenant) can see in each of
+/// `tables` (`schema.name`, quoted) to `dest`; returns how many bytes.
+pub async fn pool_rows(
+    conn: &mut PgConnection,
+    tables: &[String],
+    dest: &Path,
+) -> Result<u64, Error> {
+    let file = tokio::fs::File::create_new(dest)
+        .await
+        .map_err(|e| Error::Transient(format!("{}: {e}", dest.display())))?;
+    let mut out = tokio::io::BufWriter::new(file);
+    let write_failed = |e: std::io::Error| Error::Transient(format!("{}: {e}", dest.display()));
+    let mut written = 0u64;
+    for table in tables {
+        let head = format!("COPY {table} FROM stdin;\n");
+        out.write_all(head.as_bytes()).await.map_err(write_failed)?;
+        written += head.len() as u64;
+        let mut rows = conn
+            .copy_out_raw(&format!("COPY (SELECT * FROM {table}) TO STDOUT"))
+            .await
+            .map_err(transient("cannot read the tenant's rows"))?;
+        while let Some(chunk) = rows.next().await {
+            let chunk = chunk.map_err(transient("cannot read the tenant's rows"))?;
+            out.write_all(&chunk).await.map_err(write_failed)?;
+            written += chunk.len() as u64;
+        }
+        out.write_all(b"\\.\n\n").await.map_err(write_failed)?;
+        written += 4;
+    }
+    out.flush().await.map_err(write_failed)?;
+    out.into_inner().sync_all().await.map_err(write_failed)?;
+    Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::password_of;
+
+    #[test]
+    fn the_password_comes_from_the_url_decoded() {
+        let password = |url: &str| password_of(url).map(|p| p.as_str().to_owned());
+        assert_eq!(password("postgres://u:p%40ss@h:5432/db").as_deref(), Some("p@ss"));
+        assert_eq!(password("postgres://u@h/db"), None);
+        assert_eq!(password("postgres://h/db"), None);
+        assert_eq!(password("not a url"), None);
+    }
+}
