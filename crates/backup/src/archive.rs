@@ -155,6 +155,37 @@ pub fn write<'a, W: Write>(
 /// every part's size and hash against the manifest, restoring nothing.
 /// Returns the manifest.
 pub fn verify<R: Read>(input: R, identity: &str) -> Result<Manifest, BackupError> {
+    read_parts(input, identity, |_| Ok(Box::new(io::sink())))
+}
+
+/// Like [`verify`], and writes each part to `dir/<name>` (new files, 0600)
+/// as it is checked. On an error the caller removes `dir`: a part written
+/// before the damage was found is not to be trusted either.
+pub fn extract<R: Read>(
+    input: R,
+    identity: &str,
+    dir: &std::path::Path,
+) -> Result<Manifest, BackupError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    read_parts(input, identity, |name| {
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(dir.join(name))?;
+        Ok(Box::new(io::BufWriter::new(file)))
+    })
+}
+
+/// Reads the archive, handing each part's bytes to the writer `open_part`
+/// gives for its name, and checks every part against the manifest: what
+/// [`verify`] and [`extract`] are made of, for a caller that keeps some
+/// parts only.
+pub fn read_parts<R: Read>(
+    input: R,
+    identity: &str,
+    mut open_part: impl FnMut(&str) -> io::Result<Box<dyn Write>>,
+) -> Result<Manifest, BackupError> {
     let identity: age::x25519::Identity = identity.parse().map_err(|e: &str| {
         BackupError::InvalidKey(format!(
             "the key is not an age identity (AGE-SECRET-KEY-1...): {e}"
@@ -209,11 +240,23 @@ pub fn verify<R: Read>(input: R, identity: &str) -> Result<Manifest, BackupError
             manifest = Some(read);
             continue;
         }
-        let Some(name) = path.strip_prefix(PARTS_DIR).map(str::to_owned) else {
+        // Checked before a part is written anywhere: no name is a path.
+        let Some(name) = path.strip_prefix(PARTS_DIR).filter(|n| check_name(n).is_ok()) else {
             return Err(BackupError::NotABackup(format!("it holds {path:?}")));
         };
+        let name = name.to_owned();
         let mut reader = Hashing::new(&mut entry);
-        io::copy(&mut reader, &mut io::sink()).map_err(|e| damaged(&name, &e))?;
+        // A failure to read is the archive's; to write, the disk's.
+        let mut out = open_part(&name)?;
+        let mut buf = vec![0; 64 << 10];
+        loop {
+            let n = reader.read(&mut buf).map_err(|e| damaged(&name, &e))?;
+            if n == 0 {
+                break;
+            }
+            out.write_all(&buf[..n])?;
+        }
+        out.flush()?;
         let size = reader.read;
         seen.push(PartEntry { sha256: reader.hex(), name, size });
     }

@@ -21,7 +21,9 @@
 mod archive;
 mod storage;
 
-pub use archive::{About, FORMAT_VERSION, Manifest, Part, PartEntry, verify, write};
+pub use archive::{
+    About, FORMAT_VERSION, Manifest, Part, PartEntry, extract, read_parts, verify, write,
+};
 pub use storage::{ArchiveReader, Listing, Location, S3Key, Storage, new_id};
 
 use thiserror::Error;
@@ -124,4 +126,26 @@ pub fn pack_dir(
     let file = out.into_inner().map_err(|e| e.into_error())?;
     file.sync_all()?;
     Ok(file.metadata()?.len())
+}
+
+/// Unpacks a tar made by [`pack_dir`] into `dir`: regular files and
+/// directories only, each inside `dir` (an archive brought from elsewhere
+/// may hold anything, and a link or a `..` must not write outside it).
+/// Returns how many files it wrote.
+pub fn unpack_dir(tar: &std::path::Path, dir: &std::path::Path) -> Result<u64, BackupError> {
+    let mut archive = tar::Archive::new(std::io::BufReader::new(std::fs::File::open(tar)?));
+    archive.set_preserve_permissions(false);
+    let mut files = 0;
+    for entry in archive.entries()? {
+        let mut entry = entry?;
+        let kind = entry.header().entry_type();
+        if !(kind.is_file() || kind.is_dir()) {
+            continue;
+        }
+        // `unpack_in` refuses a path that would leave `dir`.
+        if entry.unpack_in(dir)? && kind.is_file() {
+            files += 1;
+        }
+    }
+    Ok(files)
 }

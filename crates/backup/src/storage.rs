@@ -316,18 +316,9 @@ impl Storage {
             }
             Err(e) => return Err(unreachable(e)),
         };
-        let (tx, rx) = mpsc::channel(QUEUED);
-        let mut stream = result.into_stream();
-        tokio::spawn(async move {
-            while let Some(chunk) = stream.next().await {
-                let chunk = chunk.map_err(|e| io::Error::other(e.to_string()));
-                let failed = chunk.is_err();
-                if tx.send(chunk).await.is_err() || failed {
-                    break;
-                }
-            }
-        });
-        Ok(ArchiveReader { rx, chunk: Bytes::new() })
+        let stream =
+            result.into_stream().map(|chunk| chunk.map_err(|e| io::Error::other(e.to_string())));
+        Ok(ArchiveReader::new(stream))
     }
 }
 
@@ -386,6 +377,25 @@ impl Write for ChannelWriter {
 pub struct ArchiveReader {
     rx: mpsc::Receiver<io::Result<Bytes>>,
     chunk: Bytes,
+}
+
+impl ArchiveReader {
+    /// Reads `stream` (an archive being downloaded or uploaded) on a task
+    /// of its own, a few chunks ahead of the reader.
+    pub fn new(
+        mut stream: impl futures_util::Stream<Item = io::Result<Bytes>> + Send + Unpin + 'static,
+    ) -> Self {
+        let (tx, rx) = mpsc::channel(QUEUED);
+        tokio::spawn(async move {
+            while let Some(chunk) = stream.next().await {
+                let failed = chunk.is_err();
+                if tx.send(chunk).await.is_err() || failed {
+                    break;
+                }
+            }
+        });
+        Self { rx, chunk: Bytes::new() }
+    }
 }
 
 impl Read for ArchiveReader {

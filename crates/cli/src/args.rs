@@ -1238,6 +1238,10 @@ pub enum BackupsCommand {
         tenant: String,
         id: String,
     },
+    /// Restore a backup: into the tenant it was taken of (suspended for the
+    /// duration; asks first), into a new tenant with --to, or an archive
+    /// from anywhere with --from
+    Restore(RestoreArgs),
     /// The key the tenant's backups are encrypted to
     #[command(subcommand)]
     Key(BackupKeyCommand),
@@ -1272,4 +1276,31 @@ pub enum BackupKeyCommand {
         #[arg(long, short = 'f', value_name = "FILE")]
         file: PathBuf,
     },
+}
+
+#[derive(Debug, clap::Args)]
+#[command(group = clap::ArgGroup::new("source").required(true).args(["tenant", "from"]))]
+pub struct RestoreArgs {
+    /// The tenant whose backup ID to restore
+    #[arg(long, requires = "id")]
+    pub tenant: Option<String>,
+    /// The backup (see `bulkhead backups list`)
+    #[arg(requires = "tenant")]
+    pub id: Option<String>,
+    /// An archive file, or an https:// URL of one (a presigned S3 URL, say),
+    /// made by any Bulkhead installation; restored into a new tenant
+    #[arg(long, value_name = "FILE|URL", requires = "identity_file", conflicts_with_all = ["force", "yes"])]
+    pub from: Option<String>,
+    /// Restore into a new tenant of this name instead
+    #[arg(long, value_name = "NAME")]
+    pub to: Option<String>,
+    /// The age identity that opens the archive (an `age-keygen` file)
+    #[arg(long, value_name = "FILE")]
+    pub identity_file: Option<PathBuf>,
+    /// Restore over data newer than the backup
+    #[arg(long)]
+    pub force: bool,
+    /// Do not ask before restoring over the tenant's data
+    #[arg(long)]
+    pub yes: bool,
 }

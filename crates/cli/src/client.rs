@@ -8,7 +8,7 @@ const BACKUP_TIMEOUT: Duration = Duration::from_secs(6 * 3600);
 
 use bulkhead_control::api::{
     audit::EventList,
-    backups::{BackupKeyView, BackupList, BackupView, VerifyView},
+    backups::{BackupKeyView, BackupList, BackupView, IDENTITY_HEADER, RestoreView, VerifyView},
     error::ApiError,
     types::{
         ApiApplied, ApiKeyCreated, ApiKeyList, ApiList, CreateApiKeyRequest, CreateTenantRequest,
@@ -395,6 +395,51 @@ impl ApiClient {
         let body = serde_json::json!({ "identity": identity });
         let request = self.http.post(url).json(&body).timeout(BACKUP_TIMEOUT);
         self.parse(self.send(request).await?.1)
+    }
+
+    pub async fn restore_backup(
+        &self,
+        tenant: &str,
+        id: &str,
+        to: Option<&str>,
+        force: bool,
+        identity: Option<&str>,
+    ) -> Result<RestoreView, CliError> {
+        let url = self.backup_url(tenant, &["backups", id, "restore"])?;
+        let body = serde_json::json!({ "to": to, "force": force, "identity": identity });
+        let request = self.http.post(url).json(&body).timeout(BACKUP_TIMEOUT);
+        self.parse(self.send(request).await?.1)
+    }
+
+    /// Streams an archive to the server, to restore into a new tenant.
+    pub async fn restore_archive(
+        &self,
+        archive: reqwest::Body,
+        identity: &str,
+        to: Option<&str>,
+    ) -> Result<RestoreView, CliError> {
+        let url = self.url(&["v1", "backups", "restore"])?;
+        let query: Vec<(&str, &str)> = to.map(|to| ("to", to)).into_iter().collect();
+        let request = self
+            .http
+            .post(url)
+            .query(&query)
+            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+            .header(IDENTITY_HEADER, identity)
+            .body(archive)
+            .timeout(BACKUP_TIMEOUT);
+        self.parse(self.send(request).await?.1)
+    }
+
+    /// Opens an archive at an http(s) URL, to be streamed on.
+    pub async fn fetch_archive(&self, url: &str) -> Result<reqwest::Body, CliError> {
+        let response = reqwest::Client::new()
+            .get(url)
+            .send()
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .map_err(|e| CliError::usage(format!("cannot fetch {url}: {e}")))?;
+        Ok(reqwest::Body::wrap_stream(response.bytes_stream()))
     }
 
     pub async fn backup_key(&self, tenant: &str) -> Result<BackupKeyView, CliError> {

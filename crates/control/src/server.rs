@@ -720,6 +720,12 @@ pub async fn start_with_steps(
                 clock: Arc::clone(&clock),
                 tenants_dir: data_dir.tenants(),
             },
+            crate::backups::ConfigTargets {
+                tenants: Arc::clone(&tenants),
+                apis: Arc::clone(&apis),
+                resources: Arc::clone(&resources),
+                apps: Arc::clone(&apps),
+            },
             bulkhead_backup::Storage::open(&backup_store)
                 .map_err(|e| StartError::Backup(e.to_string()))?,
             config.regions.clone(),

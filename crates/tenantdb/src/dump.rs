@@ -36,40 +36,52 @@ pub async fn sqlite(tenant_dir: &Path, dest: &Path) -> Result<(), Error> {
 }
 
 /// `pg_dump --format=custom` of the silo tenant's database to `dest`, as
-/// the region's role. The password goes in the environment, not the
-/// command line other users can read.
+/// the region's role.
 pub async fn silo(
     region: &Region,
     url: &DatabaseUrl,
     tenant: &Tenant,
     dest: &Path,
 ) -> Result<(), Error> {
+    let database = SiloNames::of(region, tenant).database;
+    let args = ["--format=custom".to_owned(), format!("--file={}", dest.display())];
+    pg_tool("pg_dump", region, url, &database, &args).await
+}
+
+/// Runs one of PostgreSQL's client tools (`pg_dump`, `pg_restore`) against
+/// `database` on the region's server, as the region's role. The password
+/// goes in the environment, not the command line other users can read.
+pub(crate) async fn pg_tool(
+    program: &str,
+    region: &Region,
+    url: &DatabaseUrl,
+    database: &str,
+    args: &[String],
+) -> Result<(), Error> {
     let options: PgConnectOptions = url
         .expose()
         .parse()
         .map_err(|e| Error::Permanent(format!("region {}: {e}", region.name)))?;
-    let database = SiloNames::of(region, tenant).database;
-    let mut command = tokio::process::Command::new("pg_dump");
+    let mut command = tokio::process::Command::new(program);
     command
-        .arg("--format=custom")
         .arg("--no-password")
-        .arg(format!("--file={}", dest.display()))
         .arg(format!("--host={}", options.get_host()))
         .arg(format!("--port={}", options.get_port()))
         .arg(format!("--username={}", options.get_username()))
         .arg(format!("--dbname={database}"))
+        .args(args)
         .kill_on_drop(true);
     if let Some(password) = password_of(url.expose()) {
         command.env("PGPASSWORD", password.as_str());
     }
     let output = command.output().await.map_err(|e| {
         Error::Permanent(format!(
-            "cannot run pg_dump ({e}); install PostgreSQL's client tools (Debian: postgresql-client)"
+            "cannot run {program} ({e}); install PostgreSQL's client tools (Debian: postgresql-client)"
         ))
     })?;
     if !output.status.success() {
         let stderr = String::from_utf8_lossy(&output.stderr);
-        return Err(Error::Transient(format!("pg_dump of {database} failed: {}", stderr.trim())));
+        return Err(Error::Transient(format!("{program} of {database} failed: {}", stderr.trim())));
     }
     Ok(())
 }

@@ -17,6 +17,7 @@ mod login;
 pub mod migrate;
 pub mod names;
 pub mod pool;
+pub mod restore;
 mod servers;
 pub mod silo;
 mod sql;

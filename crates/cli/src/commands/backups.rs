@@ -6,7 +6,7 @@ use std::{io::Write, os::unix::fs::OpenOptionsExt};
 use zeroize::Zeroizing;
 
 use crate::{
-    args::{BackupKeyCommand, BackupsCommand, GlobalArgs},
+    args::{BackupKeyCommand, BackupsCommand, GlobalArgs, RestoreArgs},
     client::ApiClient,
     exit::CliError,
     output,
@@ -47,6 +47,7 @@ pub async fn run(command: &BackupsCommand, global: &GlobalArgs) -> Result<(), Cl
             let text = format!("backup {id} of tenant {tenant} deleted");
             output::done(global.output, &serde_json::json!({ "deleted": id }), &text)
         }
+        BackupsCommand::Restore(args) => restore(&client, args, global).await,
         BackupsCommand::Key(BackupKeyCommand::Show { tenant }) => {
             let key = client.backup_key(tenant).await?;
             output::backup_key(global.output, &key)
@@ -83,6 +84,70 @@ pub async fn run(command: &BackupsCommand, global: &GlobalArgs) -> Result<(), Cl
             )
         }
     }
+}
+
+async fn restore(
+    client: &ApiClient,
+    args: &RestoreArgs,
+    global: &GlobalArgs,
+) -> Result<(), CliError> {
+    let identity = match &args.identity_file {
+        Some(file) => Some(read_identity(file)?),
+        None => None,
+    };
+    let restored = match (&args.from, &args.tenant, &args.id) {
+        (Some(from), _, _) => {
+            let identity =
+                identity.ok_or_else(|| CliError::usage("--from needs --identity-file"))?;
+            let archive = if from.starts_with("https://") || from.starts_with("http://") {
+                client.fetch_archive(from).await?
+            } else {
+                let file = tokio::fs::File::open(from)
+                    .await
+                    .map_err(|e| CliError::usage(format!("cannot read {from}: {e}")))?;
+                reqwest::Body::from(file)
+            };
+            client.restore_archive(archive, &identity, args.to.as_deref()).await?
+        }
+        (None, Some(tenant), Some(id)) => {
+            if args.to.is_none() && !args.yes {
+                confirm(tenant)?;
+            }
+            let identity = identity.as_ref().map(|i| i.as_str());
+            client.restore_backup(tenant, id, args.to.as_deref(), args.force, identity).await?
+        }
+        _ => return Err(CliError::usage("give --tenant T ID, or --from FILE|URL")),
+    };
+    let mut text = format!("restored {} into tenant {}", restored.backup, restored.tenant);
+    if restored.created {
+        text.push_str(" (new)");
+    }
+    for warning in &restored.warnings {
+        text.push_str(&format!("\nwarning: {warning}"));
+    }
+    output::done(global.output, &restored, &text)
+}
+
+/// Restoring over a tenant replaces its data: asked at a terminal, else
+/// only with --yes.
+fn confirm(tenant: &str) -> Result<(), CliError> {
+    use std::io::{BufRead, IsTerminal};
+    if !std::io::stdin().is_terminal() {
+        return Err(CliError::usage(format!(
+            "restoring into tenant {tenant} replaces its data and suspends it meanwhile; pass \
+             --yes to confirm, or --to NAME to restore into a new tenant"
+        )));
+    }
+    eprint!("restoring replaces the data of tenant {tenant}; type its name to go on: ");
+    let mut answer = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut answer)
+        .map_err(|e| CliError::failed(format!("stdin: {e}")))?;
+    if answer.trim() != tenant {
+        return Err(CliError::usage("not confirmed; nothing was restored"));
+    }
+    Ok(())
 }
 
 fn read_identity(file: &std::path::Path) -> Result<Zeroizing<String>, CliError> {

@@ -93,6 +93,8 @@ async fn openapi_describes_every_endpoint() {
         "GET /v1/tenants/{tenant}/backups/{id}",
         "DELETE /v1/tenants/{tenant}/backups/{id}",
         "POST /v1/tenants/{tenant}/backups/{id}/verify",
+        "POST /v1/tenants/{tenant}/backups/{id}/restore",
+        "POST /v1/backups/restore",
         "GET /v1/tenants/{tenant}/backup-key",
         "PUT /v1/tenants/{tenant}/backup-key",
         "POST /v1/tenants/{tenant}/backup-key/export",

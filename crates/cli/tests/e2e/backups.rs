@@ -203,6 +203,25 @@ async fn a_tenant_with_its_own_key_gets_backups_bulkhead_cannot_read() {
     assert!(verified.status.success(), "{}", stderr(&verified));
 }
 
+/// The notes a tenant's own lease sees.
+async fn notes(server: &Server, tenant: &str) -> Vec<String> {
+    let issued =
+        server.cli_json(&["creds", "issue", "--tenant", tenant, "--access", "read", "--ttl", "5m"]);
+    let mut conn = crate::kit::connect(issued["url"].as_str().unwrap()).await.unwrap();
+    let rows: Vec<(String,)> =
+        sqlx::query_as("SELECT body FROM notes ORDER BY body").fetch_all(&mut conn).await.unwrap();
+    conn.close().await.unwrap();
+    rows.into_iter().map(|(body,)| body).collect()
+}
+
+async fn add_note(server: &Server, tenant: &str, body: &str) {
+    let issued = server.cli_json(&["creds", "issue", "--tenant", tenant, "--ttl", "5m"]);
+    let mut conn = crate::kit::connect(issued["url"].as_str().unwrap()).await.unwrap();
+    let insert = format!("INSERT INTO notes (body) VALUES ('{body}')");
+    sqlx::query(AssertSqlSafe(insert)).execute(&mut conn).await.unwrap();
+    conn.close().await.unwrap();
+}
+
 #[tokio::test]
 async fn postgres_tenants_back_up_their_own_database_and_a_pool_tenant_only_its_rows() {
     let server = Server::postgres().await;
@@ -218,11 +237,7 @@ async fn postgres_tenants_back_up_their_own_database_and_a_pool_tenant_only_its_
     let migrated = server.cli(&["migrate", "--dir", dir.path().to_str().unwrap(), "--wait"]);
     assert!(migrated.status.success(), "{}{}", stdout(&migrated), stderr(&migrated));
     for tenant in ["silo-a", "pool-a", "pool-b"] {
-        let issued = server.cli_json(&["creds", "issue", "--tenant", tenant, "--ttl", "10m"]);
-        let mut conn = crate::kit::connect(issued["url"].as_str().unwrap()).await.unwrap();
-        let insert = format!("INSERT INTO notes (body) VALUES ('{tenant}-note')");
-        sqlx::query(AssertSqlSafe(insert)).execute(&mut conn).await.unwrap();
-        conn.close().await.unwrap();
+        add_note(&server, tenant, &format!("{tenant}-note")).await;
     }
 
     let work = tempfile::tempdir().unwrap();
@@ -263,7 +278,198 @@ async fn postgres_tenants_back_up_their_own_database_and_a_pool_tenant_only_its_
             assert!(!text.contains(&format!("{other}-note")), "{other}'s row in {tenant}'s backup");
         }
     }
+    // A silo backup restores into a new tenant, owned by its own roles.
+    let listed = server.cli_json(&["backups", "list", "--tenant", "silo-a"]);
+    let silo_backup = listed[0]["id"].as_str().unwrap().to_owned();
+    let restored = server.cli_json(&[
+        "backups",
+        "restore",
+        "--tenant",
+        "silo-a",
+        &silo_backup,
+        "--to",
+        "silo-copy",
+    ]);
+    assert_eq!(restored["created"], true, "{restored}");
+    assert_eq!(notes(&server, "silo-copy").await, ["silo-a-note"]);
+    add_note(&server, "silo-copy", "copy-only").await;
+    assert_eq!(
+        notes(&server, "silo-a").await,
+        ["silo-a-note"],
+        "the copy is a database of its own"
+    );
+
+    // A pool tenant's rows come back in place, the other tenant's untouched.
+    add_note(&server, "pool-a", "pool-a-later").await;
+    let listed = server.cli_json(&["backups", "list", "--tenant", "pool-a"]);
+    let pool_backup = listed[0]["id"].as_str().unwrap().to_owned();
+    let forced =
+        server.cli(&["backups", "restore", "--tenant", "pool-a", &pool_backup, "--yes", "--force"]);
+    assert!(forced.status.success(), "{}", stderr(&forced));
+    assert_eq!(notes(&server, "pool-a").await, ["pool-a-note"]);
+    assert_eq!(notes(&server, "pool-b").await, ["pool-b-note"]);
+
     // The backup's lease is gone once it is done.
     let leases = server.cli_json(&["creds", "list", "--tenant", "pool-a"]);
     assert!(leases.as_array().unwrap().iter().all(|l| l["issued_by"] != "backup"), "{leases}");
+}
+
+/// acme with something in every part: a row, a secret of two versions,
+/// an API, a guardrail, a tool and a file.
+async fn fill(server: &Server, tenant: &str) {
+    let db = server.tenant_dir(tenant).join("data.db");
+    let mut conn =
+        sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display())).await.unwrap();
+    sqlx::query("CREATE TABLE notes (body TEXT)").execute(&mut conn).await.unwrap();
+    sqlx::query("INSERT INTO notes VALUES ('row-1'), ('row-2')").execute(&mut conn).await.unwrap();
+    conn.close().await.unwrap();
+    for value in ["first", "second"] {
+        let put = server
+            .cli_with_input(&["secrets", "put", "--tenant", tenant, "db/pass"], value.as_bytes());
+        assert!(put.status.success(), "{}", stderr(&put));
+    }
+    let manifest = format!(
+        "apiVersion: bulkhead.dev/v1\nkind: Api\nmetadata: {{name: orders, tenant: {tenant}}}\n\
+         spec: {{prefix: /orders, upstreams: ['http://127.0.0.1:9']}}\n---\n\
+         apiVersion: bulkhead.dev/v1\nkind: Guardrail\nmetadata: {{name: default, tenant: {tenant}}}\n\
+         spec: {{pii: {{card: redact}}}}\n---\n\
+         apiVersion: bulkhead.dev/v1\nkind: Tool\nmetadata: {{name: crm, tenant: {tenant}}}\n\
+         spec: {{upstream: {{http: 'http://127.0.0.1:9/crm'}}}}\n"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("acme.yaml");
+    std::fs::write(&file, manifest).unwrap();
+    let applied = server.cli(&["apply", "-f", file.to_str().unwrap()]);
+    assert!(applied.status.success(), "{}", stderr(&applied));
+    std::fs::create_dir_all(server.tenant_dir(tenant).join("uploads")).unwrap();
+    std::fs::write(server.tenant_dir(tenant).join("uploads/logo.txt"), b"logo").unwrap();
+}
+
+/// What a tenant holds, to compare a restored one with its original.
+async fn contents(server: &Server, tenant: &str) -> Value {
+    let db = server.tenant_dir(tenant).join("data.db");
+    let mut conn =
+        sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display())).await.unwrap();
+    let rows: Vec<(String,)> = sqlx::query_as("SELECT body FROM notes ORDER BY body")
+        .fetch_all(&mut conn)
+        .await
+        .unwrap_or_default();
+    conn.close().await.unwrap();
+    let secret = server.cli(&["secrets", "get", "--tenant", tenant, "db/pass"]);
+    let names = |command: &[&str]| -> Vec<String> {
+        let listed = server.cli_json(&[command, &["--tenant", tenant]].concat());
+        // One item is printed as itself, more as a list.
+        let items = match listed {
+            Value::Array(items) => items,
+            one => vec![one],
+        };
+        let mut names: Vec<String> = items
+            .iter()
+            .map(|item| {
+                let name = item.pointer("/metadata/name").or_else(|| item.get("name"));
+                name.and_then(Value::as_str).unwrap().to_owned()
+            })
+            .collect();
+        names.sort();
+        names
+    };
+    serde_json::json!({
+        "rows": rows.into_iter().map(|(r,)| r).collect::<Vec<_>>(),
+        "secret": stdout(&secret),
+        "apis": names(&["apis", "list"]),
+        "guardrails": names(&["get", "guardrails"]),
+        "tools": names(&["get", "tools"]),
+        "file": std::fs::read_to_string(server.tenant_dir(tenant).join("uploads/logo.txt")).ok(),
+    })
+}
+
+#[tokio::test]
+async fn a_restored_tenant_equals_its_original_here_in_place_and_on_another_installation() {
+    let server = Server::embedded().await;
+    server.cli_json(&["tenants", "create", "acme", "--plan", "starter", "--wait"]);
+    fill(&server, "acme").await;
+    let original = contents(&server, "acme").await;
+    assert_eq!(original["rows"], serde_json::json!(["row-1", "row-2"]), "{original}");
+    assert_eq!(original["apis"], serde_json::json!(["orders"]), "{original}");
+    let backup = create(&server, "acme");
+    let id = backup["id"].as_str().unwrap();
+
+    // Into a new tenant: everything, and its stream says where it came from.
+    let restored =
+        server.cli_json(&["backups", "restore", "--tenant", "acme", id, "--to", "acme-copy"]);
+    assert_eq!(restored["created"], true, "{restored}");
+    assert_eq!(contents(&server, "acme-copy").await, original);
+    let events = server.audit_events(&["acme-copy"]);
+    let restore = events.iter().find(|e| e["action"] == "backup.restore").unwrap();
+    let source = server.audit_events(&["acme"]);
+    let exported = source.iter().find(|e| e["action"] == "audit.export").unwrap();
+    assert_eq!(restore["details"]["audit_seq"], exported["seq"], "{restore}");
+    assert_eq!(restore["details"]["audit_head"], exported["hash"], "{restore}");
+    // A name that is taken restores nothing.
+    let taken = server.cli(&["backups", "restore", "--tenant", "acme", id, "--to", "acme-copy"]);
+    assert_eq!(exit_code(&taken), 4, "{}", stderr(&taken));
+
+    // In place: newer data is not overwritten unless forced.
+    let db = server.tenant_dir("acme").join("data.db");
+    let mut conn =
+        sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display())).await.unwrap();
+    sqlx::query("INSERT INTO notes VALUES ('row-3')").execute(&mut conn).await.unwrap();
+    conn.close().await.unwrap();
+    let unasked = server.cli(&["backups", "restore", "--tenant", "acme", id]);
+    assert_eq!(exit_code(&unasked), 2, "{}", stderr(&unasked));
+    assert!(stderr(&unasked).contains("--yes"), "{}", stderr(&unasked));
+    let newer = server.cli(&["backups", "restore", "--tenant", "acme", id, "--yes"]);
+    assert_eq!(exit_code(&newer), 4, "{}", stderr(&newer));
+    assert!(stderr(&newer).contains("changed since"), "{}", stderr(&newer));
+    assert_eq!(
+        contents(&server, "acme").await["rows"],
+        serde_json::json!(["row-1", "row-2", "row-3"])
+    );
+    let forced = server.cli(&["backups", "restore", "--tenant", "acme", id, "--yes", "--force"]);
+    assert!(forced.status.success(), "{}", stderr(&forced));
+    assert_eq!(contents(&server, "acme").await, original);
+    assert_eq!(server.cli_json(&["tenants", "get", "acme"])["state"], "active");
+
+    // On another installation, from the archive and the exported key.
+    let work = tempfile::tempdir().unwrap();
+    let key = work.path().join("acme.key");
+    let exported =
+        server.cli(&["backups", "key", "export", "--tenant", "acme", "-f", key.to_str().unwrap()]);
+    assert!(exported.status.success(), "{}", stderr(&exported));
+    let file = archive(&server, &tenant_id(&server, "acme"), &backup);
+    let elsewhere = Server::embedded().await;
+    let (k, f) = (key.to_str().unwrap(), file.to_str().unwrap());
+    // A changed byte, a cut archive and the wrong key restore nothing.
+    let sealed = std::fs::read(&file).unwrap();
+    let mut damaged = sealed.clone();
+    let last = damaged.len() - 10;
+    damaged[last] ^= 1;
+    std::fs::write(work.path().join("damaged.age"), &damaged).unwrap();
+    std::fs::write(work.path().join("cut.age"), &sealed[..sealed.len() / 2]).unwrap();
+    let other_key = work.path().join("other.key");
+    std::process::Command::new("age-keygen").arg("-o").arg(&other_key).output().unwrap();
+    for (archive, key, says) in [
+        (work.path().join("damaged.age"), key.clone(), "damaged"),
+        (work.path().join("cut.age"), key.clone(), "cut short"),
+        (file.clone(), other_key, "does not open"),
+    ] {
+        let refused = elsewhere.cli(&[
+            "backups",
+            "restore",
+            "--from",
+            archive.to_str().unwrap(),
+            "--identity-file",
+            key.to_str().unwrap(),
+        ]);
+        assert_eq!(exit_code(&refused), 2, "{}", stderr(&refused));
+        assert!(stderr(&refused).contains(says), "{says}: {}", stderr(&refused));
+    }
+    assert_eq!(
+        elsewhere.cli_json(&["tenants", "list"]),
+        Value::Array(vec![]),
+        "nothing half-restored"
+    );
+    let restored = elsewhere.cli_json(&["backups", "restore", "--from", f, "--identity-file", k]);
+    assert_eq!(restored["tenant"], "acme", "{restored}");
+    assert_eq!(contents(&elsewhere, "acme").await, original);
 }

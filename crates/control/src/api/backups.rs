@@ -288,3 +288,130 @@ pub async fn export_backup_key(
     response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     Ok(response)
 }
+
+/// Restore a backup into the tenant it was taken of (suspended for the
+/// duration) or, with `to`, into a new tenant.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RestoreRequest {
+    /// A new tenant to restore into; the backup's own tenant unless given.
+    #[serde(default)]
+    pub to: Option<String>,
+    /// Restore over data newer than the backup.
+    #[serde(default)]
+    pub force: bool,
+    /// `AGE-SECRET-KEY-1...`, for a tenant whose backups are encrypted to
+    /// its own key.
+    #[serde(default)]
+    pub identity: Option<String>,
+}
+
+impl std::fmt::Debug for RestoreRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RestoreRequest")
+            .field("to", &self.to)
+            .field("force", &self.force)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a restore did.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RestoreView {
+    /// The tenant restored into.
+    pub tenant: String,
+    /// The backup, by its time and tenant.
+    pub backup: String,
+    /// A new tenant was made for it.
+    pub created: bool,
+    /// What could not be put back (apps where no runtime runs them), each
+    /// said.
+    pub warnings: Vec<String>,
+}
+
+impl From<crate::backups::Restored> for RestoreView {
+    fn from(r: crate::backups::Restored) -> Self {
+        Self { tenant: r.tenant, backup: r.backup, created: r.created, warnings: r.warnings }
+    }
+}
+
+/// Restore one of the tenant's backups (operators).
+#[utoipa::path(
+    post, path = "/v1/tenants/{tenant}/backups/{id}/restore", tag = "backups",
+    params(("tenant" = String, Path, description = "Tenant name"),
+           ("id" = String, Path, description = "Backup id")),
+    request_body = RestoreRequest,
+    responses(
+        (status = 200, body = RestoreView),
+        (status = 422, body = ErrorBody,
+         description = "The archive fails verification; nothing was restored"),
+    ),
+    security(("operator_token" = []))
+)]
+pub async fn restore_backup(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Path((tenant, id)): Path<(String, String)>,
+    body: Result<Json<RestoreRequest>, JsonRejection>,
+) -> Result<Json<RestoreView>, ApiError> {
+    record_tenant(&tenant);
+    let Json(body) = body?;
+    let target = match body.to {
+        Some(to) => crate::backups::Target::New(to),
+        None => crate::backups::Target::Same,
+    };
+    let identity = body.identity.map(Zeroizing::new);
+    let restored =
+        state.backups.restore(&actor, &tenant, &id, target, body.force, identity).await?;
+    Ok(Json(restored.into()))
+}
+
+/// The header that carries the identity of an uploaded archive.
+pub const IDENTITY_HEADER: &str = "bulkhead-backup-identity";
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct ArchiveParams {
+    /// The new tenant's name; the one the backup was taken of unless given.
+    pub to: Option<String>,
+}
+
+/// Restore an archive made by any Bulkhead installation into a new tenant
+/// (operators). The body is the archive; the identity that opens it goes
+/// in the `Bulkhead-Backup-Identity` header.
+#[utoipa::path(
+    post, path = "/v1/backups/restore", tag = "backups",
+    params(ArchiveParams),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream"),
+    responses(
+        (status = 200, body = RestoreView),
+        (status = 422, body = ErrorBody,
+         description = "The archive fails verification; nothing was restored"),
+    ),
+    security(("operator_token" = []))
+)]
+pub async fn restore_archive(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    params: Result<axum::extract::Query<ArchiveParams>, axum::extract::rejection::QueryRejection>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Body,
+) -> Result<Json<RestoreView>, ApiError> {
+    use futures_util::TryStreamExt;
+    let axum::extract::Query(params) = params?;
+    let identity = headers
+        .get(IDENTITY_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| Zeroizing::new(v.trim().to_owned()))
+        .ok_or_else(|| {
+            ApiError::new(
+                super::error::ErrorCode::InvalidRequest,
+                "the archive's identity goes in the Bulkhead-Backup-Identity header",
+            )
+        })?;
+    let stream = body.into_data_stream().map_err(std::io::Error::other);
+    let reader = bulkhead_backup::ArchiveReader::new(stream);
+    let restored = state.backups.restore_archive(&actor, reader, identity, params.to).await?;
+    Ok(Json(restored.into()))
+}

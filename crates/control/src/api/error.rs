@@ -344,6 +344,7 @@ impl From<crate::backups::BackupServiceError> for ApiError {
             E::Vault(e) => return e.into(),
             E::Credential(e) => return e.into(),
             E::Audit(e) => return e.into(),
+            E::Tenant(e) => return e.into(),
             E::Store(ref store) => return store_error(store),
             E::Internal(_) => return Self::internal(&error),
             E::Unrecorded(ref u) => unrecorded(u),

@@ -298,6 +298,13 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(backups::list_backups, backups::create_backup))
         .routes(routes!(backups::get_backup, backups::delete_backup))
         .routes(routes!(backups::verify_backup))
+        .routes(routes!(backups::restore_backup))
+        .merge(
+            OpenApiRouter::new()
+                .routes(routes!(backups::restore_archive))
+                // An archive is as large as its tenant: read as it streams.
+                .layer(DefaultBodyLimit::disable()),
+        )
         .routes(routes!(backups::backup_key, backups::set_backup_key))
         .routes(routes!(backups::export_backup_key))
         .routes(routes!(usage::tenant_usage))

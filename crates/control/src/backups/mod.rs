@@ -5,6 +5,7 @@
 
 mod keys;
 mod parts;
+mod restore;
 
 use std::{
     collections::HashSet,
@@ -24,6 +25,7 @@ use zeroize::Zeroizing;
 
 pub use keys::{BackupKeys, Recipient};
 pub use parts::{Sources, Staged};
+pub use restore::{Restored, Target};
 
 use crate::{
     audit::AuditServiceError,
@@ -67,6 +69,8 @@ pub enum BackupServiceError {
     #[error(transparent)]
     Audit(#[from] AuditServiceError),
     #[error(transparent)]
+    Tenant(crate::tenants::TenantError),
+    #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
     Unrecorded(#[from] Unrecorded),
@@ -84,9 +88,21 @@ type Result<T, E = BackupServiceError> = std::result::Result<T, E>;
 /// provisioned has nothing yet, one being offboarded is going.
 const BACKED_UP: &[TenantState] = &[TenantState::Active, TenantState::Suspended];
 
+/// The services a restore puts a tenant's configuration back through, so
+/// that it is checked as any other change is.
+#[derive(Debug, Clone)]
+pub struct ConfigTargets {
+    pub tenants: Arc<crate::tenants::TenantService>,
+    pub apis: Arc<crate::apis::ApiService>,
+    pub resources: Arc<crate::resources::ResourceService>,
+    pub apps: Arc<crate::apps::AppService>,
+}
+
 #[derive(Debug)]
 pub struct BackupService {
     sources: Sources,
+    targets: ConfigTargets,
+    tenants: Arc<crate::tenants::TenantService>,
     keys: BackupKeys,
     storage: Storage,
     regions: Regions,
@@ -116,6 +132,7 @@ impl BackupService {
     /// killed is removed first (what it staged was never listed).
     pub fn new(
         sources: Sources,
+        targets: ConfigTargets,
         storage: Storage,
         regions: Regions,
         events: EventLog,
@@ -129,7 +146,18 @@ impl BackupService {
         std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700)
             .create(&staging)?;
         let keys = BackupKeys::new(Arc::clone(&sources.vault), Arc::clone(&sources.clock));
-        Ok(Self { sources, keys, storage, regions, events, staging, running: Mutex::default() })
+        let tenants = Arc::clone(&targets.tenants);
+        Ok(Self {
+            sources,
+            targets,
+            tenants,
+            keys,
+            storage,
+            regions,
+            events,
+            staging,
+            running: Mutex::default(),
+        })
     }
 
     pub fn storage(&self) -> &Storage {
@@ -205,6 +233,9 @@ impl BackupService {
             .create(dir)
             .map_err(|e| BackupServiceError::Staging(format!("{}: {e}", dir.display())))?;
         let recipient = self.keys.recipient(tenant).await?;
+        // The time the backup is of: before any part is read, so that a
+        // change made while it is taken counts as newer than it.
+        let created_at = bulkhead_audit::record::format_time(self.sources.clock.now());
         let (staged, schemas) = self.sources.stage(actor, tenant, &region, dir).await?;
         let mut parts = Vec::with_capacity(staged.len());
         for staged in staged {
@@ -227,7 +258,7 @@ impl BackupService {
             tenant: tenant.name.to_string(),
             tenant_id: tenant.id.0,
             plan: tenant.plan.to_string(),
-            created_at: bulkhead_audit::record::format_time(self.sources.clock.now()),
+            created_at,
             schemas,
         };
         Ok(self.storage.put(id, kind, &recipient.recipient, about, parts).await?)
@@ -259,20 +290,28 @@ impl BackupService {
     ) -> Result<Manifest> {
         let listing = self.get(actor, name, id).await?;
         let tenant = self.tenant(actor, name, Permission::Manage).await?;
-        let identity = match identity {
-            Some(identity) => identity,
-            None => self
-                .keys
-                .identity(&tenant)
-                .await?
-                .filter(|i| bulkhead_backup::recipient_of(i).is_ok_and(|r| r == listing.recipient))
-                .ok_or_else(|| BackupServiceError::OwnKey(name.to_owned()))?,
-        };
+        let identity = self.identity_for(&tenant, &listing.recipient, identity).await?;
         let reader = self.storage.read(tenant.id.0, id).await?;
-        let manifest =
-            tokio::task::spawn_blocking(move || bulkhead_backup::verify(reader, &identity))
-                .await
-                .map_err(|e| BackupServiceError::Internal(e.to_string()))?;
+        let pinned = self.pinned_keys(&tenant).await?;
+        // Every part is read and hashed; the audit export alone is kept, in
+        // the staging directory, to verify its chain.
+        let audit = self.staging.join(format!("verify-{}.jsonl", Uuid::new_v4().simple()));
+        let kept = audit.clone();
+        let manifest = tokio::task::spawn_blocking(move || {
+            let manifest = bulkhead_backup::read_parts(reader, &identity, |part| {
+                if part == "audit.jsonl" {
+                    Ok(Box::new(std::io::BufWriter::new(std::fs::File::create_new(&kept)?)))
+                } else {
+                    Ok(Box::new(std::io::sink()))
+                }
+            })?;
+            restore::check_audit(&kept, &pinned)?;
+            Ok::<_, BackupServiceError>(manifest)
+        })
+        .await
+        .map_err(|e| BackupServiceError::Internal(e.to_string()))
+        .and_then(|m| m);
+        let _ = std::fs::remove_file(&audit);
         let details = match &manifest {
             Ok(_) => json!({ "backup": id }),
             Err(error) => json!({ "backup": id, "error": error.to_string() }),
@@ -287,6 +326,31 @@ impl BackupService {
             .into());
         }
         Ok(manifest)
+    }
+
+    /// The identity that opens a backup encrypted to `recipient`: the one
+    /// given, else the one the vault holds if it is that recipient's.
+    async fn identity_for(
+        &self,
+        tenant: &Tenant,
+        recipient: &str,
+        given: Option<Zeroizing<String>>,
+    ) -> Result<Zeroizing<String>> {
+        if let Some(identity) = given {
+            return Ok(identity);
+        }
+        self.keys
+            .identity(tenant)
+            .await?
+            .filter(|i| bulkhead_backup::recipient_of(i).is_ok_and(|r| r == recipient))
+            .ok_or_else(|| BackupServiceError::OwnKey(tenant.name.to_string()))
+    }
+
+    /// The tenant's audit keys, from its sealed key: what its backups'
+    /// audit exports must be signed by.
+    async fn pinned_keys(&self, tenant: &Tenant) -> Result<Vec<[u8; 32]>> {
+        let keys = self.sources.audit.published_keys(tenant.name.as_str()).await?;
+        Ok(keys.iter().filter_map(|k| k.public_bytes()).collect())
     }
 
     pub async fn delete(&self, actor: &Actor, name: &str, id: &str) -> Result<()> {

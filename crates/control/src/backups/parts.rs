@@ -37,6 +37,9 @@ use crate::{
     events::Actor,
 };
 
+/// What of a tenant's directory is not among its files: its database (a
+/// part of its own) and `run/` (its workers' sockets).
+pub(super) const KEPT_IN_PLACE: [&str; 4] = ["data.db", "data.db-wal", "data.db-shm", "run"];
 /// A lease for reading a pool tenant's rows lives this long at most.
 const LEASE_TTL: Duration = Duration::from_secs(3_600);
 /// The largest number of secret versions or sealed keys read at once.
@@ -131,11 +134,7 @@ impl Sources {
         if tokio::fs::try_exists(&tenant_dir).await.unwrap_or(false) {
             let (from, to) = (tenant_dir.clone(), file.clone());
             tokio::task::spawn_blocking(move || {
-                bulkhead_backup::pack_dir(
-                    &from,
-                    &to,
-                    &["data.db", "data.db-wal", "data.db-shm", "run"],
-                )
+                bulkhead_backup::pack_dir(&from, &to, &KEPT_IN_PLACE)
             })
             .await
             .map_err(|e| BackupServiceError::Internal(e.to_string()))??;

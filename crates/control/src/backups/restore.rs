@@ -1,0 +1,768 @@
+//! Putting a backup back: into the tenant it was taken of (suspended for
+//! the duration, refused over newer data unless forced), into a new
+//! tenant (which either ends up whole or is purged again), or from an
+//! archive made by another installation, given the tenant's key.
+//!
+//! Whatever the target, the archive is first decrypted into the staging
+//! directory and every part checked against the manifest, and the audit
+//! export's chain verified: nothing is changed before the whole backup is
+//! known to be intact.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::Path,
+    time::Duration,
+};
+
+use base64::{Engine, engine::general_purpose::STANDARD};
+use bulkhead_backup::{ArchiveReader, Manifest};
+use bulkhead_identity::Permission;
+use bulkhead_model::{
+    ApiSpec, AppSpec, DatabaseLocation, GuardrailSpec, Isolation, Tenant, TenantState, ToolSpec,
+};
+use bulkhead_tenantdb::restore;
+use bulkhead_vault::{SecretPath, envelope};
+use serde::Deserialize;
+use serde_json::json;
+use sqlx::Connection;
+use uuid::Uuid;
+use zeroize::Zeroizing;
+
+use super::{BackupService, BackupServiceError, Result};
+use crate::{api::types::CreateTenantRequest, credentials::Access, events::Actor};
+
+/// A new tenant must be provisioned within this to be restored into.
+const PROVISIONED_WITHIN: Duration = Duration::from_secs(300);
+/// The lease a pool tenant's rows are written back through lives this long
+/// at most.
+const LEASE_TTL: Duration = Duration::from_secs(3_600);
+/// Actions that change nothing of the tenant's data: a restore over them
+/// loses nothing.
+const HARMLESS: [&str; 9] = [
+    "backup.create",
+    "backup.verify",
+    "backup.delete",
+    "backup.key_export",
+    "backup.recipient",
+    "backup.restore",
+    "audit.export",
+    "tenant.suspend",
+    "tenant.resume",
+];
+
+/// Where a restore goes.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// The tenant the backup was taken of.
+    Same,
+    /// A new tenant of this name.
+    New(String),
+}
+
+/// What a restore did.
+#[derive(Debug, Clone)]
+pub struct Restored {
+    pub tenant: String,
+    pub backup: String,
+    /// A new tenant was made for it.
+    pub created: bool,
+    /// What could not be put back, each said.
+    pub warnings: Vec<String>,
+}
+
+#[derive(Deserialize)]
+struct Named<S> {
+    spec: S,
+}
+
+#[derive(Deserialize)]
+struct Resources {
+    guardrails: Vec<Named<GuardrailSpec>>,
+    tools: Vec<Named<ToolSpec>>,
+}
+
+/// `config.json` as [`super::parts`] writes it.
+#[derive(Deserialize)]
+struct Config {
+    tenant: Tenant,
+    apis: Vec<Named<ApiSpec>>,
+    apps: Vec<Named<AppSpec>>,
+    resources: Resources,
+}
+
+#[derive(Deserialize)]
+struct SealedSecret {
+    path: String,
+    version: i64,
+    key_version: i64,
+    ciphertext: String,
+}
+
+#[derive(Deserialize)]
+struct Secrets {
+    secrets: Vec<SealedSecret>,
+}
+
+#[derive(Deserialize)]
+struct DataKey {
+    version: i64,
+    key: Zeroizing<String>,
+}
+
+#[derive(Deserialize)]
+struct DataKeys {
+    data_keys: Vec<DataKey>,
+}
+
+fn invalid(part: &str, error: impl std::fmt::Display) -> BackupServiceError {
+    BackupServiceError::Backup(bulkhead_backup::BackupError::NotABackup(format!(
+        "its {part} cannot be read: {error}"
+    )))
+}
+
+fn read_json<T: for<'de> Deserialize<'de>>(dir: &Path, part: &str) -> Result<T> {
+    let bytes = Zeroizing::new(std::fs::read(dir.join(part)).map_err(|e| invalid(part, e))?);
+    serde_json::from_slice(&bytes).map_err(|e| invalid(part, e))
+}
+
+impl BackupService {
+    /// Restores the tenant's backup `id` into `target`.
+    pub async fn restore(
+        &self,
+        actor: &Actor,
+        name: &str,
+        id: &str,
+        target: Target,
+        force: bool,
+        identity: Option<Zeroizing<String>>,
+    ) -> Result<Restored> {
+        let listing = self.get(actor, name, id).await?;
+        let tenant = self.tenant(actor, name, Permission::Manage).await?;
+        if !actor.is_operator() {
+            return Err(BackupServiceError::OperatorOnly);
+        }
+        let identity = self.identity_for(&tenant, &listing.recipient, identity).await?;
+        let reader = self.storage.read(tenant.id.0, id).await?;
+        let pinned = self.pinned_keys(&tenant).await?;
+        let source = Some(tenant.clone());
+        match self.restore_from(actor, reader, identity, pinned, source, target, force).await {
+            Ok(mut restored) => {
+                restored.backup = id.to_owned();
+                Ok(restored)
+            }
+            Err(error) => {
+                let details = json!({ "backup": id, "error": error.to_string() });
+                self.events.record(actor, &tenant, "backup.restore", "failed", details).await;
+                Err(error)
+            }
+        }
+    }
+
+    /// Restores an archive made by any installation (`bulkhead backups
+    /// restore --from`) into a new tenant: `to`, or the name it was taken
+    /// of. Operators only.
+    pub async fn restore_archive(
+        &self,
+        actor: &Actor,
+        reader: ArchiveReader,
+        identity: Zeroizing<String>,
+        to: Option<String>,
+    ) -> Result<Restored> {
+        if !actor.is_operator() {
+            return Err(BackupServiceError::OperatorOnly);
+        }
+        let target = Target::New(to.unwrap_or_default());
+        self.restore_from(actor, reader, identity, Vec::new(), None, target, false).await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn restore_from(
+        &self,
+        actor: &Actor,
+        reader: ArchiveReader,
+        identity: Zeroizing<String>,
+        pinned: Vec<[u8; 32]>,
+        source: Option<Tenant>,
+        target: Target,
+        force: bool,
+    ) -> Result<Restored> {
+        let work = self.staging.join(format!("restore-{}", Uuid::new_v4().simple()));
+        let result = async {
+            let manifest = self.unpack(reader, identity, &work, pinned).await?;
+            if let Some(source) = &source
+                && manifest.about.tenant_id != source.id.0
+            {
+                return Err(invalid("manifest", "it is another tenant's backup"));
+            }
+            match (target, source) {
+                (Target::Same, Some(tenant)) => {
+                    self.restore_over(actor, &tenant, &manifest, &work, force).await
+                }
+                (Target::Same, None) => Err(BackupServiceError::InvalidRequest(
+                    "an archive from elsewhere is restored into a new tenant".into(),
+                )),
+                (Target::New(name), _) => {
+                    let name = if name.is_empty() { manifest.about.tenant.clone() } else { name };
+                    self.restore_new(actor, &name, &manifest, &work).await
+                }
+            }
+        }
+        .await;
+        if let Err(error) = tokio::fs::remove_dir_all(&work).await
+            && error.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(%error, dir = %work.display(), "cannot remove a restore's staging directory");
+        }
+        result
+    }
+
+    /// Decrypts the archive into `dir`, checking every part and the audit
+    /// export's chain (signed by one of `pinned`, when given).
+    async fn unpack(
+        &self,
+        reader: ArchiveReader,
+        identity: Zeroizing<String>,
+        dir: &Path,
+        pinned: Vec<[u8; 32]>,
+    ) -> Result<Manifest> {
+        std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700)
+            .create(dir)
+            .map_err(|e| BackupServiceError::Staging(format!("{}: {e}", dir.display())))?;
+        let into = dir.to_path_buf();
+        tokio::task::spawn_blocking(move || {
+            let manifest = bulkhead_backup::extract(reader, &identity, &into)?;
+            check_audit(&into.join("audit.jsonl"), &pinned)?;
+            Ok(manifest)
+        })
+        .await
+        .map_err(|e| BackupServiceError::Internal(e.to_string()))?
+    }
+
+    /// Restores over the tenant itself, suspended meanwhile; refused over
+    /// data newer than the backup unless `force`.
+    async fn restore_over(
+        &self,
+        actor: &Actor,
+        tenant: &Tenant,
+        manifest: &Manifest,
+        dir: &Path,
+        force: bool,
+    ) -> Result<Restored> {
+        if !matches!(tenant.state, TenantState::Active | TenantState::Suspended) {
+            return Err(BackupServiceError::InvalidState(format!(
+                "tenant {:?} is {}; a backup is restored into an active or suspended tenant",
+                tenant.name.as_str(),
+                tenant.state
+            )));
+        }
+        if !force && let Some(newer) = self.newer_data(tenant, manifest, dir).await? {
+            return Err(BackupServiceError::InvalidState(format!(
+                "tenant {:?} has changed since backup {} was taken ({newer}); restoring would \
+                 lose that: take a backup first, then restore with --force",
+                tenant.name.as_str(),
+                manifest.about.created_at
+            )));
+        }
+        let was_active = tenant.state == TenantState::Active;
+        if was_active {
+            self.tenants.suspend(tenant.name.as_str(), actor).await?;
+        }
+        let mut warnings = Vec::new();
+        self.put_back(actor, tenant, manifest, dir, true).await?;
+        // Left suspended if anything failed above: its data may be half
+        // put back, and a retry of the restore finishes it.
+        if was_active {
+            self.tenants.resume(tenant.name.as_str(), actor).await?;
+        }
+        self.put_apps(actor, tenant, dir, &mut warnings).await;
+        self.record_restore(actor, tenant, manifest, dir, &warnings).await;
+        Ok(Restored {
+            tenant: tenant.name.to_string(),
+            backup: backup_id(manifest),
+            created: false,
+            warnings,
+        })
+    }
+
+    /// Makes a new tenant like the backup's and puts the backup into it;
+    /// on any failure the new tenant is purged again.
+    async fn restore_new(
+        &self,
+        actor: &Actor,
+        name: &str,
+        manifest: &Manifest,
+        dir: &Path,
+    ) -> Result<Restored> {
+        let config: Config = read_json(dir, "config.json")?;
+        let region = self
+            .regions
+            .get(config.tenant.region.as_str())
+            .unwrap_or_else(|_| self.regions.default_region());
+        let database = database_part(manifest);
+        let isolation = match (&region.databases, database) {
+            (DatabaseLocation::Embedded, "database.sqlite") => Isolation::Silo,
+            (DatabaseLocation::Postgres(_), "database.pgdump") => Isolation::Silo,
+            (DatabaseLocation::Postgres(_), "database.rows") => Isolation::Pool,
+            (_, part) => {
+                return Err(BackupServiceError::InvalidRequest(format!(
+                    "the backup's database is {part}, which region {} cannot hold; restore it \
+                     on an installation whose region keeps {}",
+                    region.name,
+                    if part == "database.sqlite" { "SQLite files" } else { "PostgreSQL databases" }
+                )));
+            }
+        };
+        let request = CreateTenantRequest {
+            name: name.to_owned(),
+            plan: config.tenant.plan.to_string(),
+            isolation: Some(isolation),
+            region: Some(region.name.to_string()),
+            admin_email: config.tenant.admin_email.as_ref().map(|e| e.as_str().to_owned()),
+            limits: config.tenant.limits.clone(),
+        };
+        let tenant = self.tenants.create(request, actor).await?;
+        let result = async {
+            let tenant = self.provisioned(&tenant).await?;
+            let mut warnings = Vec::new();
+            self.put_back(actor, &tenant, manifest, dir, false).await?;
+            self.put_apps(actor, &tenant, dir, &mut warnings).await;
+            self.record_restore(actor, &tenant, manifest, dir, &warnings).await;
+            Ok(Restored {
+                tenant: name.to_owned(),
+                backup: backup_id(manifest),
+                created: true,
+                warnings,
+            })
+        }
+        .await;
+        if result.is_err() {
+            // Nothing is left half-restored: the new tenant goes again.
+            if let Err(error) = self.tenants.delete(name, true, actor).await {
+                tracing::error!(%error, tenant = name, "cannot purge a tenant whose restore failed");
+            }
+        }
+        result
+    }
+
+    /// Waits for the reconciler to make `tenant` active.
+    async fn provisioned(&self, tenant: &Tenant) -> Result<Tenant> {
+        let deadline = tokio::time::Instant::now() + PROVISIONED_WITHIN;
+        loop {
+            let now = self.sources.store.tenant_by_id(tenant.id).await?;
+            match now {
+                Some(t) if t.state == TenantState::Active => return Ok(t),
+                Some(t) if t.state == TenantState::Failed => {
+                    return Err(BackupServiceError::InvalidState(format!(
+                        "the new tenant {:?} failed to provision: {}",
+                        t.name.as_str(),
+                        t.last_error.unwrap_or_default()
+                    )));
+                }
+                _ if tokio::time::Instant::now() > deadline => {
+                    return Err(BackupServiceError::InvalidState(format!(
+                        "the new tenant {:?} was not provisioned within {}s",
+                        tenant.name.as_str(),
+                        PROVISIONED_WITHIN.as_secs()
+                    )));
+                }
+                _ => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    }
+
+    /// The database, secrets, APIs, guardrails, tools and files of the
+    /// backup, into `tenant`; `over` replaces what the tenant has.
+    async fn put_back(
+        &self,
+        actor: &Actor,
+        tenant: &Tenant,
+        manifest: &Manifest,
+        dir: &Path,
+        over: bool,
+    ) -> Result<()> {
+        self.put_database(tenant, manifest, dir).await?;
+        self.put_secrets(tenant, manifest, dir, over).await?;
+        self.put_config(actor, tenant, dir, over).await?;
+        self.put_files(tenant, dir, over).await?;
+        Ok(())
+    }
+
+    /// Records the restore in the tenant's stream, with where the stream
+    /// of the tenant the backup was taken of stood then: the restored
+    /// tenant's history goes on from there.
+    async fn record_restore(
+        &self,
+        actor: &Actor,
+        tenant: &Tenant,
+        manifest: &Manifest,
+        dir: &Path,
+        warnings: &[String],
+    ) {
+        let audit = last_head(&dir.join("audit.jsonl"));
+        let details = json!({
+            "backup": backup_id(manifest),
+            "taken_of": manifest.about.tenant,
+            "taken_of_id": manifest.about.tenant_id,
+            "created_at": manifest.about.created_at,
+            // The restored tenant's stream goes on from the backup's: this
+            // is where that stream stood when the backup was taken.
+            "audit_seq": audit.as_ref().map(|(seq, _)| seq),
+            "audit_head": audit.map(|(_, head)| head),
+            "warnings": warnings,
+        });
+        self.events.record(actor, tenant, "backup.restore", "ok", details).await;
+    }
+
+    async fn put_database(&self, tenant: &Tenant, manifest: &Manifest, dir: &Path) -> Result<()> {
+        let region = self
+            .regions
+            .get(tenant.region.as_str())
+            .map_err(|e| BackupServiceError::InvalidState(e.to_string()))?;
+        let part = database_part(manifest);
+        let file = dir.join(part);
+        match (&region.databases, tenant.isolation, part) {
+            (DatabaseLocation::Embedded, _, "database.sqlite") => {
+                let tenant_dir = self.sources.tenants_dir.join(tenant.name.as_str());
+                restore::sqlite(&tenant_dir, &file).await?;
+            }
+            (DatabaseLocation::Postgres(url), Isolation::Silo, "database.pgdump") => {
+                restore::silo(region, url, tenant, &file).await?;
+            }
+            (DatabaseLocation::Postgres(_), Isolation::Pool, "database.rows") => {
+                let now = self.sources.clock.now();
+                let issued = self
+                    .sources
+                    .credentials
+                    .issue(tenant, Access::Write, LEASE_TTL, 1, "backup.restore", now)
+                    .await?;
+                let written = async {
+                    let mut conn =
+                        sqlx::PgConnection::connect(issued.url.as_str()).await.map_err(|e| {
+                            BackupServiceError::Database(format!(
+                                "cannot connect as the tenant's lease: {e}"
+                            ))
+                        })?;
+                    let done = restore::pool_rows(&mut conn, tenant, &file).await;
+                    let _ = conn.close().await;
+                    done.map_err(BackupServiceError::from)
+                }
+                .await;
+                if let Err(error) =
+                    self.sources.credentials.revoke(&issued.lease, self.sources.clock.now()).await
+                {
+                    tracing::warn!(%error, lease = %issued.lease.id, "cannot revoke the restore's lease yet");
+                }
+                written?;
+            }
+            (_, _, part) => {
+                return Err(BackupServiceError::InvalidRequest(format!(
+                    "the backup's database is {part}; tenant {:?} keeps another kind \
+                     ({} in region {})",
+                    tenant.name.as_str(),
+                    tenant.isolation,
+                    region.name
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Every secret version of the backup, opened with the backup's data
+    /// keys and sealed again under the tenant's own, oldest first.
+    async fn put_secrets(
+        &self,
+        tenant: &Tenant,
+        manifest: &Manifest,
+        dir: &Path,
+        over: bool,
+    ) -> Result<()> {
+        let Secrets { mut secrets } = read_json(dir, "secrets.json")?;
+        let DataKeys { data_keys } = read_json(dir, "keys.json")?;
+        let mut keys = BTreeMap::new();
+        for key in data_keys {
+            let bytes = Zeroizing::new(
+                STANDARD.decode(key.key.as_bytes()).map_err(|e| invalid("keys.json", e))?,
+            );
+            let bytes: [u8; 32] = bytes
+                .as_slice()
+                .try_into()
+                .map_err(|_| invalid("keys.json", "a key is not 32 bytes"))?;
+            keys.insert(key.version, Zeroizing::new(bytes));
+        }
+        // Opened before anything is changed: a backup whose secrets do not
+        // open restores nothing.
+        secrets.sort_by(|a, b| (&a.path, a.version).cmp(&(&b.path, b.version)));
+        let mut values = Vec::with_capacity(secrets.len());
+        for secret in &secrets {
+            let key = keys.get(&secret.key_version).ok_or_else(|| {
+                invalid("keys.json", format!("data key {} is missing", secret.key_version))
+            })?;
+            let sealed =
+                STANDARD.decode(&secret.ciphertext).map_err(|e| invalid("secrets.json", e))?;
+            let aad =
+                envelope::secret_aad(manifest.about.tenant_id, secret.key_version, &secret.path);
+            let value = envelope::open(key, &sealed, &aad).map_err(|_| {
+                invalid(
+                    "secrets.json",
+                    format!("secret {} does not open with its data key", secret.path),
+                )
+            })?;
+            let path = SecretPath::parse(&secret.path).map_err(|e| invalid("secrets.json", e))?;
+            values.push((path, value));
+        }
+        let vault = &self.sources.vault;
+        if over {
+            for current in vault.list(tenant.id).await? {
+                let path = SecretPath::parse(&current.path)
+                    .map_err(|e| BackupServiceError::Internal(e.to_string()))?;
+                vault.delete(tenant.id, &path).await?;
+            }
+        }
+        let keep = u32::try_from(secrets.len()).unwrap_or(u32::MAX).max(1);
+        for (path, value) in values {
+            vault
+                .put(tenant.id, &path, &value, keep, "backup.restore", self.sources.clock.now())
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// The backup's APIs, guardrails and tools, through the services that
+    /// check them (a prefix another tenant took since is refused);
+    /// `over` also removes what the backup does not have.
+    async fn put_config(
+        &self,
+        actor: &Actor,
+        tenant: &Tenant,
+        dir: &Path,
+        over: bool,
+    ) -> Result<()> {
+        let config: Config = read_json(dir, "config.json")?;
+        let name = tenant.name.as_str();
+        let refused = |what: String| {
+            move |e: &dyn std::fmt::Display| {
+                BackupServiceError::InvalidState(format!("{what} cannot be restored: {e}"))
+            }
+        };
+        let targets = &self.targets;
+        if over {
+            let keep: BTreeSet<String> =
+                config.apis.iter().map(|a| a.spec.name.to_string()).collect();
+            for api in self.sources.store.apis(tenant.id).await? {
+                if !keep.contains(&api.name) {
+                    targets
+                        .apis
+                        .delete(actor, name, &api.name)
+                        .await
+                        .map_err(|e| refused(format!("API {}", api.name))(&e))?;
+                }
+            }
+            for (kind, keep) in [
+                (
+                    "guardrail",
+                    config
+                        .resources
+                        .guardrails
+                        .iter()
+                        .map(|g| g.spec.name.to_string())
+                        .collect::<BTreeSet<_>>(),
+                ),
+                ("tool", config.resources.tools.iter().map(|t| t.spec.name.to_string()).collect()),
+            ] {
+                for resource in self.sources.store.resources(tenant.id, kind).await? {
+                    if keep.contains(&resource.name) {
+                        continue;
+                    }
+                    let deleted = if kind == "tool" {
+                        targets.resources.delete::<ToolSpec>(actor, name, &resource.name).await
+                    } else {
+                        targets.resources.delete::<GuardrailSpec>(actor, name, &resource.name).await
+                    };
+                    deleted.map_err(|e| refused(format!("{kind} {}", resource.name))(&e))?;
+                }
+            }
+        }
+        for api in config.apis {
+            let what = format!("API {}", api.spec.name);
+            targets.apis.put(actor, name, api.spec, true).await.map_err(|e| refused(what)(&e))?;
+        }
+        for guardrail in config.resources.guardrails {
+            let what = format!("guardrail {}", guardrail.spec.name);
+            targets
+                .resources
+                .put(actor, name, guardrail.spec)
+                .await
+                .map_err(|e| refused(what)(&e))?;
+        }
+        for tool in config.resources.tools {
+            let what = format!("tool {}", tool.spec.name);
+            targets.resources.put(actor, name, tool.spec).await.map_err(|e| refused(what)(&e))?;
+        }
+        Ok(())
+    }
+
+    /// Apps come back once the tenant is active again, and only where a
+    /// runtime runs them: what cannot be is a warning, not a failure.
+    async fn put_apps(
+        &self,
+        actor: &Actor,
+        tenant: &Tenant,
+        dir: &Path,
+        warnings: &mut Vec<String>,
+    ) {
+        let config: Config = match read_json(dir, "config.json") {
+            Ok(config) => config,
+            Err(error) => return warnings.push(error.to_string()),
+        };
+        for app in config.apps {
+            let name = app.spec.name.to_string();
+            if let Err(error) =
+                self.targets.apps.deploy(actor, tenant.name.as_str(), app.spec).await
+            {
+                warnings.push(format!("app {name} was not restored: {error}"));
+            }
+        }
+    }
+
+    /// The tenant's files: what the backup has, in place of what the
+    /// directory has (its database and `run/` aside).
+    async fn put_files(&self, tenant: &Tenant, dir: &Path, over: bool) -> Result<()> {
+        let tar = dir.join("files.tar");
+        if !tokio::fs::try_exists(&tar).await.unwrap_or(false) {
+            return Ok(());
+        }
+        let tenant_dir = self.sources.tenants_dir.join(tenant.name.as_str());
+        tokio::task::spawn_blocking(move || -> Result<()> {
+            let failed = |e: std::io::Error| {
+                BackupServiceError::Staging(format!("{}: {e}", tenant_dir.display()))
+            };
+            if over {
+                for entry in std::fs::read_dir(&tenant_dir).map_err(failed)? {
+                    let entry = entry.map_err(failed)?;
+                    let name = entry.file_name();
+                    if super::parts::KEPT_IN_PLACE.iter().any(|k| name == std::ffi::OsStr::new(k)) {
+                        continue;
+                    }
+                    let path = entry.path();
+                    let removed = if entry.file_type().map_err(failed)?.is_dir() {
+                        std::fs::remove_dir_all(&path)
+                    } else {
+                        std::fs::remove_file(&path)
+                    };
+                    removed.map_err(failed)?;
+                }
+            }
+            bulkhead_backup::unpack_dir(&tar, &tenant_dir)?;
+            // The files are the tenant's: owned as its directory is.
+            let owner = std::fs::metadata(&tenant_dir).map_err(failed)?;
+            let (uid, gid) = (
+                std::os::unix::fs::MetadataExt::uid(&owner),
+                std::os::unix::fs::MetadataExt::gid(&owner),
+            );
+            let mut stack = vec![tenant_dir.clone()];
+            while let Some(dir) = stack.pop() {
+                for entry in std::fs::read_dir(&dir).map_err(failed)? {
+                    let entry = entry.map_err(failed)?;
+                    let kind = entry.file_type().map_err(failed)?;
+                    if kind.is_symlink() {
+                        continue;
+                    }
+                    std::os::unix::fs::lchown(entry.path(), Some(uid), Some(gid))
+                        .map_err(failed)?;
+                    if kind.is_dir() {
+                        stack.push(entry.path());
+                    }
+                }
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| BackupServiceError::Internal(e.to_string()))?
+    }
+
+    /// What changed in the tenant since the backup, if anything: an
+    /// audited change (every change made through Bulkhead is), or its
+    /// SQLite file written since. Writes an application makes to a
+    /// PostgreSQL database are not seen here.
+    async fn newer_data(
+        &self,
+        tenant: &Tenant,
+        manifest: &Manifest,
+        dir: &Path,
+    ) -> Result<Option<String>> {
+        let Some((seq, _)) = last_head(&dir.join("audit.jsonl")) else {
+            return Ok(None);
+        };
+        let stream = bulkhead_audit::StreamId::tenant(tenant.id.0);
+        let mut after = i64::try_from(seq).unwrap_or(i64::MAX);
+        loop {
+            let rows = self.sources.store.audit_events(stream.as_str(), after, 1_000).await?;
+            let Some(last) = rows.last() else { break };
+            after = last.seq;
+            if let Some(changed) = rows.iter().find(|r| !HARMLESS.contains(&r.action.as_str())) {
+                return Ok(Some(format!("{} at {}", changed.action, changed.time)));
+            }
+        }
+        let created = time::OffsetDateTime::parse(
+            &manifest.about.created_at,
+            &time::format_description::well_known::Rfc3339,
+        )
+        .map_err(|e| invalid("manifest", e))?;
+        let tenant_dir = self.sources.tenants_dir.join(tenant.name.as_str());
+        for file in ["data.db", "data.db-wal"] {
+            let modified = std::fs::metadata(tenant_dir.join(file)).and_then(|m| m.modified());
+            if let Ok(modified) = modified
+                && time::OffsetDateTime::from(modified) > created
+            {
+                return Ok(Some(format!(
+                    "its database was written at {}",
+                    time::OffsetDateTime::from(modified)
+                )));
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// The backup's id as the restore names it.
+fn backup_id(manifest: &Manifest) -> String {
+    format!("{} of {}", manifest.about.created_at, manifest.about.tenant)
+}
+
+/// The database part: the first, whichever engine.
+fn database_part(manifest: &Manifest) -> &str {
+    manifest
+        .parts
+        .iter()
+        .map(|p| p.name.as_str())
+        .find(|n| n.starts_with("database."))
+        .unwrap_or("none")
+}
+
+/// Verifies the audit export's chain and signatures (by one of `pinned`,
+/// when given).
+pub(super) fn check_audit(path: &Path, pinned: &[[u8; 32]]) -> Result<()> {
+    let file = std::fs::File::open(path).map_err(|e| invalid("audit.jsonl", e))?;
+    bulkhead_audit::verify::verify_export(std::io::BufReader::new(file), pinned).map_err(
+        |broken| {
+            BackupServiceError::Backup(bulkhead_backup::BackupError::Corrupt {
+                part: "audit.jsonl".to_owned(),
+                reason: format!("its chain is broken: {broken}"),
+            })
+        },
+    )?;
+    Ok(())
+}
+
+/// The last seq and head of an audit export: its closing checkpoint's.
+fn last_head(path: &Path) -> Option<(u64, String)> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let last: serde_json::Value = serde_json::from_str(text.lines().last()?).ok()?;
+    Some((last["seq"].as_u64()?, last["head"].as_str()?.to_owned()))
+}
+
+impl From<crate::tenants::TenantError> for BackupServiceError {
+    fn from(error: crate::tenants::TenantError) -> Self {
+        BackupServiceError::Tenant(error)
+    }
+}

@@ -1,0 +1,256 @@
+//! A tenant database's contents put back from a backup's dump (see
+//! [`crate::dump`]), into the same tenant or another one.
+
+use std::path::Path;
+
+use bulkhead_model::{DatabaseUrl, Region, Tenant};
+use sqlx::PgConnection;
+use tokio::io::AsyncBufReadExt;
+
+use crate::{Error, SiloNames, dump::pg_tool, pool::TENANT_COLUMN, sql::transient};
+
+/// Puts the SQLite copy `from` in place of the tenant's database. Nothing
+/// may have the database open (the tenant is suspended or new): its
+/// write-ahead log, which belongs to the file being replaced, is removed
+/// first, and the copy is renamed over the file in one step.
+pub async fn sqlite(tenant_dir: &Path, from: &Path) -> Result<(), Error> {
+    let io = |path: &Path, e: std::io::Error| Error::Transient(format!("{}: {e}", path.display()));
+    let staged = tenant_dir.join("data.db.restoring");
+    match tokio::fs::remove_file(&staged).await {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(&staged, e)),
+        _ => {}
+    }
+    tokio::fs::copy(from, &staged).await.map_err(|e| io(&staged, e))?;
+    let file = tokio::fs::File::open(&staged).await.map_err(|e| io(&staged, e))?;
+    file.sync_all().await.map_err(|e| io(&staged, e))?;
+    tokio::fs::set_permissions(&staged, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .await
+        .map_err(|e| io(&staged, e))?;
+    for file in &crate::sqlite::FILES[1..] {
+        let path = tenant_dir.join(file);
+        match tokio::fs::remove_file(&path).await {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(&path, e)),
+            _ => {}
+        }
+    }
+    let path = crate::sqlite::path(tenant_dir);
+    tokio::fs::rename(&staged, &path).await.map_err(|e| io(&path, e))
+}
+
+/// `pg_restore` of `from` into the silo tenant's database, in one
+/// transaction, as the tenant's owner role (so whatever it creates is the
+/// tenant's, whichever tenant the dump was taken of). The dump's objects
+/// are dropped first: what the tenant has now (a new tenant's migrations
+/// included) gives way to what the backup has.
+pub async fn silo(
+    region: &Region,
+    url: &DatabaseUrl,
+    tenant: &Tenant,
+    from: &Path,
+) -> Result<(), Error> {
+    let SiloNames { database, owner, .. } = SiloNames::of(region, tenant);
+    let args = [
+        "--single-transaction".to_owned(),
+        "--exit-on-error".to_owned(),
+        "--clean".to_owned(),
+        "--if-exists".to_owned(),
+        "--no-owner".to_owned(),
+        "--no-acl".to_owned(),
+        format!("--role={owner}"),
+        from.display().to_string(),
+    ];
+    pg_tool("pg_restore", region, url, &database, &args).await
+}
+
+/// Rows inserted per statement.
+const BATCH: usize = 1_000;
+
+/// Puts a pool tenant's rows back through `conn`, a write login of the
+/// tenant, so row-level security checks that every row is the tenant's:
+/// each table's rows (the tenant's only: row-level security again) are
+/// deleted and the backup's inserted, with the tenant column set to the
+/// tenant's own id whichever tenant they were taken of. One transaction:
+/// all or nothing. PostgreSQL refuses `COPY FROM` under row-level
+/// security, and the pool allows no temporary tables, so the rows go in
+/// as batched `INSERT ... SELECT FROM unnest(...)`, each value cast from
+/// its text form as `COPY` would.
+pub async fn pool_rows(conn: &mut PgConnection, tenant: &Tenant, from: &Path) -> Result<(), Error> {
+    let failed = |e: std::io::Error| Error::Transient(format!("{}: {e}", from.display()));
+    let file = tokio::fs::File::open(from).await.map_err(failed)?;
+    let mut lines = tokio::io::BufReader::new(file).lines();
+    let mut tx =
+        sqlx::Connection::begin(conn).await.map_err(transient("cannot begin the restore"))?;
+    let id = tenant.id.0.to_string();
+    while let Some(line) = lines.next_line().await.map_err(failed)? {
+        if line.is_empty() {
+            continue;
+        }
+        let table = line
+            .strip_prefix("COPY ")
+            .and_then(|rest| rest.strip_suffix(" FROM stdin;"))
+            .ok_or_else(|| Error::Permanent(format!("the rows part has {line:?}")))?
+            .to_owned();
+        let columns = Columns::of(&mut tx, &table).await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!("DELETE FROM {table}")))
+            .execute(&mut *tx)
+            .await
+            .map_err(transient("cannot clear the tenant's rows"))?;
+        let mut batch: Vec<Vec<Option<String>>> = vec![Vec::new(); columns.all.len()];
+        loop {
+            let Some(row) = lines.next_line().await.map_err(failed)? else {
+                return Err(Error::Permanent(format!("the rows of {table} are cut short")));
+            };
+            if row == "\\." {
+                break;
+            }
+            let fields: Vec<&str> = row.split('\t').collect();
+            if fields.len() != columns.all.len() {
+                return Err(Error::Permanent(format!(
+                    "a row of {table} has {} fields and the table {} columns",
+                    fields.len(),
+                    columns.all.len()
+                )));
+            }
+            for (i, field) in fields.into_iter().enumerate() {
+                let value =
+                    if Some(i) == columns.tenant { Some(id.clone()) } else { copy_text(field) };
+                batch[i].push(value);
+            }
+            if batch[0].len() == BATCH {
+                columns.insert(&mut tx, &table, &mut batch).await?;
+            }
+        }
+        if batch.first().is_some_and(|b| !b.is_empty()) {
+            columns.insert(&mut tx, &table, &mut batch).await?;
+        }
+    }
+    tx.commit().await.map_err(transient("cannot commit the restore"))
+}
+
+/// A table's columns in `SELECT *` order: name, type, and whether a row
+/// gives it (a generated column does not).
+struct Columns {
+    all: Vec<(String, String, bool)>,
+    tenant: Option<usize>,
+}
+
+impl Columns {
+    async fn of(conn: &mut PgConnection, table: &str) -> Result<Self, Error> {
+        let all: Vec<(String, String, bool)> = sqlx::query_as(
+            "SELECT attname::text, pg_catalog.format_type(atttypid, atttypmod), attgenerated = '' \
+             FROM pg_catalog.pg_attribute \
+             WHERE attrelid = $1::regclass AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+        )
+        .bind(table)
+        .fetch_all(conn)
+        .await
+        .map_err(transient("cannot read the table's columns"))?;
+        let tenant = all.iter().position(|(name, _, _)| name == TENANT_COLUMN);
+        Ok(Self { all, tenant })
+    }
+
+    /// Inserts the batch (one text array per column) and empties it.
+    async fn insert(
+        &self,
+        conn: &mut PgConnection,
+        table: &str,
+        batch: &mut [Vec<Option<String>>],
+    ) -> Result<(), Error> {
+        let quote = |name: &str| format!("\"{}\"", name.replace('"', "\"\""));
+        let given: Vec<usize> = (0..self.all.len()).filter(|&i| self.all[i].2).collect();
+        let names: Vec<String> = given.iter().map(|&i| quote(&self.all[i].0)).collect();
+        let arrays: Vec<String> = (1..=given.len()).map(|n| format!("${n}::text[]")).collect();
+        let casts: Vec<String> =
+            given.iter().enumerate().map(|(n, &i)| format!("r.c{n}::{}", self.all[i].1)).collect();
+        let aliases: Vec<String> = (0..given.len()).map(|n| format!("c{n}")).collect();
+        let sql = format!(
+            "INSERT INTO {table} ({}) OVERRIDING SYSTEM VALUE SELECT {} FROM unnest({}) AS r({})",
+            names.join(", "),
+            casts.join(", "),
+            arrays.join(", "),
+            aliases.join(", ")
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for &i in &given {
+            query = query.bind(std::mem::take(&mut batch[i]));
+        }
+        for column in batch.iter_mut() {
+            column.clear();
+        }
+        query.execute(conn).await.map_err(transient("cannot put the tenant's rows back"))?;
+        Ok(())
+    }
+}
+
+/// A field of `COPY`'s text format: `\N` is NULL; backslash escapes
+/// stand for the characters they name.
+fn copy_text(field: &str) -> Option<String> {
+    if field == "\\N" {
+        return None;
+    }
+    if !field.contains('\\') {
+        return Some(field.to_owned());
+    }
+    let mut out = Vec::with_capacity(field.len());
+    let bytes = field.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] != b'\\' || i + 1 == bytes.len() {
+            out.push(bytes[i]);
+            i += 1;
+            continue;
+        }
+        let next = bytes[i + 1];
+        i += 2;
+        match next {
+            b'b' => out.push(8),
+            b'f' => out.push(12),
+            b'n' => out.push(b'\n'),
+            b'r' => out.push(b'\r'),
+            b't' => out.push(b'\t'),
+            b'v' => out.push(11),
+            b'0'..=b'7' => {
+                let mut value = u32::from(next - b'0');
+                for _ in 0..2 {
+                    match bytes.get(i) {
+                        Some(d @ b'0'..=b'7') => {
+                            value = value * 8 + u32::from(d - b'0');
+                            i += 1;
+                        }
+                        _ => break,
+                    }
+                }
+                out.push((value & 0xff) as u8);
+            }
+            b'x' => {
+                let mut value = 0u32;
+                for _ in 0..2 {
+                    match bytes.get(i).and_then(|d| (*d as char).to_digit(16)) {
+                        Some(d) => {
+                            value = value * 16 + d;
+                            i += 1;
+                        }
+                        None => break,
+                    }
+                }
+                out.push(value as u8);
+            }
+            other => out.push(other),
+        }
+    }
+    Some(String::from_utf8_lossy(&out).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::copy_text;
+
+    #[test]
+    fn copy_text_fields_decode_as_postgres_writes_them() {
+        assert_eq!(copy_text("\\N"), None);
+        assert_eq!(copy_text("plain").as_deref(), Some("plain"));
+        assert_eq!(copy_text("a\\tb\\nc\\\\d").as_deref(), Some("a\tb\nc\\d"));
+        assert_eq!(copy_text("\\101\\x42").as_deref(), Some("AB"));
+        assert_eq!(copy_text("\\\\N").as_deref(), Some("\\N"));
+    }
+}
