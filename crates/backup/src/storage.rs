@@ -78,6 +78,12 @@ impl Location {
                     "{text:?} is not a backup store: use a directory or s3://bucket/prefix"
                 )));
             }
+            let (bucket, _) = s3_bucket(text);
+            if bucket.is_empty() {
+                return Err(BackupError::Storage(format!(
+                    "{text:?} names no bucket: use s3://bucket/prefix"
+                )));
+            }
             return Ok(Location::S3 { url: text.to_owned(), endpoint, region, key: None });
         }
         if endpoint.is_some() || region.is_some() {
@@ -136,14 +142,22 @@ impl Storage {
                 })
             }
             Location::S3 { url, endpoint, region, key } => {
-                let rest = url.strip_prefix("s3://").unwrap_or(url);
-                let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+                let (bucket, prefix) = s3_bucket(url);
                 if bucket.is_empty() {
                     return Err(BackupError::Storage(format!(
                         "{url:?} names no bucket: use s3://bucket/prefix"
                     )));
                 }
-                let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
+                // A few retries of a failed request, not object_store's ten
+                // over three minutes: an outage should fail a backup (which
+                // the scheduler retries with backoff) and a listing soon.
+                let retry = object_store::RetryConfig {
+                    max_retries: 3,
+                    retry_timeout: std::time::Duration::from_secs(30),
+                    ..Default::default()
+                };
+                let mut builder =
+                    AmazonS3Builder::from_env().with_bucket_name(bucket).with_retry(retry);
                 if let Some(endpoint) = endpoint {
                     builder = builder
                         .with_endpoint(endpoint)
@@ -320,6 +334,12 @@ impl Storage {
             result.into_stream().map(|chunk| chunk.map_err(|e| io::Error::other(e.to_string())));
         Ok(ArchiveReader::new(stream))
     }
+}
+
+/// The bucket and prefix of `s3://bucket/prefix`.
+fn s3_bucket(url: &str) -> (&str, &str) {
+    let rest = url.strip_prefix("s3://").unwrap_or(url);
+    rest.split_once('/').unwrap_or((rest, ""))
 }
 
 /// A backup id: `YYYYMMDDTHHMMSSZ-` and eight hex digits, so that ids sort

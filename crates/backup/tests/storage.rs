@@ -1,20 +1,17 @@
 //! Backups kept in a local directory and in S3-compatible storage: a real
-//! S3 server (moto's, from PyPI: a real HTTP S3 API with multipart uploads,
-//! kept in memory, one per test on its own port; scripts/test.sh installs
-//! it). Each test checks what a listed backup is, that an upload which
+//! S3 server (moto's, see `bulkhead_testkit::s3`). Each test checks what a listed backup is, that an upload which
 //! fails halfway is never listed, and that one tenant's prefix holds only
 //! that tenant's backups.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::{
     collections::BTreeMap,
-    io::{self, Read, Write},
-    net::{TcpListener, TcpStream},
-    process::{Child, Command, Stdio},
-    time::{Duration, Instant},
+    io::{self, Read},
+    process::Child,
 };
 
 use bulkhead_backup::{About, BackupError, Location, Part, S3Key, Storage, generate_key, verify};
+use bulkhead_testkit::s3::{ACCESS_KEY, S3Server};
 use uuid::Uuid;
 
 fn about(tenant: Uuid) -> About {
@@ -139,83 +136,31 @@ async fn a_directory_keeps_each_tenants_backups_and_never_lists_a_failed_one() {
     assert_eq!(files.len(), 2, "globex's archive and listing only: {files:?}");
 }
 
-/// moto's S3 server on a port of its own, stopped when dropped.
-struct S3Server {
-    child: Child,
-    port: u16,
-}
-
-impl S3Server {
-    fn start() -> Self {
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let child = Command::new("moto_server")
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("moto_server (python3 -m pip install 'moto[server]'; scripts/test.sh does)");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "moto_server did not start on port {port}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Self { child, port }
-    }
-
-    fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    /// Creates `bucket` (moto takes an unsigned request).
-    fn create_bucket(&self, bucket: &str) {
-        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
-        write!(
-            stream,
-            "PUT /{bucket} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-            self.port
-        )
-        .unwrap();
-        let mut answer = String::new();
-        stream.read_to_string(&mut answer).unwrap();
-        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-    }
-
-    fn location(&self, url: &str) -> Location {
-        Location::S3 {
-            url: url.to_owned(),
-            endpoint: Some(self.endpoint()),
-            region: Some("us-east-1".to_owned()),
-            key: Some(S3Key { id: "testing".into(), secret: "testing".to_owned().into() }),
-        }
-    }
-}
-
-impl Drop for S3Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+fn location(server: &S3Server, url: &str) -> Location {
+    Location::S3 {
+        url: url.to_owned(),
+        endpoint: Some(server.endpoint()),
+        region: Some("us-east-1".to_owned()),
+        key: Some(S3Key { id: ACCESS_KEY.0.into(), secret: ACCESS_KEY.1.to_owned().into() }),
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s3_compatible_storage_keeps_each_tenants_backups_and_never_lists_a_failed_one() {
-    let server = S3Server::start();
-    server.create_bucket("backups");
-    let storage = Storage::open(&server.location("s3://backups/bulkhead/prod")).unwrap();
+    let server = S3Server::start("backups");
+    let storage = Storage::open(&location(&server, "s3://backups/bulkhead/prod")).unwrap();
     round_trip(&storage).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_that_goes_away_mid_upload_fails_the_backup_and_lists_nothing() {
-    let mut server = S3Server::start();
-    server.create_bucket("backups");
-    let storage = Storage::open(&server.location("s3://backups")).unwrap();
+    let mut server = S3Server::start("backups");
+    let storage = Storage::open(&location(&server, "s3://backups")).unwrap();
     let (_, recipient) = generate_key();
     let acme = Uuid::new_v4();
     // The server is stopped once the first upload chunks are on their way.
-    let child = std::mem::replace(&mut server.child, Command::new("true").spawn().unwrap());
-    let killer =
-        KillsAfter { part: big_part("data.db", 64 << 20), after: 24 << 20, child: Some(child) };
+    let child = server.take_process();
+    let killer = KillsAfter { part: big_part("data.db", 64 << 20), after: 24 << 20, child };
     let parts = vec![Part { name: "data.db".into(), size: 64 << 20, reader: Box::new(killer) }];
     let failed = storage
         .put("20261204T180000Z-dddddddd", "manual", &recipient, about(acme), parts)
@@ -258,6 +203,6 @@ fn a_store_is_a_directory_or_an_s3_url() {
     assert!(err.to_string().contains("s3://bucket/prefix"), "{err}");
     let err = Location::parse("/var/backups", Some("http://x".into()), None).unwrap_err();
     assert!(err.to_string().contains("s3://"), "{err}");
-    let err = Storage::open(&Location::parse("s3:///prefix", None, None).unwrap()).unwrap_err();
+    let err = Location::parse("s3:///prefix", None, None).unwrap_err();
     assert!(err.to_string().contains("names no bucket"), "{err}");
 }

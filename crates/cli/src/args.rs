@@ -1068,6 +1068,26 @@ pub struct LimitArgs {
     /// the prices' currency: `50/100` warns past 50 and stops at 100
     #[arg(long, value_name = "SOFT/HARD", value_parser = parse_cost_caps)]
     pub cost_caps: Option<bulkhead_model::CostCaps>,
+    /// The tenant's own backup schedule, within its plan's: hours between
+    /// scheduled backups (0: none), how many are kept, and for how many
+    /// days: `24/30/365`
+    #[arg(long, value_name = "HOURS/KEEP/DAYS", value_parser = parse_backups)]
+    pub backups: Option<bulkhead_model::BackupPolicy>,
+}
+
+fn parse_backups(value: &str) -> Result<bulkhead_model::BackupPolicy, String> {
+    let usage = || format!("{value:?} is not HOURS/KEEP/DAYS, such as 24/30/365");
+    let mut fields = value.split('/').map(|f| f.trim().parse::<u32>().map_err(|_| usage()));
+    let (Some(every_hours), Some(keep), Some(retention_days), None) =
+        (fields.next(), fields.next(), fields.next(), fields.next())
+    else {
+        return Err(usage());
+    };
+    Ok(bulkhead_model::BackupPolicy {
+        every_hours: every_hours?,
+        keep: keep?,
+        retention_days: retention_days?,
+    })
 }
 
 fn parse_cost_caps(value: &str) -> Result<bulkhead_model::CostCaps, String> {
@@ -1089,6 +1109,7 @@ impl LimitArgs {
             || self.max_upstream_connections.is_some()
             || self.limiter_fallback.is_some()
             || self.cost_caps.is_some()
+            || self.backups.is_some()
     }
 
     /// `limits` with what the flags say in place.
@@ -1101,6 +1122,7 @@ impl LimitArgs {
             self.max_upstream_connections.or(limits.max_upstream_connections);
         limits.limiter_fallback = self.limiter_fallback.or(limits.limiter_fallback);
         limits.cost_caps = self.cost_caps.clone().or(limits.cost_caps);
+        limits.backups = self.backups.clone().or(limits.backups);
         limits
     }
 }

@@ -2,7 +2,7 @@
 //! for scripts. Results go to stdout, progress to stderr.
 #![allow(clippy::print_stdout)]
 
-use bulkhead_control::api::backups::{BackupKeyView, BackupView};
+use bulkhead_control::api::backups::{BackupKeyView, BackupList, BackupView};
 use bulkhead_control::api::types::{
     ApiKeyView, CredentialView, KeyStatusView, LeaseView, LockoutView, RealmKeyView,
     SecretSummaryView, SecretWritten, ServerStatus, StepState, TenantView,
@@ -212,7 +212,10 @@ pub fn plans(format: Output, plans: &[Plan]) -> Result<(), CliError> {
                 ),
                 format!("${} / ${}", p.cost_caps.soft_usd, p.cost_caps.hard_usd),
                 format!("{}d", p.audit_retention_days),
-                format!("every {}h, kept {}d", p.backups.every_hours, p.backups.retention_days),
+                format!(
+                    "every {}h, {} kept {}d",
+                    p.backups.every_hours, p.backups.keep, p.backups.retention_days
+                ),
                 format!(
                     "{} MiB, {} procs, {} mCPU",
                     p.runtime.memory_mib, p.runtime.max_processes, p.runtime.cpu_millicores
@@ -676,10 +679,31 @@ pub fn api_keys(format: Output, keys: &[ApiKeyView]) -> Result<(), CliError> {
     Ok(())
 }
 
-pub fn backups(format: Output, backups: &[BackupView]) -> Result<(), CliError> {
+pub fn backups(format: Output, list: &BackupList) -> Result<(), CliError> {
     if format == Output::Json {
-        return json(&backups);
+        return json(list);
     }
+    let schedule = &list.schedule;
+    let every = match &schedule.policy {
+        Some(p) if p.every_hours > 0 => {
+            format!("every {}h, {} kept for {} days", p.every_hours, p.keep, p.retention_days)
+        }
+        _ => "none scheduled".to_owned(),
+    };
+    let last = schedule.last_success.as_deref().unwrap_or("never");
+    eprintln!("schedule: {every}; last success: {last}");
+    if let Some(error) = &list.store_error {
+        eprintln!("the backups cannot be listed: {error}");
+    }
+    if schedule.failures > 0 {
+        eprintln!(
+            "failing: {} attempt(s) since, the last: {}; next attempt {}",
+            schedule.failures,
+            schedule.last_error.as_deref().unwrap_or("?"),
+            schedule.retry_at.as_deref().unwrap_or("at the next round")
+        );
+    }
+    let backups = &list.backups;
     let rows: Vec<Vec<String>> = backups
         .iter()
         .map(|b| {

@@ -93,6 +93,10 @@ struct FileBackup {
     /// An S3-compatible server other than AWS: `https://host:port`.
     endpoint: Option<String>,
     region: Option<String>,
+    /// How often due backups are looked for.
+    check_every: Option<String>,
+    /// Backups taken at once, across tenants.
+    concurrency: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -330,6 +334,7 @@ impl ServeSettings {
             .clone()
             .unwrap_or_else(|| bulkhead_control::config::default_audit_witness_dir(&data_dir));
         let runtime = runtime_settings(&file.runtime, &data_dir)?;
+        let backup_schedule = backup_schedule(&file.backup, gateway.metrics_tenant_labels)?;
         Ok(Self {
             config: Config {
                 runtime,
@@ -342,6 +347,7 @@ impl ServeSettings {
                 usage_flush_every,
                 prices: std::sync::Arc::new(file.prices.clone()),
                 budget_webhook: budget_webhook(&file.budget)?,
+                backup_schedule,
                 backup_store: match &file.backup.store {
                     Some(store) => Some(
                         bulkhead_backup::Location::parse(
@@ -594,6 +600,25 @@ fn parse_region(region: &FileRegion) -> Result<Region, CliError> {
         .transpose()
         .map_err(|e| CliError::usage(format!("region `{name}`: {e}")))?;
     Ok(Region::new(name, databases, prefix))
+}
+
+fn backup_schedule(
+    file: &FileBackup,
+    tenant_labels: usize,
+) -> Result<bulkhead_control::backups::ScheduleSettings, CliError> {
+    let mut settings =
+        bulkhead_control::backups::ScheduleSettings { tenant_labels, ..Default::default() };
+    if let Some(every) = file.check_every.as_deref() {
+        settings.check_every = parse_duration(every)
+            .map_err(|e| CliError::usage(format!("backup.check_every: {e}")))?;
+    }
+    if let Some(concurrency) = file.concurrency {
+        if !(1..=64).contains(&concurrency) {
+            return Err(CliError::usage("backup.concurrency must be 1 to 64"));
+        }
+        settings.concurrency = concurrency;
+    }
+    Ok(settings)
 }
 
 #[cfg(test)]

@@ -36,6 +36,8 @@ pub struct Config {
     /// Where tenants' backups are kept (`[backup] store`); `None`:
     /// `<data-dir>/backups`.
     pub backup_store: Option<bulkhead_backup::Location>,
+    /// How the backup scheduler runs (`[backup]`).
+    pub backup_schedule: crate::backups::ScheduleSettings,
     /// The plans tenants are on: the built-in ones, with the tools the
     /// configuration grants them (`[[plans.<plan>.tools]]`).
     pub plans: bulkhead_model::PlanCatalog,
@@ -117,6 +119,7 @@ impl Config {
             prices: std::sync::Arc::default(),
             budget_webhook: None,
             backup_store: None,
+            backup_schedule: crate::backups::ScheduleSettings::default(),
             plans: bulkhead_model::PlanCatalog::builtin(),
             base_domain: BaseDomain::default(),
             public_url: None,

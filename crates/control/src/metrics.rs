@@ -76,6 +76,8 @@ pub struct Metrics {
     job_runs: Family<JobLabels, Counter>,
     lease_revocation_failures: Counter,
     leases_stuck: Gauge,
+    backup_last_success: Family<TenantLabels, Gauge>,
+    backups_failing: Gauge,
     gateway: Arc<GatewayCollector>,
 }
 
@@ -303,9 +305,24 @@ impl Metrics {
              --all` for the reason)",
             leases_stuck.clone(),
         );
+        let backup_last_success = Family::<TenantLabels, Gauge>::default();
+        registry.register(
+            "backup_last_success_timestamp_seconds",
+            "When each tenant's last backup that succeeded was taken (0: never), for the tenants \
+             whose last success is oldest; the rest as tenant=\"_other\" (the oldest of them)",
+            backup_last_success.clone(),
+        );
+        let backups_failing = Gauge::default();
+        registry.register(
+            "backups_failing_tenants",
+            "Tenants whose last backup attempt failed (see `bulkhead backups list --tenant T`)",
+            backups_failing.clone(),
+        );
         let gateway = Arc::new(GatewayCollector::default());
         registry.register_collector(Box::new(Arc::clone(&gateway)));
         Self {
+            backup_last_success,
+            backups_failing,
             gateway,
             job_runs,
             lease_revocation_failures,
@@ -378,6 +395,22 @@ impl Metrics {
                 .get_or_create(&StateLabels { state: state.to_string() })
                 .set(i64::try_from(count).unwrap_or(i64::MAX));
         }
+    }
+
+    /// Sets the backup gauges from `(tenant, last success, failures)`,
+    /// oldest success first: the first `labels` tenants by name, the rest
+    /// as `_other`.
+    pub fn set_backups(&self, tenants: &[(String, i64, i64)], labels: usize) {
+        self.backup_last_success.clear();
+        for (name, at, _) in tenants.iter().take(labels) {
+            self.backup_last_success.get_or_create(&TenantLabels { tenant: name.clone() }).set(*at);
+        }
+        if let Some((_, oldest, _)) = tenants.get(labels) {
+            let other = TenantLabels { tenant: "_other".to_owned() };
+            self.backup_last_success.get_or_create(&other).set(*oldest);
+        }
+        let failing = tenants.iter().filter(|(_, _, failures)| *failures > 0).count();
+        self.backups_failing.set(i64::try_from(failing).unwrap_or(i64::MAX));
     }
 
     /// The OpenMetrics text exposition.

@@ -726,6 +726,8 @@ pub async fn start_with_steps(
                 resources: Arc::clone(&resources),
                 apps: Arc::clone(&apps),
             },
+            config.plans.clone(),
+            Arc::clone(&metrics),
             bulkhead_backup::Storage::open(&backup_store)
                 .map_err(|e| StartError::Backup(e.to_string()))?,
             config.regions.clone(),
@@ -776,12 +778,12 @@ pub async fn start_with_steps(
         migrations: Arc::clone(&migrations),
         identity: Arc::clone(&identity),
         audit: Arc::clone(&audit),
-        backups,
+        backups: Arc::clone(&backups),
         base_domain: config.base_domain.clone(),
         step_names,
         store: Arc::clone(&store),
         operator_tokens,
-        metrics,
+        metrics: Arc::clone(&metrics),
         reconciler_done: Arc::clone(&reconciler_done),
         rate: Arc::default(),
         about: Arc::new(crate::api::types::ServerStatus {
@@ -805,6 +807,22 @@ pub async fn start_with_steps(
     let (fatal_tx, fatal) = watch::channel(None);
     let lock_keeper = tokio::spawn(keep_lock(store_lock, Arc::clone(&shutdown), fatal_tx));
     let mut jobs = spawn_jobs(&vault, &identity, &audit, &decision_recorder, &config, &shutdown_rx);
+    let scheduler = Arc::clone(&backups);
+    let schedule = config.backup_schedule.clone();
+    jobs.push(tokio::spawn(every(
+        schedule.check_every,
+        shutdown_rx.clone(),
+        Arc::clone(&metrics),
+        Job {
+            name: "backup_schedule",
+            done: "took and expired scheduled backups",
+            failed: "cannot run the backup schedule",
+        },
+        move || {
+            let (backups, schedule) = (Arc::clone(&scheduler), schedule.clone());
+            async move { backups.schedule_round(&schedule).await }
+        },
+    )));
     if let Some(runtime) = runtime {
         jobs.push(tokio::spawn(runtime.run(shutdown_rx.clone())));
         jobs.push(tokio::spawn(rollouts.run(shutdown_rx.clone())));

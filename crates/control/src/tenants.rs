@@ -149,6 +149,7 @@ impl TenantService {
         let isolation = Isolation::resolve(request.isolation, plan, region)?;
         let admin_email = request.admin_email.as_deref().map(AdminEmail::parse).transpose()?;
         request.limits.validate()?;
+        backups_within(plan, &request.limits)?;
         let spec = NewTenant {
             id: TenantId::random(),
             name,
@@ -357,6 +358,10 @@ impl TenantService {
             if let Some(limits) = &request.limits {
                 next.limits = limits.clone();
             }
+            // Checked against the plan the tenant ends up on.
+            if let Ok(plan) = self.plans.get(next.plan.as_str()) {
+                backups_within(plan, &next.limits)?;
+            }
             Ok((next.plan != tenant.plan || next.limits != tenant.limits).then_some(next))
         })
         .await
@@ -422,4 +427,15 @@ fn moved(tenant: &Tenant, next: TenantState) -> Result<Tenant, TenantError> {
     let mut moved = tenant.clone();
     moved.transition(next).map_err(|e| TenantError::InvalidState(e.to_string()))?;
     Ok(moved)
+}
+
+/// A tenant's own backup policy must stay within its plan's.
+fn backups_within(
+    plan: &bulkhead_model::Plan,
+    limits: &bulkhead_model::TenantLimits,
+) -> Result<(), TenantError> {
+    let Some(own) = &limits.backups else { return Ok(()) };
+    plan.backups.allows(own, plan.audit_retention_days).map_err(|message| {
+        TenantError::InvalidLimits(bulkhead_model::InvalidLimits { field: "backups", message })
+    })
 }

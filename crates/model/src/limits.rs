@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use utoipa::ToSchema;
 
-use crate::{CostCaps, GatewayLimits, LimiterFallback, Rate};
+use crate::{BackupPolicy, CostCaps, GatewayLimits, LimiterFallback, Rate};
 
 /// What a tenant gets instead of its plan's gateway limits. Each field left
 /// out is the plan's; `{}` is the plan's limits as they are.
@@ -30,6 +30,9 @@ pub struct TenantLimits {
     /// The tenant's model spend per month, in place of its plan's caps.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cost_caps: Option<CostCaps>,
+    /// The tenant's own backup schedule and retention, within its plan's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backups: Option<BackupPolicy>,
 }
 
 crate::from_a_mapping_only!(TenantLimits);
@@ -132,6 +135,7 @@ mod tests {
             max_upstream_connections: Some(3),
             limiter_fallback: Some(LimiterFallback::Local),
             cost_caps: None,
+            backups: None,
         };
         assert_eq!(
             all.apply(plan),

@@ -136,12 +136,49 @@ impl CostCaps {
     }
 }
 
+/// A tenant's scheduled backups: how often, and how many and how long
+/// they are kept. A plan sets one; a tenant may set its own within it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BackupPolicy {
-    /// Hours between two snapshots.
+    /// Hours between two scheduled backups; 0 schedules none.
+    #[schema(maximum = 8_760)]
     pub every_hours: u32,
+    /// At most this many scheduled backups are kept, the newest...
+    #[schema(minimum = 1, maximum = 100_000)]
+    pub keep: u32,
+    /// ...and none older than this many days.
+    #[schema(minimum = 1, maximum = 36_500)]
     pub retention_days: u32,
+}
+
+impl BackupPolicy {
+    /// Checks `own` (a tenant's policy) against this one (its plan's): no
+    /// more often than the plan schedules, kept no longer than the plan
+    /// keeps its audit trail (`audit_retention_days`).
+    pub fn allows(&self, own: &BackupPolicy, audit_retention_days: u32) -> Result<(), String> {
+        if own.every_hours > 8_760 {
+            return Err("every_hours must be at most 8760 (a year); 0 schedules none".into());
+        }
+        if own.every_hours != 0 && own.every_hours < self.every_hours {
+            return Err(format!(
+                "every {} hours is more often than the plan allows (every {} hours at most)",
+                own.every_hours, self.every_hours
+            ));
+        }
+        if own.every_hours != 0 && self.every_hours == 0 {
+            return Err("the plan schedules no backups".into());
+        }
+        if !(1..=100_000).contains(&own.keep) {
+            return Err("keep must be 1 to 100000".into());
+        }
+        if own.retention_days == 0 || own.retention_days > audit_retention_days {
+            return Err(format!(
+                "retention_days must be 1 to {audit_retention_days} (the plan's audit retention)"
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Limits on each silo tenant's worker processes.
@@ -258,7 +295,7 @@ impl PlanCatalog {
                     },
                     CostCaps { soft_usd: 50, hard_usd: 100 },
                     30,
-                    BackupPolicy { every_hours: 24, retention_days: 7 },
+                    BackupPolicy { every_hours: 24, keep: 7, retention_days: 7 },
                     RuntimeLimits { memory_mib: 256, max_processes: 32, cpu_millicores: 500 },
                     VaultPolicy {
                         secret_versions: 3,
@@ -285,7 +322,7 @@ impl PlanCatalog {
                     },
                     CostCaps { soft_usd: 500, hard_usd: 1_000 },
                     365,
-                    BackupPolicy { every_hours: 6, retention_days: 30 },
+                    BackupPolicy { every_hours: 12, keep: 60, retention_days: 30 },
                     RuntimeLimits { memory_mib: 1_024, max_processes: 128, cpu_millicores: 2_000 },
                     VaultPolicy {
                         secret_versions: 10,
@@ -312,7 +349,7 @@ impl PlanCatalog {
                     },
                     CostCaps { soft_usd: 5_000, hard_usd: 10_000 },
                     2_555,
-                    BackupPolicy { every_hours: 1, retention_days: 90 },
+                    BackupPolicy { every_hours: 4, keep: 540, retention_days: 90 },
                     RuntimeLimits { memory_mib: 4_096, max_processes: 512, cpu_millicores: 4_000 },
                     VaultPolicy {
                         secret_versions: 50,

@@ -14,6 +14,7 @@
 mod apis;
 mod apps;
 mod audit;
+mod backups;
 mod error;
 mod identity;
 mod lock;
@@ -35,6 +36,7 @@ use uuid::Uuid;
 pub use apis::{ApiRecord, ApiStore, LedgerLine, UsageRecord, UsageStore};
 pub use apps::{AppRecord, AppStore, ROLLOUT_UNDER_WAY, RolloutRecord};
 pub use audit::{AuditCheckpointRow, AuditEventRow, AuditKeyRow, AuditStore};
+pub use backups::{BackupRun, BackupStore};
 pub use error::{StoreError, describe as describe_error};
 pub use identity::{ApiKeyRecord, IdentityStore, RealmKeyRecord, RealmRecord, TrustRecord};
 pub use lock::{FileLock, FileLockError, HeldLock, StoreLock};
@@ -125,6 +127,7 @@ pub trait ControlStore:
     + ApiStore
     + AppStore
     + ResourceStore
+    + BackupStore
     + UsageStore
     + MigrationStore
     + Send

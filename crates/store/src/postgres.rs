@@ -12,8 +12,9 @@ use sqlx::{
 use crate::{
     HeldLock, StoreError, StoreLock,
     sql::{
-        impl_api_store, impl_app_store, impl_audit_store, impl_control_store, impl_identity_store,
-        impl_migration_store, impl_resource_store, impl_usage_store, impl_vault_store,
+        impl_api_store, impl_app_store, impl_audit_store, impl_backup_store, impl_control_store,
+        impl_identity_store, impl_migration_store, impl_resource_store, impl_usage_store,
+        impl_vault_store,
     },
 };
 
@@ -142,6 +143,7 @@ impl_identity_store!(PostgresStore);
 impl_api_store!(PostgresStore);
 impl_app_store!(PostgresStore);
 impl_resource_store!(PostgresStore);
+impl_backup_store!(PostgresStore);
 impl_usage_store!(PostgresStore);
 impl_migration_store!(PostgresStore);
 // Schema-qualified: an unqualified name could find a table of the same

@@ -2452,3 +2452,76 @@ macro_rules! impl_migration_store {
     };
 }
 pub(crate) use impl_migration_store;
+
+macro_rules! impl_backup_store {
+    ($store:ty) => {
+        #[async_trait::async_trait]
+        impl $crate::BackupStore for $store {
+            async fn backup_runs(&self) -> Result<Vec<$crate::BackupRun>, $crate::StoreError> {
+                Ok(sqlx::query_as(
+                    "SELECT tenant_id, last_success, last_backup, last_attempt, failures, \
+                     last_error, retry_at FROM backup_runs",
+                )
+                .fetch_all(&self.read)
+                .await?)
+            }
+
+            async fn backup_run(
+                &self,
+                tenant: bulkhead_model::TenantId,
+            ) -> Result<Option<$crate::BackupRun>, $crate::StoreError> {
+                Ok(sqlx::query_as(
+                    "SELECT tenant_id, last_success, last_backup, last_attempt, failures, \
+                     last_error, retry_at FROM backup_runs WHERE tenant_id = $1",
+                )
+                .bind(tenant.0)
+                .fetch_optional(&self.read)
+                .await?)
+            }
+
+            async fn backup_succeeded(
+                &self,
+                tenant: bulkhead_model::TenantId,
+                id: &str,
+                at: time::OffsetDateTime,
+            ) -> Result<(), $crate::StoreError> {
+                sqlx::query(
+                    "INSERT INTO backup_runs (tenant_id, last_success, last_backup, last_attempt, \
+                     failures) VALUES ($1, $2, $3, $2, 0) \
+                     ON CONFLICT (tenant_id) DO UPDATE SET last_success = $2, last_backup = $3, \
+                     last_attempt = $2, failures = 0, last_error = NULL, retry_at = NULL",
+                )
+                .bind(tenant.0)
+                .bind(at)
+                .bind(id)
+                .execute(&self.write)
+                .await?;
+                Ok(())
+            }
+
+            async fn backup_failed(
+                &self,
+                tenant: bulkhead_model::TenantId,
+                error: &str,
+                at: time::OffsetDateTime,
+                retry_at: time::OffsetDateTime,
+            ) -> Result<(), $crate::StoreError> {
+                sqlx::query(
+                    "INSERT INTO backup_runs (tenant_id, last_attempt, failures, last_error, \
+                     retry_at) VALUES ($1, $2, 1, $3, $4) \
+                     ON CONFLICT (tenant_id) DO UPDATE SET last_attempt = $2, \
+                     failures = backup_runs.failures + 1, last_error = $3, retry_at = $4",
+                )
+                .bind(tenant.0)
+                .bind(at)
+                .bind(error)
+                .bind(retry_at)
+                .execute(&self.write)
+                .await?;
+                Ok(())
+            }
+        }
+    };
+}
+
+pub(crate) use impl_backup_store;

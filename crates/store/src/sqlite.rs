@@ -9,8 +9,9 @@ use sqlx::sqlite::{
 use crate::{
     FileLock, FileLockError, StoreError, StoreLock,
     sql::{
-        impl_api_store, impl_app_store, impl_audit_store, impl_control_store, impl_identity_store,
-        impl_migration_store, impl_resource_store, impl_usage_store, impl_vault_store,
+        impl_api_store, impl_app_store, impl_audit_store, impl_backup_store, impl_control_store,
+        impl_identity_store, impl_migration_store, impl_resource_store, impl_usage_store,
+        impl_vault_store,
     },
 };
 
@@ -76,6 +77,7 @@ impl_identity_store!(SqliteStore);
 impl_api_store!(SqliteStore);
 impl_app_store!(SqliteStore);
 impl_resource_store!(SqliteStore);
+impl_backup_store!(SqliteStore);
 impl_usage_store!(SqliteStore);
 impl_migration_store!(SqliteStore);
 impl_audit_store!(SqliteStore, sqlx::Sqlite, "");

@@ -9,7 +9,7 @@ use bulkhead_model::{
     StepRecord, StepStatus, Tenant, TenantId, TenantLimits, TenantName, TenantState,
 };
 use bulkhead_store::{
-    AppRecord, AuditCheckpointRow, AuditEventRow, LedgerLine, MigrationJobRecord,
+    AppRecord, AuditCheckpointRow, AuditEventRow, BackupRun, LedgerLine, MigrationJobRecord,
     MigrationTargetRecord, OperatorToken, ResourceRecord, RolloutRecord, StoreError, TenantPage,
 };
 use bulkhead_testkit::StoreFixture as Fixture;
@@ -60,6 +60,7 @@ bulkhead_testkit::on_both_stores!(
     keeps_apps_and_allocates_unix_users,
     keeps_resources_by_tenant_and_kind,
     adds_ledger_lines_and_notes_budget_notices_once,
+    remembers_backup_successes_and_failures_until_the_tenant_goes,
 );
 
 async fn round_trips_tenants(f: Fixture) {
@@ -710,4 +711,36 @@ async fn adds_ledger_lines_and_notes_budget_notices_once(f: Fixture) {
     assert!(!f.store.note_budget(a, "2026-12", "soft_cap", at).await.unwrap(), "once a period");
     assert!(f.store.note_budget(a, "2027-01", "soft_cap", at).await.unwrap());
     assert!(f.store.note_budget(b, "2026-12", "soft_cap", at).await.unwrap());
+}
+
+async fn remembers_backup_successes_and_failures_until_the_tenant_goes(f: Fixture) {
+    let acme = tenant("acme");
+    f.store.insert_tenant(&acme).await.unwrap();
+    assert_eq!(f.store.backup_run(acme.id).await.unwrap(), None);
+    let (at, later) = (now(), now() + time::Duration::minutes(5));
+    f.store.backup_failed(acme.id, "the store is down", at, later).await.unwrap();
+    f.store.backup_failed(acme.id, "still down", at, later).await.unwrap();
+    let failing = BackupRun {
+        tenant_id: acme.id,
+        last_success: None,
+        last_backup: None,
+        last_attempt: at,
+        failures: 2,
+        last_error: Some("still down".into()),
+        retry_at: Some(later),
+    };
+    assert_eq!(f.store.backup_run(acme.id).await.unwrap(), Some(failing));
+    f.store.backup_succeeded(acme.id, "20261204T180000Z-1a2b3c4d", later).await.unwrap();
+    let fine = BackupRun {
+        tenant_id: acme.id,
+        last_success: Some(later),
+        last_backup: Some("20261204T180000Z-1a2b3c4d".into()),
+        last_attempt: later,
+        failures: 0,
+        last_error: None,
+        retry_at: None,
+    };
+    assert_eq!(f.store.backup_runs().await.unwrap(), [fine]);
+    f.store.delete_tenant(acme.id).await.unwrap();
+    assert_eq!(f.store.backup_runs().await.unwrap(), []);
 }

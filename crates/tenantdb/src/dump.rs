@@ -45,23 +45,26 @@ pub async fn silo(
 ) -> Result<(), Error> {
     let database = SiloNames::of(region, tenant).database;
     let args = ["--format=custom".to_owned(), format!("--file={}", dest.display())];
-    pg_tool("pg_dump", region, url, &database, &args).await
+    pg_tool("pg_dump", url.expose(), &database, &args).await.map_err(|e| region_error(region, e))
+}
+
+fn region_error(region: &Region, error: Error) -> Error {
+    match error {
+        Error::Permanent(reason) => Error::Permanent(format!("region {}: {reason}", region.name)),
+        other => other,
+    }
 }
 
 /// Runs one of PostgreSQL's client tools (`pg_dump`, `pg_restore`) against
-/// `database` on the region's server, as the region's role. The password
-/// goes in the environment, not the command line other users can read.
+/// `database` on the server of `url`, as its user. The password goes in
+/// the environment, not the command line other users can read.
 pub(crate) async fn pg_tool(
     program: &str,
-    region: &Region,
-    url: &DatabaseUrl,
+    url: &str,
     database: &str,
     args: &[String],
 ) -> Result<(), Error> {
-    let options: PgConnectOptions = url
-        .expose()
-        .parse()
-        .map_err(|e| Error::Permanent(format!("region {}: {e}", region.name)))?;
+    let options: PgConnectOptions = url.parse().map_err(|e| Error::Permanent(format!("{e}")))?;
     let mut command = tokio::process::Command::new(program);
     command
         .arg("--no-password")
@@ -71,7 +74,7 @@ pub(crate) async fn pg_tool(
         .arg(format!("--dbname={database}"))
         .args(args)
         .kill_on_drop(true);
-    if let Some(password) = password_of(url.expose()) {
+    if let Some(password) = password_of(url) {
         command.env("PGPASSWORD", password.as_str());
     }
     let output = command.output().await.map_err(|e| {

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use bulkhead_model::{DatabaseUrl, Region, Tenant};
+use bulkhead_model::{Region, Tenant};
 use sqlx::PgConnection;
 use tokio::io::AsyncBufReadExt;
 
@@ -38,14 +38,16 @@ pub async fn sqlite(tenant_dir: &Path, from: &Path) -> Result<(), Error> {
 }
 
 /// `pg_restore` of `from` into the silo tenant's database, in one
-/// transaction, as the tenant's owner role (so whatever it creates is the
-/// tenant's, whichever tenant the dump was taken of). The dump's objects
-/// are dropped first: what the tenant has now (a new tenant's migrations
-/// included) gives way to what the backup has.
+/// transaction, through `lease_url` (a write login of the tenant) acting as
+/// the tenant's owner role: whatever the dump holds runs with the tenant's
+/// own rights, never the region's (a dump brought from elsewhere is not to
+/// be trusted with those), and what it creates is the tenant's. The dump's
+/// objects are dropped first: what the tenant has now (a new tenant's
+/// migrations included) gives way to what the backup has.
 pub async fn silo(
     region: &Region,
-    url: &DatabaseUrl,
     tenant: &Tenant,
+    lease_url: &str,
     from: &Path,
 ) -> Result<(), Error> {
     let SiloNames { database, owner, .. } = SiloNames::of(region, tenant);
@@ -59,7 +61,7 @@ pub async fn silo(
         format!("--role={owner}"),
         from.display().to_string(),
     ];
-    pg_tool("pg_restore", region, url, &database, &args).await
+    pg_tool("pg_restore", lease_url, &database, &args).await
 }
 
 /// Rows inserted per statement.

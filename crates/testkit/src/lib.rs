@@ -1,9 +1,10 @@
 //! Test support: every test gets its own PostgreSQL database and its own
 //! prefix for the databases and roles it makes, so test runs can overlap and
 //! repeat, and everything is dropped when the test ends.
-#![allow(clippy::expect_used, clippy::panic)]
+#![allow(clippy::expect_used, clippy::panic, clippy::unwrap_used)]
 
 mod proxy;
+pub mod s3;
 
 use std::time::Duration;
 

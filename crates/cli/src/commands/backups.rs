@@ -21,7 +21,7 @@ pub async fn run(command: &BackupsCommand, global: &GlobalArgs) -> Result<(), Cl
         }
         BackupsCommand::List { tenant } => {
             let list = client.list_backups(tenant).await?;
-            output::backups(global.output, &list.backups)
+            output::backups(global.output, &list)
         }
         BackupsCommand::Get { tenant, id } => {
             let backup = client.get_backup(tenant, id).await?;

@@ -75,8 +75,11 @@ async fn a_backup_holds_every_part_verifies_and_opens_with_the_age_tool() {
     assert_eq!(backup["kind"], "manual");
     let id = backup["id"].as_str().unwrap();
     let listed = server.cli_json(&["backups", "list", "--tenant", "acme"]);
-    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
-    assert_eq!(server.cli_json(&["backups", "list", "--tenant", "globex"]), Value::Array(vec![]));
+    assert_eq!(listed["backups"].as_array().unwrap().len(), 1, "{listed}");
+    assert_eq!(listed["schedule"]["last_backup"], backup["id"], "{listed}");
+    assert_eq!(listed["schedule"]["policy"]["every_hours"], 24, "starter: daily");
+    let globex_listed = server.cli_json(&["backups", "list", "--tenant", "globex"]);
+    assert_eq!(globex_listed["backups"], Value::Array(vec![]));
     // globex cannot name acme's backup.
     let foreign = server.cli(&["backups", "get", "--tenant", "globex", id]);
     assert_eq!(exit_code(&foreign), 3, "{}", stderr(&foreign));
@@ -146,7 +149,8 @@ async fn a_backup_holds_every_part_verifies_and_opens_with_the_age_tool() {
 
     let deleted = server.cli(&["backups", "delete", "--tenant", "acme", id]);
     assert!(deleted.status.success(), "{}", stderr(&deleted));
-    assert_eq!(server.cli_json(&["backups", "list", "--tenant", "acme"]), Value::Array(vec![]));
+    let listed = server.cli_json(&["backups", "list", "--tenant", "acme"]);
+    assert_eq!(listed["backups"], Value::Array(vec![]));
     let gone = server.cli(&["backups", "delete", "--tenant", "acme", id]);
     assert_eq!(exit_code(&gone), 3, "{}", stderr(&gone));
 }
@@ -280,7 +284,7 @@ async fn postgres_tenants_back_up_their_own_database_and_a_pool_tenant_only_its_
     }
     // A silo backup restores into a new tenant, owned by its own roles.
     let listed = server.cli_json(&["backups", "list", "--tenant", "silo-a"]);
-    let silo_backup = listed[0]["id"].as_str().unwrap().to_owned();
+    let silo_backup = listed["backups"][0]["id"].as_str().unwrap().to_owned();
     let restored = server.cli_json(&[
         "backups",
         "restore",
@@ -302,7 +306,7 @@ async fn postgres_tenants_back_up_their_own_database_and_a_pool_tenant_only_its_
     // A pool tenant's rows come back in place, the other tenant's untouched.
     add_note(&server, "pool-a", "pool-a-later").await;
     let listed = server.cli_json(&["backups", "list", "--tenant", "pool-a"]);
-    let pool_backup = listed[0]["id"].as_str().unwrap().to_owned();
+    let pool_backup = listed["backups"][0]["id"].as_str().unwrap().to_owned();
     let forced =
         server.cli(&["backups", "restore", "--tenant", "pool-a", &pool_backup, "--yes", "--force"]);
     assert!(forced.status.success(), "{}", stderr(&forced));
@@ -472,4 +476,89 @@ async fn a_restored_tenant_equals_its_original_here_in_place_and_on_another_inst
     let restored = elsewhere.cli_json(&["backups", "restore", "--from", f, "--identity-file", k]);
     assert_eq!(restored["tenant"], "acme", "{restored}");
     assert_eq!(contents(&elsewhere, "acme").await, original);
+}
+
+/// Waits until `done` holds of the tenant's backup list, or fails with it.
+async fn until(server: &Server, tenant: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let listed = server.cli_json(&["backups", "list", "--tenant", tenant]);
+        if done(&listed) {
+            return listed;
+        }
+        assert!(std::time::Instant::now() < deadline, "{listed}\n{}", server.log());
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn scheduled_backups_go_to_s3_back_off_while_it_is_down_and_show_in_metrics() {
+    use bulkhead_testkit::s3::{ACCESS_KEY, S3Server};
+    let mut s3 = S3Server::start("tenants");
+    let config = format!(
+        "[backup]\nstore = \"s3://tenants/bulkhead\"\nendpoint = \"{}\"\nregion = \"us-east-1\"\n\
+         check_every = \"1s\"\n",
+        s3.endpoint()
+    );
+    let env = [("AWS_ACCESS_KEY_ID", ACCESS_KEY.0), ("AWS_SECRET_ACCESS_KEY", ACCESS_KEY.1)];
+    let server = Server::start_with_env(crate::kit::Store::Embedded, &config, &env).await;
+    server.cli_json(&["tenants", "create", "acme", "--plan", "starter", "--wait"]);
+    // A tenant never backed up is due at once; the next is a day later.
+    let listed =
+        until(&server, "acme", |l| l["backups"].as_array().is_some_and(|b| !b.is_empty())).await;
+    assert_eq!(listed["backups"][0]["kind"], "scheduled", "{listed}");
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let listed = server.cli_json(&["backups", "list", "--tenant", "acme"]);
+    assert_eq!(listed["backups"].as_array().unwrap().len(), 1, "not again before a day: {listed}");
+    let id = listed["backups"][0]["id"].as_str().unwrap().to_owned();
+    let verified = server.cli(&["backups", "verify", "--tenant", "acme", &id]);
+    assert!(verified.status.success(), "{}", stderr(&verified));
+
+    // The tenant's own schedule, within its plan's.
+    let faster = server.cli(&["tenants", "update", "acme", "--backups", "1/5/7"]);
+    assert_eq!(exit_code(&faster), 2, "more often than the plan: {}", stderr(&faster));
+    assert!(stderr(&faster).contains("more often than the plan"), "{}", stderr(&faster));
+    let longer = server.cli(&["tenants", "update", "acme", "--backups", "48/5/400"]);
+    assert_eq!(exit_code(&longer), 2, "{}", stderr(&longer));
+    let fine = server.cli(&["tenants", "update", "acme", "--backups", "48/5/20"]);
+    assert!(fine.status.success(), "{}", stderr(&fine));
+    let listed = server.cli_json(&["backups", "list", "--tenant", "acme"]);
+    assert_eq!(listed["schedule"]["policy"]["every_hours"], 48, "{listed}");
+
+    // The store goes away: a new tenant's backups fail, are retried with
+    // backoff, and show as failing in the list and in /metrics.
+    server.cli_json(&["tenants", "create", "globex", "--plan", "starter", "--wait"]);
+    s3.stop();
+    let listed = until(&server, "globex", |l| l["schedule"]["failures"].as_i64() > Some(0)).await;
+    assert!(
+        listed["schedule"]["last_error"].as_str().unwrap().contains("backup store"),
+        "{listed}"
+    );
+    assert!(listed["schedule"]["retry_at"].is_string(), "{listed}");
+    assert!(listed["store_error"].as_str().unwrap().contains("backup store"), "{listed}");
+    // Published at the end of the round that recorded the failure.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let metrics = loop {
+        let url = format!("{}/metrics", server.api);
+        let metrics = reqwest::get(url).await.unwrap().text().await.unwrap();
+        if metrics.contains("bulkhead_backups_failing_tenants 1") {
+            break metrics;
+        }
+        assert!(std::time::Instant::now() < deadline, "{metrics}");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    assert!(
+        metrics.contains("bulkhead_backup_last_success_timestamp_seconds{tenant=\"globex\"} 0"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("bulkhead_backup_last_success_timestamp_seconds{tenant=\"acme\"}"),
+        "{metrics}"
+    );
+    crate::kit::promtool_accepts(&metrics).await;
+    let events = server.audit_events(&["globex"]);
+    assert!(
+        events.iter().any(|e| e["action"] == "backup.create" && e["outcome"] == "failed"),
+        "the failure is in the tenant's stream"
+    );
 }

@@ -56,6 +56,8 @@ pub struct Server {
     /// Extra `bulkhead.toml` content.
     config: String,
     extra_args: Vec<String>,
+    /// Environment variables the server is started with.
+    env: Vec<(String, String)>,
     log_filter: String,
     child: Option<Child>,
     pub api: String,
@@ -78,12 +80,28 @@ impl Server {
         Self::start_logging(store, config, extra_args, LOG_FILTER).await
     }
 
+    /// Like [`Server::start`], with these environment variables set.
+    pub async fn start_with_env(store: Store, config: &str, env: &[(&str, &str)]) -> Self {
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Self::launch(store, config, &[], LOG_FILTER, env).await
+    }
+
     /// Like [`Server::start`], with `BULKHEAD_LOG` set to `filter`.
     pub async fn start_logging(
         store: Store,
         config: &str,
         extra_args: &[&str],
         filter: &str,
+    ) -> Self {
+        Self::launch(store, config, extra_args, filter, Vec::new()).await
+    }
+
+    async fn launch(
+        store: Store,
+        config: &str,
+        extra_args: &[&str],
+        filter: &str,
+        env: Vec<(String, String)>,
     ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let mut server = Self {
@@ -92,6 +110,7 @@ impl Server {
             store,
             config: config.to_owned(),
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            env,
             log_filter: filter.to_owned(),
             child: None,
             api: String::new(),
@@ -151,6 +170,7 @@ impl Server {
             .arg(self.config_file())
             .args(&self.extra_args)
             .env("BULKHEAD_LOG", &self.log_filter)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(std::fs::File::options().create(true).append(true).open(&self.log).unwrap());
         if let Store::Postgres(db) = &self.store {

@@ -129,6 +129,14 @@ fn a_bad_configuration_file_is_a_usage_error() {
             "[budget]\nwebhook = \"ftp://x\"".to_owned(),
             "budget.webhook ftp://x is not an http(s) URL",
         ),
+        ("[backup]\nstore = \"gs://bucket\"".to_owned(), "use a directory or s3://bucket/prefix"),
+        (
+            "[backup]\nendpoint = \"http://x\"".to_owned(),
+            "backup.endpoint and backup.region are for",
+        ),
+        ("[backup]\nconcurrency = 0".to_owned(), "backup.concurrency must be 1 to 64"),
+        ("[backup]\ncheck_every = \"soon\"".to_owned(), "backup.check_every"),
+        ("[backup]\nstore = \"s3:///x\"".to_owned(), "names no bucket"),
     ];
     for (section, says) in cases {
         let text = format!("api_listen = \"127.0.0.1:0\"\n{section}\n");

@@ -68,6 +68,25 @@ impl From<Listing> for BackupView {
 pub struct BackupList {
     /// Oldest first.
     pub backups: Vec<BackupView>,
+    /// Why the backup store could not be listed (the backups are then left
+    /// out), if it could not.
+    pub store_error: Option<String>,
+    pub schedule: ScheduleView,
+}
+
+/// The tenant's backup schedule and how it is doing.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ScheduleView {
+    /// The policy in force (the tenant's own, else its plan's).
+    pub policy: Option<bulkhead_model::BackupPolicy>,
+    /// RFC 3339.
+    pub last_success: Option<String>,
+    pub last_backup: Option<String>,
+    /// Failures since the last success.
+    pub failures: i64,
+    pub last_error: Option<String>,
+    /// A failing tenant's next attempt, RFC 3339.
+    pub retry_at: Option<String>,
 }
 
 /// Verify with this identity instead of the one the vault holds (a tenant
@@ -159,8 +178,19 @@ pub async fn list_backups(
     Path(tenant): Path<String>,
 ) -> Result<Json<BackupList>, ApiError> {
     record_tenant(&tenant);
-    let backups = state.backups.list(&actor, &tenant).await?;
-    Ok(Json(BackupList { backups: backups.into_iter().map(BackupView::from).collect() }))
+    let crate::backups::BackupsOf { backups, store_error, policy, run } =
+        state.backups.list(&actor, &tenant).await?;
+    let time = |t: time::OffsetDateTime| bulkhead_audit::record::format_time(t);
+    let schedule = ScheduleView {
+        policy,
+        last_success: run.as_ref().and_then(|r| r.last_success).map(time),
+        last_backup: run.as_ref().and_then(|r| r.last_backup.clone()),
+        failures: run.as_ref().map_or(0, |r| r.failures),
+        last_error: run.as_ref().and_then(|r| r.last_error.clone()),
+        retry_at: run.as_ref().and_then(|r| r.retry_at).map(time),
+    };
+    let backups = backups.into_iter().map(BackupView::from).collect();
+    Ok(Json(BackupList { backups, store_error, schedule }))
 }
 
 /// One backup.

@@ -6,6 +6,7 @@
 mod keys;
 mod parts;
 mod restore;
+mod schedule;
 
 use std::{
     collections::HashSet,
@@ -26,6 +27,7 @@ use zeroize::Zeroizing;
 pub use keys::{BackupKeys, Recipient};
 pub use parts::{Sources, Staged};
 pub use restore::{Restored, Target};
+pub use schedule::{ScheduleSettings, policy};
 
 use crate::{
     audit::AuditServiceError,
@@ -88,6 +90,16 @@ type Result<T, E = BackupServiceError> = std::result::Result<T, E>;
 /// provisioned has nothing yet, one being offboarded is going.
 const BACKED_UP: &[TenantState] = &[TenantState::Active, TenantState::Suspended];
 
+/// A tenant's backups as listed, and its schedule.
+#[derive(Debug)]
+pub struct BackupsOf {
+    pub backups: Vec<Listing>,
+    /// Why the store could not be listed, if it could not.
+    pub store_error: Option<String>,
+    pub policy: Option<bulkhead_model::BackupPolicy>,
+    pub run: Option<bulkhead_store::BackupRun>,
+}
+
 /// The services a restore puts a tenant's configuration back through, so
 /// that it is checked as any other change is.
 #[derive(Debug, Clone)]
@@ -103,6 +115,8 @@ pub struct BackupService {
     sources: Sources,
     targets: ConfigTargets,
     tenants: Arc<crate::tenants::TenantService>,
+    plans: bulkhead_model::PlanCatalog,
+    metrics: Arc<crate::metrics::Metrics>,
     keys: BackupKeys,
     storage: Storage,
     regions: Regions,
@@ -130,9 +144,12 @@ impl Drop for Running<'_> {
 impl BackupService {
     /// Opens the service; a staging directory left by a backup that was
     /// killed is removed first (what it staged was never listed).
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         sources: Sources,
         targets: ConfigTargets,
+        plans: bulkhead_model::PlanCatalog,
+        metrics: Arc<crate::metrics::Metrics>,
         storage: Storage,
         regions: Regions,
         events: EventLog,
@@ -151,6 +168,8 @@ impl BackupService {
             sources,
             targets,
             tenants,
+            plans,
+            metrics,
             keys,
             storage,
             regions,
@@ -213,6 +232,12 @@ impl BackupService {
         };
         let outcome = if result.is_ok() { "ok" } else { "failed" };
         self.events.record(actor, &tenant, "backup.create", outcome, details).await;
+        if let Ok(listing) = &result
+            && let Err(error) =
+                self.sources.store.backup_succeeded(tenant.id, &listing.id, now).await
+        {
+            tracing::warn!(%error, tenant = name, "cannot record a backup that succeeded");
+        }
         result
     }
 
@@ -264,10 +289,17 @@ impl BackupService {
         Ok(self.storage.put(id, kind, &recipient.recipient, about, parts).await?)
     }
 
-    /// The tenant's backups, oldest first.
-    pub async fn list(&self, actor: &Actor, name: &str) -> Result<Vec<Listing>> {
+    /// The tenant's backups, oldest first, with its schedule's policy and
+    /// record. A store that cannot be listed leaves the backups out and
+    /// says why: the schedule's record is what is wanted then.
+    pub async fn list(&self, actor: &Actor, name: &str) -> Result<BackupsOf> {
         let tenant = self.tenant(actor, name, Permission::Manage).await?;
-        Ok(self.storage.list(tenant.id.0).await?)
+        let (backups, store_error) = match self.storage.list(tenant.id.0).await {
+            Ok(listed) => (listed, None),
+            Err(error) => (Vec::new(), Some(error.to_string())),
+        };
+        let run = self.sources.store.backup_run(tenant.id).await?;
+        Ok(BackupsOf { backups, store_error, policy: policy(&self.plans, &tenant), run })
     }
 
     pub async fn get(&self, actor: &Actor, name: &str, id: &str) -> Result<Listing> {

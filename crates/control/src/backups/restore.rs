@@ -425,34 +425,26 @@ impl BackupService {
                 let tenant_dir = self.sources.tenants_dir.join(tenant.name.as_str());
                 restore::sqlite(&tenant_dir, &file).await?;
             }
-            (DatabaseLocation::Postgres(url), Isolation::Silo, "database.pgdump") => {
-                restore::silo(region, url, tenant, &file).await?;
+            (DatabaseLocation::Postgres(_), Isolation::Silo, "database.pgdump") => {
+                self.through_lease(tenant, |url| async move {
+                    restore::silo(region, tenant, &url, &file)
+                        .await
+                        .map_err(BackupServiceError::from)
+                })
+                .await?;
             }
             (DatabaseLocation::Postgres(_), Isolation::Pool, "database.rows") => {
-                let now = self.sources.clock.now();
-                let issued = self
-                    .sources
-                    .credentials
-                    .issue(tenant, Access::Write, LEASE_TTL, 1, "backup.restore", now)
-                    .await?;
-                let written = async {
-                    let mut conn =
-                        sqlx::PgConnection::connect(issued.url.as_str()).await.map_err(|e| {
-                            BackupServiceError::Database(format!(
-                                "cannot connect as the tenant's lease: {e}"
-                            ))
-                        })?;
+                self.through_lease(tenant, |url| async move {
+                    let mut conn = sqlx::PgConnection::connect(&url).await.map_err(|e| {
+                        BackupServiceError::Database(format!(
+                            "cannot connect as the tenant's lease: {e}"
+                        ))
+                    })?;
                     let done = restore::pool_rows(&mut conn, tenant, &file).await;
                     let _ = conn.close().await;
                     done.map_err(BackupServiceError::from)
-                }
-                .await;
-                if let Err(error) =
-                    self.sources.credentials.revoke(&issued.lease, self.sources.clock.now()).await
-                {
-                    tracing::warn!(%error, lease = %issued.lease.id, "cannot revoke the restore's lease yet");
-                }
-                written?;
+                })
+                .await?;
             }
             (_, _, part) => {
                 return Err(BackupServiceError::InvalidRequest(format!(
@@ -465,6 +457,24 @@ impl BackupService {
             }
         }
         Ok(())
+    }
+
+    /// Runs `work` with the URL of a write lease of the tenant, revoked
+    /// after whatever happened (the sweeper retries a failed revocation).
+    async fn through_lease<F, Fut>(&self, tenant: &Tenant, work: F) -> Result<()>
+    where
+        F: FnOnce(Zeroizing<String>) -> Fut,
+        Fut: std::future::Future<Output = Result<()>>,
+    {
+        let credentials = &self.sources.credentials;
+        let now = self.sources.clock.now();
+        let issued =
+            credentials.issue(tenant, Access::Write, LEASE_TTL, 2, "backup.restore", now).await?;
+        let done = work(issued.url.clone()).await;
+        if let Err(error) = credentials.revoke(&issued.lease, self.sources.clock.now()).await {
+            tracing::warn!(%error, lease = %issued.lease.id, "cannot revoke the restore's lease yet");
+        }
+        done
     }
 
     /// Every secret version of the backup, opened with the backup's data

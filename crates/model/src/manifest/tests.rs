@@ -102,7 +102,7 @@ fn unknown_fields_are_named_where_they_are() {
     assert_eq!(
         errors(&text),
         ["m.yaml:9:5: unknown field `colour`, expected one of rate_limit, max_in_flight, \
-          max_upstream_connections, limiter_fallback, cost_caps"]
+          max_upstream_connections, limiter_fallback, cost_caps, backups"]
     );
     let text = ACME.replace("  auth: public", "  auth: public\n  public: true");
     assert_eq!(
