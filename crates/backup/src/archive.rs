@@ -42,6 +42,16 @@ pub struct About {
     pub schemas: BTreeMap<String, String>,
 }
 
+impl About {
+    /// When the backup was taken, as a time.
+    pub fn taken_at(&self) -> Result<time::OffsetDateTime, time::error::Parse> {
+        time::OffsetDateTime::parse(
+            &self.created_at,
+            &time::format_description::well_known::Rfc3339,
+        )
+    }
+}
+
 /// One part as the manifest lists it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

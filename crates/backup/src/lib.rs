@@ -89,22 +89,53 @@ pub fn check_recipient(text: &str) -> Result<(), BackupError> {
     })
 }
 
+/// Opens `path` without following a link at its last component, and
+/// checks where the opened file really is (by its descriptor, so a link
+/// swapped in for a directory on the way is caught too): inside `root`.
+fn open_inside(
+    root: &std::path::Path,
+    path: &std::path::Path,
+    directory: bool,
+) -> Result<Option<std::fs::File>, BackupError> {
+    use std::os::unix::{fs::OpenOptionsExt, io::AsRawFd};
+    let mut flags = libc::O_NOFOLLOW | libc::O_CLOEXEC;
+    if directory {
+        flags |= libc::O_DIRECTORY;
+    }
+    let file = match std::fs::OpenOptions::new().read(true).custom_flags(flags).open(path) {
+        Ok(file) => file,
+        // A link, or something that went meanwhile: not the tenant's file.
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ELOOP | libc::ENOTDIR | libc::ENOENT)) => {
+            return Ok(None);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let real = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))?;
+    Ok(real.starts_with(root).then_some(file))
+}
+
 /// Packs the regular files and directories under `dir` into a tar file at
 /// `dest`, leaving out the top-level entries named in `skip` and anything
-/// that is neither (sockets, devices, symbolic links: a tenant's link must
-/// not make its backup read a file outside its directory). Returns the
-/// tar's size.
+/// that is neither (links, sockets, devices). The tenant's own processes
+/// may change the directory while it is packed, swapping a file for a
+/// link to another's: every file is opened without following links and
+/// checked to be inside `dir` by its descriptor before a byte of it is
+/// read. Returns the tar's size.
 pub fn pack_dir(
     dir: &std::path::Path,
     dest: &std::path::Path,
     skip: &[&str],
 ) -> Result<u64, BackupError> {
+    let root = std::fs::canonicalize(dir)?;
     let out = std::fs::File::create_new(dest)?;
     let mut tar = tar::Builder::new(std::io::BufWriter::new(out));
-    tar.follow_symlinks(false);
     let mut stack = vec![std::path::PathBuf::new()];
     while let Some(relative) = stack.pop() {
-        for entry in std::fs::read_dir(dir.join(&relative))? {
+        let Some(opened) = open_inside(&root, &root.join(&relative), true)? else { continue };
+        // Read through the descriptor: the directory opened and checked.
+        use std::os::unix::io::AsRawFd;
+        let listing = std::fs::read_dir(format!("/proc/self/fd/{}", opened.as_raw_fd()))?;
+        for entry in listing {
             let entry = entry?;
             let name = relative.join(entry.file_name());
             if relative.as_os_str().is_empty()
@@ -112,13 +143,27 @@ pub fn pack_dir(
             {
                 continue;
             }
+            let path = root.join(&name);
             let kind = entry.file_type()?;
             if kind.is_dir() {
-                tar.append_dir(&name, entry.path())?;
-                stack.push(name);
-            } else if kind.is_file() {
-                let mut file = std::fs::File::open(entry.path())?;
-                tar.append_file(&name, &mut file)?;
+                if open_inside(&root, &path, true)?.is_some() {
+                    let mut header = tar::Header::new_gnu();
+                    header.set_entry_type(tar::EntryType::Directory);
+                    header.set_mode(0o700);
+                    header.set_size(0);
+                    tar.append_data(&mut header, &name, std::io::empty())?;
+                    stack.push(name);
+                }
+            } else if kind.is_file()
+                && let Some(mut file) = open_inside(&root, &path, false)?
+            {
+                let metadata = file.metadata()?;
+                if !metadata.is_file() {
+                    continue;
+                }
+                let mut header = tar::Header::new_gnu();
+                header.set_metadata(&metadata);
+                tar.append_data(&mut header, &name, &mut file)?;
             }
         }
     }
@@ -129,10 +174,15 @@ pub fn pack_dir(
 }
 
 /// Unpacks a tar made by [`pack_dir`] into `dir`: regular files and
-/// directories only, each inside `dir` (an archive brought from elsewhere
-/// may hold anything, and a link or a `..` must not write outside it).
-/// Returns how many files it wrote.
-pub fn unpack_dir(tar: &std::path::Path, dir: &std::path::Path) -> Result<u64, BackupError> {
+/// directories only, each inside `dir` and none of the top-level names in
+/// `skip` (an archive brought from elsewhere may hold anything, and a
+/// link, a `..` or a file in place of the tenant's database must not be
+/// written). Returns how many files it wrote.
+pub fn unpack_dir(
+    tar: &std::path::Path,
+    dir: &std::path::Path,
+    skip: &[&str],
+) -> Result<u64, BackupError> {
     let mut archive = tar::Archive::new(std::io::BufReader::new(std::fs::File::open(tar)?));
     archive.set_preserve_permissions(false);
     let mut files = 0;
@@ -140,6 +190,11 @@ pub fn unpack_dir(tar: &std::path::Path, dir: &std::path::Path) -> Result<u64, B
         let mut entry = entry?;
         let kind = entry.header().entry_type();
         if !(kind.is_file() || kind.is_dir()) {
+            continue;
+        }
+        let path = entry.path()?.into_owned();
+        let top = path.components().next().map(|c| c.as_os_str().to_owned());
+        if top.is_some_and(|top| skip.iter().any(|s| top == std::ffi::OsStr::new(s))) {
             continue;
         }
         // `unpack_in` refuses a path that would leave `dir`.

@@ -180,6 +180,40 @@ impl Storage {
         }
     }
 
+    /// Removes what uploads cut short by a crash left in a directory store
+    /// (object_store stages each as `<name>#<n>` beside its object, never
+    /// listed); S3 keeps such parts as incomplete multipart uploads, which
+    /// a bucket lifecycle rule expires. Returns how many it removed.
+    pub fn remove_interrupted(location: &Location) -> std::io::Result<u64> {
+        let Location::Directory(dir) = location else { return Ok(0) };
+        let mut removed = 0;
+        let mut stack = vec![dir.join("tenants")];
+        while let Some(dir) = stack.pop() {
+            let entries = match std::fs::read_dir(&dir) {
+                Ok(entries) => entries,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            for entry in entries {
+                let entry = entry?;
+                if entry.file_type()?.is_dir() {
+                    stack.push(entry.path());
+                    continue;
+                }
+                let name = entry.file_name();
+                let staged = name
+                    .to_str()
+                    .and_then(|n| n.rsplit_once('#'))
+                    .is_some_and(|(_, n)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+                if staged {
+                    std::fs::remove_file(entry.path())?;
+                    removed += 1;
+                }
+            }
+        }
+        Ok(removed)
+    }
+
     /// Where the store is, for messages and `/v1/status`.
     pub fn describe(&self) -> &str {
         &self.describe

@@ -710,6 +710,11 @@ pub async fn start_with_steps(
         .backup_store
         .clone()
         .unwrap_or_else(|| bulkhead_backup::Location::Directory(data_dir.path().join("backups")));
+    match bulkhead_backup::Storage::remove_interrupted(&backup_store) {
+        Ok(0) => {}
+        Ok(removed) => tracing::info!(removed, "removed what interrupted backup uploads left"),
+        Err(error) => tracing::warn!(%error, "cannot remove what interrupted backup uploads left"),
+    }
     let backups = Arc::new(
         crate::backups::BackupService::new(
             crate::backups::Sources {
@@ -828,6 +833,7 @@ pub async fn start_with_steps(
         jobs.push(tokio::spawn(rollouts.run(shutdown_rx.clone())));
     }
     migrations.resume().await?;
+    let restores = Arc::clone(&backups);
     let source = gateway::Source::InProcess(changes);
     let mut gateway = run_gateway(gateway, feed, source, gateway_listener, shutdown_rx.clone());
     gateway.extend(gateway_records);
@@ -839,6 +845,19 @@ pub async fn start_with_steps(
             reconciler.run(woken, shutdown).await;
         })
     };
+    // In the background: a tenant cut short while being provisioned goes
+    // once the reconciler has provisioned it.
+    let mut stopping = shutdown_rx.clone();
+    jobs.push(tokio::spawn(async move {
+        tokio::select! {
+            _ = stopping.wait_for(|stop| *stop) => {}
+            done = restores.resume() => match done {
+                Ok(0) => {}
+                Ok(purged) => tracing::info!(purged, "purged tenants whose restore was cut short"),
+                Err(error) => tracing::warn!(%error, "cannot clean up after restores cut short"),
+            },
+        }
+    }));
     let http = {
         let mut shutdown = shutdown_rx;
         let app = api::router(state);

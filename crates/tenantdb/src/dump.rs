@@ -13,8 +13,9 @@ use std::path::Path;
 
 use bulkhead_model::{DatabaseUrl, Region, Tenant};
 use futures_util::StreamExt;
-use sqlx::{Connection, PgConnection, postgres::PgConnectOptions, sqlite::SqliteConnectOptions};
+use sqlx::{Connection, PgConnection, sqlite::SqliteConnectOptions};
 use tokio::io::AsyncWriteExt;
+use zeroize::Zeroizing;
 
 use crate::{Error, SiloNames, sql::transient};
 
@@ -56,25 +57,19 @@ fn region_error(region: &Region, error: Error) -> Error {
 }
 
 /// Runs one of PostgreSQL's client tools (`pg_dump`, `pg_restore`) against
-/// `database` on the server of `url`, as its user. The password goes in
-/// the environment, not the command line other users can read.
+/// `database` on the server of `url`, as its user, with its TLS settings
+/// (`sslmode`, `sslrootcert`, ...). The password goes in the environment,
+/// not the command line other users can read.
 pub(crate) async fn pg_tool(
     program: &str,
     url: &str,
     database: &str,
     args: &[String],
 ) -> Result<(), Error> {
-    let options: PgConnectOptions = url.parse().map_err(|e| Error::Permanent(format!("{e}")))?;
+    let (conninfo, password) = conninfo(url, database)?;
     let mut command = tokio::process::Command::new(program);
-    command
-        .arg("--no-password")
-        .arg(format!("--host={}", options.get_host()))
-        .arg(format!("--port={}", options.get_port()))
-        .arg(format!("--username={}", options.get_username()))
-        .arg(format!("--dbname={database}"))
-        .args(args)
-        .kill_on_drop(true);
-    if let Some(password) = password_of(url) {
+    command.arg("--no-password").arg(format!("--dbname={conninfo}")).args(args).kill_on_drop(true);
+    if let Some(password) = password {
         command.env("PGPASSWORD", password.as_str());
     }
     let output = command.output().await.map_err(|e| {
@@ -89,11 +84,47 @@ pub(crate) async fn pg_tool(
     Ok(())
 }
 
-/// The password of a `postgres://user:password@host/...` URL, decoded.
-fn password_of(url: &str) -> Option<zeroize::Zeroizing<String>> {
-    let url = url::Url::parse(url).ok()?;
-    let decoded = percent_encoding::percent_decode_str(url.password()?).decode_utf8().ok()?;
-    Some(zeroize::Zeroizing::new(decoded.into_owned()))
+/// Parameters of a connection URL that libpq reads too; the others are the
+/// Rust driver's own, which libpq would refuse.
+const LIBPQ_PARAMETERS: [&str; 10] = [
+    "sslmode",
+    "sslrootcert",
+    "sslcert",
+    "sslkey",
+    "sslcrl",
+    "options",
+    "application_name",
+    "connect_timeout",
+    "host",
+    "target_session_attrs",
+];
+
+/// `url` for libpq, pointed at `database`, without its password (returned
+/// decoded, for the environment).
+fn conninfo(url: &str, database: &str) -> Result<(String, Option<Zeroizing<String>>), Error> {
+    let mut parsed =
+        url::Url::parse(url).map_err(|e| Error::Permanent(format!("not a PostgreSQL URL: {e}")))?;
+    let password = match parsed.password() {
+        Some(encoded) => Some(Zeroizing::new(
+            percent_encoding::percent_decode_str(encoded)
+                .decode_utf8()
+                .map_err(|e| Error::Permanent(format!("the URL's password: {e}")))?
+                .into_owned(),
+        )),
+        None => None,
+    };
+    let _ = parsed.set_password(None);
+    parsed.set_path(&format!("/{database}"));
+    let kept: Vec<(String, String)> = parsed
+        .query_pairs()
+        .filter(|(k, _)| LIBPQ_PARAMETERS.contains(&k.as_ref()))
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    parsed.set_query(None);
+    if !kept.is_empty() {
+        parsed.query_pairs_mut().extend_pairs(kept);
+    }
+    Ok((parsed.to_string(), password))
 }
 
 /// Writes the rows `conn` (a login of the pool tenant) can see in each of
@@ -114,7 +145,9 @@ pub async fn pool_rows(
         out.write_all(head.as_bytes()).await.map_err(write_failed)?;
         written += head.len() as u64;
         let mut rows = conn
-            .copy_out_raw(&format!("COPY (SELECT * FROM {table}) TO STDOUT"))
+            // ONLY: a partitioned or inherited table's rows are dumped
+            // once, with the partition or child that holds them.
+            .copy_out_raw(&format!("COPY (SELECT * FROM ONLY {table}) TO STDOUT"))
             .await
             .map_err(transient("cannot read the tenant's rows"))?;
         while let Some(chunk) = rows.next().await {
@@ -132,14 +165,19 @@ pub async fn pool_rows(
 
 #[cfg(test)]
 mod tests {
-    use super::password_of;
+    use super::conninfo;
 
     #[test]
-    fn the_password_comes_from_the_url_decoded() {
-        let password = |url: &str| password_of(url).map(|p| p.as_str().to_owned());
-        assert_eq!(password("postgres://u:p%40ss@h:5432/db").as_deref(), Some("p@ss"));
-        assert_eq!(password("postgres://u@h/db"), None);
-        assert_eq!(password("postgres://h/db"), None);
-        assert_eq!(password("not a url"), None);
+    fn the_tools_get_the_url_without_its_password_and_with_libpqs_parameters() {
+        let (info, password) = conninfo(
+            "postgres://u:p%40ss@h:5432/postgres?sslmode=verify-full&sslrootcert=/ca.pem&statement-cache-capacity=5",
+            "tenant_db",
+        )
+        .unwrap();
+        assert_eq!(info, "postgres://u@h:5432/tenant_db?sslmode=verify-full&sslrootcert=%2Fca.pem");
+        assert_eq!(password.as_deref().map(String::as_str), Some("p@ss"));
+        let (info, password) = conninfo("postgres://u@h/db", "other").unwrap();
+        assert_eq!((info.as_str(), password), ("postgres://u@h/other", None));
+        assert!(conninfo("not a url", "db").is_err());
     }
 }

@@ -93,7 +93,7 @@ pub async fn pool_rows(conn: &mut PgConnection, tenant: &Tenant, from: &Path) ->
             .ok_or_else(|| Error::Permanent(format!("the rows part has {line:?}")))?
             .to_owned();
         let columns = Columns::of(&mut tx, &table).await?;
-        sqlx::query(sqlx::AssertSqlSafe(format!("DELETE FROM {table}")))
+        sqlx::query(sqlx::AssertSqlSafe(format!("DELETE FROM ONLY {table}")))
             .execute(&mut *tx)
             .await
             .map_err(transient("cannot clear the tenant's rows"))?;

@@ -16,7 +16,8 @@ use sqlx::{
 
 use crate::{Error, sql::transient};
 
-pub(crate) const FILES: [&str; 3] = ["data.db", "data.db-wal", "data.db-shm"];
+/// The tenant database's files: the database and its write-ahead log.
+pub const FILES: [&str; 3] = ["data.db", "data.db-wal", "data.db-shm"];
 
 /// The tenant's database file in its directory.
 pub fn path(tenant_dir: &Path) -> PathBuf {

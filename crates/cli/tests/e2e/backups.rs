@@ -562,3 +562,86 @@ async fn scheduled_backups_go_to_s3_back_off_while_it_is_down_and_show_in_metric
         "the failure is in the tenant's stream"
     );
 }
+
+/// Polls until `dir` holds an entry, or `child` ends first; true if one
+/// appeared while `child` still ran.
+async fn appears(dir: &Path, child: &mut std::process::Child) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while std::time::Instant::now() < deadline {
+        if std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some()) {
+            return true;
+        }
+        if child.try_wait().unwrap().is_some() {
+            return false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    false
+}
+
+#[tokio::test]
+async fn a_server_killed_mid_backup_or_mid_restore_leaves_nothing_half_done() {
+    let mut server = Server::embedded().await;
+    server.cli_json(&["tenants", "create", "acme", "--plan", "starter", "--wait"]);
+    // No scheduled backup of its own to race the ones this test cuts.
+    let unscheduled = server.cli(&["tenants", "update", "acme", "--backups", "0/1/1"]);
+    assert!(unscheduled.status.success(), "{}", stderr(&unscheduled));
+    let db = server.tenant_dir("acme").join("data.db");
+    let mut conn =
+        sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display())).await.unwrap();
+    sqlx::query("CREATE TABLE blobs (body BLOB)").execute(&mut conn).await.unwrap();
+    // Enough that a backup and a restore take long enough to be cut.
+    let fill = "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 32) \
+                INSERT INTO blobs SELECT randomblob(1048576) FROM n";
+    sqlx::query(fill).execute(&mut conn).await.unwrap();
+    conn.close().await.unwrap();
+    let data_dir = server.data_dir();
+    let cli = |args: &[&str]| {
+        crate::kit::command()
+            .env("BULKHEAD_DATA_DIR", &data_dir)
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+
+    // Mid-backup: nothing listed, nothing staged after the restart.
+    let mut backing_up = cli(&["backups", "create", "--tenant", "acme"]);
+    let staging = server.data_dir().join("backup-staging");
+    assert!(appears(&staging, &mut backing_up).await, "the backup ended before it could be cut");
+    server.kill();
+    let _ = backing_up.wait();
+    server.restart().await;
+    assert_eq!(crate::kit::entries(&staging), Vec::<String>::new());
+    let listed = server.cli_json(&["backups", "list", "--tenant", "acme"]);
+    assert_eq!(listed["backups"], Value::Array(vec![]), "{listed}");
+    let mut left = Vec::new();
+    let mut dirs = vec![server.data_dir().join("backups")];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            if entry.path().is_dir() { dirs.push(entry.path()) } else { left.push(entry.path()) }
+        }
+    }
+    assert_eq!(left, Vec::<PathBuf>::new(), "a cut upload is removed at the start");
+    let backup = create(&server, "acme");
+    let id = backup["id"].as_str().unwrap();
+
+    // Mid-restore into a new tenant: the next start purges it; run again,
+    // the restore completes.
+    let mut restoring = cli(&["backups", "restore", "--tenant", "acme", id, "--to", "acme-copy"]);
+    let markers = server.data_dir().join("backup-restores");
+    assert!(appears(&markers, &mut restoring).await, "the restore ended before it could be cut");
+    server.kill();
+    let _ = restoring.wait();
+    server.restart().await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while exit_code(&server.cli(&["tenants", "get", "acme-copy"])) != 3 {
+        assert!(std::time::Instant::now() < deadline, "acme-copy was not purged\n{}", server.log());
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(crate::kit::entries(&markers), Vec::<String>::new());
+    let restored =
+        server.cli_json(&["backups", "restore", "--tenant", "acme", id, "--to", "acme-copy"]);
+    assert_eq!(restored["created"], true, "{restored}");
+}

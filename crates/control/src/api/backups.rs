@@ -43,6 +43,12 @@ pub struct BackupView {
     pub parts: Vec<BackupPartView>,
 }
 
+impl From<bulkhead_backup::PartEntry> for BackupPartView {
+    fn from(p: bulkhead_backup::PartEntry) -> Self {
+        Self { name: p.name, size: p.size, sha256: p.sha256 }
+    }
+}
+
 impl From<Listing> for BackupView {
     fn from(listing: Listing) -> Self {
         let manifest = listing.manifest;
@@ -55,11 +61,7 @@ impl From<Listing> for BackupView {
             size: listing.size,
             format: manifest.format,
             recipient: listing.recipient,
-            parts: manifest
-                .parts
-                .into_iter()
-                .map(|p| BackupPartView { name: p.name, size: p.size, sha256: p.sha256 })
-                .collect(),
+            parts: manifest.parts.into_iter().map(BackupPartView::from).collect(),
         }
     }
 }
@@ -148,6 +150,20 @@ impl std::fmt::Debug for BackupIdentityView {
     }
 }
 
+/// Runs a backup or restore on a task of its own: a client that goes away
+/// (a closed connection, Ctrl-C) must not cut it short halfway, which
+/// would leave a tenant half restored until the next start.
+async fn run_through<T: Send + 'static>(
+    work: impl std::future::Future<Output = Result<T, crate::backups::BackupServiceError>>
+    + Send
+    + 'static,
+) -> Result<T, ApiError> {
+    match tokio::spawn(work).await {
+        Ok(result) => Ok(result?),
+        Err(error) => Err(ApiError::internal(&error)),
+    }
+}
+
 /// Take a backup of the tenant now; answers when it is stored.
 #[utoipa::path(
     post, path = "/v1/tenants/{tenant}/backups", tag = "backups",
@@ -161,7 +177,9 @@ pub async fn create_backup(
     Path(tenant): Path<String>,
 ) -> Result<(StatusCode, Json<BackupView>), ApiError> {
     record_tenant(&tenant);
-    let listing = state.backups.create(&actor, &tenant, "manual").await?;
+    let backups = std::sync::Arc::clone(&state.backups);
+    let listing =
+        run_through(async move { backups.create(&actor, &tenant, "manual").await }).await?;
     Ok((StatusCode::CREATED, Json(listing.into())))
 }
 
@@ -253,11 +271,7 @@ pub async fn verify_backup(
     let Json(body) = body?;
     let identity = body.identity.map(Zeroizing::new);
     let manifest = state.backups.verify(&actor, &tenant, &id, identity).await?;
-    let parts = manifest
-        .parts
-        .into_iter()
-        .map(|p| BackupPartView { name: p.name, size: p.size, sha256: p.sha256 })
-        .collect();
+    let parts = manifest.parts.into_iter().map(BackupPartView::from).collect();
     Ok(Json(VerifyView { id, verified: true, parts }))
 }
 
@@ -391,8 +405,11 @@ pub async fn restore_backup(
         None => crate::backups::Target::Same,
     };
     let identity = body.identity.map(Zeroizing::new);
-    let restored =
-        state.backups.restore(&actor, &tenant, &id, target, body.force, identity).await?;
+    let backups = std::sync::Arc::clone(&state.backups);
+    let restored = run_through(async move {
+        backups.restore(&actor, &tenant, &id, target, body.force, identity).await
+    })
+    .await?;
     Ok(Json(restored.into()))
 }
 
@@ -442,6 +459,11 @@ pub async fn restore_archive(
         })?;
     let stream = body.into_data_stream().map_err(std::io::Error::other);
     let reader = bulkhead_backup::ArchiveReader::new(stream);
-    let restored = state.backups.restore_archive(&actor, reader, identity, params.to).await?;
+    let backups = std::sync::Arc::clone(&state.backups);
+    let restored =
+        run_through(
+            async move { backups.restore_archive(&actor, reader, identity, params.to).await },
+        )
+        .await?;
     Ok(Json(restored.into()))
 }

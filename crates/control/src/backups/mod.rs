@@ -49,7 +49,7 @@ pub enum BackupServiceError {
     InvalidState(String),
     #[error("{0}")]
     InvalidRequest(String),
-    #[error("a backup of tenant {0:?} is already running; wait for it to finish")]
+    #[error("a backup or restore of tenant {0:?} is already running; wait for it to finish")]
     Running(String),
     #[error(
         "tenant {0:?} encrypts its backups to its own key: Bulkhead holds no key that opens \
@@ -123,8 +123,18 @@ pub struct BackupService {
     events: EventLog,
     /// `<data-dir>/backup-staging`.
     staging: PathBuf,
+    /// `<data-dir>/backup-restores`: one marker per restore into a new
+    /// tenant under way.
+    restores: PathBuf,
     /// Tenants with a backup under way: never two at once for one tenant.
     running: Mutex<HashSet<Uuid>>,
+    /// When the scheduler last applied every tenant's retention.
+    swept: Mutex<Option<time::OffsetDateTime>>,
+}
+
+/// Makes a directory only the server's user can enter.
+fn private_dir(path: &Path) -> std::io::Result<()> {
+    std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700).create(path)
 }
 
 /// Removes the tenant from `running` when the backup ends, however.
@@ -160,8 +170,12 @@ impl BackupService {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
             _ => {}
         }
-        std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700)
-            .create(&staging)?;
+        private_dir(&staging)?;
+        let restores = data_dir.join("backup-restores");
+        match private_dir(&restores) {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(e),
+            _ => {}
+        }
         let keys = BackupKeys::new(Arc::clone(&sources.vault), Arc::clone(&sources.clock));
         let tenants = Arc::clone(&targets.tenants);
         Ok(Self {
@@ -175,12 +189,27 @@ impl BackupService {
             regions,
             events,
             staging,
+            restores,
             running: Mutex::default(),
+            swept: Mutex::default(),
         })
     }
 
     pub fn storage(&self) -> &Storage {
         &self.storage
+    }
+
+    /// Marks a backup or restore of the tenant under way until the guard
+    /// drops: never two at once for one tenant.
+    fn claim(&self, tenant: &Tenant) -> Result<Running<'_>> {
+        let mut running = self
+            .running
+            .lock()
+            .map_err(|_| BackupServiceError::Internal("backup registry poisoned".into()))?;
+        if !running.insert(tenant.id.0) {
+            return Err(BackupServiceError::Running(tenant.name.to_string()));
+        }
+        Ok(Running { running: &self.running, tenant: tenant.id.0 })
     }
 
     async fn tenant(&self, actor: &Actor, name: &str, permission: Permission) -> Result<Tenant> {
@@ -203,16 +232,7 @@ impl BackupService {
                 tenant.state
             )));
         }
-        let _running = {
-            let mut running = self
-                .running
-                .lock()
-                .map_err(|_| BackupServiceError::Internal("backup registry poisoned".into()))?;
-            if !running.insert(tenant.id.0) {
-                return Err(BackupServiceError::Running(name.to_owned()));
-            }
-            Running { running: &self.running, tenant: tenant.id.0 }
-        };
+        let _running = self.claim(&tenant)?;
         let now = self.sources.clock.now();
         let id = bulkhead_backup::new_id(&now);
         let dir = self.staging.join(&id);
@@ -254,8 +274,7 @@ impl BackupService {
             .get(tenant.region.as_str())
             .map_err(|e| BackupServiceError::InvalidState(e.to_string()))?
             .clone();
-        std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700)
-            .create(dir)
+        private_dir(dir)
             .map_err(|e| BackupServiceError::Staging(format!("{}: {e}", dir.display())))?;
         let recipient = self.keys.recipient(tenant).await?;
         // The time the backup is of: before any part is read, so that a
@@ -342,7 +361,16 @@ impl BackupService {
         })
         .await
         .map_err(|e| BackupServiceError::Internal(e.to_string()))
-        .and_then(|m| m);
+        .and_then(|m| m)
+        .and_then(|manifest| {
+            if manifest != listing.manifest || manifest.about.tenant_id != tenant.id.0 {
+                return Err(BackupError::NotABackup(
+                    "its manifest is not the one its listing records".to_owned(),
+                )
+                .into());
+            }
+            Ok(manifest)
+        });
         let _ = std::fs::remove_file(&audit);
         let details = match &manifest {
             Ok(_) => json!({ "backup": id }),
@@ -350,14 +378,7 @@ impl BackupService {
         };
         let outcome = if manifest.is_ok() { "ok" } else { "failed" };
         self.events.record(actor, &tenant, "backup.verify", outcome, details).await;
-        let manifest = manifest?;
-        if manifest != listing.manifest || manifest.about.tenant_id != tenant.id.0 {
-            return Err(BackupError::NotABackup(
-                "its manifest is not the one its listing records".to_owned(),
-            )
-            .into());
-        }
-        Ok(manifest)
+        manifest
     }
 
     /// The identity that opens a backup encrypted to `recipient`: the one

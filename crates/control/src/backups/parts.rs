@@ -38,19 +38,34 @@ use crate::{
 };
 
 /// What of a tenant's directory is not among its files: its database (a
-/// part of its own) and `run/` (its workers' sockets).
-pub(super) const KEPT_IN_PLACE: [&str; 4] = ["data.db", "data.db-wal", "data.db-shm", "run"];
+/// part of its own), `run/` (its workers' sockets) and the marker that
+/// says whose directory it is.
+pub(super) fn kept_in_place() -> Vec<&'static str> {
+    let mut kept = bulkhead_tenantdb::sqlite::FILES.to_vec();
+    kept.extend(["run", crate::provision::MARKER]);
+    kept
+}
 /// A lease for reading a pool tenant's rows lives this long at most.
-const LEASE_TTL: Duration = Duration::from_secs(3_600);
+pub(super) const LEASE_TTL: Duration = Duration::from_secs(3_600);
 /// The largest number of secret versions or sealed keys read at once.
 const ALL: u32 = u32::MAX;
 
 /// A part ready to be written: a file in the staging directory, or bytes
 /// that must never touch the disk unencrypted (the data keys).
-#[derive(Debug)]
 pub enum Staged {
     File(String, PathBuf),
     Memory(String, zeroize::Zeroizing<Vec<u8>>),
+}
+
+impl std::fmt::Debug for Staged {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Staged::File(name, path) => f.debug_tuple("File").field(name).field(path).finish(),
+            Staged::Memory(name, bytes) => {
+                f.debug_tuple("Memory").field(name).field(&bytes.len()).finish()
+            }
+        }
+    }
 }
 
 /// What the parts are read from.
@@ -134,7 +149,7 @@ impl Sources {
         if tokio::fs::try_exists(&tenant_dir).await.unwrap_or(false) {
             let (from, to) = (tenant_dir.clone(), file.clone());
             tokio::task::spawn_blocking(move || {
-                bulkhead_backup::pack_dir(&from, &to, &KEPT_IN_PLACE)
+                bulkhead_backup::pack_dir(&from, &to, &kept_in_place())
             })
             .await
             .map_err(|e| BackupServiceError::Internal(e.to_string()))??;

@@ -63,7 +63,9 @@ fn due(policy: &BackupPolicy, run: Option<&BackupRun>, now: OffsetDateTime) -> b
 }
 
 /// The scheduled backups of `listed` (oldest first) that `policy` no
-/// longer keeps, each with the reason: beyond its count, or its age.
+/// longer keeps, each with the reason: beyond its count, or its age. The
+/// newest is always kept: were the tenant's backups failing for longer than
+/// its retention, age alone would leave it none.
 fn expired<'a>(
     listed: &'a [Listing],
     policy: &BackupPolicy,
@@ -72,15 +74,13 @@ fn expired<'a>(
     let scheduled: Vec<&Listing> = listed.iter().filter(|l| l.kind == "scheduled").collect();
     let oldest_kept = now - time::Duration::days(i64::from(policy.retention_days));
     let over = scheduled.len().saturating_sub(policy.keep as usize);
+    let newest = scheduled.len().saturating_sub(1);
     scheduled
         .into_iter()
         .enumerate()
+        .take(newest)
         .filter_map(|(i, listing)| {
-            let created = OffsetDateTime::parse(
-                &listing.manifest.about.created_at,
-                &time::format_description::well_known::Rfc3339,
-            );
-            if created.is_ok_and(|at| at < oldest_kept) {
+            if listing.manifest.about.taken_at().is_ok_and(|at| at < oldest_kept) {
                 Some((listing, "retention_days"))
             } else if i < over {
                 Some((listing, "keep"))
@@ -116,14 +116,26 @@ impl BackupService {
             .filter_map(|t| policy(&self.plans, t).map(|p| (t.clone(), p)))
             .filter(|(t, p)| due(p, runs.get(&t.id), now))
             .collect();
-        let taken = futures_util::stream::iter(due)
-            .map(|(tenant, _)| async move { self.scheduled(&tenant).await })
+        let taken: Vec<TenantId> = futures_util::stream::iter(due)
+            .map(|(tenant, _)| async move { self.scheduled(&tenant).await.then_some(tenant.id) })
             .buffer_unordered(settings.concurrency.max(1))
-            .filter(|took| std::future::ready(*took))
-            .count()
+            .filter_map(std::future::ready)
+            .collect()
             .await;
+        // Retention for the tenants just backed up, and for every tenant once
+        // an hour (ages pass without new backups): listing every tenant's
+        // backups each round would cost a request per backup kept.
+        let sweep = {
+            let mut swept =
+                self.swept.lock().map_err(|_| BackupServiceError::Internal("poisoned".into()))?;
+            let due = swept.is_none_or(|at| now - at >= time::Duration::hours(1));
+            if due {
+                *swept = Some(now);
+            }
+            due
+        };
         let mut deleted = 0;
-        for tenant in &tenants {
+        for tenant in tenants.iter().filter(|t| sweep || taken.contains(&t.id)) {
             if let Some(policy) = policy(&self.plans, tenant) {
                 match self.expire(tenant, &policy, now).await {
                     Ok(n) => deleted += n,
@@ -134,7 +146,7 @@ impl BackupService {
             }
         }
         self.publish_metrics(settings.tenant_labels).await?;
-        Ok(taken as u64 + deleted)
+        Ok(taken.len() as u64 + deleted)
     }
 
     /// Active and suspended tenants: the ones backed up.
@@ -290,6 +302,10 @@ mod tests {
         assert_eq!(gone, [("a", "retention_days"), ("c", "keep")]);
         let roomy = BackupPolicy { every_hours: 24, keep: 10, retention_days: 365 };
         assert!(expired(&listed, &roomy, now).is_empty());
+        let short = BackupPolicy { every_hours: 24, keep: 10, retention_days: 1 };
+        let gone: Vec<&str> =
+            expired(&listed, &short, now).iter().map(|(l, _)| l.id.as_str()).collect();
+        assert_eq!(gone, ["a", "c", "d"], "the newest stays, however old");
     }
 
     #[test]

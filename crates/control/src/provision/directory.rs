@@ -22,7 +22,9 @@ use serde_json::json;
 use super::{ProvisioningStep, StepError, StepTarget};
 use crate::data_dir::write_private;
 
-const MARKER: &str = ".bulkhead-tenant";
+/// The file that says which tenant a directory is (`<id>`), and so that
+/// it may be removed with the tenant.
+pub const MARKER: &str = ".bulkhead-tenant";
 
 #[derive(Debug, Clone, Copy)]
 pub struct AllocateDirectory;

@@ -29,7 +29,7 @@ use crate::{audit::AuditKeys, clock::Clock, credentials::Credentials, identity::
 pub use audit_key::CreateAuditKey;
 pub use bulkhead_tenantdb::RegionServers;
 pub use database::CreateDatabase;
-pub use directory::AllocateDirectory;
+pub use directory::{AllocateDirectory, MARKER};
 pub use keys::{CreateDataKey, DatabaseCredentials};
 pub use realm::CreateRealm;
 pub use schema::MigrateDatabase;
