@@ -132,6 +132,15 @@ pub struct BackupService {
     swept: Mutex<Option<time::OffsetDateTime>>,
 }
 
+/// Runs `work` (archive and file work, which blocks) on a thread for it.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| BackupServiceError::Internal(format!("a blocking task failed: {e}")))?
+}
+
 /// Makes a directory only the server's user can enter.
 fn private_dir(path: &Path) -> std::io::Result<()> {
     std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700).create(path)
@@ -348,7 +357,7 @@ impl BackupService {
         // the staging directory, to verify its chain.
         let audit = self.staging.join(format!("verify-{}.jsonl", Uuid::new_v4().simple()));
         let kept = audit.clone();
-        let manifest = tokio::task::spawn_blocking(move || {
+        let manifest = blocking(move || {
             let manifest = bulkhead_backup::read_parts(reader, &identity, |part| {
                 if part == "audit.jsonl" {
                     Ok(Box::new(std::io::BufWriter::new(std::fs::File::create_new(&kept)?)))
@@ -357,11 +366,9 @@ impl BackupService {
                 }
             })?;
             restore::check_audit(&kept, &pinned)?;
-            Ok::<_, BackupServiceError>(manifest)
+            Ok(manifest)
         })
         .await
-        .map_err(|e| BackupServiceError::Internal(e.to_string()))
-        .and_then(|m| m)
         .and_then(|manifest| {
             if manifest != listing.manifest || manifest.about.tenant_id != tenant.id.0 {
                 return Err(BackupError::NotABackup(

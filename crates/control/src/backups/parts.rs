@@ -148,11 +148,8 @@ impl Sources {
         let file = dir.join("files.tar");
         if tokio::fs::try_exists(&tenant_dir).await.unwrap_or(false) {
             let (from, to) = (tenant_dir.clone(), file.clone());
-            tokio::task::spawn_blocking(move || {
-                bulkhead_backup::pack_dir(&from, &to, &kept_in_place())
-            })
-            .await
-            .map_err(|e| BackupServiceError::Internal(e.to_string()))??;
+            super::blocking(move || Ok(bulkhead_backup::pack_dir(&from, &to, &kept_in_place())?))
+                .await?;
             parts.push(Staged::File("files.tar".to_owned(), file));
         }
         Ok((parts, schemas))

@@ -232,7 +232,7 @@ impl BackupService {
         super::private_dir(dir)
             .map_err(|e| BackupServiceError::Staging(format!("{}: {e}", dir.display())))?;
         let into = dir.to_path_buf();
-        tokio::task::spawn_blocking(move || {
+        super::blocking(move || {
             let keys = InMemory::default();
             let kept = keys.clone();
             let manifest = bulkhead_backup::read_parts(reader, &identity, |part| {
@@ -250,7 +250,6 @@ impl BackupService {
             Ok((manifest, keys.take()))
         })
         .await
-        .map_err(|e| BackupServiceError::Internal(e.to_string()))?
     }
 
     /// Restores over the tenant itself, suspended meanwhile; refused over
@@ -716,7 +715,7 @@ impl BackupService {
             return Ok(());
         }
         let tenant_dir = self.sources.tenants_dir.join(tenant.name.as_str());
-        tokio::task::spawn_blocking(move || -> Result<()> {
+        super::blocking(move || {
             use std::os::unix::fs::MetadataExt;
             let failed = |e: std::io::Error| {
                 BackupServiceError::Staging(format!("{}: {e}", tenant_dir.display()))
@@ -778,7 +777,6 @@ impl BackupService {
             Ok(())
         })
         .await
-        .map_err(|e| BackupServiceError::Internal(e.to_string()))?
     }
 
     /// What changed in the tenant since the backup, if anything: an
