@@ -473,6 +473,9 @@ async fn a_restored_tenant_equals_its_original_here_in_place_and_on_another_inst
         Value::Array(vec![]),
         "nothing half-restored"
     );
+    let refusals = elsewhere.audit_events(&[]);
+    let refusals = refusals.iter().filter(|e| e["action"] == "backup.restore_archive").count();
+    assert_eq!(refusals, 3, "each refused archive is in the platform's stream");
     let restored = elsewhere.cli_json(&["backups", "restore", "--from", f, "--identity-file", k]);
     assert_eq!(restored["tenant"], "acme", "{restored}");
     assert_eq!(contents(&elsewhere, "acme").await, original);

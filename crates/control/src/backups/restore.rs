@@ -171,8 +171,16 @@ impl BackupService {
         if !actor.is_operator() {
             return Err(BackupServiceError::OperatorOnly);
         }
-        let target = Target::New(to.unwrap_or_default());
-        self.restore_from(actor, reader, identity, Vec::new(), None, target, false).await
+        let target = Target::New(to.clone().unwrap_or_default());
+        let result =
+            self.restore_from(actor, reader, identity, Vec::new(), None, target, false).await;
+        // A failed one made no tenant to record it against: the platform's
+        // stream says who tried what.
+        if let Err(error) = &result {
+            let details = json!({ "to": to, "error": error.to_string() });
+            self.events.record_platform(actor, "backup.restore_archive", "failed", details).await;
+        }
+        result
     }
 
     #[allow(clippy::too_many_arguments)]
