@@ -204,10 +204,6 @@ impl BackupService {
         })
     }
 
-    pub fn storage(&self) -> &Storage {
-        &self.storage
-    }
-
     /// Marks a backup or restore of the tenant under way until the guard
     /// drops: never two at once for one tenant.
     fn claim(&self, tenant: &Tenant) -> Result<Running<'_>> {
