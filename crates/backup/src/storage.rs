@@ -353,6 +353,22 @@ impl Storage {
         }
     }
 
+    /// Deletes every object under the tenant's prefix (its backups, their
+    /// listings, whatever a cut upload left); returns how many.
+    pub async fn delete_all(&self, tenant: Uuid) -> Result<u64, BackupError> {
+        let prefix = self.tenant_dir(tenant);
+        let mut objects = self.store.list(Some(&prefix));
+        let mut deleted = 0;
+        while let Some(object) = objects.next().await {
+            let object = object.map_err(unreachable)?;
+            match self.store.delete(&object.location).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => deleted += 1,
+                Err(e) => return Err(unreachable(e)),
+            }
+        }
+        Ok(deleted)
+    }
+
     /// Reads archive `id` as a blocking reader (for [`crate::verify`] on a
     /// blocking thread), fetched as it is read.
     pub async fn read(&self, tenant: Uuid, id: &str) -> Result<ArchiveReader, BackupError> {

@@ -629,6 +629,17 @@ pub async fn start_with_steps(
         events.clone(),
         shutdown_rx.clone(),
     ));
+    let backup_store = config
+        .backup_store
+        .clone()
+        .unwrap_or_else(|| bulkhead_backup::Location::Directory(data_dir.path().join("backups")));
+    match bulkhead_backup::Storage::remove_interrupted(&backup_store) {
+        Ok(0) => {}
+        Ok(removed) => tracing::info!(removed, "removed what interrupted backup uploads left"),
+        Err(error) => tracing::warn!(%error, "cannot remove what interrupted backup uploads left"),
+    }
+    let backup_storage = bulkhead_backup::Storage::open(&backup_store)
+        .map_err(|e| StartError::Backup(e.to_string()))?;
     let services = StepServices {
         store: Arc::clone(&store),
         servers,
@@ -638,6 +649,7 @@ pub async fn start_with_steps(
         audit_keys: Arc::clone(&audit_keys),
         audit: audit_log.clone(),
         clock: Arc::clone(&clock),
+        backups: backup_storage.clone(),
     };
 
     let reconciler = Arc::new(Reconciler::new(
@@ -706,15 +718,6 @@ pub async fn start_with_steps(
         admission,
         witnesses,
     ));
-    let backup_store = config
-        .backup_store
-        .clone()
-        .unwrap_or_else(|| bulkhead_backup::Location::Directory(data_dir.path().join("backups")));
-    match bulkhead_backup::Storage::remove_interrupted(&backup_store) {
-        Ok(0) => {}
-        Ok(removed) => tracing::info!(removed, "removed what interrupted backup uploads left"),
-        Err(error) => tracing::warn!(%error, "cannot remove what interrupted backup uploads left"),
-    }
     let backups = Arc::new(
         crate::backups::BackupService::new(
             crate::backups::Sources {
@@ -733,8 +736,7 @@ pub async fn start_with_steps(
             },
             config.plans.clone(),
             Arc::clone(&metrics),
-            bulkhead_backup::Storage::open(&backup_store)
-                .map_err(|e| StartError::Backup(e.to_string()))?,
+            backup_storage,
             config.regions.clone(),
             events.clone(),
             data_dir.path(),

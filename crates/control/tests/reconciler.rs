@@ -119,6 +119,10 @@ impl Fixture {
                 self.regions.clone(),
             )),
             clock: Arc::new(SystemClock),
+            backups: bulkhead_backup::Storage::open(&bulkhead_backup::Location::Directory(
+                self.dir.path().join("backups"),
+            ))
+            .unwrap(),
         })
     }
 
@@ -325,6 +329,7 @@ async fn a_failing_step_fails_the_tenant_and_undoes_everything() {
 fn all_steps(status: StepStatus) -> Vec<(String, StepStatus)> {
     [
         "allocate_directory",
+        "backup_chain",
         "create_audit_key",
         "create_data_key",
         "create_database",

@@ -153,6 +153,17 @@ async fn a_backup_holds_every_part_verifies_and_opens_with_the_age_tool() {
     assert_eq!(listed["backups"], Value::Array(vec![]));
     let gone = server.cli(&["backups", "delete", "--tenant", "acme", id]);
     assert_eq!(exit_code(&gone), 3, "{}", stderr(&gone));
+
+    // A purge takes the tenant's backups with it; the other's stay.
+    create(&server, "globex");
+    create(&server, "acme");
+    let tenants = server.data_dir().join("backups/tenants");
+    let purged = server.cli(&["tenants", "delete", "globex", "--purge", "--yes", "--wait"]);
+    assert!(purged.status.success(), "{}", stderr(&purged));
+    assert!(
+        !tenants.join(&globex).exists() || crate::kit::entries(&tenants.join(&globex)).is_empty()
+    );
+    assert_eq!(crate::kit::entries(&tenants.join(&acme)).len(), 2, "acme's archive and listing");
 }
 
 #[tokio::test]

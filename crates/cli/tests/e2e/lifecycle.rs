@@ -29,7 +29,7 @@ async fn quickstart(server: &Server) -> serde_json::Value {
     assert_eq!(got["domain"], "acme.localhost");
     let steps: Vec<_> =
         got["steps"].as_array().unwrap().iter().map(|s| s["state"].as_str().unwrap()).collect();
-    assert_eq!(steps, ["applied"; 7]);
+    assert_eq!(steps, ["applied"; 8]);
 
     let suspended = server.cli_json(&["tenants", "suspend", "acme"]);
     assert_eq!(suspended["state"], "suspended");
@@ -119,7 +119,7 @@ async fn a_deleted_tenant_keeps_its_name_until_purged() {
     assert_eq!(got["state"], "deleted");
     let steps: Vec<_> =
         got["steps"].as_array().unwrap().iter().map(|s| s["state"].as_str().unwrap()).collect();
-    assert_eq!(steps, ["undone"; 7]);
+    assert_eq!(steps, ["undone"; 8]);
     assert_eq!(server.cli_json(&["tenants", "list"]), serde_json::json!([]));
     let tombstones = server.cli_json(&["tenants", "list", "--state", "deleted"]);
     assert_eq!(tombstones[0]["name"], "acme");

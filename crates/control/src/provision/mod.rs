@@ -9,6 +9,7 @@
 //! stream, gateway routes, backups) add their steps to this list.
 
 mod audit_key;
+mod backups;
 mod database;
 mod directory;
 mod keys;
@@ -27,6 +28,7 @@ use thiserror::Error;
 use crate::{audit::AuditKeys, clock::Clock, credentials::Credentials, identity::IdentityService};
 
 pub use audit_key::CreateAuditKey;
+pub use backups::BackupChain;
 pub use bulkhead_tenantdb::RegionServers;
 pub use database::CreateDatabase;
 pub use directory::{AllocateDirectory, MARKER};
@@ -95,6 +97,8 @@ pub struct StepServices {
     pub audit_keys: Arc<AuditKeys>,
     pub audit: AuditLog,
     pub clock: Arc<dyn Clock>,
+    /// Where tenants' backups are kept.
+    pub backups: bulkhead_backup::Storage,
 }
 
 /// The ordered list every tenant goes through. A tenant becomes `active`
@@ -107,6 +111,9 @@ pub fn standard_steps(services: &StepServices) -> Vec<Arc<dyn ProvisioningStep>>
         Arc::new(AllocateDirectory),
         Arc::new(CreateDataKey::new(Arc::clone(&services.vault), Arc::clone(&services.clock))),
         Arc::new(CreateAuditKey::new(Arc::clone(&services.audit_keys), services.audit.clone())),
+        // After the data key: a purge deletes the backups before it
+        // destroys the key that opens them.
+        Arc::new(BackupChain::new(services.backups.clone())),
         Arc::new(CreateRealm::new(Arc::clone(&services.identity))),
         Arc::new(CreateDatabase::new(services.servers.clone())),
         Arc::new(MigrateDatabase::new(
