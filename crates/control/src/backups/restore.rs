@@ -197,8 +197,9 @@ impl BackupService {
         let work = self.staging.join(format!("restore-{}", Uuid::new_v4().simple()));
         let result = async {
             let (manifest, keys) = self.unpack(reader, identity, &work, pinned).await?;
+            let backup = Unpacked { manifest, keys, dir: work.clone() };
             if let Some(source) = &source
-                && manifest.about.tenant_id != source.id.0
+                && backup.manifest.about.tenant_id != source.id.0
             {
                 return Err(invalid("manifest", "it is another tenant's backup"));
             }
@@ -207,14 +208,15 @@ impl BackupService {
             }
             match (target, source) {
                 (Target::Same, Some(tenant)) => {
-                    self.restore_over(actor, &tenant, &manifest, &keys, &work, force).await
+                    self.restore_over(actor, &tenant, &backup, force).await
                 }
                 (Target::Same, None) => Err(BackupServiceError::InvalidRequest(
                     "an archive from elsewhere is restored into a new tenant".into(),
                 )),
                 (Target::New(name), _) => {
-                    let name = if name.is_empty() { manifest.about.tenant.clone() } else { name };
-                    self.restore_new(actor, &name, &manifest, &keys, &work).await
+                    let name =
+                        if name.is_empty() { backup.manifest.about.tenant.clone() } else { name };
+                    self.restore_new(actor, &name, &backup).await
                 }
             }
         }
@@ -266,11 +268,10 @@ impl BackupService {
         &self,
         actor: &Actor,
         tenant: &Tenant,
-        manifest: &Manifest,
-        keys: &[u8],
-        dir: &Path,
+        backup: &Unpacked,
         force: bool,
     ) -> Result<Restored> {
+        let (manifest, dir) = (&backup.manifest, backup.dir.as_path());
         if !matches!(tenant.state, TenantState::Active | TenantState::Suspended) {
             return Err(BackupServiceError::InvalidState(format!(
                 "tenant {:?} is {}; a backup is restored into an active or suspended tenant",
@@ -297,7 +298,7 @@ impl BackupService {
             )));
         }
         let mut warnings = Vec::new();
-        self.put_back(actor, tenant, manifest, keys, dir, true).await?;
+        self.put_back(actor, tenant, backup, true).await?;
         // Left suspended if anything failed above: its data may be half
         // put back, and a retry of the restore finishes it.
         if was_active {
@@ -315,14 +316,8 @@ impl BackupService {
 
     /// Makes a new tenant like the backup's and puts the backup into it;
     /// on any failure the new tenant is purged again.
-    async fn restore_new(
-        &self,
-        actor: &Actor,
-        name: &str,
-        manifest: &Manifest,
-        keys: &[u8],
-        dir: &Path,
-    ) -> Result<Restored> {
+    async fn restore_new(&self, actor: &Actor, name: &str, backup: &Unpacked) -> Result<Restored> {
+        let (manifest, dir) = (&backup.manifest, backup.dir.as_path());
         let config: Config = read_json(dir, "config.json")?;
         let region = self
             .regions
@@ -360,7 +355,7 @@ impl BackupService {
         let result = async {
             let tenant = self.provisioned(&tenant).await?;
             let mut warnings = Vec::new();
-            self.put_back(actor, &tenant, manifest, keys, dir, false).await?;
+            self.put_back(actor, &tenant, backup, false).await?;
             self.put_apps(actor, &tenant, dir, &mut warnings).await;
             self.record_restore(actor, &tenant, manifest, dir, &warnings).await;
             Ok(Restored {
@@ -453,11 +448,10 @@ impl BackupService {
         &self,
         actor: &Actor,
         tenant: &Tenant,
-        manifest: &Manifest,
-        keys: &[u8],
-        dir: &Path,
+        backup: &Unpacked,
         over: bool,
     ) -> Result<()> {
+        let Unpacked { manifest, keys, dir } = backup;
         self.put_database(tenant, manifest, dir).await?;
         self.put_secrets(tenant, manifest, keys, dir, over).await?;
         self.put_config(actor, tenant, dir, over).await?;
@@ -886,6 +880,14 @@ impl From<crate::tenants::TenantError> for BackupServiceError {
     fn from(error: crate::tenants::TenantError) -> Self {
         BackupServiceError::Tenant(error)
     }
+}
+
+/// A backup decrypted and checked into a staging directory, its data keys
+/// in memory: what every step of a restore reads.
+struct Unpacked {
+    manifest: Manifest,
+    keys: Zeroizing<Vec<u8>>,
+    dir: std::path::PathBuf,
 }
 
 /// A part kept in memory as it is read (the data keys), zeroized when

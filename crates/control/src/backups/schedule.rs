@@ -145,7 +145,7 @@ impl BackupService {
                 }
             }
         }
-        self.publish_metrics(settings.tenant_labels).await?;
+        self.publish_metrics(&tenants, settings.tenant_labels).await?;
         Ok(taken.len() as u64 + deleted)
     }
 
@@ -214,10 +214,10 @@ impl BackupService {
     /// Sets the backup metrics: each tenant's last success, for the
     /// `labels` tenants whose last success is oldest (the ones to look at),
     /// the rest as `tenant="_other"` (the oldest of them).
-    async fn publish_metrics(&self, labels: usize) -> Result<()> {
+    async fn publish_metrics(&self, tenants: &[Tenant], labels: usize) -> Result<()> {
         let runs = self.sources.store.backup_runs().await?;
         let mut names: HashMap<TenantId, String> = HashMap::new();
-        for tenant in self.live_tenants().await? {
+        for tenant in tenants {
             names.insert(tenant.id, tenant.name.to_string());
         }
         let mut last: Vec<(String, i64, i64)> = runs
