@@ -490,6 +490,28 @@ async fn a_restored_tenant_equals_its_original_here_in_place_and_on_another_inst
     let restored = elsewhere.cli_json(&["backups", "restore", "--from", f, "--identity-file", k]);
     assert_eq!(restored["tenant"], "acme", "{restored}");
     assert_eq!(contents(&elsewhere, "acme").await, original);
+
+    // An archive from elsewhere is the tenant's word: it may not bring an
+    // API only an operator may make (a unix: socket of the host).
+    let api = ["apis", "create", "--tenant", "acme", "sock", "--prefix", "/sock"];
+    let made = server.cli(&[&api[..], &["--upstream", "unix:/run/other.sock"]].concat());
+    assert!(made.status.success(), "{}", stderr(&made));
+    let with_socket = create(&server, "acme");
+    let file = archive(&server, &tenant_id(&server, "acme"), &with_socket);
+    let refused = elsewhere.cli(&[
+        "backups",
+        "restore",
+        "--from",
+        file.to_str().unwrap(),
+        "--identity-file",
+        k,
+        "--to",
+        "sock",
+    ]);
+    assert_eq!(exit_code(&refused), 2, "{}", stderr(&refused));
+    assert!(stderr(&refused).contains("only an operator may set"), "{}", stderr(&refused));
+    let absent = elsewhere.cli(&["tenants", "get", "sock"]);
+    assert_eq!(exit_code(&absent), 3, "nothing made");
 }
 
 /// Waits until `done` holds of the tenant's backup list, or fails with it.
