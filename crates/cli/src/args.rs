@@ -973,8 +973,28 @@ pub enum TenantsCommand {
     Suspend { name: String },
     /// Resume a suspended tenant
     Resume { name: String },
-    /// Offboard a tenant: undo its provisioning in reverse
+    /// Offboard a tenant: take its final encrypted snapshot, then stop its
+    /// apps, drop its databases and roles, destroy its keys and free its
+    /// name; with --purge nothing is kept
     Delete(DeleteArgs),
+    /// Bring a deleted tenant back from its final snapshot, as a new tenant
+    Restore(TenantRestoreArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TenantRestoreArgs {
+    /// The deleted tenant (`bulkhead tenants list --state deleted` lists them)
+    pub name: String,
+    /// From the final snapshot its deletion kept
+    #[arg(long, required = true)]
+    pub from_final: bool,
+    /// Bring it back under this name instead (its own is taken)
+    #[arg(long, value_name = "NAME")]
+    pub to: Option<String>,
+    /// The age identity that opens the snapshot, for a tenant that kept its
+    /// own key (an `age-keygen` file)
+    #[arg(long, value_name = "FILE")]
+    pub identity_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -1130,8 +1150,8 @@ impl LimitArgs {
 #[derive(Debug, Args)]
 pub struct DeleteArgs {
     pub name: String,
-    /// Remove everything now, the tenant's record included (its name becomes
-    /// free)
+    /// Keep nothing: its backups and final snapshot go too (also destroys
+    /// the final snapshot of a tenant deleted earlier)
     #[arg(long)]
     pub purge: bool,
     /// Do not ask for confirmation

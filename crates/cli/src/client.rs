@@ -411,6 +411,19 @@ impl ApiClient {
         self.parse(self.send(request).await?.1)
     }
 
+    /// Brings a deleted tenant back from its final snapshot.
+    pub async fn restore_departed(
+        &self,
+        tenant: &str,
+        to: Option<&str>,
+        identity: Option<&str>,
+    ) -> Result<RestoreView, CliError> {
+        let url = self.backup_url(tenant, &["restore"])?;
+        let body = serde_json::json!({ "from_final": true, "to": to, "identity": identity });
+        let request = self.http.post(url).json(&body).timeout(BACKUP_TIMEOUT);
+        self.parse(self.send(request).await?.1)
+    }
+
     /// Streams an archive to the server, to restore into a new tenant.
     pub async fn restore_archive(
         &self,

@@ -35,7 +35,7 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
-fn time(at: &OffsetDateTime) -> String {
+pub fn time(at: &OffsetDateTime) -> String {
     at.format(&Rfc3339).unwrap_or_else(|_| at.to_string())
 }
 
@@ -140,6 +140,21 @@ pub fn tenant(format: Output, view: &TenantView) -> Result<(), CliError> {
     }
     if t.purge_requested {
         fields.push(("Purge", "requested".to_owned()));
+    }
+    if let Some(departure) = &view.departure {
+        fields.push(("Deleted", time(&departure.departed_at)));
+        fields.push((
+            "Final snapshot",
+            match &departure.final_snapshot {
+                Some(id) => format!(
+                    "{id}{}, kept until {} (`bulkhead tenants restore {} --from-final`)",
+                    if departure.own_key { " (encrypted to the tenant's own key)" } else { "" },
+                    time(&departure.expires_at),
+                    t.name
+                ),
+                None => "none (it never became active)".to_owned(),
+            },
+        ));
     }
     if let Some(error) = &t.last_error {
         fields.push(("Last error", error.clone()));

@@ -97,6 +97,8 @@ struct FileBackup {
     check_every: Option<String>,
     /// Backups taken at once, across tenants.
     concurrency: Option<usize>,
+    /// How long a deleted tenant's final snapshot is kept, in days.
+    final_snapshot_days: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -617,6 +619,15 @@ fn backup_schedule(
             return Err(CliError::usage("backup.concurrency must be 1 to 64"));
         }
         settings.concurrency = concurrency;
+    }
+    if let Some(days) = file.final_snapshot_days {
+        if !(1..=3650).contains(&days) {
+            return Err(CliError::usage(
+                "backup.final_snapshot_days must be 1 to 3650 (to keep nothing of a tenant, \
+                 delete it with --purge)",
+            ));
+        }
+        settings.final_snapshot_days = days;
     }
     Ok(settings)
 }

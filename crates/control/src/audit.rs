@@ -299,8 +299,17 @@ impl AuditService {
             StreamRequest::Platform => Err(AuditServiceError::PlatformOnly),
             StreamRequest::Tenant(name) => {
                 let missing = || AuditServiceError::TenantNotFound(name.clone());
-                let tenant = self.store.tenant_named(name).await?.filter(|t| actor.may_access(t));
-                let tenant = tenant.ok_or_else(missing)?;
+                let tenant = match self.store.tenant_named(name).await? {
+                    Some(tenant) => Some(tenant),
+                    // A deleted tenant's stream outlives it: its departure
+                    // says whose it was while it is kept.
+                    None => self
+                        .store
+                        .departed_named(name)
+                        .await?
+                        .and_then(|d| serde_json::from_str::<Tenant>(&d.record).ok()),
+                };
+                let tenant = tenant.filter(|t| actor.may_access(t)).ok_or_else(missing)?;
                 if !actor.allows(&tenant, Permission::Manage) {
                     return Err(AuditServiceError::Forbidden(name.clone()));
                 }

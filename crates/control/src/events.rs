@@ -147,6 +147,10 @@ fn resource(action: &str, details: &Value) -> String {
         "vault" => with("lockouts", "principal"),
         "api" => with("apis", "name"),
         "gateway" => with("apis", "api"),
+        // In the platform's stream, which names the tenant.
+        "tenant" | "backup" if detail("tenant").is_some() => {
+            format!("tenants/{}/tenant", detail("tenant").unwrap_or_default())
+        }
         _ => "tenant".to_owned(),
     }
 }

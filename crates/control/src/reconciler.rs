@@ -6,8 +6,11 @@
 //!   that keeps failing marks the tenant `failed` and undoes, in reverse,
 //!   every step up to and including the one that failed.
 //! - `failed` with its steps not yet undone: finish undoing them.
-//! - `offboarding`: undo every step in reverse, then mark the tenant
-//!   `deleted`, or remove its record when a purge was asked for.
+//! - `offboarding`: undo every step in reverse, then remove the tenant's
+//!   record, which frees its name. A plain delete leaves a departure
+//!   behind (its final snapshot, kept for a while, which the
+//!   `backup_chain` step took); a purge leaves nothing but the audit
+//!   stream. Each step undone is recorded in the platform's stream.
 //!
 //! A crash between a step's effect and its record only means the step runs
 //! again on restart, which steps tolerate. The store is scanned at start and
@@ -391,26 +394,30 @@ impl Reconciler {
     async fn offboard(&self, mut tenant: Tenant) -> Result<(), Interrupted> {
         let steps = self.steps.clone();
         self.undo_all(&mut tenant, &steps).await?;
-        if tenant.purge_requested {
-            self.store.delete_tenant(tenant.id).await?;
-            info!("tenant purged");
-            // The stream outlives the tenant: it says how long it is kept.
-            let keep = PlanCatalog::builtin()
-                .get(tenant.plan.as_str())
-                .map_or(PlanCatalog::builtin().longest_audit_retention_days(), |plan| {
-                    plan.audit_retention_days
-                });
-            self.event(&tenant, "tenant.purge", "ok", json!({ "audit_retention_days": keep }))
-                .await;
-        } else {
-            tenant.transition(TenantState::Deleted)?;
-            tenant.last_error = None;
-            tenant.updated_at = self.clock.now();
-            let tenant = self.store.update_tenant(&tenant).await?;
-            info!("tenant deleted");
-            self.event(&tenant, "tenant.delete", "ok", json!({})).await;
-        }
+        self.store.delete_tenant(tenant.id).await?;
+        // The stream outlives the tenant: it says how long it is kept.
+        let keep = PlanCatalog::builtin()
+            .get(tenant.plan.as_str())
+            .map_or(PlanCatalog::builtin().longest_audit_retention_days(), |plan| {
+                plan.audit_retention_days
+            });
+        let action = if tenant.purge_requested { "tenant.purge" } else { "tenant.delete" };
+        info!(action, "tenant offboarded; its name is free");
+        let details = json!({ "audit_retention_days": keep });
+        self.event(&tenant, action, "ok", details.clone()).await;
+        self.platform_event(&tenant, action, details).await;
         Ok(())
+    }
+
+    /// Records an offboarding's progress in the platform's stream, which
+    /// outlives every tenant.
+    async fn platform_event(&self, tenant: &Tenant, action: &str, mut details: serde_json::Value) {
+        if let Some(details) = details.as_object_mut() {
+            details.insert("tenant".into(), json!(tenant.name));
+            details.insert("tenant_id".into(), json!(tenant.id));
+            details.insert("purge".into(), json!(tenant.purge_requested));
+        }
+        self.events.record_platform(&Actor::Reconciler, action, "ok", details).await;
     }
 
     /// Undoes `steps` in reverse order, recording each that had a record.
@@ -430,6 +437,10 @@ impl Reconciler {
             }
             if recorded.contains(step.name()) {
                 self.record(tenant, step.name(), StepStatus::Undone, None).await?;
+            }
+            if tenant.state == TenantState::Offboarding {
+                let details = json!({ "step": step.name() });
+                self.platform_event(tenant, "tenant.offboard_step", details).await;
             }
         }
         Ok(())

@@ -249,6 +249,28 @@ impl Runtime {
         (reverted == generation).then(|| reason.clone())
     }
 
+    /// Stops every worker of a tenant that is leaving (no longer active,
+    /// so the next convergence would stop them too) and waits until they
+    /// have: what they wrote is then whole for its final snapshot. Returns
+    /// how many it stopped.
+    pub async fn stop_tenant(&self, tenant: TenantId) -> usize {
+        let keys: Vec<String> = self
+            .running
+            .lock()
+            .map(|r| r.iter().filter(|(_, w)| w.tenant == tenant).map(|(k, _)| k.clone()).collect())
+            .unwrap_or_default();
+        let grace = RestartPolicy::default().grace;
+        let stopped =
+            futures_util::future::join_all(keys.iter().map(|key| self.supervisor.stop(key, grace)))
+                .await;
+        if let Ok(mut running) = self.running.lock() {
+            keys.iter().for_each(|key| {
+                running.remove(key);
+            });
+        }
+        stopped.into_iter().filter(|s| *s).count()
+    }
+
     /// Resolves at the next switch or revert of any app.
     pub async fn settled(&self) {
         self.settled.notified().await;

@@ -640,29 +640,9 @@ pub async fn start_with_steps(
     }
     let backup_storage = bulkhead_backup::Storage::open(&backup_store)
         .map_err(|e| StartError::Backup(e.to_string()))?;
-    let services = StepServices {
-        store: Arc::clone(&store),
-        servers,
-        vault: Arc::clone(&vault),
-        credentials: Arc::clone(&credentials),
-        identity: Arc::clone(&identity),
-        audit_keys: Arc::clone(&audit_keys),
-        audit: audit_log.clone(),
-        clock: Arc::clone(&clock),
-        backups: backup_storage.clone(),
-    };
-
-    let reconciler = Arc::new(Reconciler::new(
-        Arc::clone(&store),
-        steps(&services),
-        config.regions.clone(),
-        data_dir.tenants(),
-        Arc::clone(&clock),
-        Arc::clone(&metrics),
-        config.reconciler.clone(),
-        events.clone(),
-    ));
-    let step_names: Arc<[&'static str]> = reconciler.step_names().into();
+    // The steps' services, before the services below take theirs.
+    let (step_vault, step_credentials, step_audit_keys, step_servers) =
+        (Arc::clone(&vault), Arc::clone(&credentials), Arc::clone(&audit_keys), servers.clone());
     let (handle, woken) = Reconciler::channel();
     let tenants = Arc::new(TenantService::new(
         Arc::clone(&store),
@@ -741,8 +721,34 @@ pub async fn start_with_steps(
             events.clone(),
             data_dir.path(),
         )
-        .map_err(|e| StartError::Backup(format!("the staging directory: {e}")))?,
+        .map_err(|e| StartError::Backup(format!("the staging directory: {e}")))?
+        .with_departures(crate::backups::DepartureSettings {
+            keep: time::Duration::days(i64::from(config.backup_schedule.final_snapshot_days)),
+            runtime: runtime.clone(),
+        }),
     );
+    let services = StepServices {
+        store: Arc::clone(&store),
+        servers: step_servers,
+        vault: step_vault,
+        credentials: step_credentials,
+        identity: Arc::clone(&identity),
+        audit_keys: step_audit_keys,
+        audit: audit_log.clone(),
+        clock: Arc::clone(&clock),
+        backups: backups.clone(),
+    };
+    let reconciler = Arc::new(Reconciler::new(
+        Arc::clone(&store),
+        steps(&services),
+        config.regions.clone(),
+        data_dir.tenants(),
+        Arc::clone(&clock),
+        Arc::clone(&metrics),
+        config.reconciler.clone(),
+        events.clone(),
+    ));
+    let step_names: Arc<[&'static str]> = reconciler.step_names().into();
     let feed = Arc::new(GatewayFeed::new(
         Arc::clone(&store),
         Arc::clone(identity.realms()),

@@ -6,7 +6,7 @@
 use std::{
     path::{Path, PathBuf},
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicU32, Ordering},
     },
 };
@@ -23,7 +23,8 @@ use bulkhead_control::{
     identity::IdentityService,
     metrics::Metrics,
     provision::{
-        ProvisioningStep, RegionServers, StepError, StepServices, StepTarget, standard_steps,
+        ProvisioningStep, RegionServers, StepError, StepServices, StepTarget, TenantBackups,
+        standard_steps,
     },
     reconciler::Reconciler,
 };
@@ -44,6 +45,32 @@ struct Fixture {
     vault: Arc<Vault>,
     audit_keys: Arc<AuditKeys>,
     events: EventLog,
+    backups: Arc<BackupCalls>,
+}
+
+/// What the reconciler asked of tenants' backups (the backup service, with
+/// its snapshots, is the end-to-end tests' to exercise).
+#[derive(Debug, Default)]
+struct BackupCalls {
+    kept_final: Mutex<Vec<TenantId>>,
+    destroyed: Mutex<Vec<TenantId>>,
+}
+
+#[async_trait]
+impl TenantBackups for BackupCalls {
+    fn describe(&self) -> String {
+        "calls".into()
+    }
+
+    async fn keep_final(&self, tenant: &Tenant) -> Result<(), StepError> {
+        self.kept_final.lock().unwrap().push(tenant.id);
+        Ok(())
+    }
+
+    async fn destroy_all(&self, tenant: &Tenant) -> Result<(), StepError> {
+        self.destroyed.lock().unwrap().push(tenant.id);
+        Ok(())
+    }
 }
 
 impl Fixture {
@@ -76,7 +103,7 @@ impl Fixture {
             Arc::new(SystemClock),
             WriterSettings::default(),
         );
-        Self { store, dir, regions, vault, audit_keys, events }
+        Self { store, dir, regions, vault, audit_keys, events, backups: Arc::default() }
     }
 
     fn tenant_dir(&self, name: &str) -> PathBuf {
@@ -119,10 +146,7 @@ impl Fixture {
                 self.regions.clone(),
             )),
             clock: Arc::new(SystemClock),
-            backups: bulkhead_backup::Storage::open(&bulkhead_backup::Location::Directory(
-                self.dir.path().join("backups"),
-            ))
-            .unwrap(),
+            backups: self.backups.clone(),
         })
     }
 
@@ -469,12 +493,13 @@ async fn finishes_a_rollback_interrupted_by_a_crash() {
 }
 
 #[tokio::test]
-async fn offboarding_undoes_in_reverse_and_purging_removes_the_record() {
+async fn offboarding_keeps_a_final_snapshot_unless_purged_and_frees_the_name() {
     let f = Fixture::embedded().await;
     let reconciler = f.reconciler(f.standard_steps(RegionServers::default()).await);
     for (name, purge) in [("kept", false), ("purged", true)] {
         let tenant = f.create(name, Isolation::Silo).await;
         reconciler.reconcile(tenant.id).await;
+        assert_eq!(f.store.data_keys(tenant.id).await.unwrap().len(), 1);
         let mut offboarding = f.reload(&tenant).await.unwrap();
         offboarding.state = TenantState::Offboarding;
         offboarding.purge_requested = purge;
@@ -482,14 +507,14 @@ async fn offboarding_undoes_in_reverse_and_purging_removes_the_record() {
         reconciler.reconcile(tenant.id).await;
 
         assert!(!exists(&f.tenant_dir(name)));
-        match f.reload(&tenant).await {
-            Some(kept) => {
-                assert!(!purge);
-                assert_eq!(kept.state, TenantState::Deleted);
-                assert!(f.step_states(&tenant).await.iter().all(|(_, s)| *s == StepStatus::Undone));
-            }
-            None => assert!(purge),
-        }
+        assert!(f.reload(&tenant).await.is_none(), "the record goes, freeing the name");
+        assert!(f.store.data_keys(tenant.id).await.unwrap().is_empty(), "keys destroyed");
+        let kept = f.backups.kept_final.lock().unwrap().contains(&tenant.id);
+        let destroyed = f.backups.destroyed.lock().unwrap().contains(&tenant.id);
+        assert_eq!((kept, destroyed), (!purge, purge));
+        let again = f.create(name, Isolation::Silo).await;
+        reconciler.reconcile(again.id).await;
+        assert_eq!(f.reload(&again).await.unwrap().state, TenantState::Active);
     }
 }
 
@@ -581,7 +606,7 @@ async fn a_database_an_interrupted_drop_left_invalid_is_still_dropped() {
     reconciler.reconcile(tenant.id).await;
     let admin = format!("{}admin", db.object_prefix);
     assert_eq!(db.owned_objects().await, (vec![], vec![admin]));
-    assert_eq!(f.reload(&tenant).await.unwrap().state, TenantState::Deleted);
+    assert!(f.reload(&tenant).await.is_none());
 }
 
 #[tokio::test]
@@ -600,7 +625,7 @@ async fn postgres_pool_tenants_share_the_region_database() {
     offboarding.state = TenantState::Offboarding;
     f.store.update_tenant(&offboarding).await.unwrap();
     reconciler.reconcile(one.id).await;
-    assert_eq!(f.reload(&one).await.unwrap().state, TenantState::Deleted);
+    assert!(f.reload(&one).await.is_none());
     assert_eq!(db.owned_objects().await.0, [pool], "one tenant leaving keeps the shared database");
 }
 

@@ -15,6 +15,7 @@ mod apis;
 mod apps;
 mod audit;
 mod backups;
+mod departed;
 mod error;
 mod identity;
 mod lock;
@@ -37,6 +38,7 @@ pub use apis::{ApiRecord, ApiStore, LedgerLine, UsageRecord, UsageStore};
 pub use apps::{AppRecord, AppStore, ROLLOUT_UNDER_WAY, RolloutRecord};
 pub use audit::{AuditCheckpointRow, AuditEventRow, AuditKeyRow, AuditStore};
 pub use backups::{BackupRun, BackupStore};
+pub use departed::{Departed, DepartedStore};
 pub use error::{StoreError, describe as describe_error};
 pub use identity::{ApiKeyRecord, IdentityStore, RealmKeyRecord, RealmRecord, TrustRecord};
 pub use lock::{FileLock, FileLockError, HeldLock, StoreLock};
@@ -128,6 +130,7 @@ pub trait ControlStore:
     + AppStore
     + ResourceStore
     + BackupStore
+    + DepartedStore
     + UsageStore
     + MigrationStore
     + Send

@@ -144,6 +144,7 @@ impl_api_store!(PostgresStore);
 impl_app_store!(PostgresStore);
 impl_resource_store!(PostgresStore);
 impl_backup_store!(PostgresStore);
+crate::departed::impl_departed_store!(PostgresStore);
 impl_usage_store!(PostgresStore);
 impl_migration_store!(PostgresStore);
 // Schema-qualified: an unqualified name could find a table of the same

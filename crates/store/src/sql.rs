@@ -468,7 +468,9 @@ macro_rules! impl_vault_store {
 
             async fn data_keys_by_kek(&self) -> Result<Vec<(String, i64)>, $crate::StoreError> {
                 Ok(sqlx::query_as(
-                    "SELECT kek_id, COUNT(*) FROM vault_data_keys GROUP BY kek_id ORDER BY kek_id",
+                    "SELECT kek_id, COUNT(*) FROM (SELECT kek_id FROM vault_data_keys UNION ALL \
+                     SELECT kek_id FROM departed_tenants WHERE kek_id IS NOT NULL) k \
+                     GROUP BY kek_id ORDER BY kek_id",
                 )
                 .fetch_all(&self.read)
                 .await?)

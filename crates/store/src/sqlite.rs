@@ -78,6 +78,7 @@ impl_api_store!(SqliteStore);
 impl_app_store!(SqliteStore);
 impl_resource_store!(SqliteStore);
 impl_backup_store!(SqliteStore);
+crate::departed::impl_departed_store!(SqliteStore);
 impl_usage_store!(SqliteStore);
 impl_migration_store!(SqliteStore);
 impl_audit_store!(SqliteStore, sqlx::Sqlite, "");

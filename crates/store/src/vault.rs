@@ -145,7 +145,7 @@ pub struct Lockout {
 /// one statement; methods that replace a value compare it with the value
 /// the caller read, so concurrent rotations never lose a write.
 #[async_trait]
-pub trait VaultStore: Send + Sync + fmt::Debug {
+pub trait VaultStore: crate::DepartedStore + Send + Sync + fmt::Debug {
     /// The id of the master key data keys are wrapped with, once one is
     /// recorded.
     async fn master_key_id(&self) -> Result<Option<String>, StoreError>;
@@ -180,7 +180,8 @@ pub trait VaultStore: Send + Sync + fmt::Debug {
         limit: u32,
     ) -> Result<Vec<WrappedDataKey>, StoreError>;
 
-    /// How many data keys each key-encryption key wraps.
+    /// How many data keys (and departed tenants' snapshot keys) each
+    /// key-encryption key wraps.
     async fn data_keys_by_kek(&self) -> Result<Vec<(String, i64)>, StoreError>;
 
     /// Destroys every data key of the tenant; returns how many.

@@ -9,8 +9,9 @@ use bulkhead_model::{
     StepRecord, StepStatus, Tenant, TenantId, TenantLimits, TenantName, TenantState,
 };
 use bulkhead_store::{
-    AppRecord, AuditCheckpointRow, AuditEventRow, BackupRun, LedgerLine, MigrationJobRecord,
-    MigrationTargetRecord, OperatorToken, ResourceRecord, RolloutRecord, StoreError, TenantPage,
+    AppRecord, AuditCheckpointRow, AuditEventRow, BackupRun, Departed, LedgerLine,
+    MigrationJobRecord, MigrationTargetRecord, OperatorToken, ResourceRecord, RolloutRecord,
+    StoreError, TenantPage,
 };
 use bulkhead_testkit::StoreFixture as Fixture;
 use sqlx::Connection;
@@ -61,6 +62,7 @@ bulkhead_testkit::on_both_stores!(
     keeps_resources_by_tenant_and_kind,
     adds_ledger_lines_and_notes_budget_notices_once,
     remembers_backup_successes_and_failures_until_the_tenant_goes,
+    keeps_departures_after_the_tenant_goes,
 );
 
 async fn round_trips_tenants(f: Fixture) {
@@ -743,4 +745,51 @@ async fn remembers_backup_successes_and_failures_until_the_tenant_goes(f: Fixtur
     assert_eq!(f.store.backup_runs().await.unwrap(), [fine]);
     f.store.delete_tenant(acme.id).await.unwrap();
     assert_eq!(f.store.backup_runs().await.unwrap(), []);
+}
+
+async fn keeps_departures_after_the_tenant_goes(f: Fixture) {
+    let (first, second) = (tenant("acme"), tenant("acme"));
+    f.store.insert_tenant(&first).await.unwrap();
+    let departed = |t: &Tenant, at: OffsetDateTime, kek: &str| Departed {
+        tenant_id: t.id,
+        name: t.name.to_string(),
+        record: serde_json::to_string(t).unwrap(),
+        backup_id: Some(format!("final-{}", t.id)),
+        recipient: Some("age1example".into()),
+        kek_id: Some(kek.into()),
+        wrapped_key: Some(vec![1, 2, 3]),
+        sealed_identity: Some(vec![4, 5, 6]),
+        departed_at: at,
+        expires_at: at + time::Duration::days(90),
+    };
+    let left = departed(&first, now(), "master:old");
+    assert!(f.store.insert_departed(&left).await.unwrap());
+    assert!(!f.store.insert_departed(&departed(&first, now(), "master:x")).await.unwrap());
+    // The name is free once the tenant's row goes; the departure stays.
+    f.store.delete_tenant(first.id).await.unwrap();
+    f.store.insert_tenant(&second).await.unwrap();
+    let later = departed(&second, now() + time::Duration::seconds(1), "master:old");
+    f.store.insert_departed(&later).await.unwrap();
+    assert_eq!(f.store.departed(first.id).await.unwrap(), Some(left.clone()));
+    assert_eq!(f.store.departed_named("acme").await.unwrap(), Some(later.clone()));
+    assert_eq!(f.store.departed_tenants().await.unwrap(), [later.clone(), left.clone()]);
+
+    // A master rotation moves the snapshot keys like data keys.
+    let kek: std::collections::HashMap<String, i64> =
+        f.store.data_keys_by_kek().await.unwrap().into_iter().collect();
+    assert_eq!(kek.get("master:old"), Some(&2));
+    let mut key = f.store.departure_keys_wrapped_by("master:old", 1).await.unwrap().remove(0);
+    key.kek_id = "master:new".into();
+    key.wrapped = vec![9];
+    assert!(f.store.rewrap_departure_key(&key, "master:old").await.unwrap());
+    assert!(!f.store.rewrap_departure_key(&key, "master:old").await.unwrap());
+    assert_eq!(f.store.departure_keys_wrapped_by("master:old", 10).await.unwrap().len(), 1);
+    let moved = f.store.departed(key.tenant_id).await.unwrap().unwrap();
+    assert_eq!((moved.kek_id.as_deref(), moved.wrapped_key), (Some("master:new"), Some(vec![9])));
+
+    assert!(f.store.delete_departed(first.id).await.unwrap());
+    assert!(!f.store.delete_departed(first.id).await.unwrap());
+    let left: Vec<_> =
+        f.store.departed_tenants().await.unwrap().iter().map(|d| d.tenant_id).collect();
+    assert_eq!(left, [second.id]);
 }

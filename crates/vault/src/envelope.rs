@@ -71,6 +71,14 @@ pub fn secret_aad(tenant: Uuid, key_version: i64, path: &str) -> Vec<u8> {
     aad
 }
 
+/// Binds what a departed tenant's snapshot key seals (the identity that
+/// opens its final snapshot) to that tenant.
+pub fn departure_aad(tenant: Uuid) -> Vec<u8> {
+    let mut aad = b"bulkhead departure v1\0".to_vec();
+    aad.extend_from_slice(tenant.as_bytes());
+    aad
+}
+
 /// Binds a sealed blob to its tenant, data key version and label.
 pub fn blob_aad(tenant: Uuid, key_version: i64, label: &str) -> Vec<u8> {
     let mut aad = b"bulkhead blob v1\0".to_vec();

@@ -9,7 +9,7 @@ use std::{
 
 use bulkhead_model::TenantId;
 use bulkhead_store::{
-    SealedBlob, SecretSummary, SecretVersion, StoreError, VaultStore, WrappedDataKey,
+    Departed, SealedBlob, SecretSummary, SecretVersion, StoreError, VaultStore, WrappedDataKey,
 };
 use time::OffsetDateTime;
 use tokio::sync::{Mutex, RwLock as AsyncRwLock};
@@ -592,6 +592,22 @@ impl Vault {
                 }
             }
         }
+        // Departed tenants' snapshot keys too: they outlive the data keys.
+        loop {
+            let batch = self.store.departure_keys_wrapped_by(old.id(), BATCH).await?;
+            if batch.is_empty() {
+                break;
+            }
+            for mut key in batch {
+                let plain = self.unwrap(&key).await?;
+                let aad = envelope::data_key_aad(key.tenant_id.0, key.version);
+                key.wrapped = next.wrap(&plain, &aad).await?;
+                key.kek_id = next.id().to_owned();
+                if self.store.rewrap_departure_key(&key, old.id()).await? {
+                    rewrapped += 1;
+                }
+            }
+        }
         // Only the store's record says which key is current; the file
         // follows it, and a start between the two finds both.
         if !self.store.set_master_key_id(Some(old.id()), next.id(), now).await? {
@@ -608,6 +624,50 @@ impl Vault {
             ring.next = None;
         }
         Ok(MasterRotation { from: old.id().to_owned(), to: next.id().to_owned(), rewrapped })
+    }
+
+    // ---- departed tenants ------------------------------------------------
+
+    /// Records a tenant's departure. `identity` (what opens its final
+    /// snapshot) is sealed under a fresh key wrapped by the master key, as
+    /// a data key is (version 0, which no data key has): it outlives the
+    /// tenant's data keys and moves with master rotations. Returns whether
+    /// this departure was recorded (one recorded earlier is kept).
+    pub async fn record_departure(
+        &self,
+        mut departed: Departed,
+        identity: Option<&[u8]>,
+    ) -> Result<bool, VaultError> {
+        // Held until the row is stored, so a master rotation either sees
+        // it or wraps it with the new key.
+        let _inserting = self.key_change.read().await;
+        if let Some(identity) = identity {
+            let tenant = departed.tenant_id;
+            let key = random_key()?;
+            let kek = self.keys.read().map_err(|_| poisoned())?.wrapping_master();
+            departed.wrapped_key =
+                Some(kek.wrap(&key, &envelope::data_key_aad(tenant.0, 0)).await?);
+            departed.kek_id = Some(kek.id().to_owned());
+            departed.sealed_identity =
+                Some(envelope::seal(&key, identity, &envelope::departure_aad(tenant.0))?);
+        }
+        Ok(self.store.insert_departed(&departed).await?)
+    }
+
+    /// What [`Vault::record_departure`] sealed for the tenant; `None` when
+    /// it sealed nothing (the tenant holds its own key).
+    pub async fn open_departure(
+        &self,
+        departed: &Departed,
+    ) -> Result<Option<Zeroizing<Vec<u8>>>, VaultError> {
+        let (Some(key), Some(sealed)) = (departed.wrapped(), &departed.sealed_identity) else {
+            return Ok(None);
+        };
+        let key = self.unwrap(&key).await?;
+        let aad = envelope::departure_aad(departed.tenant_id.0);
+        envelope::open(&key, sealed, &aad).map(Some).map_err(|_| {
+            VaultError::Corrupt("the departed tenant's snapshot key is damaged".into())
+        })
     }
 
     // ---- bring your own key ----------------------------------------------

@@ -54,6 +54,7 @@ bulkhead_testkit::on_both_stores!(
     ciphertexts_do_not_work_for_another_tenant,
     data_key_rotation_and_rewrap_keep_every_secret,
     master_rotation_rewraps_data_keys_only,
+    a_departed_tenants_snapshot_key_outlives_its_data_keys_and_rotations,
     an_interrupted_master_rotation_resumes,
     a_wrong_or_missing_master_key_refuses_and_changes_nothing,
     bring_your_own_key_locks_out_the_master_key,
@@ -600,4 +601,41 @@ async fn sealed_blobs_follow_rotation_adoption_and_shredding(f: Fixture) {
     vault.shred(acme).await.unwrap();
     assert!(matches!(vault.open_blob(acme, label).await, Err(VaultError::NoDataKey)));
     assert!(vault.delete_blob(acme, label).await.unwrap());
+}
+
+async fn a_departed_tenants_snapshot_key_outlives_its_data_keys_and_rotations(f: Fixture) {
+    let vault = f.vault().await;
+    let acme = f.tenant("acme").await;
+    vault.create_data_key(acme, now()).await.unwrap();
+    let departed = bulkhead_store::Departed {
+        tenant_id: acme,
+        name: "acme".into(),
+        record: "{}".into(),
+        backup_id: Some("b".into()),
+        recipient: Some("age1x".into()),
+        kek_id: None,
+        wrapped_key: None,
+        sealed_identity: None,
+        departed_at: now(),
+        expires_at: now(),
+    };
+    assert!(vault.record_departure(departed.clone(), Some(b"AGE-SECRET-KEY-1X")).await.unwrap());
+    // Recorded once: a retried offboarding keeps the first key.
+    assert!(!vault.record_departure(departed, Some(b"another")).await.unwrap());
+    vault.shred(acme).await.unwrap();
+    f.store.delete_tenant(acme).await.unwrap();
+    let stored = f.store.departed(acme).await.unwrap().unwrap();
+    assert_eq!(&**vault.open_departure(&stored).await.unwrap().unwrap(), b"AGE-SECRET-KEY-1X");
+
+    let rotation = vault.rotate_master(now()).await.unwrap();
+    assert_eq!(rotation.rewrapped, 1);
+    drop(vault);
+    let restarted = f.vault().await;
+    let stored = f.store.departed(acme).await.unwrap().unwrap();
+    assert_eq!(stored.kek_id.as_deref(), Some(rotation.to.as_str()));
+    assert_eq!(&**restarted.open_departure(&stored).await.unwrap().unwrap(), b"AGE-SECRET-KEY-1X");
+    // Moved to another tenant's row, the sealed identity does not open.
+    let mut moved = stored.clone();
+    moved.tenant_id = TenantId::random();
+    assert!(restarted.open_departure(&moved).await.is_err());
 }

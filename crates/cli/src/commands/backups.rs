@@ -122,10 +122,18 @@ async fn restore(
     if restored.created {
         text.push_str(" (new)");
     }
+    output::done(global.output, &restored, &with_warnings(text, &restored))
+}
+
+/// `text`, then each of the restore's warnings on a line of its own.
+pub fn with_warnings(
+    mut text: String,
+    restored: &bulkhead_control::api::backups::RestoreView,
+) -> String {
     for warning in &restored.warnings {
         text.push_str(&format!("\nwarning: {warning}"));
     }
-    output::done(global.output, &restored, &text)
+    text
 }
 
 /// Restoring over a tenant replaces its data: asked at a terminal, else
@@ -150,7 +158,7 @@ fn confirm(tenant: &str) -> Result<(), CliError> {
     Ok(())
 }
 
-fn read_identity(file: &std::path::Path) -> Result<Zeroizing<String>, CliError> {
+pub fn read_identity(file: &std::path::Path) -> Result<Zeroizing<String>, CliError> {
     let text = Zeroizing::new(
         std::fs::read_to_string(file)
             .map_err(|e| CliError::usage(format!("cannot read {}: {e}", file.display())))?,

@@ -238,8 +238,8 @@ async fn compare(files: &ManifestFiles, global: &GlobalArgs) -> Result<ExitCode,
     Ok(if changing > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
 }
 
-/// `bulkhead delete -f ...`: APIs and apps first, then tenants (offboarded, their
-/// records kept as `deleted`, as `tenants delete` without `--purge`).
+/// `bulkhead delete -f ...`: APIs and apps first, then tenants (offboarded
+/// as `tenants delete` without `--purge` does: a final snapshot is kept).
 pub async fn delete(args: &DeleteManifestArgs, global: &GlobalArgs) -> Result<(), CliError> {
     let declared = load(&args.files, Some("nothing was deleted"))?;
     let client = ApiClient::discover(global)?;
@@ -395,10 +395,7 @@ async fn plan<'a>(client: &ApiClient, declared: &'a [Declared]) -> Result<Vec<St
     owned_objects.sort_by_key(|d| !matches!(d.object, Object::Guardrail(_) | Object::Tool(_)));
     for declared in tenant_objects {
         let Object::Tenant(manifest) = &declared.object else { continue };
-        let current = match client.find_tenant(manifest.name.as_str()).await? {
-            Found::Yes(view) => Some(view.tenant),
-            Found::Gone => None,
-        };
+        let current = live(client.find_tenant(manifest.name.as_str()).await?);
         let action = match manifest.against(current.as_ref()) {
             Ok(action) => action,
             Err(refusal) => {
@@ -423,10 +420,7 @@ async fn plan<'a>(client: &ApiClient, declared: &'a [Declared]) -> Result<Vec<St
     for declared in owned_objects {
         let tenant = declared.object.tenant();
         if !tenants.contains_key(tenant) {
-            let current = match client.find_tenant(tenant.as_str()).await? {
-                Found::Yes(view) => Some(view.tenant),
-                Found::Gone => None,
-            };
+            let current = live(client.find_tenant(tenant.as_str()).await?);
             tenants.insert(tenant.clone(), (current, false));
         }
         let exists = match &tenants[tenant] {
@@ -646,4 +640,13 @@ fn sources(paths: &[PathBuf]) -> Result<Vec<(String, String)>, CliError> {
         }
     }
     Ok(sources)
+}
+
+/// The tenant found, unless it is a deleted tenant's departure, whose name
+/// is free.
+fn live(found: Found<bulkhead_control::api::types::TenantView>) -> Option<Tenant> {
+    match found {
+        Found::Yes(view) if view.departure.is_none() => Some(view.tenant),
+        _ => None,
+    }
 }

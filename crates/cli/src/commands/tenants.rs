@@ -12,7 +12,7 @@ use bulkhead_control::api::types::{
 use bulkhead_model::TenantState;
 
 use crate::{
-    args::{CreateArgs, DeleteArgs, GlobalArgs, TenantsCommand, UpdateArgs},
+    args::{CreateArgs, DeleteArgs, GlobalArgs, TenantRestoreArgs, TenantsCommand, UpdateArgs},
     client::{ApiClient, Found},
     exit::{CliError, Kind},
     output,
@@ -38,6 +38,7 @@ pub async fn run(command: &TenantsCommand, global: &GlobalArgs) -> Result<(), Cl
             output::tenant(global.output, &client.lifecycle(name, "resume").await?)
         }
         TenantsCommand::Delete(args) => delete(&client, args, global).await,
+        TenantsCommand::Restore(args) => restore(&client, args, global).await,
     }
 }
 
@@ -182,7 +183,15 @@ async fn delete(
     match settled {
         Found::Yes(view) => {
             output::tenant(global.output, &view)?;
-            eprintln!("tenant {} is deleted (its record is kept until purged)", args.name);
+            match view.departure.as_ref().filter(|d| d.final_snapshot.is_some()) {
+                Some(departure) => eprintln!(
+                    "tenant {0} is deleted and its name is free; its final snapshot is kept \
+                     until {1} (`bulkhead tenants restore {0} --from-final` brings it back)",
+                    args.name,
+                    output::time(&departure.expires_at)
+                ),
+                None => eprintln!("tenant {} is deleted and its name is free", args.name),
+            }
         }
         Found::Gone => {
             let purged = serde_json::json!({ "name": args.name, "purged": true });
@@ -190,6 +199,25 @@ async fn delete(
         }
     }
     Ok(())
+}
+
+/// Brings a deleted tenant back from its final snapshot.
+async fn restore(
+    client: &ApiClient,
+    args: &TenantRestoreArgs,
+    global: &GlobalArgs,
+) -> Result<(), CliError> {
+    let identity = match &args.identity_file {
+        Some(file) => Some(super::backups::read_identity(file)?),
+        None => None,
+    };
+    let identity = identity.as_ref().map(|i| i.as_str());
+    let restored = client.restore_departed(&args.name, args.to.as_deref(), identity).await?;
+    let text = format!(
+        "tenant {} is back as tenant {}, from its final snapshot {}",
+        args.name, restored.tenant, restored.backup
+    );
+    output::done(global.output, &restored, &super::backups::with_warnings(text, &restored))
 }
 
 /// Asks for the tenant's name on a terminal; refuses without one.
@@ -200,9 +228,14 @@ pub fn confirm(name: &str, purge: bool) -> Result<(), CliError> {
             "refusing to delete tenant {name:?} without confirmation: pass --yes"
         )));
     }
-    let what = if purge { "and purge its record" } else { "(its record is kept as deleted)" };
+    let what = if purge {
+        "and everything of it, its backups included"
+    } else {
+        "(one final encrypted snapshot is kept for a while)"
+    };
     eprint!(
-        "Delete tenant {name} {what}? Its database and files will be removed. Type its name to confirm: "
+        "Delete tenant {name} {what}? Its databases, files and keys will be destroyed. Type its \
+         name to confirm: "
     );
     let _ = std::io::stderr().flush();
     let mut answer = String::new();

@@ -42,7 +42,7 @@ fn open_with_age(archive: &Path, identity: &Path, into: &Path) {
     assert!(untar.unwrap().status.success());
 }
 
-fn tenant_id(server: &Server, name: &str) -> String {
+pub fn tenant_id(server: &Server, name: &str) -> String {
     server.cli_json(&["tenants", "get", name])["id"].as_str().unwrap().to_owned()
 }
 
@@ -331,7 +331,7 @@ async fn postgres_tenants_back_up_their_own_database_and_a_pool_tenant_only_its_
 
 /// acme with something in every part: a row, a secret of two versions,
 /// an API, a guardrail, a tool and a file.
-async fn fill(server: &Server, tenant: &str) {
+pub async fn fill(server: &Server, tenant: &str) {
     let db = server.tenant_dir(tenant).join("data.db");
     let mut conn =
         sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display())).await.unwrap();
@@ -361,7 +361,7 @@ async fn fill(server: &Server, tenant: &str) {
 }
 
 /// What a tenant holds, to compare a restored one with its original.
-async fn contents(server: &Server, tenant: &str) -> Value {
+pub async fn contents(server: &Server, tenant: &str) -> Value {
     let db = server.tenant_dir(tenant).join("data.db");
     let mut conn =
         sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display())).await.unwrap();

@@ -25,6 +25,7 @@ mod kit;
 mod lifecycle;
 mod manifests;
 mod migrate;
+mod offboarding;
 mod startup;
 mod upstream;
 mod vault;

@@ -413,6 +413,71 @@ pub async fn restore_backup(
     Ok(Json(restored.into()))
 }
 
+/// What brings a deleted tenant back.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReturnRequest {
+    /// From its final snapshot: the one thing a deleted tenant leaves.
+    pub from_final: bool,
+    /// The name it comes back under; its own unless given.
+    #[serde(default)]
+    pub to: Option<String>,
+    /// `AGE-SECRET-KEY-1...`, for a tenant whose snapshot is encrypted to
+    /// its own key.
+    #[serde(default)]
+    pub identity: Option<String>,
+}
+
+impl std::fmt::Debug for ReturnRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReturnRequest")
+            .field("from_final", &self.from_final)
+            .field("to", &self.to)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Bring a deleted tenant back from its final snapshot, as a new tenant
+/// (operators). Answers when it is back.
+#[utoipa::path(
+    post, path = "/v1/tenants/{tenant}/restore", tag = "backups",
+    params(("tenant" = String, Path, description = "The deleted tenant's name")),
+    request_body = ReturnRequest,
+    responses(
+        (status = 200, body = RestoreView),
+        (status = 404, body = ErrorBody, description = "No deleted tenant of this name is kept"),
+        (status = 409, body = ErrorBody,
+         description = "The name is taken, the tenant is still being offboarded, or its snapshot is encrypted to its own key and no identity was given"),
+        (status = 422, body = ErrorBody,
+         description = "The snapshot fails verification; nothing was restored"),
+    ),
+    security(("operator_token" = []))
+)]
+pub async fn restore_departed(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Path(tenant): Path<String>,
+    body: Result<Json<ReturnRequest>, JsonRejection>,
+) -> Result<Json<RestoreView>, ApiError> {
+    record_tenant(&tenant);
+    let Json(body) = body?;
+    if !body.from_final {
+        return Err(ApiError::new(
+            super::error::ErrorCode::InvalidRequest,
+            "a deleted tenant comes back from its final snapshot: say \"from_final\": true \
+             (to restore a live tenant from a backup, use /v1/tenants/{tenant}/backups/{id}/restore)",
+        ));
+    }
+    let identity = body.identity.map(Zeroizing::new);
+    let backups = std::sync::Arc::clone(&state.backups);
+    let restored =
+        run_through(
+            async move { backups.restore_departed(&actor, &tenant, body.to, identity).await },
+        )
+        .await?;
+    Ok(Json(restored.into()))
+}
+
 /// The header that carries the identity of an uploaded archive.
 pub const IDENTITY_HEADER: &str = "bulkhead-backup-identity";
 

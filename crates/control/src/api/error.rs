@@ -348,7 +348,7 @@ impl From<crate::backups::BackupServiceError> for ApiError {
             E::Store(ref store) => return store_error(store),
             E::Internal(_) => return Self::internal(&error),
             E::Unrecorded(ref u) => unrecorded(u),
-            E::TenantNotFound(_) => TenantNotFound,
+            E::TenantNotFound(_) | E::NotDeparted(_) => TenantNotFound,
             E::BackupNotFound(..) => BackupNotFound,
             E::Forbidden(_) | E::OperatorOnly => Forbidden,
             E::InvalidState(_) | E::Running(_) | E::OwnKey(_) => InvalidState,

@@ -299,6 +299,7 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(backups::get_backup, backups::delete_backup))
         .routes(routes!(backups::verify_backup))
         .routes(routes!(backups::restore_backup))
+        .routes(routes!(backups::restore_departed))
         .merge(
             OpenApiRouter::new()
                 .routes(routes!(backups::restore_archive))

@@ -22,7 +22,7 @@ use super::{
         TenantView, UpdateTenantRequest,
     },
 };
-use crate::events::Actor;
+use crate::{events::Actor, tenants::TenantError};
 use bulkhead_identity::Permission;
 
 const DEFAULT_PAGE: u32 = 100;
@@ -84,13 +84,34 @@ pub async fn list_tenants(
         .map(str::parse::<TenantState>)
         .transpose()
         .map_err(|e| ApiError::new(ErrorCode::InvalidRequest, e.to_string()))?;
-    let page = TenantPage { after: params.after, state: state_filter, limit };
-    let tenants = state.tenants.list(&page).await?;
+    let page = TenantPage { after: params.after.clone(), state: state_filter, limit };
+    let mut tenants: Vec<TenantView> = state
+        .tenants
+        .list(&page)
+        .await?
+        .into_iter()
+        .map(|t| TenantView::new(t, &state.base_domain))
+        .collect();
+    // Deleted tenants are departures now (their records left the tenant
+    // table to free their names), listed with those deleted before.
+    if state_filter == Some(TenantState::Deleted) {
+        let after = params.after.as_deref().unwrap_or("");
+        tenants.extend(
+            state
+                .backups
+                .departures()
+                .await?
+                .iter()
+                .filter(|d| d.name.as_str() > after)
+                .filter_map(|d| TenantView::departed(d, &state.base_domain)),
+        );
+        tenants.sort_by(|a, b| a.tenant.name.as_str().cmp(b.tenant.name.as_str()));
+        tenants.truncate(limit as usize);
+    }
     let next_after = match tenants.last() {
-        Some(last) if tenants.len() == limit as usize => Some(last.name.to_string()),
+        Some(last) if tenants.len() == limit as usize => Some(last.tenant.name.to_string()),
         _ => None,
     };
-    let tenants = tenants.into_iter().map(|t| TenantView::new(t, &state.base_domain)).collect();
     Ok(Json(TenantList { tenants, next_after }))
 }
 
@@ -112,7 +133,16 @@ pub async fn get_tenant(
     Path(name): Path<String>,
 ) -> Result<Json<TenantView>, ApiError> {
     record_tenant(&name);
-    let (tenant, steps) = state.tenants.get(&name).await?;
+    let (tenant, steps) = match state.tenants.get(&name).await {
+        Ok(found) => found,
+        Err(TenantError::NotFound(missing)) => {
+            return match departed(&state, &actor, &name).await? {
+                Some(view) => Ok(Json(view)),
+                None => Err(TenantError::NotFound(missing).into()),
+            };
+        }
+        Err(error) => return Err(error.into()),
+    };
     if !actor.allows(&tenant, Permission::Read) {
         return Err(ApiError::new(ErrorCode::Forbidden, "your roles do not allow this"));
     }
@@ -229,7 +259,21 @@ pub async fn delete_tenant(
     record_tenant(&name);
     operator_only(&actor)?;
     let Query(params) = params?;
-    let tenant = state.tenants.delete(&name, params.purge, &actor).await?;
+    let tenant = match state.tenants.delete(&name, params.purge, &actor).await {
+        Ok(tenant) => tenant,
+        // A deleted tenant's departure: kept, or with --purge destroyed.
+        Err(TenantError::NotFound(missing)) => {
+            let Some(mut view) = departed(&state, &actor, &name).await? else {
+                return Err(TenantError::NotFound(missing).into());
+            };
+            if params.purge {
+                state.backups.purge_departed(&actor, &name).await?;
+                view.departure = None;
+            }
+            return Ok((StatusCode::ACCEPTED, Json(view)));
+        }
+        Err(error) => return Err(error.into()),
+    };
     // With its steps: a client waiting for a purge may never see the tenant
     // again, and still names every step undone.
     let (tenant, steps) = match state.tenants.get(tenant.name.as_str()).await {
@@ -238,4 +282,16 @@ pub async fn delete_tenant(
     };
     let view = TenantView::new(tenant, &state.base_domain).with_steps(&state.step_names, &steps);
     Ok((StatusCode::ACCEPTED, Json(view)))
+}
+
+/// The departed tenant of this name, as the actor may see it.
+async fn departed(
+    state: &AppState,
+    actor: &Actor,
+    name: &str,
+) -> Result<Option<TenantView>, ApiError> {
+    let Some(departed) = state.backups.departed(name).await? else { return Ok(None) };
+    let view = TenantView::departed(&departed, &state.base_domain)
+        .filter(|view| actor.may_access(&view.tenant));
+    Ok(view.map(|view| if actor.is_operator() { view } else { view.for_tenant() }))
 }

@@ -112,11 +112,44 @@ pub struct TenantView {
     /// Every provisioning step in order (single-tenant reads only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub steps: Option<Vec<StepView>>,
+    /// A deleted tenant's departure: what is kept of it, until when.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub departure: Option<DepartureView>,
+}
+
+/// What is kept of a deleted tenant once everything else of it is
+/// destroyed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct DepartureView {
+    #[serde(with = "time::serde::rfc3339")]
+    pub departed_at: OffsetDateTime,
+    /// When the final snapshot and its key are destroyed.
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: OffsetDateTime,
+    /// The final snapshot's id; none for a tenant that never became active.
+    pub final_snapshot: Option<String>,
+    /// The snapshot is encrypted to the tenant's own key: bringing it back
+    /// needs that key's identity.
+    pub own_key: bool,
 }
 
 impl TenantView {
     pub fn new(tenant: Tenant, base_domain: &BaseDomain) -> Self {
-        Self { domain: base_domain.tenant_host(&tenant.name), tenant, steps: None }
+        Self { domain: base_domain.tenant_host(&tenant.name), tenant, steps: None, departure: None }
+    }
+
+    /// A departed tenant as it was when it left; `None` if its record does
+    /// not read as a tenant.
+    pub fn departed(departed: &bulkhead_store::Departed, base_domain: &BaseDomain) -> Option<Self> {
+        let tenant: Tenant = serde_json::from_str(&departed.record).ok()?;
+        let mut view = Self::new(tenant, base_domain);
+        view.departure = Some(DepartureView {
+            departed_at: departed.departed_at,
+            expires_at: departed.expires_at,
+            final_snapshot: departed.backup_id.clone(),
+            own_key: departed.backup_id.is_some() && departed.kek_id.is_none(),
+        });
+        Some(view)
     }
 
     /// With the progress of each of `step_names`, in order.

@@ -41,15 +41,23 @@ impl BackupKeys {
     /// it registered one, else the recipient of the identity the vault
     /// holds for it (made now if it has none).
     pub async fn recipient(&self, tenant: &Tenant) -> Result<Recipient, VaultError> {
-        if let Some(own) = self.vault.open_blob(tenant.id, RECIPIENT).await? {
-            let recipient = String::from_utf8(own.to_vec())
-                .map_err(|_| VaultError::Corrupt("the tenant's backup recipient".to_owned()))?;
+        if let Some(recipient) = self.own(tenant).await? {
             return Ok(Recipient { recipient, own: true });
         }
         let identity = self.identity_or_new(tenant).await?;
         let recipient = bulkhead_backup::recipient_of(&identity)
             .map_err(|e| VaultError::Corrupt(format!("the tenant's backup key: {e}")))?;
         Ok(Recipient { recipient, own: false })
+    }
+
+    /// The recipient the tenant registered as its own, if it did.
+    pub async fn own(&self, tenant: &Tenant) -> Result<Option<String>, VaultError> {
+        let Some(own) = self.vault.open_blob(tenant.id, RECIPIENT).await? else {
+            return Ok(None);
+        };
+        String::from_utf8(own.to_vec())
+            .map(Some)
+            .map_err(|_| VaultError::Corrupt("the tenant's backup recipient".to_owned()))
     }
 
     /// The identity the vault holds for the tenant, if any.

@@ -3,6 +3,7 @@
 //! store), listing, verifying and deleting them, and the keys they are
 //! encrypted to. The archive format and the store are `bulkhead_backup`'s.
 
+mod departure;
 mod keys;
 mod parts;
 mod restore;
@@ -24,6 +25,7 @@ use thiserror::Error;
 use uuid::Uuid;
 use zeroize::Zeroizing;
 
+pub use departure::{DepartureSettings, FINAL};
 pub use keys::{BackupKeys, Recipient};
 pub use parts::{Sources, Staged};
 pub use restore::{Restored, Target};
@@ -39,6 +41,11 @@ use crate::{
 pub enum BackupServiceError {
     #[error("tenant {0:?} does not exist")]
     TenantNotFound(String),
+    #[error(
+        "no deleted tenant named {0:?} is kept: it was never deleted, or its final snapshot \
+         expired or was purged"
+    )]
+    NotDeparted(String),
     #[error("tenant {0:?} has no backup {1:?}; `bulkhead backups list --tenant {0}` lists them")]
     BackupNotFound(String, String),
     #[error("your roles in tenant {0:?} do not allow this")]
@@ -130,6 +137,7 @@ pub struct BackupService {
     running: Mutex<HashSet<Uuid>>,
     /// When the scheduler last applied every tenant's retention.
     swept: Mutex<Option<time::OffsetDateTime>>,
+    departures: DepartureSettings,
 }
 
 /// Runs `work` (archive and file work, which blocks) on a thread for it.
@@ -201,6 +209,7 @@ impl BackupService {
             restores,
             running: Mutex::default(),
             swept: Mutex::default(),
+            departures: DepartureSettings::default(),
         })
     }
 
@@ -240,11 +249,10 @@ impl BackupService {
         let _running = self.claim(&tenant)?;
         let now = self.sources.clock.now();
         let id = bulkhead_backup::new_id(&now);
-        let dir = self.staging.join(&id);
-        let result = self.take(actor, &tenant, &id, kind, &dir).await;
-        if let Err(error) = tokio::fs::remove_dir_all(&dir).await {
-            tracing::warn!(%error, dir = %dir.display(), "cannot remove a backup's staging directory");
-        }
+        let result = match self.keys.recipient(&tenant).await {
+            Ok(recipient) => self.take(actor, &tenant, &id, kind, &recipient.recipient).await,
+            Err(error) => Err(error.into()),
+        };
         let details = match &result {
             Ok(listing) => json!({
                 "backup": listing.id,
@@ -266,12 +274,33 @@ impl BackupService {
         result
     }
 
+    /// Takes backup `id` of the tenant, encrypted to `recipient`, staged
+    /// in a directory of its own that goes when it ends.
     async fn take(
         &self,
         actor: &Actor,
         tenant: &Tenant,
         id: &str,
         kind: &str,
+        recipient: &str,
+    ) -> Result<Listing> {
+        let dir = self.staging.join(id);
+        let taken = self.take_in(actor, tenant, id, kind, recipient, &dir).await;
+        if let Err(error) = tokio::fs::remove_dir_all(&dir).await
+            && error.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(%error, dir = %dir.display(), "cannot remove a backup's staging directory");
+        }
+        taken
+    }
+
+    async fn take_in(
+        &self,
+        actor: &Actor,
+        tenant: &Tenant,
+        id: &str,
+        kind: &str,
+        recipient: &str,
         dir: &Path,
     ) -> Result<Listing> {
         let region = self
@@ -281,7 +310,6 @@ impl BackupService {
             .clone();
         private_dir(dir)
             .map_err(|e| BackupServiceError::Staging(format!("{}: {e}", dir.display())))?;
-        let recipient = self.keys.recipient(tenant).await?;
         // The time the backup is of: before any part is read, so that a
         // change made while it is taken counts as newer than it.
         let created_at = bulkhead_audit::record::format_time(self.sources.clock.now());
@@ -310,7 +338,7 @@ impl BackupService {
             created_at,
             schemas,
         };
-        Ok(self.storage.put(id, kind, &recipient.recipient, about, parts).await?)
+        Ok(self.storage.put(id, kind, recipient, about, parts).await?)
     }
 
     /// The tenant's backups, oldest first, with its schedule's policy and

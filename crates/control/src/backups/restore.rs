@@ -184,7 +184,7 @@ impl BackupService {
     }
 
     #[allow(clippy::too_many_arguments)]
-    async fn restore_from(
+    pub(super) async fn restore_from(
         &self,
         actor: &Actor,
         reader: ArchiveReader,

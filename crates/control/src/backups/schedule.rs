@@ -1,7 +1,7 @@
 //! The backup scheduler: each round takes every tenant's due backup, a few
 //! at a time and never two of one tenant at once, backs a failing tenant
 //! off on its own, and deletes scheduled backups past their tenant's
-//! retention.
+//! retention and departed tenants' final snapshots past their time.
 
 use std::{collections::HashMap, time::Duration};
 
@@ -29,11 +29,18 @@ pub struct ScheduleSettings {
     pub concurrency: usize,
     /// Tenants with a `tenant` label of their own on the backup metrics.
     pub tenant_labels: usize,
+    /// How long a deleted tenant's final snapshot is kept.
+    pub final_snapshot_days: u32,
 }
 
 impl Default for ScheduleSettings {
     fn default() -> Self {
-        Self { check_every: Duration::from_secs(60), concurrency: 2, tenant_labels: 100 }
+        Self {
+            check_every: Duration::from_secs(60),
+            concurrency: 2,
+            tenant_labels: 100,
+            final_snapshot_days: 90,
+        }
     }
 }
 
@@ -144,6 +151,11 @@ impl BackupService {
                     }
                 }
             }
+        }
+        // Departed tenants' final snapshots past their time go too.
+        match self.expire_departures(now).await {
+            Ok(n) => deleted += n,
+            Err(error) => tracing::warn!(%error, "cannot destroy expired final snapshots"),
         }
         self.publish_metrics(&tenants, settings.tenant_labels).await?;
         Ok(taken.len() as u64 + deleted)

@@ -10,7 +10,6 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use bulkhead_audit::{AuditError, AuditLog, StreamId};
-use bulkhead_model::TenantState;
 use serde_json::json;
 
 use super::{ProvisioningStep, StepError, StepTarget};
@@ -47,13 +46,9 @@ impl ProvisioningStep for CreateAuditKey {
         let failed = |e: AuditError| {
             StepError::Transient(format!("cannot checkpoint the audit stream: {e}"))
         };
-        if target.tenant.purge_requested || target.tenant.state == TenantState::Failed {
-            // The key goes with the data key: the platform keeps the stream.
-            let stream = StreamId::tenant(target.tenant.id.0);
-            self.audit.hand_to_custodian(stream).await.map_err(failed)?;
-        } else {
-            self.audit.checkpoint_all().await.map_err(failed)?;
-        }
+        // The key goes with the data key: the platform keeps the stream.
+        let stream = StreamId::tenant(target.tenant.id.0);
+        self.audit.hand_to_custodian(stream).await.map_err(failed)?;
         self.keys.forget(target.tenant.id.0);
         Ok(())
     }

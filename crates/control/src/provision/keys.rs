@@ -1,10 +1,10 @@
 //! `create_data_key` and `database_credentials`: the tenant's vault.
 //!
 //! The data key is made before anything is encrypted for the tenant. Its
-//! undo destroys the tenant's wrapped data keys (crypto-shredding) only when
-//! nothing of the tenant is meant to survive: a purge, or the rollback of a
-//! tenant that never became active. A plain delete keeps them, so the
-//! record of a deleted tenant can still be purged or restored from backup.
+//! undo destroys the tenant's wrapped data keys (crypto-shredding): every
+//! secret and backup sealed under them becomes unreadable wherever copies
+//! are. What survives a plain delete is the final snapshot, whose key the
+//! vault seals apart from the data keys.
 //!
 //! `database_credentials` makes nothing; its undo revokes every live lease
 //! before the database is dropped, so no login role outlives its tenant.
@@ -12,7 +12,6 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use bulkhead_model::TenantState;
 use bulkhead_vault::Vault;
 use serde_json::json;
 
@@ -49,9 +48,6 @@ impl ProvisioningStep for CreateDataKey {
 
     async fn undo(&self, target: &StepTarget) -> Result<(), StepError> {
         let tenant = &target.tenant;
-        if !(tenant.purge_requested || tenant.state == TenantState::Failed) {
-            return Ok(());
-        }
         let destroyed = self
             .vault
             .shred(tenant.id)

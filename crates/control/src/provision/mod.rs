@@ -28,7 +28,7 @@ use thiserror::Error;
 use crate::{audit::AuditKeys, clock::Clock, credentials::Credentials, identity::IdentityService};
 
 pub use audit_key::CreateAuditKey;
-pub use backups::BackupChain;
+pub use backups::{BackupChain, TenantBackups};
 pub use bulkhead_tenantdb::RegionServers;
 pub use database::CreateDatabase;
 pub use directory::{AllocateDirectory, MARKER};
@@ -97,23 +97,21 @@ pub struct StepServices {
     pub audit_keys: Arc<AuditKeys>,
     pub audit: AuditLog,
     pub clock: Arc<dyn Clock>,
-    /// Where tenants' backups are kept.
-    pub backups: bulkhead_backup::Storage,
+    /// Tenants' backups, as offboarding leaves them.
+    pub backups: Arc<dyn TenantBackups>,
 }
 
 /// The ordered list every tenant goes through. A tenant becomes `active`
 /// when the last step is recorded; offboarding undoes them in reverse, so
-/// leases are revoked before the database goes, the realm (and with it
-/// every token) goes next, and the data keys are destroyed after everything
-/// that could still need them.
+/// the final snapshot is taken while everything still exists, leases are
+/// revoked before the database goes, the realm (and with it every token)
+/// goes next, and the data keys are destroyed after everything that could
+/// still need them.
 pub fn standard_steps(services: &StepServices) -> Vec<Arc<dyn ProvisioningStep>> {
     vec![
         Arc::new(AllocateDirectory),
         Arc::new(CreateDataKey::new(Arc::clone(&services.vault), Arc::clone(&services.clock))),
         Arc::new(CreateAuditKey::new(Arc::clone(&services.audit_keys), services.audit.clone())),
-        // After the data key: a purge deletes the backups before it
-        // destroys the key that opens them.
-        Arc::new(BackupChain::new(services.backups.clone())),
         Arc::new(CreateRealm::new(Arc::clone(&services.identity))),
         Arc::new(CreateDatabase::new(services.servers.clone())),
         Arc::new(MigrateDatabase::new(
@@ -125,5 +123,8 @@ pub fn standard_steps(services: &StepServices) -> Vec<Arc<dyn ProvisioningStep>>
             Arc::clone(&services.credentials),
             Arc::clone(&services.clock),
         )),
+        // Last, so that its undo comes first: the final snapshot is of the
+        // whole tenant.
+        Arc::new(BackupChain::new(Arc::clone(&services.backups))),
     ]
 }

@@ -1,0 +1,194 @@
+//! Offboarding through the real CLI: a plain delete keeps one final
+//! encrypted snapshot and destroys the rest (databases, files, keys, other
+//! backups), frees the name, and records each step in the platform's
+//! stream; the tenant comes back from the snapshot; a purge or the
+//! snapshot's expiry destroys it.
+
+use std::path::Path;
+
+use serde_json::Value;
+use sqlx::Connection;
+
+use crate::{
+    backups::{contents, fill, tenant_id},
+    kit::{Server, Store, entries, exit_code, stderr},
+};
+
+fn delete(server: &Server, name: &str, purge: bool) -> std::process::Output {
+    let mut args = vec!["tenants", "delete", name, "--yes", "--wait"];
+    if purge {
+        args.push("--purge");
+    }
+    let deleted = server.cli(&args);
+    assert!(deleted.status.success(), "{}", stderr(&deleted));
+    deleted
+}
+
+/// The files under the tenant's prefix of the default backup store.
+fn stored(server: &Server, id: &str) -> Vec<String> {
+    let dir = server.data_dir().join("backups/tenants").join(id);
+    if dir.exists() { entries(&dir) } else { Vec::new() }
+}
+
+async fn sqlite(server: &Server) -> sqlx::SqliteConnection {
+    let db = server.data_dir().join("bulkhead.db");
+    sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display())).await.unwrap()
+}
+
+/// How many rows of `table` belong to tenant `id` in the control store.
+async fn rows_of(server: &Server, table: &str, id: &str) -> i64 {
+    let query =
+        format!("SELECT COUNT(*) FROM {table} WHERE hex(tenant_id) = upper(replace($1, '-', ''))");
+    let mut conn = sqlite(server).await;
+    let (count,): (i64,) =
+        sqlx::query_as(sqlx::AssertSqlSafe(query)).bind(id).fetch_one(&mut conn).await.unwrap();
+    conn.close().await.unwrap();
+    count
+}
+
+fn platform_actions(server: &Server, tenant: &str) -> Vec<String> {
+    server
+        .audit_events(&[])
+        .iter()
+        .filter(|e| e["details"]["tenant"] == tenant)
+        .map(|e| e["action"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_deleted_tenant_leaves_one_final_snapshot_and_comes_back_from_it() {
+    let server = Server::start(Store::Embedded, "[backup]\ncheck_every = \"1s\"\n", &[]).await;
+    server.cli_json(&["tenants", "create", "acme", "--plan", "starter", "--wait"]);
+    // Not backed up on its own schedule during the test.
+    let quiet = server.cli(&["tenants", "update", "acme", "--backups", "0/1/1"]);
+    assert!(quiet.status.success(), "{}", stderr(&quiet));
+    fill(&server, "acme").await;
+    let original = contents(&server, "acme").await;
+    let id = tenant_id(&server, "acme");
+    server.cli_json(&["backups", "create", "--tenant", "acme"]);
+    assert!(rows_of(&server, "vault_data_keys", &id).await > 0);
+
+    let deleted = delete(&server, "acme", false);
+    assert!(stderr(&deleted).contains("--from-final"), "{}", stderr(&deleted));
+    assert!(!server.tenant_dir("acme").exists(), "its files are gone");
+    for table in ["vault_data_keys", "vault_secrets", "vault_blobs", "tenant_steps"] {
+        assert_eq!(rows_of(&server, table, &id).await, 0, "{table} keeps nothing of it");
+    }
+    let gone = server.cli_json(&["tenants", "get", "acme"]);
+    assert_eq!(gone["state"], "deleted", "{gone}");
+    let departure = &gone["departure"];
+    let snapshot = departure["final_snapshot"].as_str().unwrap().to_owned();
+    assert_eq!(departure["own_key"], false);
+    // The final snapshot alone is kept: the manual backup went.
+    let mut kept = stored(&server, &id);
+    kept.sort();
+    assert_eq!(kept, [format!("{snapshot}.age"), format!("{snapshot}.json")]);
+    let listed = server.cli_json(&["tenants", "list", "--state", "deleted"]);
+    assert_eq!(listed[0]["name"], "acme", "{listed}");
+    let actions = platform_actions(&server, "acme");
+    let offboarded = ["tenant.stop_apps", "tenant.final_snapshot"]
+        .into_iter()
+        .chain(std::iter::repeat_n("tenant.offboard_step", 8))
+        .chain(["tenant.delete"])
+        .collect::<Vec<_>>();
+    assert_eq!(actions, offboarded);
+
+    // The name is free: another tenant takes it, and the departed one
+    // comes back under another name.
+    let squatter = server.cli_json(&["tenants", "create", "acme", "--plan", "starter", "--wait"]);
+    assert_ne!(squatter["id"], id.as_str());
+    let taken = server.cli(&["tenants", "restore", "acme", "--from-final"]);
+    assert_eq!(exit_code(&taken), 4, "{}", stderr(&taken));
+    assert!(stderr(&taken).contains("--to NAME"), "{}", stderr(&taken));
+    let back =
+        server.cli_json(&["tenants", "restore", "acme", "--from-final", "--to", "acme-back"]);
+    assert_eq!(
+        (&back["tenant"], &back["backup"]),
+        (&"acme-back".into(), &snapshot.as_str().into())
+    );
+    assert_eq!(contents(&server, "acme-back").await, original);
+    // Back, it leaves nothing departed behind.
+    assert!(stored(&server, &id).is_empty());
+    assert_eq!(server.cli_json(&["tenants", "list", "--state", "deleted"]), Value::Array(vec![]));
+    let again = server.cli(&["tenants", "restore", "acme", "--from-final", "--to", "acme-2"]);
+    assert_eq!(exit_code(&again), 3, "{}", stderr(&again));
+    assert!(platform_actions(&server, "acme").contains(&"tenant.return".to_owned()));
+}
+
+#[tokio::test]
+async fn a_final_snapshot_goes_with_a_purge_or_when_it_expires_and_an_own_key_stays_the_tenants() {
+    let server = Server::start(Store::Embedded, "[backup]\ncheck_every = \"1s\"\n", &[]).await;
+    let mut ids = Vec::new();
+    for name in ["globex", "initech", "hooli"] {
+        server.cli_json(&["tenants", "create", name, "--plan", "starter", "--wait"]);
+        let put = server.cli_with_input(&["secrets", "put", "--tenant", name, "k"], b"v");
+        assert!(put.status.success(), "{}", stderr(&put));
+        ids.push(tenant_id(&server, name));
+    }
+
+    // A tenant with its own key: its snapshot is encrypted to it, and only
+    // its identity brings the tenant back.
+    let work = tempfile::tempdir().unwrap();
+    let key = work.path().join("own.key");
+    let recipient = own_key(&key);
+    let set =
+        server.cli(&["backups", "key", "set", "--tenant", "globex", "--recipient", &recipient]);
+    assert!(set.status.success(), "{}", stderr(&set));
+    delete(&server, "globex", false);
+    let gone = server.cli_json(&["tenants", "get", "globex"]);
+    assert_eq!(gone["departure"]["own_key"], true, "{gone}");
+    let refused = server.cli(&["tenants", "restore", "globex", "--from-final"]);
+    assert_eq!(exit_code(&refused), 4, "{}", stderr(&refused));
+    assert!(stderr(&refused).contains("--identity-file"), "{}", stderr(&refused));
+    let back = server.cli(&[
+        "tenants",
+        "restore",
+        "globex",
+        "--from-final",
+        "--identity-file",
+        key.to_str().unwrap(),
+    ]);
+    assert!(back.status.success(), "{}", stderr(&back));
+    let secret = server.cli(&["secrets", "get", "--tenant", "globex", "k"]);
+    assert_eq!(crate::kit::stdout(&secret), "v");
+    let shown = server.cli_json(&["backups", "key", "show", "--tenant", "globex"]);
+    assert_eq!((&shown["recipient"], &shown["own"]), (&recipient.as_str().into(), &true.into()));
+
+    // A purge destroys the snapshot and forgets the tenant at once.
+    delete(&server, "initech", false);
+    assert_eq!(stored(&server, &ids[1]).len(), 2);
+    delete(&server, "initech", true);
+    assert!(stored(&server, &ids[1]).is_empty());
+    let missing = server.cli(&["tenants", "get", "initech"]);
+    assert_eq!(exit_code(&missing), 3, "{}", stderr(&missing));
+    assert!(platform_actions(&server, "initech").contains(&"tenant.purge".to_owned()));
+
+    // Past its time, the scheduler destroys it with its key.
+    delete(&server, "hooli", false);
+    assert_eq!(rows_of(&server, "departed_tenants", &ids[2]).await, 1);
+    let mut conn = sqlite(&server).await;
+    sqlx::query("UPDATE departed_tenants SET expires_at = departed_at WHERE name = 'hooli'")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    conn.close().await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while rows_of(&server, "departed_tenants", &ids[2]).await > 0 {
+        assert!(std::time::Instant::now() < deadline, "not expired\n{}", server.log());
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert!(stored(&server, &ids[2]).is_empty());
+    let missing = server.cli(&["tenants", "get", "hooli"]);
+    assert_eq!(exit_code(&missing), 3, "{}", stderr(&missing));
+    assert!(
+        platform_actions(&server, "hooli").contains(&"tenant.final_snapshot_expire".to_owned())
+    );
+}
+
+/// Makes an age key in `file` and returns its recipient.
+fn own_key(file: &Path) -> String {
+    let made = std::process::Command::new("age-keygen").arg("-o").arg(file).output().unwrap();
+    assert!(made.status.success());
+    let shown = std::process::Command::new("age-keygen").arg("-y").arg(file).output().unwrap();
+    String::from_utf8(shown.stdout).unwrap().trim().to_owned()
+}

@@ -1,0 +1,334 @@
+//! What offboarding does with a tenant's backups. A plain delete keeps one
+//! final snapshot, taken while everything of the tenant still exists and
+//! encrypted to a key of its own that the vault seals apart from the
+//! tenant's data keys (which the delete destroys); the rest of the chain
+//! goes. The departure (the tenant's record, the snapshot and its key) is
+//! kept for `[backup] final_snapshot_days`, then the scheduler destroys
+//! it. Within that window `tenants restore NAME --from-final` brings the
+//! tenant back as a new tenant; `tenants delete NAME --purge` destroys it
+//! at once. Each of these is recorded in the platform's stream, which
+//! outlives every tenant.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bulkhead_model::{Tenant, TenantState};
+use bulkhead_store::Departed;
+use serde_json::json;
+use time::OffsetDateTime;
+use zeroize::Zeroizing;
+
+use super::{BackupService, BackupServiceError, Restored, Result, Target};
+use crate::{
+    events::Actor,
+    provision::{StepError, TenantBackups},
+    runtime::Runtime,
+};
+
+/// The kind of backup a departure keeps.
+pub const FINAL: &str = "final";
+
+/// How long departures are kept, and the runtime whose workers a
+/// departing tenant's snapshot waits for.
+#[derive(Debug, Clone)]
+pub struct DepartureSettings {
+    pub keep: time::Duration,
+    pub runtime: Option<Arc<Runtime>>,
+}
+
+impl Default for DepartureSettings {
+    fn default() -> Self {
+        Self { keep: time::Duration::days(90), runtime: None }
+    }
+}
+
+impl BackupService {
+    /// Keeps departures for `settings.keep`, stopping a departing tenant's
+    /// workers through `settings.runtime` before its final snapshot.
+    pub fn with_departures(mut self, settings: DepartureSettings) -> Self {
+        self.departures = settings;
+        self
+    }
+
+    /// The latest departed tenant of this name, if its departure is kept.
+    pub async fn departed(&self, name: &str) -> Result<Option<Departed>> {
+        Ok(self.sources.store.departed_named(name).await?)
+    }
+
+    /// Every departure kept, by name.
+    pub async fn departures(&self) -> Result<Vec<Departed>> {
+        Ok(self.sources.store.departed_tenants().await?)
+    }
+
+    /// Takes the departing tenant's final snapshot unless it was taken
+    /// already (a retried offboarding), then deletes its other backups.
+    async fn keep_final_snapshot(&self, tenant: &Tenant) -> Result<()> {
+        let departed = match self.sources.store.departed(tenant.id).await? {
+            Some(departed) => departed,
+            None => self.record_departure(tenant).await?,
+        };
+        let Some(id) = departed.backup_id.clone() else {
+            // Never active: nothing of it is worth keeping.
+            self.storage.delete_all(tenant.id.0).await?;
+            return Ok(());
+        };
+        if self.storage.get(tenant.id.0, &id).await?.is_none() {
+            let recipient = departed.recipient.clone().ok_or_else(|| {
+                BackupServiceError::Internal("the departure records no recipient".into())
+            })?;
+            let _running = self.claim(tenant)?;
+            if let Some(runtime) = &self.departures.runtime {
+                let stopped = runtime.stop_tenant(tenant.id).await;
+                self.departure_event(
+                    &Actor::Reconciler,
+                    &departed,
+                    "tenant.stop_apps",
+                    "ok",
+                    json!({ "stopped": stopped }),
+                )
+                .await;
+            }
+            let taken = self.take(&Actor::Reconciler, tenant, &id, FINAL, &recipient).await;
+            let details = match &taken {
+                Ok(listing) => json!({
+                    "backup": id,
+                    "size": listing.size,
+                    "store": self.storage.describe(),
+                    "expires_at": bulkhead_audit::record::format_time(departed.expires_at),
+                    "own_key": departed.kek_id.is_none(),
+                }),
+                Err(error) => json!({ "backup": id, "error": error.to_string() }),
+            };
+            let outcome = if taken.is_ok() { "ok" } else { "failed" };
+            self.departure_event(
+                &Actor::Reconciler,
+                &departed,
+                "tenant.final_snapshot",
+                outcome,
+                details,
+            )
+            .await;
+            taken?;
+        }
+        for listing in self.storage.list(tenant.id.0).await? {
+            if listing.id != id {
+                self.storage.delete(tenant.id.0, &listing.id).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Records the departure before its snapshot is taken, with the key
+    /// the snapshot is encrypted to: the tenant's own recipient if it
+    /// registered one (Bulkhead then cannot open it), else a new identity
+    /// the vault seals under the master key.
+    async fn record_departure(&self, tenant: &Tenant) -> Result<Departed> {
+        let now = self.sources.clock.now();
+        let mut record = tenant.clone();
+        record.state = TenantState::Deleted;
+        record.last_error = None;
+        let record = serde_json::to_string(&record)
+            .map_err(|e| BackupServiceError::Internal(e.to_string()))?;
+        let provisioned = tenant.provisioned_at.is_some();
+        let (recipient, identity) = match self.keys.own(tenant).await? {
+            _ if !provisioned => (None, None),
+            Some(own) => (Some(own), None),
+            None => {
+                let (identity, recipient) = bulkhead_backup::generate_key();
+                (Some(recipient), Some(identity))
+            }
+        };
+        let departed = Departed {
+            tenant_id: tenant.id,
+            name: tenant.name.to_string(),
+            record,
+            backup_id: provisioned.then(|| bulkhead_backup::new_id(&now)),
+            recipient,
+            kek_id: None,
+            wrapped_key: None,
+            sealed_identity: None,
+            departed_at: now,
+            expires_at: now + self.departures.keep,
+        };
+        let sealed = identity.as_ref().map(|i| i.as_bytes());
+        self.sources.vault.record_departure(departed, sealed).await?;
+        self.sources.store.departed(tenant.id).await?.ok_or_else(|| {
+            BackupServiceError::Internal("the departure just recorded is gone".into())
+        })
+    }
+
+    /// Destroys every backup of the tenant and its departure (the final
+    /// snapshot's key with it).
+    async fn destroy(&self, tenant: &Tenant) -> Result<u64> {
+        let deleted = self.storage.delete_all(tenant.id.0).await?;
+        self.sources.store.delete_departed(tenant.id).await?;
+        Ok(deleted)
+    }
+
+    /// Destroys the departures kept past their time; returns how many.
+    pub(super) async fn expire_departures(&self, now: OffsetDateTime) -> Result<u64> {
+        let mut expired = 0;
+        for departed in self.sources.store.departed_tenants().await? {
+            // One still offboarding is its reconciler's.
+            if departed.expires_at > now
+                || self.sources.store.tenant_by_id(departed.tenant_id).await?.is_some()
+            {
+                continue;
+            }
+            self.destroy_departure(&departed).await?;
+            let details = json!({ "backup": departed.backup_id });
+            self.departure_event(
+                &Actor::Scheduler,
+                &departed,
+                "tenant.final_snapshot_expire",
+                "ok",
+                details,
+            )
+            .await;
+            expired += 1;
+        }
+        Ok(expired)
+    }
+
+    /// Destroys a departed tenant's final snapshot and its key now
+    /// (`tenants delete NAME --purge`). Operators only.
+    pub async fn purge_departed(&self, actor: &Actor, name: &str) -> Result<Departed> {
+        if !actor.is_operator() {
+            return Err(BackupServiceError::OperatorOnly);
+        }
+        let departed = self.departed_or_missing(name).await?;
+        self.destroy_departure(&departed).await?;
+        let details = json!({ "backup": departed.backup_id });
+        self.departure_event(actor, &departed, "tenant.purge", "ok", details).await;
+        Ok(departed)
+    }
+
+    /// Brings a departed tenant back from its final snapshot, as a new
+    /// tenant named `to` (its own name by default). The departure goes
+    /// once the tenant is back. Operators only; a tenant that kept its
+    /// own key gives its identity.
+    pub async fn restore_departed(
+        &self,
+        actor: &Actor,
+        name: &str,
+        to: Option<String>,
+        identity: Option<Zeroizing<String>>,
+    ) -> Result<Restored> {
+        if !actor.is_operator() {
+            return Err(BackupServiceError::OperatorOnly);
+        }
+        let departed = self.departed_or_missing(name).await?;
+        if self.sources.store.tenant_by_id(departed.tenant_id).await?.is_some() {
+            return Err(BackupServiceError::InvalidState(format!(
+                "tenant {name:?} is still being offboarded; wait until `bulkhead tenants get \
+                 {name}` says it is deleted"
+            )));
+        }
+        let Some(id) = departed.backup_id.clone() else {
+            return Err(BackupServiceError::InvalidState(format!(
+                "tenant {name:?} never became active, so it left no final snapshot"
+            )));
+        };
+        let identity = match identity {
+            Some(identity) => identity,
+            None => match self.sources.vault.open_departure(&departed).await? {
+                Some(sealed) => {
+                    Zeroizing::new(String::from_utf8(sealed.to_vec()).map_err(|_| {
+                        BackupServiceError::Internal("the final snapshot's key is not text".into())
+                    })?)
+                }
+                None => {
+                    return Err(BackupServiceError::InvalidState(format!(
+                        "tenant {name:?} kept its own key: its final snapshot opens with that \
+                         key's identity only; pass it with --identity-file FILE"
+                    )));
+                }
+            },
+        };
+        let record: Tenant = serde_json::from_str(&departed.record).map_err(|e| {
+            BackupServiceError::Internal(format!("the departed tenant's record: {e}"))
+        })?;
+        let to = to.unwrap_or_else(|| name.to_owned());
+        let reader = self.storage.read(departed.tenant_id.0, &id).await?;
+        let result = self
+            .restore_from(actor, reader, identity, Vec::new(), Some(record), Target::New(to.clone()), false)
+            .await
+            .map_err(|error| match error {
+                BackupServiceError::Tenant(crate::tenants::TenantError::Exists(message)) => {
+                    BackupServiceError::InvalidState(format!(
+                        "{message}; bring the departed tenant back under another name with --to NAME"
+                    ))
+                }
+                other => other,
+            });
+        let details = match &result {
+            Ok(restored) => json!({ "backup": id, "to": restored.tenant }),
+            Err(error) => json!({ "backup": id, "to": to, "error": error.to_string() }),
+        };
+        let outcome = if result.is_ok() { "ok" } else { "failed" };
+        self.departure_event(actor, &departed, "tenant.return", outcome, details).await;
+        let mut restored = result?;
+        restored.backup = id;
+        // Back with the key it kept, if it kept its own.
+        if departed.kek_id.is_none()
+            && let Some(own) = &departed.recipient
+            && let Some(tenant) = self.sources.store.tenant_named(&restored.tenant).await?
+        {
+            self.keys.set_own(&tenant, Some(own)).await?;
+        }
+        if let Err(error) = self.destroy_departure(&departed).await {
+            tracing::warn!(%error, tenant = name, "cannot remove the departure of a tenant that came back; it expires as planned");
+        }
+        Ok(restored)
+    }
+
+    async fn destroy_departure(&self, departed: &Departed) -> Result<()> {
+        self.storage.delete_all(departed.tenant_id.0).await?;
+        self.sources.store.delete_departed(departed.tenant_id).await?;
+        Ok(())
+    }
+
+    async fn departed_or_missing(&self, name: &str) -> Result<Departed> {
+        self.departed(name).await?.ok_or_else(|| BackupServiceError::NotDeparted(name.to_owned()))
+    }
+
+    /// Records an offboarding event in the platform's stream, naming the
+    /// tenant (whose own stream may already be closed).
+    async fn departure_event(
+        &self,
+        actor: &Actor,
+        departed: &Departed,
+        action: &str,
+        outcome: &str,
+        mut details: serde_json::Value,
+    ) {
+        if let Some(map) = details.as_object_mut() {
+            map.insert("tenant".into(), json!(departed.name));
+            map.insert("tenant_id".into(), json!(departed.tenant_id));
+        }
+        self.events.record_platform(actor, action, outcome, details).await;
+    }
+}
+
+#[async_trait]
+impl TenantBackups for BackupService {
+    fn describe(&self) -> String {
+        self.storage.describe().to_owned()
+    }
+
+    async fn keep_final(&self, tenant: &Tenant) -> std::result::Result<(), StepError> {
+        self.keep_final_snapshot(tenant)
+            .await
+            .map_err(|e| StepError::Transient(format!("cannot keep the final snapshot: {e}")))
+    }
+
+    async fn destroy_all(&self, tenant: &Tenant) -> std::result::Result<(), StepError> {
+        let deleted = self.destroy(tenant).await.map_err(|e| {
+            StepError::Transient(format!("cannot delete the tenant's backups: {e}"))
+        })?;
+        if deleted > 0 {
+            tracing::info!(tenant = %tenant.name, deleted, "deleted the tenant's backups");
+        }
+        Ok(())
+    }
+}
