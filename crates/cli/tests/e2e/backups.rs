@@ -327,6 +327,23 @@ async fn postgres_tenants_back_up_their_own_database_and_a_pool_tenant_only_its_
     // The backup's lease is gone once it is done.
     let leases = server.cli_json(&["creds", "list", "--tenant", "pool-a"]);
     assert!(leases.as_array().unwrap().iter().all(|l| l["issued_by"] != "backup"), "{leases}");
+
+    // Deleted, each leaves its database (or its rows) in its final
+    // snapshot only, and comes back from it.
+    let db = server.postgres_db();
+    for tenant in ["silo-a", "pool-a"] {
+        let deleted = server.cli(&["tenants", "delete", tenant, "--yes", "--wait"]);
+        assert!(deleted.status.success(), "{}", stderr(&deleted));
+    }
+    let (databases, _) = db.owned_objects().await;
+    assert!(!databases.iter().any(|d| d.contains("silo_a")), "{databases:?}");
+    for tenant in ["silo-a", "pool-a"] {
+        let back = server.cli(&["tenants", "restore", tenant, "--from-final"]);
+        assert!(back.status.success(), "{}", stderr(&back));
+    }
+    assert_eq!(notes(&server, "silo-a").await, ["silo-a-note"]);
+    assert_eq!(notes(&server, "pool-a").await, ["pool-a-note"]);
+    assert_eq!(notes(&server, "pool-b").await, ["pool-b-note"]);
 }
 
 /// acme with something in every part: a row, a secret of two versions,
