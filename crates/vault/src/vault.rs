@@ -54,6 +54,14 @@ impl Keyring {
     }
 }
 
+/// The keys a master rotation moves: tenants' data keys, and departed
+/// tenants' snapshot keys.
+#[derive(Debug, Clone, Copy)]
+enum Wrapped {
+    DataKeys,
+    Departures,
+}
+
 /// A secret value, decrypted for one call.
 pub struct StoredSecret {
     pub version: i64,
@@ -576,38 +584,9 @@ impl Vault {
             let ring = self.keys.read().map_err(|_| poisoned())?;
             (Arc::clone(&ring.master), ring.wrapping_master())
         };
-        let mut rewrapped = 0;
-        loop {
-            let batch = self.store.data_keys_wrapped_by(old.id(), BATCH).await?;
-            if batch.is_empty() {
-                break;
-            }
-            for mut key in batch {
-                let plain = self.unwrap(&key).await?;
-                let aad = envelope::data_key_aad(key.tenant_id.0, key.version);
-                key.wrapped = next.wrap(&plain, &aad).await?;
-                key.kek_id = next.id().to_owned();
-                if self.store.rewrap_data_key(&key, old.id()).await? {
-                    rewrapped += 1;
-                }
-            }
-        }
         // Departed tenants' snapshot keys too: they outlive the data keys.
-        loop {
-            let batch = self.store.departure_keys_wrapped_by(old.id(), BATCH).await?;
-            if batch.is_empty() {
-                break;
-            }
-            for mut key in batch {
-                let plain = self.unwrap(&key).await?;
-                let aad = envelope::data_key_aad(key.tenant_id.0, key.version);
-                key.wrapped = next.wrap(&plain, &aad).await?;
-                key.kek_id = next.id().to_owned();
-                if self.store.rewrap_departure_key(&key, old.id()).await? {
-                    rewrapped += 1;
-                }
-            }
-        }
+        let rewrapped = self.rewrap_all(Wrapped::DataKeys, old.as_ref(), next.as_ref()).await?
+            + self.rewrap_all(Wrapped::Departures, old.as_ref(), next.as_ref()).await?;
         // Only the store's record says which key is current; the file
         // follows it, and a start between the two finds both.
         if !self.store.set_master_key_id(Some(old.id()), next.id(), now).await? {
@@ -624,6 +603,39 @@ impl Vault {
             ring.next = None;
         }
         Ok(MasterRotation { from: old.id().to_owned(), to: next.id().to_owned(), rewrapped })
+    }
+
+    /// Moves every key of `kind` wrapped by `old` to `next`; returns how
+    /// many it moved.
+    async fn rewrap_all(
+        &self,
+        kind: Wrapped,
+        old: &dyn KeyEncryptionKey,
+        next: &dyn KeyEncryptionKey,
+    ) -> Result<usize, VaultError> {
+        let mut rewrapped = 0;
+        loop {
+            let batch = match kind {
+                Wrapped::DataKeys => self.store.data_keys_wrapped_by(old.id(), BATCH).await?,
+                Wrapped::Departures => {
+                    self.store.departure_keys_wrapped_by(old.id(), BATCH).await?
+                }
+            };
+            if batch.is_empty() {
+                return Ok(rewrapped);
+            }
+            for mut key in batch {
+                let plain = self.unwrap(&key).await?;
+                let aad = envelope::data_key_aad(key.tenant_id.0, key.version);
+                key.wrapped = next.wrap(&plain, &aad).await?;
+                key.kek_id = next.id().to_owned();
+                let moved = match kind {
+                    Wrapped::DataKeys => self.store.rewrap_data_key(&key, old.id()).await?,
+                    Wrapped::Departures => self.store.rewrap_departure_key(&key, old.id()).await?,
+                };
+                rewrapped += usize::from(moved);
+            }
+        }
     }
 
     // ---- departed tenants ------------------------------------------------
