@@ -991,6 +991,10 @@ pub struct TenantRestoreArgs {
     /// Bring it back under this name instead (its own is taken)
     #[arg(long, value_name = "NAME")]
     pub to: Option<String>,
+    /// Which deleted tenant of the name, by id (`tenants list --state
+    /// deleted -o json` shows them) [default: the latest]
+    #[arg(long, value_name = "ID")]
+    pub id: Option<String>,
     /// The age identity that opens the snapshot, for a tenant that kept its
     /// own key (an `age-keygen` file)
     #[arg(long, value_name = "FILE")]
@@ -1154,6 +1158,10 @@ pub struct DeleteArgs {
     /// the final snapshot of a tenant deleted earlier)
     #[arg(long)]
     pub purge: bool,
+    /// With --purge: the deleted tenant of this id, even while a new tenant
+    /// has the name
+    #[arg(long, value_name = "ID", requires = "purge")]
+    pub departed: Option<String>,
     /// Do not ask for confirmation
     #[arg(long)]
     pub yes: bool,

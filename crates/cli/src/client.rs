@@ -305,8 +305,15 @@ impl ApiClient {
         self.call(Method::POST, self.url(&["v1", "tenants", name, action])?, &[]).await
     }
 
-    pub async fn delete_tenant(&self, name: &str, purge: bool) -> Result<TenantView, CliError> {
-        let query = [("purge", purge.to_string())];
+    /// Offboards the tenant, or with `departed` purges that deleted tenant.
+    pub async fn delete_tenant(
+        &self,
+        name: &str,
+        purge: bool,
+        departed: Option<&str>,
+    ) -> Result<TenantView, CliError> {
+        let mut query = vec![("purge", purge.to_string())];
+        query.extend(departed.map(|id| ("departed", id.to_owned())));
         self.call(Method::DELETE, self.url(&["v1", "tenants", name])?, &query).await
     }
 
@@ -415,11 +422,14 @@ impl ApiClient {
     pub async fn restore_departed(
         &self,
         tenant: &str,
+        id: Option<&str>,
         to: Option<&str>,
         identity: Option<&str>,
     ) -> Result<RestoreView, CliError> {
         let url = self.backup_url(tenant, &["restore"])?;
-        let body = serde_json::json!({ "from_final": true, "to": to, "identity": identity });
+        let body = serde_json::json!({
+            "from_final": true, "tenant_id": id, "to": to, "identity": identity,
+        });
         let request = self.http.post(url).json(&body).timeout(BACKUP_TIMEOUT);
         self.parse(self.send(request).await?.1)
     }

@@ -152,7 +152,9 @@ pub fn tenant(format: Output, view: &TenantView) -> Result<(), CliError> {
                     time(&departure.expires_at),
                     t.name
                 ),
-                None => "none (it never became active)".to_owned(),
+                None => "none (it never became active, or it keeps its own vault key and \
+                         registered no backup recipient of its own)"
+                    .to_owned(),
             },
         ));
     }

@@ -394,6 +394,10 @@ impl Reconciler {
     async fn offboard(&self, mut tenant: Tenant) -> Result<(), Interrupted> {
         let steps = self.steps.clone();
         self.undo_all(&mut tenant, &steps).await?;
+        // Fails on a record changed since this pass read it (a purge asked
+        // for meanwhile): the next pass undoes the steps again, purging.
+        tenant.updated_at = self.clock.now();
+        let tenant = self.store.update_tenant(&tenant).await?;
         self.store.delete_tenant(tenant.id).await?;
         // The stream outlives the tenant: it says how long it is kept.
         let keep = PlanCatalog::builtin()

@@ -237,17 +237,39 @@ impl TenantService {
         to: TenantState,
         (verb, done): (&str, &str),
     ) -> Result<Tenant, TenantError> {
-        self.change(name, actor, &format!("tenant.{verb}"), state_change, |tenant| {
-            match tenant.state {
-                state if state == to => Ok(None),
-                state if state == from => moved(tenant, to).map(Some),
-                state => Err(TenantError::InvalidState(format!(
-                    "tenant {:?} is {state}; only {from} tenants can be {done}",
-                    tenant.name.as_str()
-                ))),
-            }
+        let changed = self
+            .change(name, actor, &format!("tenant.{verb}"), state_change, |tenant| {
+                match tenant.state {
+                    state if state == to => Ok(None),
+                    state if state == from => moved(tenant, to).map(Some),
+                    state => Err(TenantError::InvalidState(format!(
+                        "tenant {:?} is {state}; only {from} tenants can be {done}",
+                        tenant.name.as_str()
+                    ))),
+                }
+            })
+            .await;
+        self.or_departed(name, changed, |name| {
+            format!("tenant {name:?} is deleted; only {from} tenants can be {done}")
         })
         .await
+    }
+
+    /// `result`, unless it is that no tenant has the name while a deleted
+    /// one had it: then `deleted` says why the action cannot be done.
+    async fn or_departed(
+        &self,
+        name: &str,
+        result: Result<Tenant, TenantError>,
+        deleted: impl FnOnce(&str) -> String,
+    ) -> Result<Tenant, TenantError> {
+        match result {
+            Err(TenantError::NotFound(missing)) => match self.store.departed_named(name).await? {
+                Some(_) => Err(TenantError::InvalidState(deleted(name))),
+                None => Err(TenantError::NotFound(missing)),
+            },
+            other => other,
+        }
     }
 
     /// Starts offboarding: every step is undone in reverse. With `purge`, the
@@ -310,59 +332,65 @@ impl TenantService {
         if let Some(limits) = &request.limits {
             limits.validate()?;
         }
-        self.change(name, actor, "tenant.update", plan_and_limits, |tenant| {
-            let immutable = |field, current: String, requested: String| TenantError::Immutable {
-                tenant: tenant.name.to_string(),
-                field,
-                current,
-                requested,
-            };
-            if let Some(isolation) = request.isolation
-                && isolation != tenant.isolation
-            {
-                return Err(immutable(
-                    "isolation",
-                    tenant.isolation.to_string(),
-                    isolation.to_string(),
-                ));
-            }
-            if let Some(region) = &request.region
-                && region != tenant.region.as_str()
-            {
-                return Err(immutable(
-                    "region",
-                    format!("in region {}", tenant.region),
-                    format!("in {region}"),
-                ));
-            }
-            let name = tenant.name.as_str();
-            match tenant.state {
-                TenantState::Provisioning | TenantState::Active | TenantState::Suspended => {}
-                TenantState::Failed => {
-                    return Err(TenantError::InvalidState(format!(
-                        "tenant {name:?} failed provisioning and cannot change; delete it with \
+        let changed = self
+            .change(name, actor, "tenant.update", plan_and_limits, |tenant| {
+                let immutable =
+                    |field, current: String, requested: String| TenantError::Immutable {
+                        tenant: tenant.name.to_string(),
+                        field,
+                        current,
+                        requested,
+                    };
+                if let Some(isolation) = request.isolation
+                    && isolation != tenant.isolation
+                {
+                    return Err(immutable(
+                        "isolation",
+                        tenant.isolation.to_string(),
+                        isolation.to_string(),
+                    ));
+                }
+                if let Some(region) = &request.region
+                    && region != tenant.region.as_str()
+                {
+                    return Err(immutable(
+                        "region",
+                        format!("in region {}", tenant.region),
+                        format!("in {region}"),
+                    ));
+                }
+                let name = tenant.name.as_str();
+                match tenant.state {
+                    TenantState::Provisioning | TenantState::Active | TenantState::Suspended => {}
+                    TenantState::Failed => {
+                        return Err(TenantError::InvalidState(format!(
+                            "tenant {name:?} failed provisioning and cannot change; delete it with \
                          `bulkhead tenants delete {name} --purge --yes` and create it again"
-                    )));
+                        )));
+                    }
+                    TenantState::Offboarding | TenantState::Deleted => {
+                        return Err(TenantError::InvalidState(format!(
+                            "tenant {name:?} is {}; it cannot change",
+                            tenant.state
+                        )));
+                    }
                 }
-                TenantState::Offboarding | TenantState::Deleted => {
-                    return Err(TenantError::InvalidState(format!(
-                        "tenant {name:?} is {}; it cannot change",
-                        tenant.state
-                    )));
+                let mut next = tenant.clone();
+                if let Some(plan) = &plan {
+                    next.plan = plan.clone();
                 }
-            }
-            let mut next = tenant.clone();
-            if let Some(plan) = &plan {
-                next.plan = plan.clone();
-            }
-            if let Some(limits) = &request.limits {
-                next.limits = limits.clone();
-            }
-            // Checked against the plan the tenant ends up on.
-            if let Ok(plan) = self.plans.get(next.plan.as_str()) {
-                backups_within(plan, &next.limits)?;
-            }
-            Ok((next.plan != tenant.plan || next.limits != tenant.limits).then_some(next))
+                if let Some(limits) = &request.limits {
+                    next.limits = limits.clone();
+                }
+                // Checked against the plan the tenant ends up on.
+                if let Ok(plan) = self.plans.get(next.plan.as_str()) {
+                    backups_within(plan, &next.limits)?;
+                }
+                Ok((next.plan != tenant.plan || next.limits != tenant.limits).then_some(next))
+            })
+            .await;
+        self.or_departed(name, changed, |name| {
+            format!("tenant {name:?} is deleted; it cannot change")
         })
         .await
     }

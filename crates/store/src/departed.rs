@@ -30,6 +30,9 @@ pub struct Departed {
     pub kek_id: Option<String>,
     pub wrapped_key: Option<Vec<u8>>,
     pub sealed_identity: Option<Vec<u8>>,
+    /// The snapshot's manifest (JSON) once it is taken: a restore checks
+    /// the archive against it.
+    pub manifest: Option<String>,
     pub departed_at: OffsetDateTime,
     /// When the snapshot and its key are destroyed.
     pub expires_at: OffsetDateTime,
@@ -75,6 +78,13 @@ pub trait DepartedStore: Send + Sync {
     /// Every departure, by name, the latest of a name first.
     async fn departed_tenants(&self) -> Result<Vec<Departed>, StoreError>;
 
+    /// Records the final snapshot's manifest once it is taken.
+    async fn set_departure_manifest(
+        &self,
+        tenant: TenantId,
+        manifest: &str,
+    ) -> Result<bool, StoreError>;
+
     /// Forgets the departure, and with it the snapshot's key.
     async fn delete_departed(&self, tenant: TenantId) -> Result<bool, StoreError>;
 
@@ -100,7 +110,7 @@ macro_rules! select {
     ($filter:literal $(,)?) => {
         concat!(
             "SELECT tenant_id, name, record, backup_id, recipient, kek_id, wrapped_key, \
-             sealed_identity, departed_at, expires_at FROM departed_tenants ",
+             sealed_identity, manifest, departed_at, expires_at FROM departed_tenants ",
             $filter
         )
     };
@@ -117,8 +127,8 @@ macro_rules! impl_departed_store {
             ) -> Result<bool, $crate::StoreError> {
                 let result = sqlx::query(
                     "INSERT INTO departed_tenants (tenant_id, name, record, backup_id, recipient, \
-                     kek_id, wrapped_key, sealed_identity, departed_at, expires_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+                     kek_id, wrapped_key, sealed_identity, manifest, departed_at, expires_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
                      ON CONFLICT (tenant_id) DO NOTHING",
                 )
                 .bind(d.tenant_id.0)
@@ -129,6 +139,7 @@ macro_rules! impl_departed_store {
                 .bind(d.kek_id.as_deref())
                 .bind(d.wrapped_key.as_deref())
                 .bind(d.sealed_identity.as_deref())
+                .bind(d.manifest.as_deref())
                 .bind(d.departed_at)
                 .bind(d.expires_at)
                 .execute(&self.write)
@@ -162,6 +173,20 @@ macro_rules! impl_departed_store {
                 Ok(sqlx::query_as($crate::departed::select!("ORDER BY name, departed_at DESC",))
                     .fetch_all(&self.read)
                     .await?)
+            }
+
+            async fn set_departure_manifest(
+                &self,
+                tenant: bulkhead_model::TenantId,
+                manifest: &str,
+            ) -> Result<bool, $crate::StoreError> {
+                let result =
+                    sqlx::query("UPDATE departed_tenants SET manifest = $2 WHERE tenant_id = $1")
+                        .bind(tenant.0)
+                        .bind(manifest)
+                        .execute(&self.write)
+                        .await?;
+                Ok(result.rows_affected() == 1)
             }
 
             async fn delete_departed(

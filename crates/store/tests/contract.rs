@@ -759,6 +759,7 @@ async fn keeps_departures_after_the_tenant_goes(f: Fixture) {
         kek_id: Some(kek.into()),
         wrapped_key: Some(vec![1, 2, 3]),
         sealed_identity: Some(vec![4, 5, 6]),
+        manifest: None,
         departed_at: at,
         expires_at: at + time::Duration::days(90),
     };
@@ -770,6 +771,8 @@ async fn keeps_departures_after_the_tenant_goes(f: Fixture) {
     f.store.insert_tenant(&second).await.unwrap();
     let later = departed(&second, now() + time::Duration::seconds(1), "master:old");
     f.store.insert_departed(&later).await.unwrap();
+    assert!(f.store.set_departure_manifest(first.id, "{}").await.unwrap());
+    let left = Departed { manifest: Some("{}".into()), ..left };
     assert_eq!(f.store.departed(first.id).await.unwrap(), Some(left.clone()));
     assert_eq!(f.store.departed_named("acme").await.unwrap(), Some(later.clone()));
     assert_eq!(f.store.departed_tenants().await.unwrap(), [later.clone(), left.clone()]);

@@ -616,6 +616,7 @@ async fn a_departed_tenants_snapshot_key_outlives_its_data_keys_and_rotations(f:
         kek_id: None,
         wrapped_key: None,
         sealed_identity: None,
+        manifest: None,
         departed_at: now(),
         expires_at: now(),
     };

@@ -268,7 +268,7 @@ async fn remove(client: &ApiClient, artifacts: &Path) -> Result<(), CliError> {
     for tenant in TENANTS {
         if let Found::Yes(_) = client.find_tenant(tenant).await? {
             say(&format!("tenant {tenant}: deleting"));
-            client.delete_tenant(tenant, true).await?;
+            client.delete_tenant(tenant, true, None).await?;
             let deadline = Instant::now() + PATIENCE;
             while let Found::Yes(view) = client.find_tenant(tenant).await? {
                 if Instant::now() > deadline {

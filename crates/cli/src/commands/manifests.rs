@@ -265,7 +265,7 @@ pub async fn delete(args: &DeleteManifestArgs, global: &GlobalArgs) -> Result<()
                 client.delete_resource(t.tenant.as_str(), "tools", &t.spec.name).await
             }
             Object::Tenant(tenant) => {
-                client.delete_tenant(tenant.name.as_str(), false).await.map(|_| ())
+                client.delete_tenant(tenant.name.as_str(), false, None).await.map(|_| ())
             }
         };
         let result = match deleted {

@@ -167,21 +167,24 @@ async fn delete(
     if !args.yes {
         confirm(&args.name, args.purge)?;
     }
-    let view = client.delete_tenant(&args.name, args.purge).await?;
+    let view = client.delete_tenant(&args.name, args.purge, args.departed.as_deref()).await?;
     if !args.wait.wait {
         return output::tenant(global.output, &view);
     }
     eprintln!("tenant {}: offboarding{}", args.name, if args.purge { " (purge)" } else { "" });
+    // Another tenant of the name (a new one, or one deleted earlier) is
+    // not this one: this one is gone.
+    let id = view.tenant.id;
     let settled =
         wait_until(client, &view, args.wait.timeout, StepState::Undone, |view| match view {
-            Found::Yes(view) => {
+            Found::Yes(view) if view.tenant.id == id => {
                 view.tenant.state == TenantState::Deleted && !view.tenant.purge_requested
             }
-            Found::Gone => true,
+            _ => true,
         })
         .await?;
     match settled {
-        Found::Yes(view) => {
+        Found::Yes(view) if view.tenant.id == id => {
             output::tenant(global.output, &view)?;
             match view.departure.as_ref().filter(|d| d.final_snapshot.is_some()) {
                 Some(departure) => eprintln!(
@@ -193,7 +196,7 @@ async fn delete(
                 None => eprintln!("tenant {} is deleted and its name is free", args.name),
             }
         }
-        Found::Gone => {
+        _ => {
             let purged = serde_json::json!({ "name": args.name, "purged": true });
             output::done(global.output, &purged, &format!("tenant {} is purged", args.name))?;
         }
@@ -212,7 +215,9 @@ async fn restore(
         None => None,
     };
     let identity = identity.as_ref().map(|i| i.as_str());
-    let restored = client.restore_departed(&args.name, args.to.as_deref(), identity).await?;
+    let restored = client
+        .restore_departed(&args.name, args.id.as_deref(), args.to.as_deref(), identity)
+        .await?;
     let text = format!(
         "tenant {} is back as tenant {}, from its final snapshot {}",
         args.name, restored.tenant, restored.backup

@@ -65,8 +65,19 @@ async fn a_deleted_tenant_leaves_one_final_snapshot_and_comes_back_from_it() {
     fill(&server, "acme").await;
     let original = contents(&server, "acme").await;
     let id = tenant_id(&server, "acme");
-    server.cli_json(&["backups", "create", "--tenant", "acme"]);
+    let older = server.cli_json(&["backups", "create", "--tenant", "acme"]);
     assert!(rows_of(&server, "vault_data_keys", &id).await > 0);
+    // What someone who can write to the backup store could try later: an
+    // older backup of the tenant passed off as its final snapshot.
+    let work = tempfile::tempdir().unwrap();
+    let key = work.path().join("acme.key");
+    let exported =
+        server.cli(&["backups", "key", "export", "--tenant", "acme", "-f", key.to_str().unwrap()]);
+    assert!(exported.status.success(), "{}", stderr(&exported));
+    let prefix = server.data_dir().join("backups/tenants").join(&id);
+    let older_tar = work.path().join("older.tar");
+    let older_archive = prefix.join(format!("{}.age", older["id"].as_str().unwrap()));
+    age(&["--decrypt", "--identity", key.to_str().unwrap(), "-o"], &older_tar, &older_archive);
 
     let deleted = delete(&server, "acme", false);
     assert!(stderr(&deleted).contains("--from-final"), "{}", stderr(&deleted));
@@ -85,11 +96,28 @@ async fn a_deleted_tenant_leaves_one_final_snapshot_and_comes_back_from_it() {
     assert_eq!(kept, [format!("{snapshot}.age"), format!("{snapshot}.json")]);
     let listed = server.cli_json(&["tenants", "list", "--state", "deleted"]);
     assert_eq!(listed[0]["name"], "acme", "{listed}");
+
+    // The older backup, encrypted to the snapshot's (public) recipient in
+    // its place, is refused: the departure recorded the real manifest.
+    let listing: Value =
+        serde_json::from_slice(&std::fs::read(prefix.join(format!("{snapshot}.json"))).unwrap())
+            .unwrap();
+    let snapshot_archive = prefix.join(format!("{snapshot}.age"));
+    let real = work.path().join("real.age");
+    std::fs::copy(&snapshot_archive, &real).unwrap();
+    let recipient = listing["recipient"].as_str().unwrap();
+    age(&["--encrypt", "--recipient", recipient, "-o"], &snapshot_archive, &older_tar);
+    let forged = server.cli(&["tenants", "restore", "acme", "--from-final", "--to", "acme-forged"]);
+    assert_ne!(exit_code(&forged), 0);
+    assert!(stderr(&forged).contains("recorded when it was taken"), "{}", stderr(&forged));
+    assert_eq!(exit_code(&server.cli(&["tenants", "get", "acme-forged"])), 3, "nothing made");
+    std::fs::copy(&real, &snapshot_archive).unwrap();
     let actions = platform_actions(&server, "acme");
     let offboarded = ["tenant.stop_apps", "tenant.final_snapshot"]
         .into_iter()
         .chain(std::iter::repeat_n("tenant.offboard_step", 8))
-        .chain(["tenant.delete"])
+        // And the forged snapshot's return, refused.
+        .chain(["tenant.delete", "tenant.return"])
         .collect::<Vec<_>>();
     assert_eq!(actions, offboarded);
 
@@ -154,14 +182,30 @@ async fn a_final_snapshot_goes_with_a_purge_or_when_it_expires_and_an_own_key_st
     let shown = server.cli_json(&["backups", "key", "show", "--tenant", "globex"]);
     assert_eq!((&shown["recipient"], &shown["own"]), (&recipient.as_str().into(), &true.into()));
 
-    // A purge destroys the snapshot and forgets the tenant at once.
+    // A purge destroys the snapshot and forgets the tenant at once, by its
+    // id while a new tenant has its name.
     delete(&server, "initech", false);
     assert_eq!(stored(&server, &ids[1]).len(), 2);
-    delete(&server, "initech", true);
+    let squatter =
+        server.cli_json(&["tenants", "create", "initech", "--plan", "starter", "--wait"]);
+    let purged = server.cli(&[
+        "tenants",
+        "delete",
+        "initech",
+        "--purge",
+        "--departed",
+        &ids[1],
+        "--yes",
+        "--wait",
+    ]);
+    assert!(purged.status.success(), "{}", stderr(&purged));
     assert!(stored(&server, &ids[1]).is_empty());
+    assert!(platform_actions(&server, "initech").contains(&"tenant.purge".to_owned()));
+    assert_eq!(server.cli_json(&["tenants", "get", "initech"])["id"], squatter["id"]);
+    let purged = delete(&server, "initech", true);
+    assert!(stderr(&purged).contains("is purged"), "{}", stderr(&purged));
     let missing = server.cli(&["tenants", "get", "initech"]);
     assert_eq!(exit_code(&missing), 3, "{}", stderr(&missing));
-    assert!(platform_actions(&server, "initech").contains(&"tenant.purge".to_owned()));
 
     // Past its time, the scheduler destroys it with its key.
     delete(&server, "hooli", false);
@@ -191,4 +235,10 @@ fn own_key(file: &Path) -> String {
     assert!(made.status.success());
     let shown = std::process::Command::new("age-keygen").arg("-y").arg(file).output().unwrap();
     String::from_utf8(shown.stdout).unwrap().trim().to_owned()
+}
+
+/// Runs the `age` tool: `args`, then `output`, then `input`.
+fn age(args: &[&str], output: &Path, input: &Path) {
+    let ran = std::process::Command::new("age").args(args).arg(output).arg(input).output().unwrap();
+    assert!(ran.status.success(), "{}", String::from_utf8_lossy(&ran.stderr));
 }

@@ -422,6 +422,10 @@ pub struct ReturnRequest {
     /// The name it comes back under; its own unless given.
     #[serde(default)]
     pub to: Option<String>,
+    /// Which deleted tenant of the name (`tenants list --state deleted`
+    /// shows their ids); the latest unless given.
+    #[serde(default)]
+    pub tenant_id: Option<uuid::Uuid>,
     /// `AGE-SECRET-KEY-1...`, for a tenant whose snapshot is encrypted to
     /// its own key.
     #[serde(default)]
@@ -470,11 +474,11 @@ pub async fn restore_departed(
     }
     let identity = body.identity.map(Zeroizing::new);
     let backups = std::sync::Arc::clone(&state.backups);
-    let restored =
-        run_through(
-            async move { backups.restore_departed(&actor, &tenant, body.to, identity).await },
-        )
-        .await?;
+    let restored = run_through(async move {
+        let id = body.tenant_id.map(bulkhead_model::TenantId);
+        backups.restore_departed(&actor, &tenant, id, body.to, identity).await
+    })
+    .await?;
     Ok(Json(restored.into()))
 }
 

@@ -9,7 +9,7 @@ use axum::{
     http::{StatusCode, header},
     response::IntoResponse,
 };
-use bulkhead_model::TenantState;
+use bulkhead_model::{TenantId, TenantState};
 use bulkhead_store::TenantPage;
 
 use super::auth::operator_only;
@@ -259,6 +259,19 @@ pub async fn delete_tenant(
     record_tenant(&name);
     operator_only(&actor)?;
     let Query(params) = params?;
+    if let Some(id) = params.departed {
+        if !params.purge {
+            return Err(ApiError::new(
+                ErrorCode::InvalidRequest,
+                "`departed` names a deleted tenant to purge: give `purge=true` with it",
+            ));
+        }
+        let departed = state.backups.purge_departed(&actor, &name, Some(TenantId(id))).await?;
+        let mut view = TenantView::departed(&departed, &state.base_domain)
+            .ok_or_else(|| ApiError::new(ErrorCode::TenantNotFound, "its record is unreadable"))?;
+        view.departure = None;
+        return Ok((StatusCode::ACCEPTED, Json(view)));
+    }
     let tenant = match state.tenants.delete(&name, params.purge, &actor).await {
         Ok(tenant) => tenant,
         // A deleted tenant's departure: kept, or with --purge destroyed.
@@ -267,7 +280,7 @@ pub async fn delete_tenant(
                 return Err(TenantError::NotFound(missing).into());
             };
             if params.purge {
-                state.backups.purge_departed(&actor, &name).await?;
+                state.backups.purge_departed(&actor, &name, Some(view.tenant.id)).await?;
                 view.departure = None;
             }
             return Ok((StatusCode::ACCEPTED, Json(view)));

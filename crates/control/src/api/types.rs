@@ -77,10 +77,14 @@ pub struct ListTenantsParams {
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct DeleteTenantParams {
-    /// Remove the tenant's record too, freeing its name, instead of keeping
-    /// it as `deleted`.
+    /// Keep nothing: no final snapshot, every backup deleted. On a deleted
+    /// tenant, destroys its final snapshot.
     #[serde(default)]
     pub purge: bool,
+    /// With `purge`: the deleted tenant of this id (of the name in the
+    /// path), even while a live tenant has the name.
+    #[serde(default)]
+    pub departed: Option<uuid::Uuid>,
 }
 
 /// Where a provisioning step stands for one tenant.

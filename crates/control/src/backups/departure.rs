@@ -12,13 +12,13 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use bulkhead_model::{Tenant, TenantState};
+use bulkhead_model::{Tenant, TenantId, TenantState};
 use bulkhead_store::Departed;
 use serde_json::json;
 use time::OffsetDateTime;
 use zeroize::Zeroizing;
 
-use super::{BackupService, BackupServiceError, Restored, Result, Target};
+use super::{BackupService, BackupServiceError, Restored, Result, Target, restore::Source};
 use crate::{
     events::Actor,
     provision::{StepError, TenantBackups},
@@ -55,9 +55,16 @@ impl BackupService {
         Ok(self.sources.store.departed_named(name).await?)
     }
 
-    /// Every departure kept, by name.
+    /// Every departure kept of a tenant that has left (not one still
+    /// being offboarded), by name.
     pub async fn departures(&self) -> Result<Vec<Departed>> {
-        Ok(self.sources.store.departed_tenants().await?)
+        let mut left = Vec::new();
+        for departed in self.sources.store.departed_tenants().await? {
+            if self.sources.store.tenant_by_id(departed.tenant_id).await?.is_none() {
+                left.push(departed);
+            }
+        }
+        Ok(left)
     }
 
     /// Takes the departing tenant's final snapshot unless it was taken
@@ -72,7 +79,9 @@ impl BackupService {
             self.storage.delete_all(tenant.id.0).await?;
             return Ok(());
         };
-        if self.storage.get(tenant.id.0, &id).await?.is_none() {
+        // Taken until its manifest is recorded: a snapshot a crash cut off
+        // before that is taken again, over it.
+        if departed.manifest.is_none() {
             let recipient = departed.recipient.clone().ok_or_else(|| {
                 BackupServiceError::Internal("the departure records no recipient".into())
             })?;
@@ -108,7 +117,9 @@ impl BackupService {
                 details,
             )
             .await;
-            taken?;
+            let manifest = serde_json::to_string(&taken?.manifest)
+                .map_err(|e| BackupServiceError::Internal(e.to_string()))?;
+            self.sources.store.set_departure_manifest(tenant.id, &manifest).await?;
         }
         for listing in self.storage.list(tenant.id.0).await? {
             if listing.id != id {
@@ -121,7 +132,9 @@ impl BackupService {
     /// Records the departure before its snapshot is taken, with the key
     /// the snapshot is encrypted to: the tenant's own recipient if it
     /// registered one (Bulkhead then cannot open it), else a new identity
-    /// the vault seals under the master key.
+    /// the vault seals under the master key. A tenant whose data keys are
+    /// wrapped by its own key gets a snapshot only to its own recipient:
+    /// one under the master key would open what its key protects.
     async fn record_departure(&self, tenant: &Tenant) -> Result<Departed> {
         let now = self.sources.clock.now();
         let mut record = tenant.clone();
@@ -129,24 +142,30 @@ impl BackupService {
         record.last_error = None;
         let record = serde_json::to_string(&record)
             .map_err(|e| BackupServiceError::Internal(e.to_string()))?;
-        let provisioned = tenant.provisioned_at.is_some();
-        let (recipient, identity) = match self.keys.own(tenant).await? {
-            _ if !provisioned => (None, None),
-            Some(own) => (Some(own), None),
-            None => {
-                let (identity, recipient) = bulkhead_backup::generate_key();
-                (Some(recipient), Some(identity))
-            }
+        let keys = self.sources.vault.key_status(tenant.id).await?;
+        let (recipient, identity) = if tenant.provisioned_at.is_none() {
+            (None, None)
+        } else if keys.tenant_key {
+            // Its own key, if not loaded, seals its recipient too: then it
+            // leaves no snapshot.
+            let own = if keys.unsealed { self.keys.own(tenant).await? } else { None };
+            (own, None)
+        } else if let Some(own) = self.keys.own(tenant).await? {
+            (Some(own), None)
+        } else {
+            let (identity, recipient) = bulkhead_backup::generate_key();
+            (Some(recipient), Some(identity))
         };
         let departed = Departed {
             tenant_id: tenant.id,
             name: tenant.name.to_string(),
             record,
-            backup_id: provisioned.then(|| bulkhead_backup::new_id(&now)),
+            backup_id: recipient.is_some().then(|| bulkhead_backup::new_id(&now)),
             recipient,
             kek_id: None,
             wrapped_key: None,
             sealed_identity: None,
+            manifest: None,
             departed_at: now,
             expires_at: now + self.departures.keep,
         };
@@ -192,11 +211,16 @@ impl BackupService {
 
     /// Destroys a departed tenant's final snapshot and its key now
     /// (`tenants delete NAME --purge`). Operators only.
-    pub async fn purge_departed(&self, actor: &Actor, name: &str) -> Result<Departed> {
+    pub async fn purge_departed(
+        &self,
+        actor: &Actor,
+        name: &str,
+        id: Option<TenantId>,
+    ) -> Result<Departed> {
         if !actor.is_operator() {
             return Err(BackupServiceError::OperatorOnly);
         }
-        let departed = self.departed_or_missing(name).await?;
+        let departed = self.departure(name, id).await?;
         self.destroy_departure(&departed).await?;
         let details = json!({ "backup": departed.backup_id });
         self.departure_event(actor, &departed, "tenant.purge", "ok", details).await;
@@ -206,18 +230,20 @@ impl BackupService {
     /// Brings a departed tenant back from its final snapshot, as a new
     /// tenant named `to` (its own name by default). The departure goes
     /// once the tenant is back. Operators only; a tenant that kept its
-    /// own key gives its identity.
+    /// own key gives its identity. `id` picks one of several departed
+    /// tenants of the name; the latest by default.
     pub async fn restore_departed(
         &self,
         actor: &Actor,
         name: &str,
+        id: Option<TenantId>,
         to: Option<String>,
         identity: Option<Zeroizing<String>>,
     ) -> Result<Restored> {
         if !actor.is_operator() {
             return Err(BackupServiceError::OperatorOnly);
         }
-        let departed = self.departed_or_missing(name).await?;
+        let departed = self.departure(name, id).await?;
         if self.sources.store.tenant_by_id(departed.tenant_id).await?.is_some() {
             return Err(BackupServiceError::InvalidState(format!(
                 "tenant {name:?} is still being offboarded; wait until `bulkhead tenants get \
@@ -248,10 +274,26 @@ impl BackupService {
         let record: Tenant = serde_json::from_str(&departed.record).map_err(|e| {
             BackupServiceError::Internal(format!("the departed tenant's record: {e}"))
         })?;
+        // Only the snapshot whose manifest was recorded as it was taken:
+        // whoever can write to the backup store cannot pass off another.
+        let manifest = departed
+            .manifest
+            .as_deref()
+            .map(serde_json::from_str)
+            .transpose()
+            .map_err(|e| BackupServiceError::Internal(format!("the recorded manifest: {e}")))?
+            .ok_or_else(|| {
+                BackupServiceError::InvalidState(format!(
+                    "tenant {name:?} left before its final snapshot was complete"
+                ))
+            })?;
+        // Never two returns of one departure at once.
+        let _running = self.claim(&record)?;
         let to = to.unwrap_or_else(|| name.to_owned());
         let reader = self.storage.read(departed.tenant_id.0, &id).await?;
+        let source = Source { tenant: record, manifest: Some(manifest) };
         let result = self
-            .restore_from(actor, reader, identity, Vec::new(), Some(record), Target::New(to.clone()), false)
+            .restore_from(actor, reader, identity, Vec::new(), Some(source), Target::New(to.clone()), false)
             .await
             .map_err(|error| match error {
                 BackupServiceError::Tenant(crate::tenants::TenantError::Exists(message)) => {
@@ -273,8 +315,14 @@ impl BackupService {
         if departed.kek_id.is_none()
             && let Some(own) = &departed.recipient
             && let Some(tenant) = self.sources.store.tenant_named(&restored.tenant).await?
+            && let Err(error) = self.keys.set_own(&tenant, Some(own)).await
         {
-            self.keys.set_own(&tenant, Some(own)).await?;
+            restored.warnings.push(format!(
+                "its own backup recipient could not be registered again ({error}): its backups \
+                 go to a key Bulkhead holds until `bulkhead backups key set --tenant {} \
+                 --recipient {own}`",
+                restored.tenant
+            ));
         }
         if let Err(error) = self.destroy_departure(&departed).await {
             tracing::warn!(%error, tenant = name, "cannot remove the departure of a tenant that came back; it expires as planned");
@@ -288,8 +336,16 @@ impl BackupService {
         Ok(())
     }
 
-    async fn departed_or_missing(&self, name: &str) -> Result<Departed> {
-        self.departed(name).await?.ok_or_else(|| BackupServiceError::NotDeparted(name.to_owned()))
+    /// The departed tenant `id` of this name, or the latest of the name;
+    /// one past its time is as good as gone.
+    async fn departure(&self, name: &str, id: Option<TenantId>) -> Result<Departed> {
+        let found = match id {
+            Some(id) => self.sources.store.departed(id).await?.filter(|d| d.name == name),
+            None => self.departed(name).await?,
+        };
+        found
+            .filter(|d| d.expires_at > self.sources.clock.now())
+            .ok_or_else(|| BackupServiceError::NotDeparted(name.to_owned()))
     }
 
     /// Records an offboarding event in the platform's stream, naming the

@@ -438,7 +438,15 @@ impl BackupService {
     }
 
     pub async fn delete(&self, actor: &Actor, name: &str, id: &str) -> Result<()> {
+        let listing = self.get(actor, name, id).await?;
         let tenant = self.tenant(actor, name, Permission::Manage).await?;
+        // What a departing tenant leaves goes with its departure only.
+        if listing.kind == departure::FINAL || tenant.state == TenantState::Offboarding {
+            return Err(BackupServiceError::InvalidState(format!(
+                "tenant {name:?} is being deleted and backup {id} may be its final snapshot; \
+                 `bulkhead tenants delete {name} --purge --yes` destroys it"
+            )));
+        }
         if !self.storage.delete(tenant.id.0, id).await? {
             return Err(BackupServiceError::BackupNotFound(name.to_owned(), id.to_owned()));
         }

@@ -59,6 +59,14 @@ pub enum Target {
     New(String),
 }
 
+/// The tenant an archive is known to be of, and, when this installation
+/// recorded it, the manifest it must carry.
+#[derive(Debug, Clone)]
+pub(super) struct Source {
+    pub tenant: Tenant,
+    pub manifest: Option<Manifest>,
+}
+
 /// What a restore did.
 #[derive(Debug, Clone)]
 pub struct Restored {
@@ -144,7 +152,7 @@ impl BackupService {
         let identity = self.identity_for(&tenant, &listing.recipient, identity).await?;
         let reader = self.storage.read(tenant.id.0, id).await?;
         let pinned = self.pinned_keys(&tenant).await?;
-        let source = Some(tenant.clone());
+        let source = Some(Source { tenant: tenant.clone(), manifest: None });
         match self.restore_from(actor, reader, identity, pinned, source, target, force).await {
             Ok(mut restored) => {
                 restored.backup = id.to_owned();
@@ -190,7 +198,7 @@ impl BackupService {
         reader: ArchiveReader,
         identity: Zeroizing<String>,
         pinned: Vec<[u8; 32]>,
-        source: Option<Tenant>,
+        source: Option<Source>,
         target: Target,
         force: bool,
     ) -> Result<Restored> {
@@ -199,16 +207,21 @@ impl BackupService {
             let (manifest, keys) = self.unpack(reader, identity, &work, pinned).await?;
             let backup = Unpacked { manifest, keys, dir: work.clone() };
             if let Some(source) = &source
-                && backup.manifest.about.tenant_id != source.id.0
+                && backup.manifest.about.tenant_id != source.tenant.id.0
             {
                 return Err(invalid("manifest", "it is another tenant's backup"));
+            }
+            if let Some(Source { manifest: Some(expected), .. }) = &source
+                && backup.manifest != *expected
+            {
+                return Err(invalid("manifest", "it is not the one recorded when it was taken"));
             }
             if source.is_none() {
                 refuse_what_only_operators_set(&work)?;
             }
             match (target, source) {
-                (Target::Same, Some(tenant)) => {
-                    self.restore_over(actor, &tenant, &backup, force).await
+                (Target::Same, Some(source)) => {
+                    self.restore_over(actor, &source.tenant, &backup, force).await
                 }
                 (Target::Same, None) => Err(BackupServiceError::InvalidRequest(
                     "an archive from elsewhere is restored into a new tenant".into(),

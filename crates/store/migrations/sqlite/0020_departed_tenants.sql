@@ -11,6 +11,9 @@ CREATE TABLE departed_tenants (
     recipient        TEXT,
     kek_id           TEXT,
     wrapped_key      BLOB,
+    -- The snapshot's manifest as it was taken: what a restore must find in
+    -- the archive (the backup store alone cannot pass another off as it).
+    manifest         TEXT,
     sealed_identity  BLOB,
     departed_at      TEXT NOT NULL,
     expires_at       TEXT NOT NULL
