@@ -75,7 +75,8 @@ impl BackupService {
             None => self.record_departure(tenant).await?,
         };
         let Some(id) = departed.backup_id.clone() else {
-            // Never active: nothing of it is worth keeping.
+            // No snapshot (never active, or it keeps its own vault key and
+            // no recipient of its own): nothing of it is kept.
             self.storage.delete_all(tenant.id.0).await?;
             return Ok(());
         };
