@@ -66,6 +66,10 @@ async fn a_deleted_tenant_leaves_one_final_snapshot_and_comes_back_from_it() {
     let original = contents(&server, "acme").await;
     let id = tenant_id(&server, "acme");
     let older = server.cli_json(&["backups", "create", "--tenant", "acme"]);
+    // Its policy keeps one backup: one manual backup is all it may keep.
+    let more = server.cli(&["backups", "create", "--tenant", "acme"]);
+    assert_eq!(exit_code(&more), 4, "{}", stderr(&more));
+    assert!(stderr(&more).contains("delete one first"), "{}", stderr(&more));
     assert!(rows_of(&server, "vault_data_keys", &id).await > 0);
     // What someone who can write to the backup store could try later: an
     // older backup of the tenant passed off as its final snapshot.

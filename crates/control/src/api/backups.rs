@@ -179,7 +179,8 @@ pub async fn create_backup(
     record_tenant(&tenant);
     let backups = std::sync::Arc::clone(&state.backups);
     let listing =
-        run_through(async move { backups.create(&actor, &tenant, "manual").await }).await?;
+        run_through(async move { backups.create(&actor, &tenant, crate::backups::MANUAL).await })
+            .await?;
     Ok((StatusCode::CREATED, Json(listing.into())))
 }
 

@@ -93,6 +93,9 @@ impl From<bulkhead_tenantdb::Error> for BackupServiceError {
 
 type Result<T, E = BackupServiceError> = std::result::Result<T, E>;
 
+/// The kind of backup taken on request rather than on schedule.
+pub const MANUAL: &str = "manual";
+
 /// Backups are taken of tenants in these states: a tenant being
 /// provisioned has nothing yet, one being offboarded is going.
 const BACKED_UP: &[TenantState] = &[TenantState::Active, TenantState::Suspended];
@@ -247,6 +250,9 @@ impl BackupService {
             )));
         }
         let _running = self.claim(&tenant)?;
+        if kind == MANUAL {
+            self.room_for_manual(&tenant).await?;
+        }
         let now = self.sources.clock.now();
         let id = bulkhead_backup::new_id(&now);
         let result = match self.keys.recipient(&tenant).await {
@@ -272,6 +278,24 @@ impl BackupService {
             tracing::warn!(%error, tenant = name, "cannot record a backup that succeeded");
         }
         result
+    }
+
+    /// Manual backups are never expired, so a tenant keeps at most as many
+    /// as its policy keeps scheduled ones: its admins cannot fill the
+    /// backup store that every tenant shares.
+    async fn room_for_manual(&self, tenant: &Tenant) -> Result<()> {
+        let keep = policy(&self.plans, tenant).map_or(1, |p| p.keep.max(1)) as usize;
+        let manual =
+            self.storage.list(tenant.id.0).await?.iter().filter(|l| l.kind == MANUAL).count();
+        if manual >= keep {
+            let name = tenant.name.as_str();
+            return Err(BackupServiceError::InvalidState(format!(
+                "tenant {name:?} has {manual} manual backups, the most its backup policy keeps \
+                 ({keep}); delete one first (`bulkhead backups list --tenant {name}`, then \
+                 `bulkhead backups delete --tenant {name} ID`)"
+            )));
+        }
+        Ok(())
     }
 
     /// Takes backup `id` of the tenant, encrypted to `recipient`, staged
