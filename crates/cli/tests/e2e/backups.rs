@@ -633,7 +633,7 @@ async fn appears(dir: &Path, child: &mut std::process::Child) -> bool {
 }
 
 #[tokio::test]
-async fn a_server_killed_mid_backup_or_mid_restore_leaves_nothing_half_done() {
+async fn a_server_killed_mid_backup_restore_or_offboarding_leaves_nothing_half_done() {
     let mut server = Server::embedded().await;
     server.cli_json(&["tenants", "create", "acme", "--plan", "starter", "--wait"]);
     // No scheduled backup of its own to race the ones this test cuts.
@@ -697,4 +697,34 @@ async fn a_server_killed_mid_backup_or_mid_restore_leaves_nothing_half_done() {
     let restored =
         server.cli_json(&["backups", "restore", "--tenant", "acme", id, "--to", "acme-copy"]);
     assert_eq!(restored["created"], true, "{restored}");
+
+    // Mid-offboarding, while the final snapshot is being taken: the next
+    // start finishes the delete, with one whole snapshot to come back from.
+    let acme = tenant_id(&server, "acme");
+    let deleting = server.cli(&["tenants", "delete", "acme", "--yes"]);
+    assert!(deleting.status.success(), "{}", stderr(&deleting));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !std::fs::read_dir(&staging).is_ok_and(|mut d| d.next().is_some()) {
+        assert!(std::time::Instant::now() < deadline, "no final snapshot began\n{}", server.log());
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    server.kill();
+    server.restart().await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while server.cli_json(&["tenants", "get", "acme"])["state"] != "deleted" {
+        assert!(std::time::Instant::now() < deadline, "not deleted\n{}", server.log());
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let prefix = server.data_dir().join("backups/tenants").join(&acme);
+    assert_eq!(crate::kit::entries(&prefix).len(), 2, "one snapshot and its listing");
+    let back =
+        server.cli_json(&["tenants", "restore", "acme", "--from-final", "--to", "acme-back"]);
+    assert_eq!(back["tenant"], "acme-back", "{back}");
+    let db = server.tenant_dir("acme-back").join("data.db");
+    let mut conn =
+        sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display())).await.unwrap();
+    let (rows,): (i64,) =
+        sqlx::query_as("SELECT COUNT(*) FROM blobs").fetch_one(&mut conn).await.unwrap();
+    conn.close().await.unwrap();
+    assert_eq!(rows, 32);
 }
