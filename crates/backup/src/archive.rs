@@ -168,29 +168,9 @@ pub fn verify<R: Read>(input: R, identity: &str) -> Result<Manifest, BackupError
     read_parts(input, identity, |_| Ok(Box::new(io::sink())))
 }
 
-/// Like [`verify`], and writes each part to `dir/<name>` (new files, 0600)
-/// as it is checked. On an error the caller removes `dir`: a part written
-/// before the damage was found is not to be trusted either.
-pub fn extract<R: Read>(
-    input: R,
-    identity: &str,
-    dir: &std::path::Path,
-) -> Result<Manifest, BackupError> {
-    use std::os::unix::fs::OpenOptionsExt;
-    read_parts(input, identity, |name| {
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(dir.join(name))?;
-        Ok(Box::new(io::BufWriter::new(file)))
-    })
-}
-
 /// Reads the archive, handing each part's bytes to the writer `open_part`
 /// gives for its name, and checks every part against the manifest: what
-/// [`verify`] and [`extract`] are made of, for a caller that keeps some
-/// parts only.
+/// [`verify`] is made of, for a caller that keeps some parts only.
 pub fn read_parts<R: Read>(
     input: R,
     identity: &str,

@@ -21,9 +21,7 @@
 mod archive;
 mod storage;
 
-pub use archive::{
-    About, FORMAT_VERSION, Manifest, Part, PartEntry, extract, read_parts, verify, write,
-};
+pub use archive::{About, FORMAT_VERSION, Manifest, Part, PartEntry, read_parts, verify, write};
 pub use storage::{ArchiveReader, Listing, Location, S3Key, Storage, new_id};
 
 use thiserror::Error;

@@ -252,6 +252,24 @@ impl EventLog {
         let _ = self.append(actor, None, action, outcome, details).await;
     }
 
+    /// Records an action on a tenant in the platform's stream, naming the
+    /// tenant in its details: what outlives the tenant (offboarding, its
+    /// final snapshot) is said there, where its own stream may be closed.
+    pub async fn record_platform_about(
+        &self,
+        actor: &Actor,
+        (tenant, tenant_id): (&str, TenantId),
+        action: &str,
+        outcome: &str,
+        mut details: Value,
+    ) {
+        if let Some(map) = details.as_object_mut() {
+            map.insert("tenant".into(), Value::from(tenant));
+            map.insert("tenant_id".into(), Value::from(tenant_id.to_string()));
+        }
+        self.record_platform(actor, action, outcome, details).await;
+    }
+
     /// Appends the event to its stream, and an operator's action on a
     /// tenant to the platform stream too; an error if either could not be
     /// written. Failures are logged here.

@@ -417,11 +417,10 @@ impl Reconciler {
     /// outlives every tenant.
     async fn platform_event(&self, tenant: &Tenant, action: &str, mut details: serde_json::Value) {
         if let Some(details) = details.as_object_mut() {
-            details.insert("tenant".into(), json!(tenant.name));
-            details.insert("tenant_id".into(), json!(tenant.id));
             details.insert("purge".into(), json!(tenant.purge_requested));
         }
-        self.events.record_platform(&Actor::Reconciler, action, "ok", details).await;
+        let about = (tenant.name.as_str(), tenant.id);
+        self.events.record_platform_about(&Actor::Reconciler, about, action, "ok", details).await;
     }
 
     /// Undoes `steps` in reverse order, recording each that had a record.

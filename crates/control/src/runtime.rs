@@ -259,16 +259,23 @@ impl Runtime {
             .lock()
             .map(|r| r.iter().filter(|(_, w)| w.tenant == tenant).map(|(k, _)| k.clone()).collect())
             .unwrap_or_default();
+        let keys: Vec<&String> = keys.iter().collect();
+        self.stop_workers(&keys).await.into_iter().filter(|stopped| *stopped).count()
+    }
+
+    /// Stops these workers together (each may take its grace period) and
+    /// forgets them; says of each whether it was running.
+    async fn stop_workers(&self, keys: &[&String]) -> Vec<bool> {
         let grace = RestartPolicy::default().grace;
         let stopped =
             futures_util::future::join_all(keys.iter().map(|key| self.supervisor.stop(key, grace)))
                 .await;
         if let Ok(mut running) = self.running.lock() {
             keys.iter().for_each(|key| {
-                running.remove(key);
+                running.remove(*key);
             });
         }
-        stopped.into_iter().filter(|s| *s).count()
+        stopped
     }
 
     /// Resolves at the next switch or revert of any app.
@@ -375,14 +382,9 @@ impl Runtime {
             .iter()
             .filter(|(k, _)| !desired.contains_key(*k) && !retiring.contains(k))
             .collect();
-        let stops = leaving
-            .iter()
-            .map(|(key, _)| self.supervisor.stop(key, RestartPolicy::default().grace));
-        let stopped = futures_util::future::join_all(stops).await;
-        for ((key, worker), stopped) in leaving.into_iter().zip(stopped) {
-            if let Ok(mut running) = self.running.lock() {
-                running.remove(key);
-            }
+        let keys: Vec<&String> = leaving.iter().map(|(key, _)| *key).collect();
+        let stopped = self.stop_workers(&keys).await;
+        for ((_, worker), stopped) in leaving.into_iter().zip(stopped) {
             // Recorded here rather than from the supervisor's event: the
             // worker leaves the table as it stops.
             if stopped && let Ok(Some(tenant)) = self.store.tenant_by_id(worker.tenant).await {

@@ -640,9 +640,8 @@ pub async fn start_with_steps(
     }
     let backup_storage = bulkhead_backup::Storage::open(&backup_store)
         .map_err(|e| StartError::Backup(e.to_string()))?;
-    // The steps' services, before the services below take theirs.
-    let (step_vault, step_credentials, step_audit_keys, step_servers) =
-        (Arc::clone(&vault), Arc::clone(&credentials), Arc::clone(&audit_keys), servers.clone());
+    // The provisioning steps' own, before the audit service takes it.
+    let step_audit_keys = Arc::clone(&audit_keys);
     let (handle, woken) = Reconciler::channel();
     let tenants = Arc::new(TenantService::new(
         Arc::clone(&store),
@@ -703,7 +702,7 @@ pub async fn start_with_steps(
             crate::backups::Sources {
                 store: Arc::clone(&store),
                 vault: Arc::clone(&sealed),
-                credentials: backup_credentials,
+                credentials: Arc::clone(&backup_credentials),
                 audit: Arc::clone(&audit),
                 clock: Arc::clone(&clock),
                 tenants_dir: data_dir.tenants(),
@@ -722,16 +721,16 @@ pub async fn start_with_steps(
             data_dir.path(),
         )
         .map_err(|e| StartError::Backup(format!("the staging directory: {e}")))?
-        .with_departures(crate::backups::DepartureSettings {
-            keep: time::Duration::days(i64::from(config.backup_schedule.final_snapshot_days)),
-            runtime: runtime.clone(),
-        }),
+        .with_departures(crate::backups::DepartureSettings::new(
+            &config.backup_schedule,
+            runtime.clone(),
+        )),
     );
     let services = StepServices {
         store: Arc::clone(&store),
-        servers: step_servers,
-        vault: step_vault,
-        credentials: step_credentials,
+        servers,
+        vault: Arc::clone(&sealed),
+        credentials: backup_credentials,
         identity: Arc::clone(&identity),
         audit_keys: step_audit_keys,
         audit: audit_log.clone(),

@@ -86,7 +86,7 @@ pub(crate) async fn pg_tool(
 
 /// Parameters of a connection URL that libpq reads too; the others are the
 /// Rust driver's own, which libpq would refuse.
-const LIBPQ_PARAMETERS: [&str; 10] = [
+const LIBPQ_PARAMETERS: [&str; 11] = [
     "sslmode",
     "sslrootcert",
     "sslcert",
@@ -96,6 +96,7 @@ const LIBPQ_PARAMETERS: [&str; 10] = [
     "application_name",
     "connect_timeout",
     "host",
+    "hostaddr",
     "target_session_attrs",
 ];
 

@@ -266,22 +266,17 @@ pub async fn delete_tenant(
                 "`departed` names a deleted tenant to purge: give `purge=true` with it",
             ));
         }
-        let departed = state.backups.purge_departed(&actor, &name, Some(TenantId(id))).await?;
-        let mut view = TenantView::departed(&departed, &state.base_domain)
-            .ok_or_else(|| ApiError::new(ErrorCode::TenantNotFound, "its record is unreadable"))?;
-        view.departure = None;
-        return Ok((StatusCode::ACCEPTED, Json(view)));
+        return purge_departure(&state, &actor, &name, TenantId(id)).await;
     }
     let tenant = match state.tenants.delete(&name, params.purge, &actor).await {
         Ok(tenant) => tenant,
         // A deleted tenant's departure: kept, or with --purge destroyed.
         Err(TenantError::NotFound(missing)) => {
-            let Some(mut view) = departed(&state, &actor, &name).await? else {
+            let Some(view) = departed(&state, &actor, &name).await? else {
                 return Err(TenantError::NotFound(missing).into());
             };
             if params.purge {
-                state.backups.purge_departed(&actor, &name, Some(view.tenant.id)).await?;
-                view.departure = None;
+                return purge_departure(&state, &actor, &name, view.tenant.id).await;
             }
             return Ok((StatusCode::ACCEPTED, Json(view)));
         }
@@ -307,4 +302,19 @@ async fn departed(
     let view = TenantView::departed(&departed, &state.base_domain)
         .filter(|view| actor.may_access(&view.tenant));
     Ok(view.map(|view| if actor.is_operator() { view } else { view.for_tenant() }))
+}
+
+/// Destroys the final snapshot of the deleted tenant `id` of this name, and
+/// answers with the tenant as it left.
+async fn purge_departure(
+    state: &AppState,
+    actor: &Actor,
+    name: &str,
+    id: TenantId,
+) -> Result<(StatusCode, Json<TenantView>), ApiError> {
+    let departed = state.backups.purge_departed(actor, name, id).await?;
+    let mut view = TenantView::departed(&departed, &state.base_domain)
+        .ok_or_else(|| ApiError::new(ErrorCode::TenantNotFound, "its record is unreadable"))?;
+    view.departure = None;
+    Ok((StatusCode::ACCEPTED, Json(view)))
 }

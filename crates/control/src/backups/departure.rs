@@ -26,7 +26,7 @@ use crate::{
 };
 
 /// The kind of backup a departure keeps.
-pub const FINAL: &str = "final";
+pub(super) const FINAL: &str = "final";
 
 /// How long departures are kept, and the runtime whose workers a
 /// departing tenant's snapshot waits for.
@@ -36,9 +36,17 @@ pub struct DepartureSettings {
     pub runtime: Option<Arc<Runtime>>,
 }
 
+impl DepartureSettings {
+    /// As `[backup]` says (`final_snapshot_days`), stopping a departing
+    /// tenant's workers through `runtime`.
+    pub fn new(backup: &super::ScheduleSettings, runtime: Option<Arc<Runtime>>) -> Self {
+        Self { keep: time::Duration::days(i64::from(backup.final_snapshot_days)), runtime }
+    }
+}
+
 impl Default for DepartureSettings {
     fn default() -> Self {
-        Self { keep: time::Duration::days(90), runtime: None }
+        Self::new(&super::ScheduleSettings::default(), None)
     }
 }
 
@@ -179,9 +187,9 @@ impl BackupService {
 
     /// Destroys every backup of the tenant and its departure (the final
     /// snapshot's key with it).
-    async fn destroy(&self, tenant: &Tenant) -> Result<u64> {
-        let deleted = self.storage.delete_all(tenant.id.0).await?;
-        self.sources.store.delete_departed(tenant.id).await?;
+    async fn destroy(&self, tenant: TenantId) -> Result<u64> {
+        let deleted = self.storage.delete_all(tenant.0).await?;
+        self.sources.store.delete_departed(tenant).await?;
         Ok(deleted)
     }
 
@@ -195,7 +203,7 @@ impl BackupService {
             {
                 continue;
             }
-            self.destroy_departure(&departed).await?;
+            self.destroy(departed.tenant_id).await?;
             let details = json!({ "backup": departed.backup_id });
             self.departure_event(
                 &Actor::Scheduler,
@@ -216,13 +224,13 @@ impl BackupService {
         &self,
         actor: &Actor,
         name: &str,
-        id: Option<TenantId>,
+        id: TenantId,
     ) -> Result<Departed> {
         if !actor.is_operator() {
             return Err(BackupServiceError::OperatorOnly);
         }
-        let departed = self.departure(name, id).await?;
-        self.destroy_departure(&departed).await?;
+        let departed = self.departure(name, Some(id)).await?;
+        self.destroy(departed.tenant_id).await?;
         let details = json!({ "backup": departed.backup_id });
         self.departure_event(actor, &departed, "tenant.purge", "ok", details).await;
         Ok(departed)
@@ -325,16 +333,10 @@ impl BackupService {
                 restored.tenant
             ));
         }
-        if let Err(error) = self.destroy_departure(&departed).await {
+        if let Err(error) = self.destroy(departed.tenant_id).await {
             tracing::warn!(%error, tenant = name, "cannot remove the departure of a tenant that came back; it expires as planned");
         }
         Ok(restored)
-    }
-
-    async fn destroy_departure(&self, departed: &Departed) -> Result<()> {
-        self.storage.delete_all(departed.tenant_id.0).await?;
-        self.sources.store.delete_departed(departed.tenant_id).await?;
-        Ok(())
     }
 
     /// The departed tenant `id` of this name, or the latest of the name;
@@ -349,21 +351,16 @@ impl BackupService {
             .ok_or_else(|| BackupServiceError::NotDeparted(name.to_owned()))
     }
 
-    /// Records an offboarding event in the platform's stream, naming the
-    /// tenant (whose own stream may already be closed).
     async fn departure_event(
         &self,
         actor: &Actor,
         departed: &Departed,
         action: &str,
         outcome: &str,
-        mut details: serde_json::Value,
+        details: serde_json::Value,
     ) {
-        if let Some(map) = details.as_object_mut() {
-            map.insert("tenant".into(), json!(departed.name));
-            map.insert("tenant_id".into(), json!(departed.tenant_id));
-        }
-        self.events.record_platform(actor, action, outcome, details).await;
+        let about = (departed.name.as_str(), departed.tenant_id);
+        self.events.record_platform_about(actor, about, action, outcome, details).await;
     }
 }
 
@@ -380,7 +377,7 @@ impl TenantBackups for BackupService {
     }
 
     async fn destroy_all(&self, tenant: &Tenant) -> std::result::Result<(), StepError> {
-        let deleted = self.destroy(tenant).await.map_err(|e| {
+        let deleted = self.destroy(tenant.id).await.map_err(|e| {
             StepError::Transient(format!("cannot delete the tenant's backups: {e}"))
         })?;
         if deleted > 0 {

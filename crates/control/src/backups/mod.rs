@@ -25,7 +25,7 @@ use thiserror::Error;
 use uuid::Uuid;
 use zeroize::Zeroizing;
 
-pub use departure::{DepartureSettings, FINAL};
+pub use departure::DepartureSettings;
 pub use keys::{BackupKeys, Recipient};
 pub use parts::{Sources, Staged};
 pub use restore::{Restored, Target};
@@ -95,6 +95,8 @@ type Result<T, E = BackupServiceError> = std::result::Result<T, E>;
 
 /// The kind of backup taken on request rather than on schedule.
 pub const MANUAL: &str = "manual";
+/// The kind the scheduler takes, and its retention expires.
+const SCHEDULED: &str = "scheduled";
 
 /// Backups are taken of tenants in these states: a tenant being
 /// provisioned has nothing yet, one being offboarded is going.
@@ -155,6 +157,15 @@ async fn blocking<T: Send + 'static>(
 /// Makes a directory only the server's user can enter.
 fn private_dir(path: &Path) -> std::io::Result<()> {
     std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700).create(path)
+}
+
+/// Removes what a backup or restore staged, whatever became of it.
+async fn remove_staging(dir: &Path) {
+    if let Err(error) = tokio::fs::remove_dir_all(dir).await
+        && error.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!(%error, dir = %dir.display(), "cannot remove a staging directory");
+    }
 }
 
 /// Removes the tenant from `running` when the backup ends, however.
@@ -310,11 +321,7 @@ impl BackupService {
     ) -> Result<Listing> {
         let dir = self.staging.join(id);
         let taken = self.take_in(actor, tenant, id, kind, recipient, &dir).await;
-        if let Err(error) = tokio::fs::remove_dir_all(&dir).await
-            && error.kind() != std::io::ErrorKind::NotFound
-        {
-            tracing::warn!(%error, dir = %dir.display(), "cannot remove a backup's staging directory");
-        }
+        remove_staging(&dir).await;
         taken
     }
 

@@ -46,7 +46,7 @@ pub(super) fn kept_in_place() -> Vec<&'static str> {
     kept
 }
 /// A lease for reading a pool tenant's rows lives this long at most.
-pub(super) const LEASE_TTL: Duration = Duration::from_secs(3_600);
+const LEASE_TTL: Duration = Duration::from_secs(3_600);
 /// The largest number of secret versions or sealed keys read at once.
 const ALL: u32 = u32::MAX;
 
@@ -161,11 +161,8 @@ impl Sources {
         region: &Region,
         file: &Path,
     ) -> Result<(), BackupServiceError> {
-        let now = self.clock.now();
-        let issued =
-            self.credentials.issue(tenant, Access::Read, LEASE_TTL, 1, "backup", now).await?;
-        let read = async {
-            let mut conn = sqlx::PgConnection::connect(issued.url.as_str()).await.map_err(|e| {
+        self.with_lease(tenant, Access::Read, 1, "backup", |url| async move {
+            let mut conn = sqlx::PgConnection::connect(url.as_str()).await.map_err(|e| {
                 BackupServiceError::Database(format!("cannot connect as the tenant's lease: {e}"))
             })?;
             let tables: Vec<String> = pool::tables::states(&mut conn, &PoolNames::of(region))
@@ -175,14 +172,34 @@ impl Sources {
                 .collect();
             let written = dump::pool_rows(&mut conn, &tables, file).await;
             let _ = conn.close().await;
-            written.map_err(BackupServiceError::from)
-        }
-        .await;
-        // Revoked whatever happened; the sweeper retries a failed revoke.
+            written.map(|_| ()).map_err(BackupServiceError::from)
+        })
+        .await
+    }
+
+    /// Runs `work` with the URL of a lease of the tenant for `sessions`
+    /// sessions, revoked after whatever happened (the sweeper retries a
+    /// failed revocation).
+    pub(super) async fn with_lease<T, F, Fut>(
+        &self,
+        tenant: &Tenant,
+        access: Access,
+        sessions: u32,
+        issued_by: &str,
+        work: F,
+    ) -> Result<T, BackupServiceError>
+    where
+        F: FnOnce(zeroize::Zeroizing<String>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, BackupServiceError>>,
+    {
+        let now = self.clock.now();
+        let issued =
+            self.credentials.issue(tenant, access, LEASE_TTL, sessions, issued_by, now).await?;
+        let done = work(issued.url.clone()).await;
         if let Err(error) = self.credentials.revoke(&issued.lease, self.clock.now()).await {
-            tracing::warn!(%error, lease = %issued.lease.id, "cannot revoke the backup's lease yet");
+            tracing::warn!(%error, lease = %issued.lease.id, "cannot revoke a backup's lease yet");
         }
-        read.map(|_| ())
+        done
     }
 
     /// `{"data_keys": [{"version", "key"}]}`, built where it is zeroized.

@@ -234,11 +234,7 @@ impl BackupService {
             }
         }
         .await;
-        if let Err(error) = tokio::fs::remove_dir_all(&work).await
-            && error.kind() != std::io::ErrorKind::NotFound
-        {
-            tracing::warn!(%error, dir = %work.display(), "cannot remove a restore's staging directory");
-        }
+        super::remove_staging(&work).await;
         result
     }
 
@@ -362,7 +358,7 @@ impl BackupService {
         // Should the server die before the restore ends, its next start
         // purges the half-restored tenant this marks.
         let marker = self.restores.join(tenant.id.0.to_string());
-        if let Err(error) = std::fs::write(&marker, name) {
+        if let Err(error) = crate::data_dir::write_private(&marker, name.as_bytes()) {
             tracing::warn!(%error, marker = %marker.display(), "cannot mark a restore under way");
         }
         let result = async {
@@ -511,25 +507,27 @@ impl BackupService {
                 restore::sqlite(&tenant_dir, &file).await?;
             }
             (DatabaseLocation::Postgres(_), Isolation::Silo, "database.pgdump") => {
-                self.through_lease(tenant, |url| async move {
-                    restore::silo(region, tenant, &url, &file)
-                        .await
-                        .map_err(BackupServiceError::from)
-                })
-                .await?;
+                self.sources
+                    .with_lease(tenant, Access::Write, 2, "backup.restore", |url| async move {
+                        restore::silo(region, tenant, &url, &file)
+                            .await
+                            .map_err(BackupServiceError::from)
+                    })
+                    .await?;
             }
             (DatabaseLocation::Postgres(_), Isolation::Pool, "database.rows") => {
-                self.through_lease(tenant, |url| async move {
-                    let mut conn = sqlx::PgConnection::connect(&url).await.map_err(|e| {
-                        BackupServiceError::Database(format!(
-                            "cannot connect as the tenant's lease: {e}"
-                        ))
-                    })?;
-                    let done = restore::pool_rows(&mut conn, tenant, &file).await;
-                    let _ = conn.close().await;
-                    done.map_err(BackupServiceError::from)
-                })
-                .await?;
+                self.sources
+                    .with_lease(tenant, Access::Write, 2, "backup.restore", |url| async move {
+                        let mut conn = sqlx::PgConnection::connect(&url).await.map_err(|e| {
+                            BackupServiceError::Database(format!(
+                                "cannot connect as the tenant's lease: {e}"
+                            ))
+                        })?;
+                        let done = restore::pool_rows(&mut conn, tenant, &file).await;
+                        let _ = conn.close().await;
+                        done.map_err(BackupServiceError::from)
+                    })
+                    .await?;
             }
             (_, _, part) => {
                 return Err(BackupServiceError::InvalidRequest(format!(
@@ -542,25 +540,6 @@ impl BackupService {
             }
         }
         Ok(())
-    }
-
-    /// Runs `work` with the URL of a write lease of the tenant, revoked
-    /// after whatever happened (the sweeper retries a failed revocation).
-    async fn through_lease<F, Fut>(&self, tenant: &Tenant, work: F) -> Result<()>
-    where
-        F: FnOnce(Zeroizing<String>) -> Fut,
-        Fut: std::future::Future<Output = Result<()>>,
-    {
-        let credentials = &self.sources.credentials;
-        let now = self.sources.clock.now();
-        let issued = credentials
-            .issue(tenant, Access::Write, super::parts::LEASE_TTL, 2, "backup.restore", now)
-            .await?;
-        let done = work(issued.url.clone()).await;
-        if let Err(error) = credentials.revoke(&issued.lease, self.sources.clock.now()).await {
-            tracing::warn!(%error, lease = %issued.lease.id, "cannot revoke the restore's lease yet");
-        }
-        done
     }
 
     /// Every secret version of the backup, opened with the backup's data

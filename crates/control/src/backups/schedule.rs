@@ -11,7 +11,7 @@ use bulkhead_store::{BackupRun, TenantPage};
 use futures_util::StreamExt;
 use time::OffsetDateTime;
 
-use super::{BackupService, BackupServiceError, Result};
+use super::{BackupService, BackupServiceError, Result, SCHEDULED};
 use crate::events::Actor;
 
 /// The longest a failing tenant waits before its next attempt.
@@ -78,7 +78,7 @@ fn expired<'a>(
     policy: &BackupPolicy,
     now: OffsetDateTime,
 ) -> Vec<(&'a Listing, &'static str)> {
-    let scheduled: Vec<&Listing> = listed.iter().filter(|l| l.kind == "scheduled").collect();
+    let scheduled: Vec<&Listing> = listed.iter().filter(|l| l.kind == SCHEDULED).collect();
     let oldest_kept = now - time::Duration::days(i64::from(policy.retention_days));
     let over = scheduled.len().saturating_sub(policy.keep as usize);
     let newest = scheduled.len().saturating_sub(1);
@@ -181,7 +181,7 @@ impl BackupService {
     /// `create`) and backs the tenant off. Returns whether it took one.
     async fn scheduled(&self, tenant: &Tenant) -> bool {
         let name = tenant.name.as_str();
-        match self.create(&Actor::Scheduler, name, "scheduled").await {
+        match self.create(&Actor::Scheduler, name, SCHEDULED).await {
             Ok(_) => true,
             // Another backup of the tenant is under way: it counts.
             Err(BackupServiceError::Running(_)) => false,
