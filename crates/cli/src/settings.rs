@@ -684,6 +684,17 @@ mod tests {
     }
 
     #[test]
+    fn final_snapshot_days_are_read_and_bounded() {
+        let settings = with_file("[backup]\nfinal_snapshot_days = 30\n", args()).unwrap();
+        assert_eq!(settings.config.backup_schedule.final_snapshot_days, 30);
+        for bad in ["0", "3651"] {
+            let toml = format!("[backup]\nfinal_snapshot_days = {bad}\n");
+            let error = with_file(&toml, args()).err().unwrap().to_string();
+            assert!(error.contains("1 to 3650") && error.contains("--purge"), "{error}");
+        }
+    }
+
+    #[test]
     fn flags_beat_the_file() {
         let toml = "api_listen = \"127.0.0.1:9000\"\nbase_domain = \"file.example\"\nlog_format = \"json\"";
         let settings =

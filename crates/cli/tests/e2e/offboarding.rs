@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-use serde_json::Value;
+use serde_json::{Value, json};
 use sqlx::Connection;
 
 use crate::{
@@ -144,6 +144,16 @@ async fn a_deleted_tenant_leaves_one_final_snapshot_and_comes_back_from_it() {
     assert_eq!(server.cli_json(&["tenants", "list", "--state", "deleted"]), Value::Array(vec![]));
     let again = server.cli(&["tenants", "restore", "acme", "--from-final", "--to", "acme-2"]);
     assert_eq!(exit_code(&again), 3, "{}", stderr(&again));
+    assert!(stderr(&again).contains("tenants list --state deleted"), "{}", stderr(&again));
+    // The API says what a request lacks.
+    let http = server.http();
+    let (status, body) =
+        http.post("/v1/tenants/acme/restore", json!({ "from_final": false })).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.to_string().contains("from_final"), "{body}");
+    let (status, body) = http.delete(&format!("/v1/tenants/acme?departed={id}")).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.to_string().contains("purge=true"), "{body}");
     assert!(platform_actions(&server, "acme").contains(&"tenant.return".to_owned()));
 }
 

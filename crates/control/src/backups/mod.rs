@@ -43,7 +43,7 @@ pub enum BackupServiceError {
     TenantNotFound(String),
     #[error(
         "no deleted tenant named {0:?} is kept: it was never deleted, or its final snapshot \
-         expired or was purged"
+         expired or was purged (`bulkhead tenants list --state deleted` lists those kept)"
     )]
     NotDeparted(String),
     #[error("tenant {0:?} has no backup {1:?}; `bulkhead backups list --tenant {0}` lists them")]
