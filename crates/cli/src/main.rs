@@ -1,6 +1,16 @@
 //! The `bulkhead` binary: `bulkhead serve` runs the control plane; every
 //! other command is a client of a running one.
 
+/// `print!`/`outln!` for results. A reader that stops early
+/// (`bulkhead tenants list | head -1`) ends the command quietly, where std's
+/// macros would panic on the closed pipe.
+macro_rules! out {
+    ($($arg:tt)*) => { $crate::output::write_stdout(format_args!($($arg)*)) };
+}
+macro_rules! outln {
+    ($($arg:tt)*) => { out!("{}\n", format_args!($($arg)*)) };
+}
+
 mod args;
 mod client;
 mod commands;

@@ -1,6 +1,5 @@
 //! What client commands print: aligned tables for people, the API's JSON
 //! for scripts. Results go to stdout, progress to stderr.
-#![allow(clippy::print_stdout)]
 
 use bulkhead_control::api::backups::{BackupKeyView, BackupList, BackupView};
 use bulkhead_control::api::types::{
@@ -39,10 +38,32 @@ pub fn time(at: &OffsetDateTime) -> String {
     at.format(&Rfc3339).unwrap_or_else(|_| at.to_string())
 }
 
+/// What `out!`/`outln!` print through: standard output, where a reader
+/// that has gone away (a closed pipe) ends the command with success, as
+/// `head` expects of the commands it reads, and any other write error ends
+/// it with a message.
+pub fn write_stdout(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    if let Err(error) = stdout.write_fmt(args).and_then(|()| stdout.flush()) {
+        exit_on_write_error(&error);
+    }
+}
+
+/// Ends the process after standard output failed: quietly when the reader
+/// closed the pipe, else with the error and exit code 1.
+pub fn exit_on_write_error(error: &std::io::Error) -> ! {
+    if error.kind() == std::io::ErrorKind::BrokenPipe {
+        std::process::exit(0);
+    }
+    eprintln!("error: cannot write to standard output: {error}");
+    std::process::exit(1)
+}
+
 pub fn json<T: Serialize>(value: &T) -> Result<(), CliError> {
     let text = serde_json::to_string_pretty(value)
         .map_err(|e| CliError::failed(format!("cannot print JSON: {e}")))?;
-    println!("{text}");
+    outln!("{text}");
     Ok(())
 }
 
@@ -73,7 +94,7 @@ pub fn status(format: Output, status: &ServerStatus) -> Result<(), CliError> {
         ("tenants", if tenants.is_empty() { "none".into() } else { tenants.join(", ") }),
     ];
     for (name, value) in rows {
-        println!("{name:<9} {value}");
+        outln!("{name:<9} {value}");
     }
     Ok(())
 }
@@ -97,7 +118,7 @@ pub fn tenants(format: Output, tenants: &[TenantView]) -> Result<(), CliError> {
             ]
         })
         .collect();
-    println!(
+    outln!(
         "{}",
         table(&["NAME", "STATE", "PLAN", "ISOLATION", "REGION", "DOMAIN", "CREATED"], &rows)
     );
@@ -173,7 +194,7 @@ pub fn tenant(format: Output, view: &TenantView) -> Result<(), CliError> {
                 ]
             })
             .collect();
-        println!("\n{}", table(&["STEP", "STATE", "OUTPUT"], &rows));
+        outln!("\n{}", table(&["STEP", "STATE", "OUTPUT"], &rows));
     }
     Ok(())
 }
@@ -248,7 +269,7 @@ pub fn plans(format: Output, plans: &[Plan]) -> Result<(), CliError> {
             ]
         })
         .collect();
-    println!(
+    outln!(
         "{}",
         table(
             &[
@@ -272,7 +293,7 @@ pub fn plans(format: Output, plans: &[Plan]) -> Result<(), CliError> {
 fn fields(fields: &[(&str, String)]) {
     let width = fields.iter().map(|(k, _)| k.len()).max().unwrap_or(0) + 1;
     for (key, value) in fields {
-        println!("{:<width$} {value}", format!("{key}:"));
+        outln!("{:<width$} {value}", format!("{key}:"));
     }
 }
 
@@ -303,7 +324,7 @@ pub fn secrets(format: Output, secrets: &[SecretSummaryView]) -> Result<(), CliE
             ]
         })
         .collect();
-    println!("{}", table(&["PATH", "VERSION", "KEPT", "BYTES", "UPDATED"], &rows));
+    outln!("{}", table(&["PATH", "VERSION", "KEPT", "BYTES", "UPDATED"], &rows));
     Ok(())
 }
 
@@ -322,7 +343,7 @@ pub fn keys(format: Output, status: &KeyStatusView) -> Result<(), CliError> {
         .iter()
         .map(|k| vec![k.version.to_string(), k.wrapped_by.clone(), time(&k.created_at)])
         .collect();
-    println!("\n{}", table(&["DATA KEY", "WRAPPED BY", "CREATED"], &rows));
+    outln!("\n{}", table(&["DATA KEY", "WRAPPED BY", "CREATED"], &rows));
     Ok(())
 }
 
@@ -358,7 +379,7 @@ pub fn leases(format: Output, leases: &[LeaseView]) -> Result<(), CliError> {
             ]
         })
         .collect();
-    println!("{}", table(&["LEASE", "ROLE", "ACCESS", "ISSUED", "EXPIRES", "REVOKED"], &rows));
+    outln!("{}", table(&["LEASE", "ROLE", "ACCESS", "ISSUED", "EXPIRES", "REVOKED"], &rows));
     Ok(())
 }
 
@@ -370,7 +391,7 @@ pub fn lockouts(format: Output, lockouts: &[LockoutView]) -> Result<(), CliError
         .iter()
         .map(|l| vec![l.principal.clone(), l.reason.clone(), time(&l.locked_at)])
         .collect();
-    println!("{}", table(&["PRINCIPAL", "REASON", "LOCKED"], &rows));
+    outln!("{}", table(&["PRINCIPAL", "REASON", "LOCKED"], &rows));
     Ok(())
 }
 
@@ -390,7 +411,7 @@ pub fn realm_keys(format: Output, keys: &[RealmKeyView]) -> Result<(), CliError>
             ]
         })
         .collect();
-    println!("{}", table(&["KID", "ALG", "STATE", "CREATED", "LEAVES JWKS"], &rows));
+    outln!("{}", table(&["KID", "ALG", "STATE", "CREATED", "LEAVES JWKS"], &rows));
     Ok(())
 }
 
@@ -419,7 +440,7 @@ pub fn apis(format: Output, apis: &[ApiSpec]) -> Result<(), CliError> {
             ]
         })
         .collect();
-    println!("{}", table(&["NAME", "PREFIX", "UPSTREAMS", "AUTH", "RATE LIMIT"], &rows));
+    outln!("{}", table(&["NAME", "PREFIX", "UPSTREAMS", "AUTH", "RATE LIMIT"], &rows));
     Ok(())
 }
 
@@ -445,7 +466,7 @@ pub fn tools(format: Output, tools: &[bulkhead_model::ToolSpec]) -> Result<(), C
             ]
         })
         .collect();
-    println!("{}", table(&["NAME", "UPSTREAM", "TOOLS", "ROLES", "CREDENTIAL"], &rows));
+    outln!("{}", table(&["NAME", "UPSTREAM", "TOOLS", "ROLES", "CREDENTIAL"], &rows));
     Ok(())
 }
 
@@ -458,7 +479,7 @@ pub fn public_apis(
         return json(&apis);
     }
     if apis.is_empty() {
-        println!("public APIs: none (every API asks for a credential)");
+        outln!("public APIs: none (every API asks for a credential)");
         return Ok(());
     }
     let rows: Vec<Vec<String>> = apis
@@ -473,7 +494,7 @@ pub fn public_apis(
             ]
         })
         .collect();
-    println!(
+    outln!(
         "public APIs: {} answer without a credential (auth: public)\n{}",
         apis.len(),
         table(&["TENANT", "API", "PREFIX", "UPSTREAMS"], &rows)
@@ -489,10 +510,10 @@ pub fn isolation(
         return json(report);
     }
     for line in &report.checked {
-        println!("checked: {line}");
+        outln!("checked: {line}");
     }
     if report.findings.is_empty() {
-        println!("isolation: no findings");
+        outln!("isolation: no findings");
         return Ok(());
     }
     let rows: Vec<Vec<String>> = report
@@ -508,7 +529,7 @@ pub fn isolation(
             ]
         })
         .collect();
-    println!(
+    outln!(
         "isolation: {} findings\n{}",
         report.findings.len(),
         table(&["SEVERITY", "CHECK", "SUBJECT", "PROBLEM", "FIX"], &rows)
@@ -541,7 +562,7 @@ pub fn migration(
             ]
         })
         .collect();
-    println!(
+    outln!(
         "migration job {} {}{}: {summary} (files up to {:04})\n{}",
         job.id,
         job.state,
@@ -573,7 +594,7 @@ pub fn usage(format: Output, rows: &[bulkhead_meter::UsageRow]) -> Result<(), Cl
             ]
         })
         .collect();
-    println!(
+    outln!(
         "{}",
         table(
             &["MINUTE", "API", "REQUESTS", "REFUSED", "BYTES IN/OUT", "MEAN LATENCY", "MAX"],
@@ -629,14 +650,14 @@ pub fn usage_export(format: Output, export: &UsageExport) -> Result<(), CliError
         for row in &rows {
             out.push_str(&csv_line(row));
         }
-        print!("{out}");
+        out!("{out}");
         return Ok(());
     }
     let header: Vec<String> = HEADER.iter().map(|h| h.to_uppercase()).collect();
     let header: Vec<&str> = header.iter().map(String::as_str).collect();
-    println!("{}", table(&header, &rows));
+    outln!("{}", table(&header, &rows));
     let t = &export.totals;
-    println!(
+    outln!(
         "\n{}: {} requests, {} model calls, {} tool calls, {} tokens in, {} out, cost {}",
         export.period,
         t.requests,
@@ -692,7 +713,7 @@ pub fn api_keys(format: Output, keys: &[ApiKeyView]) -> Result<(), CliError> {
             ]
         })
         .collect();
-    println!("{}", table(&["ID", "NAME", "PREFIX", "ROLES", "LAST USED", "REVOKED"], &rows));
+    outln!("{}", table(&["ID", "NAME", "PREFIX", "ROLES", "LAST USED", "REVOKED"], &rows));
     Ok(())
 }
 
@@ -733,7 +754,7 @@ pub fn backups(format: Output, list: &BackupList) -> Result<(), CliError> {
             ]
         })
         .collect();
-    println!("{}", table(&["ID", "KIND", "CREATED", "BYTES", "PARTS"], &rows));
+    outln!("{}", table(&["ID", "KIND", "CREATED", "BYTES", "PARTS"], &rows));
     Ok(())
 }
 
@@ -741,18 +762,18 @@ pub fn backup(format: Output, backup: &BackupView) -> Result<(), CliError> {
     if format == Output::Json {
         return json(backup);
     }
-    println!("backup     {}", backup.id);
-    println!("tenant     {} ({} plan)", backup.tenant, backup.plan);
-    println!("kind       {}", backup.kind);
-    println!("created    {}", backup.created_at);
-    println!("size       {} bytes, format {}", backup.size, backup.format);
-    println!("recipient  {}", backup.recipient);
+    outln!("backup     {}", backup.id);
+    outln!("tenant     {} ({} plan)", backup.tenant, backup.plan);
+    outln!("kind       {}", backup.kind);
+    outln!("created    {}", backup.created_at);
+    outln!("size       {} bytes, format {}", backup.size, backup.format);
+    outln!("recipient  {}", backup.recipient);
     let rows: Vec<Vec<String>> = backup
         .parts
         .iter()
         .map(|p| vec![p.name.clone(), p.size.to_string(), p.sha256.clone()])
         .collect();
-    println!("{}", table(&["PART", "BYTES", "SHA-256"], &rows));
+    outln!("{}", table(&["PART", "BYTES", "SHA-256"], &rows));
     Ok(())
 }
 
@@ -761,7 +782,7 @@ pub fn backup_key(format: Output, key: &BackupKeyView) -> Result<(), CliError> {
         return json(key);
     }
     let whose = if key.own { "the tenant's own key" } else { "the key the vault holds" };
-    println!("{} ({whose})", key.recipient);
+    outln!("{} ({whose})", key.recipient);
     Ok(())
 }
 

@@ -83,10 +83,7 @@ pub async fn rollout(command: &RolloutCommand, global: &GlobalArgs) -> Result<()
                     vec![text("id"), text("app"), text("version"), text("state"), progress(r)]
                 })
                 .collect();
-            #[allow(clippy::print_stdout)]
-            {
-                println!("{}", output::table(&["ID", "APP", "VERSION", "STATE", "TENANTS"], &rows));
-            }
+            outln!("{}", output::table(&["ID", "APP", "VERSION", "STATE", "TENANTS"], &rows));
             return Ok(());
         }
         RolloutCommand::Pause { id } => client.steer_rollout(id, "pause").await?,
@@ -135,19 +132,16 @@ fn show_rollout(format: Output, rollout: &Value) -> Result<(), CliError> {
             ]
         })
         .collect();
-    #[allow(clippy::print_stdout)]
-    {
-        println!(
-            "rollout {} of app {} to {}: {}{}",
-            text(&rollout["id"]),
-            text(&rollout["app"]),
-            text(&rollout["version"]),
-            text(&rollout["state"]),
-            rollout["reason"].as_str().map(|r| format!(" ({r})")).unwrap_or_default()
-        );
-        println!("{}", progress(rollout));
-        println!("{}", output::table(&["TENANT", "BATCH", "FROM", "STATE", "REASON"], &rows));
-    }
+    outln!(
+        "rollout {} of app {} to {}: {}{}",
+        text(&rollout["id"]),
+        text(&rollout["app"]),
+        text(&rollout["version"]),
+        text(&rollout["state"]),
+        rollout["reason"].as_str().map(|r| format!(" ({r})")).unwrap_or_default()
+    );
+    outln!("{}", progress(rollout));
+    outln!("{}", output::table(&["TENANT", "BATCH", "FROM", "STATE", "REASON"], &rows));
     Ok(())
 }
 
@@ -232,10 +226,7 @@ fn show(format: Output, apps: &[Value]) -> Result<(), CliError> {
             ]
         })
         .collect();
-    #[allow(clippy::print_stdout)]
-    {
-        println!("{}", output::table(&["NAME", "VERSION", "RUNNING", "WORKERS"], &rows));
-    }
+    outln!("{}", output::table(&["NAME", "VERSION", "RUNNING", "WORKERS"], &rows));
     Ok(())
 }
 
@@ -272,10 +263,7 @@ pub async fn logs(args: &LogsArgs, global: &GlobalArgs) -> Result<(), CliError> 
             if global.output == Output::Json {
                 output::json(&line)?;
             } else {
-                #[allow(clippy::print_stdout)]
-                {
-                    println!("{line}");
-                }
+                outln!("{line}");
             }
         }
         if !args.follow {
@@ -322,9 +310,6 @@ pub async fn flags(command: &FlagsCommand, global: &GlobalArgs) -> Result<(), Cl
                 .collect()
         })
         .unwrap_or_default();
-    #[allow(clippy::print_stdout)]
-    {
-        println!("{}", output::table(&["FLAG", "VALUE"], &rows));
-    }
+    outln!("{}", output::table(&["FLAG", "VALUE"], &rows));
     Ok(())
 }

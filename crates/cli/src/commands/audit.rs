@@ -1,6 +1,5 @@
 //! `bulkhead audit ...`: read a stream, export it, verify an export
 //! offline.
-#![allow(clippy::print_stdout)]
 
 use std::{
     fs::File,
@@ -108,13 +107,14 @@ async fn tail(
     }
     let mut last = first.last().map(|e| e.seq);
     if global.output == Output::Table {
-        #[allow(clippy::print_stdout)]
-        {
-            println!(
-                "{:>6}  {:<27}  {:<24} {:<22} {:<8} RESOURCE",
-                "SEQ", "TIME", "ACTOR", "ACTION", "OUTCOME"
-            );
-        }
+        outln!(
+            "{:>6}  {:<27}  {:<24} {:<22} {:<8} RESOURCE",
+            "SEQ",
+            "TIME",
+            "ACTOR",
+            "ACTION",
+            "OUTCOME"
+        );
     }
     print_events(global.output, &first)?;
     if !follow {
@@ -131,7 +131,6 @@ async fn tail(
 }
 
 fn print_events(format: Output, events: &[EventView]) -> Result<(), CliError> {
-    let mut stdout = std::io::stdout().lock();
     for event in events {
         let line = match format {
             Output::Json => {
@@ -150,9 +149,9 @@ fn print_events(format: Output, events: &[EventView]) -> Result<(), CliError> {
                 event.resource
             ),
         };
-        writeln!(stdout, "{line}").map_err(|e| CliError::failed(format!("stdout: {e}")))?;
+        outln!("{line}");
     }
-    stdout.flush().map_err(|e| CliError::failed(format!("stdout: {e}")))
+    Ok(())
 }
 
 fn verify(
@@ -215,7 +214,7 @@ fn verify(
                 .iter()
                 .map(|(id, pinned)| format!("{id}{}", if *pinned { " (pinned)" } else { "" }))
                 .collect();
-            println!(
+            outln!(
                 "verified: stream {}{}: {} event{} (seq {}..{}), {} signed checkpoint{} by key {}",
                 report.stream,
                 report.tenant.as_ref().map(|t| format!(" ({t})")).unwrap_or_default(),
@@ -228,7 +227,7 @@ fn verify(
                 signers.join(", ")
             );
             if let Some(earlier) = &report.extends {
-                println!(
+                outln!(
                     "extends the earlier export: the same head at seq {} ({}), so nothing up to \
                      it was changed, removed or inserted since",
                     earlier.seq,

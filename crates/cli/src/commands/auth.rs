@@ -1,6 +1,5 @@
 //! `bulkhead auth ...` and `bulkhead apikeys ...`: realms' tokens, signing
 //! keys and API keys.
-#![allow(clippy::print_stdout)]
 
 use bulkhead_control::api::types::{CreateApiKeyRequest, IssueTokenRequest, TrustRequest};
 
@@ -27,7 +26,7 @@ pub async fn run(command: &AuthCommand, global: &GlobalArgs) -> Result<(), CliEr
                 return output::json(&token);
             }
             // The token alone on stdout, for `TOKEN=$(bulkhead auth token ...)`.
-            println!("{}", token.token);
+            outln!("{}", token.token);
             Ok(())
         }
         AuthCommand::RotateKey { tenant, algorithm } => {
@@ -104,7 +103,7 @@ pub async fn apikeys(command: &ApikeysCommand, global: &GlobalArgs) -> Result<()
                 "API key {} ({}) created; {lives}; it is shown this once, store it now:",
                 created.api_key.name, created.api_key.id
             );
-            println!("{}", created.key);
+            outln!("{}", created.key);
             Ok(())
         }
         ApikeysCommand::List { tenant } => {

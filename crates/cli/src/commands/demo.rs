@@ -118,38 +118,35 @@ pub async fn run(clean: bool, global: &GlobalArgs) -> Result<(), CliError> {
     };
     let url = |tenant: &str| format!("http://{}:{}/{APP}/items", host(tenant), gateway.port());
     let (a, b) = (TENANTS[0], TENANTS[1]);
-    #[allow(clippy::print_stdout)]
-    {
-        println!(
-            "Two tenants, each running its own copy of the keyring app as confined workers\n\
-             (its own Unix user, namespaces, cgroup, database file and secret), behind the gateway.\n"
-        );
-        println!("export A_TOKEN='{}'", tokens[0].as_str());
-        println!("export B_TOKEN='{}'\n", tokens[1].as_str());
-        println!(
-            "curl{} -H \"Authorization: Bearer $A_TOKEN\" {}     # {a}'s items only",
-            resolve(a),
-            url(a)
-        );
-        println!(
-            "curl{} -H \"Authorization: Bearer $B_TOKEN\" {}     # {b}'s items only",
-            resolve(b),
-            url(b)
-        );
-        println!(
-            "curl{} -i -H \"Authorization: Bearer $A_TOKEN\" {}  # 401: {a}'s token is refused at {b}",
-            resolve(b),
-            url(b)
-        );
-        println!(
-            "curl{} -H \"Authorization: Bearer $A_TOKEN\" -H 'content-type: application/json' \\\n     -d '{{\"name\":\"TLS certificate\",\"kind\":\"certificate\",\"expires\":\"2027-01-31\"}}' {}",
-            resolve(a),
-            url(a)
-        );
-        println!("\nbulkhead apps list --tenant {a}; bulkhead logs --tenant {a} --app {APP}");
-        println!("bulkhead verify isolation --tenant {a}");
-        println!("bulkhead demo --clean     # removes the tenants and the app's files");
-    }
+    outln!(
+        "Two tenants, each running its own copy of the keyring app as confined workers\n\
+         (its own Unix user, namespaces, cgroup, database file and secret), behind the gateway.\n"
+    );
+    outln!("export A_TOKEN='{}'", tokens[0].as_str());
+    outln!("export B_TOKEN='{}'\n", tokens[1].as_str());
+    outln!(
+        "curl{} -H \"Authorization: Bearer $A_TOKEN\" {}     # {a}'s items only",
+        resolve(a),
+        url(a)
+    );
+    outln!(
+        "curl{} -H \"Authorization: Bearer $B_TOKEN\" {}     # {b}'s items only",
+        resolve(b),
+        url(b)
+    );
+    outln!(
+        "curl{} -i -H \"Authorization: Bearer $A_TOKEN\" {}  # 401: {a}'s token is refused at {b}",
+        resolve(b),
+        url(b)
+    );
+    outln!(
+        "curl{} -H \"Authorization: Bearer $A_TOKEN\" -H 'content-type: application/json' \\\n     -d '{{\"name\":\"TLS certificate\",\"kind\":\"certificate\",\"expires\":\"2027-01-31\"}}' {}",
+        resolve(a),
+        url(a)
+    );
+    outln!("\nbulkhead apps list --tenant {a}; bulkhead logs --tenant {a} --app {APP}");
+    outln!("bulkhead verify isolation --tenant {a}");
+    outln!("bulkhead demo --clean     # removes the tenants and the app's files");
     Ok(())
 }
 

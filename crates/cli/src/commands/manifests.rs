@@ -4,7 +4,6 @@
 //! module reads the files, asks the server what exists, and makes the calls.
 //! Every document of every file is read and checked against the server
 //! before anything changes, so a mistake anywhere changes nothing.
-#![allow(clippy::print_stdout)]
 
 use std::{
     collections::HashMap,
@@ -79,7 +78,7 @@ impl Report {
 
     fn add(&mut self, object: &Object, result: &str) {
         if self.format != Output::Json {
-            println!("{} {result}", object.id());
+            outln!("{} {result}", object.id());
         }
         self.outcomes.push(Outcome::of(object, result));
     }
@@ -227,9 +226,9 @@ async fn compare(files: &ManifestFiles, global: &GlobalArgs) -> Result<ExitCode,
                 "create" => ('+', "would be created"),
                 _ => ('~', "would change"),
             };
-            println!("{sign} {} ({}) {what}", difference.object, difference.declared);
+            outln!("{sign} {} ({}) {what}", difference.object, difference.declared);
             for change in difference.changes {
-                println!("    {change}");
+                outln!("    {change}");
             }
         }
         let unchanged = differences.len() - changing;
@@ -339,7 +338,7 @@ pub async fn get(command: &GetCommand, global: &GlobalArgs) -> Result<(), CliErr
     }
     let yaml = manifest::to_yaml(&objects)
         .map_err(|e| CliError::failed(format!("cannot print YAML: {e}")))?;
-    print!("{yaml}");
+    out!("{yaml}");
     Ok(())
 }
 

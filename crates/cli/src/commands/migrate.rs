@@ -51,17 +51,14 @@ pub async fn run(args: &MigrateArgs, global: &GlobalArgs) -> Result<ExitCode, Cl
         if global.output == Output::Json {
             output::json(&job)?;
         } else {
-            #[allow(clippy::print_stdout)]
-            {
-                println!(
-                    "migration job {} started: {} databases, files up to version {:04}\n\
-                     follow it with: bulkhead migrate status {} --wait",
-                    job.id,
-                    job.targets.len(),
-                    job.latest_version,
-                    job.id
-                );
-            }
+            outln!(
+                "migration job {} started: {} databases, files up to version {:04}\n\
+                 follow it with: bulkhead migrate status {} --wait",
+                job.id,
+                job.targets.len(),
+                job.latest_version,
+                job.id
+            );
         }
         return Ok(ExitCode::SUCCESS);
     }

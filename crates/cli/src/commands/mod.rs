@@ -90,10 +90,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             let client = ApiClient::discover(&cli.global)?;
             let status = client.status().await?;
             if *api_url {
-                #[allow(clippy::print_stdout)]
-                {
-                    println!("{}", status.api_url);
-                }
+                outln!("{}", status.api_url);
                 return Ok(ExitCode::SUCCESS);
             }
             output::status(cli.global.output, &status)

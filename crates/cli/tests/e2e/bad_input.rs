@@ -325,3 +325,25 @@ fn bad_cost_caps_and_a_misplaced_csv_are_usage_errors_that_say_what_to_give() {
     assert_eq!(exit_code(&no_period), 2);
     assert!(stderr(&no_period).contains("--period <YYYY-MM>"), "{}", stderr(&no_period));
 }
+
+/// A reader that stops early (`bulkhead status | head -0`) ends a command
+/// quietly with success: no panic, no error about the pipe.
+#[tokio::test]
+async fn a_closed_stdout_ends_a_command_quietly() {
+    let server = Server::embedded().await;
+    for args in [&["status"][..], &["tenants", "list"], &["-o", "json", "tenants", "list"]] {
+        let mut child = command()
+            .env("BULKHEAD_DATA_DIR", server.data_dir())
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // No reader is left: the child's first write finds the pipe closed.
+        drop(child.stdout.take());
+        let output = child.wait_with_output().unwrap();
+        assert_eq!(exit_code(&output), 0, "{args:?}: {}", stderr(&output));
+        assert_eq!(stderr(&output), "", "{args:?}");
+    }
+}
