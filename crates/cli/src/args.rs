@@ -979,18 +979,29 @@ pub enum TenantsCommand {
     Delete(DeleteArgs),
     /// Bring a deleted tenant back from its final snapshot, as a new tenant
     Restore(TenantRestoreArgs),
+    /// Check a deleted tenant's final snapshot without restoring it: decrypt
+    /// it and check every part against the manifest recorded when it was
+    /// taken
+    VerifyFinal(DepartedArgs),
 }
 
 #[derive(Debug, Args)]
 pub struct TenantRestoreArgs {
-    /// The deleted tenant (`bulkhead tenants list --state deleted` lists them)
-    pub name: String,
+    #[command(flatten)]
+    pub departed: DepartedArgs,
     /// From the final snapshot its deletion kept
     #[arg(long, required = true)]
     pub from_final: bool,
     /// Bring it back under this name instead (its own is taken)
     #[arg(long, value_name = "NAME")]
     pub to: Option<String>,
+}
+
+/// A deleted tenant whose final snapshot is kept.
+#[derive(Debug, Args)]
+pub struct DepartedArgs {
+    /// The deleted tenant (`bulkhead tenants list --state deleted` lists them)
+    pub name: String,
     /// Which deleted tenant of the name, by id (`tenants list --state
     /// deleted -o json` shows them) [default: the latest]
     #[arg(long, value_name = "ID")]

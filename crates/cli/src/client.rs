@@ -434,6 +434,19 @@ impl ApiClient {
         self.parse(self.send(request).await?.1)
     }
 
+    /// Checks a deleted tenant's final snapshot, restoring nothing.
+    pub async fn verify_departed(
+        &self,
+        tenant: &str,
+        id: Option<&str>,
+        identity: Option<&str>,
+    ) -> Result<VerifyView, CliError> {
+        let url = self.backup_url(tenant, &["final-snapshot", "verify"])?;
+        let body = serde_json::json!({ "tenant_id": id, "identity": identity });
+        let request = self.http.post(url).json(&body).timeout(BACKUP_TIMEOUT);
+        self.parse(self.send(request).await?.1)
+    }
+
     /// Streams an archive to the server, to restore into a new tenant.
     pub async fn restore_archive(
         &self,

@@ -10,9 +10,13 @@ use bulkhead_control::api::types::{
     CreateTenantRequest, StepState, StepView, TenantView, UpdateTenantRequest,
 };
 use bulkhead_model::TenantState;
+use zeroize::Zeroizing;
 
 use crate::{
-    args::{CreateArgs, DeleteArgs, GlobalArgs, TenantRestoreArgs, TenantsCommand, UpdateArgs},
+    args::{
+        CreateArgs, DeleteArgs, DepartedArgs, GlobalArgs, TenantRestoreArgs, TenantsCommand,
+        UpdateArgs,
+    },
     client::{ApiClient, Found},
     exit::{CliError, Kind},
     output,
@@ -39,6 +43,7 @@ pub async fn run(command: &TenantsCommand, global: &GlobalArgs) -> Result<(), Cl
         }
         TenantsCommand::Delete(args) => delete(&client, args, global).await,
         TenantsCommand::Restore(args) => restore(&client, args, global).await,
+        TenantsCommand::VerifyFinal(args) => verify_final(&client, args, global).await,
     }
 }
 
@@ -210,19 +215,46 @@ async fn restore(
     args: &TenantRestoreArgs,
     global: &GlobalArgs,
 ) -> Result<(), CliError> {
-    let identity = match &args.identity_file {
-        Some(file) => Some(super::backups::read_identity(file)?),
-        None => None,
-    };
-    let identity = identity.as_ref().map(|i| i.as_str());
+    let departed = &args.departed;
+    let identity = departed_identity(departed)?;
     let restored = client
-        .restore_departed(&args.name, args.id.as_deref(), args.to.as_deref(), identity)
+        .restore_departed(
+            &departed.name,
+            departed.id.as_deref(),
+            args.to.as_deref(),
+            identity.as_ref().map(|i| i.as_str()),
+        )
         .await?;
     let text = format!(
         "tenant {} is back as tenant {}, from its final snapshot {}",
-        args.name, restored.tenant, restored.backup
+        departed.name, restored.tenant, restored.backup
     );
     output::done(global.output, &restored, &super::backups::with_warnings(text, &restored))
+}
+
+/// Checks a deleted tenant's final snapshot, restoring nothing.
+async fn verify_final(
+    client: &ApiClient,
+    args: &DepartedArgs,
+    global: &GlobalArgs,
+) -> Result<(), CliError> {
+    let identity = departed_identity(args)?;
+    let verified = client
+        .verify_departed(&args.name, args.id.as_deref(), identity.as_ref().map(|i| i.as_str()))
+        .await?;
+    let text = format!(
+        "final snapshot {} of tenant {} verified: {} parts decrypted, each with the size and \
+         SHA-256 recorded when it was taken",
+        verified.id,
+        args.name,
+        verified.parts.len()
+    );
+    output::done(global.output, &verified, &text)
+}
+
+/// The identity file given for a departed tenant's snapshot, read.
+fn departed_identity(args: &DepartedArgs) -> Result<Option<Zeroizing<String>>, CliError> {
+    args.identity_file.as_deref().map(super::backups::read_identity).transpose()
 }
 
 /// Asks for the tenant's name on a terminal; refuses without one.

@@ -95,6 +95,7 @@ async fn openapi_describes_every_endpoint() {
         "POST /v1/tenants/{tenant}/backups/{id}/verify",
         "POST /v1/tenants/{tenant}/backups/{id}/restore",
         "POST /v1/tenants/{tenant}/restore",
+        "POST /v1/tenants/{tenant}/final-snapshot/verify",
         "POST /v1/backups/restore",
         "GET /v1/tenants/{tenant}/backup-key",
         "PUT /v1/tenants/{tenant}/backup-key",

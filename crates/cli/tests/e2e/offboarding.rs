@@ -11,7 +11,7 @@ use sqlx::Connection;
 
 use crate::{
     backups::{contents, fill, tenant_id},
-    kit::{Server, Store, entries, exit_code, stderr},
+    kit::{Server, Store, entries, exit_code, stderr, stdout},
 };
 
 fn delete(server: &Server, name: &str, purge: bool) -> std::process::Output {
@@ -111,17 +111,24 @@ async fn a_deleted_tenant_leaves_one_final_snapshot_and_comes_back_from_it() {
     std::fs::copy(&snapshot_archive, &real).unwrap();
     let recipient = listing["recipient"].as_str().unwrap();
     age(&["--encrypt", "--recipient", recipient, "-o"], &snapshot_archive, &older_tar);
+    let checked = server.cli(&["tenants", "verify-final", "acme"]);
+    assert_eq!(exit_code(&checked), 2, "{}", stderr(&checked));
+    assert!(stderr(&checked).contains("recorded when it was taken"), "{}", stderr(&checked));
     let forged = server.cli(&["tenants", "restore", "acme", "--from-final", "--to", "acme-forged"]);
     assert_ne!(exit_code(&forged), 0);
     assert!(stderr(&forged).contains("recorded when it was taken"), "{}", stderr(&forged));
     assert_eq!(exit_code(&server.cli(&["tenants", "get", "acme-forged"])), 3, "nothing made");
     std::fs::copy(&real, &snapshot_archive).unwrap();
+    let checked = server.cli_json(&["tenants", "verify-final", "acme", "--id", &id]);
+    assert_eq!((&checked["id"], &checked["verified"]), (&snapshot.as_str().into(), &true.into()));
+    assert!(checked["parts"].as_array().unwrap().len() > 3, "{checked}");
     let actions = platform_actions(&server, "acme");
     let offboarded = ["tenant.stop_apps", "tenant.final_snapshot"]
         .into_iter()
         .chain(std::iter::repeat_n("tenant.offboard_step", 8))
-        // And the forged snapshot's return, refused.
-        .chain(["tenant.delete", "tenant.return"])
+        // And the forged snapshot's check and return, refused; the real
+        // one's check.
+        .chain(["tenant.delete", "tenant.verify_final", "tenant.return", "tenant.verify_final"])
         .collect::<Vec<_>>();
     assert_eq!(actions, offboarded);
 
@@ -129,6 +136,32 @@ async fn a_deleted_tenant_leaves_one_final_snapshot_and_comes_back_from_it() {
     // comes back under another name.
     let squatter = server.cli_json(&["tenants", "create", "acme", "--plan", "starter", "--wait"]);
     assert_ne!(squatter["id"], id.as_str());
+    // The new acme's admin holds the name, not the departed tenant: it can
+    // neither read, bring back nor destroy the final snapshot.
+    let minted = server.cli(&[
+        "auth",
+        "token",
+        "--tenant",
+        "acme",
+        "--subject",
+        "admin",
+        "--control-api",
+        "--role",
+        "admin",
+    ]);
+    assert!(minted.status.success(), "{}", stderr(&minted));
+    let admin = stdout(&minted).trim().to_owned();
+    let purge = format!("--departed={id}");
+    for args in [
+        &["tenants", "verify-final", "acme"][..],
+        &["tenants", "restore", "acme", "--from-final", "--to", "stolen"],
+        &["tenants", "delete", "acme", "--purge", "--yes", &purge],
+    ] {
+        let refused = server.cli_with_token(&admin, args);
+        assert_eq!(exit_code(&refused), 6, "{args:?}: {}", stderr(&refused));
+        assert!(stderr(&refused).contains("operator"), "{args:?}: {}", stderr(&refused));
+    }
+    assert_eq!(server.cli_json(&["tenants", "list", "--state", "deleted"])[0]["name"], "acme");
     let taken = server.cli(&["tenants", "restore", "acme", "--from-final"]);
     assert_eq!(exit_code(&taken), 4, "{}", stderr(&taken));
     assert!(stderr(&taken).contains("--to NAME"), "{}", stderr(&taken));
@@ -192,7 +225,7 @@ async fn a_final_snapshot_goes_with_a_purge_or_when_it_expires_and_an_own_key_st
     ]);
     assert!(back.status.success(), "{}", stderr(&back));
     let secret = server.cli(&["secrets", "get", "--tenant", "globex", "k"]);
-    assert_eq!(crate::kit::stdout(&secret), "v");
+    assert_eq!(stdout(&secret), "v");
     let shown = server.cli_json(&["backups", "key", "show", "--tenant", "globex"]);
     assert_eq!((&shown["recipient"], &shown["own"]), (&recipient.as_str().into(), &true.into()));
 

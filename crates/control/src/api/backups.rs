@@ -483,6 +483,58 @@ pub async fn restore_departed(
     Ok(Json(restored.into()))
 }
 
+/// What checks a deleted tenant's final snapshot.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FinalVerifyRequest {
+    /// Which deleted tenant of the name; the latest unless given.
+    #[serde(default)]
+    pub tenant_id: Option<uuid::Uuid>,
+    /// `AGE-SECRET-KEY-1...`, for a tenant whose snapshot is encrypted to
+    /// its own key.
+    #[serde(default)]
+    pub identity: Option<String>,
+}
+
+impl std::fmt::Debug for FinalVerifyRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FinalVerifyRequest")
+            .field("tenant_id", &self.tenant_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Decrypt a deleted tenant's final snapshot and check every part against
+/// the manifest recorded when it was taken, restoring nothing (operators).
+#[utoipa::path(
+    post, path = "/v1/tenants/{tenant}/final-snapshot/verify", tag = "backups",
+    params(("tenant" = String, Path, description = "The deleted tenant's name")),
+    request_body = FinalVerifyRequest,
+    responses(
+        (status = 200, body = VerifyView),
+        (status = 404, body = ErrorBody, description = "No deleted tenant of this name is kept"),
+        (status = 409, body = ErrorBody,
+         description = "It left no final snapshot, or its snapshot is encrypted to its own key and no identity was given"),
+        (status = 422, body = ErrorBody,
+         description = "The snapshot fails verification: damaged, cut short, replaced or encrypted to another key; the message names the part"),
+    ),
+    security(("operator_token" = []))
+)]
+pub async fn verify_departed(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Path(tenant): Path<String>,
+    body: Result<Json<FinalVerifyRequest>, JsonRejection>,
+) -> Result<Json<VerifyView>, ApiError> {
+    record_tenant(&tenant);
+    let Json(body) = body?;
+    let identity = body.identity.map(Zeroizing::new);
+    let id = body.tenant_id.map(bulkhead_model::TenantId);
+    let (backup, manifest) = state.backups.verify_departed(&actor, &tenant, id, identity).await?;
+    let parts = manifest.parts.into_iter().map(BackupPartView::from).collect();
+    Ok(Json(VerifyView { id: backup, verified: true, parts }))
+}
+
 /// The header that carries the identity of an uploaded archive.
 pub const IDENTITY_HEADER: &str = "bulkhead-backup-identity";
 

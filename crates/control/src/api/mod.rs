@@ -300,6 +300,7 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(backups::verify_backup))
         .routes(routes!(backups::restore_backup))
         .routes(routes!(backups::restore_departed))
+        .routes(routes!(backups::verify_departed))
         .merge(
             OpenApiRouter::new()
                 .routes(routes!(backups::restore_archive))

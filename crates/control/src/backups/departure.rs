@@ -12,6 +12,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use bulkhead_backup::Manifest;
 use bulkhead_model::{Tenant, TenantId, TenantState};
 use bulkhead_store::Departed;
 use serde_json::json;
@@ -264,38 +265,11 @@ impl BackupService {
                 "tenant {name:?} never became active, so it left no final snapshot"
             )));
         };
-        let identity = match identity {
-            Some(identity) => identity,
-            None => match self.sources.vault.open_departure(&departed).await? {
-                Some(sealed) => {
-                    Zeroizing::new(String::from_utf8(sealed.to_vec()).map_err(|_| {
-                        BackupServiceError::Internal("the final snapshot's key is not text".into())
-                    })?)
-                }
-                None => {
-                    return Err(BackupServiceError::InvalidState(format!(
-                        "tenant {name:?} kept its own key: its final snapshot opens with that \
-                         key's identity only; pass it with --identity-file FILE"
-                    )));
-                }
-            },
-        };
+        let identity = self.departure_identity(&departed, identity).await?;
         let record: Tenant = serde_json::from_str(&departed.record).map_err(|e| {
             BackupServiceError::Internal(format!("the departed tenant's record: {e}"))
         })?;
-        // Only the snapshot whose manifest was recorded as it was taken:
-        // whoever can write to the backup store cannot pass off another.
-        let manifest = departed
-            .manifest
-            .as_deref()
-            .map(serde_json::from_str)
-            .transpose()
-            .map_err(|e| BackupServiceError::Internal(format!("the recorded manifest: {e}")))?
-            .ok_or_else(|| {
-                BackupServiceError::InvalidState(format!(
-                    "tenant {name:?} left before its final snapshot was complete"
-                ))
-            })?;
+        let manifest = recorded_manifest(&departed)?;
         // Never two returns of one departure at once.
         let _running = self.claim(&record)?;
         let to = to.unwrap_or_else(|| name.to_owned());
@@ -339,6 +313,70 @@ impl BackupService {
         Ok(restored)
     }
 
+    /// Decrypts a departed tenant's final snapshot and checks every part
+    /// against the manifest recorded when it was taken, restoring nothing:
+    /// whether `tenants restore NAME --from-final` would find it whole.
+    /// Operators only.
+    pub async fn verify_departed(
+        &self,
+        actor: &Actor,
+        name: &str,
+        id: Option<TenantId>,
+        identity: Option<Zeroizing<String>>,
+    ) -> Result<(String, Manifest)> {
+        if !actor.is_operator() {
+            return Err(BackupServiceError::OperatorOnly);
+        }
+        let departed = self.departure(name, id).await?;
+        let Some(backup) = departed.backup_id.clone() else {
+            return Err(BackupServiceError::InvalidState(format!(
+                "tenant {name:?} left no final snapshot (it never became active, or kept its own \
+                 key with no recipient of its own)"
+            )));
+        };
+        let expected = recorded_manifest(&departed)?;
+        let identity = self.departure_identity(&departed, identity).await?;
+        let checked = match self.storage.read(departed.tenant_id.0, &backup).await {
+            // The manifest pins the audit export's bytes; its signing keys
+            // went with the tenant's stream, so the export's own are used.
+            Ok(reader) => {
+                self.check(reader, identity, Vec::new(), expected, departed.tenant_id).await
+            }
+            Err(error) => Err(error.into()),
+        };
+        let details = match &checked {
+            Ok(_) => json!({ "backup": backup }),
+            Err(error) => json!({ "backup": backup, "error": error.to_string() }),
+        };
+        let outcome = if checked.is_ok() { "ok" } else { "failed" };
+        self.departure_event(actor, &departed, "tenant.verify_final", outcome, details).await;
+        Ok((backup, checked?))
+    }
+
+    /// The identity that opens a departed tenant's final snapshot: the one
+    /// given, else the key its departure sealed (none if it kept its own).
+    async fn departure_identity(
+        &self,
+        departed: &Departed,
+        given: Option<Zeroizing<String>>,
+    ) -> Result<Zeroizing<String>> {
+        if let Some(identity) = given {
+            return Ok(identity);
+        }
+        match self.sources.vault.open_departure(departed).await? {
+            Some(sealed) => {
+                Ok(Zeroizing::new(String::from_utf8(sealed.to_vec()).map_err(|_| {
+                    BackupServiceError::Internal("the final snapshot's key is not text".into())
+                })?))
+            }
+            None => Err(BackupServiceError::InvalidState(format!(
+                "tenant {:?} kept its own key: its final snapshot opens with that key's identity \
+                 only; pass it with --identity-file FILE",
+                departed.name
+            ))),
+        }
+    }
+
     /// The departed tenant `id` of this name, or the latest of the name;
     /// one past its time is as good as gone.
     async fn departure(&self, name: &str, id: Option<TenantId>) -> Result<Departed> {
@@ -362,6 +400,24 @@ impl BackupService {
         let about = (departed.name.as_str(), departed.tenant_id);
         self.events.record_platform_about(actor, about, action, outcome, details).await;
     }
+}
+
+/// The manifest recorded as the final snapshot was taken: only the snapshot
+/// it describes is taken back, so whoever can write to the backup store
+/// cannot pass off another.
+fn recorded_manifest(departed: &Departed) -> Result<Manifest> {
+    departed
+        .manifest
+        .as_deref()
+        .map(serde_json::from_str)
+        .transpose()
+        .map_err(|e| BackupServiceError::Internal(format!("the recorded manifest: {e}")))?
+        .ok_or_else(|| {
+            BackupServiceError::InvalidState(format!(
+                "tenant {:?} left before its final snapshot was complete",
+                departed.name
+            ))
+        })
 }
 
 #[async_trait]

@@ -17,7 +17,7 @@ use std::{
 
 use bulkhead_backup::{About, BackupError, Listing, Manifest, Part, Storage};
 use bulkhead_identity::Permission;
-use bulkhead_model::{Regions, Tenant, TenantState};
+use bulkhead_model::{Regions, Tenant, TenantId, TenantState};
 use bulkhead_store::StoreError;
 use bulkhead_vault::VaultError;
 use serde_json::json;
@@ -408,6 +408,27 @@ impl BackupService {
         let identity = self.identity_for(&tenant, &listing.recipient, identity).await?;
         let reader = self.storage.read(tenant.id.0, id).await?;
         let pinned = self.pinned_keys(&tenant).await?;
+        let manifest = self.check(reader, identity, pinned, listing.manifest, tenant.id).await;
+        let details = match &manifest {
+            Ok(_) => json!({ "backup": id }),
+            Err(error) => json!({ "backup": id, "error": error.to_string() }),
+        };
+        let outcome = if manifest.is_ok() { "ok" } else { "failed" };
+        self.events.record(actor, &tenant, "backup.verify", outcome, details).await;
+        manifest
+    }
+
+    /// Decrypts an archive and checks every part against `expected` (the
+    /// manifest recorded for it, of tenant `of`) and its audit export's
+    /// chain against `pinned` keys, restoring nothing.
+    async fn check(
+        &self,
+        reader: bulkhead_backup::ArchiveReader,
+        identity: Zeroizing<String>,
+        pinned: Vec<[u8; 32]>,
+        expected: Manifest,
+        of: TenantId,
+    ) -> Result<Manifest> {
         // Every part is read and hashed; the audit export alone is kept, in
         // the staging directory, to verify its chain.
         let audit = self.staging.join(format!("verify-{}.jsonl", Uuid::new_v4().simple()));
@@ -425,21 +446,15 @@ impl BackupService {
         })
         .await
         .and_then(|manifest| {
-            if manifest != listing.manifest || manifest.about.tenant_id != tenant.id.0 {
+            if manifest != expected || manifest.about.tenant_id != of.0 {
                 return Err(BackupError::NotABackup(
-                    "its manifest is not the one its listing records".to_owned(),
+                    "its manifest is not the one recorded when it was taken".to_owned(),
                 )
                 .into());
             }
             Ok(manifest)
         });
         let _ = std::fs::remove_file(&audit);
-        let details = match &manifest {
-            Ok(_) => json!({ "backup": id }),
-            Err(error) => json!({ "backup": id, "error": error.to_string() }),
-        };
-        let outcome = if manifest.is_ok() { "ok" } else { "failed" };
-        self.events.record(actor, &tenant, "backup.verify", outcome, details).await;
         manifest
     }
 
