@@ -72,43 +72,45 @@ const BATCH: usize = 1_000;
 /// each table's rows (the tenant's only: row-level security again) are
 /// deleted and the backup's inserted, with the tenant column set to the
 /// tenant's own id whichever tenant they were taken of. One transaction:
-/// all or nothing. PostgreSQL refuses `COPY FROM` under row-level
-/// security, and the pool allows no temporary tables, so the rows go in
-/// as batched `INSERT ... SELECT FROM unnest(...)`, each value cast from
-/// its text form as `COPY` would.
+/// all or nothing. Tables are cleared referencing ones first and filled
+/// referenced ones first, so foreign keys between them hold at every
+/// statement whatever order the backup lists them in. PostgreSQL refuses
+/// `COPY FROM` under row-level security, and the pool allows no temporary
+/// tables, so the rows go in as batched `INSERT ... SELECT FROM
+/// unnest(...)`, each value cast from its text form as `COPY` would.
 pub async fn pool_rows(conn: &mut PgConnection, tenant: &Tenant, from: &Path) -> Result<(), Error> {
-    let failed = |e: std::io::Error| Error::Transient(format!("{}: {e}", from.display()));
-    let file = tokio::fs::File::open(from).await.map_err(failed)?;
-    let mut lines = tokio::io::BufReader::new(file).lines();
+    // The whole file is read once before anything changes: a cut or
+    // malformed one is refused with the pool untouched.
+    let sections = sections(from).await?;
     let mut tx =
         sqlx::Connection::begin(conn).await.map_err(transient("cannot begin the restore"))?;
-    let id = tenant.id.0.to_string();
-    while let Some(line) = lines.next_line().await.map_err(failed)? {
-        if line.is_empty() {
-            continue;
-        }
-        let table = line
-            .strip_prefix("COPY ")
-            .and_then(|rest| rest.strip_suffix(" FROM stdin;"))
-            .ok_or_else(|| Error::Permanent(format!("the rows part has {line:?}")))?
-            .to_owned();
-        let columns = Columns::of(&mut tx, &table).await?;
-        sqlx::query(sqlx::AssertSqlSafe(format!("DELETE FROM ONLY {table}")))
+    // Tables that reference each other in a cycle have no order that
+    // holds at every statement: their keys, if deferrable, hold at commit.
+    sqlx::query("SET CONSTRAINTS ALL DEFERRED")
+        .execute(&mut *tx)
+        .await
+        .map_err(transient("cannot defer the tables' constraints"))?;
+    let order = referenced_first(&mut tx, sections).await?;
+    for section in order.iter().rev() {
+        sqlx::query(sqlx::AssertSqlSafe(format!("DELETE FROM ONLY {}", section.table)))
             .execute(&mut *tx)
             .await
             .map_err(transient("cannot clear the tenant's rows"))?;
+    }
+    let id = tenant.id.0.to_string();
+    for section in order {
+        let columns = Columns::of(&mut tx, &section.table).await?;
+        let mut lines = section.rows(from).await?;
         let mut batch: Vec<Vec<Option<String>>> = vec![Vec::new(); columns.all.len()];
-        loop {
-            let Some(row) = lines.next_line().await.map_err(failed)? else {
-                return Err(Error::Permanent(format!("the rows of {table} are cut short")));
-            };
-            if row == "\\." {
+        while let Some(row) = lines.next_line().await.map_err(read_failed(from))? {
+            if row == END {
                 break;
             }
             let fields: Vec<&str> = row.split('\t').collect();
             if fields.len() != columns.all.len() {
                 return Err(Error::Permanent(format!(
-                    "a row of {table} has {} fields and the table {} columns",
+                    "a row of {} has {} fields and the table {} columns",
+                    section.table,
                     fields.len(),
                     columns.all.len()
                 )));
@@ -119,14 +121,115 @@ pub async fn pool_rows(conn: &mut PgConnection, tenant: &Tenant, from: &Path) ->
                 batch[i].push(value);
             }
             if batch[0].len() == BATCH {
-                columns.insert(&mut tx, &table, &mut batch).await?;
+                columns.insert(&mut tx, &section.table, &mut batch).await?;
             }
         }
         if batch.first().is_some_and(|b| !b.is_empty()) {
-            columns.insert(&mut tx, &table, &mut batch).await?;
+            columns.insert(&mut tx, &section.table, &mut batch).await?;
         }
     }
     tx.commit().await.map_err(transient("cannot commit the restore"))
+}
+
+/// The line that ends a table's rows.
+const END: &str = "\\.";
+
+fn read_failed(from: &Path) -> impl Fn(std::io::Error) -> Error + '_ {
+    move |e| Error::Transient(format!("{}: {e}", from.display()))
+}
+
+/// One table's rows in the rows part: its name and where its first row
+/// starts.
+struct Section {
+    table: String,
+    offset: u64,
+}
+
+impl Section {
+    /// The part's lines from this table's first row on.
+    async fn rows(
+        &self,
+        from: &Path,
+    ) -> Result<tokio::io::Lines<tokio::io::BufReader<tokio::fs::File>>, Error> {
+        use tokio::io::AsyncSeekExt;
+        let mut file = tokio::fs::File::open(from).await.map_err(read_failed(from))?;
+        file.seek(std::io::SeekFrom::Start(self.offset)).await.map_err(read_failed(from))?;
+        Ok(tokio::io::BufReader::new(file).lines())
+    }
+}
+
+/// The tables of a rows part (`COPY t FROM stdin;`, rows, `\.`), in the
+/// order it lists them; refuses a part cut short or not of that form.
+async fn sections(from: &Path) -> Result<Vec<Section>, Error> {
+    let file = tokio::fs::File::open(from).await.map_err(read_failed(from))?;
+    let mut reader = tokio::io::BufReader::new(file);
+    let mut sections: Vec<Section> = Vec::new();
+    let (mut offset, mut open) = (0u64, false);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        let read = reader.read_line(&mut line).await.map_err(read_failed(from))?;
+        if read == 0 {
+            break;
+        }
+        offset += read as u64;
+        let text = line.trim_end_matches('\n');
+        if open {
+            open = text != END;
+        } else if !text.is_empty() {
+            let table = text
+                .strip_prefix("COPY ")
+                .and_then(|rest| rest.strip_suffix(" FROM stdin;"))
+                .ok_or_else(|| Error::Permanent(format!("the rows part has {text:?}")))?;
+            sections.push(Section { table: table.to_owned(), offset });
+            open = true;
+        }
+    }
+    if let Some(last) = sections.last().filter(|_| open) {
+        return Err(Error::Permanent(format!("the rows of {} are cut short", last.table)));
+    }
+    Ok(sections)
+}
+
+/// `sections` with every table after the tables its foreign keys
+/// reference; tables in a cycle of references keep the part's order.
+async fn referenced_first(
+    conn: &mut PgConnection,
+    sections: Vec<Section>,
+) -> Result<Vec<Section>, Error> {
+    let names: Vec<&str> = sections.iter().map(|s| s.table.as_str()).collect();
+    let references: Vec<(String, String)> = sqlx::query_as(
+        "WITH t AS (SELECT name, name::regclass::oid AS oid FROM unnest($1::text[]) AS name) \
+         SELECT child.name, parent.name FROM pg_catalog.pg_constraint c \
+         JOIN t child ON child.oid = c.conrelid JOIN t parent ON parent.oid = c.confrelid \
+         WHERE c.contype = 'f' AND c.conrelid <> c.confrelid",
+    )
+    .bind(&names)
+    .fetch_all(conn)
+    .await
+    .map_err(|e| Error::Permanent(format!("the backup's tables do not match the pool's: {e}")))?;
+    let index = |name: &str| names.iter().position(|n| *n == name);
+    // parents[i]: the tables table i references, not yet placed.
+    let mut parents: Vec<std::collections::BTreeSet<usize>> = vec![Default::default(); names.len()];
+    for (child, parent) in &references {
+        if let (Some(child), Some(parent)) = (index(child), index(parent)) {
+            parents[child].insert(parent);
+        }
+    }
+    let mut placed = vec![false; names.len()];
+    let mut order = Vec::with_capacity(names.len());
+    while order.len() < names.len() {
+        let ready = (0..names.len()).find(|&i| !placed[i] && parents[i].is_empty());
+        // A cycle: the first table not yet placed goes next.
+        let Some(next) = ready.or_else(|| placed.iter().position(|p| !p)) else { break };
+        placed[next] = true;
+        order.push(next);
+        for waiting in &mut parents {
+            waiting.remove(&next);
+        }
+    }
+    let mut sections: Vec<Option<Section>> = sections.into_iter().map(Some).collect();
+    Ok(order.into_iter().filter_map(|i| sections[i].take()).collect())
 }
 
 /// A table's columns in `SELECT *` order: name, type, and whether a row

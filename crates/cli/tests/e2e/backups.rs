@@ -218,13 +218,18 @@ async fn a_tenant_with_its_own_key_gets_backups_bulkhead_cannot_read() {
     assert!(verified.status.success(), "{}", stderr(&verified));
 }
 
-/// The notes a tenant's own lease sees.
+/// The notes a tenant's own lease sees, each with its comment.
 async fn notes(server: &Server, tenant: &str) -> Vec<String> {
     let issued =
         server.cli_json(&["creds", "issue", "--tenant", tenant, "--access", "read", "--ttl", "5m"]);
     let mut conn = crate::kit::connect(issued["url"].as_str().unwrap()).await.unwrap();
-    let rows: Vec<(String,)> =
-        sqlx::query_as("SELECT body FROM notes ORDER BY body").fetch_all(&mut conn).await.unwrap();
+    let rows: Vec<(String,)> = sqlx::query_as(
+        "SELECT n.body FROM notes n JOIN comments c ON c.note_id = n.id AND c.body = 'on ' || n.body \
+         ORDER BY n.body",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
     conn.close().await.unwrap();
     rows.into_iter().map(|(body,)| body).collect()
 }
@@ -232,7 +237,10 @@ async fn notes(server: &Server, tenant: &str) -> Vec<String> {
 async fn add_note(server: &Server, tenant: &str, body: &str) {
     let issued = server.cli_json(&["creds", "issue", "--tenant", tenant, "--ttl", "5m"]);
     let mut conn = crate::kit::connect(issued["url"].as_str().unwrap()).await.unwrap();
-    let insert = format!("INSERT INTO notes (body) VALUES ('{body}')");
+    let insert = format!(
+        "WITH note AS (INSERT INTO notes (body) VALUES ('{body}') RETURNING id) \
+         INSERT INTO comments (note_id, body) SELECT id, 'on {body}' FROM note"
+    );
     sqlx::query(AssertSqlSafe(insert)).execute(&mut conn).await.unwrap();
     conn.close().await.unwrap();
 }
@@ -246,7 +254,11 @@ async fn postgres_tenants_back_up_their_own_database_and_a_pool_tenant_only_its_
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
         dir.path().join("0001_notes.sql"),
-        "CREATE TABLE notes (id bigserial PRIMARY KEY, tenant_id uuid, body text NOT NULL);",
+        // comments references notes, and comes first by name: restores
+        // must order the tables by their references, not their names.
+        "CREATE TABLE notes (id bigserial PRIMARY KEY, tenant_id uuid, body text NOT NULL);\n\
+         CREATE TABLE comments (id bigserial PRIMARY KEY, tenant_id uuid, \
+           note_id bigint NOT NULL REFERENCES notes (id), body text NOT NULL);",
     )
     .unwrap();
     let migrated = server.cli(&["migrate", "--dir", dir.path().to_str().unwrap(), "--wait"]);

@@ -401,7 +401,13 @@ impl BackupService {
             BackupServiceError::Staging(format!("{}: {e}", self.restores.display()))
         })?;
         for entry in entries.flatten() {
-            let id = entry.file_name().to_str().and_then(|n| Uuid::parse_str(n).ok());
+            // A marker cut off while it was written (`<id>.tmp`, see
+            // `write_private`) marks its restore as well.
+            let id = entry
+                .file_name()
+                .to_str()
+                .map(|n| n.strip_suffix(".tmp").unwrap_or(n))
+                .and_then(|n| Uuid::parse_str(n).ok());
             if let Some(id) = id
                 && let Some(tenant) = self.sources.store.tenant_by_id(TenantId(id)).await?
                 && tenant.state != TenantState::Deleted
