@@ -43,7 +43,15 @@ fn main() -> ExitCode {
         }
     };
     match runtime.block_on(commands::run(cli)) {
-        Ok(code) => code,
+        // A reader that closed the pipe stopped early on purpose; any other
+        // failure to print fails the command.
+        Ok(code) => match output::stdout_error() {
+            Some(kind) if kind != std::io::ErrorKind::BrokenPipe => {
+                eprintln!("error: cannot write to standard output: {}", std::io::Error::from(kind));
+                ExitCode::FAILURE
+            }
+            _ => code,
+        },
         Err(error) => {
             if json {
                 // Scripts asked for JSON: the error too, on standard error.

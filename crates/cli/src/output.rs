@@ -38,26 +38,42 @@ pub fn time(at: &OffsetDateTime) -> String {
     at.format(&Rfc3339).unwrap_or_else(|_| at.to_string())
 }
 
-/// What `out!`/`outln!` print through: standard output, where a reader
-/// that has gone away (a closed pipe) ends the command with success, as
-/// `head` expects of the commands it reads, and any other write error ends
-/// it with a message.
+/// The first error writing to standard output, if one happened.
+static STDOUT_ERROR: std::sync::OnceLock<std::io::ErrorKind> = std::sync::OnceLock::new();
+
+/// What `out!`/`outln!` print through. Once standard output fails (a
+/// reader that closed the pipe, a full disk) nothing more is written, and
+/// the command goes on to its end: `bulkhead apply -f dir | head -1`
+/// still applies every object. [`stdout_error`] tells how it ended.
 pub fn write_stdout(args: std::fmt::Arguments<'_>) {
     use std::io::Write;
+    if STDOUT_ERROR.get().is_some() {
+        return;
+    }
     let mut stdout = std::io::stdout().lock();
     if let Err(error) = stdout.write_fmt(args).and_then(|()| stdout.flush()) {
-        exit_on_write_error(&error);
+        let _ = STDOUT_ERROR.set(error.kind());
     }
 }
 
-/// Ends the process after standard output failed: quietly when the reader
-/// closed the pipe, else with the error and exit code 1.
-pub fn exit_on_write_error(error: &std::io::Error) -> ! {
-    if error.kind() == std::io::ErrorKind::BrokenPipe {
-        std::process::exit(0);
+/// The first error writing to standard output, if one happened: a closed
+/// pipe (`BrokenPipe`) is a reader that stopped early, anything else a
+/// failure.
+pub fn stdout_error() -> Option<std::io::ErrorKind> {
+    STDOUT_ERROR.get().copied()
+}
+
+/// Fails when `what`, shown only once, could not be printed: whoever runs
+/// the command must know it is lost.
+pub fn printed(what: &str) -> Result<(), CliError> {
+    match stdout_error() {
+        None => Ok(()),
+        Some(kind) => Err(CliError::failed(format!(
+            "{what} could not be printed ({}); it is shown only once, so revoke it and make \
+             another",
+            std::io::Error::from(kind)
+        ))),
     }
-    eprintln!("error: cannot write to standard output: {error}");
-    std::process::exit(1)
 }
 
 pub fn json<T: Serialize>(value: &T) -> Result<(), CliError> {
@@ -349,7 +365,8 @@ pub fn keys(format: Output, status: &KeyStatusView) -> Result<(), CliError> {
 
 pub fn credential(format: Output, credential: &CredentialView) -> Result<(), CliError> {
     if format == Output::Json {
-        return json(credential);
+        json(credential)?;
+        return printed("the credential's URL");
     }
     let lease = &credential.lease;
     fields(&[
@@ -359,7 +376,7 @@ pub fn credential(format: Output, credential: &CredentialView) -> Result<(), Cli
         ("Expires", time(&lease.expires_at)),
         ("URL", credential.url.clone()),
     ]);
-    Ok(())
+    printed("the credential's URL")
 }
 
 pub fn leases(format: Output, leases: &[LeaseView]) -> Result<(), CliError> {

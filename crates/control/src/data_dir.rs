@@ -149,10 +149,22 @@ pub fn write_private(path: &Path, contents: &[u8]) -> io::Result<()> {
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
     let _ = fs::remove_file(&tmp);
-    let mut file = File::options().write(true).create_new(true).mode(0o600).open(&tmp)?;
-    file.write_all(contents)?;
-    file.sync_all()?;
-    fs::rename(&tmp, path)
+    let written = File::options()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .and_then(|mut file| {
+            file.write_all(contents)?;
+            file.sync_all()
+        })
+        .and_then(|()| fs::rename(&tmp, path));
+    // Only a crash leaves the temporary file: readers may take it as a
+    // sign that a write was under way.
+    if written.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    written
 }
 
 /// Narrows a file that should be private back to mode 0600, and says

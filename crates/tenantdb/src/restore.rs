@@ -68,7 +68,9 @@ pub async fn silo(
 const BATCH: usize = 1_000;
 
 /// Puts a pool tenant's rows back through `conn`, a write login of the
-/// tenant, so row-level security checks that every row is the tenant's:
+/// tenant, into `tables` (the pool's tenant tables, as
+/// [`crate::pool::tables::states`] names them) only, so row-level security
+/// checks that every row is the tenant's:
 /// each table's rows (the tenant's only: row-level security again) are
 /// deleted and the backup's inserted, with the tenant column set to the
 /// tenant's own id whichever tenant they were taken of. One transaction:
@@ -78,10 +80,29 @@ const BATCH: usize = 1_000;
 /// `COPY FROM` under row-level security, and the pool allows no temporary
 /// tables, so the rows go in as batched `INSERT ... SELECT FROM
 /// unnest(...)`, each value cast from its text form as `COPY` would.
-pub async fn pool_rows(conn: &mut PgConnection, tenant: &Tenant, from: &Path) -> Result<(), Error> {
+pub async fn pool_rows(
+    conn: &mut PgConnection,
+    tenant: &Tenant,
+    tables: &[String],
+    from: &Path,
+) -> Result<(), Error> {
     // The whole file is read once before anything changes: a cut or
-    // malformed one is refused with the pool untouched.
+    // malformed one, or one naming anything but the pool's tenant tables
+    // (`tables`), is refused with the pool untouched.
     let sections = sections(from).await?;
+    let mut seen = std::collections::HashSet::new();
+    for section in &sections {
+        if !tables.contains(&section.table) {
+            return Err(Error::Permanent(format!(
+                "the rows part lists {}, which is not a tenant table of this pool; run the \
+                 application's migrations (`bulkhead migrate`) before restoring",
+                section.table
+            )));
+        }
+        if !seen.insert(section.table.as_str()) {
+            return Err(Error::Permanent(format!("the rows part lists {} twice", section.table)));
+        }
+    }
     let mut tx =
         sqlx::Connection::begin(conn).await.map_err(transient("cannot begin the restore"))?;
     // Tables that reference each other in a cycle have no order that
@@ -192,7 +213,8 @@ async fn sections(from: &Path) -> Result<Vec<Section>, Error> {
 }
 
 /// `sections` with every table after the tables its foreign keys
-/// reference; tables in a cycle of references keep the part's order.
+/// reference. Where references go round in a cycle, a table on the cycle
+/// goes first: the cycle's keys must be deferrable.
 async fn referenced_first(
     conn: &mut PgConnection,
     sections: Vec<Section>,
@@ -207,29 +229,50 @@ async fn referenced_first(
     .bind(&names)
     .fetch_all(conn)
     .await
-    .map_err(|e| Error::Permanent(format!("the backup's tables do not match the pool's: {e}")))?;
+    .map_err(transient("cannot read the tables' foreign keys"))?;
     let index = |name: &str| names.iter().position(|n| *n == name);
+    let references: Vec<(usize, usize)> = references
+        .iter()
+        .filter_map(|(child, parent)| Some((index(child)?, index(parent)?)))
+        .collect();
+    let order = parents_first(names.len(), &references);
+    let mut sections: Vec<Option<Section>> = sections.into_iter().map(Some).collect();
+    Ok(order.into_iter().filter_map(|i| sections[i].take()).collect())
+}
+
+/// The indexes `0..count` with each after those it references
+/// (`(child, parent)` pairs), otherwise in index order; where references
+/// go round in a cycle, a table on the cycle goes first.
+fn parents_first(count: usize, references: &[(usize, usize)]) -> Vec<usize> {
     // parents[i]: the tables table i references, not yet placed.
-    let mut parents: Vec<std::collections::BTreeSet<usize>> = vec![Default::default(); names.len()];
-    for (child, parent) in &references {
-        if let (Some(child), Some(parent)) = (index(child), index(parent)) {
-            parents[child].insert(parent);
-        }
+    let mut parents: Vec<std::collections::BTreeSet<usize>> = vec![Default::default(); count];
+    for &(child, parent) in references {
+        parents[child].insert(parent);
     }
-    let mut placed = vec![false; names.len()];
-    let mut order = Vec::with_capacity(names.len());
-    while order.len() < names.len() {
-        let ready = (0..names.len()).find(|&i| !placed[i] && parents[i].is_empty());
-        // A cycle: the first table not yet placed goes next.
-        let Some(next) = ready.or_else(|| placed.iter().position(|p| !p)) else { break };
+    let mut placed = vec![false; count];
+    let mut order = Vec::with_capacity(count);
+    while let Some(first) = placed.iter().position(|p| !p) {
+        let next = match (0..count).find(|&i| !placed[i] && parents[i].is_empty()) {
+            Some(ready) => ready,
+            // Every table left waits for another: following what each
+            // waits for must come round to a table on a cycle.
+            None => {
+                let mut seen = vec![false; count];
+                let mut at = first;
+                while !seen[at] {
+                    seen[at] = true;
+                    at = parents[at].first().copied().unwrap_or(at);
+                }
+                at
+            }
+        };
         placed[next] = true;
         order.push(next);
         for waiting in &mut parents {
             waiting.remove(&next);
         }
     }
-    let mut sections: Vec<Option<Section>> = sections.into_iter().map(Some).collect();
-    Ok(order.into_iter().filter_map(|i| sections[i].take()).collect())
+    order
 }
 
 /// A table's columns in `SELECT *` order: name, type, and whether a row
@@ -348,7 +391,20 @@ fn copy_text(field: &str) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::copy_text;
+    use super::{copy_text, parents_first};
+
+    #[test]
+    fn tables_go_after_those_they_reference_and_a_cycle_starts_on_itself() {
+        // 0 references 1: 1 first, the rest in order.
+        assert_eq!(parents_first(3, &[(0, 1)]), [1, 0, 2]);
+        // A chain listed child first.
+        assert_eq!(parents_first(3, &[(0, 1), (1, 2)]), [2, 1, 0]);
+        // 0 references 1, and 1 and 2 reference each other: the cycle
+        // starts with one of its own, never with 0, which waits for 1.
+        assert_eq!(parents_first(3, &[(0, 1), (1, 2), (2, 1)]), [1, 0, 2]);
+        assert_eq!(parents_first(3, &[(0, 2), (1, 2), (2, 1)]), [2, 0, 1]);
+        assert_eq!(parents_first(0, &[]), Vec::<usize>::new());
+    }
 
     #[test]
     fn copy_text_fields_decode_as_postgres_writes_them() {

@@ -266,7 +266,8 @@ pub async fn logs(args: &LogsArgs, global: &GlobalArgs) -> Result<(), CliError> 
                 outln!("{line}");
             }
         }
-        if !args.follow {
+        // Followed until the reader goes away.
+        if !args.follow || output::stdout_error().is_some() {
             return Ok(());
         }
         if let Some(newest) = lines.last() {

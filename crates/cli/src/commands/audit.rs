@@ -120,7 +120,8 @@ async fn tail(
     if !follow {
         return Ok(());
     }
-    loop {
+    // Followed until the reader goes away.
+    while output::stdout_error().is_none() {
         tokio::time::sleep(FOLLOW_EVERY).await;
         let next = client.audit_events(tenant, Some(last.unwrap_or(0)), 1_000).await?.events;
         if let Some(event) = next.last() {
@@ -128,6 +129,7 @@ async fn tail(
         }
         print_events(global.output, &next)?;
     }
+    Ok(())
 }
 
 fn print_events(format: Output, events: &[EventView]) -> Result<(), CliError> {

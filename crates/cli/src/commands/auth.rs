@@ -23,11 +23,12 @@ pub async fn run(command: &AuthCommand, global: &GlobalArgs) -> Result<(), CliEr
             };
             let token = client.issue_token(tenant, &request).await?;
             if global.output == Output::Json {
-                return output::json(&token);
+                output::json(&token)?;
+            } else {
+                // The token alone on stdout, for `TOKEN=$(bulkhead auth token ...)`.
+                outln!("{}", token.token);
             }
-            // The token alone on stdout, for `TOKEN=$(bulkhead auth token ...)`.
-            outln!("{}", token.token);
-            Ok(())
+            output::printed("the token")
         }
         AuthCommand::RotateKey { tenant, algorithm } => {
             let rotated = client.rotate_realm_key(tenant, algorithm.as_deref()).await?;
@@ -93,7 +94,8 @@ pub async fn apikeys(command: &ApikeysCommand, global: &GlobalArgs) -> Result<()
                 CreateApiKeyRequest { name: name.clone(), roles: roles.clone(), ttl: ttl.clone() };
             let created = client.create_api_key(tenant, &request).await?;
             if global.output == Output::Json {
-                return output::json(&created);
+                output::json(&created)?;
+                return output::printed("the API key");
             }
             let lives = match created.api_key.expires_at {
                 Some(at) => format!("it expires at {at}"),
@@ -104,7 +106,7 @@ pub async fn apikeys(command: &ApikeysCommand, global: &GlobalArgs) -> Result<()
                 created.api_key.name, created.api_key.id
             );
             outln!("{}", created.key);
-            Ok(())
+            output::printed("the API key")
         }
         ApikeysCommand::List { tenant } => {
             output::api_keys(global.output, &client.api_keys(tenant).await?.api_keys)

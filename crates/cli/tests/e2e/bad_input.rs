@@ -326,24 +326,42 @@ fn bad_cost_caps_and_a_misplaced_csv_are_usage_errors_that_say_what_to_give() {
     assert!(stderr(&no_period).contains("--period <YYYY-MM>"), "{}", stderr(&no_period));
 }
 
-/// A reader that stops early (`bulkhead status | head -0`) ends a command
-/// quietly with success: no panic, no error about the pipe.
+/// Runs the CLI with its standard output closed before it writes.
+fn with_stdout_closed(server: &Server, args: &[&str]) -> std::process::Output {
+    let mut child = command()
+        .env("BULKHEAD_DATA_DIR", server.data_dir())
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // No reader is left: the child's first write finds the pipe closed.
+    drop(child.stdout.take());
+    child.wait_with_output().unwrap()
+}
+
+/// A reader that stops early (`bulkhead status | head -0`) is no error: the
+/// command does all it would have, quietly, and ends with success; what
+/// is shown only once and could not be printed is a failure.
 #[tokio::test]
 async fn a_closed_stdout_ends_a_command_quietly() {
     let server = Server::embedded().await;
     for args in [&["status"][..], &["tenants", "list"], &["-o", "json", "tenants", "list"]] {
-        let mut child = command()
-            .env("BULKHEAD_DATA_DIR", server.data_dir())
-            .args(args)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        // No reader is left: the child's first write finds the pipe closed.
-        drop(child.stdout.take());
-        let output = child.wait_with_output().unwrap();
+        let output = with_stdout_closed(&server, args);
         assert_eq!(exit_code(&output), 0, "{args:?}: {}", stderr(&output));
         assert_eq!(stderr(&output), "", "{args:?}");
     }
+    // Every object of the file is applied, not only the first.
+    let globex = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/manifests/globex.yaml");
+    let applied = with_stdout_closed(&server, &["apply", "-f", globex]);
+    assert_eq!(exit_code(&applied), 0, "{}", stderr(&applied));
+    let api = server.cli(&["apis", "get", "billing", "--tenant", "globex"]);
+    assert!(api.status.success(), "{}", stderr(&api));
+    let token = with_stdout_closed(
+        &server,
+        &["auth", "token", "--tenant", "globex", "--subject", "ana", "--role", "viewer"],
+    );
+    assert_eq!(exit_code(&token), 1, "{}", stderr(&token));
+    assert!(stderr(&token).contains("token could not be printed"), "{}", stderr(&token));
 }

@@ -150,9 +150,10 @@ impl std::fmt::Debug for BackupIdentityView {
     }
 }
 
-/// Runs a backup or restore on a task of its own: a client that goes away
-/// (a closed connection, Ctrl-C) must not cut it short halfway, which
-/// would leave a tenant half restored until the next start.
+/// Runs a backup, restore or check on a task of its own: a client that
+/// goes away (a closed connection, Ctrl-C) must not cut it short halfway,
+/// which would leave a tenant half restored (or a decrypted audit export
+/// staged) until the next start.
 async fn run_through<T: Send + 'static>(
     work: impl std::future::Future<Output = Result<T, crate::backups::BackupServiceError>>
     + Send
@@ -271,7 +272,12 @@ pub async fn verify_backup(
     record_tenant(&tenant);
     let Json(body) = body?;
     let identity = body.identity.map(Zeroizing::new);
-    let manifest = state.backups.verify(&actor, &tenant, &id, identity).await?;
+    let backups = std::sync::Arc::clone(&state.backups);
+    let backup = id.clone();
+    // Through to its end, as a final snapshot's check is.
+    let manifest =
+        run_through(async move { backups.verify(&actor, &tenant, &backup, identity).await })
+            .await?;
     let parts = manifest.parts.into_iter().map(BackupPartView::from).collect();
     Ok(Json(VerifyView { id, verified: true, parts }))
 }
@@ -530,7 +536,12 @@ pub async fn verify_departed(
     let Json(body) = body?;
     let identity = body.identity.map(Zeroizing::new);
     let id = body.tenant_id.map(bulkhead_model::TenantId);
-    let (backup, manifest) = state.backups.verify_departed(&actor, &tenant, id, identity).await?;
+    let backups = std::sync::Arc::clone(&state.backups);
+    // Through to its end: the decrypted audit export it stages goes, and
+    // the check is recorded, whether or not the client waits.
+    let (backup, manifest) =
+        run_through(async move { backups.verify_departed(&actor, &tenant, id, identity).await })
+            .await?;
     let parts = manifest.parts.into_iter().map(BackupPartView::from).collect();
     Ok(Json(VerifyView { id: backup, verified: true, parts }))
 }

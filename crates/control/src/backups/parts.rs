@@ -165,11 +165,7 @@ impl Sources {
             let mut conn = sqlx::PgConnection::connect(url.as_str()).await.map_err(|e| {
                 BackupServiceError::Database(format!("cannot connect as the tenant's lease: {e}"))
             })?;
-            let tables: Vec<String> = pool::tables::states(&mut conn, &PoolNames::of(region))
-                .await?
-                .into_iter()
-                .map(|state| state.table)
-                .collect();
+            let tables = pool::tables::names(&mut conn, &PoolNames::of(region)).await?;
             let written = dump::pool_rows(&mut conn, &tables, file).await;
             let _ = conn.close().await;
             written.map(|_| ()).map_err(BackupServiceError::from)

@@ -22,7 +22,7 @@ use bulkhead_model::{
     ApiSpec, AppSpec, DatabaseLocation, GuardrailSpec, Isolation, Tenant, TenantId, TenantState,
     ToolSpec,
 };
-use bulkhead_tenantdb::restore;
+use bulkhead_tenantdb::{PoolNames, pool, restore};
 use bulkhead_vault::{SecretPath, envelope};
 use serde::Deserialize;
 use serde_json::json;
@@ -388,6 +388,7 @@ impl BackupService {
         };
         if settled {
             let _ = std::fs::remove_file(&marker);
+            let _ = std::fs::remove_file(marker.with_extension("tmp"));
         }
         result
     }
@@ -529,7 +530,13 @@ impl BackupService {
                                 "cannot connect as the tenant's lease: {e}"
                             ))
                         })?;
-                        let done = restore::pool_rows(&mut conn, tenant, &file).await;
+                        let pool = PoolNames::of(region);
+                        let done = match pool::tables::names(&mut conn, &pool).await {
+                            Ok(tables) => {
+                                restore::pool_rows(&mut conn, tenant, &tables, &file).await
+                            }
+                            Err(error) => Err(error),
+                        };
                         let _ = conn.close().await;
                         done.map_err(BackupServiceError::from)
                     })

@@ -43,6 +43,15 @@ pub struct TableState {
     pub granted: bool,
 }
 
+/// The names (`schema.name`, quoted) of every tenant table of the pool,
+/// in name order: what a pool tenant's backup holds rows of.
+pub async fn names<'e>(
+    executor: impl PgExecutor<'e>,
+    pool: &PoolNames,
+) -> Result<Vec<String>, Error> {
+    Ok(states(executor, pool).await?.into_iter().map(|state| state.table).collect())
+}
+
 /// Every tenant table of the pool, in name order.
 pub async fn states<'e>(
     executor: impl PgExecutor<'e>,
