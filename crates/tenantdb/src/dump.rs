@@ -49,6 +49,45 @@ pub async fn silo(
     pg_tool("pg_dump", url.expose(), &database, &args).await.map_err(|e| region_error(region, e))
 }
 
+/// Rows written to a silo database's tables (`pg_stat_user_tables`) since
+/// its statistics began, and when they began. Recorded with each backup
+/// and restore: a figure that has moved since says the database was
+/// written to outside Bulkhead's knowledge, by the tenant's application.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Writes {
+    pub rows: i64,
+    /// `pg_stat_database.stats_reset`: counts from before a reset (a
+    /// crash, `pg_stat_reset()`) cannot be compared with those after.
+    pub since: Option<String>,
+}
+
+/// The silo tenant's database's [`Writes`], read as the region's role.
+pub async fn silo_writes(
+    region: &Region,
+    url: &DatabaseUrl,
+    tenant: &Tenant,
+) -> Result<Writes, Error> {
+    let database = SiloNames::of(region, tenant).database;
+    let options = <sqlx::postgres::PgConnectOptions as std::str::FromStr>::from_str(url.expose())
+        .map_err(|e| Error::Permanent(format!("region {}: {e}", region.name)))?
+        .database(&database);
+    let mut conn = PgConnection::connect_with(&options)
+        .await
+        .map_err(transient("cannot connect to the tenant's database"))?;
+    let read = sqlx::query_as(
+        "SELECT (SELECT coalesce(sum(n_tup_ins + n_tup_upd + n_tup_del), 0)::int8 \
+                 FROM pg_catalog.pg_stat_user_tables), \
+                (SELECT stats_reset::text FROM pg_catalog.pg_stat_database \
+                 WHERE datname = current_database())",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .map_err(transient("cannot read the tenant's database statistics"));
+    let _ = conn.close().await;
+    let (rows, since) = read?;
+    Ok(Writes { rows, since })
+}
+
 fn region_error(region: &Region, error: Error) -> Error {
     match error {
         Error::Permanent(reason) => Error::Permanent(format!("region {}: {reason}", region.name)),

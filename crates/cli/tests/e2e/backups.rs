@@ -267,6 +267,9 @@ async fn postgres_tenants_back_up_their_own_database_and_a_pool_tenant_only_its_
         add_note(&server, tenant, &format!("{tenant}-note")).await;
     }
 
+    // The application's login, issued before the backup: its writes after
+    // it are in no audited change.
+    let app = server.cli_json(&["creds", "issue", "--tenant", "silo-a", "--ttl", "10m"]);
     let work = tempfile::tempdir().unwrap();
     for (tenant, part) in [("silo-a", "database.pgdump"), ("pool-a", "database.rows")] {
         let backup = create(&server, tenant);
@@ -325,6 +328,22 @@ async fn postgres_tenants_back_up_their_own_database_and_a_pool_tenant_only_its_
         ["silo-a-note"],
         "the copy is a database of its own"
     );
+
+    // The silo tenant's application writes to its database after the
+    // backup: restoring over it asks for --force, and then restores.
+    let mut conn = crate::kit::connect(app["url"].as_str().unwrap()).await.unwrap();
+    sqlx::query("INSERT INTO notes (body) VALUES ('silo-a-later')")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    conn.close().await.unwrap();
+    let refused = server.cli(&["backups", "restore", "--tenant", "silo-a", &silo_backup, "--yes"]);
+    assert_eq!(exit_code(&refused), 4, "{}", stderr(&refused));
+    assert!(stderr(&refused).contains("rows of its database were written"), "{}", stderr(&refused));
+    let forced =
+        server.cli(&["backups", "restore", "--tenant", "silo-a", &silo_backup, "--yes", "--force"]);
+    assert!(forced.status.success(), "{}", stderr(&forced));
+    assert_eq!(notes(&server, "silo-a").await, ["silo-a-note"]);
 
     // A pool tenant's rows come back in place, the other tenant's untouched.
     add_note(&server, "pool-a", "pool-a-later").await;

@@ -107,7 +107,10 @@ impl BackupService {
                 )
                 .await;
             }
-            let taken = self.take(&Actor::Reconciler, tenant, &id, FINAL, &recipient).await;
+            let taken = self
+                .take(&Actor::Reconciler, tenant, &id, FINAL, &recipient)
+                .await
+                .map(|(listing, _)| listing);
             let details = match &taken {
                 Ok(listing) => json!({
                     "backup": id,

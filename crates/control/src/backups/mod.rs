@@ -17,8 +17,9 @@ use std::{
 
 use bulkhead_backup::{About, BackupError, Listing, Manifest, Part, Storage};
 use bulkhead_identity::Permission;
-use bulkhead_model::{Regions, Tenant, TenantId, TenantState};
+use bulkhead_model::{DatabaseLocation, Isolation, Regions, Tenant, TenantId, TenantState};
 use bulkhead_store::StoreError;
+use bulkhead_tenantdb::dump::{self, Writes};
 use bulkhead_vault::VaultError;
 use serde_json::json;
 use thiserror::Error;
@@ -36,6 +37,9 @@ use crate::{
     credentials::CredentialError,
     events::{Actor, EventLog, Unrecorded},
 };
+
+/// Where backup and restore events record the database's [`Writes`].
+const DATABASE_WRITES: &str = "database_writes";
 
 #[derive(Debug, Error)]
 pub enum BackupServiceError {
@@ -271,24 +275,31 @@ impl BackupService {
             Err(error) => Err(error.into()),
         };
         let details = match &result {
-            Ok(listing) => json!({
-                "backup": listing.id,
-                "kind": kind,
-                "size": listing.size,
-                "parts": listing.manifest.parts.iter().map(|p| &p.name).collect::<Vec<_>>(),
-                "store": self.storage.describe(),
-            }),
+            Ok((listing, writes)) => {
+                let mut details = json!({
+                    "backup": listing.id,
+                    "kind": kind,
+                    "size": listing.size,
+                    "parts": listing.manifest.parts.iter().map(|p| &p.name).collect::<Vec<_>>(),
+                    "store": self.storage.describe(),
+                });
+                // What a later restore over the tenant compares with.
+                if let Some(writes) = writes {
+                    details[DATABASE_WRITES] = json!(writes);
+                }
+                details
+            }
             Err(error) => json!({ "backup": id, "kind": kind, "error": error.to_string() }),
         };
         let outcome = if result.is_ok() { "ok" } else { "failed" };
         self.events.record(actor, &tenant, "backup.create", outcome, details).await;
-        if let Ok(listing) = &result
+        if let Ok((listing, _)) = &result
             && let Err(error) =
                 self.sources.store.backup_succeeded(tenant.id, &listing.id, now).await
         {
             tracing::warn!(%error, tenant = name, "cannot record a backup that succeeded");
         }
-        result
+        result.map(|(listing, _)| listing)
     }
 
     /// Manual backups are never expired, so a tenant keeps at most as many
@@ -310,7 +321,8 @@ impl BackupService {
     }
 
     /// Takes backup `id` of the tenant, encrypted to `recipient`, staged
-    /// in a directory of its own that goes when it ends.
+    /// in a directory of its own that goes when it ends; with the
+    /// database's writes as they stood before it was read.
     async fn take(
         &self,
         actor: &Actor,
@@ -318,7 +330,7 @@ impl BackupService {
         id: &str,
         kind: &str,
         recipient: &str,
-    ) -> Result<Listing> {
+    ) -> Result<(Listing, Option<Writes>)> {
         let dir = self.staging.join(id);
         let taken = self.take_in(actor, tenant, id, kind, recipient, &dir).await;
         remove_staging(&dir).await;
@@ -333,7 +345,7 @@ impl BackupService {
         kind: &str,
         recipient: &str,
         dir: &Path,
-    ) -> Result<Listing> {
+    ) -> Result<(Listing, Option<Writes>)> {
         let region = self
             .regions
             .get(tenant.region.as_str())
@@ -344,6 +356,7 @@ impl BackupService {
         // The time the backup is of: before any part is read, so that a
         // change made while it is taken counts as newer than it.
         let created_at = bulkhead_audit::record::format_time(self.sources.clock.now());
+        let writes = self.database_writes(tenant).await;
         let (staged, schemas) = self.sources.stage(actor, tenant, &region, dir).await?;
         let mut parts = Vec::with_capacity(staged.len());
         for staged in staged {
@@ -369,7 +382,25 @@ impl BackupService {
             created_at,
             schemas,
         };
-        Ok(self.storage.put(id, kind, recipient, about, parts).await?)
+        Ok((self.storage.put(id, kind, recipient, about, parts).await?, writes))
+    }
+
+    /// What [`Writes`] the tenant's database shows, for a PostgreSQL silo
+    /// tenant; `None` for others, and when they cannot be read (the check
+    /// they feed is then skipped, as for a backup that recorded none).
+    async fn database_writes(&self, tenant: &Tenant) -> Option<Writes> {
+        let region = self.regions.get(tenant.region.as_str()).ok()?;
+        let DatabaseLocation::Postgres(url) = &region.databases else { return None };
+        if tenant.isolation != Isolation::Silo {
+            return None;
+        }
+        match dump::silo_writes(region, url, tenant).await {
+            Ok(writes) => Some(writes),
+            Err(error) => {
+                tracing::warn!(%error, tenant = %tenant.name, "cannot read how much the tenant's database was written");
+                None
+            }
+        }
     }
 
     /// The tenant's backups, oldest first, with its schedule's policy and

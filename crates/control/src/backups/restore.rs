@@ -22,7 +22,7 @@ use bulkhead_model::{
     ApiSpec, AppSpec, DatabaseLocation, GuardrailSpec, Isolation, Tenant, TenantId, TenantState,
     ToolSpec,
 };
-use bulkhead_tenantdb::{PoolNames, pool, restore};
+use bulkhead_tenantdb::{PoolNames, dump::Writes, pool, restore};
 use bulkhead_vault::{SecretPath, envelope};
 use serde::Deserialize;
 use serde_json::json;
@@ -35,9 +35,10 @@ use crate::{api::types::CreateTenantRequest, credentials::Access, events::Actor}
 
 /// A new tenant must be provisioned within this to be restored into.
 const PROVISIONED_WITHIN: Duration = Duration::from_secs(300);
-/// Actions that change nothing of the tenant's data: a restore over them
-/// loses nothing.
-const HARMLESS: [&str; 10] = [
+/// Actions that change nothing a backup holds: a restore over them loses
+/// nothing. (Database logins are not in a backup; what is written through
+/// them is counted apart, see `newer_data`.)
+const HARMLESS: [&str; 16] = [
     "backup.create",
     "backup.expire",
     "backup.verify",
@@ -48,6 +49,12 @@ const HARMLESS: [&str; 10] = [
     "audit.export",
     "tenant.suspend",
     "tenant.resume",
+    "credential.issue",
+    "credential.list",
+    "credential.renew",
+    "credential.revoke",
+    "credential.expire",
+    "credential.stuck",
 ];
 
 /// Where a restore goes.
@@ -487,7 +494,7 @@ impl BackupService {
         warnings: &[String],
     ) {
         let audit = last_head(&dir.join("audit.jsonl"));
-        let details = json!({
+        let mut details = json!({
             "backup": backup_id(manifest),
             "taken_of": manifest.about.tenant,
             "taken_of_id": manifest.about.tenant_id,
@@ -498,6 +505,11 @@ impl BackupService {
             "audit_head": audit.map(|(_, head)| head),
             "warnings": warnings,
         });
+        // The database as the restore left it: what a later restore over
+        // the tenant compares with.
+        if let Some(writes) = self.database_writes(tenant).await {
+            details[super::DATABASE_WRITES] = json!(writes);
+        }
         self.events.record(actor, tenant, "backup.restore", "ok", details).await;
     }
 
@@ -787,9 +799,11 @@ impl BackupService {
     }
 
     /// What changed in the tenant since the backup, if anything: an
-    /// audited change (every change made through Bulkhead is), or its
-    /// SQLite file written since. Writes an application makes to a
-    /// PostgreSQL database are not seen here.
+    /// audited change (every change made through Bulkhead is), its SQLite
+    /// file written since, or rows written to its silo PostgreSQL database
+    /// since the last backup or restore recorded how many had been
+    /// (`pg_stat_user_tables`). A pool tenant's own writes cannot be told
+    /// from its neighbours' there, and are not seen.
     async fn newer_data(
         &self,
         tenant: &Tenant,
@@ -801,6 +815,9 @@ impl BackupService {
         };
         let stream = bulkhead_audit::StreamId::tenant(tenant.id.0);
         let mut after = i64::try_from(seq).unwrap_or(i64::MAX);
+        // The last count of the database's writes a backup or restore since
+        // recorded.
+        let mut recorded: Option<Writes> = None;
         loop {
             let rows = self.sources.store.audit_events(stream.as_str(), after, 1_000).await?;
             let Some(last) = rows.last() else { break };
@@ -808,6 +825,30 @@ impl BackupService {
             if let Some(changed) = rows.iter().find(|r| !HARMLESS.contains(&r.action.as_str())) {
                 return Ok(Some(format!("{} at {}", changed.action, changed.time)));
             }
+            for row in &rows {
+                let details: serde_json::Value =
+                    serde_json::from_str(&row.details).unwrap_or_default();
+                if let Some(writes) = details
+                    .get(super::DATABASE_WRITES)
+                    .and_then(|w| serde_json::from_value(w.clone()).ok())
+                {
+                    recorded = Some(writes);
+                }
+            }
+        }
+        if let Some(then) = recorded
+            && let Some(now) = self.database_writes(tenant).await
+            && now != then
+        {
+            return Ok(Some(if now.since != then.since {
+                "its database's statistics were reset since, so whether it was written cannot \
+                 be told"
+                    .to_owned()
+            } else if now.rows > then.rows {
+                format!("{} rows of its database were written since", now.rows - then.rows)
+            } else {
+                "tables of its database were dropped since".to_owned()
+            }));
         }
         let created = manifest.about.taken_at().map_err(|e| invalid("manifest", e))?;
         let tenant_dir = self.sources.tenants_dir.join(tenant.name.as_str());
