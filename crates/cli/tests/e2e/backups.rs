@@ -349,11 +349,17 @@ async fn postgres_tenants_back_up_their_own_database_and_a_pool_tenant_only_its_
     add_note(&server, "pool-a", "pool-a-later").await;
     let listed = server.cli_json(&["backups", "list", "--tenant", "pool-a"]);
     let pool_backup = listed["backups"][0]["id"].as_str().unwrap().to_owned();
+    let refused = server.cli(&["backups", "restore", "--tenant", "pool-a", &pool_backup, "--yes"]);
+    assert_eq!(exit_code(&refused), 4, "{}", stderr(&refused));
+    assert!(stderr(&refused).contains("rows in the pool differ"), "{}", stderr(&refused));
     let forced =
         server.cli(&["backups", "restore", "--tenant", "pool-a", &pool_backup, "--yes", "--force"]);
     assert!(forced.status.success(), "{}", stderr(&forced));
     assert_eq!(notes(&server, "pool-a").await, ["pool-a-note"]);
     assert_eq!(notes(&server, "pool-b").await, ["pool-b-note"]);
+    // Its rows are the backup's again: nothing to lose, no --force.
+    let again = server.cli(&["backups", "restore", "--tenant", "pool-a", &pool_backup, "--yes"]);
+    assert!(again.status.success(), "{}", stderr(&again));
 
     // The backup's lease is gone once it is done.
     let leases = server.cli_json(&["creds", "list", "--tenant", "pool-a"]);

@@ -155,7 +155,7 @@ impl Sources {
         Ok((parts, schemas))
     }
 
-    async fn pool_rows(
+    pub(super) async fn pool_rows(
         &self,
         tenant: &Tenant,
         region: &Region,
