@@ -800,10 +800,10 @@ impl BackupService {
 
     /// What changed in the tenant since the backup, if anything: an
     /// audited change (every change made through Bulkhead is), its SQLite
-    /// file written since, or rows written to its silo PostgreSQL database
+    /// file written since, rows written to its silo PostgreSQL database
     /// since the last backup or restore recorded how many had been
-    /// (`pg_stat_user_tables`). A pool tenant's own writes cannot be told
-    /// from its neighbours' there, and are not seen.
+    /// (`pg_stat_user_tables`), or its rows in the pool unlike the
+    /// backup's.
     async fn newer_data(
         &self,
         tenant: &Tenant,
@@ -874,9 +874,7 @@ impl BackupService {
         }
         Ok(None)
     }
-}
 
-impl BackupService {
     /// The SHA-256 of the pool tenant's rows as a backup would write them
     /// now.
     async fn pool_rows_digest(&self, tenant: &Tenant) -> Result<String> {
