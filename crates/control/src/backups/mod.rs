@@ -346,11 +346,7 @@ impl BackupService {
         recipient: &str,
         dir: &Path,
     ) -> Result<(Listing, Option<Writes>)> {
-        let region = self
-            .regions
-            .get(tenant.region.as_str())
-            .map_err(|e| BackupServiceError::InvalidState(e.to_string()))?
-            .clone();
+        let region = self.region_of(tenant)?.clone();
         private_dir(dir)
             .map_err(|e| BackupServiceError::Staging(format!("{}: {e}", dir.display())))?;
         // The time the backup is of: before any part is read, so that a
@@ -385,11 +381,18 @@ impl BackupService {
         Ok((self.storage.put(id, kind, recipient, about, parts).await?, writes))
     }
 
+    /// The region the tenant lives in.
+    fn region_of(&self, tenant: &Tenant) -> Result<&bulkhead_model::Region> {
+        self.regions
+            .get(tenant.region.as_str())
+            .map_err(|e| BackupServiceError::InvalidState(e.to_string()))
+    }
+
     /// What [`Writes`] the tenant's database shows, for a PostgreSQL silo
     /// tenant; `None` for others, and when they cannot be read (the check
     /// they feed is then skipped, as for a backup that recorded none).
     async fn database_writes(&self, tenant: &Tenant) -> Option<Writes> {
-        let region = self.regions.get(tenant.region.as_str()).ok()?;
+        let region = self.region_of(tenant).ok()?;
         let DatabaseLocation::Postgres(url) = &region.databases else { return None };
         if tenant.isolation != Isolation::Silo {
             return None;

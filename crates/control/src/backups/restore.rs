@@ -514,10 +514,7 @@ impl BackupService {
     }
 
     async fn put_database(&self, tenant: &Tenant, manifest: &Manifest, dir: &Path) -> Result<()> {
-        let region = self
-            .regions
-            .get(tenant.region.as_str())
-            .map_err(|e| BackupServiceError::InvalidState(e.to_string()))?;
+        let region = self.region_of(tenant)?;
         let part = database_part(manifest);
         let file = dir.join(part);
         match (&region.databases, tenant.isolation, part) {
@@ -878,10 +875,7 @@ impl BackupService {
     /// The SHA-256 of the pool tenant's rows as a backup would write them
     /// now.
     async fn pool_rows_digest(&self, tenant: &Tenant) -> Result<String> {
-        let region = self
-            .regions
-            .get(tenant.region.as_str())
-            .map_err(|e| BackupServiceError::InvalidState(e.to_string()))?;
+        let region = self.region_of(tenant)?;
         let file = self.staging.join(format!("check-{}.rows", Uuid::new_v4().simple()));
         let read = self.sources.pool_rows(tenant, region, &file).await;
         let path = file.clone();
