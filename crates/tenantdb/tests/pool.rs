@@ -459,3 +459,31 @@ async fn a_login_of_no_tenant_sees_no_row_whatever_its_name() {
     let sql = format!("DROP ROLE \"{role}\"");
     sqlx::query(AssertSqlSafe(sql)).execute(&admin).await.unwrap();
 }
+
+/// A backup's rows part is the tenant's word: one that names anything but
+/// the pool's tenant tables, names one twice, or is cut short, is refused
+/// before anything of the tenant's changes.
+#[tokio::test]
+async fn a_restore_writes_the_pools_tenant_tables_only() {
+    let p = pool_with_two_tenants().await;
+    let tables = pool::tables::names(&mut p.admin().await, &p.names).await.unwrap();
+    assert_eq!(tables, ["public.notes"]);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("database.rows");
+    let mut lease = p.lease(&p.a, true).await;
+    for (rows, refused) in [
+        ("COPY public.settings FROM stdin;\nk\tv\n\\.\n\n", "not a tenant table"),
+        ("COPY public.notes FROM stdin;\n\\.\n\nCOPY public.notes FROM stdin;\n\\.\n\n", "twice"),
+        ("COPY public.notes FROM stdin;\n9\tx\tcut", "cut short"),
+    ] {
+        std::fs::write(&file, rows).unwrap();
+        let error = bulkhead_tenantdb::restore::pool_rows(&mut lease, &p.a, &tables, &file)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains(refused), "{error}");
+    }
+    let kept: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM notes").fetch_one(&mut lease).await.unwrap();
+    assert_eq!(kept, 2, "acme's rows are untouched");
+}

@@ -178,6 +178,9 @@ async fn a_deleted_tenant_leaves_one_final_snapshot_and_comes_back_from_it() {
     let again = server.cli(&["tenants", "restore", "acme", "--from-final", "--to", "acme-2"]);
     assert_eq!(exit_code(&again), 3, "{}", stderr(&again));
     assert!(stderr(&again).contains("tenants list --state deleted"), "{}", stderr(&again));
+    let unknown = server.cli(&["tenants", "verify-final", "acme"]);
+    assert_eq!(exit_code(&unknown), 3, "{}", stderr(&unknown));
+    assert!(stderr(&unknown).contains("tenants list --state deleted"), "{}", stderr(&unknown));
     // The API says what a request lacks.
     let http = server.http();
     let (status, body) =
